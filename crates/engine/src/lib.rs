@@ -1,0 +1,28 @@
+//! `flotilla-engine` owns the real redis-server / valkey-server processes that are Flotilla's
+//! shards: which engine versions exist and where their binaries are ([`EngineVersion`],
+//! [`EngineCatalog`]), what a shard runs ([`ShardSpec`] and its config file), starting, adopting
+//! and stopping the process ([`start`], [`adopt`], [`ShardProcess`]), and an authenticated client
+//! for what the agent and upgrades ask of a running engine ([`EngineClient`]).
+//!
+//! No cluster logic lives here: callers decide what should run; this crate makes it run and
+//! reports what it sees.
+
+mod catalog;
+mod client;
+mod error;
+mod info;
+mod process;
+mod spec;
+mod version;
+
+pub use catalog::{dev_engines_dir, EngineCatalog, ENGINES_DIR_ENV};
+pub use client::{wait_for_sync, ClientOptions, EngineClient};
+pub use error::{EngineError, Result};
+pub use info::{
+    InfoMap, LinkStatus, MemoryInfo, ReplicaEntry, ReplicationInfo, Role, ServerInfo, StatsInfo,
+};
+pub use process::{
+    adopt, read_pidfile, start, start_with, ShardProcess, StartOptions, StopOptions,
+};
+pub use spec::{EvictionPolicy, Persistence, ReplicaOf, ShardSpec, SHARD_PORTS};
+pub use version::EngineVersion;
