@@ -32,8 +32,13 @@ struct Server {
 
 impl Server {
     async fn start(port: u16) -> Self {
+        Self::start_with(port, &[]).await
+    }
+
+    async fn start_with(port: u16, extra: &[&str]) -> Self {
         let child = Command::new(engine_bin())
             .args(["--bind", HOST, "--port", &port.to_string()])
+            .args(extra)
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(std::env::temp_dir())
@@ -55,13 +60,14 @@ impl Server {
         client.get_multiplexed_async_connection().await.unwrap()
     }
 
+    /// Polls PING until the server answers (NOAUTH counts: it is up and asking for a password).
     async fn wait_ready(&self) {
         let client = redis::Client::open(format!("redis://{}", self.endpoint())).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(mut c) = client.get_multiplexed_async_connection().await {
                 let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut c).await;
-                if pong.is_ok() {
+                if pong.is_ok() || pong.is_err_and(|e| e.code() == Some("NOAUTH")) {
                     return;
                 }
             }
@@ -238,4 +244,35 @@ async fn unreachable_endpoint_counts_connect_errors() {
     assert_eq!(report.ops, 0);
     assert!(report.client_errors.connect > 0, "{report}");
     assert!(!report.is_clean());
+}
+
+#[tokio::test]
+async fn password_is_sent() {
+    let server = Server::start_with(24107, &["--requirepass", "s3cret pass"]).await;
+    let unauthenticated = start(config(&server)).unwrap();
+    progress_by_errors(&unauthenticated).await;
+    let refused = unauthenticated.stop().await.unwrap();
+    assert!(refused.client_errors.error_reply > 0, "{refused}");
+    assert_eq!(refused.writes_acknowledged, 0);
+    let load = start(Config {
+        password: Some("s3cret pass".into()),
+        ..config(&server)
+    })
+    .unwrap();
+    progress_by(&load, 200).await;
+    let report = load.stop().await.unwrap();
+    assert!(report.is_clean(), "{report}");
+}
+
+/// Waits until the load has seen at least one client error, failing the test after 10 s.
+async fn progress_by_errors(load: &LoadHandle) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while load.progress().client_errors == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no client error: {:?}",
+            load.progress()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
