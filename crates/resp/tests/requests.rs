@@ -1,0 +1,157 @@
+//! Client requests: multibulk and inline forms, Redis's quirks, limits, and re-encoding.
+
+use bytes::{Bytes, BytesMut};
+use flotilla_resp::{CommandName, Limits, ProtocolError, Request, RequestDecoder};
+
+fn decode_one(wire: &[u8]) -> Result<Option<Request>, ProtocolError> {
+    RequestDecoder::default().decode(&mut BytesMut::from(wire))
+}
+
+fn argv(request: &Request) -> Vec<&[u8]> {
+    request.argv().iter().map(|a| &a[..]).collect()
+}
+
+#[test]
+fn multibulk_request_gives_upper_cased_name_and_args() {
+    let request = decode_one(b"*3\r\n$3\r\nsEt\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(request.name(), "SET");
+    assert_eq!(&request.raw_name()[..], b"sEt");
+    assert_eq!(request.argc(), 3);
+    assert_eq!(argv(&request), vec![&b"sEt"[..], b"k", b"v\r\n"]);
+    assert_eq!(request.args().len(), 2);
+    assert_eq!(request.arg(1).map(|a| &a[..]), Some(&b"k"[..]));
+    assert_eq!(request.arg(3), None);
+}
+
+#[test]
+fn inline_requests_split_like_redis() {
+    let request = decode_one(b"ping\r\n").unwrap().unwrap();
+    assert_eq!(request.name(), "PING");
+    assert_eq!(request.argc(), 1);
+
+    let request = decode_one(b"set  k\t\"a b\\x41\\n\"  'it\\'s'\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(argv(&request), vec![&b"set"[..], b"k", b"a bA\n", b"it's"]);
+
+    assert_eq!(
+        decode_one(b"set \"a\"b\r\n"),
+        Err(ProtocolError::UnbalancedQuotes)
+    );
+    assert_eq!(
+        decode_one(b"set \"ab\r\n"),
+        Err(ProtocolError::UnbalancedQuotes)
+    );
+    assert_eq!(
+        decode_one(b"set 'ab\r\n"),
+        Err(ProtocolError::UnbalancedQuotes)
+    );
+}
+
+#[test]
+fn empty_requests_are_skipped() {
+    let mut buf = BytesMut::from(&b"\r\n*0\r\n*-1\r\n   \r\nPING\r\n"[..]);
+    let request = RequestDecoder::default().decode(&mut buf).unwrap().unwrap();
+    assert_eq!(request.name(), "PING");
+    assert!(buf.is_empty());
+}
+
+#[test]
+fn pipelined_requests_arrive_in_order_across_reads() {
+    let wire = b"*1\r\n$4\r\nPING\r\nECHO hi\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    let mut decoder = RequestDecoder::default();
+    let mut buf = BytesMut::new();
+    let mut names = Vec::new();
+    for byte in wire {
+        buf.extend_from_slice(&[*byte]);
+        while let Some(request) = decoder.decode(&mut buf).unwrap() {
+            names.push(request.name().to_owned());
+        }
+    }
+    assert_eq!(names, ["PING", "ECHO", "GET"]);
+    assert!(!decoder.is_mid_request());
+}
+
+#[test]
+fn malformed_requests_are_errors() {
+    assert_eq!(
+        decode_one(b"*1\r\n:1\r\n"),
+        Err(ProtocolError::ExpectedBulk(b':'))
+    );
+    assert_eq!(
+        decode_one(b"*x\r\n"),
+        Err(ProtocolError::InvalidMultibulkLength)
+    );
+    assert_eq!(
+        decode_one(b"*1\r\n$-1\r\n"),
+        Err(ProtocolError::InvalidBulkLength)
+    );
+    assert_eq!(
+        decode_one(b"*1\r\n$1\r\nab\r\n"),
+        Err(ProtocolError::ExpectedCrlf)
+    );
+    assert_eq!(
+        decode_one(b"*2000000\r\n"),
+        Err(ProtocolError::TooManyElements {
+            count: 2_000_000,
+            limit: 1024 * 1024
+        })
+    );
+    assert_eq!(
+        decode_one(b"*1\r\n$536870913\r\n"),
+        Err(ProtocolError::BulkTooLong {
+            len: 536_870_913,
+            limit: 512 * 1024 * 1024
+        })
+    );
+    // A claimed 512 MiB argument is fine until its bytes arrive.
+    assert_eq!(decode_one(b"*1\r\n$536870912\r\nabc"), Ok(None));
+}
+
+#[test]
+fn inline_requests_are_bounded() {
+    let limits = Limits {
+        max_line_len: 16,
+        ..Limits::for_requests()
+    };
+    let mut decoder = RequestDecoder::new(limits);
+    let mut buf = BytesMut::from(&b"GET aaaaaaaaaaaa"[..]);
+    assert_eq!(decoder.decode(&mut buf), Ok(None));
+    buf.extend_from_slice(b"b");
+    assert_eq!(
+        decoder.decode(&mut buf),
+        Err(ProtocolError::LineTooLong { limit: 16 })
+    );
+}
+
+#[test]
+fn error_text_matches_redis() {
+    assert_eq!(
+        ProtocolError::ExpectedBulk(b':').to_string(),
+        "Protocol error: expected '$', got ':'"
+    );
+    assert_eq!(
+        ProtocolError::UnbalancedQuotes.to_string(),
+        "Protocol error: unbalanced quotes in request"
+    );
+}
+
+#[test]
+fn request_encodes_for_a_shard() {
+    let request = Request::new("get", [Bytes::from_static(b"k\r\n")]);
+    let mut buf = BytesMut::new();
+    request.encode(&mut buf);
+    assert_eq!(&buf[..], b"*2\r\n$3\r\nget\r\n$3\r\nk\r\n\r\n");
+    let again = RequestDecoder::default().decode(&mut buf).unwrap().unwrap();
+    assert_eq!(again, request);
+}
+
+#[test]
+fn command_names_are_bounded_and_ascii() {
+    assert_eq!(CommandName::new(b"client").as_str(), "CLIENT");
+    assert_eq!(CommandName::new(&[b'a'; 33]).as_str(), "");
+    assert_eq!(CommandName::new("gét".as_bytes()).as_str(), "");
+    assert_eq!(Request::from_argv(vec![]), None);
+}
