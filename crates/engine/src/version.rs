@@ -71,6 +71,14 @@ impl EngineVersion {
         }
     }
 
+    /// Whether a primary on `self` can fully sync a replica on `replica`: only when the
+    /// replica is the same or a newer engine. Observed (see `ENGINES.md`): an older engine
+    /// refuses a newer one's RDB ("Can't handle RDB format version"), flushes its data and
+    /// retries forever, so callers must never set up that direction.
+    pub fn can_feed(self, replica: EngineVersion) -> bool {
+        self <= replica
+    }
+
     fn known_list() -> String {
         Self::ALL
             .iter()
@@ -143,6 +151,13 @@ mod tests {
         let back: EngineVersion = serde_json::from_str("\"redis-6.2\"").unwrap();
         assert_eq!(back, EngineVersion::Redis62);
         assert!(serde_json::from_str::<EngineVersion>("\"redis-9\"").is_err());
+    }
+
+    #[test]
+    fn replication_flows_old_to_new_only() {
+        assert!(EngineVersion::Redis62.can_feed(EngineVersion::Valkey91));
+        assert!(EngineVersion::Valkey81.can_feed(EngineVersion::Valkey81));
+        assert!(!EngineVersion::Valkey81.can_feed(EngineVersion::Redis70));
     }
 
     #[test]
