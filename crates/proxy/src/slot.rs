@@ -1,0 +1,203 @@
+//! Hash slots and the slot map: which of a database's primary shards owns a key.
+//!
+//! The slot of a key is computed exactly as Redis Cluster does (CRC16/XMODEM of the key, or of
+//! its `{hashtag}`, modulo 16384), so keys that a client groups with hashtags for multi-key
+//! commands land on one shard here too.
+
+/// Number of hash slots, as in Redis Cluster.
+pub const SLOT_COUNT: u16 = 16384;
+
+/// Largest number of primary shards one database may have; bounded so a SCAN cursor can carry
+/// the shard index in its low bits (see [`crate::scan`]).
+pub const MAX_SHARDS: u16 = 1024;
+
+/// CRC16 lookup table for polynomial 0x1021 (XMODEM/CCITT, no reflection, initial value 0).
+const CRC16_TABLE: [u16; 256] = crc16_table();
+
+const fn crc16_table() -> [u16; 256] {
+    let mut table = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = (i as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+}
+
+/// CRC16/XMODEM of `data`, the checksum Redis Cluster hashes keys with.
+pub fn crc16(data: &[u8]) -> u16 {
+    data.iter().fold(0u16, |crc, &byte| {
+        (crc << 8) ^ CRC16_TABLE[usize::from((crc >> 8) as u8 ^ byte)]
+    })
+}
+
+/// The part of `key` that is hashed: the content of the first `{...}` if non-empty, else the
+/// whole key.
+pub fn hash_tag(key: &[u8]) -> &[u8] {
+    let Some(open) = key.iter().position(|&b| b == b'{') else {
+        return key;
+    };
+    match key[open + 1..].iter().position(|&b| b == b'}') {
+        Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+        _ => key,
+    }
+}
+
+/// The hash slot (0..16384) of `key`.
+pub fn key_slot(key: &[u8]) -> u16 {
+    crc16(hash_tag(key)) & (SLOT_COUNT - 1)
+}
+
+/// Index of a primary shard within one database's slot map (0-based, in slot order).
+///
+/// Exists so routing decisions can name a shard without knowing shard ids or addresses: the
+/// proxy keeps, per database, the list of primary shards this index points into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShardIndex(pub u16);
+
+/// Why a slot map could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlotMapError {
+    /// Zero shards, or more than [`MAX_SHARDS`].
+    #[error("a database needs 1 to {MAX_SHARDS} shards, not {0}")]
+    ShardCount(usize),
+    /// An owner table that does not have exactly one entry per slot.
+    #[error("a slot map needs {SLOT_COUNT} owners, got {0}")]
+    SlotCount(usize),
+}
+
+/// Which primary shard owns each of the 16384 slots of one database.
+///
+/// Exists as the one input routing needs from the cluster store: the proxy rebuilds it when the
+/// store publishes a new placement and routes every command against the current one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotMap {
+    owners: Box<[u16]>,
+    shard_count: u16,
+}
+
+impl SlotMap {
+    /// Slots split into `shards` contiguous, near-equal ranges in shard order, the layout Redis
+    /// Software gives a new sharded database.
+    pub fn even(shards: usize) -> Result<Self, SlotMapError> {
+        if shards == 0 || shards > usize::from(MAX_SHARDS) {
+            return Err(SlotMapError::ShardCount(shards));
+        }
+        let slots = usize::from(SLOT_COUNT);
+        let owners = (0..slots)
+            .map(|slot| (slot * shards / slots) as u16)
+            .collect();
+        Ok(SlotMap {
+            owners,
+            shard_count: shards as u16,
+        })
+    }
+
+    /// A map from an explicit owner per slot (e.g. during a resharding); the shard count is the
+    /// largest index plus one.
+    pub fn from_owners(owners: Vec<u16>) -> Result<Self, SlotMapError> {
+        if owners.len() != usize::from(SLOT_COUNT) {
+            return Err(SlotMapError::SlotCount(owners.len()));
+        }
+        let count = owners
+            .iter()
+            .map(|&o| usize::from(o) + 1)
+            .max()
+            .unwrap_or(0);
+        if count > usize::from(MAX_SHARDS) {
+            return Err(SlotMapError::ShardCount(count));
+        }
+        Ok(SlotMap {
+            owners: owners.into_boxed_slice(),
+            shard_count: count as u16,
+        })
+    }
+
+    /// The shard owning `slot` (slots are taken modulo 16384).
+    pub fn shard_of(&self, slot: u16) -> ShardIndex {
+        ShardIndex(self.owners[usize::from(slot & (SLOT_COUNT - 1))])
+    }
+
+    /// The shard owning `key`.
+    pub fn shard_of_key(&self, key: &[u8]) -> ShardIndex {
+        self.shard_of(key_slot(key))
+    }
+
+    /// How many primary shards the database has.
+    pub fn shard_count(&self) -> u16 {
+        self.shard_count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc16_matches_the_xmodem_check_value() {
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(crc16(b""), 0);
+    }
+
+    #[test]
+    fn slots_match_redis_cluster() {
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"bar"), 5061);
+        assert_eq!(key_slot(b"hello"), 866);
+        assert_eq!(key_slot(b""), 0);
+        assert_eq!(key_slot(b"123456789"), 0x31C3 & 16383);
+    }
+
+    #[test]
+    fn hashtags_follow_the_redis_rule() {
+        assert_eq!(
+            key_slot(b"{user1000}.following"),
+            key_slot(b"{user1000}.followers")
+        );
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(hash_tag(b"foo{}{bar}"), b"foo{}{bar}");
+        assert_eq!(hash_tag(b"foo{{bar}}zap"), b"{bar");
+        assert_eq!(hash_tag(b"foo{bar}{zap}"), b"bar");
+        assert_eq!(hash_tag(b"{bar"), b"{bar");
+        assert_eq!(hash_tag(b"}bar{"), b"}bar{");
+        assert_eq!(hash_tag(b"a{b}"), b"b");
+    }
+
+    #[test]
+    fn even_maps_cover_every_slot_in_order() {
+        let map = SlotMap::even(3).unwrap();
+        assert_eq!(map.shard_count(), 3);
+        assert_eq!(map.shard_of(0), ShardIndex(0));
+        assert_eq!(map.shard_of(5461), ShardIndex(0));
+        assert_eq!(map.shard_of(5462), ShardIndex(1));
+        assert_eq!(map.shard_of(16383), ShardIndex(2));
+        let single = SlotMap::even(1).unwrap();
+        assert_eq!(single.shard_of_key(b"foo"), ShardIndex(0));
+        assert_eq!(SlotMap::even(0), Err(SlotMapError::ShardCount(0)));
+        assert_eq!(SlotMap::even(1025), Err(SlotMapError::ShardCount(1025)));
+    }
+
+    #[test]
+    fn explicit_maps_are_validated() {
+        assert_eq!(
+            SlotMap::from_owners(vec![0; 10]),
+            Err(SlotMapError::SlotCount(10))
+        );
+        let mut owners = vec![0; 16384];
+        owners[12182] = 4;
+        let map = SlotMap::from_owners(owners).unwrap();
+        assert_eq!(map.shard_count(), 5);
+        assert_eq!(map.shard_of_key(b"foo"), ShardIndex(4));
+        assert_eq!(map.shard_of_key(b"bar"), ShardIndex(0));
+    }
+}
