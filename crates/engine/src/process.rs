@@ -187,17 +187,15 @@ impl ShardProcess {
     }
 
     /// SIGKILL to this pid (if it is still this engine) and a bounded wait for it to go; for
-    /// fault injection and for guards that must clean up without an async runtime.
+    /// fault injection and for guards that must clean up without an async runtime. Returns
+    /// true when this engine no longer runs. Leaves the pidfile, as a crash would.
     pub fn kill_now(&self, timeout: Duration) -> bool {
         self.signal(libc::SIGKILL);
         let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if !pid_running(self.pid) {
-                return true;
-            }
+        while self.is_alive() && Instant::now() < deadline {
             std::thread::sleep(PROC_POLL);
         }
-        !pid_running(self.pid)
+        !self.is_alive()
     }
 
     async fn send_shutdown(&self, graceful: bool) {

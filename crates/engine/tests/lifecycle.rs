@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::{client, Harness};
-use flotilla_engine::{adopt, start, EngineCatalog, EngineError, EngineVersion, Persistence, Role};
+use flotilla_engine::{
+    adopt, start, EngineCatalog, EngineError, EngineVersion, Persistence, Role, StopOptions,
+};
 
 #[tokio::test]
 async fn starts_and_stops_every_version() {
@@ -185,4 +187,28 @@ async fn persistence_keeps_data_across_a_graceful_restart() {
         common::assert_keys(&process.client().await.unwrap(), 500).await;
         process.stop(false).await.unwrap();
     }
+}
+
+/// An engine that cannot answer SHUTDOWN (frozen with SIGSTOP) is escalated to signals and
+/// still stopped within the deadlines; the pidfile it leaves is removed.
+#[tokio::test]
+async fn stop_escalates_when_the_engine_does_not_answer() {
+    let h = Harness::new();
+    let spec = h.spec(1, EngineVersion::Valkey81, "127.0.3.7", 21601);
+    let process = start(&h.catalog, &spec).await.unwrap();
+    // SAFETY: signals the engine this test started, by its pid.
+    unsafe {
+        libc::kill(process.pid() as libc::pid_t, libc::SIGSTOP);
+    }
+    let options = StopOptions {
+        shutdown_timeout: Duration::from_millis(500),
+        signal_timeout: Duration::from_secs(2),
+    };
+    process.stop_with(true, options).await.unwrap();
+    assert!(!process.is_alive());
+    assert!(
+        !spec.pidfile_path().exists(),
+        "stop should remove the pidfile a killed engine left"
+    );
+    assert!(adopt(&spec).unwrap().is_none());
 }
