@@ -1,0 +1,65 @@
+//! The report loop: tells the primary node this node is alive and what it runs.
+
+use std::time::Duration;
+
+use flotilla_model::rest::NodeReport;
+use flotilla_model::Command;
+use flotilla_store::{Store, StoreError};
+
+/// How often a node reports to the primary node.
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Reports to the primary node every [`REPORT_INTERVAL`] until `shutdown` fires, and proposes
+/// an `UpdateNode` when the store's record of this node (software version, OS) is out of date.
+pub async fn run_reporter(
+    store: Store,
+    software_version: String,
+    os: String,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(REPORT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => report_once(&store, &software_version, &os).await,
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn report_once(store: &Store, software_version: &str, os: &str) {
+    let Some(uid) = store.uid() else { return };
+    let Some(leader) = store.leader_rpc_addr() else {
+        return;
+    };
+    let report = NodeReport {
+        uid,
+        software_version: software_version.to_string(),
+        os: os.to_string(),
+    };
+    let sent: Result<(), StoreError> = store
+        .call_internal(&leader, "/internal/report", &report)
+        .await;
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "report to the primary node failed");
+    }
+    refresh_own_record(store, uid, software_version, os).await;
+}
+
+async fn refresh_own_record(store: &Store, uid: u64, software_version: &str, os: &str) {
+    let state = store.state();
+    let Some(node) = state.nodes.get(&uid) else {
+        return;
+    };
+    if node.software_version == software_version && node.os == os {
+        return;
+    }
+    let command = Command::UpdateNode {
+        uid,
+        software_version: software_version.to_string(),
+        os: os.to_string(),
+    };
+    if let Err(e) = store.propose(command).await {
+        tracing::warn!(error = %e, "could not record this node's software version and OS");
+    }
+}

@@ -1,0 +1,70 @@
+//! The REST API served on every node at `ADDR:8080`, shaped like Redis Software's (`/v1/...`,
+//! its field names, `{"error_code", "description"}` errors).
+//!
+//! Every endpoint but `/v1/health` and the bootstrap calls (which run before any credentials
+//! exist) needs basic auth with the cluster's operator credentials.
+
+mod auth;
+mod error;
+mod handlers;
+
+use std::sync::Arc;
+
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+use flotilla_model::NodeSpec;
+use flotilla_orchestrator::Observer;
+use flotilla_store::Store;
+
+pub use error::ApiError;
+
+/// What the API handlers need: the store, the observer and facts about this node.
+#[derive(Clone)]
+pub struct ApiContext {
+    /// The node's cluster store.
+    pub store: Store,
+    /// Liveness as the primary node sees it.
+    pub observer: Observer,
+    /// This node as it describes itself when creating or joining.
+    pub node: NodeSpec,
+    auth_cache: Arc<auth::Cache>,
+}
+
+impl ApiContext {
+    /// A context for this node.
+    pub fn new(store: Store, observer: Observer, node: NodeSpec) -> Self {
+        Self {
+            store,
+            observer,
+            node,
+            auth_cache: Arc::default(),
+        }
+    }
+}
+
+/// The REST routes.
+pub fn router(context: ApiContext) -> Router {
+    let authenticated = Router::new()
+        .route(
+            "/v1/cluster",
+            get(handlers::get_cluster).put(handlers::put_cluster),
+        )
+        .route("/v1/nodes", get(handlers::get_nodes))
+        .route("/v1/nodes/status", get(handlers::get_nodes_status))
+        .route("/v1/nodes/{uid}", get(handlers::get_node))
+        .layer(middleware::from_fn_with_state(
+            context.clone(),
+            auth::require_basic_auth,
+        ));
+    Router::new()
+        .route("/v1/health", get(handlers::health))
+        .route(
+            "/v1/bootstrap/create_cluster",
+            post(handlers::create_cluster),
+        )
+        .route("/v1/bootstrap/join_cluster", post(handlers::join_cluster))
+        .merge(authenticated)
+        .fallback(handlers::not_found)
+        .with_state(context)
+}

@@ -1,0 +1,190 @@
+//! A typed client for the REST API: one place that knows the URLs and the error shape, shared
+//! by the CLI, `flotilla dev` and the integration tests.
+
+use std::time::Duration;
+
+use flotilla_model::rest::{
+    BootstrapCluster, BootstrapCredentials, BootstrapRequest, BootstrapResult, ClusterInfo,
+    ClusterUpdate, ErrorBody, Health, NodeInfo, NodesStatus,
+};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A failed API call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The API answered with an error body.
+    #[error("{status}: {} ({})", .body.description, .body.error_code)]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// The JSON error.
+        body: ErrorBody,
+    },
+    /// No usable answer: connection refused, timeout, or a body that is not the expected JSON.
+    #[error("{url}: {reason}")]
+    Transport {
+        /// The URL called.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status of an API error, if the API answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            ClientError::Transport { .. } => None,
+        }
+    }
+}
+
+/// A connection to one node's REST API.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    user: Option<String>,
+    password: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for `base` (e.g. `http://127.0.0.11:8080`) with optional basic auth.
+    pub fn new(base: &str, user: Option<String>, password: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("building an HTTP client with static settings cannot fail");
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            user,
+            password,
+            http,
+        }
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request and decodes the JSON answer or the JSON error.
+    pub async fn call<B: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<R, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let transport = |reason: String| ClientError::Transport {
+            url: url.clone(),
+            reason,
+        };
+        let mut request = self.http.request(method, &url);
+        if let Some(user) = &self.user {
+            request = request.basic_auth(user, self.password.as_ref());
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| transport(e.to_string()))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| transport(e.to_string()));
+        }
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => Err(ClientError::Api { status, body }),
+            Err(_) => Err(transport(format!(
+                "answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ))),
+        }
+    }
+
+    async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
+        self.call::<(), R>(Method::GET, path, None).await
+    }
+
+    /// `GET /v1/health` (no auth needed).
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        self.get("/v1/health").await
+    }
+
+    /// `POST /v1/bootstrap/create_cluster`.
+    pub async fn create_cluster(
+        &self,
+        name: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<BootstrapResult, ClientError> {
+        let request = BootstrapRequest {
+            action: Some("create_cluster".into()),
+            cluster: BootstrapCluster {
+                name: Some(name.into()),
+                nodes: None,
+            },
+            credentials: BootstrapCredentials {
+                username: username.into(),
+                password: password.into(),
+            },
+        };
+        self.call(Method::POST, "/v1/bootstrap/create_cluster", Some(&request))
+            .await
+    }
+
+    /// `POST /v1/bootstrap/join_cluster`.
+    pub async fn join_cluster(
+        &self,
+        nodes: &[String],
+        username: &str,
+        password: &str,
+    ) -> Result<BootstrapResult, ClientError> {
+        let request = BootstrapRequest {
+            action: Some("join_cluster".into()),
+            cluster: BootstrapCluster {
+                name: None,
+                nodes: Some(nodes.to_vec()),
+            },
+            credentials: BootstrapCredentials {
+                username: username.into(),
+                password: password.into(),
+            },
+        };
+        self.call(Method::POST, "/v1/bootstrap/join_cluster", Some(&request))
+            .await
+    }
+
+    /// `GET /v1/cluster`.
+    pub async fn cluster(&self) -> Result<ClusterInfo, ClientError> {
+        self.get("/v1/cluster").await
+    }
+
+    /// `PUT /v1/cluster`.
+    pub async fn update_cluster(&self, update: &ClusterUpdate) -> Result<ClusterInfo, ClientError> {
+        self.call(Method::PUT, "/v1/cluster", Some(update)).await
+    }
+
+    /// `GET /v1/nodes`.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
+        self.get("/v1/nodes").await
+    }
+
+    /// `GET /v1/nodes/{uid}`.
+    pub async fn node(&self, uid: u64) -> Result<NodeInfo, ClientError> {
+        self.get(&format!("/v1/nodes/{uid}")).await
+    }
+
+    /// `GET /v1/nodes/status`.
+    pub async fn nodes_status(&self) -> Result<NodesStatus, ClientError> {
+        self.get("/v1/nodes/status").await
+    }
+}

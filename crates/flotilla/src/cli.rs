@@ -1,0 +1,184 @@
+//! Command-line parsing and dispatch.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use flotilla_client::Client;
+use flotilla_model::rest::ClusterUpdate;
+
+use crate::{daemon, dev, status};
+
+/// Flotilla: Redis-compatible databases on a cluster of machines, upgraded without downtime.
+#[derive(Parser)]
+#[command(name = "flotilla", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub conn: Connection,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the REST API is and who is calling it.
+#[derive(Args, Clone)]
+pub struct Connection {
+    /// REST API of any cluster node.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_URL",
+        default_value = "http://127.0.0.11:8080"
+    )]
+    pub url: String,
+    /// Operator user name.
+    #[arg(long, global = true, env = "FLOTILLA_USER")]
+    pub user: Option<String>,
+    /// Operator password.
+    #[arg(long, global = true, env = "FLOTILLA_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+}
+
+impl Connection {
+    /// A REST client with these settings.
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, self.user.clone(), self.password.clone())
+    }
+
+    fn credentials(&self) -> Result<(String, String)> {
+        let user = self
+            .user
+            .clone()
+            .context("--user (or FLOTILLA_USER) is required")?;
+        let password = self
+            .password
+            .clone()
+            .context("--password (or FLOTILLA_PASSWORD) is required")?;
+        Ok((user, password))
+    }
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run or manage a node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Create, join or change the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Show nodes (and later databases), like `rladmin status`.
+    Status(status::StatusArgs),
+    /// A local cluster on loopback addresses, for trying Flotilla and for tests.
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
+    /// Run writers and readers through an endpoint; report errors, lost writes and stalls.
+    Loadcheck(LoadcheckArgs),
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Start the node daemon in the foreground.
+    Start(daemon::StartArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Create a cluster on the node at --url (it becomes node 1, the primary node).
+    Create {
+        /// Cluster name, e.g. cluster.local.
+        #[arg(long)]
+        name: String,
+    },
+    /// Join the node at --url to the cluster that NODES belong to.
+    Join {
+        /// Addresses of one or more cluster members, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<IpAddr>,
+    },
+    /// Change cluster settings.
+    Set {
+        /// New cluster name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct LoadcheckArgs {
+    /// Database endpoint, host:port.
+    #[arg(long)]
+    endpoint: String,
+    /// How long to run, e.g. 30s.
+    #[arg(long, default_value = "10s")]
+    duration: humantime::Duration,
+    /// Database password.
+    #[arg(long = "db-password")]
+    db_password: Option<String>,
+    /// Writers.
+    #[arg(long, default_value_t = 2)]
+    writers: u32,
+    /// Readers.
+    #[arg(long, default_value_t = 2)]
+    readers: u32,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Cli {
+    /// Runs the chosen command.
+    pub async fn run(self) -> Result<()> {
+        match self.command {
+            Command::Node(NodeCommand::Start(args)) => daemon::run(args).await,
+            Command::Cluster(command) => cluster(&self.conn, command).await,
+            Command::Status(args) => status::run(&self.conn.client(), args).await,
+            Command::Dev(command) => dev::run(&self.conn, command).await,
+            Command::Loadcheck(args) => loadcheck(args).await,
+        }
+    }
+}
+
+async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<()> {
+    let client = conn.client();
+    match command {
+        ClusterCommand::Create { name } => {
+            let (user, password) = conn.credentials()?;
+            let result = client.create_cluster(&name, &user, &password).await?;
+            println!("cluster '{name}' created; this is node {}", result.node_uid);
+        }
+        ClusterCommand::Join { nodes } => {
+            let (user, password) = conn.credentials()?;
+            let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
+            let result = client.join_cluster(&nodes, &user, &password).await?;
+            println!("joined the cluster as node {}", result.node_uid);
+        }
+        ClusterCommand::Set { name } => {
+            let info = client.update_cluster(&ClusterUpdate { name }).await?;
+            println!("cluster '{}' updated", info.name);
+        }
+    }
+    Ok(())
+}
+
+async fn loadcheck(args: LoadcheckArgs) -> Result<()> {
+    let mut config = flotilla_loadcheck::Config::for_endpoint(&args.endpoint);
+    config.duration_ms = Some(args.duration.as_millis() as u64);
+    config.password = args.db_password;
+    config.writers = args.writers;
+    config.readers = args.readers;
+    let report = flotilla_loadcheck::run(config).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{report}");
+    }
+    if !report.is_clean() {
+        anyhow::bail!("the load check saw client errors or lost acknowledged writes");
+    }
+    Ok(())
+}
+
+/// Where `flotilla dev` keeps its nodes by default.
+pub fn default_dev_dir() -> PathBuf {
+    PathBuf::from(".flotilla-dev")
+}

@@ -1,0 +1,164 @@
+//! `flotilla node start`: wires the store, orchestrator, agent and API into one node daemon.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use flotilla_api::ApiContext;
+use flotilla_model::NodeSpec;
+use flotilla_orchestrator::Observer;
+use flotilla_store::{Store, StoreConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The daemon's pidfile name inside its data dir.
+pub const PIDFILE: &str = "flotilla.pid";
+
+/// Arguments of `flotilla node start`.
+#[derive(Args, Clone)]
+pub struct StartArgs {
+    /// The node's own address; every service binds only this address.
+    #[arg(long)]
+    pub addr: IpAddr,
+    /// Where the node keeps its store, identity, logs and shards.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The installed Flotilla package (bin/, engines/, manifest.toml); optional for now.
+    #[arg(long)]
+    pub package_dir: Option<PathBuf>,
+    /// REST API port (HTTP).
+    #[arg(long, default_value_t = 8080)]
+    pub rest_port: u16,
+    /// Internal RPC and Raft port.
+    #[arg(long, default_value_t = 3333)]
+    pub rpc_port: u16,
+}
+
+/// The software version this binary reports.
+pub fn software_version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(args: StartArgs) -> Result<()> {
+    init_logging();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let _pidfile = Pidfile::claim(&args.data_dir)?;
+    let rpc_listener = bind(args.addr, args.rpc_port, "internal RPC").await?;
+    let rest_listener = bind(args.addr, args.rest_port, "REST API").await?;
+
+    let store = Store::open(StoreConfig {
+        data_dir: args.data_dir.clone(),
+        addr: args.addr,
+        rpc_port: args.rpc_port,
+    })
+    .await
+    .context("opening the cluster store")?;
+    let observer = Observer::new(store.clone());
+    let node = NodeSpec {
+        addr: args.addr.to_string(),
+        software_version: software_version(),
+        os: flotilla_agent::host::os_name(),
+    };
+    tracing::info!(addr = %args.addr, uid = ?store.uid(), "node daemon starting");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let rpc_router = flotilla_store::rpc::router(store.clone()).merge(observer.router());
+    let api_router = flotilla_api::router(ApiContext::new(store.clone(), observer, node.clone()));
+    let rpc = tokio::spawn(serve(rpc_listener, rpc_router, stop_rx.clone()));
+    let rest = tokio::spawn(serve(rest_listener, api_router, stop_rx.clone()));
+    let reporter = tokio::spawn(flotilla_agent::run_reporter(
+        store.clone(),
+        node.software_version.clone(),
+        node.os.clone(),
+        stop_rx,
+    ));
+
+    wait_for_signal().await?;
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(rpc, rest, reporter);
+    store.shutdown().await;
+    Ok(())
+}
+
+async fn bind(addr: IpAddr, port: u16, what: &str) -> Result<TcpListener> {
+    TcpListener::bind((addr, port)).await.with_context(|| {
+        format!("binding the {what} on {addr}:{port}: is another daemon using this address? (`flotilla check ports` will tell)")
+    })
+}
+
+async fn serve(listener: TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "server stopped");
+    }
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,openraft=warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The daemon's pidfile: refuses to start a second daemon on one data dir, removed on exit.
+struct Pidfile(PathBuf);
+
+impl Pidfile {
+    fn claim(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join(PIDFILE);
+        if let Some(pid) = read_pid(&path) {
+            if process_alive(pid) && pid != std::process::id() {
+                bail!(
+                    "a daemon (pid {pid}) already runs on data dir {}; stop it first",
+                    data_dir.display()
+                );
+            }
+        }
+        std::fs::write(&path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for Pidfile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The pid in a pidfile, if it holds one.
+pub fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// True when a process with this pid exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}

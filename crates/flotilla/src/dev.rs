@@ -1,0 +1,274 @@
+//! `flotilla dev up|down`: a local cluster of real daemons on loopback addresses.
+//!
+//! Node N binds the N-th address from `--base-addr` (127.0.0.11, .12, ...) with the same port
+//! numbers on every node, as separate hosts would. Daemons run detached (own process group),
+//! with their pidfile and log in their data dir (`DIR/node-N`). `dev up` is idempotent: it
+//! starts only the daemons that are not running and creates or joins only nodes that are not
+//! members yet, so running it again after a crash brings the cluster back. `dev down` stops
+//! exactly the daemons whose pidfiles are in DIR, by pid.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use flotilla_client::Client;
+use flotilla_model::rest::{NodeRole, NodeStatus};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::cli::{default_dev_dir, Connection};
+use crate::daemon::{process_alive, read_pid, PIDFILE};
+
+/// How long `dev up` waits for daemons and for the cluster to form.
+const FORM_DEADLINE: Duration = Duration::from_secs(60);
+/// How often readiness is polled.
+const POLL: Duration = Duration::from_millis(50);
+
+/// `flotilla dev` subcommands.
+#[derive(Subcommand)]
+pub enum DevCommand {
+    /// Start N daemons, create the cluster on the first, join the rest, wait until all are up.
+    Up(UpArgs),
+    /// Stop the daemons of a dev cluster (by pid); --purge also deletes their data.
+    Down(DownArgs),
+}
+
+/// Arguments of `flotilla dev up`.
+#[derive(Args)]
+pub struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u8,
+    /// Folder holding the nodes' data dirs.
+    #[arg(long, default_value_os_t = default_dev_dir())]
+    pub dir: PathBuf,
+    /// Address of node 1; node N gets the address N-1 above it.
+    #[arg(long, default_value = "127.0.0.11")]
+    pub base_addr: Ipv4Addr,
+    /// Cluster name.
+    #[arg(long, default_value = "flotilla.local")]
+    pub name: String,
+}
+
+/// Arguments of `flotilla dev down`.
+#[derive(Args)]
+pub struct DownArgs {
+    /// Folder holding the nodes' data dirs.
+    #[arg(long, default_value_os_t = default_dev_dir())]
+    pub dir: PathBuf,
+    /// Also delete the nodes' data.
+    #[arg(long)]
+    pub purge: bool,
+}
+
+/// Runs a dev subcommand.
+pub async fn run(conn: &Connection, command: DevCommand) -> Result<()> {
+    match command {
+        DevCommand::Up(args) => up(conn, args).await,
+        DevCommand::Down(args) => down(args).await,
+    }
+}
+
+/// The address of node `n` (1-based).
+fn node_addr(base: Ipv4Addr, n: u8) -> Result<Ipv4Addr> {
+    let [a, b, c, d] = base.octets();
+    let last = d
+        .checked_add(n - 1)
+        .ok_or_else(|| anyhow!("--base-addr {base} leaves no room for {n} nodes"))?;
+    Ok(Ipv4Addr::new(a, b, c, last))
+}
+
+fn node_dir(dir: &Path, n: u8) -> PathBuf {
+    dir.join(format!("node-{n}"))
+}
+
+async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let user = conn.user.clone().unwrap_or_else(|| "admin".into());
+    let password = conn.password.clone().unwrap_or_else(|| "flotilla".into());
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let started = Instant::now();
+    let mut nodes = Vec::new();
+    for n in 1..=args.nodes {
+        let addr = node_addr(args.base_addr, n)?;
+        let data_dir = node_dir(&args.dir, n);
+        let child = ensure_daemon(addr, &data_dir)?;
+        nodes.push((addr, data_dir, child));
+    }
+    let clients: Vec<Client> = nodes
+        .iter()
+        .map(|(addr, _, _)| {
+            Client::new(
+                &format!("http://{addr}:8080"),
+                Some(user.clone()),
+                Some(password.clone()),
+            )
+        })
+        .collect();
+    for ((_, data_dir, child), client) in nodes.iter_mut().zip(&clients) {
+        wait_healthy(client, data_dir, child.as_mut()).await?;
+    }
+    let first = nodes[0].0.to_string();
+    for (i, client) in clients.iter().enumerate() {
+        if client.health().await?.node_uid.is_some() {
+            continue;
+        }
+        if i == 0 {
+            client.create_cluster(&args.name, &user, &password).await?;
+        } else {
+            client
+                .join_cluster(std::slice::from_ref(&first), &user, &password)
+                .await?;
+        }
+    }
+    wait_formed(&clients[0], args.nodes as usize).await?;
+    println!(
+        "cluster '{}' is up with {} nodes in {:.1} s",
+        args.name,
+        args.nodes,
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "export FLOTILLA_URL=http://{first}:8080 FLOTILLA_USER={user} FLOTILLA_PASSWORD={password}"
+    );
+    Ok(())
+}
+
+/// Starts the daemon for `data_dir` unless its pidfile names a live one.
+fn ensure_daemon(addr: Ipv4Addr, data_dir: &Path) -> Result<Option<Child>> {
+    if let Some(pid) = read_pid(&data_dir.join(PIDFILE)) {
+        if process_alive(pid) {
+            return Ok(None);
+        }
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(data_dir.join("flotilla.log"))?;
+    let exe = std::env::current_exe().context("locating the flotilla binary")?;
+    let child = std::process::Command::new(exe)
+        .args(["node", "start", "--addr", &addr.to_string(), "--data-dir"])
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting a node daemon")?;
+    Ok(Some(child))
+}
+
+fn log_tail(data_dir: &Path) -> String {
+    let text = std::fs::read_to_string(data_dir.join("flotilla.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+async fn wait_healthy(
+    client: &Client,
+    data_dir: &Path,
+    mut child: Option<&mut Child>,
+) -> Result<()> {
+    let deadline = Instant::now() + FORM_DEADLINE;
+    loop {
+        if client.health().await.is_ok() {
+            return Ok(());
+        }
+        if let Some(child) = child.as_deref_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "the daemon for {} exited ({status}):\n{}",
+                    data_dir.display(),
+                    log_tail(data_dir)
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the daemon for {} did not answer within {:?}:\n{}",
+                data_dir.display(),
+                FORM_DEADLINE,
+                log_tail(data_dir)
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until the cluster lists `count` nodes, all up, exactly one primary.
+async fn wait_formed(client: &Client, count: usize) -> Result<()> {
+    let deadline = Instant::now() + FORM_DEADLINE;
+    loop {
+        if let Ok(nodes) = client.nodes().await {
+            let up = nodes.iter().filter(|n| n.status == NodeStatus::Up).count();
+            let primaries = nodes.iter().filter(|n| n.role == NodeRole::Primary).count();
+            if nodes.len() == count && up == count && primaries == 1 {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the cluster did not show {count} nodes up with one primary within {FORM_DEADLINE:?}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn down(args: DownArgs) -> Result<()> {
+    let mut stopped = 0;
+    for entry in
+        std::fs::read_dir(&args.dir).with_context(|| format!("reading {}", args.dir.display()))?
+    {
+        let data_dir = entry?.path();
+        if let Some(pid) = read_pid(&data_dir.join(PIDFILE)) {
+            if process_alive(pid) && is_our_daemon(pid, &data_dir) {
+                stop_pid(pid).await?;
+                stopped += 1;
+            }
+        }
+    }
+    if args.purge {
+        std::fs::remove_dir_all(&args.dir)
+            .with_context(|| format!("removing {}", args.dir.display()))?;
+    }
+    println!(
+        "stopped {stopped} daemon(s){}",
+        if args.purge { ", data removed" } else { "" }
+    );
+    Ok(())
+}
+
+/// True when `pid` is a flotilla daemon started on `data_dir` (guards against a reused pid).
+fn is_our_daemon(pid: u32, data_dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let wanted = data_dir.to_string_lossy();
+    args.iter().any(|a| a == "start") && args.iter().any(|a| Path::new(a) == Path::new(&*wanted))
+}
+
+/// SIGTERM, wait up to 10 s, then SIGKILL.
+async fn stop_pid(pid: u32) -> Result<()> {
+    let target = Pid::from_raw(pid as i32);
+    let _ = kill(target, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process_alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(POLL).await;
+    }
+    if process_alive(pid) {
+        let _ = kill(target, Signal::SIGKILL);
+    }
+    Ok(())
+}

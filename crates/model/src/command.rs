@@ -1,0 +1,107 @@
+//! Typed commands: the only way the replicated cluster state changes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ModelError;
+use crate::state::{Credentials, NodeUid};
+
+/// One change to the cluster state, proposed through Raft and applied on every node.
+///
+/// Internally tagged by `kind` so that a kind unknown to an older node decodes as
+/// [`Command::Unknown`] (see the crate docs on cross-version encoding).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Command {
+    /// Creates the cluster with its first node (uid 1).
+    CreateCluster {
+        /// Cluster name.
+        name: String,
+        /// Operator credentials (hashed).
+        credentials: Credentials,
+        /// Internal RPC secret.
+        secret: String,
+        /// Creation time, seconds since the epoch.
+        created_at: u64,
+        /// The creating node.
+        node: NodeSpec,
+    },
+    /// Adds a joining node; a node already known by address keeps its uid.
+    AddNode {
+        /// The joining node.
+        node: NodeSpec,
+    },
+    /// Changes cluster settings; `None` fields stay as they are.
+    UpdateCluster {
+        /// New cluster name.
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// Records a node's new software version or OS (after an upgrade or a restart).
+    UpdateNode {
+        /// The node.
+        uid: NodeUid,
+        /// Its software version now.
+        software_version: String,
+        /// Its OS now.
+        os: String,
+    },
+    /// A command kind this software version does not know; applying it changes nothing.
+    #[serde(other)]
+    Unknown,
+}
+
+/// What a node says about itself when it creates or joins the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// The address the node binds.
+    pub addr: String,
+    /// Its Flotilla software version.
+    pub software_version: String,
+    /// Its operating system.
+    pub os: String,
+}
+
+/// The replicated outcome of applying a command, returned to whoever proposed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CommandResult {
+    /// Applied.
+    Ok,
+    /// A new node received this uid.
+    NodeAdded {
+        /// The new node's uid.
+        uid: NodeUid,
+    },
+    /// A node with that address already exists under this uid; nothing changed.
+    NodeExists {
+        /// The existing node's uid.
+        uid: NodeUid,
+    },
+    /// The command did not fit the state and changed nothing.
+    Refused(ModelError),
+    /// The command kind was unknown to this node and changed nothing.
+    Ignored,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_command_kind_decodes_as_unknown() {
+        let cmd: Command =
+            serde_json::from_str(r#"{"kind":"create_bdb_v9","name":"x","port":12000}"#).unwrap();
+        assert_eq!(cmd, Command::Unknown);
+    }
+
+    #[test]
+    fn commands_round_trip_and_tolerate_extra_fields() {
+        let cmd = Command::UpdateCluster {
+            name: Some("n".into()),
+        };
+        let mut json: serde_json::Value = serde_json::to_value(&cmd).unwrap();
+        json["added_in_a_newer_version"] = serde_json::json!(true);
+        let back: Command = serde_json::from_value(json).unwrap();
+        assert_eq!(back, cmd);
+    }
+}

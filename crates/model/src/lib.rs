@@ -1,0 +1,27 @@
+//! The cluster's objects and the typed commands that change them.
+//!
+//! This crate owns the shape of the replicated cluster configuration (see DESIGN.md, "The cluster
+//! store"): cluster settings, nodes and id counters today, with room for databases, shards,
+//! endpoints and actions. It has no I/O: the store crate replicates [`Command`]s through Raft and
+//! applies them here with [`ClusterState::apply`], deterministically, on every node.
+//!
+//! # Encoding across adjacent software versions
+//!
+//! Commands and state are serialized as JSON (serde) and follow three rules so that a node one
+//! software version older can decode everything a newer node may propose before finalization:
+//! - every struct tolerates unknown fields (no `deny_unknown_fields`), and every field added after
+//!   the first release carries `#[serde(default)]`, so old readers skip new fields and new readers
+//!   fill in missing ones;
+//! - [`Command`] is internally tagged by `kind`; a kind this version does not know decodes as
+//!   [`Command::Unknown`] instead of failing the whole log entry;
+//! - a new kind of command is proposed only once the cluster version allows it (finalization), so
+//!   `Unknown` is a safety net, never a normal path: applying it changes nothing and is logged.
+
+mod command;
+mod error;
+pub mod rest;
+mod state;
+
+pub use command::{Command, CommandResult, NodeSpec};
+pub use error::ModelError;
+pub use state::{Cluster, ClusterState, Credentials, IdCounters, Node, NodeUid};

@@ -1,0 +1,164 @@
+//! The JSON objects of the REST API, in Redis Software's shape and field names.
+//!
+//! Shared by the API (which serves them) and the client (which reads them), so both sides agree
+//! on one definition.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::NodeUid;
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// Cluster name.
+    pub name: String,
+    /// Creation time, seconds since the epoch.
+    pub created_time: u64,
+    /// The current primary node's uid, if one is elected.
+    pub master_node: Option<NodeUid>,
+    /// Number of member nodes.
+    pub nodes_count: usize,
+}
+
+/// `PUT /v1/cluster`: the settings an operator may change; omitted fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterUpdate {
+    /// New cluster name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Whether a node answers: seen by the primary node recently, or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// The node reported to the primary node within the liveness window.
+    Up,
+    /// The node has not reported within the liveness window.
+    Down,
+    /// The primary node took over too recently to tell.
+    Unknown,
+}
+
+/// A node's role in the cluster, as `flotilla status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    /// The Raft leader: runs the orchestrator (Redis Software's master node).
+    Primary,
+    /// Any other member.
+    Secondary,
+}
+
+/// `GET /v1/nodes`, `GET /v1/nodes/{uid}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node uid.
+    pub uid: NodeUid,
+    /// The node's address.
+    pub addr: String,
+    /// Primary or secondary.
+    pub role: NodeRole,
+    /// Installed Flotilla version.
+    pub software_version: String,
+    /// Operating system.
+    pub os: String,
+    /// Up, down or unknown.
+    pub status: NodeStatus,
+}
+
+/// One entry of `GET /v1/nodes/status`, keyed by uid; `role` is `master`/`slave` as in Redis
+/// Software's `/nodes/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatusEntry {
+    /// `master` for the primary node, `slave` otherwise.
+    pub role: String,
+    /// Up, down or unknown.
+    pub status: NodeStatus,
+    /// Installed Flotilla version.
+    pub software_version: String,
+    /// The node's address.
+    pub addr: String,
+}
+
+/// `GET /v1/nodes/status`.
+pub type NodesStatus = BTreeMap<String, NodeStatusEntry>;
+
+/// `GET /v1/health`: answered without credentials, for readiness polling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always `ok` when the daemon answers.
+    pub status: String,
+    /// This node's uid once it created or joined a cluster.
+    pub node_uid: Option<NodeUid>,
+    /// The primary node's uid as this node knows it.
+    pub master_node: Option<NodeUid>,
+    /// This node's software version.
+    pub software_version: String,
+}
+
+/// `POST /v1/bootstrap/create_cluster` and `join_cluster` (Redis Software's bootstrap shape).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapRequest {
+    /// `create_cluster` or `join_cluster`; optional, the URL already says which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The cluster to create (`name`) or join (`nodes`).
+    pub cluster: BootstrapCluster,
+    /// The operator's credentials.
+    pub credentials: BootstrapCredentials,
+}
+
+/// The `cluster` part of a bootstrap request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapCluster {
+    /// Name of the cluster to create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Addresses of existing members, for a join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+}
+
+/// The `credentials` part of a bootstrap request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapCredentials {
+    /// Operator user name.
+    pub username: String,
+    /// Operator password.
+    pub password: String,
+}
+
+/// What a successful bootstrap answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootstrapResult {
+    /// The node's uid in the cluster.
+    pub node_uid: NodeUid,
+}
+
+/// An API error body: `{"error_code": "...", "description": "..."}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable machine-readable code.
+    pub error_code: String,
+    /// What went wrong, naming the object or field and the fix.
+    pub description: String,
+}
+
+/// What a node reports about itself to the primary node, over internal RPC, every half second.
+/// Kept in the primary's memory (observed state), not in the Raft log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// The reporting node.
+    pub uid: NodeUid,
+    /// Its running software version.
+    pub software_version: String,
+    /// Its OS.
+    pub os: String,
+}

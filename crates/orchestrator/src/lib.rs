@@ -1,0 +1,9 @@
+//! The orchestrator: what runs on the primary node.
+//!
+//! Today it keeps the observed state that every node reports over internal RPC (liveness,
+//! running software version) and answers which nodes are up. Placement, failover and actions
+//! come on top of it.
+
+pub mod observed;
+
+pub use observed::Observer;

@@ -1,0 +1,128 @@
+//! Observed node state: reports kept in the primary node's memory, never in the Raft log.
+//!
+//! Every node's agent reports to the primary node twice a second. A node is `up` when its last
+//! report is younger than [`LIVENESS_WINDOW`]; the primary itself is always up. Right after a
+//! primary takes over it has heard from nobody yet, so for one window silent nodes are `unknown`
+//! rather than wrongly `down`. Any node answers liveness questions by asking the primary.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use flotilla_model::rest::{NodeReport, NodeStatus};
+use flotilla_model::NodeUid;
+use flotilla_store::{Store, StoreError};
+
+/// How recent a report must be for its node to count as up.
+pub const LIVENESS_WINDOW: Duration = Duration::from_secs(3);
+
+/// The primary node's table of node reports; cheap to clone.
+#[derive(Clone)]
+pub struct Observer {
+    store: Store,
+    inner: Arc<Mutex<Table>>,
+}
+
+struct Table {
+    reports: HashMap<NodeUid, (NodeReport, Instant)>,
+    leading_since: Option<Instant>,
+}
+
+impl Observer {
+    /// An empty table for this node.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            inner: Arc::new(Mutex::new(Table {
+                reports: HashMap::new(),
+                leading_since: None,
+            })),
+        }
+    }
+
+    /// Records a node's report (called on the primary node).
+    pub fn record(&self, report: NodeReport) {
+        let mut table = self.inner.lock().expect("observer lock");
+        table.reports.insert(report.uid, (report, Instant::now()));
+    }
+
+    /// Liveness of every node in the state, computed here: only meaningful on the primary.
+    pub fn local_statuses(&self) -> BTreeMap<NodeUid, NodeStatus> {
+        let me = self.store.uid();
+        let leading = self.store.is_leader();
+        let mut table = self.inner.lock().expect("observer lock");
+        let now = Instant::now();
+        let since = if leading {
+            *table.leading_since.get_or_insert(now)
+        } else {
+            table.leading_since = None;
+            now
+        };
+        let young = now.duration_since(since) < LIVENESS_WINDOW;
+        self.store
+            .state()
+            .nodes
+            .keys()
+            .map(|uid| {
+                let seen = table
+                    .reports
+                    .get(uid)
+                    .map(|(_, at)| now.duration_since(*at) < LIVENESS_WINDOW);
+                let status = match (Some(*uid) == me && leading, seen, young) {
+                    (true, _, _) | (_, Some(true), _) => NodeStatus::Up,
+                    (_, _, true) => NodeStatus::Unknown,
+                    _ => NodeStatus::Down,
+                };
+                (*uid, status)
+            })
+            .collect()
+    }
+
+    /// Liveness of every node as the primary node sees it, asking the primary when this node is
+    /// not it. Without a reachable primary every node is `unknown`.
+    pub async fn statuses(&self) -> BTreeMap<NodeUid, NodeStatus> {
+        if self.store.is_leader() {
+            return self.local_statuses();
+        }
+        let unknown = || {
+            self.store
+                .state()
+                .nodes
+                .keys()
+                .map(|uid| (*uid, NodeStatus::Unknown))
+                .collect()
+        };
+        let Some(leader) = self.store.leader_rpc_addr() else {
+            return unknown();
+        };
+        let answer: Result<BTreeMap<NodeUid, NodeStatus>, StoreError> = self
+            .store
+            .call_internal(&leader, "/internal/observed", &())
+            .await;
+        answer.unwrap_or_else(|_| unknown())
+    }
+
+    /// The internal routes that receive reports and answer liveness (behind the secret check).
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/internal/report", post(report))
+            .route("/internal/observed", post(observed))
+            .with_state(self.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                self.store.clone(),
+                flotilla_store::rpc::require_secret,
+            ))
+    }
+}
+
+async fn report(State(observer): State<Observer>, Json(report): Json<NodeReport>) -> Json<()> {
+    observer.record(report);
+    Json(())
+}
+
+async fn observed(State(observer): State<Observer>) -> Json<BTreeMap<NodeUid, NodeStatus>> {
+    Json(observer.local_statuses())
+}

@@ -1,0 +1,288 @@
+//! Creating a cluster and joining one: the steps that give a node its uid and Raft membership.
+//!
+//! Join is two calls to the primary node, both safe to repeat:
+//! 1. `/internal/join` (authenticated by the operator's credentials) records the node in the
+//!    state (`AddNode`; a known address keeps its uid) and answers its uid and the secret;
+//! 2. the joiner saves its identity and starts Raft, then `/internal/join/promote` makes the
+//!    primary add it as a learner, wait until it caught up, and turn it into a voter.
+//!
+//! A join that fails in step 1 leaves nothing behind; one interrupted after it can be run again
+//! and resumes under the same uid.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_model::{Command, CommandResult, NodeSpec, NodeUid};
+use openraft::ChangeMembers;
+use serde::{Deserialize, Serialize};
+
+use crate::credentials::{hash_password, random_secret, verify};
+use crate::types::RaftNode;
+use crate::{Identity, Store, StoreError};
+
+/// What a joining node sends to a cluster member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Operator user name.
+    pub username: String,
+    /// Operator password.
+    pub password: String,
+    /// The joining node.
+    pub node: NodeSpec,
+}
+
+/// What the primary answers a successful join request with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTicket {
+    /// The joiner's uid.
+    pub uid: NodeUid,
+    /// The internal RPC secret.
+    pub secret: String,
+    /// The primary's RPC address, for step 2.
+    pub leader_rpc_addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PromoteRequest {
+    pub uid: NodeUid,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Creates a cluster with this node as uid 1 and the primary node. Refused when this node
+    /// already belongs to a cluster; resumes a create that was interrupted before it applied.
+    pub async fn create_cluster(
+        &self,
+        name: String,
+        username: String,
+        password: String,
+        node: NodeSpec,
+    ) -> Result<NodeUid, StoreError> {
+        let _guard = self.inner.bootstrap.lock().await;
+        self.refuse_if_member()?;
+        let identity = match self.identity() {
+            Some(identity) if identity.uid == 1 => identity,
+            Some(_) => return Err(self.already_member()),
+            None => Identity {
+                uid: 1,
+                secret: random_secret(),
+            },
+        };
+        identity.save(self.data_dir())?;
+        let raft = self.start_raft(identity.clone()).await?;
+        let me = RaftNode {
+            addr: self.config().rpc_addr_of(&node.addr),
+        };
+        // Already initialized (a resumed create) is fine.
+        let _ = raft.initialize(BTreeMap::from([(1, me)])).await;
+        if self.wait_for_leader(Duration::from_secs(10)).await != Some(1) {
+            return Err(StoreError::NoLeader(
+                "this node did not become the primary within 10 s".into(),
+            ));
+        }
+        let command = Command::CreateCluster {
+            name,
+            credentials: flotilla_model::Credentials {
+                username,
+                password_hash: hash_password(&password),
+            },
+            secret: identity.secret,
+            created_at: now_secs(),
+            node,
+        };
+        match crate::refused_to_error(self.propose(command).await?)? {
+            CommandResult::NodeAdded { uid } => Ok(uid),
+            other => Err(StoreError::Internal(format!(
+                "unexpected outcome {other:?}"
+            ))),
+        }
+    }
+
+    /// Joins the cluster that `seeds` (RPC addresses of members) belong to.
+    pub async fn join_cluster(
+        &self,
+        seeds: &[String],
+        username: String,
+        password: String,
+        node: NodeSpec,
+    ) -> Result<NodeUid, StoreError> {
+        let _guard = self.inner.bootstrap.lock().await;
+        self.refuse_if_member()?;
+        if seeds.is_empty() {
+            return Err(StoreError::InvalidRequest(
+                "cluster.nodes is empty: name at least one address of a cluster member".into(),
+            ));
+        }
+        let request = JoinRequest {
+            username,
+            password,
+            node,
+        };
+        let ticket = self.request_ticket(seeds, &request).await?;
+        if let Some(identity) = self.identity() {
+            if identity.uid != ticket.uid {
+                return Err(StoreError::AlreadyBootstrapped(format!(
+                    "this node started joining as uid {} but the cluster answered uid {}; \
+                     stop the daemon, empty its data dir and join again",
+                    identity.uid, ticket.uid
+                )));
+            }
+        }
+        let identity = Identity {
+            uid: ticket.uid,
+            secret: ticket.secret.clone(),
+        };
+        identity.save(self.data_dir())?;
+        self.start_raft(identity).await?;
+        let promote = PromoteRequest { uid: ticket.uid };
+        let promoted: Result<(), StoreError> = self
+            .call_internal(&ticket.leader_rpc_addr, "/internal/join/promote", &promote)
+            .await?;
+        promoted?;
+        self.wait_until_listed(ticket.uid).await?;
+        Ok(ticket.uid)
+    }
+
+    async fn request_ticket(
+        &self,
+        seeds: &[String],
+        request: &JoinRequest,
+    ) -> Result<JoinTicket, StoreError> {
+        let mut last = None;
+        for seed in seeds {
+            let answer: Result<Result<JoinTicket, StoreError>, StoreError> =
+                self.call_internal(seed, "/internal/join", request).await;
+            match answer {
+                Ok(result) => return result,
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("seeds is not empty"))
+    }
+
+    async fn wait_until_listed(&self, uid: NodeUid) -> Result<(), StoreError> {
+        let mut changes = self.subscribe();
+        let listed = async {
+            changes
+                .wait_for(|_| self.state().nodes.contains_key(&uid))
+                .await
+                .is_ok()
+        };
+        match tokio::time::timeout(Duration::from_secs(20), listed).await {
+            Ok(true) => Ok(()),
+            _ => Err(StoreError::Internal(format!(
+                "joined as uid {uid} but the cluster state did not reach this node within 20 s"
+            ))),
+        }
+    }
+
+    fn refuse_if_member(&self) -> Result<(), StoreError> {
+        let is_voter = self
+            .uid()
+            .is_some_and(|uid| self.voter_uids().contains(&uid));
+        if is_voter && self.state().cluster.is_some() {
+            return Err(self.already_member());
+        }
+        Ok(())
+    }
+
+    fn already_member(&self) -> StoreError {
+        let name = self
+            .state()
+            .cluster
+            .map(|c| c.name)
+            .unwrap_or_else(|| "(being created)".into());
+        let uid = self.uid().unwrap_or_default();
+        StoreError::AlreadyBootstrapped(format!(
+            "this node is already node {uid} of cluster '{name}'; to start over, stop its daemon \
+             and empty its data dir"
+        ))
+    }
+
+    /// Primary-side handling of a join request (step 1). Forwards to the primary when this
+    /// node is not it.
+    pub(crate) async fn admit(&self, request: JoinRequest) -> Result<JoinTicket, StoreError> {
+        if !self.is_leader() {
+            let leader = self
+                .leader_rpc_addr()
+                .ok_or_else(|| StoreError::NoLeader("no primary node elected".into()))?;
+            return self
+                .call_internal(&leader, "/internal/join", &request)
+                .await?;
+        }
+        let state = self.state();
+        let cluster = state.cluster()?;
+        if !verify(&cluster.credentials, &request.username, &request.password) {
+            return Err(StoreError::Unauthorized);
+        }
+        if let Some(existing) = state.node_by_addr(&request.node.addr) {
+            if self.voter_uids().contains(&existing.uid) {
+                return Err(StoreError::AlreadyBootstrapped(format!(
+                    "address {} is already node {} of cluster '{}'; remove that node first",
+                    existing.addr, existing.uid, cluster.name
+                )));
+            }
+        }
+        let outcome = self
+            .propose(Command::AddNode {
+                node: request.node.clone(),
+            })
+            .await?;
+        let uid = match crate::refused_to_error(outcome)? {
+            CommandResult::NodeAdded { uid } | CommandResult::NodeExists { uid } => uid,
+            other => {
+                return Err(StoreError::Internal(format!(
+                    "unexpected outcome {other:?}"
+                )))
+            }
+        };
+        Ok(JoinTicket {
+            uid,
+            secret: cluster.secret.clone(),
+            leader_rpc_addr: self.leader_rpc_addr().unwrap_or_default(),
+        })
+    }
+
+    /// Primary-side step 2: learner, catch up, voter.
+    pub(crate) async fn promote(&self, uid: NodeUid) -> Result<(), StoreError> {
+        if !self.is_leader() {
+            let leader = self
+                .leader_rpc_addr()
+                .ok_or_else(|| StoreError::NoLeader("no primary node elected".into()))?;
+            return self
+                .call_internal(&leader, "/internal/join/promote", &PromoteRequest { uid })
+                .await?;
+        }
+        let state = self.state();
+        let node = state.nodes.get(&uid).ok_or_else(|| {
+            StoreError::InvalidRequest(format!("node {uid} has not been admitted"))
+        })?;
+        let raft = self.raft()?;
+        let learner = RaftNode {
+            addr: self.config().rpc_addr_of(&node.addr),
+        };
+        let internal = |e: String| StoreError::Internal(e);
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            raft.add_learner(uid, learner, true),
+        )
+        .await
+        .map_err(|_| internal(format!("node {uid} did not catch up within 30 s")))?
+        .map_err(|e| internal(e.to_string()))?;
+        let voters = ChangeMembers::AddVoterIds(BTreeSet::from([uid]));
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            raft.change_membership(voters, false),
+        )
+        .await
+        .map_err(|_| internal(format!("making node {uid} a voter took over 30 s")))?
+        .map_err(|e| internal(e.to_string()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,101 @@
+//! The server side of internal RPC: the routes other nodes call on `ADDR:3333`.
+//!
+//! Raft's own messages (`/raft/*`), forwarded proposals and join step 2 need the cluster secret
+//! in [`crate::SECRET_HEADER`]; join step 1 is authenticated by the operator's credentials in
+//! its body. Other layers add their internal routes behind [`require_secret`].
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use flotilla_model::{Command, CommandResult};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+
+use crate::membership::{JoinRequest, JoinTicket, PromoteRequest};
+use crate::types::TypeConfig;
+use crate::{Store, StoreError, SECRET_HEADER};
+
+/// The store's internal routes, to be served on the node's RPC address.
+pub fn router(store: Store) -> Router {
+    Router::new()
+        .route("/raft/append", post(append))
+        .route("/raft/vote", post(vote))
+        .route("/raft/snapshot", post(snapshot))
+        .route("/internal/propose", post(propose))
+        .route("/internal/join/promote", post(promote))
+        .layer(middleware::from_fn_with_state(
+            store.clone(),
+            require_secret,
+        ))
+        .route("/internal/join", post(join))
+        .with_state(store)
+}
+
+/// Middleware that lets a request through only when it carries this node's cluster secret.
+pub async fn require_secret(State(store): State<Store>, request: Request, next: Next) -> Response {
+    let Some(identity) = store.identity() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node is not part of a cluster",
+        )
+            .into_response();
+    };
+    let given = request
+        .headers()
+        .get(SECRET_HEADER)
+        .and_then(|v| v.to_str().ok());
+    if given != Some(identity.secret.as_str()) {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
+    }
+    next.run(request).await
+}
+
+async fn append(
+    State(store): State<Store>,
+    Json(request): Json<AppendEntriesRequest<TypeConfig>>,
+) -> Response {
+    match store.raft() {
+        Ok(raft) => Json(raft.append_entries(request).await).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+async fn vote(State(store): State<Store>, Json(request): Json<VoteRequest<u64>>) -> Response {
+    match store.raft() {
+        Ok(raft) => Json(raft.vote(request).await).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+async fn snapshot(
+    State(store): State<Store>,
+    Json(request): Json<InstallSnapshotRequest<TypeConfig>>,
+) -> Response {
+    match store.raft() {
+        Ok(raft) => Json(raft.install_snapshot(request).await).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+async fn propose(
+    State(store): State<Store>,
+    Json(command): Json<Command>,
+) -> Json<Result<CommandResult, StoreError>> {
+    Json(store.propose_local(command).await)
+}
+
+async fn join(
+    State(store): State<Store>,
+    Json(request): Json<JoinRequest>,
+) -> Json<Result<JoinTicket, StoreError>> {
+    Json(store.admit(request).await)
+}
+
+async fn promote(
+    State(store): State<Store>,
+    Json(request): Json<PromoteRequest>,
+) -> Json<Result<(), StoreError>> {
+    Json(store.promote(request.uid).await)
+}
