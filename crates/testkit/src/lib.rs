@@ -1,0 +1,276 @@
+//! Test harness for integration tests that start the real thing.
+//!
+//! A [`DevCluster`] is `flotilla dev up` run by the binary under test (overridable with
+//! `FLOTILLA_BIN`, so the same suite can run against a released build) in a temp dir, on a
+//! loopback subnet chosen by the test (`127.0.S.11`, `.12`, ...) so tests never collide. On drop
+//! it stops its daemons by pid; when the test failed it prints the tail of every node's log and
+//! keeps the dir for inspection.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_client::Client;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Operator user name the harness creates clusters with.
+pub const USER: &str = "admin";
+/// Operator password the harness creates clusters with.
+pub const PASSWORD: &str = "test-password";
+
+/// The flotilla binary to test: `FLOTILLA_BIN` if set, else the one cargo built.
+pub fn flotilla_bin(cargo_built: &str) -> PathBuf {
+    std::env::var_os("FLOTILLA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(cargo_built))
+}
+
+/// A local cluster of real daemons started with `flotilla dev up`.
+pub struct DevCluster {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    base: Ipv4Addr,
+    nodes: u8,
+}
+
+impl DevCluster {
+    /// Starts `nodes` daemons on `127.0.subnet.11..` and forms the cluster; panics with the
+    /// command's output when it fails.
+    pub fn up(bin: &Path, subnet: u8, nodes: u8) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("flotilla-test-")
+            .tempdir()
+            .expect("temp dir");
+        let cluster = Self {
+            bin: bin.to_path_buf(),
+            dir,
+            base: Ipv4Addr::new(127, 0, subnet, 11),
+            nodes,
+        };
+        cluster.dev_up();
+        cluster
+    }
+
+    /// Runs `flotilla dev up` again: restarts daemons that are not running, waits for all.
+    pub fn dev_up(&self) -> Output {
+        let output = self.flotilla(&[
+            "dev",
+            "up",
+            "--nodes",
+            &self.nodes.to_string(),
+            "--dir",
+            &self.dir.path().to_string_lossy(),
+            "--base-addr",
+            &self.base.to_string(),
+        ]);
+        assert_success(&output, "flotilla dev up");
+        output
+    }
+
+    /// Runs `flotilla dev down` (daemons stopped by pid; data kept).
+    pub fn dev_down(&self) -> Output {
+        let output = self.flotilla(&["dev", "down", "--dir", &self.dir.path().to_string_lossy()]);
+        assert_success(&output, "flotilla dev down");
+        output
+    }
+
+    /// Runs the flotilla CLI with this cluster's credentials and node 1's URL.
+    pub fn flotilla(&self, args: &[&str]) -> Output {
+        self.flotilla_at(1, args)
+    }
+
+    /// Runs the flotilla CLI against node `n`'s REST API.
+    pub fn flotilla_at(&self, n: u8, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(args)
+            .env("FLOTILLA_URL", self.url(n))
+            .env("FLOTILLA_USER", USER)
+            .env("FLOTILLA_PASSWORD", PASSWORD)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running the flotilla binary")
+    }
+
+    /// `flotilla status --json` as asked of node `n`.
+    pub fn status_json(&self, n: u8) -> serde_json::Value {
+        let output = self.flotilla_at(n, &["status", "--json"]);
+        assert_success(&output, "flotilla status --json");
+        serde_json::from_slice(&output.stdout).expect("status --json prints JSON")
+    }
+
+    /// Node `n`'s address.
+    pub fn addr(&self, n: u8) -> Ipv4Addr {
+        let [a, b, c, d] = self.base.octets();
+        Ipv4Addr::new(a, b, c, d + n - 1)
+    }
+
+    /// Node `n`'s REST URL.
+    pub fn url(&self, n: u8) -> String {
+        format!("http://{}:8080", self.addr(n))
+    }
+
+    /// A REST client for node `n` with the cluster's credentials.
+    pub fn client(&self, n: u8) -> Client {
+        Client::new(&self.url(n), Some(USER.into()), Some(PASSWORD.into()))
+    }
+
+    /// Node `n`'s data dir.
+    pub fn data_dir(&self, n: u8) -> PathBuf {
+        self.dir.path().join(format!("node-{n}"))
+    }
+
+    /// The pid of node `n`'s daemon, from its pidfile.
+    pub fn daemon_pid(&self, n: u8) -> Option<u32> {
+        std::fs::read_to_string(self.data_dir(n).join("flotilla.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// kill -9 of node `n`'s daemon; waits (bounded) until the process is gone.
+    pub fn kill9(&self, n: u8) {
+        let pid = self.daemon_pid(n).expect("the daemon has a pidfile");
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9 of our own daemon");
+        let gone = poll_until(Duration::from_secs(10), || !process_alive(pid));
+        assert!(gone, "daemon {pid} still alive 10 s after kill -9");
+    }
+
+    /// The node numbers `1..=nodes`.
+    pub fn node_numbers(&self) -> std::ops::RangeInclusive<u8> {
+        1..=self.nodes
+    }
+
+    fn print_logs(&self) {
+        for n in self.node_numbers() {
+            let log =
+                std::fs::read_to_string(self.data_dir(n).join("flotilla.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("---- node {n} log (last 40 lines) ----");
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        for n in self.node_numbers() {
+            if let Some(pid) = self.daemon_pid(n) {
+                if process_alive(pid) {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+            }
+        }
+        if std::thread::panicking() {
+            self.print_logs();
+            let kept = self.dir.path().to_path_buf();
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("temp dir"),
+            ));
+            eprintln!("test failed: cluster data kept in {}", kept.display());
+        }
+    }
+}
+
+/// A single daemon started with `flotilla node start`, not part of any cluster yet.
+pub struct BareNode {
+    child: Child,
+    /// Its address.
+    pub addr: Ipv4Addr,
+    _dir: tempfile::TempDir,
+}
+
+impl BareNode {
+    /// Starts a daemon on `addr` and waits until its health endpoint answers.
+    pub fn start(bin: &Path, addr: Ipv4Addr) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = std::fs::File::create(dir.path().join("flotilla.log")).expect("log file");
+        let child = Command::new(bin)
+            .args(["node", "start", "--addr", &addr.to_string(), "--data-dir"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("starting flotilla node start");
+        let node = Self {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let client = node.client(None, None);
+        let runtime = runtime();
+        let ready = poll_until(Duration::from_secs(20), || {
+            runtime.block_on(client.health()).is_ok()
+        });
+        assert!(
+            ready,
+            "daemon on {addr} did not answer /v1/health within 20 s"
+        );
+        node
+    }
+
+    /// A REST client for this node.
+    pub fn client(&self, user: Option<&str>, password: Option<&str>) -> Client {
+        Client::new(
+            &format!("http://{}:8080", self.addr),
+            user.map(String::from),
+            password.map(String::from),
+        )
+    }
+}
+
+impl Drop for BareNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A current-thread tokio runtime for tests that call the async client.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Polls `check` every 50 ms until it is true or `timeout` passes; returns the last answer.
+pub fn poll_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// True when a process with this pid exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Panics with the command's output unless it succeeded.
+pub fn assert_success(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
