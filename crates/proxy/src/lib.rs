@@ -2,21 +2,43 @@
 //! by hash slot to the shard owning it, splits or fans out multi-shard commands and merges
 //! their replies, answers connection commands itself, and refuses administrative ones.
 //!
-//! This crate holds the pure routing logic so far: [`slot`] (CRC16 hash slots, hashtags and
-//! the slot map), [`command`] (the command table, also rendered as `COMMANDS.md`), [`route`]
-//! (the decision for one request), [`merge`] (combining shard replies) and [`scan`] (SCAN
-//! cursors across shards). Networking, shard connections and hold/release come later and use
-//! these types directly.
+//! Pure routing logic: [`slot`] (CRC16 hash slots, hashtags and the slot map), [`command`]
+//! (the command table, also rendered as `COMMANDS.md`), [`route`] (the decision for one
+//! request), [`merge`] (combining shard replies) and [`scan`] (SCAN cursors across shards).
+//!
+//! The data path: [`serve`] runs one endpoint (one listener, one database) against a
+//! [`Topology`] published through a `watch` channel. Each client connection is a task that
+//! reads a batch of pipelined requests, routes each one, writes every shard's share of the
+//! batch at once, then reads the replies back in the client's order (see `session.rs`).
+//!
+//! Shard connections are dedicated: each client connection opens, on first use, one
+//! authenticated connection per shard it touches. Why not a shared, multiplexed pool: a
+//! dedicated connection keeps MULTI/EXEC/WATCH and blocking commands (BLPOP, XREAD BLOCK)
+//! correct with no bookkeeping (they hold the engine-side connection state they need), a
+//! client's pipeline still reaches each shard as one write, and per-shard ordering is just the
+//! TCP stream's. The cost is one engine connection per client per shard touched, which engines
+//! handle in the tens of thousands; a multiplexed pool for plain commands is the next step if
+//! many mostly idle clients make that matter. SUBSCRIBE and friends are answered with an error
+//! for now.
 
 pub mod command;
 pub mod merge;
 pub mod route;
 pub mod scan;
 pub mod slot;
+pub mod topology;
+
+mod client;
+mod server;
+mod session;
+mod shard;
 
 pub use command::{lookup, lookup_request, Class, CommandSpec, KeySpec, LocalCommand, Merge};
 pub use merge::merge_replies;
 pub use route::{
     route, Decision, InvalidRequest, PubSubTarget, Rejection, Route, ScanStep, Split, SplitPart,
 };
+pub use server::serve;
+pub use shard::ShardError;
 pub use slot::{key_slot, ShardIndex, SlotMap, SLOT_COUNT};
+pub use topology::{Topology, TopologyError};
