@@ -1,0 +1,373 @@
+//! Per-client connection state the proxy keeps itself (protocol, authentication, name, id) and
+//! the answers to the connection commands it handles without a shard: PING, ECHO, SELECT,
+//! AUTH, HELLO, QUIT, CLIENT SETNAME/GETNAME/ID/INFO, COMMAND, INFO.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use flotilla_resp::{Protocol, Request, Value};
+
+use crate::command::{LocalCommand, COMMANDS};
+
+/// The version string the proxy reports in HELLO and INFO: the Redis API level it speaks.
+const API_VERSION: &str = "7.0.0";
+
+/// What a client connection has negotiated with the proxy.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientState {
+    /// The proxy's id for this connection (CLIENT ID).
+    pub id: u64,
+    /// RESP2 until `HELLO 3`.
+    pub protocol: Protocol,
+    /// Whether the client may run commands (always, when the database has no password).
+    pub authenticated: bool,
+    /// CLIENT SETNAME.
+    pub name: Option<Bytes>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The endpoint's address.
+    pub local: SocketAddr,
+}
+
+/// What the session does after a local command.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum LocalOutcome {
+    /// Write this reply and go on.
+    Reply(Value),
+    /// Write `+OK` and close the connection.
+    Quit,
+    /// RESET: the session drops transaction state, then the state is reset here.
+    Reset,
+}
+
+impl ClientState {
+    /// A fresh connection's state; authenticated when the database has no password.
+    pub fn new(id: u64, peer: SocketAddr, local: SocketAddr, password: Option<&str>) -> Self {
+        ClientState {
+            id,
+            protocol: Protocol::Resp2,
+            authenticated: password.is_none(),
+            name: None,
+            peer,
+            local,
+        }
+    }
+
+    /// Back to a new connection's state (RESET), keeping the id.
+    pub fn reset(&mut self, password: Option<&str>) {
+        *self = ClientState::new(self.id, self.peer, self.local, password);
+    }
+
+    /// Answers a command the proxy handles itself. `password` is the database password.
+    pub fn answer(
+        &mut self,
+        command: LocalCommand,
+        request: &Request,
+        password: Option<&str>,
+    ) -> LocalOutcome {
+        use LocalCommand as L;
+        let reply = match command {
+            L::Ping => ping(request),
+            L::Echo => echo(request),
+            L::Select => select(request),
+            L::Auth => self.auth(request, password),
+            L::Hello => self.hello(request, password),
+            L::Quit => return LocalOutcome::Quit,
+            L::Reset => return LocalOutcome::Reset,
+            L::ClientSetName => self.set_name(request),
+            L::ClientGetName => self.name.clone().map_or(Value::NullBulkString, Value::bulk),
+            L::ClientId => Value::Integer(self.id as i64),
+            L::ClientInfo => Value::bulk(self.info_line()),
+            L::ClientSetInfo | L::ClientNoop | L::ReadMode => Value::simple("OK"),
+            L::Command => command_reply(request),
+            L::Info => Value::bulk(info_text()),
+        };
+        LocalOutcome::Reply(reply)
+    }
+
+    fn auth(&mut self, request: &Request, password: Option<&str>) -> Value {
+        let (user, given) = match request.args() {
+            [pass] => (None, pass),
+            [user, pass] => (Some(user), pass),
+            _ => return wrong_arity("auth"),
+        };
+        let Some(password) = password else {
+            if user.is_none() {
+                return Value::error(
+                    "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+                );
+            }
+            self.authenticated = true;
+            return Value::simple("OK");
+        };
+        if check(user.map(|u| u.as_ref()), given, password) {
+            self.authenticated = true;
+            Value::simple("OK")
+        } else {
+            wrong_pass()
+        }
+    }
+
+    fn hello(&mut self, request: &Request, password: Option<&str>) -> Value {
+        let hello = match parse_hello(request) {
+            Ok(hello) => hello,
+            Err(reply) => return reply,
+        };
+        if let Some((user, pass)) = &hello.auth {
+            let ok = password.is_none_or(|p| check(Some(user), pass, p));
+            if !ok {
+                return wrong_pass();
+            }
+            self.authenticated = true;
+        }
+        if !self.authenticated {
+            return Value::error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+            );
+        }
+        if let Some(protocol) = hello.protocol {
+            self.protocol = protocol;
+        }
+        if let Some(name) = hello.name {
+            if let Err(reply) = self.apply_name(name) {
+                return reply;
+            }
+        }
+        self.hello_reply()
+    }
+
+    fn hello_reply(&self) -> Value {
+        let proto = match self.protocol {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        };
+        let pair = |k: &'static str, v: Value| (Value::bulk(k), v);
+        Value::Map(vec![
+            pair("server", Value::bulk("redis")),
+            pair("version", Value::bulk(API_VERSION)),
+            pair("proto", Value::Integer(proto)),
+            pair("id", Value::Integer(self.id as i64)),
+            pair("mode", Value::bulk("standalone")),
+            pair("role", Value::bulk("master")),
+            pair("modules", Value::Array(Vec::new())),
+        ])
+    }
+
+    fn set_name(&mut self, request: &Request) -> Value {
+        let [_, name] = request.args() else {
+            return wrong_arity("client|setname");
+        };
+        match self.apply_name(name.clone()) {
+            Ok(()) => Value::simple("OK"),
+            Err(reply) => reply,
+        }
+    }
+
+    fn apply_name(&mut self, name: Bytes) -> Result<(), Value> {
+        if name.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+            return Err(Value::error(
+                "ERR Client names cannot contain spaces, newlines or special characters.",
+            ));
+        }
+        self.name = (!name.is_empty()).then_some(name);
+        Ok(())
+    }
+
+    fn info_line(&self) -> String {
+        let name = self
+            .name
+            .as_ref()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default();
+        let resp = match self.protocol {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        };
+        format!(
+            "id={} addr={} laddr={} name={} db=0 resp={}\n",
+            self.id, self.peer, self.local, name, resp
+        )
+    }
+}
+
+/// A parsed `HELLO [protover [AUTH user pass] [SETNAME name]]`.
+struct Hello {
+    protocol: Option<Protocol>,
+    auth: Option<(Bytes, Bytes)>,
+    name: Option<Bytes>,
+}
+
+fn parse_hello(request: &Request) -> Result<Hello, Value> {
+    let mut hello = Hello {
+        protocol: None,
+        auth: None,
+        name: None,
+    };
+    let args = request.args();
+    let Some(version) = args.first() else {
+        return Ok(hello);
+    };
+    hello.protocol = Some(
+        match std::str::from_utf8(version).ok().map(str::parse::<i64>) {
+            Some(Ok(2)) => Protocol::Resp2,
+            Some(Ok(3)) => Protocol::Resp3,
+            Some(Ok(_)) => return Err(Value::error("NOPROTO unsupported protocol version")),
+            _ => {
+                return Err(Value::error(
+                    "ERR Protocol version is not an integer or out of range",
+                ))
+            }
+        },
+    );
+    let mut rest = &args[1..];
+    while let Some(option) = rest.first() {
+        match (option.to_ascii_uppercase().as_slice(), rest) {
+            (b"AUTH", [_, user, pass, ..]) => {
+                hello.auth = Some((user.clone(), pass.clone()));
+                rest = &rest[3..];
+            }
+            (b"SETNAME", [_, name, ..]) => {
+                hello.name = Some(name.clone());
+                rest = &rest[2..];
+            }
+            _ => {
+                return Err(Value::error(format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(option)
+                )))
+            }
+        }
+    }
+    Ok(hello)
+}
+
+/// Whether `user` (default when absent) and `given` match the database password, compared
+/// without an early exit so timing does not reveal the password.
+fn check(user: Option<&[u8]>, given: &[u8], password: &str) -> bool {
+    let user_ok = user.is_none_or(|u| u == b"default");
+    let expected = password.as_bytes();
+    let mut diff = given.len() ^ expected.len();
+    for (i, &b) in given.iter().enumerate() {
+        diff |= usize::from(b ^ expected.get(i).copied().unwrap_or(!b));
+    }
+    user_ok && diff == 0
+}
+
+fn wrong_pass() -> Value {
+    Value::error("WRONGPASS invalid username-password pair or user is disabled.")
+}
+
+fn wrong_arity(command: &str) -> Value {
+    Value::error(format!(
+        "ERR wrong number of arguments for '{command}' command"
+    ))
+}
+
+fn ping(request: &Request) -> Value {
+    match request.args() {
+        [] => Value::simple("PONG"),
+        [message] => Value::bulk(message.clone()),
+        _ => wrong_arity("ping"),
+    }
+}
+
+fn echo(request: &Request) -> Value {
+    match request.args() {
+        [message] => Value::bulk(message.clone()),
+        _ => wrong_arity("echo"),
+    }
+}
+
+fn select(request: &Request) -> Value {
+    let [index] = request.args() else {
+        return wrong_arity("select");
+    };
+    match std::str::from_utf8(index).ok().map(str::parse::<i64>) {
+        Some(Ok(0)) => Value::simple("OK"),
+        Some(Ok(_)) => Value::error("ERR DB index is out of range"),
+        _ => Value::error("ERR value is not an integer or out of range"),
+    }
+}
+
+/// COMMAND COUNT is the size of the proxy's table; other forms get an empty list, which
+/// clients (redis-cli's hints) treat as "no documentation".
+fn command_reply(request: &Request) -> Value {
+    match request.arg(1).map(|s| s.to_ascii_uppercase()) {
+        Some(sub) if sub == b"COUNT" => Value::Integer(COMMANDS.len() as i64),
+        _ => Value::Array(Vec::new()),
+    }
+}
+
+fn info_text() -> String {
+    format!(
+        "# Server\r\nredis_version:{API_VERSION}\r\nredis_mode:standalone\r\nflotilla_proxy_version:{}\r\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(words: &[&str]) -> Request {
+        Request::from_argv(words.iter().map(|w| Bytes::from(w.to_string())).collect()).unwrap()
+    }
+
+    fn state(password: Option<&str>) -> ClientState {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        ClientState::new(7, addr, addr, password)
+    }
+
+    #[test]
+    fn auth_and_hello_check_the_database_password() {
+        let mut s = state(Some("secret"));
+        assert!(!s.authenticated);
+        let r = s.answer(LocalCommand::Auth, &req(&["AUTH", "nope"]), Some("secret"));
+        assert_eq!(r, LocalOutcome::Reply(wrong_pass()));
+        let r = s.answer(LocalCommand::Hello, &req(&["HELLO", "3"]), Some("secret"));
+        assert!(matches!(r, LocalOutcome::Reply(Value::Error(_))));
+        assert_eq!(s.protocol, Protocol::Resp2);
+        let hello = req(&["HELLO", "3", "AUTH", "default", "secret", "SETNAME", "app"]);
+        let r = s.answer(LocalCommand::Hello, &hello, Some("secret"));
+        assert!(matches!(r, LocalOutcome::Reply(Value::Map(_))));
+        assert!(s.authenticated);
+        assert_eq!(s.protocol, Protocol::Resp3);
+        assert_eq!(s.name.as_deref(), Some(&b"app"[..]));
+        assert!(check(None, b"secret", "secret"));
+        assert!(!check(None, b"secre", "secret"));
+        assert!(!check(Some(b"other"), b"secret", "secret"));
+    }
+
+    #[test]
+    fn connection_commands_answer_like_redis() {
+        let mut s = state(None);
+        let mut answer = |words: &[&str]| match s.answer(
+            crate::command::lookup_request(&req(words))
+                .and_then(|spec| match spec.class {
+                    crate::Class::Local(c) => Some(c),
+                    _ => None,
+                })
+                .unwrap(),
+            &req(words),
+            None,
+        ) {
+            LocalOutcome::Reply(v) => v,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(answer(&["PING"]), Value::simple("PONG"));
+        assert_eq!(answer(&["ECHO", "hi"]), Value::bulk("hi"));
+        assert_eq!(answer(&["SELECT", "0"]), Value::simple("OK"));
+        assert_eq!(
+            answer(&["SELECT", "1"]),
+            Value::error("ERR DB index is out of range")
+        );
+        assert_eq!(answer(&["CLIENT", "SETNAME", "x"]), Value::simple("OK"));
+        assert_eq!(answer(&["CLIENT", "GETNAME"]), Value::bulk("x"));
+        assert_eq!(answer(&["CLIENT", "ID"]), Value::Integer(7));
+        assert!(answer(&["CLIENT", "SETNAME", "a b"]).is_error());
+        assert_eq!(
+            answer(&["HELLO", "4"]),
+            Value::error("NOPROTO unsupported protocol version")
+        );
+    }
+}

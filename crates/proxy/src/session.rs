@@ -1,0 +1,592 @@
+//! One client connection: reads a batch of pipelined requests, routes each one, writes every
+//! shard's part of the batch in one go, then reads the shards' replies back in the client's
+//! order and writes them to the client in one go.
+//!
+//! Ordering rests on one invariant: [`Pending`] entries are pushed in the same order their
+//! requests are appended to the shard connections, and each shard answers in order, so
+//! resolving the entries front to back reads every shard's replies in sequence. Requests are
+//! all sent before any reply is awaited, so a batch touching several shards costs one round
+//! trip to the slowest of them, not one per command.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use flotilla_resp::{Protocol, Request, RequestDecoder, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::client::{ClientState, LocalOutcome};
+use crate::command::{LocalCommand, Merge, PubSubKind, TxStep};
+use crate::route::{route, PubSubTarget, Route, ScanStep, Split};
+use crate::scan;
+use crate::shard::{ShardConn, ShardError};
+use crate::slot::ShardIndex;
+use crate::topology::Topology;
+
+/// Most requests routed before the batch is sent; bounds the memory one pipeline can pin.
+const MAX_BATCH: usize = 1024;
+
+/// Where one reply comes from.
+#[derive(Debug)]
+enum Source {
+    /// The next reply of this shard's connection.
+    Shard(usize),
+    /// The request never reached the shard.
+    Failed(ShardError),
+}
+
+/// How the replies of a multi-shard request combine.
+#[derive(Debug)]
+enum Combine {
+    /// A split request (MGET, MSET, DEL...).
+    Split(Split),
+    /// The same request sent to every shard (DBSIZE, KEYS, FLUSHALL...).
+    Merge(Merge),
+}
+
+/// One client reply still to be written, in order.
+#[derive(Debug)]
+enum Pending {
+    /// Known already (local answers, refusals).
+    Ready(Value, Protocol),
+    /// One shard's reply, as is.
+    Forward(Source, Protocol),
+    /// Several shards' replies, combined.
+    Combine(Vec<Source>, Combine, Protocol),
+    /// A SCAN reply whose cursor is re-encoded for the client.
+    Scan(Source, ShardIndex, u16, Protocol),
+    /// A reply the client never asked for (HELLO to a shard, MULTI and QUEUED inside EXEC).
+    Discard(Source),
+}
+
+/// A MULTI in progress: requests are queued here and sent with EXEC.
+#[derive(Debug, Default)]
+struct Transaction {
+    slot: Option<u16>,
+    queued: Vec<Request>,
+    aborted: bool,
+}
+
+/// Keys watched on one shard connection.
+#[derive(Debug, Clone, Copy)]
+struct Watch {
+    slot: u16,
+    shard: usize,
+    generation: u64,
+}
+
+/// The state of one client connection.
+pub(crate) struct Session {
+    stream: TcpStream,
+    input: BytesMut,
+    output: BytesMut,
+    decoder: RequestDecoder,
+    state: ClientState,
+    topology_rx: watch::Receiver<Topology>,
+    topology: Topology,
+    shards: Vec<Option<ShardConn>>,
+    generation: u64,
+    pending: Vec<Pending>,
+    tx: Option<Transaction>,
+    watch: Option<Watch>,
+    closing: bool,
+}
+
+impl Session {
+    /// A session for an accepted client connection.
+    pub fn new(stream: TcpStream, id: u64, mut topology_rx: watch::Receiver<Topology>) -> Self {
+        let topology = topology_rx.borrow_and_update().clone();
+        let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+        let peer = stream.peer_addr().unwrap_or(unknown);
+        let local = stream.local_addr().unwrap_or(unknown);
+        let _ = stream.set_nodelay(true);
+        let shard_count = usize::from(topology.shard_count());
+        Session {
+            stream,
+            input: BytesMut::with_capacity(16 * 1024),
+            output: BytesMut::with_capacity(16 * 1024),
+            decoder: RequestDecoder::default(),
+            state: ClientState::new(id, peer, local, topology.password()),
+            topology_rx,
+            topology,
+            shards: (0..shard_count).map(|_| None).collect(),
+            generation: 0,
+            pending: Vec::new(),
+            tx: None,
+            watch: None,
+            closing: false,
+        }
+    }
+
+    /// Serves the client until it disconnects, sends QUIT, or sends malformed input.
+    pub async fn run(mut self) -> std::io::Result<()> {
+        loop {
+            self.refresh_topology();
+            let routed = self.route_batch().await;
+            if routed > 0 || self.closing {
+                self.send_batch().await;
+                self.stream.write_all(&self.output).await?;
+                self.output.clear();
+                if self.closing {
+                    let _ = self.stream.shutdown().await;
+                    return Ok(());
+                }
+                continue;
+            }
+            if self.stream.read_buf(&mut self.input).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Decodes and routes the requests already received, up to [`MAX_BATCH`].
+    async fn route_batch(&mut self) -> usize {
+        let mut routed = 0;
+        while routed < MAX_BATCH && !self.closing {
+            match self.decoder.decode(&mut self.input) {
+                Ok(Some(request)) => {
+                    self.dispatch(request).await;
+                    routed += 1;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(client = self.state.id, error = %e, "closing client after protocol error");
+                    self.ready(Value::error(format!("ERR {e}")));
+                    self.closing = true;
+                }
+            }
+        }
+        routed
+    }
+
+    /// Flushes every shard's part of the batch, then resolves the replies in order.
+    async fn send_batch(&mut self) {
+        for conn in self.shards.iter_mut().flatten() {
+            conn.flush().await;
+        }
+        for entry in std::mem::take(&mut self.pending) {
+            self.resolve(entry).await;
+        }
+    }
+
+    async fn resolve(&mut self, entry: Pending) {
+        match entry {
+            Pending::Ready(value, protocol) => value.encode_as(&mut self.output, protocol),
+            Pending::Forward(source, protocol) => {
+                let value = self.take(source).await;
+                value.encode_as(&mut self.output, protocol);
+            }
+            Pending::Combine(sources, combine, protocol) => {
+                let mut replies = Vec::with_capacity(sources.len());
+                for source in sources {
+                    replies.push(self.take(source).await);
+                }
+                let value = match combine {
+                    Combine::Split(split) => split.merge(replies),
+                    Combine::Merge(merge) => crate::merge_replies(merge, replies),
+                };
+                value.encode_as(&mut self.output, protocol);
+            }
+            Pending::Scan(source, shard, count, protocol) => {
+                let value = scan_reply(self.take(source).await, shard, count);
+                value.encode_as(&mut self.output, protocol);
+            }
+            Pending::Discard(source) => {
+                self.take(source).await;
+            }
+        }
+    }
+
+    /// The next reply from `source`; a failed shard gives an error that says whether the
+    /// command may have run.
+    async fn take(&mut self, source: Source) -> Value {
+        match source {
+            Source::Failed(error) => error.reply(),
+            Source::Shard(index) => match self.shards[index].as_mut() {
+                Some(conn) => conn.reply().await.unwrap_or_else(|e| e.reply()),
+                None => Value::error("ERR internal: shard connection missing"),
+            },
+        }
+    }
+
+    /// Takes a newly published topology between batches: connections to a shard whose primary
+    /// moved are dropped (and reopened to the new primary on next use), broken ones too.
+    fn refresh_topology(&mut self) {
+        if self.topology_rx.has_changed().unwrap_or(false) {
+            self.topology = self.topology_rx.borrow_and_update().clone();
+            let count = usize::from(self.topology.shard_count());
+            self.shards.resize_with(count, || None);
+        }
+        for (index, slot) in self.shards.iter_mut().enumerate() {
+            let primary = self.topology.primary(ShardIndex(index as u16));
+            if slot
+                .as_ref()
+                .is_some_and(|c| c.is_broken() || Some(c.addr()) != primary)
+            {
+                *slot = None;
+            }
+        }
+    }
+
+    fn ready(&mut self, value: Value) {
+        self.pending
+            .push(Pending::Ready(value, self.state.protocol));
+    }
+
+    /// Routes one request: answers it, queues it in a transaction, or sends it to shards.
+    async fn dispatch(&mut self, request: Request) {
+        if !self.state.authenticated && !allowed_before_auth(&request) {
+            self.ready(Value::error("NOAUTH Authentication required."));
+            return;
+        }
+        let decision = route(&request, self.topology.slots());
+        if self.tx.is_some() && !runs_inside_multi(&decision.route) {
+            self.queue(request, decision);
+            return;
+        }
+        if let Some(rejection) = decision.rejection(&request) {
+            self.ready(Value::error(rejection.to_string()));
+            return;
+        }
+        match decision.route {
+            Route::Slot(slot) => {
+                let shard = self.topology.slots().shard_of(slot);
+                self.forward(shard, &request).await;
+            }
+            Route::AnyShard => self.forward(self.any_shard(), &request).await,
+            Route::Split(split) => self.split(split).await,
+            Route::AllShards(merge) => self.all_shards(merge, &request).await,
+            Route::Scan(step) => self.scan(step).await,
+            Route::PubSub { kind, target } => self.pubsub(kind, target, &request).await,
+            Route::Transaction { step, slot } => self.transaction(step, slot, &request).await,
+            Route::Local(command) => self.local(command, &request),
+            Route::CrossSlot | Route::Refused(_) | Route::Unknown | Route::Invalid(_) => {
+                self.ready(Value::error("ERR internal: unrouted request"));
+            }
+        }
+    }
+
+    /// A keyless command's shard: spread over shards by client id.
+    fn any_shard(&self) -> ShardIndex {
+        let count = u64::from(self.topology.shard_count().max(1));
+        ShardIndex((self.state.id % count) as u16)
+    }
+
+    /// The connection to `shard`, opened if needed and switched to the client's protocol.
+    async fn sender(&mut self, shard: ShardIndex) -> Source {
+        let index = usize::from(shard.0);
+        let Some(addr) = self.topology.primary(shard) else {
+            return Source::Failed(ShardError::Unavailable {
+                shard: shard.0,
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                reason: "no such shard".into(),
+            });
+        };
+        let protocol = self.state.protocol;
+        if self.shards[index].is_none() {
+            self.generation += 1;
+            let password = self.topology.shard_password().to_owned();
+            match ShardConn::connect(shard.0, addr, &password, protocol, self.generation).await {
+                Ok(conn) => self.shards[index] = Some(conn),
+                Err(e) => return Source::Failed(e),
+            }
+        }
+        let conn = self.shards[index].as_mut().expect("connected above");
+        if conn.protocol() != protocol {
+            conn.send_hello(protocol);
+            self.pending.push(Pending::Discard(Source::Shard(index)));
+        }
+        Source::Shard(index)
+    }
+
+    /// Appends `request` to `shard`'s pipeline; returns where its reply will come from.
+    async fn send(&mut self, shard: ShardIndex, request: &Request) -> Source {
+        let source = self.sender(shard).await;
+        if let Source::Shard(index) = source {
+            if let Some(conn) = self.shards[index].as_mut() {
+                conn.send(request);
+            }
+        }
+        source
+    }
+
+    async fn forward(&mut self, shard: ShardIndex, request: &Request) {
+        let source = self.send(shard, request).await;
+        self.pending
+            .push(Pending::Forward(source, self.state.protocol));
+    }
+
+    async fn split(&mut self, split: Split) {
+        let mut sources = Vec::with_capacity(split.parts.len());
+        for part in &split.parts {
+            sources.push(self.send(part.shard, &part.request).await);
+        }
+        let protocol = self.state.protocol;
+        self.pending
+            .push(Pending::Combine(sources, Combine::Split(split), protocol));
+    }
+
+    async fn all_shards(&mut self, merge: Merge, request: &Request) {
+        let mut sources = Vec::new();
+        for shard in 0..self.topology.shard_count() {
+            sources.push(self.send(ShardIndex(shard), request).await);
+        }
+        let protocol = self.state.protocol;
+        self.pending
+            .push(Pending::Combine(sources, Combine::Merge(merge), protocol));
+    }
+
+    async fn scan(&mut self, step: ScanStep) {
+        let count = self.topology.shard_count();
+        if step.shard.0 >= count {
+            self.ready(Value::error("ERR invalid cursor"));
+            return;
+        }
+        let source = self.send(step.shard, &step.request).await;
+        let protocol = self.state.protocol;
+        self.pending
+            .push(Pending::Scan(source, step.shard, count, protocol));
+    }
+
+    async fn pubsub(&mut self, kind: PubSubKind, target: PubSubTarget, request: &Request) {
+        let shard = match (kind, target) {
+            (PubSubKind::Subscribe | PubSubKind::Unsubscribe, _) => {
+                self.ready(Value::error(format!(
+                    "ERR {} is not supported through the flotilla proxy yet",
+                    request.name()
+                )));
+                return;
+            }
+            (_, PubSubTarget::Slot(slot)) => self.topology.slots().shard_of(slot),
+            (_, _) => ShardIndex(0),
+        };
+        self.forward(shard, request).await;
+    }
+
+    fn local(&mut self, command: LocalCommand, request: &Request) {
+        let password = self.topology.password().map(str::to_owned);
+        match self.state.answer(command, request, password.as_deref()) {
+            LocalOutcome::Reply(value) => self.ready(value),
+            LocalOutcome::Quit => {
+                self.ready(Value::simple("OK"));
+                self.closing = true;
+            }
+            LocalOutcome::Reset => {
+                self.tx = None;
+                self.unwatch();
+                self.state.reset(password.as_deref());
+                self.ready(Value::simple("RESET"));
+            }
+        }
+    }
+
+    /// Queues a request inside MULTI, after checking it can run in the pinned slot.
+    fn queue(&mut self, request: Request, decision: crate::Decision) {
+        let error = match (decision.rejection(&request), &decision.route) {
+            (Some(rejection), _) => Some(rejection.to_string()),
+            (None, Route::Slot(slot)) => self.pin(*slot),
+            (None, Route::AnyShard)
+            | (None, Route::Local(LocalCommand::Ping | LocalCommand::Echo))
+            | (None, Route::Transaction { .. }) => None,
+            (None, _) => Some(format!(
+                "ERR {} cannot run inside MULTI through the proxy: a transaction runs on one shard",
+                request.name()
+            )),
+        };
+        let tx = self.tx.as_mut().expect("queue is only called inside MULTI");
+        match error {
+            Some(error) => {
+                tx.aborted = true;
+                self.ready(Value::error(error));
+            }
+            None => {
+                tx.queued.push(request);
+                self.ready(Value::simple("QUEUED"));
+            }
+        }
+    }
+
+    /// Pins the transaction to `slot`, or says why it cannot be.
+    fn pin(&mut self, slot: u16) -> Option<String> {
+        let tx = self.tx.as_mut()?;
+        match tx.slot {
+            Some(pinned) if pinned != slot => Some(
+                "CROSSSLOT Keys in request don't hash to the same slot (the transaction is pinned to another slot)"
+                    .into(),
+            ),
+            _ => {
+                tx.slot = Some(slot);
+                None
+            }
+        }
+    }
+
+    async fn transaction(&mut self, step: TxStep, slot: Option<u16>, request: &Request) {
+        match step {
+            TxStep::Multi => self.multi(),
+            TxStep::Exec => self.exec().await,
+            TxStep::Discard => self.discard(),
+            TxStep::Watch => self.watch(slot, request).await,
+            TxStep::Unwatch => {
+                self.unwatch();
+                self.ready(Value::simple("OK"));
+            }
+        }
+    }
+
+    fn multi(&mut self) {
+        if self.tx.is_some() {
+            self.ready(Value::error("ERR MULTI calls can not be nested"));
+            return;
+        }
+        self.tx = Some(Transaction {
+            slot: self.watch.map(|w| w.slot),
+            ..Transaction::default()
+        });
+        self.ready(Value::simple("OK"));
+    }
+
+    fn discard(&mut self) {
+        if self.tx.take().is_none() {
+            self.ready(Value::error("ERR DISCARD without MULTI"));
+            return;
+        }
+        self.unwatch();
+        self.ready(Value::simple("OK"));
+    }
+
+    /// Sends MULTI, the queued requests and EXEC to the pinned shard; only EXEC's reply reaches
+    /// the client. If the watched shard connection was replaced (a new primary), the watch is
+    /// lost, so the transaction is aborted as if a watched key had changed.
+    async fn exec(&mut self) {
+        let Some(tx) = self.tx.take() else {
+            self.ready(Value::error("ERR EXEC without MULTI"));
+            return;
+        };
+        if tx.aborted {
+            self.unwatch();
+            self.ready(Value::error(
+                "EXECABORT Transaction discarded because of previous errors.",
+            ));
+            return;
+        }
+        let shard = tx
+            .slot
+            .map_or_else(|| self.any_shard(), |s| self.topology.slots().shard_of(s));
+        if let Some(watch) = self.watch.take() {
+            if !self.same_connection(watch) || watch.shard != usize::from(shard.0) {
+                self.ready(null_array(self.state.protocol));
+                return;
+            }
+        }
+        let source = self.send(shard, &Request::new("MULTI", [])).await;
+        if let Source::Shard(index) = source {
+            let conn = self.shards[index].as_mut().expect("sender connected it");
+            for request in &tx.queued {
+                conn.send(request);
+            }
+            conn.send(&Request::new("EXEC", []));
+            for _ in 0..=tx.queued.len() {
+                self.pending.push(Pending::Discard(Source::Shard(index)));
+            }
+            self.pending
+                .push(Pending::Forward(Source::Shard(index), self.state.protocol));
+        } else {
+            self.pending
+                .push(Pending::Forward(source, self.state.protocol));
+        }
+    }
+
+    async fn watch(&mut self, slot: Option<u16>, request: &Request) {
+        if self.tx.is_some() {
+            self.ready(Value::error("ERR WATCH inside MULTI is not allowed"));
+            return;
+        }
+        let Some(slot) = slot else {
+            self.ready(Value::error(
+                "ERR wrong number of arguments for 'watch' command",
+            ));
+            return;
+        };
+        if self.watch.is_some_and(|w| w.slot != slot) {
+            self.ready(Value::error(
+                "CROSSSLOT Keys in request don't hash to the same slot (already watching another slot)",
+            ));
+            return;
+        }
+        let shard = self.topology.slots().shard_of(slot);
+        let source = self.send(shard, request).await;
+        if let Source::Shard(index) = source {
+            let generation = self.shards[index].as_ref().map_or(0, |c| c.generation());
+            self.watch = Some(Watch {
+                slot,
+                shard: index,
+                generation,
+            });
+        }
+        self.pending
+            .push(Pending::Forward(source, self.state.protocol));
+    }
+
+    /// Drops the watch, telling the shard if the watching connection is still the current one.
+    fn unwatch(&mut self) {
+        let Some(watch) = self.watch.take() else {
+            return;
+        };
+        if self.same_connection(watch) {
+            if let Some(conn) = self.shards[watch.shard].as_mut() {
+                conn.send(&Request::new("UNWATCH", []));
+                self.pending
+                    .push(Pending::Discard(Source::Shard(watch.shard)));
+            }
+        }
+    }
+
+    fn same_connection(&self, watch: Watch) -> bool {
+        self.shards
+            .get(watch.shard)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.generation() == watch.generation && !c.is_broken())
+    }
+}
+
+/// Commands a client may send before authenticating.
+fn allowed_before_auth(request: &Request) -> bool {
+    matches!(request.name(), "AUTH" | "HELLO" | "QUIT")
+}
+
+/// Commands that act immediately inside MULTI instead of being queued.
+fn runs_inside_multi(route: &Route) -> bool {
+    matches!(
+        route,
+        Route::Transaction {
+            step: TxStep::Multi | TxStep::Exec | TxStep::Discard | TxStep::Watch,
+            ..
+        } | Route::Local(LocalCommand::Quit | LocalCommand::Reset)
+    )
+}
+
+/// The null reply of an aborted EXEC.
+fn null_array(protocol: Protocol) -> Value {
+    match protocol {
+        Protocol::Resp2 => Value::NullArray,
+        Protocol::Resp3 => Value::Null,
+    }
+}
+
+/// A shard's `[cursor, keys]` with the cursor turned into the client's cursor.
+fn scan_reply(reply: Value, shard: ShardIndex, count: u16) -> Value {
+    let Value::Array(mut items) = reply else {
+        return reply;
+    };
+    let cursor = match items.first() {
+        Some(Value::BulkString(raw)) => std::str::from_utf8(raw).ok().and_then(|s| s.parse().ok()),
+        _ => None,
+    };
+    let Some(next) = cursor.and_then(|c| scan::next_cursor(shard, c, count)) else {
+        return Value::error("ERR unexpected SCAN reply from a shard");
+    };
+    items[0] = Value::bulk(next.to_string());
+    Value::Array(items)
+}

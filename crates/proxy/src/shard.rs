@@ -1,0 +1,232 @@
+//! One connection from the proxy to a shard's engine: connected and authenticated with the
+//! internal password, speaking the client's protocol, with a write buffer that collects a whole
+//! pipeline before one flush and a reply decoder that reads the replies back in order.
+//!
+//! Each client connection owns at most one of these per shard, opened on first use (see the
+//! crate docs for why connections are dedicated rather than shared).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use flotilla_resp::{Decoder, Limits, Protocol, ProtocolError, Request, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long opening and authenticating a shard connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a shard connection failed. The text says whether the client's command may have run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    /// The shard could not be reached or refused the handshake: nothing was sent.
+    #[error("shard {shard} at {addr} is unavailable ({reason}); the command was not executed")]
+    Unavailable {
+        /// Shard index.
+        shard: u16,
+        /// The address tried.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The connection broke after the command was sent: it may or may not have run.
+    #[error(
+        "lost the connection to shard {shard} at {addr} ({reason}); the command may have executed"
+    )]
+    Lost {
+        /// Shard index.
+        shard: u16,
+        /// The shard's address.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl ShardError {
+    /// The error reply the client gets.
+    pub fn reply(&self) -> Value {
+        Value::error(format!("ERR {self}"))
+    }
+}
+
+/// An authenticated connection to one shard's primary.
+///
+/// Exists so a client's pipeline reaches each shard as one write and its replies come back in
+/// order: requests are appended with [`ShardConn::send`], written by [`ShardConn::flush`], and
+/// their replies taken one by one with [`ShardConn::reply`].
+#[derive(Debug)]
+pub struct ShardConn {
+    shard: u16,
+    addr: SocketAddr,
+    stream: TcpStream,
+    protocol: Protocol,
+    out: BytesMut,
+    input: BytesMut,
+    decoder: Decoder,
+    broken: Option<ShardError>,
+    generation: u64,
+}
+
+impl ShardConn {
+    /// Connects to shard `shard` at `addr`, authenticates with `password` (skipped when empty)
+    /// and switches to `protocol`. `generation` tells this connection apart from earlier ones
+    /// to the same shard (a WATCH does not survive a reconnect).
+    pub async fn connect(
+        shard: u16,
+        addr: SocketAddr,
+        password: &str,
+        protocol: Protocol,
+        generation: u64,
+    ) -> Result<Self, ShardError> {
+        let unavailable = |reason: String| ShardError::Unavailable {
+            shard,
+            addr,
+            reason,
+        };
+        let attempt = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            stream
+                .set_nodelay(true)
+                .map_err(|e| unavailable(e.to_string()))?;
+            let mut conn = ShardConn {
+                shard,
+                addr,
+                stream,
+                protocol: Protocol::Resp2,
+                out: BytesMut::with_capacity(16 * 1024),
+                input: BytesMut::with_capacity(16 * 1024),
+                decoder: Decoder::new(Limits::for_replies()),
+                broken: None,
+                generation,
+            };
+            conn.handshake(password, protocol)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            Ok(conn)
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| Err(unavailable("timed out connecting".into())))
+    }
+
+    /// AUTH and HELLO, answered before any client command is sent.
+    async fn handshake(&mut self, password: &str, protocol: Protocol) -> Result<(), ShardError> {
+        if !password.is_empty() {
+            self.send(&Request::new("AUTH", [password.to_owned().into()]));
+        }
+        if protocol == Protocol::Resp3 {
+            self.send_hello(protocol);
+        }
+        let expected = usize::from(!password.is_empty()) + usize::from(protocol == Protocol::Resp3);
+        self.flush().await;
+        for _ in 0..expected {
+            let reply = self.reply().await?;
+            if reply.is_error() {
+                return Err(self.lost(format!("handshake refused: {}", text(&reply))));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `HELLO n` and records the protocol; the caller discards its reply.
+    pub fn send_hello(&mut self, protocol: Protocol) {
+        let version = match protocol {
+            Protocol::Resp2 => "2",
+            Protocol::Resp3 => "3",
+        };
+        self.send(&Request::new("HELLO", [version.into()]));
+        self.protocol = protocol;
+    }
+
+    /// The protocol replies come back in.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The address this connection goes to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Which connection to this shard this is, for this client.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether the connection failed; it is replaced before the next batch.
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    /// Appends `request` to the pipeline; nothing is written until [`ShardConn::flush`].
+    pub fn send(&mut self, request: &Request) {
+        request.encode(&mut self.out);
+    }
+
+    /// Writes the pipeline. A failure marks the connection broken; the replies then come back
+    /// as errors from [`ShardConn::reply`].
+    pub async fn flush(&mut self) {
+        if self.out.is_empty() || self.broken.is_some() {
+            return;
+        }
+        if let Err(e) = self.stream.write_all(&self.out).await {
+            self.broken = Some(self.lost(e.to_string()));
+        }
+        self.out.clear();
+    }
+
+    /// The next reply, in the order requests were sent.
+    pub async fn reply(&mut self) -> Result<Value, ShardError> {
+        if let Some(broken) = &self.broken {
+            return Err(broken.clone());
+        }
+        match self.read_reply().await {
+            Ok(value) => Ok(value),
+            Err(reason) => {
+                let error = self.lost(reason);
+                self.broken = Some(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    async fn read_reply(&mut self) -> Result<Value, String> {
+        loop {
+            match self.decoder.decode(&mut self.input) {
+                Ok(Some(value)) => return Ok(value),
+                Ok(None) => {}
+                Err(e) => return Err(protocol_reason(&e)),
+            }
+            match self.stream.read_buf(&mut self.input).await {
+                Ok(0) => return Err("connection closed by the shard".into()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    fn lost(&self, reason: String) -> ShardError {
+        ShardError::Lost {
+            shard: self.shard,
+            addr: self.addr,
+            reason,
+        }
+    }
+}
+
+fn protocol_reason(e: &ProtocolError) -> String {
+    format!("bad reply: {e}")
+}
+
+/// The text of an error or status reply, for messages.
+fn text(value: &Value) -> String {
+    match value {
+        Value::Error(t) | Value::SimpleString(t) | Value::BlobError(t) => {
+            String::from_utf8_lossy(t).into_owned()
+        }
+        other => format!("{other:?}"),
+    }
+}

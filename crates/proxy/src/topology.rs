@@ -1,0 +1,161 @@
+//! What one endpoint serves: the database's client password, the shards' internal password,
+//! the slot map and the address of each shard's current primary.
+//!
+//! The node daemon publishes a new [`Topology`] through a `tokio::sync::watch` channel whenever
+//! the store says a shard moved; every client connection picks it up before its next command.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::slot::{ShardIndex, SlotMap, SlotMapError};
+
+/// Why a topology was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    /// The slot map names more or fewer shards than there are addresses.
+    #[error("the slot map has {map} shards but {addrs} primary addresses were given")]
+    ShardCount {
+        /// Shards in the slot map.
+        map: u16,
+        /// Addresses given.
+        addrs: usize,
+    },
+    /// The slot map itself is invalid.
+    #[error(transparent)]
+    SlotMap(#[from] SlotMapError),
+    /// A shard index beyond the database's shards.
+    #[error("no shard {index}: the database has {count} shards")]
+    NoSuchShard {
+        /// The index asked for.
+        index: u16,
+        /// How many shards there are.
+        count: u16,
+    },
+}
+
+/// One endpoint's view of its database: who may connect, and where each slot's primary runs.
+///
+/// Exists as the single input the proxy needs from the cluster store. Cheap to clone (the slot
+/// map is shared), so every client connection keeps its own copy and routes without locks.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Topology {
+    password: Option<String>,
+    shard_password: String,
+    slots: Arc<SlotMap>,
+    primaries: Vec<SocketAddr>,
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Topology")
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("shard_password", &"<redacted>")
+            .field("shards", &self.slots.shard_count())
+            .field("primaries", &self.primaries)
+            .finish()
+    }
+}
+
+impl Topology {
+    /// A topology from its parts; `primaries[i]` is the address of shard `i`'s primary and
+    /// there must be one per shard of `slots`. `password` is the database password clients
+    /// authenticate with (`None`: no AUTH needed); `shard_password` is the engines'
+    /// `requirepass`.
+    pub fn new(
+        password: Option<String>,
+        shard_password: impl Into<String>,
+        slots: SlotMap,
+        primaries: Vec<SocketAddr>,
+    ) -> Result<Self, TopologyError> {
+        if usize::from(slots.shard_count()) != primaries.len() {
+            return Err(TopologyError::ShardCount {
+                map: slots.shard_count(),
+                addrs: primaries.len(),
+            });
+        }
+        Ok(Topology {
+            password,
+            shard_password: shard_password.into(),
+            slots: Arc::new(slots),
+            primaries,
+        })
+    }
+
+    /// A topology whose slots are split evenly over `primaries`, in order.
+    pub fn even(
+        password: Option<String>,
+        shard_password: impl Into<String>,
+        primaries: Vec<SocketAddr>,
+    ) -> Result<Self, TopologyError> {
+        let slots = SlotMap::even(primaries.len())?;
+        Topology::new(password, shard_password, slots, primaries)
+    }
+
+    /// The same topology with shard `index` served by the primary at `addr` (a switchover or
+    /// failover), for the daemon to publish.
+    pub fn with_primary(&self, index: ShardIndex, addr: SocketAddr) -> Result<Self, TopologyError> {
+        let mut next = self.clone();
+        let count = self.slots.shard_count();
+        let slot =
+            next.primaries
+                .get_mut(usize::from(index.0))
+                .ok_or(TopologyError::NoSuchShard {
+                    index: index.0,
+                    count,
+                })?;
+        *slot = addr;
+        Ok(next)
+    }
+
+    /// The database password clients must send with AUTH or HELLO, if any.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    /// The engines' internal password.
+    pub fn shard_password(&self) -> &str {
+        &self.shard_password
+    }
+
+    /// Which shard owns each slot.
+    pub fn slots(&self) -> &SlotMap {
+        &self.slots
+    }
+
+    /// The primary address of each shard, by shard index.
+    pub fn primaries(&self) -> &[SocketAddr] {
+        &self.primaries
+    }
+
+    /// The primary address of shard `index`.
+    pub fn primary(&self, index: ShardIndex) -> Option<SocketAddr> {
+        self.primaries.get(usize::from(index.0)).copied()
+    }
+
+    /// How many primary shards the database has.
+    pub fn shard_count(&self) -> u16 {
+        self.slots.shard_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn topologies_are_validated_and_switch_primaries() {
+        let t = Topology::even(None, "pw", vec![addr(1), addr(2)]).unwrap();
+        assert_eq!(t.shard_count(), 2);
+        let moved = t.with_primary(ShardIndex(1), addr(3)).unwrap();
+        assert_eq!(moved.primary(ShardIndex(1)), Some(addr(3)));
+        assert_eq!(moved.primary(ShardIndex(0)), Some(addr(1)));
+        assert!(t.with_primary(ShardIndex(2), addr(3)).is_err());
+        let err = Topology::new(None, "pw", SlotMap::even(3).unwrap(), vec![addr(1)]);
+        assert_eq!(err, Err(TopologyError::ShardCount { map: 3, addrs: 1 }));
+        assert!(!format!("{t:?}").contains("pw"));
+    }
+}

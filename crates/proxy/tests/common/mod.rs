@@ -1,0 +1,189 @@
+//! Shared helpers for the proxy's integration tests: real redis-7.0 shards started with the
+//! engine crate on the test's own loopback address, a proxy endpoint serving them, clients,
+//! and a guard that kills the test's engines by pid even when the test fails.
+
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use flotilla_engine::{adopt, start, EngineCatalog, EngineVersion, Persistence, ShardSpec};
+use flotilla_proxy::{serve, ShardIndex, Topology};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+
+/// The shards' internal password.
+pub const SHARD_PASSWORD: &str = "proxy-test-internal-pw";
+/// The endpoint port every test uses on its own address.
+pub const ENDPOINT_PORT: u16 = 12000;
+/// First shard port on each test's address.
+pub const FIRST_SHARD_PORT: u16 = 20001;
+
+/// Real engines plus a proxy endpoint in front of the first `shards` of them.
+pub struct Setup {
+    /// The endpoint clients connect to.
+    pub endpoint: SocketAddr,
+    /// Every engine started, in order; the first `shards` serve the database at start.
+    pub engines: Vec<ShardSpec>,
+    /// Publishes topology changes to the endpoint.
+    pub topology: watch::Sender<Topology>,
+    stop: Option<oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// Starts `engines` redis-7.0 shards on `ip` and an endpoint routing to the first `shards`.
+    pub async fn start(ip: &str, engines: usize, shards: usize, password: Option<&str>) -> Setup {
+        let catalog = EngineCatalog::dev();
+        if let Err(e) = catalog.binary(EngineVersion::Redis70) {
+            panic!("proxy integration tests need real engines; run scripts/fetch-engines: {e}");
+        }
+        let ip: IpAddr = ip.parse().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("flotilla-proxy-test-")
+            .tempdir()
+            .unwrap();
+        let mut setup = Setup {
+            endpoint: SocketAddr::new(ip, ENDPOINT_PORT),
+            engines: Vec::new(),
+            topology: watch::channel(placeholder()).0,
+            stop: None,
+            _dir: dir,
+        };
+        for i in 0..engines {
+            let spec = shard_spec(ip, i, setup._dir.path());
+            setup.engines.push(spec.clone());
+            start(&catalog, &spec)
+                .await
+                .unwrap_or_else(|e| panic!("start engine {}: {e}", spec.addr()));
+        }
+        let primaries = (0..shards).map(|i| setup.engine_addr(i)).collect();
+        let topology =
+            Topology::even(password.map(str::to_owned), SHARD_PASSWORD, primaries).unwrap();
+        let (tx, rx) = watch::channel(topology);
+        let listener = TcpListener::bind(setup.endpoint).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(serve(listener, rx, async {
+            let _ = stopped.await;
+        }));
+        setup.topology = tx;
+        setup.stop = Some(stop);
+        setup
+    }
+
+    /// `ip:port` of engine `i`.
+    pub fn engine_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(self.engines[i].bind, self.engines[i].port)
+    }
+
+    /// Points shard `shard` at engine `engine` (a switchover as the daemon would publish it).
+    pub fn move_shard(&self, shard: u16, addr: SocketAddr) {
+        let next = self
+            .topology
+            .borrow()
+            .with_primary(ShardIndex(shard), addr)
+            .unwrap();
+        self.topology.send(next).unwrap();
+    }
+
+    /// A client connection through the endpoint (redis crate, multiplexed).
+    pub async fn client(&self, password: Option<&str>) -> redis::aio::MultiplexedConnection {
+        let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
+        let url = format!("redis://{auth}{}/", self.endpoint);
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect through the proxy")
+    }
+
+    /// A direct, authenticated connection to engine `i`, bypassing the proxy.
+    pub async fn direct(&self, i: usize) -> redis::aio::MultiplexedConnection {
+        let url = format!("redis://:{SHARD_PASSWORD}@{}/", self.engine_addr(i));
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the engine")
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        for spec in &self.engines {
+            if let Ok(Some(process)) = adopt(spec) {
+                process.kill_now(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn shard_spec(ip: IpAddr, i: usize, dir: &std::path::Path) -> ShardSpec {
+    ShardSpec {
+        shard_id: i as u64 + 1,
+        version: EngineVersion::Redis70,
+        bind: ip,
+        port: FIRST_SHARD_PORT + i as u16,
+        password: SHARD_PASSWORD.into(),
+        maxmemory_bytes: 128 << 20,
+        eviction: Default::default(),
+        persistence: Persistence::None,
+        dir: dir.join(format!("shard-{i}")),
+        replica_of: None,
+    }
+}
+
+fn placeholder() -> Topology {
+    Topology::even(None, "", vec![SocketAddr::from(([127, 0, 0, 1], 1))]).unwrap()
+}
+
+/// A raw TCP client for byte-level tests.
+pub struct Raw {
+    stream: TcpStream,
+}
+
+impl Raw {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        Raw {
+            stream: TcpStream::connect(addr).await.unwrap(),
+        }
+    }
+
+    /// Sends bytes as they are.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads until `expected` bytes have arrived or the peer closes, within 5 s.
+    pub async fn read_at_least(&mut self, expected: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while got.len() < expected {
+            let mut buf = [0u8; 4096];
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => panic!("read: {e}"),
+            }
+        }
+        got
+    }
+
+    /// Reads everything until the peer closes; panics if it stays open for 5 s.
+    pub async fn read_to_close(&mut self) -> Vec<u8> {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), self.stream.read_to_end(&mut got));
+        match read.await {
+            Ok(Ok(_)) => got,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => got,
+            Ok(Err(e)) => panic!("read: {e}"),
+            Err(_) => panic!("the proxy kept the connection open; got so far {got:?}"),
+        }
+    }
+}

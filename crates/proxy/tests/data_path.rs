@@ -1,0 +1,392 @@
+//! The proxy's data path against real redis-7.0 shards: routing by slot, split and fanned-out
+//! commands, pipelining order, AUTH, protocol errors, topology changes, transactions and
+//! blocking commands. Addresses: 127.0.7.1 - 127.0.7.19 (endpoint port 12000, shards 20001+).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Raw, Setup};
+use flotilla_proxy::SlotMap;
+use redis::{AsyncCommands, Value};
+
+/// Keys `prefix0..prefixN` and the shard (of an even 2-shard map) each one belongs to.
+fn keys_by_shard(prefix: &str, count: usize) -> Vec<(String, u16)> {
+    let map = SlotMap::even(2).unwrap();
+    (0..count)
+        .map(|i| {
+            let key = format!("{prefix}{i}");
+            let shard = map.shard_of_key(key.as_bytes()).0;
+            (key, shard)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn keys_land_on_the_shard_owning_their_slot() {
+    let setup = Setup::start("127.0.7.1", 2, 2, None).await;
+    let mut client = setup.client(None).await;
+    let keys = keys_by_shard("key:", 200);
+    for (key, _) in &keys {
+        let () = client.set(key, format!("v-{key}")).await.unwrap();
+    }
+    let mut shards = [setup.direct(0).await, setup.direct(1).await];
+    for (key, shard) in &keys {
+        let other = 1 - *shard as usize;
+        let here: Option<String> = shards[*shard as usize].get(key).await.unwrap();
+        let there: Option<String> = shards[other].get(key).await.unwrap();
+        assert_eq!(here.as_deref(), Some(format!("v-{key}").as_str()), "{key}");
+        assert_eq!(there, None, "{key} also on shard {other}");
+    }
+    let on_zero = keys.iter().filter(|(_, s)| *s == 0).count();
+    assert!(
+        on_zero > 50 && on_zero < 150,
+        "{on_zero} of 200 keys on shard 0"
+    );
+    for (key, _) in &keys {
+        let value: String = client.get(key).await.unwrap();
+        assert_eq!(value, format!("v-{key}"));
+    }
+}
+
+#[tokio::test]
+async fn multi_key_and_all_shard_commands_span_shards() {
+    let setup = Setup::start("127.0.7.2", 2, 2, None).await;
+    let mut client = setup.client(None).await;
+    let keys = keys_by_shard("m", 20);
+    assert!(keys.iter().any(|(_, s)| *s == 0) && keys.iter().any(|(_, s)| *s == 1));
+    let pairs: Vec<(String, String)> = keys
+        .iter()
+        .map(|(k, _)| (k.clone(), format!("x{k}")))
+        .collect();
+    let () = client.mset(&pairs).await.unwrap();
+
+    let mut asked: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+    asked.insert(3, "missing".into());
+    let values: Vec<Option<String>> = client.mget(&asked).await.unwrap();
+    for (key, value) in asked.iter().zip(&values) {
+        let expected = (key != "missing").then(|| format!("x{key}"));
+        assert_eq!(value, &expected, "MGET {key}");
+    }
+    let dbsize: usize = redis::cmd("DBSIZE").query_async(&mut client).await.unwrap();
+    assert_eq!(dbsize, 20);
+    let exists: usize = client.exists(&asked).await.unwrap();
+    assert_eq!(exists, 20);
+    let mut all: Vec<String> = client.keys("*").await.unwrap();
+    all.sort();
+    let mut expected: Vec<String> = keys.iter().map(|(k, _)| k.clone()).collect();
+    expected.sort();
+    assert_eq!(all, expected);
+
+    let mut scanned = Vec::new();
+    let mut cursor = 0u64;
+    for _ in 0..1000 {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(3)
+            .query_async(&mut client)
+            .await
+            .unwrap();
+        scanned.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    scanned.sort();
+    scanned.dedup();
+    assert_eq!(scanned, expected, "SCAN walks every shard");
+
+    let err = redis::cmd("RENAME")
+        .arg(&keys[0].0)
+        .arg("elsewhere")
+        .query_async::<()>(&mut client)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("don't hash to the same slot"),
+        "{err}"
+    );
+    let err = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("x")
+        .query_async::<()>(&mut client)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not allowed through the proxy"),
+        "{err}"
+    );
+
+    let deleted: usize = client.del(&asked).await.unwrap();
+    assert_eq!(deleted, 20);
+    let () = client.set("a", 1).await.unwrap();
+    let () = redis::cmd("FLUSHALL")
+        .query_async(&mut client)
+        .await
+        .unwrap();
+    let dbsize: usize = redis::cmd("DBSIZE").query_async(&mut client).await.unwrap();
+    assert_eq!(dbsize, 0);
+}
+
+#[tokio::test]
+async fn a_pipeline_of_1000_commands_keeps_its_order_across_shards() {
+    let setup = Setup::start("127.0.7.3", 2, 2, None).await;
+    let mut client = setup.client(None).await;
+    let mut pipe = redis::pipe();
+    for i in 0..1000 {
+        pipe.cmd("SET").arg(format!("p{i}")).arg(i).ignore();
+    }
+    let () = pipe.query_async(&mut client).await.unwrap();
+
+    let mut pipe = redis::pipe();
+    for i in 0..1000 {
+        match i % 3 {
+            0 => pipe.cmd("GET").arg(format!("p{i}")),
+            1 => pipe.cmd("ECHO").arg(format!("echo{i}")),
+            _ => pipe.cmd("INCR").arg(format!("p{i}")),
+        };
+    }
+    let replies: Vec<Value> = pipe.query_async(&mut client).await.unwrap();
+    assert_eq!(replies.len(), 1000);
+    for (i, reply) in replies.iter().enumerate() {
+        let expected = match i % 3 {
+            0 => Value::BulkString(i.to_string().into_bytes()),
+            1 => Value::BulkString(format!("echo{i}").into_bytes()),
+            _ => Value::Int(i as i64 + 1),
+        };
+        assert_eq!(reply, &expected, "reply {i}");
+    }
+
+    // The same at the byte level: one write of 3000 requests, replies in request order.
+    let mut raw = Raw::connect(setup.endpoint).await;
+    let mut request = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..1000 {
+        request.extend(format!("SET r{i} {i}\r\nPING\r\nINCR r{i}\r\n").bytes());
+        expected.extend(format!("+OK\r\n+PONG\r\n:{}\r\n", i + 1).bytes());
+    }
+    raw.send(&request).await;
+    let got = raw.read_at_least(expected.len()).await;
+    let first_difference = got.iter().zip(&expected).position(|(a, b)| a != b);
+    assert_eq!(first_difference, None, "replies differ");
+    assert_eq!(got.len(), expected.len());
+}
+
+#[tokio::test]
+async fn auth_is_required_when_the_database_has_a_password() {
+    let setup = Setup::start("127.0.7.4", 2, 2, Some("db-secret")).await;
+    let mut raw = Raw::connect(setup.endpoint).await;
+    raw.send(b"GET k\r\nPING\r\nAUTH wrong\r\nHELLO 3\r\nAUTH db-secret\r\nSET k v\r\nGET k\r\n")
+        .await;
+    let expected = "-NOAUTH Authentication required.\r\n-NOAUTH Authentication required.\r\n\
+        -WRONGPASS invalid username-password pair or user is disabled.\r\n\
+        -NOAUTH HELLO must be called with the client already authenticated, otherwise the \
+        HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \
+        select the RESP protocol version at the same time\r\n+OK\r\n+OK\r\n$1\r\nv\r\n";
+    let got = raw.read_at_least(expected.len()).await;
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+
+    // HELLO 3 with AUTH switches to RESP3: a hash comes back as a map.
+    let mut raw = Raw::connect(setup.endpoint).await;
+    raw.send(b"HELLO 3 AUTH default db-secret\r\n").await;
+    let hello = raw.read_at_least(1).await;
+    assert!(
+        hello.starts_with(b"%7\r\n"),
+        "{}",
+        String::from_utf8_lossy(&hello)
+    );
+    raw.send(b"DEL h\r\nHSET h f v\r\nHGETALL h\r\n").await;
+    let expected = ":0\r\n:1\r\n%1\r\n$1\r\nf\r\n$1\r\nv\r\n";
+    let got = raw.read_at_least(expected.len()).await;
+    assert_eq!(String::from_utf8_lossy(&got), expected);
+
+    let mut client = setup.client(Some("db-secret")).await;
+    let () = client.set("k2", "v2").await.unwrap();
+    let v: String = client.get("k2").await.unwrap();
+    assert_eq!(v, "v2");
+}
+
+#[tokio::test]
+async fn malformed_input_closes_only_that_connection() {
+    let setup = Setup::start("127.0.7.5", 2, 2, None).await;
+    let mut good = setup.client(None).await;
+    let () = good.set("before", 1).await.unwrap();
+    let cases: [(&[u8], &str); 5] = [
+        (
+            b"*2\r\n$3\r\nGET\r\n:12\r\n",
+            "-ERR Protocol error: expected '$', got ':'\r\n",
+        ),
+        (
+            b"*1x\r\n",
+            "-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"PING\r\n*1\r\n$-5\r\n",
+            "+PONG\r\n-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*2\r\n$3\r\nGET\r\n$1\r\nkey-truncated\r\n",
+            "-ERR Protocol error: expected CRLF\r\n",
+        ),
+        (
+            b"*\x93\xf1\x07\x00garbage\xff\r\n",
+            "-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+    ];
+    for (bytes, expected) in cases {
+        let mut bad = Raw::connect(setup.endpoint).await;
+        bad.send(bytes).await;
+        let got = bad.read_to_close().await;
+        assert_eq!(String::from_utf8_lossy(&got), expected, "for {bytes:?}");
+        let () = good.set("during", expected.len()).await.unwrap();
+        let n: usize = good.get("during").await.unwrap();
+        assert_eq!(n, expected.len());
+    }
+    // A truncated frame is waited for, then completed, like Redis does.
+    let mut slow = Raw::connect(setup.endpoint).await;
+    slow.send(b"*2\r\n$3\r\nGET\r\n$6\r\nbef").await;
+    slow.send(b"ore\r\n").await;
+    assert_eq!(slow.read_at_least(4).await, b"$1\r\n1\r\n");
+}
+
+#[tokio::test]
+async fn a_new_primary_is_used_without_reconnecting_the_client() {
+    let setup = Setup::start("127.0.7.6", 3, 2, None).await;
+    let mut client = setup.client(None).await;
+    let keys = keys_by_shard("t", 40);
+    let (key0, _) = keys.iter().find(|(_, s)| *s == 0).unwrap();
+    let (key1, _) = keys.iter().find(|(_, s)| *s == 1).unwrap();
+    let id: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut client)
+        .await
+        .unwrap();
+    let () = client.set(key0, "on-engine-0").await.unwrap();
+    let () = client.set(key1, "on-engine-1").await.unwrap();
+
+    setup.move_shard(0, setup.engine_addr(2));
+    let moved: Option<String> = client.get(key0).await.unwrap();
+    assert_eq!(moved, None, "shard 0 now reads from the empty engine 2");
+    let () = client.set(key0, "on-engine-2").await.unwrap();
+    let mut engine2 = setup.direct(2).await;
+    let direct: Option<String> = engine2.get(key0).await.unwrap();
+    assert_eq!(direct.as_deref(), Some("on-engine-2"));
+    let other: String = client.get(key1).await.unwrap();
+    assert_eq!(other, "on-engine-1", "shard 1 is unchanged");
+
+    // A primary that is not there: the client is told the command was not executed.
+    let nowhere = std::net::SocketAddr::from(([127, 0, 7, 6], 20999));
+    setup.move_shard(0, nowhere);
+    let err = client.get::<_, Option<String>>(key0).await.unwrap_err();
+    assert!(err.to_string().contains("was not executed"), "{err}");
+    setup.move_shard(0, setup.engine_addr(0));
+    let back: String = client.get(key0).await.unwrap();
+    assert_eq!(back, "on-engine-0");
+
+    let same: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut client)
+        .await
+        .unwrap();
+    assert_eq!(same, id, "the client connection was kept");
+}
+
+#[tokio::test]
+async fn transactions_run_on_one_slot_and_blocking_commands_wait() {
+    let setup = Setup::start("127.0.7.7", 2, 2, None).await;
+    let mut raw = Raw::connect(setup.endpoint).await;
+    raw.send(b"MULTI\r\nSET {u}a 1\r\nINCR {u}a\r\nGET {u}a\r\nEXEC\r\n")
+        .await;
+    let expected = "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*3\r\n+OK\r\n:2\r\n$1\r\n2\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&raw.read_at_least(expected.len()).await),
+        expected
+    );
+
+    raw.send(b"MULTI\r\nSET {u}a 5\r\nSET {v}b 1\r\nEXEC\r\nGET {u}a\r\n")
+        .await;
+    let got = String::from_utf8_lossy(&raw.read_at_least(60).await).into_owned();
+    assert!(got.starts_with("+OK\r\n+QUEUED\r\n-CROSSSLOT"), "{got}");
+    assert!(
+        got.contains("-EXECABORT") && got.ends_with("$1\r\n2\r\n"),
+        "{got}"
+    );
+
+    // WATCH: a change by another client aborts the transaction.
+    let mut other = setup.client(None).await;
+    raw.send(b"WATCH {u}a\r\nMULTI\r\nINCR {u}a\r\n").await;
+    let expected = "+OK\r\n+OK\r\n+QUEUED\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&raw.read_at_least(expected.len()).await),
+        expected
+    );
+    let () = other.set("{u}a", 100).await.unwrap();
+    raw.send(b"EXEC\r\nGET {u}a\r\n").await;
+    let expected = "*-1\r\n$3\r\n100\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&raw.read_at_least(expected.len()).await),
+        expected
+    );
+
+    // BLPOP waits on its own shard connection until another client pushes.
+    let mut blocked = Raw::connect(setup.endpoint).await;
+    blocked.send(b"BLPOP queue 10\r\n").await;
+    let waiter = tokio::spawn(async move { blocked.read_at_least(20).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut engine = setup
+        .direct(usize::from(
+            SlotMap::even(2).unwrap().shard_of_key(b"queue").0,
+        ))
+        .await;
+    loop {
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut engine)
+            .await
+            .unwrap();
+        if clients.contains("cmd=blpop") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "BLPOP never reached the shard"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _: usize = other.rpush("queue", "job").await.unwrap();
+    let got = waiter.await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "*2\r\n$5\r\nqueue\r\n$3\r\njob\r\n"
+    );
+}
+
+#[tokio::test]
+async fn redis_cli_works_through_the_proxy() {
+    let setup = Setup::start("127.0.7.8", 2, 2, Some("cli-pw")).await;
+    let cli = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new("redis-cli");
+        let port = setup.endpoint.port().to_string();
+        cmd.args([
+            "-h",
+            "127.0.7.8",
+            "-p",
+            &port,
+            "-a",
+            "cli-pw",
+            "--no-auth-warning",
+        ]);
+        cmd.args(args);
+        cmd.output()
+    };
+    let out = cli(&["MSET", "a", "1", "b", "2", "c", "3"])
+        .await
+        .expect("redis-cli on PATH");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    let out = cli(&["MGET", "c", "b", "a"]).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "3\n2\n1\n");
+    let out = cli(&["DBSIZE"]).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+}
