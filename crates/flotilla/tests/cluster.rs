@@ -317,3 +317,42 @@ fn every_endpoint_but_health_needs_the_operator_credentials() {
         "an empty settings change is refused: {err}"
     );
 }
+
+#[test]
+fn a_node_that_missed_more_than_the_kept_log_catches_up_from_a_snapshot() {
+    let cluster = DevCluster::up(&bin(), 27, 3);
+    let lagging = 3;
+    assert_ne!(
+        primaries(&cluster.status_json(1))[0],
+        lagging as u64,
+        "node 1 created the cluster and leads"
+    );
+    cluster.kill9(lagging);
+
+    // More changes than one snapshot interval plus the log kept after it (500 + 500), so the
+    // primary purges entries the lagging node never saw and must send it a snapshot.
+    let rt = runtime();
+    let client = cluster.client(1);
+    rt.block_on(async {
+        for i in 0..1100 {
+            let update = flotilla_model::rest::ClusterUpdate {
+                name: Some(format!("name-{i}")),
+            };
+            client
+                .update_cluster(&update)
+                .await
+                .expect("cluster update");
+        }
+    });
+
+    cluster.dev_up();
+    let caught_up = poll_until(Duration::from_secs(30), || {
+        cluster.status_json(lagging)["cluster"]["name"] == "name-1099"
+    });
+    assert!(
+        caught_up,
+        "node {lagging} installed the snapshot and reached the last change"
+    );
+    let log = std::fs::read_to_string(cluster.data_dir(lagging).join("flotilla.log")).unwrap();
+    assert!(!log.contains("panicked"), "no panic on the lagging node");
+}
