@@ -18,8 +18,14 @@
 //! client's pipeline still reaches each shard as one write, and per-shard ordering is just the
 //! TCP stream's. The cost is one engine connection per client per shard touched, which engines
 //! handle in the tens of thousands; a multiplexed pool for plain commands is the next step if
-//! many mostly idle clients make that matter. SUBSCRIBE and friends are answered with an error
-//! for now.
+//! many mostly idle clients make that matter.
+//!
+//! Known limits: SUBSCRIBE/PSUBSCRIBE/SSUBSCRIBE are answered with an error; a client blocked in
+//! BLPOP is not noticed disconnecting until the shard answers; shutdown closes client
+//! connections without draining them at command boundaries (needed for in-place upgrades); a
+//! transaction whose WATCHed shard moved to a new primary returns a null EXEC (aborted) rather
+//! than risk running unwatched; commands are not retried after a failover (the error says
+//! whether the command may have executed).
 
 pub mod command;
 pub mod merge;
