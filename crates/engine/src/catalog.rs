@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{EngineError, Result};
-use crate::version::EngineVersion;
+use crate::EngineVersion;
 
 /// The environment variable that overrides where engines are looked up in development and tests.
 pub const ENGINES_DIR_ENV: &str = "FLOTILLA_ENGINES_DIR";

@@ -7,15 +7,6 @@ use std::path::PathBuf;
 /// querying an engine process.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// A version string that is not one of the known engines.
-    #[error("unknown engine version `{given}`; known versions: {known}")]
-    UnknownVersion {
-        /// What the caller gave.
-        given: String,
-        /// The known versions, comma separated.
-        known: String,
-    },
-
     /// The engine binary is not where the catalog expects it.
     #[error("engine binary for {version} not found at {path}; run `scripts/fetch-engines` (or set FLOTILLA_ENGINES_DIR to a folder that has it)")]
     MissingBinary {

@@ -13,7 +13,6 @@ mod error;
 mod info;
 mod process;
 mod spec;
-mod version;
 
 pub use catalog::{dev_engines_dir, EngineCatalog, ENGINES_DIR_ENV};
 pub use client::{wait_for_sync, ClientOptions, EngineClient};
@@ -25,4 +24,5 @@ pub use process::{
     adopt, read_pidfile, start, start_with, ShardProcess, StartOptions, StopOptions,
 };
 pub use spec::{EvictionPolicy, Persistence, ReplicaOf, ShardSpec, SHARD_PORTS};
-pub use version::EngineVersion;
+/// Engine versions are cluster vocabulary, defined in the model and used here.
+pub use flotilla_model::EngineVersion;

@@ -14,7 +14,7 @@ use crate::catalog::EngineCatalog;
 use crate::client::{ClientOptions, EngineClient};
 use crate::error::{EngineError, Result};
 use crate::spec::{Persistence, ShardSpec};
-use crate::version::EngineVersion;
+use crate::EngineVersion;
 
 /// How often process-state waits poll `/proc`.
 const PROC_POLL: Duration = Duration::from_millis(20);

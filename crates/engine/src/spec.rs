@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::version::EngineVersion;
+use crate::EngineVersion;
 
 /// Shard ports Flotilla hands out (Redis Software's default shard range).
 pub const SHARD_PORTS: std::ops::RangeInclusive<u16> = 20000..=29999;

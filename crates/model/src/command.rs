@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bdb::{BdbSpec, BdbUid, ShardPlan, ShardUid};
 use crate::error::ModelError;
 use crate::state::{Credentials, NodeUid};
 
@@ -45,6 +46,26 @@ pub enum Command {
         /// Its OS now.
         os: String,
     },
+    /// Creates a database with its shards placed as planned.
+    CreateBdb {
+        /// The database.
+        bdb: BdbSpec,
+        /// Creation time, seconds since the epoch.
+        created_at: u64,
+        /// Where each shard goes.
+        shards: Vec<ShardPlan>,
+    },
+    /// Deletes a database and its shards (agents stop the engines).
+    DeleteBdb {
+        /// The database.
+        uid: BdbUid,
+    },
+    /// Makes a slave shard the master of its slot range (failover, switchover); the previous
+    /// master becomes a slave.
+    PromoteShard {
+        /// The shard to promote.
+        uid: ShardUid,
+    },
     /// A command kind this software version does not know; applying it changes nothing.
     #[serde(other)]
     Unknown,
@@ -76,6 +97,11 @@ pub enum CommandResult {
     NodeExists {
         /// The existing node's uid.
         uid: NodeUid,
+    },
+    /// A database was created with this uid.
+    BdbCreated {
+        /// The new database's uid.
+        uid: BdbUid,
     },
     /// The command did not fit the state and changed nothing.
     Refused(ModelError),

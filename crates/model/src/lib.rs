@@ -1,8 +1,8 @@
 //! The cluster's objects and the typed commands that change them.
 //!
 //! This crate owns the shape of the replicated cluster configuration (see DESIGN.md, "The cluster
-//! store"): cluster settings, nodes and id counters today, with room for databases, shards,
-//! endpoints and actions. It has no I/O: the store crate replicates [`Command`]s through Raft and
+//! store"): cluster settings, nodes, databases, shards and id counters, with room for actions.
+//! It has no I/O: the store crate replicates [`Command`]s through Raft and
 //! applies them here with [`ClusterState::apply`], deterministically, on every node.
 //!
 //! # Encoding across adjacent software versions
@@ -17,11 +17,18 @@
 //! - a new kind of command is proposed only once the cluster version allows it (finalization), so
 //!   `Unknown` is a safety net, never a normal path: applying it changes nothing and is logged.
 
+mod bdb;
 mod command;
+mod engine_version;
 mod error;
 pub mod rest;
 mod state;
 
+pub use bdb::{
+    Bdb, BdbSpec, BdbUid, DataPersistence, Shard, ShardPlan, ShardRole, ShardUid, SlotRange,
+    ENDPOINT_PORTS, MAX_SHARDS, SHARD_PORTS, SLOT_COUNT,
+};
 pub use command::{Command, CommandResult, NodeSpec};
+pub use engine_version::{EngineVersion, UnknownEngineVersion};
 pub use error::ModelError;
 pub use state::{Cluster, ClusterState, Credentials, IdCounters, Node, NodeUid};

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::bdb::{Bdb, BdbSpec, BdbUid, Shard, ShardPlan, ShardRole, ShardUid};
 use crate::command::{Command, CommandResult, NodeSpec};
 use crate::error::ModelError;
 
@@ -24,6 +25,12 @@ pub struct ClusterState {
     /// Counters that hand out uids for nodes, databases, shards and actions.
     #[serde(default)]
     pub next_ids: IdCounters,
+    /// Databases by uid.
+    #[serde(default)]
+    pub bdbs: BTreeMap<BdbUid, Bdb>,
+    /// Shards by uid.
+    #[serde(default)]
+    pub shards: BTreeMap<ShardUid, Shard>,
 }
 
 /// Cluster-wide settings and the secrets that guard the cluster.
@@ -67,11 +74,25 @@ pub struct Node {
 pub struct IdCounters {
     /// The uid the next joining node receives.
     pub next_node_uid: u64,
+    /// The uid the next database receives.
+    #[serde(default = "first_uid")]
+    pub next_bdb_uid: u64,
+    /// The uid the next shard receives.
+    #[serde(default = "first_uid")]
+    pub next_shard_uid: u64,
+}
+
+fn first_uid() -> u64 {
+    1
 }
 
 impl Default for IdCounters {
     fn default() -> Self {
-        Self { next_node_uid: 1 }
+        Self {
+            next_node_uid: 1,
+            next_bdb_uid: 1,
+            next_shard_uid: 1,
+        }
     }
 }
 
@@ -94,6 +115,13 @@ impl ClusterState {
                 software_version,
                 os,
             } => self.update_node(uid, software_version, os),
+            Command::CreateBdb {
+                bdb,
+                created_at,
+                shards,
+            } => self.create_bdb(bdb, created_at, shards),
+            Command::DeleteBdb { uid } => self.delete_bdb(uid),
+            Command::PromoteShard { uid } => self.promote_shard(uid),
             Command::Unknown => Ok(CommandResult::Ignored),
         };
         outcome.unwrap_or_else(CommandResult::Refused)
@@ -107,6 +135,136 @@ impl ClusterState {
     /// The node bound to `addr`, if any.
     pub fn node_by_addr(&self, addr: &str) -> Option<&Node> {
         self.nodes.values().find(|n| n.addr == addr)
+    }
+
+    /// The database named `name`, if any.
+    pub fn bdb_by_name(&self, name: &str) -> Option<&Bdb> {
+        self.bdbs.values().find(|b| b.spec.name == name)
+    }
+
+    /// The shards of database `uid`, in uid order.
+    pub fn shards_of(&self, uid: BdbUid) -> impl Iterator<Item = &Shard> {
+        self.shards.values().filter(move |s| s.bdb_uid == uid)
+    }
+
+    /// The shards placed on node `uid`.
+    pub fn shards_on(&self, uid: NodeUid) -> impl Iterator<Item = &Shard> {
+        self.shards.values().filter(move |s| s.node_uid == uid)
+    }
+
+    /// The master shard holding `slots` of database `bdb`, if any.
+    pub fn master_of(&self, bdb: BdbUid, slots: crate::SlotRange) -> Option<&Shard> {
+        self.shards_of(bdb)
+            .find(|s| s.role == ShardRole::Master && s.assigned_slots == slots)
+    }
+
+    /// Refuses a database spec that clashes with what exists (name, port) or names unknown
+    /// nodes; also used by the API before proposing, for early, clear errors.
+    pub fn check_new_bdb(&self, bdb: &BdbSpec, shards: &[ShardPlan]) -> Result<(), ModelError> {
+        self.cluster()?;
+        if let Some(existing) = self.bdb_by_name(&bdb.name) {
+            return Err(ModelError::AlreadyExists(format!(
+                "name: a database named '{}' already exists (db:{}); choose another name",
+                bdb.name, existing.uid
+            )));
+        }
+        if let Some(existing) = self.bdbs.values().find(|b| b.spec.port == bdb.port) {
+            return Err(ModelError::AlreadyExists(format!(
+                "port: {} is the endpoint of database '{}' (db:{}); choose another port",
+                bdb.port, existing.spec.name, existing.uid
+            )));
+        }
+        for plan in shards {
+            if !self.nodes.contains_key(&plan.node_uid) {
+                return Err(ModelError::NotFound(format!(
+                    "node {} named in the placement is not in the cluster",
+                    plan.node_uid
+                )));
+            }
+            let taken = self.shards_on(plan.node_uid).any(|s| s.port == plan.port);
+            let twice = shards
+                .iter()
+                .filter(|p| p.node_uid == plan.node_uid && p.port == plan.port)
+                .count()
+                > 1;
+            if taken || twice {
+                return Err(ModelError::AlreadyExists(format!(
+                    "shard port {} is already used on node {}",
+                    plan.port, plan.node_uid
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn create_bdb(
+        &mut self,
+        spec: BdbSpec,
+        created_at: u64,
+        shards: Vec<ShardPlan>,
+    ) -> Result<CommandResult, ModelError> {
+        self.check_new_bdb(&spec, &shards)?;
+        let uid = self.next_ids.next_bdb_uid;
+        self.next_ids.next_bdb_uid += 1;
+        for plan in shards {
+            let shard_uid = self.next_ids.next_shard_uid;
+            self.next_ids.next_shard_uid += 1;
+            self.shards.insert(
+                shard_uid,
+                Shard {
+                    uid: shard_uid,
+                    bdb_uid: uid,
+                    node_uid: plan.node_uid,
+                    role: plan.role,
+                    assigned_slots: plan.assigned_slots,
+                    port: plan.port,
+                    redis_version: spec.redis_version,
+                },
+            );
+        }
+        self.bdbs.insert(
+            uid,
+            Bdb {
+                uid,
+                spec,
+                created_at,
+            },
+        );
+        Ok(CommandResult::BdbCreated { uid })
+    }
+
+    fn delete_bdb(&mut self, uid: BdbUid) -> Result<CommandResult, ModelError> {
+        if self.bdbs.remove(&uid).is_none() {
+            return Err(ModelError::NotFound(format!(
+                "database {uid} does not exist"
+            )));
+        }
+        self.shards.retain(|_, s| s.bdb_uid != uid);
+        Ok(CommandResult::Ok)
+    }
+
+    /// Makes shard `uid` the master of its slot range; the previous master becomes its slave.
+    fn promote_shard(&mut self, uid: ShardUid) -> Result<CommandResult, ModelError> {
+        let shard = self
+            .shards
+            .get(&uid)
+            .cloned()
+            .ok_or_else(|| ModelError::NotFound(format!("shard {uid} does not exist")))?;
+        if shard.role == ShardRole::Master {
+            return Ok(CommandResult::Ok);
+        }
+        for other in self.shards.values_mut() {
+            if other.bdb_uid == shard.bdb_uid
+                && other.assigned_slots == shard.assigned_slots
+                && other.role == ShardRole::Master
+            {
+                other.role = ShardRole::Slave;
+            }
+        }
+        if let Some(promoted) = self.shards.get_mut(&uid) {
+            promoted.role = ShardRole::Master;
+        }
+        Ok(CommandResult::Ok)
     }
 
     fn create_cluster(
@@ -252,5 +410,95 @@ mod tests {
         let json = r#"{"cluster":null,"nodes":{},"next_ids":{"next_node_uid":4,"next_bdb_uid":9},"bdbs":{}}"#;
         let state: ClusterState = serde_json::from_str(json).unwrap();
         assert_eq!(state.next_ids.next_node_uid, 4);
+    }
+
+    fn bdb_spec(name: &str, port: u16) -> BdbSpec {
+        BdbSpec {
+            name: name.into(),
+            port,
+            memory_size: 100 << 20,
+            shards_count: 1,
+            replication: true,
+            data_persistence: crate::DataPersistence::Disabled,
+            redis_version: crate::EngineVersion::Redis62,
+            authentication_redis_pass: None,
+        }
+    }
+
+    fn plan(node_uid: u64, role: ShardRole, port: u16) -> ShardPlan {
+        ShardPlan {
+            node_uid,
+            role,
+            assigned_slots: crate::SlotRange::even(0, 1),
+            port,
+        }
+    }
+
+    fn cluster_with_two_nodes() -> ClusterState {
+        let mut state = ClusterState::default();
+        state.apply(create());
+        state.apply(Command::AddNode {
+            node: spec("127.0.0.12"),
+        });
+        state
+    }
+
+    #[test]
+    fn a_database_gets_its_shards_and_clashes_are_refused_without_change() {
+        let mut state = cluster_with_two_nodes();
+        let shards = vec![
+            plan(1, ShardRole::Master, 20000),
+            plan(2, ShardRole::Slave, 20000),
+        ];
+        let created = state.apply(Command::CreateBdb {
+            bdb: bdb_spec("db1", 12000),
+            created_at: 5,
+            shards: shards.clone(),
+        });
+        assert_eq!(created, CommandResult::BdbCreated { uid: 1 });
+        assert_eq!(state.shards_of(1).count(), 2);
+        let before = state.clone();
+        for (name, port, shards) in [
+            ("db1", 12001, vec![plan(1, ShardRole::Master, 20001)]),
+            ("db2", 12000, vec![plan(1, ShardRole::Master, 20001)]),
+            ("db2", 12001, vec![plan(1, ShardRole::Master, 20000)]),
+            ("db2", 12001, vec![plan(9, ShardRole::Master, 20001)]),
+        ] {
+            let result = state.apply(Command::CreateBdb {
+                bdb: bdb_spec(name, port),
+                created_at: 6,
+                shards,
+            });
+            assert!(
+                matches!(result, CommandResult::Refused(_)),
+                "{name}:{port}: {result:?}"
+            );
+            assert_eq!(state, before, "a refused create changes nothing");
+        }
+    }
+
+    #[test]
+    fn promoting_a_slave_demotes_the_master_and_delete_removes_shards() {
+        let mut state = cluster_with_two_nodes();
+        let shards = vec![
+            plan(1, ShardRole::Master, 20000),
+            plan(2, ShardRole::Slave, 20000),
+        ];
+        state.apply(Command::CreateBdb {
+            bdb: bdb_spec("db1", 12000),
+            created_at: 5,
+            shards,
+        });
+        assert_eq!(
+            state.apply(Command::PromoteShard { uid: 2 }),
+            CommandResult::Ok
+        );
+        assert_eq!(state.shards[&2].role, ShardRole::Master);
+        assert_eq!(state.shards[&1].role, ShardRole::Slave);
+        assert_eq!(
+            state.apply(Command::DeleteBdb { uid: 1 }),
+            CommandResult::Ok
+        );
+        assert!(state.shards.is_empty() && state.bdbs.is_empty());
     }
 }

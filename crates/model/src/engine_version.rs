@@ -5,8 +5,6 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::EngineError;
-
 /// One Redis-compatible engine a shard can run.
 ///
 /// The variants are declared oldest to newest so that `Ord` gives the upgrade order: replication
@@ -88,6 +86,16 @@ impl EngineVersion {
     }
 }
 
+/// A string that names no known engine version.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown engine version '{given}'; known versions: {known}")]
+pub struct UnknownEngineVersion {
+    /// What was given.
+    pub given: String,
+    /// The known versions, comma-separated.
+    pub known: String,
+}
+
 impl fmt::Display for EngineVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -95,13 +103,13 @@ impl fmt::Display for EngineVersion {
 }
 
 impl FromStr for EngineVersion {
-    type Err = EngineError;
+    type Err = UnknownEngineVersion;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::ALL
             .into_iter()
             .find(|v| v.as_str() == s)
-            .ok_or_else(|| EngineError::UnknownVersion {
+            .ok_or_else(|| UnknownEngineVersion {
                 given: s.to_string(),
                 known: Self::known_list(),
             })
