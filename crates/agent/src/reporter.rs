@@ -36,6 +36,7 @@ async fn report_once(store: &Store, software_version: &str, os: &str) {
         uid,
         software_version: software_version.to_string(),
         os: os.to_string(),
+        shards: Vec::new(),
     };
     let sent: Result<(), StoreError> = store
         .call_internal(&leader, "/internal/report", &report)

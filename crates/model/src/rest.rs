@@ -161,4 +161,34 @@ pub struct NodeReport {
     pub software_version: String,
     /// Its OS.
     pub os: String,
+    /// What it observes of each of its shards.
+    #[serde(default)]
+    pub shards: Vec<ShardReport>,
+}
+
+/// What a node's agent observes of one of its shards (kept in the primary node's memory).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardReport {
+    /// The shard.
+    pub uid: crate::ShardUid,
+    /// The engine process is running and answers PING.
+    pub up: bool,
+    /// The role the engine reports (`INFO replication`), when it answers.
+    #[serde(default)]
+    pub role: Option<crate::ShardRole>,
+    /// `master_repl_offset` (for a replica: how far it has replicated).
+    #[serde(default)]
+    pub offset: i64,
+    /// For a replica: whether its link to the master is up.
+    #[serde(default)]
+    pub master_link_up: bool,
+    /// `used_memory` in bytes.
+    #[serde(default)]
+    pub used_memory: u64,
+    /// The engine version the process reports (e.g. `7.0.15`).
+    #[serde(default)]
+    pub engine_version: Option<String>,
+    /// The engine's pid.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }

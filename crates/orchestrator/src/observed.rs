@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use flotilla_model::rest::{NodeReport, NodeStatus};
-use flotilla_model::NodeUid;
+use flotilla_model::rest::{NodeReport, NodeStatus, ShardReport};
+use flotilla_model::{NodeUid, ShardUid};
 use flotilla_store::{Store, StoreError};
 
 /// How recent a report must be for its node to count as up.
@@ -47,6 +47,20 @@ impl Observer {
     pub fn record(&self, report: NodeReport) {
         let mut table = self.inner.lock().expect("observer lock");
         table.reports.insert(report.uid, (report, Instant::now()));
+    }
+
+    /// The latest report of every shard whose node reported within the liveness window
+    /// (meaningful on the primary node only).
+    pub fn shard_reports(&self) -> HashMap<ShardUid, ShardReport> {
+        let table = self.inner.lock().expect("observer lock");
+        let now = Instant::now();
+        table
+            .reports
+            .values()
+            .filter(|(_, at)| now.duration_since(*at) < LIVENESS_WINDOW)
+            .flat_map(|(report, _)| report.shards.iter().cloned())
+            .map(|shard| (shard.uid, shard))
+            .collect()
     }
 
     /// Liveness of every node in the state, computed here: only meaningful on the primary.
