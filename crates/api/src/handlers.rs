@@ -19,7 +19,7 @@ use crate::{ApiContext, ApiError};
 const MAX_NAME_LEN: usize = 128;
 
 /// Parses a JSON body, naming the field (with its path) that does not fit.
-fn parse<T: DeserializeOwned>(what: &str, body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(what: &str, body: &Bytes) -> Result<T, ApiError> {
     let mut json = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut json).map_err(|e| {
         let path = e.path().to_string();

@@ -5,6 +5,7 @@
 //! exist) needs basic auth with the cluster's operator credentials.
 
 mod auth;
+mod bdbs;
 mod error;
 mod handlers;
 
@@ -51,6 +52,12 @@ pub fn router(context: ApiContext) -> Router {
             get(handlers::get_cluster).put(handlers::put_cluster),
         )
         .route("/v1/nodes", get(handlers::get_nodes))
+        .route("/v1/bdbs", get(bdbs::list).post(bdbs::create))
+        .route(
+            "/v1/bdbs/{uid}",
+            get(bdbs::get).put(bdbs::update).delete(bdbs::delete),
+        )
+        .route("/v1/shards", get(bdbs::shards))
         .route("/v1/nodes/status", get(handlers::get_nodes_status))
         .route("/v1/nodes/{uid}", get(handlers::get_node))
         .layer(middleware::from_fn_with_state(

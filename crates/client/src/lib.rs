@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use flotilla_model::rest::{
-    BootstrapCluster, BootstrapCredentials, BootstrapRequest, BootstrapResult, ClusterInfo,
-    ClusterUpdate, ErrorBody, Health, NodeInfo, NodesStatus,
+    BdbCreate, BdbInfo, BdbUpdate, BootstrapCluster, BootstrapCredentials, BootstrapRequest,
+    BootstrapResult, ClusterInfo, ClusterUpdate, ErrorBody, Health, NodeInfo, NodesStatus,
+    ShardInfo,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -186,5 +187,58 @@ impl Client {
     /// `GET /v1/nodes/status`.
     pub async fn nodes_status(&self) -> Result<NodesStatus, ClientError> {
         self.get("/v1/nodes/status").await
+    }
+
+    /// `GET /v1/bdbs`.
+    pub async fn bdbs(&self) -> Result<Vec<BdbInfo>, ClientError> {
+        self.get("/v1/bdbs").await
+    }
+
+    /// `GET /v1/bdbs/{uid}`.
+    pub async fn bdb(&self, uid: u64) -> Result<BdbInfo, ClientError> {
+        self.get(&format!("/v1/bdbs/{uid}")).await
+    }
+
+    /// The database named `name` or with uid `name`, or a 404-style error listing none.
+    pub async fn find_bdb(&self, name_or_uid: &str) -> Result<BdbInfo, ClientError> {
+        if let Ok(uid) = name_or_uid.parse::<u64>() {
+            return self.bdb(uid).await;
+        }
+        self.bdbs()
+            .await?
+            .into_iter()
+            .find(|b| b.name == name_or_uid)
+            .ok_or_else(|| ClientError::Api {
+                status: StatusCode::NOT_FOUND,
+                body: ErrorBody {
+                    error_code: "not_found".into(),
+                    description: format!(
+                        "no database named '{name_or_uid}'; `flotilla db list` lists them"
+                    ),
+                },
+            })
+    }
+
+    /// `POST /v1/bdbs`.
+    pub async fn create_bdb(&self, request: &BdbCreate) -> Result<BdbInfo, ClientError> {
+        self.call(Method::POST, "/v1/bdbs", Some(request)).await
+    }
+
+    /// `PUT /v1/bdbs/{uid}`.
+    pub async fn update_bdb(&self, uid: u64, update: &BdbUpdate) -> Result<BdbInfo, ClientError> {
+        self.call(Method::PUT, &format!("/v1/bdbs/{uid}"), Some(update))
+            .await
+    }
+
+    /// `DELETE /v1/bdbs/{uid}`.
+    pub async fn delete_bdb(&self, uid: u64) -> Result<(), ClientError> {
+        let path = format!("/v1/bdbs/{uid}");
+        let _: serde_json::Value = self.call::<(), _>(Method::DELETE, &path, None).await?;
+        Ok(())
+    }
+
+    /// `GET /v1/shards`.
+    pub async fn shards(&self) -> Result<Vec<ShardInfo>, ClientError> {
+        self.get("/v1/shards").await
     }
 }

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use flotilla_client::Client;
 use flotilla_model::rest::ClusterUpdate;
 
-use crate::{daemon, dev, status};
+use crate::{daemon, db, dev, status};
 
 /// Flotilla: Redis-compatible databases on a cluster of machines, upgraded without downtime.
 #[derive(Parser)]
@@ -66,7 +66,10 @@ pub enum Command {
     /// Create, join or change the cluster.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Show nodes (and later databases), like `rladmin status`.
+    /// Create, list, show, change and delete databases.
+    #[command(subcommand)]
+    Db(db::DbCommand),
+    /// Show nodes and databases, like `rladmin status`.
     Status(status::StatusArgs),
     /// A local cluster on loopback addresses, for trying Flotilla and for tests.
     #[command(subcommand)]
@@ -131,6 +134,7 @@ impl Cli {
         match self.command {
             Command::Node(NodeCommand::Start(args)) => daemon::run(args).await,
             Command::Cluster(command) => cluster(&self.conn, command).await,
+            Command::Db(command) => db::run(&self.conn.client(), command).await,
             Command::Status(args) => status::run(&self.conn.client(), args).await,
             Command::Dev(command) => dev::run(&self.conn, command).await,
             Command::Loadcheck(args) => loadcheck(args).await,

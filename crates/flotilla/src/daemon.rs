@@ -69,6 +69,11 @@ pub async fn run(args: StartArgs) -> Result<()> {
     let api_router = flotilla_api::router(ApiContext::new(store.clone(), observer, node.clone()));
     let rpc = tokio::spawn(serve(rpc_listener, rpc_router, stop_rx.clone()));
     let rest = tokio::spawn(serve(rest_listener, api_router, stop_rx.clone()));
+    let endpoints = tokio::spawn(flotilla_endpoints::run(
+        store.clone(),
+        args.addr,
+        stop_rx.clone(),
+    ));
     let reporter = tokio::spawn(flotilla_agent::run_reporter(
         store.clone(),
         node.software_version.clone(),
@@ -79,7 +84,7 @@ pub async fn run(args: StartArgs) -> Result<()> {
     wait_for_signal().await?;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(rpc, rest, reporter);
+    let _ = tokio::join!(rpc, rest, reporter, endpoints);
     store.shutdown().await;
     Ok(())
 }

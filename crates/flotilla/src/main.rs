@@ -3,6 +3,7 @@
 
 mod cli;
 mod daemon;
+mod db;
 mod dev;
 mod status;
 

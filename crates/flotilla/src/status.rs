@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 use flotilla_client::Client;
-use flotilla_model::rest::{ClusterInfo, NodeInfo, NodeRole, NodeStatus};
+use flotilla_model::rest::{BdbInfo, ClusterInfo, NodeInfo, NodeRole, NodeStatus};
 use serde::Serialize;
 
 /// Arguments of `flotilla status`.
@@ -19,14 +19,20 @@ pub struct StatusArgs {
 struct StatusJson {
     cluster: ClusterInfo,
     nodes: Vec<NodeInfo>,
+    databases: Vec<BdbInfo>,
 }
 
 /// Fetches and prints the status.
 pub async fn run(client: &Client, args: StatusArgs) -> Result<()> {
     let cluster = client.cluster().await?;
     let nodes = client.nodes().await?;
+    let databases = client.bdbs().await?;
     if args.json {
-        let status = StatusJson { cluster, nodes };
+        let status = StatusJson {
+            cluster,
+            nodes,
+            databases,
+        };
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
@@ -57,5 +63,8 @@ pub async fn run(client: &Client, args: StatusArgs) -> Result<()> {
             status
         );
     }
+    println!();
+    println!("DATABASES:");
+    crate::db::print_table(&databases);
     Ok(())
 }

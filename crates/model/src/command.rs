@@ -55,6 +55,17 @@ pub enum Command {
         /// Where each shard goes.
         shards: Vec<ShardPlan>,
     },
+    /// Changes a database's memory limit or client password; `None` fields stay as they are.
+    UpdateBdb {
+        /// The database.
+        uid: BdbUid,
+        /// New memory limit in bytes.
+        #[serde(default)]
+        memory_size: Option<u64>,
+        /// New client password (`Some(None)` removes it).
+        #[serde(default)]
+        authentication_redis_pass: Option<Option<String>>,
+    },
     /// Deletes a database and its shards (agents stop the engines).
     DeleteBdb {
         /// The database.

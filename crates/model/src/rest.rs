@@ -192,3 +192,111 @@ pub struct ShardReport {
     #[serde(default)]
     pub pid: Option<u32>,
 }
+
+/// `POST /v1/bdbs`: a new database, in Redis Software's field names. Omitted fields take their
+/// defaults (1 shard, no replication, no persistence, the cluster's default engine).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BdbCreate {
+    /// Unique name: letters, digits and hyphens, 1-63 characters.
+    pub name: String,
+    /// Endpoint port, 10000-19999, free on every node.
+    pub port: u16,
+    /// Memory limit in bytes.
+    pub memory_size: u64,
+    /// Primary shards, 1-64.
+    #[serde(default = "one")]
+    pub shards_count: u16,
+    /// A replica for every primary shard, on another node.
+    #[serde(default)]
+    pub replication: bool,
+    /// `disabled`, `aof` or `snapshot`.
+    #[serde(default)]
+    pub data_persistence: crate::DataPersistence,
+    /// Engine version, e.g. `redis-7.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_version: Option<String>,
+    /// Password clients AUTH with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication_redis_pass: Option<String>,
+}
+
+fn one() -> u16 {
+    1
+}
+
+/// `PUT /v1/bdbs/{uid}`: what may change on a running database.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BdbUpdate {
+    /// New memory limit in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_size: Option<u64>,
+    /// New client password; an empty string removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication_redis_pass: Option<String>,
+}
+
+/// One way to reach a database: its port on each of these node addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    /// Node addresses serving the endpoint (every node).
+    pub addr: Vec<String>,
+    /// The database port.
+    pub port: u16,
+}
+
+/// `GET /v1/bdbs`, `GET /v1/bdbs/{uid}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BdbInfo {
+    /// Database uid.
+    pub uid: crate::BdbUid,
+    /// Name.
+    pub name: String,
+    /// Endpoint port.
+    pub port: u16,
+    /// Memory limit in bytes.
+    pub memory_size: u64,
+    /// Primary shards.
+    pub shards_count: u16,
+    /// Replication on or off.
+    pub replication: bool,
+    /// Persistence mode.
+    pub data_persistence: crate::DataPersistence,
+    /// Engine version.
+    pub redis_version: String,
+    /// `active` when every shard runs in its role, else `pending`.
+    pub status: String,
+    /// Whether clients must AUTH.
+    pub password_protected: bool,
+    /// Where clients connect.
+    pub endpoints: Vec<EndpointInfo>,
+    /// The database's shard uids.
+    pub shard_list: Vec<crate::ShardUid>,
+}
+
+/// `GET /v1/shards`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// Shard uid.
+    pub uid: crate::ShardUid,
+    /// Its database.
+    pub bdb_uid: crate::BdbUid,
+    /// Its node.
+    pub node_uid: NodeUid,
+    /// `master` or `slave`.
+    pub role: crate::ShardRole,
+    /// Slot range, `start-end`.
+    pub assigned_slots: crate::SlotRange,
+    /// Port on its node.
+    pub port: u16,
+    /// Engine version it should run.
+    pub redis_version: String,
+    /// `active` when its engine answers in its role, `down` when it does not, `unknown` when its
+    /// node has not reported.
+    pub status: String,
+    /// Replication offset last reported.
+    pub offset: i64,
+    /// Memory used, bytes, last reported.
+    pub used_memory: u64,
+}

@@ -121,6 +121,11 @@ impl ClusterState {
                 shards,
             } => self.create_bdb(bdb, created_at, shards),
             Command::DeleteBdb { uid } => self.delete_bdb(uid),
+            Command::UpdateBdb {
+                uid,
+                memory_size,
+                authentication_redis_pass,
+            } => self.update_bdb(uid, memory_size, authentication_redis_pass),
             Command::PromoteShard { uid } => self.promote_shard(uid),
             Command::Unknown => Ok(CommandResult::Ignored),
         };
@@ -231,6 +236,25 @@ impl ClusterState {
             },
         );
         Ok(CommandResult::BdbCreated { uid })
+    }
+
+    fn update_bdb(
+        &mut self,
+        uid: BdbUid,
+        memory_size: Option<u64>,
+        password: Option<Option<String>>,
+    ) -> Result<CommandResult, ModelError> {
+        let bdb = self
+            .bdbs
+            .get_mut(&uid)
+            .ok_or_else(|| ModelError::NotFound(format!("database {uid} does not exist")))?;
+        if let Some(memory_size) = memory_size {
+            bdb.spec.memory_size = memory_size;
+        }
+        if let Some(password) = password {
+            bdb.spec.authentication_redis_pass = password;
+        }
+        Ok(CommandResult::Ok)
     }
 
     fn delete_bdb(&mut self, uid: BdbUid) -> Result<CommandResult, ModelError> {

@@ -5,5 +5,6 @@
 //! come on top of it.
 
 pub mod observed;
+pub mod placement;
 
-pub use observed::Observer;
+pub use observed::{Observed, Observer};

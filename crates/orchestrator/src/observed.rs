@@ -19,6 +19,15 @@ use flotilla_store::{Store, StoreError};
 /// How recent a report must be for its node to count as up.
 pub const LIVENESS_WINDOW: Duration = Duration::from_secs(3);
 
+/// What the primary node observes: node liveness and the latest report of every shard.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Observed {
+    /// Liveness by node uid.
+    pub nodes: BTreeMap<NodeUid, NodeStatus>,
+    /// Latest shard reports from nodes that are up, by shard uid.
+    pub shards: BTreeMap<ShardUid, ShardReport>,
+}
+
 /// The primary node's table of node reports; cheap to clone.
 #[derive(Clone)]
 pub struct Observer {
@@ -51,7 +60,7 @@ impl Observer {
 
     /// The latest report of every shard whose node reported within the liveness window
     /// (meaningful on the primary node only).
-    pub fn shard_reports(&self) -> HashMap<ShardUid, ShardReport> {
+    pub fn shard_reports(&self) -> BTreeMap<ShardUid, ShardReport> {
         let table = self.inner.lock().expect("observer lock");
         let now = Instant::now();
         table
@@ -95,28 +104,44 @@ impl Observer {
             .collect()
     }
 
-    /// Liveness of every node as the primary node sees it, asking the primary when this node is
-    /// not it. Without a reachable primary every node is `unknown`.
-    pub async fn statuses(&self) -> BTreeMap<NodeUid, NodeStatus> {
-        if self.store.is_leader() {
-            return self.local_statuses();
+    /// What this node observes itself (meaningful on the primary node only).
+    pub fn local_observed(&self) -> Observed {
+        Observed {
+            nodes: self.local_statuses(),
+            shards: self.shard_reports(),
         }
-        let unknown = || {
-            self.store
+    }
+
+    /// Node liveness and shard reports as the primary node sees them, asking the primary when
+    /// this node is not it. Without a reachable primary every node is `unknown` and no shard
+    /// report is known.
+    pub async fn observed(&self) -> Observed {
+        if self.store.is_leader() {
+            return self.local_observed();
+        }
+        let unknown = || Observed {
+            nodes: self
+                .store
                 .state()
                 .nodes
                 .keys()
                 .map(|uid| (*uid, NodeStatus::Unknown))
-                .collect()
+                .collect(),
+            shards: BTreeMap::new(),
         };
         let Some(leader) = self.store.leader_rpc_addr() else {
             return unknown();
         };
-        let answer: Result<BTreeMap<NodeUid, NodeStatus>, StoreError> = self
+        let answer: Result<Observed, StoreError> = self
             .store
             .call_internal(&leader, "/internal/observed", &())
             .await;
         answer.unwrap_or_else(|_| unknown())
+    }
+
+    /// Liveness of every node as the primary node sees it (see [`Observer::observed`]).
+    pub async fn statuses(&self) -> BTreeMap<NodeUid, NodeStatus> {
+        self.observed().await.nodes
     }
 
     /// The internal routes that receive reports and answer liveness (behind the secret check).
@@ -137,6 +162,6 @@ async fn report(State(observer): State<Observer>, Json(report): Json<NodeReport>
     Json(())
 }
 
-async fn observed(State(observer): State<Observer>) -> Json<BTreeMap<NodeUid, NodeStatus>> {
-    Json(observer.local_statuses())
+async fn observed(State(observer): State<Observer>) -> Json<Observed> {
+    Json(observer.local_observed())
 }

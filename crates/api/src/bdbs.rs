@@ -1,0 +1,281 @@
+//! `/v1/bdbs` and `/v1/shards`: databases and their shards.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use flotilla_model::rest::{BdbCreate, BdbInfo, BdbUpdate, EndpointInfo, NodeStatus, ShardInfo};
+use flotilla_model::{
+    Bdb, BdbSpec, BdbUid, ClusterState, Command, CommandResult, EngineVersion, ShardRole,
+    ENDPOINT_PORTS, MAX_SHARDS,
+};
+use flotilla_orchestrator::{placement, Observed};
+
+use crate::handlers::parse;
+use crate::{ApiContext, ApiError};
+
+/// The engine a database gets when `redis_version` is omitted: the newest one bundled.
+pub(crate) const DEFAULT_ENGINE: EngineVersion = EngineVersion::Valkey91;
+
+fn validate_db_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !name.starts_with('-');
+    if ok {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        "name",
+        format!("'{name}' must be 1-63 letters, digits or hyphens, not starting with a hyphen"),
+    ))
+}
+
+fn validate_port(port: u16, addr: IpAddr) -> Result<(), ApiError> {
+    if !ENDPOINT_PORTS.contains(&port) {
+        return Err(ApiError::invalid(
+            "port",
+            format!("{port} is outside the database port range 10000-19999"),
+        ));
+    }
+    // Another process holding the port on this node would keep the endpoint from serving here.
+    if std::net::TcpListener::bind((addr, port)).is_err() {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            error_code: "port_in_use",
+            description: format!(
+                "port: {port} is already in use on {addr} by another process; choose another port"
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn spec_from(request: BdbCreate, addr: IpAddr) -> Result<BdbSpec, ApiError> {
+    validate_db_name(&request.name)?;
+    validate_port(request.port, addr)?;
+    if request.memory_size == 0 {
+        return Err(ApiError::invalid(
+            "memory_size",
+            "must be more than 0 bytes, e.g. 104857600 for 100 MB",
+        ));
+    }
+    if request.shards_count == 0 || request.shards_count > MAX_SHARDS {
+        return Err(ApiError::invalid(
+            "shards_count",
+            format!("{} is outside 1-{MAX_SHARDS}", request.shards_count),
+        ));
+    }
+    let redis_version = match request.redis_version {
+        Some(text) => text
+            .parse()
+            .map_err(|e| ApiError::invalid("redis_version", e))?,
+        None => DEFAULT_ENGINE,
+    };
+    let authentication_redis_pass = request.authentication_redis_pass.filter(|p| !p.is_empty());
+    Ok(BdbSpec {
+        name: request.name,
+        port: request.port,
+        memory_size: request.memory_size,
+        shards_count: request.shards_count,
+        replication: request.replication,
+        data_persistence: request.data_persistence,
+        redis_version,
+        authentication_redis_pass,
+    })
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn shard_status(observed: &Observed, uid: u64, role: ShardRole, node_uid: u64) -> &'static str {
+    match observed.shards.get(&uid) {
+        Some(report) if report.up && report.role == Some(role) => "active",
+        Some(_) => "down",
+        None if observed.nodes.get(&node_uid) == Some(&NodeStatus::Down) => "down",
+        None => "unknown",
+    }
+}
+
+fn bdb_info(state: &ClusterState, observed: &Observed, bdb: &Bdb) -> BdbInfo {
+    let shards: Vec<_> = state.shards_of(bdb.uid).collect();
+    let active = shards
+        .iter()
+        .all(|s| shard_status(observed, s.uid, s.role, s.node_uid) == "active");
+    BdbInfo {
+        uid: bdb.uid,
+        name: bdb.spec.name.clone(),
+        port: bdb.spec.port,
+        memory_size: bdb.spec.memory_size,
+        shards_count: bdb.spec.shards_count,
+        replication: bdb.spec.replication,
+        data_persistence: bdb.spec.data_persistence,
+        redis_version: bdb.spec.redis_version.to_string(),
+        status: if active { "active" } else { "pending" }.into(),
+        password_protected: bdb.spec.authentication_redis_pass.is_some(),
+        endpoints: vec![EndpointInfo {
+            addr: state.nodes.values().map(|n| n.addr.clone()).collect(),
+            port: bdb.spec.port,
+        }],
+        shard_list: shards.iter().map(|s| s.uid).collect(),
+    }
+}
+
+fn parse_uid(text: &str) -> Result<BdbUid, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::invalid(
+            "uid",
+            format!("'{text}' is not a database uid (a positive integer)"),
+        )
+    })
+}
+
+fn find_bdb(state: &ClusterState, uid: BdbUid) -> Result<&Bdb, ApiError> {
+    state.bdbs.get(&uid).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "database {uid} does not exist; `flotilla db list` lists them"
+        ))
+    })
+}
+
+/// `GET /v1/bdbs`.
+pub(crate) async fn list(State(context): State<ApiContext>) -> Json<Vec<BdbInfo>> {
+    let state = context.store.state();
+    let observed = context.observer.observed().await;
+    Json(
+        state
+            .bdbs
+            .values()
+            .map(|b| bdb_info(&state, &observed, b))
+            .collect(),
+    )
+}
+
+/// `GET /v1/bdbs/{uid}`.
+pub(crate) async fn get(
+    State(context): State<ApiContext>,
+    Path(uid): Path<String>,
+) -> Result<Json<BdbInfo>, ApiError> {
+    let uid = parse_uid(&uid)?;
+    let observed = context.observer.observed().await;
+    let state = context.store.state();
+    Ok(Json(bdb_info(&state, &observed, find_bdb(&state, uid)?)))
+}
+
+/// `POST /v1/bdbs`: validates, places the shards, proposes `CreateBdb`.
+pub(crate) async fn create(
+    State(context): State<ApiContext>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<BdbInfo>), ApiError> {
+    let request: BdbCreate = parse("bdb", &body)?;
+    let spec = spec_from(request, context.store.config().addr)?;
+    let observed = context.observer.observed().await;
+    let state = context.store.state();
+    let eligible: Vec<u64> = observed
+        .nodes
+        .iter()
+        .filter(|(_, status)| **status == NodeStatus::Up)
+        .map(|(uid, _)| *uid)
+        .collect();
+    let shards = placement::place(&state, &spec, &eligible).map_err(|e| ApiError {
+        status: StatusCode::CONFLICT,
+        error_code: "placement_failed",
+        description: e.to_string(),
+    })?;
+    state
+        .check_new_bdb(&spec, &shards)
+        .map_err(flotilla_store::StoreError::from)?;
+    let command = Command::CreateBdb {
+        bdb: spec,
+        created_at: now_secs(),
+        shards,
+    };
+    let outcome = flotilla_store::refused_to_error(context.store.propose(command).await?)?;
+    let CommandResult::BdbCreated { uid } = outcome else {
+        return Err(ApiError::from(flotilla_store::StoreError::Internal(
+            format!("unexpected outcome {outcome:?}"),
+        )));
+    };
+    let state = context.store.state();
+    Ok((
+        StatusCode::OK,
+        Json(bdb_info(&state, &observed, find_bdb(&state, uid)?)),
+    ))
+}
+
+/// `PUT /v1/bdbs/{uid}`.
+pub(crate) async fn update(
+    State(context): State<ApiContext>,
+    Path(uid): Path<String>,
+    body: Bytes,
+) -> Result<Json<BdbInfo>, ApiError> {
+    let uid = parse_uid(&uid)?;
+    let update: BdbUpdate = parse("bdb", &body)?;
+    if update == BdbUpdate::default() {
+        return Err(ApiError::invalid(
+            "bdb",
+            "no change given: pass memory_size or authentication_redis_pass",
+        ));
+    }
+    if update.memory_size == Some(0) {
+        return Err(ApiError::invalid(
+            "memory_size",
+            "must be more than 0 bytes",
+        ));
+    }
+    find_bdb(&context.store.state(), uid)?;
+    let password = update
+        .authentication_redis_pass
+        .map(|p| Some(p).filter(|p| !p.is_empty()));
+    let command = Command::UpdateBdb {
+        uid,
+        memory_size: update.memory_size,
+        authentication_redis_pass: password,
+    };
+    flotilla_store::refused_to_error(context.store.propose(command).await?)?;
+    get(State(context), Path(uid.to_string())).await
+}
+
+/// `DELETE /v1/bdbs/{uid}`.
+pub(crate) async fn delete(
+    State(context): State<ApiContext>,
+    Path(uid): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let uid = parse_uid(&uid)?;
+    find_bdb(&context.store.state(), uid)?;
+    flotilla_store::refused_to_error(context.store.propose(Command::DeleteBdb { uid }).await?)?;
+    Ok(Json(serde_json::json!({ "uid": uid, "status": "deleted" })))
+}
+
+/// `GET /v1/shards`.
+pub(crate) async fn shards(State(context): State<ApiContext>) -> Json<Vec<ShardInfo>> {
+    let state = context.store.state();
+    let observed = context.observer.observed().await;
+    let infos = state
+        .shards
+        .values()
+        .map(|s| {
+            let report = observed.shards.get(&s.uid);
+            ShardInfo {
+                uid: s.uid,
+                bdb_uid: s.bdb_uid,
+                node_uid: s.node_uid,
+                role: s.role,
+                assigned_slots: s.assigned_slots,
+                port: s.port,
+                redis_version: s.redis_version.to_string(),
+                status: shard_status(&observed, s.uid, s.role, s.node_uid).into(),
+                offset: report.map(|r| r.offset).unwrap_or(0),
+                used_memory: report.map(|r| r.used_memory).unwrap_or(0),
+            }
+        })
+        .collect();
+    Json(infos)
+}

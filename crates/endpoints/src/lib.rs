@@ -1,0 +1,136 @@
+//! Database endpoints on this node.
+//!
+//! Every node serves every database's port on its own address (DESIGN.md, Processes), so a
+//! client may use any node. This crate turns the cluster store into proxy listeners: one per
+//! database, bound to `node addr : db port`, fed a [`Topology`] (which shard owns which slots
+//! and where each shard's master runs) that is republished whenever the store changes — a
+//! failover or switchover moves traffic without dropping client connections. A database that is
+//! deleted has its listener closed; a port that cannot be bound is retried every second.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use flotilla_model::{Bdb, BdbUid, ClusterState, ShardRole};
+use flotilla_proxy::{SlotMap, Topology, SLOT_COUNT};
+use flotilla_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+/// How often endpoints are re-checked even without a store change (to retry failed binds).
+const RESYNC: Duration = Duration::from_secs(1);
+
+/// Builds a database's topology from the cluster state: slot owners from its master shards'
+/// `assigned_slots`, each master's address from its node. `None` while some slot has no master
+/// (the database is being created or repaired).
+pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
+    let secret = state.cluster.as_ref()?.secret.clone();
+    let mut masters: Vec<_> = state
+        .shards_of(bdb.uid)
+        .filter(|s| s.role == ShardRole::Master)
+        .collect();
+    masters.sort_by_key(|s| s.assigned_slots.start);
+    let mut owners = vec![u16::MAX; SLOT_COUNT as usize];
+    let mut primaries = Vec::with_capacity(masters.len());
+    for (index, shard) in masters.iter().enumerate() {
+        let node = state.nodes.get(&shard.node_uid)?;
+        let ip: IpAddr = node.addr.parse().ok()?;
+        primaries.push(SocketAddr::new(ip, shard.port));
+        for slot in shard.assigned_slots.start..=shard.assigned_slots.end {
+            owners[usize::from(slot)] = index as u16;
+        }
+    }
+    if owners.contains(&u16::MAX) {
+        return None;
+    }
+    let slots = SlotMap::from_owners(owners).ok()?;
+    Topology::new(
+        bdb.spec.authentication_redis_pass.clone(),
+        secret,
+        slots,
+        primaries,
+    )
+    .ok()
+}
+
+struct Running {
+    port: u16,
+    topology: watch::Sender<Topology>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Keeps this node's endpoint listeners in step with the store until `shutdown` fires.
+pub async fn run(store: Store, addr: IpAddr, mut shutdown: watch::Receiver<bool>) {
+    let mut changes = store.subscribe();
+    let mut running: HashMap<BdbUid, Running> = HashMap::new();
+    let mut tick = tokio::time::interval(RESYNC);
+    loop {
+        sync(&store.state(), addr, &mut running).await;
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    running.clear();
+}
+
+async fn sync(state: &ClusterState, addr: IpAddr, running: &mut HashMap<BdbUid, Running>) {
+    running.retain(|uid, endpoint| {
+        state
+            .bdbs
+            .get(uid)
+            .is_some_and(|bdb| bdb.spec.port == endpoint.port)
+    });
+    for bdb in state.bdbs.values() {
+        let Some(topology) = topology_of(state, bdb) else {
+            continue;
+        };
+        match running.get(&bdb.uid) {
+            Some(endpoint) => {
+                endpoint.topology.send_if_modified(|current| {
+                    let changed = *current != topology;
+                    if changed {
+                        *current = topology.clone();
+                    }
+                    changed
+                });
+            }
+            None => {
+                if let Some(endpoint) = open(addr, bdb, topology).await {
+                    running.insert(bdb.uid, endpoint);
+                }
+            }
+        }
+    }
+}
+
+async fn open(addr: IpAddr, bdb: &Bdb, topology: Topology) -> Option<Running> {
+    let port = bdb.spec.port;
+    let listener = match TcpListener::bind((addr, port)).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(bdb = bdb.uid, %addr, port, error = %e, "cannot bind the database endpoint; retrying");
+            return None;
+        }
+    };
+    tracing::info!(bdb = bdb.uid, name = %bdb.spec.name, %addr, port, "serving database endpoint");
+    let (topology_tx, topology_rx) = watch::channel(topology);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    tokio::spawn(flotilla_proxy::serve(listener, topology_rx, async move {
+        let _ = stop_rx.await;
+    }));
+    Some(Running {
+        port,
+        topology: topology_tx,
+        stop: Some(stop_tx),
+    })
+}

@@ -1,0 +1,252 @@
+//! `flotilla db ...`: create, list, show, change and delete databases.
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use flotilla_client::Client;
+use flotilla_model::rest::{BdbCreate, BdbInfo, BdbUpdate};
+use flotilla_model::DataPersistence;
+
+/// `flotilla db` subcommands.
+#[derive(Subcommand)]
+pub enum DbCommand {
+    /// Create a database.
+    Create(CreateArgs),
+    /// List databases.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one database (by name or uid).
+    Show {
+        /// Name or uid.
+        db: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a database's memory limit or password.
+    Set {
+        /// Name or uid.
+        db: String,
+        /// New memory limit, e.g. 200mb.
+        #[arg(long, value_parser = parse_memory)]
+        memory: Option<u64>,
+        /// New client password ("" removes it).
+        #[arg(long)]
+        db_password: Option<String>,
+    },
+    /// Delete a database and its data.
+    Delete {
+        /// Name or uid.
+        db: String,
+    },
+}
+
+/// Arguments of `flotilla db create`.
+#[derive(Args)]
+pub struct CreateArgs {
+    /// Unique name (letters, digits, hyphens).
+    #[arg(long)]
+    name: String,
+    /// Endpoint port, 10000-19999; served on every node.
+    #[arg(long)]
+    port: u16,
+    /// Memory limit, e.g. 100mb, 1gb, or bytes.
+    #[arg(long, value_parser = parse_memory)]
+    memory: u64,
+    /// Primary shards (1-64).
+    #[arg(long, default_value_t = 1)]
+    shards: u16,
+    /// Give every primary shard a replica on another node.
+    #[arg(long)]
+    replication: bool,
+    /// Persistence: aof or snapshot (default: none).
+    #[arg(long, value_parser = parse_persistence)]
+    persistence: Option<DataPersistence>,
+    /// Engine version: redis-6.2, redis-7.0, valkey-8.1, valkey-9.1 (default: the newest).
+    #[arg(long)]
+    redis_version: Option<String>,
+    /// Password clients must AUTH with. (Named --db-password because --password is the
+    /// operator's password for every command.)
+    #[arg(long)]
+    db_password: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses `100mb`, `1gb`, `512kb`, `1024` (bytes); units are powers of 1024.
+pub fn parse_memory(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (digits, unit) = lower.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size like 100mb"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}'; use kb, mb or gb"
+            ))
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+fn parse_persistence(text: &str) -> Result<DataPersistence, String> {
+    match text {
+        "aof" => Ok(DataPersistence::Aof),
+        "snapshot" => Ok(DataPersistence::Snapshot),
+        "disabled" | "none" => Ok(DataPersistence::Disabled),
+        other => Err(format!("'{other}' is not aof, snapshot or disabled")),
+    }
+}
+
+/// Runs a db subcommand.
+pub async fn run(client: &Client, command: DbCommand) -> Result<()> {
+    match command {
+        DbCommand::Create(args) => create(client, args).await,
+        DbCommand::List { json } => {
+            let bdbs = client.bdbs().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&bdbs)?);
+            } else {
+                print_table(&bdbs);
+            }
+            Ok(())
+        }
+        DbCommand::Show { db, json } => {
+            let bdb = client.find_bdb(&db).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&bdb)?);
+            } else {
+                print_details(&bdb);
+            }
+            Ok(())
+        }
+        DbCommand::Set {
+            db,
+            memory,
+            db_password,
+        } => {
+            if memory.is_none() && db_password.is_none() {
+                bail!("nothing to change: pass --memory and/or --db-password");
+            }
+            let bdb = client.find_bdb(&db).await?;
+            let update = BdbUpdate {
+                memory_size: memory,
+                authentication_redis_pass: db_password,
+            };
+            let bdb = client.update_bdb(bdb.uid, &update).await?;
+            println!("database '{}' (db:{}) updated", bdb.name, bdb.uid);
+            Ok(())
+        }
+        DbCommand::Delete { db } => {
+            let bdb = client.find_bdb(&db).await?;
+            client.delete_bdb(bdb.uid).await?;
+            println!("database '{}' (db:{}) deleted", bdb.name, bdb.uid);
+            Ok(())
+        }
+    }
+}
+
+async fn create(client: &Client, args: CreateArgs) -> Result<()> {
+    let request = BdbCreate {
+        name: args.name,
+        port: args.port,
+        memory_size: args.memory,
+        shards_count: args.shards,
+        replication: args.replication,
+        data_persistence: args.persistence.unwrap_or_default(),
+        redis_version: args.redis_version,
+        authentication_redis_pass: args.db_password,
+    };
+    let bdb = client.create_bdb(&request).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&bdb)?);
+    } else {
+        println!(
+            "database '{}' created as db:{} on port {} ({} shards{}, {})",
+            bdb.name,
+            bdb.uid,
+            bdb.port,
+            bdb.shards_count,
+            if bdb.replication { ", replicated" } else { "" },
+            bdb.redis_version
+        );
+    }
+    Ok(())
+}
+
+/// Prints databases as the `DATABASES` table of `flotilla status` and `db list`.
+pub fn print_table(bdbs: &[BdbInfo]) {
+    println!(
+        "{:<8} {:<20} {:<12} {:<7} {:<12} {:<8} STATUS",
+        "DB:ID", "NAME", "ENGINE", "SHARDS", "REPLICATION", "PORT"
+    );
+    for bdb in bdbs {
+        println!(
+            "{:<8} {:<20} {:<12} {:<7} {:<12} {:<8} {}",
+            format!("db:{}", bdb.uid),
+            bdb.name,
+            bdb.redis_version,
+            bdb.shards_count,
+            if bdb.replication {
+                "enabled"
+            } else {
+                "disabled"
+            },
+            bdb.port,
+            bdb.status
+        );
+    }
+}
+
+fn print_details(bdb: &BdbInfo) {
+    println!("db:{} {}", bdb.uid, bdb.name);
+    println!("  engine:       {}", bdb.redis_version);
+    println!("  status:       {}", bdb.status);
+    println!("  memory:       {} bytes", bdb.memory_size);
+    println!(
+        "  shards:       {} (shard uids {:?})",
+        bdb.shards_count, bdb.shard_list
+    );
+    println!("  replication:  {}", bdb.replication);
+    println!("  persistence:  {:?}", bdb.data_persistence);
+    println!(
+        "  password:     {}",
+        if bdb.password_protected {
+            "required"
+        } else {
+            "none"
+        }
+    );
+    for endpoint in &bdb.endpoints {
+        println!(
+            "  endpoint:     port {} on {}",
+            endpoint.port,
+            endpoint.addr.join(", ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_sizes_parse_with_binary_units() {
+        assert_eq!(super::parse_memory("100mb"), Ok(100 << 20));
+        assert_eq!(super::parse_memory("1GB"), Ok(1 << 30));
+        assert_eq!(super::parse_memory("2048"), Ok(2048));
+        assert!(super::parse_memory("ten").is_err());
+        assert!(super::parse_memory("5tb").is_err());
+    }
+}

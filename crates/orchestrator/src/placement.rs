@@ -1,0 +1,207 @@
+//! Placement: which node runs each shard of a new database, and on which port.
+//!
+//! Masters and slaves of one slot range always land on different nodes; within that rule each
+//! shard goes to the node with the least memory already placed on it (ties: lowest uid), so a
+//! database spreads across the cluster and nodes fill evenly. Ports are the lowest free ones in
+//! the shard range on that node. The result goes into the `CreateBdb` command; the state
+//! machine re-checks it, so a plan made on stale state is refused rather than applied.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use flotilla_model::{
+    BdbSpec, ClusterState, NodeUid, ShardPlan, ShardRole, SlotRange, SHARD_PORTS,
+};
+
+/// Why a database cannot be placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlacementError {
+    /// Not enough eligible nodes (replication needs two).
+    NotEnoughNodes {
+        /// Nodes needed.
+        needed: usize,
+        /// Nodes available.
+        available: usize,
+    },
+    /// A node has no free shard port left.
+    NoFreePort(NodeUid),
+}
+
+impl std::fmt::Display for PlacementError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlacementError::NotEnoughNodes { needed, available } => write!(
+                f,
+                "replication: needs {needed} nodes that are up, the cluster has {available}; \
+                 join another node or create the database without --replication"
+            ),
+            PlacementError::NoFreePort(node) => {
+                write!(f, "node {node} has no free shard port in 20000-29999")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PlacementError {}
+
+/// Places every shard of `spec` on `eligible` nodes (those that are up).
+pub fn place(
+    state: &ClusterState,
+    spec: &BdbSpec,
+    eligible: &[NodeUid],
+) -> Result<Vec<ShardPlan>, PlacementError> {
+    let needed = if spec.replication { 2 } else { 1 };
+    if eligible.len() < needed {
+        return Err(PlacementError::NotEnoughNodes {
+            needed,
+            available: eligible.len(),
+        });
+    }
+    let shard_memory = spec.memory_size / u64::from(spec.shards_count.max(1));
+    let mut load = memory_by_node(state, eligible);
+    let mut used_ports = ports_by_node(state);
+    let mut plans = Vec::new();
+    for index in 0..spec.shards_count {
+        let slots = SlotRange::even(index, spec.shards_count);
+        let master = least_loaded(&load, None);
+        plans.push(plan_on(master, ShardRole::Master, slots, &mut used_ports)?);
+        *load.entry(master).or_default() += shard_memory;
+        if spec.replication {
+            let slave = least_loaded(&load, Some(master));
+            plans.push(plan_on(slave, ShardRole::Slave, slots, &mut used_ports)?);
+            *load.entry(slave).or_default() += shard_memory;
+        }
+    }
+    Ok(plans)
+}
+
+fn memory_by_node(state: &ClusterState, eligible: &[NodeUid]) -> BTreeMap<NodeUid, u64> {
+    let mut load: BTreeMap<NodeUid, u64> = eligible.iter().map(|uid| (*uid, 0)).collect();
+    for shard in state.shards.values() {
+        let Some(bdb) = state.bdbs.get(&shard.bdb_uid) else {
+            continue;
+        };
+        if let Some(total) = load.get_mut(&shard.node_uid) {
+            *total += bdb.spec.memory_size / u64::from(bdb.spec.shards_count.max(1));
+        }
+    }
+    load
+}
+
+fn ports_by_node(state: &ClusterState) -> BTreeMap<NodeUid, BTreeSet<u16>> {
+    let mut ports: BTreeMap<NodeUid, BTreeSet<u16>> = BTreeMap::new();
+    for shard in state.shards.values() {
+        ports.entry(shard.node_uid).or_default().insert(shard.port);
+    }
+    ports
+}
+
+fn least_loaded(load: &BTreeMap<NodeUid, u64>, except: Option<NodeUid>) -> NodeUid {
+    load.iter()
+        .filter(|(uid, _)| Some(**uid) != except)
+        .min_by_key(|(uid, memory)| (**memory, **uid))
+        .map(|(uid, _)| *uid)
+        .expect("placement checked there are enough nodes")
+}
+
+fn plan_on(
+    node_uid: NodeUid,
+    role: ShardRole,
+    assigned_slots: SlotRange,
+    used_ports: &mut BTreeMap<NodeUid, BTreeSet<u16>>,
+) -> Result<ShardPlan, PlacementError> {
+    let used = used_ports.entry(node_uid).or_default();
+    let port = SHARD_PORTS
+        .clone()
+        .find(|p| !used.contains(p))
+        .ok_or(PlacementError::NoFreePort(node_uid))?;
+    used.insert(port);
+    Ok(ShardPlan {
+        node_uid,
+        role,
+        assigned_slots,
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_model::{Command, Credentials, DataPersistence, EngineVersion, NodeSpec};
+
+    fn state_with_nodes(n: u64) -> ClusterState {
+        let mut state = ClusterState::default();
+        let node = |i: u64| NodeSpec {
+            addr: format!("127.0.0.{}", 10 + i),
+            software_version: "0.1.0".into(),
+            os: "test".into(),
+        };
+        state.apply(Command::CreateCluster {
+            name: "c".into(),
+            credentials: Credentials {
+                username: "a".into(),
+                password_hash: "h".into(),
+            },
+            secret: "s".into(),
+            created_at: 0,
+            node: node(1),
+        });
+        for i in 2..=n {
+            state.apply(Command::AddNode { node: node(i) });
+        }
+        state
+    }
+
+    fn spec(name: &str, port: u16, shards: u16, replication: bool) -> BdbSpec {
+        BdbSpec {
+            name: name.into(),
+            port,
+            memory_size: 300 << 20,
+            shards_count: shards,
+            replication,
+            data_persistence: DataPersistence::Disabled,
+            redis_version: EngineVersion::Redis70,
+            authentication_redis_pass: None,
+        }
+    }
+
+    #[test]
+    fn replicas_never_share_a_node_with_their_master_and_load_spreads() {
+        let mut state = state_with_nodes(3);
+        let plans = place(&state, &spec("a", 12000, 3, true), &[1, 2, 3]).unwrap();
+        assert_eq!(plans.len(), 6);
+        for pair in plans.chunks(2) {
+            assert_eq!(pair[0].assigned_slots, pair[1].assigned_slots);
+            assert_ne!(pair[0].node_uid, pair[1].node_uid);
+        }
+        let mut per_node = BTreeMap::new();
+        for plan in &plans {
+            *per_node.entry(plan.node_uid).or_insert(0) += 1;
+        }
+        assert_eq!(per_node.values().copied().collect::<Vec<_>>(), [2, 2, 2]);
+        let created = state.apply(Command::CreateBdb {
+            bdb: spec("a", 12000, 3, true),
+            created_at: 0,
+            shards: plans,
+        });
+        assert!(matches!(
+            created,
+            flotilla_model::CommandResult::BdbCreated { .. }
+        ));
+        let second = place(&state, &spec("b", 12001, 1, true), &[1, 2, 3]).unwrap();
+        let ports: Vec<u16> = second.iter().map(|p| p.port).collect();
+        assert_eq!(ports, [20002, 20002], "next free port on each node");
+    }
+
+    #[test]
+    fn replication_needs_two_nodes() {
+        let state = state_with_nodes(1);
+        let err = place(&state, &spec("a", 12000, 2, true), &[1]).unwrap_err();
+        assert!(err.to_string().contains("replication"), "{err}");
+        assert_eq!(
+            place(&state, &spec("a", 12000, 2, false), &[1])
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+}
