@@ -57,6 +57,7 @@ pub async fn run(args: StartArgs) -> Result<()> {
     .await
     .context("opening the cluster store")?;
     let observer = Observer::new(store.clone());
+    let failover_observer = observer.clone();
     let node = NodeSpec {
         addr: args.addr.to_string(),
         software_version: software_version(),
@@ -69,6 +70,11 @@ pub async fn run(args: StartArgs) -> Result<()> {
     let api_router = flotilla_api::router(ApiContext::new(store.clone(), observer, node.clone()));
     let rpc = tokio::spawn(serve(rpc_listener, rpc_router, stop_rx.clone()));
     let rest = tokio::spawn(serve(rest_listener, api_router, stop_rx.clone()));
+    let failover = tokio::spawn(flotilla_orchestrator::failover::run_failover(
+        store.clone(),
+        failover_observer,
+        stop_rx.clone(),
+    ));
     let endpoints = tokio::spawn(flotilla_endpoints::run(
         store.clone(),
         args.addr,
@@ -84,7 +90,7 @@ pub async fn run(args: StartArgs) -> Result<()> {
     wait_for_signal().await?;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(rpc, rest, reporter, endpoints);
+    let _ = tokio::join!(rpc, rest, reporter, endpoints, failover);
     store.shutdown().await;
     Ok(())
 }

@@ -1,0 +1,140 @@
+//! Unplanned failover: when a master shard stops answering, promote its best replica.
+//!
+//! Runs on every node but acts only on the primary node. A master shard is healthy when its
+//! node's agent reports it up in the master role, or, when no fresh report exists (its daemon
+//! may be down while the engine still serves), when the primary itself reaches it with PING.
+//! After [`FAILOVER_AFTER`] of continuous failure, the replica with the highest replication
+//! offset among those that answer is promoted (`PromoteShard`); the agents and endpoints follow
+//! the store. Writes the lost master acknowledged but had not replicated can be lost, as with
+//! any asynchronously replicated Redis.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use flotilla_engine::{ClientOptions, EngineClient};
+use flotilla_model::rest::ShardReport;
+use flotilla_model::{ClusterState, Command, Shard, ShardRole, ShardUid};
+use flotilla_store::Store;
+use tokio::sync::watch;
+
+use crate::Observer;
+
+/// How long a master shard must fail before its replica is promoted.
+pub const FAILOVER_AFTER: Duration = Duration::from_millis(1500);
+/// How often master shards are checked.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Watches master shards and fails them over until `shutdown` fires.
+pub async fn run_failover(store: Store, observer: Observer, mut shutdown: watch::Receiver<bool>) {
+    let mut failing_since: HashMap<ShardUid, Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if !store.is_leader() {
+            failing_since.clear();
+            continue;
+        }
+        check_once(&store, &observer, &mut failing_since).await;
+    }
+}
+
+async fn check_once(
+    store: &Store,
+    observer: &Observer,
+    failing_since: &mut HashMap<ShardUid, Instant>,
+) {
+    let state = store.state();
+    let reports = observer.shard_reports();
+    let masters: Vec<&Shard> = state
+        .shards
+        .values()
+        .filter(|s| s.role == ShardRole::Master)
+        .filter(|s| {
+            state
+                .bdbs
+                .get(&s.bdb_uid)
+                .is_some_and(|b| b.spec.replication)
+        })
+        .collect();
+    failing_since.retain(|uid, _| masters.iter().any(|m| m.uid == *uid));
+    for master in masters {
+        if master_healthy(&state, master, reports.get(&master.uid)).await {
+            failing_since.remove(&master.uid);
+            continue;
+        }
+        let since = *failing_since.entry(master.uid).or_insert_with(Instant::now);
+        if since.elapsed() < FAILOVER_AFTER {
+            continue;
+        }
+        if let Some(replica) = best_replica(&state, master, &reports).await {
+            tracing::warn!(
+                bdb = master.bdb_uid,
+                master = master.uid,
+                replica = replica,
+                "master shard unreachable for {:?}: promoting its replica",
+                since.elapsed()
+            );
+            match store.propose(Command::PromoteShard { uid: replica }).await {
+                Ok(_) => {
+                    failing_since.remove(&master.uid);
+                }
+                Err(e) => tracing::error!(error = %e, "failover proposal failed; retrying"),
+            }
+        }
+    }
+}
+
+async fn master_healthy(
+    state: &ClusterState,
+    master: &Shard,
+    report: Option<&ShardReport>,
+) -> bool {
+    match report {
+        Some(r) if r.up && r.role == Some(ShardRole::Master) => true,
+        Some(r) if !r.up => false,
+        _ => probe(state, master).await.is_some(),
+    }
+}
+
+/// The promotable replica of `master` with the highest offset, among those that answer.
+async fn best_replica(
+    state: &ClusterState,
+    master: &Shard,
+    reports: &std::collections::BTreeMap<ShardUid, ShardReport>,
+) -> Option<ShardUid> {
+    let mut best: Option<(i64, ShardUid)> = None;
+    for replica in state.shards_of(master.bdb_uid) {
+        if replica.role != ShardRole::Slave || replica.assigned_slots != master.assigned_slots {
+            continue;
+        }
+        let offset = match reports.get(&replica.uid) {
+            Some(r) if r.up => Some(r.offset),
+            _ => probe(state, replica).await,
+        };
+        if let Some(offset) = offset {
+            if best.is_none_or(|(o, _)| offset > o) {
+                best = Some((offset, replica.uid));
+            }
+        }
+    }
+    best.map(|(_, uid)| uid)
+}
+
+/// PINGs a shard's engine from this node; its replication offset when it answers.
+async fn probe(state: &ClusterState, shard: &Shard) -> Option<i64> {
+    let secret = &state.cluster.as_ref()?.secret;
+    let ip: IpAddr = state.nodes.get(&shard.node_uid)?.addr.parse().ok()?;
+    let options = ClientOptions {
+        connect_timeout: Duration::from_millis(300),
+        response_timeout: Some(Duration::from_millis(300)),
+    };
+    let client = EngineClient::connect_with(ip, shard.port, secret, options)
+        .await
+        .ok()?;
+    client.ping().await.ok()?;
+    client.replication().await.ok().map(|r| r.offset())
+}
