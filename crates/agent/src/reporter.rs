@@ -6,28 +6,44 @@ use flotilla_model::rest::NodeReport;
 use flotilla_model::Command;
 use flotilla_store::{Store, StoreError};
 
+use crate::shards::ObservedShards;
+
 /// How often a node reports to the primary node.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Reports to the primary node every [`REPORT_INTERVAL`] until `shutdown` fires, and proposes
 /// an `UpdateNode` when the store's record of this node (software version, OS) is out of date.
+/// Reports no shards; see [`run_reporter_with_shards`].
 pub async fn run_reporter(
     store: Store,
     software_version: String,
     os: String,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let no_shards = ObservedShards::default();
+    run_reporter_with_shards(store, software_version, os, no_shards, shutdown).await
+}
+
+/// [`run_reporter`] whose reports carry what the [`crate::ShardAgent`] observes of this node's
+/// shards.
+pub async fn run_reporter_with_shards(
+    store: Store,
+    software_version: String,
+    os: String,
+    shards: ObservedShards,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(REPORT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => report_once(&store, &software_version, &os).await,
+            _ = tick.tick() => report_once(&store, &software_version, &os, &shards).await,
             _ = shutdown.changed() => return,
         }
     }
 }
 
-async fn report_once(store: &Store, software_version: &str, os: &str) {
+async fn report_once(store: &Store, software_version: &str, os: &str, shards: &ObservedShards) {
     let Some(uid) = store.uid() else { return };
     let Some(leader) = store.leader_rpc_addr() else {
         return;
@@ -36,7 +52,7 @@ async fn report_once(store: &Store, software_version: &str, os: &str) {
         uid,
         software_version: software_version.to_string(),
         os: os.to_string(),
-        shards: Vec::new(),
+        shards: shards.snapshot(),
     };
     let sent: Result<(), StoreError> = store
         .call_internal(&leader, "/internal/report", &report)

@@ -17,6 +17,8 @@ mod spec;
 pub use catalog::{dev_engines_dir, EngineCatalog, ENGINES_DIR_ENV};
 pub use client::{wait_for_sync, ClientOptions, EngineClient};
 pub use error::{EngineError, Result};
+/// Engine versions are cluster vocabulary, defined in the model and used here.
+pub use flotilla_model::EngineVersion;
 pub use info::{
     InfoMap, LinkStatus, MemoryInfo, ReplicaEntry, ReplicationInfo, Role, ServerInfo, StatsInfo,
 };
@@ -24,5 +26,3 @@ pub use process::{
     adopt, read_pidfile, start, start_with, ShardProcess, StartOptions, StopOptions,
 };
 pub use spec::{EvictionPolicy, Persistence, ReplicaOf, ShardSpec, SHARD_PORTS};
-/// Engine versions are cluster vocabulary, defined in the model and used here.
-pub use flotilla_model::EngineVersion;

@@ -44,7 +44,7 @@ pub use merge::merge_replies;
 pub use route::{
     route, Decision, InvalidRequest, PubSubTarget, Rejection, Route, ScanStep, Split, SplitPart,
 };
-pub use server::serve;
+pub use server::{serve, serve_with, ProxyOptions, DEFAULT_HOLD_MAX_BYTES, DEFAULT_HOLD_TIMEOUT};
 pub use shard::ShardError;
 pub use slot::{key_slot, ShardIndex, SlotMap, SLOT_COUNT};
 pub use topology::{Topology, TopologyError};

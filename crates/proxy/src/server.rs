@@ -18,7 +18,39 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Client connection ids (CLIENT ID), unique within the process.
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Serves one database endpoint on `listener` until `shutdown` completes.
+/// How long a switchover hold may keep a client's commands queued before they are answered
+/// `-TRYAGAIN` (not executed), unless configured otherwise.
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How many bytes of commands one client may have queued during a hold, unless configured
+/// otherwise.
+pub const DEFAULT_HOLD_MAX_BYTES: usize = 16 << 20;
+
+/// Tunables of one endpoint's data path.
+///
+/// Exists so the bounds of a switchover (how long and how much a client's commands may wait)
+/// are set by the daemon, not hard-coded; [`serve`] uses [`ProxyOptions::default`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyOptions {
+    /// How long commands for a held shard wait for the release, and how long a write refused
+    /// with `-READONLY` waits for a new primary, before being answered `-TRYAGAIN`.
+    pub hold_timeout: Duration,
+    /// The most bytes of commands read from one client while it waits for a release; beyond
+    /// that the proxy stops reading (the client's further commands wait in its socket).
+    pub hold_max_bytes: usize,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            hold_timeout: DEFAULT_HOLD_TIMEOUT,
+            hold_max_bytes: DEFAULT_HOLD_MAX_BYTES,
+        }
+    }
+}
+
+/// Serves one database endpoint on `listener` until `shutdown` completes, with the default
+/// [`ProxyOptions`].
 ///
 /// Each accepted client gets its own task; it reads the current [`Topology`] from `topology`
 /// before every batch of commands, so a new primary address published there is used by the
@@ -29,6 +61,16 @@ pub async fn serve(
     topology: watch::Receiver<Topology>,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_with(listener, topology, shutdown, ProxyOptions::default()).await;
+}
+
+/// [`serve`] with explicit [`ProxyOptions`].
+pub async fn serve_with(
+    listener: TcpListener,
+    topology: watch::Receiver<Topology>,
+    shutdown: impl Future<Output = ()>,
+    options: ProxyOptions,
+) {
     let mut clients = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -38,7 +80,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
-                    let session = Session::new(stream, id, topology.clone());
+                    let session = Session::new(stream, id, topology.clone(), options);
                     clients.spawn(async move {
                         if let Err(e) = session.run().await {
                             tracing::debug!(client = id, %peer, error = %e, "client connection ended");

@@ -7,19 +7,28 @@
 //! resolving the entries front to back reads every shard's replies in sequence. Requests are
 //! all sent before any reply is awaited, so a batch touching several shards costs one round
 //! trip to the slowest of them, not one per command.
+//!
+//! Switchovers: a request for a shard the topology holds is parked with everything the client
+//! sent after it (the client's order is kept across shards) until a topology releases the
+//! shard or the hold times out; on timeout those requests are answered `-TRYAGAIN` without
+//! being sent. A write the old primary refuses with `-READONLY` (fenced and demoted, so not
+//! executed) is resent to the shard's next primary once the topology names one.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use flotilla_resp::{Protocol, Request, RequestDecoder, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::client::{ClientState, LocalOutcome};
 use crate::command::{LocalCommand, Merge, PubSubKind, TxStep};
-use crate::route::{route, PubSubTarget, Route, ScanStep, Split};
+use crate::route::{route, Decision, PubSubTarget, Route, ScanStep, Split};
 use crate::scan;
+use crate::server::ProxyOptions;
 use crate::shard::{ShardConn, ShardError};
 use crate::slot::ShardIndex;
 use crate::topology::Topology;
@@ -32,6 +41,9 @@ const MAX_BATCH: usize = 1024;
 enum Source {
     /// The next reply of this shard's connection.
     Shard(usize),
+    /// The next reply of this shard's connection to a write, resent to the shard's next
+    /// primary if this one refuses it with `-READONLY`.
+    Write(usize, Box<Request>),
     /// The request never reached the shard.
     Failed(ShardError),
 }
@@ -91,11 +103,27 @@ pub(crate) struct Session {
     tx: Option<Transaction>,
     watch: Option<Watch>,
     closing: bool,
+    options: ProxyOptions,
+    /// A request for a held shard, waiting for the release with everything read after it.
+    parked: Option<(Request, ShardIndex)>,
+    /// Held shards whose hold this client waited out: their requests get `-TRYAGAIN` at once
+    /// until the next topology arrives.
+    expired: Vec<ShardIndex>,
+    /// Connections to shards' new primaries opened to resend refused writes mid-batch; they
+    /// replace the old connections once the batch is answered.
+    retries: Vec<Option<ShardConn>>,
+    /// False once the topology sender is gone (no release can come).
+    topology_open: bool,
 }
 
 impl Session {
     /// A session for an accepted client connection.
-    pub fn new(stream: TcpStream, id: u64, mut topology_rx: watch::Receiver<Topology>) -> Self {
+    pub fn new(
+        stream: TcpStream,
+        id: u64,
+        mut topology_rx: watch::Receiver<Topology>,
+        options: ProxyOptions,
+    ) -> Self {
         let topology = topology_rx.borrow_and_update().clone();
         let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
         let peer = stream.peer_addr().unwrap_or(unknown);
@@ -116,6 +144,11 @@ impl Session {
             tx: None,
             watch: None,
             closing: false,
+            options,
+            parked: None,
+            expired: Vec::new(),
+            retries: (0..shard_count).map(|_| None).collect(),
+            topology_open: true,
         }
     }
 
@@ -134,30 +167,121 @@ impl Session {
                 }
                 continue;
             }
+            if let Some((_, shard)) = &self.parked {
+                let shard = *shard;
+                if !self.wait_for_release(shard).await? {
+                    return Ok(());
+                }
+                continue;
+            }
             if self.stream.read_buf(&mut self.input).await? == 0 {
                 return Ok(());
             }
         }
     }
 
-    /// Decodes and routes the requests already received, up to [`MAX_BATCH`].
-    async fn route_batch(&mut self) -> usize {
-        let mut routed = 0;
-        while routed < MAX_BATCH && !self.closing {
-            match self.decoder.decode(&mut self.input) {
-                Ok(Some(request)) => {
-                    self.dispatch(request).await;
-                    routed += 1;
+    /// Waits until `shard` is released, the hold times out (its requests are then answered
+    /// `-TRYAGAIN`), or the client leaves (`false`). Meanwhile the client's further requests
+    /// are read into the input buffer up to the byte bound, then left in its socket.
+    async fn wait_for_release(&mut self, shard: ShardIndex) -> std::io::Result<bool> {
+        let deadline = Instant::now() + self.options.hold_timeout;
+        loop {
+            if !self.topology.is_held(shard) {
+                return Ok(true);
+            }
+            let room = self.input.len() < self.options.hold_max_bytes;
+            tokio::select! {
+                changed = self.topology_rx.changed(), if self.topology_open => match changed {
+                    Ok(()) => {
+                        self.adopt_topology();
+                        self.drop_stale_connections();
+                    }
+                    Err(_) => self.topology_open = false,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(client = self.state.id, shard = shard.0, "hold timed out");
+                    self.expired.push(shard);
+                    return Ok(true);
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(client = self.state.id, error = %e, "closing client after protocol error");
-                    self.ready(Value::error(format!("ERR {e}")));
-                    self.closing = true;
+                read = self.stream.read_buf(&mut self.input), if room => {
+                    if read? == 0 {
+                        return Ok(false);
+                    }
                 }
             }
         }
+    }
+
+    /// Decodes and routes the requests already received, up to [`MAX_BATCH`].
+    /// Stops at a request for a held shard, which is parked (see [`Session::wait_for_release`]).
+    async fn route_batch(&mut self) -> usize {
+        let mut routed = 0;
+        while routed < MAX_BATCH && !self.closing {
+            let request = match self.parked.take() {
+                Some((request, _)) => request,
+                None => match self.decoder.decode(&mut self.input) {
+                    Ok(Some(request)) => request,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(client = self.state.id, error = %e, "closing client after protocol error");
+                        self.ready(Value::error(format!("ERR {e}")));
+                        self.closing = true;
+                        break;
+                    }
+                },
+            };
+            let decision = route(&request, self.topology.slots());
+            if let Some(shard) = self.held_shard(&request, &decision) {
+                if !self.expired.contains(&shard) {
+                    self.parked = Some((request, shard));
+                    break;
+                }
+                self.ready(hold_expired(shard, self.options.hold_timeout));
+            } else {
+                self.dispatch(request, decision).await;
+            }
+            routed += 1;
+        }
         routed
+    }
+
+    /// The held shard `request` would be sent to, if any.
+    fn held_shard(&self, request: &Request, decision: &Decision) -> Option<ShardIndex> {
+        if !self.topology.any_held()
+            || (!self.state.authenticated && !allowed_before_auth(request))
+            || (self.tx.is_some() && !runs_inside_multi(&decision.route))
+            || decision.rejection(request).is_some()
+        {
+            return None;
+        }
+        let slots = self.topology.slots();
+        let held = |shard: &ShardIndex| self.topology.is_held(*shard);
+        match &decision.route {
+            Route::Slot(slot) => Some(slots.shard_of(*slot)).filter(held),
+            Route::AnyShard => Some(self.any_shard()).filter(held),
+            Route::Split(split) => split.parts.iter().map(|p| p.shard).find(held),
+            Route::AllShards(_) => (0..self.topology.shard_count()).map(ShardIndex).find(held),
+            Route::Scan(step) => Some(step.shard).filter(held),
+            Route::PubSub { target, .. } => match target {
+                PubSubTarget::Slot(slot) => Some(slots.shard_of(*slot)),
+                _ => Some(ShardIndex(0)),
+            }
+            .filter(held),
+            Route::Transaction {
+                step: TxStep::Exec, ..
+            } => Some(
+                self.tx
+                    .as_ref()
+                    .and_then(|tx| tx.slot)
+                    .map_or_else(|| self.any_shard(), |slot| slots.shard_of(slot)),
+            )
+            .filter(held),
+            Route::Transaction {
+                step: TxStep::Watch,
+                slot: Some(slot),
+            } => Some(slots.shard_of(*slot)).filter(held),
+            _ => None,
+        }
     }
 
     /// Flushes every shard's part of the batch, then resolves the replies in order.
@@ -203,28 +327,141 @@ impl Session {
     async fn take(&mut self, source: Source) -> Value {
         match source {
             Source::Failed(error) => error.reply(),
-            Source::Shard(index) => match self.shards[index].as_mut() {
-                Some(conn) => conn.reply().await.unwrap_or_else(|e| e.reply()),
-                None => Value::error("ERR internal: shard connection missing"),
-            },
+            Source::Shard(index) => self.reply_from(index).await,
+            Source::Write(index, request) => {
+                let reply = self.reply_from(index).await;
+                match self.shards[index].as_ref() {
+                    Some(conn) if is_readonly(&reply) => {
+                        let refused_by = conn.addr();
+                        self.resend(ShardIndex(index as u16), &request, refused_by)
+                            .await
+                    }
+                    _ => reply,
+                }
+            }
         }
+    }
+
+    async fn reply_from(&mut self, index: usize) -> Value {
+        match self.shards[index].as_mut() {
+            Some(conn) => conn.reply().await.unwrap_or_else(|e| e.reply()),
+            None => Value::error("ERR internal: shard connection missing"),
+        }
+    }
+
+    /// Resends a write that the primary at `refused_by` answered `-READONLY` (so it did not
+    /// run) to the shard's next primary, once a topology names one, within the hold timeout.
+    async fn resend(
+        &mut self,
+        shard: ShardIndex,
+        request: &Request,
+        refused_by: SocketAddr,
+    ) -> Value {
+        let deadline = Instant::now() + self.options.hold_timeout;
+        let mut refused_by = refused_by;
+        loop {
+            let Some(topology) = self.next_primary(shard, refused_by, deadline).await else {
+                return no_new_primary(shard, refused_by, self.options.hold_timeout);
+            };
+            let conn = match self.retry_conn(shard, &topology).await {
+                Ok(conn) => conn,
+                Err(e) => return e.reply(),
+            };
+            conn.send(request);
+            conn.flush().await;
+            match conn.reply().await {
+                Ok(reply) if is_readonly(&reply) => refused_by = conn.addr(),
+                Ok(reply) => return reply,
+                Err(e) => return e.reply(),
+            }
+        }
+    }
+
+    /// The first topology, by `deadline`, naming a primary for `shard` other than `refused_by`
+    /// and not holding it. Reads a copy of the channel: the session adopts it between batches.
+    async fn next_primary(
+        &self,
+        shard: ShardIndex,
+        refused_by: SocketAddr,
+        deadline: Instant,
+    ) -> Option<Topology> {
+        let mut rx = self.topology_rx.clone();
+        loop {
+            {
+                let topology = rx.borrow_and_update();
+                let moved = topology.primary(shard).is_some_and(|a| a != refused_by);
+                if moved && !topology.is_held(shard) {
+                    return Some(topology.clone());
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// A connection to `shard`'s primary in `topology` for resending writes, reused within the
+    /// batch.
+    async fn retry_conn(
+        &mut self,
+        shard: ShardIndex,
+        topology: &Topology,
+    ) -> Result<&mut ShardConn, ShardError> {
+        let index = usize::from(shard.0);
+        if self.retries.len() <= index {
+            self.retries.resize_with(index + 1, || None);
+        }
+        let addr = topology.primary(shard).expect("next_primary checked it");
+        let reusable = self.retries[index]
+            .as_ref()
+            .is_some_and(|c| c.addr() == addr && !c.is_broken());
+        if !reusable {
+            self.generation += 1;
+            let password = topology.shard_password();
+            let conn = ShardConn::connect(
+                shard.0,
+                addr,
+                password,
+                self.state.protocol,
+                self.generation,
+            )
+            .await?;
+            self.retries[index] = Some(conn);
+        }
+        Ok(self.retries[index].as_mut().expect("set above"))
     }
 
     /// Takes a newly published topology between batches: connections to a shard whose primary
     /// moved are dropped (and reopened to the new primary on next use), broken ones too.
     fn refresh_topology(&mut self) {
         if self.topology_rx.has_changed().unwrap_or(false) {
-            self.topology = self.topology_rx.borrow_and_update().clone();
-            let count = usize::from(self.topology.shard_count());
-            self.shards.resize_with(count, || None);
+            self.adopt_topology();
         }
+        self.drop_stale_connections();
+    }
+
+    /// Makes the latest published topology this session's; expired holds are forgotten.
+    fn adopt_topology(&mut self) {
+        self.topology = self.topology_rx.borrow_and_update().clone();
+        self.expired.clear();
+        let count = usize::from(self.topology.shard_count());
+        self.shards.resize_with(count, || None);
+        self.retries.resize_with(count, || None);
+    }
+
+    /// Drops broken connections and those to a former primary; a connection opened to resend
+    /// writes to the current primary takes its place.
+    fn drop_stale_connections(&mut self) {
         for (index, slot) in self.shards.iter_mut().enumerate() {
             let primary = self.topology.primary(ShardIndex(index as u16));
-            if slot
-                .as_ref()
-                .is_some_and(|c| c.is_broken() || Some(c.addr()) != primary)
-            {
+            let stale = |c: &ShardConn| c.is_broken() || Some(c.addr()) != primary;
+            if slot.as_ref().is_some_and(stale) {
                 *slot = None;
+            }
+            let retry = self.retries.get_mut(index).and_then(Option::take);
+            if slot.is_none() {
+                *slot = retry.filter(|c| !stale(c));
             }
         }
     }
@@ -235,12 +472,11 @@ impl Session {
     }
 
     /// Routes one request: answers it, queues it in a transaction, or sends it to shards.
-    async fn dispatch(&mut self, request: Request) {
+    async fn dispatch(&mut self, request: Request, decision: Decision) {
         if !self.state.authenticated && !allowed_before_auth(&request) {
             self.ready(Value::error("NOAUTH Authentication required."));
             return;
         }
-        let decision = route(&request, self.topology.slots());
         if self.tx.is_some() && !runs_inside_multi(&decision.route) {
             self.queue(request, decision);
             return;
@@ -249,14 +485,15 @@ impl Session {
             self.ready(Value::error(rejection.to_string()));
             return;
         }
+        let write = decision.write;
         match decision.route {
             Route::Slot(slot) => {
                 let shard = self.topology.slots().shard_of(slot);
-                self.forward(shard, &request).await;
+                self.forward(shard, &request, write).await;
             }
-            Route::AnyShard => self.forward(self.any_shard(), &request).await,
-            Route::Split(split) => self.split(split).await,
-            Route::AllShards(merge) => self.all_shards(merge, &request).await,
+            Route::AnyShard => self.forward(self.any_shard(), &request, write).await,
+            Route::Split(split) => self.split(split, write).await,
+            Route::AllShards(merge) => self.all_shards(merge, &request, write).await,
             Route::Scan(step) => self.scan(step).await,
             Route::PubSub { kind, target } => self.pubsub(kind, target, &request).await,
             Route::Transaction { step, slot } => self.transaction(step, slot, &request).await,
@@ -300,37 +537,43 @@ impl Session {
         Source::Shard(index)
     }
 
-    /// Appends `request` to `shard`'s pipeline; returns where its reply will come from.
-    async fn send(&mut self, shard: ShardIndex, request: &Request) -> Source {
+    /// Appends `request` to `shard`'s pipeline; returns where its reply will come from. A
+    /// `write` keeps a copy of the request to resend it if the primary refuses it as READONLY.
+    async fn send(&mut self, shard: ShardIndex, request: &Request, write: bool) -> Source {
         let source = self.sender(shard).await;
-        if let Source::Shard(index) = source {
-            if let Some(conn) = self.shards[index].as_mut() {
-                conn.send(request);
-            }
+        let Source::Shard(index) = source else {
+            return source;
+        };
+        if let Some(conn) = self.shards[index].as_mut() {
+            conn.send(request);
         }
-        source
+        if write {
+            Source::Write(index, Box::new(request.clone()))
+        } else {
+            source
+        }
     }
 
-    async fn forward(&mut self, shard: ShardIndex, request: &Request) {
-        let source = self.send(shard, request).await;
+    async fn forward(&mut self, shard: ShardIndex, request: &Request, write: bool) {
+        let source = self.send(shard, request, write).await;
         self.pending
             .push(Pending::Forward(source, self.state.protocol));
     }
 
-    async fn split(&mut self, split: Split) {
+    async fn split(&mut self, split: Split, write: bool) {
         let mut sources = Vec::with_capacity(split.parts.len());
         for part in &split.parts {
-            sources.push(self.send(part.shard, &part.request).await);
+            sources.push(self.send(part.shard, &part.request, write).await);
         }
         let protocol = self.state.protocol;
         self.pending
             .push(Pending::Combine(sources, Combine::Split(split), protocol));
     }
 
-    async fn all_shards(&mut self, merge: Merge, request: &Request) {
+    async fn all_shards(&mut self, merge: Merge, request: &Request, write: bool) {
         let mut sources = Vec::new();
         for shard in 0..self.topology.shard_count() {
-            sources.push(self.send(ShardIndex(shard), request).await);
+            sources.push(self.send(ShardIndex(shard), request, write).await);
         }
         let protocol = self.state.protocol;
         self.pending
@@ -343,7 +586,7 @@ impl Session {
             self.ready(Value::error("ERR invalid cursor"));
             return;
         }
-        let source = self.send(step.shard, &step.request).await;
+        let source = self.send(step.shard, &step.request, false).await;
         let protocol = self.state.protocol;
         self.pending
             .push(Pending::Scan(source, step.shard, count, protocol));
@@ -361,7 +604,7 @@ impl Session {
             (_, PubSubTarget::Slot(slot)) => self.topology.slots().shard_of(slot),
             (_, _) => ShardIndex(0),
         };
-        self.forward(shard, request).await;
+        self.forward(shard, request, false).await;
     }
 
     fn local(&mut self, command: LocalCommand, request: &Request) {
@@ -480,7 +723,7 @@ impl Session {
                 return;
             }
         }
-        let source = self.send(shard, &Request::new("MULTI", [])).await;
+        let source = self.send(shard, &Request::new("MULTI", []), false).await;
         if let Source::Shard(index) = source {
             let conn = self.shards[index].as_mut().expect("sender connected it");
             for request in &tx.queued {
@@ -516,7 +759,7 @@ impl Session {
             return;
         }
         let shard = self.topology.slots().shard_of(slot);
-        let source = self.send(shard, request).await;
+        let source = self.send(shard, request, false).await;
         if let Source::Shard(index) = source {
             let generation = self.shards[index].as_ref().map_or(0, |c| c.generation());
             self.watch = Some(Watch {
@@ -565,6 +808,32 @@ fn runs_inside_multi(route: &Route) -> bool {
             ..
         } | Route::Local(LocalCommand::Quit | LocalCommand::Reset)
     )
+}
+
+/// Whether a shard refused a command because it is a replica: the command did not run.
+fn is_readonly(reply: &Value) -> bool {
+    match reply {
+        Value::Error(text) | Value::BlobError(text) => text.starts_with(b"READONLY"),
+        _ => false,
+    }
+}
+
+/// The answer to a request whose shard stayed held past the hold timeout.
+fn hold_expired(shard: ShardIndex, timeout: Duration) -> Value {
+    Value::error(format!(
+        "TRYAGAIN shard {} is held for a switchover for more than {} ms; the command was not executed",
+        shard.0,
+        timeout.as_millis()
+    ))
+}
+
+/// The answer to a write refused as READONLY when no new primary was published in time.
+fn no_new_primary(shard: ShardIndex, refused_by: SocketAddr, timeout: Duration) -> Value {
+    Value::error(format!(
+        "TRYAGAIN shard {} at {refused_by} is no longer primary and no new primary was published within {} ms; the command was not executed",
+        shard.0,
+        timeout.as_millis()
+    ))
 }
 
 /// The null reply of an aborted EXEC.

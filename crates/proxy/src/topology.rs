@@ -3,6 +3,10 @@
 //!
 //! The node daemon publishes a new [`Topology`] through a `tokio::sync::watch` channel whenever
 //! the store says a shard moved; every client connection picks it up before its next command.
+//!
+//! A planned switchover publishes a *hold* on the shard first ([`Topology::with_hold`]): client
+//! connections then queue the commands for its slots instead of sending them, and release them
+//! to the primary named by the next topology that no longer holds the shard.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +47,7 @@ pub struct Topology {
     shard_password: String,
     slots: Arc<SlotMap>,
     primaries: Vec<SocketAddr>,
+    holds: Vec<bool>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -52,6 +57,7 @@ impl std::fmt::Debug for Topology {
             .field("shard_password", &"<redacted>")
             .field("shards", &self.slots.shard_count())
             .field("primaries", &self.primaries)
+            .field("holds", &self.holds)
             .finish()
     }
 }
@@ -77,6 +83,7 @@ impl Topology {
             password,
             shard_password: shard_password.into(),
             slots: Arc::new(slots),
+            holds: vec![false; primaries.len()],
             primaries,
         })
     }
@@ -105,6 +112,40 @@ impl Topology {
                 })?;
         *slot = addr;
         Ok(next)
+    }
+
+    /// The same topology with shard `index` held (`true`) or released (`false`).
+    ///
+    /// Exists for step 1 of a planned switchover: while a shard is held, client connections
+    /// queue the commands for its slots (bounded in time and bytes, see
+    /// [`crate::ProxyOptions`]) instead of sending them to the primary being fenced. The
+    /// topology that releases the hold usually names the new primary too
+    /// (`t.with_primary(i, new)?.with_hold(i, false)?`).
+    pub fn with_hold(&self, index: ShardIndex, held: bool) -> Result<Self, TopologyError> {
+        let mut next = self.clone();
+        let count = self.slots.shard_count();
+        let slot = next
+            .holds
+            .get_mut(usize::from(index.0))
+            .ok_or(TopologyError::NoSuchShard {
+                index: index.0,
+                count,
+            })?;
+        *slot = held;
+        Ok(next)
+    }
+
+    /// Whether shard `index` is held for a switchover (an unknown shard is not).
+    pub fn is_held(&self, index: ShardIndex) -> bool {
+        self.holds
+            .get(usize::from(index.0))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// Whether any shard is held; lets the data path skip hold checks in the common case.
+    pub fn any_held(&self) -> bool {
+        self.holds.iter().any(|&h| h)
     }
 
     /// The database password clients must send with AUTH or HELLO, if any.
@@ -154,6 +195,15 @@ mod tests {
         assert_eq!(moved.primary(ShardIndex(1)), Some(addr(3)));
         assert_eq!(moved.primary(ShardIndex(0)), Some(addr(1)));
         assert!(t.with_primary(ShardIndex(2), addr(3)).is_err());
+        assert!(!t.any_held());
+        let held = t.with_hold(ShardIndex(1), true).unwrap();
+        assert!(held.is_held(ShardIndex(1)) && !held.is_held(ShardIndex(0)));
+        assert!(held.any_held() && held != t);
+        let released = held.with_primary(ShardIndex(1), addr(3)).unwrap();
+        let released = released.with_hold(ShardIndex(1), false).unwrap();
+        assert!(!released.any_held());
+        assert_eq!(released, moved);
+        assert!(t.with_hold(ShardIndex(2), true).is_err());
         let err = Topology::new(None, "pw", SlotMap::even(3).unwrap(), vec![addr(1)]);
         assert_eq!(err, Err(TopologyError::ShardCount { map: 3, addrs: 1 }));
         assert!(!format!("{t:?}").contains("pw"));

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use flotilla_engine::{adopt, start, EngineCatalog, EngineVersion, Persistence, ShardSpec};
-use flotilla_proxy::{serve, ShardIndex, Topology};
+use flotilla_proxy::{serve_with, ProxyOptions, ShardIndex, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -35,6 +35,17 @@ pub struct Setup {
 impl Setup {
     /// Starts `engines` redis-7.0 shards on `ip` and an endpoint routing to the first `shards`.
     pub async fn start(ip: &str, engines: usize, shards: usize, password: Option<&str>) -> Setup {
+        Setup::start_with(ip, engines, shards, password, ProxyOptions::default()).await
+    }
+
+    /// [`Setup::start`] with the endpoint's [`ProxyOptions`] given.
+    pub async fn start_with(
+        ip: &str,
+        engines: usize,
+        shards: usize,
+        password: Option<&str>,
+        options: ProxyOptions,
+    ) -> Setup {
         let catalog = EngineCatalog::dev();
         if let Err(e) = catalog.binary(EngineVersion::Redis70) {
             panic!("proxy integration tests need real engines; run scripts/fetch-engines: {e}");
@@ -64,9 +75,10 @@ impl Setup {
         let (tx, rx) = watch::channel(topology);
         let listener = TcpListener::bind(setup.endpoint).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(serve(listener, rx, async {
+        let shutdown = async {
             let _ = stopped.await;
-        }));
+        };
+        tokio::spawn(serve_with(listener, rx, shutdown, options));
         setup.topology = tx;
         setup.stop = Some(stop);
         setup
@@ -85,6 +97,46 @@ impl Setup {
             .with_primary(ShardIndex(shard), addr)
             .unwrap();
         self.topology.send(next).unwrap();
+    }
+
+    /// Publishes shard `shard` held (`true`) or released (`false`).
+    pub fn hold(&self, shard: u16, held: bool) {
+        let next = self
+            .topology
+            .borrow()
+            .with_hold(ShardIndex(shard), held)
+            .unwrap();
+        self.topology.send(next).unwrap();
+    }
+
+    /// Publishes `addr` as shard `shard`'s primary and releases its hold, in one topology.
+    pub fn release_to(&self, shard: u16, addr: SocketAddr) {
+        let next = self
+            .topology
+            .borrow()
+            .with_primary(ShardIndex(shard), addr)
+            .and_then(|t| t.with_hold(ShardIndex(shard), false))
+            .unwrap();
+        self.topology.send(next).unwrap();
+    }
+
+    /// A client through the endpoint that waits up to `timeout` for each reply (the redis
+    /// crate's default is 500 ms).
+    pub async fn patient_client(&self, timeout: Duration) -> redis::aio::MultiplexedConnection {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(timeout));
+        redis::Client::open(format!("redis://{}/", self.endpoint))
+            .unwrap()
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .expect("connect through the proxy")
+    }
+
+    /// The engine crate's client for engine `i` (replication and fencing commands).
+    pub async fn engine(&self, i: usize) -> flotilla_engine::EngineClient {
+        let addr = self.engine_addr(i);
+        flotilla_engine::EngineClient::connect(addr.ip(), addr.port(), SHARD_PASSWORD)
+            .await
+            .unwrap_or_else(|e| panic!("connect to engine {addr}: {e}"))
     }
 
     /// A client connection through the endpoint (redis crate, multiplexed).
