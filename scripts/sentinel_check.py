@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Finds a database's endpoint through a Sentinel-compatible discovery service with redis-py,
+exactly as a client would, and prints it as JSON: {"ip": ..., "port": ...}.
+
+With --write, also SETs a fresh key through Sentinel(...).master_for(NAME) and GETs it back,
+adding "key", "value" and "read_back" to the JSON. An unknown name prints {"error": ...} and
+exits with status 2. Run it with the python that scripts/python-env prints.
+"""
+
+import argparse
+import json
+import sys
+import uuid
+
+from redis.sentinel import MasterNotFoundError, Sentinel
+
+
+def host_port(text):
+    """Parses HOST:PORT."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sentinel", type=host_port, action="append", required=True,
+                        help="a discovery service as HOST:PORT (repeatable)")
+    parser.add_argument("--name", required=True, help="the database's name")
+    parser.add_argument("--write", action="store_true",
+                        help="also SET and GET a key through master_for(NAME)")
+    parser.add_argument("--password", help="the database's password, for --write")
+    parser.add_argument("--timeout", type=float, default=5.0, help="socket timeout, seconds")
+    return parser.parse_args()
+
+
+def write_through(sentinel, args):
+    """SETs a fresh key through the discovered master and reads it back."""
+    master = sentinel.master_for(args.name, password=args.password,
+                                 socket_timeout=args.timeout, decode_responses=True)
+    key = f"flotilla:sentinel-check:{uuid.uuid4().hex}"
+    value = uuid.uuid4().hex
+    master.set(key, value)
+    return {"key": key, "value": value, "read_back": master.get(key)}
+
+
+def main():
+    args = parse_args()
+    sentinel = Sentinel(args.sentinel, socket_timeout=args.timeout)
+    try:
+        ip, port = sentinel.discover_master(args.name)
+    except MasterNotFoundError as e:
+        print(json.dumps({"error": str(e)}))
+        return 2
+    result = {"ip": ip, "port": int(port)}
+    if args.write:
+        result.update(write_through(sentinel, args))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
