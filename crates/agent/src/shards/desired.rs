@@ -1,0 +1,246 @@
+//! What this node should run, computed from the cluster state alone (no I/O): one
+//! [`DesiredShard`] per shard the store places on this node.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use flotilla_engine::{EvictionPolicy, Persistence, ReplicaOf, ShardSpec};
+use flotilla_model::{Bdb, ClusterState, DataPersistence, NodeUid, Shard, ShardRole, ShardUid};
+
+use super::ShardError;
+
+/// One shard this node must run: the engine spec and the role the store gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredShard {
+    /// The shard's database (for logs).
+    pub bdb_uid: u64,
+    /// Master or slave, as the store says.
+    pub role: ShardRole,
+    /// The engine to run; for a slave, `replica_of` names its current master.
+    pub spec: ShardSpec,
+}
+
+/// Every shard the store places on node `node`, keyed by shard uid. A shard whose spec cannot
+/// be built (its master's node has no usable address, say) maps to the error, so the caller
+/// can log it and still run the others.
+pub fn desired_shards(
+    state: &ClusterState,
+    node: NodeUid,
+    bind: IpAddr,
+    shards_dir: &Path,
+) -> Result<BTreeMap<ShardUid, Result<DesiredShard, ShardError>>, ShardError> {
+    let secret = state
+        .cluster()
+        .map_err(|e| ShardError::NotReady(e.to_string()))?
+        .secret
+        .clone();
+    let desired = state
+        .shards_on(node)
+        .map(|shard| {
+            let built = desired_shard(state, shard, bind, &secret, shards_dir);
+            (shard.uid, built)
+        })
+        .collect();
+    Ok(desired)
+}
+
+fn desired_shard(
+    state: &ClusterState,
+    shard: &Shard,
+    bind: IpAddr,
+    secret: &str,
+    shards_dir: &Path,
+) -> Result<DesiredShard, ShardError> {
+    let bdb = state.bdbs.get(&shard.bdb_uid).ok_or_else(|| {
+        ShardError::Inconsistent(format!(
+            "shard {} names database {}, which does not exist",
+            shard.uid, shard.bdb_uid
+        ))
+    })?;
+    let replica_of = match shard.role {
+        ShardRole::Master => None,
+        ShardRole::Slave => Some(master_address(state, shard)?),
+    };
+    let spec = ShardSpec {
+        shard_id: shard.uid,
+        version: shard.redis_version,
+        bind,
+        port: shard.port,
+        password: secret.to_string(),
+        maxmemory_bytes: shard_memory(bdb),
+        eviction: EvictionPolicy::default(),
+        persistence: persistence(bdb.spec.data_persistence),
+        dir: shards_dir.join(shard.uid.to_string()),
+        replica_of,
+    };
+    Ok(DesiredShard {
+        bdb_uid: shard.bdb_uid,
+        role: shard.role,
+        spec,
+    })
+}
+
+/// Where the master of a slave's slot range listens: its node's address and its port.
+fn master_address(state: &ClusterState, slave: &Shard) -> Result<ReplicaOf, ShardError> {
+    let master = state
+        .master_of(slave.bdb_uid, slave.assigned_slots)
+        .ok_or_else(|| {
+            ShardError::Inconsistent(format!(
+                "slave shard {} has no master for slots {} of database {}",
+                slave.uid, slave.assigned_slots, slave.bdb_uid
+            ))
+        })?;
+    let node = state.nodes.get(&master.node_uid).ok_or_else(|| {
+        ShardError::Inconsistent(format!(
+            "master shard {} is placed on node {}, which is not in the cluster",
+            master.uid, master.node_uid
+        ))
+    })?;
+    let host = node.addr.parse().map_err(|_| {
+        ShardError::Inconsistent(format!(
+            "node {} has address {:?}, which is not an IP address",
+            node.uid, node.addr
+        ))
+    })?;
+    Ok(ReplicaOf {
+        host,
+        port: master.port,
+    })
+}
+
+/// The database's memory limit split evenly across its primary shards (a slave holds the same
+/// data as its master, so it gets the same limit).
+fn shard_memory(bdb: &Bdb) -> u64 {
+    bdb.spec.memory_size / u64::from(bdb.spec.shards_count.max(1))
+}
+
+/// The engine's persistence mode for a database's `data_persistence`.
+fn persistence(mode: DataPersistence) -> Persistence {
+    match mode {
+        DataPersistence::Disabled => Persistence::None,
+        DataPersistence::Aof => Persistence::Aof,
+        DataPersistence::Snapshot => Persistence::Snapshot,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_model::{BdbSpec, Command, Credentials, EngineVersion, NodeSpec, ShardPlan};
+    use flotilla_model::{CommandResult, SlotRange};
+
+    fn node(addr: &str) -> NodeSpec {
+        NodeSpec {
+            addr: addr.into(),
+            software_version: "0.1.0".into(),
+            os: "test".into(),
+        }
+    }
+
+    /// A two-node cluster with one database: master on node 1, slave on node 2.
+    fn state() -> ClusterState {
+        let mut state = ClusterState::default();
+        let create = Command::CreateCluster {
+            name: "c".into(),
+            credentials: Credentials {
+                username: "a".into(),
+                password_hash: "h".into(),
+            },
+            secret: "sekret".into(),
+            created_at: 0,
+            node: node("127.0.0.11"),
+        };
+        assert!(matches!(
+            state.apply(create),
+            CommandResult::NodeAdded { .. }
+        ));
+        let add = Command::AddNode {
+            node: node("127.0.0.12"),
+        };
+        assert!(matches!(state.apply(add), CommandResult::NodeAdded { .. }));
+        let slots = SlotRange::even(0, 1);
+        let plan = |node_uid, role, port| ShardPlan {
+            node_uid,
+            role,
+            assigned_slots: slots,
+            port,
+        };
+        let bdb = Command::CreateBdb {
+            bdb: BdbSpec {
+                name: "db".into(),
+                port: 12000,
+                memory_size: 300 << 20,
+                shards_count: 3,
+                replication: true,
+                data_persistence: DataPersistence::Aof,
+                redis_version: EngineVersion::Valkey81,
+                authentication_redis_pass: None,
+            },
+            created_at: 0,
+            shards: vec![
+                plan(1, ShardRole::Master, 20001),
+                plan(2, ShardRole::Slave, 20002),
+            ],
+        };
+        assert!(matches!(state.apply(bdb), CommandResult::BdbCreated { .. }));
+        state
+    }
+
+    #[test]
+    fn a_slave_follows_its_masters_node_and_port() {
+        let state = state();
+        let dir = Path::new("/data/shards");
+        let on_2 = desired_shards(&state, 2, "127.0.0.12".parse().unwrap(), dir).unwrap();
+        assert_eq!(on_2.len(), 1);
+        let slave = on_2.get(&2).unwrap().as_ref().unwrap();
+        assert_eq!(slave.role, ShardRole::Slave);
+        let spec = &slave.spec;
+        assert_eq!(spec.bind.to_string(), "127.0.0.12");
+        assert_eq!(spec.port, 20002);
+        assert_eq!(spec.password, "sekret");
+        assert_eq!(spec.maxmemory_bytes, 100 << 20);
+        assert_eq!(spec.persistence, Persistence::Aof);
+        assert_eq!(spec.version, EngineVersion::Valkey81);
+        assert_eq!(spec.dir, Path::new("/data/shards/2"));
+        let master = spec.replica_of.unwrap();
+        assert_eq!(
+            (master.host.to_string().as_str(), master.port),
+            ("127.0.0.11", 20001)
+        );
+    }
+
+    #[test]
+    fn a_promotion_swaps_who_follows_whom() {
+        let mut state = state();
+        assert_eq!(
+            state.apply(Command::PromoteShard { uid: 2 }),
+            CommandResult::Ok
+        );
+        let dir = Path::new("/data/shards");
+        let on_1 = desired_shards(&state, 1, "127.0.0.11".parse().unwrap(), dir).unwrap();
+        let old_master = on_1.get(&1).unwrap().as_ref().unwrap();
+        assert_eq!(old_master.role, ShardRole::Slave);
+        let master = old_master.spec.replica_of.unwrap();
+        assert_eq!(
+            (master.host.to_string().as_str(), master.port),
+            ("127.0.0.12", 20002)
+        );
+        let on_2 = desired_shards(&state, 2, "127.0.0.12".parse().unwrap(), dir).unwrap();
+        let new_master = on_2.get(&2).unwrap().as_ref().unwrap();
+        assert_eq!(new_master.role, ShardRole::Master);
+        assert_eq!(new_master.spec.replica_of, None);
+    }
+
+    #[test]
+    fn nothing_is_desired_before_the_cluster_exists() {
+        let err = desired_shards(
+            &ClusterState::default(),
+            1,
+            "127.0.0.11".parse().unwrap(),
+            Path::new("/x"),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ShardError::NotReady(_)), "{err}");
+    }
+}

@@ -1,0 +1,256 @@
+//! The shard reconciler: makes this node's engines match the shards the store places on it,
+//! and keeps what it observes of them for the node's report to the primary.
+//!
+//! Every store change, and at least every [`RECONCILE_INTERVAL`], the [`ShardAgent`]:
+//! - for each shard on this node, adopts its running engine or starts it (detached, so it
+//!   outlives the daemon), makes its role match the store (`REPLICAOF NO ONE` for a master,
+//!   `REPLICAOF host port` for a slave), and observes it;
+//! - for each folder in the shards dir that the store no longer places here, stops the engine
+//!   and removes the folder.
+//!
+//! Each shard's step runs in its own task; a shard whose previous step is still running is
+//! skipped that round, so one slow or failing shard never stops the others.
+
+mod desired;
+mod local;
+mod worker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_engine::{EngineCatalog, EngineError};
+use flotilla_model::rest::ShardReport;
+use flotilla_model::ShardUid;
+use flotilla_store::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use desired::{desired_shards, DesiredShard};
+pub use local::{local_shard_dirs, recorded_spec};
+
+/// The longest the agent goes without reconciling, store changes or not.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a stopping agent waits for shard steps in flight before abandoning them (an
+/// abandoned start leaves a detached engine that the next agent adopts).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What can keep one shard from matching the store this round; logged with the shard uid and
+/// retried next round.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// Starting, adopting, stopping or querying the engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A file in the shards dir could not be read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A shard's record (`shard.json`) could not be read or written.
+    #[error("shard record {path}: {source}; remove the file and the agent rewrites it")]
+    BadRecord {
+        /// The record file.
+        path: PathBuf,
+        /// The JSON error.
+        source: serde_json::Error,
+    },
+    /// A shard folder without a record whose pidfile names a live process: not stopped, since
+    /// nothing proves the process is that shard's engine.
+    #[error("shard folder {uid} has no record but its pidfile names live pid {pid}; stop that process by hand if it is the shard's engine")]
+    Unrecorded {
+        /// The folder's shard uid.
+        uid: ShardUid,
+        /// The live pid.
+        pid: u32,
+    },
+    /// The store's view does not hold together for this shard (no master, unknown node...).
+    #[error("{0}")]
+    Inconsistent(String),
+    /// Something this step depends on is not ready yet (no cluster, master not promoted yet).
+    #[error("{0}")]
+    NotReady(String),
+}
+
+impl ShardError {
+    fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        ShardError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// A shared view of the latest observation of each of this node's shards, for the reporter.
+/// Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct ObservedShards {
+    inner: Arc<Mutex<BTreeMap<ShardUid, ShardReport>>>,
+}
+
+impl ObservedShards {
+    /// The latest report of every shard, in uid order.
+    pub fn snapshot(&self) -> Vec<ShardReport> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn set(&self, report: ShardReport) {
+        self.lock().insert(report.uid, report);
+    }
+
+    fn retain(&self, keep: impl Fn(ShardUid) -> bool) {
+        self.lock().retain(|uid, _| keep(*uid));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<ShardUid, ShardReport>> {
+        // A panic elsewhere while holding the lock cannot leave the map half-updated.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The reconciler for one node's shards; see the module docs.
+pub struct ShardAgent {
+    store: Store,
+    catalog: EngineCatalog,
+    addr: IpAddr,
+    shards_dir: PathBuf,
+    observed: ObservedShards,
+    in_flight: HashMap<ShardUid, JoinHandle<()>>,
+}
+
+impl ShardAgent {
+    /// An agent for the node whose store is `store`, binding shards to `addr` (the node's own
+    /// address), running engines from `catalog`, one folder per shard under `shards_dir`
+    /// (`DATA_DIR/shards`).
+    pub fn new(store: Store, catalog: EngineCatalog, addr: IpAddr, shards_dir: PathBuf) -> Self {
+        ShardAgent {
+            store,
+            catalog,
+            addr,
+            shards_dir,
+            observed: ObservedShards::default(),
+            in_flight: HashMap::new(),
+        }
+    }
+
+    /// The handle the reporter reads; it stays valid after [`run`](Self::run) takes the agent.
+    pub fn observed_shards(&self) -> ObservedShards {
+        self.observed.clone()
+    }
+
+    /// The latest report of every shard on this node.
+    pub fn observed(&self) -> Vec<ShardReport> {
+        self.observed.snapshot()
+    }
+
+    /// Reconciles on every store change and every [`RECONCILE_INTERVAL`] until `shutdown` turns
+    /// true (or its sender goes). Engines keep running after it returns.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut changes = self.store.subscribe();
+        let mut store_open = true;
+        let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = changes.changed(), if store_open => store_open = changed.is_ok(),
+                changed = shutdown.changed() => if changed.is_err() { break },
+            }
+            self.reconcile_round();
+        }
+        self.finish().await;
+    }
+
+    /// Starts one step for every shard that has none in flight; does not wait for them.
+    fn reconcile_round(&mut self) {
+        self.in_flight.retain(|_, task| !task.is_finished());
+        let Some(node) = self.store.uid() else {
+            return;
+        };
+        let state = self.store.state();
+        let desired = match desired_shards(&state, node, self.addr, &self.shards_dir) {
+            Ok(desired) => desired,
+            Err(err) => {
+                tracing::debug!(error = %err, "no shards to reconcile yet");
+                return;
+            }
+        };
+        self.observed.retain(|uid| desired.contains_key(&uid));
+        for (uid, wanted) in desired.iter() {
+            match wanted {
+                Ok(wanted) => self.spawn_reconcile(wanted.clone()),
+                Err(err) => {
+                    tracing::warn!(shard_uid = uid, error = %err, "cannot build the shard's spec");
+                    self.observed.set(worker::down_report(*uid));
+                }
+            }
+        }
+        self.remove_unwanted(|uid| desired.contains_key(&uid));
+    }
+
+    fn spawn_reconcile(&mut self, wanted: DesiredShard) {
+        let uid = wanted.spec.shard_id;
+        if self.in_flight.contains_key(&uid) {
+            tracing::debug!(
+                shard_uid = uid,
+                "previous step still running; skipping this round"
+            );
+            return;
+        }
+        let catalog = self.catalog.clone();
+        let observed = self.observed.clone();
+        let task = tokio::spawn(async move {
+            let report = worker::reconcile_and_observe(&catalog, &wanted).await;
+            observed.set(report);
+        });
+        self.in_flight.insert(uid, task);
+    }
+
+    /// Stops and removes every shard folder the store no longer places on this node.
+    fn remove_unwanted(&mut self, wanted: impl Fn(ShardUid) -> bool) {
+        let local = match local_shard_dirs(&self.shards_dir) {
+            Ok(local) => local,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot list this node's shard folders");
+                return;
+            }
+        };
+        for (uid, dir) in local {
+            if wanted(uid) || self.in_flight.contains_key(&uid) {
+                continue;
+            }
+            let task = tokio::spawn(async move {
+                if let Err(err) = local::remove_shard(uid, &dir).await {
+                    tracing::warn!(shard_uid = uid, error = %err, "cannot remove shard; retrying next round");
+                }
+            });
+            self.in_flight.insert(uid, task);
+        }
+    }
+
+    /// Waits (bounded) for steps in flight, then abandons the rest.
+    async fn finish(&mut self) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        for (uid, mut task) in self.in_flight.drain() {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!(
+                    shard_uid = uid,
+                    "shard step still running at shutdown; abandoned"
+                );
+                task.abort();
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! One reconcile step for one shard: make its engine run (adopt or start), make its role match
+//! the store, and observe it. Each shard's step runs in its own task, so a slow or failing
+//! shard never holds up the others.
+
+use std::time::Duration;
+
+use flotilla_engine::{
+    adopt, start, ClientOptions, EngineCatalog, EngineClient, LinkStatus, ReplicaOf, Role,
+    ShardProcess, ShardSpec, StopOptions,
+};
+use flotilla_model::rest::ShardReport;
+use flotilla_model::{ShardRole, ShardUid};
+
+use super::desired::DesiredShard;
+use super::local::{record_spec, recorded_spec};
+use super::ShardError;
+
+/// Short timeouts: the agent would rather retry next round than wait on one engine.
+const CLIENT_OPTIONS: ClientOptions = ClientOptions {
+    connect_timeout: Duration::from_secs(1),
+    response_timeout: Some(Duration::from_secs(2)),
+};
+
+/// Deadlines for stopping an engine left behind at a shard's old address or binary.
+const REPLACE_STOP: StopOptions = StopOptions {
+    shutdown_timeout: Duration::from_secs(10),
+    signal_timeout: Duration::from_secs(5),
+};
+
+/// Runs one reconcile step for `desired` and returns what it then observes. Errors are logged
+/// with the shard uid; the report then says what could still be seen (or that it is down).
+pub(crate) async fn reconcile_and_observe(
+    catalog: &EngineCatalog,
+    desired: &DesiredShard,
+) -> ShardReport {
+    let uid = desired.spec.shard_id;
+    if let Err(err) = reconcile(catalog, desired).await {
+        tracing::warn!(shard_uid = uid, bdb_uid = desired.bdb_uid, error = %err, "shard not reconciled; retrying next round");
+    }
+    match observe(&desired.spec).await {
+        Ok(report) => report,
+        Err(err) => {
+            tracing::debug!(shard_uid = uid, error = %err, "shard not observed");
+            down_report(uid)
+        }
+    }
+}
+
+/// The report for a shard that does not answer.
+pub(crate) fn down_report(uid: ShardUid) -> ShardReport {
+    ShardReport {
+        uid,
+        up: false,
+        role: None,
+        offset: 0,
+        master_link_up: false,
+        used_memory: 0,
+        engine_version: None,
+        pid: None,
+    }
+}
+
+async fn reconcile(catalog: &EngineCatalog, desired: &DesiredShard) -> Result<(), ShardError> {
+    let process = ensure_running(catalog, &desired.spec).await?;
+    let client = connect(process.spec()).await?;
+    align_role(&client, desired).await
+}
+
+/// Adopts the shard's running engine, or starts it. An engine still running from an older
+/// spec at another port or with another binary is stopped first, so it cannot linger.
+async fn ensure_running(
+    catalog: &EngineCatalog,
+    spec: &ShardSpec,
+) -> Result<ShardProcess, ShardError> {
+    if let Some(process) = adopt(spec)? {
+        record_spec(spec)?;
+        return Ok(process);
+    }
+    stop_previous(spec).await?;
+    record_spec(spec)?;
+    tracing::info!(shard_uid = spec.shard_id, addr = %spec.addr(), version = %spec.version, "starting shard engine");
+    Ok(start(catalog, spec).await?)
+}
+
+/// Stops the engine recorded for this shard when it runs under a different spec.
+async fn stop_previous(spec: &ShardSpec) -> Result<(), ShardError> {
+    let Some(previous) = recorded_spec(&spec.dir)? else {
+        return Ok(());
+    };
+    if previous == *spec {
+        return Ok(());
+    }
+    if let Some(process) = adopt(&previous)? {
+        tracing::info!(shard_uid = spec.shard_id, pid = process.pid(), old_addr = %previous.addr(), "stopping the shard's engine started from an older spec");
+        process.stop_with(true, REPLACE_STOP).await?;
+    }
+    Ok(())
+}
+
+async fn connect(spec: &ShardSpec) -> Result<EngineClient, ShardError> {
+    Ok(EngineClient::connect_with(spec.bind, spec.port, &spec.password, CLIENT_OPTIONS).await?)
+}
+
+/// Makes the engine's replication role match the store: a master that replicates is promoted;
+/// a slave follows its master, once that master acts as a primary (pointing at a master that
+/// still replicates would chain the two, or loop them during a promotion).
+async fn align_role(client: &EngineClient, desired: &DesiredShard) -> Result<(), ShardError> {
+    let uid = desired.spec.shard_id;
+    let info = client.replication().await?;
+    match (desired.role, desired.spec.replica_of) {
+        (ShardRole::Master, _) => {
+            if info.role == Role::Replica {
+                tracing::info!(shard_uid = uid, "promoting the engine: REPLICAOF NO ONE");
+                client.replicaof_no_one().await?;
+            }
+        }
+        (ShardRole::Slave, Some(master)) => {
+            let follows = info.role == Role::Replica
+                && info.master_host.as_deref() == Some(master.host.to_string().as_str())
+                && info.master_port == Some(master.port);
+            if !follows {
+                ensure_master_is_primary(&desired.spec, master).await?;
+                tracing::info!(shard_uid = uid, master = %format!("{}:{}", master.host, master.port), "pointing the engine at its master: REPLICAOF");
+                client.replicaof(master.host, master.port).await?;
+            }
+        }
+        (ShardRole::Slave, None) => {
+            return Err(ShardError::Inconsistent(format!(
+                "slave shard {uid} has no master to follow"
+            )))
+        }
+    }
+    Ok(())
+}
+
+async fn ensure_master_is_primary(spec: &ShardSpec, master: ReplicaOf) -> Result<(), ShardError> {
+    let client =
+        EngineClient::connect_with(master.host, master.port, &spec.password, CLIENT_OPTIONS)
+            .await?;
+    let info = client.replication().await?;
+    if info.role != Role::Primary {
+        return Err(ShardError::NotReady(format!(
+            "master {}:{} still acts as a replica; following it after its promotion",
+            master.host, master.port
+        )));
+    }
+    Ok(())
+}
+
+/// What the shard's engine says about itself: PING, `INFO replication`, `INFO memory`,
+/// `INFO server`.
+async fn observe(spec: &ShardSpec) -> Result<ShardReport, ShardError> {
+    let client = connect(spec).await?;
+    client.ping().await?;
+    let replication = client.replication().await?;
+    let memory = client.memory().await?;
+    let server = client.server().await?;
+    Ok(ShardReport {
+        uid: spec.shard_id,
+        up: true,
+        role: Some(match replication.role {
+            Role::Primary => ShardRole::Master,
+            Role::Replica => ShardRole::Slave,
+        }),
+        offset: replication.offset(),
+        master_link_up: replication.master_link_status == Some(LinkStatus::Up),
+        used_memory: memory.used_memory,
+        engine_version: Some(server.engine_version().to_string()),
+        pid: Some(server.process_id),
+    })
+}
