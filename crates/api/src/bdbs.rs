@@ -12,6 +12,7 @@ use flotilla_model::{
     Bdb, BdbSpec, BdbUid, ClusterState, Command, CommandResult, EngineVersion, ShardRole,
     ENDPOINT_PORTS, MAX_SHARDS,
 };
+use flotilla_orchestrator::switchover::{self, SwitchoverError, SwitchoverReport};
 use flotilla_orchestrator::{placement, Observed};
 
 use crate::handlers::parse;
@@ -278,4 +279,35 @@ pub(crate) async fn shards(State(context): State<ApiContext>) -> Json<Vec<ShardI
         })
         .collect();
     Json(infos)
+}
+
+/// `POST /v1/shards/{uid}/actions/failover`: a planned switchover of the shard's slot range
+/// (to its replica when `uid` is a master, to `uid` when it is a slave).
+pub(crate) async fn failover(
+    State(context): State<ApiContext>,
+    Path(uid): Path<String>,
+) -> Result<Json<SwitchoverReport>, ApiError> {
+    let uid: u64 = uid.parse().map_err(|_| {
+        ApiError::invalid(
+            "uid",
+            format!("'{uid}' is not a shard uid (a positive integer)"),
+        )
+    })?;
+    switchover::switchover(&context.store, uid)
+        .await
+        .map(Json)
+        .map_err(|e| {
+            let (status, error_code) = match &e {
+                SwitchoverError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+                SwitchoverError::NoReplica(_) => (StatusCode::CONFLICT, "no_replica"),
+                SwitchoverError::NotCaughtUp { .. } => (StatusCode::CONFLICT, "switchover_aborted"),
+                SwitchoverError::Engine { .. } => (StatusCode::BAD_GATEWAY, "shard_unreachable"),
+                SwitchoverError::Store(inner) => return ApiError::from(inner.clone()),
+            };
+            ApiError {
+                status,
+                error_code,
+                description: e.to_string(),
+            }
+        })
 }

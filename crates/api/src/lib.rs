@@ -58,6 +58,7 @@ pub fn router(context: ApiContext) -> Router {
             get(bdbs::get).put(bdbs::update).delete(bdbs::delete),
         )
         .route("/v1/shards", get(bdbs::shards))
+        .route("/v1/shards/{uid}/actions/failover", post(bdbs::failover))
         .route("/v1/nodes/status", get(handlers::get_nodes_status))
         .route("/v1/nodes/{uid}", get(handlers::get_node))
         .layer(middleware::from_fn_with_state(

@@ -241,4 +241,10 @@ impl Client {
     pub async fn shards(&self) -> Result<Vec<ShardInfo>, ClientError> {
         self.get("/v1/shards").await
     }
+
+    /// `POST /v1/shards/{uid}/actions/failover`: a planned switchover; answers its report.
+    pub async fn failover_shard(&self, uid: u64) -> Result<serde_json::Value, ClientError> {
+        let path = format!("/v1/shards/{uid}/actions/failover");
+        self.call::<(), _>(Method::POST, &path, None).await
+    }
 }

@@ -44,13 +44,21 @@ pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
         return None;
     }
     let slots = SlotMap::from_owners(owners).ok()?;
-    Topology::new(
+    let mut topology = Topology::new(
         bdb.spec.authentication_redis_pass.clone(),
         secret,
         slots,
         primaries,
     )
-    .ok()
+    .ok()?;
+    for (index, shard) in masters.iter().enumerate() {
+        if shard.held {
+            topology = topology
+                .with_hold(flotilla_proxy::ShardIndex(index as u16), true)
+                .ok()?;
+        }
+    }
+    Some(topology)
 }
 
 struct Running {

@@ -69,6 +69,9 @@ pub enum Command {
     /// Create, list, show, change and delete databases.
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// Shard operations.
+    #[command(subcommand)]
+    Shard(ShardCommand),
     /// Show nodes and databases, like `rladmin status`.
     Status(status::StatusArgs),
     /// A local cluster on loopback addresses, for trying Flotilla and for tests.
@@ -82,6 +85,15 @@ pub enum Command {
 pub enum NodeCommand {
     /// Start the node daemon in the foreground.
     Start(daemon::StartArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ShardCommand {
+    /// Planned switchover: the shard's replica becomes master with no client error.
+    Failover {
+        /// Shard uid (a master: switch to its replica; a slave: promote it).
+        uid: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -134,6 +146,11 @@ impl Cli {
         match self.command {
             Command::Node(NodeCommand::Start(args)) => daemon::run(args).await,
             Command::Cluster(command) => cluster(&self.conn, command).await,
+            Command::Shard(ShardCommand::Failover { uid }) => {
+                let report = self.conn.client().failover_shard(uid).await?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                Ok(())
+            }
             Command::Db(command) => db::run(&self.conn.client(), command).await,
             Command::Status(args) => status::run(&self.conn.client(), args).await,
             Command::Dev(command) => dev::run(&self.conn, command).await,

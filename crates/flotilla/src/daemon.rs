@@ -80,19 +80,85 @@ pub async fn run(args: StartArgs) -> Result<()> {
         args.addr,
         stop_rx.clone(),
     ));
-    let reporter = tokio::spawn(flotilla_agent::run_reporter(
+    let agent = flotilla_agent::ShardAgent::new(
+        store.clone(),
+        engine_catalog(&args),
+        args.addr,
+        args.data_dir.join("shards"),
+    );
+    let observed_shards = agent.observed_shards();
+    let shards = tokio::spawn(agent.run(stop_rx.clone()));
+    let discovery_listener = bind(
+        args.addr,
+        flotilla_discovery::DISCOVERY_PORT,
+        "discovery service",
+    )
+    .await?;
+    let discovery = tokio::spawn(serve_discovery(
+        store.clone(),
+        args.addr,
+        discovery_listener,
+        stop_rx.clone(),
+    ));
+    let reporter = tokio::spawn(flotilla_agent::run_reporter_with_shards(
         store.clone(),
         node.software_version.clone(),
         node.os.clone(),
+        observed_shards,
         stop_rx,
     ));
 
     wait_for_signal().await?;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(rpc, rest, reporter, endpoints, failover);
+    let _ = tokio::join!(rpc, rest, reporter, endpoints, failover, shards, discovery);
     store.shutdown().await;
     Ok(())
+}
+
+/// Where this node's engine binaries are: the installed package's `engines/`, else
+/// `FLOTILLA_ENGINES_DIR`, else the repository's cache (dev and tests).
+fn engine_catalog(args: &StartArgs) -> flotilla_engine::EngineCatalog {
+    match &args.package_dir {
+        Some(dir) => flotilla_engine::EngineCatalog::new(dir.join("engines")),
+        None => flotilla_engine::EngineCatalog::dev(),
+    }
+}
+
+/// Serves the Sentinel-compatible discovery API, naming this node's endpoint of every database,
+/// republished whenever the store changes.
+async fn serve_discovery(
+    store: Store,
+    addr: IpAddr,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    let snapshot = |state: &flotilla_model::ClusterState| {
+        let peers = state
+            .nodes
+            .values()
+            .filter_map(|n| n.addr.parse::<IpAddr>().ok())
+            .filter(|ip| *ip != addr)
+            .map(|ip| std::net::SocketAddr::new(ip, flotilla_discovery::DISCOVERY_PORT));
+        let databases = state
+            .bdbs
+            .values()
+            .map(|b| (b.spec.name.clone(), b.spec.port));
+        flotilla_discovery::Databases::on_node(addr, databases, peers)
+    };
+    let (tx, rx) = watch::channel(snapshot(&store.state()));
+    let mut stop_serving = stop.clone();
+    let server = tokio::spawn(flotilla_discovery::serve(listener, rx, async move {
+        let _ = stop_serving.wait_for(|s| *s).await;
+    }));
+    let mut changes = store.subscribe();
+    loop {
+        tokio::select! {
+            _ = changes.changed() => { tx.send_replace(snapshot(&store.state())); }
+            _ = stop.changed() => break,
+        }
+    }
+    let _ = server.await;
 }
 
 async fn bind(addr: IpAddr, port: u16, what: &str) -> Result<TcpListener> {

@@ -172,6 +172,10 @@ pub struct Shard {
     pub port: u16,
     /// The engine this shard runs (differs from the database's during an upgrade).
     pub redis_version: EngineVersion,
+    /// A planned switchover is under way for this master's slots: proxies queue its commands
+    /// instead of sending them (design step 1) until the new master is published.
+    #[serde(default)]
+    pub held: bool,
 }
 
 #[cfg(test)]

@@ -77,6 +77,13 @@ pub enum Command {
         /// The shard to promote.
         uid: ShardUid,
     },
+    /// Sets or clears the switchover hold on a master shard's slots.
+    HoldShard {
+        /// The master shard.
+        uid: ShardUid,
+        /// Hold (true) or release (false).
+        held: bool,
+    },
     /// A command kind this software version does not know; applying it changes nothing.
     #[serde(other)]
     Unknown,

@@ -127,6 +127,7 @@ impl ClusterState {
                 authentication_redis_pass,
             } => self.update_bdb(uid, memory_size, authentication_redis_pass),
             Command::PromoteShard { uid } => self.promote_shard(uid),
+            Command::HoldShard { uid, held } => self.hold_shard(uid, held),
             Command::Unknown => Ok(CommandResult::Ignored),
         };
         outcome.unwrap_or_else(CommandResult::Refused)
@@ -224,6 +225,7 @@ impl ClusterState {
                     assigned_slots: plan.assigned_slots,
                     port: plan.port,
                     redis_version: spec.redis_version,
+                    held: false,
                 },
             );
         }
@@ -285,9 +287,28 @@ impl ClusterState {
                 other.role = ShardRole::Slave;
             }
         }
+        for other in self.shards.values_mut() {
+            if other.bdb_uid == shard.bdb_uid && other.assigned_slots == shard.assigned_slots {
+                other.held = false;
+            }
+        }
         if let Some(promoted) = self.shards.get_mut(&uid) {
             promoted.role = ShardRole::Master;
         }
+        Ok(CommandResult::Ok)
+    }
+
+    fn hold_shard(&mut self, uid: ShardUid, held: bool) -> Result<CommandResult, ModelError> {
+        let shard = self
+            .shards
+            .get_mut(&uid)
+            .ok_or_else(|| ModelError::NotFound(format!("shard {uid} does not exist")))?;
+        if held && shard.role != ShardRole::Master {
+            return Err(ModelError::InvalidValue(format!(
+                "shard {uid} is a slave; only a master shard's slots can be held"
+            )));
+        }
+        shard.held = held;
         Ok(CommandResult::Ok)
     }
 

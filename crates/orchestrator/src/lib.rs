@@ -7,5 +7,6 @@
 pub mod failover;
 pub mod observed;
 pub mod placement;
+pub mod switchover;
 
 pub use observed::{Observed, Observer};

@@ -1,0 +1,206 @@
+//! Planned switchover: move a slot range's master role from process M to its replica R with no
+//! client error and no lost acknowledged write (DESIGN.md, "Data path"):
+//!
+//! 1. hold: the store marks M's slots held; proxies queue their commands;
+//! 2. fence M with `CLIENT PAUSE WRITE`, so no write, however late, executes on it;
+//! 3. wait until R's offset reaches M's (bounded; on timeout unpause M, release, abort);
+//! 4. promote R (`REPLICAOF NO ONE`) and publish it as master (this also releases the hold);
+//! 5. proxies send the queue to R; a write M answers `-READONLY` after the fence is retried
+//!    on R (it was not executed);
+//! 6. M becomes R's replica, then is unpaused.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use flotilla_engine::{wait_for_sync, ClientOptions, EngineClient};
+use flotilla_model::{ClusterState, Command, Shard, ShardRole, ShardUid};
+use flotilla_store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+/// Longest the master stays fenced waiting for its replica before the switchover aborts.
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a switchover did not happen (nothing changed when it is refused or aborted).
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchoverError {
+    /// The shard does not exist.
+    #[error("shard {0} does not exist; `flotilla db show DB` lists its shards")]
+    NotFound(ShardUid),
+    /// There is no replica to switch to.
+    #[error("shard {0}'s slots have no replica to switch over to; create the database with --replication")]
+    NoReplica(ShardUid),
+    /// The replica did not catch up in time; M was unpaused and the hold released.
+    #[error("aborted: replica shard {replica} did not catch up with master {master} within {timeout:?} ({detail}); nothing changed")]
+    NotCaughtUp {
+        /// The master.
+        master: ShardUid,
+        /// The replica.
+        replica: ShardUid,
+        /// The bound.
+        timeout: Duration,
+        /// What was last seen.
+        detail: String,
+    },
+    /// An engine could not be reached or refused a command.
+    #[error("shard {shard}: {detail}")]
+    Engine {
+        /// The shard.
+        shard: ShardUid,
+        /// What failed.
+        detail: String,
+    },
+    /// The store refused or failed a proposal.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a completed switchover did and how long its phases took.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchoverReport {
+    /// The former master.
+    pub old_master: ShardUid,
+    /// The new master.
+    pub new_master: ShardUid,
+    /// From hold to the new master published, in ms (the longest a client could wait).
+    pub hold_ms: u64,
+    /// Time the replica took to catch up with the fenced master, in ms.
+    pub catch_up_ms: u64,
+}
+
+/// Switches shard `uid`'s slot range over: when `uid` is a master, to its replica; when it is
+/// a slave, to that slave.
+pub async fn switchover(store: &Store, uid: ShardUid) -> Result<SwitchoverReport, SwitchoverError> {
+    let state = store.state();
+    let (master, replica) = pair(&state, uid)?;
+    let m = connect(&state, &master).await?;
+    let r = connect(&state, &replica).await?;
+    let started = Instant::now();
+
+    propose(
+        store,
+        Command::HoldShard {
+            uid: master.uid,
+            held: true,
+        },
+    )
+    .await?;
+    let fence_ms = (CATCH_UP_TIMEOUT + Duration::from_secs(5)).as_millis() as u64;
+    if let Err(e) = m.client_pause_write(fence_ms).await {
+        release(store, &m, master.uid).await;
+        return Err(engine(master.uid, e));
+    }
+    let fenced = Instant::now();
+    if let Err(e) = wait_for_sync(&m, &r, CATCH_UP_TIMEOUT).await {
+        release(store, &m, master.uid).await;
+        return Err(SwitchoverError::NotCaughtUp {
+            master: master.uid,
+            replica: replica.uid,
+            timeout: CATCH_UP_TIMEOUT,
+            detail: e.to_string(),
+        });
+    }
+    let catch_up_ms = fenced.elapsed().as_millis() as u64;
+    if let Err(e) = r.replicaof_no_one().await {
+        release(store, &m, master.uid).await;
+        return Err(engine(replica.uid, e));
+    }
+    propose(store, Command::PromoteShard { uid: replica.uid }).await?;
+    let hold_ms = started.elapsed().as_millis() as u64;
+
+    let (r_ip, r_port) = address(&state, &replica)?;
+    let demoted = m.replicaof(r_ip, r_port).await;
+    let _ = m.client_unpause().await;
+    demoted.map_err(|e| engine(master.uid, e))?;
+    tracing::info!(
+        old = master.uid,
+        new = replica.uid,
+        hold_ms,
+        catch_up_ms,
+        "switchover done"
+    );
+    Ok(SwitchoverReport {
+        old_master: master.uid,
+        new_master: replica.uid,
+        hold_ms,
+        catch_up_ms,
+    })
+}
+
+/// Undoes steps 1-2 after an abort: unpause M and release the hold.
+async fn release(store: &Store, m: &EngineClient, master: ShardUid) {
+    let _ = m.client_unpause().await;
+    if let Err(e) = propose(
+        store,
+        Command::HoldShard {
+            uid: master,
+            held: false,
+        },
+    )
+    .await
+    {
+        tracing::error!(error = %e, master, "could not release the switchover hold");
+    }
+}
+
+async fn propose(store: &Store, command: Command) -> Result<(), SwitchoverError> {
+    flotilla_store::refused_to_error(store.propose(command).await?)?;
+    Ok(())
+}
+
+fn pair(state: &ClusterState, uid: ShardUid) -> Result<(Shard, Shard), SwitchoverError> {
+    let shard = state
+        .shards
+        .get(&uid)
+        .ok_or(SwitchoverError::NotFound(uid))?;
+    let peers: Vec<&Shard> = state
+        .shards_of(shard.bdb_uid)
+        .filter(|s| s.assigned_slots == shard.assigned_slots)
+        .collect();
+    let master = peers
+        .iter()
+        .find(|s| s.role == ShardRole::Master)
+        .ok_or(SwitchoverError::NoReplica(uid))?;
+    let replica = match shard.role {
+        ShardRole::Slave => shard,
+        ShardRole::Master => peers
+            .iter()
+            .find(|s| s.role == ShardRole::Slave)
+            .ok_or(SwitchoverError::NoReplica(uid))?,
+    };
+    Ok(((*master).clone(), (*replica).clone()))
+}
+
+fn address(state: &ClusterState, shard: &Shard) -> Result<(IpAddr, u16), SwitchoverError> {
+    let ip = state
+        .nodes
+        .get(&shard.node_uid)
+        .and_then(|n| n.addr.parse().ok())
+        .ok_or_else(|| SwitchoverError::Engine {
+            shard: shard.uid,
+            detail: format!("node {} has no usable address", shard.node_uid),
+        })?;
+    Ok((ip, shard.port))
+}
+
+async fn connect(state: &ClusterState, shard: &Shard) -> Result<EngineClient, SwitchoverError> {
+    let (ip, port) = address(state, shard)?;
+    let secret = &state
+        .cluster()
+        .map_err(|e| SwitchoverError::Store(e.into()))?
+        .secret;
+    // Commands here must not time out while the master is paused.
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(2),
+        response_timeout: Some(Duration::from_secs(15)),
+    };
+    EngineClient::connect_with(ip, port, secret, options)
+        .await
+        .map_err(|e| engine(shard.uid, e))
+}
+
+fn engine(shard: ShardUid, e: impl std::fmt::Display) -> SwitchoverError {
+    SwitchoverError::Engine {
+        shard,
+        detail: e.to_string(),
+    }
+}
