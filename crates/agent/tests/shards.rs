@@ -221,3 +221,34 @@ async fn a_new_agent_adopts_running_engines_and_cleans_up_after_a_delete() {
     .await;
     third.stop().await;
 }
+
+#[tokio::test]
+async fn a_killed_memory_only_master_waits_for_its_replica_to_be_promoted() {
+    let node = TestNode::create("127.0.9.13").await;
+    let (master_port, slave_port) = (21311, 21312);
+    let agent = RunningAgent::start(&node);
+    let (_bdb, master, slave) = node.create_bdb("db3", master_port, slave_port).await;
+    wait_report(&agent, master, ShardRole::Master).await;
+    wait_report(&agent, slave, ShardRole::Slave).await;
+    set(&node.client(master_port).await, "kept", "yes").await;
+    wait_value(&node.client(slave_port).await, "kept", "yes").await;
+
+    // Restarted at once, the master would come back empty: the agent reports it down instead.
+    kill_shard(&node, master);
+    eventually("the killed master reported down", CONVERGE, || async {
+        match agent.report(master) {
+            Some(r) if !r.up => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // The orchestrator promotes the replica; the old master comes back as its replica, with
+    // the data.
+    node.propose_ok(Command::PromoteShard { uid: slave }).await;
+    wait_follows(&node, master_port, slave_port).await;
+    wait_report(&agent, master, ShardRole::Slave).await;
+    wait_value(&node.client(master_port).await, "kept", "yes").await;
+    wait_value(&node.client(slave_port).await, "kept", "yes").await;
+    agent.stop().await;
+}

@@ -17,6 +17,9 @@ pub struct DesiredShard {
     pub bdb_uid: u64,
     /// Master or slave, as the store says.
     pub role: ShardRole,
+    /// The store places a slave of this shard's slot range (for a master: a failover target
+    /// holds its data).
+    pub has_replica: bool,
     /// The engine to run; for a slave, `replica_of` names its current master.
     pub spec: ShardSpec,
 }
@@ -74,9 +77,15 @@ fn desired_shard(
         dir: shards_dir.join(shard.uid.to_string()),
         replica_of,
     };
+    let has_replica = state.shards_of(shard.bdb_uid).any(|other| {
+        other.uid != shard.uid
+            && other.role == ShardRole::Slave
+            && other.assigned_slots == shard.assigned_slots
+    });
     Ok(DesiredShard {
         bdb_uid: shard.bdb_uid,
         role: shard.role,
+        has_replica,
         spec,
     })
 }
@@ -195,6 +204,7 @@ mod tests {
         assert_eq!(on_2.len(), 1);
         let slave = on_2.get(&2).unwrap().as_ref().unwrap();
         assert_eq!(slave.role, ShardRole::Slave);
+        assert!(!slave.has_replica);
         let spec = &slave.spec;
         assert_eq!(spec.bind.to_string(), "127.0.0.12");
         assert_eq!(spec.port, 20002);
@@ -230,6 +240,7 @@ mod tests {
         let new_master = on_2.get(&2).unwrap().as_ref().unwrap();
         assert_eq!(new_master.role, ShardRole::Master);
         assert_eq!(new_master.spec.replica_of, None);
+        assert!(new_master.has_replica);
     }
 
     #[test]

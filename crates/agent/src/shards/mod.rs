@@ -5,6 +5,9 @@
 //! - for each shard on this node, adopts its running engine or starts it (detached, so it
 //!   outlives the daemon), makes its role match the store (`REPLICAOF NO ONE` for a master,
 //!   `REPLICAOF host port` for a slave), and observes it;
+//! - holds back restarting a dead memory-only master that has a replica for
+//!   [`MASTER_RESTART_GRACE`], so the orchestrator can promote the replica before the master
+//!   comes back empty;
 //! - for each folder in the shards dir that the store no longer places here, stops the engine
 //!   and removes the folder.
 //!
@@ -30,6 +33,7 @@ use tokio::task::JoinHandle;
 
 pub use desired::{desired_shards, DesiredShard};
 pub use local::{local_shard_dirs, recorded_spec};
+pub use worker::MASTER_RESTART_GRACE;
 
 /// The longest the agent goes without reconciling, store changes or not.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
@@ -124,6 +128,7 @@ pub struct ShardAgent {
     addr: IpAddr,
     shards_dir: PathBuf,
     observed: ObservedShards,
+    down_since: worker::DownSince,
     in_flight: HashMap<ShardUid, JoinHandle<()>>,
 }
 
@@ -138,6 +143,7 @@ impl ShardAgent {
             addr,
             shards_dir,
             observed: ObservedShards::default(),
+            down_since: worker::DownSince::default(),
             in_flight: HashMap::new(),
         }
     }
@@ -188,6 +194,7 @@ impl ShardAgent {
             }
         };
         self.observed.retain(|uid| desired.contains_key(&uid));
+        self.down_since.retain(|uid| desired.contains_key(&uid));
         for (uid, wanted) in desired.iter() {
             match wanted {
                 Ok(wanted) => self.spawn_reconcile(wanted.clone()),
@@ -211,8 +218,9 @@ impl ShardAgent {
         }
         let catalog = self.catalog.clone();
         let observed = self.observed.clone();
+        let down_since = self.down_since.clone();
         let task = tokio::spawn(async move {
-            let report = worker::reconcile_and_observe(&catalog, &wanted).await;
+            let report = worker::reconcile_and_observe(&catalog, &down_since, &wanted).await;
             observed.set(report);
         });
         self.in_flight.insert(uid, task);

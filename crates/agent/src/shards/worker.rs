@@ -2,11 +2,13 @@
 //! the store, and observe it. Each shard's step runs in its own task, so a slow or failing
 //! shard never holds up the others.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use flotilla_engine::{
-    adopt, start, ClientOptions, EngineCatalog, EngineClient, LinkStatus, ReplicaOf, Role,
-    ShardProcess, ShardSpec, StopOptions,
+    adopt, start, ClientOptions, EngineCatalog, EngineClient, LinkStatus, Persistence, ReplicaOf,
+    Role, ShardProcess, ShardSpec, StopOptions,
 };
 use flotilla_model::rest::ShardReport;
 use flotilla_model::{ShardRole, ShardUid};
@@ -27,15 +29,57 @@ const REPLACE_STOP: StopOptions = StopOptions {
     signal_timeout: Duration::from_secs(5),
 };
 
+/// How long a master that died without persistence, and that has a replica, stays down before
+/// the agent restarts it as a master anyway. Restarted at once, it would come back empty and
+/// its replica would resync to that empty data set; waiting longer than the orchestrator's
+/// failover delay (1.5 s) lets the replica be promoted first, and the old master then restarts
+/// as its replica with the data.
+pub const MASTER_RESTART_GRACE: Duration = Duration::from_secs(5);
+
+/// When the agent first found each dead, memory-only master down (see [`MASTER_RESTART_GRACE`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DownSince(Arc<Mutex<HashMap<ShardUid, Instant>>>);
+
+impl DownSince {
+    /// How long shard `uid` has been seen down, counting from now on the first call.
+    fn elapsed(&self, uid: ShardUid) -> Duration {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(uid).or_insert_with(Instant::now).elapsed()
+    }
+
+    /// Forgets every shard `keep` says no.
+    pub(crate) fn retain(&self, keep: impl Fn(ShardUid) -> bool) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|uid, _| keep(*uid));
+    }
+
+    /// Forgets shard `uid` (it runs again).
+    fn clear(&self, uid: ShardUid) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&uid);
+    }
+}
+
 /// Runs one reconcile step for `desired` and returns what it then observes. Errors are logged
 /// with the shard uid; the report then says what could still be seen (or that it is down).
 pub(crate) async fn reconcile_and_observe(
     catalog: &EngineCatalog,
+    down: &DownSince,
     desired: &DesiredShard,
 ) -> ShardReport {
     let uid = desired.spec.shard_id;
-    if let Err(err) = reconcile(catalog, desired).await {
-        tracing::warn!(shard_uid = uid, bdb_uid = desired.bdb_uid, error = %err, "shard not reconciled; retrying next round");
+    match reconcile(catalog, down, desired).await {
+        Ok(()) => {}
+        Err(ShardError::NotReady(why)) => {
+            tracing::info!(
+                shard_uid = uid,
+                bdb_uid = desired.bdb_uid,
+                "shard waits: {why}"
+            );
+        }
+        Err(err) => {
+            tracing::warn!(shard_uid = uid, bdb_uid = desired.bdb_uid, error = %err, "shard not reconciled; retrying next round");
+        }
     }
     match observe(&desired.spec).await {
         Ok(report) => report,
@@ -60,26 +104,55 @@ pub(crate) fn down_report(uid: ShardUid) -> ShardReport {
     }
 }
 
-async fn reconcile(catalog: &EngineCatalog, desired: &DesiredShard) -> Result<(), ShardError> {
-    let process = ensure_running(catalog, &desired.spec).await?;
+async fn reconcile(
+    catalog: &EngineCatalog,
+    down: &DownSince,
+    desired: &DesiredShard,
+) -> Result<(), ShardError> {
+    let process = ensure_running(catalog, down, desired).await?;
     let client = connect(process.spec()).await?;
     align_role(&client, desired).await
 }
 
 /// Adopts the shard's running engine, or starts it. An engine still running from an older
-/// spec at another port or with another binary is stopped first, so it cannot linger.
+/// spec at another port or with another binary is stopped first, so it cannot linger. A dead
+/// memory-only master with a replica waits [`MASTER_RESTART_GRACE`] first.
 async fn ensure_running(
     catalog: &EngineCatalog,
-    spec: &ShardSpec,
+    down: &DownSince,
+    desired: &DesiredShard,
 ) -> Result<ShardProcess, ShardError> {
+    let spec = &desired.spec;
     if let Some(process) = adopt(spec)? {
+        down.clear(spec.shard_id);
         record_spec(spec)?;
         return Ok(process);
+    }
+    if waits_for_failover(desired)? {
+        let elapsed = down.elapsed(spec.shard_id);
+        if elapsed < MASTER_RESTART_GRACE {
+            return Err(ShardError::NotReady(format!(
+                "master engine down for {} ms without persistence; leaving {} ms for its replica to be promoted before restarting it empty",
+                elapsed.as_millis(),
+                MASTER_RESTART_GRACE.as_millis()
+            )));
+        }
     }
     stop_previous(spec).await?;
     record_spec(spec)?;
     tracing::info!(shard_uid = spec.shard_id, addr = %spec.addr(), version = %spec.version, "starting shard engine");
-    Ok(start(catalog, spec).await?)
+    let process = start(catalog, spec).await?;
+    down.clear(spec.shard_id);
+    Ok(process)
+}
+
+/// True for a master that ran here before (it has a record), keeps no data on disk, and has a
+/// replica that holds its data.
+fn waits_for_failover(desired: &DesiredShard) -> Result<bool, ShardError> {
+    let memory_only_master = desired.role == ShardRole::Master
+        && desired.spec.persistence == Persistence::None
+        && desired.has_replica;
+    Ok(memory_only_master && recorded_spec(&desired.spec.dir)?.is_some())
 }
 
 /// Stops the engine recorded for this shard when it runs under a different spec.
