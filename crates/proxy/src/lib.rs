@@ -20,12 +20,22 @@
 //! handle in the tens of thousands; a multiplexed pool for plain commands is the next step if
 //! many mostly idle clients make that matter.
 //!
+//! Switchovers (DESIGN.md, "Data path"): a shard held in the [`Topology`]
+//! ([`Topology::with_hold`]) makes each client connection park its next command for that shard
+//! and everything after it, bounded by [`ProxyOptions`] (2 s and 16 MiB per client by default);
+//! the topology that releases the hold sends them, in order, to the primary it names, and a
+//! hold that times out answers them `-TRYAGAIN ... not executed` without sending them. A write
+//! the old primary refuses with `-READONLY` (fenced, then demoted: not executed) is resent to
+//! the next primary the topology names, within the same bound. Nothing else is retried: a
+//! connection lost after sending answers an error saying the command may have executed.
+//!
 //! Known limits: SUBSCRIBE/PSUBSCRIBE/SSUBSCRIBE are answered with an error; a client blocked in
 //! BLPOP is not noticed disconnecting until the shard answers; shutdown closes client
 //! connections without draining them at command boundaries (needed for in-place upgrades); a
 //! transaction whose WATCHed shard moved to a new primary returns a null EXEC (aborted) rather
-//! than risk running unwatched; commands are not retried after a failover (the error says
-//! whether the command may have executed).
+//! than risk running unwatched; a MULTI/EXEC refused by a demoted primary (EXECABORT after
+//! READONLY on its queued writes) is not resent; a hold parks the whole client connection, not
+//! only its commands for the held shard, so one client's order is kept across shards.
 
 pub mod command;
 pub mod merge;
