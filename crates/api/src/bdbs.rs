@@ -293,14 +293,16 @@ pub(crate) async fn failover(
             format!("'{uid}' is not a shard uid (a positive integer)"),
         )
     })?;
-    switchover::switchover(&context.store, uid)
+    switchover::switchover(&context.observer, uid)
         .await
         .map(Json)
         .map_err(|e| {
             let (status, error_code) = match &e {
                 SwitchoverError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
                 SwitchoverError::NoReplica(_) => (StatusCode::CONFLICT, "no_replica"),
-                SwitchoverError::NotCaughtUp { .. } => (StatusCode::CONFLICT, "switchover_aborted"),
+                SwitchoverError::NotCaughtUp { .. } | SwitchoverError::HoldNotSpread { .. } => {
+                    (StatusCode::CONFLICT, "switchover_aborted")
+                }
                 SwitchoverError::Engine { .. } => (StatusCode::BAD_GATEWAY, "shard_unreachable"),
                 SwitchoverError::Store(inner) => return ApiError::from(inner.clone()),
             };

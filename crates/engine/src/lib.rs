@@ -23,6 +23,7 @@ pub use info::{
     InfoMap, LinkStatus, MemoryInfo, ReplicaEntry, ReplicationInfo, Role, ServerInfo, StatsInfo,
 };
 pub use process::{
-    adopt, read_pidfile, start, start_with, ShardProcess, StartOptions, StopOptions,
+    adopt, pid_running, read_pidfile, running_engine_pids, start, start_with, ShardProcess,
+    StartOptions, StopOptions,
 };
 pub use spec::{EvictionPolicy, Persistence, ReplicaOf, ShardSpec, SHARD_PORTS};

@@ -444,9 +444,34 @@ pub fn read_pidfile(path: &Path) -> Result<Option<u32>> {
     }
 }
 
+/// Pids of the live redis/valkey engines whose pidfiles are in `shards_dir/*/engine.pid`: what
+/// a node (or a test, or `flotilla dev down`) must stop to take its shards down. A pidfile whose
+/// pid now belongs to another program is ignored.
+pub fn running_engine_pids(shards_dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(shards_dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            read_pidfile(&entry.path().join(crate::spec::PID_FILE))
+                .ok()
+                .flatten()
+        })
+        .filter(|pid| pid_running(*pid) && is_engine_process(*pid))
+        .collect()
+}
+
+fn is_engine_process(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
+        let title = String::from_utf8_lossy(&raw);
+        title.contains("redis-server") || title.contains("valkey-server")
+    })
+}
+
 /// True when `/proc/PID` exists and the process is not a zombie (an exited engine that no one
 /// reaped yet counts as gone).
-fn pid_running(pid: u32) -> bool {
+pub fn pid_running(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };

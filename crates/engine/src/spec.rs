@@ -18,7 +18,8 @@ pub const SHARD_PORTS: std::ops::RangeInclusive<u16> = 20000..=29999;
 
 /// File names inside a shard's data dir.
 const CONFIG_FILE: &str = "engine.conf";
-const PID_FILE: &str = "engine.pid";
+/// The engine pidfile's name inside a shard's folder.
+pub(crate) const PID_FILE: &str = "engine.pid";
 const LOG_FILE: &str = "engine.log";
 
 /// How a shard keeps its data across restarts.

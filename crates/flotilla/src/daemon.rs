@@ -232,10 +232,5 @@ pub fn read_pid(path: &Path) -> Option<u32> {
 
 /// True when a process with this pid exists (and is not a zombie).
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    flotilla_engine::pid_running(pid)
 }

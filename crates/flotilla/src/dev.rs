@@ -5,7 +5,7 @@
 //! with their pidfile and log in their data dir (`DIR/node-N`). `dev up` is idempotent: it
 //! starts only the daemons that are not running and creates or joins only nodes that are not
 //! members yet, so running it again after a crash brings the cluster back. `dev down` stops
-//! exactly the daemons whose pidfiles are in DIR, by pid.
+//! exactly the daemons whose pidfiles are in DIR, and their shard engines, by pid.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -233,6 +233,10 @@ async fn down(args: DownArgs) -> Result<()> {
                 stop_pid(pid).await?;
                 stopped += 1;
             }
+        }
+        // Shards outlive their daemon by design; a dev cluster going down takes them along.
+        for pid in flotilla_engine::running_engine_pids(&data_dir.join("shards")) {
+            stop_pid(pid).await?;
         }
     }
     if args.purge {

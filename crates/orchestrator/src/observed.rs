@@ -31,7 +31,7 @@ pub struct Observed {
 /// The primary node's table of node reports; cheap to clone.
 #[derive(Clone)]
 pub struct Observer {
-    store: Store,
+    pub(crate) store: Store,
     inner: Arc<Mutex<Table>>,
 }
 
@@ -149,6 +149,7 @@ impl Observer {
         Router::new()
             .route("/internal/report", post(report))
             .route("/internal/observed", post(observed))
+            .route("/internal/switchover", post(switchover))
             .with_state(self.clone())
             .layer(axum::middleware::from_fn_with_state(
                 self.store.clone(),
@@ -160,6 +161,13 @@ impl Observer {
 async fn report(State(observer): State<Observer>, Json(report): Json<NodeReport>) -> Json<()> {
     observer.record(report);
     Json(())
+}
+
+async fn switchover(
+    State(observer): State<Observer>,
+    Json(uid): Json<flotilla_model::ShardUid>,
+) -> Json<Result<crate::switchover::SwitchoverReport, crate::switchover::SwitchoverError>> {
+    Json(crate::switchover::switchover(&observer, uid).await)
 }
 
 async fn observed(State(observer): State<Observer>) -> Json<Observed> {

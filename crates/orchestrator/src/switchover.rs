@@ -8,20 +8,31 @@
 //! 5. proxies send the queue to R; a write M answers `-READONLY` after the fence is retried
 //!    on R (it was not executed);
 //! 6. M becomes R's replica, then is unpaused.
+//!
+//! It runs on the primary node (a request made elsewhere is forwarded there), whose state
+//! includes every committed command, and fences M only once every node that is up has applied
+//! the hold: from then on no agent "repairs" M's or R's role (held slots are left to the
+//! switchover) and every proxy queues instead of writing to M.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use flotilla_engine::{wait_for_sync, ClientOptions, EngineClient};
+use flotilla_model::rest::NodeStatus;
 use flotilla_model::{ClusterState, Command, Shard, ShardRole, ShardUid};
 use flotilla_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
+use crate::Observer;
+
 /// Longest the master stays fenced waiting for its replica before the switchover aborts.
 pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the switchover waits for every node to apply the hold before it aborts.
+pub const HOLD_SPREAD_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why a switchover did not happen (nothing changed when it is refused or aborted).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SwitchoverError {
     /// The shard does not exist.
     #[error("shard {0} does not exist; `flotilla db show DB` lists its shards")]
@@ -49,6 +60,14 @@ pub enum SwitchoverError {
         /// What failed.
         detail: String,
     },
+    /// A node did not apply the hold in time; the hold was released and nothing changed.
+    #[error("aborted: node {node} did not apply the switchover hold within {timeout:?}; nothing changed")]
+    HoldNotSpread {
+        /// The slow node.
+        node: u64,
+        /// The bound.
+        timeout: Duration,
+    },
     /// The store refused or failed a proposal.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -63,27 +82,44 @@ pub struct SwitchoverReport {
     pub new_master: ShardUid,
     /// From hold to the new master published, in ms (the longest a client could wait).
     pub hold_ms: u64,
+    /// Time every node took to apply the hold, in ms.
+    pub spread_ms: u64,
     /// Time the replica took to catch up with the fenced master, in ms.
     pub catch_up_ms: u64,
 }
 
 /// Switches shard `uid`'s slot range over: when `uid` is a master, to its replica; when it is
-/// a slave, to that slave.
-pub async fn switchover(store: &Store, uid: ShardUid) -> Result<SwitchoverReport, SwitchoverError> {
+/// a slave, to that slave. Forwarded to the primary node when this node is not it.
+pub async fn switchover(
+    observer: &Observer,
+    uid: ShardUid,
+) -> Result<SwitchoverReport, SwitchoverError> {
+    let store = &observer.store;
+    if !store.is_leader() {
+        let leader = store
+            .leader_rpc_addr()
+            .ok_or_else(|| StoreError::NoLeader("no primary node to run the switchover".into()))?;
+        return store
+            .call_internal(&leader, "/internal/switchover", &uid)
+            .await?;
+    }
     let state = store.state();
     let (master, replica) = pair(&state, uid)?;
     let m = connect(&state, &master).await?;
     let r = connect(&state, &replica).await?;
     let started = Instant::now();
 
-    propose(
-        store,
-        Command::HoldShard {
-            uid: master.uid,
-            held: true,
-        },
-    )
-    .await?;
+    let hold = Command::HoldShard {
+        uid: master.uid,
+        held: true,
+    };
+    let (outcome, index) = store.propose_indexed(hold).await?;
+    flotilla_store::refused_to_error(outcome)?;
+    if let Err(e) = applied_everywhere(observer, &state, index).await {
+        release(store, &m, master.uid).await;
+        return Err(e);
+    }
+    let spread_ms = started.elapsed().as_millis() as u64;
     let fence_ms = (CATCH_UP_TIMEOUT + Duration::from_secs(5)).as_millis() as u64;
     if let Err(e) = m.client_pause_write(fence_ms).await {
         release(store, &m, master.uid).await;
@@ -122,8 +158,41 @@ pub async fn switchover(store: &Store, uid: ShardUid) -> Result<SwitchoverReport
         old_master: master.uid,
         new_master: replica.uid,
         hold_ms,
+        spread_ms,
         catch_up_ms,
     })
+}
+
+/// Waits until every node that is up has applied log entry `index` (bounded).
+async fn applied_everywhere(
+    observer: &Observer,
+    state: &ClusterState,
+    index: u64,
+) -> Result<(), SwitchoverError> {
+    let store = &observer.store;
+    let statuses = observer.local_statuses();
+    let deadline = Instant::now() + HOLD_SPREAD_TIMEOUT;
+    for node in state.nodes.values() {
+        if Some(node.uid) == store.uid() || statuses.get(&node.uid) != Some(&NodeStatus::Up) {
+            continue;
+        }
+        let rpc = store.config().rpc_addr_of(&node.addr);
+        loop {
+            let applied: Result<u64, StoreError> =
+                store.call_internal(&rpc, "/internal/applied", &()).await;
+            if applied.is_ok_and(|applied| applied >= index) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(SwitchoverError::HoldNotSpread {
+                    node: node.uid,
+                    timeout: HOLD_SPREAD_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Undoes steps 1-2 after an abort: unpause M and release the hold.

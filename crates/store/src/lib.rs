@@ -128,6 +128,11 @@ impl Store {
         self.inner.state_machine.state()
     }
 
+    /// The index of the last log entry this node applied.
+    pub fn applied_index(&self) -> u64 {
+        self.inner.state_machine.applied_index()
+    }
+
     /// Changes whenever this node applies new commands.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.state_machine.subscribe()
@@ -207,10 +212,21 @@ impl Store {
 
     /// Proposes on this node only: `NoLeader` when this node is not the primary.
     pub async fn propose_local(&self, command: Command) -> Result<CommandResult, StoreError> {
+        self.propose_indexed(command)
+            .await
+            .map(|(result, _)| result)
+    }
+
+    /// Proposes on this node (the primary) and returns the outcome with the entry's log index,
+    /// so the caller can wait until other nodes have applied it ([`Store::applied_index`]).
+    pub async fn propose_indexed(
+        &self,
+        command: Command,
+    ) -> Result<(CommandResult, u64), StoreError> {
         let raft = self.raft()?;
         let write = tokio::time::timeout(PROPOSE_DEADLINE, raft.client_write(command));
         match write.await {
-            Ok(Ok(response)) => Ok(response.data),
+            Ok(Ok(response)) => Ok((response.data, response.log_id.index)),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(
                 StoreError::NoLeader(format!("node {:?} is the primary", f.leader_id)),
             ),

@@ -25,6 +25,7 @@ pub fn router(store: Store) -> Router {
         .route("/raft/snapshot", post(snapshot))
         .route("/internal/propose", post(propose))
         .route("/internal/join/promote", post(promote))
+        .route("/internal/applied", post(applied))
         .layer(middleware::from_fn_with_state(
             store.clone(),
             require_secret,
@@ -84,6 +85,10 @@ async fn propose(
     Json(command): Json<Command>,
 ) -> Json<Result<CommandResult, StoreError>> {
     Json(store.propose_local(command).await)
+}
+
+async fn applied(State(store): State<Store>) -> Json<u64> {
+    Json(store.applied_index())
 }
 
 async fn join(

@@ -164,6 +164,10 @@ impl Drop for DevCluster {
                     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 }
             }
+            // Engines outlive their daemon by design; the test's engines end with the test.
+            for pid in flotilla_engine::running_engine_pids(&self.data_dir(n).join("shards")) {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
         }
         if std::thread::panicking() {
             self.print_logs();
@@ -256,12 +260,7 @@ pub fn poll_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 
 /// True when a process with this pid exists and is not a zombie.
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    flotilla_engine::pid_running(pid)
 }
 
 /// Panics with the command's output unless it succeeded.

@@ -20,6 +20,9 @@ pub struct DesiredShard {
     /// The store places a slave of this shard's slot range (for a master: a failover target
     /// holds its data).
     pub has_replica: bool,
+    /// A planned switchover holds this shard's slot range: the switchover, not the agent,
+    /// moves the engines' roles until the store publishes the new master.
+    pub switching: bool,
     /// The engine to run; for a slave, `replica_of` names its current master.
     pub spec: ShardSpec,
 }
@@ -82,10 +85,14 @@ fn desired_shard(
             && other.role == ShardRole::Slave
             && other.assigned_slots == shard.assigned_slots
     });
+    let switching = state
+        .master_of(shard.bdb_uid, shard.assigned_slots)
+        .is_some_and(|master| master.held);
     Ok(DesiredShard {
         bdb_uid: shard.bdb_uid,
         role: shard.role,
         has_replica,
+        switching,
         spec,
     })
 }

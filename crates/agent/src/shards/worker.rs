@@ -179,6 +179,9 @@ async fn connect(spec: &ShardSpec) -> Result<EngineClient, ShardError> {
 /// still replicates would chain the two, or loop them during a promotion).
 async fn align_role(client: &EngineClient, desired: &DesiredShard) -> Result<(), ShardError> {
     let uid = desired.spec.shard_id;
+    if desired.switching {
+        return Ok(());
+    }
     let info = client.replication().await?;
     match (desired.role, desired.spec.replica_of) {
         (ShardRole::Master, _) => {

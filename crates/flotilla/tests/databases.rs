@@ -1,0 +1,640 @@
+//! Databases on real engine shards behind the proxy endpoint on every node: placement, routing,
+//! adoption after a daemon crash, and failover. Each test owns a loopback subnet (127.0.S.x).
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use flotilla_testkit::{
+    assert_success, flotilla_bin, poll_until, process_alive, runtime, DevCluster,
+};
+use serde_json::Value;
+
+fn bin() -> std::path::PathBuf {
+    flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+/// Creates a database through the CLI and waits until every shard runs in its role.
+fn create_db(cluster: &DevCluster, args: &[&str]) -> Value {
+    let mut full = vec!["db", "create", "--json"];
+    full.extend_from_slice(args);
+    let output = cluster.flotilla(&full);
+    assert_success(&output, "flotilla db create");
+    let bdb: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let uid = bdb["uid"].as_u64().unwrap();
+    let active = poll_until(Duration::from_secs(60), || {
+        db_status(cluster, uid) == "active"
+    });
+    assert!(
+        active,
+        "database {uid} did not become active: {}",
+        db_status(cluster, uid)
+    );
+    bdb
+}
+
+fn db_status(cluster: &DevCluster, uid: u64) -> String {
+    let output = cluster.flotilla(&["db", "show", &uid.to_string(), "--json"]);
+    let bdb: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    bdb["status"].as_str().unwrap_or("?").to_string()
+}
+
+fn shards(cluster: &DevCluster) -> Vec<Value> {
+    let rt = runtime();
+    let shards = rt.block_on(cluster.client(1).shards()).unwrap();
+    shards
+        .into_iter()
+        .map(|s| serde_json::to_value(s).unwrap())
+        .collect()
+}
+
+fn connect(addr: Ipv4Addr, port: u16) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://{addr}:{port}/")).unwrap();
+    client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("connecting to the database endpoint")
+}
+
+/// The internal password shards run with (the cluster secret), read from a node's identity.
+fn shard_password(data_dir: &Path) -> String {
+    let identity: Value =
+        serde_json::from_slice(&std::fs::read(data_dir.join("identity.json")).unwrap()).unwrap();
+    identity["secret"].as_str().unwrap().to_string()
+}
+
+fn engine_pid(cluster: &DevCluster, node: u8, shard_uid: u64) -> u32 {
+    let path = cluster
+        .data_dir(node)
+        .join("shards")
+        .join(shard_uid.to_string())
+        .join("engine.pid");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_replicated_sharded_database_answers_on_every_node() {
+    let cluster = DevCluster::up(&bin(), 31, 3);
+    let started = Instant::now();
+    create_db(
+        &cluster,
+        &[
+            "--name",
+            "cache",
+            "--port",
+            "12000",
+            "--memory",
+            "300mb",
+            "--shards",
+            "3",
+            "--replication",
+            "--redis-version",
+            "redis-7.0",
+        ],
+    );
+    eprintln!(
+        "3-shard replicated database active after {:?}",
+        started.elapsed()
+    );
+
+    let all = shards(&cluster);
+    assert_eq!(all.len(), 6);
+    for master in all.iter().filter(|s| s["role"] == "master") {
+        let slave = all
+            .iter()
+            .find(|s| s["role"] == "slave" && s["assigned_slots"] == master["assigned_slots"])
+            .expect("every master has a slave");
+        assert_ne!(
+            master["node_uid"], slave["node_uid"],
+            "master and slave on different nodes"
+        );
+    }
+
+    // Every node's endpoint serves the database; keys written through one are read through all.
+    let keys: Vec<String> = (0..300).map(|i| format!("key:{i}")).collect();
+    let mut first = connect(cluster.addr(1), 12000);
+    let pairs: Vec<(String, String)> = keys.iter().map(|k| (k.clone(), format!("v-{k}"))).collect();
+    let () = redis::cmd("MSET").arg(&pairs).query(&mut first).unwrap();
+    for n in cluster.node_numbers() {
+        let mut conn = connect(cluster.addr(n), 12000);
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(&mut conn).unwrap();
+        assert!(
+            values
+                .iter()
+                .zip(&keys)
+                .all(|(v, k)| v.as_deref() == Some(&format!("v-{k}"))),
+            "node {n} reads every key"
+        );
+        let size: u64 = redis::cmd("DBSIZE").query(&mut conn).unwrap();
+        assert_eq!(size, 300, "DBSIZE sums the shards through node {n}");
+    }
+
+    // Keys landed on every master shard (asked of the engines directly).
+    let password = shard_password(&cluster.data_dir(1));
+    let state = cluster.status_json(1);
+    for master in all.iter().filter(|s| s["role"] == "master") {
+        let node = master["node_uid"].as_u64().unwrap();
+        let addr = state["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["uid"] == node)
+            .unwrap()["addr"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let url = format!("redis://:{password}@{addr}:{}/", master["port"]);
+        let mut engine = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let size: u64 = redis::cmd("DBSIZE").query(&mut engine).unwrap();
+        assert!(
+            size > 50,
+            "master shard {} holds a share of the keys ({size})",
+            master["uid"]
+        );
+    }
+
+    // redis-cli works unchanged against the endpoint.
+    let cli = |args: &[&str]| {
+        let output = Command::new("redis-cli")
+            .args(["-h", &cluster.addr(2).to_string(), "-p", "12000"])
+            .args(args)
+            .output()
+            .expect("redis-cli (from redis-tools, installed by scripts/fetch-engines)");
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    assert_eq!(cli(&["SET", "from-cli", "yes"]), "OK");
+    assert_eq!(cli(&["GET", "from-cli"]), "yes");
+}
+
+#[test]
+fn a_killed_daemon_leaves_its_shards_running_and_adopts_them() {
+    let cluster = DevCluster::up(&bin(), 32, 3);
+    create_db(
+        &cluster,
+        &[
+            "--name",
+            "adopt",
+            "--port",
+            "12001",
+            "--memory",
+            "100mb",
+            "--shards",
+            "2",
+            "--replication",
+            "--redis-version",
+            "valkey-8.1",
+        ],
+    );
+    let node = 2;
+    let on_node: Vec<u64> = shards(&cluster)
+        .iter()
+        .filter(|s| s["node_uid"] == node as u64)
+        .map(|s| s["uid"].as_u64().unwrap())
+        .collect();
+    assert!(!on_node.is_empty(), "node {node} runs shards");
+    let pids: Vec<u32> = on_node
+        .iter()
+        .map(|uid| engine_pid(&cluster, node, *uid))
+        .collect();
+
+    cluster.kill9(node);
+    for pid in &pids {
+        assert!(
+            process_alive(*pid),
+            "engine {pid} survives kill -9 of its daemon"
+        );
+    }
+    let mut conn = connect(cluster.addr(1), 12001);
+    let () = redis::cmd("SET")
+        .arg("during")
+        .arg("outage")
+        .query(&mut conn)
+        .unwrap();
+
+    cluster.dev_up();
+    let adopted = poll_until(Duration::from_secs(30), || {
+        db_status(&cluster, 1) == "active"
+    });
+    assert!(adopted, "the restarted daemon reports its shards active");
+    let after: Vec<u32> = on_node
+        .iter()
+        .map(|uid| engine_pid(&cluster, node, *uid))
+        .collect();
+    assert_eq!(
+        after, pids,
+        "the restarted daemon adopted the same engine processes"
+    );
+    let mut conn = connect(cluster.addr(node), 12001);
+    let value: String = redis::cmd("GET").arg("during").query(&mut conn).unwrap();
+    assert_eq!(value, "outage");
+}
+
+/// Uids of (master, slave) shard pairs, by slot range.
+fn pairs(cluster: &DevCluster) -> Vec<(u64, u64)> {
+    let all = shards(cluster);
+    all.iter()
+        .filter(|s| s["role"] == "master")
+        .map(|m| {
+            let slave = all
+                .iter()
+                .find(|s| s["role"] == "slave" && s["assigned_slots"] == m["assigned_slots"])
+                .unwrap();
+            (m["uid"].as_u64().unwrap(), slave["uid"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn planned_switchovers_under_load_lose_nothing_and_raise_no_error() {
+    let cluster = DevCluster::up(&bin(), 33, 3);
+    create_db(
+        &cluster,
+        &[
+            "--name",
+            "swap",
+            "--port",
+            "12002",
+            "--memory",
+            "200mb",
+            "--shards",
+            "2",
+            "--replication",
+            "--redis-version",
+            "redis-7.0",
+        ],
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let endpoint = format!("{}:12002", cluster.addr(2));
+    let load = rt.block_on(async {
+        let load =
+            flotilla_loadcheck::start(flotilla_loadcheck::Config::for_endpoint(&endpoint)).unwrap();
+        assert!(
+            load.wait_for_ops(500, Duration::from_secs(10)).await,
+            "load is running"
+        );
+        load
+    });
+    let client = cluster.client(3);
+    let mut holds = Vec::new();
+    let mut phases = Vec::new();
+    for round in 0..3 {
+        for (master, _) in pairs(&cluster) {
+            let report = rt
+                .block_on(client.failover_shard(master))
+                .unwrap_or_else(|e| panic!("round {round}: switchover of {master}: {e}"));
+            holds.push(report["hold_ms"].as_u64().unwrap());
+            phases.push((
+                report["spread_ms"].as_u64().unwrap(),
+                report["catch_up_ms"].as_u64().unwrap(),
+            ));
+        }
+    }
+    let report = rt.block_on(async {
+        let before = load.progress().ops;
+        assert!(
+            load.wait_for_ops(before + 500, Duration::from_secs(10))
+                .await,
+            "load continues after the switchovers"
+        );
+        load.stop().await.unwrap()
+    });
+    eprintln!("{report}");
+    eprintln!(
+        "switchover hold times (ms): {holds:?} (spread, catch-up: {phases:?}); longest client stall {:.1} ms",
+        report.longest_stall_ms
+    );
+    assert_eq!(
+        report.client_errors_total, 0,
+        "no client error: {:?}",
+        report.error_examples
+    );
+    assert_eq!(
+        report.lost_writes, 0,
+        "no lost acknowledged write: {:?}",
+        report.lost_write_examples
+    );
+    assert!(report.writes_acknowledged > 1000);
+    let settled = poll_until(Duration::from_secs(10), || {
+        shards(&cluster)
+            .iter()
+            .filter(|s| s["status"] == "active")
+            .count()
+            == 4
+    });
+    assert!(
+        settled,
+        "after the switchovers every shard runs in its new role: {:?}",
+        shards(&cluster)
+    );
+}
+
+/// Writes `count` keys through the endpoint and waits until the replicas have them.
+fn write_keys(addr: Ipv4Addr, port: u16, count: usize) -> Vec<String> {
+    let mut conn = connect(addr, port);
+    let keys: Vec<String> = (0..count).map(|i| format!("durable:{i}")).collect();
+    for chunk in keys.chunks(100) {
+        let pairs: Vec<(&String, &String)> = chunk.iter().map(|k| (k, k)).collect();
+        let () = redis::cmd("MSET").arg(&pairs).query(&mut conn).unwrap();
+    }
+    let replicated: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query(&mut conn)
+        .unwrap();
+    assert!(
+        replicated >= 1,
+        "every shard's replica acknowledged the writes"
+    );
+    keys
+}
+
+fn all_keys_present(addr: Ipv4Addr, port: u16, keys: &[String]) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://{addr}:{port}/")) else {
+        return false;
+    };
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
+        return false;
+    };
+    let values: Result<Vec<Option<String>>, _> = redis::cmd("MGET").arg(keys).query(&mut conn);
+    values.is_ok_and(|v| {
+        v.iter()
+            .zip(keys)
+            .all(|(v, k)| v.as_deref() == Some(k.as_str()))
+    })
+}
+
+fn writable(addr: Ipv4Addr, port: u16) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://{addr}:{port}/")) else {
+        return false;
+    };
+    let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(500)) else {
+        return false;
+    };
+    (0..16).all(|i| {
+        redis::cmd("SET")
+            .arg(format!("probe:{i}"))
+            .arg(1)
+            .query::<()>(&mut conn)
+            .is_ok()
+    })
+}
+
+#[test]
+fn a_killed_master_engine_fails_over_and_keeps_the_data() {
+    let cluster = DevCluster::up(&bin(), 34, 3);
+    create_db(
+        &cluster,
+        &[
+            "--name",
+            "crash",
+            "--port",
+            "12003",
+            "--memory",
+            "200mb",
+            "--shards",
+            "2",
+            "--replication",
+            "--redis-version",
+            "redis-7.0",
+        ],
+    );
+    let keys = write_keys(cluster.addr(1), 12003, 1000);
+    let (master, slave) = pairs(&cluster)[0];
+    let node = shards(&cluster)
+        .iter()
+        .find(|s| s["uid"] == master)
+        .unwrap()["node_uid"]
+        .as_u64()
+        .unwrap() as u8;
+    let pid = engine_pid(&cluster, node, master);
+
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let serving = poll_until(Duration::from_secs(30), || writable(cluster.addr(3), 12003));
+    assert!(
+        serving,
+        "the endpoint serves writes again after the master engine died"
+    );
+    eprintln!(
+        "endpoint writable {:?} after kill -9 of master shard {master}",
+        killed.elapsed()
+    );
+    let promoted = shards(&cluster)
+        .iter()
+        .any(|s| s["uid"] == slave && s["role"] == "master");
+    assert!(promoted, "the replica {slave} was promoted");
+    assert!(
+        all_keys_present(cluster.addr(2), 12003, &keys),
+        "no acknowledged, replicated key was lost"
+    );
+    let healed = poll_until(Duration::from_secs(30), || {
+        db_status(&cluster, 1) == "active"
+    });
+    assert!(
+        healed,
+        "the old master comes back as a replica and the database is active again"
+    );
+}
+
+#[test]
+fn a_whole_node_lost_fails_over_to_the_other_nodes() {
+    let cluster = DevCluster::up(&bin(), 35, 3);
+    create_db(
+        &cluster,
+        &[
+            "--name",
+            "gone",
+            "--port",
+            "12004",
+            "--memory",
+            "300mb",
+            "--shards",
+            "3",
+            "--replication",
+            "--redis-version",
+            "valkey-8.1",
+        ],
+    );
+    let keys = write_keys(cluster.addr(1), 12004, 600);
+    // Lose a node that is not the primary node and holds a master shard: daemon and engines.
+    let primary = cluster.status_json(1)["cluster"]["master_node"]
+        .as_u64()
+        .unwrap();
+    let all = shards(&cluster);
+    let victim = all
+        .iter()
+        .filter(|s| s["role"] == "master" && s["node_uid"] != primary)
+        .map(|s| s["node_uid"].as_u64().unwrap() as u8)
+        .next()
+        .expect("some master shard lives on a secondary node");
+    let engines: Vec<u32> = all
+        .iter()
+        .filter(|s| s["node_uid"] == victim as u64)
+        .map(|s| engine_pid(&cluster, victim, s["uid"].as_u64().unwrap()))
+        .collect();
+    let killed = Instant::now();
+    cluster.kill9(victim);
+    for pid in engines {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let survivor = cluster.node_numbers().find(|n| *n != victim).unwrap();
+    let serving = poll_until(Duration::from_secs(30), || {
+        writable(cluster.addr(survivor), 12004)
+    });
+    assert!(
+        serving,
+        "the endpoint on node {survivor} serves writes after node {victim} was lost"
+    );
+    eprintln!(
+        "endpoint writable {:?} after losing node {victim}",
+        killed.elapsed()
+    );
+    assert!(
+        all_keys_present(cluster.addr(survivor), 12004, &keys),
+        "replicated keys survive the node loss"
+    );
+}
+
+#[test]
+fn redis_py_sentinel_discovers_the_database_by_name_and_writes() {
+    let cluster = DevCluster::up(&bin(), 36, 2);
+    create_db(
+        &cluster,
+        &[
+            "--name",
+            "named",
+            "--port",
+            "12005",
+            "--memory",
+            "100mb",
+            "--shards",
+            "2",
+            "--replication",
+        ],
+    );
+    let python = Command::new("scripts/python-env")
+        .current_dir(repo_root())
+        .output()
+        .expect("scripts/python-env");
+    assert_success(
+        &python,
+        "scripts/python-env (creates .cache/python with redis-py)",
+    );
+    let python = String::from_utf8_lossy(&python.stdout)
+        .trim()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let output = Command::new(&python)
+        .current_dir(repo_root())
+        .args([
+            "scripts/sentinel_check.py",
+            "--sentinel",
+            &format!("{}:8001", cluster.addr(2)),
+            "--name",
+            "named",
+            "--write",
+        ])
+        .output()
+        .unwrap();
+    assert_success(&output, "sentinel_check.py --write");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        printed.contains(&cluster.addr(2).to_string()) && printed.contains("12005"),
+        "{printed}"
+    );
+    let mut conn = connect(cluster.addr(1), 12005);
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert!(
+        !keys.is_empty(),
+        "the key redis-py wrote is in the database: {printed}"
+    );
+}
+
+#[test]
+fn malformed_resp_never_breaks_the_endpoint_or_other_clients() {
+    use rand::{Rng, SeedableRng};
+    use std::io::{Read, Write};
+    let cluster = DevCluster::up(&bin(), 37, 1);
+    create_db(
+        &cluster,
+        &[
+            "--name", "fuzz", "--port", "12006", "--memory", "100mb", "--shards", "2",
+        ],
+    );
+    let mut bystander = connect(cluster.addr(1), 12006);
+    let () = redis::cmd("SET")
+        .arg("bystander")
+        .arg("ok")
+        .query(&mut bystander)
+        .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let valid: &[&[u8]] = &[
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n",
+        b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n",
+        b"PING\r\n",
+    ];
+    for round in 0..2000 {
+        let mut input: Vec<u8> = if round % 2 == 0 {
+            (0..rng.random_range(1..200))
+                .map(|_| rng.random())
+                .collect()
+        } else {
+            let frame = valid[round % valid.len()];
+            let mut bytes = frame[..rng.random_range(1..frame.len())].to_vec();
+            let at = rng.random_range(0..bytes.len());
+            bytes[at] = rng.random();
+            bytes
+        };
+        if round % 5 == 0 {
+            input.extend_from_slice(b"*1\r\n$-7\r\n");
+        }
+        let mut stream = std::net::TcpStream::connect((cluster.addr(1), 12006)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let _ = stream.write_all(&input);
+        let mut buf = [0u8; 512];
+        let _ = stream.read(&mut buf);
+        if round % 250 == 0 {
+            let value: String = redis::cmd("GET")
+                .arg("bystander")
+                .query(&mut bystander)
+                .unwrap();
+            assert_eq!(value, "ok", "another client keeps working (round {round})");
+        }
+    }
+    let value: String = redis::cmd("GET")
+        .arg("bystander")
+        .query(&mut bystander)
+        .unwrap();
+    assert_eq!(value, "ok");
+    assert!(
+        writable(cluster.addr(1), 12006),
+        "the endpoint still serves new clients"
+    );
+    assert!(
+        cluster.daemon_pid(1).is_some_and(process_alive),
+        "the daemon did not crash"
+    );
+}
+
+fn repo_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
