@@ -41,10 +41,13 @@ pub fn software_version() -> String {
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(args: StartArgs) -> Result<()> {
+pub async fn run(mut args: StartArgs) -> Result<()> {
     init_logging();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    // Engines are configured with absolute paths (they run detached, from their own cwd).
+    args.data_dir = std::fs::canonicalize(&args.data_dir)
+        .with_context(|| format!("resolving data dir {}", args.data_dir.display()))?;
     let _pidfile = Pidfile::claim(&args.data_dir)?;
     let rpc_listener = bind(args.addr, args.rpc_port, "internal RPC").await?;
     let rest_listener = bind(args.addr, args.rest_port, "REST API").await?;
