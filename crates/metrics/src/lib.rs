@@ -1,0 +1,51 @@
+//! Flotilla's metrics endpoint: `GET ADDR:8070/metrics` in the OpenMetrics text format, which
+//! Prometheus scrapes natively.
+//!
+//! This crate owns the exposition only. It knows nothing about the store, the proxy or the
+//! engines: the daemon supplies a closure that builds a [`Sample`] (plain numbers for this node,
+//! its databases and its shards), and the closure is called once per scrape. Nothing is cached,
+//! so a scrape always shows what the closure sees at that moment.
+//!
+//! Counters are cumulative since the process that counts them started (`*_total`). Rates such as
+//! a database's ops/s are not computed here; Prometheus derives them, for example
+//! `rate(flotilla_bdb_requests_total[1m])`, and latency quantiles with
+//! `histogram_quantile(0.99, rate(flotilla_bdb_latency_seconds_bucket[1m]))`.
+//!
+//! Metric families (every name carries the `flotilla_` prefix):
+//!
+//! | family | type | labels |
+//! | --- | --- | --- |
+//! | `flotilla_node_info` | info | `node` |
+//! | `flotilla_bdb_info` | info | `bdb`, `name`, `redis_version` |
+//! | `flotilla_bdb_shards` | gauge | `bdb`, `name` |
+//! | `flotilla_bdb_requests_total` | counter | `bdb`, `name` |
+//! | `flotilla_bdb_errors_total` | counter | `bdb`, `name`, `kind` (`error_reply`, `not_executed`) |
+//! | `flotilla_bdb_connections` | gauge | `bdb`, `name` |
+//! | `flotilla_bdb_connections_accepted_total` | counter | `bdb`, `name` |
+//! | `flotilla_bdb_latency_seconds` | histogram | `bdb`, `name` |
+//! | `flotilla_shard_up` | gauge (1/0) | `shard`, `bdb`, `node`, `role` |
+//! | `flotilla_shard_role_master` | gauge (1/0) | `shard`, `bdb`, `node`, `role` |
+//! | `flotilla_shard_used_memory_bytes` | gauge | `shard`, `bdb`, `node`, `role` |
+//! | `flotilla_shard_repl_offset` | gauge | `shard`, `bdb`, `node`, `role` |
+
+mod http;
+mod render;
+mod sample;
+
+pub use http::{router, serve, METRICS_PATH};
+pub use render::{render, CONTENT_TYPE};
+pub use sample::{Bucket, DbSample, Histogram, NodeSample, Sample, ShardRole, ShardSample};
+
+/// The port Redis Software (and so Flotilla) serves metrics on, on every node.
+pub const DEFAULT_PORT: u16 = 8070;
+
+/// What can go wrong while rendering or serving metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The OpenMetrics encoder refused the sample (a formatting error; not expected in practice).
+    #[error("could not render metrics: {0}")]
+    Render(#[from] std::fmt::Error),
+    /// The HTTP server failed while accepting or serving connections.
+    #[error("metrics server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}

@@ -1,0 +1,74 @@
+//! Serving on a loopback address and scraping with a plain HTTP GET, as Prometheus does.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use flotilla_metrics::{serve, DbSample, NodeSample, Sample, CONTENT_TYPE};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// A source whose request counter the test moves between scrapes.
+fn source(requests: Arc<AtomicU64>) -> impl Fn() -> Sample + Send + Sync + 'static {
+    move || Sample {
+        node: NodeSample { node_uid: 1 },
+        dbs: vec![DbSample {
+            bdb_uid: 1,
+            name: "cache".into(),
+            commands_total: requests.load(Ordering::SeqCst),
+            ..DbSample::default()
+        }],
+        shards: vec![],
+    }
+}
+
+async fn scrape(url: &str) -> (String, common::Exposition) {
+    let response = reqwest::get(url).await.expect("scrape");
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let text = response.text().await.unwrap();
+    (content_type, common::parse(&text))
+}
+
+#[tokio::test]
+async fn a_counter_moves_between_scrapes_when_the_source_changes() {
+    // Bound before serving, so the first GET cannot race the listener.
+    let listener = TcpListener::bind("127.0.16.1:0").await.unwrap();
+    let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicU64::new(10));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, source(requests.clone()), async {
+        let _ = stopped.await;
+    }));
+
+    let db = [("bdb", "1"), ("name", "cache")];
+    let (content_type, first) = scrape(&url).await;
+    assert_eq!(content_type, CONTENT_TYPE);
+    assert!(content_type.starts_with("application/openmetrics-text"));
+    assert_eq!(first.value("flotilla_bdb_requests_total", &db), 10.0);
+
+    requests.fetch_add(25, Ordering::SeqCst);
+    let (_, second) = scrape(&url).await;
+    assert_eq!(second.value("flotilla_bdb_requests_total", &db), 35.0);
+
+    stop.send(()).unwrap();
+    server
+        .await
+        .unwrap()
+        .expect("server stops cleanly on shutdown");
+}
+
+#[tokio::test]
+async fn other_paths_are_not_found() {
+    let listener = TcpListener::bind("127.0.16.2:0").await.unwrap();
+    let url = format!("http://{}/nope", listener.local_addr().unwrap());
+    let app = flotilla_metrics::router(source(Arc::new(AtomicU64::new(0))));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), 404);
+    server.abort();
+}
