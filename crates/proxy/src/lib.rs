@@ -29,7 +29,13 @@
 //! the next primary the topology names, within the same bound. Nothing else is retried: a
 //! connection lost after sending answers an error saying the command may have executed.
 //!
-//! Known limits: SUBSCRIBE/PSUBSCRIBE/SSUBSCRIBE are answered with an error; a client blocked in
+//! Pub/sub (see `pubsub.rs`): a client's subscriptions ride on dedicated engine connections,
+//! one per shard it subscribed on (shard 0 for classic channels and patterns, the channel's
+//! slot's shard for SSUBSCRIBE); messages are pushed to the client as they arrive, in RESP2 or
+//! RESP3. When such a shard's primary moves, the subscribed client is disconnected (its
+//! subscriptions live on the old engine; clients resubscribe when they reconnect).
+//!
+//! Known limits: a client blocked in
 //! BLPOP is not noticed disconnecting until the shard answers; shutdown closes client
 //! connections without draining them at command boundaries (needed for in-place upgrades); a
 //! transaction whose WATCHed shard moved to a new primary returns a null EXEC (aborted) rather
@@ -45,6 +51,7 @@ pub mod slot;
 pub mod topology;
 
 mod client;
+mod pubsub;
 mod server;
 mod session;
 mod shard;

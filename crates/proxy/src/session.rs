@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::client::{ClientState, LocalOutcome};
 use crate::command::{LocalCommand, Merge, PubSubKind, TxStep};
+use crate::pubsub::{self, Frame, SubKind, Subscriber, Subscriptions};
 use crate::route::{route, Decision, PubSubTarget, Route, ScanStep, Split};
 use crate::scan;
 use crate::server::ProxyOptions;
@@ -70,6 +71,14 @@ enum Pending {
     Scan(Source, ShardIndex, u16, Protocol),
     /// A reply the client never asked for (HELLO to a shard, MULTI and QUEUED inside EXEC).
     Discard(Source),
+    /// The confirmations of a (un)subscribe request from a shard's subscriber connection,
+    /// with the messages published before them; `forward: false` drops them all (RESET).
+    PubSub {
+        shard: usize,
+        replies: usize,
+        protocol: Protocol,
+        forward: bool,
+    },
 }
 
 /// A MULTI in progress: requests are queued here and sent with EXEC.
@@ -114,6 +123,8 @@ pub(crate) struct Session {
     retries: Vec<Option<ShardConn>>,
     /// False once the topology sender is gone (no release can come).
     topology_open: bool,
+    /// The client's subscriptions and their engine connections.
+    subs: Subscriptions,
 }
 
 impl Session {
@@ -149,16 +160,32 @@ impl Session {
             expired: Vec::new(),
             retries: (0..shard_count).map(|_| None).collect(),
             topology_open: true,
+            subs: Subscriptions::default(),
         }
     }
 
     /// Serves the client until it disconnects, sends QUIT, or sends malformed input.
+    ///
+    /// A subscribed client is disconnected when the primary of a shard it subscribed on moves
+    /// (or its subscriber connection breaks): its subscriptions live on the old engine, and
+    /// clients resubscribe when they reconnect, so closing is the one signal every client
+    /// library acts on.
     pub async fn run(mut self) -> std::io::Result<()> {
         loop {
             self.refresh_topology();
+            if let Some(shard) = self.subs.moved(&self.topology) {
+                tracing::debug!(
+                    client = self.state.id,
+                    shard = shard.0,
+                    "closing a subscribed client: its shard's primary moved or its subscriber connection broke"
+                );
+                let _ = self.stream.shutdown().await;
+                return Ok(());
+            }
             let routed = self.route_batch().await;
             if routed > 0 || self.closing {
                 self.send_batch().await;
+                self.subs.prune();
                 self.stream.write_all(&self.output).await?;
                 self.output.clear();
                 if self.closing {
@@ -174,8 +201,42 @@ impl Session {
                 }
                 continue;
             }
+            if self.subs.is_open() {
+                if !self.wait_subscribed().await? {
+                    return Ok(());
+                }
+                continue;
+            }
             if self.stream.read_buf(&mut self.input).await? == 0 {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Waits for the client's next bytes while passing published messages on, and notices a
+    /// new topology; `false` when the client or a subscriber connection is gone.
+    async fn wait_subscribed(&mut self) -> std::io::Result<bool> {
+        tokio::select! {
+            read = self.stream.read_buf(&mut self.input) => Ok(read? > 0),
+            (shard, frame) = self.subs.next_frame() => match frame {
+                Ok(mut value) => {
+                    self.subs.pass(shard, &mut value, self.state.protocol);
+                    value.encode_as(&mut self.output, self.state.protocol);
+                    self.stream.write_all(&self.output).await?;
+                    self.output.clear();
+                    Ok(true)
+                }
+                Err(e) => {
+                    tracing::debug!(client = self.state.id, error = %e, "subscriber connection lost; closing the client");
+                    Ok(false)
+                }
+            },
+            changed = self.topology_rx.changed(), if self.topology_open => {
+                match changed {
+                    Ok(()) => self.adopt_topology(),
+                    Err(_) => self.topology_open = false,
+                }
+                Ok(true)
             }
         }
     }
@@ -289,6 +350,7 @@ impl Session {
         for conn in self.shards.iter_mut().flatten() {
             conn.flush().await;
         }
+        self.subs.flush().await;
         for entry in std::mem::take(&mut self.pending) {
             self.resolve(entry).await;
         }
@@ -318,6 +380,45 @@ impl Session {
             }
             Pending::Discard(source) => {
                 self.take(source).await;
+            }
+            Pending::PubSub {
+                shard,
+                replies,
+                protocol,
+                forward,
+            } => self.resolve_pubsub(shard, replies, protocol, forward).await,
+        }
+    }
+
+    /// Reads `replies` confirmations from `shard`'s subscriber, passing on (unless `forward` is
+    /// false) the messages read before them. A lost subscriber closes the client.
+    async fn resolve_pubsub(
+        &mut self,
+        shard: usize,
+        replies: usize,
+        protocol: Protocol,
+        forward: bool,
+    ) {
+        let mut seen = 0;
+        while seen < replies {
+            let Some(sub) = self.subs.get_mut(shard) else {
+                Value::error("ERR internal: subscriber connection missing")
+                    .encode_as(&mut self.output, protocol);
+                return;
+            };
+            let mut value = match sub.conn.reply().await {
+                Ok(value) => value,
+                Err(e) => {
+                    e.reply().encode_as(&mut self.output, protocol);
+                    self.closing = true;
+                    return;
+                }
+            };
+            if self.subs.pass(shard, &mut value, protocol) == Frame::Reply {
+                seen += 1;
+            }
+            if forward {
+                value.encode_as(&mut self.output, protocol);
             }
         }
     }
@@ -477,6 +578,10 @@ impl Session {
             self.ready(Value::error("NOAUTH Authentication required."));
             return;
         }
+        if self.resp2_subscribed() && !pubsub::allowed_when_subscribed(request.name()) {
+            self.ready(pubsub::refused_when_subscribed(request.name()));
+            return;
+        }
         if self.tx.is_some() && !runs_inside_multi(&decision.route) {
             self.queue(request, decision);
             return;
@@ -593,21 +698,117 @@ impl Session {
     }
 
     async fn pubsub(&mut self, kind: PubSubKind, target: PubSubTarget, request: &Request) {
-        let shard = match (kind, target) {
-            (PubSubKind::Subscribe | PubSubKind::Unsubscribe, _) => {
-                self.ready(Value::error(format!(
-                    "ERR {} is not supported through the flotilla proxy yet",
-                    request.name()
-                )));
-                return;
-            }
-            (_, PubSubTarget::Slot(slot)) => self.topology.slots().shard_of(slot),
-            (_, _) => ShardIndex(0),
+        let shard = match target {
+            PubSubTarget::Slot(slot) => self.topology.slots().shard_of(slot),
+            PubSubTarget::PubSubShard | PubSubTarget::SubscribedShards => ShardIndex(0),
         };
-        self.forward(shard, request, false).await;
+        let Some((sub_kind, _)) = SubKind::of(request.name()) else {
+            self.forward(shard, request, false).await;
+            return;
+        };
+        match (kind, target) {
+            (PubSubKind::Subscribe, _) => self.subscribe(shard, sub_kind, request).await,
+            (_, PubSubTarget::SubscribedShards) => self.unsubscribe_everywhere(sub_kind, request),
+            _ => self.unsubscribe(shard, sub_kind, request),
+        }
+    }
+
+    /// Whether the client is in RESP2 subscribed mode, where Redis allows only (un)subscribing,
+    /// PING, QUIT and RESET.
+    fn resp2_subscribed(&self) -> bool {
+        self.state.protocol == Protocol::Resp2 && self.subs.active()
+    }
+
+    /// Sends a SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE to `shard`'s subscriber connection.
+    async fn subscribe(&mut self, shard: ShardIndex, kind: SubKind, request: &Request) {
+        if request.args().is_empty() {
+            let name = request.name().to_ascii_lowercase();
+            self.ready(Value::error(format!(
+                "ERR wrong number of arguments for '{name}' command"
+            )));
+            return;
+        }
+        let protocol = self.state.protocol;
+        let sub = match self.subscriber(shard).await {
+            Ok(sub) => sub,
+            Err(e) => return self.ready(e.reply()),
+        };
+        sub.conn.send(request);
+        let replies = sub.names.apply(kind, true, request.args());
+        self.pending.push(Pending::PubSub {
+            shard: usize::from(shard.0),
+            replies,
+            protocol,
+            forward: true,
+        });
+    }
+
+    /// Sends an unsubscribe request to `shard`'s subscriber, or answers it as Redis would when
+    /// nothing of its kind is subscribed there.
+    fn unsubscribe(&mut self, shard: ShardIndex, kind: SubKind, request: &Request) {
+        let protocol = self.state.protocol;
+        let index = usize::from(shard.0);
+        if let Some(sub) = self.subs.get_mut(index) {
+            sub.conn.send(request);
+            let replies = sub.names.apply(kind, false, request.args());
+            self.pending.push(Pending::PubSub {
+                shard: index,
+                replies,
+                protocol,
+                forward: true,
+            });
+            return;
+        }
+        let count = match kind {
+            SubKind::ShardChannel => self.subs.total(SubKind::ShardChannel),
+            SubKind::Channel | SubKind::Pattern => 0,
+        };
+        for frame in pubsub::local_unsubscribe(request.name(), request.args(), count, protocol) {
+            self.ready(frame);
+        }
+    }
+
+    /// SUNSUBSCRIBE without channels: to every shard the client has shard channels on.
+    fn unsubscribe_everywhere(&mut self, kind: SubKind, request: &Request) {
+        let shards = self.subs.shards_with(kind);
+        if shards.is_empty() {
+            let protocol = self.state.protocol;
+            for frame in pubsub::local_unsubscribe(request.name(), &[], 0, protocol) {
+                self.ready(frame);
+            }
+        }
+        for (shard, _) in shards {
+            self.unsubscribe(ShardIndex(shard as u16), kind, request);
+        }
+    }
+
+    /// `shard`'s subscriber connection, opened on first use in the client's protocol.
+    async fn subscriber(&mut self, shard: ShardIndex) -> Result<&mut Subscriber, ShardError> {
+        let index = usize::from(shard.0);
+        if self.subs.get_mut(index).is_none() {
+            let addr = self
+                .topology
+                .primary(shard)
+                .ok_or_else(|| ShardError::Unavailable {
+                    shard: shard.0,
+                    addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                    reason: "no such shard".into(),
+                })?;
+            self.generation += 1;
+            let password = self.topology.shard_password().to_owned();
+            let protocol = self.state.protocol;
+            let conn =
+                ShardConn::connect(shard.0, addr, &password, protocol, self.generation).await?;
+            self.subs.insert(index, Subscriber::new(conn));
+        }
+        Ok(self.subs.get_mut(index).expect("opened above"))
     }
 
     fn local(&mut self, command: LocalCommand, request: &Request) {
+        if command == LocalCommand::Ping && self.resp2_subscribed() && request.argc() <= 2 {
+            self.ready(pubsub::subscribed_pong(request.arg(1)));
+            return;
+        }
         let password = self.topology.password().map(str::to_owned);
         match self.state.answer(command, request, password.as_deref()) {
             LocalOutcome::Reply(value) => self.ready(value),
@@ -618,6 +819,14 @@ impl Session {
             LocalOutcome::Reset => {
                 self.tx = None;
                 self.unwatch();
+                for (shard, replies) in self.subs.reset() {
+                    self.pending.push(Pending::PubSub {
+                        shard,
+                        replies,
+                        protocol: self.state.protocol,
+                        forward: false,
+                    });
+                }
                 self.state.reset(password.as_deref());
                 self.ready(Value::simple("RESET"));
             }

@@ -5,7 +5,9 @@
 //! Each client connection owns at most one of these per shard, opened on first use (see the
 //! crate docs for why connections are dedicated rather than shared).
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -15,6 +17,9 @@ use tokio::net::TcpStream;
 
 /// How long opening and authenticating a shard connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Free room made in the read buffer before a non-blocking read.
+const READ_RESERVE: usize = 4096;
 
 /// Why a shard connection failed. The text says whether the client's command may have run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -189,6 +194,43 @@ impl ShardConn {
                 let error = self.lost(reason);
                 self.broken = Some(error.clone());
                 Err(error)
+            }
+        }
+    }
+
+    /// Polls for the next reply (a pushed message on a subscriber connection), for waiting on
+    /// several connections at once. Like [`ShardConn::reply`], a failure marks it broken.
+    pub fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<Value, ShardError>> {
+        if let Some(broken) = &self.broken {
+            return Poll::Ready(Err(broken.clone()));
+        }
+        match self.poll_read_reply(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(value)) => Poll::Ready(Ok(value)),
+            Poll::Ready(Err(reason)) => {
+                let error = self.lost(reason);
+                self.broken = Some(error.clone());
+                Poll::Ready(Err(error))
+            }
+        }
+    }
+
+    fn poll_read_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<Value, String>> {
+        loop {
+            match self.decoder.decode(&mut self.input) {
+                Ok(Some(value)) => return Poll::Ready(Ok(value)),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(protocol_reason(&e))),
+            }
+            if let Err(e) = std::task::ready!(self.stream.poll_read_ready(cx)) {
+                return Poll::Ready(Err(e.to_string()));
+            }
+            self.input.reserve(READ_RESERVE);
+            match self.stream.try_read_buf(&mut self.input) {
+                Ok(0) => return Poll::Ready(Err("connection closed by the shard".into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e.to_string())),
             }
         }
     }
