@@ -4,6 +4,7 @@
 //! Every endpoint but `/v1/health` and the bootstrap calls (which run before any credentials
 //! exist) needs basic auth with the cluster's operator credentials.
 
+mod actions;
 mod auth;
 mod bdbs;
 mod error;
@@ -57,6 +58,10 @@ pub fn router(context: ApiContext) -> Router {
             "/v1/bdbs/{uid}",
             get(bdbs::get).put(bdbs::update).delete(bdbs::delete),
         )
+        .route("/v1/bdbs/{uid}/upgrade", post(actions::upgrade))
+        .route("/v1/actions", get(actions::list))
+        .route("/v1/actions/{uid}", get(actions::get_action))
+        .route("/v1/actions/{uid}/cancel", post(actions::cancel))
         .route("/v1/shards", get(bdbs::shards))
         .route("/v1/shards/{uid}/actions/failover", post(bdbs::failover))
         .route("/v1/nodes/status", get(handlers::get_nodes_status))

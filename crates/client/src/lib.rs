@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use flotilla_model::rest::{
-    BdbCreate, BdbInfo, BdbUpdate, BootstrapCluster, BootstrapCredentials, BootstrapRequest,
-    BootstrapResult, ClusterInfo, ClusterUpdate, ErrorBody, Health, NodeInfo, NodesStatus,
-    ShardInfo,
+    ActionInfo, BdbCreate, BdbInfo, BdbUpdate, BdbUpgrade, BootstrapCluster, BootstrapCredentials,
+    BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, ErrorBody, Health, NodeInfo,
+    NodesStatus, ShardInfo,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -245,6 +245,36 @@ impl Client {
     /// `POST /v1/shards/{uid}/actions/failover`: a planned switchover; answers its report.
     pub async fn failover_shard(&self, uid: u64) -> Result<serde_json::Value, ClientError> {
         let path = format!("/v1/shards/{uid}/actions/failover");
+        self.call::<(), _>(Method::POST, &path, None).await
+    }
+
+    /// `POST /v1/bdbs/{uid}/upgrade`: starts a database upgrade action.
+    pub async fn upgrade_bdb(
+        &self,
+        uid: u64,
+        request: &BdbUpgrade,
+    ) -> Result<ActionInfo, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/bdbs/{uid}/upgrade"),
+            Some(request),
+        )
+        .await
+    }
+
+    /// `GET /v1/actions`.
+    pub async fn actions(&self) -> Result<Vec<ActionInfo>, ClientError> {
+        self.get("/v1/actions").await
+    }
+
+    /// `GET /v1/actions/{uid}`.
+    pub async fn action(&self, uid: u64) -> Result<ActionInfo, ClientError> {
+        self.get(&format!("/v1/actions/{uid}")).await
+    }
+
+    /// `POST /v1/actions/{uid}/cancel`.
+    pub async fn cancel_action(&self, uid: u64) -> Result<ActionInfo, ClientError> {
+        let path = format!("/v1/actions/{uid}/cancel");
         self.call::<(), _>(Method::POST, &path, None).await
     }
 }

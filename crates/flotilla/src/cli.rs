@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use flotilla_client::Client;
 use flotilla_model::rest::ClusterUpdate;
 
-use crate::{daemon, db, dev, status};
+use crate::{action, daemon, db, dev, status};
 
 /// Flotilla: Redis-compatible databases on a cluster of machines, upgraded without downtime.
 #[derive(Parser)]
@@ -69,6 +69,9 @@ pub enum Command {
     /// Create, list, show, change and delete databases.
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// Follow and cancel long operations.
+    #[command(subcommand)]
+    Action(action::ActionCommand),
     /// Shard operations.
     #[command(subcommand)]
     Shard(ShardCommand),
@@ -151,6 +154,7 @@ impl Cli {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 Ok(())
             }
+            Command::Action(command) => action::run(&self.conn.client(), command).await,
             Command::Db(command) => db::run(&self.conn.client(), command).await,
             Command::Status(args) => status::run(&self.conn.client(), args).await,
             Command::Dev(command) => dev::run(&self.conn, command).await,

@@ -61,6 +61,7 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
     .context("opening the cluster store")?;
     let observer = Observer::new(store.clone());
     let failover_observer = observer.clone();
+    let actions_observer = observer.clone();
     let node = NodeSpec {
         addr: args.addr.to_string(),
         software_version: software_version(),
@@ -76,6 +77,10 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
     let failover = tokio::spawn(flotilla_orchestrator::failover::run_failover(
         store.clone(),
         failover_observer,
+        stop_rx.clone(),
+    ));
+    let actions = tokio::spawn(flotilla_orchestrator::actions::run_actions(
+        actions_observer,
         stop_rx.clone(),
     ));
     let endpoints = tokio::spawn(flotilla_endpoints::run(
@@ -114,7 +119,7 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
     wait_for_signal().await?;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(rpc, rest, reporter, endpoints, failover, shards, discovery);
+    let _ = tokio::join!(rpc, rest, reporter, endpoints, failover, shards, discovery, actions);
     store.shutdown().await;
     Ok(())
 }

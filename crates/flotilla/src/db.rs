@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use flotilla_client::Client;
-use flotilla_model::rest::{BdbCreate, BdbInfo, BdbUpdate};
+use flotilla_model::rest::{BdbCreate, BdbInfo, BdbUpdate, BdbUpgrade};
 use flotilla_model::DataPersistence;
 
 /// `flotilla db` subcommands.
@@ -35,6 +35,33 @@ pub enum DbCommand {
         /// New client password ("" removes it).
         #[arg(long)]
         db_password: Option<String>,
+    },
+    /// Upgrade a database's engine with no downtime: replicas first, then a switchover per
+    /// shard, then the old masters (Redis Software's `rladmin upgrade db`).
+    Upgrade {
+        /// Name or uid.
+        db: String,
+        /// Target engine (default: the newest bundled engine).
+        #[arg(long)]
+        redis_version: Option<String>,
+        /// Switch masters back to where they were at the end.
+        #[arg(long)]
+        preserve_roles: bool,
+        /// Slot ranges upgraded at once.
+        #[arg(long, default_value_t = 1)]
+        parallel_shards: u16,
+        /// Restart shards empty on the new engine instead of moving the data.
+        #[arg(long)]
+        discard_data: bool,
+        /// Allow --discard-data on a persistent database.
+        #[arg(long)]
+        force_discard: bool,
+        /// Restart even when the database already runs the target engine.
+        #[arg(long)]
+        force_restart: bool,
+        /// Return at once instead of following the action.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Delete a database and its data.
     Delete {
@@ -149,6 +176,35 @@ pub async fn run(client: &Client, command: DbCommand) -> Result<()> {
             let bdb = client.update_bdb(bdb.uid, &update).await?;
             println!("database '{}' (db:{}) updated", bdb.name, bdb.uid);
             Ok(())
+        }
+        DbCommand::Upgrade {
+            db,
+            redis_version,
+            preserve_roles,
+            parallel_shards,
+            discard_data,
+            force_discard,
+            force_restart,
+            no_wait,
+        } => {
+            let bdb = client.find_bdb(&db).await?;
+            let request = BdbUpgrade {
+                redis_version,
+                preserve_roles,
+                parallel_shards_upgrade: Some(parallel_shards),
+                may_discard_data: discard_data,
+                force_discard,
+                force_restart,
+            };
+            let action = client.upgrade_bdb(bdb.uid, &request).await?;
+            println!(
+                "upgrading database '{}' (db:{}) from {}: action {} ({} steps)",
+                bdb.name, bdb.uid, bdb.redis_version, action.action_uid, action.steps_total
+            );
+            if no_wait {
+                return Ok(());
+            }
+            crate::action::wait(client, action.action_uid).await
         }
         DbCommand::Delete { db } => {
             let bdb = client.find_bdb(&db).await?;

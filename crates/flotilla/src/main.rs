@@ -1,6 +1,7 @@
 //! `flotilla`: the node daemon (`flotilla node start`) and the operator CLI in one binary.
 //! This crate only parses arguments and wires the library crates together.
 
+mod action;
 mod cli;
 mod daemon;
 mod db;

@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::action::{ActionKind, ActionStatus, ActionUid};
 use crate::bdb::{BdbSpec, BdbUid, ShardPlan, ShardUid};
+use crate::engine_version::EngineVersion;
 use crate::error::ModelError;
 use crate::state::{Credentials, NodeUid};
 
@@ -84,6 +86,52 @@ pub enum Command {
         /// Hold (true) or release (false).
         held: bool,
     },
+    /// Starts an action; refused while another running action touches the same database.
+    CreateAction {
+        /// What it does.
+        action: ActionKind,
+        /// Its plan's length.
+        steps_total: u32,
+        /// Its first step's name.
+        first_step: String,
+        /// Creation time, seconds since the epoch.
+        created_at: u64,
+    },
+    /// Records an action's progress: the step it reached, or how it ended.
+    UpdateAction {
+        /// The action.
+        uid: ActionUid,
+        /// Its status now.
+        status: ActionStatus,
+        /// The step to run next.
+        step_index: u32,
+        /// That step's name.
+        step: String,
+        /// The error, when it failed.
+        #[serde(default)]
+        error: Option<String>,
+        /// Time of the change, seconds since the epoch.
+        updated_at: u64,
+    },
+    /// Asks a running action to stop at its next safe step boundary.
+    CancelAction {
+        /// The action.
+        uid: ActionUid,
+    },
+    /// Sets the engine version a shard should run (agents restart it on that engine).
+    SetShardVersion {
+        /// The shard.
+        uid: ShardUid,
+        /// The engine.
+        redis_version: EngineVersion,
+    },
+    /// Records a database's engine version once all its shards run it.
+    SetBdbVersion {
+        /// The database.
+        uid: BdbUid,
+        /// The engine.
+        redis_version: EngineVersion,
+    },
     /// A command kind this software version does not know; applying it changes nothing.
     #[serde(other)]
     Unknown,
@@ -120,6 +168,11 @@ pub enum CommandResult {
     BdbCreated {
         /// The new database's uid.
         uid: BdbUid,
+    },
+    /// An action was created with this uid.
+    ActionCreated {
+        /// The new action's uid.
+        uid: ActionUid,
     },
     /// The command did not fit the state and changed nothing.
     Refused(ModelError),

@@ -1,7 +1,7 @@
 //! The cluster's objects and the typed commands that change them.
 //!
 //! This crate owns the shape of the replicated cluster configuration (see DESIGN.md, "The cluster
-//! store"): cluster settings, nodes, databases, shards and id counters, with room for actions.
+//! store"): cluster settings, nodes, databases, shards, actions and id counters.
 //! It has no I/O: the store crate replicates [`Command`]s through Raft and
 //! applies them here with [`ClusterState::apply`], deterministically, on every node.
 //!
@@ -17,6 +17,7 @@
 //! - a new kind of command is proposed only once the cluster version allows it (finalization), so
 //!   `Unknown` is a safety net, never a normal path: applying it changes nothing and is logged.
 
+mod action;
 mod bdb;
 mod command;
 mod engine_version;
@@ -24,6 +25,7 @@ mod error;
 pub mod rest;
 mod state;
 
+pub use action::{Action, ActionKind, ActionStatus, ActionUid};
 pub use bdb::{
     Bdb, BdbSpec, BdbUid, DataPersistence, Shard, ShardPlan, ShardRole, ShardUid, SlotRange,
     ENDPOINT_PORTS, MAX_SHARDS, SHARD_PORTS, SLOT_COUNT,

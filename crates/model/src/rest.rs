@@ -300,3 +300,56 @@ pub struct ShardInfo {
     /// Memory used, bytes, last reported.
     pub used_memory: u64,
 }
+
+/// `POST /v1/bdbs/{uid}/upgrade`, in Redis Software's field names.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BdbUpgrade {
+    /// Target engine, e.g. `valkey-9.1`; the cluster's default engine when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_version: Option<String>,
+    /// Put each slot range's master back where it was.
+    #[serde(default)]
+    pub preserve_roles: bool,
+    /// Slot ranges upgraded at once (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_shards_upgrade: Option<u16>,
+    /// Restart shards empty on the new engine instead of moving the data.
+    #[serde(default)]
+    pub may_discard_data: bool,
+    /// Allow `may_discard_data` on a persistent database.
+    #[serde(default)]
+    pub force_discard: bool,
+    /// Restart shards even when the database already runs the target engine.
+    #[serde(default)]
+    pub force_restart: bool,
+}
+
+/// `GET /v1/actions`, `GET /v1/actions/{uid}`: an action and where it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionInfo {
+    /// Action uid.
+    pub action_uid: crate::ActionUid,
+    /// State machine name (`SMUpgradeBDB`).
+    pub name: String,
+    /// The object it works on, e.g. `bdb:1`.
+    pub object: String,
+    /// Running, completed, failed or cancelled.
+    pub status: crate::ActionStatus,
+    /// The step running now (or the last one).
+    pub pending_ops: String,
+    /// Index of that step.
+    pub step_index: u32,
+    /// Steps in the plan.
+    pub steps_total: u32,
+    /// Percent done.
+    pub progress: f64,
+    /// Every step's name, in order.
+    pub steps: Vec<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Whether a cancel was asked for.
+    pub cancel_requested: bool,
+    /// The action's parameters.
+    pub kind: crate::ActionKind,
+}

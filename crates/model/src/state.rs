@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::action::{Action, ActionKind, ActionStatus, ActionUid};
 use crate::bdb::{Bdb, BdbSpec, BdbUid, Shard, ShardPlan, ShardRole, ShardUid};
 use crate::command::{Command, CommandResult, NodeSpec};
+use crate::engine_version::EngineVersion;
 use crate::error::ModelError;
 
 /// A node's numeric id, given by the cluster when the node joins (Redis Software's `uid`).
@@ -31,6 +33,9 @@ pub struct ClusterState {
     /// Shards by uid.
     #[serde(default)]
     pub shards: BTreeMap<ShardUid, Shard>,
+    /// Actions by uid (finished ones are kept for `flotilla action list`).
+    #[serde(default)]
+    pub actions: BTreeMap<ActionUid, Action>,
 }
 
 /// Cluster-wide settings and the secrets that guard the cluster.
@@ -80,6 +85,9 @@ pub struct IdCounters {
     /// The uid the next shard receives.
     #[serde(default = "first_uid")]
     pub next_shard_uid: u64,
+    /// The uid the next action receives.
+    #[serde(default = "first_uid")]
+    pub next_action_uid: u64,
 }
 
 fn first_uid() -> u64 {
@@ -92,6 +100,7 @@ impl Default for IdCounters {
             next_node_uid: 1,
             next_bdb_uid: 1,
             next_shard_uid: 1,
+            next_action_uid: 1,
         }
     }
 }
@@ -128,6 +137,27 @@ impl ClusterState {
             } => self.update_bdb(uid, memory_size, authentication_redis_pass),
             Command::PromoteShard { uid } => self.promote_shard(uid),
             Command::HoldShard { uid, held } => self.hold_shard(uid, held),
+            Command::CreateAction {
+                action,
+                steps_total,
+                first_step,
+                created_at,
+            } => self.create_action(action, steps_total, first_step, created_at),
+            Command::UpdateAction {
+                uid,
+                status,
+                step_index,
+                step,
+                error,
+                updated_at,
+            } => self.update_action(uid, status, step_index, step, error, updated_at),
+            Command::CancelAction { uid } => self.cancel_action(uid),
+            Command::SetShardVersion { uid, redis_version } => {
+                self.set_shard_version(uid, redis_version)
+            }
+            Command::SetBdbVersion { uid, redis_version } => {
+                self.set_bdb_version(uid, redis_version)
+            }
             Command::Unknown => Ok(CommandResult::Ignored),
         };
         outcome.unwrap_or_else(CommandResult::Refused)
@@ -295,6 +325,124 @@ impl ClusterState {
         if let Some(promoted) = self.shards.get_mut(&uid) {
             promoted.role = ShardRole::Master;
         }
+        Ok(CommandResult::Ok)
+    }
+
+    /// The running action that touches database `bdb`, if any.
+    pub fn running_action_on(&self, bdb: BdbUid) -> Option<&Action> {
+        self.actions
+            .values()
+            .find(|a| a.is_running() && a.kind.bdb_uid() == bdb)
+    }
+
+    fn create_action(
+        &mut self,
+        kind: ActionKind,
+        steps_total: u32,
+        first_step: String,
+        created_at: u64,
+    ) -> Result<CommandResult, ModelError> {
+        let bdb = kind.bdb_uid();
+        if !self.bdbs.contains_key(&bdb) {
+            return Err(ModelError::NotFound(format!(
+                "database {bdb} does not exist"
+            )));
+        }
+        if let Some(running) = self.running_action_on(bdb) {
+            return Err(ModelError::AlreadyExists(format!(
+                "action {} ({}) is running on database {bdb} (step '{}'); wait for it                  (`flotilla action wait {}`) or cancel it (`flotilla action cancel {}`)",
+                running.uid,
+                running.kind.name(),
+                running.step,
+                running.uid,
+                running.uid
+            )));
+        }
+        let uid = self.next_ids.next_action_uid;
+        self.next_ids.next_action_uid += 1;
+        self.actions.insert(
+            uid,
+            Action {
+                uid,
+                kind,
+                status: ActionStatus::Running,
+                step_index: 0,
+                step: first_step,
+                steps_total,
+                error: None,
+                cancel_requested: false,
+                created_at,
+                updated_at: created_at,
+            },
+        );
+        Ok(CommandResult::ActionCreated { uid })
+    }
+
+    fn action_mut(&mut self, uid: ActionUid) -> Result<&mut Action, ModelError> {
+        self.actions
+            .get_mut(&uid)
+            .ok_or_else(|| ModelError::NotFound(format!("action {uid} does not exist")))
+    }
+
+    fn update_action(
+        &mut self,
+        uid: ActionUid,
+        status: ActionStatus,
+        step_index: u32,
+        step: String,
+        error: Option<String>,
+        updated_at: u64,
+    ) -> Result<CommandResult, ModelError> {
+        let action = self.action_mut(uid)?;
+        if !action.is_running() {
+            return Err(ModelError::InvalidValue(format!(
+                "action {uid} already ended ({:?})",
+                action.status
+            )));
+        }
+        action.status = status;
+        action.step_index = step_index;
+        action.step = step;
+        action.error = error;
+        action.updated_at = updated_at;
+        Ok(CommandResult::Ok)
+    }
+
+    fn cancel_action(&mut self, uid: ActionUid) -> Result<CommandResult, ModelError> {
+        let action = self.action_mut(uid)?;
+        if !action.is_running() {
+            return Err(ModelError::InvalidValue(format!(
+                "action {uid} is not running ({:?}); nothing to cancel",
+                action.status
+            )));
+        }
+        action.cancel_requested = true;
+        Ok(CommandResult::Ok)
+    }
+
+    fn set_shard_version(
+        &mut self,
+        uid: ShardUid,
+        version: EngineVersion,
+    ) -> Result<CommandResult, ModelError> {
+        let shard = self
+            .shards
+            .get_mut(&uid)
+            .ok_or_else(|| ModelError::NotFound(format!("shard {uid} does not exist")))?;
+        shard.redis_version = version;
+        Ok(CommandResult::Ok)
+    }
+
+    fn set_bdb_version(
+        &mut self,
+        uid: BdbUid,
+        version: EngineVersion,
+    ) -> Result<CommandResult, ModelError> {
+        let bdb = self
+            .bdbs
+            .get_mut(&uid)
+            .ok_or_else(|| ModelError::NotFound(format!("database {uid} does not exist")))?;
+        bdb.spec.redis_version = version;
         Ok(CommandResult::Ok)
     }
 

@@ -4,6 +4,7 @@
 //! running software version) and answers which nodes are up. Placement, failover and actions
 //! come on top of it.
 
+pub mod actions;
 pub mod failover;
 pub mod observed;
 pub mod placement;

@@ -123,6 +123,12 @@ async fn ensure_running(
     desired: &DesiredShard,
 ) -> Result<ShardProcess, ShardError> {
     let spec = &desired.spec;
+    // A new engine version (an upgrade step) restarts the engine even when the binary keeps its
+    // name (redis-6.2 -> redis-7.0), so adopting by name is not enough.
+    if recorded_spec(&spec.dir)?.is_some_and(|previous| previous.version != spec.version) {
+        tracing::info!(shard_uid = spec.shard_id, version = %spec.version, "engine version changed: restarting the shard on the new engine");
+        stop_previous(spec).await?;
+    }
     if let Some(process) = adopt(spec)? {
         down.clear(spec.shard_id);
         record_spec(spec)?;

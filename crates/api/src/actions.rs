@@ -1,0 +1,187 @@
+//! `/v1/bdbs/{uid}/upgrade` and `/v1/actions`: starting, following and cancelling actions.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use flotilla_model::rest::{ActionInfo, BdbUpgrade};
+use flotilla_model::{
+    Action, ActionKind, ActionUid, ClusterState, Command, CommandResult, DataPersistence,
+    EngineVersion, ShardRole,
+};
+use flotilla_orchestrator::actions;
+
+use crate::bdbs::DEFAULT_ENGINE;
+use crate::handlers::parse;
+use crate::{ApiContext, ApiError};
+
+fn info(state: &ClusterState, action: &Action) -> ActionInfo {
+    let steps = actions::plan(&action.kind, state)
+        .into_iter()
+        .map(|s| s.name)
+        .collect::<Vec<_>>();
+    ActionInfo {
+        action_uid: action.uid,
+        name: action.kind.name().to_string(),
+        object: format!("bdb:{}", action.kind.bdb_uid()),
+        status: action.status,
+        pending_ops: action.step.clone(),
+        step_index: action.step_index,
+        steps_total: action.steps_total,
+        progress: 100.0 * f64::from(action.step_index) / f64::from(action.steps_total.max(1)),
+        steps,
+        error: action.error.clone(),
+        cancel_requested: action.cancel_requested,
+        kind: action.kind.clone(),
+    }
+}
+
+fn parse_uid(what: &str, text: &str) -> Result<u64, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::invalid(
+            "uid",
+            format!("'{text}' is not a {what} uid (a positive integer)"),
+        )
+    })
+}
+
+fn conflict(error_code: &'static str, description: String) -> ApiError {
+    ApiError {
+        status: StatusCode::CONFLICT,
+        error_code,
+        description,
+    }
+}
+
+/// `POST /v1/bdbs/{uid}/upgrade` (Redis Software's field names), answering the new action.
+pub(crate) async fn upgrade(
+    State(context): State<ApiContext>,
+    Path(uid): Path<String>,
+    body: Bytes,
+) -> Result<Json<ActionInfo>, ApiError> {
+    let bdb_uid = parse_uid("database", &uid)?;
+    let request: BdbUpgrade = if body.is_empty() {
+        BdbUpgrade::default()
+    } else {
+        parse("upgrade", &body)?
+    };
+    let state = context.store.state();
+    let bdb = state.bdbs.get(&bdb_uid).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "database {bdb_uid} does not exist; `flotilla db list` lists them"
+        ))
+    })?;
+    let target: EngineVersion = match &request.redis_version {
+        Some(text) => text
+            .parse()
+            .map_err(|e| ApiError::invalid("redis_version", e))?,
+        None => DEFAULT_ENGINE,
+    };
+    let current = bdb.spec.redis_version;
+    if target < current {
+        return Err(ApiError::invalid(
+            "redis_version",
+            format!("database '{}' runs {current}; {target} would be a downgrade, which replication cannot do (a newer engine never feeds an older one). Pick {current} or newer", bdb.spec.name),
+        ));
+    }
+    if target == current && !request.force_restart {
+        return Err(ApiError::invalid(
+            "redis_version",
+            format!("database '{}' already runs {current}; pass force_restart (--force-restart) to restart its shards anyway", bdb.spec.name),
+        ));
+    }
+    let persistent = bdb.spec.data_persistence != DataPersistence::Disabled;
+    if request.may_discard_data && persistent && !request.force_discard {
+        return Err(ApiError::invalid(
+            "may_discard_data",
+            format!("database '{}' is persistent ({:?}); discarding its data needs force_discard (--force-discard) too", bdb.spec.name, bdb.spec.data_persistence),
+        ));
+    }
+    if !bdb.spec.replication && !request.may_discard_data {
+        return Err(conflict(
+            "replication_required",
+            format!("database '{}' has no replication; this version upgrades data only through replicas. Enable replication or pass may_discard_data (--discard-data) to restart it empty (temporary replicas come later)", bdb.spec.name),
+        ));
+    }
+    let parallel_shards = request.parallel_shards_upgrade.unwrap_or(1);
+    if parallel_shards == 0 {
+        return Err(ApiError::invalid(
+            "parallel_shards_upgrade",
+            "must be at least 1",
+        ));
+    }
+    let original_masters = state
+        .shards_of(bdb_uid)
+        .filter(|s| s.role == ShardRole::Master)
+        .map(|s| s.uid)
+        .collect();
+    let kind = ActionKind::DbUpgrade {
+        bdb_uid,
+        redis_version: target,
+        preserve_roles: request.preserve_roles,
+        parallel_shards,
+        discard_data: request.may_discard_data,
+        original_masters,
+    };
+    let steps = actions::plan(&kind, &state);
+    let command = Command::CreateAction {
+        action: kind,
+        steps_total: steps.len() as u32,
+        first_step: steps.first().map(|s| s.name.clone()).unwrap_or_default(),
+        created_at: now_secs(),
+    };
+    let outcome = context.store.propose(command).await?;
+    let CommandResult::ActionCreated { uid } = flotilla_store::refused_to_error(outcome)? else {
+        return Err(ApiError::from(flotilla_store::StoreError::Internal(
+            "unexpected outcome".into(),
+        )));
+    };
+    get_action(State(context), Path(uid.to_string())).await
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `GET /v1/actions`.
+pub(crate) async fn list(State(context): State<ApiContext>) -> Json<Vec<ActionInfo>> {
+    let state = context.store.state();
+    Json(state.actions.values().map(|a| info(&state, a)).collect())
+}
+
+fn find(state: &ClusterState, uid: ActionUid) -> Result<&Action, ApiError> {
+    state.actions.get(&uid).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "action {uid} does not exist; `flotilla action list` lists them"
+        ))
+    })
+}
+
+/// `GET /v1/actions/{uid}`.
+pub(crate) async fn get_action(
+    State(context): State<ApiContext>,
+    Path(uid): Path<String>,
+) -> Result<Json<ActionInfo>, ApiError> {
+    let uid = parse_uid("action", &uid)?;
+    let state = context.store.state();
+    Ok(Json(info(&state, find(&state, uid)?)))
+}
+
+/// `POST /v1/actions/{uid}/cancel`: the action stops at its next safe boundary.
+pub(crate) async fn cancel(
+    State(context): State<ApiContext>,
+    Path(uid): Path<String>,
+) -> Result<Json<ActionInfo>, ApiError> {
+    let action_uid = parse_uid("action", &uid)?;
+    find(&context.store.state(), action_uid)?;
+    flotilla_store::refused_to_error(
+        context
+            .store
+            .propose(Command::CancelAction { uid: action_uid })
+            .await?,
+    )?;
+    get_action(State(context), Path(uid)).await
+}

@@ -1,0 +1,162 @@
+//! `flotilla action list|show|wait|cancel`: following long operations.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use flotilla_client::Client;
+use flotilla_model::rest::ActionInfo;
+use flotilla_model::ActionStatus;
+
+/// `flotilla action` subcommands.
+#[derive(Subcommand)]
+pub enum ActionCommand {
+    /// List actions, running and finished.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one action with its steps.
+    Show {
+        /// Action uid.
+        uid: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow an action until it ends (a progress bar on a terminal, plain lines otherwise).
+    Wait {
+        /// Action uid.
+        uid: u64,
+    },
+    /// Ask an action to stop at its next safe step boundary.
+    Cancel {
+        /// Action uid.
+        uid: u64,
+    },
+}
+
+fn status_word(status: ActionStatus) -> &'static str {
+    match status {
+        ActionStatus::Running => "running",
+        ActionStatus::Completed => "completed",
+        ActionStatus::Failed => "failed",
+        ActionStatus::Cancelled => "cancelled",
+    }
+}
+
+/// Runs an action subcommand.
+pub async fn run(client: &Client, command: ActionCommand) -> Result<()> {
+    match command {
+        ActionCommand::List { json } => {
+            let actions = client.actions().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&actions)?);
+                return Ok(());
+            }
+            println!(
+                "{:<8} {:<14} {:<8} {:<10} {:>6}  STEP",
+                "ACTION", "NAME", "OBJECT", "STATUS", "DONE"
+            );
+            for a in &actions {
+                println!(
+                    "{:<8} {:<14} {:<8} {:<10} {:>5.0}%  {}",
+                    a.action_uid,
+                    a.name,
+                    a.object,
+                    status_word(a.status),
+                    a.progress,
+                    a.pending_ops
+                );
+            }
+            Ok(())
+        }
+        ActionCommand::Show { uid, json } => {
+            let action = client.action(uid).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&action)?);
+            } else {
+                print_action(&action);
+            }
+            Ok(())
+        }
+        ActionCommand::Wait { uid } => wait(client, uid).await,
+        ActionCommand::Cancel { uid } => {
+            let action = client.cancel_action(uid).await?;
+            println!(
+                "action {uid} will stop at its next safe boundary (now at '{}')",
+                action.pending_ops
+            );
+            Ok(())
+        }
+    }
+}
+
+fn print_action(action: &ActionInfo) {
+    println!(
+        "action {} {} on {}: {}",
+        action.action_uid,
+        action.name,
+        action.object,
+        status_word(action.status)
+    );
+    for (i, step) in action.steps.iter().enumerate() {
+        let mark = match (i as u32).cmp(&action.step_index) {
+            std::cmp::Ordering::Less => "done",
+            std::cmp::Ordering::Equal if action.status == ActionStatus::Running => "now ",
+            _ => "    ",
+        };
+        println!("  [{mark}] {step}");
+    }
+    if let Some(error) = &action.error {
+        println!("  error: {error}");
+    }
+}
+
+/// Follows action `uid` until it ends; fails unless it completed.
+pub async fn wait(client: &Client, uid: u64) -> Result<()> {
+    let bar = std::io::stdout().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(100);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos:>3}% {msg}")
+                .expect("static template"),
+        );
+        bar
+    });
+    let mut last_step = String::new();
+    let action = loop {
+        let action = client.action(uid).await?;
+        if action.pending_ops != last_step {
+            last_step = action.pending_ops.clone();
+            match &bar {
+                Some(bar) => {
+                    bar.set_position(action.progress as u64);
+                    bar.set_message(last_step.clone());
+                }
+                None => println!("{:>3.0}% {}", action.progress, last_step),
+            }
+        }
+        if action.status != ActionStatus::Running {
+            break action;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    if let Some(bar) = bar {
+        bar.finish_with_message(status_word(action.status));
+    }
+    match action.status {
+        ActionStatus::Completed => {
+            println!("action {uid} completed");
+            Ok(())
+        }
+        status => bail!(
+            "action {uid} {}: {}",
+            status_word(status),
+            action
+                .error
+                .unwrap_or_else(|| format!("stopped at '{}'", action.pending_ops))
+        ),
+    }
+}

@@ -1,0 +1,385 @@
+//! The database upgrade plan (Redis Software's `SMUpgradeBDB`), DESIGN.md "Upgrades -> Databases".
+//!
+//! Slot ranges are upgraded in batches of `parallel_shards`. For each batch:
+//! `upgrade_replica` (replicas restart on the new engine and fully sync from the old master:
+//! replication only flows from an older or equal engine to a newer one), `sync_replica`,
+//! `switchover` (the planned switchover: no client error, no lost write), `upgrade_old_master`
+//! (the old masters restart on the new engine as replicas and sync from the new masters),
+//! `sync_old_master`, and with `preserve_roles` a `switch_back`. Then `finalize` records the
+//! database's new version. With `discard_data` every shard simply restarts empty on the new
+//! engine. Each step checks the state first and does only what is missing, so it can be run
+//! again after a primary node change; a switchover cut short by one is completed or undone.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use flotilla_engine::{ClientOptions, EngineClient, Role};
+use flotilla_model::rest::ShardReport;
+use flotilla_model::{
+    Action, ActionKind, ClusterState, Command, EngineVersion, Shard, ShardRole, SlotRange,
+};
+
+use super::Step;
+use crate::switchover::{self, SwitchoverError};
+use crate::Observer;
+
+/// Longest a shard may take to come up and sync on its new engine.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    UpgradeReplica,
+    SyncReplica,
+    Switchover,
+    UpgradeOldMaster,
+    SyncOldMaster,
+    SwitchBack,
+    RestartOnNewEngine,
+    WaitShardsUp,
+    Finalize,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::UpgradeReplica => "upgrade_replica",
+            Op::SyncReplica => "sync_replica",
+            Op::Switchover => "switchover",
+            Op::UpgradeOldMaster => "upgrade_old_master",
+            Op::SyncOldMaster => "sync_old_master",
+            Op::SwitchBack => "switch_back",
+            Op::RestartOnNewEngine => "restart_on_new_engine",
+            Op::WaitShardsUp => "wait_shards_up",
+            Op::Finalize => "finalize",
+        }
+    }
+}
+
+struct Planned {
+    op: Op,
+    ranges: Vec<SlotRange>,
+    cancel_point: bool,
+}
+
+fn slot_ranges(state: &ClusterState, bdb: u64) -> Vec<SlotRange> {
+    let mut ranges: Vec<SlotRange> = state.shards_of(bdb).map(|s| s.assigned_slots).collect();
+    ranges.sort();
+    ranges.dedup();
+    ranges
+}
+
+fn planned(kind: &ActionKind, state: &ClusterState) -> Vec<Planned> {
+    let ActionKind::DbUpgrade {
+        bdb_uid,
+        preserve_roles,
+        parallel_shards,
+        discard_data,
+        ..
+    } = kind;
+    let per_batch: &[Op] = match (*discard_data, *preserve_roles) {
+        (true, _) => &[Op::RestartOnNewEngine, Op::WaitShardsUp],
+        (false, false) => &[
+            Op::UpgradeReplica,
+            Op::SyncReplica,
+            Op::Switchover,
+            Op::UpgradeOldMaster,
+            Op::SyncOldMaster,
+        ],
+        (false, true) => &[
+            Op::UpgradeReplica,
+            Op::SyncReplica,
+            Op::Switchover,
+            Op::UpgradeOldMaster,
+            Op::SyncOldMaster,
+            Op::SwitchBack,
+        ],
+    };
+    let mut steps = Vec::new();
+    let ranges = slot_ranges(state, *bdb_uid);
+    for batch in ranges.chunks(usize::from((*parallel_shards).max(1))) {
+        for (i, op) in per_batch.iter().enumerate() {
+            steps.push(Planned {
+                op: *op,
+                ranges: batch.to_vec(),
+                cancel_point: i == 0,
+            });
+        }
+    }
+    steps.push(Planned {
+        op: Op::Finalize,
+        ranges: Vec::new(),
+        cancel_point: true,
+    });
+    steps
+}
+
+/// The named steps of a database upgrade.
+pub fn plan(kind: &ActionKind, state: &ClusterState) -> Vec<Step> {
+    planned(kind, state)
+        .into_iter()
+        .map(|p| {
+            let ranges: Vec<String> = p.ranges.iter().map(|r| r.to_string()).collect();
+            let name = if ranges.is_empty() {
+                p.op.name().to_string()
+            } else {
+                format!("{} {}", p.op.name(), ranges.join(","))
+            };
+            Step {
+                name,
+                cancel_point: p.cancel_point,
+            }
+        })
+        .collect()
+}
+
+/// Runs step `index` of a database upgrade (idempotent).
+pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Result<(), String> {
+    let state = observer.store.state();
+    let steps = planned(&action.kind, &state);
+    let step = steps.get(index).ok_or("no such step")?;
+    let ActionKind::DbUpgrade {
+        bdb_uid,
+        redis_version: target,
+        original_masters,
+        ..
+    } = &action.kind;
+    // The ranges of one batch run concurrently (`parallel_shards`).
+    let mut runs = tokio::task::JoinSet::new();
+    for range in &step.ranges {
+        let observer = observer.clone();
+        let (bdb, target, range) = (*bdb_uid, *target, *range);
+        let original = original_masters
+            .iter()
+            .filter_map(|uid| state.shards.get(uid))
+            .find(|s| s.assigned_slots == range)
+            .map(|s| s.uid);
+        let op = step.op;
+        runs.spawn(async move { run_op(&observer, op, bdb, target, range, original).await });
+    }
+    let mut first_error = None;
+    while let Some(joined) = runs.join_next().await {
+        let result = joined.map_err(|e| e.to_string()).and_then(|r| r);
+        if let (Err(e), None) = (result, &first_error) {
+            first_error = Some(e);
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    if step.op == Op::Finalize {
+        propose(
+            observer,
+            Command::SetBdbVersion {
+                uid: *bdb_uid,
+                redis_version: *target,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn run_op(
+    observer: &Observer,
+    op: Op,
+    bdb: u64,
+    target: EngineVersion,
+    range: SlotRange,
+    original: Option<u64>,
+) -> Result<(), String> {
+    match op {
+        Op::UpgradeReplica | Op::UpgradeOldMaster => {
+            set_versions(observer, bdb, range, target, Some(ShardRole::Slave)).await
+        }
+        Op::SyncReplica | Op::SyncOldMaster => wait_range(observer, bdb, range, target, true).await,
+        Op::Switchover => {
+            let state = observer.store.state();
+            let master = master(&state, bdb, range)?;
+            if master.redis_version == target {
+                return Ok(());
+            }
+            switch_to_replica(observer, &master).await
+        }
+        Op::SwitchBack => {
+            let state = observer.store.state();
+            let master = master(&state, bdb, range)?;
+            match original {
+                Some(original) if original != master.uid => {
+                    finish_interrupted(observer, &master).await?;
+                    switchover::switchover(observer, original)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+                _ => Ok(()),
+            }
+        }
+        Op::RestartOnNewEngine => set_versions(observer, bdb, range, target, None).await,
+        Op::WaitShardsUp => wait_range(observer, bdb, range, target, false).await,
+        Op::Finalize => Ok(()),
+    }
+}
+
+fn master(state: &ClusterState, bdb: u64, range: SlotRange) -> Result<Shard, String> {
+    state
+        .master_of(bdb, range)
+        .cloned()
+        .ok_or_else(|| format!("slot range {range} of database {bdb} has no master"))
+}
+
+async fn propose(observer: &Observer, command: Command) -> Result<(), String> {
+    let outcome = observer
+        .store
+        .propose(command)
+        .await
+        .map_err(|e| e.to_string())?;
+    flotilla_store::refused_to_error(outcome)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Sets `target` on the range's shards (only slaves when `role` says so) not already on it.
+async fn set_versions(
+    observer: &Observer,
+    bdb: u64,
+    range: SlotRange,
+    target: EngineVersion,
+    role: Option<ShardRole>,
+) -> Result<(), String> {
+    let state = observer.store.state();
+    let shards: Vec<u64> = state
+        .shards_of(bdb)
+        .filter(|s| s.assigned_slots == range && s.redis_version != target)
+        .filter(|s| role.is_none_or(|r| s.role == r))
+        .map(|s| s.uid)
+        .collect();
+    for uid in shards {
+        propose(
+            observer,
+            Command::SetShardVersion {
+                uid,
+                redis_version: target,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+fn ready(report: Option<&ShardReport>, shard: &Shard, target: EngineVersion, synced: bool) -> bool {
+    let Some(report) = report else { return false };
+    let on_target = report
+        .engine_version
+        .as_deref()
+        .is_some_and(|v| v.starts_with(target.reported_version_prefix()));
+    let in_role = report.role == Some(shard.role);
+    let linked = shard.role == ShardRole::Master || !synced || report.master_link_up;
+    report.up && on_target && in_role && linked
+}
+
+/// Waits until every shard of the range that should run `target` reports it, in its role, and
+/// (for replicas, when `synced`) with its link to the master up, i.e. the full sync is done.
+async fn wait_range(
+    observer: &Observer,
+    bdb: u64,
+    range: SlotRange,
+    target: EngineVersion,
+    synced: bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + SYNC_TIMEOUT;
+    loop {
+        let state = observer.store.state();
+        let reports = observer.shard_reports();
+        let waiting: Vec<u64> = state
+            .shards_of(bdb)
+            .filter(|s| s.assigned_slots == range && s.redis_version == target)
+            .filter(|s| !ready(reports.get(&s.uid), s, target, synced))
+            .map(|s| s.uid)
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "shards {waiting:?} of slot range {range} did not come up synced on {target} within {SYNC_TIMEOUT:?}; see their engine logs in the nodes' data dirs (shards/UID/engine.log)"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn switch_to_replica(observer: &Observer, master: &Shard) -> Result<(), String> {
+    finish_interrupted(observer, master).await?;
+    let state = observer.store.state();
+    let master = state
+        .shards
+        .get(&master.uid)
+        .cloned()
+        .ok_or("the master shard disappeared")?;
+    if master.role != ShardRole::Master {
+        return Ok(());
+    }
+    match switchover::switchover(observer, master.uid).await {
+        Ok(report) => {
+            tracing::info!(old = report.old_master, new = report.new_master, hold_ms = report.hold_ms, "upgrade switchover done");
+            Ok(())
+        }
+        Err(SwitchoverError::NoReplica(uid)) => Err(format!(
+            "shard {uid} has no replica to switch to; the database needs replication for a data-preserving upgrade"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A switchover cut short by a primary node change leaves the master held: complete it when
+/// the replica was already promoted on its engine, otherwise undo it (release, unpause).
+async fn finish_interrupted(observer: &Observer, master: &Shard) -> Result<(), String> {
+    if !master.held {
+        return Ok(());
+    }
+    let state = observer.store.state();
+    for replica in state
+        .shards_of(master.bdb_uid)
+        .filter(|s| s.assigned_slots == master.assigned_slots && s.role == ShardRole::Slave)
+    {
+        if engine_role(&state, replica).await == Some(Role::Primary) {
+            tracing::warn!(
+                shard = replica.uid,
+                "completing a switchover interrupted after the promotion"
+            );
+            return propose(observer, Command::PromoteShard { uid: replica.uid }).await;
+        }
+    }
+    tracing::warn!(
+        shard = master.uid,
+        "undoing a switchover interrupted before the promotion"
+    );
+    if let Some(client) = engine_client(&state, master).await {
+        let _ = client.client_unpause().await;
+    }
+    propose(
+        observer,
+        Command::HoldShard {
+            uid: master.uid,
+            held: false,
+        },
+    )
+    .await
+}
+
+async fn engine_client(state: &ClusterState, shard: &Shard) -> Option<EngineClient> {
+    let ip: IpAddr = state.nodes.get(&shard.node_uid)?.addr.parse().ok()?;
+    let secret = &state.cluster.as_ref()?.secret;
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(1),
+        response_timeout: Some(Duration::from_secs(2)),
+    };
+    EngineClient::connect_with(ip, shard.port, secret, options)
+        .await
+        .ok()
+}
+
+async fn engine_role(state: &ClusterState, shard: &Shard) -> Option<Role> {
+    let client = engine_client(state, shard).await?;
+    client.replication().await.ok().map(|r| r.role)
+}

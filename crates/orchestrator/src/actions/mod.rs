@@ -1,0 +1,207 @@
+//! The action runner: drives every running action on the primary node, one step at a time.
+//!
+//! After each step the next step is recorded in the store (`UpdateAction`); a step is safe to
+//! run again, so when the primary node dies the next primary's runner picks the action up at
+//! the recorded step. A failing step is retried a few times before the action is marked failed
+//! with the error. Cancellation is honoured only at a plan's safe boundaries.
+
+pub mod db_upgrade;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_model::{Action, ActionKind, ActionStatus, ActionUid, ClusterState, Command};
+use tokio::sync::watch;
+
+use crate::Observer;
+
+/// How often the runner looks for actions to drive.
+const SCAN_EVERY: Duration = Duration::from_millis(300);
+/// Attempts of one step before the action fails.
+const STEP_ATTEMPTS: u32 = 3;
+
+/// One named step of an action's plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Name shown in `flotilla action show`, e.g. `upgrade_replica 0-8191`.
+    pub name: String,
+    /// A cancel request may stop the action before this step.
+    pub cancel_point: bool,
+}
+
+/// Seconds since the epoch, for action timestamps.
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The plan of an action, recomputed from its persisted kind (stable across primaries).
+pub fn plan(kind: &ActionKind, state: &ClusterState) -> Vec<Step> {
+    match kind {
+        ActionKind::DbUpgrade { .. } => db_upgrade::plan(kind, state),
+    }
+}
+
+/// Drives running actions while this node is the primary node, until `shutdown` fires.
+pub async fn run_actions(observer: Observer, mut shutdown: watch::Receiver<bool>) {
+    let driving: Arc<Mutex<HashSet<ActionUid>>> = Arc::default();
+    let mut tick = tokio::time::interval(SCAN_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if !observer.store.is_leader() {
+            continue;
+        }
+        let state = observer.store.state();
+        for action in state.actions.values().filter(|a| a.is_running()) {
+            if !driving.lock().expect("runner lock").insert(action.uid) {
+                continue;
+            }
+            let observer = observer.clone();
+            let driving = driving.clone();
+            let uid = action.uid;
+            tokio::spawn(async move {
+                drive(&observer, uid).await;
+                driving.lock().expect("runner lock").remove(&uid);
+            });
+        }
+    }
+}
+
+async fn drive(observer: &Observer, uid: ActionUid) {
+    loop {
+        if !observer.store.is_leader() {
+            return;
+        }
+        let state = observer.store.state();
+        let Some(action) = state.actions.get(&uid).cloned() else {
+            return;
+        };
+        if !action.is_running() {
+            return;
+        }
+        let steps = plan(&action.kind, &state);
+        let index = action.step_index as usize;
+        let Some(step) = steps.get(index) else {
+            record(
+                observer,
+                &action,
+                ActionStatus::Completed,
+                index,
+                "done",
+                None,
+            )
+            .await;
+            return;
+        };
+        if action.cancel_requested && step.cancel_point {
+            record(
+                observer,
+                &action,
+                ActionStatus::Cancelled,
+                index,
+                &step.name,
+                None,
+            )
+            .await;
+            return;
+        }
+        failpoint(&step.name).await;
+        match run_step_with_retries(observer, &action, index).await {
+            Ok(()) => {
+                let next = steps
+                    .get(index + 1)
+                    .map(|s| s.name.as_str())
+                    .unwrap_or("done");
+                let status = if index + 1 >= steps.len() {
+                    ActionStatus::Completed
+                } else {
+                    ActionStatus::Running
+                };
+                record(observer, &action, status, index + 1, next, None).await;
+            }
+            Err(e) => {
+                tracing::error!(action = uid, step = %step.name, error = %e, "action failed");
+                record(
+                    observer,
+                    &action,
+                    ActionStatus::Failed,
+                    index,
+                    &step.name,
+                    Some(e),
+                )
+                .await;
+                return;
+            }
+        }
+    }
+}
+
+async fn run_step_with_retries(
+    observer: &Observer,
+    action: &Action,
+    index: usize,
+) -> Result<(), String> {
+    let mut last = String::new();
+    for attempt in 1..=STEP_ATTEMPTS {
+        if !observer.store.is_leader() {
+            return Err("this node stopped being the primary node".into());
+        }
+        let result = match &action.kind {
+            ActionKind::DbUpgrade { .. } => db_upgrade::run_step(observer, action, index).await,
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(action = action.uid, attempt, error = %e, "action step failed; retrying");
+                last = e;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn record(
+    observer: &Observer,
+    action: &Action,
+    status: ActionStatus,
+    step_index: usize,
+    step: &str,
+    error: Option<String>,
+) {
+    let command = Command::UpdateAction {
+        uid: action.uid,
+        status,
+        step_index: step_index as u32,
+        step: step.to_string(),
+        error,
+        updated_at: now_secs(),
+    };
+    if let Err(e) = observer.store.propose(command).await {
+        tracing::error!(action = action.uid, error = %e, "could not record the action's progress; it will be resumed from its last recorded step");
+    }
+}
+
+/// Test hook (fault injection at named steps): when `FLOTILLA_FAILPOINT_PAUSE_STEP` is a part
+/// of the step's name, the step waits `FLOTILLA_FAILPOINT_PAUSE_MS` (default 3000) before it
+/// runs, so a test can kill -9 the primary node while the action is in that step.
+async fn failpoint(step: &str) {
+    let Ok(wanted) = std::env::var("FLOTILLA_FAILPOINT_PAUSE_STEP") else {
+        return;
+    };
+    if wanted.is_empty() || !step.contains(&wanted) {
+        return;
+    }
+    let ms = std::env::var("FLOTILLA_FAILPOINT_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    tracing::warn!(step, ms, "failpoint: pausing before the step");
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
