@@ -1,6 +1,6 @@
 //! A standalone endpoint for manual tests and benchmarks: starts `SHARDS` redis-7.0 shards on
 //! `IP` (ports 20001..) and serves them through the proxy on `IP:12000` until Ctrl-C, then
-//! stops the shards it started.
+//! prints the endpoint's statistics and stops the shards it started.
 //!
 //! ```text
 //! cargo run --release -p flotilla-proxy --example endpoint -- 127.0.7.30 2
@@ -11,7 +11,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use flotilla_engine::{start, EngineCatalog, EngineVersion, Persistence, ShardSpec};
-use flotilla_proxy::{serve, Topology};
+use flotilla_proxy::{serve_with_stats, EndpointStats, ProxyOptions, Topology};
 
 const PASSWORD: &str = "bench-internal";
 
@@ -54,10 +54,19 @@ async fn main() {
     let endpoint = SocketAddr::new(ip, 12000);
     let listener = tokio::net::TcpListener::bind(endpoint).await.expect("bind");
     println!("endpoint {endpoint}, {shards} shards from port 20001 (password {PASSWORD})");
-    serve(listener, rx, async {
+    let stats = EndpointStats::new();
+    let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
-    })
+    };
+    serve_with_stats(
+        listener,
+        rx,
+        shutdown,
+        ProxyOptions::default(),
+        stats.clone(),
+    )
     .await;
+    println!("{:?}", stats.snapshot());
     for process in processes {
         let _ = process.stop(false).await;
     }

@@ -55,13 +55,17 @@ mod pubsub;
 mod server;
 mod session;
 mod shard;
+mod stats;
 
 pub use command::{lookup, lookup_request, Class, CommandSpec, KeySpec, LocalCommand, Merge};
 pub use merge::merge_replies;
 pub use route::{
     route, Decision, InvalidRequest, PubSubTarget, Rejection, Route, ScanStep, Split, SplitPart,
 };
-pub use server::{serve, serve_with, ProxyOptions, DEFAULT_HOLD_MAX_BYTES, DEFAULT_HOLD_TIMEOUT};
+pub use server::{
+    serve, serve_with, serve_with_stats, ProxyOptions, DEFAULT_HOLD_MAX_BYTES, DEFAULT_HOLD_TIMEOUT,
+};
 pub use shard::ShardError;
 pub use slot::{key_slot, ShardIndex, SlotMap, SLOT_COUNT};
+pub use stats::{EndpointStats, LatencySnapshot, StatsSnapshot, LATENCY_BUCKETS_US};
 pub use topology::{Topology, TopologyError};

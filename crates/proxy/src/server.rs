@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::session::Session;
+use crate::stats::EndpointStats;
 use crate::topology::Topology;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
@@ -71,6 +72,18 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
     options: ProxyOptions,
 ) {
+    serve_with_stats(listener, topology, shutdown, options, EndpointStats::new()).await;
+}
+
+/// [`serve_with`] counting commands, outcomes, connections and latency in `stats`, which the
+/// caller keeps a clone of to read with [`EndpointStats::snapshot`].
+pub async fn serve_with_stats(
+    listener: TcpListener,
+    topology: watch::Receiver<Topology>,
+    shutdown: impl Future<Output = ()>,
+    options: ProxyOptions,
+    stats: EndpointStats,
+) {
     let mut clients = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -80,8 +93,10 @@ pub async fn serve_with(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
-                    let session = Session::new(stream, id, topology.clone(), options);
+                    let counted = stats.connection();
+                    let session = Session::new(stream, id, topology.clone(), options, stats.clone());
                     clients.spawn(async move {
+                        let _counted = counted;
                         if let Err(e) = session.run().await {
                             tracing::debug!(client = id, %peer, error = %e, "client connection ended");
                         }

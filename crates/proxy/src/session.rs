@@ -32,6 +32,7 @@ use crate::scan;
 use crate::server::ProxyOptions;
 use crate::shard::{ShardConn, ShardError};
 use crate::slot::ShardIndex;
+use crate::stats::{BatchStats, EndpointStats, Outcome};
 use crate::topology::Topology;
 
 /// Most requests routed before the batch is sent; bounds the memory one pipeline can pin.
@@ -63,6 +64,8 @@ enum Combine {
 enum Pending {
     /// Known already (local answers, refusals).
     Ready(Value, Protocol),
+    /// Several frames answering one request, known already (unsubscribing from nothing).
+    Frames(Vec<Value>, Protocol),
     /// One shard's reply, as is.
     Forward(Source, Protocol),
     /// Several shards' replies, combined.
@@ -125,6 +128,9 @@ pub(crate) struct Session {
     topology_open: bool,
     /// The client's subscriptions and their engine connections.
     subs: Subscriptions,
+    /// The endpoint's counters, and this batch's share of them.
+    stats: EndpointStats,
+    batch: BatchStats,
 }
 
 impl Session {
@@ -134,6 +140,7 @@ impl Session {
         id: u64,
         mut topology_rx: watch::Receiver<Topology>,
         options: ProxyOptions,
+        stats: EndpointStats,
     ) -> Self {
         let topology = topology_rx.borrow_and_update().clone();
         let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
@@ -161,6 +168,8 @@ impl Session {
             retries: (0..shard_count).map(|_| None).collect(),
             topology_open: true,
             subs: Subscriptions::default(),
+            stats,
+            batch: BatchStats::default(),
         }
     }
 
@@ -182,12 +191,14 @@ impl Session {
                 let _ = self.stream.shutdown().await;
                 return Ok(());
             }
+            let started = Instant::now();
             let routed = self.route_batch().await;
             if routed > 0 || self.closing {
                 self.send_batch().await;
                 self.subs.prune();
                 self.stream.write_all(&self.output).await?;
                 self.output.clear();
+                self.batch.finish(started.elapsed(), &self.stats);
                 if self.closing {
                     let _ = self.stream.shutdown().await;
                     return Ok(());
@@ -357,37 +368,70 @@ impl Session {
     }
 
     async fn resolve(&mut self, entry: Pending) {
-        match entry {
-            Pending::Ready(value, protocol) => value.encode_as(&mut self.output, protocol),
-            Pending::Forward(source, protocol) => {
-                let value = self.take(source).await;
+        let outcome = match entry {
+            Pending::Ready(value, protocol) => {
                 value.encode_as(&mut self.output, protocol);
+                Outcome::of_local(&value)
+            }
+            Pending::Frames(values, protocol) => {
+                for value in &values {
+                    value.encode_as(&mut self.output, protocol);
+                }
+                Outcome::Ok
+            }
+            Pending::Forward(source, protocol) => {
+                let (value, outcome) = self.take(source).await;
+                value.encode_as(&mut self.output, protocol);
+                outcome
             }
             Pending::Combine(sources, combine, protocol) => {
-                let mut replies = Vec::with_capacity(sources.len());
-                for source in sources {
-                    replies.push(self.take(source).await);
-                }
-                let value = match combine {
-                    Combine::Split(split) => split.merge(replies),
-                    Combine::Merge(merge) => crate::merge_replies(merge, replies),
-                };
-                value.encode_as(&mut self.output, protocol);
+                self.resolve_combine(sources, combine, protocol).await
             }
             Pending::Scan(source, shard, count, protocol) => {
-                let value = scan_reply(self.take(source).await, shard, count);
+                let (value, outcome) = self.take(source).await;
+                let value = scan_reply(value, shard, count);
                 value.encode_as(&mut self.output, protocol);
+                combined_outcome(&value, &[outcome])
             }
             Pending::Discard(source) => {
                 self.take(source).await;
+                return;
             }
             Pending::PubSub {
                 shard,
                 replies,
                 protocol,
                 forward,
-            } => self.resolve_pubsub(shard, replies, protocol, forward).await,
+            } => {
+                let outcome = self.resolve_pubsub(shard, replies, protocol, forward).await;
+                if !forward {
+                    return;
+                }
+                outcome
+            }
+        };
+        self.batch.record(outcome);
+    }
+
+    async fn resolve_combine(
+        &mut self,
+        sources: Vec<Source>,
+        combine: Combine,
+        protocol: Protocol,
+    ) -> Outcome {
+        let mut replies = Vec::with_capacity(sources.len());
+        let mut outcomes = Vec::with_capacity(sources.len());
+        for source in sources {
+            let (reply, outcome) = self.take(source).await;
+            replies.push(reply);
+            outcomes.push(outcome);
         }
+        let value = match combine {
+            Combine::Split(split) => split.merge(replies),
+            Combine::Merge(merge) => crate::merge_replies(merge, replies),
+        };
+        value.encode_as(&mut self.output, protocol);
+        combined_outcome(&value, &outcomes)
     }
 
     /// Reads `replies` confirmations from `shard`'s subscriber, passing on (unless `forward` is
@@ -398,20 +442,20 @@ impl Session {
         replies: usize,
         protocol: Protocol,
         forward: bool,
-    ) {
+    ) -> Outcome {
         let mut seen = 0;
         while seen < replies {
             let Some(sub) = self.subs.get_mut(shard) else {
                 Value::error("ERR internal: subscriber connection missing")
                     .encode_as(&mut self.output, protocol);
-                return;
+                return Outcome::Error;
             };
             let mut value = match sub.conn.reply().await {
                 Ok(value) => value,
                 Err(e) => {
                     e.reply().encode_as(&mut self.output, protocol);
                     self.closing = true;
-                    return;
+                    return e.outcome();
                 }
             };
             if self.subs.pass(shard, &mut value, protocol) == Frame::Reply {
@@ -421,32 +465,42 @@ impl Session {
                 value.encode_as(&mut self.output, protocol);
             }
         }
+        Outcome::Ok
     }
 
-    /// The next reply from `source`; a failed shard gives an error that says whether the
-    /// command may have run.
-    async fn take(&mut self, source: Source) -> Value {
+    /// The next reply from `source` and how its command ended; a failed shard gives an error
+    /// that says whether the command may have run.
+    async fn take(&mut self, source: Source) -> (Value, Outcome) {
         match source {
-            Source::Failed(error) => error.reply(),
+            Source::Failed(error) => (error.reply(), error.outcome()),
             Source::Shard(index) => self.reply_from(index).await,
             Source::Write(index, request) => {
-                let reply = self.reply_from(index).await;
+                let (reply, outcome) = self.reply_from(index).await;
                 match self.shards[index].as_ref() {
                     Some(conn) if is_readonly(&reply) => {
                         let refused_by = conn.addr();
                         self.resend(ShardIndex(index as u16), &request, refused_by)
                             .await
                     }
-                    _ => reply,
+                    _ => (reply, outcome),
                 }
             }
         }
     }
 
-    async fn reply_from(&mut self, index: usize) -> Value {
+    async fn reply_from(&mut self, index: usize) -> (Value, Outcome) {
         match self.shards[index].as_mut() {
-            Some(conn) => conn.reply().await.unwrap_or_else(|e| e.reply()),
-            None => Value::error("ERR internal: shard connection missing"),
+            Some(conn) => match conn.reply().await {
+                Ok(reply) => {
+                    let outcome = Outcome::of_reply(&reply);
+                    (reply, outcome)
+                }
+                Err(e) => (e.reply(), e.outcome()),
+            },
+            None => (
+                Value::error("ERR internal: shard connection missing"),
+                Outcome::NotExecuted,
+            ),
         }
     }
 
@@ -457,23 +511,27 @@ impl Session {
         shard: ShardIndex,
         request: &Request,
         refused_by: SocketAddr,
-    ) -> Value {
+    ) -> (Value, Outcome) {
         let deadline = Instant::now() + self.options.hold_timeout;
         let mut refused_by = refused_by;
         loop {
             let Some(topology) = self.next_primary(shard, refused_by, deadline).await else {
-                return no_new_primary(shard, refused_by, self.options.hold_timeout);
+                let reply = no_new_primary(shard, refused_by, self.options.hold_timeout);
+                return (reply, Outcome::NotExecuted);
             };
             let conn = match self.retry_conn(shard, &topology).await {
                 Ok(conn) => conn,
-                Err(e) => return e.reply(),
+                Err(e) => return (e.reply(), e.outcome()),
             };
             conn.send(request);
             conn.flush().await;
             match conn.reply().await {
                 Ok(reply) if is_readonly(&reply) => refused_by = conn.addr(),
-                Ok(reply) => return reply,
-                Err(e) => return e.reply(),
+                Ok(reply) => {
+                    let outcome = Outcome::of_reply(&reply);
+                    return (reply, outcome);
+                }
+                Err(e) => return (e.reply(), e.outcome()),
             }
         }
     }
@@ -763,9 +821,8 @@ impl Session {
             SubKind::ShardChannel => self.subs.total(SubKind::ShardChannel),
             SubKind::Channel | SubKind::Pattern => 0,
         };
-        for frame in pubsub::local_unsubscribe(request.name(), request.args(), count, protocol) {
-            self.ready(frame);
-        }
+        let frames = pubsub::local_unsubscribe(request.name(), request.args(), count, protocol);
+        self.pending.push(Pending::Frames(frames, protocol));
     }
 
     /// SUNSUBSCRIBE without channels: to every shard the client has shard channels on.
@@ -773,9 +830,8 @@ impl Session {
         let shards = self.subs.shards_with(kind);
         if shards.is_empty() {
             let protocol = self.state.protocol;
-            for frame in pubsub::local_unsubscribe(request.name(), &[], 0, protocol) {
-                self.ready(frame);
-            }
+            let frames = pubsub::local_unsubscribe(request.name(), &[], 0, protocol);
+            self.pending.push(Pending::Frames(frames, protocol));
         }
         for (shard, _) in shards {
             self.unsubscribe(ShardIndex(shard as u16), kind, request);
@@ -1043,6 +1099,18 @@ fn no_new_primary(shard: ShardIndex, refused_by: SocketAddr, timeout: Duration) 
         shard.0,
         timeout.as_millis()
     ))
+}
+
+/// How a command whose reply combines several shards' ended: an error reply counts as not
+/// executed only if no part of it ran.
+fn combined_outcome(reply: &Value, parts: &[Outcome]) -> Outcome {
+    if !reply.is_error() {
+        Outcome::Ok
+    } else if parts.iter().all(|&o| o == Outcome::NotExecuted) {
+        Outcome::NotExecuted
+    } else {
+        Outcome::Error
+    }
 }
 
 /// The null reply of an aborted EXEC.

@@ -15,6 +15,8 @@ use flotilla_resp::{Decoder, Limits, Protocol, ProtocolError, Request, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::stats::Outcome;
+
 /// How long opening and authenticating a shard connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -52,6 +54,14 @@ impl ShardError {
     /// The error reply the client gets.
     pub fn reply(&self) -> Value {
         Value::error(format!("ERR {self}"))
+    }
+
+    /// How the client's command ended, for the endpoint's counters.
+    pub(crate) fn outcome(&self) -> Outcome {
+        match self {
+            ShardError::Unavailable { .. } => Outcome::NotExecuted,
+            ShardError::Lost { .. } => Outcome::Error,
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use flotilla_engine::{adopt, start, EngineCatalog, EngineVersion, Persistence, ShardSpec};
-use flotilla_proxy::{serve_with, ProxyOptions, ShardIndex, Topology};
+use flotilla_proxy::{serve_with_stats, EndpointStats, ProxyOptions, ShardIndex, Topology};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -28,6 +28,8 @@ pub struct Setup {
     pub engines: Vec<ShardSpec>,
     /// Publishes topology changes to the endpoint.
     pub topology: watch::Sender<Topology>,
+    /// The endpoint's counters.
+    pub stats: EndpointStats,
     stop: Option<oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
 }
@@ -59,6 +61,7 @@ impl Setup {
             endpoint: SocketAddr::new(ip, ENDPOINT_PORT),
             engines: Vec::new(),
             topology: watch::channel(placeholder()).0,
+            stats: EndpointStats::new(),
             stop: None,
             _dir: dir,
         };
@@ -78,7 +81,8 @@ impl Setup {
         let shutdown = async {
             let _ = stopped.await;
         };
-        tokio::spawn(serve_with(listener, rx, shutdown, options));
+        let stats = setup.stats.clone();
+        tokio::spawn(serve_with_stats(listener, rx, shutdown, options, stats));
         setup.topology = tx;
         setup.stop = Some(stop);
         setup
