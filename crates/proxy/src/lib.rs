@@ -51,6 +51,7 @@ pub mod slot;
 pub mod topology;
 
 mod client;
+mod frame;
 mod pubsub;
 mod server;
 mod session;

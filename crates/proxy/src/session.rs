@@ -379,6 +379,12 @@ impl Session {
                 }
                 Outcome::Ok
             }
+            Pending::Forward(Source::Shard(index), protocol) => {
+                self.forward_raw(index, None, protocol).await
+            }
+            Pending::Forward(Source::Write(index, request), protocol) => {
+                self.forward_raw(index, Some(request), protocol).await
+            }
             Pending::Forward(source, protocol) => {
                 let (value, outcome) = self.take(source).await;
                 value.encode_as(&mut self.output, protocol);
@@ -411,6 +417,42 @@ impl Session {
             }
         };
         self.batch.record(outcome);
+    }
+
+    /// Copies the next reply of shard connection `index` to the client as the engine encoded
+    /// it: the request went out in the client's protocol (see [`Session::sender`]), so no
+    /// re-encoding is needed. A write (`request`) refused `-READONLY` is resent as in
+    /// [`Session::take`].
+    async fn forward_raw(
+        &mut self,
+        index: usize,
+        request: Option<Box<Request>>,
+        protocol: Protocol,
+    ) -> Outcome {
+        let Some(conn) = self.shards[index].as_mut() else {
+            let (value, outcome) = self.reply_from(index).await;
+            value.encode_as(&mut self.output, protocol);
+            return outcome;
+        };
+        let raw = match conn.reply_raw().await {
+            Ok(raw) => raw,
+            Err(e) => {
+                e.reply().encode_as(&mut self.output, protocol);
+                return e.outcome();
+            }
+        };
+        if let Some(request) = request.filter(|_| raw.starts_with(b"-READONLY")) {
+            let refused_by = conn.addr();
+            let shard = ShardIndex(index as u16);
+            let (value, outcome) = self.resend(shard, &request, refused_by).await;
+            value.encode_as(&mut self.output, protocol);
+            return outcome;
+        }
+        self.output.extend_from_slice(&raw);
+        match raw.first() {
+            Some(b'-' | b'!') => Outcome::Error,
+            _ => Outcome::Ok,
+        }
     }
 
     async fn resolve_combine(

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use flotilla_resp::{Decoder, Limits, Protocol, ProtocolError, Request, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -206,6 +206,33 @@ impl ShardConn {
                 Err(error)
             }
         }
+    }
+
+    /// The next reply as the engine encoded it (in the protocol the connection spoke when its
+    /// request was sent), found without decoding it; a reply the scanner does not take apart is
+    /// decoded and re-encoded byte-exact.
+    pub async fn reply_raw(&mut self) -> Result<Bytes, ShardError> {
+        if let Some(broken) = &self.broken {
+            return Err(broken.clone());
+        }
+        while !self.decoder.is_mid_frame() {
+            match crate::frame::frame_len(&self.input) {
+                Ok(Some(len)) => return Ok(self.input.split_to(len).freeze()),
+                Ok(None) => {}
+                Err(_) => break,
+            }
+            let read = match self.stream.read_buf(&mut self.input).await {
+                Ok(0) => Err("connection closed by the shard".to_owned()),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(reason) = read {
+                let error = self.lost(reason);
+                self.broken = Some(error.clone());
+                return Err(error);
+            }
+        }
+        Ok(self.reply().await?.to_bytes().freeze())
     }
 
     /// Polls for the next reply (a pushed message on a subscriber connection), for waiting on
