@@ -136,8 +136,16 @@ pub(crate) async fn upgrade(
             "unexpected outcome".into(),
         )));
     };
+    // Proposed through the primary node: wait until this node applied it before reading.
+    context
+        .store
+        .wait_until(APPLY_WAIT, |s| s.actions.contains_key(&uid))
+        .await;
     get_action(State(context), Path(uid.to_string())).await
 }
+
+/// How long a handler waits for its own change to be applied on this node before answering.
+pub(crate) const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()

@@ -204,6 +204,10 @@ pub(crate) async fn create(
             format!("unexpected outcome {outcome:?}"),
         )));
     };
+    context
+        .store
+        .wait_until(crate::actions::APPLY_WAIT, |s| s.bdbs.contains_key(&uid))
+        .await;
     let state = context.store.state();
     Ok((
         StatusCode::OK,

@@ -162,9 +162,19 @@ pub(crate) async fn put_cluster(
     }
     let outcome = context
         .store
-        .propose(Command::UpdateCluster { name: update.name })
+        .propose(Command::UpdateCluster {
+            name: update.name.clone(),
+        })
         .await?;
     flotilla_store::refused_to_error(outcome)?;
+    if let Some(name) = update.name {
+        let applied =
+            |s: &flotilla_model::ClusterState| s.cluster.as_ref().is_some_and(|c| c.name == name);
+        context
+            .store
+            .wait_until(crate::actions::APPLY_WAIT, applied)
+            .await;
+    }
     get_cluster(State(context)).await
 }
 

@@ -183,6 +183,18 @@ impl Store {
         &self.inner.http
     }
 
+    /// Waits until this node's state satisfies `ready` (e.g. a change proposed through the
+    /// primary node has been applied here too), or the timeout passes; true when it did.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        ready: impl Fn(&ClusterState) -> bool,
+    ) -> bool {
+        let mut changes = self.subscribe();
+        let reached = async { changes.wait_for(|_| ready(&self.state())).await.is_ok() };
+        matches!(tokio::time::timeout(timeout, reached).await, Ok(true))
+    }
+
     /// Waits until this node has applied at least `index`, or the timeout passes.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         let mut changes = self.subscribe();

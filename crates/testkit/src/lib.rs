@@ -33,12 +33,19 @@ pub struct DevCluster {
     dir: tempfile::TempDir,
     base: Ipv4Addr,
     nodes: u8,
+    env: Vec<(String, String)>,
 }
 
 impl DevCluster {
     /// Starts `nodes` daemons on `127.0.subnet.11..` and forms the cluster; panics with the
     /// command's output when it fails.
     pub fn up(bin: &Path, subnet: u8, nodes: u8) -> Self {
+        Self::up_with_env(bin, subnet, nodes, &[])
+    }
+
+    /// [`DevCluster::up`] with extra environment for the daemons (e.g. failpoints), kept for
+    /// every later `dev up` of this cluster.
+    pub fn up_with_env(bin: &Path, subnet: u8, nodes: u8, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("flotilla-test-")
             .tempdir()
@@ -48,6 +55,10 @@ impl DevCluster {
             dir,
             base: Ipv4Addr::new(127, 0, subnet, 11),
             nodes,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         cluster.dev_up();
         cluster
@@ -85,6 +96,7 @@ impl DevCluster {
     pub fn flotilla_at(&self, n: u8, args: &[&str]) -> Output {
         Command::new(&self.bin)
             .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("FLOTILLA_URL", self.url(n))
             .env("FLOTILLA_USER", USER)
             .env("FLOTILLA_PASSWORD", PASSWORD)

@@ -1,0 +1,432 @@
+//! Database engine upgrades under load (issue: resumable actions and database upgrades):
+//! every hop across engine families with zero client errors and zero lost acknowledged writes,
+//! the refusals, and a kill -9 of the primary node's daemon at each step of the action.
+
+use std::time::{Duration, Instant};
+
+use flotilla_loadcheck::{Config, LoadHandle, Report};
+use flotilla_testkit::{assert_success, flotilla_bin, poll_until, DevCluster};
+use serde_json::Value;
+
+fn bin() -> std::path::PathBuf {
+    flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn json(cluster: &DevCluster, node: u8, args: &[&str]) -> Value {
+    let output = cluster.flotilla_at(node, args);
+    assert_success(&output, &args.join(" "));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn create_db(cluster: &DevCluster, args: &[&str]) -> u64 {
+    let mut full = vec!["db", "create", "--json"];
+    full.extend_from_slice(args);
+    let uid = json(cluster, 1, &full)["uid"].as_u64().unwrap();
+    let active = poll_until(Duration::from_secs(60), || {
+        json(cluster, 1, &["db", "show", &uid.to_string(), "--json"])["status"] == "active"
+    });
+    assert!(active, "database {uid} became active");
+    uid
+}
+
+fn start_load(rt: &tokio::runtime::Runtime, endpoint: String) -> LoadHandle {
+    rt.block_on(async {
+        let load = flotilla_loadcheck::start(Config::for_endpoint(&endpoint)).unwrap();
+        assert!(
+            load.wait_for_ops(300, Duration::from_secs(10)).await,
+            "load runs"
+        );
+        load
+    })
+}
+
+fn stop_load(rt: &tokio::runtime::Runtime, load: LoadHandle) -> Report {
+    let report = rt.block_on(async {
+        let before = load.progress().ops;
+        assert!(
+            load.wait_for_ops(before + 300, Duration::from_secs(10))
+                .await,
+            "load still runs"
+        );
+        load.stop().await.unwrap()
+    });
+    eprintln!("{report}");
+    assert_eq!(
+        report.client_errors_total, 0,
+        "no client error: {:?}",
+        report.error_examples
+    );
+    assert_eq!(
+        report.lost_writes, 0,
+        "no lost write: {:?}",
+        report.lost_write_examples
+    );
+    report
+}
+
+/// Runs `flotilla db upgrade` (which follows the action) and checks it completed.
+fn upgrade(cluster: &DevCluster, node: u8, db: &str, version: &str, extra: &[&str]) -> Duration {
+    let started = Instant::now();
+    let mut args = vec!["db", "upgrade", db, "--redis-version", version];
+    args.extend_from_slice(extra);
+    let output = cluster.flotilla_at(node, &args);
+    assert_success(&output, &format!("db upgrade to {version}"));
+    started.elapsed()
+}
+
+fn shards(cluster: &DevCluster) -> Vec<Value> {
+    let rt = flotilla_testkit::runtime();
+    let shards = rt.block_on(cluster.client(1).shards()).unwrap();
+    shards
+        .into_iter()
+        .map(|s| serde_json::to_value(s).unwrap())
+        .collect()
+}
+
+/// Every shard of the cluster runs `version` (as the store says and as its engine reports).
+fn all_on(cluster: &DevCluster, version: &str) -> bool {
+    shards(cluster)
+        .iter()
+        .all(|s| s["redis_version"] == version && s["status"] == "active")
+}
+
+#[test]
+fn a_replicated_database_climbs_every_engine_under_load() {
+    let cluster = DevCluster::up(&bin(), 41, 3);
+    create_db(
+        &cluster,
+        &[
+            "--name",
+            "climb",
+            "--port",
+            "12100",
+            "--memory",
+            "200mb",
+            "--shards",
+            "2",
+            "--replication",
+            "--redis-version",
+            "redis-6.2",
+        ],
+    );
+    let rt = runtime();
+    let load = start_load(&rt, format!("{}:12100", cluster.addr(2)));
+
+    let hops = [
+        ("redis-7.0", vec![]),
+        ("valkey-8.1", vec!["--preserve-roles"]),
+        ("valkey-9.1", vec!["--parallel-shards", "2"]),
+    ];
+    for (version, extra) in hops {
+        let took = upgrade(&cluster, 3, "climb", version, &extra);
+        eprintln!("upgrade to {version} {extra:?} took {took:?}");
+        assert!(
+            poll_until(Duration::from_secs(20), || all_on(&cluster, version)),
+            "every shard runs {version}"
+        );
+    }
+    let db = json(&cluster, 1, &["db", "show", "climb", "--json"]);
+    assert_eq!(db["redis_version"], "valkey-9.1");
+    stop_load(&rt, load);
+}
+
+#[test]
+fn preserve_roles_puts_every_master_back_and_a_skip_upgrade_works() {
+    let cluster = DevCluster::up(&bin(), 42, 2);
+    create_db(
+        &cluster,
+        &[
+            "--name",
+            "skip",
+            "--port",
+            "12101",
+            "--memory",
+            "100mb",
+            "--shards",
+            "2",
+            "--replication",
+            "--redis-version",
+            "redis-6.2",
+        ],
+    );
+    let rt = runtime();
+    let load = start_load(&rt, format!("{}:12101", cluster.addr(1)));
+    let masters = |c: &DevCluster| -> Vec<u64> {
+        shards(c)
+            .iter()
+            .filter(|s| s["role"] == "master")
+            .map(|s| s["uid"].as_u64().unwrap())
+            .collect()
+    };
+    let before = masters(&cluster);
+    upgrade(&cluster, 1, "skip", "valkey-9.1", &["--preserve-roles"]);
+    assert!(
+        poll_until(Duration::from_secs(20), || all_on(&cluster, "valkey-9.1")),
+        "6.2 -> 9.1 in one hop"
+    );
+    assert_eq!(
+        masters(&cluster),
+        before,
+        "with --preserve-roles the masters end where they began"
+    );
+    stop_load(&rt, load);
+}
+
+#[test]
+fn refused_upgrades_name_the_problem_and_change_nothing() {
+    let cluster = DevCluster::up_with_env(
+        &bin(),
+        43,
+        2,
+        &[
+            ("FLOTILLA_FAILPOINT_PAUSE_STEP", "sync_replica"),
+            ("FLOTILLA_FAILPOINT_PAUSE_MS", "4000"),
+        ],
+    );
+    create_db(
+        &cluster,
+        &[
+            "--name",
+            "rep",
+            "--port",
+            "12102",
+            "--memory",
+            "100mb",
+            "--replication",
+            "--redis-version",
+            "redis-7.0",
+        ],
+    );
+    create_db(
+        &cluster,
+        &[
+            "--name",
+            "single",
+            "--port",
+            "12103",
+            "--memory",
+            "100mb",
+            "--redis-version",
+            "redis-7.0",
+            "--persistence",
+            "aof",
+        ],
+    );
+    let refuse = |args: &[&str], needle: &str| {
+        let output = cluster.flotilla(args);
+        assert!(!output.status.success(), "{args:?} must be refused");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("400") || stderr.contains("409"),
+            "a 4xx: {stderr}"
+        );
+    };
+    refuse(
+        &["db", "upgrade", "rep", "--redis-version", "redis-6.2"],
+        "downgrade",
+    );
+    refuse(
+        &["db", "upgrade", "rep", "--redis-version", "redis-5.0"],
+        "unknown engine version",
+    );
+    refuse(
+        &["db", "upgrade", "rep", "--redis-version", "redis-7.0"],
+        "force_restart",
+    );
+    refuse(
+        &[
+            "db",
+            "upgrade",
+            "single",
+            "--redis-version",
+            "valkey-8.1",
+            "--discard-data",
+        ],
+        "force_discard",
+    );
+    refuse(
+        &["db", "upgrade", "single", "--redis-version", "valkey-8.1"],
+        "replication",
+    );
+    let no_actions = flotilla_testkit::runtime()
+        .block_on(cluster.client(1).actions())
+        .unwrap();
+    assert!(no_actions.is_empty(), "refusals created no action");
+
+    // A second upgrade while one runs on the same database is refused, naming the action.
+    let started = cluster.flotilla(&[
+        "db",
+        "upgrade",
+        "rep",
+        "--redis-version",
+        "valkey-8.1",
+        "--no-wait",
+    ]);
+    assert_success(&started, "first upgrade");
+    refuse(
+        &["db", "upgrade", "rep", "--redis-version", "valkey-9.1"],
+        "action 1",
+    );
+    let db = json(&cluster, 1, &["db", "show", "single", "--json"]);
+    assert_eq!(
+        db["redis_version"], "redis-7.0",
+        "the refused database is unchanged"
+    );
+    let waited = cluster.flotilla(&["action", "wait", "1"]);
+    assert_success(&waited, "the running upgrade still completes");
+}
+
+#[test]
+fn a_cancelled_upgrade_stops_at_a_boundary_with_every_slot_range_on_one_engine() {
+    let cluster = DevCluster::up_with_env(
+        &bin(),
+        44,
+        2,
+        &[
+            ("FLOTILLA_FAILPOINT_PAUSE_STEP", "sync_replica"),
+            ("FLOTILLA_FAILPOINT_PAUSE_MS", "3000"),
+        ],
+    );
+    create_db(
+        &cluster,
+        &[
+            "--name",
+            "halt",
+            "--port",
+            "12104",
+            "--memory",
+            "100mb",
+            "--shards",
+            "2",
+            "--replication",
+            "--redis-version",
+            "redis-6.2",
+        ],
+    );
+    let rt = runtime();
+    let load = start_load(&rt, format!("{}:12104", cluster.addr(1)));
+    assert_success(
+        &cluster.flotilla(&[
+            "db",
+            "upgrade",
+            "halt",
+            "--redis-version",
+            "redis-7.0",
+            "--no-wait",
+        ]),
+        "upgrade",
+    );
+    assert_success(&cluster.flotilla(&["action", "cancel", "1"]), "cancel");
+    let ended = poll_until(Duration::from_secs(60), || {
+        json(&cluster, 1, &["action", "show", "1", "--json"])["status"] != "running"
+    });
+    assert!(ended, "the cancelled action ends");
+    let action = json(&cluster, 1, &["action", "show", "1", "--json"]);
+    assert_eq!(action["status"], "cancelled", "{action}");
+    // The first slot range finished its pair; the second never started: each range is on one engine.
+    let all = shards(&cluster);
+    for range in ["0-8191", "8192-16383"] {
+        let versions: Vec<&str> = all
+            .iter()
+            .filter(|s| s["assigned_slots"] == range)
+            .map(|s| s["redis_version"].as_str().unwrap())
+            .collect();
+        assert!(
+            versions.windows(2).all(|w| w[0] == w[1]),
+            "slot range {range} on one engine: {versions:?}"
+        );
+    }
+    stop_load(&rt, load);
+}
+
+/// The steps of a one-range replicated upgrade, as the plan names them.
+const STEPS: [&str; 6] = [
+    "upgrade_replica",
+    "sync_replica",
+    "switchover",
+    "upgrade_old_master",
+    "sync_old_master",
+    "finalize",
+];
+
+#[test]
+fn the_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_every_step() {
+    for (i, step) in STEPS.iter().enumerate() {
+        let subnet = 45 + i as u8;
+        let cluster = DevCluster::up_with_env(
+            &bin(),
+            subnet,
+            3,
+            &[
+                ("FLOTILLA_FAILPOINT_PAUSE_STEP", step),
+                ("FLOTILLA_FAILPOINT_PAUSE_MS", "2500"),
+            ],
+        );
+        create_db(
+            &cluster,
+            &[
+                "--name",
+                "tough",
+                "--port",
+                "12105",
+                "--memory",
+                "100mb",
+                "--replication",
+                "--redis-version",
+                "redis-7.0",
+            ],
+        );
+        let primary = json(&cluster, 1, &["status", "--json"])["cluster"]["master_node"]
+            .as_u64()
+            .unwrap() as u8;
+        let other = cluster.node_numbers().find(|n| *n != primary).unwrap();
+        let rt = runtime();
+        let load = start_load(&rt, format!("{}:12105", cluster.addr(other)));
+        assert_success(
+            &cluster.flotilla_at(
+                other,
+                &[
+                    "db",
+                    "upgrade",
+                    "tough",
+                    "--redis-version",
+                    "valkey-8.1",
+                    "--no-wait",
+                ],
+            ),
+            "upgrade",
+        );
+        let reached = poll_until(Duration::from_secs(60), || {
+            json(&cluster, other, &["action", "show", "1", "--json"])["pending_ops"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(step)
+        });
+        assert!(reached, "the action reached step {step}");
+        cluster.kill9(primary);
+        cluster.dev_up();
+        let done = poll_until(Duration::from_secs(120), || {
+            json(&cluster, other, &["action", "show", "1", "--json"])["status"] != "running"
+        });
+        let action = json(&cluster, other, &["action", "show", "1", "--json"]);
+        assert!(
+            done && action["status"] == "completed",
+            "killed at {step}: {action}"
+        );
+        assert!(
+            poll_until(Duration::from_secs(30), || all_on(&cluster, "valkey-8.1")),
+            "killed at {step}: every shard on valkey-8.1"
+        );
+        eprintln!("kill -9 of the primary node at {step}: resumed and completed");
+        stop_load(&rt, load);
+    }
+}
