@@ -9,10 +9,11 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_model::{Bdb, BdbUid, ClusterState, ShardRole};
-use flotilla_proxy::{SlotMap, Topology, SLOT_COUNT};
+use flotilla_proxy::{EndpointStats, ProxyOptions, SlotMap, Topology, SLOT_COUNT};
 use flotilla_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -63,6 +64,7 @@ pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
 
 struct Running {
     port: u16,
+    stats: EndpointStats,
     topology: watch::Sender<Topology>,
     stop: Option<oneshot::Sender<()>>,
 }
@@ -75,13 +77,23 @@ impl Drop for Running {
     }
 }
 
-/// Keeps this node's endpoint listeners in step with the store until `shutdown` fires.
-pub async fn run(store: Store, addr: IpAddr, mut shutdown: watch::Receiver<bool>) {
+/// Each served database's request counters on this node, for the metrics endpoint.
+pub type StatsRegistry = Arc<Mutex<HashMap<BdbUid, EndpointStats>>>;
+
+/// Keeps this node's endpoint listeners in step with the store until `shutdown` fires; each
+/// endpoint's counters are kept in `stats` while it is served.
+pub async fn run(
+    store: Store,
+    addr: IpAddr,
+    stats: StatsRegistry,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut changes = store.subscribe();
     let mut running: HashMap<BdbUid, Running> = HashMap::new();
     let mut tick = tokio::time::interval(RESYNC);
     loop {
         sync(&store.state(), addr, &mut running).await;
+        publish_stats(&stats, &running);
         tokio::select! {
             _ = changes.changed() => {}
             _ = tick.tick() => {}
@@ -89,6 +101,17 @@ pub async fn run(store: Store, addr: IpAddr, mut shutdown: watch::Receiver<bool>
         }
     }
     running.clear();
+}
+
+/// Makes the registry list exactly the endpoints served now.
+fn publish_stats(stats: &StatsRegistry, running: &HashMap<BdbUid, Running>) {
+    let mut registry = stats.lock().expect("stats registry lock");
+    registry.retain(|uid, _| running.contains_key(uid));
+    for (uid, endpoint) in running {
+        registry
+            .entry(*uid)
+            .or_insert_with(|| endpoint.stats.clone());
+    }
 }
 
 async fn sync(state: &ClusterState, addr: IpAddr, running: &mut HashMap<BdbUid, Running>) {
@@ -133,11 +156,20 @@ async fn open(addr: IpAddr, bdb: &Bdb, topology: Topology) -> Option<Running> {
     tracing::info!(bdb = bdb.uid, name = %bdb.spec.name, %addr, port, "serving database endpoint");
     let (topology_tx, topology_rx) = watch::channel(topology);
     let (stop_tx, stop_rx) = oneshot::channel();
-    tokio::spawn(flotilla_proxy::serve(listener, topology_rx, async move {
+    let stats = EndpointStats::new();
+    let stop = async move {
         let _ = stop_rx.await;
-    }));
+    };
+    tokio::spawn(flotilla_proxy::serve_with_stats(
+        listener,
+        topology_rx,
+        stop,
+        ProxyOptions::default(),
+        stats.clone(),
+    ));
     Some(Running {
         port,
+        stats,
         topology: topology_tx,
         stop: Some(stop_tx),
     })

@@ -83,9 +83,11 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
         actions_observer,
         stop_rx.clone(),
     ));
+    let endpoint_stats = flotilla_endpoints::StatsRegistry::default();
     let endpoints = tokio::spawn(flotilla_endpoints::run(
         store.clone(),
         args.addr,
+        endpoint_stats.clone(),
         stop_rx.clone(),
     ));
     let agent = flotilla_agent::ShardAgent::new(
@@ -108,6 +110,19 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
         discovery_listener,
         stop_rx.clone(),
     ));
+    let metrics_listener = bind(args.addr, flotilla_metrics::DEFAULT_PORT, "metrics").await?;
+    let metrics_source = {
+        let (store, stats, shards) = (store.clone(), endpoint_stats, observed_shards.clone());
+        move || metrics_sample(&store, &stats, &shards)
+    };
+    let mut metrics_stop = stop_rx.clone();
+    let metrics = tokio::spawn(flotilla_metrics::serve(
+        metrics_listener,
+        metrics_source,
+        async move {
+            let _ = metrics_stop.wait_for(|s| *s).await;
+        },
+    ));
     let reporter = tokio::spawn(flotilla_agent::run_reporter_with_shards(
         store.clone(),
         node.software_version.clone(),
@@ -119,9 +134,78 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
     wait_for_signal().await?;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(rpc, rest, reporter, endpoints, failover, shards, discovery, actions);
+    let _ =
+        tokio::join!(rpc, rest, reporter, endpoints, failover, shards, discovery, actions, metrics);
     store.shutdown().await;
     Ok(())
+}
+
+/// What `/metrics` shows on this node: its endpoints' counters and its own shards.
+fn metrics_sample(
+    store: &Store,
+    stats: &flotilla_endpoints::StatsRegistry,
+    shards: &flotilla_agent::ObservedShards,
+) -> flotilla_metrics::Sample {
+    use flotilla_metrics::{Bucket, DbSample, Histogram, NodeSample, Sample, ShardSample};
+    let state = store.state();
+    let node_uid = store.uid().unwrap_or(0);
+    let registry = stats.lock().expect("stats registry lock").clone();
+    let dbs = registry
+        .iter()
+        .filter_map(|(uid, endpoint)| {
+            let bdb = state.bdbs.get(uid)?;
+            let snapshot = endpoint.snapshot();
+            let latency = Histogram {
+                buckets: snapshot
+                    .latency
+                    .cumulative()
+                    .into_iter()
+                    .map(|(bound_us, count)| Bucket {
+                        upper_bound_seconds: bound_us as f64 / 1e6,
+                        cumulative_count: count,
+                    })
+                    .collect(),
+                sum_seconds: snapshot.latency.sum_us as f64 / 1e6,
+                count: snapshot.latency.count,
+            };
+            Some(DbSample {
+                bdb_uid: *uid,
+                name: bdb.spec.name.clone(),
+                redis_version: bdb.spec.redis_version.to_string(),
+                shards: u64::from(bdb.spec.shards_count),
+                commands_total: snapshot.commands_total,
+                error_replies_total: snapshot.error_replies_total,
+                not_executed_total: snapshot.not_executed_total,
+                connections_current: snapshot.connections_current,
+                connections_total: snapshot.connections_total,
+                latency,
+            })
+        })
+        .collect();
+    let shards = shards
+        .snapshot()
+        .into_iter()
+        .filter_map(|report| {
+            let shard = state.shards.get(&report.uid)?;
+            Some(ShardSample {
+                shard_uid: report.uid,
+                bdb_uid: shard.bdb_uid,
+                node_uid,
+                role: match shard.role {
+                    flotilla_model::ShardRole::Master => flotilla_metrics::ShardRole::Master,
+                    flotilla_model::ShardRole::Slave => flotilla_metrics::ShardRole::Slave,
+                },
+                up: report.up,
+                used_memory_bytes: report.used_memory,
+                repl_offset: report.offset.max(0) as u64,
+            })
+        })
+        .collect();
+    Sample {
+        node: NodeSample { node_uid },
+        dbs,
+        shards,
+    }
 }
 
 /// Where this node's engine binaries are: the installed package's `engines/`, else

@@ -168,6 +168,28 @@ fn a_replicated_sharded_database_answers_on_every_node() {
     };
     assert_eq!(cli(&["SET", "from-cli", "yes"]), "OK");
     assert_eq!(cli(&["GET", "from-cli"]), "yes");
+
+    // Node 1's metrics count the requests its endpoint served and show its shards.
+    let metrics = runtime()
+        .block_on(async {
+            let url = format!("http://{}:8070/metrics", cluster.addr(1));
+            reqwest::get(url).await?.text().await
+        })
+        .expect("metrics endpoint answers");
+    let requests: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("flotilla_bdb_requests_total{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("flotilla_bdb_requests_total is exported");
+    assert!(
+        requests >= 4.0,
+        "node 1 served the MSET, MGET and DBSIZE: {requests}"
+    );
+    assert!(
+        metrics.contains("flotilla_shard_used_memory_bytes{"),
+        "{metrics}"
+    );
 }
 
 #[test]

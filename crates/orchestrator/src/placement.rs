@@ -58,15 +58,17 @@ pub fn place(
     }
     let shard_memory = spec.memory_size / u64::from(spec.shards_count.max(1));
     let mut load = memory_by_node(state, eligible);
+    let mut masters = masters_by_node(state, eligible);
     let mut used_ports = ports_by_node(state);
     let mut plans = Vec::new();
     for index in 0..spec.shards_count {
         let slots = SlotRange::even(index, spec.shards_count);
-        let master = least_loaded(&load, None);
+        let master = least_loaded(&load, &masters, None);
         plans.push(plan_on(master, ShardRole::Master, slots, &mut used_ports)?);
         *load.entry(master).or_default() += shard_memory;
+        *masters.entry(master).or_default() += 1;
         if spec.replication {
-            let slave = least_loaded(&load, Some(master));
+            let slave = least_loaded(&load, &masters, Some(master));
             plans.push(plan_on(slave, ShardRole::Slave, slots, &mut used_ports)?);
             *load.entry(slave).or_default() += shard_memory;
         }
@@ -95,10 +97,30 @@ fn ports_by_node(state: &ClusterState) -> BTreeMap<NodeUid, BTreeSet<u16>> {
     ports
 }
 
-fn least_loaded(load: &BTreeMap<NodeUid, u64>, except: Option<NodeUid>) -> NodeUid {
+/// Master shards per eligible node: ties on memory go to the node with fewer masters, so the
+/// write load spreads too.
+fn masters_by_node(state: &ClusterState, eligible: &[NodeUid]) -> BTreeMap<NodeUid, u32> {
+    let mut masters: BTreeMap<NodeUid, u32> = eligible.iter().map(|uid| (*uid, 0)).collect();
+    for shard in state
+        .shards
+        .values()
+        .filter(|s| s.role == ShardRole::Master)
+    {
+        if let Some(count) = masters.get_mut(&shard.node_uid) {
+            *count += 1;
+        }
+    }
+    masters
+}
+
+fn least_loaded(
+    load: &BTreeMap<NodeUid, u64>,
+    masters: &BTreeMap<NodeUid, u32>,
+    except: Option<NodeUid>,
+) -> NodeUid {
     load.iter()
         .filter(|(uid, _)| Some(**uid) != except)
-        .min_by_key(|(uid, memory)| (**memory, **uid))
+        .min_by_key(|(uid, memory)| (**memory, masters.get(uid).copied().unwrap_or(0), **uid))
         .map(|(uid, _)| *uid)
         .expect("placement checked there are enough nodes")
 }
@@ -190,6 +212,18 @@ mod tests {
         let second = place(&state, &spec("b", 12001, 1, true), &[1, 2, 3]).unwrap();
         let ports: Vec<u16> = second.iter().map(|p| p.port).collect();
         assert_eq!(ports, [20002, 20002], "next free port on each node");
+    }
+
+    #[test]
+    fn masters_spread_over_two_nodes() {
+        let state = state_with_nodes(2);
+        let plans = place(&state, &spec("a", 12000, 2, true), &[1, 2]).unwrap();
+        let master_nodes: Vec<u64> = plans
+            .iter()
+            .filter(|p| p.role == ShardRole::Master)
+            .map(|p| p.node_uid)
+            .collect();
+        assert_eq!(master_nodes, [1, 2], "one master per node");
     }
 
     #[test]
