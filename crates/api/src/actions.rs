@@ -32,6 +32,7 @@ fn info(state: &ClusterState, action: &Action) -> ActionInfo {
         steps,
         error: action.error.clone(),
         cancel_requested: action.cancel_requested,
+        history: action.history.clone(),
         kind: action.kind.clone(),
     }
 }

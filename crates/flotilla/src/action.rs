@@ -125,17 +125,25 @@ pub async fn wait(client: &Client, uid: u64) -> Result<()> {
         );
         bar
     });
-    let mut last_step = String::new();
+    let mut printed = 0;
+    let started = std::time::Instant::now();
     let action = loop {
         let action = client.action(uid).await?;
-        if action.pending_ops != last_step {
-            last_step = action.pending_ops.clone();
-            match &bar {
-                Some(bar) => {
-                    bar.set_position(action.progress as u64);
-                    bar.set_message(last_step.clone());
+        match &bar {
+            Some(bar) => {
+                bar.set_position(action.progress as u64);
+                bar.set_message(action.pending_ops.clone());
+            }
+            // Plain output: one line per finished step with how long it took.
+            None => {
+                for record in action.history.iter().skip(printed) {
+                    println!(
+                        "  {:>8.3} s  {}",
+                        record.duration_ms as f64 / 1000.0,
+                        record.step
+                    );
                 }
-                None => println!("{:>3.0}% {}", action.progress, last_step),
+                printed = action.history.len();
             }
         }
         if action.status != ActionStatus::Running {
@@ -148,7 +156,10 @@ pub async fn wait(client: &Client, uid: u64) -> Result<()> {
     }
     match action.status {
         ActionStatus::Completed => {
-            println!("action {uid} completed");
+            println!(
+                "action {uid} completed in {:.2} s",
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         status => bail!(

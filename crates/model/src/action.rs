@@ -88,6 +88,18 @@ pub struct Action {
     pub created_at: u64,
     /// Last change, seconds since the epoch.
     pub updated_at: u64,
+    /// Every finished step with how long it took, in order.
+    #[serde(default)]
+    pub history: Vec<StepRecord>,
+}
+
+/// A finished step and its duration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// The step's name.
+    pub step: String,
+    /// How long it took, in milliseconds (as the primary node that ran it measured).
+    pub duration_ms: u64,
 }
 
 impl Action {

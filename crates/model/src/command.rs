@@ -112,6 +112,9 @@ pub enum Command {
         error: Option<String>,
         /// Time of the change, seconds since the epoch.
         updated_at: u64,
+        /// The step that just finished and how long it took.
+        #[serde(default)]
+        finished: Option<crate::action::StepRecord>,
     },
     /// Asks a running action to stop at its next safe step boundary.
     CancelAction {

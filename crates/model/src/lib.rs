@@ -25,7 +25,7 @@ mod error;
 pub mod rest;
 mod state;
 
-pub use action::{Action, ActionKind, ActionStatus, ActionUid};
+pub use action::{Action, ActionKind, ActionStatus, ActionUid, StepRecord};
 pub use bdb::{
     Bdb, BdbSpec, BdbUid, DataPersistence, Shard, ShardPlan, ShardRole, ShardUid, SlotRange,
     ENDPOINT_PORTS, MAX_SHARDS, SHARD_PORTS, SLOT_COUNT,

@@ -350,6 +350,9 @@ pub struct ActionInfo {
     pub error: Option<String>,
     /// Whether a cancel was asked for.
     pub cancel_requested: bool,
+    /// Finished steps with their durations.
+    #[serde(default)]
+    pub history: Vec<crate::StepRecord>,
     /// The action's parameters.
     pub kind: crate::ActionKind,
 }

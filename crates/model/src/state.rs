@@ -150,7 +150,11 @@ impl ClusterState {
                 step,
                 error,
                 updated_at,
-            } => self.update_action(uid, status, step_index, step, error, updated_at),
+                finished,
+            } => {
+                let update = (status, step_index, step, error, updated_at);
+                self.update_action(uid, update, finished)
+            }
             Command::CancelAction { uid } => self.cancel_action(uid),
             Command::SetShardVersion { uid, redis_version } => {
                 self.set_shard_version(uid, redis_version)
@@ -373,6 +377,7 @@ impl ClusterState {
                 cancel_requested: false,
                 created_at,
                 updated_at: created_at,
+                history: Vec::new(),
             },
         );
         Ok(CommandResult::ActionCreated { uid })
@@ -387,11 +392,14 @@ impl ClusterState {
     fn update_action(
         &mut self,
         uid: ActionUid,
-        status: ActionStatus,
-        step_index: u32,
-        step: String,
-        error: Option<String>,
-        updated_at: u64,
+        (status, step_index, step, error, updated_at): (
+            ActionStatus,
+            u32,
+            String,
+            Option<String>,
+            u64,
+        ),
+        finished: Option<crate::action::StepRecord>,
     ) -> Result<CommandResult, ModelError> {
         let action = self.action_mut(uid)?;
         if !action.is_running() {
@@ -405,6 +413,7 @@ impl ClusterState {
         action.step = step;
         action.error = error;
         action.updated_at = updated_at;
+        action.history.extend(finished);
         Ok(CommandResult::Ok)
     }
 

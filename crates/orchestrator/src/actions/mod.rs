@@ -11,7 +11,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flotilla_model::{Action, ActionKind, ActionStatus, ActionUid, ClusterState, Command};
+use flotilla_model::{
+    Action, ActionKind, ActionStatus, ActionUid, ClusterState, Command, StepRecord,
+};
 use tokio::sync::watch;
 
 use crate::Observer;
@@ -112,6 +114,7 @@ async fn drive(observer: &Observer, uid: ActionUid) {
             return;
         }
         failpoint(&step.name).await;
+        let started = std::time::Instant::now();
         match run_step_with_retries(observer, &action, index).await {
             Ok(()) => {
                 let next = steps
@@ -123,7 +126,11 @@ async fn drive(observer: &Observer, uid: ActionUid) {
                 } else {
                     ActionStatus::Running
                 };
-                record(observer, &action, status, index + 1, next, None).await;
+                let finished = StepRecord {
+                    step: step.name.clone(),
+                    duration_ms: started.elapsed().as_millis() as u64,
+                };
+                record_step(observer, &action, status, index + 1, next, finished).await;
             }
             Err(e) => {
                 tracing::error!(action = uid, step = %step.name, error = %e, "action failed");
@@ -167,6 +174,26 @@ async fn run_step_with_retries(
     Err(last)
 }
 
+async fn record_step(
+    observer: &Observer,
+    action: &Action,
+    status: ActionStatus,
+    step_index: usize,
+    step: &str,
+    finished: StepRecord,
+) {
+    propose_update(
+        observer,
+        action,
+        status,
+        step_index,
+        step,
+        None,
+        Some(finished),
+    )
+    .await
+}
+
 async fn record(
     observer: &Observer,
     action: &Action,
@@ -175,6 +202,19 @@ async fn record(
     step: &str,
     error: Option<String>,
 ) {
+    propose_update(observer, action, status, step_index, step, error, None).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn propose_update(
+    observer: &Observer,
+    action: &Action,
+    status: ActionStatus,
+    step_index: usize,
+    step: &str,
+    error: Option<String>,
+    finished: Option<StepRecord>,
+) {
     let command = Command::UpdateAction {
         uid: action.uid,
         status,
@@ -182,6 +222,7 @@ async fn record(
         step: step.to_string(),
         error,
         updated_at: now_secs(),
+        finished,
     };
     if let Err(e) = observer.store.propose(command).await {
         tracing::error!(action = action.uid, error = %e, "could not record the action's progress; it will be resumed from its last recorded step");
