@@ -142,6 +142,7 @@ pub(crate) async fn get_cluster(
         created_time: cluster.created_at,
         master_node: context.store.leader(),
         nodes_count: state.nodes.len(),
+        default_redis_version: crate::bdbs::DEFAULT_ENGINE.to_string(),
     }))
 }
 

@@ -12,6 +12,43 @@ pub struct StatusArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Show only problems: nodes not up, databases not active or on an old engine.
+    #[arg(long)]
+    pub issues_only: bool,
+}
+
+/// The problems `flotilla status` flags, one line each, naming the object and the fix.
+fn issues(cluster: &ClusterInfo, nodes: &[NodeInfo], databases: &[BdbInfo]) -> Vec<String> {
+    let mut found = Vec::new();
+    for node in nodes.iter().filter(|n| n.status != NodeStatus::Up) {
+        found.push(
+            format!(
+                "node:{} ({}) is {:?}: check its daemon (`flotilla check` on it)",
+                node.uid, node.addr, node.status
+            )
+            .to_lowercase(),
+        );
+    }
+    for db in databases {
+        if db.status != "active" {
+            found.push(format!(
+                "db:{} {} is {}: `flotilla db show {}` and `flotilla action list`",
+                db.uid, db.name, db.status, db.name
+            ));
+        }
+        if old_engine(cluster, db) {
+            found.push(format!(
+                "db:{} {}: OLD REDIS VERSION {} (cluster default {}): `flotilla db upgrade {}`",
+                db.uid, db.name, db.redis_version, cluster.default_redis_version, db.name
+            ));
+        }
+    }
+    found
+}
+
+fn old_engine(cluster: &ClusterInfo, db: &BdbInfo) -> bool {
+    let order = |v: &str| v.parse::<flotilla_model::EngineVersion>().ok();
+    matches!((order(&db.redis_version), order(&cluster.default_redis_version)), (Some(a), Some(b)) if a < b)
 }
 
 /// `flotilla status --json`.
@@ -20,6 +57,7 @@ struct StatusJson {
     cluster: ClusterInfo,
     nodes: Vec<NodeInfo>,
     databases: Vec<BdbInfo>,
+    issues: Vec<String>,
 }
 
 /// Fetches and prints the status.
@@ -27,11 +65,22 @@ pub async fn run(client: &Client, args: StatusArgs) -> Result<()> {
     let cluster = client.cluster().await?;
     let nodes = client.nodes().await?;
     let databases = client.bdbs().await?;
+    let issues = issues(&cluster, &nodes, &databases);
+    if args.issues_only && !args.json {
+        if issues.is_empty() {
+            println!("no issues");
+        }
+        for issue in &issues {
+            println!("{issue}");
+        }
+        return Ok(());
+    }
     if args.json {
         let status = StatusJson {
             cluster,
             nodes,
             databases,
+            issues,
         };
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
@@ -66,5 +115,11 @@ pub async fn run(client: &Client, args: StatusArgs) -> Result<()> {
     println!();
     println!("DATABASES:");
     crate::db::print_table(&databases);
+    for db in databases.iter().filter(|db| old_engine(&cluster, db)) {
+        println!(
+            "db:{} {}: OLD REDIS VERSION ({}; cluster default {})",
+            db.uid, db.name, db.redis_version, cluster.default_redis_version
+        );
+    }
     Ok(())
 }

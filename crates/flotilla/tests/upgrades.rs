@@ -117,6 +117,12 @@ fn a_replicated_database_climbs_every_engine_under_load() {
             "redis-6.2",
         ],
     );
+    let issues = cluster.flotilla(&["status", "--issues-only"]);
+    let text = String::from_utf8_lossy(&issues.stdout);
+    assert!(
+        text.contains("OLD REDIS VERSION redis-6.2"),
+        "status flags the old engine: {text}"
+    );
     let rt = runtime();
     let load = start_load(&rt, format!("{}:12100", cluster.addr(2)));
 
@@ -135,6 +141,9 @@ fn a_replicated_database_climbs_every_engine_under_load() {
     }
     let db = json(&cluster, 1, &["db", "show", "climb", "--json"]);
     assert_eq!(db["redis_version"], "valkey-9.1");
+    let issues = cluster.flotilla(&["status", "--issues-only"]);
+    let text = String::from_utf8_lossy(&issues.stdout);
+    assert!(!text.contains("OLD REDIS VERSION"), "no longer old: {text}");
     stop_load(&rt, load);
 }
 

@@ -20,6 +20,10 @@ pub struct ClusterInfo {
     pub master_node: Option<NodeUid>,
     /// Number of member nodes.
     pub nodes_count: usize,
+    /// The engine new and upgraded databases get by default (the newest bundled one); a
+    /// database on an older engine shows `OLD REDIS VERSION` in `flotilla status`.
+    #[serde(default)]
+    pub default_redis_version: String,
 }
 
 /// `PUT /v1/cluster`: the settings an operator may change; omitted fields stay as they are.
