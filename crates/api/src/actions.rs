@@ -2,7 +2,6 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::Json;
 use flotilla_model::rest::{ActionInfo, BdbUpgrade};
 use flotilla_model::{
@@ -44,14 +43,6 @@ fn parse_uid(what: &str, text: &str) -> Result<u64, ApiError> {
             format!("'{text}' is not a {what} uid (a positive integer)"),
         )
     })
-}
-
-fn conflict(error_code: &'static str, description: String) -> ApiError {
-    ApiError {
-        status: StatusCode::CONFLICT,
-        error_code,
-        description,
-    }
 }
 
 /// `POST /v1/bdbs/{uid}/upgrade` (Redis Software's field names), answering the new action.
@@ -96,12 +87,6 @@ pub(crate) async fn upgrade(
         return Err(ApiError::invalid(
             "may_discard_data",
             format!("database '{}' is persistent ({:?}); discarding its data needs force_discard (--force-discard) too", bdb.spec.name, bdb.spec.data_persistence),
-        ));
-    }
-    if !bdb.spec.replication && !request.may_discard_data {
-        return Err(conflict(
-            "replication_required",
-            format!("database '{}' has no replication; this version upgrades data only through replicas. Enable replication or pass may_discard_data (--discard-data) to restart it empty (temporary replicas come later)", bdb.spec.name),
         ));
     }
     let parallel_shards = request.parallel_shards_upgrade.unwrap_or(1);

@@ -439,3 +439,121 @@ fn the_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_every_step() {
         stop_load(&rt, load);
     }
 }
+
+#[test]
+fn a_database_without_replication_upgrades_through_a_temporary_replica() {
+    let cluster = DevCluster::up(&bin(), 52, 2);
+    create_db(
+        &cluster,
+        &[
+            "--name",
+            "solo",
+            "--port",
+            "12106",
+            "--memory",
+            "100mb",
+            "--shards",
+            "2",
+            "--redis-version",
+            "redis-7.0",
+        ],
+    );
+    let before: Vec<(u64, u64)> = shards(&cluster)
+        .iter()
+        .map(|s| (s["uid"].as_u64().unwrap(), s["node_uid"].as_u64().unwrap()))
+        .collect();
+    let rt = runtime();
+    let load = start_load(&rt, format!("{}:12106", cluster.addr(2)));
+    let took = upgrade(&cluster, 1, "solo", "valkey-9.1", &[]);
+    eprintln!("non-replicated upgrade took {took:?}");
+    assert!(
+        poll_until(Duration::from_secs(20), || all_on(&cluster, "valkey-9.1")),
+        "every shard on valkey-9.1"
+    );
+    let after: Vec<(u64, u64)> = shards(&cluster)
+        .iter()
+        .map(|s| (s["uid"].as_u64().unwrap(), s["node_uid"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        after, before,
+        "the same masters on the same nodes, temporary replicas removed"
+    );
+    stop_load(&rt, load);
+}
+
+#[test]
+fn a_replica_engine_killed_during_its_sync_is_restarted_and_the_upgrade_completes() {
+    let cluster = DevCluster::up_with_env(
+        &bin(),
+        53,
+        2,
+        &[
+            ("FLOTILLA_FAILPOINT_PAUSE_STEP", "sync_replica"),
+            ("FLOTILLA_FAILPOINT_PAUSE_MS", "1500"),
+        ],
+    );
+    create_db(
+        &cluster,
+        &[
+            "--name",
+            "sync",
+            "--port",
+            "12107",
+            "--memory",
+            "100mb",
+            "--replication",
+            "--redis-version",
+            "redis-6.2",
+        ],
+    );
+    let rt = runtime();
+    let load = start_load(&rt, format!("{}:12107", cluster.addr(1)));
+    assert_success(
+        &cluster.flotilla(&[
+            "db",
+            "upgrade",
+            "sync",
+            "--redis-version",
+            "valkey-8.1",
+            "--no-wait",
+        ]),
+        "upgrade",
+    );
+    let in_sync = poll_until(Duration::from_secs(30), || {
+        json(&cluster, 1, &["action", "show", "1", "--json"])["pending_ops"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("sync_replica")
+    });
+    assert!(in_sync, "the action reached sync_replica");
+    let replica = shards(&cluster)
+        .into_iter()
+        .find(|s| s["role"] == "slave")
+        .unwrap();
+    let node = replica["node_uid"].as_u64().unwrap() as u8;
+    let pidfile = cluster
+        .data_dir(node)
+        .join("shards")
+        .join(replica["uid"].to_string())
+        .join("engine.pid");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let done = poll_until(Duration::from_secs(120), || {
+        json(&cluster, 1, &["action", "show", "1", "--json"])["status"] != "running"
+    });
+    let action = json(&cluster, 1, &["action", "show", "1", "--json"]);
+    assert!(done && action["status"] == "completed", "{action}");
+    assert!(
+        poll_until(Duration::from_secs(30), || all_on(&cluster, "valkey-8.1")),
+        "every shard on valkey-8.1"
+    );
+    stop_load(&rt, load);
+}

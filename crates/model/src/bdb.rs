@@ -176,6 +176,10 @@ pub struct Shard {
     /// instead of sending them (design step 1) until the new master is published.
     #[serde(default)]
     pub held: bool,
+    /// A replica added only for the time of an upgrade of a database without replication;
+    /// the upgrade removes it again.
+    #[serde(default)]
+    pub temporary: bool,
 }
 
 #[cfg(test)]

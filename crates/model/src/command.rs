@@ -79,6 +79,21 @@ pub enum Command {
         /// The shard to promote.
         uid: ShardUid,
     },
+    /// Adds a temporary replica to a slot range (an upgrade of a database without
+    /// replication moves its data through it).
+    AddTemporaryReplica {
+        /// The database.
+        bdb_uid: BdbUid,
+        /// Where it goes (its role is always slave).
+        plan: ShardPlan,
+        /// The engine it runs.
+        redis_version: EngineVersion,
+    },
+    /// Removes a temporary replica (its agent stops the engine and deletes its data).
+    RemoveShard {
+        /// The shard.
+        uid: ShardUid,
+    },
     /// Sets or clears the switchover hold on a master shard's slots.
     HoldShard {
         /// The master shard.
@@ -166,6 +181,11 @@ pub enum CommandResult {
     NodeExists {
         /// The existing node's uid.
         uid: NodeUid,
+    },
+    /// A shard was added with this uid.
+    ShardAdded {
+        /// The new shard's uid.
+        uid: ShardUid,
     },
     /// A database was created with this uid.
     BdbCreated {

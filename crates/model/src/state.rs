@@ -137,6 +137,12 @@ impl ClusterState {
             } => self.update_bdb(uid, memory_size, authentication_redis_pass),
             Command::PromoteShard { uid } => self.promote_shard(uid),
             Command::HoldShard { uid, held } => self.hold_shard(uid, held),
+            Command::AddTemporaryReplica {
+                bdb_uid,
+                plan,
+                redis_version,
+            } => self.add_temporary_replica(bdb_uid, plan, redis_version),
+            Command::RemoveShard { uid } => self.remove_shard(uid),
             Command::CreateAction {
                 action,
                 steps_total,
@@ -260,6 +266,7 @@ impl ClusterState {
                     port: plan.port,
                     redis_version: spec.redis_version,
                     held: false,
+                    temporary: false,
                 },
             );
         }
@@ -453,6 +460,77 @@ impl ClusterState {
             .ok_or_else(|| ModelError::NotFound(format!("database {uid} does not exist")))?;
         bdb.spec.redis_version = version;
         Ok(CommandResult::Ok)
+    }
+
+    fn add_temporary_replica(
+        &mut self,
+        bdb_uid: BdbUid,
+        plan: ShardPlan,
+        redis_version: EngineVersion,
+    ) -> Result<CommandResult, ModelError> {
+        if !self.bdbs.contains_key(&bdb_uid) {
+            return Err(ModelError::NotFound(format!(
+                "database {bdb_uid} does not exist"
+            )));
+        }
+        if let Some(existing) = self
+            .shards_of(bdb_uid)
+            .find(|s| s.temporary && s.assigned_slots == plan.assigned_slots)
+        {
+            return Ok(CommandResult::ShardAdded { uid: existing.uid });
+        }
+        let master = self
+            .master_of(bdb_uid, plan.assigned_slots)
+            .ok_or_else(|| {
+                ModelError::NotFound(format!(
+                    "slot range {} of database {bdb_uid} has no master",
+                    plan.assigned_slots
+                ))
+            })?;
+        if master.node_uid == plan.node_uid {
+            return Err(ModelError::InvalidValue(format!(
+                "a replica must not share node {} with its master",
+                plan.node_uid
+            )));
+        }
+        if !self.nodes.contains_key(&plan.node_uid)
+            || self.shards_on(plan.node_uid).any(|s| s.port == plan.port)
+        {
+            return Err(ModelError::InvalidValue(format!(
+                "node {} or its port {} is not available for a replica",
+                plan.node_uid, plan.port
+            )));
+        }
+        let uid = self.next_ids.next_shard_uid;
+        self.next_ids.next_shard_uid += 1;
+        self.shards.insert(
+            uid,
+            Shard {
+                uid,
+                bdb_uid,
+                node_uid: plan.node_uid,
+                role: ShardRole::Slave,
+                assigned_slots: plan.assigned_slots,
+                port: plan.port,
+                redis_version,
+                held: false,
+                temporary: true,
+            },
+        );
+        Ok(CommandResult::ShardAdded { uid })
+    }
+
+    fn remove_shard(&mut self, uid: ShardUid) -> Result<CommandResult, ModelError> {
+        match self.shards.get(&uid) {
+            None => Ok(CommandResult::Ok),
+            Some(shard) if shard.role == ShardRole::Master => Err(ModelError::InvalidValue(
+                format!("shard {uid} is a master; switch it over before removing it"),
+            )),
+            Some(_) => {
+                self.shards.remove(&uid);
+                Ok(CommandResult::Ok)
+            }
+        }
     }
 
     fn hold_shard(&mut self, uid: ShardUid, held: bool) -> Result<CommandResult, ModelError> {

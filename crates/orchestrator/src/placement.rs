@@ -76,6 +76,31 @@ pub fn place(
     Ok(plans)
 }
 
+/// Places one extra replica for slot range `slots` of a database (a temporary replica during an
+/// upgrade): on the least loaded eligible node other than the master's, at its lowest free port.
+pub fn place_replica(
+    state: &ClusterState,
+    slots: SlotRange,
+    master_node: NodeUid,
+    eligible: &[NodeUid],
+) -> Result<ShardPlan, PlacementError> {
+    let candidates: Vec<NodeUid> = eligible
+        .iter()
+        .copied()
+        .filter(|n| *n != master_node)
+        .collect();
+    if candidates.is_empty() {
+        return Err(PlacementError::NotEnoughNodes {
+            needed: 2,
+            available: eligible.len(),
+        });
+    }
+    let load = memory_by_node(state, &candidates);
+    let masters = masters_by_node(state, &candidates);
+    let node = least_loaded(&load, &masters, None);
+    plan_on(node, ShardRole::Slave, slots, &mut ports_by_node(state))
+}
+
 fn memory_by_node(state: &ClusterState, eligible: &[NodeUid]) -> BTreeMap<NodeUid, u64> {
     let mut load: BTreeMap<NodeUid, u64> = eligible.iter().map(|uid| (*uid, 0)).collect();
     for shard in state.shards.values() {

@@ -36,6 +36,8 @@ enum Op {
     SwitchBack,
     RestartOnNewEngine,
     WaitShardsUp,
+    AddTemporaryReplica,
+    RemoveTemporaryReplica,
     Finalize,
 }
 
@@ -50,6 +52,8 @@ impl Op {
             Op::SwitchBack => "switch_back",
             Op::RestartOnNewEngine => "restart_on_new_engine",
             Op::WaitShardsUp => "wait_shards_up",
+            Op::AddTemporaryReplica => "add_temporary_replica",
+            Op::RemoveTemporaryReplica => "remove_temporary_replica",
             Op::Finalize => "finalize",
         }
     }
@@ -76,16 +80,28 @@ fn planned(kind: &ActionKind, state: &ClusterState) -> Vec<Planned> {
         discard_data,
         ..
     } = kind;
-    let per_batch: &[Op] = match (*discard_data, *preserve_roles) {
-        (true, _) => &[Op::RestartOnNewEngine, Op::WaitShardsUp],
-        (false, false) => &[
+    let replicated = state.bdbs.get(bdb_uid).is_some_and(|b| b.spec.replication);
+    let per_batch: &[Op] = match (*discard_data, replicated, *preserve_roles) {
+        (true, _, _) => &[Op::RestartOnNewEngine, Op::WaitShardsUp],
+        // Without replication the data moves through a temporary replica, and the master role
+        // always goes back to the original shard (the temporary one is removed).
+        (false, false, _) => &[
+            Op::AddTemporaryReplica,
+            Op::SyncReplica,
+            Op::Switchover,
+            Op::UpgradeOldMaster,
+            Op::SyncOldMaster,
+            Op::SwitchBack,
+            Op::RemoveTemporaryReplica,
+        ],
+        (false, true, false) => &[
             Op::UpgradeReplica,
             Op::SyncReplica,
             Op::Switchover,
             Op::UpgradeOldMaster,
             Op::SyncOldMaster,
         ],
-        (false, true) => &[
+        (false, true, true) => &[
             Op::UpgradeReplica,
             Op::SyncReplica,
             Op::Switchover,
@@ -215,9 +231,61 @@ async fn run_op(
             }
         }
         Op::RestartOnNewEngine => set_versions(observer, bdb, range, target, None).await,
+        Op::AddTemporaryReplica => add_temporary_replica(observer, bdb, range, target).await,
+        Op::RemoveTemporaryReplica => remove_temporary_replicas(observer, bdb, range).await,
         Op::WaitShardsUp => wait_range(observer, bdb, range, target, false).await,
         Op::Finalize => Ok(()),
     }
+}
+
+async fn add_temporary_replica(
+    observer: &Observer,
+    bdb: u64,
+    range: SlotRange,
+    target: EngineVersion,
+) -> Result<(), String> {
+    let state = observer.store.state();
+    if state
+        .shards_of(bdb)
+        .any(|s| s.temporary && s.assigned_slots == range)
+    {
+        return Ok(());
+    }
+    let master = master(&state, bdb, range)?;
+    let eligible: Vec<u64> = observer
+        .local_statuses()
+        .into_iter()
+        .filter(|(_, status)| *status == flotilla_model::rest::NodeStatus::Up)
+        .map(|(uid, _)| uid)
+        .collect();
+    let plan = crate::placement::place_replica(&state, range, master.node_uid, &eligible)
+        .map_err(|e| format!("temporary replica for slot range {range}: {e}"))?;
+    propose(
+        observer,
+        Command::AddTemporaryReplica {
+            bdb_uid: bdb,
+            plan,
+            redis_version: target,
+        },
+    )
+    .await
+}
+
+async fn remove_temporary_replicas(
+    observer: &Observer,
+    bdb: u64,
+    range: SlotRange,
+) -> Result<(), String> {
+    let state = observer.store.state();
+    let temporary: Vec<u64> = state
+        .shards_of(bdb)
+        .filter(|s| s.temporary && s.assigned_slots == range && s.role == ShardRole::Slave)
+        .map(|s| s.uid)
+        .collect();
+    for uid in temporary {
+        propose(observer, Command::RemoveShard { uid }).await?;
+    }
+    Ok(())
 }
 
 fn master(state: &ClusterState, bdb: u64, range: SlotRange) -> Result<Shard, String> {
