@@ -279,6 +279,7 @@ pub(crate) async fn shards(State(context): State<ApiContext>) -> Json<Vec<ShardI
                 status: shard_status(&observed, s.uid, s.role, s.node_uid).into(),
                 offset: report.map(|r| r.offset).unwrap_or(0),
                 used_memory: report.map(|r| r.used_memory).unwrap_or(0),
+                held: s.held,
             }
         })
         .collect();

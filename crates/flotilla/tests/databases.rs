@@ -41,8 +41,12 @@ fn db_status(cluster: &DevCluster, uid: u64) -> String {
 }
 
 fn shards(cluster: &DevCluster) -> Vec<Value> {
+    shards_at(cluster, 1)
+}
+
+fn shards_at(cluster: &DevCluster, node: u8) -> Vec<Value> {
     let rt = runtime();
-    let shards = rt.block_on(cluster.client(1).shards()).unwrap();
+    let shards = rt.block_on(cluster.client(node).shards()).unwrap();
     shards
         .into_iter()
         .map(|s| serde_json::to_value(s).unwrap())
@@ -659,4 +663,109 @@ fn malformed_resp_never_breaks_the_endpoint_or_other_clients() {
 
 fn repo_root() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn a_switchover_cut_short_by_a_primary_node_crash_is_repaired_without_losing_writes() {
+    let env = [
+        ("FLOTILLA_FAILPOINT_PAUSE_STEP", "switchover:fenced"),
+        ("FLOTILLA_FAILPOINT_PAUSE_MS", "4000"),
+    ];
+    let cluster = DevCluster::up_with_env(&bin(), 38, 3, &env);
+    create_db(
+        &cluster,
+        &[
+            "--name",
+            "cut",
+            "--port",
+            "12007",
+            "--memory",
+            "100mb",
+            "--replication",
+            "--redis-version",
+            "redis-7.0",
+        ],
+    );
+    let primary = cluster.status_json(1)["cluster"]["master_node"]
+        .as_u64()
+        .unwrap() as u8;
+    let other = cluster.node_numbers().find(|n| *n != primary).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let load = rt.block_on(async {
+        let load = flotilla_loadcheck::start(flotilla_loadcheck::Config::for_endpoint(format!(
+            "{}:12007",
+            cluster.addr(other)
+        )))
+        .unwrap();
+        assert!(load.wait_for_ops(300, Duration::from_secs(10)).await);
+        load
+    });
+    let (master, _) = pairs(&cluster)[0];
+    let bin = bin();
+    let url = cluster.url(other);
+    let failover = std::thread::spawn(move || {
+        Command::new(bin)
+            .args(["shard", "failover", &master.to_string()])
+            .env("FLOTILLA_URL", url)
+            .env("FLOTILLA_USER", flotilla_testkit::USER)
+            .env("FLOTILLA_PASSWORD", flotilla_testkit::PASSWORD)
+            .output()
+    });
+    // The switchover pauses after fencing the master (failpoint): kill the primary node then.
+    let held = poll_until(Duration::from_secs(10), || {
+        shards_at(&cluster, other)
+            .iter()
+            .any(|s| s["uid"] == master && s["held"] == true)
+    });
+    assert!(held, "the switchover holds the master's slots");
+    let killed = Instant::now();
+    cluster.kill9(primary);
+    let _ = failover.join();
+    let serving = poll_until(Duration::from_secs(30), || {
+        writable(cluster.addr(other), 12007)
+    });
+    assert!(
+        serving,
+        "the new primary repaired the interrupted switchover and the endpoint serves writes"
+    );
+    eprintln!(
+        "writable again {:?} after kill -9 of the primary node mid-switchover",
+        killed.elapsed()
+    );
+    let report = rt.block_on(async {
+        let before = load.progress().ops;
+        assert!(
+            load.wait_for_ops(before + 300, Duration::from_secs(20))
+                .await,
+            "load continues"
+        );
+        load.stop().await.unwrap()
+    });
+    eprintln!("{report}");
+    // Commands held past the hold timeout are answered "not executed" (TRYAGAIN): errors, but
+    // never a lost acknowledged write.
+    assert_eq!(
+        report.lost_writes, 0,
+        "no acknowledged write lost: {:?}",
+        report.lost_write_examples
+    );
+    let released = poll_until(Duration::from_secs(10), || {
+        shards_at(&cluster, other)
+            .iter()
+            .all(|s| s["held"] == false)
+    });
+    assert!(released, "no slot range stays held");
+    let repaired = cluster.node_numbers().filter(|n| *n != primary).any(|n| {
+        let log =
+            std::fs::read_to_string(cluster.data_dir(n).join("flotilla.log")).unwrap_or_default();
+        log.contains("switchover interrupted")
+    });
+    assert!(
+        repaired,
+        "the new primary node repaired the interrupted switchover"
+    );
 }

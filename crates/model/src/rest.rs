@@ -303,6 +303,9 @@ pub struct ShardInfo {
     pub offset: i64,
     /// Memory used, bytes, last reported.
     pub used_memory: u64,
+    /// A switchover holds this master's slots right now.
+    #[serde(default)]
+    pub held: bool,
 }
 
 /// `POST /v1/bdbs/{uid}/upgrade`, in Redis Software's field names.

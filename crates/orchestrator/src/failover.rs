@@ -28,6 +28,7 @@ const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Watches master shards and fails them over until `shutdown` fires.
 pub async fn run_failover(store: Store, observer: Observer, mut shutdown: watch::Receiver<bool>) {
     let mut failing_since: HashMap<ShardUid, Instant> = HashMap::new();
+    let mut held_since: HashMap<ShardUid, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(CHECK_EVERY);
     loop {
         tokio::select! {
@@ -36,9 +37,35 @@ pub async fn run_failover(store: Store, observer: Observer, mut shutdown: watch:
         }
         if !store.is_leader() {
             failing_since.clear();
+            held_since.clear();
             continue;
         }
+        repair_orphaned_holds(&observer, &mut held_since).await;
         check_once(&store, &observer, &mut failing_since).await;
+    }
+}
+
+/// How long a hold nobody drives may last before the primary node repairs it.
+const ORPHANED_HOLD_GRACE: Duration = Duration::from_secs(1);
+
+/// Completes or undoes switchovers whose primary node died mid-way (their slots stay held,
+/// and proxies would queue them until the hold timeout, then answer TRYAGAIN).
+async fn repair_orphaned_holds(observer: &Observer, held_since: &mut HashMap<ShardUid, Instant>) {
+    let orphans = crate::switchover::orphaned_holds(observer);
+    held_since.retain(|uid, _| orphans.iter().any(|s| s.uid == *uid));
+    for master in orphans {
+        let since = *held_since.entry(master.uid).or_insert_with(Instant::now);
+        if since.elapsed() < ORPHANED_HOLD_GRACE {
+            continue;
+        }
+        match crate::switchover::finish_interrupted(observer, &master).await {
+            Ok(()) => {
+                held_since.remove(&master.uid);
+            }
+            Err(e) => {
+                tracing::error!(shard = master.uid, error = %e, "could not repair an interrupted switchover")
+            }
+        }
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Observed {
 pub struct Observer {
     pub(crate) store: Store,
     inner: Arc<Mutex<Table>>,
+    /// Master shards a switchover on this node is driving right now.
+    pub(crate) switching: Arc<Mutex<std::collections::HashSet<ShardUid>>>,
 }
 
 struct Table {
@@ -49,6 +51,7 @@ impl Observer {
                 reports: HashMap::new(),
                 leading_since: None,
             })),
+            switching: Arc::default(),
         }
     }
 

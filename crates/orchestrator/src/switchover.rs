@@ -17,7 +17,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use flotilla_engine::{wait_for_sync, ClientOptions, EngineClient};
+use flotilla_engine::{wait_for_sync, ClientOptions, EngineClient, Role};
 use flotilla_model::rest::NodeStatus;
 use flotilla_model::{ClusterState, Command, Shard, ShardRole, ShardUid};
 use flotilla_store::{Store, StoreError};
@@ -105,6 +105,7 @@ pub async fn switchover(
     }
     let state = store.state();
     let (master, replica) = pair(&state, uid)?;
+    let _driving = Driving::new(observer, master.uid);
     let m = connect(&state, &master).await?;
     let r = connect(&state, &replica).await?;
     let started = Instant::now();
@@ -136,6 +137,7 @@ pub async fn switchover(
         });
     }
     let catch_up_ms = fenced.elapsed().as_millis() as u64;
+    crate::actions::failpoint("switchover:fenced").await;
     if let Err(e) = r.replicaof_no_one().await {
         release(store, &m, master.uid).await;
         return Err(engine(replica.uid, e));
@@ -161,6 +163,33 @@ pub async fn switchover(
         spread_ms,
         catch_up_ms,
     })
+}
+
+/// Marks a master as being switched over by this node for as long as it lives.
+struct Driving<'a> {
+    observer: &'a Observer,
+    master: ShardUid,
+}
+
+impl<'a> Driving<'a> {
+    fn new(observer: &'a Observer, master: ShardUid) -> Self {
+        observer
+            .switching
+            .lock()
+            .expect("switching lock")
+            .insert(master);
+        Driving { observer, master }
+    }
+}
+
+impl Drop for Driving<'_> {
+    fn drop(&mut self) {
+        self.observer
+            .switching
+            .lock()
+            .expect("switching lock")
+            .remove(&self.master);
+    }
 }
 
 /// Waits until every node that is up has applied log entry `index` (bounded).
@@ -272,4 +301,59 @@ fn engine(shard: ShardUid, e: impl std::fmt::Display) -> SwitchoverError {
         shard,
         detail: e.to_string(),
     }
+}
+
+/// A switchover cut short by a primary node change leaves the master held: complete it when
+/// the replica was already promoted on its engine, otherwise undo it (release, unpause).
+pub async fn finish_interrupted(observer: &Observer, master: &Shard) -> Result<(), String> {
+    if !master.held {
+        return Ok(());
+    }
+    let store = &observer.store;
+    let state = store.state();
+    for replica in state
+        .shards_of(master.bdb_uid)
+        .filter(|s| s.assigned_slots == master.assigned_slots && s.role == ShardRole::Slave)
+    {
+        if engine_role(&state, replica).await == Some(Role::Primary) {
+            tracing::warn!(
+                shard = replica.uid,
+                "completing a switchover interrupted after the promotion"
+            );
+            return propose(store, Command::PromoteShard { uid: replica.uid })
+                .await
+                .map_err(|e| e.to_string());
+        }
+    }
+    tracing::warn!(
+        shard = master.uid,
+        "undoing a switchover interrupted before the promotion"
+    );
+    if let Ok(client) = connect(&state, master).await {
+        let _ = client.client_unpause().await;
+    }
+    let release = Command::HoldShard {
+        uid: master.uid,
+        held: false,
+    };
+    propose(store, release).await.map_err(|e| e.to_string())
+}
+
+async fn engine_role(state: &ClusterState, shard: &Shard) -> Option<Role> {
+    let client = connect(state, shard).await.ok()?;
+    client.replication().await.ok().map(|r| r.role)
+}
+
+/// Held masters that no switchover on this node is driving (its primary node died while it
+/// ran): repaired by the primary node's failover loop after a short grace.
+pub(crate) fn orphaned_holds(observer: &Observer) -> Vec<Shard> {
+    let driving = observer.switching.lock().expect("switching lock").clone();
+    observer
+        .store
+        .state()
+        .shards
+        .values()
+        .filter(|s| s.held && !driving.contains(&s.uid))
+        .cloned()
+        .collect()
 }

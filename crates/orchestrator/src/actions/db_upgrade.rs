@@ -10,10 +10,8 @@
 //! engine. Each step checks the state first and does only what is missing, so it can be run
 //! again after a primary node change; a switchover cut short by one is completed or undone.
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use flotilla_engine::{ClientOptions, EngineClient, Role};
 use flotilla_model::rest::ShardReport;
 use flotilla_model::{
     Action, ActionKind, ClusterState, Command, EngineVersion, Shard, ShardRole, SlotRange,
@@ -221,7 +219,7 @@ async fn run_op(
             let master = master(&state, bdb, range)?;
             match original {
                 Some(original) if original != master.uid => {
-                    finish_interrupted(observer, &master).await?;
+                    switchover::finish_interrupted(observer, &master).await?;
                     switchover::switchover(observer, original)
                         .await
                         .map(|_| ())
@@ -377,7 +375,7 @@ async fn wait_range(
 }
 
 async fn switch_to_replica(observer: &Observer, master: &Shard) -> Result<(), String> {
-    finish_interrupted(observer, master).await?;
+    switchover::finish_interrupted(observer, master).await?;
     let state = observer.store.state();
     let master = state
         .shards
@@ -397,57 +395,4 @@ async fn switch_to_replica(observer: &Observer, master: &Shard) -> Result<(), St
         )),
         Err(e) => Err(e.to_string()),
     }
-}
-
-/// A switchover cut short by a primary node change leaves the master held: complete it when
-/// the replica was already promoted on its engine, otherwise undo it (release, unpause).
-async fn finish_interrupted(observer: &Observer, master: &Shard) -> Result<(), String> {
-    if !master.held {
-        return Ok(());
-    }
-    let state = observer.store.state();
-    for replica in state
-        .shards_of(master.bdb_uid)
-        .filter(|s| s.assigned_slots == master.assigned_slots && s.role == ShardRole::Slave)
-    {
-        if engine_role(&state, replica).await == Some(Role::Primary) {
-            tracing::warn!(
-                shard = replica.uid,
-                "completing a switchover interrupted after the promotion"
-            );
-            return propose(observer, Command::PromoteShard { uid: replica.uid }).await;
-        }
-    }
-    tracing::warn!(
-        shard = master.uid,
-        "undoing a switchover interrupted before the promotion"
-    );
-    if let Some(client) = engine_client(&state, master).await {
-        let _ = client.client_unpause().await;
-    }
-    propose(
-        observer,
-        Command::HoldShard {
-            uid: master.uid,
-            held: false,
-        },
-    )
-    .await
-}
-
-async fn engine_client(state: &ClusterState, shard: &Shard) -> Option<EngineClient> {
-    let ip: IpAddr = state.nodes.get(&shard.node_uid)?.addr.parse().ok()?;
-    let secret = &state.cluster.as_ref()?.secret;
-    let options = ClientOptions {
-        connect_timeout: Duration::from_secs(1),
-        response_timeout: Some(Duration::from_secs(2)),
-    };
-    EngineClient::connect_with(ip, shard.port, secret, options)
-        .await
-        .ok()
-}
-
-async fn engine_role(state: &ClusterState, shard: &Shard) -> Option<Role> {
-    let client = engine_client(state, shard).await?;
-    client.replication().await.ok().map(|r| r.role)
 }

@@ -229,10 +229,10 @@ async fn propose_update(
     }
 }
 
-/// Test hook (fault injection at named steps): when `FLOTILLA_FAILPOINT_PAUSE_STEP` is a part
-/// of the step's name, the step waits `FLOTILLA_FAILPOINT_PAUSE_MS` (default 3000) before it
+/// Test hook (fault injection at named steps, also `switchover:fenced` inside a switchover):
+/// when `FLOTILLA_FAILPOINT_PAUSE_STEP` is a part of the step's name, the step waits `FLOTILLA_FAILPOINT_PAUSE_MS` (default 3000) before it
 /// runs, so a test can kill -9 the primary node while the action is in that step.
-async fn failpoint(step: &str) {
+pub(crate) async fn failpoint(step: &str) {
     let Ok(wanted) = std::env::var("FLOTILLA_FAILPOINT_PAUSE_STEP") else {
         return;
     };
