@@ -298,6 +298,27 @@ pub(crate) async fn failover(
             format!("'{uid}' is not a shard uid (a positive integer)"),
         )
     })?;
+    let state = context.store.state();
+    if let Some(action) = state
+        .shards
+        .get(&uid)
+        .and_then(|shard| state.running_action_on(shard.bdb_uid))
+    {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            error_code: "action_running",
+            description: format!(
+                "action {} ({}) is running on database {} (step '{}'); wait for it \
+                 (`flotilla action wait {}`) or cancel it (`flotilla action cancel {}`)",
+                action.uid,
+                action.kind.name(),
+                action.kind.bdb_uid(),
+                action.step,
+                action.uid,
+                action.uid
+            ),
+        });
+    }
     switchover::switchover(&context.observer, uid)
         .await
         .map(Json)

@@ -262,10 +262,6 @@ fn refused_upgrades_name_the_problem_and_change_nothing() {
         ],
         "force_discard",
     );
-    refuse(
-        &["db", "upgrade", "single", "--redis-version", "valkey-8.1"],
-        "replication",
-    );
     let no_actions = flotilla_testkit::runtime()
         .block_on(cluster.client(1).actions())
         .unwrap();
@@ -556,4 +552,48 @@ fn a_replica_engine_killed_during_its_sync_is_restarted_and_the_upgrade_complete
         "every shard on valkey-8.1"
     );
     stop_load(&rt, load);
+}
+
+#[test]
+fn discard_data_restarts_a_memory_only_database_empty_on_the_new_engine() {
+    let cluster = DevCluster::up(&bin(), 54, 1);
+    create_db(
+        &cluster,
+        &[
+            "--name",
+            "scratch",
+            "--port",
+            "12108",
+            "--memory",
+            "100mb",
+            "--shards",
+            "2",
+            "--redis-version",
+            "redis-6.2",
+        ],
+    );
+    let mut conn = redis::Client::open(format!("redis://{}:12108/", cluster.addr(1)))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg("gone")
+        .arg("soon")
+        .query(&mut conn)
+        .unwrap();
+    upgrade(&cluster, 1, "scratch", "valkey-9.1", &["--discard-data"]);
+    assert!(
+        poll_until(Duration::from_secs(20), || all_on(&cluster, "valkey-9.1")),
+        "every shard on valkey-9.1"
+    );
+    let writable = poll_until(Duration::from_secs(10), || {
+        redis::Client::open(format!("redis://{}:12108/", cluster.addr(1)))
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("DBSIZE").query::<u64>(&mut c))
+            .is_ok_and(|size| size == 0)
+    });
+    assert!(
+        writable,
+        "the database serves again, empty, as --discard-data says"
+    );
 }
