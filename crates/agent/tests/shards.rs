@@ -129,7 +129,11 @@ async fn shards_follow_the_store() {
     wait_value(&node.client(slave_port).await, "k1", "v1").await;
 
     // Promotion in the store swaps the roles on the engines.
-    node.propose_ok(Command::PromoteShard { uid: slave }).await;
+    node.propose_ok(Command::PromoteShard {
+        uid: slave,
+        require_held: false,
+    })
+    .await;
     wait_follows(&node, master_port, slave_port).await;
     wait_report(&agent, slave, ShardRole::Master).await;
     wait_report(&agent, master, ShardRole::Slave).await;
@@ -245,7 +249,11 @@ async fn a_killed_memory_only_master_waits_for_its_replica_to_be_promoted() {
 
     // The orchestrator promotes the replica; the old master comes back as its replica, with
     // the data.
-    node.propose_ok(Command::PromoteShard { uid: slave }).await;
+    node.propose_ok(Command::PromoteShard {
+        uid: slave,
+        require_held: false,
+    })
+    .await;
     wait_follows(&node, master_port, slave_port).await;
     wait_report(&agent, master, ShardRole::Slave).await;
     wait_value(&node.client(master_port).await, "kept", "yes").await;

@@ -21,6 +21,17 @@ use tokio::sync::{oneshot, watch};
 /// How often endpoints are re-checked even without a store change (to retry failed binds).
 const RESYNC: Duration = Duration::from_secs(1);
 
+/// How long proxies queue a held shard's commands: longer than a planned switchover may take
+/// (hold spread 1 s + catch-up 2 s), so a switchover that succeeds never costs a client error.
+pub const HOLD_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn proxy_options() -> ProxyOptions {
+    ProxyOptions {
+        hold_timeout: HOLD_TIMEOUT,
+        ..ProxyOptions::default()
+    }
+}
+
 /// Builds a database's topology from the cluster state: slot owners from its master shards'
 /// `assigned_slots`, each master's address from its node. `None` while some slot has no master
 /// (the database is being created or repaired).
@@ -164,7 +175,7 @@ async fn open(addr: IpAddr, bdb: &Bdb, topology: Topology) -> Option<Running> {
         listener,
         topology_rx,
         stop,
-        ProxyOptions::default(),
+        proxy_options(),
         stats.clone(),
     ));
     Some(Running {

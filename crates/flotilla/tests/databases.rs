@@ -15,44 +15,6 @@ fn bin() -> std::path::PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
 }
 
-/// Creates a database through the CLI and waits until every shard runs in its role.
-fn create_db(cluster: &DevCluster, args: &[&str]) -> Value {
-    let mut full = vec!["db", "create", "--json"];
-    full.extend_from_slice(args);
-    let output = cluster.flotilla(&full);
-    assert_success(&output, "flotilla db create");
-    let bdb: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let uid = bdb["uid"].as_u64().unwrap();
-    let active = poll_until(Duration::from_secs(60), || {
-        db_status(cluster, uid) == "active"
-    });
-    assert!(
-        active,
-        "database {uid} did not become active: {}",
-        db_status(cluster, uid)
-    );
-    bdb
-}
-
-fn db_status(cluster: &DevCluster, uid: u64) -> String {
-    let output = cluster.flotilla(&["db", "show", &uid.to_string(), "--json"]);
-    let bdb: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-    bdb["status"].as_str().unwrap_or("?").to_string()
-}
-
-fn shards(cluster: &DevCluster) -> Vec<Value> {
-    shards_at(cluster, 1)
-}
-
-fn shards_at(cluster: &DevCluster, node: u8) -> Vec<Value> {
-    let rt = runtime();
-    let shards = rt.block_on(cluster.client(node).shards()).unwrap();
-    shards
-        .into_iter()
-        .map(|s| serde_json::to_value(s).unwrap())
-        .collect()
-}
-
 fn connect(addr: Ipv4Addr, port: u16) -> redis::Connection {
     let client = redis::Client::open(format!("redis://{addr}:{port}/")).unwrap();
     client
@@ -84,28 +46,25 @@ fn engine_pid(cluster: &DevCluster, node: u8, shard_uid: u64) -> u32 {
 fn a_replicated_sharded_database_answers_on_every_node() {
     let cluster = DevCluster::up(&bin(), 31, 3);
     let started = Instant::now();
-    create_db(
-        &cluster,
-        &[
-            "--name",
-            "cache",
-            "--port",
-            "12000",
-            "--memory",
-            "300mb",
-            "--shards",
-            "3",
-            "--replication",
-            "--redis-version",
-            "redis-7.0",
-        ],
-    );
+    cluster.create_db(&[
+        "--name",
+        "cache",
+        "--port",
+        "12000",
+        "--memory",
+        "300mb",
+        "--shards",
+        "3",
+        "--replication",
+        "--redis-version",
+        "redis-7.0",
+    ]);
     eprintln!(
         "3-shard replicated database active after {:?}",
         started.elapsed()
     );
 
-    let all = shards(&cluster);
+    let all = cluster.shards_at(1);
     assert_eq!(all.len(), 6);
     for master in all.iter().filter(|s| s["role"] == "master") {
         let slave = all
@@ -199,24 +158,22 @@ fn a_replicated_sharded_database_answers_on_every_node() {
 #[test]
 fn a_killed_daemon_leaves_its_shards_running_and_adopts_them() {
     let cluster = DevCluster::up(&bin(), 32, 3);
-    create_db(
-        &cluster,
-        &[
-            "--name",
-            "adopt",
-            "--port",
-            "12001",
-            "--memory",
-            "100mb",
-            "--shards",
-            "2",
-            "--replication",
-            "--redis-version",
-            "valkey-8.1",
-        ],
-    );
+    cluster.create_db(&[
+        "--name",
+        "adopt",
+        "--port",
+        "12001",
+        "--memory",
+        "100mb",
+        "--shards",
+        "2",
+        "--replication",
+        "--redis-version",
+        "valkey-8.1",
+    ]);
     let node = 2;
-    let on_node: Vec<u64> = shards(&cluster)
+    let on_node: Vec<u64> = cluster
+        .shards_at(1)
         .iter()
         .filter(|s| s["node_uid"] == node as u64)
         .map(|s| s["uid"].as_u64().unwrap())
@@ -242,9 +199,7 @@ fn a_killed_daemon_leaves_its_shards_running_and_adopts_them() {
         .unwrap();
 
     cluster.dev_up();
-    let adopted = poll_until(Duration::from_secs(30), || {
-        db_status(&cluster, 1) == "active"
-    });
+    let adopted = poll_until(Duration::from_secs(30), || cluster.db_status(1) == "active");
     assert!(adopted, "the restarted daemon reports its shards active");
     let after: Vec<u32> = on_node
         .iter()
@@ -261,7 +216,7 @@ fn a_killed_daemon_leaves_its_shards_running_and_adopts_them() {
 
 /// Uids of (master, slave) shard pairs, by slot range.
 fn pairs(cluster: &DevCluster) -> Vec<(u64, u64)> {
-    let all = shards(cluster);
+    let all = cluster.shards_at(1);
     all.iter()
         .filter(|s| s["role"] == "master")
         .map(|m| {
@@ -277,37 +232,21 @@ fn pairs(cluster: &DevCluster) -> Vec<(u64, u64)> {
 #[test]
 fn planned_switchovers_under_load_lose_nothing_and_raise_no_error() {
     let cluster = DevCluster::up(&bin(), 33, 3);
-    create_db(
-        &cluster,
-        &[
-            "--name",
-            "swap",
-            "--port",
-            "12002",
-            "--memory",
-            "200mb",
-            "--shards",
-            "2",
-            "--replication",
-            "--redis-version",
-            "redis-7.0",
-        ],
-    );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let endpoint = format!("{}:12002", cluster.addr(2));
-    let load = rt.block_on(async {
-        let load =
-            flotilla_loadcheck::start(flotilla_loadcheck::Config::for_endpoint(&endpoint)).unwrap();
-        assert!(
-            load.wait_for_ops(500, Duration::from_secs(10)).await,
-            "load is running"
-        );
-        load
-    });
+    cluster.create_db(&[
+        "--name",
+        "swap",
+        "--port",
+        "12002",
+        "--memory",
+        "200mb",
+        "--shards",
+        "2",
+        "--replication",
+        "--redis-version",
+        "redis-7.0",
+    ]);
+    let rt = flotilla_testkit::load_runtime();
+    let load = flotilla_testkit::start_load(&rt, format!("{}:12002", cluster.addr(2)));
     let client = cluster.client(3);
     let mut holds = Vec::new();
     let mut phases = Vec::new();
@@ -323,33 +262,15 @@ fn planned_switchovers_under_load_lose_nothing_and_raise_no_error() {
             ));
         }
     }
-    let report = rt.block_on(async {
-        let before = load.progress().ops;
-        assert!(
-            load.wait_for_ops(before + 500, Duration::from_secs(10))
-                .await,
-            "load continues after the switchovers"
-        );
-        load.stop().await.unwrap()
-    });
-    eprintln!("{report}");
+    let report = flotilla_testkit::stop_load_clean(&rt, load);
     eprintln!(
         "switchover hold times (ms): {holds:?} (spread, catch-up: {phases:?}); longest client stall {:.1} ms",
         report.longest_stall_ms
     );
-    assert_eq!(
-        report.client_errors_total, 0,
-        "no client error: {:?}",
-        report.error_examples
-    );
-    assert_eq!(
-        report.lost_writes, 0,
-        "no lost acknowledged write: {:?}",
-        report.lost_write_examples
-    );
     assert!(report.writes_acknowledged > 1000);
     let settled = poll_until(Duration::from_secs(10), || {
-        shards(&cluster)
+        cluster
+            .shards_at(1)
             .iter()
             .filter(|s| s["status"] == "active")
             .count()
@@ -358,7 +279,7 @@ fn planned_switchovers_under_load_lose_nothing_and_raise_no_error() {
     assert!(
         settled,
         "after the switchovers every shard runs in its new role: {:?}",
-        shards(&cluster)
+        cluster.shards_at(1)
     );
 }
 
@@ -416,25 +337,23 @@ fn writable(addr: Ipv4Addr, port: u16) -> bool {
 #[test]
 fn a_killed_master_engine_fails_over_and_keeps_the_data() {
     let cluster = DevCluster::up(&bin(), 34, 3);
-    create_db(
-        &cluster,
-        &[
-            "--name",
-            "crash",
-            "--port",
-            "12003",
-            "--memory",
-            "200mb",
-            "--shards",
-            "2",
-            "--replication",
-            "--redis-version",
-            "redis-7.0",
-        ],
-    );
+    cluster.create_db(&[
+        "--name",
+        "crash",
+        "--port",
+        "12003",
+        "--memory",
+        "200mb",
+        "--shards",
+        "2",
+        "--replication",
+        "--redis-version",
+        "redis-7.0",
+    ]);
     let keys = write_keys(cluster.addr(1), 12003, 1000);
     let (master, slave) = pairs(&cluster)[0];
-    let node = shards(&cluster)
+    let node = cluster
+        .shards_at(1)
         .iter()
         .find(|s| s["uid"] == master)
         .unwrap()["node_uid"]
@@ -457,7 +376,8 @@ fn a_killed_master_engine_fails_over_and_keeps_the_data() {
         "endpoint writable {:?} after kill -9 of master shard {master}",
         killed.elapsed()
     );
-    let promoted = shards(&cluster)
+    let promoted = cluster
+        .shards_at(1)
         .iter()
         .any(|s| s["uid"] == slave && s["role"] == "master");
     assert!(promoted, "the replica {slave} was promoted");
@@ -465,9 +385,7 @@ fn a_killed_master_engine_fails_over_and_keeps_the_data() {
         all_keys_present(cluster.addr(2), 12003, &keys),
         "no acknowledged, replicated key was lost"
     );
-    let healed = poll_until(Duration::from_secs(30), || {
-        db_status(&cluster, 1) == "active"
-    });
+    let healed = poll_until(Duration::from_secs(30), || cluster.db_status(1) == "active");
     assert!(
         healed,
         "the old master comes back as a replica and the database is active again"
@@ -477,28 +395,25 @@ fn a_killed_master_engine_fails_over_and_keeps_the_data() {
 #[test]
 fn a_whole_node_lost_fails_over_to_the_other_nodes() {
     let cluster = DevCluster::up(&bin(), 35, 3);
-    create_db(
-        &cluster,
-        &[
-            "--name",
-            "gone",
-            "--port",
-            "12004",
-            "--memory",
-            "300mb",
-            "--shards",
-            "3",
-            "--replication",
-            "--redis-version",
-            "valkey-8.1",
-        ],
-    );
+    cluster.create_db(&[
+        "--name",
+        "gone",
+        "--port",
+        "12004",
+        "--memory",
+        "300mb",
+        "--shards",
+        "3",
+        "--replication",
+        "--redis-version",
+        "valkey-8.1",
+    ]);
     let keys = write_keys(cluster.addr(1), 12004, 600);
     // Lose a node that is not the primary node and holds a master shard: daemon and engines.
     let primary = cluster.status_json(1)["cluster"]["master_node"]
         .as_u64()
         .unwrap();
-    let all = shards(&cluster);
+    let all = cluster.shards_at(1);
     let victim = all
         .iter()
         .filter(|s| s["role"] == "master" && s["node_uid"] != primary)
@@ -539,20 +454,17 @@ fn a_whole_node_lost_fails_over_to_the_other_nodes() {
 #[test]
 fn redis_py_sentinel_discovers_the_database_by_name_and_writes() {
     let cluster = DevCluster::up(&bin(), 36, 2);
-    create_db(
-        &cluster,
-        &[
-            "--name",
-            "named",
-            "--port",
-            "12005",
-            "--memory",
-            "100mb",
-            "--shards",
-            "2",
-            "--replication",
-        ],
-    );
+    cluster.create_db(&[
+        "--name",
+        "named",
+        "--port",
+        "12005",
+        "--memory",
+        "100mb",
+        "--shards",
+        "2",
+        "--replication",
+    ]);
     let python = Command::new("scripts/python-env")
         .current_dir(repo_root())
         .output()
@@ -598,12 +510,9 @@ fn malformed_resp_never_breaks_the_endpoint_or_other_clients() {
     use rand::{Rng, SeedableRng};
     use std::io::{Read, Write};
     let cluster = DevCluster::up(&bin(), 37, 1);
-    create_db(
-        &cluster,
-        &[
-            "--name", "fuzz", "--port", "12006", "--memory", "100mb", "--shards", "2",
-        ],
-    );
+    cluster.create_db(&[
+        "--name", "fuzz", "--port", "12006", "--memory", "100mb", "--shards", "2",
+    ]);
     let mut bystander = connect(cluster.addr(1), 12006);
     let () = redis::cmd("SET")
         .arg("bystander")
@@ -672,38 +581,23 @@ fn a_switchover_cut_short_by_a_primary_node_crash_is_repaired_without_losing_wri
         ("FLOTILLA_FAILPOINT_PAUSE_MS", "4000"),
     ];
     let cluster = DevCluster::up_with_env(&bin(), 38, 3, &env);
-    create_db(
-        &cluster,
-        &[
-            "--name",
-            "cut",
-            "--port",
-            "12007",
-            "--memory",
-            "100mb",
-            "--replication",
-            "--redis-version",
-            "redis-7.0",
-        ],
-    );
+    cluster.create_db(&[
+        "--name",
+        "cut",
+        "--port",
+        "12007",
+        "--memory",
+        "100mb",
+        "--replication",
+        "--redis-version",
+        "redis-7.0",
+    ]);
     let primary = cluster.status_json(1)["cluster"]["master_node"]
         .as_u64()
         .unwrap() as u8;
     let other = cluster.node_numbers().find(|n| *n != primary).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let load = rt.block_on(async {
-        let load = flotilla_loadcheck::start(flotilla_loadcheck::Config::for_endpoint(format!(
-            "{}:12007",
-            cluster.addr(other)
-        )))
-        .unwrap();
-        assert!(load.wait_for_ops(300, Duration::from_secs(10)).await);
-        load
-    });
+    let rt = flotilla_testkit::load_runtime();
+    let load = flotilla_testkit::start_load(&rt, format!("{}:12007", cluster.addr(other)));
     let (master, _) = pairs(&cluster)[0];
     let bin = bin();
     let url = cluster.url(other);
@@ -717,7 +611,8 @@ fn a_switchover_cut_short_by_a_primary_node_crash_is_repaired_without_losing_wri
     });
     // The switchover pauses after fencing the master (failpoint): kill the primary node then.
     let held = poll_until(Duration::from_secs(10), || {
-        shards_at(&cluster, other)
+        cluster
+            .shards_at(other)
             .iter()
             .any(|s| s["uid"] == master && s["held"] == true)
     });
@@ -736,16 +631,7 @@ fn a_switchover_cut_short_by_a_primary_node_crash_is_repaired_without_losing_wri
         "writable again {:?} after kill -9 of the primary node mid-switchover",
         killed.elapsed()
     );
-    let report = rt.block_on(async {
-        let before = load.progress().ops;
-        assert!(
-            load.wait_for_ops(before + 300, Duration::from_secs(20))
-                .await,
-            "load continues"
-        );
-        load.stop().await.unwrap()
-    });
-    eprintln!("{report}");
+    let report = flotilla_testkit::stop_load(&rt, load);
     // Commands held past the hold timeout are answered "not executed" (TRYAGAIN): errors, but
     // never a lost acknowledged write.
     assert_eq!(
@@ -754,9 +640,7 @@ fn a_switchover_cut_short_by_a_primary_node_crash_is_repaired_without_losing_wri
         report.lost_write_examples
     );
     let released = poll_until(Duration::from_secs(10), || {
-        shards_at(&cluster, other)
-            .iter()
-            .all(|s| s["held"] == false)
+        cluster.shards_at(other).iter().all(|s| s["held"] == false)
     });
     assert!(released, "no slot range stays held");
     let repaired = cluster.node_numbers().filter(|n| *n != primary).any(|n| {

@@ -4,72 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use flotilla_loadcheck::{Config, LoadHandle, Report};
-use flotilla_testkit::{assert_success, flotilla_bin, poll_until, DevCluster};
-use serde_json::Value;
+use flotilla_testkit::{
+    assert_success, flotilla_bin, load_runtime as runtime, poll_until, start_load,
+    stop_load_clean as stop_load, DevCluster,
+};
 
 fn bin() -> std::path::PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn json(cluster: &DevCluster, node: u8, args: &[&str]) -> Value {
-    let output = cluster.flotilla_at(node, args);
-    assert_success(&output, &args.join(" "));
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
-fn create_db(cluster: &DevCluster, args: &[&str]) -> u64 {
-    let mut full = vec!["db", "create", "--json"];
-    full.extend_from_slice(args);
-    let uid = json(cluster, 1, &full)["uid"].as_u64().unwrap();
-    let active = poll_until(Duration::from_secs(60), || {
-        json(cluster, 1, &["db", "show", &uid.to_string(), "--json"])["status"] == "active"
-    });
-    assert!(active, "database {uid} became active");
-    uid
-}
-
-fn start_load(rt: &tokio::runtime::Runtime, endpoint: String) -> LoadHandle {
-    rt.block_on(async {
-        let load = flotilla_loadcheck::start(Config::for_endpoint(&endpoint)).unwrap();
-        assert!(
-            load.wait_for_ops(300, Duration::from_secs(10)).await,
-            "load runs"
-        );
-        load
-    })
-}
-
-fn stop_load(rt: &tokio::runtime::Runtime, load: LoadHandle) -> Report {
-    let report = rt.block_on(async {
-        let before = load.progress().ops;
-        assert!(
-            load.wait_for_ops(before + 300, Duration::from_secs(10))
-                .await,
-            "load still runs"
-        );
-        load.stop().await.unwrap()
-    });
-    eprintln!("{report}");
-    assert_eq!(
-        report.client_errors_total, 0,
-        "no client error: {:?}",
-        report.error_examples
-    );
-    assert_eq!(
-        report.lost_writes, 0,
-        "no lost write: {:?}",
-        report.lost_write_examples
-    );
-    report
 }
 
 /// Runs `flotilla db upgrade` (which follows the action) and checks it completed.
@@ -82,18 +23,10 @@ fn upgrade(cluster: &DevCluster, node: u8, db: &str, version: &str, extra: &[&st
     started.elapsed()
 }
 
-fn shards(cluster: &DevCluster) -> Vec<Value> {
-    let rt = flotilla_testkit::runtime();
-    let shards = rt.block_on(cluster.client(1).shards()).unwrap();
-    shards
-        .into_iter()
-        .map(|s| serde_json::to_value(s).unwrap())
-        .collect()
-}
-
 /// Every shard of the cluster runs `version` (as the store says and as its engine reports).
 fn all_on(cluster: &DevCluster, version: &str) -> bool {
-    shards(cluster)
+    cluster
+        .shards_at(1)
         .iter()
         .all(|s| s["redis_version"] == version && s["status"] == "active")
 }
@@ -101,22 +34,19 @@ fn all_on(cluster: &DevCluster, version: &str) -> bool {
 #[test]
 fn a_replicated_database_climbs_every_engine_under_load() {
     let cluster = DevCluster::up(&bin(), 41, 3);
-    create_db(
-        &cluster,
-        &[
-            "--name",
-            "climb",
-            "--port",
-            "12100",
-            "--memory",
-            "200mb",
-            "--shards",
-            "2",
-            "--replication",
-            "--redis-version",
-            "redis-6.2",
-        ],
-    );
+    cluster.create_db(&[
+        "--name",
+        "climb",
+        "--port",
+        "12100",
+        "--memory",
+        "200mb",
+        "--shards",
+        "2",
+        "--replication",
+        "--redis-version",
+        "redis-6.2",
+    ]);
     let issues = cluster.flotilla(&["status", "--issues-only"]);
     let text = String::from_utf8_lossy(&issues.stdout);
     assert!(
@@ -139,7 +69,7 @@ fn a_replicated_database_climbs_every_engine_under_load() {
             "every shard runs {version}"
         );
     }
-    let db = json(&cluster, 1, &["db", "show", "climb", "--json"]);
+    let db = cluster.json(1, &["db", "show", "climb", "--json"]);
     assert_eq!(db["redis_version"], "valkey-9.1");
     let issues = cluster.flotilla(&["status", "--issues-only"]);
     let text = String::from_utf8_lossy(&issues.stdout);
@@ -150,26 +80,23 @@ fn a_replicated_database_climbs_every_engine_under_load() {
 #[test]
 fn preserve_roles_puts_every_master_back_and_a_skip_upgrade_works() {
     let cluster = DevCluster::up(&bin(), 42, 2);
-    create_db(
-        &cluster,
-        &[
-            "--name",
-            "skip",
-            "--port",
-            "12101",
-            "--memory",
-            "100mb",
-            "--shards",
-            "2",
-            "--replication",
-            "--redis-version",
-            "redis-6.2",
-        ],
-    );
+    cluster.create_db(&[
+        "--name",
+        "skip",
+        "--port",
+        "12101",
+        "--memory",
+        "100mb",
+        "--shards",
+        "2",
+        "--replication",
+        "--redis-version",
+        "redis-6.2",
+    ]);
     let rt = runtime();
     let load = start_load(&rt, format!("{}:12101", cluster.addr(1)));
     let masters = |c: &DevCluster| -> Vec<u64> {
-        shards(c)
+        c.shards_at(1)
             .iter()
             .filter(|s| s["role"] == "master")
             .map(|s| s["uid"].as_u64().unwrap())
@@ -200,35 +127,29 @@ fn refused_upgrades_name_the_problem_and_change_nothing() {
             ("FLOTILLA_FAILPOINT_PAUSE_MS", "4000"),
         ],
     );
-    create_db(
-        &cluster,
-        &[
-            "--name",
-            "rep",
-            "--port",
-            "12102",
-            "--memory",
-            "100mb",
-            "--replication",
-            "--redis-version",
-            "redis-7.0",
-        ],
-    );
-    create_db(
-        &cluster,
-        &[
-            "--name",
-            "single",
-            "--port",
-            "12103",
-            "--memory",
-            "100mb",
-            "--redis-version",
-            "redis-7.0",
-            "--persistence",
-            "aof",
-        ],
-    );
+    cluster.create_db(&[
+        "--name",
+        "rep",
+        "--port",
+        "12102",
+        "--memory",
+        "100mb",
+        "--replication",
+        "--redis-version",
+        "redis-7.0",
+    ]);
+    cluster.create_db(&[
+        "--name",
+        "single",
+        "--port",
+        "12103",
+        "--memory",
+        "100mb",
+        "--redis-version",
+        "redis-7.0",
+        "--persistence",
+        "aof",
+    ]);
     let refuse = |args: &[&str], needle: &str| {
         let output = cluster.flotilla(args);
         assert!(!output.status.success(), "{args:?} must be refused");
@@ -281,7 +202,7 @@ fn refused_upgrades_name_the_problem_and_change_nothing() {
         &["db", "upgrade", "rep", "--redis-version", "valkey-9.1"],
         "action 1",
     );
-    let db = json(&cluster, 1, &["db", "show", "single", "--json"]);
+    let db = cluster.json(1, &["db", "show", "single", "--json"]);
     assert_eq!(
         db["redis_version"], "redis-7.0",
         "the refused database is unchanged"
@@ -301,22 +222,19 @@ fn a_cancelled_upgrade_stops_at_a_boundary_with_every_slot_range_on_one_engine()
             ("FLOTILLA_FAILPOINT_PAUSE_MS", "3000"),
         ],
     );
-    create_db(
-        &cluster,
-        &[
-            "--name",
-            "halt",
-            "--port",
-            "12104",
-            "--memory",
-            "100mb",
-            "--shards",
-            "2",
-            "--replication",
-            "--redis-version",
-            "redis-6.2",
-        ],
-    );
+    cluster.create_db(&[
+        "--name",
+        "halt",
+        "--port",
+        "12104",
+        "--memory",
+        "100mb",
+        "--shards",
+        "2",
+        "--replication",
+        "--redis-version",
+        "redis-6.2",
+    ]);
     let rt = runtime();
     let load = start_load(&rt, format!("{}:12104", cluster.addr(1)));
     assert_success(
@@ -332,13 +250,13 @@ fn a_cancelled_upgrade_stops_at_a_boundary_with_every_slot_range_on_one_engine()
     );
     assert_success(&cluster.flotilla(&["action", "cancel", "1"]), "cancel");
     let ended = poll_until(Duration::from_secs(60), || {
-        json(&cluster, 1, &["action", "show", "1", "--json"])["status"] != "running"
+        cluster.json(1, &["action", "show", "1", "--json"])["status"] != "running"
     });
     assert!(ended, "the cancelled action ends");
-    let action = json(&cluster, 1, &["action", "show", "1", "--json"]);
+    let action = cluster.json(1, &["action", "show", "1", "--json"]);
     assert_eq!(action["status"], "cancelled", "{action}");
     // The first slot range finished its pair; the second never started: each range is on one engine.
-    let all = shards(&cluster);
+    let all = cluster.shards_at(1);
     for range in ["0-8191", "8192-16383"] {
         let versions: Vec<&str> = all
             .iter()
@@ -376,21 +294,18 @@ fn the_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_every_step() {
                 ("FLOTILLA_FAILPOINT_PAUSE_MS", "2500"),
             ],
         );
-        create_db(
-            &cluster,
-            &[
-                "--name",
-                "tough",
-                "--port",
-                "12105",
-                "--memory",
-                "100mb",
-                "--replication",
-                "--redis-version",
-                "redis-7.0",
-            ],
-        );
-        let primary = json(&cluster, 1, &["status", "--json"])["cluster"]["master_node"]
+        cluster.create_db(&[
+            "--name",
+            "tough",
+            "--port",
+            "12105",
+            "--memory",
+            "100mb",
+            "--replication",
+            "--redis-version",
+            "redis-7.0",
+        ]);
+        let primary = cluster.json(1, &["status", "--json"])["cluster"]["master_node"]
             .as_u64()
             .unwrap() as u8;
         let other = cluster.node_numbers().find(|n| *n != primary).unwrap();
@@ -411,7 +326,7 @@ fn the_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_every_step() {
             "upgrade",
         );
         let reached = poll_until(Duration::from_secs(60), || {
-            json(&cluster, other, &["action", "show", "1", "--json"])["pending_ops"]
+            cluster.json(other, &["action", "show", "1", "--json"])["pending_ops"]
                 .as_str()
                 .unwrap_or("")
                 .starts_with(step)
@@ -420,9 +335,9 @@ fn the_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_every_step() {
         cluster.kill9(primary);
         cluster.dev_up();
         let done = poll_until(Duration::from_secs(120), || {
-            json(&cluster, other, &["action", "show", "1", "--json"])["status"] != "running"
+            cluster.json(other, &["action", "show", "1", "--json"])["status"] != "running"
         });
-        let action = json(&cluster, other, &["action", "show", "1", "--json"]);
+        let action = cluster.json(other, &["action", "show", "1", "--json"]);
         assert!(
             done && action["status"] == "completed",
             "killed at {step}: {action}"
@@ -439,22 +354,20 @@ fn the_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_every_step() {
 #[test]
 fn a_database_without_replication_upgrades_through_a_temporary_replica() {
     let cluster = DevCluster::up(&bin(), 52, 2);
-    create_db(
-        &cluster,
-        &[
-            "--name",
-            "solo",
-            "--port",
-            "12106",
-            "--memory",
-            "100mb",
-            "--shards",
-            "2",
-            "--redis-version",
-            "redis-7.0",
-        ],
-    );
-    let before: Vec<(u64, u64)> = shards(&cluster)
+    cluster.create_db(&[
+        "--name",
+        "solo",
+        "--port",
+        "12106",
+        "--memory",
+        "100mb",
+        "--shards",
+        "2",
+        "--redis-version",
+        "redis-7.0",
+    ]);
+    let before: Vec<(u64, u64)> = cluster
+        .shards_at(1)
         .iter()
         .map(|s| (s["uid"].as_u64().unwrap(), s["node_uid"].as_u64().unwrap()))
         .collect();
@@ -466,7 +379,8 @@ fn a_database_without_replication_upgrades_through_a_temporary_replica() {
         poll_until(Duration::from_secs(20), || all_on(&cluster, "valkey-9.1")),
         "every shard on valkey-9.1"
     );
-    let after: Vec<(u64, u64)> = shards(&cluster)
+    let after: Vec<(u64, u64)> = cluster
+        .shards_at(1)
         .iter()
         .map(|s| (s["uid"].as_u64().unwrap(), s["node_uid"].as_u64().unwrap()))
         .collect();
@@ -488,20 +402,17 @@ fn a_replica_engine_killed_during_its_sync_is_restarted_and_the_upgrade_complete
             ("FLOTILLA_FAILPOINT_PAUSE_MS", "1500"),
         ],
     );
-    create_db(
-        &cluster,
-        &[
-            "--name",
-            "sync",
-            "--port",
-            "12107",
-            "--memory",
-            "100mb",
-            "--replication",
-            "--redis-version",
-            "redis-6.2",
-        ],
-    );
+    cluster.create_db(&[
+        "--name",
+        "sync",
+        "--port",
+        "12107",
+        "--memory",
+        "100mb",
+        "--replication",
+        "--redis-version",
+        "redis-6.2",
+    ]);
     let rt = runtime();
     let load = start_load(&rt, format!("{}:12107", cluster.addr(1)));
     assert_success(
@@ -516,13 +427,14 @@ fn a_replica_engine_killed_during_its_sync_is_restarted_and_the_upgrade_complete
         "upgrade",
     );
     let in_sync = poll_until(Duration::from_secs(30), || {
-        json(&cluster, 1, &["action", "show", "1", "--json"])["pending_ops"]
+        cluster.json(1, &["action", "show", "1", "--json"])["pending_ops"]
             .as_str()
             .unwrap_or("")
             .starts_with("sync_replica")
     });
     assert!(in_sync, "the action reached sync_replica");
-    let replica = shards(&cluster)
+    let replica = cluster
+        .shards_at(1)
         .into_iter()
         .find(|s| s["role"] == "slave")
         .unwrap();
@@ -543,9 +455,9 @@ fn a_replica_engine_killed_during_its_sync_is_restarted_and_the_upgrade_complete
     )
     .unwrap();
     let done = poll_until(Duration::from_secs(120), || {
-        json(&cluster, 1, &["action", "show", "1", "--json"])["status"] != "running"
+        cluster.json(1, &["action", "show", "1", "--json"])["status"] != "running"
     });
-    let action = json(&cluster, 1, &["action", "show", "1", "--json"]);
+    let action = cluster.json(1, &["action", "show", "1", "--json"]);
     assert!(done && action["status"] == "completed", "{action}");
     assert!(
         poll_until(Duration::from_secs(30), || all_on(&cluster, "valkey-8.1")),
@@ -557,21 +469,18 @@ fn a_replica_engine_killed_during_its_sync_is_restarted_and_the_upgrade_complete
 #[test]
 fn discard_data_restarts_a_memory_only_database_empty_on_the_new_engine() {
     let cluster = DevCluster::up(&bin(), 54, 1);
-    create_db(
-        &cluster,
-        &[
-            "--name",
-            "scratch",
-            "--port",
-            "12108",
-            "--memory",
-            "100mb",
-            "--shards",
-            "2",
-            "--redis-version",
-            "redis-6.2",
-        ],
-    );
+    cluster.create_db(&[
+        "--name",
+        "scratch",
+        "--port",
+        "12108",
+        "--memory",
+        "100mb",
+        "--shards",
+        "2",
+        "--redis-version",
+        "redis-6.2",
+    ]);
     let mut conn = redis::Client::open(format!("redis://{}:12108/", cluster.addr(1)))
         .unwrap()
         .get_connection()

@@ -78,6 +78,10 @@ pub enum Command {
     PromoteShard {
         /// The shard to promote.
         uid: ShardUid,
+        /// Only if its master's slots are still held (a planned switchover): a switchover whose
+        /// hold was released meanwhile (by a new primary node repairing it) must not complete.
+        #[serde(default)]
+        require_held: bool,
     },
     /// Adds a temporary replica to a slot range (an upgrade of a database without
     /// replication moves its data through it).
@@ -130,6 +134,10 @@ pub enum Command {
         /// The step that just finished and how long it took.
         #[serde(default)]
         finished: Option<crate::action::StepRecord>,
+        /// Applied only while the action is still at this step (a deposed primary node must
+        /// not rewind or fail an action the new primary node drives).
+        #[serde(default)]
+        expected_step: Option<u32>,
     },
     /// Asks a running action to stop at its next safe step boundary.
     CancelAction {

@@ -135,7 +135,7 @@ impl ClusterState {
                 memory_size,
                 authentication_redis_pass,
             } => self.update_bdb(uid, memory_size, authentication_redis_pass),
-            Command::PromoteShard { uid } => self.promote_shard(uid),
+            Command::PromoteShard { uid, require_held } => self.promote_shard(uid, require_held),
             Command::HoldShard { uid, held } => self.hold_shard(uid, held),
             Command::AddTemporaryReplica {
                 bdb_uid,
@@ -157,9 +157,10 @@ impl ClusterState {
                 error,
                 updated_at,
                 finished,
+                expected_step,
             } => {
                 let update = (status, step_index, step, error, updated_at);
-                self.update_action(uid, update, finished)
+                self.update_action(uid, update, finished, expected_step)
             }
             Command::CancelAction { uid } => self.cancel_action(uid),
             Command::SetShardVersion { uid, redis_version } => {
@@ -311,7 +312,11 @@ impl ClusterState {
     }
 
     /// Makes shard `uid` the master of its slot range; the previous master becomes its slave.
-    fn promote_shard(&mut self, uid: ShardUid) -> Result<CommandResult, ModelError> {
+    fn promote_shard(
+        &mut self,
+        uid: ShardUid,
+        require_held: bool,
+    ) -> Result<CommandResult, ModelError> {
         let shard = self
             .shards
             .get(&uid)
@@ -319,6 +324,14 @@ impl ClusterState {
             .ok_or_else(|| ModelError::NotFound(format!("shard {uid} does not exist")))?;
         if shard.role == ShardRole::Master {
             return Ok(CommandResult::Ok);
+        }
+        let held = self
+            .master_of(shard.bdb_uid, shard.assigned_slots)
+            .is_some_and(|m| m.held);
+        if require_held && !held {
+            return Err(ModelError::InvalidValue(format!(
+                "shard {uid}: the switchover's hold was released (repaired by a new primary node); not promoting"
+            )));
         }
         for other in self.shards.values_mut() {
             if other.bdb_uid == shard.bdb_uid
@@ -407,8 +420,15 @@ impl ClusterState {
             u64,
         ),
         finished: Option<crate::action::StepRecord>,
+        expected_step: Option<u32>,
     ) -> Result<CommandResult, ModelError> {
         let action = self.action_mut(uid)?;
+        if expected_step.is_some_and(|expected| expected != action.step_index) {
+            return Err(ModelError::InvalidValue(format!(
+                "action {uid} is at step {} now, not {:?}; another primary node moved it on",
+                action.step_index, expected_step
+            )));
+        }
         if !action.is_running() {
             return Err(ModelError::InvalidValue(format!(
                 "action {uid} already ended ({:?})",
@@ -770,7 +790,10 @@ mod tests {
             shards,
         });
         assert_eq!(
-            state.apply(Command::PromoteShard { uid: 2 }),
+            state.apply(Command::PromoteShard {
+                uid: 2,
+                require_held: false
+            }),
             CommandResult::Ok
         );
         assert_eq!(state.shards[&2].role, ShardRole::Master);

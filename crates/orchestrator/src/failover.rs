@@ -22,6 +22,9 @@ use crate::Observer;
 
 /// How long a master shard must fail before its replica is promoted.
 pub const FAILOVER_AFTER: Duration = Duration::from_millis(1500);
+/// How recently a replica must have been seen linked to its master to be promoted: covers the
+/// liveness window of a dead master's last report plus [`FAILOVER_AFTER`], with margin.
+const LINK_MEMORY: Duration = Duration::from_secs(10);
 /// How often master shards are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 
@@ -29,6 +32,7 @@ const CHECK_EVERY: Duration = Duration::from_millis(250);
 pub async fn run_failover(store: Store, observer: Observer, mut shutdown: watch::Receiver<bool>) {
     let mut failing_since: HashMap<ShardUid, Instant> = HashMap::new();
     let mut held_since: HashMap<ShardUid, Instant> = HashMap::new();
+    let mut linked: HashMap<ShardUid, Instant> = HashMap::new();
     let mut tick = tokio::time::interval(CHECK_EVERY);
     loop {
         tokio::select! {
@@ -38,10 +42,11 @@ pub async fn run_failover(store: Store, observer: Observer, mut shutdown: watch:
         if !store.is_leader() {
             failing_since.clear();
             held_since.clear();
+            linked.clear();
             continue;
         }
         repair_orphaned_holds(&observer, &mut held_since).await;
-        check_once(&store, &observer, &mut failing_since).await;
+        check_once(&store, &observer, &mut failing_since, &mut linked).await;
     }
 }
 
@@ -73,6 +78,7 @@ async fn check_once(
     store: &Store,
     observer: &Observer,
     failing_since: &mut HashMap<ShardUid, Instant>,
+    linked: &mut HashMap<ShardUid, Instant>,
 ) {
     let state = store.state();
     let reports = observer.shard_reports();
@@ -91,13 +97,14 @@ async fn check_once(
     for master in masters {
         if master_healthy(&state, master, reports.get(&master.uid)).await {
             failing_since.remove(&master.uid);
+            remember_links(&state, master, &reports, linked);
             continue;
         }
         let since = *failing_since.entry(master.uid).or_insert_with(Instant::now);
         if since.elapsed() < FAILOVER_AFTER {
             continue;
         }
-        if let Some(replica) = best_replica(&state, master, &reports).await {
+        if let Some(replica) = best_replica(&state, master, &reports, linked).await {
             tracing::warn!(
                 bdb = master.bdb_uid,
                 master = master.uid,
@@ -105,7 +112,13 @@ async fn check_once(
                 "master shard unreachable for {:?}: promoting its replica",
                 since.elapsed()
             );
-            match store.propose(Command::PromoteShard { uid: replica }).await {
+            match store
+                .propose(Command::PromoteShard {
+                    uid: replica,
+                    require_held: false,
+                })
+                .await
+            {
                 Ok(_) => {
                     failing_since.remove(&master.uid);
                 }
@@ -120,10 +133,33 @@ async fn master_healthy(
     master: &Shard,
     report: Option<&ShardReport>,
 ) -> bool {
+    // One bad observation by an agent (a fork stall, a slow reply) never triggers a failover
+    // alone: the primary node must fail to reach the master too.
     match report {
         Some(r) if r.up && r.role == Some(ShardRole::Master) => true,
-        Some(r) if !r.up => false,
         _ => probe(state, master).await.is_some(),
+    }
+}
+
+/// Records when each replica of `master` was last seen with its replication link up: only a
+/// replica linked shortly before its master failed holds its data and may be promoted (one in
+/// the middle of a long full sync holds a partial data set).
+fn remember_links(
+    state: &ClusterState,
+    master: &Shard,
+    reports: &std::collections::BTreeMap<ShardUid, ShardReport>,
+    linked: &mut HashMap<ShardUid, Instant>,
+) {
+    let replicas = state
+        .shards_of(master.bdb_uid)
+        .filter(|s| s.role == ShardRole::Slave && s.assigned_slots == master.assigned_slots);
+    for replica in replicas {
+        if reports
+            .get(&replica.uid)
+            .is_some_and(|r| r.up && r.master_link_up)
+        {
+            linked.insert(replica.uid, Instant::now());
+        }
     }
 }
 
@@ -132,17 +168,26 @@ async fn best_replica(
     state: &ClusterState,
     master: &Shard,
     reports: &std::collections::BTreeMap<ShardUid, ShardReport>,
+    linked: &HashMap<ShardUid, Instant>,
 ) -> Option<ShardUid> {
     let mut best: Option<(i64, ShardUid)> = None;
     for replica in state.shards_of(master.bdb_uid) {
         if replica.role != ShardRole::Slave || replica.assigned_slots != master.assigned_slots {
             continue;
         }
+        // A replica not seen linked lately is not promoted; one never seen (this primary node
+        // just took over) is judged by its offset below.
+        if linked
+            .get(&replica.uid)
+            .is_some_and(|seen| seen.elapsed() > LINK_MEMORY)
+        {
+            continue;
+        }
         let offset = match reports.get(&replica.uid) {
             Some(r) if r.up => Some(r.offset),
             _ => probe(state, replica).await,
         };
-        if let Some(offset) = offset {
+        if let Some(offset) = offset.filter(|o| *o > 0) {
             if best.is_none_or(|(o, _)| offset > o) {
                 best = Some((offset, replica.uid));
             }

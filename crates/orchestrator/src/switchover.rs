@@ -26,9 +26,11 @@ use serde::{Deserialize, Serialize};
 use crate::Observer;
 
 /// Longest the master stays fenced waiting for its replica before the switchover aborts.
-pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
+/// With [`HOLD_SPREAD_TIMEOUT`] it stays under the proxies' hold timeout (5 s, see the
+/// endpoints crate), so a switchover that succeeds never makes a client's command time out.
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest the switchover waits for every node to apply the hold before it aborts.
-pub const HOLD_SPREAD_TIMEOUT: Duration = Duration::from_secs(3);
+pub const HOLD_SPREAD_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a switchover did not happen (nothing changed when it is refused or aborted).
 #[derive(Debug, thiserror::Error, Serialize, Deserialize)]
@@ -142,11 +144,24 @@ pub async fn switchover(
         release(store, &m, master.uid).await;
         return Err(engine(replica.uid, e));
     }
-    propose(store, Command::PromoteShard { uid: replica.uid }).await?;
-    let hold_ms = started.elapsed().as_millis() as u64;
-
+    // Demote M before publishing: should the fence lapse or a late proxy write to M, M now
+    // answers -READONLY (not executed, retried on R) instead of acknowledging a lost write.
     let (r_ip, r_port) = address(&state, &replica)?;
     let demoted = m.replicaof(r_ip, r_port).await;
+    let promote = Command::PromoteShard {
+        uid: replica.uid,
+        require_held: true,
+    };
+    if let Err(e) = propose(store, promote).await {
+        // The hold was released meanwhile (a new primary node undid this switchover): give
+        // the role back to M, which may already be taking writes again.
+        let (m_ip, m_port) = address(&state, &master)?;
+        let _ = r.replicaof(m_ip, m_port).await;
+        let _ = m.replicaof_no_one().await;
+        let _ = m.client_unpause().await;
+        return Err(e);
+    }
+    let hold_ms = started.elapsed().as_millis() as u64;
     let _ = m.client_unpause().await;
     demoted.map_err(|e| engine(master.uid, e))?;
     tracing::info!(
@@ -202,7 +217,9 @@ async fn applied_everywhere(
     let statuses = observer.local_statuses();
     let deadline = Instant::now() + HOLD_SPREAD_TIMEOUT;
     for node in state.nodes.values() {
-        if Some(node.uid) == store.uid() || statuses.get(&node.uid) != Some(&NodeStatus::Up) {
+        // Nodes not known to be down are waited for: right after a primary change every node
+        // is `unknown` for a moment, and skipping them would fence with stale proxies about.
+        if Some(node.uid) == store.uid() || statuses.get(&node.uid) == Some(&NodeStatus::Down) {
             continue;
         }
         let rpc = store.config().rpc_addr_of(&node.addr);
@@ -320,9 +337,15 @@ pub async fn finish_interrupted(observer: &Observer, master: &Shard) -> Result<(
                 shard = replica.uid,
                 "completing a switchover interrupted after the promotion"
             );
-            return propose(store, Command::PromoteShard { uid: replica.uid })
-                .await
-                .map_err(|e| e.to_string());
+            return propose(
+                store,
+                Command::PromoteShard {
+                    uid: replica.uid,
+                    require_held: true,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string());
         }
     }
     tracing::warn!(

@@ -150,6 +150,48 @@ impl DevCluster {
         assert!(gone, "daemon {pid} still alive 10 s after kill -9");
     }
 
+    /// Runs the CLI against node `n`, asserts success and parses its JSON output.
+    pub fn json(&self, n: u8, args: &[&str]) -> serde_json::Value {
+        let output = self.flotilla_at(n, args);
+        assert_success(&output, &args.join(" "));
+        serde_json::from_slice(&output.stdout).expect("the command prints JSON")
+    }
+
+    /// `flotilla db create --json ARGS`, then waits (bounded) until every shard runs in its
+    /// role; returns the database as the API shows it.
+    pub fn create_db(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["db", "create", "--json"];
+        full.extend_from_slice(args);
+        let bdb = self.json(1, &full);
+        let uid = bdb["uid"].as_u64().expect("the database has a uid");
+        let active = poll_until(Duration::from_secs(60), || self.db_status(uid) == "active");
+        assert!(
+            active,
+            "database {uid} did not become active: {}",
+            self.db_status(uid)
+        );
+        bdb
+    }
+
+    /// A database's `status` as node 1 answers it (`?` when it cannot tell).
+    pub fn db_status(&self, uid: u64) -> String {
+        let output = self.flotilla(&["db", "show", &uid.to_string(), "--json"]);
+        let bdb: serde_json::Value =
+            serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+        bdb["status"].as_str().unwrap_or("?").to_string()
+    }
+
+    /// `GET /v1/shards` as node `n` answers it.
+    pub fn shards_at(&self, n: u8) -> Vec<serde_json::Value> {
+        let shards = runtime()
+            .block_on(self.client(n).shards())
+            .expect("GET /v1/shards");
+        shards
+            .into_iter()
+            .map(|s| serde_json::to_value(s).expect("shard as JSON"))
+            .collect()
+    }
+
     /// The node numbers `1..=nodes`.
     pub fn node_numbers(&self) -> std::ops::RangeInclusive<u8> {
         1..=self.nodes
@@ -246,6 +288,68 @@ impl Drop for BareNode {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A two-worker runtime for tests that run the load checker while they act on the cluster.
+pub fn load_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Starts the load checker through `endpoint` and waits (bounded) until it runs.
+pub fn start_load(
+    rt: &tokio::runtime::Runtime,
+    endpoint: String,
+) -> flotilla_loadcheck::LoadHandle {
+    rt.block_on(async {
+        let config = flotilla_loadcheck::Config::for_endpoint(&endpoint);
+        let load = flotilla_loadcheck::start(config).expect("load checker starts");
+        assert!(
+            load.wait_for_ops(300, Duration::from_secs(10)).await,
+            "load runs through {endpoint}"
+        );
+        load
+    })
+}
+
+/// Waits until the load made progress again, stops it and verifies every acknowledged write.
+pub fn stop_load(
+    rt: &tokio::runtime::Runtime,
+    load: flotilla_loadcheck::LoadHandle,
+) -> flotilla_loadcheck::Report {
+    let report = rt.block_on(async {
+        let before = load.progress().ops;
+        assert!(
+            load.wait_for_ops(before + 300, Duration::from_secs(20))
+                .await,
+            "load continues"
+        );
+        load.stop().await.expect("load checker verifies")
+    });
+    eprintln!("{report}");
+    report
+}
+
+/// [`stop_load`], asserting zero client errors and zero lost acknowledged writes.
+pub fn stop_load_clean(
+    rt: &tokio::runtime::Runtime,
+    load: flotilla_loadcheck::LoadHandle,
+) -> flotilla_loadcheck::Report {
+    let report = stop_load(rt, load);
+    assert_eq!(
+        report.client_errors_total, 0,
+        "no client error: {:?}",
+        report.error_examples
+    );
+    assert_eq!(
+        report.lost_writes, 0,
+        "no lost write: {:?}",
+        report.lost_write_examples
+    );
+    report
 }
 
 /// A current-thread tokio runtime for tests that call the async client.

@@ -231,7 +231,10 @@ mod tests {
     fn a_promotion_swaps_who_follows_whom() {
         let mut state = state();
         assert_eq!(
-            state.apply(Command::PromoteShard { uid: 2 }),
+            state.apply(Command::PromoteShard {
+                uid: 2,
+                require_held: false
+            }),
             CommandResult::Ok
         );
         let dir = Path::new("/data/shards");

@@ -132,6 +132,10 @@ async fn drive(observer: &Observer, uid: ActionUid) {
                 };
                 record_step(observer, &action, status, index + 1, next, finished).await;
             }
+            Err(_) if !observer.store.is_leader() => {
+                // Leadership moved: the new primary node resumes from the recorded step.
+                return;
+            }
             Err(e) => {
                 tracing::error!(action = uid, step = %step.name, error = %e, "action failed");
                 record(
@@ -223,6 +227,7 @@ async fn propose_update(
         error,
         updated_at: now_secs(),
         finished,
+        expected_step: Some(action.step_index),
     };
     if let Err(e) = observer.store.propose(command).await {
         tracing::error!(action = action.uid, error = %e, "could not record the action's progress; it will be resumed from its last recorded step");
@@ -230,13 +235,16 @@ async fn propose_update(
 }
 
 /// Test hook (fault injection at named steps, also `switchover:fenced` inside a switchover):
-/// when `FLOTILLA_FAILPOINT_PAUSE_STEP` is a part of the step's name, the step waits `FLOTILLA_FAILPOINT_PAUSE_MS` (default 3000) before it
+/// when `FLOTILLA_FAILPOINT_PAUSE_STEP` names the step or its operation, the step waits `FLOTILLA_FAILPOINT_PAUSE_MS` (default 3000) before it
 /// runs, so a test can kill -9 the primary node while the action is in that step.
 pub(crate) async fn failpoint(step: &str) {
     let Ok(wanted) = std::env::var("FLOTILLA_FAILPOINT_PAUSE_STEP") else {
         return;
     };
-    if wanted.is_empty() || !step.contains(&wanted) {
+    // The whole step name or its operation (`switchover` matches `switchover 0-16383`, not
+    // `switchover:fenced`).
+    let matches = step == wanted || step.starts_with(&format!("{wanted} "));
+    if wanted.is_empty() || !matches {
         return;
     }
     let ms = std::env::var("FLOTILLA_FAILPOINT_PAUSE_MS")
