@@ -45,7 +45,7 @@ enum Source {
     Shard(usize),
     /// The next reply of this shard's connection to a write, resent to the shard's next
     /// primary if this one refuses it with `-READONLY`.
-    Write(usize, Box<Request>),
+    Write(usize, Request),
     /// The request never reached the shard.
     Failed(ShardError),
 }
@@ -426,7 +426,7 @@ impl Session {
     async fn forward_raw(
         &mut self,
         index: usize,
-        request: Option<Box<Request>>,
+        request: Option<Request>,
         protocol: Protocol,
     ) -> Outcome {
         let Some(conn) = self.shards[index].as_mut() else {
@@ -694,9 +694,9 @@ impl Session {
         match decision.route {
             Route::Slot(slot) => {
                 let shard = self.topology.slots().shard_of(slot);
-                self.forward(shard, &request, write).await;
+                self.forward(shard, request, write).await;
             }
-            Route::AnyShard => self.forward(self.any_shard(), &request, write).await,
+            Route::AnyShard => self.forward(self.any_shard(), request, write).await,
             Route::Split(split) => self.split(split, write).await,
             Route::AllShards(merge) => self.all_shards(merge, &request, write).await,
             Route::Scan(step) => self.scan(step).await,
@@ -753,14 +753,31 @@ impl Session {
             conn.send(request);
         }
         if write {
-            Source::Write(index, Box::new(request.clone()))
+            Source::Write(index, request.clone())
         } else {
             source
         }
     }
 
-    async fn forward(&mut self, shard: ShardIndex, request: &Request, write: bool) {
-        let source = self.send(shard, request, write).await;
+    /// [`Session::send`] for a request the session owns: a `write` keeps the request itself
+    /// (its arguments are slices of the client's input buffer), so nothing is copied.
+    async fn send_owned(&mut self, shard: ShardIndex, request: Request, write: bool) -> Source {
+        let source = self.sender(shard).await;
+        let Source::Shard(index) = source else {
+            return source;
+        };
+        if let Some(conn) = self.shards[index].as_mut() {
+            conn.send(&request);
+        }
+        if write {
+            Source::Write(index, request)
+        } else {
+            source
+        }
+    }
+
+    async fn forward(&mut self, shard: ShardIndex, request: Request, write: bool) {
+        let source = self.send_owned(shard, request, write).await;
         self.pending
             .push(Pending::Forward(source, self.state.protocol));
     }
@@ -803,7 +820,9 @@ impl Session {
             PubSubTarget::PubSubShard | PubSubTarget::SubscribedShards => ShardIndex(0),
         };
         let Some((sub_kind, _)) = SubKind::of(request.name()) else {
-            self.forward(shard, request, false).await;
+            let source = self.send(shard, request, false).await;
+            self.pending
+                .push(Pending::Forward(source, self.state.protocol));
             return;
         };
         match (kind, target) {
