@@ -98,7 +98,15 @@ fn now_secs() -> u64 {
 
 fn shard_status(observed: &Observed, uid: u64, role: ShardRole, node_uid: u64) -> &'static str {
     match observed.shards.get(&uid) {
-        Some(report) if report.up && report.role == Some(role) => "active",
+        // A replica is active once its link to the master is up: until then it holds no copy
+        // of the data, and a failover could not promote it.
+        Some(report) if report.up && report.role == Some(role) => {
+            if role == ShardRole::Slave && !report.master_link_up {
+                "syncing"
+            } else {
+                "active"
+            }
+        }
         Some(_) => "down",
         None if observed.nodes.get(&node_uid) == Some(&NodeStatus::Down) => "down",
         None => "unknown",

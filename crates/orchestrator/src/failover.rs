@@ -176,18 +176,17 @@ async fn best_replica(
             continue;
         }
         // A replica not seen linked lately is not promoted; one never seen (this primary node
-        // just took over) is judged by its offset below.
-        if linked
-            .get(&replica.uid)
-            .is_some_and(|seen| seen.elapsed() > LINK_MEMORY)
-        {
+        // just took over) is judged by its offset below. One seen linked may be at offset 0: it
+        // synced everything from the RDB of a master that had no replica before.
+        let seen_linked = linked.get(&replica.uid).map(|seen| seen.elapsed());
+        if seen_linked.is_some_and(|elapsed| elapsed > LINK_MEMORY) {
             continue;
         }
         let offset = match reports.get(&replica.uid) {
             Some(r) if r.up => Some(r.offset),
             _ => probe(state, replica).await,
         };
-        if let Some(offset) = offset.filter(|o| *o > 0) {
+        if let Some(offset) = offset.filter(|o| *o > 0 || seen_linked.is_some()) {
             if best.is_none_or(|(o, _)| offset > o) {
                 best = Some((offset, replica.uid));
             }
