@@ -56,6 +56,7 @@ mod pubsub;
 mod server;
 mod session;
 mod shard;
+mod shared;
 mod stats;
 
 pub use command::{lookup, lookup_request, Class, CommandSpec, KeySpec, LocalCommand, Merge};

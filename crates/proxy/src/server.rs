@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::session::Session;
+use crate::shared::SharedPool;
 use crate::stats::EndpointStats;
 use crate::topology::Topology;
 
@@ -39,6 +40,9 @@ pub struct ProxyOptions {
     /// The most bytes of commands read from one client while it waits for a release; beyond
     /// that the proxy stops reading (the client's further commands wait in its socket).
     pub hold_max_bytes: usize,
+    /// Whether RESP2 clients' plain commands share one engine connection per shard primary
+    /// (see `shared.rs`); off, every client has connections of its own.
+    pub shared_connections: bool,
 }
 
 impl Default for ProxyOptions {
@@ -46,6 +50,7 @@ impl Default for ProxyOptions {
         ProxyOptions {
             hold_timeout: DEFAULT_HOLD_TIMEOUT,
             hold_max_bytes: DEFAULT_HOLD_MAX_BYTES,
+            shared_connections: true,
         }
     }
 }
@@ -85,6 +90,7 @@ pub async fn serve_with_stats(
     stats: EndpointStats,
 ) {
     let mut clients = JoinSet::new();
+    let shared = options.shared_connections.then(SharedPool::default);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -94,7 +100,7 @@ pub async fn serve_with_stats(
                 Ok((stream, peer)) => {
                     let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
                     let counted = stats.connection();
-                    let session = Session::new(stream, id, topology.clone(), options, stats.clone());
+                    let session = Session::new(stream, id, topology.clone(), options, stats.clone(), shared.clone());
                     clients.spawn(async move {
                         let _counted = counted;
                         if let Err(e) = session.run().await {

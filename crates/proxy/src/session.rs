@@ -31,6 +31,7 @@ use crate::route::{route, Decision, PubSubTarget, Route, ScanStep, Split};
 use crate::scan;
 use crate::server::ProxyOptions;
 use crate::shard::{ShardConn, ShardError};
+use crate::shared::{Conn, SharedPool};
 use crate::slot::ShardIndex;
 use crate::stats::{BatchStats, EndpointStats, Outcome};
 use crate::topology::Topology;
@@ -109,7 +110,17 @@ pub(crate) struct Session {
     state: ClientState,
     topology_rx: watch::Receiver<Topology>,
     topology: Topology,
-    shards: Vec<Option<ShardConn>>,
+    shards: Vec<Option<Conn>>,
+    /// The endpoint's shared shard connections, while this client's commands may use them.
+    shared: Option<SharedPool>,
+    /// Whether this batch sent anything over a shared connection.
+    sent_shared: bool,
+    /// Whether this client ever sent anything over a shared connection.
+    used_shared: bool,
+    /// A request that must go over the client's own connections, read after requests sent
+    /// over shared ones in the same batch: it is routed in the next batch, once those are
+    /// answered, so the client's order holds across the two.
+    deferred: Option<Request>,
     generation: u64,
     pending: Vec<Pending>,
     tx: Option<Transaction>,
@@ -141,6 +152,7 @@ impl Session {
         mut topology_rx: watch::Receiver<Topology>,
         options: ProxyOptions,
         stats: EndpointStats,
+        shared: Option<SharedPool>,
     ) -> Self {
         let topology = topology_rx.borrow_and_update().clone();
         let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
@@ -157,6 +169,10 @@ impl Session {
             topology_rx,
             topology,
             shards: (0..shard_count).map(|_| None).collect(),
+            shared,
+            sent_shared: false,
+            used_shared: false,
+            deferred: None,
             generation: 0,
             pending: Vec::new(),
             tx: None,
@@ -288,18 +304,22 @@ impl Session {
     /// Stops at a request for a held shard, which is parked (see [`Session::wait_for_release`]).
     async fn route_batch(&mut self) -> usize {
         let mut routed = 0;
+        self.sent_shared = false;
         while routed < MAX_BATCH && !self.closing {
             let request = match self.parked.take() {
                 Some((request, _)) => request,
-                None => match self.decoder.decode(&mut self.input) {
-                    Ok(Some(request)) => request,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(client = self.state.id, error = %e, "closing client after protocol error");
-                        self.ready(Value::error(format!("ERR {e}")));
-                        self.closing = true;
-                        break;
-                    }
+                None => match self.deferred.take() {
+                    Some(request) => request,
+                    None => match self.decoder.decode(&mut self.input) {
+                        Ok(Some(request)) => request,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(client = self.state.id, error = %e, "closing client after protocol error");
+                            self.ready(Value::error(format!("ERR {e}")));
+                            self.closing = true;
+                            break;
+                        }
+                    },
                 },
             };
             let decision = route(&request, self.topology.slots());
@@ -309,12 +329,63 @@ impl Session {
                     break;
                 }
                 self.ready(hold_expired(shard, self.options.hold_timeout));
+            } else if self.must_leave_shared(&decision) {
+                if self.sent_shared {
+                    self.deferred = Some(request);
+                    break;
+                }
+                self.leave_shared(&request).await;
+                self.dispatch(request, decision).await;
             } else {
                 self.dispatch(request, decision).await;
             }
             routed += 1;
         }
         routed
+    }
+
+    /// Whether a request makes this client leave the shared connections: it goes to a shard
+    /// and needs the client's own connection there (see `shared.rs`).
+    fn must_leave_shared(&self, decision: &Decision) -> bool {
+        let to_shard = !matches!(
+            decision.route,
+            Route::Local(_)
+                | Route::CrossSlot
+                | Route::Refused(_)
+                | Route::Unknown
+                | Route::Invalid(_)
+        );
+        self.shared.is_some()
+            && to_shard
+            && (decision.blocking
+                || matches!(decision.route, Route::Transaction { .. })
+                || self.state.protocol != Protocol::Resp2)
+    }
+
+    /// Moves this client to connections of its own for good. Before a WAIT (or WAITAOF),
+    /// each shard connection first runs a command that replicates, so the engine's count of
+    /// this connection's writes covers those the client made over shared connections.
+    async fn leave_shared(&mut self, request: &Request) {
+        self.shared = None;
+        for slot in &mut self.shards {
+            if slot.as_ref().is_some_and(Conn::is_shared) {
+                *slot = None;
+            }
+        }
+        if !(self.used_shared && matches!(request.name(), "WAIT" | "WAITAOF")) {
+            return;
+        }
+        for shard in 0..self.topology.shard_count() {
+            if let Source::Shard(index) = self.sender(ShardIndex(shard)).await {
+                if let Some(conn) = self.shards[index].as_mut() {
+                    conn.send(&Request::new(
+                        "PUBLISH",
+                        [OFFSET_MARKER_CHANNEL.into(), "".into()],
+                    ));
+                    self.pending.push(Pending::Discard(Source::Shard(index)));
+                }
+            }
+        }
     }
 
     /// The held shard `request` would be sent to, if any.
@@ -645,6 +716,9 @@ impl Session {
     /// Makes the latest published topology this session's; expired holds are forgotten.
     fn adopt_topology(&mut self) {
         self.topology = self.topology_rx.borrow_and_update().clone();
+        if let Some(pool) = &self.shared {
+            pool.retain_primaries(&self.topology);
+        }
         self.expired.clear();
         let count = usize::from(self.topology.shard_count());
         self.shards.resize_with(count, || None);
@@ -656,13 +730,18 @@ impl Session {
     fn drop_stale_connections(&mut self) {
         for (index, slot) in self.shards.iter_mut().enumerate() {
             let primary = self.topology.primary(ShardIndex(index as u16));
-            let stale = |c: &ShardConn| c.is_broken() || Some(c.addr()) != primary;
-            if slot.as_ref().is_some_and(stale) {
+            let stale = |broken: bool, addr: SocketAddr| broken || Some(addr) != primary;
+            if slot
+                .as_ref()
+                .is_some_and(|c| stale(c.is_broken(), c.addr()))
+            {
                 *slot = None;
             }
             let retry = self.retries.get_mut(index).and_then(Option::take);
             if slot.is_none() {
-                *slot = retry.filter(|c| !stale(c));
+                *slot = retry
+                    .filter(|c| !stale(c.is_broken(), c.addr()))
+                    .map(Conn::Own);
             }
         }
     }
@@ -727,17 +806,33 @@ impl Session {
         };
         let protocol = self.state.protocol;
         if self.shards[index].is_none() {
-            self.generation += 1;
             let password = self.topology.shard_password().to_owned();
-            match ShardConn::connect(shard.0, addr, &password, protocol, self.generation).await {
-                Ok(conn) => self.shards[index] = Some(conn),
-                Err(e) => return Source::Failed(e),
-            }
+            let conn = match &self.shared {
+                Some(pool) if protocol == Protocol::Resp2 => {
+                    Conn::Shared(pool.conn(shard.0, addr, &password))
+                }
+                _ => {
+                    self.generation += 1;
+                    match ShardConn::connect(shard.0, addr, &password, protocol, self.generation)
+                        .await
+                    {
+                        Ok(conn) => Conn::Own(conn),
+                        Err(e) => return Source::Failed(e),
+                    }
+                }
+            };
+            self.shards[index] = Some(conn);
         }
-        let conn = self.shards[index].as_mut().expect("connected above");
-        if conn.protocol() != protocol {
-            conn.send_hello(protocol);
-            self.pending.push(Pending::Discard(Source::Shard(index)));
+        match self.shards[index].as_mut().expect("connected above") {
+            Conn::Shared(_) => {
+                self.sent_shared = true;
+                self.used_shared = true;
+            }
+            Conn::Own(conn) if conn.protocol() != protocol => {
+                conn.send_hello(protocol);
+                self.pending.push(Pending::Discard(Source::Shard(index)));
+            }
+            Conn::Own(_) => {}
         }
         Source::Shard(index)
     }
@@ -1119,6 +1214,11 @@ impl Session {
             .is_some_and(|c| c.generation() == watch.generation && !c.is_broken())
     }
 }
+
+/// The channel of the command that makes a client's own shard connection count the writes it
+/// made over shared ones before its first WAIT (see [`Session::leave_shared`]); nobody
+/// subscribes to it, so publishing there costs one replicated message.
+const OFFSET_MARKER_CHANNEL: &str = "__flotilla__:wait-offset";
 
 /// Commands a client may send before authenticating.
 fn allowed_before_auth(request: &Request) -> bool {

@@ -215,16 +215,15 @@ impl ShardConn {
         if let Some(broken) = &self.broken {
             return Err(broken.clone());
         }
-        while !self.decoder.is_mid_frame() {
-            match crate::frame::frame_len(&self.input) {
-                Ok(Some(len)) => return Ok(self.input.split_to(len).freeze()),
-                Ok(None) => {}
-                Err(_) => break,
-            }
-            let read = match self.stream.read_buf(&mut self.input).await {
-                Ok(0) => Err("connection closed by the shard".to_owned()),
-                Ok(_) => Ok(()),
-                Err(e) => Err(e.to_string()),
+        loop {
+            let read = match take_raw_reply(&mut self.input, &mut self.decoder) {
+                Ok(Some(raw)) => return Ok(raw),
+                Ok(None) => match self.stream.read_buf(&mut self.input).await {
+                    Ok(0) => Err("connection closed by the shard".to_owned()),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(reason) => Err(reason),
             };
             if let Err(reason) = read {
                 let error = self.lost(reason);
@@ -232,7 +231,12 @@ impl ShardConn {
                 return Err(error);
             }
         }
-        Ok(self.reply().await?.to_bytes().freeze())
+    }
+
+    /// The connection's socket and the bytes already read from it, for a caller that takes
+    /// over the connection after the handshake (a shared connection).
+    pub(crate) fn into_parts(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.input)
     }
 
     /// Polls for the next reply (a pushed message on a subscriber connection), for waiting on
@@ -293,6 +297,27 @@ impl ShardConn {
             addr: self.addr,
             reason,
         }
+    }
+}
+
+/// Takes the next complete reply off `input` as the engine encoded it: found by the scanner
+/// when it can, else decoded (resuming a frame `decoder` is in the middle of) and re-encoded
+/// byte-exact. `None` when more bytes are needed.
+pub(crate) fn take_raw_reply(
+    input: &mut BytesMut,
+    decoder: &mut Decoder,
+) -> Result<Option<Bytes>, String> {
+    if !decoder.is_mid_frame() {
+        match crate::frame::frame_len(input) {
+            Ok(Some(len)) => return Ok(Some(input.split_to(len).freeze())),
+            Ok(None) => return Ok(None),
+            Err(_) => {}
+        }
+    }
+    match decoder.decode(input) {
+        Ok(Some(value)) => Ok(Some(value.to_bytes().freeze())),
+        Ok(None) => Ok(None),
+        Err(e) => Err(protocol_reason(&e)),
     }
 }
 

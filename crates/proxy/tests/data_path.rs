@@ -1,6 +1,6 @@
 //! The proxy's data path against real redis-7.0 shards: routing by slot, split and fanned-out
 //! commands, pipelining order, AUTH, protocol errors, topology changes, transactions and
-//! blocking commands. Addresses: 127.0.7.1 - 127.0.7.19 (endpoint port 12000, shards 20001+).
+//! blocking commands, shared shard connections. Addresses: 127.0.7.1 - 127.0.7.19 (endpoint port 12000, shards 20001+).
 
 mod common;
 
@@ -389,4 +389,125 @@ async fn redis_cli_works_through_the_proxy() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "3\n2\n1\n");
     let out = cli(&["DBSIZE"]).await.unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+}
+
+/// `connected_clients` of an engine, read over a direct connection (which counts itself).
+async fn engine_clients(setup: &Setup, engine: usize) -> i64 {
+    let mut direct = setup.direct(engine).await;
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("INFO clients has connected_clients")
+}
+
+/// Runs 20 clients at once, each writing and reading its own keys through the endpoint.
+async fn twenty_busy_clients(setup: &Setup) -> Vec<redis::aio::MultiplexedConnection> {
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(setup.client(None).await);
+    }
+    let work = clients
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, mut c)| async move {
+            for j in 0..50 {
+                let key = format!("busy:{i}:{j}");
+                let () = c.set(&key, j).await.unwrap();
+                let back: i64 = c.get(&key).await.unwrap();
+                assert_eq!(back, j, "each client reads back its own write");
+            }
+        });
+    futures_util::future::join_all(work).await;
+    clients
+}
+
+#[tokio::test]
+async fn plain_commands_of_many_clients_share_one_engine_connection() {
+    let setup = Setup::start("127.0.7.9", 1, 1, None).await;
+    let _clients = twenty_busy_clients(&setup).await;
+    // The shared connection, plus the direct one asking.
+    assert_eq!(engine_clients(&setup, 0).await, 2);
+
+    let options = flotilla_proxy::ProxyOptions {
+        shared_connections: false,
+        ..Default::default()
+    };
+    let own = Setup::start_with("127.0.7.10", 1, 1, None, options).await;
+    let _clients = twenty_busy_clients(&own).await;
+    assert_eq!(
+        engine_clients(&own, 0).await,
+        21,
+        "without sharing, one engine connection per client"
+    );
+}
+
+#[tokio::test]
+async fn wait_counts_the_writes_a_client_made_over_the_shared_connection() {
+    let setup = Setup::start("127.0.7.11", 2, 1, None).await;
+    let primary = setup.engine_addr(0);
+    let replica = setup.engine(1).await;
+    replica
+        .replicaof(primary.ip(), primary.port())
+        .await
+        .unwrap();
+    replica.wait_link_up(Duration::from_secs(10)).await.unwrap();
+    let mut client = setup.patient_client(Duration::from_secs(10)).await;
+    let () = client.set("before", 1).await.unwrap();
+    // The primary counts the replica as online once it has acknowledged a write (replicas
+    // acknowledge once a second).
+    let mut direct = setup.direct(0).await;
+    let () = direct.set("online", 1).await.unwrap();
+    let mut online = 0;
+    for _ in 0..50 {
+        online = redis::cmd("WAIT")
+            .arg(1)
+            .arg(100)
+            .query_async(&mut direct)
+            .await
+            .unwrap();
+        if online == 1 {
+            break;
+        }
+    }
+    assert_eq!(online, 1, "the replica acknowledges writes");
+    let replica_pid = flotilla_engine::adopt(&setup.engines[1])
+        .unwrap()
+        .expect("the replica runs")
+        .pid();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &replica_pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {name} {replica_pid}");
+    };
+
+    // A write over the shared connection while the replica cannot acknowledge it: WAIT (sent
+    // on the client's own connection) must count it as unacknowledged.
+    signal("-STOP");
+    let () = client.set("unacked", 1).await.unwrap();
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(300)
+        .query_async(&mut client)
+        .await
+        .unwrap();
+    signal("-CONT");
+    assert_eq!(
+        acked, 0,
+        "WAIT counted a replica that had not acknowledged the write"
+    );
+    let acked: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(5000)
+        .query_async(&mut client)
+        .await
+        .unwrap();
+    assert_eq!(acked, 1, "the resumed replica acknowledges the write");
 }

@@ -1,0 +1,424 @@
+//! Shard connections shared by an endpoint's clients: every RESP2 client's plain commands for
+//! one shard primary travel over one engine connection, so requests from many clients reach
+//! the engine in one write and their replies come back in one read.
+//!
+//! Why: with one engine connection per client, a client sending one command per round trip
+//! costs the engine a read and a write system call per command, and the proxy two more; on a
+//! loaded machine that is most of the CPU a command costs (`bench/proxy` prints it per
+//! request). Coalescing clients is how twemproxy keeps the engine's cost per command low.
+//!
+//! What stays on a client's own connection ([`crate::shard::ShardConn`]): transactions and
+//! WATCH, blocking commands (BLPOP, XREAD BLOCK, WAIT...), and every command of a RESP3
+//! client, since those hold per-connection state on the engine or would stall other clients.
+//! A client leaves the shared connections for good at its first such command (see
+//! `session.rs`); its earlier commands have all been answered by then, so its order holds.
+//!
+//! Ordering: a [`SharedLink`] writes jobs (one client's part of a batch) in the order it
+//! receives them and hands their replies back in the same order, reading exactly as many
+//! replies per job as the job holds requests.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use flotilla_resp::{Decoder, Limits, Protocol, Request, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::shard::{take_raw_reply, ShardConn, ShardError};
+use crate::topology::Topology;
+
+/// Jobs queued for one link before clients wait to hand it more (backpressure).
+const JOB_QUEUE: usize = 4096;
+
+/// Bytes gathered from queued jobs into one write.
+const WRITE_CHUNK: usize = 256 * 1024;
+
+/// The replies of one job, in order, or why there are none.
+type JobReplies = Result<VecDeque<Bytes>, ShardError>;
+
+/// One client's requests for a shard, encoded, and where their replies go.
+struct Job {
+    requests: Bytes,
+    count: usize,
+    replies: oneshot::Sender<JobReplies>,
+}
+
+/// An endpoint's shared connections, one per shard primary address; cheap to clone.
+#[derive(Clone, Default)]
+pub(crate) struct SharedPool {
+    links: Arc<Mutex<HashMap<SocketAddr, SharedLink>>>,
+}
+
+impl SharedPool {
+    /// A client's handle on the shared connection to `shard`'s primary at `addr`, opening the
+    /// connection (in the background) if there is none or the last one broke.
+    pub fn conn(&self, shard: u16, addr: SocketAddr, password: &str) -> SharedConn {
+        let mut links = self.lock();
+        let link = match links.get(&addr) {
+            Some(link) if !link.is_broken() => link.clone(),
+            _ => {
+                let link = SharedLink::open(shard, addr, password.to_owned());
+                links.insert(addr, link.clone());
+                link
+            }
+        };
+        SharedConn::new(shard, addr, link)
+    }
+
+    /// Forgets links to addresses that are no longer any shard's primary (their connections
+    /// close once no client uses them).
+    pub fn retain_primaries(&self, topology: &Topology) {
+        let primaries: Vec<SocketAddr> = (0..topology.shard_count())
+            .filter_map(|i| topology.primary(crate::ShardIndex(i)))
+            .collect();
+        self.lock()
+            .retain(|addr, link| primaries.contains(addr) && !link.is_broken());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, SharedLink>> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The sending side of one shared engine connection, run by its own task.
+#[derive(Clone)]
+pub(crate) struct SharedLink {
+    jobs: mpsc::Sender<Job>,
+    broken: Arc<AtomicBool>,
+}
+
+impl SharedLink {
+    fn open(shard: u16, addr: SocketAddr, password: String) -> Self {
+        let (jobs, queue) = mpsc::channel(JOB_QUEUE);
+        let broken = Arc::new(AtomicBool::new(false));
+        tokio::spawn(run_link(shard, addr, password, queue, broken.clone()));
+        SharedLink { jobs, broken }
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+}
+
+/// Connects, then writes jobs and reads their replies until the connection fails or every
+/// handle is gone. Jobs never written are answered "unavailable" (not executed); jobs written
+/// but not answered are answered "lost" (they may have executed).
+async fn run_link(
+    shard: u16,
+    addr: SocketAddr,
+    password: String,
+    mut queue: mpsc::Receiver<Job>,
+    broken: Arc<AtomicBool>,
+) {
+    let conn = match ShardConn::connect(shard, addr, &password, Protocol::Resp2, 0).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            broken.store(true, Ordering::Relaxed);
+            refuse_queued(&mut queue, &e);
+            return;
+        }
+    };
+    let (stream, input) = conn.into_parts();
+    let (reader, writer) = stream.into_split();
+    let (written_tx, mut written) = mpsc::unbounded_channel();
+    let lost = |reason: String| ShardError::Lost {
+        shard,
+        addr,
+        reason,
+    };
+    let outcome = tokio::try_join!(
+        write_jobs(writer, &mut queue, written_tx),
+        read_replies(reader, input, &mut written, &lost),
+    );
+    if let Err(error) = outcome {
+        broken.store(true, Ordering::Relaxed);
+        tracing::debug!(shard, %addr, %error, "shared shard connection failed");
+        let error = lost(error);
+        while let Ok((_, replies)) = written.try_recv() {
+            let _ = replies.send(Err(error.clone()));
+        }
+        refuse_queued(
+            &mut queue,
+            &ShardError::Unavailable {
+                shard,
+                addr,
+                reason: "the shared connection to the shard failed before sending".into(),
+            },
+        );
+    }
+}
+
+/// Answers every job still queued with `error`, and refuses new ones.
+fn refuse_queued(queue: &mut mpsc::Receiver<Job>, error: &ShardError) {
+    queue.close();
+    while let Ok(job) = queue.try_recv() {
+        let _ = job.replies.send(Err(error.clone()));
+    }
+}
+
+/// Writes queued jobs, several per write when they queue up, and tells the reader how many
+/// replies each one awaits. Ends when every handle is gone.
+async fn write_jobs(
+    mut writer: OwnedWriteHalf,
+    queue: &mut mpsc::Receiver<Job>,
+    written: mpsc::UnboundedSender<(usize, oneshot::Sender<JobReplies>)>,
+) -> Result<(), String> {
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    while let Some(job) = queue.recv().await {
+        let mut next = Some(job);
+        while let Some(job) = next.take() {
+            out.extend_from_slice(&job.requests);
+            let _ = written.send((job.count, job.replies));
+            if out.len() < WRITE_CHUNK {
+                next = queue.try_recv().ok();
+            }
+        }
+        writer.write_all(&out).await.map_err(|e| e.to_string())?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Reads each written job's replies, in order, and hands them to the job's client.
+async fn read_replies(
+    mut reader: OwnedReadHalf,
+    mut input: BytesMut,
+    written: &mut mpsc::UnboundedReceiver<(usize, oneshot::Sender<JobReplies>)>,
+    lost: &impl Fn(String) -> ShardError,
+) -> Result<(), String> {
+    let mut decoder = Decoder::new(Limits::for_replies());
+    while let Some((count, replies)) = written.recv().await {
+        let mut got = VecDeque::with_capacity(count);
+        while got.len() < count {
+            match take_raw_reply(&mut input, &mut decoder) {
+                Ok(Some(raw)) => {
+                    got.push_back(raw);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    let _ = replies.send(Err(lost(reason.clone())));
+                    return Err(reason);
+                }
+            }
+            input.reserve(4096);
+            let read = match reader.read_buf(&mut input).await {
+                Ok(0) => Err("connection closed by the shard".to_owned()),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(reason) = read {
+                let _ = replies.send(Err(lost(reason.clone())));
+                return Err(reason);
+            }
+        }
+        // The client may have gone; its replies are dropped.
+        let _ = replies.send(Ok(got));
+    }
+    Ok(())
+}
+
+/// One client's use of a shared connection for one shard: requests are gathered with
+/// [`SharedConn::send`], handed over as one job by [`SharedConn::flush`], and their replies
+/// taken in order with [`SharedConn::reply_raw`] / [`SharedConn::reply`], as with a
+/// [`ShardConn`].
+pub(crate) struct SharedConn {
+    shard: u16,
+    addr: SocketAddr,
+    link: SharedLink,
+    out: BytesMut,
+    count: usize,
+    jobs: VecDeque<JobState>,
+    decoder: Decoder,
+}
+
+/// A job handed over and not fully answered yet.
+enum JobState {
+    Waiting(oneshot::Receiver<JobReplies>, usize),
+    Answered(VecDeque<Bytes>),
+    Failed(ShardError, usize),
+}
+
+impl SharedConn {
+    fn new(shard: u16, addr: SocketAddr, link: SharedLink) -> Self {
+        SharedConn {
+            shard,
+            addr,
+            link,
+            out: BytesMut::new(),
+            count: 0,
+            jobs: VecDeque::new(),
+            decoder: Decoder::new(Limits::for_replies()),
+        }
+    }
+
+    /// The address of the shard primary this goes to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether the shared connection failed; this handle is replaced before the next batch.
+    pub fn is_broken(&self) -> bool {
+        self.link.is_broken()
+    }
+
+    /// Appends `request` to this client's next job.
+    pub fn send(&mut self, request: &Request) {
+        request.encode(&mut self.out);
+        self.count += 1;
+    }
+
+    /// Hands the requests appended since the last flush to the link as one job.
+    pub async fn flush(&mut self) {
+        if self.count == 0 {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            requests: self.out.split().freeze(),
+            count: std::mem::take(&mut self.count),
+            replies: tx,
+        };
+        let count = job.count;
+        let state = match self.link.jobs.send(job).await {
+            Ok(()) => JobState::Waiting(rx, count),
+            Err(_) => JobState::Failed(self.unavailable(), count),
+        };
+        self.jobs.push_back(state);
+    }
+
+    /// The next reply as the engine encoded it (RESP2), in the order requests were sent.
+    pub async fn reply_raw(&mut self) -> Result<Bytes, ShardError> {
+        loop {
+            match self.jobs.front_mut() {
+                None => return Err(self.unavailable()),
+                Some(JobState::Answered(replies)) => match replies.pop_front() {
+                    Some(raw) => return Ok(raw),
+                    None => {
+                        self.jobs.pop_front();
+                    }
+                },
+                Some(JobState::Failed(error, left)) => {
+                    let error = error.clone();
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        self.jobs.pop_front();
+                    }
+                    return Err(error);
+                }
+                Some(JobState::Waiting(..)) => {
+                    let Some(JobState::Waiting(rx, count)) = self.jobs.pop_front() else {
+                        unreachable!("the front job was waiting");
+                    };
+                    let state = match rx.await {
+                        Ok(Ok(replies)) => JobState::Answered(replies),
+                        Ok(Err(e)) => JobState::Failed(e, count),
+                        Err(_) => JobState::Failed(self.lost(), count),
+                    };
+                    self.jobs.push_front(state);
+                }
+            }
+        }
+    }
+
+    /// The next reply, decoded.
+    pub async fn reply(&mut self) -> Result<Value, ShardError> {
+        let raw = self.reply_raw().await?;
+        let mut buffer = BytesMut::from(&raw[..]);
+        match self.decoder.decode(&mut buffer) {
+            Ok(Some(value)) => Ok(value),
+            _ => Err(self.lost()),
+        }
+    }
+
+    fn unavailable(&self) -> ShardError {
+        ShardError::Unavailable {
+            shard: self.shard,
+            addr: self.addr,
+            reason: "the shared connection to the shard is closed".into(),
+        }
+    }
+
+    fn lost(&self) -> ShardError {
+        ShardError::Lost {
+            shard: self.shard,
+            addr: self.addr,
+            reason: "the shared connection to the shard failed".into(),
+        }
+    }
+}
+
+/// A client's connection to one shard: its own, or its handle on the shared one.
+pub(crate) enum Conn {
+    /// A connection of this client's own (transactions, blocking commands, RESP3).
+    Own(ShardConn),
+    /// This client's handle on the endpoint's shared connection.
+    Shared(SharedConn),
+}
+
+impl Conn {
+    /// See [`ShardConn::send`].
+    pub fn send(&mut self, request: &Request) {
+        match self {
+            Conn::Own(c) => c.send(request),
+            Conn::Shared(c) => c.send(request),
+        }
+    }
+
+    /// See [`ShardConn::flush`].
+    pub async fn flush(&mut self) {
+        match self {
+            Conn::Own(c) => c.flush().await,
+            Conn::Shared(c) => c.flush().await,
+        }
+    }
+
+    /// See [`ShardConn::reply`].
+    pub async fn reply(&mut self) -> Result<Value, ShardError> {
+        match self {
+            Conn::Own(c) => c.reply().await,
+            Conn::Shared(c) => c.reply().await,
+        }
+    }
+
+    /// See [`ShardConn::reply_raw`].
+    pub async fn reply_raw(&mut self) -> Result<Bytes, ShardError> {
+        match self {
+            Conn::Own(c) => c.reply_raw().await,
+            Conn::Shared(c) => c.reply_raw().await,
+        }
+    }
+
+    /// See [`ShardConn::addr`].
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Conn::Own(c) => c.addr(),
+            Conn::Shared(c) => c.addr(),
+        }
+    }
+
+    /// See [`ShardConn::is_broken`].
+    pub fn is_broken(&self) -> bool {
+        match self {
+            Conn::Own(c) => c.is_broken(),
+            Conn::Shared(c) => c.is_broken(),
+        }
+    }
+
+    /// See [`ShardConn::generation`]; a shared connection holds no WATCH, so 0.
+    pub fn generation(&self) -> u64 {
+        match self {
+            Conn::Own(c) => c.generation(),
+            Conn::Shared(_) => 0,
+        }
+    }
+
+    /// Whether this is a handle on the shared connection.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Conn::Shared(_))
+    }
+}
