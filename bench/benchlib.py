@@ -199,3 +199,284 @@ def write_json(name, data):
 def machine_info():
     return {"nproc": os.cpu_count(), "uname": " ".join(os.uname()),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+# --- process, log and RESP helpers (appended for bench/scale) ---------------------------------
+
+class RespError(Exception):
+    """An error reply (-ERR ...) from a Redis-protocol server."""
+
+
+def read_pidfile(path):
+    """The pid in a pidfile, or None when missing or unreadable."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def pid_running(pid):
+    """True when /proc/PID exists and is not a zombie (an exited, unreaped process)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def proc_status_kb(pid, field="VmRSS"):
+    """A kB field of /proc/PID/status (VmRSS, VmHWM = peak RSS, ...), or None."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def proc_cpu_seconds(pid):
+    """User + system CPU seconds a process has used so far (/proc/PID/stat), or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cluster_daemon_pids(cluster):
+    """{node number: daemon pid} from the pidfiles of a Cluster's node dirs (live ones only)."""
+    out = {}
+    for n in range(1, cluster.nodes + 1):
+        pid = read_pidfile(os.path.join(cluster.dir, "node-%d" % n, "flotilla.pid"))
+        if pid and pid_running(pid):
+            out[n] = pid
+    return out
+
+
+def processes_in_dir(root):
+    """Live pids whose working directory is inside `root` (engines chdir to their shard dir), read
+    from /proc: how to find every engine a cluster started, with or without a pidfile."""
+    root = os.path.realpath(root).rstrip("/") + "/"
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            cwd = os.readlink("/proc/%s/cwd" % name)
+        except OSError:
+            continue
+        if (cwd + "/").startswith(root) and pid_running(int(name)):
+            out.append(int(name))
+    return sorted(out)
+
+
+def proc_cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def log_lines(path, levels=("WARN", "ERROR")):
+    """Lines of a daemon log whose level is one of `levels` (ANSI colours stripped)."""
+    import re
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    out = []
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                line = ansi.sub("", line.rstrip("\n"))
+                words = line.split(None, 2)
+                if len(words) >= 2 and words[1] in levels:
+                    out.append(line)
+    except OSError:
+        pass
+    return out
+
+
+def _resp_encode(args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def _resp_read(f):
+    line = f.readline()
+    if not line:
+        raise ConnectionError("connection closed")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        return RespError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        return data[:-2]
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp_read(f) for _ in range(n)]
+    raise ValueError("unexpected RESP reply %r" % line[:80])
+
+
+def resp_pipeline(host, port, commands, password=None, timeout=10.0):
+    """Sends `commands` (lists of args) on one connection, AUTH first when `password` is given;
+    returns their replies in order (an error reply is a RespError value, not raised)."""
+    import socket
+    cmds = ([["AUTH", password]] if password else []) + [list(c) for c in commands]
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(b"".join(_resp_encode(c) for c in cmds))
+        f = s.makefile("rb")
+        replies = [_resp_read(f) for _ in cmds]
+    if password:
+        if isinstance(replies[0], RespError):
+            raise replies[0]
+        replies = replies[1:]
+    return replies
+
+
+# --- engine, port, INFO and log helpers (appended for bench/db-upgrade) ------------------------
+
+def engines_dir():
+    return os.environ.get("FLOTILLA_ENGINES_DIR") or os.path.join(REPO, ".cache", "engines")
+
+
+def engine_binary(version):
+    """The server binary of an engine version (redis-6.2, ..., valkey-9.1) in the engine cache."""
+    name = "valkey-server" if version.startswith("valkey") else "redis-server"
+    path = os.path.join(engines_dir(), version, "bin", name)
+    if not os.path.exists(path):
+        sys.exit("missing engine %s: run scripts/fetch-engines" % path)
+    return path
+
+
+def free_port(host, start, end):
+    """The first port in [start, end) nothing listens on or is bound to at `host`."""
+    import socket
+    for port in range(start, end):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind((host, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free port on %s in %d-%d" % (host, start, end - 1))
+
+
+def parse_info(text):
+    """An INFO reply (bytes or str) as {field: value} (values are strings)."""
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    out = {}
+    for line in text.splitlines():
+        if ":" in line and not line.startswith("#"):
+            k, v = line.split(":", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def engine_info(host, port, password=None, section="all", timeout=10.0):
+    """INFO <section> of an engine as a dict (raises on error replies)."""
+    (reply,) = resp_pipeline(host, port, [["INFO", section]], password=password, timeout=timeout)
+    if isinstance(reply, RespError):
+        raise reply
+    return parse_info(reply)
+
+
+def start_engine(version, host, port, workdir, args=(), timeout_s=20):
+    """Starts a standalone engine as our child (not daemonized, so kill_pid stops it), bound to
+    `host:port`, memory only (`--save '' --appendonly no`), dir and log (engine.log) in `workdir`;
+    returns the Popen once it answers PING. Extra config goes in `args` ("--name", "value", ...)."""
+    os.makedirs(workdir, exist_ok=True)
+    cmd = [engine_binary(version), "--bind", host, "--port", str(port), "--dir", workdir,
+           "--logfile", os.path.join(workdir, "engine.log"), "--daemonize", "no",
+           "--save", "", "--appendonly", "no"] + [str(a) for a in args]
+    with open(os.path.join(workdir, "launch.out"), "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, cwd=workdir)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("%s exited (%s) at start: see %s" % (version, proc.returncode,
+                                                                    workdir))
+        try:
+            if resp_pipeline(host, port, [["PING"]], timeout=2) == ["PONG"]:
+                return proc
+        except OSError:
+            pass
+        time.sleep(0.05)
+    kill_pid(proc.pid)
+    raise RuntimeError("%s on %s:%d did not answer PING in %d s" % (version, host, port, timeout_s))
+
+
+def engine_log_events(path):
+    """(epoch seconds, message) for every line of a redis/valkey log (`PID:R 27 Nov 2026
+    12:30:53.170 * message`, local time); [] when the file is missing."""
+    import re
+    pat = re.compile(r"^\d+:[A-Z] (\d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d)\.(\d{3}) . (.*)$")
+    out = []
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                m = pat.match(line.rstrip("\n"))
+                if m:
+                    t = time.mktime(time.strptime(m.group(1), "%d %b %Y %H:%M:%S"))
+                    out.append((t + int(m.group(2)) / 1000.0, m.group(3)))
+    except OSError:
+        pass
+    return out
+
+
+def daemon_log_events(path, needle):
+    """(epoch seconds, line) for the lines of a Flotilla daemon log containing `needle` (ANSI
+    colours stripped; timestamps are RFC 3339 UTC)."""
+    import calendar
+    import re
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    pat = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z ")
+    out = []
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                line = ansi.sub("", line.rstrip("\n"))
+                if needle not in line:
+                    continue
+                m = pat.match(line)
+                if m:
+                    t = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
+                    out.append((t + float(m.group(2) or 0), line))
+    except OSError:
+        pass
+    return out
+
+
+def replica_sync_phases(events, since=None):
+    """Phases of the last completed full sync in a replica's engine log events (from
+    engine_log_events), after `since` (epoch s) if given: {full_resync, loading, finished} epoch
+    times (the master accepted a full resync / the RDB is received and loading starts / link up).
+    None when the log shows no completed full sync."""
+    evs = [(t, m) for t, m in events if since is None or t >= since]
+    fin = [i for i, (_t, m) in enumerate(evs) if "REPLICA sync: Finished with success" in m]
+    if not fin:
+        return None
+    end = fin[-1]
+    full = [i for i in range(end) if evs[i][1].startswith("Full resync from")]
+    if not full:
+        return None
+    start = full[-1]
+    load = [i for i in range(start, end) if "REPLICA sync: Loading DB in memory" in evs[i][1]]
+    return {"full_resync": evs[start][0], "loading": evs[load[-1]][0] if load else None,
+            "finished": evs[end][0]}

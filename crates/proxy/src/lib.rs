@@ -11,14 +11,16 @@
 //! reads a batch of pipelined requests, routes each one, writes every shard's share of the
 //! batch at once, then reads the replies back in the client's order (see `session.rs`).
 //!
-//! Shard connections are dedicated: each client connection opens, on first use, one
-//! authenticated connection per shard it touches. Why not a shared, multiplexed pool: a
-//! dedicated connection keeps MULTI/EXEC/WATCH and blocking commands (BLPOP, XREAD BLOCK)
-//! correct with no bookkeeping (they hold the engine-side connection state they need), a
-//! client's pipeline still reaches each shard as one write, and per-shard ordering is just the
-//! TCP stream's. The cost is one engine connection per client per shard touched, which engines
-//! handle in the tens of thousands; a multiplexed pool for plain commands is the next step if
-//! many mostly idle clients make that matter.
+//! Shard connections (see `shared.rs`): a RESP2 client's plain commands for a shard travel
+//! over one engine connection per shard primary that all the endpoint's clients share, so many
+//! clients' requests reach the engine in one write and their replies come back in one read (a
+//! client sending one command per round trip otherwise costs the engine two system calls per
+//! command). A client's pipeline still reaches each shard as one job, in order. Transactions,
+//! WATCH, blocking commands (BLPOP, XREAD BLOCK, WAIT) and RESP3 clients use dedicated
+//! connections instead, opened on first use, one per shard the client touches: they hold
+//! engine-side connection state (or would stall other clients), and a dedicated connection
+//! keeps them correct with no bookkeeping. A client moves to dedicated connections for good at
+//! its first such command, after its earlier commands are answered.
 //!
 //! Switchovers (DESIGN.md, "Data path"): a shard held in the [`Topology`]
 //! ([`Topology::with_hold`]) makes each client connection park its next command for that shard
