@@ -282,20 +282,24 @@ def proc_cmdline(pid):
         return ""
 
 
-def log_lines(path, levels=("WARN", "ERROR")):
-    """Lines of a daemon log whose level is one of `levels` (ANSI colours stripped)."""
+def plain_log_lines(path):
+    """The lines of a daemon log with ANSI colours stripped ([] when it cannot be read)."""
     import re
     ansi = re.compile(r"\x1b\[[0-9;]*m")
-    out = []
     try:
         with open(path, errors="replace") as f:
-            for line in f:
-                line = ansi.sub("", line.rstrip("\n"))
-                words = line.split(None, 2)
-                if len(words) >= 2 and words[1] in levels:
-                    out.append(line)
+            return [ansi.sub("", line.rstrip("\n")) for line in f]
     except OSError:
-        pass
+        return []
+
+
+def log_lines(path, levels=("WARN", "ERROR")):
+    """Lines of a daemon log whose level is one of `levels` (ANSI colours stripped)."""
+    out = []
+    for line in plain_log_lines(path):
+        words = line.split(None, 2)
+        if len(words) >= 2 and words[1] in levels:
+            out.append(line)
     return out
 
 
@@ -445,21 +449,15 @@ def daemon_log_events(path, needle):
     colours stripped; timestamps are RFC 3339 UTC)."""
     import calendar
     import re
-    ansi = re.compile(r"\x1b\[[0-9;]*m")
     pat = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z ")
     out = []
-    try:
-        with open(path, errors="replace") as f:
-            for line in f:
-                line = ansi.sub("", line.rstrip("\n"))
-                if needle not in line:
-                    continue
-                m = pat.match(line)
-                if m:
-                    t = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
-                    out.append((t + float(m.group(2) or 0), line))
-    except OSError:
-        pass
+    for line in plain_log_lines(path):
+        if needle not in line:
+            continue
+        m = pat.match(line)
+        if m:
+            t = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
+            out.append((t + float(m.group(2) or 0), line))
     return out
 
 
