@@ -37,9 +37,13 @@ pub async fn run_reporter_with_shards(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => report_once(&store, &software_version, &os, &shards).await,
+            _ = tick.tick() => {}
+            // A shard that came up, went down, changed role or linked to its master is told at
+            // once: failover, switchovers and upgrade steps wait on what the primary knows.
+            _ = shards.changed() => {}
             _ = shutdown.changed() => return,
         }
+        report_once(&store, &software_version, &os, &shards).await;
     }
 }
 

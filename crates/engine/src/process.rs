@@ -470,16 +470,38 @@ fn is_engine_process(pid: u32) -> bool {
 }
 
 /// True when `/proc/PID` exists and the process is not a zombie (an exited engine that no one
-/// reaped yet counts as gone).
+/// reaped yet counts as gone). A process whose main thread exited while other threads are
+/// still being torn down (after SIGKILL) still runs: those threads hold its open files and
+/// listening sockets until the last one is gone.
 pub fn pid_running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    match thread_state(&format!("/proc/{pid}/stat")) {
+        Some('Z' | 'X') => other_threads_alive(pid),
+        Some(_) => true,
+        None => false,
+    }
+}
+
+/// The state letter in a `/proc/.../stat` file, if it can be read.
+fn thread_state(path: &str) -> Option<char> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The state follows the last ')' (the command name may itself contain parentheses).
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+}
+
+/// Whether a thread of `pid` other than its main thread has not finished exiting.
+fn other_threads_alive(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };
-    // The state follows the last ')' (the command name may itself contain parentheses).
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    !matches!(state, Some('Z') | Some('X') | None)
+    tasks.flatten().any(|task| {
+        let tid = task.file_name();
+        tid.to_str() != Some(pid.to_string().as_str())
+            && !matches!(
+                thread_state(&format!("/proc/{pid}/task/{}/stat", tid.to_string_lossy())),
+                Some('Z' | 'X') | None
+            )
+    })
 }
 
 /// True when `pid` runs and is `spec`'s engine: its executable is the version's server binary

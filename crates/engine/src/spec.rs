@@ -210,6 +210,10 @@ impl ShardSpec {
             format!("maxmemory-policy {}", self.eviction.as_str()),
             format!("replica-announce-ip {}", self.bind),
             "repl-diskless-sync-delay 0".to_string(),
+            // A replica that starts empty (new, restarted by an upgrade or after a crash of a
+            // memory-only shard) loads the master's data straight from the socket: no RDB
+            // file the size of the data set on its disk, and loading overlaps the transfer.
+            "repl-diskless-load on-empty-db".to_string(),
             "dbfilename dump.rdb".to_string(),
         ];
         lines.extend(persistence_lines(self.persistence));
@@ -329,6 +333,7 @@ mod tests {
             "save \"\"",
             "replica-announce-ip 127.0.0.11",
             "repl-diskless-sync-delay 0",
+            "repl-diskless-load on-empty-db",
             "bind-source-addr 127.0.0.11",
             "replicaof 127.0.0.12 20001",
         ] {

@@ -253,10 +253,27 @@ async fn serve_discovery(
     let _ = server.await;
 }
 
+/// How long a daemon keeps retrying a port still held by its own previous process (a restart
+/// right after a crash: the old process's sockets close only when its last thread is gone).
+const BIND_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+
 async fn bind(addr: IpAddr, port: u16, what: &str) -> Result<TcpListener> {
-    TcpListener::bind((addr, port)).await.with_context(|| {
-        format!("binding the {what} on {addr}:{port}: is another daemon using this address? (`flotilla check ports` will tell)")
-    })
+    let deadline = tokio::time::Instant::now() + BIND_RETRY_FOR;
+    loop {
+        match TcpListener::bind((addr, port)).await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            bound => {
+                return bound.with_context(|| {
+                    format!("binding the {what} on {addr}:{port}: is another daemon using this address? (`ss -ltnp` shows who listens there)")
+                })
+            }
+        }
+    }
 }
 
 async fn serve(listener: TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {

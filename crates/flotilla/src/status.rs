@@ -23,7 +23,7 @@ fn issues(cluster: &ClusterInfo, nodes: &[NodeInfo], databases: &[BdbInfo]) -> V
     for node in nodes.iter().filter(|n| n.status != NodeStatus::Up) {
         found.push(
             format!(
-                "node:{} ({}) is {:?}: check its daemon (`flotilla check` on it)",
+                "node:{} ({}) is {:?}: check that its daemon runs (`flotilla node start` on it) and read its data dir's flotilla.log",
                 node.uid, node.addr, node.status
             )
             .to_lowercase(),

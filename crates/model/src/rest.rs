@@ -186,6 +186,9 @@ pub struct ShardReport {
     /// For a replica: whether its link to the master is up.
     #[serde(default)]
     pub master_link_up: bool,
+    /// For a replica: whether a full sync from its master is under way (`master_sync_in_progress`).
+    #[serde(default)]
+    pub sync_in_progress: bool,
     /// `used_memory` in bytes.
     #[serde(default)]
     pub used_memory: u64,

@@ -38,6 +38,15 @@ pub use worker::MASTER_RESTART_GRACE;
 /// The longest the agent goes without reconciling, store changes or not.
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often a replica in the middle of a full sync is observed, so the moment its link comes
+/// up reaches the primary node at once (upgrade steps and the database's status wait for it)
+/// rather than at the next round.
+const SYNC_POLL: Duration = Duration::from_millis(100);
+
+/// How long one step keeps watching a syncing replica; shorter than a round, so the next
+/// round's step is not skipped for it.
+const SYNC_WATCH: Duration = Duration::from_millis(800);
+
 /// How long a stopping agent waits for shard steps in flight before abandoning them (an
 /// abandoned start leaves a detached engine that the next agent adopts).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -99,6 +108,8 @@ impl ShardError {
 #[derive(Debug, Clone, Default)]
 pub struct ObservedShards {
     inner: Arc<Mutex<BTreeMap<ShardUid, ShardReport>>>,
+    /// Signalled when a shard's liveness, role or replication link changes.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl ObservedShards {
@@ -107,8 +118,19 @@ impl ObservedShards {
         self.lock().values().cloned().collect()
     }
 
+    /// Waits until a shard's liveness, role or replication link changed since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
     fn set(&self, report: ShardReport) {
-        self.lock().insert(report.uid, report);
+        let previous = self.lock().insert(report.uid, report.clone());
+        let same = previous.is_some_and(|p| {
+            (p.up, p.role, p.master_link_up) == (report.up, report.role, report.master_link_up)
+        });
+        if !same {
+            self.changed.notify_one();
+        }
     }
 
     fn retain(&self, keep: impl Fn(ShardUid) -> bool) {
@@ -219,9 +241,14 @@ impl ShardAgent {
         let catalog = self.catalog.clone();
         let observed = self.observed.clone();
         let down_since = self.down_since.clone();
+        let changes = self.store.subscribe();
         let task = tokio::spawn(async move {
             let report = worker::reconcile_and_observe(&catalog, &down_since, &wanted).await;
+            let syncing = report.sync_in_progress;
             observed.set(report);
+            if syncing {
+                watch_sync(&wanted, &observed, changes).await;
+            }
         });
         self.in_flight.insert(uid, task);
     }
@@ -259,6 +286,31 @@ impl ShardAgent {
                 );
                 task.abort();
             }
+        }
+    }
+}
+
+/// Observes a replica in the middle of a full sync every [`SYNC_POLL`] until the sync ends,
+/// [`SYNC_WATCH`] passes or the store changes (the next round then acts on the change).
+async fn watch_sync(
+    wanted: &DesiredShard,
+    observed: &ObservedShards,
+    mut changes: watch::Receiver<u64>,
+) {
+    let until = tokio::time::Instant::now() + SYNC_WATCH;
+    changes.borrow_and_update();
+    while tokio::time::Instant::now() < until {
+        tokio::select! {
+            _ = tokio::time::sleep(SYNC_POLL) => {}
+            _ = changes.changed() => return,
+        }
+        let Ok(report) = worker::observe(&wanted.spec).await else {
+            return;
+        };
+        let syncing = report.sync_in_progress;
+        observed.set(report);
+        if !syncing {
+            return;
         }
     }
 }

@@ -98,6 +98,7 @@ pub(crate) fn down_report(uid: ShardUid) -> ShardReport {
         role: None,
         offset: 0,
         master_link_up: false,
+        sync_in_progress: false,
         used_memory: 0,
         engine_version: None,
         pid: None,
@@ -231,7 +232,7 @@ async fn ensure_master_is_primary(spec: &ShardSpec, master: ReplicaOf) -> Result
 
 /// What the shard's engine says about itself: PING, `INFO replication`, `INFO memory`,
 /// `INFO server`.
-async fn observe(spec: &ShardSpec) -> Result<ShardReport, ShardError> {
+pub(crate) async fn observe(spec: &ShardSpec) -> Result<ShardReport, ShardError> {
     let client = connect(spec).await?;
     client.ping().await?;
     let replication = client.replication().await?;
@@ -246,6 +247,7 @@ async fn observe(spec: &ShardSpec) -> Result<ShardReport, ShardError> {
         }),
         offset: replication.offset(),
         master_link_up: replication.master_link_status == Some(LinkStatus::Up),
+        sync_in_progress: replication.master_sync_in_progress,
         used_memory: memory.used_memory,
         engine_version: Some(server.engine_version().to_string()),
         pid: Some(server.process_id),
