@@ -149,7 +149,7 @@ pub async fn wait(client: &Client, uid: u64) -> Result<()> {
         if action.status != ActionStatus::Running {
             break action;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     if let Some(bar) = bar {
         bar.finish_with_message(status_word(action.status));

@@ -41,7 +41,7 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a replica in the middle of a full sync is observed, so the moment its link comes
 /// up reaches the primary node at once (upgrade steps and the database's status wait for it)
 /// rather than at the next round.
-const SYNC_POLL: Duration = Duration::from_millis(100);
+const SYNC_POLL: Duration = Duration::from_millis(50);
 
 /// How long one step keeps watching a syncing replica; shorter than a round, so the next
 /// round's step is not skipped for it.

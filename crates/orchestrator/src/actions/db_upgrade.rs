@@ -23,6 +23,9 @@ use crate::Observer;
 
 /// Longest a shard may take to come up and sync on its new engine.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often a step waiting for a slot range's shards reads the primary's reports (memory
+/// only: cheap, and every poll interval is added to the upgrade's time).
+const RANGE_POLL: Duration = Duration::from_millis(25);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -370,7 +373,7 @@ async fn wait_range(
                 "shards {waiting:?} of slot range {range} did not come up synced on {target} within {SYNC_TIMEOUT:?}; see their engine logs in the nodes' data dirs (shards/UID/engine.log)"
             ));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(RANGE_POLL).await;
     }
 }
 

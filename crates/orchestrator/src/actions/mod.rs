@@ -18,7 +18,8 @@ use tokio::sync::watch;
 
 use crate::Observer;
 
-/// How often the runner looks for actions to drive.
+/// How often the runner looks for actions to drive when the store does not change (it also
+/// looks on every change, so a new action starts at once).
 const SCAN_EVERY: Duration = Duration::from_millis(300);
 /// Attempts of one step before the action fails.
 const STEP_ATTEMPTS: u32 = 3;
@@ -51,9 +52,11 @@ pub fn plan(kind: &ActionKind, state: &ClusterState) -> Vec<Step> {
 pub async fn run_actions(observer: Observer, mut shutdown: watch::Receiver<bool>) {
     let driving: Arc<Mutex<HashSet<ActionUid>>> = Arc::default();
     let mut tick = tokio::time::interval(SCAN_EVERY);
+    let mut changes = observer.store.subscribe();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = changes.changed() => {}
             _ = shutdown.changed() => return,
         }
         if !observer.store.is_leader() {
