@@ -41,8 +41,9 @@
 //! BLPOP is not noticed disconnecting until the shard answers; shutdown closes client
 //! connections without draining them at command boundaries (needed for in-place upgrades); a
 //! transaction whose WATCHed shard moved to a new primary returns a null EXEC (aborted) rather
-//! than risk running unwatched; a MULTI/EXEC refused by a demoted primary (EXECABORT after
-//! READONLY on its queued writes) is not resent; a hold parks the whole client connection, not
+//! than risk running unwatched (also when a demoted primary refused it: a MULTI/EXEC without
+//! WATCH refused `READONLY` ran nothing and is resent whole to the new primary); a hold parks
+//! the whole client connection, not
 //! only its commands for the held shard, so one client's order is kept across shards.
 
 pub mod command;

@@ -73,8 +73,20 @@ enum Pending {
     Combine(Vec<Source>, Combine, Protocol),
     /// A SCAN reply whose cursor is re-encoded for the client.
     Scan(Source, ShardIndex, u16, Protocol),
-    /// A reply the client never asked for (HELLO to a shard, MULTI and QUEUED inside EXEC).
+    /// A reply the client never asked for (HELLO to a shard, an offset marker).
     Discard(Source),
+    /// A transaction sent as MULTI, its queued requests and EXEC on shard connection `index`:
+    /// only EXEC's reply goes to the client. One that a demoted primary refused (`-READONLY`
+    /// while queueing, or `-EXECABORT` for `READONLY`: nothing ran) is sent again, whole, to
+    /// the shard's next primary; a watched one is answered as aborted (null), since its
+    /// watch does not carry over.
+    Exec {
+        index: usize,
+        shard: ShardIndex,
+        queued: Vec<Request>,
+        watched: bool,
+        protocol: Protocol,
+    },
     /// The confirmations of a (un)subscribe request from a shard's subscriber connection,
     /// with the messages published before them; `forward: false` drops them all (RESET).
     PubSub {
@@ -474,6 +486,17 @@ impl Session {
                 self.take(source).await;
                 return;
             }
+            Pending::Exec {
+                index,
+                shard,
+                queued,
+                watched,
+                protocol,
+            } => {
+                let (value, outcome) = self.resolve_exec(index, shard, &queued, watched).await;
+                value.encode_as(&mut self.output, protocol);
+                outcome
+            }
             Pending::PubSub {
                 shard,
                 replies,
@@ -597,6 +620,78 @@ impl Session {
                     }
                     _ => (reply, outcome),
                 }
+            }
+        }
+    }
+
+    /// Reads the replies of a transaction sent on shard connection `index` (see
+    /// [`Pending::Exec`]) and returns EXEC's, resending the transaction if it was refused.
+    async fn resolve_exec(
+        &mut self,
+        index: usize,
+        shard: ShardIndex,
+        queued: &[Request],
+        watched: bool,
+    ) -> (Value, Outcome) {
+        let (multi, _) = self.reply_from(index).await;
+        let mut refused = false;
+        for _ in queued {
+            let (reply, _) = self.reply_from(index).await;
+            refused |= is_readonly(&reply);
+        }
+        let (reply, outcome) = self.reply_from(index).await;
+        let refused_by = self.shards[index].as_ref().map(|c| c.addr());
+        match refused_by {
+            Some(refused_by) if !multi.is_error() && (refused || is_exec_readonly(&reply)) => {
+                if watched {
+                    (null_array(self.state.protocol), Outcome::Ok)
+                } else {
+                    self.resend_transaction(shard, queued, refused_by).await
+                }
+            }
+            _ => (reply, outcome),
+        }
+    }
+
+    /// [`Session::resend`] for a whole transaction: MULTI, `queued` and EXEC go to the shard's
+    /// next primary; EXEC's reply is returned.
+    async fn resend_transaction(
+        &mut self,
+        shard: ShardIndex,
+        queued: &[Request],
+        refused_by: SocketAddr,
+    ) -> (Value, Outcome) {
+        let deadline = Instant::now() + self.options.hold_timeout;
+        let mut refused_by = refused_by;
+        loop {
+            let Some(topology) = self.next_primary(shard, refused_by, deadline).await else {
+                let reply = no_new_primary(shard, refused_by, self.options.hold_timeout);
+                return (reply, Outcome::NotExecuted);
+            };
+            let conn = match self.retry_conn(shard, &topology).await {
+                Ok(conn) => conn,
+                Err(e) => return (e.reply(), e.outcome()),
+            };
+            conn.send(&Request::new("MULTI", []));
+            for request in queued {
+                conn.send(request);
+            }
+            conn.send(&Request::new("EXEC", []));
+            conn.flush().await;
+            let mut refused = false;
+            for _ in 0..=queued.len() {
+                match conn.reply().await {
+                    Ok(reply) => refused |= is_readonly(&reply),
+                    Err(e) => return (e.reply(), e.outcome()),
+                }
+            }
+            match conn.reply().await {
+                Ok(reply) if refused || is_exec_readonly(&reply) => refused_by = conn.addr(),
+                Ok(reply) => {
+                    let outcome = Outcome::of_reply(&reply);
+                    return (reply, outcome);
+                }
+                Err(e) => return (e.reply(), e.outcome()),
             }
         }
     }
@@ -1138,12 +1233,13 @@ impl Session {
         let shard = tx
             .slot
             .map_or_else(|| self.any_shard(), |s| self.topology.slots().shard_of(s));
-        if let Some(watch) = self.watch.take() {
-            if !self.same_connection(watch) || watch.shard != usize::from(shard.0) {
+        let watched = match self.watch.take() {
+            Some(watch) if !self.same_connection(watch) || watch.shard != usize::from(shard.0) => {
                 self.ready(null_array(self.state.protocol));
                 return;
             }
-        }
+            watch => watch.is_some(),
+        };
         let source = self.send(shard, &Request::new("MULTI", []), false).await;
         if let Source::Shard(index) = source {
             let conn = self.shards[index].as_mut().expect("sender connected it");
@@ -1151,11 +1247,13 @@ impl Session {
                 conn.send(request);
             }
             conn.send(&Request::new("EXEC", []));
-            for _ in 0..=tx.queued.len() {
-                self.pending.push(Pending::Discard(Source::Shard(index)));
-            }
-            self.pending
-                .push(Pending::Forward(Source::Shard(index), self.state.protocol));
+            self.pending.push(Pending::Exec {
+                index,
+                shard,
+                queued: tx.queued,
+                watched,
+                protocol: self.state.protocol,
+            });
         } else {
             self.pending
                 .push(Pending::Forward(source, self.state.protocol));
@@ -1240,6 +1338,16 @@ fn runs_inside_multi(route: &Route) -> bool {
 fn is_readonly(reply: &Value) -> bool {
     match reply {
         Value::Error(text) | Value::BlobError(text) => text.starts_with(b"READONLY"),
+        _ => false,
+    }
+}
+
+/// Whether EXEC was refused because the shard had become a replica: the transaction did not run.
+fn is_exec_readonly(reply: &Value) -> bool {
+    match reply {
+        Value::Error(text) | Value::BlobError(text) => {
+            text.starts_with(b"EXECABORT") && text.windows(8).any(|w| w == b"READONLY")
+        }
         _ => false,
     }
 }

@@ -267,3 +267,36 @@ async fn a_write_refused_as_readonly_is_resent_to_the_new_primary() {
     let value: String = new.get("moved").await.unwrap();
     assert_eq!(value, "2");
 }
+
+#[tokio::test]
+async fn a_transaction_refused_by_a_demoted_primary_is_resent_whole_to_the_new_primary() {
+    let options = ProxyOptions {
+        hold_timeout: Duration::from_secs(1),
+        ..ProxyOptions::default()
+    };
+    let setup = Setup::start_with("127.0.11.5", 2, 1, None, options).await;
+    let (m, r_addr) = (setup.engine(0).await, setup.engine_addr(1));
+    m.replicaof(r_addr.ip(), r_addr.port()).await.unwrap();
+    m.wait_link_up(Duration::from_secs(10)).await.unwrap();
+    let mut client = setup.patient_client(Duration::from_secs(5)).await;
+
+    let transaction = tokio::spawn(async move {
+        redis::pipe()
+            .atomic()
+            .set("{tx}a", "1")
+            .incr("{tx}n", 1)
+            .query_async::<(String, i64)>(&mut client)
+            .await
+    });
+    // The demoted primary refuses the queued SET (READONLY), so EXEC runs nothing there.
+    wait_rejected(&m, 1).await;
+    setup.move_shard(0, r_addr);
+    let (set, n) = transaction
+        .await
+        .unwrap()
+        .expect("the transaction ran on the new primary, not an EXECABORT");
+    assert_eq!((set.as_str(), n), ("OK", 1));
+    let mut new = setup.direct(1).await;
+    let value: String = new.get("{tx}a").await.unwrap();
+    assert_eq!(value, "1");
+}
