@@ -12,7 +12,8 @@
 //! sent after it (the client's order is kept across shards) until a topology releases the
 //! shard or the hold times out; on timeout those requests are answered `-TRYAGAIN` without
 //! being sent. A write the old primary refuses with `-READONLY` (fenced and demoted, so not
-//! executed) is resent to the shard's next primary once the topology names one.
+//! executed), or a blocked write it gives up with `-UNBLOCKED` when demoted, is resent to the
+//! shard's next primary once the topology names one; so is a transaction it refused.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -535,7 +536,7 @@ impl Session {
                 return e.outcome();
             }
         };
-        if let Some(request) = request.filter(|_| raw.starts_with(b"-READONLY")) {
+        if let Some(request) = request.filter(|_| refused_as_replica(&raw)) {
             let refused_by = conn.addr();
             let shard = ShardIndex(index as u16);
             let (value, outcome) = self.resend(shard, &request, refused_by).await;
@@ -613,7 +614,7 @@ impl Session {
             Source::Write(index, request) => {
                 let (reply, outcome) = self.reply_from(index).await;
                 match self.shards[index].as_ref() {
-                    Some(conn) if is_readonly(&reply) => {
+                    Some(conn) if is_readonly(&reply) || is_unblocked_by_demotion(&reply) => {
                         let refused_by = conn.addr();
                         self.resend(ShardIndex(index as u16), &request, refused_by)
                             .await
@@ -734,7 +735,9 @@ impl Session {
             conn.send(request);
             conn.flush().await;
             match conn.reply().await {
-                Ok(reply) if is_readonly(&reply) => refused_by = conn.addr(),
+                Ok(reply) if is_readonly(&reply) || is_unblocked_by_demotion(&reply) => {
+                    refused_by = conn.addr()
+                }
                 Ok(reply) => {
                     let outcome = Outcome::of_reply(&reply);
                     return (reply, outcome);
@@ -1340,6 +1343,25 @@ fn is_readonly(reply: &Value) -> bool {
         Value::Error(text) | Value::BlobError(text) => text.starts_with(b"READONLY"),
         _ => false,
     }
+}
+
+/// The text a primary turned replica sends to clients blocked in a write (BLPOP, BLMOVE...):
+/// the command was given up without taking anything.
+const UNBLOCKED_BY_DEMOTION: &[u8] =
+    b"UNBLOCKED force unblock from blocking operation, instance state changed";
+
+/// Whether a blocked write was given up because its shard became a replica.
+fn is_unblocked_by_demotion(reply: &Value) -> bool {
+    match reply {
+        Value::Error(text) | Value::BlobError(text) => text.starts_with(UNBLOCKED_BY_DEMOTION),
+        _ => false,
+    }
+}
+
+/// [`is_readonly`] or [`is_unblocked_by_demotion`] for a reply as the engine encoded it.
+fn refused_as_replica(raw: &[u8]) -> bool {
+    let text = raw.strip_prefix(b"-").unwrap_or_default();
+    text.starts_with(b"READONLY") || text.starts_with(UNBLOCKED_BY_DEMOTION)
 }
 
 /// Whether EXEC was refused because the shard had become a replica: the transaction did not run.

@@ -300,3 +300,43 @@ async fn a_transaction_refused_by_a_demoted_primary_is_resent_whole_to_the_new_p
     let value: String = new.get("{tx}a").await.unwrap();
     assert_eq!(value, "1");
 }
+
+#[tokio::test]
+async fn a_blpop_unblocked_by_the_demotion_of_its_primary_waits_on_the_new_one() {
+    let options = ProxyOptions {
+        hold_timeout: Duration::from_secs(5),
+        ..ProxyOptions::default()
+    };
+    let setup = Setup::start_with("127.0.11.6", 2, 1, None, options).await;
+    let m = setup.engine(0).await;
+    let r_addr = setup.engine_addr(1);
+    let mut client = setup.patient_client(Duration::from_secs(20)).await;
+    let popped = tokio::spawn(async move {
+        redis::cmd("BLPOP")
+            .arg("jobs")
+            .arg(10)
+            .query_async::<Option<(String, String)>>(&mut client)
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while m.info("clients").await.unwrap().get("blocked_clients") != Some("1") {
+        assert!(
+            Instant::now() < deadline,
+            "BLPOP never blocked on the primary"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The primary is demoted (it unblocks BLPOP with -UNBLOCKED: nothing was popped), then
+    // the new primary is published and gets the job.
+    m.replicaof(r_addr.ip(), r_addr.port()).await.unwrap();
+    setup.move_shard(0, r_addr);
+    let mut new = setup.direct(1).await;
+    let () = new.lpush("jobs", "job-1").await.unwrap();
+    let popped = popped
+        .await
+        .unwrap()
+        .expect("BLPOP answered, not UNBLOCKED");
+    assert_eq!(popped, Some(("jobs".to_string(), "job-1".to_string())));
+    let left: i64 = new.llen("jobs").await.unwrap();
+    assert_eq!(left, 0, "the job was popped exactly once");
+}
