@@ -614,7 +614,7 @@ impl Session {
             Source::Write(index, request) => {
                 let (reply, outcome) = self.reply_from(index).await;
                 match self.shards[index].as_ref() {
-                    Some(conn) if is_readonly(&reply) || is_unblocked_by_demotion(&reply) => {
+                    Some(conn) if refused_as_replica_reply(&reply) => {
                         let refused_by = conn.addr();
                         self.resend(ShardIndex(index as u16), &request, refused_by)
                             .await
@@ -662,39 +662,11 @@ impl Session {
         queued: &[Request],
         refused_by: SocketAddr,
     ) -> (Value, Outcome) {
-        let deadline = Instant::now() + self.options.hold_timeout;
-        let mut refused_by = refused_by;
-        loop {
-            let Some(topology) = self.next_primary(shard, refused_by, deadline).await else {
-                let reply = no_new_primary(shard, refused_by, self.options.hold_timeout);
-                return (reply, Outcome::NotExecuted);
-            };
-            let conn = match self.retry_conn(shard, &topology).await {
-                Ok(conn) => conn,
-                Err(e) => return (e.reply(), e.outcome()),
-            };
-            conn.send(&Request::new("MULTI", []));
-            for request in queued {
-                conn.send(request);
-            }
-            conn.send(&Request::new("EXEC", []));
-            conn.flush().await;
-            let mut refused = false;
-            for _ in 0..=queued.len() {
-                match conn.reply().await {
-                    Ok(reply) => refused |= is_readonly(&reply),
-                    Err(e) => return (e.reply(), e.outcome()),
-                }
-            }
-            match conn.reply().await {
-                Ok(reply) if refused || is_exec_readonly(&reply) => refused_by = conn.addr(),
-                Ok(reply) => {
-                    let outcome = Outcome::of_reply(&reply);
-                    return (reply, outcome);
-                }
-                Err(e) => return (e.reply(), e.outcome()),
-            }
-        }
+        let mut requests = Vec::with_capacity(queued.len() + 2);
+        requests.push(Request::new("MULTI", []));
+        requests.extend(queued.iter().cloned());
+        requests.push(Request::new("EXEC", []));
+        self.resend_requests(shard, &requests, refused_by).await
     }
 
     async fn reply_from(&mut self, index: usize) -> (Value, Outcome) {
@@ -721,6 +693,18 @@ impl Session {
         request: &Request,
         refused_by: SocketAddr,
     ) -> (Value, Outcome) {
+        self.resend_requests(shard, std::slice::from_ref(request), refused_by)
+            .await
+    }
+
+    /// Sends `requests` to the shard's next primary, again to the one after if that one
+    /// refuses them as a replica too; returns the last one's reply.
+    async fn resend_requests(
+        &mut self,
+        shard: ShardIndex,
+        requests: &[Request],
+        refused_by: SocketAddr,
+    ) -> (Value, Outcome) {
         let deadline = Instant::now() + self.options.hold_timeout;
         let mut refused_by = refused_by;
         loop {
@@ -732,10 +716,19 @@ impl Session {
                 Ok(conn) => conn,
                 Err(e) => return (e.reply(), e.outcome()),
             };
-            conn.send(request);
+            for request in requests {
+                conn.send(request);
+            }
             conn.flush().await;
+            let mut refused = false;
+            for _ in 1..requests.len() {
+                match conn.reply().await {
+                    Ok(reply) => refused |= is_readonly(&reply),
+                    Err(e) => return (e.reply(), e.outcome()),
+                }
+            }
             match conn.reply().await {
-                Ok(reply) if is_readonly(&reply) || is_unblocked_by_demotion(&reply) => {
+                Ok(reply) if refused || refused_as_replica_reply(&reply) => {
                     refused_by = conn.addr()
                 }
                 Ok(reply) => {
@@ -1356,6 +1349,12 @@ fn is_unblocked_by_demotion(reply: &Value) -> bool {
         Value::Error(text) | Value::BlobError(text) => text.starts_with(UNBLOCKED_BY_DEMOTION),
         _ => false,
     }
+}
+
+/// Whether a shard that had become a replica refused a request: a write (`-READONLY`), a
+/// blocked write (`-UNBLOCKED`) or a transaction (`-EXECABORT` for READONLY). Nothing ran.
+fn refused_as_replica_reply(reply: &Value) -> bool {
+    is_readonly(reply) || is_unblocked_by_demotion(reply) || is_exec_readonly(reply)
 }
 
 /// [`is_readonly`] or [`is_unblocked_by_demotion`] for a reply as the engine encoded it.
