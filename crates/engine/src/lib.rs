@@ -26,4 +26,6 @@ pub use process::{
     adopt, pid_running, read_pidfile, running_engine_pids, start, start_with, ShardProcess,
     StartOptions, StopOptions,
 };
-pub use spec::{EvictionPolicy, Persistence, ReplicaOf, ShardSpec, SHARD_PORTS};
+pub use spec::{
+    write_private_file, EvictionPolicy, Persistence, ReplicaOf, ShardSpec, SHARD_PORTS,
+};

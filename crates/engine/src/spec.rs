@@ -274,6 +274,13 @@ fn validate_password(password: &str) -> Result<(), String> {
 
 /// Writes `bytes` to a temp file beside `path` (mode 0600), fsyncs it and renames it over `path`.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_private_file(path, bytes).map_err(|e| EngineError::io("write engine config", path, e))
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old file or the new one, never a part:
+/// a temporary file (owner-only, as it may hold the internal password) is synced, then renamed
+/// over `path`. Shared by the engine config and the agent's shard records.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let write = || -> std::io::Result<()> {
@@ -287,9 +294,8 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         file.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| {
+    write().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-        EngineError::io("write engine config", path, e)
     })
 }
 

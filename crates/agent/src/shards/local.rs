@@ -2,8 +2,6 @@
 //! each with a record of the spec its engine was last started with (`shard.json`). The record
 //! is how a shard the store no longer knows is still found, identified and stopped.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -44,23 +42,12 @@ pub(crate) fn record_spec(spec: &ShardSpec) -> Result<(), ShardError> {
     std::fs::create_dir_all(&spec.dir)
         .map_err(|e| ShardError::io("create shard dir", &spec.dir, e))?;
     let path = spec.dir.join(RECORD_FILE);
-    let tmp = spec.dir.join(format!("{RECORD_FILE}.tmp"));
     let bytes = serde_json::to_vec_pretty(spec).map_err(|e| ShardError::BadRecord {
         path: path.clone(),
         source: e,
     })?;
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    write().map_err(|e| ShardError::io("write shard record", &path, e))
+    flotilla_engine::write_private_file(&path, &bytes)
+        .map_err(|e| ShardError::io("write shard record", &path, e))
 }
 
 /// The shard folders under `shards_dir`: every sub-folder whose name is a shard uid written
