@@ -241,16 +241,24 @@ async fn held_commands_are_released_to_the_new_primary_in_order() {
     assert_eq!(on_old, 0);
 }
 
-#[tokio::test]
-async fn a_write_refused_as_readonly_is_resent_to_the_new_primary() {
+/// An endpoint (hold timeout 1 s) whose shard 0 still points at engine 0 after engine 0 was
+/// made a replica of engine 1, as a demoted primary is before the new one is published;
+/// returns engine 0's client and engine 1's address.
+async fn demoted_primary(ip: &str) -> (Setup, EngineClient, std::net::SocketAddr) {
     let options = ProxyOptions {
         hold_timeout: Duration::from_secs(1),
         ..ProxyOptions::default()
     };
-    let setup = Setup::start_with("127.0.11.4", 2, 1, None, options).await;
+    let setup = Setup::start_with(ip, 2, 1, None, options).await;
     let (m, r_addr) = (setup.engine(0).await, setup.engine_addr(1));
     m.replicaof(r_addr.ip(), r_addr.port()).await.unwrap();
     m.wait_link_up(Duration::from_secs(10)).await.unwrap();
+    (setup, m, r_addr)
+}
+
+#[tokio::test]
+async fn a_write_refused_as_readonly_is_resent_to_the_new_primary() {
+    let (setup, m, r_addr) = demoted_primary("127.0.11.4").await;
     let mut client = setup.patient_client(Duration::from_secs(5)).await;
 
     let err = client.set::<_, _, ()>("moved", "1").await.unwrap_err();
@@ -270,14 +278,7 @@ async fn a_write_refused_as_readonly_is_resent_to_the_new_primary() {
 
 #[tokio::test]
 async fn a_transaction_refused_by_a_demoted_primary_is_resent_whole_to_the_new_primary() {
-    let options = ProxyOptions {
-        hold_timeout: Duration::from_secs(1),
-        ..ProxyOptions::default()
-    };
-    let setup = Setup::start_with("127.0.11.5", 2, 1, None, options).await;
-    let (m, r_addr) = (setup.engine(0).await, setup.engine_addr(1));
-    m.replicaof(r_addr.ip(), r_addr.port()).await.unwrap();
-    m.wait_link_up(Duration::from_secs(10)).await.unwrap();
+    let (setup, m, r_addr) = demoted_primary("127.0.11.5").await;
     let mut client = setup.patient_client(Duration::from_secs(5)).await;
 
     let transaction = tokio::spawn(async move {
