@@ -177,6 +177,36 @@ impl EngineClient {
             .await
     }
 
+    /// Makes this primary's next full sync wait, up to `wait`, until `replicas` replicas ask
+    /// for one, so that they all load the same RDB stream (`repl-diskless-sync-max-replicas`,
+    /// Redis 7.0+ and Valkey). Returns false, changing nothing, on an engine without it (Redis
+    /// 6.2), where a delay alone would cost its full length on every sync.
+    pub async fn share_next_full_sync(&self, replicas: u32, wait: Duration) -> Result<bool> {
+        let max_replicas = "repl-diskless-sync-max-replicas";
+        if self
+            .config_set(max_replicas, &replicas.to_string())
+            .await
+            .is_err()
+        {
+            return Ok(false);
+        }
+        let delay = wait.as_secs().max(1).to_string();
+        self.config_set("repl-diskless-sync-delay", &delay).await?;
+        Ok(true)
+    }
+
+    /// Puts back the full-sync settings of the engine's config file (see
+    /// [`crate::FULL_SYNC_DELAY_SECS`]): a full sync starts as soon as a replica asks.
+    pub async fn start_full_syncs_at_once(&self) -> Result<()> {
+        let delay = crate::FULL_SYNC_DELAY_SECS.to_string();
+        self.config_set("repl-diskless-sync-delay", &delay).await?;
+        // Absent on Redis 6.2, where the delay alone already says it.
+        let _ = self
+            .config_set("repl-diskless-sync-max-replicas", "0")
+            .await;
+        Ok(())
+    }
+
     /// `CONFIG GET name`, the single value.
     pub async fn config_get(&self, name: &str) -> Result<Option<String>> {
         let pairs: Vec<String> = self

@@ -27,5 +27,6 @@ pub use process::{
     StartOptions, StopOptions,
 };
 pub use spec::{
-    write_private_file, EvictionPolicy, Persistence, ReplicaOf, ShardSpec, SHARD_PORTS,
+    write_private_file, EvictionPolicy, Persistence, ReplicaOf, ShardSpec, FULL_SYNC_DELAY_SECS,
+    SHARD_PORTS,
 };

@@ -16,6 +16,11 @@ use crate::EngineVersion;
 /// Shard ports Flotilla hands out (Redis Software's default shard range).
 pub const SHARD_PORTS: std::ops::RangeInclusive<u16> = 20000..=29999;
 
+/// Seconds a primary waits before a full sync for more replicas to join it: none, a replica
+/// that asks is served at once (an upgrade raises it for one sync, see
+/// [`crate::EngineClient::share_next_full_sync`]).
+pub const FULL_SYNC_DELAY_SECS: u32 = 0;
+
 /// File names inside a shard's data dir.
 const CONFIG_FILE: &str = "engine.conf";
 /// The engine pidfile's name inside a shard's folder.
@@ -209,7 +214,7 @@ impl ShardSpec {
             format!("maxmemory {}", self.maxmemory_bytes),
             format!("maxmemory-policy {}", self.eviction.as_str()),
             format!("replica-announce-ip {}", self.bind),
-            "repl-diskless-sync-delay 0".to_string(),
+            format!("repl-diskless-sync-delay {FULL_SYNC_DELAY_SECS}"),
             // A replica that starts empty (new, restarted by an upgrade or after a crash of a
             // memory-only shard) loads the master's data straight from the socket: no RDB
             // file the size of the data set on its disk, and loading overlaps the transfer.

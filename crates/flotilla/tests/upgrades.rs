@@ -273,11 +273,11 @@ fn a_cancelled_upgrade_stops_at_a_boundary_with_every_slot_range_on_one_engine()
 
 /// The steps of a one-range replicated upgrade, as the plan names them.
 const STEPS: [&str; 6] = [
+    "add_replacement",
     "upgrade_replica",
     "sync_replica",
     "switchover",
-    "upgrade_old_master",
-    "sync_old_master",
+    "replace_old_master",
     "finalize",
 ];
 

@@ -176,8 +176,9 @@ pub struct Shard {
     /// instead of sending them (design step 1) until the new master is published.
     #[serde(default)]
     pub held: bool,
-    /// A replica added only for the time of an upgrade of a database without replication;
-    /// the upgrade removes it again.
+    /// A replica added only for the time of an upgrade: for a database without replication
+    /// (the upgrade removes it again), or the replacement of a replicated database's master
+    /// (the upgrade makes it permanent in the old master's place).
     #[serde(default)]
     pub temporary: bool,
 }

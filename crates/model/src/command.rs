@@ -93,6 +93,27 @@ pub enum Command {
         /// The engine it runs.
         redis_version: EngineVersion,
     },
+    /// Adds the replacement of a master shard during a replicated database's upgrade: a
+    /// temporary replica on the master's own node, running the new engine, that syncs from the
+    /// same RDB stream as the upgraded replica and takes the old master's place
+    /// ([`Command::ReplaceShard`]) once the master role moved away.
+    AddReplacement {
+        /// The database.
+        bdb_uid: BdbUid,
+        /// The shard it replaces (its node and slot range are the replacement's).
+        replaces: ShardUid,
+        /// Its port on that node.
+        port: u16,
+        /// The engine it runs.
+        redis_version: EngineVersion,
+    },
+    /// Puts a replacement in the place of the shard it replaces: removes the other,
+    /// non-temporary shard of its slot range on its node (a slave by then) and makes the
+    /// replacement permanent, in one step.
+    ReplaceShard {
+        /// The replacement (added by [`Command::AddReplacement`]).
+        replacement: ShardUid,
+    },
     /// Removes a temporary replica (its agent stops the engine and deletes its data).
     RemoveShard {
         /// The shard.

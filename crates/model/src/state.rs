@@ -142,6 +142,13 @@ impl ClusterState {
                 plan,
                 redis_version,
             } => self.add_temporary_replica(bdb_uid, plan, redis_version),
+            Command::AddReplacement {
+                bdb_uid,
+                replaces,
+                port,
+                redis_version,
+            } => self.add_replacement(bdb_uid, replaces, port, redis_version),
+            Command::ReplaceShard { replacement } => self.replace_shard(replacement),
             Command::RemoveShard { uid } => self.remove_shard(uid),
             Command::CreateAction {
                 action,
@@ -540,6 +547,89 @@ impl ClusterState {
         Ok(CommandResult::ShardAdded { uid })
     }
 
+    fn add_replacement(
+        &mut self,
+        bdb_uid: BdbUid,
+        replaces: ShardUid,
+        port: u16,
+        redis_version: EngineVersion,
+    ) -> Result<CommandResult, ModelError> {
+        let replaced = self
+            .shards
+            .get(&replaces)
+            .filter(|s| s.bdb_uid == bdb_uid)
+            .cloned()
+            .ok_or_else(|| {
+                ModelError::NotFound(format!(
+                    "shard {replaces} of database {bdb_uid} does not exist"
+                ))
+            })?;
+        if let Some(existing) = self.replacement_of(&replaced) {
+            return Ok(CommandResult::ShardAdded { uid: existing.uid });
+        }
+        if self.shards_on(replaced.node_uid).any(|s| s.port == port) {
+            return Err(ModelError::InvalidValue(format!(
+                "port {port} of node {} is taken; pick a free shard port",
+                replaced.node_uid
+            )));
+        }
+        let uid = self.next_ids.next_shard_uid;
+        self.next_ids.next_shard_uid += 1;
+        self.shards.insert(
+            uid,
+            Shard {
+                uid,
+                port,
+                redis_version,
+                role: ShardRole::Slave,
+                held: false,
+                temporary: true,
+                ..replaced
+            },
+        );
+        Ok(CommandResult::ShardAdded { uid })
+    }
+
+    /// The temporary shard beside `shard`: same database, slot range and node.
+    fn replacement_of(&self, shard: &Shard) -> Option<&Shard> {
+        self.shards_of(shard.bdb_uid).find(|s| {
+            s.temporary
+                && s.uid != shard.uid
+                && s.assigned_slots == shard.assigned_slots
+                && s.node_uid == shard.node_uid
+        })
+    }
+
+    fn replace_shard(&mut self, replacement: ShardUid) -> Result<CommandResult, ModelError> {
+        let new =
+            self.shards.get(&replacement).cloned().ok_or_else(|| {
+                ModelError::NotFound(format!("shard {replacement} does not exist"))
+            })?;
+        if !new.temporary {
+            return Ok(CommandResult::Ok);
+        }
+        let replaced: Vec<Shard> = self
+            .shards_of(new.bdb_uid)
+            .filter(|s| {
+                !s.temporary && s.assigned_slots == new.assigned_slots && s.node_uid == new.node_uid
+            })
+            .cloned()
+            .collect();
+        if let Some(master) = replaced.iter().find(|s| s.role == ShardRole::Master) {
+            return Err(ModelError::InvalidValue(format!(
+                "shard {} is a master; switch it over before replacing it",
+                master.uid
+            )));
+        }
+        for old in replaced {
+            self.shards.remove(&old.uid);
+        }
+        if let Some(new) = self.shards.get_mut(&replacement) {
+            new.temporary = false;
+        }
+        Ok(CommandResult::Ok)
+    }
+
     fn remove_shard(&mut self, uid: ShardUid) -> Result<CommandResult, ModelError> {
         match self.shards.get(&uid) {
             None => Ok(CommandResult::Ok),
@@ -803,5 +893,56 @@ mod tests {
             CommandResult::Ok
         );
         assert!(state.shards.is_empty() && state.bdbs.is_empty());
+    }
+
+    #[test]
+    fn a_replacement_takes_its_old_masters_place_only_once_that_is_a_slave() {
+        let mut state = cluster_with_two_nodes();
+        state.apply(Command::CreateBdb {
+            bdb: bdb_spec("db1", 12000),
+            created_at: 5,
+            shards: vec![
+                plan(1, ShardRole::Master, 20000),
+                plan(2, ShardRole::Slave, 20000),
+            ],
+        });
+        let add = Command::AddReplacement {
+            bdb_uid: 1,
+            replaces: 1,
+            port: 20001,
+            redis_version: EngineVersion::Valkey81,
+        };
+        assert_eq!(
+            state.apply(add.clone()),
+            CommandResult::ShardAdded { uid: 3 }
+        );
+        assert_eq!(
+            state.apply(add),
+            CommandResult::ShardAdded { uid: 3 },
+            "adding it again finds the same replacement"
+        );
+        let replacement = &state.shards[&3];
+        assert!(replacement.temporary && replacement.role == ShardRole::Slave);
+        assert_eq!(replacement.node_uid, 1, "on the replaced master's node");
+        let before = state.clone();
+        let replace = Command::ReplaceShard { replacement: 3 };
+        assert!(
+            matches!(state.apply(replace.clone()), CommandResult::Refused(_)),
+            "a master is never replaced"
+        );
+        assert_eq!(state, before);
+        state.apply(Command::PromoteShard {
+            uid: 2,
+            require_held: false,
+        });
+        assert_eq!(state.apply(replace.clone()), CommandResult::Ok);
+        assert_eq!(state.apply(replace), CommandResult::Ok, "idempotent");
+        let mut left: Vec<(u64, u64, bool)> = state
+            .shards
+            .values()
+            .map(|s| (s.uid, s.node_uid, s.temporary))
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![(2, 2, false), (3, 1, false)]);
     }
 }

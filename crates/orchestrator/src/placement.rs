@@ -101,6 +101,16 @@ pub fn place_replica(
     plan_on(node, ShardRole::Slave, slots, &mut ports_by_node(state))
 }
 
+/// The lowest free shard port on `node` (for a shard added beside the ones it has, such as a
+/// master's replacement during an upgrade).
+pub fn free_port(state: &ClusterState, node: NodeUid) -> Result<u16, PlacementError> {
+    let used = ports_by_node(state).remove(&node).unwrap_or_default();
+    SHARD_PORTS
+        .clone()
+        .find(|p| !used.contains(p))
+        .ok_or(PlacementError::NoFreePort(node))
+}
+
 fn memory_by_node(state: &ClusterState, eligible: &[NodeUid]) -> BTreeMap<NodeUid, u64> {
     let mut load: BTreeMap<NodeUid, u64> = eligible.iter().map(|uid| (*uid, 0)).collect();
     for shard in state.shards.values() {

@@ -208,7 +208,7 @@ impl Drop for Driving<'_> {
 }
 
 /// Waits until every node that is up has applied log entry `index` (bounded).
-async fn applied_everywhere(
+pub(crate) async fn applied_everywhere(
     observer: &Observer,
     state: &ClusterState,
     index: u64,
@@ -277,9 +277,12 @@ fn pair(state: &ClusterState, uid: ShardUid) -> Result<(Shard, Shard), Switchove
         .ok_or(SwitchoverError::NoReplica(uid))?;
     let replica = match shard.role {
         ShardRole::Slave => shard,
+        // A replica on another node first (an upgrade's replacement of the master shares its
+        // node), then a permanent one.
         ShardRole::Master => peers
             .iter()
-            .find(|s| s.role == ShardRole::Slave)
+            .filter(|s| s.role == ShardRole::Slave)
+            .min_by_key(|s| (s.node_uid == shard.node_uid, s.temporary, s.uid))
             .ok_or(SwitchoverError::NoReplica(uid))?,
     };
     Ok(((*master).clone(), (*replica).clone()))
@@ -297,7 +300,11 @@ fn address(state: &ClusterState, shard: &Shard) -> Result<(IpAddr, u16), Switcho
     Ok((ip, shard.port))
 }
 
-async fn connect(state: &ClusterState, shard: &Shard) -> Result<EngineClient, SwitchoverError> {
+/// An authenticated client for `shard`'s engine whose commands outlast a fenced master.
+pub(crate) async fn connect(
+    state: &ClusterState,
+    shard: &Shard,
+) -> Result<EngineClient, SwitchoverError> {
     let (ip, port) = address(state, shard)?;
     let secret = &state
         .cluster()

@@ -529,11 +529,19 @@ impl Session {
             value.encode_as(&mut self.output, protocol);
             return outcome;
         };
+        let addr = conn.addr();
         let raw = match conn.reply_raw().await {
             Ok(raw) => raw,
             Err(e) => {
-                e.reply().encode_as(&mut self.output, protocol);
-                return e.outcome();
+                let shard = ShardIndex(index as u16);
+                let (value, outcome) = match request {
+                    Some(request) if self.unreachable_and_moved(&e, shard, addr) => {
+                        self.resend(shard, &request, addr).await
+                    }
+                    _ => (e.reply(), e.outcome()),
+                };
+                value.encode_as(&mut self.output, protocol);
+                return outcome;
             }
         };
         if let Some(request) = request.filter(|_| refused_as_replica(&raw)) {
@@ -612,17 +620,41 @@ impl Session {
             Source::Failed(error) => (error.reply(), error.outcome()),
             Source::Shard(index) => self.reply_from(index).await,
             Source::Write(index, request) => {
+                let shard = ShardIndex(index as u16);
+                let Some(addr) = self.shards[index].as_ref().map(|c| c.addr()) else {
+                    return self.reply_from(index).await;
+                };
                 let (reply, outcome) = self.reply_from(index).await;
-                match self.shards[index].as_ref() {
-                    Some(conn) if refused_as_replica_reply(&reply) => {
-                        let refused_by = conn.addr();
-                        self.resend(ShardIndex(index as u16), &request, refused_by)
-                            .await
-                    }
-                    _ => (reply, outcome),
+                let unreachable =
+                    outcome == Outcome::NotExecuted && self.primary_moved(shard, addr);
+                if unreachable || refused_as_replica_reply(&reply) {
+                    self.resend(shard, &request, addr).await
+                } else {
+                    (reply, outcome)
                 }
             }
         }
+    }
+
+    /// A write that could not reach `addr` (so it did not run) while the published topology
+    /// already names another primary for `shard`: the session's topology was a moment old (a
+    /// switchover, then the old primary's engine stopped), and the write is resent, as after
+    /// `-READONLY`.
+    fn unreachable_and_moved(
+        &self,
+        error: &ShardError,
+        shard: ShardIndex,
+        addr: SocketAddr,
+    ) -> bool {
+        error.outcome() == Outcome::NotExecuted && self.primary_moved(shard, addr)
+    }
+
+    /// The latest published topology names a primary for `shard` other than `addr`.
+    fn primary_moved(&self, shard: ShardIndex, addr: SocketAddr) -> bool {
+        self.topology_rx
+            .borrow()
+            .primary(shard)
+            .is_some_and(|primary| primary != addr)
     }
 
     /// Reads the replies of a transaction sent on shard connection `index` (see

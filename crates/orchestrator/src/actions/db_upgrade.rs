@@ -1,12 +1,17 @@
 //! The database upgrade plan (Redis Software's `SMUpgradeBDB`), DESIGN.md "Upgrades -> Databases".
 //!
-//! Slot ranges are upgraded in batches of `parallel_shards`. For each batch:
-//! `upgrade_replica` (replicas restart on the new engine and fully sync from the old master:
-//! replication only flows from an older or equal engine to a newer one), `sync_replica`,
-//! `switchover` (the planned switchover: no client error, no lost write), `upgrade_old_master`
-//! (the old masters restart on the new engine as replicas and sync from the new masters),
-//! `sync_old_master`, and with `preserve_roles` a `switch_back`. Then `finalize` records the
-//! database's new version. With `discard_data` every shard simply restarts empty on the new
+//! Slot ranges are upgraded in batches of `parallel_shards`. For each batch of a replicated
+//! database: `add_replacement` (a shard on the new engine beside each old master, on its node),
+//! `upgrade_replica` (replicas restart on the new engine; replication only flows from an older
+//! or equal engine to a newer one), `sync_replica` (both new-engine copies load one RDB stream
+//! of the old master at once), `switchover` (the planned switchover to the upgraded replica: no
+//! client error, no lost write) and `replace_old_master` (the replacement, now a replica of the
+//! new master, takes the old master's place). So the data crosses once, not twice: the upgrade
+//! costs about one full sync. The node of the old master holds two copies of its shard for that
+//! time. With `preserve_roles` (and for a database without replication, through a temporary
+//! replica) the old masters instead restart on the new engine in place (`upgrade_old_master`,
+//! `sync_old_master`, a second full sync) and take the master role back (`switch_back`). Then
+//! `finalize` records the database's new version. With `discard_data` every shard simply restarts empty on the new
 //! engine. Each step checks the state first and does only what is missing, so it can be run
 //! again after a primary node change; a switchover cut short by one is completed or undone.
 
@@ -26,6 +31,9 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often a step waiting for a slot range's shards reads the primary's reports (memory
 /// only: cheap, and every poll interval is added to the upgrade's time).
 const RANGE_POLL: Duration = Duration::from_millis(25);
+/// Longest the old master waits for the upgraded replica and the replacement to both ask for
+/// a full sync before it serves whichever asked (they restart within milliseconds).
+const SHARED_SYNC_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -39,6 +47,8 @@ enum Op {
     WaitShardsUp,
     AddTemporaryReplica,
     RemoveTemporaryReplica,
+    AddReplacement,
+    ReplaceOldMaster,
     Finalize,
 }
 
@@ -55,6 +65,8 @@ impl Op {
             Op::WaitShardsUp => "wait_shards_up",
             Op::AddTemporaryReplica => "add_temporary_replica",
             Op::RemoveTemporaryReplica => "remove_temporary_replica",
+            Op::AddReplacement => "add_replacement",
+            Op::ReplaceOldMaster => "replace_old_master",
             Op::Finalize => "finalize",
         }
     }
@@ -96,11 +108,11 @@ fn planned(kind: &ActionKind, state: &ClusterState) -> Vec<Planned> {
             Op::RemoveTemporaryReplica,
         ],
         (false, true, false) => &[
+            Op::AddReplacement,
             Op::UpgradeReplica,
             Op::SyncReplica,
             Op::Switchover,
-            Op::UpgradeOldMaster,
-            Op::SyncOldMaster,
+            Op::ReplaceOldMaster,
         ],
         (false, true, true) => &[
             Op::UpgradeReplica,
@@ -208,7 +220,12 @@ async fn run_op(
         Op::UpgradeReplica | Op::UpgradeOldMaster => {
             set_versions(observer, bdb, range, target, Some(ShardRole::Slave)).await
         }
-        Op::SyncReplica | Op::SyncOldMaster => wait_range(observer, bdb, range, target, true).await,
+        Op::SyncReplica => {
+            wait_range(observer, bdb, range, target, true).await?;
+            start_masters_full_syncs_at_once(observer, bdb, range).await;
+            Ok(())
+        }
+        Op::SyncOldMaster => wait_range(observer, bdb, range, target, true).await,
         Op::Switchover => {
             let state = observer.store.state();
             let master = master(&state, bdb, range)?;
@@ -234,6 +251,8 @@ async fn run_op(
         Op::RestartOnNewEngine => set_versions(observer, bdb, range, target, None).await,
         Op::AddTemporaryReplica => add_temporary_replica(observer, bdb, range, target).await,
         Op::RemoveTemporaryReplica => remove_temporary_replicas(observer, bdb, range).await,
+        Op::AddReplacement => add_replacement(observer, bdb, range, target).await,
+        Op::ReplaceOldMaster => replace_old_master(observer, bdb, range, target).await,
         Op::WaitShardsUp => wait_range(observer, bdb, range, target, false).await,
         Op::Finalize => Ok(()),
     }
@@ -270,6 +289,141 @@ async fn add_temporary_replica(
         },
     )
     .await
+}
+
+/// Adds the range's master a replacement on the new engine on its own node, after telling the
+/// master to serve the replacement and the replica about to restart from one RDB stream.
+async fn add_replacement(
+    observer: &Observer,
+    bdb: u64,
+    range: SlotRange,
+    target: EngineVersion,
+) -> Result<(), String> {
+    let state = observer.store.state();
+    let master = master(&state, bdb, range)?;
+    if master.redis_version == target {
+        return Ok(());
+    }
+    share_masters_next_full_sync(&state, &master).await;
+    let port = crate::placement::free_port(&state, master.node_uid)
+        .map_err(|e| format!("replacement for shard {}: {e}", master.uid))?;
+    propose(
+        observer,
+        Command::AddReplacement {
+            bdb_uid: bdb,
+            replaces: master.uid,
+            port,
+            redis_version: target,
+        },
+    )
+    .await
+}
+
+/// Best effort: without it the two copies sync one after the other, which is slower but fine.
+async fn share_masters_next_full_sync(state: &ClusterState, master: &Shard) {
+    let shared = match switchover::connect(state, master).await {
+        Ok(client) => client
+            .share_next_full_sync(2, SHARED_SYNC_WAIT)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match shared {
+        Ok(true) => {}
+        Ok(false) => tracing::info!(shard = master.uid, "the old master's engine cannot serve two replicas from one full sync; they sync in turn"),
+        Err(e) => tracing::warn!(shard = master.uid, error = %e, "could not ask the old master for one shared full sync; the copies sync in turn"),
+    }
+}
+
+/// Gives the range's master back its own full-sync settings once its new copies are loaded.
+async fn start_masters_full_syncs_at_once(observer: &Observer, bdb: u64, range: SlotRange) {
+    let state = observer.store.state();
+    let Ok(master) = master(&state, bdb, range) else {
+        return;
+    };
+    let restored = match switchover::connect(&state, &master).await {
+        Ok(client) => client
+            .start_full_syncs_at_once()
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = restored {
+        tracing::warn!(shard = master.uid, error = %e, "could not restore the master's full-sync settings; its next full sync may wait up to {SHARED_SYNC_WAIT:?}");
+    }
+}
+
+/// Once the replacement is linked to the new master, removes the old master (a replica on the
+/// old engine by now) and keeps the replacement in its place.
+async fn replace_old_master(
+    observer: &Observer,
+    bdb: u64,
+    range: SlotRange,
+    target: EngineVersion,
+) -> Result<(), String> {
+    wait_range(observer, bdb, range, target, true).await?;
+    let state = observer.store.state();
+    let master = master(&state, bdb, range)?;
+    let replacements: Vec<&Shard> = state
+        .shards_of(bdb)
+        .filter(|s| s.temporary && s.assigned_slots == range)
+        .collect();
+    if !replacements.is_empty() {
+        // Every endpoint routes to the new master before the old one's engine stops, so no
+        // client write is sent to an engine that is gone.
+        // Best effort: a node that lags that long has its proxies resend such writes.
+        let applied = observer.store.applied_index();
+        if let Err(e) = switchover::applied_everywhere(observer, &state, applied).await {
+            tracing::warn!(error = %e, "replacing the old master before every node saw the new one");
+        }
+    }
+    for replacement in replacements {
+        wait_linked_to(&state, &master, replacement).await?;
+        let command = Command::ReplaceShard {
+            replacement: replacement.uid,
+        };
+        propose(observer, command).await?;
+    }
+    Ok(())
+}
+
+/// Waits until `master`'s engine lists `replica` as an online replica of its own (not of the
+/// old master it may still hang from right after a switchover).
+async fn wait_linked_to(
+    state: &ClusterState,
+    master: &Shard,
+    replica: &Shard,
+) -> Result<(), String> {
+    let ip = state
+        .nodes
+        .get(&replica.node_uid)
+        .map(|n| n.addr.clone())
+        .ok_or_else(|| {
+            format!(
+                "node {} of shard {} is unknown",
+                replica.node_uid, replica.uid
+            )
+        })?;
+    let client = switchover::connect(state, master)
+        .await
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + SYNC_TIMEOUT;
+    loop {
+        let replication = client.replication().await.map_err(|e| e.to_string())?;
+        if replication
+            .replica(&ip, replica.port)
+            .is_some_and(|r| r.is_online())
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "shard {} did not link to its new master {} within {SYNC_TIMEOUT:?}; see its engine log (shards/{}/engine.log)",
+                replica.uid, master.uid, replica.uid
+            ));
+        }
+        tokio::time::sleep(RANGE_POLL).await;
+    }
 }
 
 async fn remove_temporary_replicas(
