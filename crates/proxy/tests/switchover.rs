@@ -1,6 +1,6 @@
 //! Switchovers through the proxy against real redis-7.0 engines: hold and release, the hold
 //! timeout, and writes refused `-READONLY` by a demoted primary being resent to the new one.
-//! Addresses: 127.0.11.1 - 127.0.11.9 (endpoint port 12000, engines 20001+).
+//! Addresses: 127.0.11.1 - 127.0.11.9 (endpoint port 12000, engines 20001+, 20100 for a gone one).
 
 mod common;
 
@@ -340,4 +340,35 @@ async fn a_blpop_unblocked_by_the_demotion_of_its_primary_waits_on_the_new_one()
     assert_eq!(popped, Some(("jobs".to_string(), "job-1".to_string())));
     let left: i64 = new.llen("jobs").await.unwrap();
     assert_eq!(left, 0, "the job was popped exactly once");
+}
+
+/// A write sent under a topology a moment old, to a primary whose engine is gone (it stopped
+/// right after a switchover), is resent to the primary published meanwhile instead of being
+/// answered "unavailable". The gone engine is a socket that accepts and then closes without
+/// a reply once the new primary is published.
+#[tokio::test]
+async fn a_write_that_cannot_reach_a_primary_replaced_meanwhile_goes_to_the_new_one() {
+    let setup = Setup::start("127.0.11.7", 1, 1, None).await;
+    let gone = tokio::net::TcpListener::bind("127.0.11.7:20100")
+        .await
+        .unwrap();
+    let engine = setup.engine_addr(0);
+    setup.move_shard(0, gone.local_addr().unwrap());
+    let mut client = setup.patient_client(Duration::from_secs(5)).await;
+
+    let write = tokio::spawn(async move { client.set::<_, _, ()>("late", "1").await });
+    let (socket, _) = tokio::time::timeout(Duration::from_secs(5), gone.accept())
+        .await
+        .expect("the proxy connects to the published primary")
+        .unwrap();
+    setup.move_shard(0, engine);
+    drop(socket);
+
+    write
+        .await
+        .unwrap()
+        .expect("the write reaches the new primary");
+    let mut direct = setup.direct(0).await;
+    let value: String = direct.get("late").await.unwrap();
+    assert_eq!(value, "1");
 }

@@ -21,12 +21,13 @@ mod worker;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_engine::{EngineCatalog, EngineError};
 use flotilla_model::rest::ShardReport;
-use flotilla_model::ShardUid;
+use flotilla_model::{ShardRole, ShardUid};
 use flotilla_store::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -151,7 +152,23 @@ pub struct ShardAgent {
     shards_dir: PathBuf,
     observed: ObservedShards,
     down_since: worker::DownSince,
-    in_flight: HashMap<ShardUid, JoinHandle<()>>,
+    in_flight: HashMap<ShardUid, Step>,
+}
+
+/// One shard's step in flight: reconciling, or only watching a replica link up (a new round
+/// may then cut it short, see [`ShardAgent::spawn_reconcile`]).
+struct Step {
+    task: JoinHandle<()>,
+    watching: Arc<AtomicBool>,
+}
+
+impl Step {
+    fn new(task: JoinHandle<()>) -> Self {
+        Step {
+            task,
+            watching: Arc::default(),
+        }
+    }
 }
 
 impl ShardAgent {
@@ -203,7 +220,7 @@ impl ShardAgent {
 
     /// Starts one step for every shard that has none in flight; does not wait for them.
     fn reconcile_round(&mut self) {
-        self.in_flight.retain(|_, task| !task.is_finished());
+        self.in_flight.retain(|_, step| !step.task.is_finished());
         let Some(node) = self.store.uid() else {
             return;
         };
@@ -231,26 +248,33 @@ impl ShardAgent {
 
     fn spawn_reconcile(&mut self, wanted: DesiredShard) {
         let uid = wanted.spec.shard_id;
-        if self.in_flight.contains_key(&uid) {
-            tracing::debug!(
-                shard_uid = uid,
-                "previous step still running; skipping this round"
-            );
-            return;
+        if let Some(step) = self.in_flight.get(&uid) {
+            // A watch only observes: the new round (a store change, the tick) acts at once and
+            // watches again if the link is still down.
+            if !step.watching.load(Ordering::Acquire) {
+                tracing::debug!(
+                    shard_uid = uid,
+                    "previous step still running; skipping this round"
+                );
+                return;
+            }
+            step.task.abort();
         }
         let catalog = self.catalog.clone();
         let observed = self.observed.clone();
         let down_since = self.down_since.clone();
-        let changes = self.store.subscribe();
+        let watching = Arc::new(AtomicBool::new(false));
+        let watch_flag = watching.clone();
         let task = tokio::spawn(async move {
             let report = worker::reconcile_and_observe(&catalog, &down_since, &wanted).await;
-            let syncing = report.sync_in_progress;
+            let unlinked = unlinked_replica(&wanted, &report);
             observed.set(report);
-            if syncing {
-                watch_sync(&wanted, &observed, changes).await;
+            if unlinked {
+                watch_flag.store(true, Ordering::Release);
+                watch_sync(&wanted, &observed).await;
             }
         });
-        self.in_flight.insert(uid, task);
+        self.in_flight.insert(uid, Step { task, watching });
     }
 
     /// Stops and removes every shard folder the store no longer places on this node.
@@ -271,45 +295,49 @@ impl ShardAgent {
                     tracing::warn!(shard_uid = uid, error = %err, "cannot remove shard; retrying next round");
                 }
             });
-            self.in_flight.insert(uid, task);
+            self.in_flight.insert(uid, Step::new(task));
         }
     }
 
     /// Waits (bounded) for steps in flight, then abandons the rest.
     async fn finish(&mut self) {
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        for (uid, mut task) in self.in_flight.drain() {
-            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+        for (uid, mut step) in self.in_flight.drain() {
+            if tokio::time::timeout_at(deadline, &mut step.task)
+                .await
+                .is_err()
+            {
                 tracing::warn!(
                     shard_uid = uid,
                     "shard step still running at shutdown; abandoned"
                 );
-                task.abort();
+                step.task.abort();
             }
         }
     }
 }
 
-/// Observes a replica in the middle of a full sync every [`SYNC_POLL`] until the sync ends,
-/// [`SYNC_WATCH`] passes or the store changes (the next round then acts on the change).
-async fn watch_sync(
-    wanted: &DesiredShard,
-    observed: &ObservedShards,
-    mut changes: watch::Receiver<u64>,
-) {
+/// A replica whose link to its master is not up yet: it is about to sync (just started,
+/// restarted on a new engine, pointed at a new master), syncing, or loading the RDB (its
+/// engine then refuses connections `-LOADING` and is reported down).
+fn unlinked_replica(wanted: &DesiredShard, report: &ShardReport) -> bool {
+    wanted.role == ShardRole::Slave && (report.sync_in_progress || !report.master_link_up)
+}
+
+/// Observes a replica that is not linked to its master yet every [`SYNC_POLL`] until its link
+/// is up or [`SYNC_WATCH`] passes (a new round, on a store change or the tick, cuts it short
+/// and watches again). A replica whose master is gone is so polled for most of each round:
+/// one `INFO` every 50 ms, cheap next to what an upgrade step waiting for it saves.
+async fn watch_sync(wanted: &DesiredShard, observed: &ObservedShards) {
     let until = tokio::time::Instant::now() + SYNC_WATCH;
-    changes.borrow_and_update();
     while tokio::time::Instant::now() < until {
-        tokio::select! {
-            _ = tokio::time::sleep(SYNC_POLL) => {}
-            _ = changes.changed() => return,
-        }
+        tokio::time::sleep(SYNC_POLL).await;
         let Ok(report) = worker::observe(&wanted.spec).await else {
-            return;
+            continue; // loading, or not up yet
         };
-        let syncing = report.sync_in_progress;
+        let unlinked = unlinked_replica(wanted, &report);
         observed.set(report);
-        if !syncing {
+        if !unlinked {
             return;
         }
     }

@@ -4,7 +4,7 @@
 //! database: `add_replacement` (a shard on the new engine beside each old master, on its node),
 //! `upgrade_replica` (replicas restart on the new engine; replication only flows from an older
 //! or equal engine to a newer one), `sync_replica` (both new-engine copies load one RDB stream
-//! of the old master at once), `switchover` (the planned switchover to the upgraded replica: no
+//! of the old master at once; below [`SHARED_SYNC_MIN_MEMORY`] one after the other), `switchover` (the planned switchover to the upgraded replica: no
 //! client error, no lost write) and `replace_old_master` (the replacement, now a replica of the
 //! new master, takes the old master's place). So the data crosses once, not twice: the upgrade
 //! costs about one full sync. The node of the old master holds two copies of its shard for that
@@ -34,6 +34,10 @@ const RANGE_POLL: Duration = Duration::from_millis(25);
 /// Longest the old master waits for the upgraded replica and the replacement to both ask for
 /// a full sync before it serves whichever asked (they restart within milliseconds).
 const SHARED_SYNC_WAIT: Duration = Duration::from_secs(5);
+/// A master using less memory than this serves its two new copies in turn: a delayed full
+/// sync starts on the engine's once-a-second replication timer (up to 1 s lost), more than a
+/// second full sync of this much data takes here (`bench/db-upgrade`: ~1 s per 100 MB).
+const SHARED_SYNC_MIN_MEMORY: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -292,7 +296,8 @@ async fn add_temporary_replica(
 }
 
 /// Adds the range's master a replacement on the new engine on its own node, after telling the
-/// master to serve the replacement and the replica about to restart from one RDB stream.
+/// master (if it holds enough data for it to pay) to serve the replacement and the replica
+/// about to restart from one RDB stream.
 async fn add_replacement(
     observer: &Observer,
     bdb: u64,
@@ -304,7 +309,13 @@ async fn add_replacement(
     if master.redis_version == target {
         return Ok(());
     }
-    share_masters_next_full_sync(&state, &master).await;
+    let used_memory = observer
+        .shard_reports()
+        .get(&master.uid)
+        .map_or(0, |r| r.used_memory);
+    if used_memory >= SHARED_SYNC_MIN_MEMORY {
+        share_masters_next_full_sync(&state, &master).await;
+    }
     let port = crate::placement::free_port(&state, master.node_uid)
         .map_err(|e| format!("replacement for shard {}: {e}", master.uid))?;
     propose(
