@@ -281,10 +281,62 @@ const STEPS: [&str; 6] = [
     "finalize",
 ];
 
+/// The steps of a one-range replicated upgrade with `--preserve-roles`.
+const PRESERVE_ROLES_STEPS: [&str; 7] = [
+    "upgrade_replica",
+    "sync_replica",
+    "switchover",
+    "upgrade_old_master",
+    "sync_old_master",
+    "switch_back",
+    "finalize",
+];
+
+/// The steps of a one-range upgrade of a database without replication.
+const NO_REPLICATION_STEPS: [&str; 8] = [
+    "add_temporary_replica",
+    "sync_replica",
+    "switchover",
+    "upgrade_old_master",
+    "sync_old_master",
+    "switch_back",
+    "remove_temporary_replica",
+    "finalize",
+];
+
 #[test]
 fn the_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_every_step() {
-    for (i, step) in STEPS.iter().enumerate() {
-        let subnet = 45 + i as u8;
+    kill_the_primary_at_every_step(&STEPS, 45, &["--replication"], &[]);
+}
+
+#[test]
+fn an_upgrade_preserving_roles_resumes_after_a_kill_9_of_the_primary_node_at_every_step() {
+    kill_the_primary_at_every_step(
+        &PRESERVE_ROLES_STEPS,
+        81,
+        &["--replication"],
+        &["--preserve-roles"],
+    );
+}
+
+#[test]
+fn an_upgrade_without_replication_resumes_after_a_kill_9_of_the_primary_node_at_every_step() {
+    kill_the_primary_at_every_step(&NO_REPLICATION_STEPS, 91, &[], &[]);
+}
+
+/// For each step: a 3-node cluster on subnet `first_subnet + i` whose daemons pause at that
+/// step, a one-range database (`create` arguments added) under load, an upgrade
+/// (`upgrade` arguments added) started from another node; the primary node's daemon is
+/// killed -9 at the step and restarted; the action must complete with every shard on the new
+/// engine and the load clean.
+fn kill_the_primary_at_every_step(
+    steps: &[&str],
+    first_subnet: u8,
+    create: &[&str],
+    upgrade: &[&str],
+) {
+    for (i, step) in steps.iter().enumerate() {
+        let subnet = first_subnet + i as u8;
         let cluster = DevCluster::up_with_env(
             &bin(),
             subnet,
@@ -294,37 +346,34 @@ fn the_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_every_step() {
                 ("FLOTILLA_FAILPOINT_PAUSE_MS", "2500"),
             ],
         );
-        cluster.create_db(&[
+        let mut args = vec![
             "--name",
             "tough",
             "--port",
             "12105",
             "--memory",
             "100mb",
-            "--replication",
             "--redis-version",
             "redis-7.0",
-        ]);
+        ];
+        args.extend_from_slice(create);
+        cluster.create_db(&args);
         let primary = cluster.json(1, &["status", "--json"])["cluster"]["master_node"]
             .as_u64()
             .unwrap() as u8;
         let other = cluster.node_numbers().find(|n| *n != primary).unwrap();
         let rt = runtime();
         let load = start_load(&rt, format!("{}:12105", cluster.addr(other)));
-        assert_success(
-            &cluster.flotilla_at(
-                other,
-                &[
-                    "db",
-                    "upgrade",
-                    "tough",
-                    "--redis-version",
-                    "valkey-8.1",
-                    "--no-wait",
-                ],
-            ),
+        let mut args = vec![
+            "db",
             "upgrade",
-        );
+            "tough",
+            "--redis-version",
+            "valkey-8.1",
+            "--no-wait",
+        ];
+        args.extend_from_slice(upgrade);
+        assert_success(&cluster.flotilla_at(other, &args), "upgrade");
         let reached = poll_until(Duration::from_secs(60), || {
             cluster.json(other, &["action", "show", "1", "--json"])["pending_ops"]
                 .as_str()
@@ -346,7 +395,9 @@ fn the_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_every_step() {
             poll_until(Duration::from_secs(30), || all_on(&cluster, "valkey-8.1")),
             "killed at {step}: every shard on valkey-8.1"
         );
-        eprintln!("kill -9 of the primary node at {step}: resumed and completed");
+        eprintln!(
+            "kill -9 of the primary node at {step} ({upgrade:?} {create:?}): resumed and completed"
+        );
         stop_load(&rt, load);
     }
 }
