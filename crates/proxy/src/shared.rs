@@ -169,18 +169,38 @@ async fn write_jobs(
 ) -> Result<(), String> {
     let mut out = BytesMut::with_capacity(16 * 1024);
     while let Some(job) = queue.recv().await {
-        let mut next = Some(job);
-        while let Some(job) = next.take() {
-            out.extend_from_slice(&job.requests);
-            let _ = written.send((job.count, job.replies));
-            if out.len() < WRITE_CHUNK {
-                next = queue.try_recv().ok();
+        gather(&mut out, job, queue, &written);
+        if out.len() < WRITE_CHUNK {
+            // Let the clients that are ready to run (or whose requests the runtime is about
+            // to read) queue theirs first, so they go out in this write too.
+            tokio::task::yield_now().await;
+            while out.len() < WRITE_CHUNK {
+                let Ok(job) = queue.try_recv() else { break };
+                gather(&mut out, job, queue, &written);
             }
         }
         writer.write_all(&out).await.map_err(|e| e.to_string())?;
         out.clear();
     }
     Ok(())
+}
+
+/// Appends `job` and the jobs queued behind it to `out`, up to [`WRITE_CHUNK`] bytes, telling
+/// the reader how many replies each awaits.
+fn gather(
+    out: &mut BytesMut,
+    job: Job,
+    queue: &mut mpsc::Receiver<Job>,
+    written: &mpsc::UnboundedSender<(usize, oneshot::Sender<JobReplies>)>,
+) {
+    let mut next = Some(job);
+    while let Some(job) = next.take() {
+        out.extend_from_slice(&job.requests);
+        let _ = written.send((job.count, job.replies));
+        if out.len() < WRITE_CHUNK {
+            next = queue.try_recv().ok();
+        }
+    }
 }
 
 /// Reads each written job's replies, in order, and hands them to the job's client.
