@@ -6,6 +6,7 @@
 //! and where each shard's master runs) that is republished whenever the store changes — a
 //! failover or switchover moves traffic without dropping client connections. A database that is
 //! deleted has its listener closed; a port that cannot be bound is retried every second.
+//! The listeners and their client sessions run on a runtime of their own (see `runtime.rs`).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +18,8 @@ use flotilla_proxy::{EndpointStats, ProxyOptions, SlotMap, Topology, SLOT_COUNT}
 use flotilla_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+
+mod runtime;
 
 /// How often endpoints are re-checked even without a store change (to retry failed binds).
 const RESYNC: Duration = Duration::from_secs(1);
@@ -164,6 +167,14 @@ async fn open(addr: IpAddr, bdb: &Bdb, topology: Topology) -> Option<Running> {
             return None;
         }
     };
+    // Handed to the data-path runtime, whose I/O driver then owns it.
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(bdb = bdb.uid, %addr, port, error = %e, "cannot hand the database endpoint to the proxy runtime; retrying");
+            return None;
+        }
+    };
     tracing::info!(bdb = bdb.uid, name = %bdb.spec.name, %addr, port, "serving database endpoint");
     let (topology_tx, topology_rx) = watch::channel(topology);
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -171,13 +182,22 @@ async fn open(addr: IpAddr, bdb: &Bdb, topology: Topology) -> Option<Running> {
     let stop = async move {
         let _ = stop_rx.await;
     };
-    tokio::spawn(flotilla_proxy::serve_with_stats(
-        listener,
-        topology_rx,
-        stop,
-        proxy_options(),
-        stats.clone(),
-    ));
+    let serve_stats = stats.clone();
+    runtime::data_path().spawn(async move {
+        match TcpListener::from_std(listener) {
+            Ok(listener) => {
+                flotilla_proxy::serve_with_stats(
+                    listener,
+                    topology_rx,
+                    stop,
+                    proxy_options(),
+                    serve_stats,
+                )
+                .await
+            }
+            Err(e) => tracing::error!(port, error = %e, "cannot serve the database endpoint"),
+        }
+    });
     Some(Running {
         port,
         stats,
