@@ -4,16 +4,18 @@
 //! database: `add_replacement` (a shard on the new engine beside each old master, on its node),
 //! `upgrade_replica` (replicas restart on the new engine; replication only flows from an older
 //! or equal engine to a newer one), `sync_replica` (both new-engine copies load one RDB stream
-//! of the old master at once; below [`SHARED_SYNC_MIN_MEMORY`] one after the other), `switchover` (the planned switchover to the upgraded replica: no
-//! client error, no lost write) and `replace_old_master` (the replacement, now a replica of the
-//! new master, takes the old master's place). So the data crosses once, not twice: the upgrade
-//! costs about one full sync. The node of the old master holds two copies of its shard for that
-//! time. With `preserve_roles` (and for a database without replication, through a temporary
-//! replica) the old masters instead restart on the new engine in place (`upgrade_old_master`,
+//! of the old master at once; below [`SHARED_SYNC_MIN_MEMORY`] one after the other),
+//! `switchover` (the planned switchover to the upgraded replica: no client error, no lost
+//! write) and `replace_old_master` (the replacement, now a replica of the new master, takes the
+//! old master's place). So the data crosses once, not twice: the upgrade costs about one full
+//! sync. The node of the old master holds two copies of its shard for that time. With
+//! `preserve_roles` (and for a database without replication, through a temporary replica) the
+//! old masters instead restart on the new engine in place (`upgrade_old_master`,
 //! `sync_old_master`, a second full sync) and take the master role back (`switch_back`). Then
-//! `finalize` records the database's new version. With `discard_data` every shard simply restarts empty on the new
-//! engine. Each step checks the state first and does only what is missing, so it can be run
-//! again after a primary node change; a switchover cut short by one is completed or undone.
+//! `finalize` records the database's new version. With `discard_data` every shard simply
+//! restarts empty on the new engine. Each step checks the state first and does only what is
+//! missing, so it can be run again after a primary node change; a switchover cut short by one
+//! is completed or undone.
 
 use std::time::{Duration, Instant};
 
@@ -389,7 +391,10 @@ async fn replace_old_master(
         }
     }
     for replacement in replacements {
-        wait_linked_to(&state, &master, replacement).await?;
+        // A failover may have promoted the replacement itself: then it has nothing to link to.
+        if replacement.role == ShardRole::Slave {
+            wait_linked_to(&state, &master, replacement).await?;
+        }
         let command = Command::ReplaceShard {
             replacement: replacement.uid,
         };
