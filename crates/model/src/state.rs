@@ -261,22 +261,7 @@ impl ClusterState {
         let uid = self.next_ids.next_bdb_uid;
         self.next_ids.next_bdb_uid += 1;
         for plan in shards {
-            let shard_uid = self.next_ids.next_shard_uid;
-            self.next_ids.next_shard_uid += 1;
-            self.shards.insert(
-                shard_uid,
-                Shard {
-                    uid: shard_uid,
-                    bdb_uid: uid,
-                    node_uid: plan.node_uid,
-                    role: plan.role,
-                    assigned_slots: plan.assigned_slots,
-                    port: plan.port,
-                    redis_version: spec.redis_version,
-                    held: false,
-                    temporary: false,
-                },
-            );
+            self.insert_shard(uid, plan, spec.redis_version, false);
         }
         self.bdbs.insert(
             uid,
@@ -528,23 +513,37 @@ impl ClusterState {
                 plan.node_uid, plan.port
             )));
         }
+        let plan = ShardPlan {
+            role: ShardRole::Slave,
+            ..plan
+        };
+        let uid = self.insert_shard(bdb_uid, plan, redis_version, true);
+        Ok(CommandResult::ShardAdded { uid })
+    }
+
+    /// Adds a shard as planned under the next shard uid, which it returns.
+    fn insert_shard(
+        &mut self,
+        bdb_uid: BdbUid,
+        plan: ShardPlan,
+        redis_version: EngineVersion,
+        temporary: bool,
+    ) -> ShardUid {
         let uid = self.next_ids.next_shard_uid;
         self.next_ids.next_shard_uid += 1;
-        self.shards.insert(
+        let shard = Shard {
             uid,
-            Shard {
-                uid,
-                bdb_uid,
-                node_uid: plan.node_uid,
-                role: ShardRole::Slave,
-                assigned_slots: plan.assigned_slots,
-                port: plan.port,
-                redis_version,
-                held: false,
-                temporary: true,
-            },
-        );
-        Ok(CommandResult::ShardAdded { uid })
+            bdb_uid,
+            node_uid: plan.node_uid,
+            role: plan.role,
+            assigned_slots: plan.assigned_slots,
+            port: plan.port,
+            redis_version,
+            held: false,
+            temporary,
+        };
+        self.shards.insert(uid, shard);
+        uid
     }
 
     fn add_replacement(
@@ -573,20 +572,13 @@ impl ClusterState {
                 replaced.node_uid
             )));
         }
-        let uid = self.next_ids.next_shard_uid;
-        self.next_ids.next_shard_uid += 1;
-        self.shards.insert(
-            uid,
-            Shard {
-                uid,
-                port,
-                redis_version,
-                role: ShardRole::Slave,
-                held: false,
-                temporary: true,
-                ..replaced
-            },
-        );
+        let plan = ShardPlan {
+            node_uid: replaced.node_uid,
+            role: ShardRole::Slave,
+            assigned_slots: replaced.assigned_slots,
+            port,
+        };
+        let uid = self.insert_shard(bdb_uid, plan, redis_version, true);
         Ok(CommandResult::ShardAdded { uid })
     }
 
