@@ -155,18 +155,21 @@ pub struct ShardAgent {
     in_flight: HashMap<ShardUid, Step>,
 }
 
-/// One shard's step in flight: reconciling, or only watching a replica link up (a new round
-/// may then cut it short, see [`ShardAgent::spawn_reconcile`]).
+/// One shard's step in flight: reconciling, or only watching a replica link up (a round that
+/// wants something else of the shard then cuts it short, see [`ShardAgent::spawn_reconcile`]).
 struct Step {
     task: JoinHandle<()>,
     watching: Arc<AtomicBool>,
+    /// What the step was started for (`None`: removing the shard).
+    wanted: Option<DesiredShard>,
 }
 
 impl Step {
-    fn new(task: JoinHandle<()>) -> Self {
+    fn removal(task: JoinHandle<()>) -> Self {
         Step {
             task,
             watching: Arc::default(),
+            wanted: None,
         }
     }
 }
@@ -249,9 +252,10 @@ impl ShardAgent {
     fn spawn_reconcile(&mut self, wanted: DesiredShard) {
         let uid = wanted.spec.shard_id;
         if let Some(step) = self.in_flight.get(&uid) {
-            // A watch only observes: the new round (a store change, the tick) acts at once and
-            // watches again if the link is still down.
-            if !step.watching.load(Ordering::Acquire) {
+            // A watch only observes: when the store wants something else of the shard, the
+            // round acts at once (and watches again if the link is still down).
+            let watching = step.watching.load(Ordering::Acquire);
+            if !watching || step.wanted.as_ref() == Some(&wanted) {
                 tracing::debug!(
                     shard_uid = uid,
                     "previous step still running; skipping this round"
@@ -265,6 +269,7 @@ impl ShardAgent {
         let down_since = self.down_since.clone();
         let watching = Arc::new(AtomicBool::new(false));
         let watch_flag = watching.clone();
+        let started_for = Some(wanted.clone());
         let task = tokio::spawn(async move {
             let report = worker::reconcile_and_observe(&catalog, &down_since, &wanted).await;
             let unlinked = unlinked_replica(&wanted, &report);
@@ -274,7 +279,12 @@ impl ShardAgent {
                 watch_sync(&wanted, &observed).await;
             }
         });
-        self.in_flight.insert(uid, Step { task, watching });
+        let step = Step {
+            task,
+            watching,
+            wanted: started_for,
+        };
+        self.in_flight.insert(uid, step);
     }
 
     /// Stops and removes every shard folder the store no longer places on this node.
@@ -295,7 +305,7 @@ impl ShardAgent {
                     tracing::warn!(shard_uid = uid, error = %err, "cannot remove shard; retrying next round");
                 }
             });
-            self.in_flight.insert(uid, Step::new(task));
+            self.in_flight.insert(uid, Step::removal(task));
         }
     }
 
@@ -325,9 +335,10 @@ fn unlinked_replica(wanted: &DesiredShard, report: &ShardReport) -> bool {
 }
 
 /// Observes a replica that is not linked to its master yet every [`SYNC_POLL`] until its link
-/// is up or [`SYNC_WATCH`] passes (a new round, on a store change or the tick, cuts it short
-/// and watches again). A replica whose master is gone is so polled for most of each round:
-/// one `INFO` every 50 ms, cheap next to what an upgrade step waiting for it saves.
+/// is up or [`SYNC_WATCH`] passes (a round that wants something else of the shard cuts it
+/// short; the first round after it watches again). A replica whose master is gone is so polled
+/// for most of each round: one `INFO` every 50 ms, cheap next to what an upgrade step waiting
+/// for it saves.
 async fn watch_sync(wanted: &DesiredShard, observed: &ObservedShards) {
     let until = tokio::time::Instant::now() + SYNC_WATCH;
     while tokio::time::Instant::now() < until {
