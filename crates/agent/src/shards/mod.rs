@@ -153,6 +153,9 @@ pub struct ShardAgent {
     observed: ObservedShards,
     down_since: worker::DownSince,
     in_flight: HashMap<ShardUid, Step>,
+    /// What each shard's latest step was started for: a store change reconciles only the
+    /// shards it changes, the tick all of them.
+    last_wanted: HashMap<ShardUid, DesiredShard>,
 }
 
 /// One shard's step in flight: reconciling, or only watching a replica link up (a round that
@@ -187,6 +190,7 @@ impl ShardAgent {
             observed: ObservedShards::default(),
             down_since: worker::DownSince::default(),
             in_flight: HashMap::new(),
+            last_wanted: HashMap::new(),
         }
     }
 
@@ -200,8 +204,9 @@ impl ShardAgent {
         self.observed.snapshot()
     }
 
-    /// Reconciles on every store change and every [`RECONCILE_INTERVAL`] until `shutdown` turns
-    /// true (or its sender goes). Engines keep running after it returns.
+    /// Reconciles the shards a store change concerns on every change, and every shard every
+    /// [`RECONCILE_INTERVAL`], until `shutdown` turns true (or its sender goes). Engines keep
+    /// running after it returns.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut changes = self.store.subscribe();
         let mut store_open = true;
@@ -211,18 +216,22 @@ impl ShardAgent {
             if *shutdown.borrow() {
                 break;
             }
-            tokio::select! {
-                _ = tick.tick() => {}
-                changed = changes.changed(), if store_open => store_open = changed.is_ok(),
-                changed = shutdown.changed() => if changed.is_err() { break },
-            }
-            self.reconcile_round();
+            let every = tokio::select! {
+                _ = tick.tick() => true,
+                changed = changes.changed(), if store_open => {
+                    store_open = changed.is_ok();
+                    false
+                }
+                changed = shutdown.changed() => if changed.is_err() { break } else { continue },
+            };
+            self.reconcile_round(every);
         }
         self.finish().await;
     }
 
-    /// Starts one step for every shard that has none in flight; does not wait for them.
-    fn reconcile_round(&mut self) {
+    /// Starts one step for every shard (`every`) or every shard the store wants something new
+    /// of, unless one is in flight; does not wait for them.
+    fn reconcile_round(&mut self, every: bool) {
         self.in_flight.retain(|_, step| !step.task.is_finished());
         let Some(node) = self.store.uid() else {
             return;
@@ -237,9 +246,13 @@ impl ShardAgent {
         };
         self.observed.retain(|uid| desired.contains_key(&uid));
         self.down_since.retain(|uid| desired.contains_key(&uid));
+        self.last_wanted.retain(|uid, _| desired.contains_key(uid));
         for (uid, wanted) in desired.iter() {
             match wanted {
-                Ok(wanted) => self.spawn_reconcile(wanted.clone()),
+                Ok(wanted) if every || self.last_wanted.get(uid) != Some(wanted) => {
+                    self.spawn_reconcile(wanted.clone())
+                }
+                Ok(_) => {}
                 Err(err) => {
                     tracing::warn!(shard_uid = uid, error = %err, "cannot build the shard's spec");
                     self.observed.set(worker::down_report(*uid));
@@ -270,6 +283,7 @@ impl ShardAgent {
         let watching = Arc::new(AtomicBool::new(false));
         let watch_flag = watching.clone();
         let started_for = Some(wanted.clone());
+        self.last_wanted.insert(uid, wanted.clone());
         let task = tokio::spawn(async move {
             let report = worker::reconcile_and_observe(&catalog, &down_since, &wanted).await;
             let unlinked = unlinked_replica(&wanted, &report);
