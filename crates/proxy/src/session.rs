@@ -48,6 +48,9 @@ enum Source {
     /// The next reply of this shard's connection to a write, resent to the shard's next
     /// primary if this one refuses it with `-READONLY`.
     Write(usize, Request),
+    /// The next reply of this shard's connection to a read, sent again to the shard's next
+    /// primary if a write before it in the batch went there (see [`Session::moved`]).
+    Read(usize, Request),
     /// The request never reached the shard.
     Failed(ShardError),
 }
@@ -148,6 +151,10 @@ pub(crate) struct Session {
     /// Connections to shards' new primaries opened to resend refused writes mid-batch; they
     /// replace the old connections once the batch is answered.
     retries: Vec<Option<ShardConn>>,
+    /// Shards (by index) whose requests of this batch were resent to a new primary: the reads
+    /// after them in the batch are answered by the new primary too, so a pipelined `SET k v;
+    /// GET k` split by a switchover reads `v`, not the demoted primary's older value.
+    moved: Vec<bool>,
     /// False once the topology sender is gone (no release can come).
     topology_open: bool,
     /// The client's subscriptions and their engine connections.
@@ -195,6 +202,7 @@ impl Session {
             parked: None,
             expired: Vec::new(),
             retries: (0..shard_count).map(|_| None).collect(),
+            moved: vec![false; shard_count],
             topology_open: true,
             subs: Subscriptions::default(),
             stats,
@@ -446,6 +454,7 @@ impl Session {
             conn.flush().await;
         }
         self.subs.flush().await;
+        self.moved.iter_mut().for_each(|moved| *moved = false);
         for entry in std::mem::take(&mut self.pending) {
             self.resolve(entry).await;
         }
@@ -468,6 +477,9 @@ impl Session {
             }
             Pending::Forward(Source::Write(index, request), protocol) => {
                 self.forward_raw(index, Some(request), protocol).await
+            }
+            Pending::Forward(Source::Read(index, request), protocol) => {
+                self.forward_read(index, request, protocol).await
             }
             Pending::Forward(source, protocol) => {
                 let (value, outcome) = self.take(source).await;
@@ -558,6 +570,22 @@ impl Session {
         }
     }
 
+    /// [`Session::forward_raw`] for a read: when a write before it in the batch went to the
+    /// shard's new primary, the old primary's answer is dropped and the read asked again there.
+    async fn forward_read(
+        &mut self,
+        index: usize,
+        request: Request,
+        protocol: Protocol,
+    ) -> Outcome {
+        if !self.moved.get(index).copied().unwrap_or(false) {
+            return self.forward_raw(index, None, protocol).await;
+        }
+        let (value, outcome) = self.take(Source::Read(index, request)).await;
+        value.encode_as(&mut self.output, protocol);
+        outcome
+    }
+
     async fn resolve_combine(
         &mut self,
         sources: Vec<Source>,
@@ -619,6 +647,16 @@ impl Session {
         match source {
             Source::Failed(error) => (error.reply(), error.outcome()),
             Source::Shard(index) => self.reply_from(index).await,
+            Source::Read(index, request) => {
+                let addr = self.shards[index].as_ref().map(|c| c.addr());
+                let (reply, outcome) = self.reply_from(index).await;
+                match addr {
+                    Some(addr) if self.moved.get(index).copied().unwrap_or(false) => {
+                        self.resend(ShardIndex(index as u16), &request, addr).await
+                    }
+                    _ => (reply, outcome),
+                }
+            }
             Source::Write(index, request) => {
                 let shard = ShardIndex(index as u16);
                 let Some(addr) = self.shards[index].as_ref().map(|c| c.addr()) else {
@@ -739,6 +777,9 @@ impl Session {
     ) -> (Value, Outcome) {
         let deadline = Instant::now() + self.options.hold_timeout;
         let mut refused_by = refused_by;
+        if let Some(moved) = self.moved.get_mut(usize::from(shard.0)) {
+            *moved = true;
+        }
         loop {
             let Some(topology) = self.next_primary(shard, refused_by, deadline).await else {
                 let reply = no_new_primary(shard, refused_by, self.options.hold_timeout);
@@ -846,6 +887,7 @@ impl Session {
         let count = usize::from(self.topology.shard_count());
         self.shards.resize_with(count, || None);
         self.retries.resize_with(count, || None);
+        self.moved.resize(count, false);
     }
 
     /// Drops broken connections and those to a former primary; a connection opened to resend
@@ -990,7 +1032,7 @@ impl Session {
         if write {
             Source::Write(index, request)
         } else {
-            source
+            Source::Read(index, request)
         }
     }
 

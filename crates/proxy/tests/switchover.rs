@@ -372,3 +372,36 @@ async fn a_write_that_cannot_reach_a_primary_replaced_meanwhile_goes_to_the_new_
     let value: String = direct.get("late").await.unwrap();
     assert_eq!(value, "1");
 }
+
+/// A pipelined `SET k new; GET k` whose SET the demoted primary refused (so it runs on the new
+/// primary) reads `new`: the GET's answer from the demoted primary (`old`) is dropped and the
+/// GET asked again of the new primary, after the resent SET.
+#[tokio::test]
+async fn a_read_pipelined_after_a_resent_write_reads_that_write() {
+    let (setup, m, r_addr) = demoted_primary("127.0.11.8").await;
+    let mut new = setup.direct(1).await;
+    new.set::<_, _, ()>("ryw", "old").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let get = redis::cmd("GET").arg("ryw").clone();
+    while m.command::<Option<String>>(&get).await.unwrap().as_deref() != Some("old") {
+        assert!(
+            Instant::now() < deadline,
+            "the demoted primary got the old value"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut client = setup.patient_client(Duration::from_secs(5)).await;
+
+    let pipeline = tokio::spawn(async move {
+        redis::pipe()
+            .set("ryw", "new")
+            .get("ryw")
+            .query_async::<(String, String)>(&mut client)
+            .await
+    });
+    wait_rejected(&m, 1).await;
+    setup.move_shard(0, r_addr);
+    let (set, get) = pipeline.await.unwrap().unwrap();
+    assert_eq!(set, "OK");
+    assert_eq!(get, "new", "the read after the resent write sees it");
+}
