@@ -547,7 +547,7 @@ impl Session {
             Err(e) => {
                 let shard = ShardIndex(index as u16);
                 let (value, outcome) = match request {
-                    Some(request) if self.unreachable_and_moved(&e, shard, addr) => {
+                    Some(request) if self.unreachable_and_moved(e.outcome(), shard, addr) => {
                         self.resend(shard, &request, addr).await
                     }
                     _ => (e.reply(), e.outcome()),
@@ -578,7 +578,7 @@ impl Session {
         request: Request,
         protocol: Protocol,
     ) -> Outcome {
-        if !self.moved.get(index).copied().unwrap_or(false) {
+        if !self.moved_in_batch(index) {
             return self.forward_raw(index, None, protocol).await;
         }
         let (value, outcome) = self.take(Source::Read(index, request)).await;
@@ -651,7 +651,7 @@ impl Session {
                 let addr = self.shards[index].as_ref().map(|c| c.addr());
                 let (reply, outcome) = self.reply_from(index).await;
                 match addr {
-                    Some(addr) if self.moved.get(index).copied().unwrap_or(false) => {
+                    Some(addr) if self.moved_in_batch(index) => {
                         self.resend(ShardIndex(index as u16), &request, addr).await
                     }
                     _ => (reply, outcome),
@@ -663,9 +663,9 @@ impl Session {
                     return self.reply_from(index).await;
                 };
                 let (reply, outcome) = self.reply_from(index).await;
-                let unreachable =
-                    outcome == Outcome::NotExecuted && self.primary_moved(shard, addr);
-                if unreachable || refused_as_replica_reply(&reply) {
+                if self.unreachable_and_moved(outcome, shard, addr)
+                    || refused_as_replica_reply(&reply)
+                {
                     self.resend(shard, &request, addr).await
                 } else {
                     (reply, outcome)
@@ -678,13 +678,13 @@ impl Session {
     /// already names another primary for `shard`: the session's topology was a moment old (a
     /// switchover, then the old primary's engine stopped), and the write is resent, as after
     /// `-READONLY`.
-    fn unreachable_and_moved(
-        &self,
-        error: &ShardError,
-        shard: ShardIndex,
-        addr: SocketAddr,
-    ) -> bool {
-        error.outcome() == Outcome::NotExecuted && self.primary_moved(shard, addr)
+    fn unreachable_and_moved(&self, outcome: Outcome, shard: ShardIndex, addr: SocketAddr) -> bool {
+        outcome == Outcome::NotExecuted && self.primary_moved(shard, addr)
+    }
+
+    /// Whether a request of this batch on shard connection `index` was resent to a new primary.
+    fn moved_in_batch(&self, index: usize) -> bool {
+        self.moved.get(index).copied().unwrap_or(false)
     }
 
     /// The latest published topology names a primary for `shard` other than `addr`.
