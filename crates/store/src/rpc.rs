@@ -80,11 +80,11 @@ async fn snapshot(
     }
 }
 
-async fn propose(
-    State(store): State<Store>,
-    Json(command): Json<Command>,
-) -> Json<Result<CommandResult, StoreError>> {
-    Json(store.propose_local(command).await)
+/// A proposal forwarded by another node. The answer keeps 0.1.0's form: a refused command is
+/// `Ok(Refused)`, the forwarding node turns it into an error.
+async fn propose(State(store): State<Store>, Json(command): Json<Command>) -> Response {
+    let answer: Result<CommandResult, StoreError> = store.propose_for_peer(command).await;
+    Json(answer).into_response()
 }
 
 async fn applied(State(store): State<Store>) -> Json<u64> {

@@ -24,7 +24,7 @@ use flotilla_model::{
     Action, ActionKind, ClusterState, Command, EngineVersion, Shard, ShardRole, SlotRange,
 };
 
-use super::Step;
+use super::{Step, StepError};
 use crate::switchover::{self, SwitchoverError};
 use crate::Observer;
 
@@ -168,10 +168,16 @@ pub fn plan(kind: &ActionKind, state: &ClusterState) -> Vec<Step> {
 }
 
 /// Runs step `index` of a database upgrade (idempotent).
-pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Result<(), String> {
+pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Result<(), StepError> {
     let state = observer.store.state();
     let steps = planned(&action.kind, &state);
-    let step = steps.get(index).ok_or("no such step")?;
+    let step = steps.get(index).ok_or_else(|| {
+        StepError::never(format!(
+            "action {}: step {index} is not in its plan any more ({} steps): the database's slot ranges changed; start a new upgrade",
+            action.uid,
+            steps.len()
+        ))
+    })?;
     let ActionKind::DbUpgrade {
         bdb_uid,
         redis_version: target,
@@ -193,7 +199,9 @@ pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Res
     }
     let mut first_error = None;
     while let Some(joined) = runs.join_next().await {
-        let result = joined.map_err(|e| e.to_string()).and_then(|r| r);
+        let result = joined
+            .map_err(|e| StepError::now(format!("a slot range's run ended early: {e}")))
+            .and_then(|r| r);
         if let (Err(e), None) = (result, &first_error) {
             first_error = Some(e);
         }
@@ -221,7 +229,7 @@ async fn run_op(
     target: EngineVersion,
     range: SlotRange,
     original: Option<u64>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     match op {
         Op::UpgradeReplica | Op::UpgradeOldMaster => {
             set_versions(observer, bdb, range, target, Some(ShardRole::Slave)).await
@@ -246,10 +254,8 @@ async fn run_op(
             match original {
                 Some(original) if original != master.uid => {
                     switchover::finish_interrupted(observer, &master).await?;
-                    switchover::switchover(observer, original)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+                    switchover::switchover(observer, original).await?;
+                    Ok(())
                 }
                 _ => Ok(()),
             }
@@ -269,7 +275,7 @@ async fn add_temporary_replica(
     bdb: u64,
     range: SlotRange,
     target: EngineVersion,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let state = observer.store.state();
     if state
         .shards_of(bdb)
@@ -284,8 +290,9 @@ async fn add_temporary_replica(
         .filter(|(_, status)| *status == flotilla_model::rest::NodeStatus::Up)
         .map(|(uid, _)| uid)
         .collect();
-    let plan = crate::placement::place_replica(&state, range, master.node_uid, &eligible)
-        .map_err(|e| format!("temporary replica for slot range {range}: {e}"))?;
+    let plan = crate::placement::place_replica(&state, range, master.node_uid, &eligible).map_err(
+        |e| StepError::from(e).context(format!("temporary replica for slot range {range}")),
+    )?;
     propose(
         observer,
         Command::AddTemporaryReplica {
@@ -305,7 +312,7 @@ async fn add_replacement(
     bdb: u64,
     range: SlotRange,
     target: EngineVersion,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let state = observer.store.state();
     let master = master(&state, bdb, range)?;
     if master.redis_version == target {
@@ -319,7 +326,7 @@ async fn add_replacement(
         share_masters_next_full_sync(&state, &master).await;
     }
     let port = crate::placement::free_port(&state, master.node_uid)
-        .map_err(|e| format!("replacement for shard {}: {e}", master.uid))?;
+        .map_err(|e| StepError::from(e).context(format!("replacement for shard {}", master.uid)))?;
     propose(
         observer,
         Command::AddReplacement {
@@ -373,7 +380,7 @@ async fn replace_old_master(
     bdb: u64,
     range: SlotRange,
     target: EngineVersion,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     wait_range(observer, bdb, range, target, true).await?;
     let state = observer.store.state();
     let master = master(&state, bdb, range)?;
@@ -409,23 +416,26 @@ async fn wait_linked_to(
     state: &ClusterState,
     master: &Shard,
     replica: &Shard,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let ip = state
         .nodes
         .get(&replica.node_uid)
         .map(|n| n.addr.clone())
         .ok_or_else(|| {
-            format!(
-                "node {} of shard {} is unknown",
+            StepError::later(format!(
+                "node {} of shard {} is not in the cluster state",
                 replica.node_uid, replica.uid
-            )
+            ))
         })?;
-    let client = switchover::connect(state, master)
-        .await
-        .map_err(|e| e.to_string())?;
+    let client = switchover::connect(state, master).await?;
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
-        let replication = client.replication().await.map_err(|e| e.to_string())?;
+        let replication = client.replication().await.map_err(|e| {
+            StepError::now(format!(
+                "shard {}: INFO replication failed: {e}",
+                master.uid
+            ))
+        })?;
         if replication
             .replica(&ip, replica.port)
             .is_some_and(|r| r.is_online())
@@ -433,10 +443,10 @@ async fn wait_linked_to(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!(
+            return Err(StepError::never(format!(
                 "shard {} did not link to its new master {} within {SYNC_TIMEOUT:?}; see its engine log (shards/{}/engine.log)",
                 replica.uid, master.uid, replica.uid
-            ));
+            )));
         }
         tokio::time::sleep(RANGE_POLL).await;
     }
@@ -446,7 +456,7 @@ async fn remove_temporary_replicas(
     observer: &Observer,
     bdb: u64,
     range: SlotRange,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let state = observer.store.state();
     let temporary: Vec<u64> = state
         .shards_of(bdb)
@@ -459,22 +469,19 @@ async fn remove_temporary_replicas(
     Ok(())
 }
 
-fn master(state: &ClusterState, bdb: u64, range: SlotRange) -> Result<Shard, String> {
-    state
-        .master_of(bdb, range)
-        .cloned()
-        .ok_or_else(|| format!("slot range {range} of database {bdb} has no master"))
+/// The range's master. None right after a failover or a primary change is a moment, not a
+/// dead end: the step runs again later.
+fn master(state: &ClusterState, bdb: u64, range: SlotRange) -> Result<Shard, StepError> {
+    state.master_of(bdb, range).cloned().ok_or_else(|| {
+        StepError::later(format!(
+            "slot range {range} of database {bdb} has no master right now (a failover may be under way); `flotilla db show {bdb}` shows its shards"
+        ))
+    })
 }
 
-async fn propose(observer: &Observer, command: Command) -> Result<(), String> {
-    let outcome = observer
-        .store
-        .propose(command)
-        .await
-        .map_err(|e| e.to_string())?;
-    flotilla_store::refused_to_error(outcome)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+async fn propose(observer: &Observer, command: Command) -> Result<(), StepError> {
+    observer.store.propose(command).await?;
+    Ok(())
 }
 
 /// Sets `target` on the range's shards (only slaves when `role` says so) not already on it.
@@ -484,7 +491,7 @@ async fn set_versions(
     range: SlotRange,
     target: EngineVersion,
     role: Option<ShardRole>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let state = observer.store.state();
     let shards: Vec<u64> = state
         .shards_of(bdb)
@@ -524,7 +531,7 @@ async fn wait_range(
     range: SlotRange,
     target: EngineVersion,
     synced: bool,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
         let state = observer.store.state();
@@ -539,22 +546,23 @@ async fn wait_range(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!(
+            return Err(StepError::never(format!(
                 "shards {waiting:?} of slot range {range} did not come up synced on {target} within {SYNC_TIMEOUT:?}; see their engine logs in the nodes' data dirs (shards/UID/engine.log)"
-            ));
+            )));
         }
         tokio::time::sleep(RANGE_POLL).await;
     }
 }
 
-async fn switch_to_replica(observer: &Observer, master: &Shard) -> Result<(), String> {
+async fn switch_to_replica(observer: &Observer, master: &Shard) -> Result<(), StepError> {
     switchover::finish_interrupted(observer, master).await?;
     let state = observer.store.state();
-    let master = state
-        .shards
-        .get(&master.uid)
-        .cloned()
-        .ok_or("the master shard disappeared")?;
+    let master = state.shards.get(&master.uid).cloned().ok_or_else(|| {
+        StepError::later(format!(
+            "master shard {} is gone from the state (replaced or removed meanwhile)",
+            master.uid
+        ))
+    })?;
     if master.role != ShardRole::Master {
         return Ok(());
     }
@@ -563,9 +571,9 @@ async fn switch_to_replica(observer: &Observer, master: &Shard) -> Result<(), St
             tracing::info!(old = report.old_master, new = report.new_master, hold_ms = report.hold_ms, "upgrade switchover done");
             Ok(())
         }
-        Err(SwitchoverError::NoReplica(uid)) => Err(format!(
+        Err(SwitchoverError::NoReplica(uid)) => Err(StepError::never(format!(
             "shard {uid} has no replica to switch to; the database needs replication for a data-preserving upgrade"
-        )),
-        Err(e) => Err(e.to_string()),
+        ))),
+        Err(e) => Err(e.into()),
     }
 }
