@@ -14,6 +14,7 @@
 
 mod credentials;
 mod error;
+mod failpoint;
 mod identity;
 mod log_store;
 mod membership;
