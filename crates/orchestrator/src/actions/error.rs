@@ -34,36 +34,32 @@ pub struct StepError {
 }
 
 impl StepError {
-    /// A transient failure: run the step again at once.
-    pub fn now(message: impl Into<String>) -> Self {
+    /// An error with its retry rule.
+    pub fn new(retry: Retry, message: impl Into<String>) -> Self {
         Self {
-            retry: Retry::Now,
+            retry,
             message: message.into(),
         }
+    }
+
+    /// A transient failure: run the step again at once.
+    pub fn now(message: impl Into<String>) -> Self {
+        Self::new(Retry::Now, message)
     }
 
     /// The cluster is not ready for the step yet: run it again after a pause.
     pub fn later(message: impl Into<String>) -> Self {
-        Self {
-            retry: Retry::Later,
-            message: message.into(),
-        }
+        Self::new(Retry::Later, message)
     }
 
     /// The step cannot succeed as asked: fail the action now.
     pub fn never(message: impl Into<String>) -> Self {
-        Self {
-            retry: Retry::Never,
-            message: message.into(),
-        }
+        Self::new(Retry::Never, message)
     }
 
     /// The same error with `context` (e.g. the object being changed) in front of its message.
     pub fn context(self, context: impl std::fmt::Display) -> Self {
-        Self {
-            retry: self.retry,
-            message: format!("{context}: {}", self.message),
-        }
+        Self::new(self.retry, format!("{context}: {}", self.message))
     }
 }
 
@@ -86,10 +82,7 @@ impl From<StoreError> for StepError {
             | StoreError::Unauthorized
             | StoreError::InvalidRequest(_) => Retry::Never,
         };
-        Self {
-            retry,
-            message: e.to_string(),
-        }
+        Self::new(retry, e.to_string())
     }
 }
 
@@ -105,10 +98,7 @@ impl From<SwitchoverError> for StepError {
             | SwitchoverError::Engine { .. }
             | SwitchoverError::HoldNotSpread { .. } => Retry::Later,
         };
-        Self {
-            retry,
-            message: e.to_string(),
-        }
+        Self::new(retry, e.to_string())
     }
 }
 
@@ -119,10 +109,7 @@ impl From<PlacementError> for StepError {
             PlacementError::NotEnoughNodes { .. } => Retry::Later,
             PlacementError::NoFreePort(_) => Retry::Never,
         };
-        Self {
-            retry,
-            message: e.to_string(),
-        }
+        Self::new(retry, e.to_string())
     }
 }
 

@@ -294,6 +294,11 @@ pub(crate) async fn failpoint(step: &str) {
 mod tests {
     use super::*;
 
+    /// The pause after each of the first `runs` failed runs of a step failing with `e`.
+    fn pauses(e: &StepError, runs: u32) -> Vec<Option<Duration>> {
+        (1..=runs).map(|run| retry_after(e, run)).collect()
+    }
+
     #[test]
     fn a_step_that_cannot_succeed_fails_the_action_at_once() {
         let e = StepError::never("database 1 has no replication");
@@ -303,10 +308,10 @@ mod tests {
     #[test]
     fn a_lost_request_is_sent_again_at_once_a_bounded_number_of_times() {
         let e = StepError::now("node 127.0.0.12:3333 did not answer");
-        let pauses: Vec<_> = (1..=NOW_ATTEMPTS)
-            .map(|runs| retry_after(&e, runs))
-            .collect();
-        assert_eq!(pauses, [Some(NOW_PAUSE), Some(NOW_PAUSE), None]);
+        assert_eq!(
+            pauses(&e, NOW_ATTEMPTS),
+            [Some(NOW_PAUSE), Some(NOW_PAUSE), None]
+        );
         assert!(
             NOW_PAUSE < Duration::from_secs(1),
             "at once, not after a pause"
@@ -316,12 +321,9 @@ mod tests {
     #[test]
     fn a_cluster_not_ready_yet_gets_growing_pauses_then_the_action_fails() {
         let e = StepError::later("slot range 0-16383 of database 1 has no master");
-        let pauses: Vec<_> = (1..=LATER_ATTEMPTS)
-            .map(|runs| retry_after(&e, runs))
-            .collect();
         let s = Duration::from_secs;
         assert_eq!(
-            pauses,
+            pauses(&e, LATER_ATTEMPTS),
             [Some(s(1)), Some(s(2)), Some(s(4)), Some(s(8)), None]
         );
     }
