@@ -409,4 +409,15 @@ fn a_forwarded_create_whose_answer_is_lost_is_reported_as_done() {
         .collect();
     assert_eq!(named.len(), 1, "one database, created once: {listed}");
     assert_eq!(named[0]["uid"], created["uid"]);
+    // Its shard's engine is started and recorded before the cluster is dropped, so the drop
+    // finds and stops it.
+    let uid = created["uid"].as_u64().expect("the database has a uid");
+    let active = poll_until(Duration::from_secs(60), || {
+        cluster.db_status(uid) == "active"
+    });
+    assert!(
+        active,
+        "database {uid} became active: {}",
+        cluster.db_status(uid)
+    );
 }
