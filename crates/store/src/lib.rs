@@ -123,8 +123,9 @@ impl Store {
         self.identity().map(|i| i.uid)
     }
 
-    /// A copy of the replicated cluster state as applied on this node.
-    pub fn state(&self) -> ClusterState {
+    /// The replicated cluster state as applied on this node: a shared snapshot (no copy), which
+    /// later changes do not alter; take it again to see them.
+    pub fn state(&self) -> Arc<ClusterState> {
         self.inner.state_machine.state()
     }
 
