@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use flotilla_engine::{ClientOptions, EngineClient};
 use flotilla_model::rest::ShardReport;
 use flotilla_model::{ClusterState, Command, Shard, ShardRole, ShardUid};
-use flotilla_store::Store;
+use flotilla_store::{Store, Wakes};
 use tokio::sync::watch;
 
 use crate::Observer;
@@ -29,16 +29,12 @@ const LINK_MEMORY: Duration = Duration::from_secs(10);
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// Watches master shards and fails them over until `shutdown` fires.
-pub async fn run_failover(store: Store, observer: Observer, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_failover(store: Store, observer: Observer, shutdown: watch::Receiver<bool>) {
     let mut failing_since: HashMap<ShardUid, Instant> = HashMap::new();
     let mut held_since: HashMap<ShardUid, Instant> = HashMap::new();
     let mut linked: HashMap<ShardUid, Instant> = HashMap::new();
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+    let mut wakes = Wakes::every(CHECK_EVERY, shutdown);
+    while wakes.next().await.is_some() {
         if !store.is_leader() {
             failing_since.clear();
             held_since.clear();

@@ -14,6 +14,7 @@
 
 mod credentials;
 mod error;
+mod follow;
 mod identity;
 mod log_store;
 mod membership;
@@ -34,6 +35,7 @@ use tokio::sync::watch;
 
 pub use credentials::{hash_password, verify as verify_credentials};
 pub use error::StoreError;
+pub use follow::{publish_if_changed, Wake, Wakes};
 pub use identity::Identity;
 pub use membership::{JoinRequest, JoinTicket};
 pub use network::{internal_http_client, SECRET_HEADER};

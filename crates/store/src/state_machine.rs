@@ -339,7 +339,7 @@ mod tests {
         apply_one(&mut source, 1, create_cluster()).await;
         let snapshot = source.build_snapshot().await.expect("built");
         let mut target = open_machine(&dir, "target.redb");
-        let mut changes = target.subscribe();
+        let changes = target.subscribe();
         target
             .install_snapshot(&snapshot.meta, snapshot.snapshot)
             .await

@@ -28,7 +28,7 @@ use std::time::Duration;
 use flotilla_engine::{EngineCatalog, EngineError};
 use flotilla_model::rest::ShardReport;
 use flotilla_model::{ShardRole, ShardUid};
-use flotilla_store::Store;
+use flotilla_store::{Store, Wake, Wakes};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -207,24 +207,11 @@ impl ShardAgent {
     /// Reconciles the shards a store change concerns on every change, and every shard every
     /// [`RECONCILE_INTERVAL`], until `shutdown` turns true (or its sender goes). Engines keep
     /// running after it returns.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut changes = self.store.subscribe();
-        let mut store_open = true;
-        let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            let every = tokio::select! {
-                _ = tick.tick() => true,
-                changed = changes.changed(), if store_open => {
-                    store_open = changed.is_ok();
-                    false
-                }
-                changed = shutdown.changed() => if changed.is_err() { break } else { continue },
-            };
-            self.reconcile_round(every);
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
+        let changes = self.store.subscribe();
+        let mut wakes = Wakes::on_change_or_every(changes, RECONCILE_INTERVAL, shutdown);
+        while let Some(wake) = wakes.next().await {
+            self.reconcile_round(wake == Wake::Tick);
         }
         self.finish().await;
     }

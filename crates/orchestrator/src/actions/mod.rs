@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use flotilla_model::{
     Action, ActionKind, ActionStatus, ActionUid, ClusterState, Command, StepRecord,
 };
+use flotilla_store::Wakes;
 use tokio::sync::watch;
 
 use crate::Observer;
@@ -49,16 +50,11 @@ pub fn plan(kind: &ActionKind, state: &ClusterState) -> Vec<Step> {
 }
 
 /// Drives running actions while this node is the primary node, until `shutdown` fires.
-pub async fn run_actions(observer: Observer, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_actions(observer: Observer, shutdown: watch::Receiver<bool>) {
     let driving: Arc<Mutex<HashSet<ActionUid>>> = Arc::default();
-    let mut tick = tokio::time::interval(SCAN_EVERY);
-    let mut changes = observer.store.subscribe();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = changes.changed() => {}
-            _ = shutdown.changed() => return,
-        }
+    let changes = observer.store.subscribe();
+    let mut wakes = Wakes::on_change_or_every(changes, SCAN_EVERY, shutdown);
+    while wakes.next().await.is_some() {
         if !observer.store.is_leader() {
             continue;
         }
