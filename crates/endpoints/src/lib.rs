@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flotilla_model::timing::HOLD_TIMEOUT;
 use flotilla_model::{Bdb, BdbUid, ClusterState, ShardRole};
 use flotilla_proxy::{EndpointStats, ProxyOptions, SlotMap, StatsSnapshot, Topology, SLOT_COUNT};
 use flotilla_store::{publish_if_changed, Store, Wakes};
@@ -24,10 +25,16 @@ mod runtime;
 /// How often endpoints are re-checked even without a store change (to retry failed binds).
 const RESYNC: Duration = Duration::from_secs(1);
 
-/// How long proxies queue a held shard's commands: longer than a planned switchover may take
-/// (hold spread 1 s + catch-up 2 s), so a switchover that succeeds never costs a client error.
-pub const HOLD_TIMEOUT: Duration = Duration::from_secs(5);
+// The proxy's own default is the daemon's hold timeout, not a second number: a proxy started
+// without options (tests, benches) holds as long as the endpoints do.
+const _: () = assert!(
+    flotilla_proxy::DEFAULT_HOLD_TIMEOUT.as_millis() == HOLD_TIMEOUT.as_millis(),
+    "the proxy's default hold timeout must be the cluster's (flotilla_model::timing)"
+);
 
+/// The endpoints' data-path options: the cluster's hold timeout, longer than a planned
+/// switchover may take (see `flotilla_model::timing`), so a switchover that succeeds never
+/// costs a client error.
 fn proxy_options() -> ProxyOptions {
     ProxyOptions {
         hold_timeout: HOLD_TIMEOUT,

@@ -24,6 +24,7 @@ mod engine_version;
 mod error;
 pub mod rest;
 mod state;
+pub mod timing;
 
 pub use action::{Action, ActionKind, ActionStatus, ActionUid, StepRecord};
 pub use bdb::{

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use flotilla_model::timing::{ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, RAFT_HEARTBEAT};
 use flotilla_model::{ClusterState, Command, CommandResult, ModelError, NodeUid};
 use openraft::error::{ClientWriteError, RaftError};
 use redb::Database;
@@ -321,9 +322,9 @@ impl Store {
         }
         let config = openraft::Config {
             cluster_name: "flotilla".into(),
-            heartbeat_interval: 200,
-            election_timeout_min: 1000,
-            election_timeout_max: 2000,
+            heartbeat_interval: RAFT_HEARTBEAT.as_millis() as u64,
+            election_timeout_min: ELECTION_TIMEOUT_MIN.as_millis() as u64,
+            election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
             max_in_snapshot_log_to_keep: 500,
             ..Default::default()

@@ -6,7 +6,7 @@
 //!   outlives the daemon), makes its role match the store (`REPLICAOF NO ONE` for a master,
 //!   `REPLICAOF host port` for a slave), and observes it;
 //! - holds back restarting a dead memory-only master that has a replica for
-//!   [`MASTER_RESTART_GRACE`], so the orchestrator can promote the replica before the master
+//!   [`MASTER_RESTART_GRACE`](flotilla_model::timing::MASTER_RESTART_GRACE), so the orchestrator can promote the replica before the master
 //!   comes back empty;
 //! - for each folder in the shards dir that the store no longer places here, stops the engine
 //!   and removes the folder.
@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use flotilla_engine::{EngineCatalog, EngineError};
 use flotilla_model::rest::ShardReport;
+use flotilla_model::timing::{RECONCILE_INTERVAL, SYNC_POLL, SYNC_WATCH};
 use flotilla_model::{ShardRole, ShardUid};
 use flotilla_store::{Store, Wake, Wakes};
 use tokio::sync::watch;
@@ -34,19 +35,6 @@ use tokio::task::JoinHandle;
 
 pub use desired::{desired_shards, DesiredShard};
 pub use local::{local_shard_dirs, recorded_spec};
-pub use worker::MASTER_RESTART_GRACE;
-
-/// The longest the agent goes without reconciling, store changes or not.
-pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How often a replica in the middle of a full sync is observed, so the moment its link comes
-/// up reaches the primary node at once (upgrade steps and the database's status wait for it)
-/// rather than at the next round.
-const SYNC_POLL: Duration = Duration::from_millis(50);
-
-/// How long one step keeps watching a syncing replica; shorter than a round, so the next
-/// round's step is not skipped for it.
-const SYNC_WATCH: Duration = Duration::from_millis(800);
 
 /// How long a stopping agent waits for shard steps in flight before abandoning them (an
 /// abandoned start leaves a detached engine that the next agent adopts).
