@@ -6,8 +6,8 @@
 //!   outlives the daemon), makes its role match the store (`REPLICAOF NO ONE` for a master,
 //!   `REPLICAOF host port` for a slave), and observes it;
 //! - holds back restarting a dead memory-only master that has a replica for
-//!   [`MASTER_RESTART_GRACE`](flotilla_model::timing::MASTER_RESTART_GRACE), so the orchestrator can promote the replica before the master
-//!   comes back empty;
+//!   [`MASTER_RESTART_GRACE`](flotilla_model::timing::MASTER_RESTART_GRACE), so the
+//!   orchestrator can promote the replica before the master comes back empty;
 //! - for each folder in the shards dir that the store no longer places here, stops the engine
 //!   and removes the folder.
 //!
