@@ -75,9 +75,16 @@ pub enum Wake {
 /// The wake-ups of a loop that acts on every change of a watched value (usually
 /// [`Store::subscribe`]) and at least every period, until shutdown:
 ///
-/// ```ignore
-/// let mut wakes = Wakes::on_change_or_every(store.subscribe(), PERIOD, shutdown);
-/// while let Some(wake) = wakes.next().await { /* one round */ }
+/// ```no_run
+/// # async fn follow(store: flotilla_store::Store, shutdown: tokio::sync::watch::Receiver<bool>) {
+/// use flotilla_store::{Wake, Wakes};
+/// let period = std::time::Duration::from_secs(1);
+/// let mut wakes = Wakes::on_change_or_every(store.subscribe(), period, shutdown);
+/// while let Some(wake) = wakes.next().await {
+///     let everything = wake == Wake::Tick; // else only what the change concerns
+/// #   let _ = everything;
+/// }
+/// # }
 /// ```
 ///
 /// Changes that arrive during a round wake the loop once after it. A round longer than the
