@@ -194,8 +194,8 @@ pub fn plan(kind: &ActionKind, state: &ClusterState) -> Vec<Step> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{BdbCreation, Command, ReplacementAddition};
-    use crate::state::testing::{bdb_spec, cluster_with_two_nodes, plan_on};
+    use crate::command::{Command, ReplacementAddition};
+    use crate::state::testing::{bdb_spec, plan_on, with_db};
     use crate::{EngineVersion, ShardRole};
 
     fn names(steps: &[Step]) -> Vec<String> {
@@ -219,7 +219,6 @@ mod tests {
 
     /// Two nodes and database 1 with `ranges` slot ranges, replicated or not.
     fn state_with_db(ranges: u16, replication: bool) -> ClusterState {
-        let mut state = cluster_with_two_nodes();
         let mut shards = Vec::new();
         for i in 0..ranges {
             let slots = SlotRange::even(i, ranges);
@@ -231,12 +230,7 @@ mod tests {
         let mut spec = bdb_spec("db1", 12000);
         spec.shards_count = ranges;
         spec.replication = replication;
-        state.apply(Command::CreateBdb(BdbCreation {
-            bdb: spec,
-            created_at: 1,
-            shards,
-        }));
-        state
+        with_db(spec, shards)
     }
 
     #[test]

@@ -118,20 +118,18 @@ impl ClusterState {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{bdb_spec, cluster_with_two_nodes, plan};
+    use super::super::testing::{bdb_spec, plan, with_db};
     use super::*;
     use crate::action::{ActionKind, StepRecord};
     use crate::bdb::ShardRole;
-    use crate::command::{ActionCancellation, BdbCreation, Command};
+    use crate::command::{ActionCancellation, Command};
     use crate::EngineVersion;
 
     fn with_action() -> ClusterState {
-        let mut state = cluster_with_two_nodes();
-        state.apply(Command::CreateBdb(BdbCreation {
-            bdb: bdb_spec("db1", 12000),
-            created_at: 5,
-            shards: vec![plan(1, ShardRole::Master, 20000)],
-        }));
+        let mut state = with_db(
+            bdb_spec("db1", 12000),
+            vec![plan(1, ShardRole::Master, 20000)],
+        );
         assert_eq!(
             state.apply(create_action()),
             CommandResult::ActionCreated { uid: 1 }

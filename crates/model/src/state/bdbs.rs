@@ -115,7 +115,7 @@ impl ClusterState {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{bdb_spec, cluster_with_two_nodes, plan};
+    use super::super::testing::{bdb_spec, cluster_with_two_nodes, plan, with_db};
     use super::*;
     use crate::bdb::ShardRole;
     use crate::command::{BdbDeletion, Command};
@@ -156,15 +156,11 @@ mod tests {
 
     #[test]
     fn delete_removes_the_database_with_its_shards() {
-        let mut state = cluster_with_two_nodes();
-        state.apply(create(
-            "db1",
-            12000,
-            vec![
-                plan(1, ShardRole::Master, 20000),
-                plan(2, ShardRole::Slave, 20000),
-            ],
-        ));
+        let shards = vec![
+            plan(1, ShardRole::Master, 20000),
+            plan(2, ShardRole::Slave, 20000),
+        ];
+        let mut state = with_db(bdb_spec("db1", 12000), shards);
         assert_eq!(
             state.apply(Command::DeleteBdb(BdbDeletion { uid: 1 })),
             CommandResult::Ok

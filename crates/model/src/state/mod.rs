@@ -182,6 +182,18 @@ pub(crate) mod testing {
         state.apply(add("127.0.0.12"));
         state
     }
+
+    /// Nodes 1 and 2 and database 1 of `spec` with `shards`.
+    pub(crate) fn with_db(spec: BdbSpec, shards: Vec<ShardPlan>) -> ClusterState {
+        let mut state = cluster_with_two_nodes();
+        let created = state.apply(Command::CreateBdb(crate::command::BdbCreation {
+            bdb: spec,
+            created_at: 5,
+            shards,
+        }));
+        assert_eq!(created, CommandResult::BdbCreated { uid: 1 });
+        state
+    }
 }
 
 #[cfg(test)]

@@ -339,22 +339,17 @@ impl ClusterState {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{bdb_spec, cluster_with_two_nodes, plan, plan_on};
+    use super::super::testing::{bdb_spec, plan, plan_on, with_db};
     use super::*;
-    use crate::command::{BdbCreation, Command, ShardReplacement};
+    use crate::command::{Command, ShardReplacement};
 
     /// Nodes 1 and 2 and database 1: master 1 on node 1, slave 2 on node 2, both at 20000.
     fn replicated() -> ClusterState {
-        let mut state = cluster_with_two_nodes();
-        state.apply(Command::CreateBdb(BdbCreation {
-            bdb: bdb_spec("db1", 12000),
-            created_at: 5,
-            shards: vec![
-                plan(1, ShardRole::Master, 20000),
-                plan(2, ShardRole::Slave, 20000),
-            ],
-        }));
-        state
+        let shards = vec![
+            plan(1, ShardRole::Master, 20000),
+            plan(2, ShardRole::Slave, 20000),
+        ];
+        with_db(bdb_spec("db1", 12000), shards)
     }
 
     fn promote(uid: ShardUid, require_held: bool) -> Command {
@@ -405,20 +400,18 @@ mod tests {
 
     #[test]
     fn masters_come_in_slot_order_and_ranges_once_each() {
-        let mut state = cluster_with_two_nodes();
         let (low, high) = (SlotRange::even(0, 2), SlotRange::even(1, 2));
         let mut spec = bdb_spec("db1", 12000);
         spec.shards_count = 2;
-        state.apply(Command::CreateBdb(BdbCreation {
-            bdb: spec,
-            created_at: 5,
-            shards: vec![
+        let state = with_db(
+            spec,
+            vec![
                 plan_on(1, ShardRole::Master, high, 20000),
                 plan_on(2, ShardRole::Slave, high, 20000),
                 plan_on(2, ShardRole::Master, low, 20001),
                 plan_on(1, ShardRole::Slave, low, 20001),
             ],
-        }));
+        );
         assert_eq!(uids(state.masters_of(1).into_iter()), [3, 1]);
         assert_eq!(state.slot_ranges(1), [low, high]);
         assert!(state.masters_of(9).is_empty() && state.slot_ranges(9).is_empty());
@@ -481,14 +474,9 @@ mod tests {
 
     #[test]
     fn a_temporary_replica_goes_beside_the_master_once_and_leaves_as_a_slave() {
-        let mut state = cluster_with_two_nodes();
         let mut spec = bdb_spec("solo", 12000);
         spec.replication = false;
-        state.apply(Command::CreateBdb(BdbCreation {
-            bdb: spec,
-            created_at: 5,
-            shards: vec![plan(1, ShardRole::Master, 20000)],
-        }));
+        let mut state = with_db(spec, vec![plan(1, ShardRole::Master, 20000)]);
         let add = |node| {
             Command::AddTemporaryReplica(TemporaryReplicaAddition {
                 bdb_uid: 1,
