@@ -63,7 +63,7 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
     let failover_observer = observer.clone();
     let actions_observer = observer.clone();
     let node = NodeSpec {
-        addr: args.addr.to_string(),
+        addr: args.addr,
         software_version: software_version(),
         os: flotilla_agent::host::os_name(),
     };
@@ -229,7 +229,7 @@ async fn serve_discovery(
         let peers = state
             .nodes
             .values()
-            .filter_map(|n| n.addr.parse::<IpAddr>().ok())
+            .map(|n| n.addr)
             .filter(|ip| *ip != addr)
             .map(|ip| std::net::SocketAddr::new(ip, flotilla_discovery::DISCOVERY_PORT));
         let databases = state
