@@ -329,6 +329,14 @@ mod tests {
         slot.map_or(ShardIndex(0), |s| SlotMap::even(2).unwrap().shard_of(s))
     }
 
+    /// `tx` after WATCH k (on k's shard, by the connection of `generation`), MULTI, SET k v.
+    fn watched_set(tx: &mut TxState, generation: u64) {
+        let shard = usize::from(shard_of(Some(key_slot(b"k"))).0);
+        watch_on(tx, "k", shard, generation);
+        tx.multi();
+        queue(tx, &["SET", "k", "v"]);
+    }
+
     #[test]
     fn multi_cannot_be_nested() {
         let mut tx = TxState::default();
@@ -464,19 +472,14 @@ mod tests {
     #[test]
     fn a_watch_lost_with_its_connection_answers_null() {
         let mut tx = TxState::default();
-        let shard = usize::from(shard_of(Some(key_slot(b"k"))).0);
-        watch_on(&mut tx, "k", shard, 5);
-        tx.multi();
-        queue(&mut tx, &["SET", "k", "v"]);
+        watched_set(&mut tx, 5);
         let replaced = |w: &Watch| w.generation == 6;
         assert_eq!(tx.exec(shard_of, replaced), Exec::WatchLost);
         assert!(tx.current_watch().is_none() && !tx.in_multi());
         assert_eq!(null_array(Protocol::Resp2), Value::NullArray);
         assert_eq!(null_array(Protocol::Resp3), Value::Null);
 
-        watch_on(&mut tx, "k", shard, 6);
-        tx.multi();
-        queue(&mut tx, &["SET", "k", "v"]);
+        watched_set(&mut tx, 6);
         let Exec::Send { watched, .. } = tx.exec(shard_of, replaced) else {
             panic!("the watch holds");
         };
@@ -534,10 +537,7 @@ mod tests {
     #[test]
     fn the_state_survives_capture_and_restore() {
         let mut tx = TxState::default();
-        let shard = usize::from(shard_of(Some(key_slot(b"k"))).0);
-        watch_on(&mut tx, "k", shard, 5);
-        tx.multi();
-        queue(&mut tx, &["SET", "k", "v"]);
+        watched_set(&mut tx, 5);
         let (state, watch) = tx.capture();
         let mut back = TxState::restore(state.clone(), watch, 9);
         assert_eq!(back.capture(), (state, watch));
