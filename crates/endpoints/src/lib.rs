@@ -36,7 +36,8 @@ fn proxy_options() -> ProxyOptions {
 }
 
 /// Builds a database's topology from the cluster state: slot owners from its master shards'
-/// `assigned_slots`, each master's address from its node. `None` while some slot has no master
+/// `assigned_slots`, each master's address from its node, and the database's and masters' uids
+/// (which name them in client errors and proxy logs). `None` while some slot has no master
 /// (the database is being created or repaired).
 pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
     let password = state.engine_password().ok()?.to_string();
@@ -53,12 +54,15 @@ pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
         return None;
     }
     let slots = SlotMap::from_owners(owners).ok()?;
+    let uids = masters.iter().map(|s| s.uid).collect();
     let mut topology = Topology::new(
         bdb.spec.authentication_redis_pass.clone(),
         password,
         slots,
         primaries,
     )
+    .ok()?
+    .with_uids(bdb.uid, uids)
     .ok()?;
     for (index, shard) in masters.iter().enumerate() {
         if shard.held {

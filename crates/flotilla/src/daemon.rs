@@ -176,6 +176,7 @@ fn metrics_sample(
                 commands_total: snapshot.commands_total,
                 error_replies_total: snapshot.error_replies_total,
                 not_executed_total: snapshot.not_executed_total,
+                unknown_outcome_total: snapshot.unknown_outcome_total,
                 connections_current: snapshot.connections_current,
                 connections_total: snapshot.connections_total,
                 latency,
