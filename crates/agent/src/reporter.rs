@@ -2,7 +2,7 @@
 
 use flotilla_model::rest::NodeReport;
 use flotilla_model::timing::REPORT_INTERVAL;
-use flotilla_model::Command;
+use flotilla_model::{Command, NodeChange};
 use flotilla_store::{Store, StoreError};
 
 use crate::shards::ObservedShards;
@@ -71,11 +71,11 @@ async fn refresh_own_record(store: &Store, uid: u64, software_version: &str, os:
     if node.software_version == software_version && node.os == os {
         return;
     }
-    let command = Command::UpdateNode {
+    let command = Command::UpdateNode(NodeChange {
         uid,
         software_version: software_version.to_string(),
         os: os.to_string(),
-    };
+    });
     if let Err(e) = store.propose(command).await {
         tracing::warn!(error = %e, "could not record this node's software version and OS");
     }

@@ -1,16 +1,17 @@
 //! `/v1/bdbs` and `/v1/shards`: databases and their shards.
 
 use std::net::IpAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use flotilla_model::rest::{BdbCreate, BdbInfo, BdbUpdate, EndpointInfo, NodeStatus, ShardInfo};
+use flotilla_model::rest::{
+    BdbCreate, BdbInfo, BdbUpdate, EndpointInfo, NodeStatus, ReplicaLink, ShardInfo,
+};
 use flotilla_model::{
-    Bdb, BdbSpec, BdbUid, ClusterState, Command, CommandResult, EngineVersion, ShardRole,
-    ENDPOINT_PORTS, MAX_SHARDS,
+    now_secs, Bdb, BdbChange, BdbCreation, BdbDeletion, BdbSpec, BdbUid, ClusterState, Command,
+    CommandResult, EngineVersion, ShardRole, ENDPOINT_PORTS, MAX_SHARDS,
 };
 use flotilla_orchestrator::switchover::{self, SwitchoverError, SwitchoverReport};
 use flotilla_orchestrator::{placement, Observed};
@@ -89,24 +90,12 @@ fn spec_from(request: BdbCreate, addr: IpAddr) -> Result<BdbSpec, ApiError> {
     })
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn shard_status(observed: &Observed, uid: u64, role: ShardRole, node_uid: u64) -> &'static str {
     match observed.shards.get(&uid) {
         // A replica is active once its link to the master is up: until then it holds no copy
         // of the data, and a failover could not promote it.
-        Some(report) if report.up && report.role == Some(role) => {
-            if role == ShardRole::Slave && !report.master_link_up {
-                "syncing"
-            } else {
-                "active"
-            }
-        }
+        Some(report) if report.serves_in(role, ReplicaLink::Required) => "active",
+        Some(report) if report.serves_in(role, ReplicaLink::NotRequired) => "syncing",
         Some(_) => "down",
         None if observed.nodes.get(&node_uid) == Some(&NodeStatus::Down) => "down",
         None => "unknown",
@@ -130,7 +119,7 @@ fn bdb_info(state: &ClusterState, observed: &Observed, bdb: &Bdb) -> BdbInfo {
         status: if active { "active" } else { "pending" }.into(),
         password_protected: bdb.spec.authentication_redis_pass.is_some(),
         endpoints: vec![EndpointInfo {
-            addr: state.nodes.values().map(|n| n.addr.clone()).collect(),
+            addr: state.nodes.values().map(|n| n.addr.to_string()).collect(),
             port: bdb.spec.port,
         }],
         shard_list: shards.iter().map(|s| s.uid).collect(),
@@ -201,11 +190,11 @@ pub(crate) async fn create(
     state
         .check_new_bdb(&spec, &shards)
         .map_err(flotilla_store::StoreError::from)?;
-    let command = Command::CreateBdb {
+    let command = Command::CreateBdb(BdbCreation {
         bdb: spec,
         created_at: now_secs(),
         shards,
-    };
+    });
     let outcome = flotilla_store::refused_to_error(context.store.propose(command).await?)?;
     let CommandResult::BdbCreated { uid } = outcome else {
         return Err(ApiError::from(flotilla_store::StoreError::Internal(
@@ -247,11 +236,11 @@ pub(crate) async fn update(
     let password = update
         .authentication_redis_pass
         .map(|p| Some(p).filter(|p| !p.is_empty()));
-    let command = Command::UpdateBdb {
+    let command = Command::UpdateBdb(BdbChange {
         uid,
         memory_size: update.memory_size,
         authentication_redis_pass: password,
-    };
+    });
     flotilla_store::refused_to_error(context.store.propose(command).await?)?;
     get(State(context), Path(uid.to_string())).await
 }
@@ -263,7 +252,12 @@ pub(crate) async fn delete(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let uid = parse_uid(&uid)?;
     find_bdb(&context.store.state(), uid)?;
-    flotilla_store::refused_to_error(context.store.propose(Command::DeleteBdb { uid }).await?)?;
+    flotilla_store::refused_to_error(
+        context
+            .store
+            .propose(Command::DeleteBdb(BdbDeletion { uid }))
+            .await?,
+    )?;
     Ok(Json(serde_json::json!({ "uid": uid, "status": "deleted" })))
 }
 

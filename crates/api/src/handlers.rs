@@ -10,7 +10,7 @@ use flotilla_model::rest::{
     BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, Health, NodeInfo, NodeRole,
     NodeStatus, NodeStatusEntry, NodesStatus,
 };
-use flotilla_model::{Command, NodeUid};
+use flotilla_model::{ClusterChange, Command, NodeUid};
 use serde::de::DeserializeOwned;
 
 use crate::{ApiContext, ApiError};
@@ -110,7 +110,7 @@ pub(crate) async fn join_cluster(
         .iter()
         .map(|addr| {
             addr.parse::<IpAddr>()
-                .map(|ip| context.store.config().rpc_addr_of(&ip.to_string()))
+                .map(|ip| context.store.config().rpc_addr_of(ip))
                 .map_err(|_| {
                     ApiError::invalid("cluster.nodes", format!("'{addr}' is not an IP address"))
                 })
@@ -163,9 +163,9 @@ pub(crate) async fn put_cluster(
     }
     let outcome = context
         .store
-        .propose(Command::UpdateCluster {
+        .propose(Command::UpdateCluster(ClusterChange {
             name: update.name.clone(),
-        })
+        }))
         .await?;
     flotilla_store::refused_to_error(outcome)?;
     if let Some(name) = update.name {
@@ -188,7 +188,7 @@ async fn node_infos(context: &ApiContext) -> Vec<NodeInfo> {
         .values()
         .map(|node| NodeInfo {
             uid: node.uid,
-            addr: node.addr.clone(),
+            addr: node.addr.to_string(),
             role: if Some(node.uid) == leader {
                 NodeRole::Primary
             } else {

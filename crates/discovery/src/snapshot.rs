@@ -58,7 +58,7 @@ impl Databases {
         let peers = state
             .nodes
             .values()
-            .filter_map(|n| n.addr.parse::<IpAddr>().ok())
+            .map(|n| n.addr)
             .filter(|ip| *ip != addr)
             .map(|ip| SocketAddr::new(ip, DISCOVERY_PORT));
         let databases = state

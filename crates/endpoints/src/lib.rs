@@ -9,12 +9,12 @@
 //! The listeners and their client sessions run on a runtime of their own (see `runtime.rs`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_model::timing::HOLD_TIMEOUT;
-use flotilla_model::{Bdb, BdbUid, ClusterState, ShardRole};
+use flotilla_model::{Bdb, BdbUid, ClusterState};
 use flotilla_proxy::{EndpointStats, ProxyOptions, SlotMap, StatsSnapshot, Topology, SLOT_COUNT};
 use flotilla_store::{publish_if_changed, Store, Wakes};
 use tokio::net::TcpListener;
@@ -43,21 +43,16 @@ fn proxy_options() -> ProxyOptions {
 }
 
 /// Builds a database's topology from the cluster state: slot owners from its master shards'
-/// `assigned_slots`, each master's address from its node. `None` while some slot has no master
+/// `assigned_slots`, each master's address from its node, and the database's and masters' uids
+/// (which name them in client errors and proxy logs). `None` while some slot has no master
 /// (the database is being created or repaired).
 pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
-    let secret = state.cluster.as_ref()?.secret.clone();
-    let mut masters: Vec<_> = state
-        .shards_of(bdb.uid)
-        .filter(|s| s.role == ShardRole::Master)
-        .collect();
-    masters.sort_by_key(|s| s.assigned_slots.start);
+    let password = state.engine_password().ok()?.to_string();
+    let masters = state.masters_of(bdb.uid);
     let mut owners = vec![u16::MAX; SLOT_COUNT as usize];
     let mut primaries = Vec::with_capacity(masters.len());
     for (index, shard) in masters.iter().enumerate() {
-        let node = state.nodes.get(&shard.node_uid)?;
-        let ip: IpAddr = node.addr.parse().ok()?;
-        primaries.push(SocketAddr::new(ip, shard.port));
+        primaries.push(state.shard_addr(shard).ok()?);
         for slot in shard.assigned_slots.start..=shard.assigned_slots.end {
             owners[usize::from(slot)] = index as u16;
         }
@@ -66,12 +61,15 @@ pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
         return None;
     }
     let slots = SlotMap::from_owners(owners).ok()?;
+    let uids = masters.iter().map(|s| s.uid).collect();
     let mut topology = Topology::new(
         bdb.spec.authentication_redis_pass.clone(),
-        secret,
+        password,
         slots,
         primaries,
     )
+    .ok()?
+    .with_uids(bdb.uid, uids)
     .ok()?;
     for (index, shard) in masters.iter().enumerate() {
         if shard.held {

@@ -63,7 +63,7 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
     let failover_observer = observer.clone();
     let actions_observer = observer.clone();
     let node = NodeSpec {
-        addr: args.addr.to_string(),
+        addr: args.addr,
         software_version: software_version(),
         os: flotilla_agent::host::os_name(),
     };

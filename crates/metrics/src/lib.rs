@@ -21,7 +21,7 @@
 //! | `flotilla_bdb_info` | info | `bdb`, `name`, `redis_version` |
 //! | `flotilla_bdb_shards` | gauge | `bdb`, `name` |
 //! | `flotilla_bdb_requests_total` | counter | `bdb`, `name` |
-//! | `flotilla_bdb_errors_total` | counter | `bdb`, `name`, `kind` (`error_reply`, `not_executed`) |
+//! | `flotilla_bdb_errors_total` | counter | `bdb`, `name`, `kind` (`error_reply`, `not_executed`, `unknown_outcome`) |
 //! | `flotilla_bdb_connections` | gauge | `bdb`, `name` |
 //! | `flotilla_bdb_connections_accepted_total` | counter | `bdb`, `name` |
 //! | `flotilla_bdb_latency_seconds` | histogram | `bdb`, `name` |

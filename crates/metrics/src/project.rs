@@ -28,6 +28,7 @@ pub fn sample_of(
                 commands_total: stats.commands_total,
                 error_replies_total: stats.error_replies_total,
                 not_executed_total: stats.not_executed_total,
+                unknown_outcome_total: stats.unknown_outcome_total,
                 connections_current: stats.connections_current,
                 connections_total: stats.connections_total,
                 latency: histogram(&stats.latency),
@@ -112,6 +113,7 @@ mod tests {
             commands_total: 7,
             error_replies_total: 2,
             not_executed_total: 1,
+            unknown_outcome_total: 4,
             connections_current: 3,
             connections_total: 5,
             latency: LatencySnapshot {
@@ -141,10 +143,11 @@ mod tests {
                 db.commands_total,
                 db.error_replies_total,
                 db.not_executed_total,
+                db.unknown_outcome_total,
                 db.connections_current,
                 db.connections_total
             ),
-            (7, 2, 1, 3, 5)
+            (7, 2, 1, 4, 3, 5)
         );
         let buckets: Vec<_> = db
             .latency

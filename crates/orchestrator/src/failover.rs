@@ -9,15 +9,14 @@
 //! any asynchronously replicated Redis.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use flotilla_engine::{ClientOptions, EngineClient};
-use flotilla_model::rest::ShardReport;
+use flotilla_model::rest::{ReplicaLink, ShardReport};
 use flotilla_model::timing::{
     FAILOVER_AFTER, FAILOVER_CHECK_EVERY, LINK_MEMORY, ORPHANED_HOLD_GRACE,
 };
-use flotilla_model::{ClusterState, Command, Shard, ShardRole, ShardUid};
+use flotilla_model::{ClusterState, Command, Shard, ShardPromotion, ShardRole, ShardUid};
 use flotilla_store::{Store, Wakes};
 use tokio::sync::watch;
 
@@ -71,15 +70,10 @@ async fn check_once(
     let state = store.state();
     let reports = observer.shard_reports();
     let masters: Vec<&Shard> = state
-        .shards
+        .bdbs
         .values()
-        .filter(|s| s.role == ShardRole::Master)
-        .filter(|s| {
-            state
-                .bdbs
-                .get(&s.bdb_uid)
-                .is_some_and(|b| b.spec.replication)
-        })
+        .filter(|b| b.spec.replication)
+        .flat_map(|b| state.masters_of(b.uid))
         .collect();
     failing_since.retain(|uid, _| masters.iter().any(|m| m.uid == *uid));
     for master in masters {
@@ -101,10 +95,10 @@ async fn check_once(
                 since.elapsed()
             );
             match store
-                .propose(Command::PromoteShard {
+                .propose(Command::PromoteShard(ShardPromotion {
                     uid: replica,
                     require_held: false,
-                })
+                }))
                 .await
             {
                 Ok(_) => {
@@ -124,7 +118,7 @@ async fn master_healthy(
     // One bad observation by an agent (a fork stall, a slow reply) never triggers a failover
     // alone: the primary node must fail to reach the master too.
     match report {
-        Some(r) if r.up && r.role == Some(ShardRole::Master) => true,
+        Some(r) if r.serves_in(ShardRole::Master, ReplicaLink::Required) => true,
         _ => probe(state, master).await.is_some(),
     }
 }
@@ -138,13 +132,10 @@ fn remember_links(
     reports: &std::collections::BTreeMap<ShardUid, ShardReport>,
     linked: &mut HashMap<ShardUid, Instant>,
 ) {
-    let replicas = state
-        .shards_of(master.bdb_uid)
-        .filter(|s| s.role == ShardRole::Slave && s.assigned_slots == master.assigned_slots);
-    for replica in replicas {
+    for replica in state.slot_group_of(master).replicas() {
         if reports
             .get(&replica.uid)
-            .is_some_and(|r| r.up && r.master_link_up)
+            .is_some_and(|r| r.serves_in(ShardRole::Slave, ReplicaLink::Required))
         {
             linked.insert(replica.uid, Instant::now());
         }
@@ -159,10 +150,7 @@ async fn best_replica(
     linked: &HashMap<ShardUid, Instant>,
 ) -> Option<ShardUid> {
     let mut best: Option<(i64, ShardUid)> = None;
-    for replica in state.shards_of(master.bdb_uid) {
-        if replica.role != ShardRole::Slave || replica.assigned_slots != master.assigned_slots {
-            continue;
-        }
+    for replica in state.slot_group_of(master).replicas() {
         // A replica not seen linked lately is not promoted; one never seen (this primary node
         // just took over) is judged by its offset below. One seen linked may be at offset 0: it
         // synced everything from the RDB of a master that had no replica before.
@@ -185,13 +173,13 @@ async fn best_replica(
 
 /// PINGs a shard's engine from this node; its replication offset when it answers.
 async fn probe(state: &ClusterState, shard: &Shard) -> Option<i64> {
-    let secret = &state.cluster.as_ref()?.secret;
-    let ip: IpAddr = state.nodes.get(&shard.node_uid)?.addr.parse().ok()?;
+    let password = state.engine_password().ok()?;
+    let addr = state.shard_addr(shard).ok()?;
     let options = ClientOptions {
         connect_timeout: Duration::from_millis(300),
         response_timeout: Some(Duration::from_millis(300)),
     };
-    let client = EngineClient::connect_with(ip, shard.port, secret, options)
+    let client = EngineClient::connect_with(addr.ip(), addr.port(), password, options)
         .await
         .ok()?;
     client.ping().await.ok()?;

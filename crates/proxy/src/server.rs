@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::session::Session;
 use crate::shared::SharedPool;
@@ -103,12 +104,13 @@ pub async fn serve_with_stats(
                     let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
                     let counted = stats.connection();
                     let session = Session::new(stream, id, topology.clone(), options, stats.clone(), shared.clone());
+                    let span = session.span();
                     clients.spawn(async move {
                         let _counted = counted;
                         if let Err(e) = session.run().await {
-                            tracing::debug!(client = id, %peer, error = %e, "client connection ended");
+                            tracing::debug!(%peer, error = %e, "client connection ended");
                         }
-                    });
+                    }.instrument(span));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

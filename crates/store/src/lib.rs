@@ -62,7 +62,7 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     /// `addr:rpc_port`: how other nodes reach a node at `addr`.
-    pub fn rpc_addr_of(&self, addr: &str) -> String {
+    pub fn rpc_addr_of(&self, addr: IpAddr) -> String {
         format!("{addr}:{}", self.rpc_port)
     }
 }

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_engine::{EngineCatalog, EngineError};
-use flotilla_model::rest::ShardReport;
+use flotilla_model::rest::{ReplicaLink, ShardReport};
 use flotilla_model::timing::{RECONCILE_INTERVAL, SYNC_POLL, SYNC_WATCH};
 use flotilla_model::{ShardRole, ShardUid};
 use flotilla_store::{Store, Wake, Wakes};
@@ -320,7 +320,7 @@ impl ShardAgent {
 /// restarted on a new engine, pointed at a new master), syncing, or loading the RDB (its
 /// engine then refuses connections `-LOADING` and is reported down).
 fn unlinked_replica(wanted: &DesiredShard, report: &ShardReport) -> bool {
-    wanted.role == ShardRole::Slave && (report.sync_in_progress || !report.master_link_up)
+    wanted.role == ShardRole::Slave && !report.serves_in(ShardRole::Slave, ReplicaLink::Required)
 }
 
 /// Observes a replica that is not linked to its master yet every [`SYNC_POLL`] until its link

@@ -3,16 +3,17 @@
 //! After each step the next step is recorded in the store (`UpdateAction`); a step is safe to
 //! run again, so when the primary node dies the next primary's runner picks the action up at
 //! the recorded step. A failing step is retried a few times before the action is marked failed
-//! with the error. Cancellation is honoured only at a plan's safe boundaries.
+//! with the error. Cancellation is honoured only at a plan's safe boundaries. The plan itself
+//! comes from the model ([`flotilla_model::plan`]), the one place that derives it.
 
 pub mod db_upgrade;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use flotilla_model::{
-    Action, ActionKind, ActionStatus, ActionUid, ClusterState, Command, StepRecord,
+    now_secs, plan, Action, ActionKind, ActionStatus, ActionUid, ActionUpdate, Command, StepRecord,
 };
 use flotilla_store::Wakes;
 use tokio::sync::watch;
@@ -24,30 +25,6 @@ use crate::Observer;
 const SCAN_EVERY: Duration = Duration::from_millis(300);
 /// Attempts of one step before the action fails.
 const STEP_ATTEMPTS: u32 = 3;
-
-/// One named step of an action's plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
-    /// Name shown in `flotilla action show`, e.g. `upgrade_replica 0-8191`.
-    pub name: String,
-    /// A cancel request may stop the action before this step.
-    pub cancel_point: bool,
-}
-
-/// Seconds since the epoch, for action timestamps.
-pub(crate) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// The plan of an action, recomputed from its persisted kind (stable across primaries).
-pub fn plan(kind: &ActionKind, state: &ClusterState) -> Vec<Step> {
-    match kind {
-        ActionKind::DbUpgrade { .. } => db_upgrade::plan(kind, state),
-    }
-}
 
 /// Drives running actions while this node is the primary node, until `shutdown` fires.
 pub async fn run_actions(observer: Observer, shutdown: watch::Receiver<bool>) {
@@ -86,6 +63,7 @@ async fn drive(observer: &Observer, uid: ActionUid) {
         if !action.is_running() {
             return;
         }
+        // Recomputed from the persisted kind: the same on every primary node.
         let steps = plan(&action.kind, &state);
         let index = action.step_index as usize;
         let Some(step) = steps.get(index) else {
@@ -100,49 +78,50 @@ async fn drive(observer: &Observer, uid: ActionUid) {
             .await;
             return;
         };
+        let name = step.name();
         if action.cancel_requested && step.cancel_point {
             record(
                 observer,
                 &action,
                 ActionStatus::Cancelled,
                 index,
-                &step.name,
+                &name,
                 None,
             )
             .await;
             return;
         }
-        failpoint(&step.name).await;
+        failpoint(&name).await;
         let started = std::time::Instant::now();
         match run_step_with_retries(observer, &action, index).await {
             Ok(()) => {
                 let next = steps
                     .get(index + 1)
-                    .map(|s| s.name.as_str())
-                    .unwrap_or("done");
+                    .map(|s| s.name())
+                    .unwrap_or_else(|| "done".into());
                 let status = if index + 1 >= steps.len() {
                     ActionStatus::Completed
                 } else {
                     ActionStatus::Running
                 };
                 let finished = StepRecord {
-                    step: step.name.clone(),
+                    step: name,
                     duration_ms: started.elapsed().as_millis() as u64,
                 };
-                record_step(observer, &action, status, index + 1, next, finished).await;
+                record_step(observer, &action, status, index + 1, &next, finished).await;
             }
             Err(_) if !observer.store.is_leader() => {
                 // Leadership moved: the new primary node resumes from the recorded step.
                 return;
             }
             Err(e) => {
-                tracing::error!(action = uid, step = %step.name, error = %e, "action failed");
+                tracing::error!(action = uid, step = %name, error = %e, "action failed");
                 record(
                     observer,
                     &action,
                     ActionStatus::Failed,
                     index,
-                    &step.name,
+                    &name,
                     Some(e),
                 )
                 .await;
@@ -218,7 +197,7 @@ async fn propose_update(
     error: Option<String>,
     finished: Option<StepRecord>,
 ) {
-    let command = Command::UpdateAction {
+    let command = Command::UpdateAction(ActionUpdate {
         uid: action.uid,
         status,
         step_index: step_index as u32,
@@ -227,7 +206,7 @@ async fn propose_update(
         updated_at: now_secs(),
         finished,
         expected_step: Some(action.step_index),
-    };
+    });
     if let Err(e) = observer.store.propose(command).await {
         tracing::error!(action = action.uid, error = %e, "could not record the action's progress; it will be resumed from its last recorded step");
     }
