@@ -1,15 +1,11 @@
 //! The report loop: tells the primary node this node is alive and what it runs.
 
-use std::time::Duration;
-
 use flotilla_model::rest::NodeReport;
+use flotilla_model::timing::REPORT_INTERVAL;
 use flotilla_model::{Command, NodeChange};
 use flotilla_store::{Store, StoreError};
 
 use crate::shards::ObservedShards;
-
-/// How often a node reports to the primary node.
-pub const REPORT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Reports to the primary node every [`REPORT_INTERVAL`] until `shutdown` fires, and proposes
 /// an `UpdateNode` when the store's record of this node (software version, OS) is out of date.

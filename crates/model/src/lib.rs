@@ -32,6 +32,7 @@ mod error;
 mod plan;
 pub mod rest;
 mod state;
+pub mod timing;
 
 pub use action::{Action, ActionKind, ActionStatus, ActionUid, StepRecord, StepState};
 pub use bdb::{

@@ -13,31 +13,22 @@ use std::time::{Duration, Instant};
 
 use flotilla_engine::{ClientOptions, EngineClient};
 use flotilla_model::rest::{ReplicaLink, ShardReport};
+use flotilla_model::timing::{
+    FAILOVER_AFTER, FAILOVER_CHECK_EVERY, LINK_MEMORY, ORPHANED_HOLD_GRACE,
+};
 use flotilla_model::{ClusterState, Command, Shard, ShardPromotion, ShardRole, ShardUid};
-use flotilla_store::Store;
+use flotilla_store::{Store, Wakes};
 use tokio::sync::watch;
 
 use crate::Observer;
 
-/// How long a master shard must fail before its replica is promoted.
-pub const FAILOVER_AFTER: Duration = Duration::from_millis(1500);
-/// How recently a replica must have been seen linked to its master to be promoted: covers the
-/// liveness window of a dead master's last report plus [`FAILOVER_AFTER`], with margin.
-const LINK_MEMORY: Duration = Duration::from_secs(10);
-/// How often master shards are checked.
-const CHECK_EVERY: Duration = Duration::from_millis(250);
-
 /// Watches master shards and fails them over until `shutdown` fires.
-pub async fn run_failover(store: Store, observer: Observer, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_failover(store: Store, observer: Observer, shutdown: watch::Receiver<bool>) {
     let mut failing_since: HashMap<ShardUid, Instant> = HashMap::new();
     let mut held_since: HashMap<ShardUid, Instant> = HashMap::new();
     let mut linked: HashMap<ShardUid, Instant> = HashMap::new();
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+    let mut wakes = Wakes::every(FAILOVER_CHECK_EVERY, shutdown);
+    while wakes.next().await.is_some() {
         if !store.is_leader() {
             failing_since.clear();
             held_since.clear();
@@ -48,9 +39,6 @@ pub async fn run_failover(store: Store, observer: Observer, mut shutdown: watch:
         check_once(&store, &observer, &mut failing_since, &mut linked).await;
     }
 }
-
-/// How long a hold nobody drives may last before the primary node repairs it.
-const ORPHANED_HOLD_GRACE: Duration = Duration::from_secs(1);
 
 /// Completes or undoes switchovers whose primary node died mid-way (their slots stay held,
 /// and proxies would queue them until the hold timeout, then answer TRYAGAIN).

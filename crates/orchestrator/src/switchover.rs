@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use flotilla_engine::{wait_for_sync, ClientOptions, EngineClient, Role};
 use flotilla_model::rest::NodeStatus;
+use flotilla_model::timing::{
+    CATCH_UP_TIMEOUT, HOLD_SPREAD_TIMEOUT, SWITCHOVER_FENCE, SWITCHOVER_RESPONSE_TIMEOUT,
+};
 use flotilla_model::{
     ClusterState, Command, Shard, ShardHold, ShardPromotion, ShardRole, ShardUid,
 };
@@ -26,13 +29,6 @@ use flotilla_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::Observer;
-
-/// Longest the master stays fenced waiting for its replica before the switchover aborts.
-/// With [`HOLD_SPREAD_TIMEOUT`] it stays under the proxies' hold timeout (5 s, see the
-/// endpoints crate), so a switchover that succeeds never makes a client's command time out.
-pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest the switchover waits for every node to apply the hold before it aborts.
-pub const HOLD_SPREAD_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a switchover did not happen (nothing changed when it is refused or aborted).
 #[derive(Debug, thiserror::Error, Serialize, Deserialize)]
@@ -125,7 +121,7 @@ pub async fn switchover(
         return Err(e);
     }
     let spread_ms = started.elapsed().as_millis() as u64;
-    let fence_ms = (CATCH_UP_TIMEOUT + Duration::from_secs(5)).as_millis() as u64;
+    let fence_ms = SWITCHOVER_FENCE.as_millis() as u64;
     if let Err(e) = m.client_pause_write(fence_ms).await {
         release(store, &m, master.uid).await;
         return Err(engine(master.uid, e));
@@ -300,7 +296,7 @@ pub(crate) async fn connect(
     // Commands here must not time out while the master is paused.
     let options = ClientOptions {
         connect_timeout: Duration::from_secs(2),
-        response_timeout: Some(Duration::from_secs(15)),
+        response_timeout: Some(SWITCHOVER_RESPONSE_TIMEOUT),
     };
     EngineClient::connect_with(ip, port, password, options)
         .await

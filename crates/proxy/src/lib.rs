@@ -24,7 +24,7 @@
 //!
 //! Switchovers (DESIGN.md, "Data path"): a shard held in the [`Topology`]
 //! ([`Topology::with_hold`]) makes each client connection park its next command for that shard
-//! and everything after it, bounded by [`ProxyOptions`] (2 s and 16 MiB per client by default);
+//! and everything after it, bounded by [`ProxyOptions`] (5 s and 16 MiB per client by default);
 //! the topology that releases the hold sends them, in order, to the primary it names, and a
 //! hold that times out answers them `-TRYAGAIN ... not executed` without sending them. A write
 //! the old primary refuses with `-READONLY` (fenced, then demoted: not executed) is resent to

@@ -22,8 +22,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How long a switchover hold may keep a client's commands queued before they are answered
-/// `-TRYAGAIN` (not executed), unless configured otherwise.
-pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(2);
+/// `-TRYAGAIN` (not executed), unless configured otherwise: the cluster's hold timeout
+/// (`flotilla_model::timing::HOLD_TIMEOUT`, which the endpoints pass in [`ProxyOptions`]; the
+/// endpoints crate checks at compile time that the two are the same).
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many bytes of commands one client may have queued during a hold, unless configured
 /// otherwise.

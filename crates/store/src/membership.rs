@@ -191,7 +191,8 @@ impl Store {
         let name = self
             .state()
             .cluster
-            .map(|c| c.name)
+            .as_ref()
+            .map(|c| c.name.clone())
             .unwrap_or_else(|| "(being created)".into());
         let uid = self.uid().unwrap_or_default();
         StoreError::AlreadyBootstrapped(format!(

@@ -15,6 +15,7 @@ use std::time::Duration;
 use flotilla_model::{
     now_secs, plan, Action, ActionKind, ActionStatus, ActionUid, ActionUpdate, Command, StepRecord,
 };
+use flotilla_store::Wakes;
 use tokio::sync::watch;
 
 use crate::Observer;
@@ -26,16 +27,11 @@ const SCAN_EVERY: Duration = Duration::from_millis(300);
 const STEP_ATTEMPTS: u32 = 3;
 
 /// Drives running actions while this node is the primary node, until `shutdown` fires.
-pub async fn run_actions(observer: Observer, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_actions(observer: Observer, shutdown: watch::Receiver<bool>) {
     let driving: Arc<Mutex<HashSet<ActionUid>>> = Arc::default();
-    let mut tick = tokio::time::interval(SCAN_EVERY);
-    let mut changes = observer.store.subscribe();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = changes.changed() => {}
-            _ = shutdown.changed() => return,
-        }
+    let changes = observer.store.subscribe();
+    let mut wakes = Wakes::on_change_or_every(changes, SCAN_EVERY, shutdown);
+    while wakes.next().await.is_some() {
         if !observer.store.is_leader() {
             continue;
         }
