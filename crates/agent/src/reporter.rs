@@ -1,15 +1,11 @@
 //! The report loop: tells the primary node this node is alive and what it runs.
 
-use std::time::Duration;
-
 use flotilla_model::rest::NodeReport;
-use flotilla_model::Command;
+use flotilla_model::timing::REPORT_INTERVAL;
+use flotilla_model::{Command, NodeChange};
 use flotilla_store::{Store, StoreError};
 
 use crate::shards::ObservedShards;
-
-/// How often a node reports to the primary node.
-pub const REPORT_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Reports to the primary node every [`REPORT_INTERVAL`] until `shutdown` fires, and proposes
 /// an `UpdateNode` when the store's record of this node (software version, OS) is out of date.
@@ -73,11 +69,11 @@ async fn refresh_own_record(store: &Store, uid: u64, software_version: &str, os:
     if node.software_version == software_version && node.os == os {
         return;
     }
-    let command = Command::UpdateNode {
+    let command = Command::UpdateNode(NodeChange {
         uid,
         software_version: software_version.to_string(),
         os: os.to_string(),
-    };
+    });
     if let Err(e) = store.propose(command).await {
         tracing::warn!(error = %e, "could not record this node's software version and OS");
     }

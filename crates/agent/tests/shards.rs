@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{eventually, kill_shard, pid_running, RunningAgent, TestNode};
 use flotilla_engine::{EngineClient, LinkStatus, Role};
-use flotilla_model::rest::ShardReport;
-use flotilla_model::{Command, ShardRole, ShardUid};
+use flotilla_model::rest::{ReplicaLink, ShardReport};
+use flotilla_model::{BdbDeletion, Command, ShardPromotion, ShardRole, ShardUid};
 
 /// Time allowed for the agent to bring engines to the wanted state.
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -19,13 +19,7 @@ async fn wait_report(agent: &RunningAgent, uid: ShardUid, role: ShardRole) -> Sh
     let what = format!("shard {uid} reported up as {role:?}");
     eventually(&what, CONVERGE, || async {
         match agent.report(uid) {
-            Some(r)
-                if r.up
-                    && r.role == Some(role)
-                    && (role == ShardRole::Master || r.master_link_up) =>
-            {
-                Ok(r)
-            }
+            Some(r) if r.serves_in(role, ReplicaLink::Required) => Ok(r),
             other => Err(format!("{other:?}")),
         }
     })
@@ -129,10 +123,10 @@ async fn shards_follow_the_store() {
     wait_value(&node.client(slave_port).await, "k1", "v1").await;
 
     // Promotion in the store swaps the roles on the engines.
-    node.propose_ok(Command::PromoteShard {
+    node.propose_ok(Command::PromoteShard(ShardPromotion {
         uid: slave,
         require_held: false,
-    })
+    }))
     .await;
     wait_follows(&node, master_port, slave_port).await;
     wait_report(&agent, slave, ShardRole::Master).await;
@@ -156,7 +150,8 @@ async fn shards_follow_the_store() {
         .iter()
         .map(|uid| agent.report(*uid).unwrap().pid.unwrap())
         .collect();
-    node.propose_ok(Command::DeleteBdb { uid: bdb }).await;
+    node.propose_ok(Command::DeleteBdb(BdbDeletion { uid: bdb }))
+        .await;
     eventually("engines stopped and folders removed", CONVERGE, || async {
         let left: Vec<String> = [master, slave]
             .iter()
@@ -200,7 +195,8 @@ async fn a_new_agent_adopts_running_engines_and_cleans_up_after_a_delete() {
     second.stop().await;
 
     // A database deleted while no agent runs: the next agent finds its shards by their folders.
-    node.propose_ok(Command::DeleteBdb { uid: bdb }).await;
+    node.propose_ok(Command::DeleteBdb(BdbDeletion { uid: bdb }))
+        .await;
     assert!(pid_running(master_pid) && pid_running(slave_pid));
     let third = RunningAgent::start(&node);
     eventually(
@@ -249,10 +245,10 @@ async fn a_killed_memory_only_master_waits_for_its_replica_to_be_promoted() {
 
     // The orchestrator promotes the replica; the old master comes back as its replica, with
     // the data.
-    node.propose_ok(Command::PromoteShard {
+    node.propose_ok(Command::PromoteShard(ShardPromotion {
         uid: slave,
         require_held: false,
-    })
+    }))
     .await;
     wait_follows(&node, master_port, slave_port).await;
     wait_report(&agent, master, ShardRole::Slave).await;

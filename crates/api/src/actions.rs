@@ -3,12 +3,11 @@
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
-use flotilla_model::rest::{ActionInfo, BdbUpgrade};
+use flotilla_model::rest::{ActionInfo, BdbUpgrade, PlanStepInfo};
 use flotilla_model::{
-    Action, ActionKind, ActionUid, ClusterState, Command, CommandResult, DataPersistence,
-    EngineVersion, ShardRole,
+    now_secs, plan, Action, ActionCancellation, ActionCreation, ActionKind, ActionUid,
+    ClusterState, Command, CommandResult, DataPersistence, EngineVersion, StepState,
 };
-use flotilla_orchestrator::actions;
 
 use crate::bdbs::DEFAULT_ENGINE;
 use crate::handlers::parse;
@@ -16,10 +15,16 @@ use crate::propose::{propose, Change};
 use crate::{ApiContext, ApiError};
 
 fn info(state: &ClusterState, action: &Action) -> ActionInfo {
-    let steps = actions::plan(&action.kind, state)
-        .into_iter()
-        .map(|s| s.name)
-        .collect::<Vec<_>>();
+    let steps: Vec<PlanStepInfo> = plan(&action.kind, state)
+        .iter()
+        .enumerate()
+        .map(|(i, step)| PlanStepInfo {
+            name: step.name(),
+            op: step.op.name().to_string(),
+            cancel_point: step.cancel_point,
+            state: StepState::at(i, action.step_index, action.status),
+        })
+        .collect();
     ActionInfo {
         action_uid: action.uid,
         name: action.kind.name().to_string(),
@@ -29,11 +34,12 @@ fn info(state: &ClusterState, action: &Action) -> ActionInfo {
         step_index: action.step_index,
         steps_total: action.steps_total,
         progress: 100.0 * f64::from(action.step_index) / f64::from(action.steps_total.max(1)),
-        steps,
+        steps: steps.iter().map(|s| s.name.clone()).collect(),
         error: action.error.clone(),
         cancel_requested: action.cancel_requested,
         history: action.history.clone(),
         kind: action.kind.clone(),
+        plan: steps,
     }
 }
 
@@ -97,11 +103,7 @@ pub(crate) async fn upgrade(
             "must be at least 1",
         ));
     }
-    let original_masters = state
-        .shards_of(bdb_uid)
-        .filter(|s| s.role == ShardRole::Master)
-        .map(|s| s.uid)
-        .collect();
+    let original_masters = state.masters_of(bdb_uid).iter().map(|s| s.uid).collect();
     let kind = ActionKind::DbUpgrade {
         bdb_uid,
         redis_version: target,
@@ -110,15 +112,15 @@ pub(crate) async fn upgrade(
         discard_data: request.may_discard_data,
         original_masters,
     };
-    let steps = actions::plan(&kind, &state);
+    let steps = plan(&kind, &state);
     let (asked, created_at) = (kind.clone(), now_secs());
     let change = Change {
-        command: Command::CreateAction {
+        command: Command::CreateAction(ActionCreation {
             action: kind,
             steps_total: steps.len() as u32,
-            first_step: steps.first().map(|s| s.name.clone()).unwrap_or_default(),
+            first_step: steps.first().map(|s| s.name()).unwrap_or_default(),
             created_at,
-        },
+        }),
         applied: |state: &ClusterState| {
             let action = state
                 .actions
@@ -144,13 +146,6 @@ pub(crate) async fn upgrade(
 
 /// How long a handler waits for its own change to be applied on this node before answering.
 pub(crate) const APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// `GET /v1/actions`.
 pub(crate) async fn list(State(context): State<ApiContext>) -> Json<Vec<ActionInfo>> {
@@ -184,7 +179,7 @@ pub(crate) async fn cancel(
     let action_uid = parse_uid("action", &uid)?;
     find(&context.store.state(), action_uid)?;
     let change = Change {
-        command: Command::CancelAction { uid: action_uid },
+        command: Command::CancelAction(ActionCancellation { uid: action_uid }),
         applied: |state: &ClusterState| {
             let action = state.actions.get(&action_uid)?;
             action.cancel_requested.then_some(CommandResult::Ok)

@@ -1,16 +1,17 @@
 //! `/v1/bdbs` and `/v1/shards`: databases and their shards.
 
 use std::net::IpAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use flotilla_model::rest::{BdbCreate, BdbInfo, BdbUpdate, EndpointInfo, NodeStatus, ShardInfo};
+use flotilla_model::rest::{
+    BdbCreate, BdbInfo, BdbUpdate, EndpointInfo, NodeStatus, ReplicaLink, ShardInfo,
+};
 use flotilla_model::{
-    Bdb, BdbSpec, BdbUid, ClusterState, Command, CommandResult, EngineVersion, ShardRole,
-    ENDPOINT_PORTS, MAX_SHARDS,
+    now_secs, Bdb, BdbChange, BdbCreation, BdbDeletion, BdbSpec, BdbUid, ClusterState, Command,
+    CommandResult, EngineVersion, ShardRole, ENDPOINT_PORTS, MAX_SHARDS,
 };
 use flotilla_orchestrator::switchover::{self, SwitchoverError, SwitchoverReport};
 use flotilla_orchestrator::{placement, Observed};
@@ -90,24 +91,12 @@ fn spec_from(request: BdbCreate, addr: IpAddr) -> Result<BdbSpec, ApiError> {
     })
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn shard_status(observed: &Observed, uid: u64, role: ShardRole, node_uid: u64) -> &'static str {
     match observed.shards.get(&uid) {
         // A replica is active once its link to the master is up: until then it holds no copy
         // of the data, and a failover could not promote it.
-        Some(report) if report.up && report.role == Some(role) => {
-            if role == ShardRole::Slave && !report.master_link_up {
-                "syncing"
-            } else {
-                "active"
-            }
-        }
+        Some(report) if report.serves_in(role, ReplicaLink::Required) => "active",
+        Some(report) if report.serves_in(role, ReplicaLink::NotRequired) => "syncing",
         Some(_) => "down",
         None if observed.nodes.get(&node_uid) == Some(&NodeStatus::Down) => "down",
         None => "unknown",
@@ -131,7 +120,7 @@ fn bdb_info(state: &ClusterState, observed: &Observed, bdb: &Bdb) -> BdbInfo {
         status: if active { "active" } else { "pending" }.into(),
         password_protected: bdb.spec.authentication_redis_pass.is_some(),
         endpoints: vec![EndpointInfo {
-            addr: state.nodes.values().map(|n| n.addr.clone()).collect(),
+            addr: state.nodes.values().map(|n| n.addr.to_string()).collect(),
             port: bdb.spec.port,
         }],
         shard_list: shards.iter().map(|s| s.uid).collect(),
@@ -205,11 +194,11 @@ pub(crate) async fn create(
     let name = spec.name.clone();
     let asked = spec.clone();
     let change = Change {
-        command: Command::CreateBdb {
+        command: Command::CreateBdb(BdbCreation {
             bdb: spec,
             created_at: now_secs(),
             shards,
-        },
+        }),
         // A database of this name and spec did not exist before (checked above): it is this one.
         applied: |state: &ClusterState| {
             let bdb = state.bdb_by_name(&name).filter(|b| b.spec == asked)?;
@@ -260,11 +249,11 @@ pub(crate) async fn update(
         .map(|p| Some(p).filter(|p| !p.is_empty()));
     let (memory_size, asked_password) = (update.memory_size, password.clone());
     let change = Change {
-        command: Command::UpdateBdb {
+        command: Command::UpdateBdb(BdbChange {
             uid,
             memory_size: update.memory_size,
             authentication_redis_pass: password,
-        },
+        }),
         applied: |state: &ClusterState| {
             let spec = &state.bdbs.get(&uid)?.spec;
             let memory = memory_size.is_none_or(|m| spec.memory_size == m);
@@ -287,7 +276,7 @@ pub(crate) async fn delete(
     let uid = parse_uid(&uid)?;
     find_bdb(&context.store.state(), uid)?;
     let change = Change {
-        command: Command::DeleteBdb { uid },
+        command: Command::DeleteBdb(BdbDeletion { uid }),
         applied: |state: &ClusterState| {
             (!state.bdbs.contains_key(&uid)).then_some(CommandResult::Ok)
         },

@@ -10,7 +10,7 @@ use flotilla_model::rest::{
     BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, Health, NodeInfo, NodeRole,
     NodeStatus, NodeStatusEntry, NodesStatus,
 };
-use flotilla_model::{ClusterState, Command, CommandResult, NodeUid};
+use flotilla_model::{ClusterChange, ClusterState, Command, CommandResult, NodeUid};
 use serde::de::DeserializeOwned;
 
 use crate::propose::{propose, Change};
@@ -111,7 +111,7 @@ pub(crate) async fn join_cluster(
         .iter()
         .map(|addr| {
             addr.parse::<IpAddr>()
-                .map(|ip| context.store.config().rpc_addr_of(&ip.to_string()))
+                .map(|ip| context.store.config().rpc_addr_of(ip))
                 .map_err(|_| {
                     ApiError::invalid("cluster.nodes", format!("'{addr}' is not an IP address"))
                 })
@@ -164,9 +164,9 @@ pub(crate) async fn put_cluster(
     }
     let asked = update.name.clone();
     let change = Change {
-        command: Command::UpdateCluster {
+        command: Command::UpdateCluster(ClusterChange {
             name: update.name.clone(),
-        },
+        }),
         applied: |state: &ClusterState| {
             let cluster = state.cluster.as_ref()?;
             asked
@@ -197,7 +197,7 @@ async fn node_infos(context: &ApiContext) -> Vec<NodeInfo> {
         .values()
         .map(|node| NodeInfo {
             uid: node.uid,
-            addr: node.addr.clone(),
+            addr: node.addr.to_string(),
             role: if Some(node.uid) == leader {
                 NodeRole::Primary
             } else {

@@ -7,9 +7,10 @@
 //! and the database's port, where this node's proxy serves the database. Replicas are internal
 //! shards, never client endpoints, so every database is reported as a master with no replicas.
 //!
-//! The crate owns the protocol subset and the listener, nothing else: the daemon publishes a
-//! [`Databases`] snapshot (built from the cluster state) through a `tokio::sync::watch` channel,
-//! and [`serve`] answers every command from the latest snapshot. Commands: `PING`, `SENTINEL`
+//! The crate owns the protocol subset, the listener and the snapshot it answers from: the daemon
+//! publishes a [`Databases`] snapshot ([`Databases::of_node`], projected from the cluster state)
+//! through a `tokio::sync::watch` channel, and [`serve`] answers every command from the latest
+//! snapshot. Commands: `PING`, `SENTINEL`
 //! (`get-master-addr-by-name`, `masters`, `master`, `replicas`/`slaves`, `sentinels`, `myid`),
 //! `HELLO`, `AUTH` (accepted, no auth needed), `CLIENT` (`SETNAME`, `GETNAME`, `SETINFO`, `ID`),
 //! `ROLE`, `INFO`, `QUIT`.

@@ -1,13 +1,18 @@
 //! The snapshot the discovery service answers from: which databases this node names, where
-//! their endpoints are, and where the other nodes' discovery services are.
+//! their endpoints are, and where the other nodes' discovery services are; and how it is
+//! projected from the cluster state.
 
 use std::net::{IpAddr, SocketAddr};
 
+use flotilla_model::ClusterState;
+
+use crate::DISCOVERY_PORT;
+
 /// Everything the discovery service names, as of one moment of the cluster state.
 ///
-/// Exists so this crate does not depend on the store: the daemon builds it from the cluster
-/// state (each database's name and port, this node's address, the other nodes' addresses) and
-/// publishes it through a `watch` channel whenever that changes.
+/// Exists so this crate does not depend on the store: [`Databases::of_node`] projects it from
+/// the cluster state (each database's name and port, this node's address, the other nodes'
+/// addresses), and the daemon publishes it through a `watch` channel whenever that changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Databases {
     /// One endpoint per database, in the order `SENTINEL masters` lists them.
@@ -45,6 +50,22 @@ impl Databases {
             endpoints,
             sentinels,
         }
+    }
+
+    /// What the discovery service of the node at `addr` names in cluster state `state`: every
+    /// database at this node's address, and every other node's discovery service.
+    pub fn of_node(state: &ClusterState, addr: IpAddr) -> Self {
+        let peers = state
+            .nodes
+            .values()
+            .map(|n| n.addr)
+            .filter(|ip| *ip != addr)
+            .map(|ip| SocketAddr::new(ip, DISCOVERY_PORT));
+        let databases = state
+            .bdbs
+            .values()
+            .map(|b| (b.spec.name.clone(), b.spec.port));
+        Databases::on_node(addr, databases, peers)
     }
 
     /// The endpoint of the database named `name` (names are compared byte for byte, as
@@ -98,6 +119,53 @@ mod tests {
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(a, run_id("127.0.0.11:8001".parse().unwrap()));
         assert_ne!(a, b);
+    }
+
+    /// A two-node cluster state (nodes 127.0.0.11 and .12) with databases `a` (port 12000)
+    /// and `b` (12001), as the store encodes it.
+    fn two_nodes_two_databases() -> ClusterState {
+        let node = |uid: u64, addr: &str| serde_json::json!({"uid": uid, "addr": addr, "software_version": "0.1.0", "os": "Debian"});
+        let bdb = |uid: u64, name: &str, port: u16| {
+            serde_json::json!({
+                "uid": uid, "name": name, "port": port, "memory_size": 104857600,
+                "shards_count": 1, "replication": false, "redis_version": "redis-7.0",
+                "created_at": 1
+            })
+        };
+        serde_json::from_value(serde_json::json!({
+            "nodes": {"1": node(1, "127.0.0.11"), "2": node(2, "127.0.0.12")},
+            "bdbs": {"1": bdb(1, "a", 12000), "2": bdb(2, "b", 12001)}
+        }))
+        .expect("a cluster state")
+    }
+
+    #[test]
+    fn of_node_names_every_database_at_this_node_and_the_other_nodes_as_sentinels() {
+        let state = two_nodes_two_databases();
+        let addr: IpAddr = "127.0.0.12".parse().unwrap();
+        let dbs = Databases::of_node(&state, addr);
+        let endpoints: Vec<_> = dbs
+            .endpoints
+            .iter()
+            .map(|e| (e.name.as_str(), e.socket_addr()))
+            .collect();
+        assert_eq!(
+            endpoints,
+            [
+                ("a", SocketAddr::new(addr, 12000)),
+                ("b", SocketAddr::new(addr, 12001))
+            ]
+        );
+        assert_eq!(dbs.sentinels, ["127.0.0.11:8001".parse().unwrap()]);
+    }
+
+    #[test]
+    fn of_node_before_the_cluster_exists_names_nothing() {
+        let addr: IpAddr = "127.0.0.11".parse().unwrap();
+        assert_eq!(
+            Databases::of_node(&ClusterState::default(), addr),
+            Databases::default()
+        );
     }
 
     #[test]

@@ -8,14 +8,15 @@
 //! deleted has its listener closed; a port that cannot be bound is retried every second.
 //! The listeners and their client sessions run on a runtime of their own (see `runtime.rs`).
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_model::{Bdb, BdbUid, ClusterState, ShardRole};
-use flotilla_proxy::{EndpointStats, ProxyOptions, SlotMap, Topology, SLOT_COUNT};
-use flotilla_store::Store;
+use flotilla_model::timing::HOLD_TIMEOUT;
+use flotilla_model::{Bdb, BdbUid, ClusterState};
+use flotilla_proxy::{EndpointStats, ProxyOptions, SlotMap, StatsSnapshot, Topology, SLOT_COUNT};
+use flotilla_store::{publish_if_changed, Store, Wakes};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
@@ -24,10 +25,16 @@ mod runtime;
 /// How often endpoints are re-checked even without a store change (to retry failed binds).
 const RESYNC: Duration = Duration::from_secs(1);
 
-/// How long proxies queue a held shard's commands: longer than a planned switchover may take
-/// (hold spread 1 s + catch-up 2 s), so a switchover that succeeds never costs a client error.
-pub const HOLD_TIMEOUT: Duration = Duration::from_secs(5);
+// The proxy's own default is the daemon's hold timeout, not a second number: a proxy started
+// without options (tests, benches) holds as long as the endpoints do.
+const _: () = assert!(
+    flotilla_proxy::DEFAULT_HOLD_TIMEOUT.as_millis() == HOLD_TIMEOUT.as_millis(),
+    "the proxy's default hold timeout must be the cluster's (flotilla_model::timing)"
+);
 
+/// The endpoints' data-path options: the cluster's hold timeout, longer than a planned
+/// switchover may take (see `flotilla_model::timing`), so a switchover that succeeds never
+/// costs a client error.
 fn proxy_options() -> ProxyOptions {
     ProxyOptions {
         hold_timeout: HOLD_TIMEOUT,
@@ -36,21 +43,16 @@ fn proxy_options() -> ProxyOptions {
 }
 
 /// Builds a database's topology from the cluster state: slot owners from its master shards'
-/// `assigned_slots`, each master's address from its node. `None` while some slot has no master
+/// `assigned_slots`, each master's address from its node, and the database's and masters' uids
+/// (which name them in client errors and proxy logs). `None` while some slot has no master
 /// (the database is being created or repaired).
 pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
-    let secret = state.cluster.as_ref()?.secret.clone();
-    let mut masters: Vec<_> = state
-        .shards_of(bdb.uid)
-        .filter(|s| s.role == ShardRole::Master)
-        .collect();
-    masters.sort_by_key(|s| s.assigned_slots.start);
+    let password = state.engine_password().ok()?.to_string();
+    let masters = state.masters_of(bdb.uid);
     let mut owners = vec![u16::MAX; SLOT_COUNT as usize];
     let mut primaries = Vec::with_capacity(masters.len());
     for (index, shard) in masters.iter().enumerate() {
-        let node = state.nodes.get(&shard.node_uid)?;
-        let ip: IpAddr = node.addr.parse().ok()?;
-        primaries.push(SocketAddr::new(ip, shard.port));
+        primaries.push(state.shard_addr(shard).ok()?);
         for slot in shard.assigned_slots.start..=shard.assigned_slots.end {
             owners[usize::from(slot)] = index as u16;
         }
@@ -59,12 +61,15 @@ pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
         return None;
     }
     let slots = SlotMap::from_owners(owners).ok()?;
+    let uids = masters.iter().map(|s| s.uid).collect();
     let mut topology = Topology::new(
         bdb.spec.authentication_redis_pass.clone(),
-        secret,
+        password,
         slots,
         primaries,
     )
+    .ok()?
+    .with_uids(bdb.uid, uids)
     .ok()?;
     for (index, shard) in masters.iter().enumerate() {
         if shard.held {
@@ -94,27 +99,58 @@ impl Drop for Running {
 /// Each served database's request counters on this node, for the metrics endpoint.
 pub type StatsRegistry = Arc<Mutex<HashMap<BdbUid, EndpointStats>>>;
 
+/// What this node serves for one database, as of one moment of the cluster state.
+#[derive(Debug, Clone, PartialEq)]
+struct Served {
+    name: String,
+    port: u16,
+    /// `None` while some slot has no master ([`topology_of`]): a running endpoint keeps its
+    /// last topology, a new one waits.
+    topology: Option<Topology>,
+}
+
+/// The endpoints the cluster state asks of every node: one per database.
+fn served(state: &ClusterState) -> BTreeMap<BdbUid, Served> {
+    state
+        .bdbs
+        .values()
+        .map(|bdb| {
+            let served = Served {
+                name: bdb.spec.name.clone(),
+                port: bdb.spec.port,
+                topology: topology_of(state, bdb),
+            };
+            (bdb.uid, served)
+        })
+        .collect()
+}
+
 /// Keeps this node's endpoint listeners in step with the store until `shutdown` fires; each
 /// endpoint's counters are kept in `stats` while it is served.
 pub async fn run(
     store: Store,
     addr: IpAddr,
     stats: StatsRegistry,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let mut changes = store.subscribe();
+    let wanted = store.watch_projection(served);
+    let mut wakes = Wakes::on_change_or_every(wanted.clone(), RESYNC, shutdown);
     let mut running: HashMap<BdbUid, Running> = HashMap::new();
-    let mut tick = tokio::time::interval(RESYNC);
-    loop {
-        sync(&store.state(), addr, &mut running).await;
+    while wakes.next().await.is_some() {
+        let wanted = wanted.borrow().clone();
+        sync(&wanted, addr, &mut running).await;
         publish_stats(&stats, &running);
-        tokio::select! {
-            _ = changes.changed() => {}
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => break,
-        }
     }
     running.clear();
+}
+
+/// Each served database's counters at this moment, for the metrics endpoint.
+pub fn stats_snapshots(stats: &StatsRegistry) -> Vec<(BdbUid, StatsSnapshot)> {
+    let registry = stats.lock().expect("stats registry lock");
+    registry
+        .iter()
+        .map(|(uid, endpoint)| (*uid, endpoint.snapshot()))
+        .collect()
 }
 
 /// Makes the registry list exactly the endpoints served now.
@@ -128,42 +164,33 @@ fn publish_stats(stats: &StatsRegistry, running: &HashMap<BdbUid, Running>) {
     }
 }
 
-async fn sync(state: &ClusterState, addr: IpAddr, running: &mut HashMap<BdbUid, Running>) {
-    running.retain(|uid, endpoint| {
-        state
-            .bdbs
-            .get(uid)
-            .is_some_and(|bdb| bdb.spec.port == endpoint.port)
-    });
-    for bdb in state.bdbs.values() {
-        let Some(topology) = topology_of(state, bdb) else {
+async fn sync(
+    wanted: &BTreeMap<BdbUid, Served>,
+    addr: IpAddr,
+    running: &mut HashMap<BdbUid, Running>,
+) {
+    running.retain(|uid, endpoint| wanted.get(uid).is_some_and(|w| w.port == endpoint.port));
+    for (uid, served) in wanted {
+        let Some(topology) = &served.topology else {
             continue;
         };
-        match running.get(&bdb.uid) {
-            Some(endpoint) => {
-                endpoint.topology.send_if_modified(|current| {
-                    let changed = *current != topology;
-                    if changed {
-                        *current = topology.clone();
-                    }
-                    changed
-                });
-            }
+        match running.get(uid) {
+            Some(endpoint) => publish_if_changed(&endpoint.topology, topology.clone()),
             None => {
-                if let Some(endpoint) = open(addr, bdb, topology).await {
-                    running.insert(bdb.uid, endpoint);
+                if let Some(endpoint) = open(addr, *uid, served, topology.clone()).await {
+                    running.insert(*uid, endpoint);
                 }
             }
         }
     }
 }
 
-async fn open(addr: IpAddr, bdb: &Bdb, topology: Topology) -> Option<Running> {
-    let port = bdb.spec.port;
+async fn open(addr: IpAddr, uid: BdbUid, served: &Served, topology: Topology) -> Option<Running> {
+    let port = served.port;
     let listener = match TcpListener::bind((addr, port)).await {
         Ok(listener) => listener,
         Err(e) => {
-            tracing::error!(bdb = bdb.uid, %addr, port, error = %e, "cannot bind the database endpoint; retrying");
+            tracing::error!(bdb = uid, %addr, port, error = %e, "cannot bind the database endpoint; retrying");
             return None;
         }
     };
@@ -171,11 +198,11 @@ async fn open(addr: IpAddr, bdb: &Bdb, topology: Topology) -> Option<Running> {
     let listener = match listener.into_std() {
         Ok(listener) => listener,
         Err(e) => {
-            tracing::error!(bdb = bdb.uid, %addr, port, error = %e, "cannot hand the database endpoint to the proxy runtime; retrying");
+            tracing::error!(bdb = uid, %addr, port, error = %e, "cannot hand the database endpoint to the proxy runtime; retrying");
             return None;
         }
     };
-    tracing::info!(bdb = bdb.uid, name = %bdb.spec.name, %addr, port, "serving database endpoint");
+    tracing::info!(bdb = uid, name = %served.name, %addr, port, "serving database endpoint");
     let (topology_tx, topology_rx) = watch::channel(topology);
     let (stop_tx, stop_rx) = oneshot::channel();
     let stats = EndpointStats::new();

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::Subcommand;
 use flotilla_client::Client;
 use flotilla_model::rest::ActionInfo;
-use flotilla_model::ActionStatus;
+use flotilla_model::{ActionStatus, StepState};
 
 /// `flotilla action` subcommands.
 #[derive(Subcommand)]
@@ -103,10 +103,17 @@ fn print_action(action: &ActionInfo) {
         status_word(action.status)
     );
     for (i, step) in action.steps.iter().enumerate() {
-        let mark = match (i as u32).cmp(&action.step_index) {
-            std::cmp::Ordering::Less => "done",
-            std::cmp::Ordering::Equal if action.status == ActionStatus::Running => "now ",
-            _ => "    ",
+        // A node older than the plan field answers only the names.
+        let state = action
+            .plan
+            .get(i)
+            .map(|s| s.state)
+            .unwrap_or_else(|| StepState::at(i, action.step_index, action.status));
+        let mark = match state {
+            StepState::Done => "done",
+            StepState::Current if action.status == ActionStatus::Failed => "fail",
+            StepState::Current => "now ",
+            StepState::Pending => "    ",
         };
         println!("  [{mark}] {step}");
     }

@@ -63,7 +63,7 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
     let failover_observer = observer.clone();
     let actions_observer = observer.clone();
     let node = NodeSpec {
-        addr: args.addr.to_string(),
+        addr: args.addr,
         software_version: software_version(),
         os: flotilla_agent::host::os_name(),
     };
@@ -104,24 +104,27 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
         "discovery service",
     )
     .await?;
-    let discovery = tokio::spawn(serve_discovery(
-        store.clone(),
-        args.addr,
+    let addr = args.addr;
+    let databases =
+        store.watch_projection(move |state| flotilla_discovery::Databases::of_node(state, addr));
+    let discovery = tokio::spawn(flotilla_discovery::serve(
         discovery_listener,
-        stop_rx.clone(),
+        databases,
+        stopped(stop_rx.clone()),
     ));
     let metrics_listener = bind(args.addr, flotilla_metrics::DEFAULT_PORT, "metrics").await?;
     let metrics_source = {
         let (store, stats, shards) = (store.clone(), endpoint_stats, observed_shards.clone());
-        move || metrics_sample(&store, &stats, &shards)
+        move || {
+            let endpoints = flotilla_endpoints::stats_snapshots(&stats);
+            let node_uid = store.uid().unwrap_or(0);
+            flotilla_metrics::sample_of(&store.state(), node_uid, &endpoints, &shards.snapshot())
+        }
     };
-    let mut metrics_stop = stop_rx.clone();
     let metrics = tokio::spawn(flotilla_metrics::serve(
         metrics_listener,
         metrics_source,
-        async move {
-            let _ = metrics_stop.wait_for(|s| *s).await;
-        },
+        stopped(stop_rx.clone()),
     ));
     let reporter = tokio::spawn(flotilla_agent::run_reporter_with_shards(
         store.clone(),
@@ -140,74 +143,6 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
     Ok(())
 }
 
-/// What `/metrics` shows on this node: its endpoints' counters and its own shards.
-fn metrics_sample(
-    store: &Store,
-    stats: &flotilla_endpoints::StatsRegistry,
-    shards: &flotilla_agent::ObservedShards,
-) -> flotilla_metrics::Sample {
-    use flotilla_metrics::{Bucket, DbSample, Histogram, NodeSample, Sample, ShardSample};
-    let state = store.state();
-    let node_uid = store.uid().unwrap_or(0);
-    let registry = stats.lock().expect("stats registry lock").clone();
-    let dbs = registry
-        .iter()
-        .filter_map(|(uid, endpoint)| {
-            let bdb = state.bdbs.get(uid)?;
-            let snapshot = endpoint.snapshot();
-            let latency = Histogram {
-                buckets: snapshot
-                    .latency
-                    .cumulative()
-                    .into_iter()
-                    .map(|(bound_us, count)| Bucket {
-                        upper_bound_seconds: bound_us as f64 / 1e6,
-                        cumulative_count: count,
-                    })
-                    .collect(),
-                sum_seconds: snapshot.latency.sum_us as f64 / 1e6,
-                count: snapshot.latency.count,
-            };
-            Some(DbSample {
-                bdb_uid: *uid,
-                name: bdb.spec.name.clone(),
-                redis_version: bdb.spec.redis_version.to_string(),
-                shards: u64::from(bdb.spec.shards_count),
-                commands_total: snapshot.commands_total,
-                error_replies_total: snapshot.error_replies_total,
-                not_executed_total: snapshot.not_executed_total,
-                connections_current: snapshot.connections_current,
-                connections_total: snapshot.connections_total,
-                latency,
-            })
-        })
-        .collect();
-    let shards = shards
-        .snapshot()
-        .into_iter()
-        .filter_map(|report| {
-            let shard = state.shards.get(&report.uid)?;
-            Some(ShardSample {
-                shard_uid: report.uid,
-                bdb_uid: shard.bdb_uid,
-                node_uid,
-                role: match shard.role {
-                    flotilla_model::ShardRole::Master => flotilla_metrics::ShardRole::Master,
-                    flotilla_model::ShardRole::Slave => flotilla_metrics::ShardRole::Slave,
-                },
-                up: report.up,
-                used_memory_bytes: report.used_memory,
-                repl_offset: report.offset.max(0) as u64,
-            })
-        })
-        .collect();
-    Sample {
-        node: NodeSample { node_uid },
-        dbs,
-        shards,
-    }
-}
-
 /// Where this node's engine binaries are: the installed package's `engines/`, else
 /// `FLOTILLA_ENGINES_DIR`, else the repository's cache (dev and tests).
 fn engine_catalog(args: &StartArgs) -> flotilla_engine::EngineCatalog {
@@ -215,42 +150,6 @@ fn engine_catalog(args: &StartArgs) -> flotilla_engine::EngineCatalog {
         Some(dir) => flotilla_engine::EngineCatalog::new(dir.join("engines")),
         None => flotilla_engine::EngineCatalog::dev(),
     }
-}
-
-/// Serves the Sentinel-compatible discovery API, naming this node's endpoint of every database,
-/// republished whenever the store changes.
-async fn serve_discovery(
-    store: Store,
-    addr: IpAddr,
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-) {
-    let snapshot = |state: &flotilla_model::ClusterState| {
-        let peers = state
-            .nodes
-            .values()
-            .filter_map(|n| n.addr.parse::<IpAddr>().ok())
-            .filter(|ip| *ip != addr)
-            .map(|ip| std::net::SocketAddr::new(ip, flotilla_discovery::DISCOVERY_PORT));
-        let databases = state
-            .bdbs
-            .values()
-            .map(|b| (b.spec.name.clone(), b.spec.port));
-        flotilla_discovery::Databases::on_node(addr, databases, peers)
-    };
-    let (tx, rx) = watch::channel(snapshot(&store.state()));
-    let mut stop_serving = stop.clone();
-    let server = tokio::spawn(flotilla_discovery::serve(listener, rx, async move {
-        let _ = stop_serving.wait_for(|s| *s).await;
-    }));
-    let mut changes = store.subscribe();
-    loop {
-        tokio::select! {
-            _ = changes.changed() => { tx.send_replace(snapshot(&store.state())); }
-            _ = stop.changed() => break,
-        }
-    }
-    let _ = server.await;
 }
 
 /// How long a daemon keeps retrying a port still held by its own previous process (a restart
@@ -276,12 +175,15 @@ async fn bind(addr: IpAddr, port: u16, what: &str) -> Result<TcpListener> {
     }
 }
 
-async fn serve(listener: TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {
-    let shutdown = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
+/// Completes once `stop` turns true (or its sender is gone): the shutdown signal of servers
+/// that take a future.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn serve(listener: TcpListener, router: axum::Router, stop: watch::Receiver<bool>) {
     if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stopped(stop))
         .await
     {
         tracing::error!(error = %e, "server stopped");

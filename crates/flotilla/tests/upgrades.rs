@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use flotilla_model::{Op, SlotRange, UpgradeShape};
 use flotilla_testkit::{
     assert_success, flotilla_bin, load_runtime as runtime, poll_until, start_load,
     stop_load_clean as stop_load, DevCluster,
@@ -123,7 +124,7 @@ fn refused_upgrades_name_the_problem_and_change_nothing() {
         43,
         2,
         &[
-            ("FLOTILLA_FAILPOINT_PAUSE_STEP", "sync_replica"),
+            ("FLOTILLA_FAILPOINT_PAUSE_STEP", Op::SyncReplica.name()),
             ("FLOTILLA_FAILPOINT_PAUSE_MS", "4000"),
         ],
     );
@@ -218,7 +219,7 @@ fn a_cancelled_upgrade_stops_at_a_boundary_with_every_slot_range_on_one_engine()
         44,
         2,
         &[
-            ("FLOTILLA_FAILPOINT_PAUSE_STEP", "sync_replica"),
+            ("FLOTILLA_FAILPOINT_PAUSE_STEP", Op::SyncReplica.name()),
             ("FLOTILLA_FAILPOINT_PAUSE_MS", "3000"),
         ],
     );
@@ -271,48 +272,25 @@ fn a_cancelled_upgrade_stops_at_a_boundary_with_every_slot_range_on_one_engine()
     stop_load(&rt, load);
 }
 
-/// The steps of a one-range replicated upgrade, as the plan names them.
-const STEPS: [&str; 6] = [
-    "add_replacement",
-    "upgrade_replica",
-    "sync_replica",
-    "switchover",
-    "replace_old_master",
-    "finalize",
-];
-
-/// The steps of a one-range replicated upgrade with `--preserve-roles`.
-const PRESERVE_ROLES_STEPS: [&str; 7] = [
-    "upgrade_replica",
-    "sync_replica",
-    "switchover",
-    "upgrade_old_master",
-    "sync_old_master",
-    "switch_back",
-    "finalize",
-];
-
-/// The steps of a one-range upgrade of a database without replication.
-const NO_REPLICATION_STEPS: [&str; 8] = [
-    "add_temporary_replica",
-    "sync_replica",
-    "switchover",
-    "upgrade_old_master",
-    "sync_old_master",
-    "switch_back",
-    "remove_temporary_replica",
-    "finalize",
-];
+/// The operations of a one-range upgrade of `shape`, in order, as the model's plan (the one
+/// the primary node runs) names them; each is also a failpoint name.
+fn one_range_ops(shape: UpgradeShape) -> Vec<&'static str> {
+    shape
+        .steps(&[SlotRange::even(0, 1)], 1)
+        .iter()
+        .map(|step| step.op.name())
+        .collect()
+}
 
 #[test]
 fn the_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_every_step() {
-    kill_the_primary_at_every_step(&STEPS, 45, &["--replication"], &[]);
+    kill_the_primary_at_every_step(UpgradeShape::Replicated, 45, &["--replication"], &[]);
 }
 
 #[test]
 fn an_upgrade_preserving_roles_resumes_after_a_kill_9_of_the_primary_node_at_every_step() {
     kill_the_primary_at_every_step(
-        &PRESERVE_ROLES_STEPS,
+        UpgradeShape::PreserveRoles,
         81,
         &["--replication"],
         &["--preserve-roles"],
@@ -321,20 +299,22 @@ fn an_upgrade_preserving_roles_resumes_after_a_kill_9_of_the_primary_node_at_eve
 
 #[test]
 fn an_upgrade_without_replication_resumes_after_a_kill_9_of_the_primary_node_at_every_step() {
-    kill_the_primary_at_every_step(&NO_REPLICATION_STEPS, 91, &[], &[]);
+    kill_the_primary_at_every_step(UpgradeShape::WithoutReplication, 91, &[], &[]);
 }
 
-/// For each step: a 3-node cluster on subnet `first_subnet + i` whose daemons pause at that
-/// step, a one-range database (`create` arguments added) under load, an upgrade
-/// (`upgrade` arguments added) started from another node; the primary node's daemon is
-/// killed -9 at the step and restarted; the action must complete with every shard on the new
-/// engine and the load clean.
+/// For each step of a one-range upgrade of `shape`: a 3-node cluster on subnet
+/// `first_subnet + i` whose daemons pause at that step, a one-range database (`create`
+/// arguments added) under load, an upgrade (`upgrade` arguments added, which must make it an
+/// upgrade of `shape`) started from another node; the primary node's daemon is killed -9 at
+/// the step and restarted; the action must complete with every shard on the new engine and the
+/// load clean.
 fn kill_the_primary_at_every_step(
-    steps: &[&str],
+    shape: UpgradeShape,
     first_subnet: u8,
     create: &[&str],
     upgrade: &[&str],
 ) {
+    let steps = one_range_ops(shape);
     for (i, step) in steps.iter().enumerate() {
         let subnet = first_subnet + i as u8;
         let cluster = DevCluster::up_with_env(
@@ -374,6 +354,14 @@ fn kill_the_primary_at_every_step(
         ];
         args.extend_from_slice(upgrade);
         assert_success(&cluster.flotilla_at(other, &args), "upgrade");
+        let shown = cluster.json(other, &["action", "show", "1", "--json"]);
+        let listed: Vec<&str> = shown["plan"]
+            .as_array()
+            .expect("action show lists the plan")
+            .iter()
+            .map(|s| s["op"].as_str().unwrap())
+            .collect();
+        assert_eq!(listed, steps, "the action runs the plan the test walks");
         let reached = poll_until(Duration::from_secs(60), || {
             cluster.json(other, &["action", "show", "1", "--json"])["pending_ops"]
                 .as_str()
@@ -449,7 +437,7 @@ fn a_replica_engine_killed_during_its_sync_is_restarted_and_the_upgrade_complete
         53,
         2,
         &[
-            ("FLOTILLA_FAILPOINT_PAUSE_STEP", "sync_replica"),
+            ("FLOTILLA_FAILPOINT_PAUSE_STEP", Op::SyncReplica.name()),
             ("FLOTILLA_FAILPOINT_PAUSE_MS", "1500"),
         ],
     );
@@ -481,7 +469,7 @@ fn a_replica_engine_killed_during_its_sync_is_restarted_and_the_upgrade_complete
         cluster.json(1, &["action", "show", "1", "--json"])["pending_ops"]
             .as_str()
             .unwrap_or("")
-            .starts_with("sync_replica")
+            .starts_with(Op::SyncReplica.name())
     });
     assert!(in_sync, "the action reached sync_replica");
     let replica = cluster

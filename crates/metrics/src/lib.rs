@@ -1,10 +1,12 @@
 //! Flotilla's metrics endpoint: `GET ADDR:8070/metrics` in the OpenMetrics text format, which
 //! Prometheus scrapes natively.
 //!
-//! This crate owns the exposition only. It knows nothing about the store, the proxy or the
-//! engines: the daemon supplies a closure that builds a [`Sample`] (plain numbers for this node,
-//! its databases and its shards), and the closure is called once per scrape. Nothing is cached,
-//! so a scrape always shows what the closure sees at that moment.
+//! This crate owns the exposition and the projection onto it. Rendering and serving know only a
+//! [`Sample`] (plain numbers for this node, its databases and its shards); [`sample_of`] builds
+//! one from the cluster state, the endpoints' counters and the agent's shard reports (values,
+//! never the store or the engines). The daemon supplies a closure that gathers those and calls
+//! it once per scrape. Nothing is cached, so a scrape always shows what the closure sees at
+//! that moment.
 //!
 //! Counters are cumulative since the process that counts them started (`*_total`). Rates such as
 //! a database's ops/s are not computed here; Prometheus derives them, for example
@@ -19,7 +21,7 @@
 //! | `flotilla_bdb_info` | info | `bdb`, `name`, `redis_version` |
 //! | `flotilla_bdb_shards` | gauge | `bdb`, `name` |
 //! | `flotilla_bdb_requests_total` | counter | `bdb`, `name` |
-//! | `flotilla_bdb_errors_total` | counter | `bdb`, `name`, `kind` (`error_reply`, `not_executed`) |
+//! | `flotilla_bdb_errors_total` | counter | `bdb`, `name`, `kind` (`error_reply`, `not_executed`, `unknown_outcome`) |
 //! | `flotilla_bdb_connections` | gauge | `bdb`, `name` |
 //! | `flotilla_bdb_connections_accepted_total` | counter | `bdb`, `name` |
 //! | `flotilla_bdb_latency_seconds` | histogram | `bdb`, `name` |
@@ -29,10 +31,12 @@
 //! | `flotilla_shard_repl_offset` | gauge | `shard`, `bdb`, `node`, `role` |
 
 mod http;
+mod project;
 mod render;
 mod sample;
 
 pub use http::{router, serve, METRICS_PATH};
+pub use project::sample_of;
 pub use render::{render, CONTENT_TYPE};
 pub use sample::{Bucket, DbSample, Histogram, NodeSample, Sample, ShardRole, ShardSample};
 

@@ -83,13 +83,16 @@ fn encode_db_errors(
     encoder: &mut DescriptorEncoder,
     dbs: &[DbSample],
 ) -> Result<(), std::fmt::Error> {
-    let help = "Commands that failed: kind=error_reply (the engine answered with an error) or \
-                kind=not_executed (the endpoint failed them without running them).";
+    let help = "Commands that failed: kind=error_reply (the engine answered with an error), \
+                kind=not_executed (the endpoint failed them without running them) or \
+                kind=unknown_outcome (the shard connection was lost after sending them: they \
+                may or may not have run).";
     let mut metric = encoder.encode_descriptor("bdb_errors", help, None, MetricType::Counter)?;
     for db in dbs {
         for (kind, value) in [
             ("error_reply", db.error_replies_total),
             ("not_executed", db.not_executed_total),
+            ("unknown_outcome", db.unknown_outcome_total),
         ] {
             let mut labels = db_labels(db);
             labels.push(("kind", kind.to_string()));

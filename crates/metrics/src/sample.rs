@@ -35,6 +35,9 @@ pub struct DbSample {
     pub error_replies_total: u64,
     /// Commands the endpoint refused or failed without executing them.
     pub not_executed_total: u64,
+    /// Commands whose outcome is unknown: the shard connection was lost after sending them,
+    /// so they may or may not have run.
+    pub unknown_outcome_total: u64,
     /// Client connections open now.
     pub connections_current: u64,
     /// Client connections accepted since the endpoint started.

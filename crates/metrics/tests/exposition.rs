@@ -15,6 +15,7 @@ fn cache_db() -> DbSample {
         commands_total: 1234,
         error_replies_total: 5,
         not_executed_total: 2,
+        unknown_outcome_total: 3,
         connections_current: 7,
         connections_total: 40,
         latency: Histogram {
@@ -68,6 +69,8 @@ fn database_counters_and_gauges_carry_bdb_and_name() {
     assert_eq!(e.value("flotilla_bdb_errors_total", &reply), 5.0);
     let refused = [("bdb", "1"), ("kind", "not_executed")];
     assert_eq!(e.value("flotilla_bdb_errors_total", &refused), 2.0);
+    let unknown = [("bdb", "1"), ("kind", "unknown_outcome")];
+    assert_eq!(e.value("flotilla_bdb_errors_total", &unknown), 3.0);
     assert_eq!(e.value("flotilla_bdb_connections", &db), 7.0);
     assert_eq!(e.types["flotilla_bdb_connections"], "gauge");
     assert_eq!(

@@ -74,7 +74,7 @@ pub struct Action {
     pub status: ActionStatus,
     /// Index of the step to run next (or running) in the action's plan.
     pub step_index: u32,
-    /// That step's name, e.g. `range 0-8191: upgrade_replica`.
+    /// That step's name, e.g. `upgrade_replica 0-8191` (see [`crate::plan()`]).
     pub step: String,
     /// Steps in the plan.
     pub steps_total: u32,
@@ -106,5 +106,50 @@ impl Action {
     /// Whether the action still runs.
     pub fn is_running(&self) -> bool {
         self.status == ActionStatus::Running
+    }
+}
+
+/// Where an action stands on one step of its plan, as `GET /v1/actions/{uid}` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Finished.
+    Done,
+    /// Running now, or where a failed action stopped.
+    Current,
+    /// Not run (yet, or ever: the action was cancelled before it).
+    Pending,
+}
+
+impl StepState {
+    /// The state of step `index` of a plan whose action is at step `step_index` with
+    /// `status`: the steps before it are done; it is current while the action runs or once the
+    /// action failed there.
+    pub fn at(index: usize, step_index: u32, status: ActionStatus) -> StepState {
+        let stopped_here = matches!(status, ActionStatus::Running | ActionStatus::Failed);
+        match index.cmp(&(step_index as usize)) {
+            std::cmp::Ordering::Less => StepState::Done,
+            std::cmp::Ordering::Equal if stopped_here => StepState::Current,
+            _ => StepState::Pending,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_before_the_recorded_one_are_done_and_it_is_current_unless_the_action_ended_well() {
+        let states =
+            |status| -> Vec<StepState> { (0..3).map(|i| StepState::at(i, 1, status)).collect() };
+        use StepState::{Current, Done, Pending};
+        assert_eq!(states(ActionStatus::Running), [Done, Current, Pending]);
+        assert_eq!(states(ActionStatus::Failed), [Done, Current, Pending]);
+        assert_eq!(states(ActionStatus::Cancelled), [Done, Pending, Pending]);
+        let completed: Vec<StepState> = (0..3)
+            .map(|i| StepState::at(i, 3, ActionStatus::Completed))
+            .collect();
+        assert_eq!(completed, [Done, Done, Done]);
     }
 }

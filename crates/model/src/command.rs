@@ -1,8 +1,15 @@
 //! Typed commands: the only way the replicated cluster state changes.
+//!
+//! Every kind of [`Command`] carries one struct, so the code that proposes a change, the code
+//! that applies it and the tests name the same fields. The JSON is that of the struct's fields
+//! next to `kind` (serde's internally tagged newtype variant), exactly as the first release wrote
+//! its struct variants: the tests below decode that release's samples and re-encode them.
+
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::action::{ActionKind, ActionStatus, ActionUid};
+use crate::action::{ActionKind, ActionStatus, ActionUid, StepRecord};
 use crate::bdb::{BdbSpec, BdbUid, ShardPlan, ShardUid};
 use crate::engine_version::EngineVersion;
 use crate::error::ModelError;
@@ -16,179 +23,251 @@ use crate::state::{Credentials, NodeUid};
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Command {
     /// Creates the cluster with its first node (uid 1).
-    CreateCluster {
-        /// Cluster name.
-        name: String,
-        /// Operator credentials (hashed).
-        credentials: Credentials,
-        /// Internal RPC secret.
-        secret: String,
-        /// Creation time, seconds since the epoch.
-        created_at: u64,
-        /// The creating node.
-        node: NodeSpec,
-    },
+    CreateCluster(ClusterCreation),
     /// Adds a joining node; a node already known by address keeps its uid.
-    AddNode {
-        /// The joining node.
-        node: NodeSpec,
-    },
+    AddNode(NodeAddition),
     /// Changes cluster settings; `None` fields stay as they are.
-    UpdateCluster {
-        /// New cluster name.
-        #[serde(default)]
-        name: Option<String>,
-    },
+    UpdateCluster(ClusterChange),
     /// Records a node's new software version or OS (after an upgrade or a restart).
-    UpdateNode {
-        /// The node.
-        uid: NodeUid,
-        /// Its software version now.
-        software_version: String,
-        /// Its OS now.
-        os: String,
-    },
+    UpdateNode(NodeChange),
     /// Creates a database with its shards placed as planned.
-    CreateBdb {
-        /// The database.
-        bdb: BdbSpec,
-        /// Creation time, seconds since the epoch.
-        created_at: u64,
-        /// Where each shard goes.
-        shards: Vec<ShardPlan>,
-    },
+    CreateBdb(BdbCreation),
     /// Changes a database's memory limit or client password; `None` fields stay as they are.
-    UpdateBdb {
-        /// The database.
-        uid: BdbUid,
-        /// New memory limit in bytes.
-        #[serde(default)]
-        memory_size: Option<u64>,
-        /// New client password (`Some(None)` removes it).
-        #[serde(default)]
-        authentication_redis_pass: Option<Option<String>>,
-    },
+    UpdateBdb(BdbChange),
     /// Deletes a database and its shards (agents stop the engines).
-    DeleteBdb {
-        /// The database.
-        uid: BdbUid,
-    },
+    DeleteBdb(BdbDeletion),
     /// Makes a slave shard the master of its slot range (failover, switchover); the previous
     /// master becomes a slave.
-    PromoteShard {
-        /// The shard to promote.
-        uid: ShardUid,
-        /// Only if its master's slots are still held (a planned switchover): a switchover whose
-        /// hold was released meanwhile (by a new primary node repairing it) must not complete.
-        #[serde(default)]
-        require_held: bool,
-    },
+    PromoteShard(ShardPromotion),
     /// Adds a temporary replica to a slot range (an upgrade of a database without
     /// replication moves its data through it).
-    AddTemporaryReplica {
-        /// The database.
-        bdb_uid: BdbUid,
-        /// Where it goes (its role is always slave).
-        plan: ShardPlan,
-        /// The engine it runs.
-        redis_version: EngineVersion,
-    },
+    AddTemporaryReplica(TemporaryReplicaAddition),
     /// Adds the replacement of a master shard during a replicated database's upgrade: a
     /// temporary replica on the master's own node, running the new engine, that syncs from the
     /// same RDB stream as the upgraded replica and takes the old master's place
     /// ([`Command::ReplaceShard`]) once the master role moved away.
-    AddReplacement {
-        /// The database.
-        bdb_uid: BdbUid,
-        /// The shard it replaces (its node and slot range are the replacement's).
-        replaces: ShardUid,
-        /// Its port on that node.
-        port: u16,
-        /// The engine it runs.
-        redis_version: EngineVersion,
-    },
+    AddReplacement(ReplacementAddition),
     /// Puts a replacement in the place of the shard it replaces: removes the other,
     /// non-temporary shard of its slot range on its node (a slave by then) and makes the
     /// replacement permanent, in one step.
-    ReplaceShard {
-        /// The replacement (added by [`Command::AddReplacement`]).
-        replacement: ShardUid,
-    },
+    ReplaceShard(ShardReplacement),
     /// Removes a temporary replica (its agent stops the engine and deletes its data).
-    RemoveShard {
-        /// The shard.
-        uid: ShardUid,
-    },
+    RemoveShard(ShardRemoval),
     /// Sets or clears the switchover hold on a master shard's slots.
-    HoldShard {
-        /// The master shard.
-        uid: ShardUid,
-        /// Hold (true) or release (false).
-        held: bool,
-    },
+    HoldShard(ShardHold),
     /// Starts an action; refused while another running action touches the same database.
-    CreateAction {
-        /// What it does.
-        action: ActionKind,
-        /// Its plan's length.
-        steps_total: u32,
-        /// Its first step's name.
-        first_step: String,
-        /// Creation time, seconds since the epoch.
-        created_at: u64,
-    },
+    CreateAction(ActionCreation),
     /// Records an action's progress: the step it reached, or how it ended.
-    UpdateAction {
-        /// The action.
-        uid: ActionUid,
-        /// Its status now.
-        status: ActionStatus,
-        /// The step to run next.
-        step_index: u32,
-        /// That step's name.
-        step: String,
-        /// The error, when it failed.
-        #[serde(default)]
-        error: Option<String>,
-        /// Time of the change, seconds since the epoch.
-        updated_at: u64,
-        /// The step that just finished and how long it took.
-        #[serde(default)]
-        finished: Option<crate::action::StepRecord>,
-        /// Applied only while the action is still at this step (a deposed primary node must
-        /// not rewind or fail an action the new primary node drives).
-        #[serde(default)]
-        expected_step: Option<u32>,
-    },
+    UpdateAction(ActionUpdate),
     /// Asks a running action to stop at its next safe step boundary.
-    CancelAction {
-        /// The action.
-        uid: ActionUid,
-    },
+    CancelAction(ActionCancellation),
     /// Sets the engine version a shard should run (agents restart it on that engine).
-    SetShardVersion {
-        /// The shard.
-        uid: ShardUid,
-        /// The engine.
-        redis_version: EngineVersion,
-    },
+    SetShardVersion(ShardVersionChange),
     /// Records a database's engine version once all its shards run it.
-    SetBdbVersion {
-        /// The database.
-        uid: BdbUid,
-        /// The engine.
-        redis_version: EngineVersion,
-    },
+    SetBdbVersion(BdbVersionChange),
     /// A command kind this software version does not know; applying it changes nothing.
     #[serde(other)]
     Unknown,
 }
 
+/// [`Command::CreateCluster`]: the new cluster and its first node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCreation {
+    /// Cluster name.
+    pub name: String,
+    /// Operator credentials (hashed).
+    pub credentials: Credentials,
+    /// Internal RPC secret.
+    pub secret: String,
+    /// Creation time, seconds since the epoch.
+    pub created_at: u64,
+    /// The creating node.
+    pub node: NodeSpec,
+}
+
+/// [`Command::AddNode`]: the joining node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddition {
+    /// The joining node.
+    pub node: NodeSpec,
+}
+
+/// [`Command::UpdateCluster`]: the settings that change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterChange {
+    /// New cluster name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// [`Command::UpdateNode`]: what a node runs now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeChange {
+    /// The node.
+    pub uid: NodeUid,
+    /// Its software version now.
+    pub software_version: String,
+    /// Its OS now.
+    pub os: String,
+}
+
+/// [`Command::CreateBdb`]: the database and where its shards go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BdbCreation {
+    /// The database.
+    pub bdb: BdbSpec,
+    /// Creation time, seconds since the epoch.
+    pub created_at: u64,
+    /// Where each shard goes.
+    pub shards: Vec<ShardPlan>,
+}
+
+/// [`Command::UpdateBdb`]: the database settings that change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BdbChange {
+    /// The database.
+    pub uid: BdbUid,
+    /// New memory limit in bytes.
+    #[serde(default)]
+    pub memory_size: Option<u64>,
+    /// New client password (`Some(None)` removes it).
+    #[serde(default)]
+    pub authentication_redis_pass: Option<Option<String>>,
+}
+
+/// [`Command::DeleteBdb`]: the database to delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BdbDeletion {
+    /// The database.
+    pub uid: BdbUid,
+}
+
+/// [`Command::PromoteShard`]: the shard that becomes its slot range's master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardPromotion {
+    /// The shard to promote.
+    pub uid: ShardUid,
+    /// Only if its master's slots are still held (a planned switchover): a switchover whose
+    /// hold was released meanwhile (by a new primary node repairing it) must not complete.
+    #[serde(default)]
+    pub require_held: bool,
+}
+
+/// [`Command::AddTemporaryReplica`]: where the temporary replica goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemporaryReplicaAddition {
+    /// The database.
+    pub bdb_uid: BdbUid,
+    /// Where it goes (its role is always slave).
+    pub plan: ShardPlan,
+    /// The engine it runs.
+    pub redis_version: EngineVersion,
+}
+
+/// [`Command::AddReplacement`]: the master shard to replace and its replacement's port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplacementAddition {
+    /// The database.
+    pub bdb_uid: BdbUid,
+    /// The shard it replaces (its node and slot range are the replacement's).
+    pub replaces: ShardUid,
+    /// Its port on that node.
+    pub port: u16,
+    /// The engine it runs.
+    pub redis_version: EngineVersion,
+}
+
+/// [`Command::ReplaceShard`]: the replacement that takes its old shard's place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardReplacement {
+    /// The replacement (added by [`Command::AddReplacement`]).
+    pub replacement: ShardUid,
+}
+
+/// [`Command::RemoveShard`]: the temporary replica to remove.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRemoval {
+    /// The shard.
+    pub uid: ShardUid,
+}
+
+/// [`Command::HoldShard`]: the master shard whose slots are held or released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardHold {
+    /// The master shard.
+    pub uid: ShardUid,
+    /// Hold (true) or release (false).
+    pub held: bool,
+}
+
+/// [`Command::CreateAction`]: the action and its plan's first step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionCreation {
+    /// What it does.
+    pub action: ActionKind,
+    /// Its plan's length.
+    pub steps_total: u32,
+    /// Its first step's name.
+    pub first_step: String,
+    /// Creation time, seconds since the epoch.
+    pub created_at: u64,
+}
+
+/// [`Command::UpdateAction`]: the step an action reached, or how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionUpdate {
+    /// The action.
+    pub uid: ActionUid,
+    /// Its status now.
+    pub status: ActionStatus,
+    /// The step to run next.
+    pub step_index: u32,
+    /// That step's name.
+    pub step: String,
+    /// The error, when it failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Time of the change, seconds since the epoch.
+    pub updated_at: u64,
+    /// The step that just finished and how long it took.
+    #[serde(default)]
+    pub finished: Option<StepRecord>,
+    /// Applied only while the action is still at this step (a deposed primary node must
+    /// not rewind or fail an action the new primary node drives).
+    #[serde(default)]
+    pub expected_step: Option<u32>,
+}
+
+/// [`Command::CancelAction`]: the action to stop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionCancellation {
+    /// The action.
+    pub uid: ActionUid,
+}
+
+/// [`Command::SetShardVersion`]: the engine a shard should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardVersionChange {
+    /// The shard.
+    pub uid: ShardUid,
+    /// The engine.
+    pub redis_version: EngineVersion,
+}
+
+/// [`Command::SetBdbVersion`]: the engine a database runs once all its shards run it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BdbVersionChange {
+    /// The database.
+    pub uid: BdbUid,
+    /// The engine.
+    pub redis_version: EngineVersion,
+}
+
 /// What a node says about itself when it creates or joins the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeSpec {
-    /// The address the node binds.
-    pub addr: String,
+    /// The address the node binds (written as text, e.g. `"127.0.0.11"`).
+    pub addr: IpAddr,
     /// Its Flotilla software version.
     pub software_version: String,
     /// Its operating system.
@@ -245,12 +324,122 @@ mod tests {
 
     #[test]
     fn commands_round_trip_and_tolerate_extra_fields() {
-        let cmd = Command::UpdateCluster {
+        let cmd = Command::UpdateCluster(ClusterChange {
             name: Some("n".into()),
-        };
+        });
         let mut json: serde_json::Value = serde_json::to_value(&cmd).unwrap();
         json["added_in_a_newer_version"] = serde_json::json!(true);
         let back: Command = serde_json::from_value(json).unwrap();
         assert_eq!(back, cmd);
+    }
+
+    /// Every command kind as release 0.1.0 (commit 07de9e1, struct variants) encoded it; each
+    /// must decode and encode again to the same text, so that old and new nodes apply the same
+    /// Raft log.
+    const SAMPLES_0_1_0: &[&str] = &[
+        r#"{"kind":"create_cluster","name":"c1","credentials":{"username":"admin","password_hash":"$argon2id$v=19$x"},"secret":"s3cret","created_at":1700000000,"node":{"addr":"127.0.0.11","software_version":"0.1.0","os":"Debian GNU/Linux 12 (bookworm)"}}"#,
+        r#"{"kind":"add_node","node":{"addr":"127.0.0.12","software_version":"0.1.0","os":"Debian GNU/Linux 12 (bookworm)"}}"#,
+        r#"{"kind":"update_cluster","name":"c2"}"#,
+        r#"{"kind":"update_cluster","name":null}"#,
+        r#"{"kind":"update_node","uid":2,"software_version":"0.2.0","os":"Ubuntu 24.04"}"#,
+        r#"{"kind":"create_bdb","bdb":{"name":"db1","port":12000,"memory_size":104857600,"shards_count":2,"replication":true,"data_persistence":"aof","redis_version":"redis-7.0","authentication_redis_pass":"pw"},"created_at":1700000001,"shards":[{"node_uid":1,"role":"master","assigned_slots":"0-8191","port":20001},{"node_uid":2,"role":"slave","assigned_slots":"0-8191","port":20001}]}"#,
+        r#"{"kind":"update_bdb","uid":1,"memory_size":209715200,"authentication_redis_pass":"new"}"#,
+        r#"{"kind":"update_bdb","uid":1,"memory_size":null,"authentication_redis_pass":null}"#,
+        r#"{"kind":"delete_bdb","uid":1}"#,
+        r#"{"kind":"promote_shard","uid":2,"require_held":true}"#,
+        r#"{"kind":"add_temporary_replica","bdb_uid":1,"plan":{"node_uid":2,"role":"slave","assigned_slots":"0-8191","port":20001},"redis_version":"valkey-9.1"}"#,
+        r#"{"kind":"add_replacement","bdb_uid":1,"replaces":1,"port":20002,"redis_version":"valkey-8.1"}"#,
+        r#"{"kind":"replace_shard","replacement":5}"#,
+        r#"{"kind":"remove_shard","uid":5}"#,
+        r#"{"kind":"hold_shard","uid":1,"held":true}"#,
+        r#"{"kind":"create_action","action":{"type":"db_upgrade","bdb_uid":1,"redis_version":"valkey-8.1","preserve_roles":true,"parallel_shards":2,"discard_data":false,"original_masters":[1,3]},"steps_total":13,"first_step":"upgrade_replica 0-8191,8192-16383","created_at":1700000002}"#,
+        r#"{"kind":"update_action","uid":1,"status":"running","step_index":3,"step":"switchover 0-8191","error":null,"updated_at":1700000003,"finished":{"step":"sync_replica 0-8191","duration_ms":1234},"expected_step":2}"#,
+        r#"{"kind":"update_action","uid":1,"status":"failed","step_index":3,"step":"switchover 0-8191","error":"boom","updated_at":1700000004,"finished":null,"expected_step":null}"#,
+        r#"{"kind":"cancel_action","uid":1}"#,
+        r#"{"kind":"set_shard_version","uid":3,"redis_version":"valkey-9.1"}"#,
+        r#"{"kind":"set_bdb_version","uid":1,"redis_version":"valkey-9.1"}"#,
+    ];
+
+    /// The `kind` of each variant, by an exhaustive match: a new kind does not compile here
+    /// until it is named, and then fails the test below until it has a sample.
+    fn kind_of(command: &Command) -> &'static str {
+        match command {
+            Command::CreateCluster(_) => "create_cluster",
+            Command::AddNode(_) => "add_node",
+            Command::UpdateCluster(_) => "update_cluster",
+            Command::UpdateNode(_) => "update_node",
+            Command::CreateBdb(_) => "create_bdb",
+            Command::UpdateBdb(_) => "update_bdb",
+            Command::DeleteBdb(_) => "delete_bdb",
+            Command::PromoteShard(_) => "promote_shard",
+            Command::AddTemporaryReplica(_) => "add_temporary_replica",
+            Command::AddReplacement(_) => "add_replacement",
+            Command::ReplaceShard(_) => "replace_shard",
+            Command::RemoveShard(_) => "remove_shard",
+            Command::HoldShard(_) => "hold_shard",
+            Command::CreateAction(_) => "create_action",
+            Command::UpdateAction(_) => "update_action",
+            Command::CancelAction(_) => "cancel_action",
+            Command::SetShardVersion(_) => "set_shard_version",
+            Command::SetBdbVersion(_) => "set_bdb_version",
+            Command::Unknown => "unknown",
+        }
+    }
+
+    #[test]
+    fn every_command_kind_keeps_the_encoding_of_0_1_0() {
+        let mut kinds = std::collections::BTreeSet::new();
+        for sample in SAMPLES_0_1_0 {
+            let command: Command = serde_json::from_str(sample)
+                .unwrap_or_else(|e| panic!("{sample} no longer decodes: {e}"));
+            let kind = kind_of(&command);
+            assert!(
+                sample.starts_with(&format!(r#"{{"kind":"{kind}","#)),
+                "{sample} decoded as {command:?}"
+            );
+            assert_eq!(
+                serde_json::to_string(&command).unwrap(),
+                *sample,
+                "re-encoded differently"
+            );
+            kinds.insert(kind);
+        }
+        assert_eq!(kinds.len(), 18, "one sample per command kind but unknown");
+    }
+
+    #[test]
+    fn the_fields_added_after_the_first_commands_may_be_missing() {
+        let promote: Command = serde_json::from_str(r#"{"kind":"promote_shard","uid":2}"#).unwrap();
+        assert_eq!(
+            promote,
+            Command::PromoteShard(ShardPromotion {
+                uid: 2,
+                require_held: false
+            })
+        );
+        let update: Command = serde_json::from_str(
+            r#"{"kind":"update_action","uid":1,"status":"running","step_index":1,"step":"s","updated_at":5}"#,
+        )
+        .unwrap();
+        let Command::UpdateAction(update) = update else {
+            panic!("{update:?}")
+        };
+        assert_eq!(
+            (update.error, update.finished, update.expected_step),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn command_results_keep_the_encoding_of_0_1_0() {
+        for sample in [
+            r#"{"result":"ok"}"#,
+            r#"{"result":"node_added","uid":1}"#,
+            r#"{"result":"refused","error_code":"not_bootstrapped"}"#,
+            r#"{"result":"refused","error_code":"invalid_value","description":"x"}"#,
+        ] {
+            let result: CommandResult = serde_json::from_str(sample).unwrap();
+            assert_eq!(serde_json::to_string(&result).unwrap(), sample);
+        }
     }
 }

@@ -5,6 +5,12 @@
 //! It has no I/O: the store crate replicates [`Command`]s through Raft and
 //! applies them here with [`ClusterState::apply`], deterministically, on every node.
 //!
+//! It also answers what the other crates ask of the state, once: the slot group of a range
+//! ([`ClusterState::slot_group`]), a shard's engine address ([`ClusterState::shard_addr`]), the
+//! engines' password ([`ClusterState::engine_password`]), a database's masters in slot order
+//! ([`ClusterState::masters_of`]), whether a reported replica is linked
+//! ([`rest::ShardReport::serves_in`]) and the steps of an action ([`plan()`]).
+//!
 //! # Encoding across adjacent software versions
 //!
 //! Commands and state are serialized as JSON (serde) and follow three rules so that a node one
@@ -19,18 +25,28 @@
 
 mod action;
 mod bdb;
+mod clock;
 mod command;
 mod engine_version;
 mod error;
+mod plan;
 pub mod rest;
 mod state;
+pub mod timing;
 
-pub use action::{Action, ActionKind, ActionStatus, ActionUid, StepRecord};
+pub use action::{Action, ActionKind, ActionStatus, ActionUid, StepRecord, StepState};
 pub use bdb::{
     Bdb, BdbSpec, BdbUid, DataPersistence, Shard, ShardPlan, ShardRole, ShardUid, SlotRange,
     ENDPOINT_PORTS, MAX_SHARDS, SHARD_PORTS, SLOT_COUNT,
 };
-pub use command::{Command, CommandResult, NodeSpec};
+pub use clock::now_secs;
+pub use command::{
+    ActionCancellation, ActionCreation, ActionUpdate, BdbChange, BdbCreation, BdbDeletion,
+    BdbVersionChange, ClusterChange, ClusterCreation, Command, CommandResult, NodeAddition,
+    NodeChange, NodeSpec, ReplacementAddition, ShardHold, ShardPromotion, ShardRemoval,
+    ShardReplacement, ShardVersionChange, TemporaryReplicaAddition,
+};
 pub use engine_version::{EngineVersion, UnknownEngineVersion};
 pub use error::ModelError;
-pub use state::{Cluster, ClusterState, Credentials, IdCounters, Node, NodeUid};
+pub use plan::{plan, Op, Step, UpgradeShape};
+pub use state::{Cluster, ClusterState, Credentials, IdCounters, Node, NodeUid, SlotGroup};

@@ -200,6 +200,32 @@ pub struct ShardReport {
     pub pid: Option<u32>,
 }
 
+/// Whether a replica must be linked to its master to count as serving in its role: the one
+/// reason the callers of [`ShardReport::serves_in`] differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaLink {
+    /// A replica serves once it holds its master's data: its link is up and no full sync is
+    /// under way (what a failover, an upgrade's sync steps and a shard's `active` status need).
+    Required,
+    /// A replica serves once its engine answers as a replica, synced or not (shards that an
+    /// upgrade with `discard_data` restarted empty: nothing to wait for).
+    NotRequired,
+}
+
+impl ShardReport {
+    /// Whether the shard's engine answers in `role` and, for a replica when `link` requires it,
+    /// holds its master's data: its link to the master is up and no full sync is under way.
+    /// The one rule for "is this reported replica linked", used by the API (`active` vs
+    /// `syncing`), failover (which replicas may be promoted), the upgrade steps (when a sync is
+    /// done) and the agent (when to stop watching a sync).
+    pub fn serves_in(&self, role: crate::ShardRole, link: ReplicaLink) -> bool {
+        let linked = self.master_link_up && !self.sync_in_progress;
+        let link_ok =
+            role == crate::ShardRole::Master || link == ReplicaLink::NotRequired || linked;
+        self.up && self.role == Some(role) && link_ok
+    }
+}
+
 /// `POST /v1/bdbs`: a new database, in Redis Software's field names. Omitted fields take their
 /// defaults (1 shard, no replication, no persistence, the cluster's default engine).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -354,7 +380,7 @@ pub struct ActionInfo {
     pub steps_total: u32,
     /// Percent done.
     pub progress: f64,
-    /// Every step's name, in order.
+    /// Every step's name, in order (the names of `plan`, kept for older clients).
     pub steps: Vec<String>,
     /// Why it failed.
     pub error: Option<String>,
@@ -365,4 +391,72 @@ pub struct ActionInfo {
     pub history: Vec<crate::StepRecord>,
     /// The action's parameters.
     pub kind: crate::ActionKind,
+    /// The plan's steps with where the action stands on each (empty from a node older than
+    /// this field).
+    #[serde(default)]
+    pub plan: Vec<PlanStepInfo>,
+}
+
+/// One step of an action's plan in `GET /v1/actions/{uid}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanStepInfo {
+    /// The step's name, e.g. `upgrade_replica 0-8191`.
+    pub name: String,
+    /// Its operation, the name's first word (what `FLOTILLA_FAILPOINT_PAUSE_STEP` matches).
+    pub op: String,
+    /// A cancel request may stop the action before this step.
+    pub cancel_point: bool,
+    /// Done, current or pending.
+    pub state: crate::StepState,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ShardRole::{Master, Slave};
+
+    fn report(role: crate::ShardRole, master_link_up: bool, sync_in_progress: bool) -> ShardReport {
+        ShardReport {
+            uid: 1,
+            up: true,
+            role: Some(role),
+            offset: 0,
+            master_link_up,
+            sync_in_progress,
+            used_memory: 0,
+            engine_version: None,
+            pid: None,
+        }
+    }
+
+    #[test]
+    fn a_replica_serves_once_linked_with_no_full_sync_under_way() {
+        use ReplicaLink::{NotRequired, Required};
+        assert!(report(Slave, true, false).serves_in(Slave, Required));
+        assert!(!report(Slave, false, false).serves_in(Slave, Required));
+        assert!(!report(Slave, true, true).serves_in(Slave, Required));
+        assert!(!report(Slave, false, true).serves_in(Slave, Required));
+        assert!(report(Slave, false, true).serves_in(Slave, NotRequired));
+        assert!(report(Master, false, false).serves_in(Master, Required));
+        assert!(
+            !report(Master, false, false).serves_in(Slave, NotRequired),
+            "wrong role"
+        );
+        assert!(
+            !report(Slave, true, false).serves_in(Master, Required),
+            "wrong role"
+        );
+        let down = ShardReport {
+            up: false,
+            ..report(Slave, true, false)
+        };
+        assert!(!down.serves_in(Slave, NotRequired));
+    }
+
+    #[test]
+    fn an_action_from_a_node_without_plans_still_decodes() {
+        let json = r#"{"action_uid":1,"name":"SMUpgradeBDB","object":"bdb:1","status":"running","pending_ops":"finalize","step_index":0,"steps_total":1,"progress":0.0,"steps":["finalize"],"error":null,"cancel_requested":false,"history":[],"kind":{"type":"db_upgrade","bdb_uid":1,"redis_version":"valkey-8.1","preserve_roles":false,"parallel_shards":1,"discard_data":false,"original_masters":[1]}}"#;
+        let info: ActionInfo = serde_json::from_str(json).unwrap();
+        assert!(info.plan.is_empty());
+    }
 }

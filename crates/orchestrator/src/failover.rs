@@ -10,35 +10,27 @@
 //! with any asynchronously replicated Redis.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use flotilla_engine::{ClientOptions, EngineClient};
-use flotilla_model::rest::ShardReport;
-use flotilla_model::{ClusterState, Command, CommandResult, Shard, ShardRole, ShardUid};
-use flotilla_store::{Store, StoreError};
+use flotilla_model::rest::{ReplicaLink, ShardReport};
+use flotilla_model::timing::{
+    FAILOVER_AFTER, FAILOVER_CHECK_EVERY, LINK_MEMORY, ORPHANED_HOLD_GRACE,
+};
+use flotilla_model::{
+    ClusterState, Command, CommandResult, Shard, ShardPromotion, ShardRole, ShardUid,
+};
+use flotilla_store::{Store, StoreError, Wakes};
 use tokio::sync::watch;
 
 use crate::Observer;
 
-/// How long a master shard must fail before its replica is promoted.
-pub const FAILOVER_AFTER: Duration = Duration::from_millis(1500);
-/// How recently a replica must have been seen linked to its master to be promoted: covers the
-/// liveness window of a dead master's last report plus [`FAILOVER_AFTER`], with margin.
-const LINK_MEMORY: Duration = Duration::from_secs(10);
-/// How often master shards are checked.
-const CHECK_EVERY: Duration = Duration::from_millis(250);
-
 /// Watches master shards and fails them over until `shutdown` fires.
-pub async fn run_failover(store: Store, observer: Observer, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_failover(store: Store, observer: Observer, shutdown: watch::Receiver<bool>) {
     let mut memory = Memory::default();
     let mut held_since: HashMap<ShardUid, Instant> = HashMap::new();
-    let mut tick = tokio::time::interval(CHECK_EVERY);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
+    let mut wakes = Wakes::every(FAILOVER_CHECK_EVERY, shutdown);
+    while wakes.next().await.is_some() {
         if !store.is_leader() {
             memory = Memory::default();
             held_since.clear();
@@ -110,9 +102,6 @@ impl Memory {
     }
 }
 
-/// How long a hold nobody drives may last before the primary node repairs it.
-const ORPHANED_HOLD_GRACE: Duration = Duration::from_secs(1);
-
 /// Completes or undoes switchovers whose primary node died mid-way (their slots stay held,
 /// and proxies would queue them until the hold timeout, then answer TRYAGAIN).
 async fn repair_orphaned_holds(observer: &Observer, held_since: &mut HashMap<ShardUid, Instant>) {
@@ -138,15 +127,10 @@ async fn check_once(store: &Store, observer: &Observer, memory: &mut Memory) {
     let state = store.state();
     let reports = observer.shard_reports();
     let masters: Vec<&Shard> = state
-        .shards
+        .bdbs
         .values()
-        .filter(|s| s.role == ShardRole::Master)
-        .filter(|s| {
-            state
-                .bdbs
-                .get(&s.bdb_uid)
-                .is_some_and(|b| b.spec.replication)
-        })
+        .filter(|b| b.spec.replication)
+        .flat_map(|b| state.masters_of(b.uid))
         .collect();
     memory
         .failing_since
@@ -177,10 +161,10 @@ async fn check_once(store: &Store, observer: &Observer, memory: &mut Memory) {
             "master shard unreachable for {:?}: promoting its replica",
             since.elapsed()
         );
-        let promote = Command::PromoteShard {
+        let promote = Command::PromoteShard(ShardPromotion {
             uid: replica,
             require_held: false,
-        };
+        });
         let outcome = store.propose(promote).await;
         let promotion = memory.settle(master.uid, replica, &outcome);
         let Err(e) = outcome else { continue };
@@ -209,7 +193,7 @@ async fn master_healthy(
     // One bad observation by an agent (a fork stall, a slow reply) never triggers a failover
     // alone: the primary node must fail to reach the master too.
     match report {
-        Some(r) if r.up && r.role == Some(ShardRole::Master) => true,
+        Some(r) if r.serves_in(ShardRole::Master, ReplicaLink::Required) => true,
         _ => probe(state, master).await.is_some(),
     }
 }
@@ -223,13 +207,10 @@ fn remember_links(
     reports: &std::collections::BTreeMap<ShardUid, ShardReport>,
     linked: &mut HashMap<ShardUid, Instant>,
 ) {
-    let replicas = state
-        .shards_of(master.bdb_uid)
-        .filter(|s| s.role == ShardRole::Slave && s.assigned_slots == master.assigned_slots);
-    for replica in replicas {
+    for replica in state.slot_group_of(master).replicas() {
         if reports
             .get(&replica.uid)
-            .is_some_and(|r| r.up && r.master_link_up)
+            .is_some_and(|r| r.serves_in(ShardRole::Slave, ReplicaLink::Required))
         {
             linked.insert(replica.uid, Instant::now());
         }
@@ -246,10 +227,7 @@ async fn best_replica(
 ) -> Option<ShardUid> {
     let linked = &memory.linked;
     let mut best: Option<(i64, ShardUid)> = None;
-    for replica in state.shards_of(master.bdb_uid) {
-        if replica.role != ShardRole::Slave || replica.assigned_slots != master.assigned_slots {
-            continue;
-        }
+    for replica in state.slot_group_of(master).replicas() {
         // A replica not seen linked lately is not promoted; one never seen (this primary node
         // just took over) is judged by its offset below. One seen linked may be at offset 0: it
         // synced everything from the RDB of a master that had no replica before.
@@ -275,13 +253,13 @@ async fn best_replica(
 
 /// PINGs a shard's engine from this node; its replication offset when it answers.
 async fn probe(state: &ClusterState, shard: &Shard) -> Option<i64> {
-    let secret = &state.cluster.as_ref()?.secret;
-    let ip: IpAddr = state.nodes.get(&shard.node_uid)?.addr.parse().ok()?;
+    let password = state.engine_password().ok()?;
+    let addr = state.shard_addr(shard).ok()?;
     let options = ClientOptions {
         connect_timeout: Duration::from_millis(300),
         response_timeout: Some(Duration::from_millis(300)),
     };
-    let client = EngineClient::connect_with(ip, shard.port, secret, options)
+    let client = EngineClient::connect_with(addr.ip(), addr.port(), password, options)
         .await
         .ok()?;
     client.ping().await.ok()?;
@@ -349,16 +327,16 @@ mod tests {
     #[tokio::test]
     async fn a_promotion_the_real_store_refuses_is_seen_as_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let addr = "127.0.67.11";
+        let addr: std::net::IpAddr = "127.0.67.11".parse().unwrap();
         let store = Store::open(StoreConfig {
             data_dir: dir.path().join("data"),
-            addr: addr.parse().unwrap(),
+            addr,
             rpc_port: 3333,
         })
         .await
         .unwrap();
         let node = NodeSpec {
-            addr: addr.into(),
+            addr,
             software_version: "test".into(),
             os: "test".into(),
         };
@@ -367,10 +345,10 @@ mod tests {
             .await
             .unwrap();
         let mut memory = failing(1);
-        let promote = Command::PromoteShard {
+        let promote = Command::PromoteShard(ShardPromotion {
             uid: 42,
             require_held: false,
-        };
+        });
         let outcome = store.propose(promote).await;
         assert!(
             matches!(outcome, Err(StoreError::Refused(ModelError::NotFound(_)))),

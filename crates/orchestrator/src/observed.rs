@@ -7,17 +7,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use flotilla_model::rest::{NodeReport, NodeStatus, ShardReport};
+use flotilla_model::timing::LIVENESS_WINDOW;
 use flotilla_model::{NodeUid, ShardUid};
 use flotilla_store::{Store, StoreError};
-
-/// How recent a report must be for its node to count as up.
-pub const LIVENESS_WINDOW: Duration = Duration::from_secs(3);
 
 /// What the primary node observes: node liveness and the latest report of every shard.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]

@@ -183,16 +183,19 @@ fn plan_on(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_model::{Command, Credentials, DataPersistence, EngineVersion, NodeSpec};
+    use flotilla_model::{
+        BdbCreation, ClusterCreation, Command, Credentials, DataPersistence, EngineVersion,
+        NodeAddition, NodeSpec,
+    };
 
     fn state_with_nodes(n: u64) -> ClusterState {
         let mut state = ClusterState::default();
         let node = |i: u64| NodeSpec {
-            addr: format!("127.0.0.{}", 10 + i),
+            addr: [127, 0, 0, 10 + i as u8].into(),
             software_version: "0.1.0".into(),
             os: "test".into(),
         };
-        state.apply(Command::CreateCluster {
+        state.apply(Command::CreateCluster(ClusterCreation {
             name: "c".into(),
             credentials: Credentials {
                 username: "a".into(),
@@ -201,9 +204,9 @@ mod tests {
             secret: "s".into(),
             created_at: 0,
             node: node(1),
-        });
+        }));
         for i in 2..=n {
-            state.apply(Command::AddNode { node: node(i) });
+            state.apply(Command::AddNode(NodeAddition { node: node(i) }));
         }
         state
     }
@@ -235,11 +238,11 @@ mod tests {
             *per_node.entry(plan.node_uid).or_insert(0) += 1;
         }
         assert_eq!(per_node.values().copied().collect::<Vec<_>>(), [2, 2, 2]);
-        let created = state.apply(Command::CreateBdb {
+        let created = state.apply(Command::CreateBdb(BdbCreation {
             bdb: spec("a", 12000, 3, true),
             created_at: 0,
             shards: plans,
-        });
+        }));
         assert!(matches!(
             created,
             flotilla_model::CommandResult::BdbCreated { .. }

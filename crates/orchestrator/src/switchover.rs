@@ -19,18 +19,16 @@ use std::time::{Duration, Instant};
 
 use flotilla_engine::{wait_for_sync, ClientOptions, EngineClient, Role};
 use flotilla_model::rest::NodeStatus;
-use flotilla_model::{ClusterState, Command, Shard, ShardRole, ShardUid};
+use flotilla_model::timing::{
+    CATCH_UP_TIMEOUT, HOLD_SPREAD_TIMEOUT, SWITCHOVER_FENCE, SWITCHOVER_RESPONSE_TIMEOUT,
+};
+use flotilla_model::{
+    ClusterState, Command, Shard, ShardHold, ShardPromotion, ShardRole, ShardUid,
+};
 use flotilla_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::Observer;
-
-/// Longest the master stays fenced waiting for its replica before the switchover aborts.
-/// With [`HOLD_SPREAD_TIMEOUT`] it stays under the proxies' hold timeout (5 s, see the
-/// endpoints crate), so a switchover that succeeds never makes a client's command time out.
-pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest the switchover waits for every node to apply the hold before it aborts.
-pub const HOLD_SPREAD_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a switchover did not happen (nothing changed when it is refused or aborted).
 #[derive(Debug, thiserror::Error, Serialize, Deserialize)]
@@ -158,17 +156,17 @@ pub async fn switchover(
     let r = connect(&state, &replica).await?;
     let started = Instant::now();
 
-    let hold = Command::HoldShard {
+    let hold = Command::HoldShard(ShardHold {
         uid: master.uid,
         held: true,
-    };
+    });
     let (_, index) = store.propose_indexed(hold).await?;
     if let Err(e) = applied_everywhere(observer, &state, index).await {
         release(store, &m, master.uid).await;
         return Err(e);
     }
     let spread_ms = started.elapsed().as_millis() as u64;
-    let fence_ms = (CATCH_UP_TIMEOUT + Duration::from_secs(5)).as_millis() as u64;
+    let fence_ms = SWITCHOVER_FENCE.as_millis() as u64;
     if let Err(e) = m.client_pause_write(fence_ms).await {
         release(store, &m, master.uid).await;
         return Err(engine(master.uid, e));
@@ -193,10 +191,10 @@ pub async fn switchover(
     // answers -READONLY (not executed, retried on R) instead of acknowledging a lost write.
     let (r_ip, r_port) = address(&state, &replica)?;
     let demoted = m.replicaof(r_ip, r_port).await;
-    let promote = Command::PromoteShard {
+    let promote = Command::PromoteShard(ShardPromotion {
         uid: replica.uid,
         require_held: true,
-    };
+    });
     if let Err(e) = propose(store, promote).await {
         // The hold was released meanwhile (a new primary node undid this switchover): give
         // the role back to M, which may already be taking writes again.
@@ -267,7 +265,7 @@ pub(crate) async fn applied_everywhere(
         if Some(node.uid) == store.uid() || statuses.get(&node.uid) == Some(&NodeStatus::Down) {
             continue;
         }
-        let rpc = store.config().rpc_addr_of(&node.addr);
+        let rpc = store.config().rpc_addr_of(node.addr);
         loop {
             let applied: Result<u64, StoreError> =
                 store.call_internal(&rpc, "/internal/applied", &()).await;
@@ -291,10 +289,10 @@ async fn release(store: &Store, m: &EngineClient, master: ShardUid) {
     let _ = m.client_unpause().await;
     if let Err(e) = propose(
         store,
-        Command::HoldShard {
+        Command::HoldShard(ShardHold {
             uid: master,
             held: false,
-        },
+        }),
     )
     .await
     {
@@ -312,37 +310,23 @@ fn pair(state: &ClusterState, uid: ShardUid) -> Result<(Shard, Shard), Switchove
         .shards
         .get(&uid)
         .ok_or(SwitchoverError::NotFound(uid))?;
-    let peers: Vec<&Shard> = state
-        .shards_of(shard.bdb_uid)
-        .filter(|s| s.assigned_slots == shard.assigned_slots)
-        .collect();
-    let master = peers
-        .iter()
-        .find(|s| s.role == ShardRole::Master)
-        .ok_or(SwitchoverError::NoReplica(uid))?;
+    let group = state.slot_group_of(shard);
+    let master = group.master().ok_or(SwitchoverError::NoReplica(uid))?;
     let replica = match shard.role {
         ShardRole::Slave => shard,
         // A replica on another node first (an upgrade's replacement of the master shares its
         // node), then a permanent one.
-        ShardRole::Master => peers
-            .iter()
-            .filter(|s| s.role == ShardRole::Slave)
+        ShardRole::Master => group
+            .replicas()
             .min_by_key(|s| (s.node_uid == shard.node_uid, s.temporary, s.uid))
             .ok_or(SwitchoverError::NoReplica(uid))?,
     };
-    Ok(((*master).clone(), (*replica).clone()))
+    Ok((master.clone(), replica.clone()))
 }
 
 fn address(state: &ClusterState, shard: &Shard) -> Result<(IpAddr, u16), SwitchoverError> {
-    let ip = state
-        .nodes
-        .get(&shard.node_uid)
-        .and_then(|n| n.addr.parse().ok())
-        .ok_or_else(|| SwitchoverError::Engine {
-            shard: shard.uid,
-            detail: format!("node {} has no usable address", shard.node_uid),
-        })?;
-    Ok((ip, shard.port))
+    let addr = state.shard_addr(shard).map_err(|e| engine(shard.uid, e))?;
+    Ok((addr.ip(), addr.port()))
 }
 
 /// An authenticated client for `shard`'s engine whose commands outlast a fenced master.
@@ -351,16 +335,15 @@ pub(crate) async fn connect(
     shard: &Shard,
 ) -> Result<EngineClient, SwitchoverError> {
     let (ip, port) = address(state, shard)?;
-    let secret = &state
-        .cluster()
-        .map_err(|e| SwitchoverError::Store(e.into()))?
-        .secret;
+    let password = state
+        .engine_password()
+        .map_err(|e| SwitchoverError::Store(e.into()))?;
     // Commands here must not time out while the master is paused.
     let options = ClientOptions {
         connect_timeout: Duration::from_secs(2),
-        response_timeout: Some(Duration::from_secs(15)),
+        response_timeout: Some(SWITCHOVER_RESPONSE_TIMEOUT),
     };
-    EngineClient::connect_with(ip, port, secret, options)
+    EngineClient::connect_with(ip, port, password, options)
         .await
         .map_err(|e| engine(shard.uid, e))
 }
@@ -383,10 +366,7 @@ pub async fn finish_interrupted(
     }
     let store = &observer.store;
     let state = store.state();
-    for replica in state
-        .shards_of(master.bdb_uid)
-        .filter(|s| s.assigned_slots == master.assigned_slots && s.role == ShardRole::Slave)
-    {
+    for replica in state.slot_group_of(master).replicas() {
         if engine_role(&state, replica).await == Some(Role::Primary) {
             tracing::warn!(
                 shard = replica.uid,
@@ -394,10 +374,10 @@ pub async fn finish_interrupted(
             );
             return propose(
                 store,
-                Command::PromoteShard {
+                Command::PromoteShard(ShardPromotion {
                     uid: replica.uid,
                     require_held: true,
-                },
+                }),
             )
             .await;
         }
@@ -409,10 +389,10 @@ pub async fn finish_interrupted(
     if let Ok(client) = connect(&state, master).await {
         let _ = client.client_unpause().await;
     }
-    let release = Command::HoldShard {
+    let release = Command::HoldShard(ShardHold {
         uid: master.uid,
         held: false,
-    };
+    });
     propose(store, release).await
 }
 

@@ -9,7 +9,7 @@
 //! The data path: [`serve`] runs one endpoint (one listener, one database) against a
 //! [`Topology`] published through a `watch` channel. Each client connection is a task that
 //! reads a batch of pipelined requests, routes each one, writes every shard's share of the
-//! batch at once, then reads the replies back in the client's order (see `session.rs`).
+//! batch at once, then reads the replies back in the client's order (see `session/`).
 //!
 //! Shard connections (see `shared.rs`): a RESP2 client's plain commands for a shard travel
 //! over one engine connection per shard primary that all the endpoint's clients share, so many
@@ -24,12 +24,15 @@
 //!
 //! Switchovers (DESIGN.md, "Data path"): a shard held in the [`Topology`]
 //! ([`Topology::with_hold`]) makes each client connection park its next command for that shard
-//! and everything after it, bounded by [`ProxyOptions`] (2 s and 16 MiB per client by default);
+//! and everything after it, bounded by [`ProxyOptions`] (5 s and 16 MiB per client by default);
 //! the topology that releases the hold sends them, in order, to the primary it names, and a
 //! hold that times out answers them `-TRYAGAIN ... not executed` without sending them. A write
 //! the old primary refuses with `-READONLY` (fenced, then demoted: not executed) is resent to
 //! the next primary the topology names, within the same bound. Nothing else is retried: a
-//! connection lost after sending answers an error saying the command may have executed.
+//! connection lost after sending answers an error saying the command may have executed. Which
+//! is which is one [`Verdict`] (executed, not executed and why, outcome unknown), which the
+//! endpoint's counters report too. Client errors name shards by uid with their slots
+//! (`TRYAGAIN shard 7 (slots 0-8191) is held ...`).
 //!
 //! Pub/sub (see `pubsub.rs`): a client's subscriptions ride on dedicated engine connections,
 //! one per shard it subscribed on (shard 0 for classic channels and patterns, the channel's
@@ -55,14 +58,19 @@ pub mod topology;
 
 mod client;
 mod frame;
+mod handover;
 mod pubsub;
 mod server;
 mod session;
 mod shard;
 mod shared;
 mod stats;
+mod verdict;
 
 pub use command::{lookup, lookup_request, Class, CommandSpec, KeySpec, LocalCommand, Merge};
+pub use handover::{
+    PinnedConnection, PinnedPurpose, SessionState, ShardSubscriptions, TransactionState, WatchState,
+};
 pub use merge::merge_replies;
 pub use route::{
     route, Decision, InvalidRequest, PubSubTarget, Rejection, Route, ScanStep, Split, SplitPart,
@@ -73,4 +81,5 @@ pub use server::{
 pub use shard::ShardError;
 pub use slot::{key_slot, ShardIndex, SlotMap, SLOT_COUNT};
 pub use stats::{EndpointStats, LatencySnapshot, StatsSnapshot, LATENCY_BUCKETS_US};
-pub use topology::{Topology, TopologyError};
+pub use topology::{ShardName, Topology, TopologyError};
+pub use verdict::{Reason, Side, Verdict};

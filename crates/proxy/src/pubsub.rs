@@ -10,14 +10,19 @@
 //! updated when a request is routed (the engine applies them in the same order), so the number
 //! of confirmation frames each request produces is known before its replies are read, and
 //! published messages read in between are passed through as they come.
+//!
+//! The session's pub/sub glue lives here too: sending a routed (un)subscribe request and
+//! saying how it is answered ([`Answer`]), reading its confirmations back in the client's
+//! order, and passing published messages to a client waiting between batches.
 
 use std::collections::HashSet;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::task::Poll;
 
-use bytes::Bytes;
-use flotilla_resp::{Protocol, Value};
+use bytes::{Bytes, BytesMut};
+use flotilla_resp::{Protocol, Request, Value};
 
+use crate::handover::{protocol_number, PinnedConnection, PinnedPurpose, ShardSubscriptions};
 use crate::shard::{ShardConn, ShardError};
 use crate::slot::ShardIndex;
 use crate::topology::Topology;
@@ -73,6 +78,11 @@ impl Names {
         self.0.iter().all(HashSet::is_empty)
     }
 
+    /// The names of `kind`, for the handover state.
+    fn list(&self, kind: SubKind) -> Vec<Vec<u8>> {
+        self.0[kind as usize].iter().map(|n| n.to_vec()).collect()
+    }
+
     /// Records a routed (un)subscribe request; returns how many confirmations it produces (an
     /// unsubscribe from everything is confirmed once per name, or once when there was none).
     pub fn apply(&mut self, kind: SubKind, subscribe: bool, names: &[Bytes]) -> usize {
@@ -124,6 +134,34 @@ pub(crate) enum Frame {
     Reply,
 }
 
+/// How a routed (un)subscribe request is answered.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// By `replies` confirmations from shard `shard`'s subscriber, with the messages published
+    /// before them.
+    Confirmations {
+        /// The shard index.
+        shard: usize,
+        /// How many confirmation frames.
+        replies: usize,
+    },
+    /// By frames the proxy writes itself (nothing of its kind is subscribed there).
+    Frames(Vec<Value>),
+    /// By an error the proxy writes itself (a request without names).
+    Refused(Value),
+    /// The subscriber connection could not be opened.
+    Failed(ShardError),
+}
+
+/// Why a request's confirmations could not be read.
+#[derive(Debug)]
+pub(crate) enum Unconfirmed {
+    /// No subscriber connection on that shard (the session's bookkeeping failed).
+    Missing,
+    /// The subscriber connection broke: the client must be closed, its subscriptions are gone.
+    Lost(ShardError),
+}
+
 /// Every subscriber of one client connection, by shard index.
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions {
@@ -131,6 +169,144 @@ pub(crate) struct Subscriptions {
 }
 
 impl Subscriptions {
+    /// Whether the client is in RESP2 subscribed mode, where Redis allows only (un)subscribing,
+    /// PING, QUIT and RESET.
+    pub fn resp2_mode(&self, protocol: Protocol) -> bool {
+        protocol == Protocol::Resp2 && self.active()
+    }
+
+    /// Sends a SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE to `shard`'s subscriber connection, opened
+    /// by awaiting `open` on first use (left unpolled otherwise).
+    pub async fn subscribe(
+        &mut self,
+        shard: usize,
+        kind: SubKind,
+        request: &Request,
+        open: impl Future<Output = Result<ShardConn, ShardError>>,
+    ) -> Answer {
+        if request.args().is_empty() {
+            let name = request.name().to_ascii_lowercase();
+            return Answer::Refused(Value::error(format!(
+                "ERR wrong number of arguments for '{name}' command"
+            )));
+        }
+        if self.get_mut(shard).is_none() {
+            match open.await {
+                Ok(conn) => self.insert(shard, Subscriber::new(conn)),
+                Err(e) => return Answer::Failed(e),
+            }
+        }
+        let sub = self.get_mut(shard).expect("opened above");
+        sub.conn.send(request);
+        let replies = sub.names.apply(kind, true, request.args());
+        Answer::Confirmations { shard, replies }
+    }
+
+    /// Sends an unsubscribe request to `shard`'s subscriber, or answers it as Redis would when
+    /// nothing of its kind is subscribed there.
+    pub fn unsubscribe(
+        &mut self,
+        shard: usize,
+        kind: SubKind,
+        request: &Request,
+        protocol: Protocol,
+    ) -> Answer {
+        if let Some(sub) = self.get_mut(shard) {
+            sub.conn.send(request);
+            let replies = sub.names.apply(kind, false, request.args());
+            return Answer::Confirmations { shard, replies };
+        }
+        let count = match kind {
+            SubKind::ShardChannel => self.total(SubKind::ShardChannel),
+            SubKind::Channel | SubKind::Pattern => 0,
+        };
+        Answer::Frames(local_unsubscribe(
+            request.name(),
+            request.args(),
+            count,
+            protocol,
+        ))
+    }
+
+    /// SUNSUBSCRIBE without channels: to every shard the client has shard channels on.
+    pub fn unsubscribe_everywhere(
+        &mut self,
+        kind: SubKind,
+        request: &Request,
+        protocol: Protocol,
+    ) -> Vec<Answer> {
+        let shards = self.shards_with(kind);
+        if shards.is_empty() {
+            let frames = local_unsubscribe(request.name(), &[], 0, protocol);
+            return vec![Answer::Frames(frames)];
+        }
+        shards
+            .into_iter()
+            .map(|(shard, _)| self.unsubscribe(shard, kind, request, protocol))
+            .collect()
+    }
+
+    /// Reads `replies` confirmations from `shard`'s subscriber and writes them to `out`, with
+    /// the messages read before them (nothing is written when `forward` is false).
+    pub async fn read_confirmations(
+        &mut self,
+        shard: usize,
+        replies: usize,
+        protocol: Protocol,
+        forward: bool,
+        out: &mut BytesMut,
+    ) -> Result<(), Unconfirmed> {
+        let mut seen = 0;
+        while seen < replies {
+            let Some(sub) = self.get_mut(shard) else {
+                return Err(Unconfirmed::Missing);
+            };
+            let mut value = sub.conn.reply().await.map_err(Unconfirmed::Lost)?;
+            if self.pass(shard, &mut value, protocol) == Frame::Reply {
+                seen += 1;
+            }
+            if forward {
+                value.encode_as(out, protocol);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the next frame any subscriber has (a published message between batches),
+    /// made the client's (see [`Subscriptions::pass`]). Pending forever when no subscriber is
+    /// open.
+    pub async fn next_message(&mut self, protocol: Protocol) -> Result<Value, ShardError> {
+        let (shard, frame) = self.next_frame().await;
+        let mut value = frame?;
+        self.pass(shard, &mut value, protocol);
+        Ok(value)
+    }
+
+    /// The handover's view of the subscriptions: the names per kind per shard, and the
+    /// subscriber connections they ride on.
+    pub fn capture(&self, topology: &Topology) -> (Vec<ShardSubscriptions>, Vec<PinnedConnection>) {
+        let mut subscriptions = Vec::new();
+        let mut pinned = Vec::new();
+        for (i, sub) in self.by_shard.iter().enumerate() {
+            let Some(sub) = sub else { continue };
+            let shard = i as u16;
+            subscriptions.push(ShardSubscriptions {
+                shard,
+                channels: sub.names.list(SubKind::Channel),
+                patterns: sub.names.list(SubKind::Pattern),
+                shard_channels: sub.names.list(SubKind::ShardChannel),
+            });
+            pinned.push(PinnedConnection {
+                purpose: PinnedPurpose::Subscriber,
+                shard,
+                shard_uid: topology.shard_uid(ShardIndex(shard)),
+                addr: sub.conn.addr(),
+                protocol: protocol_number(sub.conn.protocol()),
+            });
+        }
+        (subscriptions, pinned)
+    }
+
     /// Whether the client is subscribed to anything (as routed so far): Redis's subscribed mode.
     pub fn active(&self) -> bool {
         self.by_shard.iter().flatten().any(|s| !s.names.is_empty())
@@ -142,12 +318,12 @@ impl Subscriptions {
     }
 
     /// The subscriber on `shard`, if open.
-    pub fn get_mut(&mut self, shard: usize) -> Option<&mut Subscriber> {
+    fn get_mut(&mut self, shard: usize) -> Option<&mut Subscriber> {
         self.by_shard.get_mut(shard).and_then(Option::as_mut)
     }
 
     /// Installs a subscriber for `shard`.
-    pub fn insert(&mut self, shard: usize, subscriber: Subscriber) {
+    fn insert(&mut self, shard: usize, subscriber: Subscriber) {
         if self.by_shard.len() <= shard {
             self.by_shard.resize_with(shard + 1, || None);
         }
@@ -155,7 +331,7 @@ impl Subscriptions {
     }
 
     /// Shards with subscriptions of `kind`, with how many.
-    pub fn shards_with(&self, kind: SubKind) -> Vec<(usize, usize)> {
+    fn shards_with(&self, kind: SubKind) -> Vec<(usize, usize)> {
         self.by_shard
             .iter()
             .enumerate()
@@ -165,7 +341,7 @@ impl Subscriptions {
     }
 
     /// Names of `kind` subscribed over every shard (as routed so far).
-    pub fn total(&self, kind: SubKind) -> usize {
+    fn total(&self, kind: SubKind) -> usize {
         self.by_shard
             .iter()
             .flatten()
@@ -219,7 +395,7 @@ impl Subscriptions {
 
     /// The next frame any subscriber connection has, for a client waiting between batches.
     /// Pending forever when no subscriber is open.
-    pub async fn next_frame(&mut self) -> (usize, Result<Value, ShardError>) {
+    async fn next_frame(&mut self) -> (usize, Result<Value, ShardError>) {
         poll_fn(|cx| {
             for (i, sub) in self.by_shard.iter_mut().enumerate() {
                 if let Some(sub) = sub.as_mut() {
@@ -237,7 +413,7 @@ impl Subscriptions {
     /// shard-channel confirmation's count becomes the client's total over every shard (Redis
     /// counts a client's shard channels, not a connection's), and a RESP3 client gets push
     /// frames even from a connection opened before it switched protocols.
-    pub fn pass(&mut self, shard: usize, frame: &mut Value, protocol: Protocol) -> Frame {
+    fn pass(&mut self, shard: usize, frame: &mut Value, protocol: Protocol) -> Frame {
         if protocol == Protocol::Resp3 {
             if let Value::Array(items) = frame {
                 *frame = Value::Push(std::mem::take(items));
@@ -277,7 +453,7 @@ impl Subscriptions {
 
 /// Redis's confirmations for an unsubscribe request that reaches no engine connection (nothing
 /// of its kind is subscribed there): one frame per name, or one with a null name.
-pub(crate) fn local_unsubscribe(
+fn local_unsubscribe(
     command: &str,
     names: &[Bytes],
     count: usize,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::session::Session;
 use crate::shared::SharedPool;
@@ -21,8 +22,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How long a switchover hold may keep a client's commands queued before they are answered
-/// `-TRYAGAIN` (not executed), unless configured otherwise.
-pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(2);
+/// `-TRYAGAIN` (not executed), unless configured otherwise: the cluster's hold timeout
+/// (`flotilla_model::timing::HOLD_TIMEOUT`, which the endpoints pass in [`ProxyOptions`]; the
+/// endpoints crate checks at compile time that the two are the same).
+pub const DEFAULT_HOLD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many bytes of commands one client may have queued during a hold, unless configured
 /// otherwise.
@@ -101,12 +104,13 @@ pub async fn serve_with_stats(
                     let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
                     let counted = stats.connection();
                     let session = Session::new(stream, id, topology.clone(), options, stats.clone(), shared.clone());
+                    let span = session.span();
                     clients.spawn(async move {
                         let _counted = counted;
                         if let Err(e) = session.run().await {
-                            tracing::debug!(client = id, %peer, error = %e, "client connection ended");
+                            tracing::debug!(%peer, error = %e, "client connection ended");
                         }
-                    });
+                    }.instrument(span));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");

@@ -15,22 +15,21 @@ use flotilla_resp::{Decoder, Limits, Protocol, ProtocolError, Request, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::stats::Outcome;
-
 /// How long opening and authenticating a shard connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Free room made in the read buffer before a non-blocking read.
 const READ_RESERVE: usize = 4096;
 
-/// Why a shard connection failed. The text says whether the client's command may have run.
+/// Why a shard connection failed. The text says whether the client's command may have run;
+/// [`crate::verdict::Verdict::of_shard_error`] says it to the code. Shards are named by uid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ShardError {
     /// The shard could not be reached or refused the handshake: nothing was sent.
     #[error("shard {shard} at {addr} is unavailable ({reason}); the command was not executed")]
     Unavailable {
-        /// Shard index.
-        shard: u16,
+        /// Shard uid.
+        shard: u64,
         /// The address tried.
         addr: SocketAddr,
         /// What went wrong.
@@ -41,8 +40,8 @@ pub enum ShardError {
         "lost the connection to shard {shard} at {addr} ({reason}); the command may have executed"
     )]
     Lost {
-        /// Shard index.
-        shard: u16,
+        /// Shard uid.
+        shard: u64,
         /// The shard's address.
         addr: SocketAddr,
         /// What went wrong.
@@ -55,14 +54,6 @@ impl ShardError {
     pub fn reply(&self) -> Value {
         Value::error(format!("ERR {self}"))
     }
-
-    /// How the client's command ended, for the endpoint's counters.
-    pub(crate) fn outcome(&self) -> Outcome {
-        match self {
-            ShardError::Unavailable { .. } => Outcome::NotExecuted,
-            ShardError::Lost { .. } => Outcome::Error,
-        }
-    }
 }
 
 /// An authenticated connection to one shard's primary.
@@ -72,7 +63,7 @@ impl ShardError {
 /// their replies taken one by one with [`ShardConn::reply`].
 #[derive(Debug)]
 pub struct ShardConn {
-    shard: u16,
+    shard: u64,
     addr: SocketAddr,
     stream: TcpStream,
     protocol: Protocol,
@@ -84,11 +75,11 @@ pub struct ShardConn {
 }
 
 impl ShardConn {
-    /// Connects to shard `shard` at `addr`, authenticates with `password` (skipped when empty)
+    /// Connects to shard `shard` (its uid, for messages) at `addr`, authenticates with `password` (skipped when empty)
     /// and switches to `protocol`. `generation` tells this connection apart from earlier ones
     /// to the same shard (a WATCH does not survive a reconnect).
     pub async fn connect(
-        shard: u16,
+        shard: u64,
         addr: SocketAddr,
         password: &str,
         protocol: Protocol,

@@ -11,7 +11,7 @@
 //! WATCH, blocking commands (BLPOP, XREAD BLOCK, WAIT...), and every command of a RESP3
 //! client, since those hold per-connection state on the engine or would stall other clients.
 //! A client leaves the shared connections for good at its first such command (see
-//! `session.rs`); its earlier commands have all been answered by then, so its order holds.
+//! `session/links.rs`); its earlier commands have all been answered by then, so its order holds.
 //!
 //! Ordering: a [`SharedLink`] writes jobs (one client's part of a batch) in the order it
 //! receives them and hands their replies back in the same order, reading exactly as many
@@ -54,9 +54,10 @@ pub(crate) struct SharedPool {
 }
 
 impl SharedPool {
-    /// A client's handle on the shared connection to `shard`'s primary at `addr`, opening the
-    /// connection (in the background) if there is none or the last one broke.
-    pub fn conn(&self, shard: u16, addr: SocketAddr, password: &str) -> SharedConn {
+    /// A client's handle on the shared connection to the primary at `addr` of shard `shard`
+    /// (its uid, for messages), opening the connection (in the background) if there is none or
+    /// the last one broke.
+    pub fn conn(&self, shard: u64, addr: SocketAddr, password: &str) -> SharedConn {
         let mut links = self.lock();
         let link = match links.get(&addr) {
             Some(link) if !link.is_broken() => link.clone(),
@@ -92,7 +93,7 @@ pub(crate) struct SharedLink {
 }
 
 impl SharedLink {
-    fn open(shard: u16, addr: SocketAddr, password: String) -> Self {
+    fn open(shard: u64, addr: SocketAddr, password: String) -> Self {
         let (jobs, queue) = mpsc::channel(JOB_QUEUE);
         let broken = Arc::new(AtomicBool::new(false));
         tokio::spawn(run_link(shard, addr, password, queue, broken.clone()));
@@ -108,7 +109,7 @@ impl SharedLink {
 /// handle is gone. Jobs never written are answered "unavailable" (not executed); jobs written
 /// but not answered are answered "lost" (they may have executed).
 async fn run_link(
-    shard: u16,
+    shard: u64,
     addr: SocketAddr,
     password: String,
     mut queue: mpsc::Receiver<Job>,
@@ -247,7 +248,7 @@ async fn read_replies(
 /// taken in order with [`SharedConn::reply_raw`] / [`SharedConn::reply`], as with a
 /// [`ShardConn`].
 pub(crate) struct SharedConn {
-    shard: u16,
+    shard: u64,
     addr: SocketAddr,
     link: SharedLink,
     out: BytesMut,
@@ -264,7 +265,7 @@ enum JobState {
 }
 
 impl SharedConn {
-    fn new(shard: u16, addr: SocketAddr, link: SharedLink) -> Self {
+    fn new(shard: u64, addr: SocketAddr, link: SharedLink) -> Self {
         SharedConn {
             shard,
             addr,

@@ -137,6 +137,22 @@ impl SlotMap {
     pub fn shard_count(&self) -> u16 {
         self.shard_count
     }
+
+    /// The slot ranges (inclusive) `shard` owns, in slot order; for messages, not the data path.
+    pub fn ranges_of(&self, shard: ShardIndex) -> Vec<(u16, u16)> {
+        let mut ranges: Vec<(u16, u16)> = Vec::new();
+        for (slot, &owner) in self.owners.iter().enumerate() {
+            if owner != shard.0 {
+                continue;
+            }
+            let slot = slot as u16;
+            match ranges.last_mut() {
+                Some((_, end)) if *end + 1 == slot => *end = slot,
+                _ => ranges.push((slot, slot)),
+            }
+        }
+        ranges
+    }
 }
 
 #[cfg(test)]
@@ -199,5 +215,13 @@ mod tests {
         assert_eq!(map.shard_count(), 5);
         assert_eq!(map.shard_of_key(b"foo"), ShardIndex(4));
         assert_eq!(map.shard_of_key(b"bar"), ShardIndex(0));
+        assert_eq!(map.ranges_of(ShardIndex(4)), vec![(12182, 12182)]);
+        assert_eq!(
+            map.ranges_of(ShardIndex(0)),
+            vec![(0, 12181), (12183, 16383)]
+        );
+        assert_eq!(map.ranges_of(ShardIndex(1)), vec![]);
+        let even = SlotMap::even(2).unwrap();
+        assert_eq!(even.ranges_of(ShardIndex(1)), vec![(8192, 16383)]);
     }
 }

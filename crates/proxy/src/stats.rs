@@ -1,6 +1,7 @@
-//! Endpoint statistics for metrics: commands by outcome, client connections and a latency
-//! histogram of command round trips, kept in shared atomics that the data path updates once
-//! per batch of pipelined commands, not once per command.
+//! Endpoint statistics for metrics: commands by verdict (executed, error reply, not executed,
+//! outcome unknown; see `verdict.rs`), client connections and a latency histogram of command
+//! round trips, kept in shared atomics that the data path updates once per batch of pipelined
+//! commands, not once per command.
 //!
 //! Latency is measured from the moment the proxy starts routing a batch (its requests have
 //! been read) to the moment the batch's replies have been written to the client: the proxy
@@ -10,8 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_resp::Value;
 use serde::{Deserialize, Serialize};
+
+use crate::verdict::{Kind, Verdict, KINDS};
 
 /// Upper bounds (inclusive, in microseconds) of the latency histogram's finite buckets; one
 /// more bucket counts everything slower (`+Inf`). Chosen for Prometheus: 100 µs to 1 s.
@@ -21,39 +23,6 @@ pub const LATENCY_BUCKETS_US: [u64; 12] = [
 
 /// Buckets including `+Inf`.
 const BUCKETS: usize = LATENCY_BUCKETS_US.len() + 1;
-
-/// How one command ended, for the counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// A reply that is not an error.
-    Ok,
-    /// An error reply from an engine, or a shard connection lost after sending (the command
-    /// may have run).
-    Error,
-    /// Answered with an error by the proxy without the command running (refused, not
-    /// authenticated, hold timed out, shard unreachable, refused `-READONLY` and not resent).
-    NotExecuted,
-}
-
-impl Outcome {
-    /// The outcome of an engine's reply.
-    pub fn of_reply(reply: &Value) -> Outcome {
-        if reply.is_error() {
-            Outcome::Error
-        } else {
-            Outcome::Ok
-        }
-    }
-
-    /// The outcome of a reply the proxy wrote itself: an error means nothing ran.
-    pub fn of_local(reply: &Value) -> Outcome {
-        if reply.is_error() {
-            Outcome::NotExecuted
-        } else {
-            Outcome::Ok
-        }
-    }
-}
 
 /// A cheap, lock-free handle on one endpoint's counters, shared by its client connections.
 ///
@@ -65,9 +34,8 @@ pub struct EndpointStats(Arc<Counters>);
 
 #[derive(Debug, Default)]
 struct Counters {
-    ok: AtomicU64,
-    errors: AtomicU64,
-    not_executed: AtomicU64,
+    /// Commands by [`Kind`].
+    verdicts: [AtomicU64; KINDS],
     connections_current: AtomicU64,
     connections_total: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
@@ -86,12 +54,13 @@ impl EndpointStats {
         let c = &self.0;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let counts: Vec<u64> = c.buckets.iter().map(load).collect();
-        let (ok, errors, not_executed) = (load(&c.ok), load(&c.errors), load(&c.not_executed));
+        let count = |kind: Kind| load(&c.verdicts[kind as usize]);
         StatsSnapshot {
-            commands_total: ok + errors + not_executed,
-            ok_total: ok,
-            error_replies_total: errors,
-            not_executed_total: not_executed,
+            commands_total: c.verdicts.iter().map(load).sum(),
+            ok_total: count(Kind::Ok),
+            error_replies_total: count(Kind::ErrorReply),
+            not_executed_total: count(Kind::NotExecuted),
+            unknown_outcome_total: count(Kind::Unknown),
             connections_current: load(&c.connections_current),
             connections_total: load(&c.connections_total),
             latency: LatencySnapshot {
@@ -127,15 +96,19 @@ impl Drop for ConnectionGuard {
 /// The endpoint's counters at one moment: plain data, serializable, for metrics and the API.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
-    /// Commands answered since the endpoint started (`ok + error + not executed`).
+    /// Commands answered since the endpoint started (`ok + error replies + not executed +
+    /// unknown outcome`).
     pub commands_total: u64,
     /// Commands answered with a reply that is not an error.
     pub ok_total: u64,
-    /// Commands answered with an error reply from an engine, or whose shard connection was
-    /// lost after sending (they may have run).
+    /// Commands an engine answered with an error reply (the command's own answer).
     pub error_replies_total: u64,
-    /// Commands the proxy answered with an error without running them.
+    /// Commands answered with an error without running them (refused, held past the hold
+    /// timeout, shard unreachable, refused by a demoted primary and not resent).
     pub not_executed_total: u64,
+    /// Commands whose shard connection was lost after sending: they may or may not have run.
+    #[serde(default)]
+    pub unknown_outcome_total: u64,
     /// Client connections open now.
     pub connections_current: u64,
     /// Client connections accepted since the endpoint started.
@@ -176,18 +149,18 @@ impl LatencySnapshot {
 /// Counts gathered over one batch by one client connection, added to the shared counters once.
 #[derive(Debug, Default)]
 pub(crate) struct BatchStats {
-    outcomes: [u64; 3],
+    verdicts: [u64; KINDS],
 }
 
 impl BatchStats {
     /// Counts one answered command.
-    pub fn record(&mut self, outcome: Outcome) {
-        self.outcomes[outcome as usize] += 1;
+    pub fn record(&mut self, verdict: Verdict) {
+        self.verdicts[verdict.kind() as usize] += 1;
     }
 
     /// Adds the batch to `stats`, every command with round trip `elapsed`, and starts over.
     pub fn finish(&mut self, elapsed: Duration, stats: &EndpointStats) {
-        let commands: u64 = self.outcomes.iter().sum();
+        let commands: u64 = self.verdicts.iter().sum();
         if commands == 0 {
             return;
         }
@@ -197,16 +170,13 @@ impl BatchStats {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
         };
-        add(&c.ok, self.outcomes[Outcome::Ok as usize]);
-        add(&c.errors, self.outcomes[Outcome::Error as usize]);
-        add(
-            &c.not_executed,
-            self.outcomes[Outcome::NotExecuted as usize],
-        );
+        for (counter, &n) in c.verdicts.iter().zip(&self.verdicts) {
+            add(counter, n);
+        }
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         add(&c.buckets[bucket_of(micros)], commands);
         add(&c.latency_sum_us, micros.saturating_mul(commands));
-        self.outcomes = [0; 3];
+        self.verdicts = [0; KINDS];
     }
 }
 
@@ -229,40 +199,39 @@ mod tests {
 
         let stats = EndpointStats::new();
         let mut batch = BatchStats::default();
-        for outcome in [
-            Outcome::Ok,
-            Outcome::Ok,
-            Outcome::Error,
-            Outcome::NotExecuted,
+        for verdict in [
+            Verdict::OK,
+            Verdict::OK,
+            Verdict::Executed { error_reply: true },
+            Verdict::REFUSED,
+            Verdict::Unknown {
+                side: crate::verdict::Side::Shard,
+            },
         ] {
-            batch.record(outcome);
+            batch.record(verdict);
         }
         batch.finish(Duration::from_micros(300), &stats);
-        batch.record(Outcome::Ok);
+        batch.record(Verdict::OK);
         batch.finish(Duration::from_secs(2), &stats);
         batch.finish(Duration::from_secs(9), &stats);
         let guard = stats.connection();
         let snap = stats.snapshot();
         assert_eq!(
             (snap.commands_total, snap.ok_total, snap.error_replies_total),
-            (5, 3, 1)
+            (6, 3, 1)
         );
         assert_eq!(snap.not_executed_total, 1);
+        assert_eq!(snap.unknown_outcome_total, 1);
         assert_eq!((snap.connections_current, snap.connections_total), (1, 1));
-        assert_eq!(snap.latency.count, 5);
-        assert_eq!(snap.latency.counts[2], 4);
+        assert_eq!(snap.latency.count, 6);
+        assert_eq!(snap.latency.counts[2], 5);
         assert_eq!(snap.latency.counts[12], 1);
-        assert_eq!(snap.latency.sum_us, 4 * 300 + 2_000_000);
+        assert_eq!(snap.latency.sum_us, 5 * 300 + 2_000_000);
         let cumulative = snap.latency.cumulative();
         assert_eq!(cumulative[1], (250, 0));
-        assert_eq!(cumulative[2], (500, 4));
-        assert_eq!(cumulative[11], (1_000_000, 4));
+        assert_eq!(cumulative[2], (500, 5));
+        assert_eq!(cumulative[11], (1_000_000, 5));
         drop(guard);
         assert_eq!(stats.snapshot().connections_current, 0);
-        assert_eq!(
-            Outcome::of_local(&Value::error("ERR x")),
-            Outcome::NotExecuted
-        );
-        assert_eq!(Outcome::of_reply(&Value::error("ERR x")), Outcome::Error);
     }
 }

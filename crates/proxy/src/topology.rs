@@ -1,5 +1,6 @@
 //! What one endpoint serves: the database's client password, the shards' internal password,
-//! the slot map and the address of each shard's current primary.
+//! the slot map, the address of each shard's current primary, and the uids that name the
+//! database and its shards in client errors and logs.
 //!
 //! The node daemon publishes a new [`Topology`] through a `tokio::sync::watch` channel whenever
 //! the store says a shard moved; every client connection picks it up before its next command.
@@ -35,6 +36,14 @@ pub enum TopologyError {
         /// How many shards there are.
         count: u16,
     },
+    /// Not one shard uid per shard.
+    #[error("the database has {shards} shards but {uids} shard uids were given")]
+    UidCount {
+        /// Shards in the slot map.
+        shards: u16,
+        /// Uids given.
+        uids: usize,
+    },
 }
 
 /// One endpoint's view of its database: who may connect, and where each slot's primary runs.
@@ -48,6 +57,9 @@ pub struct Topology {
     slots: Arc<SlotMap>,
     primaries: Vec<SocketAddr>,
     holds: Vec<bool>,
+    /// Each shard's uid, by shard index (the index itself when none were given).
+    shard_uids: Arc<[u64]>,
+    bdb_uid: Option<u64>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -58,6 +70,8 @@ impl std::fmt::Debug for Topology {
             .field("shards", &self.slots.shard_count())
             .field("primaries", &self.primaries)
             .field("holds", &self.holds)
+            .field("shard_uids", &self.shard_uids)
+            .field("bdb_uid", &self.bdb_uid)
             .finish()
     }
 }
@@ -84,8 +98,26 @@ impl Topology {
             shard_password: shard_password.into(),
             slots: Arc::new(slots),
             holds: vec![false; primaries.len()],
+            shard_uids: (0..primaries.len() as u64).collect(),
             primaries,
+            bdb_uid: None,
         })
+    }
+
+    /// The same topology naming its database and shards by their uids in the cluster store
+    /// (`shard_uids[i]` is shard index `i`'s), which is how client errors and the proxy's logs
+    /// name them, so an operator finds them in `flotilla db show`. Without it (topologies built
+    /// outside a cluster), shards are named by their index.
+    pub fn with_uids(mut self, bdb_uid: u64, shard_uids: Vec<u64>) -> Result<Self, TopologyError> {
+        if shard_uids.len() != self.primaries.len() {
+            return Err(TopologyError::UidCount {
+                shards: self.shard_count(),
+                uids: shard_uids.len(),
+            });
+        }
+        self.shard_uids = shard_uids.into();
+        self.bdb_uid = Some(bdb_uid);
+        Ok(self)
     }
 
     /// A topology whose slots are split evenly over `primaries`, in order.
@@ -177,6 +209,52 @@ impl Topology {
     pub fn shard_count(&self) -> u16 {
         self.slots.shard_count()
     }
+
+    /// The uid of shard `index` (see [`Topology::with_uids`]); its index when it has none.
+    pub fn shard_uid(&self, index: ShardIndex) -> u64 {
+        self.shard_uids
+            .get(usize::from(index.0))
+            .copied()
+            .unwrap_or(u64::from(index.0))
+    }
+
+    /// The database's uid, if the topology names it (see [`Topology::with_uids`]).
+    pub fn bdb_uid(&self) -> Option<u64> {
+        self.bdb_uid
+    }
+
+    /// Shard `index` as client errors name it: `shard 7 (slots 0-8191)`.
+    pub fn shard_name(&self, index: ShardIndex) -> ShardName {
+        ShardName {
+            uid: self.shard_uid(index),
+            slots: self.slots.ranges_of(index),
+        }
+    }
+}
+
+/// A shard as client errors name it: its uid and the slots it serves, so an operator finds it
+/// in `flotilla db show` and a client developer sees which keys it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardName {
+    /// The shard's uid.
+    pub uid: u64,
+    /// The slot ranges it serves (inclusive).
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl std::fmt::Display for ShardName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "shard {} (slots ", self.uid)?;
+        for (i, (start, end)) in self.slots.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            if start == end {
+                write!(f, "{sep}{start}")?;
+            } else {
+                write!(f, "{sep}{start}-{end}")?;
+            }
+        }
+        write!(f, ")")
+    }
 }
 
 #[cfg(test)]
@@ -207,5 +285,36 @@ mod tests {
         let err = Topology::new(None, "pw", SlotMap::even(3).unwrap(), vec![addr(1)]);
         assert_eq!(err, Err(TopologyError::ShardCount { map: 3, addrs: 1 }));
         assert!(!format!("{t:?}").contains("pw"));
+    }
+
+    #[test]
+    fn shards_are_named_by_uid_with_their_slots() {
+        let t = Topology::even(None, "pw", vec![addr(1), addr(2)]).unwrap();
+        assert_eq!(t.shard_uid(ShardIndex(1)), 1, "the index without uids");
+        assert_eq!(t.bdb_uid(), None);
+        let named = t.clone().with_uids(4, vec![7, 9]).unwrap();
+        assert_eq!(named.shard_uid(ShardIndex(1)), 9);
+        assert_eq!(named.bdb_uid(), Some(4));
+        assert_ne!(named, t);
+        assert_eq!(
+            named.shard_name(ShardIndex(0)).to_string(),
+            "shard 7 (slots 0-8191)"
+        );
+        assert_eq!(
+            t.with_uids(4, vec![7]),
+            Err(TopologyError::UidCount { shards: 2, uids: 1 })
+        );
+        let mut owners = vec![0; 16384];
+        owners[5] = 1;
+        let map = SlotMap::from_owners(owners).unwrap();
+        let split = Topology::new(None, "pw", map, vec![addr(1), addr(2)]).unwrap();
+        assert_eq!(
+            split.shard_name(ShardIndex(0)).to_string(),
+            "shard 0 (slots 0-4,6-16383)"
+        );
+        assert_eq!(
+            split.shard_name(ShardIndex(1)).to_string(),
+            "shard 1 (slots 5)"
+        );
     }
 }

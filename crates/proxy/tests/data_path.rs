@@ -334,27 +334,11 @@ async fn transactions_run_on_one_slot_and_blocking_commands_wait() {
     let mut blocked = Raw::connect(setup.endpoint).await;
     blocked.send(b"BLPOP queue 10\r\n").await;
     let waiter = tokio::spawn(async move { blocked.read_at_least(20).await });
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut engine = setup
-        .direct(usize::from(
+    setup
+        .wait_blocked(usize::from(
             SlotMap::even(2).unwrap().shard_of_key(b"queue").0,
         ))
         .await;
-    loop {
-        let clients: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query_async(&mut engine)
-            .await
-            .unwrap();
-        if clients.contains("cmd=blpop") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "BLPOP never reached the shard"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let _: usize = other.rpush("queue", "job").await.unwrap();
     let got = waiter.await.unwrap();
     assert_eq!(

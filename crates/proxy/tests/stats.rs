@@ -1,5 +1,5 @@
 //! Endpoint statistics against real redis-7.0 shards: commands counted by outcome (ok, engine
-//! error, not executed), client connections, and the latency histogram.
+//! error, not executed, unknown), client connections, and the latency histogram.
 //! Addresses: 127.0.15.1 - 127.0.15.9 (endpoint port 12000, shards 20001+).
 
 mod common;
@@ -75,4 +75,29 @@ async fn commands_are_counted_by_outcome_with_their_latency() {
     assert!(json.contains("\"not_executed_total\":3"), "{json}");
     let back: StatsSnapshot = serde_json::from_str(&json).unwrap();
     assert_eq!(back, snapshot);
+}
+
+#[tokio::test]
+async fn a_command_whose_shard_connection_is_lost_after_sending_counts_as_unknown() {
+    let setup = Setup::start("127.0.15.2", 1, 1, None).await;
+    let mut client = Raw::connect(setup.endpoint).await;
+    client.send(b"BLPOP stats:nothing 0\r\n").await;
+    setup.wait_blocked(0).await;
+    let mut direct = setup.direct(0).await;
+    // The proxy's connection, with BLPOP sent on it, is closed by the engine.
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1);
+    let got = client.read_at_least(1).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("may have executed"), "{text}");
+    let snapshot = stats_until(&setup, |s| s.commands_total >= 1).await;
+    assert_eq!(snapshot.unknown_outcome_total, 1, "{snapshot:?}");
+    assert_eq!(snapshot.error_replies_total, 0, "{snapshot:?}");
+    assert_eq!(snapshot.not_executed_total, 0, "{snapshot:?}");
 }

@@ -186,7 +186,7 @@ async fn a_hold_that_times_out_answers_not_executed_and_writes_nothing() {
     let started = Instant::now();
     raw.send(b"*3\r\n$3\r\nSET\r\n$6\r\nheld:a\r\n$1\r\n1\r\n*3\r\n$3\r\nSET\r\n$6\r\nheld:b\r\n$1\r\n2\r\n*1\r\n$4\r\nPING\r\n")
         .await;
-    let not_executed = "-TRYAGAIN shard 0 is held for a switchover for more than 300 ms; the command was not executed\r\n";
+    let not_executed = "-TRYAGAIN shard 0 (slots 0-16383) is held for a switchover for more than 300 ms; the command was not executed\r\n";
     let expected = format!("{not_executed}{not_executed}+PONG\r\n");
     let got = raw.read_at_least(expected.len()).await;
     let waited = started.elapsed();

@@ -15,6 +15,7 @@
 mod credentials;
 mod error;
 mod failpoint;
+mod follow;
 mod identity;
 mod log_store;
 mod membership;
@@ -28,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use flotilla_model::timing::{ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, RAFT_HEARTBEAT};
 use flotilla_model::{ClusterState, Command, CommandResult, NodeUid};
 use openraft::error::{ClientWriteError, RaftError};
 use redb::Database;
@@ -35,6 +37,7 @@ use tokio::sync::watch;
 
 pub use credentials::{hash_password, verify as verify_credentials};
 pub use error::StoreError;
+pub use follow::{publish_if_changed, Wake, Wakes};
 pub use identity::Identity;
 pub use membership::{JoinRequest, JoinTicket};
 pub use network::{internal_http_client, SECRET_HEADER};
@@ -63,7 +66,7 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     /// `addr:rpc_port`: how other nodes reach a node at `addr`.
-    pub fn rpc_addr_of(&self, addr: &str) -> String {
+    pub fn rpc_addr_of(&self, addr: IpAddr) -> String {
         format!("{addr}:{}", self.rpc_port)
     }
 }
@@ -127,8 +130,9 @@ impl Store {
         self.identity().map(|i| i.uid)
     }
 
-    /// A copy of the replicated cluster state as applied on this node.
-    pub fn state(&self) -> ClusterState {
+    /// The replicated cluster state as applied on this node: a shared snapshot (no copy), which
+    /// later changes do not alter; take it again to see them.
+    pub fn state(&self) -> Arc<ClusterState> {
         self.inner.state_machine.state()
     }
 
@@ -302,7 +306,7 @@ impl Store {
 
     /// This node's RPC address (`ip:port`), as other nodes reach it.
     fn rpc_addr(&self) -> String {
-        self.config().rpc_addr_of(&self.config().addr.to_string())
+        self.config().rpc_addr_of(self.config().addr)
     }
 
     /// Waits (bounded) until some node is known as the primary.
@@ -399,9 +403,9 @@ impl Store {
         }
         let config = openraft::Config {
             cluster_name: "flotilla".into(),
-            heartbeat_interval: 200,
-            election_timeout_min: 1000,
-            election_timeout_max: 2000,
+            heartbeat_interval: RAFT_HEARTBEAT.as_millis() as u64,
+            election_timeout_min: ELECTION_TIMEOUT_MIN.as_millis() as u64,
+            election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
             max_in_snapshot_log_to_keep: 500,
             ..Default::default()

@@ -10,9 +10,11 @@
 //! and resumes under the same uid.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use flotilla_model::{Command, CommandResult, NodeSpec, NodeUid};
+use flotilla_model::{
+    now_secs, ClusterCreation, Command, CommandResult, NodeAddition, NodeSpec, NodeUid,
+};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
@@ -47,13 +49,6 @@ pub(crate) struct PromoteRequest {
     pub uid: NodeUid,
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl Store {
     /// Creates a cluster with this node as uid 1 and the primary node. Refused when this node
     /// already belongs to a cluster; resumes a create that was interrupted before it applied.
@@ -77,7 +72,7 @@ impl Store {
         identity.save(self.data_dir())?;
         let raft = self.start_raft(identity.clone()).await?;
         let me = RaftNode {
-            addr: self.config().rpc_addr_of(&node.addr),
+            addr: self.config().rpc_addr_of(node.addr),
         };
         // Already initialized (a resumed create) is fine.
         let _ = raft.initialize(BTreeMap::from([(1, me)])).await;
@@ -86,7 +81,7 @@ impl Store {
                 "this node did not become the primary within 10 s".into(),
             ));
         }
-        let command = Command::CreateCluster {
+        let command = Command::CreateCluster(ClusterCreation {
             name,
             credentials: flotilla_model::Credentials {
                 username,
@@ -95,7 +90,7 @@ impl Store {
             secret: identity.secret,
             created_at: now_secs(),
             node,
-        };
+        });
         match self.propose(command).await? {
             CommandResult::NodeAdded { uid } => Ok(uid),
             other => Err(StoreError::Internal(format!(
@@ -196,7 +191,8 @@ impl Store {
         let name = self
             .state()
             .cluster
-            .map(|c| c.name)
+            .as_ref()
+            .map(|c| c.name.clone())
             .unwrap_or_else(|| "(being created)".into());
         let uid = self.uid().unwrap_or_default();
         StoreError::AlreadyBootstrapped(format!(
@@ -216,7 +212,7 @@ impl Store {
         if !verify(&cluster.credentials, &request.username, &request.password) {
             return Err(StoreError::Unauthorized);
         }
-        if let Some(existing) = state.node_by_addr(&request.node.addr) {
+        if let Some(existing) = state.node_by_addr(request.node.addr) {
             if self.voter_uids().contains(&existing.uid) {
                 return Err(StoreError::AlreadyBootstrapped(format!(
                     "address {} is already node {} of cluster '{}'; remove that node first",
@@ -225,9 +221,9 @@ impl Store {
             }
         }
         let outcome = self
-            .propose(Command::AddNode {
+            .propose(Command::AddNode(NodeAddition {
                 node: request.node.clone(),
-            })
+            }))
             .await?;
         let uid = match outcome {
             CommandResult::NodeAdded { uid } | CommandResult::NodeExists { uid } => uid,
@@ -257,7 +253,7 @@ impl Store {
         })?;
         let raft = self.raft()?;
         let learner = RaftNode {
-            addr: self.config().rpc_addr_of(&node.addr),
+            addr: self.config().rpc_addr_of(node.addr),
         };
         let internal = |e: String| StoreError::Internal(e);
         tokio::time::timeout(

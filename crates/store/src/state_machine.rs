@@ -3,6 +3,10 @@
 //! The state is small (settings, nodes, databases, shards), so after every applied batch the
 //! whole state and the last applied log id are written in one redb transaction. On restart the
 //! node therefore starts from exactly what it had applied; snapshots are the same bytes.
+//!
+//! Readers share the applied state: [`StateMachine::state`] hands out an `Arc` of it, and
+//! applying a batch copies the state only while some reader still holds the previous one
+//! (copy-on-write), so a read never deep-copies the state.
 
 use std::io::Cursor;
 use std::sync::{Arc, RwLock};
@@ -23,11 +27,14 @@ use crate::types::{Entry, LogId, NodeId, RaftNode, StorageError, TypeConfig};
 const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("state_machine");
 
 /// What the state machine persists: the cluster state and where in the log it stands.
+///
+/// The state sits behind an `Arc` shared with readers; serde encodes it as the bare state (the
+/// JSON of `applied` and of snapshots is that of a plain `ClusterState` field).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Applied {
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership<NodeId, RaftNode>,
-    pub state: ClusterState,
+    pub state: Arc<ClusterState>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -66,8 +73,8 @@ impl StateMachine {
         Ok(machine)
     }
 
-    /// A copy of the current cluster state.
-    pub fn state(&self) -> ClusterState {
+    /// The current cluster state, shared: cheap to take, never changes under the reader.
+    pub fn state(&self) -> Arc<ClusterState> {
         self.applied.read().expect("state lock").state.clone()
     }
 
@@ -183,7 +190,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         if matches!(command, flotilla_model::Command::Unknown) {
                             tracing::error!(index = entry.log_id.index, "applied a command of a kind this version does not know; it changed nothing");
                         }
-                        applied.state.apply(command)
+                        // Copies the state only when a reader still holds this version.
+                        Arc::make_mut(&mut applied.state).apply(command)
                     }
                     EntryPayload::Membership(membership) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -238,5 +246,110 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 meta: stored.meta,
                 snapshot: Box::new(Cursor::new(stored.data)),
             }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// `applied` (and a snapshot's data) as the 0.1.0 release writes it, with a plain state.
+    const APPLIED_0_1_0: &str = r#"{"last_applied":{"leader_id":{"term":1,"node_id":1},"index":3},"membership":{"log_id":{"leader_id":{"term":1,"node_id":1},"index":1},"membership":{"configs":[[1]],"nodes":{"1":{"addr":"127.0.0.11:3333"}}}},"state":{"cluster":{"name":"c1","credentials":{"username":"admin","password_hash":"h"},"secret":"s","created_at":1},"nodes":{"1":{"uid":1,"addr":"127.0.0.11","software_version":"0.1.0","os":"Debian"}},"next_ids":{"next_node_uid":2,"next_bdb_uid":1,"next_shard_uid":1,"next_action_uid":1},"bdbs":{},"shards":{},"actions":{}}}"#;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn command(value: Value) -> flotilla_model::Command {
+        serde_json::from_value(value).expect("a command")
+    }
+
+    fn create_cluster() -> flotilla_model::Command {
+        command(json!({
+            "kind": "create_cluster",
+            "name": "c1",
+            "credentials": {"username": "admin", "password_hash": "h"},
+            "secret": "s",
+            "created_at": 1,
+            "node": {"addr": "127.0.0.11", "software_version": "0.1.0", "os": "Debian"}
+        }))
+    }
+
+    fn open_machine(dir: &tempfile::TempDir, name: &str) -> StateMachine {
+        let db = Database::create(dir.path().join(name)).expect("redb");
+        StateMachine::open(Arc::new(db)).expect("state machine")
+    }
+
+    async fn apply_one(machine: &mut StateMachine, index: u64, command: flotilla_model::Command) {
+        let entry = Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(command),
+        };
+        machine.apply([entry]).await.expect("applied");
+    }
+
+    #[test]
+    fn the_shared_state_encodes_like_the_plain_state_of_0_1_0() {
+        let applied: Applied = serde_json::from_str(APPLIED_0_1_0).expect("decodes");
+        assert_eq!(
+            applied.state.cluster.as_ref().map(|c| c.name.as_str()),
+            Some("c1")
+        );
+        let encoded = serde_json::to_value(&applied).expect("encodes");
+        let sample: Value = serde_json::from_str(APPLIED_0_1_0).expect("json");
+        assert_eq!(encoded, sample);
+    }
+
+    #[tokio::test]
+    async fn a_reader_keeps_its_snapshot_while_later_commands_apply() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut machine = open_machine(&dir, "sm.redb");
+        let before = machine.state();
+        assert!(
+            Arc::ptr_eq(&before, &machine.state()),
+            "a read shares, never copies"
+        );
+        apply_one(&mut machine, 1, create_cluster()).await;
+        assert!(
+            before.cluster.is_none(),
+            "the reader's snapshot did not change"
+        );
+        let after = machine.state();
+        assert_eq!(after.cluster.as_ref().map(|c| c.name.as_str()), Some("c1"));
+        drop(before);
+        // Nobody holds the previous version now: applying changes the state in place.
+        let rename = command(json!({"kind": "update_cluster", "name": "c2"}));
+        let held = Arc::as_ptr(&after);
+        drop(after);
+        apply_one(&mut machine, 2, rename).await;
+        let renamed = machine.state();
+        assert_eq!(Arc::as_ptr(&renamed), held, "no copy without readers");
+        assert_eq!(
+            renamed.cluster.as_ref().map(|c| c.name.as_str()),
+            Some("c2")
+        );
+        assert_eq!(machine.applied_index(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_built_snapshot_installs_the_same_state_elsewhere_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut source = open_machine(&dir, "source.redb");
+        apply_one(&mut source, 1, create_cluster()).await;
+        let snapshot = source.build_snapshot().await.expect("built");
+        let mut target = open_machine(&dir, "target.redb");
+        let changes = target.subscribe();
+        target
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .expect("installed");
+        assert!(changes.has_changed().expect("open"), "readers are told");
+        assert_eq!(*target.state(), *source.state());
+        assert_eq!(target.applied_index(), 1);
+        drop(target);
+        let reopened = open_machine(&dir, "target.redb");
+        assert_eq!(*reopened.state(), *source.state());
+        assert_eq!(reopened.applied_index(), 1);
     }
 }

@@ -36,15 +36,13 @@ pub fn desired_shards(
     bind: IpAddr,
     shards_dir: &Path,
 ) -> Result<BTreeMap<ShardUid, Result<DesiredShard, ShardError>>, ShardError> {
-    let secret = state
-        .cluster()
-        .map_err(|e| ShardError::NotReady(e.to_string()))?
-        .secret
-        .clone();
+    let password = state
+        .engine_password()
+        .map_err(|e| ShardError::NotReady(e.to_string()))?;
     let desired = state
         .shards_on(node)
         .map(|shard| {
-            let built = desired_shard(state, shard, bind, &secret, shards_dir);
+            let built = desired_shard(state, shard, bind, password, shards_dir);
             (shard.uid, built)
         })
         .collect();
@@ -55,7 +53,7 @@ fn desired_shard(
     state: &ClusterState,
     shard: &Shard,
     bind: IpAddr,
-    secret: &str,
+    password: &str,
     shards_dir: &Path,
 ) -> Result<DesiredShard, ShardError> {
     let bdb = state.bdbs.get(&shard.bdb_uid).ok_or_else(|| {
@@ -73,21 +71,16 @@ fn desired_shard(
         version: shard.redis_version,
         bind,
         port: shard.port,
-        password: secret.to_string(),
+        password: password.to_string(),
         maxmemory_bytes: shard_memory(bdb),
         eviction: EvictionPolicy::default(),
         persistence: persistence(bdb.spec.data_persistence),
         dir: shards_dir.join(shard.uid.to_string()),
         replica_of,
     };
-    let has_replica = state.shards_of(shard.bdb_uid).any(|other| {
-        other.uid != shard.uid
-            && other.role == ShardRole::Slave
-            && other.assigned_slots == shard.assigned_slots
-    });
-    let switching = state
-        .master_of(shard.bdb_uid, shard.assigned_slots)
-        .is_some_and(|master| master.held);
+    let group = state.slot_group_of(shard);
+    let has_replica = group.replicas().any(|other| other.uid != shard.uid);
+    let switching = group.master().is_some_and(|master| master.held);
     Ok(DesiredShard {
         bdb_uid: shard.bdb_uid,
         role: shard.role,
@@ -107,21 +100,12 @@ fn master_address(state: &ClusterState, slave: &Shard) -> Result<ReplicaOf, Shar
                 slave.uid, slave.assigned_slots, slave.bdb_uid
             ))
         })?;
-    let node = state.nodes.get(&master.node_uid).ok_or_else(|| {
-        ShardError::Inconsistent(format!(
-            "master shard {} is placed on node {}, which is not in the cluster",
-            master.uid, master.node_uid
-        ))
-    })?;
-    let host = node.addr.parse().map_err(|_| {
-        ShardError::Inconsistent(format!(
-            "node {} has address {:?}, which is not an IP address",
-            node.uid, node.addr
-        ))
-    })?;
+    let addr = state
+        .shard_addr(master)
+        .map_err(|e| ShardError::Inconsistent(e.to_string()))?;
     Ok(ReplicaOf {
-        host,
-        port: master.port,
+        host: addr.ip(),
+        port: addr.port(),
     })
 }
 
@@ -143,12 +127,15 @@ fn persistence(mode: DataPersistence) -> Persistence {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_model::{BdbSpec, Command, Credentials, EngineVersion, NodeSpec, ShardPlan};
+    use flotilla_model::{
+        BdbCreation, BdbSpec, ClusterCreation, Command, Credentials, EngineVersion, NodeAddition,
+        NodeSpec, ShardPlan, ShardPromotion,
+    };
     use flotilla_model::{CommandResult, SlotRange};
 
     fn node(addr: &str) -> NodeSpec {
         NodeSpec {
-            addr: addr.into(),
+            addr: addr.parse().unwrap(),
             software_version: "0.1.0".into(),
             os: "test".into(),
         }
@@ -157,7 +144,7 @@ mod tests {
     /// A two-node cluster with one database: master on node 1, slave on node 2.
     fn state() -> ClusterState {
         let mut state = ClusterState::default();
-        let create = Command::CreateCluster {
+        let create = Command::CreateCluster(ClusterCreation {
             name: "c".into(),
             credentials: Credentials {
                 username: "a".into(),
@@ -166,14 +153,14 @@ mod tests {
             secret: "sekret".into(),
             created_at: 0,
             node: node("127.0.0.11"),
-        };
+        });
         assert!(matches!(
             state.apply(create),
             CommandResult::NodeAdded { .. }
         ));
-        let add = Command::AddNode {
+        let add = Command::AddNode(NodeAddition {
             node: node("127.0.0.12"),
-        };
+        });
         assert!(matches!(state.apply(add), CommandResult::NodeAdded { .. }));
         let slots = SlotRange::even(0, 1);
         let plan = |node_uid, role, port| ShardPlan {
@@ -182,7 +169,7 @@ mod tests {
             assigned_slots: slots,
             port,
         };
-        let bdb = Command::CreateBdb {
+        let bdb = Command::CreateBdb(BdbCreation {
             bdb: BdbSpec {
                 name: "db".into(),
                 port: 12000,
@@ -198,7 +185,7 @@ mod tests {
                 plan(1, ShardRole::Master, 20001),
                 plan(2, ShardRole::Slave, 20002),
             ],
-        };
+        });
         assert!(matches!(state.apply(bdb), CommandResult::BdbCreated { .. }));
         state
     }
@@ -231,10 +218,10 @@ mod tests {
     fn a_promotion_swaps_who_follows_whom() {
         let mut state = state();
         assert_eq!(
-            state.apply(Command::PromoteShard {
+            state.apply(Command::PromoteShard(ShardPromotion {
                 uid: 2,
                 require_held: false
-            }),
+            })),
             CommandResult::Ok
         );
         let dir = Path::new("/data/shards");

@@ -6,8 +6,8 @@
 //!   outlives the daemon), makes its role match the store (`REPLICAOF NO ONE` for a master,
 //!   `REPLICAOF host port` for a slave), and observes it;
 //! - holds back restarting a dead memory-only master that has a replica for
-//!   [`MASTER_RESTART_GRACE`], so the orchestrator can promote the replica before the master
-//!   comes back empty;
+//!   [`MASTER_RESTART_GRACE`](flotilla_model::timing::MASTER_RESTART_GRACE), so the
+//!   orchestrator can promote the replica before the master comes back empty;
 //! - for each folder in the shards dir that the store no longer places here, stops the engine
 //!   and removes the folder.
 //!
@@ -26,27 +26,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_engine::{EngineCatalog, EngineError};
-use flotilla_model::rest::ShardReport;
+use flotilla_model::rest::{ReplicaLink, ShardReport};
+use flotilla_model::timing::{RECONCILE_INTERVAL, SYNC_POLL, SYNC_WATCH};
 use flotilla_model::{ShardRole, ShardUid};
-use flotilla_store::Store;
+use flotilla_store::{Store, Wake, Wakes};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use desired::{desired_shards, DesiredShard};
 pub use local::{local_shard_dirs, recorded_spec};
-pub use worker::MASTER_RESTART_GRACE;
-
-/// The longest the agent goes without reconciling, store changes or not.
-pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How often a replica in the middle of a full sync is observed, so the moment its link comes
-/// up reaches the primary node at once (upgrade steps and the database's status wait for it)
-/// rather than at the next round.
-const SYNC_POLL: Duration = Duration::from_millis(50);
-
-/// How long one step keeps watching a syncing replica; shorter than a round, so the next
-/// round's step is not skipped for it.
-const SYNC_WATCH: Duration = Duration::from_millis(800);
 
 /// How long a stopping agent waits for shard steps in flight before abandoning them (an
 /// abandoned start leaves a detached engine that the next agent adopts).
@@ -207,24 +195,11 @@ impl ShardAgent {
     /// Reconciles the shards a store change concerns on every change, and every shard every
     /// [`RECONCILE_INTERVAL`], until `shutdown` turns true (or its sender goes). Engines keep
     /// running after it returns.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut changes = self.store.subscribe();
-        let mut store_open = true;
-        let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            let every = tokio::select! {
-                _ = tick.tick() => true,
-                changed = changes.changed(), if store_open => {
-                    store_open = changed.is_ok();
-                    false
-                }
-                changed = shutdown.changed() => if changed.is_err() { break } else { continue },
-            };
-            self.reconcile_round(every);
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
+        let changes = self.store.subscribe();
+        let mut wakes = Wakes::on_change_or_every(changes, RECONCILE_INTERVAL, shutdown);
+        while let Some(wake) = wakes.next().await {
+            self.reconcile_round(wake == Wake::Tick);
         }
         self.finish().await;
     }
@@ -345,7 +320,7 @@ impl ShardAgent {
 /// restarted on a new engine, pointed at a new master), syncing, or loading the RDB (its
 /// engine then refuses connections `-LOADING` and is reported down).
 fn unlinked_replica(wanted: &DesiredShard, report: &ShardReport) -> bool {
-    wanted.role == ShardRole::Slave && (report.sync_in_progress || !report.master_link_up)
+    wanted.role == ShardRole::Slave && !report.serves_in(ShardRole::Slave, ReplicaLink::Required)
 }
 
 /// Observes a replica that is not linked to its master yet every [`SYNC_POLL`] until its link

@@ -11,6 +11,7 @@ use flotilla_engine::{
     Role, ShardProcess, ShardSpec, StopOptions,
 };
 use flotilla_model::rest::ShardReport;
+use flotilla_model::timing::MASTER_RESTART_GRACE;
 use flotilla_model::{ShardRole, ShardUid};
 
 use super::desired::DesiredShard;
@@ -28,13 +29,6 @@ const REPLACE_STOP: StopOptions = StopOptions {
     shutdown_timeout: Duration::from_secs(10),
     signal_timeout: Duration::from_secs(5),
 };
-
-/// How long a master that died without persistence, and that has a replica, stays down before
-/// the agent restarts it as a master anyway. Restarted at once, it would come back empty and
-/// its replica would resync to that empty data set; waiting longer than the orchestrator's
-/// failover delay (1.5 s) lets the replica be promoted first, and the old master then restarts
-/// as its replica with the data.
-pub const MASTER_RESTART_GRACE: Duration = Duration::from_secs(5);
 
 /// When the agent first found each dead, memory-only master down (see [`MASTER_RESTART_GRACE`]).
 #[derive(Debug, Clone, Default)]

@@ -15,8 +15,8 @@ use flotilla_agent::{ObservedShards, ShardAgent};
 use flotilla_engine::{adopt, EngineCatalog, EngineClient, EngineVersion};
 use flotilla_model::rest::ShardReport;
 use flotilla_model::{
-    BdbSpec, BdbUid, Command, CommandResult, DataPersistence, NodeSpec, ShardPlan, ShardRole,
-    ShardUid, SlotRange,
+    BdbCreation, BdbSpec, BdbUid, Command, CommandResult, DataPersistence, NodeSpec, ShardPlan,
+    ShardRole, ShardUid, SlotRange,
 };
 use flotilla_store::{Store, StoreConfig};
 use tokio::sync::watch;
@@ -83,7 +83,7 @@ impl TestNode {
         .await
         .expect("open store");
         let node = NodeSpec {
-            addr: addr.to_string(),
+            addr,
             software_version: "test".into(),
             os: "test".into(),
         };
@@ -106,7 +106,7 @@ impl TestNode {
 
     /// The cluster's internal secret (every shard's password).
     pub fn secret(&self) -> String {
-        self.store.state().cluster().unwrap().secret.clone()
+        self.store.state().engine_password().unwrap().to_string()
     }
 
     /// Proposes a one-shard, replicated database with its master on `master_port` and its slave
@@ -124,7 +124,7 @@ impl TestNode {
             assigned_slots: slots,
             port,
         };
-        let command = Command::CreateBdb {
+        let command = Command::CreateBdb(BdbCreation {
             bdb: BdbSpec {
                 name: name.into(),
                 port: 12000 + (master_port % 1000),
@@ -140,7 +140,7 @@ impl TestNode {
                 plan(ShardRole::Master, master_port),
                 plan(ShardRole::Slave, slave_port),
             ],
-        };
+        });
         let CommandResult::BdbCreated { uid } = self.store.propose(command).await.unwrap() else {
             panic!("CreateBdb was not applied");
         };

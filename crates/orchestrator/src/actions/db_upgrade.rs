@@ -1,4 +1,5 @@
-//! The database upgrade plan (Redis Software's `SMUpgradeBDB`), DESIGN.md "Upgrades -> Databases".
+//! Running the steps of a database upgrade (Redis Software's `SMUpgradeBDB`), DESIGN.md
+//! "Upgrades -> Databases"; the steps themselves are the model's plan ([`flotilla_model::plan`]).
 //!
 //! Slot ranges are upgraded in batches of `parallel_shards`. For each batch of a replicated
 //! database: `add_replacement` (a shard on the new engine beside each old master, on its node),
@@ -19,12 +20,14 @@
 
 use std::time::{Duration, Instant};
 
-use flotilla_model::rest::ShardReport;
+use flotilla_model::rest::{ReplicaLink, ShardReport};
 use flotilla_model::{
-    Action, ActionKind, ClusterState, Command, EngineVersion, Shard, ShardRole, SlotRange,
+    plan, Action, ActionKind, BdbVersionChange, ClusterState, Command, EngineVersion, Op,
+    ReplacementAddition, Shard, ShardRemoval, ShardReplacement, ShardRole, ShardVersionChange,
+    SlotRange, TemporaryReplicaAddition,
 };
 
-use super::{Step, StepError};
+use super::StepError;
 use crate::switchover::{self, SwitchoverError};
 use crate::Observer;
 
@@ -41,136 +44,10 @@ const SHARED_SYNC_WAIT: Duration = Duration::from_secs(5);
 /// second full sync of this much data takes here (`bench/db-upgrade`: ~1 s per 100 MB).
 const SHARED_SYNC_MIN_MEMORY: u64 = 64 << 20;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    UpgradeReplica,
-    SyncReplica,
-    Switchover,
-    UpgradeOldMaster,
-    SyncOldMaster,
-    SwitchBack,
-    RestartOnNewEngine,
-    WaitShardsUp,
-    AddTemporaryReplica,
-    RemoveTemporaryReplica,
-    AddReplacement,
-    ReplaceOldMaster,
-    Finalize,
-}
-
-impl Op {
-    fn name(self) -> &'static str {
-        match self {
-            Op::UpgradeReplica => "upgrade_replica",
-            Op::SyncReplica => "sync_replica",
-            Op::Switchover => "switchover",
-            Op::UpgradeOldMaster => "upgrade_old_master",
-            Op::SyncOldMaster => "sync_old_master",
-            Op::SwitchBack => "switch_back",
-            Op::RestartOnNewEngine => "restart_on_new_engine",
-            Op::WaitShardsUp => "wait_shards_up",
-            Op::AddTemporaryReplica => "add_temporary_replica",
-            Op::RemoveTemporaryReplica => "remove_temporary_replica",
-            Op::AddReplacement => "add_replacement",
-            Op::ReplaceOldMaster => "replace_old_master",
-            Op::Finalize => "finalize",
-        }
-    }
-}
-
-struct Planned {
-    op: Op,
-    ranges: Vec<SlotRange>,
-    cancel_point: bool,
-}
-
-fn slot_ranges(state: &ClusterState, bdb: u64) -> Vec<SlotRange> {
-    let mut ranges: Vec<SlotRange> = state.shards_of(bdb).map(|s| s.assigned_slots).collect();
-    ranges.sort();
-    ranges.dedup();
-    ranges
-}
-
-fn planned(kind: &ActionKind, state: &ClusterState) -> Vec<Planned> {
-    let ActionKind::DbUpgrade {
-        bdb_uid,
-        preserve_roles,
-        parallel_shards,
-        discard_data,
-        ..
-    } = kind;
-    let replicated = state.bdbs.get(bdb_uid).is_some_and(|b| b.spec.replication);
-    let per_batch: &[Op] = match (*discard_data, replicated, *preserve_roles) {
-        (true, _, _) => &[Op::RestartOnNewEngine, Op::WaitShardsUp],
-        // Without replication the data moves through a temporary replica, and the master role
-        // always goes back to the original shard (the temporary one is removed).
-        (false, false, _) => &[
-            Op::AddTemporaryReplica,
-            Op::SyncReplica,
-            Op::Switchover,
-            Op::UpgradeOldMaster,
-            Op::SyncOldMaster,
-            Op::SwitchBack,
-            Op::RemoveTemporaryReplica,
-        ],
-        (false, true, false) => &[
-            Op::AddReplacement,
-            Op::UpgradeReplica,
-            Op::SyncReplica,
-            Op::Switchover,
-            Op::ReplaceOldMaster,
-        ],
-        (false, true, true) => &[
-            Op::UpgradeReplica,
-            Op::SyncReplica,
-            Op::Switchover,
-            Op::UpgradeOldMaster,
-            Op::SyncOldMaster,
-            Op::SwitchBack,
-        ],
-    };
-    let mut steps = Vec::new();
-    let ranges = slot_ranges(state, *bdb_uid);
-    for batch in ranges.chunks(usize::from((*parallel_shards).max(1))) {
-        for (i, op) in per_batch.iter().enumerate() {
-            steps.push(Planned {
-                op: *op,
-                ranges: batch.to_vec(),
-                cancel_point: i == 0,
-            });
-        }
-    }
-    steps.push(Planned {
-        op: Op::Finalize,
-        ranges: Vec::new(),
-        cancel_point: true,
-    });
-    steps
-}
-
-/// The named steps of a database upgrade.
-pub fn plan(kind: &ActionKind, state: &ClusterState) -> Vec<Step> {
-    planned(kind, state)
-        .into_iter()
-        .map(|p| {
-            let ranges: Vec<String> = p.ranges.iter().map(|r| r.to_string()).collect();
-            let name = if ranges.is_empty() {
-                p.op.name().to_string()
-            } else {
-                format!("{} {}", p.op.name(), ranges.join(","))
-            };
-            Step {
-                name,
-                cancel_point: p.cancel_point,
-            }
-        })
-        .collect()
-}
-
 /// Runs step `index` of a database upgrade (idempotent).
 pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Result<(), StepError> {
     let state = observer.store.state();
-    let steps = planned(&action.kind, &state);
+    let steps = plan(&action.kind, &state);
     let step = steps.get(index).ok_or_else(|| {
         StepError::never(format!(
             "action {}: step {index} is not in its plan any more ({} steps): the database's slot ranges changed; start a new upgrade",
@@ -189,10 +66,11 @@ pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Res
     for range in &step.ranges {
         let observer = observer.clone();
         let (bdb, target, range) = (*bdb_uid, *target, *range);
-        let original = original_masters
-            .iter()
-            .filter_map(|uid| state.shards.get(uid))
-            .find(|s| s.assigned_slots == range)
+        let original = state
+            .slot_group(bdb, range)
+            .shards
+            .into_iter()
+            .find(|s| original_masters.contains(&s.uid))
             .map(|s| s.uid);
         let op = step.op;
         runs.spawn(async move { run_op(&observer, op, bdb, target, range, original).await });
@@ -212,10 +90,10 @@ pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Res
     if step.op == Op::Finalize {
         propose(
             observer,
-            Command::SetBdbVersion {
+            Command::SetBdbVersion(BdbVersionChange {
                 uid: *bdb_uid,
                 redis_version: *target,
-            },
+            }),
         )
         .await?;
     }
@@ -235,11 +113,11 @@ async fn run_op(
             set_versions(observer, bdb, range, target, Some(ShardRole::Slave)).await
         }
         Op::SyncReplica => {
-            wait_range(observer, bdb, range, target, true).await?;
+            wait_range(observer, bdb, range, target, ReplicaLink::Required).await?;
             start_masters_full_syncs_at_once(observer, bdb, range).await;
             Ok(())
         }
-        Op::SyncOldMaster => wait_range(observer, bdb, range, target, true).await,
+        Op::SyncOldMaster => wait_range(observer, bdb, range, target, ReplicaLink::Required).await,
         Op::Switchover => {
             let state = observer.store.state();
             let master = master(&state, bdb, range)?;
@@ -265,7 +143,10 @@ async fn run_op(
         Op::RemoveTemporaryReplica => remove_temporary_replicas(observer, bdb, range).await,
         Op::AddReplacement => add_replacement(observer, bdb, range, target).await,
         Op::ReplaceOldMaster => replace_old_master(observer, bdb, range, target).await,
-        Op::WaitShardsUp => wait_range(observer, bdb, range, target, false).await,
+        // Shards restarted empty (`discard_data`): nothing to sync.
+        Op::WaitShardsUp => {
+            wait_range(observer, bdb, range, target, ReplicaLink::NotRequired).await
+        }
         Op::Finalize => Ok(()),
     }
 }
@@ -277,10 +158,7 @@ async fn add_temporary_replica(
     target: EngineVersion,
 ) -> Result<(), StepError> {
     let state = observer.store.state();
-    if state
-        .shards_of(bdb)
-        .any(|s| s.temporary && s.assigned_slots == range)
-    {
+    if state.slot_group(bdb, range).temporary().next().is_some() {
         return Ok(());
     }
     let master = master(&state, bdb, range)?;
@@ -295,11 +173,11 @@ async fn add_temporary_replica(
     )?;
     propose(
         observer,
-        Command::AddTemporaryReplica {
+        Command::AddTemporaryReplica(TemporaryReplicaAddition {
             bdb_uid: bdb,
             plan,
             redis_version: target,
-        },
+        }),
     )
     .await
 }
@@ -329,12 +207,12 @@ async fn add_replacement(
         .map_err(|e| StepError::from(e).context(format!("replacement for shard {}", master.uid)))?;
     propose(
         observer,
-        Command::AddReplacement {
+        Command::AddReplacement(ReplacementAddition {
             bdb_uid: bdb,
             replaces: master.uid,
             port,
             redis_version: target,
-        },
+        }),
     )
     .await
 }
@@ -381,13 +259,11 @@ async fn replace_old_master(
     range: SlotRange,
     target: EngineVersion,
 ) -> Result<(), StepError> {
-    wait_range(observer, bdb, range, target, true).await?;
+    wait_range(observer, bdb, range, target, ReplicaLink::Required).await?;
     let state = observer.store.state();
     let master = master(&state, bdb, range)?;
-    let replacements: Vec<&Shard> = state
-        .shards_of(bdb)
-        .filter(|s| s.temporary && s.assigned_slots == range)
-        .collect();
+    let group = state.slot_group(bdb, range);
+    let replacements: Vec<&Shard> = group.temporary().collect();
     if !replacements.is_empty() {
         // Every endpoint routes to the new master before the old one's engine stops, so no
         // client write is sent to an engine that is gone.
@@ -402,9 +278,9 @@ async fn replace_old_master(
         if replacement.role == ShardRole::Slave {
             wait_linked_to(&state, &master, replacement).await?;
         }
-        let command = Command::ReplaceShard {
+        let command = Command::ReplaceShard(ShardReplacement {
             replacement: replacement.uid,
-        };
+        });
         propose(observer, command).await?;
     }
     Ok(())
@@ -418,15 +294,10 @@ async fn wait_linked_to(
     replica: &Shard,
 ) -> Result<(), StepError> {
     let ip = state
-        .nodes
-        .get(&replica.node_uid)
-        .map(|n| n.addr.clone())
-        .ok_or_else(|| {
-            StepError::later(format!(
-                "node {} of shard {} is not in the cluster state",
-                replica.node_uid, replica.uid
-            ))
-        })?;
+        .shard_addr(replica)
+        .map_err(|e| StepError::later(e.to_string()))?
+        .ip()
+        .to_string();
     let client = switchover::connect(state, master).await?;
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
@@ -459,12 +330,13 @@ async fn remove_temporary_replicas(
 ) -> Result<(), StepError> {
     let state = observer.store.state();
     let temporary: Vec<u64> = state
-        .shards_of(bdb)
-        .filter(|s| s.temporary && s.assigned_slots == range && s.role == ShardRole::Slave)
+        .slot_group(bdb, range)
+        .temporary()
+        .filter(|s| s.role == ShardRole::Slave)
         .map(|s| s.uid)
         .collect();
     for uid in temporary {
-        propose(observer, Command::RemoveShard { uid }).await?;
+        propose(observer, Command::RemoveShard(ShardRemoval { uid })).await?;
     }
     Ok(())
 }
@@ -494,52 +366,59 @@ async fn set_versions(
 ) -> Result<(), StepError> {
     let state = observer.store.state();
     let shards: Vec<u64> = state
-        .shards_of(bdb)
-        .filter(|s| s.assigned_slots == range && s.redis_version != target)
+        .slot_group(bdb, range)
+        .shards
+        .into_iter()
+        .filter(|s| s.redis_version != target)
         .filter(|s| role.is_none_or(|r| s.role == r))
         .map(|s| s.uid)
         .collect();
     for uid in shards {
         propose(
             observer,
-            Command::SetShardVersion {
+            Command::SetShardVersion(ShardVersionChange {
                 uid,
                 redis_version: target,
-            },
+            }),
         )
         .await?;
     }
     Ok(())
 }
 
-fn ready(report: Option<&ShardReport>, shard: &Shard, target: EngineVersion, synced: bool) -> bool {
+fn ready(
+    report: Option<&ShardReport>,
+    shard: &Shard,
+    target: EngineVersion,
+    link: ReplicaLink,
+) -> bool {
     let Some(report) = report else { return false };
     let on_target = report
         .engine_version
         .as_deref()
         .is_some_and(|v| v.starts_with(target.reported_version_prefix()));
-    let in_role = report.role == Some(shard.role);
-    let linked = shard.role == ShardRole::Master || !synced || report.master_link_up;
-    report.up && on_target && in_role && linked
+    on_target && report.serves_in(shard.role, link)
 }
 
 /// Waits until every shard of the range that should run `target` reports it, in its role, and
-/// (for replicas, when `synced`) with its link to the master up, i.e. the full sync is done.
+/// (for replicas, when `link` requires it) linked to its master, i.e. the full sync is done.
 async fn wait_range(
     observer: &Observer,
     bdb: u64,
     range: SlotRange,
     target: EngineVersion,
-    synced: bool,
+    link: ReplicaLink,
 ) -> Result<(), StepError> {
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
         let state = observer.store.state();
         let reports = observer.shard_reports();
         let waiting: Vec<u64> = state
-            .shards_of(bdb)
-            .filter(|s| s.assigned_slots == range && s.redis_version == target)
-            .filter(|s| !ready(reports.get(&s.uid), s, target, synced))
+            .slot_group(bdb, range)
+            .shards
+            .into_iter()
+            .filter(|s| s.redis_version == target)
+            .filter(|s| !ready(reports.get(&s.uid), s, target, link))
             .map(|s| s.uid)
             .collect();
         if waiting.is_empty() {

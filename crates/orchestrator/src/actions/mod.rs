@@ -4,7 +4,8 @@
 //! run again, so when the primary node dies the next primary's runner picks the action up at
 //! the recorded step. A failing step's [`StepError`] says whether to run it again at once, after
 //! a pause, or never ([`retry_after`]); once retries are used up the action is marked failed
-//! with the error. Cancellation is honoured only at a plan's safe boundaries.
+//! with the error. Cancellation is honoured only at a plan's safe boundaries. The plan itself
+//! comes from the model ([`flotilla_model::plan`]), the one place that derives it.
 
 pub mod db_upgrade;
 mod error;
@@ -13,12 +14,12 @@ pub use error::{Retry, StepError};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use flotilla_model::{
-    Action, ActionKind, ActionStatus, ActionUid, ClusterState, Command, StepRecord,
+    now_secs, plan, Action, ActionKind, ActionStatus, ActionUid, ActionUpdate, Command, StepRecord,
 };
-use flotilla_store::StoreError;
+use flotilla_store::{StoreError, Wakes};
 use tokio::sync::watch;
 
 use crate::Observer;
@@ -36,41 +37,12 @@ const LATER_ATTEMPTS: u32 = 5;
 /// cluster gets 15 s to settle, e.g. to see its nodes up again after a primary change).
 const LATER_PAUSE: Duration = Duration::from_secs(1);
 
-/// One named step of an action's plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
-    /// Name shown in `flotilla action show`, e.g. `upgrade_replica 0-8191`.
-    pub name: String,
-    /// A cancel request may stop the action before this step.
-    pub cancel_point: bool,
-}
-
-/// Seconds since the epoch, for action timestamps.
-pub(crate) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// The plan of an action, recomputed from its persisted kind (stable across primaries).
-pub fn plan(kind: &ActionKind, state: &ClusterState) -> Vec<Step> {
-    match kind {
-        ActionKind::DbUpgrade { .. } => db_upgrade::plan(kind, state),
-    }
-}
-
 /// Drives running actions while this node is the primary node, until `shutdown` fires.
-pub async fn run_actions(observer: Observer, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_actions(observer: Observer, shutdown: watch::Receiver<bool>) {
     let driving: Arc<Mutex<HashSet<ActionUid>>> = Arc::default();
-    let mut tick = tokio::time::interval(SCAN_EVERY);
-    let mut changes = observer.store.subscribe();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = changes.changed() => {}
-            _ = shutdown.changed() => return,
-        }
+    let changes = observer.store.subscribe();
+    let mut wakes = Wakes::on_change_or_every(changes, SCAN_EVERY, shutdown);
+    while wakes.next().await.is_some() {
         if !observer.store.is_leader() {
             continue;
         }
@@ -102,6 +74,7 @@ async fn drive(observer: &Observer, uid: ActionUid) {
         if !action.is_running() {
             return;
         }
+        // Recomputed from the persisted kind: the same on every primary node.
         let steps = plan(&action.kind, &state);
         let index = action.step_index as usize;
         let Some(step) = steps.get(index) else {
@@ -116,49 +89,50 @@ async fn drive(observer: &Observer, uid: ActionUid) {
             .await;
             return;
         };
+        let name = step.name();
         if action.cancel_requested && step.cancel_point {
             record(
                 observer,
                 &action,
                 ActionStatus::Cancelled,
                 index,
-                &step.name,
+                &name,
                 None,
             )
             .await;
             return;
         }
-        failpoint(&step.name).await;
+        failpoint(&name).await;
         let started = std::time::Instant::now();
         match run_step_with_retries(observer, &action, index).await {
             Ok(()) => {
                 let next = steps
                     .get(index + 1)
-                    .map(|s| s.name.as_str())
-                    .unwrap_or("done");
+                    .map(|s| s.name())
+                    .unwrap_or_else(|| "done".into());
                 let status = if index + 1 >= steps.len() {
                     ActionStatus::Completed
                 } else {
                     ActionStatus::Running
                 };
                 let finished = StepRecord {
-                    step: step.name.clone(),
+                    step: name,
                     duration_ms: started.elapsed().as_millis() as u64,
                 };
-                record_step(observer, &action, status, index + 1, next, finished).await;
+                record_step(observer, &action, status, index + 1, &next, finished).await;
             }
             Err(_) if !observer.store.is_leader() => {
                 // Leadership moved: the new primary node resumes from the recorded step.
                 return;
             }
             Err(e) => {
-                tracing::error!(action = uid, step = %step.name, error = %e, retry = ?e.retry, "action failed");
+                tracing::error!(action = uid, step = %name, error = %e, retry = ?e.retry, "action failed");
                 record(
                     observer,
                     &action,
                     ActionStatus::Failed,
                     index,
-                    &step.name,
+                    &name,
                     Some(e.message),
                 )
                 .await;
@@ -246,7 +220,7 @@ async fn propose_update(
     error: Option<String>,
     finished: Option<StepRecord>,
 ) {
-    let command = Command::UpdateAction {
+    let command = Command::UpdateAction(ActionUpdate {
         uid: action.uid,
         status,
         step_index: step_index as u32,
@@ -255,7 +229,7 @@ async fn propose_update(
         updated_at: now_secs(),
         finished,
         expected_step: Some(action.step_index),
-    };
+    });
     match observer.store.propose(command).await {
         Ok(_) => {}
         // Another runner (a former primary node) recorded this step first: the state says where

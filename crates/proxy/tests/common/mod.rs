@@ -154,6 +154,25 @@ impl Setup {
             .expect("connect through the proxy")
     }
 
+    /// Waits, at most 5 s, until a blocking command (BLPOP) sent through the endpoint blocks on
+    /// engine `i`.
+    pub async fn wait_blocked(&self, i: usize) {
+        let mut engine = self.direct(i).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let clients: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut engine)
+                .await
+                .unwrap();
+            if clients.contains("cmd=blpop") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "BLPOP never reached the shard");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A direct, authenticated connection to engine `i`, bypassing the proxy.
     pub async fn direct(&self, i: usize) -> redis::aio::MultiplexedConnection {
         let url = format!("redis://:{SHARD_PASSWORD}@{}/", self.engine_addr(i));

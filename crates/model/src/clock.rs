@@ -1,0 +1,13 @@
+//! The one clock reading the cluster's timestamps use.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch, as every timestamp in the state and in commands is written
+/// (`created_at`, `updated_at`). Read by whoever proposes a command, never while applying one,
+/// so that applying stays deterministic.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

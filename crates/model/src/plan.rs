@@ -1,0 +1,359 @@
+//! The plan of an action: its named steps, computed by one pure function of the action's kind
+//! and the cluster state ([`plan`]).
+//!
+//! The primary node runs the steps in this order, `GET /v1/actions/{uid}` lists them, and the
+//! tests read their names from here: nobody else derives them. The plan is recomputed from the
+//! action's persisted kind (never stored), so it must stay the same from one step to the next
+//! while the action changes the state (temporary shards share their slot range, so they add no
+//! step) and after a primary node change.
+//!
+//! A database upgrade (Redis Software's `SMUpgradeBDB`, DESIGN.md "Upgrades -> Databases")
+//! upgrades slot ranges in batches of `parallel_shards`, each batch running the operations of
+//! its [`UpgradeShape`], then `finalize` records the database's new engine.
+
+use crate::action::ActionKind;
+use crate::bdb::SlotRange;
+use crate::state::ClusterState;
+
+/// One operation of a plan, run on every slot range of its step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// The range's replicas restart on the new engine.
+    UpgradeReplica,
+    /// Waits until the range's new-engine replicas are up and linked (their full sync done).
+    SyncReplica,
+    /// Planned switchover of the range's master role to an upgraded replica.
+    Switchover,
+    /// The old master, a replica by now, restarts on the new engine.
+    UpgradeOldMaster,
+    /// Waits until the old master is up and linked on the new engine.
+    SyncOldMaster,
+    /// Switchover back to the range's original master.
+    SwitchBack,
+    /// Every shard of the range restarts, empty, on the new engine (`discard_data`).
+    RestartOnNewEngine,
+    /// Waits until the restarted shards answer on the new engine.
+    WaitShardsUp,
+    /// Adds a temporary replica to a range of a database without replication.
+    AddTemporaryReplica,
+    /// Removes the temporary replica again.
+    RemoveTemporaryReplica,
+    /// Adds, beside the range's master and on its node, a replacement on the new engine.
+    AddReplacement,
+    /// The replacement takes the old master's place once it follows the new master.
+    ReplaceOldMaster,
+    /// Records the database's new engine version.
+    Finalize,
+}
+
+impl Op {
+    /// The operation's name, the first word of its steps' names (and what the step failpoint
+    /// `FLOTILLA_FAILPOINT_PAUSE_STEP` matches).
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::UpgradeReplica => "upgrade_replica",
+            Op::SyncReplica => "sync_replica",
+            Op::Switchover => "switchover",
+            Op::UpgradeOldMaster => "upgrade_old_master",
+            Op::SyncOldMaster => "sync_old_master",
+            Op::SwitchBack => "switch_back",
+            Op::RestartOnNewEngine => "restart_on_new_engine",
+            Op::WaitShardsUp => "wait_shards_up",
+            Op::AddTemporaryReplica => "add_temporary_replica",
+            Op::RemoveTemporaryReplica => "remove_temporary_replica",
+            Op::AddReplacement => "add_replacement",
+            Op::ReplaceOldMaster => "replace_old_master",
+            Op::Finalize => "finalize",
+        }
+    }
+}
+
+/// One step of an action's plan: an operation on some slot ranges (run at the same time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// What the step does.
+    pub op: Op,
+    /// The slot ranges it does it on (none for a step on the whole database).
+    pub ranges: Vec<SlotRange>,
+    /// A cancel request may stop the action before this step (a boundary where every slot
+    /// range runs on one engine).
+    pub cancel_point: bool,
+}
+
+impl Step {
+    /// The step's name as the action records it and the operator sees it: the operation, then
+    /// its slot ranges, e.g. `upgrade_replica 0-8191,8192-16383`.
+    pub fn name(&self) -> String {
+        if self.ranges.is_empty() {
+            return self.op.name().to_string();
+        }
+        let ranges: Vec<String> = self.ranges.iter().map(|r| r.to_string()).collect();
+        format!("{} {}", self.op.name(), ranges.join(","))
+    }
+}
+
+/// Which of the four database upgrade plans applies: it fixes the operations run on each batch
+/// of slot ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeShape {
+    /// `discard_data`: every shard restarts empty on the new engine.
+    DiscardData,
+    /// No replication: the data moves through a temporary replica and the master role always
+    /// goes back to the original shard (the temporary one is removed).
+    WithoutReplication,
+    /// Replication: a replacement beside each old master and the upgraded replica load one RDB
+    /// stream, then the replacement takes the old master's place (one full sync, not two).
+    Replicated,
+    /// Replication with `preserve_roles`: the old masters restart on the new engine in place
+    /// and take the master role back.
+    PreserveRoles,
+}
+
+impl UpgradeShape {
+    /// The shape of an upgrade with these options of a database with or without replication.
+    pub fn new(discard_data: bool, replicated: bool, preserve_roles: bool) -> UpgradeShape {
+        match (discard_data, replicated, preserve_roles) {
+            (true, _, _) => UpgradeShape::DiscardData,
+            (false, false, _) => UpgradeShape::WithoutReplication,
+            (false, true, false) => UpgradeShape::Replicated,
+            (false, true, true) => UpgradeShape::PreserveRoles,
+        }
+    }
+
+    /// The operations run, in order, on each batch of slot ranges.
+    pub fn ops(self) -> &'static [Op] {
+        match self {
+            UpgradeShape::DiscardData => &[Op::RestartOnNewEngine, Op::WaitShardsUp],
+            UpgradeShape::WithoutReplication => &[
+                Op::AddTemporaryReplica,
+                Op::SyncReplica,
+                Op::Switchover,
+                Op::UpgradeOldMaster,
+                Op::SyncOldMaster,
+                Op::SwitchBack,
+                Op::RemoveTemporaryReplica,
+            ],
+            UpgradeShape::Replicated => &[
+                Op::AddReplacement,
+                Op::UpgradeReplica,
+                Op::SyncReplica,
+                Op::Switchover,
+                Op::ReplaceOldMaster,
+            ],
+            UpgradeShape::PreserveRoles => &[
+                Op::UpgradeReplica,
+                Op::SyncReplica,
+                Op::Switchover,
+                Op::UpgradeOldMaster,
+                Op::SyncOldMaster,
+                Op::SwitchBack,
+            ],
+        }
+    }
+
+    /// The steps of an upgrade of this shape over `ranges`, `parallel_shards` ranges at a time
+    /// (at least one): each batch's operations, a cancel point before each batch, then
+    /// `finalize`.
+    pub fn steps(self, ranges: &[SlotRange], parallel_shards: u16) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for batch in ranges.chunks(usize::from(parallel_shards.max(1))) {
+            for (i, op) in self.ops().iter().enumerate() {
+                steps.push(Step {
+                    op: *op,
+                    ranges: batch.to_vec(),
+                    cancel_point: i == 0,
+                });
+            }
+        }
+        steps.push(Step {
+            op: Op::Finalize,
+            ranges: Vec::new(),
+            cancel_point: true,
+        });
+        steps
+    }
+}
+
+/// The plan of an action: what the primary node runs, step by step, and what the operator sees.
+pub fn plan(kind: &ActionKind, state: &ClusterState) -> Vec<Step> {
+    match kind {
+        ActionKind::DbUpgrade {
+            bdb_uid,
+            preserve_roles,
+            parallel_shards,
+            discard_data,
+            ..
+        } => {
+            let replicated = state.bdbs.get(bdb_uid).is_some_and(|b| b.spec.replication);
+            UpgradeShape::new(*discard_data, replicated, *preserve_roles)
+                .steps(&state.slot_ranges(*bdb_uid), *parallel_shards)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Command, ReplacementAddition};
+    use crate::state::testing::{bdb_spec, plan_on, with_db};
+    use crate::{EngineVersion, ShardRole};
+
+    fn names(steps: &[Step]) -> Vec<String> {
+        steps.iter().map(Step::name).collect()
+    }
+
+    fn cancel_points(steps: &[Step]) -> Vec<bool> {
+        steps.iter().map(|s| s.cancel_point).collect()
+    }
+
+    fn upgrade(discard_data: bool, preserve_roles: bool, parallel_shards: u16) -> ActionKind {
+        ActionKind::DbUpgrade {
+            bdb_uid: 1,
+            redis_version: EngineVersion::Valkey81,
+            preserve_roles,
+            parallel_shards,
+            discard_data,
+            original_masters: vec![1],
+        }
+    }
+
+    /// Two nodes and database 1 with `ranges` slot ranges, replicated or not.
+    fn state_with_db(ranges: u16, replication: bool) -> ClusterState {
+        let mut shards = Vec::new();
+        for i in 0..ranges {
+            let slots = SlotRange::even(i, ranges);
+            shards.push(plan_on(1, ShardRole::Master, slots, 20000 + i));
+            if replication {
+                shards.push(plan_on(2, ShardRole::Slave, slots, 20000 + i));
+            }
+        }
+        let mut spec = bdb_spec("db1", 12000);
+        spec.shards_count = ranges;
+        spec.replication = replication;
+        with_db(spec, shards)
+    }
+
+    #[test]
+    fn discard_data_restarts_every_range_then_waits_whatever_the_replication() {
+        for replication in [false, true] {
+            let state = state_with_db(2, replication);
+            let steps = plan(&upgrade(true, true, 1), &state);
+            assert_eq!(
+                names(&steps),
+                [
+                    "restart_on_new_engine 0-8191",
+                    "wait_shards_up 0-8191",
+                    "restart_on_new_engine 8192-16383",
+                    "wait_shards_up 8192-16383",
+                    "finalize",
+                ]
+            );
+            assert_eq!(cancel_points(&steps), [true, false, true, false, true]);
+        }
+    }
+
+    #[test]
+    fn without_replication_the_data_moves_through_a_temporary_replica() {
+        let steps = plan(&upgrade(false, false, 1), &state_with_db(1, false));
+        assert_eq!(
+            names(&steps),
+            [
+                "add_temporary_replica 0-16383",
+                "sync_replica 0-16383",
+                "switchover 0-16383",
+                "upgrade_old_master 0-16383",
+                "sync_old_master 0-16383",
+                "switch_back 0-16383",
+                "remove_temporary_replica 0-16383",
+                "finalize",
+            ]
+        );
+        assert_eq!(
+            cancel_points(&steps),
+            [true, false, false, false, false, false, false, true]
+        );
+        assert_eq!(
+            plan(&upgrade(false, true, 1), &state_with_db(1, false)),
+            steps,
+            "preserve_roles changes nothing: the master always goes back"
+        );
+    }
+
+    #[test]
+    fn a_replicated_upgrade_replaces_the_old_master() {
+        let steps = plan(&upgrade(false, false, 1), &state_with_db(1, true));
+        assert_eq!(
+            names(&steps),
+            [
+                "add_replacement 0-16383",
+                "upgrade_replica 0-16383",
+                "sync_replica 0-16383",
+                "switchover 0-16383",
+                "replace_old_master 0-16383",
+                "finalize",
+            ]
+        );
+        assert_eq!(
+            cancel_points(&steps),
+            [true, false, false, false, false, true]
+        );
+    }
+
+    #[test]
+    fn preserve_roles_upgrades_the_old_master_in_place_and_switches_back() {
+        let steps = plan(&upgrade(false, true, 1), &state_with_db(1, true));
+        let ops: Vec<Op> = steps.iter().map(|s| s.op).collect();
+        assert_eq!(
+            ops,
+            [
+                Op::UpgradeReplica,
+                Op::SyncReplica,
+                Op::Switchover,
+                Op::UpgradeOldMaster,
+                Op::SyncOldMaster,
+                Op::SwitchBack,
+                Op::Finalize,
+            ]
+        );
+    }
+
+    #[test]
+    fn parallel_shards_batches_the_ranges_and_each_batch_starts_at_a_cancel_point() {
+        let state = state_with_db(3, true);
+        let steps = plan(&upgrade(false, false, 2), &state);
+        let per_batch = UpgradeShape::Replicated.ops().len();
+        assert_eq!(steps.len(), 2 * per_batch + 1);
+        assert_eq!(steps[0].name(), "add_replacement 0-5461,5462-10922");
+        assert_eq!(steps[per_batch].name(), "add_replacement 10923-16383");
+        let boundaries: Vec<usize> = (0..steps.len())
+            .filter(|i| steps[*i].cancel_point)
+            .collect();
+        assert_eq!(boundaries, [0, per_batch, 2 * per_batch]);
+        assert_eq!(
+            plan(&upgrade(false, false, 0), &state),
+            plan(&upgrade(false, false, 1), &state),
+            "0 counts as 1"
+        );
+        assert_eq!(
+            plan(&upgrade(false, false, 64), &state).len(),
+            per_batch + 1,
+            "all ranges in one batch"
+        );
+    }
+
+    #[test]
+    fn the_plan_stays_the_same_while_the_upgrade_adds_shards_and_without_the_database() {
+        let mut state = state_with_db(2, true);
+        let before = plan(&upgrade(false, false, 1), &state);
+        let added = state.apply(Command::AddReplacement(ReplacementAddition {
+            bdb_uid: 1,
+            replaces: 1,
+            port: 20010,
+            redis_version: EngineVersion::Valkey81,
+        }));
+        assert!(matches!(added, crate::CommandResult::ShardAdded { .. }));
+        assert_eq!(plan(&upgrade(false, false, 1), &state), before);
+        let gone = ClusterState::default();
+        assert_eq!(names(&plan(&upgrade(false, false, 1), &gone)), ["finalize"]);
+    }
+}

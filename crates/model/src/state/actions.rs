@@ -1,0 +1,203 @@
+//! Actions: their creation (one running action per database), progress, cancellation.
+
+use super::ClusterState;
+use crate::action::{Action, ActionStatus, ActionUid};
+use crate::bdb::BdbUid;
+use crate::command::{ActionCreation, ActionUpdate, CommandResult};
+use crate::error::ModelError;
+
+impl ClusterState {
+    /// The running action that touches database `bdb`, if any.
+    pub fn running_action_on(&self, bdb: BdbUid) -> Option<&Action> {
+        self.actions
+            .values()
+            .find(|a| a.is_running() && a.kind.bdb_uid() == bdb)
+    }
+
+    pub(super) fn create_action(
+        &mut self,
+        creation: ActionCreation,
+    ) -> Result<CommandResult, ModelError> {
+        let ActionCreation {
+            action: kind,
+            steps_total,
+            first_step,
+            created_at,
+        } = creation;
+        let bdb = kind.bdb_uid();
+        if !self.bdbs.contains_key(&bdb) {
+            return Err(ModelError::NotFound(format!(
+                "database {bdb} does not exist"
+            )));
+        }
+        if let Some(running) = self.running_action_on(bdb) {
+            return Err(ModelError::AlreadyExists(format!(
+                "action {} ({}) is running on database {bdb} (step '{}'); wait for it                  (`flotilla action wait {}`) or cancel it (`flotilla action cancel {}`)",
+                running.uid,
+                running.kind.name(),
+                running.step,
+                running.uid,
+                running.uid
+            )));
+        }
+        let uid = self.next_ids.next_action_uid;
+        self.next_ids.next_action_uid += 1;
+        self.actions.insert(
+            uid,
+            Action {
+                uid,
+                kind,
+                status: ActionStatus::Running,
+                step_index: 0,
+                step: first_step,
+                steps_total,
+                error: None,
+                cancel_requested: false,
+                created_at,
+                updated_at: created_at,
+                history: Vec::new(),
+            },
+        );
+        Ok(CommandResult::ActionCreated { uid })
+    }
+
+    fn action_mut(&mut self, uid: ActionUid) -> Result<&mut Action, ModelError> {
+        self.actions
+            .get_mut(&uid)
+            .ok_or_else(|| ModelError::NotFound(format!("action {uid} does not exist")))
+    }
+
+    pub(super) fn update_action(
+        &mut self,
+        update: ActionUpdate,
+    ) -> Result<CommandResult, ModelError> {
+        let ActionUpdate {
+            uid,
+            status,
+            step_index,
+            step,
+            error,
+            updated_at,
+            finished,
+            expected_step,
+        } = update;
+        let action = self.action_mut(uid)?;
+        if expected_step.is_some_and(|expected| expected != action.step_index) {
+            return Err(ModelError::InvalidValue(format!(
+                "action {uid} is at step {} now, not {:?}; another primary node moved it on",
+                action.step_index, expected_step
+            )));
+        }
+        if !action.is_running() {
+            return Err(ModelError::InvalidValue(format!(
+                "action {uid} already ended ({:?})",
+                action.status
+            )));
+        }
+        action.status = status;
+        action.step_index = step_index;
+        action.step = step;
+        action.error = error;
+        action.updated_at = updated_at;
+        action.history.extend(finished);
+        Ok(CommandResult::Ok)
+    }
+
+    pub(super) fn cancel_action(&mut self, uid: ActionUid) -> Result<CommandResult, ModelError> {
+        let action = self.action_mut(uid)?;
+        if !action.is_running() {
+            return Err(ModelError::InvalidValue(format!(
+                "action {uid} is not running ({:?}); nothing to cancel",
+                action.status
+            )));
+        }
+        action.cancel_requested = true;
+        Ok(CommandResult::Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{bdb_spec, plan, with_db};
+    use super::*;
+    use crate::action::{ActionKind, StepRecord};
+    use crate::bdb::ShardRole;
+    use crate::command::{ActionCancellation, Command};
+    use crate::EngineVersion;
+
+    fn with_action() -> ClusterState {
+        let mut state = with_db(
+            bdb_spec("db1", 12000),
+            vec![plan(1, ShardRole::Master, 20000)],
+        );
+        assert_eq!(
+            state.apply(create_action()),
+            CommandResult::ActionCreated { uid: 1 }
+        );
+        state
+    }
+
+    fn create_action() -> Command {
+        Command::CreateAction(ActionCreation {
+            action: ActionKind::DbUpgrade {
+                bdb_uid: 1,
+                redis_version: EngineVersion::Valkey81,
+                preserve_roles: false,
+                parallel_shards: 1,
+                discard_data: false,
+                original_masters: vec![1],
+            },
+            steps_total: 3,
+            first_step: "a".into(),
+            created_at: 6,
+        })
+    }
+
+    fn update(step_index: u32, status: ActionStatus, expected_step: Option<u32>) -> Command {
+        Command::UpdateAction(ActionUpdate {
+            uid: 1,
+            status,
+            step_index,
+            step: format!("step {step_index}"),
+            error: None,
+            updated_at: 7,
+            finished: Some(StepRecord {
+                step: "previous".into(),
+                duration_ms: 3,
+            }),
+            expected_step,
+        })
+    }
+
+    #[test]
+    fn one_running_action_per_database() {
+        let mut state = with_action();
+        assert!(matches!(
+            state.apply(create_action()),
+            CommandResult::Refused(ModelError::AlreadyExists(_))
+        ));
+        assert_eq!(state.running_action_on(1).map(|a| a.uid), Some(1));
+    }
+
+    #[test]
+    fn progress_from_a_deposed_primary_node_or_after_the_end_is_refused() {
+        let mut state = with_action();
+        let next = update(1, ActionStatus::Running, Some(0));
+        assert_eq!(state.apply(next.clone()), CommandResult::Ok);
+        assert!(
+            matches!(state.apply(next), CommandResult::Refused(_)),
+            "the action moved on"
+        );
+        let action = &state.actions[&1];
+        assert_eq!((action.step_index, action.history.len()), (1, 1));
+        let done = update(3, ActionStatus::Completed, Some(1));
+        assert_eq!(state.apply(done), CommandResult::Ok);
+        assert!(state.running_action_on(1).is_none());
+        let cancel = Command::CancelAction(ActionCancellation { uid: 1 });
+        assert!(matches!(state.apply(cancel), CommandResult::Refused(_)));
+        assert!(matches!(
+            state.apply(update(2, ActionStatus::Running, None)),
+            CommandResult::Refused(_)
+        ));
+    }
+}

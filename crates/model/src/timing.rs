@@ -1,0 +1,163 @@
+//! The timing bounds that depend on each other across crates, in one place, with the
+//! inequalities between them checked when the workspace compiles.
+//!
+//! A switchover must end before the proxies stop holding its commands; a dead memory-only
+//! master must stay down until its replica is promoted; a replica must still count as linked
+//! once its master is declared failed. Each such rule ties numbers that the store, the agent,
+//! the orchestrator and the endpoints use; each is written below as a `const` assertion with
+//! the reason it must hold, so changing one number without the others fails the build.
+//!
+//! Bounds that stand alone (an engine's connect timeout, how often a step polls) stay next to
+//! the code that uses them.
+
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------------------------
+// The store (Raft).
+
+/// How often the primary node (Raft leader) heartbeats the other nodes.
+pub const RAFT_HEARTBEAT: Duration = Duration::from_millis(200);
+/// The shortest a node waits without a heartbeat before it stands for election.
+pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(1000);
+/// The longest a node waits without a heartbeat before it stands for election: the longest a
+/// cluster whose primary node died stays without one (barring split votes).
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(2000);
+
+// ---------------------------------------------------------------------------------------------
+// What the primary node observes.
+
+/// How often a node's agent reports to the primary node (a shard that changes liveness, role
+/// or link is reported at once).
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(500);
+/// How recent a node's last report must be for the node to count as up.
+pub const LIVENESS_WINDOW: Duration = Duration::from_secs(3);
+
+// ---------------------------------------------------------------------------------------------
+// The agent.
+
+/// The longest the agent goes without reconciling this node's shards, store changes or not.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a replica in the middle of a full sync is observed, so the moment its link comes
+/// up reaches the primary node at once (upgrade steps and the database's status wait for it)
+/// rather than at the next round.
+pub const SYNC_POLL: Duration = Duration::from_millis(50);
+/// How long one reconcile step keeps watching a syncing replica.
+pub const SYNC_WATCH: Duration = Duration::from_millis(800);
+/// How long a master that died without persistence, and that has a replica, stays down before
+/// the agent restarts it as a master anyway. Restarted at once, it would come back empty and
+/// its replica would resync to that empty data set; waiting lets the replica be promoted first,
+/// and the old master then restarts as its replica with the data.
+pub const MASTER_RESTART_GRACE: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------------------------
+// Unplanned failover (the orchestrator, on the primary node).
+
+/// How long a master shard must fail before its replica is promoted.
+pub const FAILOVER_AFTER: Duration = Duration::from_millis(1500);
+/// How often the primary node checks master shards (and repairs orphaned holds).
+pub const FAILOVER_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How recently a replica must have been seen linked to its master to be promoted.
+pub const LINK_MEMORY: Duration = Duration::from_secs(10);
+/// How long a switchover hold that no switchover drives (its primary node died mid-way) may
+/// last before the primary node completes or undoes it.
+pub const ORPHANED_HOLD_GRACE: Duration = Duration::from_secs(1);
+
+// ---------------------------------------------------------------------------------------------
+// Planned switchover (the orchestrator) and the proxies' hold (the endpoints).
+
+/// How long proxies queue a held shard's commands (and wait for a new primary after a
+/// `-READONLY`) before answering `-TRYAGAIN` (not executed).
+pub const HOLD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a switchover waits for every node to apply its hold before it aborts.
+pub const HOLD_SPREAD_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest the master stays fenced waiting for its replica before the switchover aborts.
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the fence (`CLIENT PAUSE WRITE`) on the old master lasts unless the switchover
+/// lifts it: the catch-up and then the promotion, with room; a switchover whose primary node
+/// dies leaves a fence that lifts itself.
+pub const SWITCHOVER_FENCE: Duration = CATCH_UP_TIMEOUT.saturating_add(Duration::from_secs(5));
+/// How long a switchover waits for an engine's answer: commands sent to the fenced master may
+/// wait for the fence.
+pub const SWITCHOVER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------------------------
+// The inequalities.
+
+/// Raft itself: a follower hears several heartbeats within the shortest election timeout, and
+/// the election timeouts form a range to draw from (openraft checks this only at start-up).
+const _: () = assert!(
+    RAFT_HEARTBEAT.as_millis() * 2 < ELECTION_TIMEOUT_MIN.as_millis()
+        && ELECTION_TIMEOUT_MIN.as_millis() < ELECTION_TIMEOUT_MAX.as_millis(),
+    "heartbeats must fit twice in the shortest election timeout, below the longest"
+);
+
+/// A node counts as down only after it missed two reports in a row: one late report (a slow
+/// primary, a forwarded call) never makes it down.
+const _: () = assert!(
+    REPORT_INTERVAL.as_millis() * 2 < LIVENESS_WINDOW.as_millis(),
+    "a node must miss two reports before it counts as down"
+);
+
+/// A step watching a syncing replica ends before the next round, so that round's step for the
+/// shard is not skipped; and it polls more than once while it watches.
+const _: () = assert!(
+    SYNC_POLL.as_millis() * 2 <= SYNC_WATCH.as_millis()
+        && SYNC_WATCH.as_millis() < RECONCILE_INTERVAL.as_millis(),
+    "a sync watch must end within a reconcile round"
+);
+
+/// "Continuous failure" means several checks: a master is promoted away only after more than
+/// one check found it failing.
+const _: () = assert!(
+    FAILOVER_CHECK_EVERY.as_millis() * 2 <= FAILOVER_AFTER.as_millis(),
+    "a master must fail more than one check before failover"
+);
+
+/// The agent holds a dead memory-only master down until its replica is promoted: its report
+/// reaches the primary node within a report interval, the failure must last `FAILOVER_AFTER`
+/// and is acted on at the next check; the rest of the grace is for the promotion to commit and
+/// reach the master's node. Were the grace shorter, the master would restart empty and its
+/// replica resync to nothing: the data set lost.
+const _: () = assert!(
+    REPORT_INTERVAL.as_millis() + FAILOVER_AFTER.as_millis() + FAILOVER_CHECK_EVERY.as_millis()
+        < MASTER_RESTART_GRACE.as_millis(),
+    "a memory-only master must stay down until its replica is promoted"
+);
+
+/// A replica seen linked just before its master died is still remembered as linked when the
+/// master is declared failed: the master's last report may be a liveness window old, and the
+/// failure must then last `FAILOVER_AFTER`. Otherwise no replica would be promotable.
+const _: () = assert!(
+    LIVENESS_WINDOW.as_millis() + FAILOVER_AFTER.as_millis() < LINK_MEMORY.as_millis(),
+    "link memory must outlast a dead master's last report plus the failover delay"
+);
+
+/// A switchover that succeeds never makes a client's command time out: the proxies hold its
+/// commands from the hold's spread through the catch-up, and what remains of the hold timeout
+/// is for the promotion to commit and reach the proxies.
+const _: () = assert!(
+    HOLD_SPREAD_TIMEOUT.as_millis() + CATCH_UP_TIMEOUT.as_millis() < HOLD_TIMEOUT.as_millis(),
+    "a switchover must end within the proxies' hold timeout"
+);
+
+/// The fence outlasts the wait for the replica, so the old master takes no write while the
+/// replica catches up; and the switchover's engine commands outlast the fence, so a command
+/// queued behind it is answered, not timed out.
+const _: () = assert!(
+    CATCH_UP_TIMEOUT.as_millis() < SWITCHOVER_FENCE.as_millis()
+        && SWITCHOVER_FENCE.as_millis() < SWITCHOVER_RESPONSE_TIMEOUT.as_millis(),
+    "the fence must outlast the catch-up and be outlasted by engine commands"
+);
+
+/// A switchover whose primary node dies right after the hold is repaired by the next primary
+/// node (elected within `ELECTION_TIMEOUT_MAX`, then the grace, then the next check) before
+/// the proxies give up on the held commands: they are sent, not answered `-TRYAGAIN`. (A
+/// primary node that dies later in a switchover leaves less of the hold timeout; its clients
+/// may then get `-TRYAGAIN`, which says the command was not executed.)
+const _: () = assert!(
+    ELECTION_TIMEOUT_MAX.as_millis()
+        + ORPHANED_HOLD_GRACE.as_millis()
+        + FAILOVER_CHECK_EVERY.as_millis()
+        < HOLD_TIMEOUT.as_millis(),
+    "an orphaned hold must be repaired within the hold timeout"
+);

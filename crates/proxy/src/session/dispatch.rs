@@ -1,0 +1,386 @@
+//! What one routed request does: answered by the proxy, queued in a transaction, or sent to
+//! shards with its reply queued. This is the glue between the session's parts; it owns no
+//! state of its own.
+
+use flotilla_resp::{Request, Value};
+
+use crate::client::LocalOutcome;
+use crate::command::{LocalCommand, Merge, PubSubKind, TxStep};
+use crate::pubsub::{self, Answer, SubKind};
+use crate::route::{Decision, PubSubTarget, Route, ScanStep, Split};
+use crate::slot::ShardIndex;
+use crate::verdict::Verdict;
+
+use super::links::Opened;
+use super::replies::{Combine, Pending, Source};
+use super::transaction::{null_array, Exec, Watch};
+use super::Session;
+
+/// The channel of the command that makes a client's own shard connection count the writes it
+/// made over shared ones before its first WAIT (see [`Session::leave_shared`]); nobody
+/// subscribes to it, so publishing there costs one replicated message.
+const OFFSET_MARKER_CHANNEL: &str = "__flotilla__:wait-offset";
+
+impl Session {
+    /// Routes one request: answers it, queues it in a transaction, or sends it to shards.
+    pub(super) async fn dispatch(&mut self, request: Request, decision: Decision) {
+        if !self.state.authenticated && !allowed_before_auth(&request) {
+            self.ready(Value::error("NOAUTH Authentication required."));
+            return;
+        }
+        if self.subs.resp2_mode(self.state.protocol)
+            && !pubsub::allowed_when_subscribed(request.name())
+        {
+            self.ready(pubsub::refused_when_subscribed(request.name()));
+            return;
+        }
+        if self.tx.queues(&decision.route) {
+            let reply = self.tx.queue(request, &decision);
+            self.ready(reply);
+            return;
+        }
+        if let Some(rejection) = decision.rejection(&request) {
+            self.ready(Value::error(rejection.to_string()));
+            return;
+        }
+        let write = decision.write;
+        match decision.route {
+            Route::Slot(slot) => {
+                let shard = self.view.current.slots().shard_of(slot);
+                self.forward(shard, request, write).await;
+            }
+            Route::AnyShard => self.forward(self.any_shard(), request, write).await,
+            Route::Split(split) => self.split(split, write).await,
+            Route::AllShards(merge) => self.all_shards(merge, &request, write).await,
+            Route::Scan(step) => self.scan(step).await,
+            Route::PubSub { kind, target } => self.pubsub(kind, target, &request).await,
+            Route::Transaction { step, slot } => self.transaction(step, slot, &request).await,
+            Route::Local(command) => self.local(command, &request),
+            Route::CrossSlot | Route::Refused(_) | Route::Unknown | Route::Invalid(_) => {
+                self.ready(Value::error("ERR internal: unrouted request"));
+            }
+        }
+    }
+
+    /// The held shard `request` would be sent to, if any (see `hold.rs`).
+    pub(super) fn held_shard(&self, request: &Request, decision: &Decision) -> Option<ShardIndex> {
+        let topology = &self.view.current;
+        if !topology.any_held()
+            || (!self.state.authenticated && !allowed_before_auth(request))
+            || self.tx.queues(&decision.route)
+            || decision.rejection(request).is_some()
+        {
+            return None;
+        }
+        let slots = topology.slots();
+        let held = |shard: &ShardIndex| topology.is_held(*shard);
+        match &decision.route {
+            Route::Slot(slot) => Some(slots.shard_of(*slot)).filter(held),
+            Route::AnyShard => Some(self.any_shard()).filter(held),
+            Route::Split(split) => split.parts.iter().map(|p| p.shard).find(held),
+            Route::AllShards(_) => (0..topology.shard_count()).map(ShardIndex).find(held),
+            Route::Scan(step) => Some(step.shard).filter(held),
+            Route::PubSub { target, .. } => match target {
+                PubSubTarget::Slot(slot) => Some(slots.shard_of(*slot)),
+                _ => Some(ShardIndex(0)),
+            }
+            .filter(held),
+            Route::Transaction {
+                step: TxStep::Exec, ..
+            } => Some(
+                self.tx
+                    .pinned_slot()
+                    .map_or_else(|| self.any_shard(), |slot| slots.shard_of(slot)),
+            )
+            .filter(held),
+            Route::Transaction {
+                step: TxStep::Watch,
+                slot: Some(slot),
+            } => Some(slots.shard_of(*slot)).filter(held),
+            _ => None,
+        }
+    }
+
+    /// Moves this client to connections of its own for good. Before a WAIT (or WAITAOF),
+    /// each shard connection first runs a command that replicates, so the engine's count of
+    /// this connection's writes covers those the client made over shared connections.
+    pub(super) async fn leave_shared(&mut self, request: &Request) {
+        let used_shared = self.links.leave_shared();
+        if !(used_shared && matches!(request.name(), "WAIT" | "WAITAOF")) {
+            return;
+        }
+        let marker = Request::new("PUBLISH", [OFFSET_MARKER_CHANNEL.into(), "".into()]);
+        for shard in 0..self.view.current.shard_count() {
+            if let Source::Shard(index) = self.open(ShardIndex(shard)).await {
+                self.links.send(index, &marker);
+                self.replies.push(Pending::Discard(Source::Shard(index)));
+            }
+        }
+    }
+
+    /// Queues a reply the proxy wrote itself (see [`Verdict::of_local`]).
+    pub(super) fn ready(&mut self, value: Value) {
+        let verdict = Verdict::of_local(&value);
+        self.replies
+            .push(Pending::Ready(value, self.state.protocol, verdict));
+    }
+
+    /// A keyless command's shard: spread over shards by client id.
+    fn any_shard(&self) -> ShardIndex {
+        let count = u64::from(self.view.current.shard_count().max(1));
+        ShardIndex((self.state.id % count) as u16)
+    }
+
+    /// The connection to `shard`, opened if needed and switched to the client's protocol.
+    async fn open(&mut self, shard: ShardIndex) -> Source {
+        let protocol = self.state.protocol;
+        match self.links.open(shard, &self.view.current, protocol).await {
+            Ok(Opened { index, hello }) => {
+                if hello {
+                    self.replies.push(Pending::Discard(Source::Shard(index)));
+                }
+                Source::Shard(index)
+            }
+            Err(e) => Source::Failed(e),
+        }
+    }
+
+    /// Appends `request` to `shard`'s pipeline; returns where its reply will come from. A
+    /// `write` keeps a copy of the request to resend it if it certainly did not run.
+    async fn send(&mut self, shard: ShardIndex, request: &Request, write: bool) -> Source {
+        let source = self.open(shard).await;
+        let Source::Shard(index) = source else {
+            return source;
+        };
+        self.links.send(index, request);
+        if write {
+            Source::Write(index, request.clone())
+        } else {
+            source
+        }
+    }
+
+    /// [`Session::send`] for a request the session owns: the request itself is kept (its
+    /// arguments are slices of the client's input buffer), so nothing is copied.
+    async fn send_owned(&mut self, shard: ShardIndex, request: Request, write: bool) -> Source {
+        let source = self.open(shard).await;
+        let Source::Shard(index) = source else {
+            return source;
+        };
+        self.links.send(index, &request);
+        if write {
+            Source::Write(index, request)
+        } else {
+            Source::Read(index, request)
+        }
+    }
+
+    async fn forward(&mut self, shard: ShardIndex, request: Request, write: bool) {
+        let source = self.send_owned(shard, request, write).await;
+        self.replies
+            .push(Pending::Forward(source, self.state.protocol));
+    }
+
+    async fn split(&mut self, split: Split, write: bool) {
+        let mut sources = Vec::with_capacity(split.parts.len());
+        for part in &split.parts {
+            sources.push(self.send(part.shard, &part.request, write).await);
+        }
+        let protocol = self.state.protocol;
+        self.replies
+            .push(Pending::Combine(sources, Combine::Split(split), protocol));
+    }
+
+    async fn all_shards(&mut self, merge: Merge, request: &Request, write: bool) {
+        let mut sources = Vec::new();
+        for shard in 0..self.view.current.shard_count() {
+            sources.push(self.send(ShardIndex(shard), request, write).await);
+        }
+        let protocol = self.state.protocol;
+        self.replies
+            .push(Pending::Combine(sources, Combine::Merge(merge), protocol));
+    }
+
+    async fn scan(&mut self, step: ScanStep) {
+        let count = self.view.current.shard_count();
+        if step.shard.0 >= count {
+            self.ready(Value::error("ERR invalid cursor"));
+            return;
+        }
+        let source = self.send(step.shard, &step.request, false).await;
+        let protocol = self.state.protocol;
+        self.replies
+            .push(Pending::Scan(source, step.shard, count, protocol));
+    }
+
+    async fn pubsub(&mut self, kind: PubSubKind, target: PubSubTarget, request: &Request) {
+        let shard = match target {
+            PubSubTarget::Slot(slot) => self.view.current.slots().shard_of(slot),
+            PubSubTarget::PubSubShard | PubSubTarget::SubscribedShards => ShardIndex(0),
+        };
+        let Some((sub_kind, _)) = SubKind::of(request.name()) else {
+            let source = self.send(shard, request, false).await;
+            self.replies
+                .push(Pending::Forward(source, self.state.protocol));
+            return;
+        };
+        let protocol = self.state.protocol;
+        let index = usize::from(shard.0);
+        let answers = match (kind, target) {
+            (PubSubKind::Subscribe, _) => {
+                let open = self.links.connect(shard, &self.view.current, protocol);
+                vec![self.subs.subscribe(index, sub_kind, request, open).await]
+            }
+            (_, PubSubTarget::SubscribedShards) => self
+                .subs
+                .unsubscribe_everywhere(sub_kind, request, protocol),
+            _ => vec![self.subs.unsubscribe(index, sub_kind, request, protocol)],
+        };
+        for answer in answers {
+            let entry = match answer {
+                Answer::Confirmations { shard, replies } => Pending::PubSub {
+                    shard,
+                    replies,
+                    protocol,
+                    forward: true,
+                },
+                Answer::Frames(frames) => Pending::Frames(frames, protocol),
+                Answer::Refused(reply) => Pending::Ready(reply, protocol, Verdict::REFUSED),
+                Answer::Failed(e) => {
+                    Pending::Ready(e.reply(), protocol, Verdict::of_shard_error(&e))
+                }
+            };
+            self.replies.push(entry);
+        }
+    }
+
+    fn local(&mut self, command: LocalCommand, request: &Request) {
+        if command == LocalCommand::Ping
+            && self.subs.resp2_mode(self.state.protocol)
+            && request.argc() <= 2
+        {
+            self.ready(pubsub::subscribed_pong(request.arg(1)));
+            return;
+        }
+        let password = self.view.current.password();
+        match self.state.answer(command, request, password) {
+            LocalOutcome::Reply(value) => self.ready(value),
+            LocalOutcome::Quit => {
+                self.ready(Value::simple("OK"));
+                self.closing = true;
+            }
+            LocalOutcome::Reset => {
+                let watch = self.tx.reset();
+                self.drop_watch(watch);
+                for (shard, replies) in self.subs.reset() {
+                    self.replies.push(Pending::PubSub {
+                        shard,
+                        replies,
+                        protocol: self.state.protocol,
+                        forward: false,
+                    });
+                }
+                self.state.reset(self.view.current.password());
+                self.ready(Value::simple("RESET"));
+            }
+        }
+    }
+
+    async fn transaction(&mut self, step: TxStep, slot: Option<u16>, request: &Request) {
+        match step {
+            TxStep::Multi => {
+                let reply = self.tx.multi();
+                self.ready(reply);
+            }
+            TxStep::Exec => self.exec().await,
+            TxStep::Discard => match self.tx.discard() {
+                Ok(watch) => {
+                    self.drop_watch(watch);
+                    self.ready(Value::simple("OK"));
+                }
+                Err(reply) => self.ready(reply),
+            },
+            TxStep::Watch => self.watch(slot, request).await,
+            TxStep::Unwatch => {
+                let watch = self.tx.unwatch();
+                self.drop_watch(watch);
+                self.ready(Value::simple("OK"));
+            }
+        }
+    }
+
+    /// Carries out EXEC (see [`Exec`]): MULTI, the queued requests and EXEC go to the pinned
+    /// shard in one go; only EXEC's reply reaches the client.
+    async fn exec(&mut self) {
+        let topology = &self.view.current;
+        let any_shard = self.any_shard();
+        let shard_of = |slot: Option<u16>| slot.map_or(any_shard, |s| topology.slots().shard_of(s));
+        let links = &self.links;
+        let (queued, shard, watched) = match self.tx.exec(shard_of, |w| links.holds(w)) {
+            Exec::Refuse { reply, unwatch } => {
+                self.drop_watch(unwatch);
+                self.ready(reply);
+                return;
+            }
+            Exec::WatchLost => {
+                self.ready(null_array(self.state.protocol));
+                return;
+            }
+            Exec::Send {
+                shard,
+                queued,
+                watched,
+            } => (queued, shard, watched),
+        };
+        let source = self.send(shard, &Request::new("MULTI", []), false).await;
+        let Source::Shard(index) = source else {
+            self.replies
+                .push(Pending::Forward(source, self.state.protocol));
+            return;
+        };
+        for request in &queued {
+            self.links.send(index, request);
+        }
+        self.links.send(index, &Request::new("EXEC", []));
+        self.replies.push(Pending::Exec {
+            index,
+            shard,
+            queued,
+            watched,
+            protocol: self.state.protocol,
+        });
+    }
+
+    async fn watch(&mut self, slot: Option<u16>, request: &Request) {
+        let slot = match self.tx.watch(slot) {
+            Ok(slot) => slot,
+            Err(reply) => return self.ready(reply),
+        };
+        let shard = self.view.current.slots().shard_of(slot);
+        let source = self.send(shard, request, false).await;
+        if let Source::Shard(index) = source {
+            self.tx.watching(Watch {
+                slot,
+                shard: index,
+                generation: self.links.generation(index),
+            });
+        }
+        self.replies
+            .push(Pending::Forward(source, self.state.protocol));
+    }
+
+    /// Drops `watch` at its shard if the connection that watched is still the current one.
+    fn drop_watch(&mut self, watch: Option<Watch>) {
+        let Some(watch) = watch.filter(|w| self.links.holds(w)) else {
+            return;
+        };
+        self.links.send(watch.shard, &Request::new("UNWATCH", []));
+        self.replies
+            .push(Pending::Discard(Source::Shard(watch.shard)));
+    }
+}
+
+/// Commands a client may send before authenticating.
+fn allowed_before_auth(request: &Request) -> bool {
+    matches!(request.name(), "AUTH" | "HELLO" | "QUIT")
+}

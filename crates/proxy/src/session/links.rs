@@ -1,0 +1,336 @@
+//! A client session's links to the shards: which connection carries its requests for each
+//! shard (its handle on the endpoint's shared connection while it may use them, or one of its
+//! own, opened on first use), the connections opened mid-batch to resend refused writes to a
+//! shard's next primary, the generation that tells a shard's connections apart (a WATCH does
+//! not survive a reconnect), and their replacement when the topology moves a primary.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use flotilla_resp::{Protocol, Request, Value};
+
+use crate::route::{Decision, Route};
+use crate::shard::{ShardConn, ShardError};
+use crate::shared::{Conn, SharedPool};
+use crate::slot::ShardIndex;
+use crate::topology::Topology;
+use crate::verdict::{Reason, Side, Verdict};
+
+use super::transaction::Watch;
+use crate::handover::{protocol_number, PinnedConnection, PinnedPurpose};
+
+/// A shard connection ready to take a request.
+pub(super) struct Opened {
+    /// The shard's index, which is also its connection's.
+    pub index: usize,
+    /// Whether a HELLO was appended first (an own connection switched to the client's
+    /// protocol): its reply is to be discarded.
+    pub hello: bool,
+}
+
+/// A reply as the engine encoded it.
+pub(super) struct RawReply {
+    /// The address of the shard primary that answered (or failed).
+    pub addr: SocketAddr,
+    /// The reply, or why there is none.
+    pub raw: Result<Bytes, ShardError>,
+    /// Its verdict.
+    pub verdict: Verdict,
+}
+
+/// One client session's shard connections.
+pub(super) struct ShardLinks {
+    /// The connection to each shard's primary, by shard index, once used.
+    conns: Vec<Option<Conn>>,
+    /// The endpoint's shared shard connections, while this client's commands may use them.
+    shared: Option<SharedPool>,
+    /// Whether this batch sent anything over a shared connection.
+    sent_shared: bool,
+    /// Whether this client ever sent anything over a shared connection.
+    used_shared: bool,
+    /// The generation of the last own connection opened.
+    generation: u64,
+    /// Connections to shards' new primaries opened to resend refused writes mid-batch; they
+    /// replace the old connections once the batch is answered.
+    retries: Vec<Option<ShardConn>>,
+}
+
+impl ShardLinks {
+    /// No connection yet, for a database of `shard_count` shards; `shared` is the endpoint's
+    /// pool when the client may share connections.
+    pub fn new(shard_count: u16, shared: Option<SharedPool>) -> Self {
+        let count = usize::from(shard_count);
+        ShardLinks {
+            conns: (0..count).map(|_| None).collect(),
+            shared,
+            sent_shared: false,
+            used_shared: false,
+            generation: 0,
+            retries: (0..count).map(|_| None).collect(),
+        }
+    }
+
+    /// A new batch begins: nothing sent over a shared connection in it yet.
+    pub fn start_batch(&mut self) {
+        self.sent_shared = false;
+    }
+
+    /// Whether this batch sent anything over a shared connection.
+    pub fn sent_shared(&self) -> bool {
+        self.sent_shared
+    }
+
+    /// Whether the client's plain commands still use the shared connections.
+    pub fn uses_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// Whether a request makes this client leave the shared connections: it goes to a shard
+    /// and needs the client's own connection there (see `shared.rs`).
+    pub fn must_leave_shared(&self, decision: &Decision, protocol: Protocol) -> bool {
+        let to_shard = !matches!(
+            decision.route,
+            Route::Local(_)
+                | Route::CrossSlot
+                | Route::Refused(_)
+                | Route::Unknown
+                | Route::Invalid(_)
+        );
+        self.shared.is_some()
+            && to_shard
+            && (decision.blocking
+                || matches!(decision.route, Route::Transaction { .. })
+                || protocol != Protocol::Resp2)
+    }
+
+    /// Moves this client to connections of its own for good; returns whether it ever sent
+    /// anything over shared ones (before a WAIT, each own connection must then first count
+    /// those writes).
+    pub fn leave_shared(&mut self) -> bool {
+        self.shared = None;
+        for conn in &mut self.conns {
+            if conn.as_ref().is_some_and(Conn::is_shared) {
+                *conn = None;
+            }
+        }
+        self.used_shared
+    }
+
+    /// The connection to `shard`, opened if needed and switched to `protocol`.
+    pub async fn open(
+        &mut self,
+        shard: ShardIndex,
+        topology: &Topology,
+        protocol: Protocol,
+    ) -> Result<Opened, ShardError> {
+        let index = usize::from(shard.0);
+        let addr = primary_of(topology, shard)?;
+        if self.conns[index].is_none() {
+            let conn = match &self.shared {
+                Some(pool) if protocol == Protocol::Resp2 => Conn::Shared(pool.conn(
+                    topology.shard_uid(shard),
+                    addr,
+                    topology.shard_password(),
+                )),
+                _ => Conn::Own(self.connect_to(shard, addr, topology, protocol).await?),
+            };
+            self.conns[index] = Some(conn);
+        }
+        let mut hello = false;
+        match self.conns[index].as_mut().expect("connected above") {
+            Conn::Shared(_) => {
+                self.sent_shared = true;
+                self.used_shared = true;
+            }
+            Conn::Own(conn) if conn.protocol() != protocol => {
+                conn.send_hello(protocol);
+                hello = true;
+            }
+            Conn::Own(_) => {}
+        }
+        Ok(Opened { index, hello })
+    }
+
+    /// A new own connection to `shard`'s primary in `topology` (a subscriber connection).
+    pub async fn connect(
+        &mut self,
+        shard: ShardIndex,
+        topology: &Topology,
+        protocol: Protocol,
+    ) -> Result<ShardConn, ShardError> {
+        let addr = primary_of(topology, shard)?;
+        self.connect_to(shard, addr, topology, protocol).await
+    }
+
+    async fn connect_to(
+        &mut self,
+        shard: ShardIndex,
+        addr: SocketAddr,
+        topology: &Topology,
+        protocol: Protocol,
+    ) -> Result<ShardConn, ShardError> {
+        self.generation += 1;
+        let uid = topology.shard_uid(shard);
+        let password = topology.shard_password();
+        ShardConn::connect(uid, addr, password, protocol, self.generation).await
+    }
+
+    /// Appends `request` to the pipeline of connection `index`.
+    pub fn send(&mut self, index: usize, request: &Request) {
+        if let Some(conn) = self.conns[index].as_mut() {
+            conn.send(request);
+        }
+    }
+
+    /// Connection `index`, if open.
+    pub fn conn_mut(&mut self, index: usize) -> Option<&mut Conn> {
+        self.conns.get_mut(index).and_then(Option::as_mut)
+    }
+
+    /// The address connection `index` goes to, if open.
+    pub fn addr(&self, index: usize) -> Option<SocketAddr> {
+        self.conns
+            .get(index)
+            .and_then(Option::as_ref)
+            .map(Conn::addr)
+    }
+
+    /// Writes every connection's part of the batch.
+    pub async fn flush(&mut self) {
+        for conn in self.conns.iter_mut().flatten() {
+            conn.flush().await;
+        }
+    }
+
+    /// The next reply of connection `index`, decoded, with its verdict.
+    pub async fn reply(&mut self, index: usize) -> (Value, Verdict) {
+        match self.conn_mut(index) {
+            Some(conn) => match conn.reply().await {
+                Ok(reply) => {
+                    let verdict = Verdict::of_reply(&reply);
+                    (reply, verdict)
+                }
+                Err(e) => (e.reply(), Verdict::of_shard_error(&e)),
+            },
+            None => (
+                Value::error("ERR internal: shard connection missing"),
+                Verdict::NotExecuted {
+                    side: Side::Proxy,
+                    reason: Reason::Internal,
+                },
+            ),
+        }
+    }
+
+    /// The next reply of connection `index` as the engine encoded it; `None` when the
+    /// connection is not open.
+    pub async fn reply_raw(&mut self, index: usize) -> Option<RawReply> {
+        let conn = self.conn_mut(index)?;
+        let addr = conn.addr();
+        let raw = conn.reply_raw().await;
+        let verdict = match &raw {
+            Ok(raw) => Verdict::of_raw(raw),
+            Err(e) => Verdict::of_shard_error(e),
+        };
+        Some(RawReply { addr, raw, verdict })
+    }
+
+    /// A connection to `shard`'s primary in `topology` for resending refused requests, reused
+    /// within the batch.
+    pub async fn retry_conn(
+        &mut self,
+        shard: ShardIndex,
+        topology: &Topology,
+        protocol: Protocol,
+    ) -> Result<&mut ShardConn, ShardError> {
+        let index = usize::from(shard.0);
+        if self.retries.len() <= index {
+            self.retries.resize_with(index + 1, || None);
+        }
+        let addr = primary_of(topology, shard)?;
+        let reusable = self.retries[index]
+            .as_ref()
+            .is_some_and(|c| c.addr() == addr && !c.is_broken());
+        if !reusable {
+            let conn = self.connect_to(shard, addr, topology, protocol).await?;
+            self.retries[index] = Some(conn);
+        }
+        Ok(self.retries[index].as_mut().expect("set above"))
+    }
+
+    /// Follows a newly adopted topology: as many connection places as shards, and the shared
+    /// pool forgets former primaries.
+    pub fn adopt(&mut self, topology: &Topology) {
+        if let Some(pool) = &self.shared {
+            pool.retain_primaries(topology);
+        }
+        let count = usize::from(topology.shard_count());
+        self.conns.resize_with(count, || None);
+        self.retries.resize_with(count, || None);
+    }
+
+    /// Drops broken connections and those to a former primary; a connection opened to resend
+    /// writes to the current primary takes its place.
+    pub fn drop_stale(&mut self, topology: &Topology) {
+        for (index, slot) in self.conns.iter_mut().enumerate() {
+            let primary = topology.primary(ShardIndex(index as u16));
+            let stale = |broken: bool, addr: SocketAddr| broken || Some(addr) != primary;
+            if slot
+                .as_ref()
+                .is_some_and(|c| stale(c.is_broken(), c.addr()))
+            {
+                *slot = None;
+            }
+            let retry = self.retries.get_mut(index).and_then(Option::take);
+            if slot.is_none() {
+                *slot = retry
+                    .filter(|c| !stale(c.is_broken(), c.addr()))
+                    .map(Conn::Own);
+            }
+        }
+    }
+
+    /// The generation of connection `index` (0 when not open or shared).
+    pub fn generation(&self, index: usize) -> u64 {
+        self.conns
+            .get(index)
+            .and_then(Option::as_ref)
+            .map_or(0, Conn::generation)
+    }
+
+    /// Whether the connection that took `watch` still serves its shard.
+    pub fn holds(&self, watch: &Watch) -> bool {
+        self.conns
+            .get(watch.shard)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.generation() == watch.generation && !c.is_broken())
+    }
+
+    /// The connection holding `watch`, described for the handover (none when it was replaced).
+    pub fn pinned_watch(&self, watch: &Watch, topology: &Topology) -> Option<PinnedConnection> {
+        if !self.holds(watch) {
+            return None;
+        }
+        let Some(Conn::Own(conn)) = self.conns.get(watch.shard).and_then(Option::as_ref) else {
+            return None;
+        };
+        Some(PinnedConnection {
+            purpose: PinnedPurpose::Watch,
+            shard: watch.shard as u16,
+            shard_uid: topology.shard_uid(ShardIndex(watch.shard as u16)),
+            addr: conn.addr(),
+            protocol: protocol_number(conn.protocol()),
+        })
+    }
+}
+
+/// The address of `shard`'s primary, or the error of a shard that does not exist.
+fn primary_of(topology: &Topology, shard: ShardIndex) -> Result<SocketAddr, ShardError> {
+    topology
+        .primary(shard)
+        .ok_or_else(|| ShardError::Unavailable {
+            shard: topology.shard_uid(shard),
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            reason: "no such shard".into(),
+        })
+}

@@ -1,0 +1,421 @@
+//! The reply queue: one entry per client reply still to be written, in the client's order, and
+//! their resolution into the client's output once the batch is sent.
+//!
+//! Ordering rests on one invariant: entries are pushed in the same order their requests are
+//! appended to the shard connections, and each shard answers in order, so resolving the
+//! entries front to back reads every shard's replies in sequence.
+//!
+//! Each resolved reply gets a [`Verdict`], counted in the batch's statistics; a reply that
+//! says its request certainly did not run may be resent by the resend policy (see `resend.rs`)
+//! before the client sees it.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use flotilla_resp::{Protocol, Request, Value};
+use tokio::sync::watch;
+
+use crate::command::Merge;
+use crate::pubsub::{Subscriptions, Unconfirmed};
+use crate::route::Split;
+use crate::scan;
+use crate::shard::ShardError;
+use crate::slot::ShardIndex;
+use crate::stats::{BatchStats, EndpointStats};
+use crate::topology::Topology;
+use crate::verdict::{Reason, Side, Verdict};
+
+use super::links::{RawReply, ShardLinks};
+use super::resend::{primary_moved, transaction_requests, ResendPolicy};
+use super::transaction::null_array;
+
+/// Where one reply comes from.
+#[derive(Debug)]
+pub(super) enum Source {
+    /// The next reply of this shard's connection.
+    Shard(usize),
+    /// The next reply of this shard's connection to a write, resent to the shard's next
+    /// primary if this one certainly did not run it (see [`ResendPolicy::may_resend`]).
+    Write(usize, Request),
+    /// The next reply of this shard's connection to a read, asked again at the shard's next
+    /// primary if a request before it in the batch went there.
+    Read(usize, Request),
+    /// The request never reached the shard.
+    Failed(ShardError),
+}
+
+/// How the replies of a multi-shard request combine.
+#[derive(Debug)]
+pub(super) enum Combine {
+    /// A split request (MGET, MSET, DEL...).
+    Split(Split),
+    /// The same request sent to every shard (DBSIZE, KEYS, FLUSHALL...).
+    Merge(Merge),
+}
+
+/// One client reply still to be written, in order.
+#[derive(Debug)]
+pub(super) enum Pending {
+    /// Known already (local answers, refusals), with its verdict.
+    Ready(Value, Protocol, Verdict),
+    /// Several frames answering one request, known already (unsubscribing from nothing).
+    Frames(Vec<Value>, Protocol),
+    /// One shard's reply, as is.
+    Forward(Source, Protocol),
+    /// Several shards' replies, combined.
+    Combine(Vec<Source>, Combine, Protocol),
+    /// A SCAN reply whose cursor is re-encoded for the client.
+    Scan(Source, ShardIndex, u16, Protocol),
+    /// A reply the client never asked for (HELLO to a shard, UNWATCH, an offset marker).
+    Discard(Source),
+    /// A transaction sent as MULTI, its queued requests and EXEC on shard connection `index`:
+    /// only EXEC's reply goes to the client. One that a demoted primary refused (`-READONLY`
+    /// while queueing, or `-EXECABORT` for `READONLY`: nothing ran) is sent again, whole, to
+    /// the shard's next primary; a watched one is answered as aborted (null), since its
+    /// watch does not carry over.
+    Exec {
+        /// The shard connection it was sent on.
+        index: usize,
+        /// The shard.
+        shard: ShardIndex,
+        /// The requests between MULTI and EXEC.
+        queued: Vec<Request>,
+        /// Whether a WATCH guards it.
+        watched: bool,
+        /// The client's protocol.
+        protocol: Protocol,
+    },
+    /// The confirmations of a (un)subscribe request from a shard's subscriber connection,
+    /// with the messages published before them; `forward: false` drops them all (RESET).
+    PubSub {
+        /// The subscriber's shard index.
+        shard: usize,
+        /// How many confirmations.
+        replies: usize,
+        /// The client's protocol.
+        protocol: Protocol,
+        /// Whether the client gets them.
+        forward: bool,
+    },
+}
+
+/// The replies of one batch still to be written, and the batch's counts.
+#[derive(Default)]
+pub(super) struct ReplyQueue {
+    pending: Vec<Pending>,
+    batch: BatchStats,
+}
+
+/// What resolving replies reads from and writes to: the session's other parts, borrowed for
+/// the time of one batch's resolution.
+pub(super) struct Resolver<'a> {
+    /// Where shard replies are read.
+    pub links: &'a mut ShardLinks,
+    /// Where refused requests are resent.
+    pub resend: &'a mut ResendPolicy,
+    /// Where subscription confirmations are read.
+    pub subs: &'a mut Subscriptions,
+    /// The published topology (for resends).
+    pub topology: &'a watch::Receiver<Topology>,
+    /// The client's output.
+    pub out: &'a mut BytesMut,
+    /// The client's protocol now.
+    pub protocol: Protocol,
+    /// Set when the client must be closed after this batch (a subscriber connection broke).
+    pub closing: &'a mut bool,
+}
+
+impl ReplyQueue {
+    /// Queues the next reply.
+    pub fn push(&mut self, entry: Pending) {
+        self.pending.push(entry);
+    }
+
+    /// Whether no reply is waiting to be written.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Resolves every queued reply, front to back, into `resolver.out`.
+    pub async fn resolve_all(&mut self, resolver: &mut Resolver<'_>) {
+        for entry in self.pending.drain(..) {
+            if let Some(verdict) = resolver.resolve(entry).await {
+                self.batch.record(verdict);
+            }
+        }
+    }
+
+    /// Adds the batch's counts to `stats`, every command with round trip `elapsed`.
+    pub fn finish_batch(&mut self, elapsed: Duration, stats: &EndpointStats) {
+        self.batch.finish(elapsed, stats);
+    }
+}
+
+impl Resolver<'_> {
+    /// Writes one entry's reply; its verdict, unless the client never asked for it.
+    async fn resolve(&mut self, entry: Pending) -> Option<Verdict> {
+        let verdict = match entry {
+            Pending::Ready(value, protocol, verdict) => {
+                value.encode_as(self.out, protocol);
+                verdict
+            }
+            Pending::Frames(values, protocol) => {
+                for value in &values {
+                    value.encode_as(self.out, protocol);
+                }
+                Verdict::OK
+            }
+            Pending::Forward(Source::Shard(index), protocol) => {
+                self.forward_raw(index, None, protocol).await
+            }
+            Pending::Forward(Source::Write(index, request), protocol) => {
+                self.forward_raw(index, Some(request), protocol).await
+            }
+            Pending::Forward(Source::Read(index, request), protocol) => {
+                self.forward_read(index, request, protocol).await
+            }
+            Pending::Forward(source, protocol) => {
+                let (value, verdict) = self.take(source).await;
+                value.encode_as(self.out, protocol);
+                verdict
+            }
+            Pending::Combine(sources, combine, protocol) => {
+                self.combine(sources, combine, protocol).await
+            }
+            Pending::Scan(source, shard, count, protocol) => {
+                let (value, verdict) = self.take(source).await;
+                let value = scan_reply(value, shard, count);
+                value.encode_as(self.out, protocol);
+                Verdict::combined(&value, &[verdict])
+            }
+            Pending::Discard(source) => {
+                self.take(source).await;
+                return None;
+            }
+            Pending::Exec {
+                index,
+                shard,
+                queued,
+                watched,
+                protocol,
+            } => {
+                let (value, verdict) = self.exec(index, shard, &queued, watched).await;
+                value.encode_as(self.out, protocol);
+                verdict
+            }
+            Pending::PubSub {
+                shard,
+                replies,
+                protocol,
+                forward,
+            } => {
+                let verdict = self.confirmations(shard, replies, protocol, forward).await;
+                if !forward {
+                    return None;
+                }
+                verdict
+            }
+        };
+        Some(verdict)
+    }
+
+    /// Copies the next reply of shard connection `index` to the client as the engine encoded
+    /// it: the request went out in the client's protocol, so no re-encoding is needed. A write
+    /// (`request`) that certainly did not run is resent (see [`ResendPolicy::may_resend`]).
+    async fn forward_raw(
+        &mut self,
+        index: usize,
+        request: Option<Request>,
+        protocol: Protocol,
+    ) -> Verdict {
+        let Some(RawReply { addr, raw, verdict }) = self.links.reply_raw(index).await else {
+            let (value, verdict) = self.links.reply(index).await;
+            value.encode_as(self.out, protocol);
+            return verdict;
+        };
+        let shard = ShardIndex(index as u16);
+        if let Some(request) = request.filter(|_| self.may_resend(verdict, shard, addr)) {
+            let (value, verdict) = self
+                .resend(shard, std::slice::from_ref(&request), addr)
+                .await;
+            value.encode_as(self.out, protocol);
+            return verdict;
+        }
+        match raw {
+            Ok(raw) => self.out.extend_from_slice(&raw),
+            Err(e) => e.reply().encode_as(self.out, protocol),
+        }
+        verdict
+    }
+
+    /// [`Resolver::forward_raw`] for a read: when a request before it in the batch went to the
+    /// shard's new primary, the old primary's answer is dropped and the read asked again there.
+    async fn forward_read(
+        &mut self,
+        index: usize,
+        request: Request,
+        protocol: Protocol,
+    ) -> Verdict {
+        if !self.resend.moved_in_batch(index) {
+            return self.forward_raw(index, None, protocol).await;
+        }
+        let (value, verdict) = self.take(Source::Read(index, request)).await;
+        value.encode_as(self.out, protocol);
+        verdict
+    }
+
+    async fn combine(
+        &mut self,
+        sources: Vec<Source>,
+        combine: Combine,
+        protocol: Protocol,
+    ) -> Verdict {
+        let mut replies = Vec::with_capacity(sources.len());
+        let mut verdicts = Vec::with_capacity(sources.len());
+        for source in sources {
+            let (reply, verdict) = self.take(source).await;
+            replies.push(reply);
+            verdicts.push(verdict);
+        }
+        let value = match combine {
+            Combine::Split(split) => split.merge(replies),
+            Combine::Merge(merge) => crate::merge_replies(merge, replies),
+        };
+        value.encode_as(self.out, protocol);
+        Verdict::combined(&value, &verdicts)
+    }
+
+    /// Reads a (un)subscribe request's confirmations; a lost subscriber closes the client.
+    async fn confirmations(
+        &mut self,
+        shard: usize,
+        replies: usize,
+        protocol: Protocol,
+        forward: bool,
+    ) -> Verdict {
+        let read = self
+            .subs
+            .read_confirmations(shard, replies, protocol, forward, self.out)
+            .await;
+        match read {
+            Ok(()) => Verdict::OK,
+            Err(Unconfirmed::Missing) => {
+                Value::error("ERR internal: subscriber connection missing")
+                    .encode_as(self.out, protocol);
+                Verdict::NotExecuted {
+                    side: Side::Proxy,
+                    reason: Reason::Internal,
+                }
+            }
+            Err(Unconfirmed::Lost(e)) => {
+                e.reply().encode_as(self.out, protocol);
+                *self.closing = true;
+                Verdict::of_shard_error(&e)
+            }
+        }
+    }
+
+    /// The next reply from `source` and its verdict; a failed shard gives an error that says
+    /// whether the command may have run.
+    async fn take(&mut self, source: Source) -> (Value, Verdict) {
+        match source {
+            Source::Failed(error) => (error.reply(), Verdict::of_shard_error(&error)),
+            Source::Shard(index) => self.links.reply(index).await,
+            Source::Read(index, request) => {
+                let addr = self.links.addr(index);
+                let reply = self.links.reply(index).await;
+                match addr {
+                    Some(addr) if self.resend.moved_in_batch(index) => {
+                        let shard = ShardIndex(index as u16);
+                        self.resend(shard, std::slice::from_ref(&request), addr)
+                            .await
+                    }
+                    _ => reply,
+                }
+            }
+            Source::Write(index, request) => {
+                let Some(addr) = self.links.addr(index) else {
+                    return self.links.reply(index).await;
+                };
+                let (reply, verdict) = self.links.reply(index).await;
+                let shard = ShardIndex(index as u16);
+                if self.may_resend(verdict, shard, addr) {
+                    self.resend(shard, std::slice::from_ref(&request), addr)
+                        .await
+                } else {
+                    (reply, verdict)
+                }
+            }
+        }
+    }
+
+    /// Reads the replies of a transaction sent on shard connection `index` (see
+    /// [`Pending::Exec`]) and returns EXEC's, resending the transaction if a demoted primary
+    /// refused it.
+    async fn exec(
+        &mut self,
+        index: usize,
+        shard: ShardIndex,
+        queued: &[Request],
+        watched: bool,
+    ) -> (Value, Verdict) {
+        let (multi, _) = self.links.reply(index).await;
+        let mut refused = false;
+        for _ in queued {
+            let (_, verdict) = self.links.reply(index).await;
+            refused |= verdict.refused_as_replica();
+        }
+        let (reply, verdict) = self.links.reply(index).await;
+        match self.links.addr(index) {
+            Some(refused_by) if !multi.is_error() && (refused || verdict.refused_as_replica()) => {
+                if watched {
+                    (null_array(self.protocol), Verdict::OK)
+                } else {
+                    let requests = transaction_requests(queued);
+                    self.resend(shard, &requests, refused_by).await
+                }
+            }
+            _ => (reply, verdict),
+        }
+    }
+
+    /// [`ResendPolicy::may_resend`] for `shard`'s primary at `addr`.
+    fn may_resend(&self, verdict: Verdict, shard: ShardIndex, addr: std::net::SocketAddr) -> bool {
+        ResendPolicy::may_resend(verdict, || primary_moved(self.topology, shard, addr))
+    }
+
+    /// Sends `requests`, refused by `shard`'s primary at `refused_by`, to its next primary.
+    async fn resend(
+        &mut self,
+        shard: ShardIndex,
+        requests: &[Request],
+        refused_by: std::net::SocketAddr,
+    ) -> (Value, Verdict) {
+        self.resend
+            .resend(
+                self.links,
+                self.topology,
+                shard,
+                requests,
+                refused_by,
+                self.protocol,
+            )
+            .await
+    }
+}
+
+/// A shard's `[cursor, keys]` with the cursor turned into the client's cursor.
+fn scan_reply(reply: Value, shard: ShardIndex, count: u16) -> Value {
+    let Value::Array(mut items) = reply else {
+        return reply;
+    };
+    let cursor = match items.first() {
+        Some(Value::BulkString(raw)) => std::str::from_utf8(raw).ok().and_then(|s| s.parse().ok()),
+        _ => None,
+    };
+    let Some(next) = cursor.and_then(|c| scan::next_cursor(shard, c, count)) else {
+        return Value::error("ERR unexpected SCAN reply from a shard");
+    };
+    items[0] = Value::bulk(next.to_string());
+    Value::Array(items)
+}
