@@ -45,20 +45,18 @@ pub async fn run_reporter_with_shards(
 
 async fn report_once(store: &Store, software_version: &str, os: &str, shards: &ObservedShards) {
     let Some(uid) = store.uid() else { return };
-    let Some(leader) = store.leader_rpc_addr() else {
-        return;
-    };
     let report = NodeReport {
         uid,
         software_version: software_version.to_string(),
         os: os.to_string(),
         shards: shards.snapshot(),
     };
-    let sent: Result<(), StoreError> = store
-        .call_internal(&leader, "/internal/report", &report)
-        .await;
-    if let Err(e) = sent {
-        tracing::debug!(error = %e, "report to the primary node failed");
+    let sent: Result<(), StoreError> = store.call_primary("/internal/report", &report).await;
+    match sent {
+        Ok(()) => {}
+        // No primary node to report to, nor to record this node's version through.
+        Err(StoreError::NoLeader(_)) => return,
+        Err(e) => tracing::debug!(error = %e, "report to the primary node failed"),
     }
     refresh_own_record(store, uid, software_version, os).await;
 }

@@ -11,6 +11,7 @@ use flotilla_model::{
 
 use crate::bdbs::DEFAULT_ENGINE;
 use crate::handlers::parse;
+use crate::propose::{propose, Change};
 use crate::{ApiContext, ApiError};
 
 fn info(state: &ClusterState, action: &Action) -> ActionInfo {
@@ -112,14 +113,25 @@ pub(crate) async fn upgrade(
         original_masters,
     };
     let steps = plan(&kind, &state);
-    let command = Command::CreateAction(ActionCreation {
-        action: kind,
-        steps_total: steps.len() as u32,
-        first_step: steps.first().map(|s| s.name()).unwrap_or_default(),
-        created_at: now_secs(),
-    });
-    let outcome = context.store.propose(command).await?;
-    let CommandResult::ActionCreated { uid } = flotilla_store::refused_to_error(outcome)? else {
+    let (asked, created_at) = (kind.clone(), now_secs());
+    let change = Change {
+        command: Command::CreateAction(ActionCreation {
+            action: kind,
+            steps_total: steps.len() as u32,
+            first_step: steps.first().map(|s| s.name()).unwrap_or_default(),
+            created_at,
+        }),
+        applied: |state: &ClusterState| {
+            let action = state
+                .actions
+                .values()
+                .find(|a| a.kind == asked && a.created_at == created_at)?;
+            Some(CommandResult::ActionCreated { uid: action.uid })
+        },
+        check: "flotilla action list".into(),
+    };
+    let outcome = propose(&context, change).await?;
+    let CommandResult::ActionCreated { uid } = outcome else {
         return Err(ApiError::from(flotilla_store::StoreError::Internal(
             "unexpected outcome".into(),
         )));
@@ -166,13 +178,14 @@ pub(crate) async fn cancel(
 ) -> Result<Json<ActionInfo>, ApiError> {
     let action_uid = parse_uid("action", &uid)?;
     find(&context.store.state(), action_uid)?;
-    flotilla_store::refused_to_error(
-        context
-            .store
-            .propose(Command::CancelAction(ActionCancellation {
-                uid: action_uid,
-            }))
-            .await?,
-    )?;
+    let change = Change {
+        command: Command::CancelAction(ActionCancellation { uid: action_uid }),
+        applied: |state: &ClusterState| {
+            let action = state.actions.get(&action_uid)?;
+            action.cancel_requested.then_some(CommandResult::Ok)
+        },
+        check: format!("flotilla action show {action_uid}"),
+    };
+    propose(&context, change).await?;
     get_action(State(context), Path(uid)).await
 }

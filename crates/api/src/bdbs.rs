@@ -17,6 +17,7 @@ use flotilla_orchestrator::switchover::{self, SwitchoverError, SwitchoverReport}
 use flotilla_orchestrator::{placement, Observed};
 
 use crate::handlers::parse;
+use crate::propose::{propose, Change};
 use crate::{ApiContext, ApiError};
 
 /// The engine a database gets when `redis_version` is omitted: the newest one bundled.
@@ -190,12 +191,22 @@ pub(crate) async fn create(
     state
         .check_new_bdb(&spec, &shards)
         .map_err(flotilla_store::StoreError::from)?;
-    let command = Command::CreateBdb(BdbCreation {
-        bdb: spec,
-        created_at: now_secs(),
-        shards,
-    });
-    let outcome = flotilla_store::refused_to_error(context.store.propose(command).await?)?;
+    let name = spec.name.clone();
+    let asked = spec.clone();
+    let change = Change {
+        command: Command::CreateBdb(BdbCreation {
+            bdb: spec,
+            created_at: now_secs(),
+            shards,
+        }),
+        // A database of this name and spec did not exist before (checked above): it is this one.
+        applied: |state: &ClusterState| {
+            let bdb = state.bdb_by_name(&name).filter(|b| b.spec == asked)?;
+            Some(CommandResult::BdbCreated { uid: bdb.uid })
+        },
+        check: format!("flotilla db show {name}"),
+    };
+    let outcome = propose(&context, change).await?;
     let CommandResult::BdbCreated { uid } = outcome else {
         return Err(ApiError::from(flotilla_store::StoreError::Internal(
             format!("unexpected outcome {outcome:?}"),
@@ -236,12 +247,24 @@ pub(crate) async fn update(
     let password = update
         .authentication_redis_pass
         .map(|p| Some(p).filter(|p| !p.is_empty()));
-    let command = Command::UpdateBdb(BdbChange {
-        uid,
-        memory_size: update.memory_size,
-        authentication_redis_pass: password,
-    });
-    flotilla_store::refused_to_error(context.store.propose(command).await?)?;
+    let (memory_size, asked_password) = (update.memory_size, password.clone());
+    let change = Change {
+        command: Command::UpdateBdb(BdbChange {
+            uid,
+            memory_size: update.memory_size,
+            authentication_redis_pass: password,
+        }),
+        applied: |state: &ClusterState| {
+            let spec = &state.bdbs.get(&uid)?.spec;
+            let memory = memory_size.is_none_or(|m| spec.memory_size == m);
+            let password = asked_password
+                .as_ref()
+                .is_none_or(|p| spec.authentication_redis_pass == *p);
+            (memory && password).then_some(CommandResult::Ok)
+        },
+        check: format!("flotilla db show {uid}"),
+    };
+    propose(&context, change).await?;
     get(State(context), Path(uid.to_string())).await
 }
 
@@ -252,12 +275,14 @@ pub(crate) async fn delete(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let uid = parse_uid(&uid)?;
     find_bdb(&context.store.state(), uid)?;
-    flotilla_store::refused_to_error(
-        context
-            .store
-            .propose(Command::DeleteBdb(BdbDeletion { uid }))
-            .await?,
-    )?;
+    let change = Change {
+        command: Command::DeleteBdb(BdbDeletion { uid }),
+        applied: |state: &ClusterState| {
+            (!state.bdbs.contains_key(&uid)).then_some(CommandResult::Ok)
+        },
+        check: "flotilla db list".into(),
+    };
+    propose(&context, change).await?;
     Ok(Json(serde_json::json!({ "uid": uid, "status": "deleted" })))
 }
 

@@ -10,9 +10,10 @@ use flotilla_model::rest::{
     BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, Health, NodeInfo, NodeRole,
     NodeStatus, NodeStatusEntry, NodesStatus,
 };
-use flotilla_model::{ClusterChange, Command, NodeUid};
+use flotilla_model::{ClusterChange, ClusterState, Command, CommandResult, NodeUid};
 use serde::de::DeserializeOwned;
 
+use crate::propose::{propose, Change};
 use crate::{ApiContext, ApiError};
 
 /// Longest cluster name accepted.
@@ -161,13 +162,21 @@ pub(crate) async fn put_cluster(
     if let Some(name) = &update.name {
         validate_name("name", name)?;
     }
-    let outcome = context
-        .store
-        .propose(Command::UpdateCluster(ClusterChange {
+    let asked = update.name.clone();
+    let change = Change {
+        command: Command::UpdateCluster(ClusterChange {
             name: update.name.clone(),
-        }))
-        .await?;
-    flotilla_store::refused_to_error(outcome)?;
+        }),
+        applied: |state: &ClusterState| {
+            let cluster = state.cluster.as_ref()?;
+            asked
+                .as_ref()
+                .is_none_or(|name| cluster.name == *name)
+                .then_some(CommandResult::Ok)
+        },
+        check: "flotilla status".into(),
+    };
+    propose(&context, change).await?;
     if let Some(name) = update.name {
         let applied =
             |s: &flotilla_model::ClusterState| s.cluster.as_ref().is_some_and(|c| c.name == name);

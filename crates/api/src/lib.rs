@@ -9,6 +9,7 @@ mod auth;
 mod bdbs;
 mod error;
 mod handlers;
+mod propose;
 
 use std::sync::Arc;
 

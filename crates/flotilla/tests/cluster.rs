@@ -356,3 +356,68 @@ fn a_node_that_missed_more_than_the_kept_log_catches_up_from_a_snapshot() {
     let log = std::fs::read_to_string(cluster.data_dir(lagging).join("flotilla.log")).unwrap();
     assert!(!log.contains("panicked"), "no panic on the lagging node");
 }
+
+/// A database created through a secondary node whose forwarded proposal the primary node
+/// commits and then loses the answer of (failpoint `FLOTILLA_FAILPOINT_LOSE_ANSWER`): the
+/// create is reported as done, once, never proposed again and refused as a duplicate.
+#[test]
+fn a_forwarded_create_whose_answer_is_lost_is_reported_as_done() {
+    let cluster = DevCluster::up_with_env(
+        &bin(),
+        67,
+        2,
+        &[("FLOTILLA_FAILPOINT_LOSE_ANSWER", "create_bdb")],
+    );
+    let primary = primaries(&cluster.status_json(1))[0] as u8;
+    let secondary = if primary == 1 { 2 } else { 1 };
+
+    let output = cluster.flotilla_at(
+        secondary,
+        &[
+            "db",
+            "create",
+            "--json",
+            "--name",
+            "lost",
+            "--port",
+            "12670",
+            "--memory",
+            "100mb",
+            "--redis-version",
+            "redis-7.0",
+        ],
+    );
+    let log = |n: u8| std::fs::read_to_string(cluster.data_dir(n).join("flotilla.log")).unwrap();
+    assert!(
+        log(primary).contains("FLOTILLA_FAILPOINT_LOSE_ANSWER: the proposal was committed"),
+        "the primary node lost the answer of the forwarded create"
+    );
+    assert_success(&output, "db create through the secondary node");
+    let created: Value = serde_json::from_slice(&output.stdout).expect("db create prints JSON");
+    assert_eq!(created["name"], "lost");
+    assert!(
+        log(secondary).contains("answer was lost but the state shows it applied"),
+        "the secondary node found its create in the state"
+    );
+
+    let listed = cluster.json(primary, &["db", "list", "--json"]);
+    let named: Vec<&Value> = listed
+        .as_array()
+        .expect("db list --json is an array")
+        .iter()
+        .filter(|b| b["name"] == "lost")
+        .collect();
+    assert_eq!(named.len(), 1, "one database, created once: {listed}");
+    assert_eq!(named[0]["uid"], created["uid"]);
+    // Its shard's engine is started and recorded before the cluster is dropped, so the drop
+    // finds and stops it.
+    let uid = created["uid"].as_u64().expect("the database has a uid");
+    let active = poll_until(Duration::from_secs(60), || {
+        cluster.db_status(uid) == "active"
+    });
+    assert!(
+        active,
+        "database {uid} became active: {}",
+        cluster.db_status(uid)
+    );
+}

@@ -5,10 +5,11 @@
 //! may be down while the engine still serves), when the primary itself reaches it with PING.
 //! After [`FAILOVER_AFTER`] of continuous failure, the replica with the highest replication
 //! offset among those that answer is promoted (`PromoteShard`); the agents and endpoints follow
-//! the store. Writes the lost master acknowledged but had not replicated can be lost, as with
-//! any asynchronously replicated Redis.
+//! the store. A promotion the store refuses leaves the master failing: the next check tries
+//! another replica. Writes the lost master acknowledged but had not replicated can be lost, as
+//! with any asynchronously replicated Redis.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use flotilla_engine::{ClientOptions, EngineClient};
@@ -16,27 +17,88 @@ use flotilla_model::rest::{ReplicaLink, ShardReport};
 use flotilla_model::timing::{
     FAILOVER_AFTER, FAILOVER_CHECK_EVERY, LINK_MEMORY, ORPHANED_HOLD_GRACE,
 };
-use flotilla_model::{ClusterState, Command, Shard, ShardPromotion, ShardRole, ShardUid};
-use flotilla_store::{Store, Wakes};
+use flotilla_model::{
+    ClusterState, Command, CommandResult, Shard, ShardPromotion, ShardRole, ShardUid,
+};
+use flotilla_store::{Store, StoreError, Wakes};
 use tokio::sync::watch;
 
 use crate::Observer;
 
 /// Watches master shards and fails them over until `shutdown` fires.
 pub async fn run_failover(store: Store, observer: Observer, shutdown: watch::Receiver<bool>) {
-    let mut failing_since: HashMap<ShardUid, Instant> = HashMap::new();
+    let mut memory = Memory::default();
     let mut held_since: HashMap<ShardUid, Instant> = HashMap::new();
-    let mut linked: HashMap<ShardUid, Instant> = HashMap::new();
     let mut wakes = Wakes::every(FAILOVER_CHECK_EVERY, shutdown);
     while wakes.next().await.is_some() {
         if !store.is_leader() {
-            failing_since.clear();
+            memory = Memory::default();
             held_since.clear();
-            linked.clear();
             continue;
         }
         repair_orphaned_holds(&observer, &mut held_since).await;
-        check_once(&store, &observer, &mut failing_since, &mut linked).await;
+        check_once(&store, &observer, &mut memory).await;
+    }
+}
+
+/// What the failover loop remembers from one check to the next (on the primary node only).
+#[derive(Debug, Default)]
+struct Memory {
+    /// Since when each failing master shard has been failing.
+    failing_since: HashMap<ShardUid, Instant>,
+    /// When each replica was last seen linked to its master.
+    linked: HashMap<ShardUid, Instant>,
+    /// Replicas whose promotion the store refused, by failing master: passed over until that
+    /// master is healthy again or gone.
+    refused: HashMap<ShardUid, HashSet<ShardUid>>,
+}
+
+/// What a promotion's outcome means for the failing master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Promotion {
+    /// The replica is the master now: the failure is handled.
+    Done,
+    /// The store refused to promote this replica: the master still fails, and the next check
+    /// tries another replica.
+    Refused,
+    /// The proposal did not go through, or its outcome is unknown: the master still fails, and
+    /// the next check looks again (a promotion that did apply shows as a new master).
+    Retry,
+}
+
+impl Memory {
+    /// Records the outcome of promoting `replica` in place of failing `master`.
+    fn settle(
+        &mut self,
+        master: ShardUid,
+        replica: ShardUid,
+        outcome: &Result<CommandResult, StoreError>,
+    ) -> Promotion {
+        match outcome {
+            Ok(_) => {
+                self.failing_since.remove(&master);
+                self.refused.remove(&master);
+                Promotion::Done
+            }
+            Err(StoreError::Refused(_)) => {
+                self.refused.entry(master).or_default().insert(replica);
+                Promotion::Refused
+            }
+            Err(_) => Promotion::Retry,
+        }
+    }
+
+    /// Forgets a master that is healthy again.
+    fn healthy(&mut self, master: ShardUid) {
+        self.failing_since.remove(&master);
+        self.refused.remove(&master);
+    }
+
+    /// True when the store refused to promote `replica` for `master` since it began failing.
+    fn was_refused(&self, master: ShardUid, replica: ShardUid) -> bool {
+        self.refused
+            .get(&master)
+            .is_some_and(|replicas| replicas.contains(&replica))
     }
 }
 
@@ -61,12 +123,7 @@ async fn repair_orphaned_holds(observer: &Observer, held_since: &mut HashMap<Sha
     }
 }
 
-async fn check_once(
-    store: &Store,
-    observer: &Observer,
-    failing_since: &mut HashMap<ShardUid, Instant>,
-    linked: &mut HashMap<ShardUid, Instant>,
-) {
+async fn check_once(store: &Store, observer: &Observer, memory: &mut Memory) {
     let state = store.state();
     let reports = observer.shard_reports();
     let masters: Vec<&Shard> = state
@@ -75,37 +132,55 @@ async fn check_once(
         .filter(|b| b.spec.replication)
         .flat_map(|b| state.masters_of(b.uid))
         .collect();
-    failing_since.retain(|uid, _| masters.iter().any(|m| m.uid == *uid));
+    memory
+        .failing_since
+        .retain(|uid, _| masters.iter().any(|m| m.uid == *uid));
+    memory
+        .refused
+        .retain(|uid, _| masters.iter().any(|m| m.uid == *uid));
     for master in masters {
         if master_healthy(&state, master, reports.get(&master.uid)).await {
-            failing_since.remove(&master.uid);
-            remember_links(&state, master, &reports, linked);
+            memory.healthy(master.uid);
+            remember_links(&state, master, &reports, &mut memory.linked);
             continue;
         }
-        let since = *failing_since.entry(master.uid).or_insert_with(Instant::now);
+        let since = *memory
+            .failing_since
+            .entry(master.uid)
+            .or_insert_with(Instant::now);
         if since.elapsed() < FAILOVER_AFTER {
             continue;
         }
-        if let Some(replica) = best_replica(&state, master, &reports, linked).await {
-            tracing::warn!(
-                bdb = master.bdb_uid,
+        let Some(replica) = best_replica(&state, master, &reports, memory).await else {
+            continue;
+        };
+        tracing::warn!(
+            bdb = master.bdb_uid,
+            master = master.uid,
+            replica = replica,
+            "master shard unreachable for {:?}: promoting its replica",
+            since.elapsed()
+        );
+        let promote = Command::PromoteShard(ShardPromotion {
+            uid: replica,
+            require_held: false,
+        });
+        let outcome = store.propose(promote).await;
+        let promotion = memory.settle(master.uid, replica, &outcome);
+        let Err(e) = outcome else { continue };
+        match promotion {
+            Promotion::Refused => tracing::warn!(
                 master = master.uid,
-                replica = replica,
-                "master shard unreachable for {:?}: promoting its replica",
-                since.elapsed()
-            );
-            match store
-                .propose(Command::PromoteShard(ShardPromotion {
-                    uid: replica,
-                    require_held: false,
-                }))
-                .await
-            {
-                Ok(_) => {
-                    failing_since.remove(&master.uid);
-                }
-                Err(e) => tracing::error!(error = %e, "failover proposal failed; retrying"),
-            }
+                replica,
+                error = %e,
+                "the store refused to promote the replica; the next check tries another one"
+            ),
+            Promotion::Done | Promotion::Retry => tracing::error!(
+                master = master.uid,
+                replica,
+                error = %e,
+                "failover proposal failed; the next check tries again"
+            ),
         }
     }
 }
@@ -142,13 +217,15 @@ fn remember_links(
     }
 }
 
-/// The promotable replica of `master` with the highest offset, among those that answer.
+/// The promotable replica of `master` with the highest offset, among those that answer and
+/// that the store did not refuse to promote.
 async fn best_replica(
     state: &ClusterState,
     master: &Shard,
     reports: &std::collections::BTreeMap<ShardUid, ShardReport>,
-    linked: &HashMap<ShardUid, Instant>,
+    memory: &Memory,
 ) -> Option<ShardUid> {
+    let linked = &memory.linked;
     let mut best: Option<(i64, ShardUid)> = None;
     for replica in state.slot_group_of(master).replicas() {
         // A replica not seen linked lately is not promoted; one never seen (this primary node
@@ -156,6 +233,9 @@ async fn best_replica(
         // synced everything from the RDB of a master that had no replica before.
         let seen_linked = linked.get(&replica.uid).map(|seen| seen.elapsed());
         if seen_linked.is_some_and(|elapsed| elapsed > LINK_MEMORY) {
+            continue;
+        }
+        if memory.was_refused(master.uid, replica.uid) {
             continue;
         }
         let offset = match reports.get(&replica.uid) {
@@ -184,4 +264,98 @@ async fn probe(state: &ClusterState, shard: &Shard) -> Option<i64> {
         .ok()?;
     client.ping().await.ok()?;
     client.replication().await.ok().map(|r| r.offset())
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_model::{ModelError, NodeSpec};
+    use flotilla_store::StoreConfig;
+
+    use super::*;
+
+    fn failing(master: ShardUid) -> Memory {
+        let mut memory = Memory::default();
+        memory.failing_since.insert(master, Instant::now());
+        memory
+    }
+
+    #[test]
+    fn a_promotion_that_applied_ends_the_failure() {
+        let mut memory = failing(1);
+        let promotion = memory.settle(1, 2, &Ok(CommandResult::Ok));
+        assert_eq!(promotion, Promotion::Done);
+        assert!(!memory.failing_since.contains_key(&1));
+    }
+
+    #[test]
+    fn a_refused_promotion_keeps_the_master_failing_and_passes_the_replica_over() {
+        let mut memory = failing(1);
+        let refused = Err(StoreError::Refused(ModelError::NotFound(
+            "shard 2 does not exist".into(),
+        )));
+        assert_eq!(memory.settle(1, 2, &refused), Promotion::Refused);
+        assert!(
+            memory.failing_since.contains_key(&1),
+            "the failing timer is kept"
+        );
+        assert!(memory.was_refused(1, 2), "replica 2 is passed over");
+        assert!(!memory.was_refused(1, 3), "replica 3 may still be promoted");
+        memory.healthy(1);
+        assert!(
+            !memory.was_refused(1, 2),
+            "forgotten once the master is back"
+        );
+    }
+
+    #[test]
+    fn a_promotion_that_did_not_go_through_is_tried_again() {
+        let mut memory = failing(1);
+        let lost = Err(StoreError::OutcomeUnknown {
+            addr: "local".into(),
+            reason: "not committed within 10 s".into(),
+        });
+        assert_eq!(memory.settle(1, 2, &lost), Promotion::Retry);
+        assert!(memory.failing_since.contains_key(&1));
+        assert!(
+            !memory.was_refused(1, 2),
+            "the same replica may be tried again"
+        );
+    }
+
+    /// A real one-node store refuses to promote a shard that does not exist; the loop must see
+    /// that as a refusal, not as a failover done.
+    #[tokio::test]
+    async fn a_promotion_the_real_store_refuses_is_seen_as_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: std::net::IpAddr = "127.0.67.11".parse().unwrap();
+        let store = Store::open(StoreConfig {
+            data_dir: dir.path().join("data"),
+            addr,
+            rpc_port: 3333,
+        })
+        .await
+        .unwrap();
+        let node = NodeSpec {
+            addr,
+            software_version: "test".into(),
+            os: "test".into(),
+        };
+        store
+            .create_cluster("c".into(), "admin".into(), "pw".into(), node)
+            .await
+            .unwrap();
+        let mut memory = failing(1);
+        let promote = Command::PromoteShard(ShardPromotion {
+            uid: 42,
+            require_held: false,
+        });
+        let outcome = store.propose(promote).await;
+        assert!(
+            matches!(outcome, Err(StoreError::Refused(ModelError::NotFound(_)))),
+            "{outcome:?}"
+        );
+        assert_eq!(memory.settle(1, 42, &outcome), Promotion::Refused);
+        assert!(memory.failing_since.contains_key(&1));
+        store.shutdown().await;
+    }
 }

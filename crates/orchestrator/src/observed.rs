@@ -130,13 +130,8 @@ impl Observer {
                 .collect(),
             shards: BTreeMap::new(),
         };
-        let Some(leader) = self.store.leader_rpc_addr() else {
-            return unknown();
-        };
-        let answer: Result<Observed, StoreError> = self
-            .store
-            .call_internal(&leader, "/internal/observed", &())
-            .await;
+        let answer: Result<Observed, StoreError> =
+            self.store.call_primary("/internal/observed", &()).await;
         answer.unwrap_or_else(|_| unknown())
     }
 

@@ -36,10 +36,10 @@ use crate::Observer;
 pub enum SwitchoverError {
     /// The shard does not exist.
     #[error("shard {0} does not exist; `flotilla db show DB` lists its shards")]
-    NotFound(ShardUid),
+    NotFound(#[serde(with = "wire::shard")] ShardUid),
     /// There is no replica to switch to.
     #[error("shard {0}'s slots have no replica to switch over to; create the database with --replication")]
-    NoReplica(ShardUid),
+    NoReplica(#[serde(with = "wire::shard")] ShardUid),
     /// The replica did not catch up in time; M was unpaused and the hold released.
     #[error("aborted: replica shard {replica} did not catch up with master {master} within {timeout:?} ({detail}); nothing changed")]
     NotCaughtUp {
@@ -70,7 +70,58 @@ pub enum SwitchoverError {
     },
     /// The store refused or failed a proposal.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(
+        #[from]
+        #[serde(with = "wire::store")]
+        StoreError,
+    ),
+}
+
+/// The JSON of [`SwitchoverError`]'s newtype variants inside `/internal/switchover` answers. An
+/// internally tagged newtype must hold a map: 0.1.0 could not encode `not_found` and
+/// `no_replica` (a bare uid) nor decode `store` (its own `kind` beside the variant's), so these
+/// forms are new and the other variants keep 0.1.0's JSON.
+mod wire {
+    /// `{"kind": "not_found" | "no_replica", "shard": UID}`.
+    pub mod shard {
+        use flotilla_model::ShardUid;
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        #[derive(Serialize, Deserialize)]
+        struct Shard {
+            shard: ShardUid,
+        }
+
+        pub fn serialize<S: Serializer>(uid: &ShardUid, s: S) -> Result<S::Ok, S::Error> {
+            Shard { shard: *uid }.serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ShardUid, D::Error> {
+            Shard::deserialize(d).map(|s| s.shard)
+        }
+    }
+
+    /// `{"kind": "store", "error": STORE_ERROR}`.
+    pub mod store {
+        use flotilla_store::StoreError;
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        #[derive(Serialize, Deserialize)]
+        struct Store {
+            error: StoreError,
+        }
+
+        pub fn serialize<S: Serializer>(error: &StoreError, s: S) -> Result<S::Ok, S::Error> {
+            Store {
+                error: error.clone(),
+            }
+            .serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<StoreError, D::Error> {
+            Store::deserialize(d).map(|s| s.error)
+        }
+    }
 }
 
 /// What a completed switchover did and how long its phases took.
@@ -96,12 +147,7 @@ pub async fn switchover(
 ) -> Result<SwitchoverReport, SwitchoverError> {
     let store = &observer.store;
     if !store.is_leader() {
-        let leader = store
-            .leader_rpc_addr()
-            .ok_or_else(|| StoreError::NoLeader("no primary node to run the switchover".into()))?;
-        return store
-            .call_internal(&leader, "/internal/switchover", &uid)
-            .await?;
+        return store.call_primary("/internal/switchover", &uid).await?;
     }
     let state = store.state();
     let (master, replica) = pair(&state, uid)?;
@@ -114,8 +160,7 @@ pub async fn switchover(
         uid: master.uid,
         held: true,
     });
-    let (outcome, index) = store.propose_indexed(hold).await?;
-    flotilla_store::refused_to_error(outcome)?;
+    let (_, index) = store.propose_indexed(hold).await?;
     if let Err(e) = applied_everywhere(observer, &state, index).await {
         release(store, &m, master.uid).await;
         return Err(e);
@@ -256,7 +301,7 @@ async fn release(store: &Store, m: &EngineClient, master: ShardUid) {
 }
 
 async fn propose(store: &Store, command: Command) -> Result<(), SwitchoverError> {
-    flotilla_store::refused_to_error(store.propose(command).await?)?;
+    store.propose(command).await?;
     Ok(())
 }
 
@@ -312,7 +357,10 @@ fn engine(shard: ShardUid, e: impl std::fmt::Display) -> SwitchoverError {
 
 /// A switchover cut short by a primary node change leaves the master held: complete it when
 /// the replica was already promoted on its engine, otherwise undo it (release, unpause).
-pub async fn finish_interrupted(observer: &Observer, master: &Shard) -> Result<(), String> {
+pub async fn finish_interrupted(
+    observer: &Observer,
+    master: &Shard,
+) -> Result<(), SwitchoverError> {
     if !master.held {
         return Ok(());
     }
@@ -331,8 +379,7 @@ pub async fn finish_interrupted(observer: &Observer, master: &Shard) -> Result<(
                     require_held: true,
                 }),
             )
-            .await
-            .map_err(|e| e.to_string());
+            .await;
         }
     }
     tracing::warn!(
@@ -346,7 +393,7 @@ pub async fn finish_interrupted(observer: &Observer, master: &Shard) -> Result<(
         uid: master.uid,
         held: false,
     });
-    propose(store, release).await.map_err(|e| e.to_string())
+    propose(store, release).await
 }
 
 async fn engine_role(state: &ClusterState, shard: &Shard) -> Option<Role> {
@@ -366,4 +413,62 @@ pub(crate) fn orphaned_holds(observer: &Observer) -> Vec<Shard> {
         .filter(|s| s.held && !driving.contains(&s.uid))
         .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn round_trip(error: SwitchoverError) -> serde_json::Value {
+        let message = error.to_string();
+        let answer: Result<SwitchoverReport, SwitchoverError> = Err(error);
+        let json = serde_json::to_value(&answer).expect("every switchover error encodes");
+        let back: Result<SwitchoverReport, SwitchoverError> =
+            serde_json::from_value(json.clone()).expect("and decodes");
+        assert!(matches!(back, Err(e) if e.to_string() == message), "{json}");
+        json
+    }
+
+    #[test]
+    fn the_variants_0_1_0_could_encode_keep_their_json() {
+        let json = round_trip(SwitchoverError::HoldNotSpread {
+            node: 3,
+            timeout: Duration::from_secs(1),
+        });
+        assert_eq!(
+            json,
+            json!({"Err": {"kind": "hold_not_spread", "node": 3, "timeout": {"secs": 1, "nanos": 0}}})
+        );
+        let json = round_trip(SwitchoverError::Engine {
+            shard: 4,
+            detail: "refused".into(),
+        });
+        assert_eq!(
+            json,
+            json!({"Err": {"kind": "engine", "shard": 4, "detail": "refused"}})
+        );
+        let old: serde_json::Value = json!({"Err": {"kind": "not_caught_up", "master": 1,
+            "replica": 2, "timeout": {"secs": 2, "nanos": 0}, "detail": "behind"}});
+        let decoded: Result<SwitchoverReport, SwitchoverError> =
+            serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&decoded).unwrap(), old);
+    }
+
+    #[test]
+    fn a_forwarded_switchover_answers_every_error_in_a_form_the_caller_decodes() {
+        assert_eq!(
+            round_trip(SwitchoverError::NoReplica(3)),
+            json!({"Err": {"kind": "no_replica", "shard": 3}})
+        );
+        assert_eq!(
+            round_trip(SwitchoverError::NotFound(9)),
+            json!({"Err": {"kind": "not_found", "shard": 9}})
+        );
+        assert_eq!(
+            round_trip(SwitchoverError::Store(StoreError::NoLeader("x".into()))),
+            json!({"Err": {"kind": "store", "error": {"kind": "no_leader", "description": "x"}}})
+        );
+    }
 }

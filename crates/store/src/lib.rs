@@ -14,6 +14,7 @@
 
 mod credentials;
 mod error;
+mod failpoint;
 mod follow;
 mod identity;
 mod log_store;
@@ -29,7 +30,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use flotilla_model::timing::{ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, RAFT_HEARTBEAT};
-use flotilla_model::{ClusterState, Command, CommandResult, ModelError, NodeUid};
+use flotilla_model::{ClusterState, Command, CommandResult, NodeUid};
 use openraft::error::{ClientWriteError, RaftError};
 use redb::Database;
 use tokio::sync::watch;
@@ -48,6 +49,9 @@ use state_machine::StateMachine;
 
 /// How long a proposal keeps trying to reach a primary node before giving up.
 const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
+/// Pause before a proposal is sent again while some node is known as the primary (one that
+/// may be gone or deposed): a refused connection fails at once, so without it the retry spins.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Where a node's store lives and how it is reached.
 #[derive(Debug, Clone)]
@@ -206,19 +210,29 @@ impl Store {
         matches!(tokio::time::timeout(timeout, reached).await, Ok(true))
     }
 
-    /// Proposes a command and returns its replicated outcome. On a secondary node the command is
-    /// forwarded to the primary node; while there is no primary it retries until a deadline.
+    /// Proposes a command and returns its replicated outcome; a command the state machine
+    /// refused is `Err(Refused)`. On a secondary node the command is forwarded to the primary
+    /// node. While there is no primary node, or the command certainly did not reach it
+    /// ([`StoreError::is_safe_to_retry`]), it tries again until a deadline; a command whose
+    /// outcome is unknown ([`StoreError::OutcomeUnknown`]) is never proposed again here: the
+    /// caller checks the state (it may have been applied).
     pub async fn propose(&self, command: Command) -> Result<CommandResult, StoreError> {
         let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
         loop {
             let attempt = match self.propose_local(command.clone()).await {
-                Err(StoreError::NoLeader(_)) => self.forward_to_leader(&command).await,
+                Err(StoreError::NotLeader { rpc_addr, .. }) => {
+                    match rpc_addr.or_else(|| self.leader_rpc_addr()) {
+                        Some(leader) => self.forward_proposal(&leader, &command).await,
+                        None => Err(StoreError::NoLeader("no primary node elected yet".into())),
+                    }
+                }
                 other => other,
             };
             match attempt {
-                Err(StoreError::NoLeader(_) | StoreError::Unreachable { .. })
-                    if tokio::time::Instant::now() < deadline =>
-                {
+                Err(e) if e.is_safe_to_retry() && tokio::time::Instant::now() < deadline => {
+                    if self.leader().is_some() {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
                     self.wait_for_leader(Duration::from_millis(500)).await;
                 }
                 other => return other,
@@ -226,7 +240,8 @@ impl Store {
         }
     }
 
-    /// Proposes on this node only: `NoLeader` when this node is not the primary.
+    /// Proposes on this node only: `NotLeader` (or `NoLeader`) when this node is not the
+    /// primary; a refused command is `Err(Refused)`.
     pub async fn propose_local(&self, command: Command) -> Result<CommandResult, StoreError> {
         self.propose_indexed(command)
             .await
@@ -235,31 +250,63 @@ impl Store {
 
     /// Proposes on this node (the primary) and returns the outcome with the entry's log index,
     /// so the caller can wait until other nodes have applied it ([`Store::applied_index`]).
+    /// A refused command is `Err(Refused)`.
     pub async fn propose_indexed(
         &self,
         command: Command,
     ) -> Result<(CommandResult, u64), StoreError> {
+        let (result, index) = self.write(command).await?;
+        Ok((refusal_as_error(Ok(result))?, index))
+    }
+
+    /// Hands a command to this node's Raft: the outcome as it travels in `/internal/propose`
+    /// answers (a refusal inside `Ok`, as 0.1.0 nodes expect it).
+    async fn write(&self, command: Command) -> Result<(CommandResult, u64), StoreError> {
         let raft = self.raft()?;
         let write = tokio::time::timeout(PROPOSE_DEADLINE, raft.client_write(command));
         match write.await {
             Ok(Ok(response)) => Ok((response.data, response.log_id.index)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(
-                StoreError::NoLeader(format!("node {:?} is the primary", f.leader_id)),
-            ),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(match f.leader_id {
+                    Some(leader) => StoreError::NotLeader {
+                        leader,
+                        rpc_addr: f.leader_node.map(|n| n.addr),
+                    },
+                    None => StoreError::NoLeader("no primary node elected yet".into()),
+                })
+            }
             Ok(Err(e)) => Err(StoreError::Internal(e.to_string())),
-            Err(_) => Err(StoreError::Internal(
-                "the change was not committed within 10 s (quorum lost?); it may still apply"
-                    .into(),
-            )),
+            Err(_) => Err(StoreError::OutcomeUnknown {
+                addr: self.rpc_addr(),
+                reason: format!(
+                    "the change was not committed within {PROPOSE_DEADLINE:?} (quorum lost?) and may still apply"
+                ),
+            }),
         }
     }
 
-    async fn forward_to_leader(&self, command: &Command) -> Result<CommandResult, StoreError> {
-        let leader = self
-            .leader_rpc_addr()
-            .ok_or_else(|| StoreError::NoLeader("no leader elected yet".into()))?;
-        self.call_internal(&leader, "/internal/propose", command)
-            .await?
+    /// `/internal/propose` on this node: the 0.1.0 answer (a refusal inside `Ok`).
+    pub(crate) async fn propose_for_peer(
+        &self,
+        command: Command,
+    ) -> Result<CommandResult, StoreError> {
+        self.write(command).await.map(|(result, _)| result)
+    }
+
+    async fn forward_proposal(
+        &self,
+        leader: &str,
+        command: &Command,
+    ) -> Result<CommandResult, StoreError> {
+        let answer: Result<CommandResult, StoreError> = self
+            .call_internal(leader, "/internal/propose", command)
+            .await?;
+        refusal_as_error(answer)
+    }
+
+    /// This node's RPC address (`ip:port`), as other nodes reach it.
+    fn rpc_addr(&self) -> String {
+        self.config().rpc_addr_of(self.config().addr)
     }
 
     /// Waits (bounded) until some node is known as the primary.
@@ -276,8 +323,25 @@ impl Store {
         tokio::time::timeout(timeout, found).await.ok().flatten()
     }
 
+    /// Runs a request on the primary node: POSTs `body` to its internal RPC `path` (see
+    /// [`Store::call_internal`]). `NoLeader` when no primary node is known. The request goes
+    /// over HTTP even when this node is the primary; callers that can run it here check
+    /// [`Store::is_leader`] first.
+    pub async fn call_primary<B, R>(&self, path: &str, body: &B) -> Result<R, StoreError>
+    where
+        B: serde::Serialize + ?Sized,
+        R: serde::de::DeserializeOwned,
+    {
+        let leader = self
+            .leader_rpc_addr()
+            .ok_or_else(|| StoreError::NoLeader("no primary node elected yet".into()))?;
+        self.call_internal(&leader, path, body).await
+    }
+
     /// POSTs `body` to another node's internal RPC `path` with the cluster secret and decodes
-    /// the JSON answer. Transport failures become `Unreachable`.
+    /// the JSON answer. A request that certainly did not run there (not sent, or turned away
+    /// before its handler: wrong secret, unknown route) is `NotSent`; one that was sent but
+    /// whose answer was lost or unreadable is `OutcomeUnknown`.
     pub async fn call_internal<B, R>(
         &self,
         rpc_addr: &str,
@@ -289,9 +353,13 @@ impl Store {
         R: serde::de::DeserializeOwned,
     {
         let secret = self.identity().map(|i| i.secret).unwrap_or_default();
-        let unreachable = |reason: String| StoreError::Unreachable {
+        let not_sent = |reason: String| StoreError::NotSent {
             addr: rpc_addr.to_string(),
             reason,
+        };
+        let unknown = |reason: String| StoreError::OutcomeUnknown {
+            addr: rpc_addr.to_string(),
+            reason: format!("{path}: {reason}"),
         };
         let response = self
             .inner
@@ -302,17 +370,30 @@ impl Store {
             .json(body)
             .send()
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| {
+                if e.is_connect() || e.is_builder() {
+                    not_sent(e.to_string())
+                } else {
+                    unknown(format!("sent, but no answer came ({e})"))
+                }
+            })?;
         let status = response.status();
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| unknown(format!("the answer was cut off ({e})")))?;
         serde_json::from_slice(&bytes).map_err(|e| {
-            unreachable(format!(
-                "answered {status} with an unexpected body ({e}): {}",
-                String::from_utf8_lossy(&bytes)
-            ))
+            let body = String::from_utf8_lossy(&bytes);
+            // Handlers answer JSON. A 4xx or 503 comes from before the handler ran (the secret
+            // check, an unknown route, a body the route could not read); any other answer may
+            // come from after it (e.g. a 500 for an answer that could not be encoded).
+            if status.is_client_error() || status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                not_sent(format!("answered {status}: {body}"))
+            } else {
+                unknown(format!(
+                    "answered {status} with an unexpected body ({e}): {body}"
+                ))
+            }
         })
     }
 
@@ -360,16 +441,13 @@ impl Store {
     }
 }
 
-/// Maps a refused command to the store's error, keeping other outcomes.
-pub fn refused_to_error(result: CommandResult) -> Result<CommandResult, StoreError> {
-    match result {
+/// A refused command as the store's error, other outcomes as they are: what every caller of
+/// [`Store::propose`] gets (the wire keeps refusals inside `Ok` for 0.1.0 nodes).
+fn refusal_as_error(
+    answer: Result<CommandResult, StoreError>,
+) -> Result<CommandResult, StoreError> {
+    match answer? {
         CommandResult::Refused(e) => Err(StoreError::Refused(e)),
         other => Ok(other),
-    }
-}
-
-impl From<ModelError> for StoreError {
-    fn from(e: ModelError) -> Self {
-        StoreError::Refused(e)
     }
 }

@@ -91,7 +91,7 @@ impl Store {
             created_at: now_secs(),
             node,
         });
-        match crate::refused_to_error(self.propose(command).await?)? {
+        match self.propose(command).await? {
             CommandResult::NodeAdded { uid } => Ok(uid),
             other => Err(StoreError::Internal(format!(
                 "unexpected outcome {other:?}"
@@ -205,12 +205,7 @@ impl Store {
     /// node is not it.
     pub(crate) async fn admit(&self, request: JoinRequest) -> Result<JoinTicket, StoreError> {
         if !self.is_leader() {
-            let leader = self
-                .leader_rpc_addr()
-                .ok_or_else(|| StoreError::NoLeader("no primary node elected".into()))?;
-            return self
-                .call_internal(&leader, "/internal/join", &request)
-                .await?;
+            return self.call_primary("/internal/join", &request).await?;
         }
         let state = self.state();
         let cluster = state.cluster()?;
@@ -230,7 +225,7 @@ impl Store {
                 node: request.node.clone(),
             }))
             .await?;
-        let uid = match crate::refused_to_error(outcome)? {
+        let uid = match outcome {
             CommandResult::NodeAdded { uid } | CommandResult::NodeExists { uid } => uid,
             other => {
                 return Err(StoreError::Internal(format!(
@@ -248,11 +243,8 @@ impl Store {
     /// Primary-side step 2: learner, catch up, voter.
     pub(crate) async fn promote(&self, uid: NodeUid) -> Result<(), StoreError> {
         if !self.is_leader() {
-            let leader = self
-                .leader_rpc_addr()
-                .ok_or_else(|| StoreError::NoLeader("no primary node elected".into()))?;
             return self
-                .call_internal(&leader, "/internal/join/promote", &PromoteRequest { uid })
+                .call_primary("/internal/join/promote", &PromoteRequest { uid })
                 .await?;
         }
         let state = self.state();

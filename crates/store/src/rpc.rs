@@ -80,11 +80,17 @@ async fn snapshot(
     }
 }
 
-async fn propose(
-    State(store): State<Store>,
-    Json(command): Json<Command>,
-) -> Json<Result<CommandResult, StoreError>> {
-    Json(store.propose_local(command).await)
+/// A proposal forwarded by another node. The answer keeps 0.1.0's form: a refused command is
+/// `Ok(Refused)`, the forwarding node turns it into an error.
+async fn propose(State(store): State<Store>, Json(command): Json<Command>) -> Response {
+    let lose = crate::failpoint::lose_answer_of(&command);
+    let answer: Result<CommandResult, StoreError> = store.propose_for_peer(command).await;
+    if lose && answer.is_ok() {
+        if let Some(lost) = crate::failpoint::lost_answer() {
+            return lost;
+        }
+    }
+    Json(answer).into_response()
 }
 
 async fn applied(State(store): State<Store>) -> Json<u64> {

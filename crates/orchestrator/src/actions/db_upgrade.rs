@@ -27,6 +27,7 @@ use flotilla_model::{
     SlotRange, TemporaryReplicaAddition,
 };
 
+use super::StepError;
 use crate::switchover::{self, SwitchoverError};
 use crate::Observer;
 
@@ -44,10 +45,16 @@ const SHARED_SYNC_WAIT: Duration = Duration::from_secs(5);
 const SHARED_SYNC_MIN_MEMORY: u64 = 64 << 20;
 
 /// Runs step `index` of a database upgrade (idempotent).
-pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Result<(), String> {
+pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Result<(), StepError> {
     let state = observer.store.state();
     let steps = plan(&action.kind, &state);
-    let step = steps.get(index).ok_or("no such step")?;
+    let step = steps.get(index).ok_or_else(|| {
+        StepError::never(format!(
+            "action {}: step {index} is not in its plan any more ({} steps): the database's slot ranges changed; start a new upgrade",
+            action.uid,
+            steps.len()
+        ))
+    })?;
     let ActionKind::DbUpgrade {
         bdb_uid,
         redis_version: target,
@@ -70,7 +77,9 @@ pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Res
     }
     let mut first_error = None;
     while let Some(joined) = runs.join_next().await {
-        let result = joined.map_err(|e| e.to_string()).and_then(|r| r);
+        let result = joined
+            .map_err(|e| StepError::now(format!("a slot range's run ended early: {e}")))
+            .and_then(|r| r);
         if let (Err(e), None) = (result, &first_error) {
             first_error = Some(e);
         }
@@ -98,7 +107,7 @@ async fn run_op(
     target: EngineVersion,
     range: SlotRange,
     original: Option<u64>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     match op {
         Op::UpgradeReplica | Op::UpgradeOldMaster => {
             set_versions(observer, bdb, range, target, Some(ShardRole::Slave)).await
@@ -123,10 +132,8 @@ async fn run_op(
             match original {
                 Some(original) if original != master.uid => {
                     switchover::finish_interrupted(observer, &master).await?;
-                    switchover::switchover(observer, original)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
+                    switchover::switchover(observer, original).await?;
+                    Ok(())
                 }
                 _ => Ok(()),
             }
@@ -149,7 +156,7 @@ async fn add_temporary_replica(
     bdb: u64,
     range: SlotRange,
     target: EngineVersion,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let state = observer.store.state();
     if state.slot_group(bdb, range).temporary().next().is_some() {
         return Ok(());
@@ -161,8 +168,9 @@ async fn add_temporary_replica(
         .filter(|(_, status)| *status == flotilla_model::rest::NodeStatus::Up)
         .map(|(uid, _)| uid)
         .collect();
-    let plan = crate::placement::place_replica(&state, range, master.node_uid, &eligible)
-        .map_err(|e| format!("temporary replica for slot range {range}: {e}"))?;
+    let plan = crate::placement::place_replica(&state, range, master.node_uid, &eligible).map_err(
+        |e| StepError::from(e).context(format!("temporary replica for slot range {range}")),
+    )?;
     propose(
         observer,
         Command::AddTemporaryReplica(TemporaryReplicaAddition {
@@ -182,7 +190,7 @@ async fn add_replacement(
     bdb: u64,
     range: SlotRange,
     target: EngineVersion,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let state = observer.store.state();
     let master = master(&state, bdb, range)?;
     if master.redis_version == target {
@@ -196,7 +204,7 @@ async fn add_replacement(
         share_masters_next_full_sync(&state, &master).await;
     }
     let port = crate::placement::free_port(&state, master.node_uid)
-        .map_err(|e| format!("replacement for shard {}: {e}", master.uid))?;
+        .map_err(|e| StepError::from(e).context(format!("replacement for shard {}", master.uid)))?;
     propose(
         observer,
         Command::AddReplacement(ReplacementAddition {
@@ -250,7 +258,7 @@ async fn replace_old_master(
     bdb: u64,
     range: SlotRange,
     target: EngineVersion,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     wait_range(observer, bdb, range, target, ReplicaLink::Required).await?;
     let state = observer.store.state();
     let master = master(&state, bdb, range)?;
@@ -284,18 +292,21 @@ async fn wait_linked_to(
     state: &ClusterState,
     master: &Shard,
     replica: &Shard,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let ip = state
         .shard_addr(replica)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| StepError::later(e.to_string()))?
         .ip()
         .to_string();
-    let client = switchover::connect(state, master)
-        .await
-        .map_err(|e| e.to_string())?;
+    let client = switchover::connect(state, master).await?;
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
-        let replication = client.replication().await.map_err(|e| e.to_string())?;
+        let replication = client.replication().await.map_err(|e| {
+            StepError::now(format!(
+                "shard {}: INFO replication failed: {e}",
+                master.uid
+            ))
+        })?;
         if replication
             .replica(&ip, replica.port)
             .is_some_and(|r| r.is_online())
@@ -303,10 +314,10 @@ async fn wait_linked_to(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!(
+            return Err(StepError::never(format!(
                 "shard {} did not link to its new master {} within {SYNC_TIMEOUT:?}; see its engine log (shards/{}/engine.log)",
                 replica.uid, master.uid, replica.uid
-            ));
+            )));
         }
         tokio::time::sleep(RANGE_POLL).await;
     }
@@ -316,7 +327,7 @@ async fn remove_temporary_replicas(
     observer: &Observer,
     bdb: u64,
     range: SlotRange,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let state = observer.store.state();
     let temporary: Vec<u64> = state
         .slot_group(bdb, range)
@@ -330,22 +341,19 @@ async fn remove_temporary_replicas(
     Ok(())
 }
 
-fn master(state: &ClusterState, bdb: u64, range: SlotRange) -> Result<Shard, String> {
-    state
-        .master_of(bdb, range)
-        .cloned()
-        .ok_or_else(|| format!("slot range {range} of database {bdb} has no master"))
+/// The range's master. None right after a failover or a primary change is a moment, not a
+/// dead end: the step runs again later.
+fn master(state: &ClusterState, bdb: u64, range: SlotRange) -> Result<Shard, StepError> {
+    state.master_of(bdb, range).cloned().ok_or_else(|| {
+        StepError::later(format!(
+            "slot range {range} of database {bdb} has no master right now (a failover may be under way); `flotilla db show {bdb}` shows its shards"
+        ))
+    })
 }
 
-async fn propose(observer: &Observer, command: Command) -> Result<(), String> {
-    let outcome = observer
-        .store
-        .propose(command)
-        .await
-        .map_err(|e| e.to_string())?;
-    flotilla_store::refused_to_error(outcome)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+async fn propose(observer: &Observer, command: Command) -> Result<(), StepError> {
+    observer.store.propose(command).await?;
+    Ok(())
 }
 
 /// Sets `target` on the range's shards (only slaves when `role` says so) not already on it.
@@ -355,7 +363,7 @@ async fn set_versions(
     range: SlotRange,
     target: EngineVersion,
     role: Option<ShardRole>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let state = observer.store.state();
     let shards: Vec<u64> = state
         .slot_group(bdb, range)
@@ -400,7 +408,7 @@ async fn wait_range(
     range: SlotRange,
     target: EngineVersion,
     link: ReplicaLink,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
         let state = observer.store.state();
@@ -417,22 +425,23 @@ async fn wait_range(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!(
+            return Err(StepError::never(format!(
                 "shards {waiting:?} of slot range {range} did not come up synced on {target} within {SYNC_TIMEOUT:?}; see their engine logs in the nodes' data dirs (shards/UID/engine.log)"
-            ));
+            )));
         }
         tokio::time::sleep(RANGE_POLL).await;
     }
 }
 
-async fn switch_to_replica(observer: &Observer, master: &Shard) -> Result<(), String> {
+async fn switch_to_replica(observer: &Observer, master: &Shard) -> Result<(), StepError> {
     switchover::finish_interrupted(observer, master).await?;
     let state = observer.store.state();
-    let master = state
-        .shards
-        .get(&master.uid)
-        .cloned()
-        .ok_or("the master shard disappeared")?;
+    let master = state.shards.get(&master.uid).cloned().ok_or_else(|| {
+        StepError::later(format!(
+            "master shard {} is gone from the state (replaced or removed meanwhile)",
+            master.uid
+        ))
+    })?;
     if master.role != ShardRole::Master {
         return Ok(());
     }
@@ -441,9 +450,9 @@ async fn switch_to_replica(observer: &Observer, master: &Shard) -> Result<(), St
             tracing::info!(old = report.old_master, new = report.new_master, hold_ms = report.hold_ms, "upgrade switchover done");
             Ok(())
         }
-        Err(SwitchoverError::NoReplica(uid)) => Err(format!(
+        Err(SwitchoverError::NoReplica(uid)) => Err(StepError::never(format!(
             "shard {uid} has no replica to switch to; the database needs replication for a data-preserving upgrade"
-        )),
-        Err(e) => Err(e.to_string()),
+        ))),
+        Err(e) => Err(e.into()),
     }
 }

@@ -2,11 +2,15 @@
 //!
 //! After each step the next step is recorded in the store (`UpdateAction`); a step is safe to
 //! run again, so when the primary node dies the next primary's runner picks the action up at
-//! the recorded step. A failing step is retried a few times before the action is marked failed
+//! the recorded step. A failing step's [`StepError`] says whether to run it again at once, after
+//! a pause, or never ([`retry_after`]); once retries are used up the action is marked failed
 //! with the error. Cancellation is honoured only at a plan's safe boundaries. The plan itself
 //! comes from the model ([`flotilla_model::plan`]), the one place that derives it.
 
 pub mod db_upgrade;
+mod error;
+
+pub use error::{Retry, StepError};
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -15,7 +19,7 @@ use std::time::Duration;
 use flotilla_model::{
     now_secs, plan, Action, ActionKind, ActionStatus, ActionUid, ActionUpdate, Command, StepRecord,
 };
-use flotilla_store::Wakes;
+use flotilla_store::{StoreError, Wakes};
 use tokio::sync::watch;
 
 use crate::Observer;
@@ -23,8 +27,15 @@ use crate::Observer;
 /// How often the runner looks for actions to drive when the store does not change (it also
 /// looks on every change, so a new action starts at once).
 const SCAN_EVERY: Duration = Duration::from_millis(300);
-/// Attempts of one step before the action fails.
-const STEP_ATTEMPTS: u32 = 3;
+/// Runs of a step whose error says [`Retry::Now`] before the action fails.
+const NOW_ATTEMPTS: u32 = 3;
+/// Pause before a step runs again at once: a lost request is sent again, without spinning.
+const NOW_PAUSE: Duration = Duration::from_millis(100);
+/// Runs of a step whose error says [`Retry::Later`] before the action fails.
+const LATER_ATTEMPTS: u32 = 5;
+/// First pause before a step runs again later; it doubles with each run (1, 2, 4, 8 s: the
+/// cluster gets 15 s to settle, e.g. to see its nodes up again after a primary change).
+const LATER_PAUSE: Duration = Duration::from_secs(1);
 
 /// Drives running actions while this node is the primary node, until `shutdown` fires.
 pub async fn run_actions(observer: Observer, shutdown: watch::Receiver<bool>) {
@@ -115,14 +126,14 @@ async fn drive(observer: &Observer, uid: ActionUid) {
                 return;
             }
             Err(e) => {
-                tracing::error!(action = uid, step = %name, error = %e, "action failed");
+                tracing::error!(action = uid, step = %name, error = %e, retry = ?e.retry, "action failed");
                 record(
                     observer,
                     &action,
                     ActionStatus::Failed,
                     index,
                     &name,
-                    Some(e),
+                    Some(e.message),
                 )
                 .await;
                 return;
@@ -131,29 +142,41 @@ async fn drive(observer: &Observer, uid: ActionUid) {
     }
 }
 
+/// The runner's retry rule: after `runs` failed runs of a step, the last one failing with
+/// `error`, the pause before running it again, or `None` when the action fails now.
+pub(crate) fn retry_after(error: &StepError, runs: u32) -> Option<Duration> {
+    match error.retry {
+        Retry::Now if runs < NOW_ATTEMPTS => Some(NOW_PAUSE),
+        Retry::Later if runs < LATER_ATTEMPTS => {
+            Some(LATER_PAUSE * 2u32.pow(runs.saturating_sub(1)))
+        }
+        Retry::Now | Retry::Later | Retry::Never => None,
+    }
+}
+
 async fn run_step_with_retries(
     observer: &Observer,
     action: &Action,
     index: usize,
-) -> Result<(), String> {
-    let mut last = String::new();
-    for attempt in 1..=STEP_ATTEMPTS {
+) -> Result<(), StepError> {
+    let mut runs = 0;
+    loop {
         if !observer.store.is_leader() {
-            return Err("this node stopped being the primary node".into());
+            return Err(StepError::now("this node stopped being the primary node"));
         }
         let result = match &action.kind {
             ActionKind::DbUpgrade { .. } => db_upgrade::run_step(observer, action, index).await,
         };
-        match result {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(action = action.uid, attempt, error = %e, "action step failed; retrying");
-                last = e;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
+        runs += 1;
+        let Err(e) = result else {
+            return Ok(());
+        };
+        let Some(pause) = retry_after(&e, runs) else {
+            return Err(e);
+        };
+        tracing::warn!(action = action.uid, runs, retry = ?e.retry, error = %e, "action step failed; running it again in {pause:?}");
+        tokio::time::sleep(pause).await;
     }
-    Err(last)
 }
 
 async fn record_step(
@@ -207,8 +230,16 @@ async fn propose_update(
         finished,
         expected_step: Some(action.step_index),
     });
-    if let Err(e) = observer.store.propose(command).await {
-        tracing::error!(action = action.uid, error = %e, "could not record the action's progress; it will be resumed from its last recorded step");
+    match observer.store.propose(command).await {
+        Ok(_) => {}
+        // Another runner (a former primary node) recorded this step first: the state says where
+        // the action is, and the runner goes on from there.
+        Err(e @ StoreError::Refused(_)) => {
+            tracing::warn!(action = action.uid, error = %e, "the action's progress was not recorded: refused")
+        }
+        Err(e) => {
+            tracing::error!(action = action.uid, error = %e, "could not record the action's progress; it will be resumed from its last recorded step")
+        }
     }
 }
 
@@ -231,4 +262,52 @@ pub(crate) async fn failpoint(step: &str) {
         .unwrap_or(3000);
     tracing::warn!(step, ms, "failpoint: pausing before the step");
     tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pause after each of the first `runs` failed runs of a step failing with `e`.
+    fn pauses(e: &StepError, runs: u32) -> Vec<Option<Duration>> {
+        (1..=runs).map(|run| retry_after(e, run)).collect()
+    }
+
+    #[test]
+    fn a_step_that_cannot_succeed_fails_the_action_at_once() {
+        let e = StepError::never("database 1 has no replication");
+        assert_eq!(retry_after(&e, 1), None);
+    }
+
+    #[test]
+    fn a_lost_request_is_sent_again_at_once_a_bounded_number_of_times() {
+        let e = StepError::now("node 127.0.0.12:3333 did not answer");
+        assert_eq!(
+            pauses(&e, NOW_ATTEMPTS),
+            [Some(NOW_PAUSE), Some(NOW_PAUSE), None]
+        );
+        assert!(
+            NOW_PAUSE < Duration::from_secs(1),
+            "at once, not after a pause"
+        );
+    }
+
+    #[test]
+    fn a_cluster_not_ready_yet_gets_growing_pauses_then_the_action_fails() {
+        let e = StepError::later("slot range 0-16383 of database 1 has no master");
+        let s = Duration::from_secs;
+        assert_eq!(
+            pauses(&e, LATER_ATTEMPTS),
+            [Some(s(1)), Some(s(2)), Some(s(4)), Some(s(8)), None]
+        );
+    }
+
+    #[test]
+    fn runs_count_together_whatever_each_error_said() {
+        // A step that failed later twice and then lost a request has used up its quick runs.
+        let now = StepError::now("lost");
+        assert_eq!(retry_after(&now, NOW_ATTEMPTS), None);
+        let later = StepError::later("not ready");
+        assert!(retry_after(&later, NOW_ATTEMPTS).is_some());
+    }
 }
