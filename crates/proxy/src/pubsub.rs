@@ -331,7 +331,7 @@ impl Subscriptions {
                 (SubKind::Pattern, names.patterns),
                 (SubKind::ShardChannel, names.shard_channels),
             ];
-            for (kind, list) in all {
+            for (kind, list) in all.into_iter().filter(|(_, list)| !list.is_empty()) {
                 let list: Vec<Bytes> = list.into_iter().map(Bytes::from).collect();
                 sub.names.apply(kind, true, &list);
             }

@@ -45,7 +45,9 @@ impl Session {
     /// pinned connection's unread bytes can travel. `None` elsewhere (the handover then waits
     /// for the next boundary).
     pub(super) fn capture(&self) -> Option<SessionState> {
-        self.is_between_replies().then_some(())?;
+        if !self.is_between_replies() {
+            return None;
+        }
         self.capture_with(None)
     }
 
@@ -61,7 +63,9 @@ impl Session {
             Source::Read(index, request) => (index, request, false),
             Source::Shard(_) | Source::Failed(_) => return None,
         };
-        self.is_between_replies().then_some(())?;
+        if !self.is_between_replies() {
+            return None;
+        }
         self.capture_with(Some(BlockedState {
             shard: u16::try_from(*index).ok()?,
             request: request.argv().iter().map(|a| a.to_vec()).collect(),

@@ -120,13 +120,8 @@ fn whole_request_len(input: &[u8]) -> Option<usize> {
             Ok(len) => len,
             Err(_) => Some(input.len()),
         },
-        _ => memchr_newline(input).map(|at| at + 1),
+        _ => input.iter().position(|&b| b == b'\n').map(|at| at + 1),
     }
-}
-
-/// The position of the first `\n` in `input`.
-fn memchr_newline(input: &[u8]) -> Option<usize> {
-    input.iter().position(|&b| b == b'\n')
 }
 
 /// The session's view of the endpoint's topology: the one it routes with, adopted between
@@ -337,7 +332,7 @@ impl Session {
                 return Ok(Step::Detach(state));
             }
             self.replies.push(blocked);
-            self.send_batch(false).await;
+            self.resolve_replies(false).await;
             self.client.write_output().await?;
             self.replies.finish_batch(started.elapsed(), &self.stats);
         }
@@ -470,13 +465,19 @@ impl Session {
         routed
     }
 
-    /// Flushes every shard's part of the batch, then resolves the replies in order. With
-    /// `may_detach`, a blocking request left last is given back unanswered if the owner asks
-    /// the session to detach while it waits (see [`ReplyQueue::resolve_all`]).
+    /// Flushes every shard's part of the batch, then resolves the replies in order (see
+    /// [`Session::resolve_replies`]).
     async fn send_batch(&mut self, may_detach: bool) -> Option<Pending> {
         self.links.flush().await;
         self.subs.flush().await;
         self.resend.start_batch();
+        self.resolve_replies(may_detach).await
+    }
+
+    /// Resolves the queued replies in order into the client's output. With `may_detach`, a
+    /// blocking request left last is given back unanswered if the owner asks the session to
+    /// detach while it waits (see [`ReplyQueue::resolve_all`]).
+    async fn resolve_replies(&mut self, may_detach: bool) -> Option<Pending> {
         let mut resolver = Resolver {
             links: &mut self.links,
             resend: &mut self.resend,
@@ -736,6 +737,55 @@ mod tests {
         expect(&mut client, reply).await;
         client.write_all(b"PING\r\n").await.unwrap();
         expect(&mut client, b"+PONG\r\n").await;
+        drop(client);
+        assert_eq!(served.await.unwrap().unwrap(), Ended::Client);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_moves_with_the_bytes_read_from_its_connection() {
+        // A listener standing in for the shard's socket: it confirms the SUBSCRIBE and sends
+        // a message in two parts, around the handover.
+        let shard = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shard_addr = shard.local_addr().unwrap();
+        let (mut session, mut client) = session_with_shard(None, shard_addr).await;
+        let confirmation = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
+        let message = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n";
+        let engine = async {
+            let (mut engine, _) = shard.accept().await.unwrap();
+            expect(&mut engine, b"*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n").await;
+            let mut first = confirmation.to_vec();
+            first.extend_from_slice(&message[..10]);
+            engine.write_all(&first).await.unwrap();
+            engine
+        };
+        let (_, mut engine) =
+            tokio::join!(feed(&mut session, &mut client, b"SUBSCRIBE ch\r\n"), engine);
+        expect(&mut client, confirmation).await;
+
+        let (_signals, mut owner) = ask_detach(&mut session);
+        let state = session.capture().expect("at a boundary");
+        assert_eq!(state.subscriptions.len(), 1);
+        assert_eq!(state.subscriptions[0].channels, vec![b"ch".to_vec()]);
+        assert_eq!(state.pinned.len(), 1);
+        assert_eq!(state.pinned[0].purpose, PinnedPurpose::Subscriber);
+        let buffered = state.pinned[0].buffered.clone();
+        assert!(message.starts_with(&buffered), "{buffered:?}");
+        assert_eq!(session.detach(state).unwrap(), Ended::Detached);
+
+        let resumed = Session::resume(
+            owner.recv().await.expect("handed over"),
+            topology_rx(None, shard_addr),
+            ProxyOptions::default(),
+            EndpointStats::new(),
+            Some(SharedPool::default()),
+            SessionControl::default(),
+        )
+        .unwrap();
+        let served = tokio::spawn(resumed.run());
+        engine.write_all(&message[10..]).await.unwrap();
+        expect(&mut client, message).await;
+        client.write_all(b"PING\r\n").await.unwrap();
+        expect(&mut client, b"*2\r\n$4\r\npong\r\n$0\r\n\r\n").await;
         drop(client);
         assert_eq!(served.await.unwrap().unwrap(), Ended::Client);
     }
