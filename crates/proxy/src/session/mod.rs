@@ -545,6 +545,14 @@ mod tests {
         (session, client)
     }
 
+    /// [`session`] whose one shard is a listener the test reads and writes as the shard's end
+    /// of the session's connections.
+    async fn session_with_listening_shard() -> (Session, TcpStream, TcpListener) {
+        let shard = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (session, client) = session_with_shard(None, shard.local_addr().unwrap()).await;
+        (session, client, shard)
+    }
+
     /// A one-shard topology, as an endpoint publishes it (the sender is dropped: it never
     /// changes).
     fn topology_rx(password: Option<&str>, shard: SocketAddr) -> watch::Receiver<Topology> {
@@ -565,6 +573,25 @@ mod tests {
         let (to, detached) = mpsc::unbounded_channel();
         session.control.note(Signal::Detach(to));
         (signals, detached)
+    }
+
+    /// `detached` resumed over the same one-shard topology, as another endpoint would.
+    fn resume(detached: DetachedSession, password: Option<&str>, shard: SocketAddr) -> Session {
+        Session::resume(
+            detached,
+            topology_rx(password, shard),
+            ProxyOptions::default(),
+            EndpointStats::new(),
+            Some(SharedPool::default()),
+            SessionControl::default(),
+        )
+        .unwrap()
+    }
+
+    /// Closes the client and checks its resumed session ended for that reason.
+    async fn leave(client: TcpStream, served: tokio::task::JoinHandle<std::io::Result<Ended>>) {
+        drop(client);
+        assert_eq!(served.await.unwrap().unwrap(), Ended::Client);
     }
 
     /// Reads exactly `expected.len()` bytes from `stream` and compares them.
@@ -661,15 +688,7 @@ mod tests {
         assert!(detached.engines.is_empty());
 
         let shard = SocketAddr::from(([127, 0, 0, 1], 1));
-        let resumed = Session::resume(
-            detached,
-            topology_rx(Some("secret"), shard),
-            ProxyOptions::default(),
-            EndpointStats::new(),
-            Some(SharedPool::default()),
-            SessionControl::default(),
-        )
-        .unwrap();
+        let resumed = resume(detached, Some("secret"), shard);
         assert_eq!(resumed.capture(), Some(state));
         let served = tokio::spawn(resumed.run());
         client
@@ -677,17 +696,15 @@ mod tests {
             .await
             .unwrap();
         expect(&mut client, b"+QUEUED\r\n+OK\r\n$3\r\napp\r\n:42\r\n").await;
-        drop(client);
-        assert_eq!(served.await.unwrap().unwrap(), Ended::Client);
+        leave(client, served).await;
     }
 
     #[tokio::test]
     async fn a_client_blocked_on_its_own_connection_detaches_with_it() {
         // A listener standing in for the shard's socket: it reads the request and writes the
         // reply in two parts, around the handover.
-        let shard = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut session, mut client, shard) = session_with_listening_shard().await;
         let shard_addr = shard.local_addr().unwrap();
-        let (mut session, mut client) = session_with_shard(None, shard_addr).await;
         let (signals, rx) = mpsc::unbounded_channel();
         session.control = SessionControl::new(rx);
         client.write_all(b"BLPOP q 0\r\n").await.unwrap();
@@ -723,31 +740,21 @@ mod tests {
         assert_eq!(session.detach(state).unwrap(), Ended::Detached);
 
         let detached = owner.recv().await.expect("handed over");
-        let resumed = Session::resume(
-            detached,
-            topology_rx(None, shard_addr),
-            ProxyOptions::default(),
-            EndpointStats::new(),
-            None,
-            SessionControl::default(),
-        )
-        .unwrap();
+        let resumed = resume(detached, None, shard_addr);
         let served = tokio::spawn(resumed.run());
         engine.write_all(&reply[6..]).await.unwrap();
         expect(&mut client, reply).await;
         client.write_all(b"PING\r\n").await.unwrap();
         expect(&mut client, b"+PONG\r\n").await;
-        drop(client);
-        assert_eq!(served.await.unwrap().unwrap(), Ended::Client);
+        leave(client, served).await;
     }
 
     #[tokio::test]
     async fn a_subscriber_moves_with_the_bytes_read_from_its_connection() {
         // A listener standing in for the shard's socket: it confirms the SUBSCRIBE and sends
         // a message in two parts, around the handover.
-        let shard = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut session, mut client, shard) = session_with_listening_shard().await;
         let shard_addr = shard.local_addr().unwrap();
-        let (mut session, mut client) = session_with_shard(None, shard_addr).await;
         let confirmation = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
         let message = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n";
         let engine = async {
@@ -772,21 +779,12 @@ mod tests {
         assert!(message.starts_with(&buffered), "{buffered:?}");
         assert_eq!(session.detach(state).unwrap(), Ended::Detached);
 
-        let resumed = Session::resume(
-            owner.recv().await.expect("handed over"),
-            topology_rx(None, shard_addr),
-            ProxyOptions::default(),
-            EndpointStats::new(),
-            Some(SharedPool::default()),
-            SessionControl::default(),
-        )
-        .unwrap();
+        let resumed = resume(owner.recv().await.expect("handed over"), None, shard_addr);
         let served = tokio::spawn(resumed.run());
         engine.write_all(&message[10..]).await.unwrap();
         expect(&mut client, message).await;
         client.write_all(b"PING\r\n").await.unwrap();
         expect(&mut client, b"*2\r\n$4\r\npong\r\n$0\r\n\r\n").await;
-        drop(client);
-        assert_eq!(served.await.unwrap().unwrap(), Ended::Client);
+        leave(client, served).await;
     }
 }
