@@ -92,8 +92,8 @@ async fn redis_client_id(client: &mut redis::aio::MultiplexedConnection) -> i64 
     id.expect("CLIENT ID")
 }
 
-/// Pipelines RPUSHes of 0, 1, 2... to `key` over `client` until `stop`, counting the
-/// acknowledged ones in `acked`; returns the errors.
+/// Pipelines RPUSHes of 0, 1, 2... to `key` over `client` until `stop` or the first error,
+/// counting the acknowledged ones in `acked`; returns how many were pushed and the error.
 async fn push_until(
     mut client: redis::aio::MultiplexedConnection,
     key: String,
@@ -117,7 +117,10 @@ async fn push_until(
                 next += PIPELINE as u64;
                 acked.fetch_add(PIPELINE as u64, Ordering::Relaxed);
             }
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => {
+                errors.push(e.to_string());
+                break;
+            }
         }
     }
     (next, errors)
@@ -299,11 +302,20 @@ async fn every_kind_of_client_keeps_its_connection_and_state_through_a_handover(
     let started = Instant::now();
     let moved = hand_over(&setup.control, &successor.control).await;
     let took = started.elapsed();
-    let first = setup.control.counts();
-    assert!(moved >= 10, "{moved} sessions moved");
-    assert_eq!(first.detached, moved as u64, "{first:?}");
-    assert_eq!(first.closed_at_boundary, 0, "{first:?}");
+    // The nine clients above, and the connector's connection of the moment, if any.
+    assert!(moved >= 9, "{moved} sessions moved");
     assert_eq!(successor.control.counts().adopted, moved as u64);
+    // A session's end is counted once its task is reaped, just after it handed itself over.
+    wait_until("the detached sessions to be counted", limit, || {
+        setup.control.counts().detached == moved as u64
+    })
+    .await;
+    let first = setup.control.counts();
+    assert_eq!(
+        (first.closed_at_boundary, first.sessions),
+        (0, 0),
+        "{first:?}"
+    );
     println!("{moved} sessions moved in {took:?}");
 
     // The loads go on through the second endpoint; new connections reach it.
