@@ -62,6 +62,9 @@ pub enum AdoptError {
 }
 
 /// How sessions of one endpoint ended or moved, since it started.
+///
+/// A session's end is counted when the accept loop reaps its task, a moment after the end
+/// itself (a [`DetachedSession`] may reach the owner just before it is counted here).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HandoverCounts {
     /// Client sessions running now (accepted or adopted, not ended).
