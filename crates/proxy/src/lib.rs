@@ -40,9 +40,18 @@
 //! RESP3. When such a shard's primary moves, the subscribed client is disconnected (its
 //! subscriptions live on the old engine; clients resubscribe when they reconnect).
 //!
+//! In-place handover (see `control.rs`, `handover.rs`, `session/detach.rs`): under an
+//! [`EndpointControl`] ([`serve_controlled`]), the endpoint's owner stops accepting without
+//! closing the listening socket, has every session stop at its next command boundary and hand
+//! itself over as a [`DetachedSession`] (client socket, [`SessionState`], pinned engine
+//! sockets), or close there instead, and another endpoint instance adopts each one: the client
+//! keeps its TCP connection, id, authentication, protocol, name, subscriptions, MULTI, WATCH,
+//! and a BLPOP it is blocked in.
+//!
 //! Known limits: a client blocked in
 //! BLPOP is not noticed disconnecting until the shard answers; shutdown closes client
-//! connections without draining them at command boundaries (needed for in-place upgrades); a
+//! connections without draining them at command boundaries (the in-place handover detaches or
+//! closes them at boundaries first); a
 //! transaction whose WATCHed shard moved to a new primary returns a null EXEC (aborted) rather
 //! than risk running unwatched (also when a demoted primary refused it: a MULTI/EXEC without
 //! WATCH refused `READONLY` ran nothing and is resent whole to the new primary); a hold parks
@@ -57,6 +66,7 @@ pub mod slot;
 pub mod topology;
 
 mod client;
+mod control;
 mod frame;
 mod handover;
 mod pubsub;
@@ -68,15 +78,20 @@ mod stats;
 mod verdict;
 
 pub use command::{lookup, lookup_request, Class, CommandSpec, KeySpec, LocalCommand, Merge};
+pub use control::{
+    endpoint_control, AdoptError, Detaching, EndpointControl, EndpointInbox, HandoverCounts,
+};
 pub use handover::{
-    PinnedConnection, PinnedPurpose, SessionState, ShardSubscriptions, TransactionState, WatchState,
+    BlockedState, DetachedSession, PinnedConnection, PinnedPurpose, SessionState,
+    ShardSubscriptions, TransactionState, WatchState,
 };
 pub use merge::merge_replies;
 pub use route::{
     route, Decision, InvalidRequest, PubSubTarget, Rejection, Route, ScanStep, Split, SplitPart,
 };
 pub use server::{
-    serve, serve_with, serve_with_stats, ProxyOptions, DEFAULT_HOLD_MAX_BYTES, DEFAULT_HOLD_TIMEOUT,
+    next_client_id, serve, serve_controlled, serve_with, serve_with_stats, set_next_client_id,
+    ProxyOptions, DEFAULT_HOLD_MAX_BYTES, DEFAULT_HOLD_TIMEOUT,
 };
 pub use shard::ShardError;
 pub use slot::{key_slot, ShardIndex, SlotMap, SLOT_COUNT};

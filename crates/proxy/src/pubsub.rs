@@ -283,8 +283,12 @@ impl Subscriptions {
     }
 
     /// The handover's view of the subscriptions: the names per kind per shard, and the
-    /// subscriber connections they ride on.
-    pub fn capture(&self, topology: &Topology) -> (Vec<ShardSubscriptions>, Vec<PinnedConnection>) {
+    /// subscriber connections they ride on with the bytes read from each and not passed on
+    /// yet; `None` when a connection cannot travel now (see [`ShardConn::handover_bytes`]).
+    pub fn capture(
+        &self,
+        topology: &Topology,
+    ) -> Option<(Vec<ShardSubscriptions>, Vec<PinnedConnection>)> {
         let mut subscriptions = Vec::new();
         let mut pinned = Vec::new();
         for (i, sub) in self.by_shard.iter().enumerate() {
@@ -302,9 +306,39 @@ impl Subscriptions {
                 shard_uid: topology.shard_uid(ShardIndex(shard)),
                 addr: sub.conn.addr(),
                 protocol: protocol_number(sub.conn.protocol()),
+                buffered: sub.conn.handover_bytes()?,
             });
         }
-        (subscriptions, pinned)
+        Some((subscriptions, pinned))
+    }
+
+    /// Takes the subscriber connection of `shard` out (the handover passes its socket).
+    pub fn take_conn(&mut self, shard: usize) -> Option<ShardConn> {
+        self.by_shard
+            .get_mut(shard)
+            .and_then(Option::take)
+            .map(|sub| sub.conn)
+    }
+
+    /// Subscriptions taken over in a handover: the names [`Subscriptions::capture`] took, on
+    /// the connection passed for each shard.
+    pub fn restore(subscribers: Vec<(ShardSubscriptions, ShardConn)>) -> Subscriptions {
+        let mut subs = Subscriptions::default();
+        for (names, conn) in subscribers {
+            let mut sub = Subscriber::new(conn);
+            let all = [
+                (SubKind::Channel, names.channels),
+                (SubKind::Pattern, names.patterns),
+                (SubKind::ShardChannel, names.shard_channels),
+            ];
+            for (kind, list) in all.into_iter().filter(|(_, list)| !list.is_empty()) {
+                let list: Vec<Bytes> = list.into_iter().map(Bytes::from).collect();
+                sub.names.apply(kind, true, &list);
+            }
+            sub.confirmed_shard_channels = sub.names.count(SubKind::ShardChannel) as i64;
+            subs.insert(usize::from(names.shard), sub);
+        }
+        subs
     }
 
     /// Whether the client is subscribed to anything (as routed so far): Redis's subscribed mode.

@@ -1,15 +1,23 @@
 //! The endpoint's accept loop: one task per client connection, each with its own view of the
-//! topology, until shutdown.
+//! topology, until shutdown; between accepts, the owner's requests (see `control.rs`): stop or
+//! resume accepting, signal every session, adopt a detached one.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinError, JoinSet};
 use tracing::Instrument;
 
+use crate::control::{
+    endpoint_control, AdoptError, Command, Counts, Ended, EndpointInbox, SessionControl, Signal,
+};
+use crate::handover::DetachedSession;
 use crate::session::Session;
 use crate::shared::SharedPool;
 use crate::stats::EndpointStats;
@@ -18,8 +26,23 @@ use crate::topology::Topology;
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Client connection ids (CLIENT ID), unique within the process.
+/// Client connection ids (CLIENT ID), unique within the process, and across an in-place
+/// handover once the new process raised it past the old one's ([`set_next_client_id`]).
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The id the next accepted client connection gets.
+///
+/// Exists for the in-place handover: the old process tells the new one where its ids stop,
+/// so ids handed out after the handover never collide with those of the clients that moved.
+pub fn next_client_id() -> u64 {
+    NEXT_CLIENT_ID.load(Ordering::Relaxed)
+}
+
+/// Raises the id the next accepted client connection gets to at least `next` (never lowers
+/// it); see [`next_client_id`]. Adopting a session also raises it past the session's id.
+pub fn set_next_client_id(next: u64) {
+    NEXT_CLIENT_ID.fetch_max(next, Ordering::Relaxed);
+}
 
 /// How long a switchover hold may keep a client's commands queued before they are answered
 /// `-TRYAGAIN` (not executed), unless configured otherwise: the cluster's hold timeout
@@ -92,26 +115,57 @@ pub async fn serve_with_stats(
     options: ProxyOptions,
     stats: EndpointStats,
 ) {
-    let mut clients = JoinSet::new();
-    let shared = options.shared_connections.then(SharedPool::default);
+    let (_control, inbox) = endpoint_control();
+    serve_controlled(listener, topology, shutdown, options, stats, inbox).await;
+}
+
+/// [`serve_with_stats`] under the control of the [`crate::EndpointControl`] that `inbox`
+/// belongs to (see [`crate::endpoint_control`]): the in-place handover's entry point.
+///
+/// Sessions detached, adopted or closed at a boundary are counted in the control's
+/// [`crate::HandoverCounts`]; in `stats`, an adopted session counts as a connection
+/// (current and total) like an accepted one, and a detached one simply stops being current.
+pub async fn serve_controlled(
+    listener: TcpListener,
+    topology: watch::Receiver<Topology>,
+    shutdown: impl Future<Output = ()>,
+    options: ProxyOptions,
+    stats: EndpointStats,
+    mut inbox: EndpointInbox,
+) {
+    let mut sessions = Sessions {
+        tasks: JoinSet::new(),
+        signals: HashMap::new(),
+        shared: options.shared_connections.then(SharedPool::default),
+        topology,
+        options,
+        stats,
+        counts: inbox.counts.clone(),
+    };
+    let mut accepting = true;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
+            biased;
             _ = &mut shutdown => break,
-            Some(_) = clients.join_next(), if !clients.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
-                    let counted = stats.connection();
-                    let session = Session::new(stream, id, topology.clone(), options, stats.clone(), shared.clone());
-                    let span = session.span();
-                    clients.spawn(async move {
-                        let _counted = counted;
-                        if let Err(e) = session.run().await {
-                            tracing::debug!(%peer, error = %e, "client connection ended");
-                        }
-                    }.instrument(span));
+            command = inbox.next() => match command {
+                Command::StopAccepting(done) => {
+                    accepting = false;
+                    let _ = done.send(());
                 }
+                Command::ResumeAccepting => accepting = true,
+                Command::Signal(signal, done) => {
+                    let _ = done.send(sessions.signal(&signal));
+                }
+                Command::Adopt(detached, done) => {
+                    let _ = done.send(sessions.adopt(*detached));
+                }
+            },
+            Some(joined) = sessions.tasks.join_next_with_id(), if !sessions.tasks.is_empty() => {
+                sessions.joined(joined);
+            }
+            accepted = listener.accept(), if accepting => match accepted {
+                Ok((stream, peer)) => sessions.accept(stream, peer),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -119,5 +173,93 @@ pub async fn serve_with_stats(
             },
         }
     }
-    clients.shutdown().await;
+    sessions.tasks.shutdown().await;
+}
+
+/// The running sessions of one endpoint, and what a new one needs.
+struct Sessions {
+    tasks: JoinSet<Ended>,
+    /// Each running session's signal channel, by its task.
+    signals: HashMap<tokio::task::Id, mpsc::UnboundedSender<Signal>>,
+    shared: Option<SharedPool>,
+    topology: watch::Receiver<Topology>,
+    options: ProxyOptions,
+    stats: EndpointStats,
+    counts: Arc<Counts>,
+}
+
+impl Sessions {
+    /// Starts a session for an accepted client connection.
+    fn accept(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
+        let (signals, rx) = mpsc::unbounded_channel();
+        let session = Session::new(
+            stream,
+            id,
+            self.topology.clone(),
+            self.options,
+            self.stats.clone(),
+            self.shared.clone(),
+            SessionControl::new(rx),
+        );
+        self.spawn(session, peer, signals, false);
+    }
+
+    /// Starts a session detached from another endpoint instance; returns its client id.
+    fn adopt(&mut self, detached: DetachedSession) -> Result<u64, AdoptError> {
+        let id = detached.state.client_id;
+        set_next_client_id(id.saturating_add(1));
+        let (signals, rx) = mpsc::unbounded_channel();
+        let session = Session::resume(
+            detached,
+            self.topology.clone(),
+            self.options,
+            self.stats.clone(),
+            self.shared.clone(),
+            SessionControl::new(rx),
+        )?;
+        let peer = session.peer();
+        self.spawn(session, peer, signals, true);
+        Ok(id)
+    }
+
+    fn spawn(
+        &mut self,
+        session: Session,
+        peer: SocketAddr,
+        signals: mpsc::UnboundedSender<Signal>,
+        adopted: bool,
+    ) {
+        let counted = self.stats.connection();
+        self.counts.started(adopted);
+        let span = session.span();
+        let task = self.tasks.spawn(
+            async move {
+                let _counted = counted;
+                session.run().await.unwrap_or_else(|e| {
+                    tracing::debug!(%peer, error = %e, "client connection ended");
+                    Ended::Client
+                })
+            }
+            .instrument(span),
+        );
+        self.signals.insert(task.id(), signals);
+    }
+
+    /// Passes `signal` to every running session; returns how many there are.
+    fn signal(&mut self, signal: &Signal) -> usize {
+        self.signals
+            .retain(|_, session| session.send(signal.clone()).is_ok());
+        self.signals.len()
+    }
+
+    /// A session's task ended.
+    fn joined(&mut self, joined: Result<(tokio::task::Id, Ended), JoinError>) {
+        let (task, ended) = match joined {
+            Ok((task, ended)) => (task, Some(ended)),
+            Err(e) => (e.id(), None),
+        };
+        self.signals.remove(&task);
+        self.counts.ended(ended);
+    }
 }

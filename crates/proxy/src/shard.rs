@@ -97,17 +97,7 @@ impl ShardConn {
             stream
                 .set_nodelay(true)
                 .map_err(|e| unavailable(e.to_string()))?;
-            let mut conn = ShardConn {
-                shard,
-                addr,
-                stream,
-                protocol: Protocol::Resp2,
-                out: BytesMut::with_capacity(16 * 1024),
-                input: BytesMut::with_capacity(16 * 1024),
-                decoder: Decoder::new(Limits::for_replies()),
-                broken: None,
-                generation,
-            };
+            let mut conn = ShardConn::over(shard, addr, stream, Protocol::Resp2, generation, &[]);
             conn.handshake(password, protocol)
                 .await
                 .map_err(|e| unavailable(e.to_string()))?;
@@ -232,6 +222,9 @@ impl ShardConn {
 
     /// Polls for the next reply (a pushed message on a subscriber connection), for waiting on
     /// several connections at once. Like [`ShardConn::reply`], a failure marks it broken.
+    ///
+    /// A frame is decoded only once it is whole in the read buffer, so between polls the
+    /// buffer holds exactly the bytes not passed on yet (see [`ShardConn::handover_bytes`]).
     pub fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<Value, ShardError>> {
         if let Some(broken) = &self.broken {
             return Poll::Ready(Err(broken.clone()));
@@ -249,21 +242,104 @@ impl ShardConn {
 
     fn poll_read_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<Value, String>> {
         loop {
-            match self.decoder.decode(&mut self.input) {
-                Ok(Some(value)) => return Poll::Ready(Ok(value)),
-                Ok(None) => {}
-                Err(e) => return Poll::Ready(Err(protocol_reason(&e))),
+            if self.frame_buffered() {
+                match self.decoder.decode(&mut self.input) {
+                    Ok(Some(value)) => return Poll::Ready(Ok(value)),
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(protocol_reason(&e))),
+                }
             }
+            std::task::ready!(self.poll_fill(cx))?;
+        }
+    }
+
+    /// Ready once the next reply is whole in the read buffer or the connection failed (then
+    /// marked broken); reads nothing past what the socket has. Exists so a session blocked on
+    /// a reply can wait for it and for something else at once without taking the reply.
+    pub fn poll_frame_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while self.broken.is_none() && !self.frame_buffered() {
+            if let Err(reason) = std::task::ready!(self.poll_fill(cx)) {
+                self.broken = Some(self.lost(reason));
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// Whether the read buffer holds a whole frame (or one the decoder is in the middle of, or
+    /// one the scanner does not take apart: the decoder then decides).
+    fn frame_buffered(&self) -> bool {
+        self.decoder.is_mid_frame() || !matches!(crate::frame::frame_len(&self.input), Ok(None))
+    }
+
+    /// One read of what the socket has into the read buffer.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        loop {
             if let Err(e) = std::task::ready!(self.stream.poll_read_ready(cx)) {
                 return Poll::Ready(Err(e.to_string()));
             }
             self.input.reserve(READ_RESERVE);
             match self.stream.try_read_buf(&mut self.input) {
                 Ok(0) => return Poll::Ready(Err("connection closed by the shard".into())),
-                Ok(_) => {}
+                Ok(_) => return Poll::Ready(Ok(())),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e.to_string())),
             }
+        }
+    }
+
+    /// The bytes read from the engine and not passed on yet, for an in-place handover; `None`
+    /// when they cannot travel as bytes (a frame partly decoded, requests not flushed, the
+    /// connection broken).
+    pub(crate) fn handover_bytes(&self) -> Option<Vec<u8>> {
+        let clean = !self.decoder.is_mid_frame() && self.out.is_empty() && self.broken.is_none();
+        clean.then(|| self.input.to_vec())
+    }
+
+    /// The socket, leaving this process's I/O driver, for an in-place handover.
+    pub(crate) fn into_std(self) -> std::io::Result<std::net::TcpStream> {
+        self.stream.into_std()
+    }
+
+    /// A connection taken over from another process (an in-place handover): `stream` is
+    /// connected and authenticated already and speaks `protocol`; `buffered` are the bytes the
+    /// other process read from it and had not passed on ([`ShardConn::handover_bytes`]).
+    pub(crate) fn adopt(
+        shard: u64,
+        addr: SocketAddr,
+        stream: std::net::TcpStream,
+        protocol: Protocol,
+        generation: u64,
+        buffered: &[u8],
+    ) -> std::io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        let stream = TcpStream::from_std(stream)?;
+        stream.set_nodelay(true)?;
+        Ok(ShardConn::over(
+            shard, addr, stream, protocol, generation, buffered,
+        ))
+    }
+
+    /// A connection over `stream`, whose first bytes read are `buffered`.
+    fn over(
+        shard: u64,
+        addr: SocketAddr,
+        stream: TcpStream,
+        protocol: Protocol,
+        generation: u64,
+        buffered: &[u8],
+    ) -> Self {
+        let mut input = BytesMut::with_capacity(buffered.len().max(16 * 1024));
+        input.extend_from_slice(buffered);
+        ShardConn {
+            shard,
+            addr,
+            stream,
+            protocol,
+            out: BytesMut::with_capacity(16 * 1024),
+            input,
+            decoder: Decoder::new(Limits::for_replies()),
+            broken: None,
+            generation,
         }
     }
 
@@ -323,5 +399,89 @@ fn text(value: &Value) -> String {
             String::from_utf8_lossy(t).into_owned()
         }
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A subscriber connection over a loopback socket pair, and the engine's end.
+    async fn pair() -> (ShardConn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conn = TcpStream::connect(addr).await.unwrap();
+        let (engine, _) = listener.accept().await.unwrap();
+        (
+            ShardConn::over(7, addr, conn, Protocol::Resp2, 1, &[]),
+            engine,
+        )
+    }
+
+    fn message(payload: &str) -> Vec<u8> {
+        Value::Array(vec![
+            Value::bulk("message"),
+            Value::bulk("ch"),
+            Value::bulk(payload.to_owned()),
+        ])
+        .to_bytes()
+        .to_vec()
+    }
+
+    #[tokio::test]
+    async fn bytes_not_passed_on_travel_with_the_connection_and_decode_once() {
+        let (mut conn, mut engine) = pair().await;
+        let (first, second, third) = (message("a"), message("b"), message("c"));
+        let mut sent = first.clone();
+        sent.extend_from_slice(&second[..5]);
+        engine.write_all(&sent).await.unwrap();
+        let value = poll_fn(|cx| conn.poll_reply(cx)).await.unwrap();
+        assert_eq!(value.to_bytes().to_vec(), first);
+
+        // Whatever part of the second message was read waits whole in the buffer: nothing
+        // is half decoded, so it can travel as bytes.
+        let buffered = conn.handover_bytes().expect("nothing half decoded");
+        assert!(second.starts_with(&buffered), "{buffered:?}");
+        let socket = conn.into_std().unwrap();
+        let mut adopted = ShardConn::adopt(
+            7,
+            engine.local_addr().unwrap(),
+            socket,
+            Protocol::Resp2,
+            2,
+            &buffered,
+        )
+        .unwrap();
+        let mut rest = second[5..].to_vec();
+        rest.extend_from_slice(&third);
+        engine.write_all(&rest).await.unwrap();
+        for expected in [second, third] {
+            let value = poll_fn(|cx| adopted.poll_reply(cx)).await.unwrap();
+            assert_eq!(value.to_bytes().to_vec(), expected);
+        }
+        assert_eq!(adopted.handover_bytes(), Some(Vec::new()));
+    }
+
+    #[tokio::test]
+    async fn a_reply_is_ready_only_once_whole_and_is_not_taken() {
+        let (mut conn, mut engine) = pair().await;
+        let reply = Value::bulk("value").to_bytes().to_vec();
+        engine.write_all(&reply[..3]).await.unwrap();
+        let ready = tokio::time::timeout(
+            Duration::from_millis(50),
+            poll_fn(|cx| conn.poll_frame_ready(cx)),
+        );
+        assert!(ready.await.is_err(), "half a reply is not ready");
+        engine.write_all(&reply[3..]).await.unwrap();
+        poll_fn(|cx| conn.poll_frame_ready(cx)).await;
+        assert_eq!(conn.handover_bytes(), Some(reply.clone()));
+        assert_eq!(conn.reply_raw().await.unwrap().to_vec(), reply);
+        drop(engine);
+        poll_fn(|cx| conn.poll_frame_ready(cx)).await;
+        assert!(conn.is_broken(), "a closed connection is ready, and broken");
     }
 }

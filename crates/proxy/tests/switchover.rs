@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Raw, Setup};
+use common::{wait_until, Raw, Setup};
 use flotilla_engine::{wait_for_sync, EngineClient};
 use flotilla_proxy::ProxyOptions;
 use redis::AsyncCommands;
@@ -22,15 +22,6 @@ struct Tally {
     acked: u64,
     errors: Vec<String>,
     longest: Duration,
-}
-
-/// Polls `done` every 10 ms until it holds; panics naming `what` after `limit`.
-async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Pipelines INCRs on `key` until `stop`, counting acknowledged ones in `acked` as they come.

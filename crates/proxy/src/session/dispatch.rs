@@ -43,13 +43,16 @@ impl Session {
             self.ready(Value::error(rejection.to_string()));
             return;
         }
-        let write = decision.write;
+        let (write, blocking) = (decision.write, decision.blocking);
         match decision.route {
             Route::Slot(slot) => {
                 let shard = self.view.current.slots().shard_of(slot);
-                self.forward(shard, request, write).await;
+                self.forward(shard, request, write, blocking).await;
             }
-            Route::AnyShard => self.forward(self.any_shard(), request, write).await,
+            Route::AnyShard => {
+                let shard = self.any_shard();
+                self.forward(shard, request, write, blocking).await;
+            }
             Route::Split(split) => self.split(split, write).await,
             Route::AllShards(merge) => self.all_shards(merge, &request, write).await,
             Route::Scan(step) => self.scan(step).await,
@@ -175,10 +178,16 @@ impl Session {
         }
     }
 
-    async fn forward(&mut self, shard: ShardIndex, request: Request, write: bool) {
+    /// Sends `request` to `shard`; its reply goes to the client as is. A `blocking` one's
+    /// reply may come long after: the client can be handed over while it waits.
+    async fn forward(&mut self, shard: ShardIndex, request: Request, write: bool, blocking: bool) {
         let source = self.send_owned(shard, request, write).await;
-        self.replies
-            .push(Pending::Forward(source, self.state.protocol));
+        let protocol = self.state.protocol;
+        self.replies.push(if blocking {
+            Pending::Blocking(source, protocol)
+        } else {
+            Pending::Forward(source, protocol)
+        });
     }
 
     async fn split(&mut self, split: Split, write: bool) {

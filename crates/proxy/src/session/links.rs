@@ -169,10 +169,10 @@ impl ShardLinks {
         topology: &Topology,
         protocol: Protocol,
     ) -> Result<ShardConn, ShardError> {
-        self.generation += 1;
+        let generation = self.next_generation();
         let uid = topology.shard_uid(shard);
         let password = topology.shard_password();
-        ShardConn::connect(uid, addr, password, protocol, self.generation).await
+        ShardConn::connect(uid, addr, password, protocol, generation).await
     }
 
     /// Appends `request` to the pipeline of connection `index`.
@@ -306,21 +306,79 @@ impl ShardLinks {
             .is_some_and(|c| c.generation() == watch.generation && !c.is_broken())
     }
 
-    /// The connection holding `watch`, described for the handover (none when it was replaced).
-    pub fn pinned_watch(&self, watch: &Watch, topology: &Topology) -> Option<PinnedConnection> {
+    /// The connection holding `watch`, described for the handover: `None` when it was
+    /// replaced (the watch is lost, as a reconnect loses it), `Some(None)` when it cannot
+    /// travel now (see [`ShardConn::handover_bytes`]).
+    pub fn pinned_watch(
+        &self,
+        watch: &Watch,
+        topology: &Topology,
+    ) -> Option<Option<PinnedConnection>> {
         if !self.holds(watch) {
             return None;
         }
-        let Some(Conn::Own(conn)) = self.conns.get(watch.shard).and_then(Option::as_ref) else {
+        Some(self.pin(watch.shard, PinnedPurpose::Watch, topology))
+    }
+
+    /// Own connection `index`, described for the handover as holding `purpose`; `None` when
+    /// it is not an own connection or cannot travel now.
+    pub fn pin(
+        &self,
+        index: usize,
+        purpose: PinnedPurpose,
+        topology: &Topology,
+    ) -> Option<PinnedConnection> {
+        let Some(Conn::Own(conn)) = self.conns.get(index).and_then(Option::as_ref) else {
             return None;
         };
+        let shard = index as u16;
         Some(PinnedConnection {
-            purpose: PinnedPurpose::Watch,
-            shard: watch.shard as u16,
-            shard_uid: topology.shard_uid(ShardIndex(watch.shard as u16)),
+            purpose,
+            shard,
+            shard_uid: topology.shard_uid(ShardIndex(shard)),
             addr: conn.addr(),
             protocol: protocol_number(conn.protocol()),
+            buffered: conn.handover_bytes()?,
         })
+    }
+
+    /// Takes own connection `index` out (the handover passes its socket).
+    pub fn take_own(&mut self, index: usize) -> Option<ShardConn> {
+        match self.conns.get_mut(index)?.take()? {
+            Conn::Own(conn) => Some(conn),
+            shared => {
+                self.conns[index] = Some(shared);
+                None
+            }
+        }
+    }
+
+    /// The generation the next own connection gets (one taken over in a handover).
+    pub fn next_generation(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    /// Installs `conn`, taken over in a handover, as own connection `index`.
+    pub fn install_own(&mut self, index: usize, conn: ShardConn) {
+        if self.conns.len() <= index {
+            self.conns.resize_with(index + 1, || None);
+        }
+        self.conns[index] = Some(Conn::Own(conn));
+    }
+
+    /// Waits until own connection `index` has its next reply whole (or failed); at once for
+    /// any other connection. Takes nothing: the reply is read as usual afterwards.
+    pub async fn reply_ready(&mut self, index: usize) {
+        if let Some(Some(Conn::Own(conn))) = self.conns.get_mut(index) {
+            std::future::poll_fn(|cx| conn.poll_frame_ready(cx)).await;
+        }
+    }
+
+    /// Records that the client sent over shared connections in another endpoint instance (a
+    /// handover): before its first WAIT, its own connections count those writes first.
+    pub fn mark_used_shared(&mut self) {
+        self.used_shared = true;
     }
 }
 

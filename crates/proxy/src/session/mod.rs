@@ -20,19 +20,21 @@
 //! - `transaction.rs`: MULTI/EXEC/DISCARD/WATCH as pure decisions;
 //! - `pubsub.rs` (crate level, next to the subscriptions): the pub/sub glue;
 //! - `handover.rs` (crate level): the state an in-place handover carries, as one value
-//!   ([`SessionState`]), which each part contributes its piece of.
+//!   ([`SessionState`]), which each part contributes its piece of; `detach.rs`: taking it at a
+//!   command boundary (or while blocked) with the sockets, and rebuilding a session from them.
 
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
-use flotilla_resp::{RequestDecoder, Value};
+use flotilla_resp::{ProtocolError, Request, RequestDecoder, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::client::ClientState;
-use crate::handover::{protocol_number, SessionState};
+use crate::control::{Ended, SessionControl};
+use crate::handover::SessionState;
 use crate::pubsub::Subscriptions;
 use crate::route::route;
 use crate::server::ProxyOptions;
@@ -41,6 +43,7 @@ use crate::slot::ShardIndex;
 use crate::stats::EndpointStats;
 use crate::topology::Topology;
 
+mod detach;
 mod dispatch;
 mod hold;
 mod links;
@@ -78,6 +81,46 @@ impl ClientIo {
         self.stream.write_all(&self.output).await?;
         self.output.clear();
         Ok(())
+    }
+
+    /// The next request received. `whole`: only a request already received whole is decoded,
+    /// so the input buffer is left holding exactly the bytes not handled (the session is
+    /// about to stop at a boundary and pass them on); the request in the middle of decoding,
+    /// if any, is finished first.
+    fn next_request(&mut self, whole: bool) -> Result<Option<Request>, ProtocolError> {
+        if !whole || self.decoder.is_mid_request() {
+            return self.decoder.decode(&mut self.input);
+        }
+        while let Some(len) = whole_request_len(&self.input) {
+            let mut request = self.input.split_to(len);
+            let decoded = self.decoder.decode(&mut request);
+            if !request.is_empty() {
+                // The decoder saw the request's end elsewhere: give back what it left.
+                request.unsplit(std::mem::take(&mut self.input));
+                self.input = request;
+            }
+            match decoded? {
+                Some(request) => return Ok(Some(request)),
+                None if self.decoder.is_mid_request() => {
+                    return self.decoder.decode(&mut self.input);
+                }
+                None => {}
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The length of the request at the start of `input` when it is all there (an inline line, or
+/// a multibulk whose every argument arrived); `None` when more bytes are needed. Input the
+/// scanner does not understand is given whole to the decoder, which says what is wrong.
+fn whole_request_len(input: &[u8]) -> Option<usize> {
+    match input.first()? {
+        b'*' => match crate::frame::frame_len(input) {
+            Ok(len) => len,
+            Err(_) => Some(input.len()),
+        },
+        _ => input.iter().position(|&b| b == b'\n').map(|at| at + 1),
     }
 }
 
@@ -140,6 +183,18 @@ pub(crate) struct Session {
     deferred: Option<flotilla_resp::Request>,
     closing: bool,
     stats: EndpointStats,
+    /// The owner's requests (detach, close at a boundary), heard where the session waits.
+    control: SessionControl,
+}
+
+/// What the session does after a batch or at a boundary.
+enum Step {
+    /// Go on serving.
+    Serve,
+    /// The session is over.
+    End(Ended),
+    /// Hand the session over with this state.
+    Detach(SessionState),
 }
 
 impl Session {
@@ -151,6 +206,7 @@ impl Session {
         options: ProxyOptions,
         stats: EndpointStats,
         shared: Option<SharedPool>,
+        control: SessionControl,
     ) -> Self {
         let view = TopologyView::new(topology_rx);
         let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
@@ -176,7 +232,13 @@ impl Session {
             closing: false,
             stats,
             view,
+            control,
         }
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.state.peer
     }
 
     /// The tracing span of this session: the client's id and the database it uses (its
@@ -195,13 +257,22 @@ impl Session {
         span
     }
 
-    /// Serves the client until it disconnects, sends QUIT, or sends malformed input.
+    /// Serves the client until it disconnects, sends QUIT, or sends malformed input, or until
+    /// the endpoint's owner has it detach or close at a command boundary.
     ///
     /// A subscribed client is disconnected when the primary of a shard it subscribed on moves
     /// (or its subscriber connection breaks): its subscriptions live on the old engine, and
     /// clients resubscribe when they reconnect, so closing is the one signal every client
     /// library acts on.
-    pub async fn run(mut self) -> std::io::Result<()> {
+    pub async fn run(mut self) -> std::io::Result<Ended> {
+        if !self.replies.is_empty() {
+            // Adopted while blocked: the blocked request's reply comes first.
+            match self.answer_batch(Instant::now()).await? {
+                Step::Serve => {}
+                Step::End(ended) => return Ok(ended),
+                Step::Detach(state) => return self.detach(state),
+            }
+        }
         loop {
             self.refresh_topology();
             if let Some(shard) = self.subs.moved(&self.view.current) {
@@ -210,39 +281,90 @@ impl Session {
                     "closing a subscribed client: its shard's primary moved or its subscriber connection broke"
                 );
                 let _ = self.client.stream.shutdown().await;
-                return Ok(());
+                return Ok(Ended::Client);
             }
             let started = Instant::now();
             let routed = self.route_batch().await;
             if routed > 0 || self.closing {
-                self.send_batch().await;
-                self.subs.prune();
-                self.client.write_output().await?;
-                self.replies.finish_batch(started.elapsed(), &self.stats);
-                if self.closing {
-                    let _ = self.client.stream.shutdown().await;
-                    return Ok(());
+                match self.answer_batch(started).await? {
+                    Step::Serve => continue,
+                    Step::End(ended) => return Ok(ended),
+                    Step::Detach(state) => return self.detach(state),
                 }
-                continue;
             }
             // Every request read so far is answered: a command boundary, unless a request is
-            // parked (below) or half decoded. The in-place handover stops a session here and
-            // takes `Session::capture`.
+            // parked (below) or half decoded. The owner's request to detach or close is carried
+            // out here.
+            match self.at_boundary().await {
+                Step::Serve => {}
+                Step::End(ended) => return Ok(ended),
+                Step::Detach(state) => return self.detach(state),
+            }
             if let Some(shard) = self.hold.parked_shard() {
                 if !self.wait_for_release(shard).await? {
-                    return Ok(());
+                    return Ok(Ended::Client);
                 }
                 continue;
             }
             if self.subs.is_open() {
                 if !self.wait_subscribed().await? {
-                    return Ok(());
+                    return Ok(Ended::Client);
                 }
                 continue;
             }
-            if !self.client.read().await? {
-                return Ok(());
+            if !self.wait_client().await? {
+                return Ok(Ended::Client);
             }
+        }
+    }
+
+    /// Sends the batch routed, writes its replies, and says what comes next: the client is
+    /// closed after QUIT, and a client whose only outstanding request blocks is handed over
+    /// if the owner asked for it meanwhile.
+    async fn answer_batch(&mut self, started: Instant) -> std::io::Result<Step> {
+        let interrupted = self.send_batch(true).await;
+        self.subs.prune();
+        self.client.write_output().await?;
+        self.replies.finish_batch(started.elapsed(), &self.stats);
+        if let Some(blocked) = interrupted {
+            if let Some(state) = self.capture_blocked(&blocked) {
+                self.replies.push(blocked);
+                return Ok(Step::Detach(state));
+            }
+            self.replies.push(blocked);
+            self.resolve_replies(false).await;
+            self.client.write_output().await?;
+            self.replies.finish_batch(started.elapsed(), &self.stats);
+        }
+        if self.closing {
+            let _ = self.client.stream.shutdown().await;
+            return Ok(Step::End(Ended::Client));
+        }
+        Ok(Step::Serve)
+    }
+
+    /// At a command boundary: carries out the owner's request, if any and if the session can.
+    async fn at_boundary(&mut self) -> Step {
+        if !self.control.stopping() {
+            return Step::Serve;
+        }
+        if self.control.wants_detach() {
+            return self.capture().map_or(Step::Serve, Step::Detach);
+        }
+        if self.is_between_replies() {
+            let _ = self.client.stream.shutdown().await;
+            return Step::End(Ended::Closed);
+        }
+        Step::Serve
+    }
+
+    /// Waits for the client's next bytes, or for the owner's next request; `false` when the
+    /// client is gone.
+    async fn wait_client(&mut self) -> std::io::Result<bool> {
+        tokio::select! {
+            biased;
+            () = self.control.listen() => Ok(true),
+            read = self.client.read() => read,
         }
     }
 
@@ -251,6 +373,7 @@ impl Session {
     async fn wait_subscribed(&mut self) -> std::io::Result<bool> {
         let open = self.view.is_open();
         tokio::select! {
+            () = self.control.listen() => Ok(true),
             read = self.client.read() => read,
             message = self.subs.next_message(self.state.protocol) => match message {
                 Ok(value) => {
@@ -299,11 +422,12 @@ impl Session {
     /// Stops at a request for a held shard, which is parked (see [`Session::wait_for_release`]).
     async fn route_batch(&mut self) -> usize {
         let mut routed = 0;
+        let whole = self.control.stopping();
         self.links.start_batch();
         while routed < MAX_BATCH && !self.closing {
             let request = match self.hold.take_parked().or_else(|| self.deferred.take()) {
                 Some(request) => request,
-                None => match self.client.decoder.decode(&mut self.client.input) {
+                None => match self.client.next_request(whole) {
                     Ok(Some(request)) => request,
                     Ok(None) => break,
                     Err(e) => {
@@ -341,11 +465,19 @@ impl Session {
         routed
     }
 
-    /// Flushes every shard's part of the batch, then resolves the replies in order.
-    async fn send_batch(&mut self) {
+    /// Flushes every shard's part of the batch, then resolves the replies in order (see
+    /// [`Session::resolve_replies`]).
+    async fn send_batch(&mut self, may_detach: bool) -> Option<Pending> {
         self.links.flush().await;
         self.subs.flush().await;
         self.resend.start_batch();
+        self.resolve_replies(may_detach).await
+    }
+
+    /// Resolves the queued replies in order into the client's output. With `may_detach`, a
+    /// blocking request left last is given back unanswered if the owner asks the session to
+    /// detach while it waits (see [`ReplyQueue::resolve_all`]).
+    async fn resolve_replies(&mut self, may_detach: bool) -> Option<Pending> {
         let mut resolver = Resolver {
             links: &mut self.links,
             resend: &mut self.resend,
@@ -354,8 +486,9 @@ impl Session {
             out: &mut self.client.output,
             protocol: self.state.protocol,
             closing: &mut self.closing,
+            control: may_detach.then_some(&mut self.control),
         };
-        self.replies.resolve_all(&mut resolver).await;
+        self.replies.resolve_all(&mut resolver).await
     }
 
     /// Takes a newly published topology between batches: connections to a shard whose primary
@@ -375,70 +508,100 @@ impl Session {
         self.hold.adopt();
         self.resend.adopt(topology.shard_count());
     }
-
-    /// The session's state for an in-place handover, taken at a command boundary: every
-    /// request read has been answered, none is parked, deferred or half decoded. `None`
-    /// elsewhere (the handover then waits for the next boundary).
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "called by the in-place handover (issue 10)")
-    )]
-    pub fn capture(&self) -> Option<SessionState> {
-        let at_boundary = self.replies.is_empty()
-            && self.hold.parked_shard().is_none()
-            && self.deferred.is_none()
-            && !self.client.decoder.is_mid_request()
-            && !self.closing;
-        if !at_boundary {
-            return None;
-        }
-        let (transaction, watch) = self.tx.capture();
-        let (subscriptions, mut pinned) = self.subs.capture(&self.view.current);
-        let watched = self.tx.current_watch();
-        if let Some(pin) = watched.and_then(|w| self.links.pinned_watch(&w, &self.view.current)) {
-            pinned.insert(0, pin);
-        }
-        Some(SessionState {
-            client_id: self.state.id,
-            authenticated: self.state.authenticated,
-            protocol: protocol_number(self.state.protocol),
-            name: self.state.name.as_ref().map(|n| n.to_vec()),
-            shared_connections: self.links.uses_shared(),
-            subscriptions,
-            transaction,
-            watch,
-            pinned,
-            unread: self.client.input.to_vec(),
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
 
     use super::*;
+    use crate::control::Signal;
+    use crate::handover::{BlockedState, DetachedSession, PinnedPurpose};
 
     /// A session over a real loopback connection whose one shard is never reached (the
     /// requests below are all answered by the proxy), and the client's end.
     async fn session(password: Option<&str>) -> (Session, TcpStream) {
+        let shard = SocketAddr::from(([127, 0, 0, 1], 1));
+        session_with_shard(password, shard).await
+    }
+
+    /// [`session`] with its one shard at `shard`.
+    async fn session_with_shard(password: Option<&str>, shard: SocketAddr) -> (Session, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (stream, _) = listener.accept().await.unwrap();
-        let shard = SocketAddr::from(([127, 0, 0, 1], 1));
-        let topology = Topology::even(password.map(str::to_owned), "", vec![shard]).unwrap();
-        let (_tx, rx) = watch::channel(topology);
         let session = Session::new(
             stream,
             42,
-            rx,
+            topology_rx(password, shard),
             ProxyOptions::default(),
             EndpointStats::new(),
             Some(SharedPool::default()),
+            SessionControl::default(),
         );
         (session, client)
+    }
+
+    /// [`session`] whose one shard is a listener the test reads and writes as the shard's end
+    /// of the session's connections.
+    async fn session_with_listening_shard() -> (Session, TcpStream, TcpListener) {
+        let shard = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (session, client) = session_with_shard(None, shard.local_addr().unwrap()).await;
+        (session, client, shard)
+    }
+
+    /// A one-shard topology, as an endpoint publishes it (the sender is dropped: it never
+    /// changes).
+    fn topology_rx(password: Option<&str>, shard: SocketAddr) -> watch::Receiver<Topology> {
+        let topology = Topology::even(password.map(str::to_owned), "", vec![shard]).unwrap();
+        watch::channel(topology).1
+    }
+
+    /// Gives `session` a signal channel and asks it to detach; returns the signal sender and
+    /// where the detached session arrives.
+    fn ask_detach(
+        session: &mut Session,
+    ) -> (
+        mpsc::UnboundedSender<Signal>,
+        mpsc::UnboundedReceiver<DetachedSession>,
+    ) {
+        let (signals, rx) = mpsc::unbounded_channel();
+        session.control = SessionControl::new(rx);
+        let (to, detached) = mpsc::unbounded_channel();
+        session.control.note(Signal::Detach(to));
+        (signals, detached)
+    }
+
+    /// `detached` resumed over the same one-shard topology, as another endpoint would.
+    fn resume(detached: DetachedSession, password: Option<&str>, shard: SocketAddr) -> Session {
+        Session::resume(
+            detached,
+            topology_rx(password, shard),
+            ProxyOptions::default(),
+            EndpointStats::new(),
+            Some(SharedPool::default()),
+            SessionControl::default(),
+        )
+        .unwrap()
+    }
+
+    /// Closes the client and checks its resumed session ended for that reason.
+    async fn leave(client: TcpStream, served: tokio::task::JoinHandle<std::io::Result<Ended>>) {
+        drop(client);
+        assert_eq!(served.await.unwrap().unwrap(), Ended::Client);
+    }
+
+    /// Reads exactly `expected.len()` bytes from `stream` and compares them.
+    async fn expect(stream: &mut TcpStream, expected: &[u8]) {
+        let mut got = vec![0; expected.len()];
+        stream.read_exact(&mut got).await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(expected)
+        );
     }
 
     /// Has the session read `bytes` from its client and answer what they complete.
@@ -451,7 +614,7 @@ mod tests {
             read += session.client.input.len() - before;
         }
         session.route_batch().await;
-        session.send_batch().await;
+        session.send_batch(false).await;
         session.client.write_output().await.unwrap();
     }
 
@@ -484,5 +647,144 @@ mod tests {
         assert!(!tx.aborted);
         assert_eq!(state.watch, None);
         assert_eq!(state.unread, b"EX".to_vec(), "the start of an inline EXEC");
+    }
+
+    #[tokio::test]
+    async fn a_stopping_session_leaves_a_request_not_whole_undecoded() {
+        let (mut session, mut client) = session(None).await;
+        feed(&mut session, &mut client, b"*2\r\n$4\r\nECHO\r\n").await;
+        assert!(session.capture().is_none(), "a request is half decoded");
+        let _owner = ask_detach(&mut session);
+        feed(
+            &mut session,
+            &mut client,
+            b"$2\r\nhi\r\nPING\r\n*1\r\n$4\r\nPI",
+        )
+        .await;
+        expect(&mut client, b"$2\r\nhi\r\n+PONG\r\n").await;
+        let state = session.capture().expect("at a boundary");
+        assert_eq!(state.unread, b"*1\r\n$4\r\nPI".to_vec());
+    }
+
+    #[tokio::test]
+    async fn a_detached_session_resumes_with_its_state_on_the_same_connection() {
+        let (mut session, mut client) = session(Some("secret")).await;
+        feed(
+            &mut session,
+            &mut client,
+            b"HELLO 3 AUTH default secret SETNAME app\r\nMULTI\r\nSET k v\r\nPIN",
+        )
+        .await;
+        let mut hello = vec![0; 4096];
+        let _ = client.read(&mut hello).await.unwrap();
+        let (_signals, mut owner) = ask_detach(&mut session);
+        let state = session.capture().expect("at a boundary");
+        assert_eq!(session.detach(state.clone()).unwrap(), Ended::Detached);
+        let detached = owner.recv().await.expect("handed over");
+        assert_eq!(
+            detached.client.peer_addr().unwrap(),
+            client.local_addr().unwrap()
+        );
+        assert!(detached.engines.is_empty());
+
+        let shard = SocketAddr::from(([127, 0, 0, 1], 1));
+        let resumed = resume(detached, Some("secret"), shard);
+        assert_eq!(resumed.capture(), Some(state));
+        let served = tokio::spawn(resumed.run());
+        client
+            .write_all(b"G\r\nDISCARD\r\nCLIENT GETNAME\r\nCLIENT ID\r\n")
+            .await
+            .unwrap();
+        expect(&mut client, b"+QUEUED\r\n+OK\r\n$3\r\napp\r\n:42\r\n").await;
+        leave(client, served).await;
+    }
+
+    #[tokio::test]
+    async fn a_client_blocked_on_its_own_connection_detaches_with_it() {
+        // A listener standing in for the shard's socket: it reads the request and writes the
+        // reply in two parts, around the handover.
+        let (mut session, mut client, shard) = session_with_listening_shard().await;
+        let shard_addr = shard.local_addr().unwrap();
+        let (signals, rx) = mpsc::unbounded_channel();
+        session.control = SessionControl::new(rx);
+        client.write_all(b"BLPOP q 0\r\n").await.unwrap();
+        session.client.read().await.unwrap();
+        assert_eq!(session.route_batch().await, 1);
+        let reply = b"*2\r\n$1\r\nq\r\n$1\r\nv\r\n";
+        let (to, mut owner) = mpsc::unbounded_channel();
+        let engine = async {
+            let (mut engine, _) = shard.accept().await.unwrap();
+            expect(&mut engine, b"*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n").await;
+            engine.write_all(&reply[..6]).await.unwrap();
+            signals.send(Signal::Detach(to)).unwrap();
+            engine
+        };
+        let (given_back, mut engine) = tokio::join!(session.send_batch(true), engine);
+        let blocked = given_back.expect("handed back unanswered");
+        let state = session
+            .capture_blocked(&blocked)
+            .expect("may move while blocked");
+        assert_eq!(
+            state.blocked,
+            Some(BlockedState {
+                shard: 0,
+                request: vec![b"BLPOP".to_vec(), b"q".to_vec(), b"0".to_vec()],
+                write: true,
+            })
+        );
+        assert_eq!(state.pinned.len(), 1);
+        assert_eq!(state.pinned[0].purpose, PinnedPurpose::Blocked);
+        assert!(reply.starts_with(&state.pinned[0].buffered));
+        assert!(!state.shared_connections);
+        session.replies.push(blocked);
+        assert_eq!(session.detach(state).unwrap(), Ended::Detached);
+
+        let detached = owner.recv().await.expect("handed over");
+        let resumed = resume(detached, None, shard_addr);
+        let served = tokio::spawn(resumed.run());
+        engine.write_all(&reply[6..]).await.unwrap();
+        expect(&mut client, reply).await;
+        client.write_all(b"PING\r\n").await.unwrap();
+        expect(&mut client, b"+PONG\r\n").await;
+        leave(client, served).await;
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_moves_with_the_bytes_read_from_its_connection() {
+        // A listener standing in for the shard's socket: it confirms the SUBSCRIBE and sends
+        // a message in two parts, around the handover.
+        let (mut session, mut client, shard) = session_with_listening_shard().await;
+        let shard_addr = shard.local_addr().unwrap();
+        let confirmation = b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n";
+        let message = b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n";
+        let engine = async {
+            let (mut engine, _) = shard.accept().await.unwrap();
+            expect(&mut engine, b"*2\r\n$9\r\nSUBSCRIBE\r\n$2\r\nch\r\n").await;
+            let mut first = confirmation.to_vec();
+            first.extend_from_slice(&message[..10]);
+            engine.write_all(&first).await.unwrap();
+            engine
+        };
+        let (_, mut engine) =
+            tokio::join!(feed(&mut session, &mut client, b"SUBSCRIBE ch\r\n"), engine);
+        expect(&mut client, confirmation).await;
+
+        let (_signals, mut owner) = ask_detach(&mut session);
+        let state = session.capture().expect("at a boundary");
+        assert_eq!(state.subscriptions.len(), 1);
+        assert_eq!(state.subscriptions[0].channels, vec![b"ch".to_vec()]);
+        assert_eq!(state.pinned.len(), 1);
+        assert_eq!(state.pinned[0].purpose, PinnedPurpose::Subscriber);
+        let buffered = state.pinned[0].buffered.clone();
+        assert!(message.starts_with(&buffered), "{buffered:?}");
+        assert_eq!(session.detach(state).unwrap(), Ended::Detached);
+
+        let resumed = resume(owner.recv().await.expect("handed over"), None, shard_addr);
+        let served = tokio::spawn(resumed.run());
+        engine.write_all(&message[10..]).await.unwrap();
+        expect(&mut client, message).await;
+        client.write_all(b"PING\r\n").await.unwrap();
+        expect(&mut client, b"*2\r\n$4\r\npong\r\n$0\r\n\r\n").await;
+        leave(client, served).await;
     }
 }

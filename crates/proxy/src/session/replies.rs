@@ -16,6 +16,7 @@ use flotilla_resp::{Protocol, Request, Value};
 use tokio::sync::watch;
 
 use crate::command::Merge;
+use crate::control::SessionControl;
 use crate::pubsub::{Subscriptions, Unconfirmed};
 use crate::route::Split;
 use crate::scan;
@@ -62,6 +63,10 @@ pub(super) enum Pending {
     Frames(Vec<Value>, Protocol),
     /// One shard's reply, as is.
     Forward(Source, Protocol),
+    /// The reply of a blocking request (BLPOP...) sent to one shard, as is: like
+    /// [`Pending::Forward`], except that a client waiting for nothing else may be handed over
+    /// while it waits (see [`ReplyQueue::resolve_all`]).
+    Blocking(Source, Protocol),
     /// Several shards' replies, combined.
     Combine(Vec<Source>, Combine, Protocol),
     /// A SCAN reply whose cursor is re-encoded for the client.
@@ -123,6 +128,9 @@ pub(super) struct Resolver<'a> {
     pub protocol: Protocol,
     /// Set when the client must be closed after this batch (a subscriber connection broke).
     pub closing: &'a mut bool,
+    /// The owner's requests, when a blocking request may be given back for the session to
+    /// detach while it waits.
+    pub control: Option<&'a mut SessionControl>,
 }
 
 impl ReplyQueue {
@@ -137,12 +145,24 @@ impl ReplyQueue {
     }
 
     /// Resolves every queued reply, front to back, into `resolver.out`.
-    pub async fn resolve_all(&mut self, resolver: &mut Resolver<'_>) {
-        for entry in self.pending.drain(..) {
+    ///
+    /// The one exception: a blocking request queued last, while the owner asks the session to
+    /// detach before its reply came (`resolver.control`), is given back unanswered, its reply
+    /// still to come on its connection: the client waits for nothing else, so it may move with
+    /// that connection.
+    pub async fn resolve_all(&mut self, resolver: &mut Resolver<'_>) -> Option<Pending> {
+        let last = self.pending.len().checked_sub(1);
+        let mut given_back = None;
+        for (i, entry) in self.pending.drain(..).enumerate() {
+            if Some(i) == last && resolver.detaches_while_blocked(&entry).await {
+                given_back = Some(entry);
+                break;
+            }
             if let Some(verdict) = resolver.resolve(entry).await {
                 self.batch.record(verdict);
             }
         }
+        given_back
     }
 
     /// Adds the batch's counts to `stats`, every command with round trip `elapsed`.
@@ -165,19 +185,8 @@ impl Resolver<'_> {
                 }
                 Verdict::OK
             }
-            Pending::Forward(Source::Shard(index), protocol) => {
-                self.forward_raw(index, None, protocol).await
-            }
-            Pending::Forward(Source::Write(index, request), protocol) => {
-                self.forward_raw(index, Some(request), protocol).await
-            }
-            Pending::Forward(Source::Read(index, request), protocol) => {
-                self.forward_read(index, request, protocol).await
-            }
-            Pending::Forward(source, protocol) => {
-                let (value, verdict) = self.take(source).await;
-                value.encode_as(self.out, protocol);
-                verdict
+            Pending::Forward(source, protocol) | Pending::Blocking(source, protocol) => {
+                self.forward(source, protocol).await
             }
             Pending::Combine(sources, combine, protocol) => {
                 self.combine(sources, combine, protocol).await
@@ -217,6 +226,42 @@ impl Resolver<'_> {
             }
         };
         Some(verdict)
+    }
+
+    /// One shard's reply to the client, as the engine encoded it when it can be.
+    async fn forward(&mut self, source: Source, protocol: Protocol) -> Verdict {
+        match source {
+            Source::Shard(index) => self.forward_raw(index, None, protocol).await,
+            Source::Write(index, request) => self.forward_raw(index, Some(request), protocol).await,
+            Source::Read(index, request) => self.forward_read(index, request, protocol).await,
+            source @ Source::Failed(_) => {
+                let (value, verdict) = self.take(source).await;
+                value.encode_as(self.out, protocol);
+                verdict
+            }
+        }
+    }
+
+    /// Whether `entry`, the batch's last, is a blocking request the session detaches with
+    /// instead of waiting for its reply: the owner asks the session to detach (now, or while
+    /// it waits) before the reply is whole in the connection's buffer.
+    async fn detaches_while_blocked(&mut self, entry: &Pending) -> bool {
+        let (Some(control), Pending::Blocking(source, _)) = (self.control.as_deref_mut(), entry)
+        else {
+            return false;
+        };
+        let (Source::Write(index, _) | Source::Read(index, _) | Source::Shard(index)) = source
+        else {
+            return false;
+        };
+        loop {
+            tokio::select! {
+                biased;
+                () = self.links.reply_ready(*index) => return false,
+                () = std::future::ready(()), if control.wants_detach() => return true,
+                () = control.listen() => {}
+            }
+        }
     }
 
     /// Copies the next reply of shard connection `index` to the client as the engine encoded

@@ -232,10 +232,6 @@ impl TxState {
     /// The state [`TxState::capture`] took, in a new process; `watch_generation` is the
     /// generation of the connection that holds the watch there (one never issued when the
     /// watch's connection did not come along: EXEC then answers null, as for a lost watch).
-    #[cfg_attr(
-        not(test),
-        allow(dead_code, reason = "called by the in-place handover (issue 10)")
-    )]
     pub fn restore(
         tx: Option<TransactionState>,
         watch: Option<WatchState>,

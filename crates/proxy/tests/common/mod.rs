@@ -7,8 +7,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use flotilla_engine::{adopt, start, EngineCatalog, EngineVersion, Persistence, ShardSpec};
-use flotilla_proxy::{serve_with_stats, EndpointStats, ProxyOptions, ShardIndex, Topology};
+use flotilla_proxy::{
+    endpoint_control, serve_controlled, EndpointControl, EndpointStats, ProxyOptions, ShardIndex,
+    Topology,
+};
+use flotilla_resp::{Decoder, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -30,8 +35,23 @@ pub struct Setup {
     pub topology: watch::Sender<Topology>,
     /// The endpoint's counters.
     pub stats: EndpointStats,
+    /// The owner's handle on the endpoint (in-place handover).
+    pub control: EndpointControl,
+    /// A duplicate of the endpoint's listening socket, for a successor endpoint.
+    listener: Option<std::net::TcpListener>,
+    options: ProxyOptions,
     stop: Option<oneshot::Sender<()>>,
     _dir: tempfile::TempDir,
+}
+
+/// A second endpoint serving the same listening socket and topology, as the new daemon of an
+/// in-place handover serves the socket the old one passed it.
+pub struct Successor {
+    /// The owner's handle on it.
+    pub control: EndpointControl,
+    /// Its counters.
+    pub stats: EndpointStats,
+    _stop: oneshot::Sender<()>,
 }
 
 impl Setup {
@@ -62,6 +82,9 @@ impl Setup {
             engines: Vec::new(),
             topology: watch::channel(placeholder()).0,
             stats: EndpointStats::new(),
+            control: endpoint_control().0,
+            listener: None,
+            options,
             stop: None,
             _dir: dir,
         };
@@ -77,15 +100,32 @@ impl Setup {
             Topology::even(password.map(str::to_owned), SHARD_PASSWORD, primaries).unwrap();
         let (tx, rx) = watch::channel(topology);
         let listener = TcpListener::bind(setup.endpoint).await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        let stats = setup.stats.clone();
-        tokio::spawn(serve_with_stats(listener, rx, shutdown, options, stats));
+        let listener = listener.into_std().unwrap();
+        setup.listener = Some(listener.try_clone().unwrap());
+        let (control, stop) = serve(listener, rx, options, setup.stats.clone());
+        setup.control = control;
         setup.topology = tx;
         setup.stop = Some(stop);
         setup
+    }
+
+    /// Starts a second endpoint on a duplicate of this one's listening socket (as the new
+    /// daemon of an in-place handover gets it), following the same topology. It accepts from
+    /// the start, alongside this one.
+    pub fn successor(&self) -> Successor {
+        let listener = self.listener.as_ref().unwrap().try_clone().unwrap();
+        let stats = EndpointStats::new();
+        let (control, stop) = serve(
+            listener,
+            self.topology.subscribe(),
+            self.options,
+            stats.clone(),
+        );
+        Successor {
+            control,
+            stats,
+            _stop: stop,
+        }
     }
 
     /// `ip:port` of engine `i`.
@@ -197,6 +237,26 @@ impl Drop for Setup {
     }
 }
 
+/// Serves an endpoint on `listener` under a control handle until the returned sender is
+/// dropped or used.
+fn serve(
+    listener: std::net::TcpListener,
+    topology: watch::Receiver<Topology>,
+    options: ProxyOptions,
+    stats: EndpointStats,
+) -> (EndpointControl, oneshot::Sender<()>) {
+    let listener = TcpListener::from_std(listener).unwrap();
+    let (control, inbox) = endpoint_control();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let shutdown = async {
+        let _ = stopped.await;
+    };
+    tokio::spawn(serve_controlled(
+        listener, topology, shutdown, options, stats, inbox,
+    ));
+    (control, stop)
+}
+
 fn shard_spec(ip: IpAddr, i: usize, dir: &std::path::Path) -> ShardSpec {
     ShardSpec {
         shard_id: i as u64 + 1,
@@ -214,6 +274,15 @@ fn shard_spec(ip: IpAddr, i: usize, dir: &std::path::Path) -> ShardSpec {
 
 fn placeholder() -> Topology {
     Topology::even(None, "", vec![SocketAddr::from(([127, 0, 0, 1], 1))]).unwrap()
+}
+
+/// Polls `done` every 10 ms until it holds; panics naming `what` after `limit`.
+pub async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// A raw TCP client for byte-level tests.
@@ -260,5 +329,80 @@ impl Raw {
             Ok(Err(e)) => panic!("read: {e}"),
             Err(_) => panic!("the proxy kept the connection open; got so far {got:?}"),
         }
+    }
+}
+
+/// A RESP client over one TCP connection that never reconnects, speaking whatever protocol
+/// it negotiated: what a handover test needs to show the connection it holds is the same one.
+pub struct Resp {
+    stream: TcpStream,
+    input: BytesMut,
+    decoder: Decoder,
+}
+
+impl Resp {
+    /// Connects to `addr`.
+    pub async fn connect(addr: SocketAddr) -> Resp {
+        Resp {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            input: BytesMut::new(),
+            decoder: Decoder::default(),
+        }
+    }
+
+    /// This end's address (the client's local port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().unwrap()
+    }
+
+    /// Sends one request.
+    pub async fn send(&mut self, args: &[&str]) {
+        self.send_all(&[args]).await;
+    }
+
+    /// The next reply (or pushed frame), within 5 s; panics if the connection closes.
+    pub async fn reply(&mut self) -> Value {
+        let deadline = Duration::from_secs(5);
+        tokio::time::timeout(deadline, self.read_value())
+            .await
+            .expect("a reply within 5 s")
+            .expect("the connection stays open")
+    }
+
+    /// The next reply or frame; `None` when the connection closes.
+    pub async fn read_value(&mut self) -> Option<Value> {
+        loop {
+            if let Some(value) = self.decoder.decode(&mut self.input).unwrap() {
+                return Some(value);
+            }
+            match self.stream.read_buf(&mut self.input).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Sends `requests` in one write (a pipeline the endpoint reads at once).
+    pub async fn send_all(&mut self, requests: &[&[&str]]) {
+        let mut out = String::new();
+        for args in requests {
+            out.push_str(&format!("*{}\r\n", args.len()));
+            for arg in *args {
+                out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+            }
+        }
+        self.stream.write_all(out.as_bytes()).await.unwrap();
+    }
+
+    /// Sends one request and returns its reply.
+    pub async fn call(&mut self, args: &[&str]) -> Value {
+        self.send(args).await;
+        self.reply().await
+    }
+
+    /// Whether the connection is closed with nothing more to read, within 5 s.
+    pub async fn closed(&mut self) -> bool {
+        let read = tokio::time::timeout(Duration::from_secs(5), self.read_value());
+        read.await.expect("closed within 5 s").is_none() && self.input.is_empty()
     }
 }
