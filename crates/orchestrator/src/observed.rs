@@ -31,7 +31,7 @@ pub struct Observed {
 pub struct Observer {
     pub(crate) store: Store,
     inner: Arc<Mutex<Table>>,
-    /// Master shards a switchover on this node is driving right now.
+    /// Primary shards a switchover on this node is driving right now.
     pub(crate) switching: Arc<Mutex<std::collections::HashSet<ShardUid>>>,
 }
 
@@ -76,7 +76,7 @@ impl Observer {
     /// Liveness of every node in the state, computed here: only meaningful on the primary.
     pub fn local_statuses(&self) -> BTreeMap<NodeUid, NodeStatus> {
         let me = self.store.uid();
-        let leading = self.store.is_leader();
+        let leading = self.store.is_primary_node();
         let mut table = self.inner.lock().expect("observer lock");
         let now = Instant::now();
         let since = if leading {
@@ -117,7 +117,7 @@ impl Observer {
     /// this node is not it. Without a reachable primary every node is `unknown` and no shard
     /// report is known.
     pub async fn observed(&self) -> Observed {
-        if self.store.is_leader() {
+        if self.store.is_primary_node() {
             return self.local_observed();
         }
         let unknown = || Observed {
@@ -130,8 +130,10 @@ impl Observer {
                 .collect(),
             shards: BTreeMap::new(),
         };
-        let answer: Result<Observed, StoreError> =
-            self.store.call_primary("/internal/observed", &()).await;
+        let answer: Result<Observed, StoreError> = self
+            .store
+            .call_primary_node("/internal/observed", &())
+            .await;
         answer.unwrap_or_else(|_| unknown())
     }
 

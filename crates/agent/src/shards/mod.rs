@@ -3,11 +3,11 @@
 //!
 //! Every store change, and at least every [`RECONCILE_INTERVAL`], the [`ShardAgent`]:
 //! - for each shard on this node, adopts its running engine or starts it (detached, so it
-//!   outlives the daemon), makes its role match the store (`REPLICAOF NO ONE` for a master,
-//!   `REPLICAOF host port` for a slave), and observes it;
-//! - holds back restarting a dead memory-only master that has a replica for
-//!   [`MASTER_RESTART_GRACE`](flotilla_model::timing::MASTER_RESTART_GRACE), so the
-//!   orchestrator can promote the replica before the master comes back empty;
+//!   outlives the daemon), makes its role match the store (`REPLICAOF NO ONE` for a primary,
+//!   `REPLICAOF host port` for a replica), and observes it;
+//! - holds back restarting a dead memory-only primary that has a replica for
+//!   [`PRIMARY_RESTART_GRACE`](flotilla_model::timing::PRIMARY_RESTART_GRACE), so the
+//!   orchestrator can promote the replica before the primary comes back empty;
 //! - for each folder in the shards dir that the store no longer places here, stops the engine
 //!   and removes the folder.
 //!
@@ -74,10 +74,10 @@ pub enum ShardError {
         /// The live pid.
         pid: u32,
     },
-    /// The store's view does not hold together for this shard (no master, unknown node...).
+    /// The store's view does not hold together for this shard (no primary, unknown node...).
     #[error("{0}")]
     Inconsistent(String),
-    /// Something this step depends on is not ready yet (no cluster, master not promoted yet).
+    /// Something this step depends on is not ready yet (no cluster, primary not promoted yet).
     #[error("{0}")]
     NotReady(String),
 }
@@ -115,7 +115,7 @@ impl ObservedShards {
     fn set(&self, report: ShardReport) {
         let previous = self.lock().insert(report.uid, report.clone());
         let same = previous.is_some_and(|p| {
-            (p.up, p.role, p.master_link_up) == (report.up, report.role, report.master_link_up)
+            (p.up, p.role, p.primary_link_up) == (report.up, report.role, report.primary_link_up)
         });
         if !same {
             self.changed.notify_one();
@@ -316,16 +316,17 @@ impl ShardAgent {
     }
 }
 
-/// A replica whose link to its master is not up yet: it is about to sync (just started,
-/// restarted on a new engine, pointed at a new master), syncing, or loading the RDB (its
+/// A replica whose link to its primary is not up yet: it is about to sync (just started,
+/// restarted on a new engine, pointed at a new primary), syncing, or loading the RDB (its
 /// engine then refuses connections `-LOADING` and is reported down).
 fn unlinked_replica(wanted: &DesiredShard, report: &ShardReport) -> bool {
-    wanted.role == ShardRole::Slave && !report.serves_in(ShardRole::Slave, ReplicaLink::Required)
+    wanted.role == ShardRole::Replica
+        && !report.serves_in(ShardRole::Replica, ReplicaLink::Required)
 }
 
-/// Observes a replica that is not linked to its master yet every [`SYNC_POLL`] until its link
+/// Observes a replica that is not linked to its primary yet every [`SYNC_POLL`] until its link
 /// is up or [`SYNC_WATCH`] passes (a round that wants something else of the shard cuts it
-/// short; the first round after it watches again). A replica whose master is gone is so polled
+/// short; the first round after it watches again). A replica whose primary is gone is so polled
 /// for most of each round: one `INFO` every 50 ms, cheap next to what an upgrade step waiting
 /// for it saves.
 async fn watch_sync(wanted: &DesiredShard, observed: &ObservedShards) {

@@ -43,7 +43,7 @@ pub async fn run_actions(observer: Observer, shutdown: watch::Receiver<bool>) {
     let changes = observer.store.subscribe();
     let mut wakes = Wakes::on_change_or_every(changes, SCAN_EVERY, shutdown);
     while wakes.next().await.is_some() {
-        if !observer.store.is_leader() {
+        if !observer.store.is_primary_node() {
             continue;
         }
         let state = observer.store.state();
@@ -64,7 +64,7 @@ pub async fn run_actions(observer: Observer, shutdown: watch::Receiver<bool>) {
 
 async fn drive(observer: &Observer, uid: ActionUid) {
     loop {
-        if !observer.store.is_leader() {
+        if !observer.store.is_primary_node() {
             return;
         }
         let state = observer.store.state();
@@ -121,7 +121,7 @@ async fn drive(observer: &Observer, uid: ActionUid) {
                 };
                 record_step(observer, &action, status, index + 1, &next, finished).await;
             }
-            Err(_) if !observer.store.is_leader() => {
+            Err(_) if !observer.store.is_primary_node() => {
                 // Leadership moved: the new primary node resumes from the recorded step.
                 return;
             }
@@ -161,7 +161,7 @@ async fn run_step_with_retries(
 ) -> Result<(), StepError> {
     let mut runs = 0;
     loop {
-        if !observer.store.is_leader() {
+        if !observer.store.is_primary_node() {
             return Err(StepError::now("this node stopped being the primary node"));
         }
         let result = match &action.kind {
@@ -294,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_cluster_not_ready_yet_gets_growing_pauses_then_the_action_fails() {
-        let e = StepError::later("slot range 0-16383 of database 1 has no master");
+        let e = StepError::later("slot range 0-16383 of database 1 has no primary");
         let s = Duration::from_secs;
         assert_eq!(
             pauses(&e, LATER_ATTEMPTS),
