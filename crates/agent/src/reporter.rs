@@ -35,7 +35,7 @@ pub async fn run_reporter_with_shards(
         tokio::select! {
             _ = tick.tick() => {}
             // A shard that came up, went down, changed role or linked to its primary is told at
-            // once: failover, switchovers and upgrade steps wait on what the primary knows.
+            // once: failover, switchovers and upgrade steps wait on what the primary node knows.
             _ = shards.changed() => {}
             _ = shutdown.changed() => return,
         }

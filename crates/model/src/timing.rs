@@ -65,8 +65,8 @@ pub const ORPHANED_HOLD_GRACE: Duration = Duration::from_secs(1);
 // ---------------------------------------------------------------------------------------------
 // Planned switchover (the orchestrator) and the proxies' hold (the endpoints).
 
-/// How long proxies queue a held shard's commands (and wait for a new primary after a
-/// `-READONLY`) before answering `-TRYAGAIN` (not executed).
+/// How long proxies queue a held shard's commands (and wait for a new primary shard after
+/// a `-READONLY`) before answering `-TRYAGAIN` (not executed).
 pub const HOLD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a switchover waits for every node to apply its hold before it aborts.
 pub const HOLD_SPREAD_TIMEOUT: Duration = Duration::from_secs(1);
@@ -129,7 +129,7 @@ const _: () = assert!(
 /// failure must then last `FAILOVER_AFTER`. Otherwise no replica would be promotable.
 const _: () = assert!(
     LIVENESS_WINDOW.as_millis() + FAILOVER_AFTER.as_millis() < LINK_MEMORY.as_millis(),
-    "link memory must outlast a dead primary's last report plus the failover delay"
+    "link memory must outlast a dead primary shard's last report plus the failover delay"
 );
 
 /// A switchover that succeeds never makes a client's command time out: the proxies hold its

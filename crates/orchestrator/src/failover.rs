@@ -2,7 +2,7 @@
 //!
 //! Runs on every node but acts only on the primary node. A primary shard is healthy when its
 //! node's agent reports it up in the primary role, or, when no fresh report exists (its daemon
-//! may be down while the engine still serves), when the primary itself reaches it with PING.
+//! may be down while the engine still serves), when the primary node itself reaches it with PING.
 //! After [`FAILOVER_AFTER`] of continuous failure, the replica with the highest replication
 //! offset among those that answer is promoted (`PromoteShard`); the agents and endpoints follow
 //! the store. A promotion the store refuses leaves the primary failing: the next check tries

@@ -266,8 +266,8 @@ pub(crate) async fn applied_everywhere(
     let statuses = observer.local_statuses();
     let deadline = Instant::now() + HOLD_SPREAD_TIMEOUT;
     for node in state.nodes.values() {
-        // Nodes not known to be down are waited for: right after a primary change every node
-        // is `unknown` for a moment, and skipping them would fence with stale proxies about.
+        // Nodes not known to be down are waited for: right after a primary node change every
+        // node is `unknown` for a moment, and skipping them would fence with stale proxies about.
         if Some(node.uid) == store.uid() || statuses.get(&node.uid) == Some(&NodeStatus::Down) {
             continue;
         }

@@ -6,7 +6,7 @@
 //! [`Store::propose`]; a proposal made on a secondary node is forwarded to the primary node.
 //!
 //! A node starts without Raft; `create_cluster` makes it uid 1 and initializes Raft,
-//! `join_cluster` gets a uid from the primary, starts Raft and becomes a voter.
+//! `join_cluster` gets a uid from the primary node, starts Raft and becomes a voter.
 
 // openraft's StorageError is large and its traits dictate it; boxing it here would only add
 // conversions at every trait boundary.
@@ -49,8 +49,8 @@ use state_machine::StateMachine;
 
 /// How long a proposal keeps trying to reach a primary node before giving up.
 const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
-/// Pause before a proposal is sent again while some node is known as the primary (one that
-/// may be gone or deposed): a refused connection fails at once, so without it the retry spins.
+/// Pause before a proposal is sent again while some node is known as the primary node (one
+/// that may be gone or deposed): a refused connection fails at once, so without it the retry spins.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Where a node's store lives and how it is reached.
@@ -242,15 +242,15 @@ impl Store {
         }
     }
 
-    /// Proposes on this node only: `NotPrimaryNode` (or `NoPrimaryNode`) when this node is not the
-    /// primary; a refused command is `Err(Refused)`.
+    /// Proposes on this node only: `NotPrimaryNode` (or `NoPrimaryNode`) when this node is not
+    /// the primary node; a refused command is `Err(Refused)`.
     pub async fn propose_local(&self, command: Command) -> Result<CommandResult, StoreError> {
         self.propose_indexed(command)
             .await
             .map(|(result, _)| result)
     }
 
-    /// Proposes on this node (the primary) and returns the outcome with the entry's log index,
+    /// Proposes on this node (the primary node) and returns the outcome with the entry's log index,
     /// so the caller can wait until other nodes have applied it ([`Store::applied_index`]).
     /// A refused command is `Err(Refused)`.
     pub async fn propose_indexed(
@@ -311,7 +311,7 @@ impl Store {
         self.config().rpc_addr_of(self.config().addr)
     }
 
-    /// Waits (bounded) until some node is known as the primary.
+    /// Waits (bounded) until some node is known as the primary node.
     pub async fn wait_for_primary_node(&self, timeout: Duration) -> Option<NodeUid> {
         let raft = self.raft().ok()?;
         let mut metrics = raft.metrics();
@@ -326,8 +326,8 @@ impl Store {
     }
 
     /// Runs a request on the primary node: POSTs `body` to its internal RPC `path` (see
-    /// [`Store::call_internal`]). `NoPrimaryNode` when no primary node is known. The request goes
-    /// over HTTP even when this node is the primary; callers that can run it here check
+    /// [`Store::call_internal`]). `NoPrimaryNode` when no primary node is known. The request
+    /// goes over HTTP even when this node is the primary node; callers that can run it here check
     /// [`Store::is_primary_node`] first.
     pub async fn call_primary_node<B, R>(&self, path: &str, body: &B) -> Result<R, StoreError>
     where

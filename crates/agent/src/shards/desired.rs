@@ -96,7 +96,7 @@ fn primary_address(state: &ClusterState, replica: &Shard) -> Result<ReplicaOf, S
         .primary_of(replica.bdb_uid, replica.assigned_slots)
         .ok_or_else(|| {
             ShardError::Inconsistent(format!(
-                "replica shard {} has no primary for slots {} of database {}",
+                "replica shard {} has no primary shard for slots {} of database {}",
                 replica.uid, replica.assigned_slots, replica.bdb_uid
             ))
         })?;

@@ -1,5 +1,5 @@
 //! The shard reconciler: makes this node's engines match the shards the store places on it,
-//! and keeps what it observes of them for the node's report to the primary.
+//! and keeps what it observes of them for the node's report to the primary node.
 //!
 //! Every store change, and at least every [`RECONCILE_INTERVAL`], the [`ShardAgent`]:
 //! - for each shard on this node, adopts its running engine or starts it (detached, so it

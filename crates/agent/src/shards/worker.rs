@@ -133,7 +133,7 @@ async fn ensure_running(
         let elapsed = down.elapsed(spec.shard_id);
         if elapsed < PRIMARY_RESTART_GRACE {
             return Err(ShardError::NotReady(format!(
-                "primary engine down for {} ms without persistence; leaving {} ms for its replica to be promoted before restarting it empty",
+                "primary shard's engine down for {} ms without persistence; leaving {} ms for its replica to be promoted before restarting it empty",
                 elapsed.as_millis(),
                 PRIMARY_RESTART_GRACE.as_millis()
             )));
@@ -197,13 +197,13 @@ async fn align_role(client: &EngineClient, desired: &DesiredShard) -> Result<(),
                 && info.master_port == Some(primary.port);
             if !follows {
                 ensure_acts_as_primary(&desired.spec, primary).await?;
-                tracing::info!(shard_uid = uid, primary = %format!("{}:{}", primary.host, primary.port), "pointing the engine at its primary: REPLICAOF");
+                tracing::info!(shard_uid = uid, primary = %format!("{}:{}", primary.host, primary.port), "pointing the engine at its primary shard: REPLICAOF");
                 client.replicaof(primary.host, primary.port).await?;
             }
         }
         (ShardRole::Replica, None) => {
             return Err(ShardError::Inconsistent(format!(
-                "replica shard {uid} has no primary to follow"
+                "replica shard {uid} has no primary shard to follow"
             )))
         }
     }
@@ -217,7 +217,7 @@ async fn ensure_acts_as_primary(spec: &ShardSpec, primary: ReplicaOf) -> Result<
     let info = client.replication().await?;
     if info.role != Role::Primary {
         return Err(ShardError::NotReady(format!(
-            "primary {}:{} still acts as a replica; following it after its promotion",
+            "primary shard {}:{} still acts as a replica; following it after its promotion",
             primary.host, primary.port
         )));
     }

@@ -200,7 +200,7 @@ impl ClusterState {
         })?;
         if primary.node_uid == plan.node_uid {
             return Err(ModelError::InvalidValue(format!(
-                "a replica shard must not share node {} with its primary",
+                "a replica shard must not share node {} with its primary shard",
                 plan.node_uid
             )));
         }
@@ -309,7 +309,7 @@ impl ClusterState {
             .collect();
         if let Some(primary) = replaced.iter().find(|s| s.role == ShardRole::Primary) {
             return Err(ModelError::InvalidValue(format!(
-                "shard {} is a primary; switch it over before replacing it",
+                "shard {} is a primary shard; switch it over before replacing it",
                 primary.uid
             )));
         }
@@ -327,7 +327,7 @@ impl ClusterState {
         match self.shards.get(&uid) {
             None => Ok(CommandResult::Ok),
             Some(shard) if shard.role == ShardRole::Primary => Err(ModelError::InvalidValue(
-                format!("shard {uid} is a primary; switch it over before removing it"),
+                format!("shard {uid} is a primary shard; switch it over before removing it"),
             )),
             Some(_) => {
                 self.shards.remove(&uid);

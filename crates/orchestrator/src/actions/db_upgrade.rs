@@ -33,7 +33,7 @@ use crate::Observer;
 
 /// Longest a shard may take to come up and sync on its new engine.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(300);
-/// How often a step waiting for a slot range's shards reads the primary's reports (memory
+/// How often a step waiting for a slot range's shards reads the primary node's reports (memory
 /// only: cheap, and every poll interval is added to the upgrade's time).
 const RANGE_POLL: Duration = Duration::from_millis(25);
 /// Longest the old primary waits for the upgraded replica and the replacement to both ask for
@@ -230,8 +230,8 @@ async fn share_next_full_sync_of(state: &ClusterState, primary: &Shard) {
     };
     match shared {
         Ok(true) => {}
-        Ok(false) => tracing::info!(shard = primary.uid, "the old primary's engine cannot serve two replicas from one full sync; they sync in turn"),
-        Err(e) => tracing::warn!(shard = primary.uid, error = %e, "could not ask the old primary for one shared full sync; the copies sync in turn"),
+        Ok(false) => tracing::info!(shard = primary.uid, "the old primary shard's engine cannot serve two replicas from one full sync; they sync in turn"),
+        Err(e) => tracing::warn!(shard = primary.uid, error = %e, "could not ask the old primary shard for one shared full sync; the copies sync in turn"),
     }
 }
 
@@ -249,7 +249,7 @@ async fn start_full_syncs_at_once_on(observer: &Observer, bdb: u64, range: SlotR
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = restored {
-        tracing::warn!(shard = primary.uid, error = %e, "could not restore the primary's full-sync settings; its next full sync may wait up to {SHARED_SYNC_WAIT:?}");
+        tracing::warn!(shard = primary.uid, error = %e, "could not restore the primary shard's full-sync settings; its next full sync may wait up to {SHARED_SYNC_WAIT:?}");
     }
 }
 
@@ -272,7 +272,7 @@ async fn replace_old_primary(
         // Best effort: a node that lags that long has its proxies resend such writes.
         let applied = observer.store.applied_index();
         if let Err(e) = switchover::applied_everywhere(observer, &state, applied).await {
-            tracing::warn!(error = %e, "replacing the old primary before every node saw the new one");
+            tracing::warn!(error = %e, "replacing the old primary shard before every node saw the new one");
         }
     }
     for replacement in replacements {
@@ -317,7 +317,7 @@ async fn wait_linked_to(
         }
         if Instant::now() > deadline {
             return Err(StepError::never(format!(
-                "shard {} did not link to its new primary {} within {SYNC_TIMEOUT:?}; see its engine log (shards/{}/engine.log)",
+                "shard {} did not link to its new primary shard {} within {SYNC_TIMEOUT:?}; see its engine log (shards/{}/engine.log)",
                 replica.uid, primary.uid, replica.uid
             )));
         }
@@ -343,12 +343,12 @@ async fn remove_temporary_replicas(
     Ok(())
 }
 
-/// The range's primary. None right after a failover or a primary change is a moment, not a
+/// The range's primary. None right after a failover or a primary node change is a moment, not a
 /// dead end: the step runs again later.
 fn primary(state: &ClusterState, bdb: u64, range: SlotRange) -> Result<Shard, StepError> {
     state.primary_of(bdb, range).cloned().ok_or_else(|| {
         StepError::later(format!(
-            "slot range {range} of database {bdb} has no primary right now (a failover may be under way); `flotilla db show {bdb}` shows its shards"
+            "slot range {range} of database {bdb} has no primary shard right now (a failover may be under way); `flotilla db show {bdb}` shows its shards"
         ))
     })
 }

@@ -15,7 +15,7 @@ pub enum Retry {
     /// lost on the way).
     Now,
     /// After a pause: the cluster is not ready yet (a slot range without a primary right after
-    /// a primary change, a node not yet seen up, a replica still catching up).
+    /// a primary node change, a node not yet seen up, a replica still catching up).
     Later,
     /// Never: the step cannot succeed as asked (a database without replication asked for a
     /// data-preserving switchover, a shard that did not sync within its bound); the action
@@ -105,7 +105,7 @@ impl From<SwitchoverError> for StepError {
 impl From<PlacementError> for StepError {
     fn from(e: PlacementError) -> Self {
         let retry = match &e {
-            // Right after a primary change no node is known to be up for a while.
+            // Right after a primary node change no node is known to be up for a while.
             PlacementError::NotEnoughNodes { .. } => Retry::Later,
             PlacementError::NoFreePort(_) => Retry::Never,
         };

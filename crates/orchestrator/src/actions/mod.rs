@@ -34,7 +34,7 @@ const NOW_PAUSE: Duration = Duration::from_millis(100);
 /// Runs of a step whose error says [`Retry::Later`] before the action fails.
 const LATER_ATTEMPTS: u32 = 5;
 /// First pause before a step runs again later; it doubles with each run (1, 2, 4, 8 s: the
-/// cluster gets 15 s to settle, e.g. to see its nodes up again after a primary change).
+/// cluster gets 15 s to settle, e.g. to see its nodes up again after a primary node change).
 const LATER_PAUSE: Duration = Duration::from_secs(1);
 
 /// Drives running actions while this node is the primary node, until `shutdown` fires.
@@ -294,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_cluster_not_ready_yet_gets_growing_pauses_then_the_action_fails() {
-        let e = StepError::later("slot range 0-16383 of database 1 has no primary");
+        let e = StepError::later("slot range 0-16383 of database 1 has no primary shard");
         let s = Duration::from_secs;
         assert_eq!(
             pauses(&e, LATER_ATTEMPTS),
