@@ -19,6 +19,7 @@ use flotilla_proxy::{EndpointStats, ProxyOptions, SlotMap, StatsSnapshot, Topolo
 use flotilla_store::{publish_if_changed, Store, Wakes};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+use tracing::Instrument;
 
 mod runtime;
 
@@ -210,7 +211,8 @@ async fn open(addr: IpAddr, uid: BdbUid, served: &Served, topology: Topology) ->
         let _ = stop_rx.await;
     };
     let serve_stats = stats.clone();
-    runtime::data_path().spawn(async move {
+    let span = tracing::info_span!("endpoint", bdb = uid, port);
+    let serve = async move {
         match TcpListener::from_std(listener) {
             Ok(listener) => {
                 flotilla_proxy::serve_with_stats(
@@ -222,9 +224,10 @@ async fn open(addr: IpAddr, uid: BdbUid, served: &Served, topology: Topology) ->
                 )
                 .await
             }
-            Err(e) => tracing::error!(port, error = %e, "cannot serve the database endpoint"),
+            Err(e) => tracing::error!(error = %e, "cannot serve the database endpoint"),
         }
-    });
+    };
+    runtime::data_path().spawn(serve.instrument(span));
     Some(Running {
         port,
         stats,

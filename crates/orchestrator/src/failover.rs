@@ -22,6 +22,7 @@ use flotilla_model::{
 };
 use flotilla_store::{Store, StoreError, Wakes};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::Observer;
 
@@ -67,7 +68,7 @@ enum Promotion {
 }
 
 impl Memory {
-    /// Records the outcome of promoting `replica` in place of failing `master`.
+    /// Records the outcome of promoting `replica` in place of failing `primary`.
     fn settle(
         &mut self,
         primary: ShardUid,
@@ -94,7 +95,7 @@ impl Memory {
         self.refused.remove(&primary);
     }
 
-    /// True when the store refused to promote `replica` for `master` since it began failing.
+    /// True when the store refused to promote `replica` for `primary` since it began failing.
     fn was_refused(&self, primary: ShardUid, replica: ShardUid) -> bool {
         self.refused
             .get(&primary)
@@ -151,37 +152,48 @@ async fn check_once(store: &Store, observer: &Observer, memory: &mut Memory) {
         if since.elapsed() < FAILOVER_AFTER {
             continue;
         }
-        let Some(replica) = best_replica(&state, primary, &reports, memory).await else {
-            continue;
-        };
-        tracing::warn!(
-            bdb = primary.bdb_uid,
-            primary = primary.uid,
-            replica = replica,
-            "primary shard unreachable for {:?}: promoting its replica",
-            since.elapsed()
-        );
-        let promote = Command::PromoteShard(ShardPromotion {
-            uid: replica,
-            require_held: false,
-        });
-        let outcome = store.propose(promote).await;
-        let promotion = memory.settle(primary.uid, replica, &outcome);
-        let Err(e) = outcome else { continue };
-        match promotion {
-            Promotion::Refused => tracing::warn!(
-                primary = primary.uid,
-                replica,
-                error = %e,
-                "the store refused to promote the replica; the next check tries another one"
-            ),
-            Promotion::Done | Promotion::Retry => tracing::error!(
-                primary = primary.uid,
-                replica,
-                error = %e,
-                "failover proposal failed; the next check tries again"
-            ),
-        }
+        let span = tracing::info_span!("failover", shard = primary.uid, bdb = primary.bdb_uid);
+        fail_over(store, &state, primary, &reports, memory, since.elapsed())
+            .instrument(span)
+            .await;
+    }
+}
+
+/// Promotes the best replica of `primary`, failing for `failing_for`, and remembers what the
+/// store answered.
+async fn fail_over(
+    store: &Store,
+    state: &ClusterState,
+    primary: &Shard,
+    reports: &std::collections::BTreeMap<ShardUid, ShardReport>,
+    memory: &mut Memory,
+    failing_for: Duration,
+) {
+    let Some(replica) = best_replica(state, primary, reports, memory).await else {
+        return;
+    };
+    tracing::warn!(
+        replica,
+        "primary shard unreachable for {failing_for:?}: promoting its replica"
+    );
+    let promote = Command::PromoteShard(ShardPromotion {
+        uid: replica,
+        require_held: false,
+    });
+    let outcome = store.propose(promote).await;
+    let promotion = memory.settle(primary.uid, replica, &outcome);
+    let Err(e) = outcome else { return };
+    match promotion {
+        Promotion::Refused => tracing::warn!(
+            replica,
+            error = %e,
+            "the store refused to promote the replica; the next check tries another one"
+        ),
+        Promotion::Done | Promotion::Retry => tracing::error!(
+            replica,
+            error = %e,
+            "failover proposal failed; the next check tries again"
+        ),
     }
 }
 
@@ -198,7 +210,7 @@ async fn primary_healthy(
     }
 }
 
-/// Records when each replica of `master` was last seen with its replication link up: only a
+/// Records when each replica of `primary` was last seen with its replication link up: only a
 /// replica linked shortly before its primary failed holds its data and may be promoted (one in
 /// the middle of a long full sync holds a partial data set).
 fn remember_links(
@@ -217,7 +229,7 @@ fn remember_links(
     }
 }
 
-/// The promotable replica of `master` with the highest offset, among those that answer and
+/// The promotable replica of `primary` with the highest offset, among those that answer and
 /// that the store did not refuse to promote.
 async fn best_replica(
     state: &ClusterState,

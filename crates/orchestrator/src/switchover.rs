@@ -27,6 +27,7 @@ use flotilla_model::{
 };
 use flotilla_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::Observer;
 
@@ -157,9 +158,29 @@ pub async fn switchover(
     }
     let state = store.state();
     let (primary, replica) = pair(&state, uid)?;
+    let span = tracing::info_span!(
+        "switchover",
+        shard = primary.uid,
+        bdb = primary.bdb_uid,
+        replica = replica.uid,
+    );
+    switch(observer, &state, &primary, &replica)
+        .instrument(span)
+        .await
+}
+
+/// The design's switchover steps from `primary` to `replica` (this node being the primary
+/// node).
+async fn switch(
+    observer: &Observer,
+    state: &ClusterState,
+    primary: &Shard,
+    replica: &Shard,
+) -> Result<SwitchoverReport, SwitchoverError> {
+    let store = &observer.store;
     let _driving = Driving::new(observer, primary.uid);
-    let m = connect(&state, &primary).await?;
-    let r = connect(&state, &replica).await?;
+    let m = connect(state, primary).await?;
+    let r = connect(state, replica).await?;
     let started = Instant::now();
 
     let hold = Command::HoldShard(ShardHold {
@@ -167,7 +188,7 @@ pub async fn switchover(
         held: true,
     });
     let (_, index) = store.propose_indexed(hold).await?;
-    if let Err(e) = applied_everywhere(observer, &state, index).await {
+    if let Err(e) = applied_everywhere(observer, state, index).await {
         release(store, &m, primary.uid).await;
         return Err(e);
     }
@@ -195,7 +216,7 @@ pub async fn switchover(
     }
     // Demote M before publishing: should the fence lapse or a late proxy write to M, M now
     // answers -READONLY (not executed, retried on R) instead of acknowledging a lost write.
-    let (r_ip, r_port) = address(&state, &replica)?;
+    let (r_ip, r_port) = address(state, replica)?;
     let demoted = m.replicaof(r_ip, r_port).await;
     let promote = Command::PromoteShard(ShardPromotion {
         uid: replica.uid,
@@ -204,7 +225,7 @@ pub async fn switchover(
     if let Err(e) = propose(store, promote).await {
         // The hold was released meanwhile (a new primary node undid this switchover): give
         // the role back to M, which may already be taking writes again.
-        let (m_ip, m_port) = address(&state, &primary)?;
+        let (m_ip, m_port) = address(state, primary)?;
         let _ = r.replicaof(m_ip, m_port).await;
         let _ = m.replicaof_no_one().await;
         let _ = m.client_unpause().await;
@@ -213,13 +234,7 @@ pub async fn switchover(
     let hold_ms = started.elapsed().as_millis() as u64;
     let _ = m.client_unpause().await;
     demoted.map_err(|e| engine(primary.uid, e))?;
-    tracing::info!(
-        old = primary.uid,
-        new = replica.uid,
-        hold_ms,
-        catch_up_ms,
-        "switchover done"
-    );
+    tracing::info!(hold_ms, catch_up_ms, "switchover done");
     Ok(SwitchoverReport {
         old_primary: primary.uid,
         new_primary: replica.uid,
@@ -302,7 +317,7 @@ async fn release(store: &Store, m: &EngineClient, primary: ShardUid) {
     )
     .await
     {
-        tracing::error!(error = %e, shard = primary, "could not release the switchover hold");
+        tracing::error!(error = %e, "could not release the switchover hold");
     }
 }
 
@@ -370,12 +385,21 @@ pub async fn finish_interrupted(
     if !primary.held {
         return Ok(());
     }
+    let span = tracing::info_span!(
+        "switchover_repair",
+        shard = primary.uid,
+        bdb = primary.bdb_uid
+    );
+    repair(observer, primary).instrument(span).await
+}
+
+async fn repair(observer: &Observer, primary: &Shard) -> Result<(), SwitchoverError> {
     let store = &observer.store;
     let state = store.state();
     for replica in state.slot_group_of(primary).replicas() {
         if engine_role(&state, replica).await == Some(Role::Primary) {
             tracing::warn!(
-                shard = replica.uid,
+                replica = replica.uid,
                 "completing a switchover interrupted after the promotion"
             );
             return propose(
@@ -388,10 +412,7 @@ pub async fn finish_interrupted(
             .await;
         }
     }
-    tracing::warn!(
-        shard = primary.uid,
-        "undoing a switchover interrupted before the promotion"
-    );
+    tracing::warn!("undoing a switchover interrupted before the promotion");
     if let Ok(client) = connect(&state, primary).await {
         let _ = client.client_unpause().await;
     }

@@ -32,6 +32,7 @@ use flotilla_model::{ShardRole, ShardUid};
 use flotilla_store::{Store, Wake, Wakes};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 pub use desired::{desired_shards, DesiredShard};
 pub use local::{local_shard_dirs, recorded_spec};
@@ -229,7 +230,7 @@ impl ShardAgent {
                 }
                 Ok(_) => {}
                 Err(err) => {
-                    tracing::warn!(shard_uid = uid, error = %err, "cannot build the shard's spec");
+                    tracing::warn!(shard = uid, error = %err, "cannot build the shard's spec");
                     self.observed.set(worker::down_report(*uid));
                 }
             }
@@ -245,7 +246,7 @@ impl ShardAgent {
             let watching = step.watching.load(Ordering::Acquire);
             if !watching || step.wanted.as_ref() == Some(&wanted) {
                 tracing::debug!(
-                    shard_uid = uid,
+                    shard = uid,
                     "previous step still running; skipping this round"
                 );
                 return;
@@ -259,15 +260,19 @@ impl ShardAgent {
         let watch_flag = watching.clone();
         let started_for = Some(wanted.clone());
         self.last_wanted.insert(uid, wanted.clone());
-        let task = tokio::spawn(async move {
-            let report = worker::reconcile_and_observe(&catalog, &down_since, &wanted).await;
-            let unlinked = unlinked_replica(&wanted, &report);
-            observed.set(report);
-            if unlinked {
-                watch_flag.store(true, Ordering::Release);
-                watch_sync(&wanted, &observed).await;
+        let span = tracing::info_span!("reconcile", shard = uid, bdb = wanted.bdb_uid);
+        let task = tokio::spawn(
+            async move {
+                let report = worker::reconcile_and_observe(&catalog, &down_since, &wanted).await;
+                let unlinked = unlinked_replica(&wanted, &report);
+                observed.set(report);
+                if unlinked {
+                    watch_flag.store(true, Ordering::Release);
+                    watch_sync(&wanted, &observed).await;
+                }
             }
-        });
+            .instrument(span),
+        );
         let step = Step {
             task,
             watching,
@@ -289,11 +294,15 @@ impl ShardAgent {
             if wanted(uid) || self.in_flight.contains_key(&uid) {
                 continue;
             }
-            let task = tokio::spawn(async move {
-                if let Err(err) = local::remove_shard(uid, &dir).await {
-                    tracing::warn!(shard_uid = uid, error = %err, "cannot remove shard; retrying next round");
+            let span = tracing::info_span!("remove", shard = uid);
+            let task = tokio::spawn(
+                async move {
+                    if let Err(err) = local::remove_shard(uid, &dir).await {
+                        tracing::warn!(error = %err, "cannot remove shard; retrying next round");
+                    }
                 }
-            });
+                .instrument(span),
+            );
             self.in_flight.insert(uid, Step::removal(task));
         }
     }
@@ -307,7 +316,7 @@ impl ShardAgent {
                 .is_err()
             {
                 tracing::warn!(
-                    shard_uid = uid,
+                    shard = uid,
                     "shard step still running at shutdown; abandoned"
                 );
                 step.task.abort();

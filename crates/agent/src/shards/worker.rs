@@ -65,20 +65,16 @@ pub(crate) async fn reconcile_and_observe(
     match reconcile(catalog, down, desired).await {
         Ok(()) => {}
         Err(ShardError::NotReady(why)) => {
-            tracing::info!(
-                shard_uid = uid,
-                bdb_uid = desired.bdb_uid,
-                "shard waits: {why}"
-            );
+            tracing::info!("shard waits: {why}");
         }
         Err(err) => {
-            tracing::warn!(shard_uid = uid, bdb_uid = desired.bdb_uid, error = %err, "shard not reconciled; retrying next round");
+            tracing::warn!(error = %err, "shard not reconciled; retrying next round");
         }
     }
     match observe(&desired.spec).await {
         Ok(report) => report,
         Err(err) => {
-            tracing::debug!(shard_uid = uid, error = %err, "shard not observed");
+            tracing::debug!(error = %err, "shard not observed");
             down_report(uid)
         }
     }
@@ -121,7 +117,7 @@ async fn ensure_running(
     // A new engine version (an upgrade step) restarts the engine even when the binary keeps its
     // name (redis-6.2 -> redis-7.0), so adopting by name is not enough.
     if recorded_spec(&spec.dir)?.is_some_and(|previous| previous.version != spec.version) {
-        tracing::info!(shard_uid = spec.shard_id, version = %spec.version, "engine version changed: restarting the shard on the new engine");
+        tracing::info!(version = %spec.version, "engine version changed: restarting the shard on the new engine");
         stop_previous(spec).await?;
     }
     if let Some(process) = adopt(spec)? {
@@ -141,7 +137,7 @@ async fn ensure_running(
     }
     stop_previous(spec).await?;
     record_spec(spec)?;
-    tracing::info!(shard_uid = spec.shard_id, addr = %spec.addr(), version = %spec.version, "starting shard engine");
+    tracing::info!(addr = %spec.addr(), version = %spec.version, "starting shard engine");
     let process = start(catalog, spec).await?;
     down.clear(spec.shard_id);
     Ok(process)
@@ -165,7 +161,7 @@ async fn stop_previous(spec: &ShardSpec) -> Result<(), ShardError> {
         return Ok(());
     }
     if let Some(process) = adopt(&previous)? {
-        tracing::info!(shard_uid = spec.shard_id, pid = process.pid(), old_addr = %previous.addr(), "stopping the shard's engine started from an older spec");
+        tracing::info!(pid = process.pid(), old_addr = %previous.addr(), "stopping the shard's engine started from an older spec");
         process.stop_with(true, REPLACE_STOP).await?;
     }
     Ok(())
@@ -187,7 +183,7 @@ async fn align_role(client: &EngineClient, desired: &DesiredShard) -> Result<(),
     match (desired.role, desired.spec.replica_of) {
         (ShardRole::Primary, _) => {
             if info.role == Role::Replica {
-                tracing::info!(shard_uid = uid, "promoting the engine: REPLICAOF NO ONE");
+                tracing::info!("promoting the engine: REPLICAOF NO ONE");
                 client.replicaof_no_one().await?;
             }
         }
@@ -197,7 +193,7 @@ async fn align_role(client: &EngineClient, desired: &DesiredShard) -> Result<(),
                 && info.master_port == Some(primary.port);
             if !follows {
                 ensure_acts_as_primary(&desired.spec, primary).await?;
-                tracing::info!(shard_uid = uid, primary = %format!("{}:{}", primary.host, primary.port), "pointing the engine at its primary shard: REPLICAOF");
+                tracing::info!(primary = %format!("{}:{}", primary.host, primary.port), "pointing the engine at its primary shard: REPLICAOF");
                 client.replicaof(primary.host, primary.port).await?;
             }
         }

@@ -26,6 +26,7 @@ use flotilla_model::{
     ReplacementAddition, Shard, ShardRemoval, ShardReplacement, ShardRole, ShardVersionChange,
     SlotRange, TemporaryReplicaAddition,
 };
+use tracing::Instrument;
 
 use super::StepError;
 use crate::switchover::{self, SwitchoverError};
@@ -73,7 +74,11 @@ pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Res
             .find(|s| original_primaries.contains(&s.uid))
             .map(|s| s.uid);
         let op = step.op;
-        runs.spawn(async move { run_op(&observer, op, bdb, target, range, original).await });
+        // In the step's span, so the range's logs carry the action's ids.
+        runs.spawn(
+            async move { run_op(&observer, op, bdb, target, range, original).await }
+                .in_current_span(),
+        );
     }
     let mut first_error = None;
     while let Some(joined) = runs.join_next().await {
@@ -288,7 +293,7 @@ async fn replace_old_primary(
     Ok(())
 }
 
-/// Waits until `master`'s engine lists `replica` as an online replica of its own (not of the
+/// Waits until `primary`'s engine lists `replica` as an online replica of its own (not of the
 /// old primary it may still hang from right after a switchover).
 async fn wait_linked_to(
     state: &ClusterState,

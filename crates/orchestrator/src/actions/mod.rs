@@ -21,6 +21,7 @@ use flotilla_model::{
 };
 use flotilla_store::{StoreError, Wakes};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::Observer;
 
@@ -54,10 +55,13 @@ pub async fn run_actions(observer: Observer, shutdown: watch::Receiver<bool>) {
             let observer = observer.clone();
             let driving = driving.clone();
             let uid = action.uid;
-            tokio::spawn(async move {
-                drive(&observer, uid).await;
-                driving.lock().expect("runner lock").remove(&uid);
-            });
+            tokio::spawn(
+                async move {
+                    drive(&observer, uid).await;
+                    driving.lock().expect("runner lock").remove(&uid);
+                }
+                .in_current_span(),
+            );
         }
     }
 }
@@ -102,42 +106,62 @@ async fn drive(observer: &Observer, uid: ActionUid) {
             .await;
             return;
         }
-        failpoint(&name).await;
-        let started = std::time::Instant::now();
-        match run_step_with_retries(observer, &action, index).await {
-            Ok(()) => {
-                let next = steps
-                    .get(index + 1)
-                    .map(|s| s.name())
-                    .unwrap_or_else(|| "done".into());
-                let status = if index + 1 >= steps.len() {
-                    ActionStatus::Completed
-                } else {
-                    ActionStatus::Running
-                };
-                let finished = StepRecord {
-                    step: name,
-                    duration_ms: started.elapsed().as_millis() as u64,
-                };
-                record_step(observer, &action, status, index + 1, &next, finished).await;
-            }
-            Err(_) if !observer.store.is_primary_node() => {
-                // Leadership moved: the new primary node resumes from the recorded step.
-                return;
-            }
-            Err(e) => {
-                tracing::error!(action = uid, step = %name, error = %e, retry = ?e.retry, "action failed");
-                record(
-                    observer,
-                    &action,
-                    ActionStatus::Failed,
-                    index,
-                    &name,
-                    Some(e.message),
-                )
-                .await;
-                return;
-            }
+        let span = tracing::info_span!(
+            "action_step",
+            action = uid,
+            kind = action.kind.name(),
+            bdb = action.kind.bdb_uid(),
+            step = %name,
+        );
+        let next = steps.get(index + 1).map(|s| s.name());
+        if !run_step(observer, &action, index, name, next)
+            .instrument(span)
+            .await
+        {
+            return;
+        }
+    }
+}
+
+/// Runs step `index` of `action` (named `name`, followed by `next`) and records its outcome:
+/// true when the runner goes on with the next step.
+async fn run_step(
+    observer: &Observer,
+    action: &Action,
+    index: usize,
+    name: String,
+    next: Option<String>,
+) -> bool {
+    failpoint(&name).await;
+    let started = std::time::Instant::now();
+    match run_step_with_retries(observer, action, index).await {
+        Ok(()) => {
+            let status = match next {
+                Some(_) => ActionStatus::Running,
+                None => ActionStatus::Completed,
+            };
+            let next = next.unwrap_or_else(|| "done".into());
+            let finished = StepRecord {
+                step: name,
+                duration_ms: started.elapsed().as_millis() as u64,
+            };
+            record_step(observer, action, status, index + 1, &next, finished).await;
+            true
+        }
+        // Leadership moved: the new primary node resumes from the recorded step.
+        Err(_) if !observer.store.is_primary_node() => false,
+        Err(e) => {
+            tracing::error!(error = %e, retry = ?e.retry, "action failed");
+            record(
+                observer,
+                action,
+                ActionStatus::Failed,
+                index,
+                &name,
+                Some(e.message),
+            )
+            .await;
+            false
         }
     }
 }
@@ -174,7 +198,7 @@ async fn run_step_with_retries(
         let Some(pause) = retry_after(&e, runs) else {
             return Err(e);
         };
-        tracing::warn!(action = action.uid, runs, retry = ?e.retry, error = %e, "action step failed; running it again in {pause:?}");
+        tracing::warn!(runs, retry = ?e.retry, error = %e, "action step failed; running it again in {pause:?}");
         tokio::time::sleep(pause).await;
     }
 }
