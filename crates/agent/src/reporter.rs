@@ -34,8 +34,8 @@ pub async fn run_reporter_with_shards(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            // A shard that came up, went down, changed role or linked to its master is told at
-            // once: failover, switchovers and upgrade steps wait on what the primary knows.
+            // A shard that came up, went down, changed role or linked to its primary is told at
+            // once: failover, switchovers and upgrade steps wait on what the primary node knows.
             _ = shards.changed() => {}
             _ = shutdown.changed() => return,
         }
@@ -51,11 +51,11 @@ async fn report_once(store: &Store, software_version: &str, os: &str, shards: &O
         os: os.to_string(),
         shards: shards.snapshot(),
     };
-    let sent: Result<(), StoreError> = store.call_primary("/internal/report", &report).await;
+    let sent: Result<(), StoreError> = store.call_primary_node("/internal/report", &report).await;
     match sent {
         Ok(()) => {}
         // No primary node to report to, nor to record this node's version through.
-        Err(StoreError::NoLeader(_)) => return,
+        Err(StoreError::NoPrimaryNode(_)) => return,
         Err(e) => tracing::debug!(error = %e, "report to the primary node failed"),
     }
     refresh_own_record(store, uid, software_version, os).await;

@@ -14,7 +14,7 @@ use flotilla_model::{BdbDeletion, Command, ShardPromotion, ShardRole, ShardUid};
 /// Time allowed for the agent to bring engines to the wanted state.
 const CONVERGE: Duration = Duration::from_secs(30);
 
-/// Waits until the agent reports `uid` up in `role` (a slave also with its link up).
+/// Waits until the agent reports `uid` up in `role` (a replica also with its link up).
 async fn wait_report(agent: &RunningAgent, uid: ShardUid, role: ShardRole) -> ShardReport {
     let what = format!("shard {uid} reported up as {role:?}");
     eventually(&what, CONVERGE, || async {
@@ -86,13 +86,13 @@ async fn wait_follows(node: &TestNode, replica_port: u16, primary_port: u16) {
 #[tokio::test]
 async fn shards_follow_the_store() {
     let node = TestNode::create("127.0.9.11").await;
-    let (master_port, slave_port) = (21111, 21112);
+    let (primary_port, replica_port) = (21111, 21112);
     let agent = RunningAgent::start(&node);
-    let (bdb, master, slave) = node.create_bdb("db1", master_port, slave_port).await;
+    let (bdb, primary, replica) = node.create_bdb("db1", primary_port, replica_port).await;
 
-    // Both engines come up; the slave replicates the master; the reports say so.
-    let m = wait_report(&agent, master, ShardRole::Master).await;
-    let s = wait_report(&agent, slave, ShardRole::Slave).await;
+    // Both engines come up; the replica replicates the primary; the reports say so.
+    let m = wait_report(&agent, primary, ShardRole::Primary).await;
+    let s = wait_report(&agent, replica, ShardRole::Replica).await;
     assert!(
         m.engine_version.as_deref().unwrap().starts_with("7.0"),
         "{m:?}"
@@ -102,58 +102,58 @@ async fn shards_follow_the_store() {
         "{m:?} {s:?}"
     );
     assert_ne!(m.pid, s.pid);
-    let on_master = node.client(master_port).await;
-    let delay = on_master
+    let on_primary = node.client(primary_port).await;
+    let delay = on_primary
         .config_get("repl-diskless-sync-delay")
         .await
         .unwrap();
     assert_eq!(delay.as_deref(), Some("0"));
-    let maxmemory = on_master.config_get("maxmemory").await.unwrap();
+    let maxmemory = on_primary.config_get("maxmemory").await.unwrap();
     assert_eq!(
         maxmemory.as_deref(),
         Some((64u64 << 20).to_string().as_str())
     );
-    set(&on_master, "k1", "v1").await;
-    wait_value(&node.client(slave_port).await, "k1", "v1").await;
+    set(&on_primary, "k1", "v1").await;
+    wait_value(&node.client(replica_port).await, "k1", "v1").await;
 
-    // A killed slave is restarted and resyncs its data from the master.
-    let old_slave_pid = kill_shard(&node, slave);
-    wait_restarted(&agent, slave, old_slave_pid).await;
-    wait_report(&agent, slave, ShardRole::Slave).await;
-    wait_value(&node.client(slave_port).await, "k1", "v1").await;
+    // A killed replica is restarted and resyncs its data from the primary.
+    let old_replica_pid = kill_shard(&node, replica);
+    wait_restarted(&agent, replica, old_replica_pid).await;
+    wait_report(&agent, replica, ShardRole::Replica).await;
+    wait_value(&node.client(replica_port).await, "k1", "v1").await;
 
     // Promotion in the store swaps the roles on the engines.
     node.propose_ok(Command::PromoteShard(ShardPromotion {
-        uid: slave,
+        uid: replica,
         require_held: false,
     }))
     .await;
-    wait_follows(&node, master_port, slave_port).await;
-    wait_report(&agent, slave, ShardRole::Master).await;
-    wait_report(&agent, master, ShardRole::Slave).await;
-    let on_new_master = node.client(slave_port).await;
+    wait_follows(&node, primary_port, replica_port).await;
+    wait_report(&agent, replica, ShardRole::Primary).await;
+    wait_report(&agent, primary, ShardRole::Replica).await;
+    let on_new_primary = node.client(replica_port).await;
     assert_eq!(
-        on_new_master.replication().await.unwrap().role,
+        on_new_primary.replication().await.unwrap().role,
         Role::Primary
     );
-    set(&on_new_master, "k2", "v2").await;
-    wait_value(&node.client(master_port).await, "k2", "v2").await;
+    set(&on_new_primary, "k2", "v2").await;
+    wait_value(&node.client(primary_port).await, "k2", "v2").await;
 
-    // kill -9 of the master engine: it is restarted, and its slave follows it again.
-    let old_pid = kill_shard(&node, slave);
-    let restarted = wait_restarted(&agent, slave, old_pid).await;
-    assert_eq!(restarted.role, Some(ShardRole::Master));
-    wait_follows(&node, master_port, slave_port).await;
+    // kill -9 of the primary engine: it is restarted, and its replica follows it again.
+    let old_pid = kill_shard(&node, replica);
+    let restarted = wait_restarted(&agent, replica, old_pid).await;
+    assert_eq!(restarted.role, Some(ShardRole::Primary));
+    wait_follows(&node, primary_port, replica_port).await;
 
     // Deleting the database stops both engines and removes their folders.
-    let pids: Vec<u32> = [master, slave]
+    let pids: Vec<u32> = [primary, replica]
         .iter()
         .map(|uid| agent.report(*uid).unwrap().pid.unwrap())
         .collect();
     node.propose_ok(Command::DeleteBdb(BdbDeletion { uid: bdb }))
         .await;
     eventually("engines stopped and folders removed", CONVERGE, || async {
-        let left: Vec<String> = [master, slave]
+        let left: Vec<String> = [primary, replica]
             .iter()
             .filter(|uid| node.shard_dir(**uid).exists())
             .map(|uid| format!("dir {uid}"))
@@ -176,38 +176,38 @@ async fn shards_follow_the_store() {
 #[tokio::test]
 async fn a_new_agent_adopts_running_engines_and_cleans_up_after_a_delete() {
     let node = TestNode::create("127.0.9.12").await;
-    let (master_port, slave_port) = (21211, 21212);
-    let (bdb, master, slave) = node.create_bdb("db2", master_port, slave_port).await;
+    let (primary_port, replica_port) = (21211, 21212);
+    let (bdb, primary, replica) = node.create_bdb("db2", primary_port, replica_port).await;
     let first = RunningAgent::start(&node);
-    let m = wait_report(&first, master, ShardRole::Master).await;
-    let s = wait_report(&first, slave, ShardRole::Slave).await;
+    let m = wait_report(&first, primary, ShardRole::Primary).await;
+    let s = wait_report(&first, replica, ShardRole::Replica).await;
     first.stop().await;
 
     // The engines outlive the agent; the next agent adopts the same processes.
-    let (master_pid, slave_pid) = (m.pid.unwrap(), s.pid.unwrap());
-    assert!(pid_running(master_pid) && pid_running(slave_pid));
+    let (primary_pid, replica_pid) = (m.pid.unwrap(), s.pid.unwrap());
+    assert!(pid_running(primary_pid) && pid_running(replica_pid));
     let second = RunningAgent::start(&node);
-    let m = wait_report(&second, master, ShardRole::Master).await;
-    let s = wait_report(&second, slave, ShardRole::Slave).await;
-    assert_eq!((m.pid, s.pid), (Some(master_pid), Some(slave_pid)));
-    set(&node.client(master_port).await, "k", "v").await;
-    wait_value(&node.client(slave_port).await, "k", "v").await;
+    let m = wait_report(&second, primary, ShardRole::Primary).await;
+    let s = wait_report(&second, replica, ShardRole::Replica).await;
+    assert_eq!((m.pid, s.pid), (Some(primary_pid), Some(replica_pid)));
+    set(&node.client(primary_port).await, "k", "v").await;
+    wait_value(&node.client(replica_port).await, "k", "v").await;
     second.stop().await;
 
     // A database deleted while no agent runs: the next agent finds its shards by their folders.
     node.propose_ok(Command::DeleteBdb(BdbDeletion { uid: bdb }))
         .await;
-    assert!(pid_running(master_pid) && pid_running(slave_pid));
+    assert!(pid_running(primary_pid) && pid_running(replica_pid));
     let third = RunningAgent::start(&node);
     eventually(
         "shards of the deleted database removed",
         CONVERGE,
         || async {
-            let dirs_left = [master, slave]
+            let dirs_left = [primary, replica]
                 .iter()
                 .filter(|uid| node.shard_dir(**uid).exists())
                 .count();
-            let pids_left = [master_pid, slave_pid]
+            let pids_left = [primary_pid, replica_pid]
                 .iter()
                 .filter(|p| pid_running(**p))
                 .count();
@@ -223,36 +223,36 @@ async fn a_new_agent_adopts_running_engines_and_cleans_up_after_a_delete() {
 }
 
 #[tokio::test]
-async fn a_killed_memory_only_master_waits_for_its_replica_to_be_promoted() {
+async fn a_killed_memory_only_primary_waits_for_its_replica_to_be_promoted() {
     let node = TestNode::create("127.0.9.13").await;
-    let (master_port, slave_port) = (21311, 21312);
+    let (primary_port, replica_port) = (21311, 21312);
     let agent = RunningAgent::start(&node);
-    let (_bdb, master, slave) = node.create_bdb("db3", master_port, slave_port).await;
-    wait_report(&agent, master, ShardRole::Master).await;
-    wait_report(&agent, slave, ShardRole::Slave).await;
-    set(&node.client(master_port).await, "kept", "yes").await;
-    wait_value(&node.client(slave_port).await, "kept", "yes").await;
+    let (_bdb, primary, replica) = node.create_bdb("db3", primary_port, replica_port).await;
+    wait_report(&agent, primary, ShardRole::Primary).await;
+    wait_report(&agent, replica, ShardRole::Replica).await;
+    set(&node.client(primary_port).await, "kept", "yes").await;
+    wait_value(&node.client(replica_port).await, "kept", "yes").await;
 
-    // Restarted at once, the master would come back empty: the agent reports it down instead.
-    kill_shard(&node, master);
-    eventually("the killed master reported down", CONVERGE, || async {
-        match agent.report(master) {
+    // Restarted at once, the primary would come back empty: the agent reports it down instead.
+    kill_shard(&node, primary);
+    eventually("the killed primary reported down", CONVERGE, || async {
+        match agent.report(primary) {
             Some(r) if !r.up => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })
     .await;
 
-    // The orchestrator promotes the replica; the old master comes back as its replica, with
+    // The orchestrator promotes the replica; the old primary comes back as its replica, with
     // the data.
     node.propose_ok(Command::PromoteShard(ShardPromotion {
-        uid: slave,
+        uid: replica,
         require_held: false,
     }))
     .await;
-    wait_follows(&node, master_port, slave_port).await;
-    wait_report(&agent, master, ShardRole::Slave).await;
-    wait_value(&node.client(master_port).await, "kept", "yes").await;
-    wait_value(&node.client(slave_port).await, "kept", "yes").await;
+    wait_follows(&node, primary_port, replica_port).await;
+    wait_report(&agent, primary, ShardRole::Replica).await;
+    wait_value(&node.client(primary_port).await, "kept", "yes").await;
+    wait_value(&node.client(replica_port).await, "kept", "yes").await;
     agent.stop().await;
 }

@@ -103,14 +103,14 @@ pub(crate) async fn upgrade(
             "must be at least 1",
         ));
     }
-    let original_masters = state.masters_of(bdb_uid).iter().map(|s| s.uid).collect();
+    let original_primaries = state.primaries_of(bdb_uid).iter().map(|s| s.uid).collect();
     let kind = ActionKind::DbUpgrade {
         bdb_uid,
         redis_version: target,
         preserve_roles: request.preserve_roles,
         parallel_shards,
         discard_data: request.may_discard_data,
-        original_masters,
+        original_primaries,
     };
     let steps = plan(&kind, &state);
     let (asked, created_at) = (kind.clone(), now_secs());

@@ -93,7 +93,7 @@ fn spec_from(request: BdbCreate, addr: IpAddr) -> Result<BdbSpec, ApiError> {
 
 fn shard_status(observed: &Observed, uid: u64, role: ShardRole, node_uid: u64) -> &'static str {
     match observed.shards.get(&uid) {
-        // A replica is active once its link to the master is up: until then it holds no copy
+        // A replica is active once its link to the primary is up: until then it holds no copy
         // of the data, and a failover could not promote it.
         Some(report) if report.serves_in(role, ReplicaLink::Required) => "active",
         Some(report) if report.serves_in(role, ReplicaLink::NotRequired) => "syncing",
@@ -314,7 +314,7 @@ pub(crate) async fn shards(State(context): State<ApiContext>) -> Json<Vec<ShardI
 }
 
 /// `POST /v1/shards/{uid}/actions/failover`: a planned switchover of the shard's slot range
-/// (to its replica when `uid` is a master, to `uid` when it is a slave).
+/// (to its replica when `uid` is a primary, to `uid` when it is a replica).
 pub(crate) async fn failover(
     State(context): State<ApiContext>,
     Path(uid): Path<String>,

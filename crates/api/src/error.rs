@@ -77,8 +77,10 @@ impl From<StoreError> for ApiError {
             StoreError::Refused(ModelError::NotBootstrapped) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "cluster_not_created")
             }
-            StoreError::NoLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_primary_node"),
-            StoreError::NotLeader { .. } => (StatusCode::SERVICE_UNAVAILABLE, "not_primary_node"),
+            StoreError::NoPrimaryNode(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_primary_node"),
+            StoreError::NotPrimaryNode { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "not_primary_node")
+            }
             StoreError::NotSent { .. } => (StatusCode::BAD_GATEWAY, "node_unreachable"),
             // Not a server error: the change may well have been made; the description says how
             // to find out.
@@ -130,8 +132,8 @@ mod tests {
             not_sent.description.contains("nothing changed"),
             "{not_sent}"
         );
-        let not_leader = ApiError::from(StoreError::NotLeader {
-            leader: 2,
+        let not_leader = ApiError::from(StoreError::NotPrimaryNode {
+            primary_node: 2,
             rpc_addr: Some("127.0.0.12:3333".into()),
         });
         assert_eq!(not_leader.status, StatusCode::SERVICE_UNAVAILABLE);

@@ -58,7 +58,7 @@ pub(crate) async fn health(State(context): State<ApiContext>) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
         node_uid: context.store.uid(),
-        master_node: context.store.leader(),
+        primary_node: context.store.primary_node(),
         software_version: context.node.software_version.clone(),
     })
 }
@@ -141,7 +141,7 @@ pub(crate) async fn get_cluster(
     Ok(Json(ClusterInfo {
         name: cluster.name.clone(),
         created_time: cluster.created_at,
-        master_node: context.store.leader(),
+        primary_node: context.store.primary_node(),
         nodes_count: state.nodes.len(),
         default_redis_version: crate::bdbs::DEFAULT_ENGINE.to_string(),
     }))
@@ -191,14 +191,14 @@ pub(crate) async fn put_cluster(
 async fn node_infos(context: &ApiContext) -> Vec<NodeInfo> {
     let state = context.store.state();
     let statuses = context.observer.statuses().await;
-    let leader = context.store.leader();
+    let primary_node = context.store.primary_node();
     state
         .nodes
         .values()
         .map(|node| NodeInfo {
             uid: node.uid,
             addr: node.addr.to_string(),
-            role: if Some(node.uid) == leader {
+            role: if Some(node.uid) == primary_node {
                 NodeRole::Primary
             } else {
                 NodeRole::Secondary

@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::sentinel::View;
 use crate::session::Session;
@@ -45,11 +46,14 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let snapshot = snapshot.clone();
-                    clients.spawn(async move {
-                        if let Err(e) = serve_connection(stream, snapshot).await {
-                            tracing::debug!(%peer, error = %e, "discovery client connection ended");
+                    clients.spawn(
+                        async move {
+                            if let Err(e) = serve_connection(stream, snapshot).await {
+                                tracing::debug!(%peer, error = %e, "discovery client connection ended");
+                            }
                         }
-                    });
+                        .in_current_span(),
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "discovery accept failed");

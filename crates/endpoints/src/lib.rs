@@ -3,7 +3,7 @@
 //! Every node serves every database's port on its own address (DESIGN.md, Processes), so a
 //! client may use any node. This crate turns the cluster store into proxy listeners: one per
 //! database, bound to `node addr : db port`, fed a [`Topology`] (which shard owns which slots
-//! and where each shard's master runs) that is republished whenever the store changes — a
+//! and where each shard's primary runs) that is republished whenever the store changes — a
 //! failover or switchover moves traffic without dropping client connections. A database that is
 //! deleted has its listener closed; a port that cannot be bound is retried every second.
 //! The listeners and their client sessions run on a runtime of their own (see `runtime.rs`).
@@ -19,6 +19,7 @@ use flotilla_proxy::{EndpointStats, ProxyOptions, SlotMap, StatsSnapshot, Topolo
 use flotilla_store::{publish_if_changed, Store, Wakes};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+use tracing::Instrument;
 
 mod runtime;
 
@@ -42,17 +43,17 @@ fn proxy_options() -> ProxyOptions {
     }
 }
 
-/// Builds a database's topology from the cluster state: slot owners from its master shards'
-/// `assigned_slots`, each master's address from its node, and the database's and masters' uids
-/// (which name them in client errors and proxy logs). `None` while some slot has no master
+/// Builds a database's topology from the cluster state: slot owners from its primary shards'
+/// `assigned_slots`, each primary's address from its node, and the database's and primaries' uids
+/// (which name them in client errors and proxy logs). `None` while some slot has no primary
 /// (the database is being created or repaired).
 pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
     let password = state.engine_password().ok()?.to_string();
-    let masters = state.masters_of(bdb.uid);
+    let primaries = state.primaries_of(bdb.uid);
     let mut owners = vec![u16::MAX; SLOT_COUNT as usize];
-    let mut primaries = Vec::with_capacity(masters.len());
-    for (index, shard) in masters.iter().enumerate() {
-        primaries.push(state.shard_addr(shard).ok()?);
+    let mut addrs = Vec::with_capacity(primaries.len());
+    for (index, shard) in primaries.iter().enumerate() {
+        addrs.push(state.shard_addr(shard).ok()?);
         for slot in shard.assigned_slots.start..=shard.assigned_slots.end {
             owners[usize::from(slot)] = index as u16;
         }
@@ -61,17 +62,17 @@ pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
         return None;
     }
     let slots = SlotMap::from_owners(owners).ok()?;
-    let uids = masters.iter().map(|s| s.uid).collect();
+    let uids = primaries.iter().map(|s| s.uid).collect();
     let mut topology = Topology::new(
         bdb.spec.authentication_redis_pass.clone(),
         password,
         slots,
-        primaries,
+        addrs,
     )
     .ok()?
     .with_uids(bdb.uid, uids)
     .ok()?;
-    for (index, shard) in masters.iter().enumerate() {
+    for (index, shard) in primaries.iter().enumerate() {
         if shard.held {
             topology = topology
                 .with_hold(flotilla_proxy::ShardIndex(index as u16), true)
@@ -104,7 +105,7 @@ pub type StatsRegistry = Arc<Mutex<HashMap<BdbUid, EndpointStats>>>;
 struct Served {
     name: String,
     port: u16,
-    /// `None` while some slot has no master ([`topology_of`]): a running endpoint keeps its
+    /// `None` while some slot has no primary ([`topology_of`]): a running endpoint keeps its
     /// last topology, a new one waits.
     topology: Option<Topology>,
 }
@@ -210,7 +211,8 @@ async fn open(addr: IpAddr, uid: BdbUid, served: &Served, topology: Topology) ->
         let _ = stop_rx.await;
     };
     let serve_stats = stats.clone();
-    runtime::data_path().spawn(async move {
+    let span = tracing::info_span!("endpoint", bdb = uid, port);
+    let serve = async move {
         match TcpListener::from_std(listener) {
             Ok(listener) => {
                 flotilla_proxy::serve_with_stats(
@@ -222,9 +224,10 @@ async fn open(addr: IpAddr, uid: BdbUid, served: &Served, topology: Topology) ->
                 )
                 .await
             }
-            Err(e) => tracing::error!(port, error = %e, "cannot serve the database endpoint"),
+            Err(e) => tracing::error!(error = %e, "cannot serve the database endpoint"),
         }
-    });
+    };
+    runtime::data_path().spawn(serve.instrument(span));
     Some(Running {
         port,
         stats,

@@ -216,7 +216,7 @@ impl ShardSpec {
             format!("replica-announce-ip {}", self.bind),
             format!("repl-diskless-sync-delay {FULL_SYNC_DELAY_SECS}"),
             // A replica that starts empty (new, restarted by an upgrade or after a crash of a
-            // memory-only shard) loads the master's data straight from the socket: no RDB
+            // memory-only shard) loads the primary's data straight from the socket: no RDB
             // file the size of the data set on its disk, and loading overlaps the transfer.
             "repl-diskless-load on-empty-db".to_string(),
             "dbfilename dump.rdb".to_string(),

@@ -92,9 +92,9 @@ pub enum NodeCommand {
 
 #[derive(Subcommand)]
 pub enum ShardCommand {
-    /// Planned switchover: the shard's replica becomes master with no client error.
+    /// Planned switchover: the shard's replica becomes primary with no client error.
     Failover {
-        /// Shard uid (a master: switch to its replica; a slave: promote it).
+        /// Shard uid (a primary: switch to its replica; a replica: promote it).
         uid: u64,
     },
 }

@@ -11,6 +11,7 @@ use flotilla_orchestrator::Observer;
 use flotilla_store::{Store, StoreConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tracing::{Instrument, Span};
 
 /// The daemon's pidfile name inside its data dir.
 pub const PIDFILE: &str = "flotilla.pid";
@@ -40,9 +41,15 @@ pub fn software_version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(mut args: StartArgs) -> Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT. Everything it logs is inside the span `node`,
+/// which names the node's address, and its uid once it has one.
+pub async fn run(args: StartArgs) -> Result<()> {
     init_logging();
+    let root = tracing::info_span!("node", uid = tracing::field::Empty, addr = %args.addr);
+    run_node(args).instrument(root).await
+}
+
+async fn run_node(mut args: StartArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     // Engines are configured with absolute paths (they run detached, from their own cwd).
@@ -67,24 +74,28 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
         software_version: software_version(),
         os: flotilla_agent::host::os_name(),
     };
-    tracing::info!(addr = %args.addr, uid = ?store.uid(), "node daemon starting");
-
     let (stop_tx, stop_rx) = watch::channel(false);
+    let naming = spawn(name_node_uid(
+        store.clone(),
+        Span::current(),
+        stop_rx.clone(),
+    ));
+    tracing::info!("node daemon starting");
     let rpc_router = flotilla_store::rpc::router(store.clone()).merge(observer.router());
     let api_router = flotilla_api::router(ApiContext::new(store.clone(), observer, node.clone()));
-    let rpc = tokio::spawn(serve(rpc_listener, rpc_router, stop_rx.clone()));
-    let rest = tokio::spawn(serve(rest_listener, api_router, stop_rx.clone()));
-    let failover = tokio::spawn(flotilla_orchestrator::failover::run_failover(
+    let rpc = spawn(serve(rpc_listener, rpc_router, stop_rx.clone()));
+    let rest = spawn(serve(rest_listener, api_router, stop_rx.clone()));
+    let failover = spawn(flotilla_orchestrator::failover::run_failover(
         store.clone(),
         failover_observer,
         stop_rx.clone(),
     ));
-    let actions = tokio::spawn(flotilla_orchestrator::actions::run_actions(
+    let actions = spawn(flotilla_orchestrator::actions::run_actions(
         actions_observer,
         stop_rx.clone(),
     ));
     let endpoint_stats = flotilla_endpoints::StatsRegistry::default();
-    let endpoints = tokio::spawn(flotilla_endpoints::run(
+    let endpoints = spawn(flotilla_endpoints::run(
         store.clone(),
         args.addr,
         endpoint_stats.clone(),
@@ -97,7 +108,7 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
         args.data_dir.join("shards"),
     );
     let observed_shards = agent.observed_shards();
-    let shards = tokio::spawn(agent.run(stop_rx.clone()));
+    let shards = spawn(agent.run(stop_rx.clone()));
     let discovery_listener = bind(
         args.addr,
         flotilla_discovery::DISCOVERY_PORT,
@@ -107,7 +118,7 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
     let addr = args.addr;
     let databases =
         store.watch_projection(move |state| flotilla_discovery::Databases::of_node(state, addr));
-    let discovery = tokio::spawn(flotilla_discovery::serve(
+    let discovery = spawn(flotilla_discovery::serve(
         discovery_listener,
         databases,
         stopped(stop_rx.clone()),
@@ -121,12 +132,12 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
             flotilla_metrics::sample_of(&store.state(), node_uid, &endpoints, &shards.snapshot())
         }
     };
-    let metrics = tokio::spawn(flotilla_metrics::serve(
+    let metrics = spawn(flotilla_metrics::serve(
         metrics_listener,
         metrics_source,
         stopped(stop_rx.clone()),
     ));
-    let reporter = tokio::spawn(flotilla_agent::run_reporter_with_shards(
+    let reporter = spawn(flotilla_agent::run_reporter_with_shards(
         store.clone(),
         node.software_version.clone(),
         node.os.clone(),
@@ -137,8 +148,9 @@ pub async fn run(mut args: StartArgs) -> Result<()> {
     wait_for_signal().await?;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
-    let _ =
-        tokio::join!(rpc, rest, reporter, endpoints, failover, shards, discovery, actions, metrics);
+    let _ = tokio::join!(
+        rpc, rest, reporter, endpoints, failover, shards, discovery, actions, metrics, naming
+    );
     store.shutdown().await;
     Ok(())
 }
@@ -181,7 +193,40 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// Spawns one of the daemon's tasks in the current span (the node's), so what it logs names
+/// the node.
+fn spawn<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(task.in_current_span())
+}
+
+/// Records the node's uid on its span (`root`) as soon as it has one: at once for a member,
+/// when it creates or joins a cluster otherwise.
+async fn name_node_uid(store: Store, root: Span, mut stop: watch::Receiver<bool>) {
+    let mut changes = store.subscribe();
+    loop {
+        if let Some(uid) = store.uid() {
+            root.record("uid", uid);
+            return;
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 async fn serve(listener: TcpListener, router: axum::Router, stop: watch::Receiver<bool>) {
+    // axum serves each connection in a task of its own: requests run in the node's span too.
+    let span = Span::current();
+    let router = router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            next.run(request).instrument(span.clone())
+        },
+    ));
     if let Err(e) = axum::serve(listener, router)
         .with_graceful_shutdown(stopped(stop))
         .await

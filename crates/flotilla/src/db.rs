@@ -37,14 +37,14 @@ pub enum DbCommand {
         db_password: Option<String>,
     },
     /// Upgrade a database's engine with no downtime: replicas first, then a switchover per
-    /// shard, then the old masters (Redis Software's `rladmin upgrade db`).
+    /// shard, then the old primaries (Redis Software's `rladmin upgrade db`).
     Upgrade {
         /// Name or uid.
         db: String,
         /// Target engine (default: the newest bundled engine).
         #[arg(long)]
         redis_version: Option<String>,
-        /// Switch masters back to where they were at the end.
+        /// Switch primaries back to where they were at the end.
         #[arg(long)]
         preserve_roles: bool,
         /// Slot ranges upgraded at once.

@@ -204,7 +204,7 @@ async fn wait_healthy(
     }
 }
 
-/// Waits until the cluster lists `count` nodes, all up, exactly one primary.
+/// Waits until the cluster lists `count` nodes, all up, exactly one primary node.
 async fn wait_formed(client: &Client, count: usize) -> Result<()> {
     let deadline = Instant::now() + FORM_DEADLINE;
     loop {
@@ -216,7 +216,7 @@ async fn wait_formed(client: &Client, count: usize) -> Result<()> {
             }
         }
         if Instant::now() > deadline {
-            bail!("the cluster did not show {count} nodes up with one primary within {FORM_DEADLINE:?}");
+            bail!("the cluster did not show {count} nodes up with one primary node within {FORM_DEADLINE:?}");
         }
         tokio::time::sleep(POLL).await;
     }

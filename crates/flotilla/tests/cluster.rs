@@ -1,4 +1,4 @@
-//! The cluster foundation against real daemons: formation, primary failover, full restart,
+//! The cluster foundation against real daemons: formation, primary node failover, full restart,
 //! bootstrap refusals, basic auth, and per-node address binding.
 //!
 //! Each test uses its own loopback subnet (127.0.S.x) so tests never collide.
@@ -19,7 +19,7 @@ fn nodes(status: &Value) -> &Vec<Value> {
     status["nodes"].as_array().expect("status lists nodes")
 }
 
-fn primaries(status: &Value) -> Vec<u64> {
+fn primary_nodes(status: &Value) -> Vec<u64> {
     nodes(status)
         .iter()
         .filter(|n| n["role"] == "primary")
@@ -37,7 +37,11 @@ fn three_nodes_form_a_cluster_with_one_primary() {
         let status = cluster.status_json(n);
         let listed = nodes(&status);
         assert_eq!(listed.len(), 3, "node {n} lists 3 nodes: {status}");
-        assert_eq!(primaries(&status).len(), 1, "exactly one primary: {status}");
+        assert_eq!(
+            primary_nodes(&status).len(),
+            1,
+            "exactly one primary node: {status}"
+        );
         for node in listed {
             assert_eq!(node["status"], "up", "every node is up: {status}");
             assert_eq!(node["software_version"], env!("CARGO_PKG_VERSION"));
@@ -48,10 +52,10 @@ fn three_nodes_form_a_cluster_with_one_primary() {
     }
     let rt = runtime();
     let nodes_status = rt.block_on(cluster.client(2).nodes_status()).unwrap();
-    let masters = nodes_status.values().filter(|e| e.role == "master").count();
+    let listed_as_master = nodes_status.values().filter(|e| e.role == "master").count();
     assert_eq!(
-        masters, 1,
-        "/v1/nodes/status names one master: {nodes_status:?}"
+        listed_as_master, 1,
+        "/v1/nodes/status names one primary node (role master): {nodes_status:?}"
     );
 }
 
@@ -81,12 +85,12 @@ fn each_node_serves_only_its_own_address() {
 #[test]
 fn killed_primary_is_replaced_and_changes_reach_every_node() {
     let cluster = DevCluster::up(&bin(), 23, 3);
-    let old = primaries(&cluster.status_json(1))[0] as u8;
+    let old = primary_nodes(&cluster.status_json(1))[0] as u8;
     let survivors: Vec<u8> = cluster.node_numbers().filter(|n| *n != old).collect();
 
     let killed_at = Instant::now();
     cluster.kill9(old);
-    let mut new_primary = 0;
+    let mut new_primary_node = 0;
     let elected = poll_until(Duration::from_secs(30), || {
         let output = cluster.flotilla_at(survivors[0], &["status", "--json"]);
         let Ok(status) = serde_json::from_slice::<Value>(&output.stdout) else {
@@ -94,7 +98,7 @@ fn killed_primary_is_replaced_and_changes_reach_every_node() {
         };
         match status["cluster"]["master_node"].as_u64() {
             Some(p) if p != old as u64 => {
-                new_primary = p;
+                new_primary_node = p;
                 true
             }
             _ => false,
@@ -102,10 +106,10 @@ fn killed_primary_is_replaced_and_changes_reach_every_node() {
     });
     assert!(
         elected,
-        "no new primary within 30 s after kill -9 of node {old}"
+        "no new primary node within 30 s after kill -9 of node {old}"
     );
     eprintln!(
-        "new primary {new_primary} elected {:?} after kill -9 of node {old}",
+        "new primary node {new_primary_node} elected {:?} after kill -9 of node {old}",
         killed_at.elapsed()
     );
 
@@ -323,14 +327,14 @@ fn a_node_that_missed_more_than_the_kept_log_catches_up_from_a_snapshot() {
     let cluster = DevCluster::up(&bin(), 27, 3);
     let lagging = 3;
     assert_ne!(
-        primaries(&cluster.status_json(1))[0],
+        primary_nodes(&cluster.status_json(1))[0],
         lagging as u64,
         "node 1 created the cluster and leads"
     );
     cluster.kill9(lagging);
 
     // More changes than one snapshot interval plus the log kept after it (500 + 500), so the
-    // primary purges entries the lagging node never saw and must send it a snapshot.
+    // primary node purges entries the lagging node never saw and must send it a snapshot.
     let rt = runtime();
     let client = cluster.client(1);
     rt.block_on(async {
@@ -368,8 +372,8 @@ fn a_forwarded_create_whose_answer_is_lost_is_reported_as_done() {
         2,
         &[("FLOTILLA_FAILPOINT_LOSE_ANSWER", "create_bdb")],
     );
-    let primary = primaries(&cluster.status_json(1))[0] as u8;
-    let secondary = if primary == 1 { 2 } else { 1 };
+    let primary_node = primary_nodes(&cluster.status_json(1))[0] as u8;
+    let secondary = if primary_node == 1 { 2 } else { 1 };
 
     let output = cluster.flotilla_at(
         secondary,
@@ -389,7 +393,7 @@ fn a_forwarded_create_whose_answer_is_lost_is_reported_as_done() {
     );
     let log = |n: u8| std::fs::read_to_string(cluster.data_dir(n).join("flotilla.log")).unwrap();
     assert!(
-        log(primary).contains("FLOTILLA_FAILPOINT_LOSE_ANSWER: the proposal was committed"),
+        log(primary_node).contains("FLOTILLA_FAILPOINT_LOSE_ANSWER: the proposal was committed"),
         "the primary node lost the answer of the forwarded create"
     );
     assert_success(&output, "db create through the secondary node");
@@ -400,7 +404,7 @@ fn a_forwarded_create_whose_answer_is_lost_is_reported_as_done() {
         "the secondary node found its create in the state"
     );
 
-    let listed = cluster.json(primary, &["db", "list", "--json"]);
+    let listed = cluster.json(primary_node, &["db", "list", "--json"]);
     let named: Vec<&Value> = listed
         .as_array()
         .expect("db list --json is an array")

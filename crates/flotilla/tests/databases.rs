@@ -66,14 +66,14 @@ fn a_replicated_sharded_database_answers_on_every_node() {
 
     let all = cluster.shards_at(1);
     assert_eq!(all.len(), 6);
-    for master in all.iter().filter(|s| s["role"] == "master") {
-        let slave = all
+    for primary in all.iter().filter(|s| s["role"] == "master") {
+        let replica = all
             .iter()
-            .find(|s| s["role"] == "slave" && s["assigned_slots"] == master["assigned_slots"])
-            .expect("every master has a slave");
+            .find(|s| s["role"] == "slave" && s["assigned_slots"] == primary["assigned_slots"])
+            .expect("every primary has a replica");
         assert_ne!(
-            master["node_uid"], slave["node_uid"],
-            "master and slave on different nodes"
+            primary["node_uid"], replica["node_uid"],
+            "primary and replica on different nodes"
         );
     }
 
@@ -96,11 +96,11 @@ fn a_replicated_sharded_database_answers_on_every_node() {
         assert_eq!(size, 300, "DBSIZE sums the shards through node {n}");
     }
 
-    // Keys landed on every master shard (asked of the engines directly).
+    // Keys landed on every primary shard (asked of the engines directly).
     let password = shard_password(&cluster.data_dir(1));
     let state = cluster.status_json(1);
-    for master in all.iter().filter(|s| s["role"] == "master") {
-        let node = master["node_uid"].as_u64().unwrap();
+    for primary in all.iter().filter(|s| s["role"] == "master") {
+        let node = primary["node_uid"].as_u64().unwrap();
         let addr = state["nodes"]
             .as_array()
             .unwrap()
@@ -110,13 +110,13 @@ fn a_replicated_sharded_database_answers_on_every_node() {
             .as_str()
             .unwrap()
             .to_string();
-        let url = format!("redis://:{password}@{addr}:{}/", master["port"]);
+        let url = format!("redis://:{password}@{addr}:{}/", primary["port"]);
         let mut engine = redis::Client::open(url).unwrap().get_connection().unwrap();
         let size: u64 = redis::cmd("DBSIZE").query(&mut engine).unwrap();
         assert!(
             size > 50,
-            "master shard {} holds a share of the keys ({size})",
-            master["uid"]
+            "primary shard {} holds a share of the keys ({size})",
+            primary["uid"]
         );
     }
 
@@ -214,17 +214,17 @@ fn a_killed_daemon_leaves_its_shards_running_and_adopts_them() {
     assert_eq!(value, "outage");
 }
 
-/// Uids of (master, slave) shard pairs, by slot range.
+/// Uids of (primary, replica) shard pairs, by slot range.
 fn pairs(cluster: &DevCluster) -> Vec<(u64, u64)> {
     let all = cluster.shards_at(1);
     all.iter()
         .filter(|s| s["role"] == "master")
         .map(|m| {
-            let slave = all
+            let replica = all
                 .iter()
                 .find(|s| s["role"] == "slave" && s["assigned_slots"] == m["assigned_slots"])
                 .unwrap();
-            (m["uid"].as_u64().unwrap(), slave["uid"].as_u64().unwrap())
+            (m["uid"].as_u64().unwrap(), replica["uid"].as_u64().unwrap())
         })
         .collect()
 }
@@ -251,10 +251,10 @@ fn planned_switchovers_under_load_lose_nothing_and_raise_no_error() {
     let mut holds = Vec::new();
     let mut phases = Vec::new();
     for round in 0..3 {
-        for (master, _) in pairs(&cluster) {
+        for (primary, _) in pairs(&cluster) {
             let report = rt
-                .block_on(client.failover_shard(master))
-                .unwrap_or_else(|e| panic!("round {round}: switchover of {master}: {e}"));
+                .block_on(client.failover_shard(primary))
+                .unwrap_or_else(|e| panic!("round {round}: switchover of {primary}: {e}"));
             holds.push(report["hold_ms"].as_u64().unwrap());
             phases.push((
                 report["spread_ms"].as_u64().unwrap(),
@@ -335,7 +335,7 @@ fn writable(addr: Ipv4Addr, port: u16) -> bool {
 }
 
 #[test]
-fn a_killed_master_engine_fails_over_and_keeps_the_data() {
+fn a_killed_primary_engine_fails_over_and_keeps_the_data() {
     let cluster = DevCluster::up(&bin(), 34, 3);
     cluster.create_db(&[
         "--name",
@@ -351,15 +351,15 @@ fn a_killed_master_engine_fails_over_and_keeps_the_data() {
         "redis-7.0",
     ]);
     let keys = write_keys(cluster.addr(1), 12003, 1000);
-    let (master, slave) = pairs(&cluster)[0];
+    let (primary, replica) = pairs(&cluster)[0];
     let node = cluster
         .shards_at(1)
         .iter()
-        .find(|s| s["uid"] == master)
+        .find(|s| s["uid"] == primary)
         .unwrap()["node_uid"]
         .as_u64()
         .unwrap() as u8;
-    let pid = engine_pid(&cluster, node, master);
+    let pid = engine_pid(&cluster, node, primary);
 
     let killed = Instant::now();
     nix::sys::signal::kill(
@@ -370,17 +370,17 @@ fn a_killed_master_engine_fails_over_and_keeps_the_data() {
     let serving = poll_until(Duration::from_secs(30), || writable(cluster.addr(3), 12003));
     assert!(
         serving,
-        "the endpoint serves writes again after the master engine died"
+        "the endpoint serves writes again after the primary engine died"
     );
     eprintln!(
-        "endpoint writable {:?} after kill -9 of master shard {master}",
+        "endpoint writable {:?} after kill -9 of primary shard {primary}",
         killed.elapsed()
     );
     let promoted = cluster
         .shards_at(1)
         .iter()
-        .any(|s| s["uid"] == slave && s["role"] == "master");
-    assert!(promoted, "the replica {slave} was promoted");
+        .any(|s| s["uid"] == replica && s["role"] == "master");
+    assert!(promoted, "the replica {replica} was promoted");
     assert!(
         all_keys_present(cluster.addr(2), 12003, &keys),
         "no acknowledged, replicated key was lost"
@@ -388,7 +388,7 @@ fn a_killed_master_engine_fails_over_and_keeps_the_data() {
     let healed = poll_until(Duration::from_secs(30), || cluster.db_status(1) == "active");
     assert!(
         healed,
-        "the old master comes back as a replica and the database is active again"
+        "the old primary comes back as a replica and the database is active again"
     );
 }
 
@@ -409,17 +409,17 @@ fn a_whole_node_lost_fails_over_to_the_other_nodes() {
         "valkey-8.1",
     ]);
     let keys = write_keys(cluster.addr(1), 12004, 600);
-    // Lose a node that is not the primary node and holds a master shard: daemon and engines.
-    let primary = cluster.status_json(1)["cluster"]["master_node"]
+    // Lose a node that is not the primary node and holds a primary shard: daemon and engines.
+    let primary_node = cluster.status_json(1)["cluster"]["master_node"]
         .as_u64()
         .unwrap();
     let all = cluster.shards_at(1);
     let victim = all
         .iter()
-        .filter(|s| s["role"] == "master" && s["node_uid"] != primary)
+        .filter(|s| s["role"] == "master" && s["node_uid"] != primary_node)
         .map(|s| s["node_uid"].as_u64().unwrap() as u8)
         .next()
-        .expect("some master shard lives on a secondary node");
+        .expect("some primary shard lives on a secondary node");
     let engines: Vec<u32> = all
         .iter()
         .filter(|s| s["node_uid"] == victim as u64)
@@ -592,40 +592,40 @@ fn a_switchover_cut_short_by_a_primary_node_crash_is_repaired_without_losing_wri
         "--redis-version",
         "redis-7.0",
     ]);
-    let primary = cluster.status_json(1)["cluster"]["master_node"]
+    let primary_node = cluster.status_json(1)["cluster"]["master_node"]
         .as_u64()
         .unwrap() as u8;
-    let other = cluster.node_numbers().find(|n| *n != primary).unwrap();
+    let other = cluster.node_numbers().find(|n| *n != primary_node).unwrap();
     let rt = flotilla_testkit::load_runtime();
     let load = flotilla_testkit::start_load(&rt, format!("{}:12007", cluster.addr(other)));
-    let (master, _) = pairs(&cluster)[0];
+    let (primary, _) = pairs(&cluster)[0];
     let bin = bin();
     let url = cluster.url(other);
     let failover = std::thread::spawn(move || {
         Command::new(bin)
-            .args(["shard", "failover", &master.to_string()])
+            .args(["shard", "failover", &primary.to_string()])
             .env("FLOTILLA_URL", url)
             .env("FLOTILLA_USER", flotilla_testkit::USER)
             .env("FLOTILLA_PASSWORD", flotilla_testkit::PASSWORD)
             .output()
     });
-    // The switchover pauses after fencing the master (failpoint): kill the primary node then.
+    // The switchover pauses after fencing the primary (failpoint): kill the primary node then.
     let held = poll_until(Duration::from_secs(10), || {
         cluster
             .shards_at(other)
             .iter()
-            .any(|s| s["uid"] == master && s["held"] == true)
+            .any(|s| s["uid"] == primary && s["held"] == true)
     });
-    assert!(held, "the switchover holds the master's slots");
+    assert!(held, "the switchover holds the primary's slots");
     let killed = Instant::now();
-    cluster.kill9(primary);
+    cluster.kill9(primary_node);
     let _ = failover.join();
     let serving = poll_until(Duration::from_secs(30), || {
         writable(cluster.addr(other), 12007)
     });
     assert!(
         serving,
-        "the new primary repaired the interrupted switchover and the endpoint serves writes"
+        "the new primary node repaired the interrupted switchover and the endpoint serves writes"
     );
     eprintln!(
         "writable again {:?} after kill -9 of the primary node mid-switchover",
@@ -643,11 +643,14 @@ fn a_switchover_cut_short_by_a_primary_node_crash_is_repaired_without_losing_wri
         cluster.shards_at(other).iter().all(|s| s["held"] == false)
     });
     assert!(released, "no slot range stays held");
-    let repaired = cluster.node_numbers().filter(|n| *n != primary).any(|n| {
-        let log =
-            std::fs::read_to_string(cluster.data_dir(n).join("flotilla.log")).unwrap_or_default();
-        log.contains("switchover interrupted")
-    });
+    let repaired = cluster
+        .node_numbers()
+        .filter(|n| *n != primary_node)
+        .any(|n| {
+            let log = std::fs::read_to_string(cluster.data_dir(n).join("flotilla.log"))
+                .unwrap_or_default();
+            log.contains("switchover interrupted")
+        });
     assert!(
         repaired,
         "the new primary node repaired the interrupted switchover"

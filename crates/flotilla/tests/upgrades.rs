@@ -79,7 +79,7 @@ fn a_replicated_database_climbs_every_engine_under_load() {
 }
 
 #[test]
-fn preserve_roles_puts_every_master_back_and_a_skip_upgrade_works() {
+fn preserve_roles_puts_every_primary_back_and_a_skip_upgrade_works() {
     let cluster = DevCluster::up(&bin(), 42, 2);
     cluster.create_db(&[
         "--name",
@@ -96,23 +96,23 @@ fn preserve_roles_puts_every_master_back_and_a_skip_upgrade_works() {
     ]);
     let rt = runtime();
     let load = start_load(&rt, format!("{}:12101", cluster.addr(1)));
-    let masters = |c: &DevCluster| -> Vec<u64> {
+    let primaries = |c: &DevCluster| -> Vec<u64> {
         c.shards_at(1)
             .iter()
             .filter(|s| s["role"] == "master")
             .map(|s| s["uid"].as_u64().unwrap())
             .collect()
     };
-    let before = masters(&cluster);
+    let before = primaries(&cluster);
     upgrade(&cluster, 1, "skip", "valkey-9.1", &["--preserve-roles"]);
     assert!(
         poll_until(Duration::from_secs(20), || all_on(&cluster, "valkey-9.1")),
         "6.2 -> 9.1 in one hop"
     );
     assert_eq!(
-        masters(&cluster),
+        primaries(&cluster),
         before,
-        "with --preserve-roles the masters end where they began"
+        "with --preserve-roles the primaries end where they began"
     );
     stop_load(&rt, load);
 }
@@ -338,10 +338,10 @@ fn kill_the_primary_at_every_step(
         ];
         args.extend_from_slice(create);
         cluster.create_db(&args);
-        let primary = cluster.json(1, &["status", "--json"])["cluster"]["master_node"]
+        let primary_node = cluster.json(1, &["status", "--json"])["cluster"]["master_node"]
             .as_u64()
             .unwrap() as u8;
-        let other = cluster.node_numbers().find(|n| *n != primary).unwrap();
+        let other = cluster.node_numbers().find(|n| *n != primary_node).unwrap();
         let rt = runtime();
         let load = start_load(&rt, format!("{}:12105", cluster.addr(other)));
         let mut args = vec![
@@ -369,7 +369,7 @@ fn kill_the_primary_at_every_step(
                 .starts_with(step)
         });
         assert!(reached, "the action reached step {step}");
-        cluster.kill9(primary);
+        cluster.kill9(primary_node);
         cluster.dev_up();
         let done = poll_until(Duration::from_secs(120), || {
             cluster.json(other, &["action", "show", "1", "--json"])["status"] != "running"
@@ -425,7 +425,7 @@ fn a_database_without_replication_upgrades_through_a_temporary_replica() {
         .collect();
     assert_eq!(
         after, before,
-        "the same masters on the same nodes, temporary replicas removed"
+        "the same primaries on the same nodes, temporary replicas removed"
     );
     stop_load(&rt, load);
 }

@@ -29,6 +29,9 @@
 //! | `flotilla_shard_role_master` | gauge (1/0) | `shard`, `bdb`, `node`, `role` |
 //! | `flotilla_shard_used_memory_bytes` | gauge | `shard`, `bdb`, `node`, `role` |
 //! | `flotilla_shard_repl_offset` | gauge | `shard`, `bdb`, `node`, `role` |
+//!
+//! The `role` label and the name `flotilla_shard_role_master` keep Redis Software's words
+//! (`master` for a primary shard, `slave` for a replica), as the REST API's values do.
 
 mod http;
 mod project;

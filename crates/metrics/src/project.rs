@@ -44,8 +44,8 @@ pub fn sample_of(
                 bdb_uid: shard.bdb_uid,
                 node_uid,
                 role: match shard.role {
-                    flotilla_model::ShardRole::Master => ShardRole::Master,
-                    flotilla_model::ShardRole::Slave => ShardRole::Slave,
+                    flotilla_model::ShardRole::Primary => ShardRole::Primary,
+                    flotilla_model::ShardRole::Replica => ShardRole::Replica,
                 },
                 up: report.up,
                 used_memory_bytes: report.used_memory,
@@ -82,7 +82,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Database 1 (`cache`, 2 shards, redis-7.0) with master shard 10 on node 1 and its replica
+    /// Database 1 (`cache`, 2 shards, redis-7.0) with primary shard 10 on node 1 and its replica
     /// 11 on node 2, as the store encodes it.
     fn state() -> ClusterState {
         let shard = |uid: u64, node: u64, role: &str| {
@@ -185,8 +185,8 @@ mod tests {
         assert_eq!(
             shards,
             [
-                (11, 1, 2, ShardRole::Slave, true, 4096, 1234),
-                (10, 1, 2, ShardRole::Master, false, 4096, 0),
+                (11, 1, 2, ShardRole::Replica, true, 4096, 1234),
+                (10, 1, 2, ShardRole::Primary, false, 4096, 0),
             ]
         );
     }

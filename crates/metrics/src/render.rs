@@ -175,9 +175,9 @@ fn encode_shards(
         encoder,
         shards,
         "shard_role_master",
-        "1 if the shard is a master, 0 if a slave.",
+        "1 if the shard is a primary (role=\"master\"), 0 if a replica.",
         None,
-        |s| u64::from(s.role == crate::ShardRole::Master),
+        |s| u64::from(s.role == crate::ShardRole::Primary),
     )?;
     shard_gauge(
         encoder,

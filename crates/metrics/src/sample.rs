@@ -86,21 +86,22 @@ pub struct ShardSample {
     pub repl_offset: u64,
 }
 
-/// A shard's replication role, named as Redis Software names it.
+/// A shard's replication role. Its label value keeps Redis Software's words (`master`,
+/// `slave`), as the REST API does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShardRole {
     /// Serves reads and writes for its slot range.
-    Master,
-    /// Replicates the master of its slot range.
-    Slave,
+    Primary,
+    /// Replicates the primary of its slot range.
+    Replica,
 }
 
 impl ShardRole {
     /// The `role` label value: `master` or `slave`.
     pub fn as_str(self) -> &'static str {
         match self {
-            ShardRole::Master => "master",
-            ShardRole::Slave => "slave",
+            ShardRole::Primary => "master",
+            ShardRole::Replica => "slave",
         }
     }
 }

@@ -52,8 +52,8 @@ fn sample() -> Sample {
         node: NodeSample { node_uid: 2 },
         dbs: vec![cache_db()],
         shards: vec![
-            shard(3, ShardRole::Master, true),
-            shard(4, ShardRole::Slave, false),
+            shard(3, ShardRole::Primary, true),
+            shard(4, ShardRole::Replica, false),
         ],
     }
 }
@@ -106,28 +106,28 @@ fn latency_is_a_cumulative_histogram_in_seconds() {
 #[test]
 fn shard_metrics_carry_shard_bdb_node_and_role() {
     let e = common::parse(&render(sample()).unwrap());
-    let master = [
+    let primary = [
         ("shard", "3"),
         ("bdb", "1"),
         ("node", "2"),
         ("role", "master"),
     ];
-    let slave = [
+    let replica = [
         ("shard", "4"),
         ("bdb", "1"),
         ("node", "2"),
         ("role", "slave"),
     ];
-    assert_eq!(e.value("flotilla_shard_up", &master), 1.0);
-    assert_eq!(e.value("flotilla_shard_up", &slave), 0.0);
-    assert_eq!(e.value("flotilla_shard_role_master", &master), 1.0);
-    assert_eq!(e.value("flotilla_shard_role_master", &slave), 0.0);
+    assert_eq!(e.value("flotilla_shard_up", &primary), 1.0);
+    assert_eq!(e.value("flotilla_shard_up", &replica), 0.0);
+    assert_eq!(e.value("flotilla_shard_role_master", &primary), 1.0);
+    assert_eq!(e.value("flotilla_shard_role_master", &replica), 0.0);
     assert_eq!(
-        e.value("flotilla_shard_used_memory_bytes", &master),
+        e.value("flotilla_shard_used_memory_bytes", &primary),
         3.0 * 1_048_576.0
     );
     assert_eq!(e.units["flotilla_shard_used_memory_bytes"], "bytes");
-    assert_eq!(e.value("flotilla_shard_repl_offset", &slave), 1004.0);
+    assert_eq!(e.value("flotilla_shard_repl_offset", &replica), 1004.0);
 }
 
 #[test]

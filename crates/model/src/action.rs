@@ -1,8 +1,8 @@
 //! Actions: long operations kept in the store as state machines with named steps.
 //!
 //! The primary node drives every running action; after each step it records the next step in
-//! the store, and every step is safe to run again, so when the primary dies mid-action the next
-//! one resumes where the record says (DESIGN.md, Actions).
+//! the store, and every step is safe to run again, so when the primary node dies mid-action
+//! the next one resumes where the record says (DESIGN.md, Actions).
 
 use serde::{Deserialize, Serialize};
 
@@ -22,14 +22,15 @@ pub enum ActionKind {
         bdb_uid: BdbUid,
         /// The engine it moves to.
         redis_version: EngineVersion,
-        /// Switch back so that each slot range's master is where it was.
+        /// Switch back so that each slot range's primary is where it was.
         preserve_roles: bool,
         /// Slot ranges upgraded at the same time.
         parallel_shards: u16,
         /// Restart every shard empty on the new engine instead of moving data.
         discard_data: bool,
-        /// The master of each slot range when the upgrade began (for `preserve_roles`).
-        original_masters: Vec<ShardUid>,
+        /// The primary of each slot range when the upgrade began (for `preserve_roles`).
+        #[serde(rename = "original_masters")]
+        original_primaries: Vec<ShardUid>,
     },
 }
 

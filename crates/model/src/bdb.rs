@@ -35,14 +35,16 @@ pub enum DataPersistence {
     Snapshot,
 }
 
-/// A shard's role, in Redis Software's words.
+/// A shard's role. Flotilla says primary and replica; the JSON (store, Raft log, REST) keeps
+/// Redis Software's values, `master` and `slave`, which 0.1.0 nodes and REST clients read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum ShardRole {
     /// Serves the slot range's reads and writes.
-    Master,
-    /// Replicates the master of the same slot range.
-    Slave,
+    #[serde(rename = "master")]
+    Primary,
+    /// Replicates the primary of the same slot range.
+    #[serde(rename = "slave")]
+    Replica,
 }
 
 /// An inclusive range of hash slots, written `start-end` in JSON as Redis Software does.
@@ -147,7 +149,7 @@ pub struct Bdb {
 pub struct ShardPlan {
     /// The node that runs it.
     pub node_uid: NodeUid,
-    /// Master or slave.
+    /// Primary or replica.
     pub role: ShardRole,
     /// Its slots.
     pub assigned_slots: SlotRange,
@@ -164,21 +166,21 @@ pub struct Shard {
     pub bdb_uid: BdbUid,
     /// Its node.
     pub node_uid: NodeUid,
-    /// Master or slave.
+    /// Primary or replica.
     pub role: ShardRole,
-    /// Its slots (a master and its slave share the range).
+    /// Its slots (a primary and its replica share the range).
     pub assigned_slots: SlotRange,
     /// Its port on its node.
     pub port: u16,
     /// The engine this shard runs (differs from the database's during an upgrade).
     pub redis_version: EngineVersion,
-    /// A planned switchover is under way for this master's slots: proxies queue its commands
-    /// instead of sending them (design step 1) until the new master is published.
+    /// A planned switchover is under way for this primary's slots: proxies queue its commands
+    /// instead of sending them (design step 1) until the new primary is published.
     #[serde(default)]
     pub held: bool,
     /// A replica added only for the time of an upgrade: for a database without replication
-    /// (the upgrade removes it again), or the replacement of a replicated database's master
-    /// (the upgrade makes it permanent in the old master's place).
+    /// (the upgrade removes it again), or the replacement of a replicated database's primary
+    /// (the upgrade makes it permanent in the old primary's place).
     #[serde(default)]
     pub temporary: bool,
 }
@@ -202,6 +204,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn shard_roles_keep_redis_softwares_json_values() {
+        for (role, json) in [
+            (ShardRole::Primary, "\"master\""),
+            (ShardRole::Replica, "\"slave\""),
+        ] {
+            assert_eq!(serde_json::to_string(&role).unwrap(), json);
+            assert_eq!(serde_json::from_str::<ShardRole>(json).unwrap(), role);
+        }
+        assert!(serde_json::from_str::<ShardRole>("\"primary\"").is_err());
     }
 
     #[test]

@@ -36,24 +36,24 @@ pub enum Command {
     UpdateBdb(BdbChange),
     /// Deletes a database and its shards (agents stop the engines).
     DeleteBdb(BdbDeletion),
-    /// Makes a slave shard the master of its slot range (failover, switchover); the previous
-    /// master becomes a slave.
+    /// Makes a replica shard the primary of its slot range (failover, switchover); the previous
+    /// primary becomes a replica.
     PromoteShard(ShardPromotion),
     /// Adds a temporary replica to a slot range (an upgrade of a database without
     /// replication moves its data through it).
     AddTemporaryReplica(TemporaryReplicaAddition),
-    /// Adds the replacement of a master shard during a replicated database's upgrade: a
-    /// temporary replica on the master's own node, running the new engine, that syncs from the
-    /// same RDB stream as the upgraded replica and takes the old master's place
-    /// ([`Command::ReplaceShard`]) once the master role moved away.
+    /// Adds the replacement of a primary shard during a replicated database's upgrade: a
+    /// temporary replica on the primary's own node, running the new engine, that syncs from the
+    /// same RDB stream as the upgraded replica and takes the old primary's place
+    /// ([`Command::ReplaceShard`]) once the primary role moved away.
     AddReplacement(ReplacementAddition),
     /// Puts a replacement in the place of the shard it replaces: removes the other,
-    /// non-temporary shard of its slot range on its node (a slave by then) and makes the
+    /// non-temporary shard of its slot range on its node (a replica by then) and makes the
     /// replacement permanent, in one step.
     ReplaceShard(ShardReplacement),
     /// Removes a temporary replica (its agent stops the engine and deletes its data).
     RemoveShard(ShardRemoval),
-    /// Sets or clears the switchover hold on a master shard's slots.
+    /// Sets or clears the switchover hold on a primary shard's slots.
     HoldShard(ShardHold),
     /// Starts an action; refused while another running action touches the same database.
     CreateAction(ActionCreation),
@@ -142,12 +142,12 @@ pub struct BdbDeletion {
     pub uid: BdbUid,
 }
 
-/// [`Command::PromoteShard`]: the shard that becomes its slot range's master.
+/// [`Command::PromoteShard`]: the shard that becomes its slot range's primary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardPromotion {
     /// The shard to promote.
     pub uid: ShardUid,
-    /// Only if its master's slots are still held (a planned switchover): a switchover whose
+    /// Only if its primary's slots are still held (a planned switchover): a switchover whose
     /// hold was released meanwhile (by a new primary node repairing it) must not complete.
     #[serde(default)]
     pub require_held: bool,
@@ -158,13 +158,13 @@ pub struct ShardPromotion {
 pub struct TemporaryReplicaAddition {
     /// The database.
     pub bdb_uid: BdbUid,
-    /// Where it goes (its role is always slave).
+    /// Where it goes (its role is always replica).
     pub plan: ShardPlan,
     /// The engine it runs.
     pub redis_version: EngineVersion,
 }
 
-/// [`Command::AddReplacement`]: the master shard to replace and its replacement's port.
+/// [`Command::AddReplacement`]: the primary shard to replace and its replacement's port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplacementAddition {
     /// The database.
@@ -191,10 +191,10 @@ pub struct ShardRemoval {
     pub uid: ShardUid,
 }
 
-/// [`Command::HoldShard`]: the master shard whose slots are held or released.
+/// [`Command::HoldShard`]: the primary shard whose slots are held or released.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardHold {
-    /// The master shard.
+    /// The primary shard.
     pub uid: ShardUid,
     /// Hold (true) or release (false).
     pub held: bool,

@@ -7,8 +7,8 @@
 //!
 //! It also answers what the other crates ask of the state, once: the slot group of a range
 //! ([`ClusterState::slot_group`]), a shard's engine address ([`ClusterState::shard_addr`]), the
-//! engines' password ([`ClusterState::engine_password`]), a database's masters in slot order
-//! ([`ClusterState::masters_of`]), whether a reported replica is linked
+//! engines' password ([`ClusterState::engine_password`]), a database's primaries in slot order
+//! ([`ClusterState::primaries_of`]), whether a reported replica is linked
 //! ([`rest::ShardReport::serves_in`]) and the steps of an action ([`plan()`]).
 //!
 //! # Encoding across adjacent software versions

@@ -22,13 +22,13 @@ pub enum Op {
     UpgradeReplica,
     /// Waits until the range's new-engine replicas are up and linked (their full sync done).
     SyncReplica,
-    /// Planned switchover of the range's master role to an upgraded replica.
+    /// Planned switchover of the range's primary role to an upgraded replica.
     Switchover,
-    /// The old master, a replica by now, restarts on the new engine.
-    UpgradeOldMaster,
-    /// Waits until the old master is up and linked on the new engine.
-    SyncOldMaster,
-    /// Switchover back to the range's original master.
+    /// The old primary, a replica by now, restarts on the new engine.
+    UpgradeOldPrimary,
+    /// Waits until the old primary is up and linked on the new engine.
+    SyncOldPrimary,
+    /// Switchover back to the range's original primary.
     SwitchBack,
     /// Every shard of the range restarts, empty, on the new engine (`discard_data`).
     RestartOnNewEngine,
@@ -38,31 +38,33 @@ pub enum Op {
     AddTemporaryReplica,
     /// Removes the temporary replica again.
     RemoveTemporaryReplica,
-    /// Adds, beside the range's master and on its node, a replacement on the new engine.
+    /// Adds, beside the range's primary and on its node, a replacement on the new engine.
     AddReplacement,
-    /// The replacement takes the old master's place once it follows the new master.
-    ReplaceOldMaster,
+    /// The replacement takes the old primary's place once it follows the new primary.
+    ReplaceOldPrimary,
     /// Records the database's new engine version.
     Finalize,
 }
 
 impl Op {
     /// The operation's name, the first word of its steps' names (and what the step failpoint
-    /// `FLOTILLA_FAILPOINT_PAUSE_STEP` matches).
+    /// `FLOTILLA_FAILPOINT_PAUSE_STEP` matches). Recorded in the store and shown to operators
+    /// like Redis Software's state machine steps, so the names stay those of 0.1.0: an old
+    /// primary is still `upgrade_old_master`, `sync_old_master`, `replace_old_master`.
     pub fn name(self) -> &'static str {
         match self {
             Op::UpgradeReplica => "upgrade_replica",
             Op::SyncReplica => "sync_replica",
             Op::Switchover => "switchover",
-            Op::UpgradeOldMaster => "upgrade_old_master",
-            Op::SyncOldMaster => "sync_old_master",
+            Op::UpgradeOldPrimary => "upgrade_old_master",
+            Op::SyncOldPrimary => "sync_old_master",
             Op::SwitchBack => "switch_back",
             Op::RestartOnNewEngine => "restart_on_new_engine",
             Op::WaitShardsUp => "wait_shards_up",
             Op::AddTemporaryReplica => "add_temporary_replica",
             Op::RemoveTemporaryReplica => "remove_temporary_replica",
             Op::AddReplacement => "add_replacement",
-            Op::ReplaceOldMaster => "replace_old_master",
+            Op::ReplaceOldPrimary => "replace_old_master",
             Op::Finalize => "finalize",
         }
     }
@@ -98,14 +100,14 @@ impl Step {
 pub enum UpgradeShape {
     /// `discard_data`: every shard restarts empty on the new engine.
     DiscardData,
-    /// No replication: the data moves through a temporary replica and the master role always
+    /// No replication: the data moves through a temporary replica and the primary role always
     /// goes back to the original shard (the temporary one is removed).
     WithoutReplication,
-    /// Replication: a replacement beside each old master and the upgraded replica load one RDB
-    /// stream, then the replacement takes the old master's place (one full sync, not two).
+    /// Replication: a replacement beside each old primary and the upgraded replica load one RDB
+    /// stream, then the replacement takes the old primary's place (one full sync, not two).
     Replicated,
-    /// Replication with `preserve_roles`: the old masters restart on the new engine in place
-    /// and take the master role back.
+    /// Replication with `preserve_roles`: the old primaries restart on the new engine in place
+    /// and take the primary role back.
     PreserveRoles,
 }
 
@@ -128,8 +130,8 @@ impl UpgradeShape {
                 Op::AddTemporaryReplica,
                 Op::SyncReplica,
                 Op::Switchover,
-                Op::UpgradeOldMaster,
-                Op::SyncOldMaster,
+                Op::UpgradeOldPrimary,
+                Op::SyncOldPrimary,
                 Op::SwitchBack,
                 Op::RemoveTemporaryReplica,
             ],
@@ -138,14 +140,14 @@ impl UpgradeShape {
                 Op::UpgradeReplica,
                 Op::SyncReplica,
                 Op::Switchover,
-                Op::ReplaceOldMaster,
+                Op::ReplaceOldPrimary,
             ],
             UpgradeShape::PreserveRoles => &[
                 Op::UpgradeReplica,
                 Op::SyncReplica,
                 Op::Switchover,
-                Op::UpgradeOldMaster,
-                Op::SyncOldMaster,
+                Op::UpgradeOldPrimary,
+                Op::SyncOldPrimary,
                 Op::SwitchBack,
             ],
         }
@@ -213,7 +215,7 @@ mod tests {
             preserve_roles,
             parallel_shards,
             discard_data,
-            original_masters: vec![1],
+            original_primaries: vec![1],
         }
     }
 
@@ -222,9 +224,9 @@ mod tests {
         let mut shards = Vec::new();
         for i in 0..ranges {
             let slots = SlotRange::even(i, ranges);
-            shards.push(plan_on(1, ShardRole::Master, slots, 20000 + i));
+            shards.push(plan_on(1, ShardRole::Primary, slots, 20000 + i));
             if replication {
-                shards.push(plan_on(2, ShardRole::Slave, slots, 20000 + i));
+                shards.push(plan_on(2, ShardRole::Replica, slots, 20000 + i));
             }
         }
         let mut spec = bdb_spec("db1", 12000);
@@ -275,12 +277,12 @@ mod tests {
         assert_eq!(
             plan(&upgrade(false, true, 1), &state_with_db(1, false)),
             steps,
-            "preserve_roles changes nothing: the master always goes back"
+            "preserve_roles changes nothing: the primary always goes back"
         );
     }
 
     #[test]
-    fn a_replicated_upgrade_replaces_the_old_master() {
+    fn a_replicated_upgrade_replaces_the_old_primary() {
         let steps = plan(&upgrade(false, false, 1), &state_with_db(1, true));
         assert_eq!(
             names(&steps),
@@ -300,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn preserve_roles_upgrades_the_old_master_in_place_and_switches_back() {
+    fn preserve_roles_upgrades_the_old_primary_in_place_and_switches_back() {
         let steps = plan(&upgrade(false, true, 1), &state_with_db(1, true));
         let ops: Vec<Op> = steps.iter().map(|s| s.op).collect();
         assert_eq!(
@@ -309,8 +311,8 @@ mod tests {
                 Op::UpgradeReplica,
                 Op::SyncReplica,
                 Op::Switchover,
-                Op::UpgradeOldMaster,
-                Op::SyncOldMaster,
+                Op::UpgradeOldPrimary,
+                Op::SyncOldPrimary,
                 Op::SwitchBack,
                 Op::Finalize,
             ]

@@ -16,8 +16,9 @@ pub struct ClusterInfo {
     pub name: String,
     /// Creation time, seconds since the epoch.
     pub created_time: u64,
-    /// The current primary node's uid, if one is elected.
-    pub master_node: Option<NodeUid>,
+    /// The current primary node's uid, if one is elected (Redis Software's field name).
+    #[serde(rename = "master_node")]
+    pub primary_node: Option<NodeUid>,
     /// Number of member nodes.
     pub nodes_count: usize,
     /// The engine new and upgraded databases get by default (the newest bundled one); a
@@ -51,7 +52,7 @@ pub enum NodeStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeRole {
-    /// The Raft leader: runs the orchestrator (Redis Software's master node).
+    /// The Raft leader: runs the orchestrator (what Redis Software calls the `master` node).
     Primary,
     /// Any other member.
     Secondary,
@@ -98,8 +99,9 @@ pub struct Health {
     pub status: String,
     /// This node's uid once it created or joined a cluster.
     pub node_uid: Option<NodeUid>,
-    /// The primary node's uid as this node knows it.
-    pub master_node: Option<NodeUid>,
+    /// The primary node's uid as this node knows it (named as in [`ClusterInfo`]).
+    #[serde(rename = "master_node")]
+    pub primary_node: Option<NodeUid>,
     /// This node's software version.
     pub software_version: String,
 }
@@ -156,7 +158,7 @@ pub struct ErrorBody {
 }
 
 /// What a node reports about itself to the primary node, over internal RPC, every half second.
-/// Kept in the primary's memory (observed state), not in the Raft log.
+/// Kept in the primary node's memory (observed state), not in the Raft log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeReport {
     /// The reporting node.
@@ -183,10 +185,12 @@ pub struct ShardReport {
     /// `master_repl_offset` (for a replica: how far it has replicated).
     #[serde(default)]
     pub offset: i64,
-    /// For a replica: whether its link to the master is up.
-    #[serde(default)]
-    pub master_link_up: bool,
-    /// For a replica: whether a full sync from its master is under way (`master_sync_in_progress`).
+    /// For a replica: whether its link to the primary is up (`master_link_status:up`; the
+    /// JSON keeps 0.1.0's name).
+    #[serde(default, rename = "master_link_up")]
+    pub primary_link_up: bool,
+    /// For a replica: whether a full sync from its primary is under way
+    /// (`master_sync_in_progress`).
     #[serde(default)]
     pub sync_in_progress: bool,
     /// `used_memory` in bytes.
@@ -200,11 +204,11 @@ pub struct ShardReport {
     pub pid: Option<u32>,
 }
 
-/// Whether a replica must be linked to its master to count as serving in its role: the one
+/// Whether a replica must be linked to its primary to count as serving in its role: the one
 /// reason the callers of [`ShardReport::serves_in`] differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplicaLink {
-    /// A replica serves once it holds its master's data: its link is up and no full sync is
+    /// A replica serves once it holds its primary's data: its link is up and no full sync is
     /// under way (what a failover, an upgrade's sync steps and a shard's `active` status need).
     Required,
     /// A replica serves once its engine answers as a replica, synced or not (shards that an
@@ -214,14 +218,14 @@ pub enum ReplicaLink {
 
 impl ShardReport {
     /// Whether the shard's engine answers in `role` and, for a replica when `link` requires it,
-    /// holds its master's data: its link to the master is up and no full sync is under way.
+    /// holds its primary's data: its link to the primary is up and no full sync is under way.
     /// The one rule for "is this reported replica linked", used by the API (`active` vs
     /// `syncing`), failover (which replicas may be promoted), the upgrade steps (when a sync is
     /// done) and the agent (when to stop watching a sync).
     pub fn serves_in(&self, role: crate::ShardRole, link: ReplicaLink) -> bool {
-        let linked = self.master_link_up && !self.sync_in_progress;
+        let linked = self.primary_link_up && !self.sync_in_progress;
         let link_ok =
-            role == crate::ShardRole::Master || link == ReplicaLink::NotRequired || linked;
+            role == crate::ShardRole::Primary || link == ReplicaLink::NotRequired || linked;
         self.up && self.role == Some(role) && link_ok
     }
 }
@@ -332,7 +336,7 @@ pub struct ShardInfo {
     pub offset: i64,
     /// Memory used, bytes, last reported.
     pub used_memory: u64,
-    /// A switchover holds this master's slots right now.
+    /// A switchover holds this primary's slots right now.
     #[serde(default)]
     pub held: bool,
 }
@@ -344,7 +348,7 @@ pub struct BdbUpgrade {
     /// Target engine, e.g. `valkey-9.1`; the cluster's default engine when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_version: Option<String>,
-    /// Put each slot range's master back where it was.
+    /// Put each slot range's primary back where it was.
     #[serde(default)]
     pub preserve_roles: bool,
     /// Slot ranges upgraded at once (default 1).
@@ -413,15 +417,19 @@ pub struct PlanStepInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ShardRole::{Master, Slave};
+    use crate::ShardRole::{Primary, Replica};
 
-    fn report(role: crate::ShardRole, master_link_up: bool, sync_in_progress: bool) -> ShardReport {
+    fn report(
+        role: crate::ShardRole,
+        primary_link_up: bool,
+        sync_in_progress: bool,
+    ) -> ShardReport {
         ShardReport {
             uid: 1,
             up: true,
             role: Some(role),
             offset: 0,
-            master_link_up,
+            primary_link_up,
             sync_in_progress,
             used_memory: 0,
             engine_version: None,
@@ -432,25 +440,42 @@ mod tests {
     #[test]
     fn a_replica_serves_once_linked_with_no_full_sync_under_way() {
         use ReplicaLink::{NotRequired, Required};
-        assert!(report(Slave, true, false).serves_in(Slave, Required));
-        assert!(!report(Slave, false, false).serves_in(Slave, Required));
-        assert!(!report(Slave, true, true).serves_in(Slave, Required));
-        assert!(!report(Slave, false, true).serves_in(Slave, Required));
-        assert!(report(Slave, false, true).serves_in(Slave, NotRequired));
-        assert!(report(Master, false, false).serves_in(Master, Required));
+        assert!(report(Replica, true, false).serves_in(Replica, Required));
+        assert!(!report(Replica, false, false).serves_in(Replica, Required));
+        assert!(!report(Replica, true, true).serves_in(Replica, Required));
+        assert!(!report(Replica, false, true).serves_in(Replica, Required));
+        assert!(report(Replica, false, true).serves_in(Replica, NotRequired));
+        assert!(report(Primary, false, false).serves_in(Primary, Required));
         assert!(
-            !report(Master, false, false).serves_in(Slave, NotRequired),
+            !report(Primary, false, false).serves_in(Replica, NotRequired),
             "wrong role"
         );
         assert!(
-            !report(Slave, true, false).serves_in(Master, Required),
+            !report(Replica, true, false).serves_in(Primary, Required),
             "wrong role"
         );
         let down = ShardReport {
             up: false,
-            ..report(Slave, true, false)
+            ..report(Replica, true, false)
         };
-        assert!(!down.serves_in(Slave, NotRequired));
+        assert!(!down.serves_in(Replica, NotRequired));
+    }
+
+    /// The Rust names say primary; the JSON keeps the names 0.1.0 and Redis Software use.
+    #[test]
+    fn renamed_fields_keep_their_json_names() {
+        let cluster = r#"{"name":"c1","created_time":1700000000,"master_node":2,"nodes_count":3,"default_redis_version":"valkey-9.1"}"#;
+        let info: ClusterInfo = serde_json::from_str(cluster).unwrap();
+        assert_eq!(info.primary_node, Some(2));
+        assert_eq!(serde_json::to_string(&info).unwrap(), cluster);
+        let health = r#"{"status":"ok","node_uid":1,"master_node":2,"software_version":"0.1.0"}"#;
+        let decoded: Health = serde_json::from_str(health).unwrap();
+        assert_eq!(decoded.primary_node, Some(2));
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), health);
+        let report = r#"{"uid":3,"up":true,"role":"slave","offset":7,"master_link_up":true,"sync_in_progress":false,"used_memory":1024,"engine_version":"7.0.15","pid":42}"#;
+        let decoded: ShardReport = serde_json::from_str(report).unwrap();
+        assert!(decoded.primary_link_up && decoded.role == Some(Replica));
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), report);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! inequalities between them checked when the workspace compiles.
 //!
 //! A switchover must end before the proxies stop holding its commands; a dead memory-only
-//! master must stay down until its replica is promoted; a replica must still count as linked
-//! once its master is declared failed. Each such rule ties numbers that the store, the agent,
+//! primary must stay down until its replica is promoted; a replica must still count as linked
+//! once its primary is declared failed. Each such rule ties numbers that the store, the agent,
 //! the orchestrator and the endpoints use; each is written below as a `const` assertion with
 //! the reason it must hold, so changing one number without the others fails the build.
 //!
@@ -43,20 +43,20 @@ pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 pub const SYNC_POLL: Duration = Duration::from_millis(50);
 /// How long one reconcile step keeps watching a syncing replica.
 pub const SYNC_WATCH: Duration = Duration::from_millis(800);
-/// How long a master that died without persistence, and that has a replica, stays down before
-/// the agent restarts it as a master anyway. Restarted at once, it would come back empty and
+/// How long a primary that died without persistence, and that has a replica, stays down before
+/// the agent restarts it as a primary anyway. Restarted at once, it would come back empty and
 /// its replica would resync to that empty data set; waiting lets the replica be promoted first,
-/// and the old master then restarts as its replica with the data.
-pub const MASTER_RESTART_GRACE: Duration = Duration::from_secs(5);
+/// and the old primary then restarts as its replica with the data.
+pub const PRIMARY_RESTART_GRACE: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------------
 // Unplanned failover (the orchestrator, on the primary node).
 
-/// How long a master shard must fail before its replica is promoted.
+/// How long a primary shard must fail before its replica is promoted.
 pub const FAILOVER_AFTER: Duration = Duration::from_millis(1500);
-/// How often the primary node checks master shards (and repairs orphaned holds).
+/// How often the primary node checks primary shards (and repairs orphaned holds).
 pub const FAILOVER_CHECK_EVERY: Duration = Duration::from_millis(250);
-/// How recently a replica must have been seen linked to its master to be promoted.
+/// How recently a replica must have been seen linked to its primary to be promoted.
 pub const LINK_MEMORY: Duration = Duration::from_secs(10);
 /// How long a switchover hold that no switchover drives (its primary node died mid-way) may
 /// last before the primary node completes or undoes it.
@@ -65,18 +65,18 @@ pub const ORPHANED_HOLD_GRACE: Duration = Duration::from_secs(1);
 // ---------------------------------------------------------------------------------------------
 // Planned switchover (the orchestrator) and the proxies' hold (the endpoints).
 
-/// How long proxies queue a held shard's commands (and wait for a new primary after a
-/// `-READONLY`) before answering `-TRYAGAIN` (not executed).
+/// How long proxies queue a held shard's commands (and wait for a new primary shard after
+/// a `-READONLY`) before answering `-TRYAGAIN` (not executed).
 pub const HOLD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a switchover waits for every node to apply its hold before it aborts.
 pub const HOLD_SPREAD_TIMEOUT: Duration = Duration::from_secs(1);
-/// Longest the master stays fenced waiting for its replica before the switchover aborts.
+/// Longest the primary stays fenced waiting for its replica before the switchover aborts.
 pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long the fence (`CLIENT PAUSE WRITE`) on the old master lasts unless the switchover
+/// How long the fence (`CLIENT PAUSE WRITE`) on the old primary lasts unless the switchover
 /// lifts it: the catch-up and then the promotion, with room; a switchover whose primary node
 /// dies leaves a fence that lifts itself.
 pub const SWITCHOVER_FENCE: Duration = CATCH_UP_TIMEOUT.saturating_add(Duration::from_secs(5));
-/// How long a switchover waits for an engine's answer: commands sent to the fenced master may
+/// How long a switchover waits for an engine's answer: commands sent to the fenced primary may
 /// wait for the fence.
 pub const SWITCHOVER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -92,7 +92,7 @@ const _: () = assert!(
 );
 
 /// A node counts as down only after it missed two reports in a row: one late report (a slow
-/// primary, a forwarded call) never makes it down.
+/// primary node, a forwarded call) never makes it down.
 const _: () = assert!(
     REPORT_INTERVAL.as_millis() * 2 < LIVENESS_WINDOW.as_millis(),
     "a node must miss two reports before it counts as down"
@@ -106,30 +106,30 @@ const _: () = assert!(
     "a sync watch must end within a reconcile round"
 );
 
-/// "Continuous failure" means several checks: a master is promoted away only after more than
-/// one check found it failing.
+/// "Continuous failure" means several checks: a primary shard is failed over only after more
+/// than one check found it failing.
 const _: () = assert!(
     FAILOVER_CHECK_EVERY.as_millis() * 2 <= FAILOVER_AFTER.as_millis(),
-    "a master must fail more than one check before failover"
+    "a primary shard must fail more than one check before failover"
 );
 
-/// The agent holds a dead memory-only master down until its replica is promoted: its report
+/// The agent holds a dead memory-only primary down until its replica is promoted: its report
 /// reaches the primary node within a report interval, the failure must last `FAILOVER_AFTER`
 /// and is acted on at the next check; the rest of the grace is for the promotion to commit and
-/// reach the master's node. Were the grace shorter, the master would restart empty and its
-/// replica resync to nothing: the data set lost.
+/// reach the node of the dead primary shard. Were the grace shorter, the primary would restart
+/// empty and its replica resync to nothing: the data set lost.
 const _: () = assert!(
     REPORT_INTERVAL.as_millis() + FAILOVER_AFTER.as_millis() + FAILOVER_CHECK_EVERY.as_millis()
-        < MASTER_RESTART_GRACE.as_millis(),
-    "a memory-only master must stay down until its replica is promoted"
+        < PRIMARY_RESTART_GRACE.as_millis(),
+    "a memory-only primary shard must stay down until its replica is promoted"
 );
 
-/// A replica seen linked just before its master died is still remembered as linked when the
-/// master is declared failed: the master's last report may be a liveness window old, and the
+/// A replica seen linked just before its primary died is still remembered as linked when the
+/// primary is declared failed: the primary's last report may be a liveness window old, and the
 /// failure must then last `FAILOVER_AFTER`. Otherwise no replica would be promotable.
 const _: () = assert!(
     LIVENESS_WINDOW.as_millis() + FAILOVER_AFTER.as_millis() < LINK_MEMORY.as_millis(),
-    "link memory must outlast a dead master's last report plus the failover delay"
+    "link memory must outlast a dead primary shard's last report plus the failover delay"
 );
 
 /// A switchover that succeeds never makes a client's command time out: the proxies hold its
@@ -140,7 +140,7 @@ const _: () = assert!(
     "a switchover must end within the proxies' hold timeout"
 );
 
-/// The fence outlasts the wait for the replica, so the old master takes no write while the
+/// The fence outlasts the wait for the replica, so the old primary takes no write while the
 /// replica catches up; and the switchover's engine commands outlast the fence, so a command
 /// queued behind it is answered, not timed out.
 const _: () = assert!(

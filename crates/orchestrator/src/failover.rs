@@ -1,12 +1,12 @@
-//! Unplanned failover: when a master shard stops answering, promote its best replica.
+//! Unplanned failover: when a primary shard stops answering, promote its best replica.
 //!
-//! Runs on every node but acts only on the primary node. A master shard is healthy when its
-//! node's agent reports it up in the master role, or, when no fresh report exists (its daemon
-//! may be down while the engine still serves), when the primary itself reaches it with PING.
+//! Runs on every node but acts only on the primary node. A primary shard is healthy when its
+//! node's agent reports it up in the primary role, or, when no fresh report exists (its daemon
+//! may be down while the engine still serves), when the primary node itself reaches it with PING.
 //! After [`FAILOVER_AFTER`] of continuous failure, the replica with the highest replication
 //! offset among those that answer is promoted (`PromoteShard`); the agents and endpoints follow
-//! the store. A promotion the store refuses leaves the master failing: the next check tries
-//! another replica. Writes the lost master acknowledged but had not replicated can be lost, as
+//! the store. A promotion the store refuses leaves the primary failing: the next check tries
+//! another replica. Writes the lost primary acknowledged but had not replicated can be lost, as
 //! with any asynchronously replicated Redis.
 
 use std::collections::{HashMap, HashSet};
@@ -22,16 +22,17 @@ use flotilla_model::{
 };
 use flotilla_store::{Store, StoreError, Wakes};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::Observer;
 
-/// Watches master shards and fails them over until `shutdown` fires.
+/// Watches primary shards and fails them over until `shutdown` fires.
 pub async fn run_failover(store: Store, observer: Observer, shutdown: watch::Receiver<bool>) {
     let mut memory = Memory::default();
     let mut held_since: HashMap<ShardUid, Instant> = HashMap::new();
     let mut wakes = Wakes::every(FAILOVER_CHECK_EVERY, shutdown);
     while wakes.next().await.is_some() {
-        if !store.is_leader() {
+        if !store.is_primary_node() {
             memory = Memory::default();
             held_since.clear();
             continue;
@@ -44,60 +45,60 @@ pub async fn run_failover(store: Store, observer: Observer, shutdown: watch::Rec
 /// What the failover loop remembers from one check to the next (on the primary node only).
 #[derive(Debug, Default)]
 struct Memory {
-    /// Since when each failing master shard has been failing.
+    /// Since when each failing primary shard has been failing.
     failing_since: HashMap<ShardUid, Instant>,
-    /// When each replica was last seen linked to its master.
+    /// When each replica was last seen linked to its primary.
     linked: HashMap<ShardUid, Instant>,
-    /// Replicas whose promotion the store refused, by failing master: passed over until that
-    /// master is healthy again or gone.
+    /// Replicas whose promotion the store refused, by failing primary: passed over until that
+    /// primary is healthy again or gone.
     refused: HashMap<ShardUid, HashSet<ShardUid>>,
 }
 
-/// What a promotion's outcome means for the failing master.
+/// What a promotion's outcome means for the failing primary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Promotion {
-    /// The replica is the master now: the failure is handled.
+    /// The replica is the primary now: the failure is handled.
     Done,
-    /// The store refused to promote this replica: the master still fails, and the next check
+    /// The store refused to promote this replica: the primary still fails, and the next check
     /// tries another replica.
     Refused,
-    /// The proposal did not go through, or its outcome is unknown: the master still fails, and
-    /// the next check looks again (a promotion that did apply shows as a new master).
+    /// The proposal did not go through, or its outcome is unknown: the primary still fails, and
+    /// the next check looks again (a promotion that did apply shows as a new primary).
     Retry,
 }
 
 impl Memory {
-    /// Records the outcome of promoting `replica` in place of failing `master`.
+    /// Records the outcome of promoting `replica` in place of failing `primary`.
     fn settle(
         &mut self,
-        master: ShardUid,
+        primary: ShardUid,
         replica: ShardUid,
         outcome: &Result<CommandResult, StoreError>,
     ) -> Promotion {
         match outcome {
             Ok(_) => {
-                self.failing_since.remove(&master);
-                self.refused.remove(&master);
+                self.failing_since.remove(&primary);
+                self.refused.remove(&primary);
                 Promotion::Done
             }
             Err(StoreError::Refused(_)) => {
-                self.refused.entry(master).or_default().insert(replica);
+                self.refused.entry(primary).or_default().insert(replica);
                 Promotion::Refused
             }
             Err(_) => Promotion::Retry,
         }
     }
 
-    /// Forgets a master that is healthy again.
-    fn healthy(&mut self, master: ShardUid) {
-        self.failing_since.remove(&master);
-        self.refused.remove(&master);
+    /// Forgets a primary that is healthy again.
+    fn healthy(&mut self, primary: ShardUid) {
+        self.failing_since.remove(&primary);
+        self.refused.remove(&primary);
     }
 
-    /// True when the store refused to promote `replica` for `master` since it began failing.
-    fn was_refused(&self, master: ShardUid, replica: ShardUid) -> bool {
+    /// True when the store refused to promote `replica` for `primary` since it began failing.
+    fn was_refused(&self, primary: ShardUid, replica: ShardUid) -> bool {
         self.refused
-            .get(&master)
+            .get(&primary)
             .is_some_and(|replicas| replicas.contains(&replica))
     }
 }
@@ -107,17 +108,17 @@ impl Memory {
 async fn repair_orphaned_holds(observer: &Observer, held_since: &mut HashMap<ShardUid, Instant>) {
     let orphans = crate::switchover::orphaned_holds(observer);
     held_since.retain(|uid, _| orphans.iter().any(|s| s.uid == *uid));
-    for master in orphans {
-        let since = *held_since.entry(master.uid).or_insert_with(Instant::now);
+    for primary in orphans {
+        let since = *held_since.entry(primary.uid).or_insert_with(Instant::now);
         if since.elapsed() < ORPHANED_HOLD_GRACE {
             continue;
         }
-        match crate::switchover::finish_interrupted(observer, &master).await {
+        match crate::switchover::finish_interrupted(observer, &primary).await {
             Ok(()) => {
-                held_since.remove(&master.uid);
+                held_since.remove(&primary.uid);
             }
             Err(e) => {
-                tracing::error!(shard = master.uid, error = %e, "could not repair an interrupted switchover")
+                tracing::error!(shard = primary.uid, error = %e, "could not repair an interrupted switchover")
             }
         }
     }
@@ -126,116 +127,127 @@ async fn repair_orphaned_holds(observer: &Observer, held_since: &mut HashMap<Sha
 async fn check_once(store: &Store, observer: &Observer, memory: &mut Memory) {
     let state = store.state();
     let reports = observer.shard_reports();
-    let masters: Vec<&Shard> = state
+    let primaries: Vec<&Shard> = state
         .bdbs
         .values()
         .filter(|b| b.spec.replication)
-        .flat_map(|b| state.masters_of(b.uid))
+        .flat_map(|b| state.primaries_of(b.uid))
         .collect();
     memory
         .failing_since
-        .retain(|uid, _| masters.iter().any(|m| m.uid == *uid));
+        .retain(|uid, _| primaries.iter().any(|m| m.uid == *uid));
     memory
         .refused
-        .retain(|uid, _| masters.iter().any(|m| m.uid == *uid));
-    for master in masters {
-        if master_healthy(&state, master, reports.get(&master.uid)).await {
-            memory.healthy(master.uid);
-            remember_links(&state, master, &reports, &mut memory.linked);
+        .retain(|uid, _| primaries.iter().any(|m| m.uid == *uid));
+    for primary in primaries {
+        if primary_healthy(&state, primary, reports.get(&primary.uid)).await {
+            memory.healthy(primary.uid);
+            remember_links(&state, primary, &reports, &mut memory.linked);
             continue;
         }
         let since = *memory
             .failing_since
-            .entry(master.uid)
+            .entry(primary.uid)
             .or_insert_with(Instant::now);
         if since.elapsed() < FAILOVER_AFTER {
             continue;
         }
-        let Some(replica) = best_replica(&state, master, &reports, memory).await else {
-            continue;
-        };
-        tracing::warn!(
-            bdb = master.bdb_uid,
-            master = master.uid,
-            replica = replica,
-            "master shard unreachable for {:?}: promoting its replica",
-            since.elapsed()
-        );
-        let promote = Command::PromoteShard(ShardPromotion {
-            uid: replica,
-            require_held: false,
-        });
-        let outcome = store.propose(promote).await;
-        let promotion = memory.settle(master.uid, replica, &outcome);
-        let Err(e) = outcome else { continue };
-        match promotion {
-            Promotion::Refused => tracing::warn!(
-                master = master.uid,
-                replica,
-                error = %e,
-                "the store refused to promote the replica; the next check tries another one"
-            ),
-            Promotion::Done | Promotion::Retry => tracing::error!(
-                master = master.uid,
-                replica,
-                error = %e,
-                "failover proposal failed; the next check tries again"
-            ),
-        }
+        let span = tracing::info_span!("failover", shard = primary.uid, bdb = primary.bdb_uid);
+        fail_over(store, &state, primary, &reports, memory, since.elapsed())
+            .instrument(span)
+            .await;
     }
 }
 
-async fn master_healthy(
+/// Promotes the best replica of `primary`, failing for `failing_for`, and remembers what the
+/// store answered.
+async fn fail_over(
+    store: &Store,
     state: &ClusterState,
-    master: &Shard,
+    primary: &Shard,
+    reports: &std::collections::BTreeMap<ShardUid, ShardReport>,
+    memory: &mut Memory,
+    failing_for: Duration,
+) {
+    let Some(replica) = best_replica(state, primary, reports, memory).await else {
+        return;
+    };
+    tracing::warn!(
+        replica,
+        "primary shard unreachable for {failing_for:?}: promoting its replica"
+    );
+    let promote = Command::PromoteShard(ShardPromotion {
+        uid: replica,
+        require_held: false,
+    });
+    let outcome = store.propose(promote).await;
+    let promotion = memory.settle(primary.uid, replica, &outcome);
+    let Err(e) = outcome else { return };
+    match promotion {
+        Promotion::Refused => tracing::warn!(
+            replica,
+            error = %e,
+            "the store refused to promote the replica; the next check tries another one"
+        ),
+        Promotion::Done | Promotion::Retry => tracing::error!(
+            replica,
+            error = %e,
+            "failover proposal failed; the next check tries again"
+        ),
+    }
+}
+
+async fn primary_healthy(
+    state: &ClusterState,
+    primary: &Shard,
     report: Option<&ShardReport>,
 ) -> bool {
     // One bad observation by an agent (a fork stall, a slow reply) never triggers a failover
-    // alone: the primary node must fail to reach the master too.
+    // alone: the primary node must fail to reach the primary too.
     match report {
-        Some(r) if r.serves_in(ShardRole::Master, ReplicaLink::Required) => true,
-        _ => probe(state, master).await.is_some(),
+        Some(r) if r.serves_in(ShardRole::Primary, ReplicaLink::Required) => true,
+        _ => probe(state, primary).await.is_some(),
     }
 }
 
-/// Records when each replica of `master` was last seen with its replication link up: only a
-/// replica linked shortly before its master failed holds its data and may be promoted (one in
+/// Records when each replica of `primary` was last seen with its replication link up: only a
+/// replica linked shortly before its primary failed holds its data and may be promoted (one in
 /// the middle of a long full sync holds a partial data set).
 fn remember_links(
     state: &ClusterState,
-    master: &Shard,
+    primary: &Shard,
     reports: &std::collections::BTreeMap<ShardUid, ShardReport>,
     linked: &mut HashMap<ShardUid, Instant>,
 ) {
-    for replica in state.slot_group_of(master).replicas() {
+    for replica in state.slot_group_of(primary).replicas() {
         if reports
             .get(&replica.uid)
-            .is_some_and(|r| r.serves_in(ShardRole::Slave, ReplicaLink::Required))
+            .is_some_and(|r| r.serves_in(ShardRole::Replica, ReplicaLink::Required))
         {
             linked.insert(replica.uid, Instant::now());
         }
     }
 }
 
-/// The promotable replica of `master` with the highest offset, among those that answer and
+/// The promotable replica of `primary` with the highest offset, among those that answer and
 /// that the store did not refuse to promote.
 async fn best_replica(
     state: &ClusterState,
-    master: &Shard,
+    primary: &Shard,
     reports: &std::collections::BTreeMap<ShardUid, ShardReport>,
     memory: &Memory,
 ) -> Option<ShardUid> {
     let linked = &memory.linked;
     let mut best: Option<(i64, ShardUid)> = None;
-    for replica in state.slot_group_of(master).replicas() {
+    for replica in state.slot_group_of(primary).replicas() {
         // A replica not seen linked lately is not promoted; one never seen (this primary node
         // just took over) is judged by its offset below. One seen linked may be at offset 0: it
-        // synced everything from the RDB of a master that had no replica before.
+        // synced everything from the RDB of a primary that had no replica before.
         let seen_linked = linked.get(&replica.uid).map(|seen| seen.elapsed());
         if seen_linked.is_some_and(|elapsed| elapsed > LINK_MEMORY) {
             continue;
         }
-        if memory.was_refused(master.uid, replica.uid) {
+        if memory.was_refused(primary.uid, replica.uid) {
             continue;
         }
         let offset = match reports.get(&replica.uid) {
@@ -273,9 +285,9 @@ mod tests {
 
     use super::*;
 
-    fn failing(master: ShardUid) -> Memory {
+    fn failing(primary: ShardUid) -> Memory {
         let mut memory = Memory::default();
-        memory.failing_since.insert(master, Instant::now());
+        memory.failing_since.insert(primary, Instant::now());
         memory
     }
 
@@ -288,7 +300,7 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_promotion_keeps_the_master_failing_and_passes_the_replica_over() {
+    fn a_refused_promotion_keeps_the_primary_failing_and_passes_the_replica_over() {
         let mut memory = failing(1);
         let refused = Err(StoreError::Refused(ModelError::NotFound(
             "shard 2 does not exist".into(),
@@ -303,7 +315,7 @@ mod tests {
         memory.healthy(1);
         assert!(
             !memory.was_refused(1, 2),
-            "forgotten once the master is back"
+            "forgotten once the primary is back"
         );
     }
 

@@ -1,9 +1,10 @@
 //! Observed node state: reports kept in the primary node's memory, never in the Raft log.
 //!
 //! Every node's agent reports to the primary node twice a second. A node is `up` when its last
-//! report is younger than [`LIVENESS_WINDOW`]; the primary itself is always up. Right after a
-//! primary takes over it has heard from nobody yet, so for one window silent nodes are `unknown`
-//! rather than wrongly `down`. Any node answers liveness questions by asking the primary.
+//! report is younger than [`LIVENESS_WINDOW`]; the primary node itself is always up. Right after
+//! a primary node takes over it has heard from nobody yet, so for one window silent nodes are
+//! `unknown` rather than wrongly `down`. Any node answers liveness questions by asking the
+//! primary node.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -31,7 +32,7 @@ pub struct Observed {
 pub struct Observer {
     pub(crate) store: Store,
     inner: Arc<Mutex<Table>>,
-    /// Master shards a switchover on this node is driving right now.
+    /// Primary shards a switchover on this node is driving right now.
     pub(crate) switching: Arc<Mutex<std::collections::HashSet<ShardUid>>>,
 }
 
@@ -73,10 +74,10 @@ impl Observer {
             .collect()
     }
 
-    /// Liveness of every node in the state, computed here: only meaningful on the primary.
+    /// Liveness of every node in the state, computed here: only meaningful on the primary node.
     pub fn local_statuses(&self) -> BTreeMap<NodeUid, NodeStatus> {
         let me = self.store.uid();
-        let leading = self.store.is_leader();
+        let leading = self.store.is_primary_node();
         let mut table = self.inner.lock().expect("observer lock");
         let now = Instant::now();
         let since = if leading {
@@ -113,11 +114,11 @@ impl Observer {
         }
     }
 
-    /// Node liveness and shard reports as the primary node sees them, asking the primary when
-    /// this node is not it. Without a reachable primary every node is `unknown` and no shard
-    /// report is known.
+    /// Node liveness and shard reports as the primary node sees them, asking the primary node
+    /// when this node is not it. Without a reachable primary node every node is `unknown` and no
+    /// shard report is known.
     pub async fn observed(&self) -> Observed {
-        if self.store.is_leader() {
+        if self.store.is_primary_node() {
             return self.local_observed();
         }
         let unknown = || Observed {
@@ -130,8 +131,10 @@ impl Observer {
                 .collect(),
             shards: BTreeMap::new(),
         };
-        let answer: Result<Observed, StoreError> =
-            self.store.call_primary("/internal/observed", &()).await;
+        let answer: Result<Observed, StoreError> = self
+            .store
+            .call_primary_node("/internal/observed", &())
+            .await;
         answer.unwrap_or_else(|_| unknown())
     }
 

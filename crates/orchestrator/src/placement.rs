@@ -1,6 +1,6 @@
 //! Placement: which node runs each shard of a new database, and on which port.
 //!
-//! Masters and slaves of one slot range always land on different nodes; within that rule each
+//! Primaries and replicas of one slot range always land on different nodes; within that rule each
 //! shard goes to the node with the least memory already placed on it (ties: lowest uid), so a
 //! database spreads across the cluster and nodes fill evenly. Ports are the lowest free ones in
 //! the shard range on that node. The result goes into the `CreateBdb` command; the state
@@ -58,36 +58,47 @@ pub fn place(
     }
     let shard_memory = spec.memory_size / u64::from(spec.shards_count.max(1));
     let mut load = memory_by_node(state, eligible);
-    let mut masters = masters_by_node(state, eligible);
+    let mut primaries = primaries_by_node(state, eligible);
     let mut used_ports = ports_by_node(state);
     let mut plans = Vec::new();
     for index in 0..spec.shards_count {
         let slots = SlotRange::even(index, spec.shards_count);
-        let master = least_loaded(&load, &masters, None);
-        plans.push(plan_on(master, ShardRole::Master, slots, &mut used_ports)?);
-        *load.entry(master).or_default() += shard_memory;
-        *masters.entry(master).or_default() += 1;
+        let primary = least_loaded(&load, &primaries, None);
+        plans.push(plan_on(
+            primary,
+            ShardRole::Primary,
+            slots,
+            &mut used_ports,
+        )?);
+        *load.entry(primary).or_default() += shard_memory;
+        *primaries.entry(primary).or_default() += 1;
         if spec.replication {
-            let slave = least_loaded(&load, &masters, Some(master));
-            plans.push(plan_on(slave, ShardRole::Slave, slots, &mut used_ports)?);
-            *load.entry(slave).or_default() += shard_memory;
+            let replica = least_loaded(&load, &primaries, Some(primary));
+            plans.push(plan_on(
+                replica,
+                ShardRole::Replica,
+                slots,
+                &mut used_ports,
+            )?);
+            *load.entry(replica).or_default() += shard_memory;
         }
     }
     Ok(plans)
 }
 
 /// Places one extra replica for slot range `slots` of a database (a temporary replica during an
-/// upgrade): on the least loaded eligible node other than the master's, at its lowest free port.
+/// upgrade): on the least loaded eligible node other than `primary_on` (the node of the range's
+/// primary shard), at its lowest free port.
 pub fn place_replica(
     state: &ClusterState,
     slots: SlotRange,
-    master_node: NodeUid,
+    primary_on: NodeUid,
     eligible: &[NodeUid],
 ) -> Result<ShardPlan, PlacementError> {
     let candidates: Vec<NodeUid> = eligible
         .iter()
         .copied()
-        .filter(|n| *n != master_node)
+        .filter(|n| *n != primary_on)
         .collect();
     if candidates.is_empty() {
         return Err(PlacementError::NotEnoughNodes {
@@ -96,13 +107,13 @@ pub fn place_replica(
         });
     }
     let load = memory_by_node(state, &candidates);
-    let masters = masters_by_node(state, &candidates);
-    let node = least_loaded(&load, &masters, None);
-    plan_on(node, ShardRole::Slave, slots, &mut ports_by_node(state))
+    let primaries = primaries_by_node(state, &candidates);
+    let node = least_loaded(&load, &primaries, None);
+    plan_on(node, ShardRole::Replica, slots, &mut ports_by_node(state))
 }
 
 /// The lowest free shard port on `node` (for a shard added beside the ones it has, such as a
-/// master's replacement during an upgrade).
+/// primary's replacement during an upgrade).
 pub fn free_port(state: &ClusterState, node: NodeUid) -> Result<u16, PlacementError> {
     let used = ports_by_node(state).remove(&node).unwrap_or_default();
     SHARD_PORTS
@@ -132,30 +143,30 @@ fn ports_by_node(state: &ClusterState) -> BTreeMap<NodeUid, BTreeSet<u16>> {
     ports
 }
 
-/// Master shards per eligible node: ties on memory go to the node with fewer masters, so the
+/// Primary shards per eligible node: ties on memory go to the node with fewer primaries, so the
 /// write load spreads too.
-fn masters_by_node(state: &ClusterState, eligible: &[NodeUid]) -> BTreeMap<NodeUid, u32> {
-    let mut masters: BTreeMap<NodeUid, u32> = eligible.iter().map(|uid| (*uid, 0)).collect();
+fn primaries_by_node(state: &ClusterState, eligible: &[NodeUid]) -> BTreeMap<NodeUid, u32> {
+    let mut primaries: BTreeMap<NodeUid, u32> = eligible.iter().map(|uid| (*uid, 0)).collect();
     for shard in state
         .shards
         .values()
-        .filter(|s| s.role == ShardRole::Master)
+        .filter(|s| s.role == ShardRole::Primary)
     {
-        if let Some(count) = masters.get_mut(&shard.node_uid) {
+        if let Some(count) = primaries.get_mut(&shard.node_uid) {
             *count += 1;
         }
     }
-    masters
+    primaries
 }
 
 fn least_loaded(
     load: &BTreeMap<NodeUid, u64>,
-    masters: &BTreeMap<NodeUid, u32>,
+    primaries: &BTreeMap<NodeUid, u32>,
     except: Option<NodeUid>,
 ) -> NodeUid {
     load.iter()
         .filter(|(uid, _)| Some(**uid) != except)
-        .min_by_key(|(uid, memory)| (**memory, masters.get(uid).copied().unwrap_or(0), **uid))
+        .min_by_key(|(uid, memory)| (**memory, primaries.get(uid).copied().unwrap_or(0), **uid))
         .map(|(uid, _)| *uid)
         .expect("placement checked there are enough nodes")
 }
@@ -225,7 +236,7 @@ mod tests {
     }
 
     #[test]
-    fn replicas_never_share_a_node_with_their_master_and_load_spreads() {
+    fn replicas_never_share_a_node_with_their_primary_and_load_spreads() {
         let mut state = state_with_nodes(3);
         let plans = place(&state, &spec("a", 12000, 3, true), &[1, 2, 3]).unwrap();
         assert_eq!(plans.len(), 6);
@@ -253,15 +264,15 @@ mod tests {
     }
 
     #[test]
-    fn masters_spread_over_two_nodes() {
+    fn primaries_spread_over_two_nodes() {
         let state = state_with_nodes(2);
         let plans = place(&state, &spec("a", 12000, 2, true), &[1, 2]).unwrap();
-        let master_nodes: Vec<u64> = plans
+        let nodes_of_primaries: Vec<u64> = plans
             .iter()
-            .filter(|p| p.role == ShardRole::Master)
+            .filter(|p| p.role == ShardRole::Primary)
             .map(|p| p.node_uid)
             .collect();
-        assert_eq!(master_nodes, [1, 2], "one master per node");
+        assert_eq!(nodes_of_primaries, [1, 2], "one primary per node");
     }
 
     #[test]

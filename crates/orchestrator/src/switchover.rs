@@ -1,10 +1,10 @@
-//! Planned switchover: move a slot range's master role from process M to its replica R with no
+//! Planned switchover: move a slot range's primary role from process M to its replica R with no
 //! client error and no lost acknowledged write (DESIGN.md, "Data path"):
 //!
 //! 1. hold: the store marks M's slots held; proxies queue their commands;
 //! 2. fence M with `CLIENT PAUSE WRITE`, so no write, however late, executes on it;
 //! 3. wait until R's offset reaches M's (bounded; on timeout unpause M, release, abort);
-//! 4. promote R (`REPLICAOF NO ONE`) and publish it as master (this also releases the hold);
+//! 4. promote R (`REPLICAOF NO ONE`) and publish it as primary (this also releases the hold);
 //! 5. proxies send the queue to R; a write M answers `-READONLY` after the fence is retried
 //!    on R (it was not executed);
 //! 6. M becomes R's replica, then is unpaused.
@@ -27,6 +27,7 @@ use flotilla_model::{
 };
 use flotilla_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::Observer;
 
@@ -41,10 +42,11 @@ pub enum SwitchoverError {
     #[error("shard {0}'s slots have no replica to switch over to; create the database with --replication")]
     NoReplica(#[serde(with = "wire::shard")] ShardUid),
     /// The replica did not catch up in time; M was unpaused and the hold released.
-    #[error("aborted: replica shard {replica} did not catch up with master {master} within {timeout:?} ({detail}); nothing changed")]
+    #[error("aborted: replica shard {replica} did not catch up with primary shard {primary} within {timeout:?} ({detail}); nothing changed")]
     NotCaughtUp {
-        /// The master.
-        master: ShardUid,
+        /// The primary (JSON keeps 0.1.0's name).
+        #[serde(rename = "master")]
+        primary: ShardUid,
         /// The replica.
         replica: ShardUid,
         /// The bound.
@@ -124,58 +126,83 @@ mod wire {
     }
 }
 
-/// What a completed switchover did and how long its phases took.
+/// What a completed switchover did and how long its phases took. The JSON (REST and
+/// `/internal/switchover` answers) keeps 0.1.0's field names.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SwitchoverReport {
-    /// The former master.
-    pub old_master: ShardUid,
-    /// The new master.
-    pub new_master: ShardUid,
-    /// From hold to the new master published, in ms (the longest a client could wait).
+    /// The former primary.
+    #[serde(rename = "old_master")]
+    pub old_primary: ShardUid,
+    /// The new primary.
+    #[serde(rename = "new_master")]
+    pub new_primary: ShardUid,
+    /// From hold to the new primary published, in ms (the longest a client could wait).
     pub hold_ms: u64,
     /// Time every node took to apply the hold, in ms.
     pub spread_ms: u64,
-    /// Time the replica took to catch up with the fenced master, in ms.
+    /// Time the replica took to catch up with the fenced primary, in ms.
     pub catch_up_ms: u64,
 }
 
-/// Switches shard `uid`'s slot range over: when `uid` is a master, to its replica; when it is
-/// a slave, to that slave. Forwarded to the primary node when this node is not it.
+/// Switches shard `uid`'s slot range over: when `uid` is a primary, to its replica; when it is
+/// a replica, to that replica. Forwarded to the primary node when this node is not it.
 pub async fn switchover(
     observer: &Observer,
     uid: ShardUid,
 ) -> Result<SwitchoverReport, SwitchoverError> {
     let store = &observer.store;
-    if !store.is_leader() {
-        return store.call_primary("/internal/switchover", &uid).await?;
+    if !store.is_primary_node() {
+        return store
+            .call_primary_node("/internal/switchover", &uid)
+            .await?;
     }
     let state = store.state();
-    let (master, replica) = pair(&state, uid)?;
-    let _driving = Driving::new(observer, master.uid);
-    let m = connect(&state, &master).await?;
-    let r = connect(&state, &replica).await?;
+    let (primary, replica) = pair(&state, uid)?;
+    let span = tracing::info_span!(
+        "switchover",
+        shard = primary.uid,
+        bdb = primary.bdb_uid,
+        replica = replica.uid,
+    );
+    switch(observer, &state, &primary, &replica)
+        .instrument(span)
+        .await
+}
+
+/// The design's switchover steps from `primary` to `replica` (this node being the primary
+/// node).
+async fn switch(
+    observer: &Observer,
+    state: &ClusterState,
+    primary: &Shard,
+    replica: &Shard,
+) -> Result<SwitchoverReport, SwitchoverError> {
+    let store = &observer.store;
+    let _driving = Driving::new(observer, primary.uid);
+    let m = connect(state, primary).await?;
+    let r = connect(state, replica).await?;
     let started = Instant::now();
 
     let hold = Command::HoldShard(ShardHold {
-        uid: master.uid,
+        uid: primary.uid,
         held: true,
     });
     let (_, index) = store.propose_indexed(hold).await?;
-    if let Err(e) = applied_everywhere(observer, &state, index).await {
-        release(store, &m, master.uid).await;
+    if let Err(e) = applied_everywhere(observer, state, index).await {
+        release(store, &m, primary.uid).await;
         return Err(e);
     }
     let spread_ms = started.elapsed().as_millis() as u64;
     let fence_ms = SWITCHOVER_FENCE.as_millis() as u64;
     if let Err(e) = m.client_pause_write(fence_ms).await {
-        release(store, &m, master.uid).await;
-        return Err(engine(master.uid, e));
+        release(store, &m, primary.uid).await;
+        return Err(engine(primary.uid, e));
     }
     let fenced = Instant::now();
     if let Err(e) = wait_for_sync(&m, &r, CATCH_UP_TIMEOUT).await {
-        release(store, &m, master.uid).await;
+        release(store, &m, primary.uid).await;
         return Err(SwitchoverError::NotCaughtUp {
-            master: master.uid,
+            primary: primary.uid,
             replica: replica.uid,
             timeout: CATCH_UP_TIMEOUT,
             detail: e.to_string(),
@@ -184,12 +211,12 @@ pub async fn switchover(
     let catch_up_ms = fenced.elapsed().as_millis() as u64;
     crate::actions::failpoint("switchover:fenced").await;
     if let Err(e) = r.replicaof_no_one().await {
-        release(store, &m, master.uid).await;
+        release(store, &m, primary.uid).await;
         return Err(engine(replica.uid, e));
     }
     // Demote M before publishing: should the fence lapse or a late proxy write to M, M now
     // answers -READONLY (not executed, retried on R) instead of acknowledging a lost write.
-    let (r_ip, r_port) = address(&state, &replica)?;
+    let (r_ip, r_port) = address(state, replica)?;
     let demoted = m.replicaof(r_ip, r_port).await;
     let promote = Command::PromoteShard(ShardPromotion {
         uid: replica.uid,
@@ -198,7 +225,7 @@ pub async fn switchover(
     if let Err(e) = propose(store, promote).await {
         // The hold was released meanwhile (a new primary node undid this switchover): give
         // the role back to M, which may already be taking writes again.
-        let (m_ip, m_port) = address(&state, &master)?;
+        let (m_ip, m_port) = address(state, primary)?;
         let _ = r.replicaof(m_ip, m_port).await;
         let _ = m.replicaof_no_one().await;
         let _ = m.client_unpause().await;
@@ -206,37 +233,31 @@ pub async fn switchover(
     }
     let hold_ms = started.elapsed().as_millis() as u64;
     let _ = m.client_unpause().await;
-    demoted.map_err(|e| engine(master.uid, e))?;
-    tracing::info!(
-        old = master.uid,
-        new = replica.uid,
-        hold_ms,
-        catch_up_ms,
-        "switchover done"
-    );
+    demoted.map_err(|e| engine(primary.uid, e))?;
+    tracing::info!(hold_ms, catch_up_ms, "switchover done");
     Ok(SwitchoverReport {
-        old_master: master.uid,
-        new_master: replica.uid,
+        old_primary: primary.uid,
+        new_primary: replica.uid,
         hold_ms,
         spread_ms,
         catch_up_ms,
     })
 }
 
-/// Marks a master as being switched over by this node for as long as it lives.
+/// Marks a primary as being switched over by this node for as long as it lives.
 struct Driving<'a> {
     observer: &'a Observer,
-    master: ShardUid,
+    primary: ShardUid,
 }
 
 impl<'a> Driving<'a> {
-    fn new(observer: &'a Observer, master: ShardUid) -> Self {
+    fn new(observer: &'a Observer, primary: ShardUid) -> Self {
         observer
             .switching
             .lock()
             .expect("switching lock")
-            .insert(master);
-        Driving { observer, master }
+            .insert(primary);
+        Driving { observer, primary }
     }
 }
 
@@ -246,7 +267,7 @@ impl Drop for Driving<'_> {
             .switching
             .lock()
             .expect("switching lock")
-            .remove(&self.master);
+            .remove(&self.primary);
     }
 }
 
@@ -260,8 +281,8 @@ pub(crate) async fn applied_everywhere(
     let statuses = observer.local_statuses();
     let deadline = Instant::now() + HOLD_SPREAD_TIMEOUT;
     for node in state.nodes.values() {
-        // Nodes not known to be down are waited for: right after a primary change every node
-        // is `unknown` for a moment, and skipping them would fence with stale proxies about.
+        // Nodes not known to be down are waited for: right after a primary node change every
+        // node is `unknown` for a moment, and skipping them would fence with stale proxies about.
         if Some(node.uid) == store.uid() || statuses.get(&node.uid) == Some(&NodeStatus::Down) {
             continue;
         }
@@ -285,18 +306,18 @@ pub(crate) async fn applied_everywhere(
 }
 
 /// Undoes steps 1-2 after an abort: unpause M and release the hold.
-async fn release(store: &Store, m: &EngineClient, master: ShardUid) {
+async fn release(store: &Store, m: &EngineClient, primary: ShardUid) {
     let _ = m.client_unpause().await;
     if let Err(e) = propose(
         store,
         Command::HoldShard(ShardHold {
-            uid: master,
+            uid: primary,
             held: false,
         }),
     )
     .await
     {
-        tracing::error!(error = %e, master, "could not release the switchover hold");
+        tracing::error!(error = %e, "could not release the switchover hold");
     }
 }
 
@@ -311,17 +332,17 @@ fn pair(state: &ClusterState, uid: ShardUid) -> Result<(Shard, Shard), Switchove
         .get(&uid)
         .ok_or(SwitchoverError::NotFound(uid))?;
     let group = state.slot_group_of(shard);
-    let master = group.master().ok_or(SwitchoverError::NoReplica(uid))?;
+    let primary = group.primary().ok_or(SwitchoverError::NoReplica(uid))?;
     let replica = match shard.role {
-        ShardRole::Slave => shard,
-        // A replica on another node first (an upgrade's replacement of the master shares its
+        ShardRole::Replica => shard,
+        // A replica on another node first (an upgrade's replacement of the primary shares its
         // node), then a permanent one.
-        ShardRole::Master => group
+        ShardRole::Primary => group
             .replicas()
             .min_by_key(|s| (s.node_uid == shard.node_uid, s.temporary, s.uid))
             .ok_or(SwitchoverError::NoReplica(uid))?,
     };
-    Ok((master.clone(), replica.clone()))
+    Ok((primary.clone(), replica.clone()))
 }
 
 fn address(state: &ClusterState, shard: &Shard) -> Result<(IpAddr, u16), SwitchoverError> {
@@ -329,7 +350,7 @@ fn address(state: &ClusterState, shard: &Shard) -> Result<(IpAddr, u16), Switcho
     Ok((addr.ip(), addr.port()))
 }
 
-/// An authenticated client for `shard`'s engine whose commands outlast a fenced master.
+/// An authenticated client for `shard`'s engine whose commands outlast a fenced primary.
 pub(crate) async fn connect(
     state: &ClusterState,
     shard: &Shard,
@@ -338,7 +359,7 @@ pub(crate) async fn connect(
     let password = state
         .engine_password()
         .map_err(|e| SwitchoverError::Store(e.into()))?;
-    // Commands here must not time out while the master is paused.
+    // Commands here must not time out while the primary is paused.
     let options = ClientOptions {
         connect_timeout: Duration::from_secs(2),
         response_timeout: Some(SWITCHOVER_RESPONSE_TIMEOUT),
@@ -355,21 +376,30 @@ fn engine(shard: ShardUid, e: impl std::fmt::Display) -> SwitchoverError {
     }
 }
 
-/// A switchover cut short by a primary node change leaves the master held: complete it when
+/// A switchover cut short by a primary node change leaves the primary held: complete it when
 /// the replica was already promoted on its engine, otherwise undo it (release, unpause).
 pub async fn finish_interrupted(
     observer: &Observer,
-    master: &Shard,
+    primary: &Shard,
 ) -> Result<(), SwitchoverError> {
-    if !master.held {
+    if !primary.held {
         return Ok(());
     }
+    let span = tracing::info_span!(
+        "switchover_repair",
+        shard = primary.uid,
+        bdb = primary.bdb_uid
+    );
+    repair(observer, primary).instrument(span).await
+}
+
+async fn repair(observer: &Observer, primary: &Shard) -> Result<(), SwitchoverError> {
     let store = &observer.store;
     let state = store.state();
-    for replica in state.slot_group_of(master).replicas() {
+    for replica in state.slot_group_of(primary).replicas() {
         if engine_role(&state, replica).await == Some(Role::Primary) {
             tracing::warn!(
-                shard = replica.uid,
+                replica = replica.uid,
                 "completing a switchover interrupted after the promotion"
             );
             return propose(
@@ -382,15 +412,12 @@ pub async fn finish_interrupted(
             .await;
         }
     }
-    tracing::warn!(
-        shard = master.uid,
-        "undoing a switchover interrupted before the promotion"
-    );
-    if let Ok(client) = connect(&state, master).await {
+    tracing::warn!("undoing a switchover interrupted before the promotion");
+    if let Ok(client) = connect(&state, primary).await {
         let _ = client.client_unpause().await;
     }
     let release = Command::HoldShard(ShardHold {
-        uid: master.uid,
+        uid: primary.uid,
         held: false,
     });
     propose(store, release).await
@@ -401,7 +428,7 @@ async fn engine_role(state: &ClusterState, shard: &Shard) -> Option<Role> {
     client.replication().await.ok().map(|r| r.role)
 }
 
-/// Held masters that no switchover on this node is driving (its primary node died while it
+/// Held primaries that no switchover on this node is driving (its primary node died while it
 /// ran): repaired by the primary node's failover loop after a short grace.
 pub(crate) fn orphaned_holds(observer: &Observer) -> Vec<Shard> {
     let driving = observer.switching.lock().expect("switching lock").clone();
@@ -457,6 +484,17 @@ mod tests {
     }
 
     #[test]
+    fn a_switchover_report_keeps_the_json_of_0_1_0() {
+        let old = json!({"Ok": {"old_master": 1, "new_master": 2, "hold_ms": 30,
+            "spread_ms": 5, "catch_up_ms": 12}});
+        let decoded: Result<SwitchoverReport, SwitchoverError> =
+            serde_json::from_value(old.clone()).unwrap();
+        let report = decoded.as_ref().expect("a report");
+        assert_eq!((report.old_primary, report.new_primary), (1, 2));
+        assert_eq!(serde_json::to_value(&decoded).unwrap(), old);
+    }
+
+    #[test]
     fn a_forwarded_switchover_answers_every_error_in_a_form_the_caller_decodes() {
         assert_eq!(
             round_trip(SwitchoverError::NoReplica(3)),
@@ -467,7 +505,9 @@ mod tests {
             json!({"Err": {"kind": "not_found", "shard": 9}})
         );
         assert_eq!(
-            round_trip(SwitchoverError::Store(StoreError::NoLeader("x".into()))),
+            round_trip(SwitchoverError::Store(StoreError::NoPrimaryNode(
+                "x".into()
+            ))),
             json!({"Err": {"kind": "store", "error": {"kind": "no_leader", "description": "x"}}})
         );
     }

@@ -1,13 +1,14 @@
 //! Errors of the cluster store, shaped so they can cross nodes when a request is forwarded.
 //!
-//! A [`StoreError`] says what the caller may do next: redirect ([`StoreError::NotLeader`]),
-//! retry ([`StoreError::NotSent`], [`StoreError::NoLeader`]), check before doing anything again
+//! A [`StoreError`] says what the caller may do next: redirect
+//! ([`StoreError::NotPrimaryNode`]), retry ([`StoreError::NotSent`],
+//! [`StoreError::NoPrimaryNode`]), check before doing anything again
 //! ([`StoreError::OutcomeUnknown`]) or give up (a refusal, bad credentials, ...).
 //!
 //! On the wire (inside `/internal/propose` and `/internal/join*` answers) every error keeps the
 //! JSON of 0.1.0 (`{"kind": ..., "description": ...}`), so an older node decodes what a newer
 //! one sends: a variant 0.1.0 does not know travels as the 0.1.0 variant closest in meaning
-//! (`NotLeader` as `no_leader`, `OutcomeUnknown` as `internal`), with its details in an extra
+//! (`NotPrimaryNode` as `no_leader`, `OutcomeUnknown` as `internal`), with its details in an extra
 //! field that older nodes ignore and newer nodes read back.
 
 use flotilla_model::{ModelError, NodeUid};
@@ -31,12 +32,13 @@ pub enum StoreError {
     Refused(ModelError),
     /// No primary node is known right now (election in progress or quorum lost).
     #[error("no primary node is reachable right now (election in progress or quorum lost): {0}")]
-    NoLeader(String),
-    /// This node is not the primary node; the request must go to `leader`. Nothing was done.
-    #[error("this node is not the primary node; node {leader}{} is: the request must be sent there", at(.rpc_addr))]
-    NotLeader {
+    NoPrimaryNode(String),
+    /// This node is not the primary node; the request must go to `primary_node`. Nothing was
+    /// done.
+    #[error("this node is not the primary node; node {primary_node}{} is: the request must be sent there", at(.rpc_addr))]
+    NotPrimaryNode {
         /// The primary node's uid.
-        leader: NodeUid,
+        primary_node: NodeUid,
         /// Its internal RPC address (`ip:port`), when this node knows it.
         rpc_addr: Option<String>,
     },
@@ -77,11 +79,13 @@ fn at(rpc_addr: &Option<String>) -> String {
 
 impl StoreError {
     /// True when the request certainly did not run and may be sent again as it is (after the
-    /// primary node is known again, for `NoLeader` and `NotLeader`).
+    /// primary node is known again, for `NoPrimaryNode` and `NotPrimaryNode`).
     pub fn is_safe_to_retry(&self) -> bool {
         matches!(
             self,
-            StoreError::NoLeader(_) | StoreError::NotLeader { .. } | StoreError::NotSent { .. }
+            StoreError::NoPrimaryNode(_)
+                | StoreError::NotPrimaryNode { .. }
+                | StoreError::NotSent { .. }
         )
     }
 }
@@ -152,11 +156,14 @@ impl From<&StoreError> for Wire {
             StoreError::AlreadyBootstrapped(s) => plain(Known010::AlreadyBootstrapped(s)),
             StoreError::Unauthorized => plain(Known010::Unauthorized),
             StoreError::Refused(m) => plain(Known010::Refused(m)),
-            StoreError::NoLeader(s) => plain(Known010::NoLeader(s)),
-            StoreError::NotLeader { leader, rpc_addr } => Wire {
-                known: Known010::NoLeader(format!("node {leader} is the primary")),
+            StoreError::NoPrimaryNode(s) => plain(Known010::NoLeader(s)),
+            StoreError::NotPrimaryNode {
+                primary_node,
+                rpc_addr,
+            } => Wire {
+                known: Known010::NoLeader(format!("node {primary_node} is the primary node")),
                 leader: Some(LeaderHint {
-                    uid: leader,
+                    uid: primary_node,
                     rpc_addr,
                 }),
                 outcome_unknown: None,
@@ -179,15 +186,17 @@ impl From<Wire> for StoreError {
             return StoreError::OutcomeUnknown { addr, reason };
         }
         match (wire.known, wire.leader) {
-            (Known010::NoLeader(_), Some(LeaderHint { uid, rpc_addr })) => StoreError::NotLeader {
-                leader: uid,
-                rpc_addr,
-            },
+            (Known010::NoLeader(_), Some(LeaderHint { uid, rpc_addr })) => {
+                StoreError::NotPrimaryNode {
+                    primary_node: uid,
+                    rpc_addr,
+                }
+            }
             (Known010::NotBootstrapped, _) => StoreError::NotBootstrapped,
             (Known010::AlreadyBootstrapped(s), _) => StoreError::AlreadyBootstrapped(s),
             (Known010::Unauthorized, _) => StoreError::Unauthorized,
             (Known010::Refused(m), _) => StoreError::Refused(m),
-            (Known010::NoLeader(s), None) => StoreError::NoLeader(s),
+            (Known010::NoLeader(s), None) => StoreError::NoPrimaryNode(s),
             (Known010::Unreachable { addr, reason }, _) => StoreError::NotSent { addr, reason },
             (Known010::InvalidRequest(s), _) => StoreError::InvalidRequest(s),
             (Known010::Internal(s), _) => StoreError::Internal(s),
@@ -249,7 +258,7 @@ mod tests {
             ),
             (
                 json!({"kind": "no_leader", "description": "no leader elected yet"}),
-                StoreError::NoLeader("no leader elected yet".into()),
+                StoreError::NoPrimaryNode("no leader elected yet".into()),
             ),
             (
                 json!({"kind": "unreachable", "description": {"addr": "127.0.0.12:3333", "reason": "connection refused"}}),
@@ -289,9 +298,9 @@ mod tests {
     }
 
     #[test]
-    fn a_not_leader_error_travels_as_no_leader_with_the_leader_beside_it() {
-        let error = StoreError::NotLeader {
-            leader: 2,
+    fn a_not_primary_node_error_travels_as_no_leader_with_the_primary_node_beside_it() {
+        let error = StoreError::NotPrimaryNode {
+            primary_node: 2,
             rpc_addr: Some("127.0.0.12:3333".into()),
         };
         let json = serde_json::to_value(&error).unwrap();
@@ -299,12 +308,15 @@ mod tests {
             json,
             json!({
                 "kind": "no_leader",
-                "description": "node 2 is the primary",
+                "description": "node 2 is the primary node",
                 "leader": {"uid": 2, "rpc_addr": "127.0.0.12:3333"},
             })
         );
         let old: OldStoreError = serde_json::from_value(json.clone()).unwrap();
-        assert_eq!(old, OldStoreError::NoLeader("node 2 is the primary".into()));
+        assert_eq!(
+            old,
+            OldStoreError::NoLeader("node 2 is the primary node".into())
+        );
         assert_eq!(serde_json::from_value::<StoreError>(json).unwrap(), error);
     }
 
@@ -332,7 +344,7 @@ mod tests {
     #[test]
     fn forwarded_answers_keep_their_0_1_0_json() {
         // `/internal/propose` and `/internal/join*` answer `Result<_, StoreError>`.
-        let answer: Result<(), StoreError> = Err(StoreError::NoLeader("x".into()));
+        let answer: Result<(), StoreError> = Err(StoreError::NoPrimaryNode("x".into()));
         let json = serde_json::to_value(&answer).unwrap();
         assert_eq!(
             json,
@@ -353,9 +365,9 @@ mod tests {
             reason: "lost".into(),
         };
         assert!(not_sent.is_safe_to_retry());
-        assert!(StoreError::NoLeader("x".into()).is_safe_to_retry());
-        assert!(StoreError::NotLeader {
-            leader: 2,
+        assert!(StoreError::NoPrimaryNode("x".into()).is_safe_to_retry());
+        assert!(StoreError::NotPrimaryNode {
+            primary_node: 2,
             rpc_addr: None
         }
         .is_safe_to_retry());

@@ -6,7 +6,7 @@
 //! [`Store::propose`]; a proposal made on a secondary node is forwarded to the primary node.
 //!
 //! A node starts without Raft; `create_cluster` makes it uid 1 and initializes Raft,
-//! `join_cluster` gets a uid from the primary, starts Raft and becomes a voter.
+//! `join_cluster` gets a uid from the primary node, starts Raft and becomes a voter.
 
 // openraft's StorageError is large and its traits dictate it; boxing it here would only add
 // conversions at every trait boundary.
@@ -49,8 +49,8 @@ use state_machine::StateMachine;
 
 /// How long a proposal keeps trying to reach a primary node before giving up.
 const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
-/// Pause before a proposal is sent again while some node is known as the primary (one that
-/// may be gone or deposed): a refused connection fails at once, so without it the retry spins.
+/// Pause before a proposal is sent again while some node is known as the primary node (one
+/// that may be gone or deposed): a refused connection fails at once, so without it the retry spins.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Where a node's store lives and how it is reached.
@@ -157,19 +157,19 @@ impl Store {
     }
 
     /// The uid of the primary node (Raft leader) as this node knows it.
-    pub fn leader(&self) -> Option<NodeUid> {
+    pub fn primary_node(&self) -> Option<NodeUid> {
         let raft = self.raft().ok()?;
         let leader = raft.metrics().borrow().current_leader;
         leader
     }
 
     /// True when this node is the primary node.
-    pub fn is_leader(&self) -> bool {
-        self.uid().is_some() && self.leader() == self.uid()
+    pub fn is_primary_node(&self) -> bool {
+        self.uid().is_some() && self.primary_node() == self.uid()
     }
 
     /// The RPC address (`ip:port`) of the primary node, from Raft's membership.
-    pub fn leader_rpc_addr(&self) -> Option<String> {
+    pub fn primary_node_rpc_addr(&self) -> Option<String> {
         let raft = self.raft().ok()?;
         let metrics = raft.metrics().borrow().clone();
         let leader = metrics.current_leader?;
@@ -220,35 +220,37 @@ impl Store {
         let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
         loop {
             let attempt = match self.propose_local(command.clone()).await {
-                Err(StoreError::NotLeader { rpc_addr, .. }) => {
-                    match rpc_addr.or_else(|| self.leader_rpc_addr()) {
+                Err(StoreError::NotPrimaryNode { rpc_addr, .. }) => {
+                    match rpc_addr.or_else(|| self.primary_node_rpc_addr()) {
                         Some(leader) => self.forward_proposal(&leader, &command).await,
-                        None => Err(StoreError::NoLeader("no primary node elected yet".into())),
+                        None => Err(StoreError::NoPrimaryNode(
+                            "no primary node elected yet".into(),
+                        )),
                     }
                 }
                 other => other,
             };
             match attempt {
                 Err(e) if e.is_safe_to_retry() && tokio::time::Instant::now() < deadline => {
-                    if self.leader().is_some() {
+                    if self.primary_node().is_some() {
                         tokio::time::sleep(RETRY_PAUSE).await;
                     }
-                    self.wait_for_leader(Duration::from_millis(500)).await;
+                    self.wait_for_primary_node(Duration::from_millis(500)).await;
                 }
                 other => return other,
             }
         }
     }
 
-    /// Proposes on this node only: `NotLeader` (or `NoLeader`) when this node is not the
-    /// primary; a refused command is `Err(Refused)`.
+    /// Proposes on this node only: `NotPrimaryNode` (or `NoPrimaryNode`) when this node is not
+    /// the primary node; a refused command is `Err(Refused)`.
     pub async fn propose_local(&self, command: Command) -> Result<CommandResult, StoreError> {
         self.propose_indexed(command)
             .await
             .map(|(result, _)| result)
     }
 
-    /// Proposes on this node (the primary) and returns the outcome with the entry's log index,
+    /// Proposes on this node (the primary node) and returns the outcome with the entry's log index,
     /// so the caller can wait until other nodes have applied it ([`Store::applied_index`]).
     /// A refused command is `Err(Refused)`.
     pub async fn propose_indexed(
@@ -268,11 +270,11 @@ impl Store {
             Ok(Ok(response)) => Ok((response.data, response.log_id.index)),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(match f.leader_id {
-                    Some(leader) => StoreError::NotLeader {
-                        leader,
+                    Some(leader) => StoreError::NotPrimaryNode {
+                        primary_node: leader,
                         rpc_addr: f.leader_node.map(|n| n.addr),
                     },
-                    None => StoreError::NoLeader("no primary node elected yet".into()),
+                    None => StoreError::NoPrimaryNode("no primary node elected yet".into()),
                 })
             }
             Ok(Err(e)) => Err(StoreError::Internal(e.to_string())),
@@ -309,8 +311,8 @@ impl Store {
         self.config().rpc_addr_of(self.config().addr)
     }
 
-    /// Waits (bounded) until some node is known as the primary.
-    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeUid> {
+    /// Waits (bounded) until some node is known as the primary node.
+    pub async fn wait_for_primary_node(&self, timeout: Duration) -> Option<NodeUid> {
         let raft = self.raft().ok()?;
         let mut metrics = raft.metrics();
         let found = async {
@@ -324,17 +326,17 @@ impl Store {
     }
 
     /// Runs a request on the primary node: POSTs `body` to its internal RPC `path` (see
-    /// [`Store::call_internal`]). `NoLeader` when no primary node is known. The request goes
-    /// over HTTP even when this node is the primary; callers that can run it here check
-    /// [`Store::is_leader`] first.
-    pub async fn call_primary<B, R>(&self, path: &str, body: &B) -> Result<R, StoreError>
+    /// [`Store::call_internal`]). `NoPrimaryNode` when no primary node is known. The request
+    /// goes over HTTP even when this node is the primary node; callers that can run it here check
+    /// [`Store::is_primary_node`] first.
+    pub async fn call_primary_node<B, R>(&self, path: &str, body: &B) -> Result<R, StoreError>
     where
         B: serde::Serialize + ?Sized,
         R: serde::de::DeserializeOwned,
     {
         let leader = self
-            .leader_rpc_addr()
-            .ok_or_else(|| StoreError::NoLeader("no primary node elected yet".into()))?;
+            .primary_node_rpc_addr()
+            .ok_or_else(|| StoreError::NoPrimaryNode("no primary node elected yet".into()))?;
         self.call_internal(&leader, path, body).await
     }
 

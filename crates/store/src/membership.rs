@@ -4,7 +4,7 @@
 //! 1. `/internal/join` (authenticated by the operator's credentials) records the node in the
 //!    state (`AddNode`; a known address keeps its uid) and answers its uid and the secret;
 //! 2. the joiner saves its identity and starts Raft, then `/internal/join/promote` makes the
-//!    primary add it as a learner, wait until it caught up, and turn it into a voter.
+//!    primary node add it as a learner, wait until it caught up, and turn it into a voter.
 //!
 //! A join that fails in step 1 leaves nothing behind; one interrupted after it can be run again
 //! and resumes under the same uid.
@@ -33,15 +33,16 @@ pub struct JoinRequest {
     pub node: NodeSpec,
 }
 
-/// What the primary answers a successful join request with.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What the primary node answers a successful join request with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinTicket {
     /// The joiner's uid.
     pub uid: NodeUid,
     /// The internal RPC secret.
     pub secret: String,
-    /// The primary's RPC address, for step 2.
-    pub leader_rpc_addr: String,
+    /// The primary node's RPC address, for step 2 (JSON keeps 0.1.0's name).
+    #[serde(rename = "leader_rpc_addr")]
+    pub primary_node_rpc_addr: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,9 +77,9 @@ impl Store {
         };
         // Already initialized (a resumed create) is fine.
         let _ = raft.initialize(BTreeMap::from([(1, me)])).await;
-        if self.wait_for_leader(Duration::from_secs(10)).await != Some(1) {
-            return Err(StoreError::NoLeader(
-                "this node did not become the primary within 10 s".into(),
+        if self.wait_for_primary_node(Duration::from_secs(10)).await != Some(1) {
+            return Err(StoreError::NoPrimaryNode(
+                "this node did not become the primary node within 10 s".into(),
             ));
         }
         let command = Command::CreateCluster(ClusterCreation {
@@ -137,7 +138,11 @@ impl Store {
         self.start_raft(identity).await?;
         let promote = PromoteRequest { uid: ticket.uid };
         let promoted: Result<(), StoreError> = self
-            .call_internal(&ticket.leader_rpc_addr, "/internal/join/promote", &promote)
+            .call_internal(
+                &ticket.primary_node_rpc_addr,
+                "/internal/join/promote",
+                &promote,
+            )
             .await?;
         promoted?;
         self.wait_until_listed(ticket.uid).await?;
@@ -201,11 +206,11 @@ impl Store {
         ))
     }
 
-    /// Primary-side handling of a join request (step 1). Forwards to the primary when this
+    /// Primary node's handling of a join request (step 1). Forwards to the primary node when this
     /// node is not it.
     pub(crate) async fn admit(&self, request: JoinRequest) -> Result<JoinTicket, StoreError> {
-        if !self.is_leader() {
-            return self.call_primary("/internal/join", &request).await?;
+        if !self.is_primary_node() {
+            return self.call_primary_node("/internal/join", &request).await?;
         }
         let state = self.state();
         let cluster = state.cluster()?;
@@ -236,15 +241,15 @@ impl Store {
         Ok(JoinTicket {
             uid,
             secret: cluster.secret.clone(),
-            leader_rpc_addr: self.leader_rpc_addr().unwrap_or_default(),
+            primary_node_rpc_addr: self.primary_node_rpc_addr().unwrap_or_default(),
         })
     }
 
-    /// Primary-side step 2: learner, catch up, voter.
+    /// Primary node's step 2: learner, catch up, voter.
     pub(crate) async fn promote(&self, uid: NodeUid) -> Result<(), StoreError> {
-        if !self.is_leader() {
+        if !self.is_primary_node() {
             return self
-                .call_primary("/internal/join/promote", &PromoteRequest { uid })
+                .call_primary_node("/internal/join/promote", &PromoteRequest { uid })
                 .await?;
         }
         let state = self.state();
@@ -272,5 +277,18 @@ impl Store {
         .map_err(|_| internal(format!("making node {uid} a voter took over 30 s")))?
         .map_err(|e| internal(e.to_string()))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_join_ticket_keeps_the_json_of_0_1_0() {
+        let old = r#"{"uid":3,"secret":"s3cret","leader_rpc_addr":"127.0.0.11:3333"}"#;
+        let ticket: JoinTicket = serde_json::from_str(old).unwrap();
+        assert_eq!(ticket.primary_node_rpc_addr, "127.0.0.11:3333");
+        assert_eq!(serde_json::to_string(&ticket).unwrap(), old);
     }
 }

@@ -15,20 +15,20 @@ use super::ShardError;
 pub struct DesiredShard {
     /// The shard's database (for logs).
     pub bdb_uid: u64,
-    /// Master or slave, as the store says.
+    /// Primary or replica, as the store says.
     pub role: ShardRole,
-    /// The store places a slave of this shard's slot range (for a master: a failover target
+    /// The store places a replica of this shard's slot range (for a primary: a failover target
     /// holds its data).
     pub has_replica: bool,
     /// A planned switchover holds this shard's slot range: the switchover, not the agent,
-    /// moves the engines' roles until the store publishes the new master.
+    /// moves the engines' roles until the store publishes the new primary.
     pub switching: bool,
-    /// The engine to run; for a slave, `replica_of` names its current master.
+    /// The engine to run; for a replica, `replica_of` names its current primary.
     pub spec: ShardSpec,
 }
 
 /// Every shard the store places on node `node`, keyed by shard uid. A shard whose spec cannot
-/// be built (its master's node has no usable address, say) maps to the error, so the caller
+/// be built (its primary's node has no usable address, say) maps to the error, so the caller
 /// can log it and still run the others.
 pub fn desired_shards(
     state: &ClusterState,
@@ -63,8 +63,8 @@ fn desired_shard(
         ))
     })?;
     let replica_of = match shard.role {
-        ShardRole::Master => None,
-        ShardRole::Slave => Some(master_address(state, shard)?),
+        ShardRole::Primary => None,
+        ShardRole::Replica => Some(primary_address(state, shard)?),
     };
     let spec = ShardSpec {
         shard_id: shard.uid,
@@ -80,7 +80,7 @@ fn desired_shard(
     };
     let group = state.slot_group_of(shard);
     let has_replica = group.replicas().any(|other| other.uid != shard.uid);
-    let switching = group.master().is_some_and(|master| master.held);
+    let switching = group.primary().is_some_and(|primary| primary.held);
     Ok(DesiredShard {
         bdb_uid: shard.bdb_uid,
         role: shard.role,
@@ -90,18 +90,18 @@ fn desired_shard(
     })
 }
 
-/// Where the master of a slave's slot range listens: its node's address and its port.
-fn master_address(state: &ClusterState, slave: &Shard) -> Result<ReplicaOf, ShardError> {
-    let master = state
-        .master_of(slave.bdb_uid, slave.assigned_slots)
+/// Where the primary of a replica's slot range listens: its node's address and its port.
+fn primary_address(state: &ClusterState, replica: &Shard) -> Result<ReplicaOf, ShardError> {
+    let primary = state
+        .primary_of(replica.bdb_uid, replica.assigned_slots)
         .ok_or_else(|| {
             ShardError::Inconsistent(format!(
-                "slave shard {} has no master for slots {} of database {}",
-                slave.uid, slave.assigned_slots, slave.bdb_uid
+                "replica shard {} has no primary shard for slots {} of database {}",
+                replica.uid, replica.assigned_slots, replica.bdb_uid
             ))
         })?;
     let addr = state
-        .shard_addr(master)
+        .shard_addr(primary)
         .map_err(|e| ShardError::Inconsistent(e.to_string()))?;
     Ok(ReplicaOf {
         host: addr.ip(),
@@ -109,8 +109,8 @@ fn master_address(state: &ClusterState, slave: &Shard) -> Result<ReplicaOf, Shar
     })
 }
 
-/// The database's memory limit split evenly across its primary shards (a slave holds the same
-/// data as its master, so it gets the same limit).
+/// The database's memory limit split evenly across its primary shards (a replica holds the same
+/// data as its primary, so it gets the same limit).
 fn shard_memory(bdb: &Bdb) -> u64 {
     bdb.spec.memory_size / u64::from(bdb.spec.shards_count.max(1))
 }
@@ -141,7 +141,7 @@ mod tests {
         }
     }
 
-    /// A two-node cluster with one database: master on node 1, slave on node 2.
+    /// A two-node cluster with one database: primary on node 1, replica on node 2.
     fn state() -> ClusterState {
         let mut state = ClusterState::default();
         let create = Command::CreateCluster(ClusterCreation {
@@ -182,8 +182,8 @@ mod tests {
             },
             created_at: 0,
             shards: vec![
-                plan(1, ShardRole::Master, 20001),
-                plan(2, ShardRole::Slave, 20002),
+                plan(1, ShardRole::Primary, 20001),
+                plan(2, ShardRole::Replica, 20002),
             ],
         });
         assert!(matches!(state.apply(bdb), CommandResult::BdbCreated { .. }));
@@ -191,15 +191,15 @@ mod tests {
     }
 
     #[test]
-    fn a_slave_follows_its_masters_node_and_port() {
+    fn a_replica_follows_the_node_and_port_of_its_primary() {
         let state = state();
         let dir = Path::new("/data/shards");
         let on_2 = desired_shards(&state, 2, "127.0.0.12".parse().unwrap(), dir).unwrap();
         assert_eq!(on_2.len(), 1);
-        let slave = on_2.get(&2).unwrap().as_ref().unwrap();
-        assert_eq!(slave.role, ShardRole::Slave);
-        assert!(!slave.has_replica);
-        let spec = &slave.spec;
+        let replica = on_2.get(&2).unwrap().as_ref().unwrap();
+        assert_eq!(replica.role, ShardRole::Replica);
+        assert!(!replica.has_replica);
+        let spec = &replica.spec;
         assert_eq!(spec.bind.to_string(), "127.0.0.12");
         assert_eq!(spec.port, 20002);
         assert_eq!(spec.password, "sekret");
@@ -207,9 +207,9 @@ mod tests {
         assert_eq!(spec.persistence, Persistence::Aof);
         assert_eq!(spec.version, EngineVersion::Valkey81);
         assert_eq!(spec.dir, Path::new("/data/shards/2"));
-        let master = spec.replica_of.unwrap();
+        let primary = spec.replica_of.unwrap();
         assert_eq!(
-            (master.host.to_string().as_str(), master.port),
+            (primary.host.to_string().as_str(), primary.port),
             ("127.0.0.11", 20001)
         );
     }
@@ -226,18 +226,18 @@ mod tests {
         );
         let dir = Path::new("/data/shards");
         let on_1 = desired_shards(&state, 1, "127.0.0.11".parse().unwrap(), dir).unwrap();
-        let old_master = on_1.get(&1).unwrap().as_ref().unwrap();
-        assert_eq!(old_master.role, ShardRole::Slave);
-        let master = old_master.spec.replica_of.unwrap();
+        let old_primary = on_1.get(&1).unwrap().as_ref().unwrap();
+        assert_eq!(old_primary.role, ShardRole::Replica);
+        let primary = old_primary.spec.replica_of.unwrap();
         assert_eq!(
-            (master.host.to_string().as_str(), master.port),
+            (primary.host.to_string().as_str(), primary.port),
             ("127.0.0.12", 20002)
         );
         let on_2 = desired_shards(&state, 2, "127.0.0.12".parse().unwrap(), dir).unwrap();
-        let new_master = on_2.get(&2).unwrap().as_ref().unwrap();
-        assert_eq!(new_master.role, ShardRole::Master);
-        assert_eq!(new_master.spec.replica_of, None);
-        assert!(new_master.has_replica);
+        let new_primary = on_2.get(&2).unwrap().as_ref().unwrap();
+        assert_eq!(new_primary.role, ShardRole::Primary);
+        assert_eq!(new_primary.spec.replica_of, None);
+        assert!(new_primary.has_replica);
     }
 
     #[test]

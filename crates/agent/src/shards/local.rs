@@ -80,7 +80,7 @@ pub(crate) async fn remove_shard(uid: ShardUid, shard_dir: &Path) -> Result<(), 
         Some(spec) => {
             if let Some(process) = adopt(&spec)? {
                 tracing::info!(
-                    shard_uid = uid,
+                    shard = uid,
                     pid = process.pid(),
                     "stopping a shard the store no longer places here"
                 );
@@ -91,7 +91,7 @@ pub(crate) async fn remove_shard(uid: ShardUid, shard_dir: &Path) -> Result<(), 
     }
     std::fs::remove_dir_all(shard_dir)
         .map_err(|e| ShardError::io("remove shard dir", shard_dir, e))?;
-    tracing::info!(shard_uid = uid, dir = %shard_dir.display(), "shard removed from this node");
+    tracing::info!(shard = uid, dir = %shard_dir.display(), "shard removed from this node");
     Ok(())
 }
 

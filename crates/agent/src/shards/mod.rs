@@ -1,13 +1,13 @@
 //! The shard reconciler: makes this node's engines match the shards the store places on it,
-//! and keeps what it observes of them for the node's report to the primary.
+//! and keeps what it observes of them for the node's report to the primary node.
 //!
 //! Every store change, and at least every [`RECONCILE_INTERVAL`], the [`ShardAgent`]:
 //! - for each shard on this node, adopts its running engine or starts it (detached, so it
-//!   outlives the daemon), makes its role match the store (`REPLICAOF NO ONE` for a master,
-//!   `REPLICAOF host port` for a slave), and observes it;
-//! - holds back restarting a dead memory-only master that has a replica for
-//!   [`MASTER_RESTART_GRACE`](flotilla_model::timing::MASTER_RESTART_GRACE), so the
-//!   orchestrator can promote the replica before the master comes back empty;
+//!   outlives the daemon), makes its role match the store (`REPLICAOF NO ONE` for a primary,
+//!   `REPLICAOF host port` for a replica), and observes it;
+//! - holds back restarting a dead memory-only primary that has a replica for
+//!   [`PRIMARY_RESTART_GRACE`](flotilla_model::timing::PRIMARY_RESTART_GRACE), so the
+//!   orchestrator can promote the replica before the primary comes back empty;
 //! - for each folder in the shards dir that the store no longer places here, stops the engine
 //!   and removes the folder.
 //!
@@ -32,6 +32,7 @@ use flotilla_model::{ShardRole, ShardUid};
 use flotilla_store::{Store, Wake, Wakes};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 pub use desired::{desired_shards, DesiredShard};
 pub use local::{local_shard_dirs, recorded_spec};
@@ -74,10 +75,10 @@ pub enum ShardError {
         /// The live pid.
         pid: u32,
     },
-    /// The store's view does not hold together for this shard (no master, unknown node...).
+    /// The store's view does not hold together for this shard (no primary, unknown node...).
     #[error("{0}")]
     Inconsistent(String),
-    /// Something this step depends on is not ready yet (no cluster, master not promoted yet).
+    /// Something this step depends on is not ready yet (no cluster, primary not promoted yet).
     #[error("{0}")]
     NotReady(String),
 }
@@ -115,7 +116,7 @@ impl ObservedShards {
     fn set(&self, report: ShardReport) {
         let previous = self.lock().insert(report.uid, report.clone());
         let same = previous.is_some_and(|p| {
-            (p.up, p.role, p.master_link_up) == (report.up, report.role, report.master_link_up)
+            (p.up, p.role, p.primary_link_up) == (report.up, report.role, report.primary_link_up)
         });
         if !same {
             self.changed.notify_one();
@@ -229,7 +230,7 @@ impl ShardAgent {
                 }
                 Ok(_) => {}
                 Err(err) => {
-                    tracing::warn!(shard_uid = uid, error = %err, "cannot build the shard's spec");
+                    tracing::warn!(shard = uid, error = %err, "cannot build the shard's spec");
                     self.observed.set(worker::down_report(*uid));
                 }
             }
@@ -245,7 +246,7 @@ impl ShardAgent {
             let watching = step.watching.load(Ordering::Acquire);
             if !watching || step.wanted.as_ref() == Some(&wanted) {
                 tracing::debug!(
-                    shard_uid = uid,
+                    shard = uid,
                     "previous step still running; skipping this round"
                 );
                 return;
@@ -259,15 +260,19 @@ impl ShardAgent {
         let watch_flag = watching.clone();
         let started_for = Some(wanted.clone());
         self.last_wanted.insert(uid, wanted.clone());
-        let task = tokio::spawn(async move {
-            let report = worker::reconcile_and_observe(&catalog, &down_since, &wanted).await;
-            let unlinked = unlinked_replica(&wanted, &report);
-            observed.set(report);
-            if unlinked {
-                watch_flag.store(true, Ordering::Release);
-                watch_sync(&wanted, &observed).await;
+        let span = tracing::info_span!("reconcile", shard = uid, bdb = wanted.bdb_uid);
+        let task = tokio::spawn(
+            async move {
+                let report = worker::reconcile_and_observe(&catalog, &down_since, &wanted).await;
+                let unlinked = unlinked_replica(&wanted, &report);
+                observed.set(report);
+                if unlinked {
+                    watch_flag.store(true, Ordering::Release);
+                    watch_sync(&wanted, &observed).await;
+                }
             }
-        });
+            .instrument(span),
+        );
         let step = Step {
             task,
             watching,
@@ -289,11 +294,15 @@ impl ShardAgent {
             if wanted(uid) || self.in_flight.contains_key(&uid) {
                 continue;
             }
-            let task = tokio::spawn(async move {
-                if let Err(err) = local::remove_shard(uid, &dir).await {
-                    tracing::warn!(shard_uid = uid, error = %err, "cannot remove shard; retrying next round");
+            let span = tracing::info_span!("remove", shard = uid);
+            let task = tokio::spawn(
+                async move {
+                    if let Err(err) = local::remove_shard(uid, &dir).await {
+                        tracing::warn!(error = %err, "cannot remove shard; retrying next round");
+                    }
                 }
-            });
+                .instrument(span),
+            );
             self.in_flight.insert(uid, Step::removal(task));
         }
     }
@@ -307,7 +316,7 @@ impl ShardAgent {
                 .is_err()
             {
                 tracing::warn!(
-                    shard_uid = uid,
+                    shard = uid,
                     "shard step still running at shutdown; abandoned"
                 );
                 step.task.abort();
@@ -316,16 +325,17 @@ impl ShardAgent {
     }
 }
 
-/// A replica whose link to its master is not up yet: it is about to sync (just started,
-/// restarted on a new engine, pointed at a new master), syncing, or loading the RDB (its
+/// A replica whose link to its primary is not up yet: it is about to sync (just started,
+/// restarted on a new engine, pointed at a new primary), syncing, or loading the RDB (its
 /// engine then refuses connections `-LOADING` and is reported down).
 fn unlinked_replica(wanted: &DesiredShard, report: &ShardReport) -> bool {
-    wanted.role == ShardRole::Slave && !report.serves_in(ShardRole::Slave, ReplicaLink::Required)
+    wanted.role == ShardRole::Replica
+        && !report.serves_in(ShardRole::Replica, ReplicaLink::Required)
 }
 
-/// Observes a replica that is not linked to its master yet every [`SYNC_POLL`] until its link
+/// Observes a replica that is not linked to its primary yet every [`SYNC_POLL`] until its link
 /// is up or [`SYNC_WATCH`] passes (a round that wants something else of the shard cuts it
-/// short; the first round after it watches again). A replica whose master is gone is so polled
+/// short; the first round after it watches again). A replica whose primary is gone is so polled
 /// for most of each round: one `INFO` every 50 ms, cheap next to what an upgrade step waiting
 /// for it saves.
 async fn watch_sync(wanted: &DesiredShard, observed: &ObservedShards) {

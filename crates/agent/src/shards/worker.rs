@@ -11,7 +11,7 @@ use flotilla_engine::{
     Role, ShardProcess, ShardSpec, StopOptions,
 };
 use flotilla_model::rest::ShardReport;
-use flotilla_model::timing::MASTER_RESTART_GRACE;
+use flotilla_model::timing::PRIMARY_RESTART_GRACE;
 use flotilla_model::{ShardRole, ShardUid};
 
 use super::desired::DesiredShard;
@@ -30,7 +30,7 @@ const REPLACE_STOP: StopOptions = StopOptions {
     signal_timeout: Duration::from_secs(5),
 };
 
-/// When the agent first found each dead, memory-only master down (see [`MASTER_RESTART_GRACE`]).
+/// When the agent first found each dead, memory-only primary down (see [`PRIMARY_RESTART_GRACE`]).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DownSince(Arc<Mutex<HashMap<ShardUid, Instant>>>);
 
@@ -65,20 +65,16 @@ pub(crate) async fn reconcile_and_observe(
     match reconcile(catalog, down, desired).await {
         Ok(()) => {}
         Err(ShardError::NotReady(why)) => {
-            tracing::info!(
-                shard_uid = uid,
-                bdb_uid = desired.bdb_uid,
-                "shard waits: {why}"
-            );
+            tracing::info!("shard waits: {why}");
         }
         Err(err) => {
-            tracing::warn!(shard_uid = uid, bdb_uid = desired.bdb_uid, error = %err, "shard not reconciled; retrying next round");
+            tracing::warn!(error = %err, "shard not reconciled; retrying next round");
         }
     }
     match observe(&desired.spec).await {
         Ok(report) => report,
         Err(err) => {
-            tracing::debug!(shard_uid = uid, error = %err, "shard not observed");
+            tracing::debug!(error = %err, "shard not observed");
             down_report(uid)
         }
     }
@@ -91,7 +87,7 @@ pub(crate) fn down_report(uid: ShardUid) -> ShardReport {
         up: false,
         role: None,
         offset: 0,
-        master_link_up: false,
+        primary_link_up: false,
         sync_in_progress: false,
         used_memory: 0,
         engine_version: None,
@@ -111,7 +107,7 @@ async fn reconcile(
 
 /// Adopts the shard's running engine, or starts it. An engine still running from an older
 /// spec at another port or with another binary is stopped first, so it cannot linger. A dead
-/// memory-only master with a replica waits [`MASTER_RESTART_GRACE`] first.
+/// memory-only primary with a replica waits [`PRIMARY_RESTART_GRACE`] first.
 async fn ensure_running(
     catalog: &EngineCatalog,
     down: &DownSince,
@@ -121,7 +117,7 @@ async fn ensure_running(
     // A new engine version (an upgrade step) restarts the engine even when the binary keeps its
     // name (redis-6.2 -> redis-7.0), so adopting by name is not enough.
     if recorded_spec(&spec.dir)?.is_some_and(|previous| previous.version != spec.version) {
-        tracing::info!(shard_uid = spec.shard_id, version = %spec.version, "engine version changed: restarting the shard on the new engine");
+        tracing::info!(version = %spec.version, "engine version changed: restarting the shard on the new engine");
         stop_previous(spec).await?;
     }
     if let Some(process) = adopt(spec)? {
@@ -131,29 +127,29 @@ async fn ensure_running(
     }
     if waits_for_failover(desired)? {
         let elapsed = down.elapsed(spec.shard_id);
-        if elapsed < MASTER_RESTART_GRACE {
+        if elapsed < PRIMARY_RESTART_GRACE {
             return Err(ShardError::NotReady(format!(
-                "master engine down for {} ms without persistence; leaving {} ms for its replica to be promoted before restarting it empty",
+                "primary shard's engine down for {} ms without persistence; leaving {} ms for its replica to be promoted before restarting it empty",
                 elapsed.as_millis(),
-                MASTER_RESTART_GRACE.as_millis()
+                PRIMARY_RESTART_GRACE.as_millis()
             )));
         }
     }
     stop_previous(spec).await?;
     record_spec(spec)?;
-    tracing::info!(shard_uid = spec.shard_id, addr = %spec.addr(), version = %spec.version, "starting shard engine");
+    tracing::info!(addr = %spec.addr(), version = %spec.version, "starting shard engine");
     let process = start(catalog, spec).await?;
     down.clear(spec.shard_id);
     Ok(process)
 }
 
-/// True for a master that ran here before (it has a record), keeps no data on disk, and has a
+/// True for a primary that ran here before (it has a record), keeps no data on disk, and has a
 /// replica that holds its data.
 fn waits_for_failover(desired: &DesiredShard) -> Result<bool, ShardError> {
-    let memory_only_master = desired.role == ShardRole::Master
+    let memory_only_primary = desired.role == ShardRole::Primary
         && desired.spec.persistence == Persistence::None
         && desired.has_replica;
-    Ok(memory_only_master && recorded_spec(&desired.spec.dir)?.is_some())
+    Ok(memory_only_primary && recorded_spec(&desired.spec.dir)?.is_some())
 }
 
 /// Stops the engine recorded for this shard when it runs under a different spec.
@@ -165,7 +161,7 @@ async fn stop_previous(spec: &ShardSpec) -> Result<(), ShardError> {
         return Ok(());
     }
     if let Some(process) = adopt(&previous)? {
-        tracing::info!(shard_uid = spec.shard_id, pid = process.pid(), old_addr = %previous.addr(), "stopping the shard's engine started from an older spec");
+        tracing::info!(pid = process.pid(), old_addr = %previous.addr(), "stopping the shard's engine started from an older spec");
         process.stop_with(true, REPLACE_STOP).await?;
     }
     Ok(())
@@ -175,8 +171,8 @@ async fn connect(spec: &ShardSpec) -> Result<EngineClient, ShardError> {
     Ok(EngineClient::connect_with(spec.bind, spec.port, &spec.password, CLIENT_OPTIONS).await?)
 }
 
-/// Makes the engine's replication role match the store: a master that replicates is promoted;
-/// a slave follows its master, once that master acts as a primary (pointing at a master that
+/// Makes the engine's replication role match the store: a primary that replicates is promoted;
+/// a replica follows its primary, once that primary acts as a primary (pointing at a primary that
 /// still replicates would chain the two, or loop them during a promotion).
 async fn align_role(client: &EngineClient, desired: &DesiredShard) -> Result<(), ShardError> {
     let uid = desired.spec.shard_id;
@@ -185,40 +181,40 @@ async fn align_role(client: &EngineClient, desired: &DesiredShard) -> Result<(),
     }
     let info = client.replication().await?;
     match (desired.role, desired.spec.replica_of) {
-        (ShardRole::Master, _) => {
+        (ShardRole::Primary, _) => {
             if info.role == Role::Replica {
-                tracing::info!(shard_uid = uid, "promoting the engine: REPLICAOF NO ONE");
+                tracing::info!("promoting the engine: REPLICAOF NO ONE");
                 client.replicaof_no_one().await?;
             }
         }
-        (ShardRole::Slave, Some(master)) => {
+        (ShardRole::Replica, Some(primary)) => {
             let follows = info.role == Role::Replica
-                && info.master_host.as_deref() == Some(master.host.to_string().as_str())
-                && info.master_port == Some(master.port);
+                && info.master_host.as_deref() == Some(primary.host.to_string().as_str())
+                && info.master_port == Some(primary.port);
             if !follows {
-                ensure_master_is_primary(&desired.spec, master).await?;
-                tracing::info!(shard_uid = uid, master = %format!("{}:{}", master.host, master.port), "pointing the engine at its master: REPLICAOF");
-                client.replicaof(master.host, master.port).await?;
+                ensure_acts_as_primary(&desired.spec, primary).await?;
+                tracing::info!(primary = %format!("{}:{}", primary.host, primary.port), "pointing the engine at its primary shard: REPLICAOF");
+                client.replicaof(primary.host, primary.port).await?;
             }
         }
-        (ShardRole::Slave, None) => {
+        (ShardRole::Replica, None) => {
             return Err(ShardError::Inconsistent(format!(
-                "slave shard {uid} has no master to follow"
+                "replica shard {uid} has no primary shard to follow"
             )))
         }
     }
     Ok(())
 }
 
-async fn ensure_master_is_primary(spec: &ShardSpec, master: ReplicaOf) -> Result<(), ShardError> {
+async fn ensure_acts_as_primary(spec: &ShardSpec, primary: ReplicaOf) -> Result<(), ShardError> {
     let client =
-        EngineClient::connect_with(master.host, master.port, &spec.password, CLIENT_OPTIONS)
+        EngineClient::connect_with(primary.host, primary.port, &spec.password, CLIENT_OPTIONS)
             .await?;
     let info = client.replication().await?;
     if info.role != Role::Primary {
         return Err(ShardError::NotReady(format!(
-            "master {}:{} still acts as a replica; following it after its promotion",
-            master.host, master.port
+            "primary shard {}:{} still acts as a replica; following it after its promotion",
+            primary.host, primary.port
         )));
     }
     Ok(())
@@ -236,11 +232,11 @@ pub(crate) async fn observe(spec: &ShardSpec) -> Result<ShardReport, ShardError>
         uid: spec.shard_id,
         up: true,
         role: Some(match replication.role {
-            Role::Primary => ShardRole::Master,
-            Role::Replica => ShardRole::Slave,
+            Role::Primary => ShardRole::Primary,
+            Role::Replica => ShardRole::Replica,
         }),
         offset: replication.offset(),
-        master_link_up: replication.master_link_status == Some(LinkStatus::Up),
+        primary_link_up: replication.master_link_status == Some(LinkStatus::Up),
         sync_in_progress: replication.master_sync_in_progress,
         used_memory: memory.used_memory,
         engine_version: Some(server.engine_version().to_string()),

@@ -109,13 +109,13 @@ impl TestNode {
         self.store.state().engine_password().unwrap().to_string()
     }
 
-    /// Proposes a one-shard, replicated database with its master on `master_port` and its slave
-    /// on `slave_port`, both on this node. Returns the bdb uid and the (master, slave) uids.
+    /// Proposes a one-shard, replicated database with its primary on `primary_port` and its replica
+    /// on `replica_port`, both on this node. Returns the bdb uid and the (primary, replica) uids.
     pub async fn create_bdb(
         &self,
         name: &str,
-        master_port: u16,
-        slave_port: u16,
+        primary_port: u16,
+        replica_port: u16,
     ) -> (BdbUid, ShardUid, ShardUid) {
         let slots = SlotRange::even(0, 1);
         let plan = |role, port| ShardPlan {
@@ -127,7 +127,7 @@ impl TestNode {
         let command = Command::CreateBdb(BdbCreation {
             bdb: BdbSpec {
                 name: name.into(),
-                port: 12000 + (master_port % 1000),
+                port: 12000 + (primary_port % 1000),
                 memory_size: 64 << 20,
                 shards_count: 1,
                 replication: true,
@@ -137,8 +137,8 @@ impl TestNode {
             },
             created_at: 0,
             shards: vec![
-                plan(ShardRole::Master, master_port),
-                plan(ShardRole::Slave, slave_port),
+                plan(ShardRole::Primary, primary_port),
+                plan(ShardRole::Replica, replica_port),
             ],
         });
         let CommandResult::BdbCreated { uid } = self.store.propose(command).await.unwrap() else {
@@ -146,7 +146,7 @@ impl TestNode {
         };
         let state = self.store.state();
         let uid_at = |port| state.shards_of(uid).find(|s| s.port == port).unwrap().uid;
-        (uid, uid_at(master_port), uid_at(slave_port))
+        (uid, uid_at(primary_port), uid_at(replica_port))
     }
 
     /// Proposes `command` and asserts it applied.

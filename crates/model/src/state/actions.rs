@@ -128,7 +128,7 @@ mod tests {
     fn with_action() -> ClusterState {
         let mut state = with_db(
             bdb_spec("db1", 12000),
-            vec![plan(1, ShardRole::Master, 20000)],
+            vec![plan(1, ShardRole::Primary, 20000)],
         );
         assert_eq!(
             state.apply(create_action()),
@@ -145,7 +145,7 @@ mod tests {
                 preserve_roles: false,
                 parallel_shards: 1,
                 discard_data: false,
-                original_masters: vec![1],
+                original_primaries: vec![1],
             },
             steps_total: 3,
             first_step: "a".into(),

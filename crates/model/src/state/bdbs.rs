@@ -132,18 +132,18 @@ mod tests {
     fn a_database_gets_its_shards_and_clashes_are_refused_without_change() {
         let mut state = cluster_with_two_nodes();
         let shards = vec![
-            plan(1, ShardRole::Master, 20000),
-            plan(2, ShardRole::Slave, 20000),
+            plan(1, ShardRole::Primary, 20000),
+            plan(2, ShardRole::Replica, 20000),
         ];
         let created = state.apply(create("db1", 12000, shards));
         assert_eq!(created, CommandResult::BdbCreated { uid: 1 });
         assert_eq!(state.shards_of(1).count(), 2);
         let before = state.clone();
         for (name, port, shards) in [
-            ("db1", 12001, vec![plan(1, ShardRole::Master, 20001)]),
-            ("db2", 12000, vec![plan(1, ShardRole::Master, 20001)]),
-            ("db2", 12001, vec![plan(1, ShardRole::Master, 20000)]),
-            ("db2", 12001, vec![plan(9, ShardRole::Master, 20001)]),
+            ("db1", 12001, vec![plan(1, ShardRole::Primary, 20001)]),
+            ("db2", 12000, vec![plan(1, ShardRole::Primary, 20001)]),
+            ("db2", 12001, vec![plan(1, ShardRole::Primary, 20000)]),
+            ("db2", 12001, vec![plan(9, ShardRole::Primary, 20001)]),
         ] {
             let result = state.apply(create(name, port, shards));
             assert!(
@@ -157,8 +157,8 @@ mod tests {
     #[test]
     fn delete_removes_the_database_with_its_shards() {
         let shards = vec![
-            plan(1, ShardRole::Master, 20000),
-            plan(2, ShardRole::Slave, 20000),
+            plan(1, ShardRole::Primary, 20000),
+            plan(2, ShardRole::Replica, 20000),
         ];
         let mut state = with_db(bdb_spec("db1", 12000), shards);
         assert_eq!(

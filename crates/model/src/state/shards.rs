@@ -1,4 +1,4 @@
-//! Shards: where they run, the slot group each belongs to (a slot range's master and
+//! Shards: where they run, the slot group each belongs to (a slot range's primary and
 //! replicas), their engine addresses, and the commands that move roles and add or remove
 //! copies during failovers, switchovers and upgrades.
 
@@ -13,9 +13,9 @@ use crate::command::{
 use crate::engine_version::EngineVersion;
 use crate::error::ModelError;
 
-/// The shards that hold one slot range of a database: its master and its replicas. During an
+/// The shards that hold one slot range of a database: its primary and its replicas. During an
 /// upgrade the group also holds that range's temporary shards (a temporary replica on another
-/// node, or the replacement of the master on the master's node), which may be master or
+/// node, or the replacement of the primary on the primary's node), which may be primary or
 /// replica like any other member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotGroup<'a> {
@@ -28,20 +28,20 @@ pub struct SlotGroup<'a> {
 }
 
 impl<'a> SlotGroup<'a> {
-    /// The range's master (the lowest uid should the state ever hold two), if it has one.
-    pub fn master(&self) -> Option<&'a Shard> {
+    /// The range's primary (the lowest uid should the state ever hold two), if it has one.
+    pub fn primary(&self) -> Option<&'a Shard> {
         self.shards
             .iter()
             .copied()
-            .find(|s| s.role == ShardRole::Master)
+            .find(|s| s.role == ShardRole::Primary)
     }
 
-    /// The range's replicas (slaves), in uid order.
+    /// The range's replicas, in uid order.
     pub fn replicas(&self) -> impl Iterator<Item = &'a Shard> + '_ {
         self.shards
             .iter()
             .copied()
-            .filter(|s| s.role == ShardRole::Slave)
+            .filter(|s| s.role == ShardRole::Replica)
     }
 
     /// The range's temporary shards (added by an upgrade), whatever their role, in uid order.
@@ -78,20 +78,20 @@ impl ClusterState {
         self.slot_group(shard.bdb_uid, shard.assigned_slots)
     }
 
-    /// The master shard holding `slots` of database `bdb`, if any.
-    pub fn master_of(&self, bdb: BdbUid, slots: SlotRange) -> Option<&Shard> {
-        self.slot_group(bdb, slots).master()
+    /// The primary shard holding `slots` of database `bdb`, if any.
+    pub fn primary_of(&self, bdb: BdbUid, slots: SlotRange) -> Option<&Shard> {
+        self.slot_group(bdb, slots).primary()
     }
 
-    /// The master shards of database `bdb` in slot order (the first holds slot 0 when every
-    /// slot has a master): what a proxy routes to.
-    pub fn masters_of(&self, bdb: BdbUid) -> Vec<&Shard> {
-        let mut masters: Vec<&Shard> = self
+    /// The primary shards of database `bdb` in slot order (the first holds slot 0 when every
+    /// slot has a primary): what a proxy routes to.
+    pub fn primaries_of(&self, bdb: BdbUid) -> Vec<&Shard> {
+        let mut primaries: Vec<&Shard> = self
             .shards_of(bdb)
-            .filter(|s| s.role == ShardRole::Master)
+            .filter(|s| s.role == ShardRole::Primary)
             .collect();
-        masters.sort_by_key(|s| s.assigned_slots.start);
-        masters
+        primaries.sort_by_key(|s| s.assigned_slots.start);
+        primaries
     }
 
     /// The slot ranges of database `bdb`, in slot order, each once.
@@ -113,7 +113,7 @@ impl ClusterState {
         Ok(SocketAddr::new(node.addr, shard.port))
     }
 
-    /// Makes shard `uid` the master of its slot range; the previous master becomes its slave.
+    /// Makes shard `uid` the primary of its slot range; the previous primary becomes its replica.
     pub(super) fn promote_shard(
         &mut self,
         promotion: ShardPromotion,
@@ -123,11 +123,11 @@ impl ClusterState {
             .shards
             .get(&uid)
             .ok_or_else(|| ModelError::NotFound(format!("shard {uid} does not exist")))?;
-        if shard.role == ShardRole::Master {
+        if shard.role == ShardRole::Primary {
             return Ok(CommandResult::Ok);
         }
         let group = self.slot_group_of(shard);
-        let held = group.master().is_some_and(|m| m.held);
+        let held = group.primary().is_some_and(|m| m.held);
         if require_held && !held {
             return Err(ModelError::InvalidValue(format!(
                 "shard {uid}: the switchover's hold was released (repaired by a new primary node); not promoting"
@@ -136,14 +136,14 @@ impl ClusterState {
         let members: Vec<ShardUid> = group.shards.iter().map(|s| s.uid).collect();
         for member in members {
             if let Some(other) = self.shards.get_mut(&member) {
-                if other.role == ShardRole::Master {
-                    other.role = ShardRole::Slave;
+                if other.role == ShardRole::Primary {
+                    other.role = ShardRole::Replica;
                 }
                 other.held = false;
             }
         }
         if let Some(promoted) = self.shards.get_mut(&uid) {
-            promoted.role = ShardRole::Master;
+            promoted.role = ShardRole::Primary;
         }
         Ok(CommandResult::Ok)
     }
@@ -151,9 +151,9 @@ impl ClusterState {
     pub(super) fn hold_shard(&mut self, hold: ShardHold) -> Result<CommandResult, ModelError> {
         let ShardHold { uid, held } = hold;
         let shard = self.shard_mut(uid)?;
-        if held && shard.role != ShardRole::Master {
+        if held && shard.role != ShardRole::Primary {
             return Err(ModelError::InvalidValue(format!(
-                "shard {uid} is a slave; only a master shard's slots can be held"
+                "shard {uid} is a replica; only a primary shard's slots can be held"
             )));
         }
         shard.held = held;
@@ -192,15 +192,15 @@ impl ClusterState {
         if let Some(existing) = group.temporary().next() {
             return Ok(CommandResult::ShardAdded { uid: existing.uid });
         }
-        let master = group.master().ok_or_else(|| {
+        let primary = group.primary().ok_or_else(|| {
             ModelError::NotFound(format!(
-                "slot range {} of database {bdb_uid} has no master",
+                "slot range {} of database {bdb_uid} has no primary shard",
                 plan.assigned_slots
             ))
         })?;
-        if master.node_uid == plan.node_uid {
+        if primary.node_uid == plan.node_uid {
             return Err(ModelError::InvalidValue(format!(
-                "a replica must not share node {} with its master",
+                "a replica shard must not share node {} with its primary shard",
                 plan.node_uid
             )));
         }
@@ -213,7 +213,7 @@ impl ClusterState {
             )));
         }
         let plan = ShardPlan {
-            role: ShardRole::Slave,
+            role: ShardRole::Replica,
             ..plan
         };
         let uid = self.insert_shard(bdb_uid, plan, redis_version, true);
@@ -275,7 +275,7 @@ impl ClusterState {
         }
         let plan = ShardPlan {
             node_uid: replaced.node_uid,
-            role: ShardRole::Slave,
+            role: ShardRole::Replica,
             assigned_slots: replaced.assigned_slots,
             port,
         };
@@ -307,10 +307,10 @@ impl ClusterState {
             .into_iter()
             .filter(|s| !s.temporary && s.node_uid == new.node_uid)
             .collect();
-        if let Some(master) = replaced.iter().find(|s| s.role == ShardRole::Master) {
+        if let Some(primary) = replaced.iter().find(|s| s.role == ShardRole::Primary) {
             return Err(ModelError::InvalidValue(format!(
-                "shard {} is a master; switch it over before replacing it",
-                master.uid
+                "shard {} is a primary shard; switch it over before replacing it",
+                primary.uid
             )));
         }
         let replaced: Vec<ShardUid> = replaced.iter().map(|s| s.uid).collect();
@@ -326,8 +326,8 @@ impl ClusterState {
     pub(super) fn remove_shard(&mut self, uid: ShardUid) -> Result<CommandResult, ModelError> {
         match self.shards.get(&uid) {
             None => Ok(CommandResult::Ok),
-            Some(shard) if shard.role == ShardRole::Master => Err(ModelError::InvalidValue(
-                format!("shard {uid} is a master; switch it over before removing it"),
+            Some(shard) if shard.role == ShardRole::Primary => Err(ModelError::InvalidValue(
+                format!("shard {uid} is a primary shard; switch it over before removing it"),
             )),
             Some(_) => {
                 self.shards.remove(&uid);
@@ -343,11 +343,11 @@ mod tests {
     use super::*;
     use crate::command::{Command, ShardReplacement};
 
-    /// Nodes 1 and 2 and database 1: master 1 on node 1, slave 2 on node 2, both at 20000.
+    /// Nodes 1 and 2 and database 1: primary 1 on node 1, replica 2 on node 2, both at 20000.
     fn replicated() -> ClusterState {
         let shards = vec![
-            plan(1, ShardRole::Master, 20000),
-            plan(2, ShardRole::Slave, 20000),
+            plan(1, ShardRole::Primary, 20000),
+            plan(2, ShardRole::Replica, 20000),
         ];
         with_db(bdb_spec("db1", 12000), shards)
     }
@@ -361,13 +361,13 @@ mod tests {
     }
 
     #[test]
-    fn promoting_a_slave_demotes_the_master_and_releases_the_hold() {
+    fn promoting_a_replica_demotes_the_primary_and_releases_the_hold() {
         let mut state = replicated();
         let hold = Command::HoldShard(ShardHold { uid: 1, held: true });
         assert_eq!(state.apply(hold), CommandResult::Ok);
         assert_eq!(state.apply(promote(2, true)), CommandResult::Ok);
-        assert_eq!(state.shards[&2].role, ShardRole::Master);
-        assert_eq!(state.shards[&1].role, ShardRole::Slave);
+        assert_eq!(state.shards[&2].role, ShardRole::Primary);
+        assert_eq!(state.shards[&1].role, ShardRole::Replica);
         assert!(state.shards.values().all(|s| !s.held));
         let before = state.clone();
         assert!(
@@ -376,11 +376,11 @@ mod tests {
         );
         assert_eq!(state, before);
         assert_eq!(state.apply(promote(1, false)), CommandResult::Ok);
-        assert_eq!(state.master_of(1, SlotRange::even(0, 1)).unwrap().uid, 1);
+        assert_eq!(state.primary_of(1, SlotRange::even(0, 1)).unwrap().uid, 1);
     }
 
     #[test]
-    fn a_slot_group_has_its_master_replicas_and_temporary_shards() {
+    fn a_slot_group_has_its_primary_replicas_and_temporary_shards() {
         let mut state = replicated();
         let added = state.apply(Command::AddReplacement(ReplacementAddition {
             bdb_uid: 1,
@@ -390,7 +390,7 @@ mod tests {
         }));
         assert_eq!(added, CommandResult::ShardAdded { uid: 3 });
         let group = state.slot_group(1, SlotRange::even(0, 1));
-        assert_eq!(group.master().map(|s| s.uid), Some(1));
+        assert_eq!(group.primary().map(|s| s.uid), Some(1));
         assert_eq!(uids(group.replicas()), [2, 3]);
         assert_eq!(uids(group.temporary()), [3]);
         assert_eq!(group, state.slot_group_of(&state.shards[&3]));
@@ -399,41 +399,41 @@ mod tests {
     }
 
     #[test]
-    fn masters_come_in_slot_order_and_ranges_once_each() {
+    fn primaries_come_in_slot_order_and_ranges_once_each() {
         let (low, high) = (SlotRange::even(0, 2), SlotRange::even(1, 2));
         let mut spec = bdb_spec("db1", 12000);
         spec.shards_count = 2;
         let state = with_db(
             spec,
             vec![
-                plan_on(1, ShardRole::Master, high, 20000),
-                plan_on(2, ShardRole::Slave, high, 20000),
-                plan_on(2, ShardRole::Master, low, 20001),
-                plan_on(1, ShardRole::Slave, low, 20001),
+                plan_on(1, ShardRole::Primary, high, 20000),
+                plan_on(2, ShardRole::Replica, high, 20000),
+                plan_on(2, ShardRole::Primary, low, 20001),
+                plan_on(1, ShardRole::Replica, low, 20001),
             ],
         );
-        assert_eq!(uids(state.masters_of(1).into_iter()), [3, 1]);
+        assert_eq!(uids(state.primaries_of(1).into_iter()), [3, 1]);
         assert_eq!(state.slot_ranges(1), [low, high]);
-        assert!(state.masters_of(9).is_empty() && state.slot_ranges(9).is_empty());
+        assert!(state.primaries_of(9).is_empty() && state.slot_ranges(9).is_empty());
     }
 
     #[test]
     fn a_shard_listens_on_its_nodes_address_at_its_port() {
         let mut state = replicated();
-        let slave = state.shards[&2].clone();
+        let replica = state.shards[&2].clone();
         assert_eq!(
-            state.shard_addr(&slave),
+            state.shard_addr(&replica),
             Ok("127.0.0.12:20000".parse().unwrap())
         );
         state.nodes.remove(&2);
         assert!(matches!(
-            state.shard_addr(&slave),
+            state.shard_addr(&replica),
             Err(ModelError::NotFound(_))
         ));
     }
 
     #[test]
-    fn a_replacement_takes_its_old_masters_place_only_once_that_is_a_slave() {
+    fn a_replacement_takes_the_place_of_its_old_primary_only_once_that_is_a_replica() {
         let mut state = replicated();
         let add = Command::AddReplacement(ReplacementAddition {
             bdb_uid: 1,
@@ -451,13 +451,13 @@ mod tests {
             "adding it again finds the same replacement"
         );
         let replacement = &state.shards[&3];
-        assert!(replacement.temporary && replacement.role == ShardRole::Slave);
-        assert_eq!(replacement.node_uid, 1, "on the replaced master's node");
+        assert!(replacement.temporary && replacement.role == ShardRole::Replica);
+        assert_eq!(replacement.node_uid, 1, "on the replaced primary's node");
         let before = state.clone();
         let replace = Command::ReplaceShard(ShardReplacement { replacement: 3 });
         assert!(
             matches!(state.apply(replace.clone()), CommandResult::Refused(_)),
-            "a master is never replaced"
+            "a primary is never replaced"
         );
         assert_eq!(state, before);
         state.apply(promote(2, false));
@@ -473,24 +473,24 @@ mod tests {
     }
 
     #[test]
-    fn a_temporary_replica_goes_beside_the_master_once_and_leaves_as_a_slave() {
+    fn a_temporary_replica_goes_beside_the_primary_once_and_leaves_as_a_replica() {
         let mut spec = bdb_spec("solo", 12000);
         spec.replication = false;
-        let mut state = with_db(spec, vec![plan(1, ShardRole::Master, 20000)]);
+        let mut state = with_db(spec, vec![plan(1, ShardRole::Primary, 20000)]);
         let add = |node| {
             Command::AddTemporaryReplica(TemporaryReplicaAddition {
                 bdb_uid: 1,
-                plan: plan(node, ShardRole::Master, 20005),
+                plan: plan(node, ShardRole::Primary, 20005),
                 redis_version: EngineVersion::Valkey91,
             })
         };
         assert!(
             matches!(state.apply(add(1)), CommandResult::Refused(_)),
-            "not on the master's node"
+            "not on the primary's node"
         );
         assert_eq!(state.apply(add(2)), CommandResult::ShardAdded { uid: 2 });
         assert_eq!(state.apply(add(2)), CommandResult::ShardAdded { uid: 2 });
-        assert_eq!(state.shards[&2].role, ShardRole::Slave);
+        assert_eq!(state.shards[&2].role, ShardRole::Replica);
         let remove = |uid| Command::RemoveShard(crate::command::ShardRemoval { uid });
         assert!(matches!(state.apply(remove(1)), CommandResult::Refused(_)));
         assert_eq!(state.apply(remove(2)), CommandResult::Ok);

@@ -2,17 +2,17 @@
 //! "Upgrades -> Databases"; the steps themselves are the model's plan ([`flotilla_model::plan`]).
 //!
 //! Slot ranges are upgraded in batches of `parallel_shards`. For each batch of a replicated
-//! database: `add_replacement` (a shard on the new engine beside each old master, on its node),
+//! database: `add_replacement` (a shard on the new engine beside each old primary, on its node),
 //! `upgrade_replica` (replicas restart on the new engine; replication only flows from an older
 //! or equal engine to a newer one), `sync_replica` (both new-engine copies load one RDB stream
-//! of the old master at once; below [`SHARED_SYNC_MIN_MEMORY`] one after the other),
+//! of the old primary at once; below [`SHARED_SYNC_MIN_MEMORY`] one after the other),
 //! `switchover` (the planned switchover to the upgraded replica: no client error, no lost
-//! write) and `replace_old_master` (the replacement, now a replica of the new master, takes the
-//! old master's place). So the data crosses once, not twice: the upgrade costs about one full
-//! sync. The node of the old master holds two copies of its shard for that time. With
+//! write) and `replace_old_master` (the replacement, now a replica of the new primary, takes the
+//! old primary's place). So the data crosses once, not twice: the upgrade costs about one full
+//! sync. The node of the old primary holds two copies of its shard for that time. With
 //! `preserve_roles` (and for a database without replication, through a temporary replica) the
-//! old masters instead restart on the new engine in place (`upgrade_old_master`,
-//! `sync_old_master`, a second full sync) and take the master role back (`switch_back`). Then
+//! old primaries instead restart on the new engine in place (`upgrade_old_master`,
+//! `sync_old_master`, a second full sync) and take the primary role back (`switch_back`). Then
 //! `finalize` records the database's new version. With `discard_data` every shard simply
 //! restarts empty on the new engine. Each step checks the state first and does only what is
 //! missing, so it can be run again after a primary node change; a switchover cut short by one
@@ -26,6 +26,7 @@ use flotilla_model::{
     ReplacementAddition, Shard, ShardRemoval, ShardReplacement, ShardRole, ShardVersionChange,
     SlotRange, TemporaryReplicaAddition,
 };
+use tracing::Instrument;
 
 use super::StepError;
 use crate::switchover::{self, SwitchoverError};
@@ -33,13 +34,13 @@ use crate::Observer;
 
 /// Longest a shard may take to come up and sync on its new engine.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(300);
-/// How often a step waiting for a slot range's shards reads the primary's reports (memory
+/// How often a step waiting for a slot range's shards reads the primary node's reports (memory
 /// only: cheap, and every poll interval is added to the upgrade's time).
 const RANGE_POLL: Duration = Duration::from_millis(25);
-/// Longest the old master waits for the upgraded replica and the replacement to both ask for
+/// Longest the old primary waits for the upgraded replica and the replacement to both ask for
 /// a full sync before it serves whichever asked (they restart within milliseconds).
 const SHARED_SYNC_WAIT: Duration = Duration::from_secs(5);
-/// A master using less memory than this serves its two new copies in turn: a delayed full
+/// A primary using less memory than this serves its two new copies in turn: a delayed full
 /// sync starts on the engine's once-a-second replication timer (up to 1 s lost), more than a
 /// second full sync of this much data takes here (`bench/db-upgrade`: ~1 s per 100 MB).
 const SHARED_SYNC_MIN_MEMORY: u64 = 64 << 20;
@@ -58,7 +59,7 @@ pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Res
     let ActionKind::DbUpgrade {
         bdb_uid,
         redis_version: target,
-        original_masters,
+        original_primaries,
         ..
     } = &action.kind;
     // The ranges of one batch run concurrently (`parallel_shards`).
@@ -70,10 +71,14 @@ pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Res
             .slot_group(bdb, range)
             .shards
             .into_iter()
-            .find(|s| original_masters.contains(&s.uid))
+            .find(|s| original_primaries.contains(&s.uid))
             .map(|s| s.uid);
         let op = step.op;
-        runs.spawn(async move { run_op(&observer, op, bdb, target, range, original).await });
+        // In the step's span, so the range's logs carry the action's ids.
+        runs.spawn(
+            async move { run_op(&observer, op, bdb, target, range, original).await }
+                .in_current_span(),
+        );
     }
     let mut first_error = None;
     while let Some(joined) = runs.join_next().await {
@@ -109,29 +114,29 @@ async fn run_op(
     original: Option<u64>,
 ) -> Result<(), StepError> {
     match op {
-        Op::UpgradeReplica | Op::UpgradeOldMaster => {
-            set_versions(observer, bdb, range, target, Some(ShardRole::Slave)).await
+        Op::UpgradeReplica | Op::UpgradeOldPrimary => {
+            set_versions(observer, bdb, range, target, Some(ShardRole::Replica)).await
         }
         Op::SyncReplica => {
             wait_range(observer, bdb, range, target, ReplicaLink::Required).await?;
-            start_masters_full_syncs_at_once(observer, bdb, range).await;
+            start_full_syncs_at_once_on(observer, bdb, range).await;
             Ok(())
         }
-        Op::SyncOldMaster => wait_range(observer, bdb, range, target, ReplicaLink::Required).await,
+        Op::SyncOldPrimary => wait_range(observer, bdb, range, target, ReplicaLink::Required).await,
         Op::Switchover => {
             let state = observer.store.state();
-            let master = master(&state, bdb, range)?;
-            if master.redis_version == target {
+            let primary = primary(&state, bdb, range)?;
+            if primary.redis_version == target {
                 return Ok(());
             }
-            switch_to_replica(observer, &master).await
+            switch_to_replica(observer, &primary).await
         }
         Op::SwitchBack => {
             let state = observer.store.state();
-            let master = master(&state, bdb, range)?;
+            let primary = primary(&state, bdb, range)?;
             match original {
-                Some(original) if original != master.uid => {
-                    switchover::finish_interrupted(observer, &master).await?;
+                Some(original) if original != primary.uid => {
+                    switchover::finish_interrupted(observer, &primary).await?;
                     switchover::switchover(observer, original).await?;
                     Ok(())
                 }
@@ -142,7 +147,7 @@ async fn run_op(
         Op::AddTemporaryReplica => add_temporary_replica(observer, bdb, range, target).await,
         Op::RemoveTemporaryReplica => remove_temporary_replicas(observer, bdb, range).await,
         Op::AddReplacement => add_replacement(observer, bdb, range, target).await,
-        Op::ReplaceOldMaster => replace_old_master(observer, bdb, range, target).await,
+        Op::ReplaceOldPrimary => replace_old_primary(observer, bdb, range, target).await,
         // Shards restarted empty (`discard_data`): nothing to sync.
         Op::WaitShardsUp => {
             wait_range(observer, bdb, range, target, ReplicaLink::NotRequired).await
@@ -161,16 +166,17 @@ async fn add_temporary_replica(
     if state.slot_group(bdb, range).temporary().next().is_some() {
         return Ok(());
     }
-    let master = master(&state, bdb, range)?;
+    let primary = primary(&state, bdb, range)?;
     let eligible: Vec<u64> = observer
         .local_statuses()
         .into_iter()
         .filter(|(_, status)| *status == flotilla_model::rest::NodeStatus::Up)
         .map(|(uid, _)| uid)
         .collect();
-    let plan = crate::placement::place_replica(&state, range, master.node_uid, &eligible).map_err(
-        |e| StepError::from(e).context(format!("temporary replica for slot range {range}")),
-    )?;
+    let plan = crate::placement::place_replica(&state, range, primary.node_uid, &eligible)
+        .map_err(|e| {
+            StepError::from(e).context(format!("temporary replica for slot range {range}"))
+        })?;
     propose(
         observer,
         Command::AddTemporaryReplica(TemporaryReplicaAddition {
@@ -182,8 +188,8 @@ async fn add_temporary_replica(
     .await
 }
 
-/// Adds the range's master a replacement on the new engine on its own node, after telling the
-/// master (if it holds enough data for it to pay) to serve the replacement and the replica
+/// Adds the range's primary a replacement on the new engine on its own node, after telling the
+/// primary (if it holds enough data for it to pay) to serve the replacement and the replica
 /// about to restart from one RDB stream.
 async fn add_replacement(
     observer: &Observer,
@@ -192,24 +198,25 @@ async fn add_replacement(
     target: EngineVersion,
 ) -> Result<(), StepError> {
     let state = observer.store.state();
-    let master = master(&state, bdb, range)?;
-    if master.redis_version == target {
+    let primary = primary(&state, bdb, range)?;
+    if primary.redis_version == target {
         return Ok(());
     }
     let used_memory = observer
         .shard_reports()
-        .get(&master.uid)
+        .get(&primary.uid)
         .map_or(0, |r| r.used_memory);
     if used_memory >= SHARED_SYNC_MIN_MEMORY {
-        share_masters_next_full_sync(&state, &master).await;
+        share_next_full_sync_of(&state, &primary).await;
     }
-    let port = crate::placement::free_port(&state, master.node_uid)
-        .map_err(|e| StepError::from(e).context(format!("replacement for shard {}", master.uid)))?;
+    let port = crate::placement::free_port(&state, primary.node_uid).map_err(|e| {
+        StepError::from(e).context(format!("replacement for shard {}", primary.uid))
+    })?;
     propose(
         observer,
         Command::AddReplacement(ReplacementAddition {
             bdb_uid: bdb,
-            replaces: master.uid,
+            replaces: primary.uid,
             port,
             redis_version: target,
         }),
@@ -218,8 +225,8 @@ async fn add_replacement(
 }
 
 /// Best effort: without it the two copies sync one after the other, which is slower but fine.
-async fn share_masters_next_full_sync(state: &ClusterState, master: &Shard) {
-    let shared = match switchover::connect(state, master).await {
+async fn share_next_full_sync_of(state: &ClusterState, primary: &Shard) {
+    let shared = match switchover::connect(state, primary).await {
         Ok(client) => client
             .share_next_full_sync(2, SHARED_SYNC_WAIT)
             .await
@@ -228,18 +235,18 @@ async fn share_masters_next_full_sync(state: &ClusterState, master: &Shard) {
     };
     match shared {
         Ok(true) => {}
-        Ok(false) => tracing::info!(shard = master.uid, "the old master's engine cannot serve two replicas from one full sync; they sync in turn"),
-        Err(e) => tracing::warn!(shard = master.uid, error = %e, "could not ask the old master for one shared full sync; the copies sync in turn"),
+        Ok(false) => tracing::info!(shard = primary.uid, "the old primary shard's engine cannot serve two replicas from one full sync; they sync in turn"),
+        Err(e) => tracing::warn!(shard = primary.uid, error = %e, "could not ask the old primary shard for one shared full sync; the copies sync in turn"),
     }
 }
 
-/// Gives the range's master back its own full-sync settings once its new copies are loaded.
-async fn start_masters_full_syncs_at_once(observer: &Observer, bdb: u64, range: SlotRange) {
+/// Gives the range's primary back its own full-sync settings once its new copies are loaded.
+async fn start_full_syncs_at_once_on(observer: &Observer, bdb: u64, range: SlotRange) {
     let state = observer.store.state();
-    let Ok(master) = master(&state, bdb, range) else {
+    let Ok(primary) = primary(&state, bdb, range) else {
         return;
     };
-    let restored = match switchover::connect(&state, &master).await {
+    let restored = match switchover::connect(&state, &primary).await {
         Ok(client) => client
             .start_full_syncs_at_once()
             .await
@@ -247,13 +254,13 @@ async fn start_masters_full_syncs_at_once(observer: &Observer, bdb: u64, range: 
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = restored {
-        tracing::warn!(shard = master.uid, error = %e, "could not restore the master's full-sync settings; its next full sync may wait up to {SHARED_SYNC_WAIT:?}");
+        tracing::warn!(shard = primary.uid, error = %e, "could not restore the primary shard's full-sync settings; its next full sync may wait up to {SHARED_SYNC_WAIT:?}");
     }
 }
 
-/// Once the replacement is linked to the new master, removes the old master (a replica on the
+/// Once the replacement is linked to the new primary, removes the old primary (a replica on the
 /// old engine by now) and keeps the replacement in its place.
-async fn replace_old_master(
+async fn replace_old_primary(
     observer: &Observer,
     bdb: u64,
     range: SlotRange,
@@ -261,22 +268,22 @@ async fn replace_old_master(
 ) -> Result<(), StepError> {
     wait_range(observer, bdb, range, target, ReplicaLink::Required).await?;
     let state = observer.store.state();
-    let master = master(&state, bdb, range)?;
+    let primary = primary(&state, bdb, range)?;
     let group = state.slot_group(bdb, range);
     let replacements: Vec<&Shard> = group.temporary().collect();
     if !replacements.is_empty() {
-        // Every endpoint routes to the new master before the old one's engine stops, so no
+        // Every endpoint routes to the new primary before the old one's engine stops, so no
         // client write is sent to an engine that is gone.
         // Best effort: a node that lags that long has its proxies resend such writes.
         let applied = observer.store.applied_index();
         if let Err(e) = switchover::applied_everywhere(observer, &state, applied).await {
-            tracing::warn!(error = %e, "replacing the old master before every node saw the new one");
+            tracing::warn!(error = %e, "replacing the old primary shard before every node saw the new one");
         }
     }
     for replacement in replacements {
         // A failover may have promoted the replacement itself: then it has nothing to link to.
-        if replacement.role == ShardRole::Slave {
-            wait_linked_to(&state, &master, replacement).await?;
+        if replacement.role == ShardRole::Replica {
+            wait_linked_to(&state, &primary, replacement).await?;
         }
         let command = Command::ReplaceShard(ShardReplacement {
             replacement: replacement.uid,
@@ -286,11 +293,11 @@ async fn replace_old_master(
     Ok(())
 }
 
-/// Waits until `master`'s engine lists `replica` as an online replica of its own (not of the
-/// old master it may still hang from right after a switchover).
+/// Waits until `primary`'s engine lists `replica` as an online replica of its own (not of the
+/// old primary it may still hang from right after a switchover).
 async fn wait_linked_to(
     state: &ClusterState,
-    master: &Shard,
+    primary: &Shard,
     replica: &Shard,
 ) -> Result<(), StepError> {
     let ip = state
@@ -298,13 +305,13 @@ async fn wait_linked_to(
         .map_err(|e| StepError::later(e.to_string()))?
         .ip()
         .to_string();
-    let client = switchover::connect(state, master).await?;
+    let client = switchover::connect(state, primary).await?;
     let deadline = Instant::now() + SYNC_TIMEOUT;
     loop {
         let replication = client.replication().await.map_err(|e| {
             StepError::now(format!(
                 "shard {}: INFO replication failed: {e}",
-                master.uid
+                primary.uid
             ))
         })?;
         if replication
@@ -315,8 +322,8 @@ async fn wait_linked_to(
         }
         if Instant::now() > deadline {
             return Err(StepError::never(format!(
-                "shard {} did not link to its new master {} within {SYNC_TIMEOUT:?}; see its engine log (shards/{}/engine.log)",
-                replica.uid, master.uid, replica.uid
+                "shard {} did not link to its new primary shard {} within {SYNC_TIMEOUT:?}; see its engine log (shards/{}/engine.log)",
+                replica.uid, primary.uid, replica.uid
             )));
         }
         tokio::time::sleep(RANGE_POLL).await;
@@ -332,7 +339,7 @@ async fn remove_temporary_replicas(
     let temporary: Vec<u64> = state
         .slot_group(bdb, range)
         .temporary()
-        .filter(|s| s.role == ShardRole::Slave)
+        .filter(|s| s.role == ShardRole::Replica)
         .map(|s| s.uid)
         .collect();
     for uid in temporary {
@@ -341,12 +348,12 @@ async fn remove_temporary_replicas(
     Ok(())
 }
 
-/// The range's master. None right after a failover or a primary change is a moment, not a
+/// The range's primary. None right after a failover or a primary node change is a moment, not a
 /// dead end: the step runs again later.
-fn master(state: &ClusterState, bdb: u64, range: SlotRange) -> Result<Shard, StepError> {
-    state.master_of(bdb, range).cloned().ok_or_else(|| {
+fn primary(state: &ClusterState, bdb: u64, range: SlotRange) -> Result<Shard, StepError> {
+    state.primary_of(bdb, range).cloned().ok_or_else(|| {
         StepError::later(format!(
-            "slot range {range} of database {bdb} has no master right now (a failover may be under way); `flotilla db show {bdb}` shows its shards"
+            "slot range {range} of database {bdb} has no primary shard right now (a failover may be under way); `flotilla db show {bdb}` shows its shards"
         ))
     })
 }
@@ -356,7 +363,7 @@ async fn propose(observer: &Observer, command: Command) -> Result<(), StepError>
     Ok(())
 }
 
-/// Sets `target` on the range's shards (only slaves when `role` says so) not already on it.
+/// Sets `target` on the range's shards (only replicas when `role` says so) not already on it.
 async fn set_versions(
     observer: &Observer,
     bdb: u64,
@@ -401,7 +408,7 @@ fn ready(
 }
 
 /// Waits until every shard of the range that should run `target` reports it, in its role, and
-/// (for replicas, when `link` requires it) linked to its master, i.e. the full sync is done.
+/// (for replicas, when `link` requires it) linked to its primary, i.e. the full sync is done.
 async fn wait_range(
     observer: &Observer,
     bdb: u64,
@@ -433,21 +440,21 @@ async fn wait_range(
     }
 }
 
-async fn switch_to_replica(observer: &Observer, master: &Shard) -> Result<(), StepError> {
-    switchover::finish_interrupted(observer, master).await?;
+async fn switch_to_replica(observer: &Observer, primary: &Shard) -> Result<(), StepError> {
+    switchover::finish_interrupted(observer, primary).await?;
     let state = observer.store.state();
-    let master = state.shards.get(&master.uid).cloned().ok_or_else(|| {
+    let primary = state.shards.get(&primary.uid).cloned().ok_or_else(|| {
         StepError::later(format!(
-            "master shard {} is gone from the state (replaced or removed meanwhile)",
-            master.uid
+            "primary shard {} is gone from the state (replaced or removed meanwhile)",
+            primary.uid
         ))
     })?;
-    if master.role != ShardRole::Master {
+    if primary.role != ShardRole::Primary {
         return Ok(());
     }
-    match switchover::switchover(observer, master.uid).await {
+    match switchover::switchover(observer, primary.uid).await {
         Ok(report) => {
-            tracing::info!(old = report.old_master, new = report.new_master, hold_ms = report.hold_ms, "upgrade switchover done");
+            tracing::info!(old = report.old_primary, new = report.new_primary, hold_ms = report.hold_ms, "upgrade switchover done");
             Ok(())
         }
         Err(SwitchoverError::NoReplica(uid)) => Err(StepError::never(format!(

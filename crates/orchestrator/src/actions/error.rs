@@ -14,8 +14,8 @@ pub enum Retry {
     /// At once: the failure was transient (a request to another node or an engine that was
     /// lost on the way).
     Now,
-    /// After a pause: the cluster is not ready yet (a slot range without a master right after
-    /// a primary change, a node not yet seen up, a replica still catching up).
+    /// After a pause: the cluster is not ready yet (a slot range without a primary right after
+    /// a primary node change, a node not yet seen up, a replica still catching up).
     Later,
     /// Never: the step cannot succeed as asked (a database without replication asked for a
     /// data-preserving switchover, a shard that did not sync within its bound); the action
@@ -68,9 +68,9 @@ impl From<StoreError> for StepError {
         let retry = match &e {
             // The request did not run: send it again (the runner stops when this node is no
             // longer the primary node).
-            StoreError::NotSent { .. } | StoreError::NoLeader(_) | StoreError::NotLeader { .. } => {
-                Retry::Now
-            }
+            StoreError::NotSent { .. }
+            | StoreError::NoPrimaryNode(_)
+            | StoreError::NotPrimaryNode { .. } => Retry::Now,
             // The step reads the state again before it proposes anything, so it never repeats a
             // change that was applied; give the change time to show up.
             StoreError::OutcomeUnknown { .. } => Retry::Later,
@@ -105,7 +105,7 @@ impl From<SwitchoverError> for StepError {
 impl From<PlacementError> for StepError {
     fn from(e: PlacementError) -> Self {
         let retry = match &e {
-            // Right after a primary change no node is known to be up for a while.
+            // Right after a primary node change no node is known to be up for a while.
             PlacementError::NotEnoughNodes { .. } => Retry::Later,
             PlacementError::NoFreePort(_) => Retry::Never,
         };
@@ -133,11 +133,11 @@ mod tests {
         };
         assert_eq!(retry_of(not_sent), Retry::Now);
         assert_eq!(
-            retry_of(StoreError::NoLeader("election".into())),
+            retry_of(StoreError::NoPrimaryNode("election".into())),
             Retry::Now
         );
-        let not_leader = StoreError::NotLeader {
-            leader: 2,
+        let not_leader = StoreError::NotPrimaryNode {
+            primary_node: 2,
             rpc_addr: None,
         };
         assert_eq!(retry_of(not_leader), Retry::Now);
@@ -156,7 +156,7 @@ mod tests {
         assert_eq!(retry_of(taken), Retry::Later);
         assert_eq!(retry_of(SwitchoverError::NotFound(4)), Retry::Later);
         let behind = SwitchoverError::NotCaughtUp {
-            master: 1,
+            primary: 1,
             replica: 2,
             timeout: Duration::from_secs(2),
             detail: "offset 10 < 20".into(),

@@ -21,6 +21,7 @@ use flotilla_model::{
 };
 use flotilla_store::{StoreError, Wakes};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::Observer;
 
@@ -34,7 +35,7 @@ const NOW_PAUSE: Duration = Duration::from_millis(100);
 /// Runs of a step whose error says [`Retry::Later`] before the action fails.
 const LATER_ATTEMPTS: u32 = 5;
 /// First pause before a step runs again later; it doubles with each run (1, 2, 4, 8 s: the
-/// cluster gets 15 s to settle, e.g. to see its nodes up again after a primary change).
+/// cluster gets 15 s to settle, e.g. to see its nodes up again after a primary node change).
 const LATER_PAUSE: Duration = Duration::from_secs(1);
 
 /// Drives running actions while this node is the primary node, until `shutdown` fires.
@@ -43,7 +44,7 @@ pub async fn run_actions(observer: Observer, shutdown: watch::Receiver<bool>) {
     let changes = observer.store.subscribe();
     let mut wakes = Wakes::on_change_or_every(changes, SCAN_EVERY, shutdown);
     while wakes.next().await.is_some() {
-        if !observer.store.is_leader() {
+        if !observer.store.is_primary_node() {
             continue;
         }
         let state = observer.store.state();
@@ -54,17 +55,20 @@ pub async fn run_actions(observer: Observer, shutdown: watch::Receiver<bool>) {
             let observer = observer.clone();
             let driving = driving.clone();
             let uid = action.uid;
-            tokio::spawn(async move {
-                drive(&observer, uid).await;
-                driving.lock().expect("runner lock").remove(&uid);
-            });
+            tokio::spawn(
+                async move {
+                    drive(&observer, uid).await;
+                    driving.lock().expect("runner lock").remove(&uid);
+                }
+                .in_current_span(),
+            );
         }
     }
 }
 
 async fn drive(observer: &Observer, uid: ActionUid) {
     loop {
-        if !observer.store.is_leader() {
+        if !observer.store.is_primary_node() {
             return;
         }
         let state = observer.store.state();
@@ -102,42 +106,62 @@ async fn drive(observer: &Observer, uid: ActionUid) {
             .await;
             return;
         }
-        failpoint(&name).await;
-        let started = std::time::Instant::now();
-        match run_step_with_retries(observer, &action, index).await {
-            Ok(()) => {
-                let next = steps
-                    .get(index + 1)
-                    .map(|s| s.name())
-                    .unwrap_or_else(|| "done".into());
-                let status = if index + 1 >= steps.len() {
-                    ActionStatus::Completed
-                } else {
-                    ActionStatus::Running
-                };
-                let finished = StepRecord {
-                    step: name,
-                    duration_ms: started.elapsed().as_millis() as u64,
-                };
-                record_step(observer, &action, status, index + 1, &next, finished).await;
-            }
-            Err(_) if !observer.store.is_leader() => {
-                // Leadership moved: the new primary node resumes from the recorded step.
-                return;
-            }
-            Err(e) => {
-                tracing::error!(action = uid, step = %name, error = %e, retry = ?e.retry, "action failed");
-                record(
-                    observer,
-                    &action,
-                    ActionStatus::Failed,
-                    index,
-                    &name,
-                    Some(e.message),
-                )
-                .await;
-                return;
-            }
+        let span = tracing::info_span!(
+            "action_step",
+            action = uid,
+            kind = action.kind.name(),
+            bdb = action.kind.bdb_uid(),
+            step = %name,
+        );
+        let next = steps.get(index + 1).map(|s| s.name());
+        if !run_step(observer, &action, index, name, next)
+            .instrument(span)
+            .await
+        {
+            return;
+        }
+    }
+}
+
+/// Runs step `index` of `action` (named `name`, followed by `next`) and records its outcome:
+/// true when the runner goes on with the next step.
+async fn run_step(
+    observer: &Observer,
+    action: &Action,
+    index: usize,
+    name: String,
+    next: Option<String>,
+) -> bool {
+    failpoint(&name).await;
+    let started = std::time::Instant::now();
+    match run_step_with_retries(observer, action, index).await {
+        Ok(()) => {
+            let status = match next {
+                Some(_) => ActionStatus::Running,
+                None => ActionStatus::Completed,
+            };
+            let next = next.unwrap_or_else(|| "done".into());
+            let finished = StepRecord {
+                step: name,
+                duration_ms: started.elapsed().as_millis() as u64,
+            };
+            record_step(observer, action, status, index + 1, &next, finished).await;
+            true
+        }
+        // Leadership moved: the new primary node resumes from the recorded step.
+        Err(_) if !observer.store.is_primary_node() => false,
+        Err(e) => {
+            tracing::error!(error = %e, retry = ?e.retry, "action failed");
+            record(
+                observer,
+                action,
+                ActionStatus::Failed,
+                index,
+                &name,
+                Some(e.message),
+            )
+            .await;
+            false
         }
     }
 }
@@ -161,7 +185,7 @@ async fn run_step_with_retries(
 ) -> Result<(), StepError> {
     let mut runs = 0;
     loop {
-        if !observer.store.is_leader() {
+        if !observer.store.is_primary_node() {
             return Err(StepError::now("this node stopped being the primary node"));
         }
         let result = match &action.kind {
@@ -174,7 +198,7 @@ async fn run_step_with_retries(
         let Some(pause) = retry_after(&e, runs) else {
             return Err(e);
         };
-        tracing::warn!(action = action.uid, runs, retry = ?e.retry, error = %e, "action step failed; running it again in {pause:?}");
+        tracing::warn!(runs, retry = ?e.retry, error = %e, "action step failed; running it again in {pause:?}");
         tokio::time::sleep(pause).await;
     }
 }
@@ -294,7 +318,7 @@ mod tests {
 
     #[test]
     fn a_cluster_not_ready_yet_gets_growing_pauses_then_the_action_fails() {
-        let e = StepError::later("slot range 0-16383 of database 1 has no master");
+        let e = StepError::later("slot range 0-16383 of database 1 has no primary shard");
         let s = Duration::from_secs;
         assert_eq!(
             pauses(&e, LATER_ATTEMPTS),
