@@ -9,9 +9,14 @@
 mod host;
 mod ports;
 mod report;
+mod upgrade;
 
 pub use host::{data_dir, host_settings, port_range, shard_pidfiles, HostFacts};
 pub use ports::{
     classify_ports, listening_sockets, socket_owners, Listener, PortNeed, PortState, PortStatus,
 };
 pub use report::{Check, CheckReport, CheckStatus};
+pub use upgrade::{
+    upgrade_check, ActionFacts, BdbFacts, Blocker, NodeFacts, PackageFacts, Refusal, ShardFacts,
+    UpgradeFacts,
+};
