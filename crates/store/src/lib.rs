@@ -217,6 +217,7 @@ impl Store {
     /// outcome is unknown ([`StoreError::OutcomeUnknown`]) is never proposed again here: the
     /// caller checks the state (it may have been applied).
     pub async fn propose(&self, command: Command) -> Result<CommandResult, StoreError> {
+        self.check_proposable(&command)?;
         let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
         loop {
             let attempt = match self.propose_local(command.clone()).await {
@@ -240,6 +241,14 @@ impl Store {
         }
     }
 
+    /// Refuses a command that some member could not apply as meant: a command kind or field
+    /// newer than the cluster version, or a finalization some node is not ready for (see
+    /// [`ClusterState::check_proposable`]). Checked where a command is proposed and again on
+    /// the primary node, whose state is the newest.
+    fn check_proposable(&self, command: &Command) -> Result<(), StoreError> {
+        Ok(self.state().check_proposable(command)?)
+    }
+
     /// Proposes on this node only: `NotLeader` (or `NoLeader`) when this node is not the
     /// primary; a refused command is `Err(Refused)`.
     pub async fn propose_local(&self, command: Command) -> Result<CommandResult, StoreError> {
@@ -255,6 +264,7 @@ impl Store {
         &self,
         command: Command,
     ) -> Result<(CommandResult, u64), StoreError> {
+        self.check_proposable(&command)?;
         let (result, index) = self.write(command).await?;
         Ok((refusal_as_error(Ok(result))?, index))
     }

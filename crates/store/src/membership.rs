@@ -89,6 +89,7 @@ impl Store {
             },
             secret: identity.secret,
             created_at: now_secs(),
+            cluster_version: Some(node.software_version.clone()),
             node,
         });
         match self.propose(command).await? {
