@@ -18,5 +18,5 @@ pub use ports::{
 pub use report::{Check, CheckReport, CheckStatus};
 pub use upgrade::{
     upgrade_check, ActionFacts, BdbFacts, Blocker, NodeFacts, PackageFacts, Refusal, ShardFacts,
-    UpgradeFacts,
+    UpgradeCheckReport, UpgradeCheckRequest, UpgradeFacts,
 };

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use flotilla_model::rest::{ActionInfo, BdbInfo, NodeInfo, NodeStatus, ShardInfo};
+use flotilla_model::ActionStatus;
 use serde::{Deserialize, Serialize};
 
 /// What can block an upgrade; `--force NAME` overrides one kind.
@@ -154,6 +156,66 @@ pub struct UpgradeFacts {
     pub running_actions: Vec<ActionFacts>,
     /// The package.
     pub package: PackageFacts,
+}
+
+impl UpgradeFacts {
+    /// The facts as the REST API shows them (`/v1/nodes`, `/v1/shards`, `/v1/bdbs`,
+    /// `/v1/actions`), which every release serves: the API judges its own views, and the CLI
+    /// judges an older cluster's. Every member node votes (nodes join as voters).
+    pub fn from_rest(
+        nodes: &[NodeInfo],
+        shards: &[ShardInfo],
+        bdbs: &[BdbInfo],
+        actions: &[ActionInfo],
+        package: PackageFacts,
+    ) -> UpgradeFacts {
+        let name_of = |uid: u64| {
+            bdbs.iter()
+                .find(|b| b.uid == uid)
+                .map(|b| b.name.clone())
+                .unwrap_or_default()
+        };
+        UpgradeFacts {
+            nodes: nodes
+                .iter()
+                .map(|n| NodeFacts {
+                    uid: n.uid,
+                    addr: n.addr.clone(),
+                    up: n.status == NodeStatus::Up,
+                    software_version: n.software_version.clone(),
+                    voter: true,
+                    maintenance: false,
+                })
+                .collect(),
+            shards: shards
+                .iter()
+                .map(|s| ShardFacts {
+                    uid: s.uid,
+                    bdb: (s.bdb_uid, name_of(s.bdb_uid)),
+                    node_uid: s.node_uid,
+                    status: s.status.clone(),
+                })
+                .collect(),
+            bdbs: bdbs
+                .iter()
+                .map(|b| BdbFacts {
+                    uid: b.uid,
+                    name: b.name.clone(),
+                    redis_version: b.redis_version.clone(),
+                })
+                .collect(),
+            running_actions: actions
+                .iter()
+                .filter(|a| a.status == ActionStatus::Running)
+                .map(|a| ActionFacts {
+                    uid: a.action_uid,
+                    name: a.kind.name().to_string(),
+                    step: a.pending_ops.clone(),
+                })
+                .collect(),
+            package,
+        }
+    }
 }
 
 /// Every reason the cluster may not move to the package now (empty: it may).
@@ -405,5 +467,74 @@ mod tests {
         assert_eq!("quorum".parse::<Blocker>().unwrap(), Blocker::Quorum);
         let err = "everything".parse::<Blocker>().unwrap_err();
         assert!(err.contains("node_down, shard_unhealthy"), "{err}");
+    }
+}
+
+impl UpgradeCheckRequest {
+    /// The package facts the check judges.
+    pub fn package_facts(&self) -> Result<PackageFacts, String> {
+        Ok(PackageFacts {
+            version: semver::Version::parse(&self.version)
+                .map_err(|e| format!("version: {}: {e}", self.version))?,
+            upgrade_from: semver::VersionReq::parse(&self.upgrade_from)
+                .map_err(|e| format!("upgrade_from: {}: {e}", self.upgrade_from))?,
+            engines: self.engines.iter().cloned().collect(),
+        })
+    }
+}
+
+/// `POST /v1/cluster/upgrade_check`: the package to judge, from its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeCheckRequest {
+    /// The package's version.
+    pub version: String,
+    /// The versions it may be installed over (a semver requirement).
+    pub upgrade_from: String,
+    /// The engines it bundles.
+    pub engines: Vec<String>,
+}
+
+/// The answer to an upgrade check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeCheckReport {
+    /// The package's version.
+    pub package_version: String,
+    /// Every reason the cluster may not move to it now; empty when it may.
+    pub refusals: Vec<Refusal>,
+}
+
+impl UpgradeCheckReport {
+    /// The refusals `--force` does not name.
+    pub fn blocking(&self, forced: &[Blocker]) -> Vec<&Refusal> {
+        self.refusals
+            .iter()
+            .filter(|r| !forced.contains(&r.blocker))
+            .collect()
+    }
+
+    /// The report as text: one paragraph per refusal, or that the cluster may move.
+    pub fn to_text(&self) -> String {
+        if self.refusals.is_empty() {
+            return format!(
+                "the cluster may move to {}: every check passed\n",
+                self.package_version
+            );
+        }
+        let mut out = format!(
+            "the cluster may not move to {} now ({} reason(s)):\n",
+            self.package_version,
+            self.refusals.len()
+        );
+        for r in &self.refusals {
+            out.push_str(&format!(
+                "  [{}] {}: {}\n        fix: {}\n",
+                r.blocker.name(),
+                r.object,
+                r.reason,
+                r.fix
+            ));
+        }
+        out
     }
 }

@@ -45,9 +45,11 @@ pub enum ChannelError {
     TooManyFds(usize),
 }
 
-/// One end of the handover channel.
+/// One end of the handover channel. Shared between tasks (`&self` methods): sends are
+/// serialized, so the frames of two messages never interleave.
 pub struct Channel {
     fd: AsyncFd<OwnedFd>,
+    sending: tokio::sync::Mutex<()>,
 }
 
 impl Channel {
@@ -72,6 +74,7 @@ impl Channel {
             fd: unsafe {
                 AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE)?
             },
+            sending: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -101,6 +104,7 @@ impl Channel {
         }
         let body = serde_json::to_vec(message).map_err(|e| ChannelError::Decode(e.to_string()))?;
         let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+        let _sending = self.sending.lock().await;
         let chunks: Vec<&[u8]> = if body.is_empty() {
             vec![&[]]
         } else {

@@ -52,6 +52,8 @@ pub enum Message {
         next_client_id: u64,
         /// The cluster state (JSON of `ClusterState`).
         state: serde_json::Value,
+        /// How many [`Message::Listener`]s follow.
+        listeners: u32,
     },
     /// Old -> new, with one descriptor: a listening socket and the service it belongs to.
     Listener {

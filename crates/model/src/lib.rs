@@ -40,7 +40,7 @@ pub use bdb::{
     Bdb, BdbSpec, BdbUid, DataPersistence, Shard, ShardPlan, ShardRole, ShardUid, SlotRange,
     ENDPOINT_PORTS, MAX_SHARDS, SHARD_PORTS, SLOT_COUNT,
 };
-pub use clock::now_secs;
+pub use clock::{now_millis, now_secs};
 pub use command::{
     ActionCancellation, ActionCreation, ActionUpdate, BdbChange, BdbCreation, BdbDeletion,
     BdbVersionChange, ClusterChange, ClusterCreation, ClusterVersionFinalization, Command,

@@ -178,6 +178,8 @@ mod tests {
         let first = install(&a.tarball, &packages).unwrap();
         let second = install(&b.dir, &packages).unwrap();
         assert_eq!(first.dir(), packages.join("0.2.0"));
+        assert_eq!(crate::Manifest::of_package(&a.tarball).unwrap(), a.manifest);
+        assert_eq!(crate::Manifest::of_package(&b.dir).unwrap(), b.manifest);
         assert_eq!(second.dir(), packages.join("0.2.1"));
         assert_eq!(
             std::fs::read(second.binary()).unwrap(),

@@ -52,6 +52,34 @@ impl Manifest {
         Manifest::parse(&text).map_err(|reason| PackageError::Manifest { path, reason })
     }
 
+    /// The manifest of the package at `path`: a package folder, or its `.tar.gz` (read without
+    /// unpacking the rest).
+    pub fn of_package(path: &Path) -> Result<Manifest> {
+        if path.is_dir() {
+            return Manifest::read(path);
+        }
+        let file = std::fs::File::open(path).map_err(PackageError::io(path))?;
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+        for entry in archive.entries().map_err(PackageError::io(path))? {
+            let mut entry = entry.map_err(PackageError::io(path))?;
+            let name = entry.path().map_err(PackageError::io(path))?.into_owned();
+            if name.components().count() == 2 && name.ends_with(MANIFEST_FILE) {
+                let mut text = String::new();
+                entry
+                    .read_to_string(&mut text)
+                    .map_err(PackageError::io(path))?;
+                return Manifest::parse(&text).map_err(|reason| PackageError::Manifest {
+                    path: path.join(name),
+                    reason,
+                });
+            }
+        }
+        Err(PackageError::Manifest {
+            path: path.to_path_buf(),
+            reason: format!("no {MANIFEST_FILE} in the tarball's top folder"),
+        })
+    }
+
     /// Parses a manifest's text.
     pub fn parse(text: &str) -> Result<Manifest, String> {
         let manifest: Manifest = toml::from_str(text).map_err(|e| e.to_string())?;

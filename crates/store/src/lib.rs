@@ -20,6 +20,7 @@ mod identity;
 mod log_store;
 mod membership;
 mod network;
+mod primary;
 pub mod rpc;
 mod state_machine;
 mod types;
@@ -37,7 +38,7 @@ use tokio::sync::watch;
 
 pub use credentials::{hash_password, verify as verify_credentials};
 pub use error::StoreError;
-pub use follow::{publish_if_changed, Wake, Wakes};
+pub use follow::{project, publish_if_changed, StateFeed, Wake, Wakes};
 pub use identity::Identity;
 pub use membership::{JoinRequest, JoinTicket};
 pub use network::{internal_http_client, SECRET_HEADER};

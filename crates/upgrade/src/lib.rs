@@ -9,6 +9,16 @@
 //! running daemon's command line, environment and log file from `/proc`, so the successor runs
 //! exactly as its predecessor did, from the new package.
 
+mod new_side;
+mod old_side;
 mod process;
+mod restart;
+mod services;
+mod status;
 
-pub use process::{DaemonProcess, ProcessError};
+pub use new_side::{greet, wait_gone, Followed, Inheritance, Successor};
+pub use old_side::{check_move, upgrade_in_place, Finish, OldDaemon, HANDOVER_FD, SESSIONS_BOUND};
+pub use process::{DaemonProcess, ProcessError, HANDOVER_FD_ARG};
+pub use restart::{daemon_serving, restart_daemon, Restarted};
+pub use services::{PassedServices, ServiceListeners};
+pub use status::UpgradeRecord;
