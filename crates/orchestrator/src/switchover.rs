@@ -182,7 +182,7 @@ pub async fn switchover(
         });
     }
     let catch_up_ms = fenced.elapsed().as_millis() as u64;
-    crate::actions::failpoint("switchover:fenced").await;
+    flotilla_store::failpoint::pause("switchover:fenced").await;
     if let Err(e) = r.replicaof_no_one().await {
         release(store, &m, master.uid).await;
         return Err(engine(replica.uid, e));

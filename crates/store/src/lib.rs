@@ -14,7 +14,7 @@
 
 mod credentials;
 mod error;
-mod failpoint;
+pub mod failpoint;
 mod follow;
 mod identity;
 mod log_store;

@@ -309,6 +309,7 @@ async fn pass(
             ))
         }
     }
+    flotilla_store::failpoint::pause("handover:sessions").await;
     record.step("sessions");
     for handle in handles {
         handle.control.stop_accepting().await;
