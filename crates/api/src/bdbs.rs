@@ -248,11 +248,15 @@ pub(crate) async fn update(
         .authentication_redis_pass
         .map(|p| Some(p).filter(|p| !p.is_empty()));
     let (memory_size, asked_password) = (update.memory_size, password.clone());
+    // The first release's encoding of "remove the password" decodes as "keep it"; the
+    // removal has a field of its own, proposed once every node knows it (cluster version).
+    let remove = password == Some(None);
     let change = Change {
         command: Command::UpdateBdb(BdbChange {
             uid,
             memory_size: update.memory_size,
-            authentication_redis_pass: password,
+            authentication_redis_pass: password.filter(|p| p.is_some()),
+            remove_authentication_redis_pass: remove,
         }),
         applied: |state: &ClusterState| {
             let spec = &state.bdbs.get(&uid)?.spec;

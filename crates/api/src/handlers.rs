@@ -60,6 +60,8 @@ pub(crate) async fn health(State(context): State<ApiContext>) -> Json<Health> {
         node_uid: context.store.uid(),
         primary_node: context.store.primary_node(),
         software_version: context.node.software_version.clone(),
+        handover_protocol: context.local.handover_protocol,
+        pid: std::process::id(),
     })
 }
 
@@ -144,6 +146,8 @@ pub(crate) async fn get_cluster(
         primary_node: context.store.primary_node(),
         nodes_count: state.nodes.len(),
         default_redis_version: crate::bdbs::DEFAULT_ENGINE.to_string(),
+        cluster_version: state.cluster_version().to_string(),
+        finalization_pending: state.pending_finalization().map(str::to_owned),
     }))
 }
 

@@ -7,9 +7,12 @@
 mod actions;
 mod auth;
 mod bdbs;
+mod checks;
 mod error;
 mod handlers;
+mod local;
 mod propose;
+mod upgrade;
 
 use std::sync::Arc;
 
@@ -20,7 +23,9 @@ use flotilla_model::NodeSpec;
 use flotilla_orchestrator::Observer;
 use flotilla_store::Store;
 
+pub use checks::internal_router;
 pub use error::ApiError;
+pub use local::{LocalNode, NodePorts, UpgradeOrder, UPGRADE_STATUS_FILE};
 
 /// What the API handlers need: the store, the observer and facts about this node.
 #[derive(Clone)]
@@ -31,16 +36,19 @@ pub struct ApiContext {
     pub observer: Observer,
     /// This node as it describes itself when creating or joining.
     pub node: NodeSpec,
+    /// This daemon's own facts (data dir, ports, upgrade driver).
+    pub local: LocalNode,
     auth_cache: Arc<auth::Cache>,
 }
 
 impl ApiContext {
     /// A context for this node.
-    pub fn new(store: Store, observer: Observer, node: NodeSpec) -> Self {
+    pub fn new(store: Store, observer: Observer, node: NodeSpec, local: LocalNode) -> Self {
         Self {
             store,
             observer,
             node,
+            local,
             auth_cache: Arc::default(),
         }
     }
@@ -67,6 +75,14 @@ pub fn router(context: ApiContext) -> Router {
         .route("/v1/shards/{uid}/actions/failover", post(bdbs::failover))
         .route("/v1/nodes/status", get(handlers::get_nodes_status))
         .route("/v1/nodes/{uid}", get(handlers::get_node))
+        .route("/v1/nodes/{uid}/check", get(checks::node_check))
+        .route("/v1/nodes/{uid}/check/ports", get(checks::node_ports))
+        .route(
+            "/v1/nodes/{uid}/upgrade",
+            get(upgrade::node_upgrade_status).post(upgrade::start_node_upgrade),
+        )
+        .route("/v1/cluster/upgrade_check", post(upgrade::check))
+        .route("/v1/cluster/finalize", post(upgrade::finalize))
         .layer(middleware::from_fn_with_state(
             context.clone(),
             auth::require_basic_auth,

@@ -277,4 +277,67 @@ impl Client {
         let path = format!("/v1/actions/{uid}/cancel");
         self.call::<(), _>(Method::POST, &path, None).await
     }
+
+    /// A client for another node's REST API (same port, credentials and settings), for the
+    /// calls a node answers about itself (checks, its in-place upgrade).
+    pub fn for_node(&self, addr: &str) -> Client {
+        let port = self
+            .base
+            .rsplit_once(':')
+            .map_or("8080", |(_, port)| port.trim_end_matches('/'));
+        Client {
+            base: format!("http://{addr}:{port}"),
+            ..self.clone()
+        }
+    }
+
+    /// `GET /v1/nodes/{uid}/check`: rlcheck's tests, answered by that node.
+    pub async fn node_check(&self, uid: u64) -> Result<flotilla_checks::CheckReport, ClientError> {
+        self.get(&format!("/v1/nodes/{uid}/check")).await
+    }
+
+    /// `GET /v1/nodes/{uid}/check/ports`: who holds each port the node needs.
+    pub async fn node_ports(
+        &self,
+        uid: u64,
+    ) -> Result<Vec<flotilla_checks::PortStatus>, ClientError> {
+        self.get(&format!("/v1/nodes/{uid}/check/ports")).await
+    }
+
+    /// `POST /v1/cluster/upgrade_check`: may the cluster move to the package described?
+    pub async fn upgrade_check(
+        &self,
+        request: &flotilla_checks::UpgradeCheckRequest,
+    ) -> Result<flotilla_checks::UpgradeCheckReport, ClientError> {
+        self.call(Method::POST, "/v1/cluster/upgrade_check", Some(request))
+            .await
+    }
+
+    /// `POST /v1/cluster/finalize`: moves the cluster version to what every node runs.
+    pub async fn finalize(&self) -> Result<ClusterInfo, ClientError> {
+        self.call::<(), _>(Method::POST, "/v1/cluster/finalize", None)
+            .await
+    }
+
+    /// `POST /v1/nodes/{uid}/upgrade` (to that node's own API): starts its in-place upgrade.
+    pub async fn start_node_upgrade(
+        &self,
+        uid: u64,
+        request: &flotilla_model::rest::NodeUpgradeRequest,
+    ) -> Result<flotilla_model::rest::NodeUpgradeStatus, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/nodes/{uid}/upgrade"),
+            Some(request),
+        )
+        .await
+    }
+
+    /// `GET /v1/nodes/{uid}/upgrade`: the node's latest in-place upgrade.
+    pub async fn node_upgrade_status(
+        &self,
+        uid: u64,
+    ) -> Result<flotilla_model::rest::NodeUpgradeStatus, ClientError> {
+        self.get(&format!("/v1/nodes/{uid}/upgrade")).await
+    }
 }

@@ -7,6 +7,12 @@
 //! failover or switchover moves traffic without dropping client connections. A database that is
 //! deleted has its listener closed; a port that cannot be bound is retried every second.
 //! The listeners and their client sessions run on a runtime of their own (see `runtime.rs`).
+//!
+//! For the in-place upgrade ([`Endpoints`]): the endpoints follow a [`StateFeed`] rather than
+//! the store itself, so a new daemon serves them from the state its predecessor passes on
+//! before it opens the store; they start on listening sockets passed from the predecessor
+//! instead of binding; and each running endpoint keeps a duplicate of its listening socket
+//! and the control of its sessions, so the old daemon can pass both on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -15,8 +21,10 @@ use std::time::Duration;
 
 use flotilla_model::timing::HOLD_TIMEOUT;
 use flotilla_model::{Bdb, BdbUid, ClusterState};
-use flotilla_proxy::{EndpointStats, ProxyOptions, SlotMap, StatsSnapshot, Topology, SLOT_COUNT};
-use flotilla_store::{publish_if_changed, Store, Wakes};
+use flotilla_proxy::{
+    EndpointControl, EndpointStats, ProxyOptions, SlotMap, StatsSnapshot, Topology, SLOT_COUNT,
+};
+use flotilla_store::{project, publish_if_changed, StateFeed, Wakes};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
@@ -89,6 +97,79 @@ struct Running {
     stop: Option<oneshot::Sender<()>>,
 }
 
+/// One served endpoint as the in-place upgrade sees it.
+pub struct EndpointHandle {
+    /// The database.
+    pub bdb_uid: BdbUid,
+    /// Its port.
+    pub port: u16,
+    /// A duplicate of its listening socket (the one to pass to a new daemon).
+    pub listener: std::net::TcpListener,
+    /// The control of its accept loop and sessions.
+    pub control: EndpointControl,
+}
+
+/// The endpoints this node serves, for the in-place upgrade: their listening sockets and the
+/// control of their sessions. Cheap to clone; filled by [`run`].
+#[derive(Clone, Default)]
+pub struct Endpoints {
+    served: Arc<Mutex<HashMap<BdbUid, Arc<EndpointHandle>>>>,
+    inherited: Arc<Mutex<HashMap<u16, std::net::TcpListener>>>,
+}
+
+impl Endpoints {
+    /// Endpoints that start on listening sockets passed from the predecessor daemon (by port)
+    /// before binding any themselves.
+    pub fn inheriting(listeners: impl IntoIterator<Item = std::net::TcpListener>) -> Self {
+        let endpoints = Endpoints::default();
+        {
+            let mut inherited = endpoints.inherited.lock().expect("endpoints lock");
+            for listener in listeners {
+                if let Ok(addr) = listener.local_addr() {
+                    inherited.insert(addr.port(), listener);
+                }
+            }
+        }
+        endpoints
+    }
+
+    /// Every endpoint served now.
+    pub fn handles(&self) -> Vec<Arc<EndpointHandle>> {
+        let served = self.served.lock().expect("endpoints lock");
+        served.values().cloned().collect()
+    }
+
+    /// The endpoint listening on `port`, if served now.
+    pub fn on_port(&self, port: u16) -> Option<Arc<EndpointHandle>> {
+        let served = self.served.lock().expect("endpoints lock");
+        served.values().find(|h| h.port == port).cloned()
+    }
+
+    /// How many passed listening sockets are not served yet (their database has no topology
+    /// yet, or was deleted).
+    pub fn inherited_waiting(&self) -> usize {
+        self.inherited.lock().expect("endpoints lock").len()
+    }
+
+    fn take_inherited(&self, port: u16) -> Option<std::net::TcpListener> {
+        self.inherited.lock().expect("endpoints lock").remove(&port)
+    }
+
+    fn publish(
+        &self,
+        running: &HashMap<BdbUid, Running>,
+        handles: &HashMap<BdbUid, Arc<EndpointHandle>>,
+    ) {
+        let mut served = self.served.lock().expect("endpoints lock");
+        served.clear();
+        for uid in running.keys() {
+            if let Some(handle) = handles.get(uid) {
+                served.insert(*uid, handle.clone());
+            }
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
@@ -126,22 +207,27 @@ fn served(state: &ClusterState) -> BTreeMap<BdbUid, Served> {
         .collect()
 }
 
-/// Keeps this node's endpoint listeners in step with the store until `shutdown` fires; each
-/// endpoint's counters are kept in `stats` while it is served.
+/// Keeps this node's endpoint listeners in step with the cluster state `feed` until `shutdown`
+/// fires; each endpoint's counters are kept in `stats` while it is served, and its listener and
+/// control in `endpoints`.
 pub async fn run(
-    store: Store,
+    feed: StateFeed,
     addr: IpAddr,
     stats: StatsRegistry,
+    endpoints: Endpoints,
     shutdown: watch::Receiver<bool>,
 ) {
-    let wanted = store.watch_projection(served);
+    let wanted = project(feed, served);
     let mut wakes = Wakes::on_change_or_every(wanted.clone(), RESYNC, shutdown);
     let mut running: HashMap<BdbUid, Running> = HashMap::new();
+    let mut handles: HashMap<BdbUid, Arc<EndpointHandle>> = HashMap::new();
     while wakes.next().await.is_some() {
         let wanted = wanted.borrow().clone();
-        sync(&wanted, addr, &mut running).await;
+        sync(&wanted, addr, &endpoints, &mut running, &mut handles).await;
         publish_stats(&stats, &running);
+        endpoints.publish(&running, &handles);
     }
+    endpoints.publish(&HashMap::new(), &handles);
     running.clear();
 }
 
@@ -168,9 +254,12 @@ fn publish_stats(stats: &StatsRegistry, running: &HashMap<BdbUid, Running>) {
 async fn sync(
     wanted: &BTreeMap<BdbUid, Served>,
     addr: IpAddr,
+    endpoints: &Endpoints,
     running: &mut HashMap<BdbUid, Running>,
+    handles: &mut HashMap<BdbUid, Arc<EndpointHandle>>,
 ) {
     running.retain(|uid, endpoint| wanted.get(uid).is_some_and(|w| w.port == endpoint.port));
+    handles.retain(|uid, _| running.contains_key(uid));
     for (uid, served) in wanted {
         let Some(topology) = &served.topology else {
             continue;
@@ -178,16 +267,29 @@ async fn sync(
         match running.get(uid) {
             Some(endpoint) => publish_if_changed(&endpoint.topology, topology.clone()),
             None => {
-                if let Some(endpoint) = open(addr, *uid, served, topology.clone()).await {
+                let listener = endpoints.take_inherited(served.port);
+                if let Some((endpoint, handle)) =
+                    open(addr, *uid, served, topology.clone(), listener).await
+                {
                     running.insert(*uid, endpoint);
+                    handles.insert(*uid, Arc::new(handle));
                 }
             }
         }
     }
 }
 
-async fn open(addr: IpAddr, uid: BdbUid, served: &Served, topology: Topology) -> Option<Running> {
-    let port = served.port;
+/// The database's listening socket: the one passed from the predecessor daemon, or a new one.
+async fn listener_for(
+    addr: IpAddr,
+    uid: BdbUid,
+    port: u16,
+    inherited: Option<std::net::TcpListener>,
+) -> Option<std::net::TcpListener> {
+    if let Some(listener) = inherited {
+        tracing::info!(bdb = uid, %addr, port, "serving the database endpoint on the listening socket passed from the previous daemon");
+        return Some(listener);
+    }
     let listener = match TcpListener::bind((addr, port)).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -196,14 +298,33 @@ async fn open(addr: IpAddr, uid: BdbUid, served: &Served, topology: Topology) ->
         }
     };
     // Handed to the data-path runtime, whose I/O driver then owns it.
-    let listener = match listener.into_std() {
-        Ok(listener) => listener,
+    match listener.into_std() {
+        Ok(listener) => Some(listener),
         Err(e) => {
             tracing::error!(bdb = uid, %addr, port, error = %e, "cannot hand the database endpoint to the proxy runtime; retrying");
+            None
+        }
+    }
+}
+
+async fn open(
+    addr: IpAddr,
+    uid: BdbUid,
+    served: &Served,
+    topology: Topology,
+    inherited: Option<std::net::TcpListener>,
+) -> Option<(Running, EndpointHandle)> {
+    let port = served.port;
+    let listener = listener_for(addr, uid, port, inherited).await?;
+    let duplicate = match listener.try_clone() {
+        Ok(duplicate) => duplicate,
+        Err(e) => {
+            tracing::error!(bdb = uid, %addr, port, error = %e, "cannot duplicate the endpoint's listening socket; retrying");
             return None;
         }
     };
     tracing::info!(bdb = uid, name = %served.name, %addr, port, "serving database endpoint");
+    let (control, inbox) = flotilla_proxy::endpoint_control();
     let (topology_tx, topology_rx) = watch::channel(topology);
     let (stop_tx, stop_rx) = oneshot::channel();
     let stats = EndpointStats::new();
@@ -215,12 +336,13 @@ async fn open(addr: IpAddr, uid: BdbUid, served: &Served, topology: Topology) ->
     let serve = async move {
         match TcpListener::from_std(listener) {
             Ok(listener) => {
-                flotilla_proxy::serve_with_stats(
+                flotilla_proxy::serve_controlled(
                     listener,
                     topology_rx,
                     stop,
                     proxy_options(),
                     serve_stats,
+                    inbox,
                 )
                 .await
             }
@@ -228,10 +350,17 @@ async fn open(addr: IpAddr, uid: BdbUid, served: &Served, topology: Topology) ->
         }
     };
     runtime::data_path().spawn(serve.instrument(span));
-    Some(Running {
+    let running = Running {
         port,
         stats,
         topology: topology_tx,
         stop: Some(stop_tx),
-    })
+    };
+    let handle = EndpointHandle {
+        bdb_uid: uid,
+        port,
+        listener: duplicate,
+        control,
+    };
+    Some((running, handle))
 }

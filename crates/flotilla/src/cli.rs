@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use flotilla_client::Client;
 use flotilla_model::rest::ClusterUpdate;
 
-use crate::{action, daemon, db, dev, status};
+use crate::{action, check, daemon, db, dev, package, status, upgrade};
 
 /// Flotilla: Redis-compatible databases on a cluster of machines, upgraded without downtime.
 #[derive(Parser)]
@@ -82,6 +82,14 @@ pub enum Command {
     Dev(dev::DevCommand),
     /// Run writers and readers through an endpoint; report errors, lost writes and stalls.
     Loadcheck(LoadcheckArgs),
+    /// Build Flotilla packages.
+    #[command(subcommand)]
+    Package(package::PackageCommand),
+    /// A node's prerequisite checks (like rlcheck), or `check ports`.
+    Check(check::CheckArgs),
+    /// Cluster software upgrades: check, upgrade a node in place, finalize.
+    #[command(subcommand)]
+    Upgrade(upgrade::UpgradeCommand),
 }
 
 #[derive(Subcommand)]
@@ -159,6 +167,9 @@ impl Cli {
             Command::Status(args) => status::run(&self.conn.client(), args).await,
             Command::Dev(command) => dev::run(&self.conn, command).await,
             Command::Loadcheck(args) => loadcheck(args).await,
+            Command::Package(command) => package::run(command),
+            Command::Check(args) => check::run(&self.conn.client(), args).await,
+            Command::Upgrade(command) => upgrade::run(&self.conn.client(), command).await,
         }
     }
 }

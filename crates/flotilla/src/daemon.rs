@@ -1,20 +1,36 @@
-//! `flotilla node start`: wires the store, orchestrator, agent and API into one node daemon.
+//! `flotilla node start`: wires the store, orchestrator, agent, endpoints and API into one
+//! node daemon, and hands the node over to a successor daemon during an in-place upgrade.
+//!
+//! The daemon starts in two parts. The front (database endpoints, discovery) follows a feed of
+//! the cluster state and needs no store: a successor daemon serves it from the state its
+//! predecessor passes on, before the store is free. The back (the store, internal RPC, REST,
+//! orchestrator, agent, reporter, metrics) starts once the store opens.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use flotilla_api::ApiContext;
-use flotilla_model::NodeSpec;
+use flotilla_api::{ApiContext, LocalNode, NodePorts, UpgradeOrder};
+use flotilla_endpoints::{Endpoints, StatsRegistry};
+use flotilla_model::{ClusterState, NodeSpec};
 use flotilla_orchestrator::Observer;
-use flotilla_store::{Store, StoreConfig};
+use flotilla_package::Package;
+use flotilla_store::{project, StateFeed, Store, StoreConfig};
+use flotilla_upgrade::{Finish, Inheritance, OldDaemon, PassedServices, ServiceListeners};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tracing::{Instrument, Span};
 
 /// The daemon's pidfile name inside its data dir.
 pub const PIDFILE: &str = "flotilla.pid";
+/// How long a stopping daemon waits for its tasks before it exits anyway.
+const STOP_BOUND: Duration = Duration::from_secs(5);
+/// How long a new daemon retries opening a store its predecessor's process still holds.
+const STORE_OPEN_RETRY_FOR: Duration = Duration::from_secs(10);
 
 /// Arguments of `flotilla node start`.
 #[derive(Args, Clone)]
@@ -25,7 +41,10 @@ pub struct StartArgs {
     /// Where the node keeps its store, identity, logs and shards.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// The installed Flotilla package (bin/, engines/, manifest.toml); optional for now.
+    /// The installed Flotilla package this daemon runs from (bin/, engines/, manifest.toml):
+    /// its manifest gives the node's software version and its engines are the ones the node
+    /// runs. Without it the daemon reports the binary's own version and uses the development
+    /// engines (`FLOTILLA_ENGINES_DIR` or the repository's `.cache/engines`).
     #[arg(long)]
     pub package_dir: Option<PathBuf>,
     /// REST API port (HTTP).
@@ -34,15 +53,39 @@ pub struct StartArgs {
     /// Internal RPC and Raft port.
     #[arg(long, default_value_t = 3333)]
     pub rpc_port: u16,
+    /// Set by a running daemon that hands the node over to this one (in-place upgrade): the
+    /// descriptor of the handover channel.
+    #[arg(long, hide = true)]
+    pub handover_fd: Option<i32>,
 }
 
-/// The software version this binary reports.
+impl StartArgs {
+    fn ports(&self) -> NodePorts {
+        NodePorts {
+            rest: self.rest_port,
+            rpc: self.rpc_port,
+            discovery: flotilla_discovery::DISCOVERY_PORT,
+            metrics: flotilla_metrics::DEFAULT_PORT,
+        }
+    }
+
+    /// Where packages are installed side by side: beside the package this daemon runs from,
+    /// else in the data dir.
+    fn packages_dir(&self) -> PathBuf {
+        self.package_dir
+            .as_deref()
+            .and_then(Path::parent)
+            .map_or_else(|| self.data_dir.join("packages"), Path::to_path_buf)
+    }
+}
+
+/// The software version of this binary when it runs outside a package.
 pub fn software_version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
 }
 
-/// Runs the daemon until SIGTERM or SIGINT. Everything it logs is inside the span `node`,
-/// which names the node's address, and its uid once it has one.
+/// Runs the daemon until SIGTERM or SIGINT, or until it hands the node over. Everything it
+/// logs is inside the span `node`, which names the node's address, and its uid once it has one.
 pub async fn run(args: StartArgs) -> Result<()> {
     init_logging();
     let root = tracing::info_span!("node", uid = tracing::field::Empty, addr = %args.addr);
@@ -55,103 +98,364 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
     // Engines are configured with absolute paths (they run detached, from their own cwd).
     args.data_dir = std::fs::canonicalize(&args.data_dir)
         .with_context(|| format!("resolving data dir {}", args.data_dir.display()))?;
-    let _pidfile = Pidfile::claim(&args.data_dir)?;
-    let rpc_listener = bind(args.addr, args.rpc_port, "internal RPC").await?;
-    let rest_listener = bind(args.addr, args.rest_port, "REST API").await?;
+    let package = open_package(&args)?;
+    let version = package
+        .as_ref()
+        .map_or_else(software_version, |p| p.manifest().version.to_string());
+    let node = NodeSpec {
+        addr: args.addr,
+        software_version: version.clone(),
+        os: flotilla_agent::host::os_name(),
+    };
+    let (successor, inheritance) = match args.handover_fd {
+        Some(fd) => flotilla_upgrade::greet(fd, &version).await,
+        None => (None, Inheritance::default()),
+    };
+    flotilla_proxy::set_next_client_id(inheritance.next_client_id);
+    let initial = inheritance.state.clone().unwrap_or_default();
+    let (feed_tx, feed) = watch::channel(Arc::new(initial));
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let endpoints = Endpoints::inheriting(inheritance.endpoints);
+    let stats = StatsRegistry::default();
+    let passed = inheritance.services;
 
-    let store = Store::open(StoreConfig {
+    let mut record = None;
+    if let Some(successor) = successor {
+        // Serve the front from the predecessor's state while it passes the sessions.
+        start_front(
+            &args,
+            &mut tasks,
+            &feed,
+            &endpoints,
+            &stats,
+            passed.discovery.as_ref(),
+            &stop,
+        )
+        .await?;
+        successor
+            .accepting(&endpoints)
+            .await
+            .context("telling the previous daemon this one accepts")?;
+        let predecessor = successor.predecessor_pid;
+        let followed = successor.follow(&feed_tx, &endpoints).await;
+        tracing::info!(
+            adopted = followed.adopted,
+            refused = followed.refused,
+            completed = followed.completed,
+            "took the node over from the previous daemon"
+        );
+        if !flotilla_upgrade::wait_gone(predecessor).await {
+            bail!("the previous daemon (pid {predecessor}) did not exit after the handover");
+        }
+        // The predecessor wrote the record up to here; this daemon continues it.
+        let path = args.data_dir.join(flotilla_api::UPGRADE_STATUS_FILE);
+        record = flotilla_upgrade::UpgradeRecord::resume(&path);
+        if let Some(record) = record.as_mut() {
+            if !followed.completed {
+                record.update(|s| s.error = Some("the previous daemon went away before passing every client connection; those it had not passed were closed with it".into()));
+            }
+            record.step("store");
+        }
+    } else if args.handover_fd.is_some() {
+        // The predecessor broke off before passing anything usable: it must be gone before
+        // this daemon binds its ports and opens its store.
+        flotilla_upgrade::wait_gone(inheritance.predecessor_pid).await;
+    }
+
+    let _pidfile = Pidfile::claim(&args.data_dir)?;
+    let services = service_listeners(&args, passed).await?;
+    let store = open_store(&args).await?;
+    store.feed_into(feed_tx);
+    spawn(
+        &mut tasks,
+        name_node_uid(store.clone(), Span::current(), stop.clone()),
+    );
+    tracing::info!(version, "node daemon starting");
+    if record.is_none() {
+        start_front(
+            &args,
+            &mut tasks,
+            &feed,
+            &endpoints,
+            &stats,
+            Some(&services.discovery),
+            &stop,
+        )
+        .await?;
+    }
+    let (upgrades_tx, mut upgrades) = mpsc::channel(1);
+    start_back(
+        &args,
+        &mut tasks,
+        &store,
+        &node,
+        &stats,
+        &services,
+        upgrades_tx,
+        &stop,
+    )
+    .await?;
+    if let Some(mut record) = record {
+        let stopped_at = record.status().store_stopped_at_ms;
+        record.update(|s| s.store_gap_ms = flotilla_model::now_millis().saturating_sub(stopped_at));
+        record.done();
+    }
+
+    let old = OldDaemon {
+        software_version: version,
+        data_dir: args.data_dir.clone(),
+        packages_dir: args.packages_dir(),
+        store: store.clone(),
+        services: services.try_clone()?,
+        endpoints: endpoints.clone(),
+    };
+    let finish = serve_until_stopped(&old, &mut upgrades).await?;
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(STOP_BOUND, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    store.shutdown().await;
+    match finish {
+        None => Ok(()),
+        Some(Finish::HandedOver(_)) => {
+            tracing::info!("the new daemon took the node over; exiting");
+            std::mem::forget(_pidfile);
+            std::process::exit(0);
+        }
+        Some(Finish::Restart {
+            mut command,
+            mut record,
+        }) => {
+            use std::os::unix::process::CommandExt;
+            tracing::info!("restarting as the new version (no handover between these versions)");
+            std::mem::forget(_pidfile);
+            let error = command.exec();
+            record.failed(&format!("starting the new binary: {error}"));
+            Err(error).context("starting the new binary in this process's place")
+        }
+    }
+}
+
+/// Serves until a signal (`None`) or an in-place upgrade that hands the node over.
+async fn serve_until_stopped(
+    old: &OldDaemon,
+    upgrades: &mut mpsc::Receiver<UpgradeOrder>,
+) -> Result<Option<Finish>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(None),
+            _ = int.recv() => return Ok(None),
+            Some(order) = upgrades.recv() => {
+                if let Some(finish) = flotilla_upgrade::upgrade_in_place(old, order).await {
+                    return Ok(Some(finish));
+                }
+            }
+        }
+    }
+}
+
+/// The package this daemon runs from, verified file by file.
+fn open_package(args: &StartArgs) -> Result<Option<Package>> {
+    let Some(dir) = &args.package_dir else {
+        return Ok(None);
+    };
+    let package = Package::open(dir).with_context(|| {
+        format!(
+            "--package-dir {}: not a usable Flotilla package",
+            dir.display()
+        )
+    })?;
+    Ok(Some(package))
+}
+
+/// The service listeners: those passed by a predecessor, the others bound now.
+async fn service_listeners(args: &StartArgs, passed: PassedServices) -> Result<ServiceListeners> {
+    let ports = args.ports();
+    Ok(ServiceListeners {
+        rest: take_or_bind(passed.rest, args.addr, ports.rest, "REST API").await?,
+        rpc: take_or_bind(passed.rpc, args.addr, ports.rpc, "internal RPC").await?,
+        discovery: take_or_bind(
+            passed.discovery,
+            args.addr,
+            ports.discovery,
+            "discovery service",
+        )
+        .await?,
+        metrics: take_or_bind(passed.metrics, args.addr, ports.metrics, "metrics").await?,
+    })
+}
+
+async fn take_or_bind(
+    passed: Option<std::net::TcpListener>,
+    addr: IpAddr,
+    port: u16,
+    what: &str,
+) -> Result<std::net::TcpListener> {
+    match passed {
+        Some(listener) => Ok(listener),
+        None => Ok(bind(addr, port, what).await?.into_std()?),
+    }
+}
+
+/// Opens the store, retrying while the predecessor's process still holds it.
+async fn open_store(args: &StartArgs) -> Result<Store> {
+    let config = StoreConfig {
         data_dir: args.data_dir.clone(),
         addr: args.addr,
         rpc_port: args.rpc_port,
-    })
-    .await
-    .context("opening the cluster store")?;
-    let observer = Observer::new(store.clone());
-    let failover_observer = observer.clone();
-    let actions_observer = observer.clone();
-    let node = NodeSpec {
-        addr: args.addr,
-        software_version: software_version(),
-        os: flotilla_agent::host::os_name(),
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let naming = spawn(name_node_uid(
-        store.clone(),
-        Span::current(),
-        stop_rx.clone(),
-    ));
-    tracing::info!("node daemon starting");
-    let rpc_router = flotilla_store::rpc::router(store.clone()).merge(observer.router());
-    let api_router = flotilla_api::router(ApiContext::new(store.clone(), observer, node.clone()));
-    let rpc = spawn(serve(rpc_listener, rpc_router, stop_rx.clone()));
-    let rest = spawn(serve(rest_listener, api_router, stop_rx.clone()));
-    let failover = spawn(flotilla_orchestrator::failover::run_failover(
-        store.clone(),
-        failover_observer,
-        stop_rx.clone(),
-    ));
-    let actions = spawn(flotilla_orchestrator::actions::run_actions(
-        actions_observer,
-        stop_rx.clone(),
-    ));
-    let endpoint_stats = flotilla_endpoints::StatsRegistry::default();
-    let endpoints = spawn(flotilla_endpoints::run(
-        store.clone(),
-        args.addr,
-        endpoint_stats.clone(),
-        stop_rx.clone(),
-    ));
+    let deadline = tokio::time::Instant::now() + STORE_OPEN_RETRY_FOR;
+    loop {
+        match Store::open(config.clone()).await {
+            Ok(store) => return Ok(store),
+            Err(e)
+                if tokio::time::Instant::now() < deadline
+                    && e.to_string().contains("store.redb") =>
+            {
+                tracing::warn!(error = %e, "the store is still held; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e).context("opening the cluster store"),
+        }
+    }
+}
+
+/// A tokio listener serving a duplicate of `listener`.
+fn serving(listener: &std::net::TcpListener) -> Result<TcpListener> {
+    let listener = listener.try_clone()?;
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener)?)
+}
+
+/// Endpoints and discovery: they follow the state feed.
+async fn start_front(
+    args: &StartArgs,
+    tasks: &mut JoinSet<()>,
+    feed: &StateFeed,
+    endpoints: &Endpoints,
+    stats: &StatsRegistry,
+    discovery: Option<&std::net::TcpListener>,
+    stop: &watch::Receiver<bool>,
+) -> Result<()> {
+    spawn(
+        tasks,
+        flotilla_endpoints::run(
+            feed.clone(),
+            args.addr,
+            stats.clone(),
+            endpoints.clone(),
+            stop.clone(),
+        ),
+    );
+    let discovery = match discovery {
+        Some(listener) => serving(listener)?,
+        None => {
+            bind(
+                args.addr,
+                flotilla_discovery::DISCOVERY_PORT,
+                "discovery service",
+            )
+            .await?
+        }
+    };
+    let addr = args.addr;
+    let databases = project(feed.clone(), move |state: &ClusterState| {
+        flotilla_discovery::Databases::of_node(state, addr)
+    });
+    spawn(
+        tasks,
+        flotilla_discovery::serve(discovery, databases, stopped(stop.clone())),
+    );
+    Ok(())
+}
+
+/// The store and everything that needs it.
+#[allow(clippy::too_many_arguments)]
+async fn start_back(
+    args: &StartArgs,
+    tasks: &mut JoinSet<()>,
+    store: &Store,
+    node: &NodeSpec,
+    stats: &StatsRegistry,
+    services: &ServiceListeners,
+    upgrades: mpsc::Sender<UpgradeOrder>,
+    stop: &watch::Receiver<bool>,
+) -> Result<()> {
+    let observer = Observer::new(store.clone());
+    let local = LocalNode {
+        addr: args.addr,
+        data_dir: args.data_dir.clone(),
+        ports: args.ports(),
+        handover_protocol: flotilla_handover::HANDOVER_PROTOCOL,
+        upgrades: Some(upgrades),
+    };
+    let rpc_router = flotilla_store::rpc::router(store.clone())
+        .merge(observer.router())
+        .merge(flotilla_api::internal_router(store.clone()));
+    let api = ApiContext::new(store.clone(), observer.clone(), node.clone(), local);
+    spawn(
+        tasks,
+        serve(serving(&services.rpc)?, rpc_router, stop.clone()),
+    );
+    spawn(
+        tasks,
+        serve(
+            serving(&services.rest)?,
+            flotilla_api::router(api),
+            stop.clone(),
+        ),
+    );
+    spawn(
+        tasks,
+        flotilla_orchestrator::failover::run_failover(
+            store.clone(),
+            observer.clone(),
+            stop.clone(),
+        ),
+    );
+    spawn(
+        tasks,
+        flotilla_orchestrator::actions::run_actions(observer, stop.clone()),
+    );
     let agent = flotilla_agent::ShardAgent::new(
         store.clone(),
-        engine_catalog(&args),
+        engine_catalog(args),
         args.addr,
         args.data_dir.join("shards"),
     );
     let observed_shards = agent.observed_shards();
-    let shards = spawn(agent.run(stop_rx.clone()));
-    let discovery_listener = bind(
-        args.addr,
-        flotilla_discovery::DISCOVERY_PORT,
-        "discovery service",
-    )
-    .await?;
-    let addr = args.addr;
-    let databases =
-        store.watch_projection(move |state| flotilla_discovery::Databases::of_node(state, addr));
-    let discovery = spawn(flotilla_discovery::serve(
-        discovery_listener,
-        databases,
-        stopped(stop_rx.clone()),
-    ));
-    let metrics_listener = bind(args.addr, flotilla_metrics::DEFAULT_PORT, "metrics").await?;
+    spawn(tasks, agent.run(stop.clone()));
     let metrics_source = {
-        let (store, stats, shards) = (store.clone(), endpoint_stats, observed_shards.clone());
+        let (store, stats, shards) = (store.clone(), stats.clone(), observed_shards.clone());
         move || {
             let endpoints = flotilla_endpoints::stats_snapshots(&stats);
             let node_uid = store.uid().unwrap_or(0);
             flotilla_metrics::sample_of(&store.state(), node_uid, &endpoints, &shards.snapshot())
         }
     };
-    let metrics = spawn(flotilla_metrics::serve(
-        metrics_listener,
-        metrics_source,
-        stopped(stop_rx.clone()),
-    ));
-    let reporter = spawn(flotilla_agent::run_reporter_with_shards(
-        store.clone(),
-        node.software_version.clone(),
-        node.os.clone(),
-        observed_shards,
-        stop_rx,
-    ));
-
-    wait_for_signal().await?;
-    tracing::info!("stopping");
-    let _ = stop_tx.send(true);
-    let _ = tokio::join!(
-        rpc, rest, reporter, endpoints, failover, shards, discovery, actions, metrics, naming
+    let metrics = serving(&services.metrics)?;
+    let metrics_stop = stopped(stop.clone());
+    spawn(tasks, async move {
+        if let Err(e) = flotilla_metrics::serve(metrics, metrics_source, metrics_stop).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    spawn(
+        tasks,
+        flotilla_agent::run_reporter_with_shards(
+            store.clone(),
+            node.software_version.clone(),
+            node.os.clone(),
+            observed_shards,
+            stop.clone(),
+        ),
     );
-    store.shutdown().await;
     Ok(())
 }
 
@@ -166,7 +470,7 @@ fn engine_catalog(args: &StartArgs) -> flotilla_engine::EngineCatalog {
 
 /// How long a daemon keeps retrying a port still held by its own previous process (a restart
 /// right after a crash: the old process's sockets close only when its last thread is gone).
-const BIND_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(3);
+const BIND_RETRY_FOR: Duration = Duration::from_secs(3);
 
 async fn bind(addr: IpAddr, port: u16, what: &str) -> Result<TcpListener> {
     let deadline = tokio::time::Instant::now() + BIND_RETRY_FOR;
@@ -176,11 +480,11 @@ async fn bind(addr: IpAddr, port: u16, what: &str) -> Result<TcpListener> {
                 if e.kind() == std::io::ErrorKind::AddrInUse
                     && tokio::time::Instant::now() < deadline =>
             {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             bound => {
                 return bound.with_context(|| {
-                    format!("binding the {what} on {addr}:{port}: is another daemon using this address? (`ss -ltnp` shows who listens there)")
+                    format!("binding the {what} on {addr}:{port}: is another daemon using this address? (`flotilla check ports` or `ss -ltnp` shows who listens there)")
                 })
             }
         }
@@ -195,12 +499,11 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
 
 /// Spawns one of the daemon's tasks in the current span (the node's), so what it logs names
 /// the node.
-fn spawn<F>(task: F) -> tokio::task::JoinHandle<F::Output>
+fn spawn<F>(tasks: &mut JoinSet<()>, task: F)
 where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
 {
-    tokio::spawn(task.in_current_span())
+    tasks.spawn(task.in_current_span());
 }
 
 /// Records the node's uid on its span (`root`) as soon as it has one: at once for a member,
@@ -235,17 +538,6 @@ async fn serve(listener: TcpListener, router: axum::Router, stop: watch::Receive
     }
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-    Ok(())
-}
-
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,openraft=warn".into());
@@ -255,7 +547,8 @@ fn init_logging() {
         .try_init();
 }
 
-/// The daemon's pidfile: refuses to start a second daemon on one data dir, removed on exit.
+/// The daemon's pidfile: refuses to start a second daemon on one data dir, removed on exit
+/// (kept when the node is handed over: the successor writes its own).
 struct Pidfile(PathBuf);
 
 impl Pidfile {

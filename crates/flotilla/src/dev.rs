@@ -53,6 +53,10 @@ pub struct UpArgs {
     /// Cluster name.
     #[arg(long, default_value = "flotilla.local")]
     pub name: String,
+    /// Run the nodes from this package (folder or .tar.gz), installed into DIR/packages, as
+    /// machines with that version installed would; by default they run this binary.
+    #[arg(long)]
+    pub package: Option<PathBuf>,
 }
 
 /// Arguments of `flotilla dev down`.
@@ -96,11 +100,12 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let started = Instant::now();
+    let launch = Launch::of(&args)?;
     let mut nodes = Vec::new();
     for n in 1..=args.nodes {
         let addr = node_addr(args.base_addr, n)?;
         let data_dir = node_dir(&args.dir, n);
-        let child = ensure_daemon(addr, &data_dir)?;
+        let child = ensure_daemon(addr, &data_dir, &launch)?;
         nodes.push((addr, data_dir, child));
     }
     let clients: Vec<Client> = nodes
@@ -142,8 +147,34 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
     Ok(())
 }
 
+/// Which binary the dev nodes run, and from which package.
+struct Launch {
+    binary: PathBuf,
+    package_dir: Option<PathBuf>,
+}
+
+impl Launch {
+    /// This binary, or the package `--package` names (installed once into DIR/packages).
+    fn of(args: &UpArgs) -> Result<Launch> {
+        let Some(source) = &args.package else {
+            let binary = std::env::current_exe().context("locating the flotilla binary")?;
+            return Ok(Launch {
+                binary,
+                package_dir: None,
+            });
+        };
+        let package = flotilla_package::install(source, &args.dir.join("packages"))
+            .with_context(|| format!("--package {}", source.display()))?;
+        let package_dir = std::fs::canonicalize(package.dir())?;
+        Ok(Launch {
+            binary: package_dir.join(flotilla_package::BINARY_PATH),
+            package_dir: Some(package_dir),
+        })
+    }
+}
+
 /// Starts the daemon for `data_dir` unless its pidfile names a live one.
-fn ensure_daemon(addr: Ipv4Addr, data_dir: &Path) -> Result<Option<Child>> {
+fn ensure_daemon(addr: Ipv4Addr, data_dir: &Path, launch: &Launch) -> Result<Option<Child>> {
     if let Some(pid) = read_pid(&data_dir.join(PIDFILE)) {
         if process_alive(pid) {
             return Ok(None);
@@ -154,10 +185,14 @@ fn ensure_daemon(addr: Ipv4Addr, data_dir: &Path) -> Result<Option<Child>> {
         .create(true)
         .append(true)
         .open(data_dir.join("flotilla.log"))?;
-    let exe = std::env::current_exe().context("locating the flotilla binary")?;
-    let child = std::process::Command::new(exe)
+    let mut command = std::process::Command::new(&launch.binary);
+    command
         .args(["node", "start", "--addr", &addr.to_string(), "--data-dir"])
-        .arg(data_dir)
+        .arg(data_dir);
+    if let Some(package_dir) = &launch.package_dir {
+        command.arg("--package-dir").arg(package_dir);
+    }
+    let child = command
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

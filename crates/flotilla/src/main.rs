@@ -2,11 +2,14 @@
 //! This crate only parses arguments and wires the library crates together.
 
 mod action;
+mod check;
 mod cli;
 mod daemon;
 mod db;
 mod dev;
+mod package;
 mod status;
+mod upgrade;
 
 use std::process::ExitCode;
 

@@ -29,6 +29,12 @@ fn issues(cluster: &ClusterInfo, nodes: &[NodeInfo], databases: &[BdbInfo]) -> V
             .to_lowercase(),
         );
     }
+    if let Some(version) = &cluster.finalization_pending {
+        found.push(format!(
+            "cluster: every node runs {version} but the cluster version is {}: `flotilla upgrade finalize`",
+            cluster.cluster_version
+        ));
+    }
     for db in databases {
         if db.status != "active" {
             found.push(format!(
@@ -85,7 +91,21 @@ pub async fn run(client: &Client, args: StatusArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
-    println!("CLUSTER: {} ({} nodes)", cluster.name, cluster.nodes_count);
+    println!(
+        "CLUSTER: {} ({} nodes), cluster version {}{}",
+        cluster.name,
+        cluster.nodes_count,
+        if cluster.cluster_version.is_empty() {
+            "0.1.0"
+        } else {
+            &cluster.cluster_version
+        },
+        cluster
+            .finalization_pending
+            .as_ref()
+            .map(|v| format!(" (finalization to {v} pending: `flotilla upgrade finalize`)"))
+            .unwrap_or_default()
+    );
     println!();
     println!("CLUSTER NODES:");
     println!(

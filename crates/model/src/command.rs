@@ -65,6 +65,9 @@ pub enum Command {
     SetShardVersion(ShardVersionChange),
     /// Records a database's engine version once all its shards run it.
     SetBdbVersion(BdbVersionChange),
+    /// Moves the cluster version forward once every node runs that version (finalization of a
+    /// software upgrade). Introduced in 0.2.0.
+    FinalizeClusterVersion(ClusterVersionFinalization),
     /// A command kind this software version does not know; applying it changes nothing.
     #[serde(other)]
     Unknown,
@@ -83,6 +86,10 @@ pub struct ClusterCreation {
     pub created_at: u64,
     /// The creating node.
     pub node: NodeSpec,
+    /// The cluster version: the creating node's software version (absent from clusters created
+    /// by the first release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_version: Option<String>,
 }
 
 /// [`Command::AddNode`]: the joining node.
@@ -130,9 +137,21 @@ pub struct BdbChange {
     /// New memory limit in bytes.
     #[serde(default)]
     pub memory_size: Option<u64>,
-    /// New client password (`Some(None)` removes it).
+    /// New client password. (The first release meant `Some(None)` to remove it, but that
+    /// encodes as `null`, which decodes as `None`: use `remove_authentication_redis_pass`.)
     #[serde(default)]
     pub authentication_redis_pass: Option<Option<String>>,
+    /// Removes the client password. Introduced in 0.2.0: proposed only once the cluster
+    /// version allows it ([`Command::introduced_in`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_authentication_redis_pass: bool,
+}
+
+/// [`Command::FinalizeClusterVersion`]: the version the cluster moves to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterVersionFinalization {
+    /// The new cluster version; every node must run it or newer.
+    pub version: String,
 }
 
 /// [`Command::DeleteBdb`]: the database to delete.
@@ -382,6 +401,7 @@ mod tests {
             Command::CancelAction(_) => "cancel_action",
             Command::SetShardVersion(_) => "set_shard_version",
             Command::SetBdbVersion(_) => "set_bdb_version",
+            Command::FinalizeClusterVersion(_) => "finalize_cluster_version",
             Command::Unknown => "unknown",
         }
     }
@@ -404,7 +424,30 @@ mod tests {
             );
             kinds.insert(kind);
         }
-        assert_eq!(kinds.len(), 18, "one sample per command kind but unknown");
+        assert_eq!(kinds.len(), 18, "one sample per command kind of 0.1.0");
+    }
+
+    /// What 0.2.0 added: a new kind and a new field, each proposed only once the cluster
+    /// version is 0.2.0 (the first release would skip them: the new field is ignored by its
+    /// decoder, the new kind decodes as `unknown`).
+    const SAMPLES_0_2_0: &[&str] = &[
+        r#"{"kind":"finalize_cluster_version","version":"0.2.0"}"#,
+        r#"{"kind":"update_bdb","uid":1,"memory_size":null,"authentication_redis_pass":null,"remove_authentication_redis_pass":true}"#,
+        r#"{"kind":"create_cluster","name":"c1","credentials":{"username":"admin","password_hash":"$argon2id$v=19$x"},"secret":"s3cret","created_at":1700000000,"node":{"addr":"127.0.0.11","software_version":"0.2.0","os":"Debian GNU/Linux 12 (bookworm)"},"cluster_version":"0.2.0"}"#,
+    ];
+
+    #[test]
+    fn what_0_2_0_added_encodes_stably_and_is_gated_on_its_version() {
+        for (index, sample) in SAMPLES_0_2_0.iter().enumerate() {
+            let command: Command = serde_json::from_str(sample).unwrap();
+            assert_eq!(serde_json::to_string(&command).unwrap(), *sample);
+            let gated = index < 2;
+            assert_eq!(
+                command.introduced_in() == crate::VERSIONED_RELEASE,
+                gated,
+                "{sample}"
+            );
+        }
     }
 
     #[test]

@@ -25,6 +25,13 @@ pub struct ClusterInfo {
     /// database on an older engine shows `OLD REDIS VERSION` in `flotilla status`.
     #[serde(default)]
     pub default_redis_version: String,
+    /// The version whose features every node has agreed to use (finalized).
+    #[serde(default)]
+    pub cluster_version: String,
+    /// The version `flotilla upgrade finalize` would move the cluster to: every node runs it
+    /// and it is newer than the cluster version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalization_pending: Option<String>,
 }
 
 /// `PUT /v1/cluster`: the settings an operator may change; omitted fields stay as they are.
@@ -104,6 +111,69 @@ pub struct Health {
     pub primary_node: Option<NodeUid>,
     /// This node's software version.
     pub software_version: String,
+    /// The daemon handover protocol this node's binary speaks (0: none, release 0.1.0).
+    #[serde(default)]
+    pub handover_protocol: u32,
+    /// The daemon's process id (changes when an in-place upgrade hands the node over).
+    #[serde(default)]
+    pub pid: u32,
+}
+
+/// `POST /v1/nodes/{uid}/upgrade`: move this node to the package at `package`, a folder or
+/// `.tar.gz` on the node's own disk (like Redis Software's installer, the package must be on
+/// the machine).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeUpgradeRequest {
+    /// The package folder or tarball, as a path on the node.
+    pub package: String,
+}
+
+/// How an in-place upgrade of one node goes (`GET /v1/nodes/{uid}/upgrade`); kept in the
+/// node's data dir, so the new daemon reports how its predecessor handed over.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeUpgradeStatus {
+    /// The version the node ran.
+    pub from_version: String,
+    /// The version it moves to.
+    pub to_version: String,
+    /// `handover` (the new daemon takes every socket over) or `restart` (the fallback: the old
+    /// daemon stops, the new one starts and adopts the shards; client connections close).
+    pub method: String,
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    /// The step it is at, or ended at.
+    pub step: String,
+    /// Each step reached, with milliseconds since the upgrade started.
+    #[serde(default)]
+    pub steps: Vec<(String, u64)>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Client connections passed to the new daemon.
+    #[serde(default)]
+    pub sessions_moved: u64,
+    /// Client connections that could not reach a command boundary within the bound and were
+    /// closed at one.
+    #[serde(default)]
+    pub sessions_closed: u64,
+    /// How long the node had no store (from the old daemon stopping Raft to the new one
+    /// serving it), in milliseconds.
+    #[serde(default)]
+    pub store_gap_ms: u64,
+    /// When the old daemon began stopping its store, milliseconds since the epoch (the new
+    /// daemon measures the gap from it).
+    #[serde(default)]
+    pub store_stopped_at_ms: u64,
+    /// The old daemon's pid.
+    #[serde(default)]
+    pub old_pid: u32,
+    /// The new daemon's pid, once started.
+    #[serde(default)]
+    pub new_pid: u32,
+    /// When the upgrade started, seconds since the epoch.
+    #[serde(default)]
+    pub started_at: u64,
 }
 
 /// `POST /v1/bootstrap/create_cluster` and `join_cluster` (Redis Software's bootstrap shape).

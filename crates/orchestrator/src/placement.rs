@@ -215,6 +215,7 @@ mod tests {
             secret: "s".into(),
             created_at: 0,
             node: node(1),
+            cluster_version: None,
         }));
         for i in 2..=n {
             state.apply(Command::AddNode(NodeAddition { node: node(i) }));

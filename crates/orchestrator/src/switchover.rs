@@ -209,7 +209,7 @@ async fn switch(
         });
     }
     let catch_up_ms = fenced.elapsed().as_millis() as u64;
-    crate::actions::failpoint("switchover:fenced").await;
+    flotilla_store::failpoint::pause("switchover:fenced").await;
     if let Err(e) = r.replicaof_no_one().await {
         release(store, &m, primary.uid).await;
         return Err(engine(replica.uid, e));

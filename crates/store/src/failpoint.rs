@@ -1,12 +1,39 @@
-//! Fault injection at named points of the store, for tests: each is off unless its environment
-//! variable is set on the daemon (like the action runner's `FLOTILLA_FAILPOINT_PAUSE_STEP`).
+//! Fault injection at named points, for tests: each is off unless its environment variable is
+//! set on the daemon. [`pause`] holds a named step (an action's step, `switchover:fenced`, an
+//! in-place upgrade's `handover:sessions`) so a test can kill -9 a process while it is there;
+//! the lost answer below makes a forwarded proposal's outcome unknown.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::Response;
 use flotilla_model::Command;
+
+/// Names the step [`pause`] holds (a whole step name, or its operation: `switchover` matches
+/// `switchover 0-16383`, not `switchover:fenced`).
+pub const PAUSE_STEP: &str = "FLOTILLA_FAILPOINT_PAUSE_STEP";
+/// How long [`pause`] holds it, in milliseconds (3000 by default).
+pub const PAUSE_MS: &str = "FLOTILLA_FAILPOINT_PAUSE_MS";
+
+/// Waits [`PAUSE_MS`] before `step` runs when [`PAUSE_STEP`] names it, so a test can kill -9
+/// a process while it is in that step; does nothing otherwise.
+pub async fn pause(step: &str) {
+    let Ok(wanted) = std::env::var(PAUSE_STEP) else {
+        return;
+    };
+    let matches = step == wanted || step.starts_with(&format!("{wanted} "));
+    if wanted.is_empty() || !matches {
+        return;
+    }
+    let ms = std::env::var(PAUSE_MS)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    tracing::warn!(step, ms, "failpoint: pausing before the step");
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
 
 /// Names the command kind (`create_bdb`, `create_action`, ...) whose first forwarded proposal
 /// the primary node commits and then answers with a body that breaks off, as a connection lost

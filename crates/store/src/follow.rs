@@ -7,6 +7,7 @@
 //!   agent's reconcile rounds, the action runner's scan, the failover checks, the endpoints'
 //!   listeners).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_model::ClusterState;
@@ -30,12 +31,58 @@ impl Store {
         let store = self.clone();
         republish_on_change(self.subscribe(), move || project(&store.state()))
     }
+
+    /// This node's [`StateFeed`]: the applied state, republished after every change.
+    pub fn state_feed(&self) -> StateFeed {
+        let (tx, rx) = watch::channel(self.state());
+        self.feed_into(tx);
+        rx
+    }
+
+    /// Publishes the applied state into `tx` now and after every change, until every receiver
+    /// of `tx` is gone: how a new daemon's feed, started from its predecessor's state during an
+    /// in-place upgrade, continues from the store once the new daemon opens it.
+    pub fn feed_into(&self, tx: watch::Sender<Arc<ClusterState>>) {
+        let store = self.clone();
+        let mut changes = self.subscribe();
+        tx.send_replace(store.state());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { break },
+                    _ = tx.closed() => break,
+                }
+                tx.send_replace(store.state());
+            }
+        });
+    }
+}
+
+/// The cluster state as this node knows it, republished after every change: the store's
+/// applied state ([`Store::state_feed`]), or, in a new daemon taking over from its predecessor
+/// during an in-place upgrade and until it opens the store, the state the predecessor passes
+/// on. Readers follow it through [`project`].
+pub type StateFeed = watch::Receiver<Arc<ClusterState>>;
+
+/// [`Store::watch_projection`] over a [`StateFeed`]: `project(state)` now and after each
+/// change of the feed, republished only when it differs.
+pub fn project<T, F>(feed: StateFeed, mut project: F) -> watch::Receiver<T>
+where
+    T: PartialEq + Send + Sync + 'static,
+    F: FnMut(&ClusterState) -> T + Send + 'static,
+{
+    let reader = feed.clone();
+    republish_on_change(feed, move || {
+        let state = reader.borrow().clone();
+        project(&state)
+    })
 }
 
 /// A receiver of `value()`, taken now and again after each change of `changes`, republished
 /// only when it differs; the task doing so ends when every receiver is gone.
-fn republish_on_change<T, F>(mut changes: watch::Receiver<u64>, mut value: F) -> watch::Receiver<T>
+fn republish_on_change<C, T, F>(mut changes: watch::Receiver<C>, mut value: F) -> watch::Receiver<T>
 where
+    C: Send + Sync + 'static,
     T: PartialEq + Send + Sync + 'static,
     F: FnMut() -> T + Send + 'static,
 {

@@ -14,12 +14,13 @@
 
 mod credentials;
 mod error;
-mod failpoint;
+pub mod failpoint;
 mod follow;
 mod identity;
 mod log_store;
 mod membership;
 mod network;
+mod primary;
 pub mod rpc;
 mod state_machine;
 mod types;
@@ -37,7 +38,7 @@ use tokio::sync::watch;
 
 pub use credentials::{hash_password, verify as verify_credentials};
 pub use error::StoreError;
-pub use follow::{publish_if_changed, Wake, Wakes};
+pub use follow::{project, publish_if_changed, StateFeed, Wake, Wakes};
 pub use identity::Identity;
 pub use membership::{JoinRequest, JoinTicket};
 pub use network::{internal_http_client, SECRET_HEADER};
@@ -217,6 +218,7 @@ impl Store {
     /// outcome is unknown ([`StoreError::OutcomeUnknown`]) is never proposed again here: the
     /// caller checks the state (it may have been applied).
     pub async fn propose(&self, command: Command) -> Result<CommandResult, StoreError> {
+        self.check_proposable(&command)?;
         let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
         loop {
             let attempt = match self.propose_local(command.clone()).await {
@@ -242,8 +244,16 @@ impl Store {
         }
     }
 
-    /// Proposes on this node only: `NotPrimaryNode` (or `NoPrimaryNode`) when this node is not
-    /// the primary node; a refused command is `Err(Refused)`.
+    /// Refuses a command that some member could not apply as meant: a command kind or field
+    /// newer than the cluster version, or a finalization some node is not ready for (see
+    /// [`ClusterState::check_proposable`]). Checked where a command is proposed and again on
+    /// the primary node, whose state is the newest.
+    fn check_proposable(&self, command: &Command) -> Result<(), StoreError> {
+        Ok(self.state().check_proposable(command)?)
+    }
+
+    /// Proposes on this node only: `NotPrimaryNode` (or `NoPrimaryNode`) when this node is
+    /// not the primary node; a refused command is `Err(Refused)`.
     pub async fn propose_local(&self, command: Command) -> Result<CommandResult, StoreError> {
         self.propose_indexed(command)
             .await
@@ -257,6 +267,7 @@ impl Store {
         &self,
         command: Command,
     ) -> Result<(CommandResult, u64), StoreError> {
+        self.check_proposable(&command)?;
         let (result, index) = self.write(command).await?;
         Ok((refusal_as_error(Ok(result))?, index))
     }

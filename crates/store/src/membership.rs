@@ -90,6 +90,10 @@ impl Store {
             },
             secret: identity.secret,
             created_at: now_secs(),
+            // A development build's version may not parse (tests say "test"): such a cluster
+            // records none and counts as the first release.
+            cluster_version: flotilla_model::at_least(&node.software_version, "0.0.0")
+                .then(|| node.software_version.clone()),
             node,
         });
         match self.propose(command).await? {

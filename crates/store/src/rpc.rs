@@ -26,6 +26,7 @@ pub fn router(store: Store) -> Router {
         .route("/internal/propose", post(propose))
         .route("/internal/join/promote", post(promote))
         .route("/internal/applied", post(applied))
+        .route(crate::primary::ELECT_PATH, post(elect))
         .layer(middleware::from_fn_with_state(
             store.clone(),
             require_secret,
@@ -91,6 +92,10 @@ async fn propose(State(store): State<Store>, Json(command): Json<Command>) -> Re
         }
     }
     Json(answer).into_response()
+}
+
+async fn elect(State(store): State<Store>) -> Json<Result<(), StoreError>> {
+    Json(store.elect_now().await)
 }
 
 async fn applied(State(store): State<Store>) -> Json<u64> {

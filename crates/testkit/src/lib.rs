@@ -12,8 +12,18 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_client::Client;
+
+mod packages;
+mod resp_client;
+
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+pub use packages::{old_release_binary, Packages, OLD_BIN_ENV};
+pub use resp_client::RespClient;
+
+/// Kept in a cluster's environment list by [`DevCluster::up_from_package`]: the package every
+/// `dev up` of the cluster starts its nodes from.
+const DEV_PACKAGE_ENV: &str = "FLOTILLA_TEST_DEV_PACKAGE";
 
 /// Operator user name the harness creates clusters with.
 pub const USER: &str = "admin";
@@ -64,18 +74,45 @@ impl DevCluster {
         cluster
     }
 
+    /// [`DevCluster::up`] with every node running from `package` (`flotilla dev up
+    /// --package`), as machines with that version installed.
+    pub fn up_from_package(bin: &Path, subnet: u8, nodes: u8, package: &Path) -> Self {
+        Self::up_from_package_with_env(bin, subnet, nodes, package, &[])
+    }
+
+    /// [`DevCluster::up_from_package`] with extra environment for the daemons.
+    pub fn up_from_package_with_env(
+        bin: &Path,
+        subnet: u8,
+        nodes: u8,
+        package: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let package = package.to_string_lossy().into_owned();
+        let mut env = env.to_vec();
+        env.push((DEV_PACKAGE_ENV, &package));
+        Self::up_with_env(bin, subnet, nodes, &env)
+    }
+
     /// Runs `flotilla dev up` again: restarts daemons that are not running, waits for all.
     pub fn dev_up(&self) -> Output {
-        let output = self.flotilla(&[
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let (nodes, base) = (self.nodes.to_string(), self.base.to_string());
+        let mut args = vec![
             "dev",
             "up",
             "--nodes",
-            &self.nodes.to_string(),
+            &nodes,
             "--dir",
-            &self.dir.path().to_string_lossy(),
+            &dir,
             "--base-addr",
-            &self.base.to_string(),
-        ]);
+            &base,
+        ];
+        let package = self.env.iter().find(|(k, _)| k == DEV_PACKAGE_ENV);
+        if let Some((_, package)) = package {
+            args.extend(["--package", package.as_str()]);
+        }
+        let output = self.flotilla(&args);
         assert_success(&output, "flotilla dev up");
         output
     }

@@ -153,6 +153,7 @@ mod tests {
             secret: "sekret".into(),
             created_at: 0,
             node: node("127.0.0.11"),
+            cluster_version: None,
         });
         assert!(matches!(
             state.apply(create),

@@ -85,6 +85,9 @@ impl ClusterState {
         if let Some(password) = change.authentication_redis_pass {
             bdb.spec.authentication_redis_pass = password;
         }
+        if change.remove_authentication_redis_pass {
+            bdb.spec.authentication_redis_pass = None;
+        }
         Ok(CommandResult::Ok)
     }
 

@@ -100,6 +100,9 @@ impl ClusterState {
             Command::CancelAction(cancellation) => self.cancel_action(cancellation.uid),
             Command::SetShardVersion(change) => self.set_shard_version(change),
             Command::SetBdbVersion(change) => self.set_bdb_version(change),
+            Command::FinalizeClusterVersion(finalization) => {
+                self.finalize_cluster_version(finalization.version)
+            }
             Command::Unknown => Ok(CommandResult::Ignored),
         };
         outcome.unwrap_or_else(CommandResult::Refused)
@@ -133,6 +136,7 @@ pub(crate) mod testing {
             secret: "s".into(),
             created_at: 1,
             node: spec("127.0.0.11"),
+            cluster_version: None,
         })
     }
 

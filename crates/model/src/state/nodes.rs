@@ -24,6 +24,10 @@ pub struct Cluster {
     /// When the cluster was created, in seconds since the Unix epoch (set by the proposer, so
     /// applying the command stays deterministic).
     pub created_at: u64,
+    /// The version whose features every node has agreed to use ([`ClusterState::cluster_version`]);
+    /// absent in clusters created by the first release, which did not record it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_version: Option<String>,
 }
 
 /// The operator's user name and a password hash (PHC string) — never the password itself.
@@ -82,12 +86,14 @@ impl ClusterState {
             secret,
             created_at,
             node,
+            cluster_version,
         } = creation;
         self.cluster = Some(Cluster {
             name,
             credentials,
             secret,
             created_at,
+            cluster_version,
         });
         let uid = self.insert_node(node);
         Ok(CommandResult::NodeAdded { uid })
@@ -97,6 +103,15 @@ impl ClusterState {
         self.cluster()?;
         if let Some(existing) = self.node_by_addr(node.addr) {
             return Ok(CommandResult::NodeExists { uid: existing.uid });
+        }
+        if !crate::version::at_least(&node.software_version, self.cluster_version()) {
+            return Err(ModelError::InvalidValue(format!(
+                "software_version: the node at {} runs {}, older than the cluster version {}; install {} or newer on it, then join",
+                node.addr,
+                node.software_version,
+                self.cluster_version(),
+                self.cluster_version()
+            )));
         }
         let uid = self.insert_node(node);
         Ok(CommandResult::NodeAdded { uid })
@@ -134,6 +149,19 @@ impl ClusterState {
         })?;
         node.software_version = change.software_version;
         node.os = change.os;
+        Ok(CommandResult::Ok)
+    }
+
+    pub(super) fn finalize_cluster_version(
+        &mut self,
+        version: String,
+    ) -> Result<CommandResult, ModelError> {
+        self.check_finalization(&version)?;
+        if crate::version::at_least(self.cluster_version(), &version) {
+            return Ok(CommandResult::Ok);
+        }
+        let cluster = self.cluster.as_mut().ok_or(ModelError::NotBootstrapped)?;
+        cluster.cluster_version = Some(version);
         Ok(CommandResult::Ok)
     }
 }

@@ -132,7 +132,7 @@ async fn run_step(
     name: String,
     next: Option<String>,
 ) -> bool {
-    failpoint(&name).await;
+    flotilla_store::failpoint::pause(&name).await;
     let started = std::time::Instant::now();
     match run_step_with_retries(observer, action, index).await {
         Ok(()) => {
@@ -265,27 +265,6 @@ async fn propose_update(
             tracing::error!(action = action.uid, error = %e, "could not record the action's progress; it will be resumed from its last recorded step")
         }
     }
-}
-
-/// Test hook (fault injection at named steps, also `switchover:fenced` inside a switchover):
-/// when `FLOTILLA_FAILPOINT_PAUSE_STEP` names the step or its operation, the step waits `FLOTILLA_FAILPOINT_PAUSE_MS` (default 3000) before it
-/// runs, so a test can kill -9 the primary node while the action is in that step.
-pub(crate) async fn failpoint(step: &str) {
-    let Ok(wanted) = std::env::var("FLOTILLA_FAILPOINT_PAUSE_STEP") else {
-        return;
-    };
-    // The whole step name or its operation (`switchover` matches `switchover 0-16383`, not
-    // `switchover:fenced`).
-    let matches = step == wanted || step.starts_with(&format!("{wanted} "));
-    if wanted.is_empty() || !matches {
-        return;
-    }
-    let ms = std::env::var("FLOTILLA_FAILPOINT_PAUSE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
-    tracing::warn!(step, ms, "failpoint: pausing before the step");
-    tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,333 @@
+//! `flotilla upgrade check|node|finalize`: cluster software upgrades, in place.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use flotilla_checks::{
+    upgrade_check, Blocker, UpgradeCheckReport, UpgradeCheckRequest, UpgradeFacts,
+};
+use flotilla_client::Client;
+use flotilla_model::rest::{NodeUpgradeRequest, NodeUpgradeStatus};
+use flotilla_model::{compare_versions, VERSIONED_RELEASE};
+use flotilla_package::Manifest;
+
+/// How long an in-place upgrade of one node may take from the CLI's point of view.
+const NODE_UPGRADE_DEADLINE: Duration = Duration::from_secs(120);
+/// How often the CLI looks at the upgrade's progress.
+const POLL: Duration = Duration::from_millis(100);
+
+/// `flotilla upgrade` subcommands.
+#[derive(Subcommand)]
+pub enum UpgradeCommand {
+    /// May the cluster move to the package? Every refusal names the object and the fix.
+    Check(CheckArgs),
+    /// Upgrade one node's Flotilla software in place (the new daemon takes every socket and
+    /// client connection over; from a version without handover, the daemon restarts).
+    Node(NodeArgs),
+    /// Move the cluster version to the version every node runs now.
+    Finalize,
+}
+
+/// Arguments of `flotilla upgrade check`.
+#[derive(Args)]
+pub struct CheckArgs {
+    /// The package (folder or .tar.gz).
+    #[arg(long)]
+    pub package: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `flotilla upgrade node`.
+#[derive(Args)]
+pub struct NodeArgs {
+    /// The node (default: the node at --url).
+    pub uid: Option<u64>,
+    /// The package (folder or .tar.gz) on the node's machine.
+    #[arg(long)]
+    pub package: PathBuf,
+    /// Go on despite these checks (comma-separated: node_down, shard_unhealthy,
+    /// action_running, maintenance, upgrade_path, engine_unsupported, quorum).
+    #[arg(long, value_delimiter = ',')]
+    pub force: Vec<Blocker>,
+    /// Do not ask before upgrading.
+    #[arg(long)]
+    pub yes: bool,
+    /// Do not finalize the cluster version when this was the last node to upgrade.
+    #[arg(long)]
+    pub no_auto_finalize: bool,
+}
+
+/// Runs an upgrade subcommand.
+pub async fn run(client: &Client, command: UpgradeCommand) -> Result<()> {
+    match command {
+        UpgradeCommand::Check(args) => {
+            let manifest = read_manifest(&args.package)?;
+            let report = check_report(client, &manifest).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            if !report.refusals.is_empty() {
+                bail!("the cluster may not move to {} now", manifest.version);
+            }
+            Ok(())
+        }
+        UpgradeCommand::Node(args) => upgrade_node(client, args).await,
+        UpgradeCommand::Finalize => {
+            let info = client.finalize().await?;
+            println!("cluster version finalized: {}", info.cluster_version);
+            Ok(())
+        }
+    }
+}
+
+fn read_manifest(package: &Path) -> Result<Manifest> {
+    Manifest::of_package(package)
+        .with_context(|| format!("--package {}: not a Flotilla package", package.display()))
+}
+
+/// The upgrade check, asked of the cluster; a cluster whose API predates the check (0.1.0) is
+/// judged here, on the same REST views.
+async fn check_report(client: &Client, manifest: &Manifest) -> Result<UpgradeCheckReport> {
+    let request = check_request(manifest);
+    match client.upgrade_check(&request).await {
+        Err(e) if e.status().map(|s| s.as_u16()) == Some(404) => {
+            let package = request.package_facts().map_err(|e| anyhow!(e))?;
+            let facts = UpgradeFacts::from_rest(
+                &client.nodes().await?,
+                &client.shards().await?,
+                &client.bdbs().await?,
+                &client.actions().await?,
+                package,
+            );
+            Ok(UpgradeCheckReport {
+                package_version: request.version,
+                refusals: upgrade_check(&facts),
+            })
+        }
+        other => Ok(other?),
+    }
+}
+
+fn check_request(manifest: &Manifest) -> UpgradeCheckRequest {
+    UpgradeCheckRequest {
+        version: manifest.version.to_string(),
+        upgrade_from: manifest.upgrade_from.to_string(),
+        engines: manifest.engines.keys().map(|e| e.to_string()).collect(),
+    }
+}
+
+async fn upgrade_node(client: &Client, args: NodeArgs) -> Result<()> {
+    let package = std::fs::canonicalize(&args.package)
+        .with_context(|| format!("--package {}", args.package.display()))?;
+    let manifest = read_manifest(&package)?;
+    let (uid, node) = crate::check::node_client(client, args.uid).await?;
+    let info = client.node(uid).await?;
+    let health = node.health().await?;
+    let target = manifest.version.to_string();
+    let backwards = compare_versions(&target, &info.software_version).is_lt();
+    let mut forced = args.force.clone();
+    if backwards {
+        // Moving back is judged by the node against the cluster version, not upgrade_from.
+        forced.push(Blocker::UpgradePath);
+    }
+    let report = check_report(client, &manifest).await?;
+    refuse_blocking(&report, &forced)?;
+    let handover = health.handover_protocol >= 1;
+    let method = plan_text(
+        uid,
+        &info.addr,
+        &info.software_version,
+        &target,
+        handover,
+        &manifest,
+    );
+    println!("{method}");
+    if !args.yes && !confirm()? {
+        bail!("nothing done");
+    }
+    let started = Instant::now();
+    let status = if handover {
+        let request = NodeUpgradeRequest {
+            package: package.to_string_lossy().into_owned(),
+        };
+        node.start_node_upgrade(uid, &request).await?;
+        follow(&node, uid).await?
+    } else {
+        restart_locally(&node, &info.addr, &info.software_version, &package).await?
+    };
+    wait_until_running(&node, &target).await?;
+    print_report(&status, started.elapsed());
+    if !args.no_auto_finalize {
+        finalize_if_due(client).await?;
+    }
+    Ok(())
+}
+
+fn refuse_blocking(report: &UpgradeCheckReport, forced: &[Blocker]) -> Result<()> {
+    let blocking = report.blocking(forced);
+    if blocking.is_empty() {
+        return Ok(());
+    }
+    let mut text = format!(
+        "refused: the cluster may not move to {} now:\n",
+        report.package_version
+    );
+    for r in blocking {
+        text.push_str(&format!(
+            "  [{}] {}: {}\n        fix: {}\n",
+            r.blocker.name(),
+            r.object,
+            r.reason,
+            r.fix
+        ));
+    }
+    text.push_str("(`--force NAME` goes on despite the check NAME)");
+    Err(anyhow!(text))
+}
+
+fn plan_text(
+    uid: u64,
+    addr: &str,
+    from: &str,
+    to: &str,
+    handover: bool,
+    manifest: &Manifest,
+) -> String {
+    let how = if handover && manifest.handover_protocol >= 1 {
+        "handover: the running daemon passes its listening sockets, the cluster state and every client connection (at a command boundary) to the new binary; no shard restarts, no client connection closes"
+    } else if handover {
+        "restart in place (the package has no handover): the daemon stops and the new binary starts as it did; it adopts the running shards; this node's client connections close"
+    } else {
+        "restart (the running version has no handover): the daemon is stopped and the new binary started with the same arguments; it adopts the running shards; this node's client connections close"
+    };
+    format!("upgrade node {uid} ({addr}) from {from} to {to} by {how}")
+}
+
+fn confirm() -> Result<bool> {
+    print!("go on? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// Follows the node's upgrade record until it is done or failed. The node's API goes away
+/// for a moment while the store passes from one daemon to the next.
+async fn follow(node: &Client, uid: u64) -> Result<NodeUpgradeStatus> {
+    let deadline = Instant::now() + NODE_UPGRADE_DEADLINE;
+    let mut shown = 0;
+    loop {
+        if let Ok(status) = node.node_upgrade_status(uid).await {
+            for (step, at) in status.steps.iter().skip(shown) {
+                println!("  {step:<12} +{at} ms");
+            }
+            shown = status.steps.len();
+            match status.state.as_str() {
+                "done" => return Ok(status),
+                "failed" => bail!(
+                    "the upgrade of node {uid} failed at '{}': {}",
+                    status.step,
+                    status.error.unwrap_or_default()
+                ),
+                _ => {}
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the upgrade of node {uid} did not finish within {NODE_UPGRADE_DEADLINE:?}; `flotilla check --node {uid}` and the node's flotilla.log tell more");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The fallback from a daemon without a handover: only possible on the node's own machine.
+async fn restart_locally(
+    node: &Client,
+    addr: &str,
+    from: &str,
+    package: &Path,
+) -> Result<NodeUpgradeStatus> {
+    let ip: std::net::IpAddr = addr.parse()?;
+    let port = node
+        .base()
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(8080);
+    let pid = flotilla_upgrade::daemon_serving(ip, port).ok_or_else(|| {
+        anyhow!("the daemon of node {addr} runs {from}, which cannot hand over; its restart must run on that node's machine (no local process listens on {addr}:{port})")
+    })?;
+    let restarted = flotilla_upgrade::restart_daemon(pid, package, from)
+        .await
+        .map_err(|e| anyhow!(e))?;
+    println!(
+        "  stopped pid {} and started pid {} from {}",
+        restarted.old_pid,
+        restarted.new_pid,
+        restarted.package_dir.display()
+    );
+    let text = std::fs::read_to_string(restarted.data_dir.join(flotilla_api::UPGRADE_STATUS_FILE))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// Waits until the node's daemon answers with the new version and the cluster lists it so.
+async fn wait_until_running(node: &Client, version: &str) -> Result<()> {
+    let deadline = Instant::now() + NODE_UPGRADE_DEADLINE;
+    loop {
+        let running = node.health().await.ok();
+        if let Some(health) = running.filter(|h| h.software_version == version) {
+            let uid = health.node_uid.unwrap_or(0);
+            if node
+                .node(uid)
+                .await
+                .is_ok_and(|n| n.software_version == version)
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the node did not report version {version} within {NODE_UPGRADE_DEADLINE:?}; read its flotilla.log");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn print_report(status: &NodeUpgradeStatus, took: Duration) {
+    println!(
+        "node upgraded from {} to {} by {} in {:.2} s: {} client connection(s) moved, {} closed at a command boundary, store gap {} ms (pid {} -> {})",
+        status.from_version,
+        status.to_version,
+        status.method,
+        took.as_secs_f64(),
+        status.sessions_moved,
+        status.sessions_closed,
+        status.store_gap_ms,
+        status.old_pid,
+        status.new_pid
+    );
+    if status.method == "restart" {
+        println!("(restart: this node's client connections were closed; clients reconnect)");
+    }
+}
+
+/// Finalizes the cluster version when every node runs a newer version than it.
+async fn finalize_if_due(client: &Client) -> Result<()> {
+    let cluster = client.cluster().await?;
+    let Some(version) = cluster.finalization_pending else {
+        return Ok(());
+    };
+    if compare_versions(&version, VERSIONED_RELEASE).is_lt() {
+        return Ok(());
+    }
+    let info = client.finalize().await?;
+    println!(
+        "every node runs {version}: cluster version finalized to {} (moving a node back below it is refused from now on)",
+        info.cluster_version
+    );
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! Moving primary-ship (Raft leadership) to another node before this one goes away for a
+//! moment: an in-place upgrade starts with the primary node (Redis Software's rule), and a node
+//! whose daemon hands over should not be the one the cluster waits for.
+//!
+//! openraft 0.9 has no leadership transfer; the chosen node is asked to stand for election at
+//! once (`/internal/elect`), which it wins when its log is as long as the others' (the primary
+//! node waits for that first), and this node steps down on seeing the higher term.
+
+use std::time::Duration;
+
+use flotilla_model::{at_least, NodeUid, VERSIONED_RELEASE};
+use tokio::time::Instant;
+
+use crate::{Store, StoreError};
+
+/// The internal route that makes a node stand for election.
+pub(crate) const ELECT_PATH: &str = "/internal/elect";
+/// How long a move of primary-ship may take.
+const MOVE_DEADLINE: Duration = Duration::from_secs(10);
+
+impl Store {
+    /// Makes another node the primary node when this one is, and returns the new one's uid.
+    /// Only nodes from the release that introduced the election route are asked; when none is
+    /// up, the caller decides (a daemon handover then leaves the election to the timeouts).
+    pub async fn move_primary_node_away(&self) -> Result<NodeUid, StoreError> {
+        let me = self.uid().ok_or(StoreError::NotBootstrapped)?;
+        if !self.is_primary_node() {
+            return self
+                .primary_node()
+                .ok_or_else(|| StoreError::NoPrimaryNode("no primary node elected yet".into()));
+        }
+        let deadline = Instant::now() + MOVE_DEADLINE;
+        let mut last =
+            String::from("no other node can stand for election (none runs 0.2.0 or newer)");
+        for candidate in self.election_candidates(me) {
+            let (uid, rpc) = candidate;
+            let asked: Result<(), StoreError> = self.call_internal(&rpc, ELECT_PATH, &()).await;
+            if let Err(e) = asked {
+                last = format!("node {uid}: {e}");
+                continue;
+            }
+            while Instant::now() < deadline {
+                match self.primary_node() {
+                    Some(leader) if leader != me => return Ok(leader),
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            last = format!("node {uid} was asked to stand for election but did not become the primary node within {MOVE_DEADLINE:?}");
+        }
+        Err(StoreError::NoPrimaryNode(last))
+    }
+
+    /// Other voting nodes that know the election route, most caught up first.
+    fn election_candidates(&self, me: NodeUid) -> Vec<(NodeUid, String)> {
+        let state = self.state();
+        let voters = self.voter_uids();
+        let matched = self
+            .raft()
+            .ok()
+            .and_then(|raft| raft.metrics().borrow().replication.clone())
+            .unwrap_or_default();
+        let mut candidates: Vec<(u64, NodeUid, String)> = state
+            .nodes
+            .values()
+            .filter(|n| n.uid != me && voters.contains(&n.uid))
+            .filter(|n| at_least(&n.software_version, VERSIONED_RELEASE))
+            .map(|n| {
+                let index = matched
+                    .get(&n.uid)
+                    .and_then(|m| m.as_ref().map(|log_id| log_id.index))
+                    .unwrap_or(0);
+                (index, n.uid, self.config().rpc_addr_of(n.addr))
+            })
+            .collect();
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
+        candidates
+            .into_iter()
+            .map(|(_, uid, rpc)| (uid, rpc))
+            .collect()
+    }
+
+    /// Stands for election now (the route another node calls to hand primary-ship over).
+    pub(crate) async fn elect_now(&self) -> Result<(), StoreError> {
+        let raft = self.raft()?;
+        raft.trigger()
+            .elect()
+            .await
+            .map_err(|e| StoreError::Internal(format!("standing for election: {e}")))
+    }
+}

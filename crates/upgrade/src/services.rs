@@ -1,0 +1,68 @@
+//! The listening sockets of a node's own services, kept as plain sockets so they can be
+//! duplicated and passed to a successor daemon.
+
+use std::net::TcpListener;
+
+use flotilla_handover::Service;
+
+/// The listening sockets of the REST API, internal RPC, discovery and metrics.
+#[derive(Debug)]
+pub struct ServiceListeners {
+    /// REST API.
+    pub rest: TcpListener,
+    /// Internal RPC and Raft.
+    pub rpc: TcpListener,
+    /// Discovery (Sentinel API).
+    pub discovery: TcpListener,
+    /// Metrics.
+    pub metrics: TcpListener,
+}
+
+impl ServiceListeners {
+    /// Duplicates of every socket (the same listening sockets, new descriptors).
+    pub fn try_clone(&self) -> std::io::Result<ServiceListeners> {
+        Ok(ServiceListeners {
+            rest: self.rest.try_clone()?,
+            rpc: self.rpc.try_clone()?,
+            discovery: self.discovery.try_clone()?,
+            metrics: self.metrics.try_clone()?,
+        })
+    }
+
+    /// Each socket with the service it belongs to.
+    pub fn each(&self) -> [(Service, &TcpListener); 4] {
+        [
+            (Service::Rest, &self.rest),
+            (Service::Rpc, &self.rpc),
+            (Service::Discovery, &self.discovery),
+            (Service::Metrics, &self.metrics),
+        ]
+    }
+}
+
+/// Service sockets passed from a predecessor daemon; any it did not pass is bound afresh.
+#[derive(Debug, Default)]
+pub struct PassedServices {
+    /// REST API.
+    pub rest: Option<TcpListener>,
+    /// Internal RPC and Raft.
+    pub rpc: Option<TcpListener>,
+    /// Discovery.
+    pub discovery: Option<TcpListener>,
+    /// Metrics.
+    pub metrics: Option<TcpListener>,
+}
+
+impl PassedServices {
+    /// Keeps a passed socket for its service.
+    pub fn insert(&mut self, service: &Service, listener: TcpListener) {
+        let slot = match service {
+            Service::Rest => &mut self.rest,
+            Service::Rpc => &mut self.rpc,
+            Service::Discovery => &mut self.discovery,
+            Service::Metrics => &mut self.metrics,
+            Service::Endpoint { .. } => return,
+        };
+        *slot = Some(listener);
+    }
+}
