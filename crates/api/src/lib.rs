@@ -10,6 +10,7 @@ mod bdbs;
 mod checks;
 mod error;
 mod handlers;
+mod lifecycle;
 mod local;
 mod propose;
 mod upgrade;
@@ -73,6 +74,18 @@ pub fn router(context: ApiContext) -> Router {
         .route("/v1/actions/{uid}/cancel", post(actions::cancel))
         .route("/v1/shards", get(bdbs::shards))
         .route("/v1/shards/{uid}/actions/failover", post(bdbs::failover))
+        .route(
+            "/v1/shards/{uid}/actions/migrate",
+            post(lifecycle::migrate_shard),
+        )
+        .route(
+            "/v1/nodes/{uid}/actions/remove",
+            post(lifecycle::remove_node),
+        )
+        .route(
+            "/v1/cluster/actions/change_master",
+            post(lifecycle::change_master),
+        )
         .route("/v1/nodes/status", get(handlers::get_nodes_status))
         .route("/v1/nodes/{uid}", get(handlers::get_node))
         .route("/v1/nodes/{uid}/check", get(checks::node_check))

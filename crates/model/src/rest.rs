@@ -240,6 +240,10 @@ pub struct NodeReport {
     /// What it observes of each of its shards.
     #[serde(default)]
     pub shards: Vec<ShardReport>,
+    /// The machine's memory in bytes (`MemTotal`): what placement may fill when shards move
+    /// onto the node. Absent from nodes older than 0.2.0 (their room is then not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_memory: Option<u64>,
 }
 
 /// What a node's agent observes of one of its shards (kept in the primary node's memory).
@@ -433,6 +437,23 @@ pub struct BdbUpgrade {
     /// Restart shards even when the database already runs the target engine.
     #[serde(default)]
     pub force_restart: bool,
+}
+
+/// `POST /v1/shards/{uid}/actions/migrate`: where the shard goes (Redis Software's field).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardMigrateRequest {
+    /// The node the shard moves to.
+    pub target_node_uid: NodeUid,
+}
+
+/// `POST /v1/cluster/actions/change_master`: the node that becomes the primary node (Redis
+/// Software's route and field; `flotilla cluster promote`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrimaryNodeChange {
+    /// The node.
+    pub node_uid: NodeUid,
 }
 
 /// `GET /v1/actions`, `GET /v1/actions/{uid}`: an action and where it stands.

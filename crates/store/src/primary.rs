@@ -4,7 +4,9 @@
 //!
 //! openraft 0.9 has no leadership transfer; the chosen node is asked to stand for election at
 //! once (`/internal/elect`), which it wins when its log is as long as the others' (the primary
-//! node waits for that first), and this node steps down on seeing the higher term.
+//! node waits for that first), and this node steps down on seeing the higher term. The same
+//! move to a named node is `flotilla cluster promote` ([`Store::move_primary_node_to`]): no
+//! election timeout passes, so there is no gap without a primary node beyond one vote.
 
 use std::time::Duration;
 
@@ -48,6 +50,73 @@ impl Store {
             last = format!("node {uid} was asked to stand for election but did not become the primary node within {MOVE_DEADLINE:?}");
         }
         Err(StoreError::NoPrimaryNode(last))
+    }
+
+    /// Makes node `uid` the primary node (`flotilla cluster promote`), from the primary node:
+    /// waits until its log caught up with this node's, then asks it to stand for election.
+    pub async fn move_primary_node_to(&self, uid: NodeUid) -> Result<(), StoreError> {
+        if self.primary_node() == Some(uid) {
+            return Ok(());
+        }
+        if !self.is_primary_node() {
+            return Err(StoreError::NotPrimaryNode {
+                primary_node: self.primary_node().unwrap_or_default(),
+                rpc_addr: self.primary_node_rpc_addr(),
+            });
+        }
+        let state = self.state();
+        let node = state.nodes.get(&uid).ok_or_else(|| {
+            StoreError::InvalidRequest(format!(
+                "node {uid} is not in the cluster; `flotilla status` lists the nodes"
+            ))
+        })?;
+        if !self.voter_uids().contains(&uid) {
+            return Err(StoreError::InvalidRequest(format!(
+                "node {uid} is not a voting member yet (still joining); wait until `flotilla status` shows it up"
+            )));
+        }
+        if !at_least(&node.software_version, VERSIONED_RELEASE) {
+            return Err(StoreError::InvalidRequest(format!(
+                "node {uid} runs {}, which cannot be asked to stand for election; upgrade it first (`flotilla upgrade node {uid} --package PACKAGE`)",
+                node.software_version
+            )));
+        }
+        let deadline = Instant::now() + MOVE_DEADLINE;
+        self.wait_caught_up(uid, deadline).await?;
+        let rpc = self.config().rpc_addr_of(node.addr);
+        self.call_internal::<_, ()>(&rpc, ELECT_PATH, &()).await?;
+        while Instant::now() < deadline {
+            if self.primary_node() == Some(uid) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(StoreError::NoPrimaryNode(format!(
+            "node {uid} was asked to stand for election but did not become the primary node within {MOVE_DEADLINE:?}; `flotilla status` shows the primary node now"
+        )))
+    }
+
+    /// Waits until node `uid` holds every log entry this node (the primary node) has.
+    async fn wait_caught_up(&self, uid: NodeUid, deadline: Instant) -> Result<(), StoreError> {
+        let raft = self.raft()?;
+        loop {
+            let metrics = raft.metrics().borrow().clone();
+            let last = metrics.last_log_index.unwrap_or(0);
+            let matched = metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&uid).cloned().flatten())
+                .map_or(0, |log_id| log_id.index);
+            if matched >= last {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(StoreError::Internal(format!(
+                    "node {uid} did not catch up with the primary node's log within {MOVE_DEADLINE:?} (at {matched} of {last}); is it up?"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Other voting nodes that know the election route, most caught up first.
