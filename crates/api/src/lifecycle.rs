@@ -49,7 +49,7 @@ pub(crate) async fn remove_node(
         )));
     }
     lifecycle::check_not_busy(&state, &lifecycle::bdbs_on(&state, node), &[node])?;
-    let observed = context.observer.observed().await;
+    let observed = lifecycle::observed_settled(&context.observer).await;
     lifecycle::check_quorum(node, &context.store.voter_uids(), &observed.nodes)?;
     let moves = lifecycle::plan_drain(&state, node, &observed)?;
     let targets: Vec<u64> = moves.iter().map(|m| m.to_node).collect();
@@ -75,7 +75,7 @@ pub(crate) async fn migrate_shard(
         let nodes = [found.node_uid, to_node];
         lifecycle::check_not_busy(&state, &[found.bdb_uid], &nodes)?;
     }
-    let observed = context.observer.observed().await;
+    let observed = lifecycle::observed_settled(&context.observer).await;
     let shard_move = lifecycle::plan_migration(&state, shard, to_node, &observed)?;
     start(context, ActionKind::ShardMigrate(shard_move)).await
 }

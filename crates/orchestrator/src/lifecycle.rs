@@ -189,6 +189,21 @@ pub fn plan_migration(
     Ok(shard_move(shard, to_node))
 }
 
+/// What the primary node observes, once it knows every node's liveness: right after a primary
+/// node change every node is `unknown` for one liveness window, and a plan made then would
+/// count them as not up. Bounded: after two windows the answer is taken as it is.
+pub async fn observed_settled(observer: &Observer) -> Observed {
+    let deadline = tokio::time::Instant::now() + 2 * flotilla_model::timing::LIVENESS_WINDOW;
+    loop {
+        let observed = observer.observed().await;
+        let unknown = observed.nodes.values().any(|s| *s == NodeStatus::Unknown);
+        if !unknown || tokio::time::Instant::now() > deadline {
+            return observed;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Makes node `uid` the primary node, from any node (forwarded to the primary node).
 pub async fn promote(observer: &Observer, uid: NodeUid) -> Result<(), StoreError> {
     let store = &observer.store;

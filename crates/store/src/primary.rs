@@ -36,8 +36,7 @@ impl Store {
             String::from("no other node can stand for election (none runs 0.2.0 or newer)");
         for candidate in self.election_candidates(me) {
             let (uid, rpc) = candidate;
-            let asked: Result<(), StoreError> = self.call_internal(&rpc, ELECT_PATH, &()).await;
-            if let Err(e) = asked {
+            if let Err(e) = self.ask_to_stand(&rpc).await {
                 last = format!("node {uid}: {e}");
                 continue;
             }
@@ -84,7 +83,7 @@ impl Store {
         let deadline = Instant::now() + MOVE_DEADLINE;
         self.wait_caught_up(uid, deadline).await?;
         let rpc = self.config().rpc_addr_of(node.addr);
-        self.call_internal::<_, ()>(&rpc, ELECT_PATH, &()).await?;
+        self.ask_to_stand(&rpc).await?;
         while Instant::now() < deadline {
             if self.primary_node() == Some(uid) {
                 return Ok(());
@@ -94,6 +93,13 @@ impl Store {
         Err(StoreError::NoPrimaryNode(format!(
             "node {uid} was asked to stand for election but did not become the primary node within {MOVE_DEADLINE:?}; `flotilla status` shows the primary node now"
         )))
+    }
+
+    /// Asks the node at `rpc` to stand for election now (its route answers the outcome as a
+    /// `Result`).
+    async fn ask_to_stand(&self, rpc: &str) -> Result<(), StoreError> {
+        let answer: Result<(), StoreError> = self.call_internal(rpc, ELECT_PATH, &()).await?;
+        answer
     }
 
     /// Waits until node `uid` holds every log entry this node (the primary node) has.
