@@ -138,12 +138,47 @@ async fn sync_copy(observer: &Observer, shard_move: &ShardMove) -> Result<(), St
                     copy.assigned_slots, copy.bdb_uid
                 ))
             })?;
-            return wait_linked_to(&state, primary, &copy).await;
+            wait_linked_to(&state, primary, &copy).await?;
+            return caught_up(&state, primary, &copy).await;
         }
         if Instant::now() > deadline {
             return Err(StepError::never(format!(
                 "shard {} (the copy of shard {} on node {}) did not sync within {SYNC_TIMEOUT:?}; see its engine log (shards/{}/engine.log in node {}'s data dir)",
                 copy.uid, shard_move.shard_uid, shard_move.to_node, copy.uid, shard_move.to_node
+            )));
+        }
+        tokio::time::sleep(RANGE_POLL).await;
+    }
+}
+
+/// Waits until `copy` has applied what `primary` had written when the wait began: a copy
+/// fresh from its full sync still applies the writes buffered meanwhile, and the switchover's
+/// fenced catch-up (what clients wait for) is then short.
+async fn caught_up(state: &ClusterState, primary: &Shard, copy: &Shard) -> Result<(), StepError> {
+    let engine = |uid: u64, e: &dyn std::fmt::Display| {
+        StepError::now(format!("shard {uid}: INFO replication failed: {e}"))
+    };
+    let primary_client = switchover::connect(state, primary).await?;
+    let copy_client = switchover::connect(state, copy).await?;
+    let target = primary_client
+        .replication()
+        .await
+        .map_err(|e| engine(primary.uid, &e))?
+        .master_repl_offset;
+    let deadline = Instant::now() + SYNC_TIMEOUT;
+    loop {
+        let applied = copy_client
+            .replication()
+            .await
+            .map_err(|e| engine(copy.uid, &e))?
+            .offset();
+        if applied >= target {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(StepError::never(format!(
+                "shard {} did not catch up with primary shard {} within {SYNC_TIMEOUT:?} (at offset {applied} of {target})",
+                copy.uid, primary.uid
             )));
         }
         tokio::time::sleep(RANGE_POLL).await;
