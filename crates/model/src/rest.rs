@@ -570,6 +570,29 @@ mod tests {
     }
 
     #[test]
+    fn a_node_report_keeps_the_json_of_0_1_0_and_adds_the_memory_only_when_known() {
+        let old = r#"{"uid":2,"software_version":"0.1.0","os":"x","shards":[]}"#;
+        let decoded: NodeReport = serde_json::from_str(old).unwrap();
+        assert_eq!(decoded.total_memory, None);
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), old);
+        let new =
+            r#"{"uid":2,"software_version":"0.2.0","os":"x","shards":[],"total_memory":1024}"#;
+        let decoded: NodeReport = serde_json::from_str(new).unwrap();
+        assert_eq!(decoded.total_memory, Some(1024));
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), new);
+    }
+
+    #[test]
+    fn lifecycle_requests_use_redis_softwares_field_names() {
+        let migrate: ShardMigrateRequest =
+            serde_json::from_str(r#"{"target_node_uid":3}"#).unwrap();
+        assert_eq!(migrate.target_node_uid, 3);
+        let promote: PrimaryNodeChange = serde_json::from_str(r#"{"node_uid":2}"#).unwrap();
+        assert_eq!(promote.node_uid, 2);
+        assert!(serde_json::from_str::<ShardMigrateRequest>(r#"{"node":3}"#).is_err());
+    }
+
+    #[test]
     fn an_action_from_a_node_without_plans_still_decodes() {
         let json = r#"{"action_uid":1,"name":"SMUpgradeBDB","object":"bdb:1","status":"running","pending_ops":"finalize","step_index":0,"steps_total":1,"progress":0.0,"steps":["finalize"],"error":null,"cancel_requested":false,"history":[],"kind":{"type":"db_upgrade","bdb_uid":1,"redis_version":"valkey-8.1","preserve_roles":false,"parallel_shards":1,"discard_data":false,"original_masters":[1]}}"#;
         let info: ActionInfo = serde_json::from_str(json).unwrap();

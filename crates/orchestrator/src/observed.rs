@@ -220,3 +220,16 @@ async fn promote(
 async fn observed(State(observer): State<Observer>) -> Json<Observed> {
     Json(observer.local_observed())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observed_state_from_a_0_1_0_primary_node_decodes_without_node_memory() {
+        let old = r#"{"nodes":{"1":"up","2":"down"},"shards":{}}"#;
+        let observed: Observed = serde_json::from_str(old).unwrap();
+        assert_eq!(observed.nodes[&2], NodeStatus::Down);
+        assert!(observed.node_memory.is_empty(), "not checked, not guessed");
+    }
+}
