@@ -214,6 +214,15 @@ impl Step {
         }
     }
 
+    /// The steps that remove a node whose shards go as `moves`: `demote_node`, each move's
+    /// steps, `leave_cluster` (what a node removal runs, and any plan that removes nodes).
+    pub fn removal(moves: &[ShardMove]) -> Vec<Step> {
+        std::iter::once(Step::whole(Op::DemoteNode))
+            .chain(moves.iter().flat_map(Step::migration))
+            .chain(std::iter::once(Step::whole(Op::LeaveCluster)))
+            .collect()
+    }
+
     /// The steps that move one shard ([`MIGRATION_OPS`]); a cancel request stops the action
     /// only before the first.
     pub fn migration(shard_move: &ShardMove) -> Vec<Step> {
@@ -245,10 +254,7 @@ pub fn plan(kind: &ActionKind, state: &ClusterState) -> Vec<Step> {
                 .steps(&state.slot_ranges(*bdb_uid), *parallel_shards)
         }
         ActionKind::ShardMigrate(shard_move) => Step::migration(shard_move),
-        ActionKind::NodeRemove { moves, .. } => std::iter::once(Step::whole(Op::DemoteNode))
-            .chain(moves.iter().flat_map(Step::migration))
-            .chain(std::iter::once(Step::whole(Op::LeaveCluster)))
-            .collect(),
+        ActionKind::NodeRemove { moves, .. } => Step::removal(moves),
     }
 }
 

@@ -9,7 +9,9 @@
 //! while it drains), it hands primary-ship away before running any step: the new primary node
 //! resumes the action at the recorded step.
 
-use flotilla_model::{plan, Action, ActionKind, Command, NodeRemoval, NodeUid, Op};
+use flotilla_model::{
+    plan, Action, ActionKind, Command, NodeRemoval, NodeUid, Op, ShardMove, Step,
+};
 
 use super::db_upgrade::propose;
 use super::{migrate, StepError};
@@ -23,10 +25,6 @@ pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Res
             action.uid
         )));
     };
-    let node = *node_uid;
-    if observer.store.uid() == Some(node) {
-        return hand_primary_ship_away(observer, node).await;
-    }
     let steps = plan(&action.kind, &observer.store.state());
     let step = steps.get(index).ok_or_else(|| {
         StepError::never(format!(
@@ -35,6 +33,21 @@ pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Res
             steps.len()
         ))
     })?;
+    run_removal_step(observer, *node_uid, moves, step).await
+}
+
+/// Runs one step of the removal of node `node` whose shards go as `moves`: `demote_node`,
+/// `leave_cluster` or a step of one of the moves (idempotent). Reusable by any action whose plan
+/// embeds a node removal (a rolling upgrade removes its old nodes so).
+pub async fn run_removal_step(
+    observer: &Observer,
+    node: NodeUid,
+    moves: &[ShardMove],
+    step: &Step,
+) -> Result<(), StepError> {
+    if observer.store.uid() == Some(node) {
+        return hand_primary_ship_away(observer, node).await;
+    }
     match step.op {
         // Done above: this node is not the one that leaves.
         Op::DemoteNode => Ok(()),
