@@ -79,6 +79,10 @@ pub fn router(context: ApiContext) -> Router {
             post(lifecycle::migrate_shard),
         )
         .route(
+            "/v1/cluster/actions/upgrade",
+            post(upgrade::start_cluster_upgrade),
+        )
+        .route(
             "/v1/nodes/{uid}/actions/remove",
             post(lifecycle::remove_node),
         )

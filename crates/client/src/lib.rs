@@ -271,6 +271,15 @@ impl Client {
         self.call(Method::POST, &path, Some(&request)).await
     }
 
+    /// `POST /v1/cluster/actions/upgrade`: starts `upgrade cluster` (an action).
+    pub async fn start_cluster_upgrade(
+        &self,
+        request: &flotilla_model::rest::ClusterUpgradeRequest,
+    ) -> Result<ActionInfo, ClientError> {
+        self.call(Method::POST, "/v1/cluster/actions/upgrade", Some(request))
+            .await
+    }
+
     /// `POST /v1/nodes/{uid}/actions/remove`: starts draining and removing the node (an action).
     pub async fn remove_node(&self, uid: u64) -> Result<ActionInfo, ClientError> {
         let path = format!("/v1/nodes/{uid}/actions/remove");

@@ -251,7 +251,7 @@ async fn follow(client: &Client, started: ActionInfo, no_wait: bool) -> Result<(
     let moves: &[ShardMove] = match &started.kind {
         ActionKind::NodeRemove { moves, .. } => moves,
         ActionKind::ShardMigrate(shard_move) => std::slice::from_ref(shard_move),
-        ActionKind::DbUpgrade { .. } => &[],
+        ActionKind::DbUpgrade { .. } | ActionKind::ClusterUpgrade(_) => &[],
     };
     for m in moves {
         println!(

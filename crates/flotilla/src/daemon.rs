@@ -425,7 +425,7 @@ async fn start_back(
     };
     let rpc_router = flotilla_store::rpc::router(store.clone())
         .merge(observer.router())
-        .merge(flotilla_api::internal_router(store.clone()));
+        .merge(flotilla_api::internal_router(store.clone(), local.clone()));
     let api = ApiContext::new(store.clone(), observer.clone(), node.clone(), local);
     spawn(
         tasks,

@@ -46,6 +46,39 @@ pub enum ActionKind {
         /// memory, a slot range's copies never on one node), in the order they move.
         moves: Vec<ShardMove>,
     },
+    /// Moves every node to another Flotilla package (`flotilla upgrade cluster`), one node at
+    /// a time, the primary node last, then finalizes the cluster version. Introduced in 0.2.0.
+    ClusterUpgrade(ClusterUpgrade),
+}
+
+/// What `flotilla upgrade cluster` asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterUpgrade {
+    /// The package, as a path every node can read (the same path on every machine).
+    pub package: String,
+    /// The package's version: every node ends on it.
+    pub version: String,
+    /// How each node moves.
+    pub method: UpgradeMethod,
+    /// The nodes in the order they move (the primary node when asked, last).
+    pub nodes: Vec<NodeUid>,
+}
+
+/// How `upgrade cluster` moves a node to the new package (Redis Software's upgrade methods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpgradeMethod {
+    /// Each node's daemon hands over to the new binary on the same machine (no shard moves).
+    InPlace,
+}
+
+impl UpgradeMethod {
+    /// The method's name as `--method` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpgradeMethod::InPlace => "in-place",
+        }
+    }
 }
 
 /// One shard's move to another node, as planned when its action was asked for. The shard
@@ -72,6 +105,7 @@ impl ActionKind {
             ActionKind::DbUpgrade { bdb_uid, .. } => vec![*bdb_uid],
             ActionKind::ShardMigrate(shard_move) => vec![shard_move.bdb_uid],
             ActionKind::NodeRemove { moves, .. } => moves.iter().map(|m| m.bdb_uid).collect(),
+            ActionKind::ClusterUpgrade(_) => Vec::new(),
         };
         uids.sort_unstable();
         uids.dedup();
@@ -87,6 +121,7 @@ impl ActionKind {
             ActionKind::NodeRemove { node_uid, moves } => std::iter::once(*node_uid)
                 .chain(moves.iter().map(|m| m.to_node))
                 .collect(),
+            ActionKind::ClusterUpgrade(upgrade) => upgrade.nodes.clone(),
         };
         uids.sort_unstable();
         uids.dedup();
@@ -99,6 +134,7 @@ impl ActionKind {
             ActionKind::DbUpgrade { bdb_uid, .. } => format!("bdb:{bdb_uid}"),
             ActionKind::ShardMigrate(m) => format!("shard:{}", m.shard_uid),
             ActionKind::NodeRemove { node_uid, .. } => format!("node:{node_uid}"),
+            ActionKind::ClusterUpgrade(_) => "cluster".into(),
         }
     }
 
@@ -109,6 +145,7 @@ impl ActionKind {
             ActionKind::DbUpgrade { .. } => "SMUpgradeBDB",
             ActionKind::ShardMigrate(_) => "SMMigrateShard",
             ActionKind::NodeRemove { .. } => "SMRemoveNode",
+            ActionKind::ClusterUpgrade(_) => "SMUpgradeCluster",
         }
     }
 

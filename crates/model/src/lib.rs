@@ -35,7 +35,10 @@ mod state;
 pub mod timing;
 mod version;
 
-pub use action::{Action, ActionKind, ActionStatus, ActionUid, ShardMove, StepRecord, StepState};
+pub use action::{
+    Action, ActionKind, ActionStatus, ActionUid, ClusterUpgrade, ShardMove, StepRecord, StepState,
+    UpgradeMethod,
+};
 pub use bdb::{
     Bdb, BdbSpec, BdbUid, DataPersistence, Shard, ShardPlan, ShardRole, ShardUid, SlotRange,
     ENDPOINT_PORTS, MAX_SHARDS, SHARD_PORTS, SLOT_COUNT,

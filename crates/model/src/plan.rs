@@ -16,9 +16,9 @@
 //! `leave_cluster`. Their steps name the shard (`add_copy shard:4`): the plan comes from the
 //! moves the action recorded when it was asked for, so it stays the same while shards move.
 
-use crate::action::{ActionKind, ShardMove};
+use crate::action::{ActionKind, ClusterUpgrade, ShardMove};
 use crate::bdb::{ShardUid, SlotRange};
-use crate::state::ClusterState;
+use crate::state::{ClusterState, NodeUid};
 
 /// One operation of a plan, run on every slot range of its step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,6 +59,11 @@ pub enum Op {
     DemoteNode,
     /// The drained node leaves the Raft membership and its record goes.
     LeaveCluster,
+    /// A node's daemon moves to the new package in place (handover, or restart between
+    /// versions without one).
+    UpgradeNode,
+    /// Records the cluster version every node now runs.
+    FinalizeCluster,
 }
 
 /// The operations that move one shard to another node, in order: a copy there, caught up, the
@@ -91,6 +96,8 @@ impl Op {
             Op::DropOld => "drop_old",
             Op::DemoteNode => "demote_node",
             Op::LeaveCluster => "leave_cluster",
+            Op::UpgradeNode => "upgrade_node",
+            Op::FinalizeCluster => "finalize_cluster",
         }
     }
 }
@@ -104,6 +111,8 @@ pub struct Step {
     pub ranges: Vec<SlotRange>,
     /// The shard it moves (steps of a migration or a node removal).
     pub shard: Option<ShardUid>,
+    /// The node it works on (steps of a cluster upgrade).
+    pub node: Option<NodeUid>,
     /// A cancel request may stop the action before this step (a boundary where every slot
     /// range runs on one engine, or no shard is half moved).
     pub cancel_point: bool,
@@ -115,6 +124,9 @@ impl Step {
     pub fn name(&self) -> String {
         if let Some(shard) = self.shard {
             return format!("{} shard:{shard}", self.op.name());
+        }
+        if let Some(node) = self.node {
+            return format!("{} node:{node}", self.op.name());
         }
         if self.ranges.is_empty() {
             return self.op.name().to_string();
@@ -194,6 +206,7 @@ impl UpgradeShape {
                     op: *op,
                     ranges: batch.to_vec(),
                     shard: None,
+                    node: None,
                     cancel_point: i == 0,
                 });
             }
@@ -210,8 +223,26 @@ impl Step {
             op,
             ranges: Vec::new(),
             shard: None,
+            node: None,
             cancel_point: true,
         }
+    }
+
+    /// The steps of a cluster upgrade: `upgrade_node` for each node in order (a cancel point
+    /// before each), then `finalize_cluster`.
+    pub fn cluster_upgrade(upgrade: &ClusterUpgrade) -> Vec<Step> {
+        upgrade
+            .nodes
+            .iter()
+            .map(|node| Step {
+                op: Op::UpgradeNode,
+                ranges: Vec::new(),
+                shard: None,
+                node: Some(*node),
+                cancel_point: true,
+            })
+            .chain(std::iter::once(Step::whole(Op::FinalizeCluster)))
+            .collect()
     }
 
     /// The steps that remove a node whose shards go as `moves`: `demote_node`, each move's
@@ -233,6 +264,7 @@ impl Step {
                 op: *op,
                 ranges: vec![shard_move.assigned_slots],
                 shard: Some(shard_move.shard_uid),
+                node: None,
                 cancel_point: i == 0,
             })
             .collect()
@@ -255,6 +287,7 @@ pub fn plan(kind: &ActionKind, state: &ClusterState) -> Vec<Step> {
         }
         ActionKind::ShardMigrate(shard_move) => Step::migration(shard_move),
         ActionKind::NodeRemove { moves, .. } => Step::removal(moves),
+        ActionKind::ClusterUpgrade(upgrade) => Step::cluster_upgrade(upgrade),
     }
 }
 

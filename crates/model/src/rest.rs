@@ -118,6 +118,23 @@ pub struct Health {
     #[serde(default)]
     pub pid: u32,
 }
+/// `POST /v1/cluster/actions/upgrade`: upgrade every node to a package (an action).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterUpgradeRequest {
+    /// The package (folder or .tar.gz), at the same path on every node's machine.
+    pub package: String,
+    /// The package's version (from its manifest).
+    pub version: String,
+    /// `in-place` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+/// The internal route (RPC port, cluster secret) by which the primary node orders a node's
+/// in-place upgrade while it runs `upgrade cluster`: the body is a [`NodeUpgradeRequest`], the
+/// answer the JSON of `Result<NodeUpgradeStatus, String>`.
+pub const INTERNAL_NODE_UPGRADE_PATH: &str = "/internal/node/upgrade";
 
 /// `POST /v1/nodes/{uid}/upgrade`: move this node to the package at `package`, a folder or
 /// `.tar.gz` on the node's own disk (like Redis Software's installer, the package must be on

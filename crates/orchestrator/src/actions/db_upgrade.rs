@@ -159,9 +159,16 @@ async fn run_op(
             wait_range(observer, bdb, range, target, ReplicaLink::NotRequired).await
         }
         Op::Finalize => Ok(()),
-        Op::AddCopy | Op::SyncCopy | Op::DropOld | Op::DemoteNode | Op::LeaveCluster => Err(
-            StepError::never(format!("{} is not a step of a database upgrade", op.name())),
-        ),
+        Op::AddCopy
+        | Op::SyncCopy
+        | Op::DropOld
+        | Op::DemoteNode
+        | Op::LeaveCluster
+        | Op::UpgradeNode
+        | Op::FinalizeCluster => Err(StepError::never(format!(
+            "{} is not a step of a database upgrade",
+            op.name()
+        ))),
     }
 }
 

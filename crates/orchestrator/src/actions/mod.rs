@@ -7,6 +7,7 @@
 //! with the error. Cancellation is honoured only at a plan's safe boundaries. The plan itself
 //! comes from the model ([`flotilla_model::plan`]), the one place that derives it.
 
+pub mod cluster_upgrade;
 pub mod db_upgrade;
 mod error;
 pub mod migrate;
@@ -196,6 +197,9 @@ async fn run_step_with_retries(
                 migrate_step(observer, action, shard_move, index).await
             }
             ActionKind::NodeRemove { .. } => node_remove::run_step(observer, action, index).await,
+            ActionKind::ClusterUpgrade(_) => {
+                cluster_upgrade::run_step(observer, action, index).await
+            }
         };
         runs += 1;
         let Err(e) = result else {

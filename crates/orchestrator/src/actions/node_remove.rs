@@ -65,7 +65,10 @@ pub async fn run_removal_step(
 }
 
 /// Hands primary-ship to another node; the step is then run by the new primary node.
-async fn hand_primary_ship_away(observer: &Observer, node: NodeUid) -> Result<(), StepError> {
+pub(super) async fn hand_primary_ship_away(
+    observer: &Observer,
+    node: NodeUid,
+) -> Result<(), StepError> {
     let new = observer.store.move_primary_node_away().await.map_err(|e| {
         StepError::later(format!(
             "node {node} leaves and is the primary node, but could not hand primary-ship to another node: {e}"
