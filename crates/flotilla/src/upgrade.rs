@@ -180,13 +180,7 @@ fn refuse_blocking(report: &UpgradeCheckReport, forced: &[Blocker]) -> Result<()
         report.package_version
     );
     for r in blocking {
-        text.push_str(&format!(
-            "  [{}] {}: {}\n        fix: {}\n",
-            r.blocker.name(),
-            r.object,
-            r.reason,
-            r.fix
-        ));
+        text.push_str(&r.to_text());
     }
     text.push_str("(`--force NAME` goes on despite the check NAME)");
     Err(anyhow!(text))

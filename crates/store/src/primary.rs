@@ -34,8 +34,10 @@ impl Store {
             String::from("no other node can stand for election (none runs 0.2.0 or newer)");
         for candidate in self.election_candidates(me) {
             let (uid, rpc) = candidate;
-            let asked: Result<(), StoreError> = self.call_internal(&rpc, ELECT_PATH, &()).await;
-            if let Err(e) = asked {
+            // The route answers the JSON of `Result<(), StoreError>`.
+            let asked: Result<Result<(), StoreError>, StoreError> =
+                self.call_internal(&rpc, ELECT_PATH, &()).await;
+            if let Err(e) = asked.and_then(|answer| answer) {
                 last = format!("node {uid}: {e}");
                 continue;
             }

@@ -131,15 +131,28 @@ impl DevCluster {
 
     /// Runs the flotilla CLI against node `n`'s REST API.
     pub fn flotilla_at(&self, n: u8, args: &[&str]) -> Output {
-        Command::new(&self.bin)
+        self.command_at(n, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("running the flotilla binary")
+    }
+
+    /// The flotilla CLI with `args` against node `n`'s REST API and this cluster's
+    /// credentials, not started yet: for a command a test runs in the background (and kills, or
+    /// waits for, itself). Output is discarded unless the caller sets it.
+    pub fn command_at(&self, n: u8, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.bin);
+        command
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("FLOTILLA_URL", self.url(n))
             .env("FLOTILLA_USER", USER)
             .env("FLOTILLA_PASSWORD", PASSWORD)
             .stdin(Stdio::null())
-            .output()
-            .expect("running the flotilla binary")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
     }
 
     /// `flotilla status --json` as asked of node `n`.
@@ -255,10 +268,11 @@ impl Drop for DevCluster {
                     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 }
             }
-            // Engines outlive their daemon by design; the test's engines end with the test.
-            for pid in flotilla_engine::running_engine_pids(&self.data_dir(n).join("shards")) {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
+        }
+        // Engines outlive their daemon by design; the test's engines end with the test, also
+        // one a daemon started just before it was killed (no pidfile yet).
+        for pid in flotilla_engine::engines_under(self.dir.path()) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         if std::thread::panicking() {
             self.print_logs();
