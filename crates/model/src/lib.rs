@@ -44,8 +44,9 @@ pub use clock::{now_millis, now_secs};
 pub use command::{
     ActionCancellation, ActionCreation, ActionUpdate, BdbChange, BdbCreation, BdbDeletion,
     BdbVersionChange, ClusterChange, ClusterCreation, ClusterVersionFinalization, Command,
-    CommandResult, NodeAddition, NodeChange, NodeSpec, ReplacementAddition, ShardHold,
-    ShardPromotion, ShardRemoval, ShardReplacement, ShardVersionChange, TemporaryReplicaAddition,
+    CommandResult, NodeAddition, NodeChange, NodeReplacement, NodeSpec, ReplacementAddition,
+    ShardHold, ShardPromotion, ShardRemoval, ShardReplacement, ShardVersionChange,
+    TemporaryReplicaAddition,
 };
 pub use engine_version::{EngineVersion, UnknownEngineVersion};
 pub use error::ModelError;

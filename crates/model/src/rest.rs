@@ -187,6 +187,10 @@ pub struct BootstrapRequest {
     pub cluster: BootstrapCluster,
     /// The operator's credentials.
     pub credentials: BootstrapCredentials,
+    /// `join_cluster` only: the uid of a node that is down (or was removed) whose place and
+    /// uid the joining node takes (Redis Software's `replace_node`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_node: Option<NodeUid>,
 }
 
 /// The `cluster` part of a bootstrap request.

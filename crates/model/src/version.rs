@@ -51,7 +51,7 @@ impl Command {
     /// least this version to apply it as the proposer means it.
     pub fn introduced_in(&self) -> &'static str {
         match self {
-            Command::FinalizeClusterVersion(_) => VERSIONED_RELEASE,
+            Command::FinalizeClusterVersion(_) | Command::ReplaceNode(_) => VERSIONED_RELEASE,
             Command::UpdateBdb(BdbChange {
                 remove_authentication_redis_pass: true,
                 ..

@@ -200,6 +200,16 @@ impl DevCluster {
         assert!(gone, "daemon {pid} still alive 10 s after kill -9");
     }
 
+    /// Node `n`'s machine is gone: kill -9 of its daemon and of its engines, and its data dir
+    /// deleted (what a replacement machine starts without).
+    pub fn lose_machine(&self, n: u8) {
+        self.kill9(n);
+        for pid in flotilla_engine::engines_under(&self.data_dir(n)) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        std::fs::remove_dir_all(self.data_dir(n)).expect("deleting the node's data dir");
+    }
+
     /// Runs the CLI against node `n`, asserts success and parses its JSON output.
     pub fn json(&self, n: u8, args: &[&str]) -> serde_json::Value {
         let output = self.flotilla_at(n, args);
@@ -334,10 +344,21 @@ impl BareNode {
     }
 }
 
+impl BareNode {
+    /// Its data dir.
+    pub fn data_dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
 impl Drop for BareNode {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The engines it started (once it joined a cluster) end with it.
+        for pid in flotilla_engine::engines_under(self._dir.path()) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
     }
 }
 
