@@ -76,6 +76,12 @@ pub(crate) async fn create_cluster(
         .name
         .ok_or_else(|| ApiError::invalid("cluster.name", "missing: name the cluster to create"))?;
     validate_name("cluster.name", &name)?;
+    if request.replace_node.is_some() {
+        return Err(ApiError::invalid(
+            "replace_node",
+            "only join_cluster takes it: a new cluster has no node to replace",
+        ));
+    }
     let credentials = request.credentials;
     require_text("credentials.username", &credentials.username)?;
     require_text("credentials.password", &credentials.password)?;
@@ -129,6 +135,7 @@ pub(crate) async fn join_cluster(
             credentials.username,
             credentials.password,
             context.node.clone(),
+            request.replace_node,
         )
         .await?;
     Ok(Json(BootstrapResult { node_uid }))

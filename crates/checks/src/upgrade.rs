@@ -80,6 +80,19 @@ pub struct Refusal {
     pub fix: String,
 }
 
+impl Refusal {
+    /// The refusal as an indented paragraph: `[name] object: reason`, then the fix.
+    pub fn to_text(&self) -> String {
+        format!(
+            "  [{}] {}: {}\n        fix: {}\n",
+            self.blocker.name(),
+            self.object,
+            self.reason,
+            self.fix
+        )
+    }
+}
+
 /// A node as the upgrade check sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeFacts {
@@ -527,13 +540,7 @@ impl UpgradeCheckReport {
             self.refusals.len()
         );
         for r in &self.refusals {
-            out.push_str(&format!(
-                "  [{}] {}: {}\n        fix: {}\n",
-                r.blocker.name(),
-                r.object,
-                r.reason,
-                r.fix
-            ));
+            out.push_str(&r.to_text());
         }
         out
     }

@@ -128,6 +128,7 @@ impl Client {
         password: &str,
     ) -> Result<BootstrapResult, ClientError> {
         let request = BootstrapRequest {
+            replace_node: None,
             action: Some("create_cluster".into()),
             cluster: BootstrapCluster {
                 name: Some(name.into()),
@@ -149,7 +150,21 @@ impl Client {
         username: &str,
         password: &str,
     ) -> Result<BootstrapResult, ClientError> {
+        self.join_cluster_replacing(nodes, username, password, None)
+            .await
+    }
+
+    /// `POST /v1/bootstrap/join_cluster` with `replace_node`: the node joins in the place, and
+    /// under the uid, of that node (one that is down, or was removed).
+    pub async fn join_cluster_replacing(
+        &self,
+        nodes: &[String],
+        username: &str,
+        password: &str,
+        replace_node: Option<u64>,
+    ) -> Result<BootstrapResult, ClientError> {
         let request = BootstrapRequest {
+            replace_node,
             action: Some("join_cluster".into()),
             cluster: BootstrapCluster {
                 name: None,

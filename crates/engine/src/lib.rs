@@ -23,8 +23,8 @@ pub use info::{
     InfoMap, LinkStatus, MemoryInfo, ReplicaEntry, ReplicationInfo, Role, ServerInfo, StatsInfo,
 };
 pub use process::{
-    adopt, pid_running, read_pidfile, running_engine_pids, start, start_with, ShardProcess,
-    StartOptions, StopOptions,
+    adopt, engines_under, pid_running, read_pidfile, running_engine_pids, start, start_with,
+    ShardProcess, StartOptions, StopOptions,
 };
 pub use spec::{
     write_private_file, EvictionPolicy, Persistence, ReplicaOf, ShardSpec, FULL_SYNC_DELAY_SECS,

@@ -462,6 +462,22 @@ pub fn running_engine_pids(shards_dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Pids of the live redis/valkey engines whose working directory is inside `dir`, pidfile or
+/// not: for a test (or a benchmark) that must leave no engine behind, including one its
+/// daemon started just before it was killed, before the pidfile was written.
+pub fn engines_under(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+        })
+        .filter(|pid| is_engine_process(*pid))
+        .collect()
+}
+
 fn is_engine_process(pid: u32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|raw| {
         let title = String::from_utf8_lossy(&raw);

@@ -142,6 +142,10 @@ pub enum ClusterCommand {
         /// Addresses of one or more cluster members, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<IpAddr>,
+        /// Take the place and the uid of this node, which is down or was removed (a freshly
+        /// installed machine replacing it): its shards are created again here and synced.
+        #[arg(long, value_name = "UID")]
+        replace_node: Option<u64>,
     },
     /// Make a node the primary node (Raft leader) without waiting for an election timeout.
     Promote {
@@ -223,11 +227,21 @@ async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<()> {
             let result = client.create_cluster(&name, &user, &password).await?;
             println!("cluster '{name}' created; this is node {}", result.node_uid);
         }
-        ClusterCommand::Join { nodes } => {
+        ClusterCommand::Join {
+            nodes,
+            replace_node,
+        } => {
             let (user, password) = conn.credentials()?;
             let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
-            let result = client.join_cluster(&nodes, &user, &password).await?;
-            println!("joined the cluster as node {}", result.node_uid);
+            let result = client
+                .join_cluster_replacing(&nodes, &user, &password, replace_node)
+                .await?;
+            match replace_node {
+                Some(uid) => println!(
+                    "joined the cluster in the place of node {uid}; its shards are created again here and sync from their primaries"
+                ),
+                None => println!("joined the cluster as node {}", result.node_uid),
+            }
         }
         ClusterCommand::Promote { uid } => {
             let info = client.promote_node(uid).await?;

@@ -162,6 +162,14 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
         // this daemon binds its ports and opens its store.
         flotilla_upgrade::wait_gone(inheritance.predecessor_pid).await;
     }
+    // An upgrade by restart (no handover between the versions) that started this process.
+    let restarted = match record {
+        Some(_) => None,
+        None => flotilla_upgrade::UpgradeRecord::resume_restart(
+            &args.data_dir.join(flotilla_api::UPGRADE_STATUS_FILE),
+            &version,
+        ),
+    };
 
     refuse_if_removed(&args.data_dir)?;
     let _pidfile = Pidfile::claim(&args.data_dir)?;
@@ -197,10 +205,8 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
         &stop,
     )
     .await?;
-    if let Some(mut record) = record {
-        let stopped_at = record.status().store_stopped_at_ms;
-        record.update(|s| s.store_gap_ms = flotilla_model::now_millis().saturating_sub(stopped_at));
-        record.done();
+    if let Some(mut record) = record.or(restarted) {
+        record.finish_store_gap();
     }
 
     let old = OldDaemon {
@@ -232,6 +238,7 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
         }) => {
             use std::os::unix::process::CommandExt;
             tracing::info!("restarting as the new version (no handover between these versions)");
+            record.update(|s| s.store_stopped_at_ms = flotilla_model::now_millis());
             std::mem::forget(_pidfile);
             let error = command.exec();
             record.failed(&format!("starting the new binary: {error}"));

@@ -18,6 +18,9 @@ use flotilla_package::Manifest;
 const NODE_UPGRADE_DEADLINE: Duration = Duration::from_secs(120);
 /// How often the CLI looks at the upgrade's progress.
 const POLL: Duration = Duration::from_millis(100);
+/// How long `upgrade node` waits for every node and shard to be healthy again after the node
+/// upgraded (see `wait_until_settled`).
+const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
 
 /// `flotilla upgrade` subcommands.
 #[derive(Subcommand)]
@@ -241,6 +244,7 @@ async fn upgrade_node(client: &Client, args: NodeArgs) -> Result<()> {
     };
     wait_until_running(&node, &target).await?;
     print_report(&status, started.elapsed());
+    wait_until_settled(client, &manifest).await?;
     if !args.no_auto_finalize {
         finalize_if_due(client).await?;
     }
@@ -257,13 +261,7 @@ fn refuse_blocking(report: &UpgradeCheckReport, forced: &[Blocker]) -> Result<()
         report.package_version
     );
     for r in blocking {
-        text.push_str(&format!(
-            "  [{}] {}: {}\n        fix: {}\n",
-            r.blocker.name(),
-            r.object,
-            r.reason,
-            r.fix
-        ));
+        text.push_str(&r.to_text());
     }
     text.push_str("(`--force NAME` goes on despite the check NAME)");
     Err(anyhow!(text))
@@ -350,6 +348,36 @@ async fn restart_locally(
     );
     let text = std::fs::read_to_string(restarted.data_dir.join(flotilla_api::UPGRADE_STATUS_FILE))?;
     Ok(serde_json::from_str(&text)?)
+}
+
+/// Waits (bounded) until every node is up and every shard active again as the primary node
+/// sees it: after a restart, or a change of primary node, shards read `unknown` until their
+/// agents' next reports, and the next node's upgrade check would refuse. Says so when the
+/// cluster has not settled by [`SETTLE_DEADLINE`]; the next check then names what is wrong.
+async fn wait_until_settled(client: &Client, manifest: &Manifest) -> Result<()> {
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    loop {
+        let report = check_report(client, manifest).await?;
+        let unsettled: Vec<_> = report
+            .refusals
+            .iter()
+            .filter(|r| matches!(r.blocker, Blocker::NodeDown | Blocker::ShardUnhealthy))
+            .collect();
+        if unsettled.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            println!(
+                "warning: {} node(s) or shard(s) not healthy {SETTLE_DEADLINE:?} after the upgrade:",
+                unsettled.len()
+            );
+            for r in unsettled {
+                print!("{}", r.to_text());
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// Waits until the node's daemon answers with the new version and the cluster lists it so.

@@ -599,14 +599,11 @@ fn a_switchover_cut_short_by_a_primary_node_crash_is_repaired_without_losing_wri
     let rt = flotilla_testkit::load_runtime();
     let load = flotilla_testkit::start_load(&rt, format!("{}:12007", cluster.addr(other)));
     let (primary, _) = pairs(&cluster)[0];
-    let bin = bin();
-    let url = cluster.url(other);
+    let mut failover = cluster.command_at(other, &["shard", "failover", &primary.to_string()]);
     let failover = std::thread::spawn(move || {
-        Command::new(bin)
-            .args(["shard", "failover", &primary.to_string()])
-            .env("FLOTILLA_URL", url)
-            .env("FLOTILLA_USER", flotilla_testkit::USER)
-            .env("FLOTILLA_PASSWORD", flotilla_testkit::PASSWORD)
+        failover
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .output()
     });
     // The switchover pauses after fencing the primary (failpoint): kill the primary node then.

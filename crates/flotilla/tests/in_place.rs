@@ -62,6 +62,11 @@ fn upgrade_ok(cluster: &DevCluster, node: u8, package: &Path) -> String {
     assert_success(&output, &format!("upgrade node {node}"));
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     eprintln!("node {node} upgraded in {:?}:\n{text}", started.elapsed());
+    let log = std::fs::read_to_string(cluster.data_dir(node).join("flotilla.log")).unwrap();
+    assert!(
+        !log.contains("could not move primary-ship first"),
+        "a primary node hands primary-ship to another node before it hands over"
+    );
     text
 }
 
@@ -331,6 +336,17 @@ fn a_node_moves_back_before_finalization_and_is_refused_after() {
     witness.check(published);
     assert_eq!(engine_pids(&cluster), pids, "no engine restarted");
     stop_load_clean(&rt, load);
+
+    // To a version without the handover the daemon restarts in its own place: the new one
+    // finishes the record (the CLI waits for it) and adopts the engines.
+    let no_handover = packages().current("0.2.2", &["--handover-protocol", "0"]);
+    let restart = upgrade_ok(&cluster, 2, &no_handover);
+    assert!(restart.contains("by restart"), "{restart}");
+    assert_eq!(
+        engine_pids(&cluster),
+        pids,
+        "the restarted daemon adopts the engines"
+    );
 }
 
 /// The store-derived fields of what every node's API shows (the fields 0.1.0 has; status and
@@ -482,15 +498,19 @@ fn upgrade_until_step(
     package: &Path,
     step: &str,
 ) -> (std::process::Child, u32, u32) {
-    let child = std::process::Command::new(bin())
-        .args(["upgrade", "node", &node.to_string(), "--package"])
-        .arg(package)
-        .arg("--yes")
-        .env("FLOTILLA_URL", cluster.url(1))
-        .env("FLOTILLA_USER", flotilla_testkit::USER)
-        .env("FLOTILLA_PASSWORD", flotilla_testkit::PASSWORD)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+    let package = package.to_string_lossy();
+    let child = cluster
+        .command_at(
+            1,
+            &[
+                "upgrade",
+                "node",
+                &node.to_string(),
+                "--package",
+                &package,
+                "--yes",
+            ],
+        )
         .spawn()
         .expect("upgrade node");
     let record = cluster.data_dir(node).join("upgrade.json");

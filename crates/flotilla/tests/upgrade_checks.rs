@@ -172,13 +172,11 @@ fn upgrade_check_refuses_each_blocker_naming_the_fix_and_an_upgrade_it_refuses_c
     );
 
     // An action running: a database upgrade held at its sync step.
-    let upgrade = std::process::Command::new(bin())
-        .args(["db", "upgrade", "gate", "--redis-version", "valkey-9.1"])
-        .env("FLOTILLA_URL", cluster.url(1))
-        .env("FLOTILLA_USER", flotilla_testkit::USER)
-        .env("FLOTILLA_PASSWORD", flotilla_testkit::PASSWORD)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+    let upgrade = cluster
+        .command_at(
+            1,
+            &["db", "upgrade", "gate", "--redis-version", "valkey-9.1"],
+        )
         .spawn()
         .expect("db upgrade");
     let mut action = serde_json::Value::Null;

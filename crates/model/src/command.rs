@@ -26,6 +26,10 @@ pub enum Command {
     CreateCluster(ClusterCreation),
     /// Adds a joining node; a node already known by address keeps its uid.
     AddNode(NodeAddition),
+    /// Puts a freshly installed node in the place of a node that is down or was removed: it
+    /// takes that node's uid (and its shards, which its agent creates again and syncs).
+    /// Introduced in 0.2.0.
+    ReplaceNode(NodeReplacement),
     /// Changes cluster settings; `None` fields stay as they are.
     UpdateCluster(ClusterChange),
     /// Records a node's new software version or OS (after an upgrade or a restart).
@@ -102,6 +106,15 @@ pub struct ClusterCreation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeAddition {
     /// The joining node.
+    pub node: NodeSpec,
+}
+
+/// [`Command::ReplaceNode`]: the node replaced and the node that takes its place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReplacement {
+    /// The uid the new node takes: a member that is down, or a node removed earlier.
+    pub uid: NodeUid,
+    /// The new node (its address may differ from the replaced one's).
     pub node: NodeSpec,
 }
 
@@ -407,6 +420,7 @@ mod tests {
         match command {
             Command::CreateCluster(_) => "create_cluster",
             Command::AddNode(_) => "add_node",
+            Command::ReplaceNode(_) => "replace_node",
             Command::UpdateCluster(_) => "update_cluster",
             Command::UpdateNode(_) => "update_node",
             Command::CreateBdb(_) => "create_bdb",
@@ -456,6 +470,7 @@ mod tests {
     /// decoder, the new kind decodes as `unknown`).
     const SAMPLES_0_2_0: &[&str] = &[
         r#"{"kind":"finalize_cluster_version","version":"0.2.0"}"#,
+        r#"{"kind":"replace_node","uid":3,"node":{"addr":"127.0.0.14","software_version":"0.2.0","os":"Debian GNU/Linux 12 (bookworm)"}}"#,
         r#"{"kind":"update_bdb","uid":1,"memory_size":null,"authentication_redis_pass":null,"remove_authentication_redis_pass":true}"#,
         r#"{"kind":"complete_migration","old":4,"new":9}"#,
         r#"{"kind":"remove_node","uid":3}"#,

@@ -47,9 +47,9 @@ pub use clock::{now_millis, now_secs};
 pub use command::{
     ActionCancellation, ActionCreation, ActionUpdate, BdbChange, BdbCreation, BdbDeletion,
     BdbVersionChange, ClusterChange, ClusterCreation, ClusterVersionFinalization, Command,
-    CommandResult, NodeAddition, NodeChange, NodeRemoval, NodeSpec, ReplacementAddition, ShardHold,
-    ShardMigration, ShardPromotion, ShardRemoval, ShardReplacement, ShardVersionChange,
-    TemporaryReplicaAddition,
+    CommandResult, NodeAddition, NodeChange, NodeRemoval, NodeReplacement, NodeSpec,
+    ReplacementAddition, ShardHold, ShardMigration, ShardPromotion, ShardRemoval, ShardReplacement,
+    ShardVersionChange, TemporaryReplicaAddition,
 };
 pub use engine_version::{EngineVersion, UnknownEngineVersion};
 pub use error::ModelError;

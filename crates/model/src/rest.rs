@@ -204,6 +204,10 @@ pub struct BootstrapRequest {
     pub cluster: BootstrapCluster,
     /// The operator's credentials.
     pub credentials: BootstrapCredentials,
+    /// `join_cluster` only: the uid of a node that is down (or was removed) whose place and
+    /// uid the joining node takes (Redis Software's `replace_node`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_node: Option<NodeUid>,
 }
 
 /// The `cluster` part of a bootstrap request.
@@ -572,11 +576,11 @@ mod tests {
     /// The Rust names say primary; the JSON keeps the names 0.1.0 and Redis Software use.
     #[test]
     fn renamed_fields_keep_their_json_names() {
-        let cluster = r#"{"name":"c1","created_time":1700000000,"master_node":2,"nodes_count":3,"default_redis_version":"valkey-9.1"}"#;
+        let cluster = r#"{"name":"c1","created_time":1700000000,"master_node":2,"nodes_count":3,"default_redis_version":"valkey-9.1","cluster_version":"0.2.0"}"#;
         let info: ClusterInfo = serde_json::from_str(cluster).unwrap();
         assert_eq!(info.primary_node, Some(2));
         assert_eq!(serde_json::to_string(&info).unwrap(), cluster);
-        let health = r#"{"status":"ok","node_uid":1,"master_node":2,"software_version":"0.1.0"}"#;
+        let health = r#"{"status":"ok","node_uid":1,"master_node":2,"software_version":"0.2.0","handover_protocol":1,"pid":42}"#;
         let decoded: Health = serde_json::from_str(health).unwrap();
         assert_eq!(decoded.primary_node, Some(2));
         assert_eq!(serde_json::to_string(&decoded).unwrap(), health);

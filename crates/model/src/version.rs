@@ -53,7 +53,8 @@ impl Command {
         match self {
             Command::FinalizeClusterVersion(_)
             | Command::CompleteMigration(_)
-            | Command::RemoveNode(_) => VERSIONED_RELEASE,
+            | Command::RemoveNode(_)
+            | Command::ReplaceNode(_) => VERSIONED_RELEASE,
             // The first release fails to decode an action kind it does not know.
             Command::CreateAction(ActionCreation { action, .. })
                 if !action.known_to_first_release() =>

@@ -8,12 +8,21 @@
 //!
 //! A join that fails in step 1 leaves nothing behind; one interrupted after it can be run again
 //! and resumes under the same uid.
+//!
+//! A replacing join (`cluster join --replace-node UID`, Redis Software's `replace_node`) asks
+//! `/internal/join/replace` instead: the primary node checks that node UID does not answer,
+//! takes it out of the Raft membership (a voter whose log and vote are gone must not count
+//! towards a quorum), and gives its uid to the joiner (`ReplaceNode`); step 2 is the same. The
+//! shards assigned to the uid stay assigned: the new node's agent creates them again, and
+//! replicas sync from their primaries. A primary node of release 0.1.0 has no such route, so the
+//! request fails without changing anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use flotilla_model::{
-    now_secs, ClusterCreation, Command, CommandResult, NodeAddition, NodeSpec, NodeUid,
+    now_secs, ClusterCreation, Command, CommandResult, NodeAddition, NodeReplacement, NodeSpec,
+    NodeUid,
 };
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
@@ -31,7 +40,13 @@ pub struct JoinRequest {
     pub password: String,
     /// The joining node.
     pub node: NodeSpec,
+    /// The uid of the node it replaces (only on `/internal/join/replace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_node: Option<NodeUid>,
 }
+
+/// The route of a replacing join (step 1).
+pub(crate) const JOIN_REPLACE_PATH: &str = "/internal/join/replace";
 
 /// What the primary node answers a successful join request with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,13 +119,15 @@ impl Store {
         }
     }
 
-    /// Joins the cluster that `seeds` (RPC addresses of members) belong to.
+    /// Joins the cluster that `seeds` (RPC addresses of members) belong to; with
+    /// `replace_node`, in the place (and under the uid) of that node.
     pub async fn join_cluster(
         &self,
         seeds: &[String],
         username: String,
         password: String,
         node: NodeSpec,
+        replace_node: Option<NodeUid>,
     ) -> Result<NodeUid, StoreError> {
         let _guard = self.inner.bootstrap.lock().await;
         self.refuse_if_member()?;
@@ -123,6 +140,7 @@ impl Store {
             username,
             password,
             node,
+            replace_node,
         };
         let ticket = self.request_ticket(seeds, &request).await?;
         if let Some(identity) = self.identity() {
@@ -158,10 +176,14 @@ impl Store {
         seeds: &[String],
         request: &JoinRequest,
     ) -> Result<JoinTicket, StoreError> {
+        let path = match request.replace_node {
+            Some(_) => JOIN_REPLACE_PATH,
+            None => "/internal/join",
+        };
         let mut last = None;
         for seed in seeds {
             let answer: Result<Result<JoinTicket, StoreError>, StoreError> =
-                self.call_internal(seed, "/internal/join", request).await;
+                self.call_internal(seed, path, request).await;
             match answer {
                 Ok(result) => return result,
                 Err(e) => last = Some(e),
@@ -247,6 +269,78 @@ impl Store {
             secret: cluster.secret.clone(),
             primary_node_rpc_addr: self.primary_node_rpc_addr().unwrap_or_default(),
         })
+    }
+
+    /// Primary node's handling of a replacing join (step 1): refused while the replaced node
+    /// answers; otherwise that node leaves the Raft membership and the joiner gets its uid.
+    pub(crate) async fn admit_replacement(
+        &self,
+        request: JoinRequest,
+    ) -> Result<JoinTicket, StoreError> {
+        if !self.is_primary_node() {
+            return self.call_primary_node(JOIN_REPLACE_PATH, &request).await?;
+        }
+        let state = self.state();
+        let cluster = state.cluster()?;
+        if !verify(&cluster.credentials, &request.username, &request.password) {
+            return Err(StoreError::Unauthorized);
+        }
+        let uid = request.replace_node.ok_or_else(|| {
+            StoreError::InvalidRequest(
+                "replace_node: missing the uid of the node to replace".into(),
+            )
+        })?;
+        if let Some(replaced) = state.nodes.get(&uid) {
+            let rpc = self.config().rpc_addr_of(replaced.addr);
+            let alive: Result<u64, StoreError> =
+                self.call_internal(&rpc, "/internal/applied", &()).await;
+            if alive.is_ok() {
+                return Err(StoreError::InvalidRequest(format!(
+                    "replace_node: node {uid} ({}) is running; stop its daemon on its machine first (a node is replaced only once it is gone), or remove it with `flotilla node remove {uid}`",
+                    replaced.addr
+                )));
+            }
+        }
+        let command = Command::ReplaceNode(NodeReplacement {
+            uid,
+            node: request.node.clone(),
+        });
+        // Checked before the membership changes, so a refused replacement changes nothing.
+        state.check_proposable(&command)?;
+        self.leave_membership(uid).await?;
+        self.propose(command).await?;
+        Ok(JoinTicket {
+            uid,
+            secret: cluster.secret.clone(),
+            primary_node_rpc_addr: self.primary_node_rpc_addr().unwrap_or_default(),
+        })
+    }
+
+    /// Takes `uid` out of the Raft membership (voter and node), if it is in it.
+    async fn leave_membership(&self, uid: NodeUid) -> Result<(), StoreError> {
+        let raft = self.raft()?;
+        let membership = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let change = if membership.voter_ids().any(|v| v == uid) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([uid]))
+        } else if membership.get_node(&uid).is_some() {
+            ChangeMembers::RemoveNodes(BTreeSet::from([uid]))
+        } else {
+            return Ok(());
+        };
+        tokio::time::timeout(Duration::from_secs(30), raft.change_membership(change, false))
+            .await
+            .map_err(|_| {
+                StoreError::Internal(format!(
+                    "taking node {uid} out of the membership took over 30 s (is a quorum of the other nodes up?)"
+                ))
+            })?
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        Ok(())
     }
 
     /// Primary node's step 2: learner, catch up, voter.

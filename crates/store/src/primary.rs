@@ -36,17 +36,22 @@ impl Store {
             String::from("no other node can stand for election (none runs 0.2.0 or newer)");
         for candidate in self.election_candidates(me) {
             let (uid, rpc) = candidate;
+            let term = self.current_term();
             if let Err(e) = self.ask_to_stand(&rpc).await {
                 last = format!("node {uid}: {e}");
                 continue;
             }
-            while Instant::now() < deadline {
-                match self.primary_node() {
-                    Some(leader) if leader != me => return Ok(leader),
-                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            match self.election_outcome(me, term, deadline).await {
+                Some(new) => return Ok(new),
+                // It lost (e.g. its log was behind) and this node was elected again, or time
+                // ran out: the next candidate, while time is left.
+                None => {
+                    last = format!("node {uid} was asked to stand for election but did not become the primary node");
                 }
             }
-            last = format!("node {uid} was asked to stand for election but did not become the primary node within {MOVE_DEADLINE:?}");
+            if Instant::now() >= deadline {
+                break;
+            }
         }
         Err(StoreError::NoPrimaryNode(last))
     }
@@ -93,6 +98,26 @@ impl Store {
         Err(StoreError::NoPrimaryNode(format!(
             "node {uid} was asked to stand for election but did not become the primary node within {MOVE_DEADLINE:?}; `flotilla status` shows the primary node now"
         )))
+    }
+
+    /// Waits until another node is the primary node (its uid), or until this one is the
+    /// primary node again in a newer term than `term` (the candidate lost), or `deadline`.
+    async fn election_outcome(&self, me: NodeUid, term: u64, deadline: Instant) -> Option<NodeUid> {
+        while Instant::now() < deadline {
+            match self.primary_node() {
+                Some(primary) if primary != me => return Some(primary),
+                Some(_) if self.current_term() > term => return None,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        None
+    }
+
+    /// The Raft term this node is in (0 before Raft runs).
+    fn current_term(&self) -> u64 {
+        self.raft()
+            .map(|raft| raft.metrics().borrow().current_term)
+            .unwrap_or(0)
     }
 
     /// Asks the node at `rpc` to stand for election now (its route answers the outcome as a

@@ -32,6 +32,7 @@ pub fn router(store: Store) -> Router {
             require_secret,
         ))
         .route("/internal/join", post(join))
+        .route(crate::membership::JOIN_REPLACE_PATH, post(join_replace))
         .with_state(store)
 }
 
@@ -107,6 +108,13 @@ async fn join(
     Json(request): Json<JoinRequest>,
 ) -> Json<Result<JoinTicket, StoreError>> {
     Json(store.admit(request).await)
+}
+
+async fn join_replace(
+    State(store): State<Store>,
+    Json(request): Json<JoinRequest>,
+) -> Json<Result<JoinTicket, StoreError>> {
+    Json(store.admit_replacement(request).await)
 }
 
 async fn promote(

@@ -147,15 +147,28 @@ impl DevCluster {
 
     /// Runs the flotilla CLI against node `n`'s REST API.
     pub fn flotilla_at(&self, n: u8, args: &[&str]) -> Output {
-        Command::new(&self.bin)
+        self.command_at(n, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("running the flotilla binary")
+    }
+
+    /// The flotilla CLI with `args` against node `n`'s REST API and this cluster's
+    /// credentials, not started yet: for a command a test runs in the background (and kills, or
+    /// waits for, itself). Output is discarded unless the caller sets it.
+    pub fn command_at(&self, n: u8, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.bin);
+        command
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("FLOTILLA_URL", self.url(n))
             .env("FLOTILLA_USER", USER)
             .env("FLOTILLA_PASSWORD", PASSWORD)
             .stdin(Stdio::null())
-            .output()
-            .expect("running the flotilla binary")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
     }
 
     /// `flotilla status --json` as asked of node `n`.
@@ -201,6 +214,16 @@ impl DevCluster {
         kill(Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9 of our own daemon");
         let gone = poll_until(Duration::from_secs(10), || !process_alive(pid));
         assert!(gone, "daemon {pid} still alive 10 s after kill -9");
+    }
+
+    /// Node `n`'s machine is gone: kill -9 of its daemon and of its engines, and its data dir
+    /// deleted (what a replacement machine starts without).
+    pub fn lose_machine(&self, n: u8) {
+        self.kill9(n);
+        for pid in flotilla_engine::engines_under(&self.data_dir(n)) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        std::fs::remove_dir_all(self.data_dir(n)).expect("deleting the node's data dir");
     }
 
     /// Runs the CLI against node `n`, asserts success and parses its JSON output.
@@ -271,10 +294,11 @@ impl Drop for DevCluster {
                     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 }
             }
-            // Engines outlive their daemon by design; the test's engines end with the test.
-            for pid in flotilla_engine::running_engine_pids(&self.data_dir(n).join("shards")) {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
+        }
+        // Engines outlive their daemon by design; the test's engines end with the test, also
+        // one a daemon started just before it was killed (no pidfile yet).
+        for pid in flotilla_engine::engines_under(self.dir.path()) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         if std::thread::panicking() {
             self.print_logs();
@@ -336,10 +360,21 @@ impl BareNode {
     }
 }
 
+impl BareNode {
+    /// Its data dir.
+    pub fn data_dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
 impl Drop for BareNode {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The engines it started (once it joined a cluster) end with it.
+        for pid in flotilla_engine::engines_under(self._dir.path()) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
     }
 }
 

@@ -67,6 +67,7 @@ pub async fn restart_daemon(
         .map_err(|e| e.to_string())?;
     record.step("stop");
     stop(pid).await;
+    record.update(|s| s.store_stopped_at_ms = flotilla_model::now_millis());
     record.step("start");
     let child = command
         .spawn()

@@ -46,6 +46,38 @@ impl UpgradeRecord {
         })
     }
 
+    /// The record of a restart-path upgrade that ended with this process starting as
+    /// `version` (the old daemon exec'd it, or the CLI started it in its place): the new
+    /// daemon finishes the record once it serves ([`UpgradeRecord::finish_store_gap`]). A
+    /// record of a restart that did not bring up `version` is marked failed and `None` comes
+    /// back; any other record (none, a handover, an ended upgrade) is left alone.
+    pub fn resume_restart(path: &Path, version: &str) -> Option<UpgradeRecord> {
+        let mut record = UpgradeRecord::resume(path)?;
+        let status = record.status();
+        if status.method != "restart" || status.state != "running" {
+            return None;
+        }
+        if status.to_version != version {
+            let error = format!(
+                "the daemon restarted as {version}, not as {}",
+                status.to_version
+            );
+            record.failed(&error);
+            return None;
+        }
+        record.update(|s| s.new_pid = std::process::id());
+        record.step("store");
+        Some(record)
+    }
+
+    /// Records how long the node had no store (since the old daemon stopped its own) and that
+    /// the upgrade is done: the new daemon's last step.
+    pub fn finish_store_gap(&mut self) {
+        let stopped_at = self.status.store_stopped_at_ms;
+        self.update(|s| s.store_gap_ms = flotilla_model::now_millis().saturating_sub(stopped_at));
+        self.done();
+    }
+
     /// The status as recorded.
     pub fn status(&self) -> &NodeUpgradeStatus {
         &self.status

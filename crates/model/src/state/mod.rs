@@ -84,6 +84,7 @@ impl ClusterState {
         let outcome = match command {
             Command::CreateCluster(creation) => self.create_cluster(creation),
             Command::AddNode(addition) => self.add_node(addition.node),
+            Command::ReplaceNode(replacement) => self.replace_node(replacement),
             Command::UpdateCluster(change) => self.update_cluster(change),
             Command::UpdateNode(change) => self.update_node(change),
             Command::CreateBdb(creation) => self.create_bdb(creation),

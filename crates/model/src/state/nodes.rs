@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::ClusterState;
-use crate::command::{ClusterChange, ClusterCreation, CommandResult, NodeChange, NodeSpec};
+use crate::command::{
+    ClusterChange, ClusterCreation, CommandResult, NodeChange, NodeReplacement, NodeSpec,
+};
 use crate::error::ModelError;
 
 /// A node's numeric id, given by the cluster when the node joins (Redis Software's `uid`).
@@ -117,6 +119,47 @@ impl ClusterState {
         Ok(CommandResult::NodeAdded { uid })
     }
 
+    /// [`Command::ReplaceNode`]: `replacement.node` takes the uid of a node that is down (its
+    /// record is overwritten; its shards stay assigned to the uid, so the new node's agent
+    /// creates them again) or of a node removed earlier (its record comes back).
+    pub(super) fn replace_node(
+        &mut self,
+        replacement: NodeReplacement,
+    ) -> Result<CommandResult, ModelError> {
+        self.cluster()?;
+        let NodeReplacement { uid, node } = replacement;
+        if uid == 0 || uid >= self.next_ids.next_node_uid {
+            return Err(ModelError::InvalidValue(format!(
+                "replace_node: node {uid} never was a member of this cluster; `flotilla status` lists the nodes (join without --replace-node to add a new one)"
+            )));
+        }
+        if let Some(other) = self.node_by_addr(node.addr).filter(|n| n.uid != uid) {
+            return Err(ModelError::InvalidValue(format!(
+                "replace_node: address {} is node {}; a replacement needs an address no other node uses",
+                node.addr, other.uid
+            )));
+        }
+        if !crate::version::at_least(&node.software_version, self.cluster_version()) {
+            return Err(ModelError::InvalidValue(format!(
+                "software_version: the node at {} runs {}, older than the cluster version {}; install {} or newer on it, then join",
+                node.addr,
+                node.software_version,
+                self.cluster_version(),
+                self.cluster_version()
+            )));
+        }
+        self.nodes.insert(
+            uid,
+            Node {
+                uid,
+                addr: node.addr,
+                software_version: node.software_version,
+                os: node.os,
+            },
+        );
+        Ok(CommandResult::NodeAdded { uid })
+    }
+
     fn insert_node(&mut self, node: NodeSpec) -> NodeUid {
         let uid = self.next_ids.next_node_uid;
         self.next_ids.next_node_uid += 1;
@@ -193,6 +236,65 @@ impl ClusterState {
 mod tests {
     use super::super::testing::{add, create};
     use super::*;
+
+    fn replace(uid: u64, addr: &str) -> Command {
+        Command::ReplaceNode(NodeReplacement {
+            uid,
+            node: super::super::testing::spec(addr),
+        })
+    }
+
+    #[test]
+    fn a_replacement_takes_the_uid_of_a_member_or_of_a_removed_node() {
+        let mut state = ClusterState::default();
+        state.apply(create());
+        state.apply(add("127.0.0.12"));
+        state.apply(add("127.0.0.13"));
+        // A member that is down, replaced by a machine at another address.
+        assert_eq!(
+            state.apply(replace(3, "127.0.0.14")),
+            CommandResult::NodeAdded { uid: 3 }
+        );
+        assert_eq!(state.nodes[&3].addr, IpAddr::from([127, 0, 0, 14]));
+        assert_eq!(state.nodes.len(), 3, "no node is added");
+        // A node removed earlier comes back under its uid.
+        state.nodes.remove(&2);
+        assert_eq!(
+            state.apply(replace(2, "127.0.0.12")),
+            CommandResult::NodeAdded { uid: 2 }
+        );
+        assert_eq!(state.next_ids.next_node_uid, 4, "no uid is used up");
+    }
+
+    #[test]
+    fn a_replacement_is_refused_for_an_unknown_uid_or_a_taken_address() {
+        let mut state = ClusterState::default();
+        state.apply(create());
+        state.apply(add("127.0.0.12"));
+        let before = state.clone();
+        let never = state.apply(replace(7, "127.0.0.17"));
+        assert!(
+            matches!(&never, CommandResult::Refused(ModelError::InvalidValue(m)) if m.contains("node 7 never was a member")),
+            "{never:?}"
+        );
+        let taken = state.apply(replace(2, "127.0.0.11"));
+        assert!(
+            matches!(&taken, CommandResult::Refused(ModelError::InvalidValue(m)) if m.contains("address 127.0.0.11 is node 1")),
+            "{taken:?}"
+        );
+        assert_eq!(state, before, "a refusal changes nothing");
+    }
+
+    #[test]
+    fn a_replacement_waits_for_the_cluster_version_that_introduced_it() {
+        let mut state = ClusterState::default();
+        state.apply(create());
+        let refused = state.check_proposable(&replace(1, "127.0.0.11"));
+        assert!(
+            refused.is_err_and(|e| e.to_string().contains("needs cluster version 0.2.0")),
+            "a 0.1.0 member could not decode it"
+        );
+    }
     use crate::command::Command;
 
     #[test]
