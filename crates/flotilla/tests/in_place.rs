@@ -659,7 +659,7 @@ fn upgrade_cluster_moves_every_node_in_one_action_under_load() {
         .as_array()
         .expect("the action lists its plan")
         .iter()
-        .map(|s| s.as_str().unwrap_or_default().to_string())
+        .map(|s| s["name"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(plan.len(), 4, "three nodes and finalize: {plan:?}");
     assert_eq!(
@@ -671,13 +671,41 @@ fn upgrade_cluster_moves_every_node_in_one_action_under_load() {
     assert_eq!(engine_pids(&cluster), pids, "no engine restarted");
 }
 
+/// The step index of the running cluster upgrade, as the first node that answers sees it.
+fn running_step(cluster: &DevCluster) -> Option<u64> {
+    cluster.node_numbers().find_map(|n| {
+        let output = cluster.flotilla_at(n, &["action", "list", "--json"]);
+        let actions: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        let action = actions
+            .as_array()?
+            .iter()
+            .find(|a| a["name"] == "SMUpgradeCluster" && a["status"] == "running")?
+            .clone();
+        action["step_index"].as_u64()
+    })
+}
+
+/// `status --json` from a node other than `killed`, once the others elected a primary node.
+fn status_after_kill(cluster: &DevCluster, killed: u8) -> serde_json::Value {
+    let survivor = if killed == 1 { 2 } else { 1 };
+    let mut status = serde_json::Value::Null;
+    let answered = poll_until(Duration::from_secs(30), || {
+        let output = cluster.flotilla_at(survivor, &["status", "--json"]);
+        status = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        output.status.success()
+    });
+    assert!(answered, "the surviving nodes elect a primary node");
+    status
+}
+
 /// Restarts node `n`'s daemon (after a kill -9) from the package of the version the cluster
 /// lists it on.
 fn restart_killed(cluster: &DevCluster, n: u8, v020: &Path, v021: &Path) {
-    let version = cluster.status_json(if n == 1 { 2 } else { 1 })["nodes"]
+    let status = status_after_kill(cluster, n);
+    let version = status["nodes"]
         .as_array()
         .and_then(|nodes| nodes.iter().find(|x| x["uid"] == u64::from(n)).cloned())
-        .map(|x| x["software_version"].as_str().unwrap_or("").to_string())
+        .and_then(|x| x["software_version"].as_str().map(str::to_string))
         .unwrap_or_default();
     let package = if version == "0.2.1" { v021 } else { v020 };
     let dir = cluster
@@ -688,8 +716,9 @@ fn restart_killed(cluster: &DevCluster, n: u8, v020: &Path, v021: &Path) {
         .into_owned();
     let base = cluster.addr(1).to_string();
     let package = package.to_string_lossy().into_owned();
+    let survivor = if n == 1 { 2 } else { 1 };
     let output = cluster.flotilla_at(
-        if n == 1 { 2 } else { 1 },
+        survivor,
         &[
             "dev",
             "up",
@@ -725,27 +754,16 @@ fn upgrade_cluster_resumes_after_a_kill_9_of_the_primary_node_at_each_node_step(
     upgrade_cluster(&cluster, &v021, &["--no-wait"]);
 
     let mut killed_at = Vec::new();
-    for index in 0..3 {
+    for index in 0..3u64 {
         // The step is held by the failpoint: kill -9 the primary node's daemon then.
         let at_step = poll_until(Duration::from_secs(120), || {
-            let survivor = if killed_at.last().map(|(n, _)| *n) == Some(1) {
-                2
-            } else {
-                1
-            };
-            let actions = cluster.json(survivor, &["action", "list", "--json"]);
-            actions
-                .as_array()
-                .and_then(|a| a.iter().find(|a| a["name"] == "SMUpgradeCluster").cloned())
-                .is_some_and(|a| a["step_index"] == index && a["status"] == "running")
+            running_step(&cluster) == Some(index)
         });
         assert!(at_step, "the action reached step {index}");
-        let status = cluster.status_json(if killed_at.last().map(|(n, _)| *n) == Some(1) {
-            2
-        } else {
-            1
-        });
-        let primary = status["cluster"]["master_node"].as_u64().unwrap() as u8;
+        let previous = killed_at.last().map(|(n, _)| *n).unwrap_or(0);
+        let primary = status_after_kill(&cluster, previous)["cluster"]["master_node"]
+            .as_u64()
+            .unwrap() as u8;
         cluster.kill9(primary);
         killed_at.push((primary, index));
         restart_killed(&cluster, primary, &v020, &v021);
