@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use flotilla_model::timing::ELECTION_TIMEOUT_MAX;
 use flotilla_model::{at_least, NodeUid, VERSIONED_RELEASE};
 use tokio::time::Instant;
 
@@ -19,6 +20,18 @@ use crate::{Store, StoreError};
 pub(crate) const ELECT_PATH: &str = "/internal/elect";
 /// How long a move of primary-ship may take.
 const MOVE_DEADLINE: Duration = Duration::from_secs(10);
+/// Waited beyond the followers' leader lease (openraft's lease is the longest election
+/// timeout) before a candidate is asked to stand.
+const LEASE_MARGIN: Duration = Duration::from_millis(200);
+
+/// The primary node with its heartbeats off, for as long as it lives; they resume on drop.
+struct QuietLeader(crate::Raft);
+
+impl Drop for QuietLeader {
+    fn drop(&mut self) {
+        self.0.runtime_config().heartbeat(true);
+    }
+}
 
 impl Store {
     /// Makes another node the primary node when this one is, and returns the new one's uid.
@@ -34,7 +47,13 @@ impl Store {
         let deadline = Instant::now() + MOVE_DEADLINE;
         let mut last =
             String::from("no other node can stand for election (none runs 0.2.0 or newer)");
-        for candidate in self.election_candidates(me) {
+        let candidates = self.election_candidates(me);
+        let _quiet = if candidates.is_empty() {
+            None
+        } else {
+            self.let_leases_lapse().await?
+        };
+        for candidate in candidates {
             let (uid, rpc) = candidate;
             let term = self.current_term();
             if let Err(e) = self.ask_to_stand(&rpc).await {
@@ -87,6 +106,7 @@ impl Store {
         }
         let deadline = Instant::now() + MOVE_DEADLINE;
         self.wait_caught_up(uid, deadline).await?;
+        let _quiet = self.let_leases_lapse().await?;
         let rpc = self.config().rpc_addr_of(node.addr);
         self.ask_to_stand(&rpc).await?;
         while Instant::now() < deadline {
@@ -118,6 +138,23 @@ impl Store {
         self.raft()
             .map(|raft| raft.metrics().borrow().current_term)
             .unwrap_or(0)
+    }
+
+    /// A candidate wins at once with its own vote and this node's (the primary node grants it:
+    /// its own lease is not renewed by heartbeats) in a cluster of up to three voters. With more,
+    /// the other voters refuse to vote while their leader lease runs (openraft renews it with
+    /// every heartbeat): this node stops sending heartbeats (it stays the primary node and still
+    /// replicates every change) until the leases lapsed, and the candidate then wins its first
+    /// vote, before any follower's own election timeout (lease plus election timeout) fires.
+    async fn let_leases_lapse(&self) -> Result<Option<QuietLeader>, StoreError> {
+        if self.voter_uids().len() <= 3 {
+            return Ok(None);
+        }
+        let raft = self.raft()?;
+        raft.runtime_config().heartbeat(false);
+        let quiet = QuietLeader(raft);
+        tokio::time::sleep(ELECTION_TIMEOUT_MAX + LEASE_MARGIN).await;
+        Ok(Some(quiet))
     }
 
     /// Asks the node at `rpc` to stand for election now (its route answers the outcome as a
