@@ -50,6 +50,7 @@ async fn report_once(store: &Store, software_version: &str, os: &str, shards: &O
         software_version: software_version.to_string(),
         os: os.to_string(),
         shards: shards.snapshot(),
+        total_memory: crate::host::total_memory(),
     };
     let sent: Result<(), StoreError> = store.call_primary_node("/internal/report", &report).await;
     match sent {

@@ -28,7 +28,7 @@ fn info(state: &ClusterState, action: &Action) -> ActionInfo {
     ActionInfo {
         action_uid: action.uid,
         name: action.kind.name().to_string(),
-        object: format!("bdb:{}", action.kind.bdb_uid()),
+        object: action.kind.object(),
         status: action.status,
         pending_ops: action.step.clone(),
         step_index: action.step_index,
@@ -43,7 +43,8 @@ fn info(state: &ClusterState, action: &Action) -> ActionInfo {
     }
 }
 
-fn parse_uid(what: &str, text: &str) -> Result<u64, ApiError> {
+/// Parses a uid from a route, naming what it should be.
+pub(crate) fn parse_uid(what: &str, text: &str) -> Result<u64, ApiError> {
     text.parse().map_err(|_| {
         ApiError::invalid(
             "uid",
@@ -112,7 +113,16 @@ pub(crate) async fn upgrade(
         discard_data: request.may_discard_data,
         original_primaries,
     };
-    let steps = plan(&kind, &state);
+    start(context, kind).await
+}
+
+/// Creates the action `kind` and answers it as `GET /v1/actions/{uid}` would: what every
+/// route that starts an action ends with.
+pub(crate) async fn start(
+    context: ApiContext,
+    kind: ActionKind,
+) -> Result<Json<ActionInfo>, ApiError> {
+    let steps = plan(&kind, &context.store.state());
     let (asked, created_at) = (kind.clone(), now_secs());
     let change = Change {
         command: Command::CreateAction(ActionCreation {

@@ -177,10 +177,11 @@ pub(crate) async fn create(
     let spec = spec_from(request, context.store.config().addr)?;
     let observed = context.observer.observed().await;
     let state = context.store.state();
+    // A node being removed takes no new shard.
     let eligible: Vec<u64> = observed
         .nodes
         .iter()
-        .filter(|(_, status)| **status == NodeStatus::Up)
+        .filter(|(uid, status)| **status == NodeStatus::Up && !state.is_leaving(**uid))
         .map(|(uid, _)| *uid)
         .collect();
     let shards = placement::place(&state, &spec, &eligible).map_err(|e| ApiError {
@@ -343,7 +344,7 @@ pub(crate) async fn failover(
                  (`flotilla action wait {}`) or cancel it (`flotilla action cancel {}`)",
                 action.uid,
                 action.kind.name(),
-                action.kind.bdb_uid(),
+                state.shards[&uid].bdb_uid,
                 action.step,
                 action.uid,
                 action.uid

@@ -302,10 +302,15 @@ struct ProbeAnswer {
     failures: Vec<(SocketAddr, String)>,
 }
 
-/// Internal routes of this crate, served on the RPC port behind the cluster secret.
-pub fn internal_router(store: flotilla_store::Store) -> Router {
+/// Internal routes of this crate, served on the RPC port behind the cluster secret: the port
+/// probe, and the primary node's order to upgrade this node (`upgrade cluster`).
+pub fn internal_router(store: flotilla_store::Store, local: crate::LocalNode) -> Router {
     Router::new()
         .route(PROBE_PATH, post(answer_probe))
+        .route(
+            flotilla_model::rest::INTERNAL_NODE_UPGRADE_PATH,
+            post(crate::upgrade::internal_node_upgrade).with_state(local),
+        )
         .layer(axum::middleware::from_fn_with_state(
             store,
             flotilla_store::rpc::require_secret,

@@ -6,11 +6,16 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use flotilla_checks::{upgrade_check, UpgradeCheckReport, UpgradeCheckRequest, UpgradeFacts};
-use flotilla_model::rest::{ClusterInfo, NodeUpgradeRequest, NodeUpgradeStatus};
-use flotilla_model::{ClusterState, ClusterVersionFinalization, Command, CommandResult, NodeUid};
+use flotilla_model::rest::{
+    ActionInfo, ClusterInfo, ClusterUpgradeRequest, NodeUpgradeRequest, NodeUpgradeStatus,
+};
+use flotilla_model::{
+    ActionKind, ClusterState, ClusterUpgrade, ClusterVersionFinalization, Command, CommandResult,
+    NodeUid, UpgradeMethod,
+};
 
 use crate::handlers::parse;
-use crate::local::UpgradeOrder;
+use crate::local::{LocalNode, UpgradeOrder};
 use crate::propose::{propose, Change};
 use crate::{ApiContext, ApiError};
 
@@ -104,23 +109,38 @@ pub(crate) async fn start_node_upgrade(
 ) -> Result<(StatusCode, Json<NodeUpgradeStatus>), ApiError> {
     require_this_node(&context, &uid)?;
     let request: NodeUpgradeRequest = parse("upgrade", &body)?;
-    let Some(upgrades) = context.local.upgrades.clone() else {
-        return Err(ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            error_code: "upgrade_unavailable",
-            description: "this daemon runs without an upgrade driver".into(),
-        });
+    let status = order_upgrade(&context.local, request)
+        .await
+        .map_err(upgrade_failed)?;
+    Ok((StatusCode::ACCEPTED, Json(status)))
+}
+
+/// Hands an upgrade order to this daemon's upgrade driver; its status once the new daemon has
+/// started (or the fallback began), or why it could not begin.
+async fn order_upgrade(
+    local: &LocalNode,
+    request: NodeUpgradeRequest,
+) -> Result<NodeUpgradeStatus, String> {
+    let Some(upgrades) = local.upgrades.clone() else {
+        return Err("this daemon runs without an upgrade driver".into());
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
     upgrades
         .send(UpgradeOrder { request, reply })
         .await
-        .map_err(|_| upgrade_failed("the daemon is stopping".into()))?;
-    let status = answer
+        .map_err(|_| "the daemon is stopping".to_string())?;
+    answer
         .await
-        .map_err(|_| upgrade_failed("the upgrade driver stopped".into()))?
-        .map_err(upgrade_failed)?;
-    Ok((StatusCode::ACCEPTED, Json(status)))
+        .map_err(|_| "the upgrade driver stopped".to_string())?
+}
+
+/// `INTERNAL_NODE_UPGRADE_PATH`: the primary node orders this node's upgrade (`upgrade
+/// cluster`).
+pub(crate) async fn internal_node_upgrade(
+    State(local): State<LocalNode>,
+    Json(request): Json<NodeUpgradeRequest>,
+) -> Json<Result<NodeUpgradeStatus, String>> {
+    Json(order_upgrade(&local, request).await)
 }
 
 fn upgrade_failed(description: String) -> ApiError {
@@ -149,4 +169,52 @@ pub(crate) async fn node_upgrade_status(
         error_code: "internal",
         description: format!("{}: {e}", path.display()),
     })
+}
+
+/// `POST /v1/cluster/actions/upgrade`: starts `upgrade cluster`, an action that moves every
+/// node to the package one at a time, the primary node last, then finalizes. The CLI runs the
+/// upgrade check first; the store refuses the action while the cluster version predates it
+/// (a 0.1.0 member could not decode it: upgrade such nodes with `flotilla upgrade node`).
+pub(crate) async fn start_cluster_upgrade(
+    State(context): State<ApiContext>,
+    body: Bytes,
+) -> Result<Json<ActionInfo>, ApiError> {
+    let request: ClusterUpgradeRequest = parse("upgrade", &body)?;
+    let method = match request.method.as_deref().unwrap_or("in-place") {
+        "in-place" => UpgradeMethod::InPlace,
+        "add-node" | "replace-node" => {
+            return Err(ApiError::invalid(
+                "method",
+                "add-node and replace-node are not actions yet: use in-place, or move node by node with `flotilla dev add-node`/`flotilla cluster join --replace-node`, `flotilla node remove`",
+            ))
+        }
+        other => {
+            return Err(ApiError::invalid(
+                "method",
+                format!("'{other}' is not a method: in-place, add-node or replace-node"),
+            ))
+        }
+    };
+    if request.package.trim().is_empty() || request.version.trim().is_empty() {
+        return Err(ApiError::invalid(
+            "package",
+            "name the package and its version (`flotilla upgrade cluster --package P` reads both)",
+        ));
+    }
+    let state = context.store.state();
+    let primary = context.store.primary_node();
+    let mut nodes: Vec<NodeUid> = state
+        .nodes
+        .keys()
+        .copied()
+        .filter(|uid| Some(*uid) != primary)
+        .collect();
+    nodes.extend(primary);
+    let kind = ActionKind::ClusterUpgrade(ClusterUpgrade {
+        package: request.package,
+        version: request.version,
+        method,
+        nodes,
+    });
+    crate::actions::start(context, kind).await
 }

@@ -277,6 +277,41 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/shards/{uid}/actions/migrate`: starts moving the shard to `node` (an action).
+    pub async fn migrate_shard(&self, uid: u64, node: u64) -> Result<ActionInfo, ClientError> {
+        let path = format!("/v1/shards/{uid}/actions/migrate");
+        let request = flotilla_model::rest::ShardMigrateRequest {
+            target_node_uid: node,
+        };
+        self.call(Method::POST, &path, Some(&request)).await
+    }
+
+    /// `POST /v1/cluster/actions/upgrade`: starts `upgrade cluster` (an action).
+    pub async fn start_cluster_upgrade(
+        &self,
+        request: &flotilla_model::rest::ClusterUpgradeRequest,
+    ) -> Result<ActionInfo, ClientError> {
+        self.call(Method::POST, "/v1/cluster/actions/upgrade", Some(request))
+            .await
+    }
+
+    /// `POST /v1/nodes/{uid}/actions/remove`: starts draining and removing the node (an action).
+    pub async fn remove_node(&self, uid: u64) -> Result<ActionInfo, ClientError> {
+        let path = format!("/v1/nodes/{uid}/actions/remove");
+        self.call::<(), _>(Method::POST, &path, None).await
+    }
+
+    /// `POST /v1/cluster/actions/change_master`: makes node `uid` the primary node.
+    pub async fn promote_node(&self, uid: u64) -> Result<ClusterInfo, ClientError> {
+        let request = flotilla_model::rest::PrimaryNodeChange { node_uid: uid };
+        self.call(
+            Method::POST,
+            "/v1/cluster/actions/change_master",
+            Some(&request),
+        )
+        .await
+    }
+
     /// `GET /v1/actions`.
     pub async fn actions(&self) -> Result<Vec<ActionInfo>, ClientError> {
         self.get("/v1/actions").await

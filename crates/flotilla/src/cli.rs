@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use flotilla_client::Client;
-use flotilla_model::rest::ClusterUpdate;
+use flotilla_model::rest::{ActionInfo, ClusterUpdate};
+use flotilla_model::{ActionKind, ShardMove};
 
 use crate::{action, check, daemon, db, dev, package, status, upgrade};
 
@@ -96,6 +97,15 @@ pub enum Command {
 pub enum NodeCommand {
     /// Start the node daemon in the foreground.
     Start(daemon::StartArgs),
+    /// Remove a node: move each of its shards to another node (new copy, catch up,
+    /// switchover, old copy dropped), then it leaves the cluster and its daemon stops.
+    Remove {
+        /// Node uid.
+        uid: u64,
+        /// Return at once instead of following the action.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -104,6 +114,18 @@ pub enum ShardCommand {
     Failover {
         /// Shard uid (a primary: switch to its replica; a replica: promote it).
         uid: u64,
+    },
+    /// Move a shard to another node with no client error: a new copy there, caught up, the
+    /// primary role switched over to it when the shard holds it, the old copy dropped.
+    Migrate {
+        /// Shard uid.
+        uid: u64,
+        /// The node it moves to.
+        #[arg(long)]
+        to_node: u64,
+        /// Return at once instead of following the action.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 
@@ -124,6 +146,11 @@ pub enum ClusterCommand {
         /// installed machine replacing it): its shards are created again here and synced.
         #[arg(long, value_name = "UID")]
         replace_node: Option<u64>,
+    },
+    /// Make a node the primary node (Raft leader) without waiting for an election timeout.
+    Promote {
+        /// Node uid.
+        uid: u64,
     },
     /// Change cluster settings.
     Set {
@@ -160,6 +187,20 @@ impl Cli {
     pub async fn run(self) -> Result<()> {
         match self.command {
             Command::Node(NodeCommand::Start(args)) => daemon::run(args).await,
+            Command::Node(NodeCommand::Remove { uid, no_wait }) => {
+                let client = self.conn.client();
+                let started = client.remove_node(uid).await?;
+                follow(&client, started, no_wait).await
+            }
+            Command::Shard(ShardCommand::Migrate {
+                uid,
+                to_node,
+                no_wait,
+            }) => {
+                let client = self.conn.client();
+                let started = client.migrate_shard(uid, to_node).await?;
+                follow(&client, started, no_wait).await
+            }
             Command::Cluster(command) => cluster(&self.conn, command).await,
             Command::Shard(ShardCommand::Failover { uid }) => {
                 let report = self.conn.client().failover_shard(uid).await?;
@@ -202,12 +243,44 @@ async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<()> {
                 None => println!("joined the cluster as node {}", result.node_uid),
             }
         }
+        ClusterCommand::Promote { uid } => {
+            let info = client.promote_node(uid).await?;
+            let primary = info.primary_node.map_or("none".into(), |p| p.to_string());
+            println!("node {uid} is the primary node (the cluster's primary node: {primary})");
+        }
         ClusterCommand::Set { name } => {
             let info = client.update_cluster(&ClusterUpdate { name }).await?;
             println!("cluster '{}' updated", info.name);
         }
     }
     Ok(())
+}
+
+/// Prints a started action's plan, then follows it unless `no_wait`.
+async fn follow(client: &Client, started: ActionInfo, no_wait: bool) -> Result<()> {
+    println!(
+        "action {} ({} on {}), {} steps:",
+        started.action_uid, started.name, started.object, started.steps_total
+    );
+    let moves: &[ShardMove] = match &started.kind {
+        ActionKind::NodeRemove { moves, .. } => moves,
+        ActionKind::ShardMigrate(shard_move) => std::slice::from_ref(shard_move),
+        ActionKind::DbUpgrade { .. } | ActionKind::ClusterUpgrade(_) => &[],
+    };
+    for m in moves {
+        println!(
+            "  shard {} of database {} (slots {}): node {} -> node {}",
+            m.shard_uid, m.bdb_uid, m.assigned_slots, m.from_node, m.to_node
+        );
+    }
+    if no_wait {
+        println!(
+            "follow it with `flotilla action wait {}`",
+            started.action_uid
+        );
+        return Ok(());
+    }
+    action::wait(client, started.action_uid).await
 }
 
 async fn loadcheck(args: LoadcheckArgs) -> Result<()> {

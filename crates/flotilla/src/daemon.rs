@@ -171,6 +171,7 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
         ),
     };
 
+    refuse_if_removed(&args.data_dir)?;
     let _pidfile = Pidfile::claim(&args.data_dir)?;
     let services = service_listeners(&args, passed).await?;
     let store = open_store(&args).await?;
@@ -193,7 +194,7 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
         .await?;
     }
     let (upgrades_tx, mut upgrades) = mpsc::channel(1);
-    start_back(
+    let removed = start_back(
         &args,
         &mut tasks,
         &store,
@@ -216,7 +217,7 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
         services: services.try_clone()?,
         endpoints: endpoints.clone(),
     };
-    let finish = serve_until_stopped(&old, &mut upgrades).await?;
+    let finish = serve_until_stopped(&old, &mut upgrades, removed).await?;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(STOP_BOUND, async {
@@ -246,10 +247,12 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
     }
 }
 
-/// Serves until a signal (`None`) or an in-place upgrade that hands the node over.
+/// Serves until a signal (`None`), the node's removal from the cluster (`None`, after
+/// leaving [`REMOVED_MARKER`]) or an in-place upgrade that hands the node over.
 async fn serve_until_stopped(
     old: &OldDaemon,
     upgrades: &mut mpsc::Receiver<UpgradeOrder>,
+    mut removed: watch::Receiver<bool>,
 ) -> Result<Option<Finish>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -258,6 +261,14 @@ async fn serve_until_stopped(
         tokio::select! {
             _ = term.recv() => return Ok(None),
             _ = int.recv() => return Ok(None),
+            Ok(_) = removed.wait_for(|r| *r) => {
+                let uid = old.store.uid().unwrap_or_default();
+                let note = format!("node {uid} was removed from the cluster; to join a cluster again, start the daemon on an empty data dir\n");
+                std::fs::write(old.data_dir.join(REMOVED_MARKER), note)
+                    .context("recording the node's removal")?;
+                tracing::warn!("removed from the cluster: stopping");
+                return Ok(None);
+            }
             Some(order) = upgrades.recv() => {
                 if let Some(finish) = flotilla_upgrade::upgrade_in_place(old, order).await {
                     return Ok(Some(finish));
@@ -265,6 +276,22 @@ async fn serve_until_stopped(
             }
         }
     }
+}
+
+/// Left in the data dir of a node removed from its cluster (`flotilla node remove`): its
+/// identity no longer belongs to any cluster, so its daemon refuses to start on it.
+pub const REMOVED_MARKER: &str = "REMOVED";
+
+/// Refuses to start on the data dir of a removed node, saying what to do.
+fn refuse_if_removed(data_dir: &Path) -> Result<()> {
+    let Ok(note) = std::fs::read_to_string(data_dir.join(REMOVED_MARKER)) else {
+        return Ok(());
+    };
+    bail!(
+        "{}: {} (this data dir belongs to a removed node)",
+        data_dir.display(),
+        note.trim()
+    )
 }
 
 /// The package this daemon runs from, verified file by file.
@@ -382,7 +409,7 @@ async fn start_front(
     Ok(())
 }
 
-/// The store and everything that needs it.
+/// The store and everything that needs it; answers the signal of this node's removal.
 #[allow(clippy::too_many_arguments)]
 async fn start_back(
     args: &StartArgs,
@@ -393,8 +420,9 @@ async fn start_back(
     services: &ServiceListeners,
     upgrades: mpsc::Sender<UpgradeOrder>,
     stop: &watch::Receiver<bool>,
-) -> Result<()> {
+) -> Result<watch::Receiver<bool>> {
     let observer = Observer::new(store.clone());
+    let removed = observer.removed();
     let local = LocalNode {
         addr: args.addr,
         data_dir: args.data_dir.clone(),
@@ -404,7 +432,7 @@ async fn start_back(
     };
     let rpc_router = flotilla_store::rpc::router(store.clone())
         .merge(observer.router())
-        .merge(flotilla_api::internal_router(store.clone()));
+        .merge(flotilla_api::internal_router(store.clone(), local.clone()));
     let api = ApiContext::new(store.clone(), observer.clone(), node.clone(), local);
     spawn(
         tasks,
@@ -463,7 +491,7 @@ async fn start_back(
             stop.clone(),
         ),
     );
-    Ok(())
+    Ok(removed)
 }
 
 /// Where this node's engine binaries are: the installed package's `engines/`, else

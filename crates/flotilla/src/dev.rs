@@ -1,11 +1,14 @@
-//! `flotilla dev up|down`: a local cluster of real daemons on loopback addresses.
+//! `flotilla dev up|down|add-node|remove-node`: a local cluster of real daemons on loopback
+//! addresses, which can grow and shrink like a real one.
 //!
 //! Node N binds the N-th address from `--base-addr` (127.0.0.11, .12, ...) with the same port
 //! numbers on every node, as separate hosts would. Daemons run detached (own process group),
 //! with their pidfile and log in their data dir (`DIR/node-N`). `dev up` is idempotent: it
 //! starts only the daemons that are not running and creates or joins only nodes that are not
 //! members yet, so running it again after a crash brings the cluster back. `dev down` stops
-//! exactly the daemons whose pidfiles are in DIR, and their shard engines, by pid.
+//! exactly the daemons whose pidfiles are in DIR, and their shard engines, by pid. `dev add-node`
+//! starts the next node (`DIR/node-N`, the N-th address) and joins it; `dev remove-node UID` runs
+//! `node remove` (drain, leave) and waits until the removed node's daemon stopped.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -36,6 +39,36 @@ pub enum DevCommand {
     Up(UpArgs),
     /// Stop the daemons of a dev cluster (by pid); --purge also deletes their data.
     Down(DownArgs),
+    /// Start one more node (the next address) and join it to the cluster.
+    AddNode(AddNodeArgs),
+    /// Remove node UID (`flotilla node remove`: its shards move to other nodes first) and
+    /// wait until its daemon stopped.
+    RemoveNode(RemoveNodeArgs),
+}
+
+/// Arguments of `flotilla dev add-node`.
+#[derive(Args)]
+pub struct AddNodeArgs {
+    /// Folder holding the nodes' data dirs.
+    #[arg(long, default_value_os_t = default_dev_dir())]
+    pub dir: PathBuf,
+    /// Address of node 1, as given to `dev up`.
+    #[arg(long, default_value = "127.0.0.11")]
+    pub base_addr: Ipv4Addr,
+    /// Run the new node from this package (folder or .tar.gz), e.g. a newer version for a
+    /// rolling upgrade; by default it runs this binary.
+    #[arg(long)]
+    pub package: Option<PathBuf>,
+}
+
+/// Arguments of `flotilla dev remove-node`.
+#[derive(Args)]
+pub struct RemoveNodeArgs {
+    /// The node's uid.
+    pub uid: u64,
+    /// Folder holding the nodes' data dirs.
+    #[arg(long, default_value_os_t = default_dev_dir())]
+    pub dir: PathBuf,
 }
 
 /// Arguments of `flotilla dev up`.
@@ -75,7 +108,106 @@ pub async fn run(conn: &Connection, command: DevCommand) -> Result<()> {
     match command {
         DevCommand::Up(args) => up(conn, args).await,
         DevCommand::Down(args) => down(args).await,
+        DevCommand::AddNode(args) => add_node(conn, args).await,
+        DevCommand::RemoveNode(args) => remove_node(conn, args).await,
     }
+}
+
+/// The operator credentials of a dev cluster (`dev up`'s defaults unless given).
+fn dev_credentials(conn: &Connection) -> (String, String) {
+    let user = conn.user.clone().unwrap_or_else(|| "admin".into());
+    let password = conn.password.clone().unwrap_or_else(|| "flotilla".into());
+    (user, password)
+}
+
+/// The numbers of the node dirs in `dir` (`node-N`).
+fn node_numbers(dir: &Path) -> Result<Vec<u8>> {
+    let mut numbers = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let name = entry?.file_name();
+        if let Some(n) = name.to_string_lossy().strip_prefix("node-") {
+            numbers.extend(n.parse::<u8>().ok());
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+async fn add_node(conn: &Connection, args: AddNodeArgs) -> Result<()> {
+    let (user, password) = dev_credentials(conn);
+    let started = Instant::now();
+    let existing = node_numbers(&args.dir)?;
+    let n = existing.last().map_or(Some(1), |last| last.checked_add(1));
+    let n = n.ok_or_else(|| anyhow!("{} holds node-255 already", args.dir.display()))?;
+    let members = Client::new(&conn.url, Some(user.clone()), Some(password.clone()))
+        .nodes()
+        .await
+        .with_context(|| format!("asking {} for the cluster's nodes", conn.url))?;
+    let seeds: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
+    let addr = node_addr(args.base_addr, n)?;
+    let data_dir = node_dir(&args.dir, n);
+    let launch = Launch::of(args.package.as_deref(), &args.dir)?;
+    let mut child = ensure_daemon(addr, &data_dir, &launch)?;
+    let client = Client::new(
+        &format!("http://{addr}:8080"),
+        Some(user.clone()),
+        Some(password.clone()),
+    );
+    wait_healthy(&client, &data_dir, child.as_mut()).await?;
+    let joined = client.join_cluster(&seeds, &user, &password).await?;
+    wait_formed(&client, members.len() + 1).await?;
+    println!(
+        "node {} ({addr}, {}) joined in {:.1} s",
+        joined.node_uid,
+        data_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn remove_node(conn: &Connection, args: RemoveNodeArgs) -> Result<()> {
+    let (user, password) = dev_credentials(conn);
+    let client = Client::new(&conn.url, Some(user), Some(password));
+    let node = client.node(args.uid).await?;
+    let action = client.remove_node(args.uid).await?;
+    println!(
+        "removing node {} ({}): action {} ({} steps)",
+        args.uid, node.addr, action.action_uid, action.steps_total
+    );
+    crate::action::wait(&client, action.action_uid).await?;
+    // The removed node's daemon stops by itself once told; one that was not told is stopped
+    // here, with its engines (it should have none left). Its data dir holds its identity.
+    for n in node_numbers(&args.dir)? {
+        let data_dir = node_dir(&args.dir, n);
+        let identity = flotilla_store::Identity::load(&data_dir).ok().flatten();
+        if identity.is_none_or(|i| i.uid != args.uid) {
+            continue;
+        }
+        if let Some(pid) = read_pid(&data_dir.join(PIDFILE)) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while is_our_daemon(pid, &data_dir) && Instant::now() < deadline {
+                tokio::time::sleep(POLL).await;
+            }
+            if is_our_daemon(pid, &data_dir) {
+                stop_pid(pid).await?;
+            }
+        }
+        for engine in flotilla_engine::running_engine_pids(&data_dir.join("shards")) {
+            stop_pid(engine).await?;
+        }
+        println!(
+            "node {} removed; its daemon ({}) stopped",
+            args.uid,
+            data_dir.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "node {} removed; none of the node dirs in {} is its",
+        args.uid,
+        args.dir.display()
+    );
+    Ok(())
 }
 
 /// The address of node `n` (1-based).
@@ -100,13 +232,21 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let started = Instant::now();
-    let launch = Launch::of(&args)?;
+    let launch = Launch::of(args.package.as_deref(), &args.dir)?;
     let mut nodes = Vec::new();
     for n in 1..=args.nodes {
         let addr = node_addr(args.base_addr, n)?;
         let data_dir = node_dir(&args.dir, n);
+        // A removed node is no longer part of the cluster (`dev remove-node`).
+        if data_dir.join(crate::daemon::REMOVED_MARKER).exists() {
+            println!("node-{n} ({addr}) was removed from the cluster; not started");
+            continue;
+        }
         let child = ensure_daemon(addr, &data_dir, &launch)?;
         nodes.push((addr, data_dir, child));
+    }
+    if nodes.is_empty() {
+        bail!("every node in {} was removed", args.dir.display());
     }
     let clients: Vec<Client> = nodes
         .iter()
@@ -134,11 +274,11 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
                 .await?;
         }
     }
-    wait_formed(&clients[0], args.nodes as usize).await?;
+    wait_started(&clients, &nodes).await?;
     println!(
         "cluster '{}' is up with {} nodes in {:.1} s",
         args.name,
-        args.nodes,
+        nodes.len(),
         started.elapsed().as_secs_f64()
     );
     println!(
@@ -155,15 +295,15 @@ struct Launch {
 
 impl Launch {
     /// This binary, or the package `--package` names (installed once into DIR/packages).
-    fn of(args: &UpArgs) -> Result<Launch> {
-        let Some(source) = &args.package else {
+    fn of(package: Option<&Path>, dir: &Path) -> Result<Launch> {
+        let Some(source) = package else {
             let binary = std::env::current_exe().context("locating the flotilla binary")?;
             return Ok(Launch {
                 binary,
                 package_dir: None,
             });
         };
-        let package = flotilla_package::install(source, &args.dir.join("packages"))
+        let package = flotilla_package::install(source, &dir.join("packages"))
             .with_context(|| format!("--package {}", source.display()))?;
         let package_dir = std::fs::canonicalize(package.dir())?;
         Ok(Launch {
@@ -241,17 +381,44 @@ async fn wait_healthy(
 
 /// Waits until the cluster lists `count` nodes, all up, exactly one primary node.
 async fn wait_formed(client: &Client, count: usize) -> Result<()> {
+    let clients = std::slice::from_ref(client);
+    wait_nodes(clients, |listed| listed == count, &format!("{count} nodes")).await
+}
+
+/// Waits until the cluster lists the `started` nodes (less those removed meanwhile: a removal
+/// may complete while `dev up` restarts a node), all up, exactly one primary node.
+async fn wait_started(
+    clients: &[Client],
+    started: &[(Ipv4Addr, PathBuf, Option<Child>)],
+) -> Result<()> {
+    let removed = |dir: &Path| dir.join(crate::daemon::REMOVED_MARKER).exists();
+    let fits = |listed: usize| {
+        let members = started.iter().filter(|(_, dir, _)| !removed(dir)).count();
+        listed == members
+    };
+    wait_nodes(clients, fits, &format!("its {} nodes", started.len())).await
+}
+
+/// Waits until the cluster, as the first of `clients` that answers sees it, lists a number of
+/// nodes that `fits`, all up, one primary node.
+async fn wait_nodes(clients: &[Client], fits: impl Fn(usize) -> bool, what: &str) -> Result<()> {
     let deadline = Instant::now() + FORM_DEADLINE;
     loop {
-        if let Ok(nodes) = client.nodes().await {
-            let up = nodes.iter().filter(|n| n.status == NodeStatus::Up).count();
+        for client in clients {
+            let Ok(nodes) = client.nodes().await else {
+                continue;
+            };
+            let up = nodes.iter().all(|n| n.status == NodeStatus::Up);
             let primaries = nodes.iter().filter(|n| n.role == NodeRole::Primary).count();
-            if nodes.len() == count && up == count && primaries == 1 {
+            if fits(nodes.len()) && up && primaries == 1 {
                 return Ok(());
             }
+            break;
         }
         if Instant::now() > deadline {
-            bail!("the cluster did not show {count} nodes up with one primary node within {FORM_DEADLINE:?}");
+            bail!(
+                "the cluster did not show {what} up with one primary node within {FORM_DEADLINE:?}"
+            );
         }
         tokio::time::sleep(POLL).await;
     }
@@ -287,15 +454,20 @@ async fn down(args: DownArgs) -> Result<()> {
 
 /// True when `pid` is a flotilla daemon started on `data_dir` (guards against a reused pid).
 fn is_our_daemon(pid: u32, data_dir: &Path) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let args: Vec<String> = cmdline
-        .split(|b| *b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let args = process_args(pid);
     let wanted = data_dir.to_string_lossy();
     args.iter().any(|a| a == "start") && args.iter().any(|a| Path::new(a) == Path::new(&*wanted))
+}
+
+/// The command line of process `pid` (empty when it is gone).
+fn process_args(pid: u32) -> Vec<String> {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return Vec::new();
+    };
+    cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }
 
 /// SIGTERM, wait up to 10 s, then SIGKILL.

@@ -10,7 +10,7 @@ use flotilla_checks::{
     upgrade_check, Blocker, UpgradeCheckReport, UpgradeCheckRequest, UpgradeFacts,
 };
 use flotilla_client::Client;
-use flotilla_model::rest::{NodeUpgradeRequest, NodeUpgradeStatus};
+use flotilla_model::rest::{ClusterUpgradeRequest, NodeUpgradeRequest, NodeUpgradeStatus};
 use flotilla_model::{compare_versions, VERSIONED_RELEASE};
 use flotilla_package::Manifest;
 
@@ -32,6 +32,29 @@ pub enum UpgradeCommand {
     Node(NodeArgs),
     /// Move the cluster version to the version every node runs now.
     Finalize,
+    /// Upgrade every node, one at a time, the primary node last, then finalize: one
+    /// resumable action (`flotilla action show ID`).
+    Cluster(ClusterArgs),
+}
+
+/// Arguments of `flotilla upgrade cluster`.
+#[derive(Args)]
+pub struct ClusterArgs {
+    /// The package (folder or .tar.gz), at this same path on every node's machine.
+    #[arg(long)]
+    pub package: PathBuf,
+    /// How each node moves: in-place (add-node and replace-node are not actions yet).
+    #[arg(long, default_value = "in-place")]
+    pub method: String,
+    /// Go on despite these checks (see `upgrade node --force`).
+    #[arg(long, value_delimiter = ',')]
+    pub force: Vec<Blocker>,
+    /// Do not ask before starting.
+    #[arg(long)]
+    pub yes: bool,
+    /// Start the action and return (follow it with `flotilla action wait ID`).
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 /// Arguments of `flotilla upgrade check`.
@@ -82,12 +105,66 @@ pub async fn run(client: &Client, command: UpgradeCommand) -> Result<()> {
             Ok(())
         }
         UpgradeCommand::Node(args) => upgrade_node(client, args).await,
+        UpgradeCommand::Cluster(args) => upgrade_cluster(client, args).await,
         UpgradeCommand::Finalize => {
             let info = client.finalize().await?;
             println!("cluster version finalized: {}", info.cluster_version);
             Ok(())
         }
     }
+}
+
+async fn upgrade_cluster(client: &Client, args: ClusterArgs) -> Result<()> {
+    let package = std::fs::canonicalize(&args.package)
+        .with_context(|| format!("--package {}", args.package.display()))?;
+    let manifest = read_manifest(&package)?;
+    let report = check_report(client, &manifest).await?;
+    refuse_blocking(&report, &args.force)?;
+    let primary = client.cluster().await?.primary_node;
+    let nodes = client.nodes().await?;
+    let mut order: Vec<_> = nodes.iter().filter(|n| Some(n.uid) != primary).collect();
+    order.extend(nodes.iter().filter(|n| Some(n.uid) == primary));
+    println!(
+        "upgrade the cluster to {} {}, one node at a time, the primary node last:",
+        manifest.version, args.method
+    );
+    for node in &order {
+        let role = if Some(node.uid) == primary {
+            " (the primary node: primary-ship moves to another node first)"
+        } else {
+            ""
+        };
+        println!(
+            "  node {} ({}) {} -> {}{role}",
+            node.uid, node.addr, node.software_version, manifest.version
+        );
+    }
+    println!(
+        "  then the cluster version is finalized to {}",
+        manifest.version
+    );
+    println!("each node's daemon hands its sockets and client connections to the new binary (a restart, closing that node's client connections, between versions without the handover); no shard moves or restarts; the action stops at the first node that fails and `flotilla action show ID` says why");
+    if !args.yes && !confirm()? {
+        bail!("nothing done");
+    }
+    let request = ClusterUpgradeRequest {
+        package: package.to_string_lossy().into_owned(),
+        version: manifest.version.to_string(),
+        method: Some(args.method),
+    };
+    let started = client.start_cluster_upgrade(&request).await?;
+    println!(
+        "action {} ({}), {} steps",
+        started.action_uid, started.name, started.steps_total
+    );
+    if args.no_wait {
+        println!(
+            "follow it with `flotilla action wait {}`",
+            started.action_uid
+        );
+        return Ok(());
+    }
+    crate::action::wait(client, started.action_uid).await
 }
 
 fn read_manifest(package: &Path) -> Result<Manifest> {

@@ -607,3 +607,179 @@ fn a_kill_9_of_either_process_during_the_handover_leaves_the_node_serving() {
         report.lost_write_examples
     );
 }
+
+/// `flotilla upgrade cluster --package P --yes [extra]` against node 1; asserts success.
+fn upgrade_cluster(cluster: &DevCluster, package: &Path, extra: &[&str]) -> String {
+    let package = package.to_string_lossy().into_owned();
+    let mut args = vec!["upgrade", "cluster", "--package", &package, "--yes"];
+    args.extend_from_slice(extra);
+    let output = cluster.flotilla(&args);
+    assert_success(&output, "flotilla upgrade cluster");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The latest cluster upgrade action as `action show --json` prints it.
+fn cluster_upgrade_action(cluster: &DevCluster) -> serde_json::Value {
+    let actions = cluster.json(1, &["action", "list", "--json"]);
+    let latest = actions
+        .as_array()
+        .and_then(|a| a.iter().rev().find(|a| a["name"] == "SMUpgradeCluster"))
+        .cloned()
+        .expect("a cluster upgrade action");
+    let uid = latest["action_uid"].to_string();
+    cluster.json(1, &["action", "show", &uid, "--json"])
+}
+
+#[test]
+fn upgrade_cluster_moves_every_node_in_one_action_under_load() {
+    let (v020, v021) = current_pair();
+    let cluster = DevCluster::up_from_package(&bin(), 125, 3, &v020);
+    replicated_db(&cluster, "whole", 12125);
+    let pids = engine_pids(&cluster);
+    let rt = load_runtime();
+    let load = start_load(&rt, format!("{}:12125", cluster.addr(2)));
+    let primary_before = cluster.status_json(1)["cluster"]["master_node"].clone();
+
+    let printed = upgrade_cluster(&cluster, &v021, &[]);
+    assert!(printed.contains("the primary node last"), "{printed}");
+
+    let report = stop_load_clean(&rt, load);
+    eprintln!(
+        "upgrade cluster in place: longest stall {:.1} ms",
+        report.longest_stall_ms
+    );
+    assert_eq!(
+        versions(&cluster),
+        (vec!["0.2.1".to_string(); 3], "0.2.1".to_string()),
+        "every node on 0.2.1 and the cluster version finalized"
+    );
+    let action = cluster_upgrade_action(&cluster);
+    assert_eq!(action["status"], "completed", "{action:#}");
+    let plan: Vec<String> = action["plan"]
+        .as_array()
+        .expect("the action lists its plan")
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(plan.len(), 4, "three nodes and finalize: {plan:?}");
+    assert_eq!(
+        plan[2],
+        format!("upgrade_node node:{primary_before}"),
+        "the primary node moves last"
+    );
+    assert_eq!(plan[3], "finalize_cluster");
+    assert_eq!(engine_pids(&cluster), pids, "no engine restarted");
+}
+
+/// The step index of the running cluster upgrade, as the first node that answers sees it.
+fn running_step(cluster: &DevCluster) -> Option<u64> {
+    cluster.node_numbers().find_map(|n| {
+        let output = cluster.flotilla_at(n, &["action", "list", "--json"]);
+        let actions: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        let action = actions
+            .as_array()?
+            .iter()
+            .find(|a| a["name"] == "SMUpgradeCluster" && a["status"] == "running")?
+            .clone();
+        action["step_index"].as_u64()
+    })
+}
+
+/// `status --json` from a node other than `killed`, once the others elected a primary node.
+fn status_after_kill(cluster: &DevCluster, killed: u8) -> serde_json::Value {
+    let survivor = if killed == 1 { 2 } else { 1 };
+    let mut status = serde_json::Value::Null;
+    let answered = poll_until(Duration::from_secs(30), || {
+        let output = cluster.flotilla_at(survivor, &["status", "--json"]);
+        status = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        output.status.success()
+    });
+    assert!(answered, "the surviving nodes elect a primary node");
+    status
+}
+
+/// Restarts node `n`'s daemon (after a kill -9) from the package of the version the cluster
+/// lists it on.
+fn restart_killed(cluster: &DevCluster, n: u8, v020: &Path, v021: &Path) {
+    let status = status_after_kill(cluster, n);
+    let version = status["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|x| x["uid"] == u64::from(n)).cloned())
+        .and_then(|x| x["software_version"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let package = if version == "0.2.1" { v021 } else { v020 };
+    let dir = cluster
+        .data_dir(1)
+        .parent()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let base = cluster.addr(1).to_string();
+    let package = package.to_string_lossy().into_owned();
+    let survivor = if n == 1 { 2 } else { 1 };
+    let output = cluster.flotilla_at(
+        survivor,
+        &[
+            "dev",
+            "up",
+            "--nodes",
+            "3",
+            "--dir",
+            &dir,
+            "--base-addr",
+            &base,
+            "--package",
+            &package,
+        ],
+    );
+    assert_success(&output, "dev up restarting the killed node");
+}
+
+#[test]
+fn upgrade_cluster_resumes_after_a_kill_9_of_the_primary_node_at_each_node_step() {
+    let (v020, v021) = current_pair();
+    let cluster = DevCluster::up_from_package_with_env(
+        &bin(),
+        126,
+        3,
+        &v020,
+        &[
+            ("FLOTILLA_FAILPOINT_PAUSE_STEP", "upgrade_node"),
+            ("FLOTILLA_FAILPOINT_PAUSE_MS", "2000"),
+        ],
+    );
+    replicated_db(&cluster, "resume", 12126);
+    let rt = load_runtime();
+    let load = start_load(&rt, format!("{}:12126", cluster.addr(1)));
+    upgrade_cluster(&cluster, &v021, &["--no-wait"]);
+
+    let mut killed_at = Vec::new();
+    for index in 0..3u64 {
+        // The step is held by the failpoint: kill -9 the primary node's daemon then.
+        let at_step = poll_until(Duration::from_secs(120), || {
+            running_step(&cluster) == Some(index)
+        });
+        assert!(at_step, "the action reached step {index}");
+        let previous = killed_at.last().map(|(n, _)| *n).unwrap_or(0);
+        let primary = status_after_kill(&cluster, previous)["cluster"]["master_node"]
+            .as_u64()
+            .unwrap() as u8;
+        cluster.kill9(primary);
+        killed_at.push((primary, index));
+        restart_killed(&cluster, primary, &v020, &v021);
+    }
+    let done = poll_until(Duration::from_secs(240), || versions(&cluster).1 == "0.2.1");
+    assert!(
+        done,
+        "the action completed after {killed_at:?}: {:#}",
+        cluster_upgrade_action(&cluster)
+    );
+    assert_eq!(cluster_upgrade_action(&cluster)["status"], "completed");
+    assert_eq!(versions(&cluster).0, ["0.2.1"; 3]);
+    let report = flotilla_testkit::stop_load(&rt, load);
+    assert_eq!(
+        report.lost_writes, 0,
+        "no acknowledged write lost: {report}"
+    );
+    eprintln!("primary node killed at steps {killed_at:?}");
+}

@@ -6,8 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::bdb::{BdbUid, ShardUid};
+use crate::bdb::{BdbUid, ShardUid, SlotRange};
 use crate::engine_version::EngineVersion;
+use crate::state::NodeUid;
 
 /// An action's uid.
 pub type ActionUid = u64;
@@ -32,21 +33,125 @@ pub enum ActionKind {
         #[serde(rename = "original_masters")]
         original_primaries: Vec<ShardUid>,
     },
+    /// Moves one shard to another node (`flotilla shard migrate`): a new copy there, caught
+    /// up, the primary role moved to it when the shard held it, the old copy dropped.
+    /// Introduced in 0.2.0.
+    ShardMigrate(ShardMove),
+    /// Drains a node (each of its shards moved as by [`ActionKind::ShardMigrate`]) and removes
+    /// it from the cluster (`flotilla node remove`). Introduced in 0.2.0.
+    NodeRemove {
+        /// The node that leaves.
+        node_uid: NodeUid,
+        /// Where each of its shards goes, planned when the action was asked for (placement:
+        /// memory, a slot range's copies never on one node), in the order they move.
+        moves: Vec<ShardMove>,
+    },
+    /// Moves every node to another Flotilla package (`flotilla upgrade cluster`), one node at
+    /// a time, the primary node last, then finalizes the cluster version. Introduced in 0.2.0.
+    ClusterUpgrade(ClusterUpgrade),
+}
+
+/// What `flotilla upgrade cluster` asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterUpgrade {
+    /// The package, as a path every node can read (the same path on every machine).
+    pub package: String,
+    /// The package's version: every node ends on it.
+    pub version: String,
+    /// How each node moves.
+    pub method: UpgradeMethod,
+    /// The nodes in the order they move (the primary node when asked, last).
+    pub nodes: Vec<NodeUid>,
+}
+
+/// How `upgrade cluster` moves a node to the new package (Redis Software's upgrade methods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpgradeMethod {
+    /// Each node's daemon hands over to the new binary on the same machine (no shard moves).
+    InPlace,
+}
+
+impl UpgradeMethod {
+    /// The method's name as `--method` takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            UpgradeMethod::InPlace => "in-place",
+        }
+    }
+}
+
+/// One shard's move to another node, as planned when its action was asked for. The shard
+/// keeps its slot range and database; its new copy gets a new shard uid on the target node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardMove {
+    /// The shard that moves (gone once the move is done).
+    pub shard_uid: ShardUid,
+    /// Its database.
+    pub bdb_uid: BdbUid,
+    /// Its slot range (how the new copy is found once the old one is gone).
+    pub assigned_slots: SlotRange,
+    /// The node it leaves.
+    pub from_node: NodeUid,
+    /// The node its new copy runs on.
+    pub to_node: NodeUid,
 }
 
 impl ActionKind {
-    /// The database the action works on.
-    pub fn bdb_uid(&self) -> BdbUid {
+    /// The databases the action works on: another action on one of them is refused while
+    /// this one runs.
+    pub fn bdb_uids(&self) -> Vec<BdbUid> {
+        let mut uids: Vec<BdbUid> = match self {
+            ActionKind::DbUpgrade { bdb_uid, .. } => vec![*bdb_uid],
+            ActionKind::ShardMigrate(shard_move) => vec![shard_move.bdb_uid],
+            ActionKind::NodeRemove { moves, .. } => moves.iter().map(|m| m.bdb_uid).collect(),
+            ActionKind::ClusterUpgrade(_) => Vec::new(),
+        };
+        uids.sort_unstable();
+        uids.dedup();
+        uids
+    }
+
+    /// The nodes the action moves shards off or onto (or removes): another action on one of
+    /// them is refused while this one runs. A database upgrade keeps every shard on its node.
+    pub fn node_uids(&self) -> Vec<NodeUid> {
+        let mut uids: Vec<NodeUid> = match self {
+            ActionKind::DbUpgrade { .. } => Vec::new(),
+            ActionKind::ShardMigrate(m) => vec![m.from_node, m.to_node],
+            ActionKind::NodeRemove { node_uid, moves } => std::iter::once(*node_uid)
+                .chain(moves.iter().map(|m| m.to_node))
+                .collect(),
+            ActionKind::ClusterUpgrade(upgrade) => upgrade.nodes.clone(),
+        };
+        uids.sort_unstable();
+        uids.dedup();
+        uids
+    }
+
+    /// What the action works on, as listings show it: `bdb:1`, `shard:5`, `node:3`.
+    pub fn object(&self) -> String {
         match self {
-            ActionKind::DbUpgrade { bdb_uid, .. } => *bdb_uid,
+            ActionKind::DbUpgrade { bdb_uid, .. } => format!("bdb:{bdb_uid}"),
+            ActionKind::ShardMigrate(m) => format!("shard:{}", m.shard_uid),
+            ActionKind::NodeRemove { node_uid, .. } => format!("node:{node_uid}"),
+            ActionKind::ClusterUpgrade(_) => "cluster".into(),
         }
     }
 
-    /// Redis Software's name for the state machine.
+    /// The state machine's name as listings show it (Redis Software's `SMUpgradeBDB` for a
+    /// database upgrade, names in its style for the others).
     pub fn name(&self) -> &'static str {
         match self {
             ActionKind::DbUpgrade { .. } => "SMUpgradeBDB",
+            ActionKind::ShardMigrate(_) => "SMMigrateShard",
+            ActionKind::NodeRemove { .. } => "SMRemoveNode",
+            ActionKind::ClusterUpgrade(_) => "SMUpgradeCluster",
         }
+    }
+
+    /// Whether a node of the first release could decode this kind (only database upgrades).
+    pub fn known_to_first_release(&self) -> bool {
+        matches!(self, ActionKind::DbUpgrade { .. })
     }
 }
 

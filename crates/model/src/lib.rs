@@ -35,7 +35,10 @@ mod state;
 pub mod timing;
 mod version;
 
-pub use action::{Action, ActionKind, ActionStatus, ActionUid, StepRecord, StepState};
+pub use action::{
+    Action, ActionKind, ActionStatus, ActionUid, ClusterUpgrade, ShardMove, StepRecord, StepState,
+    UpgradeMethod,
+};
 pub use bdb::{
     Bdb, BdbSpec, BdbUid, DataPersistence, Shard, ShardPlan, ShardRole, ShardUid, SlotRange,
     ENDPOINT_PORTS, MAX_SHARDS, SHARD_PORTS, SLOT_COUNT,
@@ -44,12 +47,12 @@ pub use clock::{now_millis, now_secs};
 pub use command::{
     ActionCancellation, ActionCreation, ActionUpdate, BdbChange, BdbCreation, BdbDeletion,
     BdbVersionChange, ClusterChange, ClusterCreation, ClusterVersionFinalization, Command,
-    CommandResult, NodeAddition, NodeChange, NodeReplacement, NodeSpec, ReplacementAddition,
-    ShardHold, ShardPromotion, ShardRemoval, ShardReplacement, ShardVersionChange,
-    TemporaryReplicaAddition,
+    CommandResult, NodeAddition, NodeChange, NodeRemoval, NodeReplacement, NodeSpec,
+    ReplacementAddition, ShardHold, ShardMigration, ShardPromotion, ShardRemoval, ShardReplacement,
+    ShardVersionChange, TemporaryReplicaAddition,
 };
 pub use engine_version::{EngineVersion, UnknownEngineVersion};
 pub use error::ModelError;
-pub use plan::{plan, Op, Step, UpgradeShape};
+pub use plan::{plan, Op, Step, UpgradeShape, MIGRATION_OPS};
 pub use state::{Cluster, ClusterState, Credentials, IdCounters, Node, NodeUid, SlotGroup};
 pub use version::{at_least, compare_versions, FIRST_RELEASE, VERSIONED_RELEASE};

@@ -10,10 +10,15 @@
 //! A database upgrade (Redis Software's `SMUpgradeBDB`, DESIGN.md "Upgrades -> Databases")
 //! upgrades slot ranges in batches of `parallel_shards`, each batch running the operations of
 //! its [`UpgradeShape`], then `finalize` records the database's new engine.
+//!
+//! A shard migration runs [`MIGRATION_OPS`] on its shard; a node removal moves primary-ship
+//! away (`demote_node`), runs them on each shard it drains, in the planned order, and then
+//! `leave_cluster`. Their steps name the shard (`add_copy shard:4`): the plan comes from the
+//! moves the action recorded when it was asked for, so it stays the same while shards move.
 
-use crate::action::ActionKind;
-use crate::bdb::SlotRange;
-use crate::state::ClusterState;
+use crate::action::{ActionKind, ClusterUpgrade, ShardMove};
+use crate::bdb::{ShardUid, SlotRange};
+use crate::state::{ClusterState, NodeUid};
 
 /// One operation of a plan, run on every slot range of its step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,7 +49,27 @@ pub enum Op {
     ReplaceOldPrimary,
     /// Records the database's new engine version.
     Finalize,
+    /// Adds a copy of a moving shard on its target node (a temporary replica of its range).
+    AddCopy,
+    /// Waits until the new copy is up and linked to its primary (its full sync done).
+    SyncCopy,
+    /// Drops the moved shard (a replica by now) and makes its new copy permanent.
+    DropOld,
+    /// Moves primary-ship off a node that leaves.
+    DemoteNode,
+    /// The drained node leaves the Raft membership and its record goes.
+    LeaveCluster,
+    /// A node's daemon moves to the new package in place (handover, or restart between
+    /// versions without one).
+    UpgradeNode,
+    /// Records the cluster version every node now runs.
+    FinalizeCluster,
 }
+
+/// The operations that move one shard to another node, in order: a copy there, caught up, the
+/// primary role moved to it (when the shard holds it: the planned switchover, no client error),
+/// the old copy dropped.
+pub const MIGRATION_OPS: [Op; 4] = [Op::AddCopy, Op::SyncCopy, Op::Switchover, Op::DropOld];
 
 impl Op {
     /// The operation's name, the first word of its steps' names (and what the step failpoint
@@ -66,6 +91,13 @@ impl Op {
             Op::AddReplacement => "add_replacement",
             Op::ReplaceOldPrimary => "replace_old_master",
             Op::Finalize => "finalize",
+            Op::AddCopy => "add_copy",
+            Op::SyncCopy => "sync_copy",
+            Op::DropOld => "drop_old",
+            Op::DemoteNode => "demote_node",
+            Op::LeaveCluster => "leave_cluster",
+            Op::UpgradeNode => "upgrade_node",
+            Op::FinalizeCluster => "finalize_cluster",
         }
     }
 }
@@ -77,8 +109,12 @@ pub struct Step {
     pub op: Op,
     /// The slot ranges it does it on (none for a step on the whole database).
     pub ranges: Vec<SlotRange>,
+    /// The shard it moves (steps of a migration or a node removal).
+    pub shard: Option<ShardUid>,
+    /// The node it works on (steps of a cluster upgrade).
+    pub node: Option<NodeUid>,
     /// A cancel request may stop the action before this step (a boundary where every slot
-    /// range runs on one engine).
+    /// range runs on one engine, or no shard is half moved).
     pub cancel_point: bool,
 }
 
@@ -86,6 +122,12 @@ impl Step {
     /// The step's name as the action records it and the operator sees it: the operation, then
     /// its slot ranges, e.g. `upgrade_replica 0-8191,8192-16383`.
     pub fn name(&self) -> String {
+        if let Some(shard) = self.shard {
+            return format!("{} shard:{shard}", self.op.name());
+        }
+        if let Some(node) = self.node {
+            return format!("{} node:{node}", self.op.name());
+        }
         if self.ranges.is_empty() {
             return self.op.name().to_string();
         }
@@ -163,16 +205,69 @@ impl UpgradeShape {
                 steps.push(Step {
                     op: *op,
                     ranges: batch.to_vec(),
+                    shard: None,
+                    node: None,
                     cancel_point: i == 0,
                 });
             }
         }
-        steps.push(Step {
-            op: Op::Finalize,
-            ranges: Vec::new(),
-            cancel_point: true,
-        });
+        steps.push(Step::whole(Op::Finalize));
         steps
+    }
+}
+
+impl Step {
+    /// A step on the whole object of its action (no range, no shard), a cancel point.
+    fn whole(op: Op) -> Step {
+        Step {
+            op,
+            ranges: Vec::new(),
+            shard: None,
+            node: None,
+            cancel_point: true,
+        }
+    }
+
+    /// The steps of a cluster upgrade: `upgrade_node` for each node in order (a cancel point
+    /// before each), then `finalize_cluster`.
+    pub fn cluster_upgrade(upgrade: &ClusterUpgrade) -> Vec<Step> {
+        upgrade
+            .nodes
+            .iter()
+            .map(|node| Step {
+                op: Op::UpgradeNode,
+                ranges: Vec::new(),
+                shard: None,
+                node: Some(*node),
+                cancel_point: true,
+            })
+            .chain(std::iter::once(Step::whole(Op::FinalizeCluster)))
+            .collect()
+    }
+
+    /// The steps that remove a node whose shards go as `moves`: `demote_node`, each move's
+    /// steps, `leave_cluster` (what a node removal runs, and any plan that removes nodes).
+    pub fn removal(moves: &[ShardMove]) -> Vec<Step> {
+        std::iter::once(Step::whole(Op::DemoteNode))
+            .chain(moves.iter().flat_map(Step::migration))
+            .chain(std::iter::once(Step::whole(Op::LeaveCluster)))
+            .collect()
+    }
+
+    /// The steps that move one shard ([`MIGRATION_OPS`]); a cancel request stops the action
+    /// only before the first.
+    pub fn migration(shard_move: &ShardMove) -> Vec<Step> {
+        MIGRATION_OPS
+            .iter()
+            .enumerate()
+            .map(|(i, op)| Step {
+                op: *op,
+                ranges: vec![shard_move.assigned_slots],
+                shard: Some(shard_move.shard_uid),
+                node: None,
+                cancel_point: i == 0,
+            })
+            .collect()
     }
 }
 
@@ -190,6 +285,9 @@ pub fn plan(kind: &ActionKind, state: &ClusterState) -> Vec<Step> {
             UpgradeShape::new(*discard_data, replicated, *preserve_roles)
                 .steps(&state.slot_ranges(*bdb_uid), *parallel_shards)
         }
+        ActionKind::ShardMigrate(shard_move) => Step::migration(shard_move),
+        ActionKind::NodeRemove { moves, .. } => Step::removal(moves),
+        ActionKind::ClusterUpgrade(upgrade) => Step::cluster_upgrade(upgrade),
     }
 }
 
@@ -233,6 +331,58 @@ mod tests {
         spec.shards_count = ranges;
         spec.replication = replication;
         with_db(spec, shards)
+    }
+
+    fn moving(shard_uid: u64, to_node: u64) -> ShardMove {
+        ShardMove {
+            shard_uid,
+            bdb_uid: 1,
+            assigned_slots: SlotRange::even(0, 1),
+            from_node: 1,
+            to_node,
+        }
+    }
+
+    #[test]
+    fn a_migration_adds_a_copy_syncs_it_switches_over_and_drops_the_old_shard() {
+        let steps = plan(
+            &ActionKind::ShardMigrate(moving(4, 3)),
+            &ClusterState::default(),
+        );
+        assert_eq!(
+            names(&steps),
+            [
+                "add_copy shard:4",
+                "sync_copy shard:4",
+                "switchover shard:4",
+                "drop_old shard:4"
+            ]
+        );
+        assert_eq!(cancel_points(&steps), [true, false, false, false]);
+    }
+
+    #[test]
+    fn a_node_removal_demotes_the_node_moves_each_shard_in_order_then_leaves() {
+        let kind = ActionKind::NodeRemove {
+            node_uid: 1,
+            moves: vec![moving(4, 3), moving(2, 2)],
+        };
+        let steps = plan(&kind, &ClusterState::default());
+        let names = names(&steps);
+        assert_eq!(names.len(), 1 + 2 * MIGRATION_OPS.len() + 1);
+        assert_eq!(names[0], "demote_node");
+        assert_eq!(names[1], "add_copy shard:4");
+        assert_eq!(names[5], "add_copy shard:2");
+        assert_eq!(names[9], "leave_cluster");
+        let boundaries: Vec<usize> = (0..steps.len())
+            .filter(|i| steps[*i].cancel_point)
+            .collect();
+        assert_eq!(boundaries, [0, 1, 5, 9], "never with a shard half moved");
+        assert_eq!(
+            plan(&kind, &state_with_db(1, true)),
+            steps,
+            "recorded moves, not the state"
+        );
     }
 
     #[test]

@@ -118,6 +118,23 @@ pub struct Health {
     #[serde(default)]
     pub pid: u32,
 }
+/// `POST /v1/cluster/actions/upgrade`: upgrade every node to a package (an action).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterUpgradeRequest {
+    /// The package (folder or .tar.gz), at the same path on every node's machine.
+    pub package: String,
+    /// The package's version (from its manifest).
+    pub version: String,
+    /// `in-place` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+/// The internal route (RPC port, cluster secret) by which the primary node orders a node's
+/// in-place upgrade while it runs `upgrade cluster`: the body is a [`NodeUpgradeRequest`], the
+/// answer the JSON of `Result<NodeUpgradeStatus, String>`.
+pub const INTERNAL_NODE_UPGRADE_PATH: &str = "/internal/node/upgrade";
 
 /// `POST /v1/nodes/{uid}/upgrade`: move this node to the package at `package`, a folder or
 /// `.tar.gz` on the node's own disk (like Redis Software's installer, the package must be on
@@ -244,6 +261,10 @@ pub struct NodeReport {
     /// What it observes of each of its shards.
     #[serde(default)]
     pub shards: Vec<ShardReport>,
+    /// The machine's memory in bytes (`MemTotal`): what placement may fill when shards move
+    /// onto the node. Absent from nodes older than 0.2.0 (their room is then not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_memory: Option<u64>,
 }
 
 /// What a node's agent observes of one of its shards (kept in the primary node's memory).
@@ -439,6 +460,23 @@ pub struct BdbUpgrade {
     pub force_restart: bool,
 }
 
+/// `POST /v1/shards/{uid}/actions/migrate`: where the shard goes (Redis Software's field).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardMigrateRequest {
+    /// The node the shard moves to.
+    pub target_node_uid: NodeUid,
+}
+
+/// `POST /v1/cluster/actions/change_master`: the node that becomes the primary node (Redis
+/// Software's route and field; `flotilla cluster promote`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrimaryNodeChange {
+    /// The node.
+    pub node_uid: NodeUid,
+}
+
 /// `GET /v1/actions`, `GET /v1/actions/{uid}`: an action and where it stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionInfo {
@@ -550,6 +588,29 @@ mod tests {
         let decoded: ShardReport = serde_json::from_str(report).unwrap();
         assert!(decoded.primary_link_up && decoded.role == Some(Replica));
         assert_eq!(serde_json::to_string(&decoded).unwrap(), report);
+    }
+
+    #[test]
+    fn a_node_report_keeps_the_json_of_0_1_0_and_adds_the_memory_only_when_known() {
+        let old = r#"{"uid":2,"software_version":"0.1.0","os":"x","shards":[]}"#;
+        let decoded: NodeReport = serde_json::from_str(old).unwrap();
+        assert_eq!(decoded.total_memory, None);
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), old);
+        let new =
+            r#"{"uid":2,"software_version":"0.2.0","os":"x","shards":[],"total_memory":1024}"#;
+        let decoded: NodeReport = serde_json::from_str(new).unwrap();
+        assert_eq!(decoded.total_memory, Some(1024));
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), new);
+    }
+
+    #[test]
+    fn lifecycle_requests_use_redis_softwares_field_names() {
+        let migrate: ShardMigrateRequest =
+            serde_json::from_str(r#"{"target_node_uid":3}"#).unwrap();
+        assert_eq!(migrate.target_node_uid, 3);
+        let promote: PrimaryNodeChange = serde_json::from_str(r#"{"node_uid":2}"#).unwrap();
+        assert_eq!(promote.node_uid, 2);
+        assert!(serde_json::from_str::<ShardMigrateRequest>(r#"{"node":3}"#).is_err());
     }
 
     #[test]

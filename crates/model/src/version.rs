@@ -11,7 +11,7 @@
 
 use std::cmp::Ordering;
 
-use crate::command::{BdbChange, Command};
+use crate::command::{ActionCreation, BdbChange, Command};
 use crate::error::ModelError;
 use crate::state::ClusterState;
 
@@ -51,7 +51,16 @@ impl Command {
     /// least this version to apply it as the proposer means it.
     pub fn introduced_in(&self) -> &'static str {
         match self {
-            Command::FinalizeClusterVersion(_) | Command::ReplaceNode(_) => VERSIONED_RELEASE,
+            Command::FinalizeClusterVersion(_)
+            | Command::CompleteMigration(_)
+            | Command::RemoveNode(_)
+            | Command::ReplaceNode(_) => VERSIONED_RELEASE,
+            // The first release fails to decode an action kind it does not know.
+            Command::CreateAction(ActionCreation { action, .. })
+                if !action.known_to_first_release() =>
+            {
+                VERSIONED_RELEASE
+            }
             Command::UpdateBdb(BdbChange {
                 remove_authentication_redis_pass: true,
                 ..
@@ -169,6 +178,50 @@ mod tests {
         let err = state.check_proposable(&remove).unwrap_err().to_string();
         assert!(err.contains("needs cluster version 0.2.0"), "{err}");
         assert!(state.check_proposable(&add("127.0.0.13")).is_ok());
+    }
+
+    #[test]
+    fn node_removals_and_shard_moves_wait_for_cluster_version_0_2_0() {
+        use crate::action::{ActionKind, ShardMove};
+        use crate::command::{ActionCreation, NodeRemoval, ShardMigration};
+        let shard_move = ShardMove {
+            shard_uid: 1,
+            bdb_uid: 1,
+            assigned_slots: crate::SlotRange::even(0, 1),
+            from_node: 1,
+            to_node: 2,
+        };
+        let create = |action| {
+            Command::CreateAction(ActionCreation {
+                action,
+                steps_total: 1,
+                first_step: "x".into(),
+                created_at: 1,
+            })
+        };
+        let gated = [
+            Command::RemoveNode(NodeRemoval { uid: 2 }),
+            Command::CompleteMigration(ShardMigration { old: 1, new: 2 }),
+            create(ActionKind::ShardMigrate(shard_move.clone())),
+            create(ActionKind::NodeRemove {
+                node_uid: 1,
+                moves: vec![shard_move],
+            }),
+        ];
+        let mut state = mixed();
+        for command in &gated {
+            let err = state.check_proposable(command).unwrap_err().to_string();
+            assert!(err.contains("needs cluster version 0.2.0"), "{err}");
+            assert!(err.contains("flotilla upgrade finalize"), "{err}");
+        }
+        set_version(&mut state, 1, "0.2.0");
+        set_version(&mut state, 2, "0.2.0");
+        state.apply(Command::FinalizeClusterVersion(
+            ClusterVersionFinalization {
+                version: "0.2.0".into(),
+            },
+        ));
+        assert!(gated.iter().all(|c| state.check_proposable(c).is_ok()));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The orchestrator: what runs on the primary node.
 //!
-//! Today it keeps the observed state that every node reports over internal RPC (liveness,
-//! running software version) and answers which nodes are up. Placement, failover and actions
-//! come on top of it.
+//! It keeps the observed state that every node reports over internal RPC (liveness, running
+//! software version, memory) and answers which nodes are up; on top of it: placement,
+//! failover, switchovers, the node lifecycle (drain plans, quorum, primary-ship) and the
+//! action runner.
 
 pub mod actions;
 pub mod failover;
+pub mod lifecycle;
 pub mod observed;
 pub mod placement;
 pub mod switchover;

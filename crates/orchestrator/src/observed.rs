@@ -17,6 +17,7 @@ use flotilla_model::rest::{NodeReport, NodeStatus, ShardReport};
 use flotilla_model::timing::LIVENESS_WINDOW;
 use flotilla_model::{NodeUid, ShardUid};
 use flotilla_store::{Store, StoreError};
+use tokio::sync::watch;
 
 /// What the primary node observes: node liveness and the latest report of every shard.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -25,6 +26,10 @@ pub struct Observed {
     pub nodes: BTreeMap<NodeUid, NodeStatus>,
     /// Latest shard reports from nodes that are up, by shard uid.
     pub shards: BTreeMap<ShardUid, ShardReport>,
+    /// Each node's memory in bytes as it last reported it (nodes from 0.2.0 on): the room
+    /// placement may fill when shards move.
+    #[serde(default)]
+    pub node_memory: BTreeMap<NodeUid, u64>,
 }
 
 /// The primary node's table of node reports; cheap to clone.
@@ -34,6 +39,8 @@ pub struct Observer {
     inner: Arc<Mutex<Table>>,
     /// Primary shards a switchover on this node is driving right now.
     pub(crate) switching: Arc<Mutex<std::collections::HashSet<ShardUid>>>,
+    /// Turns true when the primary node tells this node it was removed from the cluster.
+    removed: watch::Sender<bool>,
 }
 
 struct Table {
@@ -51,7 +58,14 @@ impl Observer {
                 leading_since: None,
             })),
             switching: Arc::default(),
+            removed: watch::channel(false).0,
         }
+    }
+
+    /// Turns true once this node was removed from the cluster (`flotilla node remove`): the
+    /// daemon stops then, and the node no longer serves anything.
+    pub fn removed(&self) -> watch::Receiver<bool> {
+        self.removed.subscribe()
     }
 
     /// Records a node's report (called on the primary node).
@@ -71,6 +85,16 @@ impl Observer {
             .filter(|(_, at)| now.duration_since(*at) < LIVENESS_WINDOW)
             .flat_map(|(report, _)| report.shards.iter().cloned())
             .map(|shard| (shard.uid, shard))
+            .collect()
+    }
+
+    /// Each node's memory as it last reported it (meaningful on the primary node only).
+    pub fn node_memory(&self) -> BTreeMap<NodeUid, u64> {
+        let table = self.inner.lock().expect("observer lock");
+        table
+            .reports
+            .values()
+            .filter_map(|(report, _)| Some((report.uid, report.total_memory?)))
             .collect()
     }
 
@@ -111,6 +135,7 @@ impl Observer {
         Observed {
             nodes: self.local_statuses(),
             shards: self.shard_reports(),
+            node_memory: self.node_memory(),
         }
     }
 
@@ -130,6 +155,7 @@ impl Observer {
                 .map(|uid| (*uid, NodeStatus::Unknown))
                 .collect(),
             shards: BTreeMap::new(),
+            node_memory: BTreeMap::new(),
         };
         let answer: Result<Observed, StoreError> = self
             .store
@@ -149,6 +175,8 @@ impl Observer {
             .route("/internal/report", post(report))
             .route("/internal/observed", post(observed))
             .route("/internal/switchover", post(switchover))
+            .route(REMOVED_PATH, post(removed))
+            .route(PROMOTE_PATH, post(promote))
             .with_state(self.clone())
             .layer(axum::middleware::from_fn_with_state(
                 self.store.clone(),
@@ -169,6 +197,39 @@ async fn switchover(
     Json(crate::switchover::switchover(&observer, uid).await)
 }
 
+/// The route the primary node calls on a node it removed from the cluster.
+pub(crate) const REMOVED_PATH: &str = "/internal/removed";
+/// The route that moves primary-ship to a node, run on the primary node.
+pub(crate) const PROMOTE_PATH: &str = "/internal/promote";
+
+async fn removed(State(observer): State<Observer>, Json(uid): Json<NodeUid>) -> Json<()> {
+    if observer.store.uid() == Some(uid) {
+        tracing::warn!("this node was removed from the cluster; the daemon stops");
+        observer.removed.send_replace(true);
+    }
+    Json(())
+}
+
+async fn promote(
+    State(observer): State<Observer>,
+    Json(uid): Json<NodeUid>,
+) -> Json<Result<(), StoreError>> {
+    Json(crate::lifecycle::promote(&observer, uid).await)
+}
+
 async fn observed(State(observer): State<Observer>) -> Json<Observed> {
     Json(observer.local_observed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observed_state_from_a_0_1_0_primary_node_decodes_without_node_memory() {
+        let old = r#"{"nodes":{"1":"up","2":"down"},"shards":{}}"#;
+        let observed: Observed = serde_json::from_str(old).unwrap();
+        assert_eq!(observed.nodes[&2], NodeStatus::Down);
+        assert!(observed.node_memory.is_empty(), "not checked, not guessed");
+    }
 }

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_model::{
-    BdbSpec, ClusterState, NodeUid, ShardPlan, ShardRole, SlotRange, SHARD_PORTS,
+    BdbSpec, ClusterState, NodeUid, Shard, ShardPlan, ShardRole, SlotRange, SHARD_PORTS,
 };
 
 /// Why a database cannot be placed.
@@ -122,14 +122,19 @@ pub fn free_port(state: &ClusterState, node: NodeUid) -> Result<u16, PlacementEr
         .ok_or(PlacementError::NoFreePort(node))
 }
 
-fn memory_by_node(state: &ClusterState, eligible: &[NodeUid]) -> BTreeMap<NodeUid, u64> {
+/// The memory a shard takes where it is placed: its database's limit split over its shards.
+pub(crate) fn shard_memory(state: &ClusterState, shard: &Shard) -> u64 {
+    state.bdbs.get(&shard.bdb_uid).map_or(0, |bdb| {
+        bdb.spec.memory_size / u64::from(bdb.spec.shards_count.max(1))
+    })
+}
+
+/// The memory placed on each eligible node.
+pub(crate) fn memory_by_node(state: &ClusterState, eligible: &[NodeUid]) -> BTreeMap<NodeUid, u64> {
     let mut load: BTreeMap<NodeUid, u64> = eligible.iter().map(|uid| (*uid, 0)).collect();
     for shard in state.shards.values() {
-        let Some(bdb) = state.bdbs.get(&shard.bdb_uid) else {
-            continue;
-        };
         if let Some(total) = load.get_mut(&shard.node_uid) {
-            *total += bdb.spec.memory_size / u64::from(bdb.spec.shards_count.max(1));
+            *total += shard_memory(state, shard);
         }
     }
     load
@@ -145,7 +150,10 @@ fn ports_by_node(state: &ClusterState) -> BTreeMap<NodeUid, BTreeSet<u16>> {
 
 /// Primary shards per eligible node: ties on memory go to the node with fewer primaries, so the
 /// write load spreads too.
-fn primaries_by_node(state: &ClusterState, eligible: &[NodeUid]) -> BTreeMap<NodeUid, u32> {
+pub(crate) fn primaries_by_node(
+    state: &ClusterState,
+    eligible: &[NodeUid],
+) -> BTreeMap<NodeUid, u32> {
     let mut primaries: BTreeMap<NodeUid, u32> = eligible.iter().map(|uid| (*uid, 0)).collect();
     for shard in state
         .shards
@@ -192,14 +200,15 @@ fn plan_on(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use flotilla_model::{
         BdbCreation, ClusterCreation, Command, Credentials, DataPersistence, EngineVersion,
         NodeAddition, NodeSpec,
     };
 
-    fn state_with_nodes(n: u64) -> ClusterState {
+    /// A cluster of `n` nodes (127.0.0.11, .12, ...) and nothing else.
+    pub(crate) fn state_with_nodes(n: u64) -> ClusterState {
         let mut state = ClusterState::default();
         let node = |i: u64| NodeSpec {
             addr: [127, 0, 0, 10 + i as u8].into(),

@@ -378,6 +378,51 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Takes node `uid` out of the Raft membership (on the primary node, once the node is
+    /// drained): it stops voting and receiving the log. Already out is fine.
+    pub async fn remove_member(&self, uid: NodeUid) -> Result<(), StoreError> {
+        let raft = self.raft()?;
+        let membership = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let voter = membership.voter_ids().any(|v| v == uid);
+        let learner = membership.learner_ids().any(|l| l == uid);
+        let change = match (voter, learner) {
+            (true, _) => ChangeMembers::RemoveVoters(BTreeSet::from([uid])),
+            (false, true) => ChangeMembers::RemoveNodes(BTreeSet::from([uid])),
+            (false, false) => return Ok(()),
+        };
+        let removed = tokio::time::timeout(
+            Duration::from_secs(30),
+            raft.change_membership(change, false),
+        )
+        .await
+        .map_err(|_| StoreError::OutcomeUnknown {
+            addr: self.config().rpc_addr_of(self.config().addr),
+            reason: format!("removing node {uid} from the membership took over 30 s"),
+        })?;
+        removed.map_err(|e| match e {
+            openraft::error::RaftError::APIError(
+                openraft::error::ClientWriteError::ForwardToLeader(f),
+            ) => match f.leader_id {
+                Some(leader) => StoreError::NotPrimaryNode {
+                    primary_node: leader,
+                    rpc_addr: f.leader_node.map(|n| n.addr),
+                },
+                None => StoreError::NoPrimaryNode("no primary node elected yet".into()),
+            },
+            other => {
+                StoreError::Internal(format!("removing node {uid} from the membership: {other}"))
+            }
+        })?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,10 +4,13 @@
 //!
 //! openraft 0.9 has no leadership transfer; the chosen node is asked to stand for election at
 //! once (`/internal/elect`), which it wins when its log is as long as the others' (the primary
-//! node waits for that first), and this node steps down on seeing the higher term.
+//! node waits for that first), and this node steps down on seeing the higher term. The same
+//! move to a named node is `flotilla cluster promote` ([`Store::move_primary_node_to`]): no
+//! election timeout passes, so there is no gap without a primary node beyond one vote.
 
 use std::time::Duration;
 
+use flotilla_model::timing::ELECTION_TIMEOUT_MAX;
 use flotilla_model::{at_least, NodeUid, VERSIONED_RELEASE};
 use tokio::time::Instant;
 
@@ -17,6 +20,18 @@ use crate::{Store, StoreError};
 pub(crate) const ELECT_PATH: &str = "/internal/elect";
 /// How long a move of primary-ship may take.
 const MOVE_DEADLINE: Duration = Duration::from_secs(10);
+/// Waited beyond the followers' leader lease (openraft's lease is the longest election
+/// timeout) before a candidate is asked to stand.
+const LEASE_MARGIN: Duration = Duration::from_millis(200);
+
+/// The primary node with its heartbeats off, for as long as it lives; they resume on drop.
+struct QuietLeader(crate::Raft);
+
+impl Drop for QuietLeader {
+    fn drop(&mut self) {
+        self.0.runtime_config().heartbeat(true);
+    }
+}
 
 impl Store {
     /// Makes another node the primary node when this one is, and returns the new one's uid.
@@ -32,13 +47,16 @@ impl Store {
         let deadline = Instant::now() + MOVE_DEADLINE;
         let mut last =
             String::from("no other node can stand for election (none runs 0.2.0 or newer)");
-        for candidate in self.election_candidates(me) {
+        let candidates = self.election_candidates(me);
+        let _quiet = if candidates.is_empty() {
+            None
+        } else {
+            self.let_leases_lapse().await?
+        };
+        for candidate in candidates {
             let (uid, rpc) = candidate;
             let term = self.current_term();
-            // The route answers the JSON of `Result<(), StoreError>`.
-            let asked: Result<Result<(), StoreError>, StoreError> =
-                self.call_internal(&rpc, ELECT_PATH, &()).await;
-            if let Err(e) = asked.and_then(|answer| answer) {
+            if let Err(e) = self.ask_to_stand(&rpc).await {
                 last = format!("node {uid}: {e}");
                 continue;
             }
@@ -55,6 +73,51 @@ impl Store {
             }
         }
         Err(StoreError::NoPrimaryNode(last))
+    }
+
+    /// Makes node `uid` the primary node (`flotilla cluster promote`), from the primary node:
+    /// waits until its log caught up with this node's, then asks it to stand for election.
+    pub async fn move_primary_node_to(&self, uid: NodeUid) -> Result<(), StoreError> {
+        if self.primary_node() == Some(uid) {
+            return Ok(());
+        }
+        if !self.is_primary_node() {
+            return Err(StoreError::NotPrimaryNode {
+                primary_node: self.primary_node().unwrap_or_default(),
+                rpc_addr: self.primary_node_rpc_addr(),
+            });
+        }
+        let state = self.state();
+        let node = state.nodes.get(&uid).ok_or_else(|| {
+            StoreError::InvalidRequest(format!(
+                "node {uid} is not in the cluster; `flotilla status` lists the nodes"
+            ))
+        })?;
+        if !self.voter_uids().contains(&uid) {
+            return Err(StoreError::InvalidRequest(format!(
+                "node {uid} is not a voting member yet (still joining); wait until `flotilla status` shows it up"
+            )));
+        }
+        if !at_least(&node.software_version, VERSIONED_RELEASE) {
+            return Err(StoreError::InvalidRequest(format!(
+                "node {uid} runs {}, which cannot be asked to stand for election; upgrade it first (`flotilla upgrade node {uid} --package PACKAGE`)",
+                node.software_version
+            )));
+        }
+        let deadline = Instant::now() + MOVE_DEADLINE;
+        self.wait_caught_up(uid, deadline).await?;
+        let _quiet = self.let_leases_lapse().await?;
+        let rpc = self.config().rpc_addr_of(node.addr);
+        self.ask_to_stand(&rpc).await?;
+        while Instant::now() < deadline {
+            if self.primary_node() == Some(uid) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(StoreError::NoPrimaryNode(format!(
+            "node {uid} was asked to stand for election but did not become the primary node within {MOVE_DEADLINE:?}; `flotilla status` shows the primary node now"
+        )))
     }
 
     /// Waits until another node is the primary node (its uid), or until this one is the
@@ -75,6 +138,53 @@ impl Store {
         self.raft()
             .map(|raft| raft.metrics().borrow().current_term)
             .unwrap_or(0)
+    }
+
+    /// A candidate wins at once with its own vote and this node's (the primary node grants it:
+    /// its own lease is not renewed by heartbeats) in a cluster of up to three voters. With more,
+    /// the other voters refuse to vote while their leader lease runs (openraft renews it with
+    /// every heartbeat): this node stops sending heartbeats (it stays the primary node and still
+    /// replicates every change) until the leases lapsed, and the candidate then wins its first
+    /// vote, before any follower's own election timeout (lease plus election timeout) fires.
+    async fn let_leases_lapse(&self) -> Result<Option<QuietLeader>, StoreError> {
+        if self.voter_uids().len() <= 3 {
+            return Ok(None);
+        }
+        let raft = self.raft()?;
+        raft.runtime_config().heartbeat(false);
+        let quiet = QuietLeader(raft);
+        tokio::time::sleep(ELECTION_TIMEOUT_MAX + LEASE_MARGIN).await;
+        Ok(Some(quiet))
+    }
+
+    /// Asks the node at `rpc` to stand for election now (its route answers the outcome as a
+    /// `Result`).
+    async fn ask_to_stand(&self, rpc: &str) -> Result<(), StoreError> {
+        let answer: Result<(), StoreError> = self.call_internal(rpc, ELECT_PATH, &()).await?;
+        answer
+    }
+
+    /// Waits until node `uid` holds every log entry this node (the primary node) has.
+    async fn wait_caught_up(&self, uid: NodeUid, deadline: Instant) -> Result<(), StoreError> {
+        let raft = self.raft()?;
+        loop {
+            let metrics = raft.metrics().borrow().clone();
+            let last = metrics.last_log_index.unwrap_or(0);
+            let matched = metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&uid).cloned().flatten())
+                .map_or(0, |log_id| log_id.index);
+            if matched >= last {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(StoreError::Internal(format!(
+                    "node {uid} did not catch up with the primary node's log within {MOVE_DEADLINE:?} (at {matched} of {last}); is it up?"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Other voting nodes that know the election route, most caught up first.

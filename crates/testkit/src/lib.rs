@@ -117,6 +117,22 @@ impl DevCluster {
         output
     }
 
+    /// Runs `flotilla dev add-node` (from the cluster's package, if it has one): one more node
+    /// joins; returns its number (its address is [`DevCluster::addr`] of it).
+    pub fn add_node(&mut self) -> u8 {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let base = self.base.to_string();
+        let mut args = vec!["dev", "add-node", "--dir", &dir, "--base-addr", &base];
+        let package = self.env.iter().find(|(k, _)| k == DEV_PACKAGE_ENV);
+        if let Some((_, package)) = package {
+            args.extend(["--package", package.as_str()]);
+        }
+        let output = self.flotilla(&args);
+        assert_success(&output, "flotilla dev add-node");
+        self.nodes += 1;
+        self.nodes
+    }
+
     /// Runs `flotilla dev down` (daemons stopped by pid; data kept).
     pub fn dev_down(&self) -> Output {
         let output = self.flotilla(&["dev", "down", "--dir", &self.dir.path().to_string_lossy()]);

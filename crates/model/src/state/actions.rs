@@ -1,7 +1,7 @@
 //! Actions: their creation (one running action per database), progress, cancellation.
 
-use super::ClusterState;
-use crate::action::{Action, ActionStatus, ActionUid};
+use super::{ClusterState, NodeUid};
+use crate::action::{Action, ActionKind, ActionStatus, ActionUid};
 use crate::bdb::BdbUid;
 use crate::command::{ActionCreation, ActionUpdate, CommandResult};
 use crate::error::ModelError;
@@ -11,7 +11,60 @@ impl ClusterState {
     pub fn running_action_on(&self, bdb: BdbUid) -> Option<&Action> {
         self.actions
             .values()
-            .find(|a| a.is_running() && a.kind.bdb_uid() == bdb)
+            .find(|a| a.is_running() && a.kind.bdb_uids().contains(&bdb))
+    }
+
+    /// The running action that moves shards off or onto node `node` (or removes it), if any.
+    pub fn running_action_on_node(&self, node: NodeUid) -> Option<&Action> {
+        self.actions
+            .values()
+            .find(|a| a.is_running() && a.kind.node_uids().contains(&node))
+    }
+
+    /// Whether node `node` is being removed: no new shard is placed on it.
+    pub fn is_leaving(&self, node: NodeUid) -> bool {
+        self.actions.values().any(|a| {
+            a.is_running()
+                && matches!(a.kind, ActionKind::NodeRemove { node_uid, .. } if node_uid == node)
+        })
+    }
+
+    /// Refuses an action on objects that do not exist or that a running action touches.
+    fn check_new_action(&self, kind: &ActionKind) -> Result<(), ModelError> {
+        let databases = kind.bdb_uids();
+        if let Some(missing) = databases.iter().find(|b| !self.bdbs.contains_key(b)) {
+            return Err(ModelError::NotFound(format!(
+                "database {missing} does not exist"
+            )));
+        }
+        if let Some(missing) = kind
+            .node_uids()
+            .iter()
+            .find(|n| !self.nodes.contains_key(n))
+        {
+            return Err(ModelError::NotFound(format!(
+                "node {missing} is not in the cluster; `flotilla status` lists the nodes"
+            )));
+        }
+        let busy_bdb = databases
+            .iter()
+            .find_map(|bdb| Some((format!("database {bdb}"), self.running_action_on(*bdb)?)));
+        let busy_node = || {
+            kind.node_uids().iter().find_map(|node| {
+                Some((format!("node {node}"), self.running_action_on_node(*node)?))
+            })
+        };
+        if let Some((object, running)) = busy_bdb.or_else(busy_node) {
+            return Err(ModelError::AlreadyExists(format!(
+                "action {} ({}) is running on {object} (step '{}'); wait for it (`flotilla action wait {}`) or cancel it (`flotilla action cancel {}`)",
+                running.uid,
+                running.kind.name(),
+                running.step,
+                running.uid,
+                running.uid
+            )));
+        }
+        Ok(())
     }
 
     pub(super) fn create_action(
@@ -24,22 +77,7 @@ impl ClusterState {
             first_step,
             created_at,
         } = creation;
-        let bdb = kind.bdb_uid();
-        if !self.bdbs.contains_key(&bdb) {
-            return Err(ModelError::NotFound(format!(
-                "database {bdb} does not exist"
-            )));
-        }
-        if let Some(running) = self.running_action_on(bdb) {
-            return Err(ModelError::AlreadyExists(format!(
-                "action {} ({}) is running on database {bdb} (step '{}'); wait for it                  (`flotilla action wait {}`) or cancel it (`flotilla action cancel {}`)",
-                running.uid,
-                running.kind.name(),
-                running.step,
-                running.uid,
-                running.uid
-            )));
-        }
+        self.check_new_action(&kind)?;
         let uid = self.next_ids.next_action_uid;
         self.next_ids.next_action_uid += 1;
         self.actions.insert(
@@ -177,6 +215,58 @@ mod tests {
             CommandResult::Refused(ModelError::AlreadyExists(_))
         ));
         assert_eq!(state.running_action_on(1).map(|a| a.uid), Some(1));
+    }
+
+    fn node_remove(node_uid: u64, to_node: u64) -> Command {
+        Command::CreateAction(ActionCreation {
+            action: ActionKind::NodeRemove {
+                node_uid,
+                moves: vec![crate::action::ShardMove {
+                    shard_uid: 1,
+                    bdb_uid: 1,
+                    assigned_slots: crate::SlotRange::even(0, 1),
+                    from_node: node_uid,
+                    to_node,
+                }],
+            },
+            steps_total: 6,
+            first_step: "demote_node".into(),
+            created_at: 6,
+        })
+    }
+
+    #[test]
+    fn an_action_on_a_database_or_node_another_one_moves_is_refused_and_names_it() {
+        let mut state = with_action();
+        let before = state.clone();
+        let CommandResult::Refused(e) = state.apply(node_remove(1, 2)) else {
+            panic!("database 1 is being upgraded")
+        };
+        assert!(
+            e.to_string()
+                .contains("action 1 (SMUpgradeBDB) is running on database 1"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("flotilla action wait 1"), "{e}");
+        assert_eq!(state, before);
+        state.apply(update(3, ActionStatus::Completed, Some(0)));
+        assert_eq!(
+            state.apply(node_remove(1, 2)),
+            CommandResult::ActionCreated { uid: 2 }
+        );
+        assert!(state.is_leaving(1) && !state.is_leaving(2));
+        assert_eq!(state.running_action_on_node(2).map(|a| a.uid), Some(2));
+        let CommandResult::Refused(e) = state.apply(create_action()) else {
+            panic!("database 1 is being drained")
+        };
+        assert!(e.to_string().contains("SMRemoveNode"), "{e}");
+        let CommandResult::Refused(e) = state.apply(node_remove(9, 2)) else {
+            panic!("no node 9")
+        };
+        assert!(
+            e.to_string().contains("node 9 is not in the cluster"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -104,6 +104,8 @@ impl ClusterState {
             Command::FinalizeClusterVersion(finalization) => {
                 self.finalize_cluster_version(finalization.version)
             }
+            Command::CompleteMigration(migration) => self.complete_migration(migration),
+            Command::RemoveNode(removal) => self.remove_node(removal.uid),
             Command::Unknown => Ok(CommandResult::Ignored),
         };
         outcome.unwrap_or_else(CommandResult::Refused)

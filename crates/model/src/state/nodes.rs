@@ -195,6 +195,29 @@ impl ClusterState {
         Ok(CommandResult::Ok)
     }
 
+    /// Removes a drained node's record; a node already gone is fine (the command may be
+    /// proposed again by a resumed action).
+    pub(super) fn remove_node(&mut self, uid: NodeUid) -> Result<CommandResult, ModelError> {
+        self.cluster()?;
+        if !self.nodes.contains_key(&uid) {
+            return Ok(CommandResult::Ok);
+        }
+        let held: Vec<String> = self.shards_on(uid).map(|s| s.uid.to_string()).collect();
+        if !held.is_empty() {
+            return Err(ModelError::InvalidValue(format!(
+                "node {uid} still holds shards {}; drain it first (`flotilla node remove {uid}` moves them)",
+                held.join(", ")
+            )));
+        }
+        if self.nodes.len() == 1 {
+            return Err(ModelError::InvalidValue(format!(
+                "node {uid} is the cluster's last node; a cluster keeps at least one"
+            )));
+        }
+        self.nodes.remove(&uid);
+        Ok(CommandResult::Ok)
+    }
+
     pub(super) fn finalize_cluster_version(
         &mut self,
         version: String,
@@ -310,6 +333,36 @@ mod tests {
         let result = state.apply(add("127.0.0.12"));
         assert_eq!(result, CommandResult::Refused(ModelError::NotBootstrapped));
         assert!(state.nodes.is_empty());
+    }
+
+    #[test]
+    fn a_drained_node_is_removed_once_and_its_uid_never_comes_back() {
+        use crate::bdb::ShardRole;
+        use crate::command::NodeRemoval;
+        let spec = super::super::testing::bdb_spec("db1", 12000);
+        let shards = vec![super::super::testing::plan(2, ShardRole::Primary, 20000)];
+        let mut state = super::super::testing::with_db(spec, shards);
+        let remove = |uid| Command::RemoveNode(NodeRemoval { uid });
+        let before = state.clone();
+        let CommandResult::Refused(e) = state.apply(remove(2)) else {
+            panic!("a node holding shards is not removed")
+        };
+        assert!(e.to_string().contains("node 2 still holds shards 1"), "{e}");
+        assert!(e.to_string().contains("flotilla node remove 2"), "{e}");
+        assert_eq!(state, before, "a refused removal changes nothing");
+        assert_eq!(state.apply(remove(1)), CommandResult::Ok);
+        assert_eq!(state.apply(remove(1)), CommandResult::Ok, "idempotent");
+        assert!(!state.nodes.contains_key(&1));
+        state.shards.clear();
+        assert!(
+            matches!(state.apply(remove(2)), CommandResult::Refused(_)),
+            "the last node stays"
+        );
+        assert_eq!(
+            state.apply(add("127.0.0.11")),
+            CommandResult::NodeAdded { uid: 3 },
+            "a removed node joining again gets a new uid"
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use super::{ClusterState, NodeUid};
 use crate::bdb::{BdbUid, Shard, ShardPlan, ShardRole, ShardUid, SlotRange};
 use crate::command::{
-    CommandResult, ReplacementAddition, ShardHold, ShardPromotion, ShardVersionChange,
-    TemporaryReplicaAddition,
+    CommandResult, ReplacementAddition, ShardHold, ShardMigration, ShardPromotion,
+    ShardVersionChange, TemporaryReplicaAddition,
 };
 use crate::engine_version::EngineVersion;
 use crate::error::ModelError;
@@ -323,6 +323,37 @@ impl ClusterState {
         Ok(CommandResult::Ok)
     }
 
+    /// The new copy of a migrated shard takes the old one's place. Safe to apply again: once
+    /// the old copy is gone only the new one's mark is checked.
+    pub(super) fn complete_migration(
+        &mut self,
+        migration: ShardMigration,
+    ) -> Result<CommandResult, ModelError> {
+        let ShardMigration { old, new } = migration;
+        let copy = self.shards.get(&new).ok_or_else(|| {
+            ModelError::NotFound(format!(
+                "shard {new} (the new copy of shard {old}) does not exist"
+            ))
+        })?;
+        if let Some(moved) = self.shards.get(&old) {
+            if (moved.bdb_uid, moved.assigned_slots) != (copy.bdb_uid, copy.assigned_slots) {
+                return Err(ModelError::InvalidValue(format!(
+                    "shard {new} is not a copy of shard {old}'s slot range"
+                )));
+            }
+            if moved.role == ShardRole::Primary {
+                return Err(ModelError::InvalidValue(format!(
+                    "shard {old} is a primary shard; switch it over to shard {new} before dropping it"
+                )));
+            }
+            self.shards.remove(&old);
+        }
+        if let Some(copy) = self.shards.get_mut(&new) {
+            copy.temporary = false;
+        }
+        Ok(CommandResult::Ok)
+    }
+
     pub(super) fn remove_shard(&mut self, uid: ShardUid) -> Result<CommandResult, ModelError> {
         match self.shards.get(&uid) {
             None => Ok(CommandResult::Ok),
@@ -470,6 +501,46 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, vec![(2, 2, false), (3, 1, false)]);
+    }
+
+    #[test]
+    fn a_migrated_shard_leaves_its_place_to_its_new_copy_once_it_is_a_replica() {
+        let mut state = replicated();
+        state.apply(crate::command::Command::AddNode(
+            crate::command::NodeAddition {
+                node: super::super::testing::spec("127.0.0.13"),
+            },
+        ));
+        let add = Command::AddTemporaryReplica(TemporaryReplicaAddition {
+            bdb_uid: 1,
+            plan: plan(3, ShardRole::Replica, 20000),
+            redis_version: EngineVersion::Redis62,
+        });
+        assert_eq!(state.apply(add), CommandResult::ShardAdded { uid: 3 });
+        let complete = Command::CompleteMigration(ShardMigration { old: 1, new: 3 });
+        let before = state.clone();
+        let CommandResult::Refused(e) = state.apply(complete.clone()) else {
+            panic!("a primary is never dropped")
+        };
+        assert!(e.to_string().contains("switch it over to shard 3"), "{e}");
+        assert_eq!(state, before);
+        state.apply(promote(3, false));
+        assert_eq!(state.apply(complete.clone()), CommandResult::Ok);
+        assert_eq!(state.apply(complete), CommandResult::Ok, "idempotent");
+        let left: Vec<(u64, u64, ShardRole, bool)> = state
+            .shards
+            .values()
+            .map(|s| (s.uid, s.node_uid, s.role, s.temporary))
+            .collect();
+        assert_eq!(
+            left,
+            vec![
+                (2, 2, ShardRole::Replica, false),
+                (3, 3, ShardRole::Primary, false)
+            ]
+        );
+        let other = Command::CompleteMigration(ShardMigration { old: 2, new: 9 });
+        assert!(matches!(state.apply(other), CommandResult::Refused(_)));
     }
 
     #[test]

@@ -32,11 +32,11 @@ use super::StepError;
 use crate::switchover::{self, SwitchoverError};
 use crate::Observer;
 
-/// Longest a shard may take to come up and sync on its new engine.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest a shard may take to come up and sync on its new engine (or on its new node).
+pub(super) const SYNC_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often a step waiting for a slot range's shards reads the primary node's reports (memory
 /// only: cheap, and every poll interval is added to the upgrade's time).
-const RANGE_POLL: Duration = Duration::from_millis(25);
+pub(super) const RANGE_POLL: Duration = Duration::from_millis(25);
 /// Longest the old primary waits for the upgraded replica and the replacement to both ask for
 /// a full sync before it serves whichever asked (they restart within milliseconds).
 const SHARED_SYNC_WAIT: Duration = Duration::from_secs(5);
@@ -61,7 +61,13 @@ pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Res
         redis_version: target,
         original_primaries,
         ..
-    } = &action.kind;
+    } = &action.kind
+    else {
+        return Err(StepError::never(format!(
+            "action {} is not a database upgrade",
+            action.uid
+        )));
+    };
     // The ranges of one batch run concurrently (`parallel_shards`).
     let mut runs = tokio::task::JoinSet::new();
     for range in &step.ranges {
@@ -153,6 +159,16 @@ async fn run_op(
             wait_range(observer, bdb, range, target, ReplicaLink::NotRequired).await
         }
         Op::Finalize => Ok(()),
+        Op::AddCopy
+        | Op::SyncCopy
+        | Op::DropOld
+        | Op::DemoteNode
+        | Op::LeaveCluster
+        | Op::UpgradeNode
+        | Op::FinalizeCluster => Err(StepError::never(format!(
+            "{} is not a step of a database upgrade",
+            op.name()
+        ))),
     }
 }
 
@@ -170,7 +186,9 @@ async fn add_temporary_replica(
     let eligible: Vec<u64> = observer
         .local_statuses()
         .into_iter()
-        .filter(|(_, status)| *status == flotilla_model::rest::NodeStatus::Up)
+        .filter(|(uid, status)| {
+            *status == flotilla_model::rest::NodeStatus::Up && !state.is_leaving(*uid)
+        })
         .map(|(uid, _)| uid)
         .collect();
     let plan = crate::placement::place_replica(&state, range, primary.node_uid, &eligible)
@@ -295,7 +313,7 @@ async fn replace_old_primary(
 
 /// Waits until `primary`'s engine lists `replica` as an online replica of its own (not of the
 /// old primary it may still hang from right after a switchover).
-async fn wait_linked_to(
+pub(super) async fn wait_linked_to(
     state: &ClusterState,
     primary: &Shard,
     replica: &Shard,
@@ -358,7 +376,8 @@ fn primary(state: &ClusterState, bdb: u64, range: SlotRange) -> Result<Shard, St
     })
 }
 
-async fn propose(observer: &Observer, command: Command) -> Result<(), StepError> {
+/// Proposes `command`; its error says when to run the step again.
+pub(super) async fn propose(observer: &Observer, command: Command) -> Result<(), StepError> {
     observer.store.propose(command).await?;
     Ok(())
 }

@@ -7,8 +7,11 @@
 //! with the error. Cancellation is honoured only at a plan's safe boundaries. The plan itself
 //! comes from the model ([`flotilla_model::plan`]), the one place that derives it.
 
+pub mod cluster_upgrade;
 pub mod db_upgrade;
 mod error;
+pub mod migrate;
+pub mod node_remove;
 
 pub use error::{Retry, StepError};
 
@@ -110,7 +113,7 @@ async fn drive(observer: &Observer, uid: ActionUid) {
             "action_step",
             action = uid,
             kind = action.kind.name(),
-            bdb = action.kind.bdb_uid(),
+            object = %action.kind.object(),
             step = %name,
         );
         let next = steps.get(index + 1).map(|s| s.name());
@@ -190,6 +193,13 @@ async fn run_step_with_retries(
         }
         let result = match &action.kind {
             ActionKind::DbUpgrade { .. } => db_upgrade::run_step(observer, action, index).await,
+            ActionKind::ShardMigrate(shard_move) => {
+                migrate_step(observer, action, shard_move, index).await
+            }
+            ActionKind::NodeRemove { .. } => node_remove::run_step(observer, action, index).await,
+            ActionKind::ClusterUpgrade(_) => {
+                cluster_upgrade::run_step(observer, action, index).await
+            }
         };
         runs += 1;
         let Err(e) = result else {
@@ -201,6 +211,23 @@ async fn run_step_with_retries(
         tracing::warn!(runs, retry = ?e.retry, error = %e, "action step failed; running it again in {pause:?}");
         tokio::time::sleep(pause).await;
     }
+}
+
+/// Runs step `index` of a shard migration.
+async fn migrate_step(
+    observer: &Observer,
+    action: &Action,
+    shard_move: &flotilla_model::ShardMove,
+    index: usize,
+) -> Result<(), StepError> {
+    let steps = plan(&action.kind, &observer.store.state());
+    let step = steps.get(index).ok_or_else(|| {
+        StepError::never(format!(
+            "action {}: no step {index} in its plan",
+            action.uid
+        ))
+    })?;
+    migrate::run_op(observer, shard_move, step.op).await
 }
 
 async fn record_step(
