@@ -42,9 +42,9 @@ pub use bdb::{
 };
 pub use clock::{now_millis, now_secs};
 pub use command::{
-    ActionCancellation, ActionCreation, ActionUpdate, BdbChange, BdbCreation, BdbDeletion,
-    BdbVersionChange, ClusterChange, ClusterCreation, ClusterVersionFinalization, Command,
-    CommandResult, NodeAddition, NodeChange, NodeSpec, ReplacementAddition, ShardHold,
+    ActionCancellation, ActionCreation, ActionPruning, ActionUpdate, BdbChange, BdbCreation,
+    BdbDeletion, BdbVersionChange, ClusterChange, ClusterCreation, ClusterVersionFinalization,
+    Command, CommandResult, NodeAddition, NodeChange, NodeSpec, ReplacementAddition, ShardHold,
     ShardPromotion, ShardRemoval, ShardReplacement, ShardVersionChange, TemporaryReplicaAddition,
 };
 pub use engine_version::{EngineVersion, UnknownEngineVersion};

@@ -52,6 +52,7 @@ impl Command {
     pub fn introduced_in(&self) -> &'static str {
         match self {
             Command::FinalizeClusterVersion(_) => VERSIONED_RELEASE,
+            Command::PruneActions(_) => VERSIONED_RELEASE,
             Command::UpdateBdb(BdbChange {
                 remove_authentication_redis_pass: true,
                 ..
@@ -169,6 +170,22 @@ mod tests {
         let err = state.check_proposable(&remove).unwrap_err().to_string();
         assert!(err.contains("needs cluster version 0.2.0"), "{err}");
         assert!(state.check_proposable(&add("127.0.0.13")).is_ok());
+    }
+
+    #[test]
+    fn pruning_actions_waits_for_the_cluster_version_that_knows_it() {
+        let mut state = mixed();
+        let prune = Command::PruneActions(crate::ActionPruning { uids: vec![1] });
+        let err = state.check_proposable(&prune).unwrap_err().to_string();
+        assert!(err.contains("needs cluster version 0.2.0"), "{err}");
+        assert!(err.contains("flotilla upgrade finalize"), "{err}");
+        set_version(&mut state, 1, "0.2.0");
+        set_version(&mut state, 2, "0.2.0");
+        let finalize = Command::FinalizeClusterVersion(ClusterVersionFinalization {
+            version: "0.2.0".into(),
+        });
+        assert_eq!(state.apply(finalize), crate::CommandResult::Ok);
+        assert!(state.check_proposable(&prune).is_ok());
     }
 
     #[test]

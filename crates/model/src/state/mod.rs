@@ -103,6 +103,7 @@ impl ClusterState {
             Command::FinalizeClusterVersion(finalization) => {
                 self.finalize_cluster_version(finalization.version)
             }
+            Command::PruneActions(pruning) => Ok(self.prune_actions(&pruning.uids)),
             Command::Unknown => Ok(CommandResult::Ignored),
         };
         outcome.unwrap_or_else(CommandResult::Refused)
