@@ -50,8 +50,8 @@ fn caught_up(cluster: &DevCluster, n: u8, name: &str) -> bool {
 }
 
 /// Starts node `n` of `cluster` on the binary under test, on its data dir (as an operator who
-/// installed the new release on that machine would).
-fn start_current(cluster: &DevCluster, n: u8) {
+/// installed the new release on that machine would); the cluster stops it by pid on drop.
+fn start_current(cluster: &DevCluster, n: u8) -> std::process::Child {
     let dir = cluster.data_dir(n);
     let log = std::fs::File::options()
         .append(true)
@@ -71,7 +71,7 @@ fn start_current(cluster: &DevCluster, n: u8) {
         .stdout(log.try_clone().expect("log file"))
         .stderr(log)
         .spawn()
-        .expect("starting the daemon");
+        .expect("starting the daemon")
 }
 
 /// Asks node `n` to stand for election now (the route an in-place upgrade uses to move
@@ -102,7 +102,7 @@ fn snapshots_travel_both_ways_between_this_release_and_0_1_0() {
     // A 0.1.0 primary node and a node of this release that missed more than the kept log.
     cluster.kill9(3);
     let name = renames(&cluster, 1, "from-0-1-0");
-    start_current(&cluster, 3);
+    let mut node_3 = start_current(&cluster, 3);
     assert!(
         caught_up(&cluster, 3, &name),
         "node 3 (this release) installed the 0.1.0 primary node's snapshot"
@@ -129,4 +129,6 @@ fn snapshots_travel_both_ways_between_this_release_and_0_1_0() {
     for n in cluster.node_numbers() {
         assert!(caught_up(&cluster, n, &name), "node {n} has every change");
     }
+    let _ = node_3.kill();
+    let _ = node_3.wait();
 }

@@ -4,9 +4,10 @@
 //! Three store members (openraft, redb files with fsync, the internal RPC over HTTP) in this
 //! process on `127.0.65.B..B+2`, each with a state feed held open as a daemon holds one (so
 //! applying a change pays the copy-on-write a daemon pays). The databases are created through
-//! the store (state only: no engines, no endpoints); then `--changes` database updates
-//! (`UpdateBdb`, a new memory limit) are proposed one after the other on the primary node,
-//! each timed until committed by a quorum and applied there.
+//! the store (state only: no engines, no endpoints); once every member applied them, 50 untimed
+//! and then `--changes` timed database updates (`UpdateBdb`, a new memory limit) are proposed
+//! one after the other on the primary node, each timed until committed by a quorum and applied
+//! there.
 //!
 //! Usage: store_bench --databases N --base B [--changes 200]
 
@@ -17,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use common::{fill, state_bytes, Member, Routes};
 use flotilla_model::{BdbChange, Command};
+
+/// Changes made before the timed ones, so the members settled after the databases' creation.
+const WARM_UP: usize = 50;
 
 struct Args {
     databases: u16,
@@ -77,8 +81,18 @@ async fn main() {
     let started = Instant::now();
     fill(&one.store, 0, args.databases, 64).await;
     let fill_s = started.elapsed().as_secs_f64();
+    // Every member applied the databases, and the snapshot their creation set off is done.
+    let filled = one.store.applied_index();
+    for member in [&two, &three] {
+        assert!(
+            member
+                .store
+                .wait_applied(filled, Duration::from_secs(120))
+                .await
+        );
+    }
     let mut times = Vec::with_capacity(args.changes);
-    for i in 0..args.changes {
+    for i in 0..WARM_UP + args.changes {
         let change = Command::UpdateBdb(BdbChange {
             uid: 1 + (i as u64 % u64::from(args.databases)),
             memory_size: Some((200 + i as u64) << 20),
@@ -87,7 +101,9 @@ async fn main() {
         });
         let started = Instant::now();
         one.store.propose(change).await.expect("changed");
-        times.push(millis(started.elapsed()));
+        if i >= WARM_UP {
+            times.push(millis(started.elapsed()));
+        }
     }
     let index = one.store.applied_index();
     for member in [&two, &three] {

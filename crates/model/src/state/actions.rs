@@ -44,7 +44,7 @@ impl ClusterState {
     pub(super) fn prune_actions(&mut self, uids: &[ActionUid]) -> CommandResult {
         for uid in uids {
             if self.actions.get(uid).is_some_and(|a| !a.is_running()) {
-                self.actions.remove(uid);
+                self.actions_mut().remove(uid);
             }
         }
         CommandResult::Ok
@@ -78,7 +78,7 @@ impl ClusterState {
         }
         let uid = self.next_ids.next_action_uid;
         self.next_ids.next_action_uid += 1;
-        self.actions.insert(
+        self.actions_mut().insert(
             uid,
             Action {
                 uid,
@@ -98,7 +98,7 @@ impl ClusterState {
     }
 
     fn action_mut(&mut self, uid: ActionUid) -> Result<&mut Action, ModelError> {
-        self.actions
+        self.actions_mut()
             .get_mut(&uid)
             .ok_or_else(|| ModelError::NotFound(format!("action {uid} does not exist")))
     }

@@ -120,7 +120,7 @@ impl ClusterState {
     fn insert_node(&mut self, node: NodeSpec) -> NodeUid {
         let uid = self.next_ids.next_node_uid;
         self.next_ids.next_node_uid += 1;
-        self.nodes.insert(
+        self.nodes_mut().insert(
             uid,
             Node {
                 uid,
@@ -144,7 +144,7 @@ impl ClusterState {
     }
 
     pub(super) fn update_node(&mut self, change: NodeChange) -> Result<CommandResult, ModelError> {
-        let node = self.nodes.get_mut(&change.uid).ok_or_else(|| {
+        let node = self.nodes_mut().get_mut(&change.uid).ok_or_else(|| {
             ModelError::NotFound(format!("node {} is not in the cluster", change.uid))
         })?;
         node.software_version = change.software_version;
