@@ -458,6 +458,10 @@ async fn start_back(
         tasks,
         flotilla_orchestrator::actions::run_actions(observer, stop.clone()),
     );
+    spawn(
+        tasks,
+        flotilla_store::run_pruning(store.clone(), stop.clone()),
+    );
     let agent = flotilla_agent::ShardAgent::new(
         store.clone(),
         engine_catalog(args),

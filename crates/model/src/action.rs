@@ -4,6 +4,8 @@
 //! the store, and every step is safe to run again, so when the primary node dies mid-action
 //! the next one resumes where the record says (DESIGN.md, Actions).
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::bdb::{BdbUid, ShardUid, SlotRange};
@@ -12,6 +14,16 @@ use crate::state::NodeUid;
 
 /// An action's uid.
 pub type ActionUid = u64;
+
+/// Finished actions always kept, the most recently ended first, whatever their age: what
+/// `flotilla action list` shows of the past.
+pub const FINISHED_ACTIONS_KEPT: usize = 100;
+/// Finished actions that ended less than this long ago are kept too (up to
+/// [`FINISHED_ACTIONS_MAX`]), so a busy week's history survives.
+pub const FINISHED_ACTIONS_KEPT_FOR: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The most finished actions kept, however young: the state (and every snapshot) stays bounded
+/// however many actions run.
+pub const FINISHED_ACTIONS_MAX: usize = 1000;
 
 /// What an action does, with everything needed to resume it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -78,6 +78,9 @@ pub enum Command {
     /// Removes a drained node's record once it left the Raft membership (its uid is never
     /// handed out again). Introduced in 0.2.0.
     RemoveNode(NodeRemoval),
+    /// Drops finished actions the primary node chose by age and count (running ones are never
+    /// dropped). Introduced in 0.2.0.
+    PruneActions(ActionPruning),
     /// A command kind this software version does not know; applying it changes nothing.
     #[serde(other)]
     Unknown,
@@ -299,6 +302,15 @@ pub struct ActionCancellation {
     pub uid: ActionUid,
 }
 
+/// [`Command::PruneActions`]: the finished actions to drop, listed by the primary node (see
+/// [`ClusterState::prunable_actions`](crate::ClusterState::prunable_actions)) so that every
+/// member drops exactly the same ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionPruning {
+    /// The actions.
+    pub uids: Vec<ActionUid>,
+}
+
 /// [`Command::SetShardVersion`]: the engine a shard should run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardVersionChange {
@@ -440,8 +452,23 @@ mod tests {
             Command::FinalizeClusterVersion(_) => "finalize_cluster_version",
             Command::CompleteMigration(_) => "complete_migration",
             Command::RemoveNode(_) => "remove_node",
+            Command::PruneActions(_) => "prune_actions",
             Command::Unknown => "unknown",
         }
+    }
+
+    #[test]
+    fn pruning_is_encoded_as_its_kind_and_uids() {
+        let sample = r#"{"kind":"prune_actions","uids":[3,4,9]}"#;
+        let command: Command = serde_json::from_str(sample).unwrap();
+        assert_eq!(
+            command,
+            Command::PruneActions(ActionPruning {
+                uids: vec![3, 4, 9]
+            })
+        );
+        assert_eq!(kind_of(&command), "prune_actions");
+        assert_eq!(serde_json::to_string(&command).unwrap(), sample);
     }
 
     #[test]

@@ -45,9 +45,9 @@ pub use bdb::{
 };
 pub use clock::{now_millis, now_secs};
 pub use command::{
-    ActionCancellation, ActionCreation, ActionUpdate, BdbChange, BdbCreation, BdbDeletion,
-    BdbVersionChange, ClusterChange, ClusterCreation, ClusterVersionFinalization, Command,
-    CommandResult, NodeAddition, NodeChange, NodeRemoval, NodeReplacement, NodeSpec,
+    ActionCancellation, ActionCreation, ActionPruning, ActionUpdate, BdbChange, BdbCreation,
+    BdbDeletion, BdbVersionChange, ClusterChange, ClusterCreation, ClusterVersionFinalization,
+    Command, CommandResult, NodeAddition, NodeChange, NodeRemoval, NodeReplacement, NodeSpec,
     ReplacementAddition, ShardHold, ShardMigration, ShardPromotion, ShardRemoval, ShardReplacement,
     ShardVersionChange, TemporaryReplicaAddition,
 };

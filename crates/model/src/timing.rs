@@ -22,6 +22,9 @@ pub const ELECTION_TIMEOUT_MIN: Duration = Duration::from_millis(1000);
 /// The longest a node waits without a heartbeat before it stands for election: the longest a
 /// cluster whose primary node died stays without one (barring split votes).
 pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(2000);
+/// How long the primary node gives one snapshot to reach a node and be installed there (a whole
+/// state in one request, or one chunk for a 0.1.0 node); a slower transfer starts over.
+pub const SNAPSHOT_TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------------
 // What the primary node observes.

@@ -54,7 +54,8 @@ impl Command {
             Command::FinalizeClusterVersion(_)
             | Command::CompleteMigration(_)
             | Command::RemoveNode(_)
-            | Command::ReplaceNode(_) => VERSIONED_RELEASE,
+            | Command::ReplaceNode(_)
+            | Command::PruneActions(_) => VERSIONED_RELEASE,
             // The first release fails to decode an action kind it does not know.
             Command::CreateAction(ActionCreation { action, .. })
                 if !action.known_to_first_release() =>
@@ -157,7 +158,7 @@ mod tests {
     }
 
     fn set_version(state: &mut ClusterState, uid: u64, version: &str) {
-        state.nodes.get_mut(&uid).unwrap().software_version = version.into();
+        state.nodes_mut().get_mut(&uid).unwrap().software_version = version.into();
     }
 
     #[test]
@@ -222,6 +223,22 @@ mod tests {
             },
         ));
         assert!(gated.iter().all(|c| state.check_proposable(c).is_ok()));
+    }
+
+    #[test]
+    fn pruning_actions_waits_for_the_cluster_version_that_knows_it() {
+        let mut state = mixed();
+        let prune = Command::PruneActions(crate::ActionPruning { uids: vec![1] });
+        let err = state.check_proposable(&prune).unwrap_err().to_string();
+        assert!(err.contains("needs cluster version 0.2.0"), "{err}");
+        assert!(err.contains("flotilla upgrade finalize"), "{err}");
+        set_version(&mut state, 1, "0.2.0");
+        set_version(&mut state, 2, "0.2.0");
+        let finalize = Command::FinalizeClusterVersion(ClusterVersionFinalization {
+            version: "0.2.0".into(),
+        });
+        assert_eq!(state.apply(finalize), crate::CommandResult::Ok);
+        assert!(state.check_proposable(&prune).is_ok());
     }
 
     #[test]

@@ -21,8 +21,10 @@ mod log_store;
 mod membership;
 mod network;
 mod primary;
+mod prune;
 pub mod rpc;
 mod state_machine;
+mod transfer;
 mod types;
 
 use std::net::IpAddr;
@@ -30,7 +32,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use flotilla_model::timing::{ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, RAFT_HEARTBEAT};
+use flotilla_model::timing::{
+    ELECTION_TIMEOUT_MAX, ELECTION_TIMEOUT_MIN, RAFT_HEARTBEAT, SNAPSHOT_TRANSFER_TIMEOUT,
+};
 use flotilla_model::{ClusterState, Command, CommandResult, NodeUid};
 use openraft::error::{ClientWriteError, RaftError};
 use redb::Database;
@@ -42,12 +46,19 @@ pub use follow::{project, publish_if_changed, StateFeed, Wake, Wakes};
 pub use identity::Identity;
 pub use membership::{JoinRequest, JoinTicket};
 pub use network::{internal_http_client, SECRET_HEADER};
+pub use prune::run_pruning;
 pub use types::{NodeId, Raft, TypeConfig};
 
 use log_store::LogStore;
 use network::Network;
 use state_machine::StateMachine;
 
+/// Applied log entries between two snapshots. The state machine persists the state only in
+/// snapshots, so a restarting node applies at most about this many entries again.
+const SNAPSHOT_EVERY: u64 = 500;
+/// Log entries kept behind the last snapshot, so a node a little behind catches up from the
+/// log rather than with a whole snapshot.
+const LOG_KEPT_AFTER_SNAPSHOT: u64 = 500;
 /// How long a proposal keeps trying to reach a primary node before giving up.
 const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
 /// Pause before a proposal is sent again while some node is known as the primary node (one
@@ -419,8 +430,10 @@ impl Store {
             heartbeat_interval: RAFT_HEARTBEAT.as_millis() as u64,
             election_timeout_min: ELECTION_TIMEOUT_MIN.as_millis() as u64,
             election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
-            max_in_snapshot_log_to_keep: 500,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
+            max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
+            install_snapshot_timeout: SNAPSHOT_TRANSFER_TIMEOUT.as_millis() as u64,
+            snapshot_max_chunk_size: transfer::LEGACY_CHUNK_BYTES,
             ..Default::default()
         }
         .validate()

@@ -3,22 +3,36 @@
 //! Each request is a JSON POST to `http://PEER_ADDR/raft/...` carrying the cluster's internal
 //! secret in [`SECRET_HEADER`]; the peer answers with the JSON of `Result<Response, RaftError>`.
 //! A transport failure is reported as `Unreachable`, so openraft backs off instead of spinning.
+//! Snapshots travel whole and binary where the peer can take them (see [`crate::transfer`]).
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
 };
+use openraft::network::snapshot_transport::{Chunked, SnapshotTransport};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::{OptionalSend, Snapshot, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::transfer::{self, SnapshotHead, FULL_SNAPSHOT_PATH};
 use crate::types::{NodeId, RaftNode, TypeConfig};
+
+/// An error while streaming a snapshot, as openraft wants it.
+type SnapshotError = StreamingError<TypeConfig, Fatal<NodeId>>;
+
+/// A snapshot transfer that failed after it reached the peer: openraft tries again.
+fn network_error(e: &(impl std::error::Error + 'static)) -> SnapshotError {
+    StreamingError::Network(NetworkError::new(e))
+}
 
 /// HTTP header that carries the cluster's internal secret on every node-to-node request.
 pub const SECRET_HEADER: &str = "x-flotilla-secret";
@@ -103,6 +117,65 @@ impl Peer {
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Whether the peer serves [`FULL_SNAPSHOT_PATH`]: a release without it (0.1.0) answers
+    /// the probe 404.
+    async fn takes_full_snapshots(&self, option: &RPCOption) -> Result<bool, SnapshotError> {
+        let response = self
+            .client
+            .get(self.url(FULL_SNAPSHOT_PATH))
+            .header(SECRET_HEADER, &self.secret)
+            .timeout(option.hard_ttl())
+            .send()
+            .await
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        match response.status() {
+            status if status.is_success() => Ok(true),
+            reqwest::StatusCode::NOT_FOUND => Ok(false),
+            status => {
+                let e = std::io::Error::other(format!("snapshot probe answered {status}"));
+                Err(StreamingError::Network(NetworkError::new(&e)))
+            }
+        }
+    }
+
+    /// Sends the whole snapshot in one binary request and returns the peer's answer.
+    async fn send_full_snapshot(
+        &self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        option: &RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, SnapshotError> {
+        let head = SnapshotHead {
+            vote,
+            meta: snapshot.meta,
+        };
+        let body = transfer::encode(&head, snapshot.snapshot.get_ref());
+        let response = self
+            .client
+            .post(self.url(FULL_SNAPSHOT_PATH))
+            .header(SECRET_HEADER, &self.secret)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(option.hard_ttl())
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| network_error(&e))?;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes);
+            let e = std::io::Error::other(format!("peer answered {status}: {text}"));
+            return Err(network_error(&e));
+        }
+        let answer: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
+            serde_json::from_slice(&bytes).map_err(|e| network_error(&e))?;
+        answer.map_err(|fatal| StreamingError::RemoteError(RemoteError::new(self.target, fatal)))
+    }
 }
 
 impl RaftNetwork<TypeConfig> for Peer {
@@ -123,6 +196,31 @@ impl RaftNetwork<TypeConfig> for Peer {
         RPCError<NodeId, RaftNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         self.call("snapshot", &rpc, &option).await
+    }
+
+    /// The whole snapshot in one binary request when the peer takes it, else openraft's chunked
+    /// JSON RPC in chunks a 0.1.0 node accepts (the configured chunk size is only used here).
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, SnapshotError> {
+        if !self.takes_full_snapshots(&option).await? {
+            tracing::info!(
+                target_node = self.target,
+                "the node does not take binary snapshots (release 0.1.0): sending JSON chunks"
+            );
+            return <Chunked as SnapshotTransport<TypeConfig>>::send_snapshot(
+                self, vote, snapshot, cancel, option,
+            )
+            .await;
+        }
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            sent = self.send_full_snapshot(vote, snapshot, &option) => sent,
+        }
     }
 
     async fn vote(

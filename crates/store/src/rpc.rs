@@ -4,7 +4,10 @@
 //! in [`crate::SECRET_HEADER`]; join step 1 is authenticated by the operator's credentials in
 //! its body. Other layers add their internal routes behind [`require_secret`].
 
-use axum::extract::{Request, State};
+use std::io::Cursor;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -12,8 +15,10 @@ use axum::routing::post;
 use axum::{Json, Router};
 use flotilla_model::{Command, CommandResult};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::Snapshot;
 
 use crate::membership::{JoinRequest, JoinTicket, PromoteRequest};
+use crate::transfer::{self, FULL_SNAPSHOT_PATH, MAX_LEGACY_CHUNK_REQUEST, MAX_SNAPSHOT_BYTES};
 use crate::types::TypeConfig;
 use crate::{Store, StoreError, SECRET_HEADER};
 
@@ -22,7 +27,16 @@ pub fn router(store: Store) -> Router {
     Router::new()
         .route("/raft/append", post(append))
         .route("/raft/vote", post(vote))
-        .route("/raft/snapshot", post(snapshot))
+        .route(
+            "/raft/snapshot",
+            post(snapshot).layer(DefaultBodyLimit::max(MAX_LEGACY_CHUNK_REQUEST)),
+        )
+        .route(
+            FULL_SNAPSHOT_PATH,
+            post(full_snapshot)
+                .get(takes_full_snapshots)
+                .layer(DefaultBodyLimit::max(MAX_SNAPSHOT_BYTES)),
+        )
         .route("/internal/propose", post(propose))
         .route("/internal/join/promote", post(promote))
         .route("/internal/applied", post(applied))
@@ -80,6 +94,28 @@ async fn snapshot(
         Ok(raft) => Json(raft.install_snapshot(request).await).into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
+}
+
+/// The probe a primary node sends before a snapshot: this node takes whole binary snapshots.
+async fn takes_full_snapshots() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+/// A whole snapshot in one binary request (see [`crate::transfer`]), installed at once.
+async fn full_snapshot(State(store): State<Store>, body: Bytes) -> Response {
+    let raft = match store.raft() {
+        Ok(raft) => raft,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    };
+    let (head, data) = match transfer::decode(&body) {
+        Ok(parts) => parts,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let snapshot = Snapshot {
+        meta: head.meta,
+        snapshot: Box::new(Cursor::new(data.to_vec())),
+    };
+    Json(raft.install_full_snapshot(head.vote, snapshot).await).into_response()
 }
 
 /// A proposal forwarded by another node. The answer keeps 0.1.0's form: a refused command is

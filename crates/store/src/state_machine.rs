@@ -1,8 +1,20 @@
 //! The Raft state machine: applies committed commands to [`ClusterState`] and keeps it durable.
 //!
-//! The state is small (settings, nodes, databases, shards), so after every applied batch the
-//! whole state and the last applied log id are written in one redb transaction. On restart the
-//! node therefore starts from exactly what it had applied; snapshots are the same bytes.
+//! The state lives in memory and reaches disk only in snapshots: applying a command costs the
+//! same at any size of state (the log entry was made durable before it was committed, and the
+//! committed index before it was applied). Every `SNAPSHOT_EVERY` entries (see the crate root)
+//! openraft has a snapshot built; it is written in one redb transaction as `applied` (the state
+//! and the log id it stands at, the JSON release 0.1.0 reads) and `snapshot_meta`. openraft
+//! purges only log entries a snapshot covers, so on restart the node loads `applied` and
+//! openraft applies again every committed entry after it: a killed daemon comes back with every
+//! committed change.
+//!
+//! The same files open under release 0.1.0 (an in-place upgrade moved back before
+//! finalization): 0.1.0 reads `applied` and likewise applies the entries after it. Its own
+//! snapshot record (`snapshot`, the data as a JSON array of numbers) is read when no newer one
+//! was written, and removed when one is, so neither release finds a snapshot older than what
+//! the other wrote; a `snapshot_meta` left from before such a move back (it no longer matches
+//! `applied`) is dropped on open.
 //!
 //! Readers share the applied state: [`StateMachine::state`] hands out an `Arc` of it, and
 //! applying a batch copies the state only while some reader still holds the previous one
@@ -16,17 +28,23 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, SnapshotMeta, StoredMembership,
 };
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::log_store::io_error;
 use crate::types::{Entry, LogId, NodeId, RaftNode, StorageError, TypeConfig};
 
-/// Named values: the applied state and the current snapshot.
+/// Named values: the state as of the last snapshot and that snapshot's meta.
 const SM: TableDefinition<&str, &[u8]> = TableDefinition::new("state_machine");
+/// The JSON of [`Applied`] as of the last snapshot: the snapshot's data.
+const APPLIED: &str = "applied";
+/// The JSON of the last snapshot's [`SnapshotMeta`].
+const SNAPSHOT_META: &str = "snapshot_meta";
+/// Release 0.1.0's snapshot record ([`LegacySnapshot`]).
+const LEGACY_SNAPSHOT: &str = "snapshot";
 
-/// What the state machine persists: the cluster state and where in the log it stands.
+/// What a snapshot holds: the cluster state and where in the log it stands.
 ///
 /// The state sits behind an `Arc` shared with readers; serde encodes it as the bare state (the
 /// JSON of `applied` and of snapshots is that of a plain `ClusterState` field).
@@ -37,8 +55,10 @@ pub(crate) struct Applied {
     pub state: Arc<ClusterState>,
 }
 
+/// How release 0.1.0 records its last snapshot (`data` is the JSON of [`Applied`], written as
+/// an array of numbers).
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
+struct LegacySnapshot {
     meta: SnapshotMeta<NodeId, RaftNode>,
     data: Vec<u8>,
 }
@@ -55,8 +75,21 @@ fn sm_err(verb: ErrorVerb, e: impl std::error::Error) -> StorageError {
     io_error(ErrorSubject::StateMachine, verb, e)
 }
 
+fn write_err(e: impl std::error::Error) -> StorageError {
+    sm_err(ErrorVerb::Write, e)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
+    serde_json::to_vec(value).map_err(|e| sm_err(ErrorVerb::Write, e))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StorageError> {
+    serde_json::from_slice(bytes).map_err(|e| sm_err(ErrorVerb::Read, e))
+}
+
 impl StateMachine {
-    /// Opens (or creates) the state machine table and loads the last applied state.
+    /// Opens (or creates) the state machine table and loads the state of the last snapshot
+    /// (openraft then applies the committed entries after it).
     pub fn open(db: Arc<Database>) -> Result<Self, StorageError> {
         let txn = db.begin_write().map_err(|e| sm_err(ErrorVerb::Write, e))?;
         txn.open_table(SM)
@@ -67,9 +100,15 @@ impl StateMachine {
             applied: Arc::default(),
             changes: watch::Sender::new(0),
         };
-        if let Some(applied) = machine.read_value::<Applied>("applied")? {
-            *machine.applied.write().expect("state lock") = applied;
+        let applied = match machine.read_bytes(APPLIED)? {
+            Some(bytes) => decode::<Applied>(&bytes)?,
+            None => Applied::default(),
+        };
+        let meta = machine.read_meta()?;
+        if meta.is_some_and(|meta| meta.last_log_id != applied.last_applied) {
+            machine.remove(SNAPSHOT_META)?;
         }
+        *machine.applied.write().expect("state lock") = applied;
         Ok(machine)
     }
 
@@ -89,44 +128,56 @@ impl StateMachine {
         self.changes.subscribe()
     }
 
-    fn read_value<T: for<'de> Deserialize<'de>>(
-        &self,
-        key: &str,
-    ) -> Result<Option<T>, StorageError> {
+    fn read_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         let txn = self
             .db
             .begin_read()
             .map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let table = txn.open_table(SM).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        let Some(bytes) = table.get(key).map_err(|e| sm_err(ErrorVerb::Read, e))? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(bytes.value())
-            .map(Some)
-            .map_err(|e| sm_err(ErrorVerb::Read, e))
+        let bytes = table.get(key).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        Ok(bytes.map(|b| b.value().to_vec()))
     }
 
-    fn write_values(&self, values: &[(&str, Vec<u8>)]) -> Result<(), StorageError> {
-        let txn = self
-            .db
-            .begin_write()
-            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+    fn read_meta(&self) -> Result<Option<SnapshotMeta<NodeId, RaftNode>>, StorageError> {
+        self.read_bytes(SNAPSHOT_META)?
+            .map(|bytes| decode(&bytes))
+            .transpose()
+    }
+
+    fn remove(&self, key: &str) -> Result<(), StorageError> {
+        let txn = self.db.begin_write().map_err(write_err)?;
         {
-            let mut table = txn
-                .open_table(SM)
-                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            for (key, bytes) in values {
-                table
-                    .insert(*key, bytes.as_slice())
-                    .map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            }
+            let mut table = txn.open_table(SM).map_err(write_err)?;
+            table.remove(key).map_err(write_err)?;
         }
-        txn.commit().map_err(|e| sm_err(ErrorVerb::Write, e))
+        txn.commit().map_err(write_err)
     }
 
-    fn persist(&self, applied: &Applied) -> Result<(), StorageError> {
-        let bytes = serde_json::to_vec(applied).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        self.write_values(&[("applied", bytes)])
+    /// Writes a snapshot (its data is the JSON of [`Applied`]) as the recovery point, in one
+    /// transaction, unless a newer one is recorded already (a snapshot built from an older state
+    /// may finish after a newer one was installed). Removes 0.1.0's snapshot record.
+    fn save_snapshot(
+        &self,
+        meta: &SnapshotMeta<NodeId, RaftNode>,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        let meta_bytes = encode(meta)?;
+        let txn = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut table = txn.open_table(SM).map_err(write_err)?;
+            let recorded = table.get(SNAPSHOT_META).map_err(write_err)?;
+            let recorded: Option<SnapshotMeta<NodeId, RaftNode>> =
+                recorded.map(|bytes| decode(bytes.value())).transpose()?;
+            if recorded.is_some_and(|recorded| recorded.last_log_id > meta.last_log_id) {
+                return Ok(());
+            }
+            table.insert(APPLIED, data).map_err(write_err)?;
+            table
+                .insert(SNAPSHOT_META, meta_bytes.as_slice())
+                .map_err(write_err)?;
+            table.remove(LEGACY_SNAPSHOT).map_err(write_err)?;
+        }
+        txn.commit().map_err(write_err)
     }
 
     fn publish(&self) {
@@ -135,32 +186,39 @@ impl StateMachine {
     }
 }
 
+/// A snapshot's id: the term, leader and index of the last entry it covers.
+fn snapshot_id(last_applied: Option<LogId>) -> String {
+    match last_applied {
+        Some(id) => format!(
+            "{}-{}-{}",
+            id.leader_id.term, id.leader_id.node_id, id.index
+        ),
+        None => "empty".to_string(),
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        // Shares the state (no copy); encoding and writing run outside the lock, on a thread
+        // that may block (a large state takes a while).
         let applied = self.applied.read().expect("state lock").clone();
-        let data = serde_json::to_vec(&applied).map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        let snapshot_id = match applied.last_applied {
-            Some(id) => format!(
-                "{}-{}-{}",
-                id.leader_id.term, id.leader_id.node_id, id.index
-            ),
-            None => "empty".to_string(),
+        let machine = self.clone();
+        let build = move || {
+            let data = encode(&applied)?;
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+                snapshot_id: snapshot_id(applied.last_applied),
+            };
+            machine.save_snapshot(&meta, &data)?;
+            Ok(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            })
         };
-        let meta = SnapshotMeta {
-            last_log_id: applied.last_applied,
-            last_membership: applied.membership.clone(),
-            snapshot_id,
-        };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        };
-        let bytes = serde_json::to_vec(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        self.write_values(&[("snapshot", bytes)])?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        tokio::task::spawn_blocking(build)
+            .await
+            .map_err(write_err)?
     }
 }
 
@@ -180,7 +238,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let mut results = Vec::new();
-        let snapshot = {
+        {
             let mut applied = self.applied.write().expect("state lock");
             for entry in entries {
                 applied.last_applied = Some(entry.log_id);
@@ -200,9 +258,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 };
                 results.push(result);
             }
-            applied.clone()
-        };
-        self.persist(&snapshot)?;
+        }
         self.publish();
         Ok(results)
     }
@@ -220,31 +276,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, RaftNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let mut applied: Applied =
-            serde_json::from_slice(&data).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let mut applied: Applied = decode(snapshot.get_ref())?;
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        let snapshot_bytes =
-            serde_json::to_vec(&stored).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let applied_bytes =
-            serde_json::to_vec(&applied).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        self.write_values(&[("snapshot", snapshot_bytes), ("applied", applied_bytes)])?;
+        self.save_snapshot(meta, &encode(&applied)?)?;
         *self.applied.write().expect("state lock") = applied;
         self.publish();
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self
-            .read_value::<StoredSnapshot>("snapshot")?
-            .map(|stored| Snapshot {
-                meta: stored.meta,
-                snapshot: Box::new(Cursor::new(stored.data)),
+        if let Some(meta) = self.read_meta()? {
+            let data = self.read_bytes(APPLIED)?.unwrap_or_default();
+            return Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }));
+        }
+        let legacy = self.read_bytes(LEGACY_SNAPSHOT)?;
+        Ok(legacy
+            .map(|bytes| decode::<LegacySnapshot>(&bytes))
+            .transpose()?
+            .map(|legacy| Snapshot {
+                meta: legacy.meta,
+                snapshot: Box::new(Cursor::new(legacy.data)),
             }))
     }
 }
@@ -351,5 +406,134 @@ mod tests {
         let reopened = open_machine(&dir, "target.redb");
         assert_eq!(*reopened.state(), *source.state());
         assert_eq!(reopened.applied_index(), 1);
+    }
+
+    fn db_at(dir: &tempfile::TempDir, name: &str) -> Arc<Database> {
+        Arc::new(Database::create(dir.path().join(name)).expect("redb"))
+    }
+
+    fn put(db: &Database, key: &str, value: &[u8]) {
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(SM)
+            .expect("table")
+            .insert(key, value)
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+
+    fn has(db: &Database, key: &str) -> bool {
+        let txn = db.begin_read().expect("txn");
+        let table = txn.open_table(SM).expect("table");
+        table.get(key).expect("get").is_some()
+    }
+
+    fn rename(name: &str) -> flotilla_model::Command {
+        command(json!({"kind": "update_cluster", "name": name}))
+    }
+
+    fn cluster_name(machine: &StateMachine) -> Option<String> {
+        machine.state().cluster.as_ref().map(|c| c.name.clone())
+    }
+
+    #[tokio::test]
+    async fn applying_writes_nothing_and_a_reopen_starts_from_the_last_snapshot() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = db_at(&dir, "sm.redb");
+        let mut machine = StateMachine::open(db.clone()).expect("opens");
+        apply_one(&mut machine, 1, create_cluster()).await;
+        assert!(!has(&db, APPLIED), "an applied command is not written");
+        machine.build_snapshot().await.expect("built");
+        apply_one(&mut machine, 2, rename("c2")).await;
+        assert_eq!(cluster_name(&machine).as_deref(), Some("c2"));
+        drop(machine);
+        // openraft applies the committed entries after the snapshot again (entry 2 here).
+        let mut reopened = StateMachine::open(db).expect("reopens");
+        assert_eq!(reopened.applied_index(), 1);
+        assert_eq!(cluster_name(&reopened).as_deref(), Some("c1"));
+        let current = reopened.get_current_snapshot().await.expect("read");
+        let current = current.expect("the snapshot is recorded");
+        assert_eq!(current.meta.last_log_id, Some(log_id(1)));
+        let data: Applied = serde_json::from_slice(current.snapshot.get_ref()).expect("data");
+        assert_eq!(data.last_applied, Some(log_id(1)));
+    }
+
+    #[tokio::test]
+    async fn a_store_written_by_0_1_0_opens_and_its_snapshot_record_is_replaced() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = db_at(&dir, "sm.redb");
+        let meta: Value = serde_json::from_str(APPLIED_0_1_0).expect("json");
+        let legacy = json!({
+            "meta": {
+                "last_log_id": meta["last_applied"],
+                "last_membership": meta["membership"],
+                "snapshot_id": "1-1-3"
+            },
+            "data": APPLIED_0_1_0.as_bytes(),
+        });
+        put(&db, APPLIED, APPLIED_0_1_0.as_bytes());
+        put(&db, LEGACY_SNAPSHOT, legacy.to_string().as_bytes());
+        let mut machine = StateMachine::open(db.clone()).expect("opens");
+        assert_eq!(machine.applied_index(), 3);
+        assert_eq!(cluster_name(&machine).as_deref(), Some("c1"));
+        let current = machine.get_current_snapshot().await.expect("read");
+        let current = current.expect("0.1.0's snapshot is found");
+        assert_eq!(current.meta.snapshot_id, "1-1-3");
+        assert_eq!(
+            current.snapshot.get_ref().as_slice(),
+            APPLIED_0_1_0.as_bytes()
+        );
+        apply_one(&mut machine, 4, rename("c2")).await;
+        machine.build_snapshot().await.expect("built");
+        assert!(!has(&db, LEGACY_SNAPSHOT), "0.1.0's record is replaced");
+        let applied: Value =
+            serde_json::from_slice(&machine.read_bytes(APPLIED).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            applied["last_applied"]["index"], 4,
+            "0.1.0 reads `applied` as before"
+        );
+        assert_eq!(applied["state"]["cluster"]["name"], "c2");
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_meta_that_no_longer_matches_applied_is_dropped_on_open() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = db_at(&dir, "sm.redb");
+        let mut machine = StateMachine::open(db.clone()).expect("opens");
+        apply_one(&mut machine, 1, create_cluster()).await;
+        machine.build_snapshot().await.expect("built");
+        drop(machine);
+        // Release 0.1.0 (moved back to) rewrites `applied` after each command.
+        put(&db, APPLIED, APPLIED_0_1_0.as_bytes());
+        let mut reopened = StateMachine::open(db.clone()).expect("reopens");
+        assert_eq!(reopened.applied_index(), 3);
+        assert!(!has(&db, SNAPSHOT_META));
+        let current = reopened.get_current_snapshot().await.expect("read");
+        assert!(
+            current.is_none(),
+            "openraft builds a new one when it needs it"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_older_snapshot_never_replaces_a_newer_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut source = open_machine(&dir, "source.redb");
+        apply_one(&mut source, 1, create_cluster()).await;
+        let older = source.build_snapshot().await.expect("built");
+        apply_one(&mut source, 2, rename("c2")).await;
+        let newer = source.build_snapshot().await.expect("built");
+        let mut target = open_machine(&dir, "target.redb");
+        target
+            .install_snapshot(&newer.meta, newer.snapshot)
+            .await
+            .expect("installed");
+        target
+            .save_snapshot(&older.meta, older.snapshot.get_ref())
+            .expect("skipped");
+        let current = target.get_current_snapshot().await.expect("read");
+        assert_eq!(current.expect("recorded").meta.last_log_id, Some(log_id(2)));
+        drop(target);
+        let reopened = open_machine(&dir, "target.redb");
+        assert_eq!(cluster_name(&reopened).as_deref(), Some("c2"));
     }
 }

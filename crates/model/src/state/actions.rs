@@ -1,7 +1,10 @@
 //! Actions: their creation (one running action per database), progress, cancellation.
 
 use super::{ClusterState, NodeUid};
-use crate::action::{Action, ActionKind, ActionStatus, ActionUid};
+use crate::action::{
+    Action, ActionKind, ActionStatus, ActionUid, FINISHED_ACTIONS_KEPT, FINISHED_ACTIONS_KEPT_FOR,
+    FINISHED_ACTIONS_MAX,
+};
 use crate::bdb::BdbUid;
 use crate::command::{ActionCreation, ActionUpdate, CommandResult};
 use crate::error::ModelError;
@@ -67,6 +70,39 @@ impl ClusterState {
         Ok(())
     }
 
+    /// The finished actions to drop at `now` (seconds since the epoch): all but the
+    /// [`FINISHED_ACTIONS_KEPT`] that ended last, and the younger than
+    /// [`FINISHED_ACTIONS_KEPT_FOR`] up to [`FINISHED_ACTIONS_MAX`]. Running actions are
+    /// never listed.
+    pub fn prunable_actions(&self, now: u64) -> Vec<ActionUid> {
+        let mut finished: Vec<&Action> =
+            self.actions.values().filter(|a| !a.is_running()).collect();
+        finished.sort_by_key(|a| std::cmp::Reverse((a.updated_at, a.uid)));
+        let young_after = now.saturating_sub(FINISHED_ACTIONS_KEPT_FOR.as_secs());
+        let mut doomed: Vec<ActionUid> = finished
+            .iter()
+            .enumerate()
+            .filter(|(rank, action)| {
+                let young = action.updated_at >= young_after;
+                *rank >= FINISHED_ACTIONS_MAX || (*rank >= FINISHED_ACTIONS_KEPT && !young)
+            })
+            .map(|(_, action)| action.uid)
+            .collect();
+        doomed.sort_unstable();
+        doomed
+    }
+
+    /// Drops the listed actions that are finished; a running or unknown one is left alone, so
+    /// the command is safe to apply again.
+    pub(super) fn prune_actions(&mut self, uids: &[ActionUid]) -> CommandResult {
+        for uid in uids {
+            if self.actions.get(uid).is_some_and(|a| !a.is_running()) {
+                self.actions_mut().remove(uid);
+            }
+        }
+        CommandResult::Ok
+    }
+
     pub(super) fn create_action(
         &mut self,
         creation: ActionCreation,
@@ -80,7 +116,7 @@ impl ClusterState {
         self.check_new_action(&kind)?;
         let uid = self.next_ids.next_action_uid;
         self.next_ids.next_action_uid += 1;
-        self.actions.insert(
+        self.actions_mut().insert(
             uid,
             Action {
                 uid,
@@ -100,7 +136,7 @@ impl ClusterState {
     }
 
     fn action_mut(&mut self, uid: ActionUid) -> Result<&mut Action, ModelError> {
-        self.actions
+        self.actions_mut()
             .get_mut(&uid)
             .ok_or_else(|| ModelError::NotFound(format!("action {uid} does not exist")))
     }
@@ -205,6 +241,71 @@ mod tests {
             }),
             expected_step,
         })
+    }
+
+    /// A state with `count` finished actions, action `i` (from 1) ended at `ended(i)`, and one
+    /// running action.
+    fn with_finished(count: u64, ended: impl Fn(u64) -> u64) -> ClusterState {
+        let mut state = with_db(
+            bdb_spec("db1", 12000),
+            vec![plan(1, ShardRole::Primary, 20000)],
+        );
+        for i in 1..=count {
+            assert_eq!(
+                state.apply(create_action()),
+                CommandResult::ActionCreated { uid: i }
+            );
+            let mut done = update(3, ActionStatus::Completed, None);
+            if let Command::UpdateAction(update) = &mut done {
+                update.uid = i;
+                update.updated_at = ended(i);
+            }
+            assert_eq!(state.apply(done), CommandResult::Ok);
+        }
+        state.apply(create_action());
+        state
+    }
+
+    const DAY: u64 = 24 * 3600;
+
+    #[test]
+    fn pruning_keeps_the_newest_finished_actions_and_the_running_one() {
+        let now = 100 * DAY;
+        // 150 actions that ended long ago, one per minute.
+        let mut state = with_finished(150, |i| DAY + i * 60);
+        let doomed = state.prunable_actions(now);
+        assert_eq!(doomed, (1..=50).collect::<Vec<_>>(), "the 50 oldest go");
+        let pruning = Command::PruneActions(crate::ActionPruning { uids: doomed });
+        assert_eq!(state.apply(pruning.clone()), CommandResult::Ok);
+        assert_eq!(state.actions.len(), 101, "100 finished and the running one");
+        assert!(state.actions.contains_key(&150) && state.actions.contains_key(&51));
+        assert!(state.running_action_on(1).is_some());
+        assert!(state.prunable_actions(now).is_empty());
+        assert_eq!(
+            state.apply(pruning),
+            CommandResult::Ok,
+            "safe to apply again"
+        );
+        assert_eq!(state.actions.len(), 101);
+    }
+
+    #[test]
+    fn pruning_keeps_a_young_past_up_to_the_cap_and_never_a_running_action() {
+        let now = 100 * DAY;
+        // 1,100 actions that ended in the last day.
+        let state = with_finished(1100, |i| now - DAY + i);
+        let doomed = state.prunable_actions(now);
+        assert_eq!(doomed, (1..=100).collect::<Vec<_>>(), "beyond the cap only");
+        let running = state.running_action_on(1).expect("running").uid;
+        let mut state = state;
+        let listed = Command::PruneActions(crate::ActionPruning {
+            uids: vec![running],
+        });
+        assert_eq!(state.apply(listed), CommandResult::Ok);
+        assert!(
+            state.actions.contains_key(&running),
+            "a running action stays"
+        );
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl ClusterState {
         for plan in shards {
             self.insert_shard(uid, plan, spec.redis_version, false);
         }
-        self.bdbs.insert(
+        self.bdbs_mut().insert(
             uid,
             Bdb {
                 uid,
@@ -92,12 +92,12 @@ impl ClusterState {
     }
 
     pub(super) fn delete_bdb(&mut self, uid: BdbUid) -> Result<CommandResult, ModelError> {
-        if self.bdbs.remove(&uid).is_none() {
+        if self.bdbs_mut().remove(&uid).is_none() {
             return Err(ModelError::NotFound(format!(
                 "database {uid} does not exist"
             )));
         }
-        self.shards.retain(|_, s| s.bdb_uid != uid);
+        self.shards_mut().retain(|_, s| s.bdb_uid != uid);
         Ok(CommandResult::Ok)
     }
 
@@ -110,7 +110,7 @@ impl ClusterState {
     }
 
     fn bdb_mut(&mut self, uid: BdbUid) -> Result<&mut Bdb, ModelError> {
-        self.bdbs
+        self.bdbs_mut()
             .get_mut(&uid)
             .ok_or_else(|| ModelError::NotFound(format!("database {uid} does not exist")))
     }

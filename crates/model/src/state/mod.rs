@@ -6,6 +6,7 @@
 //! answered once here) and the commands that change it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,10 @@ pub use shards::SlotGroup;
 /// The whole replicated configuration: the state machine the Raft log drives.
 ///
 /// Fields added in later versions must carry `#[serde(default)]` (see the crate docs).
+///
+/// Each collection sits behind an `Arc` (encoded as the bare map): the store shares the state
+/// with its readers and copies it on write, and a change then copies only the collection it
+/// touches (a database update copies the databases, not the shards or the actions).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// Cluster-wide settings; `None` until `cluster create` has been applied.
@@ -31,19 +36,19 @@ pub struct ClusterState {
     pub cluster: Option<Cluster>,
     /// Every member node by uid.
     #[serde(default)]
-    pub nodes: BTreeMap<NodeUid, Node>,
+    pub nodes: Arc<BTreeMap<NodeUid, Node>>,
     /// Counters that hand out uids for nodes, databases, shards and actions.
     #[serde(default)]
     pub next_ids: IdCounters,
     /// Databases by uid.
     #[serde(default)]
-    pub bdbs: BTreeMap<BdbUid, Bdb>,
+    pub bdbs: Arc<BTreeMap<BdbUid, Bdb>>,
     /// Shards by uid.
     #[serde(default)]
-    pub shards: BTreeMap<ShardUid, Shard>,
+    pub shards: Arc<BTreeMap<ShardUid, Shard>>,
     /// Actions by uid (finished ones are kept for `flotilla action list`).
     #[serde(default)]
-    pub actions: BTreeMap<ActionUid, Action>,
+    pub actions: Arc<BTreeMap<ActionUid, Action>>,
 }
 
 /// Monotonic counters for uids; a uid is never handed out twice, even after a removal.
@@ -78,6 +83,26 @@ impl Default for IdCounters {
 }
 
 impl ClusterState {
+    /// The nodes, to change (copied first while a reader shares them).
+    pub(crate) fn nodes_mut(&mut self) -> &mut BTreeMap<NodeUid, Node> {
+        Arc::make_mut(&mut self.nodes)
+    }
+
+    /// The databases, to change (copied first while a reader shares them).
+    pub(crate) fn bdbs_mut(&mut self) -> &mut BTreeMap<BdbUid, Bdb> {
+        Arc::make_mut(&mut self.bdbs)
+    }
+
+    /// The shards, to change (copied first while a reader shares them).
+    pub(crate) fn shards_mut(&mut self) -> &mut BTreeMap<ShardUid, Shard> {
+        Arc::make_mut(&mut self.shards)
+    }
+
+    /// The actions, to change (copied first while a reader shares them).
+    pub(crate) fn actions_mut(&mut self) -> &mut BTreeMap<ActionUid, Action> {
+        Arc::make_mut(&mut self.actions)
+    }
+
     /// Applies one committed command. Deterministic: the same state and command give the same
     /// result on every node, and a refused command leaves the state untouched.
     pub fn apply(&mut self, command: Command) -> CommandResult {
@@ -106,6 +131,7 @@ impl ClusterState {
             }
             Command::CompleteMigration(migration) => self.complete_migration(migration),
             Command::RemoveNode(removal) => self.remove_node(removal.uid),
+            Command::PruneActions(pruning) => Ok(self.prune_actions(&pruning.uids)),
             Command::Unknown => Ok(CommandResult::Ignored),
         };
         outcome.unwrap_or_else(CommandResult::Refused)

@@ -148,7 +148,7 @@ impl ClusterState {
                 self.cluster_version()
             )));
         }
-        self.nodes.insert(
+        self.nodes_mut().insert(
             uid,
             Node {
                 uid,
@@ -163,7 +163,7 @@ impl ClusterState {
     fn insert_node(&mut self, node: NodeSpec) -> NodeUid {
         let uid = self.next_ids.next_node_uid;
         self.next_ids.next_node_uid += 1;
-        self.nodes.insert(
+        self.nodes_mut().insert(
             uid,
             Node {
                 uid,
@@ -187,7 +187,7 @@ impl ClusterState {
     }
 
     pub(super) fn update_node(&mut self, change: NodeChange) -> Result<CommandResult, ModelError> {
-        let node = self.nodes.get_mut(&change.uid).ok_or_else(|| {
+        let node = self.nodes_mut().get_mut(&change.uid).ok_or_else(|| {
             ModelError::NotFound(format!("node {} is not in the cluster", change.uid))
         })?;
         node.software_version = change.software_version;
@@ -214,7 +214,7 @@ impl ClusterState {
                 "node {uid} is the cluster's last node; a cluster keeps at least one"
             )));
         }
-        self.nodes.remove(&uid);
+        self.nodes_mut().remove(&uid);
         Ok(CommandResult::Ok)
     }
 
@@ -258,7 +258,7 @@ mod tests {
         assert_eq!(state.nodes[&3].addr, IpAddr::from([127, 0, 0, 14]));
         assert_eq!(state.nodes.len(), 3, "no node is added");
         // A node removed earlier comes back under its uid.
-        state.nodes.remove(&2);
+        state.nodes_mut().remove(&2);
         assert_eq!(
             state.apply(replace(2, "127.0.0.12")),
             CommandResult::NodeAdded { uid: 2 }
@@ -353,7 +353,7 @@ mod tests {
         assert_eq!(state.apply(remove(1)), CommandResult::Ok);
         assert_eq!(state.apply(remove(1)), CommandResult::Ok, "idempotent");
         assert!(!state.nodes.contains_key(&1));
-        state.shards.clear();
+        state.shards_mut().clear();
         assert!(
             matches!(state.apply(remove(2)), CommandResult::Refused(_)),
             "the last node stays"

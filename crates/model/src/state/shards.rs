@@ -135,14 +135,14 @@ impl ClusterState {
         }
         let members: Vec<ShardUid> = group.shards.iter().map(|s| s.uid).collect();
         for member in members {
-            if let Some(other) = self.shards.get_mut(&member) {
+            if let Some(other) = self.shards_mut().get_mut(&member) {
                 if other.role == ShardRole::Primary {
                     other.role = ShardRole::Replica;
                 }
                 other.held = false;
             }
         }
-        if let Some(promoted) = self.shards.get_mut(&uid) {
+        if let Some(promoted) = self.shards_mut().get_mut(&uid) {
             promoted.role = ShardRole::Primary;
         }
         Ok(CommandResult::Ok)
@@ -169,7 +169,7 @@ impl ClusterState {
     }
 
     fn shard_mut(&mut self, uid: ShardUid) -> Result<&mut Shard, ModelError> {
-        self.shards
+        self.shards_mut()
             .get_mut(&uid)
             .ok_or_else(|| ModelError::NotFound(format!("shard {uid} does not exist")))
     }
@@ -241,7 +241,7 @@ impl ClusterState {
             held: false,
             temporary,
         };
-        self.shards.insert(uid, shard);
+        self.shards_mut().insert(uid, shard);
         uid
     }
 
@@ -315,9 +315,9 @@ impl ClusterState {
         }
         let replaced: Vec<ShardUid> = replaced.iter().map(|s| s.uid).collect();
         for old in replaced {
-            self.shards.remove(&old);
+            self.shards_mut().remove(&old);
         }
-        if let Some(new) = self.shards.get_mut(&replacement) {
+        if let Some(new) = self.shards_mut().get_mut(&replacement) {
             new.temporary = false;
         }
         Ok(CommandResult::Ok)
@@ -346,9 +346,9 @@ impl ClusterState {
                     "shard {old} is a primary shard; switch it over to shard {new} before dropping it"
                 )));
             }
-            self.shards.remove(&old);
+            self.shards_mut().remove(&old);
         }
-        if let Some(copy) = self.shards.get_mut(&new) {
+        if let Some(copy) = self.shards_mut().get_mut(&new) {
             copy.temporary = false;
         }
         Ok(CommandResult::Ok)
@@ -361,7 +361,7 @@ impl ClusterState {
                 format!("shard {uid} is a primary shard; switch it over before removing it"),
             )),
             Some(_) => {
-                self.shards.remove(&uid);
+                self.shards_mut().remove(&uid);
                 Ok(CommandResult::Ok)
             }
         }
@@ -456,7 +456,7 @@ mod tests {
             state.shard_addr(&replica),
             Ok("127.0.0.12:20000".parse().unwrap())
         );
-        state.nodes.remove(&2);
+        state.nodes_mut().remove(&2);
         assert!(matches!(
             state.shard_addr(&replica),
             Err(ModelError::NotFound(_))
