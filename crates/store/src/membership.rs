@@ -307,40 +307,13 @@ impl Store {
         });
         // Checked before the membership changes, so a refused replacement changes nothing.
         state.check_proposable(&command)?;
-        self.leave_membership(uid).await?;
+        self.remove_member(uid).await?;
         self.propose(command).await?;
         Ok(JoinTicket {
             uid,
             secret: cluster.secret.clone(),
             primary_node_rpc_addr: self.primary_node_rpc_addr().unwrap_or_default(),
         })
-    }
-
-    /// Takes `uid` out of the Raft membership (voter and node), if it is in it.
-    async fn leave_membership(&self, uid: NodeUid) -> Result<(), StoreError> {
-        let raft = self.raft()?;
-        let membership = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
-        let change = if membership.voter_ids().any(|v| v == uid) {
-            ChangeMembers::RemoveVoters(BTreeSet::from([uid]))
-        } else if membership.get_node(&uid).is_some() {
-            ChangeMembers::RemoveNodes(BTreeSet::from([uid]))
-        } else {
-            return Ok(());
-        };
-        tokio::time::timeout(Duration::from_secs(30), raft.change_membership(change, false))
-            .await
-            .map_err(|_| {
-                StoreError::Internal(format!(
-                    "taking node {uid} out of the membership took over 30 s (is a quorum of the other nodes up?)"
-                ))
-            })?
-            .map_err(|e| StoreError::Internal(e.to_string()))?;
-        Ok(())
     }
 
     /// Primary node's step 2: learner, catch up, voter.

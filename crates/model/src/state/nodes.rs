@@ -101,20 +101,27 @@ impl ClusterState {
         Ok(CommandResult::NodeAdded { uid })
     }
 
+    /// Refuses a joining node older than the cluster version (it could not apply what the
+    /// cluster already uses).
+    fn check_joining_version(&self, node: &NodeSpec) -> Result<(), ModelError> {
+        if crate::version::at_least(&node.software_version, self.cluster_version()) {
+            return Ok(());
+        }
+        Err(ModelError::InvalidValue(format!(
+            "software_version: the node at {} runs {}, older than the cluster version {}; install {} or newer on it, then join",
+            node.addr,
+            node.software_version,
+            self.cluster_version(),
+            self.cluster_version()
+        )))
+    }
+
     pub(super) fn add_node(&mut self, node: NodeSpec) -> Result<CommandResult, ModelError> {
         self.cluster()?;
         if let Some(existing) = self.node_by_addr(node.addr) {
             return Ok(CommandResult::NodeExists { uid: existing.uid });
         }
-        if !crate::version::at_least(&node.software_version, self.cluster_version()) {
-            return Err(ModelError::InvalidValue(format!(
-                "software_version: the node at {} runs {}, older than the cluster version {}; install {} or newer on it, then join",
-                node.addr,
-                node.software_version,
-                self.cluster_version(),
-                self.cluster_version()
-            )));
-        }
+        self.check_joining_version(&node)?;
         let uid = self.insert_node(node);
         Ok(CommandResult::NodeAdded { uid })
     }
@@ -139,15 +146,7 @@ impl ClusterState {
                 node.addr, other.uid
             )));
         }
-        if !crate::version::at_least(&node.software_version, self.cluster_version()) {
-            return Err(ModelError::InvalidValue(format!(
-                "software_version: the node at {} runs {}, older than the cluster version {}; install {} or newer on it, then join",
-                node.addr,
-                node.software_version,
-                self.cluster_version(),
-                self.cluster_version()
-            )));
-        }
+        self.check_joining_version(&node)?;
         self.nodes_mut().insert(
             uid,
             Node {

@@ -15,7 +15,7 @@ use flotilla_model::rest::{
     NodeUpgradeRequest, NodeUpgradeStatus, ReplicaLink, INTERNAL_NODE_UPGRADE_PATH,
 };
 use flotilla_model::{
-    plan, Action, ActionKind, ClusterUpgrade, ClusterVersionFinalization, Command, NodeUid, Op,
+    Action, ActionKind, ClusterUpgrade, ClusterVersionFinalization, Command, NodeUid, Op,
 };
 use flotilla_store::StoreError;
 
@@ -37,14 +37,7 @@ pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Res
             action.uid
         )));
     };
-    let steps = plan(&action.kind, &observer.store.state());
-    let step = steps.get(index).ok_or_else(|| {
-        StepError::never(format!(
-            "action {}: step {index} is not in its plan ({} steps)",
-            action.uid,
-            steps.len()
-        ))
-    })?;
+    let step = super::planned_step(observer, action, index)?;
     match (step.op, step.node) {
         (Op::UpgradeNode, Some(node)) => upgrade_node(observer, upgrade, node).await,
         (Op::FinalizeCluster, _) => finalize(observer, &upgrade.version).await,

@@ -220,14 +220,26 @@ async fn migrate_step(
     shard_move: &flotilla_model::ShardMove,
     index: usize,
 ) -> Result<(), StepError> {
-    let steps = plan(&action.kind, &observer.store.state());
-    let step = steps.get(index).ok_or_else(|| {
-        StepError::never(format!(
-            "action {}: no step {index} in its plan",
-            action.uid
-        ))
-    })?;
+    let step = planned_step(observer, action, index)?;
     migrate::run_op(observer, shard_move, step.op).await
+}
+
+/// Step `index` of the action's plan as the state stands now; an error that is never retried
+/// when the plan has no such step.
+pub(super) fn planned_step(
+    observer: &Observer,
+    action: &Action,
+    index: usize,
+) -> Result<flotilla_model::Step, StepError> {
+    let mut steps = plan(&action.kind, &observer.store.state());
+    if index >= steps.len() {
+        return Err(StepError::never(format!(
+            "action {}: step {index} is not in its plan ({} steps)",
+            action.uid,
+            steps.len()
+        )));
+    }
+    Ok(steps.swap_remove(index))
 }
 
 async fn record_step(

@@ -9,9 +9,7 @@
 //! while it drains), it hands primary-ship away before running any step: the new primary node
 //! resumes the action at the recorded step.
 
-use flotilla_model::{
-    plan, Action, ActionKind, Command, NodeRemoval, NodeUid, Op, ShardMove, Step,
-};
+use flotilla_model::{Action, ActionKind, Command, NodeRemoval, NodeUid, Op, ShardMove, Step};
 
 use super::db_upgrade::propose;
 use super::{migrate, StepError};
@@ -25,15 +23,8 @@ pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Res
             action.uid
         )));
     };
-    let steps = plan(&action.kind, &observer.store.state());
-    let step = steps.get(index).ok_or_else(|| {
-        StepError::never(format!(
-            "action {}: step {index} is not in its plan ({} steps)",
-            action.uid,
-            steps.len()
-        ))
-    })?;
-    run_removal_step(observer, *node_uid, moves, step).await
+    let step = super::planned_step(observer, action, index)?;
+    run_removal_step(observer, *node_uid, moves, &step).await
 }
 
 /// Runs one step of the removal of node `node` whose shards go as `moves`: `demote_node`,
