@@ -158,19 +158,7 @@ fn a_replicated_sharded_database_answers_on_every_node() {
 #[test]
 fn a_killed_daemon_leaves_its_shards_running_and_adopts_them() {
     let cluster = DevCluster::up(&bin(), 32, 3);
-    cluster.create_db(&[
-        "--name",
-        "adopt",
-        "--port",
-        "12001",
-        "--memory",
-        "100mb",
-        "--shards",
-        "2",
-        "--replication",
-        "--redis-version",
-        "valkey-8.1",
-    ]);
+    cluster.create_replicated_db("adopt", 12001, "valkey-8.1");
     let node = 2;
     let on_node: Vec<u64> = cluster
         .shards_at(1)

@@ -234,19 +234,7 @@ fn endpoint(cluster: &DevCluster, node: u8, port: u16) -> SocketAddr {
 }
 
 fn replicated_db(cluster: &DevCluster, name: &str, port: u16) {
-    cluster.create_db(&[
-        "--name",
-        name,
-        "--port",
-        &port.to_string(),
-        "--memory",
-        "100mb",
-        "--shards",
-        "2",
-        "--replication",
-        "--redis-version",
-        "valkey-8.1",
-    ]);
+    cluster.create_replicated_db(name, port, "valkey-8.1");
 }
 
 #[test]

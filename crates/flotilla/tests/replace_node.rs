@@ -51,19 +51,7 @@ fn replicas_caught_up(cluster: &DevCluster, node_uid: u64) -> bool {
 #[test]
 fn a_fresh_machine_takes_the_place_and_uid_of_a_node_that_is_gone() {
     let cluster = DevCluster::up(&bin(), 108, 3);
-    cluster.create_db(&[
-        "--name",
-        "kept",
-        "--port",
-        "12108",
-        "--memory",
-        "100mb",
-        "--shards",
-        "2",
-        "--replication",
-        "--redis-version",
-        "valkey-8.1",
-    ]);
+    cluster.create_replicated_db("kept", 12108, "valkey-8.1");
     let rt = load_runtime();
     let load = start_load(&rt, format!("{}:12108", cluster.addr(1)));
 

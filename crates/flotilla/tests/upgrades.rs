@@ -81,19 +81,7 @@ fn a_replicated_database_climbs_every_engine_under_load() {
 #[test]
 fn preserve_roles_puts_every_primary_back_and_a_skip_upgrade_works() {
     let cluster = DevCluster::up(&bin(), 42, 2);
-    cluster.create_db(&[
-        "--name",
-        "skip",
-        "--port",
-        "12101",
-        "--memory",
-        "100mb",
-        "--shards",
-        "2",
-        "--replication",
-        "--redis-version",
-        "redis-6.2",
-    ]);
+    cluster.create_replicated_db("skip", 12101, "redis-6.2");
     let rt = runtime();
     let load = start_load(&rt, format!("{}:12101", cluster.addr(1)));
     let primaries = |c: &DevCluster| -> Vec<u64> {

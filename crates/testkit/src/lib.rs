@@ -249,6 +249,25 @@ impl DevCluster {
         bdb
     }
 
+    /// [`DevCluster::create_db`] of the database most tests use: `name` on `port`, 2 shards,
+    /// replicated, 100 MB, on `engine` (e.g. `valkey-8.1`).
+    pub fn create_replicated_db(&self, name: &str, port: u16, engine: &str) -> serde_json::Value {
+        let port = port.to_string();
+        self.create_db(&[
+            "--name",
+            name,
+            "--port",
+            &port,
+            "--memory",
+            "100mb",
+            "--shards",
+            "2",
+            "--replication",
+            "--redis-version",
+            engine,
+        ])
+    }
+
     /// A database's `status` as node 1 answers it (`?` when it cannot tell).
     pub fn db_status(&self, uid: u64) -> String {
         let output = self.flotilla(&["db", "show", &uid.to_string(), "--json"]);

@@ -147,31 +147,26 @@ impl ClusterState {
             )));
         }
         self.check_joining_version(&node)?;
-        self.nodes_mut().insert(
-            uid,
-            Node {
-                uid,
-                addr: node.addr,
-                software_version: node.software_version,
-                os: node.os,
-            },
-        );
+        self.put_node(uid, node);
         Ok(CommandResult::NodeAdded { uid })
     }
 
     fn insert_node(&mut self, node: NodeSpec) -> NodeUid {
         let uid = self.next_ids.next_node_uid;
         self.next_ids.next_node_uid += 1;
-        self.nodes_mut().insert(
-            uid,
-            Node {
-                uid,
-                addr: node.addr,
-                software_version: node.software_version,
-                os: node.os,
-            },
-        );
+        self.put_node(uid, node);
         uid
+    }
+
+    /// Records `node` under `uid` (a new node, or the replacement of one).
+    fn put_node(&mut self, uid: NodeUid, node: NodeSpec) {
+        let record = Node {
+            uid,
+            addr: node.addr,
+            software_version: node.software_version,
+            os: node.os,
+        };
+        self.nodes_mut().insert(uid, record);
     }
 
     pub(super) fn update_cluster(
