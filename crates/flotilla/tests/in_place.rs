@@ -512,7 +512,9 @@ fn upgrade_until_step(
             status["old_pid"].as_u64().unwrap_or(0) as u32,
             status["new_pid"].as_u64().unwrap_or(0) as u32,
         );
-        status["step"] == step && pids.1 != 0
+        // A record left by an earlier attempt has ended (failed or done): only a running
+        // one is this upgrade's.
+        status["state"] == "running" && status["step"] == step && pids.1 != 0
     });
     assert!(reached, "the handover reached '{step}'");
     (child, pids.0, pids.1)
@@ -756,7 +758,15 @@ fn upgrade_cluster_resumes_after_a_kill_9_of_the_primary_node_at_each_node_step(
         killed_at.push((primary, index));
         restart_killed(&cluster, primary, &v020, &v021);
     }
-    let done = poll_until(Duration::from_secs(240), || versions(&cluster).1 == "0.2.1");
+    let done = poll_until(Duration::from_secs(240), || {
+        // Any node that answers (one may be between daemons at that moment).
+        cluster.node_numbers().any(|n| {
+            let output = cluster.flotilla_at(n, &["status", "--json"]);
+            let status: serde_json::Value =
+                serde_json::from_slice(&output.stdout).unwrap_or_default();
+            status["cluster"]["cluster_version"] == "0.2.1"
+        })
+    });
     assert!(
         done,
         "the action completed after {killed_at:?}: {:#}",
