@@ -211,19 +211,7 @@ fn a_cancelled_upgrade_stops_at_a_boundary_with_every_slot_range_on_one_engine()
             ("FLOTILLA_FAILPOINT_PAUSE_MS", "3000"),
         ],
     );
-    cluster.create_db(&[
-        "--name",
-        "halt",
-        "--port",
-        "12104",
-        "--memory",
-        "100mb",
-        "--shards",
-        "2",
-        "--replication",
-        "--redis-version",
-        "redis-6.2",
-    ]);
+    cluster.create_replicated_db("halt", 12104, "redis-6.2");
     let rt = runtime();
     let load = start_load(&rt, format!("{}:12104", cluster.addr(1)));
     assert_success(
