@@ -758,14 +758,20 @@ fn upgrade_cluster_resumes_after_a_kill_9_of_the_primary_node_at_each_node_step(
         killed_at.push((primary, index));
         restart_killed(&cluster, primary, &v020, &v021);
     }
+    // Node 1, which the checks below ask, once it answers (it may be between daemons at that
+    // moment). The action is marked completed by its own command after the finalize step's:
+    // wait for both.
     let done = poll_until(Duration::from_secs(240), || {
-        // Any node that answers (one may be between daemons at that moment).
-        cluster.node_numbers().any(|n| {
-            let output = cluster.flotilla_at(n, &["status", "--json"]);
-            let status: serde_json::Value =
-                serde_json::from_slice(&output.stdout).unwrap_or_default();
-            status["cluster"]["cluster_version"] == "0.2.1"
-        })
+        let status = cluster.flotilla_at(1, &["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+        let actions = cluster.flotilla_at(1, &["action", "list", "--json"]);
+        let actions: serde_json::Value =
+            serde_json::from_slice(&actions.stdout).unwrap_or_default();
+        let completed = actions.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|a| a["name"] == "SMUpgradeCluster" && a["status"] == "completed")
+        });
+        status["cluster"]["cluster_version"] == "0.2.1" && completed
     });
     assert!(
         done,

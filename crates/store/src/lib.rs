@@ -97,6 +97,8 @@ struct Inner {
     identity: RwLock<Option<Identity>>,
     http: reqwest::Client,
     bootstrap: tokio::sync::Mutex<()>,
+    /// The term in which this node last became the primary node, and when it saw that.
+    primary_since: primary::PrimarySince,
 }
 
 impl Store {
@@ -119,6 +121,7 @@ impl Store {
                 raft: RwLock::new(None),
                 identity: RwLock::new(None),
                 bootstrap: tokio::sync::Mutex::new(()),
+                primary_since: Default::default(),
             }),
         };
         if let Some(identity) = identity {
@@ -441,6 +444,7 @@ impl Store {
         let log_store = LogStore::new(self.inner.db.clone())
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let network = Network::new(self.inner.http.clone(), identity.secret.clone());
+        let identity_uid = identity.uid;
         let raft = Raft::new(
             identity.uid,
             Arc::new(config),
@@ -452,6 +456,7 @@ impl Store {
         .map_err(|e| StoreError::Internal(e.to_string()))?;
         *self.inner.identity.write().expect("identity lock") = Some(identity);
         *self.inner.raft.write().expect("raft lock") = Some(raft.clone());
+        self.note_primary_terms(&raft, identity_uid);
         Ok(raft)
     }
 

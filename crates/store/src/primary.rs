@@ -24,6 +24,15 @@ const MOVE_DEADLINE: Duration = Duration::from_secs(10);
 /// timeout) before a candidate is asked to stand.
 const LEASE_MARGIN: Duration = Duration::from_millis(200);
 
+/// The term in which this node last became the primary node and the moment it saw that: a
+/// new primary node refuses to vote for anyone else until its own leader lease (openraft's:
+/// the longest election timeout since its vote changed) ran out, so a move of primary-ship
+/// asked sooner fails and costs an election.
+pub(crate) type PrimarySince = std::sync::Mutex<Option<(u64, Instant)>>;
+
+/// Waited beyond this node's own leader lease before a candidate is asked to stand.
+const OWN_LEASE_MARGIN: Duration = Duration::from_millis(100);
+
 /// The primary node with its heartbeats off, for as long as it lives; they resume on drop.
 struct QuietLeader(crate::Raft);
 
@@ -55,6 +64,11 @@ impl Store {
         };
         for candidate in candidates {
             let (uid, rpc) = candidate;
+            if let Err(e) = self.wait_caught_up(uid, deadline).await {
+                last = e.to_string();
+                continue;
+            }
+            self.let_own_lease_lapse().await;
             let term = self.current_term();
             if let Err(e) = self.ask_to_stand(&rpc).await {
                 last = format!("node {uid}: {e}");
@@ -107,6 +121,7 @@ impl Store {
         let deadline = Instant::now() + MOVE_DEADLINE;
         self.wait_caught_up(uid, deadline).await?;
         let _quiet = self.let_leases_lapse().await?;
+        self.let_own_lease_lapse().await;
         let rpc = self.config().rpc_addr_of(node.addr);
         self.ask_to_stand(&rpc).await?;
         while Instant::now() < deadline {
@@ -131,6 +146,41 @@ impl Store {
             }
         }
         None
+    }
+
+    /// Records the term and moment each time this node becomes the primary node, for as long as
+    /// `raft` runs (see [`PrimarySince`]).
+    pub(crate) fn note_primary_terms(&self, raft: &crate::Raft, me: NodeUid) {
+        let store = self.clone();
+        let mut metrics = raft.metrics();
+        tokio::spawn(async move {
+            loop {
+                let (leader, term) = {
+                    let m = metrics.borrow_and_update();
+                    (m.current_leader, m.current_term)
+                };
+                if leader == Some(me) {
+                    let mut since = store.inner.primary_since.lock().expect("primary_since");
+                    if since.map(|(t, _)| t) != Some(term) {
+                        *since = Some((term, Instant::now()));
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Waits until this node's own leader lease ran out, so that it grants its vote to the
+    /// candidate it asks to stand (with up to three voters that vote decides).
+    async fn let_own_lease_lapse(&self) {
+        let since = *self.inner.primary_since.lock().expect("primary_since");
+        if let Some((term, at)) = since {
+            if term == self.current_term() {
+                tokio::time::sleep_until(at + ELECTION_TIMEOUT_MAX + OWN_LEASE_MARGIN).await;
+            }
+        }
     }
 
     /// The Raft term this node is in (0 before Raft runs).
