@@ -1,12 +1,14 @@
-//! `/v1/bdbs/{uid}/upgrade` and `/v1/actions`: starting, following and cancelling actions.
+//! `/v1/bdbs/{uid}/upgrade` and `/v1/actions`: starting, following, cancelling and resuming
+//! actions.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
 use flotilla_model::rest::{ActionInfo, BdbUpgrade, PlanStepInfo};
 use flotilla_model::{
-    now_secs, plan, Action, ActionCancellation, ActionCreation, ActionKind, ActionUid,
-    ClusterState, Command, CommandResult, DataPersistence, EngineVersion, StepState,
+    now_secs, plan, Action, ActionCancellation, ActionCreation, ActionKind, ActionResumption,
+    ActionStatus, ActionUid, ClusterState, Command, CommandResult, DataPersistence, EngineVersion,
+    StepState,
 };
 
 use crate::bdbs::DEFAULT_ENGINE;
@@ -193,6 +195,27 @@ pub(crate) async fn cancel(
         applied: |state: &ClusterState| {
             let action = state.actions.get(&action_uid)?;
             action.cancel_requested.then_some(CommandResult::Ok)
+        },
+        check: format!("flotilla action show {action_uid}"),
+    };
+    propose(&context, change).await?;
+    get_action(State(context), Path(uid)).await
+}
+
+/// `POST /v1/actions/{uid}/resume`: a paused action (waiting for an operator's work on a
+/// machine) or a failed one runs again from the step where it stopped.
+pub(crate) async fn resume(
+    State(context): State<ApiContext>,
+    Path(uid): Path<String>,
+) -> Result<Json<ActionInfo>, ApiError> {
+    let action_uid = parse_uid("action", &uid)?;
+    find(&context.store.state(), action_uid)?;
+    let change = Change {
+        command: Command::ResumeAction(ActionResumption { uid: action_uid }),
+        applied: |state: &ClusterState| {
+            let action = state.actions.get(&action_uid)?;
+            (action.error.is_none() && action.status != ActionStatus::Paused)
+                .then_some(CommandResult::Ok)
         },
         check: format!("flotilla action show {action_uid}"),
     };

@@ -72,6 +72,7 @@ pub fn router(context: ApiContext) -> Router {
         .route("/v1/actions", get(actions::list))
         .route("/v1/actions/{uid}", get(actions::get_action))
         .route("/v1/actions/{uid}/cancel", post(actions::cancel))
+        .route("/v1/actions/{uid}/resume", post(actions::resume))
         .route("/v1/shards", get(bdbs::shards))
         .route("/v1/shards/{uid}/actions/failover", post(bdbs::failover))
         .route(

@@ -172,7 +172,8 @@ pub(crate) async fn node_upgrade_status(
 }
 
 /// `POST /v1/cluster/actions/upgrade`: starts `upgrade cluster`, an action that moves every
-/// node to the package one at a time, the primary node last, then finalizes. The CLI runs the
+/// node to the package one at a time, the primary node last, then finalizes: in place, or
+/// rolling (add-node, replace-node: the action pauses where an operator installs a machine). The CLI runs the
 /// upgrade check first; the store refuses the action while the cluster version predates it
 /// (a 0.1.0 member could not decode it: upgrade such nodes with `flotilla upgrade node`).
 pub(crate) async fn start_cluster_upgrade(
@@ -180,21 +181,19 @@ pub(crate) async fn start_cluster_upgrade(
     body: Bytes,
 ) -> Result<Json<ActionInfo>, ApiError> {
     let request: ClusterUpgradeRequest = parse("upgrade", &body)?;
-    let method = match request.method.as_deref().unwrap_or("in-place") {
-        "in-place" => UpgradeMethod::InPlace,
-        "add-node" | "replace-node" => {
-            return Err(ApiError::invalid(
-                "method",
-                "add-node and replace-node are not actions yet: use in-place, or move node by node with `flotilla dev add-node`/`flotilla cluster join --replace-node`, `flotilla node remove`",
-            ))
-        }
-        other => {
-            return Err(ApiError::invalid(
-                "method",
-                format!("'{other}' is not a method: in-place, add-node or replace-node"),
-            ))
-        }
-    };
+    let name = request.method.as_deref().unwrap_or("in-place");
+    let method = UpgradeMethod::parse(name).ok_or_else(|| {
+        ApiError::invalid(
+            "method",
+            format!("'{name}' is not a method: in-place, add-node or replace-node"),
+        )
+    })?;
+    if method == UpgradeMethod::ReplaceNode && context.store.voter_uids().len() < 2 {
+        return Err(ApiError::invalid(
+            "method",
+            "replace-node takes each node out while its machine is reinstalled, and a cluster of one node cannot lose it: use add-node or in-place",
+        ));
+    }
     if request.package.trim().is_empty() || request.version.trim().is_empty() {
         return Err(ApiError::invalid(
             "package",
@@ -215,6 +214,7 @@ pub(crate) async fn start_cluster_upgrade(
         version: request.version,
         method,
         nodes,
+        drains: Default::default(),
     });
     crate::actions::start(context, kind).await
 }

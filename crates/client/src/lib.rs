@@ -328,6 +328,12 @@ impl Client {
         self.call::<(), _>(Method::POST, &path, None).await
     }
 
+    /// `POST /v1/actions/{uid}/resume`.
+    pub async fn resume_action(&self, uid: u64) -> Result<ActionInfo, ClientError> {
+        let path = format!("/v1/actions/{uid}/resume");
+        self.call::<(), _>(Method::POST, &path, None).await
+    }
+
     /// A client for another node's REST API (same port, credentials and settings), for the
     /// calls a node answers about itself (checks, its in-place upgrade).
     pub fn for_node(&self, addr: &str) -> Client {

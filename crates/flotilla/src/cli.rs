@@ -214,7 +214,7 @@ impl Cli {
             Command::Loadcheck(args) => loadcheck(args).await,
             Command::Package(command) => package::run(command),
             Command::Check(args) => check::run(&self.conn.client(), args).await,
-            Command::Upgrade(command) => upgrade::run(&self.conn.client(), command).await,
+            Command::Upgrade(command) => upgrade::run(&self.conn, command).await,
         }
     }
 }

@@ -44,6 +44,25 @@ pub enum DevCommand {
     /// Remove node UID (`flotilla node remove`: its shards move to other nodes first) and
     /// wait until its daemon stopped.
     RemoveNode(RemoveNodeArgs),
+    /// Reinstall removed node UID's machine: a fresh data dir at the same address, the daemon
+    /// from --package, joined back under its uid (`cluster join --replace-node UID`).
+    ReinstallNode(ReinstallNodeArgs),
+}
+
+/// Arguments of `flotilla dev reinstall-node`.
+#[derive(Args)]
+pub struct ReinstallNodeArgs {
+    /// The removed node's uid.
+    pub uid: u64,
+    /// Folder holding the nodes' data dirs.
+    #[arg(long, default_value_os_t = default_dev_dir())]
+    pub dir: PathBuf,
+    /// Address of node 1, as given to `dev up`.
+    #[arg(long, default_value = "127.0.0.11")]
+    pub base_addr: Ipv4Addr,
+    /// The package the machine is reinstalled with (by default this binary).
+    #[arg(long)]
+    pub package: Option<PathBuf>,
 }
 
 /// Arguments of `flotilla dev add-node`.
@@ -110,6 +129,7 @@ pub async fn run(conn: &Connection, command: DevCommand) -> Result<()> {
         DevCommand::Down(args) => down(args).await,
         DevCommand::AddNode(args) => add_node(conn, args).await,
         DevCommand::RemoveNode(args) => remove_node(conn, args).await,
+        DevCommand::ReinstallNode(args) => reinstall_node(conn, args).await,
     }
 }
 
@@ -133,7 +153,9 @@ fn node_numbers(dir: &Path) -> Result<Vec<u8>> {
     Ok(numbers)
 }
 
-async fn add_node(conn: &Connection, args: AddNodeArgs) -> Result<()> {
+/// Starts one more node (the next address) and joins it (`flotilla dev add-node`; a rolling
+/// upgrade of a dev cluster adds its new nodes so).
+pub async fn add_node(conn: &Connection, args: AddNodeArgs) -> Result<()> {
     let (user, password) = dev_credentials(conn);
     let started = Instant::now();
     let existing = node_numbers(&args.dir)?;
@@ -208,6 +230,65 @@ async fn remove_node(conn: &Connection, args: RemoveNodeArgs) -> Result<()> {
         args.dir.display()
     );
     Ok(())
+}
+
+/// Reinstalls removed node `args.uid`'s machine and joins it back under its uid (`flotilla dev
+/// reinstall-node`; a replace-node upgrade of a dev cluster does so for each node).
+pub async fn reinstall_node(conn: &Connection, args: ReinstallNodeArgs) -> Result<()> {
+    let (user, password) = dev_credentials(conn);
+    let started = Instant::now();
+    let n = node_number_of(&args.dir, args.uid)?;
+    let data_dir = node_dir(&args.dir, n);
+    if let Some(pid) = read_pid(&data_dir.join(PIDFILE)) {
+        if is_our_daemon(pid, &data_dir) {
+            bail!(
+                "node {} ({}) still runs (pid {pid}); remove it first (`flotilla node remove {}`)",
+                args.uid,
+                data_dir.display(),
+                args.uid
+            );
+        }
+    }
+    std::fs::remove_dir_all(&data_dir)
+        .with_context(|| format!("wiping {} (a fresh machine)", data_dir.display()))?;
+    let members = Client::new(&conn.url, Some(user.clone()), Some(password.clone()))
+        .nodes()
+        .await
+        .with_context(|| format!("asking {} for the cluster's nodes", conn.url))?;
+    let seeds: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
+    let addr = node_addr(args.base_addr, n)?;
+    let launch = Launch::of(args.package.as_deref(), &args.dir)?;
+    let mut child = ensure_daemon(addr, &data_dir, &launch)?;
+    let client = Client::new(
+        &format!("http://{addr}:8080"),
+        Some(user.clone()),
+        Some(password.clone()),
+    );
+    wait_healthy(&client, &data_dir, child.as_mut()).await?;
+    client
+        .join_cluster_replacing(&seeds, &user, &password, Some(args.uid))
+        .await?;
+    wait_formed(&client, members.len() + 1).await?;
+    println!(
+        "node {} ({addr}, {}) reinstalled and joined back in {:.1} s",
+        args.uid,
+        data_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The number of the node dir in `dir` whose identity is node `uid`.
+fn node_number_of(dir: &Path, uid: u64) -> Result<u8> {
+    for n in node_numbers(dir)? {
+        let identity = flotilla_store::Identity::load(&node_dir(dir, n))
+            .ok()
+            .flatten();
+        if identity.is_some_and(|i| i.uid == uid) {
+            return Ok(n);
+        }
+    }
+    bail!("none of the node dirs in {} is node {uid}'s", dir.display())
 }
 
 /// The address of node `n` (1-based).

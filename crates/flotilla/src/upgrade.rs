@@ -1,4 +1,5 @@
-//! `flotilla upgrade check|node|finalize`: cluster software upgrades, in place.
+//! `flotilla upgrade check|node|finalize|cluster`: cluster software upgrades, in place and
+//! rolling.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,11 @@ use flotilla_checks::{
 };
 use flotilla_client::Client;
 use flotilla_model::rest::{ClusterUpgradeRequest, NodeUpgradeRequest, NodeUpgradeStatus};
-use flotilla_model::{compare_versions, VERSIONED_RELEASE};
+use flotilla_model::{
+    compare_versions, ActionStatus, UpgradeMethod, FIRST_RELEASE, VERSIONED_RELEASE,
+};
+
+use crate::cli::Connection;
 use flotilla_package::Manifest;
 
 /// How long an in-place upgrade of one node may take from the CLI's point of view.
@@ -43,9 +48,19 @@ pub struct ClusterArgs {
     /// The package (folder or .tar.gz), at this same path on every node's machine.
     #[arg(long)]
     pub package: PathBuf,
-    /// How each node moves: in-place (add-node and replace-node are not actions yet).
+    /// How each node moves: in-place (the daemon hands over on the same machine), add-node (a
+    /// new node joins, the old one is drained and leaves) or replace-node (the old node is
+    /// drained, leaves, and its reinstalled machine joins back under its uid).
     #[arg(long, default_value = "in-place")]
     pub method: String,
+    /// A dev cluster's folder (`flotilla dev up --dir`): the CLI does the operator's part of a
+    /// rolling upgrade itself (`dev add-node`, `dev reinstall-node`) and resumes the action.
+    /// Without it the action pauses where a machine must be installed and says what to do.
+    #[arg(long)]
+    pub dev_dir: Option<PathBuf>,
+    /// Address of node 1 of that dev cluster, as given to `dev up`.
+    #[arg(long, default_value = "127.0.0.11")]
+    pub base_addr: std::net::Ipv4Addr,
     /// Go on despite these checks (see `upgrade node --force`).
     #[arg(long, value_delimiter = ',')]
     pub force: Vec<Blocker>,
@@ -89,7 +104,8 @@ pub struct NodeArgs {
 }
 
 /// Runs an upgrade subcommand.
-pub async fn run(client: &Client, command: UpgradeCommand) -> Result<()> {
+pub async fn run(conn: &Connection, command: UpgradeCommand) -> Result<()> {
+    let client = &conn.client();
     match command {
         UpgradeCommand::Check(args) => {
             let manifest = read_manifest(&args.package)?;
@@ -105,7 +121,7 @@ pub async fn run(client: &Client, command: UpgradeCommand) -> Result<()> {
             Ok(())
         }
         UpgradeCommand::Node(args) => upgrade_node(client, args).await,
-        UpgradeCommand::Cluster(args) => upgrade_cluster(client, args).await,
+        UpgradeCommand::Cluster(args) => upgrade_cluster(conn, args).await,
         UpgradeCommand::Finalize => {
             let info = client.finalize().await?;
             println!("cluster version finalized: {}", info.cluster_version);
@@ -114,11 +130,19 @@ pub async fn run(client: &Client, command: UpgradeCommand) -> Result<()> {
     }
 }
 
-async fn upgrade_cluster(client: &Client, args: ClusterArgs) -> Result<()> {
+async fn upgrade_cluster(conn: &Connection, args: ClusterArgs) -> Result<()> {
+    let client = conn.client();
+    let method = UpgradeMethod::parse(&args.method).ok_or_else(|| {
+        anyhow!(
+            "--method {}: not a method; use in-place, add-node or replace-node",
+            args.method
+        )
+    })?;
     let package = std::fs::canonicalize(&args.package)
         .with_context(|| format!("--package {}", args.package.display()))?;
     let manifest = read_manifest(&package)?;
-    let report = check_report(client, &manifest).await?;
+    refuse_before_versioned_release(&client, method).await?;
+    let report = check_report(&client, &manifest).await?;
     refuse_blocking(&report, &args.force)?;
     let primary = client.cluster().await?.primary_node;
     let nodes = client.nodes().await?;
@@ -126,7 +150,8 @@ async fn upgrade_cluster(client: &Client, args: ClusterArgs) -> Result<()> {
     order.extend(nodes.iter().filter(|n| Some(n.uid) == primary));
     println!(
         "upgrade the cluster to {} {}, one node at a time, the primary node last:",
-        manifest.version, args.method
+        manifest.version,
+        method.name()
     );
     for node in &order {
         let role = if Some(node.uid) == primary {
@@ -143,14 +168,14 @@ async fn upgrade_cluster(client: &Client, args: ClusterArgs) -> Result<()> {
         "  then the cluster version is finalized to {}",
         manifest.version
     );
-    println!("each node's daemon hands its sockets and client connections to the new binary (a restart, closing that node's client connections, between versions without the handover); no shard moves or restarts; the action stops at the first node that fails and `flotilla action show ID` says why");
+    println!("{}", method_text(method));
     if !args.yes && !confirm()? {
         bail!("nothing done");
     }
     let request = ClusterUpgradeRequest {
         package: package.to_string_lossy().into_owned(),
         version: manifest.version.to_string(),
-        method: Some(args.method),
+        method: Some(method.name().to_string()),
     };
     let started = client.start_cluster_upgrade(&request).await?;
     println!(
@@ -164,7 +189,112 @@ async fn upgrade_cluster(client: &Client, args: ClusterArgs) -> Result<()> {
         );
         return Ok(());
     }
-    crate::action::wait(client, started.action_uid).await
+    drive_to_the_end(conn, &args, &package, started.action_uid).await
+}
+
+/// What each method does to a node, and what it risks, as the plan prints it.
+fn method_text(method: UpgradeMethod) -> &'static str {
+    match method {
+        UpgradeMethod::InPlace => "each node's daemon hands its sockets and client connections to the new binary (a restart, closing that node's client connections, between versions without the handover); no shard moves or restarts; the action stops at the first node that fails and `flotilla action show ID` says why",
+        UpgradeMethod::AddNode => "for each old node: a new node with the package joins (the action pauses until it is there: install it, join it, `flotilla action resume ID`), every shard of the old node moves off it (a copy, synced, a planned switchover for primaries: no client error), then it leaves the cluster; every database keeps its replicas throughout, but the old node's endpoint goes with it: clients must reach the databases through the other nodes' endpoints (DNS or discovery)",
+        UpgradeMethod::ReplaceNode => "for each old node: every shard moves off it (a copy, synced, a planned switchover for primaries: no client error), it leaves the cluster, and its machine is reinstalled with the package and joins back under its uid (the action pauses until it is there: `flotilla cluster join --replace-node UID`, then `flotilla action resume ID`); while a node is out the others hold every shard: they need the memory",
+    }
+}
+
+/// Refuses any `upgrade cluster` while the cluster version predates the release that knows the
+/// action (its 0.1.0 members could not apply it), naming the way that works.
+async fn refuse_before_versioned_release(client: &Client, method: UpgradeMethod) -> Result<()> {
+    let cluster = client.cluster().await?;
+    // A 0.1.0 node answers without the field.
+    let version = match cluster.cluster_version.as_str() {
+        "" => FIRST_RELEASE,
+        version => version,
+    };
+    if compare_versions(version, VERSIONED_RELEASE).is_ge() {
+        return Ok(());
+    }
+    bail!(
+        "refused: the cluster version is {} and `upgrade cluster --method {}` is an action its nodes cannot run (it, and the node removal the rolling methods need, came with {VERSIONED_RELEASE}). Upgrade each node in place instead, one at a time, the primary node last: `flotilla upgrade node N --package P` (each daemon restarts on the new version; the last one finalizes the cluster version). From then on every method works.",
+        version,
+        method.name()
+    )
+}
+
+/// Follows the action to its end; on a dev cluster (`--dev-dir`) does the operator's part
+/// each time it pauses (a new node, a reinstalled node) and resumes it.
+async fn drive_to_the_end(
+    conn: &Connection,
+    args: &ClusterArgs,
+    package: &Path,
+    uid: u64,
+) -> Result<()> {
+    let client = conn.client();
+    let started = Instant::now();
+    let mut printed = 0;
+    loop {
+        let action = crate::action::follow(&client, uid, &mut printed).await?;
+        let message = action.error.clone().unwrap_or_default();
+        match action.status {
+            ActionStatus::Completed => {
+                println!(
+                    "action {uid} completed in {:.2} s",
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            ActionStatus::Paused => {
+                let Some(dir) = &args.dev_dir else {
+                    println!("action {uid} paused at '{}': {message}", action.pending_ops);
+                    return Ok(());
+                };
+                println!(
+                    "action {uid} paused at '{}'; doing the operator's part on the dev cluster",
+                    action.pending_ops
+                );
+                operate_dev_cluster(conn, dir, args.base_addr, package, &action.pending_ops)
+                    .await?;
+                client.resume_action(uid).await?;
+            }
+            status => bail!(
+                "action {uid} {status:?} at '{}': {message}",
+                action.pending_ops
+            ),
+        }
+    }
+}
+
+/// The operator's part of the step `step` (`add_node node:N`, `rejoin_node node:N`) on the dev
+/// cluster in `dir`.
+async fn operate_dev_cluster(
+    conn: &Connection,
+    dir: &Path,
+    base_addr: std::net::Ipv4Addr,
+    package: &Path,
+    step: &str,
+) -> Result<()> {
+    let node = step
+        .split_once(" node:")
+        .and_then(|(_, n)| n.parse::<u64>().ok());
+    match (step.split(' ').next(), node) {
+        (Some("add_node"), Some(_)) => {
+            let args = crate::dev::AddNodeArgs {
+                dir: dir.to_path_buf(),
+                base_addr,
+                package: Some(package.to_path_buf()),
+            };
+            crate::dev::add_node(conn, args).await
+        }
+        (Some("rejoin_node"), Some(uid)) => {
+            let args = crate::dev::ReinstallNodeArgs {
+                uid,
+                dir: dir.to_path_buf(),
+                base_addr,
+                package: Some(package.to_path_buf()),
+            };
+            crate::dev::reinstall_node(conn, args).await
+        }
+        _ => bail!("the action paused at '{step}', which needs no machine work: `flotilla action show` says why"),
+    }
 }
 
 fn read_manifest(package: &Path) -> Result<Manifest> {

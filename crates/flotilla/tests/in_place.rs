@@ -401,6 +401,30 @@ fn from_release_0_1_0_each_daemon_restarts_no_write_is_lost_and_mixed_nodes_agre
     let rt = load_runtime();
     let load = start_load(&rt, format!("{}:12103", cluster.addr(1)));
 
+    // A rolling upgrade needs store commands 0.1.0 cannot apply: refused, naming the way that
+    // works (every node in place, then any method); nothing changes.
+    for method in ["add-node", "replace-node", "in-place"] {
+        let package = v021.to_string_lossy();
+        let args = [
+            "upgrade",
+            "cluster",
+            "--package",
+            &package,
+            "--method",
+            method,
+            "--yes",
+        ];
+        let refused = cluster.flotilla(&args);
+        let error = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success()
+                && error.contains("the cluster version is 0.1.0")
+                && error.contains("flotilla upgrade node N --package P"),
+            "upgrade cluster --method {method} from 0.1.0 is refused naming the per-node path: {error}"
+        );
+    }
+    assert_eq!(versions(&cluster).0, ["0.1.0"; 3], "nothing changed");
+
     let report = upgrade_ok(&cluster, 2, &v021);
     assert!(
         report.contains("by restart") && report.contains("connections were closed"),
@@ -726,7 +750,7 @@ fn restart_killed(cluster: &DevCluster, n: u8, v020: &Path, v021: &Path) {
 }
 
 #[test]
-fn upgrade_cluster_resumes_after_a_kill_9_of_the_primary_node_at_each_node_step() {
+fn upgrade_cluster_resumes_after_a_kill_9_of_the_primary_node_at_each_step() {
     let (v020, v021) = current_pair();
     let cluster = DevCluster::up_from_package_with_env(
         &bin(),
@@ -734,7 +758,7 @@ fn upgrade_cluster_resumes_after_a_kill_9_of_the_primary_node_at_each_node_step(
         3,
         &v020,
         &[
-            ("FLOTILLA_FAILPOINT_PAUSE_STEP", "upgrade_node"),
+            ("FLOTILLA_FAILPOINT_PAUSE_STEP", "upgrade_node,finalize_cluster"),
             ("FLOTILLA_FAILPOINT_PAUSE_MS", "2000"),
         ],
     );
@@ -744,7 +768,8 @@ fn upgrade_cluster_resumes_after_a_kill_9_of_the_primary_node_at_each_node_step(
     upgrade_cluster(&cluster, &v021, &["--no-wait"]);
 
     let mut killed_at = Vec::new();
-    for index in 0..3u64 {
+    // Three `upgrade_node` steps, then `finalize_cluster`.
+    for index in 0..4u64 {
         // The step is held by the failpoint: kill -9 the primary node's daemon then.
         let at_step = poll_until(Duration::from_secs(120), || {
             running_step(&cluster) == Some(index)

@@ -4,6 +4,7 @@
 //! the store, and every step is safe to run again, so when the primary node dies mid-action
 //! the next one resumes where the record says (DESIGN.md, Actions).
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -74,6 +75,35 @@ pub struct ClusterUpgrade {
     pub method: UpgradeMethod,
     /// The nodes in the order they move (the primary node when asked, last).
     pub nodes: Vec<NodeUid>,
+    /// Rolling methods: for each old node whose drain began, the node that took its place
+    /// (add-node) and where its shards go, recorded once by [`crate::Command::RecordDrain`] (the
+    /// targets are known only once the new node joined), so that a resumed drain moves each
+    /// shard where it was headed. A list, not a map: inside the internally tagged
+    /// [`ActionKind`] serde cannot read a map's integer keys back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drains: Vec<NodeDrain>,
+}
+
+impl ClusterUpgrade {
+    /// The recorded drain of old node `node`.
+    pub fn drain_of(&self, node: NodeUid) -> Option<&NodeDrain> {
+        self.drains.iter().find(|d| d.node_uid == node)
+    }
+}
+
+/// One old node's drain in a rolling upgrade, as recorded when it began.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDrain {
+    /// The old node.
+    pub node_uid: NodeUid,
+    /// The node's address: a replaced node's machine is reinstalled at it (its record is gone
+    /// meanwhile).
+    pub addr: IpAddr,
+    /// The new node that joined for it (add-node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_node: Option<NodeUid>,
+    /// Where each of its shards goes, in order.
+    pub moves: Vec<ShardMove>,
 }
 
 /// How `upgrade cluster` moves a node to the new package (Redis Software's upgrade methods).
@@ -82,6 +112,13 @@ pub struct ClusterUpgrade {
 pub enum UpgradeMethod {
     /// Each node's daemon hands over to the new binary on the same machine (no shard moves).
     InPlace,
+    /// For each old node a new node with the package joins, the old node is drained (its
+    /// shards move) and leaves: the rolling upgrade with spare machines.
+    AddNode,
+    /// Each old node is drained and leaves, its machine is reinstalled with the package and
+    /// joins back under its uid (`cluster join --replace-node`): the rolling upgrade without
+    /// spare machines.
+    ReplaceNode,
 }
 
 impl UpgradeMethod {
@@ -89,7 +126,20 @@ impl UpgradeMethod {
     pub fn name(self) -> &'static str {
         match self {
             UpgradeMethod::InPlace => "in-place",
+            UpgradeMethod::AddNode => "add-node",
+            UpgradeMethod::ReplaceNode => "replace-node",
         }
+    }
+
+    /// The method named `name` as `--method` takes it.
+    pub fn parse(name: &str) -> Option<UpgradeMethod> {
+        [
+            UpgradeMethod::InPlace,
+            UpgradeMethod::AddNode,
+            UpgradeMethod::ReplaceNode,
+        ]
+        .into_iter()
+        .find(|m| m.name() == name)
     }
 }
 
@@ -133,7 +183,12 @@ impl ActionKind {
             ActionKind::NodeRemove { node_uid, moves } => std::iter::once(*node_uid)
                 .chain(moves.iter().map(|m| m.to_node))
                 .collect(),
-            ActionKind::ClusterUpgrade(upgrade) => upgrade.nodes.clone(),
+            ActionKind::ClusterUpgrade(upgrade) => upgrade
+                .nodes
+                .iter()
+                .copied()
+                .chain(upgrade.drains.iter().flat_map(|d| d.added_node))
+                .collect(),
         };
         uids.sort_unstable();
         uids.dedup();
@@ -179,6 +234,11 @@ pub enum ActionStatus {
     Failed,
     /// Stopped by an operator at a step boundary.
     Cancelled,
+    /// Waiting for an operator to act on a machine (the error says what: install a new node,
+    /// reinstall one); `flotilla action resume` continues it at the same step. Not driven, but
+    /// not finished: it still holds its databases and nodes. Only rolling cluster upgrades
+    /// pause (introduced in 0.2.0).
+    Paused,
 }
 
 /// One action as the store keeps it.
@@ -221,9 +281,15 @@ pub struct StepRecord {
 }
 
 impl Action {
-    /// Whether the action still runs.
+    /// Whether the action still runs (the primary node drives it).
     pub fn is_running(&self) -> bool {
         self.status == ActionStatus::Running
+    }
+
+    /// Whether the action has not ended: it runs, or waits for an operator. It keeps its
+    /// databases and nodes from other actions and is never pruned.
+    pub fn is_active(&self) -> bool {
+        matches!(self.status, ActionStatus::Running | ActionStatus::Paused)
     }
 }
 
@@ -244,7 +310,10 @@ impl StepState {
     /// `status`: the steps before it are done; it is current while the action runs or once the
     /// action failed there.
     pub fn at(index: usize, step_index: u32, status: ActionStatus) -> StepState {
-        let stopped_here = matches!(status, ActionStatus::Running | ActionStatus::Failed);
+        let stopped_here = matches!(
+            status,
+            ActionStatus::Running | ActionStatus::Failed | ActionStatus::Paused
+        );
         match index.cmp(&(step_index as usize)) {
             std::cmp::Ordering::Less => StepState::Done,
             std::cmp::Ordering::Equal if stopped_here => StepState::Current,
@@ -269,5 +338,30 @@ mod tests {
             .map(|i| StepState::at(i, 3, ActionStatus::Completed))
             .collect();
         assert_eq!(completed, [Done, Done, Done]);
+    }
+}
+
+#[cfg(test)]
+mod rolling_tests {
+    use super::*;
+
+    #[test]
+    fn a_rolling_upgrade_with_its_drains_encodes_and_decodes() {
+        let drains = vec![NodeDrain {
+            node_uid: 2,
+            addr: "127.0.0.12".parse().unwrap(),
+            added_node: Some(4),
+            moves: vec![],
+        }];
+        let kind = ActionKind::ClusterUpgrade(ClusterUpgrade {
+            package: "/p".into(),
+            version: "0.2.1".into(),
+            method: UpgradeMethod::AddNode,
+            nodes: vec![2, 3, 1],
+            drains,
+        });
+        let json = serde_json::to_string(&kind).unwrap();
+        let back: ActionKind = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, kind, "{json}");
     }
 }

@@ -81,6 +81,12 @@ pub enum Command {
     /// Drops finished actions the primary node chose by age and count (running ones are never
     /// dropped). Introduced in 0.2.0.
     PruneActions(ActionPruning),
+    /// Records how an old node drains in a rolling cluster upgrade (the node added for it, where
+    /// its shards go); the first record stays. Introduced in 0.2.0.
+    RecordDrain(DrainRecord),
+    /// Sets a paused or failed action running again at its step (`flotilla action resume`).
+    /// Introduced in 0.2.0.
+    ResumeAction(ActionResumption),
     /// A command kind this software version does not know; applying it changes nothing.
     #[serde(other)]
     Unknown,
@@ -302,6 +308,22 @@ pub struct ActionCancellation {
     pub uid: ActionUid,
 }
 
+/// [`Command::RecordDrain`]: the cluster upgrade, and how one of its old nodes drains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRecord {
+    /// The cluster upgrade action.
+    pub action_uid: ActionUid,
+    /// How the old node drains.
+    pub drain: crate::action::NodeDrain,
+}
+
+/// [`Command::ResumeAction`]: the action to continue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionResumption {
+    /// The action.
+    pub uid: ActionUid,
+}
+
 /// [`Command::PruneActions`]: the finished actions to drop, listed by the primary node (see
 /// [`ClusterState::prunable_actions`](crate::ClusterState::prunable_actions)) so that every
 /// member drops exactly the same ones.
@@ -453,6 +475,8 @@ mod tests {
             Command::CompleteMigration(_) => "complete_migration",
             Command::RemoveNode(_) => "remove_node",
             Command::PruneActions(_) => "prune_actions",
+            Command::RecordDrain(_) => "record_drain",
+            Command::ResumeAction(_) => "resume_action",
             Command::Unknown => "unknown",
         }
     }
@@ -501,6 +525,9 @@ mod tests {
         r#"{"kind":"update_bdb","uid":1,"memory_size":null,"authentication_redis_pass":null,"remove_authentication_redis_pass":true}"#,
         r#"{"kind":"complete_migration","old":4,"new":9}"#,
         r#"{"kind":"remove_node","uid":3}"#,
+        r#"{"kind":"record_drain","action_uid":7,"drain":{"node_uid":2,"addr":"127.0.0.12","added_node":4,"moves":[{"shard_uid":4,"bdb_uid":1,"assigned_slots":"0-8191","from_node":2,"to_node":4}]}}"#,
+        r#"{"kind":"resume_action","uid":7}"#,
+        r#"{"kind":"update_action","uid":7,"status":"paused","step_index":0,"step":"add_node node:2","error":"waiting","updated_at":5,"finished":null,"expected_step":0}"#,
         r#"{"kind":"create_action","action":{"type":"shard_migrate","shard_uid":4,"bdb_uid":1,"assigned_slots":"0-8191","from_node":1,"to_node":3},"steps_total":4,"first_step":"add_copy shard:4","created_at":1700000002}"#,
         r#"{"kind":"create_action","action":{"type":"node_remove","node_uid":1,"moves":[{"shard_uid":4,"bdb_uid":1,"assigned_slots":"0-8191","from_node":1,"to_node":3}]},"steps_total":6,"first_step":"demote_node","created_at":1700000002}"#,
         r#"{"kind":"create_cluster","name":"c1","credentials":{"username":"admin","password_hash":"$argon2id$v=19$x"},"secret":"s3cret","created_at":1700000000,"node":{"addr":"127.0.0.11","software_version":"0.2.0","os":"Debian GNU/Linux 12 (bookworm)"},"cluster_version":"0.2.0"}"#,

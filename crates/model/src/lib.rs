@@ -36,8 +36,8 @@ pub mod timing;
 mod version;
 
 pub use action::{
-    Action, ActionKind, ActionStatus, ActionUid, ClusterUpgrade, ShardMove, StepRecord, StepState,
-    UpgradeMethod,
+    Action, ActionKind, ActionStatus, ActionUid, ClusterUpgrade, NodeDrain, ShardMove, StepRecord,
+    StepState, UpgradeMethod,
 };
 pub use bdb::{
     Bdb, BdbSpec, BdbUid, DataPersistence, Shard, ShardPlan, ShardRole, ShardUid, SlotRange,
@@ -45,11 +45,11 @@ pub use bdb::{
 };
 pub use clock::{now_millis, now_secs};
 pub use command::{
-    ActionCancellation, ActionCreation, ActionPruning, ActionUpdate, BdbChange, BdbCreation,
-    BdbDeletion, BdbVersionChange, ClusterChange, ClusterCreation, ClusterVersionFinalization,
-    Command, CommandResult, NodeAddition, NodeChange, NodeRemoval, NodeReplacement, NodeSpec,
-    ReplacementAddition, ShardHold, ShardMigration, ShardPromotion, ShardRemoval, ShardReplacement,
-    ShardVersionChange, TemporaryReplicaAddition,
+    ActionCancellation, ActionCreation, ActionPruning, ActionResumption, ActionUpdate, BdbChange,
+    BdbCreation, BdbDeletion, BdbVersionChange, ClusterChange, ClusterCreation,
+    ClusterVersionFinalization, Command, CommandResult, DrainRecord, NodeAddition, NodeChange,
+    NodeRemoval, NodeReplacement, NodeSpec, ReplacementAddition, ShardHold, ShardMigration,
+    ShardPromotion, ShardRemoval, ShardReplacement, ShardVersionChange, TemporaryReplicaAddition,
 };
 pub use engine_version::{EngineVersion, UnknownEngineVersion};
 pub use error::ModelError;

@@ -16,7 +16,7 @@
 //! `leave_cluster`. Their steps name the shard (`add_copy shard:4`): the plan comes from the
 //! moves the action recorded when it was asked for, so it stays the same while shards move.
 
-use crate::action::{ActionKind, ClusterUpgrade, ShardMove};
+use crate::action::{ActionKind, ClusterUpgrade, ShardMove, UpgradeMethod};
 use crate::bdb::{ShardUid, SlotRange};
 use crate::state::{ClusterState, NodeUid};
 
@@ -64,6 +64,15 @@ pub enum Op {
     UpgradeNode,
     /// Records the cluster version every node now runs.
     FinalizeCluster,
+    /// Rolling upgrade (add-node): a new node with the package joins for an old one (the
+    /// operator installs it; the step pauses until it is there).
+    AddNode,
+    /// Rolling upgrade: every shard of an old node moves off it ([`MIGRATION_OPS`] for each,
+    /// targets recorded when the drain begins), primary-ship first when it holds it.
+    DrainNode,
+    /// Rolling upgrade (replace-node): the old node's reinstalled machine joins back under its
+    /// uid with the package (the operator reinstalls it; the step pauses until it is there).
+    RejoinNode,
 }
 
 /// The operations that move one shard to another node, in order: a copy there, caught up, the
@@ -98,6 +107,9 @@ impl Op {
             Op::LeaveCluster => "leave_cluster",
             Op::UpgradeNode => "upgrade_node",
             Op::FinalizeCluster => "finalize_cluster",
+            Op::AddNode => "add_node",
+            Op::DrainNode => "drain_node",
+            Op::RejoinNode => "rejoin_node",
         }
     }
 }
@@ -228,18 +240,27 @@ impl Step {
         }
     }
 
-    /// The steps of a cluster upgrade: `upgrade_node` for each node in order (a cancel point
-    /// before each), then `finalize_cluster`.
+    /// The steps of a cluster upgrade, for each node in order, then `finalize_cluster`:
+    /// in place `upgrade_node`; add-node `add_node`, `drain_node`, `leave_cluster`;
+    /// replace-node `drain_node`, `leave_cluster`, `rejoin_node`. A cancel point before each
+    /// node's first step (a paused action is cancelled at once wherever it waits).
     pub fn cluster_upgrade(upgrade: &ClusterUpgrade) -> Vec<Step> {
+        let ops: &[Op] = match upgrade.method {
+            UpgradeMethod::InPlace => &[Op::UpgradeNode],
+            UpgradeMethod::AddNode => &[Op::AddNode, Op::DrainNode, Op::LeaveCluster],
+            UpgradeMethod::ReplaceNode => &[Op::DrainNode, Op::LeaveCluster, Op::RejoinNode],
+        };
         upgrade
             .nodes
             .iter()
-            .map(|node| Step {
-                op: Op::UpgradeNode,
-                ranges: Vec::new(),
-                shard: None,
-                node: Some(*node),
-                cancel_point: true,
+            .flat_map(|node| {
+                ops.iter().enumerate().map(|(i, op)| Step {
+                    op: *op,
+                    ranges: Vec::new(),
+                    shard: None,
+                    node: Some(*node),
+                    cancel_point: i == 0,
+                })
             })
             .chain(std::iter::once(Step::whole(Op::FinalizeCluster)))
             .collect()

@@ -11,7 +11,8 @@
 
 use std::cmp::Ordering;
 
-use crate::command::{ActionCreation, BdbChange, Command};
+use crate::action::ActionStatus;
+use crate::command::{ActionCreation, ActionUpdate, BdbChange, Command};
 use crate::error::ModelError;
 use crate::state::ClusterState;
 
@@ -55,7 +56,14 @@ impl Command {
             | Command::CompleteMigration(_)
             | Command::RemoveNode(_)
             | Command::ReplaceNode(_)
-            | Command::PruneActions(_) => VERSIONED_RELEASE,
+            | Command::PruneActions(_)
+            | Command::RecordDrain(_)
+            | Command::ResumeAction(_) => VERSIONED_RELEASE,
+            // The first release knows no paused action.
+            Command::UpdateAction(ActionUpdate {
+                status: ActionStatus::Paused,
+                ..
+            }) => VERSIONED_RELEASE,
             // The first release fails to decode an action kind it does not know.
             Command::CreateAction(ActionCreation { action, .. })
                 if !action.known_to_first_release() =>

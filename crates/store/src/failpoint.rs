@@ -11,8 +11,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use flotilla_model::Command;
 
-/// Names the step [`pause`] holds (a whole step name, or its operation: `switchover` matches
-/// `switchover 0-16383`, not `switchover:fenced`).
+/// Names the steps [`pause`] holds, comma-separated (each a whole step name, or its
+/// operation: `switchover` matches `switchover 0-16383`, not `switchover:fenced`).
 pub const PAUSE_STEP: &str = "FLOTILLA_FAILPOINT_PAUSE_STEP";
 /// How long [`pause`] holds it, in milliseconds (3000 by default).
 pub const PAUSE_MS: &str = "FLOTILLA_FAILPOINT_PAUSE_MS";
@@ -23,8 +23,11 @@ pub async fn pause(step: &str) {
     let Ok(wanted) = std::env::var(PAUSE_STEP) else {
         return;
     };
-    let matches = step == wanted || step.starts_with(&format!("{wanted} "));
-    if wanted.is_empty() || !matches {
+    let matches = wanted
+        .split(',')
+        .filter(|w| !w.is_empty())
+        .any(|w| step == w || step.starts_with(&format!("{w} ")));
+    if !matches {
         return;
     }
     let ms = std::env::var(PAUSE_MS)

@@ -120,17 +120,59 @@ impl DevCluster {
     /// Runs `flotilla dev add-node` (from the cluster's package, if it has one): one more node
     /// joins; returns its number (its address is [`DevCluster::addr`] of it).
     pub fn add_node(&mut self) -> u8 {
+        let package = self.package();
+        self.add_node_from(package.as_deref())
+    }
+
+    /// [`DevCluster::add_node`] from `package` (a newer version: a rolling upgrade's new node).
+    pub fn add_node_from(&mut self, package: Option<&Path>) -> u8 {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let base = self.base.to_string();
+        let package = package.map(|p| p.to_string_lossy().into_owned());
         let mut args = vec!["dev", "add-node", "--dir", &dir, "--base-addr", &base];
-        let package = self.env.iter().find(|(k, _)| k == DEV_PACKAGE_ENV);
-        if let Some((_, package)) = package {
+        if let Some(package) = &package {
             args.extend(["--package", package.as_str()]);
         }
-        let output = self.flotilla(&args);
+        let output = self.flotilla_at(self.answering_node(), &args);
         assert_success(&output, "flotilla dev add-node");
         self.nodes += 1;
         self.nodes
+    }
+
+    /// Runs `flotilla dev reinstall-node UID --package P`: removed node `uid`'s machine gets a
+    /// fresh data dir and `package`, and joins back under its uid.
+    pub fn reinstall_node(&self, uid: u64, package: &Path) {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let base = self.base.to_string();
+        let (uid, package) = (uid.to_string(), package.to_string_lossy().into_owned());
+        let args = [
+            "dev",
+            "reinstall-node",
+            &uid,
+            "--dir",
+            &dir,
+            "--base-addr",
+            &base,
+            "--package",
+            &package,
+        ];
+        let output = self.flotilla_at(self.answering_node(), &args);
+        assert_success(&output, "flotilla dev reinstall-node");
+    }
+
+    /// The first node whose REST API answers (node 1 may have left the cluster).
+    pub fn answering_node(&self) -> u8 {
+        self.node_numbers()
+            .find(|n| self.flotilla_at(*n, &["status", "--json"]).status.success())
+            .unwrap_or(1)
+    }
+
+    /// The package the cluster's nodes run from (`dev up --package`), if any.
+    fn package(&self) -> Option<PathBuf> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == DEV_PACKAGE_ENV)
+            .map(|(_, p)| PathBuf::from(p))
     }
 
     /// Runs `flotilla dev down` (daemons stopped by pid; data kept).

@@ -10,25 +10,37 @@ use crate::command::{ActionCreation, ActionUpdate, CommandResult};
 use crate::error::ModelError;
 
 impl ClusterState {
-    /// The running action that touches database `bdb`, if any.
+    /// The action (running or paused) that touches database `bdb`, if any.
     pub fn running_action_on(&self, bdb: BdbUid) -> Option<&Action> {
         self.actions
             .values()
-            .find(|a| a.is_running() && a.kind.bdb_uids().contains(&bdb))
+            .find(|a| a.is_active() && a.kind.bdb_uids().contains(&bdb))
     }
 
-    /// The running action that moves shards off or onto node `node` (or removes it), if any.
+    /// The action (running or paused) that moves shards off or onto node `node` (or removes
+    /// it), if any.
     pub fn running_action_on_node(&self, node: NodeUid) -> Option<&Action> {
         self.actions
             .values()
-            .find(|a| a.is_running() && a.kind.node_uids().contains(&node))
+            .find(|a| a.is_active() && a.kind.node_uids().contains(&node))
     }
 
     /// Whether node `node` is being removed: no new shard is placed on it.
     pub fn is_leaving(&self, node: NodeUid) -> bool {
         self.actions.values().any(|a| {
-            a.is_running()
-                && matches!(a.kind, ActionKind::NodeRemove { node_uid, .. } if node_uid == node)
+            a.is_active()
+                && match &a.kind {
+                    ActionKind::NodeRemove { node_uid, .. } => *node_uid == node,
+                    // A drained node that joined back (replace-node) runs the new version.
+                    ActionKind::ClusterUpgrade(upgrade) => {
+                        upgrade.drain_of(node).is_some()
+                            && self
+                                .nodes
+                                .get(&node)
+                                .is_some_and(|n| n.software_version != upgrade.version)
+                    }
+                    _ => false,
+                }
         })
     }
 
@@ -75,8 +87,7 @@ impl ClusterState {
     /// [`FINISHED_ACTIONS_KEPT_FOR`] up to [`FINISHED_ACTIONS_MAX`]. Running actions are
     /// never listed.
     pub fn prunable_actions(&self, now: u64) -> Vec<ActionUid> {
-        let mut finished: Vec<&Action> =
-            self.actions.values().filter(|a| !a.is_running()).collect();
+        let mut finished: Vec<&Action> = self.actions.values().filter(|a| !a.is_active()).collect();
         finished.sort_by_key(|a| std::cmp::Reverse((a.updated_at, a.uid)));
         let young_after = now.saturating_sub(FINISHED_ACTIONS_KEPT_FOR.as_secs());
         let mut doomed: Vec<ActionUid> = finished
@@ -96,7 +107,7 @@ impl ClusterState {
     /// the command is safe to apply again.
     pub(super) fn prune_actions(&mut self, uids: &[ActionUid]) -> CommandResult {
         for uid in uids {
-            if self.actions.get(uid).is_some_and(|a| !a.is_running()) {
+            if self.actions.get(uid).is_some_and(|a| !a.is_active()) {
                 self.actions_mut().remove(uid);
             }
         }
@@ -179,6 +190,12 @@ impl ClusterState {
 
     pub(super) fn cancel_action(&mut self, uid: ActionUid) -> Result<CommandResult, ModelError> {
         let action = self.action_mut(uid)?;
+        // A paused action waits at a step boundary with nothing half done: it ends at once.
+        if action.status == ActionStatus::Paused {
+            action.status = ActionStatus::Cancelled;
+            action.cancel_requested = true;
+            return Ok(CommandResult::Ok);
+        }
         if !action.is_running() {
             return Err(ModelError::InvalidValue(format!(
                 "action {uid} is not running ({:?}); nothing to cancel",
@@ -186,6 +203,48 @@ impl ClusterState {
             )));
         }
         action.cancel_requested = true;
+        Ok(CommandResult::Ok)
+    }
+}
+
+impl ClusterState {
+    /// Sets a paused (or failed) action running again at the step where it stopped
+    /// (`flotilla action resume`): every step is safe to run again.
+    pub(super) fn resume_action(&mut self, uid: ActionUid) -> Result<CommandResult, ModelError> {
+        let action = self.action_mut(uid)?;
+        if !matches!(action.status, ActionStatus::Paused | ActionStatus::Failed) {
+            return Err(ModelError::InvalidValue(format!(
+                "action {uid} is {:?}: only a paused or failed action resumes",
+                action.status
+            )));
+        }
+        action.status = ActionStatus::Running;
+        action.error = None;
+        Ok(CommandResult::Ok)
+    }
+
+    /// Records how old node `record.drain.node_uid` of cluster upgrade `record.action_uid`
+    /// drains; the first record stays (a resumed step that records again changes nothing).
+    pub(super) fn record_drain(
+        &mut self,
+        record: crate::command::DrainRecord,
+    ) -> Result<CommandResult, ModelError> {
+        let action = self.action_mut(record.action_uid)?;
+        if !action.is_active() {
+            return Err(ModelError::InvalidValue(format!(
+                "action {} already ended ({:?})",
+                record.action_uid, action.status
+            )));
+        }
+        let ActionKind::ClusterUpgrade(upgrade) = &mut action.kind else {
+            return Err(ModelError::InvalidValue(format!(
+                "action {} is not a cluster upgrade",
+                record.action_uid
+            )));
+        };
+        if upgrade.drain_of(record.drain.node_uid).is_none() {
+            upgrade.drains.push(record.drain);
+        }
         Ok(CommandResult::Ok)
     }
 }

@@ -132,6 +132,8 @@ impl ClusterState {
             Command::CompleteMigration(migration) => self.complete_migration(migration),
             Command::RemoveNode(removal) => self.remove_node(removal.uid),
             Command::PruneActions(pruning) => Ok(self.prune_actions(&pruning.uids)),
+            Command::RecordDrain(record) => self.record_drain(record),
+            Command::ResumeAction(resumption) => self.resume_action(resumption.uid),
             Command::Unknown => Ok(CommandResult::Ignored),
         };
         outcome.unwrap_or_else(CommandResult::Refused)

@@ -21,7 +21,7 @@ use flotilla_store::StoreError;
 
 use super::db_upgrade::propose;
 use super::node_remove::hand_primary_ship_away;
-use super::StepError;
+use super::{rolling, StepError};
 use crate::Observer;
 
 /// How long a node may take from the order to serving every shard on the new version.
@@ -40,6 +40,10 @@ pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Res
     let step = super::planned_step(observer, action, index)?;
     match (step.op, step.node) {
         (Op::UpgradeNode, Some(node)) => upgrade_node(observer, upgrade, node).await,
+        (Op::AddNode, Some(node)) => rolling::add_node(observer, action, upgrade, node).await,
+        (Op::DrainNode, Some(node)) => rolling::drain_node(observer, action, upgrade, node).await,
+        (Op::LeaveCluster, Some(node)) => rolling::leave(observer, node).await,
+        (Op::RejoinNode, Some(node)) => rolling::rejoin_node(observer, action, upgrade, node).await,
         (Op::FinalizeCluster, _) => finalize(observer, &upgrade.version).await,
         _ => Err(StepError::never(format!(
             "'{}' is not a step of a cluster upgrade",

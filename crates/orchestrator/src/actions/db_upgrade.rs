@@ -165,7 +165,10 @@ async fn run_op(
         | Op::DemoteNode
         | Op::LeaveCluster
         | Op::UpgradeNode
-        | Op::FinalizeCluster => Err(StepError::never(format!(
+        | Op::FinalizeCluster
+        | Op::AddNode
+        | Op::DrainNode
+        | Op::RejoinNode => Err(StepError::never(format!(
             "{} is not a step of a database upgrade",
             op.name()
         ))),

@@ -21,6 +21,10 @@ pub enum Retry {
     /// data-preserving switchover, a shard that did not sync within its bound); the action
     /// fails at once with the message.
     Never,
+    /// Not until an operator acted on a machine (installed a new node, reinstalled one): the
+    /// action pauses with the message, which says what to do and that `flotilla action resume`
+    /// continues it.
+    Operator,
 }
 
 /// Why an action step failed: a message that names the object and the fix, and when to retry.
@@ -55,6 +59,11 @@ impl StepError {
     /// The step cannot succeed as asked: fail the action now.
     pub fn never(message: impl Into<String>) -> Self {
         Self::new(Retry::Never, message)
+    }
+
+    /// The step waits for an operator's work on a machine: pause the action.
+    pub fn operator(message: impl Into<String>) -> Self {
+        Self::new(Retry::Operator, message)
     }
 
     /// The same error with `context` (e.g. the object being changed) in front of its message.

@@ -12,6 +12,7 @@ pub mod db_upgrade;
 mod error;
 pub mod migrate;
 pub mod node_remove;
+mod rolling;
 
 pub use error::{Retry, StepError};
 
@@ -154,16 +155,14 @@ async fn run_step(
         // Leadership moved: the new primary node resumes from the recorded step.
         Err(_) if !observer.store.is_primary_node() => false,
         Err(e) => {
-            tracing::error!(error = %e, retry = ?e.retry, "action failed");
-            record(
-                observer,
-                action,
-                ActionStatus::Failed,
-                index,
-                &name,
-                Some(e.message),
-            )
-            .await;
+            let status = if e.retry == Retry::Operator {
+                tracing::warn!(reason = %e, "action paused for the operator");
+                ActionStatus::Paused
+            } else {
+                tracing::error!(error = %e, retry = ?e.retry, "action failed");
+                ActionStatus::Failed
+            };
+            record(observer, action, status, index, &name, Some(e.message)).await;
             false
         }
     }
@@ -177,7 +176,7 @@ pub(crate) fn retry_after(error: &StepError, runs: u32) -> Option<Duration> {
         Retry::Later if runs < LATER_ATTEMPTS => {
             Some(LATER_PAUSE * 2u32.pow(runs.saturating_sub(1)))
         }
-        Retry::Now | Retry::Later | Retry::Never => None,
+        Retry::Now | Retry::Later | Retry::Never | Retry::Operator => None,
     }
 }
 

@@ -76,7 +76,7 @@ pub(super) async fn hand_primary_ship_away(
 }
 
 /// Takes the drained node out of the Raft membership, tells its daemon and removes its record.
-async fn leave_cluster(observer: &Observer, node: NodeUid) -> Result<(), StepError> {
+pub(super) async fn leave_cluster(observer: &Observer, node: NodeUid) -> Result<(), StepError> {
     let store = &observer.store;
     let state = store.state();
     let held: Vec<String> = state.shards_on(node).map(|s| s.uid.to_string()).collect();

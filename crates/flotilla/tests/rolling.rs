@@ -1,0 +1,458 @@
+//! Rolling cluster upgrades (issue 11), against real daemons and engines, with two replicated
+//! databases (one of 2 shards, one of 1) under load:
+//! - `upgrade cluster --method add-node`: for each old node a new node with the package
+//!   joins (the action pauses until the operator added it; the test does, then resumes), the
+//!   old node drains and leaves; 0 client errors, 0 lost writes, every node on the new
+//!   version, finalized, as many nodes as before;
+//! - `--method replace-node`: each old node drains, leaves, and its reinstalled machine joins
+//!   back under its uid; the same invariants, and the uids kept;
+//! - a kill -9 of the primary node's daemon at every step of an add-node upgrade: the action
+//!   resumes and completes, no acknowledged write lost.
+//!
+//! A client connected to a node's endpoint loses that connection when the node leaves: the
+//! load runs on the node that is upgraded last and moves to a node that stays before that one
+//! drains (what an operator does with DNS or discovery; README "Rolling upgrades").
+//! From the real 0.1.0 release every method is refused (tests/in_place.rs shows it).
+//!
+//! Subnets 127.0.127-129.x.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use flotilla_loadcheck::LoadHandle;
+use flotilla_testkit::{
+    assert_success, flotilla_bin, load_runtime, poll_until, start_load, stop_load_clean,
+    DevCluster, Packages, RespClient,
+};
+use serde_json::Value;
+
+const ENGINE: &str = "valkey-8.1";
+
+fn bin() -> PathBuf {
+    flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+fn packages() -> &'static Packages {
+    static PACKAGES: OnceLock<Packages> = OnceLock::new();
+    PACKAGES.get_or_init(|| Packages::new(&bin()))
+}
+
+/// The binary under test as 0.2.0 and as 0.2.1.
+fn current_pair() -> (PathBuf, PathBuf) {
+    (
+        packages().current("0.2.0", &[]),
+        packages().current("0.2.1", &[]),
+    )
+}
+
+/// The issue's two databases: `two` (2 shards) on `port`, `one` (1 shard) on `port + 1`, both
+/// replicated.
+fn two_databases(cluster: &DevCluster, port: u16) -> [u16; 2] {
+    cluster.create_replicated_db("two", port, ENGINE);
+    let one = (port + 1).to_string();
+    cluster.create_db(&[
+        "--name",
+        "one",
+        "--port",
+        &one,
+        "--memory",
+        "100mb",
+        "--shards",
+        "1",
+        "--replication",
+        "--redis-version",
+        ENGINE,
+    ]);
+    [port, port + 1]
+}
+
+/// One load checker per database, through node `n`'s endpoints.
+struct Loads(Vec<LoadHandle>);
+
+impl Loads {
+    fn start(rt: &tokio::runtime::Runtime, cluster: &DevCluster, n: u8, ports: [u16; 2]) -> Self {
+        for port in ports {
+            wait_endpoint(SocketAddr::new(cluster.addr(n).into(), port));
+        }
+        Loads(
+            ports
+                .iter()
+                .map(|port| start_load(rt, format!("{}:{port}", cluster.addr(n))))
+                .collect(),
+        )
+    }
+
+    /// Stops them; asserts 0 client errors and 0 lost writes; the longest stall in ms.
+    fn stop_clean(self, rt: &tokio::runtime::Runtime) -> f64 {
+        self.0
+            .into_iter()
+            .map(|load| stop_load_clean(rt, load).longest_stall_ms)
+            .fold(0.0, f64::max)
+    }
+
+    /// Stops them; asserts 0 lost writes (connection errors are expected when their node
+    /// is killed).
+    fn stop_without_loss(self, rt: &tokio::runtime::Runtime) {
+        for load in self.0 {
+            let report = rt.block_on(load.stop()).expect("load checker verifies");
+            eprintln!("{report}");
+            assert_eq!(
+                report.lost_writes, 0,
+                "no acknowledged write lost: {report}"
+            );
+        }
+    }
+}
+
+/// Waits (bounded) until the endpoint at `addr` answers PING.
+fn wait_endpoint(addr: SocketAddr) {
+    let answers = poll_until(Duration::from_secs(30), || {
+        RespClient::connect(addr, Duration::from_secs(1))
+            .and_then(|mut c| c.call(&["PING"]))
+            .is_ok()
+    });
+    assert!(answers, "the endpoint {addr} answers");
+}
+
+/// Starts `upgrade cluster --method METHOD --no-wait` against node `n`; the action's uid.
+fn start_upgrade(cluster: &DevCluster, n: u8, package: &Path, method: &str) -> u64 {
+    let package = package.to_string_lossy();
+    let args = [
+        "upgrade",
+        "cluster",
+        "--package",
+        &package,
+        "--method",
+        method,
+        "--yes",
+        "--no-wait",
+    ];
+    let output = cluster.flotilla_at(n, &args);
+    assert_success(&output, "flotilla upgrade cluster --no-wait");
+    let text = String::from_utf8_lossy(&output.stdout);
+    eprintln!("{text}");
+    let uid = text
+        .lines()
+        .find_map(|l| l.strip_prefix("action "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok());
+    uid.expect("the CLI prints the action's uid")
+}
+
+/// `action show UID --json` from the first node that answers.
+fn action(cluster: &DevCluster, uid: u64) -> Option<Value> {
+    cluster.node_numbers().find_map(|n| {
+        let output = cluster.flotilla_at(n, &["action", "show", &uid.to_string(), "--json"]);
+        serde_json::from_slice(&output.stdout).ok()
+    })
+}
+
+/// Follows action `uid` to its end: each time it pauses for the operator, `operate` gets the
+/// step's name (`add_node node:N`, `rejoin_node node:N`) and does the machine work, and the
+/// action is resumed. Panics when it fails or does not end within `timeout`.
+fn roll(cluster: &mut DevCluster, uid: u64, mut operate: impl FnMut(&mut DevCluster, &str)) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let mut stopped = Value::Null;
+        let ended = poll_until(Duration::from_secs(300), || {
+            stopped = action(cluster, uid).unwrap_or_default();
+            stopped["status"].as_str().is_some_and(|s| s != "running")
+        });
+        assert!(ended, "the action did not stop running: {stopped:#}");
+        match stopped["status"].as_str() {
+            Some("completed") => return,
+            Some("paused") => {
+                let step = stopped["pending_ops"].as_str().unwrap_or("").to_string();
+                let says = stopped["error"].as_str().unwrap_or("");
+                assert!(
+                    says.contains(&format!("flotilla action resume {uid}")),
+                    "a pause says what to do and how to continue: {says}"
+                );
+                operate(cluster, &step);
+                let n = cluster.answering_node();
+                let resumed =
+                    cluster.flotilla_at(n, &["action", "resume", &uid.to_string(), "--no-wait"]);
+                assert_success(&resumed, "flotilla action resume");
+            }
+            _ => panic!("the action did not complete: {stopped:#}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upgrade took too long"
+        );
+    }
+}
+
+/// The node number (dir `node-N`) of node uid `uid`: the same for old nodes, dev add-node's
+/// next number for new ones (uids and numbers advance together in these clusters).
+fn number(uid: u64) -> u8 {
+    uid as u8
+}
+
+/// Every listed node's uid and version, and the cluster version, from the first node that
+/// answers.
+fn nodes_and_version(cluster: &DevCluster) -> (Vec<(u64, String)>, String) {
+    let status = cluster.status_json(cluster.answering_node());
+    let nodes = status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            let version = n["software_version"].as_str().unwrap_or("?").to_string();
+            (n["uid"].as_u64().unwrap_or(0), version)
+        })
+        .collect();
+    let version = status["cluster"]["cluster_version"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    (nodes, version)
+}
+
+fn primary_node(cluster: &DevCluster) -> u64 {
+    cluster.status_json(cluster.answering_node())["cluster"]["master_node"]
+        .as_u64()
+        .expect("a primary node")
+}
+
+/// The step's node uid (`add_node node:3` -> 3).
+fn step_node(step: &str) -> u64 {
+    step.rsplit_once("node:")
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("step '{step}' names no node"))
+}
+
+#[test]
+fn add_node_upgrade_moves_every_database_to_new_nodes_under_load() {
+    let (v020, v021) = current_pair();
+    let mut cluster = DevCluster::up_from_package(&bin(), 127, 3, &v020);
+    let ports = two_databases(&cluster, 12127);
+    let last = primary_node(&cluster);
+    let rt = load_runtime();
+    let mut loads = Some(Loads::start(&rt, &cluster, number(last), ports));
+    let mut stalls = Vec::new();
+
+    let uid = start_upgrade(&cluster, number(last), &v021, "add-node");
+    let mut added = Vec::new();
+    roll(&mut cluster, uid, |cluster, step| {
+        assert!(
+            step.starts_with("add_node "),
+            "add-node pauses only to add: {step}"
+        );
+        if step_node(step) == last {
+            // The node the load runs on goes next: the clients move to a node that stays.
+            let first_new = added[0];
+            let next = Loads::start(&rt, cluster, first_new, ports);
+            stalls.push(loads.replace(next).expect("loads").stop_clean(&rt));
+        }
+        added.push(cluster.add_node_from(Some(&v021)));
+    });
+    stalls.push(loads.take().expect("loads").stop_clean(&rt));
+
+    let (nodes, version) = nodes_and_version(&cluster);
+    let uids: Vec<u64> = nodes.iter().map(|(uid, _)| *uid).collect();
+    assert_eq!(uids, [4, 5, 6], "each old node replaced by a new one");
+    assert!(nodes.iter().all(|(_, v)| v == "0.2.1"), "{nodes:?}");
+    assert_eq!(version, "0.2.1", "finalized");
+    let shards = cluster.shards_at(added[0]);
+    assert_eq!(shards.len(), 6, "every shard kept: {shards:?}");
+    eprintln!(
+        "add-node upgrade under load: longest stall {:.1} ms",
+        stalls.iter().copied().fold(0.0, f64::max)
+    );
+}
+
+#[test]
+fn replace_node_upgrade_keeps_the_uids_under_load() {
+    let (v020, v021) = current_pair();
+    let mut cluster = DevCluster::up_from_package(&bin(), 128, 3, &v020);
+    let ports = two_databases(&cluster, 12128);
+    let last = primary_node(&cluster);
+    let rt = load_runtime();
+    let mut loads = Some(Loads::start(&rt, &cluster, number(last), ports));
+    let mut stalls = Vec::new();
+
+    let uid = start_upgrade(&cluster, number(last), &v021, "replace-node");
+    let plan: Vec<String> = action(&cluster, uid).expect("the action")["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| s.as_str().unwrap_or("").to_string())
+        .collect();
+    let order: Vec<u64> = plan
+        .iter()
+        .filter(|s| s.starts_with("rejoin_node "))
+        .map(|s| step_node(s))
+        .collect();
+    assert_eq!(order.last(), Some(&last), "the primary node last: {plan:?}");
+    roll(&mut cluster, uid, |cluster, step| {
+        assert!(
+            step.starts_with("rejoin_node "),
+            "replace-node pauses only to rejoin: {step}"
+        );
+        let node = step_node(step);
+        cluster.reinstall_node(node, &v021);
+        if order.iter().position(|n| *n == node) == Some(order.len() - 2) {
+            // The node the load runs on goes next: the clients move to a node that stays.
+            let next = Loads::start(&rt, cluster, number(node), ports);
+            stalls.push(loads.replace(next).expect("loads").stop_clean(&rt));
+        }
+    });
+    stalls.push(loads.take().expect("loads").stop_clean(&rt));
+
+    let (nodes, version) = nodes_and_version(&cluster);
+    let uids: Vec<u64> = nodes.iter().map(|(uid, _)| *uid).collect();
+    assert_eq!(uids, [1, 2, 3], "every node back under its uid");
+    assert!(nodes.iter().all(|(_, v)| v == "0.2.1"), "{nodes:?}");
+    assert_eq!(version, "0.2.1", "finalized");
+    assert_eq!(cluster.shards_at(number(last)).len(), 6, "every shard kept");
+    eprintln!(
+        "replace-node upgrade under load: longest stall {:.1} ms",
+        stalls.iter().copied().fold(0.0, f64::max)
+    );
+}
+
+/// The step action `uid` is at while it runs, with its index.
+fn running_step(cluster: &DevCluster, uid: u64) -> Option<(u64, String)> {
+    let action = action(cluster, uid)?;
+    (action["status"] == "running").then(|| {
+        (
+            action["step_index"].as_u64().unwrap_or(0),
+            action["pending_ops"].as_str().unwrap_or("").to_string(),
+        )
+    })
+}
+
+/// Restarts node number `n`'s daemon (after a kill -9) from `package`, with `dev up` asked of
+/// a node that answers.
+fn restart(cluster: &DevCluster, n: u8, package: &Path) {
+    let dir = cluster
+        .data_dir(1)
+        .parent()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let base = cluster.addr(1).to_string();
+    let nodes = cluster.node_numbers().last().unwrap().to_string();
+    let package = package.to_string_lossy().into_owned();
+    let survivor = cluster.node_numbers().find(|m| *m != n).unwrap();
+    let survivor = cluster
+        .node_numbers()
+        .filter(|m| *m != n)
+        .find(|m| {
+            cluster
+                .flotilla_at(*m, &["status", "--json"])
+                .status
+                .success()
+        })
+        .unwrap_or(survivor);
+    let args = [
+        "dev",
+        "up",
+        "--nodes",
+        &nodes,
+        "--dir",
+        &dir,
+        "--base-addr",
+        &base,
+        "--package",
+        &package,
+    ];
+    let output = cluster.flotilla_at(survivor, &args);
+    assert_success(&output, &format!("dev up restarting node {n}"));
+}
+
+#[test]
+fn add_node_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_each_step() {
+    let (v020, v021) = current_pair();
+    let mut cluster = DevCluster::up_from_package_with_env(
+        &bin(),
+        129,
+        3,
+        &v020,
+        &[
+            (
+                "FLOTILLA_FAILPOINT_PAUSE_STEP",
+                "add_node,drain_node,leave_cluster,finalize_cluster",
+            ),
+            ("FLOTILLA_FAILPOINT_PAUSE_MS", "2000"),
+        ],
+    );
+    let ports = two_databases(&cluster, 12129);
+    let rt = load_runtime();
+    let last = primary_node(&cluster);
+    let mut loads = Some(Loads::start(&rt, &cluster, number(last), ports));
+    let uid = start_upgrade(&cluster, number(last), &v021, "add-node");
+
+    let mut killed_at: Vec<(u64, String)> = Vec::new();
+    let steps_total = action(&cluster, uid).expect("the action")["steps_total"]
+        .as_u64()
+        .unwrap();
+    let mut index = 0;
+    while index < steps_total {
+        // The step is held by the failpoint (or paused for the operator): kill -9 the primary
+        // node's daemon while it runs, then restart it from the package of its version.
+        let mut at = None;
+        let reached = poll_until(Duration::from_secs(180), || {
+            if let Some(a) = action(&cluster, uid) {
+                if a["status"] == "paused" {
+                    let step = a["pending_ops"].as_str().unwrap_or("");
+                    if step_node(step) == last {
+                        // Its node goes next: the load moves to the first new node (and is
+                        // verified there while it still serves).
+                        let next = Loads::start(&rt, &cluster, 4, ports);
+                        loads.replace(next).expect("loads").stop_without_loss(&rt);
+                    }
+                    let n = cluster.add_node_from(Some(&v021));
+                    eprintln!("added node {n} for '{}'", a["pending_ops"]);
+                    let answering = cluster.answering_node();
+                    let resume = ["action", "resume", &uid.to_string(), "--no-wait"];
+                    assert_success(&cluster.flotilla_at(answering, &resume), "action resume");
+                    return false;
+                }
+                if a["status"] == "completed" {
+                    return true;
+                }
+            }
+            at = running_step(&cluster, uid).filter(|(i, _)| *i >= index);
+            at.is_some()
+        });
+        assert!(
+            reached,
+            "the action reached step {index}: {:?}",
+            action(&cluster, uid)
+        );
+        let Some((i, step)) = at else { break };
+        let primary = primary_node(&cluster);
+        let version = nodes_and_version(&cluster)
+            .0
+            .into_iter()
+            .find(|(u, _)| *u == primary)
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        cluster.kill9(number(primary));
+        restart(
+            &cluster,
+            number(primary),
+            if version == "0.2.1" { &v021 } else { &v020 },
+        );
+        killed_at.push((primary, step));
+        index = i + 1;
+    }
+    let done = poll_until(Duration::from_secs(240), || {
+        action(&cluster, uid).is_some_and(|a| a["status"] == "completed")
+    });
+    assert!(
+        done,
+        "completed after kills at {killed_at:?}: {:#}",
+        action(&cluster, uid).unwrap_or_default()
+    );
+    loads.take().expect("loads").stop_without_loss(&rt);
+    let (nodes, version) = nodes_and_version(&cluster);
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    assert!(nodes.iter().all(|(_, v)| v == "0.2.1"), "{nodes:?}");
+    assert_eq!(version, "0.2.1");
+    eprintln!("primary node killed -9 at {killed_at:?}");
+}
