@@ -221,18 +221,31 @@ async fn refuse_before_versioned_release(client: &Client, method: UpgradeMethod)
 }
 
 /// Follows the action to its end; on a dev cluster (`--dev-dir`) does the operator's part
-/// each time it pauses (a new node, a reinstalled node) and resumes it.
+/// each time it pauses (a new node, a reinstalled node) and resumes it. When the node the CLI
+/// talks to leaves (a rolling upgrade removes every old node), it follows through another.
 async fn drive_to_the_end(
     conn: &Connection,
     args: &ClusterArgs,
     package: &Path,
     uid: u64,
 ) -> Result<()> {
-    let client = conn.client();
+    let mut conn = conn.clone();
     let started = Instant::now();
     let mut printed = 0;
+    let mut known: Vec<String> = Vec::new();
     loop {
-        let action = crate::action::follow(&client, uid, &mut printed).await?;
+        if let Ok(nodes) = conn.client().nodes().await {
+            known = nodes.into_iter().map(|n| n.addr).collect();
+        }
+        let action = match crate::action::follow(&conn.client(), uid, &mut printed).await {
+            Ok(action) => action,
+            Err(e) => {
+                conn = another_node(&conn, &known, uid)
+                    .await
+                    .with_context(|| format!("following action {uid}: {e:#}"))?;
+                continue;
+            }
+        };
         let message = action.error.clone().unwrap_or_default();
         match action.status {
             ActionStatus::Completed => {
@@ -251,9 +264,9 @@ async fn drive_to_the_end(
                     "action {uid} paused at '{}'; doing the operator's part on the dev cluster",
                     action.pending_ops
                 );
-                operate_dev_cluster(conn, dir, args.base_addr, package, &action.pending_ops)
+                operate_dev_cluster(&conn, dir, args.base_addr, package, &action.pending_ops)
                     .await?;
-                client.resume_action(uid).await?;
+                conn.client().resume_action(uid).await?;
             }
             status => bail!(
                 "action {uid} {status:?} at '{}': {message}",
@@ -261,6 +274,26 @@ async fn drive_to_the_end(
             ),
         }
     }
+}
+
+/// A connection to a node among `known` (the node addresses last listed) that answers about
+/// action `uid`: the node `conn` talks to may have just left.
+async fn another_node(conn: &Connection, known: &[String], uid: u64) -> Result<Connection> {
+    let deadline = Instant::now() + NODE_UPGRADE_DEADLINE;
+    while Instant::now() < deadline {
+        for addr in known {
+            let client = conn.client().for_node(addr);
+            if client.action(uid).await.is_ok() {
+                let url = client.base().to_string();
+                return Ok(Connection {
+                    url,
+                    ..conn.clone()
+                });
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bail!("no node of the cluster answers; `flotilla status --url http://NODE:8080` on any node")
 }
 
 /// The operator's part of the step `step` (`add_node node:N`, `rejoin_node node:N`) on the dev

@@ -758,7 +758,10 @@ fn upgrade_cluster_resumes_after_a_kill_9_of_the_primary_node_at_each_step() {
         3,
         &v020,
         &[
-            ("FLOTILLA_FAILPOINT_PAUSE_STEP", "upgrade_node,finalize_cluster"),
+            (
+                "FLOTILLA_FAILPOINT_PAUSE_STEP",
+                "upgrade_node,finalize_cluster",
+            ),
             ("FLOTILLA_FAILPOINT_PAUSE_MS", "2000"),
         ],
     );

@@ -456,3 +456,64 @@ fn add_node_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_each_step() {
     assert_eq!(version, "0.2.1");
     eprintln!("primary node killed -9 at {killed_at:?}");
 }
+
+#[test]
+fn on_a_dev_cluster_the_cli_does_the_operators_part_of_both_rolling_methods() {
+    let (v020, v021) = current_pair();
+    let v022 = packages().current("0.2.2", &[]);
+    let mut cluster = DevCluster::up_from_package(&bin(), 130, 2, &v020);
+    let dir = cluster
+        .data_dir(1)
+        .parent()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let base = cluster.addr(1).to_string();
+    let upgrade = |cluster: &DevCluster, n: u8, package: &Path, method: &str| {
+        let package = package.to_string_lossy();
+        let args = [
+            "upgrade",
+            "cluster",
+            "--package",
+            &package,
+            "--method",
+            method,
+            "--yes",
+            // Two nodes: the quorum check's warning is accepted (nothing is down here).
+            "--force",
+            "quorum",
+            "--dev-dir",
+            &dir,
+            "--base-addr",
+            &base,
+        ];
+        let output = cluster.flotilla_at(n, &args);
+        assert_success(
+            &output,
+            &format!("upgrade cluster --method {method} --dev-dir"),
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    // Node 1 (the primary node, last) leaves: the CLI follows the action through another node.
+    let printed = upgrade(&cluster, 1, &v021, "add-node");
+    assert!(printed.contains("doing the operator's part"), "{printed}");
+    cluster.count_node_dirs();
+    let (nodes, version) = nodes_and_version(&cluster);
+    assert_eq!(
+        nodes,
+        [(3, "0.2.1".to_string()), (4, "0.2.1".to_string())],
+        "two new nodes"
+    );
+    assert_eq!(version, "0.2.1");
+
+    let printed = upgrade(&cluster, 3, &v022, "replace-node");
+    assert!(printed.contains("completed"), "{printed}");
+    let (nodes, version) = nodes_and_version(&cluster);
+    assert_eq!(
+        nodes,
+        [(3, "0.2.2".to_string()), (4, "0.2.2".to_string())],
+        "the same nodes, reinstalled"
+    );
+    assert_eq!(version, "0.2.2");
+}

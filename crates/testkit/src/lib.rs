@@ -160,6 +160,20 @@ impl DevCluster {
         assert_success(&output, "flotilla dev reinstall-node");
     }
 
+    /// Counts the nodes a command other than [`DevCluster::add_node`] added (`upgrade cluster
+    /// --dev-dir` runs `dev add-node` itself): every `node-N` dir in the cluster's folder.
+    pub fn count_node_dirs(&mut self) {
+        let dirs = std::fs::read_dir(self.dir.path()).expect("the cluster's folder");
+        let highest = dirs
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix("node-")?.parse::<u8>().ok()
+            })
+            .max();
+        self.nodes = highest.unwrap_or(self.nodes);
+    }
+
     /// The first node whose REST API answers (node 1 may have left the cluster).
     pub fn answering_node(&self) -> u8 {
         self.node_numbers()

@@ -39,11 +39,7 @@ pub(super) async fn add_node(
     }
     let state = observer.store.state();
     let old_node = state.nodes.get(&old).ok_or_else(|| gone(old))?;
-    let taken: BTreeSet<NodeUid> = upgrade
-        .drains
-        .iter()
-        .filter_map(|d| d.added_node)
-        .collect();
+    let taken: BTreeSet<NodeUid> = upgrade.drains.iter().filter_map(|d| d.added_node).collect();
     let joined: Vec<NodeUid> = state
         .nodes
         .values()
