@@ -6,8 +6,9 @@
 //!   version, finalized, as many nodes as before;
 //! - `--method replace-node`: each old node drains, leaves, and its reinstalled machine joins
 //!   back under its uid; the same invariants, and the uids kept;
-//! - a kill -9 of the primary node's daemon at every step of an add-node upgrade: the action
-//!   resumes and completes, no acknowledged write lost.
+//! - a kill -9 of the primary node's daemon at every step of an add-node upgrade, and of the
+//!   drained node's during its drain: the action resumes and completes, no acknowledged write
+//!   lost.
 //!
 //! A client connected to a node's endpoint loses that connection when the node leaves: the
 //! load runs on the node that is upgraded last and moves to a node that stays before that one
@@ -365,7 +366,8 @@ fn restart(cluster: &DevCluster, n: u8, package: &Path) {
 }
 
 #[test]
-fn add_node_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_each_step() {
+fn add_node_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_each_step_and_of_the_drained_node(
+) {
     let (v020, v021) = current_pair();
     let mut cluster = DevCluster::up_from_package_with_env(
         &bin(),
@@ -438,6 +440,16 @@ fn add_node_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_each_step() {
             number(primary),
             if version == "0.2.1" { &v021 } else { &v020 },
         );
+        // The node being drained too (an old node, on 0.2.0), while its shards move off it.
+        let drained = step
+            .starts_with("drain_node ")
+            .then(|| step_node(&step))
+            .filter(|n| *n != primary);
+        if let Some(drained) = drained {
+            cluster.kill9(number(drained));
+            restart(&cluster, number(drained), &v020);
+            killed_at.push((drained, step.clone()));
+        }
         killed_at.push((primary, step));
         index = i + 1;
     }
