@@ -21,10 +21,11 @@ pub struct Packages {
 impl Packages {
     /// Packages of `bin` (the binary under test) kept in a temp dir for this test process.
     pub fn new(bin: &Path) -> Packages {
+        remove_stale_package_dirs();
         Packages {
             bin: bin.to_path_buf(),
             dir: tempfile::Builder::new()
-                .prefix("flotilla-packages-")
+                .prefix(&format!("{PACKAGES_PREFIX}{}-", std::process::id()))
                 .tempdir()
                 .expect("temp dir"),
             built: Mutex::new(Vec::new()),
@@ -97,4 +98,26 @@ pub fn old_release_binary() -> PathBuf {
     );
     let path = String::from_utf8_lossy(&output.stdout).trim().to_string();
     PathBuf::from(path)
+}
+
+/// The temp dirs packages are built in: `flotilla-packages-PID-XXXX`. A test binary keeps its
+/// [`Packages`] in a static, never dropped, so its dir outlives it.
+const PACKAGES_PREFIX: &str = "flotilla-packages-";
+
+/// Removes the package dirs of test processes that ended (hundreds of MB each), so that runs
+/// do not fill the disk.
+fn remove_stale_package_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(PACKAGES_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !crate::process_alive(pid)) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
