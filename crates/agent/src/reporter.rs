@@ -2,30 +2,28 @@
 
 use flotilla_model::rest::NodeReport;
 use flotilla_model::timing::REPORT_INTERVAL;
-use flotilla_model::{Command, NodeChange};
+use flotilla_model::{Command, NodeChange, NodeSpec};
 use flotilla_store::{Store, StoreError};
 
 use crate::shards::ObservedShards;
 
 /// Reports to the primary node every [`REPORT_INTERVAL`] until `shutdown` fires, and proposes
-/// an `UpdateNode` when the store's record of this node (software version, OS) is out of date.
-/// Reports no shards; see [`run_reporter_with_shards`].
+/// an `UpdateNode` when the store's record of this node (software version, OS, host facts:
+/// `node`) is out of date. Reports no shards; see [`run_reporter_with_shards`].
 pub async fn run_reporter(
     store: Store,
-    software_version: String,
-    os: String,
+    node: NodeSpec,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let no_shards = ObservedShards::default();
-    run_reporter_with_shards(store, software_version, os, no_shards, shutdown).await
+    run_reporter_with_shards(store, node, no_shards, shutdown).await
 }
 
 /// [`run_reporter`] whose reports carry what the [`crate::ShardAgent`] observes of this node's
 /// shards.
 pub async fn run_reporter_with_shards(
     store: Store,
-    software_version: String,
-    os: String,
+    node: NodeSpec,
     shards: ObservedShards,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -39,16 +37,16 @@ pub async fn run_reporter_with_shards(
             _ = shards.changed() => {}
             _ = shutdown.changed() => return,
         }
-        report_once(&store, &software_version, &os, &shards).await;
+        report_once(&store, &node, &shards).await;
     }
 }
 
-async fn report_once(store: &Store, software_version: &str, os: &str, shards: &ObservedShards) {
+async fn report_once(store: &Store, node: &NodeSpec, shards: &ObservedShards) {
     let Some(uid) = store.uid() else { return };
     let report = NodeReport {
         uid,
-        software_version: software_version.to_string(),
-        os: os.to_string(),
+        software_version: node.software_version.clone(),
+        os: node.os.clone(),
         shards: shards.snapshot(),
         total_memory: crate::host::total_memory(),
     };
@@ -59,21 +57,25 @@ async fn report_once(store: &Store, software_version: &str, os: &str, shards: &O
         Err(StoreError::NoPrimaryNode(_)) => return,
         Err(e) => tracing::debug!(error = %e, "report to the primary node failed"),
     }
-    refresh_own_record(store, uid, software_version, os).await;
+    refresh_own_record(store, uid, node).await;
 }
 
-async fn refresh_own_record(store: &Store, uid: u64, software_version: &str, os: &str) {
+async fn refresh_own_record(store: &Store, uid: u64, node: &NodeSpec) {
     let state = store.state();
-    let Some(node) = state.nodes.get(&uid) else {
+    let Some(record) = state.nodes.get(&uid) else {
         return;
     };
-    if node.software_version == software_version && node.os == os {
+    let same = record.software_version == node.software_version
+        && record.os == node.os
+        && record.host == node.host;
+    if same {
         return;
     }
     let command = Command::UpdateNode(NodeChange {
         uid,
-        software_version: software_version.to_string(),
-        os: os.to_string(),
+        software_version: node.software_version.clone(),
+        os: node.os.clone(),
+        host: node.host.clone(),
     });
     if let Err(e) = store.propose(command).await {
         tracing::warn!(error = %e, "could not record this node's software version and OS");

@@ -103,6 +103,10 @@ pub(crate) async fn join_cluster(
     body: Bytes,
 ) -> Result<Json<BootstrapResult>, ApiError> {
     let request: BootstrapRequest = parse("join_cluster", &body)?;
+    context
+        .node
+        .check_os()
+        .map_err(|e| ApiError::invalid("os", e.to_string()))?;
     let nodes = request.cluster.nodes.ok_or_else(|| {
         ApiError::invalid(
             "cluster.nodes",
@@ -216,6 +220,7 @@ async fn node_infos(context: &ApiContext) -> Vec<NodeInfo> {
             },
             software_version: node.software_version.clone(),
             os: node.os.clone(),
+            host: node.host.clone(),
             status: statuses
                 .get(&node.uid)
                 .copied()

@@ -15,9 +15,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use flotilla_api::{ApiContext, LocalNode, NodePorts, UpgradeOrder};
 use flotilla_endpoints::{Endpoints, StatsRegistry};
-use flotilla_model::{ClusterState, NodeSpec};
+use flotilla_agent::host::OsRelease;
+use flotilla_model::{ClusterState, NodeHost, NodeSpec};
 use flotilla_orchestrator::Observer;
-use flotilla_package::Package;
+use flotilla_package::{Package, DEFAULT_SUPPORTED_OS};
 use flotilla_store::{project, StateFeed, Store, StoreConfig};
 use flotilla_upgrade::{Finish, Inheritance, OldDaemon, PassedServices, ServiceListeners};
 use tokio::net::TcpListener;
@@ -47,6 +48,11 @@ pub struct StartArgs {
     /// engines (`FLOTILLA_ENGINES_DIR` or the repository's `.cache/engines`).
     #[arg(long)]
     pub package_dir: Option<PathBuf>,
+    /// Read the machine's OS from FILE instead of /etc/os-release: for tests and dev clusters on
+    /// one machine, FILE stands for a machine with that OS (nothing else about the OS changes).
+    /// Kept in the data dir, so the node reports the same OS after a restart without it.
+    #[arg(long)]
+    pub os_release: Option<PathBuf>,
     /// REST API port (HTTP).
     #[arg(long, default_value_t = 8080)]
     pub rest_port: u16,
@@ -102,10 +108,12 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
     let version = package
         .as_ref()
         .map_or_else(software_version, |p| p.manifest().version.to_string());
+    let os = os_release(&args)?;
     let node = NodeSpec {
         addr: args.addr,
         software_version: version.clone(),
-        os: flotilla_agent::host::os_name(),
+        os: os.pretty_name.clone(),
+        host: host_facts(&args, package.as_ref(), &os)?,
     };
     let (successor, inheritance) = match args.handover_fd {
         Some(fd) => flotilla_upgrade::greet(fd, &version).await,
@@ -295,6 +303,47 @@ fn refuse_if_removed(data_dir: &Path) -> Result<()> {
 }
 
 /// The package this daemon runs from, verified file by file.
+/// Where the node keeps the os-release file `--os-release` named (the machine's OS, for a
+/// dev node).
+const OS_RELEASE_COPY: &str = "os-release";
+
+/// The machine's OS: `--os-release FILE` (kept in the data dir), the copy kept by an earlier
+/// start, or `/etc/os-release`.
+fn os_release(args: &StartArgs) -> Result<OsRelease> {
+    let copy = args.data_dir.join(OS_RELEASE_COPY);
+    if let Some(file) = &args.os_release {
+        std::fs::copy(file, &copy)
+            .with_context(|| format!("--os-release {}: reading it", file.display()))?;
+    }
+    let path = if copy.exists() {
+        copy
+    } else {
+        PathBuf::from(flotilla_agent::host::OS_RELEASE)
+    };
+    Ok(OsRelease::read(&path))
+}
+
+/// What the node reports of its machine and installation (see [`NodeHost`]).
+fn host_facts(args: &StartArgs, package: Option<&Package>, os: &OsRelease) -> Result<NodeHost> {
+    let (install_dir, supported_os) = match package {
+        Some(package) => (
+            package.dir().parent().map(Path::to_path_buf),
+            package.manifest().supported_os.clone(),
+        ),
+        None => {
+            let binary = std::env::current_exe().context("locating the flotilla binary")?;
+            let supported = DEFAULT_SUPPORTED_OS.iter().map(|s| s.to_string()).collect();
+            (binary.parent().map(Path::to_path_buf), supported)
+        }
+    };
+    Ok(NodeHost {
+        os_id: os.os_id(),
+        supported_os,
+        install_dir: install_dir.map_or_else(String::new, |d| d.display().to_string()),
+        data_dir: args.data_dir.display().to_string(),
+    })
+}
+
 fn open_package(args: &StartArgs) -> Result<Option<Package>> {
     let Some(dir) = &args.package_dir else {
         return Ok(None);
@@ -489,8 +538,7 @@ async fn start_back(
         tasks,
         flotilla_agent::run_reporter_with_shards(
             store.clone(),
-            node.software_version.clone(),
-            node.os.clone(),
+            node.clone(),
             observed_shards,
             stop.clone(),
         ),

@@ -128,7 +128,7 @@ pub async fn run(client: &Client, args: StatusArgs) -> Result<()> {
             role,
             node.addr,
             node.software_version,
-            node.os,
+            os_text(node),
             status
         );
     }
@@ -142,4 +142,12 @@ pub async fn run(client: &Client, args: StatusArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The node's OS as `flotilla status` shows it: its name, and the id packages list.
+fn os_text(node: &flotilla_model::rest::NodeInfo) -> String {
+    match node.host.os_id.as_str() {
+        "" => node.os.clone(),
+        id => format!("{} [{id}]", node.os),
+    }
 }

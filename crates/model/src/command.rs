@@ -144,6 +144,10 @@ pub struct NodeChange {
     pub software_version: String,
     /// Its OS now.
     pub os: String,
+    /// Its OS id, package's OS list and directories now (nodes from 0.2.0 on; the first
+    /// release ignores the field).
+    #[serde(default, skip_serializing_if = "NodeHost::is_empty")]
+    pub host: NodeHost,
 }
 
 /// [`Command::CreateBdb`]: the database and where its shards go.
@@ -360,6 +364,61 @@ pub struct NodeSpec {
     pub software_version: String,
     /// Its operating system.
     pub os: String,
+    /// Its OS id, package's OS list and directories (nodes from 0.2.0 on; the first release
+    /// ignores the field).
+    #[serde(default, skip_serializing_if = "NodeHost::is_empty")]
+    pub host: NodeHost,
+}
+
+impl NodeSpec {
+    /// Refuses a node whose package does not support its operating system, naming both: the
+    /// node checks itself before it joins (not in `apply`, where a 0.1.0 member would not).
+    pub fn check_os(&self) -> Result<(), ModelError> {
+        let host = &self.host;
+        if host.os_id.is_empty() || host.supports(&host.os_id) {
+            return Ok(());
+        }
+        Err(ModelError::InvalidValue(format!(
+            "os: this node ({}) runs {} ({}), which its package {} does not support (it supports {}); install a package that supports {}, or join from a machine with a supported OS",
+            self.addr,
+            host.os_id,
+            self.os,
+            self.software_version,
+            host.supported_os.join(", "),
+            host.os_id
+        )))
+    }
+}
+
+/// What a node's machine and installation are, as the node reports them: what an OS upgrade
+/// checks (Redis Software's OS and install-directory prerequisites). Empty for 0.1.0 nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHost {
+    /// `ID-VERSION_ID` of the machine's `/etc/os-release` (or of the file `node start
+    /// --os-release` names), e.g. `debian-12`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub os_id: String,
+    /// The operating systems the node's package supports (its manifest's `supported_os`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supported_os: Vec<String>,
+    /// The directory its packages are installed in.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub install_dir: String,
+    /// Its data dir.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data_dir: String,
+}
+
+impl NodeHost {
+    /// Whether nothing was reported (a 0.1.0 node).
+    pub fn is_empty(&self) -> bool {
+        self == &NodeHost::default()
+    }
+
+    /// Whether the node's package supports operating system `os_id` (unknown: yes).
+    pub fn supports(&self, os_id: &str) -> bool {
+        self.supported_os.is_empty() || self.supported_os.iter().any(|os| os == os_id)
+    }
 }
 
 /// The replicated outcome of applying a command, returned to whoever proposed it.

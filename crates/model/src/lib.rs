@@ -48,8 +48,9 @@ pub use command::{
     ActionCancellation, ActionCreation, ActionPruning, ActionResumption, ActionUpdate, BdbChange,
     BdbCreation, BdbDeletion, BdbVersionChange, ClusterChange, ClusterCreation,
     ClusterVersionFinalization, Command, CommandResult, DrainRecord, NodeAddition, NodeChange,
-    NodeRemoval, NodeReplacement, NodeSpec, ReplacementAddition, ShardHold, ShardMigration,
-    ShardPromotion, ShardRemoval, ShardReplacement, ShardVersionChange, TemporaryReplicaAddition,
+    NodeHost, NodeRemoval, NodeReplacement, NodeSpec, ReplacementAddition, ShardHold,
+    ShardMigration, ShardPromotion, ShardRemoval, ShardReplacement, ShardVersionChange,
+    TemporaryReplicaAddition,
 };
 pub use engine_version::{EngineVersion, UnknownEngineVersion};
 pub use error::ModelError;

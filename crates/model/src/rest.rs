@@ -80,6 +80,10 @@ pub struct NodeInfo {
     pub os: String,
     /// Up, down or unknown.
     pub status: NodeStatus,
+    /// Its OS id, package's OS list, install and data directories (`os_id`, `supported_os`,
+    /// `install_dir`, `data_dir`; absent for 0.1.0 nodes).
+    #[serde(flatten)]
+    pub host: crate::NodeHost,
 }
 
 /// One entry of `GET /v1/nodes/status`, keyed by uid; `role` is `master`/`slave` as in Redis

@@ -351,6 +351,7 @@ mod tests {
             addr,
             software_version: "test".into(),
             os: "test".into(),
+            host: Default::default(),
         };
         store
             .create_cluster("c".into(), "admin".into(), "pw".into(), node)

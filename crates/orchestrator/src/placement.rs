@@ -214,6 +214,7 @@ pub(crate) mod tests {
             addr: [127, 0, 0, 10 + i as u8].into(),
             software_version: "0.1.0".into(),
             os: "test".into(),
+            host: Default::default(),
         };
         state.apply(Command::CreateCluster(ClusterCreation {
             name: "c".into(),

@@ -138,6 +138,7 @@ mod tests {
             addr: addr.parse().unwrap(),
             software_version: "0.1.0".into(),
             os: "test".into(),
+            host: Default::default(),
         }
     }
 

@@ -86,6 +86,7 @@ impl TestNode {
             addr,
             software_version: "test".into(),
             os: "test".into(),
+            host: Default::default(),
         };
         let uid = store
             .create_cluster("test".into(), "admin".into(), "pw".into(), node)

@@ -153,6 +153,7 @@ pub(crate) mod testing {
             addr: addr.parse().unwrap(),
             software_version: "0.1.0".into(),
             os: "Debian GNU/Linux 12 (bookworm)".into(),
+            host: Default::default(),
         }
     }
 

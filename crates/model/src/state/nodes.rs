@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ClusterState;
 use crate::command::{
-    ClusterChange, ClusterCreation, CommandResult, NodeChange, NodeReplacement, NodeSpec,
+    ClusterChange, ClusterCreation, CommandResult, NodeChange, NodeHost, NodeReplacement, NodeSpec,
 };
 use crate::error::ModelError;
 
@@ -53,6 +53,9 @@ pub struct Node {
     pub software_version: String,
     /// The node's operating system as `/etc/os-release` names it (PRETTY_NAME).
     pub os: String,
+    /// Its OS id, package's OS list and directories (empty for 0.1.0 nodes).
+    #[serde(default, skip_serializing_if = "NodeHost::is_empty")]
+    pub host: NodeHost,
 }
 
 impl ClusterState {
@@ -165,6 +168,7 @@ impl ClusterState {
             addr: node.addr,
             software_version: node.software_version,
             os: node.os,
+            host: node.host,
         };
         self.nodes_mut().insert(uid, record);
     }
@@ -186,6 +190,7 @@ impl ClusterState {
         })?;
         node.software_version = change.software_version;
         node.os = change.os;
+        node.host = change.host;
         Ok(CommandResult::Ok)
     }
 

@@ -102,6 +102,7 @@ impl Member {
             addr: self.addr,
             software_version: env!("CARGO_PKG_VERSION").into(),
             os: "test".into(),
+            host: Default::default(),
         }
     }
 
