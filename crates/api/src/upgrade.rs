@@ -182,6 +182,12 @@ pub(crate) async fn start_cluster_upgrade(
 ) -> Result<Json<ActionInfo>, ApiError> {
     let request: ClusterUpgradeRequest = parse("upgrade", &body)?;
     let name = request.method.as_deref().unwrap_or("in-place");
+    // Redis Software names the OS upgrade's add-a-node method `extra-node`.
+    let name = if name == "extra-node" {
+        "add-node"
+    } else {
+        name
+    };
     let method = UpgradeMethod::parse(name).ok_or_else(|| {
         ApiError::invalid(
             "method",
@@ -200,6 +206,9 @@ pub(crate) async fn start_cluster_upgrade(
             "name the package and its version (`flotilla upgrade cluster --package P` reads both)",
         ));
     }
+    if let Some(os) = &request.os {
+        check_os_upgrade(&context, method, os).await?;
+    }
     let state = context.store.state();
     let primary = context.store.primary_node();
     let mut nodes: Vec<NodeUid> = state
@@ -215,6 +224,36 @@ pub(crate) async fn start_cluster_upgrade(
         method,
         nodes,
         drains: Default::default(),
+        target_os: request.os,
     });
     crate::actions::start(context, kind).await
+}
+
+/// Refuses an OS upgrade (`flotilla upgrade os`) that cannot succeed: in place (an OS is
+/// changed only by adding or reinstalling machines), or one the OS check refuses (an
+/// unsupported target, install directories that differ, a node down, another action).
+async fn check_os_upgrade(
+    context: &ApiContext,
+    method: UpgradeMethod,
+    os: &str,
+) -> Result<(), ApiError> {
+    if method == UpgradeMethod::InPlace {
+        return Err(ApiError::invalid(
+            "method",
+            "an OS upgrade adds or reinstalls machines: use extra-node or replace-node",
+        ));
+    }
+    let nodes = crate::handlers::get_nodes(State(context.clone())).await.0;
+    let actions = crate::actions::list(State(context.clone())).await.0;
+    let refusals = flotilla_checks::os_upgrade_check(&nodes, &actions, os);
+    if refusals.is_empty() {
+        return Ok(());
+    }
+    let text: String = refusals.iter().map(|r| r.to_text()).collect();
+    Err(ApiError::invalid(
+        "os",
+        format!(
+            "the cluster may not move to {os} now (`flotilla upgrade check --os {os}`):\n{text}"
+        ),
+    ))
 }

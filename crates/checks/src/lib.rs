@@ -7,11 +7,13 @@
 //! reachability) and passes it in, so every judgement here is a plain function with unit tests.
 
 mod host;
+mod os;
 mod ports;
 mod report;
 mod upgrade;
 
 pub use host::{data_dir, host_settings, port_range, shard_pidfiles, HostFacts};
+pub use os::os_upgrade_check;
 pub use ports::{
     classify_ports, listening_sockets, socket_owners, Listener, PortNeed, PortState, PortStatus,
 };

@@ -25,11 +25,15 @@ pub enum Blocker {
     EngineUnsupported,
     /// One node down would lose the store's quorum.
     Quorum,
+    /// A node's package does not support the target operating system (or its own).
+    OsUnsupported,
+    /// A node's install or data directories differ from the other nodes'.
+    InstallDirs,
 }
 
 impl Blocker {
     /// Every blocker, for `--force` parsing and help.
-    pub const ALL: [Blocker; 7] = [
+    pub const ALL: [Blocker; 9] = [
         Blocker::NodeDown,
         Blocker::ShardUnhealthy,
         Blocker::ActionRunning,
@@ -37,6 +41,8 @@ impl Blocker {
         Blocker::UpgradePath,
         Blocker::EngineUnsupported,
         Blocker::Quorum,
+        Blocker::OsUnsupported,
+        Blocker::InstallDirs,
     ];
 
     /// The name `--force` takes.
@@ -49,6 +55,8 @@ impl Blocker {
             Blocker::UpgradePath => "upgrade_path",
             Blocker::EngineUnsupported => "engine_unsupported",
             Blocker::Quorum => "quorum",
+            Blocker::OsUnsupported => "os_unsupported",
+            Blocker::InstallDirs => "install_dirs",
         }
     }
 }

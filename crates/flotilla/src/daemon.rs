@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use flotilla_agent::host::OsRelease;
 use flotilla_api::{ApiContext, LocalNode, NodePorts, UpgradeOrder};
 use flotilla_endpoints::{Endpoints, StatsRegistry};
-use flotilla_agent::host::OsRelease;
 use flotilla_model::{ClusterState, NodeHost, NodeSpec};
 use flotilla_orchestrator::Observer;
 use flotilla_package::{Package, DEFAULT_SUPPORTED_OS};
@@ -305,7 +305,7 @@ fn refuse_if_removed(data_dir: &Path) -> Result<()> {
 /// The package this daemon runs from, verified file by file.
 /// Where the node keeps the os-release file `--os-release` named (the machine's OS, for a
 /// dev node).
-const OS_RELEASE_COPY: &str = "os-release";
+pub const OS_RELEASE_COPY: &str = "os-release";
 
 /// The machine's OS: `--os-release FILE` (kept in the data dir), the copy kept by an earlier
 /// start, or `/etc/os-release`.

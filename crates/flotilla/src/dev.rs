@@ -63,6 +63,10 @@ pub struct ReinstallNodeArgs {
     /// The package the machine is reinstalled with (by default this binary).
     #[arg(long)]
     pub package: Option<PathBuf>,
+    /// The os-release file the node's machine has (`node start --os-release`), given to nodes
+    /// that start with a fresh data dir; a node keeps its own across restarts.
+    #[arg(long, env = "FLOTILLA_DEV_OS_RELEASE")]
+    pub os_release: Option<PathBuf>,
 }
 
 /// Arguments of `flotilla dev add-node`.
@@ -78,6 +82,10 @@ pub struct AddNodeArgs {
     /// rolling upgrade; by default it runs this binary.
     #[arg(long)]
     pub package: Option<PathBuf>,
+    /// The os-release file the node's machine has (`node start --os-release`), given to nodes
+    /// that start with a fresh data dir; a node keeps its own across restarts.
+    #[arg(long, env = "FLOTILLA_DEV_OS_RELEASE")]
+    pub os_release: Option<PathBuf>,
 }
 
 /// Arguments of `flotilla dev remove-node`.
@@ -109,6 +117,10 @@ pub struct UpArgs {
     /// machines with that version installed would; by default they run this binary.
     #[arg(long)]
     pub package: Option<PathBuf>,
+    /// The os-release file the node's machine has (`node start --os-release`), given to nodes
+    /// that start with a fresh data dir; a node keeps its own across restarts.
+    #[arg(long, env = "FLOTILLA_DEV_OS_RELEASE")]
+    pub os_release: Option<PathBuf>,
 }
 
 /// Arguments of `flotilla dev down`.
@@ -168,7 +180,11 @@ pub async fn add_node(conn: &Connection, args: AddNodeArgs) -> Result<()> {
     let seeds: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
     let addr = node_addr(args.base_addr, n)?;
     let data_dir = node_dir(&args.dir, n);
-    let launch = Launch::of(args.package.as_deref(), &args.dir)?;
+    let launch = Launch::of(
+        args.package.as_deref(),
+        &args.dir,
+        args.os_release.as_deref(),
+    )?;
     let mut child = ensure_daemon(addr, &data_dir, &launch)?;
     let client = Client::new(
         &format!("http://{addr}:8080"),
@@ -206,10 +222,7 @@ async fn remove_node(conn: &Connection, args: RemoveNodeArgs) -> Result<()> {
             continue;
         }
         if let Some(pid) = read_pid(&data_dir.join(PIDFILE)) {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while is_our_daemon(pid, &data_dir) && Instant::now() < deadline {
-                tokio::time::sleep(POLL).await;
-            }
+            wait_gone(pid, &data_dir).await;
             if is_our_daemon(pid, &data_dir) {
                 stop_pid(pid).await?;
             }
@@ -240,6 +253,10 @@ pub async fn reinstall_node(conn: &Connection, args: ReinstallNodeArgs) -> Resul
     let n = node_number_of(&args.dir, args.uid)?;
     let data_dir = node_dir(&args.dir, n);
     if let Some(pid) = read_pid(&data_dir.join(PIDFILE)) {
+        // A removed node's daemon stops by itself once told: give it the time.
+        if data_dir.join(crate::daemon::REMOVED_MARKER).exists() {
+            wait_gone(pid, &data_dir).await;
+        }
         if is_our_daemon(pid, &data_dir) {
             bail!(
                 "node {} ({}) still runs (pid {pid}); remove it first (`flotilla node remove {}`)",
@@ -257,7 +274,11 @@ pub async fn reinstall_node(conn: &Connection, args: ReinstallNodeArgs) -> Resul
         .with_context(|| format!("asking {} for the cluster's nodes", conn.url))?;
     let seeds: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
     let addr = node_addr(args.base_addr, n)?;
-    let launch = Launch::of(args.package.as_deref(), &args.dir)?;
+    let launch = Launch::of(
+        args.package.as_deref(),
+        &args.dir,
+        args.os_release.as_deref(),
+    )?;
     let mut child = ensure_daemon(addr, &data_dir, &launch)?;
     let client = Client::new(
         &format!("http://{addr}:8080"),
@@ -276,6 +297,14 @@ pub async fn reinstall_node(conn: &Connection, args: ReinstallNodeArgs) -> Resul
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Waits (up to 10 s) until daemon `pid` of `data_dir` exited.
+async fn wait_gone(pid: u32, data_dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while is_our_daemon(pid, data_dir) && Instant::now() < deadline {
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// The number of the node dir in `dir` whose identity is node `uid`.
@@ -313,7 +342,11 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let started = Instant::now();
-    let launch = Launch::of(args.package.as_deref(), &args.dir)?;
+    let launch = Launch::of(
+        args.package.as_deref(),
+        &args.dir,
+        args.os_release.as_deref(),
+    )?;
     let mut nodes = Vec::new();
     for n in 1..=args.nodes {
         let addr = node_addr(args.base_addr, n)?;
@@ -372,16 +405,27 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
 struct Launch {
     binary: PathBuf,
     package_dir: Option<PathBuf>,
+    /// The os-release file a node with a fresh data dir starts with.
+    os_release: Option<PathBuf>,
 }
 
 impl Launch {
-    /// This binary, or the package `--package` names (installed once into DIR/packages).
-    fn of(package: Option<&Path>, dir: &Path) -> Result<Launch> {
+    /// This binary, or the package `--package` names (installed once into DIR/packages); new
+    /// nodes' machines run the OS `os_release` describes.
+    fn of(package: Option<&Path>, dir: &Path, os_release: Option<&Path>) -> Result<Launch> {
+        let os_release = match os_release {
+            Some(file) => Some(
+                std::fs::canonicalize(file)
+                    .with_context(|| format!("--os-release {}", file.display()))?,
+            ),
+            None => None,
+        };
         let Some(source) = package else {
             let binary = std::env::current_exe().context("locating the flotilla binary")?;
             return Ok(Launch {
                 binary,
                 package_dir: None,
+                os_release,
             });
         };
         let package = flotilla_package::install(source, &dir.join("packages"))
@@ -390,6 +434,7 @@ impl Launch {
         Ok(Launch {
             binary: package_dir.join(flotilla_package::BINARY_PATH),
             package_dir: Some(package_dir),
+            os_release,
         })
     }
 }
@@ -412,6 +457,11 @@ fn ensure_daemon(addr: Ipv4Addr, data_dir: &Path, launch: &Launch) -> Result<Opt
         .arg(data_dir);
     if let Some(package_dir) = &launch.package_dir {
         command.arg("--package-dir").arg(package_dir);
+    }
+    // A node that kept its machine's OS (a restart) keeps it.
+    let fresh = !data_dir.join(crate::daemon::OS_RELEASE_COPY).exists();
+    if let (Some(file), true) = (&launch.os_release, fresh) {
+        command.arg("--os-release").arg(file);
     }
     let child = command
         .stdin(Stdio::null())

@@ -7,6 +7,7 @@ mod cli;
 mod daemon;
 mod db;
 mod dev;
+mod os_upgrade;
 mod package;
 mod status;
 mod upgrade;

@@ -40,6 +40,9 @@ pub enum UpgradeCommand {
     /// Upgrade every node, one at a time, the primary node last, then finalize: one
     /// resumable action (`flotilla action show ID`).
     Cluster(ClusterArgs),
+    /// Move every node to another operating system (extra-node or replace-node), one at a
+    /// time, the primary node last: one resumable action.
+    Os(crate::os_upgrade::OsArgs),
 }
 
 /// Arguments of `flotilla upgrade cluster`.
@@ -76,8 +79,13 @@ pub struct ClusterArgs {
 #[derive(Args)]
 pub struct CheckArgs {
     /// The package (folder or .tar.gz).
-    #[arg(long)]
-    pub package: PathBuf,
+    #[arg(long, required_unless_present = "os")]
+    pub package: Option<PathBuf>,
+    /// Whether the cluster may move to this operating system (`ID-VERSION_ID`, `debian-13`)
+    /// instead: its packages support it and the current one, every node uses the same install
+    /// directories, every node is up, no action runs.
+    #[arg(long, conflicts_with = "package")]
+    pub os: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -107,8 +115,12 @@ pub struct NodeArgs {
 pub async fn run(conn: &Connection, command: UpgradeCommand) -> Result<()> {
     let client = &conn.client();
     match command {
+        UpgradeCommand::Check(CheckArgs {
+            os: Some(os), json, ..
+        }) => crate::os_upgrade::check(client, &os, json).await,
         UpgradeCommand::Check(args) => {
-            let manifest = read_manifest(&args.package)?;
+            let package = args.package.context("--package or --os is required")?;
+            let manifest = read_manifest(&package)?;
             let report = check_report(client, &manifest).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -122,6 +134,7 @@ pub async fn run(conn: &Connection, command: UpgradeCommand) -> Result<()> {
         }
         UpgradeCommand::Node(args) => upgrade_node(client, args).await,
         UpgradeCommand::Cluster(args) => upgrade_cluster(conn, args).await,
+        UpgradeCommand::Os(args) => crate::os_upgrade::upgrade_os(conn, args).await,
         UpgradeCommand::Finalize => {
             let info = client.finalize().await?;
             println!("cluster version finalized: {}", info.cluster_version);
@@ -176,6 +189,7 @@ async fn upgrade_cluster(conn: &Connection, args: ClusterArgs) -> Result<()> {
         package: package.to_string_lossy().into_owned(),
         version: manifest.version.to_string(),
         method: Some(method.name().to_string()),
+        os: None,
     };
     let started = client.start_cluster_upgrade(&request).await?;
     println!(
@@ -189,7 +203,27 @@ async fn upgrade_cluster(conn: &Connection, args: ClusterArgs) -> Result<()> {
         );
         return Ok(());
     }
-    drive_to_the_end(conn, &args, &package, started.action_uid).await
+    let operator = DevOperator {
+        dir: args.dev_dir.clone(),
+        base_addr: args.base_addr,
+        package,
+        os_release: None,
+    };
+    drive_to_the_end(conn, &operator, started.action_uid).await
+}
+
+/// Who does the operator's part of a rolling upgrade on a dev cluster (`--dev-dir`): the
+/// folder, node 1's address, the package new and reinstalled nodes run, and the os-release
+/// their machines get (an OS upgrade).
+pub(crate) struct DevOperator {
+    /// The dev cluster's folder; `None` on real machines (the action pauses for the operator).
+    pub dir: Option<PathBuf>,
+    /// Node 1's address, as given to `dev up`.
+    pub base_addr: std::net::Ipv4Addr,
+    /// The package new and reinstalled nodes run.
+    pub package: PathBuf,
+    /// The os-release file their machines get.
+    pub os_release: Option<PathBuf>,
 }
 
 /// What each method does to a node, and what it risks, as the plan prints it.
@@ -203,7 +237,10 @@ fn method_text(method: UpgradeMethod) -> &'static str {
 
 /// Refuses any `upgrade cluster` while the cluster version predates the release that knows the
 /// action (its 0.1.0 members could not apply it), naming the way that works.
-async fn refuse_before_versioned_release(client: &Client, method: UpgradeMethod) -> Result<()> {
+pub(crate) async fn refuse_before_versioned_release(
+    client: &Client,
+    method: UpgradeMethod,
+) -> Result<()> {
     let cluster = client.cluster().await?;
     // A 0.1.0 node answers without the field.
     let version = match cluster.cluster_version.as_str() {
@@ -223,10 +260,9 @@ async fn refuse_before_versioned_release(client: &Client, method: UpgradeMethod)
 /// Follows the action to its end; on a dev cluster (`--dev-dir`) does the operator's part
 /// each time it pauses (a new node, a reinstalled node) and resumes it. When the node the CLI
 /// talks to leaves (a rolling upgrade removes every old node), it follows through another.
-async fn drive_to_the_end(
+pub(crate) async fn drive_to_the_end(
     conn: &Connection,
-    args: &ClusterArgs,
-    package: &Path,
+    operator: &DevOperator,
     uid: u64,
 ) -> Result<()> {
     let mut conn = conn.clone();
@@ -256,16 +292,15 @@ async fn drive_to_the_end(
                 return Ok(());
             }
             ActionStatus::Paused => {
-                let Some(dir) = &args.dev_dir else {
+                if operator.dir.is_none() {
                     println!("action {uid} paused at '{}': {message}", action.pending_ops);
                     return Ok(());
-                };
+                }
                 println!(
                     "action {uid} paused at '{}'; doing the operator's part on the dev cluster",
                     action.pending_ops
                 );
-                operate_dev_cluster(&conn, dir, args.base_addr, package, &action.pending_ops)
-                    .await?;
+                operate_dev_cluster(&conn, operator, &action.pending_ops).await?;
                 conn.client().resume_action(uid).await?;
             }
             status => bail!(
@@ -297,32 +332,29 @@ async fn another_node(conn: &Connection, known: &[String], uid: u64) -> Result<C
 }
 
 /// The operator's part of the step `step` (`add_node node:N`, `rejoin_node node:N`) on the dev
-/// cluster in `dir`.
-async fn operate_dev_cluster(
-    conn: &Connection,
-    dir: &Path,
-    base_addr: std::net::Ipv4Addr,
-    package: &Path,
-    step: &str,
-) -> Result<()> {
+/// cluster `operator` names.
+async fn operate_dev_cluster(conn: &Connection, operator: &DevOperator, step: &str) -> Result<()> {
+    let dir = operator.dir.clone().context("not a dev cluster")?;
     let node = step
         .split_once(" node:")
         .and_then(|(_, n)| n.parse::<u64>().ok());
     match (step.split(' ').next(), node) {
         (Some("add_node"), Some(_)) => {
             let args = crate::dev::AddNodeArgs {
-                dir: dir.to_path_buf(),
-                base_addr,
-                package: Some(package.to_path_buf()),
+                dir,
+                base_addr: operator.base_addr,
+                package: Some(operator.package.clone()),
+                os_release: operator.os_release.clone(),
             };
             crate::dev::add_node(conn, args).await
         }
         (Some("rejoin_node"), Some(uid)) => {
             let args = crate::dev::ReinstallNodeArgs {
                 uid,
-                dir: dir.to_path_buf(),
-                base_addr,
-                package: Some(package.to_path_buf()),
+                dir,
+                base_addr: operator.base_addr,
+                package: Some(operator.package.clone()),
+                os_release: operator.os_release.clone(),
             };
             crate::dev::reinstall_node(conn, args).await
         }
@@ -330,7 +362,7 @@ async fn operate_dev_cluster(
     }
 }
 
-fn read_manifest(package: &Path) -> Result<Manifest> {
+pub(crate) fn read_manifest(package: &Path) -> Result<Manifest> {
     Manifest::of_package(package)
         .with_context(|| format!("--package {}: not a Flotilla package", package.display()))
 }
@@ -448,7 +480,7 @@ fn plan_text(
     format!("upgrade node {uid} ({addr}) from {from} to {to} by {how}")
 }
 
-fn confirm() -> Result<bool> {
+pub(crate) fn confirm() -> Result<bool> {
     print!("go on? [y/N] ");
     std::io::stdout().flush()?;
     let mut answer = String::new();

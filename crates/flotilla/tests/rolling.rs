@@ -15,7 +15,12 @@
 //! drains (what an operator does with DNS or discovery; README "Rolling upgrades").
 //! From the real 0.1.0 release every method is refused (tests/in_place.rs shows it).
 //!
-//! Subnets 127.0.127-129.x.
+//! Operating system upgrades (`upgrade os`, issue 12) are the same action with a target OS:
+//! nodes started with `--os-release` files standing for debian-12 machines move to debian-13 by
+//! extra-node and by replace-node under load; the OS checks' refusals; a kill -9 of the
+//! primary node's daemon in the middle.
+//!
+//! Subnets 127.0.127-130.x and 127.0.133-136.x.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -120,18 +125,20 @@ fn wait_endpoint(addr: SocketAddr) {
 /// Starts `upgrade cluster --method METHOD --no-wait` against node `n`; the action's uid.
 fn start_upgrade(cluster: &DevCluster, n: u8, package: &Path, method: &str) -> u64 {
     let package = package.to_string_lossy();
-    let args = [
-        "upgrade",
-        "cluster",
-        "--package",
-        &package,
-        "--method",
-        method,
-        "--yes",
-        "--no-wait",
-    ];
-    let output = cluster.flotilla_at(n, &args);
-    assert_success(&output, "flotilla upgrade cluster --no-wait");
+    start(
+        cluster,
+        n,
+        &["cluster", "--package", &package, "--method", method],
+    )
+}
+
+/// Runs `flotilla upgrade ARGS --yes --no-wait` against node `n`; the action's uid.
+fn start(cluster: &DevCluster, n: u8, args: &[&str]) -> u64 {
+    let mut full = vec!["upgrade"];
+    full.extend_from_slice(args);
+    full.extend(["--yes", "--no-wait"]);
+    let output = cluster.flotilla_at(n, &full);
+    assert_success(&output, &full.join(" "));
     let text = String::from_utf8_lossy(&output.stdout);
     eprintln!("{text}");
     let uid = text
@@ -528,4 +535,320 @@ fn on_a_dev_cluster_the_cli_does_the_operators_part_of_both_rolling_methods() {
         "the same nodes, reinstalled"
     );
     assert_eq!(version, "0.2.2");
+}
+
+/// An os-release file for `ID-VERSION_ID` `debian-V` in `dir`.
+fn debian(dir: &Path, version: u32) -> PathBuf {
+    let file = dir.join(format!("os-release-debian-{version}"));
+    let text = format!(
+        "PRETTY_NAME=\"Debian GNU/Linux {version}\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"{version}\"\nID=debian\n"
+    );
+    std::fs::write(&file, text).expect("writing an os-release file");
+    file
+}
+
+/// A 3-node cluster from `package` on debian-12 machines (`--os-release` files in `files`).
+fn debian_12_cluster(subnet: u8, package: &Path, files: &Path, env: &[(&str, &str)]) -> DevCluster {
+    let deb12 = debian(files, 12);
+    let deb12 = deb12.to_string_lossy().into_owned();
+    let mut env = env.to_vec();
+    env.push(("FLOTILLA_DEV_OS_RELEASE", &deb12));
+    let cluster = DevCluster::up_from_package_with_env(&bin(), subnet, 3, package, &env);
+    let (nodes, _) = nodes_and_version(&cluster);
+    let os: Vec<String> = (1..=3).map(|n| os_id(&cluster, n)).collect();
+    assert_eq!(
+        os, ["debian-12"; 3],
+        "nodes report the OS of their os-release: {nodes:?}"
+    );
+    cluster
+}
+
+/// Node uid `uid`'s OS id as the cluster lists it.
+fn os_id(cluster: &DevCluster, uid: u64) -> String {
+    let status = cluster.status_json(cluster.answering_node());
+    status["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["uid"] == uid))
+        .and_then(|n| n["os_id"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Every listed node's OS id.
+fn all_os(cluster: &DevCluster) -> Vec<String> {
+    let status = cluster.status_json(cluster.answering_node());
+    status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| n["os_id"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn os_upgrade_by_extra_node_moves_every_node_to_debian_13_under_load() {
+    let (v020, _) = current_pair();
+    let files = tempfile::tempdir().unwrap();
+    let mut cluster = debian_12_cluster(133, &v020, files.path(), &[]);
+    let deb13 = debian(files.path(), 13);
+    let ports = two_databases(&cluster, 12133);
+    let last = primary_node(&cluster);
+    let rt = load_runtime();
+    let mut loads = Some(Loads::start(&rt, &cluster, number(last), ports));
+    let mut stalls = Vec::new();
+
+    let package = v020.to_string_lossy();
+    let args = [
+        "os",
+        "--os",
+        "debian-13",
+        "--method",
+        "extra-node",
+        "--package",
+        &package,
+    ];
+    let uid = start(&cluster, number(last), &args);
+    let mut added = Vec::new();
+    let deb13_arg = deb13.to_string_lossy().into_owned();
+    roll(&mut cluster, uid, |cluster, step| {
+        assert!(step.starts_with("add_node "), "{step}");
+        if step_node(step) == last {
+            let next = Loads::start(&rt, cluster, added[0], ports);
+            stalls.push(loads.replace(next).expect("loads").stop_clean(&rt));
+        }
+        added.push(cluster.add_node_with(Some(&v020), &["--os-release", &deb13_arg]));
+    });
+    stalls.push(loads.take().expect("loads").stop_clean(&rt));
+
+    assert_eq!(all_os(&cluster), ["debian-13"; 3]);
+    let (nodes, version) = nodes_and_version(&cluster);
+    assert_eq!(nodes.len(), 3);
+    assert!(
+        nodes.iter().all(|(_, v)| v == "0.2.0"),
+        "the software version kept: {nodes:?}"
+    );
+    assert_eq!(version, "0.2.0");
+    assert_eq!(action(&cluster, uid).unwrap()["name"], "SMUpgradeOS");
+    eprintln!(
+        "OS upgrade by extra-node under load: longest stall {:.1} ms",
+        stalls.iter().copied().fold(0.0, f64::max)
+    );
+}
+
+#[test]
+fn os_upgrade_by_replace_node_keeps_the_uids_under_load() {
+    let (v020, _) = current_pair();
+    let files = tempfile::tempdir().unwrap();
+    let mut cluster = debian_12_cluster(134, &v020, files.path(), &[]);
+    let deb13 = debian(files.path(), 13);
+    let deb13_arg = deb13.to_string_lossy().into_owned();
+    let ports = two_databases(&cluster, 12134);
+    let last = primary_node(&cluster);
+    let rt = load_runtime();
+    let mut loads = Some(Loads::start(&rt, &cluster, number(last), ports));
+    let mut stalls = Vec::new();
+
+    let package = v020.to_string_lossy();
+    let args = [
+        "os",
+        "--os",
+        "debian-13",
+        "--method",
+        "replace-node",
+        "--package",
+        &package,
+    ];
+    let uid = start(&cluster, number(last), &args);
+    let order: Vec<u64> = action(&cluster, uid).expect("the action")["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| {
+            s.as_str()
+                .filter(|s| s.starts_with("rejoin_node "))
+                .map(step_node)
+        })
+        .collect();
+    roll(&mut cluster, uid, |cluster, step| {
+        let node = step_node(step);
+        cluster.reinstall_node_with(node, &v020, &["--os-release", &deb13_arg]);
+        if order.iter().position(|n| *n == node) == Some(order.len() - 2) {
+            let next = Loads::start(&rt, cluster, number(node), ports);
+            stalls.push(loads.replace(next).expect("loads").stop_clean(&rt));
+        }
+    });
+    stalls.push(loads.take().expect("loads").stop_clean(&rt));
+
+    assert_eq!(all_os(&cluster), ["debian-13"; 3]);
+    let uids: Vec<u64> = nodes_and_version(&cluster)
+        .0
+        .iter()
+        .map(|(u, _)| *u)
+        .collect();
+    assert_eq!(uids, [1, 2, 3], "every node back under its uid");
+    eprintln!(
+        "OS upgrade by replace-node under load: longest stall {:.1} ms",
+        stalls.iter().copied().fold(0.0, f64::max)
+    );
+}
+
+#[test]
+fn os_checks_refuse_naming_the_object_and_the_fix_and_change_nothing() {
+    let (v020, _) = current_pair();
+    let files = tempfile::tempdir().unwrap();
+    let mut cluster = debian_12_cluster(135, &v020, files.path(), &[]);
+    let package = v020.to_string_lossy().into_owned();
+    let refused = |cluster: &DevCluster, args: &[&str], says: &[&str]| {
+        let output = cluster.flotilla_at(cluster.answering_node(), args);
+        let text = String::from_utf8_lossy(&output.stderr).into_owned()
+            + &String::from_utf8_lossy(&output.stdout);
+        assert!(!output.status.success(), "{args:?} is refused: {text}");
+        for s in says {
+            assert!(text.contains(s), "{args:?} says '{s}': {text}");
+        }
+    };
+    // A target the installed package does not support: the software upgrade comes first.
+    refused(
+        &cluster,
+        &["upgrade", "check", "--os", "debian-99"],
+        &[
+            "[os_unsupported] node:1",
+            "not debian-99",
+            "upgrade cluster",
+        ],
+    );
+    let os_args = |target: &'static str| {
+        vec![
+            "upgrade",
+            "os",
+            "--os",
+            target,
+            "--method",
+            "extra-node",
+            "--package",
+            &package,
+            "--yes",
+        ]
+    };
+    refused(
+        &cluster,
+        &os_args("debian-99"),
+        &["--os debian-99", "upgrade the cluster software first"],
+    );
+
+    // A node whose package is installed elsewhere (this binary, not the package folder).
+    let odd = cluster.add_node_with(None, &[]);
+    refused(
+        &cluster,
+        &["upgrade", "check", "--os", "debian-13"],
+        &[
+            &format!("[install_dirs] node:{odd}"),
+            "installs packages in",
+        ],
+    );
+    refused(
+        &cluster,
+        &os_args("debian-13"),
+        &[&format!("node:{odd}"), "install_dirs"],
+    );
+    let removed = cluster.flotilla_at(
+        1,
+        &[
+            "dev",
+            "remove-node",
+            &odd.to_string(),
+            "--dir",
+            &cluster.data_dir(1).parent().unwrap().to_string_lossy(),
+        ],
+    );
+    assert_success(&removed, "dev remove-node");
+
+    // A running (here: paused) action.
+    let uid = start(
+        &cluster,
+        1,
+        &[
+            "os",
+            "--os",
+            "debian-13",
+            "--method",
+            "extra-node",
+            "--package",
+            &package,
+        ],
+    );
+    let paused = poll_until(Duration::from_secs(30), || {
+        action(&cluster, uid).is_some_and(|a| a["status"] == "paused")
+    });
+    assert!(paused, "the upgrade waits for a new node");
+    refused(
+        &cluster,
+        &["upgrade", "check", "--os", "debian-13"],
+        &[
+            &format!("[action_running] action:{uid}"),
+            "flotilla action cancel",
+        ],
+    );
+    let cancel = cluster.flotilla_at(1, &["action", "cancel", &uid.to_string()]);
+    assert_success(&cancel, "action cancel of a paused action");
+    assert_eq!(action(&cluster, uid).unwrap()["status"], "cancelled");
+
+    assert_eq!(all_os(&cluster), ["debian-12"; 3], "nothing changed");
+    let check = cluster.flotilla_at(1, &["upgrade", "check", "--os", "debian-13"]);
+    assert_success(&check, "upgrade check --os debian-13 once nothing blocks");
+}
+
+#[test]
+fn an_os_upgrade_resumes_after_a_kill_9_of_the_primary_node() {
+    let (v020, _) = current_pair();
+    let files = tempfile::tempdir().unwrap();
+    let env = [
+        ("FLOTILLA_FAILPOINT_PAUSE_STEP", "drain_node"),
+        ("FLOTILLA_FAILPOINT_PAUSE_MS", "2000"),
+    ];
+    let mut cluster = debian_12_cluster(136, &v020, files.path(), &env);
+    let deb13 = debian(files.path(), 13);
+    let deb13_arg = deb13.to_string_lossy().into_owned();
+    let ports = two_databases(&cluster, 12136);
+    let rt = load_runtime();
+    let last = primary_node(&cluster);
+    let loads = Loads::start(&rt, &cluster, number(last), ports);
+    let package = v020.to_string_lossy();
+    let args = [
+        "os",
+        "--os",
+        "debian-13",
+        "--method",
+        "replace-node",
+        "--package",
+        &package,
+    ];
+    let uid = start(&cluster, number(last), &args);
+
+    // The first drain is held by the failpoint: kill -9 the primary node's daemon then.
+    let draining = poll_until(Duration::from_secs(60), || {
+        running_step(&cluster, uid).is_some_and(|(_, step)| step.starts_with("drain_node "))
+    });
+    assert!(
+        draining,
+        "the action reached a drain: {:?}",
+        action(&cluster, uid)
+    );
+    let primary = primary_node(&cluster);
+    cluster.kill9(number(primary));
+    restart(&cluster, number(primary), &v020);
+    assert_eq!(
+        os_id(&cluster, primary),
+        "debian-12",
+        "a restarted node keeps its machine's OS"
+    );
+
+    let mut moved = None;
+    roll(&mut cluster, uid, |cluster, step| {
+        let node = step_node(step);
+        cluster.reinstall_node_with(node, &v020, &["--os-release", &deb13_arg]);
+        moved.get_or_insert(node);
+    });
+    assert_eq!(all_os(&cluster), ["debian-13"; 3]);
+    loads.stop_without_loss(&rt);
+    eprintln!("primary node {primary} killed -9 during the first drain; first node reinstalled: {moved:?}");
 }

@@ -82,9 +82,23 @@ pub struct ClusterUpgrade {
     /// [`ActionKind`] serde cannot read a map's integer keys back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drains: Vec<NodeDrain>,
+    /// An operating system upgrade (`flotilla upgrade os`): the OS (`debian-13`) every node
+    /// ends on; the package is then the cluster's current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_os: Option<String>,
 }
 
 impl ClusterUpgrade {
+    /// Whether `node` is where the upgrade takes every node: on the version, and on the
+    /// target OS when there is one.
+    pub fn is_done_on(&self, node: &crate::Node) -> bool {
+        node.software_version == self.version
+            && self
+                .target_os
+                .as_ref()
+                .is_none_or(|os| node.host.os_id == *os)
+    }
+
     /// The recorded drain of old node `node`.
     pub fn drain_of(&self, node: NodeUid) -> Option<&NodeDrain> {
         self.drains.iter().find(|d| d.node_uid == node)
@@ -212,6 +226,7 @@ impl ActionKind {
             ActionKind::DbUpgrade { .. } => "SMUpgradeBDB",
             ActionKind::ShardMigrate(_) => "SMMigrateShard",
             ActionKind::NodeRemove { .. } => "SMRemoveNode",
+            ActionKind::ClusterUpgrade(upgrade) if upgrade.target_os.is_some() => "SMUpgradeOS",
             ActionKind::ClusterUpgrade(_) => "SMUpgradeCluster",
         }
     }
@@ -359,6 +374,7 @@ mod rolling_tests {
             method: UpgradeMethod::AddNode,
             nodes: vec![2, 3, 1],
             drains,
+            target_os: Some("debian-13".into()),
         });
         let json = serde_json::to_string(&kind).unwrap();
         let back: ActionKind = serde_json::from_str(&json).unwrap();

@@ -130,9 +130,13 @@ pub struct ClusterUpgradeRequest {
     pub package: String,
     /// The package's version (from its manifest).
     pub version: String,
-    /// `in-place` (the default).
+    /// `in-place` (the default), `add-node` (`extra-node` for an OS upgrade) or `replace-node`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// An operating system upgrade (`flotilla upgrade os --os TARGET`): the OS every node ends
+    /// on; `package` is then the cluster's current package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
 }
 
 /// The internal route (RPC port, cluster secret) by which the primary node orders a node's

@@ -126,6 +126,11 @@ impl DevCluster {
 
     /// [`DevCluster::add_node`] from `package` (a newer version: a rolling upgrade's new node).
     pub fn add_node_from(&mut self, package: Option<&Path>) -> u8 {
+        self.add_node_with(package, &[])
+    }
+
+    /// [`DevCluster::add_node_from`] with more `dev add-node` arguments (`--os-release F`).
+    pub fn add_node_with(&mut self, package: Option<&Path>, extra: &[&str]) -> u8 {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let base = self.base.to_string();
         let package = package.map(|p| p.to_string_lossy().into_owned());
@@ -133,6 +138,7 @@ impl DevCluster {
         if let Some(package) = &package {
             args.extend(["--package", package.as_str()]);
         }
+        args.extend_from_slice(extra);
         let output = self.flotilla_at(self.answering_node(), &args);
         assert_success(&output, "flotilla dev add-node");
         self.nodes += 1;
@@ -142,10 +148,16 @@ impl DevCluster {
     /// Runs `flotilla dev reinstall-node UID --package P`: removed node `uid`'s machine gets a
     /// fresh data dir and `package`, and joins back under its uid.
     pub fn reinstall_node(&self, uid: u64, package: &Path) {
+        self.reinstall_node_with(uid, package, &[])
+    }
+
+    /// [`DevCluster::reinstall_node`] with more arguments (`--os-release F`: the reinstalled
+    /// machine's OS).
+    pub fn reinstall_node_with(&self, uid: u64, package: &Path, extra: &[&str]) {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let base = self.base.to_string();
         let (uid, package) = (uid.to_string(), package.to_string_lossy().into_owned());
-        let args = [
+        let mut args = vec![
             "dev",
             "reinstall-node",
             &uid,
@@ -156,6 +168,7 @@ impl DevCluster {
             "--package",
             &package,
         ];
+        args.extend_from_slice(extra);
         let output = self.flotilla_at(self.answering_node(), &args);
         assert_success(&output, "flotilla dev reinstall-node");
     }

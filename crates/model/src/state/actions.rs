@@ -31,13 +31,13 @@ impl ClusterState {
             a.is_active()
                 && match &a.kind {
                     ActionKind::NodeRemove { node_uid, .. } => *node_uid == node,
-                    // A drained node that joined back (replace-node) runs the new version.
+                    // A drained node that joined back (replace-node) is upgraded.
                     ActionKind::ClusterUpgrade(upgrade) => {
                         upgrade.drain_of(node).is_some()
                             && self
                                 .nodes
                                 .get(&node)
-                                .is_some_and(|n| n.software_version != upgrade.version)
+                                .is_some_and(|n| !upgrade.is_done_on(n))
                     }
                     _ => false,
                 }

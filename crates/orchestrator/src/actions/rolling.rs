@@ -44,13 +44,14 @@ pub(super) async fn add_node(
         .nodes
         .values()
         .filter(|n| !upgrade.nodes.contains(&n.uid) && !taken.contains(&n.uid))
-        .filter(|n| n.software_version == upgrade.version)
+        .filter(|n| upgrade.is_done_on(n))
         .map(|n| n.uid)
         .collect();
     let Some(&new) = joined.first() else {
         return Err(StepError::operator(format!(
-            "waiting for a new node with {version} to take node {old}'s place ({addr}): install package {package} on a new machine, join it (`flotilla cluster join --nodes {primary}` there), then `flotilla action resume {uid}`",
-            version = upgrade.version,
+            "waiting for a new node with {target} to take node {old}'s place ({addr}): install package {package} on a new machine{os}, join it (`flotilla cluster join --nodes {primary}` there), then `flotilla action resume {uid}`",
+            target = target(upgrade),
+            os = on_os(upgrade),
             addr = old_node.addr,
             package = upgrade.package,
             primary = primary_addr(observer),
@@ -61,7 +62,7 @@ pub(super) async fn add_node(
     if statuses.get(&new) != Some(&NodeStatus::Up) || !observer.store.voter_uids().contains(&new) {
         return Err(StepError::later(format!(
             "node {new} joined with {} and is not up as a voting node yet",
-            upgrade.version
+            target(upgrade)
         )));
     }
     record_drain(observer, action, old, Some(new)).await
@@ -116,23 +117,42 @@ pub(super) async fn rejoin_node(
     let state = observer.store.state();
     if let Some(node) = state.nodes.get(&old) {
         let up = observer.local_statuses().get(&old) == Some(&NodeStatus::Up);
-        if node.software_version == upgrade.version && up {
+        if upgrade.is_done_on(node) && up {
             return Ok(());
         }
         return Err(StepError::later(format!(
-            "node {old} joined back and is not up on {} yet (runs {})",
-            upgrade.version, node.software_version
+            "node {old} joined back and is not up with {} yet (runs {} on {})",
+            target(upgrade),
+            node.software_version,
+            node.host.os_id
         )));
     }
     let addr = upgrade
         .drain_of(old)
         .map_or_else(|| "its address".to_string(), |d| d.addr.to_string());
     Err(StepError::operator(format!(
-        "waiting for node {old} to join back: reinstall its machine ({addr}) with package {package} (a fresh data dir, the same address), run `flotilla cluster join --nodes {primary} --replace-node {old}` there, then `flotilla action resume {uid}`",
+        "waiting for node {old} to join back: reinstall its machine ({addr}){os} with package {package} (a fresh data dir, the same address), run `flotilla cluster join --nodes {primary} --replace-node {old}` there, then `flotilla action resume {uid}`",
         package = upgrade.package,
+        os = on_os(upgrade),
         primary = primary_addr(observer),
         uid = action.uid,
     )))
+}
+
+/// What the upgrade moves nodes to: the version, and the OS of an OS upgrade.
+fn target(upgrade: &ClusterUpgrade) -> String {
+    match &upgrade.target_os {
+        Some(os) => format!("{} on {os}", upgrade.version),
+        None => upgrade.version.clone(),
+    }
+}
+
+/// ` with OS X` for an OS upgrade's machine work, empty otherwise.
+fn on_os(upgrade: &ClusterUpgrade) -> String {
+    upgrade
+        .target_os
+        .as_ref()
+        .map_or_else(String::new, |os| format!(" running {os}"))
 }
 
 /// Plans where old node `old`'s shards go and records it with the node added for it; the
