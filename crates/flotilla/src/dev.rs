@@ -54,32 +54,31 @@ pub enum DevCommand {
 pub struct ReinstallNodeArgs {
     /// The removed node's uid.
     pub uid: u64,
-    /// Folder holding the nodes' data dirs.
-    #[arg(long, default_value_os_t = default_dev_dir())]
-    pub dir: PathBuf,
-    /// Address of node 1, as given to `dev up`.
-    #[arg(long, default_value = "127.0.0.11")]
-    pub base_addr: Ipv4Addr,
-    /// The package the machine is reinstalled with (by default this binary).
-    #[arg(long)]
-    pub package: Option<PathBuf>,
-    /// The os-release file the node's machine has (`node start --os-release`), given to nodes
-    /// that start with a fresh data dir; a node keeps its own across restarts.
-    #[arg(long, env = "FLOTILLA_DEV_OS_RELEASE")]
-    pub os_release: Option<PathBuf>,
+    /// The machine it is reinstalled as (`--package`: by default this binary).
+    #[command(flatten)]
+    pub machine: MachineArgs,
 }
 
 /// Arguments of `flotilla dev add-node`.
 #[derive(Args)]
 pub struct AddNodeArgs {
+    /// The new node's machine.
+    #[command(flatten)]
+    pub machine: MachineArgs,
+}
+
+/// A dev node's machine: where the dev cluster lives, and what the machine runs (a new or a
+/// reinstalled node: `dev add-node`, `dev reinstall-node`).
+#[derive(Args, Clone)]
+pub struct MachineArgs {
     /// Folder holding the nodes' data dirs.
     #[arg(long, default_value_os_t = default_dev_dir())]
     pub dir: PathBuf,
     /// Address of node 1, as given to `dev up`.
     #[arg(long, default_value = "127.0.0.11")]
     pub base_addr: Ipv4Addr,
-    /// Run the new node from this package (folder or .tar.gz), e.g. a newer version for a
-    /// rolling upgrade; by default it runs this binary.
+    /// Run the node from this package (folder or .tar.gz), e.g. a newer version for a rolling
+    /// upgrade; by default it runs this binary.
     #[arg(long)]
     pub package: Option<PathBuf>,
     /// The os-release file the node's machine has (`node start --os-release`), given to nodes
@@ -168,6 +167,7 @@ fn node_numbers(dir: &Path) -> Result<Vec<u8>> {
 /// Starts one more node (the next address) and joins it (`flotilla dev add-node`; a rolling
 /// upgrade of a dev cluster adds its new nodes so).
 pub async fn add_node(conn: &Connection, args: AddNodeArgs) -> Result<()> {
+    let args = args.machine;
     let (user, password) = dev_credentials(conn);
     let started = Instant::now();
     let existing = node_numbers(&args.dir)?;
@@ -248,9 +248,11 @@ async fn remove_node(conn: &Connection, args: RemoveNodeArgs) -> Result<()> {
 /// Reinstalls removed node `args.uid`'s machine and joins it back under its uid (`flotilla dev
 /// reinstall-node`; a replace-node upgrade of a dev cluster does so for each node).
 pub async fn reinstall_node(conn: &Connection, args: ReinstallNodeArgs) -> Result<()> {
+    let uid = args.uid;
+    let args = args.machine;
     let (user, password) = dev_credentials(conn);
     let started = Instant::now();
-    let n = node_number_of(&args.dir, args.uid)?;
+    let n = node_number_of(&args.dir, uid)?;
     let data_dir = node_dir(&args.dir, n);
     if let Some(pid) = read_pid(&data_dir.join(PIDFILE)) {
         // A removed node's daemon stops by itself once told: give it the time.
@@ -260,9 +262,9 @@ pub async fn reinstall_node(conn: &Connection, args: ReinstallNodeArgs) -> Resul
         if is_our_daemon(pid, &data_dir) {
             bail!(
                 "node {} ({}) still runs (pid {pid}); remove it first (`flotilla node remove {}`)",
-                args.uid,
+                uid,
                 data_dir.display(),
-                args.uid
+                uid
             );
         }
     }
@@ -287,12 +289,12 @@ pub async fn reinstall_node(conn: &Connection, args: ReinstallNodeArgs) -> Resul
     );
     wait_healthy(&client, &data_dir, child.as_mut()).await?;
     client
-        .join_cluster_replacing(&seeds, &user, &password, Some(args.uid))
+        .join_cluster_replacing(&seeds, &user, &password, Some(uid))
         .await?;
     wait_formed(&client, members.len() + 1).await?;
     println!(
         "node {} ({addr}, {}) reinstalled and joined back in {:.1} s",
-        args.uid,
+        uid,
         data_dir.display(),
         started.elapsed().as_secs_f64()
     );

@@ -338,24 +338,18 @@ async fn operate_dev_cluster(conn: &Connection, operator: &DevOperator, step: &s
     let node = step
         .split_once(" node:")
         .and_then(|(_, n)| n.parse::<u64>().ok());
+    let machine = crate::dev::MachineArgs {
+        dir,
+        base_addr: operator.base_addr,
+        package: Some(operator.package.clone()),
+        os_release: operator.os_release.clone(),
+    };
     match (step.split(' ').next(), node) {
         (Some("add_node"), Some(_)) => {
-            let args = crate::dev::AddNodeArgs {
-                dir,
-                base_addr: operator.base_addr,
-                package: Some(operator.package.clone()),
-                os_release: operator.os_release.clone(),
-            };
-            crate::dev::add_node(conn, args).await
+            crate::dev::add_node(conn, crate::dev::AddNodeArgs { machine }).await
         }
         (Some("rejoin_node"), Some(uid)) => {
-            let args = crate::dev::ReinstallNodeArgs {
-                uid,
-                dir,
-                base_addr: operator.base_addr,
-                package: Some(operator.package.clone()),
-                os_release: operator.os_release.clone(),
-            };
+            let args = crate::dev::ReinstallNodeArgs { uid, machine };
             crate::dev::reinstall_node(conn, args).await
         }
         _ => bail!("the action paused at '{step}', which needs no machine work: `flotilla action show` says why"),

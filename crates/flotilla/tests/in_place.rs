@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_resp::Value;
@@ -29,16 +29,12 @@ fn bin() -> PathBuf {
 }
 
 fn packages() -> &'static Packages {
-    static PACKAGES: OnceLock<Packages> = OnceLock::new();
-    PACKAGES.get_or_init(|| Packages::new(&bin()))
+    Packages::shared(&bin())
 }
 
-/// The binary under test as 0.2.0 and as 0.2.1: two releases that both know the handover.
+/// The binary under test as 0.2.0 and as 0.2.1.
 fn current_pair() -> (PathBuf, PathBuf) {
-    (
-        packages().current("0.2.0", &[]),
-        packages().current("0.2.1", &[]),
-    )
+    packages().current_pair()
 }
 
 /// `flotilla upgrade node N --package P --yes` against node 1's API; its output.

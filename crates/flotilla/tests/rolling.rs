@@ -24,7 +24,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use flotilla_loadcheck::LoadHandle;
@@ -41,16 +40,12 @@ fn bin() -> PathBuf {
 }
 
 fn packages() -> &'static Packages {
-    static PACKAGES: OnceLock<Packages> = OnceLock::new();
-    PACKAGES.get_or_init(|| Packages::new(&bin()))
+    Packages::shared(&bin())
 }
 
 /// The binary under test as 0.2.0 and as 0.2.1.
 fn current_pair() -> (PathBuf, PathBuf) {
-    (
-        packages().current("0.2.0", &[]),
-        packages().current("0.2.1", &[]),
-    )
+    packages().current_pair()
 }
 
 /// The two databases: `two` (2 shards) on `port`, `one` (1 shard) on `port + 1`, both

@@ -6,7 +6,6 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use flotilla_testkit::{assert_success, flotilla_bin, poll_until, DevCluster, Packages};
@@ -16,8 +15,7 @@ fn bin() -> PathBuf {
 }
 
 fn packages() -> &'static Packages {
-    static PACKAGES: OnceLock<Packages> = OnceLock::new();
-    PACKAGES.get_or_init(|| Packages::new(&bin()))
+    Packages::shared(&bin())
 }
 
 #[test]

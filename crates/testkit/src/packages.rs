@@ -19,6 +19,18 @@ pub struct Packages {
 }
 
 impl Packages {
+    /// This test process's packages of `bin`, made once and shared by every test of the
+    /// file (a package is built once per version).
+    pub fn shared(bin: &Path) -> &'static Packages {
+        static PACKAGES: std::sync::OnceLock<Packages> = std::sync::OnceLock::new();
+        PACKAGES.get_or_init(|| Packages::new(bin))
+    }
+
+    /// The binary under test as 0.2.0 and as 0.2.1: two releases that both know the handover.
+    pub fn current_pair(&self) -> (PathBuf, PathBuf) {
+        (self.current("0.2.0", &[]), self.current("0.2.1", &[]))
+    }
+
     /// Packages of `bin` (the binary under test) kept in a temp dir for this test process.
     pub fn new(bin: &Path) -> Packages {
         remove_stale_package_dirs();
