@@ -64,6 +64,9 @@ const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
 /// Pause before a proposal is sent again while some node is known as the primary node (one
 /// that may be gone or deposed): a refused connection fails at once, so without it the retry spins.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long a secondary node waits, after forwarding a proposal, to apply what the primary
+/// node had applied (normally one heartbeat or less).
+const FORWARDED_CATCH_UP: Duration = Duration::from_secs(2);
 
 /// Where a node's store lives and how it is reached.
 #[derive(Debug, Clone)]
@@ -238,7 +241,13 @@ impl Store {
             let attempt = match self.propose_local(command.clone()).await {
                 Err(StoreError::NotPrimaryNode { rpc_addr, .. }) => {
                     match rpc_addr.or_else(|| self.primary_node_rpc_addr()) {
-                        Some(leader) => self.forward_proposal(&leader, &command).await,
+                        Some(leader) => {
+                            let result = self.forward_proposal(&leader, &command).await;
+                            if result.is_ok() {
+                                self.catch_up_with(&leader).await;
+                            }
+                            result
+                        }
                         None => Err(StoreError::NoPrimaryNode(
                             "no primary node elected yet".into(),
                         )),
@@ -329,6 +338,17 @@ impl Store {
             .call_internal(leader, "/internal/propose", command)
             .await?;
         refusal_as_error(answer)
+    }
+
+    /// Waits (bounded) until this node applied what the primary node at `leader` has applied
+    /// now: a change proposed through this node is then visible here to whoever proposed it
+    /// (a REST client reading right after writing through a secondary node).
+    async fn catch_up_with(&self, leader: &str) {
+        let applied: Result<u64, StoreError> =
+            self.call_internal(leader, "/internal/applied", &()).await;
+        if let Ok(index) = applied {
+            self.wait_applied(index, FORWARDED_CATCH_UP).await;
+        }
     }
 
     /// This node's RPC address (`ip:port`), as other nodes reach it.
