@@ -88,7 +88,7 @@ impl ClusterState {
     }
 
     pub(super) fn update_bdb(&mut self, change: BdbChange) -> Result<CommandResult, ModelError> {
-        self.change_bdb(change.uid, |bdb| {
+        self.bdbs.change("database", change.uid, |bdb| {
             if let Some(memory_size) = change.memory_size {
                 bdb.spec.memory_size = memory_size;
             }
@@ -118,21 +118,9 @@ impl ClusterState {
         &mut self,
         change: BdbVersionChange,
     ) -> Result<CommandResult, ModelError> {
-        self.change_bdb(change.uid, |bdb| {
+        self.bdbs.change("database", change.uid, |bdb| {
             bdb.spec.redis_version = change.redis_version
         })
-    }
-
-    /// Changes database `uid` with `change`, or says it does not exist.
-    fn change_bdb(
-        &mut self,
-        uid: BdbUid,
-        change: impl FnOnce(&mut Bdb),
-    ) -> Result<CommandResult, ModelError> {
-        self.bdbs
-            .update(uid, change)
-            .map(|()| CommandResult::Ok)
-            .ok_or_else(|| ModelError::NotFound(format!("database {uid} does not exist")))
     }
 }
 

@@ -169,28 +169,16 @@ impl ClusterState {
                 "shard {uid} is a replica; only a primary shard's slots can be held"
             )));
         }
-        self.change_shard(uid, |shard| shard.held = held)
+        self.shards.change("shard", uid, |shard| shard.held = held)
     }
 
     pub(super) fn set_shard_version(
         &mut self,
         change: ShardVersionChange,
     ) -> Result<CommandResult, ModelError> {
-        self.change_shard(change.uid, |shard| {
+        self.shards.change("shard", change.uid, |shard| {
             shard.redis_version = change.redis_version;
         })
-    }
-
-    /// Changes shard `uid` with `change`, or says it does not exist.
-    fn change_shard(
-        &mut self,
-        uid: ShardUid,
-        change: impl FnOnce(&mut Shard),
-    ) -> Result<CommandResult, ModelError> {
-        self.shards
-            .update(uid, change)
-            .map(|()| CommandResult::Ok)
-            .ok_or_else(|| ModelError::NotFound(format!("shard {uid} does not exist")))
     }
 
     pub(super) fn add_temporary_replica(

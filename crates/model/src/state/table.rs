@@ -14,6 +14,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::NodeUid;
 use crate::bdb::{Bdb, BdbUid, Shard};
+use crate::command::CommandResult;
+use crate::error::ModelError;
 
 /// A secondary key of an object, with the object's uid last (several objects may share a key;
 /// those sharing one come out in uid order).
@@ -130,6 +132,19 @@ impl<V: Indexed> Table<V> {
             }
         }
         Some(result)
+    }
+
+    /// [`Table::update`] as a command's outcome: `Ok`, or `NotFound` naming the object
+    /// (`what` is "database", "shard").
+    pub(crate) fn change(
+        &mut self,
+        what: &str,
+        uid: u64,
+        change: impl FnOnce(&mut V),
+    ) -> Result<CommandResult, ModelError> {
+        self.update(uid, change)
+            .map(|()| CommandResult::Ok)
+            .ok_or_else(|| ModelError::NotFound(format!("{what} {uid} does not exist")))
     }
 
     /// The objects found by `key` (`key(uid)` is the key of the object `uid`), in uid order:
