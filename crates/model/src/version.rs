@@ -166,7 +166,7 @@ mod tests {
     }
 
     fn set_version(state: &mut ClusterState, uid: u64, version: &str) {
-        state.nodes_mut().get_mut(&uid).unwrap().software_version = version.into();
+        state.nodes.get_mut(&uid).unwrap().software_version = version.into();
     }
 
     #[test]

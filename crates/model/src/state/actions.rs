@@ -47,7 +47,7 @@ impl ClusterState {
     /// Refuses an action on objects that do not exist or that a running action touches.
     fn check_new_action(&self, kind: &ActionKind) -> Result<(), ModelError> {
         let databases = kind.bdb_uids();
-        if let Some(missing) = databases.iter().find(|b| !self.bdbs.contains_key(b)) {
+        if let Some(missing) = databases.iter().find(|b| !self.bdbs.contains_key(*b)) {
             return Err(ModelError::NotFound(format!(
                 "database {missing} does not exist"
             )));
@@ -55,7 +55,7 @@ impl ClusterState {
         if let Some(missing) = kind
             .node_uids()
             .iter()
-            .find(|n| !self.nodes.contains_key(n))
+            .find(|n| !self.nodes.contains_key(*n))
         {
             return Err(ModelError::NotFound(format!(
                 "node {missing} is not in the cluster; `flotilla status` lists the nodes"
@@ -108,7 +108,7 @@ impl ClusterState {
     pub(super) fn prune_actions(&mut self, uids: &[ActionUid]) -> CommandResult {
         for uid in uids {
             if self.actions.get(uid).is_some_and(|a| !a.is_active()) {
-                self.actions_mut().remove(uid);
+                self.actions.remove(uid);
             }
         }
         CommandResult::Ok
@@ -127,7 +127,7 @@ impl ClusterState {
         self.check_new_action(&kind)?;
         let uid = self.next_ids.next_action_uid;
         self.next_ids.next_action_uid += 1;
-        self.actions_mut().insert(
+        self.actions.insert(
             uid,
             Action {
                 uid,
@@ -147,7 +147,7 @@ impl ClusterState {
     }
 
     fn action_mut(&mut self, uid: ActionUid) -> Result<&mut Action, ModelError> {
-        self.actions_mut()
+        self.actions
             .get_mut(&uid)
             .ok_or_else(|| ModelError::NotFound(format!("action {uid} does not exist")))
     }

@@ -1,15 +1,25 @@
 //! Databases: their creation (with the shards placement planned), settings, engine version and
 //! deletion.
 
+use super::table::IndexKey;
 use super::ClusterState;
-use crate::bdb::{Bdb, BdbSpec, BdbUid, ShardPlan};
+use crate::bdb::{Bdb, BdbSpec, BdbUid, ShardPlan, ShardUid};
 use crate::command::{BdbChange, BdbCreation, BdbVersionChange, CommandResult};
 use crate::error::ModelError;
 
 impl ClusterState {
     /// The database named `name`, if any.
     pub fn bdb_by_name(&self, name: &str) -> Option<&Bdb> {
-        self.bdbs.values().find(|b| b.spec.name == name)
+        let mut named = self
+            .bdbs
+            .lookup(|uid| IndexKey::BdbName(name.to_string(), uid));
+        named.next()
+    }
+
+    /// The database whose endpoint listens on `port`, if any.
+    fn bdb_on_port(&self, port: u16) -> Option<&Bdb> {
+        let mut on_port = self.bdbs.lookup(|uid| IndexKey::BdbPort(port, uid));
+        on_port.next()
     }
 
     /// Refuses a database spec that clashes with what exists (name, port) or names unknown
@@ -22,7 +32,7 @@ impl ClusterState {
                 bdb.name, existing.uid
             )));
         }
-        if let Some(existing) = self.bdbs.values().find(|b| b.spec.port == bdb.port) {
+        if let Some(existing) = self.bdb_on_port(bdb.port) {
             return Err(ModelError::AlreadyExists(format!(
                 "port: {} is the endpoint of database '{}' (db:{}); choose another port",
                 bdb.port, existing.spec.name, existing.uid
@@ -35,7 +45,7 @@ impl ClusterState {
                     plan.node_uid
                 )));
             }
-            let taken = self.shards_on(plan.node_uid).any(|s| s.port == plan.port);
+            let taken = self.shard_port_taken(plan.node_uid, plan.port);
             let twice = shards
                 .iter()
                 .filter(|p| p.node_uid == plan.node_uid && p.port == plan.port)
@@ -66,7 +76,7 @@ impl ClusterState {
         for plan in shards {
             self.insert_shard(uid, plan, spec.redis_version, false);
         }
-        self.bdbs_mut().insert(
+        self.bdbs.insert(
             uid,
             Bdb {
                 uid,
@@ -78,26 +88,29 @@ impl ClusterState {
     }
 
     pub(super) fn update_bdb(&mut self, change: BdbChange) -> Result<CommandResult, ModelError> {
-        let bdb = self.bdb_mut(change.uid)?;
-        if let Some(memory_size) = change.memory_size {
-            bdb.spec.memory_size = memory_size;
-        }
-        if let Some(password) = change.authentication_redis_pass {
-            bdb.spec.authentication_redis_pass = password;
-        }
-        if change.remove_authentication_redis_pass {
-            bdb.spec.authentication_redis_pass = None;
-        }
-        Ok(CommandResult::Ok)
+        self.bdbs.change("database", change.uid, |bdb| {
+            if let Some(memory_size) = change.memory_size {
+                bdb.spec.memory_size = memory_size;
+            }
+            if let Some(password) = change.authentication_redis_pass {
+                bdb.spec.authentication_redis_pass = password;
+            }
+            if change.remove_authentication_redis_pass {
+                bdb.spec.authentication_redis_pass = None;
+            }
+        })
     }
 
     pub(super) fn delete_bdb(&mut self, uid: BdbUid) -> Result<CommandResult, ModelError> {
-        if self.bdbs_mut().remove(&uid).is_none() {
+        if self.bdbs.remove(&uid).is_none() {
             return Err(ModelError::NotFound(format!(
                 "database {uid} does not exist"
             )));
         }
-        self.shards_mut().retain(|_, s| s.bdb_uid != uid);
+        let shards: Vec<ShardUid> = self.shards_of(uid).map(|s| s.uid).collect();
+        for shard in shards {
+            self.shards.remove(&shard);
+        }
         Ok(CommandResult::Ok)
     }
 
@@ -105,14 +118,9 @@ impl ClusterState {
         &mut self,
         change: BdbVersionChange,
     ) -> Result<CommandResult, ModelError> {
-        self.bdb_mut(change.uid)?.spec.redis_version = change.redis_version;
-        Ok(CommandResult::Ok)
-    }
-
-    fn bdb_mut(&mut self, uid: BdbUid) -> Result<&mut Bdb, ModelError> {
-        self.bdbs_mut()
-            .get_mut(&uid)
-            .ok_or_else(|| ModelError::NotFound(format!("database {uid} does not exist")))
+        self.bdbs.change("database", change.uid, |bdb| {
+            bdb.spec.redis_version = change.redis_version
+        })
     }
 }
 

@@ -5,30 +5,33 @@
 //! (`actions.rs`). Each part holds that object's queries (what every crate asks of the state,
 //! answered once here) and the commands that change it.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 
 use crate::action::{Action, ActionUid};
-use crate::bdb::{Bdb, BdbUid, Shard, ShardUid};
+use crate::bdb::{Bdb, Shard};
 use crate::command::{Command, CommandResult};
 
 mod actions;
 mod bdbs;
 mod nodes;
 mod shards;
+mod table;
 
 pub use nodes::{Cluster, Credentials, Node, NodeUid};
 pub use shards::SlotGroup;
+pub use table::Table;
 
 /// The whole replicated configuration: the state machine the Raft log drives.
 ///
 /// Fields added in later versions must carry `#[serde(default)]` (see the crate docs).
 ///
-/// Each collection sits behind an `Arc` (encoded as the bare map): the store shares the state
-/// with its readers and copies it on write, and a change then copies only the collection it
-/// touches (a database update copies the databases, not the shards or the actions).
+/// Each collection is a persistent ordered map ([`OrdMap`], a B-tree whose nodes are shared
+/// between copies; encoded as the same JSON object a `BTreeMap` gives, keys as strings, in key
+/// order), the databases and shards with the keys their queries look up ([`Table`]): the store
+/// shares the state with its readers and copies it on write, and a change then copies only the
+/// few tree nodes on the path to the object it touches, so neither its copy nor its checks grow
+/// with the number of databases, shards or actions.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// Cluster-wide settings; `None` until `cluster create` has been applied.
@@ -36,19 +39,19 @@ pub struct ClusterState {
     pub cluster: Option<Cluster>,
     /// Every member node by uid.
     #[serde(default)]
-    pub nodes: Arc<BTreeMap<NodeUid, Node>>,
+    pub nodes: OrdMap<NodeUid, Node>,
     /// Counters that hand out uids for nodes, databases, shards and actions.
     #[serde(default)]
     pub next_ids: IdCounters,
     /// Databases by uid.
     #[serde(default)]
-    pub bdbs: Arc<BTreeMap<BdbUid, Bdb>>,
+    pub bdbs: Table<Bdb>,
     /// Shards by uid.
     #[serde(default)]
-    pub shards: Arc<BTreeMap<ShardUid, Shard>>,
+    pub shards: Table<Shard>,
     /// Actions by uid (finished ones are kept for `flotilla action list`).
     #[serde(default)]
-    pub actions: Arc<BTreeMap<ActionUid, Action>>,
+    pub actions: OrdMap<ActionUid, Action>,
 }
 
 /// Monotonic counters for uids; a uid is never handed out twice, even after a removal.
@@ -83,26 +86,6 @@ impl Default for IdCounters {
 }
 
 impl ClusterState {
-    /// The nodes, to change (copied first while a reader shares them).
-    pub(crate) fn nodes_mut(&mut self) -> &mut BTreeMap<NodeUid, Node> {
-        Arc::make_mut(&mut self.nodes)
-    }
-
-    /// The databases, to change (copied first while a reader shares them).
-    pub(crate) fn bdbs_mut(&mut self) -> &mut BTreeMap<BdbUid, Bdb> {
-        Arc::make_mut(&mut self.bdbs)
-    }
-
-    /// The shards, to change (copied first while a reader shares them).
-    pub(crate) fn shards_mut(&mut self) -> &mut BTreeMap<ShardUid, Shard> {
-        Arc::make_mut(&mut self.shards)
-    }
-
-    /// The actions, to change (copied first while a reader shares them).
-    pub(crate) fn actions_mut(&mut self) -> &mut BTreeMap<ActionUid, Action> {
-        Arc::make_mut(&mut self.actions)
-    }
-
     /// Applies one committed command. Deterministic: the same state and command give the same
     /// result on every node, and a refused command leaves the state untouched.
     pub fn apply(&mut self, command: Command) -> CommandResult {

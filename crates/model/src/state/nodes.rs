@@ -170,7 +170,7 @@ impl ClusterState {
             os: node.os,
             host: node.host,
         };
-        self.nodes_mut().insert(uid, record);
+        self.nodes.insert(uid, record);
     }
 
     pub(super) fn update_cluster(
@@ -185,7 +185,7 @@ impl ClusterState {
     }
 
     pub(super) fn update_node(&mut self, change: NodeChange) -> Result<CommandResult, ModelError> {
-        let node = self.nodes_mut().get_mut(&change.uid).ok_or_else(|| {
+        let node = self.nodes.get_mut(&change.uid).ok_or_else(|| {
             ModelError::NotFound(format!("node {} is not in the cluster", change.uid))
         })?;
         node.software_version = change.software_version;
@@ -213,7 +213,7 @@ impl ClusterState {
                 "node {uid} is the cluster's last node; a cluster keeps at least one"
             )));
         }
-        self.nodes_mut().remove(&uid);
+        self.nodes.remove(&uid);
         Ok(CommandResult::Ok)
     }
 
@@ -257,7 +257,7 @@ mod tests {
         assert_eq!(state.nodes[&3].addr, IpAddr::from([127, 0, 0, 14]));
         assert_eq!(state.nodes.len(), 3, "no node is added");
         // A node removed earlier comes back under its uid.
-        state.nodes_mut().remove(&2);
+        state.nodes.remove(&2);
         assert_eq!(
             state.apply(replace(2, "127.0.0.12")),
             CommandResult::NodeAdded { uid: 2 }
@@ -352,7 +352,7 @@ mod tests {
         assert_eq!(state.apply(remove(1)), CommandResult::Ok);
         assert_eq!(state.apply(remove(1)), CommandResult::Ok, "idempotent");
         assert!(!state.nodes.contains_key(&1));
-        state.shards_mut().clear();
+        state.shards.clear();
         assert!(
             matches!(state.apply(remove(2)), CommandResult::Refused(_)),
             "the last node stays"

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use super::table::IndexKey;
 use super::{ClusterState, NodeUid};
 use crate::bdb::{BdbUid, Shard, ShardPlan, ShardRole, ShardUid, SlotRange};
 use crate::command::{
@@ -53,12 +54,22 @@ impl<'a> SlotGroup<'a> {
 impl ClusterState {
     /// The shards of database `uid`, in uid order.
     pub fn shards_of(&self, uid: BdbUid) -> impl Iterator<Item = &Shard> {
-        self.shards.values().filter(move |s| s.bdb_uid == uid)
+        self.shards
+            .lookup(move |shard| IndexKey::ShardOf(uid, shard))
     }
 
-    /// The shards placed on node `uid`.
+    /// The shards placed on node `uid`, in uid order.
     pub fn shards_on(&self, uid: NodeUid) -> impl Iterator<Item = &Shard> {
-        self.shards.values().filter(move |s| s.node_uid == uid)
+        self.shards
+            .lookup(move |shard| IndexKey::ShardOn(uid, shard))
+    }
+
+    /// Whether some shard on node `node` uses `port`.
+    pub(super) fn shard_port_taken(&self, node: NodeUid, port: u16) -> bool {
+        let mut on_port = self
+            .shards
+            .lookup(|shard| IndexKey::ShardPort(node, port, shard));
+        on_port.next().is_some()
     }
 
     /// The shards that hold slot range `range` of database `bdb`.
@@ -135,43 +146,39 @@ impl ClusterState {
         }
         let members: Vec<ShardUid> = group.shards.iter().map(|s| s.uid).collect();
         for member in members {
-            if let Some(other) = self.shards_mut().get_mut(&member) {
+            self.shards.update(member, |other| {
                 if other.role == ShardRole::Primary {
                     other.role = ShardRole::Replica;
                 }
                 other.held = false;
-            }
+            });
         }
-        if let Some(promoted) = self.shards_mut().get_mut(&uid) {
-            promoted.role = ShardRole::Primary;
-        }
+        self.shards
+            .update(uid, |promoted| promoted.role = ShardRole::Primary);
         Ok(CommandResult::Ok)
     }
 
     pub(super) fn hold_shard(&mut self, hold: ShardHold) -> Result<CommandResult, ModelError> {
         let ShardHold { uid, held } = hold;
-        let shard = self.shard_mut(uid)?;
-        if held && shard.role != ShardRole::Primary {
+        let replica = self
+            .shards
+            .get(&uid)
+            .is_some_and(|s| s.role != ShardRole::Primary);
+        if held && replica {
             return Err(ModelError::InvalidValue(format!(
                 "shard {uid} is a replica; only a primary shard's slots can be held"
             )));
         }
-        shard.held = held;
-        Ok(CommandResult::Ok)
+        self.shards.change("shard", uid, |shard| shard.held = held)
     }
 
     pub(super) fn set_shard_version(
         &mut self,
         change: ShardVersionChange,
     ) -> Result<CommandResult, ModelError> {
-        self.shard_mut(change.uid)?.redis_version = change.redis_version;
-        Ok(CommandResult::Ok)
-    }
-
-    fn shard_mut(&mut self, uid: ShardUid) -> Result<&mut Shard, ModelError> {
-        self.shards_mut()
-            .get_mut(&uid)
-            .ok_or_else(|| ModelError::NotFound(format!("shard {uid} does not exist")))
+        self.shards.change("shard", change.uid, |shard| {
+            shard.redis_version = change.redis_version;
+        })
     }
 
     pub(super) fn add_temporary_replica(
@@ -205,7 +212,7 @@ impl ClusterState {
             )));
         }
         if !self.nodes.contains_key(&plan.node_uid)
-            || self.shards_on(plan.node_uid).any(|s| s.port == plan.port)
+            || self.shard_port_taken(plan.node_uid, plan.port)
         {
             return Err(ModelError::InvalidValue(format!(
                 "node {} or its port {} is not available for a replica",
@@ -241,7 +248,7 @@ impl ClusterState {
             held: false,
             temporary,
         };
-        self.shards_mut().insert(uid, shard);
+        self.shards.insert(uid, shard);
         uid
     }
 
@@ -267,7 +274,7 @@ impl ClusterState {
         if let Some(existing) = self.replacement_of(replaced) {
             return Ok(CommandResult::ShardAdded { uid: existing.uid });
         }
-        if self.shards_on(replaced.node_uid).any(|s| s.port == port) {
+        if self.shard_port_taken(replaced.node_uid, port) {
             return Err(ModelError::InvalidValue(format!(
                 "port {port} of node {} is taken; pick a free shard port",
                 replaced.node_uid
@@ -315,11 +322,9 @@ impl ClusterState {
         }
         let replaced: Vec<ShardUid> = replaced.iter().map(|s| s.uid).collect();
         for old in replaced {
-            self.shards_mut().remove(&old);
+            self.shards.remove(&old);
         }
-        if let Some(new) = self.shards_mut().get_mut(&replacement) {
-            new.temporary = false;
-        }
+        self.shards.update(replacement, |new| new.temporary = false);
         Ok(CommandResult::Ok)
     }
 
@@ -346,11 +351,9 @@ impl ClusterState {
                     "shard {old} is a primary shard; switch it over to shard {new} before dropping it"
                 )));
             }
-            self.shards_mut().remove(&old);
+            self.shards.remove(&old);
         }
-        if let Some(copy) = self.shards_mut().get_mut(&new) {
-            copy.temporary = false;
-        }
+        self.shards.update(new, |copy| copy.temporary = false);
         Ok(CommandResult::Ok)
     }
 
@@ -361,7 +364,7 @@ impl ClusterState {
                 format!("shard {uid} is a primary shard; switch it over before removing it"),
             )),
             Some(_) => {
-                self.shards_mut().remove(&uid);
+                self.shards.remove(&uid);
                 Ok(CommandResult::Ok)
             }
         }
@@ -456,7 +459,7 @@ mod tests {
             state.shard_addr(&replica),
             Ok("127.0.0.12:20000".parse().unwrap())
         );
-        state.nodes_mut().remove(&2);
+        state.nodes.remove(&2);
         assert!(matches!(
             state.shard_addr(&replica),
             Err(ModelError::NotFound(_))

@@ -189,7 +189,7 @@ async fn as_0_1_0(request: Request, next: Next) -> Response {
 }
 
 /// Database `i` (from 0): 2 primary shards on node 1 and their replicas on node 2, endpoint
-/// port 10000 + i, shard ports from 20000 + 2i.
+/// port 10000 + i, shard ports 20000 + 2i and the next ([`shard_port`]).
 pub fn database(i: u16) -> Command {
     let spec = BdbSpec {
         name: format!("db-{i:05}"),
@@ -205,7 +205,7 @@ pub fn database(i: u16) -> Command {
         node_uid,
         role,
         assigned_slots: SlotRange::even(slots, 2),
-        port: 20000 + 2 * i + slots,
+        port: shard_port(i, slots),
     };
     let shards = (0..2)
         .flat_map(|s| {
@@ -220,6 +220,18 @@ pub fn database(i: u16) -> Command {
         created_at: 1_700_000_000,
         shards,
     })
+}
+
+/// The port of database `i`'s shards of slot range `slots` (0 or 1) on each node: from 20000 up,
+/// then, past 65535, from 1024 up (so up to 32,000 databases fit on two nodes).
+fn shard_port(i: u16, slots: u16) -> u16 {
+    let n = 2 * u32::from(i) + u32::from(slots);
+    let port = if n < 45536 {
+        20000 + n
+    } else {
+        1024 + n - 45536
+    };
+    u16::try_from(port).expect("fewer than 32,000 databases")
 }
 
 /// Creates databases `from..to` ([`database`]), `parallel` proposals at a time.
