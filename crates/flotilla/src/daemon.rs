@@ -141,10 +141,11 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
             &stop,
         )
         .await?;
-        successor
-            .accepting(&endpoints)
-            .await
-            .context("telling the previous daemon this one accepts")?;
+        // A predecessor that died before this one accepted (a kill -9 while it passed its
+        // listeners) passes nothing more: this daemon takes the node over all the same.
+        if let Err(e) = successor.accepting(&endpoints).await {
+            tracing::warn!(error = %e, "the previous daemon went away before this one accepted; taking the node over");
+        }
         let predecessor = successor.predecessor_pid;
         let followed = successor.follow(&feed_tx, &endpoints).await;
         tracing::info!(
