@@ -14,7 +14,7 @@ use flotilla_model::UpgradeMethod;
 
 use crate::cli::Connection;
 use crate::upgrade::{
-    confirm, drive_to_the_end, read_manifest, refuse_before_versioned_release, DevOperator,
+    confirm, read_manifest, refuse_before_versioned_release, start_and_drive, DevOperator,
 };
 
 /// Arguments of `flotilla upgrade os`.
@@ -144,25 +144,13 @@ pub async fn upgrade_os(conn: &Connection, args: OsArgs) -> Result<()> {
         method: Some(args.method.clone()),
         os: Some(args.os.clone()),
     };
-    let started = client.start_cluster_upgrade(&request).await?;
-    println!(
-        "action {} ({}), {} steps",
-        started.action_uid, started.name, started.steps_total
-    );
-    if args.no_wait {
-        println!(
-            "follow it with `flotilla action wait {}`",
-            started.action_uid
-        );
-        return Ok(());
-    }
     let operator = DevOperator {
         dir: args.dev_dir,
         base_addr: args.base_addr,
         package,
         os_release: args.os_release,
     };
-    drive_to_the_end(conn, &operator, started.action_uid).await
+    start_and_drive(conn, &request, &operator, args.no_wait).await
 }
 
 async fn print_plan(

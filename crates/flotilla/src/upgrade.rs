@@ -191,25 +191,36 @@ async fn upgrade_cluster(conn: &Connection, args: ClusterArgs) -> Result<()> {
         method: Some(method.name().to_string()),
         os: None,
     };
-    let started = client.start_cluster_upgrade(&request).await?;
-    println!(
-        "action {} ({}), {} steps",
-        started.action_uid, started.name, started.steps_total
-    );
-    if args.no_wait {
-        println!(
-            "follow it with `flotilla action wait {}`",
-            started.action_uid
-        );
-        return Ok(());
-    }
     let operator = DevOperator {
         dir: args.dev_dir.clone(),
         base_addr: args.base_addr,
         package,
         os_release: None,
     };
-    drive_to_the_end(conn, &operator, started.action_uid).await
+    start_and_drive(conn, &request, &operator, args.no_wait).await
+}
+
+/// Starts the cluster upgrade `request` and, unless `no_wait`, follows it to its end with
+/// `operator` doing the machine work on a dev cluster (`upgrade cluster`, `upgrade os`).
+pub(crate) async fn start_and_drive(
+    conn: &Connection,
+    request: &ClusterUpgradeRequest,
+    operator: &DevOperator,
+    no_wait: bool,
+) -> Result<()> {
+    let started = conn.client().start_cluster_upgrade(request).await?;
+    println!(
+        "action {} ({}), {} steps",
+        started.action_uid, started.name, started.steps_total
+    );
+    if no_wait {
+        println!(
+            "follow it with `flotilla action wait {}`",
+            started.action_uid
+        );
+        return Ok(());
+    }
+    drive_to_the_end(conn, operator, started.action_uid).await
 }
 
 /// Who does the operator's part of a rolling upgrade on a dev cluster (`--dev-dir`): the
@@ -260,11 +271,7 @@ pub(crate) async fn refuse_before_versioned_release(
 /// Follows the action to its end; on a dev cluster (`--dev-dir`) does the operator's part
 /// each time it pauses (a new node, a reinstalled node) and resumes it. When the node the CLI
 /// talks to leaves (a rolling upgrade removes every old node), it follows through another.
-pub(crate) async fn drive_to_the_end(
-    conn: &Connection,
-    operator: &DevOperator,
-    uid: u64,
-) -> Result<()> {
+async fn drive_to_the_end(conn: &Connection, operator: &DevOperator, uid: u64) -> Result<()> {
     let mut conn = conn.clone();
     let started = Instant::now();
     let mut printed = 0;

@@ -718,31 +718,7 @@ fn restart_killed(cluster: &DevCluster, n: u8, v020: &Path, v021: &Path) {
         .and_then(|x| x["software_version"].as_str().map(str::to_string))
         .unwrap_or_default();
     let package = if version == "0.2.1" { v021 } else { v020 };
-    let dir = cluster
-        .data_dir(1)
-        .parent()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let base = cluster.addr(1).to_string();
-    let package = package.to_string_lossy().into_owned();
-    let survivor = if n == 1 { 2 } else { 1 };
-    let output = cluster.flotilla_at(
-        survivor,
-        &[
-            "dev",
-            "up",
-            "--nodes",
-            "3",
-            "--dir",
-            &dir,
-            "--base-addr",
-            &base,
-            "--package",
-            &package,
-        ],
-    );
-    assert_success(&output, "dev up restarting the killed node");
+    cluster.restart_from(n, package);
 }
 
 #[test]

@@ -328,45 +328,6 @@ fn running_step(cluster: &DevCluster, uid: u64) -> Option<(u64, String)> {
     })
 }
 
-/// Restarts node number `n`'s daemon (after a kill -9) from `package`, with `dev up` asked of
-/// a node that answers.
-fn restart(cluster: &DevCluster, n: u8, package: &Path) {
-    let dir = cluster
-        .data_dir(1)
-        .parent()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let base = cluster.addr(1).to_string();
-    let nodes = cluster.node_numbers().last().unwrap().to_string();
-    let package = package.to_string_lossy().into_owned();
-    let survivor = cluster.node_numbers().find(|m| *m != n).unwrap();
-    let survivor = cluster
-        .node_numbers()
-        .filter(|m| *m != n)
-        .find(|m| {
-            cluster
-                .flotilla_at(*m, &["status", "--json"])
-                .status
-                .success()
-        })
-        .unwrap_or(survivor);
-    let args = [
-        "dev",
-        "up",
-        "--nodes",
-        &nodes,
-        "--dir",
-        &dir,
-        "--base-addr",
-        &base,
-        "--package",
-        &package,
-    ];
-    let output = cluster.flotilla_at(survivor, &args);
-    assert_success(&output, &format!("dev up restarting node {n}"));
-}
-
 #[test]
 fn add_node_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_each_step_and_of_the_drained_node(
 ) {
@@ -437,11 +398,8 @@ fn add_node_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_each_step_and_
             .map(|(_, v)| v)
             .unwrap_or_default();
         cluster.kill9(number(primary));
-        restart(
-            &cluster,
-            number(primary),
-            if version == "0.2.1" { &v021 } else { &v020 },
-        );
+        let package = if version == "0.2.1" { &v021 } else { &v020 };
+        cluster.restart_from(number(primary), package);
         // The node being drained too (an old node, on 0.2.0), while its shards move off it.
         let drained = step
             .starts_with("drain_node ")
@@ -449,7 +407,7 @@ fn add_node_upgrade_resumes_after_a_kill_9_of_the_primary_node_at_each_step_and_
             .filter(|n| *n != primary);
         if let Some(drained) = drained {
             cluster.kill9(number(drained));
-            restart(&cluster, number(drained), &v020);
+            cluster.restart_from(number(drained), &v020);
             killed_at.push((drained, step.clone()));
         }
         killed_at.push((primary, step));
@@ -830,7 +788,7 @@ fn an_os_upgrade_resumes_after_a_kill_9_of_the_primary_node() {
     );
     let primary = primary_node(&cluster);
     cluster.kill9(number(primary));
-    restart(&cluster, number(primary), &v020);
+    cluster.restart_from(number(primary), &v020);
     assert_eq!(
         os_id(&cluster, primary),
         "debian-12",

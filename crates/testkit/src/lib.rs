@@ -117,6 +117,33 @@ impl DevCluster {
         output
     }
 
+    /// Restarts node `n`'s daemon (after a kill -9) from `package` with `dev up`, asked of
+    /// another node that answers: the nodes still running are left alone.
+    pub fn restart_from(&self, n: u8, package: &Path) {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let (nodes, base) = (self.nodes.to_string(), self.base.to_string());
+        let package = package.to_string_lossy().into_owned();
+        let others = || self.node_numbers().filter(move |m| *m != n);
+        let survivor = others()
+            .find(|m| self.flotilla_at(*m, &["status", "--json"]).status.success())
+            .or_else(|| others().next())
+            .expect("another node");
+        let args = [
+            "dev",
+            "up",
+            "--nodes",
+            &nodes,
+            "--dir",
+            &dir,
+            "--base-addr",
+            &base,
+            "--package",
+            &package,
+        ];
+        let output = self.flotilla_at(survivor, &args);
+        assert_success(&output, &format!("dev up restarting node {n}"));
+    }
+
     /// Runs `flotilla dev add-node` (from the cluster's package, if it has one): one more node
     /// joins; returns its number (its address is [`DevCluster::addr`] of it).
     pub fn add_node(&mut self) -> u8 {
