@@ -53,6 +53,10 @@ pub struct Node {
     pub software_version: String,
     /// The node's operating system as `/etc/os-release` names it (PRETTY_NAME).
     pub os: String,
+    /// Maintenance mode: its activations and snapshot while the node is in it (absent
+    /// otherwise, so the record reads as 0.1.0 wrote it). Introduced in 0.2.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<crate::maintenance::NodeMaintenance>,
 }
 
 impl ClusterState {
@@ -165,6 +169,7 @@ impl ClusterState {
             addr: node.addr,
             software_version: node.software_version,
             os: node.os,
+            maintenance: None,
         };
         self.nodes_mut().insert(uid, record);
     }
