@@ -7,7 +7,9 @@
 //!   /v1/nodes` show it and `upgrade check` refuses naming it;
 //! - refusals, each naming the object and the fix and changing nothing: another action running
 //!   on an affected database or node, quorum (2 of 3 nodes in maintenance), memory (the other
-//!   nodes lack room for a shard).
+//!   nodes lack room for a shard);
+//! - `on --keep-replicas`: the node keeps every copy, as replicas; `off` gives the primary roles
+//!   back.
 //!
 //! Subnets 127.0.131.x and 127.0.132.x.
 
@@ -256,7 +258,8 @@ fn maintenance_on_and_off_bring_every_shard_back_to_its_node_and_role_under_load
 }
 
 #[test]
-fn maintenance_is_refused_while_an_action_runs_when_quorum_or_memory_would_be_lost() {
+fn maintenance_is_refused_while_an_action_runs_when_quorum_or_memory_would_be_lost_and_can_keep_replicas(
+) {
     let env = [
         ("FLOTILLA_FAILPOINT_PAUSE_STEP", "snapshot"),
         ("FLOTILLA_FAILPOINT_PAUSE_MS", "8000"),
@@ -311,6 +314,32 @@ fn maintenance_is_refused_while_an_action_runs_when_quorum_or_memory_would_be_lo
     );
     let off = maintenance(&cluster, 1, &["2", "off"]);
     assert_success(&off, "node maintenance 2 off");
+
+    // --keep-replicas: a node's primaries hand their role over, every copy stays; `off` gives
+    // the roles back.
+    let before = placement(&cluster, 1);
+    let holder = before
+        .values()
+        .flat_map(|copies| copies.iter())
+        .find(|(_, role)| role == "master")
+        .map(|(node, _)| *node)
+        .expect("a primary shard");
+    let copies_on = |places: &Placement| -> Vec<String> {
+        places
+            .values()
+            .flat_map(|copies| copies.iter().filter(|(n, _)| *n == holder))
+            .map(|(_, role)| role.clone())
+            .collect()
+    };
+    let uid = holder.to_string();
+    let on = maintenance(&cluster, 1, &[&uid, "on", "--keep-replicas"]);
+    assert_success(&on, "node maintenance on --keep-replicas");
+    let kept = placement(&cluster, 1);
+    assert_eq!(copies_on(&kept).len(), copies_on(&before).len(), "{kept:?}");
+    assert!(copies_on(&kept).iter().all(|r| r == "slave"), "{kept:?}");
+    let off = maintenance(&cluster, 1, &[&uid, "off"]);
+    assert_success(&off, "node maintenance off");
+    assert_eq!(placement(&cluster, 1), before, "the primary roles are back");
 
     // A database far larger than any machine: none of the other nodes has room for its shards.
     one_shard_db(&cluster, "huge", 12134, "65536gb");
