@@ -177,11 +177,11 @@ pub(crate) async fn create(
     let spec = spec_from(request, context.store.config().addr)?;
     let observed = context.observer.observed().await;
     let state = context.store.state();
-    // A node being removed takes no new shard.
+    // A node being removed or in maintenance takes no new shard.
     let eligible: Vec<u64> = observed
         .nodes
         .iter()
-        .filter(|(uid, status)| **status == NodeStatus::Up && !state.is_leaving(**uid))
+        .filter(|(uid, status)| **status == NodeStatus::Up && !state.takes_no_shards(**uid))
         .map(|(uid, _)| *uid)
         .collect();
     let shards = placement::place(&state, &spec, &eligible).map_err(|e| ApiError {

@@ -225,6 +225,7 @@ async fn node_infos(context: &ApiContext) -> Vec<NodeInfo> {
                 .get(&node.uid)
                 .copied()
                 .unwrap_or(NodeStatus::Unknown),
+            maintenance: node.maintenance.is_some(),
         })
         .collect()
 }

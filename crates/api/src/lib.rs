@@ -12,6 +12,7 @@ mod error;
 mod handlers;
 mod lifecycle;
 mod local;
+mod maintenance;
 mod propose;
 mod upgrade;
 
@@ -86,6 +87,14 @@ pub fn router(context: ApiContext) -> Router {
         .route(
             "/v1/nodes/{uid}/actions/remove",
             post(lifecycle::remove_node),
+        )
+        .route(
+            "/v1/nodes/{uid}/actions/maintenance_on",
+            post(maintenance::maintenance_on),
+        )
+        .route(
+            "/v1/nodes/{uid}/actions/maintenance_off",
+            post(maintenance::maintenance_off),
         )
         .route(
             "/v1/cluster/actions/change_master",

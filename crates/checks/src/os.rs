@@ -15,6 +15,7 @@ pub fn os_upgrade_check(nodes: &[NodeInfo], actions: &[ActionInfo], target: &str
     let mut refusals = Vec::new();
     for node in nodes {
         refusals.extend(node_down(node));
+        refusals.extend(in_maintenance(node));
         refusals.extend(unsupported(node, target));
     }
     refusals.extend(install_dirs(nodes));
@@ -44,6 +45,16 @@ fn node_down(node: &NodeInfo) -> Option<Refusal> {
             "start it (`flotilla node start` on {}), or replace it (`flotilla cluster join --replace-node {}`)",
             node.addr, node.uid
         ),
+    })
+}
+
+/// A node in maintenance mode holds no shards an OS upgrade could move back; it ends first.
+fn in_maintenance(node: &NodeInfo) -> Option<Refusal> {
+    node.maintenance.then(|| Refusal {
+        blocker: Blocker::Maintenance,
+        object: format!("node:{}", node.uid),
+        reason: format!("node {} is in maintenance mode", node.uid),
+        fix: format!("end it first: `flotilla node maintenance {} off`", node.uid),
     })
 }
 
@@ -140,6 +151,7 @@ mod tests {
             software_version: "0.2.0".into(),
             os: os.into(),
             status: NodeStatus::Up,
+            maintenance: false,
             host: NodeHost {
                 os_id: os.into(),
                 supported_os: supported.iter().map(|s| s.to_string()).collect(),
@@ -169,6 +181,22 @@ mod tests {
         assert_eq!(refusals[0].object, "node:1");
         assert!(refusals[0].reason.contains("not debian-13"), "{refusals:?}");
         assert!(refusals[0].fix.contains("upgrade cluster"), "{refusals:?}");
+    }
+
+    #[test]
+    fn a_node_in_maintenance_is_named_with_the_command_that_ends_it() {
+        let mut nodes = [
+            node(1, "debian-12", BOTH, "/opt/f", "/var/f/node-1"),
+            node(2, "debian-12", BOTH, "/opt/f", "/var/f/node-2"),
+        ];
+        nodes[1].maintenance = true;
+        let refusals = os_upgrade_check(&nodes, &[], "debian-13");
+        assert_eq!(refusals.len(), 1, "{refusals:?}");
+        assert_eq!(
+            (refusals[0].blocker, refusals[0].object.as_str()),
+            (Blocker::Maintenance, "node:2")
+        );
+        assert!(refusals[0].fix.contains("node maintenance 2 off"));
     }
 
     #[test]

@@ -205,7 +205,7 @@ impl UpgradeFacts {
                     up: n.status == NodeStatus::Up,
                     software_version: n.software_version.clone(),
                     voter: true,
-                    maintenance: false,
+                    maintenance: n.maintenance,
                 })
                 .collect(),
             shards: shards
@@ -410,6 +410,32 @@ mod tests {
         let refusals = upgrade_check(facts);
         assert_eq!(refusals.len(), 1, "{refusals:#?}");
         refusals.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn a_node_in_maintenance_as_the_rest_api_shows_it_blocks_the_upgrade() {
+        let node = |uid: u64, maintenance: bool| NodeInfo {
+            uid,
+            addr: format!("127.0.0.{}", 10 + uid),
+            role: flotilla_model::rest::NodeRole::Secondary,
+            software_version: "0.2.0".into(),
+            os: "Debian GNU/Linux 12 (bookworm)".into(),
+            status: NodeStatus::Up,
+            maintenance,
+            host: Default::default(),
+        };
+        let nodes = [node(1, false), node(2, true), node(3, false)];
+        let facts = UpgradeFacts::from_rest(&nodes, &[], &[], &[], healthy().package);
+        let r = only(&facts);
+        assert_eq!(
+            (r.blocker, r.object.as_str()),
+            (Blocker::Maintenance, "node:2 (127.0.0.12)")
+        );
+        assert!(
+            r.fix.contains("flotilla node maintenance 2 off"),
+            "{}",
+            r.fix
+        );
     }
 
     #[test]

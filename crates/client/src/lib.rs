@@ -301,6 +301,28 @@ impl Client {
         self.call::<(), _>(Method::POST, &path, None).await
     }
 
+    /// `POST /v1/nodes/{uid}/actions/maintenance_on`: starts putting the node in maintenance
+    /// mode (an action).
+    pub async fn maintenance_on(
+        &self,
+        uid: u64,
+        request: &flotilla_model::MaintenanceOnRequest,
+    ) -> Result<ActionInfo, ClientError> {
+        let path = format!("/v1/nodes/{uid}/actions/maintenance_on");
+        self.call(Method::POST, &path, Some(request)).await
+    }
+
+    /// `POST /v1/nodes/{uid}/actions/maintenance_off`: starts taking the node out of
+    /// maintenance mode (an action).
+    pub async fn maintenance_off(
+        &self,
+        uid: u64,
+        request: &flotilla_model::MaintenanceOffRequest,
+    ) -> Result<ActionInfo, ClientError> {
+        let path = format!("/v1/nodes/{uid}/actions/maintenance_off");
+        self.call(Method::POST, &path, Some(request)).await
+    }
+
     /// `POST /v1/cluster/actions/change_master`: makes node `uid` the primary node.
     pub async fn promote_node(&self, uid: u64) -> Result<ClusterInfo, ClientError> {
         let request = flotilla_model::rest::PrimaryNodeChange { node_uid: uid };

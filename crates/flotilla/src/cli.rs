@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use flotilla_client::Client;
 use flotilla_model::rest::{ActionInfo, ClusterUpdate};
-use flotilla_model::{ActionKind, ShardMove};
+use flotilla_model::{ActionKind, MaintenanceOffRequest, MaintenanceOnRequest, ShardMove};
 
 use crate::{action, check, daemon, db, dev, package, status, upgrade};
 
@@ -106,6 +106,46 @@ pub enum NodeCommand {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Maintenance mode (Redis Software's `maintenance_mode`): `on` snapshots the node's
+    /// placement and roles, marks it so that no shard is placed on it and moves its shards away;
+    /// `off` moves them back as the snapshot says. Activations stack: after two `on`, the
+    /// second `off` restores the shards.
+    Maintenance {
+        /// Node uid.
+        uid: u64,
+        /// On or off.
+        #[command(subcommand)]
+        mode: MaintenanceMode,
+        /// Return at once instead of following the action.
+        #[arg(long, global = true)]
+        no_wait: bool,
+    },
+}
+
+/// `flotilla node maintenance UID on|off`.
+#[derive(Subcommand)]
+pub enum MaintenanceMode {
+    /// Put the node in maintenance mode; refused when it would lose quorum (nodes already in
+    /// maintenance count as offline) or when the other nodes lack room for its shards.
+    On {
+        /// Keep replica shards on the node; only hand each primary role to a replica on
+        /// another node (Redis Software's keep_slave_shards).
+        #[arg(long)]
+        keep_replicas: bool,
+        /// Hand the primary-node role to another node first (demote_node).
+        #[arg(long)]
+        demote_node: bool,
+        /// Replace the snapshot an earlier `on` took (overwrite_snapshot).
+        #[arg(long)]
+        overwrite_snapshot: bool,
+    },
+    /// Take the node out of maintenance mode: its shards come back and each slot range's
+    /// primary role returns to where the snapshot had it, then the mark and the snapshot go.
+    Off {
+        /// Only clear the mark; leave the shards where they are (skip_shards_restore).
+        #[arg(long)]
+        skip_shards_restore: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,6 +232,33 @@ impl Cli {
                 let started = client.remove_node(uid).await?;
                 follow(&client, started, no_wait).await
             }
+            Command::Node(NodeCommand::Maintenance { uid, mode, no_wait }) => {
+                let client = self.conn.client();
+                let started = match mode {
+                    MaintenanceMode::On {
+                        keep_replicas,
+                        demote_node,
+                        overwrite_snapshot,
+                    } => {
+                        let request = MaintenanceOnRequest {
+                            overwrite_snapshot,
+                            keep_slave_shards: keep_replicas,
+                            evict_ha_replica: None,
+                            demote_node,
+                        };
+                        client.maintenance_on(uid, &request).await?
+                    }
+                    MaintenanceMode::Off {
+                        skip_shards_restore,
+                    } => {
+                        let request = MaintenanceOffRequest {
+                            skip_shards_restore,
+                        };
+                        client.maintenance_off(uid, &request).await?
+                    }
+                };
+                follow(&client, started, no_wait).await
+            }
             Command::Shard(ShardCommand::Migrate {
                 uid,
                 to_node,
@@ -265,6 +332,8 @@ async fn follow(client: &Client, started: ActionInfo, no_wait: bool) -> Result<(
     let moves: &[ShardMove] = match &started.kind {
         ActionKind::NodeRemove { moves, .. } => moves,
         ActionKind::ShardMigrate(shard_move) => std::slice::from_ref(shard_move),
+        ActionKind::MaintenanceOn(on) => &on.moves,
+        ActionKind::MaintenanceOff(off) => &off.moves,
         ActionKind::DbUpgrade { .. } | ActionKind::ClusterUpgrade(_) => &[],
     };
     for m in moves {

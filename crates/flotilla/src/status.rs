@@ -29,6 +29,12 @@ fn issues(cluster: &ClusterInfo, nodes: &[NodeInfo], databases: &[BdbInfo]) -> V
             .to_lowercase(),
         );
     }
+    for node in nodes.iter().filter(|n| n.maintenance) {
+        found.push(format!(
+            "node:{} ({}) is in maintenance mode (no shard is placed on it): `flotilla node maintenance {} off` once its work is done",
+            node.uid, node.addr, node.uid
+        ));
+    }
     if let Some(version) = &cluster.finalization_pending {
         found.push(format!(
             "cluster: every node runs {version} but the cluster version is {}: `flotilla upgrade finalize`",
@@ -121,6 +127,11 @@ pub async fn run(client: &Client, args: StatusArgs) -> Result<()> {
             NodeStatus::Up => "up",
             NodeStatus::Down => "DOWN",
             NodeStatus::Unknown => "unknown",
+        };
+        let status = if node.maintenance {
+            format!("{status} MAINTENANCE")
+        } else {
+            status.to_string()
         };
         println!(
             "{:<8} {:<10} {:<16} {:<10} {:<34} {}",

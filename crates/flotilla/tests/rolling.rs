@@ -745,6 +745,17 @@ fn os_checks_refuse_naming_the_object_and_the_fix_and_change_nothing() {
     assert_success(&cancel, "action cancel of a paused action");
     assert_eq!(action(&cluster, uid).unwrap()["status"], "cancelled");
 
+    // A node in maintenance mode.
+    let on = cluster.flotilla_at(1, &["node", "maintenance", "2", "on"]);
+    assert_success(&on, "node maintenance 2 on");
+    refused(
+        &cluster,
+        &["upgrade", "check", "--os", "debian-13"],
+        &["[maintenance] node:2", "flotilla node maintenance 2 off"],
+    );
+    let off = cluster.flotilla_at(1, &["node", "maintenance", "2", "off"]);
+    assert_success(&off, "node maintenance 2 off");
+
     assert_eq!(all_os(&cluster), ["debian-12"; 3], "nothing changed");
     let check = cluster.flotilla_at(1, &["upgrade", "check", "--os", "debian-13"]);
     assert_success(&check, "upgrade check --os debian-13 once nothing blocks");

@@ -62,6 +62,12 @@ pub enum ActionKind {
     /// Moves every node to another Flotilla package (`flotilla upgrade cluster`), one node at
     /// a time, the primary node last, then finalizes the cluster version. Introduced in 0.2.0.
     ClusterUpgrade(ClusterUpgrade),
+    /// Puts a node in maintenance mode (`flotilla node maintenance UID on`): snapshot, mark,
+    /// its shards moved away. Introduced in 0.2.0.
+    MaintenanceOn(crate::maintenance::MaintenanceOn),
+    /// Takes a node out of maintenance mode (`flotilla node maintenance UID off`): its shards
+    /// moved back as the snapshot says, the mark cleared. Introduced in 0.2.0.
+    MaintenanceOff(crate::maintenance::MaintenanceOff),
 }
 
 /// What `flotilla upgrade cluster` asked for.
@@ -182,6 +188,18 @@ impl ActionKind {
             ActionKind::ShardMigrate(shard_move) => vec![shard_move.bdb_uid],
             ActionKind::NodeRemove { moves, .. } => moves.iter().map(|m| m.bdb_uid).collect(),
             ActionKind::ClusterUpgrade(_) => Vec::new(),
+            ActionKind::MaintenanceOn(on) => on
+                .moves
+                .iter()
+                .map(|m| m.bdb_uid)
+                .chain(on.demotions.iter().map(|d| d.bdb_uid))
+                .collect(),
+            ActionKind::MaintenanceOff(off) => off
+                .moves
+                .iter()
+                .map(|m| m.bdb_uid)
+                .chain(off.primaries.iter().map(|p| p.bdb_uid))
+                .collect(),
         };
         uids.sort_unstable();
         uids.dedup();
@@ -203,6 +221,13 @@ impl ActionKind {
                 .copied()
                 .chain(upgrade.drains.iter().flat_map(|d| d.added_node))
                 .collect(),
+            ActionKind::MaintenanceOn(on) => std::iter::once(on.node_uid)
+                .chain(on.moves.iter().map(|m| m.to_node))
+                .collect(),
+            ActionKind::MaintenanceOff(off) => std::iter::once(off.node_uid)
+                .chain(off.moves.iter().map(|m| m.from_node))
+                .chain(off.primaries.iter().map(|p| p.node_uid))
+                .collect(),
         };
         uids.sort_unstable();
         uids.dedup();
@@ -216,6 +241,8 @@ impl ActionKind {
             ActionKind::ShardMigrate(m) => format!("shard:{}", m.shard_uid),
             ActionKind::NodeRemove { node_uid, .. } => format!("node:{node_uid}"),
             ActionKind::ClusterUpgrade(_) => "cluster".into(),
+            ActionKind::MaintenanceOn(on) => format!("node:{}", on.node_uid),
+            ActionKind::MaintenanceOff(off) => format!("node:{}", off.node_uid),
         }
     }
 
@@ -228,6 +255,8 @@ impl ActionKind {
             ActionKind::NodeRemove { .. } => "SMRemoveNode",
             ActionKind::ClusterUpgrade(upgrade) if upgrade.target_os.is_some() => "SMUpgradeOS",
             ActionKind::ClusterUpgrade(_) => "SMUpgradeCluster",
+            ActionKind::MaintenanceOn(_) => "SMMaintenanceOn",
+            ActionKind::MaintenanceOff(_) => "SMMaintenanceOff",
         }
     }
 

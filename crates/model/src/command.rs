@@ -87,6 +87,12 @@ pub enum Command {
     /// Sets a paused or failed action running again at its step (`flotilla action resume`).
     /// Introduced in 0.2.0.
     ResumeAction(ActionResumption),
+    /// Records an activation of maintenance mode on a node (and its snapshot): no new shard
+    /// is placed on it. Introduced in 0.2.0.
+    EnterMaintenance(crate::maintenance::MaintenanceEntry),
+    /// Ends an activation of maintenance mode; with the last one the mark and the snapshot go.
+    /// Introduced in 0.2.0.
+    ExitMaintenance(crate::maintenance::MaintenanceExit),
     /// A command kind this software version does not know; applying it changes nothing.
     #[serde(other)]
     Unknown,
@@ -536,6 +542,8 @@ mod tests {
             Command::PruneActions(_) => "prune_actions",
             Command::RecordDrain(_) => "record_drain",
             Command::ResumeAction(_) => "resume_action",
+            Command::EnterMaintenance(_) => "enter_maintenance",
+            Command::ExitMaintenance(_) => "exit_maintenance",
             Command::Unknown => "unknown",
         }
     }
@@ -588,6 +596,13 @@ mod tests {
         r#"{"kind":"resume_action","uid":7}"#,
         r#"{"kind":"update_action","uid":7,"status":"paused","step_index":0,"step":"add_node node:2","error":"waiting","updated_at":5,"finished":null,"expected_step":0}"#,
         r#"{"kind":"create_action","action":{"type":"shard_migrate","shard_uid":4,"bdb_uid":1,"assigned_slots":"0-8191","from_node":1,"to_node":3},"steps_total":4,"first_step":"add_copy shard:4","created_at":1700000002}"#,
+        r#"{"kind":"enter_maintenance","node_uid":2,"activation":7,"snapshot":[{"bdb_uid":1,"assigned_slots":"0-8191","node_uid":2,"role":"master"},{"bdb_uid":1,"assigned_slots":"0-8191","node_uid":3,"role":"slave"}]}"#,
+        r#"{"kind":"enter_maintenance","node_uid":2,"activation":8}"#,
+        r#"{"kind":"exit_maintenance","node_uid":2,"activation":8}"#,
+        r#"{"kind":"create_action","action":{"type":"maintenance_on","node_uid":2,"keep_slave_shards":false,"demote_node":true,"overwrite_snapshot":false,"moves":[{"shard_uid":4,"bdb_uid":1,"assigned_slots":"0-8191","from_node":2,"to_node":3}]},"steps_total":6,"first_step":"demote_node node:2","created_at":1700000002}"#,
+        r#"{"kind":"create_action","action":{"type":"maintenance_on","node_uid":2,"keep_slave_shards":true,"demote_node":false,"overwrite_snapshot":true,"demotions":[{"shard_uid":4,"bdb_uid":1,"assigned_slots":"0-8191"}],"moves":[]},"steps_total":2,"first_step":"snapshot node:2","created_at":1700000002}"#,
+        r#"{"kind":"create_action","action":{"type":"maintenance_off","node_uid":2,"skip_shards_restore":false,"activation":7,"moves":[{"shard_uid":9,"bdb_uid":1,"assigned_slots":"0-8191","from_node":3,"to_node":2}],"primaries":[{"bdb_uid":1,"assigned_slots":"0-8191","node_uid":2,"role":"master"}]},"steps_total":6,"first_step":"add_copy shard:9","created_at":1700000002}"#,
+        r#"{"kind":"create_action","action":{"type":"maintenance_off","node_uid":2,"skip_shards_restore":true,"activation":7,"moves":[]},"steps_total":1,"first_step":"end_maintenance node:2","created_at":1700000002}"#,
         r#"{"kind":"create_action","action":{"type":"node_remove","node_uid":1,"moves":[{"shard_uid":4,"bdb_uid":1,"assigned_slots":"0-8191","from_node":1,"to_node":3}]},"steps_total":6,"first_step":"demote_node","created_at":1700000002}"#,
         r#"{"kind":"create_cluster","name":"c1","credentials":{"username":"admin","password_hash":"$argon2id$v=19$x"},"secret":"s3cret","created_at":1700000000,"node":{"addr":"127.0.0.11","software_version":"0.2.0","os":"Debian GNU/Linux 12 (bookworm)"},"cluster_version":"0.2.0"}"#,
     ];

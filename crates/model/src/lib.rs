@@ -29,6 +29,7 @@ mod clock;
 mod command;
 mod engine_version;
 mod error;
+mod maintenance;
 mod plan;
 pub mod rest;
 mod state;
@@ -54,6 +55,10 @@ pub use command::{
 };
 pub use engine_version::{EngineVersion, UnknownEngineVersion};
 pub use error::ModelError;
+pub use maintenance::{
+    MaintenanceEntry, MaintenanceExit, MaintenanceOff, MaintenanceOffRequest, MaintenanceOn,
+    MaintenanceOnRequest, NodeMaintenance, ShardDemotion, SnapshotShard,
+};
 pub use plan::{plan, Op, Step, UpgradeShape, MIGRATION_OPS};
 pub use state::{Cluster, ClusterState, Credentials, IdCounters, Node, NodeUid, SlotGroup};
 pub use version::{at_least, compare_versions, FIRST_RELEASE, VERSIONED_RELEASE};

@@ -73,6 +73,11 @@ pub enum Op {
     /// Rolling upgrade (replace-node): the old node's reinstalled machine joins back under its
     /// uid with the package (the operator reinstalls it; the step pauses until it is there).
     RejoinNode,
+    /// Maintenance mode: records the node's placement and roles and marks the node.
+    Snapshot,
+    /// Maintenance mode: ends an activation; with the last, clears the mark and deletes the
+    /// snapshot.
+    EndMaintenance,
 }
 
 /// The operations that move one shard to another node, in order: a copy there, caught up, the
@@ -110,6 +115,8 @@ impl Op {
             Op::AddNode => "add_node",
             Op::DrainNode => "drain_node",
             Op::RejoinNode => "rejoin_node",
+            Op::Snapshot => "snapshot",
+            Op::EndMaintenance => "end_maintenance",
         }
     }
 }
@@ -309,6 +316,8 @@ pub fn plan(kind: &ActionKind, state: &ClusterState) -> Vec<Step> {
         ActionKind::ShardMigrate(shard_move) => Step::migration(shard_move),
         ActionKind::NodeRemove { moves, .. } => Step::removal(moves),
         ActionKind::ClusterUpgrade(upgrade) => Step::cluster_upgrade(upgrade),
+        ActionKind::MaintenanceOn(on) => on.steps(),
+        ActionKind::MaintenanceOff(off) => off.steps(),
     }
 }
 

@@ -84,6 +84,10 @@ pub struct NodeInfo {
     /// `install_dir`, `data_dir`; absent for 0.1.0 nodes).
     #[serde(flatten)]
     pub host: crate::NodeHost,
+    /// In maintenance mode (`flotilla node maintenance UID on`): no shard is placed on it.
+    /// Absent when not (as 0.1.0 answered).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub maintenance: bool,
 }
 
 /// One entry of `GET /v1/nodes/status`, keyed by uid; `role` is `master`/`slave` as in Redis

@@ -58,7 +58,9 @@ impl Command {
             | Command::ReplaceNode(_)
             | Command::PruneActions(_)
             | Command::RecordDrain(_)
-            | Command::ResumeAction(_) => VERSIONED_RELEASE,
+            | Command::ResumeAction(_)
+            | Command::EnterMaintenance(_)
+            | Command::ExitMaintenance(_) => VERSIONED_RELEASE,
             // The first release knows no paused action.
             Command::UpdateAction(ActionUpdate {
                 status: ActionStatus::Paused,

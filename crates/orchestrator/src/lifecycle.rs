@@ -135,16 +135,27 @@ pub fn plan_drain(
     if !state.nodes.contains_key(&node) {
         return Err(not_found_node(node));
     }
+    plan_moves_off(state, node, state.shards_on(node), observed)
+}
+
+/// Where each of `shards` (on node `node`) goes: to the nodes that are up and take shards (not
+/// leaving, not in maintenance), as [`plan_drain`] places them.
+pub(crate) fn plan_moves_off<'a>(
+    state: &ClusterState,
+    node: NodeUid,
+    shards: impl Iterator<Item = &'a Shard>,
+    observed: &Observed,
+) -> Result<Vec<ShardMove>, LifecycleError> {
     let candidates: Vec<NodeUid> = state
         .nodes
         .keys()
         .copied()
-        .filter(|n| *n != node && !state.is_leaving(*n))
+        .filter(|n| *n != node && !state.takes_no_shards(*n))
         .filter(|n| observed.nodes.get(n) == Some(&NodeStatus::Up))
         .collect();
     let mut rooms = Rooms::new(state, &candidates, observed);
     let mut moves = Vec::new();
-    for shard in state.shards_on(node) {
+    for shard in shards {
         check_movable(shard)?;
         let to_node = rooms.place(state, shard, &candidates)?;
         moves.push(shard_move(shard, to_node));
@@ -176,6 +187,11 @@ pub fn plan_migration(
     if state.is_leaving(to_node) {
         return Err(LifecycleError::Invalid(format!(
             "node {to_node} is being removed; name another node"
+        )));
+    }
+    if state.in_maintenance(to_node) {
+        return Err(LifecycleError::Invalid(format!(
+            "node {to_node} is in maintenance mode and takes no shard; name another node or turn maintenance off (`flotilla node maintenance {to_node} off`)"
         )));
     }
     if observed.nodes.get(&to_node) != Some(&NodeStatus::Up) {
@@ -219,7 +235,7 @@ pub async fn promote(observer: &Observer, uid: NodeUid) -> Result<(), StoreError
 }
 
 /// A temporary shard belongs to an action that did not finish: it moves with that action.
-fn check_movable(shard: &Shard) -> Result<(), LifecycleError> {
+pub(crate) fn check_movable(shard: &Shard) -> Result<(), LifecycleError> {
     if shard.temporary {
         return Err(LifecycleError::Invalid(format!(
             "shard {} of database {} is a temporary copy left by an upgrade that did not finish; run that database's upgrade again (`flotilla db upgrade {}`), then retry",
@@ -229,7 +245,7 @@ fn check_movable(shard: &Shard) -> Result<(), LifecycleError> {
     Ok(())
 }
 
-fn shard_move(shard: &Shard, to_node: NodeUid) -> ShardMove {
+pub(crate) fn shard_move(shard: &Shard, to_node: NodeUid) -> ShardMove {
     ShardMove {
         shard_uid: shard.uid,
         bdb_uid: shard.bdb_uid,
@@ -239,21 +255,21 @@ fn shard_move(shard: &Shard, to_node: NodeUid) -> ShardMove {
     }
 }
 
-fn not_found_node(node: NodeUid) -> LifecycleError {
+pub(crate) fn not_found_node(node: NodeUid) -> LifecycleError {
     LifecycleError::NotFound(format!(
         "node {node} is not in the cluster; `flotilla status` lists the nodes"
     ))
 }
 
 /// The memory placed on each candidate node and what it may hold, as moves are planned.
-struct Rooms {
+pub(crate) struct Rooms {
     load: BTreeMap<NodeUid, u64>,
     primaries: BTreeMap<NodeUid, u32>,
     capacity: BTreeMap<NodeUid, u64>,
 }
 
 impl Rooms {
-    fn new(state: &ClusterState, candidates: &[NodeUid], observed: &Observed) -> Rooms {
+    pub(crate) fn new(state: &ClusterState, candidates: &[NodeUid], observed: &Observed) -> Rooms {
         Rooms {
             load: memory_by_node(state, candidates),
             primaries: primaries_by_node(state, candidates),
@@ -268,7 +284,7 @@ impl Rooms {
     }
 
     /// Picks the node among `candidates` that takes `shard`, and counts it there.
-    fn place(
+    pub(crate) fn place(
         &mut self,
         state: &ClusterState,
         shard: &Shard,
@@ -358,7 +374,7 @@ fn describe(shard: &Shard) -> String {
     )
 }
 
-fn status_word(status: Option<&NodeStatus>) -> &'static str {
+pub(crate) fn status_word(status: Option<&NodeStatus>) -> &'static str {
     match status {
         Some(NodeStatus::Up) => "up",
         Some(NodeStatus::Down) => "down",
@@ -370,7 +386,7 @@ fn megabytes(bytes: u64) -> String {
     format!("{} MB", bytes >> 20)
 }
 
-fn list(uids: &[NodeUid]) -> String {
+pub(crate) fn list(uids: &[NodeUid]) -> String {
     let texts: Vec<String> = uids.iter().map(|u| u.to_string()).collect();
     if texts.is_empty() {
         return "none".into();

@@ -117,6 +117,8 @@ impl ClusterState {
             Command::PruneActions(pruning) => Ok(self.prune_actions(&pruning.uids)),
             Command::RecordDrain(record) => self.record_drain(record),
             Command::ResumeAction(resumption) => self.resume_action(resumption.uid),
+            Command::EnterMaintenance(entry) => self.enter_maintenance(entry),
+            Command::ExitMaintenance(exit) => self.exit_maintenance(exit),
             Command::Unknown => Ok(CommandResult::Ignored),
         };
         outcome.unwrap_or_else(CommandResult::Refused)

@@ -56,6 +56,10 @@ pub struct Node {
     /// Its OS id, package's OS list and directories (empty for 0.1.0 nodes).
     #[serde(default, skip_serializing_if = "NodeHost::is_empty")]
     pub host: NodeHost,
+    /// Maintenance mode: its activations and snapshot while the node is in it (absent
+    /// otherwise, so the record reads as 0.1.0 wrote it). Introduced in 0.2.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<crate::maintenance::NodeMaintenance>,
 }
 
 impl ClusterState {
@@ -169,6 +173,7 @@ impl ClusterState {
             software_version: node.software_version,
             os: node.os,
             host: node.host,
+            maintenance: None,
         };
         self.nodes.insert(uid, record);
     }

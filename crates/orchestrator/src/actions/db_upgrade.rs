@@ -168,7 +168,9 @@ async fn run_op(
         | Op::FinalizeCluster
         | Op::AddNode
         | Op::DrainNode
-        | Op::RejoinNode => Err(StepError::never(format!(
+        | Op::RejoinNode
+        | Op::Snapshot
+        | Op::EndMaintenance => Err(StepError::never(format!(
             "{} is not a step of a database upgrade",
             op.name()
         ))),
@@ -190,7 +192,7 @@ async fn add_temporary_replica(
         .local_statuses()
         .into_iter()
         .filter(|(uid, status)| {
-            *status == flotilla_model::rest::NodeStatus::Up && !state.is_leaving(*uid)
+            *status == flotilla_model::rest::NodeStatus::Up && !state.takes_no_shards(*uid)
         })
         .map(|(uid, _)| uid)
         .collect();

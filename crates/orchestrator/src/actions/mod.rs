@@ -10,6 +10,7 @@
 pub mod cluster_upgrade;
 pub mod db_upgrade;
 mod error;
+pub mod maintenance;
 pub mod migrate;
 pub mod node_remove;
 mod rolling;
@@ -198,6 +199,9 @@ async fn run_step_with_retries(
             ActionKind::NodeRemove { .. } => node_remove::run_step(observer, action, index).await,
             ActionKind::ClusterUpgrade(_) => {
                 cluster_upgrade::run_step(observer, action, index).await
+            }
+            ActionKind::MaintenanceOn(_) | ActionKind::MaintenanceOff(_) => {
+                maintenance::run_step(observer, action, index).await
             }
         };
         runs += 1;
