@@ -759,6 +759,35 @@ fn os_checks_refuse_naming_the_object_and_the_fix_and_change_nothing() {
     assert_eq!(all_os(&cluster), ["debian-12"; 3], "nothing changed");
     let check = cluster.flotilla_at(1, &["upgrade", "check", "--os", "debian-13"]);
     assert_success(&check, "upgrade check --os debian-13 once nothing blocks");
+
+    // A machine whose OS its package does not support refuses to join, naming both.
+    let deb99 = debian(files.path(), 99);
+    let dir = cluster
+        .data_dir(1)
+        .parent()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let base = cluster.addr(1).to_string();
+    let deb99 = deb99.to_string_lossy();
+    let args = [
+        "dev",
+        "add-node",
+        "--dir",
+        &dir,
+        "--base-addr",
+        &base,
+        "--package",
+        &package,
+        "--os-release",
+        &deb99,
+    ];
+    refused(
+        &cluster,
+        &args,
+        &["debian-99", "does not support", "debian-12"],
+    );
+    assert_eq!(nodes_and_version(&cluster).0.len(), 3, "it did not join");
 }
 
 #[test]
