@@ -9,15 +9,16 @@
 //!   on an affected database or node, quorum (2 of 3 nodes in maintenance), memory (the other
 //!   nodes lack room for a shard);
 //! - `on --keep-replicas`: the node keeps every copy, as replicas; `off` gives the primary roles
-//!   back.
+//!   back;
+//! - a kill -9 of the primary node's daemon at every step of `on` and of `off`: each resumes and
+//!   completes, the shards come back to their nodes and roles, no acknowledged write lost.
 //!
-//! Subnets 127.0.131.x and 127.0.132.x.
+//! Subnets 127.0.131.x, 127.0.132.x and 127.0.137.x.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Output;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use flotilla_loadcheck::LoadHandle;
@@ -34,8 +35,7 @@ fn bin() -> PathBuf {
 }
 
 fn packages() -> &'static Packages {
-    static PACKAGES: OnceLock<Packages> = OnceLock::new();
-    PACKAGES.get_or_init(|| Packages::new(&bin()))
+    Packages::shared(&bin())
 }
 
 /// The two databases: `two` (2 shards) on `port`, `one` (1 shard) on `port + 1`, both
@@ -366,4 +366,123 @@ fn maintenance_is_refused_while_an_action_runs_when_quorum_or_memory_would_be_lo
         before,
         "the refusal changed nothing"
     );
+}
+
+/// Runs `node maintenance ARGS --no-wait` against node `n` and kills -9 the primary node's
+/// daemon at every step of the action it starts (each held 2 s by the failpoint), restarting
+/// it from `package`; waits until the action completed. The steps where it was killed.
+fn kill_at_every_step(
+    cluster: &DevCluster,
+    n: u8,
+    args: &[&str],
+    package: &std::path::Path,
+) -> Vec<String> {
+    let mut full = vec!["--no-wait"];
+    full.extend_from_slice(args);
+    let output = maintenance(cluster, n, &full);
+    assert_success(&output, "node maintenance --no-wait");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let uid: u64 = text
+        .split_whitespace()
+        .skip_while(|w| *w != "action")
+        .nth(1)
+        .and_then(|w| w.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .unwrap_or_else(|| panic!("the CLI prints the action's uid: {text}"));
+    let action = |cluster: &DevCluster| -> Value {
+        cluster
+            .node_numbers()
+            .find_map(|m| {
+                let out = cluster.flotilla_at(m, &["action", "show", &uid.to_string(), "--json"]);
+                serde_json::from_slice(&out.stdout).ok()
+            })
+            .unwrap_or_default()
+    };
+    let mut killed = Vec::new();
+    let mut index = 0;
+    loop {
+        let mut at = None;
+        let reached = poll_until(Duration::from_secs(120), || {
+            let a = action(cluster);
+            if a["status"] == "completed" {
+                return true;
+            }
+            let running = a["status"] == "running" && a["step_index"].as_u64() >= Some(index);
+            at = running.then(|| {
+                (
+                    a["step_index"].as_u64().unwrap(),
+                    a["pending_ops"].to_string(),
+                )
+            });
+            at.is_some()
+        });
+        assert!(reached, "action {uid} went on: {:#}", action(cluster));
+        let Some((i, step)) = at else { break };
+        let primary = cluster
+            .node_numbers()
+            .find_map(|m| {
+                let out = cluster.flotilla_at(m, &["status", "--json"]);
+                let status: Value = serde_json::from_slice(&out.stdout).ok()?;
+                status["cluster"]["master_node"].as_u64()
+            })
+            .expect("a primary node");
+        cluster.kill9(primary as u8);
+        cluster.restart_from(primary as u8, package);
+        killed.push(format!("{step} (node {primary})"));
+        index = i + 1;
+    }
+    let done = poll_until(Duration::from_secs(120), || {
+        action(cluster)["status"] == "completed"
+    });
+    assert!(
+        done,
+        "action {uid} completed after kills at {killed:?}: {:#}",
+        action(cluster)
+    );
+    killed
+}
+
+#[test]
+fn maintenance_on_and_off_resume_after_a_kill_9_of_the_primary_node_at_every_step() {
+    let v020 = packages().current("0.2.0", &[]);
+    let steps =
+        "demote_node,snapshot,switchover,add_copy,sync_copy,drop_old,switch_back,end_maintenance";
+    let env = [
+        ("FLOTILLA_FAILPOINT_PAUSE_STEP", steps),
+        ("FLOTILLA_FAILPOINT_PAUSE_MS", "2000"),
+    ];
+    let cluster = DevCluster::up_from_package_with_env(&bin(), 137, 3, &v020, &env);
+    let ports = two_databases(&cluster, 12137);
+    let primary = primary_node(&cluster, 1);
+    // A node that is not the primary node goes into maintenance; the load runs on the third.
+    let mut others = cluster.node_numbers().filter(|n| u64::from(*n) != primary);
+    let (node, load_node) = (others.next().unwrap(), others.next().unwrap());
+    let before = placement(&cluster, load_node);
+    let rt = load_runtime();
+    let loads = start_loads(&rt, &cluster, load_node, ports);
+
+    let uid = node.to_string();
+    let on = kill_at_every_step(&cluster, load_node, &[&uid, "on"], &v020);
+    let during = placement(&cluster, load_node);
+    assert!(
+        !nodes_with_shards(&during).contains(&u64::from(node)),
+        "{during:?}"
+    );
+    let off = kill_at_every_step(&cluster, load_node, &[&uid, "off"], &v020);
+    let after = poll_until(Duration::from_secs(30), || {
+        placement(&cluster, load_node) == before
+    });
+    assert!(
+        after,
+        "every shard back in its place and role: {:?} vs {before:?}",
+        placement(&cluster, load_node)
+    );
+    for load in loads {
+        let report = rt.block_on(load.stop()).expect("load checker verifies");
+        eprintln!("{report}");
+        assert_eq!(
+            report.lost_writes, 0,
+            "no acknowledged write lost: {report}"
+        );
+    }
+    eprintln!("killed at: on {on:?}; off {off:?}");
 }
