@@ -227,7 +227,7 @@ impl UpgradeFacts {
                 .collect(),
             running_actions: actions
                 .iter()
-                .filter(|a| a.status == ActionStatus::Running)
+                .filter(|a| matches!(a.status, ActionStatus::Running | ActionStatus::Paused))
                 .map(|a| ActionFacts {
                     uid: a.action_uid,
                     name: a.kind.name().to_string(),
