@@ -203,7 +203,9 @@ impl DevCluster {
     /// Counts the nodes a command other than [`DevCluster::add_node`] added (`upgrade cluster
     /// --dev-dir` runs `dev add-node` itself): every `node-N` dir in the cluster's folder.
     pub fn count_node_dirs(&mut self) {
-        let dirs = std::fs::read_dir(self.dir.path()).expect("the cluster's folder");
+        let Ok(dirs) = std::fs::read_dir(self.dir.path()) else {
+            return;
+        };
         let highest = dirs
             .flatten()
             .filter_map(|e| {
@@ -403,6 +405,9 @@ impl DevCluster {
 
 impl Drop for DevCluster {
     fn drop(&mut self) {
+        // Every node dir, also one a command other than `add_node` made (a node that failed
+        // to join still runs its daemon).
+        self.count_node_dirs();
         for n in self.node_numbers() {
             if let Some(pid) = self.daemon_pid(n) {
                 if process_alive(pid) {
