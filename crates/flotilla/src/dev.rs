@@ -168,35 +168,16 @@ fn node_numbers(dir: &Path) -> Result<Vec<u8>> {
 /// upgrade of a dev cluster adds its new nodes so).
 pub async fn add_node(conn: &Connection, args: AddNodeArgs) -> Result<()> {
     let args = args.machine;
-    let (user, password) = dev_credentials(conn);
     let started = Instant::now();
     let existing = node_numbers(&args.dir)?;
     let n = existing.last().map_or(Some(1), |last| last.checked_add(1));
     let n = n.ok_or_else(|| anyhow!("{} holds node-255 already", args.dir.display()))?;
-    let members = Client::new(&conn.url, Some(user.clone()), Some(password.clone()))
-        .nodes()
-        .await
-        .with_context(|| format!("asking {} for the cluster's nodes", conn.url))?;
-    let seeds: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
     let addr = node_addr(args.base_addr, n)?;
     let data_dir = node_dir(&args.dir, n);
-    let launch = Launch::of(
-        args.package.as_deref(),
-        &args.dir,
-        args.os_release.as_deref(),
-    )?;
-    let mut child = ensure_daemon(addr, &data_dir, &launch)?;
-    let client = Client::new(
-        &format!("http://{addr}:8080"),
-        Some(user.clone()),
-        Some(password.clone()),
-    );
-    wait_healthy(&client, &data_dir, child.as_mut()).await?;
-    let joined = client.join_cluster(&seeds, &user, &password).await?;
-    wait_formed(&client, members.len() + 1).await?;
+    let uid = start_and_join(conn, &args, n, None).await?;
     println!(
         "node {} ({addr}, {}) joined in {:.1} s",
-        joined.node_uid,
+        uid,
         data_dir.display(),
         started.elapsed().as_secs_f64()
     );
@@ -250,7 +231,6 @@ async fn remove_node(conn: &Connection, args: RemoveNodeArgs) -> Result<()> {
 pub async fn reinstall_node(conn: &Connection, args: ReinstallNodeArgs) -> Result<()> {
     let uid = args.uid;
     let args = args.machine;
-    let (user, password) = dev_credentials(conn);
     let started = Instant::now();
     let n = node_number_of(&args.dir, uid)?;
     let data_dir = node_dir(&args.dir, n);
@@ -270,16 +250,38 @@ pub async fn reinstall_node(conn: &Connection, args: ReinstallNodeArgs) -> Resul
     }
     std::fs::remove_dir_all(&data_dir)
         .with_context(|| format!("wiping {} (a fresh machine)", data_dir.display()))?;
+    start_and_join(conn, &args, n, Some(uid)).await?;
+    let addr = node_addr(args.base_addr, n)?;
+    println!(
+        "node {} ({addr}, {}) reinstalled and joined back in {:.1} s",
+        uid,
+        data_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Starts node `n` of the dev cluster on `machine` (its address and data dir from `n`) and
+/// joins it, in the place of node `replacing` when given; waits until the cluster lists it.
+/// The node's uid.
+async fn start_and_join(
+    conn: &Connection,
+    machine: &MachineArgs,
+    n: u8,
+    replacing: Option<u64>,
+) -> Result<u64> {
+    let (user, password) = dev_credentials(conn);
     let members = Client::new(&conn.url, Some(user.clone()), Some(password.clone()))
         .nodes()
         .await
         .with_context(|| format!("asking {} for the cluster's nodes", conn.url))?;
     let seeds: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
-    let addr = node_addr(args.base_addr, n)?;
+    let addr = node_addr(machine.base_addr, n)?;
+    let data_dir = node_dir(&machine.dir, n);
     let launch = Launch::of(
-        args.package.as_deref(),
-        &args.dir,
-        args.os_release.as_deref(),
+        machine.package.as_deref(),
+        &machine.dir,
+        machine.os_release.as_deref(),
     )?;
     let mut child = ensure_daemon(addr, &data_dir, &launch)?;
     let client = Client::new(
@@ -288,17 +290,11 @@ pub async fn reinstall_node(conn: &Connection, args: ReinstallNodeArgs) -> Resul
         Some(password.clone()),
     );
     wait_healthy(&client, &data_dir, child.as_mut()).await?;
-    client
-        .join_cluster_replacing(&seeds, &user, &password, Some(uid))
+    let joined = client
+        .join_cluster_replacing(&seeds, &user, &password, replacing)
         .await?;
     wait_formed(&client, members.len() + 1).await?;
-    println!(
-        "node {} ({addr}, {}) reinstalled and joined back in {:.1} s",
-        uid,
-        data_dir.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok(joined.node_uid)
 }
 
 /// Waits (up to 10 s) until daemon `pid` of `data_dir` exited.
