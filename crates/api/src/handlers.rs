@@ -140,6 +140,7 @@ pub(crate) async fn join_cluster(
             credentials.password,
             context.node.clone(),
             request.replace_node,
+            request.cluster.cluster_ca_fingerprint,
         )
         .await?;
     Ok(Json(BootstrapResult { node_uid }))
@@ -159,6 +160,9 @@ pub(crate) async fn get_cluster(
         default_redis_version: crate::bdbs::DEFAULT_ENGINE.to_string(),
         cluster_version: state.cluster_version().to_string(),
         finalization_pending: state.pending_finalization().map(str::to_owned),
+        ca_fingerprint: state
+            .cluster_ca()
+            .and_then(|ca| flotilla_store::tls::fingerprint(&ca.certificate).ok()),
     }))
 }
 

@@ -43,6 +43,12 @@ impl ClientError {
     }
 }
 
+/// Makes the ring provider the process's rustls default: reqwest (built without a provider of
+/// its own) needs one before it builds any client. Calling it again does nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A connection to one node's REST API.
 #[derive(Clone)]
 pub struct Client {
@@ -55,6 +61,7 @@ pub struct Client {
 impl Client {
     /// A client for `base` (e.g. `http://127.0.0.11:8080`) with optional basic auth.
     pub fn new(base: &str, user: Option<String>, password: Option<String>) -> Self {
+        install_crypto_provider();
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(2))
@@ -133,6 +140,7 @@ impl Client {
             cluster: BootstrapCluster {
                 name: Some(name.into()),
                 nodes: None,
+                cluster_ca_fingerprint: None,
             },
             credentials: BootstrapCredentials {
                 username: username.into(),
@@ -163,12 +171,27 @@ impl Client {
         password: &str,
         replace_node: Option<u64>,
     ) -> Result<BootstrapResult, ClientError> {
+        self.join_cluster_checked(nodes, username, password, replace_node, None)
+            .await
+    }
+
+    /// [`Client::join_cluster_replacing`] that joins only a cluster whose CA has the SHA-256
+    /// fingerprint `ca_fingerprint` (when given).
+    pub async fn join_cluster_checked(
+        &self,
+        nodes: &[String],
+        username: &str,
+        password: &str,
+        replace_node: Option<u64>,
+        ca_fingerprint: Option<String>,
+    ) -> Result<BootstrapResult, ClientError> {
         let request = BootstrapRequest {
             replace_node,
             action: Some("join_cluster".into()),
             cluster: BootstrapCluster {
                 name: None,
                 nodes: Some(nodes.to_vec()),
+                cluster_ca_fingerprint: ca_fingerprint,
             },
             credentials: BootstrapCredentials {
                 username: username.into(),

@@ -186,6 +186,11 @@ pub enum ClusterCommand {
         /// installed machine replacing it): its shards are created again here and synced.
         #[arg(long, value_name = "UID")]
         replace_node: Option<u64>,
+        /// Join only a cluster whose CA has this SHA-256 fingerprint (`flotilla status` on a
+        /// member prints it); without it the node trusts the CA it finds and logs its
+        /// fingerprint.
+        #[arg(long, value_name = "SHA256")]
+        cluster_ca_fingerprint: Option<String>,
     },
     /// Make a node the primary node (Raft leader) without waiting for an election timeout.
     Promote {
@@ -297,11 +302,18 @@ async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<()> {
         ClusterCommand::Join {
             nodes,
             replace_node,
+            cluster_ca_fingerprint,
         } => {
             let (user, password) = conn.credentials()?;
             let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
             let result = client
-                .join_cluster_replacing(&nodes, &user, &password, replace_node)
+                .join_cluster_checked(
+                    &nodes,
+                    &user,
+                    &password,
+                    replace_node,
+                    cluster_ca_fingerprint,
+                )
                 .await?;
             match replace_node {
                 Some(uid) => println!(

@@ -486,7 +486,16 @@ async fn start_back(
     let api = ApiContext::new(store.clone(), observer.clone(), node.clone(), local);
     spawn(
         tasks,
-        serve(serving(&services.rpc)?, rpc_router, stop.clone()),
+        serve_rpc(
+            serving(&services.rpc)?,
+            rpc_router,
+            store.rpc_policy(),
+            stop.clone(),
+        ),
+    );
+    spawn(
+        tasks,
+        flotilla_store::run_certificates(store.clone(), stop.clone()),
     );
     spawn(
         tasks,
@@ -610,14 +619,29 @@ async fn name_node_uid(store: Store, root: Span, mut stop: watch::Receiver<bool>
     }
 }
 
-async fn serve(listener: TcpListener, router: axum::Router, stop: watch::Receiver<bool>) {
-    // axum serves each connection in a task of its own: requests run in the node's span too.
+/// `router` with every request run in the current span (the node's): servers run each
+/// connection in a task of its own.
+fn in_node_span(router: axum::Router) -> axum::Router {
     let span = Span::current();
-    let router = router.layer(axum::middleware::from_fn(
+    router.layer(axum::middleware::from_fn(
         move |request: axum::extract::Request, next: axum::middleware::Next| {
             next.run(request).instrument(span.clone())
         },
-    ));
+    ))
+}
+
+/// The internal RPC listener: mutual TLS and, while the cluster takes it, plaintext.
+async fn serve_rpc(
+    listener: TcpListener,
+    router: axum::Router,
+    policy: std::sync::Arc<dyn flotilla_store::listener::ListenPolicy>,
+    stop: watch::Receiver<bool>,
+) {
+    flotilla_store::listener::serve(listener, in_node_span(router), policy, stop).await;
+}
+
+async fn serve(listener: TcpListener, router: axum::Router, stop: watch::Receiver<bool>) {
+    let router = in_node_span(router);
     if let Err(e) = axum::serve(listener, router)
         .with_graceful_shutdown(stopped(stop))
         .await

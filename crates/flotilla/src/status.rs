@@ -112,6 +112,9 @@ pub async fn run(client: &Client, args: StatusArgs) -> Result<()> {
             .map(|v| format!(" (finalization to {v} pending: `flotilla upgrade finalize`)"))
             .unwrap_or_default()
     );
+    if let Some(fingerprint) = &cluster.ca_fingerprint {
+        println!("CLUSTER CA: SHA-256 {fingerprint}");
+    }
     println!();
     println!("CLUSTER NODES:");
     println!(

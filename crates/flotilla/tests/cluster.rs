@@ -219,6 +219,7 @@ fn bootstrap_refusals_name_the_problem_and_change_nothing() {
     assert_eq!(err.status().map(|s| s.as_u16()), Some(409), "{err}");
 
     // Malformed JSON and missing fields: 400 naming the field.
+    flotilla_testkit::install_crypto_provider();
     let http = reqwest::Client::new();
     let post = |path: &str, body: &str| {
         let response = rt

@@ -136,6 +136,7 @@ fn a_replicated_sharded_database_answers_on_every_node() {
     let metrics = runtime()
         .block_on(async {
             let url = format!("http://{}:8070/metrics", cluster.addr(1));
+            flotilla_testkit::install_crypto_provider();
             reqwest::get(url).await?.text().await
         })
         .expect("metrics endpoint answers");

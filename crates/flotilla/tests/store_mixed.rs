@@ -82,6 +82,7 @@ fn elect(cluster: &DevCluster, n: u8) {
             .unwrap();
     let secret = identity["secret"].as_str().unwrap().to_string();
     let url = format!("http://{}:3333/internal/elect", cluster.addr(n));
+    flotilla_testkit::install_crypto_provider();
     runtime().block_on(async {
         reqwest::Client::new()
             .post(url)

@@ -24,7 +24,7 @@ fn source(requests: Arc<AtomicU64>) -> impl Fn() -> Sample + Send + Sync + 'stat
 }
 
 async fn scrape(url: &str) -> (String, common::Exposition) {
-    let response = reqwest::get(url).await.expect("scrape");
+    let response = get(url).await.expect("scrape");
     assert_eq!(response.status(), 200);
     let content_type = response.headers()[reqwest::header::CONTENT_TYPE]
         .to_str()
@@ -68,7 +68,14 @@ async fn other_paths_are_not_found() {
     let url = format!("http://{}/nope", listener.local_addr().unwrap());
     let app = flotilla_metrics::router(source(Arc::new(AtomicU64::new(0))));
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let response = reqwest::get(&url).await.unwrap();
+    let response = get(&url).await.unwrap();
     assert_eq!(response.status(), 404);
     server.abort();
+}
+
+/// `reqwest::get` once the process has a rustls provider (reqwest is built with rustls but no
+/// provider of its own in the workspace).
+async fn get(url: &str) -> reqwest::Result<reqwest::Response> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::get(url).await
 }

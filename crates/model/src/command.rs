@@ -93,6 +93,16 @@ pub enum Command {
     /// Ends an activation of maintenance mode; with the last one the mark and the snapshot go.
     /// Introduced in 0.2.0.
     ExitMaintenance(crate::maintenance::MaintenanceExit),
+    /// Gives the cluster its certificate authority (made by the primary node once the cluster
+    /// version is 0.2.0); refused when it has one. Introduced in 0.2.0.
+    SetClusterCa(crate::state::ClusterCa),
+    /// Records the certificate the CA issued to a node (at join, after the CA was made, or at
+    /// a rotation). Introduced in 0.2.0.
+    SetNodeCertificate(NodeCertificateIssue),
+    /// Orders new node certificates from the same CA (`flotilla cluster certificates
+    /// rotate`): every node asks for one and takes it into use without a restart. Introduced
+    /// in 0.2.0.
+    RotateNodeCertificates(CertificateRotation),
     /// A command kind this software version does not know; applying it changes nothing.
     #[serde(other)]
     Unknown,
@@ -116,6 +126,20 @@ pub struct ClusterCreation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_version: Option<String>,
 }
+
+/// [`Command::SetNodeCertificate`]: the node and its new certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCertificateIssue {
+    /// The node.
+    pub uid: NodeUid,
+    /// Its certificate.
+    #[serde(flatten)]
+    pub certificate: crate::state::NodeCertificate,
+}
+
+/// [`Command::RotateNodeCertificates`]: nothing but the order itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateRotation {}
 
 /// [`Command::AddNode`]: the joining node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -544,6 +568,9 @@ mod tests {
             Command::ResumeAction(_) => "resume_action",
             Command::EnterMaintenance(_) => "enter_maintenance",
             Command::ExitMaintenance(_) => "exit_maintenance",
+            Command::SetClusterCa(_) => "set_cluster_ca",
+            Command::SetNodeCertificate(_) => "set_node_certificate",
+            Command::RotateNodeCertificates(_) => "rotate_node_certificates",
             Command::Unknown => "unknown",
         }
     }
@@ -604,6 +631,9 @@ mod tests {
         r#"{"kind":"create_action","action":{"type":"maintenance_off","node_uid":2,"skip_shards_restore":false,"activation":7,"moves":[{"shard_uid":9,"bdb_uid":1,"assigned_slots":"0-8191","from_node":3,"to_node":2}],"primaries":[{"bdb_uid":1,"assigned_slots":"0-8191","node_uid":2,"role":"master"}]},"steps_total":6,"first_step":"add_copy shard:9","created_at":1700000002}"#,
         r#"{"kind":"create_action","action":{"type":"maintenance_off","node_uid":2,"skip_shards_restore":true,"activation":7,"moves":[]},"steps_total":1,"first_step":"end_maintenance node:2","created_at":1700000002}"#,
         r#"{"kind":"create_action","action":{"type":"node_remove","node_uid":1,"moves":[{"shard_uid":4,"bdb_uid":1,"assigned_slots":"0-8191","from_node":1,"to_node":3}]},"steps_total":6,"first_step":"demote_node","created_at":1700000002}"#,
+        r#"{"kind":"set_cluster_ca","certificate":"-----BEGIN CERTIFICATE-----","key":"-----BEGIN PRIVATE KEY-----","rotation":0}"#,
+        r#"{"kind":"set_node_certificate","uid":2,"certificate":"-----BEGIN CERTIFICATE-----","rotation":1}"#,
+        r#"{"kind":"rotate_node_certificates"}"#,
         r#"{"kind":"create_cluster","name":"c1","credentials":{"username":"admin","password_hash":"$argon2id$v=19$x"},"secret":"s3cret","created_at":1700000000,"node":{"addr":"127.0.0.11","software_version":"0.2.0","os":"Debian GNU/Linux 12 (bookworm)"},"cluster_version":"0.2.0"}"#,
     ];
 

@@ -47,11 +47,11 @@ pub use bdb::{
 pub use clock::{now_millis, now_secs};
 pub use command::{
     ActionCancellation, ActionCreation, ActionPruning, ActionResumption, ActionUpdate, BdbChange,
-    BdbCreation, BdbDeletion, BdbVersionChange, ClusterChange, ClusterCreation,
-    ClusterVersionFinalization, Command, CommandResult, DrainRecord, NodeAddition, NodeChange,
-    NodeHost, NodeRemoval, NodeReplacement, NodeSpec, ReplacementAddition, ShardHold,
-    ShardMigration, ShardPromotion, ShardRemoval, ShardReplacement, ShardVersionChange,
-    TemporaryReplicaAddition,
+    BdbCreation, BdbDeletion, BdbVersionChange, CertificateRotation, ClusterChange,
+    ClusterCreation, ClusterVersionFinalization, Command, CommandResult, DrainRecord, NodeAddition,
+    NodeCertificateIssue, NodeChange, NodeHost, NodeRemoval, NodeReplacement, NodeSpec,
+    ReplacementAddition, ShardHold, ShardMigration, ShardPromotion, ShardRemoval, ShardReplacement,
+    ShardVersionChange, TemporaryReplicaAddition,
 };
 pub use engine_version::{EngineVersion, UnknownEngineVersion};
 pub use error::ModelError;
@@ -60,5 +60,8 @@ pub use maintenance::{
     MaintenanceOnRequest, NodeMaintenance, ShardDemotion, SnapshotShard,
 };
 pub use plan::{plan, Op, Step, UpgradeShape, MIGRATION_OPS};
-pub use state::{Cluster, ClusterState, Credentials, IdCounters, Node, NodeUid, SlotGroup};
+pub use state::{
+    Cluster, ClusterCa, ClusterState, Credentials, IdCounters, Node, NodeCertificate, NodeUid,
+    SlotGroup,
+};
 pub use version::{at_least, compare_versions, FIRST_RELEASE, VERSIONED_RELEASE};

@@ -32,6 +32,10 @@ pub struct ClusterInfo {
     /// and it is newer than the cluster version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finalization_pending: Option<String>,
+    /// The SHA-256 fingerprint of the cluster CA's certificate (absent before the cluster has
+    /// a CA): what `cluster join --cluster-ca-fingerprint` checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
 }
 
 /// `PUT /v1/cluster`: the settings an operator may change; omitted fields stay as they are.
@@ -232,6 +236,10 @@ pub struct BootstrapCluster {
     /// Addresses of existing members, for a join.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<Vec<String>>,
+    /// For a join: the SHA-256 fingerprint the cluster CA must have (`flotilla status` prints
+    /// it); without it the node trusts the CA it finds on first use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_ca_fingerprint: Option<String>,
 }
 
 /// The `credentials` part of a bootstrap request.

@@ -60,7 +60,10 @@ impl Command {
             | Command::RecordDrain(_)
             | Command::ResumeAction(_)
             | Command::EnterMaintenance(_)
-            | Command::ExitMaintenance(_) => VERSIONED_RELEASE,
+            | Command::ExitMaintenance(_)
+            | Command::SetClusterCa(_)
+            | Command::SetNodeCertificate(_)
+            | Command::RotateNodeCertificates(_) => VERSIONED_RELEASE,
             // The first release knows no paused action.
             Command::UpdateAction(ActionUpdate {
                 status: ActionStatus::Paused,

@@ -12,11 +12,13 @@
 // conversions at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+mod certificates;
 mod credentials;
 mod error;
 pub mod failpoint;
 mod follow;
 mod identity;
+pub mod listener;
 mod log_store;
 mod membership;
 mod network;
@@ -24,6 +26,7 @@ mod primary;
 mod prune;
 pub mod rpc;
 mod state_machine;
+pub mod tls;
 mod transfer;
 mod types;
 
@@ -40,6 +43,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use redb::Database;
 use tokio::sync::watch;
 
+pub use certificates::run_certificates;
 pub use credentials::{hash_password, verify as verify_credentials};
 pub use error::StoreError;
 pub use follow::{project, publish_if_changed, StateFeed, Wake, Wakes};
@@ -50,7 +54,7 @@ pub use prune::run_pruning;
 pub use types::{NodeId, Raft, TypeConfig};
 
 use log_store::LogStore;
-use network::Network;
+use network::{Network, Routes};
 use state_machine::StateMachine;
 
 /// Applied log entries between two snapshots. The state machine persists the state only in
@@ -99,6 +103,12 @@ struct Inner {
     raft: RwLock<Option<Raft>>,
     identity: RwLock<Option<Identity>>,
     http: reqwest::Client,
+    /// The node's certificate and TLS configurations (none before its first certificate).
+    tls: tls::NodeTls,
+    /// How calls reach each peer (TLS or plaintext).
+    routes: Routes,
+    /// Held while the node checks or renews its certificate (one round at a time).
+    certificates: tokio::sync::Mutex<()>,
     bootstrap: tokio::sync::Mutex<()>,
     /// The term in which this node last became the primary node, and when it saw that.
     primary_since: primary::PrimarySince,
@@ -115,9 +125,21 @@ impl Store {
         let state_machine =
             StateMachine::open(db.clone()).map_err(|e| StoreError::Internal(e.to_string()))?;
         let identity = Identity::load(&config.data_dir)?;
+        let http = internal_http_client(config.addr);
+        let tls = tls::NodeTls::open(&config.data_dir, config.addr)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let peers = state_machine.clone();
+        let peer_certified: network::PeerCertified = Arc::new(move |ip| {
+            let state = peers.state();
+            state.node_by_addr(ip).map(|n| n.certificate.is_some())
+        });
+        let routes = Routes::new(http.clone(), tls.clone(), peer_certified);
         let store = Store {
             inner: Arc::new(Inner {
-                http: internal_http_client(config.addr),
+                http,
+                tls,
+                routes,
+                certificates: tokio::sync::Mutex::new(()),
                 config,
                 db,
                 state_machine,
@@ -204,9 +226,21 @@ impl Store {
         metrics.membership_config.membership().voter_ids().collect()
     }
 
-    /// The HTTP client for node-to-node calls.
+    /// The plaintext HTTP client for node-to-node calls (see [`Store::call_internal`] for
+    /// calls that take TLS when the peer does).
     pub fn http(&self) -> &reqwest::Client {
         &self.inner.http
+    }
+
+    /// The node's TLS: its certificate from the cluster CA and the configurations using it.
+    pub fn tls(&self) -> &tls::NodeTls {
+        &self.inner.tls
+    }
+
+    /// What the RPC listener takes: TLS with the node's certificate once it has one, and
+    /// plaintext until every node of the cluster has a certificate.
+    pub fn rpc_policy(&self) -> Arc<dyn listener::ListenPolicy> {
+        Arc::new(RpcPolicy(self.clone()))
     }
 
     /// Waits until this node's state satisfies `ready` (e.g. a change proposed through the
@@ -400,6 +434,22 @@ impl Store {
         R: serde::de::DeserializeOwned,
     {
         let secret = self.identity().map(|i| i.secret).unwrap_or_default();
+        let route = self.inner.routes.to(rpc_addr, &secret);
+        self.call_by(&route, rpc_addr, path, body).await
+    }
+
+    /// [`Store::call_internal`] by a given route.
+    pub(crate) async fn call_by<B, R>(
+        &self,
+        route: &network::Route,
+        rpc_addr: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<R, StoreError>
+    where
+        B: serde::Serialize + ?Sized,
+        R: serde::de::DeserializeOwned,
+    {
         let not_sent = |reason: String| StoreError::NotSent {
             addr: rpc_addr.to_string(),
             reason,
@@ -408,11 +458,8 @@ impl Store {
             addr: rpc_addr.to_string(),
             reason: format!("{path}: {reason}"),
         };
-        let response = self
-            .inner
-            .http
-            .post(format!("http://{rpc_addr}{path}"))
-            .header(SECRET_HEADER, secret)
+        let response = route
+            .request(reqwest::Method::POST, path)
             .timeout(Duration::from_secs(30))
             .json(body)
             .send()
@@ -463,7 +510,7 @@ impl Store {
         .map_err(|e| StoreError::Internal(e.to_string()))?;
         let log_store = LogStore::new(self.inner.db.clone())
             .map_err(|e| StoreError::Internal(e.to_string()))?;
-        let network = Network::new(self.inner.http.clone(), identity.secret.clone());
+        let network = Network::new(self.inner.routes.clone(), identity.secret.clone());
         let identity_uid = identity.uid;
         let raft = Raft::new(
             identity.uid,
@@ -489,6 +536,18 @@ impl Store {
 
     fn data_dir(&self) -> &Path {
         &self.inner.config.data_dir
+    }
+}
+
+struct RpcPolicy(Store);
+
+impl listener::ListenPolicy for RpcPolicy {
+    fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.0.tls().server_config()
+    }
+
+    fn plaintext_allowed(&self) -> bool {
+        !self.0.state().tls_everywhere()
     }
 }
 

@@ -6,6 +6,14 @@
 //! 2. the joiner saves its identity and starts Raft, then `/internal/join/promote` makes the
 //!    primary node add it as a learner, wait until it caught up, and turn it into a voter.
 //!
+//! Step 1 runs over TLS once the cluster has a CA: the joiner first fetches the CA's
+//! certificate from the seed, checks its SHA-256 fingerprint against the one the operator gave
+//! (`cluster join --cluster-ca-fingerprint`; without it, it trusts the CA on first use and logs
+//! the fingerprint), and sends its request only over a connection whose certificate chains to
+//! that CA and names the seed's address. The request carries a signing request for the key the
+//! joiner made; the ticket carries its certificate, which it takes into use before it starts
+//! Raft. A cluster without a CA (cluster version 0.1.0) is joined in plaintext, as before.
+//!
 //! A join that fails in step 1 leaves nothing behind; one interrupted after it can be run again
 //! and resumes under the same uid.
 //!
@@ -27,7 +35,10 @@ use flotilla_model::{
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
+use crate::certificates::{ClusterCaAnswer, CLUSTER_CA_PATH};
 use crate::credentials::{hash_password, random_secret, verify};
+use crate::network::Route;
+use crate::tls::{self, NodeCredentials};
 use crate::types::RaftNode;
 use crate::{Identity, Store, StoreError};
 
@@ -43,6 +54,10 @@ pub struct JoinRequest {
     /// The uid of the node it replaces (only on `/internal/join/replace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replace_node: Option<NodeUid>,
+    /// A signing request for the joiner's own key (PEM), signed when the cluster has a CA.
+    /// Introduced in 0.2.0 (a 0.1.0 node ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
 }
 
 /// The route of a replacing join (step 1).
@@ -58,6 +73,13 @@ pub struct JoinTicket {
     /// The primary node's RPC address, for step 2 (JSON keeps 0.1.0's name).
     #[serde(rename = "leader_rpc_addr")]
     pub primary_node_rpc_addr: String,
+    /// The joiner's certificate, signed by the cluster CA for its address (clusters with a
+    /// CA; introduced in 0.2.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
+    /// The cluster CA's certificate, the same the seed served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,16 +133,23 @@ impl Store {
                 .then(|| node.software_version.clone()),
             node,
         });
-        match self.propose(command).await? {
-            CommandResult::NodeAdded { uid } => Ok(uid),
-            other => Err(StoreError::Internal(format!(
-                "unexpected outcome {other:?}"
-            ))),
-        }
+        let uid = match self.propose(command).await? {
+            CommandResult::NodeAdded { uid } => uid,
+            other => {
+                return Err(StoreError::Internal(format!(
+                    "unexpected outcome {other:?}"
+                )))
+            }
+        };
+        // The CA, then this node's certificate: a node joining right after finds both.
+        self.keep_certificates().await?;
+        self.keep_certificates().await?;
+        Ok(uid)
     }
 
     /// Joins the cluster that `seeds` (RPC addresses of members) belong to; with
-    /// `replace_node`, in the place (and under the uid) of that node.
+    /// `replace_node`, in the place (and under the uid) of that node. With `ca_fingerprint`,
+    /// only a cluster whose CA has that SHA-256 fingerprint.
     pub async fn join_cluster(
         &self,
         seeds: &[String],
@@ -128,6 +157,7 @@ impl Store {
         password: String,
         node: NodeSpec,
         replace_node: Option<NodeUid>,
+        ca_fingerprint: Option<String>,
     ) -> Result<NodeUid, StoreError> {
         let _guard = self.inner.bootstrap.lock().await;
         self.refuse_if_member()?;
@@ -136,13 +166,17 @@ impl Store {
                 "cluster.nodes is empty: name at least one address of a cluster member".into(),
             ));
         }
+        let key = tls::key_request(node.addr)?;
         let request = JoinRequest {
             username,
             password,
             node,
             replace_node,
+            csr: Some(key.csr),
         };
-        let ticket = self.request_ticket(seeds, &request).await?;
+        let ticket = self
+            .request_ticket(seeds, &request, ca_fingerprint.as_deref())
+            .await?;
         if let Some(identity) = self.identity() {
             if identity.uid != ticket.uid {
                 return Err(StoreError::AlreadyBootstrapped(format!(
@@ -151,6 +185,13 @@ impl Store {
                     identity.uid, ticket.uid
                 )));
             }
+        }
+        if let (Some(certificate), Some(ca)) = (&ticket.certificate, &ticket.ca_certificate) {
+            self.tls().install(NodeCredentials {
+                ca: ca.clone(),
+                certificate: certificate.clone(),
+                key: key.key,
+            })?;
         }
         let identity = Identity {
             uid: ticket.uid,
@@ -175,21 +216,106 @@ impl Store {
         &self,
         seeds: &[String],
         request: &JoinRequest,
+        ca_fingerprint: Option<&str>,
     ) -> Result<JoinTicket, StoreError> {
-        let path = match request.replace_node {
-            Some(_) => JOIN_REPLACE_PATH,
-            None => "/internal/join",
-        };
         let mut last = None;
         for seed in seeds {
-            let answer: Result<Result<JoinTicket, StoreError>, StoreError> =
-                self.call_internal(seed, path, request).await;
+            let answer = self.ask_for_ticket(seed, request, ca_fingerprint).await;
             match answer {
                 Ok(result) => return result,
                 Err(e) => last = Some(e),
             }
         }
         Err(last.expect("seeds is not empty"))
+    }
+
+    /// Join step 1 at one seed: over TLS verified against the seed's CA once its fingerprint
+    /// checked out, in plaintext when the seed has no CA (and no fingerprint was given).
+    async fn ask_for_ticket(
+        &self,
+        seed: &str,
+        request: &JoinRequest,
+        ca_fingerprint: Option<&str>,
+    ) -> Result<Result<JoinTicket, StoreError>, StoreError> {
+        let path = match request.replace_node {
+            Some(_) => JOIN_REPLACE_PATH,
+            None => "/internal/join",
+        };
+        let refuse = |reason: String| Ok(Err(StoreError::InvalidRequest(reason)));
+        let ca = match (self.seed_ca(seed).await, ca_fingerprint) {
+            (Some(ca), _) => ca,
+            (None, Some(_)) => {
+                return refuse(format!(
+                    "cluster_ca_fingerprint: the node at {seed} serves no cluster CA over TLS (a cluster at version 0.1.0 has none), so the fingerprint cannot be checked; join without it"
+                ))
+            }
+            (None, None) => {
+                tracing::warn!(%seed, "the cluster has no CA (cluster version 0.1.0): joining over plaintext RPC");
+                let route = Route::plain(seed, self.http().clone(), "");
+                return Ok(self.call_by(&route, seed, path, request).await);
+            }
+        };
+        let fingerprint = tls::fingerprint(&ca)?;
+        match ca_fingerprint {
+            Some(given) if !tls::same_fingerprint(given, &fingerprint) => {
+                return refuse(format!(
+                    "cluster_ca_fingerprint: the cluster at {seed} has CA fingerprint {fingerprint}, not {given}; nothing was sent to it"
+                ));
+            }
+            Some(_) => {
+                tracing::info!(%seed, %fingerprint, "the cluster CA's fingerprint checked out")
+            }
+            None => {
+                tracing::warn!(%seed, %fingerprint, "joining without --cluster-ca-fingerprint: trusting the cluster CA on first use")
+            }
+        }
+        let config = tls::client_config(&ca, &tls::CertSlot::default())?;
+        let route = Route::tls(seed, tls::https_client(self.config().addr, config));
+        let answer: Result<JoinTicket, StoreError> =
+            self.call_by(&route, seed, path, request).await?;
+        Ok(answer.and_then(|ticket| match &ticket.ca_certificate {
+            Some(answered) if *answered == ca => Ok(ticket),
+            _ => Err(StoreError::InvalidRequest(format!(
+                "the join answer of {seed} names another CA than the one it serves"
+            ))),
+        }))
+    }
+
+    /// The CA certificate `seed` serves over TLS, `None` when it serves none (no TLS, or a
+    /// cluster without a CA). Read over an unverified connection: the caller checks it.
+    async fn seed_ca(&self, seed: &str) -> Option<String> {
+        let config = tls::unverified_client_config().ok()?;
+        let client = tls::https_client(self.config().addr, config);
+        let answer = client
+            .get(format!("https://{seed}{CLUSTER_CA_PATH}"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .ok()?;
+        if !answer.status().is_success() {
+            return None;
+        }
+        let answer: ClusterCaAnswer = answer.json().await.ok()?;
+        Some(answer.certificate)
+    }
+
+    /// The joiner's certificate and the CA's, when the cluster has a CA and the joiner sent a
+    /// signing request: signed for the joiner's address and recorded in the state.
+    async fn certify_joiner(
+        &self,
+        uid: NodeUid,
+        request: &JoinRequest,
+    ) -> Result<(Option<String>, Option<String>), StoreError> {
+        let state = self.state();
+        let (Some(ca), Some(csr)) = (state.cluster_ca(), &request.csr) else {
+            return Ok((None, None));
+        };
+        let ask = crate::certificates::CertificateRequest {
+            uid,
+            csr: csr.clone(),
+        };
+        let certificate = self.issue_certificate(ask, None).await?;
+        Ok((Some(certificate), Some(ca.certificate.clone())))
     }
 
     async fn wait_until_listed(&self, uid: NodeUid) -> Result<(), StoreError> {
@@ -264,10 +390,13 @@ impl Store {
                 )))
             }
         };
+        let (certificate, ca_certificate) = self.certify_joiner(uid, &request).await?;
         Ok(JoinTicket {
             uid,
             secret: cluster.secret.clone(),
             primary_node_rpc_addr: self.primary_node_rpc_addr().unwrap_or_default(),
+            certificate,
+            ca_certificate,
         })
     }
 
@@ -309,10 +438,13 @@ impl Store {
         state.check_proposable(&command)?;
         self.remove_member(uid).await?;
         self.propose(command).await?;
+        let (certificate, ca_certificate) = self.certify_joiner(uid, &request).await?;
         Ok(JoinTicket {
             uid,
             secret: cluster.secret.clone(),
             primary_node_rpc_addr: self.primary_node_rpc_addr().unwrap_or_default(),
+            certificate,
+            ca_certificate,
         })
     }
 

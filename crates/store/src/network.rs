@@ -1,12 +1,16 @@
 //! The client side of Raft's RPC: how this node's Raft reaches the others over HTTP.
 //!
-//! Each request is a JSON POST to `http://PEER_ADDR/raft/...` carrying the cluster's internal
-//! secret in [`SECRET_HEADER`]; the peer answers with the JSON of `Result<Response, RaftError>`.
+//! Each request is a JSON POST to `PEER_ADDR/raft/...`: over mutual TLS (`https://`, the
+//! node's certificate from the cluster CA) when both nodes have certificates, else plaintext
+//! carrying the cluster's internal secret in [`SECRET_HEADER`] (0.1.0 peers, and nodes that
+//! have no certificate yet; see [`Routes`]). The peer answers with the JSON of
+//! `Result<Response, RaftError>`.
 //! A transport failure is reported as `Unreachable`, so openraft backs off instead of spinning.
 //! Snapshots travel whole and binary where the peer can take them (see [`crate::transfer`]).
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -23,6 +27,7 @@ use openraft::{OptionalSend, Snapshot, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::tls::NodeTls;
 use crate::transfer::{self, SnapshotHead, FULL_SNAPSHOT_PATH};
 use crate::types::{NodeId, RaftNode, TypeConfig};
 
@@ -37,9 +42,10 @@ fn network_error(e: &(impl std::error::Error + 'static)) -> SnapshotError {
 /// HTTP header that carries the cluster's internal secret on every node-to-node request.
 pub const SECRET_HEADER: &str = "x-flotilla-secret";
 
-/// Builds the HTTP client every node-to-node call uses: sourced from the node's own address
+/// Builds the plaintext HTTP client of node-to-node calls: sourced from the node's own address
 /// (so peers see each node by its address), no proxies, bounded connect time.
 pub fn internal_http_client(local_addr: IpAddr) -> reqwest::Client {
+    crate::tls::install_crypto_provider();
     reqwest::Client::builder()
         .local_address(local_addr)
         .no_proxy()
@@ -48,17 +54,87 @@ pub fn internal_http_client(local_addr: IpAddr) -> reqwest::Client {
         .expect("building an HTTP client with static settings cannot fail")
 }
 
+/// Whether the node at an address has a certificate from the cluster CA: `Some(false)` for a
+/// node the state knows without one, `None` for an address the state does not know.
+pub(crate) type PeerCertified = Arc<dyn Fn(IpAddr) -> Option<bool> + Send + Sync>;
+
+/// How this node reaches a peer's RPC address: mutual TLS once this node has a certificate,
+/// unless the state knows the peer without one (a 0.1.0 node, or one that has not got its
+/// certificate yet), which is reached in plaintext with the cluster secret.
+#[derive(Clone)]
+pub(crate) struct Routes {
+    plain: reqwest::Client,
+    tls: NodeTls,
+    peer_certified: PeerCertified,
+}
+
+/// One peer's way in: the URL base, the client, and the secret when the route is plaintext.
+pub(crate) struct Route {
+    base: String,
+    client: reqwest::Client,
+    secret: Option<String>,
+}
+
+impl Routes {
+    pub(crate) fn new(plain: reqwest::Client, tls: NodeTls, peer_certified: PeerCertified) -> Self {
+        Self {
+            plain,
+            tls,
+            peer_certified,
+        }
+    }
+
+    /// The route to `rpc_addr` (`ip:port`); `secret` authenticates a plaintext one.
+    pub(crate) fn to(&self, rpc_addr: &str, secret: &str) -> Route {
+        let peer = rpc_addr.parse::<SocketAddr>().ok().map(|a| a.ip());
+        let peer_certified = peer.and_then(|ip| (self.peer_certified)(ip));
+        match self.tls.client() {
+            Some(client) if peer_certified != Some(false) => Route::tls(rpc_addr, client),
+            _ => Route::plain(rpc_addr, self.plain.clone(), secret),
+        }
+    }
+}
+
+impl Route {
+    /// A plaintext route carrying `secret`.
+    pub(crate) fn plain(rpc_addr: &str, client: reqwest::Client, secret: &str) -> Self {
+        Route {
+            base: format!("http://{rpc_addr}"),
+            client,
+            secret: Some(secret.to_string()),
+        }
+    }
+
+    /// A TLS route by `client`.
+    pub(crate) fn tls(rpc_addr: &str, client: reqwest::Client) -> Self {
+        Route {
+            base: format!("https://{rpc_addr}"),
+            client,
+            secret: None,
+        }
+    }
+
+    /// A request to `path` on the peer, authenticated as the route requires.
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, format!("{}{path}", self.base));
+        match &self.secret {
+            Some(secret) => request.header(SECRET_HEADER, secret),
+            None => request,
+        }
+    }
+}
+
 /// Creates one [`Peer`] per target node for openraft.
 #[derive(Clone)]
 pub struct Network {
-    client: reqwest::Client,
+    routes: Routes,
     secret: String,
 }
 
 impl Network {
-    /// A network whose requests carry `secret`.
-    pub fn new(client: reqwest::Client, secret: String) -> Self {
-        Self { client, secret }
+    /// A network that reaches peers by `routes`; plaintext requests carry `secret`.
+    pub(crate) fn new(routes: Routes, secret: String) -> Self {
+        Self { routes, secret }
     }
 }
 
@@ -69,7 +145,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Peer {
             target,
             addr: node.addr.clone(),
-            client: self.client.clone(),
+            routes: self.routes.clone(),
             secret: self.secret.clone(),
         }
     }
@@ -79,11 +155,17 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Peer {
     target: NodeId,
     addr: String,
-    client: reqwest::Client,
+    routes: Routes,
     secret: String,
 }
 
 impl Peer {
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.routes
+            .to(&self.addr, &self.secret)
+            .request(reqwest::Method::POST, path)
+    }
+
     async fn call<Req, Resp, E>(
         &self,
         path: &str,
@@ -95,11 +177,8 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let url = format!("http://{}/raft/{}", self.addr, path);
         let response = self
-            .client
-            .post(url)
-            .header(SECRET_HEADER, &self.secret)
+            .post(&format!("/raft/{path}"))
             .timeout(option.hard_ttl())
             .json(request)
             .send()
@@ -118,17 +197,13 @@ impl Peer {
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
     /// Whether the peer serves [`FULL_SNAPSHOT_PATH`]: a release without it (0.1.0) answers
     /// the probe 404.
     async fn takes_full_snapshots(&self, option: &RPCOption) -> Result<bool, SnapshotError> {
         let response = self
-            .client
-            .get(self.url(FULL_SNAPSHOT_PATH))
-            .header(SECRET_HEADER, &self.secret)
+            .routes
+            .to(&self.addr, &self.secret)
+            .request(reqwest::Method::GET, FULL_SNAPSHOT_PATH)
             .timeout(option.hard_ttl())
             .send()
             .await
@@ -156,9 +231,7 @@ impl Peer {
         };
         let body = transfer::encode(&head, snapshot.snapshot.get_ref());
         let response = self
-            .client
-            .post(self.url(FULL_SNAPSHOT_PATH))
-            .header(SECRET_HEADER, &self.secret)
+            .post(FULL_SNAPSHOT_PATH)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .timeout(option.hard_ttl())
             .body(body)

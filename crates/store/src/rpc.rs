@@ -1,8 +1,12 @@
 //! The server side of internal RPC: the routes other nodes call on `ADDR:3333`.
 //!
-//! Raft's own messages (`/raft/*`), forwarded proposals and join step 2 need the cluster secret
-//! in [`crate::SECRET_HEADER`]; join step 1 is authenticated by the operator's credentials in
-//! its body. Other layers add their internal routes behind [`require_secret`].
+//! Raft's own messages (`/raft/*`), forwarded proposals and join step 2 need a peer's
+//! credential ([`require_secret`]): over TLS, a client certificate from the cluster CA; in
+//! plaintext (0.1.0 peers, nodes without certificates), the cluster secret in
+//! [`crate::SECRET_HEADER`], refused once every node has a certificate. Join step 1 is
+//! authenticated by the operator's credentials in its body, and the cluster CA's certificate
+//! is public (a joining node checks its fingerprint). Other layers add their internal routes
+//! behind [`require_secret`].
 
 use std::io::Cursor;
 
@@ -17,6 +21,8 @@ use flotilla_model::{Command, CommandResult};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use openraft::Snapshot;
 
+use crate::certificates::{CertificateRequest, ClusterCaAnswer, CLUSTER_CA_PATH, SIGN_PATH};
+use crate::listener::Channel;
 use crate::membership::{JoinRequest, JoinTicket, PromoteRequest};
 use crate::transfer::{self, FULL_SNAPSHOT_PATH, MAX_LEGACY_CHUNK_REQUEST, MAX_SNAPSHOT_BYTES};
 use crate::types::TypeConfig;
@@ -41,16 +47,20 @@ pub fn router(store: Store) -> Router {
         .route("/internal/join/promote", post(promote))
         .route("/internal/applied", post(applied))
         .route(crate::primary::ELECT_PATH, post(elect))
+        .route(SIGN_PATH, post(sign))
         .layer(middleware::from_fn_with_state(
             store.clone(),
             require_secret,
         ))
         .route("/internal/join", post(join))
+        .route(CLUSTER_CA_PATH, axum::routing::get(cluster_ca))
         .route(crate::membership::JOIN_REPLACE_PATH, post(join_replace))
         .with_state(store)
 }
 
-/// Middleware that lets a request through only when it carries this node's cluster secret.
+/// Middleware that lets a request through only from a peer: one that presented a client
+/// certificate from the cluster CA over TLS or, while the cluster still takes plaintext RPC,
+/// one that carries this node's cluster secret.
 pub async fn require_secret(State(store): State<Store>, request: Request, next: Next) -> Response {
     let Some(identity) = store.identity() else {
         return (
@@ -59,14 +69,43 @@ pub async fn require_secret(State(store): State<Store>, request: Request, next: 
         )
             .into_response();
     };
+    match request.extensions().get::<Channel>() {
+        Some(Channel::Tls {
+            certified: true, ..
+        }) => return next.run(request).await,
+        Some(Channel::Tls {
+            certified: false, ..
+        }) => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "this route needs a client certificate from the cluster CA",
+            )
+                .into_response()
+        }
+        Some(Channel::Plain { .. }) | None => {}
+    }
+    if store.state().tls_everywhere() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "plaintext RPC is refused: every node has a certificate, use mutual TLS",
+        )
+            .into_response();
+    }
     let given = request
         .headers()
         .get(SECRET_HEADER)
-        .and_then(|v| v.to_str().ok());
-    if given != Some(identity.secret.as_str()) {
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !same_secret(given, identity.secret.as_bytes()) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
     }
     next.run(request).await
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    given.len() == expected.len() && bool::from(given.ct_eq(expected))
 }
 
 async fn append(
@@ -151,6 +190,32 @@ async fn join_replace(
     Json(request): Json<JoinRequest>,
 ) -> Json<Result<JoinTicket, StoreError>> {
     Json(store.admit_replacement(request).await)
+}
+
+/// The cluster CA's certificate (public): what a joining node checks before it sends the
+/// operator's credentials.
+async fn cluster_ca(State(store): State<Store>) -> Response {
+    match store.state().cluster_ca() {
+        Some(ca) => Json(ClusterCaAnswer {
+            certificate: ca.certificate.clone(),
+        })
+        .into_response(),
+        None => (StatusCode::NOT_FOUND, "the cluster has no CA yet").into_response(),
+    }
+}
+
+/// A node's request for a certificate (after the CA was made, or at a rotation); the peer must
+/// be the node it asks for.
+async fn sign(
+    State(store): State<Store>,
+    axum::Extension(channel): axum::Extension<Channel>,
+    Json(request): Json<CertificateRequest>,
+) -> Json<Result<String, StoreError>> {
+    Json(
+        store
+            .issue_certificate(request, Some(channel.peer().ip()))
+            .await,
+    )
 }
 
 async fn promote(

@@ -16,6 +16,7 @@ use flotilla_client::Client;
 mod packages;
 mod resp_client;
 
+pub use flotilla_client::install_crypto_provider;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 pub use packages::{old_release_binary, Packages, OLD_BIN_ENV};

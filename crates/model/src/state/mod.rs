@@ -14,10 +14,12 @@ use crate::command::{Command, CommandResult};
 
 mod actions;
 mod bdbs;
+mod certificates;
 mod nodes;
 mod shards;
 mod table;
 
+pub use certificates::{ClusterCa, NodeCertificate};
 pub use nodes::{Cluster, Credentials, Node, NodeUid};
 pub use shards::SlotGroup;
 pub use table::Table;
@@ -119,6 +121,9 @@ impl ClusterState {
             Command::ResumeAction(resumption) => self.resume_action(resumption.uid),
             Command::EnterMaintenance(entry) => self.enter_maintenance(entry),
             Command::ExitMaintenance(exit) => self.exit_maintenance(exit),
+            Command::SetClusterCa(ca) => self.set_cluster_ca(ca),
+            Command::SetNodeCertificate(issue) => self.set_node_certificate(issue),
+            Command::RotateNodeCertificates(_) => self.rotate_node_certificates(),
             Command::Unknown => Ok(CommandResult::Ignored),
         };
         outcome.unwrap_or_else(CommandResult::Refused)

@@ -30,6 +30,10 @@ pub struct Cluster {
     /// absent in clusters created by the first release, which did not record it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_version: Option<String>,
+    /// The certificate authority of node-to-node TLS (absent until the cluster version is
+    /// 0.2.0 and the primary node made it). Introduced in 0.2.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<super::ClusterCa>,
 }
 
 /// The operator's user name and a password hash (PHC string) — never the password itself.
@@ -60,6 +64,10 @@ pub struct Node {
     /// otherwise, so the record reads as 0.1.0 wrote it). Introduced in 0.2.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<crate::maintenance::NodeMaintenance>,
+    /// The node's certificate from the cluster CA (absent until it has one: peers then talk
+    /// to it without TLS). Introduced in 0.2.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<super::NodeCertificate>,
 }
 
 impl ClusterState {
@@ -103,6 +111,7 @@ impl ClusterState {
             secret,
             created_at,
             cluster_version,
+            ca: None,
         });
         let uid = self.insert_node(node);
         Ok(CommandResult::NodeAdded { uid })
@@ -174,6 +183,7 @@ impl ClusterState {
             os: node.os,
             host: node.host,
             maintenance: None,
+            certificate: None,
         };
         self.nodes.insert(uid, record);
     }

@@ -1,6 +1,6 @@
 //! Store members in this process for the store's own tests and its benchmark: a real openraft
-//! member with its redb files in a temp dir, serving the store's internal RPC routes over HTTP
-//! on its own loopback address, as a daemon does (without the layers above the store).
+//! member with its redb files in a temp dir, serving the store's internal RPC routes (mutual
+//! TLS, or plaintext while a node has no certificate) on its own loopback address, as a daemon does (without the layers above the store).
 
 #![allow(dead_code)] // each test target uses a part
 
@@ -130,6 +130,7 @@ impl Member {
                 PASSWORD.into(),
                 self.spec(),
                 None,
+                None,
             )
             .await
             .expect("joined")
@@ -157,8 +158,11 @@ async fn open(dir: &tempfile::TempDir, addr: IpAddr, routes: Routes) -> (Store, 
         router = router.layer(middleware::from_fn(as_0_1_0));
     }
     let listener = bind(addr).await;
+    let policy = store.rpc_policy();
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
+        // Served until the task is aborted: the stop signal never comes.
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        flotilla_store::listener::serve(listener, router, policy, stop).await;
     });
     (store, server)
 }
