@@ -133,7 +133,7 @@ impl Store {
             let state = peers.state();
             state.node_by_addr(ip).map(|n| n.certificate.is_some())
         });
-        let routes = Routes::new(http.clone(), tls.clone(), peer_certified);
+        let routes = Routes::new(http.clone(), tls.clone(), peer_certified, config.addr);
         let store = Store {
             inner: Arc::new(Inner {
                 http,

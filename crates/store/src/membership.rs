@@ -29,8 +29,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use flotilla_model::{
-    now_secs, ClusterCreation, Command, CommandResult, NodeAddition, NodeReplacement, NodeSpec,
-    NodeUid,
+    now_secs, ClusterCa, ClusterCreation, Command, CommandResult, NodeAddition, NodeCertificate,
+    NodeCertificateIssue, NodeReplacement, NodeSpec, NodeUid,
 };
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
@@ -107,6 +107,15 @@ impl Store {
                 secret: random_secret(),
             },
         };
+        // A cluster at version 0.2.0 has its CA from the start, and this node its certificate
+        // before anything calls it: no call between nodes ever needs plaintext.
+        let founding = match flotilla_model::at_least(
+            &node.software_version,
+            flotilla_model::VERSIONED_RELEASE,
+        ) {
+            true => Some(self.certify_founder(&name)?),
+            false => None,
+        };
         identity.save(self.data_dir())?;
         let raft = self.start_raft(identity.clone()).await?;
         let me = RaftNode {
@@ -141,10 +150,52 @@ impl Store {
                 )))
             }
         };
-        // The CA, then this node's certificate: a node joining right after finds both.
-        self.keep_certificates().await?;
-        self.keep_certificates().await?;
+        if let Some((ca, certificate)) = founding {
+            self.record_founding(uid, ca, certificate).await?;
+        }
         Ok(uid)
+    }
+
+    /// Makes the CA of a new cluster and this node's certificate from it, and takes the
+    /// certificate into use; the caller records both once the cluster exists.
+    fn certify_founder(&self, name: &str) -> Result<(ClusterCa, String), StoreError> {
+        let ca = tls::make_ca(name)?;
+        let key = tls::key_request(self.config().addr)?;
+        let certificate = tls::sign(&ca, &key.csr, self.config().addr)?;
+        self.tls().install(NodeCredentials {
+            ca: ca.certificate.clone(),
+            certificate: certificate.clone(),
+            key: key.key,
+        })?;
+        Ok((ca, certificate))
+    }
+
+    /// Records a new cluster's CA and its first node's certificate. A create resumed after
+    /// its CA was recorded keeps that CA ([`Store::keep_certificates`] then gives this node
+    /// a certificate from it).
+    async fn record_founding(
+        &self,
+        uid: NodeUid,
+        ca: ClusterCa,
+        certificate: String,
+    ) -> Result<(), StoreError> {
+        let fingerprint = tls::fingerprint(&ca.certificate)?;
+        // The same lock as the node's certificate keeper, which would make a CA otherwise.
+        let round = self.inner.certificates.lock().await;
+        if self.state().cluster_ca().is_none() {
+            self.propose(Command::SetClusterCa(ca)).await?;
+            tracing::info!(%fingerprint, "made the cluster CA");
+            let issue = NodeCertificateIssue {
+                uid,
+                certificate: NodeCertificate {
+                    certificate,
+                    rotation: 0,
+                },
+            };
+            self.propose(Command::SetNodeCertificate(issue)).await?;
+        }
+        drop(round);
+        self.keep_certificates().await
     }
 
     /// Joins the cluster that `seeds` (RPC addresses of members) belong to; with

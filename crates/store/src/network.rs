@@ -66,6 +66,8 @@ pub(crate) struct Routes {
     plain: reqwest::Client,
     tls: NodeTls,
     peer_certified: PeerCertified,
+    /// This node's own address: a call to itself takes TLS whenever it has a certificate.
+    own: IpAddr,
 }
 
 /// One peer's way in: the URL base, the client, and the secret when the route is plaintext.
@@ -76,18 +78,28 @@ pub(crate) struct Route {
 }
 
 impl Routes {
-    pub(crate) fn new(plain: reqwest::Client, tls: NodeTls, peer_certified: PeerCertified) -> Self {
+    pub(crate) fn new(
+        plain: reqwest::Client,
+        tls: NodeTls,
+        peer_certified: PeerCertified,
+        own: IpAddr,
+    ) -> Self {
         Self {
             plain,
             tls,
             peer_certified,
+            own,
         }
     }
 
     /// The route to `rpc_addr` (`ip:port`); `secret` authenticates a plaintext one.
     pub(crate) fn to(&self, rpc_addr: &str, secret: &str) -> Route {
         let peer = rpc_addr.parse::<SocketAddr>().ok().map(|a| a.ip());
-        let peer_certified = peer.and_then(|ip| (self.peer_certified)(ip));
+        let peer_certified = match peer {
+            Some(ip) if ip == self.own => None,
+            Some(ip) => (self.peer_certified)(ip),
+            None => None,
+        };
         match self.tls.client() {
             Some(client) if peer_certified != Some(false) => Route::tls(rpc_addr, client),
             _ => Route::plain(rpc_addr, self.plain.clone(), secret),
