@@ -348,3 +348,92 @@ fn a_join_checks_the_fingerprint_of_the_cluster_ca() {
     let ca = read(&joiner.data_dir().join("tls").join("ca.crt"));
     assert_eq!(ca, read(&cluster.data_dir(1).join("tls").join("ca.crt")));
 }
+
+/// `POST /internal/applied` on node `n` over plaintext with the cluster secret, as 0.1.0 calls.
+fn plaintext_call(cluster: &DevCluster, n: u8) -> reqwest::Result<reqwest::Response> {
+    flotilla_testkit::install_crypto_provider();
+    let url = format!("http://{}:{RPC_PORT}/internal/applied", cluster.addr(n));
+    let secret = secret_of(cluster, n);
+    runtime().block_on(async {
+        reqwest::Client::new()
+            .post(url)
+            .header("x-flotilla-secret", secret)
+            .json(&())
+            .send()
+            .await
+    })
+}
+
+/// `POST /internal/applied` on node `to` over mutual TLS with node `from`'s certificate.
+fn tls_call(cluster: &DevCluster, from: u8, to: u8) -> reqwest::Result<reqwest::Response> {
+    let tls = cluster.data_dir(from).join("tls");
+    let (ca, certificate, key) = (
+        read(&tls.join("ca.crt")),
+        read(&tls.join("node.crt")),
+        read(&tls.join("node.key")),
+    );
+    let client = tls_client(&ca, Some((&certificate, &key)));
+    let url = format!("https://{}:{RPC_PORT}/internal/applied", cluster.addr(to));
+    runtime().block_on(async { client.post(url).json(&()).send().await })
+}
+
+#[test]
+fn a_cluster_made_by_0_1_0_moves_to_mutual_tls_once_finalized() {
+    let packages = flotilla_testkit::Packages::shared(&bin());
+    let v010 = packages.release_0_1_0();
+    let (_, v021) = packages.current_pair();
+    let cluster = DevCluster::up_from_package(&bin(), 194, 3, &v010);
+
+    // Mixed: node 2 runs the new release beside two 0.1.0 nodes, all in plaintext.
+    let upgrade = |n: u8| {
+        let package = v021.to_string_lossy().into_owned();
+        let node = n.to_string();
+        let output = cluster.flotilla(&["upgrade", "node", &node, "--package", &package, "--yes"]);
+        flotilla_testkit::assert_success(&output, &format!("upgrade node {n}"));
+    };
+    upgrade(2);
+    rename(&cluster, 2, "mixed");
+    assert!(poll_until(Duration::from_secs(10), || cluster_name(
+        &cluster
+    ) == "mixed"));
+    let status = plaintext_call(&cluster, 2).expect("the new node takes plaintext RPC");
+    assert!(status.status().is_success(), "{status:?}");
+    assert!(
+        !cluster.data_dir(2).join("tls").exists(),
+        "no CA before finalize"
+    );
+
+    // Every node upgraded; the last upgrade finalizes the cluster version.
+    upgrade(1);
+    upgrade(3);
+    let certified = poll_until(Duration::from_secs(30), || {
+        cluster
+            .node_numbers()
+            .all(|n| cluster.data_dir(n).join("tls").join("node.crt").exists())
+            && cluster
+                .node_numbers()
+                .all(|n| plaintext_call(&cluster, n).is_err())
+    });
+    assert!(
+        certified,
+        "every node got a certificate and then refused plaintext RPC"
+    );
+    let status = cluster.status_json(1);
+    assert!(
+        status["cluster"]["ca_fingerprint"].is_string(),
+        "{status:#}"
+    );
+    for from in cluster.node_numbers() {
+        for to in cluster.node_numbers() {
+            let answer = tls_call(&cluster, from, to).expect("TLS RPC answers");
+            assert!(answer.status().is_success(), "{from} -> {to}: {answer:?}");
+        }
+    }
+    // Raft and forwarded proposals run over TLS only now.
+    rename(&cluster, 3, "mutual-tls");
+    assert!(poll_until(Duration::from_secs(10), || cluster
+        .node_numbers()
+        .all(
+            |n| cluster.status_json(n)["cluster"]["name"] == "mutual-tls"
+        )));
+}
