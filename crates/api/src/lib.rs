@@ -7,6 +7,7 @@
 mod actions;
 mod auth;
 mod bdbs;
+mod certificates;
 mod checks;
 mod error;
 mod handlers;
@@ -110,6 +111,10 @@ pub fn router(context: ApiContext) -> Router {
         )
         .route("/v1/cluster/upgrade_check", post(upgrade::check))
         .route("/v1/cluster/finalize", post(upgrade::finalize))
+        .route(
+            "/v1/cluster/certificates/rotate",
+            post(certificates::rotate),
+        )
         .layer(middleware::from_fn_with_state(
             context.clone(),
             auth::require_basic_auth,

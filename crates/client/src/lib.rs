@@ -76,6 +76,35 @@ impl Client {
         }
     }
 
+    /// This client trusting `ca_pem` (the cluster CA, `--cacert`) for `https://` URLs, and
+    /// only it: a node's REST API on HTTPS presents its certificate from the cluster CA.
+    pub fn trusting(mut self, ca_pem: &str) -> Result<Self, String> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            let certificate = certificate.map_err(|e| format!("not a PEM certificate: {e}"))?;
+            roots.add(certificate).map_err(|e| e.to_string())?;
+        }
+        if roots.is_empty() {
+            return Err("no certificate in the CA file".into());
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        self.http = reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(self)
+    }
+
     /// The base URL.
     pub fn base(&self) -> &str {
         &self.base
@@ -386,8 +415,12 @@ impl Client {
             .base
             .rsplit_once(':')
             .map_or("8080", |(_, port)| port.trim_end_matches('/'));
+        let scheme = self
+            .base
+            .split_once("://")
+            .map_or("http", |(scheme, _)| scheme);
         Client {
-            base: format!("http://{addr}:{port}"),
+            base: format!("{scheme}://{addr}:{port}"),
             ..self.clone()
         }
     }
@@ -411,6 +444,13 @@ impl Client {
         request: &flotilla_checks::UpgradeCheckRequest,
     ) -> Result<flotilla_checks::UpgradeCheckReport, ClientError> {
         self.call(Method::POST, "/v1/cluster/upgrade_check", Some(request))
+            .await
+    }
+
+    /// `POST /v1/cluster/certificates/rotate`: every node gets a new certificate from the same
+    /// cluster CA; answers once all have it.
+    pub async fn rotate_certificates(&self) -> Result<ClusterInfo, ClientError> {
+        self.call::<(), _>(Method::POST, "/v1/cluster/certificates/rotate", None)
             .await
     }
 

@@ -38,12 +38,30 @@ pub struct Connection {
     /// Operator password.
     #[arg(long, global = true, env = "FLOTILLA_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
+    /// The cluster CA's certificate (PEM) to trust for an `https://` URL (port 9443): a
+    /// node's `DATA_DIR/tls/ca.crt`; `flotilla dev up` writes it next to its nodes.
+    #[arg(long, global = true, env = "FLOTILLA_CACERT")]
+    pub cacert: Option<PathBuf>,
 }
 
 impl Connection {
-    /// A REST client with these settings.
+    /// A REST client with these settings (exits naming the problem when --cacert is not a
+    /// readable certificate).
     pub fn client(&self) -> Client {
-        Client::new(&self.url, self.user.clone(), self.password.clone())
+        let client = Client::new(&self.url, self.user.clone(), self.password.clone());
+        let Some(path) = &self.cacert else {
+            return client;
+        };
+        let trusted = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|ca| client.trusting(&ca));
+        match trusted {
+            Ok(client) => client,
+            Err(e) => {
+                eprintln!("error: --cacert {}: {e}", path.display());
+                std::process::exit(2);
+            }
+        }
     }
 
     fn credentials(&self) -> Result<(String, String)> {
@@ -169,6 +187,14 @@ pub enum ShardCommand {
     },
 }
 
+/// `flotilla cluster certificates ...`.
+#[derive(Subcommand)]
+pub enum CertificatesCommand {
+    /// Give every node a new certificate from the same cluster CA; nodes take it into use
+    /// without a restart. Waits until every node has its new certificate.
+    Rotate,
+}
+
 #[derive(Subcommand)]
 pub enum ClusterCommand {
     /// Create a cluster on the node at --url (it becomes node 1, the primary node).
@@ -196,6 +222,11 @@ pub enum ClusterCommand {
     Promote {
         /// Node uid.
         uid: u64,
+    },
+    /// The nodes' certificates (node-to-node TLS, HTTPS).
+    Certificates {
+        #[command(subcommand)]
+        command: CertificatesCommand,
     },
     /// Change cluster settings.
     Set {
@@ -326,6 +357,12 @@ async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<()> {
             let info = client.promote_node(uid).await?;
             let primary = info.primary_node.map_or("none".into(), |p| p.to_string());
             println!("node {uid} is the primary node (the cluster's primary node: {primary})");
+        }
+        ClusterCommand::Certificates {
+            command: CertificatesCommand::Rotate,
+        } => {
+            client.rotate_certificates().await?;
+            println!("every node took a new certificate from the cluster CA into use");
         }
         ClusterCommand::Set { name } => {
             let info = client.update_cluster(&ClusterUpdate { name }).await?;

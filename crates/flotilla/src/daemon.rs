@@ -26,6 +26,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, Span};
 
+/// The REST API's HTTPS port.
+pub const REST_TLS_PORT: u16 = 9443;
 /// The daemon's pidfile name inside its data dir.
 pub const PIDFILE: &str = "flotilla.pid";
 /// How long a stopping daemon waits for its tasks before it exits anyway.
@@ -53,9 +55,13 @@ pub struct StartArgs {
     /// Kept in the data dir, so the node reports the same OS after a restart without it.
     #[arg(long)]
     pub os_release: Option<PathBuf>,
-    /// REST API port (HTTP).
+    /// REST API port (plain HTTP).
     #[arg(long, default_value_t = 8080)]
     pub rest_port: u16,
+    /// REST API port over HTTPS: the node's certificate from the cluster CA (clients trust the
+    /// CA with `--cacert`), a self-signed one before the node is in a cluster.
+    #[arg(long, default_value_t = REST_TLS_PORT)]
+    pub rest_tls_port: u16,
     /// Internal RPC and Raft port.
     #[arg(long, default_value_t = 3333)]
     pub rpc_port: u16,
@@ -497,14 +503,20 @@ async fn start_back(
         tasks,
         flotilla_store::run_certificates(store.clone(), stop.clone()),
     );
+    let rest = flotilla_api::router(api);
+    let https = flotilla_store::tls::rest_server_config(store.tls())
+        .context("making the REST API's TLS configuration")?;
     spawn(
         tasks,
-        serve(
-            serving(&services.rest)?,
-            flotilla_api::router(api),
+        serve_https(
+            args.addr,
+            args.rest_tls_port,
+            rest.clone(),
+            https,
             stop.clone(),
         ),
     );
+    spawn(tasks, serve(serving(&services.rest)?, rest, stop.clone()));
     spawn(
         tasks,
         flotilla_orchestrator::failover::run_failover(
@@ -637,6 +649,34 @@ async fn serve_rpc(
     policy: std::sync::Arc<dyn flotilla_store::listener::ListenPolicy>,
     stop: watch::Receiver<bool>,
 ) {
+    flotilla_store::listener::serve(listener, in_node_span(router), policy, stop).await;
+}
+
+/// The REST API over HTTPS. Its port is not passed in a handover: the listener is bound
+/// here, retried until a predecessor daemon let go of it.
+async fn serve_https(
+    addr: IpAddr,
+    port: u16,
+    router: axum::Router,
+    config: std::sync::Arc<rustls::ServerConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = loop {
+        match TcpListener::bind((addr, port)).await {
+            Ok(listener) => break listener,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "binding the REST API's HTTPS port {addr}:{port}");
+                return;
+            }
+        }
+    };
+    let policy = std::sync::Arc::new(flotilla_store::tls::HttpsOnly(config));
     flotilla_store::listener::serve(listener, in_node_span(router), policy, stop).await;
 }
 

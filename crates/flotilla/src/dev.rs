@@ -396,7 +396,29 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
     println!(
         "export FLOTILLA_URL=http://{first}:8080 FLOTILLA_USER={user} FLOTILLA_PASSWORD={password}"
     );
+    if let Some(ca) = write_cluster_ca(&args.dir)? {
+        println!(
+            "# HTTPS: export FLOTILLA_URL=https://{first}:{} FLOTILLA_CACERT={}",
+            crate::daemon::REST_TLS_PORT,
+            ca.display()
+        );
+    }
     Ok(())
+}
+
+/// Where `dev up` writes the cluster CA's certificate: what `--cacert` (FLOTILLA_CACERT) names.
+pub const CLUSTER_CA_FILE: &str = "ca.crt";
+
+/// Copies the cluster CA's certificate from node 1 to `DIR/ca.crt`; `None` for a cluster
+/// without a CA (cluster version 0.1.0).
+fn write_cluster_ca(dir: &Path) -> Result<Option<PathBuf>> {
+    let source = node_dir(dir, 1).join("tls").join(CLUSTER_CA_FILE);
+    let Ok(ca) = std::fs::read(&source) else {
+        return Ok(None);
+    };
+    let target = dir.join(CLUSTER_CA_FILE);
+    std::fs::write(&target, ca).with_context(|| format!("writing {}", target.display()))?;
+    Ok(Some(target))
 }
 
 /// Which binary the dev nodes run, and from which package.

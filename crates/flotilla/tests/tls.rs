@@ -2,7 +2,7 @@
 //! internal routes need a client certificate from the cluster CA, a join checks the cluster's
 //! CA, and node certificates are replaced without a restart.
 //!
-//! Subnets 127.0.190.x, 127.0.191.x, 127.0.193.x, 127.0.194.x.
+//! Subnets 127.0.190.x, 127.0.191.x, 127.0.193.x, 127.0.194.x, 127.0.195.x, 127.0.196.x.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
@@ -234,6 +234,7 @@ fn tls_client(ca: &str, identity: Option<(&str, &str)>) -> reqwest::Client {
     reqwest::Client::builder()
         .use_preconfigured_tls(config)
         .no_proxy()
+        .tls_info(true)
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
@@ -399,7 +400,7 @@ fn a_cluster_made_by_0_1_0_moves_to_mutual_tls_once_finalized() {
     let status = plaintext_call(&cluster, 2).expect("the new node takes plaintext RPC");
     assert!(status.status().is_success(), "{status:?}");
     assert!(
-        !cluster.data_dir(2).join("tls").exists(),
+        !cluster.data_dir(2).join("tls").join("ca.crt").exists(),
         "no CA before finalize"
     );
 
@@ -436,4 +437,89 @@ fn a_cluster_made_by_0_1_0_moves_to_mutual_tls_once_finalized() {
         .all(
             |n| cluster.status_json(n)["cluster"]["name"] == "mutual-tls"
         )));
+}
+
+/// The serial of the certificate node `n` presents on `port` (RPC, or REST's HTTPS port), as
+/// a client sees it.
+fn served_serial(cluster: &DevCluster, n: u8, port: u16) -> String {
+    let tls = cluster.data_dir(1).join("tls");
+    let client = tls_client(&read(&tls.join("ca.crt")), None);
+    let path = match port {
+        RPC_PORT => "/internal/cluster-ca",
+        _ => "/v1/health",
+    };
+    let url = format!("https://{}:{port}{path}", cluster.addr(n));
+    let answer = runtime()
+        .block_on(async { client.get(url).send().await })
+        .expect("the RPC port answers over TLS");
+    let info = answer
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .expect("TLS info");
+    let der = info.peer_certificate().expect("a server certificate");
+    let (_, certificate) = x509_parser::parse_x509_certificate(der).expect("a certificate");
+    certificate.raw_serial_as_string()
+}
+
+#[test]
+fn certificates_rotate_without_a_restart() {
+    let cluster = DevCluster::up(&bin(), 195, 3);
+    let pids: Vec<_> = cluster
+        .node_numbers()
+        .map(|n| cluster.daemon_pid(n))
+        .collect();
+    let serials = || -> Vec<_> {
+        cluster
+            .node_numbers()
+            .flat_map(|n| {
+                [
+                    served_serial(&cluster, n, RPC_PORT),
+                    served_serial(&cluster, n, 9443),
+                ]
+            })
+            .collect()
+    };
+    let before = serials();
+    assert_eq!(before[0], before[1], "REST presents the node's certificate");
+    let output = cluster.flotilla(&["cluster", "certificates", "rotate"]);
+    flotilla_testkit::assert_success(&output, "cluster certificates rotate");
+    let after = serials();
+    for (i, (before, after)) in before.iter().zip(&after).enumerate() {
+        let (node, port) = (i / 2 + 1, if i % 2 == 0 { "RPC" } else { "REST" });
+        assert_ne!(
+            before, after,
+            "node {node} serves a new certificate on {port}"
+        );
+    }
+    let now: Vec<_> = cluster
+        .node_numbers()
+        .map(|n| cluster.daemon_pid(n))
+        .collect();
+    assert_eq!(pids, now, "no daemon restarted");
+    rename(&cluster, 2, "after-rotation");
+    assert!(poll_until(Duration::from_secs(10), || cluster
+        .node_numbers()
+        .all(
+            |n| cluster.status_json(n)["cluster"]["name"] == "after-rotation"
+        )));
+}
+
+#[test]
+fn the_rest_api_answers_over_https_with_the_cluster_ca() {
+    let cluster = DevCluster::up(&bin(), 196, 1);
+    let ca = cluster.cacert();
+    assert!(ca.exists(), "dev up wrote the cluster CA next to its nodes");
+    let url = format!("https://{}:9443", cluster.addr(1));
+    let trusted = cluster.flotilla(&["status", "--url", &url, "--cacert", &ca.to_string_lossy()]);
+    flotilla_testkit::assert_success(&trusted, "status over HTTPS trusting the cluster CA");
+    assert!(String::from_utf8_lossy(&trusted.stdout).contains("CLUSTER CA: SHA-256"));
+    let untrusted = cluster.flotilla(&["status", "--url", &url]);
+    assert!(
+        !untrusted.status.success(),
+        "a client that does not trust the cluster CA gets no answer"
+    );
+    let info = runtime()
+        .block_on(cluster.https_client(1).cluster())
+        .expect("the testkit's HTTPS client trusts the cluster CA");
+    assert!(info.ca_fingerprint.is_some());
 }

@@ -350,16 +350,64 @@ pub fn server_config(ca: &str, slot: &CertSlot) -> Result<Arc<ServerConfig>, Tls
     Ok(Arc::new(config))
 }
 
-/// A TLS server configuration presenting a fixed certificate to anyone (no client
-/// certificates): REST before the node has a certificate from a cluster CA.
-pub fn plain_server_config(certificate: &str, key: &str) -> Result<Arc<ServerConfig>, TlsError> {
-    let slot = CertSlot::default();
-    slot.set(certified_key(certificate, key)?);
+/// The certificate REST presents over HTTPS: the node's certificate from the cluster CA once
+/// it has one (a rotation shows at the next handshake), else a self-signed one.
+#[derive(Debug)]
+struct RestCertificate {
+    node: CertSlot,
+    self_signed: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for RestCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.node.get().or_else(|| Some(self.self_signed.clone()))
+    }
+}
+
+/// The self-signed certificate files of a node that has no certificate from a cluster CA yet.
+const SELF_SIGNED_CERT: &str = "self-signed.crt";
+const SELF_SIGNED_KEY: &str = "self-signed.key";
+
+/// The TLS configuration of the REST API on HTTPS (no client certificates: operators log in
+/// with their credentials). Made at first start, the self-signed certificate is kept in
+/// `DATA_DIR/tls` and used until the node has one from the cluster CA.
+pub fn rest_server_config(tls: &NodeTls) -> Result<Arc<ServerConfig>, TlsError> {
+    let dir = tls_dir(&tls.inner.data_dir)?;
+    let (cert_path, key_path) = (dir.join(SELF_SIGNED_CERT), dir.join(SELF_SIGNED_KEY));
+    let (certificate, key) = match (
+        std::fs::read_to_string(&cert_path),
+        std::fs::read_to_string(&key_path),
+    ) {
+        (Ok(certificate), Ok(key)) => (certificate, key),
+        _ => {
+            let (certificate, key) = self_signed(tls.inner.addr)?;
+            write_private(&dir, SELF_SIGNED_KEY, &key)?;
+            write_private(&dir, SELF_SIGNED_CERT, &certificate)?;
+            (certificate, key)
+        }
+    };
+    let resolver = RestCertificate {
+        node: tls.inner.slot.clone(),
+        self_signed: certified_key(&certificate, &key)?,
+    };
     let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(slot));
+        .with_cert_resolver(Arc::new(resolver));
     Ok(Arc::new(config))
+}
+
+/// The REST API's HTTPS port: TLS only.
+pub struct HttpsOnly(pub Arc<ServerConfig>);
+
+impl crate::listener::ListenPolicy for HttpsOnly {
+    fn tls(&self) -> Option<Arc<ServerConfig>> {
+        Some(self.0.clone())
+    }
+
+    fn plaintext_allowed(&self) -> bool {
+        false
+    }
 }
 
 /// A TLS client configuration that trusts only `ca` (checking the server's address against

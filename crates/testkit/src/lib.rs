@@ -293,6 +293,23 @@ impl DevCluster {
         Client::new(&self.url(n), Some(USER.into()), Some(PASSWORD.into()))
     }
 
+    /// The cluster CA's certificate `dev up` wrote next to the nodes (clusters with a CA).
+    pub fn cacert(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// A REST client for node `n` over HTTPS (port 9443), trusting the cluster CA.
+    pub fn https_client(&self, n: u8) -> Client {
+        let ca = std::fs::read_to_string(self.cacert()).expect("dev up wrote the cluster CA");
+        Client::new(
+            &format!("https://{}:9443", self.addr(n)),
+            Some(USER.into()),
+            Some(PASSWORD.into()),
+        )
+        .trusting(&ca)
+        .expect("the cluster CA is a certificate")
+    }
+
     /// Node `n`'s data dir.
     pub fn data_dir(&self, n: u8) -> PathBuf {
         self.dir.path().join(format!("node-{n}"))
