@@ -51,7 +51,7 @@ pub(crate) async fn rotate(
         let behind: Vec<String> = state
             .nodes
             .values()
-            .filter(|n| !n.certificate.as_ref().is_some_and(|c| c.rotation >= target))
+            .filter(|n| n.certificate.as_ref().is_none_or(|c| c.rotation < target))
             .map(|n| format!("node:{} ({})", n.uid, n.addr))
             .collect();
         return Err(ApiError {

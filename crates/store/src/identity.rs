@@ -32,17 +32,24 @@ impl Identity {
 
     /// Writes the identity atomically (temp file, fsync, rename).
     pub fn save(&self, data_dir: &Path) -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = data_dir.join(format!("{FILE}.tmp"));
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, data_dir.join(FILE))?;
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        write_private(data_dir, FILE, &json)?;
         std::fs::File::open(data_dir)?.sync_all()
     }
+}
+
+/// Writes `bytes` to `dir/name` that only the daemon's user can read: a 0600 temporary file,
+/// fsynced, then renamed into place (a reader sees the old or the new file whole).
+pub(crate) fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))
 }

@@ -8,7 +8,6 @@
 //! `DATA_DIR/tls/` (directory 0700, files 0600) and serves them through a [`CertSlot`] whose
 //! content is swapped in place, so a rotation needs no restart.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -271,19 +270,9 @@ fn tls_dir(data_dir: &Path) -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Writes `text` to `dir/name` through a 0600 temporary file and a rename.
+/// Writes `text` to `dir/name`, readable by the daemon's user only.
 fn write_private(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))
+    crate::identity::write_private(dir, name, text.as_bytes())
 }
 
 fn certified_key(certificate: &str, key: &str) -> Result<Arc<CertifiedKey>, TlsError> {
