@@ -20,7 +20,7 @@ use openraft::Snapshot;
 use crate::membership::{JoinRequest, JoinTicket, PromoteRequest};
 use crate::transfer::{self, FULL_SNAPSHOT_PATH, MAX_LEGACY_CHUNK_REQUEST, MAX_SNAPSHOT_BYTES};
 use crate::types::TypeConfig;
-use crate::{Store, StoreError, SECRET_HEADER};
+use crate::{PeerAddr, Store, StoreError, SECRET_HEADER};
 
 /// The store's internal routes, to be served on the node's RPC address.
 pub fn router(store: Store) -> Router {
@@ -63,7 +63,7 @@ pub async fn require_secret(State(store): State<Store>, request: Request, next: 
         .headers()
         .get(SECRET_HEADER)
         .and_then(|v| v.to_str().ok());
-    if given != Some(identity.secret.as_str()) {
+    if !given.is_some_and(|given| crate::secret_eq(given, &identity.secret)) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
     }
     next.run(request).await
@@ -141,16 +141,18 @@ async fn applied(State(store): State<Store>) -> Json<u64> {
 
 async fn join(
     State(store): State<Store>,
+    PeerAddr(source): PeerAddr,
     Json(request): Json<JoinRequest>,
 ) -> Json<Result<JoinTicket, StoreError>> {
-    Json(store.admit(request).await)
+    Json(store.admit(request, source).await)
 }
 
 async fn join_replace(
     State(store): State<Store>,
+    PeerAddr(source): PeerAddr,
     Json(request): Json<JoinRequest>,
 ) -> Json<Result<JoinTicket, StoreError>> {
-    Json(store.admit_replacement(request).await)
+    Json(store.admit_replacement(request, source).await)
 }
 
 async fn promote(
