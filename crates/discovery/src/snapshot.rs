@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
-use flotilla_model::ClusterState;
+use flotilla_model::{at_least, ClusterState, VERSIONED_RELEASE};
 use subtle::ConstantTimeEq;
 
 use crate::DISCOVERY_PORT;
@@ -63,7 +63,9 @@ impl Databases {
     }
 
     /// What the discovery service of the node at `addr` names in cluster state `state`: every
-    /// database at this node's address, and every other node's discovery service.
+    /// database at this node's address, and every other node's discovery service. A
+    /// database's password guards it only once the cluster version is 0.2.0 (a cluster made
+    /// by 0.1.0 nodes keeps naming every database to every client until it is finalized).
     pub fn of_node(state: &ClusterState, addr: IpAddr) -> Self {
         let peers = state
             .nodes
@@ -71,6 +73,9 @@ impl Databases {
             .map(|n| n.addr)
             .filter(|ip| *ip != addr)
             .map(|ip| SocketAddr::new(ip, DISCOVERY_PORT));
+        // Until the cluster version is 0.2.0, 0.1.0 nodes name every database to anyone:
+        // this node does too, so clients see one answer whichever node they ask.
+        let guarded = at_least(state.cluster_version(), VERSIONED_RELEASE);
         let endpoints = state
             .bdbs
             .values()
@@ -78,7 +83,7 @@ impl Databases {
                 name: b.spec.name.clone(),
                 addr,
                 port: b.spec.port,
-                password: b.spec.authentication_redis_pass.clone(),
+                password: b.spec.authentication_redis_pass.clone().filter(|_| guarded),
             })
             .collect();
         Databases {
@@ -221,8 +226,26 @@ mod tests {
     fn a_database_with_a_password_is_visible_only_with_it() {
         let mut json = serde_json::to_value(two_nodes_two_databases()).unwrap();
         json["bdbs"]["2"]["authentication_redis_pass"] = "pw-b".into();
-        let state: ClusterState = serde_json::from_value(json).unwrap();
-        let dbs = Databases::of_node(&state, "127.0.0.11".parse().unwrap());
+        json["cluster"] = serde_json::json!({"name": "c", "credentials": {"username": "a", "password_hash": "x"}, "secret": "s", "created_at": 1, "cluster_version": "0.1.0"});
+        let at = |version: &str| {
+            let mut json = json.clone();
+            json["cluster"]["cluster_version"] = version.into();
+            let state: ClusterState = serde_json::from_value(json).unwrap();
+            Databases::of_node(&state, "127.0.0.11".parse().unwrap())
+        };
+        let before = at("0.1.0");
+        let names: Vec<_> = before
+            .visible_to(None)
+            .endpoints
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        assert_eq!(
+            names,
+            ["a", "b"],
+            "a 0.1.0 cluster names every database to anyone"
+        );
+        let dbs = at("0.2.0");
         let names = |given: Option<&[u8]>| -> Vec<String> {
             let visible = dbs.visible_to(given);
             visible.endpoints.iter().map(|e| e.name.clone()).collect()

@@ -2,7 +2,10 @@
 //! stream of guesses cannot turn into a denial of service (argon2 off the async workers, failures
 //! slowed per source address), and the metrics token.
 //!
-//! Each test uses its own loopback subnet (127.0.185.x, 127.0.186.x).
+//! Discovery's answers about a database with a password change only once a cluster made by
+//! 0.1.0 has every node upgraded (its cluster version moved on).
+//!
+//! Each test uses its own loopback subnet (127.0.185.x, 127.0.186.x, 127.0.189.x).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
@@ -11,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use flotilla_client::{read_bootstrap_token, ClientError};
 use flotilla_model::rest::BOOTSTRAP_TOKEN_FILE;
-use flotilla_testkit::{flotilla_bin, runtime, BareNode, DevCluster, PASSWORD, USER};
+use flotilla_testkit::{
+    assert_success, flotilla_bin, poll_until, runtime, BareNode, DevCluster, Packages, PASSWORD,
+    USER,
+};
 use serde_json::Value;
 
 fn bin() -> std::path::PathBuf {
@@ -340,4 +346,86 @@ fn wrong_passwords_neither_starve_the_node_nor_go_unslowed() {
         assert_eq!(scrape(Some("wrong")).await, 401);
         assert_eq!(scrape(Some("metrics-s3cret")).await, 200);
     });
+}
+
+/// `SENTINEL get-master-addr-by-name NAME` on node `n`'s discovery service, after `AUTH
+/// password` when given: the port it names, if any.
+fn discovered_port(cluster: &DevCluster, n: u8, name: &str, password: Option<&str>) -> Option<u16> {
+    let url = format!("redis://{}:8001/", cluster.addr(n));
+    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
+    if let Some(password) = password {
+        let _: String = redis::cmd("AUTH").arg(password).query(&mut con).unwrap();
+    }
+    let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(name)
+        .query(&mut con)
+        .unwrap();
+    addr.map(|(_, port)| port)
+}
+
+/// Upgrades node `n` in place to `package`.
+fn upgrade_node(cluster: &DevCluster, n: u8, package: &std::path::Path) {
+    let package = package.to_string_lossy().into_owned();
+    let node = n.to_string();
+    let output = cluster.flotilla(&["upgrade", "node", &node, "--package", &package, "--yes"]);
+    assert_success(&output, &format!("upgrade node {n}"));
+}
+
+#[test]
+fn a_cluster_made_by_0_1_0_keeps_its_access_until_every_node_is_upgraded() {
+    let packages = Packages::shared(&bin());
+    let v010 = packages.release_0_1_0();
+    let (_, v021) = packages.current_pair();
+    // This CLI created and joined the 0.1.0 nodes (they take no bootstrap token).
+    let cluster = DevCluster::up_from_package(&bin(), 189, 3, &v010);
+    cluster.create_db(&[
+        "--name",
+        "locked",
+        "--port",
+        "12189",
+        "--memory",
+        "50mb",
+        "--shards",
+        "1",
+        "--db-password",
+        "pw-locked",
+    ]);
+    let port = Some(12189);
+    assert_eq!(
+        discovered_port(&cluster, 1, "locked", None),
+        port,
+        "0.1.0 names it to anyone"
+    );
+
+    // Mixed: the upgraded node answers as the 0.1.0 nodes do, so clients see one answer.
+    upgrade_node(&cluster, 2, &v021);
+    assert_eq!(discovered_port(&cluster, 2, "locked", None), port);
+    for n in cluster.node_numbers() {
+        assert!(
+            read_bootstrap_token(&cluster.data_dir(n)).is_none(),
+            "a member never has a bootstrap token (node {n})"
+        );
+    }
+
+    // Every node upgraded, the cluster version moves on: the password guards the database.
+    upgrade_node(&cluster, 1, &v021);
+    upgrade_node(&cluster, 3, &v021);
+    let status = cluster.status_json(1);
+    assert_eq!(status["cluster"]["cluster_version"], "0.2.1", "{status}");
+    for n in cluster.node_numbers() {
+        let hidden = poll_until(Duration::from_secs(10), || {
+            discovered_port(&cluster, n, "locked", None).is_none()
+        });
+        assert!(
+            hidden,
+            "node {n} names the database only to its password now"
+        );
+        assert_eq!(discovered_port(&cluster, n, "locked", Some("wrong")), None);
+        assert_eq!(
+            discovered_port(&cluster, n, "locked", Some("pw-locked")),
+            port
+        );
+        assert!(read_bootstrap_token(&cluster.data_dir(n)).is_none());
+    }
 }
