@@ -127,7 +127,8 @@ impl DbEndpoint {
 
 /// True when a client that authenticated with `given` (`None`: not at all) may learn about the
 /// database of `endpoint`: always when it has no password, else only with that password
-/// (compared in constant time). The one place discovery checks a database password.
+/// (compared in constant time). The one place discovery checks a database password: where a
+/// database keeps its password hashed, the check against the hash goes here.
 pub fn password_ok(endpoint: &DbEndpoint, given: Option<&[u8]>) -> bool {
     match (&endpoint.password, given) {
         (None, _) => true,
