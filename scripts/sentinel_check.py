@@ -31,6 +31,9 @@ def parse_args():
     parser.add_argument("--write", action="store_true",
                         help="also SET and GET a key through master_for(NAME)")
     parser.add_argument("--password", help="the database's password, for --write")
+    parser.add_argument("--sentinel-password",
+                        help="AUTH to the discovery service with this database password "
+                             "(sentinel_kwargs): needed to find a database that has one")
     parser.add_argument("--timeout", type=float, default=5.0, help="socket timeout, seconds")
     return parser.parse_args()
 
@@ -47,7 +50,9 @@ def write_through(sentinel, args):
 
 def main():
     args = parse_args()
-    sentinel = Sentinel(args.sentinel, socket_timeout=args.timeout)
+    sentinel_kwargs = {"password": args.sentinel_password} if args.sentinel_password else None
+    sentinel = Sentinel(args.sentinel, socket_timeout=args.timeout,
+                        sentinel_kwargs=sentinel_kwargs)
     try:
         ip, port = sentinel.discover_master(args.name)
     except MasterNotFoundError as e:

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use flotilla_model::rest::{
     BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, Health, NodeInfo, NodeRole,
@@ -68,8 +68,10 @@ pub(crate) async fn health(State(context): State<ApiContext>) -> Json<Health> {
 /// `POST /v1/bootstrap/create_cluster`.
 pub(crate) async fn create_cluster(
     State(context): State<ApiContext>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<BootstrapResult>, ApiError> {
+    context.local.bootstrap.check(&headers)?;
     let request: BootstrapRequest = parse("create_cluster", &body)?;
     let name = request
         .cluster
@@ -94,14 +96,17 @@ pub(crate) async fn create_cluster(
             context.node.clone(),
         )
         .await?;
+    context.local.bootstrap.consume();
     Ok(Json(BootstrapResult { node_uid }))
 }
 
 /// `POST /v1/bootstrap/join_cluster`.
 pub(crate) async fn join_cluster(
     State(context): State<ApiContext>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<BootstrapResult>, ApiError> {
+    context.local.bootstrap.check(&headers)?;
     let request: BootstrapRequest = parse("join_cluster", &body)?;
     context
         .node
@@ -143,6 +148,7 @@ pub(crate) async fn join_cluster(
             request.cluster.cluster_ca_fingerprint,
         )
         .await?;
+    context.local.bootstrap.consume();
     Ok(Json(BootstrapResult { node_uid }))
 }
 

@@ -2,11 +2,13 @@
 //! its field names, `{"error_code", "description"}` errors).
 //!
 //! Every endpoint but `/v1/health` and the bootstrap calls (which run before any credentials
-//! exist) needs basic auth with the cluster's operator credentials.
+//! exist) needs basic auth with the cluster's operator credentials; the bootstrap calls need
+//! the node's bootstrap token (see [`BootstrapToken`]).
 
 mod actions;
 mod auth;
 mod bdbs;
+mod bootstrap;
 mod certificates;
 mod checks;
 mod error;
@@ -26,6 +28,7 @@ use flotilla_model::NodeSpec;
 use flotilla_orchestrator::Observer;
 use flotilla_store::Store;
 
+pub use bootstrap::BootstrapToken;
 pub use checks::internal_router;
 pub use error::ApiError;
 pub use local::{LocalNode, NodePorts, UpgradeOrder, UPGRADE_STATUS_FILE};

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use flotilla_model::rest::{NodeUpgradeRequest, NodeUpgradeStatus};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::BootstrapToken;
+
 /// The ports one node serves (DESIGN.md's ports table; the same on every node).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodePorts {
@@ -44,6 +46,8 @@ pub struct LocalNode {
     pub handover_protocol: u32,
     /// The daemon's in-place upgrade driver (absent in tests that run the API alone).
     pub upgrades: Option<mpsc::Sender<UpgradeOrder>>,
+    /// The bootstrap token guarding create/join while the node is not part of a cluster.
+    pub bootstrap: BootstrapToken,
 }
 
 impl LocalNode {

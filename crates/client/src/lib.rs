@@ -1,16 +1,28 @@
 //! A typed client for the REST API: one place that knows the URLs and the error shape, shared
 //! by the CLI, `flotilla dev` and the integration tests.
 
+use std::path::Path;
 use std::time::Duration;
 
 use flotilla_model::rest::{
     ActionInfo, BdbCreate, BdbInfo, BdbUpdate, BdbUpgrade, BootstrapCluster, BootstrapCredentials,
     BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, ErrorBody, Health, NodeInfo,
-    NodesStatus, ShardInfo,
+    NodesStatus, ShardInfo, BOOTSTRAP_TOKEN_FILE, BOOTSTRAP_TOKEN_HEADER,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// The prefix of the bootstrap routes, the only calls that carry the bootstrap token.
+const BOOTSTRAP: &str = "/v1/bootstrap/";
+
+/// The bootstrap token of the node whose data dir is `data_dir`, when it has one (a node on
+/// this machine that is not part of a cluster yet): what `flotilla dev` and the tests send.
+pub fn read_bootstrap_token(data_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(data_dir.join(BOOTSTRAP_TOKEN_FILE)).ok()?;
+    let token = text.trim();
+    (!token.is_empty()).then(|| token.to_owned())
+}
 
 /// A failed API call.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +67,7 @@ pub struct Client {
     base: String,
     user: Option<String>,
     password: Option<String>,
+    bootstrap_token: Option<String>,
     http: reqwest::Client,
 }
 
@@ -72,6 +85,7 @@ impl Client {
             base: base.trim_end_matches('/').to_string(),
             user,
             password,
+            bootstrap_token: None,
             http,
         }
     }
@@ -105,6 +119,13 @@ impl Client {
         Ok(self)
     }
 
+    /// This client, sending `token` with its bootstrap calls (create and join): a fresh node
+    /// takes them only with its bootstrap token. A 0.1.0 node ignores it.
+    pub fn with_bootstrap_token(mut self, token: Option<String>) -> Self {
+        self.bootstrap_token = token;
+        self
+    }
+
     /// The base URL.
     pub fn base(&self) -> &str {
         &self.base
@@ -125,6 +146,13 @@ impl Client {
         let mut request = self.http.request(method, &url);
         if let Some(user) = &self.user {
             request = request.basic_auth(user, self.password.as_ref());
+        }
+        if let Some(token) = self
+            .bootstrap_token
+            .as_ref()
+            .filter(|_| path.starts_with(BOOTSTRAP))
+        {
+            request = request.header(BOOTSTRAP_TOKEN_HEADER, token);
         }
         if let Some(body) = body {
             request = request.json(body);

@@ -12,8 +12,13 @@
 //! through a `tokio::sync::watch` channel, and [`serve`] answers every command from the latest
 //! snapshot. Commands: `PING`, `SENTINEL`
 //! (`get-master-addr-by-name`, `masters`, `master`, `replicas`/`slaves`, `sentinels`, `myid`),
-//! `HELLO`, `AUTH` (accepted, no auth needed), `CLIENT` (`SETNAME`, `GETNAME`, `SETINFO`, `ID`),
-//! `ROLE`, `INFO`, `QUIT`.
+//! `HELLO`, `AUTH`, `CLIENT` (`SETNAME`, `GETNAME`, `SETINFO`, `ID`), `ROLE`, `INFO`, `QUIT`.
+//!
+//! A database with a password is named only to a client that authenticated with that password
+//! (`AUTH pw`, `AUTH user pw` or `HELLO 3 AUTH user pw`; redis-py sends it with
+//! `Sentinel(..., sentinel_kwargs={"password": pw})`); to any other client it does not exist.
+//! Databases without a password are named to every client. `AUTH` itself always answers `OK`:
+//! which databases a password opens is the only thing it changes.
 
 mod error;
 mod sentinel;
@@ -23,7 +28,7 @@ mod snapshot;
 
 pub use error::DiscoveryError;
 pub use server::{serve, serve_connection};
-pub use snapshot::{run_id, Databases, DbEndpoint};
+pub use snapshot::{password_ok, run_id, Databases, DbEndpoint};
 
 /// The port the discovery service listens on, on each node's own address (Redis Software's
 /// default).

@@ -129,8 +129,11 @@ fn answer_pending(
                 return Err(e.into());
             }
         };
-        let dbs = snapshot.borrow();
-        let outcome = session.handle(&request, &View { dbs: &dbs, me });
+        let outcome = {
+            let all = snapshot.borrow();
+            let dbs = all.visible_to(session.password());
+            session.handle(&request, &View { dbs: &dbs, me })
+        };
         outcome.reply.encode_as(output, session.protocol());
         if outcome.close {
             return Ok(Step::Close);

@@ -28,6 +28,9 @@ pub(crate) struct Session {
     protocol: Protocol,
     /// The name set by `CLIENT SETNAME` or `HELLO ... SETNAME`.
     name: Option<Bytes>,
+    /// The password given by the latest `AUTH` or `HELLO ... AUTH`: the databases that have
+    /// this password (and those that have none) are the ones this client sees.
+    password: Option<Bytes>,
 }
 
 impl Session {
@@ -37,7 +40,13 @@ impl Session {
             id,
             protocol: Protocol::Resp2,
             name: None,
+            password: None,
         }
+    }
+
+    /// The password this client authenticated with, if any.
+    pub fn password(&self) -> Option<&[u8]> {
+        self.password.as_deref()
     }
 
     /// The protocol replies must be encoded in.
@@ -51,7 +60,10 @@ impl Session {
             "PING" => ping(req),
             "SENTINEL" => sentinel(req, view, self.protocol),
             "HELLO" => self.hello(req),
-            "AUTH" if matches!(req.argc(), 2 | 3) => Value::simple("OK"),
+            "AUTH" if matches!(req.argc(), 2 | 3) => {
+                self.password = req.argv().last().cloned();
+                Value::simple("OK")
+            }
             "AUTH" => arity("auth"),
             "CLIENT" => self.client(req),
             "ROLE" => role(view),
@@ -70,8 +82,8 @@ impl Session {
         }
     }
 
-    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switches protocol, accepts any
-    /// credentials, answers the server's description.
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`: switches protocol, takes the
+    /// password as `AUTH` does, answers the server's description.
     fn hello(&mut self, req: &Request) -> Value {
         let mut protocol = self.protocol;
         let mut at = 1;
@@ -84,9 +96,13 @@ impl Session {
             at = 2;
         }
         let mut name = None;
+        let mut password = None;
         while let Some(option) = req.arg(at) {
             match CommandName::new(option).as_str() {
-                "AUTH" if at + 2 < req.argc() => at += 3,
+                "AUTH" if at + 2 < req.argc() => {
+                    password = req.arg(at + 2).cloned();
+                    at += 3;
+                }
                 "SETNAME" if at + 1 < req.argc() => {
                     name = req.arg(at + 1).cloned();
                     at += 2;
@@ -103,6 +119,9 @@ impl Session {
             if let Err(e) = self.set_name(name) {
                 return e;
             }
+        }
+        if password.is_some() {
+            self.password = password;
         }
         self.protocol = protocol;
         self.hello_reply()

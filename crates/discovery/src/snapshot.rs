@@ -2,9 +2,11 @@
 //! their endpoints are, and where the other nodes' discovery services are; and how it is
 //! projected from the cluster state.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
-use flotilla_model::ClusterState;
+use flotilla_model::{at_least, ClusterState, VERSIONED_RELEASE};
+use subtle::ConstantTimeEq;
 
 use crate::DISCOVERY_PORT;
 
@@ -31,6 +33,9 @@ pub struct DbEndpoint {
     pub addr: IpAddr,
     /// The database's endpoint port.
     pub port: u16,
+    /// The database's client password, when it has one: discovery names the database only to a
+    /// client that authenticated with it (see [`password_ok`]).
+    pub password: Option<String>,
 }
 
 impl Databases {
@@ -43,7 +48,12 @@ impl Databases {
     ) -> Self {
         let endpoints = databases
             .into_iter()
-            .map(|(name, port)| DbEndpoint { name, addr, port })
+            .map(|(name, port)| DbEndpoint {
+                name,
+                addr,
+                port,
+                password: None,
+            })
             .collect();
         let sentinels = sentinels.into_iter().collect();
         Databases {
@@ -53,7 +63,9 @@ impl Databases {
     }
 
     /// What the discovery service of the node at `addr` names in cluster state `state`: every
-    /// database at this node's address, and every other node's discovery service.
+    /// database at this node's address, and every other node's discovery service. A
+    /// database's password guards it only once the cluster version is 0.2.0 (a cluster made
+    /// by 0.1.0 nodes keeps naming every database to every client until it is finalized).
     pub fn of_node(state: &ClusterState, addr: IpAddr) -> Self {
         let peers = state
             .nodes
@@ -61,11 +73,42 @@ impl Databases {
             .map(|n| n.addr)
             .filter(|ip| *ip != addr)
             .map(|ip| SocketAddr::new(ip, DISCOVERY_PORT));
-        let databases = state
+        // Until the cluster version is 0.2.0, 0.1.0 nodes name every database to anyone:
+        // this node does too, so clients see one answer whichever node they ask.
+        let guarded = at_least(state.cluster_version(), VERSIONED_RELEASE);
+        let endpoints = state
             .bdbs
             .values()
-            .map(|b| (b.spec.name.clone(), b.spec.port));
-        Databases::on_node(addr, databases, peers)
+            .map(|b| DbEndpoint {
+                name: b.spec.name.clone(),
+                addr,
+                port: b.spec.port,
+                password: b.spec.authentication_redis_pass.clone().filter(|_| guarded),
+            })
+            .collect();
+        Databases {
+            endpoints,
+            sentinels: peers.collect(),
+        }
+    }
+
+    /// The part of this snapshot a client that authenticated with `given` (or did not
+    /// authenticate) may see: every database without a password, and those whose password is
+    /// `given`. Borrowed when nothing is hidden.
+    pub fn visible_to(&self, given: Option<&[u8]>) -> Cow<'_, Databases> {
+        if self.endpoints.iter().all(|e| password_ok(e, given)) {
+            return Cow::Borrowed(self);
+        }
+        let endpoints = self
+            .endpoints
+            .iter()
+            .filter(|e| password_ok(e, given))
+            .cloned()
+            .collect();
+        Cow::Owned(Databases {
+            endpoints,
+            sentinels: self.sentinels.clone(),
+        })
     }
 
     /// The endpoint of the database named `name` (names are compared byte for byte, as
@@ -79,6 +122,18 @@ impl DbEndpoint {
     /// The endpoint as one socket address.
     pub fn socket_addr(&self) -> SocketAddr {
         SocketAddr::new(self.addr, self.port)
+    }
+}
+
+/// True when a client that authenticated with `given` (`None`: not at all) may learn about the
+/// database of `endpoint`: always when it has no password, else only with that password
+/// (compared in constant time). The one place discovery checks a database password: where a
+/// database keeps its password hashed, the check against the hash goes here.
+pub fn password_ok(endpoint: &DbEndpoint, given: Option<&[u8]>) -> bool {
+    match (&endpoint.password, given) {
+        (None, _) => true,
+        (Some(password), Some(given)) => password.as_bytes().ct_eq(given).into(),
+        (Some(_), None) => false,
     }
 }
 
@@ -166,6 +221,40 @@ mod tests {
             Databases::of_node(&ClusterState::default(), addr),
             Databases::default()
         );
+    }
+
+    #[test]
+    fn a_database_with_a_password_is_visible_only_with_it() {
+        let mut json = serde_json::to_value(two_nodes_two_databases()).unwrap();
+        json["bdbs"]["2"]["authentication_redis_pass"] = "pw-b".into();
+        json["cluster"] = serde_json::json!({"name": "c", "credentials": {"username": "a", "password_hash": "x"}, "secret": "s", "created_at": 1, "cluster_version": "0.1.0"});
+        let at = |version: &str| {
+            let mut json = json.clone();
+            json["cluster"]["cluster_version"] = version.into();
+            let state: ClusterState = serde_json::from_value(json).unwrap();
+            Databases::of_node(&state, "127.0.0.11".parse().unwrap())
+        };
+        let before = at("0.1.0");
+        let names: Vec<_> = before
+            .visible_to(None)
+            .endpoints
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        assert_eq!(
+            names,
+            ["a", "b"],
+            "a 0.1.0 cluster names every database to anyone"
+        );
+        let dbs = at("0.2.0");
+        let names = |given: Option<&[u8]>| -> Vec<String> {
+            let visible = dbs.visible_to(given);
+            visible.endpoints.iter().map(|e| e.name.clone()).collect()
+        };
+        assert_eq!(names(None), ["a"]);
+        assert_eq!(names(Some(b"wrong")), ["a"]);
+        assert_eq!(names(Some(b"pw-b")), ["a", "b"]);
+        assert_eq!(dbs.visible_to(Some(b"pw-b")).sentinels, dbs.sentinels);
     }
 
     #[test]

@@ -178,3 +178,27 @@ async fn redis_py_writes_through_the_discovered_endpoint() {
     assert_eq!(stored.as_deref(), json["value"].as_str());
     drop(engine);
 }
+
+#[tokio::test]
+async fn redis_py_finds_a_database_with_a_password_only_through_sentinel_kwargs() {
+    let ip: IpAddr = "127.0.187.2".parse().unwrap();
+    let mut dbs = one_db("127.0.187.2", "locked", 12002);
+    dbs.endpoints[0].password = Some("pw-locked".into());
+    let served = Served::start("127.0.187.2", dbs).await;
+    let sentinel = served.addr.to_string();
+    let base = ["--sentinel", sentinel.as_str(), "--name", "locked"];
+    let (code, json) = sentinel_check(&base).await;
+    assert_eq!(
+        code,
+        Some(2),
+        "without the password it is not found: {json}"
+    );
+    let wrong = [&base[..], &["--sentinel-password", "wrong"]].concat();
+    let (code, json) = sentinel_check(&wrong).await;
+    assert_eq!(code, Some(2), "with a wrong password neither: {json}");
+    let right = [&base[..], &["--sentinel-password", "pw-locked"]].concat();
+    let (code, json) = sentinel_check(&right).await;
+    assert_eq!(code, Some(0), "{json}");
+    assert_eq!(json["ip"], ip.to_string());
+    assert_eq!(json["port"], 12002);
+}

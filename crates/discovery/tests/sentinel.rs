@@ -264,3 +264,59 @@ async fn shutdown_closes_the_listener_and_connections() {
     let refused = tokio::net::TcpStream::connect(addr).await;
     assert!(refused.is_err(), "listener still accepts after shutdown");
 }
+
+/// A snapshot at `ip` with database `open` (no password, port 12000) and `locked` (password
+/// `pw-locked`, port 12001).
+fn open_and_locked(ip: &str) -> Databases {
+    let mut dbs = snapshot(ip, &[("open", 12000), ("locked", 12001)], &[]);
+    dbs.endpoints[1].password = Some("pw-locked".into());
+    dbs
+}
+
+#[tokio::test]
+async fn a_database_with_a_password_is_named_only_to_a_client_that_authenticated_with_it() {
+    let served = Served::start("127.0.187.1", open_and_locked("127.0.187.1")).await;
+    let mut raw = Raw::connect(served.addr).await;
+    // Not authenticated: the locked database does not exist; the open one does.
+    raw.send(b"SENTINEL get-master-addr-by-name locked\r\nSENTINEL get-master-addr-by-name open\r\nROLE\r\n")
+        .await;
+    raw.expect(b"*-1\r\n*2\r\n$11\r\n127.0.187.1\r\n$5\r\n12000\r\n*2\r\n$8\r\nsentinel\r\n*1\r\n$4\r\nopen\r\n")
+        .await;
+    // A wrong password changes nothing.
+    raw.send(
+        b"AUTH wrong\r\nSENTINEL get-master-addr-by-name locked\r\nSENTINEL master locked\r\n",
+    )
+    .await;
+    raw.expect(b"+OK\r\n*-1\r\n-ERR No such master with that name\r\n")
+        .await;
+    // The database's password names it.
+    raw.send(b"AUTH default pw-locked\r\nSENTINEL get-master-addr-by-name locked\r\n")
+        .await;
+    raw.expect(b"+OK\r\n*2\r\n$11\r\n127.0.187.1\r\n$5\r\n12001\r\n")
+        .await;
+
+    // HELLO 3 AUTH, as RESP3 clients send it; INFO and masters list it too.
+    let mut hello = Raw::connect(served.addr).await;
+    hello
+        .send(b"HELLO 3 AUTH default pw-locked\r\nSENTINEL get-master-addr-by-name locked\r\nQUIT\r\n")
+        .await;
+    let text = String::from_utf8(hello.read_to_close().await).unwrap();
+    assert!(
+        text.contains("$11\r\n127.0.187.1\r\n$5\r\n12001\r\n"),
+        "{text}"
+    );
+
+    let mut con = served.client().await;
+    let masters: Vec<Vec<String>> = query(&mut con, &["SENTINEL", "masters"]).await.unwrap();
+    let names: Vec<String> = masters
+        .into_iter()
+        .map(|m| field_map(m)["name"].clone())
+        .collect();
+    assert_eq!(names, ["open"], "unauthenticated: only the open database");
+    let info: String = query(&mut con, &["INFO", "sentinel"]).await.unwrap();
+    assert!(info.contains("sentinel_masters:1"), "{info}");
+    assert!(!info.contains("locked"), "{info}");
+    let _: String = query(&mut con, &["AUTH", "pw-locked"]).await.unwrap();
+    let masters: Vec<Vec<String>> = query(&mut con, &["SENTINEL", "masters"]).await.unwrap();
+    assert_eq!(masters.len(), 2, "with the password: both");
+}

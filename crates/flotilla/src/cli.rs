@@ -202,6 +202,10 @@ pub enum ClusterCommand {
         /// Cluster name, e.g. cluster.local.
         #[arg(long)]
         name: String,
+        /// The bootstrap token of the node at --url, as its daemon printed it at first start
+        /// (also in its DATA_DIR/bootstrap-token); a node of release 0.1.0 takes none.
+        #[arg(long, env = "FLOTILLA_BOOTSTRAP_TOKEN", hide_env_values = true)]
+        bootstrap_token: Option<String>,
     },
     /// Join the node at --url to the cluster that NODES belong to.
     Join {
@@ -217,6 +221,10 @@ pub enum ClusterCommand {
         /// fingerprint.
         #[arg(long, value_name = "SHA256")]
         cluster_ca_fingerprint: Option<String>,
+        /// The bootstrap token of the node at --url, as its daemon printed it at first start
+        /// (also in its DATA_DIR/bootstrap-token); a node of release 0.1.0 takes none.
+        #[arg(long, env = "FLOTILLA_BOOTSTRAP_TOKEN", hide_env_values = true)]
+        bootstrap_token: Option<String>,
     },
     /// Make a node the primary node (Raft leader) without waiting for an election timeout.
     Promote {
@@ -325,8 +333,12 @@ impl Cli {
 async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<()> {
     let client = conn.client();
     match command {
-        ClusterCommand::Create { name } => {
+        ClusterCommand::Create {
+            name,
+            bootstrap_token,
+        } => {
             let (user, password) = conn.credentials()?;
+            let client = client.with_bootstrap_token(bootstrap_token);
             let result = client.create_cluster(&name, &user, &password).await?;
             println!("cluster '{name}' created; this is node {}", result.node_uid);
         }
@@ -334,8 +346,10 @@ async fn cluster(conn: &Connection, command: ClusterCommand) -> Result<()> {
             nodes,
             replace_node,
             cluster_ca_fingerprint,
+            bootstrap_token,
         } => {
             let (user, password) = conn.credentials()?;
+            let client = client.with_bootstrap_token(bootstrap_token);
             let nodes: Vec<String> = nodes.iter().map(|n| n.to_string()).collect();
             let result = client
                 .join_cluster_checked(

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use flotilla_agent::host::OsRelease;
-use flotilla_api::{ApiContext, LocalNode, NodePorts, UpgradeOrder};
+use flotilla_api::{ApiContext, BootstrapToken, LocalNode, NodePorts, UpgradeOrder};
 use flotilla_endpoints::{Endpoints, StatsRegistry};
 use flotilla_model::{ClusterState, NodeHost, NodeSpec};
 use flotilla_orchestrator::Observer;
@@ -65,6 +65,12 @@ pub struct StartArgs {
     /// Internal RPC and Raft port.
     #[arg(long, default_value_t = 3333)]
     pub rpc_port: u16,
+    /// Require `Authorization: Bearer TOKEN` on metrics scrapes, TOKEN being this file's
+    /// content (keep it mode 0600; Prometheus reads the same file with
+    /// `authorization: {credentials_file: FILE}`). Without it, metrics are open to anyone who
+    /// reaches port 8070.
+    #[arg(long, env = "FLOTILLA_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
     /// Set by a running daemon that hands the node over to this one (in-place upgrade): the
     /// descriptor of the handover channel.
     #[arg(long, hide = true)]
@@ -485,6 +491,7 @@ async fn start_back(
         ports: args.ports(),
         handover_protocol: flotilla_handover::HANDOVER_PROTOCOL,
         upgrades: Some(upgrades),
+        bootstrap: bootstrap_token(store, &args.data_dir)?,
     };
     let rpc_router = flotilla_store::rpc::router(store.clone())
         .merge(observer.router())
@@ -551,8 +558,10 @@ async fn start_back(
     };
     let metrics = serving(&services.metrics)?;
     let metrics_stop = stopped(stop.clone());
+    let metrics_token = metrics_token(args)?;
     spawn(tasks, async move {
-        if let Err(e) = flotilla_metrics::serve(metrics, metrics_source, metrics_stop).await {
+        let serving = flotilla_metrics::serve(metrics, metrics_source, metrics_token, metrics_stop);
+        if let Err(e) = serving.await {
             tracing::error!(error = %e, "metrics server stopped");
         }
     });
@@ -566,6 +575,40 @@ async fn start_back(
         ),
     );
     Ok(removed)
+}
+
+/// The token metrics scrapes must carry, from `--metrics-token-file` (none: metrics are open).
+fn metrics_token(args: &StartArgs) -> Result<Option<String>> {
+    let Some(file) = &args.metrics_token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("--metrics-token-file {}: reading it", file.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("--metrics-token-file {}: the file is empty; write the token metrics scrapes must carry into it", file.display());
+    }
+    Ok(Some(token.to_owned()))
+}
+
+/// The node's bootstrap token (none once it is part of a cluster), printed for the operator
+/// while the node has one.
+fn bootstrap_token(store: &Store, data_dir: &Path) -> Result<BootstrapToken> {
+    let member = store
+        .uid()
+        .is_some_and(|uid| store.voter_uids().contains(&uid))
+        && store.state().cluster.is_some();
+    let token = BootstrapToken::prepare(data_dir, member, store.identity().is_some())
+        .with_context(|| format!("preparing the bootstrap token in {}", data_dir.display()))?;
+    if let Some(token) = token.token() {
+        let file = data_dir.join(flotilla_model::rest::BOOTSTRAP_TOKEN_FILE);
+        println!("bootstrap token: {token}");
+        tracing::info!(
+            file = %file.display(),
+            "this node is not part of a cluster: `flotilla cluster create` or `cluster join` on it needs its bootstrap token (printed on stdout, kept in the file): --bootstrap-token or FLOTILLA_BOOTSTRAP_TOKEN"
+        );
+    }
+    Ok(token)
 }
 
 /// Where this node's engine binaries are: the installed package's `engines/`, else
@@ -681,8 +724,9 @@ async fn serve_https(
 }
 
 async fn serve(listener: TcpListener, router: axum::Router, stop: watch::Receiver<bool>) {
-    let router = in_node_span(router);
-    if let Err(e) = axum::serve(listener, router)
+    // Connection info gives handlers the client's address: failed logins count against it.
+    let service = in_node_span(router).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, service)
         .with_graceful_shutdown(stopped(stop))
         .await
     {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
-use flotilla_client::Client;
+use flotilla_client::{read_bootstrap_token, Client};
 use flotilla_model::rest::{NodeRole, NodeStatus};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -290,6 +290,7 @@ async fn start_and_join(
         Some(password.clone()),
     );
     wait_healthy(&client, &data_dir, child.as_mut()).await?;
+    let client = client.with_bootstrap_token(read_bootstrap_token(&data_dir));
     let joined = client
         .join_cluster_replacing(&seeds, &user, &password, replacing)
         .await?;
@@ -374,10 +375,13 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
         wait_healthy(client, data_dir, child.as_mut()).await?;
     }
     let first = nodes[0].0.to_string();
-    for (i, client) in clients.iter().enumerate() {
+    for (i, (client, (_, data_dir, _))) in clients.iter().zip(&nodes).enumerate() {
         if client.health().await?.node_uid.is_some() {
             continue;
         }
+        let client = client
+            .clone()
+            .with_bootstrap_token(read_bootstrap_token(data_dir));
         if i == 0 {
             client.create_cluster(&args.name, &user, &password).await?;
         } else {

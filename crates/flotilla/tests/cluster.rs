@@ -218,14 +218,17 @@ fn bootstrap_refusals_name_the_problem_and_change_nothing() {
         .unwrap_err();
     assert_eq!(err.status().map(|s| s.as_u16()), Some(409), "{err}");
 
-    // Malformed JSON and missing fields: 400 naming the field.
+    // Malformed JSON and missing fields (with the node's bootstrap token): 400 naming the field.
     flotilla_testkit::install_crypto_provider();
     let http = reqwest::Client::new();
+    let token =
+        flotilla_client::read_bootstrap_token(joiner.data_dir()).expect("a fresh node's token");
     let post = |path: &str, body: &str| {
         let response = rt
             .block_on(
                 http.post(format!("http://127.0.25.12:8080{path}"))
                     .header("content-type", "application/json")
+                    .header(flotilla_model::rest::BOOTSTRAP_TOKEN_HEADER, &token)
                     .body(body.to_string())
                     .send(),
             )

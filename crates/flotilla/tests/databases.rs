@@ -251,6 +251,12 @@ fn planned_switchovers_under_load_lose_nothing_and_raise_no_error() {
             ));
         }
     }
+    // The six switchovers can take under a second: let the load run long enough to count
+    // (about half its operations are acknowledged writes).
+    assert!(
+        rt.block_on(load.wait_for_ops(2_500, Duration::from_secs(30))),
+        "the load keeps running"
+    );
     let report = flotilla_testkit::stop_load_clean(&rt, load);
     eprintln!(
         "switchover hold times (ms): {holds:?} (spread, catch-up: {phases:?}); longest client stall {:.1} ms",

@@ -38,7 +38,7 @@ mod project;
 mod render;
 mod sample;
 
-pub use http::{router, serve, METRICS_PATH};
+pub use http::{router, router_with_token, serve, METRICS_PATH};
 pub use project::sample_of;
 pub use render::{render, CONTENT_TYPE};
 pub use sample::{Bucket, DbSample, Histogram, NodeSample, Sample, ShardRole, ShardSample};

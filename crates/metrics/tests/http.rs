@@ -41,7 +41,7 @@ async fn a_counter_moves_between_scrapes_when_the_source_changes() {
     let url = format!("http://{}/metrics", listener.local_addr().unwrap());
     let requests = Arc::new(AtomicU64::new(10));
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, source(requests.clone()), async {
+    let server = tokio::spawn(serve(listener, source(requests.clone()), None, async {
         let _ = stopped.await;
     }));
 
@@ -78,4 +78,50 @@ async fn other_paths_are_not_found() {
 async fn get(url: &str) -> reqwest::Result<reqwest::Response> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::get(url).await
+}
+
+#[tokio::test]
+async fn with_a_token_a_scrape_needs_it_as_a_bearer_token() {
+    let listener = TcpListener::bind("127.0.188.1:0").await.unwrap();
+    let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let token = Some("metrics-s3cret".to_string());
+    let server = tokio::spawn(serve(
+        listener,
+        source(Arc::new(AtomicU64::new(7))),
+        token,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let http = reqwest::Client::new();
+    let status = |bearer: Option<&'static str>| {
+        let mut request = http.get(&url);
+        if let Some(bearer) = bearer {
+            request = request.header("authorization", format!("Bearer {bearer}"));
+        }
+        async move { request.send().await.expect("scrape").status().as_u16() }
+    };
+    assert_eq!(status(None).await, 401, "no token");
+    assert_eq!(status(Some("wrong")).await, 401, "a wrong token");
+    assert_eq!(status(Some("metrics-s3cret")).await, 200, "the token");
+    let text = http
+        .get(&url)
+        .bearer_auth("metrics-s3cret")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let db = [("bdb", "1"), ("name", "cache")];
+    assert_eq!(
+        common::parse(&text).value("flotilla_bdb_requests_total", &db),
+        7.0
+    );
+    stop.send(()).unwrap();
+    server
+        .await
+        .unwrap()
+        .expect("server stops cleanly on shutdown");
 }

@@ -209,6 +209,15 @@ pub struct NodeUpgradeStatus {
     pub started_at: u64,
 }
 
+/// The header that carries a fresh node's bootstrap token on `/v1/bootstrap/*` calls. A
+/// header, not a body field: a 0.1.0 node (which takes no token and refuses unknown body
+/// fields) ignores it, so one client creates and joins clusters of either release.
+pub const BOOTSTRAP_TOKEN_HEADER: &str = "x-flotilla-bootstrap-token";
+
+/// The file, in a node's data dir, that holds its bootstrap token (mode 0600) until the node
+/// creates or joins a cluster.
+pub const BOOTSTRAP_TOKEN_FILE: &str = "bootstrap-token";
+
 /// `POST /v1/bootstrap/create_cluster` and `join_cluster` (Redis Software's bootstrap shape).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -44,7 +44,10 @@ use redb::Database;
 use tokio::sync::watch;
 
 pub use certificates::run_certificates;
-pub use credentials::{hash_password, verify as verify_credentials};
+pub use credentials::{
+    check_login, hash_password, random_secret, secret_eq, verify as verify_credentials, Login,
+    PeerAddr, Throttle,
+};
 pub use error::StoreError;
 pub use follow::{project, publish_if_changed, StateFeed, Wake, Wakes};
 pub use identity::Identity;

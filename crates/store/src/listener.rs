@@ -133,6 +133,10 @@ where
 {
     let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
         request.extensions_mut().insert(channel);
+        // The client's address as axum's `ConnectInfo`: failed logins count against it.
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(channel.peer()));
         router.clone().oneshot(request)
     });
     let builder = auto::Builder::new(TokioExecutor::new());

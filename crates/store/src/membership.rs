@@ -26,17 +26,18 @@
 //! request fails without changing anything.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use flotilla_model::{
-    now_secs, ClusterCa, ClusterCreation, Command, CommandResult, NodeAddition, NodeCertificate,
-    NodeCertificateIssue, NodeReplacement, NodeSpec, NodeUid,
+    now_secs, ClusterCa, ClusterCreation, Command, CommandResult, Credentials, NodeAddition,
+    NodeCertificate, NodeCertificateIssue, NodeReplacement, NodeSpec, NodeUid,
 };
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 
 use crate::certificates::{ClusterCaAnswer, CLUSTER_CA_PATH};
-use crate::credentials::{hash_password, random_secret, verify};
+use crate::credentials::{check_login, hash_password, random_secret, Login, Throttle};
 use crate::network::Route;
 use crate::tls::{self, NodeCredentials};
 use crate::types::RaftNode;
@@ -411,15 +412,18 @@ impl Store {
 
     /// Primary node's handling of a join request (step 1). Forwards to the primary node when this
     /// node is not it.
-    pub(crate) async fn admit(&self, request: JoinRequest) -> Result<JoinTicket, StoreError> {
+    pub(crate) async fn admit(
+        &self,
+        request: JoinRequest,
+        source: Option<IpAddr>,
+    ) -> Result<JoinTicket, StoreError> {
         if !self.is_primary_node() {
-            return self.call_primary_node("/internal/join", &request).await?;
+            return self.forward_join("/internal/join", &request, source).await;
         }
         let state = self.state();
         let cluster = state.cluster()?;
-        if !verify(&cluster.credentials, &request.username, &request.password) {
-            return Err(StoreError::Unauthorized);
-        }
+        self.check_joiner(&cluster.credentials, &request, source)
+            .await?;
         if let Some(existing) = state.node_by_addr(request.node.addr) {
             if self.voter_uids().contains(&existing.uid) {
                 return Err(StoreError::AlreadyBootstrapped(format!(
@@ -456,15 +460,15 @@ impl Store {
     pub(crate) async fn admit_replacement(
         &self,
         request: JoinRequest,
+        source: Option<IpAddr>,
     ) -> Result<JoinTicket, StoreError> {
         if !self.is_primary_node() {
-            return self.call_primary_node(JOIN_REPLACE_PATH, &request).await?;
+            return self.forward_join(JOIN_REPLACE_PATH, &request, source).await;
         }
         let state = self.state();
         let cluster = state.cluster()?;
-        if !verify(&cluster.credentials, &request.username, &request.password) {
-            return Err(StoreError::Unauthorized);
-        }
+        self.check_joiner(&cluster.credentials, &request, source)
+            .await?;
         let uid = request.replace_node.ok_or_else(|| {
             StoreError::InvalidRequest(
                 "replace_node: missing the uid of the node to replace".into(),
@@ -497,6 +501,50 @@ impl Store {
             certificate,
             ca_certificate,
         })
+    }
+
+    /// The operator's credentials in a join request, checked through the login guard
+    /// ([`check_login`]: argon2 off the async workers, failures slowed per source). A request
+    /// forwarded by a member was already throttled there: its source is not counted here.
+    async fn check_joiner(
+        &self,
+        credentials: &Credentials,
+        request: &JoinRequest,
+        source: Option<IpAddr>,
+    ) -> Result<(), StoreError> {
+        let source = source.filter(|ip| !self.is_member_addr(*ip));
+        let login = check_login(source, credentials, &request.username, &request.password).await;
+        login_refusal(login, source).map_or(Ok(()), Err)
+    }
+
+    /// A join step 1 forwarded to the primary node by a member that is not it: a throttled
+    /// source is refused here, and a refusal of its credentials counts against it here.
+    async fn forward_join(
+        &self,
+        path: &str,
+        request: &JoinRequest,
+        source: Option<IpAddr>,
+    ) -> Result<JoinTicket, StoreError> {
+        let throttle = Throttle::process();
+        if let Some(ip) = source {
+            if let Some(retry_after) = throttle.wait_for(ip, Instant::now()) {
+                let login = Login::Throttled { retry_after };
+                return Err(login_refusal(login, source).expect("a throttled login is refused"));
+            }
+        }
+        let answer = self.call_primary_node(path, request).await?;
+        if let (Some(ip), Err(StoreError::Unauthorized)) = (source, &answer) {
+            throttle.failed(ip, Instant::now());
+        }
+        answer
+    }
+
+    /// True when `ip` is the address of a voting member (a node whose daemon forwards joins).
+    fn is_member_addr(&self, ip: IpAddr) -> bool {
+        let voters = self.voter_uids();
+        self.state()
+            .node_by_addr(ip)
+            .is_some_and(|node| voters.contains(&node.uid))
     }
 
     /// Primary node's step 2: learner, catch up, voter.
@@ -576,6 +624,24 @@ impl Store {
             }
         })?;
         Ok(())
+    }
+}
+
+/// The error a join answers for a login that was not accepted (`None` when it was). A
+/// throttled or busy check travels as `invalid_request` with its reason: 0.1.0 nodes know no
+/// other variant for it.
+fn login_refusal(login: Login, source: Option<IpAddr>) -> Option<StoreError> {
+    let from = source.map_or_else(String::new, |ip| format!(" from {ip}"));
+    match login {
+        Login::Accepted => None,
+        Login::Refused => Some(StoreError::Unauthorized),
+        Login::Throttled { retry_after } => Some(StoreError::InvalidRequest(format!(
+            "too many failed logins{from}: try again in {} s",
+            retry_after.as_secs().max(1)
+        ))),
+        Login::Busy => Some(StoreError::InvalidRequest(
+            "the primary node is busy checking other logins: try again in a moment".into(),
+        )),
     }
 }
 

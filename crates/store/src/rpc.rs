@@ -26,7 +26,7 @@ use crate::listener::Channel;
 use crate::membership::{JoinRequest, JoinTicket, PromoteRequest};
 use crate::transfer::{self, FULL_SNAPSHOT_PATH, MAX_LEGACY_CHUNK_REQUEST, MAX_SNAPSHOT_BYTES};
 use crate::types::TypeConfig;
-use crate::{Store, StoreError, SECRET_HEADER};
+use crate::{PeerAddr, Store, StoreError, SECRET_HEADER};
 
 /// The store's internal routes, to be served on the node's RPC address.
 pub fn router(store: Store) -> Router {
@@ -94,18 +94,11 @@ pub async fn require_secret(State(store): State<Store>, request: Request, next: 
     let given = request
         .headers()
         .get(SECRET_HEADER)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    if !same_secret(given, identity.secret.as_bytes()) {
+        .and_then(|v| v.to_str().ok());
+    if !given.is_some_and(|given| crate::secret_eq(given, &identity.secret)) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
     }
     next.run(request).await
-}
-
-/// Compares two secrets in time that depends only on their lengths.
-fn same_secret(given: &[u8], expected: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    given.len() == expected.len() && bool::from(given.ct_eq(expected))
 }
 
 async fn append(
@@ -180,16 +173,18 @@ async fn applied(State(store): State<Store>) -> Json<u64> {
 
 async fn join(
     State(store): State<Store>,
+    PeerAddr(source): PeerAddr,
     Json(request): Json<JoinRequest>,
 ) -> Json<Result<JoinTicket, StoreError>> {
-    Json(store.admit(request).await)
+    Json(store.admit(request, source).await)
 }
 
 async fn join_replace(
     State(store): State<Store>,
+    PeerAddr(source): PeerAddr,
     Json(request): Json<JoinRequest>,
 ) -> Json<Result<JoinTicket, StoreError>> {
-    Json(store.admit_replacement(request).await)
+    Json(store.admit_replacement(request, source).await)
 }
 
 /// The cluster CA's certificate (public): what a joining node checks before it sends the

@@ -488,8 +488,15 @@ impl BareNode {
         node
     }
 
-    /// A REST client for this node.
+    /// A REST client for this node, sending the node's bootstrap token (read from its data
+    /// dir) with create and join.
     pub fn client(&self, user: Option<&str>, password: Option<&str>) -> Client {
+        self.client_without_token(user, password)
+            .with_bootstrap_token(flotilla_client::read_bootstrap_token(self.data_dir()))
+    }
+
+    /// A REST client for this node that does not know its bootstrap token.
+    pub fn client_without_token(&self, user: Option<&str>, password: Option<&str>) -> Client {
         Client::new(
             &format!("http://{}:8080", self.addr),
             user.map(String::from),
