@@ -183,6 +183,14 @@ pub struct BdbChange {
     /// version allows it ([`Command::introduced_in`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remove_authentication_redis_pass: bool,
+    /// New client password as its SHA-256 hex (replaces a plaintext one). Introduced in
+    /// 0.2.0: how a password is set once the cluster version is 0.2.0, so the plaintext
+    /// never reaches the Raft log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication_redis_pass_sha256: Option<String>,
+    /// New client-connection limits. Introduced in 0.2.0.
+    #[serde(flatten)]
+    pub limits: crate::bdb::ClientLimitsChange,
 }
 
 /// [`Command::FinalizeClusterVersion`]: the version the cluster moves to.
@@ -604,6 +612,9 @@ mod tests {
         r#"{"kind":"create_action","action":{"type":"maintenance_off","node_uid":2,"skip_shards_restore":false,"activation":7,"moves":[{"shard_uid":9,"bdb_uid":1,"assigned_slots":"0-8191","from_node":3,"to_node":2}],"primaries":[{"bdb_uid":1,"assigned_slots":"0-8191","node_uid":2,"role":"master"}]},"steps_total":6,"first_step":"add_copy shard:9","created_at":1700000002}"#,
         r#"{"kind":"create_action","action":{"type":"maintenance_off","node_uid":2,"skip_shards_restore":true,"activation":7,"moves":[]},"steps_total":1,"first_step":"end_maintenance node:2","created_at":1700000002}"#,
         r#"{"kind":"create_action","action":{"type":"node_remove","node_uid":1,"moves":[{"shard_uid":4,"bdb_uid":1,"assigned_slots":"0-8191","from_node":1,"to_node":3}]},"steps_total":6,"first_step":"demote_node","created_at":1700000002}"#,
+        r#"{"kind":"update_bdb","uid":1,"memory_size":null,"authentication_redis_pass":null,"authentication_redis_pass_sha256":"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"}"#,
+        r#"{"kind":"update_bdb","uid":1,"memory_size":null,"authentication_redis_pass":null,"max_connections":100,"client_query_buffer_limit":1048576,"client_output_buffer_limit":33554432,"client_output_timeout":10,"client_timeout":300}"#,
+        r#"{"kind":"create_bdb","bdb":{"name":"db1","port":12000,"memory_size":104857600,"shards_count":2,"replication":true,"data_persistence":"aof","redis_version":"redis-7.0","authentication_redis_pass":null,"authentication_redis_pass_sha256":"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8","max_connections":100,"client_timeout":300},"created_at":1700000001,"shards":[{"node_uid":1,"role":"master","assigned_slots":"0-8191","port":20001}]}"#,
         r#"{"kind":"create_cluster","name":"c1","credentials":{"username":"admin","password_hash":"$argon2id$v=19$x"},"secret":"s3cret","created_at":1700000000,"node":{"addr":"127.0.0.11","software_version":"0.2.0","os":"Debian GNU/Linux 12 (bookworm)"},"cluster_version":"0.2.0"}"#,
     ];
 
