@@ -264,3 +264,32 @@ async fn shutdown_closes_the_listener_and_connections() {
     let refused = tokio::net::TcpStream::connect(addr).await;
     assert!(refused.is_err(), "listener still accepts after shutdown");
 }
+
+#[tokio::test]
+async fn requests_are_bounded_like_an_unauthenticated_redis_client() {
+    let served = Served::start(
+        "127.0.170.1",
+        snapshot("127.0.170.1", &[("a", 12000)], &[]),
+    )
+    .await;
+    let mut good = served.client().await;
+    // A 500 MB bulk is refused at its header: only its first bytes are sent.
+    let mut huge = Raw::connect(served.addr).await;
+    huge.send(b"*3\r\n$8\r\nSENTINEL\r\n$4\r\nPING\r\n$500000000\r\nxxxx")
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&huge.read_to_close().await),
+        "-ERR Protocol error: unauthenticated bulk length\r\n"
+    );
+    let mut many = Raw::connect(served.addr).await;
+    many.send(b"*11\r\n").await;
+    assert_eq!(
+        String::from_utf8_lossy(&many.read_to_close().await),
+        "-ERR Protocol error: unauthenticated multibulk length\r\n"
+    );
+    // Other clients are untouched.
+    let addr: Vec<String> = query(&mut good, &["SENTINEL", "get-master-addr-by-name", "a"])
+        .await
+        .unwrap();
+    assert_eq!(addr, ["127.0.170.1", "12000"]);
+}

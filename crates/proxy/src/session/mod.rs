@@ -23,11 +23,14 @@
 //!   ([`SessionState`]), which each part contributes its piece of; `detach.rs`: taking it at a
 //!   command boundary (or while blocked) with the sockets, and rebuilding a session from them.
 
+use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::BytesMut;
+use flotilla_model::ClientLimits;
 use flotilla_resp::{ProtocolError, Request, RequestDecoder, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -60,27 +63,143 @@ use transaction::TxState;
 /// Most requests routed before the batch is sent; bounds the memory one pipeline can pin.
 const MAX_BATCH: usize = 1024;
 
+/// Replies pending past this many bytes are written out at once, mid-batch: a batch's replies
+/// are not all held until its last one is resolved. While the client does not take them, the
+/// session waits in that write and reads none of the client's further requests (backpressure).
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Room made in the input buffer before each read (it is allocated only then: an idle
+/// connection holds no buffer).
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What the session enforces on the client's replies (from the database's [`ClientLimits`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct OutputBounds {
+    /// Most bytes of replies pending; 0: no limit.
+    hard_limit: usize,
+    /// Longest wait for the client to take any byte of its pending replies.
+    timeout: Option<Duration>,
+}
+
+impl OutputBounds {
+    fn of(limits: &ClientLimits) -> Self {
+        OutputBounds {
+            hard_limit: usize::try_from(limits.client_output_buffer_limit).unwrap_or(usize::MAX),
+            timeout: (limits.client_output_timeout > 0)
+                .then(|| Duration::from_secs(u64::from(limits.client_output_timeout))),
+        }
+    }
+}
+
 /// The client's side of the connection: its socket and buffers.
 pub(super) struct ClientIo {
     stream: TcpStream,
     /// Bytes received and not yet decoded.
     input: BytesMut,
-    /// Replies of the batch, written in one go.
+    /// Replies not yet written (written once [`FLUSH_AT`] bytes are pending, and at the end
+    /// of each batch).
     output: BytesMut,
     decoder: RequestDecoder,
+    /// The bounds on `output`.
+    bounds: OutputBounds,
+    /// Set once the client exceeded an output bound or its socket failed: its replies are
+    /// dropped and the session ends after the batch.
+    broken: bool,
 }
 
 impl ClientIo {
-    /// Reads what the client sent into the input buffer; `false` when it closed.
-    async fn read(&mut self) -> std::io::Result<bool> {
-        Ok(self.stream.read_buf(&mut self.input).await? > 0)
+    fn new(stream: TcpStream) -> Self {
+        ClientIo {
+            stream,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            decoder: RequestDecoder::default(),
+            bounds: OutputBounds::default(),
+            broken: false,
+        }
     }
 
-    /// Writes the output buffer to the client.
-    async fn write_output(&mut self) -> std::io::Result<()> {
-        self.stream.write_all(&self.output).await?;
+    /// Applies the database's limits and the client's authentication to what is decoded
+    /// and written from now on.
+    fn bound(&mut self, limits: &ClientLimits, authenticated: bool) {
+        self.bounds = OutputBounds::of(limits);
+        self.decoder.set_unauthenticated(!authenticated);
+        let query = usize::try_from(limits.client_query_buffer_limit).unwrap_or(usize::MAX);
+        self.decoder.set_query_buffer_limit(Some(query));
+    }
+
+    /// Reads what the client sent into the input buffer; `false` when it closed.
+    ///
+    /// The input buffer gets room only once the socket is readable, so a connection waiting
+    /// for its client holds no buffer (see [`ClientIo::release_idle_buffers`]).
+    async fn read(&mut self) -> io::Result<bool> {
+        loop {
+            self.stream.readable().await?;
+            if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
+                self.input.reserve(READ_CHUNK);
+            }
+            match self.stream.try_read_buf(&mut self.input) {
+                Ok(read) => return Ok(read > 0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Frees the buffers while they are empty: between requests, a connection costs its
+    /// socket and its session, not 16 KB of buffers.
+    fn release_idle_buffers(&mut self) {
+        if self.input.is_empty() && self.input.capacity() > 0 {
+            self.input = BytesMut::new();
+        }
+        if self.output.is_empty() && self.output.capacity() > 0 {
+            self.output = BytesMut::new();
+        }
+    }
+
+    /// Writes the output buffer to the client, within the output timeout; an error once the
+    /// client broke an output bound.
+    async fn write_output(&mut self) -> io::Result<()> {
+        if self.broken {
+            self.output.clear();
+            return Err(io::Error::other(
+                "the client's replies exceeded its output bounds",
+            ));
+        }
+        let written = write_within(&mut self.stream, &self.output, self.bounds.timeout).await;
         self.output.clear();
-        Ok(())
+        if written.is_err() {
+            self.broken = true;
+        }
+        written
+    }
+
+    /// After a reply was added to the output: writes it out once [`FLUSH_AT`] bytes are
+    /// pending, and enforces the hard limit. `false` once the client is to be closed (its
+    /// replies are dropped from then on).
+    async fn after_reply(&mut self) -> bool {
+        if self.broken {
+            self.output.clear();
+            return false;
+        }
+        let hard = self.bounds.hard_limit;
+        if hard > 0 && self.output.len() > hard {
+            tracing::debug!(
+                pending = self.output.len(),
+                limit = hard,
+                "closing a client whose replies exceed its output buffer limit"
+            );
+            self.broken = true;
+            self.output.clear();
+            return false;
+        }
+        if self.output.len() >= FLUSH_AT {
+            if let Err(e) = self.write_output().await {
+                tracing::debug!(error = %e, "closing a client that does not take its replies");
+                return false;
+            }
+        }
+        true
     }
 
     /// The next request received. `whole`: only a request already received whole is decoded,
@@ -109,6 +228,37 @@ impl ClientIo {
         }
         Ok(None)
     }
+}
+
+/// Writes `bytes` to `stream`; with a `timeout`, fails once the client takes no byte for that
+/// long (it does not read its replies).
+async fn write_within(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    let Some(timeout) = timeout else {
+        return stream.write_all(bytes).await;
+    };
+    let mut at = 0;
+    while at < bytes.len() {
+        let written = tokio::time::timeout(timeout, stream.write(&bytes[at..]))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the client took none of its replies for {} s (client_output_timeout)",
+                        timeout.as_secs()
+                    ),
+                )
+            })??;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        at += written;
+    }
+    Ok(())
 }
 
 /// The length of the request at the start of `input` when it is all there (an inline line, or
@@ -214,14 +364,12 @@ impl Session {
         let local = stream.local_addr().unwrap_or(unknown);
         let _ = stream.set_nodelay(true);
         let shard_count = view.current.shard_count();
+        let state = ClientState::new(id, peer, local, view.current.password());
+        let mut client = ClientIo::new(stream);
+        client.bound(view.current.limits(), state.authenticated);
         Session {
-            client: ClientIo {
-                stream,
-                input: BytesMut::with_capacity(16 * 1024),
-                output: BytesMut::with_capacity(16 * 1024),
-                decoder: RequestDecoder::default(),
-            },
-            state: ClientState::new(id, peer, local, view.current.password()),
+            client,
+            state,
             links: ShardLinks::new(shard_count, shared),
             replies: ReplyQueue::default(),
             hold: HoldGate::new(&options),
@@ -361,10 +509,17 @@ impl Session {
     /// Waits for the client's next bytes, or for the owner's next request; `false` when the
     /// client is gone.
     async fn wait_client(&mut self) -> std::io::Result<bool> {
+        self.client.release_idle_buffers();
+        let idle = self.view.current.limits().client_timeout;
+        let timeout = Duration::from_secs(u64::from(idle));
         tokio::select! {
             biased;
             () = self.control.listen() => Ok(true),
             read = self.client.read() => read,
+            () = tokio::time::sleep(timeout), if idle > 0 => {
+                tracing::debug!(seconds = idle, "closing an idle client (client_timeout)");
+                Ok(false)
+            }
         }
     }
 
@@ -427,7 +582,7 @@ impl Session {
         while routed < MAX_BATCH && !self.closing {
             let request = match self.hold.take_parked().or_else(|| self.deferred.take()) {
                 Some(request) => request,
-                None => match self.client.next_request(whole) {
+                None => match self.next_request(whole) {
                     Ok(Some(request)) => request,
                     Ok(None) => break,
                     Err(e) => {
@@ -465,6 +620,14 @@ impl Session {
         routed
     }
 
+    /// The client's next request, decoded within the bounds its authentication and the
+    /// database's limits set now.
+    fn next_request(&mut self, whole: bool) -> Result<Option<Request>, ProtocolError> {
+        self.client
+            .bound(self.view.current.limits(), self.state.authenticated);
+        self.client.next_request(whole)
+    }
+
     /// Flushes every shard's part of the batch, then resolves the replies in order (see
     /// [`Session::resolve_replies`]).
     async fn send_batch(&mut self, may_detach: bool) -> Option<Pending> {
@@ -483,7 +646,7 @@ impl Session {
             resend: &mut self.resend,
             subs: &mut self.subs,
             topology: &self.view.rx,
-            out: &mut self.client.output,
+            client: &mut self.client,
             protocol: self.state.protocol,
             closing: &mut self.closing,
             control: may_detach.then_some(&mut self.control),
@@ -512,6 +675,7 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
     use tokio::sync::mpsc;
 
@@ -616,6 +780,41 @@ mod tests {
         session.route_batch().await;
         session.send_batch(false).await;
         session.client.write_output().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unauthenticated_client_is_refused_at_the_header_of_a_huge_bulk() {
+        let (mut s, mut client) = session(Some("secret")).await;
+        feed(
+            &mut s,
+            &mut client,
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$500000000\r\n",
+        )
+        .await;
+        expect(
+            &mut client,
+            b"-ERR Protocol error: unauthenticated bulk length\r\n",
+        )
+        .await;
+        assert!(s.closing);
+        let (mut s, mut client) = session(Some("secret")).await;
+        feed(&mut s, &mut client, b"*11\r\n").await;
+        expect(
+            &mut client,
+            b"-ERR Protocol error: unauthenticated multibulk length\r\n",
+        )
+        .await;
+        // Once authenticated (in the same pipeline), the bounds are lifted.
+        let (mut s, mut client) = session(Some("secret")).await;
+        let mut wire = b"AUTH secret\r\n*2\r\n$4\r\nECHO\r\n$20000\r\n".to_vec();
+        wire.extend_from_slice(&[b'x'; 20000]);
+        wire.extend_from_slice(b"\r\n");
+        feed(&mut s, &mut client, &wire).await;
+        let mut reply = b"+OK\r\n$20000\r\n".to_vec();
+        reply.extend_from_slice(&[b'x'; 20000]);
+        reply.extend_from_slice(b"\r\n");
+        expect(&mut client, &reply).await;
+        assert!(!s.closing);
     }
 
     #[tokio::test]
