@@ -127,12 +127,24 @@ fn bdb_info(state: &ClusterState, observed: &Observed, bdb: &Bdb) -> BdbInfo {
         redis_version: bdb.spec.redis_version.to_string(),
         status: if active { "active" } else { "pending" }.into(),
         password_protected: bdb.spec.has_password(),
+        password_storage: password_storage(&bdb.spec).map(str::to_owned),
         limits: bdb.spec.limits,
         endpoints: vec![EndpointInfo {
             addr: state.nodes.values().map(|n| n.addr.to_string()).collect(),
             port: bdb.spec.port,
         }],
         shard_list: shards.iter().map(|s| s.uid).collect(),
+    }
+}
+
+/// How the store keeps a database's password, as [`BdbInfo::password_storage`] says it.
+fn password_storage(spec: &BdbSpec) -> Option<&'static str> {
+    if spec.authentication_redis_pass_sha256.is_some() {
+        Some("sha256")
+    } else if spec.authentication_redis_pass.is_some() {
+        Some("plaintext")
+    } else {
+        None
     }
 }
 

@@ -267,11 +267,7 @@ async fn shutdown_closes_the_listener_and_connections() {
 
 #[tokio::test]
 async fn requests_are_bounded_like_an_unauthenticated_redis_client() {
-    let served = Served::start(
-        "127.0.170.1",
-        snapshot("127.0.170.1", &[("a", 12000)], &[]),
-    )
-    .await;
+    let served = Served::start("127.0.170.1", snapshot("127.0.170.1", &[("a", 12000)], &[])).await;
     let mut good = served.client().await;
     // A 500 MB bulk is refused at its header: only its first bytes are sent.
     let mut huge = Raw::connect(served.addr).await;

@@ -329,11 +329,27 @@ fn print_details(bdb: &BdbInfo) {
     println!("  persistence:  {:?}", bdb.data_persistence);
     println!(
         "  password:     {}",
-        if bdb.password_protected {
-            "required"
-        } else {
-            "none"
+        match (bdb.password_protected, bdb.password_storage.as_deref()) {
+            (false, _) => "none".to_string(),
+            (true, Some(storage)) => format!("required (stored as {storage})"),
+            (true, None) => "required".to_string(),
         }
+    );
+    let limits = &bdb.limits;
+    let unlimited = |n: u64| {
+        if n == 0 {
+            "no limit".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    println!(
+        "  clients:      max {} per node, idle timeout {} s, query buffer {} bytes, output buffer {} bytes, output timeout {} s",
+        unlimited(u64::from(limits.max_connections)),
+        unlimited(u64::from(limits.client_timeout)),
+        limits.client_query_buffer_limit,
+        unlimited(limits.client_output_buffer_limit),
+        unlimited(u64::from(limits.client_output_timeout)),
     );
     for endpoint in &bdb.endpoints {
         println!(

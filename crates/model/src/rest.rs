@@ -470,6 +470,10 @@ pub struct BdbInfo {
     /// Whether clients must AUTH. (The password itself is never shown: from cluster version
     /// 0.2.0 on, the store keeps only its SHA-256.)
     pub password_protected: bool,
+    /// How the store keeps the password: `sha256` (cluster version 0.2.0 on) or `plaintext`
+    /// (a cluster not yet finalized to 0.2.0); absent without a password (and from 0.1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_storage: Option<String>,
     /// The limits on client connections that differ from their defaults (see
     /// [`crate::ClientLimits`]; absent fields have their defaults).
     #[serde(flatten, default)]

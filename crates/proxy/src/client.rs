@@ -43,7 +43,12 @@ pub(crate) enum LocalOutcome {
 
 impl ClientState {
     /// A fresh connection's state; authenticated when the database has no password.
-    pub fn new(id: u64, peer: SocketAddr, local: SocketAddr, password: Option<&DatabasePassword>) -> Self {
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        local: SocketAddr,
+        password: Option<&DatabasePassword>,
+    ) -> Self {
         ClientState {
             id,
             protocol: Protocol::Resp2,

@@ -260,10 +260,12 @@ impl Sessions {
         let counted = self.stats.connection();
         self.counts.started(adopted);
         let span = session.span();
+        // The session moves into its run future at once, so the task holds it once.
+        let run = session.run();
         let task = self.tasks.spawn(
             async move {
                 let _counted = counted;
-                session.run().await.unwrap_or_else(|e| {
+                run.await.unwrap_or_else(|e| {
                     tracing::debug!(%peer, error = %e, "client connection ended");
                     Ended::Client
                 })

@@ -178,9 +178,10 @@ mod tests {
                 host: Default::default(),
             }));
         }
-        let finalize = Command::FinalizeClusterVersion(crate::command::ClusterVersionFinalization {
-            version: "0.2.0".into(),
-        });
+        let finalize =
+            Command::FinalizeClusterVersion(crate::command::ClusterVersionFinalization {
+                version: "0.2.0".into(),
+            });
         assert_eq!(state.apply(finalize), CommandResult::Ok);
         assert_eq!(state.cluster_version(), "0.2.0");
     }
@@ -224,7 +225,10 @@ mod tests {
 
     #[test]
     fn a_database_without_password_matches_nothing_and_limits_change_field_by_field() {
-        let mut state = with_db(bdb_spec("db1", 12000), vec![plan(1, ShardRole::Primary, 20001)]);
+        let mut state = with_db(
+            bdb_spec("db1", 12000),
+            vec![plan(1, ShardRole::Primary, 20001)],
+        );
         assert!(!state.bdbs[&1].spec.has_password());
         assert!(!state.bdbs[&1].spec.password_matches(b""));
         let change = BdbChange {
@@ -248,7 +252,10 @@ mod tests {
         );
         let json = serde_json::to_value(&state.bdbs[&1]).unwrap();
         assert_eq!(json["max_connections"], 5);
-        assert!(json.get("client_query_buffer_limit").is_none(), "defaults stay absent");
+        assert!(
+            json.get("client_query_buffer_limit").is_none(),
+            "defaults stay absent"
+        );
     }
 
     fn create(name: &str, port: u16, shards: Vec<ShardPlan>) -> Command {

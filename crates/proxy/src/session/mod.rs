@@ -63,6 +63,29 @@ use transaction::TxState;
 /// Most requests routed before the batch is sent; bounds the memory one pipeline can pin.
 const MAX_BATCH: usize = 1024;
 
+/// Requests of a client's first batch; each batch whose replies stay under
+/// [`BATCH_REPLY_BYTES`] doubles the next one, up to [`MAX_BATCH`].
+const FIRST_BATCH: usize = 16;
+
+/// The reply bytes one batch aims to stay under: a batch whose replies were larger makes the
+/// next one smaller in proportion. Replies of a batch on a shared shard connection arrive
+/// whole before they are written (see `shared.rs`), so this is what bounds the replies a
+/// client that does not read them pins in the proxy: about one batch's worth, not 1,024
+/// large replies.
+const BATCH_REPLY_BYTES: usize = 4 << 20;
+
+/// The next batch's size after one of `routed` requests whose replies took `bytes`.
+fn next_batch_size(current: usize, routed: usize, bytes: usize) -> usize {
+    if bytes > BATCH_REPLY_BYTES {
+        let fitting = routed.saturating_mul(BATCH_REPLY_BYTES) / bytes.max(1);
+        fitting.clamp(1, MAX_BATCH)
+    } else if routed >= current {
+        current.saturating_mul(2).min(MAX_BATCH)
+    } else {
+        current
+    }
+}
+
 /// Replies pending past this many bytes are written out at once, mid-batch: a batch's replies
 /// are not all held until its last one is resolved. While the client does not take them, the
 /// session waits in that write and reads none of the client's further requests (backpressure).
@@ -105,6 +128,8 @@ pub(super) struct ClientIo {
     /// Set once the client exceeded an output bound or its socket failed: its replies are
     /// dropped and the session ends after the batch.
     broken: bool,
+    /// Reply bytes written since the batch started.
+    batch_bytes: usize,
 }
 
 impl ClientIo {
@@ -116,6 +141,7 @@ impl ClientIo {
             decoder: RequestDecoder::default(),
             bounds: OutputBounds::default(),
             broken: false,
+            batch_bytes: 0,
         }
     }
 
@@ -140,7 +166,9 @@ impl ClientIo {
             }
             match self.stream.try_read_buf(&mut self.input) {
                 Ok(read) => return Ok(read > 0),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // A spurious wake-up (a new socket is reported ready once): wait again
+                // without the buffer.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.release_idle_buffers(),
                 Err(e) => return Err(e),
             }
         }
@@ -167,6 +195,7 @@ impl ClientIo {
             ));
         }
         let written = write_within(&mut self.stream, &self.output, self.bounds.timeout).await;
+        self.batch_bytes += self.output.len();
         self.output.clear();
         if written.is_err() {
             self.broken = true;
@@ -332,9 +361,21 @@ pub(crate) struct Session {
     /// answered, so the client's order holds across the two.
     deferred: Option<flotilla_resp::Request>,
     closing: bool,
+    /// Most requests the next batch routes (see [`next_batch_size`]).
+    batch_size: usize,
     stats: EndpointStats,
     /// The owner's requests (detach, close at a boundary), heard where the session waits.
     control: SessionControl,
+}
+
+/// What the session's loop does after a turn.
+enum Turn {
+    /// Take another turn at once.
+    Again,
+    /// Wait for the client's next bytes, then take another turn.
+    WaitClient,
+    /// What the batch or boundary decided.
+    Over(Step),
 }
 
 /// What the session does after a batch or at a boundary.
@@ -344,7 +385,7 @@ enum Step {
     /// The session is over.
     End(Ended),
     /// Hand the session over with this state.
-    Detach(SessionState),
+    Detach(Box<SessionState>),
 }
 
 impl Session {
@@ -378,6 +419,7 @@ impl Session {
             subs: Subscriptions::default(),
             deferred: None,
             closing: false,
+            batch_size: FIRST_BATCH,
             stats,
             view,
             control,
@@ -412,58 +454,89 @@ impl Session {
     /// (or its subscriber connection breaks): its subscriptions live on the old engine, and
     /// clients resubscribe when they reconnect, so closing is the one signal every client
     /// library acts on.
-    pub async fn run(mut self) -> std::io::Result<Ended> {
+    pub fn run(self) -> impl std::future::Future<Output = std::io::Result<Ended>> + Send {
+        // Boxed once: the task holds a pointer to the session, not (in unoptimized builds)
+        // copies of it.
+        let mut session = Box::new(self);
+        async move {
+            match session.serve().await? {
+                Ok(ended) => Ok(ended),
+                Err(state) => session.detach(*state),
+            }
+        }
+    }
+
+    /// The loop of [`Session::run`]: how the session ended, or the state to detach with.
+    async fn serve(&mut self) -> std::io::Result<Result<Ended, Box<SessionState>>> {
         if !self.replies.is_empty() {
             // Adopted while blocked: the blocked request's reply comes first.
-            match self.answer_batch(Instant::now()).await? {
+            match Box::pin(self.answer_batch(Instant::now())).await? {
                 Step::Serve => {}
-                Step::End(ended) => return Ok(ended),
-                Step::Detach(state) => return self.detach(state),
+                Step::End(ended) => return Ok(Ok(ended)),
+                Step::Detach(state) => return Ok(Err(state)),
             }
         }
+        // Everything but the wait for the client's next bytes runs in a boxed future: the
+        // session's task then holds only the state of that wait while the client is idle,
+        // and an idle connection costs a few KB less.
         loop {
-            self.refresh_topology();
-            if let Some(shard) = self.subs.moved(&self.view.current) {
-                tracing::debug!(
-                    shard = self.view.current.shard_uid(shard),
-                    "closing a subscribed client: its shard's primary moved or its subscriber connection broke"
-                );
-                let _ = self.client.stream.shutdown().await;
-                return Ok(Ended::Client);
-            }
-            let started = Instant::now();
-            let routed = self.route_batch().await;
-            if routed > 0 || self.closing {
-                match self.answer_batch(started).await? {
-                    Step::Serve => continue,
-                    Step::End(ended) => return Ok(ended),
-                    Step::Detach(state) => return self.detach(state),
+            match Box::pin(self.turn()).await? {
+                Turn::Again => {}
+                Turn::WaitClient => {
+                    if !self.wait_client().await? {
+                        return Ok(Ok(Ended::Client));
+                    }
                 }
-            }
-            // Every request read so far is answered: a command boundary, unless a request is
-            // parked (below) or half decoded. The owner's request to detach or close is carried
-            // out here.
-            match self.at_boundary().await {
-                Step::Serve => {}
-                Step::End(ended) => return Ok(ended),
-                Step::Detach(state) => return self.detach(state),
-            }
-            if let Some(shard) = self.hold.parked_shard() {
-                if !self.wait_for_release(shard).await? {
-                    return Ok(Ended::Client);
-                }
-                continue;
-            }
-            if self.subs.is_open() {
-                if !self.wait_subscribed().await? {
-                    return Ok(Ended::Client);
-                }
-                continue;
-            }
-            if !self.wait_client().await? {
-                return Ok(Ended::Client);
+                Turn::Over(Step::End(ended)) => return Ok(Ok(ended)),
+                Turn::Over(Step::Detach(state)) => return Ok(Err(state)),
+                Turn::Over(Step::Serve) => {}
             }
         }
+    }
+
+    /// One turn of the session's loop: a batch, or a wait other than for the client's next
+    /// bytes (a hold's release, a subscriber's messages).
+    async fn turn(&mut self) -> std::io::Result<Turn> {
+        self.refresh_topology();
+        if let Some(shard) = self.subs.moved(&self.view.current) {
+            tracing::debug!(
+                shard = self.view.current.shard_uid(shard),
+                "closing a subscribed client: its shard's primary moved or its subscriber connection broke"
+            );
+            let _ = self.client.stream.shutdown().await;
+            return Ok(Turn::Over(Step::End(Ended::Client)));
+        }
+        let started = Instant::now();
+        self.client.batch_bytes = 0;
+        let routed = self.route_batch().await;
+        if routed > 0 || self.closing {
+            let answered = self.answer_batch(started).await?;
+            self.batch_size = next_batch_size(self.batch_size, routed, self.client.batch_bytes);
+            return Ok(match answered {
+                Step::Serve => Turn::Again,
+                over => Turn::Over(over),
+            });
+        }
+        // Every request read so far is answered: a command boundary, unless a request is
+        // parked (below) or half decoded. The owner's request to detach or close is carried
+        // out here.
+        match self.at_boundary().await {
+            Step::Serve => {}
+            over => return Ok(Turn::Over(over)),
+        }
+        if let Some(shard) = self.hold.parked_shard() {
+            if !self.wait_for_release(shard).await? {
+                return Ok(Turn::Over(Step::End(Ended::Client)));
+            }
+            return Ok(Turn::Again);
+        }
+        if self.subs.is_open() {
+            if !self.wait_subscribed().await? {
+                return Ok(Turn::Over(Step::End(Ended::Client)));
+            }
+            return Ok(Turn::Again);
+        }
+        Ok(Turn::WaitClient)
     }
 
     /// Sends the batch routed, writes its replies, and says what comes next: the client is
@@ -477,7 +550,7 @@ impl Session {
         if let Some(blocked) = interrupted {
             if let Some(state) = self.capture_blocked(&blocked) {
                 self.replies.push(blocked);
-                return Ok(Step::Detach(state));
+                return Ok(Step::Detach(Box::new(state)));
             }
             self.replies.push(blocked);
             self.resolve_replies(false).await;
@@ -497,7 +570,9 @@ impl Session {
             return Step::Serve;
         }
         if self.control.wants_detach() {
-            return self.capture().map_or(Step::Serve, Step::Detach);
+            return self
+                .capture()
+                .map_or(Step::Serve, |state| Step::Detach(Box::new(state)));
         }
         if self.is_between_replies() {
             let _ = self.client.stream.shutdown().await;
@@ -573,13 +648,14 @@ impl Session {
         Ok(true)
     }
 
-    /// Decodes and routes the requests already received, up to [`MAX_BATCH`].
+    /// Decodes and routes the requests already received, up to the batch size (at most
+    /// [`MAX_BATCH`]).
     /// Stops at a request for a held shard, which is parked (see [`Session::wait_for_release`]).
     async fn route_batch(&mut self) -> usize {
         let mut routed = 0;
         let whole = self.control.stopping();
         self.links.start_batch();
-        while routed < MAX_BATCH && !self.closing {
+        while routed < self.batch_size && !self.closing {
             let request = match self.hold.take_parked().or_else(|| self.deferred.take()) {
                 Some(request) => request,
                 None => match self.next_request(whole) {
@@ -780,6 +856,23 @@ mod tests {
         session.route_batch().await;
         session.send_batch(false).await;
         session.client.write_output().await.unwrap();
+    }
+
+    #[test]
+    fn batches_grow_while_replies_are_small_and_shrink_to_large_ones() {
+        let mut size = FIRST_BATCH;
+        for _ in 0..10 {
+            size = next_batch_size(size, size, size * 10);
+        }
+        assert_eq!(size, MAX_BATCH);
+        assert_eq!(
+            next_batch_size(MAX_BATCH, 3, 30),
+            MAX_BATCH,
+            "a short pipeline"
+        );
+        // 1,024 replies of 256 KB: the next batch holds 16 of them (4 MB).
+        assert_eq!(next_batch_size(MAX_BATCH, MAX_BATCH, MAX_BATCH << 18), 16);
+        assert_eq!(next_batch_size(16, 1, 512 << 20), 1, "at least one request");
     }
 
     #[tokio::test]

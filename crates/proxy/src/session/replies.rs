@@ -26,9 +26,9 @@ use crate::topology::Topology;
 use crate::verdict::{Reason, Side, Verdict};
 
 use super::links::{RawReply, ShardLinks};
-use super::ClientIo;
 use super::resend::{primary_moved, transaction_requests, ResendPolicy};
 use super::transaction::null_array;
+use super::ClientIo;
 
 /// Where one reply comes from.
 #[derive(Debug)]
