@@ -514,3 +514,98 @@ fn idle_and_query_buffer_limits_close_the_client_with_redis_semantics() {
     let len: usize = redis::cmd("STRLEN").arg("k").query(&mut fits).unwrap();
     assert_eq!(len, half.len());
 }
+
+/// Whether node `n`'s endpoint on `port` lets a client in with `password` (AUTH, then PING).
+fn auth_ok(cluster: &DevCluster, n: u8, port: u16, password: &str) -> bool {
+    let addr = SocketAddr::new(cluster.addr(n).into(), port);
+    let auth = format!("redis://:{password}@{addr}/");
+    redis::Client::open(auth)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+        .and_then(|mut con| redis::cmd("PING").query::<String>(&mut con))
+        .is_ok_and(|pong| pong == "PONG")
+}
+
+/// How node `n`'s API says the database's password is stored (`None`: it does not say).
+fn password_storage(cluster: &DevCluster, n: u8, db: &str) -> Option<String> {
+    let bdb = cluster.json(n, &["db", "show", db, "--json"]);
+    bdb["password_storage"].as_str().map(str::to_owned)
+}
+
+/// The cluster version as node 1 answers.
+fn cluster_version(cluster: &DevCluster) -> String {
+    cluster.status_json(1)["cluster"]["cluster_version"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn a_0_1_0_clusters_database_passwords_keep_working_and_are_hashed_at_finalization() {
+    let packages = flotilla_testkit::Packages::shared(&bin());
+    let v010 = packages.release_0_1_0();
+    let (_, v021) = packages.current_pair();
+    let cluster = DevCluster::up_from_package(&bin(), 174, 3, &v010);
+    create(
+        &cluster,
+        "secured",
+        12176,
+        &["--replication", "--db-password", "old-pw"],
+    );
+    for n in 1..=3 {
+        assert!(auth_ok(&cluster, n, 12176, "old-pw"), "node {n} on 0.1.0");
+        assert!(!auth_ok(&cluster, n, 12176, "wrong"));
+    }
+
+    // Mixed: node 2 runs the new build beside two 0.1.0 nodes, which read only the
+    // plaintext: it stays, and every node checks it.
+    let package = v021.to_string_lossy().into_owned();
+    let upgrade = |n: u8| {
+        let node = n.to_string();
+        let output = cluster.flotilla(&["upgrade", "node", &node, "--package", &package, "--yes"]);
+        assert_success(&output, &format!("upgrade node {n}"));
+    };
+    upgrade(2);
+    assert_eq!(
+        password_storage(&cluster, 2, "secured").as_deref(),
+        Some("plaintext"),
+        "kept in plaintext while 0.1.0 nodes are members"
+    );
+    for n in 1..=3 {
+        assert!(auth_ok(&cluster, n, 12176, "old-pw"), "node {n}, mixed");
+        assert!(!auth_ok(&cluster, n, 12176, "wrong"), "node {n}, mixed");
+    }
+
+    // Every node upgraded: the cluster version moves to the new one, and with it the
+    // password is replaced by its hash; the same password still lets clients in.
+    upgrade(1);
+    upgrade(3);
+    if cluster_version(&cluster) != "0.2.1" {
+        assert_success(
+            &cluster.flotilla(&["upgrade", "finalize"]),
+            "upgrade finalize",
+        );
+    }
+    assert_eq!(cluster_version(&cluster), "0.2.1");
+    for n in 1..=3 {
+        let hashed = poll_until(Duration::from_secs(10), || {
+            password_storage(&cluster, n, "secured").as_deref() == Some("sha256")
+        });
+        assert!(hashed, "node {n}'s store keeps the hash, not the password");
+        assert!(auth_ok(&cluster, n, 12176, "old-pw"), "node {n}, finalized");
+        assert!(!auth_ok(&cluster, n, 12176, "wrong"), "node {n}, finalized");
+    }
+
+    // A new password is hashed before it is proposed, and replaces the old one.
+    let set = cluster.flotilla(&["db", "set", "secured", "--db-password", "new-pw"]);
+    assert_success(&set, "db set --db-password");
+    assert_eq!(
+        password_storage(&cluster, 1, "secured").as_deref(),
+        Some("sha256")
+    );
+    for n in 1..=3 {
+        let moved = poll_until(Duration::from_secs(10), || {
+            auth_ok(&cluster, n, 12176, "new-pw") && !auth_ok(&cluster, n, 12176, "old-pw")
+        });
+        assert!(moved, "node {n} checks the new password only");
+    }
+}
