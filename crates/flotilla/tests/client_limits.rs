@@ -162,6 +162,7 @@ fn ping(stream: &mut TcpStream) {
 }
 
 fn create(cluster: &DevCluster, name: &str, port: u16, extra: &[&str]) -> serde_json::Value {
+    let addr = endpoint(cluster, port);
     let port = port.to_string();
     let mut args = vec![
         "--name",
@@ -177,7 +178,6 @@ fn create(cluster: &DevCluster, name: &str, port: u16, extra: &[&str]) -> serde_
     ];
     args.extend_from_slice(extra);
     let bdb = cluster.create_db(&args);
-    let addr = endpoint(cluster, port);
     let serving = poll_until(Duration::from_secs(10), || {
         TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
     });
