@@ -72,6 +72,7 @@ fn spec_from(request: BdbCreate, addr: IpAddr) -> Result<BdbSpec, ApiError> {
             format!("{} is outside 1-{MAX_SHARDS}", request.shards_count),
         ));
     }
+    let asked_limits = request.limits();
     let redis_version = match request.redis_version {
         Some(text) => text
             .parse()
@@ -79,6 +80,11 @@ fn spec_from(request: BdbCreate, addr: IpAddr) -> Result<BdbSpec, ApiError> {
         None => DEFAULT_ENGINE,
     };
     let authentication_redis_pass = request.authentication_redis_pass.filter(|p| !p.is_empty());
+    let mut limits = flotilla_model::ClientLimits::default();
+    limits.apply(&asked_limits);
+    limits
+        .check()
+        .map_err(|e| ApiError::invalid("client_query_buffer_limit", e))?;
     Ok(BdbSpec {
         name: request.name,
         port: request.port,
@@ -88,6 +94,8 @@ fn spec_from(request: BdbCreate, addr: IpAddr) -> Result<BdbSpec, ApiError> {
         data_persistence: request.data_persistence,
         redis_version,
         authentication_redis_pass,
+        authentication_redis_pass_sha256: None,
+        limits,
     })
 }
 
@@ -118,12 +126,25 @@ fn bdb_info(state: &ClusterState, observed: &Observed, bdb: &Bdb) -> BdbInfo {
         data_persistence: bdb.spec.data_persistence,
         redis_version: bdb.spec.redis_version.to_string(),
         status: if active { "active" } else { "pending" }.into(),
-        password_protected: bdb.spec.authentication_redis_pass.is_some(),
+        password_protected: bdb.spec.has_password(),
+        password_storage: password_storage(&bdb.spec).map(str::to_owned),
+        limits: bdb.spec.limits,
         endpoints: vec![EndpointInfo {
             addr: state.nodes.values().map(|n| n.addr.to_string()).collect(),
             port: bdb.spec.port,
         }],
         shard_list: shards.iter().map(|s| s.uid).collect(),
+    }
+}
+
+/// How the store keeps a database's password, as [`BdbInfo::password_storage`] says it.
+fn password_storage(spec: &BdbSpec) -> Option<&'static str> {
+    if spec.authentication_redis_pass_sha256.is_some() {
+        Some("sha256")
+    } else if spec.authentication_redis_pass.is_some() {
+        Some("plaintext")
+    } else {
+        None
     }
 }
 
@@ -174,9 +195,14 @@ pub(crate) async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<BdbInfo>), ApiError> {
     let request: BdbCreate = parse("bdb", &body)?;
-    let spec = spec_from(request, context.store.config().addr)?;
+    let mut spec = spec_from(request, context.store.config().addr)?;
     let observed = context.observer.observed().await;
     let state = context.store.state();
+    // From cluster version 0.2.0 on the password is hashed here, so the plaintext never
+    // reaches the Raft log; before, every node (the first release too) reads the plaintext.
+    if state.keeps_hashed_passwords() {
+        spec.hash_password();
+    }
     // A node being removed or in maintenance takes no new shard.
     let eligible: Vec<u64> = observed
         .nodes
@@ -235,7 +261,7 @@ pub(crate) async fn update(
     if update == BdbUpdate::default() {
         return Err(ApiError::invalid(
             "bdb",
-            "no change given: pass memory_size or authentication_redis_pass",
+            "no change given: pass memory_size, authentication_redis_pass or a client limit",
         ));
     }
     if update.memory_size == Some(0) {
@@ -244,28 +270,42 @@ pub(crate) async fn update(
             "must be more than 0 bytes",
         ));
     }
-    find_bdb(&context.store.state(), uid)?;
+    let state = context.store.state();
+    let mut limits = find_bdb(&state, uid)?.spec.limits;
+    limits.apply(&update.limits());
+    limits
+        .check()
+        .map_err(|e| ApiError::invalid("client_query_buffer_limit", e))?;
     let password = update
         .authentication_redis_pass
+        .clone()
         .map(|p| Some(p).filter(|p| !p.is_empty()));
     let (memory_size, asked_password) = (update.memory_size, password.clone());
     // The first release's encoding of "remove the password" decodes as "keep it"; the
     // removal has a field of its own, proposed once every node knows it (cluster version).
     let remove = password == Some(None);
+    let mut new_password = password.flatten();
+    // From cluster version 0.2.0 on a new password travels hashed (see `create`).
+    let hashed = new_password
+        .take_if(|_| state.keeps_hashed_passwords())
+        .map(|p| flotilla_model::sha256_hex(p.as_bytes()));
     let change = Change {
         command: Command::UpdateBdb(BdbChange {
             uid,
             memory_size: update.memory_size,
-            authentication_redis_pass: password.filter(|p| p.is_some()),
+            authentication_redis_pass: new_password.map(Some),
             remove_authentication_redis_pass: remove,
+            authentication_redis_pass_sha256: hashed,
+            limits: update.limits(),
         }),
-        applied: |state: &ClusterState| {
+        applied: move |state: &ClusterState| {
             let spec = &state.bdbs.get(&uid)?.spec;
             let memory = memory_size.is_none_or(|m| spec.memory_size == m);
-            let password = asked_password
-                .as_ref()
-                .is_none_or(|p| spec.authentication_redis_pass == *p);
-            (memory && password).then_some(CommandResult::Ok)
+            let password = asked_password.as_ref().is_none_or(|p| match p {
+                Some(p) => spec.password_matches(p.as_bytes()),
+                None => !spec.has_password(),
+            });
+            (memory && password && spec.limits == limits).then_some(CommandResult::Ok)
         },
         check: format!("flotilla db show {uid}"),
     };

@@ -24,6 +24,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// pipelines many commands cannot make the write buffer grow without bound.
 const FLUSH_AT: usize = 64 * 1024;
 
+/// Most bytes of a request not yet decoded: every command the service answers is a few words
+/// (Sentinel commands name a database), so 64 KB is generous; a client past it is answered
+/// an error and closed.
+const QUERY_BUFFER_LIMIT: usize = 64 * 1024;
+
 /// Source of connection ids (reported by `HELLO` and `CLIENT ID`).
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -72,7 +77,7 @@ pub async fn serve_connection(
 ) -> Result<(), DiscoveryError> {
     let me = stream.local_addr()?;
     let mut session = Session::new(NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed));
-    let mut decoder = RequestDecoder::default();
+    let mut decoder = bounded_decoder();
     let mut input = BytesMut::with_capacity(4096);
     let mut output = BytesMut::new();
     loop {
@@ -97,6 +102,17 @@ pub async fn serve_connection(
             return Ok(());
         }
     }
+}
+
+/// A request decoder with the bounds Redis sets on clients that have not authenticated (10
+/// arguments, 16 KB per argument, checked at each header before its payload is read) and a
+/// query buffer of [`QUERY_BUFFER_LIMIT`]: no client of the service, which answers every
+/// command from a snapshot, needs more, and none can make the daemon buffer more.
+fn bounded_decoder() -> RequestDecoder {
+    let mut decoder = RequestDecoder::default();
+    decoder.set_unauthenticated(true);
+    decoder.set_query_buffer_limit(Some(QUERY_BUFFER_LIMIT));
+    decoder
 }
 
 /// What [`answer_pending`] stopped for.

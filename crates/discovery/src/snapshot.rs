@@ -5,8 +5,7 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
-use flotilla_model::{at_least, ClusterState, VERSIONED_RELEASE};
-use subtle::ConstantTimeEq;
+use flotilla_model::{at_least, ClusterState, DatabasePassword, VERSIONED_RELEASE};
 
 use crate::DISCOVERY_PORT;
 
@@ -35,7 +34,7 @@ pub struct DbEndpoint {
     pub port: u16,
     /// The database's client password, when it has one: discovery names the database only to a
     /// client that authenticated with it (see [`password_ok`]).
-    pub password: Option<String>,
+    pub password: Option<DatabasePassword>,
 }
 
 impl Databases {
@@ -83,7 +82,7 @@ impl Databases {
                 name: b.spec.name.clone(),
                 addr,
                 port: b.spec.port,
-                password: b.spec.authentication_redis_pass.clone().filter(|_| guarded),
+                password: b.spec.password().filter(|_| guarded),
             })
             .collect();
         Databases {
@@ -127,12 +126,12 @@ impl DbEndpoint {
 
 /// True when a client that authenticated with `given` (`None`: not at all) may learn about the
 /// database of `endpoint`: always when it has no password, else only with that password
-/// (compared in constant time). The one place discovery checks a database password: where a
-/// database keeps its password hashed, the check against the hash goes here.
+/// (the model's check: hashed or plaintext, in constant time). The one place discovery checks
+/// a database password.
 pub fn password_ok(endpoint: &DbEndpoint, given: Option<&[u8]>) -> bool {
     match (&endpoint.password, given) {
         (None, _) => true,
-        (Some(password), Some(given)) => password.as_bytes().ct_eq(given).into(),
+        (Some(password), Some(given)) => password.matches(given),
         (Some(_), None) => false,
     }
 }

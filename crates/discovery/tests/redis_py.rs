@@ -183,7 +183,7 @@ async fn redis_py_writes_through_the_discovered_endpoint() {
 async fn redis_py_finds_a_database_with_a_password_only_through_sentinel_kwargs() {
     let ip: IpAddr = "127.0.187.2".parse().unwrap();
     let mut dbs = one_db("127.0.187.2", "locked", 12002);
-    dbs.endpoints[0].password = Some("pw-locked".into());
+    dbs.endpoints[0].password = Some(flotilla_model::DatabasePassword::Plain("pw-locked".into()));
     let served = Served::start("127.0.187.2", dbs).await;
     let sentinel = served.addr.to_string();
     let base = ["--sentinel", sentinel.as_str(), "--name", "locked"];

@@ -269,7 +269,7 @@ async fn shutdown_closes_the_listener_and_connections() {
 /// `pw-locked`, port 12001).
 fn open_and_locked(ip: &str) -> Databases {
     let mut dbs = snapshot(ip, &[("open", 12000), ("locked", 12001)], &[]);
-    dbs.endpoints[1].password = Some("pw-locked".into());
+    dbs.endpoints[1].password = Some(flotilla_model::DatabasePassword::Plain("pw-locked".into()));
     dbs
 }
 
@@ -319,4 +319,29 @@ async fn a_database_with_a_password_is_named_only_to_a_client_that_authenticated
     let _: String = query(&mut con, &["AUTH", "pw-locked"]).await.unwrap();
     let masters: Vec<Vec<String>> = query(&mut con, &["SENTINEL", "masters"]).await.unwrap();
     assert_eq!(masters.len(), 2, "with the password: both");
+}
+
+#[tokio::test]
+async fn requests_are_bounded_like_an_unauthenticated_redis_client() {
+    let served = Served::start("127.0.170.1", snapshot("127.0.170.1", &[("a", 12000)], &[])).await;
+    let mut good = served.client().await;
+    // A 500 MB bulk is refused at its header: only its first bytes are sent.
+    let mut huge = Raw::connect(served.addr).await;
+    huge.send(b"*3\r\n$8\r\nSENTINEL\r\n$4\r\nPING\r\n$500000000\r\nxxxx")
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&huge.read_to_close().await),
+        "-ERR Protocol error: unauthenticated bulk length\r\n"
+    );
+    let mut many = Raw::connect(served.addr).await;
+    many.send(b"*11\r\n").await;
+    assert_eq!(
+        String::from_utf8_lossy(&many.read_to_close().await),
+        "-ERR Protocol error: unauthenticated multibulk length\r\n"
+    );
+    // Other clients are untouched.
+    let addr: Vec<String> = query(&mut good, &["SENTINEL", "get-master-addr-by-name", "a"])
+        .await
+        .unwrap();
+    assert_eq!(addr, ["127.0.170.1", "12000"]);
 }

@@ -71,15 +71,12 @@ pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
     }
     let slots = SlotMap::from_owners(owners).ok()?;
     let uids = primaries.iter().map(|s| s.uid).collect();
-    let mut topology = Topology::new(
-        bdb.spec.authentication_redis_pass.clone(),
-        password,
-        slots,
-        addrs,
-    )
-    .ok()?
-    .with_uids(bdb.uid, uids)
-    .ok()?;
+    let mut topology = Topology::new(None, password, slots, addrs)
+        .ok()?
+        .with_password(bdb.spec.password())
+        .with_limits(bdb.spec.limits)
+        .with_uids(bdb.uid, uids)
+        .ok()?;
     for (index, shard) in primaries.iter().enumerate() {
         if shard.held {
             topology = topology

@@ -106,6 +106,7 @@ pub fn software_version() -> String {
 /// logs is inside the span `node`, which names the node's address, and its uid once it has one.
 pub async fn run(args: StartArgs) -> Result<()> {
     init_logging();
+    raise_open_files_limit();
     let root = tracing::info_span!("node", uid = tracing::field::Empty, addr = %args.addr);
     run_node(args).instrument(root).await
 }
@@ -778,4 +779,20 @@ pub fn read_pid(path: &Path) -> Option<u32> {
 /// True when a process with this pid exists (and is not a zombie).
 pub fn process_alive(pid: u32) -> bool {
     flotilla_engine::pid_running(pid)
+}
+
+/// Raises the soft limit on open files to the hard limit, as redis-server does at start: every
+/// client of every database endpoint is a descriptor, and the usual soft limit (1,024) would
+/// refuse clients long before a database's `max_connections`.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit"),
+        }
+    }
 }

@@ -25,7 +25,7 @@ pub enum DbCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Change a database's memory limit or password.
+    /// Change a database's memory limit, password or client limits.
     Set {
         /// Name or uid.
         db: String,
@@ -35,6 +35,9 @@ pub enum DbCommand {
         /// New client password ("" removes it).
         #[arg(long)]
         db_password: Option<String>,
+        /// New client limits.
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Upgrade a database's engine with no downtime: replicas first, then a switchover per
     /// shard, then the old primaries (Redis Software's `rladmin upgrade db`).
@@ -98,9 +101,44 @@ pub struct CreateArgs {
     /// operator's password for every command.)
     #[arg(long)]
     db_password: Option<String>,
+    /// Limits on client connections (defaults: see crates/proxy/COMMANDS.md).
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// The client limits of a database, as `db create` and `db set` flags (Redis's names).
+#[derive(Args, Default)]
+pub struct LimitArgs {
+    /// Most client connections on each node's endpoint (0: no limit).
+    #[arg(long)]
+    max_connections: Option<u32>,
+    /// Most bytes of a client's request not yet decoded, e.g. 1gb (Redis's
+    /// client-query-buffer-limit; at least 1mb).
+    #[arg(long, value_parser = parse_memory)]
+    client_query_buffer_limit: Option<u64>,
+    /// Most bytes of replies pending for one client, e.g. 64mb (0: no limit).
+    #[arg(long, value_parser = parse_memory)]
+    client_output_buffer_limit: Option<u64>,
+    /// Seconds a client may leave its replies unread before it is closed (0: no limit).
+    #[arg(long)]
+    client_output_timeout: Option<u32>,
+    /// Seconds before an idle client is closed (Redis's timeout; 0: never).
+    #[arg(long)]
+    client_timeout: Option<u32>,
+}
+
+impl LimitArgs {
+    /// Whether no limit was given.
+    fn is_empty(&self) -> bool {
+        self.max_connections.is_none()
+            && self.client_query_buffer_limit.is_none()
+            && self.client_output_buffer_limit.is_none()
+            && self.client_output_timeout.is_none()
+            && self.client_timeout.is_none()
+    }
 }
 
 /// Parses `100mb`, `1gb`, `512kb`, `1024` (bytes); units are powers of 1024.
@@ -164,14 +202,20 @@ pub async fn run(client: &Client, command: DbCommand) -> Result<()> {
             db,
             memory,
             db_password,
+            limits,
         } => {
-            if memory.is_none() && db_password.is_none() {
-                bail!("nothing to change: pass --memory and/or --db-password");
+            if memory.is_none() && db_password.is_none() && limits.is_empty() {
+                bail!("nothing to change: pass --memory, --db-password or a client limit such as --max-connections");
             }
             let bdb = client.find_bdb(&db).await?;
             let update = BdbUpdate {
                 memory_size: memory,
                 authentication_redis_pass: db_password,
+                max_connections: limits.max_connections,
+                client_query_buffer_limit: limits.client_query_buffer_limit,
+                client_output_buffer_limit: limits.client_output_buffer_limit,
+                client_output_timeout: limits.client_output_timeout,
+                client_timeout: limits.client_timeout,
             };
             let bdb = client.update_bdb(bdb.uid, &update).await?;
             println!("database '{}' (db:{}) updated", bdb.name, bdb.uid);
@@ -225,6 +269,11 @@ async fn create(client: &Client, args: CreateArgs) -> Result<()> {
         data_persistence: args.persistence.unwrap_or_default(),
         redis_version: args.redis_version,
         authentication_redis_pass: args.db_password,
+        max_connections: args.limits.max_connections,
+        client_query_buffer_limit: args.limits.client_query_buffer_limit,
+        client_output_buffer_limit: args.limits.client_output_buffer_limit,
+        client_output_timeout: args.limits.client_output_timeout,
+        client_timeout: args.limits.client_timeout,
     };
     let bdb = client.create_bdb(&request).await?;
     if args.json {
@@ -280,11 +329,27 @@ fn print_details(bdb: &BdbInfo) {
     println!("  persistence:  {:?}", bdb.data_persistence);
     println!(
         "  password:     {}",
-        if bdb.password_protected {
-            "required"
-        } else {
-            "none"
+        match (bdb.password_protected, bdb.password_storage.as_deref()) {
+            (false, _) => "none".to_string(),
+            (true, Some(storage)) => format!("required (stored as {storage})"),
+            (true, None) => "required".to_string(),
         }
+    );
+    let limits = &bdb.limits;
+    let unlimited = |n: u64| {
+        if n == 0 {
+            "no limit".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    println!(
+        "  clients:      max {} per node, idle timeout {} s, query buffer {} bytes, output buffer {} bytes, output timeout {} s",
+        unlimited(u64::from(limits.max_connections)),
+        unlimited(u64::from(limits.client_timeout)),
+        limits.client_query_buffer_limit,
+        unlimited(limits.client_output_buffer_limit),
+        unlimited(u64::from(limits.client_output_timeout)),
     );
     for endpoint in &bdb.endpoints {
         println!(

@@ -41,8 +41,10 @@ pub use action::{
     StepState, UpgradeMethod,
 };
 pub use bdb::{
-    Bdb, BdbSpec, BdbUid, DataPersistence, Shard, ShardPlan, ShardRole, ShardUid, SlotRange,
-    ENDPOINT_PORTS, MAX_SHARDS, SHARD_PORTS, SLOT_COUNT,
+    sha256_hex, Bdb, BdbSpec, BdbUid, ClientLimits, ClientLimitsChange, DataPersistence,
+    DatabasePassword, Shard, ShardPlan, ShardRole, ShardUid, SlotRange,
+    DEFAULT_CLIENT_OUTPUT_TIMEOUT, DEFAULT_CLIENT_QUERY_BUFFER_LIMIT, ENDPOINT_PORTS, MAX_SHARDS,
+    MIN_CLIENT_QUERY_BUFFER_LIMIT, SHARD_PORTS, SLOT_COUNT,
 };
 pub use clock::{now_millis, now_secs};
 pub use command::{

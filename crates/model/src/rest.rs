@@ -380,6 +380,34 @@ pub struct BdbCreate {
     /// Password clients AUTH with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication_redis_pass: Option<String>,
+    /// Most client connections per node's endpoint (0: no limit). See [`crate::ClientLimits`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Redis's `client-query-buffer-limit`, bytes (at least 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_query_buffer_limit: Option<u64>,
+    /// Most bytes of replies pending for one client (0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_output_buffer_limit: Option<u64>,
+    /// Seconds a client may leave its replies unread (0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_output_timeout: Option<u32>,
+    /// Seconds before an idle client is closed (Redis's `timeout`; 0: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_timeout: Option<u32>,
+}
+
+impl BdbCreate {
+    /// The client limits asked for (unset ones: their defaults).
+    pub fn limits(&self) -> crate::ClientLimitsChange {
+        crate::ClientLimitsChange {
+            max_connections: self.max_connections,
+            client_query_buffer_limit: self.client_query_buffer_limit,
+            client_output_buffer_limit: self.client_output_buffer_limit,
+            client_output_timeout: self.client_output_timeout,
+            client_timeout: self.client_timeout,
+        }
+    }
 }
 
 fn one() -> u16 {
@@ -396,6 +424,34 @@ pub struct BdbUpdate {
     /// New client password; an empty string removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication_redis_pass: Option<String>,
+    /// New: most client connections per node's endpoint (0: no limit). See [`crate::ClientLimits`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// New: Redis's `client-query-buffer-limit`, bytes (at least 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_query_buffer_limit: Option<u64>,
+    /// New: most bytes of replies pending for one client (0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_output_buffer_limit: Option<u64>,
+    /// New: seconds a client may leave its replies unread (0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_output_timeout: Option<u32>,
+    /// New: seconds before an idle client is closed (Redis's `timeout`; 0: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_timeout: Option<u32>,
+}
+
+impl BdbUpdate {
+    /// The client limits that change.
+    pub fn limits(&self) -> crate::ClientLimitsChange {
+        crate::ClientLimitsChange {
+            max_connections: self.max_connections,
+            client_query_buffer_limit: self.client_query_buffer_limit,
+            client_output_buffer_limit: self.client_output_buffer_limit,
+            client_output_timeout: self.client_output_timeout,
+            client_timeout: self.client_timeout,
+        }
+    }
 }
 
 /// One way to reach a database: its port on each of these node addresses.
@@ -428,8 +484,17 @@ pub struct BdbInfo {
     pub redis_version: String,
     /// `active` when every shard runs in its role, else `pending`.
     pub status: String,
-    /// Whether clients must AUTH.
+    /// Whether clients must AUTH. (The password itself is never shown: from cluster version
+    /// 0.2.0 on, the store keeps only its SHA-256.)
     pub password_protected: bool,
+    /// How the store keeps the password: `sha256` (cluster version 0.2.0 on) or `plaintext`
+    /// (a cluster not yet finalized to 0.2.0); absent without a password (and from 0.1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_storage: Option<String>,
+    /// The limits on client connections that differ from their defaults (see
+    /// [`crate::ClientLimits`]; absent fields have their defaults).
+    #[serde(flatten, default)]
+    pub limits: crate::ClientLimits,
     /// Where clients connect.
     pub endpoints: Vec<EndpointInfo>,
     /// The database's shard uids.

@@ -79,6 +79,19 @@ impl Command {
                 remove_authentication_redis_pass: true,
                 ..
             }) => VERSIONED_RELEASE,
+            // The first release knows neither hashed passwords nor client limits.
+            Command::UpdateBdb(change)
+                if change.authentication_redis_pass_sha256.is_some()
+                    || !change.limits.is_empty() =>
+            {
+                VERSIONED_RELEASE
+            }
+            Command::CreateBdb(creation)
+                if creation.bdb.authentication_redis_pass_sha256.is_some()
+                    || !creation.bdb.limits.is_default() =>
+            {
+                VERSIONED_RELEASE
+            }
             _ => FIRST_RELEASE,
         }
     }
@@ -188,6 +201,8 @@ mod tests {
             memory_size: None,
             authentication_redis_pass: None,
             remove_authentication_redis_pass: true,
+            authentication_redis_pass_sha256: None,
+            limits: Default::default(),
         });
         let err = state.check_proposable(&remove).unwrap_err().to_string();
         assert!(err.contains("needs cluster version 0.2.0"), "{err}");

@@ -418,6 +418,8 @@ mod tests {
             data_persistence: DataPersistence::Disabled,
             redis_version: EngineVersion::Valkey91,
             authentication_redis_pass: None,
+            authentication_redis_pass_sha256: None,
+            limits: Default::default(),
         };
         let plan = |node_uid, role| ShardPlan {
             node_uid,

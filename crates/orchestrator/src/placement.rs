@@ -243,6 +243,8 @@ pub(crate) mod tests {
             data_persistence: DataPersistence::Disabled,
             redis_version: EngineVersion::Redis70,
             authentication_redis_pass: None,
+            authentication_redis_pass_sha256: None,
+            limits: Default::default(),
         }
     }
 

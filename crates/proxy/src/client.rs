@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use flotilla_model::DatabasePassword;
 use flotilla_resp::{Protocol, Request, Value};
 
 use crate::command::{LocalCommand, COMMANDS};
@@ -42,7 +43,12 @@ pub(crate) enum LocalOutcome {
 
 impl ClientState {
     /// A fresh connection's state; authenticated when the database has no password.
-    pub fn new(id: u64, peer: SocketAddr, local: SocketAddr, password: Option<&str>) -> Self {
+    pub fn new(
+        id: u64,
+        peer: SocketAddr,
+        local: SocketAddr,
+        password: Option<&DatabasePassword>,
+    ) -> Self {
         ClientState {
             id,
             protocol: Protocol::Resp2,
@@ -54,7 +60,7 @@ impl ClientState {
     }
 
     /// Back to a new connection's state (RESET), keeping the id.
-    pub fn reset(&mut self, password: Option<&str>) {
+    pub fn reset(&mut self, password: Option<&DatabasePassword>) {
         *self = ClientState::new(self.id, self.peer, self.local, password);
     }
 
@@ -63,7 +69,7 @@ impl ClientState {
         &mut self,
         command: LocalCommand,
         request: &Request,
-        password: Option<&str>,
+        password: Option<&DatabasePassword>,
     ) -> LocalOutcome {
         use LocalCommand as L;
         let reply = match command {
@@ -85,7 +91,7 @@ impl ClientState {
         LocalOutcome::Reply(reply)
     }
 
-    fn auth(&mut self, request: &Request, password: Option<&str>) -> Value {
+    fn auth(&mut self, request: &Request, password: Option<&DatabasePassword>) -> Value {
         let (user, given) = match request.args() {
             [pass] => (None, pass),
             [user, pass] => (Some(user), pass),
@@ -108,7 +114,7 @@ impl ClientState {
         }
     }
 
-    fn hello(&mut self, request: &Request, password: Option<&str>) -> Value {
+    fn hello(&mut self, request: &Request, password: Option<&DatabasePassword>) -> Value {
         let hello = match parse_hello(request) {
             Ok(hello) => hello,
             Err(reply) => return reply,
@@ -241,16 +247,11 @@ fn parse_hello(request: &Request) -> Result<Hello, Value> {
     Ok(hello)
 }
 
-/// Whether `user` (default when absent) and `given` match the database password, compared
-/// without an early exit so timing does not reveal the password.
-fn check(user: Option<&[u8]>, given: &[u8], password: &str) -> bool {
+/// Whether `user` (default when absent) and `given` match the database password: the model's
+/// check, which compares SHA-256 hashes in constant time.
+fn check(user: Option<&[u8]>, given: &[u8], password: &DatabasePassword) -> bool {
     let user_ok = user.is_none_or(|u| u == b"default");
-    let expected = password.as_bytes();
-    let mut diff = given.len() ^ expected.len();
-    for (i, &b) in given.iter().enumerate() {
-        diff |= usize::from(b ^ expected.get(i).copied().unwrap_or(!b));
-    }
-    user_ok && diff == 0
+    password.matches(given) && user_ok
 }
 
 fn wrong_pass() -> Value {
@@ -313,29 +314,34 @@ mod tests {
         Request::from_argv(words.iter().map(|w| Bytes::from(w.to_string())).collect()).unwrap()
     }
 
-    fn state(password: Option<&str>) -> ClientState {
+    fn state(password: Option<&DatabasePassword>) -> ClientState {
         let addr = SocketAddr::from(([127, 0, 0, 1], 1));
         ClientState::new(7, addr, addr, password)
     }
 
     #[test]
     fn auth_and_hello_check_the_database_password() {
-        let mut s = state(Some("secret"));
+        let pw = DatabasePassword::Plain("secret".into());
+        let mut s = state(Some(&pw));
         assert!(!s.authenticated);
-        let r = s.answer(LocalCommand::Auth, &req(&["AUTH", "nope"]), Some("secret"));
+        let r = s.answer(LocalCommand::Auth, &req(&["AUTH", "nope"]), Some(&pw));
         assert_eq!(r, LocalOutcome::Reply(wrong_pass()));
-        let r = s.answer(LocalCommand::Hello, &req(&["HELLO", "3"]), Some("secret"));
+        let r = s.answer(LocalCommand::Hello, &req(&["HELLO", "3"]), Some(&pw));
         assert!(matches!(r, LocalOutcome::Reply(Value::Error(_))));
         assert_eq!(s.protocol, Protocol::Resp2);
         let hello = req(&["HELLO", "3", "AUTH", "default", "secret", "SETNAME", "app"]);
-        let r = s.answer(LocalCommand::Hello, &hello, Some("secret"));
+        let r = s.answer(LocalCommand::Hello, &hello, Some(&pw));
         assert!(matches!(r, LocalOutcome::Reply(Value::Map(_))));
         assert!(s.authenticated);
         assert_eq!(s.protocol, Protocol::Resp3);
         assert_eq!(s.name.as_deref(), Some(&b"app"[..]));
-        assert!(check(None, b"secret", "secret"));
-        assert!(!check(None, b"secre", "secret"));
-        assert!(!check(Some(b"other"), b"secret", "secret"));
+        assert!(check(None, b"secret", &pw));
+        assert!(!check(None, b"secre", &pw));
+        assert!(!check(Some(b"other"), b"secret", &pw));
+        // A hashed password (clusters from 0.2.0 on) checks the same.
+        let hashed = DatabasePassword::from_hex(&flotilla_model::sha256_hex(b"secret")).unwrap();
+        assert!(check(Some(b"default"), b"secret", &hashed));
+        assert!(!check(None, b"secret2", &hashed));
     }
 
     #[test]

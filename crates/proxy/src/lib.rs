@@ -11,6 +11,16 @@
 //! reads a batch of pipelined requests, routes each one, writes every shard's share of the
 //! batch at once, then reads the replies back in the client's order (see `session/`).
 //!
+//! Bounds on clients (the database's [`flotilla_model::ClientLimits`], carried by the
+//! [`Topology`]): before a client has authenticated its requests are bounded at each header
+//! (10 arguments, 16 KB per bulk, as Redis); a request not yet decoded may hold at most the
+//! query buffer limit; replies are written once 64 KB are pending, the session reads nothing
+//! more while a client does not take them, and a batch's size follows its replies' bytes, so a
+//! client that does not read pins about one 4 MB batch; such a client is closed past the
+//! output timeout or the output buffer limit; past `max_connections` a client is answered
+//! `-ERR max number of clients reached` and closed; an idle client is closed past the idle
+//! timeout. An idle connection holds no buffer.
+//!
 //! Shard connections (see `shared.rs`): a RESP2 client's plain commands for a shard travel
 //! over one engine connection per shard primary that all the endpoint's clients share, so many
 //! clients' requests reach the engine in one write and their replies come back in one read (a

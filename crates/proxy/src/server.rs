@@ -165,6 +165,7 @@ pub async fn serve_controlled(
                 sessions.joined(joined);
             }
             accepted = listener.accept(), if accepting => match accepted {
+                Ok((stream, peer)) if sessions.full() => refuse(stream, peer),
                 Ok((stream, peer)) => sessions.accept(stream, peer),
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -188,7 +189,33 @@ struct Sessions {
     counts: Arc<Counts>,
 }
 
+/// What a client past the database's `max_connections` is answered before it is closed
+/// (Redis's wording).
+const MAX_CLIENTS_REACHED: &[u8] = b"-ERR max number of clients reached\r\n";
+
+/// How long the refusal of a client past `max_connections` may take to write.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Answers a client past the database's `max_connections` with Redis's error and closes it,
+/// in a task of its own (not a session: it does not count as a client).
+fn refuse(mut stream: TcpStream, peer: SocketAddr) {
+    tracing::debug!(%peer, "refusing a client: max_connections reached");
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let write = stream.write_all(MAX_CLIENTS_REACHED);
+        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, write).await;
+        let _ = stream.shutdown().await;
+    });
+}
+
 impl Sessions {
+    /// Whether the endpoint serves as many clients as the database's `max_connections`
+    /// allows (0: no limit).
+    fn full(&self) -> bool {
+        let max = self.topology.borrow().limits().max_connections;
+        max > 0 && self.tasks.len() >= max as usize
+    }
+
     /// Starts a session for an accepted client connection.
     fn accept(&mut self, stream: TcpStream, peer: SocketAddr) {
         let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
@@ -233,10 +260,12 @@ impl Sessions {
         let counted = self.stats.connection();
         self.counts.started(adopted);
         let span = session.span();
+        // The session moves into its run future at once, so the task holds it once.
+        let run = session.run();
         let task = self.tasks.spawn(
             async move {
                 let _counted = counted;
-                session.run().await.unwrap_or_else(|e| {
+                run.await.unwrap_or_else(|e| {
                     tracing::debug!(%peer, error = %e, "client connection ended");
                     Ended::Client
                 })

@@ -12,6 +12,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use flotilla_model::{ClientLimits, DatabasePassword};
+
 use crate::slot::{ShardIndex, SlotMap, SlotMapError};
 
 /// Why a topology was rejected.
@@ -52,7 +54,8 @@ pub enum TopologyError {
 /// map is shared), so every client connection keeps its own copy and routes without locks.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Topology {
-    password: Option<String>,
+    password: Option<DatabasePassword>,
+    limits: ClientLimits,
     shard_password: String,
     slots: Arc<SlotMap>,
     primaries: Vec<SocketAddr>,
@@ -66,6 +69,7 @@ impl std::fmt::Debug for Topology {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Topology")
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("limits", &self.limits)
             .field("shard_password", &"<redacted>")
             .field("shards", &self.slots.shard_count())
             .field("primaries", &self.primaries)
@@ -94,7 +98,8 @@ impl Topology {
             });
         }
         Ok(Topology {
-            password,
+            password: password.map(DatabasePassword::Plain),
+            limits: ClientLimits::default(),
             shard_password: shard_password.into(),
             slots: Arc::new(slots),
             holds: vec![false; primaries.len()],
@@ -180,9 +185,28 @@ impl Topology {
         self.holds.iter().any(|&h| h)
     }
 
+    /// The same topology with the database password as the store keeps it (hashed from
+    /// cluster version 0.2.0 on); `None`: no AUTH needed.
+    pub fn with_password(mut self, password: Option<DatabasePassword>) -> Self {
+        self.password = password;
+        self
+    }
+
+    /// The same topology with these limits on client connections (per database, see
+    /// [`ClientLimits`]); a topology starts with the defaults.
+    pub fn with_limits(mut self, limits: ClientLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// The database password clients must send with AUTH or HELLO, if any.
-    pub fn password(&self) -> Option<&str> {
-        self.password.as_deref()
+    pub fn password(&self) -> Option<&DatabasePassword> {
+        self.password.as_ref()
+    }
+
+    /// The limits on client connections.
+    pub fn limits(&self) -> &ClientLimits {
+        &self.limits
     }
 
     /// The engines' internal password.

@@ -70,6 +70,21 @@ pub enum ProtocolError {
     /// RESP3 streamed strings and aggregates (`$?`, `*?`) are not supported: no engine sends them.
     #[error("Protocol error: streamed RESP3 types are not supported")]
     Streamed,
+    /// A client that has not authenticated sent a request of more than
+    /// [`crate::UNAUTHENTICATED_MAX_ARGS`] arguments (Redis's wording).
+    #[error("Protocol error: unauthenticated multibulk length")]
+    UnauthenticatedMultibulkLength,
+    /// A client that has not authenticated sent a bulk argument longer than
+    /// [`crate::UNAUTHENTICATED_MAX_BULK`] (Redis's wording).
+    #[error("Protocol error: unauthenticated bulk length")]
+    UnauthenticatedBulkLength,
+    /// A request not decoded yet holds more bytes than the client's query buffer limit
+    /// (Redis's `client-query-buffer-limit`).
+    #[error("Protocol error: client query buffer limit of {limit} bytes reached")]
+    QueryBufferLimit {
+        /// The configured limit.
+        limit: usize,
+    },
     /// An inline command had an unclosed quote, or a closing quote not followed by a space.
     #[error("Protocol error: unbalanced quotes in request")]
     UnbalancedQuotes,

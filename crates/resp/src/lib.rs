@@ -27,5 +27,7 @@ pub use encode::{
 };
 pub use error::ProtocolError;
 pub use limits::Limits;
-pub use request::{CommandName, Request, RequestDecoder};
+pub use request::{
+    CommandName, Request, RequestDecoder, UNAUTHENTICATED_MAX_ARGS, UNAUTHENTICATED_MAX_BULK,
+};
 pub use value::{Protocol, Value};

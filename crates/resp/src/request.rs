@@ -15,6 +15,15 @@ const MAX_NAME: usize = 32;
 /// allocation rule in the crate docs).
 const MAX_PREALLOC: usize = 1024;
 
+/// Most arguments (the command name included) of a request from a client that has not
+/// authenticated yet: Redis's rule, enough for `AUTH user pass` and `HELLO 3 AUTH user pass
+/// SETNAME name`.
+pub const UNAUTHENTICATED_MAX_ARGS: usize = 10;
+
+/// Longest bulk argument of a request from a client that has not authenticated yet (Redis's
+/// 16 KB rule).
+pub const UNAUTHENTICATED_MAX_BULK: usize = 16 * 1024;
+
 /// A command or subcommand name, upper-cased once, stored inline (no allocation).
 ///
 /// Exists so routing can match names with plain `&str` comparisons whatever case the client
@@ -147,6 +156,14 @@ pub struct RequestDecoder {
     /// Length of a bulk argument whose header was consumed but whose payload is not all here.
     pending_bulk: Option<usize>,
     scan_from: usize,
+    /// Payload bytes of the arguments already taken into `args`.
+    args_bytes: usize,
+    /// Whether the client has not authenticated yet: requests are then bounded by
+    /// [`UNAUTHENTICATED_MAX_ARGS`] and [`UNAUTHENTICATED_MAX_BULK`].
+    unauthenticated: bool,
+    /// Most bytes of one request not decoded yet (the query buffer limit); `None`: no bound
+    /// beyond the [`Limits`].
+    max_buffered: Option<usize>,
 }
 
 impl Default for RequestDecoder {
@@ -164,7 +181,35 @@ impl RequestDecoder {
             remaining: 0,
             pending_bulk: None,
             scan_from: 0,
+            args_bytes: 0,
+            unauthenticated: false,
+            max_buffered: None,
         }
+    }
+
+    /// Bounds the requests of a client that has not authenticated (`true`) or lifts those
+    /// bounds (`false`, the default).
+    ///
+    /// Exists so a client that does not know the password cannot make the proxy buffer more than
+    /// a few KB: the bounds are checked on each header, before its payload is read, so a huge
+    /// bulk is refused after its first bytes (`-ERR Protocol error: unauthenticated bulk
+    /// length`, as Redis answers). Call it before each [`RequestDecoder::decode`] with the
+    /// client's state; it applies from the next header on.
+    pub fn set_unauthenticated(&mut self, unauthenticated: bool) {
+        self.unauthenticated = unauthenticated;
+    }
+
+    /// Bounds the bytes of one request not yet decoded (arguments taken plus the bytes of the
+    /// buffer): past `limit`, [`RequestDecoder::decode`] fails with
+    /// [`ProtocolError::QueryBufferLimit`]. Redis's `client-query-buffer-limit`; `None` lifts
+    /// it.
+    pub fn set_query_buffer_limit(&mut self, limit: Option<usize>) {
+        self.max_buffered = limit;
+    }
+
+    /// Bytes of the request in progress held by the decoder (its arguments' payloads so far).
+    pub fn buffered_bytes(&self) -> usize {
+        self.args_bytes
     }
 
     /// Whether a request is partly decoded.
@@ -181,6 +226,26 @@ impl RequestDecoder {
 
     /// Decodes the next request from the front of `buf`; `Ok(None)` when more bytes are needed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+        let decoded = self.decode_next(buf)?;
+        if decoded.is_none() {
+            self.check_buffered(buf.len())?;
+        }
+        Ok(decoded)
+    }
+
+    /// Refuses a request whose undecoded bytes (`in_buffer` plus the arguments taken) exceed the
+    /// query buffer limit.
+    fn check_buffered(&self, in_buffer: usize) -> Result<(), ProtocolError> {
+        let Some(limit) = self.max_buffered else {
+            return Ok(());
+        };
+        if in_buffer.saturating_add(self.args_bytes) > limit {
+            return Err(ProtocolError::QueryBufferLimit { limit });
+        }
+        Ok(())
+    }
+
+    fn decode_next(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
         loop {
             if self.remaining > 0 {
                 return self.continue_multibulk(buf);
@@ -215,6 +280,9 @@ impl RequestDecoder {
         if count > limit as u64 {
             return Err(ProtocolError::TooManyElements { count, limit });
         }
+        if self.unauthenticated && count > UNAUTHENTICATED_MAX_ARGS as u64 {
+            return Err(ProtocolError::UnauthenticatedMultibulkLength);
+        }
         buf.advance(cr + 2);
         self.scan_from = 0;
         if count == 0 {
@@ -240,9 +308,11 @@ impl RequestDecoder {
                 return Ok(None);
             };
             self.pending_bulk = None;
+            self.args_bytes += arg.len();
             self.args.push(arg);
             self.remaining -= 1;
         }
+        self.args_bytes = 0;
         Ok(Request::from_argv(std::mem::take(&mut self.args)))
     }
 
@@ -265,6 +335,9 @@ impl RequestDecoder {
         if len > limit as u64 {
             return Err(ProtocolError::BulkTooLong { len, limit });
         }
+        if self.unauthenticated && len > UNAUTHENTICATED_MAX_BULK as u64 {
+            return Err(ProtocolError::UnauthenticatedBulkLength);
+        }
         buf.advance(cr + 2);
         self.scan_from = 0;
         Ok(Some(len as usize))
@@ -273,7 +346,11 @@ impl RequestDecoder {
     /// Reads an inline command: one line, split into words like `redis-server` does.
     fn inline(&mut self, buf: &mut BytesMut) -> Result<Decoded, ProtocolError> {
         let start = self.scan_from.min(buf.len());
-        let limit = self.limits.max_line_len;
+        let limit = if self.unauthenticated {
+            self.limits.max_line_len.min(UNAUTHENTICATED_MAX_BULK)
+        } else {
+            self.limits.max_line_len
+        };
         let Some(offset) = memchr::memchr(b'\n', &buf[start..]) else {
             if buf.len() > limit {
                 return Err(ProtocolError::LineTooLong { limit });

@@ -155,3 +155,70 @@ fn command_names_are_bounded_and_ascii() {
     assert_eq!(CommandName::new("gét".as_bytes()).as_str(), "");
     assert_eq!(Request::from_argv(vec![]), None);
 }
+
+#[test]
+fn unauthenticated_requests_are_bounded_at_their_headers() {
+    let mut decoder = RequestDecoder::default();
+    decoder.set_unauthenticated(true);
+    // A 500 MB bulk is refused from its header alone, before any payload arrives.
+    let mut buf = BytesMut::from(&b"*2\r\n$3\r\nSET\r\n$500000000\r\n"[..]);
+    assert_eq!(
+        decoder.decode(&mut buf),
+        Err(ProtocolError::UnauthenticatedBulkLength)
+    );
+    assert_eq!(
+        ProtocolError::UnauthenticatedBulkLength.to_string(),
+        "Protocol error: unauthenticated bulk length"
+    );
+    let mut decoder = RequestDecoder::default();
+    decoder.set_unauthenticated(true);
+    let mut buf = BytesMut::from(&b"*11\r\n"[..]);
+    assert_eq!(
+        decoder.decode(&mut buf),
+        Err(ProtocolError::UnauthenticatedMultibulkLength)
+    );
+    assert_eq!(
+        ProtocolError::UnauthenticatedMultibulkLength.to_string(),
+        "Protocol error: unauthenticated multibulk length"
+    );
+    // At the bounds, and once authenticated, requests pass.
+    let mut decoder = RequestDecoder::default();
+    decoder.set_unauthenticated(true);
+    let mut wire = b"*10\r\n".to_vec();
+    for _ in 0..9 {
+        wire.extend_from_slice(b"$1\r\nx\r\n");
+    }
+    wire.extend_from_slice(format!("$16384\r\n{}\r\n", "y".repeat(16384)).as_bytes());
+    let mut buf = BytesMut::from(&wire[..]);
+    assert_eq!(decoder.decode(&mut buf).unwrap().unwrap().argc(), 10);
+    decoder.set_unauthenticated(false);
+    let mut buf = BytesMut::from(&b"*11\r\n"[..]);
+    assert_eq!(decoder.decode(&mut buf), Ok(None));
+}
+
+#[test]
+fn the_query_buffer_limit_counts_the_request_not_yet_decoded() {
+    let mut decoder = RequestDecoder::default();
+    decoder.set_query_buffer_limit(Some(100));
+    let mut buf = BytesMut::from(&b"*3\r\n$3\r\nSET\r\n$60\r\n"[..]);
+    buf.extend_from_slice(&[b'a'; 60]);
+    buf.extend_from_slice(b"\r\n$1000\r\n");
+    buf.extend_from_slice(&[b'b'; 30]);
+    assert_eq!(decoder.decode(&mut buf), Ok(None), "63 + 30 bytes");
+    assert!(decoder.buffered_bytes() >= 63);
+    buf.extend_from_slice(&[b'b'; 30]);
+    assert_eq!(
+        decoder.decode(&mut buf),
+        Err(ProtocolError::QueryBufferLimit { limit: 100 })
+    );
+    // Complete requests of any size up to the limit pass, and the count restarts after each.
+    let mut decoder = RequestDecoder::default();
+    decoder.set_query_buffer_limit(Some(100));
+    for _ in 0..3 {
+        let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$80\r\n"[..]);
+        buf.extend_from_slice(&[b'k'; 80]);
+        buf.extend_from_slice(b"\r\n");
+        assert_eq!(decoder.decode(&mut buf).unwrap().unwrap().argc(), 2);
+        assert_eq!(decoder.buffered_bytes(), 0);
+    }
+}

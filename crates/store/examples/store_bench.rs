@@ -98,6 +98,8 @@ async fn main() {
             memory_size: Some((200 + i as u64) << 20),
             authentication_redis_pass: None,
             remove_authentication_redis_pass: false,
+            authentication_redis_pass_sha256: None,
+            limits: Default::default(),
         });
         let started = Instant::now();
         one.store.propose(change).await.expect("changed");

@@ -79,6 +79,8 @@ async fn a_node_joins_a_cluster_whose_state_holds_2000_databases_and_keeps_it_ov
         memory_size: Some(300 << 20),
         authentication_redis_pass: None,
         remove_authentication_redis_pass: false,
+        authentication_redis_pass_sha256: None,
+        limits: Default::default(),
     });
     let (_, index) = one.store.propose_indexed(change).await.expect("changed");
     assert!(

@@ -181,6 +181,8 @@ mod tests {
                 data_persistence: DataPersistence::Aof,
                 redis_version: EngineVersion::Valkey81,
                 authentication_redis_pass: None,
+                authentication_redis_pass_sha256: None,
+                limits: Default::default(),
             },
             created_at: 0,
             shards: vec![

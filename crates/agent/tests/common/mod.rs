@@ -135,6 +135,8 @@ impl TestNode {
                 data_persistence: DataPersistence::Disabled,
                 redis_version: VERSION,
                 authentication_redis_pass: None,
+                authentication_redis_pass_sha256: None,
+                limits: Default::default(),
             },
             created_at: 0,
             shards: vec![

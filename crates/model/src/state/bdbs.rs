@@ -71,6 +71,10 @@ impl ClusterState {
             shards,
         } = creation;
         self.check_new_bdb(&spec, &shards)?;
+        let mut spec = spec;
+        if self.keeps_hashed_passwords() {
+            spec.hash_password();
+        }
         let uid = self.next_ids.next_bdb_uid;
         self.next_ids.next_bdb_uid += 1;
         for plan in shards {
@@ -88,17 +92,50 @@ impl ClusterState {
     }
 
     pub(super) fn update_bdb(&mut self, change: BdbChange) -> Result<CommandResult, ModelError> {
+        let hashed = self.keeps_hashed_passwords();
         self.bdbs.change("database", change.uid, |bdb| {
+            let spec = &mut bdb.spec;
             if let Some(memory_size) = change.memory_size {
-                bdb.spec.memory_size = memory_size;
+                spec.memory_size = memory_size;
             }
             if let Some(password) = change.authentication_redis_pass {
-                bdb.spec.authentication_redis_pass = password;
+                spec.authentication_redis_pass = password;
+                if spec.authentication_redis_pass.is_some() {
+                    spec.authentication_redis_pass_sha256 = None;
+                }
+            }
+            if let Some(hash) = change.authentication_redis_pass_sha256 {
+                spec.authentication_redis_pass = None;
+                spec.authentication_redis_pass_sha256 = Some(hash);
             }
             if change.remove_authentication_redis_pass {
-                bdb.spec.authentication_redis_pass = None;
+                spec.authentication_redis_pass = None;
+                spec.authentication_redis_pass_sha256 = None;
+            }
+            spec.limits.apply(&change.limits);
+            if hashed {
+                spec.hash_password();
             }
         })
+    }
+
+    /// Whether database passwords are kept hashed: from cluster version 0.2.0 on (no node of
+    /// the first release, which reads only the plaintext, is left).
+    pub fn keeps_hashed_passwords(&self) -> bool {
+        crate::version::at_least(self.cluster_version(), crate::version::VERSIONED_RELEASE)
+    }
+
+    /// Replaces every plaintext database password by its hash (at finalization to 0.2.0).
+    pub(super) fn hash_bdb_passwords(&mut self) {
+        let plain: Vec<BdbUid> = self
+            .bdbs
+            .values()
+            .filter(|b| b.spec.authentication_redis_pass.is_some())
+            .map(|b| b.uid)
+            .collect();
+        for uid in plain {
+            self.bdbs.update(uid, |bdb| bdb.spec.hash_password());
+        }
     }
 
     pub(super) fn delete_bdb(&mut self, uid: BdbUid) -> Result<CommandResult, ModelError> {
@@ -130,6 +167,96 @@ mod tests {
     use super::*;
     use crate::bdb::ShardRole;
     use crate::command::{BdbDeletion, Command};
+
+    /// Moves every node of `state` to 0.2.0 and finalizes the cluster version.
+    fn finalize_0_2_0(state: &mut ClusterState) {
+        for uid in [1, 2] {
+            state.apply(Command::UpdateNode(crate::command::NodeChange {
+                uid,
+                software_version: "0.2.0".into(),
+                os: "Debian GNU/Linux 12 (bookworm)".into(),
+                host: Default::default(),
+            }));
+        }
+        let finalize =
+            Command::FinalizeClusterVersion(crate::command::ClusterVersionFinalization {
+                version: "0.2.0".into(),
+            });
+        assert_eq!(state.apply(finalize), CommandResult::Ok);
+        assert_eq!(state.cluster_version(), "0.2.0");
+    }
+
+    #[test]
+    fn plaintext_passwords_are_replaced_by_hashes_at_finalization_and_still_match() {
+        let mut spec = bdb_spec("db1", 12000);
+        spec.authentication_redis_pass = Some("pw".into());
+        let mut state = with_db(spec, vec![plan(1, ShardRole::Primary, 20001)]);
+        let stored = &state.bdbs[&1].spec;
+        assert_eq!(stored.authentication_redis_pass.as_deref(), Some("pw"));
+        assert!(stored.password_matches(b"pw") && !stored.password_matches(b"px"));
+
+        finalize_0_2_0(&mut state);
+        let stored = &state.bdbs[&1].spec;
+        assert_eq!(stored.authentication_redis_pass, None);
+        assert_eq!(
+            stored.authentication_redis_pass_sha256.as_deref(),
+            Some(crate::bdb::sha256_hex(b"pw").as_str())
+        );
+        assert!(stored.password_matches(b"pw"));
+        assert!(!stored.password_matches(b"pw2") && !stored.password_matches(b""));
+        let json = serde_json::to_string(&state).unwrap();
+        assert!(!json.contains("\"pw\""), "no plaintext left: {json}");
+
+        // After finalization, a password set in plaintext (a proposer that did not hash it) is
+        // stored hashed too; one set as a hash replaces the old one.
+        let plain = BdbChange {
+            uid: 1,
+            memory_size: None,
+            authentication_redis_pass: Some(Some("new".into())),
+            remove_authentication_redis_pass: false,
+            authentication_redis_pass_sha256: None,
+            limits: Default::default(),
+        };
+        state.apply(Command::UpdateBdb(plain));
+        let stored = &state.bdbs[&1].spec;
+        assert_eq!(stored.authentication_redis_pass, None);
+        assert!(stored.password_matches(b"new") && !stored.password_matches(b"pw"));
+    }
+
+    #[test]
+    fn a_database_without_password_matches_nothing_and_limits_change_field_by_field() {
+        let mut state = with_db(
+            bdb_spec("db1", 12000),
+            vec![plan(1, ShardRole::Primary, 20001)],
+        );
+        assert!(!state.bdbs[&1].spec.has_password());
+        assert!(!state.bdbs[&1].spec.password_matches(b""));
+        let change = BdbChange {
+            uid: 1,
+            memory_size: None,
+            authentication_redis_pass: None,
+            remove_authentication_redis_pass: false,
+            authentication_redis_pass_sha256: None,
+            limits: crate::bdb::ClientLimitsChange {
+                max_connections: Some(5),
+                client_timeout: Some(30),
+                ..Default::default()
+            },
+        };
+        state.apply(Command::UpdateBdb(change));
+        let limits = state.bdbs[&1].spec.limits;
+        assert_eq!((limits.max_connections, limits.client_timeout), (5, 30));
+        assert_eq!(
+            limits.client_query_buffer_limit,
+            crate::bdb::DEFAULT_CLIENT_QUERY_BUFFER_LIMIT
+        );
+        let json = serde_json::to_value(&state.bdbs[&1]).unwrap();
+        assert_eq!(json["max_connections"], 5);
+        assert!(
+            json.get("client_query_buffer_limit").is_none(),
+            "defaults stay absent"
+        );
+    }
 
     fn create(name: &str, port: u16, shards: Vec<ShardPlan>) -> Command {
         Command::CreateBdb(BdbCreation {

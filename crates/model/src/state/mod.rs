@@ -178,6 +178,8 @@ pub(crate) mod testing {
             data_persistence: crate::DataPersistence::Disabled,
             redis_version: crate::EngineVersion::Redis62,
             authentication_redis_pass: None,
+            authentication_redis_pass_sha256: None,
+            limits: Default::default(),
         }
     }
 

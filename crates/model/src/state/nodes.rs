@@ -242,6 +242,9 @@ impl ClusterState {
         }
         let cluster = self.cluster.as_mut().ok_or(ModelError::NotBootstrapped)?;
         cluster.cluster_version = Some(version);
+        if self.keeps_hashed_passwords() {
+            self.hash_bdb_passwords();
+        }
         Ok(CommandResult::Ok)
     }
 }

@@ -23,11 +23,14 @@
 //!   ([`SessionState`]), which each part contributes its piece of; `detach.rs`: taking it at a
 //!   command boundary (or while blocked) with the sockets, and rebuilding a session from them.
 
+use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::BytesMut;
+use flotilla_model::ClientLimits;
 use flotilla_resp::{ProtocolError, Request, RequestDecoder, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -60,27 +63,172 @@ use transaction::TxState;
 /// Most requests routed before the batch is sent; bounds the memory one pipeline can pin.
 const MAX_BATCH: usize = 1024;
 
+/// Requests of a client's first batch; each batch whose replies stay under
+/// [`BATCH_REPLY_BYTES`] doubles the next one, up to [`MAX_BATCH`].
+const FIRST_BATCH: usize = 16;
+
+/// The reply bytes one batch aims to stay under: a batch whose replies were larger makes the
+/// next one smaller in proportion. Replies of a batch on a shared shard connection arrive
+/// whole before they are written (see `shared.rs`), so this is what bounds the replies a
+/// client that does not read them pins in the proxy: about one batch's worth, not 1,024
+/// large replies.
+const BATCH_REPLY_BYTES: usize = 4 << 20;
+
+/// The next batch's size after one of `routed` requests whose replies took `bytes`.
+fn next_batch_size(current: usize, routed: usize, bytes: usize) -> usize {
+    if bytes > BATCH_REPLY_BYTES {
+        let fitting = routed.saturating_mul(BATCH_REPLY_BYTES) / bytes.max(1);
+        fitting.clamp(1, MAX_BATCH)
+    } else if routed >= current {
+        current.saturating_mul(2).min(MAX_BATCH)
+    } else {
+        current
+    }
+}
+
+/// Replies pending past this many bytes are written out at once, mid-batch: a batch's replies
+/// are not all held until its last one is resolved. While the client does not take them, the
+/// session waits in that write and reads none of the client's further requests (backpressure).
+const FLUSH_AT: usize = 64 * 1024;
+
+/// Room made in the input buffer before each read (it is allocated only then: an idle
+/// connection holds no buffer).
+const READ_CHUNK: usize = 16 * 1024;
+
+/// What the session enforces on the client's replies (from the database's [`ClientLimits`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct OutputBounds {
+    /// Most bytes of replies pending; 0: no limit.
+    hard_limit: usize,
+    /// Longest wait for the client to take any byte of its pending replies.
+    timeout: Option<Duration>,
+}
+
+impl OutputBounds {
+    fn of(limits: &ClientLimits) -> Self {
+        OutputBounds {
+            hard_limit: usize::try_from(limits.client_output_buffer_limit).unwrap_or(usize::MAX),
+            timeout: (limits.client_output_timeout > 0)
+                .then(|| Duration::from_secs(u64::from(limits.client_output_timeout))),
+        }
+    }
+}
+
 /// The client's side of the connection: its socket and buffers.
 pub(super) struct ClientIo {
     stream: TcpStream,
     /// Bytes received and not yet decoded.
     input: BytesMut,
-    /// Replies of the batch, written in one go.
+    /// Replies not yet written (written once [`FLUSH_AT`] bytes are pending, and at the end
+    /// of each batch).
     output: BytesMut,
     decoder: RequestDecoder,
+    /// The bounds on `output`.
+    bounds: OutputBounds,
+    /// Set once the client exceeded an output bound or its socket failed: its replies are
+    /// dropped and the session ends after the batch.
+    broken: bool,
+    /// Reply bytes written since the batch started.
+    batch_bytes: usize,
 }
 
 impl ClientIo {
-    /// Reads what the client sent into the input buffer; `false` when it closed.
-    async fn read(&mut self) -> std::io::Result<bool> {
-        Ok(self.stream.read_buf(&mut self.input).await? > 0)
+    fn new(stream: TcpStream) -> Self {
+        ClientIo {
+            stream,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            decoder: RequestDecoder::default(),
+            bounds: OutputBounds::default(),
+            broken: false,
+            batch_bytes: 0,
+        }
     }
 
-    /// Writes the output buffer to the client.
-    async fn write_output(&mut self) -> std::io::Result<()> {
-        self.stream.write_all(&self.output).await?;
+    /// Applies the database's limits and the client's authentication to what is decoded
+    /// and written from now on.
+    fn bound(&mut self, limits: &ClientLimits, authenticated: bool) {
+        self.bounds = OutputBounds::of(limits);
+        self.decoder.set_unauthenticated(!authenticated);
+        let query = usize::try_from(limits.client_query_buffer_limit).unwrap_or(usize::MAX);
+        self.decoder.set_query_buffer_limit(Some(query));
+    }
+
+    /// Reads what the client sent into the input buffer; `false` when it closed.
+    ///
+    /// The input buffer gets room only once the socket is readable, so a connection waiting
+    /// for its client holds no buffer (see [`ClientIo::release_idle_buffers`]).
+    async fn read(&mut self) -> io::Result<bool> {
+        loop {
+            self.stream.readable().await?;
+            if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
+                self.input.reserve(READ_CHUNK);
+            }
+            match self.stream.try_read_buf(&mut self.input) {
+                Ok(read) => return Ok(read > 0),
+                // A spurious wake-up (a new socket is reported ready once): wait again
+                // without the buffer.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.release_idle_buffers(),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Frees the buffers while they are empty: between requests, a connection costs its
+    /// socket and its session, not 16 KB of buffers.
+    fn release_idle_buffers(&mut self) {
+        if self.input.is_empty() && self.input.capacity() > 0 {
+            self.input = BytesMut::new();
+        }
+        if self.output.is_empty() && self.output.capacity() > 0 {
+            self.output = BytesMut::new();
+        }
+    }
+
+    /// Writes the output buffer to the client, within the output timeout; an error once the
+    /// client broke an output bound.
+    async fn write_output(&mut self) -> io::Result<()> {
+        if self.broken {
+            self.output.clear();
+            return Err(io::Error::other(
+                "the client's replies exceeded its output bounds",
+            ));
+        }
+        let written = write_within(&mut self.stream, &self.output, self.bounds.timeout).await;
+        self.batch_bytes += self.output.len();
         self.output.clear();
-        Ok(())
+        if written.is_err() {
+            self.broken = true;
+        }
+        written
+    }
+
+    /// After a reply was added to the output: writes it out once [`FLUSH_AT`] bytes are
+    /// pending, and enforces the hard limit. `false` once the client is to be closed (its
+    /// replies are dropped from then on).
+    async fn after_reply(&mut self) -> bool {
+        if self.broken {
+            self.output.clear();
+            return false;
+        }
+        let hard = self.bounds.hard_limit;
+        if hard > 0 && self.output.len() > hard {
+            tracing::debug!(
+                pending = self.output.len(),
+                limit = hard,
+                "closing a client whose replies exceed its output buffer limit"
+            );
+            self.broken = true;
+            self.output.clear();
+            return false;
+        }
+        if self.output.len() >= FLUSH_AT {
+            if let Err(e) = self.write_output().await {
+                tracing::debug!(error = %e, "closing a client that does not take its replies");
+                return false;
+            }
+        }
+        true
     }
 
     /// The next request received. `whole`: only a request already received whole is decoded,
@@ -109,6 +257,37 @@ impl ClientIo {
         }
         Ok(None)
     }
+}
+
+/// Writes `bytes` to `stream`; with a `timeout`, fails once the client takes no byte for that
+/// long (it does not read its replies).
+async fn write_within(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    let Some(timeout) = timeout else {
+        return stream.write_all(bytes).await;
+    };
+    let mut at = 0;
+    while at < bytes.len() {
+        let written = tokio::time::timeout(timeout, stream.write(&bytes[at..]))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the client took none of its replies for {} s (client_output_timeout)",
+                        timeout.as_secs()
+                    ),
+                )
+            })??;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        at += written;
+    }
+    Ok(())
 }
 
 /// The length of the request at the start of `input` when it is all there (an inline line, or
@@ -182,9 +361,21 @@ pub(crate) struct Session {
     /// answered, so the client's order holds across the two.
     deferred: Option<flotilla_resp::Request>,
     closing: bool,
+    /// Most requests the next batch routes (see [`next_batch_size`]).
+    batch_size: usize,
     stats: EndpointStats,
     /// The owner's requests (detach, close at a boundary), heard where the session waits.
     control: SessionControl,
+}
+
+/// What the session's loop does after a turn.
+enum Turn {
+    /// Take another turn at once.
+    Again,
+    /// Wait for the client's next bytes, then take another turn.
+    WaitClient,
+    /// What the batch or boundary decided.
+    Over(Step),
 }
 
 /// What the session does after a batch or at a boundary.
@@ -194,7 +385,7 @@ enum Step {
     /// The session is over.
     End(Ended),
     /// Hand the session over with this state.
-    Detach(SessionState),
+    Detach(Box<SessionState>),
 }
 
 impl Session {
@@ -214,14 +405,12 @@ impl Session {
         let local = stream.local_addr().unwrap_or(unknown);
         let _ = stream.set_nodelay(true);
         let shard_count = view.current.shard_count();
+        let state = ClientState::new(id, peer, local, view.current.password());
+        let mut client = ClientIo::new(stream);
+        client.bound(view.current.limits(), state.authenticated);
         Session {
-            client: ClientIo {
-                stream,
-                input: BytesMut::with_capacity(16 * 1024),
-                output: BytesMut::with_capacity(16 * 1024),
-                decoder: RequestDecoder::default(),
-            },
-            state: ClientState::new(id, peer, local, view.current.password()),
+            client,
+            state,
             links: ShardLinks::new(shard_count, shared),
             replies: ReplyQueue::default(),
             hold: HoldGate::new(&options),
@@ -230,6 +419,7 @@ impl Session {
             subs: Subscriptions::default(),
             deferred: None,
             closing: false,
+            batch_size: FIRST_BATCH,
             stats,
             view,
             control,
@@ -264,58 +454,89 @@ impl Session {
     /// (or its subscriber connection breaks): its subscriptions live on the old engine, and
     /// clients resubscribe when they reconnect, so closing is the one signal every client
     /// library acts on.
-    pub async fn run(mut self) -> std::io::Result<Ended> {
+    pub fn run(self) -> impl std::future::Future<Output = std::io::Result<Ended>> + Send {
+        // Boxed once: the task holds a pointer to the session, not (in unoptimized builds)
+        // copies of it.
+        let mut session = Box::new(self);
+        async move {
+            match session.serve().await? {
+                Ok(ended) => Ok(ended),
+                Err(state) => session.detach(*state),
+            }
+        }
+    }
+
+    /// The loop of [`Session::run`]: how the session ended, or the state to detach with.
+    async fn serve(&mut self) -> std::io::Result<Result<Ended, Box<SessionState>>> {
         if !self.replies.is_empty() {
             // Adopted while blocked: the blocked request's reply comes first.
-            match self.answer_batch(Instant::now()).await? {
+            match Box::pin(self.answer_batch(Instant::now())).await? {
                 Step::Serve => {}
-                Step::End(ended) => return Ok(ended),
-                Step::Detach(state) => return self.detach(state),
+                Step::End(ended) => return Ok(Ok(ended)),
+                Step::Detach(state) => return Ok(Err(state)),
             }
         }
+        // Everything but the wait for the client's next bytes runs in a boxed future: the
+        // session's task then holds only the state of that wait while the client is idle,
+        // and an idle connection costs a few KB less.
         loop {
-            self.refresh_topology();
-            if let Some(shard) = self.subs.moved(&self.view.current) {
-                tracing::debug!(
-                    shard = self.view.current.shard_uid(shard),
-                    "closing a subscribed client: its shard's primary moved or its subscriber connection broke"
-                );
-                let _ = self.client.stream.shutdown().await;
-                return Ok(Ended::Client);
-            }
-            let started = Instant::now();
-            let routed = self.route_batch().await;
-            if routed > 0 || self.closing {
-                match self.answer_batch(started).await? {
-                    Step::Serve => continue,
-                    Step::End(ended) => return Ok(ended),
-                    Step::Detach(state) => return self.detach(state),
+            match Box::pin(self.turn()).await? {
+                Turn::Again => {}
+                Turn::WaitClient => {
+                    if !self.wait_client().await? {
+                        return Ok(Ok(Ended::Client));
+                    }
                 }
-            }
-            // Every request read so far is answered: a command boundary, unless a request is
-            // parked (below) or half decoded. The owner's request to detach or close is carried
-            // out here.
-            match self.at_boundary().await {
-                Step::Serve => {}
-                Step::End(ended) => return Ok(ended),
-                Step::Detach(state) => return self.detach(state),
-            }
-            if let Some(shard) = self.hold.parked_shard() {
-                if !self.wait_for_release(shard).await? {
-                    return Ok(Ended::Client);
-                }
-                continue;
-            }
-            if self.subs.is_open() {
-                if !self.wait_subscribed().await? {
-                    return Ok(Ended::Client);
-                }
-                continue;
-            }
-            if !self.wait_client().await? {
-                return Ok(Ended::Client);
+                Turn::Over(Step::End(ended)) => return Ok(Ok(ended)),
+                Turn::Over(Step::Detach(state)) => return Ok(Err(state)),
+                Turn::Over(Step::Serve) => {}
             }
         }
+    }
+
+    /// One turn of the session's loop: a batch, or a wait other than for the client's next
+    /// bytes (a hold's release, a subscriber's messages).
+    async fn turn(&mut self) -> std::io::Result<Turn> {
+        self.refresh_topology();
+        if let Some(shard) = self.subs.moved(&self.view.current) {
+            tracing::debug!(
+                shard = self.view.current.shard_uid(shard),
+                "closing a subscribed client: its shard's primary moved or its subscriber connection broke"
+            );
+            let _ = self.client.stream.shutdown().await;
+            return Ok(Turn::Over(Step::End(Ended::Client)));
+        }
+        let started = Instant::now();
+        self.client.batch_bytes = 0;
+        let routed = self.route_batch().await;
+        if routed > 0 || self.closing {
+            let answered = self.answer_batch(started).await?;
+            self.batch_size = next_batch_size(self.batch_size, routed, self.client.batch_bytes);
+            return Ok(match answered {
+                Step::Serve => Turn::Again,
+                over => Turn::Over(over),
+            });
+        }
+        // Every request read so far is answered: a command boundary, unless a request is
+        // parked (below) or half decoded. The owner's request to detach or close is carried
+        // out here.
+        match self.at_boundary().await {
+            Step::Serve => {}
+            over => return Ok(Turn::Over(over)),
+        }
+        if let Some(shard) = self.hold.parked_shard() {
+            if !self.wait_for_release(shard).await? {
+                return Ok(Turn::Over(Step::End(Ended::Client)));
+            }
+            return Ok(Turn::Again);
+        }
+        if self.subs.is_open() {
+            if !self.wait_subscribed().await? {
+                return Ok(Turn::Over(Step::End(Ended::Client)));
+            }
+            return Ok(Turn::Again);
+        }
+        Ok(Turn::WaitClient)
     }
 
     /// Sends the batch routed, writes its replies, and says what comes next: the client is
@@ -329,7 +550,7 @@ impl Session {
         if let Some(blocked) = interrupted {
             if let Some(state) = self.capture_blocked(&blocked) {
                 self.replies.push(blocked);
-                return Ok(Step::Detach(state));
+                return Ok(Step::Detach(Box::new(state)));
             }
             self.replies.push(blocked);
             self.resolve_replies(false).await;
@@ -349,7 +570,9 @@ impl Session {
             return Step::Serve;
         }
         if self.control.wants_detach() {
-            return self.capture().map_or(Step::Serve, Step::Detach);
+            return self
+                .capture()
+                .map_or(Step::Serve, |state| Step::Detach(Box::new(state)));
         }
         if self.is_between_replies() {
             let _ = self.client.stream.shutdown().await;
@@ -361,10 +584,17 @@ impl Session {
     /// Waits for the client's next bytes, or for the owner's next request; `false` when the
     /// client is gone.
     async fn wait_client(&mut self) -> std::io::Result<bool> {
+        self.client.release_idle_buffers();
+        let idle = self.view.current.limits().client_timeout;
+        let timeout = Duration::from_secs(u64::from(idle));
         tokio::select! {
             biased;
             () = self.control.listen() => Ok(true),
             read = self.client.read() => read,
+            () = tokio::time::sleep(timeout), if idle > 0 => {
+                tracing::debug!(seconds = idle, "closing an idle client (client_timeout)");
+                Ok(false)
+            }
         }
     }
 
@@ -418,16 +648,17 @@ impl Session {
         Ok(true)
     }
 
-    /// Decodes and routes the requests already received, up to [`MAX_BATCH`].
+    /// Decodes and routes the requests already received, up to the batch size (at most
+    /// [`MAX_BATCH`]).
     /// Stops at a request for a held shard, which is parked (see [`Session::wait_for_release`]).
     async fn route_batch(&mut self) -> usize {
         let mut routed = 0;
         let whole = self.control.stopping();
         self.links.start_batch();
-        while routed < MAX_BATCH && !self.closing {
+        while routed < self.batch_size && !self.closing {
             let request = match self.hold.take_parked().or_else(|| self.deferred.take()) {
                 Some(request) => request,
-                None => match self.client.next_request(whole) {
+                None => match self.next_request(whole) {
                     Ok(Some(request)) => request,
                     Ok(None) => break,
                     Err(e) => {
@@ -465,6 +696,14 @@ impl Session {
         routed
     }
 
+    /// The client's next request, decoded within the bounds its authentication and the
+    /// database's limits set now.
+    fn next_request(&mut self, whole: bool) -> Result<Option<Request>, ProtocolError> {
+        self.client
+            .bound(self.view.current.limits(), self.state.authenticated);
+        self.client.next_request(whole)
+    }
+
     /// Flushes every shard's part of the batch, then resolves the replies in order (see
     /// [`Session::resolve_replies`]).
     async fn send_batch(&mut self, may_detach: bool) -> Option<Pending> {
@@ -483,7 +722,7 @@ impl Session {
             resend: &mut self.resend,
             subs: &mut self.subs,
             topology: &self.view.rx,
-            out: &mut self.client.output,
+            client: &mut self.client,
             protocol: self.state.protocol,
             closing: &mut self.closing,
             control: may_detach.then_some(&mut self.control),
@@ -512,6 +751,7 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
     use tokio::sync::mpsc;
 
@@ -616,6 +856,58 @@ mod tests {
         session.route_batch().await;
         session.send_batch(false).await;
         session.client.write_output().await.unwrap();
+    }
+
+    #[test]
+    fn batches_grow_while_replies_are_small_and_shrink_to_large_ones() {
+        let mut size = FIRST_BATCH;
+        for _ in 0..10 {
+            size = next_batch_size(size, size, size * 10);
+        }
+        assert_eq!(size, MAX_BATCH);
+        assert_eq!(
+            next_batch_size(MAX_BATCH, 3, 30),
+            MAX_BATCH,
+            "a short pipeline"
+        );
+        // 1,024 replies of 256 KB: the next batch holds 16 of them (4 MB).
+        assert_eq!(next_batch_size(MAX_BATCH, MAX_BATCH, MAX_BATCH << 18), 16);
+        assert_eq!(next_batch_size(16, 1, 512 << 20), 1, "at least one request");
+    }
+
+    #[tokio::test]
+    async fn an_unauthenticated_client_is_refused_at_the_header_of_a_huge_bulk() {
+        let (mut s, mut client) = session(Some("secret")).await;
+        feed(
+            &mut s,
+            &mut client,
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$500000000\r\n",
+        )
+        .await;
+        expect(
+            &mut client,
+            b"-ERR Protocol error: unauthenticated bulk length\r\n",
+        )
+        .await;
+        assert!(s.closing);
+        let (mut s, mut client) = session(Some("secret")).await;
+        feed(&mut s, &mut client, b"*11\r\n").await;
+        expect(
+            &mut client,
+            b"-ERR Protocol error: unauthenticated multibulk length\r\n",
+        )
+        .await;
+        // Once authenticated (in the same pipeline), the bounds are lifted.
+        let (mut s, mut client) = session(Some("secret")).await;
+        let mut wire = b"AUTH secret\r\n*2\r\n$4\r\nECHO\r\n$20000\r\n".to_vec();
+        wire.extend_from_slice(&[b'x'; 20000]);
+        wire.extend_from_slice(b"\r\n");
+        feed(&mut s, &mut client, &wire).await;
+        let mut reply = b"+OK\r\n$20000\r\n".to_vec();
+        reply.extend_from_slice(&[b'x'; 20000]);
+        reply.extend_from_slice(b"\r\n");
+        expect(&mut client, &reply).await;
+        assert!(!s.closing);
     }
 
     #[tokio::test]

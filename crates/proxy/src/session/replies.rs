@@ -11,7 +11,6 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use flotilla_resp::{Protocol, Request, Value};
 use tokio::sync::watch;
 
@@ -29,6 +28,7 @@ use crate::verdict::{Reason, Side, Verdict};
 use super::links::{RawReply, ShardLinks};
 use super::resend::{primary_moved, transaction_requests, ResendPolicy};
 use super::transaction::null_array;
+use super::ClientIo;
 
 /// Where one reply comes from.
 #[derive(Debug)]
@@ -122,8 +122,9 @@ pub(super) struct Resolver<'a> {
     pub subs: &'a mut Subscriptions,
     /// The published topology (for resends).
     pub topology: &'a watch::Receiver<Topology>,
-    /// The client's output.
-    pub out: &'a mut BytesMut,
+    /// The client's socket and output: replies are written out as soon as enough of them are
+    /// pending (see [`ClientIo::after_reply`]).
+    pub client: &'a mut ClientIo,
     /// The client's protocol now.
     pub protocol: Protocol,
     /// Set when the client must be closed after this batch (a subscriber connection broke).
@@ -161,6 +162,9 @@ impl ReplyQueue {
             if let Some(verdict) = resolver.resolve(entry).await {
                 self.batch.record(verdict);
             }
+            if !resolver.client.after_reply().await {
+                *resolver.closing = true;
+            }
         }
         given_back
     }
@@ -176,12 +180,12 @@ impl Resolver<'_> {
     async fn resolve(&mut self, entry: Pending) -> Option<Verdict> {
         let verdict = match entry {
             Pending::Ready(value, protocol, verdict) => {
-                value.encode_as(self.out, protocol);
+                value.encode_as(&mut self.client.output, protocol);
                 verdict
             }
             Pending::Frames(values, protocol) => {
                 for value in &values {
-                    value.encode_as(self.out, protocol);
+                    value.encode_as(&mut self.client.output, protocol);
                 }
                 Verdict::OK
             }
@@ -194,7 +198,7 @@ impl Resolver<'_> {
             Pending::Scan(source, shard, count, protocol) => {
                 let (value, verdict) = self.take(source).await;
                 let value = scan_reply(value, shard, count);
-                value.encode_as(self.out, protocol);
+                value.encode_as(&mut self.client.output, protocol);
                 Verdict::combined(&value, &[verdict])
             }
             Pending::Discard(source) => {
@@ -209,7 +213,7 @@ impl Resolver<'_> {
                 protocol,
             } => {
                 let (value, verdict) = self.exec(index, shard, &queued, watched).await;
-                value.encode_as(self.out, protocol);
+                value.encode_as(&mut self.client.output, protocol);
                 verdict
             }
             Pending::PubSub {
@@ -236,7 +240,7 @@ impl Resolver<'_> {
             Source::Read(index, request) => self.forward_read(index, request, protocol).await,
             source @ Source::Failed(_) => {
                 let (value, verdict) = self.take(source).await;
-                value.encode_as(self.out, protocol);
+                value.encode_as(&mut self.client.output, protocol);
                 verdict
             }
         }
@@ -275,7 +279,7 @@ impl Resolver<'_> {
     ) -> Verdict {
         let Some(RawReply { addr, raw, verdict }) = self.links.reply_raw(index).await else {
             let (value, verdict) = self.links.reply(index).await;
-            value.encode_as(self.out, protocol);
+            value.encode_as(&mut self.client.output, protocol);
             return verdict;
         };
         let shard = ShardIndex(index as u16);
@@ -283,12 +287,12 @@ impl Resolver<'_> {
             let (value, verdict) = self
                 .resend(shard, std::slice::from_ref(&request), addr)
                 .await;
-            value.encode_as(self.out, protocol);
+            value.encode_as(&mut self.client.output, protocol);
             return verdict;
         }
         match raw {
-            Ok(raw) => self.out.extend_from_slice(&raw),
-            Err(e) => e.reply().encode_as(self.out, protocol),
+            Ok(raw) => self.client.output.extend_from_slice(&raw),
+            Err(e) => e.reply().encode_as(&mut self.client.output, protocol),
         }
         verdict
     }
@@ -305,7 +309,7 @@ impl Resolver<'_> {
             return self.forward_raw(index, None, protocol).await;
         }
         let (value, verdict) = self.take(Source::Read(index, request)).await;
-        value.encode_as(self.out, protocol);
+        value.encode_as(&mut self.client.output, protocol);
         verdict
     }
 
@@ -326,7 +330,7 @@ impl Resolver<'_> {
             Combine::Split(split) => split.merge(replies),
             Combine::Merge(merge) => crate::merge_replies(merge, replies),
         };
-        value.encode_as(self.out, protocol);
+        value.encode_as(&mut self.client.output, protocol);
         Verdict::combined(&value, &verdicts)
     }
 
@@ -340,20 +344,20 @@ impl Resolver<'_> {
     ) -> Verdict {
         let read = self
             .subs
-            .read_confirmations(shard, replies, protocol, forward, self.out)
+            .read_confirmations(shard, replies, protocol, forward, &mut self.client.output)
             .await;
         match read {
             Ok(()) => Verdict::OK,
             Err(Unconfirmed::Missing) => {
                 Value::error("ERR internal: subscriber connection missing")
-                    .encode_as(self.out, protocol);
+                    .encode_as(&mut self.client.output, protocol);
                 Verdict::NotExecuted {
                     side: Side::Proxy,
                     reason: Reason::Internal,
                 }
             }
             Err(Unconfirmed::Lost(e)) => {
-                e.reply().encode_as(self.out, protocol);
+                e.reply().encode_as(&mut self.client.output, protocol);
                 *self.closing = true;
                 Verdict::of_shard_error(&e)
             }

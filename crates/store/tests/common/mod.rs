@@ -204,6 +204,8 @@ pub fn database(i: u16) -> Command {
         data_persistence: DataPersistence::Aof,
         redis_version: EngineVersion::Redis70,
         authentication_redis_pass: Some(format!("password-of-db-{i:05}")),
+        authentication_redis_pass_sha256: None,
+        limits: Default::default(),
     };
     let shard = |node_uid, role, slots| ShardPlan {
         node_uid,
