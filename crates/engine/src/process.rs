@@ -145,7 +145,7 @@ impl ShardProcess {
 
     /// An authenticated client to this shard.
     pub async fn client(&self) -> Result<EngineClient> {
-        EngineClient::connect(self.spec.bind, self.spec.port, &self.spec.password).await
+        EngineClient::connect(self.spec.bind, self.spec.port, &self.spec.admin_login()).await
     }
 
     /// Stops the engine with default deadlines; see [`stop_with`](Self::stop_with).
@@ -216,12 +216,8 @@ impl ShardProcess {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Some(Duration::from_secs(2)),
         };
-        let client = EngineClient::connect_with(
-            self.spec.bind,
-            self.spec.port,
-            &self.spec.password,
-            options,
-        );
+        let login = self.spec.admin_login();
+        let client = EngineClient::connect_with(self.spec.bind, self.spec.port, &login, options);
         // The engine closes the connection as it exits, so an I/O error is the normal answer.
         match client.await {
             Ok(client) => match client.command::<redis::Value>(&cmd).await {
@@ -362,7 +358,7 @@ async fn ping_as(spec: &ShardSpec, pid: u32) -> std::result::Result<(), String> 
         connect_timeout: Duration::from_millis(500),
         response_timeout: Some(Duration::from_secs(2)),
     };
-    let client = EngineClient::connect_with(spec.bind, spec.port, &spec.password, options)
+    let client = EngineClient::connect_with(spec.bind, spec.port, &spec.admin_login(), options)
         .await
         .map_err(|e| e.to_string())?;
     client.ping().await.map_err(|e| e.to_string())?;
@@ -569,6 +565,8 @@ mod tests {
             bind: "127.0.0.1".parse().unwrap(),
             port: 20000,
             password: "x".into(),
+            users: None,
+            legacy: false,
             maxmemory_bytes: 0,
             eviction: Default::default(),
             persistence: Persistence::None,
