@@ -271,6 +271,10 @@ impl ShardProcess {
     }
 }
 
+/// The umask engines run under, whoever starts them: their RDB/AOF files, logs and dirs hold
+/// the database's data, readable by the node's user only.
+const OWNER_ONLY_UMASK: libc::mode_t = 0o077;
+
 /// Runs the server binary on `config`; with `daemonize yes` it forks the engine and exits.
 /// Returns the launcher's pid (so its log lines can be told from the engine's).
 async fn launch(
@@ -280,12 +284,21 @@ async fn launch(
     log_offset: u64,
     timeout: Duration,
 ) -> Result<u32> {
-    let child = tokio::process::Command::new(binary)
+    let mut command = tokio::process::Command::new(binary);
+    command
         .arg(config)
         .current_dir(&spec.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: umask(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(OWNER_ONLY_UMASK);
+            Ok(())
+        });
+    }
+    let child = command
         .spawn()
         .map_err(|e| EngineError::io("run engine", binary, e))?;
     let launcher_pid = child.id().unwrap_or(0);

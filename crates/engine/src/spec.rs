@@ -281,10 +281,14 @@ impl ShardSpec {
     }
 
     /// Writes [`render_config`](Self::render_config) to [`config_path`](Self::config_path)
-    /// atomically, creating the shard's dir. The file is readable by the owner only: it holds
-    /// the internal password.
+    /// atomically, creating the shard's dir (owner-only). The file is readable by the owner
+    /// only: it holds the engine users' passwords.
     pub fn write_config(&self) -> Result<PathBuf> {
-        std::fs::create_dir_all(&self.dir)
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
             .map_err(|e| EngineError::io("create shard dir", &self.dir, e))?;
         let path = self.config_path();
         write_atomically(&path, self.render_config().as_bytes())?;

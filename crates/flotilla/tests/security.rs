@@ -1,0 +1,212 @@
+//! Security of a cluster on a machine shared with other users and software (issue 13):
+//! - the engines' users: through a database endpoint, a script cannot reach what the proxy
+//!   refuses (`EVAL "return redis.call('SWAPDB',0,1)" 0`, CONFIG, DEBUG, MODULE); directly on a
+//!   shard the proxy user is refused those; the cluster secret no longer logs in to any shard;
+//! - file modes: no file or dir of a node is readable by group or others once a database with
+//!   persistence exists (store, identity, engine configs, RDB/AOF, logs).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flotilla_model::{EngineUsers, PROXY_USER};
+use flotilla_testkit::{flotilla_bin, DevCluster};
+use serde_json::Value;
+
+fn bin() -> PathBuf {
+    flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+/// The cluster secret, from a node's identity.
+fn secret(data_dir: &Path) -> String {
+    let identity: Value =
+        serde_json::from_slice(&std::fs::read(data_dir.join("identity.json")).unwrap()).unwrap();
+    identity["secret"].as_str().unwrap().to_string()
+}
+
+/// `ip:port` of every shard of the cluster.
+fn shard_addrs(cluster: &DevCluster) -> Vec<String> {
+    let state = cluster.status_json(1);
+    let nodes = state["nodes"].as_array().unwrap();
+    cluster
+        .shards_at(1)
+        .iter()
+        .map(|shard| {
+            let node = nodes.iter().find(|n| n["uid"] == shard["node_uid"]).unwrap();
+            format!("{}:{}", node["addr"].as_str().unwrap(), shard["port"])
+        })
+        .collect()
+}
+
+fn connect(url: &str) -> redis::RedisResult<redis::Connection> {
+    redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))
+}
+
+/// The error `words` get on `conn`, or `None` when they ran.
+fn refusal(conn: &mut redis::Connection, words: &[&str]) -> Option<String> {
+    let mut cmd = redis::cmd(words[0]);
+    for word in &words[1..] {
+        cmd.arg(*word);
+    }
+    cmd.query::<redis::Value>(conn).err().map(|e| e.to_string())
+}
+
+/// Shard administration a client must never reach through a script, and the proxy user never
+/// directly.
+const ADMINISTRATION: &[&[&str]] = &[
+    &["SWAPDB", "0", "1"],
+    &["CONFIG", "SET", "dir", "/tmp"],
+    &["CONFIG", "SET", "dbfilename", "x.rdb"],
+    &["DEBUG", "SLEEP", "0"],
+    &["MODULE", "LIST"],
+    &["SELECT", "1"],
+    &["MIGRATE", "127.0.0.1", "1", "k", "0", "10"],
+    &["SLOWLOG", "GET"],
+    &["SAVE"],
+    &["SHUTDOWN", "NOSAVE"],
+];
+
+#[test]
+fn scripts_and_the_proxy_user_cannot_administer_shards_and_the_secret_logs_in_nowhere() {
+    let cluster = DevCluster::up(&bin(), 176, 2);
+    // redis-6.2: the engine on which the issue reached SWAPDB, MIGRATE and SLOWLOG from EVAL.
+    cluster.create_replicated_db("acl", 12000, "redis-6.2");
+    let endpoint = format!("redis://{}:12000/", cluster.addr(1));
+    let mut client = connect(&endpoint).expect("connect through the endpoint");
+    let () = redis::cmd("SET").arg("k").arg("v").query(&mut client).unwrap();
+    for words in ADMINISTRATION {
+        let args: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let script = format!("return redis.call({})", args.join(","));
+        let text = refusal(&mut client, &["EVAL", &script, "0"])
+            .unwrap_or_else(|| panic!("EVAL {script} ran through the endpoint"));
+        assert!(
+            text.contains("can't run this command") || text.contains("not allowed from script"),
+            "EVAL {script} refused for another reason: {text}"
+        );
+    }
+    let got: String = redis::cmd("GET").arg("k").query(&mut client).unwrap();
+    assert_eq!(got, "v", "the data path still works");
+
+    let secret = secret(&cluster.data_dir(1));
+    let proxy = EngineUsers::derive(&secret).proxy;
+    let shards = shard_addrs(&cluster);
+    assert_eq!(shards.len(), 4);
+    for shard in &shards {
+        let err = connect(&format!("redis://:{secret}@{shard}/"))
+            .err()
+            .unwrap_or_else(|| panic!("the cluster secret logged in to shard {shard}"));
+        assert_eq!(err.kind(), redis::ErrorKind::AuthenticationFailed, "{shard}: {err}");
+        let mut as_proxy = connect(&format!("redis://{PROXY_USER}:{proxy}@{shard}/"))
+            .unwrap_or_else(|e| panic!("the proxy user cannot log in to {shard}: {e}"));
+        for words in ADMINISTRATION {
+            let text = refusal(&mut as_proxy, words)
+                .unwrap_or_else(|| panic!("the proxy user ran {words:?} on {shard}"));
+            assert!(
+                text.contains("NOPERM") || text.contains("no permissions"),
+                "{words:?} on {shard} refused for another reason: {text}"
+            );
+        }
+    }
+    cluster.dev_down();
+}
+
+/// Every file or dir under `root` that group or others may read, write or enter.
+fn readable_by_others(root: &Path) -> Vec<String> {
+    let mut offenders = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue; // gone while walking (an engine's temp file)
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            offenders.push(format!("{:o} {}", mode, path.display()));
+        }
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    offenders
+}
+
+#[test]
+fn no_node_file_is_readable_by_group_or_others() {
+    let cluster = DevCluster::up(&bin(), 177, 2);
+    cluster.create_db(&[
+        "--name",
+        "kept",
+        "--port",
+        "12000",
+        "--memory",
+        "100mb",
+        "--shards",
+        "1",
+        "--replication",
+        "--persistence",
+        "snapshot",
+        "--redis-version",
+        "valkey-9.1",
+    ]);
+    let endpoint = format!("redis://{}:12000/", cluster.addr(1));
+    let mut client = connect(&endpoint).unwrap();
+    let () = redis::cmd("SET").arg("k").arg("v").query(&mut client).unwrap();
+    let aof = cluster.create_db(&[
+        "--name",
+        "logged",
+        "--port",
+        "12001",
+        "--memory",
+        "100mb",
+        "--shards",
+        "1",
+        "--persistence",
+        "aof",
+        "--redis-version",
+        "redis-7.0",
+    ]);
+    assert!(aof["uid"].is_u64());
+    // A snapshot on disk: the engines write their RDB files under the daemon's umask.
+    let secret = secret(&cluster.data_dir(1));
+    let admin = EngineUsers::derive(&secret).admin;
+    for shard in shard_addrs(&cluster) {
+        let url = format!("redis://{}:{admin}@{shard}/", flotilla_model::ADMIN_USER);
+        let mut engine = connect(&url).unwrap();
+        let _: redis::Value = redis::cmd("SAVE").query(&mut engine).unwrap();
+    }
+    let mut offenders = Vec::new();
+    let mut files = 0;
+    for n in cluster.node_numbers() {
+        let dir = cluster.data_dir(n);
+        for name in ["store.redb", "identity.json", "flotilla.log", "shards"] {
+            assert!(dir.join(name).exists(), "{} has no {name}", dir.display());
+        }
+        files += walk_count(&dir);
+        offenders.extend(readable_by_others(&dir));
+    }
+    assert!(files > 20, "only {files} entries walked");
+    assert!(
+        offenders.is_empty(),
+        "readable by group or others:\n{}",
+        offenders.join("\n")
+    );
+    cluster.dev_down();
+}
+
+fn walk_count(root: &Path) -> usize {
+    let mut count = 0;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        count += 1;
+        if path.is_dir() && !path.is_symlink() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    count
+}
