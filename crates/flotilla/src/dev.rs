@@ -337,8 +337,6 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
     }
     let user = conn.user.clone().unwrap_or_else(|| "admin".into());
     let password = conn.password.clone().unwrap_or_else(|| "flotilla".into());
-    // The nodes' dirs and logs are created here, before their daemons start.
-    crate::private::owner_only_umask();
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let started = Instant::now();

@@ -3,14 +3,23 @@
 //!   refuses (`EVAL "return redis.call('SWAPDB',0,1)" 0`, CONFIG, DEBUG, MODULE); directly on a
 //!   shard the proxy user is refused those; the cluster secret no longer logs in to any shard;
 //! - file modes: no file or dir of a node is readable by group or others once a database with
-//!   persistence exists (store, identity, engine configs, RDB/AOF, logs).
+//!   persistence exists (store, identity, engine configs, RDB/AOF, logs);
+//! - the upgrade of a cluster made by the real release 0.1.0: in place, then finalized under
+//!   load without a client error, after which every engine (started by 0.1.0, never
+//!   restarted) refuses the secret as the default user's password and the proxy user cannot
+//!   CONFIG; the data dirs 0.1.0 made world-readable are owner-only.
+//!
+//! Subnets 127.0.176-178.x.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_model::{EngineUsers, PROXY_USER};
-use flotilla_testkit::{flotilla_bin, DevCluster};
+use flotilla_testkit::{
+    assert_success, flotilla_bin, load_runtime, poll_until, start_load, stop_load_clean,
+    DevCluster, Packages,
+};
 use serde_json::Value;
 
 fn bin() -> PathBuf {
@@ -71,7 +80,14 @@ fn scripts_and_the_proxy_user_cannot_administer_shards_and_the_secret_logs_in_no
     let cluster = DevCluster::up(&bin(), 176, 2);
     // redis-6.2: the engine on which the issue reached SWAPDB, MIGRATE and SLOWLOG from EVAL.
     cluster.create_replicated_db("acl", 12000, "redis-6.2");
-    let endpoint = format!("redis://{}:12000/", cluster.addr(1));
+    assert_engines_refuse_administration(&cluster, 12000);
+    cluster.dev_down();
+}
+
+/// Through the endpoint on `port`, no script reaches shard administration; on every shard the
+/// cluster secret does not log in and the proxy user is refused administration.
+fn assert_engines_refuse_administration(cluster: &DevCluster, port: u16) {
+    let endpoint = format!("redis://{}:{port}/", cluster.addr(1));
     let mut client = connect(&endpoint).expect("connect through the endpoint");
     let () = redis::cmd("SET").arg("k").arg("v").query(&mut client).unwrap();
     for words in ADMINISTRATION {
@@ -89,7 +105,7 @@ fn scripts_and_the_proxy_user_cannot_administer_shards_and_the_secret_logs_in_no
 
     let secret = secret(&cluster.data_dir(1));
     let proxy = EngineUsers::derive(&secret).proxy;
-    let shards = shard_addrs(&cluster);
+    let shards = shard_addrs(cluster);
     assert_eq!(shards.len(), 4);
     for shard in &shards {
         let err = connect(&format!("redis://:{secret}@{shard}/"))
@@ -107,7 +123,6 @@ fn scripts_and_the_proxy_user_cannot_administer_shards_and_the_secret_logs_in_no
             );
         }
     }
-    cluster.dev_down();
 }
 
 /// Every file or dir under `root` that group or others may read, write or enter.
@@ -194,6 +209,101 @@ fn no_node_file_is_readable_by_group_or_others() {
         "readable by group or others:\n{}",
         offenders.join("\n")
     );
+    cluster.dev_down();
+}
+
+/// Whether the cluster secret still logs in to `shard` as the default user.
+fn secret_logs_in(secret: &str, shard: &str) -> bool {
+    connect(&format!("redis://:{secret}@{shard}/")).is_ok()
+}
+
+/// The engine's client connections logged in as the default user, replicas' links aside (a
+/// replica that synced before the move keeps its link until it reconnects).
+fn default_clients(admin: &str, shard: &str) -> Vec<String> {
+    let Ok(mut engine) = connect(&format!("redis://{admin}@{shard}/")) else {
+        return vec![format!("{shard}: the admin user cannot log in")];
+    };
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut engine)
+        .unwrap_or_default();
+    list.lines()
+        .filter(|line| line.contains(" user=default"))
+        .filter(|line| !line.split(' ').any(|f| f.starts_with("flags=") && f.contains('S')))
+        .map(|line| format!("{shard}: {line}"))
+        .collect()
+}
+
+#[test]
+fn a_cluster_made_by_0_1_0_moves_to_the_engine_users_at_finalization_under_load() {
+    let packages = Packages::shared(&bin());
+    let v010 = packages.release_0_1_0();
+    let (_, v021) = packages.current_pair();
+    let cluster = DevCluster::up_from_package(&bin(), 178, 3, &v010);
+    cluster.create_replicated_db("old", 12000, "redis-6.2");
+    let secret = secret(&cluster.data_dir(1));
+    let shards = shard_addrs(&cluster);
+    assert!(
+        shards.iter().all(|s| secret_logs_in(&secret, s)),
+        "0.1.0 runs every engine with the secret as the default user's password"
+    );
+    let before = readable_by_others(&cluster.data_dir(1));
+    assert!(!before.is_empty(), "0.1.0 leaves its files world-readable");
+
+    let package = v021.to_string_lossy().into_owned();
+    for node in [2, 3, 1] {
+        let node = node.to_string();
+        let args = [
+            "upgrade",
+            "node",
+            &node,
+            "--package",
+            &package,
+            "--yes",
+            "--no-auto-finalize",
+        ];
+        assert_success(&cluster.flotilla(&args), &format!("upgrade node {node}"));
+    }
+    // Mixed until finalization: the engines 0.1.0 started keep the default user.
+    assert!(shards.iter().all(|s| secret_logs_in(&secret, s)));
+
+    let rt = load_runtime();
+    let load = start_load(&rt, format!("{}:12000", cluster.addr(1)));
+    assert_success(&cluster.flotilla(&["upgrade", "finalize"]), "upgrade finalize");
+    let moved = poll_until(Duration::from_secs(30), || {
+        shards.iter().all(|s| !secret_logs_in(&secret, s))
+    });
+    let still: Vec<&String> = shards.iter().filter(|s| secret_logs_in(&secret, s)).collect();
+    assert!(moved, "the secret still logs in to {still:?} after finalization");
+    // The proxies' shard connections, opened as the default user before, move to the proxy
+    // user while the load keeps going.
+    let admin = format!(
+        "{}:{}",
+        flotilla_model::ADMIN_USER,
+        EngineUsers::derive(&secret).admin
+    );
+    let relogged = poll_until(Duration::from_secs(30), || {
+        shards.iter().all(|s| default_clients(&admin, s).is_empty())
+    });
+    let left: Vec<String> = shards
+        .iter()
+        .flat_map(|s| default_clients(&admin, s))
+        .collect();
+    assert!(relogged, "connections still logged in as the default user: {left:#?}");
+    let report = stop_load_clean(&rt, load);
+    eprintln!(
+        "finalization under load: {} ops, longest stall {:.1} ms",
+        report.ops, report.longest_stall_ms
+    );
+    assert_engines_refuse_administration(&cluster, 12000);
+    for n in cluster.node_numbers() {
+        let offenders = readable_by_others(&cluster.data_dir(n));
+        assert!(
+            offenders.is_empty(),
+            "node {n} after the upgrade, readable by group or others:\n{}",
+            offenders.join("\n")
+        );
+    }
     cluster.dev_down();
 }
 
