@@ -18,9 +18,8 @@ const PROXY_DENIED: &[&str] = &["select", "swapdb", "move", "migrate", "client",
 
 /// Commands of the `@admin`/`@dangerous` categories that the proxy forwards for clients
 /// (crates/proxy/COMMANDS.md), given back to the proxy user; none administers the engine.
-const PROXY_FORWARDED_DANGEROUS: &[&str] = &[
-    "flushall", "flushdb", "keys", "lastsave", "restore", "sort",
-];
+const PROXY_FORWARDED_DANGEROUS: &[&str] =
+    &["flushall", "flushdb", "keys", "lastsave", "restore", "sort"];
 
 /// The admin user may do everything the agent and upgrades need (CONFIG, REPLICAOF, CLIENT
 /// PAUSE, SHUTDOWN, ...) but load no module and run no DEBUG.
@@ -32,7 +31,11 @@ const REPLICATION_ALLOWED: &[&str] = &["psync", "replconf", "ping"];
 /// The rules (after the name) of one Flotilla user, from a clean slate (`reset`), so that
 /// `ACL SETUSER` with them gives the same user whatever it was before.
 fn rules(user: &str, password: &str, version: EngineVersion) -> Vec<String> {
-    let mut rules = vec!["reset".to_string(), "on".to_string(), format!(">{password}")];
+    let mut rules = vec![
+        "reset".to_string(),
+        "on".to_string(),
+        format!(">{password}"),
+    ];
     match user {
         ADMIN_USER => {
             rules.extend(["~*", "&*", "+@all"].map(String::from));
@@ -57,7 +60,10 @@ fn rules(user: &str, password: &str, version: EngineVersion) -> Vec<String> {
 
 /// Each Flotilla user's name and rules (after the name), for `user` config lines and `ACL
 /// SETUSER`.
-pub(crate) fn users(users: &EngineUsers, version: EngineVersion) -> Vec<(&'static str, Vec<String>)> {
+pub(crate) fn users(
+    users: &EngineUsers,
+    version: EngineVersion,
+) -> Vec<(&'static str, Vec<String>)> {
     [
         (ADMIN_USER, &users.admin),
         (PROXY_USER, &users.proxy),
@@ -148,10 +154,23 @@ mod tests {
         let (name, proxy) = &all[1];
         assert_eq!(*name, PROXY_USER);
         let text = proxy.join(" ");
-        for needed in ["-@admin", "-@dangerous", "+flushall", "+keys", "-select", "-swapdb"] {
-            assert!(proxy.iter().any(|r| r == needed), "{needed} missing: {text}");
+        for needed in [
+            "-@admin",
+            "-@dangerous",
+            "+flushall",
+            "+keys",
+            "-select",
+            "-swapdb",
+        ] {
+            assert!(
+                proxy.iter().any(|r| r == needed),
+                "{needed} missing: {text}"
+            );
         }
-        assert!(!text.contains("sort_ro"), "redis 6.2 knows no SORT_RO: {text}");
+        assert!(
+            !text.contains("sort_ro"),
+            "redis 6.2 knows no SORT_RO: {text}"
+        );
         let (_, proxy_70) = &super::users(&users, EngineVersion::Redis70)[1];
         assert!(proxy_70.iter().any(|r| r == "+sort_ro"));
         let (_, replication) = &all[2];

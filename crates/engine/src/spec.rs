@@ -416,16 +416,25 @@ mod tests {
         assert!(!text.contains("s3cret"), "{text}");
         assert!(text.contains(&format!("masterauth \"{}\"\n", users.replication)));
         for user in ["flotilla-admin", "flotilla-proxy", "flotilla-replication"] {
-            assert!(text.contains(&format!("\nuser {user} reset on >")), "{user}: {text}");
+            assert!(
+                text.contains(&format!("\nuser {user} reset on >")),
+                "{user}: {text}"
+            );
         }
         s.legacy = true;
         let text = s.render_config();
-        assert!(text.contains("requirepass \"s3cret\"\nmasterauth \"s3cret\"\n"), "{text}");
+        assert!(
+            text.contains("requirepass \"s3cret\"\nmasterauth \"s3cret\"\n"),
+            "{text}"
+        );
         assert!(!text.contains("user default"), "{text}");
         assert!(text.contains("\nuser flotilla-proxy reset on >"), "{text}");
         s.users = None;
         let text = s.render_config();
-        assert!(!text.contains("\nuser "), "a 0.1.0 record renders as 0.1.0 did: {text}");
+        assert!(
+            !text.contains("\nuser "),
+            "a 0.1.0 record renders as 0.1.0 did: {text}"
+        );
     }
 
     #[test]

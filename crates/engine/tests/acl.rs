@@ -156,7 +156,10 @@ async fn an_engine_started_the_0_1_0_way_moves_to_the_users_without_a_restart() 
         let legacy = EngineClient::connect(spec.bind, spec.port, &admin)
             .await
             .unwrap();
-        assert!(legacy.fell_back(), "{version}: no users yet, the login falls back");
+        assert!(
+            legacy.fell_back(),
+            "{version}: no users yet, the login falls back"
+        );
         assert!(legacy.default_user_on().await.unwrap());
         legacy.move_to_users(&users, version).await.unwrap();
 
@@ -186,7 +189,10 @@ async fn an_engine_started_the_0_1_0_way_moves_to_the_users_without_a_restart() 
         assert!(process.spec().users.is_none());
         let started = std::time::Instant::now();
         process.stop(false).await.unwrap();
-        assert!(started.elapsed() < Duration::from_secs(5), "SHUTDOWN was refused");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "SHUTDOWN was refused"
+        );
     }
 }
 

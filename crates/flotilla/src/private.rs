@@ -72,11 +72,21 @@ mod tests {
         set(&root.join("store.redb"), 0o644).unwrap();
         set(&root.join("shards/3/engine.conf"), 0o755).unwrap();
         assert_eq!(tighten(&root).unwrap(), 5);
-        let mode = |p: &str| std::fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o777;
+        let mode = |p: &str| {
+            std::fs::metadata(root.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
         assert_eq!(mode(""), 0o700);
         assert_eq!(mode("shards/3"), 0o700);
         assert_eq!(mode("store.redb"), 0o600);
-        assert_eq!(mode("shards/3/engine.conf"), 0o700, "the owner keeps its bits");
+        assert_eq!(
+            mode("shards/3/engine.conf"),
+            0o700,
+            "the owner keeps its bits"
+        );
         assert_eq!(tighten(&root).unwrap(), 0, "nothing left to change");
     }
 }

@@ -41,7 +41,10 @@ fn shard_addrs(cluster: &DevCluster) -> Vec<String> {
         .shards_at(1)
         .iter()
         .map(|shard| {
-            let node = nodes.iter().find(|n| n["uid"] == shard["node_uid"]).unwrap();
+            let node = nodes
+                .iter()
+                .find(|n| n["uid"] == shard["node_uid"])
+                .unwrap();
             format!("{}:{}", node["addr"].as_str().unwrap(), shard["port"])
         })
         .collect()
@@ -89,7 +92,11 @@ fn scripts_and_the_proxy_user_cannot_administer_shards_and_the_secret_logs_in_no
 fn assert_engines_refuse_administration(cluster: &DevCluster, port: u16) {
     let endpoint = format!("redis://{}:{port}/", cluster.addr(1));
     let mut client = connect(&endpoint).expect("connect through the endpoint");
-    let () = redis::cmd("SET").arg("k").arg("v").query(&mut client).unwrap();
+    let () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut client)
+        .unwrap();
     for words in ADMINISTRATION {
         let args: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
         let script = format!("return redis.call({})", args.join(","));
@@ -111,7 +118,11 @@ fn assert_engines_refuse_administration(cluster: &DevCluster, port: u16) {
         let err = connect(&format!("redis://:{secret}@{shard}/"))
             .err()
             .unwrap_or_else(|| panic!("the cluster secret logged in to shard {shard}"));
-        assert_eq!(err.kind(), redis::ErrorKind::AuthenticationFailed, "{shard}: {err}");
+        assert_eq!(
+            err.kind(),
+            redis::ErrorKind::AuthenticationFailed,
+            "{shard}: {err}"
+        );
         let mut as_proxy = connect(&format!("redis://{PROXY_USER}:{proxy}@{shard}/"))
             .unwrap_or_else(|e| panic!("the proxy user cannot log in to {shard}: {e}"));
         for words in ADMINISTRATION {
@@ -169,7 +180,11 @@ fn no_node_file_is_readable_by_group_or_others() {
     ]);
     let endpoint = format!("redis://{}:12000/", cluster.addr(1));
     let mut client = connect(&endpoint).unwrap();
-    let () = redis::cmd("SET").arg("k").arg("v").query(&mut client).unwrap();
+    let () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut client)
+        .unwrap();
     let aof = cluster.create_db(&[
         "--name",
         "logged",
@@ -229,7 +244,11 @@ fn default_clients(admin: &str, shard: &str) -> Vec<String> {
         .unwrap_or_default();
     list.lines()
         .filter(|line| line.contains(" user=default"))
-        .filter(|line| !line.split(' ').any(|f| f.starts_with("flags=") && f.contains('S')))
+        .filter(|line| {
+            !line
+                .split(' ')
+                .any(|f| f.starts_with("flags=") && f.contains('S'))
+        })
         .map(|line| format!("{shard}: {line}"))
         .collect()
 }
@@ -269,12 +288,21 @@ fn a_cluster_made_by_0_1_0_moves_to_the_engine_users_at_finalization_under_load(
 
     let rt = load_runtime();
     let load = start_load(&rt, format!("{}:12000", cluster.addr(1)));
-    assert_success(&cluster.flotilla(&["upgrade", "finalize"]), "upgrade finalize");
+    assert_success(
+        &cluster.flotilla(&["upgrade", "finalize"]),
+        "upgrade finalize",
+    );
     let moved = poll_until(Duration::from_secs(30), || {
         shards.iter().all(|s| !secret_logs_in(&secret, s))
     });
-    let still: Vec<&String> = shards.iter().filter(|s| secret_logs_in(&secret, s)).collect();
-    assert!(moved, "the secret still logs in to {still:?} after finalization");
+    let still: Vec<&String> = shards
+        .iter()
+        .filter(|s| secret_logs_in(&secret, s))
+        .collect();
+    assert!(
+        moved,
+        "the secret still logs in to {still:?} after finalization"
+    );
     // The proxies' shard connections, opened as the default user before, move to the proxy
     // user while the load keeps going.
     let admin = format!(
@@ -289,7 +317,10 @@ fn a_cluster_made_by_0_1_0_moves_to_the_engine_users_at_finalization_under_load(
         .iter()
         .flat_map(|s| default_clients(&admin, s))
         .collect();
-    assert!(relogged, "connections still logged in as the default user: {left:#?}");
+    assert!(
+        relogged,
+        "connections still logged in as the default user: {left:#?}"
+    );
     let report = stop_load_clean(&rt, load);
     eprintln!(
         "finalization under load: {} ops, longest stall {:.1} ms",

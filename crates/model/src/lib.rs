@@ -54,9 +54,7 @@ pub use command::{
     ShardMigration, ShardPromotion, ShardRemoval, ShardReplacement, ShardVersionChange,
     TemporaryReplicaAddition,
 };
-pub use engine_users::{
-    EngineCredentials, EngineUsers, ADMIN_USER, PROXY_USER, REPLICATION_USER,
-};
+pub use engine_users::{EngineCredentials, EngineUsers, ADMIN_USER, PROXY_USER, REPLICATION_USER};
 pub use engine_version::{EngineVersion, UnknownEngineVersion};
 pub use error::ModelError;
 pub use maintenance::{

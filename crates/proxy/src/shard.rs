@@ -122,8 +122,15 @@ impl ShardConn {
 
     /// AUTH and HELLO, answered before any client command is sent; when the login is refused
     /// and `login` has a fallback, AUTH and HELLO again with it. Returns whether it fell back.
-    async fn handshake(&mut self, login: &ShardLogin, protocol: Protocol) -> Result<bool, ShardError> {
-        let refused = match self.auth_and_hello(login.user.as_deref(), &login.password, protocol).await? {
+    async fn handshake(
+        &mut self,
+        login: &ShardLogin,
+        protocol: Protocol,
+    ) -> Result<bool, ShardError> {
+        let refused = match self
+            .auth_and_hello(login.user.as_deref(), &login.password, protocol)
+            .await?
+        {
             None => return Ok(false),
             Some(refused) => refused,
         };

@@ -209,8 +209,14 @@ mod tests {
         assert_eq!(spec.bind.to_string(), "127.0.0.12");
         assert_eq!(spec.port, 20002);
         assert_eq!(spec.password, "sekret");
-        assert_eq!(spec.users, Some(flotilla_model::EngineUsers::derive("sekret")));
-        assert!(spec.legacy, "a cluster of the first release keeps the default user");
+        assert_eq!(
+            spec.users,
+            Some(flotilla_model::EngineUsers::derive("sekret"))
+        );
+        assert!(
+            spec.legacy,
+            "a cluster of the first release keeps the default user"
+        );
         assert_eq!(spec.maxmemory_bytes, 100 << 20);
         assert_eq!(spec.persistence, Persistence::Aof);
         assert_eq!(spec.version, EngineVersion::Valkey81);

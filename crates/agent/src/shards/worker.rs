@@ -225,7 +225,8 @@ async fn align_role(client: &EngineClient, desired: &DesiredShard) -> Result<(),
 
 async fn ensure_acts_as_primary(spec: &ShardSpec, primary: ReplicaOf) -> Result<(), ShardError> {
     let login = spec.admin_login();
-    let client = EngineClient::connect_with(primary.host, primary.port, &login, CLIENT_OPTIONS).await?;
+    let client =
+        EngineClient::connect_with(primary.host, primary.port, &login, CLIENT_OPTIONS).await?;
     let info = client.replication().await?;
     if info.role != Role::Primary {
         return Err(ShardError::NotReady(format!(

@@ -366,10 +366,7 @@ mod tests {
     #[test]
     fn engine_credentials_are_legacy_until_the_cluster_version_is_0_2_0() {
         let mut state = ClusterState::default();
-        assert_eq!(
-            state.engine_credentials(),
-            Err(ModelError::NotBootstrapped)
-        );
+        assert_eq!(state.engine_credentials(), Err(ModelError::NotBootstrapped));
         state.apply(create());
         let credentials = state.engine_credentials().unwrap();
         assert_eq!(credentials.secret, "s");

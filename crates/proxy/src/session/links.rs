@@ -127,11 +127,9 @@ impl ShardLinks {
         let addr = primary_of(topology, shard)?;
         if self.conns[index].is_none() {
             let conn = match &self.shared {
-                Some(pool) if protocol == Protocol::Resp2 => Conn::Shared(pool.conn(
-                    topology.shard_uid(shard),
-                    addr,
-                    topology.shard_login(),
-                )),
+                Some(pool) if protocol == Protocol::Resp2 => {
+                    Conn::Shared(pool.conn(topology.shard_uid(shard), addr, topology.shard_login()))
+                }
                 _ => Conn::Own(self.connect_to(shard, addr, topology, protocol).await?),
             };
             self.conns[index] = Some(conn);
