@@ -136,28 +136,35 @@ fn assert_engines_refuse_administration(cluster: &DevCluster, port: u16) {
     }
 }
 
-/// Every file or dir under `root` that group or others may read, write or enter.
-fn readable_by_others(root: &Path) -> Vec<String> {
-    let mut offenders = Vec::new();
+/// The mode of every file and dir under `root` (itself included), symlinks aside; an entry
+/// gone while walking (an engine's temp file) is skipped.
+fn modes(root: &Path) -> Vec<(PathBuf, u32)> {
+    let mut found = Vec::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(path) = pending.pop() {
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue; // gone while walking (an engine's temp file)
+            continue;
         };
         if meta.file_type().is_symlink() {
             continue;
-        }
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            offenders.push(format!("{:o} {}", mode, path.display()));
         }
         if meta.is_dir() {
             if let Ok(entries) = std::fs::read_dir(&path) {
                 pending.extend(entries.flatten().map(|e| e.path()));
             }
         }
+        found.push((path, meta.permissions().mode() & 0o777));
     }
-    offenders
+    found
+}
+
+/// Every file or dir under `root` that group or others may read, write or enter.
+fn readable_by_others(root: &Path) -> Vec<String> {
+    modes(root)
+        .into_iter()
+        .filter(|(_, mode)| mode & 0o077 != 0)
+        .map(|(path, mode)| format!("{mode:o} {}", path.display()))
+        .collect()
 }
 
 #[test]
@@ -215,7 +222,7 @@ fn no_node_file_is_readable_by_group_or_others() {
         for name in ["store.redb", "identity.json", "flotilla.log", "shards"] {
             assert!(dir.join(name).exists(), "{} has no {name}", dir.display());
         }
-        files += walk_count(&dir);
+        files += modes(&dir).len();
         offenders.extend(readable_by_others(&dir));
     }
     assert!(files > 20, "only {files} entries walked");
@@ -230,6 +237,14 @@ fn no_node_file_is_readable_by_group_or_others() {
 /// Whether the cluster secret still logs in to `shard` as the default user.
 fn secret_logs_in(secret: &str, shard: &str) -> bool {
     connect(&format!("redis://:{secret}@{shard}/")).is_ok()
+}
+
+/// Polls (30 s at most) until `problems` finds none on any shard; panics listing the last ones.
+fn wait_every_shard(shards: &[String], what: &str, problems: impl Fn(&str) -> Vec<String>) {
+    let all = || -> Vec<String> { shards.iter().flat_map(|s| problems(s)).collect() };
+    if !poll_until(Duration::from_secs(30), || all().is_empty()) {
+        panic!("{what}, after finalization, does not hold: {:#?}", all());
+    }
 }
 
 /// The engine's client connections logged in as the default user, replicas' links aside (a
@@ -292,17 +307,13 @@ fn a_cluster_made_by_0_1_0_moves_to_the_engine_users_at_finalization_under_load(
         &cluster.flotilla(&["upgrade", "finalize"]),
         "upgrade finalize",
     );
-    let moved = poll_until(Duration::from_secs(30), || {
-        shards.iter().all(|s| !secret_logs_in(&secret, s))
+    wait_every_shard(&shards, "the secret no longer logs in", |s| {
+        if secret_logs_in(&secret, s) {
+            vec![format!("{s}: the secret logs in")]
+        } else {
+            Vec::new()
+        }
     });
-    let still: Vec<&String> = shards
-        .iter()
-        .filter(|s| secret_logs_in(&secret, s))
-        .collect();
-    assert!(
-        moved,
-        "the secret still logs in to {still:?} after finalization"
-    );
     // The proxies' shard connections, opened as the default user before, move to the proxy
     // user while the load keeps going.
     let admin = format!(
@@ -310,17 +321,9 @@ fn a_cluster_made_by_0_1_0_moves_to_the_engine_users_at_finalization_under_load(
         flotilla_model::ADMIN_USER,
         EngineUsers::derive(&secret).admin
     );
-    let relogged = poll_until(Duration::from_secs(30), || {
-        shards.iter().all(|s| default_clients(&admin, s).is_empty())
+    wait_every_shard(&shards, "no connection as the default user", |s| {
+        default_clients(&admin, s)
     });
-    let left: Vec<String> = shards
-        .iter()
-        .flat_map(|s| default_clients(&admin, s))
-        .collect();
-    assert!(
-        relogged,
-        "connections still logged in as the default user: {left:#?}"
-    );
     let report = stop_load_clean(&rt, load);
     eprintln!(
         "finalization under load: {} ops, longest stall {:.1} ms",
@@ -336,18 +339,4 @@ fn a_cluster_made_by_0_1_0_moves_to_the_engine_users_at_finalization_under_load(
         );
     }
     cluster.dev_down();
-}
-
-fn walk_count(root: &Path) -> usize {
-    let mut count = 0;
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        count += 1;
-        if path.is_dir() && !path.is_symlink() {
-            if let Ok(entries) = std::fs::read_dir(&path) {
-                pending.extend(entries.flatten().map(|e| e.path()));
-            }
-        }
-    }
-    count
 }
