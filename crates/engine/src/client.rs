@@ -243,8 +243,10 @@ impl EngineClient {
         Ok(())
     }
 
-    /// Whether the engine's default user is on (`ACL GETUSER default`).
-    pub async fn default_user_on(&self) -> Result<bool> {
+    /// Whether the engine's default user is on and takes `password` (or any password): a
+    /// 0.1.0 node could still log in with it (`ACL GETUSER default`, whose `passwords` are
+    /// SHA-256 hashes).
+    pub async fn default_user_takes(&self, password: &str) -> Result<bool> {
         let reply: redis::Value = self
             .command(redis::cmd("ACL").arg("GETUSER").arg("default"))
             .await?;
@@ -253,19 +255,26 @@ impl EngineClient {
             other => redis::from_redis_value(other)
                 .map_err(|e| self.protocol(format!("ACL GETUSER default: {e}")))?,
         };
+        let mut flags = None;
+        let mut passwords = Vec::new();
         let mut fields = fields.into_iter();
-        while let Some(name) = fields.next() {
-            let value = fields.next();
-            if redis::from_redis_value::<String>(name).ok().as_deref() == Some("flags") {
-                let flags: Vec<String> = value
-                    .map(redis::from_redis_value)
-                    .transpose()
-                    .map_err(|e| self.protocol(format!("ACL GETUSER default flags: {e}")))?
-                    .unwrap_or_default();
-                return Ok(flags.iter().any(|f| f == "on"));
+        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+            let name: String = redis::from_redis_value(name).unwrap_or_default();
+            let strings = || -> Result<Vec<String>> {
+                redis::from_redis_value(value)
+                    .map_err(|e| self.protocol(format!("ACL GETUSER default {name}: {e}")))
+            };
+            match name.as_str() {
+                "flags" => flags = Some(strings()?),
+                "passwords" => passwords = strings()?,
+                _ => {}
             }
         }
-        Err(self.protocol("ACL GETUSER default without flags"))
+        let flags = flags.ok_or_else(|| self.protocol("ACL GETUSER default without flags"))?;
+        let on = flags.iter().any(|f| f == "on");
+        let nopass = flags.iter().any(|f| f == "nopass");
+        let hash = sha256_hex(password);
+        Ok(on && (nopass || passwords.iter().any(|p| p.eq_ignore_ascii_case(&hash))))
     }
 
     /// Moves a running engine to the Flotilla users without restarting it: `ACL SETUSER` of
@@ -343,6 +352,15 @@ impl EngineClient {
             Err(self.protocol(format!("expected OK, got {reply:?}")))
         }
     }
+}
+
+/// SHA-256 of `text` as lowercase hex, as `ACL GETUSER` shows a password.
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Polls until `replica` is in sync with `primary`: link up, no full sync running, and the

@@ -125,7 +125,7 @@ async fn every_engine_family_gives_each_role_least_privilege() {
         check_proxy_user(&primary).await;
         let admin = client(&primary).await;
         assert!(!admin.fell_back());
-        assert!(!admin.default_user_on().await.unwrap());
+        assert!(!admin.default_user_takes(PASSWORD).await.unwrap());
         load_keys(&admin, 100).await;
 
         // A replica logs in to its primary as the replication user and syncs.
@@ -160,14 +160,14 @@ async fn an_engine_started_the_0_1_0_way_moves_to_the_users_without_a_restart() 
             legacy.fell_back(),
             "{version}: no users yet, the login falls back"
         );
-        assert!(legacy.default_user_on().await.unwrap());
+        assert!(legacy.default_user_takes(PASSWORD).await.unwrap());
         legacy.move_to_users(&users, version).await.unwrap();
 
         let moved = EngineClient::connect(spec.bind, spec.port, &admin)
             .await
             .unwrap();
         assert!(!moved.fell_back(), "{version}");
-        assert!(!moved.default_user_on().await.unwrap());
+        assert!(!moved.default_user_takes(PASSWORD).await.unwrap());
         assert_eq!(moved.server().await.unwrap().process_id, pid, "no restart");
         assert_eq!(
             moved.config_get("masteruser").await.unwrap().as_deref(),
@@ -208,6 +208,8 @@ async fn a_legacy_engine_keeps_the_default_user_and_has_the_users() {
     secret.ping().await.unwrap();
     let admin = client(&spec).await;
     assert!(!admin.fell_back());
+    assert!(admin.default_user_takes(PASSWORD).await.unwrap());
+    assert!(!admin.default_user_takes("another").await.unwrap());
     check_proxy_user(&spec).await;
     process.stop(false).await.unwrap();
 }

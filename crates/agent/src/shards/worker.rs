@@ -175,13 +175,14 @@ async fn connect(spec: &ShardSpec) -> Result<EngineClient, ShardError> {
 
 /// Once no 0.1.0 node is left (the spec is no longer legacy), moves an engine started the old
 /// way (no Flotilla users: the login fell back to the secret) or under a 0.1.0 cluster version
-/// (its default user is on) to the users, without restarting it; see
-/// [`EngineClient::move_to_users`].
+/// (its default user is on with the secret) to the users, without restarting it; see
+/// [`EngineClient::move_to_users`]. A default user an operator turned on with a password of
+/// their own is left alone: the cluster secret is what must stop logging in.
 async fn align_access(client: &EngineClient, spec: &ShardSpec) -> Result<(), ShardError> {
     let Some(users) = spec.users.as_ref().filter(|_| !spec.legacy) else {
         return Ok(());
     };
-    if client.fell_back() || client.default_user_on().await? {
+    if client.fell_back() || client.default_user_takes(&spec.password).await? {
         tracing::info!("moving the engine to the Flotilla users; the default user goes off");
         client.move_to_users(users, spec.version).await?;
     }
