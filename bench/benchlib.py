@@ -146,6 +146,10 @@ class Cluster:
         with open(os.path.join(self.dir, "node-%d" % node, "identity.json")) as f:
             return json.load(f)["secret"]
 
+    def engine_login(self, role="admin", node=1):
+        """(user, password) of the engines' user for `role` (admin, proxy, replication)."""
+        return ENGINE_USERS[role], engine_password(self.secret(node), role)
+
     def remember_engine_pids(self):
         """Record the engines' pids (from their pidfiles) so cleanup can make sure they are gone."""
         for root, _dirs, files in os.walk(self.dir):
@@ -334,11 +338,26 @@ def _resp_read(f):
     raise ValueError("unexpected RESP reply %r" % line[:80])
 
 
+# The engines' users and their passwords: HMAC-SHA256 of a role label under the cluster secret,
+# as crates/model/src/engine_users.rs derives them.
+ENGINE_USERS = {"admin": "flotilla-admin", "proxy": "flotilla-proxy",
+                "replication": "flotilla-replication"}
+
+
+def engine_password(secret, role):
+    import hashlib
+    import hmac
+    label = b"flotilla engine user v1: " + ENGINE_USERS[role].encode()
+    return hmac.new(secret.encode(), label, hashlib.sha256).hexdigest()
+
+
 def resp_pipeline(host, port, commands, password=None, timeout=10.0):
-    """Sends `commands` (lists of args) on one connection, AUTH first when `password` is given;
-    returns their replies in order (an error reply is a RespError value, not raised)."""
+    """Sends `commands` (lists of args) on one connection, AUTH first when `password` is given
+    (a password, or a (user, password) login); returns their replies in order (an error reply is
+    a RespError value, not raised)."""
     import socket
-    cmds = ([["AUTH", password]] if password else []) + [list(c) for c in commands]
+    auth = ["AUTH"] + (list(password) if isinstance(password, tuple) else [password])
+    cmds = ([auth] if password else []) + [list(c) for c in commands]
     with socket.create_connection((host, port), timeout=timeout) as s:
         s.sendall(b"".join(_resp_encode(c) for c in cmds))
         f = s.makefile("rb")
@@ -393,7 +412,8 @@ def parse_info(text):
 
 
 def engine_info(host, port, password=None, section="all", timeout=10.0):
-    """INFO <section> of an engine as a dict (raises on error replies)."""
+    """INFO <section> of an engine as a dict (raises on error replies); `password` as
+    resp_pipeline takes it."""
     (reply,) = resp_pipeline(host, port, [["INFO", section]], password=password, timeout=timeout)
     if isinstance(reply, RespError):
         raise reply

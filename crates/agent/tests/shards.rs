@@ -66,7 +66,7 @@ async fn set(client: &EngineClient, key: &str, value: &str) {
 async fn wait_follows(node: &TestNode, replica_port: u16, primary_port: u16) {
     let what = format!("engine {replica_port} replicating {primary_port}");
     eventually(&what, CONVERGE, || async {
-        let client = EngineClient::connect(node.addr, replica_port, &node.secret())
+        let client = EngineClient::connect(node.addr, replica_port, &node.login())
             .await
             .map_err(|e| e.to_string())?;
         let info = client.replication().await.map_err(|e| e.to_string())?;

@@ -137,6 +137,9 @@ async fn redis_py_writes_through_the_discovered_endpoint() {
         bind: ip,
         port: 20001,
         password: DB_PASSWORD.into(),
+        // The engine stands for a database here: its default user takes the password.
+        users: None,
+        legacy: false,
         maxmemory_bytes: 64 << 20,
         eviction: Default::default(),
         persistence: Persistence::None,

@@ -20,9 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_model::timing::HOLD_TIMEOUT;
-use flotilla_model::{Bdb, BdbUid, ClusterState};
+use flotilla_model::{Bdb, BdbUid, ClusterState, EngineCredentials, PROXY_USER};
 use flotilla_proxy::{
-    EndpointControl, EndpointStats, ProxyOptions, SlotMap, StatsSnapshot, Topology, SLOT_COUNT,
+    EndpointControl, EndpointStats, ProxyOptions, ShardLogin, SlotMap, StatsSnapshot, Topology,
+    SLOT_COUNT,
 };
 use flotilla_store::{project, publish_if_changed, StateFeed, Wakes};
 use tokio::net::TcpListener;
@@ -56,7 +57,7 @@ fn proxy_options() -> ProxyOptions {
 /// (which name them in client errors and proxy logs). `None` while some slot has no primary
 /// (the database is being created or repaired).
 pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
-    let password = state.engine_password().ok()?.to_string();
+    let login = shard_login(&state.engine_credentials().ok()?);
     let primaries = state.primaries_of(bdb.uid);
     let mut owners = vec![u16::MAX; SLOT_COUNT as usize];
     let mut addrs = Vec::with_capacity(primaries.len());
@@ -71,10 +72,11 @@ pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
     }
     let slots = SlotMap::from_owners(owners).ok()?;
     let uids = primaries.iter().map(|s| s.uid).collect();
-    let mut topology = Topology::new(None, password, slots, addrs)
+    let mut topology = Topology::new(None, "", slots, addrs)
         .ok()?
         .with_password(bdb.spec.password())
         .with_limits(bdb.spec.limits)
+        .with_shard_login(login)
         .with_uids(bdb.uid, uids)
         .ok()?;
     for (index, shard) in primaries.iter().enumerate() {
@@ -85,6 +87,20 @@ pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
         }
     }
     Some(topology)
+}
+
+/// How the proxy logs in to the engines: as the proxy user once no 0.1.0 node is left (with
+/// the secret as fallback, for engines their agent has not moved to the users yet), else as the
+/// default user with the secret, as 0.1.0 proxies do.
+fn shard_login(credentials: &EngineCredentials) -> ShardLogin {
+    if credentials.legacy {
+        return ShardLogin::default_user(credentials.secret.clone());
+    }
+    ShardLogin {
+        user: Some(PROXY_USER.to_string()),
+        password: credentials.users.proxy.clone(),
+        fallback: Some(credentials.secret.clone()),
+    }
 }
 
 struct Running {

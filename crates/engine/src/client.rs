@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
+use crate::acl::EngineLogin;
 use crate::error::{EngineError, Result};
 use crate::info::{InfoMap, LinkStatus, MemoryInfo, ReplicationInfo, Role, ServerInfo, StatsInfo};
 
@@ -36,6 +37,7 @@ impl Default for ClientOptions {
 pub struct EngineClient {
     addr: String,
     conn: MultiplexedConnection,
+    fell_back: bool,
 }
 
 impl std::fmt::Debug for EngineClient {
@@ -47,15 +49,37 @@ impl std::fmt::Debug for EngineClient {
 }
 
 impl EngineClient {
-    /// Connects to `host:port` and authenticates with the shard's internal password.
-    pub async fn connect(host: IpAddr, port: u16, password: &str) -> Result<Self> {
-        Self::connect_with(host, port, password, ClientOptions::default()).await
+    /// Connects to `host:port` and logs in with `login`.
+    pub async fn connect(host: IpAddr, port: u16, login: &EngineLogin) -> Result<Self> {
+        Self::connect_with(host, port, login, ClientOptions::default()).await
     }
 
-    /// [`connect`](Self::connect) with explicit timeouts.
+    /// [`connect`](Self::connect) with explicit timeouts. When the engine refuses the login and
+    /// `login` has a fallback, connects again as the default user with it (an engine a 0.1.0
+    /// daemon started has no Flotilla users); [`fell_back`](Self::fell_back) then says so.
     pub async fn connect_with(
         host: IpAddr,
         port: u16,
+        login: &EngineLogin,
+        options: ClientOptions,
+    ) -> Result<Self> {
+        let first = Self::open(host, port, login.user.as_deref(), &login.password, options).await;
+        match (first, &login.fallback) {
+            (Err(EngineError::Redis { source, .. }), Some(secret))
+                if source.kind() == redis::ErrorKind::AuthenticationFailed =>
+            {
+                let mut client = Self::open(host, port, None, secret, options).await?;
+                client.fell_back = true;
+                Ok(client)
+            }
+            (result, _) => result,
+        }
+    }
+
+    async fn open(
+        host: IpAddr,
+        port: u16,
+        user: Option<&str>,
         password: &str,
         options: ClientOptions,
     ) -> Result<Self> {
@@ -64,14 +88,16 @@ impl EngineClient {
             addr: addr.clone(),
             source,
         };
+        let mut settings = RedisConnectionInfo::default()
+            .set_password(password)
+            .set_skip_set_lib_name();
+        if let Some(user) = user {
+            settings = settings.set_username(user);
+        }
         let info = ConnectionAddr::Tcp(host.to_string(), port)
             .into_connection_info()
             .map_err(wrap)?
-            .set_redis_settings(
-                RedisConnectionInfo::default()
-                    .set_password(password)
-                    .set_skip_set_lib_name(),
-            );
+            .set_redis_settings(settings);
         let client = redis::Client::open(info).map_err(wrap)?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(options.connect_timeout))
@@ -80,7 +106,17 @@ impl EngineClient {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(wrap)?;
-        Ok(EngineClient { addr, conn })
+        Ok(EngineClient {
+            addr,
+            conn,
+            fell_back: false,
+        })
+    }
+
+    /// True when the login was refused and the client logged in as the default user with the
+    /// fallback password: the engine has not moved to the Flotilla users yet.
+    pub fn fell_back(&self) -> bool {
+        self.fell_back
     }
 
     /// `ip:port` of the shard, as errors name it.
@@ -207,6 +243,66 @@ impl EngineClient {
         Ok(())
     }
 
+    /// Whether the engine's default user is on and takes `password` (or any password): a
+    /// 0.1.0 node could still log in with it (`ACL GETUSER default`, whose `passwords` are
+    /// SHA-256 hashes).
+    pub async fn default_user_takes(&self, password: &str) -> Result<bool> {
+        let reply: redis::Value = self
+            .command(redis::cmd("ACL").arg("GETUSER").arg("default"))
+            .await?;
+        let fields: Vec<redis::Value> = match reply {
+            redis::Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            other => redis::from_redis_value(other)
+                .map_err(|e| self.protocol(format!("ACL GETUSER default: {e}")))?,
+        };
+        let mut flags = None;
+        let mut passwords = Vec::new();
+        let mut fields = fields.into_iter();
+        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+            let name: String = redis::from_redis_value(name).unwrap_or_default();
+            let strings = || -> Result<Vec<String>> {
+                redis::from_redis_value(value)
+                    .map_err(|e| self.protocol(format!("ACL GETUSER default {name}: {e}")))
+            };
+            match name.as_str() {
+                "flags" => flags = Some(strings()?),
+                "passwords" => passwords = strings()?,
+                _ => {}
+            }
+        }
+        let flags = flags.ok_or_else(|| self.protocol("ACL GETUSER default without flags"))?;
+        let on = flags.iter().any(|f| f == "on");
+        let nopass = flags.iter().any(|f| f == "nopass");
+        let hash = sha256_hex(password);
+        Ok(on && (nopass || passwords.iter().any(|p| p.eq_ignore_ascii_case(&hash))))
+    }
+
+    /// Moves a running engine to the Flotilla users without restarting it: `ACL SETUSER` of
+    /// every user (as [`crate::ShardSpec`] renders them), the replica's `masteruser` and
+    /// `masterauth`, then the default user off. Connections already logged in as the default
+    /// user keep working (Redis and Valkey check a login only when it is made). Each step is
+    /// safe to run again.
+    pub async fn move_to_users(
+        &self,
+        users: &flotilla_model::EngineUsers,
+        version: crate::EngineVersion,
+    ) -> Result<()> {
+        for (name, rules) in crate::acl::users(users, version) {
+            self.expect_ok(redis::cmd("ACL").arg("SETUSER").arg(name).arg(rules))
+                .await?;
+        }
+        self.config_set("masteruser", flotilla_model::REPLICATION_USER)
+            .await?;
+        self.config_set("masterauth", &users.replication).await?;
+        self.expect_ok(
+            redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("default")
+                .arg(crate::acl::DEFAULT_OFF_RUNNING),
+        )
+        .await
+    }
+
     /// `CONFIG GET name`, the single value.
     pub async fn config_get(&self, name: &str) -> Result<Option<String>> {
         let pairs: Vec<String> = self
@@ -256,6 +352,15 @@ impl EngineClient {
             Err(self.protocol(format!("expected OK, got {reply:?}")))
         }
     }
+}
+
+/// SHA-256 of `text` as lowercase hex, as `ACL GETUSER` shows a password.
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Polls until `replica` is in sync with `primary`: link up, no full sync running, and the

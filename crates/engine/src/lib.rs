@@ -7,6 +7,7 @@
 //! No cluster logic lives here: callers decide what should run; this crate makes it run and
 //! reports what it sees.
 
+mod acl;
 mod catalog;
 mod client;
 mod error;
@@ -14,6 +15,7 @@ mod info;
 mod process;
 mod spec;
 
+pub use acl::EngineLogin;
 pub use catalog::{dev_engines_dir, EngineCatalog, ENGINES_DIR_ENV};
 pub use client::{wait_for_sync, ClientOptions, EngineClient};
 pub use error::{EngineError, Result};

@@ -145,7 +145,7 @@ impl ShardProcess {
 
     /// An authenticated client to this shard.
     pub async fn client(&self) -> Result<EngineClient> {
-        EngineClient::connect(self.spec.bind, self.spec.port, &self.spec.password).await
+        EngineClient::connect(self.spec.bind, self.spec.port, &self.spec.admin_login()).await
     }
 
     /// Stops the engine with default deadlines; see [`stop_with`](Self::stop_with).
@@ -216,12 +216,8 @@ impl ShardProcess {
             connect_timeout: Duration::from_secs(2),
             response_timeout: Some(Duration::from_secs(2)),
         };
-        let client = EngineClient::connect_with(
-            self.spec.bind,
-            self.spec.port,
-            &self.spec.password,
-            options,
-        );
+        let login = self.spec.admin_login();
+        let client = EngineClient::connect_with(self.spec.bind, self.spec.port, &login, options);
         // The engine closes the connection as it exits, so an I/O error is the normal answer.
         match client.await {
             Ok(client) => match client.command::<redis::Value>(&cmd).await {
@@ -275,6 +271,10 @@ impl ShardProcess {
     }
 }
 
+/// The umask engines run under, whoever starts them: their RDB/AOF files, logs and dirs hold
+/// the database's data, readable by the node's user only.
+const OWNER_ONLY_UMASK: libc::mode_t = 0o077;
+
 /// Runs the server binary on `config`; with `daemonize yes` it forks the engine and exits.
 /// Returns the launcher's pid (so its log lines can be told from the engine's).
 async fn launch(
@@ -284,12 +284,21 @@ async fn launch(
     log_offset: u64,
     timeout: Duration,
 ) -> Result<u32> {
-    let child = tokio::process::Command::new(binary)
+    let mut command = tokio::process::Command::new(binary);
+    command
         .arg(config)
         .current_dir(&spec.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: umask(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            libc::umask(OWNER_ONLY_UMASK);
+            Ok(())
+        });
+    }
+    let child = command
         .spawn()
         .map_err(|e| EngineError::io("run engine", binary, e))?;
     let launcher_pid = child.id().unwrap_or(0);
@@ -362,7 +371,7 @@ async fn ping_as(spec: &ShardSpec, pid: u32) -> std::result::Result<(), String> 
         connect_timeout: Duration::from_millis(500),
         response_timeout: Some(Duration::from_secs(2)),
     };
-    let client = EngineClient::connect_with(spec.bind, spec.port, &spec.password, options)
+    let client = EngineClient::connect_with(spec.bind, spec.port, &spec.admin_login(), options)
         .await
         .map_err(|e| e.to_string())?;
     client.ping().await.map_err(|e| e.to_string())?;
@@ -569,6 +578,8 @@ mod tests {
             bind: "127.0.0.1".parse().unwrap(),
             port: 20000,
             password: "x".into(),
+            users: None,
+            legacy: false,
             maxmemory_bytes: 0,
             eviction: Default::default(),
             persistence: Persistence::None,

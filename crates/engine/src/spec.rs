@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use flotilla_model::EngineUsers;
+
+use crate::acl::{self, EngineLogin};
 use crate::error::{EngineError, Result};
 use crate::EngineVersion;
 
@@ -101,9 +104,18 @@ pub struct ShardSpec {
     pub bind: IpAddr,
     /// The shard's port, in [`SHARD_PORTS`].
     pub port: u16,
-    /// The internal password, used as `requirepass` and `masterauth` (same for every shard of a
-    /// database, so replicas can authenticate to their primary).
+    /// The cluster secret: the default user's password while [`legacy`](Self::legacy) (and of
+    /// engines a 0.1.0 daemon started, whose records have no `users`), and the fallback login
+    /// of [`admin_login`](Self::admin_login). Kept under this name: 0.1.0 reads the records.
     pub password: String,
+    /// The engine's Flotilla users (admin, proxy, replication); `None` only in the record of an
+    /// engine a 0.1.0 daemon started (the default user and the secret, nothing else).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<EngineUsers>,
+    /// A 0.1.0 node may still talk to this engine: the default user stays on with
+    /// [`password`](Self::password), and a replica logs in to its primary with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub legacy: bool,
     /// `maxmemory` in bytes; 0 means no limit.
     pub maxmemory_bytes: u64,
     /// `maxmemory-policy`.
@@ -124,6 +136,8 @@ impl fmt::Debug for ShardSpec {
             .field("bind", &self.bind)
             .field("port", &self.port)
             .field("password", &"<redacted>")
+            .field("users", &self.users)
+            .field("legacy", &self.legacy)
             .field("maxmemory_bytes", &self.maxmemory_bytes)
             .field("eviction", &self.eviction)
             .field("persistence", &self.persistence)
@@ -147,6 +161,16 @@ impl ShardSpec {
     /// The engine's own log file.
     pub fn log_path(&self) -> PathBuf {
         self.dir.join(LOG_FILE)
+    }
+
+    /// How the agent, the orchestrator and upgrades log in: as the admin user, falling back to
+    /// the default user on an engine that has no Flotilla users yet. For a 0.1.0 record the
+    /// users are those derived from its secret (the engine may have moved to them since).
+    pub fn admin_login(&self) -> EngineLogin {
+        match &self.users {
+            Some(users) => EngineLogin::admin(users, &self.password),
+            None => EngineLogin::admin(&EngineUsers::derive(&self.password), &self.password),
+        }
     }
 
     /// `ip:port`, the way logs and errors name the shard.
@@ -209,8 +233,6 @@ impl ShardSpec {
             format!("pidfile {}", self.pidfile_path().display()),
             format!("logfile {}", self.log_path().display()),
             "daemonize yes".to_string(),
-            format!("requirepass \"{}\"", self.password),
-            format!("masterauth \"{}\"", self.password),
             format!("maxmemory {}", self.maxmemory_bytes),
             format!("maxmemory-policy {}", self.eviction.as_str()),
             format!("replica-announce-ip {}", self.bind),
@@ -221,6 +243,7 @@ impl ShardSpec {
             "repl-diskless-load on-empty-db".to_string(),
             "dbfilename dump.rdb".to_string(),
         ];
+        lines.extend(self.access_lines());
         lines.extend(persistence_lines(self.persistence));
         if self.version.supports_bind_source_addr() {
             lines.push(format!("bind-source-addr {}", self.bind));
@@ -233,11 +256,39 @@ impl ShardSpec {
         text
     }
 
+    /// The users and the replica's login: the Flotilla users (if any), the default user on
+    /// with the secret while legacy (else off), and `masteruser`/`masterauth`.
+    fn access_lines(&self) -> Vec<String> {
+        let Some(users) = &self.users else {
+            return vec![
+                format!("requirepass \"{}\"", self.password),
+                format!("masterauth \"{}\"", self.password),
+            ];
+        };
+        let mut lines: Vec<String> = acl::users(users, self.version)
+            .into_iter()
+            .map(|(name, rules)| format!("user {name} {}", rules.join(" ")))
+            .collect();
+        if self.legacy {
+            lines.push(format!("requirepass \"{}\"", self.password));
+            lines.push(format!("masterauth \"{}\"", self.password));
+        } else {
+            lines.push(format!("user default {}", acl::DEFAULT_OFF.join(" ")));
+            lines.push(format!("masteruser {}", flotilla_model::REPLICATION_USER));
+            lines.push(format!("masterauth \"{}\"", users.replication));
+        }
+        lines
+    }
+
     /// Writes [`render_config`](Self::render_config) to [`config_path`](Self::config_path)
-    /// atomically, creating the shard's dir. The file is readable by the owner only: it holds
-    /// the internal password.
+    /// atomically, creating the shard's dir (owner-only). The file is readable by the owner
+    /// only: it holds the engine users' passwords.
     pub fn write_config(&self) -> Result<PathBuf> {
-        std::fs::create_dir_all(&self.dir)
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
             .map_err(|e| EngineError::io("create shard dir", &self.dir, e))?;
         let path = self.config_path();
         write_atomically(&path, self.render_config().as_bytes())?;
@@ -315,6 +366,8 @@ mod tests {
             bind: "127.0.0.11".parse().unwrap(),
             port: 20001,
             password: "s3cret".into(),
+            users: Some(EngineUsers::derive("s3cret")),
+            legacy: false,
             maxmemory_bytes: 100 << 20,
             eviction: EvictionPolicy::AllkeysLru,
             persistence: Persistence::Aof,
@@ -336,8 +389,8 @@ mod tests {
             "pidfile /var/lib/flotilla/shards/7/engine.pid",
             "logfile /var/lib/flotilla/shards/7/engine.log",
             "daemonize yes",
-            "requirepass \"s3cret\"",
-            "masterauth \"s3cret\"",
+            "user default reset off",
+            "masteruser flotilla-replication",
             "maxmemory 104857600",
             "maxmemory-policy allkeys-lru",
             "appendonly yes",
@@ -353,6 +406,46 @@ mod tests {
                 "missing `{line}` in\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn the_default_user_is_off_unless_legacy_and_the_secret_is_no_user_password() {
+        let mut s = spec(EngineVersion::Redis70);
+        let users = s.users.clone().unwrap();
+        let text = s.render_config();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains(&format!("masterauth \"{}\"\n", users.replication)));
+        for user in ["flotilla-admin", "flotilla-proxy", "flotilla-replication"] {
+            assert!(
+                text.contains(&format!("\nuser {user} reset on >")),
+                "{user}: {text}"
+            );
+        }
+        s.legacy = true;
+        let text = s.render_config();
+        assert!(
+            text.contains("requirepass \"s3cret\"\nmasterauth \"s3cret\"\n"),
+            "{text}"
+        );
+        assert!(!text.contains("user default"), "{text}");
+        assert!(text.contains("\nuser flotilla-proxy reset on >"), "{text}");
+        s.users = None;
+        let text = s.render_config();
+        assert!(
+            !text.contains("\nuser "),
+            "a 0.1.0 record renders as 0.1.0 did: {text}"
+        );
+    }
+
+    #[test]
+    fn a_record_of_0_1_0_reads_as_an_engine_without_users_and_0_1_0_reads_ours() {
+        let old = r#"{"shard_id":7,"version":"redis-7.0","bind":"127.0.0.11","port":20001,"password":"s3cret","maxmemory_bytes":1,"eviction":"noeviction","persistence":"none","dir":"/d","replica_of":null}"#;
+        let record: ShardSpec = serde_json::from_str(old).unwrap();
+        assert_eq!((record.users.is_none(), record.legacy), (true, false));
+        assert_eq!(serde_json::to_string(&record).unwrap(), old);
+        assert_eq!(record.admin_login().fallback.as_deref(), Some("s3cret"));
+        let ours = serde_json::to_value(spec(EngineVersion::Redis70)).unwrap();
+        assert_eq!(ours["password"], "s3cret", "0.1.0 needs the password field");
     }
 
     #[test]

@@ -112,11 +112,20 @@ pub async fn run(args: StartArgs) -> Result<()> {
 }
 
 async fn run_node(mut args: StartArgs) -> Result<()> {
+    crate::private::owner_only_umask();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     // Engines are configured with absolute paths (they run detached, from their own cwd).
     args.data_dir = std::fs::canonicalize(&args.data_dir)
         .with_context(|| format!("resolving data dir {}", args.data_dir.display()))?;
+    let tightened = crate::private::tighten(&args.data_dir)
+        .with_context(|| format!("making data dir {} owner-only", args.data_dir.display()))?;
+    if tightened > 0 {
+        tracing::info!(
+            entries = tightened,
+            "took group and others' permissions off the data dir (made by an older version)"
+        );
+    }
     let package = open_package(&args)?;
     let version = package
         .as_ref()

@@ -9,6 +9,7 @@ mod db;
 mod dev;
 mod os_upgrade;
 mod package;
+mod private;
 mod status;
 mod upgrade;
 

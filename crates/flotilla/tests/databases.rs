@@ -22,11 +22,13 @@ fn connect(addr: Ipv4Addr, port: u16) -> redis::Connection {
         .expect("connecting to the database endpoint")
 }
 
-/// The internal password shards run with (the cluster secret), read from a node's identity.
-fn shard_password(data_dir: &Path) -> String {
+/// The engines' admin user and password (derived from the cluster secret in a node's identity),
+/// as `user:password` for a redis URL.
+fn shard_admin(data_dir: &Path) -> String {
     let identity: Value =
         serde_json::from_slice(&std::fs::read(data_dir.join("identity.json")).unwrap()).unwrap();
-    identity["secret"].as_str().unwrap().to_string()
+    let users = flotilla_model::EngineUsers::derive(identity["secret"].as_str().unwrap());
+    format!("{}:{}", flotilla_model::ADMIN_USER, users.admin)
 }
 
 fn engine_pid(cluster: &DevCluster, node: u8, shard_uid: u64) -> u32 {
@@ -97,7 +99,7 @@ fn a_replicated_sharded_database_answers_on_every_node() {
     }
 
     // Keys landed on every primary shard (asked of the engines directly).
-    let password = shard_password(&cluster.data_dir(1));
+    let admin = shard_admin(&cluster.data_dir(1));
     let state = cluster.status_json(1);
     for primary in all.iter().filter(|s| s["role"] == "master") {
         let node = primary["node_uid"].as_u64().unwrap();
@@ -110,7 +112,7 @@ fn a_replicated_sharded_database_answers_on_every_node() {
             .as_str()
             .unwrap()
             .to_string();
-        let url = format!("redis://:{password}@{addr}:{}/", primary["port"]);
+        let url = format!("redis://{admin}@{addr}:{}/", primary["port"]);
         let mut engine = redis::Client::open(url).unwrap().get_connection().unwrap();
         let size: u64 = redis::cmd("DBSIZE").query(&mut engine).unwrap();
         assert!(

@@ -1,433 +1,342 @@
-//! Access to a node against real daemons: the bootstrap token of a fresh node, logins that a
-//! stream of guesses cannot turn into a denial of service (argon2 off the async workers, failures
-//! slowed per source address), and the metrics token.
+//! Security of a cluster on a machine shared with other users and software (issue 13):
+//! - the engines' users: through a database endpoint, a script cannot reach what the proxy
+//!   refuses (`EVAL "return redis.call('SWAPDB',0,1)" 0`, CONFIG, DEBUG, MODULE); directly on a
+//!   shard the proxy user is refused those; the cluster secret no longer logs in to any shard;
+//! - file modes: no file or dir of a node is readable by group or others once a database with
+//!   persistence exists (store, identity, engine configs, RDB/AOF, logs);
+//! - the upgrade of a cluster made by the real release 0.1.0: in place, then finalized under
+//!   load without a client error, after which every engine (started by 0.1.0, never
+//!   restarted) refuses the secret as the default user's password and the proxy user cannot
+//!   CONFIG; the data dirs 0.1.0 made world-readable are owner-only.
 //!
-//! Discovery's answers about a database with a password change only once a cluster made by
-//! 0.1.0 has every node upgraded (its cluster version moved on).
-//!
-//! Each test uses its own loopback subnet (127.0.185.x, 127.0.186.x, 127.0.189.x).
+//! Subnets 127.0.176-178.x.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use flotilla_client::{read_bootstrap_token, ClientError};
-use flotilla_model::rest::BOOTSTRAP_TOKEN_FILE;
+use flotilla_model::{EngineUsers, PROXY_USER};
 use flotilla_testkit::{
-    assert_success, flotilla_bin, poll_until, runtime, BareNode, DevCluster, Packages, PASSWORD,
-    USER,
+    assert_success, flotilla_bin, load_runtime, poll_until, start_load, stop_load_clean,
+    DevCluster, Packages,
 };
 use serde_json::Value;
 
-fn bin() -> std::path::PathBuf {
+fn bin() -> PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
 }
 
-fn assert_bootstrap_refusal(result: Result<impl std::fmt::Debug, ClientError>, what: &str) {
-    let err = result.expect_err(what);
-    assert_eq!(err.status().map(|s| s.as_u16()), Some(401), "{what}: {err}");
-    let text = err.to_string();
-    assert!(text.contains("bootstrap_token_required"), "{what}: {text}");
-    assert!(
-        text.contains("--bootstrap-token"),
-        "{what} names the flag: {text}"
-    );
-    assert!(
-        text.contains(BOOTSTRAP_TOKEN_FILE),
-        "{what} names the file: {text}"
-    );
+/// The cluster secret, from a node's identity.
+fn secret(data_dir: &Path) -> String {
+    let identity: Value =
+        serde_json::from_slice(&std::fs::read(data_dir.join("identity.json")).unwrap()).unwrap();
+    identity["secret"].as_str().unwrap().to_string()
 }
 
-/// `flotilla cluster ARGS` against the node at `url` with the harness's operator credentials
-/// and the environment `env`.
-fn cluster_cli(url: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    Command::new(bin())
-        .args([
-            "--url",
-            url,
-            "--user",
-            USER,
-            "--password",
-            PASSWORD,
-            "cluster",
-        ])
-        .args(args)
-        .env_remove("FLOTILLA_BOOTSTRAP_TOKEN")
-        .envs(env.iter().copied())
-        .output()
-        .expect("running flotilla cluster")
+/// `ip:port` of every shard of the cluster.
+fn shard_addrs(cluster: &DevCluster) -> Vec<String> {
+    let state = cluster.status_json(1);
+    let nodes = state["nodes"].as_array().unwrap();
+    cluster
+        .shards_at(1)
+        .iter()
+        .map(|shard| {
+            let node = nodes
+                .iter()
+                .find(|n| n["uid"] == shard["node_uid"])
+                .unwrap();
+            format!("{}:{}", node["addr"].as_str().unwrap(), shard["port"])
+        })
+        .collect()
 }
+
+fn connect(url: &str) -> redis::RedisResult<redis::Connection> {
+    redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))
+}
+
+/// The error `words` get on `conn`, or `None` when they ran.
+fn refusal(conn: &mut redis::Connection, words: &[&str]) -> Option<String> {
+    let mut cmd = redis::cmd(words[0]);
+    for word in &words[1..] {
+        cmd.arg(*word);
+    }
+    cmd.query::<redis::Value>(conn).err().map(|e| e.to_string())
+}
+
+/// Shard administration a client must never reach through a script, and the proxy user never
+/// directly.
+const ADMINISTRATION: &[&[&str]] = &[
+    &["SWAPDB", "0", "1"],
+    &["CONFIG", "SET", "dir", "/tmp"],
+    &["CONFIG", "SET", "dbfilename", "x.rdb"],
+    &["DEBUG", "SLEEP", "0"],
+    &["MODULE", "LIST"],
+    &["SELECT", "1"],
+    &["MIGRATE", "127.0.0.1", "1", "k", "0", "10"],
+    &["SLOWLOG", "GET"],
+    &["SAVE"],
+    &["SHUTDOWN", "NOSAVE"],
+];
 
 #[test]
-fn a_fresh_node_takes_create_and_join_only_with_its_bootstrap_token() {
-    let first = BareNode::start(&bin(), Ipv4Addr::new(127, 0, 185, 11));
-    let second = BareNode::start(&bin(), Ipv4Addr::new(127, 0, 185, 12));
-    let rt = runtime();
-
-    // Each fresh node made a token, kept it owner-only and printed it.
-    let token = read_bootstrap_token(first.data_dir()).expect("a fresh node has a token");
-    let file = first.data_dir().join(BOOTSTRAP_TOKEN_FILE);
-    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600, "{} is owner-only", file.display());
-    let log = std::fs::read_to_string(first.data_dir().join("flotilla.log")).unwrap();
-    assert!(
-        log.contains(&format!("bootstrap token: {token}")),
-        "the daemon prints its token: {log}"
-    );
-    let second_token = read_bootstrap_token(second.data_dir()).expect("a token");
-    assert_ne!(token, second_token, "every node makes its own");
-
-    // Create: refused without the token and with a wrong one; nothing changes.
-    let bare = first.client_without_token(None, None);
-    assert_bootstrap_refusal(
-        rt.block_on(bare.create_cluster("claimed", USER, PASSWORD)),
-        "create without a token",
-    );
-    let wrong = bare.clone().with_bootstrap_token(Some("0".repeat(64)));
-    assert_bootstrap_refusal(
-        rt.block_on(wrong.create_cluster("claimed", USER, PASSWORD)),
-        "create with a wrong token",
-    );
-    assert_eq!(rt.block_on(bare.health()).unwrap().node_uid, None);
-    let url = format!("http://{}:8080", first.addr);
-    let refused = cluster_cli(&url, &["create", "--name", "sec.local"], &[]);
-    assert!(
-        !refused.status.success(),
-        "the CLI without --bootstrap-token"
-    );
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("--bootstrap-token"), "{stderr}");
-
-    // The right token (the CLI flag) creates the cluster; the token is gone afterwards.
-    let created = cluster_cli(
-        &url,
-        &["create", "--name", "sec.local", "--bootstrap-token", &token],
-        &[],
-    );
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    assert_eq!(rt.block_on(bare.health()).unwrap().node_uid, Some(1));
-    assert!(!file.exists(), "a member keeps no bootstrap token");
-    let again = rt.block_on(bare.create_cluster("again", USER, PASSWORD));
-    let err = again.expect_err("a member refuses a second create");
-    assert_eq!(err.status().map(|s| s.as_u16()), Some(409), "{err}");
-
-    // Join: the same refusals, then the token from the environment joins.
-    let joiner = second.client_without_token(None, None);
-    let seeds = vec![first.addr.to_string()];
-    assert_bootstrap_refusal(
-        rt.block_on(joiner.join_cluster(&seeds, USER, PASSWORD)),
-        "join without a token",
-    );
-    let wrong = joiner.clone().with_bootstrap_token(Some(token.clone()));
-    assert_bootstrap_refusal(
-        rt.block_on(wrong.join_cluster(&seeds, USER, PASSWORD)),
-        "join with another node's token",
-    );
-    let second_url = format!("http://{}:8080", second.addr);
-    let joined = cluster_cli(
-        &second_url,
-        &["join", "--nodes", &first.addr.to_string()],
-        &[("FLOTILLA_BOOTSTRAP_TOKEN", &second_token)],
-    );
-    assert!(
-        joined.status.success(),
-        "{}",
-        String::from_utf8_lossy(&joined.stderr)
-    );
-    assert_eq!(rt.block_on(joiner.health()).unwrap().node_uid, Some(2));
-    assert!(read_bootstrap_token(second.data_dir()).is_none());
+fn scripts_and_the_proxy_user_cannot_administer_shards_and_the_secret_logs_in_nowhere() {
+    let cluster = DevCluster::up(&bin(), 176, 2);
+    // redis-6.2: the engine on which the issue reached SWAPDB, MIGRATE and SLOWLOG from EVAL.
+    cluster.create_replicated_db("acl", 12000, "redis-6.2");
+    assert_engines_refuse_administration(&cluster, 12000);
+    cluster.dev_down();
 }
 
-/// A multi-threaded runtime, so the test's own clients do not queue behind each other.
-fn threaded_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-/// An HTTP client whose connections come from `source` (a loopback address of the test's
-/// subnet), so the node sees each stream of requests from an address of its own.
-fn from(source: Ipv4Addr) -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .local_address(IpAddr::V4(source))
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
-
-fn subnet_186(last: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 186, last)
-}
-
-/// Latencies of `GET /v1/health` and an authenticated `GET /v1/cluster` (credentials already
-/// verified once) from two other addresses, every 20 ms until `until` says stop.
-async fn probe(url: String, until: tokio::sync::watch::Receiver<bool>) -> Vec<Duration> {
-    let health = from(subnet_186(51));
-    let operator = from(subnet_186(50));
-    let mut latencies = Vec::new();
-    while !*until.borrow() {
-        let started = Instant::now();
-        let answer = health.get(format!("{url}/v1/health")).send().await.unwrap();
-        assert_eq!(answer.status(), 200);
-        latencies.push(started.elapsed());
-        let started = Instant::now();
-        let answer = operator
-            .get(format!("{url}/v1/cluster"))
-            .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.status(), 200, "the operator is not slowed");
-        latencies.push(started.elapsed());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    latencies
-}
-
-#[test]
-fn wrong_passwords_neither_starve_the_node_nor_go_unslowed() {
-    let token_dir = tempfile::tempdir().unwrap();
-    let token_file = token_dir.path().join("metrics-token");
-    std::fs::write(&token_file, "metrics-s3cret\n").unwrap();
-    let token_env = token_file.to_string_lossy().into_owned();
-    let cluster = DevCluster::up_with_env(
-        &bin(),
-        186,
-        1,
-        &[("FLOTILLA_METRICS_TOKEN_FILE", &token_env)],
-    );
-    let url = cluster.url(1);
-    let rt = threaded_runtime();
-    rt.block_on(async {
-        // The operator's credentials verify once (then they are remembered).
-        let warm = from(subnet_186(50))
-            .get(format!("{url}/v1/cluster"))
-            .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(warm.status(), 200);
-
-        // 200 concurrent wrong passwords from 20 addresses (10 each: none is throttled, every
-        // one costs argon2 work or is turned away as busy), while another client measures.
-        // With argon2 on the async workers (before), the worst probe took 7.5 s; off them,
-        // under 0.1 s.
-        let (stop, until) = tokio::sync::watch::channel(false);
-        let probing = tokio::spawn(probe(url.clone(), until));
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let started = Instant::now();
-        let guesses: Vec<_> = (0..200u32)
-            .map(|i| {
-                let client = from(subnet_186(100 + (i % 20) as u8));
-                let url = format!("{url}/v1/cluster");
-                tokio::spawn(async move {
-                    let answer = client
-                        .get(url)
-                        .basic_auth(USER, Some(format!("guess-{i}")))
-                        .send()
-                        .await
-                        .unwrap();
-                    answer.status().as_u16()
-                })
-            })
-            .collect();
-        let mut statuses = std::collections::BTreeMap::new();
-        for guess in guesses {
-            *statuses.entry(guess.await.unwrap()).or_insert(0) += 1;
-        }
-        let stream = started.elapsed();
-        stop.send(true).unwrap();
-        let mut latencies = probing.await.unwrap();
-        latencies.sort();
-        let worst = *latencies.last().unwrap();
-        let median = latencies[latencies.len() / 2];
-        eprintln!(
-            "200 wrong passwords took {stream:?}, answered {statuses:?}; meanwhile {} probes: median {median:?}, worst {worst:?}",
-            latencies.len()
-        );
-        assert!(statuses.keys().all(|s| [401, 503].contains(s)), "{statuses:?}");
-        assert!(statuses.get(&401).is_some_and(|n| *n >= 20), "argon2 ran: {statuses:?}");
-        assert!(latencies.len() >= 10, "the probe ran through the stream");
-        assert!(
-            worst < Duration::from_secs(1),
-            "health and operator answers stay fast while guesses are checked: worst {worst:?}"
-        );
-
-        // One address that keeps failing is slowed: 429 with Retry-After, even with the right
-        // password; another address still logs in.
-        let guesser = from(subnet_186(60));
-        let mut throttled = None;
-        for i in 0..12 {
-            let answer = guesser
-                .get(format!("{url}/v1/cluster"))
-                .basic_auth(USER, Some(format!("again-{i}")))
-                .send()
-                .await
-                .unwrap();
-            if answer.status() == 429 {
-                throttled = Some((i, answer));
-                break;
-            }
-            assert_eq!(answer.status(), 401);
-        }
-        let (after, answer) = throttled.expect("the guesser is throttled within 12 failures");
-        assert_eq!(after, 10, "after the free failures");
-        let retry_after: u64 = answer.headers()["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!((1..=60).contains(&retry_after), "{retry_after}");
-        let body: Value = answer.json().await.unwrap();
-        assert_eq!(body["error_code"], "too_many_failed_logins", "{body}");
-        let status = |client: reqwest::Client, password: &'static str| {
-            let url = format!("{url}/v1/nodes");
-            async move {
-                client
-                    .get(url)
-                    .basic_auth(USER, Some(password))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            }
-        };
-        assert_eq!(status(guesser.clone(), "again-12").await, 429, "still slowed");
-        assert_eq!(status(from(subnet_186(61)), PASSWORD).await, 200);
-
-        // The unauthenticated internal join is slowed per address the same way.
-        let joiner = from(subnet_186(70));
-        let rpc = format!("http://{}:3333/internal/join", cluster.addr(1));
-        let mut kinds = Vec::new();
-        for _ in 0..11 {
-            let request = serde_json::json!({
-                "username": USER,
-                "password": "wrong",
-                "node": {"addr": "127.0.186.70", "software_version": "0.2.0", "os": "x"},
-            });
-            let answer: Value = joiner
-                .post(&rpc)
-                .json(&request)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            kinds.push(answer["Err"].clone());
-        }
-        assert!(kinds[..10].iter().all(|k| k["kind"] == "unauthorized"), "{kinds:?}");
-        assert_eq!(kinds[10]["kind"], "invalid_request", "{kinds:?}");
-        assert!(
-            kinds[10]["description"]
-                .as_str()
-                .unwrap()
-                .contains("too many failed logins"),
-            "{kinds:?}"
-        );
-
-        // Metrics need the token the daemon was started with.
-        let metrics = format!("http://{}:8070/metrics", cluster.addr(1));
-        let scrape = |bearer: Option<&'static str>| {
-            let mut request = from(subnet_186(80)).get(&metrics);
-            if let Some(bearer) = bearer {
-                request = request.bearer_auth(bearer);
-            }
-            async move { request.send().await.unwrap().status().as_u16() }
-        };
-        assert_eq!(scrape(None).await, 401);
-        assert_eq!(scrape(Some("wrong")).await, 401);
-        assert_eq!(scrape(Some("metrics-s3cret")).await, 200);
-    });
-}
-
-/// `SENTINEL get-master-addr-by-name NAME` on node `n`'s discovery service, after `AUTH
-/// password` when given: the port it names, if any.
-fn discovered_port(cluster: &DevCluster, n: u8, name: &str, password: Option<&str>) -> Option<u16> {
-    let url = format!("redis://{}:8001/", cluster.addr(n));
-    let mut con = redis::Client::open(url).unwrap().get_connection().unwrap();
-    if let Some(password) = password {
-        let _: String = redis::cmd("AUTH").arg(password).query(&mut con).unwrap();
-    }
-    let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
-        .arg("get-master-addr-by-name")
-        .arg(name)
-        .query(&mut con)
+/// Through the endpoint on `port`, no script reaches shard administration; on every shard the
+/// cluster secret does not log in and the proxy user is refused administration.
+fn assert_engines_refuse_administration(cluster: &DevCluster, port: u16) {
+    let endpoint = format!("redis://{}:{port}/", cluster.addr(1));
+    let mut client = connect(&endpoint).expect("connect through the endpoint");
+    let () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut client)
         .unwrap();
-    addr.map(|(_, port)| port)
+    for words in ADMINISTRATION {
+        let args: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let script = format!("return redis.call({})", args.join(","));
+        let text = refusal(&mut client, &["EVAL", &script, "0"])
+            .unwrap_or_else(|| panic!("EVAL {script} ran through the endpoint"));
+        assert!(
+            text.contains("can't run this command") || text.contains("not allowed from script"),
+            "EVAL {script} refused for another reason: {text}"
+        );
+    }
+    let got: String = redis::cmd("GET").arg("k").query(&mut client).unwrap();
+    assert_eq!(got, "v", "the data path still works");
+
+    let secret = secret(&cluster.data_dir(1));
+    let proxy = EngineUsers::derive(&secret).proxy;
+    let shards = shard_addrs(cluster);
+    assert_eq!(shards.len(), 4);
+    for shard in &shards {
+        let err = connect(&format!("redis://:{secret}@{shard}/"))
+            .err()
+            .unwrap_or_else(|| panic!("the cluster secret logged in to shard {shard}"));
+        assert_eq!(
+            err.kind(),
+            redis::ErrorKind::AuthenticationFailed,
+            "{shard}: {err}"
+        );
+        let mut as_proxy = connect(&format!("redis://{PROXY_USER}:{proxy}@{shard}/"))
+            .unwrap_or_else(|e| panic!("the proxy user cannot log in to {shard}: {e}"));
+        for words in ADMINISTRATION {
+            let text = refusal(&mut as_proxy, words)
+                .unwrap_or_else(|| panic!("the proxy user ran {words:?} on {shard}"));
+            assert!(
+                text.contains("NOPERM") || text.contains("no permissions"),
+                "{words:?} on {shard} refused for another reason: {text}"
+            );
+        }
+    }
 }
 
-/// Upgrades node `n` in place to `package`.
-fn upgrade_node(cluster: &DevCluster, n: u8, package: &std::path::Path) {
-    let package = package.to_string_lossy().into_owned();
-    let node = n.to_string();
-    let output = cluster.flotilla(&["upgrade", "node", &node, "--package", &package, "--yes"]);
-    assert_success(&output, &format!("upgrade node {n}"));
+/// The mode of every file and dir under `root` (itself included), symlinks aside; an entry
+/// gone while walking (an engine's temp file) is skipped.
+fn modes(root: &Path) -> Vec<(PathBuf, u32)> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+        found.push((path, meta.permissions().mode() & 0o777));
+    }
+    found
+}
+
+/// Every file or dir under `root` that group or others may read, write or enter.
+fn readable_by_others(root: &Path) -> Vec<String> {
+    modes(root)
+        .into_iter()
+        .filter(|(_, mode)| mode & 0o077 != 0)
+        .map(|(path, mode)| format!("{mode:o} {}", path.display()))
+        .collect()
 }
 
 #[test]
-fn a_cluster_made_by_0_1_0_keeps_its_access_until_every_node_is_upgraded() {
+fn no_node_file_is_readable_by_group_or_others() {
+    let cluster = DevCluster::up(&bin(), 177, 2);
+    cluster.create_db(&[
+        "--name",
+        "kept",
+        "--port",
+        "12000",
+        "--memory",
+        "100mb",
+        "--shards",
+        "1",
+        "--replication",
+        "--persistence",
+        "snapshot",
+        "--redis-version",
+        "valkey-9.1",
+    ]);
+    let endpoint = format!("redis://{}:12000/", cluster.addr(1));
+    let mut client = connect(&endpoint).unwrap();
+    let () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut client)
+        .unwrap();
+    let aof = cluster.create_db(&[
+        "--name",
+        "logged",
+        "--port",
+        "12001",
+        "--memory",
+        "100mb",
+        "--shards",
+        "1",
+        "--persistence",
+        "aof",
+        "--redis-version",
+        "redis-7.0",
+    ]);
+    assert!(aof["uid"].is_u64());
+    // A snapshot on disk: the engines write their RDB files under the daemon's umask.
+    let secret = secret(&cluster.data_dir(1));
+    let admin = EngineUsers::derive(&secret).admin;
+    for shard in shard_addrs(&cluster) {
+        let url = format!("redis://{}:{admin}@{shard}/", flotilla_model::ADMIN_USER);
+        let mut engine = connect(&url).unwrap();
+        let _: redis::Value = redis::cmd("SAVE").query(&mut engine).unwrap();
+    }
+    let mut offenders = Vec::new();
+    let mut files = 0;
+    for n in cluster.node_numbers() {
+        let dir = cluster.data_dir(n);
+        for name in ["store.redb", "identity.json", "flotilla.log", "shards"] {
+            assert!(dir.join(name).exists(), "{} has no {name}", dir.display());
+        }
+        files += modes(&dir).len();
+        offenders.extend(readable_by_others(&dir));
+    }
+    assert!(files > 20, "only {files} entries walked");
+    assert!(
+        offenders.is_empty(),
+        "readable by group or others:\n{}",
+        offenders.join("\n")
+    );
+    cluster.dev_down();
+}
+
+/// Whether the cluster secret still logs in to `shard` as the default user.
+fn secret_logs_in(secret: &str, shard: &str) -> bool {
+    connect(&format!("redis://:{secret}@{shard}/")).is_ok()
+}
+
+/// Polls (30 s at most) until `problems` finds none on any shard; panics listing the last ones.
+fn wait_every_shard(shards: &[String], what: &str, problems: impl Fn(&str) -> Vec<String>) {
+    let all = || -> Vec<String> { shards.iter().flat_map(|s| problems(s)).collect() };
+    if !poll_until(Duration::from_secs(30), || all().is_empty()) {
+        panic!("{what}, after finalization, does not hold: {:#?}", all());
+    }
+}
+
+/// The engine's client connections logged in as the default user, replicas' links aside (a
+/// replica that synced before the move keeps its link until it reconnects).
+fn default_clients(admin: &str, shard: &str) -> Vec<String> {
+    let Ok(mut engine) = connect(&format!("redis://{admin}@{shard}/")) else {
+        return vec![format!("{shard}: the admin user cannot log in")];
+    };
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut engine)
+        .unwrap_or_default();
+    list.lines()
+        .filter(|line| line.contains(" user=default"))
+        .filter(|line| {
+            !line
+                .split(' ')
+                .any(|f| f.starts_with("flags=") && f.contains('S'))
+        })
+        .map(|line| format!("{shard}: {line}"))
+        .collect()
+}
+
+#[test]
+fn a_cluster_made_by_0_1_0_moves_to_the_engine_users_at_finalization_under_load() {
     let packages = Packages::shared(&bin());
     let v010 = packages.release_0_1_0();
     let (_, v021) = packages.current_pair();
-    // This CLI created and joined the 0.1.0 nodes (they take no bootstrap token).
-    let cluster = DevCluster::up_from_package(&bin(), 189, 3, &v010);
-    cluster.create_db(&[
-        "--name",
-        "locked",
-        "--port",
-        "12189",
-        "--memory",
-        "50mb",
-        "--shards",
-        "1",
-        "--db-password",
-        "pw-locked",
-    ]);
-    let port = Some(12189);
-    assert_eq!(
-        discovered_port(&cluster, 1, "locked", None),
-        port,
-        "0.1.0 names it to anyone"
+    let cluster = DevCluster::up_from_package(&bin(), 178, 3, &v010);
+    cluster.create_replicated_db("old", 12000, "redis-6.2");
+    let secret = secret(&cluster.data_dir(1));
+    let shards = shard_addrs(&cluster);
+    assert!(
+        shards.iter().all(|s| secret_logs_in(&secret, s)),
+        "0.1.0 runs every engine with the secret as the default user's password"
     );
+    let before = readable_by_others(&cluster.data_dir(1));
+    assert!(!before.is_empty(), "0.1.0 leaves its files world-readable");
 
-    // Mixed: the upgraded node answers as the 0.1.0 nodes do, so clients see one answer.
-    upgrade_node(&cluster, 2, &v021);
-    assert_eq!(discovered_port(&cluster, 2, "locked", None), port);
+    let package = v021.to_string_lossy().into_owned();
+    for node in [2, 3, 1] {
+        let node = node.to_string();
+        let args = [
+            "upgrade",
+            "node",
+            &node,
+            "--package",
+            &package,
+            "--yes",
+            "--no-auto-finalize",
+        ];
+        assert_success(&cluster.flotilla(&args), &format!("upgrade node {node}"));
+    }
+    // Mixed until finalization: the engines 0.1.0 started keep the default user.
+    assert!(shards.iter().all(|s| secret_logs_in(&secret, s)));
+
+    let rt = load_runtime();
+    let load = start_load(&rt, format!("{}:12000", cluster.addr(1)));
+    assert_success(
+        &cluster.flotilla(&["upgrade", "finalize"]),
+        "upgrade finalize",
+    );
+    wait_every_shard(&shards, "the secret no longer logs in", |s| {
+        if secret_logs_in(&secret, s) {
+            vec![format!("{s}: the secret logs in")]
+        } else {
+            Vec::new()
+        }
+    });
+    // The proxies' shard connections, opened as the default user before, move to the proxy
+    // user while the load keeps going.
+    let admin = format!(
+        "{}:{}",
+        flotilla_model::ADMIN_USER,
+        EngineUsers::derive(&secret).admin
+    );
+    wait_every_shard(&shards, "no connection as the default user", |s| {
+        default_clients(&admin, s)
+    });
+    let report = stop_load_clean(&rt, load);
+    eprintln!(
+        "finalization under load: {} ops, longest stall {:.1} ms",
+        report.ops, report.longest_stall_ms
+    );
+    assert_engines_refuse_administration(&cluster, 12000);
     for n in cluster.node_numbers() {
+        let offenders = readable_by_others(&cluster.data_dir(n));
         assert!(
-            read_bootstrap_token(&cluster.data_dir(n)).is_none(),
-            "a member never has a bootstrap token (node {n})"
+            offenders.is_empty(),
+            "node {n} after the upgrade, readable by group or others:\n{}",
+            offenders.join("\n")
         );
     }
-
-    // Every node upgraded, the cluster version moves on: the password guards the database.
-    upgrade_node(&cluster, 1, &v021);
-    upgrade_node(&cluster, 3, &v021);
-    let status = cluster.status_json(1);
-    assert_eq!(status["cluster"]["cluster_version"], "0.2.1", "{status}");
-    for n in cluster.node_numbers() {
-        let hidden = poll_until(Duration::from_secs(10), || {
-            discovered_port(&cluster, n, "locked", None).is_none()
-        });
-        assert!(
-            hidden,
-            "node {n} names the database only to its password now"
-        );
-        assert_eq!(discovered_port(&cluster, n, "locked", Some("wrong")), None);
-        assert_eq!(
-            discovered_port(&cluster, n, "locked", Some("pw-locked")),
-            port
-        );
-        assert!(read_bootstrap_token(&cluster.data_dir(n)).is_none());
-    }
+    cluster.dev_down();
 }

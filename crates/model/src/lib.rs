@@ -7,7 +7,7 @@
 //!
 //! It also answers what the other crates ask of the state, once: the slot group of a range
 //! ([`ClusterState::slot_group`]), a shard's engine address ([`ClusterState::shard_addr`]), the
-//! engines' password ([`ClusterState::engine_password`]), a database's primaries in slot order
+//! engines' users and passwords ([`ClusterState::engine_credentials`]), a database's primaries in slot order
 //! ([`ClusterState::primaries_of`]), whether a reported replica is linked
 //! ([`rest::ShardReport::serves_in`]) and the steps of an action ([`plan()`]).
 //!
@@ -27,6 +27,7 @@ mod action;
 mod bdb;
 mod clock;
 mod command;
+mod engine_users;
 mod engine_version;
 mod error;
 mod maintenance;
@@ -55,6 +56,7 @@ pub use command::{
     ReplacementAddition, ShardHold, ShardMigration, ShardPromotion, ShardRemoval, ShardReplacement,
     ShardVersionChange, TemporaryReplicaAddition,
 };
+pub use engine_users::{EngineCredentials, EngineUsers, ADMIN_USER, PROXY_USER, REPLICATION_USER};
 pub use engine_version::{EngineVersion, UnknownEngineVersion};
 pub use error::ModelError;
 pub use maintenance::{

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use flotilla_engine::{ClientOptions, EngineClient};
+use flotilla_engine::{ClientOptions, EngineClient, EngineLogin};
 use flotilla_model::rest::{ReplicaLink, ShardReport};
 use flotilla_model::timing::{
     FAILOVER_AFTER, FAILOVER_CHECK_EVERY, LINK_MEMORY, ORPHANED_HOLD_GRACE,
@@ -265,13 +265,13 @@ async fn best_replica(
 
 /// PINGs a shard's engine from this node; its replication offset when it answers.
 async fn probe(state: &ClusterState, shard: &Shard) -> Option<i64> {
-    let password = state.engine_password().ok()?;
+    let login = EngineLogin::cluster_admin(&state.engine_credentials().ok()?);
     let addr = state.shard_addr(shard).ok()?;
     let options = ClientOptions {
         connect_timeout: Duration::from_millis(300),
         response_timeout: Some(Duration::from_millis(300)),
     };
-    let client = EngineClient::connect_with(addr.ip(), addr.port(), password, options)
+    let client = EngineClient::connect_with(addr.ip(), addr.port(), &login, options)
         .await
         .ok()?;
     client.ping().await.ok()?;

@@ -17,7 +17,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use flotilla_engine::{wait_for_sync, ClientOptions, EngineClient, Role};
+use flotilla_engine::{wait_for_sync, ClientOptions, EngineClient, EngineLogin, Role};
 use flotilla_model::rest::NodeStatus;
 use flotilla_model::timing::{
     CATCH_UP_TIMEOUT, HOLD_SPREAD_TIMEOUT, SWITCHOVER_FENCE, SWITCHOVER_RESPONSE_TIMEOUT,
@@ -356,15 +356,16 @@ pub(crate) async fn connect(
     shard: &Shard,
 ) -> Result<EngineClient, SwitchoverError> {
     let (ip, port) = address(state, shard)?;
-    let password = state
-        .engine_password()
+    let credentials = state
+        .engine_credentials()
         .map_err(|e| SwitchoverError::Store(e.into()))?;
+    let login = EngineLogin::cluster_admin(&credentials);
     // Commands here must not time out while the primary is paused.
     let options = ClientOptions {
         connect_timeout: Duration::from_secs(2),
         response_timeout: Some(SWITCHOVER_RESPONSE_TIMEOUT),
     };
-    EngineClient::connect_with(ip, port, password, options)
+    EngineClient::connect_with(ip, port, &login, options)
         .await
         .map_err(|e| engine(shard.uid, e))
 }

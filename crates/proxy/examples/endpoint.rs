@@ -34,6 +34,9 @@ async fn main() {
             bind: ip,
             port: 20001 + i as u16,
             password: PASSWORD.into(),
+            // The default user keeps PASSWORD, so redis-cli can reach the shards directly too.
+            users: Some(flotilla_model::EngineUsers::derive(PASSWORD)),
+            legacy: true,
             maxmemory_bytes: 256 << 20,
             eviction: Default::default(),
             persistence: Persistence::None,

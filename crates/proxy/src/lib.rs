@@ -106,5 +106,5 @@ pub use server::{
 pub use shard::ShardError;
 pub use slot::{key_slot, ShardIndex, SlotMap, SLOT_COUNT};
 pub use stats::{EndpointStats, LatencySnapshot, StatsSnapshot, LATENCY_BUCKETS_US};
-pub use topology::{ShardName, Topology, TopologyError};
+pub use topology::{ShardLogin, ShardName, Topology, TopologyError};
 pub use verdict::{Reason, Side, Verdict};

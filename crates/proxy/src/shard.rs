@@ -8,15 +8,22 @@
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use flotilla_resp::{Decoder, Limits, Protocol, ProtocolError, Request, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::topology::ShardLogin;
+
 /// How long opening and authenticating a shard connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a connection that logged in with the fallback (the engine had no proxy user yet)
+/// is used before it is replaced by one that tries the user again; the engine's agent moves it
+/// to the users within a reconcile round of the cluster version becoming 0.2.0.
+pub(crate) const RELOGIN_AFTER: Duration = Duration::from_secs(1);
 
 /// Free room made in the read buffer before a non-blocking read.
 const READ_RESERVE: usize = 4096;
@@ -72,16 +79,19 @@ pub struct ShardConn {
     decoder: Decoder,
     broken: Option<ShardError>,
     generation: u64,
+    /// How it logged in (`None`: taken over from another process, login unknown), and when
+    /// it had to fall back to the default user.
+    login: Option<(ShardLogin, Option<Instant>)>,
 }
 
 impl ShardConn {
-    /// Connects to shard `shard` (its uid, for messages) at `addr`, authenticates with `password` (skipped when empty)
-    /// and switches to `protocol`. `generation` tells this connection apart from earlier ones
+    /// Connects to shard `shard` (its uid, for messages) at `addr`, logs in with `login` (no
+    /// AUTH when its password is empty) and switches to `protocol`. `generation` tells this connection apart from earlier ones
     /// to the same shard (a WATCH does not survive a reconnect).
     pub async fn connect(
         shard: u64,
         addr: SocketAddr,
-        password: &str,
+        login: &ShardLogin,
         protocol: Protocol,
         generation: u64,
     ) -> Result<Self, ShardError> {
@@ -98,9 +108,11 @@ impl ShardConn {
                 .set_nodelay(true)
                 .map_err(|e| unavailable(e.to_string()))?;
             let mut conn = ShardConn::over(shard, addr, stream, Protocol::Resp2, generation, &[]);
-            conn.handshake(password, protocol)
+            let fell_back = conn
+                .handshake(login, protocol)
                 .await
                 .map_err(|e| unavailable(e.to_string()))?;
+            conn.login = Some((login.clone(), fell_back.then(Instant::now)));
             Ok(conn)
         };
         tokio::time::timeout(CONNECT_TIMEOUT, attempt)
@@ -108,23 +120,73 @@ impl ShardConn {
             .unwrap_or_else(|_| Err(unavailable("timed out connecting".into())))
     }
 
-    /// AUTH and HELLO, answered before any client command is sent.
-    async fn handshake(&mut self, password: &str, protocol: Protocol) -> Result<(), ShardError> {
+    /// AUTH and HELLO, answered before any client command is sent; when the login is refused
+    /// and `login` has a fallback, AUTH and HELLO again with it. Returns whether it fell back.
+    async fn handshake(
+        &mut self,
+        login: &ShardLogin,
+        protocol: Protocol,
+    ) -> Result<bool, ShardError> {
+        let refused = match self
+            .auth_and_hello(login.user.as_deref(), &login.password, protocol)
+            .await?
+        {
+            None => return Ok(false),
+            Some(refused) => refused,
+        };
+        let Some(fallback) = &login.fallback else {
+            return Err(self.lost(format!("handshake refused: {refused}")));
+        };
+        match self.auth_and_hello(None, fallback, protocol).await? {
+            None => Ok(true),
+            Some(refused) => Err(self.lost(format!("handshake refused: {refused}"))),
+        }
+    }
+
+    /// Sends AUTH (unless `password` is empty) and HELLO (for RESP3) in one write; the first
+    /// refusal's text, if any.
+    async fn auth_and_hello(
+        &mut self,
+        user: Option<&str>,
+        password: &str,
+        protocol: Protocol,
+    ) -> Result<Option<String>, ShardError> {
         if !password.is_empty() {
-            self.send(&Request::new("AUTH", [password.to_owned().into()]));
+            let mut args: Vec<Bytes> = user.map(|u| u.to_owned().into()).into_iter().collect();
+            args.push(password.to_owned().into());
+            self.send(&Request::new("AUTH", args));
         }
         if protocol == Protocol::Resp3 {
             self.send_hello(protocol);
         }
         let expected = usize::from(!password.is_empty()) + usize::from(protocol == Protocol::Resp3);
         self.flush().await;
+        let mut refused = None;
         for _ in 0..expected {
             let reply = self.reply().await?;
-            if reply.is_error() {
-                return Err(self.lost(format!("handshake refused: {}", text(&reply))));
+            if reply.is_error() && refused.is_none() {
+                refused = Some(text(&reply));
             }
         }
-        Ok(())
+        Ok(refused)
+    }
+
+    /// When this connection fell back to the default user at login, if it did.
+    pub(crate) fn fell_back_at(&self) -> Option<Instant> {
+        self.login.as_ref().and_then(|(_, at)| *at)
+    }
+
+    /// Whether this connection logged in as `login` asks, so it may carry requests: false for
+    /// an older login (the cluster moved to the proxy user) and, after [`RELOGIN_AFTER`], for
+    /// one that fell back to the default user. A connection taken over from another process
+    /// keeps the login it had.
+    pub fn logged_in_as(&self, login: &ShardLogin) -> bool {
+        match &self.login {
+            None => true,
+            Some((used, fell_back)) => {
+                used == login && fell_back.is_none_or(|at| at.elapsed() < RELOGIN_AFTER)
+            }
+        }
     }
 
     /// Appends `HELLO n` and records the protocol; the caller discards its reply.
@@ -340,6 +402,7 @@ impl ShardConn {
             decoder: Decoder::new(Limits::for_replies()),
             broken: None,
             generation,
+            login: None,
         }
     }
 

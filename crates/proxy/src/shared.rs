@@ -21,6 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use flotilla_resp::{Decoder, Limits, Protocol, Request, Value};
@@ -28,8 +29,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::shard::{take_raw_reply, ShardConn, ShardError};
-use crate::topology::Topology;
+use crate::shard::{take_raw_reply, ShardConn, ShardError, RELOGIN_AFTER};
+use crate::topology::{ShardLogin, Topology};
 
 /// Jobs queued for one link before clients wait to hand it more (backpressure).
 const JOB_QUEUE: usize = 4096;
@@ -57,12 +58,12 @@ impl SharedPool {
     /// A client's handle on the shared connection to the primary at `addr` of shard `shard`
     /// (its uid, for messages), opening the connection (in the background) if there is none or
     /// the last one broke.
-    pub fn conn(&self, shard: u64, addr: SocketAddr, password: &str) -> SharedConn {
+    pub fn conn(&self, shard: u64, addr: SocketAddr, login: &ShardLogin) -> SharedConn {
         let mut links = self.lock();
         let link = match links.get(&addr) {
-            Some(link) if !link.is_broken() => link.clone(),
+            Some(link) if !link.is_broken() && link.logged_in_as(login) => link.clone(),
             _ => {
-                let link = SharedLink::open(shard, addr, password.to_owned());
+                let link = SharedLink::open(shard, addr, login.clone());
                 links.insert(addr, link.clone());
                 link
             }
@@ -90,18 +91,32 @@ impl SharedPool {
 pub(crate) struct SharedLink {
     jobs: mpsc::Sender<Job>,
     broken: Arc<AtomicBool>,
+    /// The login it was opened with, and when it fell back to the default user (set by its
+    /// task once connected).
+    login: Arc<(ShardLogin, Mutex<Option<Instant>>)>,
 }
 
 impl SharedLink {
-    fn open(shard: u64, addr: SocketAddr, password: String) -> Self {
+    fn open(shard: u64, addr: SocketAddr, login: ShardLogin) -> Self {
         let (jobs, queue) = mpsc::channel(JOB_QUEUE);
         let broken = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run_link(shard, addr, password, queue, broken.clone()));
-        SharedLink { jobs, broken }
+        let login = Arc::new((login, Mutex::new(None)));
+        tokio::spawn(run_link(shard, addr, login.clone(), queue, broken.clone()));
+        SharedLink {
+            jobs,
+            broken,
+            login,
+        }
     }
 
     fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Relaxed)
+    }
+
+    /// See [`ShardConn::logged_in_as`].
+    fn logged_in_as(&self, login: &ShardLogin) -> bool {
+        let fell_back = *self.login.1.lock().unwrap_or_else(|e| e.into_inner());
+        self.login.0 == *login && fell_back.is_none_or(|at| at.elapsed() < RELOGIN_AFTER)
     }
 }
 
@@ -111,12 +126,15 @@ impl SharedLink {
 async fn run_link(
     shard: u64,
     addr: SocketAddr,
-    password: String,
+    login: Arc<(ShardLogin, Mutex<Option<Instant>>)>,
     mut queue: mpsc::Receiver<Job>,
     broken: Arc<AtomicBool>,
 ) {
-    let conn = match ShardConn::connect(shard, addr, &password, Protocol::Resp2, 0).await {
-        Ok(conn) => conn,
+    let conn = match ShardConn::connect(shard, addr, &login.0, Protocol::Resp2, 0).await {
+        Ok(conn) => {
+            *login.1.lock().unwrap_or_else(|e| e.into_inner()) = conn.fell_back_at();
+            conn
+        }
         Err(e) => {
             broken.store(true, Ordering::Relaxed);
             refuse_queued(&mut queue, &e);
@@ -427,6 +445,14 @@ impl Conn {
         match self {
             Conn::Own(c) => c.is_broken(),
             Conn::Shared(c) => c.is_broken(),
+        }
+    }
+
+    /// See [`ShardConn::logged_in_as`].
+    pub fn logged_in_as(&self, login: &ShardLogin) -> bool {
+        match self {
+            Conn::Own(c) => c.logged_in_as(login),
+            Conn::Shared(c) => c.link.logged_in_as(login),
         }
     }
 

@@ -48,6 +48,44 @@ pub enum TopologyError {
     },
 }
 
+/// How the proxy logs in to the shards' engines.
+///
+/// As a user (the engines' proxy user, which may run only what the proxy forwards) or, while
+/// a 0.1.0 node is a cluster member, as the default user with the cluster secret. `fallback` is
+/// the default user's password, tried when the user login is refused: an engine a 0.1.0
+/// daemon started has no users until its agent moves it to them. A connection that had to fall
+/// back is replaced after [`crate::shard::RELOGIN_AFTER`], so it logs in as the user once the
+/// engine has moved.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ShardLogin {
+    /// The engine user (`None`: the default user).
+    pub user: Option<String>,
+    /// Its password (empty: no AUTH, for engines without a password).
+    pub password: String,
+    /// The default user's password, tried when the login above is refused.
+    pub fallback: Option<String>,
+}
+
+impl ShardLogin {
+    /// The default user with `password` (empty: no AUTH).
+    pub fn default_user(password: impl Into<String>) -> Self {
+        ShardLogin {
+            user: None,
+            password: password.into(),
+            fallback: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ShardLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardLogin")
+            .field("user", &self.user)
+            .field("fallback", &self.fallback.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// One endpoint's view of its database: who may connect, and where each slot's primary runs.
 ///
 /// Exists as the single input the proxy needs from the cluster store. Cheap to clone (the slot
@@ -56,7 +94,7 @@ pub enum TopologyError {
 pub struct Topology {
     password: Option<DatabasePassword>,
     limits: ClientLimits,
-    shard_password: String,
+    shard_login: Arc<ShardLogin>,
     slots: Arc<SlotMap>,
     primaries: Vec<SocketAddr>,
     holds: Vec<bool>,
@@ -70,7 +108,7 @@ impl std::fmt::Debug for Topology {
         f.debug_struct("Topology")
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("limits", &self.limits)
-            .field("shard_password", &"<redacted>")
+            .field("shard_login", &self.shard_login)
             .field("shards", &self.slots.shard_count())
             .field("primaries", &self.primaries)
             .field("holds", &self.holds)
@@ -83,8 +121,8 @@ impl std::fmt::Debug for Topology {
 impl Topology {
     /// A topology from its parts; `primaries[i]` is the address of shard `i`'s primary and
     /// there must be one per shard of `slots`. `password` is the database password clients
-    /// authenticate with (`None`: no AUTH needed); `shard_password` is the engines'
-    /// `requirepass`.
+    /// authenticate with (`None`: no AUTH needed); `shard_password` is the engines' default
+    /// user's password (see [`Topology::with_shard_login`] for a user).
     pub fn new(
         password: Option<String>,
         shard_password: impl Into<String>,
@@ -100,7 +138,7 @@ impl Topology {
         Ok(Topology {
             password: password.map(DatabasePassword::Plain),
             limits: ClientLimits::default(),
-            shard_password: shard_password.into(),
+            shard_login: Arc::new(ShardLogin::default_user(shard_password)),
             slots: Arc::new(slots),
             holds: vec![false; primaries.len()],
             shard_uids: (0..primaries.len() as u64).collect(),
@@ -123,6 +161,12 @@ impl Topology {
         self.shard_uids = shard_uids.into();
         self.bdb_uid = Some(bdb_uid);
         Ok(self)
+    }
+
+    /// The same topology logging in to the shards with `login` (an engine user).
+    pub fn with_shard_login(mut self, login: ShardLogin) -> Self {
+        self.shard_login = Arc::new(login);
+        self
     }
 
     /// A topology whose slots are split evenly over `primaries`, in order.
@@ -209,9 +253,9 @@ impl Topology {
         &self.limits
     }
 
-    /// The engines' internal password.
-    pub fn shard_password(&self) -> &str {
-        &self.shard_password
+    /// How the proxy logs in to the shards.
+    pub fn shard_login(&self) -> &ShardLogin {
+        &self.shard_login
     }
 
     /// Which shard owns each slot.

@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use flotilla_engine::{EvictionPolicy, Persistence, ReplicaOf, ShardSpec};
-use flotilla_model::{Bdb, ClusterState, DataPersistence, NodeUid, Shard, ShardRole, ShardUid};
+use flotilla_model::{
+    Bdb, ClusterState, DataPersistence, EngineCredentials, NodeUid, Shard, ShardRole, ShardUid,
+};
 
 use super::ShardError;
 
@@ -36,13 +38,13 @@ pub fn desired_shards(
     bind: IpAddr,
     shards_dir: &Path,
 ) -> Result<BTreeMap<ShardUid, Result<DesiredShard, ShardError>>, ShardError> {
-    let password = state
-        .engine_password()
+    let credentials = state
+        .engine_credentials()
         .map_err(|e| ShardError::NotReady(e.to_string()))?;
     let desired = state
         .shards_on(node)
         .map(|shard| {
-            let built = desired_shard(state, shard, bind, password, shards_dir);
+            let built = desired_shard(state, shard, bind, &credentials, shards_dir);
             (shard.uid, built)
         })
         .collect();
@@ -53,7 +55,7 @@ fn desired_shard(
     state: &ClusterState,
     shard: &Shard,
     bind: IpAddr,
-    password: &str,
+    credentials: &EngineCredentials,
     shards_dir: &Path,
 ) -> Result<DesiredShard, ShardError> {
     let bdb = state.bdbs.get(&shard.bdb_uid).ok_or_else(|| {
@@ -71,7 +73,9 @@ fn desired_shard(
         version: shard.redis_version,
         bind,
         port: shard.port,
-        password: password.to_string(),
+        password: credentials.secret.clone(),
+        users: Some(credentials.users.clone()),
+        legacy: credentials.legacy,
         maxmemory_bytes: shard_memory(bdb),
         eviction: EvictionPolicy::default(),
         persistence: persistence(bdb.spec.data_persistence),
@@ -207,6 +211,14 @@ mod tests {
         assert_eq!(spec.bind.to_string(), "127.0.0.12");
         assert_eq!(spec.port, 20002);
         assert_eq!(spec.password, "sekret");
+        assert_eq!(
+            spec.users,
+            Some(flotilla_model::EngineUsers::derive("sekret"))
+        );
+        assert!(
+            spec.legacy,
+            "a cluster of the first release keeps the default user"
+        );
         assert_eq!(spec.maxmemory_bytes, 100 << 20);
         assert_eq!(spec.persistence, Persistence::Aof);
         assert_eq!(spec.version, EngineVersion::Valkey81);

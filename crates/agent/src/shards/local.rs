@@ -116,6 +116,8 @@ mod tests {
             bind: "127.0.0.11".parse().unwrap(),
             port: 20004,
             password: "pw".into(),
+            users: Some(flotilla_model::EngineUsers::derive("pw")),
+            legacy: false,
             maxmemory_bytes: 1 << 20,
             eviction: Default::default(),
             persistence: Default::default(),

@@ -102,6 +102,7 @@ async fn reconcile(
 ) -> Result<(), ShardError> {
     let process = ensure_running(catalog, down, desired).await?;
     let client = connect(process.spec()).await?;
+    align_access(&client, &desired.spec).await?;
     align_role(&client, desired).await
 }
 
@@ -168,7 +169,24 @@ async fn stop_previous(spec: &ShardSpec) -> Result<(), ShardError> {
 }
 
 async fn connect(spec: &ShardSpec) -> Result<EngineClient, ShardError> {
-    Ok(EngineClient::connect_with(spec.bind, spec.port, &spec.password, CLIENT_OPTIONS).await?)
+    let login = spec.admin_login();
+    Ok(EngineClient::connect_with(spec.bind, spec.port, &login, CLIENT_OPTIONS).await?)
+}
+
+/// Once no 0.1.0 node is left (the spec is no longer legacy), moves an engine started the old
+/// way (no Flotilla users: the login fell back to the secret) or under a 0.1.0 cluster version
+/// (its default user is on with the secret) to the users, without restarting it; see
+/// [`EngineClient::move_to_users`]. A default user an operator turned on with a password of
+/// their own is left alone: the cluster secret is what must stop logging in.
+async fn align_access(client: &EngineClient, spec: &ShardSpec) -> Result<(), ShardError> {
+    let Some(users) = spec.users.as_ref().filter(|_| !spec.legacy) else {
+        return Ok(());
+    };
+    if client.fell_back() || client.default_user_takes(&spec.password).await? {
+        tracing::info!("moving the engine to the Flotilla users; the default user goes off");
+        client.move_to_users(users, spec.version).await?;
+    }
+    Ok(())
 }
 
 /// Makes the engine's replication role match the store: a primary that replicates is promoted;
@@ -207,9 +225,9 @@ async fn align_role(client: &EngineClient, desired: &DesiredShard) -> Result<(),
 }
 
 async fn ensure_acts_as_primary(spec: &ShardSpec, primary: ReplicaOf) -> Result<(), ShardError> {
+    let login = spec.admin_login();
     let client =
-        EngineClient::connect_with(primary.host, primary.port, &spec.password, CLIENT_OPTIONS)
-            .await?;
+        EngineClient::connect_with(primary.host, primary.port, &login, CLIENT_OPTIONS).await?;
     let info = client.replication().await?;
     if info.role != Role::Primary {
         return Err(ShardError::NotReady(format!(

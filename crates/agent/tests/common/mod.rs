@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_agent::shards::{local_shard_dirs, recorded_spec};
 use flotilla_agent::{ObservedShards, ShardAgent};
-use flotilla_engine::{adopt, EngineCatalog, EngineClient, EngineVersion};
+use flotilla_engine::{adopt, EngineCatalog, EngineClient, EngineLogin, EngineVersion};
 use flotilla_model::rest::ShardReport;
 use flotilla_model::{
     BdbCreation, BdbSpec, BdbUid, Command, CommandResult, DataPersistence, NodeSpec, ShardPlan,
@@ -105,9 +105,9 @@ impl TestNode {
         }
     }
 
-    /// The cluster's internal secret (every shard's password).
-    pub fn secret(&self) -> String {
-        self.store.state().engine_password().unwrap().to_string()
+    /// How the agent logs in to this node's engines (the admin user).
+    pub fn login(&self) -> EngineLogin {
+        EngineLogin::cluster_admin(&self.store.state().engine_credentials().unwrap())
     }
 
     /// Proposes a one-shard, replicated database with its primary on `primary_port` and its replica
@@ -160,7 +160,7 @@ impl TestNode {
 
     /// A client to the engine on this node's `port`.
     pub async fn client(&self, port: u16) -> EngineClient {
-        EngineClient::connect(self.addr, port, &self.secret())
+        EngineClient::connect(self.addr, port, &self.login())
             .await
             .unwrap_or_else(|e| panic!("connect to shard port {port}: {e}"))
     }

@@ -53,6 +53,8 @@ impl Harness {
             bind: ip.parse().unwrap(),
             port,
             password: PASSWORD.into(),
+            users: Some(flotilla_model::EngineUsers::derive(PASSWORD)),
+            legacy: false,
             maxmemory_bytes: 256 << 20,
             eviction: Default::default(),
             persistence: Persistence::None,
@@ -139,7 +141,7 @@ pub async fn assert_keys(client: &EngineClient, count: usize) {
 
 /// Connects to a spec's shard.
 pub async fn client(spec: &ShardSpec) -> EngineClient {
-    EngineClient::connect(spec.bind, spec.port, &spec.password)
+    EngineClient::connect(spec.bind, spec.port, &spec.admin_login())
         .await
         .unwrap_or_else(|e| panic!("connect {}: {e}", spec.addr()))
 }

@@ -20,8 +20,8 @@ pub struct Cluster {
     pub name: String,
     /// The operator's login for the REST API and CLI.
     pub credentials: Credentials,
-    /// Shared secret that authenticates internal RPC (Raft, node reports) between nodes, and
-    /// the password of every shard's engine ([`ClusterState::engine_password`]).
+    /// Shared secret that authenticates internal RPC (Raft, node reports) between nodes; the
+    /// engines' user passwords are derived from it ([`ClusterState::engine_credentials`]).
     pub secret: String,
     /// When the cluster was created, in seconds since the Unix epoch (set by the proposer, so
     /// applying the command stays deterministic).
@@ -74,12 +74,6 @@ impl ClusterState {
     /// The cluster settings, or the error that says the cluster is not created yet.
     pub fn cluster(&self) -> Result<&Cluster, ModelError> {
         self.cluster.as_ref().ok_or(ModelError::NotBootstrapped)
-    }
-
-    /// The password every shard's engine requires: the cluster secret. Replicas, proxies and
-    /// the primary node authenticate to engines with it.
-    pub fn engine_password(&self) -> Result<&str, ModelError> {
-        Ok(&self.cluster()?.secret)
     }
 
     /// The node bound to `addr`, if any.
@@ -383,11 +377,16 @@ mod tests {
     }
 
     #[test]
-    fn the_engine_password_is_the_cluster_secret_once_the_cluster_exists() {
+    fn engine_credentials_are_legacy_until_the_cluster_version_is_0_2_0() {
         let mut state = ClusterState::default();
-        assert_eq!(state.engine_password(), Err(ModelError::NotBootstrapped));
+        assert_eq!(state.engine_credentials(), Err(ModelError::NotBootstrapped));
         state.apply(create());
-        assert_eq!(state.engine_password(), Ok("s"));
+        let credentials = state.engine_credentials().unwrap();
+        assert_eq!(credentials.secret, "s");
+        assert!(credentials.legacy, "a 0.1.0 cluster keeps the default user");
+        assert_eq!(credentials.users, crate::EngineUsers::derive("s"));
+        state.cluster.as_mut().unwrap().cluster_version = Some("0.2.0".into());
+        assert!(!state.engine_credentials().unwrap().legacy);
     }
 
     #[test]

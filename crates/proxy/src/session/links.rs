@@ -127,11 +127,9 @@ impl ShardLinks {
         let addr = primary_of(topology, shard)?;
         if self.conns[index].is_none() {
             let conn = match &self.shared {
-                Some(pool) if protocol == Protocol::Resp2 => Conn::Shared(pool.conn(
-                    topology.shard_uid(shard),
-                    addr,
-                    topology.shard_password(),
-                )),
+                Some(pool) if protocol == Protocol::Resp2 => {
+                    Conn::Shared(pool.conn(topology.shard_uid(shard), addr, topology.shard_login()))
+                }
                 _ => Conn::Own(self.connect_to(shard, addr, topology, protocol).await?),
             };
             self.conns[index] = Some(conn);
@@ -171,8 +169,8 @@ impl ShardLinks {
     ) -> Result<ShardConn, ShardError> {
         let generation = self.next_generation();
         let uid = topology.shard_uid(shard);
-        let password = topology.shard_password();
-        ShardConn::connect(uid, addr, password, protocol, generation).await
+        let login = topology.shard_login();
+        ShardConn::connect(uid, addr, login, protocol, generation).await
     }
 
     /// Appends `request` to the pipeline of connection `index`.
@@ -269,22 +267,25 @@ impl ShardLinks {
         self.retries.resize_with(count, || None);
     }
 
-    /// Drops broken connections and those to a former primary; a connection opened to resend
-    /// writes to the current primary takes its place.
+    /// Drops broken connections, those to a former primary and those not logged in as the
+    /// topology asks (see [`ShardConn::logged_in_as`]: the cluster moved to the proxy user, or
+    /// a fallback login is due to be tried again); a connection opened to resend writes to the
+    /// current primary takes its place. Between batches, so nothing is in flight on them.
     pub fn drop_stale(&mut self, topology: &Topology) {
+        let login = topology.shard_login();
         for (index, slot) in self.conns.iter_mut().enumerate() {
             let primary = topology.primary(ShardIndex(index as u16));
             let stale = |broken: bool, addr: SocketAddr| broken || Some(addr) != primary;
             if slot
                 .as_ref()
-                .is_some_and(|c| stale(c.is_broken(), c.addr()))
+                .is_some_and(|c| stale(c.is_broken(), c.addr()) || !c.logged_in_as(login))
             {
                 *slot = None;
             }
             let retry = self.retries.get_mut(index).and_then(Option::take);
             if slot.is_none() {
                 *slot = retry
-                    .filter(|c| !stale(c.is_broken(), c.addr()))
+                    .filter(|c| !stale(c.is_broken(), c.addr()) && c.logged_in_as(login))
                     .map(Conn::Own);
             }
         }

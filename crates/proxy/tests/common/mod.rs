@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use flotilla_engine::{adopt, start, EngineCatalog, EngineVersion, Persistence, ShardSpec};
+use flotilla_model::{EngineUsers, ADMIN_USER, PROXY_USER};
 use flotilla_proxy::{
     endpoint_control, serve_controlled, EndpointControl, EndpointStats, ProxyOptions, ShardIndex,
-    Topology,
+    ShardLogin, Topology,
 };
 use flotilla_resp::{Decoder, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -96,8 +97,15 @@ impl Setup {
                 .unwrap_or_else(|e| panic!("start engine {}: {e}", spec.addr()));
         }
         let primaries = (0..shards).map(|i| setup.engine_addr(i)).collect();
-        let topology =
-            Topology::even(password.map(str::to_owned), SHARD_PASSWORD, primaries).unwrap();
+        // The engines' proxy user, as in a cluster: every test runs the data path with the
+        // permissions the proxy has there.
+        let topology = Topology::even(password.map(str::to_owned), "", primaries)
+            .unwrap()
+            .with_shard_login(ShardLogin {
+                user: Some(PROXY_USER.into()),
+                password: users().proxy,
+                fallback: None,
+            });
         let (tx, rx) = watch::channel(topology);
         let listener = TcpListener::bind(setup.endpoint).await.unwrap();
         let listener = listener.into_std().unwrap();
@@ -178,7 +186,8 @@ impl Setup {
     /// The engine crate's client for engine `i` (replication and fencing commands).
     pub async fn engine(&self, i: usize) -> flotilla_engine::EngineClient {
         let addr = self.engine_addr(i);
-        flotilla_engine::EngineClient::connect(addr.ip(), addr.port(), SHARD_PASSWORD)
+        let login = flotilla_engine::EngineLogin::admin(&users(), SHARD_PASSWORD);
+        flotilla_engine::EngineClient::connect(addr.ip(), addr.port(), &login)
             .await
             .unwrap_or_else(|e| panic!("connect to engine {addr}: {e}"))
     }
@@ -215,7 +224,8 @@ impl Setup {
 
     /// A direct, authenticated connection to engine `i`, bypassing the proxy.
     pub async fn direct(&self, i: usize) -> redis::aio::MultiplexedConnection {
-        let url = format!("redis://:{SHARD_PASSWORD}@{}/", self.engine_addr(i));
+        let admin = users().admin;
+        let url = format!("redis://{ADMIN_USER}:{admin}@{}/", self.engine_addr(i));
         redis::Client::open(url)
             .unwrap()
             .get_multiplexed_async_connection()
@@ -264,12 +274,20 @@ fn shard_spec(ip: IpAddr, i: usize, dir: &std::path::Path) -> ShardSpec {
         bind: ip,
         port: FIRST_SHARD_PORT + i as u16,
         password: SHARD_PASSWORD.into(),
+        users: Some(users()),
+        legacy: false,
         maxmemory_bytes: 128 << 20,
         eviction: Default::default(),
         persistence: Persistence::None,
         dir: dir.join(format!("shard-{i}")),
         replica_of: None,
     }
+}
+
+/// The engines' users, derived from [`SHARD_PASSWORD`] as a cluster derives them from its
+/// secret.
+pub fn users() -> EngineUsers {
+    EngineUsers::derive(SHARD_PASSWORD)
 }
 
 fn placeholder() -> Topology {
