@@ -162,6 +162,7 @@ fn ping(stream: &mut TcpStream) {
 }
 
 fn create(cluster: &DevCluster, name: &str, port: u16, extra: &[&str]) -> serde_json::Value {
+    let addr = endpoint(cluster, port);
     let port = port.to_string();
     let mut args = vec![
         "--name",
@@ -176,7 +177,12 @@ fn create(cluster: &DevCluster, name: &str, port: u16, extra: &[&str]) -> serde_
         "redis-7.0",
     ];
     args.extend_from_slice(extra);
-    cluster.create_db(&args)
+    let bdb = cluster.create_db(&args);
+    let serving = poll_until(Duration::from_secs(10), || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+    });
+    assert!(serving, "node 1 serves the endpoint of {name}");
+    bdb
 }
 
 #[test]
@@ -525,6 +531,14 @@ fn auth_ok(cluster: &DevCluster, n: u8, port: u16, password: &str) -> bool {
         .is_ok_and(|pong| pong == "PONG")
 }
 
+/// Whether node `n`'s endpoint lets a client in with `password` within 10 s (an endpoint
+/// starts serving a new database, or again after its daemon restarted, a moment later).
+fn admits(cluster: &DevCluster, n: u8, port: u16, password: &str) -> bool {
+    poll_until(Duration::from_secs(10), || {
+        auth_ok(cluster, n, port, password)
+    })
+}
+
 /// How node `n`'s API says the database's password is stored (`None`: it does not say).
 fn password_storage(cluster: &DevCluster, n: u8, db: &str) -> Option<String> {
     let bdb = cluster.json(n, &["db", "show", db, "--json"]);
@@ -552,7 +566,7 @@ fn a_0_1_0_clusters_database_passwords_keep_working_and_are_hashed_at_finalizati
         &["--replication", "--db-password", "old-pw"],
     );
     for n in 1..=3 {
-        assert!(auth_ok(&cluster, n, 12176, "old-pw"), "node {n} on 0.1.0");
+        assert!(admits(&cluster, n, 12176, "old-pw"), "node {n} on 0.1.0");
         assert!(!auth_ok(&cluster, n, 12176, "wrong"));
     }
 
@@ -571,7 +585,7 @@ fn a_0_1_0_clusters_database_passwords_keep_working_and_are_hashed_at_finalizati
         "kept in plaintext while 0.1.0 nodes are members"
     );
     for n in 1..=3 {
-        assert!(auth_ok(&cluster, n, 12176, "old-pw"), "node {n}, mixed");
+        assert!(admits(&cluster, n, 12176, "old-pw"), "node {n}, mixed");
         assert!(!auth_ok(&cluster, n, 12176, "wrong"), "node {n}, mixed");
     }
 
@@ -591,7 +605,7 @@ fn a_0_1_0_clusters_database_passwords_keep_working_and_are_hashed_at_finalizati
             password_storage(&cluster, n, "secured").as_deref() == Some("sha256")
         });
         assert!(hashed, "node {n}'s store keeps the hash, not the password");
-        assert!(auth_ok(&cluster, n, 12176, "old-pw"), "node {n}, finalized");
+        assert!(admits(&cluster, n, 12176, "old-pw"), "node {n}, finalized");
         assert!(!auth_ok(&cluster, n, 12176, "wrong"), "node {n}, finalized");
     }
 
