@@ -735,7 +735,8 @@ async fn serve_https(
 
 async fn serve(listener: TcpListener, router: axum::Router, stop: watch::Receiver<bool>) {
     // Connection info gives handlers the client's address: failed logins count against it.
-    let service = in_node_span(router).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let service =
+        in_node_span(router).into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, service)
         .with_graceful_shutdown(stopped(stop))
         .await
