@@ -656,4 +656,19 @@ mod tests {
         assert_eq!(ticket.primary_node_rpc_addr, "127.0.0.11:3333");
         assert_eq!(serde_json::to_string(&ticket).unwrap(), old);
     }
+
+    #[test]
+    fn a_join_request_keeps_the_json_of_0_1_0_and_adds_its_signing_request_alone() {
+        let old = r#"{"username":"admin","password":"pw","node":{"addr":"127.0.0.12","software_version":"0.1.0","os":"Debian GNU/Linux 12 (bookworm)"}}"#;
+        let mut request: JoinRequest = serde_json::from_str(old).unwrap();
+        assert_eq!(request.csr, None);
+        assert_eq!(serde_json::to_string(&request).unwrap(), old);
+        request.csr = Some("CSR".into());
+        let new = serde_json::to_string(&request).unwrap();
+        assert_eq!(new, old.replace("}}", r#"},"csr":"CSR"}"#));
+        let ticket = r#"{"uid":3,"secret":"s3cret","leader_rpc_addr":"127.0.0.11:3333","certificate":"C","ca_certificate":"CA"}"#;
+        let decoded: JoinTicket = serde_json::from_str(ticket).unwrap();
+        assert_eq!(decoded.certificate.as_deref(), Some("C"));
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), ticket);
+    }
 }
