@@ -155,6 +155,7 @@ fn threaded_runtime() -> tokio::runtime::Runtime {
 /// An HTTP client whose connections come from `source` (a loopback address of the test's
 /// subnet), so the node sees each stream of requests from an address of its own.
 fn from(source: Ipv4Addr) -> reqwest::Client {
+    flotilla_testkit::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .local_address(IpAddr::V4(source))
@@ -304,9 +305,17 @@ fn wrong_passwords_neither_starve_the_node_nor_go_unslowed() {
         assert_eq!(status(guesser.clone(), "again-12").await, 429, "still slowed");
         assert_eq!(status(from(subnet_186(61)), PASSWORD).await, 200);
 
-        // The unauthenticated internal join is slowed per address the same way.
-        let joiner = from(subnet_186(70));
-        let rpc = format!("http://{}:3333/internal/join", cluster.addr(1));
+        // The unauthenticated internal join is slowed per address the same way (over TLS:
+        // the cluster has a CA, and a joiner verifies the seed against it).
+        let ca = std::fs::read(cluster.cacert()).expect("dev up wrote the cluster CA");
+        let joiner = reqwest::Client::builder()
+            .no_proxy()
+            .local_address(IpAddr::V4(subnet_186(70)))
+            .timeout(Duration::from_secs(60))
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+            .build()
+            .unwrap();
+        let rpc = format!("https://{}:3333/internal/join", cluster.addr(1));
         let mut kinds = Vec::new();
         for _ in 0..11 {
             let request = serde_json::json!({
