@@ -608,10 +608,22 @@ async fn down(args: DownArgs) -> Result<()> {
 }
 
 /// True when `pid` is a flotilla daemon started on `data_dir` (guards against a reused pid).
+/// Paths are compared resolved (the daemon's relative `--data-dir` against its working dir), so
+/// `dev down --dir /abs/path` finds daemons that `dev up --dir rel/path` started.
 fn is_our_daemon(pid: u32, data_dir: &Path) -> bool {
     let args = process_args(pid);
-    let wanted = data_dir.to_string_lossy();
-    args.iter().any(|a| a == "start") && args.iter().any(|a| Path::new(a) == Path::new(&*wanted))
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let Ok(wanted) = std::fs::canonicalize(data_dir) else {
+        return false;
+    };
+    let names_it = |arg: &String| {
+        let path = match &cwd {
+            Some(cwd) if Path::new(arg).is_relative() => cwd.join(arg),
+            _ => PathBuf::from(arg),
+        };
+        std::fs::canonicalize(path).is_ok_and(|p| p == wanted)
+    };
+    args.iter().any(|a| a == "start") && args.iter().any(names_it)
 }
 
 /// The command line of process `pid` (empty when it is gone).
