@@ -3,7 +3,7 @@
 exactly as a client would, and prints it as JSON: {"ip": ..., "port": ...}.
 
 With --write, also SETs a fresh key through Sentinel(...).master_for(NAME) and GETs it back,
-adding "key", "value" and "read_back" to the JSON. An unknown name prints {"error": ...} and
+adding "key", "value" and "read_back" to the JSON (over TLS with --tls-ca CA). An unknown name prints {"error": ...} and
 exits with status 2. Run it with the python that scripts/python-env prints.
 """
 
@@ -34,14 +34,18 @@ def parse_args():
     parser.add_argument("--sentinel-password",
                         help="AUTH to the discovery service with this database password "
                              "(sentinel_kwargs): needed to find a database that has one")
+    parser.add_argument("--tls-ca",
+                        help="connect to the database with TLS, trusting this CA certificate "
+                             "(the discovery service itself stays plaintext, as sentinels usually are)")
     parser.add_argument("--timeout", type=float, default=5.0, help="socket timeout, seconds")
     return parser.parse_args()
 
 
 def write_through(sentinel, args):
     """SETs a fresh key through the discovered master and reads it back."""
+    tls = {"ssl": True, "ssl_ca_certs": args.tls_ca} if args.tls_ca else {}
     master = sentinel.master_for(args.name, password=args.password,
-                                 socket_timeout=args.timeout, decode_responses=True)
+                                 socket_timeout=args.timeout, decode_responses=True, **tls)
     key = f"flotilla:sentinel-check:{uuid.uuid4().hex}"
     value = uuid.uuid4().hex
     master.set(key, value)

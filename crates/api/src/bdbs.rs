@@ -96,6 +96,7 @@ fn spec_from(request: BdbCreate, addr: IpAddr) -> Result<BdbSpec, ApiError> {
         authentication_redis_pass,
         authentication_redis_pass_sha256: None,
         limits,
+        tls_mode: request.tls_mode.unwrap_or_default(),
     })
 }
 
@@ -129,6 +130,7 @@ fn bdb_info(state: &ClusterState, observed: &Observed, bdb: &Bdb) -> BdbInfo {
         password_protected: bdb.spec.has_password(),
         password_storage: password_storage(&bdb.spec).map(str::to_owned),
         limits: bdb.spec.limits,
+        tls_mode: bdb.spec.tls_mode,
         endpoints: vec![EndpointInfo {
             addr: state.nodes.values().map(|n| n.addr.to_string()).collect(),
             port: bdb.spec.port,
@@ -261,7 +263,7 @@ pub(crate) async fn update(
     if update == BdbUpdate::default() {
         return Err(ApiError::invalid(
             "bdb",
-            "no change given: pass memory_size, authentication_redis_pass or a client limit",
+            "no change given: pass memory_size, authentication_redis_pass, tls_mode or a client limit",
         ));
     }
     if update.memory_size == Some(0) {
@@ -281,6 +283,7 @@ pub(crate) async fn update(
         .clone()
         .map(|p| Some(p).filter(|p| !p.is_empty()));
     let (memory_size, asked_password) = (update.memory_size, password.clone());
+    let tls_mode = update.tls_mode;
     // The first release's encoding of "remove the password" decodes as "keep it"; the
     // removal has a field of its own, proposed once every node knows it (cluster version).
     let remove = password == Some(None);
@@ -297,6 +300,7 @@ pub(crate) async fn update(
             remove_authentication_redis_pass: remove,
             authentication_redis_pass_sha256: hashed,
             limits: update.limits(),
+            tls_mode: update.tls_mode,
         }),
         applied: move |state: &ClusterState| {
             let spec = &state.bdbs.get(&uid)?.spec;
@@ -305,7 +309,8 @@ pub(crate) async fn update(
                 Some(p) => spec.password_matches(p.as_bytes()),
                 None => !spec.has_password(),
             });
-            (memory && password && spec.limits == limits).then_some(CommandResult::Ok)
+            let tls = tls_mode.is_none_or(|mode| spec.tls_mode == mode);
+            (memory && password && tls && spec.limits == limits).then_some(CommandResult::Ok)
         },
         check: format!("flotilla db show {uid}"),
     };

@@ -22,8 +22,8 @@ use std::time::Duration;
 use flotilla_model::timing::HOLD_TIMEOUT;
 use flotilla_model::{Bdb, BdbUid, ClusterState, EngineCredentials, PROXY_USER};
 use flotilla_proxy::{
-    EndpointControl, EndpointStats, ProxyOptions, ShardLogin, SlotMap, StatsSnapshot, Topology,
-    SLOT_COUNT,
+    EndpointControl, EndpointStats, EndpointTls, ProxyOptions, ShardLogin, SlotMap, StatsSnapshot,
+    Topology, SLOT_COUNT,
 };
 use flotilla_store::{project, publish_if_changed, StateFeed, Wakes};
 use tokio::net::TcpListener;
@@ -76,6 +76,7 @@ pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
         .ok()?
         .with_password(bdb.spec.password())
         .with_limits(bdb.spec.limits)
+        .with_tls_mode(bdb.spec.tls_mode)
         .with_shard_login(login)
         .with_uids(bdb.uid, uids)
         .ok()?;
@@ -127,10 +128,18 @@ pub struct EndpointHandle {
 #[derive(Clone, Default)]
 pub struct Endpoints {
     served: Arc<Mutex<HashMap<BdbUid, Arc<EndpointHandle>>>>,
+    /// The TLS configuration every endpoint of a database in TLS mode presents.
+    tls: EndpointTls,
     inherited: Arc<Mutex<HashMap<u16, std::net::TcpListener>>>,
 }
 
 impl Endpoints {
+    /// The TLS configuration the endpoints of databases in TLS mode present to clients
+    /// accepted from now on (see [`EndpointTls`]).
+    pub fn set_tls(&self, config: Arc<flotilla_proxy::rustls::ServerConfig>) {
+        self.tls.set(config);
+    }
+
     /// Endpoints that start on listening sockets passed from the predecessor daemon (by port)
     /// before binding any themselves.
     pub fn inheriting(listeners: impl IntoIterator<Item = std::net::TcpListener>) -> Self {
@@ -281,8 +290,9 @@ async fn sync(
             Some(endpoint) => publish_if_changed(&endpoint.topology, topology.clone()),
             None => {
                 let listener = endpoints.take_inherited(served.port);
+                let tls = endpoints.tls.clone();
                 if let Some((endpoint, handle)) =
-                    open(addr, *uid, served, topology.clone(), listener).await
+                    open(addr, *uid, served, topology.clone(), listener, tls).await
                 {
                     running.insert(*uid, endpoint);
                     handles.insert(*uid, Arc::new(handle));
@@ -326,6 +336,7 @@ async fn open(
     served: &Served,
     topology: Topology,
     inherited: Option<std::net::TcpListener>,
+    tls: EndpointTls,
 ) -> Option<(Running, EndpointHandle)> {
     let port = served.port;
     let listener = listener_for(addr, uid, port, inherited).await?;
@@ -356,6 +367,7 @@ async fn open(
                     proxy_options(),
                     serve_stats,
                     inbox,
+                    tls,
                 )
                 .await
             }

@@ -147,6 +147,16 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
     let (stop_tx, stop) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let endpoints = Endpoints::inheriting(inheritance.endpoints);
+    // Until the store is open (a handover serves the endpoints first), the endpoints of TLS
+    // databases present the certificate the node's files hold.
+    match flotilla_store::tls::NodeTls::open(&args.data_dir, args.addr)
+        .and_then(|tls| flotilla_store::tls::rest_server_config(&tls))
+    {
+        Ok(config) => endpoints.set_tls(config),
+        Err(e) => {
+            tracing::warn!(error = %e, "no TLS for database endpoints until the store is open")
+        }
+    }
     let stats = StatsRegistry::default();
     let passed = inheritance.services;
 
@@ -206,6 +216,11 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
     let _pidfile = Pidfile::claim(&args.data_dir)?;
     let services = service_listeners(&args, passed).await?;
     let store = open_store(&args).await?;
+    // TLS databases' endpoints present the node's certificate, as REST does (a rotation
+    // shows at the next handshake).
+    let endpoint_tls = flotilla_store::tls::rest_server_config(store.tls())
+        .context("making the database endpoints' TLS configuration")?;
+    endpoints.set_tls(endpoint_tls);
     store.feed_into(feed_tx);
     spawn(
         &mut tasks,

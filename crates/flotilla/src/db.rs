@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use flotilla_client::Client;
 use flotilla_model::rest::{BdbCreate, BdbInfo, BdbUpdate, BdbUpgrade};
-use flotilla_model::DataPersistence;
+use flotilla_model::{DataPersistence, TlsMode};
 
 /// `flotilla db` subcommands.
 #[derive(Subcommand)]
@@ -38,6 +38,10 @@ pub enum DbCommand {
         /// New client limits.
         #[command(flatten)]
         limits: LimitArgs,
+        /// TLS on the endpoint: on (TLS only, the node's certificate from the cluster CA) or
+        /// off (plaintext). Clients already connected keep their connection.
+        #[arg(long, value_parser = parse_tls_mode)]
+        tls: Option<TlsMode>,
     },
     /// Upgrade a database's engine with no downtime: replicas first, then a switchover per
     /// shard, then the old primaries (Redis Software's `rladmin upgrade db`).
@@ -104,6 +108,10 @@ pub struct CreateArgs {
     /// Limits on client connections (defaults: see crates/proxy/COMMANDS.md).
     #[command(flatten)]
     limits: LimitArgs,
+    /// Serve the endpoint over TLS only, with the node's certificate from the cluster CA
+    /// (clients: redis-cli --tls --cacert CA).
+    #[arg(long)]
+    tls: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -139,6 +147,11 @@ impl LimitArgs {
             && self.client_output_timeout.is_none()
             && self.client_timeout.is_none()
     }
+}
+
+/// Parses `--tls on|off` (also Redis Software's `enabled` / `disabled`).
+fn parse_tls_mode(text: &str) -> Result<TlsMode, String> {
+    text.parse()
 }
 
 /// Parses `100mb`, `1gb`, `512kb`, `1024` (bytes); units are powers of 1024.
@@ -203,9 +216,10 @@ pub async fn run(client: &Client, command: DbCommand) -> Result<()> {
             memory,
             db_password,
             limits,
+            tls,
         } => {
-            if memory.is_none() && db_password.is_none() && limits.is_empty() {
-                bail!("nothing to change: pass --memory, --db-password or a client limit such as --max-connections");
+            if memory.is_none() && db_password.is_none() && limits.is_empty() && tls.is_none() {
+                bail!("nothing to change: pass --memory, --db-password, --tls or a client limit such as --max-connections");
             }
             let bdb = client.find_bdb(&db).await?;
             let update = BdbUpdate {
@@ -216,6 +230,7 @@ pub async fn run(client: &Client, command: DbCommand) -> Result<()> {
                 client_output_buffer_limit: limits.client_output_buffer_limit,
                 client_output_timeout: limits.client_output_timeout,
                 client_timeout: limits.client_timeout,
+                tls_mode: tls,
             };
             let bdb = client.update_bdb(bdb.uid, &update).await?;
             println!("database '{}' (db:{}) updated", bdb.name, bdb.uid);
@@ -274,6 +289,7 @@ async fn create(client: &Client, args: CreateArgs) -> Result<()> {
         client_output_buffer_limit: args.limits.client_output_buffer_limit,
         client_output_timeout: args.limits.client_output_timeout,
         client_timeout: args.limits.client_timeout,
+        tls_mode: args.tls.then_some(TlsMode::Enabled),
     };
     let bdb = client.create_bdb(&request).await?;
     if args.json {
@@ -333,6 +349,14 @@ fn print_details(bdb: &BdbInfo) {
             (false, _) => "none".to_string(),
             (true, Some(storage)) => format!("required (stored as {storage})"),
             (true, None) => "required".to_string(),
+        }
+    );
+    println!(
+        "  tls:          {}",
+        if bdb.tls_mode.is_enabled() {
+            "enabled (clients: --tls with the cluster CA)"
+        } else {
+            "disabled"
         }
     );
     let limits = &bdb.limits;

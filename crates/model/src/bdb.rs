@@ -139,6 +139,51 @@ pub struct BdbSpec {
     /// The limits on the endpoint's client connections (absent fields: their defaults).
     #[serde(flatten)]
     pub limits: ClientLimits,
+    /// Whether the endpoint serves TLS only (Redis Software's `tls_mode`). Absent from the
+    /// JSON while disabled (the first release's JSON has none); enabling it is a 0.2.0 command.
+    #[serde(default, skip_serializing_if = "TlsMode::is_disabled")]
+    pub tls_mode: TlsMode,
+}
+
+/// Whether a database's endpoint serves TLS (Redis Software's `tls_mode` values).
+///
+/// Exists so clients on untrusted networks reach a database encrypted and check the node's
+/// certificate against the cluster CA; an endpoint in TLS mode refuses plaintext clients, as
+/// Redis does with `tls-port` alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plaintext RESP (the default).
+    #[default]
+    Disabled,
+    /// TLS only, with the node's certificate from the cluster CA.
+    Enabled,
+}
+
+impl TlsMode {
+    /// Whether the endpoint serves plaintext (the default, left out of the JSON).
+    pub fn is_disabled(&self) -> bool {
+        *self == TlsMode::Disabled
+    }
+
+    /// Whether the endpoint serves TLS.
+    pub fn is_enabled(&self) -> bool {
+        *self == TlsMode::Enabled
+    }
+}
+
+impl FromStr for TlsMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "enabled" | "on" => Ok(TlsMode::Enabled),
+            "disabled" | "off" => Ok(TlsMode::Disabled),
+            other => Err(format!(
+                "'{other}' is not a TLS mode (enabled/on or disabled/off)"
+            )),
+        }
+    }
 }
 
 impl BdbSpec {

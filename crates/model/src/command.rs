@@ -215,6 +215,9 @@ pub struct BdbChange {
     /// New client-connection limits. Introduced in 0.2.0.
     #[serde(flatten)]
     pub limits: crate::bdb::ClientLimitsChange,
+    /// New TLS mode of the endpoint. Introduced in 0.2.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_mode: Option<crate::bdb::TlsMode>,
 }
 
 /// [`Command::FinalizeClusterVersion`]: the version the cluster moves to.
@@ -645,6 +648,8 @@ mod tests {
         r#"{"kind":"update_bdb","uid":1,"memory_size":null,"authentication_redis_pass":null,"authentication_redis_pass_sha256":"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"}"#,
         r#"{"kind":"update_bdb","uid":1,"memory_size":null,"authentication_redis_pass":null,"max_connections":100,"client_query_buffer_limit":1048576,"client_output_buffer_limit":33554432,"client_output_timeout":10,"client_timeout":300}"#,
         r#"{"kind":"create_bdb","bdb":{"name":"db1","port":12000,"memory_size":104857600,"shards_count":2,"replication":true,"data_persistence":"aof","redis_version":"redis-7.0","authentication_redis_pass":null,"authentication_redis_pass_sha256":"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8","max_connections":100,"client_timeout":300},"created_at":1700000001,"shards":[{"node_uid":1,"role":"master","assigned_slots":"0-8191","port":20001}]}"#,
+        r#"{"kind":"update_bdb","uid":1,"memory_size":null,"authentication_redis_pass":null,"tls_mode":"disabled"}"#,
+        r#"{"kind":"create_bdb","bdb":{"name":"db1","port":12000,"memory_size":104857600,"shards_count":1,"replication":false,"data_persistence":"disabled","redis_version":"redis-7.0","authentication_redis_pass":null,"tls_mode":"enabled"},"created_at":1700000001,"shards":[{"node_uid":1,"role":"master","assigned_slots":"0-16383","port":20001}]}"#,
         r#"{"kind":"create_cluster","name":"c1","credentials":{"username":"admin","password_hash":"$argon2id$v=19$x"},"secret":"s3cret","created_at":1700000000,"node":{"addr":"127.0.0.11","software_version":"0.2.0","os":"Debian GNU/Linux 12 (bookworm)"},"cluster_version":"0.2.0"}"#,
     ];
 

@@ -43,7 +43,7 @@ pub use action::{
 };
 pub use bdb::{
     sha256_hex, Bdb, BdbSpec, BdbUid, ClientLimits, ClientLimitsChange, DataPersistence,
-    DatabasePassword, Shard, ShardPlan, ShardRole, ShardUid, SlotRange,
+    DatabasePassword, Shard, ShardPlan, ShardRole, ShardUid, SlotRange, TlsMode,
     DEFAULT_CLIENT_OUTPUT_TIMEOUT, DEFAULT_CLIENT_QUERY_BUFFER_LIMIT, ENDPOINT_PORTS, MAX_SHARDS,
     MIN_CLIENT_QUERY_BUFFER_LIMIT, SHARD_PORTS, SLOT_COUNT,
 };

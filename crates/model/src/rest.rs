@@ -395,6 +395,10 @@ pub struct BdbCreate {
     /// Seconds before an idle client is closed (Redis's `timeout`; 0: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_timeout: Option<u32>,
+    /// `enabled`: the endpoint serves TLS only, with the node's certificate from the cluster
+    /// CA; `disabled` (the default): plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_mode: Option<crate::TlsMode>,
 }
 
 impl BdbCreate {
@@ -439,6 +443,10 @@ pub struct BdbUpdate {
     /// New: seconds before an idle client is closed (Redis's `timeout`; 0: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_timeout: Option<u32>,
+    /// New TLS mode of the endpoint (`enabled` / `disabled`); clients already connected keep
+    /// their connection as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_mode: Option<crate::TlsMode>,
 }
 
 impl BdbUpdate {
@@ -495,6 +503,9 @@ pub struct BdbInfo {
     /// [`crate::ClientLimits`]; absent fields have their defaults).
     #[serde(flatten, default)]
     pub limits: crate::ClientLimits,
+    /// `enabled` when the endpoint serves TLS only; absent when disabled (and from 0.1.0).
+    #[serde(default, skip_serializing_if = "crate::TlsMode::is_disabled")]
+    pub tls_mode: crate::TlsMode,
     /// Where clients connect.
     pub endpoints: Vec<EndpointInfo>,
     /// The database's shard uids.

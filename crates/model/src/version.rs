@@ -79,16 +79,18 @@ impl Command {
                 remove_authentication_redis_pass: true,
                 ..
             }) => VERSIONED_RELEASE,
-            // The first release knows neither hashed passwords nor client limits.
+            // The first release knows neither hashed passwords, client limits nor TLS endpoints.
             Command::UpdateBdb(change)
                 if change.authentication_redis_pass_sha256.is_some()
-                    || !change.limits.is_empty() =>
+                    || !change.limits.is_empty()
+                    || change.tls_mode.is_some() =>
             {
                 VERSIONED_RELEASE
             }
             Command::CreateBdb(creation)
                 if creation.bdb.authentication_redis_pass_sha256.is_some()
-                    || !creation.bdb.limits.is_default() =>
+                    || !creation.bdb.limits.is_default()
+                    || creation.bdb.tls_mode.is_enabled() =>
             {
                 VERSIONED_RELEASE
             }
@@ -203,6 +205,7 @@ mod tests {
             remove_authentication_redis_pass: true,
             authentication_redis_pass_sha256: None,
             limits: Default::default(),
+            tls_mode: Default::default(),
         });
         let err = state.check_proposable(&remove).unwrap_err().to_string();
         assert!(err.contains("needs cluster version 0.2.0"), "{err}");

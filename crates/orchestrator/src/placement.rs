@@ -245,6 +245,7 @@ pub(crate) mod tests {
             authentication_redis_pass: None,
             authentication_redis_pass_sha256: None,
             limits: Default::default(),
+            tls_mode: Default::default(),
         }
     }
 

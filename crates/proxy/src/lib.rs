@@ -85,6 +85,7 @@ mod session;
 mod shard;
 mod shared;
 mod stats;
+mod tls;
 mod verdict;
 
 pub use command::{lookup, lookup_request, Class, CommandSpec, KeySpec, LocalCommand, Merge};
@@ -106,5 +107,8 @@ pub use server::{
 pub use shard::ShardError;
 pub use slot::{key_slot, ShardIndex, SlotMap, SLOT_COUNT};
 pub use stats::{EndpointStats, LatencySnapshot, StatsSnapshot, LATENCY_BUCKETS_US};
+pub use tls::EndpointTls;
+/// The TLS library the endpoints use, for their [`EndpointTls`] configuration.
+pub use tokio_rustls::rustls;
 pub use topology::{ShardLogin, ShardName, Topology, TopologyError};
 pub use verdict::{Reason, Side, Verdict};

@@ -21,6 +21,7 @@ use crate::handover::DetachedSession;
 use crate::session::Session;
 use crate::shared::SharedPool;
 use crate::stats::EndpointStats;
+use crate::tls::{ClientStream, EndpointTls, HANDSHAKE_TIMEOUT};
 use crate::topology::Topology;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
@@ -116,7 +117,8 @@ pub async fn serve_with_stats(
     stats: EndpointStats,
 ) {
     let (_control, inbox) = endpoint_control();
-    serve_controlled(listener, topology, shutdown, options, stats, inbox).await;
+    let tls = EndpointTls::default();
+    serve_controlled(listener, topology, shutdown, options, stats, inbox, tls).await;
 }
 
 /// [`serve_with_stats`] under the control of the [`crate::EndpointControl`] that `inbox`
@@ -132,6 +134,7 @@ pub async fn serve_controlled(
     options: ProxyOptions,
     stats: EndpointStats,
     mut inbox: EndpointInbox,
+    tls: EndpointTls,
 ) {
     let mut sessions = Sessions {
         tasks: JoinSet::new(),
@@ -141,6 +144,7 @@ pub async fn serve_controlled(
         options,
         stats,
         counts: inbox.counts.clone(),
+        tls,
     };
     let mut accepting = true;
     tokio::pin!(shutdown);
@@ -187,6 +191,8 @@ struct Sessions {
     options: ProxyOptions,
     stats: EndpointStats,
     counts: Arc<Counts>,
+    /// The node's TLS configuration, for databases in TLS mode.
+    tls: EndpointTls,
 }
 
 /// What a client past the database's `max_connections` is answered before it is closed
@@ -218,6 +224,9 @@ impl Sessions {
 
     /// Starts a session for an accepted client connection.
     fn accept(&mut self, stream: TcpStream, peer: SocketAddr) {
+        if self.topology.borrow().tls_mode().is_enabled() {
+            return self.accept_tls(stream, peer);
+        }
         let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
         let (signals, rx) = mpsc::unbounded_channel();
         let session = Session::new(
@@ -230,6 +239,55 @@ impl Sessions {
             SessionControl::new(rx),
         );
         self.spawn(session, peer, signals, false);
+    }
+
+    /// Starts a session for a client of a database in TLS mode: its task completes the
+    /// handshake first (a plaintext client fails it and is closed, as is every client while
+    /// the node has no TLS configuration yet).
+    fn accept_tls(&mut self, stream: TcpStream, peer: SocketAddr) {
+        let Some(acceptor) = self.tls.acceptor() else {
+            tracing::warn!(%peer, "closing a client of a TLS database: the node has no certificate yet");
+            return;
+        };
+        let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
+        let (signals, rx) = mpsc::unbounded_channel();
+        let (topology, options, stats, shared) = (
+            self.topology.clone(),
+            self.options,
+            self.stats.clone(),
+            self.shared.clone(),
+        );
+        let counted = self.stats.connection();
+        self.counts.started(false);
+        let span = tracing::debug_span!("tls_handshake", client = id, %peer);
+        let task = self.tasks.spawn(
+            async move {
+                let _counted = counted;
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                let stream = match handshake.await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return Ended::Client;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return Ended::Client;
+                    }
+                };
+                let client = ClientStream::Tls(Box::new(stream));
+                let control = SessionControl::new(rx);
+                let session =
+                    Session::with_client(client, id, topology, options, stats, shared, control);
+                let span = session.span();
+                session.run().instrument(span).await.unwrap_or_else(|e| {
+                    tracing::debug!(%peer, error = %e, "client connection ended");
+                    Ended::Client
+                })
+            }
+            .instrument(span),
+        );
+        self.signals.insert(task.id(), signals);
     }
 
     /// Starts a session detached from another endpoint instance; returns its client id.

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use flotilla_model::{ClientLimits, DatabasePassword};
+use flotilla_model::{ClientLimits, DatabasePassword, TlsMode};
 
 use crate::slot::{ShardIndex, SlotMap, SlotMapError};
 
@@ -94,6 +94,7 @@ impl std::fmt::Debug for ShardLogin {
 pub struct Topology {
     password: Option<DatabasePassword>,
     limits: ClientLimits,
+    tls_mode: TlsMode,
     shard_login: Arc<ShardLogin>,
     slots: Arc<SlotMap>,
     primaries: Vec<SocketAddr>,
@@ -108,6 +109,7 @@ impl std::fmt::Debug for Topology {
         f.debug_struct("Topology")
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("limits", &self.limits)
+            .field("tls_mode", &self.tls_mode)
             .field("shard_login", &self.shard_login)
             .field("shards", &self.slots.shard_count())
             .field("primaries", &self.primaries)
@@ -138,6 +140,7 @@ impl Topology {
         Ok(Topology {
             password: password.map(DatabasePassword::Plain),
             limits: ClientLimits::default(),
+            tls_mode: TlsMode::Disabled,
             shard_login: Arc::new(ShardLogin::default_user(shard_password)),
             slots: Arc::new(slots),
             holds: vec![false; primaries.len()],
@@ -246,6 +249,18 @@ impl Topology {
     /// The database password clients must send with AUTH or HELLO, if any.
     pub fn password(&self) -> Option<&DatabasePassword> {
         self.password.as_ref()
+    }
+
+    /// The same topology with the endpoint in `mode` (TLS only, or plaintext); the mode
+    /// applies to clients accepted from then on.
+    pub fn with_tls_mode(mut self, mode: TlsMode) -> Self {
+        self.tls_mode = mode;
+        self
+    }
+
+    /// Whether the endpoint accepts TLS clients only.
+    pub fn tls_mode(&self) -> TlsMode {
+        self.tls_mode
     }
 
     /// The limits on client connections.

@@ -100,6 +100,7 @@ async fn main() {
             remove_authentication_redis_pass: false,
             authentication_redis_pass_sha256: None,
             limits: Default::default(),
+            tls_mode: Default::default(),
         });
         let started = Instant::now();
         one.store.propose(change).await.expect("changed");

@@ -137,6 +137,7 @@ impl TestNode {
                 authentication_redis_pass: None,
                 authentication_redis_pass_sha256: None,
                 limits: Default::default(),
+                tls_mode: Default::default(),
             },
             created_at: 0,
             shards: vec![

@@ -113,6 +113,9 @@ impl ClusterState {
                 spec.authentication_redis_pass_sha256 = None;
             }
             spec.limits.apply(&change.limits);
+            if let Some(mode) = change.tls_mode {
+                spec.tls_mode = mode;
+            }
             if hashed {
                 spec.hash_password();
             }
@@ -216,6 +219,7 @@ mod tests {
             remove_authentication_redis_pass: false,
             authentication_redis_pass_sha256: None,
             limits: Default::default(),
+            tls_mode: Default::default(),
         };
         state.apply(Command::UpdateBdb(plain));
         let stored = &state.bdbs[&1].spec;
@@ -242,8 +246,10 @@ mod tests {
                 client_timeout: Some(30),
                 ..Default::default()
             },
+            tls_mode: Some(crate::bdb::TlsMode::Enabled),
         };
         state.apply(Command::UpdateBdb(change));
+        assert!(state.bdbs[&1].spec.tls_mode.is_enabled());
         let limits = state.bdbs[&1].spec.limits;
         assert_eq!((limits.max_connections, limits.client_timeout), (5, 30));
         assert_eq!(

@@ -55,6 +55,9 @@ impl Session {
     /// given back by [`super::replies::ReplyQueue::resolve_all`]), waits for a reply on its own
     /// connection; `None` when it cannot move now (the session then waits for the reply).
     pub(super) fn capture_blocked(&self, blocked: &Pending) -> Option<SessionState> {
+        if self.client.stream.is_tls() {
+            return None;
+        }
         let Pending::Blocking(source, _) = blocked else {
             return None;
         };

@@ -30,7 +30,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use flotilla_model::ClientLimits;
 use flotilla_resp::{ProtocolError, Request, RequestDecoder, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -44,6 +44,7 @@ use crate::server::ProxyOptions;
 use crate::shared::SharedPool;
 use crate::slot::ShardIndex;
 use crate::stats::EndpointStats;
+use crate::tls::ClientStream;
 use crate::topology::Topology;
 
 mod detach;
@@ -116,7 +117,7 @@ impl OutputBounds {
 
 /// The client's side of the connection: its socket and buffers.
 pub(super) struct ClientIo {
-    stream: TcpStream,
+    stream: ClientStream,
     /// Bytes received and not yet decoded.
     input: BytesMut,
     /// Replies not yet written (written once [`FLUSH_AT`] bytes are pending, and at the end
@@ -133,7 +134,7 @@ pub(super) struct ClientIo {
 }
 
 impl ClientIo {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: ClientStream) -> Self {
         ClientIo {
             stream,
             input: BytesMut::new(),
@@ -159,16 +160,28 @@ impl ClientIo {
     /// The input buffer gets room only once the socket is readable, so a connection waiting
     /// for its client holds no buffer (see [`ClientIo::release_idle_buffers`]).
     async fn read(&mut self) -> io::Result<bool> {
-        loop {
-            self.stream.readable().await?;
-            if self.input.capacity() - self.input.len() < READ_CHUNK / 4 {
-                self.input.reserve(READ_CHUNK);
+        let ClientIo {
+            stream,
+            input,
+            output,
+            ..
+        } = self;
+        let plain = match stream {
+            ClientStream::Plain(plain) => plain,
+            ClientStream::Tls(tls) => {
+                // TLS decrypts into its own buffers: read once the buffer has room.
+                reserve_input(input);
+                return Ok(tls.read_buf(input).await? > 0);
             }
-            match self.stream.try_read_buf(&mut self.input) {
+        };
+        loop {
+            plain.readable().await?;
+            reserve_input(input);
+            match plain.try_read_buf(input) {
                 Ok(read) => return Ok(read > 0),
                 // A spurious wake-up (a new socket is reported ready once): wait again
                 // without the buffer.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.release_idle_buffers(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => release_idle(input, output),
                 Err(e) => return Err(e),
             }
         }
@@ -177,12 +190,7 @@ impl ClientIo {
     /// Frees the buffers while they are empty: between requests, a connection costs its
     /// socket and its session, not 16 KB of buffers.
     fn release_idle_buffers(&mut self) {
-        if self.input.is_empty() && self.input.capacity() > 0 {
-            self.input = BytesMut::new();
-        }
-        if self.output.is_empty() && self.output.capacity() > 0 {
-            self.output = BytesMut::new();
-        }
+        release_idle(&mut self.input, &mut self.output);
     }
 
     /// Writes the output buffer to the client, within the output timeout; an error once the
@@ -259,15 +267,34 @@ impl ClientIo {
     }
 }
 
+/// Gives the input buffer room for a read when it has little left.
+fn reserve_input(input: &mut BytesMut) {
+    if input.capacity() - input.len() < READ_CHUNK / 4 {
+        input.reserve(READ_CHUNK);
+    }
+}
+
+/// Frees `input` and `output` while they are empty (see [`ClientIo::release_idle_buffers`]).
+fn release_idle(input: &mut BytesMut, output: &mut BytesMut) {
+    if input.is_empty() && input.capacity() > 0 {
+        *input = BytesMut::new();
+    }
+    if output.is_empty() && output.capacity() > 0 {
+        *output = BytesMut::new();
+    }
+}
+
 /// Writes `bytes` to `stream`; with a `timeout`, fails once the client takes no byte for that
 /// long (it does not read its replies).
 async fn write_within(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     bytes: &[u8],
     timeout: Option<Duration>,
 ) -> io::Result<()> {
     let Some(timeout) = timeout else {
-        return stream.write_all(bytes).await;
+        stream.write_all(bytes).await?;
+        // TLS keeps what it could not send yet in its own buffer.
+        return stream.flush().await;
     };
     let mut at = 0;
     while at < bytes.len() {
@@ -286,6 +313,11 @@ async fn write_within(
             return Err(io::ErrorKind::WriteZero.into());
         }
         at += written;
+    }
+    if stream.is_tls() {
+        tokio::time::timeout(timeout, stream.flush())
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
     }
     Ok(())
 }
@@ -399,11 +431,25 @@ impl Session {
         shared: Option<SharedPool>,
         control: SessionControl,
     ) -> Self {
+        let client = ClientStream::Plain(stream);
+        Session::with_client(client, id, topology_rx, options, stats, shared, control)
+    }
+
+    /// A session for an accepted client connection, plaintext or TLS.
+    pub(crate) fn with_client(
+        stream: ClientStream,
+        id: u64,
+        topology_rx: watch::Receiver<Topology>,
+        options: ProxyOptions,
+        stats: EndpointStats,
+        shared: Option<SharedPool>,
+        control: SessionControl,
+    ) -> Self {
         let view = TopologyView::new(topology_rx);
         let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
-        let peer = stream.peer_addr().unwrap_or(unknown);
-        let local = stream.local_addr().unwrap_or(unknown);
-        let _ = stream.set_nodelay(true);
+        let peer = stream.tcp().peer_addr().unwrap_or(unknown);
+        let local = stream.tcp().local_addr().unwrap_or(unknown);
+        let _ = stream.tcp().set_nodelay(true);
         let shard_count = view.current.shard_count();
         let state = ClientState::new(id, peer, local, view.current.password());
         let mut client = ClientIo::new(stream);
@@ -569,7 +615,8 @@ impl Session {
         if !self.control.stopping() {
             return Step::Serve;
         }
-        if self.control.wants_detach() {
+        // A TLS session cannot leave the process: it is closed at a boundary instead.
+        if self.control.wants_detach() && !self.client.stream.is_tls() {
             return self
                 .capture()
                 .map_or(Step::Serve, |state| Step::Detach(Box::new(state)));

@@ -261,8 +261,9 @@ fn serve(
     let shutdown = async {
         let _ = stopped.await;
     };
+    let tls = flotilla_proxy::EndpointTls::default();
     tokio::spawn(serve_controlled(
-        listener, topology, shutdown, options, stats, inbox,
+        listener, topology, shutdown, options, stats, inbox, tls,
     ));
     (control, stop)
 }
