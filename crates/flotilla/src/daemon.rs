@@ -55,9 +55,12 @@ pub struct StartArgs {
     /// Kept in the data dir, so the node reports the same OS after a restart without it.
     #[arg(long)]
     pub os_release: Option<PathBuf>,
-    /// REST API port (plain HTTP).
-    #[arg(long, default_value_t = 8080)]
-    pub rest_port: u16,
+    /// Also serve the REST API over plain HTTP on this port (e.g. 8080): off unless given, as
+    /// HTTPS on `--rest-tls-port` is always served. Release 0.1.0 served only plain HTTP on
+    /// 8080 (its `--rest-port`, accepted here too); a node upgraded from it keeps doing so (the
+    /// upgrade passes this flag) so operators' scripts keep working.
+    #[arg(long = "http-port", alias = "rest-port")]
+    pub http_port: Option<u16>,
     /// REST API port over HTTPS: the node's certificate from the cluster CA (clients trust the
     /// CA with `--cacert`), a self-signed one before the node is in a cluster.
     #[arg(long, default_value_t = REST_TLS_PORT)]
@@ -80,7 +83,8 @@ pub struct StartArgs {
 impl StartArgs {
     fn ports(&self) -> NodePorts {
         NodePorts {
-            rest: self.rest_port,
+            rest: self.rest_tls_port,
+            http: self.http_port,
             rpc: self.rpc_port,
             discovery: flotilla_discovery::DISCOVERY_PORT,
             metrics: flotilla_metrics::DEFAULT_PORT,
@@ -384,7 +388,12 @@ fn open_package(args: &StartArgs) -> Result<Option<Package>> {
 async fn service_listeners(args: &StartArgs, passed: PassedServices) -> Result<ServiceListeners> {
     let ports = args.ports();
     Ok(ServiceListeners {
-        rest: take_or_bind(passed.rest, args.addr, ports.rest, "REST API").await?,
+        rest: match (passed.rest, ports.http) {
+            // A predecessor that served plain HTTP passes it on: its clients keep working.
+            (Some(listener), _) => Some(listener),
+            (None, Some(port)) => Some(bind(args.addr, port, "REST API (HTTP)").await?.into_std()?),
+            (None, None) => None,
+        },
         rpc: take_or_bind(passed.rpc, args.addr, ports.rpc, "internal RPC").await?,
         discovery: take_or_bind(
             passed.discovery,
@@ -533,7 +542,9 @@ async fn start_back(
             stop.clone(),
         ),
     );
-    spawn(tasks, serve(serving(&services.rest)?, rest, stop.clone()));
+    if let Some(http) = &services.rest {
+        spawn(tasks, serve(serving(http)?, rest, stop.clone()));
+    }
     spawn(
         tasks,
         flotilla_orchestrator::failover::run_failover(

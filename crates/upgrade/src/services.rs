@@ -8,8 +8,9 @@ use flotilla_handover::Service;
 /// The listening sockets of the REST API, internal RPC, discovery and metrics.
 #[derive(Debug)]
 pub struct ServiceListeners {
-    /// REST API.
-    pub rest: TcpListener,
+    /// REST API over plain HTTP, if the node serves it (`--http-port`). HTTPS is bound by the
+    /// daemon itself, retried until the predecessor lets go.
+    pub rest: Option<TcpListener>,
     /// Internal RPC and Raft.
     pub rpc: TcpListener,
     /// Discovery (Sentinel API).
@@ -22,7 +23,7 @@ impl ServiceListeners {
     /// Duplicates of every socket (the same listening sockets, new descriptors).
     pub fn try_clone(&self) -> std::io::Result<ServiceListeners> {
         Ok(ServiceListeners {
-            rest: self.rest.try_clone()?,
+            rest: self.rest.as_ref().map(TcpListener::try_clone).transpose()?,
             rpc: self.rpc.try_clone()?,
             discovery: self.discovery.try_clone()?,
             metrics: self.metrics.try_clone()?,
@@ -30,13 +31,15 @@ impl ServiceListeners {
     }
 
     /// Each socket with the service it belongs to.
-    pub fn each(&self) -> [(Service, &TcpListener); 4] {
-        [
-            (Service::Rest, &self.rest),
-            (Service::Rpc, &self.rpc),
-            (Service::Discovery, &self.discovery),
-            (Service::Metrics, &self.metrics),
-        ]
+    pub fn each(&self) -> Vec<(Service, &TcpListener)> {
+        let rest = self.rest.as_ref().map(|l| (Service::Rest, l));
+        rest.into_iter()
+            .chain([
+                (Service::Rpc, &self.rpc),
+                (Service::Discovery, &self.discovery),
+                (Service::Metrics, &self.metrics),
+            ])
+            .collect()
     }
 }
 
