@@ -394,6 +394,16 @@ async fn service_listeners(args: &StartArgs, passed: PassedServices) -> Result<S
             (None, Some(port)) => Some(bind(args.addr, port, "REST API (HTTP)").await?.into_std()?),
             (None, None) => None,
         },
+        rest_tls: match (passed.rest_tls, args.handover_fd) {
+            (Some(listener), _) => Some(listener),
+            (None, None) => Some(
+                bind(args.addr, args.rest_tls_port, "REST API (HTTPS)")
+                    .await?
+                    .into_std()?,
+            ),
+            // A predecessor that did not pass it may hold it a while yet: bound when it lets go.
+            (None, Some(_)) => None,
+        },
         rpc: take_or_bind(passed.rpc, args.addr, ports.rpc, "internal RPC").await?,
         discovery: take_or_bind(
             passed.discovery,
@@ -535,8 +545,8 @@ async fn start_back(
     spawn(
         tasks,
         serve_https(
-            args.addr,
-            args.rest_tls_port,
+            services.rest_tls.as_ref().map(serving).transpose()?,
+            (args.addr, args.rest_tls_port),
             rest.clone(),
             https,
             stop.clone(),
@@ -716,29 +726,32 @@ async fn serve_rpc(
     flotilla_store::listener::serve(listener, in_node_span(router), policy, stop).await;
 }
 
-/// The REST API over HTTPS. Its port is not passed in a handover: the listener is bound
-/// here, retried until a predecessor daemon let go of it.
+/// The REST API over HTTPS on `listener` (bound or passed in a handover), else on `addr`,
+/// bound here, retried until a predecessor daemon that did not pass it let go of it.
 async fn serve_https(
-    addr: IpAddr,
-    port: u16,
+    listener: Option<TcpListener>,
+    (addr, port): (IpAddr, u16),
     router: axum::Router,
     config: std::sync::Arc<rustls::ServerConfig>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let listener = loop {
-        match TcpListener::bind((addr, port)).await {
-            Ok(listener) => break listener,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+    let listener = match listener {
+        Some(listener) => listener,
+        None => loop {
+            match TcpListener::bind((addr, port)).await {
+                Ok(listener) => break listener,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "binding the REST API's HTTPS port {addr}:{port}");
+                    return;
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "binding the REST API's HTTPS port {addr}:{port}");
-                return;
-            }
-        }
+        },
     };
     let policy = std::sync::Arc::new(flotilla_store::tls::HttpsOnly(config));
     flotilla_store::listener::serve(listener, in_node_span(router), policy, stop).await;

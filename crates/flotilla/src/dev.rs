@@ -156,6 +156,17 @@ fn dev_credentials(conn: &Connection) -> (String, String) {
     (user, password)
 }
 
+/// A client of the cluster at `conn` (its `--cacert` too) with the dev credentials.
+fn dev_client(conn: &Connection) -> Client {
+    let (user, password) = dev_credentials(conn);
+    Connection {
+        user: Some(user),
+        password: Some(password),
+        ..conn.clone()
+    }
+    .client()
+}
+
 /// The numbers of the node dirs in `dir` (`node-N`).
 fn node_numbers(dir: &Path) -> Result<Vec<u8>> {
     let mut numbers = Vec::new();
@@ -190,8 +201,7 @@ pub async fn add_node(conn: &Connection, args: AddNodeArgs) -> Result<()> {
 }
 
 async fn remove_node(conn: &Connection, args: RemoveNodeArgs) -> Result<()> {
-    let (user, password) = dev_credentials(conn);
-    let client = Client::new(&conn.url, Some(user), Some(password));
+    let client = dev_client(conn);
     let node = client.node(args.uid).await?;
     let action = client.remove_node(args.uid).await?;
     println!(
@@ -276,7 +286,7 @@ async fn start_and_join(
     replacing: Option<u64>,
 ) -> Result<u64> {
     let (user, password) = dev_credentials(conn);
-    let members = Client::new(&conn.url, Some(user.clone()), Some(password.clone()))
+    let members = dev_client(conn)
         .nodes()
         .await
         .with_context(|| format!("asking {} for the cluster's nodes", conn.url))?;
