@@ -65,6 +65,16 @@ impl DevCluster {
     /// [`DevCluster::up`] with extra environment for the daemons (e.g. failpoints), kept for
     /// every later `dev up` of this cluster.
     pub fn up_with_env(bin: &Path, subnet: u8, nodes: u8, env: &[(&str, &str)]) -> Self {
+        Self::start(bin, subnet, nodes, env, true)
+    }
+
+    /// [`DevCluster::up`] without plain HTTP: the nodes serve the REST API only over HTTPS
+    /// (the default of `node start` and `dev up`), and the CLI trusts the cluster CA.
+    pub fn up_https_only(bin: &Path, subnet: u8, nodes: u8) -> Self {
+        Self::start(bin, subnet, nodes, &[], false)
+    }
+
+    fn start(bin: &Path, subnet: u8, nodes: u8, env: &[(&str, &str)], plain_http: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("flotilla-test-")
             .tempdir()
@@ -78,26 +88,7 @@ impl DevCluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            plain_http: true,
-        };
-        cluster.dev_up();
-        cluster
-    }
-
-    /// [`DevCluster::up`] without plain HTTP: the nodes serve the REST API only over HTTPS
-    /// (the default of `node start` and `dev up`), and the CLI trusts the cluster CA.
-    pub fn up_https_only(bin: &Path, subnet: u8, nodes: u8) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("flotilla-test-")
-            .tempdir()
-            .expect("temp dir");
-        let cluster = Self {
-            bin: bin.to_path_buf(),
-            dir,
-            base: Ipv4Addr::new(127, 0, subnet, 11),
-            nodes,
-            env: Vec::new(),
-            plain_http: false,
+            plain_http,
         };
         cluster.dev_up();
         cluster
