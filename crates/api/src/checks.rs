@@ -23,6 +23,8 @@ use crate::{ApiContext, ApiError};
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// A clock further than this from the primary node's is reported.
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(2);
+/// The port 0.1.0 nodes serve the REST API on (plain HTTP only), and a node that kept it.
+const PLAIN_HTTP_PORT: u16 = 8080;
 
 /// `GET /v1/nodes/{uid}/check`: rlcheck's tests on this node.
 pub(crate) async fn node_check(
@@ -130,15 +132,20 @@ async fn clock_skew(context: &ApiContext) -> Check {
             "wait for an election (`flotilla status`) and run the check again",
         );
     };
-    let url = format!("http://{primary}:{}/v1/health", context.local.ports.rest);
+    // Over HTTPS with the node's client from the cluster CA; a cluster without a CA (0.1.0
+    // members) is read over plain HTTP on 0.1.0's port.
+    let (http, url) = match context.store.tls().client() {
+        Some(client) => (
+            client,
+            format!("https://{primary}:{}/v1/health", context.local.ports.rest),
+        ),
+        None => (
+            context.store.http().clone(),
+            format!("http://{primary}:{PLAIN_HTTP_PORT}/v1/health"),
+        ),
+    };
     let before = std::time::SystemTime::now();
-    let answer = context
-        .store
-        .http()
-        .get(&url)
-        .timeout(PROBE_TIMEOUT * 4)
-        .send()
-        .await;
+    let answer = http.get(&url).timeout(PROBE_TIMEOUT * 4).send().await;
     let date = answer
         .ok()
         .and_then(|r| r.headers().get("date").cloned())
@@ -228,11 +235,17 @@ fn port_needs(context: &ApiContext, state: &ClusterState) -> Vec<PortNeed> {
         purpose,
     };
     let mut needs = vec![
-        need(local.ports.rest, "REST API (HTTP)".into()),
+        need(local.ports.rest, "REST API (HTTPS)".into()),
         need(local.ports.rpc, "internal RPC and Raft".into()),
         need(local.ports.discovery, "discovery (Sentinel API)".into()),
         need(local.ports.metrics, "metrics".into()),
     ];
+    needs.extend(
+        local
+            .ports
+            .http
+            .map(|port| need(port, "REST API (plain HTTP, --http-port)".into())),
+    );
     needs.extend(
         state
             .bdbs

@@ -13,8 +13,10 @@ use crate::BootstrapToken;
 /// The ports one node serves (DESIGN.md's ports table; the same on every node).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NodePorts {
-    /// REST API (HTTP).
+    /// REST API over HTTPS (9443), always served.
     pub rest: u16,
+    /// REST API over plain HTTP (8080), only if the operator enabled it (`--http-port`).
+    pub http: Option<u16>,
     /// Internal RPC and Raft.
     pub rpc: u16,
     /// Discovery (Sentinel API).

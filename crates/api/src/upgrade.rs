@@ -93,7 +93,7 @@ pub(crate) fn require_this_node(context: &ApiContext, uid: &str) -> Result<(), A
         status: StatusCode::CONFLICT,
         error_code: "other_node",
         description: format!(
-            "node {uid} answers this itself: send it to http://{}:{} (the CLI does so when given the node's uid)",
+            "node {uid} answers this itself: send it to https://{}:{} (the CLI does so when given the node's uid)",
             node.addr, context.local.ports.rest
         ),
     })

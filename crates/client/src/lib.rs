@@ -55,6 +55,26 @@ impl ClientError {
     }
 }
 
+/// Why a request could not be sent, with its causes; a node certificate the client does not
+/// trust gets the remedy (`--cacert`), the usual cause when the cluster CA was not given.
+fn sending_failed(error: &reqwest::Error) -> String {
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        reason.push_str(": ");
+        reason.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if reason.contains("certificate") {
+        reason.push_str(
+            "; the node's HTTPS certificate is not trusted: give the cluster CA with --cacert FILE \
+             (FLOTILLA_CACERT; a node's DATA_DIR/tls/ca.crt, or DATA_DIR/tls/self-signed.crt \
+             before it is in a cluster)",
+        );
+    }
+    reason
+}
+
 /// Makes the ring provider the process's rustls default: reqwest (built without a provider of
 /// its own) needs one before it builds any client. Calling it again does nothing.
 pub fn install_crypto_provider() {
@@ -72,7 +92,7 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `base` (e.g. `http://127.0.0.11:8080`) with optional basic auth.
+    /// A client for `base` (e.g. `https://127.0.0.11:9443`) with optional basic auth.
     pub fn new(base: &str, user: Option<String>, password: Option<String>) -> Self {
         install_crypto_provider();
         let http = reqwest::Client::builder()
@@ -157,7 +177,10 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| transport(e.to_string()))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport(sending_failed(&e)))?;
         let status = response.status();
         let bytes = response
             .bytes()

@@ -24,12 +24,13 @@ pub struct Cli {
 /// Where the REST API is and who is calling it.
 #[derive(Args, Clone)]
 pub struct Connection {
-    /// REST API of any cluster node.
+    /// REST API of any cluster node: HTTPS on 9443 (trust the cluster CA with `--cacert`), or
+    /// plain HTTP on 8080 for nodes that serve it (`node start --http-port`, release 0.1.0).
     #[arg(
         long,
         global = true,
         env = "FLOTILLA_URL",
-        default_value = "http://127.0.0.11:8080"
+        default_value = "https://127.0.0.11:9443"
     )]
     pub url: String,
     /// Operator user name.
@@ -39,7 +40,8 @@ pub struct Connection {
     #[arg(long, global = true, env = "FLOTILLA_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
     /// The cluster CA's certificate (PEM) to trust for an `https://` URL (port 9443): a
-    /// node's `DATA_DIR/tls/ca.crt`; `flotilla dev up` writes it next to its nodes.
+    /// node's `DATA_DIR/tls/ca.crt`; `flotilla dev up` writes it next to its nodes. For `cluster
+    /// create` / `join` on a fresh node (no CA yet): its `DATA_DIR/tls/self-signed.crt`.
     #[arg(long, global = true, env = "FLOTILLA_CACERT")]
     pub cacert: Option<PathBuf>,
 }

@@ -55,9 +55,12 @@ pub struct StartArgs {
     /// Kept in the data dir, so the node reports the same OS after a restart without it.
     #[arg(long)]
     pub os_release: Option<PathBuf>,
-    /// REST API port (plain HTTP).
-    #[arg(long, default_value_t = 8080)]
-    pub rest_port: u16,
+    /// Also serve the REST API over plain HTTP on this port (e.g. 8080): off unless given, as
+    /// HTTPS on `--rest-tls-port` is always served. Release 0.1.0 served only plain HTTP on
+    /// 8080 (its `--rest-port`, accepted here too); a node upgraded from it keeps doing so (the
+    /// upgrade passes this flag) so operators' scripts keep working.
+    #[arg(long = "http-port", alias = "rest-port")]
+    pub http_port: Option<u16>,
     /// REST API port over HTTPS: the node's certificate from the cluster CA (clients trust the
     /// CA with `--cacert`), a self-signed one before the node is in a cluster.
     #[arg(long, default_value_t = REST_TLS_PORT)]
@@ -80,7 +83,8 @@ pub struct StartArgs {
 impl StartArgs {
     fn ports(&self) -> NodePorts {
         NodePorts {
-            rest: self.rest_port,
+            rest: self.rest_tls_port,
+            http: self.http_port,
             rpc: self.rpc_port,
             discovery: flotilla_discovery::DISCOVERY_PORT,
             metrics: flotilla_metrics::DEFAULT_PORT,
@@ -399,7 +403,22 @@ fn open_package(args: &StartArgs) -> Result<Option<Package>> {
 async fn service_listeners(args: &StartArgs, passed: PassedServices) -> Result<ServiceListeners> {
     let ports = args.ports();
     Ok(ServiceListeners {
-        rest: take_or_bind(passed.rest, args.addr, ports.rest, "REST API").await?,
+        rest: match (passed.rest, ports.http) {
+            // A predecessor that served plain HTTP passes it on: its clients keep working.
+            (Some(listener), _) => Some(listener),
+            (None, Some(port)) => Some(bind(args.addr, port, "REST API (HTTP)").await?.into_std()?),
+            (None, None) => None,
+        },
+        rest_tls: match (passed.rest_tls, args.handover_fd) {
+            (Some(listener), _) => Some(listener),
+            (None, None) => Some(
+                bind(args.addr, args.rest_tls_port, "REST API (HTTPS)")
+                    .await?
+                    .into_std()?,
+            ),
+            // A predecessor that did not pass it may hold it a while yet: bound when it lets go.
+            (None, Some(_)) => None,
+        },
         rpc: take_or_bind(passed.rpc, args.addr, ports.rpc, "internal RPC").await?,
         discovery: take_or_bind(
             passed.discovery,
@@ -541,14 +560,16 @@ async fn start_back(
     spawn(
         tasks,
         serve_https(
-            args.addr,
-            args.rest_tls_port,
+            services.rest_tls.as_ref().map(serving).transpose()?,
+            (args.addr, args.rest_tls_port),
             rest.clone(),
             https,
             stop.clone(),
         ),
     );
-    spawn(tasks, serve(serving(&services.rest)?, rest, stop.clone()));
+    if let Some(http) = &services.rest {
+        spawn(tasks, serve(serving(http)?, rest, stop.clone()));
+    }
     spawn(
         tasks,
         flotilla_orchestrator::failover::run_failover(
@@ -720,29 +741,32 @@ async fn serve_rpc(
     flotilla_store::listener::serve(listener, in_node_span(router), policy, stop).await;
 }
 
-/// The REST API over HTTPS. Its port is not passed in a handover: the listener is bound
-/// here, retried until a predecessor daemon let go of it.
+/// The REST API over HTTPS on `listener` (bound or passed in a handover), else on `addr`,
+/// bound here, retried until a predecessor daemon that did not pass it let go of it.
 async fn serve_https(
-    addr: IpAddr,
-    port: u16,
+    listener: Option<TcpListener>,
+    (addr, port): (IpAddr, u16),
     router: axum::Router,
     config: std::sync::Arc<rustls::ServerConfig>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let listener = loop {
-        match TcpListener::bind((addr, port)).await {
-            Ok(listener) => break listener,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+    let listener = match listener {
+        Some(listener) => listener,
+        None => loop {
+            match TcpListener::bind((addr, port)).await {
+                Ok(listener) => break listener,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "binding the REST API's HTTPS port {addr}:{port}");
+                    return;
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "binding the REST API's HTTPS port {addr}:{port}");
-                return;
-            }
-        }
+        },
     };
     let policy = std::sync::Arc::new(flotilla_store::tls::HttpsOnly(config));
     flotilla_store::listener::serve(listener, in_node_span(router), policy, stop).await;

@@ -120,6 +120,11 @@ pub struct UpArgs {
     /// that start with a fresh data dir; a node keeps its own across restarts.
     #[arg(long, env = "FLOTILLA_DEV_OS_RELEASE")]
     pub os_release: Option<PathBuf>,
+    /// Also serve the REST API over plain HTTP on this port (`node start --http-port`), on
+    /// every node of the dev cluster, also those added later (kept in DIR/http-port). Off by
+    /// default: the CLI talks HTTPS (port 9443) trusting DIR/ca.crt.
+    #[arg(long)]
+    pub http_port: Option<u16>,
 }
 
 /// Arguments of `flotilla dev down`.
@@ -149,6 +154,17 @@ fn dev_credentials(conn: &Connection) -> (String, String) {
     let user = conn.user.clone().unwrap_or_else(|| "admin".into());
     let password = conn.password.clone().unwrap_or_else(|| "flotilla".into());
     (user, password)
+}
+
+/// A client of the cluster at `conn` (its `--cacert` too) with the dev credentials.
+fn dev_client(conn: &Connection) -> Client {
+    let (user, password) = dev_credentials(conn);
+    Connection {
+        user: Some(user),
+        password: Some(password),
+        ..conn.clone()
+    }
+    .client()
 }
 
 /// The numbers of the node dirs in `dir` (`node-N`).
@@ -185,8 +201,7 @@ pub async fn add_node(conn: &Connection, args: AddNodeArgs) -> Result<()> {
 }
 
 async fn remove_node(conn: &Connection, args: RemoveNodeArgs) -> Result<()> {
-    let (user, password) = dev_credentials(conn);
-    let client = Client::new(&conn.url, Some(user), Some(password));
+    let client = dev_client(conn);
     let node = client.node(args.uid).await?;
     let action = client.remove_node(args.uid).await?;
     println!(
@@ -271,7 +286,7 @@ async fn start_and_join(
     replacing: Option<u64>,
 ) -> Result<u64> {
     let (user, password) = dev_credentials(conn);
-    let members = Client::new(&conn.url, Some(user.clone()), Some(password.clone()))
+    let members = dev_client(conn)
         .nodes()
         .await
         .with_context(|| format!("asking {} for the cluster's nodes", conn.url))?;
@@ -284,17 +299,16 @@ async fn start_and_join(
         machine.os_release.as_deref(),
     )?;
     let mut child = ensure_daemon(addr, &data_dir, &launch)?;
-    let client = Client::new(
-        &format!("http://{addr}:8080"),
-        Some(user.clone()),
-        Some(password.clone()),
-    );
-    wait_healthy(&client, &data_dir, child.as_mut()).await?;
-    let client = client.with_bootstrap_token(read_bootstrap_token(&data_dir));
+    let node = DevNode::new(addr, &data_dir, &user, &password);
+    wait_healthy(&launch, &node, child.as_mut()).await?;
+    let client = launch
+        .client(&node)?
+        .with_bootstrap_token(read_bootstrap_token(&data_dir));
     let joined = client
         .join_cluster_replacing(&seeds, &user, &password, replacing)
         .await?;
-    wait_formed(&client, members.len() + 1).await?;
+    // Joined, the node presents its certificate from the cluster CA.
+    wait_formed(&launch.client(&node)?, members.len() + 1).await?;
     Ok(joined.node_uid)
 }
 
@@ -341,6 +355,11 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
     let started = Instant::now();
+    if let Some(port) = args.http_port {
+        let file = args.dir.join(HTTP_PORT_FILE);
+        std::fs::write(&file, port.to_string())
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
     let launch = Launch::of(
         args.package.as_deref(),
         &args.dir,
@@ -361,27 +380,18 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
     if nodes.is_empty() {
         bail!("every node in {} was removed", args.dir.display());
     }
-    let clients: Vec<Client> = nodes
-        .iter()
-        .map(|(addr, _, _)| {
-            Client::new(
-                &format!("http://{addr}:8080"),
-                Some(user.clone()),
-                Some(password.clone()),
-            )
-        })
-        .collect();
-    for ((_, data_dir, child), client) in nodes.iter_mut().zip(&clients) {
-        wait_healthy(client, data_dir, child.as_mut()).await?;
+    for (addr, data_dir, child) in nodes.iter_mut() {
+        let node = DevNode::new(*addr, data_dir, &user, &password);
+        wait_healthy(&launch, &node, child.as_mut()).await?;
     }
     let first = nodes[0].0.to_string();
-    for (i, (client, (_, data_dir, _))) in clients.iter().zip(&nodes).enumerate() {
+    for (i, (addr, data_dir, _)) in nodes.iter().enumerate() {
+        let node = DevNode::new(*addr, data_dir, &user, &password);
+        let client = launch.client(&node)?;
         if client.health().await?.node_uid.is_some() {
             continue;
         }
-        let client = client
-            .clone()
-            .with_bootstrap_token(read_bootstrap_token(data_dir));
+        let client = client.with_bootstrap_token(read_bootstrap_token(node.data_dir));
         if i == 0 {
             client.create_cluster(&args.name, &user, &password).await?;
         } else {
@@ -390,6 +400,11 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
                 .await?;
         }
     }
+    // In the cluster, the nodes present certificates from its CA: clients trusting it.
+    let clients = nodes
+        .iter()
+        .map(|(addr, data_dir, _)| launch.client(&DevNode::new(*addr, data_dir, &user, &password)))
+        .collect::<Result<Vec<_>>>()?;
     wait_started(&clients, &nodes).await?;
     println!(
         "cluster '{}' is up with {} nodes in {:.1} s",
@@ -397,15 +412,18 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
         nodes.len(),
         started.elapsed().as_secs_f64()
     );
-    println!(
-        "export FLOTILLA_URL=http://{first}:8080 FLOTILLA_USER={user} FLOTILLA_PASSWORD={password}"
-    );
-    if let Some(ca) = write_cluster_ca(&args.dir)? {
-        println!(
-            "# HTTPS: export FLOTILLA_URL=https://{first}:{} FLOTILLA_CACERT={}",
+    let credentials = format!("FLOTILLA_USER={user} FLOTILLA_PASSWORD={password}");
+    match write_cluster_ca(&args.dir)? {
+        Some(ca) => println!(
+            "export FLOTILLA_URL=https://{first}:{} FLOTILLA_CACERT={} {credentials}",
             crate::daemon::REST_TLS_PORT,
             ca.display()
-        );
+        ),
+        // A cluster of 0.1.0 nodes: plain HTTP, as they serve it.
+        None => println!("export FLOTILLA_URL=http://{first}:{PLAIN_HTTP_PORT} {credentials}"),
+    }
+    if let (Some(port), true) = (launch.http_port, launch.speaks_https) {
+        println!("# plain HTTP too: export FLOTILLA_URL=http://{first}:{port}");
     }
     Ok(())
 }
@@ -425,12 +443,43 @@ fn write_cluster_ca(dir: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(target))
 }
 
+/// Where the dev cluster keeps `dev up --http-port`, for the nodes `dev add-node` and `dev
+/// reinstall-node` start later.
+const HTTP_PORT_FILE: &str = "http-port";
+/// The port release 0.1.0 serves the REST API on, only over plain HTTP.
+const PLAIN_HTTP_PORT: u16 = 8080;
+/// The release whose daemon serves only plain HTTP (no HTTPS on 9443).
+const PLAIN_HTTP_RELEASE: &str = "0.1.0";
+
 /// Which binary the dev nodes run, and from which package.
 struct Launch {
     binary: PathBuf,
     package_dir: Option<PathBuf>,
     /// The os-release file a node with a fresh data dir starts with.
     os_release: Option<PathBuf>,
+    /// The plain-HTTP port the nodes also serve (`dev up --http-port`), if any.
+    http_port: Option<u16>,
+    /// Whether the nodes serve HTTPS on 9443 (every release after 0.1.0).
+    speaks_https: bool,
+}
+
+/// A dev node as `dev` talks to it.
+struct DevNode<'a> {
+    addr: Ipv4Addr,
+    data_dir: &'a Path,
+    user: &'a str,
+    password: &'a str,
+}
+
+impl<'a> DevNode<'a> {
+    fn new(addr: Ipv4Addr, data_dir: &'a Path, user: &'a str, password: &'a str) -> Self {
+        DevNode {
+            addr,
+            data_dir,
+            user,
+            password,
+        }
+    }
 }
 
 impl Launch {
@@ -444,24 +493,70 @@ impl Launch {
             ),
             None => None,
         };
+        let http_port = std::fs::read_to_string(dir.join(HTTP_PORT_FILE))
+            .ok()
+            .and_then(|port| port.trim().parse().ok());
         let Some(source) = package else {
             let binary = std::env::current_exe().context("locating the flotilla binary")?;
             return Ok(Launch {
                 binary,
                 package_dir: None,
                 os_release,
+                http_port,
+                speaks_https: true,
             });
         };
         let package = flotilla_package::install(source, &dir.join("packages"))
             .with_context(|| format!("--package {}", source.display()))?;
+        let speaks_https = package.manifest().version.to_string() != PLAIN_HTTP_RELEASE;
         let package_dir = std::fs::canonicalize(package.dir())?;
         Ok(Launch {
             binary: package_dir.join(flotilla_package::BINARY_PATH),
             package_dir: Some(package_dir),
             os_release,
+            http_port,
+            speaks_https,
         })
     }
+
+    /// A REST client for `node`: plain HTTP when the dev cluster serves it (or the node is a
+    /// 0.1.0 one), else HTTPS trusting the node's self-signed certificate (before it is in the
+    /// cluster) and the cluster CA (once it is), both from its data dir.
+    fn client(&self, node: &DevNode) -> Result<Client> {
+        let user = Some(node.user.to_string());
+        let password = Some(node.password.to_string());
+        let addr = node.addr;
+        let plain = match (self.speaks_https, self.http_port) {
+            (false, _) => Some(PLAIN_HTTP_PORT),
+            (true, port) => port,
+        };
+        if let Some(port) = plain {
+            return Ok(Client::new(
+                &format!("http://{addr}:{port}"),
+                user,
+                password,
+            ));
+        }
+        let tls = node.data_dir.join("tls");
+        let trusted: String = [SELF_SIGNED_FILE, CLUSTER_CA_FILE]
+            .iter()
+            .filter_map(|file| std::fs::read_to_string(tls.join(file)).ok())
+            .collect();
+        let url = format!("https://{addr}:{}", crate::daemon::REST_TLS_PORT);
+        let client = Client::new(&url, user, password);
+        if trusted.is_empty() {
+            // Not started yet: the health check fails until the node wrote its certificate.
+            return Ok(client);
+        }
+        client
+            .trusting(&trusted)
+            .map_err(|e| anyhow!("the certificates in {}: {e}", tls.display()))
+    }
 }
+
+/// A fresh node's self-signed certificate in `DATA_DIR/tls`, what a client trusts for `cluster
+/// create` / `join` before the node has a certificate from the cluster CA.
+const SELF_SIGNED_FILE: &str = "self-signed.crt";
 
 /// Starts the daemon for `data_dir` unless its pidfile names a live one.
 fn ensure_daemon(addr: Ipv4Addr, data_dir: &Path, launch: &Launch) -> Result<Option<Child>> {
@@ -481,6 +576,10 @@ fn ensure_daemon(addr: Ipv4Addr, data_dir: &Path, launch: &Launch) -> Result<Opt
         .arg(data_dir);
     if let Some(package_dir) = &launch.package_dir {
         command.arg("--package-dir").arg(package_dir);
+    }
+    // `--rest-port`: the name 0.1.0 knows too (it serves plain HTTP anyway).
+    if let Some(port) = launch.http_port {
+        command.arg("--rest-port").arg(port.to_string());
     }
     // A node that kept its machine's OS (a restart) keeps it.
     let fresh = !data_dir.join(crate::daemon::OS_RELEASE_COPY).exists();
@@ -504,13 +603,15 @@ fn log_tail(data_dir: &Path) -> String {
 }
 
 async fn wait_healthy(
-    client: &Client,
-    data_dir: &Path,
+    launch: &Launch,
+    node: &DevNode<'_>,
     mut child: Option<&mut Child>,
 ) -> Result<()> {
+    let data_dir = node.data_dir;
     let deadline = Instant::now() + FORM_DEADLINE;
     loop {
-        if client.health().await.is_ok() {
+        // Built anew each time: the node writes its certificate as it starts.
+        if launch.client(node)?.health().await.is_ok() {
             return Ok(());
         }
         if let Some(child) = child.as_deref_mut() {

@@ -335,7 +335,7 @@ async fn another_node(conn: &Connection, known: &[String], uid: u64) -> Result<C
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    bail!("no node of the cluster answers; `flotilla status --url http://NODE:8080` on any node")
+    bail!("no node of the cluster answers; `flotilla status --url https://NODE:9443` on any node")
 }
 
 /// The operator's part of the step `step` (`add_node node:N`, `rejoin_node node:N`) on the dev

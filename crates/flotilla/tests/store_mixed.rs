@@ -67,6 +67,8 @@ fn start_current(cluster: &DevCluster, n: u8) -> std::process::Child {
             "--data-dir",
         ])
         .arg(&dir)
+        // The cluster's CLI calls reach it where they reach the 0.1.0 nodes.
+        .args(["--http-port", "8080"])
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log file"))
         .stderr(log)

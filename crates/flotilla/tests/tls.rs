@@ -523,3 +523,32 @@ fn the_rest_api_answers_over_https_with_the_cluster_ca() {
         .expect("the testkit's HTTPS client trusts the cluster CA");
     assert!(info.ca_fingerprint.is_some());
 }
+
+#[test]
+fn without_http_port_the_rest_api_is_https_only_and_the_cli_asks_for_cacert() {
+    // `dev up` without --http-port creates the cluster over HTTPS: the fresh node's self-signed
+    // certificate for create, the cluster CA afterwards.
+    let cluster = DevCluster::up_https_only(&bin(), 206, 1);
+    let refused = std::net::TcpStream::connect((cluster.addr(1), 8080))
+        .expect_err("no plain HTTP on 8080 without --http-port");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(cluster.url(1).starts_with("https://"));
+    let trusted = cluster.flotilla(&["status"]);
+    flotilla_testkit::assert_success(&trusted, "status over HTTPS with FLOTILLA_CACERT");
+    assert!(String::from_utf8_lossy(&trusted.stdout).contains("CLUSTER CA: SHA-256"));
+    let untrusted = cluster
+        .command_at(1, &["status"])
+        .env_remove("FLOTILLA_CACERT")
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("running the flotilla binary");
+    assert!(
+        !untrusted.status.success(),
+        "an untrusted node gets no call"
+    );
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(
+        stderr.contains("--cacert"),
+        "the error names --cacert: {stderr}"
+    );
+}

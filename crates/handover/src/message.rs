@@ -14,8 +14,11 @@ pub const HANDOVER_PROTOCOL: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "service", rename_all = "snake_case")]
 pub enum Service {
-    /// The REST API.
+    /// The REST API over plain HTTP (`--http-port`).
     Rest,
+    /// The REST API over HTTPS (9443): passed too, so the node answers HTTPS all through the
+    /// handover.
+    RestTls,
     /// Internal RPC and Raft.
     Rpc,
     /// The Sentinel-compatible discovery service.

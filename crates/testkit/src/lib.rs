@@ -45,7 +45,15 @@ pub struct DevCluster {
     base: Ipv4Addr,
     nodes: u8,
     env: Vec<(String, String)>,
+    /// Whether the nodes also serve plain HTTP on 8080 (`dev up --http-port 8080`), which the
+    /// CLI and clients of this cluster then use; else they use HTTPS on 9443 with the CA.
+    plain_http: bool,
 }
+
+/// The plain-HTTP REST port test clusters serve unless they are HTTPS-only (release 0.1.0's).
+pub const PLAIN_HTTP_PORT: u16 = 8080;
+/// The REST API's HTTPS port.
+pub const HTTPS_PORT: u16 = 9443;
 
 impl DevCluster {
     /// Starts `nodes` daemons on `127.0.subnet.11..` and forms the cluster; panics with the
@@ -57,6 +65,16 @@ impl DevCluster {
     /// [`DevCluster::up`] with extra environment for the daemons (e.g. failpoints), kept for
     /// every later `dev up` of this cluster.
     pub fn up_with_env(bin: &Path, subnet: u8, nodes: u8, env: &[(&str, &str)]) -> Self {
+        Self::start(bin, subnet, nodes, env, true)
+    }
+
+    /// [`DevCluster::up`] without plain HTTP: the nodes serve the REST API only over HTTPS
+    /// (the default of `node start` and `dev up`), and the CLI trusts the cluster CA.
+    pub fn up_https_only(bin: &Path, subnet: u8, nodes: u8) -> Self {
+        Self::start(bin, subnet, nodes, &[], false)
+    }
+
+    fn start(bin: &Path, subnet: u8, nodes: u8, env: &[(&str, &str)], plain_http: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("flotilla-test-")
             .tempdir()
@@ -70,6 +88,7 @@ impl DevCluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            plain_http,
         };
         cluster.dev_up();
         cluster
@@ -112,6 +131,10 @@ impl DevCluster {
         let package = self.env.iter().find(|(k, _)| k == DEV_PACKAGE_ENV);
         if let Some((_, package)) = package {
             args.extend(["--package", package.as_str()]);
+        }
+        let http_port = PLAIN_HTTP_PORT.to_string();
+        if self.plain_http {
+            args.extend(["--http-port", http_port.as_str()]);
         }
         let output = self.flotilla(&args);
         assert_success(&output, "flotilla dev up");
@@ -264,9 +287,14 @@ impl DevCluster {
             .env("FLOTILLA_URL", self.url(n))
             .env("FLOTILLA_USER", USER)
             .env("FLOTILLA_PASSWORD", PASSWORD)
+            .env_remove("FLOTILLA_CACERT")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
+        // Written by the first `dev up` once the cluster has its CA.
+        if !self.plain_http && self.cacert().exists() {
+            command.env("FLOTILLA_CACERT", self.cacert());
+        }
         command
     }
 
@@ -283,14 +311,20 @@ impl DevCluster {
         Ipv4Addr::new(a, b, c, d + n - 1)
     }
 
-    /// Node `n`'s REST URL.
+    /// Node `n`'s REST URL: plain HTTP on 8080, or HTTPS on 9443 for an HTTPS-only cluster.
     pub fn url(&self, n: u8) -> String {
-        format!("http://{}:8080", self.addr(n))
+        match self.plain_http {
+            true => format!("http://{}:{PLAIN_HTTP_PORT}", self.addr(n)),
+            false => format!("https://{}:{HTTPS_PORT}", self.addr(n)),
+        }
     }
 
     /// A REST client for node `n` with the cluster's credentials.
     pub fn client(&self, n: u8) -> Client {
-        Client::new(&self.url(n), Some(USER.into()), Some(PASSWORD.into()))
+        match self.plain_http {
+            true => Client::new(&self.url(n), Some(USER.into()), Some(PASSWORD.into())),
+            false => self.https_client(n),
+        }
     }
 
     /// The cluster CA's certificate `dev up` wrote next to the nodes (clusters with a CA).
@@ -302,7 +336,7 @@ impl DevCluster {
     pub fn https_client(&self, n: u8) -> Client {
         let ca = std::fs::read_to_string(self.cacert()).expect("dev up wrote the cluster CA");
         Client::new(
-            &format!("https://{}:9443", self.addr(n)),
+            &format!("https://{}:{HTTPS_PORT}", self.addr(n)),
             Some(USER.into()),
             Some(PASSWORD.into()),
         )
@@ -466,6 +500,7 @@ impl BareNode {
         let child = Command::new(bin)
             .args(["node", "start", "--addr", &addr.to_string(), "--data-dir"])
             .arg(dir.path())
+            .args(["--http-port", &PLAIN_HTTP_PORT.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -498,7 +533,7 @@ impl BareNode {
     /// A REST client for this node that does not know its bootstrap token.
     pub fn client_without_token(&self, user: Option<&str>, password: Option<&str>) -> Client {
         Client::new(
-            &format!("http://{}:8080", self.addr),
+            &format!("http://{}:{PLAIN_HTTP_PORT}", self.addr),
             user.map(String::from),
             password.map(String::from),
         )

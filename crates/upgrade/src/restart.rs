@@ -40,6 +40,17 @@ pub struct Restarted {
     pub data_dir: PathBuf,
 }
 
+/// The release that served the REST API only over plain HTTP, on 8080 without a flag.
+const PLAIN_HTTP_RELEASE: &str = "0.1.0";
+
+/// Whether the daemon `process` (running `version`) served plain HTTP on 8080 without saying
+/// so in its arguments: its successor must be told to keep serving it.
+fn served_plain_http_implicitly(process: &DaemonProcess, version: &str) -> bool {
+    version == PLAIN_HTTP_RELEASE
+        && process.arg_value("--rest-port").is_none()
+        && process.arg_value("--http-port").is_none()
+}
+
 /// Stops the daemon `pid` and starts the package at `source` in its place (see the module).
 pub async fn restart_daemon(
     pid: u32,
@@ -65,6 +76,10 @@ pub async fn restart_daemon(
     let mut command = process
         .successor(&package.binary(), package.dir(), &log)
         .map_err(|e| e.to_string())?;
+    if served_plain_http_implicitly(&process, from_version) {
+        // 0.1.0 served plain HTTP on 8080 without a flag; the node keeps serving it.
+        command.args(["--http-port", "8080"]);
+    }
     record.step("stop");
     stop(pid).await;
     record.update(|s| s.store_stopped_at_ms = flotilla_model::now_millis());
