@@ -1,7 +1,8 @@
 //! TLS on database endpoints (issue 13): a database created with `--tls` serves TLS only,
 //! with the node's certificate from the cluster CA, to redis-cli (`--tls --cacert`), redis-py
 //! (`ssl=True`) directly and through Sentinel discovery; a plaintext client and a client
-//! trusting another CA are refused; `db set --tls off` brings plaintext back.
+//! trusting another CA are refused; `db set --tls off` brings plaintext back. An in-place
+//! upgrade closes a TLS session at a command boundary (it cannot move) and counts it.
 //!
 //! Subnets 127.0.200.x and 127.0.201.x.
 
@@ -168,4 +169,72 @@ fn a_tls_database_serves_tls_clients_with_the_cluster_ca_and_refuses_others() {
     assert!(served_plain, "db set --tls off serves plaintext clients");
     let tls_after = redis_cli(cluster.addr(1), 12100, Some(&ca), &["GET", "k"]);
     assert!(!String::from_utf8_lossy(&tls_after.stdout).contains("over-tls"));
+}
+
+/// A blocking TLS client of a database endpoint, trusting the cluster CA at `ca`.
+struct TlsClient(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
+
+impl TlsClient {
+    fn connect(addr: Ipv4Addr, port: u16, ca: &Path) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        flotilla_testkit::install_crypto_provider();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::V4(addr).into());
+        let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let tcp = TcpStream::connect((addr, port)).expect("the endpoint accepts TCP");
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        TlsClient(rustls::StreamOwned::new(connection, tcp))
+    }
+
+    /// Sends `PING` and returns what came back before `\r\n` (an error or EOF as `Err`).
+    fn ping(&mut self) -> std::io::Result<String> {
+        self.0.write_all(b"*1\r\n$4\r\nPING\r\n")?;
+        self.0.flush()?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            if self.0.read(&mut byte)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            line.push(byte[0]);
+        }
+        Ok(String::from_utf8_lossy(&line).trim().to_string())
+    }
+}
+
+/// What the README promises for TLS sessions in an in-place upgrade: they cannot move to the new
+/// daemon (their keys live in the old process), so the old daemon closes each at a command
+/// boundary, counts it, and the client's next connection is served by the new daemon.
+#[test]
+fn an_in_place_upgrade_closes_a_tls_session_at_a_boundary_and_the_new_daemon_serves_tls() {
+    let (v020, v021) = flotilla_testkit::Packages::shared(&bin()).current_pair();
+    let cluster = DevCluster::up_from_package(&bin(), 201, 3, &v020);
+    cluster.create_db(&[
+        "--name", "secure", "--port", "12101", "--memory", "100mb", "--shards", "1", "--tls",
+    ]);
+    let ca = cluster.cacert();
+    let mut session = TlsClient::connect(cluster.addr(2), 12101, &ca);
+    assert_eq!(session.ping().unwrap(), "+PONG");
+
+    let tarball = format!("{}.tar.gz", v021.display());
+    let upgraded = cluster.flotilla(&["upgrade", "node", "2", "--package", &tarball, "--yes"]);
+    assert_success(&upgraded, "upgrade node 2");
+    let report = String::from_utf8_lossy(&upgraded.stdout).into_owned();
+    assert!(report.contains("by handover"), "{report}");
+    assert!(
+        report.contains("1 closed at a command boundary"),
+        "the TLS session is closed and counted: {report}"
+    );
+    assert!(
+        session.ping().is_err(),
+        "the old daemon closed the TLS session"
+    );
+    let mut again = TlsClient::connect(cluster.addr(2), 12101, &ca);
+    assert_eq!(again.ping().unwrap(), "+PONG", "the new daemon serves TLS");
 }
