@@ -48,14 +48,29 @@ impl From<TlsError> for StoreError {
 }
 
 impl Store {
-    /// The primary node's signing of a node's request: the certificate names the node's
-    /// address, is recorded in the state and answered. `peer` is the caller's address when
-    /// it came over RPC: a node gets a certificate only for itself.
+    /// The primary node's signing of a joiner's request, recorded in the state at once (the
+    /// joiner takes it into use when it starts).
     pub(crate) async fn issue_certificate(
         &self,
         request: CertificateRequest,
-        peer: Option<IpAddr>,
     ) -> Result<String, StoreError> {
+        let uid = request.uid;
+        let (certificate, rotation) = self.sign_certificate(request, None)?;
+        self.record_certificate(uid, certificate.clone(), rotation)
+            .await?;
+        Ok(certificate)
+    }
+
+    /// The primary node's signing of a node's request: the certificate names the node's
+    /// address; answered with the rotation it belongs to. `peer` is the caller's address when
+    /// it came over RPC: a node gets a certificate only for itself. Not recorded: a renewing
+    /// node records it once it serves it, so that "every node has its new certificate" in the
+    /// state means every node presents it.
+    pub(crate) fn sign_certificate(
+        &self,
+        request: CertificateRequest,
+        peer: Option<IpAddr>,
+    ) -> Result<(String, u64), StoreError> {
         if !self.is_primary_node() {
             return Err(StoreError::NoPrimaryNode(
                 "this node is not the primary node; ask the primary node".into(),
@@ -75,15 +90,24 @@ impl Store {
             .cluster_ca()
             .ok_or_else(|| StoreError::InvalidRequest("the cluster has no CA yet".into()))?;
         let certificate = tls::sign(ca, &request.csr, node.addr)?;
+        Ok((certificate, ca.rotation))
+    }
+
+    async fn record_certificate(
+        &self,
+        uid: NodeUid,
+        certificate: String,
+        rotation: u64,
+    ) -> Result<(), StoreError> {
         let issue = NodeCertificateIssue {
-            uid: request.uid,
+            uid,
             certificate: NodeCertificate {
-                certificate: certificate.clone(),
-                rotation: ca.rotation,
+                certificate,
+                rotation,
             },
         };
         self.propose(Command::SetNodeCertificate(issue)).await?;
-        Ok(certificate)
+        Ok(())
     }
 
     /// One round of keeping this node's TLS current: on the primary node of a cluster at
@@ -136,10 +160,10 @@ impl Store {
             uid,
             csr: request.csr,
         };
-        let certificate = if self.is_primary_node() {
-            self.issue_certificate(ask, None).await?
+        let (certificate, rotation) = if self.is_primary_node() {
+            self.sign_certificate(ask, None)?
         } else {
-            let answer: Result<String, StoreError> =
+            let answer: Result<(String, u64), StoreError> =
                 self.call_primary_node(SIGN_PATH, &ask).await?;
             answer?
         };
@@ -150,13 +174,7 @@ impl Store {
         })?;
         let serial = tls::serial_of(&certificate)?;
         tracing::info!(%serial, "took a new node certificate into use");
-        self.wait_until(Duration::from_secs(10), |state| {
-            state
-                .node_certificate(uid)
-                .is_some_and(|c| c.certificate == certificate)
-        })
-        .await;
-        Ok(())
+        self.record_certificate(uid, certificate, rotation).await
     }
 }
 

@@ -366,7 +366,7 @@ impl Store {
             uid,
             csr: csr.clone(),
         };
-        let certificate = self.issue_certificate(ask, None).await?;
+        let certificate = self.issue_certificate(ask).await?;
         Ok((Some(certificate), Some(ca.certificate.clone())))
     }
 

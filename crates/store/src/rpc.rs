@@ -205,12 +205,8 @@ async fn sign(
     State(store): State<Store>,
     axum::Extension(channel): axum::Extension<Channel>,
     Json(request): Json<CertificateRequest>,
-) -> Json<Result<String, StoreError>> {
-    Json(
-        store
-            .issue_certificate(request, Some(channel.peer().ip()))
-            .await,
-    )
+) -> Json<Result<(String, u64), StoreError>> {
+    Json(store.sign_certificate(request, Some(channel.peer().ip())))
 }
 
 async fn promote(
