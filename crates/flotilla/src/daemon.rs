@@ -116,6 +116,8 @@ pub async fn run(args: StartArgs) -> Result<()> {
 }
 
 async fn run_node(mut args: StartArgs) -> Result<()> {
+    // A mistyped failpoint spec stops the start: running without the fault meant is worse.
+    flotilla_store::failpoint::check_env()?;
     crate::private::owner_only_umask();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;

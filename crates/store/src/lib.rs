@@ -336,9 +336,20 @@ impl Store {
     /// answers (a refusal inside `Ok`, as 0.1.0 nodes expect it).
     async fn write(&self, command: Command) -> Result<(CommandResult, u64), StoreError> {
         let raft = self.raft()?;
+        let commit_point = failpoint::commit_point(&command);
         let write = tokio::time::timeout(PROPOSE_DEADLINE, raft.client_write(command));
         match write.await {
-            Ok(Ok(response)) => Ok((response.data, response.log_id.index)),
+            Ok(Ok(response)) => {
+                if let Some(point) = commit_point {
+                    failpoint::hit(&point, failpoint::Phase::After)
+                        .await
+                        .map_err(|e| StoreError::OutcomeUnknown {
+                            addr: self.rpc_addr(),
+                            reason: e.to_string(),
+                        })?;
+                }
+                Ok((response.data, response.log_id.index))
+            }
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(match f.leader_id {
                     Some(leader) => StoreError::NotPrimaryNode {
@@ -503,6 +514,7 @@ impl Store {
             heartbeat_interval: RAFT_HEARTBEAT.as_millis() as u64,
             election_timeout_min: ELECTION_TIMEOUT_MIN.as_millis() as u64,
             election_timeout_max: ELECTION_TIMEOUT_MAX.as_millis() as u64,
+            enable_elect: !failpoint::campaign_disabled(),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
             max_in_snapshot_log_to_keep: LOG_KEPT_AFTER_SNAPSHOT,
             install_snapshot_timeout: SNAPSHOT_TRANSFER_TIMEOUT.as_millis() as u64,

@@ -81,6 +81,9 @@ pub enum ShardError {
     /// Something this step depends on is not ready yet (no cluster, primary not promoted yet).
     #[error("{0}")]
     NotReady(String),
+    /// An armed failpoint injected an error (a test or an operator reproducing a fault).
+    #[error(transparent)]
+    Failpoint(#[from] flotilla_store::failpoint::FailpointError),
 }
 
 impl ShardError {

@@ -13,6 +13,7 @@ use flotilla_engine::{
 use flotilla_model::rest::ShardReport;
 use flotilla_model::timing::PRIMARY_RESTART_GRACE;
 use flotilla_model::{ShardRole, ShardUid};
+use flotilla_store::failpoint::{hit, Phase};
 
 use super::desired::DesiredShard;
 use super::local::{record_spec, recorded_spec};
@@ -119,7 +120,10 @@ async fn ensure_running(
     // name (redis-6.2 -> redis-7.0), so adopting by name is not enough.
     if recorded_spec(&spec.dir)?.is_some_and(|previous| previous.version != spec.version) {
         tracing::info!(version = %spec.version, "engine version changed: restarting the shard on the new engine");
+        let point = point("agent:restart_engine", spec.shard_id);
+        hit(&point, Phase::Before).await?;
         stop_previous(spec).await?;
+        hit(&point, Phase::After).await?;
     }
     if let Some(process) = adopt(spec)? {
         down.clear(spec.shard_id);
@@ -139,7 +143,10 @@ async fn ensure_running(
     stop_previous(spec).await?;
     record_spec(spec)?;
     tracing::info!(addr = %spec.addr(), version = %spec.version, "starting shard engine");
+    let point = point("agent:start_engine", spec.shard_id);
+    hit(&point, Phase::Before).await?;
     let process = start(catalog, spec).await?;
+    hit(&point, Phase::After).await?;
     down.clear(spec.shard_id);
     Ok(process)
 }
@@ -166,6 +173,12 @@ async fn stop_previous(spec: &ShardSpec) -> Result<(), ShardError> {
         process.stop_with(true, REPLACE_STOP).await?;
     }
     Ok(())
+}
+
+/// The name of the agent's failpoint `what` for shard `uid` (`agent:start_engine shard:4`; the
+/// first word alone names it for every shard; see [`flotilla_store::failpoint`]).
+fn point(what: &str, uid: ShardUid) -> String {
+    format!("{what} shard:{uid}")
 }
 
 async fn connect(spec: &ShardSpec) -> Result<EngineClient, ShardError> {
@@ -202,7 +215,10 @@ async fn align_role(client: &EngineClient, desired: &DesiredShard) -> Result<(),
         (ShardRole::Primary, _) => {
             if info.role == Role::Replica {
                 tracing::info!("promoting the engine: REPLICAOF NO ONE");
+                let point = point("agent:promote", uid);
+                hit(&point, Phase::Before).await?;
                 client.replicaof_no_one().await?;
+                hit(&point, Phase::After).await?;
             }
         }
         (ShardRole::Replica, Some(primary)) => {
@@ -212,7 +228,10 @@ async fn align_role(client: &EngineClient, desired: &DesiredShard) -> Result<(),
             if !follows {
                 ensure_acts_as_primary(&desired.spec, primary).await?;
                 tracing::info!(primary = %format!("{}:{}", primary.host, primary.port), "pointing the engine at its primary shard: REPLICAOF");
+                let point = point("agent:replicaof", uid);
+                hit(&point, Phase::Before).await?;
                 client.replicaof(primary.host, primary.port).await?;
+                hit(&point, Phase::After).await?;
             }
         }
         (ShardRole::Replica, None) => {

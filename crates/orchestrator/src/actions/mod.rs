@@ -137,9 +137,8 @@ async fn run_step(
     name: String,
     next: Option<String>,
 ) -> bool {
-    flotilla_store::failpoint::pause(&name).await;
     let started = std::time::Instant::now();
-    match run_step_with_retries(observer, action, index).await {
+    match run_step_with_retries(observer, action, index, &name).await {
         Ok(()) => {
             let status = match next {
                 Some(_) => ActionStatus::Running,
@@ -181,29 +180,22 @@ pub(crate) fn retry_after(error: &StepError, runs: u32) -> Option<Duration> {
     }
 }
 
+/// Runs step `index` (named `name`) until it succeeds or [`retry_after`] gives up. It reaches
+/// the step's failpoints (`name@before` as its first run starts, `name@after` once a run's side
+/// effect is done, before the runner records it), so every step of every plan can be paused,
+/// failed or crashed in ([`flotilla_store::failpoint`]).
 async fn run_step_with_retries(
     observer: &Observer,
     action: &Action,
     index: usize,
+    name: &str,
 ) -> Result<(), StepError> {
     let mut runs = 0;
     loop {
         if !observer.store.is_primary_node() {
             return Err(StepError::now("this node stopped being the primary node"));
         }
-        let result = match &action.kind {
-            ActionKind::DbUpgrade { .. } => db_upgrade::run_step(observer, action, index).await,
-            ActionKind::ShardMigrate(shard_move) => {
-                migrate_step(observer, action, shard_move, index).await
-            }
-            ActionKind::NodeRemove { .. } => node_remove::run_step(observer, action, index).await,
-            ActionKind::ClusterUpgrade(_) => {
-                cluster_upgrade::run_step(observer, action, index).await
-            }
-            ActionKind::MaintenanceOn(_) | ActionKind::MaintenanceOff(_) => {
-                maintenance::run_step(observer, action, index).await
-            }
-        };
+        let result = run_step_once(observer, action, index, name, runs == 0).await;
         runs += 1;
         let Err(e) = result else {
             return Ok(());
@@ -213,6 +205,43 @@ async fn run_step_with_retries(
         };
         tracing::warn!(runs, retry = ?e.retry, error = %e, "action step failed; running it again in {pause:?}");
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// One run of step `index` between its failpoints (the `before` one on the `first` run only,
+/// so a pause is not repeated by the step's retries).
+async fn run_step_once(
+    observer: &Observer,
+    action: &Action,
+    index: usize,
+    name: &str,
+    first: bool,
+) -> Result<(), StepError> {
+    use flotilla_store::failpoint::{hit, Phase};
+    let injected = |e: flotilla_store::failpoint::FailpointError| StepError::now(e.to_string());
+    if first {
+        hit(name, Phase::Before).await.map_err(injected)?;
+    }
+    run_kind_step(observer, action, index).await?;
+    hit(name, Phase::After).await.map_err(injected)
+}
+
+/// Runs step `index` of `action` by its kind's step runner.
+async fn run_kind_step(
+    observer: &Observer,
+    action: &Action,
+    index: usize,
+) -> Result<(), StepError> {
+    match &action.kind {
+        ActionKind::DbUpgrade { .. } => db_upgrade::run_step(observer, action, index).await,
+        ActionKind::ShardMigrate(shard_move) => {
+            migrate_step(observer, action, shard_move, index).await
+        }
+        ActionKind::NodeRemove { .. } => node_remove::run_step(observer, action, index).await,
+        ActionKind::ClusterUpgrade(_) => cluster_upgrade::run_step(observer, action, index).await,
+        ActionKind::MaintenanceOn(_) | ActionKind::MaintenanceOff(_) => {
+            maintenance::run_step(observer, action, index).await
+        }
     }
 }
 
