@@ -7,6 +7,7 @@
 //! keeps the dir for inspection.
 
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -139,6 +140,42 @@ impl DevCluster {
         let output = self.flotilla(&args);
         assert_success(&output, "flotilla dev up");
         output
+    }
+
+    /// Starts node `n`'s daemon again, itself (`flotilla node start` as `dev up` runs it,
+    /// logging to the node's `flotilla.log`), with `env` on top of the cluster's environment
+    /// for this start only: e.g. the next failpoint armed (`FLOTILLA_FAILPOINTS`). The daemon
+    /// must not be running (after [`DevCluster::kill9`], or a failpoint's `exit`). Returns at
+    /// once with the child, so a test sees it exit (its status tells a failpoint's `exit` from
+    /// a crash) even before it answers; `dev up` would wait for a whole cluster that it may
+    /// leave again at any moment. Not for clusters started from a package.
+    pub fn start_daemon_with_env(&self, n: u8, env: &[(&str, &str)]) -> Child {
+        assert!(self.package().is_none(), "a daemon of a package cluster");
+        if let Some(pid) = self.daemon_pid(n) {
+            assert!(!process_alive(pid), "node {n}'s daemon {pid} still runs");
+        }
+        let data_dir = self.data_dir(n);
+        let log = std::fs::File::options()
+            .append(true)
+            .open(data_dir.join("flotilla.log"))
+            .expect("the node's log");
+        let mut command = Command::new(&self.bin);
+        command
+            .args(["node", "start", "--addr", &self.addr(n).to_string()])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().copied());
+        if self.plain_http {
+            command.args(["--rest-port", &PLAIN_HTTP_PORT.to_string()]);
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the node's log"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("starting the node's daemon")
     }
 
     /// Restarts node `n`'s daemon (after a kill -9) from `package` with `dev up`, asked of

@@ -1,0 +1,357 @@
+//! A crash after every step's side effect, before the step is recorded (issue 14), against real
+//! daemons and engines, under load through another node's endpoint.
+//!
+//! Each test walks whole actions on one 3-node cluster. Nodes 2 and 3 never stand for election
+//! (failpoint `store:campaign=error`), so node 1, the creator, stays the primary node: it runs
+//! every step. For each action the test reads the plan's step names from the action itself
+//! (`flotilla action show --json`), starts node 1 with `STEP@after=exit` armed for the step the
+//! action is at, waits until the daemon exits there (exit status
+//! [`flotilla_store::failpoint::EXIT_STATUS`], the step's side effect done and not recorded),
+//! and starts it again with the next step armed, until the action completes. Then: 0 client
+//! errors, 0 lost acknowledged writes, every slot range with exactly one primary, the database
+//! active.
+//!
+//! Plans walked: a shard migration (primary shard), a node removal, a database upgrade of each
+//! shape that keeps the data (replicated, preserving roles, without replication), maintenance
+//! on and off. Subnets 127.0.215.x to 127.0.218.x.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use flotilla_store::failpoint::{EXIT_STATUS, FAILPOINTS};
+use flotilla_testkit::{
+    assert_success, flotilla_bin, load_runtime, poll_until, start_load, stop_load_clean, DevCluster,
+};
+use serde_json::Value;
+
+fn bin() -> PathBuf {
+    flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+/// The node every test keeps as the primary node, and crashes.
+const CRASHER: u8 = 1;
+/// The node whose endpoint the load goes through; never crashed, never the object of an action.
+const LOAD_NODE: u8 = 3;
+/// How long one step may take to reach its failpoint (a full sync, a switchover's retries).
+const STEP_BOUND: Duration = Duration::from_secs(120);
+
+/// A 3-node cluster whose nodes do not stand for election: node 1 created it, so it is the
+/// primary node, and stays so while it crashes and starts again (it is started without the
+/// campaign failpoint).
+fn cluster(subnet: u8) -> DevCluster {
+    let cluster =
+        DevCluster::up_with_env(&bin(), subnet, 3, &[(FAILPOINTS, "store:campaign=error")]);
+    assert_eq!(primary_node(&cluster), u64::from(CRASHER));
+    cluster
+}
+
+fn primary_node(cluster: &DevCluster) -> u64 {
+    cluster.status_json(LOAD_NODE)["cluster"]["master_node"]
+        .as_u64()
+        .expect("a primary node")
+}
+
+/// `db create` of a database of `shards` shards on `port` (`extra` added), active.
+fn database(
+    cluster: &DevCluster,
+    name: &str,
+    port: u16,
+    shards: u16,
+    engine: &str,
+    extra: &[&str],
+) {
+    let (port, shards) = (port.to_string(), shards.to_string());
+    let mut args = vec![
+        "--name",
+        name,
+        "--port",
+        &port,
+        "--memory",
+        "100mb",
+        "--shards",
+        &shards,
+        "--redis-version",
+        engine,
+    ];
+    args.extend_from_slice(extra);
+    cluster.create_db(&args);
+}
+
+/// Node 1's daemon killed -9 and started again with `spec` armed.
+fn restart_crasher(cluster: &DevCluster, spec: &str) -> Child {
+    cluster.kill9(CRASHER);
+    cluster.start_daemon_with_env(CRASHER, &[(FAILPOINTS, spec)])
+}
+
+/// `action show UID --json` as the load node answers it.
+fn action(cluster: &DevCluster, uid: u64) -> Value {
+    cluster.json(LOAD_NODE, &["action", "show", &uid.to_string(), "--json"])
+}
+
+/// The uid in a started action's first line (`action N (...)`).
+fn action_uid(stdout: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "action")
+        .nth(1)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("the CLI prints the action's uid: {text}"))
+}
+
+/// How many times node 1's log says a failpoint made it exit after `step`.
+fn exits_logged(cluster: &DevCluster, step: &str) -> usize {
+    let log =
+        std::fs::read_to_string(cluster.data_dir(CRASHER).join("flotilla.log")).unwrap_or_default();
+    log.matches(&format!("failpoint {step}@after: exiting at once"))
+        .count()
+}
+
+/// Waits (bounded) until `daemon` exits; its exit status.
+fn wait_exit(daemon: &mut Child, bound: Duration) -> Option<std::process::ExitStatus> {
+    let mut status = None;
+    poll_until(bound, || {
+        status = daemon.try_wait().expect("waiting for the daemon");
+        status.is_some()
+    });
+    status
+}
+
+/// Starts the action `args` (`--no-wait` added) through the load node, node 1 armed to exit after
+/// the first step, whose operation is one of `first_ops` (which one may depend on the placement);
+/// then walks every step of the plan the action
+/// lists: waits until node 1 exits after the step, checks the step was not recorded as done,
+/// starts node 1 with the next step armed. Returns the steps and how long the action took.
+/// Node 1 is left running with nothing armed.
+fn crash_after_every_step(
+    cluster: &DevCluster,
+    args: &[&str],
+    first_ops: &[&str],
+) -> (Vec<String>, Duration) {
+    let armed: Vec<String> = first_ops
+        .iter()
+        .map(|op| format!("{op}@after=exit"))
+        .collect();
+    let mut daemon = restart_crasher(cluster, &armed.join(";"));
+    let mut full = args.to_vec();
+    full.push("--no-wait");
+    let output = cluster.flotilla_at(LOAD_NODE, &full);
+    assert_success(&output, &args.join(" "));
+    let started = Instant::now();
+    let uid = action_uid(&output.stdout);
+    let steps: Vec<String> = action(cluster, uid)["plan"]
+        .as_array()
+        .expect("action show lists the plan")
+        .iter()
+        .map(|s| s["name"].as_str().expect("a step name").to_string())
+        .collect();
+    assert!(
+        steps
+            .first()
+            .and_then(|s| s.split(' ').next())
+            .is_some_and(|op| first_ops.contains(&op)),
+        "the plan starts with one of {first_ops:?}: {steps:?}"
+    );
+    for (i, step) in steps.iter().enumerate() {
+        let status = wait_exit(&mut daemon, STEP_BOUND);
+        let shown = action(cluster, uid);
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(EXIT_STATUS),
+            "node 1 exits by the failpoint after {step}: {shown:#}"
+        );
+        assert!(exits_logged(cluster, step) >= 1, "the log names {step}");
+        assert_eq!(
+            shown["status"], "running",
+            "after the exit at {step}: {shown:#}"
+        );
+        assert!(
+            shown["step_index"].as_u64() <= Some(i as u64),
+            "{step} not recorded as done before the crash: {shown:#}"
+        );
+        let next = steps
+            .get(i + 1)
+            .map(|s| format!("{s}@after=exit"))
+            .unwrap_or_default();
+        daemon = cluster.start_daemon_with_env(CRASHER, &[(FAILPOINTS, &next)]);
+        eprintln!(
+            "exit after {step} ({} of {}): node 1 restarted",
+            i + 1,
+            steps.len()
+        );
+    }
+    let done = poll_until(STEP_BOUND, || action(cluster, uid)["status"] != "running");
+    let shown = action(cluster, uid);
+    assert!(done && shown["status"] == "completed", "{shown:#}");
+    (steps, started.elapsed())
+}
+
+/// Every slot range of every database has exactly one primary shard, as the load node sees it;
+/// every database becomes active.
+fn assert_consistent(cluster: &DevCluster) {
+    let mut primaries: BTreeMap<(u64, String), usize> = BTreeMap::new();
+    for shard in cluster.shards_at(LOAD_NODE) {
+        let range = (
+            shard["bdb_uid"].as_u64().unwrap(),
+            shard["assigned_slots"].to_string(),
+        );
+        *primaries.entry(range).or_default() += usize::from(shard["role"] == "master");
+    }
+    assert!(
+        primaries.values().all(|n| *n == 1),
+        "one primary per slot range: {primaries:?}"
+    );
+    for bdb in primaries.keys().map(|(bdb, _)| *bdb) {
+        let active = poll_until(Duration::from_secs(60), || {
+            cluster.db_status(bdb) == "active"
+        });
+        assert!(active, "database {bdb} active: {}", cluster.db_status(bdb));
+    }
+}
+
+/// A primary shard of database `bdb`: its uid, its node, and a node without a copy of its slot
+/// range (where it can move).
+fn movable_primary(cluster: &DevCluster, bdb: u64) -> (u64, u64, u64) {
+    let shards = cluster.shards_at(LOAD_NODE);
+    let primary = shards
+        .iter()
+        .find(|s| s["bdb_uid"] == bdb && s["role"] == "master")
+        .expect("a primary shard");
+    let holders: Vec<u64> = shards
+        .iter()
+        .filter(|s| s["bdb_uid"] == bdb && s["assigned_slots"] == primary["assigned_slots"])
+        .map(|s| s["node_uid"].as_u64().unwrap())
+        .collect();
+    let free = (1..=3u64)
+        .find(|n| !holders.contains(n))
+        .expect("a node without a copy");
+    (
+        primary["uid"].as_u64().unwrap(),
+        primary["node_uid"].as_u64().unwrap(),
+        free,
+    )
+}
+
+fn report(what: &str, steps: &[String], took: Duration) {
+    eprintln!(
+        "{what}: {} steps, a crash after each, completed in {:.1} s: {steps:?}",
+        steps.len(),
+        took.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_migration_and_a_node_removal_complete_after_a_crash_after_every_step() {
+    let cluster = cluster(215);
+    database(
+        &cluster,
+        "moving",
+        12215,
+        2,
+        "valkey-8.1",
+        &["--replication"],
+    );
+    let rt = load_runtime();
+    let load = start_load(&rt, format!("{}:12215", cluster.addr(LOAD_NODE)));
+
+    // A primary shard moves to the node without a copy of its range.
+    let (shard, from, to) = movable_primary(&cluster, 1);
+    let (shard, to) = (shard.to_string(), to.to_string());
+    let (steps, took) = crash_after_every_step(
+        &cluster,
+        &["shard", "migrate", &shard, "--to-node", &to],
+        &["add_copy"],
+    );
+    report(
+        &format!("migrate shard {shard} from node {from} to node {to}"),
+        &steps,
+        took,
+    );
+    assert_consistent(&cluster);
+
+    let (steps, took) =
+        crash_after_every_step(&cluster, &["node", "remove", "2"], &["demote_node"]);
+    report("node remove 2", &steps, took);
+    assert!(
+        cluster
+            .shards_at(LOAD_NODE)
+            .iter()
+            .all(|s| s["node_uid"] != 2),
+        "node 2 holds no shard"
+    );
+    assert_consistent(&cluster);
+    stop_load_clean(&rt, load);
+}
+
+#[test]
+fn replicated_upgrades_complete_after_a_crash_after_every_step() {
+    let cluster = cluster(216);
+    database(&cluster, "up", 12216, 1, "redis-7.0", &["--replication"]);
+    let rt = load_runtime();
+    let load = start_load(&rt, format!("{}:12216", cluster.addr(LOAD_NODE)));
+    let upgrade = ["db", "upgrade", "up", "--redis-version", "valkey-8.1"];
+    let (steps, took) = crash_after_every_step(&cluster, &upgrade, &["add_replacement"]);
+    report("replicated upgrade", &steps, took);
+    assert_consistent(&cluster);
+    let preserve = [
+        "db",
+        "upgrade",
+        "up",
+        "--redis-version",
+        "valkey-9.1",
+        "--preserve-roles",
+    ];
+    let (steps, took) = crash_after_every_step(&cluster, &preserve, &["upgrade_replica"]);
+    report("upgrade preserving roles", &steps, took);
+    assert_consistent(&cluster);
+    assert!(
+        cluster
+            .shards_at(LOAD_NODE)
+            .iter()
+            .all(|s| s["redis_version"]
+                .as_str()
+                .is_some_and(|v| v.starts_with("9."))),
+        "every shard on valkey-9.1: {:?}",
+        cluster.shards_at(LOAD_NODE)
+    );
+    stop_load_clean(&rt, load);
+}
+
+#[test]
+fn an_upgrade_without_replication_completes_after_a_crash_after_every_step() {
+    let cluster = cluster(217);
+    database(&cluster, "solo", 12217, 1, "redis-7.0", &[]);
+    let rt = load_runtime();
+    let load = start_load(&rt, format!("{}:12217", cluster.addr(LOAD_NODE)));
+    let upgrade = ["db", "upgrade", "solo", "--redis-version", "valkey-8.1"];
+    let (steps, took) = crash_after_every_step(&cluster, &upgrade, &["add_temporary_replica"]);
+    report("upgrade without replication", &steps, took);
+    assert_consistent(&cluster);
+    stop_load_clean(&rt, load);
+}
+
+#[test]
+fn maintenance_on_and_off_complete_after_a_crash_after_every_step() {
+    let cluster = cluster(218);
+    database(&cluster, "kept", 12218, 2, "valkey-8.1", &["--replication"]);
+    let rt = load_runtime();
+    let load = start_load(&rt, format!("{}:12218", cluster.addr(LOAD_NODE)));
+    let on = ["node", "maintenance", "2", "on"];
+    let (steps, took) = crash_after_every_step(&cluster, &on, &["snapshot"]);
+    report("maintenance on", &steps, took);
+    assert!(
+        cluster
+            .shards_at(LOAD_NODE)
+            .iter()
+            .all(|s| s["node_uid"] != 2),
+        "node 2 holds no shard in maintenance"
+    );
+    assert_consistent(&cluster);
+    let off = ["node", "maintenance", "2", "off"];
+    let first_off = ["add_copy", "switch_back", "end_maintenance"];
+    let (steps, took) = crash_after_every_step(&cluster, &off, &first_off);
+    report("maintenance off", &steps, took);
+    assert_consistent(&cluster);
+    stop_load_clean(&rt, load);
+}
