@@ -13,7 +13,9 @@
 //!
 //! Plans walked: a shard migration (primary shard), a node removal, a database upgrade of each
 //! shape that keeps the data (replicated, preserving roles, without replication), maintenance
-//! on and off. Subnets 127.0.215.x to 127.0.218.x.
+//! on and off. A last test injects the other faults once each: the store's `error` after a
+//! commit, the agent's `exit` after it started an engine, a step's `error`. Subnets 127.0.215.x
+//! to 127.0.219.x.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -354,4 +356,82 @@ fn maintenance_on_and_off_complete_after_a_crash_after_every_step() {
     report("maintenance off", &steps, took);
     assert_consistent(&cluster);
     stop_load_clean(&rt, load);
+}
+
+/// Node 1's log.
+fn crasher_log(cluster: &DevCluster) -> String {
+    std::fs::read_to_string(cluster.data_dir(CRASHER).join("flotilla.log")).unwrap_or_default()
+}
+
+/// The other failpoints, one each: the store's `error` after a commit (the proposer is told the
+/// outcome is unknown, finds its change applied, and answers it as done), the agent's `exit`
+/// after it started an engine (the restarted daemon adopts the engine), and a step's `error`
+/// (the runner retries the step and the action completes).
+#[test]
+fn the_store_agent_and_step_failpoints_inject_their_fault() {
+    let cluster = cluster(219);
+    let spec = "store:commit create_bdb@after=1*error;agent:start_engine@after=exit";
+    let mut daemon = restart_crasher(&cluster, spec);
+    // In the background: node 1 exits while the create may still wait for its shards.
+    let create = cluster
+        .command_at(
+            LOAD_NODE,
+            &[
+                "db",
+                "create",
+                "--json",
+                "--name",
+                "faults",
+                "--port",
+                "12219",
+                "--memory",
+                "100mb",
+                "--shards",
+                "3",
+                "--redis-version",
+                "valkey-8.1",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("db create");
+    let status = wait_exit(&mut daemon, STEP_BOUND);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(EXIT_STATUS),
+        "node 1 exits after starting an engine"
+    );
+    assert!(crasher_log(&cluster).contains("failpoint agent:start_engine shard:"));
+    let _daemon = cluster.start_daemon_with_env(CRASHER, &[(FAILPOINTS, "add_copy=1*error")]);
+    let output = create.wait_with_output().expect("db create ends");
+    assert_success(&output, "db create through node 3");
+    let load_log =
+        std::fs::read_to_string(cluster.data_dir(LOAD_NODE).join("flotilla.log")).unwrap();
+    assert!(
+        load_log.contains("failpoint store:commit create_bdb@after injected an error")
+            && load_log.contains("answer was lost but the state shows it applied"),
+        "node 3 was told the outcome is unknown and found the database"
+    );
+    let active = poll_until(Duration::from_secs(60), || cluster.db_status(1) == "active");
+    assert!(active, "the database is active: {}", cluster.db_status(1));
+
+    let (shard, _, to) = movable_primary(&cluster, 1);
+    let (shard, to) = (shard.to_string(), to.to_string());
+    let output = cluster.flotilla_at(LOAD_NODE, &["shard", "migrate", &shard, "--to-node", &to]);
+    assert_success(&output, "shard migrate (followed to its end)");
+    let uid = action_uid(&output.stdout);
+    assert_eq!(action(&cluster, uid)["status"], "completed");
+    let log = crasher_log(&cluster);
+    assert!(
+        log.contains(&format!(
+            "failpoint add_copy shard:{shard}@before injected an error"
+        )),
+        "the step failed once by the failpoint"
+    );
+    assert!(
+        log.contains("action step failed; running it again"),
+        "and ran again"
+    );
+    assert_consistent(&cluster);
 }
