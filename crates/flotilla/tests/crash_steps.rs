@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Child;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_store::failpoint::{EXIT_STATUS, FAILPOINTS};
@@ -81,10 +81,22 @@ fn database(
     cluster.create_db(&args);
 }
 
-/// Node 1's daemon killed -9 and started again with `spec` armed.
+/// Node 1's daemon killed -9 and started again with `spec` armed; waits (bounded) until the
+/// load node sees every node up with node 1 the primary node, so that what the test asks next
+/// is planned with node 1 counted (a placement, a quorum check).
 fn restart_crasher(cluster: &DevCluster, spec: &str) -> Child {
     cluster.kill9(CRASHER);
-    cluster.start_daemon_with_env(CRASHER, &[(FAILPOINTS, spec)])
+    let daemon = cluster.start_daemon_with_env(CRASHER, &[(FAILPOINTS, spec)]);
+    let up = poll_until(Duration::from_secs(60), || {
+        let output = cluster.flotilla_at(LOAD_NODE, &["status", "--json"]);
+        let status: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
+        status["cluster"]["master_node"] == u64::from(CRASHER)
+            && !nodes.is_empty()
+            && nodes.iter().all(|n| n["status"] == "up")
+    });
+    assert!(up, "node 1 back as the primary node, every node up");
+    daemon
 }
 
 /// `action show UID --json` as the load node answers it.
@@ -135,10 +147,27 @@ fn crash_after_every_step(
         .iter()
         .map(|op| format!("{op}@after=exit"))
         .collect();
-    let mut daemon = restart_crasher(cluster, &armed.join(";"));
+    let spec = armed.join(";");
+    let mut daemon = restart_crasher(cluster, &spec);
     let mut full = args.to_vec();
     full.push("--no-wait");
-    let output = cluster.flotilla_at(LOAD_NODE, &full);
+    let mut start = cluster
+        .command_at(LOAD_NODE, &full)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the action");
+    // A quick first step can end node 1 before node 3 learnt that the action was committed (no
+    // other node stands for election): node 1 then starts again armed the same way (one more
+    // exit after the first step), so that node 3 sees the action and answers.
+    let answered = poll_until(STEP_BOUND, || {
+        if daemon.try_wait().expect("node 1's daemon").is_some() {
+            daemon = cluster.start_daemon_with_env(CRASHER, &[(FAILPOINTS, &spec)]);
+        }
+        start.try_wait().expect("the CLI").is_some()
+    });
+    assert!(answered, "{} answers", args.join(" "));
+    let output = start.wait_with_output().expect("the CLI's output");
     assert_success(&output, &args.join(" "));
     let started = Instant::now();
     let uid = action_uid(&output.stdout);
@@ -311,9 +340,7 @@ fn replicated_upgrades_complete_after_a_crash_after_every_step() {
         cluster
             .shards_at(LOAD_NODE)
             .iter()
-            .all(|s| s["redis_version"]
-                .as_str()
-                .is_some_and(|v| v.starts_with("9."))),
+            .all(|s| s["redis_version"] == "valkey-9.1"),
         "every shard on valkey-9.1: {:?}",
         cluster.shards_at(LOAD_NODE)
     );
@@ -392,8 +419,8 @@ fn the_store_agent_and_step_failpoints_inject_their_fault() {
                 "valkey-8.1",
             ],
         )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("db create");
     let status = wait_exit(&mut daemon, STEP_BOUND);

@@ -86,8 +86,8 @@ pub enum Op {
 pub const MIGRATION_OPS: [Op; 4] = [Op::AddCopy, Op::SyncCopy, Op::Switchover, Op::DropOld];
 
 impl Op {
-    /// The operation's name, the first word of its steps' names (and what the step failpoint
-    /// `FLOTILLA_FAILPOINT_PAUSE_STEP` matches). Recorded in the store and shown to operators
+    /// The operation's name, the first word of its steps' names (and what a step failpoint
+    /// in `FLOTILLA_FAILPOINTS` names to match every step of the operation). Recorded in the store and shown to operators
     /// like Redis Software's state machine steps, so the names stay those of 0.1.0: an old
     /// primary is still `upgrade_old_master`, `sync_old_master`, `replace_old_master`.
     pub fn name(self) -> &'static str {

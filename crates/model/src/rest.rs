@@ -623,7 +623,8 @@ pub struct ActionInfo {
 pub struct PlanStepInfo {
     /// The step's name, e.g. `upgrade_replica 0-8191`.
     pub name: String,
-    /// Its operation, the name's first word (what `FLOTILLA_FAILPOINT_PAUSE_STEP` matches).
+    /// Its operation, the name's first word (what a failpoint in `FLOTILLA_FAILPOINTS` names to
+    /// match every step of the operation).
     pub op: String,
     /// A cancel request may stop the action before this step.
     pub cancel_point: bool,
