@@ -12,8 +12,8 @@
 //! active.
 //!
 //! Plans walked: a shard migration (primary shard), a node removal, a database upgrade of each
-//! shape that keeps the data (replicated, preserving roles, without replication), maintenance
-//! on and off. A last test injects the other faults once each: the store's `error` after a
+//! shape (replicated, preserving roles, without replication; discarding data, without load),
+//! maintenance on and off. A last test injects the other faults once each: the store's `error` after a
 //! commit, the agent's `exit` after it started an engine, a step's `error`. Subnets 127.0.215.x
 //! to 127.0.219.x.
 
@@ -358,6 +358,27 @@ fn an_upgrade_without_replication_completes_after_a_crash_after_every_step() {
     report("upgrade without replication", &steps, took);
     assert_consistent(&cluster);
     stop_load_clean(&rt, load);
+
+    // `--discard-data` restarts the shards empty by design: walked without a load.
+    let discard = [
+        "db",
+        "upgrade",
+        "solo",
+        "--redis-version",
+        "valkey-9.1",
+        "--discard-data",
+    ];
+    let (steps, took) = crash_after_every_step(&cluster, &discard, &["restart_on_new_engine"]);
+    report("upgrade discarding data", &steps, took);
+    assert_consistent(&cluster);
+    assert!(
+        cluster
+            .shards_at(LOAD_NODE)
+            .iter()
+            .all(|s| s["redis_version"] == "valkey-9.1"),
+        "every shard on valkey-9.1: {:?}",
+        cluster.shards_at(LOAD_NODE)
+    );
 }
 
 #[test]
@@ -430,7 +451,7 @@ fn the_store_agent_and_step_failpoints_inject_their_fault() {
         "node 1 exits after starting an engine"
     );
     assert!(crasher_log(&cluster).contains("failpoint agent:start_engine shard:"));
-    let _daemon = cluster.start_daemon_with_env(CRASHER, &[(FAILPOINTS, "add_copy=1*error")]);
+    daemon = cluster.start_daemon_with_env(CRASHER, &[(FAILPOINTS, "add_copy=1*error")]);
     let output = create.wait_with_output().expect("db create ends");
     assert_success(&output, "db create through node 3");
     let load_log =
@@ -461,4 +482,7 @@ fn the_store_agent_and_step_failpoints_inject_their_fault() {
         "and ran again"
     );
     assert_consistent(&cluster);
+    // The test started this daemon: it ends and reaps it.
+    cluster.kill9(CRASHER);
+    daemon.wait().expect("node 1's daemon reaped");
 }
