@@ -241,6 +241,15 @@ fn assert_consistent(cluster: &DevCluster) {
     }
 }
 
+/// Every shard runs `engine`, as the load node sees it.
+fn assert_all_on(cluster: &DevCluster, engine: &str) {
+    let shards = cluster.shards_at(LOAD_NODE);
+    assert!(
+        shards.iter().all(|s| s["redis_version"] == engine),
+        "every shard on {engine}: {shards:?}"
+    );
+}
+
 /// A primary shard of database `bdb`: its uid, its node, and a node without a copy of its slot
 /// range (where it can move).
 fn movable_primary(cluster: &DevCluster, bdb: u64) -> (u64, u64, u64) {
@@ -336,14 +345,7 @@ fn replicated_upgrades_complete_after_a_crash_after_every_step() {
     let (steps, took) = crash_after_every_step(&cluster, &preserve, &["upgrade_replica"]);
     report("upgrade preserving roles", &steps, took);
     assert_consistent(&cluster);
-    assert!(
-        cluster
-            .shards_at(LOAD_NODE)
-            .iter()
-            .all(|s| s["redis_version"] == "valkey-9.1"),
-        "every shard on valkey-9.1: {:?}",
-        cluster.shards_at(LOAD_NODE)
-    );
+    assert_all_on(&cluster, "valkey-9.1");
     stop_load_clean(&rt, load);
 }
 
@@ -371,14 +373,7 @@ fn an_upgrade_without_replication_completes_after_a_crash_after_every_step() {
     let (steps, took) = crash_after_every_step(&cluster, &discard, &["restart_on_new_engine"]);
     report("upgrade discarding data", &steps, took);
     assert_consistent(&cluster);
-    assert!(
-        cluster
-            .shards_at(LOAD_NODE)
-            .iter()
-            .all(|s| s["redis_version"] == "valkey-9.1"),
-        "every shard on valkey-9.1: {:?}",
-        cluster.shards_at(LOAD_NODE)
-    );
+    assert_all_on(&cluster, "valkey-9.1");
 }
 
 #[test]
