@@ -569,7 +569,7 @@ fn a_client_that_stops_reading_is_held_with_bounded_memory_then_gets_every_reply
     eprintln!(
         "a client pausing with {} MB of replies requested: daemon RSS grew {:.1} MB; the other \
          client's SET+GET meanwhile: p50 {:?} p99 {:?} max {:?}",
-        GETS * value.len() >> 20,
+        (GETS * value.len()) >> 20,
         grown as f64 / MB as f64,
         percentile(&busy, 50),
         percentile(&busy, 99),
