@@ -14,7 +14,9 @@
 //! Bounds on clients (the database's [`flotilla_model::ClientLimits`], carried by the
 //! [`Topology`]): before a client has authenticated its requests are bounded at each header
 //! (10 arguments, 16 KB per bulk, as Redis); a request not yet decoded may hold at most the
-//! query buffer limit; replies are written once 64 KB are pending, the session reads nothing
+//! query buffer limit; an authenticated client's read goes on while its socket has more, up to
+//! 256 KB, so a pipeline a little over one 16 KB read is one batch; replies are written once
+//! 64 KB are pending, the session reads nothing
 //! more while a client does not take them, and a batch's size follows its replies' bytes, so a
 //! client that does not read pins about one 4 MB batch; such a client is closed past the
 //! output timeout or the output buffer limit; past `max_connections` a client is answered

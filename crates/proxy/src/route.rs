@@ -276,7 +276,7 @@ fn route_spec(
         Class::Refused(reason) => Route::Refused(reason),
         Class::Local(command) => Route::Local(command),
         Class::AllShards(merge) => Route::AllShards(merge),
-        Class::Scan => Route::Scan(scan_step(request)?),
+        Class::Scan => Route::Scan(scan_step(request, slots)?),
         Class::Keyed => match common_slot(request, key_positions(spec, request)?) {
             SlotOf::NoKey => Route::AnyShard,
             SlotOf::One(slot) => Route::Slot(slot),
@@ -505,13 +505,18 @@ fn split(
     }))
 }
 
-fn scan_step(request: &Request) -> Result<ScanStep, InvalidRequest> {
+/// The SCAN call a client cursor stands for; a cursor naming a shard the map does not have was
+/// not handed out by this endpoint (found by the router fuzz target).
+fn scan_step(request: &Request, slots: &SlotMap) -> Result<ScanStep, InvalidRequest> {
     let raw = request.arg(1).ok_or(InvalidRequest::WrongArity)?;
     let cursor: u64 = std::str::from_utf8(raw)
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or(InvalidRequest::InvalidCursor)?;
     let (shard, shard_cursor) = scan::decode_cursor(cursor);
+    if shard.0 >= slots.shard_count() {
+        return Err(InvalidRequest::InvalidCursor);
+    }
     let mut argv = request.argv().to_vec();
     argv[1] = Bytes::from(shard_cursor.to_string());
     let request = Request::from_argv(argv).ok_or(InvalidRequest::WrongArity)?;

@@ -295,6 +295,20 @@ fn scan_cursor_carries_the_shard() {
     );
 }
 
+/// Found by the router fuzz target: `SCAN 8` on three shards names shard 8, which this
+/// endpoint never handed out; the router refuses it instead of routing to no shard.
+#[test]
+fn scan_cursor_naming_a_shard_the_map_lacks_is_invalid() {
+    let foreign = flotilla_proxy::scan::encode_cursor(ShardIndex(3), 5).unwrap();
+    for cursor in ["8".to_string(), foreign.to_string()] {
+        assert_eq!(
+            route_of(&["SCAN", &cursor]),
+            Route::Invalid(InvalidRequest::InvalidCursor),
+            "{cursor}"
+        );
+    }
+}
+
 #[test]
 fn connection_commands_are_local() {
     assert_eq!(route_of(&["PING"]), Route::Local(LocalCommand::Ping));

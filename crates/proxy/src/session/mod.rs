@@ -96,6 +96,11 @@ const FLUSH_AT: usize = 64 * 1024;
 /// connection holds no buffer).
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Most bytes one wake-up reads from the client while the socket has more: a read that fills
+/// the buffer's room is followed by another with more room, so a pipeline a little larger than
+/// [`READ_CHUNK`] (16 SETs of 1 KB) is routed as one batch, not as a batch and its last request.
+const READ_AHEAD: usize = 256 * 1024;
+
 /// What the session enforces on the client's replies (from the database's [`ClientLimits`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct OutputBounds {
@@ -131,6 +136,13 @@ pub(super) struct ClientIo {
     broken: bool,
     /// Reply bytes written since the batch started.
     batch_bytes: usize,
+    /// Whether the client has authenticated: only then does a read go on past
+    /// [`READ_CHUNK`] (see [`read_ahead`]), so a client without the password is still bounded
+    /// to a few KB.
+    authenticated: bool,
+    /// Reply bytes of the previous batch: the output buffer is given that much room (at most
+    /// [`FLUSH_AT`]) before a batch's replies are added, instead of growing by doubling.
+    last_batch_bytes: usize,
 }
 
 impl ClientIo {
@@ -143,6 +155,17 @@ impl ClientIo {
             bounds: OutputBounds::default(),
             broken: false,
             batch_bytes: 0,
+            last_batch_bytes: 0,
+            authenticated: false,
+        }
+    }
+
+    /// Before a routed batch's replies are added: room for as many bytes as the previous
+    /// batch's replies took (within [`FLUSH_AT`]).
+    fn make_room(&mut self) {
+        let room = self.last_batch_bytes.min(FLUSH_AT);
+        if self.output.capacity() - self.output.len() < room {
+            self.output.reserve(room);
         }
     }
 
@@ -150,6 +173,7 @@ impl ClientIo {
     /// and written from now on.
     fn bound(&mut self, limits: &ClientLimits, authenticated: bool) {
         self.bounds = OutputBounds::of(limits);
+        self.authenticated = authenticated;
         self.decoder.set_unauthenticated(!authenticated);
         let query = usize::try_from(limits.client_query_buffer_limit).unwrap_or(usize::MAX);
         self.decoder.set_query_buffer_limit(Some(query));
@@ -164,6 +188,7 @@ impl ClientIo {
             stream,
             input,
             output,
+            authenticated,
             ..
         } = self;
         let plain = match stream {
@@ -178,7 +203,13 @@ impl ClientIo {
             plain.readable().await?;
             reserve_input(input);
             match plain.try_read_buf(input) {
-                Ok(read) => return Ok(read > 0),
+                Ok(0) => return Ok(false),
+                Ok(_) => {
+                    if *authenticated {
+                        read_ahead(plain, input);
+                    }
+                    return Ok(true);
+                }
                 // A spurious wake-up (a new socket is reported ready once): wait again
                 // without the buffer.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => release_idle(input, output),
@@ -271,6 +302,19 @@ impl ClientIo {
 fn reserve_input(input: &mut BytesMut) {
     if input.capacity() - input.len() < READ_CHUNK / 4 {
         input.reserve(READ_CHUNK);
+    }
+}
+
+/// After a read that filled the input buffer's room: reads on while the socket has bytes, the
+/// buffer growing by [`READ_CHUNK`], up to [`READ_AHEAD`] bytes buffered. What is left stays
+/// in the socket (and the end of the stream, if it came, is seen by the next read).
+fn read_ahead(plain: &TcpStream, input: &mut BytesMut) {
+    while input.len() == input.capacity() && input.len() < READ_AHEAD {
+        input.reserve(READ_CHUNK);
+        match plain.try_read_buf(input) {
+            Ok(read) if read > 0 => {}
+            _ => return,
+        }
     }
 }
 
@@ -556,7 +600,9 @@ impl Session {
         self.client.batch_bytes = 0;
         let routed = self.route_batch().await;
         if routed > 0 || self.closing {
+            self.client.make_room();
             let answered = self.answer_batch(started).await?;
+            self.client.last_batch_bytes = self.client.batch_bytes;
             self.batch_size = next_batch_size(self.batch_size, routed, self.client.batch_bytes);
             return Ok(match answered {
                 Step::Serve => Turn::Again,
