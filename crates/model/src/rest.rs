@@ -92,6 +92,9 @@ pub struct NodeInfo {
     /// Absent when not (as 0.1.0 answered).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub maintenance: bool,
+    /// What the node last reported wrong on itself (see [`NodeReport::problems`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// One entry of `GET /v1/nodes/status`, keyed by uid; `role` is `master`/`slave` as in Redis
@@ -294,6 +297,11 @@ pub struct NodeReport {
     /// onto the node. Absent from nodes older than 0.2.0 (their room is then not checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_memory: Option<u64>,
+    /// What is wrong on the node itself (a full data dir, its store stopped after a failed
+    /// write), each naming the file or dir and the fix; absent when nothing is (and from nodes
+    /// older than 0.2.0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// What a node's agent observes of one of its shards (kept in the primary node's memory).
@@ -326,6 +334,11 @@ pub struct ShardReport {
     /// The engine's pid.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// What keeps the shard from running as the store wants (its data files do not load, its
+    /// disk is full, ...) or a fault the agent just handled (damaged data files moved aside),
+    /// naming the file and the fix; absent when nothing is wrong (and from 0.1.0 nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// Whether a replica must be linked to its primary to count as serving in its role: the one
@@ -539,6 +552,10 @@ pub struct ShardInfo {
     /// A switchover holds this primary's slots right now.
     #[serde(default)]
     pub held: bool,
+    /// What its node's agent last reported wrong with it (see [`ShardReport::problem`]), naming
+    /// the file and the fix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// `POST /v1/bdbs/{uid}/upgrade`, in Redis Software's field names.
@@ -651,6 +668,7 @@ mod tests {
             used_memory: 0,
             engine_version: None,
             pid: None,
+            problem: None,
         }
     }
 
