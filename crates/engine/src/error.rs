@@ -62,20 +62,16 @@ pub enum EngineError {
 
     /// The engine exited at start because its data files (RDB, AOF) do not load: truncated or
     /// corrupt. Nothing was changed; the files are where they were.
-    #[error("shard {shard_id} ({version}) cannot load its data files {files} in {dir}: the engine says \"{line}\" (its log: {log}). Repair them (`redis-check-aof --fix` / `redis-check-rdb`, or valkey-check-*), or move them aside to start the shard empty; a replica shard's are moved aside by the agent, which syncs it from its primary again")]
+    #[error("shard {shard_id} cannot load its data files {files} in {dir}: the engine says \"{line}\" (engine.log there). Repair them (`valkey-check-aof --fix` / `redis-check-aof --fix` for an AOF, `redis-check-rdb` for an RDB), or move them aside to start the shard empty; a replica shard's are moved aside by the agent, which syncs it from its primary again")]
     DataUnreadable {
         /// The shard.
         shard_id: u64,
-        /// The engine version that was started.
-        version: String,
         /// The shard's dir.
         dir: PathBuf,
         /// The data files present, by name.
         files: String,
         /// The engine's log line that says what failed.
         line: String,
-        /// The engine's log file.
-        log: PathBuf,
     },
 
     /// The engine process did not exit, even after SIGKILL, within the deadline.

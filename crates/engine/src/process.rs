@@ -410,11 +410,9 @@ fn start_failed(
             .collect();
         return EngineError::DataUnreadable {
             shard_id: spec.shard_id,
-            version: spec.version.to_string(),
             dir: spec.dir.clone(),
             files: files.join(", "),
             line,
-            log: spec.log_path(),
         };
     }
     let mut tail = tail_lines(&log_text, LOG_TAIL_LINES);

@@ -271,7 +271,7 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
     let ending = serve_until_stopped(&old, &mut upgrades, removed).await?;
     let finish = match ending {
         Ending::Stop => None,
-        Ending::Upgrade(finish) => Some(finish),
+        Ending::Upgrade(finish) => Some(*finish),
         Ending::StoreRecovered => {
             tracing::warn!("the data dir has room again: restarting the daemon to reopen its store (shards keep running and are adopted)");
             let _ = stop_tx.send(true);
@@ -319,7 +319,7 @@ enum Ending {
     /// A signal, or the node's removal: the daemon stops.
     Stop,
     /// An in-place upgrade handed the node over or restarts it on the new version.
-    Upgrade(Finish),
+    Upgrade(Box<Finish>),
     /// The store had stopped on a failed write and the data dir has room again: the daemon
     /// restarts in place to reopen it.
     StoreRecovered,
@@ -397,7 +397,7 @@ async fn serve_until_stopped(
             }
             Some(order) = upgrades.recv() => {
                 if let Some(finish) = flotilla_upgrade::upgrade_in_place(old, order).await {
-                    return Ok(Ending::Upgrade(finish));
+                    return Ok(Ending::Upgrade(Box::new(finish)));
                 }
             }
         }

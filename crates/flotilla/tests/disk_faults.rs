@@ -487,9 +487,13 @@ fn a_full_data_dir_is_reported_with_the_fix_loses_nothing_and_the_node_recovers(
     assert!(told, "status names the full dir and the fix: {seen}");
     assert!(seen.contains("free space"), "{seen}");
 
-    // The rest of the cluster keeps committing: a change applies on nodes 1 and 2.
-    let set = cluster.flotilla(&["db", "set", "plain", "--client-timeout", "300"]);
-    assert_success(&set, "db set while node 3 is full");
+    // The rest of the cluster keeps committing: changes apply on nodes 1 and 2, while node 3's
+    // store cannot append them.
+    for timeout in (100..=290).step_by(10).chain([300]) {
+        let timeout = timeout.to_string();
+        let set = cluster.flotilla(&["db", "set", "plain", "--client-timeout", &timeout]);
+        assert_success(&set, "db set while node 3 is full");
+    }
     for n in [1, 2] {
         let shown = cluster.json(n, &["db", "show", "plain", "--json"]);
         assert!(
@@ -497,6 +501,20 @@ fn a_full_data_dir_is_reported_with_the_fix_loses_nothing_and_the_node_recovers(
             "node {n} applied it: {shown}"
         );
     }
+
+    let stopped = poll_until(Duration::from_secs(10), || {
+        issues(&cluster).contains("stopped after a failed write")
+    });
+    let now = issues(&cluster);
+    eprintln!("node 3's store stopped on the full disk: {stopped}\n{now}");
+    assert!(
+        stopped,
+        "node 3 reports its store stopped, naming the file: {now}"
+    );
+    assert!(
+        now.contains(&format!("{}/store.redb", dir.display())),
+        "{now}"
+    );
 
     // Space comes back: the node and its shard recover by themselves.
     std::fs::remove_file(dir.join("filler")).unwrap();

@@ -696,6 +696,42 @@ mod tests {
         assert!(!down.serves_in(Replica, NotRequired));
     }
 
+    /// A shard's and a node's problem (0.2.0) travel beside 0.1.0's fields: absent when there
+    /// is none (the 0.1.0 JSON, pinned below), ignored by a 0.1.0 primary node when present.
+    #[test]
+    fn problems_are_extra_fields_0_1_0_ignores() {
+        let shard = r#"{"uid":3,"up":false,"role":null,"offset":0,"master_link_up":false,"sync_in_progress":false,"used_memory":0,"engine_version":null,"pid":null,"problem":"shard 3 cannot load its data files"}"#;
+        let decoded: ShardReport = serde_json::from_str(shard).unwrap();
+        assert_eq!(
+            decoded.problem.as_deref(),
+            Some("shard 3 cannot load its data files")
+        );
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), shard);
+        let node = r#"{"uid":2,"software_version":"0.2.0","os":"Debian","shards":[],"problems":["data dir /d is full"]}"#;
+        let decoded: NodeReport = serde_json::from_str(node).unwrap();
+        assert_eq!(decoded.problems, vec!["data dir /d is full".to_string()]);
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), node);
+        // 0.1.0's NodeReport: no `total_memory`, no `problems`, unknown fields ignored.
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct NodeReport010 {
+            uid: NodeUid,
+            software_version: String,
+            os: String,
+            #[serde(default)]
+            shards: Vec<ShardReport>,
+        }
+        let old: NodeReport010 = serde_json::from_str(node).unwrap();
+        assert_eq!(old.uid, 2);
+        let healthy = NodeReport {
+            problems: Vec::new(),
+            ..decoded
+        };
+        assert!(!serde_json::to_string(&healthy)
+            .unwrap()
+            .contains("problems"));
+    }
+
     /// The Rust names say primary; the JSON keeps the names 0.1.0 and Redis Software use.
     #[test]
     fn renamed_fields_keep_their_json_names() {

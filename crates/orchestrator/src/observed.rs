@@ -252,5 +252,9 @@ mod tests {
         let observed: Observed = serde_json::from_str(old).unwrap();
         assert_eq!(observed.nodes[&2], NodeStatus::Down);
         assert!(observed.node_memory.is_empty(), "not checked, not guessed");
+        assert!(observed.node_problems.is_empty());
+        // Without problems a newer primary node answers what 0.1.0 reads, plus node_memory.
+        let json = serde_json::to_string(&observed).unwrap();
+        assert!(!json.contains("node_problems"), "{json}");
     }
 }
