@@ -269,22 +269,6 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
         endpoints: endpoints.clone(),
     };
     let ending = serve_until_stopped(&old, &mut upgrades, removed).await?;
-    let finish = match ending {
-        Ending::Stop => None,
-        Ending::Upgrade(finish) => Some(*finish),
-        Ending::StoreRecovered => {
-            tracing::warn!("the data dir has room again: restarting the daemon to reopen its store (shards keep running and are adopted)");
-            let _ = stop_tx.send(true);
-            let _ = tokio::time::timeout(STOP_BOUND, async {
-                while tasks.join_next().await.is_some() {}
-            })
-            .await;
-            store.shutdown().await;
-            drop(store);
-            drop(_pidfile);
-            return restart_in_place();
-        }
-    };
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(STOP_BOUND, async {
@@ -292,6 +276,15 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
     })
     .await;
     store.shutdown().await;
+    let finish = match ending {
+        Ending::Stop => None,
+        Ending::Upgrade(finish) => Some(*finish),
+        Ending::StoreRecovered => {
+            tracing::warn!("the data dir has room again: restarting the daemon to reopen its store (shards keep running and are adopted)");
+            drop(_pidfile);
+            return restart_in_place();
+        }
+    };
     match finish {
         None => Ok(()),
         Some(Finish::HandedOver(_)) => {

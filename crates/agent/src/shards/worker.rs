@@ -180,7 +180,7 @@ async fn ensure_running(
             // deleted) and it starts empty and syncs again.
             let aside = set_aside_data_files(spec)?;
             tracing::warn!(error = %e, aside = %aside.display(), "the replica's data files do not load: moved them aside; starting it empty to sync from its primary");
-            down.note_set_aside(spec.shard_id, format!("{e}. Moved them to {} (kept for the operator: delete them once the shard is active again); the replica starts empty and syncs from its primary", aside.display()));
+            down.note_set_aside(spec.shard_id, format!("{e}. Moved them to {} (kept: they may hold writes the old primary acknowledged but never replicated; compare before deleting them); the replica starts empty and syncs from its primary", aside.display()));
             start(catalog, spec).await?
         }
         started => started?,
