@@ -640,3 +640,107 @@ fn a_full_data_dir_is_reported_with_the_fix_loses_nothing_and_the_node_recovers(
     );
     assert!(plain["uid"].as_u64().is_some());
 }
+
+/// A connection to a shard's engine as the agent's admin user (derived from the cluster secret
+/// in node `n`'s identity).
+fn engine_admin(cluster: &DevCluster, n: u8, port: u16) -> redis::Connection {
+    let identity: Value =
+        serde_json::from_slice(&std::fs::read(cluster.data_dir(n).join("identity.json")).unwrap())
+            .unwrap();
+    let users = flotilla_model::EngineUsers::derive(identity["secret"].as_str().unwrap());
+    let url = format!(
+        "redis://{}:{}@{}:{port}/",
+        flotilla_model::ADMIN_USER,
+        users.admin,
+        cluster.addr(n)
+    );
+    redis::Client::open(url)
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("connecting to the engine as its admin")
+}
+
+#[test]
+fn a_truncated_rdb_of_a_replica_is_set_aside_and_the_replica_syncs_again() {
+    let cluster = DevCluster::up(&bin(), 224, 2);
+    let bdb = cluster.create_db(&[
+        "--name",
+        "snap",
+        "--port",
+        "12226",
+        "--memory",
+        "50mb",
+        "--shards",
+        "1",
+        "--replication",
+        "--persistence",
+        "snapshot",
+        "--redis-version",
+        "valkey-9.1",
+    ]);
+    let bdb_uid = bdb["uid"].as_u64().unwrap();
+    let mut conn = connect(cluster.addr(1), 12226);
+    write_keys(&mut conn, "r", 300);
+    let replicas: i64 = redis::cmd("WAIT")
+        .arg(1)
+        .arg(10_000)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(replicas, 1, "the replica has every write");
+    let replica = shards(&cluster)
+        .into_iter()
+        .find(|s| s["bdb_uid"] == bdb_uid && s["role"] == "slave")
+        .unwrap();
+    let uid = replica["uid"].as_u64().unwrap();
+    let port = replica["port"].as_u64().unwrap() as u16;
+    let node = node_of(&cluster, replica["node_uid"].as_u64().unwrap());
+    let dir = shard_dir(&cluster, node, uid);
+
+    // The replica saves its RDB, which is then cut in half, and its engine dies.
+    let () = redis::cmd("SAVE")
+        .query(&mut engine_admin(&cluster, node, port))
+        .unwrap();
+    let rdb = dir.join("dump.rdb");
+    let len = std::fs::metadata(&rdb).unwrap().len();
+    let truncated = std::fs::read(&rdb).unwrap()[..(len / 2) as usize].to_vec();
+    std::fs::write(&rdb, &truncated).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(engine_pid(&dir) as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    // The agent sets the file aside (kept byte for byte) and the replica syncs again.
+    let mut aside = None;
+    let set_aside = poll_until(Duration::from_secs(30), || {
+        aside = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("damaged-")
+            });
+        aside.is_some()
+    });
+    assert!(set_aside, "the truncated RDB is moved aside");
+    let aside = aside.unwrap();
+    assert_eq!(std::fs::read(aside.join("dump.rdb")).unwrap(), truncated);
+    let synced = poll_until(Duration::from_secs(60), || {
+        caught_up(&cluster, bdb_uid)
+            && redis::cmd("DBSIZE")
+                .query::<i64>(&mut engine_admin(&cluster, node, port))
+                .is_ok_and(|keys| keys >= 300)
+    });
+    assert!(synced, "the replica holds every key again");
+    let log = std::fs::read_to_string(cluster.data_dir(node).join("flotilla.log")).unwrap();
+    assert!(
+        log.contains(&aside.display().to_string()),
+        "the log says where"
+    );
+    assert!(
+        log.contains("Short read") || log.contains("RDB"),
+        "the log quotes the engine"
+    );
+}
