@@ -289,9 +289,17 @@ pub(crate) async fn observe(spec: &ShardSpec) -> Result<ShardReport, ShardError>
     let client = connect(spec).await?;
     match client.ping().await {
         Ok(()) => {}
-        // A primary that cannot write its data files answers PING with MISCONF: it runs and
-        // serves reads; what is wrong is reported in its `problem`.
-        Err(EngineError::Redis { source, .. }) if source.code() == Some("MISCONF") => {}
+        // A primary that cannot write its data files refuses writes, and PING, with MISCONF:
+        // reported down (so a replica elsewhere is promoted, as when it dies), with why.
+        Err(EngineError::Redis { source, .. }) if source.code() == Some("MISCONF") => {
+            let why = persistence_problem(&client, spec)
+                .await
+                .unwrap_or_else(|| format!("shard {} answers MISCONF: {source}", spec.shard_id));
+            return Ok(ShardReport {
+                problem: Some(format!("{why} (it answers PING with MISCONF, so it counts as down: a replica elsewhere is promoted)")),
+                ..down_report(spec.shard_id)
+            });
+        }
         Err(e) => return Err(e.into()),
     }
     let replication = client.replication().await?;
