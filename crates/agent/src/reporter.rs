@@ -49,6 +49,7 @@ async fn report_once(store: &Store, node: &NodeSpec, shards: &ObservedShards) {
         os: node.os.clone(),
         shards: shards.snapshot(),
         total_memory: crate::host::total_memory(),
+        problems: node_problems(store, node),
     };
     let sent: Result<(), StoreError> = store.call_primary_node("/internal/report", &report).await;
     match sent {
@@ -58,6 +59,26 @@ async fn report_once(store: &Store, node: &NodeSpec, shards: &ObservedShards) {
         Err(e) => tracing::debug!(error = %e, "report to the primary node failed"),
     }
     refresh_own_record(store, uid, node).await;
+}
+
+/// Below this many free bytes in the data dir, the node reports it as full: the store's next
+/// log entry or a shard's next AOF write may fail.
+const DATA_DIR_FULL_BELOW: u64 = 1 << 20;
+
+/// What is wrong on this node itself: its store stopped after a failed write, its data dir is
+/// (nearly) full. Each names the file or dir and the fix.
+fn node_problems(store: &Store, node: &NodeSpec) -> Vec<String> {
+    let mut problems: Vec<String> = store.failure().into_iter().collect();
+    let dir = std::path::Path::new(&node.host.data_dir);
+    if let Some(free) = flotilla_engine::available_bytes(dir) {
+        if free < DATA_DIR_FULL_BELOW {
+            problems.push(format!(
+                "data dir {} is full ({free} bytes free): the store and persistent shards on this node cannot write; free space on that file system",
+                dir.display()
+            ));
+        }
+    }
+    problems
 }
 
 async fn refresh_own_record(store: &Store, uid: u64, node: &NodeSpec) {

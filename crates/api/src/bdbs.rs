@@ -357,6 +357,7 @@ pub(crate) async fn shards(State(context): State<ApiContext>) -> Json<Vec<ShardI
                 offset: report.map(|r| r.offset).unwrap_or(0),
                 used_memory: report.map(|r| r.used_memory).unwrap_or(0),
                 held: s.held,
+                problem: report.and_then(|r| r.problem.clone()),
             }
         })
         .collect();

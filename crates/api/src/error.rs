@@ -87,6 +87,7 @@ impl From<StoreError> for ApiError {
             StoreError::OutcomeUnknown { .. } => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown"),
             StoreError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             StoreError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+            StoreError::StoreFile(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_file"),
         };
         Self {
             status,

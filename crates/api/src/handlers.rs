@@ -215,7 +215,8 @@ pub(crate) async fn put_cluster(
 
 async fn node_infos(context: &ApiContext) -> Vec<NodeInfo> {
     let state = context.store.state();
-    let statuses = context.observer.statuses().await;
+    let observed = context.observer.observed().await;
+    let statuses = &observed.nodes;
     let primary_node = context.store.primary_node();
     state
         .nodes
@@ -236,6 +237,11 @@ async fn node_infos(context: &ApiContext) -> Vec<NodeInfo> {
                 .copied()
                 .unwrap_or(NodeStatus::Unknown),
             maintenance: node.maintenance.is_some(),
+            problems: observed
+                .node_problems
+                .get(&node.uid)
+                .cloned()
+                .unwrap_or_default(),
         })
         .collect()
 }

@@ -196,18 +196,10 @@ pub fn data_dir(dir: &Path) -> Vec<Check> {
             "give the daemon's user write access to its data dir",
         ),
     };
-    vec![writable, free_space(dir, available_bytes(dir))]
-}
-
-fn available_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs reads the NUL-terminated path and writes only into `stat`.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
-    #[allow(clippy::useless_conversion)] // the field types differ between targets
-    let bytes = u64::from(stat.f_bavail) * u64::from(stat.f_frsize);
-    (rc == 0).then_some(bytes)
+    vec![
+        writable,
+        free_space(dir, flotilla_engine::available_bytes(dir)),
+    ]
 }
 
 fn free_space(dir: &Path, available: Option<u64>) -> Check {

@@ -152,6 +152,7 @@ mod tests {
             os: os.into(),
             status: NodeStatus::Up,
             maintenance: false,
+            problems: Vec::new(),
             host: NodeHost {
                 os_id: os.into(),
                 supported_os: supported.iter().map(|s| s.to_string()).collect(),

@@ -422,6 +422,7 @@ mod tests {
             os: "Debian GNU/Linux 12 (bookworm)".into(),
             status: NodeStatus::Up,
             maintenance,
+            problems: Vec::new(),
             host: Default::default(),
         };
         let nodes = [node(1, false), node(2, true), node(3, false)];

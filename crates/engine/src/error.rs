@@ -60,6 +60,20 @@ pub enum EngineError {
         log_tail: String,
     },
 
+    /// The engine exited at start because its data files (RDB, AOF) do not load: truncated or
+    /// corrupt. Nothing was changed; the files are where they were.
+    #[error("shard {shard_id} cannot load its data files {files} in {dir}: the engine says \"{line}\" (engine.log there). Repair them (`valkey-check-aof --fix` / `redis-check-aof --fix` for an AOF, `redis-check-rdb` for an RDB), or move them aside to start the shard empty; a replica shard's are moved aside by the agent, which syncs it from its primary again")]
+    DataUnreadable {
+        /// The shard.
+        shard_id: u64,
+        /// The shard's dir.
+        dir: PathBuf,
+        /// The data files present, by name.
+        files: String,
+        /// The engine's log line that says what failed.
+        line: String,
+    },
+
     /// The engine process did not exit, even after SIGKILL, within the deadline.
     #[error("pid {pid} did not exit within {waited_ms} ms")]
     StopTimeout {

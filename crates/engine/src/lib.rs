@@ -10,6 +10,7 @@
 mod acl;
 mod catalog;
 mod client;
+mod data_files;
 mod error;
 mod info;
 mod process;
@@ -18,6 +19,7 @@ mod spec;
 pub use acl::EngineLogin;
 pub use catalog::{dev_engines_dir, EngineCatalog, ENGINES_DIR_ENV};
 pub use client::{wait_for_sync, ClientOptions, EngineClient};
+pub use data_files::{available_bytes, present_data_files, set_aside_data_files, DATA_FILES};
 pub use error::{EngineError, Result};
 /// Engine versions are cluster vocabulary, defined in the model and used here.
 pub use flotilla_model::EngineVersion;

@@ -403,6 +403,18 @@ fn start_failed(
     launcher_output: &str,
 ) -> EngineError {
     let log_text = read_from(&spec.log_path(), log_offset);
+    if let Some(line) = crate::data_files::load_failure(&log_text) {
+        let files: Vec<String> = crate::data_files::present_data_files(&spec.dir)
+            .iter()
+            .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+            .collect();
+        return EngineError::DataUnreadable {
+            shard_id: spec.shard_id,
+            dir: spec.dir.clone(),
+            files: files.join(", "),
+            line,
+        };
+    }
     let mut tail = tail_lines(&log_text, LOG_TAIL_LINES);
     if !launcher_output.trim().is_empty() {
         tail = format!("{}\n{tail}", launcher_output.trim_end());

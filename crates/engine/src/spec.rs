@@ -356,8 +356,13 @@ pub fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A spec for tests of other modules.
+    pub(crate) fn sample_spec() -> ShardSpec {
+        spec(EngineVersion::Redis70)
+    }
 
     fn spec(version: EngineVersion) -> ShardSpec {
         ShardSpec {

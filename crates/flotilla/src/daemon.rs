@@ -19,7 +19,8 @@ use flotilla_endpoints::{Endpoints, StatsRegistry};
 use flotilla_model::{ClusterState, NodeHost, NodeSpec};
 use flotilla_orchestrator::Observer;
 use flotilla_package::{Package, DEFAULT_SUPPORTED_OS};
-use flotilla_store::{project, StateFeed, Store, StoreConfig};
+use flotilla_store::store_file::StoreFileError;
+use flotilla_store::{project, StateFeed, Store, StoreConfig, StoreError};
 use flotilla_upgrade::{Finish, Inheritance, OldDaemon, PassedServices, ServiceListeners};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -269,7 +270,7 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
         services: services.try_clone()?,
         endpoints: endpoints.clone(),
     };
-    let finish = serve_until_stopped(&old, &mut upgrades, removed).await?;
+    let ending = serve_until_stopped(&old, &mut upgrades, removed).await?;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(STOP_BOUND, async {
@@ -277,6 +278,15 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
     })
     .await;
     store.shutdown().await;
+    let finish = match ending {
+        Ending::Stop => None,
+        Ending::Upgrade(finish) => Some(*finish),
+        Ending::StoreRecovered => {
+            tracing::warn!("the data dir has room again: restarting the daemon to reopen its store (shards keep running and are adopted)");
+            drop(_pidfile);
+            return restart_in_place();
+        }
+    };
     match finish {
         None => Ok(()),
         Some(Finish::HandedOver(_)) => {
@@ -299,31 +309,90 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
     }
 }
 
-/// Serves until a signal (`None`), the node's removal from the cluster (`None`, after
-/// leaving [`REMOVED_MARKER`]) or an in-place upgrade that hands the node over.
+/// Why [`serve_until_stopped`] returned.
+enum Ending {
+    /// A signal, or the node's removal: the daemon stops.
+    Stop,
+    /// An in-place upgrade handed the node over or restarts it on the new version.
+    Upgrade(Box<Finish>),
+    /// The store had stopped on a failed write and the data dir has room again: the daemon
+    /// restarts in place to reopen it.
+    StoreRecovered,
+}
+
+/// How often a daemon whose store stopped on a failed write looks at its data dir's room.
+const STORE_RECOVERY_POLL: Duration = Duration::from_secs(1);
+/// The free bytes the data dir needs before such a daemon restarts (the store's next writes,
+/// and the snapshot openraft may build, need room).
+const STORE_RECOVERY_ROOM: u64 = 16 << 20;
+
+/// Completes once this node's store has stopped after a failed write (a full disk) and the data
+/// dir has [`STORE_RECOVERY_ROOM`] again; logs the failure, naming the file and the fix, once.
+async fn store_recovered(store: &Store, data_dir: &Path) {
+    let mut told = false;
+    loop {
+        tokio::time::sleep(STORE_RECOVERY_POLL).await;
+        let Some(failure) = store.failure() else {
+            continue;
+        };
+        if !told {
+            tracing::error!("{failure}");
+            told = true;
+        }
+        let room = flotilla_engine::available_bytes(data_dir).unwrap_or(0);
+        if room >= STORE_RECOVERY_ROOM {
+            return;
+        }
+    }
+}
+
+/// Runs this daemon again in this process (same binary, same arguments but a handover's),
+/// after its listeners and store were let go.
+fn restart_in_place() -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let binary = std::env::current_exe().context("locating the flotilla binary")?;
+    let mut args = std::env::args_os().skip(1);
+    let mut kept = Vec::new();
+    while let Some(arg) = args.next() {
+        if arg == "--handover-fd" {
+            args.next();
+        } else if !arg.to_string_lossy().starts_with("--handover-fd=") {
+            kept.push(arg);
+        }
+    }
+    let error = std::process::Command::new(binary).args(kept).exec();
+    Err(error).context("restarting the daemon in this process's place")
+}
+
+/// Serves until a signal or the node's removal from the cluster ([`Ending::Stop`], after
+/// leaving [`REMOVED_MARKER`]), an in-place upgrade that hands the node over, or the recovery
+/// of a store that stopped on a full disk.
 async fn serve_until_stopped(
     old: &OldDaemon,
     upgrades: &mut mpsc::Receiver<UpgradeOrder>,
     mut removed: watch::Receiver<bool>,
-) -> Result<Option<Finish>> {
+) -> Result<Ending> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let recovered = store_recovered(&old.store, &old.data_dir);
+    tokio::pin!(recovered);
     loop {
         tokio::select! {
-            _ = term.recv() => return Ok(None),
-            _ = int.recv() => return Ok(None),
+            _ = term.recv() => return Ok(Ending::Stop),
+            _ = int.recv() => return Ok(Ending::Stop),
+            _ = &mut recovered => return Ok(Ending::StoreRecovered),
             Ok(_) = removed.wait_for(|r| *r) => {
                 let uid = old.store.uid().unwrap_or_default();
                 let note = format!("node {uid} was removed from the cluster; to join a cluster again, start the daemon on an empty data dir\n");
                 std::fs::write(old.data_dir.join(REMOVED_MARKER), note)
                     .context("recording the node's removal")?;
                 tracing::warn!("removed from the cluster: stopping");
-                return Ok(None);
+                return Ok(Ending::Stop);
             }
             Some(order) = upgrades.recv() => {
                 if let Some(finish) = flotilla_upgrade::upgrade_in_place(old, order).await {
-                    return Ok(Some(finish));
+                    return Ok(Ending::Upgrade(Box::new(finish)));
                 }
             }
         }
@@ -456,14 +525,17 @@ async fn open_store(args: &StartArgs) -> Result<Store> {
     loop {
         match Store::open(config.clone()).await {
             Ok(store) => return Ok(store),
-            Err(e)
-                if tokio::time::Instant::now() < deadline
-                    && e.to_string().contains("store.redb") =>
+            Err(e @ StoreError::StoreFile(StoreFileError::Held { .. }))
+                if tokio::time::Instant::now() < deadline =>
             {
                 tracing::warn!(error = %e, "the store is still held; retrying");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => return Err(e).context("opening the cluster store"),
+            Err(e) => {
+                // Logged too: `dev up` and supervisors show the log, not only stderr.
+                tracing::error!(error = %e, "cannot open the cluster store; not starting");
+                return Err(e).context("opening the cluster store");
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 use flotilla_client::Client;
-use flotilla_model::rest::{BdbInfo, ClusterInfo, NodeInfo, NodeRole, NodeStatus};
+use flotilla_model::rest::{BdbInfo, ClusterInfo, NodeInfo, NodeRole, NodeStatus, ShardInfo};
 use serde::Serialize;
 
 /// Arguments of `flotilla status`.
@@ -18,7 +18,12 @@ pub struct StatusArgs {
 }
 
 /// The problems `flotilla status` flags, one line each, naming the object and the fix.
-fn issues(cluster: &ClusterInfo, nodes: &[NodeInfo], databases: &[BdbInfo]) -> Vec<String> {
+fn issues(
+    cluster: &ClusterInfo,
+    nodes: &[NodeInfo],
+    databases: &[BdbInfo],
+    shards: &[ShardInfo],
+) -> Vec<String> {
     let mut found = Vec::new();
     for node in nodes.iter().filter(|n| n.status != NodeStatus::Up) {
         found.push(
@@ -29,6 +34,7 @@ fn issues(cluster: &ClusterInfo, nodes: &[NodeInfo], databases: &[BdbInfo]) -> V
             .to_lowercase(),
         );
     }
+    found.extend(faults(nodes, &[]));
     for node in nodes.iter().filter(|n| n.maintenance) {
         found.push(format!(
             "node:{} ({}) is in maintenance mode (no shard is placed on it): `flotilla node maintenance {} off` once its work is done",
@@ -55,7 +61,26 @@ fn issues(cluster: &ClusterInfo, nodes: &[NodeInfo], databases: &[BdbInfo]) -> V
             ));
         }
     }
+    found.extend(faults(&[], shards));
     found
+}
+
+/// What nodes and shards report wrong on themselves (a full data dir, a store stopped on a
+/// failed write, data files that do not load), one line each naming the file and the fix.
+fn faults(nodes: &[NodeInfo], shards: &[ShardInfo]) -> Vec<String> {
+    let on_nodes = nodes.iter().flat_map(|node| {
+        node.problems
+            .iter()
+            .map(move |problem| format!("node:{} ({}): {problem}", node.uid, node.addr))
+    });
+    let on_shards = shards.iter().filter_map(|shard| {
+        let problem = shard.problem.as_ref()?;
+        Some(format!(
+            "shard:{} (db:{} on node:{}, {}): {problem}",
+            shard.uid, shard.bdb_uid, shard.node_uid, shard.status
+        ))
+    });
+    on_nodes.chain(on_shards).collect()
 }
 
 fn old_engine(cluster: &ClusterInfo, db: &BdbInfo) -> bool {
@@ -77,7 +102,8 @@ pub async fn run(client: &Client, args: StatusArgs) -> Result<()> {
     let cluster = client.cluster().await?;
     let nodes = client.nodes().await?;
     let databases = client.bdbs().await?;
-    let issues = issues(&cluster, &nodes, &databases);
+    let shards = client.shards().await?;
+    let issues = issues(&cluster, &nodes, &databases, &shards);
     if args.issues_only && !args.json {
         if issues.is_empty() {
             println!("no issues");
@@ -149,6 +175,14 @@ pub async fn run(client: &Client, args: StatusArgs) -> Result<()> {
     println!();
     println!("DATABASES:");
     crate::db::print_table(&databases);
+    let faults = faults(&nodes, &shards);
+    if !faults.is_empty() {
+        println!();
+        println!("FAULTS:");
+        for fault in faults {
+            println!("{fault}");
+        }
+    }
     for db in databases.iter().filter(|db| old_engine(&cluster, db)) {
         println!(
             "db:{} {}: OLD REDIS VERSION ({}; cluster default {})",

@@ -92,6 +92,9 @@ pub struct NodeInfo {
     /// Absent when not (as 0.1.0 answered).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub maintenance: bool,
+    /// What the node last reported wrong on itself (see [`NodeReport::problems`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// One entry of `GET /v1/nodes/status`, keyed by uid; `role` is `master`/`slave` as in Redis
@@ -294,6 +297,11 @@ pub struct NodeReport {
     /// onto the node. Absent from nodes older than 0.2.0 (their room is then not checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_memory: Option<u64>,
+    /// What is wrong on the node itself (a full data dir, its store stopped after a failed
+    /// write), each naming the file or dir and the fix; absent when nothing is (and from nodes
+    /// older than 0.2.0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// What a node's agent observes of one of its shards (kept in the primary node's memory).
@@ -326,6 +334,11 @@ pub struct ShardReport {
     /// The engine's pid.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// What keeps the shard from running as the store wants (its data files do not load, its
+    /// disk is full, ...) or a fault the agent just handled (damaged data files moved aside),
+    /// naming the file and the fix; absent when nothing is wrong (and from 0.1.0 nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// Whether a replica must be linked to its primary to count as serving in its role: the one
@@ -539,6 +552,10 @@ pub struct ShardInfo {
     /// A switchover holds this primary's slots right now.
     #[serde(default)]
     pub held: bool,
+    /// What its node's agent last reported wrong with it (see [`ShardReport::problem`]), naming
+    /// the file and the fix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// `POST /v1/bdbs/{uid}/upgrade`, in Redis Software's field names.
@@ -652,6 +669,7 @@ mod tests {
             used_memory: 0,
             engine_version: None,
             pid: None,
+            problem: None,
         }
     }
 
@@ -677,6 +695,42 @@ mod tests {
             ..report(Replica, true, false)
         };
         assert!(!down.serves_in(Replica, NotRequired));
+    }
+
+    /// A shard's and a node's problem (0.2.0) travel beside 0.1.0's fields: absent when there
+    /// is none (the 0.1.0 JSON, pinned below), ignored by a 0.1.0 primary node when present.
+    #[test]
+    fn problems_are_extra_fields_0_1_0_ignores() {
+        let shard = r#"{"uid":3,"up":false,"role":null,"offset":0,"master_link_up":false,"sync_in_progress":false,"used_memory":0,"engine_version":null,"pid":null,"problem":"shard 3 cannot load its data files"}"#;
+        let decoded: ShardReport = serde_json::from_str(shard).unwrap();
+        assert_eq!(
+            decoded.problem.as_deref(),
+            Some("shard 3 cannot load its data files")
+        );
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), shard);
+        let node = r#"{"uid":2,"software_version":"0.2.0","os":"Debian","shards":[],"problems":["data dir /d is full"]}"#;
+        let decoded: NodeReport = serde_json::from_str(node).unwrap();
+        assert_eq!(decoded.problems, vec!["data dir /d is full".to_string()]);
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), node);
+        // 0.1.0's NodeReport: no `total_memory`, no `problems`, unknown fields ignored.
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct NodeReport010 {
+            uid: NodeUid,
+            software_version: String,
+            os: String,
+            #[serde(default)]
+            shards: Vec<ShardReport>,
+        }
+        let old: NodeReport010 = serde_json::from_str(node).unwrap();
+        assert_eq!(old.uid, 2);
+        let healthy = NodeReport {
+            problems: Vec::new(),
+            ..decoded
+        };
+        assert!(!serde_json::to_string(&healthy)
+            .unwrap()
+            .contains("problems"));
     }
 
     /// The Rust names say primary; the JSON keeps the names 0.1.0 and Redis Software use.

@@ -447,6 +447,7 @@ mod tests {
             nodes: state.nodes.keys().map(|n| (*n, NodeStatus::Up)).collect(),
             shards: BTreeMap::new(),
             node_memory: state.nodes.keys().map(|n| (*n, memory)).collect(),
+            node_problems: BTreeMap::new(),
         }
     }
 

@@ -270,6 +270,7 @@ mod tests {
             nodes: state.nodes.keys().map(|n| (*n, NodeStatus::Up)).collect(),
             shards: BTreeMap::new(),
             node_memory: state.nodes.keys().map(|n| (*n, 8 * GB)).collect(),
+            node_problems: BTreeMap::new(),
         }
     }
 

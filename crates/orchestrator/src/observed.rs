@@ -30,6 +30,10 @@ pub struct Observed {
     /// placement may fill when shards move.
     #[serde(default)]
     pub node_memory: BTreeMap<NodeUid, u64>,
+    /// What each node last reported wrong on itself (nodes from 0.2.0 on; only nodes with a
+    /// problem are listed): a full data dir, a store stopped on a failed write.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_problems: BTreeMap<NodeUid, Vec<String>>,
 }
 
 /// The primary node's table of node reports; cheap to clone.
@@ -98,6 +102,21 @@ impl Observer {
             .collect()
     }
 
+    /// What each node that reported within the liveness window said is wrong on it
+    /// (meaningful on the primary node only).
+    pub fn node_problems(&self) -> BTreeMap<NodeUid, Vec<String>> {
+        let table = self.inner.lock().expect("observer lock");
+        let now = Instant::now();
+        table
+            .reports
+            .values()
+            .filter(|(report, at)| {
+                now.duration_since(*at) < LIVENESS_WINDOW && !report.problems.is_empty()
+            })
+            .map(|(report, _)| (report.uid, report.problems.clone()))
+            .collect()
+    }
+
     /// Liveness of every node in the state, computed here: only meaningful on the primary node.
     pub fn local_statuses(&self) -> BTreeMap<NodeUid, NodeStatus> {
         let me = self.store.uid();
@@ -136,6 +155,7 @@ impl Observer {
             nodes: self.local_statuses(),
             shards: self.shard_reports(),
             node_memory: self.node_memory(),
+            node_problems: self.node_problems(),
         }
     }
 
@@ -156,6 +176,7 @@ impl Observer {
                 .collect(),
             shards: BTreeMap::new(),
             node_memory: BTreeMap::new(),
+            node_problems: BTreeMap::new(),
         };
         let answer: Result<Observed, StoreError> = self
             .store
@@ -231,5 +252,9 @@ mod tests {
         let observed: Observed = serde_json::from_str(old).unwrap();
         assert_eq!(observed.nodes[&2], NodeStatus::Down);
         assert!(observed.node_memory.is_empty(), "not checked, not guessed");
+        assert!(observed.node_problems.is_empty());
+        // Without problems a newer primary node answers what 0.1.0 reads, plus node_memory.
+        let json = serde_json::to_string(&observed).unwrap();
+        assert!(!json.contains("node_problems"), "{json}");
     }
 }

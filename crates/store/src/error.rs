@@ -68,6 +68,10 @@ pub enum StoreError {
     /// A local storage or Raft failure.
     #[error("cluster store failure: {0}")]
     Internal(String),
+    /// This node's `store.redb` cannot be opened (held, damaged, disk full); says what to do.
+    /// Never crosses nodes as such: on the wire it travels as `internal`.
+    #[error(transparent)]
+    StoreFile(#[from] crate::store_file::StoreFileError),
 }
 
 fn at(rpc_addr: &Option<String>) -> String {
@@ -176,6 +180,7 @@ impl From<&StoreError> for Wire {
             },
             StoreError::InvalidRequest(s) => plain(Known010::InvalidRequest(s)),
             StoreError::Internal(s) => plain(Known010::Internal(s)),
+            StoreError::StoreFile(f) => plain(Known010::Internal(f.to_string())),
         }
     }
 }

@@ -6,7 +6,8 @@ use std::path::Path;
 use flotilla_model::NodeUid;
 use serde::{Deserialize, Serialize};
 
-const FILE: &str = "identity.json";
+/// The identity's file name inside the data dir.
+pub(crate) const FILE: &str = "identity.json";
 
 /// A node's membership identity, written to `DATA_DIR/identity.json` (mode 0600) when it creates
 /// or joins a cluster, and read back at every start.

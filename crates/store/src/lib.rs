@@ -26,6 +26,7 @@ mod primary;
 mod prune;
 pub mod rpc;
 mod state_machine;
+pub mod store_file;
 pub mod tls;
 mod transfer;
 mod types;
@@ -122,12 +123,12 @@ impl Store {
     /// starts its Raft member.
     pub async fn open(config: StoreConfig) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&config.data_dir)?;
-        let db = Database::create(config.data_dir.join("store.redb"))
-            .map_err(|e| StoreError::Internal(format!("opening store.redb: {e}")))?;
-        let db = Arc::new(db);
-        let state_machine =
-            StateMachine::open(db.clone()).map_err(|e| StoreError::Internal(e.to_string()))?;
         let identity = Identity::load(&config.data_dir)?;
+        let uid = identity.as_ref().map(|i| i.uid);
+        let db = Arc::new(store_file::open_database(&config.data_dir, uid)?);
+        // Pages that pass their checksums but whose state does not decode are damage too.
+        let state_machine = StateMachine::open(db.clone())
+            .map_err(|e| store_file::damaged(&config.data_dir, uid, e.to_string()))?;
         let http = internal_http_client(config.addr);
         let tls = tls::NodeTls::open(&config.data_dir, config.addr)
             .map_err(|e| StoreError::Internal(e.to_string()))?;
@@ -197,6 +198,23 @@ impl Store {
             .expect("raft lock")
             .clone()
             .ok_or(StoreError::NotBootstrapped)
+    }
+
+    /// Why this node's Raft member stopped, when a write to `store.redb` failed (a full disk,
+    /// an I/O error): the node then no longer follows cluster changes while the others carry
+    /// on. Names the file and the fix; `None` while the store runs (or before it started).
+    pub fn failure(&self) -> Option<String> {
+        let raft = self.raft().ok()?;
+        let running = raft.metrics().borrow().running_state.clone();
+        let openraft::error::Fatal::StorageError(error) = running.err()? else {
+            return None;
+        };
+        let dir = &self.inner.config.data_dir;
+        Some(format!(
+            "this node's cluster store ({}) stopped after a failed write: {error}. The node no longer follows cluster changes (the other nodes carry on without it): free space in {} (or fix the disk); the daemon restarts by itself once the data dir has room again",
+            dir.join(store_file::STORE_FILE).display(),
+            dir.display()
+        ))
     }
 
     /// The uid of the primary node (Raft leader) as this node knows it.

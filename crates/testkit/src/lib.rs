@@ -117,6 +117,13 @@ impl DevCluster {
 
     /// Runs `flotilla dev up` again: restarts daemons that are not running, waits for all.
     pub fn dev_up(&self) -> Output {
+        let output = self.try_dev_up();
+        assert_success(&output, "flotilla dev up");
+        output
+    }
+
+    /// [`DevCluster::dev_up`] that may fail (a test of a daemon that must refuse to start).
+    pub fn try_dev_up(&self) -> Output {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let (nodes, base) = (self.nodes.to_string(), self.base.to_string());
         let mut args = vec![
@@ -137,9 +144,7 @@ impl DevCluster {
         if self.plain_http {
             args.extend(["--http-port", http_port.as_str()]);
         }
-        let output = self.flotilla(&args);
-        assert_success(&output, "flotilla dev up");
-        output
+        self.flotilla(&args)
     }
 
     /// Starts node `n`'s daemon again, itself (`flotilla node start` as `dev up` runs it,

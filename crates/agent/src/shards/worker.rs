@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flotilla_engine::{
-    adopt, start, ClientOptions, EngineCatalog, EngineClient, LinkStatus, Persistence, ReplicaOf,
-    Role, ShardProcess, ShardSpec, StopOptions,
+    adopt, set_aside_data_files, start, ClientOptions, EngineCatalog, EngineClient, EngineError,
+    LinkStatus, Persistence, ReplicaOf, Role, ShardProcess, ShardSpec, StopOptions,
 };
-use flotilla_model::rest::ShardReport;
+use flotilla_model::rest::{ReplicaLink, ShardReport};
 use flotilla_model::timing::PRIMARY_RESTART_GRACE;
 use flotilla_model::{ShardRole, ShardUid};
 use flotilla_store::failpoint::{hit, Phase};
@@ -31,11 +31,33 @@ const REPLACE_STOP: StopOptions = StopOptions {
     signal_timeout: Duration::from_secs(5),
 };
 
-/// When the agent first found each dead, memory-only primary down (see [`PRIMARY_RESTART_GRACE`]).
+/// When the agent first found each dead, memory-only primary down (see [`PRIMARY_RESTART_GRACE`]),
+/// and which shards' damaged data files it set aside (reported until the shard serves again).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct DownSince(Arc<Mutex<HashMap<ShardUid, Instant>>>);
+pub(crate) struct DownSince(
+    Arc<Mutex<HashMap<ShardUid, Instant>>>,
+    Arc<Mutex<HashMap<ShardUid, String>>>,
+);
 
 impl DownSince {
+    /// Records that shard `uid`'s damaged data files were set aside, and where (`note`).
+    fn note_set_aside(&self, uid: ShardUid, note: String) {
+        let mut notes = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        notes.insert(uid, note);
+    }
+
+    /// The set-aside note of shard `uid`, if any.
+    fn set_aside_note(&self, uid: ShardUid) -> Option<String> {
+        let notes = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        notes.get(&uid).cloned()
+    }
+
+    /// Forgets the set-aside note of shard `uid` (it serves in its role again).
+    pub(crate) fn resolved(&self, uid: ShardUid) {
+        let mut notes = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        notes.remove(&uid);
+    }
+
     /// How long shard `uid` has been seen down, counting from now on the first call.
     fn elapsed(&self, uid: ShardUid) -> Duration {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -46,6 +68,8 @@ impl DownSince {
     pub(crate) fn retain(&self, keep: impl Fn(ShardUid) -> bool) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|uid, _| keep(*uid));
+        let mut notes = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        notes.retain(|uid, _| keep(*uid));
     }
 
     /// Forgets shard `uid` (it runs again).
@@ -63,22 +87,32 @@ pub(crate) async fn reconcile_and_observe(
     desired: &DesiredShard,
 ) -> ShardReport {
     let uid = desired.spec.shard_id;
-    match reconcile(catalog, down, desired).await {
-        Ok(()) => {}
+    let mut problem = match reconcile(catalog, down, desired).await {
+        Ok(()) => None,
         Err(ShardError::NotReady(why)) => {
             tracing::info!("shard waits: {why}");
+            None
         }
         Err(err) => {
             tracing::warn!(error = %err, "shard not reconciled; retrying next round");
+            Some(err.to_string())
         }
-    }
-    match observe(&desired.spec).await {
+    };
+    let mut report = match observe(&desired.spec).await {
         Ok(report) => report,
         Err(err) => {
             tracing::debug!(error = %err, "shard not observed");
             down_report(uid)
         }
+    };
+    if report.serves_in(desired.role, ReplicaLink::Required) {
+        down.resolved(uid);
     }
+    if let Some(note) = down.set_aside_note(uid) {
+        problem = Some(problem.map_or(note.clone(), |p| format!("{p}; {note}")));
+    }
+    report.problem = problem.or(report.problem);
+    report
 }
 
 /// The report for a shard that does not answer.
@@ -93,6 +127,7 @@ pub(crate) fn down_report(uid: ShardUid) -> ShardReport {
         used_memory: 0,
         engine_version: None,
         pid: None,
+        problem: None,
     }
 }
 
@@ -145,7 +180,17 @@ async fn ensure_running(
     tracing::info!(addr = %spec.addr(), version = %spec.version, "starting shard engine");
     let point = point("agent:start_engine", spec.shard_id);
     hit(&point, Phase::Before).await?;
-    let process = start(catalog, spec).await?;
+    let process = match start(catalog, spec).await {
+        Err(e @ EngineError::DataUnreadable { .. }) if desired.role == ShardRole::Replica => {
+            // A replica's data comes from its primary: its damaged files are set aside (never
+            // deleted) and it starts empty and syncs again.
+            let aside = set_aside_data_files(spec)?;
+            tracing::warn!(error = %e, aside = %aside.display(), "the replica's data files do not load: moved them aside; starting it empty to sync from its primary");
+            down.note_set_aside(spec.shard_id, format!("{e}. Moved them to {} (kept for the operator: delete them once the shard is active again); the replica starts empty and syncs from its primary", aside.display()));
+            start(catalog, spec).await?
+        }
+        started => started?,
+    };
     hit(&point, Phase::After).await?;
     down.clear(spec.shard_id);
     Ok(process)
@@ -261,7 +306,21 @@ async fn ensure_acts_as_primary(spec: &ShardSpec, primary: ReplicaOf) -> Result<
 /// `INFO server`.
 pub(crate) async fn observe(spec: &ShardSpec) -> Result<ShardReport, ShardError> {
     let client = connect(spec).await?;
-    client.ping().await?;
+    match client.ping().await {
+        Ok(()) => {}
+        // A primary that cannot write its data files refuses writes, and PING, with MISCONF:
+        // reported down (so a replica elsewhere is promoted, as when it dies), with why.
+        Err(EngineError::Redis { source, .. }) if source.code() == Some("MISCONF") => {
+            let why = persistence_problem(&client, spec)
+                .await
+                .unwrap_or_else(|| format!("shard {} answers MISCONF: {source}", spec.shard_id));
+            return Ok(ShardReport {
+                problem: Some(format!("{why} (it answers PING with MISCONF, so it counts as down: a replica elsewhere is promoted)")),
+                ..down_report(spec.shard_id)
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
     let replication = client.replication().await?;
     let memory = client.memory().await?;
     let server = client.server().await?;
@@ -278,5 +337,37 @@ pub(crate) async fn observe(spec: &ShardSpec) -> Result<ShardReport, ShardError>
         used_memory: memory.used_memory,
         engine_version: Some(server.engine_version().to_string()),
         pid: Some(server.process_id),
+        problem: persistence_problem(&client, spec).await,
     })
+}
+
+/// `INFO persistence` fields that turn `err` when the engine failed to write its data files.
+const WRITE_STATUSES: [&str; 3] = [
+    "rdb_last_bgsave_status",
+    "aof_last_write_status",
+    "aof_last_bgrewrite_status",
+];
+
+/// What the engine says went wrong writing its data files (a full disk, most often), naming
+/// the dir and the fix; `None` when every write succeeded (or it cannot be asked).
+async fn persistence_problem(client: &EngineClient, spec: &ShardSpec) -> Option<String> {
+    let info = client.info("persistence").await.ok()?;
+    let failing: Vec<String> = WRITE_STATUSES
+        .iter()
+        .filter(|field| info.get(field) == Some("err"))
+        .map(|field| format!("{field}:err"))
+        .collect();
+    if failing.is_empty() {
+        return None;
+    }
+    let free = flotilla_engine::available_bytes(&spec.dir).map_or_else(
+        || "free space unknown".into(),
+        |b| format!("{b} bytes free there"),
+    );
+    Some(format!(
+        "shard {} cannot write its data files in {} ({}; {free}): while it cannot, a persistent shard refuses writes (MISCONF) and nothing unwritten is acknowledged; free space on that file system, and it resumes by itself",
+        spec.shard_id,
+        spec.dir.display(),
+        failing.join(", ")
+    ))
 }

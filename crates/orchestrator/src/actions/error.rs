@@ -85,7 +85,9 @@ impl From<StoreError> for StepError {
             StoreError::OutcomeUnknown { .. } => Retry::Later,
             // The state moved under the step (a shard removed or promoted meanwhile, a port taken
             // since it was picked): the step re-reads it and proposes what fits now.
-            StoreError::Refused(_) | StoreError::Internal(_) => Retry::Later,
+            StoreError::Refused(_) | StoreError::Internal(_) | StoreError::StoreFile(_) => {
+                Retry::Later
+            }
             StoreError::NotBootstrapped
             | StoreError::AlreadyBootstrapped(_)
             | StoreError::Unauthorized
