@@ -1,4 +1,5 @@
-//! The report loop: tells the primary node this node is alive and what it runs.
+//! The report loop: tells the primary node this node is alive and what it runs, and renews
+//! the node's master lease with every report the primary node acknowledges.
 
 use flotilla_model::rest::NodeReport;
 use flotilla_model::timing::REPORT_INTERVAL;
@@ -50,9 +51,14 @@ async fn report_once(store: &Store, node: &NodeSpec, shards: &ObservedShards) {
         shards: shards.snapshot(),
         total_memory: crate::host::total_memory(),
     };
+    let sending = std::time::Instant::now();
     let sent: Result<(), StoreError> = store.call_primary_node("/internal/report", &report).await;
     match sent {
-        Ok(()) => {}
+        Ok(()) => {
+            if crate::lease::acknowledged_by_quorum(store).await {
+                shards.lease().renew(sending);
+            }
+        }
         // No primary node to report to, nor to record this node's version through.
         Err(StoreError::NoPrimaryNode(_)) => return,
         Err(e) => tracing::debug!(error = %e, "report to the primary node failed"),
