@@ -92,42 +92,57 @@ pub(crate) async fn acknowledged_by_quorum(store: &Store) -> bool {
     )
 }
 
-/// Whether a shard must be fenced now: the lease expired and it is a master (in the store or,
-/// as last observed, in fact), or the lease holds again but the shard, fenced while it was
-/// expired, still acts as a master the store no longer wants (failed over while this node was
-/// cut off; the agent demotes it next).
-pub(crate) fn needs_fence(
+/// What the lease asks of one shard's engine at a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fence {
+    /// Lay (or lay again) the fence: `CLIENT PAUSE WRITE` for [`LEASE_FENCE`].
+    Lay,
+    /// Nothing: a fence laid earlier lapses by itself within [`LEASE_FENCE`].
+    Leave,
+}
+
+/// What a shard needs at a check. With the lease expired: a fence on every master (in the
+/// store or, as last observed, in fact). With the lease renewed, for a shard this lease fenced:
+/// the fence again while it still acts as a master the store no longer wants (failed over
+/// while this node was cut off; the agent demotes it next, and writes queued behind the fence
+/// are then answered `-READONLY`, not executed). A master the store still wants is not
+/// unpaused at once: the fence lapses within [`LEASE_FENCE`], the time for this node's store
+/// to catch up with what the primary node decided while it was cut off.
+pub(crate) fn decide(
     lease_expired: bool,
-    fenced_while_expired: bool,
+    fenced_by_lease: bool,
     wanted_role: ShardRole,
     observed_role: Option<ShardRole>,
-) -> bool {
+) -> Fence {
     let acts_as_master = observed_role == Some(ShardRole::Primary);
     let wanted_master = wanted_role == ShardRole::Primary;
-    match lease_expired {
-        true => wanted_master || acts_as_master,
-        false => fenced_while_expired && acts_as_master && !wanted_master,
+    match (lease_expired, fenced_by_lease) {
+        (true, _) if wanted_master || acts_as_master => Fence::Lay,
+        (false, true) if acts_as_master && !wanted_master => Fence::Lay,
+        _ => Fence::Leave,
     }
+}
+
+/// An authenticated client for the shard's engine, with short timeouts.
+async fn engine(wanted: &DesiredShard) -> Result<EngineClient, flotilla_engine::EngineError> {
+    let spec = &wanted.spec;
+    let login = spec.admin_login();
+    EngineClient::connect_with(spec.bind, spec.port, &login, FENCE_CLIENT).await
 }
 
 /// Lays the fence on shard `wanted`'s engine for [`LEASE_FENCE`].
-pub(crate) async fn fence(wanted: &DesiredShard) {
-    let spec = &wanted.spec;
-    let login = spec.admin_login();
-    let fenced = async {
-        let client = EngineClient::connect_with(spec.bind, spec.port, &login, FENCE_CLIENT).await?;
-        client
-            .client_pause_write(LEASE_FENCE.as_millis() as u64)
-            .await
-    };
-    match fenced.await {
-        Ok(()) => tracing::debug!(shard = spec.shard_id, "master fenced: lease expired"),
-        Err(e) => tracing::warn!(shard = spec.shard_id, error = %e, "cannot fence master"),
+async fn lay(wanted: &DesiredShard) {
+    let uid = wanted.spec.shard_id;
+    let pause = LEASE_FENCE.as_millis() as u64;
+    let laid = async { engine(wanted).await?.client_pause_write(pause).await };
+    match laid.await {
+        Ok(()) => tracing::info!(shard = uid, "master fenced by the lease"),
+        Err(e) => tracing::warn!(shard = uid, error = %e, "cannot fence the master"),
     }
 }
 
-/// Every [`LEASE_CHECK`] until `shutdown`: fences the shards of `desired` (what the store
-/// places on this node now) that [`needs_fence`] says must be.
+/// Every [`LEASE_CHECK`] until `shutdown`: fences or unfences the shards of `desired` (what
+/// the store places on this node now) as [`decide`] says.
 pub(crate) async fn run_fence(
     lease: MasterLease,
     observed: ObservedShards,
@@ -137,7 +152,7 @@ pub(crate) async fn run_fence(
     let mut tick = tokio::time::interval(LEASE_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_expired = false;
-    // The shards fenced since the lease last expired, until each is where the store wants it.
+    // The shards this lease fenced, until each is where the store wants it.
     let mut fenced = std::collections::HashSet::new();
     loop {
         tokio::select! {
@@ -145,27 +160,37 @@ pub(crate) async fn run_fence(
             _ = shutdown.changed() => return,
         }
         let expired = lease.expired();
-        if expired != was_expired {
-            let since = lease.since_renewed();
-            match expired {
-                true => tracing::warn!(?since, "master lease expired: the primary node has not acknowledged a report; fencing this node's masters"),
-                false => tracing::info!("master lease renewed: the primary node hears this node again"),
-            }
-            was_expired = expired;
-        }
-        let roles = observed.roles();
         let desired = desired();
+        if expired != was_expired && !desired.is_empty() {
+            log_transition(expired, lease.since_renewed());
+        }
+        was_expired = expired;
+        let roles = observed.roles();
         fenced.retain(|uid| desired.iter().any(|d| d.spec.shard_id == *uid));
         for wanted in desired {
             let uid = wanted.spec.shard_id;
             let role = roles.get(&uid).copied().flatten();
-            if needs_fence(expired, fenced.contains(&uid), wanted.role, role) {
-                fence(&wanted).await;
-                fenced.insert(uid);
-            } else if !expired {
-                fenced.remove(&uid);
+            match decide(expired, fenced.contains(&uid), wanted.role, role) {
+                Fence::Lay => {
+                    lay(&wanted).await;
+                    fenced.insert(uid);
+                }
+                Fence::Leave if !expired => {
+                    fenced.remove(&uid);
+                }
+                Fence::Leave => {}
             }
         }
+    }
+}
+
+fn log_transition(expired: bool, since: Duration) {
+    match expired {
+        true => tracing::warn!(
+            ?since,
+            "master lease expired: the primary node has not acknowledged a report; fencing this node's masters (CLIENT PAUSE WRITE)"
+        ),
+        false => tracing::info!("master lease renewed: the primary node hears this node again"),
     }
 }
 
@@ -174,29 +199,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_expired_lease_fences_masters_and_a_renewed_one_only_deposed_masters() {
+    fn an_expired_lease_fences_masters_and_a_renewed_one_keeps_only_a_deposed_master_fenced() {
         use ShardRole::{Primary, Replica};
-        assert!(needs_fence(true, false, Primary, Some(Primary)));
-        assert!(
-            needs_fence(true, false, Primary, None),
-            "a master the store wants, unobserved"
-        );
-        assert!(
-            needs_fence(true, false, Replica, Some(Primary)),
+        assert_eq!(decide(true, false, Primary, Some(Primary)), Fence::Lay);
+        assert_eq!(decide(true, false, Primary, None), Fence::Lay, "unobserved");
+        assert_eq!(
+            decide(true, false, Replica, Some(Primary)),
+            Fence::Lay,
             "a master in fact"
         );
-        assert!(!needs_fence(true, false, Replica, Some(Replica)));
-        assert!(
-            !needs_fence(false, true, Primary, Some(Primary)),
-            "still the master"
+        assert_eq!(decide(true, false, Replica, Some(Replica)), Fence::Leave);
+        assert_eq!(
+            decide(false, true, Primary, Some(Primary)),
+            Fence::Leave,
+            "lapses"
         );
-        assert!(
-            needs_fence(false, true, Replica, Some(Primary)),
-            "failed over while cut off"
+        assert_eq!(
+            decide(false, true, Replica, Some(Primary)),
+            Fence::Lay,
+            "failed over meanwhile"
         );
-        assert!(!needs_fence(false, true, Replica, Some(Replica)), "demoted");
-        assert!(
-            !needs_fence(false, false, Replica, Some(Primary)),
+        assert_eq!(
+            decide(false, true, Replica, Some(Replica)),
+            Fence::Leave,
+            "demoted"
+        );
+        assert_eq!(
+            decide(false, false, Replica, Some(Primary)),
+            Fence::Leave,
             "a switchover's old master, observed a moment ago, is not the lease's to fence"
         );
     }

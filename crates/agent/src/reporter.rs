@@ -8,6 +8,11 @@ use flotilla_store::{Store, StoreError};
 
 use crate::shards::ObservedShards;
 
+/// The longest one report waits for its answer: past it the next report is due, and a primary
+/// node that does not answer (cut off, or replaced by a new one elected meanwhile) must not
+/// hold up the reports that reach the new one, nor the lease they renew.
+const REPORT_TIMEOUT: std::time::Duration = REPORT_INTERVAL.saturating_mul(2);
+
 /// Reports to the primary node every [`REPORT_INTERVAL`] until `shutdown` fires, and proposes
 /// an `UpdateNode` when the store's record of this node (software version, OS, host facts:
 /// `node`) is out of date. Reports no shards; see [`run_reporter_with_shards`].
@@ -52,7 +57,14 @@ async fn report_once(store: &Store, node: &NodeSpec, shards: &ObservedShards) {
         total_memory: crate::host::total_memory(),
     };
     let sending = std::time::Instant::now();
-    let sent: Result<(), StoreError> = store.call_primary_node("/internal/report", &report).await;
+    let call = store.call_primary_node("/internal/report", &report);
+    let Ok(sent) = tokio::time::timeout(REPORT_TIMEOUT, call).await else {
+        // A primary node cut off from this node never answers: the next report may reach the
+        // one elected meanwhile.
+        tracing::debug!("report to the primary node unanswered; reporting again");
+        return;
+    };
+    let sent: Result<(), StoreError> = sent;
     match sent {
         Ok(()) => {
             if crate::lease::acknowledged_by_quorum(store).await {
