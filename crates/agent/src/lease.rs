@@ -1,8 +1,9 @@
 //! The master lease: what a master whose node is cut off from the primary node does.
 //!
-//! The reporter renews the lease with every report the primary node acknowledges (when this
-//! node is the primary node itself, only once a quorum of nodes confirmed it still leads), from
-//! the moment the report was sent. When the lease has not been renewed for [`MASTER_LEASE`],
+//! The reporter renews the lease with every report the primary node acknowledges, from the
+//! moment the report was sent; the primary node acknowledges a report only while a quorum
+//! confirms it still leads (`flotilla_orchestrator`'s report route), so a primary node cut off
+//! from the majority renews no lease, its own included. When the lease has not been renewed for [`MASTER_LEASE`],
 //! the node is cut off from the primary node (or from a quorum) and its masters may be failed
 //! over elsewhere at any moment: the [`ShardAgent`](crate::ShardAgent) fences every primary
 //! shard on this node with `CLIENT PAUSE WRITE` for [`LEASE_FENCE`], laid again every
@@ -24,7 +25,6 @@ use std::time::{Duration, Instant};
 use flotilla_engine::{ClientOptions, EngineClient};
 use flotilla_model::timing::{LEASE_CHECK, LEASE_FENCE, LEASE_FENCE_REACH, MASTER_LEASE};
 use flotilla_model::ShardRole;
-use flotilla_store::Store;
 
 use crate::shards::{DesiredShard, ObservedShards};
 
@@ -34,9 +34,6 @@ const FENCE_CLIENT: ClientOptions = ClientOptions {
     connect_timeout: LEASE_FENCE_REACH,
     response_timeout: Some(LEASE_FENCE_REACH),
 };
-
-/// How long the primary node's own check that a quorum still follows it may take.
-const QUORUM_CHECK: Duration = Duration::from_secs(1);
 
 /// This node's master lease, shared by the reporter (which renews it) and the shard agent
 /// (which fences when it expires). Cheap to clone. A new lease counts as renewed when created:
@@ -73,23 +70,6 @@ impl MasterLease {
             .unwrap_or_else(|e| e.into_inner())
             .elapsed()
     }
-}
-
-/// True when the report the primary node just acknowledged proves this node still hears the
-/// cluster: always for a report another node acknowledged (it was the primary node of a
-/// quorum when it last heard one); for this node's own report, only once a quorum confirms
-/// it still leads (a primary node cut off from the others goes on acknowledging itself).
-pub(crate) async fn acknowledged_by_quorum(store: &Store) -> bool {
-    if !store.is_primary_node() {
-        return true;
-    }
-    let Ok(raft) = store.raft() else {
-        return false;
-    };
-    matches!(
-        tokio::time::timeout(QUORUM_CHECK, raft.get_read_log_id()).await,
-        Ok(Ok(_))
-    )
 }
 
 /// What the lease asks of one shard's engine at a check.

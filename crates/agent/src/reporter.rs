@@ -66,11 +66,7 @@ async fn report_once(store: &Store, node: &NodeSpec, shards: &ObservedShards) {
     };
     let sent: Result<(), StoreError> = sent;
     match sent {
-        Ok(()) => {
-            if crate::lease::acknowledged_by_quorum(store).await {
-                shards.lease().renew(sending);
-            }
-        }
+        Ok(()) => shards.lease().renew(sending),
         // No primary node to report to, nor to record this node's version through.
         Err(StoreError::NoPrimaryNode(_)) => return,
         Err(e) => tracing::debug!(error = %e, "report to the primary node failed"),

@@ -8,13 +8,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use flotilla_model::rest::{NodeReport, NodeStatus, ShardReport};
-use flotilla_model::timing::LIVENESS_WINDOW;
+use flotilla_model::timing::{LIVENESS_WINDOW, REPORT_INTERVAL};
 use flotilla_model::{NodeUid, ShardUid};
 use flotilla_store::{Store, StoreError};
 use tokio::sync::watch;
@@ -46,7 +46,15 @@ pub struct Observer {
 struct Table {
     reports: HashMap<NodeUid, (NodeReport, Instant)>,
     leading_since: Option<Instant>,
+    /// When a quorum last confirmed (from when the check began) that this node leads.
+    quorum_confirmed: Option<Instant>,
 }
+
+/// How recent a quorum's confirmation of this node's leadership must be for a report to be
+/// acknowledged without asking the quorum again: one round of reports shares one check.
+const QUORUM_FRESH: Duration = REPORT_INTERVAL;
+/// The longest a report waits for a quorum to confirm this node still leads.
+const QUORUM_CHECK: Duration = Duration::from_secs(1);
 
 impl Observer {
     /// An empty table for this node.
@@ -56,6 +64,7 @@ impl Observer {
             inner: Arc::new(Mutex::new(Table {
                 reports: HashMap::new(),
                 leading_since: None,
+                quorum_confirmed: None,
             })),
             switching: Arc::default(),
             removed: watch::channel(false).0,
@@ -164,6 +173,26 @@ impl Observer {
         answer.unwrap_or_else(|_| unknown())
     }
 
+    /// True when a quorum confirmed within [`QUORUM_FRESH`] that this node leads, or confirms
+    /// it now (within [`QUORUM_CHECK`]).
+    async fn leads_a_quorum(&self) -> bool {
+        let confirmed = self.inner.lock().expect("observer lock").quorum_confirmed;
+        if confirmed.is_some_and(|at| at.elapsed() < QUORUM_FRESH) {
+            return true;
+        }
+        let Ok(raft) = self.store.raft() else {
+            return false;
+        };
+        let asked = Instant::now();
+        let check = tokio::time::timeout(QUORUM_CHECK, raft.get_read_log_id()).await;
+        if !matches!(check, Ok(Ok(_))) {
+            return false;
+        }
+        let mut table = self.inner.lock().expect("observer lock");
+        table.quorum_confirmed = table.quorum_confirmed.max(Some(asked));
+        true
+    }
+
     /// Liveness of every node as the primary node sees it (see [`Observer::observed`]).
     pub async fn statuses(&self) -> BTreeMap<NodeUid, NodeStatus> {
         self.observed().await.nodes
@@ -185,9 +214,21 @@ impl Observer {
     }
 }
 
-async fn report(State(observer): State<Observer>, Json(report): Json<NodeReport>) -> Json<()> {
+/// Records a node's report; acknowledges it only while a quorum confirms this node leads. The
+/// acknowledgement renews the reporting node's master lease (`flotilla_agent::lease`): a
+/// primary node cut off from the majority must not keep the masters on its side of the cut
+/// taking writes, which the majority fails over. (A 0.1.0 primary node acknowledges every
+/// report: in a mixed cluster the lease is only as good as that.)
+async fn report(
+    State(observer): State<Observer>,
+    Json(report): Json<NodeReport>,
+) -> Result<Json<()>, (axum::http::StatusCode, String)> {
     observer.record(report);
-    Json(())
+    if !observer.leads_a_quorum().await {
+        let why = "this node cannot confirm with a quorum that it is still the primary node";
+        return Err((axum::http::StatusCode::SERVICE_UNAVAILABLE, why.into()));
+    }
+    Ok(Json(()))
 }
 
 async fn switchover(

@@ -164,7 +164,7 @@ impl Network {
             .append(true)
             .open(data_dir.join("flotilla.log"))
             .expect("node log");
-        let child = Command::new("ip")
+        let mut child = Command::new("ip")
             .args(["netns", "exec", &self.node_ns(n)])
             .arg(&cluster.bin)
             .args(["node", "start", "--addr", &self.addr(n).to_string()])
@@ -177,8 +177,10 @@ impl Network {
             .process_group(0)
             .spawn()
             .expect("ip netns exec flotilla node start");
-        // `ip netns exec` execs the daemon: the child's pid is the daemon's.
+        // `ip netns exec` execs the daemon: the child's pid is the daemon's. Reaped when it
+        // exits (a kill -9, the cluster's drop), so it never lingers as a zombie.
         let pid = child.id();
+        std::thread::spawn(move || child.wait());
         let started = poll_until(Duration::from_secs(20), || {
             cluster.daemon_pid(n) == Some(pid) || !process_alive(pid)
         });
