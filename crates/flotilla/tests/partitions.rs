@@ -201,7 +201,7 @@ fn wait_caught_up(cluster: &DevCluster, at: u8) {
         };
         wanted.iter().all(|(range, offset)| {
             now.iter()
-                .filter(|s| s["role"] == "slave" && s["assigned_slots"].to_string() == *range)
+                .filter(|s| s["role"] == "slave" && s["assigned_slots"] == *range)
                 .all(|s| s["status"] == "active" && s["offset"].as_i64() >= Some(*offset))
         })
     });
