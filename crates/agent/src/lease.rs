@@ -2,8 +2,8 @@
 //!
 //! The reporter renews the lease with every report the primary node acknowledges, from the
 //! moment the report was sent; the primary node acknowledges a report only while a quorum
-//! confirms it still leads (`flotilla_orchestrator`'s report route), so a primary node cut off
-//! from the majority renews no lease, its own included. When the lease has not been renewed for [`MASTER_LEASE`],
+//! recently acknowledged its leadership (`flotilla_orchestrator`'s report route), so a primary
+//! node cut off from the majority renews no lease, its own included. When the lease has not been renewed for [`MASTER_LEASE`],
 //! the node is cut off from the primary node (or from a quorum) and its masters may be failed
 //! over elsewhere at any moment: the [`ShardAgent`](crate::ShardAgent) fences every primary
 //! shard on this node with `CLIENT PAUSE WRITE` for [`LEASE_FENCE`], laid again every

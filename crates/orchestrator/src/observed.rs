@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use flotilla_model::rest::{NodeReport, NodeStatus, ShardReport};
-use flotilla_model::timing::{LIVENESS_WINDOW, REPORT_INTERVAL};
+use flotilla_model::timing::{ELECTION_TIMEOUT_MIN, LIVENESS_WINDOW};
 use flotilla_model::{NodeUid, ShardUid};
 use flotilla_store::{Store, StoreError};
 use tokio::sync::watch;
@@ -46,15 +46,12 @@ pub struct Observer {
 struct Table {
     reports: HashMap<NodeUid, (NodeReport, Instant)>,
     leading_since: Option<Instant>,
-    /// When a quorum last confirmed (from when the check began) that this node leads.
-    quorum_confirmed: Option<Instant>,
 }
 
-/// How recent a quorum's confirmation of this node's leadership must be for a report to be
-/// acknowledged without asking the quorum again: one round of reports shares one check.
-const QUORUM_FRESH: Duration = REPORT_INTERVAL;
-/// The longest a report waits for a quorum to confirm this node still leads.
-const QUORUM_CHECK: Duration = Duration::from_secs(1);
+/// How recently a quorum must have acknowledged this node's leadership (Raft heartbeats, every
+/// `RAFT_HEARTBEAT`) for it to acknowledge reports: within the shortest election timeout, no
+/// other node can have been elected yet.
+const QUORUM_FRESH: Duration = ELECTION_TIMEOUT_MIN;
 
 impl Observer {
     /// An empty table for this node.
@@ -64,7 +61,6 @@ impl Observer {
             inner: Arc::new(Mutex::new(Table {
                 reports: HashMap::new(),
                 leading_since: None,
-                quorum_confirmed: None,
             })),
             switching: Arc::default(),
             removed: watch::channel(false).0,
@@ -173,24 +169,24 @@ impl Observer {
         answer.unwrap_or_else(|_| unknown())
     }
 
-    /// True when a quorum confirmed within [`QUORUM_FRESH`] that this node leads, or confirms
-    /// it now (within [`QUORUM_CHECK`]).
-    async fn leads_a_quorum(&self) -> bool {
-        let confirmed = self.inner.lock().expect("observer lock").quorum_confirmed;
-        if confirmed.is_some_and(|at| at.elapsed() < QUORUM_FRESH) {
-            return true;
+    /// True when this node leads and a quorum acknowledged it (Raft's heartbeats) within
+    /// [`QUORUM_FRESH`], or it is the only voter. Read from the Raft metrics, not asked anew:
+    /// a fresh quorum round per report would renew the followers' leader leases while a
+    /// handover of primary-ship lets them lapse (`Store::move_primary_node_to`).
+    fn leads_a_quorum(&self) -> bool {
+        let store = &self.store;
+        if store.voter_uids().len() <= 1 {
+            return store.is_primary_node();
         }
-        let Ok(raft) = self.store.raft() else {
+        let Ok(raft) = store.raft() else {
             return false;
         };
-        let asked = Instant::now();
-        let check = tokio::time::timeout(QUORUM_CHECK, raft.get_read_log_id()).await;
-        if !matches!(check, Ok(Ok(_))) {
-            return false;
-        }
-        let mut table = self.inner.lock().expect("observer lock");
-        table.quorum_confirmed = table.quorum_confirmed.max(Some(asked));
-        true
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        let fresh = QUORUM_FRESH.as_millis() as u64;
+        metrics.current_leader.is_some()
+            && metrics.current_leader == store.uid()
+            && metrics.millis_since_quorum_ack.is_some_and(|ms| ms < fresh)
     }
 
     /// Liveness of every node as the primary node sees it (see [`Observer::observed`]).
@@ -224,7 +220,7 @@ async fn report(
     Json(report): Json<NodeReport>,
 ) -> Result<Json<()>, (axum::http::StatusCode, String)> {
     observer.record(report);
-    if !observer.leads_a_quorum().await {
+    if !observer.leads_a_quorum() {
         let why = "this node cannot confirm with a quorum that it is still the primary node";
         return Err((axum::http::StatusCode::SERVICE_UNAVAILABLE, why.into()));
     }
