@@ -7,8 +7,10 @@
 //!   engines so they match the store, and observes them for the reports.
 
 pub mod host;
+pub mod lease;
 pub mod reporter;
 pub mod shards;
 
+pub use lease::MasterLease;
 pub use reporter::{run_reporter, run_reporter_with_shards};
 pub use shards::{ObservedShards, ShardAgent, ShardError};

@@ -1,4 +1,5 @@
-//! The report loop: tells the primary node this node is alive and what it runs.
+//! The report loop: tells the primary node this node is alive and what it runs, and renews
+//! the node's master lease with every report the primary node acknowledges.
 
 use flotilla_model::rest::NodeReport;
 use flotilla_model::timing::REPORT_INTERVAL;
@@ -6,6 +7,11 @@ use flotilla_model::{Command, NodeChange, NodeSpec};
 use flotilla_store::{Store, StoreError};
 
 use crate::shards::ObservedShards;
+
+/// The longest one report waits for its answer: past it the next report is due, and a primary
+/// node that does not answer (cut off, or replaced by a new one elected meanwhile) must not
+/// hold up the reports that reach the new one, nor the lease they renew.
+const REPORT_TIMEOUT: std::time::Duration = REPORT_INTERVAL.saturating_mul(2);
 
 /// Reports to the primary node every [`REPORT_INTERVAL`] until `shutdown` fires, and proposes
 /// an `UpdateNode` when the store's record of this node (software version, OS, host facts:
@@ -51,9 +57,17 @@ async fn report_once(store: &Store, node: &NodeSpec, shards: &ObservedShards) {
         total_memory: crate::host::total_memory(),
         problems: node_problems(store, node),
     };
-    let sent: Result<(), StoreError> = store.call_primary_node("/internal/report", &report).await;
+    let sending = std::time::Instant::now();
+    let call = store.call_primary_node("/internal/report", &report);
+    let Ok(sent) = tokio::time::timeout(REPORT_TIMEOUT, call).await else {
+        // A primary node cut off from this node never answers: the next report may reach the
+        // one elected meanwhile.
+        tracing::debug!("report to the primary node unanswered; reporting again");
+        return;
+    };
+    let sent: Result<(), StoreError> = sent;
     match sent {
-        Ok(()) => {}
+        Ok(()) => shards.lease().renew(sending),
         // No primary node to report to, nor to record this node's version through.
         Err(StoreError::NoPrimaryNode(_)) => return,
         Err(e) => tracing::debug!(error = %e, "report to the primary node failed"),

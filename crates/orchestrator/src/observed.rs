@@ -8,13 +8,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use flotilla_model::rest::{NodeReport, NodeStatus, ShardReport};
-use flotilla_model::timing::LIVENESS_WINDOW;
+use flotilla_model::timing::{ELECTION_TIMEOUT_MIN, LIVENESS_WINDOW};
 use flotilla_model::{NodeUid, ShardUid};
 use flotilla_store::{Store, StoreError};
 use tokio::sync::watch;
@@ -51,6 +51,11 @@ struct Table {
     reports: HashMap<NodeUid, (NodeReport, Instant)>,
     leading_since: Option<Instant>,
 }
+
+/// How recently a quorum must have acknowledged this node's leadership (Raft heartbeats, every
+/// `RAFT_HEARTBEAT`) for it to acknowledge reports: within the shortest election timeout, no
+/// other node can have been elected yet.
+const QUORUM_FRESH: Duration = ELECTION_TIMEOUT_MIN;
 
 impl Observer {
     /// An empty table for this node.
@@ -185,6 +190,26 @@ impl Observer {
         answer.unwrap_or_else(|_| unknown())
     }
 
+    /// True when this node leads and a quorum acknowledged it (Raft's heartbeats) within
+    /// [`QUORUM_FRESH`], or it is the only voter. Read from the Raft metrics, not asked anew:
+    /// a fresh quorum round per report would renew the followers' leader leases while a
+    /// handover of primary-ship lets them lapse (`Store::move_primary_node_to`).
+    fn leads_a_quorum(&self) -> bool {
+        let store = &self.store;
+        if store.voter_uids().len() <= 1 {
+            return store.is_primary_node();
+        }
+        let Ok(raft) = store.raft() else {
+            return false;
+        };
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        let fresh = QUORUM_FRESH.as_millis() as u64;
+        metrics.current_leader.is_some()
+            && metrics.current_leader == store.uid()
+            && metrics.millis_since_quorum_ack.is_some_and(|ms| ms < fresh)
+    }
+
     /// Liveness of every node as the primary node sees it (see [`Observer::observed`]).
     pub async fn statuses(&self) -> BTreeMap<NodeUid, NodeStatus> {
         self.observed().await.nodes
@@ -206,9 +231,21 @@ impl Observer {
     }
 }
 
-async fn report(State(observer): State<Observer>, Json(report): Json<NodeReport>) -> Json<()> {
+/// Records a node's report; acknowledges it only while a quorum confirms this node leads. The
+/// acknowledgement renews the reporting node's master lease (`flotilla_agent::lease`): a
+/// primary node cut off from the majority must not keep the masters on its side of the cut
+/// taking writes, which the majority fails over. (A 0.1.0 primary node acknowledges every
+/// report: in a mixed cluster the lease is only as good as that.)
+async fn report(
+    State(observer): State<Observer>,
+    Json(report): Json<NodeReport>,
+) -> Result<Json<()>, (axum::http::StatusCode, String)> {
     observer.record(report);
-    Json(())
+    if !observer.leads_a_quorum() {
+        let why = "this node cannot confirm with a quorum that it is still the primary node";
+        return Err((axum::http::StatusCode::SERVICE_UNAVAILABLE, why.into()));
+    }
+    Ok(Json(()))
 }
 
 async fn switchover(

@@ -5,6 +5,9 @@
 //! loopback subnet chosen by the test (`127.0.S.11`, `.12`, ...) so tests never collide. On drop
 //! it stops its daemons by pid; when the test failed it prints the tail of every node's log and
 //! keeps the dir for inspection.
+//!
+//! [`netns::Network`] puts each node of such a cluster in its own network namespace, for
+//! partition tests.
 
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_client::Client;
 
+pub mod netns;
 mod packages;
 mod resp_client;
 

@@ -34,6 +34,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::lease::MasterLease;
+
 pub use desired::{desired_shards, DesiredShard};
 pub use local::{local_shard_dirs, recorded_spec};
 
@@ -103,12 +105,29 @@ pub struct ObservedShards {
     inner: Arc<Mutex<BTreeMap<ShardUid, ShardReport>>>,
     /// Signalled when a shard's liveness, role or replication link changes.
     changed: Arc<tokio::sync::Notify>,
+    /// The node's master lease: renewed by the reporter that sends these observations, read by
+    /// the agent that makes them (it travels between the same two tasks).
+    lease: MasterLease,
 }
 
 impl ObservedShards {
     /// The latest report of every shard, in uid order.
     pub fn snapshot(&self) -> Vec<ShardReport> {
         self.lock().values().cloned().collect()
+    }
+
+    /// The node's master lease (see [`crate::lease`]).
+    pub fn lease(&self) -> MasterLease {
+        self.lease.clone()
+    }
+
+    /// The role each shard that is up was last observed in.
+    pub(crate) fn roles(&self) -> HashMap<ShardUid, Option<ShardRole>> {
+        let up = self.lock();
+        up.values()
+            .filter(|r| r.up)
+            .map(|r| (r.uid, r.role))
+            .collect()
     }
 
     /// Waits until a shard's liveness, role or replication link changed since the last call.
@@ -200,12 +219,34 @@ impl ShardAgent {
     /// [`RECONCILE_INTERVAL`], until `shutdown` turns true (or its sender goes). Engines keep
     /// running after it returns.
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
+        let fence = tokio::spawn(self.fence_loop(shutdown.clone()));
         let changes = self.store.subscribe();
         let mut wakes = Wakes::on_change_or_every(changes, RECONCILE_INTERVAL, shutdown);
         while let Some(wake) = wakes.next().await {
             self.reconcile_round(wake == Wake::Tick);
         }
         self.finish().await;
+        fence.abort();
+    }
+
+    /// The master lease's fence (see [`crate::lease`]) over the shards the store places here.
+    fn fence_loop(
+        &self,
+        shutdown: watch::Receiver<bool>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (store, addr, dir) = (self.store.clone(), self.addr, self.shards_dir.clone());
+        let desired = move || {
+            let Some(node) = store.uid() else {
+                return Vec::new();
+            };
+            let state = store.state();
+            let Ok(desired) = desired_shards(&state, node, addr, &dir) else {
+                return Vec::new();
+            };
+            desired.into_values().filter_map(Result::ok).collect()
+        };
+        let observed = self.observed.clone();
+        crate::lease::run_fence(observed.lease(), observed, desired, shutdown)
     }
 
     /// Starts one step for every shard (`every`) or every shard the store wants something new
