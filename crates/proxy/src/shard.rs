@@ -225,15 +225,50 @@ impl ShardConn {
     }
 
     /// Writes the pipeline. A failure marks the connection broken; the replies then come back
-    /// as errors from [`ShardConn::reply`].
+    /// as errors from [`ShardConn::reply`]. A connection the engine closed before the pipeline
+    /// is written (the engine died between two batches) is broken as "unavailable": nothing
+    /// was sent, so the requests may go again (see [`ShardConn::closed_by_engine`]).
     pub async fn flush(&mut self) {
         if self.out.is_empty() || self.broken.is_some() {
+            return;
+        }
+        if let Some(reason) = self.closed_by_engine() {
+            self.broken = Some(ShardError::Unavailable {
+                shard: self.shard,
+                addr: self.addr,
+                reason,
+            });
+            self.out.clear();
             return;
         }
         if let Err(e) = self.stream.write_all(&self.out).await {
             self.broken = Some(self.lost(e.to_string()));
         }
         self.out.clear();
+    }
+
+    /// Why the engine closed this connection, when the reactor has already seen it closed
+    /// while every reply was read (between batches: the flush that asks is the one about to
+    /// send). Costs no system call unless the socket became readable, which an idle data
+    /// connection only does when its engine closes it.
+    fn closed_by_engine(&mut self) -> Option<String> {
+        if !self.input.is_empty() || self.decoder.is_mid_frame() {
+            return None;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => None,
+            Poll::Ready(Err(e)) => Some(e.to_string()),
+            Poll::Ready(Ok(())) => {
+                self.input.reserve(READ_RESERVE);
+                match self.stream.try_read_buf(&mut self.input) {
+                    Ok(0) => Some("connection closed by the shard".into()),
+                    Ok(_) => None,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+                    Err(e) => Some(e.to_string()),
+                }
+            }
+        }
     }
 
     /// The next reply, in the order requests were sent.
