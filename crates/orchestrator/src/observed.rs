@@ -88,6 +88,23 @@ impl Observer {
             .collect()
     }
 
+    /// How old each shard's latest report is (its node's last report), for shards whose node
+    /// reported within the liveness window (meaningful on the primary node only). Failover
+    /// trusts a report that a primary serves only while it is this young (see `failover.rs`).
+    pub fn shard_report_ages(&self) -> BTreeMap<ShardUid, std::time::Duration> {
+        let table = self.inner.lock().expect("observer lock");
+        let now = Instant::now();
+        table
+            .reports
+            .values()
+            .filter(|(_, at)| now.duration_since(*at) < LIVENESS_WINDOW)
+            .flat_map(|(report, at)| {
+                let age = now.duration_since(*at);
+                report.shards.iter().map(move |shard| (shard.uid, age))
+            })
+            .collect()
+    }
+
     /// Each node's memory as it last reported it (meaningful on the primary node only).
     pub fn node_memory(&self) -> BTreeMap<NodeUid, u64> {
         let table = self.inner.lock().expect("observer lock");
