@@ -198,6 +198,7 @@ async fn fail_over(
     failing_for: Duration,
 ) {
     let Some(replica) = best_replica(state, primary, reports, memory).await else {
+        tracing::warn!("primary shard unreachable for {failing_for:?} and no replica may be promoted (none answers, or none was seen linked lately)");
         return;
     };
     tracing::warn!(

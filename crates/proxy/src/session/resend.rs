@@ -180,8 +180,16 @@ impl ResendPolicy {
             }
             let (reply, verdict, refused) = exchange(conn, requests).await;
             if refused || verdict.refused_as_replica() {
-                retry = Retry::NewPrimary;
                 failed_at = conn.addr();
+                let named = topology.borrow().primary(shard) == Some(failed_at);
+                if named && Instant::now() < deadline {
+                    // The store names it the primary already and its agent has not promoted
+                    // the engine yet (an unplanned failover): ask it again shortly.
+                    retry = Retry::Reachable;
+                    wait_for_change(topology, deadline).await;
+                } else {
+                    retry = Retry::NewPrimary;
+                }
                 continue;
             }
             let read = requests.iter().all(|r| crate::lookup_request(r).is_some_and(|s| !s.write));
