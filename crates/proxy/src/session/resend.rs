@@ -154,7 +154,11 @@ impl ResendPolicy {
             .await
             {
                 Ok(Ok(conn)) => conn,
-                Ok(Err(e)) if retry == Retry::Reachable && !self.is_expired(index) => {
+                Ok(Err(e))
+                    if retry == Retry::Reachable
+                        && !self.is_expired(index)
+                        && Instant::now() < deadline =>
+                {
                     unreachable = Some(e);
                     wait_for_change(topology, deadline).await;
                     continue;
