@@ -365,7 +365,11 @@ async fn not_active_shards(client: &Client, bdb_uid: u64) -> String {
             format!(
                 "shard {} ({} on node {}, port {}) is {}",
                 s.uid,
-                if s.role == flotilla_model::ShardRole::Primary { "primary" } else { "replica" },
+                if s.role == flotilla_model::ShardRole::Primary {
+                    "primary"
+                } else {
+                    "replica"
+                },
                 s.node_uid,
                 s.port,
                 s.status

@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use flotilla_loadcheck::Report;
 use flotilla_loadcheck::LoadHandle;
+use flotilla_loadcheck::Report;
 use flotilla_testkit::{
     assert_success, flotilla_bin, load_runtime, poll_until, stop_load, DevCluster, RespClient,
 };
@@ -99,6 +99,34 @@ fn wait_promoted(cluster: &DevCluster, n: u8, bdb: u64, dead: &[u64]) -> Duratio
     });
     assert!(promoted, "the dead primaries {dead:?} were replaced");
     started.elapsed()
+}
+
+/// Waits (bounded) until every replica of the database has replicated what its primary had
+/// when this was called (the offsets the agents report): the replicas are caught up and
+/// streaming, so a failover loses nothing acknowledged. (Right after a full sync an engine
+/// streams nothing to its replica until the replica's first acknowledgement, up to a second
+/// later: a primary killed then loses what it acknowledged meanwhile.)
+fn wait_caught_up(cluster: &DevCluster, n: u8, bdb: u64) {
+    let all = shards(cluster, n, bdb);
+    let target = |slots: &Value| {
+        all.iter()
+            .find(|s| s["role"] == "master" && &s["assigned_slots"] == slots)
+            .and_then(|s| s["offset"].as_i64())
+            .unwrap_or(0)
+    };
+    let targets: Vec<(u64, i64)> = all
+        .iter()
+        .filter(|s| s["role"] == "slave")
+        .map(|s| (uid(s), target(&s["assigned_slots"]).max(1)))
+        .collect();
+    let caught_up = poll_until(Duration::from_secs(30), || {
+        let now = shards(cluster, n, bdb);
+        targets.iter().all(|(replica, offset)| {
+            now.iter()
+                .any(|s| uid(s) == *replica && s["offset"].as_i64().unwrap_or(0) > *offset)
+        })
+    });
+    assert!(caught_up, "the replicas caught up with {targets:?}");
 }
 
 /// Starts the load checker through `endpoint` with a command timeout above the hold bound
@@ -251,6 +279,7 @@ fn kill9_of_a_master_engine_under_load_costs_a_stall_not_an_error() {
     let survivor = cluster.node_numbers().find(|n| *n != victim_node).unwrap();
     let rt = load_runtime();
     let load = start_load(&rt, format!("{}:12212", cluster.addr(survivor)));
+    wait_caught_up(&cluster, survivor, bdb);
 
     let pid = engine_pid(&cluster, victim_node, uid(&primary));
     kill9(pid);
@@ -284,6 +313,7 @@ fn kill9_of_a_node_holding_masters_under_load_costs_a_stall_not_an_error() {
     let survivor = cluster.node_numbers().find(|n| *n != victim).unwrap();
     let rt = load_runtime();
     let load = start_load(&rt, format!("{}:12213", cluster.addr(survivor)));
+    wait_caught_up(&cluster, survivor, bdb);
 
     cluster.kill9(victim);
     engines.into_iter().for_each(kill9);
@@ -320,7 +350,9 @@ fn kill9_of_the_primary_node_holding_masters_under_load_costs_a_stall_not_an_err
             .unwrap();
         let output = cluster.flotilla(&["shard", "failover", &uid(&primary).to_string()]);
         assert_success(&output, "shard failover");
-        let active = poll_until(Duration::from_secs(30), || cluster.db_status(bdb) == "active");
+        let active = poll_until(Duration::from_secs(30), || {
+            cluster.db_status(bdb) == "active"
+        });
         assert!(active, "the database is active after the switchover");
     }
     let masters = masters_on_leader(&cluster);
@@ -333,6 +365,7 @@ fn kill9_of_the_primary_node_holding_masters_under_load_costs_a_stall_not_an_err
     let survivor = cluster.node_numbers().find(|n| *n != leader).unwrap();
     let rt = load_runtime();
     let load = start_load(&rt, format!("{}:12214", cluster.addr(survivor)));
+    wait_caught_up(&cluster, survivor, bdb);
 
     cluster.kill9(leader);
     engines.into_iter().for_each(kill9);

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use flotilla_engine::{ClientOptions, EngineClient, EngineLogin};
 use flotilla_model::rest::{ReplicaLink, ShardReport};
 use flotilla_model::timing::{
-    FAILOVER_AFTER, FAILOVER_CHECK_EVERY, FAILOVER_REFUSED_AFTER, LINK_MEMORY,
-    ORPHANED_HOLD_GRACE, REPORT_TRUSTED,
+    FAILOVER_AFTER, FAILOVER_CHECK_EVERY, FAILOVER_REFUSED_AFTER, LINK_MEMORY, ORPHANED_HOLD_GRACE,
+    REPORT_TRUSTED,
 };
 use flotilla_model::{
     ClusterState, Command, CommandResult, Shard, ShardPromotion, ShardRole, ShardUid,
@@ -164,9 +164,10 @@ async fn check_once(store: &Store, observer: &Observer, memory: &mut Memory) {
     memory.refused_since.retain(|uid, _| current(uid));
     memory.refused.retain(|uid, _| current(uid));
     for primary in primaries {
-        let trusted = reports
-            .get(&primary.uid)
-            .filter(|_| ages.get(&primary.uid).is_some_and(|age| *age < REPORT_TRUSTED));
+        let trusted = reports.get(&primary.uid).filter(|_| {
+            ages.get(&primary.uid)
+                .is_some_and(|age| *age < REPORT_TRUSTED)
+        });
         let refused = match primary_health(&state, primary, trusted).await {
             Health::Serving => {
                 memory.healthy(primary.uid);
@@ -237,7 +238,11 @@ enum Health {
     Failing,
 }
 
-async fn primary_health(state: &ClusterState, primary: &Shard, report: Option<&ShardReport>) -> Health {
+async fn primary_health(
+    state: &ClusterState,
+    primary: &Shard,
+    report: Option<&ShardReport>,
+) -> Health {
     // One bad observation by an agent (a fork stall, a slow reply) never triggers a failover
     // alone: the primary node must fail to reach the primary too.
     if report.is_some_and(|r| r.serves_in(ShardRole::Primary, ReplicaLink::Required)) {

@@ -247,6 +247,31 @@ impl ShardConn {
         self.out.clear();
     }
 
+    /// Whether the engine says it is a primary (its `HELLO` reply's `role`), asked before any
+    /// request is sent on a new connection. Exists for an engine found again at the address of
+    /// one that died: its agent may have restarted it as an empty replica of the shard's new
+    /// primary while this endpoint's topology still names the old address; reads there would
+    /// answer from the empty data set.
+    pub async fn is_primary(&mut self) -> Result<bool, ShardError> {
+        self.send_hello(self.protocol);
+        self.flush().await;
+        let reply = self.reply().await?;
+        let fields: Vec<(&Value, &Value)> = match &reply {
+            Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
+            Value::Array(items) => items
+                .chunks_exact(2)
+                .map(|pair| (&pair[0], &pair[1]))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let role = fields
+            .into_iter()
+            .find(|(key, _)| text(key) == "role")
+            .map(|(_, value)| text(value));
+        // An engine without HELLO (none Flotilla runs) cannot tell: taken as it is.
+        Ok(role.is_none_or(|role| role == "master"))
+    }
+
     /// Why the engine closed this connection, when the reactor has already seen it closed
     /// while every reply was read (between batches: the flush that asks is the one about to
     /// send). Costs no system call unless the socket became readable, which an idle data
@@ -490,10 +515,10 @@ fn protocol_reason(e: &ProtocolError) -> String {
     format!("bad reply: {e}")
 }
 
-/// The text of an error or status reply, for messages.
+/// The text of an error, status or bulk reply, for messages.
 fn text(value: &Value) -> String {
     match value {
-        Value::Error(t) | Value::SimpleString(t) | Value::BlobError(t) => {
+        Value::Error(t) | Value::SimpleString(t) | Value::BlobError(t) | Value::BulkString(t) => {
             String::from_utf8_lossy(t).into_owned()
         }
         other => format!("{other:?}"),

@@ -997,13 +997,27 @@ mod tests {
         let shard = free.local_addr().unwrap();
         drop(free);
         let (mut session, mut client) = session_with_shard(None, shard).await;
+        let hello = b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n";
         let engine = async {
             tokio::time::sleep(Duration::from_millis(300)).await;
             let listener = TcpListener::bind(shard).await.unwrap();
+            // First an engine that is a replica (restarted after a failover the endpoint has
+            // not heard of yet): nothing is sent to it.
+            let (mut replica, _) = listener.accept().await.unwrap();
+            expect(&mut replica, hello).await;
+            replica
+                .write_all(b"*2\r\n$4\r\nrole\r\n$7\r\nreplica\r\n")
+                .await
+                .unwrap();
             let (mut engine, _) = listener.accept().await.unwrap();
+            expect(&mut engine, hello).await;
+            engine
+                .write_all(b"*2\r\n$4\r\nrole\r\n$6\r\nmaster\r\n")
+                .await
+                .unwrap();
             expect(&mut engine, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n").await;
             engine.write_all(b"+OK\r\n").await.unwrap();
-            engine
+            (replica, engine)
         };
         let started = Instant::now();
         let (_, _engine) = tokio::join!(feed(&mut session, &mut client, b"SET k v\r\n"), engine);

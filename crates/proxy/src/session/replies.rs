@@ -339,7 +339,9 @@ impl Resolver<'_> {
         protocol: Protocol,
     ) -> Verdict {
         if !self.resend.moved_in_batch(index) {
-            return self.forward_raw(index, Some((request, true)), protocol).await;
+            return self
+                .forward_raw(index, Some((request, true)), protocol)
+                .await;
         }
         let (value, verdict) = self.take(Source::Read(index, request)).await;
         value.encode_as(&mut self.client.output, protocol);
@@ -406,8 +408,13 @@ impl Resolver<'_> {
                 let addr = match &error {
                     ShardError::Unavailable { addr, .. } | ShardError::Lost { addr, .. } => *addr,
                 };
-                self.resend(shard, std::slice::from_ref(&request), addr, Retry::Reachable)
-                    .await
+                self.resend(
+                    shard,
+                    std::slice::from_ref(&request),
+                    addr,
+                    Retry::Reachable,
+                )
+                .await
             }
             Source::Shard(index) => self.links.reply(index).await,
             Source::Read(index, request) => {

@@ -136,24 +136,40 @@ impl ResendPolicy {
                         self.mark_expired(index);
                         (e.reply(), Verdict::of_shard_error(&e))
                     }
-                    _ => {
-                        let name = topology.borrow().shard_name(shard);
-                        let reply = no_new_primary(&name, failed_at, self.timeout);
-                        let verdict = Verdict::NotExecuted {
-                            side: Side::Proxy,
-                            reason: Reason::NoNewPrimary,
-                        };
-                        (reply, verdict)
-                    }
+                    _ => no_longer_primary(topology, shard, failed_at, self.timeout),
                 };
             };
-            let conn = match tokio::time::timeout_at(
-                deadline,
-                links.retry_conn(shard, &next, protocol),
-            )
-            .await
-            {
-                Ok(Ok(conn)) => conn,
+            let opened =
+                tokio::time::timeout_at(deadline, links.retry_conn_fresh(shard, &next, protocol))
+                    .await;
+            let opened = match opened {
+                // An engine found again where one died may have been restarted as a replica of
+                // the shard's new primary before this endpoint heard of the promotion: only a
+                // primary takes the requests.
+                Ok(Ok((conn, true)))
+                    if retry == Retry::Reachable && Some(failed_at) == next.primary(shard) =>
+                {
+                    match conn.is_primary().await {
+                        Ok(true) => Ok(Ok(())),
+                        Ok(false) | Err(_) => {
+                            links.drop_retry(shard);
+                            if Instant::now() >= deadline {
+                                return no_longer_primary(topology, shard, failed_at, self.timeout);
+                            }
+                            wait_for_change(topology, deadline).await;
+                            continue;
+                        }
+                    }
+                }
+                Ok(Ok(_)) => Ok(Ok(())),
+                Ok(Err(e)) => Ok(Err(e)),
+                Err(elapsed) => Err(elapsed),
+            };
+            let conn = match opened {
+                Ok(Ok(())) => match links.retry_conn(shard, &next, protocol).await {
+                    Ok(conn) => conn,
+                    Err(e) => return (e.reply(), Verdict::of_shard_error(&e)),
+                },
                 Ok(Err(e))
                     if retry == Retry::Reachable
                         && !self.is_expired(index)
@@ -196,7 +212,9 @@ impl ResendPolicy {
                 }
                 continue;
             }
-            let read = requests.iter().all(|r| crate::lookup_request(r).is_some_and(|s| !s.write));
+            let read = requests
+                .iter()
+                .all(|r| crate::lookup_request(r).is_some_and(|s| !s.write));
             match Self::retry_of(verdict, read) {
                 Some(Retry::Reachable) if Instant::now() < deadline => {
                     retry = Retry::Reachable;
@@ -218,6 +236,23 @@ impl ResendPolicy {
             *expired = true;
         }
     }
+}
+
+/// The answer, and its verdict, to requests that no primary of `shard` took within `timeout`
+/// after the one at `failed_at` was no longer the primary.
+fn no_longer_primary(
+    topology: &watch::Receiver<Topology>,
+    shard: ShardIndex,
+    failed_at: SocketAddr,
+    timeout: Duration,
+) -> (Value, Verdict) {
+    let name = topology.borrow().shard_name(shard);
+    let reply = no_new_primary(&name, failed_at, timeout);
+    let verdict = Verdict::NotExecuted {
+        side: Side::Proxy,
+        reason: Reason::NoNewPrimary,
+    };
+    (reply, verdict)
 }
 
 /// Sends `requests` over `conn` and reads their replies: the last one's, its verdict, and
@@ -332,7 +367,10 @@ mod tests {
         };
         let lost = Verdict::Unknown { side: Side::Shard };
         for read in [false, true] {
-            assert_eq!(ResendPolicy::retry_of(refused, read), Some(Retry::NewPrimary));
+            assert_eq!(
+                ResendPolicy::retry_of(refused, read),
+                Some(Retry::NewPrimary)
+            );
             assert_eq!(
                 ResendPolicy::retry_of(unreachable, read),
                 Some(Retry::Reachable)
