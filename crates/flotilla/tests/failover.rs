@@ -33,20 +33,6 @@ fn bin() -> PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
 }
 
-/// The pid of shard `shard_uid`'s engine on node `node`.
-fn engine_pid(cluster: &DevCluster, node: u8, shard_uid: u64) -> u32 {
-    let path = cluster
-        .data_dir(node)
-        .join("shards")
-        .join(shard_uid.to_string())
-        .join("engine.pid");
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn kill9(pid: u32) {
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
 }
@@ -281,7 +267,7 @@ fn kill9_of_a_master_engine_under_load_costs_a_stall_not_an_error() {
     let load = start_load(&rt, format!("{}:12212", cluster.addr(survivor)));
     wait_caught_up(&cluster, survivor, bdb);
 
-    let pid = engine_pid(&cluster, victim_node, uid(&primary));
+    let pid = cluster.engine_pid(victim_node, uid(&primary));
     kill9(pid);
     let failover = wait_promoted(&cluster, survivor, bdb, &[uid(&primary)]);
     let report = stop_load(&rt, load);
@@ -308,7 +294,7 @@ fn kill9_of_a_node_holding_masters_under_load_costs_a_stall_not_an_error() {
     let engines: Vec<u32> = all
         .iter()
         .filter(|s| node_of(s) == victim)
-        .map(|s| engine_pid(&cluster, victim, uid(s)))
+        .map(|s| cluster.engine_pid(victim, uid(s)))
         .collect();
     let survivor = cluster.node_numbers().find(|n| *n != victim).unwrap();
     let rt = load_runtime();
@@ -360,7 +346,7 @@ fn kill9_of_the_primary_node_holding_masters_under_load_costs_a_stall_not_an_err
     let engines: Vec<u32> = shards(&cluster, 1, bdb)
         .iter()
         .filter(|s| node_of(s) == leader)
-        .map(|s| engine_pid(&cluster, leader, uid(s)))
+        .map(|s| cluster.engine_pid(leader, uid(s)))
         .collect();
     let survivor = cluster.node_numbers().find(|n| *n != leader).unwrap();
     let rt = load_runtime();
