@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use flotilla_client::Client;
 use flotilla_model::rest::{BdbCreate, BdbInfo, BdbUpdate, BdbUpgrade};
@@ -330,19 +330,19 @@ async fn create(client: &Client, args: CreateArgs) -> Result<()> {
 async fn wait_until_active(client: &Client, bdb: &BdbInfo) -> Result<BdbInfo> {
     let deadline = tokio::time::Instant::now() + CREATE_WAIT;
     loop {
-        let now = client
-            .bdb(bdb.uid)
-            .await
-            .with_context(|| format!("reading database db:{} while waiting for it", bdb.uid))?;
-        if now.status == "active" {
-            return Ok(now);
-        }
+        // A read that fails (the primary node changing, a node busy) is asked again until the
+        // bound: the database exists, only its status is unknown for now.
+        let status = match client.bdb(bdb.uid).await {
+            Ok(now) if now.status == "active" => return Ok(now),
+            Ok(now) => format!("status {}", now.status),
+            Err(e) => format!("its status could not be read: {e}"),
+        };
         if tokio::time::Instant::now() >= deadline {
             let waiting = not_active_shards(client, bdb.uid).await;
             bail!(
-                "database '{}' (db:{}) was created but does not serve yet after {} s: {waiting}; \
-                 `flotilla db show {}` shows its status and `flotilla status --issues-only` the \
-                 nodes' (create with --no-wait to return at once)",
+                "database '{}' (db:{}) was created but does not serve yet after {} s ({status}): \
+                 {waiting}; `flotilla db show {}` shows its status and `flotilla status \
+                 --issues-only` the nodes' (create with --no-wait to return at once)",
                 bdb.name,
                 bdb.uid,
                 CREATE_WAIT.as_secs(),
