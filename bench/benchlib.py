@@ -120,7 +120,7 @@ class Cluster:
             return json.loads(resp.read() or b"null")
 
     def create_db(self, *args):
-        self.cli("db", "create", *args)
+        self.cli("db", "create", "--no-wait", *args)
 
     def wait_active(self, name, timeout_s=90):
         deadline = time.time() + timeout_s

@@ -1,5 +1,7 @@
 //! `flotilla db ...`: create, list, show, change and delete databases.
 
+use std::time::Duration;
+
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use flotilla_client::Client;
@@ -112,10 +114,21 @@ pub struct CreateArgs {
     /// (clients: redis-cli --tls --cacert CA).
     #[arg(long)]
     tls: bool,
+    /// Return as soon as the cluster accepted the database, without waiting for its shards to
+    /// start (by default the command returns once every shard runs in its role, so a client
+    /// may write at once; the endpoint also holds requests for a starting shard, up to 5 s).
+    #[arg(long)]
+    no_wait: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
 }
+
+/// How long `db create` waits for every shard of the new database to run in its role.
+const CREATE_WAIT: Duration = Duration::from_secs(60);
+
+/// How often `db create` asks whether the new database is active.
+const CREATE_POLL: Duration = Duration::from_millis(100);
 
 /// The client limits of a database, as `db create` and `db set` flags (Redis's names).
 #[derive(Args, Default)]
@@ -291,7 +304,10 @@ async fn create(client: &Client, args: CreateArgs) -> Result<()> {
         client_timeout: args.limits.client_timeout,
         tls_mode: args.tls.then_some(TlsMode::Enabled),
     };
-    let bdb = client.create_bdb(&request).await?;
+    let mut bdb = client.create_bdb(&request).await?;
+    if !args.no_wait {
+        bdb = wait_until_active(client, &bdb).await?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&bdb)?);
     } else {
@@ -306,6 +322,65 @@ async fn create(client: &Client, args: CreateArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Waits (bounded by [`CREATE_WAIT`]) until every shard of the new database `bdb` runs in its
+/// role, so the database serves when `db create` returns; past the bound, an error naming the
+/// shards that do not.
+async fn wait_until_active(client: &Client, bdb: &BdbInfo) -> Result<BdbInfo> {
+    let deadline = tokio::time::Instant::now() + CREATE_WAIT;
+    loop {
+        // A read that fails (the primary node changing, a node busy) is asked again until the
+        // bound: the database exists, only its status is unknown for now.
+        let status = match client.bdb(bdb.uid).await {
+            Ok(now) if now.status == "active" => return Ok(now),
+            Ok(now) => format!("status {}", now.status),
+            Err(e) => format!("its status could not be read: {e}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            let waiting = not_active_shards(client, bdb.uid).await;
+            bail!(
+                "database '{}' (db:{}) was created but does not serve yet after {} s ({status}): \
+                 {waiting}; `flotilla db show {}` shows its status and `flotilla status \
+                 --issues-only` the nodes' (create with --no-wait to return at once)",
+                bdb.name,
+                bdb.uid,
+                CREATE_WAIT.as_secs(),
+                bdb.name
+            );
+        }
+        tokio::time::sleep(CREATE_POLL).await;
+    }
+}
+
+/// The shards of database `bdb_uid` that do not run in their role, as an error names them.
+async fn not_active_shards(client: &Client, bdb_uid: u64) -> String {
+    let Ok(shards) = client.shards().await else {
+        return "its shards could not be read".into();
+    };
+    let waiting: Vec<String> = shards
+        .iter()
+        .filter(|s| s.bdb_uid == bdb_uid && s.status != "active")
+        .map(|s| {
+            format!(
+                "shard {} ({} on node {}, port {}) is {}",
+                s.uid,
+                if s.role == flotilla_model::ShardRole::Primary {
+                    "primary"
+                } else {
+                    "replica"
+                },
+                s.node_uid,
+                s.port,
+                s.status
+            )
+        })
+        .collect();
+    if waiting.is_empty() {
+        "its shards are starting".into()
+    } else {
+        waiting.join(", ")
+    }
 }
 
 /// Prints databases as the `DATABASES` table of `flotilla status` and `db list`.

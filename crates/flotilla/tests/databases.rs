@@ -31,19 +31,6 @@ fn shard_admin(data_dir: &Path) -> String {
     format!("{}:{}", flotilla_model::ADMIN_USER, users.admin)
 }
 
-fn engine_pid(cluster: &DevCluster, node: u8, shard_uid: u64) -> u32 {
-    let path = cluster
-        .data_dir(node)
-        .join("shards")
-        .join(shard_uid.to_string())
-        .join("engine.pid");
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn a_replicated_sharded_database_answers_on_every_node() {
     let cluster = DevCluster::up(&bin(), 31, 3);
@@ -172,7 +159,7 @@ fn a_killed_daemon_leaves_its_shards_running_and_adopts_them() {
     assert!(!on_node.is_empty(), "node {node} runs shards");
     let pids: Vec<u32> = on_node
         .iter()
-        .map(|uid| engine_pid(&cluster, node, *uid))
+        .map(|uid| cluster.engine_pid(node, *uid))
         .collect();
 
     cluster.kill9(node);
@@ -194,7 +181,7 @@ fn a_killed_daemon_leaves_its_shards_running_and_adopts_them() {
     assert!(adopted, "the restarted daemon reports its shards active");
     let after: Vec<u32> = on_node
         .iter()
-        .map(|uid| engine_pid(&cluster, node, *uid))
+        .map(|uid| cluster.engine_pid(node, *uid))
         .collect();
     assert_eq!(
         after, pids,
@@ -356,7 +343,7 @@ fn a_killed_primary_engine_fails_over_and_keeps_the_data() {
         .unwrap()["node_uid"]
         .as_u64()
         .unwrap() as u8;
-    let pid = engine_pid(&cluster, node, primary);
+    let pid = cluster.engine_pid(node, primary);
 
     let killed = Instant::now();
     nix::sys::signal::kill(
@@ -420,7 +407,7 @@ fn a_whole_node_lost_fails_over_to_the_other_nodes() {
     let engines: Vec<u32> = all
         .iter()
         .filter(|s| s["node_uid"] == victim as u64)
-        .map(|s| engine_pid(&cluster, victim, s["uid"].as_u64().unwrap()))
+        .map(|s| cluster.engine_pid(victim, s["uid"].as_u64().unwrap()))
         .collect();
     let killed = Instant::now();
     cluster.kill9(victim);

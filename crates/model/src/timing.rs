@@ -57,6 +57,14 @@ pub const PRIMARY_RESTART_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a primary shard must fail before its replica is promoted.
 pub const FAILOVER_AFTER: Duration = Duration::from_millis(1500);
+/// How long a primary shard's engine must refuse connections (its process is gone: nothing
+/// listens on its port) before its replica is promoted. Shorter than [`FAILOVER_AFTER`]: a
+/// refused connection is proof, where a timeout may be a slow engine on a loaded machine.
+pub const FAILOVER_REFUSED_AFTER: Duration = Duration::from_millis(500);
+/// How recent a node's report must be for the primary node to take its word that a primary
+/// shard serves; an older one (the node may have died since) is checked with a PING from the
+/// primary node itself.
+pub const REPORT_TRUSTED: Duration = Duration::from_millis(1000);
 /// How often the primary node checks primary shards (and repairs orphaned holds).
 pub const FAILOVER_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// How recently a replica must have been seen linked to its primary to be promoted.
@@ -138,6 +146,37 @@ const _: () = assert!(
 const _: () = assert!(
     FAILOVER_CHECK_EVERY.as_millis() * 2 <= FAILOVER_AFTER.as_millis(),
     "a primary shard must fail more than one check before failover"
+);
+
+/// A refused primary is failed over only after more than one check found it refused, and
+/// sooner than one that merely fails.
+const _: () = assert!(
+    FAILOVER_CHECK_EVERY.as_millis() * 2 <= FAILOVER_REFUSED_AFTER.as_millis()
+        && FAILOVER_REFUSED_AFTER.as_millis() < FAILOVER_AFTER.as_millis(),
+    "a refused primary shard must fail more than one check, and fail over sooner"
+);
+
+/// A node's reports are trusted for at least two report intervals (one late report does not
+/// make the primary node probe), and distrusted before the node counts as down.
+const _: () = assert!(
+    REPORT_INTERVAL.as_millis() * 2 <= REPORT_TRUSTED.as_millis()
+        && REPORT_TRUSTED.as_millis() < LIVENESS_WINDOW.as_millis(),
+    "a report must be trusted for two intervals, and no longer than the liveness window"
+);
+
+/// An unplanned failover of a primary whose engine (or whole node) died costs clients a
+/// stall, not an error: the proxies hold the shard's requests while the primary node stops
+/// trusting the dead node's last report, finds the engine refusing connections for
+/// `FAILOVER_REFUSED_AFTER` (checked every `FAILOVER_CHECK_EVERY`), and promotes the replica;
+/// what remains of the hold timeout is for the promotion to commit and reach the proxies. (An
+/// engine killed on a live node is reported down within a reconcile round, sooner.)
+const _: () = assert!(
+    REPORT_TRUSTED.as_millis()
+        + FAILOVER_REFUSED_AFTER.as_millis()
+        + FAILOVER_CHECK_EVERY.as_millis() * 2
+        + 1000
+        < HOLD_TIMEOUT.as_millis(),
+    "the failover of a dead primary must end within the proxies' hold timeout"
 );
 
 /// The agent holds a dead memory-only primary down until its replica is promoted: its report

@@ -1,11 +1,14 @@
 //! Unplanned failover: when a primary shard stops answering, promote its best replica.
 //!
 //! Runs on every node but acts only on the primary node. A primary shard is healthy when its
-//! node's agent reports it up in the primary role, or, when no fresh report exists (its daemon
-//! may be down while the engine still serves), when the primary node itself reaches it with PING.
-//! After [`FAILOVER_AFTER`] of continuous failure, the replica with the highest replication
-//! offset among those that answer is promoted (`PromoteShard`); the agents and endpoints follow
-//! the store. A promotion the store refuses leaves the primary failing: the next check tries
+//! node's agent reports it up in the primary role (a report younger than [`REPORT_TRUSTED`]),
+//! or, when no such report exists (its node may have died, or its daemon is down while the
+//! engine still serves), when the primary node itself reaches it with PING. After
+//! [`FAILOVER_AFTER`] of continuous failure, or [`FAILOVER_REFUSED_AFTER`] of its engine
+//! refusing connections (nothing listens on its port: the process is gone, which a slow engine
+//! on a loaded machine never looks like), the replica with the highest replication offset among
+//! those that answer is promoted (`PromoteShard`); the agents and endpoints follow the store,
+//! and the endpoints hold the shard's requests meanwhile (`HOLD_TIMEOUT`). A promotion the store refuses leaves the primary failing: the next check tries
 //! another replica. Writes the lost primary acknowledged but had not replicated can be lost, as
 //! with any asynchronously replicated Redis.
 
@@ -15,7 +18,8 @@ use std::time::{Duration, Instant};
 use flotilla_engine::{ClientOptions, EngineClient, EngineLogin};
 use flotilla_model::rest::{ReplicaLink, ShardReport};
 use flotilla_model::timing::{
-    FAILOVER_AFTER, FAILOVER_CHECK_EVERY, LINK_MEMORY, ORPHANED_HOLD_GRACE,
+    FAILOVER_AFTER, FAILOVER_CHECK_EVERY, FAILOVER_REFUSED_AFTER, LINK_MEMORY, ORPHANED_HOLD_GRACE,
+    REPORT_TRUSTED,
 };
 use flotilla_model::{
     ClusterState, Command, CommandResult, Shard, ShardPromotion, ShardRole, ShardUid,
@@ -47,6 +51,9 @@ pub async fn run_failover(store: Store, observer: Observer, shutdown: watch::Rec
 struct Memory {
     /// Since when each failing primary shard has been failing.
     failing_since: HashMap<ShardUid, Instant>,
+    /// Since when each failing primary shard's engine has refused connections, check after
+    /// check.
+    refused_since: HashMap<ShardUid, Instant>,
     /// When each replica was last seen linked to its primary.
     linked: HashMap<ShardUid, Instant>,
     /// Replicas whose promotion the store refused, by failing primary: passed over until that
@@ -77,8 +84,7 @@ impl Memory {
     ) -> Promotion {
         match outcome {
             Ok(_) => {
-                self.failing_since.remove(&primary);
-                self.refused.remove(&primary);
+                self.healthy(primary);
                 Promotion::Done
             }
             Err(StoreError::Refused(_)) => {
@@ -92,7 +98,26 @@ impl Memory {
     /// Forgets a primary that is healthy again.
     fn healthy(&mut self, primary: ShardUid) {
         self.failing_since.remove(&primary);
+        self.refused_since.remove(&primary);
         self.refused.remove(&primary);
+    }
+
+    /// Records one check that found `primary` failing (`refused`: its engine refused the
+    /// connection); how long it has failed, and whether that is long enough to fail it over.
+    fn failing(&mut self, primary: ShardUid, refused: bool) -> (Duration, bool) {
+        let now = Instant::now();
+        let since = *self.failing_since.entry(primary).or_insert(now);
+        let refused_for = if refused {
+            let since = *self.refused_since.entry(primary).or_insert(now);
+            Some(now.duration_since(since))
+        } else {
+            self.refused_since.remove(&primary);
+            None
+        };
+        let failing_for = now.duration_since(since);
+        let due = failing_for >= FAILOVER_AFTER
+            || refused_for.is_some_and(|refused| refused >= FAILOVER_REFUSED_AFTER);
+        (failing_for, due)
     }
 
     /// True when the store refused to promote `replica` for `primary` since it began failing.
@@ -127,33 +152,37 @@ async fn repair_orphaned_holds(observer: &Observer, held_since: &mut HashMap<Sha
 async fn check_once(store: &Store, observer: &Observer, memory: &mut Memory) {
     let state = store.state();
     let reports = observer.shard_reports();
+    let ages = observer.shard_report_ages();
     let primaries: Vec<&Shard> = state
         .bdbs
         .values()
         .filter(|b| b.spec.replication)
         .flat_map(|b| state.primaries_of(b.uid))
         .collect();
-    memory
-        .failing_since
-        .retain(|uid, _| primaries.iter().any(|m| m.uid == *uid));
-    memory
-        .refused
-        .retain(|uid, _| primaries.iter().any(|m| m.uid == *uid));
+    let current = |uid: &ShardUid| primaries.iter().any(|m| m.uid == *uid);
+    memory.failing_since.retain(|uid, _| current(uid));
+    memory.refused_since.retain(|uid, _| current(uid));
+    memory.refused.retain(|uid, _| current(uid));
     for primary in primaries {
-        if primary_healthy(&state, primary, reports.get(&primary.uid)).await {
-            memory.healthy(primary.uid);
-            remember_links(&state, primary, &reports, &mut memory.linked);
-            continue;
-        }
-        let since = *memory
-            .failing_since
-            .entry(primary.uid)
-            .or_insert_with(Instant::now);
-        if since.elapsed() < FAILOVER_AFTER {
+        let trusted = reports.get(&primary.uid).filter(|_| {
+            ages.get(&primary.uid)
+                .is_some_and(|age| *age < REPORT_TRUSTED)
+        });
+        let refused = match primary_health(&state, primary, trusted).await {
+            Health::Serving => {
+                memory.healthy(primary.uid);
+                remember_links(&state, primary, &reports, &mut memory.linked);
+                continue;
+            }
+            Health::Refused => true,
+            Health::Failing => false,
+        };
+        let (failing_for, due) = memory.failing(primary.uid, refused);
+        if !due {
             continue;
         }
         let span = tracing::info_span!("failover", shard = primary.uid, bdb = primary.bdb_uid);
-        fail_over(store, &state, primary, &reports, memory, since.elapsed())
+        fail_over(store, &state, primary, &reports, memory, failing_for)
             .instrument(span)
             .await;
     }
@@ -170,6 +199,7 @@ async fn fail_over(
     failing_for: Duration,
 ) {
     let Some(replica) = best_replica(state, primary, reports, memory).await else {
+        tracing::warn!("primary shard unreachable for {failing_for:?} and no replica may be promoted (none answers, or none was seen linked lately)");
         return;
     };
     tracing::warn!(
@@ -197,17 +227,43 @@ async fn fail_over(
     }
 }
 
-async fn primary_healthy(
+/// What one check finds of a primary shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    /// Its node reports it serving, or the primary node reaches it.
+    Serving,
+    /// Neither, and its engine refuses connections: its process is gone.
+    Refused,
+    /// Neither (a timeout, an error reply, an unreachable address).
+    Failing,
+}
+
+async fn primary_health(
     state: &ClusterState,
     primary: &Shard,
     report: Option<&ShardReport>,
-) -> bool {
+) -> Health {
     // One bad observation by an agent (a fork stall, a slow reply) never triggers a failover
     // alone: the primary node must fail to reach the primary too.
-    match report {
-        Some(r) if r.serves_in(ShardRole::Primary, ReplicaLink::Required) => true,
-        _ => probe(state, primary).await.is_some(),
+    if report.is_some_and(|r| r.serves_in(ShardRole::Primary, ReplicaLink::Required)) {
+        return Health::Serving;
     }
+    if probe(state, primary).await.is_some() {
+        return Health::Serving;
+    }
+    match state.shard_addr(primary) {
+        Ok(addr) if refuses_connections(addr).await => Health::Refused,
+        _ => Health::Failing,
+    }
+}
+
+/// Whether nothing listens at `addr`: the connection is refused (not timed out).
+async fn refuses_connections(addr: std::net::SocketAddr) -> bool {
+    let connect = tokio::net::TcpStream::connect(addr);
+    matches!(
+        tokio::time::timeout(Duration::from_millis(300), connect).await,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// Records when each replica of `primary` was last seen with its replication link up: only a
@@ -317,6 +373,36 @@ mod tests {
             !memory.was_refused(1, 2),
             "forgotten once the primary is back"
         );
+    }
+
+    #[test]
+    fn a_refused_primary_fails_over_sooner_than_one_that_merely_fails() {
+        let mut memory = Memory::default();
+        let (_, due) = memory.failing(1, true);
+        assert!(!due, "one refused check is not enough");
+        // Refused since long enough, failing for less than FAILOVER_AFTER: due.
+        let refused_at = Instant::now() - FAILOVER_REFUSED_AFTER;
+        memory.refused_since.insert(1, refused_at);
+        memory.failing_since.insert(1, refused_at);
+        assert!(memory.failing(1, true).1);
+        // A check that times out instead ends the run of refusals: only FAILOVER_AFTER counts.
+        assert!(!memory.failing(1, false).1);
+        assert!(!memory.refused_since.contains_key(&1));
+        memory
+            .failing_since
+            .insert(1, Instant::now() - FAILOVER_AFTER);
+        assert!(memory.failing(1, false).1);
+        memory.healthy(1);
+        assert!(memory.failing_since.is_empty() && memory.refused_since.is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_a_port_nobody_listens_on_refuses_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert!(!refuses_connections(addr).await);
+        drop(listener);
+        assert!(refuses_connections(addr).await);
     }
 
     #[test]

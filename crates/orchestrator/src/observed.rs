@@ -86,15 +86,34 @@ impl Observer {
     /// The latest report of every shard whose node reported within the liveness window
     /// (meaningful on the primary node only).
     pub fn shard_reports(&self) -> BTreeMap<ShardUid, ShardReport> {
+        self.fresh_shards(|shard, _| shard.clone())
+    }
+
+    /// How old each shard's latest report is (its node's last report), for shards whose node
+    /// reported within the liveness window (meaningful on the primary node only). Failover
+    /// trusts a report that a primary serves only while it is this young (see `failover.rs`).
+    pub fn shard_report_ages(&self) -> BTreeMap<ShardUid, std::time::Duration> {
+        self.fresh_shards(|_, age| age)
+    }
+
+    /// `what` of every shard report (and its age) whose node reported within the liveness
+    /// window, by shard uid.
+    fn fresh_shards<T>(
+        &self,
+        what: impl Fn(&ShardReport, std::time::Duration) -> T,
+    ) -> BTreeMap<ShardUid, T> {
         let table = self.inner.lock().expect("observer lock");
         let now = Instant::now();
-        table
-            .reports
-            .values()
-            .filter(|(_, at)| now.duration_since(*at) < LIVENESS_WINDOW)
-            .flat_map(|(report, _)| report.shards.iter().cloned())
-            .map(|shard| (shard.uid, shard))
-            .collect()
+        let mut fresh = BTreeMap::new();
+        for (report, at) in table.reports.values() {
+            let age = now.duration_since(*at);
+            if age < LIVENESS_WINDOW {
+                for shard in &report.shards {
+                    fresh.insert(shard.uid, what(shard, age));
+                }
+            }
+        }
+        fresh
     }
 
     /// Each node's memory as it last reported it (meaningful on the primary node only).

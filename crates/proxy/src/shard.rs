@@ -225,15 +225,75 @@ impl ShardConn {
     }
 
     /// Writes the pipeline. A failure marks the connection broken; the replies then come back
-    /// as errors from [`ShardConn::reply`].
+    /// as errors from [`ShardConn::reply`]. A connection the engine closed before the pipeline
+    /// is written (the engine died between two batches) is broken as "unavailable": nothing
+    /// was sent, so the requests may go again (see [`ShardConn::closed_by_engine`]).
     pub async fn flush(&mut self) {
         if self.out.is_empty() || self.broken.is_some() {
+            return;
+        }
+        if let Some(reason) = self.closed_by_engine() {
+            self.broken = Some(ShardError::Unavailable {
+                shard: self.shard,
+                addr: self.addr,
+                reason,
+            });
+            self.out.clear();
             return;
         }
         if let Err(e) = self.stream.write_all(&self.out).await {
             self.broken = Some(self.lost(e.to_string()));
         }
         self.out.clear();
+    }
+
+    /// Whether the engine says it is a primary (its `HELLO` reply's `role`), asked before any
+    /// request is sent on a new connection. Exists for an engine found again at the address of
+    /// one that died: its agent may have restarted it as an empty replica of the shard's new
+    /// primary while this endpoint's topology still names the old address; reads there would
+    /// answer from the empty data set.
+    pub async fn is_primary(&mut self) -> Result<bool, ShardError> {
+        self.send_hello(self.protocol);
+        self.flush().await;
+        let reply = self.reply().await?;
+        let fields: Vec<(&Value, &Value)> = match &reply {
+            Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
+            Value::Array(items) => items
+                .chunks_exact(2)
+                .map(|pair| (&pair[0], &pair[1]))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let role = fields
+            .into_iter()
+            .find(|(key, _)| text(key) == "role")
+            .map(|(_, value)| text(value));
+        // An engine without HELLO (none Flotilla runs) cannot tell: taken as it is.
+        Ok(role.is_none_or(|role| role == "master"))
+    }
+
+    /// Why the engine closed this connection, when the reactor has already seen it closed
+    /// while every reply was read (between batches: the flush that asks is the one about to
+    /// send). Costs no system call unless the socket became readable, which an idle data
+    /// connection only does when its engine closes it.
+    fn closed_by_engine(&mut self) -> Option<String> {
+        if !self.input.is_empty() || self.decoder.is_mid_frame() {
+            return None;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => None,
+            Poll::Ready(Err(e)) => Some(e.to_string()),
+            Poll::Ready(Ok(())) => {
+                self.input.reserve(READ_RESERVE);
+                match self.stream.try_read_buf(&mut self.input) {
+                    Ok(0) => Some("connection closed by the shard".into()),
+                    Ok(_) => None,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+                    Err(e) => Some(e.to_string()),
+                }
+            }
+        }
     }
 
     /// The next reply, in the order requests were sent.
@@ -455,10 +515,10 @@ fn protocol_reason(e: &ProtocolError) -> String {
     format!("bad reply: {e}")
 }
 
-/// The text of an error or status reply, for messages.
+/// The text of an error, status or bulk reply, for messages.
 fn text(value: &Value) -> String {
     match value {
-        Value::Error(t) | Value::SimpleString(t) | Value::BlobError(t) => {
+        Value::Error(t) | Value::SimpleString(t) | Value::BlobError(t) | Value::BulkString(t) => {
             String::from_utf8_lossy(t).into_owned()
         }
         other => format!("{other:?}"),

@@ -230,7 +230,26 @@ async fn read_replies(
     lost: &impl Fn(String) -> ShardError,
 ) -> Result<(), String> {
     let mut decoder = Decoder::new(Limits::for_replies());
-    while let Some((count, replies)) = written.recv().await {
+    loop {
+        // While no job awaits replies, the engine closing the connection (it died) is noticed
+        // at once: the jobs queued next are then answered "unavailable" (not executed) instead
+        // of being written to a dead connection and answered "lost" (may have executed).
+        let next = tokio::select! {
+            biased;
+            next = written.recv() => next,
+            ready = reader.readable(), if input.is_empty() => {
+                ready.map_err(|e| e.to_string())?;
+                input.reserve(4096);
+                match reader.try_read_buf(&mut input) {
+                    Ok(0) => return Err("connection closed by the shard".to_owned()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                continue;
+            }
+        };
+        let Some((count, replies)) = next else { break };
         let mut got = VecDeque::with_capacity(count);
         while got.len() < count {
             match take_raw_reply(&mut input, &mut decoder) {

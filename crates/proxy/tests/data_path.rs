@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Raw, Setup};
-use flotilla_proxy::SlotMap;
+use flotilla_proxy::{ProxyOptions, SlotMap};
 use redis::{AsyncCommands, Value};
 
 /// Keys `prefix0..prefixN` and the shard (of an even 2-shard map) each one belongs to.
@@ -253,8 +253,14 @@ async fn malformed_input_closes_only_that_connection() {
 
 #[tokio::test]
 async fn a_new_primary_is_used_without_reconnecting_the_client() {
-    let setup = Setup::start("127.0.7.6", 3, 2, None).await;
-    let mut client = setup.client(None).await;
+    // A hold bound shorter than the client's response timeout, so the client hears the error
+    // given past it.
+    let options = ProxyOptions {
+        hold_timeout: Duration::from_millis(500),
+        ..ProxyOptions::default()
+    };
+    let setup = Setup::start_with("127.0.7.6", 3, 2, None, options).await;
+    let mut client = setup.patient_client(Duration::from_secs(3)).await;
     let keys = keys_by_shard("t", 40);
     let (key0, _) = keys.iter().find(|(_, s)| *s == 0).unwrap();
     let (key1, _) = keys.iter().find(|(_, s)| *s == 1).unwrap();
@@ -276,11 +282,14 @@ async fn a_new_primary_is_used_without_reconnecting_the_client() {
     let other: String = client.get(key1).await.unwrap();
     assert_eq!(other, "on-engine-1", "shard 1 is unchanged");
 
-    // A primary that is not there: the client is told the command was not executed.
+    // A primary that is not there: the request is held for the hold bound, then the client is
+    // told the command was not executed.
     let nowhere = std::net::SocketAddr::from(([127, 0, 7, 6], 20999));
     setup.move_shard(0, nowhere);
+    let asked = std::time::Instant::now();
     let err = client.get::<_, Option<String>>(key0).await.unwrap_err();
     assert!(err.to_string().contains("was not executed"), "{err}");
+    assert!(asked.elapsed() >= Duration::from_millis(500), "held first");
     setup.move_shard(0, setup.engine_addr(0));
     let back: String = client.get(key0).await.unwrap();
     assert_eq!(back, "on-engine-0");

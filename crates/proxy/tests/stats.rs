@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{Raw, Setup};
-use flotilla_proxy::{SlotMap, StatsSnapshot};
+use flotilla_proxy::{ProxyOptions, SlotMap, StatsSnapshot};
 
 /// Polls the endpoint's counters until `done` holds, for at most 5 s.
 async fn stats_until(setup: &Setup, done: impl Fn(&StatsSnapshot) -> bool) -> StatsSnapshot {
@@ -24,7 +24,13 @@ async fn stats_until(setup: &Setup, done: impl Fn(&StatsSnapshot) -> bool) -> St
 
 #[tokio::test]
 async fn commands_are_counted_by_outcome_with_their_latency() {
-    let setup = Setup::start("127.0.15.1", 2, 2, None).await;
+    // A short hold bound: a request for a shard that cannot be reached is held that long, then
+    // answered not executed.
+    let options = ProxyOptions {
+        hold_timeout: Duration::from_millis(300),
+        ..ProxyOptions::default()
+    };
+    let setup = Setup::start_with("127.0.15.1", 2, 2, None, options).await;
     let mut a = Raw::connect(setup.endpoint).await;
     let mut b = Raw::connect(setup.endpoint).await;
     // 3 ok (SET, GET, PING), 1 engine error (INCR of a non-number), 2 not executed (a refused
@@ -55,7 +61,7 @@ async fn commands_are_counted_by_outcome_with_their_latency() {
         "under 1 s"
     );
 
-    // A shard that cannot be reached: its commands are not executed.
+    // A shard that cannot be reached past the hold bound: its commands are not executed.
     let shard_zero_key = (0..100)
         .map(|i| format!("k{i}"))
         .find(|k| SlotMap::even(2).unwrap().shard_of_key(k.as_bytes()).0 == 0)

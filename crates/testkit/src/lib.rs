@@ -404,6 +404,20 @@ impl DevCluster {
             .ok()
     }
 
+    /// The pid of shard `shard_uid`'s engine on node `n` (from its pidfile).
+    pub fn engine_pid(&self, n: u8, shard_uid: u64) -> u32 {
+        let path = self
+            .data_dir(n)
+            .join("shards")
+            .join(shard_uid.to_string())
+            .join("engine.pid");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
     /// kill -9 of node `n`'s daemon; waits (bounded) until the process is gone.
     pub fn kill9(&self, n: u8) {
         let pid = self.daemon_pid(n).expect("the daemon has a pidfile");

@@ -64,7 +64,7 @@ impl Session {
         let (index, request, write) = match source {
             Source::Write(index, request) => (index, request, true),
             Source::Read(index, request) => (index, request, false),
-            Source::Shard(_) | Source::Failed(_) => return None,
+            Source::Shard(_) | Source::Failed(_) | Source::Unsent(..) => return None,
         };
         if !self.is_between_replies() {
             return None;

@@ -149,11 +149,12 @@ impl Session {
     }
 
     /// Appends `request` to `shard`'s pipeline; returns where its reply will come from. A
-    /// `write` keeps a copy of the request to resend it if it certainly did not run.
+    /// `write` keeps a copy of the request to resend it if it certainly did not run; a request
+    /// whose shard could not be reached is kept to be sent once it can (see `resend.rs`).
     async fn send(&mut self, shard: ShardIndex, request: &Request, write: bool) -> Source {
         let source = self.open(shard).await;
         let Source::Shard(index) = source else {
-            return source;
+            return source.unsent(shard, request.clone());
         };
         self.links.send(index, request);
         if write {
@@ -168,7 +169,7 @@ impl Session {
     async fn send_owned(&mut self, shard: ShardIndex, request: Request, write: bool) -> Source {
         let source = self.open(shard).await;
         let Source::Shard(index) = source else {
-            return source;
+            return source.unsent(shard, request);
         };
         self.links.send(index, &request);
         if write {
@@ -341,7 +342,8 @@ impl Session {
                 watched,
             } => (queued, shard, watched),
         };
-        let source = self.send(shard, &Request::new("MULTI", []), false).await;
+        let multi = Request::new("MULTI", []);
+        let source = self.send(shard, &multi, false).await.not_resent();
         let Source::Shard(index) = source else {
             self.replies
                 .push(Pending::Forward(source, self.state.protocol));
@@ -366,7 +368,7 @@ impl Session {
             Err(reply) => return self.ready(reply),
         };
         let shard = self.view.current.slots().shard_of(slot);
-        let source = self.send(shard, request, false).await;
+        let source = self.send(shard, request, false).await.not_resent();
         if let Source::Shard(index) = source {
             self.tx.watching(Watch {
                 slot,

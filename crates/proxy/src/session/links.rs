@@ -241,6 +241,16 @@ impl ShardLinks {
         topology: &Topology,
         protocol: Protocol,
     ) -> Result<&mut ShardConn, ShardError> {
+        Ok(self.retry_conn_fresh(shard, topology, protocol).await?.0)
+    }
+
+    /// [`ShardLinks::retry_conn`], and whether the connection was opened just now.
+    pub async fn retry_conn_fresh(
+        &mut self,
+        shard: ShardIndex,
+        topology: &Topology,
+        protocol: Protocol,
+    ) -> Result<(&mut ShardConn, bool), ShardError> {
         let index = usize::from(shard.0);
         if self.retries.len() <= index {
             self.retries.resize_with(index + 1, || None);
@@ -253,7 +263,14 @@ impl ShardLinks {
             let conn = self.connect_to(shard, addr, topology, protocol).await?;
             self.retries[index] = Some(conn);
         }
-        Ok(self.retries[index].as_mut().expect("set above"))
+        Ok((self.retries[index].as_mut().expect("set above"), !reusable))
+    }
+
+    /// Forgets the connection opened to resend to `shard` (its engine is not the primary).
+    pub fn drop_retry(&mut self, shard: ShardIndex) {
+        if let Some(slot) = self.retries.get_mut(usize::from(shard.0)) {
+            *slot = None;
+        }
     }
 
     /// Follows a newly adopted topology: as many connection places as shards, and the shared

@@ -1034,6 +1034,62 @@ mod tests {
         assert_eq!(state.unread, b"EX".to_vec(), "the start of an inline EXEC");
     }
 
+    /// A shard that refuses connections (still starting, or its engine died) holds the
+    /// client's request, which is sent once the shard answers, within the hold; past the hold
+    /// the client gets the shard's error, which says the command was not executed.
+    #[tokio::test]
+    async fn a_request_for_a_shard_that_refuses_connections_waits_for_it() {
+        let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shard = free.local_addr().unwrap();
+        drop(free);
+        let (mut session, mut client) = session_with_shard(None, shard).await;
+        let hello = b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n";
+        let engine = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let listener = TcpListener::bind(shard).await.unwrap();
+            // First an engine that is a replica (restarted after a failover the endpoint has
+            // not heard of yet): nothing is sent to it.
+            let (mut replica, _) = listener.accept().await.unwrap();
+            expect(&mut replica, hello).await;
+            replica
+                .write_all(b"*2\r\n$4\r\nrole\r\n$7\r\nreplica\r\n")
+                .await
+                .unwrap();
+            let (mut engine, _) = listener.accept().await.unwrap();
+            expect(&mut engine, hello).await;
+            engine
+                .write_all(b"*2\r\n$4\r\nrole\r\n$6\r\nmaster\r\n")
+                .await
+                .unwrap();
+            expect(&mut engine, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n").await;
+            engine.write_all(b"+OK\r\n").await.unwrap();
+            (replica, engine)
+        };
+        let started = Instant::now();
+        let (_, _engine) = tokio::join!(feed(&mut session, &mut client, b"SET k v\r\n"), engine);
+        expect(&mut client, b"+OK\r\n").await;
+        assert!(started.elapsed() >= Duration::from_millis(300));
+
+        let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let shard = free.local_addr().unwrap();
+        drop(free);
+        let (mut session, mut client) = session_with_shard(None, shard).await;
+        session.resend = ResendPolicy::new(1, Duration::from_millis(300));
+        feed(&mut session, &mut client, b"SET k v\r\n").await;
+        let mut reply = vec![0; 256];
+        let n = client.read(&mut reply).await.unwrap();
+        let reply = String::from_utf8_lossy(&reply[..n]).into_owned();
+        assert!(
+            reply.starts_with("-ERR shard 0 at ") && reply.contains("the command was not executed"),
+            "{reply}"
+        );
+        // The hold was waited out: the next request fails at once.
+        let started = Instant::now();
+        feed(&mut session, &mut client, b"GET k\r\n").await;
+        let n = client.read(&mut vec![0; 256]).await.unwrap();
+        assert!(n > 0 && started.elapsed() < Duration::from_millis(300));
+    }
+
     #[tokio::test]
     async fn a_stopping_session_leaves_a_request_not_whole_undecoded() {
         let (mut session, mut client) = session(None).await;

@@ -26,7 +26,7 @@ use crate::topology::Topology;
 use crate::verdict::{Reason, Side, Verdict};
 
 use super::links::{RawReply, ShardLinks};
-use super::resend::{primary_moved, transaction_requests, ResendPolicy};
+use super::resend::{transaction_requests, ResendPolicy, Retry};
 use super::transaction::null_array;
 use super::ClientIo;
 
@@ -35,14 +35,41 @@ use super::ClientIo;
 pub(super) enum Source {
     /// The next reply of this shard's connection.
     Shard(usize),
-    /// The next reply of this shard's connection to a write, resent to the shard's next
-    /// primary if this one certainly did not run it (see [`ResendPolicy::may_resend`]).
+    /// The next reply of this shard's connection to a write, resent to the shard if it
+    /// certainly did not run it (see [`ResendPolicy::retry_of`]).
     Write(usize, Request),
     /// The next reply of this shard's connection to a read, asked again at the shard's next
-    /// primary if a request before it in the batch went there.
+    /// primary if a request before it in the batch went there, or if it was lost.
     Read(usize, Request),
     /// The request never reached the shard.
     Failed(ShardError),
+    /// The request never reached the shard, which could not be reached: it is sent when the
+    /// shard answers again or a failover names its new primary, within the hold (see
+    /// `resend.rs`).
+    Unsent(ShardIndex, ShardError, Request),
+}
+
+impl Source {
+    /// A source that failed to open for `request` to `shard`: [`Source::Unsent`] when the
+    /// shard could not be reached, so the request waits for it within the hold.
+    pub fn unsent(self, shard: ShardIndex, request: Request) -> Source {
+        match self {
+            Source::Failed(error @ ShardError::Unavailable { .. }) => {
+                Source::Unsent(shard, error, request)
+            }
+            other => other,
+        }
+    }
+
+    /// This source with an unsent request answered as failed: for requests whose reply is not
+    /// the client's own (a transaction's MULTI) or whose effect the session tracks on its own
+    /// connection (WATCH), which a resend on another connection would lose.
+    pub fn not_resent(self) -> Source {
+        match self {
+            Source::Unsent(_, error, _) => Source::Failed(error),
+            other => other,
+        }
+    }
 }
 
 /// How the replies of a multi-shard request combine.
@@ -236,9 +263,12 @@ impl Resolver<'_> {
     async fn forward(&mut self, source: Source, protocol: Protocol) -> Verdict {
         match source {
             Source::Shard(index) => self.forward_raw(index, None, protocol).await,
-            Source::Write(index, request) => self.forward_raw(index, Some(request), protocol).await,
+            Source::Write(index, request) => {
+                self.forward_raw(index, Some((request, false)), protocol)
+                    .await
+            }
             Source::Read(index, request) => self.forward_read(index, request, protocol).await,
-            source @ Source::Failed(_) => {
+            source @ (Source::Failed(_) | Source::Unsent(..)) => {
                 let (value, verdict) = self.take(source).await;
                 value.encode_as(&mut self.client.output, protocol);
                 verdict
@@ -269,12 +299,13 @@ impl Resolver<'_> {
     }
 
     /// Copies the next reply of shard connection `index` to the client as the engine encoded
-    /// it: the request went out in the client's protocol, so no re-encoding is needed. A write
-    /// (`request`) that certainly did not run is resent (see [`ResendPolicy::may_resend`]).
+    /// it: the request went out in the client's protocol, so no re-encoding is needed. A
+    /// request kept (`request`, and whether it is a read) is resent when the shard did not run
+    /// it or, for a read, lost it (see [`ResendPolicy::retry_of`]).
     async fn forward_raw(
         &mut self,
         index: usize,
-        request: Option<Request>,
+        request: Option<(Request, bool)>,
         protocol: Protocol,
     ) -> Verdict {
         let Some(RawReply { addr, raw, verdict }) = self.links.reply_raw(index).await else {
@@ -283,12 +314,14 @@ impl Resolver<'_> {
             return verdict;
         };
         let shard = ShardIndex(index as u16);
-        if let Some(request) = request.filter(|_| self.may_resend(verdict, shard, addr)) {
-            let (value, verdict) = self
-                .resend(shard, std::slice::from_ref(&request), addr)
-                .await;
-            value.encode_as(&mut self.client.output, protocol);
-            return verdict;
+        if let Some((request, read)) = request {
+            if let Some(retry) = ResendPolicy::retry_of(verdict, read) {
+                let (value, verdict) = self
+                    .resend(shard, std::slice::from_ref(&request), addr, retry)
+                    .await;
+                value.encode_as(&mut self.client.output, protocol);
+                return verdict;
+            }
         }
         match raw {
             Ok(raw) => self.client.output.extend_from_slice(&raw),
@@ -306,7 +339,9 @@ impl Resolver<'_> {
         protocol: Protocol,
     ) -> Verdict {
         if !self.resend.moved_in_batch(index) {
-            return self.forward_raw(index, None, protocol).await;
+            return self
+                .forward_raw(index, Some((request, true)), protocol)
+                .await;
         }
         let (value, verdict) = self.take(Source::Read(index, request)).await;
         value.encode_as(&mut self.client.output, protocol);
@@ -369,17 +404,34 @@ impl Resolver<'_> {
     async fn take(&mut self, source: Source) -> (Value, Verdict) {
         match source {
             Source::Failed(error) => (error.reply(), Verdict::of_shard_error(&error)),
+            Source::Unsent(shard, error, request) => {
+                let addr = match &error {
+                    ShardError::Unavailable { addr, .. } | ShardError::Lost { addr, .. } => *addr,
+                };
+                self.resend(
+                    shard,
+                    std::slice::from_ref(&request),
+                    addr,
+                    Retry::Reachable,
+                )
+                .await
+            }
             Source::Shard(index) => self.links.reply(index).await,
             Source::Read(index, request) => {
                 let addr = self.links.addr(index);
-                let reply = self.links.reply(index).await;
-                match addr {
-                    Some(addr) if self.resend.moved_in_batch(index) => {
-                        let shard = ShardIndex(index as u16);
-                        self.resend(shard, std::slice::from_ref(&request), addr)
+                let (reply, verdict) = self.links.reply(index).await;
+                let shard = ShardIndex(index as u16);
+                let retry = if self.resend.moved_in_batch(index) {
+                    Some(Retry::Reachable)
+                } else {
+                    ResendPolicy::retry_of(verdict, true)
+                };
+                match (addr, retry) {
+                    (Some(addr), Some(retry)) => {
+                        self.resend(shard, std::slice::from_ref(&request), addr, retry)
                             .await
                     }
-                    _ => reply,
+                    _ => (reply, verdict),
                 }
             }
             Source::Write(index, request) => {
@@ -388,11 +440,12 @@ impl Resolver<'_> {
                 };
                 let (reply, verdict) = self.links.reply(index).await;
                 let shard = ShardIndex(index as u16);
-                if self.may_resend(verdict, shard, addr) {
-                    self.resend(shard, std::slice::from_ref(&request), addr)
-                        .await
-                } else {
-                    (reply, verdict)
+                match ResendPolicy::retry_of(verdict, false) {
+                    Some(retry) => {
+                        self.resend(shard, std::slice::from_ref(&request), addr, retry)
+                            .await
+                    }
+                    None => (reply, verdict),
                 }
             }
         }
@@ -421,24 +474,22 @@ impl Resolver<'_> {
                     (null_array(self.protocol), Verdict::OK)
                 } else {
                     let requests = transaction_requests(queued);
-                    self.resend(shard, &requests, refused_by).await
+                    self.resend(shard, &requests, refused_by, Retry::NewPrimary)
+                        .await
                 }
             }
             _ => (reply, verdict),
         }
     }
 
-    /// [`ResendPolicy::may_resend`] for `shard`'s primary at `addr`.
-    fn may_resend(&self, verdict: Verdict, shard: ShardIndex, addr: std::net::SocketAddr) -> bool {
-        ResendPolicy::may_resend(verdict, || primary_moved(self.topology, shard, addr))
-    }
-
-    /// Sends `requests`, refused by `shard`'s primary at `refused_by`, to its next primary.
+    /// Sends `requests`, which `shard`'s primary at `failed_at` did not run, to the shard again
+    /// (see [`ResendPolicy::resend`]).
     async fn resend(
         &mut self,
         shard: ShardIndex,
         requests: &[Request],
-        refused_by: std::net::SocketAddr,
+        failed_at: std::net::SocketAddr,
+        retry: Retry,
     ) -> (Value, Verdict) {
         self.resend
             .resend(
@@ -446,7 +497,8 @@ impl Resolver<'_> {
                 self.topology,
                 shard,
                 requests,
-                refused_by,
+                failed_at,
+                retry,
                 self.protocol,
             )
             .await

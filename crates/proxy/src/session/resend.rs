@@ -2,14 +2,22 @@
 //!
 //! Only a request *certainly not executed* is resent (DESIGN.md, "Data path", step 5): one a
 //! demoted primary refused (`-READONLY`, `-UNBLOCKED`, `-EXECABORT` for `READONLY`), or one
-//! whose shard could not be reached while the published topology already names another
-//! primary (the session's topology was a moment old). A request whose outcome is unknown is
-//! never resent. Reads are the one other case: a read pipelined after a write that went to the
+//! whose shard could not be reached (nothing was sent: a refused connection, a connection the
+//! engine had closed before the request was written). A write whose outcome is unknown is
+//! never resent. Reads are the other case: a read whose connection was lost after sending is
+//! asked again (it changed nothing), and a read pipelined after a write that went to the
 //! shard's new primary in the same batch is asked again there, so a `SET k v; GET k` split by a
 //! switchover reads `v`, not the demoted primary's older value.
 //!
-//! Resending waits, within the hold timeout, for a topology that names a primary other than
-//! the one that refused, and goes on to the one after if that one refuses too.
+//! Resending a request a demoted primary refused waits, within the hold timeout, for a
+//! topology that names a primary other than the one that refused, and goes on to the one after
+//! if that one refuses too. Resending a request whose shard could not be reached is the hold of
+//! an unplanned failover, or of a shard still starting: within the same bound it reconnects to
+//! the shard's primary every [`RECONNECT_EVERY`] and at every new topology, so it goes to the
+//! replica the orchestrator promotes, or to the same engine once it answers again. Past the
+//! bound the client gets the shard's error (not executed), and the session's later requests for
+//! that shard fail at once, without waiting again, until a new topology arrives or the shard
+//! answers.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,11 +32,28 @@ use crate::verdict::{Reason, Side, Verdict};
 
 use super::links::ShardLinks;
 
+/// How often a request held because its shard could not be reached tries the shard's primary
+/// again (a new topology is tried at once).
+pub(super) const RECONNECT_EVERY: Duration = Duration::from_millis(100);
+
+/// Why a request goes to its shard again, which decides where it may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Retry {
+    /// A demoted primary refused it: only another primary may take it.
+    NewPrimary,
+    /// Its shard could not be reached (or, for a read, the connection was lost): the same
+    /// primary may take it once it answers again, or the one a failover names.
+    Reachable,
+}
+
 /// One client session's resend bookkeeping.
 pub(super) struct ResendPolicy {
     /// Shards (by index) whose requests of this batch were resent to a new primary: the reads
     /// after them in the batch are asked there too.
     moved: Vec<bool>,
+    /// Shards (by index) whose reconnection this session waited out: their unreachable
+    /// requests fail at once until a new topology arrives or the shard answers.
+    expired: Vec<bool>,
     /// How long a resend waits for a new primary.
     timeout: Duration,
 }
@@ -39,6 +64,7 @@ impl ResendPolicy {
     pub fn new(shard_count: u16, timeout: Duration) -> Self {
         ResendPolicy {
             moved: vec![false; usize::from(shard_count)],
+            expired: vec![false; usize::from(shard_count)],
             timeout,
         }
     }
@@ -48,9 +74,12 @@ impl ResendPolicy {
         self.moved.iter_mut().for_each(|moved| *moved = false);
     }
 
-    /// Follows a topology of `shard_count` shards.
+    /// Follows a topology of `shard_count` shards: reconnections waited out are forgotten (it
+    /// may name a new primary).
     pub fn adopt(&mut self, shard_count: u16) {
         self.moved.resize(usize::from(shard_count), false);
+        self.expired.clear();
+        self.expired.resize(usize::from(shard_count), false);
     }
 
     /// Whether a request of this batch on shard `index` was resent to a new primary.
@@ -58,78 +87,227 @@ impl ResendPolicy {
         self.moved.get(index).copied().unwrap_or(false)
     }
 
-    /// Whether a request a shard answered with `verdict` goes to the shard's next primary:
-    /// refused by a demoted primary, or unreachable while the published topology names another
-    /// primary (`moved`, asked only then). Nothing else, and never an unknown outcome.
-    pub fn may_resend(verdict: Verdict, moved: impl FnOnce() -> bool) -> bool {
-        verdict.refused_as_replica() || (verdict.unreachable() && moved())
+    /// Whether, and why, a request a shard answered with `verdict` goes to the shard again:
+    /// refused by a demoted primary (to the next primary), or not sent because the shard could
+    /// not be reached (to whichever primary answers within the hold), or, for a `read`, lost
+    /// after sending (a read changed nothing). Never a write whose outcome is unknown.
+    pub fn retry_of(verdict: Verdict, read: bool) -> Option<Retry> {
+        if verdict.refused_as_replica() {
+            Some(Retry::NewPrimary)
+        } else if verdict.unreachable() || (read && matches!(verdict, Verdict::Unknown { .. })) {
+            Some(Retry::Reachable)
+        } else {
+            None
+        }
     }
 
-    /// Sends `requests` to `shard`'s next primary (the first a topology names other than
-    /// `refused_by`), again to the one after if that one refuses them as a replica too, within
-    /// the timeout; returns the last request's reply.
+    /// Sends `requests` again to `shard` (see [`Retry`]): after a refusal, to the first primary
+    /// a topology names other than `failed_at`, and to the one after if that one refuses them
+    /// as a replica too; when the shard could not be reached at `failed_at`, to its primary as
+    /// soon as one answers. Within the timeout; returns the last request's reply. `error` is
+    /// what the client gets when the shard stays unreachable.
+    #[allow(clippy::too_many_arguments)]
     pub async fn resend(
         &mut self,
         links: &mut ShardLinks,
         topology: &watch::Receiver<Topology>,
         shard: ShardIndex,
         requests: &[Request],
-        refused_by: SocketAddr,
+        failed_at: SocketAddr,
+        retry: Retry,
         protocol: Protocol,
     ) -> (Value, Verdict) {
         let deadline = Instant::now() + self.timeout;
-        let mut refused_by = refused_by;
-        if let Some(moved) = self.moved.get_mut(usize::from(shard.0)) {
+        let mut retry = retry;
+        let mut failed_at = failed_at;
+        let index = usize::from(shard.0);
+        if let Some(moved) = self.moved.get_mut(index) {
             *moved = true;
         }
+        let mut unreachable: Option<crate::shard::ShardError> = None;
         loop {
-            let Some(next) = next_primary(topology, shard, refused_by, deadline).await else {
-                let name = topology.borrow().shard_name(shard);
-                let reply = no_new_primary(&name, refused_by, self.timeout);
-                let verdict = Verdict::NotExecuted {
-                    side: Side::Proxy,
-                    reason: Reason::NoNewPrimary,
+            let next = match retry {
+                Retry::NewPrimary => next_primary(topology, shard, failed_at, deadline).await,
+                Retry::Reachable => serving(topology, shard, deadline).await,
+            };
+            let Some(next) = next else {
+                return match (retry, unreachable) {
+                    (Retry::Reachable, Some(e)) => {
+                        self.mark_expired(index);
+                        (e.reply(), Verdict::of_shard_error(&e))
+                    }
+                    _ => no_longer_primary(topology, shard, failed_at, self.timeout),
                 };
-                return (reply, verdict);
             };
-            let conn = match links.retry_conn(shard, &next, protocol).await {
-                Ok(conn) => conn,
-                Err(e) => return (e.reply(), Verdict::of_shard_error(&e)),
-            };
-            for request in requests {
-                conn.send(request);
-            }
-            conn.flush().await;
-            let mut refused = false;
-            for _ in 1..requests.len() {
-                match conn.reply().await {
-                    Ok(reply) => refused |= Verdict::of_reply(&reply).refused_as_replica(),
-                    Err(e) => return (e.reply(), Verdict::of_shard_error(&e)),
+            let opened =
+                tokio::time::timeout_at(deadline, links.retry_conn_fresh(shard, &next, protocol))
+                    .await;
+            let opened = match opened {
+                // An engine found again where one died may have been restarted as a replica of
+                // the shard's new primary before this endpoint heard of the promotion: only a
+                // primary takes the requests.
+                Ok(Ok((conn, true)))
+                    if retry == Retry::Reachable && Some(failed_at) == next.primary(shard) =>
+                {
+                    match conn.is_primary().await {
+                        Ok(true) => Ok(Ok(())),
+                        Ok(false) | Err(_) => {
+                            links.drop_retry(shard);
+                            if Instant::now() >= deadline {
+                                return no_longer_primary(topology, shard, failed_at, self.timeout);
+                            }
+                            wait_for_change(topology, deadline).await;
+                            continue;
+                        }
+                    }
                 }
-            }
-            let reply = match conn.reply().await {
-                Ok(reply) => reply,
-                Err(e) => return (e.reply(), Verdict::of_shard_error(&e)),
+                Ok(Ok(_)) => Ok(Ok(())),
+                Ok(Err(e)) => Ok(Err(e)),
+                Err(elapsed) => Err(elapsed),
             };
-            let verdict = Verdict::of_reply(&reply);
-            if !(refused || verdict.refused_as_replica()) {
-                return (reply, verdict);
+            let conn = match opened {
+                Ok(Ok(())) => match links.retry_conn(shard, &next, protocol).await {
+                    Ok(conn) => conn,
+                    Err(e) => return (e.reply(), Verdict::of_shard_error(&e)),
+                },
+                Ok(Err(e))
+                    if retry == Retry::Reachable
+                        && !self.is_expired(index)
+                        && Instant::now() < deadline =>
+                {
+                    unreachable = Some(e);
+                    wait_for_change(topology, deadline).await;
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    if retry == Retry::Reachable {
+                        self.mark_expired(index);
+                    }
+                    return (e.reply(), Verdict::of_shard_error(&e));
+                }
+                Err(_) => {
+                    let e = unreachable.unwrap_or_else(|| crate::shard::ShardError::Unavailable {
+                        shard: next.shard_uid(shard),
+                        addr: next.primary(shard).unwrap_or(failed_at),
+                        reason: "timed out connecting".into(),
+                    });
+                    self.mark_expired(index);
+                    return (e.reply(), Verdict::of_shard_error(&e));
+                }
+            };
+            if let Some(expired) = self.expired.get_mut(index) {
+                *expired = false;
             }
-            refused_by = conn.addr();
+            let (reply, verdict, refused) = exchange(conn, requests).await;
+            if refused || verdict.refused_as_replica() {
+                failed_at = conn.addr();
+                let named = topology.borrow().primary(shard) == Some(failed_at);
+                if named && Instant::now() < deadline {
+                    // The store names it the primary already and its agent has not promoted
+                    // the engine yet (an unplanned failover): ask it again shortly.
+                    retry = Retry::Reachable;
+                    wait_for_change(topology, deadline).await;
+                } else {
+                    retry = Retry::NewPrimary;
+                }
+                continue;
+            }
+            let read = requests
+                .iter()
+                .all(|r| crate::lookup_request(r).is_some_and(|s| !s.write));
+            match Self::retry_of(verdict, read) {
+                Some(Retry::Reachable) if Instant::now() < deadline => {
+                    retry = Retry::Reachable;
+                    failed_at = conn.addr();
+                    wait_for_change(topology, deadline).await;
+                }
+                _ => return (reply, verdict),
+            }
+        }
+    }
+
+    /// Whether this session waited out the reconnection of shard `index` already.
+    fn is_expired(&self, index: usize) -> bool {
+        self.expired.get(index).copied().unwrap_or(false)
+    }
+
+    fn mark_expired(&mut self, index: usize) {
+        if let Some(expired) = self.expired.get_mut(index) {
+            *expired = true;
         }
     }
 }
 
-/// Whether the latest published topology names a primary for `shard` other than `addr`.
-pub(super) fn primary_moved(
+/// The answer, and its verdict, to requests that no primary of `shard` took within `timeout`
+/// after the one at `failed_at` was no longer the primary.
+fn no_longer_primary(
     topology: &watch::Receiver<Topology>,
     shard: ShardIndex,
-    addr: SocketAddr,
-) -> bool {
-    topology
-        .borrow()
-        .primary(shard)
-        .is_some_and(|primary| primary != addr)
+    failed_at: SocketAddr,
+    timeout: Duration,
+) -> (Value, Verdict) {
+    let name = topology.borrow().shard_name(shard);
+    let reply = no_new_primary(&name, failed_at, timeout);
+    let verdict = Verdict::NotExecuted {
+        side: Side::Proxy,
+        reason: Reason::NoNewPrimary,
+    };
+    (reply, verdict)
+}
+
+/// Sends `requests` over `conn` and reads their replies: the last one's, its verdict, and
+/// whether an earlier one was refused as a replica.
+async fn exchange(
+    conn: &mut crate::shard::ShardConn,
+    requests: &[Request],
+) -> (Value, Verdict, bool) {
+    for request in requests {
+        conn.send(request);
+    }
+    conn.flush().await;
+    let mut refused = false;
+    for _ in 1..requests.len() {
+        match conn.reply().await {
+            Ok(reply) => refused |= Verdict::of_reply(&reply).refused_as_replica(),
+            Err(e) => return (e.reply(), Verdict::of_shard_error(&e), refused),
+        }
+    }
+    match conn.reply().await {
+        Ok(reply) => {
+            let verdict = Verdict::of_reply(&reply);
+            (reply, verdict, refused)
+        }
+        Err(e) => (e.reply(), Verdict::of_shard_error(&e), refused),
+    }
+}
+
+/// The latest topology that does not hold `shard`, by `deadline` (a switchover's hold is
+/// waited out first).
+async fn serving(
+    topology: &watch::Receiver<Topology>,
+    shard: ShardIndex,
+    deadline: Instant,
+) -> Option<Topology> {
+    let mut rx = topology.clone();
+    loop {
+        {
+            let topology = rx.borrow_and_update();
+            if !topology.is_held(shard) {
+                return Some(topology.clone());
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Waits for a new topology, at most [`RECONNECT_EVERY`] and not past `deadline`.
+async fn wait_for_change(topology: &watch::Receiver<Topology>, deadline: Instant) {
+    let mut rx = topology.clone();
+    let until = deadline.min(Instant::now() + RECONNECT_EVERY);
+    let _ = tokio::time::timeout_at(until, rx.changed()).await;
 }
 
 /// The first topology, by `deadline`, naming a primary for `shard` other than `refused_by` and
@@ -178,7 +356,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_requests_certainly_not_executed_are_resent() {
+    fn only_requests_certainly_not_executed_are_resent_and_lost_reads() {
         let refused = Verdict::NotExecuted {
             side: Side::Shard,
             reason: Reason::RefusedAsReplica,
@@ -187,21 +365,31 @@ mod tests {
             side: Side::Shard,
             reason: Reason::Unreachable,
         };
-        let never = || panic!("the topology is only asked about an unreachable shard");
-        assert!(ResendPolicy::may_resend(refused, never));
-        assert!(ResendPolicy::may_resend(unreachable, || true));
-        assert!(!ResendPolicy::may_resend(unreachable, || false));
+        let lost = Verdict::Unknown { side: Side::Shard };
+        for read in [false, true] {
+            assert_eq!(
+                ResendPolicy::retry_of(refused, read),
+                Some(Retry::NewPrimary)
+            );
+            assert_eq!(
+                ResendPolicy::retry_of(unreachable, read),
+                Some(Retry::Reachable)
+            );
+        }
+        assert_eq!(ResendPolicy::retry_of(lost, true), Some(Retry::Reachable));
+        assert_eq!(ResendPolicy::retry_of(lost, false), None, "outcome unknown");
         for verdict in [
             Verdict::OK,
             Verdict::Executed { error_reply: true },
-            Verdict::Unknown { side: Side::Shard },
             Verdict::REFUSED,
             Verdict::NotExecuted {
                 side: Side::Proxy,
                 reason: Reason::HoldExpired,
             },
         ] {
-            assert!(!ResendPolicy::may_resend(verdict, never), "{verdict:?}");
+            for read in [false, true] {
+                assert_eq!(ResendPolicy::retry_of(verdict, read), None, "{verdict:?}");
+            }
         }
     }
 
