@@ -8,8 +8,11 @@
 //! refusing connections (nothing listens on its port: the process is gone, which a slow engine
 //! on a loaded machine never looks like), the replica with the highest replication offset among
 //! those that answer is promoted (`PromoteShard`); the agents and endpoints follow the store,
-//! and the endpoints hold the shard's requests meanwhile (`HOLD_TIMEOUT`). A promotion the store refuses leaves the primary failing: the next check tries
-//! another replica. Writes the lost primary acknowledged but had not replicated can be lost, as
+//! and the endpoints hold the shard's requests meanwhile (`HOLD_TIMEOUT`). A primary that
+//! times out while its node reported lately may sit on a node cut off from the primary node,
+//! still taking writes until its master lease fences it: its failure counts only once its
+//! node counts as down ([`may_be_cut_off`]). A promotion the store refuses leaves the primary
+//! failing: the next check tries another replica. Writes the lost primary acknowledged but had not replicated can be lost, as
 //! with any asynchronously replicated Redis.
 
 use std::collections::{HashMap, HashSet};
@@ -18,8 +21,8 @@ use std::time::{Duration, Instant};
 use flotilla_engine::{ClientOptions, EngineClient, EngineLogin};
 use flotilla_model::rest::{ReplicaLink, ShardReport};
 use flotilla_model::timing::{
-    FAILOVER_AFTER, FAILOVER_CHECK_EVERY, FAILOVER_REFUSED_AFTER, LINK_MEMORY, ORPHANED_HOLD_GRACE,
-    REPORT_TRUSTED,
+    FAILOVER_AFTER, FAILOVER_CHECK_EVERY, FAILOVER_REFUSED_AFTER, LINK_MEMORY, LIVENESS_WINDOW,
+    ORPHANED_HOLD_GRACE, REPORT_TRUSTED,
 };
 use flotilla_model::{
     ClusterState, Command, CommandResult, Shard, ShardPromotion, ShardRole, ShardUid,
@@ -59,6 +62,9 @@ struct Memory {
     /// Replicas whose promotion the store refused, by failing primary: passed over until that
     /// primary is healthy again or gone.
     refused: HashMap<ShardUid, HashSet<ShardUid>>,
+    /// When this node's first check as the primary node ran: a node that took office lately
+    /// has not heard every node report yet.
+    in_office_since: Option<Instant>,
 }
 
 /// What a promotion's outcome means for the failing primary.
@@ -75,6 +81,17 @@ enum Promotion {
 }
 
 impl Memory {
+    /// The age to count for a primary shard's last report: the report's, or, for a shard no
+    /// report names yet while this node took office less than a liveness window ago, one
+    /// that is not trusted (its node may be alive and cut off from this node).
+    fn report_age(&mut self, report_age: Option<Duration>) -> Option<Duration> {
+        let in_office = self
+            .in_office_since
+            .get_or_insert_with(Instant::now)
+            .elapsed();
+        report_age.or((in_office < LIVENESS_WINDOW).then_some(REPORT_TRUSTED))
+    }
+
     /// Records the outcome of promoting `replica` in place of failing `primary`.
     fn settle(
         &mut self,
@@ -168,6 +185,7 @@ async fn check_once(store: &Store, observer: &Observer, memory: &mut Memory) {
             ages.get(&primary.uid)
                 .is_some_and(|age| *age < REPORT_TRUSTED)
         });
+        let age = memory.report_age(ages.get(&primary.uid).copied());
         let refused = match primary_health(&state, primary, trusted).await {
             Health::Serving => {
                 memory.healthy(primary.uid);
@@ -175,6 +193,7 @@ async fn check_once(store: &Store, observer: &Observer, memory: &mut Memory) {
                 continue;
             }
             Health::Refused => true,
+            Health::Failing if may_be_cut_off(age) => continue,
             Health::Failing => false,
         };
         let (failing_for, due) = memory.failing(primary.uid, refused);
@@ -255,6 +274,17 @@ async fn primary_health(
         Ok(addr) if refuses_connections(addr).await => Health::Refused,
         _ => Health::Failing,
     }
+}
+
+/// Whether a primary that the primary node cannot reach (a timeout, not a refusal) may still
+/// be taking writes on a node cut off from it: its node reported lately, but not lately
+/// enough to be trusted. Such a primary's failure is counted only once its node counts as
+/// down (`LIVENESS_WINDOW` after its last report), so that its master lease fences it before
+/// its replica is promoted (README "Partitions"; the lease's bound is asserted in
+/// `flotilla_model::timing`). A fresh report that says it fails is counted at once: its node
+/// is in touch and follows the promotion.
+fn may_be_cut_off(report_age: Option<Duration>) -> bool {
+    report_age.is_some_and(|age| age >= REPORT_TRUSTED && age < LIVENESS_WINDOW)
 }
 
 /// Whether nothing listens at `addr`: the connection is refused (not timed out).
@@ -394,6 +424,28 @@ mod tests {
         assert!(memory.failing(1, false).1);
         memory.healthy(1);
         assert!(memory.failing_since.is_empty() && memory.refused_since.is_empty());
+    }
+
+    #[test]
+    fn a_timed_out_primary_of_a_node_that_may_be_cut_off_waits_for_its_lease() {
+        assert!(!may_be_cut_off(None), "never reported: counted");
+        assert!(!may_be_cut_off(Some(Duration::ZERO)), "fresh: counted");
+        assert!(
+            may_be_cut_off(Some(REPORT_TRUSTED)),
+            "stale: may be cut off"
+        );
+        assert!(!may_be_cut_off(Some(LIVENESS_WINDOW)), "node down: counted");
+        let mut memory = Memory::default();
+        let unheard = memory.report_age(None);
+        assert!(
+            may_be_cut_off(unheard),
+            "unheard by a new primary node: may be cut off"
+        );
+        memory.in_office_since = Some(Instant::now() - LIVENESS_WINDOW);
+        assert!(
+            !may_be_cut_off(memory.report_age(None)),
+            "unheard for long: down"
+        );
     }
 
     #[tokio::test]
