@@ -7,19 +7,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_testkit::{
-    assert_success, flotilla_bin, poll_until, process_alive, runtime, DevCluster,
+    assert_success, endpoint_connection, flotilla_bin, poll_until, process_alive, runtime,
+    DevCluster,
 };
 use serde_json::Value;
 
 fn bin() -> std::path::PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
-}
-
-fn connect(addr: Ipv4Addr, port: u16) -> redis::Connection {
-    let client = redis::Client::open(format!("redis://{addr}:{port}/")).unwrap();
-    client
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .expect("connecting to the database endpoint")
 }
 
 /// The engines' admin user and password (derived from the cluster secret in a node's identity),
@@ -68,11 +62,11 @@ fn a_replicated_sharded_database_answers_on_every_node() {
 
     // Every node's endpoint serves the database; keys written through one are read through all.
     let keys: Vec<String> = (0..300).map(|i| format!("key:{i}")).collect();
-    let mut first = connect(cluster.addr(1), 12000);
+    let mut first = endpoint_connection(cluster.addr(1), 12000);
     let pairs: Vec<(String, String)> = keys.iter().map(|k| (k.clone(), format!("v-{k}"))).collect();
     let () = redis::cmd("MSET").arg(&pairs).query(&mut first).unwrap();
     for n in cluster.node_numbers() {
-        let mut conn = connect(cluster.addr(n), 12000);
+        let mut conn = endpoint_connection(cluster.addr(n), 12000);
         let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query(&mut conn).unwrap();
         assert!(
             values
@@ -169,7 +163,7 @@ fn a_killed_daemon_leaves_its_shards_running_and_adopts_them() {
             "engine {pid} survives kill -9 of its daemon"
         );
     }
-    let mut conn = connect(cluster.addr(1), 12001);
+    let mut conn = endpoint_connection(cluster.addr(1), 12001);
     let () = redis::cmd("SET")
         .arg("during")
         .arg("outage")
@@ -187,7 +181,7 @@ fn a_killed_daemon_leaves_its_shards_running_and_adopts_them() {
         after, pids,
         "the restarted daemon adopted the same engine processes"
     );
-    let mut conn = connect(cluster.addr(node), 12001);
+    let mut conn = endpoint_connection(cluster.addr(node), 12001);
     let value: String = redis::cmd("GET").arg("during").query(&mut conn).unwrap();
     assert_eq!(value, "outage");
 }
@@ -269,7 +263,7 @@ fn planned_switchovers_under_load_lose_nothing_and_raise_no_error() {
 
 /// Writes `count` keys through the endpoint and waits until the replicas have them.
 fn write_keys(addr: Ipv4Addr, port: u16, count: usize) -> Vec<String> {
-    let mut conn = connect(addr, port);
+    let mut conn = endpoint_connection(addr, port);
     let keys: Vec<String> = (0..count).map(|i| format!("durable:{i}")).collect();
     for chunk in keys.chunks(100) {
         let pairs: Vec<(&String, &String)> = chunk.iter().map(|k| (k, k)).collect();
@@ -481,7 +475,7 @@ fn redis_py_sentinel_discovers_the_database_by_name_and_writes() {
         printed.contains(&cluster.addr(2).to_string()) && printed.contains("12005"),
         "{printed}"
     );
-    let mut conn = connect(cluster.addr(1), 12005);
+    let mut conn = endpoint_connection(cluster.addr(1), 12005);
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
     assert!(
         !keys.is_empty(),
@@ -497,7 +491,7 @@ fn malformed_resp_never_breaks_the_endpoint_or_other_clients() {
     cluster.create_db(&[
         "--name", "fuzz", "--port", "12006", "--memory", "100mb", "--shards", "2",
     ]);
-    let mut bystander = connect(cluster.addr(1), 12006);
+    let mut bystander = endpoint_connection(cluster.addr(1), 12006);
     let () = redis::cmd("SET")
         .arg("bystander")
         .arg("ok")

@@ -4,24 +4,18 @@
 //!
 //! Subnets 127.0.220-224.x.
 
-use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use flotilla_testkit::{assert_success, flotilla_bin, poll_until, process_alive, DevCluster};
+use flotilla_testkit::{
+    assert_success, endpoint_connection, flotilla_bin, poll_until, process_alive, DevCluster,
+};
 use serde_json::Value;
 
 fn bin() -> PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
-}
-
-fn connect(addr: Ipv4Addr, port: u16) -> redis::Connection {
-    let client = redis::Client::open(format!("redis://{addr}:{port}/")).unwrap();
-    client
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .expect("connecting to the database endpoint")
 }
 
 /// Writes `count` keys `prefix:i` through the endpoint; every write must be acknowledged.
@@ -93,7 +87,7 @@ fn a_damaged_store_file_stops_the_daemon_with_the_fix_and_rejoining_brings_the_n
         "--replication",
     ]);
     let bdb_uid = bdb["uid"].as_u64().unwrap();
-    let mut conn = connect(cluster.addr(1), 12220);
+    let mut conn = endpoint_connection(cluster.addr(1), 12220);
     write_keys(&mut conn, "before", 200);
     let engines_on_3 = flotilla_engine::engines_under(&cluster.data_dir(3));
     assert!(!engines_on_3.is_empty(), "node 3 runs shards");
@@ -191,7 +185,7 @@ fn a_damaged_store_file_stops_the_daemon_with_the_fix_and_rejoining_brings_the_n
     }
     assert_eq!(keys_present(&mut conn, "before", 200), 200);
     assert_eq!(keys_present(&mut conn, "during", 200), 200);
-    let mut on_3 = connect(cluster.addr(3), 12220);
+    let mut on_3 = endpoint_connection(cluster.addr(3), 12220);
     assert_eq!(
         keys_present(&mut on_3, "during", 200),
         200,
@@ -295,7 +289,7 @@ fn a_damaged_aof_without_a_replica_keeps_the_shard_down_and_its_files_untouched(
     let uid = shard["uid"].as_u64().unwrap();
     let node = node_of(&cluster, shard["node_uid"].as_u64().unwrap());
     let dir = shard_dir(&cluster, node, uid);
-    let mut conn = connect(cluster.addr(1), 12225);
+    let mut conn = endpoint_connection(cluster.addr(1), 12225);
     write_keys(&mut conn, "k", 100);
     let (incr, damaged) = damage_aof_and_kill(&dir);
 
@@ -369,7 +363,7 @@ fn a_damaged_aof_fails_over_to_the_replica_and_is_moved_aside_not_deleted() {
         "valkey-8.1",
     ]);
     let bdb_uid = bdb["uid"].as_u64().unwrap();
-    let mut conn = connect(cluster.addr(1), 12222);
+    let mut conn = endpoint_connection(cluster.addr(1), 12222);
     write_keys(&mut conn, "k", 500);
     // The replica has every write (a report's offsets can be half a second old).
     let replicas: i64 = redis::cmd("WAIT")
@@ -545,7 +539,7 @@ fn a_full_data_dir_is_reported_with_the_fix_loses_nothing_and_the_node_recovers(
     // Node 3's data dir fills up while both databases serve.
     let filled = fill(&dir);
     eprintln!("filled node 3's data dir with {filled} bytes");
-    let mut conn = connect(cluster.addr(1), 12224);
+    let mut conn = endpoint_connection(cluster.addr(1), 12224);
     let mut acknowledged = Vec::new();
     let mut refused = Vec::new();
     for i in 0..300 {
@@ -679,7 +673,7 @@ fn a_truncated_rdb_of_a_replica_is_set_aside_and_the_replica_syncs_again() {
         "valkey-9.1",
     ]);
     let bdb_uid = bdb["uid"].as_u64().unwrap();
-    let mut conn = connect(cluster.addr(1), 12226);
+    let mut conn = endpoint_connection(cluster.addr(1), 12226);
     write_keys(&mut conn, "r", 300);
     let replicas: i64 = redis::cmd("WAIT")
         .arg(1)

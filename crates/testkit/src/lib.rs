@@ -688,6 +688,15 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// A plain (unretried) redis-py-like connection to a database endpoint at `addr:port`, as a
+/// client without a password makes it; panics naming the endpoint when it cannot connect.
+pub fn endpoint_connection(addr: Ipv4Addr, port: u16) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://{addr}:{port}/")).unwrap();
+    client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("connecting to the database endpoint {addr}:{port}: {e}"))
+}
+
 /// Polls `check` every 50 ms until it is true or `timeout` passes; returns the last answer.
 pub fn poll_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
