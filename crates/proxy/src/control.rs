@@ -64,7 +64,9 @@ pub enum AdoptError {
 /// How sessions of one endpoint ended or moved, since it started.
 ///
 /// A session's end is counted when the accept loop reaps its task, a moment after the end
-/// itself (a [`DetachedSession`] may reach the owner just before it is counted here).
+/// itself (a [`DetachedSession`] may reach the owner just before it is counted here); a close
+/// at a boundary is counted by the session before it ends, so an owner whose [`Detaching`]
+/// ran out reads every close.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HandoverCounts {
     /// Client sessions running now (accepted or adopted, not ended).
@@ -100,8 +102,8 @@ impl Counts {
         self.sessions.fetch_sub(1, Ordering::Relaxed);
         let counter = match ended {
             Some(Ended::Detached) => &self.detached,
-            Some(Ended::Closed) => &self.closed_at_boundary,
-            Some(Ended::Client) | None => return,
+            // Counted by the session itself: SessionControl::closing_at_boundary.
+            Some(Ended::Closed) | Some(Ended::Client) | None => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -158,15 +160,27 @@ pub(crate) struct SessionControl {
     /// `None` once the endpoint can no longer signal (or never could).
     rx: Option<mpsc::UnboundedReceiver<Signal>>,
     asked: Asked,
+    /// The endpoint's counts, where the session records its own close at a boundary.
+    counts: Arc<Counts>,
 }
 
 impl SessionControl {
-    /// A session the endpoint signals through `rx`.
-    pub fn new(rx: mpsc::UnboundedReceiver<Signal>) -> Self {
+    /// A session the endpoint signals through `rx` and counts in `counts`.
+    pub fn new(rx: mpsc::UnboundedReceiver<Signal>, counts: Arc<Counts>) -> Self {
         SessionControl {
             rx: Some(rx),
             asked: Asked::Serve,
+            counts,
         }
+    }
+
+    /// Counts the session's close at a command boundary, before it lets go of the owner's
+    /// request: an owner that saw every session asked detach or end reads a count that
+    /// includes this close (the accept loop reaps the task only a moment later).
+    pub fn closing_at_boundary(&self) {
+        self.counts
+            .closed_at_boundary
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Waits for the owner's next signals and records them (every one already queued: the
@@ -387,7 +401,7 @@ mod tests {
     #[tokio::test]
     async fn the_latest_request_wins_and_a_gone_owner_stops_detaching() {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut control = SessionControl::new(rx);
+        let mut control = SessionControl::new(rx, Arc::default());
         assert!(!control.stopping());
         let (to, owner) = mpsc::unbounded_channel();
         tx.send(Signal::Detach(to)).unwrap();
@@ -415,11 +429,13 @@ mod tests {
 
     #[test]
     fn ends_are_counted_by_kind() {
-        let counts = Counts::default();
+        let counts = Arc::new(Counts::default());
         for adopted in [false, true, false, false] {
             counts.started(adopted);
         }
         counts.ended(Some(Ended::Detached));
+        let (_, rx) = mpsc::unbounded_channel();
+        SessionControl::new(rx, counts.clone()).closing_at_boundary();
         counts.ended(Some(Ended::Closed));
         counts.ended(Some(Ended::Client));
         let snap = counts.snapshot();

@@ -236,7 +236,7 @@ impl Sessions {
             self.options,
             self.stats.clone(),
             self.shared.clone(),
-            SessionControl::new(rx),
+            SessionControl::new(rx, self.counts.clone()),
         );
         self.spawn(session, peer, signals, false);
     }
@@ -251,11 +251,12 @@ impl Sessions {
         };
         let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
         let (signals, rx) = mpsc::unbounded_channel();
-        let (topology, options, stats, shared) = (
+        let (topology, options, stats, shared, counts) = (
             self.topology.clone(),
             self.options,
             self.stats.clone(),
             self.shared.clone(),
+            self.counts.clone(),
         );
         let counted = self.stats.connection();
         self.counts.started(false);
@@ -276,7 +277,7 @@ impl Sessions {
                     }
                 };
                 let client = ClientStream::Tls(Box::new(stream));
-                let control = SessionControl::new(rx);
+                let control = SessionControl::new(rx, counts);
                 let session =
                     Session::with_client(client, id, topology, options, stats, shared, control);
                 let span = session.span();
@@ -301,7 +302,7 @@ impl Sessions {
             self.options,
             self.stats.clone(),
             self.shared.clone(),
-            SessionControl::new(rx),
+            SessionControl::new(rx, self.counts.clone()),
         )?;
         let peer = session.peer();
         self.spawn(session, peer, signals, true);

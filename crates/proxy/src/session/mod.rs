@@ -668,6 +668,7 @@ impl Session {
                 .map_or(Step::Serve, |state| Step::Detach(Box::new(state)));
         }
         if self.is_between_replies() {
+            self.control.closing_at_boundary();
             let _ = self.client.stream.shutdown().await;
             return Step::End(Ended::Closed);
         }
@@ -902,7 +903,7 @@ mod tests {
         mpsc::UnboundedReceiver<DetachedSession>,
     ) {
         let (signals, rx) = mpsc::unbounded_channel();
-        session.control = SessionControl::new(rx);
+        session.control = SessionControl::new(rx, Default::default());
         let (to, detached) = mpsc::unbounded_channel();
         session.control.note(Signal::Detach(to));
         (signals, detached)
@@ -1147,7 +1148,7 @@ mod tests {
         let (mut session, mut client, shard) = session_with_listening_shard().await;
         let shard_addr = shard.local_addr().unwrap();
         let (signals, rx) = mpsc::unbounded_channel();
-        session.control = SessionControl::new(rx);
+        session.control = SessionControl::new(rx, Default::default());
         client.write_all(b"BLPOP q 0\r\n").await.unwrap();
         session.client.read().await.unwrap();
         assert_eq!(session.route_batch().await, 1);
