@@ -81,6 +81,7 @@ mod client;
 mod control;
 mod frame;
 mod handover;
+mod outcome;
 mod pubsub;
 mod server;
 mod session;
@@ -106,6 +107,7 @@ pub use server::{
     next_client_id, serve, serve_controlled, serve_with, serve_with_stats, set_next_client_id,
     ProxyOptions, DEFAULT_HOLD_MAX_BYTES, DEFAULT_HOLD_TIMEOUT,
 };
+pub use outcome::StreamPosition;
 pub use shard::ShardError;
 pub use slot::{key_slot, ShardIndex, SlotMap, SLOT_COUNT};
 pub use stats::{EndpointStats, LatencySnapshot, StatsSnapshot, LATENCY_BUCKETS_US};

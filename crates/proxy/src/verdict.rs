@@ -319,6 +319,7 @@ mod tests {
             shard: 3,
             addr,
             reason,
+            position: None,
         };
         let verdict = Verdict::of_shard_error(&lost);
         assert_eq!(verdict, Verdict::Unknown { side: Side::Shard });
