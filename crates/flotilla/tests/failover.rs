@@ -193,7 +193,22 @@ fn lose_node_under_load(
     cluster.kill9(victim);
     engines.into_iter().for_each(kill9);
     let failover = wait_promoted(cluster, survivor, bdb, masters);
-    (stop_load(&rt, load), failover)
+    let report = stop_load(&rt, load);
+    print_in_flight_outcomes(cluster, survivor);
+    (report, failover)
+}
+
+/// Prints how many writes lost in flight on a dead master node `node`'s endpoint resent to the
+/// promoted replica (proven absent there) and how many stayed of unknown outcome (its log).
+fn print_in_flight_outcomes(cluster: &DevCluster, node: u8) {
+    let log = std::fs::read_to_string(cluster.data_dir(node).join("flotilla.log"))
+        .unwrap_or_default();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    eprintln!(
+        "node {node}'s endpoint: in-flight writes resent to the promoted replica (proven absent) {} times, left unknown {} times",
+        count("go to its promoted replica, which provably never got them"),
+        count("stay of unknown outcome"),
+    );
 }
 
 #[test]
@@ -296,6 +311,7 @@ fn kill9_of_a_master_engine_under_load_costs_a_stall_not_an_error() {
     kill9(pid);
     let failover = wait_promoted(&cluster, survivor, bdb, &[uid(&primary)]);
     let report = stop_load(&rt, load);
+    print_in_flight_outcomes(&cluster, survivor);
     assert_failover_clean("kill -9 of a master engine", &report, failover);
 }
 

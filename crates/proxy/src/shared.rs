@@ -179,14 +179,20 @@ async fn run_link(
         reason,
         position,
     };
+    // The job whose replies are being read: answered here when the connection fails, also when
+    // the write side fails first and the reader is dropped mid-read.
+    let mut reading = None;
     let outcome = tokio::try_join!(
         write_jobs(writer, &mut queue, written_tx, &probing),
-        read_replies(reader, input, &mut written, &lost, &mut position, &probing),
+        read_replies(reader, input, &mut written, &mut reading, &mut position, &probing),
     );
     if let Err(error) = outcome {
         broken.store(true, Ordering::Relaxed);
         tracing::debug!(shard, %addr, %error, "shared shard connection failed");
         let error = lost(error, position);
+        if let Some(replies) = reading.take() {
+            let _ = replies.send(Err(error.clone()));
+        }
         while let Ok(written) = written.try_recv() {
             if let Written::Job(_, replies) = written {
                 let _ = replies.send(Err(error.clone()));
@@ -263,14 +269,15 @@ fn gather(
     writes
 }
 
-/// Reads each written job's replies, in order, and hands them to the job's client; moves
-/// `position` to each offset probe's answer (a probe not answered with an offset stops the
-/// probing and forgets the position: nothing in flight can be proven absent then).
+/// Reads each written job's replies, in order, and hands them to the job's client; the job
+/// being read waits in `reading` (on failure the caller answers it). Moves `position` to each
+/// offset probe's answer (a probe not answered with an offset stops the probing and forgets the
+/// position: nothing in flight can be proven absent then).
 async fn read_replies(
     mut reader: OwnedReadHalf,
     mut input: BytesMut,
     written: &mut mpsc::UnboundedReceiver<Written>,
-    lost: &impl Fn(String, Option<StreamPosition>) -> ShardError,
+    reading: &mut Option<oneshot::Sender<JobReplies>>,
     position: &mut Option<StreamPosition>,
     probing: &AtomicBool,
 ) -> Result<(), String> {
@@ -294,9 +301,12 @@ async fn read_replies(
                 continue;
             }
         };
-        let (count, replies) = match next {
+        let count = match next {
             None => break,
-            Some(Written::Job(count, replies)) => (count, replies),
+            Some(Written::Job(count, replies)) => {
+                *reading = Some(replies);
+                count
+            }
             Some(Written::Probe) => {
                 let raw = read_one(&mut reader, &mut input, &mut decoder).await?;
                 let offset = decode_one(&raw).as_ref().and_then(role_offset);
@@ -315,10 +325,7 @@ async fn read_replies(
                     continue;
                 }
                 Ok(None) => {}
-                Err(reason) => {
-                    let _ = replies.send(Err(lost(reason.clone(), *position)));
-                    return Err(reason);
-                }
+                Err(reason) => return Err(reason),
             }
             input.reserve(4096);
             let read = match reader.read_buf(&mut input).await {
@@ -326,13 +333,12 @@ async fn read_replies(
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.to_string()),
             };
-            if let Err(reason) = read {
-                let _ = replies.send(Err(lost(reason.clone(), *position)));
-                return Err(reason);
-            }
+            read?;
         }
         // The client may have gone; its replies are dropped.
-        let _ = replies.send(Ok(got));
+        if let Some(replies) = reading.take() {
+            let _ = replies.send(Ok(got));
+        }
     }
     Ok(())
 }

@@ -146,12 +146,27 @@ impl ResendPolicy {
             let checked =
                 confirm_absent(links, topology, shard, &position, failed_at, deadline, protocol)
                     .await;
+            let uid = topology.borrow().shard_uid(shard);
             match checked {
                 Ok(addr) => {
+                    tracing::info!(
+                        shard = uid,
+                        dead = %failed_at,
+                        promoted = %addr,
+                        "writes lost in flight on a dead master go to its promoted replica, which provably never got them"
+                    );
                     proven = Some(addr);
                     retry = Retry::NewPrimary;
                 }
-                Err(why) => return still_unknown(topology, shard, failed_at, why),
+                Err(why) => {
+                    tracing::info!(
+                        shard = uid,
+                        dead = %failed_at,
+                        why,
+                        "writes lost in flight on a dead master stay of unknown outcome"
+                    );
+                    return still_unknown(topology, shard, failed_at, why);
+                }
             }
         }
         if let Some(moved) = self.moved.get_mut(index) {
