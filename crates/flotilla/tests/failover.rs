@@ -201,8 +201,8 @@ fn lose_node_under_load(
 /// Prints how many writes lost in flight on a dead master node `node`'s endpoint resent to the
 /// promoted replica (proven absent there) and how many stayed of unknown outcome (its log).
 fn print_in_flight_outcomes(cluster: &DevCluster, node: u8) {
-    let log = std::fs::read_to_string(cluster.data_dir(node).join("flotilla.log"))
-        .unwrap_or_default();
+    let log =
+        std::fs::read_to_string(cluster.data_dir(node).join("flotilla.log")).unwrap_or_default();
     let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
     eprintln!(
         "node {node}'s endpoint: in-flight writes resent to the promoted replica (proven absent) {} times, left unknown {} times",

@@ -166,10 +166,16 @@ mod tests {
         assert_eq!(info.second_offset, -1);
         let position = info.position().unwrap();
         assert_eq!(position.offset, 1500);
-        assert_eq!(&position.replid, b"2c4d0b4a1a7b0e5e3c8b2c7f1e3d4c5b6a798877");
+        assert_eq!(
+            &position.replid,
+            b"2c4d0b4a1a7b0e5e3c8b2c7f1e3d4c5b6a798877"
+        );
         let replica = MASTER_INFO.replace("role:master", "role:slave");
         assert_eq!(Replication::parse(&replica).unwrap().position(), None);
-        assert_eq!(Replication::parse("NOPERM this user has no permissions"), None);
+        assert_eq!(
+            Replication::parse("NOPERM this user has no permissions"),
+            None
+        );
     }
 
     #[test]

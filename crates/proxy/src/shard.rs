@@ -56,7 +56,7 @@ pub enum ShardError {
         reason: String,
         /// Where the master's replication stream stood before the request was sent, when the
         /// connection tracks it (see `outcome.rs`): the request lies after it.
-        position: Option<StreamPosition>,
+        position: Option<Box<StreamPosition>>,
     },
 }
 

@@ -177,14 +177,21 @@ async fn run_link(
         shard,
         addr,
         reason,
-        position,
+        position: position.map(Box::new),
     };
     // The job whose replies are being read: answered here when the connection fails, also when
     // the write side fails first and the reader is dropped mid-read.
     let mut reading = None;
     let outcome = tokio::try_join!(
         write_jobs(writer, &mut queue, written_tx, &probing),
-        read_replies(reader, input, &mut written, &mut reading, &mut position, &probing),
+        read_replies(
+            reader,
+            input,
+            &mut written,
+            &mut reading,
+            &mut position,
+            &probing
+        ),
     );
     if let Err(error) = outcome {
         broken.store(true, Ordering::Relaxed);

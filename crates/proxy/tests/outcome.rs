@@ -26,10 +26,15 @@ async fn replicated(ip: &str) -> (Setup, EngineClient, EngineClient) {
     let () = direct.set("warmup", 1).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while r.replication().await.unwrap().offset() <= 0 {
-        assert!(Instant::now() < deadline, "the replica never reported an offset");
+        assert!(
+            Instant::now() < deadline,
+            "the replica never reported an offset"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    wait_for_sync(&m, &r, Duration::from_secs(10)).await.unwrap();
+    wait_for_sync(&m, &r, Duration::from_secs(10))
+        .await
+        .unwrap();
     (setup, m, r)
 }
 
@@ -60,7 +65,10 @@ async fn incr_in_flight_when_the_master_dies(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let master = adopt(&setup.engines[0]).unwrap().expect("the master runs");
-    assert!(master.kill_now(Duration::from_secs(5)), "SIGKILL of the master");
+    assert!(
+        master.kill_now(Duration::from_secs(5)),
+        "SIGKILL of the master"
+    );
     r.replicaof_no_one().await.unwrap();
     setup.move_shard(0, setup.engine_addr(1));
     incr.await.unwrap()
@@ -71,7 +79,9 @@ async fn a_write_in_flight_on_a_killed_master_runs_once_on_the_promoted_replica(
     let (setup, m, r) = replicated("127.0.140.1").await;
     let mut client = setup.patient_client(Duration::from_secs(10)).await;
     assert_eq!(client.incr::<_, _, i64>("n", 1).await.unwrap(), 1);
-    wait_for_sync(&m, &r, Duration::from_secs(10)).await.unwrap();
+    wait_for_sync(&m, &r, Duration::from_secs(10))
+        .await
+        .unwrap();
 
     let started = Instant::now();
     let reply = incr_in_flight_when_the_master_dies(&setup, &m, &r, client).await;
@@ -97,7 +107,9 @@ async fn a_write_in_flight_the_promoted_replica_may_have_got_stays_unknown() {
     // promoted replica then holds bytes after that offset, which could have been the INCR.
     let mut direct = setup.direct(0).await;
     let () = direct.set("other", 1).await.unwrap();
-    wait_for_sync(&m, &r, Duration::from_secs(10)).await.unwrap();
+    wait_for_sync(&m, &r, Duration::from_secs(10))
+        .await
+        .unwrap();
 
     let reply = incr_in_flight_when_the_master_dies(&setup, &m, &r, client).await;
     let error = reply.expect_err("not resent: its absence cannot be proven");

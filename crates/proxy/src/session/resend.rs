@@ -3,8 +3,10 @@
 //! Only a request *certainly not executed* is resent (DESIGN.md, "Data path", step 5): one a
 //! demoted primary refused (`-READONLY`, `-UNBLOCKED`, `-EXECABORT` for `READONLY`), or one
 //! whose shard could not be reached (nothing was sent: a refused connection, a connection the
-//! engine had closed before the request was written). A write whose outcome is unknown is
-//! never resent. Reads are the other case: a read whose connection was lost after sending is
+//! engine had closed before the request was written), or a write lost in flight on a dead
+//! master that the promoted replica provably never got ([`Retry::Unconfirmed`], see
+//! `outcome.rs`: proven before anything is sent, else the client gets "may have executed").
+//! A write whose outcome stays unknown is never resent. Reads are the other case: a read whose connection was lost after sending is
 //! asked again (it changed nothing), and a read pipelined after a write that went to the
 //! shard's new primary in the same batch is asked again there, so a `SET k v; GET k` split by a
 //! switchover reads `v`, not the demoted primary's older value.
@@ -115,7 +117,7 @@ impl ResendPolicy {
             ShardError::Lost {
                 position: Some(position),
                 ..
-            } => Some(Retry::Unconfirmed(*position)),
+            } => Some(Retry::Unconfirmed(**position)),
             _ => None,
         }
     }
@@ -143,9 +145,10 @@ impl ResendPolicy {
         // The primary proven to lack writes lost in flight: they go there or nowhere.
         let mut proven = None;
         if let Retry::Unconfirmed(position) = retry {
-            let checked =
-                confirm_absent(links, topology, shard, &position, failed_at, deadline, protocol)
-                    .await;
+            let checked = confirm_absent(
+                links, topology, shard, &position, failed_at, deadline, protocol,
+            )
+            .await;
             let uid = topology.borrow().shard_uid(shard);
             match checked {
                 Ok(addr) => {
@@ -329,9 +332,13 @@ async fn confirm_absent(
                     // Named the primary in the store, not promoted by its agent yet.
                     Ok(Ok(Some(info))) if !info.master => {}
                     Ok(Ok(Some(_))) => {
-                        return Err("the promoted replica had received the master's stream past the write")
+                        return Err(
+                            "the promoted replica had received the master's stream past the write",
+                        )
                     }
-                    Ok(Ok(None)) => return Err("the new primary did not tell its replication offsets"),
+                    Ok(Ok(None)) => {
+                        return Err("the new primary did not tell its replication offsets")
+                    }
                     Ok(Err(_)) => links.drop_retry(shard),
                     Err(_) => return Err("the new primary did not answer within the hold"),
                 }
