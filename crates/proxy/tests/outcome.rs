@@ -18,23 +18,7 @@ use redis::AsyncCommands;
 /// A master (engine 0) with a caught-up replica (engine 1), the endpoint routing to the master.
 async fn replicated(ip: &str) -> (Setup, EngineClient, EngineClient) {
     let setup = Setup::start(ip, 2, 1, None).await;
-    let (m, r) = (setup.engine(0).await, setup.engine(1).await);
-    let m_addr = setup.engine_addr(0);
-    r.replicaof(m_addr.ip(), m_addr.port()).await.unwrap();
-    r.wait_link_up(Duration::from_secs(10)).await.unwrap();
-    let mut direct = setup.direct(0).await;
-    let () = direct.set("warmup", 1).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while r.replication().await.unwrap().offset() <= 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the replica never reported an offset"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    wait_for_sync(&m, &r, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let (m, r) = setup.replicate().await;
     (setup, m, r)
 }
 
