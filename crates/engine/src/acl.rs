@@ -21,6 +21,13 @@ const PROXY_DENIED: &[&str] = &["select", "swapdb", "move", "migrate", "client",
 const PROXY_FORWARDED_DANGEROUS: &[&str] =
     &["flushall", "flushdb", "keys", "lastsave", "restore", "sort"];
 
+/// Commands of the `@admin`/`@dangerous` categories the proxy runs itself, for the outcome of
+/// writes in flight when a master dies (crates/proxy/src/outcome.rs): `ROLE` after writes on
+/// its shared connections (the master's replication offset) and `INFO` (`replication`: the
+/// stream a promoted replica came from and where it left it). Both only read; the proxy
+/// refuses `ROLE` from clients.
+const PROXY_REPLICATION_READS: &[&str] = &["role", "info"];
+
 /// The admin user may do everything the agent and upgrades need (CONFIG, REPLICAOF, CLIENT
 /// PAUSE, SHUTDOWN, ...) but load no module and run no DEBUG.
 const ADMIN_DENIED: &[&str] = &["module", "debug"];
@@ -44,6 +51,7 @@ fn rules(user: &str, password: &str, version: EngineVersion) -> Vec<String> {
         PROXY_USER => {
             rules.extend(["~*", "&*", "+@all", "-@admin", "-@dangerous"].map(String::from));
             rules.extend(PROXY_FORWARDED_DANGEROUS.iter().map(|c| format!("+{c}")));
+            rules.extend(PROXY_REPLICATION_READS.iter().map(|c| format!("+{c}")));
             if version >= EngineVersion::Redis70 {
                 // SORT_RO is in `@dangerous` from 7.0 on; redis 6.2 does not know it.
                 rules.push("+sort_ro".into());
@@ -161,6 +169,8 @@ mod tests {
             "+keys",
             "-select",
             "-swapdb",
+            "+role",
+            "+info",
         ] {
             assert!(
                 proxy.iter().any(|r| r == needed),

@@ -17,7 +17,9 @@
 //! Writers SET unique keys `{prefix}:w{n}:{seq}` (the value names the writer and sequence) and
 //! INCR a counter `{prefix}:c{n}`; a write counts as acknowledged only on an OK / integer reply.
 //! A write that failed in any way has an unknown outcome: it is counted, never retried, and not
-//! verified. Readers GET recently acknowledged keys and check the value.
+//! verified. Readers GET recently acknowledged keys and check the value. An INCR reply not
+//! exactly one above the writer's previous one, with no failed INCR in between, counts as a
+//! lost write (an increment lost, or applied twice by a resend).
 
 mod config;
 mod error;

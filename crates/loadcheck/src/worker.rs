@@ -93,8 +93,13 @@ pub(crate) struct WriterLedger {
     pub(crate) acked: Vec<u64>,
     /// The highest INCR reply received.
     pub(crate) counter_acked: Option<i64>,
-    /// INCR replies not above an earlier acknowledged one: the counter lost increments.
+    /// INCR replies not above an earlier acknowledged one (the counter lost increments), or
+    /// more than one above it with no INCR of unknown outcome in between (an increment was
+    /// applied twice: a write resent after it had run).
     pub(crate) counter_regressions: Vec<String>,
+    /// Whether an INCR failed since the last acknowledged one: the next reply may then be
+    /// more than one above it.
+    pub(crate) counter_uncertain: bool,
 }
 
 /// Waits between operations: rate limit, error backoff, stop signal and run deadline.
@@ -282,10 +287,19 @@ async fn incr_once(client: &mut Client, ledger: &mut WriterLedger, counter: &str
                     "counter {counter}: INCR returned {reply} after an acknowledged {prev}"
                 ));
             }
+            let certain = !std::mem::take(&mut ledger.counter_uncertain);
+            if let Some(prev) = ledger.counter_acked.filter(|&p| certain && reply > p + 1) {
+                ledger.counter_regressions.push(format!(
+                    "counter {counter}: INCR returned {reply} right after an acknowledged {prev}: an increment was applied twice"
+                ));
+            }
             ledger.counter_acked = Some(ledger.counter_acked.map_or(reply, |p| p.max(reply)));
         }
-        Err(OpError::NotSent(_)) => {}
-        Err(OpError::Failed(..)) => client.stats.writes_unknown += 1,
+        Err(OpError::NotSent(_)) => ledger.counter_uncertain = true,
+        Err(OpError::Failed(..)) => {
+            ledger.counter_uncertain = true;
+            client.stats.writes_unknown += 1;
+        }
     }
 }
 

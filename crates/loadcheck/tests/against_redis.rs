@@ -155,6 +155,30 @@ async fn deleted_acknowledged_keys_are_lost_writes() {
     assert!(report.lost_write_examples[0].contains(record.key_prefix()));
 }
 
+/// A counter that moves by two between a writer's INCRs, with nothing failed in between, is
+/// an increment applied twice (what resending a write that had run would do): a lost write.
+#[tokio::test]
+async fn an_increment_applied_twice_is_a_lost_write() {
+    let server = Server::start(24108).await;
+    let load = start(config(&server)).unwrap();
+    progress_by(&load, 300).await;
+    let counter = format!("{}:c0", load.key_prefix());
+    let _: i64 = redis::cmd("INCR")
+        .arg(&counter)
+        .query_async(&mut server.admin().await)
+        .await
+        .unwrap();
+    progress_by(&load, 300).await;
+    let report = load.stop().await.unwrap();
+    println!("{report}");
+    assert_eq!(report.client_errors_total, 0, "{report}");
+    assert_eq!(report.lost_writes, 1, "{report}");
+    assert!(
+        report.lost_write_examples[0].contains("applied twice"),
+        "{report}"
+    );
+}
+
 #[tokio::test]
 async fn stopped_server_shows_as_stall() {
     let server = Server::start(24103).await;

@@ -40,8 +40,10 @@
 //! the topology that releases the hold sends them, in order, to the primary it names, and a
 //! hold that times out answers them `-TRYAGAIN ... not executed` without sending them. A write
 //! the old primary refuses with `-READONLY` (fenced, then demoted: not executed) is resent to
-//! the next primary the topology names, within the same bound. Nothing else is retried: a
-//! connection lost after sending answers an error saying the command may have executed. Which
+//! the next primary the topology names, within the same bound. A write lost in flight on a
+//! shared connection when its master died is resent to the promoted replica only when that
+//! one's replication offsets prove it never got it (see `outcome.rs`); nothing else is retried:
+//! a connection lost after sending answers an error saying the command may have executed. Which
 //! is which is one [`Verdict`] (executed, not executed and why, outcome unknown), which the
 //! endpoint's counters report too. Client errors name shards by uid with their slots
 //! (`TRYAGAIN shard 7 (slots 0-8191) is held ...`).
@@ -81,6 +83,7 @@ mod client;
 mod control;
 mod frame;
 mod handover;
+mod outcome;
 mod pubsub;
 mod server;
 mod session;
@@ -99,6 +102,7 @@ pub use handover::{
     ShardSubscriptions, TransactionState, WatchState,
 };
 pub use merge::merge_replies;
+pub use outcome::StreamPosition;
 pub use route::{
     route, Decision, InvalidRequest, PubSubTarget, Rejection, Route, ScanStep, Split, SplitPart,
 };

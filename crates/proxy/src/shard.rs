@@ -15,6 +15,7 @@ use flotilla_resp::{Decoder, Limits, Protocol, ProtocolError, Request, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::outcome::{Replication, StreamPosition};
 use crate::topology::ShardLogin;
 
 /// How long opening and authenticating a shard connection may take.
@@ -53,6 +54,9 @@ pub enum ShardError {
         addr: SocketAddr,
         /// What went wrong.
         reason: String,
+        /// Where the master's replication stream stood before the request was sent, when the
+        /// connection tracks it (see `outcome.rs`): the request lies after it.
+        position: Option<Box<StreamPosition>>,
     },
 }
 
@@ -272,6 +276,19 @@ impl ShardConn {
         Ok(role.is_none_or(|role| role == "master"))
     }
 
+    /// The engine's `INFO replication`, asked before any request is sent on this connection;
+    /// `None` when the engine does not answer it (a login without INFO). For the proof that
+    /// writes in flight on a dead master did not reach its promoted replica (`outcome.rs`).
+    pub(crate) async fn replication(&mut self) -> Result<Option<Replication>, ShardError> {
+        self.send(&Request::new("INFO", ["replication".into()]));
+        self.flush().await;
+        let text = match self.reply().await? {
+            Value::VerbatimString { text, .. } | Value::BulkString(text) => text,
+            _ => return Ok(None),
+        };
+        Ok(Replication::parse(&String::from_utf8_lossy(&text)))
+    }
+
     /// Why the engine closed this connection, when the reactor has already seen it closed
     /// while every reply was read (between batches: the flush that asks is the one about to
     /// send). Costs no system call unless the socket became readable, which an idle data
@@ -486,6 +503,7 @@ impl ShardConn {
             shard: self.shard,
             addr: self.addr,
             reason,
+            position: None,
         }
     }
 }

@@ -29,6 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::outcome::{role_offset, StreamPosition, OFFSET_PROBE};
 use crate::shard::{take_raw_reply, ShardConn, ShardError, RELOGIN_AFTER};
 use crate::topology::{ShardLogin, Topology};
 
@@ -45,7 +46,18 @@ type JobReplies = Result<VecDeque<Bytes>, ShardError>;
 struct Job {
     requests: Bytes,
     count: usize,
+    /// Whether a request may be a write: the write it goes out in is followed by the offset
+    /// probe.
+    writes: bool,
     replies: oneshot::Sender<JobReplies>,
+}
+
+/// What the reader is told was written, in order.
+enum Written {
+    /// A job: how many replies it awaits, and where they go.
+    Job(usize, oneshot::Sender<JobReplies>),
+    /// The offset probe ([`OFFSET_PROBE`]) after a write holding a write.
+    Probe,
 }
 
 /// An endpoint's shared connections, one per shard primary address; cheap to clone.
@@ -122,7 +134,9 @@ impl SharedLink {
 
 /// Connects, then writes jobs and reads their replies until the connection fails or every
 /// handle is gone. Jobs never written are answered "unavailable" (not executed); jobs written
-/// but not answered are answered "lost" (they may have executed).
+/// but not answered are answered "lost" (they may have executed), with the master's stream
+/// position before them when the engine told it (see `outcome.rs`), so a session can prove
+/// the promoted replica lacks them and resend them.
 async fn run_link(
     shard: u64,
     addr: SocketAddr,
@@ -130,13 +144,26 @@ async fn run_link(
     mut queue: mpsc::Receiver<Job>,
     broken: Arc<AtomicBool>,
 ) {
-    let conn = match ShardConn::connect(shard, addr, &login.0, Protocol::Resp2, 0).await {
-        Ok(conn) => {
+    let opened = async {
+        let mut conn = ShardConn::connect(shard, addr, &login.0, Protocol::Resp2, 0).await?;
+        let position = conn.replication().await?.and_then(|r| r.position());
+        Ok::<_, ShardError>((conn, position))
+    };
+    let (conn, position) = match opened.await {
+        Ok((conn, position)) => {
             *login.1.lock().unwrap_or_else(|e| e.into_inner()) = conn.fell_back_at();
-            conn
+            (conn, position)
         }
         Err(e) => {
             broken.store(true, Ordering::Relaxed);
+            let e = match e {
+                ShardError::Lost { reason, .. } => ShardError::Unavailable {
+                    shard,
+                    addr,
+                    reason,
+                },
+                e => e,
+            };
             refuse_queued(&mut queue, &e);
             return;
         }
@@ -144,21 +171,39 @@ async fn run_link(
     let (stream, input) = conn.into_parts();
     let (reader, writer) = stream.into_split();
     let (written_tx, mut written) = mpsc::unbounded_channel();
-    let lost = |reason: String| ShardError::Lost {
+    let probing = AtomicBool::new(position.is_some());
+    let mut position = position;
+    let lost = |reason: String, position: Option<StreamPosition>| ShardError::Lost {
         shard,
         addr,
         reason,
+        position: position.map(Box::new),
     };
+    // The job whose replies are being read: answered here when the connection fails, also when
+    // the write side fails first and the reader is dropped mid-read.
+    let mut reading = None;
     let outcome = tokio::try_join!(
-        write_jobs(writer, &mut queue, written_tx),
-        read_replies(reader, input, &mut written, &lost),
+        write_jobs(writer, &mut queue, written_tx, &probing),
+        read_replies(
+            reader,
+            input,
+            &mut written,
+            &mut reading,
+            &mut position,
+            &probing
+        ),
     );
     if let Err(error) = outcome {
         broken.store(true, Ordering::Relaxed);
         tracing::debug!(shard, %addr, %error, "shared shard connection failed");
-        let error = lost(error);
-        while let Ok((_, replies)) = written.try_recv() {
+        let error = lost(error, position);
+        if let Some(replies) = reading.take() {
             let _ = replies.send(Err(error.clone()));
+        }
+        while let Ok(written) = written.try_recv() {
+            if let Written::Job(_, replies) = written {
+                let _ = replies.send(Err(error.clone()));
+            }
         }
         refuse_queued(
             &mut queue,
@@ -180,23 +225,29 @@ fn refuse_queued(queue: &mut mpsc::Receiver<Job>, error: &ShardError) {
 }
 
 /// Writes queued jobs, several per write when they queue up, and tells the reader how many
-/// replies each one awaits. Ends when every handle is gone.
+/// replies each one awaits. A write holding a job that may write ends with the offset probe
+/// while `probing` (see `outcome.rs`). Ends when every handle is gone.
 async fn write_jobs(
     mut writer: OwnedWriteHalf,
     queue: &mut mpsc::Receiver<Job>,
-    written: mpsc::UnboundedSender<(usize, oneshot::Sender<JobReplies>)>,
+    written: mpsc::UnboundedSender<Written>,
+    probing: &AtomicBool,
 ) -> Result<(), String> {
     let mut out = BytesMut::with_capacity(16 * 1024);
     while let Some(job) = queue.recv().await {
-        gather(&mut out, job, queue, &written);
+        let mut writes = gather(&mut out, job, queue, &written);
         if out.len() < WRITE_CHUNK {
             // Let the clients that are ready to run (or whose requests the runtime is about
             // to read) queue theirs first, so they go out in this write too.
             tokio::task::yield_now().await;
             while out.len() < WRITE_CHUNK {
                 let Ok(job) = queue.try_recv() else { break };
-                gather(&mut out, job, queue, &written);
+                writes |= gather(&mut out, job, queue, &written);
             }
+        }
+        if writes && probing.load(Ordering::Relaxed) {
+            out.extend_from_slice(OFFSET_PROBE);
+            let _ = written.send(Written::Probe);
         }
         writer.write_all(&out).await.map_err(|e| e.to_string())?;
         out.clear();
@@ -205,29 +256,37 @@ async fn write_jobs(
 }
 
 /// Appends `job` and the jobs queued behind it to `out`, up to [`WRITE_CHUNK`] bytes, telling
-/// the reader how many replies each awaits.
+/// the reader how many replies each awaits; whether any of them may write.
 fn gather(
     out: &mut BytesMut,
     job: Job,
     queue: &mut mpsc::Receiver<Job>,
-    written: &mpsc::UnboundedSender<(usize, oneshot::Sender<JobReplies>)>,
-) {
+    written: &mpsc::UnboundedSender<Written>,
+) -> bool {
+    let mut writes = false;
     let mut next = Some(job);
     while let Some(job) = next.take() {
         out.extend_from_slice(&job.requests);
-        let _ = written.send((job.count, job.replies));
+        writes |= job.writes;
+        let _ = written.send(Written::Job(job.count, job.replies));
         if out.len() < WRITE_CHUNK {
             next = queue.try_recv().ok();
         }
     }
+    writes
 }
 
-/// Reads each written job's replies, in order, and hands them to the job's client.
+/// Reads each written job's replies, in order, and hands them to the job's client; the job
+/// being read waits in `reading` (on failure the caller answers it). Moves `position` to each
+/// offset probe's answer (a probe not answered with an offset stops the probing and forgets the
+/// position: nothing in flight can be proven absent then).
 async fn read_replies(
     mut reader: OwnedReadHalf,
     mut input: BytesMut,
-    written: &mut mpsc::UnboundedReceiver<(usize, oneshot::Sender<JobReplies>)>,
-    lost: &impl Fn(String) -> ShardError,
+    written: &mut mpsc::UnboundedReceiver<Written>,
+    reading: &mut Option<oneshot::Sender<JobReplies>>,
+    position: &mut Option<StreamPosition>,
+    probing: &AtomicBool,
 ) -> Result<(), String> {
     let mut decoder = Decoder::new(Limits::for_replies());
     loop {
@@ -249,7 +308,22 @@ async fn read_replies(
                 continue;
             }
         };
-        let Some((count, replies)) = next else { break };
+        let count = match next {
+            None => break,
+            Some(Written::Job(count, replies)) => {
+                *reading = Some(replies);
+                count
+            }
+            Some(Written::Probe) => {
+                let raw = read_one(&mut reader, &mut input, &mut decoder).await?;
+                let offset = decode_one(&raw).as_ref().and_then(role_offset);
+                *position = position.zip(offset).map(|(p, offset)| p.at(offset));
+                if position.is_none() {
+                    probing.store(false, Ordering::Relaxed);
+                }
+                continue;
+            }
+        };
         let mut got = VecDeque::with_capacity(count);
         while got.len() < count {
             match take_raw_reply(&mut input, &mut decoder) {
@@ -258,10 +332,7 @@ async fn read_replies(
                     continue;
                 }
                 Ok(None) => {}
-                Err(reason) => {
-                    let _ = replies.send(Err(lost(reason.clone())));
-                    return Err(reason);
-                }
+                Err(reason) => return Err(reason),
             }
             input.reserve(4096);
             let read = match reader.read_buf(&mut input).await {
@@ -269,15 +340,42 @@ async fn read_replies(
                 Ok(_) => Ok(()),
                 Err(e) => Err(e.to_string()),
             };
-            if let Err(reason) = read {
-                let _ = replies.send(Err(lost(reason.clone())));
-                return Err(reason);
-            }
+            read?;
         }
         // The client may have gone; its replies are dropped.
-        let _ = replies.send(Ok(got));
+        if let Some(replies) = reading.take() {
+            let _ = replies.send(Ok(got));
+        }
     }
     Ok(())
+}
+
+/// The next complete reply off the connection.
+async fn read_one(
+    reader: &mut OwnedReadHalf,
+    input: &mut BytesMut,
+    decoder: &mut Decoder,
+) -> Result<Bytes, String> {
+    loop {
+        if let Some(raw) = take_raw_reply(input, decoder)? {
+            return Ok(raw);
+        }
+        input.reserve(4096);
+        match reader.read_buf(input).await {
+            Ok(0) => return Err("connection closed by the shard".to_owned()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// A complete reply, decoded.
+fn decode_one(raw: &[u8]) -> Option<Value> {
+    let mut buffer = BytesMut::from(raw);
+    Decoder::new(Limits::for_replies())
+        .decode(&mut buffer)
+        .ok()
+        .flatten()
 }
 
 /// One client's use of a shared connection for one shard: requests are gathered with
@@ -290,6 +388,8 @@ pub(crate) struct SharedConn {
     link: SharedLink,
     out: BytesMut,
     count: usize,
+    /// Whether a request of the next job may write.
+    writes: bool,
     jobs: VecDeque<JobState>,
     decoder: Decoder,
 }
@@ -309,6 +409,7 @@ impl SharedConn {
             link,
             out: BytesMut::new(),
             count: 0,
+            writes: false,
             jobs: VecDeque::new(),
             decoder: Decoder::new(Limits::for_replies()),
         }
@@ -328,6 +429,7 @@ impl SharedConn {
     pub fn send(&mut self, request: &Request) {
         request.encode(&mut self.out);
         self.count += 1;
+        self.writes |= crate::lookup_request(request).is_none_or(|spec| spec.write);
     }
 
     /// Hands the requests appended since the last flush to the link as one job.
@@ -339,6 +441,7 @@ impl SharedConn {
         let job = Job {
             requests: self.out.split().freeze(),
             count: std::mem::take(&mut self.count),
+            writes: std::mem::take(&mut self.writes),
             replies: tx,
         };
         let count = job.count;
@@ -406,6 +509,7 @@ impl SharedConn {
             shard: self.shard,
             addr: self.addr,
             reason: "the shared connection to the shard failed".into(),
+            position: None,
         }
     }
 }

@@ -67,7 +67,9 @@ pub enum Verdict {
         /// Why nothing ran.
         reason: Reason,
     },
-    /// Sent, and the answer was lost: the request may or may not have run. Never resent.
+    /// Sent, and the answer was lost: the request may or may not have run. Never resent
+    /// blindly: a write goes again only once the shard's promoted replica proves it never got
+    /// it (`outcome.rs`), which is then the outcome the client gets.
     Unknown {
         /// The side that failed.
         side: Side,
@@ -319,6 +321,7 @@ mod tests {
             shard: 3,
             addr,
             reason,
+            position: None,
         };
         let verdict = Verdict::of_shard_error(&lost);
         assert_eq!(verdict, Verdict::Unknown { side: Side::Shard });

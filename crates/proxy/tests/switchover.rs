@@ -91,25 +91,8 @@ async fn wait_rejected(engine: &EngineClient, count: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_planned_switchover_under_load_has_no_client_error_and_no_lost_write() {
     let setup = Setup::start("127.0.11.1", 2, 1, None).await;
-    let (m, r) = (setup.engine(0).await, setup.engine(1).await);
-    let (m_addr, r_addr) = (setup.engine_addr(0), setup.engine_addr(1));
-    r.replicaof(m_addr.ip(), m_addr.port()).await.unwrap();
-    r.wait_link_up(Duration::from_secs(10)).await.unwrap();
-    // A fresh replica reports offset 0 for a while after its first sync; start from a replica
-    // whose offset is real, as a switchover would.
-    let mut direct_m = setup.direct(0).await;
-    let () = direct_m.set("warmup", 1).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while r.replication().await.unwrap().offset() <= 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the replica never reported an offset"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    wait_for_sync(&m, &r, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let (m, r) = setup.replicate().await;
+    let r_addr = setup.engine_addr(1);
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));

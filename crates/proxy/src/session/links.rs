@@ -202,13 +202,20 @@ impl ShardLinks {
 
     /// The next reply of connection `index`, decoded, with its verdict.
     pub async fn reply(&mut self, index: usize) -> (Value, Verdict) {
+        let (reply, verdict, _) = self.reply_or_lost(index).await;
+        (reply, verdict)
+    }
+
+    /// [`ShardLinks::reply`], and the connection's error when it broke before answering (for
+    /// [`super::resend::ResendPolicy::unconfirmed`]).
+    pub async fn reply_or_lost(&mut self, index: usize) -> (Value, Verdict, Option<ShardError>) {
         match self.conn_mut(index) {
             Some(conn) => match conn.reply().await {
                 Ok(reply) => {
                     let verdict = Verdict::of_reply(&reply);
-                    (reply, verdict)
+                    (reply, verdict, None)
                 }
-                Err(e) => (e.reply(), Verdict::of_shard_error(&e)),
+                Err(e) => (e.reply(), Verdict::of_shard_error(&e), Some(e)),
             },
             None => (
                 Value::error("ERR internal: shard connection missing"),
@@ -216,6 +223,7 @@ impl ShardLinks {
                     side: Side::Proxy,
                     reason: Reason::Internal,
                 },
+                None,
             ),
         }
     }

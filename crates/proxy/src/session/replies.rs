@@ -315,7 +315,9 @@ impl Resolver<'_> {
         };
         let shard = ShardIndex(index as u16);
         if let Some((request, read)) = request {
-            if let Some(retry) = ResendPolicy::retry_of(verdict, read) {
+            let retry = ResendPolicy::retry_of(verdict, read)
+                .or_else(|| raw.as_ref().err().and_then(ResendPolicy::unconfirmed));
+            if let Some(retry) = retry {
                 let (value, verdict) = self
                     .resend(shard, std::slice::from_ref(&request), addr, retry)
                     .await;
@@ -438,9 +440,11 @@ impl Resolver<'_> {
                 let Some(addr) = self.links.addr(index) else {
                     return self.links.reply(index).await;
                 };
-                let (reply, verdict) = self.links.reply(index).await;
+                let (reply, verdict, lost) = self.links.reply_or_lost(index).await;
                 let shard = ShardIndex(index as u16);
-                match ResendPolicy::retry_of(verdict, false) {
+                let retry = ResendPolicy::retry_of(verdict, false)
+                    .or_else(|| lost.as_ref().and_then(ResendPolicy::unconfirmed));
+                match retry {
                     Some(retry) => {
                         self.resend(shard, std::slice::from_ref(&request), addr, retry)
                             .await

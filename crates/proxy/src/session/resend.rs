@@ -3,8 +3,10 @@
 //! Only a request *certainly not executed* is resent (DESIGN.md, "Data path", step 5): one a
 //! demoted primary refused (`-READONLY`, `-UNBLOCKED`, `-EXECABORT` for `READONLY`), or one
 //! whose shard could not be reached (nothing was sent: a refused connection, a connection the
-//! engine had closed before the request was written). A write whose outcome is unknown is
-//! never resent. Reads are the other case: a read whose connection was lost after sending is
+//! engine had closed before the request was written), or a write lost in flight on a dead
+//! master that the promoted replica provably never got ([`Retry::Unconfirmed`], see
+//! `outcome.rs`: proven before anything is sent, else the client gets "may have executed").
+//! A write whose outcome stays unknown is never resent. Reads are the other case: a read whose connection was lost after sending is
 //! asked again (it changed nothing), and a read pipelined after a write that went to the
 //! shard's new primary in the same batch is asked again there, so a `SET k v; GET k` split by a
 //! switchover reads `v`, not the demoted primary's older value.
@@ -26,6 +28,8 @@ use flotilla_resp::{Protocol, Request, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::outcome::StreamPosition;
+use crate::shard::ShardError;
 use crate::slot::ShardIndex;
 use crate::topology::{ShardName, Topology};
 use crate::verdict::{Reason, Side, Verdict};
@@ -44,6 +48,10 @@ pub(super) enum Retry {
     /// Its shard could not be reached (or, for a read, the connection was lost): the same
     /// primary may take it once it answers again, or the one a failover names.
     Reachable,
+    /// A write lost in flight after this position of its master's replication stream: it goes
+    /// to the shard's next primary only if that one proves it applied nothing of the dead
+    /// master's stream after it (`outcome.rs`); otherwise its outcome stays unknown.
+    Unconfirmed(StreamPosition),
 }
 
 /// One client session's resend bookkeeping.
@@ -101,6 +109,19 @@ impl ResendPolicy {
         }
     }
 
+    /// Whether a write whose connection was lost after sending (`error`) may go to the shard's
+    /// next primary once that one proves it lacks it: when the connection knew where the
+    /// master's stream stood before the write.
+    pub fn unconfirmed(error: &ShardError) -> Option<Retry> {
+        match error {
+            ShardError::Lost {
+                position: Some(position),
+                ..
+            } => Some(Retry::Unconfirmed(**position)),
+            _ => None,
+        }
+    }
+
     /// Sends `requests` again to `shard` (see [`Retry`]): after a refusal, to the first primary
     /// a topology names other than `failed_at`, and to the one after if that one refuses them
     /// as a replica too; when the shard could not be reached at `failed_at`, to its primary as
@@ -121,13 +142,45 @@ impl ResendPolicy {
         let mut retry = retry;
         let mut failed_at = failed_at;
         let index = usize::from(shard.0);
+        // The primary proven to lack writes lost in flight: they go there or nowhere.
+        let mut proven = None;
+        if let Retry::Unconfirmed(position) = retry {
+            let checked = confirm_absent(
+                links, topology, shard, &position, failed_at, deadline, protocol,
+            )
+            .await;
+            let uid = topology.borrow().shard_uid(shard);
+            match checked {
+                Ok(addr) => {
+                    tracing::info!(
+                        shard = uid,
+                        dead = %failed_at,
+                        promoted = %addr,
+                        "writes lost in flight on a dead master go to its promoted replica, which provably never got them"
+                    );
+                    proven = Some(addr);
+                    retry = Retry::NewPrimary;
+                }
+                Err(why) => {
+                    tracing::info!(
+                        shard = uid,
+                        dead = %failed_at,
+                        why,
+                        "writes lost in flight on a dead master stay of unknown outcome"
+                    );
+                    return still_unknown(topology, shard, failed_at, why);
+                }
+            }
+        }
         if let Some(moved) = self.moved.get_mut(index) {
             *moved = true;
         }
         let mut unreachable: Option<crate::shard::ShardError> = None;
         loop {
             let next = match retry {
-                Retry::NewPrimary => next_primary(topology, shard, failed_at, deadline).await,
+                Retry::NewPrimary | Retry::Unconfirmed(_) => {
+                    next_primary(topology, shard, failed_at, deadline).await
+                }
                 Retry::Reachable => serving(topology, shard, deadline).await,
             };
             let Some(next) = next else {
@@ -198,6 +251,15 @@ impl ResendPolicy {
             if let Some(expired) = self.expired.get_mut(index) {
                 *expired = false;
             }
+            if proven.take().is_some_and(|addr| addr != conn.addr()) {
+                // Another failover since the proof: that primary was not checked.
+                return still_unknown(
+                    topology,
+                    shard,
+                    failed_at,
+                    "the shard's primary changed again",
+                );
+            }
             let (reply, verdict, refused) = exchange(conn, requests).await;
             if refused || verdict.refused_as_replica() {
                 failed_at = conn.addr();
@@ -236,6 +298,74 @@ impl ResendPolicy {
             *expired = true;
         }
     }
+}
+
+/// Waits, by `deadline`, for a primary of `shard` other than the dead master at `failed_at`
+/// that answers `INFO replication` as a master promoted from the stream `position` is in, and
+/// proves it applied nothing of it after `position` (see `outcome.rs`); its address. The
+/// reason otherwise: writes lost in flight after `position` may have run there.
+async fn confirm_absent(
+    links: &mut ShardLinks,
+    topology: &watch::Receiver<Topology>,
+    shard: ShardIndex,
+    position: &StreamPosition,
+    failed_at: SocketAddr,
+    deadline: Instant,
+    protocol: Protocol,
+) -> Result<SocketAddr, &'static str> {
+    loop {
+        let Some(next) = next_primary(topology, shard, failed_at, deadline).await else {
+            return Err("no new primary was published within the hold");
+        };
+        let opened =
+            tokio::time::timeout_at(deadline, links.retry_conn_fresh(shard, &next, protocol)).await;
+        match opened {
+            Err(_) => return Err("the new primary did not answer within the hold"),
+            // Not reachable yet (its engine starting, or its address not serving yet).
+            Ok(Err(_)) => {}
+            Ok(Ok((conn, _))) => {
+                let replication = tokio::time::timeout_at(deadline, conn.replication()).await;
+                match replication {
+                    Ok(Ok(Some(info))) if info.lacks_everything_after(position) => {
+                        return Ok(conn.addr());
+                    }
+                    // Named the primary in the store, not promoted by its agent yet.
+                    Ok(Ok(Some(info))) if !info.master => {}
+                    Ok(Ok(Some(_))) => {
+                        return Err(
+                            "the promoted replica had received the master's stream past the write",
+                        )
+                    }
+                    Ok(Ok(None)) => {
+                        return Err("the new primary did not tell its replication offsets")
+                    }
+                    Ok(Err(_)) => links.drop_retry(shard),
+                    Err(_) => return Err("the new primary did not answer within the hold"),
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err("no new primary was promoted within the hold");
+        }
+        wait_for_change(topology, deadline).await;
+    }
+}
+
+/// The answer to writes lost in flight whose absence from the shard's new primary could not be
+/// proven (`why`): their outcome stays unknown, as when their connection broke.
+fn still_unknown(
+    topology: &watch::Receiver<Topology>,
+    shard: ShardIndex,
+    failed_at: SocketAddr,
+    why: &str,
+) -> (Value, Verdict) {
+    let error = ShardError::Lost {
+        shard: topology.borrow().shard_uid(shard),
+        addr: failed_at,
+        reason: format!("connection closed by the shard; {why}"),
+        position: None,
+    };
+    (error.reply(), Verdict::Unknown { side: Side::Shard })
 }
 
 /// The answer, and its verdict, to requests that no primary of `shard` took within `timeout`

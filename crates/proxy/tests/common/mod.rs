@@ -222,6 +222,34 @@ impl Setup {
         }
     }
 
+    /// Makes engine 1 a replica of engine 0 and waits until it reports a real offset (a fresh
+    /// replica reports 0 for a while after its first sync) and has caught up, as before a
+    /// switchover or a failover; their engine clients.
+    pub async fn replicate(
+        &self,
+    ) -> (flotilla_engine::EngineClient, flotilla_engine::EngineClient) {
+        let (m, r) = (self.engine(0).await, self.engine(1).await);
+        let m_addr = self.engine_addr(0);
+        r.replicaof(m_addr.ip(), m_addr.port()).await.unwrap();
+        r.wait_link_up(Duration::from_secs(10)).await.unwrap();
+        let mut direct = self.direct(0).await;
+        let () = redis::AsyncCommands::set(&mut direct, "warmup", 1)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.replication().await.unwrap().offset() <= 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the replica never reported an offset"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        flotilla_engine::wait_for_sync(&m, &r, Duration::from_secs(10))
+            .await
+            .unwrap();
+        (m, r)
+    }
+
     /// A direct, authenticated connection to engine `i`, bypassing the proxy.
     pub async fn direct(&self, i: usize) -> redis::aio::MultiplexedConnection {
         let admin = users().admin;
