@@ -204,6 +204,26 @@ pub fn is_configurable(name: &str) -> bool {
     find(name).is_some()
 }
 
+/// Whether an engine's `CONFIG GET` answer `current` is the value `wanted` of setting `name`
+/// (the engine spells `notify-keyspace-events` classes in its own order).
+pub fn same_setting_value(name: &str, current: &str, wanted: &str) -> bool {
+    if name.eq_ignore_ascii_case("notify-keyspace-events") {
+        return event_classes(current) == event_classes(wanted);
+    }
+    current == wanted
+}
+
+/// The set of keyspace event classes, `A` expanded.
+fn event_classes(value: &str) -> std::collections::BTreeSet<char> {
+    value
+        .chars()
+        .flat_map(|c| match c {
+            'A' => "g$lshzxetd".chars().collect::<Vec<_>>(),
+            c => vec![c],
+        })
+        .collect()
+}
+
 /// Redis's glob match (`*`, `?`, `[a-z]`, `[^x]`, `\` escapes), case-insensitive as `CONFIG
 /// GET` matches.
 pub fn glob_matches(pattern: &str, text: &str) -> bool {
@@ -303,6 +323,8 @@ mod tests {
         );
         assert!(check_setting("notify-keyspace-events", "KEA").is_ok());
         assert!(check_setting("notify-keyspace-events", "KEQ").is_err());
+        assert!(same_setting_value("notify-keyspace-events", "AKE", "KEA"));
+        assert!(!same_setting_value("notify-keyspace-events", "AK", "KEA"));
     }
 
     #[test]

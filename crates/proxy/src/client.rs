@@ -87,6 +87,8 @@ impl ClientState {
             L::ClientSetInfo | L::ClientNoop | L::ReadMode => Value::simple("OK"),
             L::Command => command_reply(request),
             L::Info => Value::bulk(info_text()),
+            // The session answers CONFIG itself (it waits for the node; see `admin.rs`).
+            L::Config => Value::error("ERR internal: CONFIG answered outside the session"),
         };
         LocalOutcome::Reply(reply)
     }

@@ -125,6 +125,8 @@ pub enum LocalCommand {
     Info,
     /// READONLY / READWRITE: cluster-client handshakes, accepted with +OK.
     ReadMode,
+    /// CONFIG GET/SET/RESETSTAT: the database's settings, through the node (see `admin.rs`).
+    Config,
 }
 
 /// How a command is routed, before looking at its arguments.
@@ -584,7 +586,10 @@ pub static COMMANDS: &[CommandSpec] = &[
     local("CLIENT|NO-EVICT", LocalCommand::ClientNoop),
     local("CLIENT|NO-TOUCH", LocalCommand::ClientNoop),
     // Refused: the cluster manages these, or they reach past the proxy.
-    refused("CONFIG", ADMIN),
+    refused("CONFIG", crate::admin::CONFIG_OTHERS),
+    local("CONFIG|GET", LocalCommand::Config),
+    local("CONFIG|SET", LocalCommand::Config),
+    local("CONFIG|RESETSTAT", LocalCommand::Config),
     refused("SHUTDOWN", ADMIN),
     refused("DEBUG", ADMIN),
     refused("MONITOR", UNSUPPORTED),

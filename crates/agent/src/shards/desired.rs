@@ -27,6 +27,10 @@ pub struct DesiredShard {
     pub switching: bool,
     /// The engine to run; for a replica, `replica_of` names its current primary.
     pub spec: ShardSpec,
+    /// The database's engine settings, under the names this shard's engine knows them by
+    /// (see [`flotilla_model::engine_setting_name`]); applied with `CONFIG SET` as the admin
+    /// user to every engine the agent starts or adopts.
+    pub config: Vec<(String, String)>,
 }
 
 /// Every shard the store places on node `node`, keyed by shard uid. A shard whose spec cannot
@@ -85,7 +89,17 @@ fn desired_shard(
     let group = state.slot_group_of(shard);
     let has_replica = group.replicas().any(|other| other.uid != shard.uid);
     let switching = group.primary().is_some_and(|primary| primary.held);
+    let config = bdb
+        .spec
+        .config
+        .iter()
+        .map(|(name, value)| {
+            let name = flotilla_model::engine_setting_name(name, shard.redis_version);
+            (name.to_string(), value.clone())
+        })
+        .collect();
     Ok(DesiredShard {
+        config,
         bdb_uid: shard.bdb_uid,
         role: shard.role,
         has_replica,

@@ -58,6 +58,12 @@ impl Session {
             Route::Scan(step) => self.scan(step).await,
             Route::PubSub { kind, target } => self.pubsub(kind, target, &request).await,
             Route::Transaction { step, slot } => self.transaction(step, slot, &request).await,
+            Route::Local(LocalCommand::Config) => {
+                let topology = &self.view.current;
+                let reply =
+                    crate::admin::config(topology.admin(), topology.bdb_uid(), &request).await;
+                self.ready(reply);
+            }
             Route::Local(command) => self.local(command, &request),
             Route::CrossSlot | Route::Refused(_) | Route::Unknown | Route::Invalid(_) => {
                 self.ready(Value::error("ERR internal: unrouted request"));
