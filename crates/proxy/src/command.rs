@@ -586,7 +586,12 @@ pub static COMMANDS: &[CommandSpec] = &[
     local("CLIENT|NO-EVICT", LocalCommand::ClientNoop),
     local("CLIENT|NO-TOUCH", LocalCommand::ClientNoop),
     // Refused: the cluster manages these, or they reach past the proxy.
-    refused("CONFIG", crate::admin::CONFIG_OTHERS),
+    spec(
+        "CONFIG",
+        SUB,
+        Class::Refused(crate::admin::CONFIG_OTHERS),
+        true,
+    ),
     local("CONFIG|GET", LocalCommand::Config),
     local("CONFIG|SET", LocalCommand::Config),
     local("CONFIG|RESETSTAT", LocalCommand::Config),
