@@ -504,15 +504,20 @@ fn admin_commands_are_refused_with_a_reason() {
         &["BGREWRITEAOF"],
         &["ACL", "LIST"],
         &["MODULE", "LIST"],
-        &["CLIENT", "KILL", "ID", "1"],
         &["CLIENT", "PAUSE", "100"],
-        &["CLIENT", "LIST"],
+        &["CLIENT", "UNPAUSE"],
     ] {
         let request = req(words);
         let decision = route(&request, &three());
         assert!(matches!(decision.route, Route::Refused(_)), "{words:?}");
         let message = decision.rejection(&request).unwrap().to_string();
         assert!(message.starts_with("ERR command '"), "{message}");
+    }
+    // CLIENT KILL and LIST are answered by the proxy for the caller's own connection only
+    // (KILL of another client is refused there, with the reason).
+    for words in [&["CLIENT", "KILL", "ID", "1"][..], &["CLIENT", "LIST"]] {
+        let route = route(&req(words), &three()).route;
+        assert!(matches!(route, Route::Local(_)), "{words:?}");
     }
     // CONFIG GET/SET/RESETSTAT reach the database's settings; the rest is refused.
     let request = req(&["config", "rewrite"]);
