@@ -215,6 +215,35 @@ mod tests {
     }
 
     #[test]
+    fn the_database_settings_reach_every_shard_under_its_engines_names() {
+        let mut state = state();
+        let mut change: flotilla_model::BdbChange = serde_json::from_str(
+            r#"{"uid":1,"config":{"hash-max-listpack-entries":"64","slowlog-max-len":"200"}}"#,
+        )
+        .unwrap();
+        change.uid = *state.bdbs.keys().next().unwrap();
+        state.apply(Command::UpdateBdb(change));
+        let dir = Path::new("/data/shards");
+        let on_2 = desired_shards(&state, 2, "127.0.0.12".parse().unwrap(), dir).unwrap();
+        let replica = on_2.get(&2).unwrap().as_ref().unwrap();
+        assert_eq!(
+            replica.config,
+            [
+                ("hash-max-listpack-entries".to_string(), "64".to_string()),
+                ("slowlog-max-len".to_string(), "200".to_string())
+            ]
+        );
+        // redis-6.2 knows only the ziplist name.
+        assert_eq!(
+            flotilla_model::engine_setting_name(
+                "hash-max-listpack-entries",
+                EngineVersion::Redis62
+            ),
+            "hash-max-ziplist-entries"
+        );
+    }
+
+    #[test]
     fn a_replica_follows_the_node_and_port_of_its_primary() {
         let state = state();
         let dir = Path::new("/data/shards");
