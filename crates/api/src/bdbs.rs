@@ -97,6 +97,7 @@ fn spec_from(request: BdbCreate, addr: IpAddr) -> Result<BdbSpec, ApiError> {
         authentication_redis_pass_sha256: None,
         limits,
         tls_mode: request.tls_mode.unwrap_or_default(),
+        config: Default::default(),
     })
 }
 
@@ -131,6 +132,7 @@ fn bdb_info(state: &ClusterState, observed: &Observed, bdb: &Bdb) -> BdbInfo {
         password_storage: password_storage(&bdb.spec).map(str::to_owned),
         limits: bdb.spec.limits,
         tls_mode: bdb.spec.tls_mode,
+        config: bdb.spec.config.clone(),
         endpoints: vec![EndpointInfo {
             addr: state.nodes.values().map(|n| n.addr.to_string()).collect(),
             port: bdb.spec.port,
@@ -263,7 +265,7 @@ pub(crate) async fn update(
     if update == BdbUpdate::default() {
         return Err(ApiError::invalid(
             "bdb",
-            "no change given: pass memory_size, authentication_redis_pass, tls_mode or a client limit",
+            "no change given: pass memory_size, authentication_redis_pass, tls_mode, config or a client limit",
         ));
     }
     if update.memory_size == Some(0) {
@@ -272,6 +274,7 @@ pub(crate) async fn update(
             "must be more than 0 bytes",
         ));
     }
+    let config = checked_config(&update.config)?;
     let state = context.store.state();
     let mut limits = find_bdb(&state, uid)?.spec.limits;
     limits.apply(&update.limits());
@@ -301,6 +304,7 @@ pub(crate) async fn update(
             authentication_redis_pass_sha256: hashed,
             limits: update.limits(),
             tls_mode: update.tls_mode,
+            config: config.clone(),
         }),
         applied: move |state: &ClusterState| {
             let spec = &state.bdbs.get(&uid)?.spec;
@@ -310,12 +314,28 @@ pub(crate) async fn update(
                 None => !spec.has_password(),
             });
             let tls = tls_mode.is_none_or(|mode| spec.tls_mode == mode);
-            (memory && password && tls && spec.limits == limits).then_some(CommandResult::Ok)
+            let settings = config.iter().all(|(k, v)| spec.config.get(k) == Some(v));
+            (memory && password && tls && settings && spec.limits == limits)
+                .then_some(CommandResult::Ok)
         },
         check: format!("flotilla db show {uid}"),
     };
     propose(&context, change).await?;
     get(State(context), Path(uid.to_string())).await
+}
+
+/// The settings of an update under their canonical names, each checked as `CONFIG SET` checks
+/// it through the endpoint.
+fn checked_config(
+    asked: &std::collections::BTreeMap<String, String>,
+) -> Result<flotilla_model::DatabaseConfig, ApiError> {
+    asked
+        .iter()
+        .map(|(name, value)| {
+            flotilla_model::check_setting(name, value)
+                .map_err(|e| ApiError::invalid("config", e.to_string()))
+        })
+        .collect()
 }
 
 /// `DELETE /v1/bdbs/{uid}`.

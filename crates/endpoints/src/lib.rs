@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
+mod admin;
 mod runtime;
 
 /// How often endpoints are re-checked even without a store change (to retry failed binds).
@@ -131,13 +132,35 @@ pub struct Endpoints {
     /// The TLS configuration every endpoint of a database in TLS mode presents.
     tls: EndpointTls,
     inherited: Arc<Mutex<HashMap<u16, std::net::TcpListener>>>,
+    /// How the endpoints answer CONFIG (the database's settings), once the store is open.
+    admin: admin::NodeAdmin,
+    /// The same admin as every topology carries it.
+    admin_handle: AdminHandleSlot,
 }
+
+/// The one [`flotilla_proxy::AdminHandle`] of these endpoints (made on first use, so every
+/// topology carries the same handle and republishing one is no change).
+#[derive(Clone, Default)]
+struct AdminHandleSlot(Arc<std::sync::OnceLock<flotilla_proxy::AdminHandle>>);
 
 impl Endpoints {
     /// The TLS configuration the endpoints of databases in TLS mode present to clients
     /// accepted from now on (see [`EndpointTls`]).
     pub fn set_tls(&self, config: Arc<flotilla_proxy::rustls::ServerConfig>) {
         self.tls.set(config);
+    }
+
+    /// Gives the endpoints the node's cluster store, through which CONFIG SET commits a
+    /// database's settings (until then, CONFIG answers that the store is not open yet).
+    pub fn set_store(&self, store: flotilla_store::Store) {
+        self.admin.set_store(store);
+    }
+
+    fn admin_handle(&self) -> flotilla_proxy::AdminHandle {
+        self.admin_handle
+            .0
+            .get_or_init(|| flotilla_proxy::AdminHandle(Arc::new(self.admin.clone())))
+            .clone()
     }
 
     /// Endpoints that start on listening sockets passed from the predecessor daemon (by port)
@@ -213,8 +236,9 @@ struct Served {
     topology: Option<Topology>,
 }
 
-/// The endpoints the cluster state asks of every node: one per database.
-fn served(state: &ClusterState) -> BTreeMap<BdbUid, Served> {
+/// The endpoints the cluster state asks of every node: one per database, answering CONFIG
+/// through `admin`.
+fn served(state: &ClusterState, admin: &flotilla_proxy::AdminHandle) -> BTreeMap<BdbUid, Served> {
     state
         .bdbs
         .values()
@@ -222,7 +246,7 @@ fn served(state: &ClusterState) -> BTreeMap<BdbUid, Served> {
             let served = Served {
                 name: bdb.spec.name.clone(),
                 port: bdb.spec.port,
-                topology: topology_of(state, bdb),
+                topology: topology_of(state, bdb).map(|t| t.with_admin(admin.clone())),
             };
             (bdb.uid, served)
         })
@@ -239,7 +263,8 @@ pub async fn run(
     endpoints: Endpoints,
     shutdown: watch::Receiver<bool>,
 ) {
-    let wanted = project(feed, served);
+    let admin = endpoints.admin_handle();
+    let wanted = project(feed, move |state: &ClusterState| served(state, &admin));
     let mut wakes = Wakes::on_change_or_every(wanted.clone(), RESYNC, shutdown);
     let mut running: HashMap<BdbUid, Running> = HashMap::new();
     let mut handles: HashMap<BdbUid, Arc<EndpointHandle>> = HashMap::new();

@@ -228,6 +228,8 @@ async fn run_node(mut args: StartArgs) -> Result<()> {
     let endpoint_tls = flotilla_store::tls::rest_server_config(store.tls())
         .context("making the database endpoints' TLS configuration")?;
     endpoints.set_tls(endpoint_tls);
+    // CONFIG SET through an endpoint commits the database's settings to the store.
+    endpoints.set_store(store.clone());
     store.feed_into(feed_tx);
     spawn(
         &mut tasks,

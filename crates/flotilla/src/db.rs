@@ -44,6 +44,11 @@ pub enum DbCommand {
         /// off (plaintext). Clients already connected keep their connection.
         #[arg(long, value_parser = parse_tls_mode)]
         tls: Option<TlsMode>,
+        /// An engine setting, NAME=VALUE (repeatable), as CONFIG SET through the endpoint takes
+        /// it: only the settings Redis Software allows (e.g. slowlog-max-len=256,
+        /// notify-keyspace-events=KEA, hash-max-listpack-entries=64); every shard gets it.
+        #[arg(long = "config", value_parser = parse_setting)]
+        config: Vec<(String, String)>,
     },
     /// Upgrade a database's engine with no downtime: replicas first, then a switchover per
     /// shard, then the old primaries (Redis Software's `rladmin upgrade db`).
@@ -162,6 +167,14 @@ impl LimitArgs {
     }
 }
 
+/// Parses `--config NAME=VALUE`, checked as the cluster checks it.
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text}: expected NAME=VALUE, e.g. slowlog-max-len=256"))?;
+    flotilla_model::check_setting(name, value).map_err(|e| e.to_string())
+}
+
 /// Parses `--tls on|off` (also Redis Software's `enabled` / `disabled`).
 fn parse_tls_mode(text: &str) -> Result<TlsMode, String> {
     text.parse()
@@ -230,9 +243,15 @@ pub async fn run(client: &Client, command: DbCommand) -> Result<()> {
             db_password,
             limits,
             tls,
+            config,
         } => {
-            if memory.is_none() && db_password.is_none() && limits.is_empty() && tls.is_none() {
-                bail!("nothing to change: pass --memory, --db-password, --tls or a client limit such as --max-connections");
+            if memory.is_none()
+                && db_password.is_none()
+                && limits.is_empty()
+                && tls.is_none()
+                && config.is_empty()
+            {
+                bail!("nothing to change: pass --memory, --db-password, --tls, --config or a client limit such as --max-connections");
             }
             let bdb = client.find_bdb(&db).await?;
             let update = BdbUpdate {
@@ -244,6 +263,7 @@ pub async fn run(client: &Client, command: DbCommand) -> Result<()> {
                 client_output_timeout: limits.client_output_timeout,
                 client_timeout: limits.client_timeout,
                 tls_mode: tls,
+                config: config.into_iter().collect(),
             };
             let bdb = client.update_bdb(bdb.uid, &update).await?;
             println!("database '{}' (db:{}) updated", bdb.name, bdb.uid);
@@ -450,6 +470,9 @@ fn print_details(bdb: &BdbInfo) {
         unlimited(limits.client_output_buffer_limit),
         unlimited(u64::from(limits.client_output_timeout)),
     );
+    for (name, value) in &bdb.config {
+        println!("  config:       {name} {value}");
+    }
     for endpoint in &bdb.endpoints {
         println!(
             "  endpoint:     port {} on {}",

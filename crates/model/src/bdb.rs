@@ -143,6 +143,11 @@ pub struct BdbSpec {
     /// JSON while disabled (the first release's JSON has none); enabling it is a 0.2.0 command.
     #[serde(default, skip_serializing_if = "TlsMode::is_disabled")]
     pub tls_mode: TlsMode,
+    /// The engine settings the database changed (`CONFIG SET` through its endpoint, `db set
+    /// --config`), by canonical name; every shard's engine runs with them. Absent from the
+    /// JSON while empty (the first release's JSON has none); setting one is a 0.2.0 command.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub config: crate::DatabaseConfig,
 }
 
 /// Whether a database's endpoint serves TLS (Redis Software's `tls_mode` values).

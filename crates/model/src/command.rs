@@ -218,6 +218,10 @@ pub struct BdbChange {
     /// New TLS mode of the endpoint. Introduced in 0.2.0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_mode: Option<crate::bdb::TlsMode>,
+    /// Engine settings to set (canonical names, checked values), merged into the database's.
+    /// Introduced in 0.2.0.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub config: crate::DatabaseConfig,
 }
 
 /// [`Command::FinalizeClusterVersion`]: the version the cluster moves to.
@@ -525,6 +529,8 @@ mod tests {
     /// must decode and encode again to the same text, so that old and new nodes apply the same
     /// Raft log.
     const SAMPLES_0_1_0: &[&str] = &[
+        r#"{"kind":"update_bdb","uid":1,"memory_size":null,"authentication_redis_pass":null,"config":{"hash-max-listpack-entries":"64","notify-keyspace-events":"KEA"}}"#,
+        r#"{"kind":"create_bdb","bdb":{"name":"db1","port":12000,"memory_size":104857600,"shards_count":1,"replication":false,"data_persistence":"disabled","redis_version":"redis-7.0","authentication_redis_pass":null,"config":{"list-max-listpack-size":"-2"}},"created_at":1700000001,"shards":[{"node_uid":1,"role":"master","assigned_slots":"0-16383","port":20001}]}"#,
         r#"{"kind":"create_cluster","name":"c1","credentials":{"username":"admin","password_hash":"$argon2id$v=19$x"},"secret":"s3cret","created_at":1700000000,"node":{"addr":"127.0.0.11","software_version":"0.1.0","os":"Debian GNU/Linux 12 (bookworm)"}}"#,
         r#"{"kind":"add_node","node":{"addr":"127.0.0.12","software_version":"0.1.0","os":"Debian GNU/Linux 12 (bookworm)"}}"#,
         r#"{"kind":"update_cluster","name":"c2"}"#,

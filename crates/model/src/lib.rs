@@ -33,6 +33,7 @@ mod error;
 mod maintenance;
 mod plan;
 pub mod rest;
+mod settings;
 mod state;
 pub mod timing;
 mod version;
@@ -64,6 +65,10 @@ pub use maintenance::{
     MaintenanceOnRequest, NodeMaintenance, ShardDemotion, SnapshotShard,
 };
 pub use plan::{plan, Op, Step, UpgradeShape, MIGRATION_OPS};
+pub use settings::{
+    check_setting, engine_setting_name, engine_setting_names, glob_matches, is_configurable,
+    same_setting_value, DatabaseConfig, SettingError,
+};
 pub use state::{
     Cluster, ClusterCa, ClusterState, Credentials, IdCounters, Node, NodeCertificate, NodeUid,
     SlotGroup,

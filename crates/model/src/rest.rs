@@ -460,6 +460,11 @@ pub struct BdbUpdate {
     /// their connection as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_mode: Option<crate::TlsMode>,
+    /// Engine settings to set (`CONFIG SET` names and values, e.g. `{"slowlog-max-len": "256"}`):
+    /// only those Redis Software allows (see [`crate::check_setting`]); merged into the
+    /// database's and applied to every shard.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub config: std::collections::BTreeMap<String, String>,
 }
 
 impl BdbUpdate {
@@ -519,6 +524,9 @@ pub struct BdbInfo {
     /// `enabled` when the endpoint serves TLS only; absent when disabled (and from 0.1.0).
     #[serde(default, skip_serializing_if = "crate::TlsMode::is_disabled")]
     pub tls_mode: crate::TlsMode,
+    /// The engine settings the database changed (canonical names); absent when none.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub config: crate::DatabaseConfig,
     /// Where clients connect.
     pub endpoints: Vec<EndpointInfo>,
     /// The database's shard uids.

@@ -83,14 +83,16 @@ impl Command {
             Command::UpdateBdb(change)
                 if change.authentication_redis_pass_sha256.is_some()
                     || !change.limits.is_empty()
-                    || change.tls_mode.is_some() =>
+                    || change.tls_mode.is_some()
+                    || !change.config.is_empty() =>
             {
                 VERSIONED_RELEASE
             }
             Command::CreateBdb(creation)
                 if creation.bdb.authentication_redis_pass_sha256.is_some()
                     || !creation.bdb.limits.is_default()
-                    || creation.bdb.tls_mode.is_enabled() =>
+                    || creation.bdb.tls_mode.is_enabled()
+                    || !creation.bdb.config.is_empty() =>
             {
                 VERSIONED_RELEASE
             }
@@ -206,6 +208,7 @@ mod tests {
             authentication_redis_pass_sha256: None,
             limits: Default::default(),
             tls_mode: Default::default(),
+            config: Default::default(),
         });
         let err = state.check_proposable(&remove).unwrap_err().to_string();
         assert!(err.contains("needs cluster version 0.2.0"), "{err}");

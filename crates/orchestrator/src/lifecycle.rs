@@ -421,6 +421,7 @@ mod tests {
             authentication_redis_pass_sha256: None,
             limits: Default::default(),
             tls_mode: Default::default(),
+            config: Default::default(),
         };
         let plan = |node_uid, role| ShardPlan {
             node_uid,

@@ -246,6 +246,7 @@ pub(crate) mod tests {
             authentication_redis_pass_sha256: None,
             limits: Default::default(),
             tls_mode: Default::default(),
+            config: Default::default(),
         }
     }
 

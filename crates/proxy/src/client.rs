@@ -1,6 +1,8 @@
 //! Per-client connection state the proxy keeps itself (protocol, authentication, name, id) and
 //! the answers to the connection commands it handles without a shard: PING, ECHO, SELECT,
-//! AUTH, HELLO, QUIT, CLIENT SETNAME/GETNAME/ID/INFO, COMMAND, INFO.
+//! AUTH, HELLO, QUIT, CLIENT (of the caller's own connection: SETNAME/GETNAME/ID/INFO/LIST,
+//! REPLY, KILL of itself, and the tracking subcommands, answered as for a client that never
+//! tracks), COMMAND, INFO.
 
 use std::net::SocketAddr;
 
@@ -12,6 +14,25 @@ use crate::command::{LocalCommand, COMMANDS};
 
 /// The version string the proxy reports in HELLO and INFO: the Redis API level it speaks.
 const API_VERSION: &str = "7.0.0";
+
+/// Why CLIENT UNPAUSE is refused: a client through the proxy cannot pause others.
+pub(crate) const NO_PAUSE: &str =
+    "no client pause exists through the proxy (CLIENT PAUSE is refused), so there is none to end";
+
+/// Why CLIENT TRACKING ON is refused.
+const NO_TRACKING: &str = "ERR CLIENT TRACKING is not supported through the flotilla proxy: invalidation messages would come from each shard separately, and a redirect client may be on another shard's connection (Redis Software supports client-side caching only from Redis 7.4)";
+
+/// CLIENT REPLY: whether the client wants its replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum ReplyMode {
+    /// Every reply (the default).
+    #[default]
+    On,
+    /// No reply at all.
+    Off,
+    /// No reply to the next command, then on again.
+    Skip,
+}
 
 /// What a client connection has negotiated with the proxy.
 #[derive(Debug, Clone)]
@@ -28,6 +49,8 @@ pub(crate) struct ClientState {
     pub peer: SocketAddr,
     /// The endpoint's address.
     pub local: SocketAddr,
+    /// CLIENT REPLY (not handed over in an in-place upgrade: a moved client gets replies).
+    pub reply: ReplyMode,
 }
 
 /// What the session does after a local command.
@@ -39,6 +62,8 @@ pub(crate) enum LocalOutcome {
     Quit,
     /// RESET: the session drops transaction state, then the state is reset here.
     Reset,
+    /// Write this reply and close the connection (CLIENT KILL of the caller itself).
+    CloseAfter(Value),
 }
 
 impl ClientState {
@@ -56,6 +81,7 @@ impl ClientState {
             name: None,
             peer,
             local,
+            reply: ReplyMode::On,
         }
     }
 
@@ -84,9 +110,15 @@ impl ClientState {
             L::ClientGetName => self.name.clone().map_or(Value::NullBulkString, Value::bulk),
             L::ClientId => Value::Integer(self.id as i64),
             L::ClientInfo => Value::bulk(self.info_line()),
+            L::ClientList => self.list(request),
+            L::ClientReply => self.set_reply(request),
+            L::ClientTracking => tracking(request),
+            L::ClientKill => return self.kill(request),
             L::ClientSetInfo | L::ClientNoop | L::ReadMode => Value::simple("OK"),
             L::Command => command_reply(request),
             L::Info => Value::bulk(info_text()),
+            // The session answers CONFIG itself (it waits for the node; see `admin.rs`).
+            L::Config => Value::error("ERR internal: CONFIG answered outside the session"),
         };
         LocalOutcome::Reply(reply)
     }
@@ -179,6 +211,80 @@ impl ClientState {
         Ok(())
     }
 
+    /// CLIENT REPLY ON|OFF|SKIP; the session suppresses the replies (and this one's, unless
+    /// ON).
+    fn set_reply(&mut self, request: &Request) -> Value {
+        let [_, mode] = request.args() else {
+            return wrong_arity("client|reply");
+        };
+        self.reply = match mode.to_ascii_uppercase().as_slice() {
+            b"ON" => ReplyMode::On,
+            b"OFF" => ReplyMode::Off,
+            b"SKIP" => ReplyMode::Skip,
+            _ => return Value::error("ERR syntax error"),
+        };
+        Value::simple("OK")
+    }
+
+    /// CLIENT LIST [TYPE normal] [ID id ...]: the caller's own line when the filter keeps it;
+    /// other clients are not reachable through the proxy.
+    fn list(&self, request: &Request) -> Value {
+        let args = &request.args()[1..];
+        let mine = match args.first().map(|a| a.to_ascii_uppercase()) {
+            None => true,
+            Some(option) if option == b"TYPE" && args.len() == 2 => {
+                args[1].eq_ignore_ascii_case(b"normal")
+            }
+            Some(option) if option == b"ID" && args.len() >= 2 => args[1..]
+                .iter()
+                .any(|id| id.as_ref() == self.id.to_string().as_bytes()),
+            Some(_) => return Value::error("ERR syntax error"),
+        };
+        Value::bulk(if mine {
+            self.info_line()
+        } else {
+            String::new()
+        })
+    }
+
+    /// CLIENT KILL of the caller's own connection (by `ID`, `ADDR`, `LADDR` or the old
+    /// `addr` form): answered, then the connection closes, as Redis does; any other client is
+    /// out of reach.
+    fn kill(&self, request: &Request) -> LocalOutcome {
+        let args = &request.args()[1..];
+        let (peer, local, id) = (
+            self.peer.to_string(),
+            self.local.to_string(),
+            self.id.to_string(),
+        );
+        let is = |value: &Bytes, mine: &str| value.as_ref() == mine.as_bytes();
+        let outcome = match args {
+            [addr] if is(addr, &peer) => Some(Value::simple("OK")),
+            [_] => return LocalOutcome::Reply(Value::error("ERR No such client")),
+            pairs if pairs.len() % 2 == 0 && !pairs.is_empty() => {
+                let names_me =
+                    pairs
+                        .chunks(2)
+                        .all(|pair| match pair[0].to_ascii_uppercase().as_slice() {
+                            b"ID" => is(&pair[1], &id),
+                            b"ADDR" => is(&pair[1], &peer),
+                            b"LADDR" => is(&pair[1], &local),
+                            b"SKIPME" => pair[1].eq_ignore_ascii_case(b"no"),
+                            b"TYPE" => pair[1].eq_ignore_ascii_case(b"normal"),
+                            _ => false,
+                        });
+                names_me.then_some(Value::Integer(1))
+            }
+            _ => return LocalOutcome::Reply(Value::error("ERR syntax error")),
+        };
+        match outcome {
+            Some(reply) => LocalOutcome::CloseAfter(reply),
+            None => LocalOutcome::Reply(Value::error(
+                "ERR CLIENT KILL through the flotilla proxy reaches only the caller's own connection (by ID, ADDR or LADDR, with SKIPME no): other clients' connections are not reachable through the proxy",
+            )),
+        }
+    }
+
     fn info_line(&self) -> String {
         let name = self
             .name
@@ -193,6 +299,33 @@ impl ClientState {
             "id={} addr={} laddr={} name={} db=0 resp={}\n",
             self.id, self.peer, self.local, name, resp
         )
+    }
+}
+
+/// CLIENT TRACKING/CACHING/GETREDIR/TRACKINGINFO for a client that never tracks: OFF is
+/// accepted, ON refused with the reason; the rest answer as Redis does for a client without
+/// tracking.
+fn tracking(request: &Request) -> Value {
+    let sub = request
+        .arg(1)
+        .map(|s| s.to_ascii_uppercase())
+        .unwrap_or_default();
+    match sub.as_slice() {
+        b"TRACKING" => match request.arg(2).map(|a| a.to_ascii_uppercase()) {
+            Some(mode) if mode == b"OFF" => Value::simple("OK"),
+            Some(mode) if mode == b"ON" => Value::error(NO_TRACKING),
+            Some(_) => Value::error("ERR syntax error"),
+            None => wrong_arity("client|tracking"),
+        },
+        b"CACHING" => Value::error(
+            "ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled",
+        ),
+        b"GETREDIR" => Value::Integer(-1),
+        _ => Value::Map(vec![
+            (Value::bulk("flags"), Value::Array(vec![Value::bulk("off")])),
+            (Value::bulk("redirect"), Value::Integer(-1)),
+            (Value::bulk("prefixes"), Value::Array(Vec::new())),
+        ]),
     }
 }
 

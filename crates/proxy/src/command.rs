@@ -125,6 +125,16 @@ pub enum LocalCommand {
     Info,
     /// READONLY / READWRITE: cluster-client handshakes, accepted with +OK.
     ReadMode,
+    /// CONFIG GET/SET/RESETSTAT: the database's settings, through the node (see `admin.rs`).
+    Config,
+    /// CLIENT REPLY ON|OFF|SKIP: the session suppresses the caller's replies.
+    ClientReply,
+    /// CLIENT TRACKING/CACHING/GETREDIR/TRACKINGINFO: the caller never tracks (see `client.rs`).
+    ClientTracking,
+    /// CLIENT LIST: the caller's own line only.
+    ClientList,
+    /// CLIENT KILL: only of the caller's own connection.
+    ClientKill,
 }
 
 /// How a command is routed, before looking at its arguments.
@@ -583,8 +593,24 @@ pub static COMMANDS: &[CommandSpec] = &[
     local("CLIENT|SETINFO", LocalCommand::ClientSetInfo),
     local("CLIENT|NO-EVICT", LocalCommand::ClientNoop),
     local("CLIENT|NO-TOUCH", LocalCommand::ClientNoop),
+    local("CLIENT|REPLY", LocalCommand::ClientReply),
+    local("CLIENT|TRACKING", LocalCommand::ClientTracking),
+    local("CLIENT|CACHING", LocalCommand::ClientTracking),
+    local("CLIENT|GETREDIR", LocalCommand::ClientTracking),
+    local("CLIENT|TRACKINGINFO", LocalCommand::ClientTracking),
+    local("CLIENT|LIST", LocalCommand::ClientList),
+    local("CLIENT|KILL", LocalCommand::ClientKill),
+    refused("CLIENT|UNPAUSE", crate::client::NO_PAUSE),
     // Refused: the cluster manages these, or they reach past the proxy.
-    refused("CONFIG", ADMIN),
+    spec(
+        "CONFIG",
+        SUB,
+        Class::Refused(crate::admin::CONFIG_OTHERS),
+        true,
+    ),
+    local("CONFIG|GET", LocalCommand::Config),
+    local("CONFIG|SET", LocalCommand::Config),
+    local("CONFIG|RESETSTAT", LocalCommand::Config),
     refused("SHUTDOWN", ADMIN),
     refused("DEBUG", ADMIN),
     refused("MONITOR", UNSUPPORTED),

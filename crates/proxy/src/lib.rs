@@ -79,6 +79,7 @@ pub mod scan;
 pub mod slot;
 pub mod topology;
 
+mod admin;
 mod client;
 mod control;
 mod frame;
@@ -93,6 +94,7 @@ mod stats;
 mod tls;
 mod verdict;
 
+pub use admin::{AdminFuture, AdminHandle, DatabaseAdmin};
 pub use command::{lookup, lookup_request, Class, CommandSpec, KeySpec, LocalCommand, Merge};
 pub use control::{
     endpoint_control, AdoptError, Detaching, EndpointControl, EndpointInbox, HandoverCounts,

@@ -102,6 +102,8 @@ pub struct Topology {
     /// Each shard's uid, by shard index (the index itself when none were given).
     shard_uids: Arc<[u64]>,
     bdb_uid: Option<u64>,
+    /// How CONFIG reaches the database's settings (see `admin.rs`); none outside a cluster.
+    admin: Option<crate::AdminHandle>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -116,6 +118,7 @@ impl std::fmt::Debug for Topology {
             .field("holds", &self.holds)
             .field("shard_uids", &self.shard_uids)
             .field("bdb_uid", &self.bdb_uid)
+            .field("admin", &self.admin)
             .finish()
     }
 }
@@ -147,6 +150,7 @@ impl Topology {
             shard_uids: (0..primaries.len() as u64).collect(),
             primaries,
             bdb_uid: None,
+            admin: None,
         })
     }
 
@@ -256,6 +260,17 @@ impl Topology {
     pub fn with_tls_mode(mut self, mode: TlsMode) -> Self {
         self.tls_mode = mode;
         self
+    }
+
+    /// The same topology with CONFIG answered through `admin` (the node's store and engines).
+    pub fn with_admin(mut self, admin: crate::AdminHandle) -> Self {
+        self.admin = Some(admin);
+        self
+    }
+
+    /// How CONFIG reaches the database's settings, if it can.
+    pub fn admin(&self) -> Option<&crate::AdminHandle> {
+        self.admin.as_ref()
     }
 
     /// Whether the endpoint accepts TLS clients only.

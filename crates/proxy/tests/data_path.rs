@@ -6,8 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Raw, Setup};
+use common::{Raw, Resp, Setup};
 use flotilla_proxy::{ProxyOptions, SlotMap};
+use flotilla_resp::Value as RespValue;
 use redis::{AsyncCommands, Value};
 
 /// Keys `prefix0..prefixN` and the shard (of an even 2-shard map) each one belongs to.
@@ -108,9 +109,9 @@ async fn multi_key_and_all_shard_commands_span_shards() {
         err.to_string().contains("don't hash to the same slot"),
         "{err}"
     );
+    // CONFIG GET/SET reach the database's settings (a cluster's endpoint); REWRITE is refused.
     let err = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("x")
+        .arg("REWRITE")
         .query_async::<()>(&mut client)
         .await
         .unwrap_err();
@@ -503,4 +504,65 @@ async fn wait_counts_the_writes_a_client_made_over_the_shared_connection() {
         .await
         .unwrap();
     assert_eq!(acked, 1, "the resumed replica acknowledges the write");
+}
+
+/// CLIENT subcommands of the caller's own connection (issue 16): REPLY OFF/SKIP/ON suppress
+/// the caller's replies as Redis does, tracking is off (ON refused with the reason), LIST
+/// shows the caller alone, KILL reaches only the caller (answered, then closed).
+#[tokio::test]
+async fn client_subcommands_act_on_the_callers_own_connection() {
+    let setup = Setup::start("127.0.153.1", 2, 2, None).await;
+    let mut raw = Raw::connect(setup.endpoint).await;
+    raw.send(
+        b"CLIENT REPLY OFF\r\nSET k1 1\r\nCLIENT REPLY SKIP\r\nGET k1\r\nCLIENT REPLY ON\r\nGET k1\r\n",
+    )
+    .await;
+    let expected = b"+OK\r\n$1\r\n1\r\n";
+    assert_eq!(raw.read_at_least(expected.len()).await, expected);
+
+    let mut client = Resp::connect(setup.endpoint).await;
+    let RespValue::Integer(id) = client.call(&["CLIENT", "ID"]).await else {
+        panic!("CLIENT ID is an integer")
+    };
+    assert_eq!(
+        client.call(&["CLIENT", "GETREDIR"]).await,
+        RespValue::Integer(-1)
+    );
+    assert_eq!(
+        client.call(&["CLIENT", "TRACKING", "OFF"]).await,
+        RespValue::simple("OK")
+    );
+    let RespValue::Error(refused) = client.call(&["CLIENT", "TRACKING", "ON"]).await else {
+        panic!("CLIENT TRACKING ON is refused")
+    };
+    let refused = String::from_utf8_lossy(&refused).into_owned();
+    assert!(refused.contains("not supported"), "{refused}");
+    let RespValue::BulkString(list) = client.call(&["CLIENT", "LIST"]).await else {
+        panic!("CLIENT LIST is a bulk string")
+    };
+    let list = String::from_utf8_lossy(&list).into_owned();
+    assert_eq!(list.lines().count(), 1, "{list}");
+    assert!(list.starts_with(&format!("id={id} ")), "{list}");
+    let RespValue::Error(refused) = client.call(&["CLIENT", "KILL", "ID", "999999"]).await else {
+        panic!("CLIENT KILL of another client is refused")
+    };
+    let refused = String::from_utf8_lossy(&refused).into_owned();
+    assert!(
+        refused.contains("only the caller's own connection"),
+        "{refused}"
+    );
+    let RespValue::Error(refused) = client.call(&["CLIENT", "UNPAUSE"]).await else {
+        panic!("CLIENT UNPAUSE is refused")
+    };
+    let refused = String::from_utf8_lossy(&refused).into_owned();
+    assert!(refused.contains("no client pause"), "{refused}");
+    let own = id.to_string();
+    assert_eq!(
+        client.call(&["CLIENT", "KILL", "ID", &own]).await,
+        RespValue::Integer(1)
+    );
+    assert!(
+        client.closed().await,
+        "killing itself closes the connection"
+    );
 }

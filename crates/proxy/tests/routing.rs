@@ -489,7 +489,7 @@ fn store_options_add_a_key() {
 #[test]
 fn admin_commands_are_refused_with_a_reason() {
     for words in [
-        &["CONFIG", "SET", "x", "y"][..],
+        &["CONFIG", "REWRITE"][..],
         &["SHUTDOWN"],
         &["REPLICAOF", "NO", "ONE"],
         &["SLAVEOF", "h", "1"],
@@ -504,9 +504,8 @@ fn admin_commands_are_refused_with_a_reason() {
         &["BGREWRITEAOF"],
         &["ACL", "LIST"],
         &["MODULE", "LIST"],
-        &["CLIENT", "KILL", "ID", "1"],
         &["CLIENT", "PAUSE", "100"],
-        &["CLIENT", "LIST"],
+        &["CLIENT", "UNPAUSE"],
     ] {
         let request = req(words);
         let decision = route(&request, &three());
@@ -514,14 +513,27 @@ fn admin_commands_are_refused_with_a_reason() {
         let message = decision.rejection(&request).unwrap().to_string();
         assert!(message.starts_with("ERR command '"), "{message}");
     }
-    let request = req(&["config", "get", "x"]);
+    // CLIENT KILL and LIST are answered by the proxy for the caller's own connection only
+    // (KILL of another client is refused there, with the reason).
+    for words in [&["CLIENT", "KILL", "ID", "1"][..], &["CLIENT", "LIST"]] {
+        let route = route(&req(words), &three()).route;
+        assert!(matches!(route, Route::Local(_)), "{words:?}");
+    }
+    // CONFIG GET/SET/RESETSTAT reach the database's settings; the rest is refused.
+    let request = req(&["config", "rewrite"]);
     assert_eq!(
         route(&request, &three())
             .rejection(&request)
             .unwrap()
             .to_string(),
         "ERR command 'config' is not allowed through the proxy: \
-         cluster administration goes through the flotilla CLI or REST API"
+         a database's settings are kept by the cluster: CONFIG GET/SET/RESETSTAT of the settings \
+         Redis Software allows; the rest through the flotilla CLI or REST API"
+    );
+    let request = req(&["config", "get", "x"]);
+    assert_eq!(
+        route(&request, &three()).route,
+        Route::Local(flotilla_proxy::LocalCommand::Config)
     );
 }
 

@@ -3,7 +3,9 @@
 /// Why a peer's bytes were rejected.
 ///
 /// Exists so the proxy can answer `-ERR {error}` and close the connection, as Redis does: the
-/// `Display` text starts with `Protocol error:` and, where Redis has a wording, uses it.
+/// `Display` text starts with `Protocol error:` and, where Redis has a wording, uses it (Redis
+/// 7.0's `networking.c`: a bound the proxy sets tighter than Redis's still reads `invalid bulk
+/// length` / `invalid multibulk length`, with the bound in parentheses).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
     /// A reply or nested element started with a byte that is not a RESP type marker.
@@ -19,7 +21,7 @@ pub enum ProtocolError {
     #[error("Protocol error: invalid multibulk length")]
     InvalidMultibulkLength,
     /// A bulk string claims more bytes than [`crate::Limits::max_bulk_len`].
-    #[error("Protocol error: bulk length {len} exceeds the limit of {limit} bytes")]
+    #[error("Protocol error: invalid bulk length ({len} bytes exceed the limit of {limit})")]
     BulkTooLong {
         /// The claimed length.
         len: u64,
@@ -27,7 +29,9 @@ pub enum ProtocolError {
         limit: usize,
     },
     /// An aggregate claims more elements than [`crate::Limits::max_elements`].
-    #[error("Protocol error: {count} elements exceed the limit of {limit}")]
+    #[error(
+        "Protocol error: invalid multibulk length ({count} elements exceed the limit of {limit})"
+    )]
     TooManyElements {
         /// The claimed element count.
         count: u64,
@@ -41,7 +45,7 @@ pub enum ProtocolError {
         limit: usize,
     },
     /// A line (header, simple string, inline command) is longer than allowed.
-    #[error("Protocol error: too big inline request (limit {limit} bytes)")]
+    #[error("Protocol error: too big inline request (more than {limit} bytes)")]
     LineTooLong {
         /// The configured limit.
         limit: usize,

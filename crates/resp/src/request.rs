@@ -274,6 +274,8 @@ impl RequestDecoder {
         let count = match parse_length(&buf[1..cr]) {
             Some(Length::Of(n)) => n,
             Some(Length::Null) => 0,
+            // Any negative count is an empty request to Redis (`*-10` is skipped).
+            _ if is_negative(&buf[1..cr]) => 0,
             _ => return Err(ProtocolError::InvalidMultibulkLength),
         };
         let limit = self.limits.max_elements;
@@ -370,6 +372,11 @@ impl RequestDecoder {
             None => Decoded::Continue,
         })
     }
+}
+
+/// Whether a count line is a negative integer.
+fn is_negative(line: &[u8]) -> bool {
+    crate::line::parse_i64(line).is_some_and(|n| n < 0)
 }
 
 /// Outcome of one attempt to start a request.

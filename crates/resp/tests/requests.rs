@@ -222,3 +222,55 @@ fn the_query_buffer_limit_counts_the_request_not_yet_decoded() {
         assert_eq!(decoder.buffered_bytes(), 0);
     }
 }
+
+/// The malformed requests of Redis 7.0's `unit/protocol`, answered with Redis's messages.
+#[test]
+fn malformed_requests_get_redis_protocol_errors() {
+    // A negative count is an empty request to Redis: skipped, the next request runs.
+    let request = decode_one(b"*-10\r\n*1\r\n$4\r\nPING\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(request.name(), "PING");
+    let cases: [(&[u8], &str); 6] = [
+        (
+            b"*3000000000\r\n",
+            "Protocol error: invalid multibulk length",
+        ),
+        (b"*20\r\n*", "Protocol error: expected '$', got '*'"),
+        (
+            b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\nfooz\r\n",
+            "Protocol error: expected '$', got 'f'",
+        ),
+        (
+            b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$-10\r\n",
+            "Protocol error: invalid bulk length",
+        ),
+        (
+            b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$2000000000\r\n",
+            "Protocol error: invalid bulk length",
+        ),
+        (
+            b"*3\r\n$3\r\nSET\r\n$1\r\nx\r\n$blabla\r\n",
+            "Protocol error: invalid bulk length",
+        ),
+    ];
+    for (wire, expected) in cases {
+        let error = decode_one(wire).expect_err("refused").to_string();
+        assert!(
+            error.starts_with(expected),
+            "{}: {error}",
+            String::from_utf8_lossy(wire)
+        );
+    }
+    let unbalanced = decode_one(b"set \"\"\"test-key\"\"\" test-value\r\n");
+    assert_eq!(
+        unbalanced.expect_err("refused").to_string(),
+        "Protocol error: unbalanced quotes in request"
+    );
+    let huge = vec![b'x'; 70 * 1024];
+    let error = decode_one(&huge).expect_err("refused").to_string();
+    assert!(
+        error.starts_with("Protocol error: too big inline request"),
+        "{error}"
+    );
+}

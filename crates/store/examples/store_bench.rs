@@ -101,6 +101,7 @@ async fn main() {
             authentication_redis_pass_sha256: None,
             limits: Default::default(),
             tls_mode: Default::default(),
+            config: Default::default(),
         });
         let started = Instant::now();
         one.store.propose(change).await.expect("changed");

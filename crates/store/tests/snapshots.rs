@@ -82,6 +82,7 @@ async fn a_node_joins_a_cluster_whose_state_holds_2000_databases_and_keeps_it_ov
         authentication_redis_pass_sha256: None,
         limits: Default::default(),
         tls_mode: Default::default(),
+        config: Default::default(),
     });
     let (_, index) = one.store.propose_indexed(change).await.expect("changed");
     assert!(

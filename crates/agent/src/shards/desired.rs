@@ -27,6 +27,10 @@ pub struct DesiredShard {
     pub switching: bool,
     /// The engine to run; for a replica, `replica_of` names its current primary.
     pub spec: ShardSpec,
+    /// The database's engine settings, under the names this shard's engine knows them by
+    /// (see [`flotilla_model::engine_setting_name`]); applied with `CONFIG SET` as the admin
+    /// user to every engine the agent starts or adopts.
+    pub config: Vec<(String, String)>,
 }
 
 /// Every shard the store places on node `node`, keyed by shard uid. A shard whose spec cannot
@@ -85,7 +89,17 @@ fn desired_shard(
     let group = state.slot_group_of(shard);
     let has_replica = group.replicas().any(|other| other.uid != shard.uid);
     let switching = group.primary().is_some_and(|primary| primary.held);
+    let config = bdb
+        .spec
+        .config
+        .iter()
+        .map(|(name, value)| {
+            let name = flotilla_model::engine_setting_name(name, shard.redis_version);
+            (name.to_string(), value.clone())
+        })
+        .collect();
     Ok(DesiredShard {
+        config,
         bdb_uid: shard.bdb_uid,
         role: shard.role,
         has_replica,
@@ -188,6 +202,7 @@ mod tests {
                 authentication_redis_pass_sha256: None,
                 limits: Default::default(),
                 tls_mode: Default::default(),
+                config: Default::default(),
             },
             created_at: 0,
             shards: vec![
@@ -197,6 +212,35 @@ mod tests {
         });
         assert!(matches!(state.apply(bdb), CommandResult::BdbCreated { .. }));
         state
+    }
+
+    #[test]
+    fn the_database_settings_reach_every_shard_under_its_engines_names() {
+        let mut state = state();
+        let mut change: flotilla_model::BdbChange = serde_json::from_str(
+            r#"{"uid":1,"config":{"hash-max-listpack-entries":"64","slowlog-max-len":"200"}}"#,
+        )
+        .unwrap();
+        change.uid = *state.bdbs.keys().next().unwrap();
+        state.apply(Command::UpdateBdb(change));
+        let dir = Path::new("/data/shards");
+        let on_2 = desired_shards(&state, 2, "127.0.0.12".parse().unwrap(), dir).unwrap();
+        let replica = on_2.get(&2).unwrap().as_ref().unwrap();
+        assert_eq!(
+            replica.config,
+            [
+                ("hash-max-listpack-entries".to_string(), "64".to_string()),
+                ("slowlog-max-len".to_string(), "200".to_string())
+            ]
+        );
+        // redis-6.2 knows only the ziplist name.
+        assert_eq!(
+            flotilla_model::engine_setting_name(
+                "hash-max-listpack-entries",
+                EngineVersion::Redis62
+            ),
+            "hash-max-ziplist-entries"
+        );
     }
 
     #[test]

@@ -139,7 +139,26 @@ async fn reconcile(
     let process = ensure_running(catalog, down, desired).await?;
     let client = connect(process.spec()).await?;
     align_access(&client, &desired.spec).await?;
+    align_config(&client, desired).await?;
     align_role(&client, desired).await
+}
+
+/// Makes the engine run with the database's settings (`CONFIG SET` of each one whose value
+/// differs), so a started, restarted, promoted or upgraded engine has them as every other
+/// shard of the database does.
+async fn align_config(client: &EngineClient, desired: &DesiredShard) -> Result<(), ShardError> {
+    for (name, value) in &desired.config {
+        let current = client.config_get(name).await?;
+        if current
+            .as_deref()
+            .is_some_and(|current| flotilla_model::same_setting_value(name, current, value))
+        {
+            continue;
+        }
+        tracing::info!(setting = %name, %value, "applying the database's setting: CONFIG SET");
+        client.config_set(name, value).await?;
+    }
+    Ok(())
 }
 
 /// Adopts the shard's running engine, or starts it. An engine still running from an older

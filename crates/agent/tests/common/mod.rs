@@ -138,6 +138,7 @@ impl TestNode {
                 authentication_redis_pass_sha256: None,
                 limits: Default::default(),
                 tls_mode: Default::default(),
+                config: Default::default(),
             },
             created_at: 0,
             shards: vec![

@@ -116,6 +116,7 @@ impl ClusterState {
             if let Some(mode) = change.tls_mode {
                 spec.tls_mode = mode;
             }
+            spec.config.extend(change.config.clone());
             if hashed {
                 spec.hash_password();
             }
@@ -220,6 +221,7 @@ mod tests {
             authentication_redis_pass_sha256: None,
             limits: Default::default(),
             tls_mode: Default::default(),
+            config: Default::default(),
         };
         state.apply(Command::UpdateBdb(plain));
         let stored = &state.bdbs[&1].spec;
@@ -247,9 +249,21 @@ mod tests {
                 ..Default::default()
             },
             tls_mode: Some(crate::bdb::TlsMode::Enabled),
+            config: [("slowlog-max-len".to_string(), "200".to_string())].into(),
         };
-        state.apply(Command::UpdateBdb(change));
+        state.apply(Command::UpdateBdb(change.clone()));
         assert!(state.bdbs[&1].spec.tls_mode.is_enabled());
+        // Settings merge: a later change keeps the earlier ones.
+        let more = BdbChange {
+            config: [("activerehashing".to_string(), "no".to_string())].into(),
+            tls_mode: None,
+            limits: Default::default(),
+            ..change
+        };
+        state.apply(Command::UpdateBdb(more));
+        let config = &state.bdbs[&1].spec.config;
+        assert_eq!(config.len(), 2);
+        assert_eq!(config["slowlog-max-len"], "200");
         let limits = state.bdbs[&1].spec.limits;
         assert_eq!((limits.max_connections, limits.client_timeout), (5, 30));
         assert_eq!(

@@ -181,6 +181,7 @@ pub(crate) mod testing {
             authentication_redis_pass_sha256: None,
             limits: Default::default(),
             tls_mode: Default::default(),
+            config: Default::default(),
         }
     }
 

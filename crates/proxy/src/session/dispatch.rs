@@ -4,7 +4,7 @@
 
 use flotilla_resp::{Request, Value};
 
-use crate::client::LocalOutcome;
+use crate::client::{LocalOutcome, ReplyMode};
 use crate::command::{LocalCommand, Merge, PubSubKind, TxStep};
 use crate::pubsub::{self, Answer, SubKind};
 use crate::route::{Decision, PubSubTarget, Route, ScanStep, Split};
@@ -22,8 +22,34 @@ use super::Session;
 const OFFSET_MARKER_CHANNEL: &str = "__flotilla__:wait-offset";
 
 impl Session {
-    /// Routes one request: answers it, queues it in a transaction, or sends it to shards.
+    /// Routes one request: answers it, queues it in a transaction, or sends it to shards; its
+    /// replies are suppressed as CLIENT REPLY asks (see [`Session::mute_replies`]).
     pub(super) async fn dispatch(&mut self, request: Request, decision: Decision) {
+        let queued = self.replies.len();
+        let reply_command = decision.route == Route::Local(LocalCommand::ClientReply);
+        let mode = self.state.reply;
+        self.route_request(request, decision).await;
+        self.mute_replies(queued, reply_command, mode);
+    }
+
+    /// CLIENT REPLY: the replies queued from `queued` on are dropped while the mode (`before`
+    /// the request) is OFF, or SKIP for the one request after CLIENT REPLY SKIP; CLIENT REPLY
+    /// OFF/SKIP itself is not answered.
+    fn mute_replies(&mut self, queued: usize, reply_command: bool, before: ReplyMode) {
+        let mute = if reply_command {
+            self.state.reply != ReplyMode::On
+        } else {
+            if before == ReplyMode::Skip {
+                self.state.reply = ReplyMode::On;
+            }
+            before != ReplyMode::On
+        };
+        if mute {
+            self.replies.mute_from(queued);
+        }
+    }
+
+    async fn route_request(&mut self, request: Request, decision: Decision) {
         if !self.state.authenticated && !allowed_before_auth(&request) {
             self.ready(Value::error("NOAUTH Authentication required."));
             return;
@@ -58,6 +84,12 @@ impl Session {
             Route::Scan(step) => self.scan(step).await,
             Route::PubSub { kind, target } => self.pubsub(kind, target, &request).await,
             Route::Transaction { step, slot } => self.transaction(step, slot, &request).await,
+            Route::Local(LocalCommand::Config) => {
+                let topology = &self.view.current;
+                let reply =
+                    crate::admin::config(topology.admin(), topology.bdb_uid(), &request).await;
+                self.ready(reply);
+            }
             Route::Local(command) => self.local(command, &request),
             Route::CrossSlot | Route::Refused(_) | Route::Unknown | Route::Invalid(_) => {
                 self.ready(Value::error("ERR internal: unrouted request"));
@@ -277,6 +309,10 @@ impl Session {
             LocalOutcome::Reply(value) => self.ready(value),
             LocalOutcome::Quit => {
                 self.ready(Value::simple("OK"));
+                self.closing = true;
+            }
+            LocalOutcome::CloseAfter(value) => {
+                self.ready(value);
                 self.closing = true;
             }
             LocalOutcome::Reset => {

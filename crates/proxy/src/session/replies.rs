@@ -84,6 +84,8 @@ pub(super) enum Combine {
 /// One client reply still to be written, in order.
 #[derive(Debug)]
 pub(super) enum Pending {
+    /// A reply the client asked not to get (CLIENT REPLY OFF/SKIP): resolved, not written.
+    Muted(Box<Pending>),
     /// Known already (local answers, refusals), with its verdict.
     Ready(Value, Protocol, Verdict),
     /// Several frames answering one request, known already (unsubscribing from nothing).
@@ -167,6 +169,20 @@ impl ReplyQueue {
         self.pending.push(entry);
     }
 
+    /// How many replies are queued.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Makes the replies queued from `from` on silent (CLIENT REPLY OFF/SKIP): still read
+    /// from their shards, never written to the client.
+    pub fn mute_from(&mut self, from: usize) {
+        for entry in self.pending.iter_mut().skip(from) {
+            let inner = std::mem::replace(entry, Pending::Frames(Vec::new(), Protocol::Resp2));
+            *entry = Pending::Muted(Box::new(inner));
+        }
+    }
+
     /// Whether no reply is waiting to be written.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
@@ -206,6 +222,12 @@ impl Resolver<'_> {
     /// Writes one entry's reply; its verdict, unless the client never asked for it.
     async fn resolve(&mut self, entry: Pending) -> Option<Verdict> {
         let verdict = match entry {
+            Pending::Muted(inner) => {
+                let written = self.client.output.len();
+                let verdict = Box::pin(self.resolve(*inner)).await;
+                self.client.output.truncate(written);
+                return verdict;
+            }
             Pending::Ready(value, protocol, verdict) => {
                 value.encode_as(&mut self.client.output, protocol);
                 verdict

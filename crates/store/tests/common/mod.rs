@@ -207,6 +207,7 @@ pub fn database(i: u16) -> Command {
         authentication_redis_pass_sha256: None,
         limits: Default::default(),
         tls_mode: Default::default(),
+        config: Default::default(),
     };
     let shard = |node_uid, role, slots| ShardPlan {
         node_uid,
