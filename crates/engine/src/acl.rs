@@ -18,8 +18,10 @@ const PROXY_DENIED: &[&str] = &["select", "swapdb", "move", "migrate", "client",
 
 /// Commands of the `@admin`/`@dangerous` categories that the proxy forwards for clients
 /// (crates/proxy/COMMANDS.md), given back to the proxy user; none administers the engine.
-const PROXY_FORWARDED_DANGEROUS: &[&str] =
-    &["flushall", "flushdb", "keys", "lastsave", "restore", "sort"];
+/// `info` is read-only: the endpoint answers INFO from its shards' INFO replies combined.
+const PROXY_FORWARDED_DANGEROUS: &[&str] = &[
+    "flushall", "flushdb", "info", "keys", "lastsave", "restore", "sort",
+];
 
 /// The admin user may do everything the agent and upgrades need (CONFIG, REPLICAOF, CLIENT
 /// PAUSE, SHUTDOWN, ...) but load no module and run no DEBUG.

@@ -60,6 +60,9 @@ pub enum Merge {
     MinInteger,
     /// Values of a split MGET put back at their keys' positions in the request.
     ArrayInRequestOrder,
+    /// INFO: the shards' sections combined as the engine of the whole database would answer
+    /// (counters summed, see `info.rs`), plus the endpoint's own `# Flotilla` section.
+    Info,
 }
 
 /// The kind of a pub/sub command.
@@ -119,10 +122,8 @@ pub enum LocalCommand {
     ClientSetInfo,
     /// CLIENT NO-EVICT / NO-TOUCH and similar per-connection switches: accepted, +OK.
     ClientNoop,
-    /// COMMAND and its subcommands: answered from this table.
-    Command,
-    /// INFO: the proxy's own sections, plus keyspace totals gathered from the shards.
-    Info,
+    /// ACL WHOAMI: the user the client authenticated as (the database's one user, `default`).
+    AclWhoami,
     /// READONLY / READWRITE: cluster-client handshakes, accepted with +OK.
     ReadMode,
 }
@@ -242,6 +243,8 @@ const PERSISTENCE: &str = "persistence is managed by flotilla";
 const CONNECTIONS: &str = "other clients' connections are not reachable through the proxy";
 const ONE_DB: &str = "a flotilla database has only database 0";
 const UNSUPPORTED: &str = "not supported through the flotilla proxy";
+const ONE_ENGINE: &str =
+    "it describes one engine process, not the database; INFO has the database's totals";
 
 /// Every command the proxy knows. Commands not listed are unknown and refused.
 pub static COMMANDS: &[CommandSpec] = &[
@@ -309,7 +312,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     read("OBJECT|IDLETIME", K2),
     read("OBJECT|REFCOUNT", K2),
     read("OBJECT|HELP", NO_KEY),
-    spec("MEMORY", SUB, Class::Refused(UNSUPPORTED), false),
+    spec("MEMORY", SUB, Class::Refused(ONE_ENGINE), false),
     read("MEMORY|USAGE", K2),
     spec("KEYS", NO_KEY, Class::AllShards(Merge::ConcatArrays), false),
     spec("SCAN", NO_KEY, Class::Scan, false),
@@ -495,6 +498,8 @@ pub static COMMANDS: &[CommandSpec] = &[
     all_shards("FUNCTION|RESTORE", Merge::AllOk, true),
     read("FUNCTION|LIST", NO_KEY),
     read("FUNCTION|DUMP", NO_KEY),
+    read("FUNCTION|STATS", NO_KEY),
+    read("FUNCTION|HELP", NO_KEY),
     // Transactions
     spec("MULTI", NO_KEY, Class::Transaction(TxStep::Multi), false),
     spec("EXEC", NO_KEY, Class::Transaction(TxStep::Exec), true),
@@ -571,8 +576,9 @@ pub static COMMANDS: &[CommandSpec] = &[
     local("HELLO", LocalCommand::Hello),
     local("QUIT", LocalCommand::Quit),
     local("RESET", LocalCommand::Reset),
-    local("COMMAND", LocalCommand::Command),
-    local("INFO", LocalCommand::Info),
+    // The engine's own command table (its key positions are the ones routing uses).
+    read("COMMAND", NO_KEY),
+    all_shards("INFO", Merge::Info, false),
     local("READONLY", LocalCommand::ReadMode),
     local("READWRITE", LocalCommand::ReadMode),
     spec("CLIENT", SUB, Class::Refused(CONNECTIONS), true),
@@ -602,7 +608,9 @@ pub static COMMANDS: &[CommandSpec] = &[
     refused("SAVE", PERSISTENCE),
     refused("BGSAVE", PERSISTENCE),
     refused("BGREWRITEAOF", PERSISTENCE),
-    refused("ACL", ADMIN),
+    spec("ACL", SUB, Class::Refused(ADMIN), true),
+    local("ACL|WHOAMI", LocalCommand::AclWhoami),
+    read("ACL|CAT", NO_KEY),
     refused("MODULE", ADMIN),
     refused("LATENCY", ADMIN),
     refused("SLOWLOG", ADMIN),
@@ -745,6 +753,7 @@ fn merge_text(merge: Merge) -> &'static str {
         Merge::ElementwiseMin => "element-wise minimum",
         Merge::MinInteger => "minimum",
         Merge::ArrayInRequestOrder => "array in request order",
+        Merge::Info => "sections combined (counters summed), plus `# Flotilla`",
     }
 }
 

@@ -81,6 +81,7 @@ mod client;
 mod control;
 mod frame;
 mod handover;
+mod info;
 mod pubsub;
 mod server;
 mod session;

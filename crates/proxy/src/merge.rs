@@ -22,7 +22,7 @@ pub fn merge_replies(merge: Merge, replies: Vec<Value>) -> Value {
             .unwrap_or(Value::NullBulkString),
         Merge::Same => replies.into_iter().next().unwrap_or(Value::Null),
         Merge::ElementwiseMin => elementwise_min(replies),
-        Merge::ArrayInRequestOrder => unexpected(),
+        Merge::ArrayInRequestOrder | Merge::Info => unexpected(),
     }
 }
 

@@ -6,6 +6,7 @@ use flotilla_resp::{Request, Value};
 
 use crate::client::LocalOutcome;
 use crate::command::{LocalCommand, Merge, PubSubKind, TxStep};
+use crate::info::InfoContext;
 use crate::pubsub::{self, Answer, SubKind};
 use crate::route::{Decision, PubSubTarget, Route, ScanStep, Split};
 use crate::slot::ShardIndex;
@@ -206,9 +207,25 @@ impl Session {
         for shard in 0..self.view.current.shard_count() {
             sources.push(self.send(ShardIndex(shard), request, write).await);
         }
+        let combine = match merge {
+            Merge::Info => Combine::Info(self.info_context(request)),
+            merge => Combine::Merge(merge),
+        };
         let protocol = self.state.protocol;
         self.replies
-            .push(Pending::Combine(sources, Combine::Merge(merge), protocol));
+            .push(Pending::Combine(sources, combine, protocol));
+    }
+
+    /// What INFO reports about the endpoint itself (see `info.rs`).
+    fn info_context(&self, request: &Request) -> InfoContext {
+        let topology = &self.view.current;
+        InfoContext::of(
+            request,
+            self.stats.connections_current(),
+            self.state.local.port(),
+            topology.bdb_uid(),
+            topology.shard_count(),
+        )
     }
 
     async fn scan(&mut self, step: ScanStep) {
