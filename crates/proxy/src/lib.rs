@@ -101,7 +101,8 @@ pub use handover::{
 };
 pub use merge::merge_replies;
 pub use route::{
-    route, Decision, InvalidRequest, PubSubTarget, Rejection, Route, ScanStep, Split, SplitPart,
+    request_keys, route, Decision, InvalidRequest, PubSubTarget, Rejection, Route, ScanStep, Split,
+    SplitPart,
 };
 pub use server::{
     next_client_id, serve, serve_controlled, serve_with, serve_with_stats, set_next_client_id,

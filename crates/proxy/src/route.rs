@@ -256,6 +256,22 @@ pub fn route(request: &Request, slots: &SlotMap) -> Decision {
     }
 }
 
+/// The keys the proxy routes `request` by, in argument order (a destination key first when
+/// it comes before the others); none for a command the table does not know.
+///
+/// Exists so tests can hold the routing's key positions against the engine's own (`COMMAND
+/// GETKEYS`), which the endpoint answers from the engine's table.
+pub fn request_keys(request: &Request) -> Result<Vec<Bytes>, InvalidRequest> {
+    let Some(spec) = lookup_request(request) else {
+        return Ok(Vec::new());
+    };
+    let positions = key_positions(spec, request)?;
+    Ok(positions
+        .iter()
+        .map(|i| request.argv()[i].clone())
+        .collect())
+}
+
 fn is_blocking(spec: &CommandSpec, request: &Request) -> bool {
     match spec.blocking {
         Blocking::Never => false,
