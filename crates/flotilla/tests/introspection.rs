@@ -212,6 +212,8 @@ fn info_and_command_answer_like_the_engine_over_every_shard() {
     let categories: Vec<String> = redis::cmd("ACL").arg("CAT").query(&mut client).unwrap();
     assert!(categories.iter().any(|c| c == "keyspace"), "{categories:?}");
 
+    assert_slowlog_reads_every_shard(&mut client);
+
     // Valkey: INFO server is valkey's own.
     let mut valkey = endpoint_connection(addr, 12001);
     let all = info(&mut valkey, &["server"]);
@@ -284,6 +286,60 @@ fn assert_getkeys_match_the_routing(client: &mut redis::Connection) {
         .query(client)
         .unwrap();
     assert!(format!("{flags:?}").contains("RW"), "{flags:?}");
+}
+
+/// A command slower than the engines' threshold (10 ms) shows in SLOWLOG through the
+/// endpoint, whichever shard ran it; RESET clears every shard; scripts still cannot read it.
+fn assert_slowlog_reads_every_shard(client: &mut redis::Connection) {
+    // A busy loop: far above 10 ms even on an idle machine.
+    let script = "local n = 0 for i = 1, 10000000 do n = n + 1 end return n";
+    for key in ["slow-a", "slow-b", "slow-c"] {
+        let started = std::time::Instant::now();
+        let _: i64 = redis::cmd("EVAL")
+            .arg(script)
+            .arg(1)
+            .arg(key)
+            .query(client)
+            .unwrap();
+        eprintln!("slow EVAL on {key}: {:?}", started.elapsed());
+    }
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query(client)
+        .unwrap();
+    let text = format!("{entries:?}");
+    for key in ["slow-a", "slow-b", "slow-c"] {
+        assert!(
+            text.contains(key),
+            "SLOWLOG GET has the EVAL on {key}: {text}"
+        );
+    }
+    let len: i64 = redis::cmd("SLOWLOG").arg("LEN").query(client).unwrap();
+    eprintln!("SLOWLOG LEN through the endpoint: {len}");
+    assert!(len >= 3, "{len}");
+    let newest: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(1)
+        .query(client)
+        .unwrap();
+    assert_eq!(newest.len(), 1, "GET 1: one entry of all shards'");
+    let () = redis::cmd("SLOWLOG").arg("RESET").query(client).unwrap();
+    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query(client)
+        .unwrap();
+    assert!(!format!("{entries:?}").contains("slow-"), "{entries:?}");
+    let err = redis::cmd("EVAL")
+        .arg("return redis.call('SLOWLOG', 'GET')")
+        .arg(0)
+        .query::<redis::Value>(client)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("can't run this command") || err.to_string().contains("NOPERM"),
+        "a script reached SLOWLOG: {err}"
+    );
 }
 
 #[test]

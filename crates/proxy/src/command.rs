@@ -60,6 +60,9 @@ pub enum Merge {
     MinInteger,
     /// Values of a split MGET put back at their keys' positions in the request.
     ArrayInRequestOrder,
+    /// Log entries (arrays whose second element is their unix time) of every shard, newest
+    /// first, at most the count the request asks for (SLOWLOG GET).
+    NewestFirst,
     /// INFO: the shards' sections combined as the engine of the whole database would answer
     /// (counters summed, see `info.rs`), plus the endpoint's own `# Flotilla` section.
     Info,
@@ -148,6 +151,9 @@ pub enum Class {
     Transaction(TxStep),
     /// Answered by the proxy.
     Local(LocalCommand),
+    /// Sent to every shard over a connection of its own as the engines' admin user (the
+    /// proxy's data-path user may not run it, also not from scripts), replies merged.
+    Admin(Merge),
     /// Not allowed through the proxy, with the reason told to the client.
     Refused(&'static str),
 }
@@ -231,6 +237,10 @@ const fn local(name: &'static str, command: LocalCommand) -> CommandSpec {
 
 const fn refused(name: &'static str, reason: &'static str) -> CommandSpec {
     spec(name, NO_KEY, Class::Refused(reason), true)
+}
+
+const fn admin(name: &'static str, merge: Merge, write: bool) -> CommandSpec {
+    spec(name, NO_KEY, Class::Admin(merge), write)
 }
 
 const fn all_shards(name: &'static str, merge: Merge, write: bool) -> CommandSpec {
@@ -612,8 +622,17 @@ pub static COMMANDS: &[CommandSpec] = &[
     local("ACL|WHOAMI", LocalCommand::AclWhoami),
     read("ACL|CAT", NO_KEY),
     refused("MODULE", ADMIN),
-    refused("LATENCY", ADMIN),
-    refused("SLOWLOG", ADMIN),
+    // Engine logs: every shard's, read and reset as the engines' admin user.
+    spec("SLOWLOG", SUB, Class::Refused(UNSUPPORTED), false),
+    admin("SLOWLOG|GET", Merge::NewestFirst, false),
+    admin("SLOWLOG|LEN", Merge::SumIntegers, false),
+    admin("SLOWLOG|RESET", Merge::AllOk, true),
+    admin("SLOWLOG|HELP", Merge::Same, false),
+    spec("LATENCY", SUB, Class::Refused(ONE_ENGINE), false),
+    admin("LATENCY|LATEST", Merge::ConcatArrays, false),
+    admin("LATENCY|HISTORY", Merge::ConcatArrays, false),
+    admin("LATENCY|RESET", Merge::SumIntegers, true),
+    admin("LATENCY|HELP", Merge::Same, false),
     refused("SWAPDB", ONE_DB),
     refused("MOVE", ONE_DB),
     refused("MIGRATE", UNSUPPORTED),
@@ -739,6 +758,10 @@ fn routing_text(spec: &CommandSpec) -> String {
         Class::Transaction(TxStep::Watch) => format!("transaction: pins the slot ({keys})"),
         Class::Transaction(_) => "transaction step, tracked by the proxy".into(),
         Class::Local(_) => "answered by the proxy".into(),
+        Class::Admin(merge) => format!(
+            "all shards, as the engines' admin user, merge: {}",
+            merge_text(merge)
+        ),
         Class::Refused(_) => "refused".into(),
     }
 }
@@ -753,6 +776,7 @@ fn merge_text(merge: Merge) -> &'static str {
         Merge::ElementwiseMin => "element-wise minimum",
         Merge::MinInteger => "minimum",
         Merge::ArrayInRequestOrder => "array in request order",
+        Merge::NewestFirst => "newest first, at most the count asked for",
         Merge::Info => "sections combined (counters summed), plus `# Flotilla`",
     }
 }

@@ -6,7 +6,7 @@
 //! some shards report, such as a `db0` keyspace line or an `errorstat_...` line, is kept
 //! too). How a field combines depends on what it counts ([`rule`]):
 //! - counters add up: `keyspace` (keys and expires summed, `avg_ttl` weighted by the keys
-//!   with an expiry), `stats`, `cpu`, `errorstats`, `commandstats` (`usec_per_call`
+//!   with an expiry, over the shards that estimated it), `stats`, `cpu`, `errorstats`, `commandstats` (`usec_per_call`
 //!   recomputed), `memory` byte counts (their `_human` forms recomputed), the `clients`
 //!   counts;
 //! - `connected_clients` is the endpoint's own client count (the shards count the proxy's
@@ -347,12 +347,15 @@ fn numbers(column: &Column, fold: Fold) -> String {
 }
 
 /// `keys=3,expires=1,avg_ttl=100` lists summed subfield by subfield, in the first-seen order;
-/// `avg_ttl` is weighted by `expires`, `usec_per_call` is `usec / calls`.
+/// `avg_ttl` is weighted by `expires` (of the shards that estimated it), `usec_per_call` is
+/// `usec / calls`.
 fn subfields(column: &Column) -> String {
     let mut names: Vec<String> = Vec::new();
     let mut sums: Vec<f64> = Vec::new();
     let mut decimals: Vec<usize> = Vec::new();
-    let mut ttl_weighted = 0f64;
+    // avg_ttl weighted by the keys with an expiry of the shards that estimated it (an engine
+    // reports 0 until it sampled some).
+    let (mut ttl_weighted, mut ttl_weight) = (0f64, 0f64);
     for value in column.iter().flatten() {
         let pairs: Vec<(&str, &str)> = value.split(',').filter_map(|p| p.split_once('=')).collect();
         let expires = pairs
@@ -372,8 +375,9 @@ fn subfields(column: &Column) -> String {
                 }
             };
             sums[at] += n;
-            if name == "avg_ttl" {
+            if name == "avg_ttl" && n > 0.0 {
                 ttl_weighted += n * expires;
+                ttl_weight += expires;
             }
         }
     }
@@ -381,10 +385,8 @@ fn subfields(column: &Column) -> String {
     let mut parts = Vec::with_capacity(names.len());
     for (at, name) in names.iter().enumerate() {
         let value = match name.as_str() {
-            "avg_ttl" => match get("expires") {
-                Some(expires) if expires > 0.0 => (ttl_weighted / expires).round(),
-                _ => 0.0,
-            },
+            "avg_ttl" if ttl_weight > 0.0 => (ttl_weighted / ttl_weight).round(),
+            "avg_ttl" => 0.0,
             "usec_per_call" => match (get("usec"), get("calls")) {
                 (Some(usec), Some(calls)) if calls > 0.0 => usec / calls,
                 _ => 0.0,
@@ -478,6 +480,18 @@ mod tests {
             &ctx(false),
         ));
         assert_eq!(merged, "# Keyspace\r\ndb0:keys=2,expires=0,avg_ttl=0\r\n");
+        // A shard that has not estimated avg_ttl yet (0) does not pull the average down.
+        let merged = text(merge_info(
+            vec![
+                info("# Keyspace\ndb0:keys=5,expires=2,avg_ttl=0\n"),
+                info("# Keyspace\ndb0:keys=5,expires=3,avg_ttl=900\n"),
+            ],
+            &ctx(false),
+        ));
+        assert_eq!(
+            merged,
+            "# Keyspace\r\ndb0:keys=10,expires=5,avg_ttl=900\r\n"
+        );
         let request = Request::new("INFO", ["keyspace".into()]);
         assert!(!InfoContext::of(&request, 1, 1, None, 1).flotilla);
         let request = Request::new("INFO", ["Everything".into()]);

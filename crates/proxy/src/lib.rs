@@ -77,6 +77,7 @@ pub mod scan;
 pub mod slot;
 pub mod topology;
 
+mod admin;
 mod client;
 mod control;
 mod frame;

@@ -22,6 +22,7 @@ pub fn merge_replies(merge: Merge, replies: Vec<Value>) -> Value {
             .unwrap_or(Value::NullBulkString),
         Merge::Same => replies.into_iter().next().unwrap_or(Value::Null),
         Merge::ElementwiseMin => elementwise_min(replies),
+        Merge::NewestFirst => newest_first(replies),
         Merge::ArrayInRequestOrder | Merge::Info => unexpected(),
     }
 }
@@ -50,6 +51,23 @@ fn concat(replies: Vec<Value>) -> Value {
             _ => return unexpected(),
         }
     }
+    Value::Array(all)
+}
+
+/// Log entries of every shard, newest first by their second element (a unix time); the
+/// count the client asked for is applied by [`crate::admin`].
+fn newest_first(replies: Vec<Value>) -> Value {
+    let Value::Array(mut all) = concat(replies) else {
+        return unexpected();
+    };
+    let time = |entry: &Value| match entry {
+        Value::Array(fields) => match fields.get(1) {
+            Some(Value::Integer(t)) => *t,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    all.sort_by_key(|entry| std::cmp::Reverse(time(entry)));
     Value::Array(all)
 }
 

@@ -59,6 +59,8 @@ pub enum Route {
     },
     /// Answered by the proxy.
     Local(LocalCommand),
+    /// To every shard as the engines' admin user (see [`crate::Class::Admin`]).
+    Admin(Merge),
     /// Keys in different slots for a command that cannot be split: answer
     /// `-CROSSSLOT Keys in request don't hash to the same slot`.
     CrossSlot,
@@ -291,6 +293,7 @@ fn route_spec(
     Ok(match spec.class {
         Class::Refused(reason) => Route::Refused(reason),
         Class::Local(command) => Route::Local(command),
+        Class::Admin(merge) => Route::Admin(merge),
         Class::AllShards(merge) => Route::AllShards(merge),
         Class::Scan => Route::Scan(scan_step(request, slots)?),
         Class::Keyed => match common_slot(request, key_positions(spec, request)?) {

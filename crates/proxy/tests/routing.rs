@@ -506,6 +506,28 @@ fn store_options_add_a_key() {
     );
 }
 
+/// SLOWLOG and LATENCY's database-wide forms go to every shard as the admin user; the
+/// reports about one engine stay refused.
+#[test]
+fn engine_logs_are_read_as_the_admin_user() {
+    assert_eq!(
+        route_of(&["SLOWLOG", "GET", "5"]),
+        Route::Admin(Merge::NewestFirst)
+    );
+    assert_eq!(
+        route_of(&["slowlog", "len"]),
+        Route::Admin(Merge::SumIntegers)
+    );
+    assert_eq!(route_of(&["SLOWLOG", "RESET"]), Route::Admin(Merge::AllOk));
+    assert_eq!(
+        route_of(&["LATENCY", "LATEST"]),
+        Route::Admin(Merge::ConcatArrays)
+    );
+    for words in [&["LATENCY", "DOCTOR"][..], &["MEMORY", "STATS"]] {
+        assert!(matches!(route_of(words), Route::Refused(_)), "{words:?}");
+    }
+}
+
 #[test]
 fn admin_commands_are_refused_with_a_reason() {
     for words in [

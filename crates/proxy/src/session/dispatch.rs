@@ -4,6 +4,7 @@
 
 use flotilla_resp::{Request, Value};
 
+use crate::admin;
 use crate::client::LocalOutcome;
 use crate::command::{LocalCommand, Merge, PubSubKind, TxStep};
 use crate::info::InfoContext;
@@ -60,6 +61,10 @@ impl Session {
             Route::PubSub { kind, target } => self.pubsub(kind, target, &request).await,
             Route::Transaction { step, slot } => self.transaction(step, slot, &request).await,
             Route::Local(command) => self.local(command, &request),
+            Route::Admin(merge) => {
+                let reply = admin::ask(&self.view.current, merge, &request, self.state.protocol);
+                self.ready(reply.await);
+            }
             Route::CrossSlot | Route::Refused(_) | Route::Unknown | Route::Invalid(_) => {
                 self.ready(Value::error("ERR internal: unrouted request"));
             }
