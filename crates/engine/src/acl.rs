@@ -52,6 +52,8 @@ fn rules(user: &str, password: &str, version: EngineVersion) -> Vec<String> {
             }
             rules.extend(PROXY_DENIED.iter().map(|c| format!("-{c}")));
             rules.push("+memory|usage".into());
+            // ACL CAT lists categories (read-only); redis 6.2 has all of ACL in `@admin`.
+            rules.push("+acl|cat".into());
         }
         _ => {
             rules.extend(REPLICATION_ALLOWED.iter().map(|c| format!("+{c}")));
