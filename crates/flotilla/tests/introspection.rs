@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::time::Duration;
 
 use flotilla_testkit::{endpoint_connection, flotilla_bin, poll_until, DevCluster};
@@ -13,39 +12,24 @@ fn bin() -> std::path::PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
 }
 
-/// The engines' admin user and password (derived from the cluster secret in a node's
-/// identity), as `user:password` for a redis URL.
-fn shard_admin(data_dir: &Path) -> String {
-    let identity: Value =
-        serde_json::from_slice(&std::fs::read(data_dir.join("identity.json")).unwrap()).unwrap();
-    let users = flotilla_model::EngineUsers::derive(identity["secret"].as_str().unwrap());
-    format!("{}:{}", flotilla_model::ADMIN_USER, users.admin)
-}
-
 /// Admin connections to the primary shards of database `bdb_uid`, in slot order.
 fn primaries(cluster: &DevCluster, bdb_uid: u64) -> Vec<redis::Connection> {
-    let admin = shard_admin(&cluster.data_dir(1));
-    let state = cluster.status_json(1);
-    let nodes = state["nodes"].as_array().unwrap();
-    let mut shards: Vec<Value> = cluster
-        .shards_at(1)
+    let admin = cluster.engine_admin();
+    let mut shards: Vec<(Value, String)> = cluster
+        .shard_addrs_at(1)
         .into_iter()
-        .filter(|s| s["bdb_uid"] == bdb_uid && s["role"] == "master")
+        .filter(|(s, _)| s["bdb_uid"] == bdb_uid && s["role"] == "master")
         .collect();
-    shards.sort_by_key(|s| s["assigned_slots"].to_string());
+    // `assigned_slots` is written `start-end`.
+    let first_slot = |s: &Value| -> u16 {
+        let range = s["assigned_slots"].as_str().unwrap();
+        range.split('-').next().unwrap().parse().unwrap()
+    };
+    shards.sort_by_key(|(s, _)| first_slot(s));
     shards
         .iter()
-        .map(|shard| {
-            let node = nodes
-                .iter()
-                .find(|n| n["uid"] == shard["node_uid"])
-                .unwrap();
-            let url = format!(
-                "redis://{admin}@{}:{}/",
-                node["addr"].as_str().unwrap(),
-                shard["port"]
-            );
-            redis::Client::open(url)
+        .map(|(_, addr)| {
+            redis::Client::open(format!("redis://{admin}@{addr}/"))
                 .unwrap()
                 .get_connection_with_timeout(Duration::from_secs(2))
                 .expect("admin connection to a shard")

@@ -1,6 +1,9 @@
 //! Flotilla's proxy: the per-database endpoint that clients connect to. It routes each command
 //! by hash slot to the shard owning it, splits or fans out multi-shard commands and merges
 //! their replies, answers connection commands itself, and refuses administrative ones.
+//! Introspection answers like the engine of the whole database: INFO is the shards' INFO
+//! combined (`info.rs`), COMMAND the engine's own table, and SLOWLOG/LATENCY every shard's log
+//! read over a connection as the engines' admin user, never the data path's (`admin.rs`).
 //!
 //! Pure routing logic: [`slot`] (CRC16 hash slots, hashtags and the slot map), [`command`]
 //! (the command table, also rendered as `COMMANDS.md`), [`route`] (the decision for one
