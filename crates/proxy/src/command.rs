@@ -58,6 +58,9 @@ pub enum Merge {
     ElementwiseMin,
     /// The smallest integer (WAIT: replicas reached by every shard).
     MinInteger,
+    /// `+OK` if any shard said so, else the first error (FUNCTION KILL: the one
+    /// shard running a script kills it, the others answer `NOTBUSY`).
+    AnyOk,
     /// Values of a split MGET put back at their keys' positions in the request.
     ArrayInRequestOrder,
     /// Log entries (arrays whose second element is their unix time) of every shard, newest
@@ -509,6 +512,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     read("FUNCTION|LIST", NO_KEY),
     read("FUNCTION|DUMP", NO_KEY),
     read("FUNCTION|STATS", NO_KEY),
+    all_shards("FUNCTION|KILL", Merge::AnyOk, false),
     read("FUNCTION|HELP", NO_KEY),
     // Transactions
     spec("MULTI", NO_KEY, Class::Transaction(TxStep::Multi), false),
@@ -775,6 +779,7 @@ fn merge_text(merge: Merge) -> &'static str {
         Merge::Same => "first reply (all equal)",
         Merge::ElementwiseMin => "element-wise minimum",
         Merge::MinInteger => "minimum",
+        Merge::AnyOk => "+OK if any +OK",
         Merge::ArrayInRequestOrder => "array in request order",
         Merge::NewestFirst => "newest first, at most the count asked for",
         Merge::Info => "sections combined (counters summed), plus `# Flotilla`",

@@ -169,6 +169,9 @@ pub enum Rejection {
     /// A numkeys that is not an integer.
     #[error("ERR value is not an integer or out of range")]
     NotAnInteger,
+    /// A numkeys of FCALL/FCALL_RO that is not an integer (their own message).
+    #[error("ERR Bad number of keys provided")]
+    BadNumberOfKeys,
     /// A negative numkeys.
     #[error("ERR Number of keys can't be negative")]
     NegativeKeys,
@@ -206,6 +209,9 @@ impl Decision {
             Route::Unknown => unknown(request),
             Route::Invalid(invalid) => match invalid {
                 InvalidRequest::WrongArity => Rejection::WrongArity { command: command() },
+                InvalidRequest::NotAnInteger if command().starts_with("fcall") => {
+                    Rejection::BadNumberOfKeys
+                }
                 InvalidRequest::NotAnInteger => Rejection::NotAnInteger,
                 InvalidRequest::NegativeKeys => Rejection::NegativeKeys,
                 InvalidRequest::TooManyKeys => Rejection::TooManyKeys,

@@ -523,6 +523,19 @@ fn engine_logs_are_read_as_the_admin_user() {
         route_of(&["LATENCY", "LATEST"]),
         Route::Admin(Merge::ConcatArrays)
     );
+    assert_eq!(
+        route_of(&["FUNCTION", "KILL"]),
+        Route::AllShards(Merge::AnyOk)
+    );
+    let request = req(&["FCALL", "f", "bad"]);
+    assert_eq!(
+        route(&request, &three())
+            .rejection(&request)
+            .unwrap()
+            .to_string(),
+        "ERR Bad number of keys provided",
+        "FCALL's own message, as the engine's"
+    );
     for words in [&["LATENCY", "DOCTOR"][..], &["MEMORY", "STATS"]] {
         assert!(matches!(route_of(words), Route::Refused(_)), "{words:?}");
     }
