@@ -457,10 +457,7 @@ mod tests {
             "bdb_uid:3",
             "shards:2",
         ] {
-            assert!(
-                merged.contains(&format!("{line}")),
-                "{line} missing in:\n{merged}"
-            );
+            assert!(merged.contains(line), "{line} missing in:\n{merged}");
         }
         for absent in ["executable", "config_file", "slave0"] {
             assert!(!merged.contains(absent), "{absent} in:\n{merged}");
