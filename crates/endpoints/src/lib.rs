@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_model::timing::HOLD_TIMEOUT;
-use flotilla_model::{Bdb, BdbUid, ClusterState, EngineCredentials, PROXY_USER};
+use flotilla_model::{Bdb, BdbUid, ClusterState, EngineCredentials, ADMIN_USER, PROXY_USER};
 use flotilla_proxy::{
     EndpointControl, EndpointStats, EndpointTls, ProxyOptions, ShardLogin, SlotMap, StatsSnapshot,
     Topology, SLOT_COUNT,
@@ -58,7 +58,8 @@ fn proxy_options() -> ProxyOptions {
 /// (which name them in client errors and proxy logs). `None` while some slot has no primary
 /// (the database is being created or repaired).
 pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
-    let login = shard_login(&state.engine_credentials().ok()?);
+    let credentials = state.engine_credentials().ok()?;
+    let login = shard_login(&credentials);
     let primaries = state.primaries_of(bdb.uid);
     let mut owners = vec![u16::MAX; SLOT_COUNT as usize];
     let mut addrs = Vec::with_capacity(primaries.len());
@@ -79,6 +80,7 @@ pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
         .with_limits(bdb.spec.limits)
         .with_tls_mode(bdb.spec.tls_mode)
         .with_shard_login(login)
+        .with_admin_login(admin_login(&credentials))
         .with_uids(bdb.uid, uids)
         .ok()?;
     for (index, shard) in primaries.iter().enumerate() {
@@ -91,16 +93,28 @@ pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
     Some(topology)
 }
 
-/// How the proxy logs in to the engines: as the proxy user once no 0.1.0 node is left (with
-/// the secret as fallback, for engines their agent has not moved to the users yet), else as the
-/// default user with the secret, as 0.1.0 proxies do.
+/// How the proxy logs in to the engines for the data path: as the proxy user (see
+/// [`engine_login`]).
 fn shard_login(credentials: &EngineCredentials) -> ShardLogin {
+    engine_login(credentials, PROXY_USER, &credentials.users.proxy)
+}
+
+/// How the endpoint logs in as the engines' admin user for SLOWLOG and LATENCY, never for the
+/// data path (see [`engine_login`]).
+fn admin_login(credentials: &EngineCredentials) -> ShardLogin {
+    engine_login(credentials, ADMIN_USER, &credentials.users.admin)
+}
+
+/// Logging in to the engines as `user`: once no 0.1.0 node is left (with the secret as
+/// fallback, for engines their agent has not moved to the users yet), else as the default user
+/// with the secret, as 0.1.0 proxies do.
+fn engine_login(credentials: &EngineCredentials, user: &str, password: &str) -> ShardLogin {
     if credentials.legacy {
         return ShardLogin::default_user(credentials.secret.clone());
     }
     ShardLogin {
-        user: Some(PROXY_USER.to_string()),
-        password: credentials.users.proxy.clone(),
+        user: Some(user.to_string()),
+        password: password.to_string(),
         fallback: Some(credentials.secret.clone()),
     }
 }

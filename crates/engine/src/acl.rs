@@ -18,8 +18,10 @@ const PROXY_DENIED: &[&str] = &["select", "swapdb", "move", "migrate", "client",
 
 /// Commands of the `@admin`/`@dangerous` categories that the proxy forwards for clients
 /// (crates/proxy/COMMANDS.md), given back to the proxy user; none administers the engine.
-const PROXY_FORWARDED_DANGEROUS: &[&str] =
-    &["flushall", "flushdb", "keys", "lastsave", "restore", "sort"];
+/// `info` is read-only: the endpoint answers INFO from its shards' INFO replies combined.
+const PROXY_FORWARDED_DANGEROUS: &[&str] = &[
+    "flushall", "flushdb", "info", "keys", "lastsave", "restore", "sort",
+];
 
 /// Commands of the `@admin`/`@dangerous` categories the proxy runs itself, for the outcome of
 /// writes in flight when a master dies (crates/proxy/src/outcome.rs): `ROLE` after writes on
@@ -58,6 +60,8 @@ fn rules(user: &str, password: &str, version: EngineVersion) -> Vec<String> {
             }
             rules.extend(PROXY_DENIED.iter().map(|c| format!("-{c}")));
             rules.push("+memory|usage".into());
+            // ACL CAT lists categories (read-only); redis 6.2 has all of ACL in `@admin`.
+            rules.push("+acl|cat".into());
         }
         _ => {
             rules.extend(REPLICATION_ALLOWED.iter().map(|c| format!("+{c}")));

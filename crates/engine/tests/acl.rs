@@ -97,6 +97,10 @@ async fn check_proxy_user(spec: &ShardSpec) {
         &["SCRIPT", "LOAD", "return 1"],
         &["FLUSHDB"],
         &["FLUSHALL"],
+        // INFO (combined by the endpoint), the command table and ACL categories.
+        &["INFO", "keyspace"],
+        &["COMMAND", "COUNT"],
+        &["ACL", "CAT"],
     ] {
         assert_eq!(refusal(&proxy, words).await, None, "{version}: {words:?}");
     }

@@ -10,19 +10,9 @@ use flotilla_testkit::{
     assert_success, endpoint_connection, flotilla_bin, poll_until, process_alive, runtime,
     DevCluster,
 };
-use serde_json::Value;
 
 fn bin() -> std::path::PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
-}
-
-/// The engines' admin user and password (derived from the cluster secret in a node's identity),
-/// as `user:password` for a redis URL.
-fn shard_admin(data_dir: &Path) -> String {
-    let identity: Value =
-        serde_json::from_slice(&std::fs::read(data_dir.join("identity.json")).unwrap()).unwrap();
-    let users = flotilla_model::EngineUsers::derive(identity["secret"].as_str().unwrap());
-    format!("{}:{}", flotilla_model::ADMIN_USER, users.admin)
 }
 
 #[test]
@@ -80,20 +70,10 @@ fn a_replicated_sharded_database_answers_on_every_node() {
     }
 
     // Keys landed on every primary shard (asked of the engines directly).
-    let admin = shard_admin(&cluster.data_dir(1));
-    let state = cluster.status_json(1);
-    for primary in all.iter().filter(|s| s["role"] == "master") {
-        let node = primary["node_uid"].as_u64().unwrap();
-        let addr = state["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["uid"] == node)
-            .unwrap()["addr"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let url = format!("redis://{admin}@{addr}:{}/", primary["port"]);
+    let admin = cluster.engine_admin();
+    let shards = cluster.shard_addrs_at(1);
+    for (primary, addr) in shards.iter().filter(|(s, _)| s["role"] == "master") {
+        let url = format!("redis://{admin}@{addr}/");
         let mut engine = redis::Client::open(url).unwrap().get_connection().unwrap();
         let size: u64 = redis::cmd("DBSIZE").query(&mut engine).unwrap();
         assert!(

@@ -35,19 +35,8 @@ fn secret(data_dir: &Path) -> String {
 
 /// `ip:port` of every shard of the cluster.
 fn shard_addrs(cluster: &DevCluster) -> Vec<String> {
-    let state = cluster.status_json(1);
-    let nodes = state["nodes"].as_array().unwrap();
-    cluster
-        .shards_at(1)
-        .iter()
-        .map(|shard| {
-            let node = nodes
-                .iter()
-                .find(|n| n["uid"] == shard["node_uid"])
-                .unwrap();
-            format!("{}:{}", node["addr"].as_str().unwrap(), shard["port"])
-        })
-        .collect()
+    let shards = cluster.shard_addrs_at(1);
+    shards.into_iter().map(|(_, addr)| addr).collect()
 }
 
 fn connect(url: &str) -> redis::RedisResult<redis::Connection> {

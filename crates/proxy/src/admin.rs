@@ -1,147 +1,130 @@
-//! CONFIG through an endpoint: the database's settings, which the proxy reads and changes
-//! through a [`DatabaseAdmin`] its owner gives it (the proxy never writes to the cluster store
-//! itself: data flows store -> proxy). This module owns the command's parsing, checks and
-//! replies; the owner (crates/endpoints) owns committing settings and reaching the engines.
+//! The commands an endpoint runs on its shards as the engines' admin user (SLOWLOG, LATENCY;
+//! [`crate::Class::Admin`]): the engines keep these logs per process, and reading them is
+//! `@admin`, which the proxy's data-path user may not run, also not from scripts. So the
+//! endpoint opens a short-lived connection of its own to each primary, as the admin user, runs
+//! the one request there, and merges the replies; nothing else ever travels on it.
 //!
-//! `CONFIG SET` answers `+OK` once the setting is committed to the store *and* every primary
-//! engine of the database runs with it (the agents apply it), so `CONFIG SET x; CONFIG GET x`
-//! reads back x and the next command sees the new setting on every shard.
+//! The request runs when it is dispatched, not after the earlier requests of the client's
+//! pipeline reached their shards: a SLOWLOG GET pipelined right behind a slow command may not
+//! see it yet (as a second client would not).
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
+use std::time::Duration;
 
-use flotilla_model::{check_setting, is_configurable, SettingError};
-use flotilla_resp::{Request, Value};
+use flotilla_resp::{Protocol, Request, Value};
 
-/// Why CONFIG subcommands other than GET/SET/RESETSTAT are refused (the command table's note).
-pub(crate) const CONFIG_OTHERS: &str =
-    "a database's settings are kept by the cluster: CONFIG GET/SET/RESETSTAT of the settings Redis Software allows; the rest through the flotilla CLI or REST API";
+use crate::command::Merge;
+use crate::merge::merge_replies;
+use crate::shard::ShardConn;
+use crate::slot::ShardIndex;
+use crate::topology::{ShardLogin, Topology};
 
-/// A future the admin returns; boxed so the trait is object-safe.
-pub type AdminFuture<T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send>>;
+/// How long one shard may take to connect, log in and answer.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What an endpoint needs from its node to answer CONFIG: exists so the proxy declares the
-/// interface and the node (crates/endpoints, with the store and the engines' admin login)
-/// implements it.
-pub trait DatabaseAdmin: Send + Sync + 'static {
-    /// Commits `settings` (canonical names, checked values) as database `bdb`'s and resolves
-    /// once every primary engine of the database runs with them.
-    fn set_config(&self, bdb: u64, settings: Vec<(String, String)>) -> AdminFuture<()>;
-    /// The configurable settings matching `pattern` (a glob) as the database's engine names
-    /// and reports them: name, value.
-    fn get_config(&self, bdb: u64, pattern: String) -> AdminFuture<Vec<(String, String)>>;
-    /// `CONFIG RESETSTAT` on every shard of the database.
-    fn reset_stats(&self, bdb: u64) -> AdminFuture<()>;
-}
+/// SLOWLOG GET's count when the request gives none (Redis's default).
+const SLOWLOG_DEFAULT_COUNT: usize = 10;
 
-/// A shared [`DatabaseAdmin`], carried by the [`crate::Topology`]; two handles are equal when
-/// they are the same admin, so republishing a topology does not count as a change.
-#[derive(Clone)]
-pub struct AdminHandle(pub Arc<dyn DatabaseAdmin>);
-
-impl PartialEq for AdminHandle {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for AdminHandle {}
-
-impl std::fmt::Debug for AdminHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminHandle")
-    }
-}
-
-/// The reply to a CONFIG request for database `bdb` (`None`, or no admin: a topology built
-/// outside a cluster, which has no settings to change).
-pub(crate) async fn config(
-    admin: Option<&AdminHandle>,
-    bdb: Option<u64>,
+/// Runs `request` on every primary of `topology` as the admin user, in the client's
+/// `protocol`, and merges the replies as `merge` says.
+pub(crate) async fn ask(
+    topology: &Topology,
+    merge: Merge,
     request: &Request,
+    protocol: Protocol,
 ) -> Value {
-    let sub = request
-        .arg(1)
-        .map(|s| String::from_utf8_lossy(s).to_ascii_uppercase())
-        .unwrap_or_default();
-    let (Some(admin), Some(bdb)) = (admin, bdb) else {
-        return Value::error(
-            "ERR CONFIG is not available on this endpoint: it serves no cluster database",
-        );
+    let Some(login) = topology.admin_login() else {
+        return Value::error(format!(
+            "ERR {} is not available on this endpoint: it has no admin login to its shards",
+            request.name()
+        ));
     };
-    let args: Vec<String> = request.args()[1..]
-        .iter()
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    let result = match sub.as_str() {
-        "GET" => get(admin, bdb, &args).await,
-        "SET" => set(admin, bdb, &args).await,
-        "RESETSTAT" if args.is_empty() => {
-            admin.0.reset_stats(bdb).await.map(|()| Value::simple("OK"))
+    let mut replies = Vec::with_capacity(usize::from(topology.shard_count()));
+    for shard in 0..topology.shard_count() {
+        replies.push(ask_one(topology, ShardIndex(shard), login, request, protocol).await);
+    }
+    let merged = merge_replies(merge, replies);
+    match (merge, merged) {
+        (Merge::NewestFirst, Value::Array(mut entries)) => {
+            entries.truncate(requested_count(request));
+            Value::Array(entries)
         }
-        "RESETSTAT" => Ok(arity("config|resetstat")),
-        _ => Ok(Value::error(format!(
-            "ERR CONFIG {sub} is refused: {CONFIG_OTHERS}"
-        ))),
+        (_, merged) => merged,
+    }
+}
+
+async fn ask_one(
+    topology: &Topology,
+    shard: ShardIndex,
+    login: &ShardLogin,
+    request: &Request,
+    protocol: Protocol,
+) -> Value {
+    let uid = topology.shard_uid(shard);
+    let Some(addr) = topology.primary(shard) else {
+        return Value::error(format!("ERR shard {uid} has no primary"));
     };
-    result.unwrap_or_else(|e| Value::error(format!("ERR {e}")))
-}
-
-fn arity(command: &str) -> Value {
-    Value::error(format!(
-        "ERR wrong number of arguments for '{command}' command"
-    ))
-}
-
-/// `CONFIG GET pattern [pattern ...]`: a pattern without glob characters must name a
-/// configurable setting; with them, it answers the configurable settings it matches.
-async fn get(admin: &AdminHandle, bdb: u64, patterns: &[String]) -> Result<Value, String> {
-    if patterns.is_empty() {
-        return Ok(arity("config|get"));
-    }
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for pattern in patterns {
-        let glob = pattern.contains(['*', '?', '[']);
-        if !glob && !is_configurable(pattern) {
-            return Ok(refused(&SettingError::NotConfigurable(pattern.clone())));
-        }
-        for pair in admin.0.get_config(bdb, pattern.clone()).await? {
-            if !pairs.iter().any(|(name, _)| *name == pair.0) {
-                pairs.push(pair);
-            }
-        }
-    }
-    Ok(Value::Map(
-        pairs
-            .into_iter()
-            .map(|(name, value)| (Value::bulk(name), Value::bulk(value)))
-            .collect(),
-    ))
-}
-
-/// `CONFIG SET name value [name value ...]`: every setting checked before any is committed.
-async fn set(admin: &AdminHandle, bdb: u64, args: &[String]) -> Result<Value, String> {
-    if args.is_empty() || args.len() % 2 != 0 {
-        return Ok(arity("config|set"));
-    }
-    let mut settings = Vec::with_capacity(args.len() / 2);
-    for pair in args.chunks(2) {
-        match check_setting(&pair[0], &pair[1]) {
-            Ok(setting) => settings.push(setting),
-            Err(e) => return Ok(refused(&e)),
-        }
-    }
-    admin.0.set_config(bdb, settings).await?;
-    Ok(Value::simple("OK"))
-}
-
-/// Redis's wording for a bad value; a setting outside the subset is named and refused.
-fn refused(error: &SettingError) -> Value {
-    match error {
-        SettingError::NotConfigurable(_) => Value::error(format!("ERR {error}")),
-        SettingError::InvalidValue { name, reason } => Value::error(format!(
-            "ERR CONFIG SET failed (possibly related to argument '{name}') - {reason}"
+    let exchange = async {
+        let mut conn = ShardConn::connect(uid, addr, login, protocol, 0).await?;
+        conn.send(request);
+        conn.flush().await;
+        conn.reply().await
+    };
+    match tokio::time::timeout(ADMIN_TIMEOUT, exchange).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => e.reply(),
+        Err(_) => Value::error(format!(
+            "ERR shard {uid} at {addr} did not answer {} within {}s",
+            request.name(),
+            ADMIN_TIMEOUT.as_secs()
         )),
+    }
+}
+
+/// SLOWLOG GET's count: the argument after GET, 10 without one, everything when negative.
+fn requested_count(request: &Request) -> usize {
+    let count = request
+        .arg(2)
+        .and_then(|raw| std::str::from_utf8(raw).ok()?.parse::<i64>().ok());
+    match count {
+        None => SLOWLOG_DEFAULT_COUNT,
+        Some(n) if n < 0 => usize::MAX,
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slowlog_count_like_redis() {
+        let req =
+            |words: &[&str]| Request::new("SLOWLOG", words.iter().map(|w| w.to_string().into()));
+        assert_eq!(requested_count(&req(&["GET"])), 10);
+        assert_eq!(requested_count(&req(&["GET", "3"])), 3);
+        assert_eq!(requested_count(&req(&["GET", "-1"])), usize::MAX);
+    }
+
+    #[test]
+    fn slow_entries_merge_newest_first() {
+        let entry = |id: i64, time: i64| {
+            Value::Array(vec![
+                Value::Integer(id),
+                Value::Integer(time),
+                Value::Integer(15000),
+                Value::Array(vec![Value::bulk("DEBUG")]),
+            ])
+        };
+        let merged = merge_replies(
+            Merge::NewestFirst,
+            vec![
+                Value::Array(vec![entry(1, 300), entry(0, 100)]),
+                Value::Array(vec![entry(0, 200)]),
+            ],
+        );
+        assert_eq!(
+            merged,
+            Value::Array(vec![entry(1, 300), entry(0, 200), entry(0, 100)])
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! the answers to the connection commands it handles without a shard: PING, ECHO, SELECT,
 //! AUTH, HELLO, QUIT, CLIENT (of the caller's own connection: SETNAME/GETNAME/ID/INFO/LIST,
 //! REPLY, KILL of itself, and the tracking subcommands, answered as for a client that never
-//! tracks), COMMAND, INFO.
+//! tracks), ACL WHOAMI.
 
 use std::net::SocketAddr;
 
@@ -10,9 +10,9 @@ use bytes::Bytes;
 use flotilla_model::DatabasePassword;
 use flotilla_resp::{Protocol, Request, Value};
 
-use crate::command::{LocalCommand, COMMANDS};
+use crate::command::LocalCommand;
 
-/// The version string the proxy reports in HELLO and INFO: the Redis API level it speaks.
+/// The version string the proxy reports in HELLO: the Redis API level it speaks.
 const API_VERSION: &str = "7.0.0";
 
 /// Why CLIENT UNPAUSE is refused: a client through the proxy cannot pause others.
@@ -115,10 +115,10 @@ impl ClientState {
             L::ClientTracking => tracking(request),
             L::ClientKill => return self.kill(request),
             L::ClientSetInfo | L::ClientNoop | L::ReadMode => Value::simple("OK"),
-            L::Command => command_reply(request),
-            L::Info => Value::bulk(info_text()),
-            // The session answers CONFIG itself (it waits for the node; see `admin.rs`).
+            // The session answers CONFIG itself (it waits for the node; see `config.rs`).
             L::Config => Value::error("ERR internal: CONFIG answered outside the session"),
+            // The database has one user, the default one (see `check`).
+            L::AclWhoami => Value::bulk("default"),
         };
         LocalOutcome::Reply(reply)
     }
@@ -421,22 +421,6 @@ fn select(request: &Request) -> Value {
         Some(Ok(_)) => Value::error("ERR DB index is out of range"),
         _ => Value::error("ERR value is not an integer or out of range"),
     }
-}
-
-/// COMMAND COUNT is the size of the proxy's table; other forms get an empty list, which
-/// clients (redis-cli's hints) treat as "no documentation".
-fn command_reply(request: &Request) -> Value {
-    match request.arg(1).map(|s| s.to_ascii_uppercase()) {
-        Some(sub) if sub == b"COUNT" => Value::Integer(COMMANDS.len() as i64),
-        _ => Value::Array(Vec::new()),
-    }
-}
-
-fn info_text() -> String {
-    format!(
-        "# Server\r\nredis_version:{API_VERSION}\r\nredis_mode:standalone\r\nflotilla_proxy_version:{}\r\n",
-        env!("CARGO_PKG_VERSION")
-    )
 }
 
 #[cfg(test)]

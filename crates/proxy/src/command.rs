@@ -58,8 +58,17 @@ pub enum Merge {
     ElementwiseMin,
     /// The smallest integer (WAIT: replicas reached by every shard).
     MinInteger,
+    /// `+OK` if any shard said so, else the first error (FUNCTION KILL: the one
+    /// shard running a script kills it, the others answer `NOTBUSY`).
+    AnyOk,
     /// Values of a split MGET put back at their keys' positions in the request.
     ArrayInRequestOrder,
+    /// Log entries (arrays whose second element is their unix time) of every shard, newest
+    /// first, at most the count the request asks for (SLOWLOG GET).
+    NewestFirst,
+    /// INFO: the shards' sections combined as the engine of the whole database would answer
+    /// (counters summed, see `info.rs`), plus the endpoint's own `# Flotilla` section.
+    Info,
 }
 
 /// The kind of a pub/sub command.
@@ -119,10 +128,8 @@ pub enum LocalCommand {
     ClientSetInfo,
     /// CLIENT NO-EVICT / NO-TOUCH and similar per-connection switches: accepted, +OK.
     ClientNoop,
-    /// COMMAND and its subcommands: answered from this table.
-    Command,
-    /// INFO: the proxy's own sections, plus keyspace totals gathered from the shards.
-    Info,
+    /// ACL WHOAMI: the user the client authenticated as (the database's one user, `default`).
+    AclWhoami,
     /// READONLY / READWRITE: cluster-client handshakes, accepted with +OK.
     ReadMode,
     /// CONFIG GET/SET/RESETSTAT: the database's settings, through the node (see `admin.rs`).
@@ -157,6 +164,9 @@ pub enum Class {
     Transaction(TxStep),
     /// Answered by the proxy.
     Local(LocalCommand),
+    /// Sent to every shard over a connection of its own as the engines' admin user (the
+    /// proxy's data-path user may not run it, also not from scripts), replies merged.
+    Admin(Merge),
     /// Not allowed through the proxy, with the reason told to the client.
     Refused(&'static str),
 }
@@ -242,6 +252,10 @@ const fn refused(name: &'static str, reason: &'static str) -> CommandSpec {
     spec(name, NO_KEY, Class::Refused(reason), true)
 }
 
+const fn admin(name: &'static str, merge: Merge, write: bool) -> CommandSpec {
+    spec(name, NO_KEY, Class::Admin(merge), write)
+}
+
 const fn all_shards(name: &'static str, merge: Merge, write: bool) -> CommandSpec {
     spec(name, NO_KEY, Class::AllShards(merge), write)
 }
@@ -252,6 +266,8 @@ const PERSISTENCE: &str = "persistence is managed by flotilla";
 const CONNECTIONS: &str = "other clients' connections are not reachable through the proxy";
 const ONE_DB: &str = "a flotilla database has only database 0";
 const UNSUPPORTED: &str = "not supported through the flotilla proxy";
+const ONE_ENGINE: &str =
+    "it describes one engine process, not the database; INFO has the database's totals";
 
 /// Every command the proxy knows. Commands not listed are unknown and refused.
 pub static COMMANDS: &[CommandSpec] = &[
@@ -319,7 +335,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     read("OBJECT|IDLETIME", K2),
     read("OBJECT|REFCOUNT", K2),
     read("OBJECT|HELP", NO_KEY),
-    spec("MEMORY", SUB, Class::Refused(UNSUPPORTED), false),
+    spec("MEMORY", SUB, Class::Refused(ONE_ENGINE), false),
     read("MEMORY|USAGE", K2),
     spec("KEYS", NO_KEY, Class::AllShards(Merge::ConcatArrays), false),
     spec("SCAN", NO_KEY, Class::Scan, false),
@@ -505,6 +521,9 @@ pub static COMMANDS: &[CommandSpec] = &[
     all_shards("FUNCTION|RESTORE", Merge::AllOk, true),
     read("FUNCTION|LIST", NO_KEY),
     read("FUNCTION|DUMP", NO_KEY),
+    read("FUNCTION|STATS", NO_KEY),
+    all_shards("FUNCTION|KILL", Merge::AnyOk, false),
+    read("FUNCTION|HELP", NO_KEY),
     // Transactions
     spec("MULTI", NO_KEY, Class::Transaction(TxStep::Multi), false),
     spec("EXEC", NO_KEY, Class::Transaction(TxStep::Exec), true),
@@ -581,8 +600,9 @@ pub static COMMANDS: &[CommandSpec] = &[
     local("HELLO", LocalCommand::Hello),
     local("QUIT", LocalCommand::Quit),
     local("RESET", LocalCommand::Reset),
-    local("COMMAND", LocalCommand::Command),
-    local("INFO", LocalCommand::Info),
+    // The engine's own command table (its key positions are the ones routing uses).
+    read("COMMAND", NO_KEY),
+    all_shards("INFO", Merge::Info, false),
     local("READONLY", LocalCommand::ReadMode),
     local("READWRITE", LocalCommand::ReadMode),
     spec("CLIENT", SUB, Class::Refused(CONNECTIONS), true),
@@ -605,7 +625,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     spec(
         "CONFIG",
         SUB,
-        Class::Refused(crate::admin::CONFIG_OTHERS),
+        Class::Refused(crate::config::CONFIG_OTHERS),
         true,
     ),
     local("CONFIG|GET", LocalCommand::Config),
@@ -628,10 +648,21 @@ pub static COMMANDS: &[CommandSpec] = &[
     refused("SAVE", PERSISTENCE),
     refused("BGSAVE", PERSISTENCE),
     refused("BGREWRITEAOF", PERSISTENCE),
-    refused("ACL", ADMIN),
+    spec("ACL", SUB, Class::Refused(ADMIN), true),
+    local("ACL|WHOAMI", LocalCommand::AclWhoami),
+    read("ACL|CAT", NO_KEY),
     refused("MODULE", ADMIN),
-    refused("LATENCY", ADMIN),
-    refused("SLOWLOG", ADMIN),
+    // Engine logs: every shard's, read and reset as the engines' admin user.
+    spec("SLOWLOG", SUB, Class::Refused(UNSUPPORTED), false),
+    admin("SLOWLOG|GET", Merge::NewestFirst, false),
+    admin("SLOWLOG|LEN", Merge::SumIntegers, false),
+    admin("SLOWLOG|RESET", Merge::AllOk, true),
+    admin("SLOWLOG|HELP", Merge::Same, false),
+    spec("LATENCY", SUB, Class::Refused(ONE_ENGINE), false),
+    admin("LATENCY|LATEST", Merge::ConcatArrays, false),
+    admin("LATENCY|HISTORY", Merge::ConcatArrays, false),
+    admin("LATENCY|RESET", Merge::SumIntegers, true),
+    admin("LATENCY|HELP", Merge::Same, false),
     refused("SWAPDB", ONE_DB),
     refused("MOVE", ONE_DB),
     refused("MIGRATE", UNSUPPORTED),
@@ -757,6 +788,10 @@ fn routing_text(spec: &CommandSpec) -> String {
         Class::Transaction(TxStep::Watch) => format!("transaction: pins the slot ({keys})"),
         Class::Transaction(_) => "transaction step, tracked by the proxy".into(),
         Class::Local(_) => "answered by the proxy".into(),
+        Class::Admin(merge) => format!(
+            "all shards, as the engines' admin user, merge: {}",
+            merge_text(merge)
+        ),
         Class::Refused(_) => "refused".into(),
     }
 }
@@ -770,7 +805,10 @@ fn merge_text(merge: Merge) -> &'static str {
         Merge::Same => "first reply (all equal)",
         Merge::ElementwiseMin => "element-wise minimum",
         Merge::MinInteger => "minimum",
+        Merge::AnyOk => "+OK if any +OK",
         Merge::ArrayInRequestOrder => "array in request order",
+        Merge::NewestFirst => "newest first, at most the count asked for",
+        Merge::Info => "sections combined (counters summed), plus `# Flotilla`",
     }
 }
 

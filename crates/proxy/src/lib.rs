@@ -1,6 +1,9 @@
 //! Flotilla's proxy: the per-database endpoint that clients connect to. It routes each command
 //! by hash slot to the shard owning it, splits or fans out multi-shard commands and merges
 //! their replies, answers connection commands itself, and refuses administrative ones.
+//! Introspection answers like the engine of the whole database: INFO is the shards' INFO
+//! combined (`info.rs`), COMMAND the engine's own table, and SLOWLOG/LATENCY every shard's log
+//! read over a connection as the engines' admin user, never the data path's (`admin.rs`).
 //!
 //! Pure routing logic: [`slot`] (CRC16 hash slots, hashtags and the slot map), [`command`]
 //! (the command table, also rendered as `COMMANDS.md`), [`route`] (the decision for one
@@ -81,9 +84,11 @@ pub mod topology;
 
 mod admin;
 mod client;
+mod config;
 mod control;
 mod frame;
 mod handover;
+mod info;
 mod outcome;
 mod pubsub;
 mod server;
@@ -94,7 +99,7 @@ mod stats;
 mod tls;
 mod verdict;
 
-pub use admin::{AdminFuture, AdminHandle, DatabaseAdmin};
+pub use config::{AdminFuture, AdminHandle, DatabaseAdmin};
 pub use command::{lookup, lookup_request, Class, CommandSpec, KeySpec, LocalCommand, Merge};
 pub use control::{
     endpoint_control, AdoptError, Detaching, EndpointControl, EndpointInbox, HandoverCounts,
@@ -106,7 +111,8 @@ pub use handover::{
 pub use merge::merge_replies;
 pub use outcome::StreamPosition;
 pub use route::{
-    route, Decision, InvalidRequest, PubSubTarget, Rejection, Route, ScanStep, Split, SplitPart,
+    request_keys, route, Decision, InvalidRequest, PubSubTarget, Rejection, Route, ScanStep, Split,
+    SplitPart,
 };
 pub use server::{
     next_client_id, serve, serve_controlled, serve_with, serve_with_stats, set_next_client_id,

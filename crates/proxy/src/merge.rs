@@ -8,13 +8,21 @@ use crate::command::Merge;
 /// Merges `replies`, one per shard in shard order, as `merge` says. Any error reply wins (the
 /// first one), so the client sees why part of the command failed.
 pub fn merge_replies(merge: Merge, replies: Vec<Value>) -> Value {
+    if merge == Merge::AnyOk {
+        let ok = replies.iter().any(|r| !r.is_error());
+        return if ok {
+            Value::simple("OK")
+        } else {
+            replies.into_iter().next().unwrap_or_else(unexpected)
+        };
+    }
     if let Some(error) = replies.iter().find(|r| r.is_error()) {
         return error.clone();
     }
     match merge {
         Merge::SumIntegers => fold_integers(&replies, 0, i64::saturating_add),
         Merge::MinInteger => fold_integers(&replies, i64::MAX, i64::min),
-        Merge::AllOk => Value::simple("OK"),
+        Merge::AllOk | Merge::AnyOk => Value::simple("OK"),
         Merge::ConcatArrays => concat(replies),
         Merge::FirstNonNull => replies
             .into_iter()
@@ -22,7 +30,8 @@ pub fn merge_replies(merge: Merge, replies: Vec<Value>) -> Value {
             .unwrap_or(Value::NullBulkString),
         Merge::Same => replies.into_iter().next().unwrap_or(Value::Null),
         Merge::ElementwiseMin => elementwise_min(replies),
-        Merge::ArrayInRequestOrder => unexpected(),
+        Merge::NewestFirst => newest_first(replies),
+        Merge::ArrayInRequestOrder | Merge::Info => unexpected(),
     }
 }
 
@@ -50,6 +59,23 @@ fn concat(replies: Vec<Value>) -> Value {
             _ => return unexpected(),
         }
     }
+    Value::Array(all)
+}
+
+/// Log entries of every shard, newest first by their second element (a unix time); the
+/// count the client asked for is applied by [`crate::admin`].
+fn newest_first(replies: Vec<Value>) -> Value {
+    let Value::Array(mut all) = concat(replies) else {
+        return unexpected();
+    };
+    let time = |entry: &Value| match entry {
+        Value::Array(fields) => match fields.get(1) {
+            Some(Value::Integer(t)) => *t,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    all.sort_by_key(|entry| std::cmp::Reverse(time(entry)));
     Value::Array(all)
 }
 
@@ -89,6 +115,19 @@ fn elementwise_min(replies: Vec<Value>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kill_succeeds_where_a_script_runs() {
+        let notbusy = || Value::error("NOTBUSY No scripts in execution right now.");
+        assert_eq!(
+            merge_replies(Merge::AnyOk, vec![notbusy(), Value::simple("OK")]),
+            Value::simple("OK")
+        );
+        assert_eq!(
+            merge_replies(Merge::AnyOk, vec![notbusy(), notbusy()]),
+            notbusy()
+        );
+    }
 
     #[test]
     fn merges_combine_shard_replies() {

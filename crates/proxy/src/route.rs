@@ -59,6 +59,8 @@ pub enum Route {
     },
     /// Answered by the proxy.
     Local(LocalCommand),
+    /// To every shard as the engines' admin user (see [`crate::Class::Admin`]).
+    Admin(Merge),
     /// Keys in different slots for a command that cannot be split: answer
     /// `-CROSSSLOT Keys in request don't hash to the same slot`.
     CrossSlot,
@@ -167,6 +169,9 @@ pub enum Rejection {
     /// A numkeys that is not an integer.
     #[error("ERR value is not an integer or out of range")]
     NotAnInteger,
+    /// A numkeys of FCALL/FCALL_RO that is not an integer (their own message).
+    #[error("ERR Bad number of keys provided")]
+    BadNumberOfKeys,
     /// A negative numkeys.
     #[error("ERR Number of keys can't be negative")]
     NegativeKeys,
@@ -204,6 +209,9 @@ impl Decision {
             Route::Unknown => unknown(request),
             Route::Invalid(invalid) => match invalid {
                 InvalidRequest::WrongArity => Rejection::WrongArity { command: command() },
+                InvalidRequest::NotAnInteger if command().starts_with("fcall") => {
+                    Rejection::BadNumberOfKeys
+                }
                 InvalidRequest::NotAnInteger => Rejection::NotAnInteger,
                 InvalidRequest::NegativeKeys => Rejection::NegativeKeys,
                 InvalidRequest::TooManyKeys => Rejection::TooManyKeys,
@@ -256,6 +264,22 @@ pub fn route(request: &Request, slots: &SlotMap) -> Decision {
     }
 }
 
+/// The keys the proxy routes `request` by, in argument order (a destination key first when
+/// it comes before the others); none for a command the table does not know.
+///
+/// Exists so tests can hold the routing's key positions against the engine's own (`COMMAND
+/// GETKEYS`), which the endpoint answers from the engine's table.
+pub fn request_keys(request: &Request) -> Result<Vec<Bytes>, InvalidRequest> {
+    let Some(spec) = lookup_request(request) else {
+        return Ok(Vec::new());
+    };
+    let positions = key_positions(spec, request)?;
+    Ok(positions
+        .iter()
+        .map(|i| request.argv()[i].clone())
+        .collect())
+}
+
 fn is_blocking(spec: &CommandSpec, request: &Request) -> bool {
     match spec.blocking {
         Blocking::Never => false,
@@ -275,6 +299,7 @@ fn route_spec(
     Ok(match spec.class {
         Class::Refused(reason) => Route::Refused(reason),
         Class::Local(command) => Route::Local(command),
+        Class::Admin(merge) => Route::Admin(merge),
         Class::AllShards(merge) => Route::AllShards(merge),
         Class::Scan => Route::Scan(scan_step(request, slots)?),
         Class::Keyed => match common_slot(request, key_positions(spec, request)?) {

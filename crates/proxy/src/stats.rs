@@ -72,6 +72,11 @@ impl EndpointStats {
         }
     }
 
+    /// Client connections open now (INFO's `connected_clients`).
+    pub(crate) fn connections_current(&self) -> u64 {
+        self.0.connections_current.load(Ordering::Relaxed)
+    }
+
     /// Counts an accepted client connection until the returned guard is dropped.
     pub(crate) fn connection(&self) -> ConnectionGuard {
         self.0.connections_total.fetch_add(1, Ordering::Relaxed);

@@ -96,6 +96,9 @@ pub struct Topology {
     limits: ClientLimits,
     tls_mode: TlsMode,
     shard_login: Arc<ShardLogin>,
+    /// How the endpoint logs in as the engines' admin user, for the few commands that need it
+    /// (see [`crate::Class::Admin`]); `None`: they are answered with an error.
+    admin_login: Option<Arc<ShardLogin>>,
     slots: Arc<SlotMap>,
     primaries: Vec<SocketAddr>,
     holds: Vec<bool>,
@@ -113,6 +116,7 @@ impl std::fmt::Debug for Topology {
             .field("limits", &self.limits)
             .field("tls_mode", &self.tls_mode)
             .field("shard_login", &self.shard_login)
+            .field("admin_login", &self.admin_login)
             .field("shards", &self.slots.shard_count())
             .field("primaries", &self.primaries)
             .field("holds", &self.holds)
@@ -145,6 +149,7 @@ impl Topology {
             limits: ClientLimits::default(),
             tls_mode: TlsMode::Disabled,
             shard_login: Arc::new(ShardLogin::default_user(shard_password)),
+            admin_login: None,
             slots: Arc::new(slots),
             holds: vec![false; primaries.len()],
             shard_uids: (0..primaries.len() as u64).collect(),
@@ -174,6 +179,18 @@ impl Topology {
     pub fn with_shard_login(mut self, login: ShardLogin) -> Self {
         self.shard_login = Arc::new(login);
         self
+    }
+
+    /// The same topology logging in as `login` (the engines' admin user) for the commands
+    /// that need it: SLOWLOG and LATENCY, never the data path.
+    pub fn with_admin_login(mut self, login: ShardLogin) -> Self {
+        self.admin_login = Some(Arc::new(login));
+        self
+    }
+
+    /// How the endpoint logs in as the engines' admin user, if it may.
+    pub fn admin_login(&self) -> Option<&ShardLogin> {
+        self.admin_login.as_deref()
     }
 
     /// A topology whose slots are split evenly over `primaries`, in order.

@@ -270,6 +270,30 @@ fn fan_out_commands_go_to_every_shard() {
     assert_eq!(wait.route, Route::AllShards(Merge::MinInteger));
     assert!(wait.blocking);
     assert_eq!(route_of(&["TIME"]), Route::AnyShard);
+    assert_eq!(route_of(&["INFO"]), Route::AllShards(Merge::Info));
+    assert_eq!(
+        route_of(&["INFO", "keyspace", "server"]),
+        Route::AllShards(Merge::Info)
+    );
+}
+
+/// The engine's own command table answers COMMAND, its subcommands included (GETKEYS of a
+/// command the proxy routes by key names the keys routing uses; the flotilla tests check it
+/// against a real engine), and ACL CAT and the read-only FUNCTION subcommands are the same
+/// on every shard.
+#[test]
+fn engine_tables_come_from_any_shard() {
+    for words in [
+        &["COMMAND"][..],
+        &["COMMAND", "COUNT"],
+        &["COMMAND", "GETKEYS", "SET", "a", "b"],
+        &["COMMAND", "DOCS", "GET"],
+        &["ACL", "CAT"],
+        &["FUNCTION", "STATS"],
+        &["FUNCTION", "LIST"],
+    ] {
+        assert_eq!(route_of(words), Route::AnyShard, "{words:?}");
+    }
 }
 
 #[test]
@@ -321,12 +345,8 @@ fn connection_commands_are_local() {
     assert_eq!(route_of(&["HELLO", "3"]), Route::Local(LocalCommand::Hello));
     assert_eq!(route_of(&["QUIT"]), Route::Local(LocalCommand::Quit));
     assert_eq!(
-        route_of(&["COMMAND", "COUNT"]),
-        Route::Local(LocalCommand::Command)
-    );
-    assert_eq!(
-        route_of(&["INFO", "keyspace"]),
-        Route::Local(LocalCommand::Info)
+        route_of(&["ACL", "WHOAMI"]),
+        Route::Local(LocalCommand::AclWhoami)
     );
     assert_eq!(
         route_of(&["client", "setname", "app"]),
@@ -484,6 +504,41 @@ fn store_options_add_a_key() {
         route_of(&["GEORADIUS", "g", "0", "0", "1", "km", "STOREDIST", "other"]),
         Route::CrossSlot
     );
+}
+
+/// SLOWLOG and LATENCY's database-wide forms go to every shard as the admin user; the
+/// reports about one engine stay refused.
+#[test]
+fn engine_logs_are_read_as_the_admin_user() {
+    assert_eq!(
+        route_of(&["SLOWLOG", "GET", "5"]),
+        Route::Admin(Merge::NewestFirst)
+    );
+    assert_eq!(
+        route_of(&["slowlog", "len"]),
+        Route::Admin(Merge::SumIntegers)
+    );
+    assert_eq!(route_of(&["SLOWLOG", "RESET"]), Route::Admin(Merge::AllOk));
+    assert_eq!(
+        route_of(&["LATENCY", "LATEST"]),
+        Route::Admin(Merge::ConcatArrays)
+    );
+    assert_eq!(
+        route_of(&["FUNCTION", "KILL"]),
+        Route::AllShards(Merge::AnyOk)
+    );
+    let request = req(&["FCALL", "f", "bad"]);
+    assert_eq!(
+        route(&request, &three())
+            .rejection(&request)
+            .unwrap()
+            .to_string(),
+        "ERR Bad number of keys provided",
+        "FCALL's own message, as the engine's"
+    );
+    for words in [&["LATENCY", "DOCTOR"][..], &["MEMORY", "STATS"]] {
+        assert!(matches!(route_of(words), Route::Refused(_)), "{words:?}");
+    }
 }
 
 #[test]

@@ -497,6 +497,38 @@ impl DevCluster {
             .collect()
     }
 
+    /// Every shard as node `n` answers `GET /v1/shards`, with the `ip:port` its engine listens
+    /// on.
+    pub fn shard_addrs_at(&self, n: u8) -> Vec<(serde_json::Value, String)> {
+        let state = self.status_json(n);
+        let nodes = state["nodes"].as_array().expect("status lists nodes");
+        self.shards_at(n)
+            .into_iter()
+            .map(|shard| {
+                let node = nodes
+                    .iter()
+                    .find(|node| node["uid"] == shard["node_uid"])
+                    .expect("a shard's node is in the status");
+                let addr = format!("{}:{}", node["addr"].as_str().unwrap(), shard["port"]);
+                (shard, addr)
+            })
+            .collect()
+    }
+
+    /// `user:password` of the engines' admin user (derived from the cluster secret in node
+    /// 1's identity), for a redis URL to an engine.
+    pub fn engine_admin(&self) -> String {
+        let identity: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.data_dir(1).join("identity.json")).expect("node 1's identity"),
+        )
+        .expect("identity is JSON");
+        let secret = identity["secret"]
+            .as_str()
+            .expect("identity has the secret");
+        let users = flotilla_model::EngineUsers::derive(secret);
+        format!("{}:{}", flotilla_model::ADMIN_USER, users.admin)
+    }
+
     /// The node numbers `1..=nodes`.
     pub fn node_numbers(&self) -> std::ops::RangeInclusive<u8> {
         1..=self.nodes

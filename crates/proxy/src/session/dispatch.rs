@@ -4,8 +4,10 @@
 
 use flotilla_resp::{Request, Value};
 
+use crate::admin;
 use crate::client::{LocalOutcome, ReplyMode};
 use crate::command::{LocalCommand, Merge, PubSubKind, TxStep};
+use crate::info::InfoContext;
 use crate::pubsub::{self, Answer, SubKind};
 use crate::route::{Decision, PubSubTarget, Route, ScanStep, Split};
 use crate::slot::ShardIndex;
@@ -87,10 +89,14 @@ impl Session {
             Route::Local(LocalCommand::Config) => {
                 let topology = &self.view.current;
                 let reply =
-                    crate::admin::config(topology.admin(), topology.bdb_uid(), &request).await;
+                    crate::config::config(topology.admin(), topology.bdb_uid(), &request).await;
                 self.ready(reply);
             }
             Route::Local(command) => self.local(command, &request),
+            Route::Admin(merge) => {
+                let reply = admin::ask(&self.view.current, merge, &request, self.state.protocol);
+                self.ready(reply.await);
+            }
             Route::CrossSlot | Route::Refused(_) | Route::Unknown | Route::Invalid(_) => {
                 self.ready(Value::error("ERR internal: unrouted request"));
             }
@@ -238,9 +244,25 @@ impl Session {
         for shard in 0..self.view.current.shard_count() {
             sources.push(self.send(ShardIndex(shard), request, write).await);
         }
+        let combine = match merge {
+            Merge::Info => Combine::Info(self.info_context(request)),
+            merge => Combine::Merge(merge),
+        };
         let protocol = self.state.protocol;
         self.replies
-            .push(Pending::Combine(sources, Combine::Merge(merge), protocol));
+            .push(Pending::Combine(sources, combine, protocol));
+    }
+
+    /// What INFO reports about the endpoint itself (see `info.rs`).
+    fn info_context(&self, request: &Request) -> InfoContext {
+        let topology = &self.view.current;
+        InfoContext::of(
+            request,
+            self.stats.connections_current(),
+            self.state.local.port(),
+            topology.bdb_uid(),
+            topology.shard_count(),
+        )
     }
 
     async fn scan(&mut self, step: ScanStep) {

@@ -91,6 +91,7 @@ impl ShardLinks {
         let to_shard = !matches!(
             decision.route,
             Route::Local(_)
+                | Route::Admin(_)
                 | Route::CrossSlot
                 | Route::Refused(_)
                 | Route::Unknown

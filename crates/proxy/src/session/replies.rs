@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::command::Merge;
 use crate::control::SessionControl;
+use crate::info::{merge_info, InfoContext};
 use crate::pubsub::{Subscriptions, Unconfirmed};
 use crate::route::Split;
 use crate::scan;
@@ -79,6 +80,8 @@ pub(super) enum Combine {
     Split(Split),
     /// The same request sent to every shard (DBSIZE, KEYS, FLUSHALL...).
     Merge(Merge),
+    /// INFO sent to every shard, combined with what the endpoint knows of itself.
+    Info(InfoContext),
 }
 
 /// One client reply still to be written, in order.
@@ -388,6 +391,7 @@ impl Resolver<'_> {
         let value = match combine {
             Combine::Split(split) => split.merge(replies),
             Combine::Merge(merge) => crate::merge_replies(merge, replies),
+            Combine::Info(context) => merge_info(replies, &context),
         };
         value.encode_as(&mut self.client.output, protocol);
         Verdict::combined(&value, &verdicts)
