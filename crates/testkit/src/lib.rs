@@ -157,9 +157,34 @@ impl DevCluster {
     /// must not be running (after [`DevCluster::kill9`], or a failpoint's `exit`). Returns at
     /// once with the child, so a test sees it exit (its status tells a failpoint's `exit` from
     /// a crash) even before it answers; `dev up` would wait for a whole cluster that it may
-    /// leave again at any moment. Not for clusters started from a package.
+    /// leave again at any moment. A cluster started from a package starts it from that
+    /// package ([`DevCluster::start_daemon_from_package`] for another one).
     pub fn start_daemon_with_env(&self, n: u8, env: &[(&str, &str)]) -> Child {
-        assert!(self.package().is_none(), "a daemon of a package cluster");
+        match self.package() {
+            Some(package) => self.start_daemon_from_package(n, &package, env),
+            None => self.spawn_daemon(n, &self.bin, None, env),
+        }
+    }
+
+    /// [`DevCluster::start_daemon_with_env`] from `package` (installed, as `dev up --package`
+    /// does, into the cluster's `packages` folder): the version node `n` runs, e.g. the newer
+    /// one once an upgrade moved it there.
+    pub fn start_daemon_from_package(&self, n: u8, package: &Path, env: &[(&str, &str)]) -> Child {
+        let installed = flotilla_package::install(package, &self.dir.path().join("packages"))
+            .unwrap_or_else(|e| panic!("installing {}: {e}", package.display()));
+        let package_dir = std::fs::canonicalize(installed.dir()).expect("the installed package");
+        let binary = package_dir.join(flotilla_package::BINARY_PATH);
+        self.spawn_daemon(n, &binary, Some(&package_dir), env)
+    }
+
+    /// Spawns `binary` as node `n`'s daemon (running from `package_dir`, if any).
+    fn spawn_daemon(
+        &self,
+        n: u8,
+        binary: &Path,
+        package_dir: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Child {
         if let Some(pid) = self.daemon_pid(n) {
             assert!(!process_alive(pid), "node {n}'s daemon {pid} still runs");
         }
@@ -168,13 +193,16 @@ impl DevCluster {
             .append(true)
             .open(data_dir.join("flotilla.log"))
             .expect("the node's log");
-        let mut command = Command::new(&self.bin);
+        let mut command = Command::new(binary);
         command
             .args(["node", "start", "--addr", &self.addr(n).to_string()])
             .arg("--data-dir")
             .arg(&data_dir)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().copied());
+        if let Some(package_dir) = package_dir {
+            command.arg("--package-dir").arg(package_dir);
+        }
         if self.plain_http {
             command.args(["--rest-port", &PLAIN_HTTP_PORT.to_string()]);
         }
@@ -228,6 +256,17 @@ impl DevCluster {
 
     /// [`DevCluster::add_node_from`] with more `dev add-node` arguments (`--os-release F`).
     pub fn add_node_with(&mut self, package: Option<&Path>, extra: &[&str]) -> u8 {
+        self.add_node_with_env(package, extra, &[])
+    }
+
+    /// [`DevCluster::add_node_with`] whose daemon also gets `env` (e.g. failpoints only this
+    /// node has), on top of the cluster's environment, for this start.
+    pub fn add_node_with_env(
+        &mut self,
+        package: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> u8 {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let base = self.base.to_string();
         let package = package.map(|p| p.to_string_lossy().into_owned());
@@ -236,7 +275,13 @@ impl DevCluster {
             args.extend(["--package", package.as_str()]);
         }
         args.extend_from_slice(extra);
-        let output = self.flotilla_at(self.answering_node(), &args);
+        let output = self
+            .command_at(self.answering_node(), &args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("running flotilla dev add-node");
         assert_success(&output, "flotilla dev add-node");
         self.nodes += 1;
         self.nodes
