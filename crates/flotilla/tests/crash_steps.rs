@@ -574,9 +574,11 @@ fn the_agent_failpoints_of_an_engine_upgrade_and_a_failover_resume() {
     // Each copy's daemon exits right after its engine on redis-7.0 is stopped; started again, it
     // starts the engine on valkey-8.1.
     let restart = "agent:restart_engine@after=exit";
+    // Daemons the test starts: reaped when the test ends (they may exit, or be killed, before).
+    let mut daemons = Vec::new();
     for n in &holders {
         cluster.kill9(*n);
-        cluster.start_daemon_with_env(*n, &[(FAILPOINTS, &agent_spec(*n, restart))]);
+        daemons.push(cluster.start_daemon_with_env(*n, &[(FAILPOINTS, &agent_spec(*n, restart))]));
     }
     let up = poll_until(Duration::from_secs(60), || {
         cluster.db_status(1) == "active" && primary_node(&cluster) == u64::from(CRASHER)
@@ -650,7 +652,7 @@ fn the_agent_failpoints_of_an_engine_upgrade_and_a_failover_resume() {
         (primary_node_n, "agent:replicaof@after=1*error"),
     ] {
         cluster.kill9(n);
-        cluster.start_daemon_with_env(n, &[(FAILPOINTS, &agent_spec(n, spec))]);
+        daemons.push(cluster.start_daemon_with_env(n, &[(FAILPOINTS, &agent_spec(n, spec))]));
     }
     let linked = poll_until(Duration::from_secs(60), || {
         cluster.db_status(1) == "active" && primary_node(&cluster) == u64::from(CRASHER)
@@ -703,4 +705,8 @@ fn the_agent_failpoints_of_an_engine_upgrade_and_a_failover_resume() {
         "the replica's daemon exited after promoting its engine: {exits:?}"
     );
     assert_consistent(&cluster);
+    drop(cluster);
+    for mut daemon in daemons {
+        daemon.wait().expect("a daemon the test started, reaped");
+    }
 }

@@ -143,24 +143,6 @@ fn start_upgrade(cluster: &DevCluster, n: u8, package: &Path, extra: &[&str]) ->
         .unwrap_or_else(|| panic!("the CLI prints the action's uid: {text}"))
 }
 
-/// The replicated database of `shards` shards each test loads, on `port`.
-fn database(cluster: &DevCluster, port: u16, shards: u16) {
-    let (port, shards) = (port.to_string(), shards.to_string());
-    cluster.create_db(&[
-        "--name",
-        "kept",
-        "--port",
-        &port,
-        "--memory",
-        "100mb",
-        "--shards",
-        &shards,
-        "--replication",
-        "--redis-version",
-        "valkey-8.1",
-    ]);
-}
-
 /// Waits (bounded) until node `n` lists every node up, `primary` (if given) the primary node.
 fn wait_all_up(cluster: &DevCluster, n: u8, primary: Option<u8>) {
     let up = poll_until(Duration::from_secs(60), || {
@@ -179,7 +161,7 @@ fn wait_all_up(cluster: &DevCluster, n: u8, primary: Option<u8>) {
 /// A cluster of 3 nodes on 0.2.0 where only node 1 stands for election, every node armed to exit
 /// after `hand_over_step` (the step at which primary-ship moves), the load node `load` never
 /// primary, and node 1 restarted with the first step's operation `first_op` armed.
-fn cluster(subnet: u8, v020: &Path, hand_over_step: &str, load: u8) -> DevCluster {
+fn cluster(subnet: u8, v020: &Path, hand_over_step: &str, load: u8) -> (DevCluster, Child) {
     let spec = format!("store:campaign=error;{}", exit_after(hand_over_step));
     let cluster =
         DevCluster::up_from_package_with_env(&bin(), subnet, 3, v020, &[(FAILPOINTS, &spec)]);
@@ -190,9 +172,9 @@ fn cluster(subnet: u8, v020: &Path, hand_over_step: &str, load: u8) -> DevCluste
     );
     let spec = format!("{NEVER_PRIMARY};{}", exit_after(hand_over_step));
     cluster.kill9(load);
-    cluster.start_daemon_with_env(load, &[(FAILPOINTS, &spec)]);
+    let daemon = cluster.start_daemon_with_env(load, &[(FAILPOINTS, &spec)]);
     wait_all_up(&cluster, FIRST, Some(FIRST));
-    cluster
+    (cluster, daemon)
 }
 
 /// Restarts node 1 (kill -9 first) with `spec` armed; waits until the load node sees it the
@@ -302,6 +284,14 @@ impl Walk {
         self.started.elapsed()
     }
 
+    /// Stops the cluster (its daemons killed by pid) and reaps the daemons this test started.
+    fn reap(self, cluster: DevCluster) {
+        drop(cluster);
+        for mut child in self.children {
+            child.wait().expect("a daemon the test started, reaped");
+        }
+    }
+
     /// When node `n`'s log shows a new failpoint exit: recorded; after a step, the daemon is
     /// started again (once gone) with the next step armed.
     fn restart_if_crashed(&mut self, cluster: &DevCluster, n: u8) {
@@ -386,8 +376,8 @@ fn an_in_place_cluster_upgrade_completes_after_a_crash_after_every_step() {
     let (v020, v021) = current_pair();
     const LOAD: u8 = 3;
     let hand_over = format!("upgrade_node node:{FIRST}");
-    let mut cluster = cluster(148, &v020, &hand_over, LOAD);
-    database(&cluster, 12148, 2);
+    let (mut cluster, load_daemon) = cluster(148, &v020, &hand_over, LOAD);
+    cluster.create_replicated_db("kept", 12148, "valkey-8.1");
     let rt = load_runtime();
     let load = start_load(&rt, format!("{}:12148", cluster.addr(LOAD)));
 
@@ -396,7 +386,9 @@ fn an_in_place_cluster_upgrade_completes_after_a_crash_after_every_step() {
     // that step are from 0.2.0: the old side of the handover).
     walk.extra
         .insert(FIRST, "handover:sessions=exit".to_string());
-    restart_first(&cluster, LOAD, &exit_after("upgrade_node"));
+    walk.children.push(load_daemon);
+    let first = restart_first(&cluster, LOAD, &exit_after("upgrade_node"));
+    walk.children.push(first);
     let uid = start_upgrade(&cluster, LOAD, &v021, &[]);
     walk.follow(&cluster, uid);
     assert_eq!(
@@ -426,6 +418,7 @@ fn an_in_place_cluster_upgrade_completes_after_a_crash_after_every_step() {
     );
     assert_upgraded(&cluster, LOAD, 3);
     eprintln!("test took {:.1} s", test_started.elapsed().as_secs_f64());
+    walk.reap(cluster);
 }
 
 #[test]
@@ -435,15 +428,17 @@ fn a_rolling_cluster_upgrade_completes_after_a_crash_after_every_step() {
     // The load runs through node 3 until node 3's turn, then through the new node added for it.
     const FIRST_LOAD: u8 = 3;
     let hand_over = format!("add_node node:{FIRST}");
-    let mut cluster = cluster(149, &v020, &hand_over, FIRST_LOAD);
-    database(&cluster, 12149, 2);
+    let (mut cluster, load_daemon) = cluster(149, &v020, &hand_over, FIRST_LOAD);
+    cluster.create_replicated_db("kept", 12149, "valkey-8.1");
     let rt = load_runtime();
     let endpoint = |cluster: &DevCluster, n: u8| format!("{}:12149", cluster.addr(n));
     let mut loads: Vec<LoadHandle> = vec![start_load(&rt, endpoint(&cluster, FIRST_LOAD))];
     let mut stalls = Vec::new();
 
     let mut walk = Walk::new(&cluster, FIRST_LOAD, (v020.clone(), v021.clone()));
-    restart_first(&cluster, FIRST_LOAD, &exit_after("add_node"));
+    walk.children.push(load_daemon);
+    let first = restart_first(&cluster, FIRST_LOAD, &exit_after("add_node"));
+    walk.children.push(first);
     let uid = start_upgrade(&cluster, FIRST_LOAD, &v021, &["--method", "add-node"]);
     walk.follow(&cluster, uid);
     assert_eq!(
@@ -483,4 +478,5 @@ fn a_rolling_cluster_upgrade_completes_after_a_crash_after_every_step() {
     );
     assert_upgraded(&cluster, asked, 3);
     eprintln!("test took {:.1} s", test_started.elapsed().as_secs_f64());
+    walk.reap(cluster);
 }
