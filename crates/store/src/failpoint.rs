@@ -391,7 +391,7 @@ pub(crate) fn commit_point(command: &Command) -> Option<String> {
 /// errors; `pause` and `exit` act as anywhere.
 pub(crate) async fn lost_answer(point: &str) -> Option<Response> {
     hit(point, Phase::After).await.err()?;
-    tracing::warn!("failpoint {point}@after ({FAILPOINTS}, or {LOSE_ANSWER}): the proposal was committed; losing its answer");
+    tracing::warn!("failpoint {point}@after (armed by {FAILPOINTS} or the older {LOSE_ANSWER}: the proposal was committed; losing its answer)");
     let broken = futures_util::stream::once(async {
         Err::<Vec<u8>, _>(std::io::Error::other("failpoint: answer lost"))
     });
