@@ -23,7 +23,8 @@
 //! of the new daemon there is the other half of that moment: `tests/in_place.rs` kills it -9
 //! and the old daemon keeps serving.)
 //!
-//! Subnets 127.0.148.x (in place) and 127.0.149.x (rolling).
+//! Subnets 127.0.148.x (in place), 127.0.149.x (rolling, add-node) and 127.0.151.x (rolling,
+//! replace-node).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -472,6 +473,77 @@ fn a_rolling_cluster_upgrade_completes_after_a_crash_after_every_step() {
     let asked = walk.asked;
     report(
         "rolling (add-node) cluster upgrade",
+        &walk,
+        took,
+        stalls.iter().copied().fold(0.0, f64::max),
+    );
+    assert_upgraded(&cluster, asked, 3);
+    eprintln!("test took {:.1} s", test_started.elapsed().as_secs_f64());
+    walk.reap(cluster);
+}
+
+#[test]
+fn a_replace_node_cluster_upgrade_completes_after_a_crash_after_every_step() {
+    let test_started = Instant::now();
+    let (v020, v021) = current_pair();
+    // The load runs through node 3 until node 2 is back on 0.2.1 (never the primary node), then
+    // through node 2, before node 3's turn.
+    const FIRST_LOAD: u8 = 3;
+    const NEXT_LOAD: u8 = 2;
+    let hand_over = format!("drain_node node:{FIRST}");
+    let (mut cluster, load_daemon) = cluster(151, &v020, &hand_over, FIRST_LOAD);
+    cluster.create_replicated_db("kept", 12151, "valkey-8.1");
+    let rt = load_runtime();
+    let endpoint = |cluster: &DevCluster, n: u8| format!("{}:12151", cluster.addr(n));
+    let mut loads: Vec<LoadHandle> = vec![start_load(&rt, endpoint(&cluster, FIRST_LOAD))];
+    let mut stalls = Vec::new();
+
+    let mut walk = Walk::new(&cluster, FIRST_LOAD, (v020.clone(), v021.clone()));
+    walk.children.push(load_daemon);
+    let first = restart_first(&cluster, FIRST_LOAD, &exit_after("drain_node"));
+    walk.children.push(first);
+    let uid = start_upgrade(&cluster, FIRST_LOAD, &v021, &["--method", "replace-node"]);
+    walk.follow(&cluster, uid);
+    assert_eq!(
+        walk.steps.first().map(String::as_str),
+        Some(format!("drain_node node:{NEXT_LOAD}").as_str()),
+        "node 2 goes first: {:?}",
+        walk.steps
+    );
+    assert_eq!(
+        walk.steps.get(6).map(String::as_str),
+        Some(hand_over.as_str()),
+        "node 1, the primary node, moves last: {:?}",
+        walk.steps
+    );
+    let took = walk.run(&mut cluster, |cluster, step| {
+        assert!(
+            step.starts_with("rejoin_node "),
+            "replace-node pauses to rejoin: {step}"
+        );
+        let node: u8 = step
+            .rsplit_once("node:")
+            .and_then(|(_, n)| n.parse().ok())
+            .expect("the step names its node");
+        if node != NEXT_LOAD {
+            cluster.reinstall_node(u64::from(node), &v021);
+            return None;
+        }
+        // Node 2 comes back never to be the primary node, and takes the load before node 3 goes.
+        let spec = format!("{NEVER_PRIMARY};{}", exit_after(&hand_over));
+        cluster.reinstall_node_with_env(u64::from(node), &v021, &[], &[(FAILPOINTS, &spec)]);
+        wait_endpoint(cluster, node, 12151);
+        let next = start_load(&rt, endpoint(cluster, node));
+        let old = std::mem::replace(&mut loads[0], next);
+        stalls.push(stop_load_clean(&rt, old).longest_stall_ms);
+        Some(node)
+    });
+    for load in loads {
+        stalls.push(stop_load_clean(&rt, load).longest_stall_ms);
+    }
+    let asked = walk.asked;
+    report(
+        "rolling (replace-node) cluster upgrade",
         &walk,
         took,
         stalls.iter().copied().fold(0.0, f64::max),

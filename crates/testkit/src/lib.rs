@@ -296,6 +296,18 @@ impl DevCluster {
     /// [`DevCluster::reinstall_node`] with more arguments (`--os-release F`: the reinstalled
     /// machine's OS).
     pub fn reinstall_node_with(&self, uid: u64, package: &Path, extra: &[&str]) {
+        self.reinstall_node_with_env(uid, package, extra, &[])
+    }
+
+    /// [`DevCluster::reinstall_node_with`] whose daemon also gets `env` (e.g. failpoints only
+    /// this node has), on top of the cluster's environment, for this start.
+    pub fn reinstall_node_with_env(
+        &self,
+        uid: u64,
+        package: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let base = self.base.to_string();
         let (uid, package) = (uid.to_string(), package.to_string_lossy().into_owned());
@@ -311,7 +323,13 @@ impl DevCluster {
             &package,
         ];
         args.extend_from_slice(extra);
-        let output = self.flotilla_at(self.answering_node(), &args);
+        let output = self
+            .command_at(self.answering_node(), &args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("running flotilla dev reinstall-node");
         assert_success(&output, "flotilla dev reinstall-node");
     }
 
