@@ -53,6 +53,8 @@ pub struct DevCluster {
     /// Whether the nodes also serve plain HTTP on 8080 (`dev up --http-port 8080`), which the
     /// CLI and clients of this cluster then use; else they use HTTPS on 9443 with the CA.
     plain_http: bool,
+    /// Packages [`DevCluster::install_package`] installed: source, installed folder.
+    installed: std::sync::Mutex<Vec<(PathBuf, PathBuf)>>,
 }
 
 /// The plain-HTTP REST port test clusters serve unless they are HTTPS-only (release 0.1.0's).
@@ -94,6 +96,7 @@ impl DevCluster {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             plain_http,
+            installed: Default::default(),
         };
         cluster.dev_up();
         cluster
@@ -170,11 +173,25 @@ impl DevCluster {
     /// does, into the cluster's `packages` folder): the version node `n` runs, e.g. the newer
     /// one once an upgrade moved it there.
     pub fn start_daemon_from_package(&self, n: u8, package: &Path, env: &[(&str, &str)]) -> Child {
-        let installed = flotilla_package::install(package, &self.dir.path().join("packages"))
-            .unwrap_or_else(|e| panic!("installing {}: {e}", package.display()));
-        let package_dir = std::fs::canonicalize(installed.dir()).expect("the installed package");
+        let package_dir = self.install_package(package);
         let binary = package_dir.join(flotilla_package::BINARY_PATH);
         self.spawn_daemon(n, &binary, Some(&package_dir), env)
+    }
+
+    /// Installs `package` into the cluster's `packages` folder (as `dev up --package` does) once
+    /// per cluster; its installed folder. Installing copies and checks the whole package (over
+    /// 100 MB): a test calls this before it crashes daemons, so that a restart does not wait
+    /// for it (a primary node away that long lets the masters' leases lapse).
+    pub fn install_package(&self, package: &Path) -> PathBuf {
+        let mut installed = self.installed.lock().expect("installed packages");
+        if let Some((_, dir)) = installed.iter().find(|(source, _)| source == package) {
+            return dir.clone();
+        }
+        let done = flotilla_package::install(package, &self.dir.path().join("packages"))
+            .unwrap_or_else(|e| panic!("installing {}: {e}", package.display()));
+        let dir = std::fs::canonicalize(done.dir()).expect("the installed package");
+        installed.push((package.to_path_buf(), dir.clone()));
+        dir
     }
 
     /// Spawns `binary` as node `n`'s daemon (running from `package_dir`, if any).
@@ -275,13 +292,7 @@ impl DevCluster {
             args.extend(["--package", package.as_str()]);
         }
         args.extend_from_slice(extra);
-        let output = self
-            .command_at(self.answering_node(), &args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("running flotilla dev add-node");
+        let output = self.flotilla_with_env(self.answering_node(), &args, env);
         assert_success(&output, "flotilla dev add-node");
         self.nodes += 1;
         self.nodes
@@ -323,13 +334,7 @@ impl DevCluster {
             &package,
         ];
         args.extend_from_slice(extra);
-        let output = self
-            .command_at(self.answering_node(), &args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
-            .expect("running flotilla dev reinstall-node");
+        let output = self.flotilla_with_env(self.answering_node(), &args, env);
         assert_success(&output, "flotilla dev reinstall-node");
     }
 
@@ -378,7 +383,14 @@ impl DevCluster {
 
     /// Runs the flotilla CLI against node `n`'s REST API.
     pub fn flotilla_at(&self, n: u8, args: &[&str]) -> Output {
+        self.flotilla_with_env(n, args, &[])
+    }
+
+    /// [`DevCluster::flotilla_at`] with `env` on top of the cluster's environment (a `dev`
+    /// command passes it to the daemons it starts).
+    pub fn flotilla_with_env(&self, n: u8, args: &[&str], env: &[(&str, &str)]) -> Output {
         self.command_at(n, args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .output()
