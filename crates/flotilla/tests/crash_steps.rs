@@ -481,3 +481,232 @@ fn the_store_agent_and_step_failpoints_inject_their_fault() {
     cluster.kill9(CRASHER);
     daemon.wait().expect("node 1's daemon reaped");
 }
+
+/// The exits a failpoint caused in node `n`'s log, by point (`agent:replicaof shard:2@after`).
+fn agent_exits(cluster: &DevCluster, n: u8) -> Vec<String> {
+    let log = std::fs::read_to_string(cluster.data_dir(n).join("flotilla.log")).unwrap_or_default();
+    log.lines()
+        .filter_map(|line| {
+            let rest = &line[line.find("failpoint agent:")? + "failpoint ".len()..];
+            Some(rest.split_once(": exiting at once")?.0.to_string())
+        })
+        .collect()
+}
+
+/// Node `n`'s failpoints when the test starts its daemon: `agent` on top of keeping the primary
+/// node where it is (every node but node 1 never stands for election).
+fn agent_spec(n: u8, agent: &str) -> String {
+    match n {
+        CRASHER => agent.to_string(),
+        _ => format!("store:campaign=error;{agent}"),
+    }
+}
+
+/// Waits (bounded) until `done`, restarting every node of `nodes` whose daemon an agent
+/// failpoint ended, with the spec `next` gives for the point it exited at; the points exited at.
+fn restart_agents_until(
+    cluster: &DevCluster,
+    nodes: &[u8],
+    next: impl Fn(&str) -> &'static str,
+    mut done: impl FnMut() -> bool,
+) -> Vec<(u8, String)> {
+    let mut seen: BTreeMap<u8, usize> = nodes
+        .iter()
+        .map(|n| (*n, agent_exits(cluster, *n).len()))
+        .collect();
+    let mut exits = Vec::new();
+    let mut daemons = Vec::new();
+    let finished = poll_until(STEP_BOUND, || {
+        for n in nodes {
+            let logged = agent_exits(cluster, *n);
+            let count = seen.get_mut(n).expect("a watched node");
+            if logged.len() <= *count {
+                continue;
+            }
+            *count = logged.len();
+            let point = logged.last().expect("an exit").clone();
+            let gone = poll_until(Duration::from_secs(10), || {
+                cluster
+                    .daemon_pid(*n)
+                    .is_none_or(|pid| !flotilla_testkit::process_alive(pid))
+            });
+            assert!(gone, "node {n}'s daemon is gone after {point}");
+            eprintln!("node {n} exited at {point}: started again");
+            let spec = agent_spec(*n, next(&point));
+            daemons.push(cluster.start_daemon_with_env(*n, &[(FAILPOINTS, &spec)]));
+            exits.push((*n, point));
+        }
+        done()
+    });
+    assert!(finished, "the flow completed after the exits {exits:?}");
+    exits
+}
+
+/// The agent's failpoints other than `start_engine`, in the flows that reach them, each ending
+/// the daemon (`exit`) or failing the agent's work once (`error`): an engine upgrade in place
+/// (`--preserve-roles`: each copy's engine is stopped and started on the new version, and a
+/// replica follows its primary again) resumes and completes under load with 0 client errors and
+/// 0 lost writes; an unplanned failover (the master's engine killed -9) whose promoted replica's
+/// daemon exits right after `REPLICAOF NO ONE` ends with the replica the serving primary.
+/// Subnet 127.0.150.x.
+#[test]
+fn the_agent_failpoints_of_an_engine_upgrade_and_a_failover_resume() {
+    let cluster = cluster(150);
+    database(
+        &cluster,
+        "agents",
+        12150,
+        1,
+        "redis-7.0",
+        &["--replication"],
+    );
+    let holders: Vec<u8> = cluster
+        .shards_at(LOAD_NODE)
+        .iter()
+        .map(|s| s["node_uid"].as_u64().unwrap() as u8)
+        .collect();
+    let load_node = (1..=3u8)
+        .find(|n| !holders.contains(n))
+        .expect("a node without a copy");
+    let rt = load_runtime();
+    let load = start_load(&rt, format!("{}:12150", cluster.addr(load_node)));
+
+    // Each copy's daemon exits right after its engine on redis-7.0 is stopped; started again, it
+    // starts the engine on valkey-8.1.
+    let restart = "agent:restart_engine@after=exit";
+    // Daemons the test starts: reaped when the test ends (they may exit, or be killed, before).
+    let mut daemons = Vec::new();
+    for n in &holders {
+        cluster.kill9(*n);
+        daemons.push(cluster.start_daemon_with_env(*n, &[(FAILPOINTS, &agent_spec(*n, restart))]));
+    }
+    let up = poll_until(Duration::from_secs(60), || {
+        cluster.db_status(1) == "active" && primary_node(&cluster) == u64::from(CRASHER)
+    });
+    assert!(up, "the database is active again, node 1 the primary node");
+    let upgrade = cluster
+        .command_at(
+            load_node,
+            &[
+                "db",
+                "upgrade",
+                "agents",
+                "--redis-version",
+                "valkey-8.1",
+                "--preserve-roles",
+                "--no-wait",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .output()
+        .expect("db upgrade");
+    assert_success(&upgrade, "db upgrade --preserve-roles");
+    let uid = action_uid(&upgrade.stdout);
+    let started = Instant::now();
+    let exits = restart_agents_until(
+        &cluster,
+        &holders,
+        |_| "",
+        || action(&cluster, uid)["status"] != "running",
+    );
+    let shown = action(&cluster, uid);
+    assert_eq!(shown["status"], "completed", "{shown:#}");
+    eprintln!(
+        "engine upgrade with agent exits {exits:?}: completed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let restarted: Vec<u8> = exits
+        .iter()
+        .filter(|(_, p)| p.starts_with("agent:restart_engine shard:") && p.ends_with("@after"))
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(
+        restarted.len(),
+        2,
+        "both copies' daemons exited after their old engine stopped: {exits:?}"
+    );
+    assert_consistent(&cluster);
+    assert_all_on(&cluster, "valkey-8.1");
+    let report = stop_load_clean(&rt, load);
+    eprintln!(
+        "engine upgrade with agent failpoints: longest stall {:.1} ms",
+        report.longest_stall_ms
+    );
+
+    // A failover of a frozen master: the replica's daemon exits right after it promoted its
+    // engine; once the old master's engine runs again, its agent demotes it (REPLICAOF), which
+    // fails once by the failpoint and is done again.
+    let shards = cluster.shards_at(load_node);
+    let shard = |role: &str| {
+        shards
+            .iter()
+            .find(|s| s["role"] == role)
+            .cloned()
+            .expect("a copy")
+    };
+    let (primary, replica) = (shard("master"), shard("slave"));
+    let node_of = |s: &Value| s["node_uid"].as_u64().unwrap() as u8;
+    let (primary_node_n, replica_node) = (node_of(&primary), node_of(&replica));
+    for (n, spec) in [
+        (replica_node, "agent:promote@after=exit"),
+        (primary_node_n, "agent:replicaof@after=1*error"),
+    ] {
+        cluster.kill9(n);
+        daemons.push(cluster.start_daemon_with_env(n, &[(FAILPOINTS, &agent_spec(n, spec))]));
+    }
+    let linked = poll_until(Duration::from_secs(60), || {
+        cluster.db_status(1) == "active" && primary_node(&cluster) == u64::from(CRASHER)
+    });
+    assert!(
+        linked,
+        "the database is active again, node 1 the primary node"
+    );
+    let engine = nix::unistd::Pid::from_raw(
+        cluster.engine_pid(primary_node_n, primary["uid"].as_u64().unwrap()) as i32,
+    );
+    let signal = |sig| nix::sys::signal::kill(engine, sig).expect("signalling the master's engine");
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    let frozen = Instant::now();
+    let mut resumed = None;
+    let demoted_again = || {
+        std::fs::read_to_string(cluster.data_dir(primary_node_n).join("flotilla.log"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("agent:replicaof shard:") && l.contains("inject"))
+    };
+    let exits = restart_agents_until(
+        &cluster,
+        &[replica_node, primary_node_n],
+        |_| "",
+        || {
+            let shards = cluster.shards_at(load_node);
+            let role = |s: &Value| {
+                shards
+                    .iter()
+                    .find(|x| x["uid"] == s["uid"])
+                    .map(|x| x["role"].clone())
+            };
+            let promoted = role(&replica) == Some("master".into());
+            if promoted && resumed.is_none() {
+                signal(nix::sys::signal::Signal::SIGCONT);
+                resumed = Some(frozen.elapsed());
+            }
+            promoted
+                && role(&primary) == Some("slave".into())
+                && demoted_again()
+                && cluster.db_status(1) == "active"
+        },
+    );
+    eprintln!("failover of a frozen master: promoted after {resumed:?}; agent exits {exits:?}");
+    assert!(
+        exits
+            .iter()
+            .any(|(n, p)| *n == replica_node && p.starts_with("agent:promote shard:")),
+        "the replica's daemon exited after promoting its engine: {exits:?}"
+    );
+    assert_consistent(&cluster);
+    drop(cluster);
+    for mut daemon in daemons {
+        daemon.wait().expect("a daemon the test started, reaped");
+    }
+}

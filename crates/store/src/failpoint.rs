@@ -31,13 +31,21 @@
 //!   on the primary node, `after` the command is committed and before its proposer gets the
 //!   answer; `error` answers that the outcome is unknown;
 //! - `store:campaign=error`: the node never stands for election on its own (it still votes, and
-//!   takes primary-ship handed to it), so a test keeps the primary node where it wants it.
+//!   takes primary-ship handed to it), so a test keeps the primary node where it wants it;
+//! - `store:take_primary=error` ([`TAKE_PRIMARY`]): the node refuses primary-ship another node
+//!   hands it (the handing node asks the next candidate), so with `store:campaign=error` it never
+//!   becomes the primary node, e.g. the node a test's load runs through while primary nodes crash.
+//!
+//! - `store:forwarded KIND` ([`FORWARDED`]): on the primary node, `after` a proposal another node
+//!   forwarded is committed and before it is answered; `error` breaks the answer off after its
+//!   headers, as a connection lost after the commit would (the forwarding node cannot know the
+//!   outcome), e.g. `store:forwarded create_bdb@after=1*error`.
 //!
 //! The variables of 0.1.0's tests still work: [`PAUSE_STEP`] / [`PAUSE_MS`] add a `pause` of
-//! each named step, and [`LOSE_ANSWER`] breaks off the answer of a forwarded proposal.
+//! each named step, and [`LOSE_ANSWER`]`=KIND` is `store:forwarded KIND@after=1*error`.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -54,6 +62,8 @@ pub const FAILPOINTS: &str = "FLOTILLA_FAILPOINTS";
 pub const PAUSE_STEP: &str = "FLOTILLA_FAILPOINT_PAUSE_STEP";
 /// Older form: how long a [`PAUSE_STEP`] pause lasts, in milliseconds (3000 by default).
 pub const PAUSE_MS: &str = "FLOTILLA_FAILPOINT_PAUSE_MS";
+/// The point a node reaches when another node hands it primary-ship (`before` only).
+pub const TAKE_PRIMARY: &str = "store:take_primary";
 /// The exit status of a process ended by an `exit` failpoint (what a test can tell apart).
 pub const EXIT_STATUS: i32 = 86;
 
@@ -171,6 +181,9 @@ impl Failpoints {
             let ms = std::env::var(PAUSE_MS).ok();
             armed.entries.extend(legacy_pauses(&steps, ms.as_deref())?);
         }
+        if let Ok(kind) = std::env::var(LOSE_ANSWER) {
+            armed.entries.push(legacy_lost_answer(&kind));
+        }
         Ok(armed)
     }
 
@@ -211,6 +224,17 @@ fn legacy_pauses(steps: &str, ms: Option<&str>) -> Result<Vec<Entry>, FailpointE
             left: AtomicU64::new(u64::MAX),
         })
         .collect())
+}
+
+/// The entry of the older [`LOSE_ANSWER`]: the first forwarded proposal of `kind` loses its
+/// answer.
+fn legacy_lost_answer(kind: &str) -> Entry {
+    Entry {
+        name: forwarded_point_of(kind.trim()),
+        phase: Phase::After,
+        action: Action::Error,
+        left: AtomicU64::new(1),
+    }
 }
 
 fn parse_entry(entry: &str) -> Result<Entry, FailpointError> {
@@ -324,13 +348,17 @@ fn exit_now(point: &str, phase: Phase) -> ! {
     unsafe { libc::_exit(EXIT_STATUS) }
 }
 
-/// Names the command kind (`create_bdb`, `create_action`, ...) whose first forwarded proposal
-/// the primary node commits and then answers with a body that breaks off, as a connection lost
-/// after the commit would: the forwarding node cannot know the outcome.
+/// Older form of `store:forwarded KIND@after=1*error`: names the command kind (`create_bdb`,
+/// `create_action`, ...) whose first forwarded proposal the primary node commits and then
+/// answers with a body that breaks off.
 pub(crate) const LOSE_ANSWER: &str = "FLOTILLA_FAILPOINT_LOSE_ANSWER";
+/// The point a forwarded proposal reaches on the primary node once committed (`store:forwarded
+/// KIND`).
+pub const FORWARDED: &str = "store:forwarded";
 
-/// Set once the lost answer has been served: the failpoint fires once per process.
-static ANSWER_LOST: AtomicBool = AtomicBool::new(false);
+fn forwarded_point_of(kind: &str) -> String {
+    format!("{FORWARDED} {kind}")
+}
 
 /// The kind of a command as its JSON names it (`create_bdb`, ...).
 pub(crate) fn kind_of(command: &Command) -> Option<String> {
@@ -338,12 +366,12 @@ pub(crate) fn kind_of(command: &Command) -> Option<String> {
     Some(json.get("kind")?.as_str()?.to_string())
 }
 
-/// True when [`LOSE_ANSWER`] names this forwarded command's kind.
-pub(crate) fn lose_answer_of(command: &Command) -> bool {
-    let Ok(wanted) = std::env::var(LOSE_ANSWER) else {
-        return false;
-    };
-    kind_of(command).as_deref() == Some(wanted.as_str())
+/// The point `store:forwarded KIND` of a forwarded `command`; `None` when no failpoint is armed.
+pub(crate) fn forwarded_point(command: &Command) -> Option<String> {
+    if armed().entries.is_empty() {
+        return None;
+    }
+    Some(forwarded_point_of(&kind_of(command).unwrap_or_default()))
 }
 
 /// The point `store:commit KIND` of `command`, reached once it is committed; `None` when no
@@ -358,13 +386,12 @@ pub(crate) fn commit_point(command: &Command) -> Option<String> {
     ))
 }
 
-/// The first time only: a `200 OK` whose body fails after the headers, so the forwarding
-/// node's read of the answer errors.
-pub(crate) fn lost_answer() -> Option<Response> {
-    if ANSWER_LOST.swap(true, Ordering::SeqCst) {
-        return None;
-    }
-    tracing::warn!("failpoint {LOSE_ANSWER}: the proposal was committed; losing its answer");
+/// Reaches `point` (`store:forwarded KIND`, after the commit): when an armed `error` fires, a
+/// `200 OK` whose body fails after the headers, so the forwarding node's read of the answer
+/// errors; `pause` and `exit` act as anywhere.
+pub(crate) async fn lost_answer(point: &str) -> Option<Response> {
+    hit(point, Phase::After).await.err()?;
+    tracing::warn!("failpoint {point}@after (armed by {FAILPOINTS} or the older {LOSE_ANSWER}: the proposal was committed; losing its answer)");
     let broken = futures_util::stream::once(async {
         Err::<Vec<u8>, _>(std::io::Error::other("failpoint: answer lost"))
     });
@@ -381,6 +408,22 @@ mod tests {
 
     fn fire(armed: &Failpoints, point: &str, phase: Phase) -> Option<Action> {
         armed.fire(point, phase)
+    }
+
+    #[test]
+    fn the_older_lose_answer_variable_loses_one_forwarded_answer_of_its_kind() {
+        let armed = Failpoints {
+            entries: vec![legacy_lost_answer("create_bdb")],
+        };
+        let other = "store:forwarded create_action";
+        assert_eq!(fire(&armed, other, Phase::After), None);
+        let point = forwarded_point_of("create_bdb");
+        assert_eq!(point, "store:forwarded create_bdb");
+        assert_eq!(fire(&armed, &point, Phase::Before), None);
+        assert_eq!(fire(&armed, &point, Phase::After), Some(Action::Error));
+        assert_eq!(fire(&armed, &point, Phase::After), None, "once");
+        let spec = Failpoints::parse("store:forwarded create_bdb@after=1*error").unwrap();
+        assert_eq!(fire(&spec, &point, Phase::After), Some(Action::Error));
     }
 
     #[test]

@@ -267,7 +267,13 @@ impl Store {
     }
 
     /// Stands for election now (the route another node calls to hand primary-ship over).
+    /// Failpoint [`crate::failpoint::TAKE_PRIMARY`] (`error`) refuses, so a test keeps a node
+    /// (e.g. the one its load runs through) from ever becoming the primary node.
     pub(crate) async fn elect_now(&self) -> Result<(), StoreError> {
+        use crate::failpoint::{hit, Phase, TAKE_PRIMARY};
+        hit(TAKE_PRIMARY, Phase::Before)
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
         let raft = self.raft()?;
         raft.trigger()
             .elect()

@@ -153,10 +153,10 @@ async fn full_snapshot(State(store): State<Store>, body: Bytes) -> Response {
 /// A proposal forwarded by another node. The answer keeps 0.1.0's form: a refused command is
 /// `Ok(Refused)`, the forwarding node turns it into an error.
 async fn propose(State(store): State<Store>, Json(command): Json<Command>) -> Response {
-    let lose = crate::failpoint::lose_answer_of(&command);
+    let point = crate::failpoint::forwarded_point(&command);
     let answer: Result<CommandResult, StoreError> = store.propose_for_peer(command).await;
-    if lose && answer.is_ok() {
-        if let Some(lost) = crate::failpoint::lost_answer() {
+    if let (Some(point), true) = (point, answer.is_ok()) {
+        if let Some(lost) = crate::failpoint::lost_answer(&point).await {
             return lost;
         }
     }

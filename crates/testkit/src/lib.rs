@@ -53,6 +53,8 @@ pub struct DevCluster {
     /// Whether the nodes also serve plain HTTP on 8080 (`dev up --http-port 8080`), which the
     /// CLI and clients of this cluster then use; else they use HTTPS on 9443 with the CA.
     plain_http: bool,
+    /// Packages [`DevCluster::install_package`] installed: source, installed folder.
+    installed: std::sync::Mutex<Vec<(PathBuf, PathBuf)>>,
 }
 
 /// The plain-HTTP REST port test clusters serve unless they are HTTPS-only (release 0.1.0's).
@@ -94,6 +96,7 @@ impl DevCluster {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             plain_http,
+            installed: Default::default(),
         };
         cluster.dev_up();
         cluster
@@ -157,9 +160,48 @@ impl DevCluster {
     /// must not be running (after [`DevCluster::kill9`], or a failpoint's `exit`). Returns at
     /// once with the child, so a test sees it exit (its status tells a failpoint's `exit` from
     /// a crash) even before it answers; `dev up` would wait for a whole cluster that it may
-    /// leave again at any moment. Not for clusters started from a package.
+    /// leave again at any moment. A cluster started from a package starts it from that
+    /// package ([`DevCluster::start_daemon_from_package`] for another one).
     pub fn start_daemon_with_env(&self, n: u8, env: &[(&str, &str)]) -> Child {
-        assert!(self.package().is_none(), "a daemon of a package cluster");
+        match self.package() {
+            Some(package) => self.start_daemon_from_package(n, &package, env),
+            None => self.spawn_daemon(n, &self.bin, None, env),
+        }
+    }
+
+    /// [`DevCluster::start_daemon_with_env`] from `package` (installed, as `dev up --package`
+    /// does, into the cluster's `packages` folder): the version node `n` runs, e.g. the newer
+    /// one once an upgrade moved it there.
+    pub fn start_daemon_from_package(&self, n: u8, package: &Path, env: &[(&str, &str)]) -> Child {
+        let package_dir = self.install_package(package);
+        let binary = package_dir.join(flotilla_package::BINARY_PATH);
+        self.spawn_daemon(n, &binary, Some(&package_dir), env)
+    }
+
+    /// Installs `package` into the cluster's `packages` folder (as `dev up --package` does) once
+    /// per cluster; its installed folder. Installing copies and checks the whole package (over
+    /// 100 MB): a test calls this before it crashes daemons, so that a restart does not wait
+    /// for it (a primary node away that long lets the masters' leases lapse).
+    pub fn install_package(&self, package: &Path) -> PathBuf {
+        let mut installed = self.installed.lock().expect("installed packages");
+        if let Some((_, dir)) = installed.iter().find(|(source, _)| source == package) {
+            return dir.clone();
+        }
+        let done = flotilla_package::install(package, &self.dir.path().join("packages"))
+            .unwrap_or_else(|e| panic!("installing {}: {e}", package.display()));
+        let dir = std::fs::canonicalize(done.dir()).expect("the installed package");
+        installed.push((package.to_path_buf(), dir.clone()));
+        dir
+    }
+
+    /// Spawns `binary` as node `n`'s daemon (running from `package_dir`, if any).
+    fn spawn_daemon(
+        &self,
+        n: u8,
+        binary: &Path,
+        package_dir: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Child {
         if let Some(pid) = self.daemon_pid(n) {
             assert!(!process_alive(pid), "node {n}'s daemon {pid} still runs");
         }
@@ -168,13 +210,16 @@ impl DevCluster {
             .append(true)
             .open(data_dir.join("flotilla.log"))
             .expect("the node's log");
-        let mut command = Command::new(&self.bin);
+        let mut command = Command::new(binary);
         command
             .args(["node", "start", "--addr", &self.addr(n).to_string()])
             .arg("--data-dir")
             .arg(&data_dir)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().copied());
+        if let Some(package_dir) = package_dir {
+            command.arg("--package-dir").arg(package_dir);
+        }
         if self.plain_http {
             command.args(["--rest-port", &PLAIN_HTTP_PORT.to_string()]);
         }
@@ -228,6 +273,17 @@ impl DevCluster {
 
     /// [`DevCluster::add_node_from`] with more `dev add-node` arguments (`--os-release F`).
     pub fn add_node_with(&mut self, package: Option<&Path>, extra: &[&str]) -> u8 {
+        self.add_node_with_env(package, extra, &[])
+    }
+
+    /// [`DevCluster::add_node_with`] whose daemon also gets `env` (e.g. failpoints only this
+    /// node has), on top of the cluster's environment, for this start.
+    pub fn add_node_with_env(
+        &mut self,
+        package: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> u8 {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let base = self.base.to_string();
         let package = package.map(|p| p.to_string_lossy().into_owned());
@@ -236,7 +292,7 @@ impl DevCluster {
             args.extend(["--package", package.as_str()]);
         }
         args.extend_from_slice(extra);
-        let output = self.flotilla_at(self.answering_node(), &args);
+        let output = self.flotilla_with_env(self.answering_node(), &args, env);
         assert_success(&output, "flotilla dev add-node");
         self.nodes += 1;
         self.nodes
@@ -251,6 +307,18 @@ impl DevCluster {
     /// [`DevCluster::reinstall_node`] with more arguments (`--os-release F`: the reinstalled
     /// machine's OS).
     pub fn reinstall_node_with(&self, uid: u64, package: &Path, extra: &[&str]) {
+        self.reinstall_node_with_env(uid, package, extra, &[])
+    }
+
+    /// [`DevCluster::reinstall_node_with`] whose daemon also gets `env` (e.g. failpoints only
+    /// this node has), on top of the cluster's environment, for this start.
+    pub fn reinstall_node_with_env(
+        &self,
+        uid: u64,
+        package: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) {
         let dir = self.dir.path().to_string_lossy().into_owned();
         let base = self.base.to_string();
         let (uid, package) = (uid.to_string(), package.to_string_lossy().into_owned());
@@ -266,7 +334,7 @@ impl DevCluster {
             &package,
         ];
         args.extend_from_slice(extra);
-        let output = self.flotilla_at(self.answering_node(), &args);
+        let output = self.flotilla_with_env(self.answering_node(), &args, env);
         assert_success(&output, "flotilla dev reinstall-node");
     }
 
@@ -315,7 +383,14 @@ impl DevCluster {
 
     /// Runs the flotilla CLI against node `n`'s REST API.
     pub fn flotilla_at(&self, n: u8, args: &[&str]) -> Output {
+        self.flotilla_with_env(n, args, &[])
+    }
+
+    /// [`DevCluster::flotilla_at`] with `env` on top of the cluster's environment (a `dev`
+    /// command passes it to the daemons it starts).
+    pub fn flotilla_with_env(&self, n: u8, args: &[&str], env: &[(&str, &str)]) -> Output {
         self.command_at(n, args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .output()

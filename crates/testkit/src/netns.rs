@@ -146,6 +146,7 @@ impl Network {
             nodes: self.nodes,
             env: Vec::new(),
             plain_http: true,
+            installed: Default::default(),
         };
         for n in 1..=self.nodes {
             self.start_daemon(&cluster, n);
