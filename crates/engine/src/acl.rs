@@ -25,10 +25,10 @@ const PROXY_FORWARDED_DANGEROUS: &[&str] = &[
 
 /// Commands of the `@admin`/`@dangerous` categories the proxy runs itself, for the outcome of
 /// writes in flight when a master dies (crates/proxy/src/outcome.rs): `ROLE` after writes on
-/// its shared connections (the master's replication offset) and `INFO` (`replication`: the
-/// stream a promoted replica came from and where it left it). Both only read; the proxy
-/// refuses `ROLE` from clients.
-const PROXY_REPLICATION_READS: &[&str] = &["role", "info"];
+/// its shared connections (the master's replication offset); it also reads `INFO replication`
+/// (the stream a promoted replica came from and where it left it), which
+/// [`PROXY_FORWARDED_DANGEROUS`] gives it. It only reads; the proxy refuses `ROLE` from clients.
+const PROXY_REPLICATION_READS: &[&str] = &["role"];
 
 /// The admin user may do everything the agent and upgrades need (CONFIG, REPLICAOF, CLIENT
 /// PAUSE, SHUTDOWN, ...) but load no module and run no DEBUG.
