@@ -3,19 +3,32 @@
 //! - a master killed right after its replica reports in sync (a fresh full sync) loses no
 //!   acknowledged write: the agent counts a replica as linked only once its primary streams
 //!   to it (after a diskless full sync an engine sends its replica nothing until the replica's
-//!   first acknowledgement after the fork is reaped, up to a second later).
+//!   first acknowledgement after the fork is reaped, up to a second later);
+//! - an engine restarted with a large AOF answers `-LOADING` while it loads: the endpoint holds
+//!   its requests until it has loaded (within the hold bound) instead of passing the error on;
+//! - multi-shard reads on a shared connection (MGET, DBSIZE, SCAN) whose one shard's master
+//!   dies wait for the promoted replica like single-key requests, instead of failing.
 //!
 //! Subnets 127.0.144.x to 127.0.147.x.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use flotilla_testkit::{flotilla_bin, load_runtime, poll_until, stop_load, DevCluster};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use flotilla_loadcheck::{LoadHandle, Report};
+use flotilla_testkit::{
+    endpoint_connection, flotilla_bin, load_runtime, poll_until, stop_load, DevCluster,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
 const ENGINE: &str = "valkey-8.1";
+
+/// The longest stall a failover may cost a client: the endpoints' hold bound.
+const HOLD_BOUND: Duration = flotilla_model::timing::HOLD_TIMEOUT;
 
 fn bin() -> PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
@@ -144,4 +157,257 @@ fn a_master_killed_right_after_its_replica_reports_in_sync_loses_no_acknowledged
         });
         assert!(active, "round {round}: the database is active again");
     }
+}
+
+/// A connection to a shard's engine as the agent's admin user (derived from the cluster secret
+/// in node `n`'s identity).
+fn engine_admin(cluster: &DevCluster, n: u8, port: u16) -> redis::Connection {
+    let identity: Value =
+        serde_json::from_slice(&std::fs::read(cluster.data_dir(n).join("identity.json")).unwrap())
+            .unwrap();
+    let users = flotilla_model::EngineUsers::derive(identity["secret"].as_str().unwrap());
+    let url = format!(
+        "redis://{}:{}@{}:{port}/",
+        flotilla_model::ADMIN_USER,
+        users.admin,
+        cluster.addr(n)
+    );
+    redis::Client::open(url)
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("connecting to the engine as its admin")
+}
+
+/// Starts the load checker through `endpoint` with a command timeout above the hold bound and
+/// waits (bounded) until it runs.
+fn start_held_load(rt: &tokio::runtime::Runtime, endpoint: String) -> LoadHandle {
+    rt.block_on(async {
+        let mut config = flotilla_loadcheck::Config::for_endpoint(&endpoint);
+        config.op_timeout_ms = HOLD_BOUND.as_millis() as u64 + 1_000;
+        let load = flotilla_loadcheck::start(config).expect("load checker starts");
+        assert!(
+            load.wait_for_ops(300, Duration::from_secs(10)).await,
+            "load runs through {endpoint}"
+        );
+        load
+    })
+}
+
+/// No client error but the writes in flight on the dead engine's connections (at most one per
+/// writer, each saying it may have executed), nothing acknowledged lost, the longest stall
+/// within the hold bound.
+fn assert_held_cleanly(what: &str, report: &Report) {
+    let in_flight = report
+        .error_examples
+        .iter()
+        .all(|e| e.contains("lost the connection to shard") && e.contains("may have executed"));
+    let writers = u64::from(flotilla_loadcheck::Config::for_endpoint("x:1").writers);
+    assert!(
+        report.client_errors_total == report.client_errors.error_reply
+            && report.client_errors_total <= writers
+            && in_flight,
+        "{what}: no client error but writes in flight when the engine died: {:?}",
+        report.error_examples
+    );
+    assert_eq!(
+        report.lost_writes, 0,
+        "{what}: no acknowledged write lost: {:?}",
+        report.lost_write_examples
+    );
+    assert!(
+        report.longest_stall_ms < HOLD_BOUND.as_millis() as f64,
+        "{what}: the stall ({:.0} ms) stays within the hold bound",
+        report.longest_stall_ms
+    );
+}
+
+/// The engine log's lines of process `pid` about loading the data set (how long it took).
+fn loading_lines(cluster: &DevCluster, n: u8, shard: u64, pid: u32) -> Vec<String> {
+    let log = cluster
+        .data_dir(n)
+        .join("shards")
+        .join(shard.to_string())
+        .join("engine.log");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(&format!("{pid}:")) && l.contains("loaded from"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// An engine restarted with a large AOF (1,500,000 keys) accepts connections and answers
+/// `-LOADING` until it has loaded them: under load through the endpoint, kill -9 of the engine
+/// (the agent restarts it) costs clients a stall, not the `-LOADING` error.
+#[test]
+fn requests_meeting_an_engine_still_loading_its_data_wait_until_it_has_loaded() {
+    let cluster = DevCluster::up(&bin(), 145, 1);
+    let bdb = cluster.create_db(&[
+        "--name",
+        "loading",
+        "--port",
+        "12145",
+        "--memory",
+        "1gb",
+        "--shards",
+        "1",
+        "--persistence",
+        "aof",
+        "--redis-version",
+        ENGINE,
+    ])["uid"]
+        .as_u64()
+        .unwrap();
+    let shard = shards(&cluster, 1, bdb).remove(0);
+    let port = shard["port"].as_u64().unwrap() as u16;
+    let mut admin = engine_admin(&cluster, 1, port);
+    for batch in 0..1_500 {
+        let mut mset = redis::cmd("MSET");
+        for i in 0..1_000 {
+            let key = format!("filler:{batch}:{i}");
+            mset.arg(&key).arg(&key);
+        }
+        let _: () = mset.query(&mut admin).unwrap();
+    }
+    let _: String = redis::cmd("BGREWRITEAOF").query(&mut admin).unwrap();
+    let rewritten = poll_until(Duration::from_secs(60), || {
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query(&mut admin)
+            .unwrap();
+        info.contains("aof_rewrite_in_progress:0") && info.contains("aof_rewrite_scheduled:0")
+    });
+    assert!(rewritten, "the AOF holds the filler keys");
+
+    let rt = load_runtime();
+    let load = start_held_load(&rt, format!("{}:12145", cluster.addr(1)));
+    let old_pid = cluster.engine_pid(1, uid(&shard));
+    kill9(old_pid);
+    let mut new_pid = old_pid;
+    let loaded = poll_until(Duration::from_secs(30), || {
+        new_pid = engine_pid_now(&cluster, 1, uid(&shard)).unwrap_or(old_pid);
+        new_pid != old_pid
+            && loading_lines(&cluster, 1, uid(&shard), new_pid)
+                .iter()
+                .any(|l| l.contains("DB loaded from append only file"))
+    });
+    assert!(loaded, "the engine restarted and loaded its AOF");
+    let report = stop_load(&rt, load);
+    eprintln!(
+        "engine restarted with 1,500,000 keys: {:?}; client errors {}, acknowledged writes \
+         lost {}, longest stall {:.0} ms",
+        loading_lines(&cluster, 1, uid(&shard), new_pid),
+        report.client_errors_total,
+        report.lost_writes,
+        report.longest_stall_ms
+    );
+    assert_held_cleanly("an engine loading its AOF", &report);
+}
+
+/// Multi-shard reads on a shared connection (MGET over both shards, DBSIZE, a full SCAN) while
+/// a master engine is killed: they wait for the promoted replica, within the hold bound, and
+/// answer whole; none fails.
+#[test]
+fn multi_shard_reads_wait_for_a_failover_instead_of_failing() {
+    let cluster = DevCluster::up(&bin(), 146, 3);
+    let bdb = cluster.create_replicated_db("multi", 12146, ENGINE)["uid"]
+        .as_u64()
+        .unwrap();
+    let master = shards(&cluster, 1, bdb)
+        .into_iter()
+        .find(|s| s["role"] == "master")
+        .unwrap();
+    let master_node = node_of(&master);
+    let through = cluster.node_numbers().find(|n| *n != master_node).unwrap();
+    let keys: Vec<String> = (0..16).map(|i| format!("multi:{i}")).collect();
+    let mut conn = endpoint_connection(cluster.addr(through), 12146);
+    for key in &keys {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(key)
+            .query(&mut conn)
+            .unwrap();
+    }
+    let caught_up = poll_until(Duration::from_secs(30), || {
+        shards(&cluster, through, bdb)
+            .iter()
+            .filter(|s| s["role"] == "slave")
+            .all(|s| s["offset"].as_i64().unwrap_or(0) > 0 && s["status"] == "active")
+    });
+    assert!(caught_up, "the replicas are in sync");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let stop = stop.clone();
+        let done = rounds.clone();
+        let keys = keys.clone();
+        let addr = cluster.addr(through);
+        std::thread::spawn(move || {
+            let mut conn = endpoint_connection(addr, 12146);
+            conn.set_read_timeout(Some(HOLD_BOUND + Duration::from_secs(2)))
+                .unwrap();
+            let (mut failures, mut longest) = (Vec::new(), Duration::ZERO);
+            while !stop.load(Ordering::Acquire) {
+                let started = Instant::now();
+                let values: redis::RedisResult<Vec<String>> =
+                    redis::cmd("MGET").arg(&keys).query(&mut conn);
+                match values {
+                    Ok(values) if values == keys => {}
+                    other => failures.push(format!("MGET: {other:?}")),
+                }
+                match redis::cmd("DBSIZE").query::<u64>(&mut conn) {
+                    Ok(n) if n >= keys.len() as u64 => {}
+                    other => failures.push(format!("DBSIZE: {other:?}")),
+                }
+                let scanned: redis::RedisResult<Vec<String>> = redis::cmd("SCAN")
+                    .cursor_arg(0)
+                    .arg("MATCH")
+                    .arg("multi:*")
+                    .clone()
+                    .iter(&mut conn)
+                    .and_then(|iter| iter.collect());
+                match scanned {
+                    Ok(found) if found.len() >= keys.len() => {}
+                    other => failures.push(format!("SCAN: {other:?}")),
+                }
+                longest = longest.max(started.elapsed());
+                done.fetch_add(1, Ordering::AcqRel);
+            }
+            (failures, longest)
+        })
+    };
+    let reading = poll_until(Duration::from_secs(10), || {
+        rounds.load(Ordering::Acquire) >= 5
+    });
+    assert!(reading, "the reader runs");
+    kill9(cluster.engine_pid(master_node, uid(&master)));
+    let promoted = poll_until(Duration::from_secs(30), || {
+        shards(&cluster, through, bdb).iter().any(|s| {
+            s["role"] == "master"
+                && s["assigned_slots"] == master["assigned_slots"]
+                && uid(s) != uid(&master)
+        })
+    });
+    assert!(promoted, "the replica was promoted");
+    let after = rounds.load(Ordering::Acquire);
+    let reading = poll_until(Duration::from_secs(10), || {
+        rounds.load(Ordering::Acquire) >= after + 5
+    });
+    stop.store(true, Ordering::Release);
+    let (failures, longest) = reader.join().unwrap();
+    assert!(reading, "the reader goes on after the failover");
+    let rounds = rounds.load(Ordering::Acquire);
+    eprintln!(
+        "multi-shard reads across a failover: {rounds} rounds, {} failed, longest round {longest:?}",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "no multi-shard read failed: {failures:?}"
+    );
+    assert!(
+        longest < HOLD_BOUND,
+        "the longest round ({longest:?}) stays within the hold bound"
+    );
 }
