@@ -7,7 +7,10 @@
 //! - an engine restarted with a large AOF answers `-LOADING` while it loads: the endpoint holds
 //!   its requests until it has loaded (within the hold bound) instead of passing the error on;
 //! - multi-shard reads on a shared connection (MGET, DBSIZE, SCAN) whose one shard's master
-//!   dies wait for the promoted replica like single-key requests, instead of failing.
+//!   dies wait for the promoted replica like single-key requests, instead of failing;
+//! - a transaction (MULTI ... EXEC, queued by the endpoint and sent whole at EXEC) whose shard
+//!   cannot be reached when EXEC comes waits for the promoted replica and runs there once;
+//!   one lost after it was sent answers "may have executed" and is never sent again.
 //!
 //! Subnets 127.0.144.x to 127.0.147.x.
 
@@ -410,4 +413,109 @@ fn multi_shard_reads_wait_for_a_failover_instead_of_failing() {
         longest < HOLD_BOUND,
         "the longest round ({longest:?}) stays within the hold bound"
     );
+}
+
+/// MULTI / INCR / EXEC in a loop on one endpoint connection while the master of the key's shard
+/// is killed: every transaction is answered (none refused as unreachable), at most one says it
+/// may have executed (the one in flight), and the counter counts each acknowledged EXEC once
+/// (none ran twice).
+#[test]
+fn transactions_wait_for_a_failover_and_run_once() {
+    let cluster = DevCluster::up(&bin(), 147, 3);
+    let bdb = cluster.create_replicated_db("tx", 12147, ENGINE)["uid"]
+        .as_u64()
+        .unwrap();
+    let key = "tx:counter".to_string();
+    let mut conn = endpoint_connection(cluster.addr(1), 12147);
+    let _: () = redis::cmd("SET").arg(&key).arg(0).query(&mut conn).unwrap();
+    // The key's master: the one whose engine holds it.
+    let master = shards(&cluster, 1, bdb)
+        .into_iter()
+        .filter(|s| s["role"] == "master")
+        .find(|s| {
+            let port = s["port"].as_u64().unwrap() as u16;
+            let mut direct = engine_admin(&cluster, node_of(s), port);
+            redis::cmd("EXISTS")
+                .arg(&key)
+                .query::<u64>(&mut direct)
+                .unwrap()
+                == 1
+        })
+        .expect("a master holds the key");
+    let master_node = node_of(&master);
+    let through = cluster.node_numbers().find(|n| *n != master_node).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (stop, done, key) = (stop.clone(), rounds.clone(), key.clone());
+        let addr = cluster.addr(through);
+        std::thread::spawn(move || {
+            let mut conn = endpoint_connection(addr, 12147);
+            conn.set_read_timeout(Some(HOLD_BOUND + Duration::from_secs(2)))
+                .unwrap();
+            let (mut acked, mut unknown, mut failures) = (0u64, 0u64, Vec::new());
+            let mut longest = Duration::ZERO;
+            while !stop.load(Ordering::Acquire) {
+                let started = Instant::now();
+                let reply = transaction(&mut conn, &key);
+                match reply {
+                    Ok(redis::Value::Array(values))
+                        if matches!(values.as_slice(), [redis::Value::Int(_)]) =>
+                    {
+                        acked += 1
+                    }
+                    Ok(other) => failures.push(format!("{other:?}")),
+                    Err(e) if e.to_string().contains("may have executed") => unknown += 1,
+                    Err(e) => failures.push(e.to_string()),
+                }
+                longest = longest.max(started.elapsed());
+                done.fetch_add(1, Ordering::AcqRel);
+            }
+            (acked, unknown, failures, longest)
+        })
+    };
+    let running = poll_until(Duration::from_secs(10), || {
+        rounds.load(Ordering::Acquire) >= 5
+    });
+    assert!(running, "the transactions run");
+    kill9(cluster.engine_pid(master_node, uid(&master)));
+    let promoted = poll_until(Duration::from_secs(30), || {
+        shards(&cluster, through, bdb).iter().any(|s| {
+            s["role"] == "master"
+                && s["assigned_slots"] == master["assigned_slots"]
+                && uid(s) != uid(&master)
+        })
+    });
+    assert!(promoted, "the replica was promoted");
+    let after = rounds.load(Ordering::Acquire);
+    let going = poll_until(Duration::from_secs(10), || {
+        rounds.load(Ordering::Acquire) >= after + 5
+    });
+    stop.store(true, Ordering::Release);
+    let (acked, unknown, failures, longest) = client.join().unwrap();
+    assert!(going, "the transactions go on after the failover");
+    let mut conn = endpoint_connection(cluster.addr(through), 12147);
+    let counter: u64 = redis::cmd("GET").arg(&key).query(&mut conn).unwrap();
+    eprintln!(
+        "transactions across a failover: {acked} acknowledged, {unknown} may have executed, \
+         {} failed, counter {counter}, longest {longest:?}",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "no transaction failed: {failures:?}");
+    assert!(unknown <= 1, "at most the transaction in flight is unknown");
+    assert!(
+        (acked..=acked + unknown).contains(&counter),
+        "each acknowledged transaction ran once (counter {counter}, acknowledged {acked})"
+    );
+    assert!(
+        longest < HOLD_BOUND,
+        "the longest wait ({longest:?}) stays within the hold"
+    );
+}
+
+/// MULTI, INCR `key`, EXEC, one request at a time: EXEC's reply (an error as `Err`).
+fn transaction(conn: &mut redis::Connection, key: &str) -> redis::RedisResult<redis::Value> {
+    let _: () = redis::cmd("MULTI").query(conn)?;
+    let _: () = redis::cmd("INCR").arg(key).query(conn)?;
+    redis::cmd("EXEC").query(conn)
 }

@@ -354,7 +354,12 @@ impl Session {
             } => (queued, shard, watched),
         };
         let multi = Request::new("MULTI", []);
-        let source = self.send(shard, &multi, false).await.not_resent();
+        let source = self.send(shard, &multi, false).await;
+        let source = if watched {
+            source.not_resent()
+        } else {
+            source.unsent_transaction(&queued)
+        };
         let Source::Shard(index) = source else {
             self.replies
                 .push(Pending::Forward(source, self.state.protocol));
