@@ -60,6 +60,19 @@ fn node_of(shard: &Value) -> u8 {
     shard["node_uid"].as_u64().unwrap() as u8
 }
 
+/// Waits (bounded) until node `n` names another master for `master`'s slots: its replica was
+/// promoted.
+fn wait_replaced(cluster: &DevCluster, n: u8, bdb: u64, master: &Value) {
+    let promoted = poll_until(Duration::from_secs(30), || {
+        shards(cluster, n, bdb).iter().any(|s| {
+            s["role"] == "master"
+                && s["assigned_slots"] == master["assigned_slots"]
+                && uid(s) != uid(master)
+        })
+    });
+    assert!(promoted, "the replica of {} was promoted", uid(master));
+}
+
 /// The pid in shard `shard`'s engine pidfile on node `n`, if it can be read now (a restarting
 /// engine may not have written it yet).
 fn engine_pid_now(cluster: &DevCluster, n: u8, shard: u64) -> Option<u32> {
@@ -136,14 +149,7 @@ fn a_master_killed_right_after_its_replica_reports_in_sync_loses_no_acknowledged
         let synced_after = killed.elapsed();
         kill9(cluster.engine_pid(master_node, uid(&master)));
 
-        let promoted = poll_until(Duration::from_secs(30), || {
-            shards(&cluster, through, bdb).iter().any(|s| {
-                s["role"] == "master"
-                    && s["assigned_slots"] == master["assigned_slots"]
-                    && uid(s) != uid(&master)
-            })
-        });
-        assert!(promoted, "round {round}: the replica was promoted");
+        wait_replaced(&cluster, through, bdb, &master);
         let report = stop_load(&rt, load);
         eprintln!(
             "round {round}: replica active again {synced_after:?} after its kill; master \
@@ -385,14 +391,7 @@ fn multi_shard_reads_wait_for_a_failover_instead_of_failing() {
     });
     assert!(reading, "the reader runs");
     kill9(cluster.engine_pid(master_node, uid(&master)));
-    let promoted = poll_until(Duration::from_secs(30), || {
-        shards(&cluster, through, bdb).iter().any(|s| {
-            s["role"] == "master"
-                && s["assigned_slots"] == master["assigned_slots"]
-                && uid(s) != uid(&master)
-        })
-    });
-    assert!(promoted, "the replica was promoted");
+    wait_replaced(&cluster, through, bdb, &master);
     let after = rounds.load(Ordering::Acquire);
     let reading = poll_until(Duration::from_secs(10), || {
         rounds.load(Ordering::Acquire) >= after + 5
@@ -479,14 +478,7 @@ fn transactions_wait_for_a_failover_and_run_once() {
     });
     assert!(running, "the transactions run");
     kill9(cluster.engine_pid(master_node, uid(&master)));
-    let promoted = poll_until(Duration::from_secs(30), || {
-        shards(&cluster, through, bdb).iter().any(|s| {
-            s["role"] == "master"
-                && s["assigned_slots"] == master["assigned_slots"]
-                && uid(s) != uid(&master)
-        })
-    });
-    assert!(promoted, "the replica was promoted");
+    wait_replaced(&cluster, through, bdb, &master);
     let after = rounds.load(Ordering::Acquire);
     let going = poll_until(Duration::from_secs(10), || {
         rounds.load(Ordering::Acquire) >= after + 5
