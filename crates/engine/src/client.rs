@@ -150,6 +150,36 @@ impl EngineClient {
         }
     }
 
+    /// Asks this replica to acknowledge its offset to its primary at once (`REPLCONF GETACK
+    /// *`), instead of at its next once-a-second acknowledgement.
+    ///
+    /// Why: after a diskless full sync a primary sends its replica nothing more (writes pile up
+    /// in its output buffer) until the replica's first `REPLCONF ACK` that arrives once the
+    /// primary has marked it online. The replica sends one right after loading, which often
+    /// arrives before the primary has reaped its fork and marked it online (every engine; the
+    /// fork reaps on a 100 ms cron): then nothing streams until the next ACK, up to a second
+    /// later, and a primary that dies meanwhile loses every write it acknowledged since the
+    /// sync. Called once the primary lists the replica `online`, the ACK it triggers starts
+    /// the stream.
+    ///
+    /// `REPLCONF GETACK` has no reply, so it goes in one packet with a `PING` whose `PONG` is
+    /// the only reply read: the connection stays in step.
+    pub async fn request_ack(&self) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("REPLCONF").arg("GETACK").arg("*").cmd("PING");
+        let mut conn = self.conn.clone();
+        let replies = redis::aio::ConnectionLike::req_packed_commands(&mut conn, &pipe, 0, 1)
+            .await
+            .map_err(|source| EngineError::Redis {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        match replies.as_slice() {
+            [redis::Value::SimpleString(pong)] if pong == "PONG" => Ok(()),
+            other => Err(self.protocol(format!("REPLCONF GETACK + PING answered {other:?}"))),
+        }
+    }
+
     /// `INFO <section>` as a key/value map.
     pub async fn info(&self, section: &str) -> Result<InfoMap> {
         let text: String = self.command(redis::cmd("INFO").arg(section)).await?;

@@ -46,6 +46,9 @@ pub enum Reason {
     NoNewPrimary,
     /// The proxy's own bookkeeping lost the connection the request was for; nothing was sent.
     Internal,
+    /// The engine was still loading its data set (`-LOADING`, after a restart): it refused
+    /// the request without running it.
+    Loading,
 }
 
 /// Whether a request was executed, as far as the proxy can tell.
@@ -115,9 +118,15 @@ impl Verdict {
         }
     }
 
-    /// The verdict of an engine's error text: a demoted primary's refusals ran nothing; any
-    /// other error is the command's own answer.
+    /// The verdict of an engine's error text: a demoted primary's refusals and a loading
+    /// engine's ran nothing; any other error is the command's own answer.
     fn of_error_text(text: &[u8]) -> Verdict {
+        if text.starts_with(b"LOADING") {
+            return Verdict::NotExecuted {
+                side: Side::Shard,
+                reason: Reason::Loading,
+            };
+        }
         let refused_as_replica = text.starts_with(b"READONLY")
             || text.starts_with(UNBLOCKED_BY_DEMOTION)
             || (text.starts_with(b"EXECABORT") && text.windows(8).any(|w| w == b"READONLY"));
@@ -196,6 +205,18 @@ impl Verdict {
             self,
             Verdict::NotExecuted {
                 reason: Reason::Unreachable,
+                ..
+            }
+        )
+    }
+
+    /// Whether the engine refused the request while loading its data set: it will take it
+    /// once loaded.
+    pub fn loading(&self) -> bool {
+        matches!(
+            self,
+            Verdict::NotExecuted {
+                reason: Reason::Loading,
                 ..
             }
         )
@@ -357,6 +378,18 @@ mod tests {
             ERROR_REPLY
         );
         assert_eq!(Verdict::combined(&error, &[ERROR_REPLY]), ERROR_REPLY);
+    }
+
+    #[test]
+    fn a_loading_engines_refusal_did_not_execute() {
+        let text = b"-LOADING Valkey is loading the dataset in memory\r\n";
+        let loading = Verdict::NotExecuted {
+            side: Side::Shard,
+            reason: Reason::Loading,
+        };
+        assert_eq!(both(text), loading);
+        assert!(loading.loading() && loading.not_executed() && !loading.unreachable());
+        assert!(!both(b"-ERR LOADING is not a command\r\n").loading());
     }
 
     #[test]

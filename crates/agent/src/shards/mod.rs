@@ -163,6 +163,7 @@ pub struct ShardAgent {
     shards_dir: PathBuf,
     observed: ObservedShards,
     down_since: worker::DownSince,
+    streaming: worker::Streaming,
     in_flight: HashMap<ShardUid, Step>,
     /// What each shard's latest step was started for: a store change reconciles only the
     /// shards it changes, the tick all of them.
@@ -200,6 +201,7 @@ impl ShardAgent {
             shards_dir,
             observed: ObservedShards::default(),
             down_since: worker::DownSince::default(),
+            streaming: worker::Streaming::default(),
             in_flight: HashMap::new(),
             last_wanted: HashMap::new(),
         }
@@ -266,6 +268,7 @@ impl ShardAgent {
         };
         self.observed.retain(|uid| desired.contains_key(&uid));
         self.down_since.retain(|uid| desired.contains_key(&uid));
+        self.streaming.retain(|uid| desired.contains_key(&uid));
         self.last_wanted.retain(|uid, _| desired.contains_key(uid));
         for (uid, wanted) in desired.iter() {
             match wanted {
@@ -300,6 +303,7 @@ impl ShardAgent {
         let catalog = self.catalog.clone();
         let observed = self.observed.clone();
         let down_since = self.down_since.clone();
+        let streaming = self.streaming.clone();
         let watching = Arc::new(AtomicBool::new(false));
         let watch_flag = watching.clone();
         let started_for = Some(wanted.clone());
@@ -307,12 +311,13 @@ impl ShardAgent {
         let span = tracing::info_span!("reconcile", shard = uid, bdb = wanted.bdb_uid);
         let task = tokio::spawn(
             async move {
-                let report = worker::reconcile_and_observe(&catalog, &down_since, &wanted).await;
+                let report =
+                    worker::reconcile_and_observe(&catalog, &down_since, &streaming, &wanted).await;
                 let unlinked = unlinked_replica(&wanted, &report);
                 observed.set(report);
                 if unlinked {
                     watch_flag.store(true, Ordering::Release);
-                    watch_sync(&wanted, &observed).await;
+                    watch_sync(&wanted, &observed, &streaming).await;
                 }
             }
             .instrument(span),
@@ -382,11 +387,15 @@ fn unlinked_replica(wanted: &DesiredShard, report: &ShardReport) -> bool {
 /// short; the first round after it watches again). A replica whose primary is gone is so polled
 /// for most of each round: one `INFO` every 50 ms, cheap next to what an upgrade step waiting
 /// for it saves.
-async fn watch_sync(wanted: &DesiredShard, observed: &ObservedShards) {
+async fn watch_sync(
+    wanted: &DesiredShard,
+    observed: &ObservedShards,
+    streaming: &worker::Streaming,
+) {
     let until = tokio::time::Instant::now() + SYNC_WATCH;
     while tokio::time::Instant::now() < until {
         tokio::time::sleep(SYNC_POLL).await;
-        let Ok(report) = worker::observe(&wanted.spec).await else {
+        let Ok(report) = worker::observe(&wanted.spec, streaming).await else {
             continue; // loading, or not up yet
         };
         let unlinked = unlinked_replica(wanted, &report);

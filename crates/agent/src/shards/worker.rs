@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use flotilla_engine::{
     adopt, set_aside_data_files, start, ClientOptions, EngineCatalog, EngineClient, EngineError,
-    LinkStatus, Persistence, ReplicaOf, Role, ShardProcess, ShardSpec, StopOptions,
+    LinkStatus, Persistence, ReplicaOf, ReplicationInfo, Role, ServerInfo, ShardProcess, ShardSpec,
+    StopOptions,
 };
 use flotilla_model::rest::{ReplicaLink, ShardReport};
 use flotilla_model::timing::PRIMARY_RESTART_GRACE;
@@ -79,11 +80,49 @@ impl DownSince {
     }
 }
 
+/// The replica shards whose primary was seen streaming to them, each with the sync it was
+/// seen for (see [`EngineClient::request_ack`]): a replica counts as linked only once its
+/// current sync is in here.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Streaming(Arc<Mutex<HashMap<ShardUid, SyncKey>>>);
+
+/// What tells one replica's sync from the next: the engine process (a restarted replica syncs
+/// afresh) and the primary it follows (address and replication id: a new primary, or a new
+/// engine at the same address, syncs afresh).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SyncKey {
+    run_id: String,
+    primary: (Option<String>, Option<u16>),
+    replid: String,
+}
+
+impl Streaming {
+    fn contains(&self, uid: ShardUid, key: &SyncKey) -> bool {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&uid) == Some(key)
+    }
+
+    fn set(&self, uid: ShardUid, key: Option<SyncKey>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match key {
+            Some(key) => map.insert(uid, key),
+            None => map.remove(&uid),
+        };
+    }
+
+    /// Forgets every shard `keep` says no.
+    pub(crate) fn retain(&self, keep: impl Fn(ShardUid) -> bool) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|uid, _| keep(*uid));
+    }
+}
+
 /// Runs one reconcile step for `desired` and returns what it then observes. Errors are logged
 /// with the shard uid; the report then says what could still be seen (or that it is down).
 pub(crate) async fn reconcile_and_observe(
     catalog: &EngineCatalog,
     down: &DownSince,
+    streaming: &Streaming,
     desired: &DesiredShard,
 ) -> ShardReport {
     let uid = desired.spec.shard_id;
@@ -98,7 +137,7 @@ pub(crate) async fn reconcile_and_observe(
             Some(err.to_string())
         }
     };
-    let mut report = match observe(&desired.spec).await {
+    let mut report = match observe(&desired.spec, streaming).await {
         Ok(report) => report,
         Err(err) => {
             tracing::debug!(error = %err, "shard not observed");
@@ -322,8 +361,12 @@ async fn ensure_acts_as_primary(spec: &ShardSpec, primary: ReplicaOf) -> Result<
 }
 
 /// What the shard's engine says about itself: PING, `INFO replication`, `INFO memory`,
-/// `INFO server`.
-pub(crate) async fn observe(spec: &ShardSpec) -> Result<ShardReport, ShardError> {
+/// `INFO server`. A replica whose link is up counts as linked once its primary streams to it
+/// ([`primary_streams`]).
+pub(crate) async fn observe(
+    spec: &ShardSpec,
+    streaming: &Streaming,
+) -> Result<ShardReport, ShardError> {
     let client = connect(spec).await?;
     match client.ping().await {
         Ok(()) => {}
@@ -343,6 +386,8 @@ pub(crate) async fn observe(spec: &ShardSpec) -> Result<ShardReport, ShardError>
     let replication = client.replication().await?;
     let memory = client.memory().await?;
     let server = client.server().await?;
+    let linked = replication.master_link_status == Some(LinkStatus::Up);
+    let linked = linked && primary_streams(&client, spec, &replication, &server, streaming).await;
     Ok(ShardReport {
         uid: spec.shard_id,
         up: true,
@@ -351,13 +396,81 @@ pub(crate) async fn observe(spec: &ShardSpec) -> Result<ShardReport, ShardError>
             Role::Replica => ShardRole::Replica,
         }),
         offset: replication.offset(),
-        primary_link_up: replication.master_link_status == Some(LinkStatus::Up),
+        primary_link_up: linked,
         sync_in_progress: replication.master_sync_in_progress,
         used_memory: memory.used_memory,
         engine_version: Some(server.engine_version().to_string()),
         pid: Some(server.process_id),
         problem: persistence_problem(&client, spec).await,
     })
+}
+
+/// Whether the primary of this linked replica streams its writes to it, starting the stream
+/// when the primary waits for the replica's first acknowledgement after a full sync (see
+/// [`EngineClient::request_ack`]): once the primary lists the replica `online`, asks the
+/// replica for an ACK and remembers the shard in `streaming` until its link goes down or a
+/// sync starts. `false` while the primary still sends the sync (the report then reads not
+/// linked, and the agent watches the sync again within 50 ms). A primary that cannot be asked
+/// (or does not list the replica) is taken at the replica's word, as before, and asked again
+/// next round.
+async fn primary_streams(
+    replica: &EngineClient,
+    spec: &ShardSpec,
+    replication: &ReplicationInfo,
+    server: &ServerInfo,
+    streaming: &Streaming,
+) -> bool {
+    let linked = replication.role == Role::Replica
+        && replication.master_link_status == Some(LinkStatus::Up)
+        && !replication.master_sync_in_progress;
+    if !linked {
+        streaming.set(spec.shard_id, None);
+        return true;
+    }
+    let key = SyncKey {
+        run_id: server.run_id.clone(),
+        primary: (replication.master_host.clone(), replication.master_port),
+        replid: replication.master_replid.clone(),
+    };
+    if streaming.contains(spec.shard_id, &key) {
+        return true;
+    }
+    let listed = match primary_lists(spec, replication).await {
+        Ok(Some(online)) => online,
+        Ok(None) => true,
+        Err(err) => {
+            tracing::debug!(error = %err, "primary not asked whether it streams to its replica");
+            true
+        }
+    };
+    if !listed {
+        return false;
+    }
+    match replica.request_ack().await {
+        Ok(()) => streaming.set(spec.shard_id, Some(key)),
+        Err(err) => tracing::debug!(error = %err, "replica not asked for an ACK"),
+    }
+    true
+}
+
+/// Whether the primary this replica follows lists it `online` (`None`: it does not list it).
+async fn primary_lists(
+    spec: &ShardSpec,
+    replication: &ReplicationInfo,
+) -> Result<Option<bool>, ShardError> {
+    let (Some(host), Some(port)) = (replication.master_host.as_deref(), replication.master_port)
+    else {
+        return Ok(None);
+    };
+    let Ok(host) = host.parse::<std::net::IpAddr>() else {
+        return Ok(None);
+    };
+    let login = spec.admin_login();
+    let primary = EngineClient::connect_with(host, port, &login, CLIENT_OPTIONS).await?;
+    let theirs = primary.replication().await?;
+    Ok(theirs
+        .replica(&spec.bind.to_string(), spec.port)
+        .map(|entry| entry.is_online()))
 }
 
 /// `INFO persistence` fields that turn `err` when the engine failed to write its data files.

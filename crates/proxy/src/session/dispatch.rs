@@ -202,6 +202,17 @@ impl Session {
         }
     }
 
+    /// [`Session::send`] for one shard's part of a multi-shard request (MGET, DBSIZE, KEYS,
+    /// SCAN...): a read part also keeps its request, so a part whose shard cannot be reached,
+    /// is loading or lost it is asked again within the hold (see `resend.rs`) and the merge of
+    /// the parts only sees whole answers.
+    async fn send_part(&mut self, shard: ShardIndex, request: &Request, write: bool) -> Source {
+        match self.send(shard, request, write).await {
+            Source::Shard(index) if !write => Source::Read(index, request.clone()),
+            source => source,
+        }
+    }
+
     /// [`Session::send`] for a request the session owns: the request itself is kept (its
     /// arguments are slices of the client's input buffer), so nothing is copied.
     async fn send_owned(&mut self, shard: ShardIndex, request: Request, write: bool) -> Source {
@@ -232,7 +243,7 @@ impl Session {
     async fn split(&mut self, split: Split, write: bool) {
         let mut sources = Vec::with_capacity(split.parts.len());
         for part in &split.parts {
-            sources.push(self.send(part.shard, &part.request, write).await);
+            sources.push(self.send_part(part.shard, &part.request, write).await);
         }
         let protocol = self.state.protocol;
         self.replies
@@ -242,7 +253,7 @@ impl Session {
     async fn all_shards(&mut self, merge: Merge, request: &Request, write: bool) {
         let mut sources = Vec::new();
         for shard in 0..self.view.current.shard_count() {
-            sources.push(self.send(ShardIndex(shard), request, write).await);
+            sources.push(self.send_part(ShardIndex(shard), request, write).await);
         }
         let combine = match merge {
             Merge::Info => Combine::Info(self.info_context(request)),
@@ -271,7 +282,7 @@ impl Session {
             self.ready(Value::error("ERR invalid cursor"));
             return;
         }
-        let source = self.send(step.shard, &step.request, false).await;
+        let source = self.send_part(step.shard, &step.request, false).await;
         let protocol = self.state.protocol;
         self.replies
             .push(Pending::Scan(source, step.shard, count, protocol));
@@ -401,7 +412,12 @@ impl Session {
             } => (queued, shard, watched),
         };
         let multi = Request::new("MULTI", []);
-        let source = self.send(shard, &multi, false).await.not_resent();
+        let source = self.send(shard, &multi, false).await;
+        let source = if watched {
+            source.not_resent()
+        } else {
+            source.unsent_transaction(&queued)
+        };
         let Source::Shard(index) = source else {
             self.replies
                 .push(Pending::Forward(source, self.state.protocol));

@@ -44,10 +44,11 @@ pub(super) enum Source {
     Read(usize, Request),
     /// The request never reached the shard.
     Failed(ShardError),
-    /// The request never reached the shard, which could not be reached: it is sent when the
-    /// shard answers again or a failover names its new primary, within the hold (see
-    /// `resend.rs`).
-    Unsent(ShardIndex, ShardError, Request),
+    /// The requests never reached the shard, which could not be reached: they are sent when
+    /// the shard answers again or a failover names its new primary, within the hold (see
+    /// `resend.rs`); the last one's reply is the client's (one request, or a whole
+    /// transaction: MULTI, the queued requests, EXEC).
+    Unsent(ShardIndex, ShardError, Vec<Request>),
 }
 
 impl Source {
@@ -56,7 +57,20 @@ impl Source {
     pub fn unsent(self, shard: ShardIndex, request: Request) -> Source {
         match self {
             Source::Failed(error @ ShardError::Unavailable { .. }) => {
-                Source::Unsent(shard, error, request)
+                Source::Unsent(shard, error, vec![request])
+            }
+            other => other,
+        }
+    }
+
+    /// This source of a transaction's MULTI, when its shard could not be reached: the whole
+    /// transaction (`queued` between MULTI and EXEC) waits for the shard within the hold.
+    /// Nothing of it ran, so sending it whole elsewhere is safe; a watched one is not resent
+    /// (its watch stays on the connection that is gone, see [`Source::not_resent`]).
+    pub fn unsent_transaction(self, queued: &[Request]) -> Source {
+        match self {
+            Source::Unsent(shard, error, _) => {
+                Source::Unsent(shard, error, transaction_requests(queued))
             }
             other => other,
         }
@@ -108,8 +122,10 @@ pub(super) enum Pending {
     /// A transaction sent as MULTI, its queued requests and EXEC on shard connection `index`:
     /// only EXEC's reply goes to the client. One that a demoted primary refused (`-READONLY`
     /// while queueing, or `-EXECABORT` for `READONLY`: nothing ran) is sent again, whole, to
-    /// the shard's next primary; a watched one is answered as aborted (null), since its
-    /// watch does not carry over.
+    /// the shard's next primary; one of which nothing reached an engine that could run it
+    /// (the connection had closed before the write, or the engine was loading) is sent again,
+    /// whole, once the shard answers, within the hold; a watched one is answered as aborted
+    /// (null), since its watch does not carry over. One lost after sending is never resent.
     Exec {
         /// The shard connection it was sent on.
         index: usize,
@@ -432,17 +448,11 @@ impl Resolver<'_> {
     async fn take(&mut self, source: Source) -> (Value, Verdict) {
         match source {
             Source::Failed(error) => (error.reply(), Verdict::of_shard_error(&error)),
-            Source::Unsent(shard, error, request) => {
+            Source::Unsent(shard, error, requests) => {
                 let addr = match &error {
                     ShardError::Unavailable { addr, .. } | ShardError::Lost { addr, .. } => *addr,
                 };
-                self.resend(
-                    shard,
-                    std::slice::from_ref(&request),
-                    addr,
-                    Retry::Reachable,
-                )
-                .await
+                self.resend(shard, &requests, addr, Retry::Reachable).await
             }
             Source::Shard(index) => self.links.reply(index).await,
             Source::Read(index, request) => {
@@ -491,22 +501,30 @@ impl Resolver<'_> {
         queued: &[Request],
         watched: bool,
     ) -> (Value, Verdict) {
-        let (multi, _) = self.links.reply(index).await;
+        let (multi, multi_verdict) = self.links.reply(index).await;
         let mut refused = false;
+        let mut unsent = unsent(multi_verdict);
         for _ in queued {
             let (_, verdict) = self.links.reply(index).await;
             refused |= verdict.refused_as_replica();
+            unsent &= self::unsent(verdict);
         }
         let (reply, verdict) = self.links.reply(index).await;
-        match self.links.addr(index) {
-            Some(refused_by) if !multi.is_error() && (refused || verdict.refused_as_replica()) => {
-                if watched {
-                    (null_array(self.protocol), Verdict::OK)
-                } else {
-                    let requests = transaction_requests(queued);
-                    self.resend(shard, &requests, refused_by, Retry::NewPrimary)
-                        .await
-                }
+        unsent &= self::unsent(verdict);
+        let retry = if unsent {
+            // Nothing of it reached an engine that could run it (the shard could not be
+            // reached, or was loading): the whole transaction waits for the shard.
+            Some(Retry::Reachable)
+        } else if !multi.is_error() && (refused || verdict.refused_as_replica()) {
+            Some(Retry::NewPrimary)
+        } else {
+            None
+        };
+        match (self.links.addr(index), retry) {
+            (Some(_), Some(_)) if watched => (null_array(self.protocol), Verdict::OK),
+            (Some(failed_at), Some(retry)) => {
+                let requests = transaction_requests(queued);
+                self.resend(shard, &requests, failed_at, retry).await
             }
             _ => (reply, verdict),
         }
@@ -533,6 +551,12 @@ impl Resolver<'_> {
             )
             .await
     }
+}
+
+/// Whether a request answered with `verdict` reached no engine that could run it: its shard
+/// could not be reached, or was loading its data.
+fn unsent(verdict: Verdict) -> bool {
+    verdict.unreachable() || verdict.loading()
 }
 
 /// A shard's `[cursor, keys]` with the cursor turned into the client's cursor.

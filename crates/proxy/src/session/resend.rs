@@ -1,12 +1,15 @@
 //! The resend policy: which requests go again to a shard's next primary, and sending them.
 //!
 //! Only a request *certainly not executed* is resent (DESIGN.md, "Data path", step 5): one a
-//! demoted primary refused (`-READONLY`, `-UNBLOCKED`, `-EXECABORT` for `READONLY`), or one
+//! demoted primary refused (`-READONLY`, `-UNBLOCKED`, `-EXECABORT` for `READONLY`), one
 //! whose shard could not be reached (nothing was sent: a refused connection, a connection the
-//! engine had closed before the request was written), or a write lost in flight on a dead
+//! engine had closed before the request was written), one an engine refused with `-LOADING`
+//! while it loads its data after a restart (held like an unreachable shard's, and sent again
+//! every [`RECONNECT_EVERY`] until the engine has loaded), or a write lost in flight on a dead
 //! master that the promoted replica provably never got ([`Retry::Unconfirmed`], see
 //! `outcome.rs`: proven before anything is sent, else the client gets "may have executed").
-//! A write whose outcome stays unknown is never resent. Reads are the other case: a read whose connection was lost after sending is
+//! A write whose outcome stays unknown is never resent. Reads are the other case: a read whose
+//! connection was lost after sending is
 //! asked again (it changed nothing), and a read pipelined after a write that went to the
 //! shard's new primary in the same batch is asked again there, so a `SET k v; GET k` split by a
 //! switchover reads `v`, not the demoted primary's older value.
@@ -96,13 +99,17 @@ impl ResendPolicy {
     }
 
     /// Whether, and why, a request a shard answered with `verdict` goes to the shard again:
-    /// refused by a demoted primary (to the next primary), or not sent because the shard could
-    /// not be reached (to whichever primary answers within the hold), or, for a `read`, lost
-    /// after sending (a read changed nothing). Never a write whose outcome is unknown.
+    /// refused by a demoted primary (to the next primary), not sent because the shard could
+    /// not be reached or refused by an engine still loading its data (to whichever primary
+    /// answers within the hold), or, for a `read`, lost after sending (a read changed
+    /// nothing). Never a write whose outcome is unknown.
     pub fn retry_of(verdict: Verdict, read: bool) -> Option<Retry> {
         if verdict.refused_as_replica() {
             Some(Retry::NewPrimary)
-        } else if verdict.unreachable() || (read && matches!(verdict, Verdict::Unknown { .. })) {
+        } else if verdict.unreachable()
+            || verdict.loading()
+            || (read && matches!(verdict, Verdict::Unknown { .. }))
+        {
             Some(Retry::Reachable)
         } else {
             None
@@ -496,7 +503,15 @@ mod tests {
             reason: Reason::Unreachable,
         };
         let lost = Verdict::Unknown { side: Side::Shard };
+        let loading = Verdict::NotExecuted {
+            side: Side::Shard,
+            reason: Reason::Loading,
+        };
         for read in [false, true] {
+            assert_eq!(
+                ResendPolicy::retry_of(loading, read),
+                Some(Retry::Reachable)
+            );
             assert_eq!(
                 ResendPolicy::retry_of(refused, read),
                 Some(Retry::NewPrimary)
