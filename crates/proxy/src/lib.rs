@@ -99,8 +99,8 @@ mod stats;
 mod tls;
 mod verdict;
 
-pub use config::{AdminFuture, AdminHandle, DatabaseAdmin};
 pub use command::{lookup, lookup_request, Class, CommandSpec, KeySpec, LocalCommand, Merge};
+pub use config::{AdminFuture, AdminHandle, DatabaseAdmin};
 pub use control::{
     endpoint_control, AdoptError, Detaching, EndpointControl, EndpointInbox, HandoverCounts,
 };
