@@ -8,7 +8,7 @@ use std::time::Duration;
 use flotilla_engine::{EngineClient, EngineLogin};
 use flotilla_model::{
     engine_setting_name, engine_setting_names, glob_matches, same_setting_value, BdbChange, BdbUid,
-    ClusterState, Command, Shard,
+    ClusterState, Command, Shard, PERSISTENCE_SETTINGS,
 };
 use flotilla_proxy::{AdminFuture, DatabaseAdmin};
 use flotilla_store::{Store, StoreError};
@@ -160,7 +160,8 @@ async fn get_config(
     };
     let client = connect(state, shard).await?;
     let mut pairs = Vec::new();
-    for name in engine_setting_names(shard.redis_version) {
+    let names = engine_setting_names(shard.redis_version);
+    for name in names.iter().chain(PERSISTENCE_SETTINGS) {
         if !glob_matches(pattern, name) {
             continue;
         }

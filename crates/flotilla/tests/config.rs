@@ -170,6 +170,30 @@ fn config_set_through_an_endpoint_survives_a_failover_and_an_engine_upgrade() {
     let refused = endpoint_error(&mut conn, &["SET", "busy-reply-threshold", "70000"]);
     assert!(refused.contains("between 0 and 60000"), "{refused}");
 
+    // The persistence settings are read, and may be set only to what they are (Redis's own
+    // test suite sets `save ""` at the start of its units); a change is refused by name.
+    assert_eq!(endpoint_get(&mut conn, "save"), ["save", ""]);
+    assert_eq!(endpoint_get(&mut conn, "appendonly"), ["appendonly", "no"]);
+    let same: String = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("save")
+        .arg("")
+        .arg("appendonly")
+        .arg("no")
+        .query(&mut conn)
+        .expect("CONFIG SET of the persistence settings' current values");
+    assert_eq!(same, "OK");
+    let refused = endpoint_error(&mut conn, &["SET", "save", "60 1"]);
+    assert!(
+        refused.contains("'save' is set by the database's persistence"),
+        "{refused}"
+    );
+    assert_eq!(
+        engine_setting(&cluster, &master(&cluster), "save").as_deref(),
+        Some(""),
+        "a refused change reaches no engine"
+    );
+
     // Failover: kill -9 of the master engine; the promoted replica and the restarted engine
     // keep the setting.
     let node = primary["node_uid"].as_u64().unwrap() as u8;

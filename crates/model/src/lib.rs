@@ -67,7 +67,7 @@ pub use maintenance::{
 pub use plan::{plan, Op, Step, UpgradeShape, MIGRATION_OPS};
 pub use settings::{
     check_setting, engine_setting_name, engine_setting_names, glob_matches, is_configurable,
-    same_setting_value, DatabaseConfig, SettingError,
+    is_persistence_setting, same_setting_value, DatabaseConfig, SettingError, PERSISTENCE_SETTINGS,
 };
 pub use state::{
     Cluster, ClusterCa, ClusterState, Credentials, IdCounters, Node, NodeCertificate, NodeUid,

@@ -204,6 +204,20 @@ pub fn is_configurable(name: &str) -> bool {
     find(name).is_some()
 }
 
+/// Engine settings that the database's persistence decides (`flotilla db create --persistence`),
+/// not CONFIG: `CONFIG GET` reads them from the engine, and `CONFIG SET` may only repeat the
+/// value they have. Exists because clients and tools (Redis's own test suite among them) read
+/// `save`/`appendonly` and set them back to what they read; a change is refused, naming the
+/// setting and the command that changes it.
+pub const PERSISTENCE_SETTINGS: &[&str] = &["save", "appendonly"];
+
+/// Whether `name` is one of the [`PERSISTENCE_SETTINGS`].
+pub fn is_persistence_setting(name: &str) -> bool {
+    PERSISTENCE_SETTINGS
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(name))
+}
+
 /// Whether an engine's `CONFIG GET` answer `current` is the value `wanted` of setting `name`
 /// (the engine spells `notify-keyspace-events` classes in its own order).
 pub fn same_setting_value(name: &str, current: &str, wanted: &str) -> bool {

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use flotilla_model::{check_setting, is_configurable, SettingError};
+use flotilla_model::{check_setting, is_configurable, is_persistence_setting, SettingError};
 use flotilla_resp::{Request, Value};
 
 /// Why CONFIG subcommands other than GET/SET/RESETSTAT are refused (the command table's note).
@@ -103,7 +103,7 @@ async fn get(admin: &AdminHandle, bdb: u64, patterns: &[String]) -> Result<Value
     let mut pairs: Vec<(String, String)> = Vec::new();
     for pattern in patterns {
         let glob = pattern.contains(['*', '?', '[']);
-        if !glob && !is_configurable(pattern) {
+        if !glob && !is_configurable(pattern) && !is_persistence_setting(pattern) {
             return Ok(refused(&SettingError::NotConfigurable(pattern.clone())));
         }
         for pair in admin.0.get_config(bdb, pattern.clone()).await? {
@@ -127,13 +127,39 @@ async fn set(admin: &AdminHandle, bdb: u64, args: &[String]) -> Result<Value, St
     }
     let mut settings = Vec::with_capacity(args.len() / 2);
     for pair in args.chunks(2) {
+        if is_persistence_setting(&pair[0]) {
+            if let Some(refusal) = persistence_change(admin, bdb, &pair[0], &pair[1]).await? {
+                return Ok(refusal);
+            }
+            continue;
+        }
         match check_setting(&pair[0], &pair[1]) {
             Ok(setting) => settings.push(setting),
             Err(e) => return Ok(refused(&e)),
         }
     }
-    admin.0.set_config(bdb, settings).await?;
+    if !settings.is_empty() {
+        admin.0.set_config(bdb, settings).await?;
+    }
     Ok(Value::simple("OK"))
+}
+
+/// A persistence setting (`save`, `appendonly`) set through CONFIG: accepted (`None`, nothing
+/// to do) when `value` is what the engine has, else the refusal naming the command that changes
+/// the database's persistence.
+async fn persistence_change(
+    admin: &AdminHandle,
+    bdb: u64,
+    name: &str,
+    value: &str,
+) -> Result<Option<Value>, String> {
+    let current = admin.0.get_config(bdb, name.to_ascii_lowercase()).await?;
+    if current.iter().any(|(_, v)| v.trim() == value.trim()) {
+        return Ok(None);
+    }
+    Ok(Some(Value::error(format!(
+        "ERR '{name}' is set by the database's persistence, not per CONFIG: CONFIG SET may only repeat its current value (the persistence is chosen at `flotilla db create --persistence aof|snapshot`)"
+    ))))
 }
 
 /// Redis's wording for a bad value; a setting outside the subset is named and refused.
