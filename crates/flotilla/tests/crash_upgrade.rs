@@ -34,10 +34,21 @@ use std::time::{Duration, Instant};
 use flotilla_loadcheck::LoadHandle;
 use flotilla_store::failpoint::FAILPOINTS;
 use flotilla_testkit::{
-    assert_success, flotilla_bin, load_runtime, poll_until, process_alive, start_load,
+    assert_success, flotilla_bin, load_runtime, poll_until, process_alive, start_load_within,
     stop_load_clean, DevCluster, Packages, RespClient,
 };
 use serde_json::Value;
+
+/// Starts the load checker through `endpoint`, its clients allowing each command the hold bound
+/// and a second: the primary node crashes after every step, and when its restart and the
+/// election take longer than the master lease (`MASTER_LEASE`, 3.5 s; slower on a loaded
+/// machine), the masters' agents fence writes until a primary node acknowledges them again, so
+/// a client stalls for that long (as in `failover.rs`'s kill of the primary node) but sees no
+/// error.
+fn start_load(rt: &tokio::runtime::Runtime, endpoint: String) -> LoadHandle {
+    let bound = flotilla_model::timing::HOLD_TIMEOUT + Duration::from_secs(1);
+    start_load_within(rt, endpoint, bound)
+}
 
 fn bin() -> PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))

@@ -119,16 +119,7 @@ fn wait_caught_up(cluster: &DevCluster, n: u8, bdb: u64) {
 /// (the stall a failover may cost; a client that gives up sooner sees its own timeout) and
 /// waits (bounded) until it runs.
 fn start_load(rt: &tokio::runtime::Runtime, endpoint: String) -> LoadHandle {
-    rt.block_on(async {
-        let mut config = flotilla_loadcheck::Config::for_endpoint(&endpoint);
-        config.op_timeout_ms = HOLD_BOUND.as_millis() as u64 + 1_000;
-        let load = flotilla_loadcheck::start(config).expect("load checker starts");
-        assert!(
-            load.wait_for_ops(300, Duration::from_secs(10)).await,
-            "load runs through {endpoint}"
-        );
-        load
-    })
+    flotilla_testkit::start_load_within(rt, endpoint, HOLD_BOUND + Duration::from_secs(1))
 }
 
 /// What a failover under load must show: no client error, also for the writes in flight on

@@ -739,8 +739,21 @@ pub fn start_load(
     rt: &tokio::runtime::Runtime,
     endpoint: String,
 ) -> flotilla_loadcheck::LoadHandle {
+    let timeout = flotilla_loadcheck::Config::for_endpoint(&endpoint).op_timeout();
+    start_load_within(rt, endpoint, timeout)
+}
+
+/// [`start_load`] whose clients give each command `op_timeout`: tests of flows that may stall
+/// clients up to the endpoint's hold bound (a failover, a primary node's crash while masters'
+/// leases lapse) give them the bound plus a margin, as a client should.
+pub fn start_load_within(
+    rt: &tokio::runtime::Runtime,
+    endpoint: String,
+    op_timeout: Duration,
+) -> flotilla_loadcheck::LoadHandle {
     rt.block_on(async {
-        let config = flotilla_loadcheck::Config::for_endpoint(&endpoint);
+        let mut config = flotilla_loadcheck::Config::for_endpoint(&endpoint);
+        config.op_timeout_ms = op_timeout.as_millis() as u64;
         let load = flotilla_loadcheck::start(config).expect("load checker starts");
         assert!(
             load.wait_for_ops(300, Duration::from_secs(10)).await,
