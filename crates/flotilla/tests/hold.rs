@@ -168,17 +168,11 @@ fn a_master_killed_right_after_its_replica_reports_in_sync_loses_no_acknowledged
     }
 }
 
-/// A connection to a shard's engine as the agent's admin user (derived from the cluster secret
-/// in node `n`'s identity).
+/// A connection to a shard's engine on node `n` as the agent's admin user.
 fn engine_admin(cluster: &DevCluster, n: u8, port: u16) -> redis::Connection {
-    let identity: Value =
-        serde_json::from_slice(&std::fs::read(cluster.data_dir(n).join("identity.json")).unwrap())
-            .unwrap();
-    let users = flotilla_model::EngineUsers::derive(identity["secret"].as_str().unwrap());
     let url = format!(
-        "redis://{}:{}@{}:{port}/",
-        flotilla_model::ADMIN_USER,
-        users.admin,
+        "redis://{}@{}:{port}/",
+        cluster.engine_admin(),
         cluster.addr(n)
     );
     redis::Client::open(url)
