@@ -125,9 +125,13 @@ fn start_load(rt: &tokio::runtime::Runtime, endpoint: String) -> LoadHandle {
 /// What a failover under load must show: no client error, also for the writes in flight on
 /// the dead engine's connections when it died (the endpoint resends them to the promoted
 /// replica once its replication offsets prove it never got them, crates/proxy/src/outcome.rs;
-/// on cdda060 each was answered "may have executed"), no INCR counted twice (the load checker
-/// compares every counter with its acknowledged increments), the longest stall within the
-/// hold bound, and the acknowledged writes lost (printed; 0 expected with caught-up replicas).
+/// on cdda060 each was answered "may have executed"), but for the one case no proxy can
+/// decide: the engine replicated a write and died before answering it (seen once in CI, both
+/// writers' INCRs): the promoted replica holds bytes past the last offset read before the
+/// write, and the client hears "may have executed", at most one write per writer; no INCR counted twice
+/// (the load checker compares every counter with its acknowledged increments), the longest
+/// stall within the hold bound, and the acknowledged writes lost (printed; 0 expected with
+/// caught-up replicas).
 fn assert_failover_clean(what: &str, report: &Report, failover: Duration) {
     eprintln!(
         "{what}: failover took {failover:?} to show in the store; client errors {}, \
@@ -139,14 +143,17 @@ fn assert_failover_clean(what: &str, report: &Report, failover: Duration) {
         report.longest_stall_ms,
         report.latency_ms.p99,
     );
-    assert_eq!(
-        report.client_errors_total, 0,
-        "{what}: no client error, also for the writes in flight when the engine died: {:?}",
-        report.error_examples
-    );
-    assert_eq!(
-        report.writes_outcome_unknown, 0,
-        "{what}: every write got an answer: {:?}",
+    let writers = u64::from(flotilla_loadcheck::Config::for_endpoint("x:1").writers);
+    let replicated_then_died = report.error_examples.iter().all(|e| {
+        e.contains("may have executed") && e.contains("beyond the offset read before the write")
+    });
+    assert!(
+        report.client_errors_total == report.client_errors.error_reply
+            && report.writes_outcome_unknown == report.client_errors_total
+            && report.client_errors_total <= writers
+            && replicated_then_died,
+        "{what}: no client error but writes the dead engine may have replicated before \
+         answering: {:?}",
         report.error_examples
     );
     assert_eq!(

@@ -122,25 +122,24 @@ fn a_master_killed_right_after_its_replica_reports_in_sync_loses_no_acknowledged
         let load = flotilla_testkit::start_load(&rt, format!("{}:12144", cluster.addr(through)));
 
         let old_pid = cluster.engine_pid(replica_node, uid(&replica));
-        let before = shards(&cluster, through, bdb);
-        let offset_before = before
-            .iter()
-            .find(|s| uid(s) == uid(&replica))
-            .and_then(|s| s["offset"].as_i64())
-            .unwrap_or(0);
         kill9(old_pid);
         let killed = Instant::now();
-        // Active in a report made after the restart: a new engine, and an offset past what the
-        // dead one had reached (the load keeps the primary's offset moving).
+        let restarted = poll_fast(Duration::from_secs(30), || {
+            engine_pid_now(&cluster, replica_node, uid(&replica)).is_some_and(|pid| pid != old_pid)
+        });
+        assert!(restarted, "round {round}: the replica's engine restarted");
+        // Active in a report of the new engine: an offset past the primary's now, which is past
+        // anything the dead engine reported (the load keeps the primary's offset moving). A
+        // report of the dead engine made after it was last read would pass a check against
+        // its own offset (CI: 12-37 writes acknowledged during the sync lost).
+        let master_port = master["port"].as_u64().unwrap() as u16;
+        let offset_then = master_offset(&mut engine_admin(&cluster, master_node, master_port));
         let resynced = poll_fast(Duration::from_secs(30), || {
-            let restarted = engine_pid_now(&cluster, replica_node, uid(&replica))
-                .is_some_and(|pid| pid != old_pid);
-            restarted
-                && shards(&cluster, through, bdb).iter().any(|s| {
-                    uid(s) == uid(&replica)
-                        && s["status"] == "active"
-                        && s["offset"].as_i64().unwrap_or(0) > offset_before
-                })
+            shards(&cluster, through, bdb).iter().any(|s| {
+                uid(s) == uid(&replica)
+                    && s["status"] == "active"
+                    && s["offset"].as_i64().unwrap_or(0) > offset_then
+            })
         });
         assert!(
             resynced,
@@ -166,6 +165,18 @@ fn a_master_killed_right_after_its_replica_reports_in_sync_loses_no_acknowledged
         });
         assert!(active, "round {round}: the database is active again");
     }
+}
+
+/// The replication offset of the master engine behind `admin`.
+fn master_offset(admin: &mut redis::Connection) -> i64 {
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query(admin)
+        .expect("INFO replication of the master");
+    info.lines()
+        .find_map(|line| line.strip_prefix("master_repl_offset:"))
+        .and_then(|offset| offset.trim().parse().ok())
+        .expect("master_repl_offset in INFO replication")
 }
 
 /// A connection to a shard's engine on node `n` as the agent's admin user.

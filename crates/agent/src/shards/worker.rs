@@ -80,11 +80,12 @@ impl DownSince {
     }
 }
 
-/// The replica shards whose primary was seen streaming to them, each with the sync it was
-/// seen for (see [`EngineClient::request_ack`]): a replica counts as linked only once its
-/// current sync is in here.
+/// The replica shards whose primary listed them `online`, each with the sync it was seen for
+/// and the primary's offset then (see [`EngineClient::request_ack`]): a replica counts as
+/// linked only once its current sync is in here and it has applied the stream up to that
+/// offset, which proves the stream flows and the writes piled up during the sync arrived.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Streaming(Arc<Mutex<HashMap<ShardUid, SyncKey>>>);
+pub(crate) struct Streaming(Arc<Mutex<HashMap<ShardUid, (SyncKey, i64)>>>);
 
 /// What tells one replica's sync from the next: the engine process (a restarted replica syncs
 /// afresh) and the primary it follows (address and replication id: a new primary, or a new
@@ -97,15 +98,18 @@ struct SyncKey {
 }
 
 impl Streaming {
-    fn contains(&self, uid: ShardUid, key: &SyncKey) -> bool {
+    /// The primary's offset when it listed shard `uid` online in sync `key`, if it did.
+    fn target(&self, uid: ShardUid, key: &SyncKey) -> Option<i64> {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&uid) == Some(key)
+        map.get(&uid)
+            .filter(|(seen, _)| seen == key)
+            .map(|(_, target)| *target)
     }
 
-    fn set(&self, uid: ShardUid, key: Option<SyncKey>) {
+    fn set(&self, uid: ShardUid, seen: Option<(SyncKey, i64)>) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match key {
-            Some(key) => map.insert(uid, key),
+        match seen {
+            Some(seen) => map.insert(uid, seen),
             None => map.remove(&uid),
         };
     }
@@ -408,9 +412,12 @@ pub(crate) async fn observe(
 /// Whether the primary of this linked replica streams its writes to it, starting the stream
 /// when the primary waits for the replica's first acknowledgement after a full sync (see
 /// [`EngineClient::request_ack`]): once the primary lists the replica `online`, asks the
-/// replica for an ACK and remembers the shard in `streaming` until its link goes down or a
-/// sync starts. `false` while the primary still sends the sync (the report then reads not
-/// linked, and the agent watches the sync again within 50 ms). A primary that cannot be asked
+/// replica for an ACK and remembers the primary's offset then in `streaming` (until the link
+/// goes down or a sync starts); the replica is linked once it has applied the stream up to
+/// that offset. Until then `false` (the report reads not linked, and the agent watches the
+/// sync again within 50 ms), asking for an ACK again in case the first was lost. A replica
+/// that reads linked before it caught up would be promoted without the writes its primary
+/// acknowledged while it loaded (the hold test's lost writes). A primary that cannot be asked
 /// (or does not list the replica) is taken at the replica's word, as before, and asked again
 /// next round.
 async fn primary_streams(
@@ -432,32 +439,54 @@ async fn primary_streams(
         primary: (replication.master_host.clone(), replication.master_port),
         replid: replication.master_replid.clone(),
     };
-    if streaming.contains(spec.shard_id, &key) {
+    let target = match streaming.target(spec.shard_id, &key) {
+        Some(target) => target,
+        None => match primary_lists(spec, replication).await {
+            Ok(Some(Listed {
+                online: true,
+                offset,
+            })) => {
+                // Always: with no write since the sync the offsets already match, but the
+                // primary still waits for an ACK before it streams the next write.
+                request_ack(replica).await;
+                streaming.set(spec.shard_id, Some((key, offset)));
+                offset
+            }
+            Ok(Some(Listed { online: false, .. })) => return false,
+            Ok(None) => return true,
+            Err(err) => {
+                tracing::debug!(error = %err, "primary not asked whether it streams to its replica");
+                return true;
+            }
+        },
+    };
+    if replication.offset() >= target {
         return true;
     }
-    let listed = match primary_lists(spec, replication).await {
-        Ok(Some(online)) => online,
-        Ok(None) => true,
-        Err(err) => {
-            tracing::debug!(error = %err, "primary not asked whether it streams to its replica");
-            true
-        }
-    };
-    if !listed {
-        return false;
-    }
-    match replica.request_ack().await {
-        Ok(()) => streaming.set(spec.shard_id, Some(key)),
-        Err(err) => tracing::debug!(error = %err, "replica not asked for an ACK"),
-    }
-    true
+    request_ack(replica).await;
+    false
 }
 
-/// Whether the primary this replica follows lists it `online` (`None`: it does not list it).
+/// Asks `replica` for an ACK to its primary (see [`EngineClient::request_ack`]); a failure
+/// is logged, and the next round asks again.
+async fn request_ack(replica: &EngineClient) {
+    if let Err(err) = replica.request_ack().await {
+        tracing::debug!(error = %err, "replica not asked for an ACK");
+    }
+}
+
+/// How a primary lists one of its replicas: `online` or still syncing, and the primary's own
+/// offset when it said so.
+struct Listed {
+    online: bool,
+    offset: i64,
+}
+
+/// How the primary this replica follows lists it (`None`: it does not list it).
 async fn primary_lists(
     spec: &ShardSpec,
     replication: &ReplicationInfo,
-) -> Result<Option<bool>, ShardError> {
+) -> Result<Option<Listed>, ShardError> {
     let (Some(host), Some(port)) = (replication.master_host.as_deref(), replication.master_port)
     else {
         return Ok(None);
@@ -470,7 +499,10 @@ async fn primary_lists(
     let theirs = primary.replication().await?;
     Ok(theirs
         .replica(&spec.bind.to_string(), spec.port)
-        .map(|entry| entry.is_online()))
+        .map(|entry| Listed {
+            online: entry.is_online(),
+            offset: theirs.master_repl_offset,
+        }))
 }
 
 /// `INFO persistence` fields that turn `err` when the engine failed to write its data files.

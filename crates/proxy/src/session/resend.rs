@@ -340,7 +340,8 @@ async fn confirm_absent(
                     Ok(Ok(Some(info))) if !info.master => {}
                     Ok(Ok(Some(_))) => {
                         return Err(
-                            "the promoted replica had received the master's stream past the write",
+                            "the promoted replica had received the master's stream beyond the \
+                             offset read before the write, maybe the write itself",
                         )
                     }
                     Ok(Ok(None)) => {
