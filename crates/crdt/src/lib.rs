@@ -1,0 +1,9 @@
+//! stub
+pub mod blob;
+pub mod clock;
+pub mod error;
+pub mod op;
+pub mod state;
+pub mod write;
+#[cfg(test)]
+mod tests;

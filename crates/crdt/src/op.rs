@@ -1,0 +1,269 @@
+//! Operations: one client write's effect on one key, as data that travels between instances.
+//!
+//! An [`Op`] is what the origin instance ships to every peer (the syncer's op log holds them in
+//! the origin's order). It names its own identity ([`Dot`]), the key's history it had observed
+//! (`ctx`), its wall clock, and the protocol version it was encoded with, so that an older
+//! instance refuses an op it cannot interpret instead of guessing.
+//!
+//! The JSON encoding is part of the CRDB protocol: field and variant names are fixed by the
+//! `serde` attributes below and pinned by a test; a change of meaning needs a new
+//! [`CRDT_PROTOCOL_VERSION`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::blob::Blob;
+use crate::clock::{Dot, InstanceId, Millis, VectorClock};
+use crate::error::CrdtError;
+
+/// The CRDB protocol version this crate speaks: the encoding and meaning of [`Op`].
+///
+/// Compatibility is one-way (reference section 4): an instance accepts ops of its own version and
+/// every older one, and refuses newer ones with [`CrdtError::NewerProtocol`]; the sender then holds
+/// them until the receiver is upgraded.
+pub const CRDT_PROTOCOL_VERSION: u16 = 1;
+
+/// The oldest protocol version this crate still accepts.
+pub const CRDT_PROTOCOL_MIN: u16 = 1;
+
+/// The identity of one list element: the write that inserted it and its index within that write
+/// (one `LPUSH` inserts several elements under one dot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ElemId {
+    /// The inserting instance.
+    pub instance: InstanceId,
+    /// The inserting write's per-key sequence number.
+    pub seq: u64,
+    /// The element's index among the values of that write.
+    pub idx: u32,
+}
+
+impl ElemId {
+    /// The dot of the write that inserted the element.
+    pub fn dot(&self) -> Dot {
+        Dot {
+            instance: self.instance,
+            seq: self.seq,
+        }
+    }
+}
+
+/// Which counter of a key a reset names: counters live in strings, hash fields and sorted-set
+/// scores.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "in", rename_all = "snake_case")]
+pub enum CounterRef {
+    /// The counter part of a string key (`INCR*`/`DECR*`).
+    String,
+    /// The counter part of one hash field (`HINCRBY*`).
+    Field {
+        /// The field.
+        field: Blob,
+    },
+    /// The `ZINCRBY` part of one sorted-set member's score.
+    Member {
+        /// The member.
+        member: Blob,
+    },
+}
+
+/// One instance's running total of increments to one counter, as of its write `seq`.
+///
+/// Every replica applies an origin's increments in the origin's order, so `(seq, total)` means the
+/// same everywhere; a reset that carries the totals it observed removes exactly those increments.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CounterMark {
+    /// The sequence number of the last increment included.
+    pub seq: u64,
+    /// Sum of the integer increments (`INCRBY`, `HINCRBY`).
+    pub int: i128,
+    /// Sum of the floating-point increments (`INCRBYFLOAT`, `HINCRBYFLOAT`, `ZINCRBY`).
+    pub float: f64,
+    /// How many of the increments were floating-point ones (a counter shows as a float once any
+    /// live increment is).
+    pub floats: u64,
+}
+
+/// The totals of one counter that an observed-reset removes (SET over a counter, DEL, HDEL, ZREM,
+/// ZADD): increments not included stay ("observed-reset", reference section 2).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CounterReset {
+    /// The counter.
+    pub counter: CounterRef,
+    /// Per instance, the totals the origin had observed.
+    pub observed: BTreeMap<InstanceId, CounterMark>,
+}
+
+/// What one write does to its key. Variant names are the protocol's, not Redis command names:
+/// several commands share an effect (`SET`/`SETEX`/`APPEND`/`SETRANGE`/`GETSET` are all `set` of the
+/// resulting value; `LPUSH`/`RPUSH`/`LINSERT` are all `list_insert`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Effect {
+    /// A string's new value (last-writer-wins register); also resets the observed counter.
+    Set {
+        /// The value.
+        value: Blob,
+        /// `KEEPTTL`: leave the key's expiry alone (otherwise the observed expiry is cleared).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_ttl: bool,
+    },
+    /// `INCRBY`/`DECRBY`/`INCR`/`DECR`: summed across instances.
+    Incr {
+        /// The signed increment.
+        by: i64,
+    },
+    /// `INCRBYFLOAT`: summed across instances.
+    IncrFloat {
+        /// The increment.
+        by: f64,
+    },
+    /// `HSET`/`HMSET`/`HSETNX`: per field last-writer-wins; wins over a concurrent `HDEL`.
+    HashSet {
+        /// Field and value pairs.
+        fields: Vec<(Blob, Blob)>,
+    },
+    /// `HDEL`: removes what the origin had observed of the fields.
+    HashDel {
+        /// The fields.
+        fields: Vec<Blob>,
+    },
+    /// `HINCRBY`: summed across instances.
+    HashIncr {
+        /// The field.
+        field: Blob,
+        /// The increment.
+        by: i64,
+    },
+    /// `HINCRBYFLOAT`: summed across instances.
+    HashIncrFloat {
+        /// The field.
+        field: Blob,
+        /// The increment.
+        by: f64,
+    },
+    /// `SADD`: add-wins.
+    SetAdd {
+        /// The members.
+        members: Vec<Blob>,
+    },
+    /// `SREM`/`SPOP`/`SMOVE`'s source side: removes what the origin had observed.
+    SetRem {
+        /// The members.
+        members: Vec<Blob>,
+    },
+    /// `ZADD`: membership add-wins; the score is last-writer-wins and resets observed `ZINCRBY`s.
+    ZAdd {
+        /// Member and score pairs.
+        members: Vec<(Blob, f64)>,
+    },
+    /// `ZINCRBY`: summed across instances.
+    ZIncr {
+        /// The member.
+        member: Blob,
+        /// The increment.
+        by: f64,
+    },
+    /// `ZREM`/`ZPOP*`: removes the observed membership and the observed score.
+    ZRem {
+        /// The members.
+        members: Vec<Blob>,
+    },
+    /// `LPUSH`/`RPUSH`/`LINSERT`: new elements after `after` (`None`: at the head), in this order.
+    ListInsert {
+        /// The element the first value follows, `None` for the head of the list.
+        after: Option<ElemId>,
+        /// The values; element `i` gets id `(op dot, i)`.
+        values: Vec<Blob>,
+    },
+    /// `LPOP`/`RPOP`/`LREM`/`LTRIM`: removes the elements the origin had observed.
+    ListRem {
+        /// The removed elements.
+        elems: Vec<ElemId>,
+    },
+    /// `LSET`: a new value for one element (last-writer-wins; a concurrent removal wins).
+    ListSet {
+        /// The element.
+        elem: ElemId,
+        /// The value.
+        value: Blob,
+    },
+    /// `DEL`/`UNLINK` and the source side of `RENAME`: removes everything observed of the key.
+    Del,
+    /// `EXPIRE`/`PEXPIRE`/`EXPIREAT`...: an absolute deadline. The longest concurrent one wins.
+    Expire {
+        /// Wall-clock milliseconds at which the key expires.
+        at: Millis,
+    },
+    /// `PERSIST`: beats every concurrent expiry.
+    Persist,
+}
+
+/// One write to one key, as shipped from its origin to every peer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Op {
+    /// The CRDB protocol version the op was encoded with.
+    pub v: u16,
+    /// The key.
+    pub key: Blob,
+    /// The write's identity (origin and per-key sequence number).
+    pub id: Dot,
+    /// The origin's wall clock when it made the write.
+    pub ts: Millis,
+    /// The key's history the origin had observed before this write.
+    pub ctx: VectorClock,
+    /// The key did not exist at the origin (absent or expired): the write first removes everything
+    /// observed of the key, as a `DEL` would, so a new key starts clean.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh: bool,
+    /// The counters this write resets, with the totals the origin had observed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resets: Vec<CounterReset>,
+    /// What the write does.
+    pub effect: Effect,
+}
+
+impl Op {
+    /// Refuses an op from a protocol this instance does not speak (newer, or retired).
+    pub fn check_protocol(&self, local: u16) -> Result<(), CrdtError> {
+        if self.v > local {
+            return Err(CrdtError::NewerProtocol {
+                op: self.v,
+                local,
+            });
+        }
+        if self.v < CRDT_PROTOCOL_MIN {
+            return Err(CrdtError::RetiredProtocol {
+                op: self.v,
+                min: CRDT_PROTOCOL_MIN,
+            });
+        }
+        Ok(())
+    }
+
+    /// The op's JSON, as the op log stores and the syncer ships it.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an op always serializes")
+    }
+
+    /// Decodes an op from the log, refusing one from a newer protocol than `local` before
+    /// looking at its body (whose meaning may have changed).
+    pub fn from_json(text: &str, local: u16) -> Result<Op, CrdtError> {
+        #[derive(Deserialize)]
+        struct Version {
+            v: u16,
+        }
+        let version: Version =
+            serde_json::from_str(text).map_err(|e| CrdtError::Decode(e.to_string()))?;
+        if version.v > local {
+            return Err(CrdtError::NewerProtocol {
+                op: version.v,
+                local,
+            });
+        }
+        let op: Op = serde_json::from_str(text).map_err(|e| CrdtError::Decode(e.to_string()))?;
+        op.check_protocol(local)?;
+        Ok(op)
+    }
+}

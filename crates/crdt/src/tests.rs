@@ -1,0 +1,438 @@
+//! The reference's data rules (section 6, T1-T9 and T15) and the choices where Redis documents
+//! none: each test has two or three instances write concurrently (nobody has seen the other's
+//! op: the link is "cut"), then delivers every op to every replica in every interleaving that
+//! keeps each origin's order, with duplicates, and checks all replicas show the same value.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::blob::Blob;
+use crate::clock::{Causality, InstanceId, VectorClock};
+use crate::error::{CrdtError, WriteError};
+use crate::op::Op;
+use crate::state::{Expiry, KeyState, Value};
+use crate::write::{End, Write, COUNTER_MAX};
+
+const A: InstanceId = InstanceId(1);
+const B: InstanceId = InstanceId(2);
+const C: InstanceId = InstanceId(3);
+const T0: u64 = 1_700_000_000_000;
+
+fn b(s: &str) -> Blob {
+    Blob::from(s)
+}
+
+fn key() -> Blob {
+    b("k")
+}
+
+/// One instance's copy of the key, writing at a given wall clock.
+struct Site {
+    id: InstanceId,
+    state: KeyState,
+    log: Vec<Op>,
+}
+
+impl Site {
+    fn new(id: InstanceId, state: &KeyState) -> Self {
+        Site {
+            id,
+            state: state.clone(),
+            log: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, now: u64, write: Write) -> Result<(), WriteError> {
+        if let Some(op) = self.state.write(&key(), self.id, now, write)? {
+            self.log.push(op);
+        }
+        Ok(())
+    }
+
+    fn ok(&mut self, now: u64, write: Write) -> &mut Self {
+        self.write(now, write).expect("write accepted");
+        self
+    }
+}
+
+/// Every merge of the streams that keeps each stream's order.
+fn interleavings(streams: &[Vec<Op>]) -> Vec<Vec<Op>> {
+    fn go(streams: &[Vec<Op>], pos: &mut Vec<usize>, cur: &mut Vec<Op>, out: &mut Vec<Vec<Op>>) {
+        if out.len() >= 2000 {
+            return;
+        }
+        let mut done = true;
+        for s in 0..streams.len() {
+            if pos[s] < streams[s].len() {
+                done = false;
+                cur.push(streams[s][pos[s]].clone());
+                pos[s] += 1;
+                go(streams, pos, cur, out);
+                pos[s] -= 1;
+                cur.pop();
+            }
+        }
+        if done {
+            out.push(cur.clone());
+        }
+    }
+    let mut out = Vec::new();
+    go(streams, &mut vec![0; streams.len()], &mut Vec::new(), &mut out);
+    out
+}
+
+/// Delivers the sites' logs to the base state in every interleaving (each op twice) and to every
+/// site (which already holds its own ops); asserts they all end equal and returns the state.
+fn heal(base: &KeyState, sites: &mut [&mut Site]) -> KeyState {
+    let streams: Vec<Vec<Op>> = sites.iter().map(|s| s.log.clone()).collect();
+    let mut results = Vec::new();
+    for order in interleavings(&streams) {
+        let mut state = base.clone();
+        for op in &order {
+            assert_eq!(state.apply(op), Ok(crate::state::Applied::New));
+            assert_eq!(state.apply(op), Ok(crate::state::Applied::Duplicate));
+        }
+        results.push(state);
+    }
+    for site in sites.iter_mut() {
+        for op in streams.iter().flatten() {
+            site.state.apply(op).expect("in order");
+        }
+        results.push(site.state.clone());
+    }
+    let first = results[0].clone();
+    for r in &results {
+        assert_eq!(r.materialize(), first.materialize());
+        assert_eq!(r.expiry(), first.expiry());
+        assert_eq!(r, &first, "states differ");
+    }
+    for site in sites.iter_mut() {
+        site.log.clear();
+    }
+    first
+}
+
+fn string(state: &KeyState) -> String {
+    match state.materialize() {
+        Some(Value::String(s)) => String::from_utf8(s.0).unwrap(),
+        other => panic!("not a string: {other:?}"),
+    }
+}
+
+#[test]
+fn vector_clock_compare() {
+    let mut x = VectorClock::new();
+    let mut y = VectorClock::new();
+    assert_eq!(x.compare(&y), Causality::Equal);
+    x.observe(A, 1);
+    assert_eq!(x.compare(&y), Causality::After);
+    assert_eq!(y.compare(&x), Causality::Before);
+    y.observe(B, 1);
+    assert_eq!(x.compare(&y), Causality::Concurrent);
+    y.join(&x);
+    assert_eq!(x.compare(&y), Causality::Before);
+    assert_eq!(y.lamport(), 2);
+}
+
+#[test]
+fn t1_counters_sum_and_overflow_is_refused() {
+    let base = KeyState::new();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::IncrBy(7));
+    bb.ok(T0, Write::IncrBy(3));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    assert_eq!(string(&healed), "10");
+    assert_eq!(a.write(T0, Write::IncrBy(i64::MAX)), Err(WriteError::Overflow));
+    assert_eq!(
+        a.write(T0, Write::IncrBy((COUNTER_MAX - 10) as i64)),
+        Ok(())
+    );
+    assert_eq!(a.write(T0, Write::IncrBy(1)), Err(WriteError::Overflow));
+    assert_eq!(string(&a.state), COUNTER_MAX.to_string());
+}
+
+#[test]
+fn t1_float_counters_sum() {
+    let base = KeyState::new();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::IncrBy(1)).ok(T0, Write::IncrByFloat(1.5));
+    bb.ok(T0, Write::IncrByFloat(2.25));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    assert_eq!(string(&healed), "4.75");
+    assert_eq!(a.write(T0, Write::IncrBy(1)), Err(WriteError::NotInteger));
+}
+
+#[test]
+fn t2_strings_last_writer_wins_by_wall_clock_then_lower_instance() {
+    let base = KeyState::new();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::Set { value: b("a"), keep_ttl: false });
+    bb.ok(T0 + 1000, Write::Set { value: b("b"), keep_ttl: false });
+    assert_eq!(string(&heal(&base, &mut [&mut a, &mut bb])), "b");
+
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::Set { value: b("a"), keep_ttl: false });
+    bb.ok(T0, Write::Set { value: b("b"), keep_ttl: false });
+    assert_eq!(string(&heal(&base, &mut [&mut a, &mut bb])), "a");
+}
+
+#[test]
+fn t2_causality_beats_the_wall_clock() {
+    let base = KeyState::new();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0 + 5000, Write::Set { value: b("first"), keep_ttl: false });
+    heal(&base, &mut [&mut a, &mut bb]);
+    let synced = bb.state.clone();
+    // B saw A's write; its clock is behind, but its write is causally later.
+    bb.ok(T0, Write::Set { value: b("second"), keep_ttl: false });
+    assert_eq!(string(&heal(&synced, &mut [&mut a, &mut bb])), "second");
+}
+
+#[test]
+fn t3_sets_add_wins_and_remove_only_what_was_seen() {
+    let mut base = KeyState::new();
+    base.write(&key(), C, T0, Write::SAdd(vec![b("a"), b("b")])).unwrap();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::SRem(vec![b("a")])).ok(T0, Write::SRem(vec![b("c")]));
+    bb.ok(T0, Write::SAdd(vec![b("c")]));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    let want: BTreeSet<Blob> = [b("b"), b("c")].into();
+    assert_eq!(healed.materialize(), Some(Value::Set(want)));
+}
+
+#[test]
+fn t3_concurrent_add_survives_a_remove_of_the_same_member() {
+    let mut base = KeyState::new();
+    base.write(&key(), C, T0, Write::SAdd(vec![b("a"), b("b")])).unwrap();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::SRem(vec![b("a")]));
+    bb.ok(T0, Write::SRem(vec![b("a")])).ok(T0, Write::SAdd(vec![b("a")]));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    let want: BTreeSet<Blob> = [b("a"), b("b")].into();
+    assert_eq!(healed.materialize(), Some(Value::Set(want)));
+}
+
+#[test]
+fn t4_hash_fields_add_wins_over_hdel_and_hincrby_sums() {
+    let mut base = KeyState::new();
+    base.write(&key(), C, T0, Write::HSet(vec![(b("f3"), b("old")), (b("g"), b("1"))]))
+        .unwrap();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::HDel(vec![b("f3")])).ok(T0, Write::HIncrBy(b("n"), 5));
+    bb.ok(T0, Write::HSet(vec![(b("f3"), b("x"))]))
+        .ok(T0, Write::HIncrBy(b("n"), 2));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    let want: BTreeMap<Blob, Blob> = [(b("f3"), b("x")), (b("g"), b("1")), (b("n"), b("7"))].into();
+    assert_eq!(healed.materialize(), Some(Value::Hash(want)));
+}
+
+#[test]
+fn t5_zrem_removes_only_the_seen_score_and_zincrby_sums() {
+    let mut base = KeyState::new();
+    base.write(&key(), C, T0, Write::ZAdd(vec![(b("x"), 4.1)])).unwrap();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::ZRem(vec![b("x")]));
+    bb.ok(T0, Write::ZIncrBy(b("x"), 2.0));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    assert_eq!(healed.materialize(), Some(Value::Zset(vec![(b("x"), 2.0)])));
+}
+
+#[test]
+fn t5_concurrent_zadd_later_score_wins_and_a_tie_goes_to_instance_1() {
+    let base = KeyState::new();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0 + 1, Write::ZAdd(vec![(b("x"), 1.0)]));
+    bb.ok(T0, Write::ZAdd(vec![(b("x"), 2.0)]));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    assert_eq!(healed.materialize(), Some(Value::Zset(vec![(b("x"), 1.0)])));
+
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::ZAdd(vec![(b("x"), 1.0)])).ok(T0, Write::ZIncrBy(b("x"), 3.0));
+    bb.ok(T0, Write::ZAdd(vec![(b("x"), 2.0)])).ok(T0, Write::ZIncrBy(b("x"), 1.0));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    // A's ZADD wins the tie (1.0); neither ZADD saw the other's ZINCRBY: both increments stay.
+    assert_eq!(healed.materialize(), Some(Value::Zset(vec![(b("x"), 5.0)])));
+}
+
+fn list(state: &KeyState) -> Vec<String> {
+    match state.materialize() {
+        Some(Value::List(l)) => l.into_iter().map(|v| String::from_utf8(v.0).unwrap()).collect(),
+        None => vec![],
+        other => panic!("not a list: {other:?}"),
+    }
+}
+
+#[test]
+fn t6_concurrent_inserts_keep_one_order_and_del_removes_only_what_it_saw() {
+    let mut base = KeyState::new();
+    base.write(&key(), C, T0, Write::Push(End::Right, vec![b("x")])).unwrap();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    let after_x = |v: &str| Write::LInsert {
+        before: false,
+        pivot: b("x"),
+        value: b(v),
+    };
+    a.ok(T0, after_x("y1"));
+    bb.ok(T0, after_x("y2"));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    let order = list(&healed);
+    assert_eq!(order.len(), 3);
+    assert_eq!(order[0], "x");
+
+    a.ok(T0, Write::Push(End::Left, vec![b("z")]));
+    bb.ok(T0, Write::Del);
+    let healed = heal(&healed, &mut [&mut a, &mut bb]);
+    assert_eq!(list(&healed), vec!["z"]);
+}
+
+#[test]
+fn t6_concurrent_pushes_at_both_ends_are_all_kept_and_pops_are_at_least_once() {
+    let mut base = KeyState::new();
+    base.write(&key(), C, T0, Write::Push(End::Right, vec![b("m")])).unwrap();
+    let (mut a, mut bb, mut c) = (Site::new(A, &base), Site::new(B, &base), Site::new(C, &base));
+    a.ok(T0, Write::Push(End::Right, vec![b("a1"), b("a2")]))
+        .ok(T0, Write::Push(End::Left, vec![b("a0")]));
+    bb.ok(T0, Write::Push(End::Right, vec![b("b1")]))
+        .ok(T0, Write::Pop(End::Left, 1));
+    c.ok(T0, Write::Pop(End::Left, 1))
+        .ok(T0, Write::Push(End::Left, vec![b("c1"), b("c2")]));
+    let healed = heal(&base, &mut [&mut a, &mut bb, &mut c]);
+    let got = list(&healed);
+    // m popped on two sites (at least once); every push kept; A's two values stay adjacent.
+    assert_eq!(got.len(), 6, "{got:?}");
+    assert!(!got.contains(&"m".to_string()));
+    let a1 = got.iter().position(|v| v == "a1").unwrap();
+    assert_eq!(got[a1 + 1], "a2");
+    let c2 = got.iter().position(|v| v == "c2").unwrap();
+    assert_eq!(got[c2 + 1], "c1");
+}
+
+#[test]
+fn t9_expire_longest_wins_and_persist_beats_every_ttl() {
+    let mut base = KeyState::new();
+    base.write(&key(), C, T0, Write::Set { value: b("v"), keep_ttl: false }).unwrap();
+    base.write(&key(), C, T0, Write::ExpireAt(T0 + 100_000)).unwrap();
+    let (mut a, mut bb, mut c) = (Site::new(A, &base), Site::new(B, &base), Site::new(C, &base));
+    a.ok(T0, Write::ExpireAt(T0 + 10_000));
+    bb.ok(T0, Write::ExpireAt(T0 + 50_000));
+    c.ok(T0, Write::Persist);
+    let healed = heal(&base, &mut [&mut a, &mut bb, &mut c]);
+    assert_eq!(healed.expiry(), Expiry::Persist);
+
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::ExpireAt(T0 + 10_000));
+    bb.ok(T0, Write::ExpireAt(T0 + 50_000));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    assert_eq!(
+        healed.expiry(),
+        Expiry::At {
+            at: T0 + 50_000,
+            owner: B
+        }
+    );
+    assert!(healed.visible(T0 + 49_999).is_some());
+    assert!(healed.visible(T0 + 50_000).is_none());
+}
+
+#[test]
+fn t9_a_causally_later_expire_replaces_a_longer_one() {
+    let mut s = KeyState::new();
+    s.write(&key(), A, T0, Write::Set { value: b("v"), keep_ttl: false }).unwrap();
+    s.write(&key(), A, T0, Write::ExpireAt(T0 + 50_000)).unwrap();
+    s.write(&key(), A, T0, Write::ExpireAt(T0 + 10_000)).unwrap();
+    assert_eq!(s.expiry(), Expiry::At { at: T0 + 10_000, owner: A });
+    // SET without KEEPTTL clears the expiry it saw.
+    s.write(&key(), A, T0, Write::Set { value: b("w"), keep_ttl: false }).unwrap();
+    assert_eq!(s.expiry(), Expiry::Persist);
+}
+
+#[test]
+fn a_write_to_an_expired_key_starts_a_new_key() {
+    let mut s = KeyState::new();
+    s.write(&key(), A, T0, Write::SAdd(vec![b("old")])).unwrap();
+    s.write(&key(), A, T0, Write::ExpireAt(T0 + 10)).unwrap();
+    s.write(&key(), A, T0 + 20, Write::SAdd(vec![b("new")])).unwrap();
+    let want: BTreeSet<Blob> = [b("new")].into();
+    assert_eq!(s.visible(T0 + 30), Some(Value::Set(want)));
+    assert_eq!(s.expiry(), Expiry::Persist);
+}
+
+#[test]
+fn t15_a_key_written_as_two_types_converges_to_the_later_write() {
+    for (ts_a, ts_b, want_string) in [(T0 + 1, T0, true), (T0, T0 + 1, false), (T0, T0, true)] {
+        let base = KeyState::new();
+        let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+        a.ok(ts_a, Write::Set { value: b("1"), keep_ttl: false });
+        bb.ok(ts_b, Write::SAdd(vec![b("m")]));
+        let healed = heal(&base, &mut [&mut a, &mut bb]);
+        let got = healed.materialize().unwrap();
+        if want_string {
+            assert_eq!(got, Value::String(b("1")));
+            // The next write, having seen both, drops the losing set for good.
+            a.ok(T0 + 2, Write::Del);
+            let healed = heal(&healed, &mut [&mut a, &mut bb]);
+            assert_eq!(healed.materialize(), None);
+        } else {
+            assert_eq!(got, Value::Set([b("m")].into()));
+            bb.ok(T0 + 2, Write::SRem(vec![b("m")]));
+            let healed = heal(&healed, &mut [&mut a, &mut bb]);
+            assert_eq!(healed.materialize(), None, "the losing string does not come back");
+        }
+    }
+}
+
+#[test]
+fn choice_set_racing_incr_is_observed_reset() {
+    let mut base = KeyState::new();
+    base.write(&key(), C, T0, Write::IncrBy(10)).unwrap();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::Set { value: b("100"), keep_ttl: false });
+    bb.ok(T0, Write::IncrBy(5));
+    assert_eq!(string(&heal(&base, &mut [&mut a, &mut bb])), "105");
+
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::Del);
+    bb.ok(T0, Write::IncrBy(5));
+    assert_eq!(string(&heal(&base, &mut [&mut a, &mut bb])), "5");
+}
+
+#[test]
+fn choice_string_del_racing_set_keeps_the_set() {
+    let mut base = KeyState::new();
+    base.write(&key(), C, T0, Write::Set { value: b("v"), keep_ttl: false }).unwrap();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0 + 10, Write::Del);
+    bb.ok(T0, Write::Set { value: b("w"), keep_ttl: false });
+    assert_eq!(string(&heal(&base, &mut [&mut a, &mut bb])), "w");
+}
+
+#[test]
+fn wrong_type_is_refused_at_the_origin() {
+    let mut s = KeyState::new();
+    s.write(&key(), A, T0, Write::SAdd(vec![b("m")])).unwrap();
+    assert_eq!(
+        s.prepare(&key(), A, T0, Write::Set { value: b("x"), keep_ttl: false }),
+        Err(WriteError::WrongType)
+    );
+    assert_eq!(s.prepare(&key(), A, T0, Write::IncrBy(1)), Err(WriteError::WrongType));
+}
+
+#[test]
+fn an_op_from_a_newer_protocol_is_refused_and_a_gap_is_reported() {
+    let mut s = KeyState::new();
+    let op = s
+        .prepare(&key(), A, T0, Write::Set { value: b("x"), keep_ttl: false })
+        .unwrap()
+        .unwrap();
+    let mut newer = op.clone();
+    newer.v = crate::op::CRDT_PROTOCOL_VERSION + 1;
+    assert!(matches!(s.apply(&newer), Err(CrdtError::NewerProtocol { .. })));
+    let text = r#"{"v":2,"key":"k","id":{"instance":1,"seq":1},"future":"shape"}"#;
+    assert_eq!(
+        Op::from_json(text, 1),
+        Err(CrdtError::NewerProtocol { op: 2, local: 1 })
+    );
+    let mut ahead = op.clone();
+    ahead.id.seq = 2;
+    assert!(matches!(s.apply(&ahead), Err(CrdtError::Gap { expected: 1, .. })));
+    assert_eq!(Op::from_json(&op.to_json(), 1), Ok(op));
+}

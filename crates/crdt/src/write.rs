@@ -1,0 +1,447 @@
+//! The origin side: turn a client's write into an [`Op`] against the local state of its key.
+//!
+//! This is what the proxy-side layer (and its Lua scripts) does on the instance a client wrote
+//! to: check the write as the engine would (`WRONGTYPE`, not an integer, overflow), resolve
+//! positions into element ids (`LPOP` names the elements it removes), record which counters the
+//! write resets, then apply the op locally and append it to the op log.
+
+use crate::blob::Blob;
+use crate::clock::{Dot, InstanceId, Millis};
+use crate::error::WriteError;
+use crate::op::{CounterReset, Effect, ElemId, Op, CRDT_PROTOCOL_VERSION};
+use crate::state::{KeyState, TypeTag, Value};
+
+/// The largest counter value: Active-Active counters are 59-bit signed (reference section 2).
+pub const COUNTER_MAX: i128 = (1 << 58) - 1;
+/// The smallest counter value.
+pub const COUNTER_MIN: i128 = -(1 << 58);
+
+/// Which end of a list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The head (`LPUSH`, `LPOP`).
+    Left,
+    /// The tail (`RPUSH`, `RPOP`).
+    Right,
+}
+
+/// A client's write to one key, after the proxy parsed the command (one Redis command may give
+/// several: `MSET` one per key, `RENAME` a `Del` of the source and a `Set`-like write of the
+/// destination).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// `SET` (and `APPEND`/`SETRANGE`/`GETSET`, with the resulting value).
+    Set {
+        /// The new value.
+        value: Blob,
+        /// `KEEPTTL`.
+        keep_ttl: bool,
+    },
+    /// `INCRBY` and friends.
+    IncrBy(i64),
+    /// `INCRBYFLOAT`.
+    IncrByFloat(f64),
+    /// `HSET`.
+    HSet(Vec<(Blob, Blob)>),
+    /// `HDEL`.
+    HDel(Vec<Blob>),
+    /// `HINCRBY`.
+    HIncrBy(Blob, i64),
+    /// `HINCRBYFLOAT`.
+    HIncrByFloat(Blob, f64),
+    /// `SADD`.
+    SAdd(Vec<Blob>),
+    /// `SREM`.
+    SRem(Vec<Blob>),
+    /// `ZADD`.
+    ZAdd(Vec<(Blob, f64)>),
+    /// `ZINCRBY`.
+    ZIncrBy(Blob, f64),
+    /// `ZREM`.
+    ZRem(Vec<Blob>),
+    /// `LPUSH`/`RPUSH` (values in command order).
+    Push(End, Vec<Blob>),
+    /// `LINSERT key BEFORE|AFTER pivot value`.
+    LInsert {
+        /// `BEFORE` the pivot (else after).
+        before: bool,
+        /// The pivot value.
+        pivot: Blob,
+        /// The new value.
+        value: Blob,
+    },
+    /// `LPOP`/`RPOP key count`.
+    Pop(End, usize),
+    /// `LREM key count value`.
+    LRem(i64, Blob),
+    /// `LSET key index value`.
+    LSet(i64, Blob),
+    /// `LTRIM key start stop`.
+    LTrim(i64, i64),
+    /// `DEL`.
+    Del,
+    /// `PEXPIREAT` (every expire form, as an absolute deadline).
+    ExpireAt(Millis),
+    /// `PERSIST`.
+    Persist,
+}
+
+impl Write {
+    fn type_tag(&self) -> Option<TypeTag> {
+        Some(match self {
+            Write::Set { .. } | Write::IncrBy(_) | Write::IncrByFloat(_) => TypeTag::String,
+            Write::HSet(_) | Write::HDel(_) | Write::HIncrBy(..) | Write::HIncrByFloat(..) => {
+                TypeTag::Hash
+            }
+            Write::SAdd(_) | Write::SRem(_) => TypeTag::Set,
+            Write::ZAdd(_) | Write::ZIncrBy(..) | Write::ZRem(_) => TypeTag::Zset,
+            Write::Push(..)
+            | Write::LInsert { .. }
+            | Write::Pop(..)
+            | Write::LRem(..)
+            | Write::LSet(..)
+            | Write::LTrim(..) => TypeTag::List,
+            Write::Del | Write::ExpireAt(_) | Write::Persist => return None,
+        })
+    }
+}
+
+impl KeyState {
+    /// Turns a client's write at instance `instance`, wall clock `now`, into the op to ship, or
+    /// `None` when the write changes nothing (`SREM` of a missing member, `DEL` of a missing key),
+    /// as the engine would not propagate it either. The caller applies the op locally too.
+    pub fn prepare(
+        &self,
+        key: &Blob,
+        instance: InstanceId,
+        now: Millis,
+        write: Write,
+    ) -> Result<Option<Op>, WriteError> {
+        let current = self.visible(now);
+        let wanted = write.type_tag();
+        if let (Some(wanted), Some(value)) = (wanted, &current) {
+            if value.type_tag() != wanted {
+                return Err(WriteError::WrongType);
+            }
+        }
+        let fresh = current.is_none() && wanted.is_some();
+        let Some((effect, own_resets)) = self.effect(current.as_ref(), write)? else {
+            return Ok(None);
+        };
+        let mut resets = own_resets;
+        for (tag, reset) in self.counters() {
+            let clears_all = fresh || matches!(effect, Effect::Del);
+            if clears_all || wanted.is_some_and(|w| w != tag) {
+                if !resets.iter().any(|r| r.counter == reset.counter) {
+                    resets.push(reset);
+                }
+            }
+        }
+        resets.sort_by(|a, b| a.counter.cmp(&b.counter));
+        Ok(Some(Op {
+            v: CRDT_PROTOCOL_VERSION,
+            key: key.clone(),
+            id: Dot {
+                instance,
+                seq: self.clock.get(instance) + 1,
+            },
+            ts: now,
+            ctx: self.clock.clone(),
+            fresh,
+            resets,
+            effect,
+        }))
+    }
+
+    /// Prepares and applies a write locally; the op returned is what the syncer ships.
+    pub fn write(
+        &mut self,
+        key: &Blob,
+        instance: InstanceId,
+        now: Millis,
+        write: Write,
+    ) -> Result<Option<Op>, WriteError> {
+        let op = self.prepare(key, instance, now, write)?;
+        if let Some(op) = &op {
+            self.apply(op).expect("an op prepared here applies here");
+        }
+        Ok(op)
+    }
+
+    /// The effect of a write on the current value, and the counters it resets by itself.
+    fn effect(
+        &self,
+        current: Option<&Value>,
+        write: Write,
+    ) -> Result<Option<(Effect, Vec<CounterReset>)>, WriteError> {
+        let none = Vec::new;
+        Ok(Some(match write {
+            Write::Set { value, keep_ttl } => {
+                let reset = self.field_reset(crate::op::CounterRef::String);
+                (Effect::Set { value, keep_ttl }, reset)
+            }
+            Write::IncrBy(by) => {
+                let base = current.map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    _ => unreachable!("type checked"),
+                });
+                check_int(base.as_ref(), by)?;
+                (Effect::Incr { by }, none())
+            }
+            Write::IncrByFloat(by) => {
+                let base = match current {
+                    Some(Value::String(s)) => Some(s.clone()),
+                    _ => None,
+                };
+                check_float(base.as_ref(), by)?;
+                (Effect::IncrFloat { by }, none())
+            }
+            Write::HSet(fields) => {
+                let resets = fields
+                    .iter()
+                    .flat_map(|(f, _)| {
+                        self.field_reset(crate::op::CounterRef::Field { field: f.clone() })
+                    })
+                    .collect();
+                (Effect::HashSet { fields }, resets)
+            }
+            Write::HDel(fields) => {
+                let present: Vec<Blob> = fields
+                    .into_iter()
+                    .filter(|f| hash_value(current, f).is_some())
+                    .collect();
+                if present.is_empty() {
+                    return Ok(None);
+                }
+                let resets = present
+                    .iter()
+                    .flat_map(|f| {
+                        self.field_reset(crate::op::CounterRef::Field { field: f.clone() })
+                    })
+                    .collect();
+                (Effect::HashDel { fields: present }, resets)
+            }
+            Write::HIncrBy(field, by) => {
+                check_int(hash_value(current, &field).as_ref(), by)?;
+                (Effect::HashIncr { field, by }, none())
+            }
+            Write::HIncrByFloat(field, by) => {
+                check_float(hash_value(current, &field).as_ref(), by)?;
+                (Effect::HashIncrFloat { field, by }, none())
+            }
+            Write::SAdd(members) => {
+                let new: Vec<Blob> = dedup(members)
+                    .into_iter()
+                    .filter(|m| !matches!(current, Some(Value::Set(s)) if s.contains(m)))
+                    .collect();
+                if new.is_empty() {
+                    return Ok(None);
+                }
+                (Effect::SetAdd { members: new }, none())
+            }
+            Write::SRem(members) => {
+                let present: Vec<Blob> = dedup(members)
+                    .into_iter()
+                    .filter(|m| matches!(current, Some(Value::Set(s)) if s.contains(m)))
+                    .collect();
+                if present.is_empty() {
+                    return Ok(None);
+                }
+                (Effect::SetRem { members: present }, none())
+            }
+            Write::ZAdd(members) => {
+                let resets = members
+                    .iter()
+                    .flat_map(|(m, _)| {
+                        self.field_reset(crate::op::CounterRef::Member { member: m.clone() })
+                    })
+                    .collect();
+                (Effect::ZAdd { members }, resets)
+            }
+            Write::ZIncrBy(member, by) => {
+                let score = zscore(current, &member).unwrap_or(0.0);
+                if !(score + by).is_finite() {
+                    return Err(WriteError::NotFinite);
+                }
+                (Effect::ZIncr { member, by }, none())
+            }
+            Write::ZRem(members) => {
+                let present: Vec<Blob> = dedup(members)
+                    .into_iter()
+                    .filter(|m| zscore(current, m).is_some())
+                    .collect();
+                if present.is_empty() {
+                    return Ok(None);
+                }
+                let resets = present
+                    .iter()
+                    .flat_map(|m| {
+                        self.field_reset(crate::op::CounterRef::Member { member: m.clone() })
+                    })
+                    .collect();
+                (Effect::ZRem { members: present }, resets)
+            }
+            Write::Push(end, values) => {
+                let (after, values) = match end {
+                    End::Left => (None, values.into_iter().rev().collect()),
+                    End::Right => (self.list.order().last().copied(), values),
+                };
+                (Effect::ListInsert { after, values }, none())
+            }
+            Write::LInsert {
+                before,
+                pivot,
+                value,
+            } => {
+                let visible = self.list.visible();
+                let Some(&(pivot_id, _)) = visible.iter().find(|(_, v)| *v == pivot) else {
+                    return Ok(None);
+                };
+                let after = if before {
+                    let order = self.list.order();
+                    let at = order.iter().position(|&id| id == pivot_id).expect("visible");
+                    at.checked_sub(1).map(|i| order[i])
+                } else {
+                    Some(pivot_id)
+                };
+                (
+                    Effect::ListInsert {
+                        after,
+                        values: vec![value],
+                    },
+                    none(),
+                )
+            }
+            Write::Pop(end, count) => {
+                let visible = self.list.visible();
+                let elems: Vec<ElemId> = match end {
+                    End::Left => visible.iter().take(count).map(|e| e.0).collect(),
+                    End::Right => visible.iter().rev().take(count).map(|e| e.0).collect(),
+                };
+                return Ok(list_rem(elems));
+            }
+            Write::LRem(count, value) => {
+                let visible = self.list.visible();
+                let matching = visible.iter().filter(|(_, v)| *v == value).map(|e| e.0);
+                let elems: Vec<ElemId> = match count {
+                    0 => matching.collect(),
+                    n if n > 0 => matching.take(n as usize).collect(),
+                    n => {
+                        let all: Vec<ElemId> = matching.collect();
+                        all.into_iter().rev().take(n.unsigned_abs() as usize).collect()
+                    }
+                };
+                return Ok(list_rem(elems));
+            }
+            Write::LSet(index, value) => {
+                if current.is_none() {
+                    return Err(WriteError::NoSuchKey);
+                }
+                let visible = self.list.visible();
+                let at = resolve_index(index, visible.len()).ok_or(WriteError::IndexOutOfRange)?;
+                let elem = visible[at].0;
+                (Effect::ListSet { elem, value }, none())
+            }
+            Write::LTrim(start, stop) => {
+                let visible = self.list.visible();
+                let len = visible.len() as i64;
+                let norm = |i: i64| if i < 0 { (len + i).max(0) } else { i };
+                let (start, stop) = (norm(start), norm(stop).min(len - 1));
+                let elems = visible
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| (*i as i64) < start || (*i as i64) > stop)
+                    .map(|(_, e)| e.0)
+                    .collect();
+                return Ok(list_rem(elems));
+            }
+            Write::Del => {
+                if current.is_none() {
+                    return Ok(None);
+                }
+                (Effect::Del, none())
+            }
+            Write::ExpireAt(at) => {
+                if current.is_none() {
+                    return Ok(None);
+                }
+                (Effect::Expire { at }, none())
+            }
+            Write::Persist => {
+                if current.is_none() || !matches!(self.expiry(), crate::state::Expiry::At { .. })
+                {
+                    return Ok(None);
+                }
+                (Effect::Persist, none())
+            }
+        }))
+    }
+
+    fn field_reset(&self, counter: crate::op::CounterRef) -> Vec<CounterReset> {
+        self.counters()
+            .into_iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.counter == counter)
+            .collect()
+    }
+}
+
+fn list_rem(elems: Vec<ElemId>) -> Option<(Effect, Vec<CounterReset>)> {
+    (!elems.is_empty()).then(|| (Effect::ListRem { elems }, Vec::new()))
+}
+
+fn dedup(items: Vec<Blob>) -> Vec<Blob> {
+    let mut seen = std::collections::BTreeSet::new();
+    items.into_iter().filter(|m| seen.insert(m.clone())).collect()
+}
+
+fn hash_value(current: Option<&Value>, field: &Blob) -> Option<Blob> {
+    match current {
+        Some(Value::Hash(h)) => h.get(field).cloned(),
+        _ => None,
+    }
+}
+
+fn zscore(current: Option<&Value>, member: &Blob) -> Option<f64> {
+    match current {
+        Some(Value::Zset(z)) => z.iter().find(|(m, _)| m == member).map(|(_, s)| *s),
+        _ => None,
+    }
+}
+
+fn resolve_index(index: i64, len: usize) -> Option<usize> {
+    let len = len as i64;
+    let at = if index < 0 { len + index } else { index };
+    (0..len).contains(&at).then_some(at as usize)
+}
+
+/// Checks `INCRBY by` on the current value: an integer, and a result inside the 59-bit range.
+fn check_int(current: Option<&Blob>, by: i64) -> Result<(), WriteError> {
+    let base = match current {
+        None => 0,
+        Some(b) => std::str::from_utf8(b.as_bytes())
+            .ok()
+            .and_then(|s| s.parse::<i128>().ok())
+            .ok_or(WriteError::NotInteger)?,
+    };
+    let result = base + i128::from(by);
+    if !(COUNTER_MIN..=COUNTER_MAX).contains(&result) {
+        return Err(WriteError::Overflow);
+    }
+    Ok(())
+}
+
+/// Checks `INCRBYFLOAT by` on the current value: a number, and a finite result.
+fn check_float(current: Option<&Blob>, by: f64) -> Result<(), WriteError> {
+    let base = match current {
+        None => 0.0,
+        Some(b) => std::str::from_utf8(b.as_bytes())
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .ok_or(WriteError::NotFloat)?,
+    };
+    if !(base + by).is_finite() {
+        return Err(WriteError::NotFinite);
+    }
+    Ok(())
+}
