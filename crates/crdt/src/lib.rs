@@ -7,3 +7,5 @@ pub mod state;
 pub mod write;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod proptests;

@@ -436,3 +436,16 @@ fn an_op_from_a_newer_protocol_is_refused_and_a_gap_is_reported() {
     assert!(matches!(s.apply(&ahead), Err(CrdtError::Gap { expected: 1, .. })));
     assert_eq!(Op::from_json(&op.to_json(), 1), Ok(op));
 }
+
+#[test]
+fn del_of_a_counter_removes_the_key_everywhere() {
+    let base = KeyState::new();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::IncrBy(4));
+    bb.ok(T0, Write::IncrBy(6));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    assert_eq!(string(&healed), "10");
+    bb.ok(T0, Write::Del);
+    let healed = heal(&healed, &mut [&mut a, &mut bb]);
+    assert_eq!(healed.materialize(), None);
+}
