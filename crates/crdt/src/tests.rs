@@ -449,3 +449,74 @@ fn del_of_a_counter_removes_the_key_everywhere() {
     let healed = heal(&healed, &mut [&mut a, &mut bb]);
     assert_eq!(healed.materialize(), None);
 }
+
+#[test]
+fn choice_rename_moves_what_it_saw_and_concurrent_writes_stay_in_the_source() {
+    let (src_key, dst_key) = (b("src"), b("dst"));
+    let mut src = KeyState::new();
+    src.write(&src_key, C, T0, Write::SAdd(vec![b("x")])).unwrap();
+    src.write(&src_key, C, T0, Write::ExpireAt(T0 + 60_000)).unwrap();
+    let mut dst = KeyState::new();
+    dst.write(&dst_key, C, T0, Write::Set { value: b("old"), keep_ttl: false })
+        .unwrap();
+    let (src0, dst0) = (src.clone(), dst.clone());
+
+    // A renames; B, not having seen it, adds y to the source.
+    let (mut a_src, mut a_dst) = (src0.clone(), dst0.clone());
+    let ops_a = crate::write::rename_key(&mut a_src, &src_key, &mut a_dst, &dst_key, A, T0).unwrap();
+    let mut b_src = src0.clone();
+    let op_b = b_src.write(&src_key, B, T0, Write::SAdd(vec![b("y")])).unwrap().unwrap();
+
+    let (mut src_final, mut dst_final) = (src0, dst0);
+    for op in ops_a.iter().chain([&op_b]) {
+        let target = if op.key == src_key { &mut src_final } else { &mut dst_final };
+        target.apply(op).unwrap();
+    }
+    assert_eq!(dst_final.materialize(), Some(Value::Set([b("x")].into())));
+    assert_eq!(dst_final.expiry(), Expiry::At { at: T0 + 60_000, owner: A });
+    assert_eq!(src_final.materialize(), Some(Value::Set([b("y")].into())));
+    assert_eq!(
+        crate::write::rename_key(&mut KeyState::new(), &src_key, &mut dst_final, &dst_key, A, T0),
+        Err(WriteError::NoSuchKey)
+    );
+}
+
+/// The op encoding is the CRDB protocol (version 1): these samples must decode and re-encode
+/// byte for byte; changing them needs a new protocol version.
+const PROTOCOL_1_SAMPLES: &[&str] = &[
+    r#"{"v":1,"key":"k","id":{"instance":1,"seq":3},"ts":1700000000000,"ctx":{"1":2,"2":5},"effect":{"kind":"set","value":"vÿ"}}"#,
+    r#"{"v":1,"key":"k","id":{"instance":2,"seq":1},"ts":1700000000000,"ctx":{},"fresh":true,"effect":{"kind":"incr","by":-3}}"#,
+    r#"{"v":1,"key":"k","id":{"instance":1,"seq":4},"ts":1,"ctx":{"1":3},"resets":[{"counter":{"in":"field","field":"n"},"observed":{"1":{"seq":2,"int":5,"float":0.0,"floats":0}}}],"effect":{"kind":"hash_del","fields":["n"]}}"#,
+    r#"{"v":1,"key":"k","id":{"instance":1,"seq":5},"ts":1,"ctx":{"1":4},"effect":{"kind":"list_insert","after":{"instance":2,"seq":1,"idx":0},"values":["a","b"]}}"#,
+    r#"{"v":1,"key":"k","id":{"instance":1,"seq":6},"ts":1,"ctx":{"1":5},"effect":{"kind":"list_rem","elems":[{"instance":1,"seq":5,"idx":1}]}}"#,
+    r#"{"v":1,"key":"k","id":{"instance":1,"seq":7},"ts":1,"ctx":{"1":6},"effect":{"kind":"z_add","members":[["m",1.5]]}}"#,
+    r#"{"v":1,"key":"k","id":{"instance":1,"seq":8},"ts":1,"ctx":{"1":7},"effect":{"kind":"expire","at":1700000060000}}"#,
+    r#"{"v":1,"key":"k","id":{"instance":1,"seq":9},"ts":1,"ctx":{"1":8},"effect":{"kind":"del"}}"#,
+];
+
+#[test]
+fn op_json_is_pinned_for_protocol_1() {
+    for sample in PROTOCOL_1_SAMPLES {
+        let op = Op::from_json(sample, 1).expect(sample);
+        assert_eq!(&op.to_json(), sample);
+    }
+    let set = Op::from_json(PROTOCOL_1_SAMPLES[0], 1).unwrap();
+    assert_eq!(set.key, b("k"));
+    assert_eq!(
+        set.effect,
+        crate::op::Effect::Set {
+            value: Blob(vec![b'v', 0xff]),
+            keep_ttl: false
+        }
+    );
+}
+
+#[test]
+fn key_state_metadata_reads_back() {
+    let mut s = KeyState::new();
+    s.write(&key(), A, T0, Write::HSet(vec![(b("f"), b("1"))])).unwrap();
+    s.write(&key(), A, T0, Write::HIncrBy(b("n"), 2)).unwrap();
+    s.write(&key(), A, T0, Write::ExpireAt(T0 + 5)).unwrap();
+    let meta = s.to_meta();
+    assert_eq!(KeyState::from_meta(&meta), Ok(s));
+}

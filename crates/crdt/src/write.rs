@@ -445,3 +445,60 @@ fn check_float(current: Option<&Blob>, by: f64) -> Result<(), WriteError> {
     }
     Ok(())
 }
+
+/// `RENAME`/`COPY` as per-key effects: the destination is rebuilt from the source's visible value
+/// (a `Del` of what the destination held, then writes that recreate the value and its deadline),
+/// and for `RENAME` the source gets a `Del`. Each op is an ordinary op of one key, so concurrent
+/// writes elsewhere merge by that key's rules: a write to the source that the rename had not seen
+/// survives in the source; a concurrent write to the destination merges with the copy.
+///
+/// Counters arrive at the destination as plain values (their sum); a later increment anywhere
+/// adds to it.
+pub fn copy_key(
+    src: &KeyState,
+    dst: &mut KeyState,
+    dst_key: &Blob,
+    instance: InstanceId,
+    now: Millis,
+    replace: bool,
+) -> Result<Vec<Op>, WriteError> {
+    let value = src.visible(now).ok_or(WriteError::NoSuchKey)?;
+    if dst.visible(now).is_some() && !replace {
+        return Ok(Vec::new());
+    }
+    let mut writes = vec![Write::Del];
+    writes.push(match value {
+        Value::String(value) => Write::Set {
+            value,
+            keep_ttl: false,
+        },
+        Value::Hash(h) => Write::HSet(h.into_iter().collect()),
+        Value::Set(s) => Write::SAdd(s.into_iter().collect()),
+        Value::Zset(z) => Write::ZAdd(z),
+        Value::List(l) => Write::Push(End::Right, l),
+    });
+    if let crate::state::Expiry::At { at, .. } = src.expiry() {
+        writes.push(Write::ExpireAt(at));
+    }
+    let mut ops = Vec::new();
+    for write in writes {
+        ops.extend(dst.write(dst_key, instance, now, write)?);
+    }
+    Ok(ops)
+}
+
+/// `RENAME src dst`: [`copy_key`] with replace, then a `Del` of the source; returns the ops of
+/// both keys in the order to log them. The keys must share a slot (as Redis Software requires),
+/// so one script applies all of them atomically.
+pub fn rename_key(
+    src: &mut KeyState,
+    src_key: &Blob,
+    dst: &mut KeyState,
+    dst_key: &Blob,
+    instance: InstanceId,
+    now: Millis,
+) -> Result<Vec<Op>, WriteError> {
+    let mut ops = copy_key(src, dst, dst_key, instance, now, true)?;
+    ops.extend(src.write(src_key, instance, now, Write::Del)?);
+    Ok(ops)
+}
