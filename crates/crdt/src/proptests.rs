@@ -168,6 +168,8 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             }
         }
     }
+    // What a full state transfer would carry: each replica's state before healing.
+    let partial: Vec<BTreeMap<Blob, KeyState>> = sites.iter().map(|s| s.keys.clone()).collect();
     // Heal: every replica reads the rest of every log.
     for to in 0..SITES {
         for from in 0..SITES {
@@ -188,6 +190,17 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
             prop_assert_eq!(s.expiry(), states[0].expiry());
             prop_assert_eq!(s, &states[0]);
         }
+        // A full state transfer (merge of the partial states, in any order) gives the same state.
+        let part = |i: usize| partial[i].get(&name).cloned().unwrap_or_default();
+        let mut merged = part(2);
+        merged.merge(&part(0));
+        merged.merge(&part(1));
+        merged.merge(&part(0));
+        prop_assert_eq!(&merged, &states[0]);
+        let mut merged = part(1);
+        merged.merge(&part(2));
+        merged.merge(&part(0));
+        prop_assert_eq!(&merged, &states[0]);
         let meta = KeyState::from_meta(&states[0].to_meta()).expect("metadata reads back");
         prop_assert_eq!(&meta, &states[0]);
         if key == COUNTER_KEY {

@@ -863,3 +863,106 @@ impl KeyState {
         out
     }
 }
+
+/// State-based merge (the full state transfer a syncer falls back to past its backlog): the join
+/// of two replicas' states equals the state of applying the union of their ops.
+impl<V: Clone> Register<V> {
+    fn merge(&mut self, other: &Register<V>) {
+        self.removed.join(&other.removed);
+        for (&dot, entry) in &other.entries {
+            self.entries.entry(dot).or_insert_with(|| entry.clone());
+        }
+        self.prune(&VectorClock::new());
+    }
+}
+
+impl Counter {
+    fn merge(&mut self, other: &Counter) {
+        let join = |mine: &mut BTreeMap<InstanceId, CounterMark>,
+                    theirs: &BTreeMap<InstanceId, CounterMark>| {
+            for (&instance, mark) in theirs {
+                let m = mine.entry(instance).or_default();
+                if mark.seq > m.seq {
+                    *m = *mark;
+                }
+            }
+        };
+        join(&mut self.total, &other.total);
+        join(&mut self.base, &other.base);
+    }
+}
+
+impl Field {
+    fn merge(&mut self, other: &Field) {
+        self.reg.merge(&other.reg);
+        self.ctr.merge(&other.ctr);
+    }
+}
+
+impl Member {
+    fn merge(&mut self, other: &Member) {
+        self.removed.join(&other.removed);
+        self.adds.extend(other.adds.iter().copied());
+        self.prune(&VectorClock::new());
+    }
+}
+
+impl ZMember {
+    fn merge(&mut self, other: &ZMember) {
+        self.member.merge(&other.member);
+        self.score.merge(&other.score);
+        self.incr.merge(&other.incr);
+    }
+}
+
+impl List {
+    fn merge(&mut self, other: &List) {
+        for (&id, node) in &other.nodes {
+            self.nodes.entry(id).or_insert_with(|| node.clone());
+        }
+        self.removed.extend(other.removed.iter().copied());
+        for (&id, reg) in &other.values {
+            match self.values.get_mut(&id) {
+                Some(mine) => mine.merge(reg),
+                None => {
+                    self.values.insert(id, reg.clone());
+                }
+            }
+        }
+    }
+}
+
+fn merge_map<K: Ord + Clone, V: Default>(
+    mine: &mut BTreeMap<K, V>,
+    theirs: &BTreeMap<K, V>,
+    merge: impl Fn(&mut V, &V),
+) {
+    for (k, v) in theirs {
+        merge(mine.entry(k.clone()).or_default(), v);
+    }
+}
+
+impl KeyState {
+    /// Joins another replica's state of the same key into this one (full state transfer).
+    ///
+    /// Both states must be "prefix-complete" per origin (each holds, for every origin, that
+    /// origin's first `clock[origin]` ops), which every state built by `apply` is. Commutative,
+    /// associative and idempotent; op delivery resumes afterwards from the joined clock.
+    pub fn merge(&mut self, other: &KeyState) {
+        self.clock.join(&other.clock);
+        for (&tag, clock) in &other.cleared {
+            self.cleared.entry(tag).or_default().join(clock);
+        }
+        for (&tag, &stamp) in &other.marks {
+            let mark = self.marks.entry(tag).or_insert(stamp);
+            *mark = (*mark).max(stamp);
+        }
+        self.string.merge(&other.string);
+        merge_map(&mut self.hash, &other.hash, Field::merge);
+        merge_map(&mut self.set, &other.set, Member::merge);
+        merge_map(&mut self.zset, &other.zset, ZMember::merge);
+        self.list.merge(&other.list);
+        self.ttl.merge(&other.ttl);
+        self.prune();
+    }
+}
