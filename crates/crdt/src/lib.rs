@@ -1,6 +1,7 @@
 //! stub
 pub mod blob;
 pub mod clock;
+pub mod engine;
 pub mod error;
 pub mod op;
 pub mod state;
@@ -9,3 +10,5 @@ pub mod write;
 mod tests;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod engine_model;

@@ -9,6 +9,8 @@ use proptest::prelude::*;
 
 use crate::blob::Blob;
 use crate::clock::InstanceId;
+use crate::engine::{engine_commands, View};
+use crate::engine_model;
 use crate::op::Op;
 use crate::state::{Applied, KeyState};
 use crate::write::{End, Write};
@@ -115,8 +117,18 @@ struct Site {
 impl Site {
     fn receive(&mut self, op: &Op) -> Applied {
         let state = self.keys.entry(op.key.clone()).or_default();
-        state.apply(op).expect("per-origin order kept")
+        let before = state.view();
+        let applied = state.apply(op).expect("per-origin order kept");
+        check_engine(&op.key, &before, state);
+        applied
     }
+}
+
+/// The engine, told what `engine_commands` says, holds what the state materializes.
+fn check_engine(key: &Blob, before: &View, state: &KeyState) {
+    let after = state.view();
+    let commands = engine_commands(key, before, &after);
+    assert_eq!(engine_model::run(before, &commands), after, "{commands:?}");
 }
 
 fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
@@ -142,7 +154,10 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let s = &mut sites[site];
                 let id = s.id;
                 let state = s.keys.entry(key_name.clone()).or_default();
-                if let Ok(Some(op)) = state.write(&key_name, id, now, write.clone()) {
+                let before = state.view();
+                let written = state.write(&key_name, id, now, write.clone());
+                check_engine(&key_name, &before, state);
+                if let Ok(Some(op)) = written {
                     if key == COUNTER_KEY {
                         acknowledged_increments += i128::from(n);
                     }

@@ -825,7 +825,13 @@ impl KeyState {
                 Value::Zset(members)
             }
             TypeTag::List => {
-                Value::List(self.list.visible().into_iter().map(|(_, v)| v).collect())
+                // Elements whose insertion has not arrived yet (an `LSET` from a peer that saw
+                // it) are not visible; a list of only those does not exist yet.
+                let list: Vec<Blob> = self.list.visible().into_iter().map(|(_, v)| v).collect();
+                if list.is_empty() {
+                    return None;
+                }
+                Value::List(list)
             }
         })
     }
