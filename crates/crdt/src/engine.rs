@@ -146,7 +146,11 @@ fn create(key: &Blob, value: &Value) -> Command {
             h.iter().flat_map(|(f, v)| [f.clone(), v.clone()]),
         ),
         Value::Set(s) => cmd("SADD", key, s.iter().cloned()),
-        Value::Zset(z) => cmd("ZADD", key, z.iter().flat_map(|(m, s)| [score(*s), m.clone()])),
+        Value::Zset(z) => cmd(
+            "ZADD",
+            key,
+            z.iter().flat_map(|(m, s)| [score(*s), m.clone()]),
+        ),
         Value::List(l) => cmd("RPUSH", key, l.iter().cloned()),
     }
 }

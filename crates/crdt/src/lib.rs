@@ -2,13 +2,13 @@
 pub mod blob;
 pub mod clock;
 pub mod engine;
-pub mod error;
-pub mod op;
-pub mod state;
-pub mod write;
-#[cfg(test)]
-mod tests;
-#[cfg(test)]
-mod proptests;
 #[cfg(test)]
 mod engine_model;
+pub mod error;
+pub mod op;
+#[cfg(test)]
+mod proptests;
+pub mod state;
+#[cfg(test)]
+mod tests;
+pub mod write;

@@ -228,10 +228,7 @@ impl Op {
     /// Refuses an op from a protocol this instance does not speak (newer, or retired).
     pub fn check_protocol(&self, local: u16) -> Result<(), CrdtError> {
         if self.v > local {
-            return Err(CrdtError::NewerProtocol {
-                op: self.v,
-                local,
-            });
+            return Err(CrdtError::NewerProtocol { op: self.v, local });
         }
         if self.v < CRDT_PROTOCOL_MIN {
             return Err(CrdtError::RetiredProtocol {

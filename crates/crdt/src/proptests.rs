@@ -77,7 +77,7 @@ fn write_of(kind: u8, a: u8, n: i8, now: u64) -> Write {
     match kind {
         0 => Write::Set {
             value: w,
-            keep_ttl: a % 2 == 0,
+            keep_ttl: a.is_multiple_of(2),
         },
         1 => Write::IncrBy(n64),
         2 => Write::IncrByFloat(f64::from(n) / 4.0),
@@ -96,7 +96,10 @@ fn write_of(kind: u8, a: u8, n: i8, now: u64) -> Write {
             pivot: f,
             value: w,
         },
-        14 => Write::Pop(if n < 0 { End::Left } else { End::Right }, usize::from(a % 3)),
+        14 => Write::Pop(
+            if n < 0 { End::Left } else { End::Right },
+            usize::from(a % 3),
+        ),
         15 => Write::LRem(i64::from(n % 3), w),
         16 => Write::LSet(i64::from(n % 4), w),
         17 => Write::LTrim(i64::from(a % 3), i64::from(n % 3)),
@@ -143,7 +146,14 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let mut acknowledged_increments: i128 = 0;
     for (n_step, step) in steps.into_iter().enumerate() {
         match step {
-            Step::Write { site, key, kind, a, n, skew } => {
+            Step::Write {
+                site,
+                key,
+                kind,
+                a,
+                n,
+                skew,
+            } => {
                 let now = T0 + 1000 * n_step as u64 / 4 + u64::from(skew) * 700;
                 let key_name = Blob::from(format!("k{key}"));
                 let write = if key == COUNTER_KEY {

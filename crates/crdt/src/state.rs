@@ -89,10 +89,7 @@ pub struct Entry<V> {
 /// A multi-value register resolved last-writer-wins: causality first (a write removes every entry
 /// it observed), then the wall clock, then the lower instance id between concurrent survivors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(bound(
-    serialize = "V: Serialize",
-    deserialize = "V: Deserialize<'de>"
-))]
+#[serde(bound(serialize = "V: Serialize", deserialize = "V: Deserialize<'de>"))]
 pub struct Register<V> {
     /// The entries no write has observed yet (concurrent with each other).
     #[serde(with = "pairs", default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -224,11 +221,12 @@ impl Counter {
 
     /// The live sum, added up in instance order (the same float rounding everywhere).
     pub fn sum(&self) -> CounterSum {
-        self.live().fold(CounterSum::default(), |acc, (_, mark)| CounterSum {
-            int: acc.int + mark.int,
-            float: acc.float + mark.float,
-            is_float: acc.is_float || mark.floats > 0,
-        })
+        self.live()
+            .fold(CounterSum::default(), |acc, (_, mark)| CounterSum {
+                int: acc.int + mark.int,
+                float: acc.float + mark.float,
+                is_float: acc.is_float || mark.floats > 0,
+            })
     }
 
     /// The totals a reset issued now would remove.
@@ -609,7 +607,15 @@ impl KeyState {
                 changed = true;
             }
         }
-        if whole_key || matches!(op.effect, Effect::Set { keep_ttl: false, .. }) {
+        if whole_key
+            || matches!(
+                op.effect,
+                Effect::Set {
+                    keep_ttl: false,
+                    ..
+                }
+            )
+        {
             self.ttl.clear(&op.ctx);
         }
         if changed {
@@ -639,9 +645,7 @@ impl KeyState {
         let counter = match &reset.counter {
             CounterRef::String => &mut self.string.ctr,
             CounterRef::Field { field } => &mut self.hash.entry(field.clone()).or_default().ctr,
-            CounterRef::Member { member } => {
-                &mut self.zset.entry(member.clone()).or_default().incr
-            }
+            CounterRef::Member { member } => &mut self.zset.entry(member.clone()).or_default().incr,
         };
         counter.reset(&reset.observed);
     }
@@ -652,7 +656,11 @@ impl KeyState {
 
     fn apply_effect(&mut self, op: &Op) {
         let (dot, ts, ctx) = (op.id, op.ts, &op.ctx);
-        let dead = op.effect.type_tag().map(|t| self.dead(t)).unwrap_or_default();
+        let dead = op
+            .effect
+            .type_tag()
+            .map(|t| self.dead(t))
+            .unwrap_or_default();
         match &op.effect {
             Effect::Set { value, .. } => self.string.reg.write(dot, ts, value.clone(), ctx, &dead),
             Effect::Incr { by } => self.string.ctr.add(dot, i128::from(*by), None),

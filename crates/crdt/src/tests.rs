@@ -76,7 +76,12 @@ fn interleavings(streams: &[Vec<Op>]) -> Vec<Vec<Op>> {
         }
     }
     let mut out = Vec::new();
-    go(streams, &mut vec![0; streams.len()], &mut Vec::new(), &mut out);
+    go(
+        streams,
+        &mut vec![0; streams.len()],
+        &mut Vec::new(),
+        &mut out,
+    );
     out
 }
 
@@ -141,7 +146,10 @@ fn t1_counters_sum_and_overflow_is_refused() {
     bb.ok(T0, Write::IncrBy(3));
     let healed = heal(&base, &mut [&mut a, &mut bb]);
     assert_eq!(string(&healed), "10");
-    assert_eq!(a.write(T0, Write::IncrBy(i64::MAX)), Err(WriteError::Overflow));
+    assert_eq!(
+        a.write(T0, Write::IncrBy(i64::MAX)),
+        Err(WriteError::Overflow)
+    );
     assert_eq!(
         a.write(T0, Write::IncrBy((COUNTER_MAX - 10) as i64)),
         Ok(())
@@ -165,13 +173,37 @@ fn t1_float_counters_sum() {
 fn t2_strings_last_writer_wins_by_wall_clock_then_lower_instance() {
     let base = KeyState::new();
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
-    a.ok(T0, Write::Set { value: b("a"), keep_ttl: false });
-    bb.ok(T0 + 1000, Write::Set { value: b("b"), keep_ttl: false });
+    a.ok(
+        T0,
+        Write::Set {
+            value: b("a"),
+            keep_ttl: false,
+        },
+    );
+    bb.ok(
+        T0 + 1000,
+        Write::Set {
+            value: b("b"),
+            keep_ttl: false,
+        },
+    );
     assert_eq!(string(&heal(&base, &mut [&mut a, &mut bb])), "b");
 
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
-    a.ok(T0, Write::Set { value: b("a"), keep_ttl: false });
-    bb.ok(T0, Write::Set { value: b("b"), keep_ttl: false });
+    a.ok(
+        T0,
+        Write::Set {
+            value: b("a"),
+            keep_ttl: false,
+        },
+    );
+    bb.ok(
+        T0,
+        Write::Set {
+            value: b("b"),
+            keep_ttl: false,
+        },
+    );
     assert_eq!(string(&heal(&base, &mut [&mut a, &mut bb])), "a");
 }
 
@@ -179,20 +211,34 @@ fn t2_strings_last_writer_wins_by_wall_clock_then_lower_instance() {
 fn t2_causality_beats_the_wall_clock() {
     let base = KeyState::new();
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
-    a.ok(T0 + 5000, Write::Set { value: b("first"), keep_ttl: false });
+    a.ok(
+        T0 + 5000,
+        Write::Set {
+            value: b("first"),
+            keep_ttl: false,
+        },
+    );
     heal(&base, &mut [&mut a, &mut bb]);
     let synced = bb.state.clone();
     // B saw A's write; its clock is behind, but its write is causally later.
-    bb.ok(T0, Write::Set { value: b("second"), keep_ttl: false });
+    bb.ok(
+        T0,
+        Write::Set {
+            value: b("second"),
+            keep_ttl: false,
+        },
+    );
     assert_eq!(string(&heal(&synced, &mut [&mut a, &mut bb])), "second");
 }
 
 #[test]
 fn t3_sets_add_wins_and_remove_only_what_was_seen() {
     let mut base = KeyState::new();
-    base.write(&key(), C, T0, Write::SAdd(vec![b("a"), b("b")])).unwrap();
+    base.write(&key(), C, T0, Write::SAdd(vec![b("a"), b("b")]))
+        .unwrap();
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
-    a.ok(T0, Write::SRem(vec![b("a")])).ok(T0, Write::SRem(vec![b("c")]));
+    a.ok(T0, Write::SRem(vec![b("a")]))
+        .ok(T0, Write::SRem(vec![b("c")]));
     bb.ok(T0, Write::SAdd(vec![b("c")]));
     let healed = heal(&base, &mut [&mut a, &mut bb]);
     let want: BTreeSet<Blob> = [b("b"), b("c")].into();
@@ -202,10 +248,12 @@ fn t3_sets_add_wins_and_remove_only_what_was_seen() {
 #[test]
 fn t3_concurrent_add_survives_a_remove_of_the_same_member() {
     let mut base = KeyState::new();
-    base.write(&key(), C, T0, Write::SAdd(vec![b("a"), b("b")])).unwrap();
+    base.write(&key(), C, T0, Write::SAdd(vec![b("a"), b("b")]))
+        .unwrap();
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
     a.ok(T0, Write::SRem(vec![b("a")]));
-    bb.ok(T0, Write::SRem(vec![b("a")])).ok(T0, Write::SAdd(vec![b("a")]));
+    bb.ok(T0, Write::SRem(vec![b("a")]))
+        .ok(T0, Write::SAdd(vec![b("a")]));
     let healed = heal(&base, &mut [&mut a, &mut bb]);
     let want: BTreeSet<Blob> = [b("a"), b("b")].into();
     assert_eq!(healed.materialize(), Some(Value::Set(want)));
@@ -214,10 +262,16 @@ fn t3_concurrent_add_survives_a_remove_of_the_same_member() {
 #[test]
 fn t4_hash_fields_add_wins_over_hdel_and_hincrby_sums() {
     let mut base = KeyState::new();
-    base.write(&key(), C, T0, Write::HSet(vec![(b("f3"), b("old")), (b("g"), b("1"))]))
-        .unwrap();
+    base.write(
+        &key(),
+        C,
+        T0,
+        Write::HSet(vec![(b("f3"), b("old")), (b("g"), b("1"))]),
+    )
+    .unwrap();
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
-    a.ok(T0, Write::HDel(vec![b("f3")])).ok(T0, Write::HIncrBy(b("n"), 5));
+    a.ok(T0, Write::HDel(vec![b("f3")]))
+        .ok(T0, Write::HIncrBy(b("n"), 5));
     bb.ok(T0, Write::HSet(vec![(b("f3"), b("x"))]))
         .ok(T0, Write::HIncrBy(b("n"), 2));
     let healed = heal(&base, &mut [&mut a, &mut bb]);
@@ -228,7 +282,8 @@ fn t4_hash_fields_add_wins_over_hdel_and_hincrby_sums() {
 #[test]
 fn t5_zrem_removes_only_the_seen_score_and_zincrby_sums() {
     let mut base = KeyState::new();
-    base.write(&key(), C, T0, Write::ZAdd(vec![(b("x"), 4.1)])).unwrap();
+    base.write(&key(), C, T0, Write::ZAdd(vec![(b("x"), 4.1)]))
+        .unwrap();
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
     a.ok(T0, Write::ZRem(vec![b("x")]));
     bb.ok(T0, Write::ZIncrBy(b("x"), 2.0));
@@ -246,8 +301,10 @@ fn t5_concurrent_zadd_later_score_wins_and_a_tie_goes_to_instance_1() {
     assert_eq!(healed.materialize(), Some(Value::Zset(vec![(b("x"), 1.0)])));
 
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
-    a.ok(T0, Write::ZAdd(vec![(b("x"), 1.0)])).ok(T0, Write::ZIncrBy(b("x"), 3.0));
-    bb.ok(T0, Write::ZAdd(vec![(b("x"), 2.0)])).ok(T0, Write::ZIncrBy(b("x"), 1.0));
+    a.ok(T0, Write::ZAdd(vec![(b("x"), 1.0)]))
+        .ok(T0, Write::ZIncrBy(b("x"), 3.0));
+    bb.ok(T0, Write::ZAdd(vec![(b("x"), 2.0)]))
+        .ok(T0, Write::ZIncrBy(b("x"), 1.0));
     let healed = heal(&base, &mut [&mut a, &mut bb]);
     // A's ZADD wins the tie (1.0); neither ZADD saw the other's ZINCRBY: both increments stay.
     assert_eq!(healed.materialize(), Some(Value::Zset(vec![(b("x"), 5.0)])));
@@ -255,7 +312,10 @@ fn t5_concurrent_zadd_later_score_wins_and_a_tie_goes_to_instance_1() {
 
 fn list(state: &KeyState) -> Vec<String> {
     match state.materialize() {
-        Some(Value::List(l)) => l.into_iter().map(|v| String::from_utf8(v.0).unwrap()).collect(),
+        Some(Value::List(l)) => l
+            .into_iter()
+            .map(|v| String::from_utf8(v.0).unwrap())
+            .collect(),
         None => vec![],
         other => panic!("not a list: {other:?}"),
     }
@@ -264,7 +324,8 @@ fn list(state: &KeyState) -> Vec<String> {
 #[test]
 fn t6_concurrent_inserts_keep_one_order_and_del_removes_only_what_it_saw() {
     let mut base = KeyState::new();
-    base.write(&key(), C, T0, Write::Push(End::Right, vec![b("x")])).unwrap();
+    base.write(&key(), C, T0, Write::Push(End::Right, vec![b("x")]))
+        .unwrap();
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
     let after_x = |v: &str| Write::LInsert {
         before: false,
@@ -287,8 +348,13 @@ fn t6_concurrent_inserts_keep_one_order_and_del_removes_only_what_it_saw() {
 #[test]
 fn t6_concurrent_pushes_at_both_ends_are_all_kept_and_pops_are_at_least_once() {
     let mut base = KeyState::new();
-    base.write(&key(), C, T0, Write::Push(End::Right, vec![b("m")])).unwrap();
-    let (mut a, mut bb, mut c) = (Site::new(A, &base), Site::new(B, &base), Site::new(C, &base));
+    base.write(&key(), C, T0, Write::Push(End::Right, vec![b("m")]))
+        .unwrap();
+    let (mut a, mut bb, mut c) = (
+        Site::new(A, &base),
+        Site::new(B, &base),
+        Site::new(C, &base),
+    );
     a.ok(T0, Write::Push(End::Right, vec![b("a1"), b("a2")]))
         .ok(T0, Write::Push(End::Left, vec![b("a0")]));
     bb.ok(T0, Write::Push(End::Right, vec![b("b1")]))
@@ -309,9 +375,23 @@ fn t6_concurrent_pushes_at_both_ends_are_all_kept_and_pops_are_at_least_once() {
 #[test]
 fn t9_expire_longest_wins_and_persist_beats_every_ttl() {
     let mut base = KeyState::new();
-    base.write(&key(), C, T0, Write::Set { value: b("v"), keep_ttl: false }).unwrap();
-    base.write(&key(), C, T0, Write::ExpireAt(T0 + 100_000)).unwrap();
-    let (mut a, mut bb, mut c) = (Site::new(A, &base), Site::new(B, &base), Site::new(C, &base));
+    base.write(
+        &key(),
+        C,
+        T0,
+        Write::Set {
+            value: b("v"),
+            keep_ttl: false,
+        },
+    )
+    .unwrap();
+    base.write(&key(), C, T0, Write::ExpireAt(T0 + 100_000))
+        .unwrap();
+    let (mut a, mut bb, mut c) = (
+        Site::new(A, &base),
+        Site::new(B, &base),
+        Site::new(C, &base),
+    );
     a.ok(T0, Write::ExpireAt(T0 + 10_000));
     bb.ok(T0, Write::ExpireAt(T0 + 50_000));
     c.ok(T0, Write::Persist);
@@ -336,12 +416,38 @@ fn t9_expire_longest_wins_and_persist_beats_every_ttl() {
 #[test]
 fn t9_a_causally_later_expire_replaces_a_longer_one() {
     let mut s = KeyState::new();
-    s.write(&key(), A, T0, Write::Set { value: b("v"), keep_ttl: false }).unwrap();
-    s.write(&key(), A, T0, Write::ExpireAt(T0 + 50_000)).unwrap();
-    s.write(&key(), A, T0, Write::ExpireAt(T0 + 10_000)).unwrap();
-    assert_eq!(s.expiry(), Expiry::At { at: T0 + 10_000, owner: A });
+    s.write(
+        &key(),
+        A,
+        T0,
+        Write::Set {
+            value: b("v"),
+            keep_ttl: false,
+        },
+    )
+    .unwrap();
+    s.write(&key(), A, T0, Write::ExpireAt(T0 + 50_000))
+        .unwrap();
+    s.write(&key(), A, T0, Write::ExpireAt(T0 + 10_000))
+        .unwrap();
+    assert_eq!(
+        s.expiry(),
+        Expiry::At {
+            at: T0 + 10_000,
+            owner: A
+        }
+    );
     // SET without KEEPTTL clears the expiry it saw.
-    s.write(&key(), A, T0, Write::Set { value: b("w"), keep_ttl: false }).unwrap();
+    s.write(
+        &key(),
+        A,
+        T0,
+        Write::Set {
+            value: b("w"),
+            keep_ttl: false,
+        },
+    )
+    .unwrap();
     assert_eq!(s.expiry(), Expiry::Persist);
 }
 
@@ -350,7 +456,8 @@ fn a_write_to_an_expired_key_starts_a_new_key() {
     let mut s = KeyState::new();
     s.write(&key(), A, T0, Write::SAdd(vec![b("old")])).unwrap();
     s.write(&key(), A, T0, Write::ExpireAt(T0 + 10)).unwrap();
-    s.write(&key(), A, T0 + 20, Write::SAdd(vec![b("new")])).unwrap();
+    s.write(&key(), A, T0 + 20, Write::SAdd(vec![b("new")]))
+        .unwrap();
     let want: BTreeSet<Blob> = [b("new")].into();
     assert_eq!(s.visible(T0 + 30), Some(Value::Set(want)));
     assert_eq!(s.expiry(), Expiry::Persist);
@@ -361,7 +468,13 @@ fn t15_a_key_written_as_two_types_converges_to_the_later_write() {
     for (ts_a, ts_b, want_string) in [(T0 + 1, T0, true), (T0, T0 + 1, false), (T0, T0, true)] {
         let base = KeyState::new();
         let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
-        a.ok(ts_a, Write::Set { value: b("1"), keep_ttl: false });
+        a.ok(
+            ts_a,
+            Write::Set {
+                value: b("1"),
+                keep_ttl: false,
+            },
+        );
         bb.ok(ts_b, Write::SAdd(vec![b("m")]));
         let healed = heal(&base, &mut [&mut a, &mut bb]);
         let got = healed.materialize().unwrap();
@@ -375,7 +488,11 @@ fn t15_a_key_written_as_two_types_converges_to_the_later_write() {
             assert_eq!(got, Value::Set([b("m")].into()));
             bb.ok(T0 + 2, Write::SRem(vec![b("m")]));
             let healed = heal(&healed, &mut [&mut a, &mut bb]);
-            assert_eq!(healed.materialize(), None, "the losing string does not come back");
+            assert_eq!(
+                healed.materialize(),
+                None,
+                "the losing string does not come back"
+            );
         }
     }
 }
@@ -385,7 +502,13 @@ fn choice_set_racing_incr_is_observed_reset() {
     let mut base = KeyState::new();
     base.write(&key(), C, T0, Write::IncrBy(10)).unwrap();
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
-    a.ok(T0, Write::Set { value: b("100"), keep_ttl: false });
+    a.ok(
+        T0,
+        Write::Set {
+            value: b("100"),
+            keep_ttl: false,
+        },
+    );
     bb.ok(T0, Write::IncrBy(5));
     assert_eq!(string(&heal(&base, &mut [&mut a, &mut bb])), "105");
 
@@ -398,10 +521,25 @@ fn choice_set_racing_incr_is_observed_reset() {
 #[test]
 fn choice_string_del_racing_set_keeps_the_set() {
     let mut base = KeyState::new();
-    base.write(&key(), C, T0, Write::Set { value: b("v"), keep_ttl: false }).unwrap();
+    base.write(
+        &key(),
+        C,
+        T0,
+        Write::Set {
+            value: b("v"),
+            keep_ttl: false,
+        },
+    )
+    .unwrap();
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
     a.ok(T0 + 10, Write::Del);
-    bb.ok(T0, Write::Set { value: b("w"), keep_ttl: false });
+    bb.ok(
+        T0,
+        Write::Set {
+            value: b("w"),
+            keep_ttl: false,
+        },
+    );
     assert_eq!(string(&heal(&base, &mut [&mut a, &mut bb])), "w");
 }
 
@@ -410,22 +548,44 @@ fn wrong_type_is_refused_at_the_origin() {
     let mut s = KeyState::new();
     s.write(&key(), A, T0, Write::SAdd(vec![b("m")])).unwrap();
     assert_eq!(
-        s.prepare(&key(), A, T0, Write::Set { value: b("x"), keep_ttl: false }),
+        s.prepare(
+            &key(),
+            A,
+            T0,
+            Write::Set {
+                value: b("x"),
+                keep_ttl: false
+            }
+        ),
         Err(WriteError::WrongType)
     );
-    assert_eq!(s.prepare(&key(), A, T0, Write::IncrBy(1)), Err(WriteError::WrongType));
+    assert_eq!(
+        s.prepare(&key(), A, T0, Write::IncrBy(1)),
+        Err(WriteError::WrongType)
+    );
 }
 
 #[test]
 fn an_op_from_a_newer_protocol_is_refused_and_a_gap_is_reported() {
     let mut s = KeyState::new();
     let op = s
-        .prepare(&key(), A, T0, Write::Set { value: b("x"), keep_ttl: false })
+        .prepare(
+            &key(),
+            A,
+            T0,
+            Write::Set {
+                value: b("x"),
+                keep_ttl: false,
+            },
+        )
         .unwrap()
         .unwrap();
     let mut newer = op.clone();
     newer.v = crate::op::CRDT_PROTOCOL_VERSION + 1;
-    assert!(matches!(s.apply(&newer), Err(CrdtError::NewerProtocol { .. })));
+    assert!(matches!(
+        s.apply(&newer),
+        Err(CrdtError::NewerProtocol { .. })
+    ));
     let text = r#"{"v":2,"key":"k","id":{"instance":1,"seq":1},"future":"shape"}"#;
     assert_eq!(
         Op::from_json(text, 1),
@@ -433,7 +593,10 @@ fn an_op_from_a_newer_protocol_is_refused_and_a_gap_is_reported() {
     );
     let mut ahead = op.clone();
     ahead.id.seq = 2;
-    assert!(matches!(s.apply(&ahead), Err(CrdtError::Gap { expected: 1, .. })));
+    assert!(matches!(
+        s.apply(&ahead),
+        Err(CrdtError::Gap { expected: 1, .. })
+    ));
     assert_eq!(Op::from_json(&op.to_json(), 1), Ok(op));
 }
 
@@ -454,29 +617,60 @@ fn del_of_a_counter_removes_the_key_everywhere() {
 fn choice_rename_moves_what_it_saw_and_concurrent_writes_stay_in_the_source() {
     let (src_key, dst_key) = (b("src"), b("dst"));
     let mut src = KeyState::new();
-    src.write(&src_key, C, T0, Write::SAdd(vec![b("x")])).unwrap();
-    src.write(&src_key, C, T0, Write::ExpireAt(T0 + 60_000)).unwrap();
-    let mut dst = KeyState::new();
-    dst.write(&dst_key, C, T0, Write::Set { value: b("old"), keep_ttl: false })
+    src.write(&src_key, C, T0, Write::SAdd(vec![b("x")]))
         .unwrap();
+    src.write(&src_key, C, T0, Write::ExpireAt(T0 + 60_000))
+        .unwrap();
+    let mut dst = KeyState::new();
+    dst.write(
+        &dst_key,
+        C,
+        T0,
+        Write::Set {
+            value: b("old"),
+            keep_ttl: false,
+        },
+    )
+    .unwrap();
     let (src0, dst0) = (src.clone(), dst.clone());
 
     // A renames; B, not having seen it, adds y to the source.
     let (mut a_src, mut a_dst) = (src0.clone(), dst0.clone());
-    let ops_a = crate::write::rename_key(&mut a_src, &src_key, &mut a_dst, &dst_key, A, T0).unwrap();
+    let ops_a =
+        crate::write::rename_key(&mut a_src, &src_key, &mut a_dst, &dst_key, A, T0).unwrap();
     let mut b_src = src0.clone();
-    let op_b = b_src.write(&src_key, B, T0, Write::SAdd(vec![b("y")])).unwrap().unwrap();
+    let op_b = b_src
+        .write(&src_key, B, T0, Write::SAdd(vec![b("y")]))
+        .unwrap()
+        .unwrap();
 
     let (mut src_final, mut dst_final) = (src0, dst0);
     for op in ops_a.iter().chain([&op_b]) {
-        let target = if op.key == src_key { &mut src_final } else { &mut dst_final };
+        let target = if op.key == src_key {
+            &mut src_final
+        } else {
+            &mut dst_final
+        };
         target.apply(op).unwrap();
     }
     assert_eq!(dst_final.materialize(), Some(Value::Set([b("x")].into())));
-    assert_eq!(dst_final.expiry(), Expiry::At { at: T0 + 60_000, owner: A });
+    assert_eq!(
+        dst_final.expiry(),
+        Expiry::At {
+            at: T0 + 60_000,
+            owner: A
+        }
+    );
     assert_eq!(src_final.materialize(), Some(Value::Set([b("y")].into())));
     assert_eq!(
-        crate::write::rename_key(&mut KeyState::new(), &src_key, &mut dst_final, &dst_key, A, T0),
+        crate::write::rename_key(
+            &mut KeyState::new(),
+            &src_key,
+            &mut dst_final,
+            &dst_key,
+            A,
+            T0
+        ),
         Err(WriteError::NoSuchKey)
     );
 }
@@ -514,7 +708,8 @@ fn op_json_is_pinned_for_protocol_1() {
 #[test]
 fn key_state_metadata_reads_back() {
     let mut s = KeyState::new();
-    s.write(&key(), A, T0, Write::HSet(vec![(b("f"), b("1"))])).unwrap();
+    s.write(&key(), A, T0, Write::HSet(vec![(b("f"), b("1"))]))
+        .unwrap();
     s.write(&key(), A, T0, Write::HIncrBy(b("n"), 2)).unwrap();
     s.write(&key(), A, T0, Write::ExpireAt(T0 + 5)).unwrap();
     let meta = s.to_meta();

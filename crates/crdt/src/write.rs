@@ -131,10 +131,9 @@ impl KeyState {
         let mut resets = own_resets;
         for (tag, reset) in self.counters() {
             let clears_all = fresh || matches!(effect, Effect::Del);
-            if clears_all || wanted.is_some_and(|w| w != tag) {
-                if !resets.iter().any(|r| r.counter == reset.counter) {
-                    resets.push(reset);
-                }
+            let cleared = clears_all || wanted.is_some_and(|w| w != tag);
+            if cleared && !resets.iter().any(|r| r.counter == reset.counter) {
+                resets.push(reset);
             }
         }
         resets.sort_by(|a, b| a.counter.cmp(&b.counter));
@@ -299,7 +298,10 @@ impl KeyState {
                 };
                 let after = if before {
                     let order = self.list.order();
-                    let at = order.iter().position(|&id| id == pivot_id).expect("visible");
+                    let at = order
+                        .iter()
+                        .position(|&id| id == pivot_id)
+                        .expect("visible");
                     at.checked_sub(1).map(|i| order[i])
                 } else {
                     Some(pivot_id)
@@ -328,7 +330,10 @@ impl KeyState {
                     n if n > 0 => matching.take(n as usize).collect(),
                     n => {
                         let all: Vec<ElemId> = matching.collect();
-                        all.into_iter().rev().take(n.unsigned_abs() as usize).collect()
+                        all.into_iter()
+                            .rev()
+                            .take(n.unsigned_abs() as usize)
+                            .collect()
                     }
                 };
                 return Ok(list_rem(elems));
@@ -368,8 +373,7 @@ impl KeyState {
                 (Effect::Expire { at }, none())
             }
             Write::Persist => {
-                if current.is_none() || !matches!(self.expiry(), crate::state::Expiry::At { .. })
-                {
+                if current.is_none() || !matches!(self.expiry(), crate::state::Expiry::At { .. }) {
                     return Ok(None);
                 }
                 (Effect::Persist, none())
@@ -392,7 +396,10 @@ fn list_rem(elems: Vec<ElemId>) -> Option<(Effect, Vec<CounterReset>)> {
 
 fn dedup(items: Vec<Blob>) -> Vec<Blob> {
     let mut seen = std::collections::BTreeSet::new();
-    items.into_iter().filter(|m| seen.insert(m.clone())).collect()
+    items
+        .into_iter()
+        .filter(|m| seen.insert(m.clone()))
+        .collect()
 }
 
 fn hash_value(current: Option<&Value>, field: &Blob) -> Option<Blob> {
