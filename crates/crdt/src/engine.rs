@@ -62,6 +62,8 @@ pub fn engine_commands(key: &Blob, before: &View, after: &View) -> Vec<Command> 
 }
 
 /// Pushes the value commands; returns whether the key was recreated (its deadline lost).
+/// Additions go before removals so that a collection never empties on the way (the engine would
+/// delete it, and its deadline with it).
 fn value_commands(
     key: &Blob,
     before: Option<&Value>,
@@ -82,10 +84,6 @@ fn value_commands(
             false
         }
         (Some(Value::Hash(b)), Value::Hash(a)) => {
-            let gone: Vec<Blob> = b.keys().filter(|f| !a.contains_key(*f)).cloned().collect();
-            if !gone.is_empty() {
-                out.push(cmd("HDEL", key, gone));
-            }
             let set: Vec<Blob> = a
                 .iter()
                 .filter(|(f, v)| b.get(*f) != Some(*v))
@@ -94,28 +92,24 @@ fn value_commands(
             if !set.is_empty() {
                 out.push(cmd("HSET", key, set));
             }
+            let gone: Vec<Blob> = b.keys().filter(|f| !a.contains_key(*f)).cloned().collect();
+            if !gone.is_empty() {
+                out.push(cmd("HDEL", key, gone));
+            }
             false
         }
         (Some(Value::Set(b)), Value::Set(a)) => {
-            let gone: Vec<Blob> = b.difference(a).cloned().collect();
-            if !gone.is_empty() {
-                out.push(cmd("SREM", key, gone));
-            }
             let new: Vec<Blob> = a.difference(b).cloned().collect();
             if !new.is_empty() {
                 out.push(cmd("SADD", key, new));
             }
+            let gone: Vec<Blob> = b.difference(a).cloned().collect();
+            if !gone.is_empty() {
+                out.push(cmd("SREM", key, gone));
+            }
             false
         }
         (Some(Value::Zset(b)), Value::Zset(a)) => {
-            let gone: Vec<Blob> = b
-                .iter()
-                .filter(|(m, _)| !a.iter().any(|(x, _)| x == m))
-                .map(|(m, _)| m.clone())
-                .collect();
-            if !gone.is_empty() {
-                out.push(cmd("ZREM", key, gone));
-            }
             let set: Vec<Blob> = a
                 .iter()
                 .filter(|(m, s)| !b.iter().any(|(x, y)| x == m && y.to_bits() == s.to_bits()))
@@ -123,6 +117,14 @@ fn value_commands(
                 .collect();
             if !set.is_empty() {
                 out.push(cmd("ZADD", key, set));
+            }
+            let gone: Vec<Blob> = b
+                .iter()
+                .filter(|(m, _)| !a.iter().any(|(x, _)| x == m))
+                .map(|(m, _)| m.clone())
+                .collect();
+            if !gone.is_empty() {
+                out.push(cmd("ZREM", key, gone));
             }
             false
         }

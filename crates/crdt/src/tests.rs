@@ -715,3 +715,29 @@ fn key_state_metadata_reads_back() {
     let meta = s.to_meta();
     assert_eq!(KeyState::from_meta(&meta), Ok(s));
 }
+
+#[test]
+#[ignore = "prints metadata sizes"]
+fn metadata_sizes() {
+    let mut set = KeyState::new();
+    let mut hash = KeyState::new();
+    let mut list = KeyState::new();
+    let mut counter = KeyState::new();
+    for i in 0..100 {
+        let site = [A, B, C][i % 3];
+        let m = b(&format!("member{i:03}"));
+        set.write(&key(), site, T0, Write::SAdd(vec![m.clone()])).unwrap();
+        hash.write(&key(), site, T0, Write::HSet(vec![(m.clone(), b("value"))])).unwrap();
+        list.write(&key(), site, T0, Write::Push(End::Right, vec![m])).unwrap();
+        counter.write(&key(), site, T0, Write::IncrBy(1)).unwrap();
+    }
+    for (name, s) in [("set", set), ("hash", hash), ("list", list), ("counter", counter)] {
+        let value_bytes: usize = 100 * 9;
+        println!("{name}: {} bytes of metadata for ~{value_bytes} bytes of value", s.to_meta().len());
+    }
+    println!("{}", KeyState::from_meta(&{
+        let mut s = KeyState::new();
+        s.write(&key(), A, T0, Write::SAdd(vec![b("m")])).unwrap();
+        s.to_meta()
+    }).unwrap().to_meta());
+}
