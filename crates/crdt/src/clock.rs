@@ -24,7 +24,10 @@ pub struct InstanceId(pub u16);
 ///
 /// A dot is unique across all instances and lets an operation be recognised when it is delivered
 /// twice (idempotence) and be named by later removes.
+///
+/// Serialized as `[instance, seq]` (it is repeated throughout the metadata).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "(InstanceId, u64)", into = "(InstanceId, u64)")]
 pub struct Dot {
     /// The instance where the write happened.
     pub instance: InstanceId,
@@ -127,7 +130,10 @@ impl VectorClock {
 
 /// The order of concurrent last-writer-wins values: later wall clock first, then the lower
 /// instance id. Larger wins.
+///
+/// Serialized as `[ts, instance, seq]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "(Millis, InstanceId, u64)", into = "(Millis, InstanceId, u64)")]
 pub struct Stamp {
     /// The origin's wall clock.
     pub ts: Millis,
@@ -145,5 +151,29 @@ impl Stamp {
             instance: std::cmp::Reverse(dot.instance),
             seq: dot.seq,
         }
+    }
+}
+
+impl From<(InstanceId, u64)> for Dot {
+    fn from((instance, seq): (InstanceId, u64)) -> Self {
+        Dot { instance, seq }
+    }
+}
+
+impl From<Dot> for (InstanceId, u64) {
+    fn from(dot: Dot) -> Self {
+        (dot.instance, dot.seq)
+    }
+}
+
+impl From<(Millis, InstanceId, u64)> for Stamp {
+    fn from((ts, instance, seq): (Millis, InstanceId, u64)) -> Self {
+        Stamp::new(Dot { instance, seq }, ts)
+    }
+}
+
+impl From<Stamp> for (Millis, InstanceId, u64) {
+    fn from(stamp: Stamp) -> Self {
+        (stamp.ts, stamp.instance.0, stamp.seq)
     }
 }

@@ -28,8 +28,9 @@ pub const CRDT_PROTOCOL_VERSION: u16 = 1;
 pub const CRDT_PROTOCOL_MIN: u16 = 1;
 
 /// The identity of one list element: the write that inserted it and its index within that write
-/// (one `LPUSH` inserts several elements under one dot).
+/// (one `LPUSH` inserts several elements under one dot). Serialized as `[instance, seq, idx]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "(InstanceId, u64, u32)", into = "(InstanceId, u64, u32)")]
 pub struct ElemId {
     /// The inserting instance.
     pub instance: InstanceId,
@@ -46,6 +47,18 @@ impl ElemId {
             instance: self.instance,
             seq: self.seq,
         }
+    }
+}
+
+impl From<(InstanceId, u64, u32)> for ElemId {
+    fn from((instance, seq, idx): (InstanceId, u64, u32)) -> Self {
+        ElemId { instance, seq, idx }
+    }
+}
+
+impl From<ElemId> for (InstanceId, u64, u32) {
+    fn from(e: ElemId) -> Self {
+        (e.instance, e.seq, e.idx)
     }
 }
 

@@ -77,8 +77,17 @@ impl TypeTag {
     }
 }
 
-/// One value written by one write, kept while no later write has observed it.
+/// One value written by one write, kept while no later write has observed it. Serialized as
+/// `[ts, value]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(
+    from = "(Millis, V)",
+    into = "(Millis, V)",
+    bound(
+        serialize = "V: Serialize + Clone",
+        deserialize = "V: Deserialize<'de>"
+    )
+)]
 pub struct Entry<V> {
     /// The origin's wall clock.
     pub ts: Millis,
@@ -86,10 +95,25 @@ pub struct Entry<V> {
     pub value: V,
 }
 
+impl<V> From<(Millis, V)> for Entry<V> {
+    fn from((ts, value): (Millis, V)) -> Self {
+        Entry { ts, value }
+    }
+}
+
+impl<V> From<Entry<V>> for (Millis, V) {
+    fn from(e: Entry<V>) -> Self {
+        (e.ts, e.value)
+    }
+}
+
 /// A multi-value register resolved last-writer-wins: causality first (a write removes every entry
 /// it observed), then the wall clock, then the lower instance id between concurrent survivors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(bound(serialize = "V: Serialize", deserialize = "V: Deserialize<'de>"))]
+#[serde(bound(
+    serialize = "V: Serialize + Clone",
+    deserialize = "V: Deserialize<'de>"
+))]
 pub struct Register<V> {
     /// The entries no write has observed yet (concurrent with each other).
     #[serde(with = "pairs", default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -141,6 +165,11 @@ impl<V: Clone> Register<V> {
     /// Whether any entry survives.
     pub fn is_live(&self) -> bool {
         !self.entries.is_empty()
+    }
+
+    /// Whether the register was never written nor cleared (nothing to store).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.removed.is_empty()
     }
 }
 
@@ -214,6 +243,11 @@ impl Counter {
         })
     }
 
+    /// Whether no increment or reset was ever recorded (nothing to store).
+    pub fn is_empty(&self) -> bool {
+        self.total.is_empty() && self.base.is_empty()
+    }
+
     /// Whether some increment is live (the counter exists, possibly with value 0).
     pub fn is_live(&self) -> bool {
         self.live().next().is_some()
@@ -242,14 +276,19 @@ impl Counter {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Field {
     /// `SET`/`HSET` values.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Register::is_empty")]
     pub reg: Register<Blob>,
     /// `INCRBY`/`HINCRBY` increments.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Counter::is_empty")]
     pub ctr: Counter,
 }
 
 impl Field {
+    /// Whether nothing was ever written (nothing to store).
+    pub fn is_empty(&self) -> bool {
+        self.reg.is_empty() && self.ctr.total.is_empty() && self.ctr.base.is_empty()
+    }
+
     /// Whether the field exists.
     pub fn is_live(&self) -> bool {
         self.reg.is_live() || self.ctr.is_live()
@@ -308,12 +347,23 @@ impl Member {
         self.prune(&VectorClock::new());
     }
 
-    /// Adds as write `dot`: supersedes the observed adds (same membership, fewer dots).
-    fn add(&mut self, dot: Dot, ctx: &VectorClock, dead: &VectorClock) {
-        self.remove(ctx);
+    /// Adds as write `dot`. An instance's newer add supersedes its older ones (any remove that
+    /// covers the newer covers the older), so at most one add per instance is kept.
+    fn add(&mut self, dot: Dot, dead: &VectorClock) {
         if !self.removed.covers(dot) && !dead.covers(dot) {
             self.adds.insert(dot);
+            self.normalize();
         }
+    }
+
+    /// Keeps only the newest add of each instance.
+    fn normalize(&mut self) {
+        let mut newest: BTreeMap<InstanceId, u64> = BTreeMap::new();
+        for d in &self.adds {
+            let seq = newest.entry(d.instance).or_default();
+            *seq = (*seq).max(d.seq);
+        }
+        self.adds.retain(|d| newest[&d.instance] == d.seq);
     }
 
     fn prune(&mut self, dead: &VectorClock) {
@@ -335,10 +385,10 @@ pub struct ZMember {
     #[serde(default)]
     pub member: Member,
     /// `ZADD` scores.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Register::is_empty")]
     pub score: Register<f64>,
     /// `ZINCRBY` increments.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Counter::is_empty")]
     pub incr: Counter,
 }
 
@@ -356,13 +406,26 @@ impl ZMember {
 }
 
 /// Where a list element was inserted: after which element (RGA tree), and its Lamport clock that
-/// orders it among elements inserted after the same one.
+/// orders it among elements inserted after the same one. Serialized as `[after, lamport]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "(Option<ElemId>, u64)", into = "(Option<ElemId>, u64)")]
 pub struct ListNode {
     /// The element it follows; `None` is the head.
     pub after: Option<ElemId>,
     /// The inserting write's Lamport clock (sum of its observed history, plus one).
     pub lamport: u64,
+}
+
+impl From<(Option<ElemId>, u64)> for ListNode {
+    fn from((after, lamport): (Option<ElemId>, u64)) -> Self {
+        ListNode { after, lamport }
+    }
+}
+
+impl From<ListNode> for (Option<ElemId>, u64) {
+    fn from(n: ListNode) -> Self {
+        (n.after, n.lamport)
+    }
 }
 
 /// A list as a replicated growable array: elements are never moved, only marked removed, so every
@@ -442,6 +505,11 @@ impl List {
     fn is_live(&self) -> bool {
         self.values.keys().any(|id| !self.removed.contains(id))
     }
+
+    /// Whether nothing was ever inserted (nothing to store).
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty() && self.values.is_empty() && self.removed.is_empty()
+    }
 }
 
 /// How the key expires, as resolved from its concurrent `EXPIRE`/`PERSIST` writes.
@@ -512,7 +580,7 @@ pub struct KeyState {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub marks: BTreeMap<TypeTag, Stamp>,
     /// The string part.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Field::is_empty")]
     pub string: Field,
     /// The hash part.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -524,10 +592,10 @@ pub struct KeyState {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub zset: BTreeMap<Blob, ZMember>,
     /// The list part.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "List::is_empty")]
     pub list: List,
     /// `EXPIRE` deadlines (`Some`) and `PERSIST`s (`None`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Register::is_empty")]
     pub ttl: Register<Option<Millis>>,
 }
 
@@ -602,7 +670,7 @@ impl KeyState {
         let own = op.effect.type_tag();
         let mut changed = false;
         for tag in TypeTag::ALL {
-            if whole_key || own.is_some_and(|own| own != tag) {
+            if (whole_key || own.is_some_and(|own| own != tag)) && !op.ctx.is_empty() {
                 self.cleared.entry(tag).or_default().join(&op.ctx);
                 changed = true;
             }
@@ -686,7 +754,7 @@ impl KeyState {
             }
             Effect::SetAdd { members } => {
                 for m in members {
-                    self.set.entry(m.clone()).or_default().add(dot, ctx, &dead);
+                    self.set.entry(m.clone()).or_default().add(dot, &dead);
                 }
             }
             Effect::SetRem { members } => {
@@ -697,13 +765,13 @@ impl KeyState {
             Effect::ZAdd { members } => {
                 for (m, score) in members {
                     let z = self.zset.entry(m.clone()).or_default();
-                    z.member.add(dot, ctx, &dead);
+                    z.member.add(dot, &dead);
                     z.score.write(dot, ts, *score, ctx, &dead);
                 }
             }
             Effect::ZIncr { member, by } => {
                 let z = self.zset.entry(member.clone()).or_default();
-                z.member.add(dot, ctx, &dead);
+                z.member.add(dot, &dead);
                 z.incr.add(dot, 0, Some(*by));
             }
             Effect::ZRem { members } => {
@@ -917,6 +985,7 @@ impl Member {
     fn merge(&mut self, other: &Member) {
         self.removed.join(&other.removed);
         self.adds.extend(other.adds.iter().copied());
+        self.normalize();
         self.prune(&VectorClock::new());
     }
 }

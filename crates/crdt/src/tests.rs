@@ -678,14 +678,14 @@ fn choice_rename_moves_what_it_saw_and_concurrent_writes_stay_in_the_source() {
 /// The op encoding is the CRDB protocol (version 1): these samples must decode and re-encode
 /// byte for byte; changing them needs a new protocol version.
 const PROTOCOL_1_SAMPLES: &[&str] = &[
-    r#"{"v":1,"key":"k","id":{"instance":1,"seq":3},"ts":1700000000000,"ctx":{"1":2,"2":5},"effect":{"kind":"set","value":"vÿ"}}"#,
-    r#"{"v":1,"key":"k","id":{"instance":2,"seq":1},"ts":1700000000000,"ctx":{},"fresh":true,"effect":{"kind":"incr","by":-3}}"#,
-    r#"{"v":1,"key":"k","id":{"instance":1,"seq":4},"ts":1,"ctx":{"1":3},"resets":[{"counter":{"in":"field","field":"n"},"observed":{"1":{"seq":2,"int":5,"float":0.0,"floats":0}}}],"effect":{"kind":"hash_del","fields":["n"]}}"#,
-    r#"{"v":1,"key":"k","id":{"instance":1,"seq":5},"ts":1,"ctx":{"1":4},"effect":{"kind":"list_insert","after":{"instance":2,"seq":1,"idx":0},"values":["a","b"]}}"#,
-    r#"{"v":1,"key":"k","id":{"instance":1,"seq":6},"ts":1,"ctx":{"1":5},"effect":{"kind":"list_rem","elems":[{"instance":1,"seq":5,"idx":1}]}}"#,
-    r#"{"v":1,"key":"k","id":{"instance":1,"seq":7},"ts":1,"ctx":{"1":6},"effect":{"kind":"z_add","members":[["m",1.5]]}}"#,
-    r#"{"v":1,"key":"k","id":{"instance":1,"seq":8},"ts":1,"ctx":{"1":7},"effect":{"kind":"expire","at":1700000060000}}"#,
-    r#"{"v":1,"key":"k","id":{"instance":1,"seq":9},"ts":1,"ctx":{"1":8},"effect":{"kind":"del"}}"#,
+    r#"{"v":1,"key":"k","id":[1,3],"ts":1700000000000,"ctx":{"1":2,"2":5},"effect":{"kind":"set","value":"vÿ"}}"#,
+    r#"{"v":1,"key":"k","id":[2,1],"ts":1700000000000,"ctx":{},"fresh":true,"effect":{"kind":"incr","by":-3}}"#,
+    r#"{"v":1,"key":"k","id":[1,4],"ts":1,"ctx":{"1":3},"resets":[{"counter":{"in":"field","field":"n"},"observed":{"1":{"seq":2,"int":5,"float":0.0,"floats":0}}}],"effect":{"kind":"hash_del","fields":["n"]}}"#,
+    r#"{"v":1,"key":"k","id":[1,5],"ts":1,"ctx":{"1":4},"effect":{"kind":"list_insert","after":[2,1,0],"values":["a","b"]}}"#,
+    r#"{"v":1,"key":"k","id":[1,6],"ts":1,"ctx":{"1":5},"effect":{"kind":"list_rem","elems":[[1,5,1]]}}"#,
+    r#"{"v":1,"key":"k","id":[1,7],"ts":1,"ctx":{"1":6},"effect":{"kind":"z_add","members":[["m",1.5]]}}"#,
+    r#"{"v":1,"key":"k","id":[1,8],"ts":1,"ctx":{"1":7},"effect":{"kind":"expire","at":1700000060000}}"#,
+    r#"{"v":1,"key":"k","id":[1,9],"ts":1,"ctx":{"1":8},"effect":{"kind":"del"}}"#,
 ];
 
 #[test]
@@ -726,18 +726,34 @@ fn metadata_sizes() {
     for i in 0..100 {
         let site = [A, B, C][i % 3];
         let m = b(&format!("member{i:03}"));
-        set.write(&key(), site, T0, Write::SAdd(vec![m.clone()])).unwrap();
-        hash.write(&key(), site, T0, Write::HSet(vec![(m.clone(), b("value"))])).unwrap();
-        list.write(&key(), site, T0, Write::Push(End::Right, vec![m])).unwrap();
+        set.write(&key(), site, T0, Write::SAdd(vec![m.clone()]))
+            .unwrap();
+        hash.write(&key(), site, T0, Write::HSet(vec![(m.clone(), b("value"))]))
+            .unwrap();
+        list.write(&key(), site, T0, Write::Push(End::Right, vec![m]))
+            .unwrap();
         counter.write(&key(), site, T0, Write::IncrBy(1)).unwrap();
     }
-    for (name, s) in [("set", set), ("hash", hash), ("list", list), ("counter", counter)] {
+    for (name, s) in [
+        ("set", set),
+        ("hash", hash),
+        ("list", list),
+        ("counter", counter),
+    ] {
         let value_bytes: usize = 100 * 9;
-        println!("{name}: {} bytes of metadata for ~{value_bytes} bytes of value", s.to_meta().len());
+        println!(
+            "{name}: {} bytes of metadata for ~{value_bytes} bytes of value",
+            s.to_meta().len()
+        );
     }
-    println!("{}", KeyState::from_meta(&{
-        let mut s = KeyState::new();
-        s.write(&key(), A, T0, Write::SAdd(vec![b("m")])).unwrap();
-        s.to_meta()
-    }).unwrap().to_meta());
+    println!(
+        "{}",
+        KeyState::from_meta(&{
+            let mut s = KeyState::new();
+            s.write(&key(), A, T0, Write::SAdd(vec![b("m")])).unwrap();
+            s.to_meta()
+        })
+        .unwrap()
+        .to_meta()
+    );
 }
