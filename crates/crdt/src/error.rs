@@ -22,6 +22,16 @@ pub enum CrdtError {
         /// The oldest supported version.
         min: u16,
     },
+    /// An instance was asked to run a protocol version this code cannot produce.
+    #[error("CRDB protocol version {v} is not supported (this release speaks {min} to {max})")]
+    UnsupportedProtocol {
+        /// The requested version.
+        v: u16,
+        /// The oldest supported version.
+        min: u16,
+        /// The newest supported version.
+        max: u16,
+    },
     /// An op of an origin arrived before an earlier op of the same origin on the same key: the
     /// syncer broke per-origin order (it must resend from `expected`).
     #[error("op {got:?} skips ahead: instance {instance:?}'s next op on this key is {expected}")]

@@ -27,6 +27,12 @@ pub const CRDT_PROTOCOL_VERSION: u16 = 1;
 /// The oldest protocol version this crate still accepts.
 pub const CRDT_PROTOCOL_MIN: u16 = 1;
 
+/// The CRDB feature set version this crate can use: a capability level that moves for every
+/// instance together, only once all of them run the newest protocol (reference section 4). An
+/// effect introduced by a later feature set is not produced before the CRDB moved to it
+/// ([`Effect::featureset`]).
+pub const CRDT_FEATURESET_VERSION: u16 = 1;
+
 /// The identity of one list element: the write that inserted it and its index within that write
 /// (one `LPUSH` inserts several elements under one dot). Serialized as `[instance, seq, idx]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -237,7 +243,37 @@ pub struct Op {
     pub effect: Effect,
 }
 
+impl Effect {
+    /// The feature set version that introduced this effect: the proxy refuses a command whose
+    /// effect needs a newer feature set than the CRDB's, so an instance on an older feature set
+    /// never receives it.
+    pub fn featureset(&self) -> u16 {
+        1
+    }
+}
+
 impl Op {
+    /// Labels the op with the protocol the instance runs (an older one while it keeps its
+    /// protocol through an engine upgrade); refuses a version this code cannot encode.
+    pub fn for_protocol(mut self, v: u16) -> Result<Op, CrdtError> {
+        if !(CRDT_PROTOCOL_MIN..=CRDT_PROTOCOL_VERSION).contains(&v) {
+            return Err(CrdtError::UnsupportedProtocol {
+                v,
+                min: CRDT_PROTOCOL_MIN,
+                max: CRDT_PROTOCOL_VERSION,
+            });
+        }
+        self.v = v;
+        Ok(self)
+    }
+
+    /// Whether a peer running protocol `peer` can receive this op. When it cannot, the syncer
+    /// holds this op and every later one of its origin until the peer is upgraded (the per-origin
+    /// order must not break); nothing is lost.
+    pub fn deliverable_to(&self, peer: u16) -> bool {
+        self.v <= peer
+    }
+
     /// Refuses an op from a protocol this instance does not speak (newer, or retired).
     pub fn check_protocol(&self, local: u16) -> Result<(), CrdtError> {
         if self.v > local {

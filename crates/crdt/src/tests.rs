@@ -757,3 +757,19 @@ fn metadata_sizes() {
         .to_meta()
     );
 }
+
+#[test]
+fn an_op_newer_than_a_peer_is_held_for_it() {
+    let s = KeyState::new();
+    let op = s.prepare(&key(), A, T0, Write::IncrBy(1)).unwrap().unwrap();
+    assert!(op.deliverable_to(crate::op::CRDT_PROTOCOL_VERSION));
+    let mut newer = op.clone();
+    newer.v = crate::op::CRDT_PROTOCOL_VERSION + 1;
+    assert!(!newer.deliverable_to(crate::op::CRDT_PROTOCOL_VERSION));
+    assert!(newer.deliverable_to(crate::op::CRDT_PROTOCOL_VERSION + 1));
+    assert_eq!(op.clone().for_protocol(1).map(|o| o.v), Ok(1));
+    assert!(matches!(
+        op.for_protocol(0),
+        Err(CrdtError::UnsupportedProtocol { v: 0, .. })
+    ));
+}
