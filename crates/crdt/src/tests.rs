@@ -773,3 +773,100 @@ fn an_op_newer_than_a_peer_is_held_for_it() {
         Err(CrdtError::UnsupportedProtocol { v: 0, .. })
     ));
 }
+
+impl Site {
+    /// Applies what `other` wrote so far (as the syncer would), without logging it again.
+    fn hear(&mut self, other: &Site) -> &mut Self {
+        for op in &other.log {
+            self.state.apply(op).expect("in order");
+        }
+        self
+    }
+}
+
+#[test]
+fn ops_arriving_before_what_they_saw_wait_hidden_and_converge() {
+    // B builds on A's ops; C (the base replica in `heal`) may get B's before A's.
+    let base = KeyState::new();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::Push(End::Right, vec![b("x")]));
+    bb.hear(&a)
+        .ok(T0, Write::Push(End::Right, vec![b("y")]))
+        .ok(T0, Write::LSet(0, b("x2")))
+        .ok(T0, Write::Pop(End::Right, 1))
+        .ok(T0, Write::Push(End::Left, vec![b("w")]));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    assert_eq!(list(&healed), vec!["w", "x2"]);
+
+    // An LSET that arrives before the element it sets shows nothing yet.
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::Push(End::Right, vec![b("z")]));
+    bb.hear(&a).ok(T0, Write::LSet(-1, b("z2")));
+    let mut early = base.clone();
+    early.apply(&bb.log[0]).unwrap();
+    assert_eq!(early.materialize(), None);
+    early.apply(&a.log[0]).unwrap();
+    assert_eq!(list(&early), vec!["z2"]);
+}
+
+#[test]
+fn a_remove_arriving_before_the_add_it_saw_still_removes_it() {
+    let base = KeyState::new();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::SAdd(vec![b("m"), b("n")]));
+    bb.hear(&a).ok(T0, Write::SRem(vec![b("m")]));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    assert_eq!(healed.materialize(), Some(Value::Set([b("n")].into())));
+}
+
+#[test]
+fn concurrent_lset_is_last_writer_wins_and_loses_to_a_concurrent_pop() {
+    let mut base = KeyState::new();
+    base.write(&key(), C, T0, Write::Push(End::Right, vec![b("e"), b("f")]))
+        .unwrap();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0 + 1, Write::LSet(0, b("a")));
+    bb.ok(T0, Write::LSet(0, b("b")));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    assert_eq!(list(&healed), vec!["a", "f"]);
+
+    a.ok(T0 + 2, Write::LSet(1, b("g")));
+    bb.ok(T0, Write::Pop(End::Right, 1));
+    let healed = heal(&healed, &mut [&mut a, &mut bb]);
+    assert_eq!(list(&healed), vec!["a"]);
+}
+
+#[test]
+fn ltrim_and_lrem_remove_only_what_they_saw() {
+    let mut base = KeyState::new();
+    let values = ["a", "b", "a", "c", "a"].map(b).to_vec();
+    base.write(&key(), C, T0, Write::Push(End::Right, values))
+        .unwrap();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::LRem(-2, b("a")));
+    bb.ok(T0, Write::LTrim(0, 2))
+        .ok(T0, Write::Push(End::Right, vec![b("a")]));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    // A removed the last two "a"s (indexes 2 and 4); B trimmed to a,b,a (removing c and the
+    // last a) and pushed a new "a" that A had not seen.
+    assert_eq!(list(&healed), vec!["a", "b", "a"]);
+}
+
+#[test]
+fn hincrbyfloat_and_zadd_causally_after_zincrby_replaces_it() {
+    let base = KeyState::new();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::HIncrByFloat(b("f"), 0.5));
+    bb.ok(T0, Write::HIncrByFloat(b("f"), 0.25));
+    let healed = heal(&base, &mut [&mut a, &mut bb]);
+    assert_eq!(
+        healed.materialize(),
+        Some(Value::Hash([(b("f"), b("0.75"))].into()))
+    );
+
+    let mut z = KeyState::new();
+    z.write(&key(), A, T0, Write::ZIncrBy(b("m"), 5.0)).unwrap();
+    z.write(&key(), B, T0, Write::ZAdd(vec![(b("m"), 1.0)]))
+        .unwrap();
+    assert_eq!(z.materialize(), Some(Value::Zset(vec![(b("m"), 1.0)])));
+}
