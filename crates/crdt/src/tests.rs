@@ -25,6 +25,14 @@ fn key() -> Blob {
     b("k")
 }
 
+/// `SET k v` (no `KEEPTTL`).
+fn set_to(v: &str) -> Write {
+    Write::Set {
+        value: b(v),
+        keep_ttl: false,
+    }
+}
+
 /// One instance's copy of the key, writing at a given wall clock.
 struct Site {
     id: InstanceId,
@@ -173,37 +181,13 @@ fn t1_float_counters_sum() {
 fn t2_strings_last_writer_wins_by_wall_clock_then_lower_instance() {
     let base = KeyState::new();
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
-    a.ok(
-        T0,
-        Write::Set {
-            value: b("a"),
-            keep_ttl: false,
-        },
-    );
-    bb.ok(
-        T0 + 1000,
-        Write::Set {
-            value: b("b"),
-            keep_ttl: false,
-        },
-    );
+    a.ok(T0, set_to("a"));
+    bb.ok(T0 + 1000, set_to("b"));
     assert_eq!(string(&heal(&base, &mut [&mut a, &mut bb])), "b");
 
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
-    a.ok(
-        T0,
-        Write::Set {
-            value: b("a"),
-            keep_ttl: false,
-        },
-    );
-    bb.ok(
-        T0,
-        Write::Set {
-            value: b("b"),
-            keep_ttl: false,
-        },
-    );
+    a.ok(T0, set_to("a"));
+    bb.ok(T0, set_to("b"));
     assert_eq!(string(&heal(&base, &mut [&mut a, &mut bb])), "a");
 }
 
@@ -211,23 +195,11 @@ fn t2_strings_last_writer_wins_by_wall_clock_then_lower_instance() {
 fn t2_causality_beats_the_wall_clock() {
     let base = KeyState::new();
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
-    a.ok(
-        T0 + 5000,
-        Write::Set {
-            value: b("first"),
-            keep_ttl: false,
-        },
-    );
+    a.ok(T0 + 5000, set_to("first"));
     heal(&base, &mut [&mut a, &mut bb]);
     let synced = bb.state.clone();
     // B saw A's write; its clock is behind, but its write is causally later.
-    bb.ok(
-        T0,
-        Write::Set {
-            value: b("second"),
-            keep_ttl: false,
-        },
-    );
+    bb.ok(T0, set_to("second"));
     assert_eq!(string(&heal(&synced, &mut [&mut a, &mut bb])), "second");
 }
 
@@ -375,16 +347,7 @@ fn t6_concurrent_pushes_at_both_ends_are_all_kept_and_pops_are_at_least_once() {
 #[test]
 fn t9_expire_longest_wins_and_persist_beats_every_ttl() {
     let mut base = KeyState::new();
-    base.write(
-        &key(),
-        C,
-        T0,
-        Write::Set {
-            value: b("v"),
-            keep_ttl: false,
-        },
-    )
-    .unwrap();
+    base.write(&key(), C, T0, set_to("v")).unwrap();
     base.write(&key(), C, T0, Write::ExpireAt(T0 + 100_000))
         .unwrap();
     let (mut a, mut bb, mut c) = (
@@ -416,16 +379,7 @@ fn t9_expire_longest_wins_and_persist_beats_every_ttl() {
 #[test]
 fn t9_a_causally_later_expire_replaces_a_longer_one() {
     let mut s = KeyState::new();
-    s.write(
-        &key(),
-        A,
-        T0,
-        Write::Set {
-            value: b("v"),
-            keep_ttl: false,
-        },
-    )
-    .unwrap();
+    s.write(&key(), A, T0, set_to("v")).unwrap();
     s.write(&key(), A, T0, Write::ExpireAt(T0 + 50_000))
         .unwrap();
     s.write(&key(), A, T0, Write::ExpireAt(T0 + 10_000))
@@ -438,16 +392,7 @@ fn t9_a_causally_later_expire_replaces_a_longer_one() {
         }
     );
     // SET without KEEPTTL clears the expiry it saw.
-    s.write(
-        &key(),
-        A,
-        T0,
-        Write::Set {
-            value: b("w"),
-            keep_ttl: false,
-        },
-    )
-    .unwrap();
+    s.write(&key(), A, T0, set_to("w")).unwrap();
     assert_eq!(s.expiry(), Expiry::Persist);
 }
 
@@ -468,13 +413,7 @@ fn t15_a_key_written_as_two_types_converges_to_the_later_write() {
     for (ts_a, ts_b, want_string) in [(T0 + 1, T0, true), (T0, T0 + 1, false), (T0, T0, true)] {
         let base = KeyState::new();
         let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
-        a.ok(
-            ts_a,
-            Write::Set {
-                value: b("1"),
-                keep_ttl: false,
-            },
-        );
+        a.ok(ts_a, set_to("1"));
         bb.ok(ts_b, Write::SAdd(vec![b("m")]));
         let healed = heal(&base, &mut [&mut a, &mut bb]);
         let got = healed.materialize().unwrap();
@@ -502,13 +441,7 @@ fn choice_set_racing_incr_is_observed_reset() {
     let mut base = KeyState::new();
     base.write(&key(), C, T0, Write::IncrBy(10)).unwrap();
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
-    a.ok(
-        T0,
-        Write::Set {
-            value: b("100"),
-            keep_ttl: false,
-        },
-    );
+    a.ok(T0, set_to("100"));
     bb.ok(T0, Write::IncrBy(5));
     assert_eq!(string(&heal(&base, &mut [&mut a, &mut bb])), "105");
 
@@ -521,25 +454,10 @@ fn choice_set_racing_incr_is_observed_reset() {
 #[test]
 fn choice_string_del_racing_set_keeps_the_set() {
     let mut base = KeyState::new();
-    base.write(
-        &key(),
-        C,
-        T0,
-        Write::Set {
-            value: b("v"),
-            keep_ttl: false,
-        },
-    )
-    .unwrap();
+    base.write(&key(), C, T0, set_to("v")).unwrap();
     let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
     a.ok(T0 + 10, Write::Del);
-    bb.ok(
-        T0,
-        Write::Set {
-            value: b("w"),
-            keep_ttl: false,
-        },
-    );
+    bb.ok(T0, set_to("w"));
     assert_eq!(string(&heal(&base, &mut [&mut a, &mut bb])), "w");
 }
 
@@ -548,15 +466,7 @@ fn wrong_type_is_refused_at_the_origin() {
     let mut s = KeyState::new();
     s.write(&key(), A, T0, Write::SAdd(vec![b("m")])).unwrap();
     assert_eq!(
-        s.prepare(
-            &key(),
-            A,
-            T0,
-            Write::Set {
-                value: b("x"),
-                keep_ttl: false
-            }
-        ),
+        s.prepare(&key(), A, T0, set_to("x")),
         Err(WriteError::WrongType)
     );
     assert_eq!(
@@ -568,18 +478,7 @@ fn wrong_type_is_refused_at_the_origin() {
 #[test]
 fn an_op_from_a_newer_protocol_is_refused_and_a_gap_is_reported() {
     let mut s = KeyState::new();
-    let op = s
-        .prepare(
-            &key(),
-            A,
-            T0,
-            Write::Set {
-                value: b("x"),
-                keep_ttl: false,
-            },
-        )
-        .unwrap()
-        .unwrap();
+    let op = s.prepare(&key(), A, T0, set_to("x")).unwrap().unwrap();
     let mut newer = op.clone();
     newer.v = crate::op::CRDT_PROTOCOL_VERSION + 1;
     assert!(matches!(
@@ -622,16 +521,7 @@ fn choice_rename_moves_what_it_saw_and_concurrent_writes_stay_in_the_source() {
     src.write(&src_key, C, T0, Write::ExpireAt(T0 + 60_000))
         .unwrap();
     let mut dst = KeyState::new();
-    dst.write(
-        &dst_key,
-        C,
-        T0,
-        Write::Set {
-            value: b("old"),
-            keep_ttl: false,
-        },
-    )
-    .unwrap();
+    dst.write(&dst_key, C, T0, set_to("old")).unwrap();
     let (src0, dst0) = (src.clone(), dst.clone());
 
     // A renames; B, not having seen it, adds y to the source.

@@ -8,7 +8,7 @@
 use crate::blob::Blob;
 use crate::clock::{Dot, InstanceId, Millis};
 use crate::error::WriteError;
-use crate::op::{CounterReset, Effect, ElemId, Op, CRDT_PROTOCOL_VERSION};
+use crate::op::{CounterRef, CounterReset, Effect, ElemId, Op, CRDT_PROTOCOL_VERSION};
 use crate::state::{KeyState, TypeTag, Value};
 
 /// The largest counter value: Active-Active counters are 59-bit signed (reference section 2).
@@ -176,8 +176,8 @@ impl KeyState {
         let none = Vec::new;
         Ok(Some(match write {
             Write::Set { value, keep_ttl } => {
-                let reset = self.field_reset(crate::op::CounterRef::String);
-                (Effect::Set { value, keep_ttl }, reset)
+                let resets = self.resets([CounterRef::String]);
+                (Effect::Set { value, keep_ttl }, resets)
             }
             Write::IncrBy(by) => {
                 let base = current.map(|v| match v {
@@ -196,29 +196,15 @@ impl KeyState {
                 (Effect::IncrFloat { by }, none())
             }
             Write::HSet(fields) => {
-                let resets = fields
-                    .iter()
-                    .flat_map(|(f, _)| {
-                        self.field_reset(crate::op::CounterRef::Field { field: f.clone() })
-                    })
-                    .collect();
+                let resets = self.resets(fields.iter().map(|(f, _)| field_ref(f)));
                 (Effect::HashSet { fields }, resets)
             }
             Write::HDel(fields) => {
-                let present: Vec<Blob> = fields
-                    .into_iter()
-                    .filter(|f| hash_value(current, f).is_some())
-                    .collect();
-                if present.is_empty() {
+                let Some(fields) = keep(fields, |f| hash_value(current, f).is_some()) else {
                     return Ok(None);
-                }
-                let resets = present
-                    .iter()
-                    .flat_map(|f| {
-                        self.field_reset(crate::op::CounterRef::Field { field: f.clone() })
-                    })
-                    .collect();
-                (Effect::HashDel { fields: present }, resets)
+                };
+                let resets = self.resets(fields.iter().map(field_ref));
+                (Effect::HashDel { fields }, resets)
             }
             Write::HIncrBy(field, by) => {
                 check_int(hash_value(current, &field).as_ref(), by)?;
@@ -229,32 +215,19 @@ impl KeyState {
                 (Effect::HashIncrFloat { field, by }, none())
             }
             Write::SAdd(members) => {
-                let new: Vec<Blob> = dedup(members)
-                    .into_iter()
-                    .filter(|m| !matches!(current, Some(Value::Set(s)) if s.contains(m)))
-                    .collect();
-                if new.is_empty() {
+                let Some(members) = keep(members, |m| !set_has(current, m)) else {
                     return Ok(None);
-                }
-                (Effect::SetAdd { members: new }, none())
+                };
+                (Effect::SetAdd { members }, none())
             }
             Write::SRem(members) => {
-                let present: Vec<Blob> = dedup(members)
-                    .into_iter()
-                    .filter(|m| matches!(current, Some(Value::Set(s)) if s.contains(m)))
-                    .collect();
-                if present.is_empty() {
+                let Some(members) = keep(members, |m| set_has(current, m)) else {
                     return Ok(None);
-                }
-                (Effect::SetRem { members: present }, none())
+                };
+                (Effect::SetRem { members }, none())
             }
             Write::ZAdd(members) => {
-                let resets = members
-                    .iter()
-                    .flat_map(|(m, _)| {
-                        self.field_reset(crate::op::CounterRef::Member { member: m.clone() })
-                    })
-                    .collect();
+                let resets = self.resets(members.iter().map(|(m, _)| member_ref(m)));
                 (Effect::ZAdd { members }, resets)
             }
             Write::ZIncrBy(member, by) => {
@@ -265,20 +238,11 @@ impl KeyState {
                 (Effect::ZIncr { member, by }, none())
             }
             Write::ZRem(members) => {
-                let present: Vec<Blob> = dedup(members)
-                    .into_iter()
-                    .filter(|m| zscore(current, m).is_some())
-                    .collect();
-                if present.is_empty() {
+                let Some(members) = keep(members, |m| zscore(current, m).is_some()) else {
                     return Ok(None);
-                }
-                let resets = present
-                    .iter()
-                    .flat_map(|m| {
-                        self.field_reset(crate::op::CounterRef::Member { member: m.clone() })
-                    })
-                    .collect();
-                (Effect::ZRem { members: present }, resets)
+                };
+                let resets = self.resets(members.iter().map(member_ref));
+                (Effect::ZRem { members }, resets)
             }
             Write::Push(end, values) => {
                 let (after, values) = match end {
@@ -381,12 +345,26 @@ impl KeyState {
         }))
     }
 
-    fn field_reset(&self, counter: crate::op::CounterRef) -> Vec<CounterReset> {
+    /// The resets of the named counters (those with live increments).
+    fn resets(&self, refs: impl IntoIterator<Item = CounterRef>) -> Vec<CounterReset> {
+        let refs: Vec<CounterRef> = refs.into_iter().collect();
         self.counters()
             .into_iter()
             .map(|(_, r)| r)
-            .filter(|r| r.counter == counter)
+            .filter(|r| refs.contains(&r.counter))
             .collect()
+    }
+}
+
+fn field_ref(field: &Blob) -> CounterRef {
+    CounterRef::Field {
+        field: field.clone(),
+    }
+}
+
+fn member_ref(member: &Blob) -> CounterRef {
+    CounterRef::Member {
+        member: member.clone(),
     }
 }
 
@@ -394,12 +372,18 @@ fn list_rem(elems: Vec<ElemId>) -> Option<(Effect, Vec<CounterReset>)> {
     (!elems.is_empty()).then(|| (Effect::ListRem { elems }, Vec::new()))
 }
 
-fn dedup(items: Vec<Blob>) -> Vec<Blob> {
+/// The distinct items that pass `pred`, or `None` when none does (the write changes nothing).
+fn keep(items: Vec<Blob>, pred: impl Fn(&Blob) -> bool) -> Option<Vec<Blob>> {
     let mut seen = std::collections::BTreeSet::new();
-    items
+    let kept: Vec<Blob> = items
         .into_iter()
-        .filter(|m| seen.insert(m.clone()))
-        .collect()
+        .filter(|m| pred(m) && seen.insert(m.clone()))
+        .collect();
+    (!kept.is_empty()).then_some(kept)
+}
+
+fn set_has(current: Option<&Value>, member: &Blob) -> bool {
+    matches!(current, Some(Value::Set(s)) if s.contains(member))
 }
 
 fn hash_value(current: Option<&Value>, field: &Blob) -> Option<Blob> {
