@@ -760,3 +760,15 @@ fn hincrbyfloat_and_zadd_causally_after_zincrby_replaces_it() {
         .unwrap();
     assert_eq!(z.materialize(), Some(Value::Zset(vec![(b("m"), 1.0)])));
 }
+
+#[test]
+fn an_expire_in_the_past_deletes_the_key() {
+    let mut s = KeyState::new();
+    s.write(&key(), A, T0, set_to("v")).unwrap();
+    let op = s
+        .write(&key(), A, T0, Write::ExpireAt(T0))
+        .unwrap()
+        .unwrap();
+    assert_eq!(op.effect, crate::op::Effect::Del);
+    assert_eq!(s.materialize(), None);
+}

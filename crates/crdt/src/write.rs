@@ -125,7 +125,7 @@ impl KeyState {
             }
         }
         let fresh = current.is_none() && wanted.is_some();
-        let Some((effect, own_resets)) = self.effect(current.as_ref(), write)? else {
+        let Some((effect, own_resets)) = self.effect(current.as_ref(), write, now)? else {
             return Ok(None);
         };
         let mut resets = own_resets;
@@ -172,6 +172,7 @@ impl KeyState {
         &self,
         current: Option<&Value>,
         write: Write,
+        now: Millis,
     ) -> Result<Option<(Effect, Vec<CounterReset>)>, WriteError> {
         let none = Vec::new;
         Ok(Some(match write {
@@ -334,7 +335,13 @@ impl KeyState {
                 if current.is_none() {
                     return Ok(None);
                 }
-                (Effect::Expire { at }, none())
+                // A deadline already passed deletes the key, as the engine does.
+                let effect = if at <= now {
+                    Effect::Del
+                } else {
+                    Effect::Expire { at }
+                };
+                (effect, none())
             }
             Write::Persist => {
                 if current.is_none() || !matches!(self.expiry(), crate::state::Expiry::At { .. }) {
