@@ -50,6 +50,20 @@ enum Step {
         to: usize,
         from: usize,
     },
+    /// A full state transfer (past the backlog): `to` merges every key of `from` and resumes
+    /// reading `from`'s log at its end.
+    FullSync {
+        to: usize,
+        from: usize,
+    },
+    /// `RENAME` (or `COPY` when `copy`) between two of the shared keys.
+    Rename {
+        site: usize,
+        src: u8,
+        dst: u8,
+        copy: bool,
+        skew: u8,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -65,6 +79,12 @@ fn step() -> impl Strategy<Value = Step> {
         ),
         2 => (0..SITES, 0..SITES, 1u8..4).prop_map(|(to, from, count)| Step::Deliver { to, from, count }),
         1 => (0..SITES, 0..SITES).prop_map(|(to, from)| Step::Duplicate { to, from }),
+        1 => prop_oneof![
+            1 => (0..SITES, 0..SITES).prop_map(|(to, from)| Step::FullSync { to, from }),
+            3 => (0..SITES, 0..KEYS, 0..KEYS, any::<bool>(), 0u8..4).prop_map(
+                |(site, src, dst, copy, skew)| Step::Rename { site, src, dst, copy, skew }
+            ),
+        ],
     ]
 }
 
@@ -180,7 +200,9 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         break;
                     };
                     let applied = sites[to].receive(&op);
-                    prop_assert_eq!(applied == Applied::Duplicate, to == from);
+                    if to == from {
+                        prop_assert_eq!(applied, Applied::Duplicate);
+                    }
                     sites[to].read[from] += 1;
                 }
             }
@@ -190,6 +212,43 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     let op = sites[from].log[read - 1].clone();
                     prop_assert_eq!(sites[to].receive(&op), Applied::Duplicate);
                 }
+            }
+            Step::FullSync { to, from } => {
+                let theirs = sites[from].keys.clone();
+                for (key, state) in &theirs {
+                    let mine = sites[to].keys.entry(key.clone()).or_default();
+                    let before = mine.view();
+                    mine.merge(state);
+                    check_engine(key, &before, mine);
+                }
+                sites[to].read[from] = sites[from].log.len();
+            }
+            Step::Rename {
+                site,
+                src,
+                dst,
+                copy,
+                skew,
+            } => {
+                if src == dst {
+                    continue;
+                }
+                let now = T0 + 1000 * n_step as u64 / 4 + u64::from(skew) * 700;
+                let (src, dst) = (Blob::from(format!("k{src}")), Blob::from(format!("k{dst}")));
+                let s = &mut sites[site];
+                let mut src_state = s.keys.remove(&src).unwrap_or_default();
+                let mut dst_state = s.keys.remove(&dst).unwrap_or_default();
+                let (src_before, dst_before) = (src_state.view(), dst_state.view());
+                let ops = if copy {
+                    crate::write::copy_key(&src_state, &mut dst_state, &dst, s.id, now, true)
+                } else {
+                    crate::write::rename_key(&mut src_state, &src, &mut dst_state, &dst, s.id, now)
+                };
+                check_engine(&src, &src_before, &src_state);
+                check_engine(&dst, &dst_before, &dst_state);
+                s.keys.insert(src, src_state);
+                s.keys.insert(dst, dst_state);
+                s.log.extend(ops.unwrap_or_default());
             }
         }
     }
