@@ -636,16 +636,16 @@ fn metadata_sizes() {
             s.to_meta().len()
         );
     }
-    println!(
-        "{}",
-        KeyState::from_meta(&{
-            let mut s = KeyState::new();
-            s.write(&key(), A, T0, Write::SAdd(vec![b("m")])).unwrap();
-            s.to_meta()
-        })
-        .unwrap()
-        .to_meta()
-    );
+    let mut h = KeyState::new();
+    for (i, site) in [A, B, C].into_iter().enumerate() {
+        let f = b(&format!("f{i}"));
+        h.write(&key(), site, T0, Write::HSet(vec![(f, b("v"))])).unwrap();
+    }
+    let mut l = KeyState::new();
+    for site in [A, B] {
+        l.write(&key(), site, T0, Write::Push(End::Right, vec![b("x")])).unwrap();
+    }
+    println!("{}\n{}", h.to_meta(), l.to_meta());
 }
 
 #[test]
