@@ -56,6 +56,10 @@ enum Step {
         to: usize,
         from: usize,
     },
+    /// `site` compacts every key (drops the tombstones its clock covers).
+    Compact {
+        site: usize,
+    },
     /// `RENAME` (or `COPY` when `copy`) between two of the shared keys.
     Rename {
         site: usize,
@@ -81,6 +85,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..SITES, 0..SITES).prop_map(|(to, from)| Step::Duplicate { to, from }),
         1 => prop_oneof![
             1 => (0..SITES, 0..SITES).prop_map(|(to, from)| Step::FullSync { to, from }),
+            1 => (0..SITES).prop_map(|site| Step::Compact { site }),
             3 => (0..SITES, 0..KEYS, 0..KEYS, any::<bool>(), 0u8..4).prop_map(
                 |(site, src, dst, copy, skew)| Step::Rename { site, src, dst, copy, skew }
             ),
@@ -223,6 +228,13 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 }
                 sites[to].read[from] = sites[from].log.len();
             }
+            Step::Compact { site } => {
+                for state in sites[site].keys.values_mut() {
+                    let before = state.clone();
+                    state.compact();
+                    prop_assert_eq!(state.view(), before.view());
+                }
+            }
             Step::Rename {
                 site,
                 src,
@@ -265,26 +277,32 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     }
     for key in 0..=KEYS {
         let name = Blob::from(format!("k{key}"));
+        // Replicas that compacted at different times hold the same state once compacted.
+        let compacted = |mut s: KeyState| {
+            s.compact();
+            s
+        };
         let states: Vec<KeyState> = sites
             .iter()
-            .map(|s| s.keys.get(&name).cloned().unwrap_or_default())
+            .map(|s| compacted(s.keys.get(&name).cloned().unwrap_or_default()))
             .collect();
         for s in &states[1..] {
             prop_assert_eq!(s.materialize(), states[0].materialize());
             prop_assert_eq!(s.expiry(), states[0].expiry());
             prop_assert_eq!(s, &states[0]);
         }
-        // A full state transfer (merge of the partial states, in any order) gives the same state.
+        // A full state transfer (merge of the partial states, compacted or not, in any order)
+        // gives the same state.
         let part = |i: usize| partial[i].get(&name).cloned().unwrap_or_default();
         let mut merged = part(2);
         merged.merge(&part(0));
         merged.merge(&part(1));
         merged.merge(&part(0));
-        prop_assert_eq!(&merged, &states[0]);
-        let mut merged = part(1);
+        prop_assert_eq!(&compacted(merged), &states[0]);
+        let mut merged = compacted(part(1));
         merged.merge(&part(2));
-        merged.merge(&part(0));
-        prop_assert_eq!(&merged, &states[0]);
+        merged.merge(&compacted(part(0)));
+        prop_assert_eq!(&compacted(merged), &states[0]);
         let meta = KeyState::from_meta(&states[0].to_meta()).expect("metadata reads back");
         prop_assert_eq!(&meta, &states[0]);
         if key == COUNTER_KEY {
@@ -300,7 +318,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn replicas_converge_and_no_increment_is_lost(steps in prop::collection::vec(step(), 1..200)) {

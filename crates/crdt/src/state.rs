@@ -494,16 +494,23 @@ impl List {
     }
 
     fn prune(&mut self, dead: &VectorClock) {
+        // Elements a key-level remove covers become explicit removals, so the remove's clock can
+        // be compacted away while a late `LSET` still finds them removed.
+        let covered = self.nodes.keys().filter(|id| dead.covers(id.dot()));
+        self.removed.extend(covered.copied().collect::<Vec<_>>());
+        // A value register emptied by a remove keeps its clock: the element's own first value
+        // may still arrive, and is dead if the remove had seen it.
+        let removed = &self.removed;
         self.values.retain(|id, reg| {
             reg.prune(dead);
-            !dead.covers(id.dot()) && reg.is_live()
+            !removed.contains(id) && !reg.is_empty()
         });
-        let removed = &self.removed;
-        self.values.retain(|id, _| !removed.contains(id));
     }
 
     fn is_live(&self) -> bool {
-        self.values.keys().any(|id| !self.removed.contains(id))
+        self.values
+            .iter()
+            .any(|(id, reg)| reg.is_live() && !self.removed.contains(id))
     }
 
     /// Whether nothing was ever inserted (nothing to store).
@@ -624,9 +631,11 @@ impl KeyState {
         Self::default()
     }
 
-    /// The metadata a Lua script stores next to the key (JSON).
+    /// The metadata a Lua script stores next to the key (JSON), compacted ([`KeyState::compact`]).
     pub fn to_meta(&self) -> String {
-        serde_json::to_string(self).expect("a key state always serializes")
+        let mut compacted = self.clone();
+        compacted.compact();
+        serde_json::to_string(&compacted).expect("a key state always serializes")
     }
 
     /// Reads the metadata back.
@@ -826,7 +835,9 @@ impl KeyState {
                     lamport,
                 },
             );
-            if !self.list.removed.contains(&id) && !dead.covers(dot) {
+            if dead.covers(dot) {
+                self.list.removed.insert(id);
+            } else if !self.list.removed.contains(&id) {
                 let reg = self.list.values.entry(id).or_default();
                 reg.write(dot, ts, value.clone(), &VectorClock::new(), dead);
             }
@@ -946,13 +957,37 @@ impl KeyState {
     }
 }
 
+/// The two histories of a state-based merge: content one side holds and the other does not is
+/// dead if the other side had applied its write (something there removed it), new otherwise.
+#[derive(Clone, Copy)]
+struct Sides<'a> {
+    mine: &'a VectorClock,
+    theirs: &'a VectorClock,
+}
+
+impl Sides<'_> {
+    /// Whether a dot held on one side only survives the merge.
+    fn keeps_mine(&self, dot: Dot) -> bool {
+        !self.theirs.covers(dot)
+    }
+
+    fn keeps_theirs(&self, dot: Dot) -> bool {
+        !self.mine.covers(dot)
+    }
+}
+
 /// State-based merge (the full state transfer a syncer falls back to past its backlog): the join
-/// of two replicas' states equals the state of applying the union of their ops.
+/// of two replicas' states equals the state of applying the union of their ops. Works on
+/// compacted states too: the key clocks, not the tombstones, decide what a missing dot means.
 impl<V: Clone> Register<V> {
-    fn merge(&mut self, other: &Register<V>) {
+    fn merge(&mut self, other: &Register<V>, sides: Sides) {
         self.removed.join(&other.removed);
+        self.entries
+            .retain(|&dot, _| other.entries.contains_key(&dot) || sides.keeps_mine(dot));
         for (&dot, entry) in &other.entries {
-            self.entries.entry(dot).or_insert_with(|| entry.clone());
+            if sides.keeps_theirs(dot) {
+                self.entries.entry(dot).or_insert_with(|| entry.clone());
+            }
         }
         self.prune(&VectorClock::new());
     }
@@ -975,53 +1010,69 @@ impl Counter {
 }
 
 impl Field {
-    fn merge(&mut self, other: &Field) {
-        self.reg.merge(&other.reg);
+    fn merge(&mut self, other: &Field, sides: Sides) {
+        self.reg.merge(&other.reg, sides);
         self.ctr.merge(&other.ctr);
     }
 }
 
 impl Member {
-    fn merge(&mut self, other: &Member) {
+    fn merge(&mut self, other: &Member, sides: Sides) {
         self.removed.join(&other.removed);
-        self.adds.extend(other.adds.iter().copied());
+        self.adds
+            .retain(|&dot| other.adds.contains(&dot) || sides.keeps_mine(dot));
+        let theirs = other.adds.iter().filter(|&&dot| sides.keeps_theirs(dot));
+        self.adds.extend(theirs);
         self.normalize();
         self.prune(&VectorClock::new());
     }
 }
 
 impl ZMember {
-    fn merge(&mut self, other: &ZMember) {
-        self.member.merge(&other.member);
-        self.score.merge(&other.score);
+    fn merge(&mut self, other: &ZMember, sides: Sides) {
+        self.member.merge(&other.member, sides);
+        self.score.merge(&other.score, sides);
         self.incr.merge(&other.incr);
     }
 }
 
 impl List {
-    fn merge(&mut self, other: &List) {
+    fn merge(&mut self, other: &List, sides: Sides) {
         for (&id, node) in &other.nodes {
             self.nodes.entry(id).or_insert_with(|| node.clone());
         }
         self.removed.extend(other.removed.iter().copied());
-        for (&id, reg) in &other.values {
-            match self.values.get_mut(&id) {
-                Some(mine) => mine.merge(reg),
-                None => {
-                    self.values.insert(id, reg.clone());
-                }
-            }
+        let empty = Register::default();
+        let ids: BTreeSet<ElemId> = self
+            .values
+            .keys()
+            .chain(other.values.keys())
+            .copied()
+            .collect();
+        for id in ids {
+            let theirs = other.values.get(&id).unwrap_or(&empty);
+            self.values.entry(id).or_default().merge(theirs, sides);
         }
+        self.values.retain(|_, reg| !reg.is_empty());
     }
 }
 
+/// Merges every key of `theirs` into `mine`, visiting keys missing on one side too (their
+/// content may be dead on the other).
 fn merge_map<K: Ord + Clone, V: Default>(
     mine: &mut BTreeMap<K, V>,
     theirs: &BTreeMap<K, V>,
-    merge: impl Fn(&mut V, &V),
+    sides: Sides,
+    merge: impl Fn(&mut V, &V, Sides),
 ) {
-    for (k, v) in theirs {
-        merge(mine.entry(k.clone()).or_default(), v);
+    let empty = V::default();
+    let keys: BTreeSet<K> = mine.keys().chain(theirs.keys()).cloned().collect();
+    for k in keys {
+        merge(
+            mine.entry(k.clone()).or_default(),
+            theirs.get(&k).unwrap_or(&empty),
+            sides,
+        );
     }
 }
 
@@ -1029,10 +1080,15 @@ impl KeyState {
     /// Joins another replica's state of the same key into this one (full state transfer).
     ///
     /// Both states must be "prefix-complete" per origin (each holds, for every origin, that
-    /// origin's first `clock[origin]` ops), which every state built by `apply` is. Commutative,
-    /// associative and idempotent; op delivery resumes afterwards from the joined clock.
+    /// origin's first `clock[origin]` ops), which every state built by `apply` is, compacted or
+    /// not. Commutative, associative and idempotent; op delivery resumes afterwards from the
+    /// joined clock.
     pub fn merge(&mut self, other: &KeyState) {
-        self.clock.join(&other.clock);
+        let mine = self.clock.clone();
+        let sides = Sides {
+            mine: &mine,
+            theirs: &other.clock,
+        };
         for (&tag, clock) in &other.cleared {
             self.cleared.entry(tag).or_default().join(clock);
         }
@@ -1040,12 +1096,55 @@ impl KeyState {
             let mark = self.marks.entry(tag).or_insert(stamp);
             *mark = (*mark).max(stamp);
         }
-        self.string.merge(&other.string);
-        merge_map(&mut self.hash, &other.hash, Field::merge);
-        merge_map(&mut self.set, &other.set, Member::merge);
-        merge_map(&mut self.zset, &other.zset, ZMember::merge);
-        self.list.merge(&other.list);
-        self.ttl.merge(&other.ttl);
+        self.string.merge(&other.string, sides);
+        merge_map(&mut self.hash, &other.hash, sides, Field::merge);
+        merge_map(&mut self.set, &other.set, sides, Member::merge);
+        merge_map(&mut self.zset, &other.zset, sides, ZMember::merge);
+        self.list.merge(&other.list, sides);
+        self.ttl.merge(&other.ttl, sides);
+        self.clock.join(&other.clock);
         self.prune();
+    }
+
+    /// Drops the tombstones no future op can need: a remove's clock only matters for writes not
+    /// applied yet, so once the key's clock covers it, it goes, and so does an element left with
+    /// nothing (the reference keeps tombstones "until every instance has seen the delete"; this
+    /// is the local half of that). Counter bases and list removals stay (a late reset or `LSET`
+    /// may still name them). The meaning of the state does not change.
+    pub fn compact(&mut self) {
+        let clock = self.clock.clone();
+        let seen = |vv: &VectorClock| vv.entries().all(|(i, s)| s <= clock.get(i));
+        fn forget<V>(reg: &mut Register<V>, seen: &impl Fn(&VectorClock) -> bool) {
+            if seen(&reg.removed) {
+                reg.removed = VectorClock::new();
+            }
+        }
+        self.cleared.retain(|_, vv| !seen(vv));
+        forget(&mut self.string.reg, &seen);
+        forget(&mut self.ttl, &seen);
+        self.hash.retain(|_, f| {
+            forget(&mut f.reg, &seen);
+            !f.is_empty()
+        });
+        self.set.retain(|_, m| {
+            if seen(&m.removed) {
+                m.removed = VectorClock::new();
+            }
+            !(m.adds.is_empty() && m.removed.is_empty())
+        });
+        self.zset.retain(|_, z| {
+            if seen(&z.member.removed) {
+                z.member.removed = VectorClock::new();
+            }
+            forget(&mut z.score, &seen);
+            !(z.member.adds.is_empty()
+                && z.member.removed.is_empty()
+                && z.score.is_empty()
+                && z.incr.is_empty())
+        });
+        self.list.values.retain(|_, r| {
+            forget(r, &seen);
+            !r.is_empty()
+        });
     }
 }

@@ -603,6 +603,7 @@ fn key_state_metadata_reads_back() {
     s.write(&key(), A, T0, Write::HIncrBy(b("n"), 2)).unwrap();
     s.write(&key(), A, T0, Write::ExpireAt(T0 + 5)).unwrap();
     let meta = s.to_meta();
+    s.compact();
     assert_eq!(KeyState::from_meta(&meta), Ok(s));
 }
 
@@ -639,11 +640,13 @@ fn metadata_sizes() {
     let mut h = KeyState::new();
     for (i, site) in [A, B, C].into_iter().enumerate() {
         let f = b(&format!("f{i}"));
-        h.write(&key(), site, T0, Write::HSet(vec![(f, b("v"))])).unwrap();
+        h.write(&key(), site, T0, Write::HSet(vec![(f, b("v"))]))
+            .unwrap();
     }
     let mut l = KeyState::new();
     for site in [A, B] {
-        l.write(&key(), site, T0, Write::Push(End::Right, vec![b("x")])).unwrap();
+        l.write(&key(), site, T0, Write::Push(End::Right, vec![b("x")]))
+            .unwrap();
     }
     println!("{}\n{}", h.to_meta(), l.to_meta());
 }
