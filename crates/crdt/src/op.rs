@@ -267,6 +267,14 @@ impl Op {
         Ok(self)
     }
 
+    /// The history this op completes: what its origin had observed, plus the op itself.
+    /// Comparing two ops' clocks tells whether one saw the other or they are concurrent.
+    pub fn clock(&self) -> VectorClock {
+        let mut clock = self.ctx.clone();
+        clock.observe(self.id.instance, self.id.seq);
+        clock
+    }
+
     /// Whether a peer running protocol `peer` can receive this op. When it cannot, the syncer
     /// holds this op and every later one of its origin until the peer is upgraded (the per-origin
     /// order must not break); nothing is lost.

@@ -775,3 +775,17 @@ fn an_expire_in_the_past_deletes_the_key() {
     assert_eq!(op.effect, crate::op::Effect::Del);
     assert_eq!(s.materialize(), None);
 }
+
+#[test]
+fn op_clocks_tell_causal_order_from_concurrency() {
+    let base = KeyState::new();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0, Write::IncrBy(1));
+    bb.ok(T0, Write::IncrBy(1));
+    let (a1, b1) = (a.log[0].clock(), bb.log[0].clock());
+    assert_eq!(a1.compare(&b1), Causality::Concurrent);
+    bb.hear(&a).ok(T0, Write::IncrBy(1));
+    let b2 = bb.log[1].clock();
+    assert_eq!(a1.compare(&b2), Causality::Before);
+    assert_eq!(b2.compare(&b1), Causality::After);
+}
