@@ -106,7 +106,7 @@ pub use blob::Blob;
 pub use clock::{Causality, Dot, InstanceId, Millis, VectorClock};
 pub use error::{CrdtError, WriteError};
 pub use op::{Effect, Op, CRDT_PROTOCOL_VERSION};
-pub use state::{Applied, Expiry, KeyState, TypeTag, Value};
+pub use state::{is_meta_key, Applied, Expiry, KeyState, TypeTag, Value, META_PREFIX};
 pub use write::{End, Write};
 
 #[cfg(test)]

@@ -39,6 +39,16 @@ mod pairs {
     }
 }
 
+/// The prefix of every hidden key the Active-Active layer keeps in the engine (per-key metadata,
+/// op logs): the proxy hides keys starting with it from `KEYS`, `SCAN`, `DBSIZE`, `TYPE` and
+/// `RANDOMKEY`, and refuses client commands naming one.
+pub const META_PREFIX: &[u8] = b"__crdt__";
+
+/// Whether `key` is one of the layer's hidden keys.
+pub fn is_meta_key(key: &[u8]) -> bool {
+    key.starts_with(META_PREFIX)
+}
+
 /// The Redis data types a key can hold through Active-Active.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -789,3 +789,9 @@ fn op_clocks_tell_causal_order_from_concurrency() {
     assert_eq!(a1.compare(&b2), Causality::Before);
     assert_eq!(b2.compare(&b1), Causality::After);
 }
+
+#[test]
+fn hidden_keys_are_recognised() {
+    assert!(crate::state::is_meta_key(b"__crdt__{a}k"));
+    assert!(!crate::state::is_meta_key(b"k"));
+}
