@@ -687,11 +687,15 @@ impl KeyState {
     fn apply_clears(&mut self, op: &Op) {
         let whole_key = op.fresh || matches!(op.effect, Effect::Del);
         let own = op.effect.type_tag();
-        let mut changed = false;
+        let mut grown = Vec::new();
         for tag in TypeTag::ALL {
             if (whole_key || own.is_some_and(|own| own != tag)) && !op.ctx.is_empty() {
-                self.cleared.entry(tag).or_default().join(&op.ctx);
-                changed = true;
+                let cleared = self.cleared.entry(tag).or_default();
+                let before = cleared.clone();
+                cleared.join(&op.ctx);
+                if *cleared != before {
+                    grown.push(tag);
+                }
             }
         }
         if whole_key
@@ -705,27 +709,27 @@ impl KeyState {
         {
             self.ttl.clear(&op.ctx);
         }
-        if changed {
-            self.prune();
-        }
+        // Only the parts whose remove clock grew are walked: a write to a big hash does not visit
+        // its fields to clear the (usually empty) other types.
+        self.prune_types(&grown);
     }
 
     /// Drops every content whose write a key-level remove covers.
     fn prune(&mut self) {
-        let empty = VectorClock::new();
-        let dead = |tag| self.cleared.get(&tag).unwrap_or(&empty).clone();
-        let (s, h, st, z, l) = (
-            dead(TypeTag::String),
-            dead(TypeTag::Hash),
-            dead(TypeTag::Set),
-            dead(TypeTag::Zset),
-            dead(TypeTag::List),
-        );
-        self.string.prune(&s);
-        self.hash.values_mut().for_each(|f| f.prune(&h));
-        self.set.values_mut().for_each(|m| m.prune(&st));
-        self.zset.values_mut().for_each(|m| m.prune(&z));
-        self.list.prune(&l);
+        self.prune_types(&TypeTag::ALL);
+    }
+
+    fn prune_types(&mut self, tags: &[TypeTag]) {
+        for &tag in tags {
+            let dead = self.dead(tag);
+            match tag {
+                TypeTag::String => self.string.prune(&dead),
+                TypeTag::Hash => self.hash.values_mut().for_each(|f| f.prune(&dead)),
+                TypeTag::Set => self.set.values_mut().for_each(|m| m.prune(&dead)),
+                TypeTag::Zset => self.zset.values_mut().for_each(|m| m.prune(&dead)),
+                TypeTag::List => self.list.prune(&dead),
+            }
+        }
     }
 
     fn reset_counter(&mut self, reset: &CounterReset) {
