@@ -937,6 +937,20 @@ impl KeyState {
         })
     }
 
+    /// The key's type as a client sees it at `now` (what `TYPE` answers), without materializing
+    /// the value: `None` once expired, or while a list holds only elements whose insertion has
+    /// not arrived yet.
+    pub fn visible_type(&self, now: Millis) -> Option<TypeTag> {
+        if self.is_expired(now) {
+            return None;
+        }
+        let tag = self.type_tag()?;
+        if tag == TypeTag::List && self.list.visible().is_empty() {
+            return None;
+        }
+        Some(tag)
+    }
+
     /// What a client reads at wall-clock time `now`: nothing once the key's expiry has passed.
     pub fn visible(&self, now: Millis) -> Option<Value> {
         if self.is_expired(now) {
@@ -945,29 +959,43 @@ impl KeyState {
         self.materialize()
     }
 
-    /// Every counter the key holds, with the totals a reset issued now would remove.
-    pub(crate) fn counters(&self) -> Vec<(TypeTag, CounterReset)> {
-        let mut out = Vec::new();
-        let mut push = |tag, counter, ctr: &Counter| {
-            let observed = ctr.observed();
-            if !observed.is_empty() {
-                out.push((tag, CounterReset { counter, observed }));
-            }
+    /// The counters of the key's parts of type `tag`, with the totals a reset issued now would
+    /// remove (only those with live increments).
+    pub(crate) fn counters_of(&self, tag: TypeTag) -> Vec<CounterReset> {
+        let refs: Vec<CounterRef> = match tag {
+            TypeTag::String => vec![CounterRef::String],
+            TypeTag::Hash => self
+                .hash
+                .iter()
+                .filter(|(_, f)| !f.ctr.is_empty())
+                .map(|(field, _)| CounterRef::Field {
+                    field: field.clone(),
+                })
+                .collect(),
+            TypeTag::Zset => self
+                .zset
+                .iter()
+                .filter(|(_, z)| !z.incr.is_empty())
+                .map(|(member, _)| CounterRef::Member {
+                    member: member.clone(),
+                })
+                .collect(),
+            TypeTag::Set | TypeTag::List => Vec::new(),
         };
-        push(TypeTag::String, CounterRef::String, &self.string.ctr);
-        for (field, f) in &self.hash {
-            let r = CounterRef::Field {
-                field: field.clone(),
-            };
-            push(TypeTag::Hash, r, &f.ctr);
-        }
-        for (member, z) in &self.zset {
-            let r = CounterRef::Member {
-                member: member.clone(),
-            };
-            push(TypeTag::Zset, r, &z.incr);
-        }
-        out
+        refs.into_iter()
+            .filter_map(|r| self.counter_reset(r))
+            .collect()
+    }
+
+    /// One counter's reset, if it has live increments.
+    pub(crate) fn counter_reset(&self, counter: CounterRef) -> Option<CounterReset> {
+        let ctr = match &counter {
+            CounterRef::String => &self.string.ctr,
+            CounterRef::Field { field } => &self.hash.get(field)?.ctr,
+            CounterRef::Member { member } => &self.zset.get(member)?.incr,
+        };
+        let observed = ctr.observed();
+        (!observed.is_empty()).then_some(CounterReset { counter, observed })
     }
 }
 

@@ -795,3 +795,43 @@ fn hidden_keys_are_recognised() {
     assert!(crate::state::is_meta_key(b"__crdt__{a}k"));
     assert!(!crate::state::is_meta_key(b"k"));
 }
+
+#[test]
+#[ignore = "prints the cost of writes to a big key"]
+fn write_cost_on_a_big_key() {
+    let mut h = KeyState::new();
+    let started = std::time::Instant::now();
+    for i in 0..20_000 {
+        let site = [A, B, C][i % 3];
+        let f = b(&format!("field{i}"));
+        h.write(&key(), site, T0, Write::HSet(vec![(f, b("v"))]))
+            .unwrap();
+    }
+    let per_write = started.elapsed() / 20_000;
+    let mut replica = KeyState::new();
+    let mut origin = KeyState::new();
+    let ops: Vec<Op> = (0..20_000)
+        .map(|i| {
+            let f = b(&format!("field{i}"));
+            origin
+                .write(&key(), A, T0, Write::HSet(vec![(f, b("v"))]))
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for op in &ops {
+        replica.apply(op).unwrap();
+    }
+    let per_apply = started.elapsed() / 20_000;
+    let started = std::time::Instant::now();
+    let meta = replica.to_meta();
+    let back = KeyState::from_meta(&meta).unwrap();
+    let meta_round_trip = started.elapsed();
+    assert_eq!(back.materialize(), replica.materialize());
+    println!(
+        "20000-field hash: {per_write:?} per local write, {per_apply:?} per remote op, \
+         {meta_round_trip:?} to encode and decode its {} bytes of metadata",
+        meta.len()
+    );
+}

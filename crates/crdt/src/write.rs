@@ -5,6 +5,8 @@
 //! positions into element ids (`LPOP` names the elements it removes), record which counters the
 //! write resets, then apply the op locally and append it to the op log.
 
+use std::collections::BTreeMap;
+
 use crate::blob::Blob;
 use crate::clock::{Dot, InstanceId, Millis};
 use crate::error::WriteError;
@@ -117,26 +119,35 @@ impl KeyState {
         now: Millis,
         write: Write,
     ) -> Result<Option<Op>, WriteError> {
-        let current = self.visible(now);
+        let current = self.visible_type(now);
         let wanted = write.type_tag();
-        if let (Some(wanted), Some(value)) = (wanted, &current) {
-            if value.type_tag() != wanted {
+        if let (Some(wanted), Some(current)) = (wanted, current) {
+            if current != wanted {
                 return Err(WriteError::WrongType);
             }
         }
         let fresh = current.is_none() && wanted.is_some();
-        let Some((effect, own_resets)) = self.effect(current.as_ref(), write, now)? else {
+        let current = Current {
+            state: self,
+            tag: current,
+        };
+        let Some((effect, own_resets)) = self.effect(current, write, now)? else {
             return Ok(None);
         };
-        let mut resets = own_resets;
-        for (tag, reset) in self.counters() {
-            let clears_all = fresh || matches!(effect, Effect::Del);
-            let cleared = clears_all || wanted.is_some_and(|w| w != tag);
-            if cleared && !resets.iter().any(|r| r.counter == reset.counter) {
-                resets.push(reset);
+        // The counters the op resets: its own, and every counter of the parts it clears.
+        let mut resets: BTreeMap<CounterRef, CounterReset> = own_resets
+            .into_iter()
+            .map(|r| (r.counter.clone(), r))
+            .collect();
+        let clears_all = fresh || matches!(effect, Effect::Del);
+        for tag in TypeTag::ALL {
+            if clears_all || wanted.is_some_and(|w| w != tag) {
+                for reset in self.counters_of(tag) {
+                    resets.entry(reset.counter.clone()).or_insert(reset);
+                }
             }
         }
-        resets.sort_by(|a, b| a.counter.cmp(&b.counter));
+        let resets = resets.into_values().collect();
         Ok(Some(Op {
             v: CRDT_PROTOCOL_VERSION,
             key: key.clone(),
@@ -170,7 +181,7 @@ impl KeyState {
     /// The effect of a write on the current value, and the counters it resets by itself.
     fn effect(
         &self,
-        current: Option<&Value>,
+        current: Current,
         write: Write,
         now: Millis,
     ) -> Result<Option<(Effect, Vec<CounterReset>)>, WriteError> {
@@ -181,19 +192,11 @@ impl KeyState {
                 (Effect::Set { value, keep_ttl }, resets)
             }
             Write::IncrBy(by) => {
-                let base = current.map(|v| match v {
-                    Value::String(s) => s.clone(),
-                    _ => unreachable!("type checked"),
-                });
-                check_int(base.as_ref(), by)?;
+                check_int(current.string().as_ref(), by)?;
                 (Effect::Incr { by }, none())
             }
             Write::IncrByFloat(by) => {
-                let base = match current {
-                    Some(Value::String(s)) => Some(s.clone()),
-                    _ => None,
-                };
-                check_float(base.as_ref(), by)?;
+                check_float(current.string().as_ref(), by)?;
                 (Effect::IncrFloat { by }, none())
             }
             Write::HSet(fields) => {
@@ -201,28 +204,28 @@ impl KeyState {
                 (Effect::HashSet { fields }, resets)
             }
             Write::HDel(fields) => {
-                let Some(fields) = keep(fields, |f| hash_value(current, f).is_some()) else {
+                let Some(fields) = keep(fields, |f| current.hash_value(f).is_some()) else {
                     return Ok(None);
                 };
                 let resets = self.resets(fields.iter().map(field_ref));
                 (Effect::HashDel { fields }, resets)
             }
             Write::HIncrBy(field, by) => {
-                check_int(hash_value(current, &field).as_ref(), by)?;
+                check_int(current.hash_value(&field).as_ref(), by)?;
                 (Effect::HashIncr { field, by }, none())
             }
             Write::HIncrByFloat(field, by) => {
-                check_float(hash_value(current, &field).as_ref(), by)?;
+                check_float(current.hash_value(&field).as_ref(), by)?;
                 (Effect::HashIncrFloat { field, by }, none())
             }
             Write::SAdd(members) => {
-                let Some(members) = keep(members, |m| !set_has(current, m)) else {
+                let Some(members) = keep(members, |m| !current.set_has(m)) else {
                     return Ok(None);
                 };
                 (Effect::SetAdd { members }, none())
             }
             Write::SRem(members) => {
-                let Some(members) = keep(members, |m| set_has(current, m)) else {
+                let Some(members) = keep(members, |m| current.set_has(m)) else {
                     return Ok(None);
                 };
                 (Effect::SetRem { members }, none())
@@ -232,14 +235,14 @@ impl KeyState {
                 (Effect::ZAdd { members }, resets)
             }
             Write::ZIncrBy(member, by) => {
-                let score = zscore(current, &member).unwrap_or(0.0);
+                let score = current.zscore(&member).unwrap_or(0.0);
                 if !(score + by).is_finite() {
                     return Err(WriteError::NotFinite);
                 }
                 (Effect::ZIncr { member, by }, none())
             }
             Write::ZRem(members) => {
-                let Some(members) = keep(members, |m| zscore(current, m).is_some()) else {
+                let Some(members) = keep(members, |m| current.zscore(m).is_some()) else {
                     return Ok(None);
                 };
                 let resets = self.resets(members.iter().map(member_ref));
@@ -304,7 +307,7 @@ impl KeyState {
                 return Ok(list_rem(elems));
             }
             Write::LSet(index, value) => {
-                if current.is_none() {
+                if current.tag.is_none() {
                     return Err(WriteError::NoSuchKey);
                 }
                 let visible = self.list.visible();
@@ -326,13 +329,13 @@ impl KeyState {
                 return Ok(list_rem(elems));
             }
             Write::Del => {
-                if current.is_none() {
+                if current.tag.is_none() {
                     return Ok(None);
                 }
                 (Effect::Del, none())
             }
             Write::ExpireAt(at) => {
-                if current.is_none() {
+                if current.tag.is_none() {
                     return Ok(None);
                 }
                 // A deadline already passed deletes the key, as the engine does.
@@ -344,7 +347,9 @@ impl KeyState {
                 (effect, none())
             }
             Write::Persist => {
-                if current.is_none() || !matches!(self.expiry(), crate::state::Expiry::At { .. }) {
+                if current.tag.is_none()
+                    || !matches!(self.expiry(), crate::state::Expiry::At { .. })
+                {
                     return Ok(None);
                 }
                 (Effect::Persist, none())
@@ -354,11 +359,8 @@ impl KeyState {
 
     /// The resets of the named counters (those with live increments).
     fn resets(&self, refs: impl IntoIterator<Item = CounterRef>) -> Vec<CounterReset> {
-        let refs: Vec<CounterRef> = refs.into_iter().collect();
-        self.counters()
-            .into_iter()
-            .map(|(_, r)| r)
-            .filter(|r| refs.contains(&r.counter))
+        refs.into_iter()
+            .filter_map(|r| self.counter_reset(r))
             .collect()
     }
 }
@@ -389,21 +391,43 @@ fn keep(items: Vec<Blob>, pred: impl Fn(&Blob) -> bool) -> Option<Vec<Blob>> {
     (!kept.is_empty()).then_some(kept)
 }
 
-fn set_has(current: Option<&Value>, member: &Blob) -> bool {
-    matches!(current, Some(Value::Set(s)) if s.contains(member))
+/// What a write needs of its key at the origin, looked up element by element (a write to a big
+/// key does not materialize all of it).
+#[derive(Clone, Copy)]
+struct Current<'a> {
+    state: &'a KeyState,
+    /// The visible type; `None`: the key does not exist (or has expired).
+    tag: Option<TypeTag>,
 }
 
-fn hash_value(current: Option<&Value>, field: &Blob) -> Option<Blob> {
-    match current {
-        Some(Value::Hash(h)) => h.get(field).cloned(),
-        _ => None,
+impl Current<'_> {
+    fn string(&self) -> Option<Blob> {
+        (self.tag == Some(TypeTag::String))
+            .then(|| self.state.string.value())
+            .flatten()
     }
-}
 
-fn zscore(current: Option<&Value>, member: &Blob) -> Option<f64> {
-    match current {
-        Some(Value::Zset(z)) => z.iter().find(|(m, _)| m == member).map(|(_, s)| *s),
-        _ => None,
+    fn hash_value(&self, field: &Blob) -> Option<Blob> {
+        (self.tag == Some(TypeTag::Hash))
+            .then(|| {
+                self.state
+                    .hash
+                    .get(field)
+                    .and_then(crate::state::Field::value)
+            })
+            .flatten()
+    }
+
+    fn set_has(&self, member: &Blob) -> bool {
+        self.tag == Some(TypeTag::Set) && self.state.set.get(member).is_some_and(|m| m.is_live())
+    }
+
+    fn zscore(&self, member: &Blob) -> Option<f64> {
+        (self.tag == Some(TypeTag::Zset))
+            .then(|| self.state.zset.get(member))
+            .flatten()
+            .filter(|z| z.member.is_live())
+            .map(|z| z.score())
     }
 }
 
