@@ -164,6 +164,13 @@ fn t1_counters_sum_and_overflow_is_refused() {
     );
     assert_eq!(a.write(T0, Write::IncrBy(1)), Err(WriteError::Overflow));
     assert_eq!(string(&a.state), COUNTER_MAX.to_string());
+    let mut low = KeyState::new();
+    let min = crate::write::COUNTER_MIN as i64;
+    assert!(low.write(&key(), A, T0, Write::IncrBy(min)).is_ok());
+    assert_eq!(
+        low.write(&key(), A, T0, Write::IncrBy(-1)),
+        Err(WriteError::Overflow)
+    );
 }
 
 #[test]
