@@ -842,3 +842,12 @@ fn write_cost_on_a_big_key() {
         meta.len()
     );
 }
+
+#[test]
+fn blobs_carry_any_bytes_through_json() {
+    let all: Blob = Blob((0..=255).collect());
+    let json = serde_json::to_string(&all).unwrap();
+    assert_eq!(serde_json::from_str::<Blob>(&json).unwrap(), all);
+    assert_eq!(serde_json::to_string(&b("ab")).unwrap(), r#""ab""#);
+    assert!(serde_json::from_str::<Blob>(r#""\u0100""#).is_err());
+}
