@@ -144,6 +144,14 @@ pub struct Stamp {
 }
 
 impl Stamp {
+    /// The write this stamp is of.
+    pub fn dot(&self) -> Dot {
+        Dot {
+            instance: self.instance.0,
+            seq: self.seq,
+        }
+    }
+
     /// The stamp of the write `dot` made at wall-clock time `ts`.
     pub fn new(dot: Dot, ts: Millis) -> Self {
         Stamp {

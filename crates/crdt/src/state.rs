@@ -592,10 +592,12 @@ pub struct KeyState {
     /// that had observed it, a fresh write).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub cleared: BTreeMap<TypeTag, VectorClock>,
-    /// Per type, the greatest stamp of a write of that type: between two types written
-    /// concurrently, the later (then the lower instance) is the key's type.
+    /// Per type and instance, the stamp of that instance's newest write of that type that no
+    /// remove of the type has observed: between two types written concurrently, the one with the
+    /// later stamp (wall clock, then the lower instance) is the key's type. Writes of a deleted
+    /// incarnation are pruned with it, so they do not weigh on a later conflict.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub marks: BTreeMap<TypeTag, Stamp>,
+    pub marks: BTreeMap<TypeTag, BTreeMap<InstanceId, Stamp>>,
     /// The string part.
     #[serde(default, skip_serializing_if = "Field::is_empty")]
     pub string: Field,
@@ -674,9 +676,10 @@ impl KeyState {
             self.reset_counter(reset);
         }
         if let Some(tag) = op.effect.type_tag() {
-            let stamp = Stamp::new(op.id, op.ts);
-            let mark = self.marks.entry(tag).or_insert(stamp);
-            *mark = (*mark).max(stamp);
+            if !self.dead(tag).covers(op.id) {
+                let marks = self.marks.entry(tag).or_default();
+                marks.insert(op.id.instance, Stamp::new(op.id, op.ts));
+            }
         }
         self.apply_effect(op);
         Ok(Applied::New)
@@ -722,6 +725,12 @@ impl KeyState {
     fn prune_types(&mut self, tags: &[TypeTag]) {
         for &tag in tags {
             let dead = self.dead(tag);
+            if let Some(marks) = self.marks.get_mut(&tag) {
+                marks.retain(|_, m| !dead.covers(m.dot()));
+                if marks.is_empty() {
+                    self.marks.remove(&tag);
+                }
+            }
             match tag {
                 TypeTag::String => self.string.prune(&dead),
                 TypeTag::Hash => self.hash.values_mut().for_each(|f| f.prune(&dead)),
@@ -876,7 +885,7 @@ impl KeyState {
         TypeTag::ALL
             .into_iter()
             .filter(|&t| self.has(t))
-            .max_by_key(|t| self.marks.get(t).copied())
+            .max_by_key(|t| self.marks.get(t).and_then(|m| m.values().max()).copied())
     }
 
     /// The key's expiry: `PERSIST` beats every concurrent deadline, else the longest deadline.
@@ -1134,10 +1143,27 @@ impl KeyState {
         for (&tag, clock) in &other.cleared {
             self.cleared.entry(tag).or_default().join(clock);
         }
-        for (&tag, &stamp) in &other.marks {
-            let mark = self.marks.entry(tag).or_insert(stamp);
-            *mark = (*mark).max(stamp);
+        let tags: BTreeSet<TypeTag> = self
+            .marks
+            .keys()
+            .chain(other.marks.keys())
+            .copied()
+            .collect();
+        let none = BTreeMap::new();
+        for tag in tags {
+            let theirs = other.marks.get(&tag).unwrap_or(&none);
+            let marks = self.marks.entry(tag).or_default();
+            marks.retain(|_, m| theirs.values().any(|t| t == m) || sides.keeps_mine(m.dot()));
+            for (&instance, stamp) in theirs {
+                if sides.keeps_theirs(stamp.dot()) {
+                    let mine = marks.entry(instance).or_insert(*stamp);
+                    if stamp.seq > mine.seq {
+                        *mine = *stamp;
+                    }
+                }
+            }
         }
+        self.marks.retain(|_, m| !m.is_empty());
         self.string.merge(&other.string, sides);
         merge_map(&mut self.hash, &other.hash, sides, Field::merge);
         merge_map(&mut self.set, &other.set, sides, Member::merge);

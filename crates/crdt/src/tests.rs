@@ -851,3 +851,17 @@ fn blobs_carry_any_bytes_through_json() {
     assert_eq!(serde_json::to_string(&b("ab")).unwrap(), r#""ab""#);
     assert!(serde_json::from_str::<Blob>(r#""\u0100""#).is_err());
 }
+
+#[test]
+fn t15_a_deleted_incarnation_does_not_weigh_on_a_later_type_conflict() {
+    let base = KeyState::new();
+    let (mut a, mut bb) = (Site::new(A, &base), Site::new(B, &base));
+    a.ok(T0 + 10_000, set_to("old"));
+    let synced = heal(&base, &mut [&mut a, &mut bb]);
+    bb.ok(T0, Write::Del);
+    let synced = heal(&synced, &mut [&mut a, &mut bb]);
+    a.ok(T0 + 400, set_to("new"));
+    bb.ok(T0 + 500, Write::SAdd(vec![b("m")]));
+    let healed = heal(&synced, &mut [&mut a, &mut bb]);
+    assert_eq!(healed.materialize(), Some(Value::Set([b("m")].into())));
+}
