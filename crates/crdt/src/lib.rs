@@ -75,7 +75,7 @@
 //! - **`DEL` racing `SET`** on a string: the `SET` survives (observed-remove, as for every type).
 //! - **A key written as two types concurrently**: each type's content is kept apart and merged by
 //!   its own rules; the key shows the type with the latest write (wall clock, then lower instance
-//!   id), the other is hidden. Any later write, having seen both, removes the hidden content (a
+//!   id; writes a `DEL` had seen do not count), the other is hidden. Any later write, having seen both, removes the hidden content (a
 //!   write of one type removes what it observed of the others), so it never resurfaces.
 //! - **`RENAME`/`COPY`**: per-key effects ([`write::rename_key`], [`write::copy_key`]): the
 //!   destination gets a `DEL` then writes recreating the source's visible value and deadline, the
