@@ -96,19 +96,7 @@ fn master(cluster: &DevCluster) -> Value {
 #[test]
 fn config_set_through_an_endpoint_survives_a_failover_and_an_engine_upgrade() {
     let cluster = DevCluster::up(&bin(), 152, 2);
-    cluster.create_db(&[
-        "--name",
-        "tuned",
-        "--port",
-        &PORT.to_string(),
-        "--memory",
-        "100mb",
-        "--shards",
-        "1",
-        "--replication",
-        "--redis-version",
-        "redis-6.2",
-    ]);
+    cluster.create_replicated_db_of("tuned", PORT, "redis-6.2", 1);
     let mut conn = endpoint_connection(cluster.addr(2), PORT);
 
     // The Redis 7 name is mapped to the name redis-6.2 knows; OK means every primary runs it.

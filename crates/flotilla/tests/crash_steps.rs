@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use flotilla_store::failpoint::{EXIT_STATUS, FAILPOINTS};
 use flotilla_testkit::{
-    assert_success, flotilla_bin, load_runtime, poll_until, start_load, stop_load_clean, DevCluster,
+    assert_success, flotilla_bin, load_runtime, poll_until, start_load_across_primary_crashes,
+    stop_load_clean, DevCluster,
 };
 use serde_json::Value;
 
@@ -293,7 +294,7 @@ fn a_migration_and_a_node_removal_complete_after_a_crash_after_every_step() {
         &["--replication"],
     );
     let rt = load_runtime();
-    let load = start_load(&rt, format!("{}:12215", cluster.addr(LOAD_NODE)));
+    let load = start_load_across_primary_crashes(&rt, format!("{}:12215", cluster.addr(LOAD_NODE)));
 
     // A primary shard moves to the node without a copy of its range.
     let (shard, from, to) = movable_primary(&cluster, 1);
@@ -329,7 +330,7 @@ fn replicated_upgrades_complete_after_a_crash_after_every_step() {
     let cluster = cluster(216);
     database(&cluster, "up", 12216, 1, "redis-7.0", &["--replication"]);
     let rt = load_runtime();
-    let load = start_load(&rt, format!("{}:12216", cluster.addr(LOAD_NODE)));
+    let load = start_load_across_primary_crashes(&rt, format!("{}:12216", cluster.addr(LOAD_NODE)));
     let upgrade = ["db", "upgrade", "up", "--redis-version", "valkey-8.1"];
     let (steps, took) = crash_after_every_step(&cluster, &upgrade, &["add_replacement"]);
     report("replicated upgrade", &steps, took);
@@ -354,7 +355,7 @@ fn an_upgrade_without_replication_completes_after_a_crash_after_every_step() {
     let cluster = cluster(217);
     database(&cluster, "solo", 12217, 1, "redis-7.0", &[]);
     let rt = load_runtime();
-    let load = start_load(&rt, format!("{}:12217", cluster.addr(LOAD_NODE)));
+    let load = start_load_across_primary_crashes(&rt, format!("{}:12217", cluster.addr(LOAD_NODE)));
     let upgrade = ["db", "upgrade", "solo", "--redis-version", "valkey-8.1"];
     let (steps, took) = crash_after_every_step(&cluster, &upgrade, &["add_temporary_replica"]);
     report("upgrade without replication", &steps, took);
@@ -381,7 +382,7 @@ fn maintenance_on_and_off_complete_after_a_crash_after_every_step() {
     let cluster = cluster(218);
     database(&cluster, "kept", 12218, 2, "valkey-8.1", &["--replication"]);
     let rt = load_runtime();
-    let load = start_load(&rt, format!("{}:12218", cluster.addr(LOAD_NODE)));
+    let load = start_load_across_primary_crashes(&rt, format!("{}:12218", cluster.addr(LOAD_NODE)));
     let on = ["node", "maintenance", "2", "on"];
     let (steps, took) = crash_after_every_step(&cluster, &on, &["snapshot"]);
     report("maintenance on", &steps, took);
@@ -569,7 +570,7 @@ fn the_agent_failpoints_of_an_engine_upgrade_and_a_failover_resume() {
         .find(|n| !holders.contains(n))
         .expect("a node without a copy");
     let rt = load_runtime();
-    let load = start_load(&rt, format!("{}:12150", cluster.addr(load_node)));
+    let load = start_load_across_primary_crashes(&rt, format!("{}:12150", cluster.addr(load_node)));
 
     // Each copy's daemon exits right after its engine on redis-7.0 is stopped; started again, it
     // starts the engine on valkey-8.1.

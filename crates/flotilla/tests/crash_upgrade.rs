@@ -34,21 +34,10 @@ use std::time::{Duration, Instant};
 use flotilla_loadcheck::LoadHandle;
 use flotilla_store::failpoint::FAILPOINTS;
 use flotilla_testkit::{
-    assert_success, flotilla_bin, load_runtime, poll_until, process_alive, start_load_within,
-    stop_load_clean, DevCluster, Packages, RespClient,
+    assert_success, flotilla_bin, load_runtime, poll_until, process_alive,
+    start_load_across_primary_crashes, stop_load_clean, DevCluster, Packages, RespClient,
 };
 use serde_json::Value;
-
-/// Starts the load checker through `endpoint`, its clients allowing each command the hold bound
-/// and a second: the primary node crashes after every step, and when its restart and the
-/// election take longer than the master lease (`MASTER_LEASE`, 3.5 s; slower on a loaded
-/// machine), the masters' agents fence writes until a primary node acknowledges them again, so
-/// a client stalls for that long (as in `failover.rs`'s kill of the primary node) but sees no
-/// error.
-fn start_load(rt: &tokio::runtime::Runtime, endpoint: String) -> LoadHandle {
-    let bound = flotilla_model::timing::HOLD_TIMEOUT + Duration::from_secs(1);
-    start_load_within(rt, endpoint, bound)
-}
 
 fn bin() -> PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
@@ -408,7 +397,7 @@ fn an_in_place_cluster_upgrade_completes_after_a_crash_after_every_step() {
     let (mut cluster, load_daemon) = cluster(148, &v020, &hand_over, LOAD);
     cluster.create_replicated_db("kept", 12148, "valkey-8.1");
     let rt = load_runtime();
-    let load = start_load(&rt, format!("{}:12148", cluster.addr(LOAD)));
+    let load = start_load_across_primary_crashes(&rt, format!("{}:12148", cluster.addr(LOAD)));
 
     let mut walk = Walk::new(&cluster, LOAD, (v020.clone(), v021.clone()));
     // Node 1's old daemon also exits in the middle of its own handover (its restarts before
@@ -462,7 +451,7 @@ struct Loads {
 impl Loads {
     fn start(cluster: &DevCluster, n: u8, port: u16) -> Loads {
         let rt = load_runtime();
-        let load = start_load(&rt, format!("{}:{port}", cluster.addr(n)));
+        let load = start_load_across_primary_crashes(&rt, format!("{}:{port}", cluster.addr(n)));
         Loads {
             rt,
             port,
@@ -475,7 +464,10 @@ impl Loads {
     /// its node still serves.
     fn move_to(&mut self, cluster: &DevCluster, n: u8) {
         wait_endpoint(cluster, n, self.port);
-        let next = start_load(&self.rt, format!("{}:{}", cluster.addr(n), self.port));
+        let next = start_load_across_primary_crashes(
+            &self.rt,
+            format!("{}:{}", cluster.addr(n), self.port),
+        );
         let old = self.load.replace(next).expect("a load");
         self.stalls
             .push(stop_load_clean(&self.rt, old).longest_stall_ms);

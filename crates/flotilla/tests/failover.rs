@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 use flotilla_loadcheck::LoadHandle;
 use flotilla_loadcheck::Report;
 use flotilla_testkit::{
-    assert_success, flotilla_bin, load_runtime, poll_until, stop_load, DevCluster, RespClient,
+    assert_success, flotilla_bin, kill9_pid as kill9, load_runtime, poll_until,
+    shard_node as node_of, shard_uid as uid, stop_load, DevCluster, RespClient,
 };
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::Value;
 
 const ENGINE: &str = "valkey-8.1";
@@ -31,29 +30,6 @@ const HOLD_BOUND: Duration = flotilla_model::timing::HOLD_TIMEOUT;
 
 fn bin() -> PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
-}
-
-fn kill9(pid: u32) {
-    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-}
-
-/// The database's shards as node `n` answers (none while it cannot answer: an election).
-fn shards(cluster: &DevCluster, n: u8, bdb: u64) -> Vec<Value> {
-    let answer = flotilla_testkit::runtime().block_on(cluster.client(n).shards());
-    answer
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| serde_json::to_value(s).unwrap())
-        .filter(|s| s["bdb_uid"] == bdb)
-        .collect()
-}
-
-fn uid(shard: &Value) -> u64 {
-    shard["uid"].as_u64().unwrap()
-}
-
-fn node_of(shard: &Value) -> u8 {
-    shard["node_uid"].as_u64().unwrap() as u8
 }
 
 /// The primary node's number.
@@ -76,7 +52,8 @@ fn replicated_db(cluster: &DevCluster, name: &str, port: u16) -> u64 {
 fn wait_promoted(cluster: &DevCluster, n: u8, bdb: u64, dead: &[u64]) -> Duration {
     let started = Instant::now();
     let promoted = poll_until(Duration::from_secs(30), || {
-        let masters: Vec<u64> = shards(cluster, n, bdb)
+        let masters: Vec<u64> = cluster
+            .db_shards_at(n, bdb)
             .iter()
             .filter(|s| s["role"] == "master")
             .map(uid)
@@ -93,7 +70,7 @@ fn wait_promoted(cluster: &DevCluster, n: u8, bdb: u64, dead: &[u64]) -> Duratio
 /// streams nothing to its replica until the replica's first acknowledgement, up to a second
 /// later: a primary killed then loses what it acknowledged meanwhile.)
 fn wait_caught_up(cluster: &DevCluster, n: u8, bdb: u64) {
-    let all = shards(cluster, n, bdb);
+    let all = cluster.db_shards_at(n, bdb);
     let target = |slots: &Value| {
         all.iter()
             .find(|s| s["role"] == "master" && &s["assigned_slots"] == slots)
@@ -106,7 +83,7 @@ fn wait_caught_up(cluster: &DevCluster, n: u8, bdb: u64) {
         .map(|s| (uid(s), target(&s["assigned_slots"]).max(1)))
         .collect();
     let caught_up = poll_until(Duration::from_secs(30), || {
-        let now = shards(cluster, n, bdb);
+        let now = cluster.db_shards_at(n, bdb);
         targets.iter().all(|(replica, offset)| {
             now.iter()
                 .any(|s| uid(s) == *replica && s["offset"].as_i64().unwrap_or(0) > *offset)
@@ -178,7 +155,8 @@ fn lose_node_under_load(
     port: u16,
     masters: &[u64],
 ) -> (Report, Duration) {
-    let engines: Vec<u32> = shards(cluster, 1, bdb)
+    let engines: Vec<u32> = cluster
+        .db_shards_at(1, bdb)
         .iter()
         .filter(|s| node_of(s) == victim)
         .map(|s| cluster.engine_pid(victim, uid(s)))
@@ -295,7 +273,8 @@ fn a_client_writes_right_after_db_create_returns() {
 fn kill9_of_a_master_engine_under_load_costs_a_stall_not_an_error() {
     let cluster = DevCluster::up(&bin(), 211, 3);
     let bdb = replicated_db(&cluster, "engine", 12212);
-    let primary = shards(&cluster, 1, bdb)
+    let primary = cluster
+        .db_shards_at(1, bdb)
         .into_iter()
         .find(|s| s["role"] == "master")
         .unwrap();
@@ -318,7 +297,7 @@ fn kill9_of_a_node_holding_masters_under_load_costs_a_stall_not_an_error() {
     let cluster = DevCluster::up(&bin(), 212, 3);
     let bdb = replicated_db(&cluster, "node", 12213);
     let leader = primary_node(&cluster, 1);
-    let all = shards(&cluster, 1, bdb);
+    let all = cluster.db_shards_at(1, bdb);
     let victim = all
         .iter()
         .filter(|s| s["role"] == "master" && node_of(s) != leader)
@@ -345,18 +324,21 @@ fn kill9_of_the_primary_node_holding_masters_under_load_costs_a_stall_not_an_err
     // Put a primary shard on the primary node if none is there: fail it over to that node.
     let leader = primary_node(&cluster, 1);
     let masters_on_leader = |cluster: &DevCluster| -> Vec<u64> {
-        shards(cluster, 1, bdb)
+        cluster
+            .db_shards_at(1, bdb)
             .iter()
             .filter(|s| s["role"] == "master" && node_of(s) == leader)
             .map(uid)
             .collect()
     };
     if masters_on_leader(&cluster).is_empty() {
-        let replica = shards(&cluster, 1, bdb)
+        let replica = cluster
+            .db_shards_at(1, bdb)
             .into_iter()
             .find(|s| s["role"] == "slave" && node_of(s) == leader)
             .expect("the primary node holds some copy");
-        let primary = shards(&cluster, 1, bdb)
+        let primary = cluster
+            .db_shards_at(1, bdb)
             .into_iter()
             .find(|s| s["role"] == "master" && s["assigned_slots"] == replica["assigned_slots"])
             .unwrap();

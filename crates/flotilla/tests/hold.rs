@@ -22,10 +22,9 @@ use std::sync::Arc;
 
 use flotilla_loadcheck::{LoadHandle, Report};
 use flotilla_testkit::{
-    endpoint_connection, flotilla_bin, load_runtime, poll_until, stop_load, DevCluster,
+    endpoint_connection, flotilla_bin, kill9_pid as kill9, load_runtime, poll_until,
+    shard_node as node_of, shard_uid as uid, stop_load, DevCluster,
 };
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::Value;
 
 const ENGINE: &str = "valkey-8.1";
@@ -37,34 +36,11 @@ fn bin() -> PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
 }
 
-fn kill9(pid: u32) {
-    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-}
-
-/// The database's shards as node `n` answers (none while it cannot answer).
-fn shards(cluster: &DevCluster, n: u8, bdb: u64) -> Vec<Value> {
-    let answer = flotilla_testkit::runtime().block_on(cluster.client(n).shards());
-    answer
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| serde_json::to_value(s).unwrap())
-        .filter(|s| s["bdb_uid"] == bdb)
-        .collect()
-}
-
-fn uid(shard: &Value) -> u64 {
-    shard["uid"].as_u64().unwrap()
-}
-
-fn node_of(shard: &Value) -> u8 {
-    shard["node_uid"].as_u64().unwrap() as u8
-}
-
 /// Waits (bounded) until node `n` names another master for `master`'s slots: its replica was
 /// promoted.
 fn wait_replaced(cluster: &DevCluster, n: u8, bdb: u64, master: &Value) {
     let promoted = poll_until(Duration::from_secs(30), || {
-        shards(cluster, n, bdb).iter().any(|s| {
+        cluster.db_shards_at(n, bdb).iter().any(|s| {
             s["role"] == "master"
                 && s["assigned_slots"] == master["assigned_slots"]
                 && uid(s) != uid(master)
@@ -109,7 +85,7 @@ fn a_master_killed_right_after_its_replica_reports_in_sync_loses_no_acknowledged
         .as_u64()
         .unwrap();
     for round in 1..=3 {
-        let all = shards(&cluster, 1, bdb);
+        let all = cluster.db_shards_at(1, bdb);
         let master = all.iter().find(|s| s["role"] == "master").unwrap().clone();
         let replica = all
             .iter()
@@ -133,9 +109,10 @@ fn a_master_killed_right_after_its_replica_reports_in_sync_loses_no_acknowledged
         // report of the dead engine made after it was last read would pass a check against
         // its own offset (CI: 12-37 writes acknowledged during the sync lost).
         let master_port = master["port"].as_u64().unwrap() as u16;
-        let offset_then = master_offset(&mut engine_admin(&cluster, master_node, master_port));
+        let offset_then =
+            master_offset(&mut cluster.engine_admin_connection(master_node, master_port));
         let resynced = poll_fast(Duration::from_secs(30), || {
-            shards(&cluster, through, bdb).iter().any(|s| {
+            cluster.db_shards_at(through, bdb).iter().any(|s| {
                 uid(s) == uid(&replica)
                     && s["status"] == "active"
                     && s["offset"].as_i64().unwrap_or(0) > offset_then
@@ -177,19 +154,6 @@ fn master_offset(admin: &mut redis::Connection) -> i64 {
         .find_map(|line| line.strip_prefix("master_repl_offset:"))
         .and_then(|offset| offset.trim().parse().ok())
         .expect("master_repl_offset in INFO replication")
-}
-
-/// A connection to a shard's engine on node `n` as the agent's admin user.
-fn engine_admin(cluster: &DevCluster, n: u8, port: u16) -> redis::Connection {
-    let url = format!(
-        "redis://{}@{}:{port}/",
-        cluster.engine_admin(),
-        cluster.addr(n)
-    );
-    redis::Client::open(url)
-        .unwrap()
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .expect("connecting to the engine as its admin")
 }
 
 /// Starts the load checker through `endpoint` with a command timeout above the hold bound and
@@ -270,9 +234,9 @@ fn requests_meeting_an_engine_still_loading_its_data_wait_until_it_has_loaded() 
     ])["uid"]
         .as_u64()
         .unwrap();
-    let shard = shards(&cluster, 1, bdb).remove(0);
+    let shard = cluster.db_shards_at(1, bdb).remove(0);
     let port = shard["port"].as_u64().unwrap() as u16;
-    let mut admin = engine_admin(&cluster, 1, port);
+    let mut admin = cluster.engine_admin_connection(1, port);
     for batch in 0..1_500 {
         let mut mset = redis::cmd("MSET");
         for i in 0..1_000 {
@@ -325,7 +289,8 @@ fn multi_shard_reads_wait_for_a_failover_instead_of_failing() {
     let bdb = cluster.create_replicated_db("multi", 12146, ENGINE)["uid"]
         .as_u64()
         .unwrap();
-    let master = shards(&cluster, 1, bdb)
+    let master = cluster
+        .db_shards_at(1, bdb)
         .into_iter()
         .find(|s| s["role"] == "master")
         .unwrap();
@@ -341,7 +306,8 @@ fn multi_shard_reads_wait_for_a_failover_instead_of_failing() {
             .unwrap();
     }
     let caught_up = poll_until(Duration::from_secs(30), || {
-        shards(&cluster, through, bdb)
+        cluster
+            .db_shards_at(through, bdb)
             .iter()
             .filter(|s| s["role"] == "slave")
             .all(|s| s["offset"].as_i64().unwrap_or(0) > 0 && s["status"] == "active")
@@ -431,12 +397,13 @@ fn transactions_wait_for_a_failover_and_run_once() {
     let mut conn = endpoint_connection(cluster.addr(1), 12147);
     let _: () = redis::cmd("SET").arg(&key).arg(0).query(&mut conn).unwrap();
     // The key's master: the one whose engine holds it.
-    let master = shards(&cluster, 1, bdb)
+    let master = cluster
+        .db_shards_at(1, bdb)
         .into_iter()
         .filter(|s| s["role"] == "master")
         .find(|s| {
             let port = s["port"].as_u64().unwrap() as u16;
-            let mut direct = engine_admin(&cluster, node_of(s), port);
+            let mut direct = cluster.engine_admin_connection(node_of(s), port);
             redis::cmd("EXISTS")
                 .arg(&key)
                 .query::<u64>(&mut direct)

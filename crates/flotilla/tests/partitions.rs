@@ -47,20 +47,7 @@ fn bin() -> PathBuf {
 
 /// A replicated database of one shard on `port`: one master, one replica, on two nodes.
 fn one_shard_db(cluster: &DevCluster, port: u16) -> u64 {
-    let port = port.to_string();
-    let bdb = cluster.create_db(&[
-        "--name",
-        "part",
-        "--port",
-        &port,
-        "--memory",
-        "100mb",
-        "--shards",
-        "1",
-        "--replication",
-        "--redis-version",
-        ENGINE,
-    ]);
+    let bdb = cluster.create_replicated_db_of("part", port, ENGINE, 1);
     bdb["uid"].as_u64().expect("database uid")
 }
 

@@ -52,20 +52,7 @@ fn current_pair() -> (PathBuf, PathBuf) {
 /// replicated.
 fn two_databases(cluster: &DevCluster, port: u16) -> [u16; 2] {
     cluster.create_replicated_db("two", port, ENGINE);
-    let one = (port + 1).to_string();
-    cluster.create_db(&[
-        "--name",
-        "one",
-        "--port",
-        &one,
-        "--memory",
-        "100mb",
-        "--shards",
-        "1",
-        "--replication",
-        "--redis-version",
-        ENGINE,
-    ]);
+    cluster.create_replicated_db_of("one", port + 1, ENGINE, 1);
     [port, port + 1]
 }
 

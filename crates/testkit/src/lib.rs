@@ -537,7 +537,18 @@ impl DevCluster {
     /// [`DevCluster::create_db`] of the database most tests use: `name` on `port`, 2 shards,
     /// replicated, 100 MB, on `engine` (e.g. `valkey-8.1`).
     pub fn create_replicated_db(&self, name: &str, port: u16, engine: &str) -> serde_json::Value {
-        let port = port.to_string();
+        self.create_replicated_db_of(name, port, engine, 2)
+    }
+
+    /// [`DevCluster::create_replicated_db`] with `shards` primary shards.
+    pub fn create_replicated_db_of(
+        &self,
+        name: &str,
+        port: u16,
+        engine: &str,
+        shards: u16,
+    ) -> serde_json::Value {
+        let (port, shards) = (port.to_string(), shards.to_string());
         self.create_db(&[
             "--name",
             name,
@@ -546,7 +557,7 @@ impl DevCluster {
             "--memory",
             "100mb",
             "--shards",
-            "2",
+            &shards,
             "--replication",
             "--redis-version",
             engine,
@@ -570,6 +581,28 @@ impl DevCluster {
             .into_iter()
             .map(|s| serde_json::to_value(s).expect("shard as JSON"))
             .collect()
+    }
+
+    /// The shards of database `bdb` as node `n` answers `GET /v1/shards`; none while it cannot
+    /// answer (during an election), so a poll can keep asking.
+    pub fn db_shards_at(&self, n: u8, bdb: u64) -> Vec<serde_json::Value> {
+        runtime()
+            .block_on(self.client(n).shards())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| serde_json::to_value(s).expect("shard as JSON"))
+            .filter(|s| s["bdb_uid"] == bdb)
+            .collect()
+    }
+
+    /// A connection to the engine on node `n` at `port` as the engines' admin user (what the
+    /// agent logs in as), for reading an engine's own state in a test.
+    pub fn engine_admin_connection(&self, n: u8, port: u16) -> redis::Connection {
+        let url = format!("redis://{}@{}:{port}/", self.engine_admin(), self.addr(n));
+        redis::Client::open(url)
+            .expect("engine URL")
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connecting to the engine as its admin")
     }
 
     /// Every shard as node `n` answers `GET /v1/shards`, with the `ip:port` its engine listens
@@ -763,6 +796,20 @@ pub fn start_load_within(
     })
 }
 
+/// [`start_load_within`] for a test whose primary node crashes (after every step of an action,
+/// say): each command may take the hold bound and a second. When the primary node's restart and
+/// the election take longer than the master lease (`MASTER_LEASE`, 3.5 s; slower on a loaded
+/// machine), the masters' agents fence writes until a primary node acknowledges them again, so
+/// a client stalls for that long (as in `failover.rs`'s kill of the primary node) but sees no
+/// error.
+pub fn start_load_across_primary_crashes(
+    rt: &tokio::runtime::Runtime,
+    endpoint: String,
+) -> flotilla_loadcheck::LoadHandle {
+    let bound = flotilla_model::timing::HOLD_TIMEOUT + Duration::from_secs(1);
+    start_load_within(rt, endpoint, bound)
+}
+
 /// Waits until the load made progress again, stops it and verifies every acknowledged write.
 pub fn stop_load(
     rt: &tokio::runtime::Runtime,
@@ -829,6 +876,23 @@ pub fn poll_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// kill -9 of process `pid` (an engine or daemon a test started); an already gone process is
+/// no error.
+pub fn kill9_pid(pid: u32) {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+}
+
+/// The uid of a shard in a `GET /v1/shards` entry.
+pub fn shard_uid(shard: &serde_json::Value) -> u64 {
+    shard["uid"].as_u64().expect("a shard has a uid")
+}
+
+/// The node number of a shard in a `GET /v1/shards` entry (node uids are node numbers in a
+/// `DevCluster`).
+pub fn shard_node(shard: &serde_json::Value) -> u8 {
+    shard["node_uid"].as_u64().expect("a shard has a node") as u8
 }
 
 /// True when a process with this pid exists and is not a zombie.
