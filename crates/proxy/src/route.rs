@@ -302,7 +302,7 @@ fn route_spec(
         Class::Admin(merge) => Route::Admin(merge),
         Class::AllShards(merge) => Route::AllShards(merge),
         Class::Scan => Route::Scan(scan_step(request, slots)?),
-        Class::Keyed => match common_slot(request, key_positions(spec, request)?) {
+        Class::Keyed => match slot_of_keys(request, key_positions(spec, request)?, slots) {
             SlotOf::NoKey => Route::AnyShard,
             SlotOf::One(slot) => Route::Slot(slot),
             SlotOf::Cross => Route::CrossSlot,
@@ -312,8 +312,8 @@ fn route_spec(
             kind,
             target: PubSubTarget::PubSubShard,
         },
-        Class::ShardedPubSub(kind) => sharded_pubsub(spec, request, kind)?,
-        Class::Transaction(step) => transaction(spec, request, step)?,
+        Class::ShardedPubSub(kind) => sharded_pubsub(spec, request, slots, kind)?,
+        Class::Transaction(step) => transaction(spec, request, slots, step)?,
     })
 }
 
@@ -472,6 +472,20 @@ enum SlotOf {
     Cross,
 }
 
+/// The slot a request's keys share, for a command that must run whole on one shard. On a
+/// database of one shard every key is on that shard, so keys in different slots are not
+/// CROSSSLOT there (as on a Redis Software database that is not clustered): the request goes
+/// whole to the one shard, routed by its first key.
+fn slot_of_keys(request: &Request, keys: KeyPositions, slots: &SlotMap) -> SlotOf {
+    match common_slot(request, keys) {
+        SlotOf::Cross if slots.shard_count() == 1 => keys
+            .iter()
+            .next()
+            .map_or(SlotOf::Cross, |i| SlotOf::One(key_slot(&request.argv()[i]))),
+        found => found,
+    }
+}
+
 fn common_slot(request: &Request, keys: KeyPositions) -> SlotOf {
     let mut found = SlotOf::NoKey;
     for i in keys.iter() {
@@ -551,6 +565,7 @@ fn scan_step(request: &Request, slots: &SlotMap) -> Result<ScanStep, InvalidRequ
 fn sharded_pubsub(
     spec: &CommandSpec,
     request: &Request,
+    slots: &SlotMap,
     kind: PubSubKind,
 ) -> Result<Route, InvalidRequest> {
     if kind == PubSubKind::Unsubscribe && request.argc() == 1 {
@@ -559,22 +574,25 @@ fn sharded_pubsub(
             target: PubSubTarget::SubscribedShards,
         });
     }
-    Ok(match common_slot(request, key_positions(spec, request)?) {
-        SlotOf::One(slot) => Route::PubSub {
-            kind,
-            target: PubSubTarget::Slot(slot),
+    Ok(
+        match slot_of_keys(request, key_positions(spec, request)?, slots) {
+            SlotOf::One(slot) => Route::PubSub {
+                kind,
+                target: PubSubTarget::Slot(slot),
+            },
+            SlotOf::NoKey => return Err(InvalidRequest::WrongArity),
+            SlotOf::Cross => Route::CrossSlot,
         },
-        SlotOf::NoKey => return Err(InvalidRequest::WrongArity),
-        SlotOf::Cross => Route::CrossSlot,
-    })
+    )
 }
 
 fn transaction(
     spec: &CommandSpec,
     request: &Request,
+    slots: &SlotMap,
     step: TxStep,
 ) -> Result<Route, InvalidRequest> {
-    let slot = match common_slot(request, key_positions(spec, request)?) {
+    let slot = match slot_of_keys(request, key_positions(spec, request)?, slots) {
         SlotOf::NoKey => None,
         SlotOf::One(slot) => Some(slot),
         SlotOf::Cross => return Ok(Route::CrossSlot),

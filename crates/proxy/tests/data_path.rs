@@ -1,6 +1,7 @@
 //! The proxy's data path against real redis-7.0 shards: routing by slot, split and fanned-out
 //! commands, pipelining order, AUTH, protocol errors, topology changes, transactions and
-//! blocking commands, shared shard connections. Addresses: 127.0.7.1 - 127.0.7.19 (endpoint port 12000, shards 20001+).
+//! blocking commands, shared shard connections, QUIT. Addresses: 127.0.7.1 - 127.0.7.19, 127.0.153.1, 127.0.163.2
+//! (endpoint port 12000, shards 20001+).
 
 mod common;
 
@@ -565,4 +566,42 @@ async fn client_subcommands_act_on_the_callers_own_connection() {
         client.closed().await,
         "killing itself closes the connection"
     );
+}
+
+/// Redis's unit/quit: QUIT is answered +OK and the connection closes; the commands pipelined
+/// after it are never run, also when they are more than one read, and the next connection
+/// works.
+#[tokio::test]
+async fn quit_closes_the_connection_and_runs_nothing_pipelined_after_it() {
+    let setup = Setup::start("127.0.163.2", 1, 1, None).await;
+    let mut plain = Raw::connect(setup.endpoint).await;
+    plain.send(b"QUIT\r\n").await;
+    assert_eq!(plain.read_to_close().await, b"+OK\r\n");
+
+    let big = "x".repeat(70_000);
+    let pipelines = [
+        "*1\r\n$4\r\nquit\r\n*3\r\n$3\r\nset\r\n$3\r\nfoo\r\n$3\r\nbar\r\n".to_owned(),
+        format!(
+            "*1\r\n$4\r\nquit\r\n*3\r\n$3\r\nset\r\n$3\r\nfoo\r\n${}\r\n{big}\r\n",
+            big.len()
+        ),
+        format!("PING\r\nQUIT\r\nSET foo {}\r\n", &big[..1024]),
+    ];
+    for pipeline in pipelines {
+        let mut raw = Raw::connect(setup.endpoint).await;
+        raw.send(pipeline.as_bytes()).await;
+        let expected = if pipeline.starts_with("PING") {
+            "+PONG\r\n+OK\r\n"
+        } else {
+            "+OK\r\n"
+        };
+        let got = raw.read_to_close().await;
+        assert_eq!(String::from_utf8_lossy(&got), expected);
+        let mut after = Resp::connect(setup.endpoint).await;
+        assert!(
+            after.call(&["GET", "foo"]).await.is_null(),
+            "SET after QUIT ran"
+        );
+        assert_eq!(after.call(&["PING"]).await, RespValue::simple("PONG"));
+    }
 }

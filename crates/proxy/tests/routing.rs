@@ -52,6 +52,26 @@ fn single_key_commands_route_to_the_key_slot_whatever_the_case() {
     assert!(!route(&req(&["GET", "k"]), &three()).write);
 }
 
+/// On a database of one shard every key is on that shard: multi-key commands, scripts and
+/// WATCH of keys in different slots go whole to it, routed by their first key (as a Redis
+/// Software database that is not clustered takes them), never `CROSSSLOT`.
+#[test]
+fn on_one_shard_keys_of_different_slots_are_not_crossslot() {
+    let one = SlotMap::even(1).unwrap();
+    let on_one = |words: &[&str]| route(&req(words), &one).route;
+    assert_eq!(on_one(&["RENAME", "a", "b"]), slot("a"));
+    assert_eq!(on_one(&["SINTER", "b", "a"]), slot("b"));
+    assert_eq!(on_one(&["EVAL", "s", "2", "a", "b"]), slot("a"));
+    assert_eq!(
+        on_one(&["WATCH", "a", "b"]),
+        Route::Transaction {
+            step: TxStep::Watch,
+            slot: Some(key_slot(b"a"))
+        }
+    );
+    assert_eq!(route_of(&["WATCH", "a", "b"]), Route::CrossSlot);
+}
+
 #[test]
 fn multi_key_commands_need_one_slot() {
     assert_eq!(route_of(&["RENAME", "a", "b"]), Route::CrossSlot);

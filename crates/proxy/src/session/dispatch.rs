@@ -63,7 +63,8 @@ impl Session {
             return;
         }
         if self.tx.queues(&decision.route) {
-            let reply = self.tx.queue(request, &decision);
+            let one_shard = self.view.current.shard_count() == 1;
+            let reply = self.tx.queue(request, &decision, one_shard);
             self.ready(reply);
             return;
         }
@@ -437,7 +438,8 @@ impl Session {
     }
 
     async fn watch(&mut self, slot: Option<u16>, request: &Request) {
-        let slot = match self.tx.watch(slot) {
+        let one_shard = self.view.current.shard_count() == 1;
+        let slot = match self.tx.watch(slot, one_shard) {
             Ok(slot) => slot,
             Err(reply) => return self.ready(reply),
         };

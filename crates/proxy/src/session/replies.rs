@@ -194,9 +194,14 @@ impl ReplyQueue {
     }
 
     /// Makes the replies queued from `from` on silent (CLIENT REPLY OFF/SKIP): still read
-    /// from their shards, never written to the client.
+    /// from their shards, never written to the client. (Un)subscribe confirmations stay: the
+    /// engine pushes them whatever the reply mode, as it does published messages, and a
+    /// subscriber waits for them.
     pub fn mute_from(&mut self, from: usize) {
         for entry in self.pending.iter_mut().skip(from) {
+            if matches!(entry, Pending::PubSub { .. } | Pending::Frames(..)) {
+                continue;
+            }
             let inner = std::mem::replace(entry, Pending::Frames(Vec::new(), Protocol::Resp2));
             *entry = Pending::Muted(Box::new(inner));
         }
