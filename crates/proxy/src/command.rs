@@ -201,6 +201,20 @@ pub struct CommandSpec {
     pub blocking: Blocking,
 }
 
+impl CommandSpec {
+    /// Whether it runs a script or function (EVAL, EVALSHA, FCALL and their `_RO` forms),
+    /// which may run for as long as the script loops: the client that sends one moves to
+    /// connections of its own (see the session's links), so that a long script does not
+    /// stall other clients' requests queued behind it on a shared engine connection, and
+    /// they get `-BUSY` from the engine, as direct clients do, until SCRIPT KILL.
+    pub fn runs_script(&self) -> bool {
+        matches!(
+            self.name,
+            "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO"
+        )
+    }
+}
+
 const NO_KEY: KeySpec = KeySpec::None;
 const K1: KeySpec = range(1, 1, 1);
 const K12: KeySpec = range(1, 2, 1);
@@ -514,6 +528,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     all_shards("SCRIPT|LOAD", Merge::Same, false),
     all_shards("SCRIPT|EXISTS", Merge::ElementwiseMin, false),
     all_shards("SCRIPT|FLUSH", Merge::AllOk, false),
+    all_shards("SCRIPT|KILL", Merge::AnyOk, false),
     spec("FUNCTION", SUB, Class::Refused(UNSUPPORTED), false),
     all_shards("FUNCTION|LOAD", Merge::Same, true),
     all_shards("FUNCTION|DELETE", Merge::AllOk, true),

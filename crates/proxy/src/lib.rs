@@ -31,8 +31,8 @@
 //! clients' requests reach the engine in one write and their replies come back in one read (a
 //! client sending one command per round trip otherwise costs the engine two system calls per
 //! command). A client's pipeline still reaches each shard as one job, in order. Transactions,
-//! WATCH, blocking commands (BLPOP, XREAD BLOCK, WAIT) and RESP3 clients use dedicated
-//! connections instead, opened on first use, one per shard the client touches: they hold
+//! WATCH, blocking commands (BLPOP, XREAD BLOCK, WAIT), scripts (EVAL, FCALL: one may loop
+//! until SCRIPT KILL) and RESP3 clients use dedicated connections instead, opened on first use, one per shard the client touches: they hold
 //! engine-side connection state (or would stall other clients), and a dedicated connection
 //! keeps them correct with no bookkeeping. A client moves to dedicated connections for good at
 //! its first such command, after its earlier commands are answered.

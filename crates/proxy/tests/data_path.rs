@@ -605,3 +605,61 @@ async fn quit_closes_the_connection_and_runs_nothing_pipelined_after_it() {
         assert_eq!(after.call(&["PING"]).await, RespValue::simple("PONG"));
     }
 }
+
+/// Redis's unit/multi "MULTI and script timeout": a script that loops holds its engine until
+/// SCRIPT KILL. Meanwhile other clients of the endpoint get `-BUSY` from the engine, as direct
+/// clients do (they are not stuck behind the script on a shared engine connection), and
+/// SCRIPT KILL through the endpoint stops it. (The endpoint used to send the script over the
+/// connection its clients share and refused SCRIPT KILL: every later client of the database
+/// hung, and the suite's next units timed out.)
+#[tokio::test]
+async fn a_looping_script_leaves_other_clients_busy_until_script_kill() {
+    let setup = Setup::start("127.0.163.3", 1, 1, None).await;
+    let mut engine = setup.direct(0).await;
+    let () = redis::cmd("CONFIG")
+        .arg(&["SET", "lua-time-limit", "10"])
+        .query_async(&mut engine)
+        .await
+        .unwrap();
+    let mut other = setup.client(None).await;
+    let () = other.set("xx", 1).await.unwrap();
+    let mut looping = Raw::connect(setup.endpoint).await;
+    looping
+        .send(b"*3\r\n$4\r\nEVAL\r\n$17\r\nwhile true do end\r\n$1\r\n0\r\n")
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let get = tokio::time::timeout(Duration::from_secs(2), other.get::<_, i64>("xx"))
+            .await
+            .expect("a client stuck behind another client's script");
+        match get {
+            Err(e) if e.code() == Some("BUSY") => break,
+            Ok(1) => {}
+            other => panic!("GET while a script loops: {other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the script never made the engine busy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed: String = redis::cmd("SCRIPT")
+        .arg("KILL")
+        .query_async(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(killed, "OK");
+    let reply = String::from_utf8_lossy(&looping.read_at_least(1).await).into_owned();
+    assert!(
+        reply.starts_with("-ERR") && reply.contains("killed by user"),
+        "{reply}"
+    );
+    let xx: i64 = other.get("xx").await.unwrap();
+    assert_eq!(xx, 1);
+    let err = redis::cmd("SCRIPT")
+        .arg("KILL")
+        .query_async::<String>(&mut other)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NOTBUSY"), "{err}");
+}
