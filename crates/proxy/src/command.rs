@@ -748,7 +748,12 @@ pub fn commands_markdown() -> String {
          answered `-ERR unknown command`. Key positions count the command name as 0.\n\n\
          Keyed commands whose keys hash to different slots get\n\
          `-CROSSSLOT Keys in request don't hash to the same slot`; use `{hashtags}` to group keys.\n\
-         Inside MULTI, every queued command must use the slot the transaction is pinned to.\n\n\
+         Inside MULTI, every queued command must use the slot the transaction is pinned to.\n\
+         On a database of one shard neither applies: every key is on that shard, so keyed\n\
+         commands, WATCH and transactions take keys of any slots, as the engine does.\n\
+         Scripts (EVAL, FCALL) move their client to engine connections of its own, so a\n\
+         script that loops leaves other clients `-BUSY` until `SCRIPT KILL` or\n\
+         `FUNCTION KILL` (sent to every shard).\n\n\
          | command | routing | notes |\n| --- | --- | --- |\n",
     );
     for spec in COMMANDS {

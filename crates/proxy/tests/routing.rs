@@ -160,7 +160,14 @@ fn scripts_route_by_declared_keys_or_to_any_shard() {
         Route::AllShards(Merge::ElementwiseMin)
     );
     assert_eq!(route_of(&["FUNCTION", "LIST"]), Route::AnyShard);
-    assert!(matches!(route_of(&["SCRIPT", "KILL"]), Route::Refused(_)));
+    assert_eq!(
+        route_of(&["SCRIPT", "KILL"]),
+        Route::AllShards(Merge::AnyOk)
+    );
+    assert!(matches!(
+        route_of(&["SCRIPT", "DEBUG", "YES"]),
+        Route::Refused(_)
+    ));
 }
 
 #[test]
