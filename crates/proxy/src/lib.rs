@@ -65,8 +65,10 @@
 //! keeps its TCP connection, id, authentication, protocol, name, subscriptions, MULTI, WATCH,
 //! and a BLPOP it is blocked in.
 //!
-//! Known limits: a client blocked in
-//! BLPOP is not noticed disconnecting until the shard answers; shutdown closes client
+//! A client blocked in BLPOP that disconnects is noticed at once: its engine connection is
+//! closed, so the engine frees its blocked client as it frees a direct one.
+//!
+//! Known limits: shutdown closes client
 //! connections without draining them at command boundaries (the in-place handover detaches or
 //! closes them at boundaries first); a
 //! transaction whose WATCHed shard moved to a new primary returns a null EXEC (aborted) rather

@@ -105,6 +105,22 @@ pub enum InvalidRequest {
     InvalidCursor,
 }
 
+impl InvalidRequest {
+    /// Whether the engine refuses such a request too, before it touches any key: a numkeys
+    /// that is not a count of the arguments that follow. Such a keyed request goes to any
+    /// shard so that the client gets the engine's own words, which differ by command
+    /// (`numkeys should be greater than 0`, an arity error for `LMPOP 1`, FCALL's `Bad number
+    /// of keys provided`...).
+    pub fn engine_refuses(self) -> bool {
+        matches!(
+            self,
+            InvalidRequest::NotAnInteger
+                | InvalidRequest::NegativeKeys
+                | InvalidRequest::TooManyKeys
+        )
+    }
+}
+
 /// A request split per shard.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Split {
@@ -302,10 +318,14 @@ fn route_spec(
         Class::Admin(merge) => Route::Admin(merge),
         Class::AllShards(merge) => Route::AllShards(merge),
         Class::Scan => Route::Scan(scan_step(request, slots)?),
-        Class::Keyed => match slot_of_keys(request, key_positions(spec, request)?, slots) {
-            SlotOf::NoKey => Route::AnyShard,
-            SlotOf::One(slot) => Route::Slot(slot),
-            SlotOf::Cross => Route::CrossSlot,
+        Class::Keyed => match key_positions(spec, request) {
+            Ok(keys) => match slot_of_keys(request, keys, slots) {
+                SlotOf::NoKey => Route::AnyShard,
+                SlotOf::One(slot) => Route::Slot(slot),
+                SlotOf::Cross => Route::CrossSlot,
+            },
+            Err(invalid) if invalid.engine_refuses() => Route::AnyShard,
+            Err(invalid) => return Err(invalid),
         },
         Class::Split(merge) => split(spec, request, slots, merge)?,
         Class::PubSub(kind) => Route::PubSub {

@@ -663,3 +663,44 @@ async fn a_looping_script_leaves_other_clients_busy_until_script_kill() {
         .unwrap_err();
     assert_eq!(err.code(), Some("NOTBUSY"), "{err}");
 }
+
+/// A client that disconnects while blocked (BLPOP, XREADGROUP BLOCK) is freed on the engine
+/// as a direct one is: the endpoint closes the engine connection it blocked on, and the
+/// engine's blocked count drops back. (It stayed blocked until the shard answered, so INFO's
+/// `blocked_clients` counted clients long gone, and Redis's unit/type/stream-cgroups, which
+/// waits for that count, ran ahead of its own blocked client.)
+#[tokio::test]
+async fn a_client_leaving_while_blocked_is_freed_on_the_engine() {
+    let setup = Setup::start("127.0.163.4", 1, 1, None).await;
+    let mut engine = setup.direct(0).await;
+    let mut blocked = Raw::connect(setup.endpoint).await;
+    blocked.send(b"PING\r\nBLPOP gone-list 0\r\n").await;
+    assert_eq!(blocked.read_at_least(7).await, b"+PONG\r\n");
+    setup.wait_blocked(0).await;
+    drop(blocked);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut engine)
+            .await
+            .unwrap();
+        if !clients.contains("cmd=blpop") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine still holds the blocked client of a client that left: {clients}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A blocked client that stays gets its reply, with what it pipelined meanwhile after it.
+    let mut waiting = Raw::connect(setup.endpoint).await;
+    waiting.send(b"BLPOP later-list 0\r\n").await;
+    setup.wait_blocked(0).await;
+    waiting.send(b"PING\r\n").await;
+    let mut pusher = setup.client(None).await;
+    let () = pusher.rpush("later-list", "v").await.unwrap();
+    let expected = b"*2\r\n$10\r\nlater-list\r\n$1\r\nv\r\n+PONG\r\n";
+    assert_eq!(waiting.read_at_least(expected.len()).await, expected);
+}
