@@ -32,6 +32,12 @@ pub enum KeySpec {
         /// Index of a destination key before the count, if any.
         dest: Option<usize>,
     },
+    /// A count of key-value pairs at `numkeys_at` followed by that many pairs, then options
+    /// (Valkey 9's MSETEX).
+    NumPairs {
+        /// Index of the count argument.
+        numkeys_at: usize,
+    },
     /// The keys are the first half of the arguments after `STREAMS` (XREAD, XREADGROUP).
     Streams,
     /// A key at 1, plus the argument after `STORE` or `STOREDIST` if present (SORT, GEORADIUS).
@@ -302,6 +308,8 @@ pub static COMMANDS: &[CommandSpec] = &[
     ),
     spec("MSET", range(1, -1, 2), Class::Split(Merge::AllOk), true),
     write("MSETNX", range(1, -1, 2)),
+    write("MSETEX", KeySpec::NumPairs { numkeys_at: 1 }),
+    write("DELIFEQ", K1),
     write("APPEND", K1),
     read("STRLEN", K1),
     write("INCR", K1),
@@ -789,6 +797,9 @@ fn keys_text(keys: KeySpec) -> String {
             dest: Some(dest),
         } => format!("key at {dest}, numkeys at {numkeys_at}, keys after it"),
         KeySpec::NumKeys { numkeys_at, .. } => format!("numkeys at {numkeys_at}, keys after it"),
+        KeySpec::NumPairs { numkeys_at } => {
+            format!("pair count at {numkeys_at}, key-value pairs after it")
+        }
         KeySpec::Streams => "keys: first half of the arguments after STREAMS".into(),
         KeySpec::KeyAndStore => "key at 1, plus the STORE/STOREDIST key".into(),
         KeySpec::Subcommand => "see subcommands".into(),

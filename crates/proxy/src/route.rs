@@ -366,7 +366,8 @@ fn key_positions(spec: &CommandSpec, request: &Request) -> Result<KeyPositions, 
     match spec.keys {
         KeySpec::None | KeySpec::Subcommand => Ok(KeyPositions::NONE),
         KeySpec::Range { first, last, step } => range_positions(argc, first, last, step),
-        KeySpec::NumKeys { numkeys_at, dest } => numkeys_positions(request, numkeys_at, dest),
+        KeySpec::NumKeys { numkeys_at, dest } => numkeys_positions(request, numkeys_at, dest, 1),
+        KeySpec::NumPairs { numkeys_at } => numkeys_positions(request, numkeys_at, None, 2),
         KeySpec::Streams => {
             let at = stream_options(request)?.streams_at;
             let rest = argc - at - 1;
@@ -424,10 +425,12 @@ fn range_positions(
     })
 }
 
+/// The keys after a count at `numkeys_at`, each `step` arguments apart (2: key-value pairs).
 fn numkeys_positions(
     request: &Request,
     numkeys_at: usize,
     dest: Option<usize>,
+    step: usize,
 ) -> Result<KeyPositions, InvalidRequest> {
     let raw = request.arg(numkeys_at).ok_or(InvalidRequest::WrongArity)?;
     let count: i64 = std::str::from_utf8(raw)
@@ -438,13 +441,14 @@ fn numkeys_positions(
         return Err(InvalidRequest::NegativeKeys);
     }
     let start = numkeys_at + 1;
-    if count as u64 > (request.argc() - start) as u64 {
+    let width = (count as u64).saturating_mul(step as u64);
+    if width > (request.argc() - start) as u64 {
         return Err(InvalidRequest::TooManyKeys);
     }
     Ok(KeyPositions {
         start,
-        end: start + count as usize,
-        step: 1,
+        end: start + width as usize,
+        step,
         extra: dest,
     })
 }

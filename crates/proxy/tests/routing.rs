@@ -143,6 +143,23 @@ fn numkeys_commands_find_their_keys() {
     );
 }
 
+/// Valkey 9's MSETEX (a count of key-value pairs, then options) and DELIFEQ route by key.
+#[test]
+fn valkey_9_msetex_and_delifeq_route_by_key() {
+    assert_eq!(
+        route_of(&["MSETEX", "2", "{m}a", "1", "{m}b", "2", "EX", "10"]),
+        slot("m")
+    );
+    assert_eq!(route_of(&["MSETEX", "1", "a", "1", "NX"]), slot("a"));
+    assert_eq!(
+        route_of(&["MSETEX", "2", "a", "1", "b", "2"]),
+        Route::CrossSlot
+    );
+    assert_eq!(route_of(&["MSETEX", "2", "a", "1"]), Route::AnyShard);
+    assert_eq!(route_of(&["DELIFEQ", "k", "v"]), slot("k"));
+    assert!(route(&req(&["DELIFEQ", "k", "v"]), &three()).write);
+}
+
 #[test]
 fn scripts_route_by_declared_keys_or_to_any_shard() {
     assert_eq!(route_of(&["EVAL", "return 1", "0"]), Route::AnyShard);
