@@ -744,6 +744,54 @@ pub fn lookup_request(request: &Request) -> Option<&'static CommandSpec> {
     Some(found.unwrap_or(spec))
 }
 
+/// Every subcommand the engines (Redis 7.x, Valkey 8-9) know of the containers listed, which
+/// the proxy answers or refuses in part: a subcommand none of them knows is answered as the
+/// engine answers it (`unknown subcommand`), not with the proxy's refusal of the container.
+const ENGINE_SUBCOMMANDS: &[(&str, &[&str])] = &[
+    ("CONFIG", &["GET", "SET", "RESETSTAT", "REWRITE", "HELP"]),
+    (
+        "FUNCTION",
+        &[
+            "DELETE", "DUMP", "FLUSH", "HELP", "KILL", "LIST", "LOAD", "RESTORE", "STATS",
+        ],
+    ),
+    (
+        "SCRIPT",
+        &["DEBUG", "EXISTS", "FLUSH", "HELP", "KILL", "LOAD", "SHOW"],
+    ),
+    ("SLOWLOG", &["GET", "HELP", "LEN", "RESET"]),
+    (
+        "LATENCY",
+        &[
+            "DOCTOR",
+            "GRAPH",
+            "HELP",
+            "HISTOGRAM",
+            "HISTORY",
+            "LATEST",
+            "RESET",
+        ],
+    ),
+    (
+        "MEMORY",
+        &["DOCTOR", "HELP", "MALLOC-STATS", "PURGE", "STATS", "USAGE"],
+    ),
+];
+
+/// Whether `request` names a subcommand that no engine knows of a container in
+/// [`ENGINE_SUBCOMMANDS`].
+pub fn unknown_subcommand(request: &Request) -> bool {
+    let Some(sub) = request.arg(1) else {
+        return false;
+    };
+    let sub = CommandName::new(sub);
+    let name = request.name().to_ascii_uppercase();
+    ENGINE_SUBCOMMANDS
+        .iter()
+        .find(|(container, _)| *container == name)
+        .is_some_and(|(_, known)| !known.contains(&sub.as_str()))
+}
+
 /// The command table as a markdown table (command, routing, notes), the content of
 /// `COMMANDS.md`.
 ///

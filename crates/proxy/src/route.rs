@@ -200,6 +200,14 @@ pub enum Rejection {
         /// The command, lower-case.
         command: String,
     },
+    /// A subcommand no engine knows, in the engine's words.
+    #[error("ERR unknown subcommand '{subcommand}'. Try {command} HELP.")]
+    UnknownSubcommand {
+        /// The subcommand as sent (truncated).
+        subcommand: String,
+        /// The command, upper-case.
+        command: String,
+    },
     /// A syntax error.
     #[error("ERR syntax error")]
     Syntax,
@@ -218,6 +226,15 @@ impl Decision {
         };
         Some(match &self.route {
             Route::CrossSlot => Rejection::CrossSlot,
+            Route::Refused(_) if crate::command::unknown_subcommand(request) => {
+                Rejection::UnknownSubcommand {
+                    subcommand: String::from_utf8_lossy(request.arg(1).map_or(&[][..], |a| &a[..]))
+                        .chars()
+                        .take(128)
+                        .collect(),
+                    command: request.name().to_ascii_uppercase(),
+                }
+            }
             Route::Refused(reason) => Rejection::Refused {
                 command: command(),
                 reason,

@@ -143,6 +143,41 @@ fn numkeys_commands_find_their_keys() {
     );
 }
 
+/// A subcommand no engine knows gets the engine's words (Redis's unit/functions "test wrong
+/// subcommand", unit/other "Subcommand syntax error crash"); `PARENT|SUB` is no command.
+#[test]
+fn unknown_subcommands_and_pipe_names_are_answered_as_the_engine_does() {
+    for (words, expected) in [
+        (
+            &["FUNCTION", "bad_subcommand"][..],
+            "ERR unknown subcommand 'bad_subcommand'. Try FUNCTION HELP.",
+        ),
+        (
+            &["config", "GET_XX"],
+            "ERR unknown subcommand 'GET_XX'. Try CONFIG HELP.",
+        ),
+        (
+            &["SCRIPT", "nope"],
+            "ERR unknown subcommand 'nope'. Try SCRIPT HELP.",
+        ),
+    ] {
+        let request = req(words);
+        let rejection = route(&request, &three()).rejection(&request);
+        assert_eq!(rejection.unwrap().to_string(), expected, "{words:?}");
+    }
+    for words in [&["SCRIPT", "DEBUG", "YES"][..], &["CONFIG", "REWRITE"]] {
+        let request = req(words);
+        let rejection = route(&request, &three()).rejection(&request).unwrap();
+        assert!(
+            matches!(rejection, Rejection::Refused { .. }),
+            "{words:?}: {rejection}"
+        );
+    }
+    for words in [&["GET|"][..], &["GET|SET"], &["CONFIG|GET", "GET_XX"]] {
+        assert_eq!(route_of(words), Route::Unknown, "{words:?}");
+    }
+}
+
 /// Valkey 9's MSETEX (a count of key-value pairs, then options) and DELIFEQ route by key.
 #[test]
 fn valkey_9_msetex_and_delifeq_route_by_key() {
