@@ -672,28 +672,18 @@ async fn a_looping_script_leaves_other_clients_busy_until_script_kill() {
 #[tokio::test]
 async fn a_client_leaving_while_blocked_is_freed_on_the_engine() {
     let setup = Setup::start("127.0.163.4", 1, 1, None).await;
-    let mut engine = setup.direct(0).await;
     let mut blocked = Raw::connect(setup.endpoint).await;
     blocked.send(b"PING\r\nBLPOP gone-list 0\r\n").await;
     assert_eq!(blocked.read_at_least(7).await, b"+PONG\r\n");
     setup.wait_blocked(0).await;
     drop(blocked);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let clients: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query_async(&mut engine)
-            .await
-            .unwrap();
-        if !clients.contains("cmd=blpop") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the engine still holds the blocked client of a client that left: {clients}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    setup
+        .wait_blpop(
+            0,
+            false,
+            "the engine still holds the blocked client of a client that left",
+        )
+        .await;
     // A blocked client that stays gets its reply, with what it pipelined meanwhile after it.
     let mut waiting = Raw::connect(setup.endpoint).await;
     waiting.send(b"BLPOP later-list 0\r\n").await;
