@@ -616,7 +616,11 @@ pub static COMMANDS: &[CommandSpec] = &[
         false,
     ),
     // Connection: answered by the proxy
-    local("PING", LocalCommand::Ping),
+    // PING reaches an engine (the client's any-shard), as a direct client's reaches its
+    // server: a client learns from it whether the database answers, and gets the engine's
+    // `-BUSY` while a script loops (Redis's unit/scripting and unit/functions wait for that
+    // before they kill the script). A RESP2 subscriber's PING is answered by the endpoint.
+    read("PING", NO_KEY),
     local("ECHO", LocalCommand::Echo),
     local("SELECT", LocalCommand::Select),
     local("AUTH", LocalCommand::Auth),

@@ -417,7 +417,11 @@ fn scan_cursor_naming_a_shard_the_map_lacks_is_invalid() {
 
 #[test]
 fn connection_commands_are_local() {
-    assert_eq!(route_of(&["PING"]), Route::Local(LocalCommand::Ping));
+    assert_eq!(
+        route_of(&["PING"]),
+        Route::AnyShard,
+        "PING reaches an engine"
+    );
     assert_eq!(route_of(&["echo", "x"]), Route::Local(LocalCommand::Echo));
     assert_eq!(
         route_of(&["SELECT", "0"]),

@@ -56,11 +56,15 @@ impl Session {
             self.ready(Value::error("NOAUTH Authentication required."));
             return;
         }
-        if self.subs.resp2_mode(self.state.protocol)
-            && !pubsub::allowed_when_subscribed(request.name())
-        {
-            self.ready(pubsub::refused_when_subscribed(request.name()));
-            return;
+        if self.subs.resp2_mode(self.state.protocol) {
+            if !pubsub::allowed_when_subscribed(request.name()) {
+                self.ready(pubsub::refused_when_subscribed(request.name()));
+                return;
+            }
+            if request.name() == "PING" && request.argc() <= 2 {
+                self.ready(pubsub::subscribed_pong(request.arg(1)));
+                return;
+            }
         }
         if self.tx.queues(&decision.route) {
             let one_shard = self.view.current.shard_count() == 1;
@@ -331,13 +335,6 @@ impl Session {
     }
 
     fn local(&mut self, command: LocalCommand, request: &Request) {
-        if command == LocalCommand::Ping
-            && self.subs.resp2_mode(self.state.protocol)
-            && request.argc() <= 2
-        {
-            self.ready(pubsub::subscribed_pong(request.arg(1)));
-            return;
-        }
         let password = self.view.current.password();
         match self.state.answer(command, request, password) {
             LocalOutcome::Reply(value) => self.ready(value),
