@@ -84,6 +84,12 @@ impl Session {
             }
             Route::AnyShard => {
                 let shard = self.any_shard();
+                if request.name() == "PING" && self.view.current.is_held(shard) {
+                    // Its engine is being switched over: the endpoint answers for it rather
+                    // than hold a liveness check (see `held_shard`).
+                    self.local(LocalCommand::Ping, &request);
+                    return;
+                }
                 self.forward(shard, request, write, blocking).await;
             }
             Route::Split(split) => self.split(split, write).await,
@@ -108,10 +114,12 @@ impl Session {
         }
     }
 
-    /// The held shard `request` would be sent to, if any (see `hold.rs`).
+    /// The held shard `request` would be sent to, if any (see `hold.rs`). PING never waits
+    /// for a held shard: the endpoint answers it while its shard is held.
     pub(super) fn held_shard(&self, request: &Request, decision: &Decision) -> Option<ShardIndex> {
         let topology = &self.view.current;
         if !topology.any_held()
+            || request.name() == "PING"
             || (!self.state.authenticated && !allowed_before_auth(request))
             || self.tx.queues(&decision.route)
             || decision.rejection(request).is_some()
