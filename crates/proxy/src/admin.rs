@@ -45,6 +45,7 @@ pub(crate) async fn ask(
     let merged = merge_replies(merge, replies);
     match (merge, merged) {
         (Merge::NewestFirst, Value::Array(mut entries)) => {
+            entries.retain(|entry| !is_engine_login(entry));
             entries.truncate(requested_count(request));
             Value::Array(entries)
         }
@@ -80,6 +81,21 @@ async fn ask_one(
     }
 }
 
+/// Whether a SLOWLOG entry is an engine login (AUTH, HELLO): the endpoint's own connections to
+/// its shards (this one included) log in so, while a client's AUTH or HELLO is answered by the
+/// endpoint and never reaches an engine; so they are none of the client's commands (Redis's
+/// unit/slowlog reads the newest entry as its own last command).
+fn is_engine_login(entry: &Value) -> bool {
+    let Value::Array(fields) = entry else {
+        return false;
+    };
+    let Some(Value::Array(args)) = fields.get(3) else {
+        return false;
+    };
+    matches!(args.first(), Some(Value::BulkString(name))
+        if name.eq_ignore_ascii_case(b"AUTH") || name.eq_ignore_ascii_case(b"HELLO"))
+}
+
 /// SLOWLOG GET's count: the argument after GET, 10 without one, everything when negative.
 fn requested_count(request: &Request) -> usize {
     let count = request
@@ -95,6 +111,23 @@ fn requested_count(request: &Request) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_logins_are_not_slowlog_entries() {
+        let entry = |id: i64, name: &str| {
+            Value::Array(vec![
+                Value::Integer(id),
+                Value::Integer(100 - id),
+                Value::Integer(1),
+                Value::Array(vec![Value::bulk(name.to_owned()), Value::bulk("x")]),
+                Value::bulk("127.0.0.1:1"),
+                Value::bulk(""),
+            ])
+        };
+        assert!(is_engine_login(&entry(1, "AUTH")));
+        assert!(is_engine_login(&entry(2, "hello")));
+        assert!(!is_engine_login(&entry(3, "spop")));
+    }
 
     #[test]
     fn slowlog_count_like_redis() {
