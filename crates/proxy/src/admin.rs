@@ -8,6 +8,7 @@
 //! pipeline reached their shards: a SLOWLOG GET pipelined right behind a slow command may not
 //! see it yet (as a second client would not).
 
+use bytes::Bytes;
 use std::time::Duration;
 
 use flotilla_resp::{Protocol, Request, Value};
@@ -38,9 +39,11 @@ pub(crate) async fn ask(
             request.name()
         ));
     };
+    let asked = whole_slowlog(merge, request);
+    let asked = asked.as_ref().unwrap_or(request);
     let mut replies = Vec::with_capacity(usize::from(topology.shard_count()));
     for shard in 0..topology.shard_count() {
-        replies.push(ask_one(topology, ShardIndex(shard), login, request, protocol).await);
+        replies.push(ask_one(topology, ShardIndex(shard), login, asked, protocol).await);
     }
     let merged = merge_replies(merge, replies);
     match (merge, merged) {
@@ -81,10 +84,26 @@ async fn ask_one(
     }
 }
 
-/// Whether a SLOWLOG entry is an engine login (AUTH, HELLO): the endpoint's own connections to
-/// its shards (this one included) log in so, while a client's AUTH or HELLO is answered by the
-/// endpoint and never reaches an engine; so they are none of the client's commands (Redis's
-/// unit/slowlog reads the newest entry as its own last command).
+/// For a valid SLOWLOG GET, the request for every shard's whole log (`SLOWLOG GET -1`): the
+/// endpoint's own entries are left out before the count the client asked for is taken.
+fn whole_slowlog(merge: Merge, request: &Request) -> Option<Request> {
+    let valid = request.argc() == 2
+        || (request.argc() == 3
+            && std::str::from_utf8(&request.argv()[2])
+                .is_ok_and(|count| count.parse::<i64>().is_ok()));
+    (merge == Merge::NewestFirst && valid).then(|| {
+        Request::new(
+            "SLOWLOG",
+            [Bytes::from_static(b"GET"), Bytes::from_static(b"-1")],
+        )
+    })
+}
+
+/// Whether a SLOWLOG entry is the endpoint's own: an engine login (AUTH, HELLO) of its
+/// connections to its shards (this one included), or the ROLE it asks after writes (see
+/// `outcome.rs`). A client's AUTH or HELLO is answered by the endpoint and its ROLE refused,
+/// so none of them is a client's command (Redis's unit/slowlog reads the newest entry as its
+/// own last command).
 fn is_engine_login(entry: &Value) -> bool {
     let Value::Array(fields) = entry else {
         return false;
@@ -93,7 +112,7 @@ fn is_engine_login(entry: &Value) -> bool {
         return false;
     };
     matches!(args.first(), Some(Value::BulkString(name))
-        if name.eq_ignore_ascii_case(b"AUTH") || name.eq_ignore_ascii_case(b"HELLO"))
+        if [&b"AUTH"[..], b"HELLO", b"ROLE"].iter().any(|own| name.eq_ignore_ascii_case(own)))
 }
 
 /// SLOWLOG GET's count: the argument after GET, 10 without one, everything when negative.
@@ -126,7 +145,15 @@ mod tests {
         };
         assert!(is_engine_login(&entry(1, "AUTH")));
         assert!(is_engine_login(&entry(2, "hello")));
-        assert!(!is_engine_login(&entry(3, "spop")));
+        assert!(is_engine_login(&entry(3, "ROLE")));
+        assert!(!is_engine_login(&entry(4, "spop")));
+        let get = |words: &[&str]| {
+            Request::from_argv(words.iter().map(|w| Bytes::from(w.to_string())).collect()).unwrap()
+        };
+        let whole = whole_slowlog(Merge::NewestFirst, &get(&["SLOWLOG", "GET", "5"])).unwrap();
+        assert_eq!(whole.argv()[2], Bytes::from_static(b"-1"));
+        assert!(whole_slowlog(Merge::NewestFirst, &get(&["SLOWLOG", "GET", "x"])).is_none());
+        assert!(whole_slowlog(Merge::SumIntegers, &get(&["SLOWLOG", "LEN"])).is_none());
     }
 
     #[test]
