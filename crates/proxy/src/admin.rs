@@ -8,9 +8,9 @@
 //! pipeline reached their shards: a SLOWLOG GET pipelined right behind a slow command may not
 //! see it yet (as a second client would not).
 
-use bytes::Bytes;
 use std::time::Duration;
 
+use bytes::Bytes;
 use flotilla_resp::{Protocol, Request, Value};
 
 use crate::command::Merge;
