@@ -10,7 +10,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use flotilla_resp::{Protocol, Request, Value};
 
 use crate::command::Merge;
@@ -39,16 +38,13 @@ pub(crate) async fn ask(
             request.name()
         ));
     };
-    let asked = whole_slowlog(merge, request);
-    let asked = asked.as_ref().unwrap_or(request);
     let mut replies = Vec::with_capacity(usize::from(topology.shard_count()));
     for shard in 0..topology.shard_count() {
-        replies.push(ask_one(topology, ShardIndex(shard), login, asked, protocol).await);
+        replies.push(ask_one(topology, ShardIndex(shard), login, request, protocol).await);
     }
     let merged = merge_replies(merge, replies);
     match (merge, merged) {
         (Merge::NewestFirst, Value::Array(mut entries)) => {
-            entries.retain(|entry| !is_engine_login(entry));
             entries.truncate(requested_count(request));
             Value::Array(entries)
         }
@@ -84,37 +80,6 @@ async fn ask_one(
     }
 }
 
-/// For a valid SLOWLOG GET, the request for every shard's whole log (`SLOWLOG GET -1`): the
-/// endpoint's own entries are left out before the count the client asked for is taken.
-fn whole_slowlog(merge: Merge, request: &Request) -> Option<Request> {
-    let valid = request.argc() == 2
-        || (request.argc() == 3
-            && std::str::from_utf8(&request.argv()[2])
-                .is_ok_and(|count| count.parse::<i64>().is_ok()));
-    (merge == Merge::NewestFirst && valid).then(|| {
-        Request::new(
-            "SLOWLOG",
-            [Bytes::from_static(b"GET"), Bytes::from_static(b"-1")],
-        )
-    })
-}
-
-/// Whether a SLOWLOG entry is the endpoint's own: an engine login (AUTH, HELLO) of its
-/// connections to its shards (this one included), or the ROLE it asks after writes (see
-/// `outcome.rs`). A client's AUTH or HELLO is answered by the endpoint and its ROLE refused,
-/// so none of them is a client's command (Redis's unit/slowlog reads the newest entry as its
-/// own last command).
-fn is_engine_login(entry: &Value) -> bool {
-    let Value::Array(fields) = entry else {
-        return false;
-    };
-    let Some(Value::Array(args)) = fields.get(3) else {
-        return false;
-    };
-    matches!(args.first(), Some(Value::BulkString(name))
-        if [&b"AUTH"[..], b"HELLO", b"ROLE"].iter().any(|own| name.eq_ignore_ascii_case(own)))
-}
-
 /// SLOWLOG GET's count: the argument after GET, 10 without one, everything when negative.
 fn requested_count(request: &Request) -> usize {
     let count = request
@@ -130,31 +95,6 @@ fn requested_count(request: &Request) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn engine_logins_are_not_slowlog_entries() {
-        let entry = |id: i64, name: &str| {
-            Value::Array(vec![
-                Value::Integer(id),
-                Value::Integer(100 - id),
-                Value::Integer(1),
-                Value::Array(vec![Value::bulk(name.to_owned()), Value::bulk("x")]),
-                Value::bulk("127.0.0.1:1"),
-                Value::bulk(""),
-            ])
-        };
-        assert!(is_engine_login(&entry(1, "AUTH")));
-        assert!(is_engine_login(&entry(2, "hello")));
-        assert!(is_engine_login(&entry(3, "ROLE")));
-        assert!(!is_engine_login(&entry(4, "spop")));
-        let get = |words: &[&str]| {
-            Request::from_argv(words.iter().map(|w| Bytes::from(w.to_string())).collect()).unwrap()
-        };
-        let whole = whole_slowlog(Merge::NewestFirst, &get(&["SLOWLOG", "GET", "5"])).unwrap();
-        assert_eq!(whole.argv()[2], Bytes::from_static(b"-1"));
-        assert!(whole_slowlog(Merge::NewestFirst, &get(&["SLOWLOG", "GET", "x"])).is_none());
-        assert!(whole_slowlog(Merge::SumIntegers, &get(&["SLOWLOG", "LEN"])).is_none());
-    }
 
     #[test]
     fn slowlog_count_like_redis() {
