@@ -135,9 +135,9 @@ pub fn check_setting(name: &str, value: &str) -> Result<(String, String), Settin
             n.to_string()
         }
         Kind::KeyspaceEvents => {
-            if let Some(c) = value.chars().find(|c| !"AgKE$lshzxetmd".contains(*c)) {
+            if let Some(c) = value.chars().find(|c| !"AgKE$lshzxetmdn".contains(*c)) {
                 return Err(invalid(format!(
-                    "Invalid event class character '{c}'. Use 'Ag$lshzxeKEtmd'."
+                    "Invalid event class character '{c}'. Use 'Ag$lshzxeKEtmdn'."
                 )));
             }
             value.to_string()
@@ -337,6 +337,8 @@ mod tests {
         );
         assert!(check_setting("notify-keyspace-events", "KEA").is_ok());
         assert!(check_setting("notify-keyspace-events", "KEQ").is_err());
+        // Redis 7.0's new-key events (unit/pubsub "Keyspace notifications: new key test").
+        assert!(check_setting("notify-keyspace-events", "KEn").is_ok());
         assert!(same_setting_value("notify-keyspace-events", "AKE", "KEA"));
         assert!(!same_setting_value("notify-keyspace-events", "AK", "KEA"));
     }

@@ -1,5 +1,5 @@
 //! Per-client connection state the proxy keeps itself (protocol, authentication, name, id) and
-//! the answers to the connection commands it handles without a shard: PING, ECHO, SELECT,
+//! the answers to the connection commands it handles without a shard: ECHO, SELECT,
 //! AUTH, HELLO, QUIT, CLIENT (of the caller's own connection: SETNAME/GETNAME/ID/INFO/LIST,
 //! REPLY, KILL of itself, and the tracking subcommands, answered as for a client that never
 //! tracks), ACL WHOAMI.
@@ -477,7 +477,6 @@ mod tests {
             LocalOutcome::Reply(v) => v,
             other => panic!("{other:?}"),
         };
-        assert_eq!(answer(&["PING"]), Value::simple("PONG"));
         assert_eq!(answer(&["ECHO", "hi"]), Value::bulk("hi"));
         assert_eq!(answer(&["SELECT", "0"]), Value::simple("OK"));
         assert_eq!(

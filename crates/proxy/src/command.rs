@@ -32,6 +32,12 @@ pub enum KeySpec {
         /// Index of a destination key before the count, if any.
         dest: Option<usize>,
     },
+    /// A count of key-value pairs at `numkeys_at` followed by that many pairs, then options
+    /// (Valkey 9's MSETEX).
+    NumPairs {
+        /// Index of the count argument.
+        numkeys_at: usize,
+    },
     /// The keys are the first half of the arguments after `STREAMS` (XREAD, XREADGROUP).
     Streams,
     /// A key at 1, plus the argument after `STORE` or `STOREDIST` if present (SORT, GEORADIUS).
@@ -201,6 +207,20 @@ pub struct CommandSpec {
     pub blocking: Blocking,
 }
 
+impl CommandSpec {
+    /// Whether it runs a script or function (EVAL, EVALSHA, FCALL and their `_RO` forms),
+    /// which may run for as long as the script loops: the client that sends one moves to
+    /// connections of its own (see the session's links), so that a long script does not
+    /// stall other clients' requests queued behind it on a shared engine connection, and
+    /// they get `-BUSY` from the engine, as direct clients do, until SCRIPT KILL.
+    pub fn runs_script(&self) -> bool {
+        matches!(
+            self.name,
+            "EVAL" | "EVALSHA" | "EVAL_RO" | "EVALSHA_RO" | "FCALL" | "FCALL_RO"
+        )
+    }
+}
+
 const NO_KEY: KeySpec = KeySpec::None;
 const K1: KeySpec = range(1, 1, 1);
 const K12: KeySpec = range(1, 2, 1);
@@ -288,6 +308,8 @@ pub static COMMANDS: &[CommandSpec] = &[
     ),
     spec("MSET", range(1, -1, 2), Class::Split(Merge::AllOk), true),
     write("MSETNX", range(1, -1, 2)),
+    write("MSETEX", KeySpec::NumPairs { numkeys_at: 1 }),
+    write("DELIFEQ", K1),
     write("APPEND", K1),
     read("STRLEN", K1),
     write("INCR", K1),
@@ -514,6 +536,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     all_shards("SCRIPT|LOAD", Merge::Same, false),
     all_shards("SCRIPT|EXISTS", Merge::ElementwiseMin, false),
     all_shards("SCRIPT|FLUSH", Merge::AllOk, false),
+    all_shards("SCRIPT|KILL", Merge::AnyOk, false),
     spec("FUNCTION", SUB, Class::Refused(UNSUPPORTED), false),
     all_shards("FUNCTION|LOAD", Merge::Same, true),
     all_shards("FUNCTION|DELETE", Merge::AllOk, true),
@@ -593,7 +616,11 @@ pub static COMMANDS: &[CommandSpec] = &[
         false,
     ),
     // Connection: answered by the proxy
-    local("PING", LocalCommand::Ping),
+    // PING reaches an engine (the client's any-shard), as a direct client's reaches its
+    // server: a client learns from it whether the database answers, and gets the engine's
+    // `-BUSY` while a script loops (Redis's unit/scripting and unit/functions wait for that
+    // before they kill the script). A RESP2 subscriber's PING is answered by the endpoint.
+    read("PING", NO_KEY),
     local("ECHO", LocalCommand::Echo),
     local("SELECT", LocalCommand::Select),
     local("AUTH", LocalCommand::Auth),
@@ -721,6 +748,54 @@ pub fn lookup_request(request: &Request) -> Option<&'static CommandSpec> {
     Some(found.unwrap_or(spec))
 }
 
+/// Every subcommand the engines (Redis 7.x, Valkey 8-9) know of the containers listed, which
+/// the proxy answers or refuses in part: a subcommand none of them knows is answered as the
+/// engine answers it (`unknown subcommand`), not with the proxy's refusal of the container.
+const ENGINE_SUBCOMMANDS: &[(&str, &[&str])] = &[
+    ("CONFIG", &["GET", "SET", "RESETSTAT", "REWRITE", "HELP"]),
+    (
+        "FUNCTION",
+        &[
+            "DELETE", "DUMP", "FLUSH", "HELP", "KILL", "LIST", "LOAD", "RESTORE", "STATS",
+        ],
+    ),
+    (
+        "SCRIPT",
+        &["DEBUG", "EXISTS", "FLUSH", "HELP", "KILL", "LOAD", "SHOW"],
+    ),
+    ("SLOWLOG", &["GET", "HELP", "LEN", "RESET"]),
+    (
+        "LATENCY",
+        &[
+            "DOCTOR",
+            "GRAPH",
+            "HELP",
+            "HISTOGRAM",
+            "HISTORY",
+            "LATEST",
+            "RESET",
+        ],
+    ),
+    (
+        "MEMORY",
+        &["DOCTOR", "HELP", "MALLOC-STATS", "PURGE", "STATS", "USAGE"],
+    ),
+];
+
+/// Whether `request` names a subcommand that no engine knows of a container in
+/// [`ENGINE_SUBCOMMANDS`].
+pub fn unknown_subcommand(request: &Request) -> bool {
+    let Some(sub) = request.arg(1) else {
+        return false;
+    };
+    let sub = CommandName::new(sub);
+    let name = request.name().to_ascii_uppercase();
+    ENGINE_SUBCOMMANDS
+        .iter()
+        .find(|(container, _)| *container == name)
+        .is_some_and(|(_, known)| !known.contains(&sub.as_str()))
+}
+
 /// The command table as a markdown table (command, routing, notes), the content of
 /// `COMMANDS.md`.
 ///
@@ -733,7 +808,12 @@ pub fn commands_markdown() -> String {
          answered `-ERR unknown command`. Key positions count the command name as 0.\n\n\
          Keyed commands whose keys hash to different slots get\n\
          `-CROSSSLOT Keys in request don't hash to the same slot`; use `{hashtags}` to group keys.\n\
-         Inside MULTI, every queued command must use the slot the transaction is pinned to.\n\n\
+         Inside MULTI, every queued command must use the slot the transaction is pinned to.\n\
+         On a database of one shard neither applies: every key is on that shard, so keyed\n\
+         commands, WATCH and transactions take keys of any slots, as the engine does.\n\
+         Scripts (EVAL, FCALL) move their client to engine connections of its own, so a\n\
+         script that loops leaves other clients `-BUSY` until `SCRIPT KILL` or\n\
+         `FUNCTION KILL` (sent to every shard).\n\n\
          | command | routing | notes |\n| --- | --- | --- |\n",
     );
     for spec in COMMANDS {
@@ -769,6 +849,9 @@ fn keys_text(keys: KeySpec) -> String {
             dest: Some(dest),
         } => format!("key at {dest}, numkeys at {numkeys_at}, keys after it"),
         KeySpec::NumKeys { numkeys_at, .. } => format!("numkeys at {numkeys_at}, keys after it"),
+        KeySpec::NumPairs { numkeys_at } => {
+            format!("pair count at {numkeys_at}, key-value pairs after it")
+        }
         KeySpec::Streams => "keys: first half of the arguments after STREAMS".into(),
         KeySpec::KeyAndStore => "key at 1, plus the STORE/STOREDIST key".into(),
         KeySpec::Subcommand => "see subcommands".into(),

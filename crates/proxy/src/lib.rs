@@ -31,8 +31,8 @@
 //! clients' requests reach the engine in one write and their replies come back in one read (a
 //! client sending one command per round trip otherwise costs the engine two system calls per
 //! command). A client's pipeline still reaches each shard as one job, in order. Transactions,
-//! WATCH, blocking commands (BLPOP, XREAD BLOCK, WAIT) and RESP3 clients use dedicated
-//! connections instead, opened on first use, one per shard the client touches: they hold
+//! WATCH, blocking commands (BLPOP, XREAD BLOCK, WAIT), scripts (EVAL, FCALL: one may loop
+//! until SCRIPT KILL) and RESP3 clients use dedicated connections instead, opened on first use, one per shard the client touches: they hold
 //! engine-side connection state (or would stall other clients), and a dedicated connection
 //! keeps them correct with no bookkeeping. A client moves to dedicated connections for good at
 //! its first such command, after its earlier commands are answered.
@@ -65,8 +65,10 @@
 //! keeps its TCP connection, id, authentication, protocol, name, subscriptions, MULTI, WATCH,
 //! and a BLPOP it is blocked in.
 //!
-//! Known limits: a client blocked in
-//! BLPOP is not noticed disconnecting until the shard answers; shutdown closes client
+//! A client blocked in BLPOP that disconnects is noticed at once: its engine connection is
+//! closed, so the engine frees its blocked client as it frees a direct one.
+//!
+//! Known limits: shutdown closes client
 //! connections without draining them at command boundaries (the in-place handover detaches or
 //! closes them at boundaries first); a
 //! transaction whose WATCHed shard moved to a new primary returns a null EXEC (aborted) rather

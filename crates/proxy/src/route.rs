@@ -105,6 +105,22 @@ pub enum InvalidRequest {
     InvalidCursor,
 }
 
+impl InvalidRequest {
+    /// Whether the engine refuses such a request too, before it touches any key: a numkeys
+    /// that is not a count of the arguments that follow. Such a keyed request goes to any
+    /// shard so that the client gets the engine's own words, which differ by command
+    /// (`numkeys should be greater than 0`, an arity error for `LMPOP 1`, FCALL's `Bad number
+    /// of keys provided`...).
+    pub fn engine_refuses(self) -> bool {
+        matches!(
+            self,
+            InvalidRequest::NotAnInteger
+                | InvalidRequest::NegativeKeys
+                | InvalidRequest::TooManyKeys
+        )
+    }
+}
+
 /// A request split per shard.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Split {
@@ -184,6 +200,14 @@ pub enum Rejection {
         /// The command, lower-case.
         command: String,
     },
+    /// A subcommand no engine knows, in the engine's words.
+    #[error("ERR unknown subcommand '{subcommand}'. Try {command} HELP.")]
+    UnknownSubcommand {
+        /// The subcommand as sent (truncated).
+        subcommand: String,
+        /// The command, upper-case.
+        command: String,
+    },
     /// A syntax error.
     #[error("ERR syntax error")]
     Syntax,
@@ -202,6 +226,15 @@ impl Decision {
         };
         Some(match &self.route {
             Route::CrossSlot => Rejection::CrossSlot,
+            Route::Refused(_) if crate::command::unknown_subcommand(request) => {
+                Rejection::UnknownSubcommand {
+                    subcommand: String::from_utf8_lossy(request.arg(1).map_or(&[][..], |a| &a[..]))
+                        .chars()
+                        .take(128)
+                        .collect(),
+                    command: request.name().to_ascii_uppercase(),
+                }
+            }
             Route::Refused(reason) => Rejection::Refused {
                 command: command(),
                 reason,
@@ -302,18 +335,22 @@ fn route_spec(
         Class::Admin(merge) => Route::Admin(merge),
         Class::AllShards(merge) => Route::AllShards(merge),
         Class::Scan => Route::Scan(scan_step(request, slots)?),
-        Class::Keyed => match common_slot(request, key_positions(spec, request)?) {
-            SlotOf::NoKey => Route::AnyShard,
-            SlotOf::One(slot) => Route::Slot(slot),
-            SlotOf::Cross => Route::CrossSlot,
+        Class::Keyed => match key_positions(spec, request) {
+            Ok(keys) => match slot_of_keys(request, keys, slots) {
+                SlotOf::NoKey => Route::AnyShard,
+                SlotOf::One(slot) => Route::Slot(slot),
+                SlotOf::Cross => Route::CrossSlot,
+            },
+            Err(invalid) if invalid.engine_refuses() => Route::AnyShard,
+            Err(invalid) => return Err(invalid),
         },
         Class::Split(merge) => split(spec, request, slots, merge)?,
         Class::PubSub(kind) => Route::PubSub {
             kind,
             target: PubSubTarget::PubSubShard,
         },
-        Class::ShardedPubSub(kind) => sharded_pubsub(spec, request, kind)?,
-        Class::Transaction(step) => transaction(spec, request, step)?,
+        Class::ShardedPubSub(kind) => sharded_pubsub(spec, request, slots, kind)?,
+        Class::Transaction(step) => transaction(spec, request, slots, step)?,
     })
 }
 
@@ -346,7 +383,8 @@ fn key_positions(spec: &CommandSpec, request: &Request) -> Result<KeyPositions, 
     match spec.keys {
         KeySpec::None | KeySpec::Subcommand => Ok(KeyPositions::NONE),
         KeySpec::Range { first, last, step } => range_positions(argc, first, last, step),
-        KeySpec::NumKeys { numkeys_at, dest } => numkeys_positions(request, numkeys_at, dest),
+        KeySpec::NumKeys { numkeys_at, dest } => numkeys_positions(request, numkeys_at, dest, 1),
+        KeySpec::NumPairs { numkeys_at } => numkeys_positions(request, numkeys_at, None, 2),
         KeySpec::Streams => {
             let at = stream_options(request)?.streams_at;
             let rest = argc - at - 1;
@@ -404,10 +442,12 @@ fn range_positions(
     })
 }
 
+/// The keys after a count at `numkeys_at`, each `step` arguments apart (2: key-value pairs).
 fn numkeys_positions(
     request: &Request,
     numkeys_at: usize,
     dest: Option<usize>,
+    step: usize,
 ) -> Result<KeyPositions, InvalidRequest> {
     let raw = request.arg(numkeys_at).ok_or(InvalidRequest::WrongArity)?;
     let count: i64 = std::str::from_utf8(raw)
@@ -418,13 +458,14 @@ fn numkeys_positions(
         return Err(InvalidRequest::NegativeKeys);
     }
     let start = numkeys_at + 1;
-    if count as u64 > (request.argc() - start) as u64 {
+    let width = (count as u64).saturating_mul(step as u64);
+    if width > (request.argc() - start) as u64 {
         return Err(InvalidRequest::TooManyKeys);
     }
     Ok(KeyPositions {
         start,
-        end: start + count as usize,
-        step: 1,
+        end: start + width as usize,
+        step,
         extra: dest,
     })
 }
@@ -470,6 +511,20 @@ enum SlotOf {
     NoKey,
     One(u16),
     Cross,
+}
+
+/// The slot a request's keys share, for a command that must run whole on one shard. On a
+/// database of one shard every key is on that shard, so keys in different slots are not
+/// CROSSSLOT there (as on a Redis Software database that is not clustered): the request goes
+/// whole to the one shard, routed by its first key.
+fn slot_of_keys(request: &Request, keys: KeyPositions, slots: &SlotMap) -> SlotOf {
+    match common_slot(request, keys) {
+        SlotOf::Cross if slots.shard_count() == 1 => keys
+            .iter()
+            .next()
+            .map_or(SlotOf::Cross, |i| SlotOf::One(key_slot(&request.argv()[i]))),
+        found => found,
+    }
 }
 
 fn common_slot(request: &Request, keys: KeyPositions) -> SlotOf {
@@ -551,6 +606,7 @@ fn scan_step(request: &Request, slots: &SlotMap) -> Result<ScanStep, InvalidRequ
 fn sharded_pubsub(
     spec: &CommandSpec,
     request: &Request,
+    slots: &SlotMap,
     kind: PubSubKind,
 ) -> Result<Route, InvalidRequest> {
     if kind == PubSubKind::Unsubscribe && request.argc() == 1 {
@@ -559,22 +615,25 @@ fn sharded_pubsub(
             target: PubSubTarget::SubscribedShards,
         });
     }
-    Ok(match common_slot(request, key_positions(spec, request)?) {
-        SlotOf::One(slot) => Route::PubSub {
-            kind,
-            target: PubSubTarget::Slot(slot),
+    Ok(
+        match slot_of_keys(request, key_positions(spec, request)?, slots) {
+            SlotOf::One(slot) => Route::PubSub {
+                kind,
+                target: PubSubTarget::Slot(slot),
+            },
+            SlotOf::NoKey => return Err(InvalidRequest::WrongArity),
+            SlotOf::Cross => Route::CrossSlot,
         },
-        SlotOf::NoKey => return Err(InvalidRequest::WrongArity),
-        SlotOf::Cross => Route::CrossSlot,
-    })
+    )
 }
 
 fn transaction(
     spec: &CommandSpec,
     request: &Request,
+    slots: &SlotMap,
     step: TxStep,
 ) -> Result<Route, InvalidRequest> {
-    let slot = match common_slot(request, key_positions(spec, request)?) {
+    let slot = match slot_of_keys(request, key_positions(spec, request)?, slots) {
         SlotOf::NoKey => None,
         SlotOf::One(slot) => Some(slot),
         SlotOf::Cross => return Ok(Route::CrossSlot),

@@ -1,6 +1,7 @@
 //! The proxy's data path against real redis-7.0 shards: routing by slot, split and fanned-out
 //! commands, pipelining order, AUTH, protocol errors, topology changes, transactions and
-//! blocking commands, shared shard connections. Addresses: 127.0.7.1 - 127.0.7.19 (endpoint port 12000, shards 20001+).
+//! blocking commands, shared shard connections, QUIT. Addresses: 127.0.7.1 - 127.0.7.19, 127.0.153.1, 127.0.163.2
+//! (endpoint port 12000, shards 20001+).
 
 mod common;
 
@@ -565,4 +566,131 @@ async fn client_subcommands_act_on_the_callers_own_connection() {
         client.closed().await,
         "killing itself closes the connection"
     );
+}
+
+/// Redis's unit/quit: QUIT is answered +OK and the connection closes; the commands pipelined
+/// after it are never run, also when they are more than one read, and the next connection
+/// works.
+#[tokio::test]
+async fn quit_closes_the_connection_and_runs_nothing_pipelined_after_it() {
+    let setup = Setup::start("127.0.163.2", 1, 1, None).await;
+    let mut plain = Raw::connect(setup.endpoint).await;
+    plain.send(b"QUIT\r\n").await;
+    assert_eq!(plain.read_to_close().await, b"+OK\r\n");
+
+    let big = "x".repeat(70_000);
+    let pipelines = [
+        "*1\r\n$4\r\nquit\r\n*3\r\n$3\r\nset\r\n$3\r\nfoo\r\n$3\r\nbar\r\n".to_owned(),
+        format!(
+            "*1\r\n$4\r\nquit\r\n*3\r\n$3\r\nset\r\n$3\r\nfoo\r\n${}\r\n{big}\r\n",
+            big.len()
+        ),
+        format!("PING\r\nQUIT\r\nSET foo {}\r\n", &big[..1024]),
+    ];
+    for pipeline in pipelines {
+        let mut raw = Raw::connect(setup.endpoint).await;
+        raw.send(pipeline.as_bytes()).await;
+        let expected = if pipeline.starts_with("PING") {
+            "+PONG\r\n+OK\r\n"
+        } else {
+            "+OK\r\n"
+        };
+        let got = raw.read_to_close().await;
+        assert_eq!(String::from_utf8_lossy(&got), expected);
+        let mut after = Resp::connect(setup.endpoint).await;
+        assert!(
+            after.call(&["GET", "foo"]).await.is_null(),
+            "SET after QUIT ran"
+        );
+        assert_eq!(after.call(&["PING"]).await, RespValue::simple("PONG"));
+    }
+}
+
+/// Redis's unit/multi "MULTI and script timeout": a script that loops holds its engine until
+/// SCRIPT KILL. Meanwhile other clients of the endpoint get `-BUSY` from the engine, as direct
+/// clients do (they are not stuck behind the script on a shared engine connection), and
+/// SCRIPT KILL through the endpoint stops it. (The endpoint used to send the script over the
+/// connection its clients share and refused SCRIPT KILL: every later client of the database
+/// hung, and the suite's next units timed out.)
+#[tokio::test]
+async fn a_looping_script_leaves_other_clients_busy_until_script_kill() {
+    let setup = Setup::start("127.0.163.3", 1, 1, None).await;
+    let mut engine = setup.direct(0).await;
+    let () = redis::cmd("CONFIG")
+        .arg(&["SET", "lua-time-limit", "10"])
+        .query_async(&mut engine)
+        .await
+        .unwrap();
+    let mut other = setup.client(None).await;
+    let () = other.set("xx", 1).await.unwrap();
+    let mut looping = Raw::connect(setup.endpoint).await;
+    looping
+        .send(b"*3\r\n$4\r\nEVAL\r\n$17\r\nwhile true do end\r\n$1\r\n0\r\n")
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let get = tokio::time::timeout(Duration::from_secs(2), other.get::<_, i64>("xx"))
+            .await
+            .expect("a client stuck behind another client's script");
+        match get {
+            Err(e) if e.code() == Some("BUSY") => break,
+            Ok(1) => {}
+            other => panic!("GET while a script loops: {other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the script never made the engine busy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed: String = redis::cmd("SCRIPT")
+        .arg("KILL")
+        .query_async(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(killed, "OK");
+    let reply = String::from_utf8_lossy(&looping.read_at_least(1).await).into_owned();
+    assert!(
+        reply.starts_with("-ERR") && reply.contains("killed by user"),
+        "{reply}"
+    );
+    let xx: i64 = other.get("xx").await.unwrap();
+    assert_eq!(xx, 1);
+    let err = redis::cmd("SCRIPT")
+        .arg("KILL")
+        .query_async::<String>(&mut other)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("NOTBUSY"), "{err}");
+}
+
+/// A client that disconnects while blocked (BLPOP, XREADGROUP BLOCK) is freed on the engine
+/// as a direct one is: the endpoint closes the engine connection it blocked on, and the
+/// engine's blocked count drops back. (It stayed blocked until the shard answered, so INFO's
+/// `blocked_clients` counted clients long gone, and Redis's unit/type/stream-cgroups, which
+/// waits for that count, ran ahead of its own blocked client.)
+#[tokio::test]
+async fn a_client_leaving_while_blocked_is_freed_on_the_engine() {
+    let setup = Setup::start("127.0.163.4", 1, 1, None).await;
+    let mut blocked = Raw::connect(setup.endpoint).await;
+    blocked.send(b"PING\r\nBLPOP gone-list 0\r\n").await;
+    assert_eq!(blocked.read_at_least(7).await, b"+PONG\r\n");
+    setup.wait_blocked(0).await;
+    drop(blocked);
+    setup
+        .wait_blpop(
+            0,
+            false,
+            "the engine still holds the blocked client of a client that left",
+        )
+        .await;
+    // A blocked client that stays gets its reply, with what it pipelined meanwhile after it.
+    let mut waiting = Raw::connect(setup.endpoint).await;
+    waiting.send(b"BLPOP later-list 0\r\n").await;
+    setup.wait_blocked(0).await;
+    waiting.send(b"PING\r\n").await;
+    let mut pusher = setup.client(None).await;
+    let () = pusher.rpush("later-list", "v").await.unwrap();
+    let expected = b"*2\r\n$10\r\nlater-list\r\n$1\r\nv\r\n+PONG\r\n";
+    assert_eq!(waiting.read_at_least(expected.len()).await, expected);
 }

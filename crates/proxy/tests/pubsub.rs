@@ -1,7 +1,8 @@
 //! Pub/sub through the proxy against real redis-7.0 shards: classic channels and patterns on
 //! shard 0, sharded channels by slot, subscribed mode in RESP2 and RESP3 (push frames), the
 //! return to normal mode, RESET, and disconnecting subscribers when their shard's primary
-//! moves. Addresses: 127.0.14.1 - 127.0.14.19 (endpoint port 12000, shards 20001+).
+//! moves, confirmations and messages under CLIENT REPLY OFF. Addresses: 127.0.14.1 - 127.0.14.19
+//! and 127.0.163.1 (endpoint port 12000, shards 20001+).
 
 mod common;
 
@@ -273,4 +274,54 @@ async fn subscribers_are_disconnected_when_shard_zero_moves_and_can_resubscribe(
     let receivers: usize = on_new_primary.publish("moving", "x").await.unwrap();
     assert_eq!(receivers, 1, "resubscribed on the new primary");
     expect(&mut again, &frame('*', &["message", "moving", "x"])).await;
+}
+
+/// Redis's unit/pubsub "PubSub messages with CLIENT REPLY OFF": the engine pushes
+/// (un)subscribe confirmations and messages whatever the reply mode, in RESP3 and RESP2; only
+/// the replies of other commands are silenced. (The proxy muted the confirmations, and the
+/// suite's subscriber waited for them until its unit timed out.)
+#[tokio::test]
+async fn subscribe_confirmations_and_messages_arrive_under_client_reply_off() {
+    let setup = Setup::start("127.0.163.1", 2, 2, None).await;
+    let mut publisher = setup.client(None).await;
+
+    let mut raw = Raw::connect(setup.endpoint).await;
+    raw.send(b"HELLO 3\r\n").await;
+    let hello = raw.read_at_least(1).await;
+    assert!(hello.starts_with(b"%7\r\n"));
+    raw.send(b"CLIENT REPLY OFF\r\nSUBSCRIBE channel\r\nPSUBSCRIBE ch*\r\nGET k\r\n")
+        .await;
+    let expected = [
+        frame('>', &["subscribe", "channel", ":1"]),
+        frame('>', &["psubscribe", "ch*", ":2"]),
+    ]
+    .concat();
+    expect(&mut raw, &expected).await;
+    let receivers: usize = publisher.publish("channel", "hello").await.unwrap();
+    assert_eq!(receivers, 2);
+    let expected = [
+        frame('>', &["message", "channel", "hello"]),
+        frame('>', &["pmessage", "ch*", "channel", "hello"]),
+    ]
+    .concat();
+    expect(&mut raw, &expected).await;
+    raw.send(b"UNSUBSCRIBE channel\r\nPUNSUBSCRIBE ch*\r\nUNSUBSCRIBE none\r\nCLIENT REPLY ON\r\nPING\r\n")
+        .await;
+    let expected = [
+        frame('>', &["unsubscribe", "channel", ":1"]),
+        frame('>', &["punsubscribe", "ch*", ":0"]),
+        frame('>', &["unsubscribe", "none", ":0"]),
+        "+OK\r\n+PONG\r\n".into(),
+    ]
+    .concat();
+    expect(&mut raw, &expected).await;
+
+    let mut resp2 = Raw::connect(setup.endpoint).await;
+    resp2
+        .send(b"CLIENT REPLY OFF\r\nSET k v\r\nPSUBSCRIBE *\r\n")
+        .await;
+    expect(&mut resp2, &frame('*', &["psubscribe", "*", ":1"])).await;
+    let receivers: usize = publisher.publish("any", "x").await.unwrap();
+    assert_eq!(receivers, 1);
+    expect(&mut resp2, &frame('*', &["pmessage", "*", "any", "x"])).await;
 }

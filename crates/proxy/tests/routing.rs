@@ -52,6 +52,26 @@ fn single_key_commands_route_to_the_key_slot_whatever_the_case() {
     assert!(!route(&req(&["GET", "k"]), &three()).write);
 }
 
+/// On a database of one shard every key is on that shard: multi-key commands, scripts and
+/// WATCH of keys in different slots go whole to it, routed by their first key (as a Redis
+/// Software database that is not clustered takes them), never `CROSSSLOT`.
+#[test]
+fn on_one_shard_keys_of_different_slots_are_not_crossslot() {
+    let one = SlotMap::even(1).unwrap();
+    let on_one = |words: &[&str]| route(&req(words), &one).route;
+    assert_eq!(on_one(&["RENAME", "a", "b"]), slot("a"));
+    assert_eq!(on_one(&["SINTER", "b", "a"]), slot("b"));
+    assert_eq!(on_one(&["EVAL", "s", "2", "a", "b"]), slot("a"));
+    assert_eq!(
+        on_one(&["WATCH", "a", "b"]),
+        Route::Transaction {
+            step: TxStep::Watch,
+            slot: Some(key_slot(b"a"))
+        }
+    );
+    assert_eq!(route_of(&["WATCH", "a", "b"]), Route::CrossSlot);
+}
+
 #[test]
 fn multi_key_commands_need_one_slot() {
     assert_eq!(route_of(&["RENAME", "a", "b"]), Route::CrossSlot);
@@ -106,18 +126,73 @@ fn numkeys_commands_find_their_keys() {
     );
     assert_eq!(route_of(&["SINTERCARD", "1", "s", "LIMIT", "5"]), slot("s"));
     assert_eq!(route_of(&["LMPOP", "2", "{l}a", "{l}b", "LEFT"]), slot("l"));
+    // A numkeys the engine refuses too goes to any shard, for the engine's own words (Redis's
+    // unit/type/list "LMPOP with illegal argument": an arity error for `LMPOP 1`).
+    for words in [
+        &["ZUNIONSTORE", "d", "x", "a"][..],
+        &["ZINTER", "3", "a", "b"],
+        &["EVAL", "s", "-1"],
+        &["LMPOP", "1"],
+        &["SINTERCARD", "a", "s"],
+    ] {
+        assert_eq!(route_of(words), Route::AnyShard, "{words:?}");
+    }
     assert_eq!(
-        route_of(&["ZUNIONSTORE", "d", "x", "a"]),
-        Route::Invalid(InvalidRequest::NotAnInteger)
+        route_of(&["LMPOP"]),
+        Route::Invalid(InvalidRequest::WrongArity)
     );
+}
+
+/// A subcommand no engine knows gets the engine's words (Redis's unit/functions "test wrong
+/// subcommand", unit/other "Subcommand syntax error crash"); `PARENT|SUB` is no command.
+#[test]
+fn unknown_subcommands_and_pipe_names_are_answered_as_the_engine_does() {
+    for (words, expected) in [
+        (
+            &["FUNCTION", "bad_subcommand"][..],
+            "ERR unknown subcommand 'bad_subcommand'. Try FUNCTION HELP.",
+        ),
+        (
+            &["config", "GET_XX"],
+            "ERR unknown subcommand 'GET_XX'. Try CONFIG HELP.",
+        ),
+        (
+            &["SCRIPT", "nope"],
+            "ERR unknown subcommand 'nope'. Try SCRIPT HELP.",
+        ),
+    ] {
+        let request = req(words);
+        let rejection = route(&request, &three()).rejection(&request);
+        assert_eq!(rejection.unwrap().to_string(), expected, "{words:?}");
+    }
+    for words in [&["SCRIPT", "DEBUG", "YES"][..], &["CONFIG", "REWRITE"]] {
+        let request = req(words);
+        let rejection = route(&request, &three()).rejection(&request).unwrap();
+        assert!(
+            matches!(rejection, Rejection::Refused { .. }),
+            "{words:?}: {rejection}"
+        );
+    }
+    for words in [&["GET|"][..], &["GET|SET"], &["CONFIG|GET", "GET_XX"]] {
+        assert_eq!(route_of(words), Route::Unknown, "{words:?}");
+    }
+}
+
+/// Valkey 9's MSETEX (a count of key-value pairs, then options) and DELIFEQ route by key.
+#[test]
+fn valkey_9_msetex_and_delifeq_route_by_key() {
     assert_eq!(
-        route_of(&["ZINTER", "3", "a", "b"]),
-        Route::Invalid(InvalidRequest::TooManyKeys)
+        route_of(&["MSETEX", "2", "{m}a", "1", "{m}b", "2", "EX", "10"]),
+        slot("m")
     );
+    assert_eq!(route_of(&["MSETEX", "1", "a", "1", "NX"]), slot("a"));
     assert_eq!(
-        route_of(&["EVAL", "s", "-1"]),
-        Route::Invalid(InvalidRequest::NegativeKeys)
+        route_of(&["MSETEX", "2", "a", "1", "b", "2"]),
+        Route::CrossSlot
     );
+    assert_eq!(route_of(&["MSETEX", "2", "a", "1"]), Route::AnyShard);
+    assert_eq!(route_of(&["DELIFEQ", "k", "v"]), slot("k"));
+    assert!(route(&req(&["DELIFEQ", "k", "v"]), &three()).write);
 }
 
 #[test]
@@ -140,7 +215,14 @@ fn scripts_route_by_declared_keys_or_to_any_shard() {
         Route::AllShards(Merge::ElementwiseMin)
     );
     assert_eq!(route_of(&["FUNCTION", "LIST"]), Route::AnyShard);
-    assert!(matches!(route_of(&["SCRIPT", "KILL"]), Route::Refused(_)));
+    assert_eq!(
+        route_of(&["SCRIPT", "KILL"]),
+        Route::AllShards(Merge::AnyOk)
+    );
+    assert!(matches!(
+        route_of(&["SCRIPT", "DEBUG", "YES"]),
+        Route::Refused(_)
+    ));
 }
 
 #[test]
@@ -335,7 +417,11 @@ fn scan_cursor_naming_a_shard_the_map_lacks_is_invalid() {
 
 #[test]
 fn connection_commands_are_local() {
-    assert_eq!(route_of(&["PING"]), Route::Local(LocalCommand::Ping));
+    assert_eq!(
+        route_of(&["PING"]),
+        Route::AnyShard,
+        "PING reaches an engine"
+    );
     assert_eq!(route_of(&["echo", "x"]), Route::Local(LocalCommand::Echo));
     assert_eq!(
         route_of(&["SELECT", "0"]),
@@ -527,14 +613,10 @@ fn engine_logs_are_read_as_the_admin_user() {
         route_of(&["FUNCTION", "KILL"]),
         Route::AllShards(Merge::AnyOk)
     );
-    let request = req(&["FCALL", "f", "bad"]);
     assert_eq!(
-        route(&request, &three())
-            .rejection(&request)
-            .unwrap()
-            .to_string(),
-        "ERR Bad number of keys provided",
-        "FCALL's own message, as the engine's"
+        route_of(&["FCALL", "f", "bad"]),
+        Route::AnyShard,
+        "FCALL's own message for a bad numkeys is the engine's"
     );
     for words in [&["LATENCY", "DOCTOR"][..], &["MEMORY", "STATS"]] {
         assert!(matches!(route_of(words), Route::Refused(_)), "{words:?}");

@@ -56,14 +56,19 @@ impl Session {
             self.ready(Value::error("NOAUTH Authentication required."));
             return;
         }
-        if self.subs.resp2_mode(self.state.protocol)
-            && !pubsub::allowed_when_subscribed(request.name())
-        {
-            self.ready(pubsub::refused_when_subscribed(request.name()));
-            return;
+        if self.subs.resp2_mode(self.state.protocol) {
+            if !pubsub::allowed_when_subscribed(request.name()) {
+                self.ready(pubsub::refused_when_subscribed(request.name()));
+                return;
+            }
+            if request.name() == "PING" && request.argc() <= 2 {
+                self.ready(pubsub::subscribed_pong(request.arg(1)));
+                return;
+            }
         }
         if self.tx.queues(&decision.route) {
-            let reply = self.tx.queue(request, &decision);
+            let one_shard = self.view.current.shard_count() == 1;
+            let reply = self.tx.queue(request, &decision, one_shard);
             self.ready(reply);
             return;
         }
@@ -79,6 +84,12 @@ impl Session {
             }
             Route::AnyShard => {
                 let shard = self.any_shard();
+                if request.name() == "PING" && self.view.current.is_held(shard) {
+                    // Its engine is being switched over: the endpoint answers for it rather
+                    // than hold a liveness check (see `held_shard`).
+                    self.local(LocalCommand::Ping, &request);
+                    return;
+                }
                 self.forward(shard, request, write, blocking).await;
             }
             Route::Split(split) => self.split(split, write).await,
@@ -103,10 +114,12 @@ impl Session {
         }
     }
 
-    /// The held shard `request` would be sent to, if any (see `hold.rs`).
+    /// The held shard `request` would be sent to, if any (see `hold.rs`). PING never waits
+    /// for a held shard: the endpoint answers it while its shard is held.
     pub(super) fn held_shard(&self, request: &Request, decision: &Decision) -> Option<ShardIndex> {
         let topology = &self.view.current;
         if !topology.any_held()
+            || request.name() == "PING"
             || (!self.state.authenticated && !allowed_before_auth(request))
             || self.tx.queues(&decision.route)
             || decision.rejection(request).is_some()
@@ -330,13 +343,6 @@ impl Session {
     }
 
     fn local(&mut self, command: LocalCommand, request: &Request) {
-        if command == LocalCommand::Ping
-            && self.subs.resp2_mode(self.state.protocol)
-            && request.argc() <= 2
-        {
-            self.ready(pubsub::subscribed_pong(request.arg(1)));
-            return;
-        }
         let password = self.view.current.password();
         match self.state.answer(command, request, password) {
             LocalOutcome::Reply(value) => self.ready(value),
@@ -437,7 +443,8 @@ impl Session {
     }
 
     async fn watch(&mut self, slot: Option<u16>, request: &Request) {
-        let slot = match self.tx.watch(slot) {
+        let one_shard = self.view.current.shard_count() == 1;
+        let slot = match self.tx.watch(slot, one_shard) {
             Ok(slot) => slot,
             Err(reply) => return self.ready(reply),
         };

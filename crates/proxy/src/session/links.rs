@@ -86,7 +86,8 @@ impl ShardLinks {
     }
 
     /// Whether a request makes this client leave the shared connections: it goes to a shard
-    /// and needs the client's own connection there (see `shared.rs`).
+    /// and needs the client's own connection there (see `shared.rs`), or runs a script that
+    /// may hold its connection for long (see [`crate::command::CommandSpec::runs_script`]).
     pub fn must_leave_shared(&self, decision: &Decision, protocol: Protocol) -> bool {
         let to_shard = !matches!(
             decision.route,
@@ -100,6 +101,7 @@ impl ShardLinks {
         self.shared.is_some()
             && to_shard
             && (decision.blocking
+                || decision.spec.is_some_and(|spec| spec.runs_script())
                 || matches!(decision.route, Route::Transaction { .. })
                 || protocol != Protocol::Resp2)
     }

@@ -1100,10 +1100,10 @@ mod tests {
         feed(
             &mut session,
             &mut client,
-            b"$2\r\nhi\r\nPING\r\n*1\r\n$4\r\nPI",
+            b"$2\r\nhi\r\nECHO yo\r\n*1\r\n$4\r\nPI",
         )
         .await;
-        expect(&mut client, b"$2\r\nhi\r\n+PONG\r\n").await;
+        expect(&mut client, b"$2\r\nhi\r\n$2\r\nyo\r\n").await;
         let state = session.capture().expect("at a boundary");
         assert_eq!(state.unread, b"*1\r\n$4\r\nPI".to_vec());
     }
@@ -1186,8 +1186,8 @@ mod tests {
         let served = tokio::spawn(resumed.run());
         engine.write_all(&reply[6..]).await.unwrap();
         expect(&mut client, reply).await;
-        client.write_all(b"PING\r\n").await.unwrap();
-        expect(&mut client, b"+PONG\r\n").await;
+        client.write_all(b"ECHO yo\r\n").await.unwrap();
+        expect(&mut client, b"$2\r\nyo\r\n").await;
         leave(client, served).await;
     }
 

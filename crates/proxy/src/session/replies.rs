@@ -98,6 +98,28 @@ pub(super) enum Combine {
     Info(InfoContext),
 }
 
+/// How much a client blocked in a command may send meanwhile before the session stops
+/// reading it (and so stops noticing it leave) until the reply comes.
+const READ_WHILE_BLOCKED: usize = 1 << 20;
+
+/// What ended the wait for a blocking request's reply (see [`Resolver::wait_blocked`]).
+enum BlockedWait {
+    /// The reply is ready (or the request was not a blocking one).
+    Reply,
+    /// The owner asks the session to detach.
+    Detach,
+    /// The client disconnected.
+    ClientGone,
+}
+
+/// Waits for the owner's next request, or forever without an owner.
+async fn listen(control: Option<&mut SessionControl>) {
+    match control {
+        Some(control) => control.listen().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// One client reply still to be written, in order.
 #[derive(Debug)]
 pub(super) enum Pending {
@@ -194,9 +216,14 @@ impl ReplyQueue {
     }
 
     /// Makes the replies queued from `from` on silent (CLIENT REPLY OFF/SKIP): still read
-    /// from their shards, never written to the client.
+    /// from their shards, never written to the client. (Un)subscribe confirmations stay: the
+    /// engine pushes them whatever the reply mode, as it does published messages, and a
+    /// subscriber waits for them.
     pub fn mute_from(&mut self, from: usize) {
         for entry in self.pending.iter_mut().skip(from) {
+            if matches!(entry, Pending::PubSub { .. } | Pending::Frames(..)) {
+                continue;
+            }
             let inner = std::mem::replace(entry, Pending::Frames(Vec::new(), Protocol::Resp2));
             *entry = Pending::Muted(Box::new(inner));
         }
@@ -209,17 +236,29 @@ impl ReplyQueue {
 
     /// Resolves every queued reply, front to back, into `resolver.out`.
     ///
-    /// The one exception: a blocking request queued last, while the owner asks the session to
-    /// detach before its reply came (`resolver.control`), is given back unanswered, its reply
-    /// still to come on its connection: the client waits for nothing else, so it may move with
-    /// that connection.
+    /// The exceptions, for a blocking request queued last (see [`Resolver::wait_blocked`]):
+    /// while the owner asks the session to detach before its reply came
+    /// (`resolver.control`), it is given back unanswered, its reply still to come on its
+    /// connection: the client waits for nothing else, so it may move with that connection.
+    /// When the client disconnects meanwhile, it is dropped and the session closes, which
+    /// closes the engine connection the request blocks on: the engine frees that client as
+    /// it frees a directly connected one that leaves (its blocked count drops).
     pub async fn resolve_all(&mut self, resolver: &mut Resolver<'_>) -> Option<Pending> {
         let last = self.pending.len().checked_sub(1);
         let mut given_back = None;
         for (i, entry) in self.pending.drain(..).enumerate() {
-            if Some(i) == last && resolver.detaches_while_blocked(&entry).await {
-                given_back = Some(entry);
-                break;
+            if Some(i) == last {
+                match resolver.wait_blocked(&entry).await {
+                    BlockedWait::Reply => {}
+                    BlockedWait::Detach => {
+                        given_back = Some(entry);
+                        break;
+                    }
+                    BlockedWait::ClientGone => {
+                        *resolver.closing = true;
+                        break;
+                    }
+                }
             }
             if let Some(verdict) = resolver.resolve(entry).await {
                 self.batch.record(verdict);
@@ -317,24 +356,34 @@ impl Resolver<'_> {
         }
     }
 
-    /// Whether `entry`, the batch's last, is a blocking request the session detaches with
-    /// instead of waiting for its reply: the owner asks the session to detach (now, or while
-    /// it waits) before the reply is whole in the connection's buffer.
-    async fn detaches_while_blocked(&mut self, entry: &Pending) -> bool {
-        let (Some(control), Pending::Blocking(source, _)) = (self.control.as_deref_mut(), entry)
+    /// Waits for the reply of `entry`, the batch's last, when it is a blocking request: until
+    /// the reply is whole in its connection's buffer, the owner asks the session to detach
+    /// (now, or while it waits), or the client disconnects. Meanwhile what the client sends
+    /// is read into its input buffer (up to [`READ_WHILE_BLOCKED`]), for after the reply.
+    async fn wait_blocked(&mut self, entry: &Pending) -> BlockedWait {
+        let Pending::Blocking(
+            Source::Write(index, _) | Source::Read(index, _) | Source::Shard(index),
+            _,
+        ) = entry
         else {
-            return false;
-        };
-        let (Source::Write(index, _) | Source::Read(index, _) | Source::Shard(index)) = source
-        else {
-            return false;
+            return BlockedWait::Reply;
         };
         loop {
+            let detach = self
+                .control
+                .as_deref()
+                .is_some_and(SessionControl::wants_detach);
+            let room = self.client.input.len() < READ_WHILE_BLOCKED;
             tokio::select! {
                 biased;
-                () = self.links.reply_ready(*index) => return false,
-                () = std::future::ready(()), if control.wants_detach() => return true,
-                () = control.listen() => {}
+                () = self.links.reply_ready(*index) => return BlockedWait::Reply,
+                () = std::future::ready(()), if detach => return BlockedWait::Detach,
+                () = listen(self.control.as_deref_mut()) => {}
+                read = self.client.read(), if room => {
+                    if !matches!(read, Ok(true)) {
+                        return BlockedWait::ClientGone;
+                    }
+                }
             }
         }
     }

@@ -100,13 +100,19 @@ impl TxState {
 
     /// Queues a request inside MULTI after checking it can run in the pinned slot; a refused
     /// one aborts the transaction. Returns the client's reply (`+QUEUED` or the refusal).
-    pub fn queue(&mut self, request: Request, decision: &Decision) -> Value {
+    ///
+    /// On a database of `one_shard`, every request runs where the transaction does: any slot,
+    /// and commands the proxy otherwise splits or sends to every shard (MSET, FLUSHALL,
+    /// DBSIZE, KEYS...), whose one engine's reply is the answer.
+    pub fn queue(&mut self, request: Request, decision: &Decision, one_shard: bool) -> Value {
         let Some(tx) = self.tx.as_mut() else {
             return Value::error("ERR internal: queueing outside MULTI");
         };
         let error = match (decision.rejection(&request), &decision.route) {
             (Some(rejection), _) => Some(rejection.to_string()),
+            (None, Route::Slot(_)) if one_shard && tx.slot.is_some() => None,
             (None, Route::Slot(slot)) => tx.pin(*slot),
+            (None, Route::AllShards(_) | Route::Split(_)) if one_shard => None,
             (None, Route::AnyShard)
             | (None, Route::Local(LocalCommand::Ping | LocalCommand::Echo))
             | (None, Route::Transaction { .. }) => None,
@@ -170,9 +176,9 @@ impl TxState {
     }
 
     /// WATCH with the common slot of its keys: the slot to watch, or why not (inside MULTI, no
-    /// keys, keys in another slot than an earlier WATCH). The session sends it, then records
-    /// the watch with [`TxState::watching`].
-    pub fn watch(&self, slot: Option<u16>) -> Result<u16, Value> {
+    /// keys, keys in another slot than an earlier WATCH, unless the database is of
+    /// `one_shard`). The session sends it, then records the watch with [`TxState::watching`].
+    pub fn watch(&self, slot: Option<u16>, one_shard: bool) -> Result<u16, Value> {
         if self.tx.is_some() {
             return Err(Value::error("ERR WATCH inside MULTI is not allowed"));
         }
@@ -181,7 +187,7 @@ impl TxState {
                 "ERR wrong number of arguments for 'watch' command",
             ));
         };
-        if self.watch.is_some_and(|w| w.slot != slot) {
+        if self.watch.is_some_and(|w| w.slot != slot && !one_shard) {
             return Err(Value::error(
                 "CROSSSLOT Keys in request don't hash to the same slot (already watching another slot)",
             ));
@@ -309,11 +315,11 @@ mod tests {
     fn queue(tx: &mut TxState, words: &[&str]) -> Value {
         let decision = decision(words);
         assert!(tx.queues(&decision.route), "{words:?} is queued");
-        tx.queue(req(words), &decision)
+        tx.queue(req(words), &decision, false)
     }
 
     fn watch_on(tx: &mut TxState, key: &str, shard: usize, generation: u64) {
-        let slot = tx.watch(Some(key_slot(key.as_bytes()))).unwrap();
+        let slot = tx.watch(Some(key_slot(key.as_bytes())), false).unwrap();
         tx.watching(Watch {
             slot,
             shard,
@@ -373,27 +379,62 @@ mod tests {
     fn watch_is_refused_inside_multi_without_keys_and_across_slots() {
         let mut tx = TxState::default();
         assert_eq!(
-            tx.watch(None),
+            tx.watch(None, false),
             Err(Value::error(
                 "ERR wrong number of arguments for 'watch' command"
             ))
         );
         watch_on(&mut tx, "a", 0, 1);
         assert!(
-            tx.watch(Some(key_slot(b"a"))).is_ok(),
+            tx.watch(Some(key_slot(b"a")), false).is_ok(),
             "the same slot again"
         );
-        let other = tx.watch(Some(key_slot(b"b"))).unwrap_err();
+        let other = tx.watch(Some(key_slot(b"b")), false).unwrap_err();
         assert!(matches!(&other, Value::Error(t) if t.starts_with(b"CROSSSLOT")));
         tx.multi();
         assert_eq!(
-            tx.watch(Some(key_slot(b"a"))),
+            tx.watch(Some(key_slot(b"a")), false),
             Err(Value::error("ERR WATCH inside MULTI is not allowed"))
         );
         assert!(
             !tx.queues(&decision(&["WATCH", "a"]).route),
             "WATCH acts inside MULTI"
         );
+    }
+
+    /// On a database of one shard (Redis's unit/multi runs on one): keys of any slots, WATCH
+    /// of several slots and commands sent to every shard all run in the one transaction.
+    #[test]
+    fn on_one_shard_a_transaction_takes_any_slot() {
+        let one = SlotMap::even(1).unwrap();
+        let mut tx = TxState::default();
+        let slot = tx.watch(Some(key_slot(b"a")), true).unwrap();
+        tx.watching(Watch {
+            slot,
+            shard: 0,
+            generation: 1,
+        });
+        assert!(tx.watch(Some(key_slot(b"b")), true).is_ok());
+        tx.multi();
+        for words in [
+            &["SET", "a", "1"][..],
+            &["SET", "b", "2"],
+            &["MSET", "x", "1", "y", "2"],
+            &["DBSIZE"],
+            &["FLUSHALL"],
+        ] {
+            let decision = crate::route(&req(words), &one);
+            assert!(tx.queues(&decision.route));
+            assert_eq!(
+                tx.queue(req(words), &decision, true),
+                Value::simple("QUEUED"),
+                "{words:?}"
+            );
+        }
+        assert!(matches!(
+            tx.exec(|_| ShardIndex(0), |_| true),
+            Exec::Send { queued, watched: true, .. } if queued.len() == 5
+        ));
     }
 
     #[test]

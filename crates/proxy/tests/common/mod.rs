@@ -206,6 +206,13 @@ impl Setup {
     /// Waits, at most 5 s, until a blocking command (BLPOP) sent through the endpoint blocks on
     /// engine `i`.
     pub async fn wait_blocked(&self, i: usize) {
+        self.wait_blpop(i, true, "BLPOP never reached the shard")
+            .await;
+    }
+
+    /// Waits, at most 5 s, until engine `i` has (`blocked`) or no longer has a client blocked
+    /// in BLPOP; panics with `failure` otherwise.
+    pub async fn wait_blpop(&self, i: usize, blocked: bool, failure: &str) {
         let mut engine = self.direct(i).await;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -214,10 +221,10 @@ impl Setup {
                 .query_async(&mut engine)
                 .await
                 .unwrap();
-            if clients.contains("cmd=blpop") {
+            if clients.contains("cmd=blpop") == blocked {
                 return;
             }
-            assert!(Instant::now() < deadline, "BLPOP never reached the shard");
+            assert!(Instant::now() < deadline, "{failure}: {clients}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
