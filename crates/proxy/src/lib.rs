@@ -97,6 +97,7 @@ mod shard;
 mod shared;
 mod stats;
 mod tls;
+mod tracking;
 mod verdict;
 
 pub use command::{lookup, lookup_request, Class, CommandSpec, KeySpec, LocalCommand, Merge};

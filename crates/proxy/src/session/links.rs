@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use flotilla_resp::{Protocol, Request, Value};
 
+use crate::command::LocalCommand;
 use crate::route::{Decision, Route};
 use crate::shard::{ShardConn, ShardError};
 use crate::shared::{Conn, SharedPool};
@@ -97,11 +98,15 @@ impl ShardLinks {
                 | Route::Unknown
                 | Route::Invalid(_)
         );
+        // CLIENT TRACKING and its kin: a tracking client's requests go over connections
+        // that track for it (see `tracking.rs`).
+        let tracking = decision.route == Route::Local(LocalCommand::ClientTracking);
         self.shared.is_some()
-            && to_shard
-            && (decision.blocking
-                || matches!(decision.route, Route::Transaction { .. })
-                || protocol != Protocol::Resp2)
+            && (tracking
+                || to_shard
+                    && (decision.blocking
+                        || matches!(decision.route, Route::Transaction { .. })
+                        || protocol != Protocol::Resp2))
     }
 
     /// Moves this client to connections of its own for good; returns whether it ever sent
