@@ -96,8 +96,9 @@ pub(crate) fn register(id: u64, local: SocketAddr) -> Mailbox {
     Mailbox { id, tx, rx }
 }
 
-impl Drop for Mailbox {
-    fn drop(&mut self) {
+impl Mailbox {
+    /// Takes the client out of the registry: redirects to it break from now on.
+    fn leave(&mut self) {
         let mut clients = clients();
         // A session resumed in this same process registered the id again: keep that one.
         if clients
@@ -106,6 +107,12 @@ impl Drop for Mailbox {
         {
             clients.remove(&self.id);
         }
+    }
+}
+
+impl Drop for Mailbox {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -207,6 +214,12 @@ impl Tracking {
             armed: Vec::new(),
             mailbox: register(id, local),
         }
+    }
+
+    /// The client is closing: clients redirecting to it hear that it is gone from now on,
+    /// not once its session is dropped.
+    pub fn leave(&mut self) {
+        self.mailbox.leave();
     }
 
     /// Whether tracking is on.
@@ -495,10 +508,7 @@ impl Tracking {
     /// its loss) or a redirected note. Pending while there is none.
     pub fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         for index in 0..self.inboxes.len() {
-            loop {
-                let Some(inbox) = self.inboxes[index].as_mut() else {
-                    break;
-                };
+            while let Some(inbox) = self.inboxes[index].as_mut() {
                 match inbox.conn.poll_reply(cx) {
                     Poll::Pending => break,
                     Poll::Ready(Err(_)) => {

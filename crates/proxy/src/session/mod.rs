@@ -656,6 +656,7 @@ impl Session {
             self.replies.finish_batch(started.elapsed(), &self.stats);
         }
         if self.closing {
+            self.tracking.leave();
             let _ = self.client.stream.shutdown().await;
             return Ok(Step::End(Ended::Client));
         }
