@@ -64,7 +64,8 @@ impl Session {
             return;
         }
         if self.tx.queues(&decision.route) {
-            let reply = self.tx.queue(request, &decision);
+            let one_shard = self.view.current.shard_count() == 1;
+            let reply = self.tx.queue(request, &decision, one_shard);
             self.ready(reply);
             return;
         }
