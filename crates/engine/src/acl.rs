@@ -60,6 +60,11 @@ fn rules(user: &str, password: &str, version: EngineVersion) -> Vec<String> {
             }
             rules.extend(PROXY_DENIED.iter().map(|c| format!("-{c}")));
             rules.push("+memory|usage".into());
+            // Client-side caching through an endpoint: the proxy turns tracking on at its own
+            // connection for a client (crates/proxy/src/tracking.rs). Both act on the calling
+            // connection only.
+            rules.push("+client|tracking".into());
+            rules.push("+client|caching".into());
             // ACL CAT lists categories (read-only); redis 6.2 has all of ACL in `@admin`.
             rules.push("+acl|cat".into());
         }

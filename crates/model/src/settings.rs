@@ -69,6 +69,8 @@ const SETTINGS: &[Setting] = &[
     setting("slowlog-max-len", None, Kind::Int(0, i32::MAX as i64)),
     setting("stream-node-max-bytes", None, Kind::Bytes(0, MAX)),
     setting("stream-node-max-entries", None, Kind::Int(0, MAX)),
+    // Client-side caching's key table (per shard: each engine tracks the keys it holds).
+    setting("tracking-table-max-keys", None, Kind::Int(0, MAX)),
     setting(
         "zset-max-listpack-entries",
         Some("zset-max-ziplist-entries"),
@@ -89,7 +91,7 @@ const fn setting(name: &'static str, legacy: Option<&'static str>, kind: Kind) -
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettingError {
     /// Not in the subset a database may change.
-    #[error("'{0}' is not configurable per database (only the settings Redis Software allows are: activerehashing, busy-reply-threshold, *-max-listpack-*/ziplist-*, hll-sparse-max-bytes, list-compress-depth, lua-time-limit, notify-keyspace-events, set-max-intset-entries, slowlog-*, stream-node-max-*)")]
+    #[error("'{0}' is not configurable per database (only the settings Redis Software allows are: activerehashing, busy-reply-threshold, *-max-listpack-*/ziplist-*, hll-sparse-max-bytes, list-compress-depth, lua-time-limit, notify-keyspace-events, set-max-intset-entries, slowlog-*, stream-node-max-*, tracking-table-max-keys)")]
     NotConfigurable(String),
     /// A value the setting does not take.
     #[error("'{name}': {reason}")]

@@ -1,8 +1,8 @@
 //! Per-client connection state the proxy keeps itself (protocol, authentication, name, id) and
 //! the answers to the connection commands it handles without a shard: ECHO, SELECT,
 //! AUTH, HELLO, QUIT, CLIENT (of the caller's own connection: SETNAME/GETNAME/ID/INFO/LIST,
-//! REPLY, KILL of itself, and the tracking subcommands, answered as for a client that never
-//! tracks), ACL WHOAMI.
+//! REPLY, KILL of itself; the tracking subcommands are the session's, see `tracking.rs`), ACL
+//! WHOAMI.
 
 use std::net::SocketAddr;
 
@@ -18,9 +18,6 @@ const API_VERSION: &str = "7.0.0";
 /// Why CLIENT UNPAUSE is refused: a client through the proxy cannot pause others.
 pub(crate) const NO_PAUSE: &str =
     "no client pause exists through the proxy (CLIENT PAUSE is refused), so there is none to end";
-
-/// Why CLIENT TRACKING ON is refused.
-const NO_TRACKING: &str = "ERR CLIENT TRACKING is not supported through the flotilla proxy: invalidation messages would come from each shard separately, and a redirect client may be on another shard's connection (Redis Software supports client-side caching only from Redis 7.4)";
 
 /// CLIENT REPLY: whether the client wants its replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,6 +48,9 @@ pub(crate) struct ClientState {
     pub local: SocketAddr,
     /// CLIENT REPLY (not handed over in an in-place upgrade: a moved client gets replies).
     pub reply: ReplyMode,
+    /// What CLIENT INFO/LIST show of CLIENT TRACKING: the flag letters (`t`, `R`, `B`) and
+    /// the redirect (-1 when off); kept by the session (see `tracking.rs`).
+    pub tracking: (String, i64),
 }
 
 /// What the session does after a local command.
@@ -82,6 +82,7 @@ impl ClientState {
             peer,
             local,
             reply: ReplyMode::On,
+            tracking: (String::new(), -1),
         }
     }
 
@@ -112,7 +113,11 @@ impl ClientState {
             L::ClientInfo => Value::bulk(self.info_line()),
             L::ClientList => self.list(request),
             L::ClientReply => self.set_reply(request),
-            L::ClientTracking => tracking(request),
+            // The session answers these itself (they reach its shard connections; see
+            // `tracking.rs`).
+            L::ClientTracking => {
+                Value::error("ERR internal: CLIENT TRACKING answered outside the session")
+            }
             L::ClientKill => return self.kill(request),
             L::ClientSetInfo | L::ClientNoop | L::ReadMode => Value::simple("OK"),
             // The session answers CONFIG itself (it waits for the node; see `config.rs`).
@@ -295,37 +300,12 @@ impl ClientState {
             Protocol::Resp2 => 2,
             Protocol::Resp3 => 3,
         };
+        let (flags, redir) = &self.tracking;
+        let flags = if flags.is_empty() { "N" } else { flags };
         format!(
-            "id={} addr={} laddr={} name={} db=0 resp={}\n",
-            self.id, self.peer, self.local, name, resp
+            "id={} addr={} laddr={} name={} flags={} db=0 redir={} resp={}\n",
+            self.id, self.peer, self.local, name, flags, redir, resp
         )
-    }
-}
-
-/// CLIENT TRACKING/CACHING/GETREDIR/TRACKINGINFO for a client that never tracks: OFF is
-/// accepted, ON refused with the reason; the rest answer as Redis does for a client without
-/// tracking.
-fn tracking(request: &Request) -> Value {
-    let sub = request
-        .arg(1)
-        .map(|s| s.to_ascii_uppercase())
-        .unwrap_or_default();
-    match sub.as_slice() {
-        b"TRACKING" => match request.arg(2).map(|a| a.to_ascii_uppercase()) {
-            Some(mode) if mode == b"OFF" => Value::simple("OK"),
-            Some(mode) if mode == b"ON" => Value::error(NO_TRACKING),
-            Some(_) => Value::error("ERR syntax error"),
-            None => wrong_arity("client|tracking"),
-        },
-        b"CACHING" => Value::error(
-            "ERR CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled",
-        ),
-        b"GETREDIR" => Value::Integer(-1),
-        _ => Value::Map(vec![
-            (Value::bulk("flags"), Value::Array(vec![Value::bulk("off")])),
-            (Value::bulk("redirect"), Value::Integer(-1)),
-            (Value::bulk("prefixes"), Value::Array(Vec::new())),
-        ]),
     }
 }
 

@@ -142,7 +142,8 @@ pub enum LocalCommand {
     Config,
     /// CLIENT REPLY ON|OFF|SKIP: the session suppresses the caller's replies.
     ClientReply,
-    /// CLIENT TRACKING/CACHING/GETREDIR/TRACKINGINFO: the caller never tracks (see `client.rs`).
+    /// CLIENT TRACKING/CACHING/GETREDIR/TRACKINGINFO: client-side caching, tracked by the
+    /// engines on the caller's own shard connections (see `tracking.rs`).
     ClientTracking,
     /// CLIENT LIST: the caller's own line only.
     ClientList,
@@ -870,12 +871,27 @@ fn routing_text(spec: &CommandSpec) -> String {
         Class::ShardedPubSub(_) => format!("slot of channels ({keys})"),
         Class::Transaction(TxStep::Watch) => format!("transaction: pins the slot ({keys})"),
         Class::Transaction(_) => "transaction step, tracked by the proxy".into(),
+        Class::Local(LocalCommand::ClientTracking) => tracking_routing(spec.name).into(),
         Class::Local(_) => "answered by the proxy".into(),
         Class::Admin(merge) => format!(
             "all shards, as the engines' admin user, merge: {}",
             merge_text(merge)
         ),
         Class::Refused(_) => "refused".into(),
+    }
+}
+
+/// How CLIENT TRACKING and its kin reach the engines (see `tracking.rs`).
+fn tracking_routing(name: &str) -> &'static str {
+    match name {
+        "CLIENT|TRACKING" => {
+            "the caller's own connection to every shard, tracking redirected to the session's \
+             inbox there; invalidations come from the engines (see `tracking.rs`)"
+        }
+        "CLIENT|CACHING" => {
+            "answered by the proxy; sent ahead of the next command to each shard it goes to"
+        }
+        _ => "answered by the proxy (the tracking the session set on the shards)",
     }
 }
 

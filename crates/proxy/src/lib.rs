@@ -32,7 +32,8 @@
 //! client sending one command per round trip otherwise costs the engine two system calls per
 //! command). A client's pipeline still reaches each shard as one job, in order. Transactions,
 //! WATCH, blocking commands (BLPOP, XREAD BLOCK, WAIT), scripts (EVAL, FCALL: one may loop
-//! until SCRIPT KILL) and RESP3 clients use dedicated connections instead, opened on first use, one per shard the client touches: they hold
+//! until SCRIPT KILL), RESP3 and tracking clients use dedicated connections instead, opened on
+//! first use, one per shard the client touches: they hold
 //! engine-side connection state (or would stall other clients), and a dedicated connection
 //! keeps them correct with no bookkeeping. A client moves to dedicated connections for good at
 //! its first such command, after its earlier commands are answered.
@@ -56,6 +57,12 @@
 //! slot's shard for SSUBSCRIBE); messages are pushed to the client as they arrive, in RESP2 or
 //! RESP3. When such a shard's primary moves, the subscribed client is disconnected (its
 //! subscriptions live on the old engine; clients resubscribe when they reconnect).
+//!
+//! Client-side caching (see `tracking.rs`): a client that sends CLIENT TRACKING moves to
+//! connections of its own, on which the engines track for it with its options, redirecting
+//! their invalidations to an inbox connection per shard that the session owns; the session
+//! passes them on between batches as RESP3 pushes, or to the endpoint client named by
+//! REDIRECT. Keys changed anywhere (any node's endpoint, expiry, eviction) invalidate.
 //!
 //! In-place handover (see `control.rs`, `handover.rs`, `session/detach.rs`): under an
 //! [`EndpointControl`] ([`serve_controlled`]), the endpoint's owner stops accepting without
@@ -99,6 +106,7 @@ mod shard;
 mod shared;
 mod stats;
 mod tls;
+mod tracking;
 mod verdict;
 
 pub use command::{lookup, lookup_request, Class, CommandSpec, KeySpec, LocalCommand, Merge};

@@ -55,7 +55,7 @@ impl Session {
     /// given back by [`super::replies::ReplyQueue::resolve_all`]), waits for a reply on its own
     /// connection; `None` when it cannot move now (the session then waits for the reply).
     pub(super) fn capture_blocked(&self, blocked: &Pending) -> Option<SessionState> {
-        if self.client.stream.is_tls() {
+        if self.client.stream.is_tls() || self.tracking.pins() {
             return None;
         }
         let Pending::Blocking(source, _) = blocked else {

@@ -30,6 +30,7 @@ impl Session {
         let queued = self.replies.len();
         let reply_command = decision.route == Route::Local(LocalCommand::ClientReply);
         let mode = self.state.reply;
+        self.send_caching(&request, &decision).await;
         self.route_request(request, decision).await;
         self.mute_replies(queued, reply_command, mode);
     }
@@ -103,6 +104,7 @@ impl Session {
                     crate::config::config(topology.admin(), topology.bdb_uid(), &request).await;
                 self.ready(reply);
             }
+            Route::Local(LocalCommand::ClientTracking) => self.tracking_command(&request).await,
             Route::Local(command) => self.local(command, &request),
             Route::Admin(merge) => {
                 let reply = admin::ask(&self.view.current, merge, &request, self.state.protocol);
@@ -180,13 +182,22 @@ impl Session {
     }
 
     /// A keyless command's shard: spread over shards by client id.
-    fn any_shard(&self) -> ShardIndex {
+    pub(super) fn any_shard(&self) -> ShardIndex {
         let count = u64::from(self.view.current.shard_count().max(1));
         ShardIndex((self.state.id % count) as u16)
     }
 
+    /// The connection to `shard`, opened if needed and switched to the client's protocol,
+    /// and set up to track for the client when it tracks (see `track.rs`).
+    pub(super) async fn open(&mut self, shard: ShardIndex) -> Source {
+        match self.open_conn(shard).await {
+            Source::Shard(index) => self.arm_if_tracking(shard, index).await,
+            other => other,
+        }
+    }
+
     /// The connection to `shard`, opened if needed and switched to the client's protocol.
-    async fn open(&mut self, shard: ShardIndex) -> Source {
+    pub(super) async fn open_conn(&mut self, shard: ShardIndex) -> Source {
         let protocol = self.state.protocol;
         match self.links.open(shard, &self.view.current, protocol).await {
             Ok(Opened { index, hello }) => {
@@ -366,6 +377,7 @@ impl Session {
                     });
                 }
                 self.state.reset(self.view.current.password());
+                self.reset_tracking();
                 self.ready(Value::simple("RESET"));
             }
         }

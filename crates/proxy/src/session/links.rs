@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use flotilla_resp::{Protocol, Request, Value};
 
+use crate::command::LocalCommand;
 use crate::route::{Decision, Route};
 use crate::shard::{ShardConn, ShardError};
 use crate::shared::{Conn, SharedPool};
@@ -98,12 +99,16 @@ impl ShardLinks {
                 | Route::Unknown
                 | Route::Invalid(_)
         );
+        // CLIENT TRACKING and its kin: a tracking client's requests go over connections
+        // that track for it (see `tracking.rs`).
+        let tracking = decision.route == Route::Local(LocalCommand::ClientTracking);
         self.shared.is_some()
-            && to_shard
-            && (decision.blocking
-                || decision.spec.is_some_and(|spec| spec.runs_script())
-                || matches!(decision.route, Route::Transaction { .. })
-                || protocol != Protocol::Resp2)
+            && (tracking
+                || to_shard
+                    && (decision.blocking
+                        || decision.spec.is_some_and(|spec| spec.runs_script())
+                        || matches!(decision.route, Route::Transaction { .. })
+                        || protocol != Protocol::Resp2))
     }
 
     /// Moves this client to connections of its own for good; returns whether it ever sent

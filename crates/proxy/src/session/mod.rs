@@ -46,6 +46,7 @@ use crate::slot::ShardIndex;
 use crate::stats::EndpointStats;
 use crate::tls::ClientStream;
 use crate::topology::Topology;
+use crate::tracking::Tracking;
 
 mod detach;
 mod dispatch;
@@ -53,6 +54,7 @@ mod hold;
 mod links;
 mod replies;
 mod resend;
+mod track;
 mod transaction;
 
 use hold::{Admit, HoldGate, Waited};
@@ -432,6 +434,8 @@ pub(crate) struct Session {
     resend: ResendPolicy,
     tx: TxState,
     subs: Subscriptions,
+    /// CLIENT TRACKING: the client's mode, inboxes and mailbox (see `tracking.rs`).
+    tracking: Tracking,
     /// A request that must go over the client's own connections, read after requests sent
     /// over shared ones in the same batch: it is routed in the next batch, once those are
     /// answered, so the client's order holds across the two.
@@ -507,6 +511,7 @@ impl Session {
             resend: ResendPolicy::new(shard_count, options.hold_timeout),
             tx: TxState::default(),
             subs: Subscriptions::default(),
+            tracking: Tracking::new(id, local),
             deferred: None,
             closing: false,
             batch_size: FIRST_BATCH,
@@ -596,6 +601,7 @@ impl Session {
             let _ = self.client.stream.shutdown().await;
             return Ok(Turn::Over(Step::End(Ended::Client)));
         }
+        self.drain_tracking().await?;
         let started = Instant::now();
         self.client.batch_bytes = 0;
         let routed = self.route_batch().await;
@@ -650,6 +656,7 @@ impl Session {
             self.replies.finish_batch(started.elapsed(), &self.stats);
         }
         if self.closing {
+            self.tracking.leave();
             let _ = self.client.stream.shutdown().await;
             return Ok(Step::End(Ended::Client));
         }
@@ -662,7 +669,8 @@ impl Session {
             return Step::Serve;
         }
         // A TLS session cannot leave the process: it is closed at a boundary instead.
-        if self.control.wants_detach() && !self.client.stream.is_tls() {
+        // Nor can a tracking client's inboxes (see `tracking.rs`).
+        if self.control.wants_detach() && !self.client.stream.is_tls() && !self.tracking.pins() {
             return self
                 .capture()
                 .map_or(Step::Serve, |state| Step::Detach(Box::new(state)));
@@ -685,6 +693,11 @@ impl Session {
             biased;
             () = self.control.listen() => Ok(true),
             read = self.client.read() => read,
+            event = self.tracking.next_event() => {
+                self.on_tracking_event(event);
+                self.client.write_output().await?;
+                Ok(true)
+            }
             () = tokio::time::sleep(timeout), if idle > 0 => {
                 tracing::debug!(seconds = idle, "closing an idle client (client_timeout)");
                 Ok(false)
@@ -699,6 +712,11 @@ impl Session {
         tokio::select! {
             () = self.control.listen() => Ok(true),
             read = self.client.read() => read,
+            event = self.tracking.next_event() => {
+                self.on_tracking_event(event);
+                self.client.write_output().await?;
+                Ok(true)
+            }
             message = self.subs.next_message(self.state.protocol) => match message {
                 Ok(value) => {
                     value.encode_as(&mut self.client.output, self.state.protocol);

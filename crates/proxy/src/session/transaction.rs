@@ -116,6 +116,7 @@ impl TxState {
             (None, Route::AnyShard)
             | (None, Route::Local(LocalCommand::Ping | LocalCommand::Echo))
             | (None, Route::Transaction { .. }) => None,
+            (None, Route::AllShards(_)) if one_shard => None,
             (None, _) => Some(format!(
                 "ERR {} cannot run inside MULTI through the proxy: a transaction runs on one shard",
                 request.name()
@@ -316,6 +317,20 @@ mod tests {
         let decision = decision(words);
         assert!(tx.queues(&decision.route), "{words:?} is queued");
         tx.queue(req(words), &decision, false)
+    }
+
+    /// FLUSHDB inside MULTI: refused where the database has several shards (a transaction
+    /// runs on one), queued where it has one (Redis's unit/tracking flushes inside MULTI).
+    #[test]
+    fn an_all_shards_command_is_queued_only_in_a_one_shard_database() {
+        let words = ["FLUSHDB"];
+        let mut tx = TxState::default();
+        tx.multi();
+        assert!(queue(&mut tx, &words).is_error());
+        let mut tx = TxState::default();
+        tx.multi();
+        let reply = tx.queue(req(&words), &decision(&words), true);
+        assert_eq!(reply, Value::simple("QUEUED"));
     }
 
     fn watch_on(tx: &mut TxState, key: &str, shard: usize, generation: u64) {
