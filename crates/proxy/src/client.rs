@@ -5,11 +5,13 @@
 //! tracks), ACL WHOAMI.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use bytes::Bytes;
 use flotilla_model::DatabasePassword;
 use flotilla_resp::{Protocol, Request, Value};
 
+use crate::client_line::ConnectionFacts;
 use crate::command::LocalCommand;
 
 /// The version string the proxy reports in HELLO: the Redis API level it speaks.
@@ -51,6 +53,20 @@ pub(crate) struct ClientState {
     pub local: SocketAddr,
     /// CLIENT REPLY (not handed over in an in-place upgrade: a moved client gets replies).
     pub reply: ReplyMode,
+    /// When the connection was accepted (CLIENT INFO's `age`; kept by RESET).
+    pub connected_at: Instant,
+    /// When its last command arrived (CLIENT INFO's `idle`).
+    pub last_interaction: Instant,
+    /// Its last command's full name as Redis writes it (`client|list`; CLIENT INFO's `cmd`).
+    pub last_command: String,
+    /// CLIENT SETINFO LIB-NAME and LIB-VER.
+    pub lib: (String, String),
+    /// CLIENT NO-EVICT ON (flag `e`).
+    pub no_evict: bool,
+    /// CLIENT NO-TOUCH ON (flag `T`).
+    pub no_touch: bool,
+    /// The engine's own CLIENT INFO line, read once for the field list (see `client_line.rs`).
+    pub engine_line: Option<Option<String>>,
 }
 
 /// What the session does after a local command.
@@ -82,12 +98,75 @@ impl ClientState {
             peer,
             local,
             reply: ReplyMode::On,
+            connected_at: Instant::now(),
+            last_interaction: Instant::now(),
+            last_command: "NULL".to_owned(),
+            lib: (String::new(), String::new()),
+            no_evict: false,
+            no_touch: false,
+            engine_line: None,
         }
     }
 
-    /// Back to a new connection's state (RESET), keeping the id.
+    /// Back to a new connection's state (RESET), keeping the id, age and library.
     pub fn reset(&mut self, password: Option<&DatabasePassword>) {
-        *self = ClientState::new(self.id, self.peer, self.local, password);
+        let kept = ClientState {
+            connected_at: self.connected_at,
+            last_interaction: self.last_interaction,
+            last_command: std::mem::take(&mut self.last_command),
+            lib: std::mem::take(&mut self.lib),
+            engine_line: self.engine_line.take(),
+            ..ClientState::new(self.id, self.peer, self.local, password)
+        };
+        *self = kept;
+    }
+
+    /// Records a command arriving (CLIENT INFO's `idle` and `cmd`).
+    pub fn note_command(&mut self, request: &Request) {
+        self.last_interaction = Instant::now();
+        if let Some(spec) = crate::command::lookup_request(request) {
+            self.last_command = spec.name.to_ascii_lowercase();
+        }
+    }
+
+    /// What CLIENT INFO says of this connection, given its subscription counts (channels,
+    /// patterns, shard channels) and the commands queued in its MULTI.
+    pub fn facts(&self, subscriptions: [usize; 3], multi: Option<usize>) -> ConnectionFacts {
+        let mut flags = String::new();
+        if subscriptions.iter().any(|&n| n > 0) {
+            flags.push('P');
+        }
+        if multi.is_some() {
+            flags.push('x');
+        }
+        if self.no_evict {
+            flags.push('e');
+        }
+        if self.no_touch {
+            flags.push('T');
+        }
+        if flags.is_empty() {
+            flags.push('N');
+        }
+        let text = |b: &Option<Bytes>| {
+            b.as_ref()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .unwrap_or_default()
+        };
+        ConnectionFacts {
+            id: self.id,
+            addr: self.peer.to_string(),
+            laddr: self.local.to_string(),
+            name: text(&self.name),
+            age: self.connected_at.elapsed(),
+            idle: self.last_interaction.elapsed(),
+            flags,
+            subscriptions,
+            multi,
+            cmd: self.last_command.clone(),
+            protocol: self.protocol,
+            lib: self.lib.clone(),
+        }
     }
 
     /// Answers a command the proxy handles itself. `password` is the database password.
@@ -109,12 +188,18 @@ impl ClientState {
             L::ClientSetName => self.set_name(request),
             L::ClientGetName => self.name.clone().map_or(Value::NullBulkString, Value::bulk),
             L::ClientId => Value::Integer(self.id as i64),
-            L::ClientInfo => Value::bulk(self.info_line()),
-            L::ClientList => self.list(request),
+            L::ClientInfo => Value::bulk(self.facts([0; 3], None).render(None)),
+            L::ClientList => match self.list_keeps(request, false) {
+                Ok(true) => Value::bulk(self.facts([0; 3], None).render(None)),
+                Ok(false) => Value::bulk(""),
+                Err(reply) => reply,
+            },
             L::ClientReply => self.set_reply(request),
             L::ClientTracking => tracking(request),
             L::ClientKill => return self.kill(request),
-            L::ClientSetInfo | L::ClientNoop | L::ReadMode => Value::simple("OK"),
+            L::ClientSetInfo => self.set_info(request),
+            L::ClientNoop => self.set_switch(request),
+            L::ReadMode => Value::simple("OK"),
             // The session answers CONFIG itself (it waits for the node; see `config.rs`).
             L::Config => Value::error("ERR internal: CONFIG answered outside the session"),
             // The database has one user, the default one (see `check`).
@@ -226,79 +311,186 @@ impl ClientState {
         Value::simple("OK")
     }
 
-    /// CLIENT LIST [TYPE normal] [ID id ...]: the caller's own line when the filter keeps it;
-    /// other clients are not reachable through the proxy.
-    fn list(&self, request: &Request) -> Value {
+    /// CLIENT LIST [TYPE type] [ID id ...] [USER user] [ADDR addr] [LADDR addr] [SKIPME
+    /// yes|no]: whether the filters keep the caller's own line (`subscribed`: it is of type
+    /// pubsub); other clients are not reachable through the proxy.
+    pub fn list_keeps(&self, request: &Request, subscribed: bool) -> Result<bool, Value> {
         let args = &request.args()[1..];
-        let mine = match args.first().map(|a| a.to_ascii_uppercase()) {
-            None => true,
-            Some(option) if option == b"TYPE" && args.len() == 2 => {
-                args[1].eq_ignore_ascii_case(b"normal")
+        let mut keep = true;
+        let mut rest = args;
+        while let Some(option) = rest.first() {
+            let option = option.to_ascii_uppercase();
+            if option == b"ID" {
+                let ids = &rest[1..];
+                if ids.is_empty() {
+                    return Err(Value::error("ERR syntax error"));
+                }
+                let mut mine = false;
+                for id in ids {
+                    let id = positive_id(id).ok_or_else(|| Value::error("ERR Invalid client ID"))?;
+                    mine |= id == self.id;
+                }
+                keep &= mine;
+                break;
             }
-            Some(option) if option == b"ID" && args.len() >= 2 => args[1..]
-                .iter()
-                .any(|id| id.as_ref() == self.id.to_string().as_bytes()),
-            Some(_) => return Value::error("ERR syntax error"),
-        };
-        Value::bulk(if mine {
-            self.info_line()
-        } else {
-            String::new()
-        })
+            let [_, value, ..] = rest else {
+                return Err(Value::error("ERR syntax error"));
+            };
+            keep &= match option.as_slice() {
+                b"TYPE" => client_type(value)? == if subscribed { "pubsub" } else { "normal" },
+                b"USER" => user_exists(value)?,
+                b"ADDR" => value.as_ref() == self.peer.to_string().as_bytes(),
+                b"LADDR" => value.as_ref() == self.local.to_string().as_bytes(),
+                b"SKIPME" => !yes_no(value)?,
+                _ => return Err(Value::error("ERR syntax error")),
+            };
+            rest = &rest[2..];
+        }
+        Ok(keep)
     }
 
-    /// CLIENT KILL of the caller's own connection (by `ID`, `ADDR`, `LADDR` or the old
-    /// `addr` form): answered, then the connection closes, as Redis does; any other client is
-    /// out of reach.
+    /// CLIENT KILL of the caller's own connection (by `ID`, `ADDR`, `LADDR`, `USER` with
+    /// `SKIPME no`, or the old `addr` form): answered, then the connection closes, as Redis
+    /// does; any other client is out of reach. Arguments are checked as Redis checks them.
     fn kill(&self, request: &Request) -> LocalOutcome {
         let args = &request.args()[1..];
-        let (peer, local, id) = (
-            self.peer.to_string(),
-            self.local.to_string(),
-            self.id.to_string(),
-        );
-        let is = |value: &Bytes, mine: &str| value.as_ref() == mine.as_bytes();
-        let outcome = match args {
-            [addr] if is(addr, &peer) => Some(Value::simple("OK")),
+        let peer = self.peer.to_string();
+        let names_me = match args {
+            [] => return LocalOutcome::Reply(wrong_arity("client|kill")),
+            [addr] if addr.as_ref() == peer.as_bytes() => return LocalOutcome::CloseAfter(Value::simple("OK")),
             [_] => return LocalOutcome::Reply(Value::error("ERR No such client")),
-            pairs if pairs.len() % 2 == 0 && !pairs.is_empty() => {
-                let names_me =
-                    pairs
-                        .chunks(2)
-                        .all(|pair| match pair[0].to_ascii_uppercase().as_slice() {
-                            b"ID" => is(&pair[1], &id),
-                            b"ADDR" => is(&pair[1], &peer),
-                            b"LADDR" => is(&pair[1], &local),
-                            b"SKIPME" => pair[1].eq_ignore_ascii_case(b"no"),
-                            b"TYPE" => pair[1].eq_ignore_ascii_case(b"normal"),
-                            _ => false,
-                        });
-                names_me.then_some(Value::Integer(1))
-            }
+            pairs if pairs.len() % 2 == 0 => match self.kill_filters_name_me(pairs) {
+                Ok(mine) => mine,
+                Err(reply) => return LocalOutcome::Reply(reply),
+            },
             _ => return LocalOutcome::Reply(Value::error("ERR syntax error")),
         };
-        match outcome {
-            Some(reply) => LocalOutcome::CloseAfter(reply),
-            None => LocalOutcome::Reply(Value::error(
-                "ERR CLIENT KILL through the flotilla proxy reaches only the caller's own connection (by ID, ADDR or LADDR, with SKIPME no): other clients' connections are not reachable through the proxy",
-            )),
+        if names_me {
+            return LocalOutcome::CloseAfter(Value::Integer(1));
         }
+        LocalOutcome::Reply(Value::error(
+            "ERR CLIENT KILL through the flotilla proxy reaches only the caller's own connection (by ID, ADDR or LADDR, with SKIPME no): other clients' connections are not reachable through the proxy",
+        ))
     }
 
-    fn info_line(&self) -> String {
-        let name = self
-            .name
-            .as_ref()
-            .map(|n| String::from_utf8_lossy(n).into_owned())
-            .unwrap_or_default();
-        let resp = match self.protocol {
-            Protocol::Resp2 => 2,
-            Protocol::Resp3 => 3,
+    /// Whether CLIENT KILL's filter pairs all name the caller (SKIPME yes never does), or the
+    /// error Redis gives for a malformed filter.
+    fn kill_filters_name_me(&self, pairs: &[Bytes]) -> Result<bool, Value> {
+        let (peer, local) = (self.peer.to_string(), self.local.to_string());
+        let mut mine = true;
+        for pair in pairs.chunks(2) {
+            let value = &pair[1];
+            mine &= match pair[0].to_ascii_uppercase().as_slice() {
+                b"ID" => {
+                    positive_id(value).ok_or_else(|| {
+                        Value::error("ERR client-id should be greater than 0")
+                    })? == self.id
+                }
+                b"TYPE" => client_type(value)? == "normal",
+                b"USER" => user_exists(value)?,
+                b"ADDR" => value.as_ref() == peer.as_bytes(),
+                b"LADDR" => value.as_ref() == local.as_bytes(),
+                b"SKIPME" => !yes_no(value)?,
+                b"MAXAGE" => true,
+                _ => return Err(Value::error("ERR syntax error")),
+            };
+        }
+        Ok(mine)
+    }
+
+    /// CLIENT SETINFO LIB-NAME|LIB-VER value, checked as Redis 7.2 checks it.
+    fn set_info(&mut self, request: &Request) -> Value {
+        let [_, attr, value] = request.args() else {
+            return wrong_arity("client|setinfo");
         };
-        format!(
-            "id={} addr={} laddr={} name={} db=0 resp={}\n",
-            self.id, self.peer, self.local, name, resp
-        )
+        let attr = attr.to_ascii_lowercase();
+        let slot = match attr.as_slice() {
+            b"lib-name" => &mut self.lib.0,
+            b"lib-ver" => &mut self.lib.1,
+            _ => {
+                return Value::error(format!(
+                    "ERR Unrecognized option '{}'",
+                    String::from_utf8_lossy(&attr)
+                ))
+            }
+        };
+        if value.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+            return Value::error(format!(
+                "ERR {} cannot contain spaces, newlines or special characters.",
+                String::from_utf8_lossy(&attr)
+            ));
+        }
+        *slot = String::from_utf8_lossy(value).into_owned();
+        Value::simple("OK")
+    }
+
+    /// CLIENT NO-EVICT / NO-TOUCH ON|OFF: the flag shows in CLIENT INFO (an endpoint's client
+    /// is never evicted by an engine; NO-TOUCH is for the engine's LRU, which the endpoint's
+    /// shared engine connections do not carry per client).
+    fn set_switch(&mut self, request: &Request) -> Value {
+        let [sub, mode] = request.args() else {
+            let name = request.arg(1).map(|s| s.to_ascii_lowercase()).unwrap_or_default();
+            return wrong_arity(&format!("client|{}", String::from_utf8_lossy(&name)));
+        };
+        let Ok(on) = on_off(mode) else {
+            return Value::error("ERR syntax error");
+        };
+        if sub.eq_ignore_ascii_case(b"no-evict") {
+            self.no_evict = on;
+        } else {
+            self.no_touch = on;
+        }
+        Value::simple("OK")
+    }
+}
+
+/// A CLIENT KILL / CLIENT LIST client id: a positive integer.
+fn positive_id(raw: &[u8]) -> Option<u64> {
+    std::str::from_utf8(raw).ok()?.parse::<u64>().ok().filter(|&id| id > 0)
+}
+
+/// A client type name as Redis knows it, normalized (`slave` is `replica`).
+fn client_type(raw: &[u8]) -> Result<&'static str, Value> {
+    Ok(match raw.to_ascii_lowercase().as_slice() {
+        b"normal" => "normal",
+        b"master" => "master",
+        b"replica" | b"slave" => "replica",
+        b"pubsub" => "pubsub",
+        _ => {
+            return Err(Value::error(format!(
+                "ERR Unknown client type '{}'",
+                String::from_utf8_lossy(raw)
+            )))
+        }
+    })
+}
+
+/// Whether `raw` names the database's one user (`default`); another name is Redis's error.
+fn user_exists(raw: &[u8]) -> Result<bool, Value> {
+    if raw == b"default" {
+        return Ok(true);
+    }
+    Err(Value::error(format!(
+        "ERR No such user '{}'",
+        String::from_utf8_lossy(raw)
+    )))
+}
+
+/// `yes`/`no` (SKIPME).
+fn yes_no(raw: &[u8]) -> Result<bool, Value> {
+    match raw.to_ascii_lowercase().as_slice() {
+        b"yes" => Ok(true),
+        b"no" => Ok(false),
+        _ => Err(Value::error("ERR syntax error")),
+    }
+}
+
+/// `on`/`off`.
+fn on_off(raw: &[u8]) -> Result<bool, ()> {
+    match raw.to_ascii_lowercase().as_slice() {
+        b"on" => Ok(true),
+        b"off" => Ok(false),
+        _ => Err(()),
     }
 }
 

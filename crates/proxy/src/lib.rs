@@ -84,6 +84,7 @@ pub mod topology;
 
 mod admin;
 mod client;
+mod client_line;
 mod config;
 mod control;
 mod frame;

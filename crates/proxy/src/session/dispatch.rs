@@ -28,6 +28,7 @@ impl Session {
     /// replies are suppressed as CLIENT REPLY asks (see [`Session::mute_replies`]).
     pub(super) async fn dispatch(&mut self, request: Request, decision: Decision) {
         let queued = self.replies.len();
+        self.state.note_command(&request);
         let reply_command = decision.route == Route::Local(LocalCommand::ClientReply);
         let mode = self.state.reply;
         self.route_request(request, decision).await;
@@ -90,6 +91,10 @@ impl Session {
                 let topology = &self.view.current;
                 let reply =
                     crate::config::config(topology.admin(), topology.bdb_uid(), &request).await;
+                self.ready(reply);
+            }
+            Route::Local(command @ (LocalCommand::ClientInfo | LocalCommand::ClientList)) => {
+                let reply = self.client_line(command, &request).await;
                 self.ready(reply);
             }
             Route::Local(command) => self.local(command, &request),
@@ -327,6 +332,26 @@ impl Session {
             };
             self.replies.push(entry);
         }
+    }
+
+    /// CLIENT INFO, and CLIENT LIST's one line (the caller's, when its filters keep it), in the
+    /// engine's field list (see `client_line.rs`).
+    async fn client_line(&mut self, command: LocalCommand, request: &Request) -> Value {
+        let subscriptions = self.subs.counts();
+        if command == LocalCommand::ClientList {
+            match self.state.list_keeps(request, subscriptions.iter().any(|&n| n > 0)) {
+                Ok(true) => {}
+                Ok(false) => return Value::bulk(""),
+                Err(reply) => return reply,
+            }
+        }
+        if self.state.engine_line.is_none() {
+            let line = crate::client_line::engine_line(&self.view.current).await;
+            self.state.engine_line = Some(line);
+        }
+        let facts = self.state.facts(subscriptions, self.tx.queued());
+        let template = self.state.engine_line.as_ref().and_then(Option::as_deref);
+        Value::bulk(facts.render(template))
     }
 
     fn local(&mut self, command: LocalCommand, request: &Request) {

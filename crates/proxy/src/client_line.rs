@@ -1,0 +1,149 @@
+//! The line CLIENT INFO and CLIENT LIST give for a client connection through an endpoint, in
+//! the engine's own field list and order: the endpoint asks one shard's engine for its own
+//! `CLIENT INFO` line (as the engines' admin user, once per client connection) and puts the
+//! values the endpoint knows of the caller's connection in it (id, addresses, name, age, idle,
+//! flags, db, subscriptions, MULTI, last command, user, protocol, library). Fields only an
+//! engine connection has (buffers, memory, fd) keep the engine's values. Without an admin login
+//! the line is Redis 7.0's.
+
+use std::time::Duration;
+
+use flotilla_resp::{Protocol, Request, Value};
+
+use crate::topology::Topology;
+
+/// Redis 7.0's CLIENT INFO line, used when no engine's line can be read.
+const REDIS_7_0_LINE: &str = "id=0 addr=0.0.0.0:0 laddr=0.0.0.0:0 fd=8 name= age=0 idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=26 qbuf-free=20448 argv-mem=10 multi-mem=0 rbs=1024 rbp=0 obl=0 oll=0 omem=0 tot-mem=22298 events=r cmd=client|info user=default redir=-1 resp=2";
+
+/// What the endpoint knows of one client connection, for its CLIENT INFO line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConnectionFacts {
+    /// The endpoint's id for the connection.
+    pub id: u64,
+    /// The client's address.
+    pub addr: String,
+    /// The endpoint's address.
+    pub laddr: String,
+    /// CLIENT SETNAME's name (empty: none).
+    pub name: String,
+    /// Since the connection was accepted.
+    pub age: Duration,
+    /// Since its last command before this one.
+    pub idle: Duration,
+    /// Redis's flags letters (`N` when none).
+    pub flags: String,
+    /// Channels, patterns and shard channels subscribed.
+    pub subscriptions: [usize; 3],
+    /// Commands queued in MULTI (`None`: not in MULTI).
+    pub multi: Option<usize>,
+    /// The command's full name as Redis writes it (`client|list`).
+    pub cmd: String,
+    /// RESP2 or RESP3.
+    pub protocol: Protocol,
+    /// CLIENT SETINFO LIB-NAME / LIB-VER.
+    pub lib: (String, String),
+}
+
+impl ConnectionFacts {
+    /// The fields this connection's line takes from the endpoint, by name.
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let [sub, psub, ssub] = self.subscriptions;
+        let multi = self.multi.map_or(-1, |n| n as i64);
+        let resp = match self.protocol {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        };
+        vec![
+            ("id", self.id.to_string()),
+            ("addr", self.addr.clone()),
+            ("laddr", self.laddr.clone()),
+            ("name", self.name.clone()),
+            ("age", self.age.as_secs().to_string()),
+            ("idle", self.idle.as_secs().to_string()),
+            ("flags", self.flags.clone()),
+            ("db", "0".to_owned()),
+            ("sub", sub.to_string()),
+            ("psub", psub.to_string()),
+            ("ssub", ssub.to_string()),
+            ("multi", multi.to_string()),
+            ("watch", "0".to_owned()),
+            ("cmd", self.cmd.clone()),
+            ("user", "default".to_owned()),
+            ("redir", "-1".to_owned()),
+            ("resp", resp.to_string()),
+            ("lib-name", self.lib.0.clone()),
+            ("lib-ver", self.lib.1.clone()),
+        ]
+    }
+
+    /// The connection's line (ending in a newline), in `engine_line`'s fields and order.
+    pub fn render(&self, engine_line: Option<&str>) -> String {
+        let known = self.fields();
+        let template = engine_line.unwrap_or(REDIS_7_0_LINE);
+        let mut line = template
+            .split_whitespace()
+            .map(|field| match field.split_once('=') {
+                Some((key, _)) => match known.iter().find(|(k, _)| *k == key) {
+                    Some((_, value)) => format!("{key}={value}"),
+                    None => field.to_owned(),
+                },
+                None => field.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        line.push('\n');
+        line
+    }
+}
+
+/// The engine's own CLIENT INFO line for a connection of the endpoint's admin user to the
+/// first shard, or `None` when the endpoint has no admin login or the shard does not answer.
+pub(crate) async fn engine_line(topology: &Topology) -> Option<String> {
+    let request = Request::new("CLIENT", ["INFO".into()]);
+    let reply = crate::admin::ask_shard(topology, &request).await?;
+    match reply {
+        Value::BulkString(line) | Value::VerbatimString { text: line, .. } => {
+            let line = String::from_utf8_lossy(&line).trim().to_owned();
+            line.starts_with("id=").then_some(line)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> ConnectionFacts {
+        ConnectionFacts {
+            id: 42,
+            addr: "127.0.0.1:5000".into(),
+            laddr: "127.0.0.1:6000".into(),
+            name: "app".into(),
+            age: Duration::from_secs(7),
+            idle: Duration::from_secs(2),
+            flags: "N".into(),
+            subscriptions: [1, 0, 0],
+            multi: None,
+            cmd: "client|list".into(),
+            protocol: Protocol::Resp2,
+            lib: (String::new(), String::new()),
+        }
+    }
+
+    #[test]
+    fn the_endpoints_facts_go_into_the_engines_fields() {
+        let valkey = "id=9 addr=10.0.0.1:1 laddr=10.0.0.1:2 fd=11 name= age=100 idle=0 flags=N capa= db=0 sub=0 psub=0 ssub=0 multi=-1 watch=0 qbuf=0 qbuf-free=0 argv-mem=10 multi-mem=0 rbs=1024 rbp=0 obl=0 oll=0 omem=0 tot-mem=1928 events=r cmd=client|info user=admin redir=-1 resp=2 lib-name= lib-ver= tot-net-in=30 tot-net-out=0 tot-cmds=1\n";
+        assert_eq!(
+            facts().render(Some(valkey)),
+            "id=42 addr=127.0.0.1:5000 laddr=127.0.0.1:6000 fd=11 name=app age=7 idle=2 flags=N capa= db=0 sub=1 psub=0 ssub=0 multi=-1 watch=0 qbuf=0 qbuf-free=0 argv-mem=10 multi-mem=0 rbs=1024 rbp=0 obl=0 oll=0 omem=0 tot-mem=1928 events=r cmd=client|list user=default redir=-1 resp=2 lib-name= lib-ver= tot-net-in=30 tot-net-out=0 tot-cmds=1\n"
+        );
+    }
+
+    #[test]
+    fn without_an_engine_line_it_is_redis_7_0s() {
+        let line = facts().render(None);
+        assert!(line.starts_with("id=42 addr=127.0.0.1:5000 laddr=127.0.0.1:6000 fd=8 name=app age=7 idle=2 flags=N db=0 sub=1 psub=0 ssub=0 multi=-1 qbuf=26 "), "{line}");
+        assert!(line.ends_with("cmd=client|list user=default redir=-1 resp=2\n"), "{line}");
+    }
+}
