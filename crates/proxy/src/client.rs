@@ -21,6 +21,10 @@ const API_VERSION: &str = "7.0.0";
 pub(crate) const NO_PAUSE: &str =
     "no client pause exists through the proxy (CLIENT PAUSE is refused), so there is none to end";
 
+/// Why CLIENT PAUSE is refused: as in Redis Software (its connection commands compatibility
+/// table lists CLIENT PAUSE and UNPAUSE as not supported).
+pub(crate) const PAUSE: &str = "it would stop every client of the database on every node's endpoint; as in Redis Software, CLIENT PAUSE and UNPAUSE are not supported";
+
 /// Why CLIENT TRACKING ON is refused.
 const NO_TRACKING: &str = "ERR CLIENT TRACKING is not supported through the flotilla proxy: invalidation messages would come from each shard separately, and a redirect client may be on another shard's connection (Redis Software supports client-side caching only from Redis 7.4)";
 

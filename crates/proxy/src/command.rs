@@ -264,6 +264,7 @@ const ADMIN: &str = "cluster administration goes through the flotilla CLI or RES
 const REPLICATION: &str = "replication is managed by flotilla";
 const PERSISTENCE: &str = "persistence is managed by flotilla";
 const CONNECTIONS: &str = "other clients' connections are not reachable through the proxy";
+const MONITOR: &str = "not supported through the flotilla proxy yet: each shard's engine would stream its own commands over a connection of the endpoint's, under the endpoint's address";
 const ONE_DB: &str = "a flotilla database has only database 0";
 const UNSUPPORTED: &str = "not supported through the flotilla proxy";
 const ONE_ENGINE: &str =
@@ -620,6 +621,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     local("CLIENT|TRACKINGINFO", LocalCommand::ClientTracking),
     local("CLIENT|LIST", LocalCommand::ClientList),
     local("CLIENT|KILL", LocalCommand::ClientKill),
+    refused("CLIENT|PAUSE", crate::client::PAUSE),
     refused("CLIENT|UNPAUSE", crate::client::NO_PAUSE),
     // Refused: the cluster manages these, or they reach past the proxy.
     spec(
@@ -633,7 +635,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     local("CONFIG|RESETSTAT", LocalCommand::Config),
     refused("SHUTDOWN", ADMIN),
     refused("DEBUG", ADMIN),
-    refused("MONITOR", UNSUPPORTED),
+    refused("MONITOR", MONITOR),
     refused(
         "CLUSTER",
         "flotilla databases are not in Redis Cluster mode; the proxy routes by slot",
