@@ -11,7 +11,7 @@ use bytes::Bytes;
 use flotilla_model::DatabasePassword;
 use flotilla_resp::{Protocol, Request, Value};
 
-use crate::client_line::ConnectionFacts;
+use crate::client_line::{ConnectionFacts, ListFilter};
 use crate::command::LocalCommand;
 
 /// The version string the proxy reports in HELLO: the Redis API level it speaks.
@@ -125,6 +125,24 @@ impl ClientState {
         *self = kept;
     }
 
+    /// What the endpoint's directory lists of this connection (CLIENT LIST of other clients).
+    pub fn directory_entry(&self) -> crate::directory::Entry {
+        crate::directory::Entry {
+            peer: self.peer,
+            local: self.local,
+            name: self.name_text(),
+            connected_at: self.connected_at,
+        }
+    }
+
+    /// CLIENT SETNAME's name as text (empty: none).
+    pub fn name_text(&self) -> String {
+        self.name
+            .as_ref()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default()
+    }
+
     /// Records a command arriving (CLIENT INFO's `idle` and `cmd`).
     pub fn note_command(&mut self, request: &Request) {
         self.last_interaction = Instant::now();
@@ -152,16 +170,11 @@ impl ClientState {
         if flags.is_empty() {
             flags.push('N');
         }
-        let text = |b: &Option<Bytes>| {
-            b.as_ref()
-                .map(|n| String::from_utf8_lossy(n).into_owned())
-                .unwrap_or_default()
-        };
         ConnectionFacts {
             id: self.id,
             addr: self.peer.to_string(),
             laddr: self.local.to_string(),
-            name: text(&self.name),
+            name: self.name_text(),
             age: self.connected_at.elapsed(),
             idle: self.last_interaction.elapsed(),
             flags,
@@ -193,9 +206,11 @@ impl ClientState {
             L::ClientGetName => self.name.clone().map_or(Value::NullBulkString, Value::bulk),
             L::ClientId => Value::Integer(self.id as i64),
             L::ClientInfo => Value::bulk(self.facts([0; 3], None).render(None)),
-            L::ClientList => match self.list_keeps(request, false) {
-                Ok(true) => Value::bulk(self.facts([0; 3], None).render(None)),
-                Ok(false) => Value::bulk(""),
+            L::ClientList => match ListFilter::parse(request) {
+                Ok(filter) if filter.keeps_caller(self, false) => {
+                    Value::bulk(self.facts([0; 3], None).render(None))
+                }
+                Ok(_) => Value::bulk(""),
                 Err(reply) => reply,
             },
             L::ClientReply => self.set_reply(request),
@@ -315,44 +330,6 @@ impl ClientState {
         Value::simple("OK")
     }
 
-    /// CLIENT LIST [TYPE type] [ID id ...] [USER user] [ADDR addr] [LADDR addr] [SKIPME
-    /// yes|no]: whether the filters keep the caller's own line (`subscribed`: it is of type
-    /// pubsub); other clients are not reachable through the proxy.
-    pub fn list_keeps(&self, request: &Request, subscribed: bool) -> Result<bool, Value> {
-        let args = &request.args()[1..];
-        let mut keep = true;
-        let mut rest = args;
-        while let Some(option) = rest.first() {
-            let option = option.to_ascii_uppercase();
-            if option == b"ID" {
-                let ids = &rest[1..];
-                if ids.is_empty() {
-                    return Err(Value::error("ERR syntax error"));
-                }
-                let mut mine = false;
-                for id in ids {
-                    let id = positive_id(id).ok_or_else(|| Value::error("ERR Invalid client ID"))?;
-                    mine |= id == self.id;
-                }
-                keep &= mine;
-                break;
-            }
-            let [_, value, ..] = rest else {
-                return Err(Value::error("ERR syntax error"));
-            };
-            keep &= match option.as_slice() {
-                b"TYPE" => client_type(value)? == if subscribed { "pubsub" } else { "normal" },
-                b"USER" => user_exists(value)?,
-                b"ADDR" => value.as_ref() == self.peer.to_string().as_bytes(),
-                b"LADDR" => value.as_ref() == self.local.to_string().as_bytes(),
-                b"SKIPME" => !yes_no(value)?,
-                _ => return Err(Value::error("ERR syntax error")),
-            };
-            rest = &rest[2..];
-        }
-        Ok(keep)
-    }
-
     /// CLIENT KILL of the caller's own connection (by `ID`, `ADDR`, `LADDR`, `USER` with
     /// `SKIPME no`, or the old `addr` form): answered, then the connection closes, as Redis
     /// does; any other client is out of reach. Arguments are checked as Redis checks them.
@@ -449,12 +426,12 @@ impl ClientState {
 }
 
 /// A CLIENT KILL / CLIENT LIST client id: a positive integer.
-fn positive_id(raw: &[u8]) -> Option<u64> {
+pub(crate) fn positive_id(raw: &[u8]) -> Option<u64> {
     std::str::from_utf8(raw).ok()?.parse::<u64>().ok().filter(|&id| id > 0)
 }
 
 /// A client type name as Redis knows it, normalized (`slave` is `replica`).
-fn client_type(raw: &[u8]) -> Result<&'static str, Value> {
+pub(crate) fn client_type(raw: &[u8]) -> Result<&'static str, Value> {
     Ok(match raw.to_ascii_lowercase().as_slice() {
         b"normal" => "normal",
         b"master" => "master",
@@ -470,7 +447,7 @@ fn client_type(raw: &[u8]) -> Result<&'static str, Value> {
 }
 
 /// Whether `raw` names the database's one user (`default`); another name is Redis's error.
-fn user_exists(raw: &[u8]) -> Result<bool, Value> {
+pub(crate) fn user_exists(raw: &[u8]) -> Result<bool, Value> {
     if raw == b"default" {
         return Ok(true);
     }
@@ -481,7 +458,7 @@ fn user_exists(raw: &[u8]) -> Result<bool, Value> {
 }
 
 /// `yes`/`no` (SKIPME).
-fn yes_no(raw: &[u8]) -> Result<bool, Value> {
+pub(crate) fn yes_no(raw: &[u8]) -> Result<bool, Value> {
     match raw.to_ascii_lowercase().as_slice() {
         b"yes" => Ok(true),
         b"no" => Ok(false),

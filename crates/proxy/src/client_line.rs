@@ -6,10 +6,14 @@
 //! engine connection has (buffers, memory, fd) keep the engine's values. Without an admin login
 //! the line is Redis 7.0's.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use flotilla_resp::{Protocol, Request, Value};
 
+use crate::client::{client_type, positive_id, user_exists, yes_no, ClientState};
+use crate::directory::Entry;
 use crate::topology::Topology;
 
 /// Redis 7.0's CLIENT INFO line, used when no engine's line can be read.
@@ -93,6 +97,96 @@ impl ConnectionFacts {
             .join(" ");
         line.push('\n');
         line
+    }
+}
+
+impl Entry {
+    /// What the endpoint knows of another of its client connections (name, addresses, age).
+    pub fn facts(&self, id: u64) -> ConnectionFacts {
+        ConnectionFacts {
+            id,
+            addr: self.peer.to_string(),
+            laddr: self.local.to_string(),
+            name: self.name.clone(),
+            age: self.connected_at.elapsed(),
+            idle: Duration::ZERO,
+            flags: "N".to_owned(),
+            subscriptions: [0; 3],
+            multi: None,
+            cmd: "NULL".to_owned(),
+            protocol: Protocol::Resp2,
+            lib: (String::new(), String::new()),
+        }
+    }
+}
+
+/// CLIENT LIST's filters: `[TYPE type] [ID id ...] [USER user] [ADDR addr] [LADDR addr]
+/// [SKIPME yes|no]`, checked as the engine checks them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ListFilter {
+    kind: Option<&'static str>,
+    ids: Option<Vec<u64>>,
+    addr: Option<Bytes>,
+    laddr: Option<Bytes>,
+    skip_me: bool,
+}
+
+impl ListFilter {
+    /// The filters of a CLIENT LIST request, or the engine's error for a malformed one.
+    pub fn parse(request: &Request) -> Result<Self, Value> {
+        let mut filter = ListFilter::default();
+        let mut rest = &request.args()[1..];
+        while let Some(option) = rest.first() {
+            let option = option.to_ascii_uppercase();
+            if option == b"ID" {
+                if rest.len() < 2 {
+                    return Err(Value::error("ERR syntax error"));
+                }
+                let ids = rest[1..].iter().map(|id| positive_id(id));
+                let ids = ids.collect::<Option<Vec<u64>>>();
+                filter.ids = Some(ids.ok_or_else(|| Value::error("ERR Invalid client ID"))?);
+                break;
+            }
+            let [_, value, ..] = rest else {
+                return Err(Value::error("ERR syntax error"));
+            };
+            match option.as_slice() {
+                b"TYPE" => filter.kind = Some(client_type(value)?),
+                b"USER" => {
+                    user_exists(value)?;
+                }
+                b"ADDR" => filter.addr = Some(value.clone()),
+                b"LADDR" => filter.laddr = Some(value.clone()),
+                b"SKIPME" => filter.skip_me = yes_no(value)?,
+                _ => return Err(Value::error("ERR syntax error")),
+            }
+            rest = &rest[2..];
+        }
+        Ok(filter)
+    }
+
+    /// Whether the filters keep a client (`kind`: `normal` or `pubsub`; `me`: the caller).
+    fn keeps(&self, id: u64, peer: SocketAddr, local: SocketAddr, kind: &str, me: bool) -> bool {
+        let is = |want: &Option<Bytes>, addr: SocketAddr| {
+            want.as_ref()
+                .is_none_or(|w| w.as_ref() == addr.to_string().as_bytes())
+        };
+        self.kind.is_none_or(|k| k == kind)
+            && self.ids.as_ref().is_none_or(|ids| ids.contains(&id))
+            && is(&self.addr, peer)
+            && is(&self.laddr, local)
+            && !(me && self.skip_me)
+    }
+
+    /// Whether the filters keep the caller's own line.
+    pub fn keeps_caller(&self, state: &ClientState, subscribed: bool) -> bool {
+        let kind = if subscribed { "pubsub" } else { "normal" };
+        self.keeps(state.id, state.peer, state.local, kind, true)
+    }
+
+    /// Whether the filters keep another client of the endpoint.
+    pub fn keeps_other(&self, id: u64, entry: &Entry) -> bool {
+        self.keeps(id, entry.peer, entry.local, "normal", false)
     }
 }
 

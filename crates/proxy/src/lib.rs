@@ -87,6 +87,7 @@ mod client;
 mod client_line;
 mod config;
 mod control;
+mod directory;
 mod frame;
 mod handover;
 mod info;

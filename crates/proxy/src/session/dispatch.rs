@@ -6,6 +6,7 @@ use flotilla_resp::{Request, Value};
 
 use crate::admin;
 use crate::client::{LocalOutcome, ReplyMode};
+use crate::client_line::ListFilter;
 use crate::command::{LocalCommand, Merge, PubSubKind, TxStep};
 use crate::info::InfoContext;
 use crate::pubsub::{self, Answer, SubKind};
@@ -334,24 +335,39 @@ impl Session {
         }
     }
 
-    /// CLIENT INFO, and CLIENT LIST's one line (the caller's, when its filters keep it), in the
-    /// engine's field list (see `client_line.rs`).
+    /// CLIENT INFO, and CLIENT LIST: the caller's line and the endpoint's other clients' (as
+    /// its directory has them) that the filters keep, in the engine's field list (see
+    /// `client_line.rs`).
     async fn client_line(&mut self, command: LocalCommand, request: &Request) -> Value {
-        let subscriptions = self.subs.counts();
-        if command == LocalCommand::ClientList {
-            match self.state.list_keeps(request, subscriptions.iter().any(|&n| n > 0)) {
-                Ok(true) => {}
-                Ok(false) => return Value::bulk(""),
+        let filter = match command {
+            LocalCommand::ClientList => match ListFilter::parse(request) {
+                Ok(filter) => Some(filter),
                 Err(reply) => return reply,
-            }
-        }
+            },
+            _ => None,
+        };
         if self.state.engine_line.is_none() {
             let line = crate::client_line::engine_line(&self.view.current).await;
             self.state.engine_line = Some(line);
         }
-        let facts = self.state.facts(subscriptions, self.tx.queued());
-        let template = self.state.engine_line.as_ref().and_then(Option::as_deref);
-        Value::bulk(facts.render(template))
+        let template = self.state.engine_line.clone().flatten();
+        let subscriptions = self.subs.counts();
+        let mine = self.state.facts(subscriptions, self.tx.queued());
+        let Some(filter) = filter else {
+            return Value::bulk(mine.render(template.as_deref()));
+        };
+        let subscribed = subscriptions.iter().any(|&n| n > 0);
+        let mut list = String::new();
+        for (id, entry) in self.stats.directory().entries() {
+            if id == self.state.id {
+                if filter.keeps_caller(&self.state, subscribed) {
+                    list.push_str(&mine.render(template.as_deref()));
+                }
+            } else if filter.keeps_other(id, &entry) {
+                list.push_str(&entry.facts(id).render(template.as_deref()));
+            }
+        }
+        Value::bulk(list)
     }
 
     fn local(&mut self, command: LocalCommand, request: &Request) {
@@ -363,7 +379,14 @@ impl Session {
             return;
         }
         let password = self.view.current.password();
-        match self.state.answer(command, request, password) {
+        let outcome = self.state.answer(command, request, password);
+        if matches!(
+            command,
+            LocalCommand::ClientSetName | LocalCommand::Hello
+        ) {
+            self.listed.rename(self.state.name_text());
+        }
+        match outcome {
             LocalOutcome::Reply(value) => self.ready(value),
             LocalOutcome::Quit => {
                 self.ready(Value::simple("OK"));
@@ -385,6 +408,7 @@ impl Session {
                     });
                 }
                 self.state.reset(self.view.current.password());
+                self.listed.rename(String::new());
                 self.ready(Value::simple("RESET"));
             }
         }

@@ -440,6 +440,8 @@ pub(crate) struct Session {
     /// Most requests the next batch routes (see [`next_batch_size`]).
     batch_size: usize,
     stats: EndpointStats,
+    /// Keeps the client in the endpoint's directory (CLIENT LIST) while the session lives.
+    listed: crate::directory::Listed,
     /// The owner's requests (detach, close at a boundary), heard where the session waits.
     control: SessionControl,
 }
@@ -496,6 +498,7 @@ impl Session {
         let _ = stream.tcp().set_nodelay(true);
         let shard_count = view.current.shard_count();
         let state = ClientState::new(id, peer, local, view.current.password());
+        let listed = stats.directory().enter(id, state.directory_entry());
         let mut client = ClientIo::new(stream);
         client.bound(view.current.limits(), state.authenticated);
         Session {
@@ -511,6 +514,7 @@ impl Session {
             closing: false,
             batch_size: FIRST_BATCH,
             stats,
+            listed,
             view,
             control,
         }
