@@ -424,11 +424,11 @@ fn client_info_lists_the_engines_fields_for_the_callers_connection() {
         let direct: String = redis::cmd("CLIENT").arg("INFO").query(&mut shard).unwrap();
         let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut client).unwrap();
         let () = redis::cmd("CLIENT")
-            .arg(["SETNAME", "app"])
+            .arg(&["SETNAME", "app"][..])
             .query(&mut client)
             .unwrap();
         let () = redis::cmd("CLIENT")
-            .arg(["NO-EVICT", "on"])
+            .arg(&["NO-EVICT", "on"][..])
             .query(&mut client)
             .unwrap();
         let line: String = redis::cmd("CLIENT").arg("INFO").query(&mut client).unwrap();
@@ -445,13 +445,13 @@ fn client_info_lists_the_engines_fields_for_the_callers_connection() {
         assert_eq!(fields["db"], "0");
 
         let mine: String = redis::cmd("CLIENT")
-            .arg(["LIST", "ID", &id.to_string()])
+            .arg(&["LIST", "ID", &id.to_string()][..])
             .query(&mut client)
             .unwrap();
         assert_eq!(mine.lines().count(), 1, "{mine}");
         assert_eq!(client_fields(&mine)["cmd"], "client|list");
         let pubsub: String = redis::cmd("CLIENT")
-            .arg(["LIST", "TYPE", "pubsub"])
+            .arg(&["LIST", "TYPE", "pubsub"][..])
             .query(&mut client)
             .unwrap();
         assert_eq!(pubsub, "");

@@ -338,7 +338,9 @@ impl ClientState {
         let peer = self.peer.to_string();
         let names_me = match args {
             [] => return LocalOutcome::Reply(wrong_arity("client|kill")),
-            [addr] if addr.as_ref() == peer.as_bytes() => return LocalOutcome::CloseAfter(Value::simple("OK")),
+            [addr] if addr.as_ref() == peer.as_bytes() => {
+                return LocalOutcome::CloseAfter(Value::simple("OK"))
+            }
             [_] => return LocalOutcome::Reply(Value::error("ERR No such client")),
             pairs if pairs.len() % 2 == 0 => match self.kill_filters_name_me(pairs) {
                 Ok(mine) => mine,
@@ -363,9 +365,9 @@ impl ClientState {
             let value = &pair[1];
             mine &= match pair[0].to_ascii_uppercase().as_slice() {
                 b"ID" => {
-                    positive_id(value).ok_or_else(|| {
-                        Value::error("ERR client-id should be greater than 0")
-                    })? == self.id
+                    positive_id(value)
+                        .ok_or_else(|| Value::error("ERR client-id should be greater than 0"))?
+                        == self.id
                 }
                 b"TYPE" => client_type(value)? == "normal",
                 b"USER" => user_exists(value)?,
@@ -410,7 +412,10 @@ impl ClientState {
     /// shared engine connections do not carry per client).
     fn set_switch(&mut self, request: &Request) -> Value {
         let [sub, mode] = request.args() else {
-            let name = request.arg(1).map(|s| s.to_ascii_lowercase()).unwrap_or_default();
+            let name = request
+                .arg(1)
+                .map(|s| s.to_ascii_lowercase())
+                .unwrap_or_default();
             return wrong_arity(&format!("client|{}", String::from_utf8_lossy(&name)));
         };
         let Ok(on) = on_off(mode) else {
@@ -427,7 +432,11 @@ impl ClientState {
 
 /// A CLIENT KILL / CLIENT LIST client id: a positive integer.
 pub(crate) fn positive_id(raw: &[u8]) -> Option<u64> {
-    std::str::from_utf8(raw).ok()?.parse::<u64>().ok().filter(|&id| id > 0)
+    std::str::from_utf8(raw)
+        .ok()?
+        .parse::<u64>()
+        .ok()
+        .filter(|&id| id > 0)
 }
 
 /// A client type name as Redis knows it, normalized (`slave` is `replica`).

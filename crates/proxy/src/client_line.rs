@@ -238,6 +238,9 @@ mod tests {
     fn without_an_engine_line_it_is_redis_7_0s() {
         let line = facts().render(None);
         assert!(line.starts_with("id=42 addr=127.0.0.1:5000 laddr=127.0.0.1:6000 fd=8 name=app age=7 idle=2 flags=N db=0 sub=1 psub=0 ssub=0 multi=-1 qbuf=26 "), "{line}");
-        assert!(line.ends_with("cmd=client|list user=default redir=-1 resp=2\n"), "{line}");
+        assert!(
+            line.ends_with("cmd=client|list user=default redir=-1 resp=2\n"),
+            "{line}"
+        );
     }
 }

@@ -380,10 +380,7 @@ impl Session {
         }
         let password = self.view.current.password();
         let outcome = self.state.answer(command, request, password);
-        if matches!(
-            command,
-            LocalCommand::ClientSetName | LocalCommand::Hello
-        ) {
+        if matches!(command, LocalCommand::ClientSetName | LocalCommand::Hello) {
             self.listed.rename(self.state.name_text());
         }
         match outcome {
