@@ -374,7 +374,20 @@ impl ClientState {
                 b"ADDR" => value.as_ref() == peer.as_bytes(),
                 b"LADDR" => value.as_ref() == local.as_bytes(),
                 b"SKIPME" => !yes_no(value)?,
-                b"MAXAGE" => true,
+                b"MAXAGE" => {
+                    let age = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.parse::<i64>().ok());
+                    match age {
+                        None => {
+                            return Err(Value::error("ERR value is not an integer or out of range"))
+                        }
+                        Some(age) if age < 0 => {
+                            return Err(Value::error("ERR maxage should be greater than 0"))
+                        }
+                        Some(age) => self.connected_at.elapsed().as_secs() >= age as u64,
+                    }
+                }
                 _ => return Err(Value::error("ERR syntax error")),
             };
         }

@@ -129,23 +129,32 @@ pub(crate) struct ListFilter {
     addr: Option<Bytes>,
     laddr: Option<Bytes>,
     skip_me: bool,
+    /// Valkey's MAXAGE: clients at most this many seconds old.
+    max_age: Option<u64>,
 }
 
 impl ListFilter {
-    /// The filters of a CLIENT LIST request, or the engine's error for a malformed one.
+    /// The filters of a CLIENT LIST request, or Redis 7.0's error for a malformed one (the
+    /// session first has the engine check them: its own errors are the engine's words).
     pub fn parse(request: &Request) -> Result<Self, Value> {
         let mut filter = ListFilter::default();
         let mut rest = &request.args()[1..];
         while let Some(option) = rest.first() {
             let option = option.to_ascii_uppercase();
             if option == b"ID" {
-                if rest.len() < 2 {
-                    return Err(Value::error("ERR syntax error"));
+                // Redis 7.0 takes every argument after ID as an id; Valkey 8 takes the ids
+                // up to the next filter (an engine that refused the rest already said so).
+                let count = rest[1..]
+                    .iter()
+                    .take_while(|a| positive_id(a).is_some())
+                    .count();
+                if count == 0 {
+                    return Err(Value::error("ERR Invalid client ID"));
                 }
-                let ids = rest[1..].iter().map(|id| positive_id(id));
-                let ids = ids.collect::<Option<Vec<u64>>>();
-                filter.ids = Some(ids.ok_or_else(|| Value::error("ERR Invalid client ID"))?);
-                break;
+                let ids = rest[1..=count].iter().filter_map(|a| positive_id(a));
+                filter.ids = Some(ids.collect());
+                rest = &rest[1 + count..];
+                continue;
             }
             let [_, value, ..] = rest else {
                 return Err(Value::error("ERR syntax error"));
@@ -158,6 +167,13 @@ impl ListFilter {
                 b"ADDR" => filter.addr = Some(value.clone()),
                 b"LADDR" => filter.laddr = Some(value.clone()),
                 b"SKIPME" => filter.skip_me = yes_no(value)?,
+                b"MAXAGE" => {
+                    let age = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+                    let age = age.ok_or_else(|| {
+                        Value::error("ERR value is not an integer or out of range")
+                    })?;
+                    filter.max_age = Some(age);
+                }
                 _ => return Err(Value::error("ERR syntax error")),
             }
             rest = &rest[2..];
@@ -166,7 +182,8 @@ impl ListFilter {
     }
 
     /// Whether the filters keep a client (`kind`: `normal` or `pubsub`; `me`: the caller).
-    fn keeps(&self, id: u64, peer: SocketAddr, local: SocketAddr, kind: &str, me: bool) -> bool {
+    fn keeps(&self, client: (u64, SocketAddr, SocketAddr, Duration), kind: &str, me: bool) -> bool {
+        let (id, peer, local, age) = client;
         let is = |want: &Option<Bytes>, addr: SocketAddr| {
             want.as_ref()
                 .is_none_or(|w| w.as_ref() == addr.to_string().as_bytes())
@@ -176,18 +193,32 @@ impl ListFilter {
             && is(&self.addr, peer)
             && is(&self.laddr, local)
             && !(me && self.skip_me)
+            && self.max_age.is_none_or(|max| age.as_secs() <= max)
     }
 
     /// Whether the filters keep the caller's own line.
     pub fn keeps_caller(&self, state: &ClientState, subscribed: bool) -> bool {
         let kind = if subscribed { "pubsub" } else { "normal" };
-        self.keeps(state.id, state.peer, state.local, kind, true)
+        let age = state.connected_at.elapsed();
+        self.keeps((state.id, state.peer, state.local, age), kind, true)
     }
 
     /// Whether the filters keep another client of the endpoint.
     pub fn keeps_other(&self, id: u64, entry: &Entry) -> bool {
-        self.keeps(id, entry.peer, entry.local, "normal", false)
+        let age = entry.connected_at.elapsed();
+        self.keeps((id, entry.peer, entry.local, age), "normal", false)
     }
+}
+
+/// The engine's error for a CLIENT LIST with filters (each engine words and accepts them its
+/// own way: Valkey 8 has more filters than Redis 7.0), asked as the admin user; `None` when it
+/// accepts them, when there are none, or when the endpoint has no admin login.
+pub(crate) async fn engine_refuses(topology: &Topology, request: &Request) -> Option<Value> {
+    if request.argc() <= 2 {
+        return None;
+    }
+    let reply = crate::admin::ask_shard(topology, request).await?;
+    reply.is_error().then_some(reply)
 }
 
 /// The engine's own CLIENT INFO line for a connection of the endpoint's admin user to the
@@ -232,6 +263,50 @@ mod tests {
             facts().render(Some(valkey)),
             "id=42 addr=127.0.0.1:5000 laddr=127.0.0.1:6000 fd=11 name=app age=7 idle=2 flags=N capa= db=0 sub=1 psub=0 ssub=0 multi=-1 watch=0 qbuf=0 qbuf-free=0 argv-mem=10 multi-mem=0 rbs=1024 rbp=0 obl=0 oll=0 omem=0 tot-mem=1928 events=r cmd=client|list user=default redir=-1 resp=2 lib-name= lib-ver= tot-net-in=30 tot-net-out=0 tot-cmds=1\n"
         );
+    }
+
+    #[test]
+    fn list_filters_take_ids_up_to_the_next_filter() {
+        let req = |words: &[&str]| {
+            Request::from_argv(words.iter().map(|w| Bytes::from(w.to_string())).collect()).unwrap()
+        };
+        let filter =
+            ListFilter::parse(&req(&["CLIENT", "LIST", "ID", "3", "5", "TYPE", "normal"])).unwrap();
+        assert_eq!(filter.ids, Some(vec![3, 5]));
+        assert_eq!(filter.kind, Some("normal"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let age = Duration::from_secs(1);
+        assert!(filter.keeps((3, addr, addr, age), "normal", true));
+        assert!(!filter.keeps((4, addr, addr, age), "normal", false));
+        assert!(!filter.keeps((5, addr, addr, age), "pubsub", true));
+        let errors = [
+            (
+                &["CLIENT", "LIST", "ID", "str"][..],
+                "ERR Invalid client ID",
+            ),
+            (
+                &["CLIENT", "LIST", "TYPE", "wrong"],
+                "ERR Unknown client type 'wrong'",
+            ),
+            (
+                &["CLIENT", "LIST", "USER", "nobody"],
+                "ERR No such user 'nobody'",
+            ),
+            (&["CLIENT", "LIST", "SKIPME", "maybe"], "ERR syntax error"),
+            (&["CLIENT", "LIST", "BOGUS", "1"], "ERR syntax error"),
+        ];
+        for (words, expected) in errors {
+            assert_eq!(
+                ListFilter::parse(&req(words)),
+                Err(Value::error(expected)),
+                "{words:?}"
+            );
+        }
+        let skip =
+            ListFilter::parse(&req(&["CLIENT", "LIST", "SKIPME", "yes", "MAXAGE", "10"])).unwrap();
+        assert!(!skip.keeps((3, addr, addr, age), "normal", true));
+        assert!(skip.keeps((4, addr, addr, age), "normal", false));
+        assert!(!skip.keeps((4, addr, addr, Duration::from_secs(11)), "normal", false));
     }
 
     #[test]

@@ -340,10 +340,17 @@ impl Session {
     /// `client_line.rs`).
     async fn client_line(&mut self, command: LocalCommand, request: &Request) -> Value {
         let filter = match command {
-            LocalCommand::ClientList => match ListFilter::parse(request) {
-                Ok(filter) => Some(filter),
-                Err(reply) => return reply,
-            },
+            LocalCommand::ClientList => {
+                if let Some(refused) =
+                    crate::client_line::engine_refuses(&self.view.current, request).await
+                {
+                    return refused;
+                }
+                match ListFilter::parse(request) {
+                    Ok(filter) => Some(filter),
+                    Err(reply) => return reply,
+                }
+            }
             _ => None,
         };
         if self.state.engine_line.is_none() {
