@@ -82,8 +82,6 @@ pub(crate) enum LocalOutcome {
     Quit,
     /// RESET: the session drops transaction state, then the state is reset here.
     Reset,
-    /// Write this reply and close the connection (CLIENT KILL of the caller itself).
-    CloseAfter(Value),
 }
 
 impl ClientState {
@@ -132,6 +130,7 @@ impl ClientState {
             local: self.local,
             name: self.name_text(),
             connected_at: self.connected_at,
+            kill: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -215,7 +214,8 @@ impl ClientState {
             },
             L::ClientReply => self.set_reply(request),
             L::ClientTracking => tracking(request),
-            L::ClientKill => return self.kill(request),
+            // The session answers CLIENT KILL itself (it reaches the endpoint's other clients).
+            L::ClientKill => Value::error("ERR internal: CLIENT KILL answered outside the session"),
             L::ClientSetInfo => self.set_info(request),
             L::ClientNoop => self.set_switch(request),
             L::ReadMode => Value::simple("OK"),
@@ -328,70 +328,6 @@ impl ClientState {
             _ => return Value::error("ERR syntax error"),
         };
         Value::simple("OK")
-    }
-
-    /// CLIENT KILL of the caller's own connection (by `ID`, `ADDR`, `LADDR`, `USER` with
-    /// `SKIPME no`, or the old `addr` form): answered, then the connection closes, as Redis
-    /// does; any other client is out of reach. Arguments are checked as Redis checks them.
-    fn kill(&self, request: &Request) -> LocalOutcome {
-        let args = &request.args()[1..];
-        let peer = self.peer.to_string();
-        let names_me = match args {
-            [] => return LocalOutcome::Reply(wrong_arity("client|kill")),
-            [addr] if addr.as_ref() == peer.as_bytes() => {
-                return LocalOutcome::CloseAfter(Value::simple("OK"))
-            }
-            [_] => return LocalOutcome::Reply(Value::error("ERR No such client")),
-            pairs if pairs.len() % 2 == 0 => match self.kill_filters_name_me(pairs) {
-                Ok(mine) => mine,
-                Err(reply) => return LocalOutcome::Reply(reply),
-            },
-            _ => return LocalOutcome::Reply(Value::error("ERR syntax error")),
-        };
-        if names_me {
-            return LocalOutcome::CloseAfter(Value::Integer(1));
-        }
-        LocalOutcome::Reply(Value::error(
-            "ERR CLIENT KILL through the flotilla proxy reaches only the caller's own connection (by ID, ADDR or LADDR, with SKIPME no): other clients' connections are not reachable through the proxy",
-        ))
-    }
-
-    /// Whether CLIENT KILL's filter pairs all name the caller (SKIPME yes never does), or the
-    /// error Redis gives for a malformed filter.
-    fn kill_filters_name_me(&self, pairs: &[Bytes]) -> Result<bool, Value> {
-        let (peer, local) = (self.peer.to_string(), self.local.to_string());
-        let mut mine = true;
-        for pair in pairs.chunks(2) {
-            let value = &pair[1];
-            mine &= match pair[0].to_ascii_uppercase().as_slice() {
-                b"ID" => {
-                    positive_id(value)
-                        .ok_or_else(|| Value::error("ERR client-id should be greater than 0"))?
-                        == self.id
-                }
-                b"TYPE" => client_type(value)? == "normal",
-                b"USER" => user_exists(value)?,
-                b"ADDR" => value.as_ref() == peer.as_bytes(),
-                b"LADDR" => value.as_ref() == local.as_bytes(),
-                b"SKIPME" => !yes_no(value)?,
-                b"MAXAGE" => {
-                    let age = std::str::from_utf8(value)
-                        .ok()
-                        .and_then(|v| v.parse::<i64>().ok());
-                    match age {
-                        None => {
-                            return Err(Value::error("ERR value is not an integer or out of range"))
-                        }
-                        Some(age) if age < 0 => {
-                            return Err(Value::error("ERR maxage should be greater than 0"))
-                        }
-                        Some(age) => self.connected_at.elapsed().as_secs() >= age as u64,
-                    }
-                }
-                _ => return Err(Value::error("ERR syntax error")),
-            };
-        }
-        Ok(mine)
     }
 
     /// CLIENT SETINFO LIB-NAME|LIB-VER value, checked as Redis 7.2 checks it.

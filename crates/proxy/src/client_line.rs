@@ -4,7 +4,8 @@
 //! values the endpoint knows of the caller's connection in it (id, addresses, name, age, idle,
 //! flags, db, subscriptions, MULTI, last command, user, protocol, library). Fields only an
 //! engine connection has (buffers, memory, fd) keep the engine's values. Without an admin login
-//! the line is Redis 7.0's.
+//! the line is Redis 7.0's. Also CLIENT LIST's and CLIENT KILL's filters over the endpoint's
+//! clients (see `directory.rs`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -207,6 +208,115 @@ impl ListFilter {
     pub fn keeps_other(&self, id: u64, entry: &Entry) -> bool {
         let age = entry.connected_at.elapsed();
         self.keeps((id, entry.peer, entry.local, age), "normal", false)
+    }
+}
+
+/// CLIENT KILL's filters: the old `addr` form, or `ID id`, `TYPE type`, `USER user`, `ADDR
+/// addr`, `LADDR addr`, `SKIPME yes|no` and Valkey's `MAXAGE seconds` (clients at least that
+/// old), checked as Redis 7.0 checks them. SKIPME is yes by default, as in Redis, except that
+/// `ID` naming the caller's own id kills the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct KillFilter {
+    /// The old form: one address, answered `+OK` or `No such client`.
+    old_addr: Option<Bytes>,
+    id: Option<u64>,
+    kind: Option<&'static str>,
+    addr: Option<Bytes>,
+    laddr: Option<Bytes>,
+    skip_me: Option<bool>,
+    min_age: Option<u64>,
+}
+
+impl KillFilter {
+    /// The filters of a CLIENT KILL request, or Redis's error for a malformed one.
+    pub fn parse(request: &Request) -> Result<Self, Value> {
+        let mut filter = KillFilter::default();
+        let pairs = match &request.args()[1..] {
+            [] => {
+                return Err(Value::error(
+                    "ERR wrong number of arguments for 'client|kill' command",
+                ))
+            }
+            [addr] => {
+                filter.old_addr = Some(addr.clone());
+                return Ok(filter);
+            }
+            pairs if pairs.len() % 2 == 0 => pairs,
+            _ => return Err(Value::error("ERR syntax error")),
+        };
+        for pair in pairs.chunks(2) {
+            let value = &pair[1];
+            match pair[0].to_ascii_uppercase().as_slice() {
+                b"ID" => {
+                    let id = positive_id(value);
+                    let id =
+                        id.ok_or_else(|| Value::error("ERR client-id should be greater than 0"));
+                    filter.id = Some(id?);
+                }
+                b"TYPE" => filter.kind = Some(client_type(value)?),
+                b"USER" => {
+                    user_exists(value)?;
+                }
+                b"ADDR" => filter.addr = Some(value.clone()),
+                b"LADDR" => filter.laddr = Some(value.clone()),
+                b"SKIPME" => filter.skip_me = Some(yes_no(value)?),
+                b"MAXAGE" => {
+                    let age = std::str::from_utf8(value)
+                        .ok()
+                        .and_then(|v| v.parse::<i64>().ok());
+                    let age = age.ok_or_else(|| {
+                        Value::error("ERR value is not an integer or out of range")
+                    })?;
+                    if age < 0 {
+                        return Err(Value::error("ERR maxage should be greater than 0"));
+                    }
+                    filter.min_age = Some(age as u64);
+                }
+                _ => return Err(Value::error("ERR syntax error")),
+            }
+        }
+        Ok(filter)
+    }
+
+    /// Whether the filters name a client (`me`: the caller).
+    fn names(&self, client: (u64, SocketAddr, SocketAddr, Duration), me: bool) -> bool {
+        let (id, peer, local, age) = client;
+        let is = |want: &Option<Bytes>, addr: SocketAddr| {
+            want.as_ref()
+                .is_none_or(|w| w.as_ref() == addr.to_string().as_bytes())
+        };
+        if let Some(addr) = &self.old_addr {
+            return addr.as_ref() == peer.to_string().as_bytes();
+        }
+        let skip_me = self.skip_me.unwrap_or(self.id != Some(id));
+        self.id.is_none_or(|want| want == id)
+            && self.kind.is_none_or(|k| k == "normal")
+            && is(&self.addr, peer)
+            && is(&self.laddr, local)
+            && self.min_age.is_none_or(|min| age.as_secs() >= min)
+            && !(me && skip_me)
+    }
+
+    /// Whether the filters name the caller.
+    pub fn keeps_caller(&self, state: &ClientState) -> bool {
+        let age = state.connected_at.elapsed();
+        self.names((state.id, state.peer, state.local, age), true)
+    }
+
+    /// Whether the filters name another client of the endpoint.
+    pub fn keeps_other(&self, id: u64, entry: &Entry) -> bool {
+        let age = entry.connected_at.elapsed();
+        self.names((id, entry.peer, entry.local, age), false)
+    }
+
+    /// The reply once `killed` clients are closed: the old form's `+OK` or error, the new
+    /// form's count.
+    pub fn reply(&self, killed: i64) -> Value {
+        match (&self.old_addr, killed) {
+            (None, killed) => Value::Integer(killed),
+            (Some(_), 0) => Value::error("ERR No such client"),
+            (Some(_), _) => Value::simple("OK"),
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use flotilla_resp::{Request, Value};
 
 use crate::admin;
 use crate::client::{LocalOutcome, ReplyMode};
-use crate::client_line::ListFilter;
+use crate::client_line::{KillFilter, ListFilter};
 use crate::command::{LocalCommand, Merge, PubSubKind, TxStep};
 use crate::info::InfoContext;
 use crate::pubsub::{self, Answer, SubKind};
@@ -96,6 +96,10 @@ impl Session {
             }
             Route::Local(command @ (LocalCommand::ClientInfo | LocalCommand::ClientList)) => {
                 let reply = self.client_line(command, &request).await;
+                self.ready(reply);
+            }
+            Route::Local(LocalCommand::ClientKill) => {
+                let reply = self.client_kill(&request);
                 self.ready(reply);
             }
             Route::Local(command) => self.local(command, &request),
@@ -377,6 +381,28 @@ impl Session {
         Value::bulk(list)
     }
 
+    /// CLIENT KILL: closes the endpoint's clients its filters name (the caller after this
+    /// reply), as the engine closes its own; other endpoints' clients are not reached.
+    fn client_kill(&mut self, request: &Request) -> Value {
+        let filter = match KillFilter::parse(request) {
+            Ok(filter) => filter,
+            Err(reply) => return reply,
+        };
+        let directory = self.stats.directory();
+        let mut killed = 0;
+        for (id, entry) in directory.entries() {
+            if id == self.state.id {
+                if filter.keeps_caller(&self.state) {
+                    self.closing = true;
+                    killed += 1;
+                }
+            } else if filter.keeps_other(id, &entry) && directory.kill(id) {
+                killed += 1;
+            }
+        }
+        filter.reply(killed)
+    }
+
     fn local(&mut self, command: LocalCommand, request: &Request) {
         if command == LocalCommand::Ping
             && self.subs.resp2_mode(self.state.protocol)
@@ -394,10 +420,6 @@ impl Session {
             LocalOutcome::Reply(value) => self.ready(value),
             LocalOutcome::Quit => {
                 self.ready(Value::simple("OK"));
-                self.closing = true;
-            }
-            LocalOutcome::CloseAfter(value) => {
-                self.ready(value);
                 self.closing = true;
             }
             LocalOutcome::Reset => {

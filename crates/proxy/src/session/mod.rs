@@ -680,7 +680,7 @@ impl Session {
     }
 
     /// Waits for the client's next bytes, or for the owner's next request; `false` when the
-    /// client is gone.
+    /// client is gone or another client killed it (CLIENT KILL).
     async fn wait_client(&mut self) -> std::io::Result<bool> {
         self.client.release_idle_buffers();
         let idle = self.view.current.limits().client_timeout;
@@ -688,6 +688,7 @@ impl Session {
         tokio::select! {
             biased;
             () = self.control.listen() => Ok(true),
+            () = self.listed.killed() => Ok(false),
             read = self.client.read() => read,
             () = tokio::time::sleep(timeout), if idle > 0 => {
                 tracing::debug!(seconds = idle, "closing an idle client (client_timeout)");
@@ -702,6 +703,7 @@ impl Session {
         let open = self.view.is_open();
         tokio::select! {
             () = self.control.listen() => Ok(true),
+            () = self.listed.killed() => Ok(false),
             read = self.client.read() => read,
             message = self.subs.next_message(self.state.protocol) => match message {
                 Ok(value) => {
