@@ -263,7 +263,7 @@ const fn all_shards(name: &'static str, merge: Merge, write: bool) -> CommandSpe
 const ADMIN: &str = "cluster administration goes through the flotilla CLI or REST API";
 const REPLICATION: &str = "replication is managed by flotilla";
 const PERSISTENCE: &str = "persistence is managed by flotilla";
-const CONNECTIONS: &str = "other clients' connections are not reachable through the proxy";
+const CONNECTIONS: &str = "it acts on other clients' engine connections, which the proxy does not expose (CLIENT LIST and CLIENT KILL act on the endpoint's own clients)";
 const MONITOR: &str = "not supported through the flotilla proxy yet: each shard's engine would stream its own commands over a connection of the endpoint's, under the endpoint's address";
 const ONE_DB: &str = "a flotilla database has only database 0";
 const UNSUPPORTED: &str = "not supported through the flotilla proxy";
