@@ -95,7 +95,14 @@ impl Session {
                 self.ready(reply);
             }
             Route::Local(command @ (LocalCommand::ClientInfo | LocalCommand::ClientList)) => {
-                let reply = self.client_line(command, &request).await;
+                let reply = match self.client_line(command, &request).await {
+                    // A verbatim string, as the engine answers it (a bulk string in RESP2).
+                    Value::BulkString(text) => Value::VerbatimString {
+                        format: *b"txt",
+                        text,
+                    },
+                    other => other,
+                };
                 self.ready(reply);
             }
             Route::Local(LocalCommand::ClientKill) => {
