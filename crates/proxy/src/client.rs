@@ -61,8 +61,8 @@ pub(crate) struct ClientState {
     pub connected_at: Instant,
     /// When its last command arrived (CLIENT INFO's `idle`).
     pub last_interaction: Instant,
-    /// Its last command's full name as Redis writes it (`client|list`; CLIENT INFO's `cmd`).
-    pub last_command: String,
+    /// Its last command's table name (`CLIENT|LIST`; CLIENT INFO's `cmd`, in lower case).
+    pub last_command: &'static str,
     /// CLIENT SETINFO LIB-NAME and LIB-VER.
     pub lib: (String, String),
     /// CLIENT NO-EVICT ON (flag `e`).
@@ -102,7 +102,7 @@ impl ClientState {
             reply: ReplyMode::On,
             connected_at: Instant::now(),
             last_interaction: Instant::now(),
-            last_command: "NULL".to_owned(),
+            last_command: "NULL",
             lib: (String::new(), String::new()),
             no_evict: false,
             no_touch: false,
@@ -115,7 +115,7 @@ impl ClientState {
         let kept = ClientState {
             connected_at: self.connected_at,
             last_interaction: self.last_interaction,
-            last_command: std::mem::take(&mut self.last_command),
+            last_command: self.last_command,
             lib: std::mem::take(&mut self.lib),
             engine_line: self.engine_line.take(),
             ..ClientState::new(self.id, self.peer, self.local, password)
@@ -142,11 +142,12 @@ impl ClientState {
             .unwrap_or_default()
     }
 
-    /// Records a command arriving (CLIENT INFO's `idle` and `cmd`).
-    pub fn note_command(&mut self, request: &Request) {
+    /// Records a command arriving (CLIENT INFO's `idle` and `cmd`): its table row's name,
+    /// written in Redis's case only when CLIENT INFO asks (no allocation per command).
+    pub fn note_command(&mut self, spec: Option<&'static crate::command::CommandSpec>) {
         self.last_interaction = Instant::now();
-        if let Some(spec) = crate::command::lookup_request(request) {
-            self.last_command = spec.name.to_ascii_lowercase();
+        if let Some(spec) = spec {
+            self.last_command = spec.name;
         }
     }
 
@@ -179,7 +180,10 @@ impl ClientState {
             flags,
             subscriptions,
             multi,
-            cmd: self.last_command.clone(),
+            cmd: match self.last_command {
+                "NULL" => "NULL".to_owned(),
+                name => name.to_ascii_lowercase(),
+            },
             protocol: self.protocol,
             lib: self.lib.clone(),
         }

@@ -29,7 +29,7 @@ impl Session {
     /// replies are suppressed as CLIENT REPLY asks (see [`Session::mute_replies`]).
     pub(super) async fn dispatch(&mut self, request: Request, decision: Decision) {
         let queued = self.replies.len();
-        self.state.note_command(&request);
+        self.state.note_command(decision.spec);
         let reply_command = decision.route == Route::Local(LocalCommand::ClientReply);
         let mode = self.state.reply;
         self.route_request(request, decision).await;
