@@ -228,8 +228,10 @@ pub(crate) struct KillFilter {
 }
 
 impl KillFilter {
-    /// The filters of a CLIENT KILL request, or Redis's error for a malformed one.
-    pub fn parse(request: &Request) -> Result<Self, Value> {
+    /// The filters of a CLIENT KILL request, or the engine's error for a malformed one
+    /// (`valkey`: Valkey 8's words, whose filter parser calls an id that is not a number a
+    /// syntax error).
+    pub fn parse(request: &Request, valkey: bool) -> Result<Self, Value> {
         let mut filter = KillFilter::default();
         let pairs = match &request.args()[1..] {
             [] => {
@@ -248,6 +250,10 @@ impl KillFilter {
             let value = &pair[1];
             match pair[0].to_ascii_uppercase().as_slice() {
                 b"ID" => {
+                    let number = std::str::from_utf8(value).ok();
+                    if valkey && number.and_then(|v| v.parse::<i64>().ok()).is_none() {
+                        return Err(Value::error("ERR syntax error"));
+                    }
                     let id = positive_id(value);
                     let id =
                         id.ok_or_else(|| Value::error("ERR client-id should be greater than 0"));
@@ -329,6 +335,12 @@ pub(crate) async fn engine_refuses(topology: &Topology, request: &Request) -> Op
     }
     let reply = crate::admin::ask_shard(topology, request).await?;
     reply.is_error().then_some(reply)
+}
+
+/// Whether an engine's CLIENT INFO line is Valkey's (its `capa` field), for the few errors
+/// Valkey words differently from Redis.
+pub(crate) fn is_valkey_line(line: Option<&str>) -> bool {
+    line.is_some_and(|l| l.contains(" capa="))
 }
 
 /// The engine's own CLIENT INFO line for a connection of the endpoint's admin user to the
@@ -417,6 +429,55 @@ mod tests {
         assert!(!skip.keeps((3, addr, addr, age), "normal", true));
         assert!(skip.keeps((4, addr, addr, age), "normal", false));
         assert!(!skip.keeps((4, addr, addr, Duration::from_secs(11)), "normal", false));
+    }
+
+    #[test]
+    fn kill_filters_skip_the_caller_unless_told_or_named_by_id() {
+        let req = |words: &[&str]| {
+            Request::from_argv(words.iter().map(|w| Bytes::from(w.to_string())).collect()).unwrap()
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        let age = Duration::from_secs(5);
+        let all = KillFilter::parse(&req(&["CLIENT", "KILL", "TYPE", "normal"]), false).unwrap();
+        assert!(all.names((4, addr, addr, age), false));
+        assert!(
+            !all.names((3, addr, addr, age), true),
+            "SKIPME yes by default"
+        );
+        let by_id = KillFilter::parse(&req(&["CLIENT", "KILL", "ID", "3"]), false).unwrap();
+        assert!(
+            by_id.names((3, addr, addr, age), true),
+            "the caller's own id"
+        );
+        let me_too = KillFilter::parse(&req(&["CLIENT", "KILL", "SKIPME", "no"]), false).unwrap();
+        assert!(me_too.names((3, addr, addr, age), true));
+        let old = KillFilter::parse(&req(&["CLIENT", "KILL", "MAXAGE", "10"]), false).unwrap();
+        assert!(!old.names((4, addr, addr, age), false));
+        let by_addr = KillFilter::parse(&req(&["CLIENT", "KILL", "127.0.0.1:1"]), false).unwrap();
+        assert_eq!(by_addr.reply(0), Value::error("ERR No such client"));
+        assert_eq!(by_addr.reply(1), Value::simple("OK"));
+        assert_eq!(all.reply(2), Value::Integer(2));
+        let errors = [
+            (&["CLIENT", "KILL"][..], false, "wrong number of arguments"),
+            (
+                &["CLIENT", "KILL", "ID", "10", "x"],
+                false,
+                "ERR syntax error",
+            ),
+            (&["CLIENT", "KILL", "ID", "str"], false, "greater than 0"),
+            (&["CLIENT", "KILL", "ID", "str"], true, "ERR syntax error"),
+            (&["CLIENT", "KILL", "ID", "-1"], true, "greater than 0"),
+            (&["CLIENT", "KILL", "MAXAGE", "-1"], false, "greater than 0"),
+            (&["CLIENT", "KILL", "MAXAGE", "x"], false, "not an integer"),
+            (&["CLIENT", "KILL", "USER", "x"], false, "No such user"),
+        ];
+        for (words, valkey, expected) in errors {
+            let Err(Value::Error(e)) = KillFilter::parse(&req(words), valkey) else {
+                panic!("{words:?} is refused");
+            };
+            let e = String::from_utf8_lossy(&e).into_owned();
+            assert!(e.contains(expected), "{words:?}: {e}");
+        }
     }
 
     #[test]

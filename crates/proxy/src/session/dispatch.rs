@@ -106,7 +106,7 @@ impl Session {
                 self.ready(reply);
             }
             Route::Local(LocalCommand::ClientKill) => {
-                let reply = self.client_kill(&request);
+                let reply = self.client_kill(&request).await;
                 self.ready(reply);
             }
             Route::Local(command) => self.local(command, &request),
@@ -364,11 +364,7 @@ impl Session {
             }
             _ => None,
         };
-        if self.state.engine_line.is_none() {
-            let line = crate::client_line::engine_line(&self.view.current).await;
-            self.state.engine_line = Some(line);
-        }
-        let template = self.state.engine_line.clone().flatten();
+        let template = self.engine_line().await.map(str::to_owned);
         let subscriptions = self.subs.counts();
         let mine = self.state.facts(subscriptions, self.tx.queued());
         let Some(filter) = filter else {
@@ -388,10 +384,20 @@ impl Session {
         Value::bulk(list)
     }
 
+    /// The engine's own CLIENT INFO line (its field list), read once per client connection.
+    async fn engine_line(&mut self) -> Option<&str> {
+        if self.state.engine_line.is_none() {
+            let line = crate::client_line::engine_line(&self.view.current).await;
+            self.state.engine_line = Some(line);
+        }
+        self.state.engine_line.as_ref().and_then(Option::as_deref)
+    }
+
     /// CLIENT KILL: closes the endpoint's clients its filters name (the caller after this
     /// reply), as the engine closes its own; other endpoints' clients are not reached.
-    fn client_kill(&mut self, request: &Request) -> Value {
-        let filter = match KillFilter::parse(request) {
+    async fn client_kill(&mut self, request: &Request) -> Value {
+        let valkey = crate::client_line::is_valkey_line(self.engine_line().await);
+        let filter = match KillFilter::parse(request, valkey) {
             Ok(filter) => filter,
             Err(reply) => return reply,
         };
