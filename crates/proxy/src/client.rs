@@ -1,8 +1,8 @@
 //! Per-client connection state the proxy keeps itself (protocol, authentication, name, id) and
 //! the answers to the connection commands it handles without a shard: PING, ECHO, SELECT,
-//! AUTH, HELLO, QUIT, CLIENT (of the caller's own connection: SETNAME/GETNAME/ID/INFO/LIST,
-//! REPLY, KILL of itself, and the tracking subcommands, answered as for a client that never
-//! tracks), ACL WHOAMI.
+//! AUTH, HELLO, QUIT, CLIENT (of the caller's own connection: SETNAME/GETNAME/ID, SETINFO,
+//! NO-EVICT/NO-TOUCH, REPLY, and the tracking subcommands, answered as for a client that never
+//! tracks; INFO, LIST and KILL are the session's, see `client_line.rs`), ACL WHOAMI.
 
 use std::net::SocketAddr;
 use std::time::Instant;
