@@ -479,6 +479,25 @@ fn client_info_lists_the_engines_fields_for_the_callers_connection() {
             let err = client_error(&mut client, args);
             assert!(err.contains(expected), "CLIENT {args:?}: {err}");
         }
+
+        // MONITOR: the database clients' commands, without the cluster's own traffic (the
+        // agent's INFO, PING, CLIENT... every fraction of a second).
+        let mut monitor = endpoint_connection(cluster.addr(1), port);
+        let ok: String = redis::cmd("MONITOR").query(&mut monitor).unwrap();
+        assert_eq!(ok, "OK");
+        monitor
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let () = redis::cmd("SET")
+            .arg("monitored")
+            .arg(port)
+            .query(&mut client)
+            .unwrap();
+        let line: String = redis::from_redis_value(monitor.recv_response().unwrap()).unwrap();
+        assert!(
+            line.contains(&format!("\"set\" \"monitored\" \"{port}\"")),
+            "{line}"
+        );
     }
     cluster.dev_down();
 }

@@ -218,6 +218,8 @@ impl ClientState {
             },
             L::ClientReply => self.set_reply(request),
             L::ClientTracking => tracking(request),
+            // The session answers MONITOR itself (it opens a connection to every shard).
+            L::Monitor => Value::error("ERR internal: MONITOR answered outside the session"),
             // The session answers CLIENT KILL itself (it reaches the endpoint's other clients).
             L::ClientKill => Value::error("ERR internal: CLIENT KILL answered outside the session"),
             L::ClientSetInfo => self.set_info(request),

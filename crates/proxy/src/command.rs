@@ -140,8 +140,10 @@ pub enum LocalCommand {
     ClientTracking,
     /// CLIENT LIST: the caller's own line only.
     ClientList,
-    /// CLIENT KILL: only of the caller's own connection.
+    /// CLIENT KILL: the endpoint's clients its filters name.
     ClientKill,
+    /// MONITOR: every shard's stream of its clients' commands (see `monitor.rs`).
+    Monitor,
 }
 
 /// How a command is routed, before looking at its arguments.
@@ -264,7 +266,6 @@ const ADMIN: &str = "cluster administration goes through the flotilla CLI or RES
 const REPLICATION: &str = "replication is managed by flotilla";
 const PERSISTENCE: &str = "persistence is managed by flotilla";
 const CONNECTIONS: &str = "it acts on other clients' engine connections, which the proxy does not expose (CLIENT LIST and CLIENT KILL act on the endpoint's own clients)";
-const MONITOR: &str = "not supported through the flotilla proxy yet: each shard's engine would stream its own commands over a connection of the endpoint's, under the endpoint's address";
 const ONE_DB: &str = "a flotilla database has only database 0";
 const UNSUPPORTED: &str = "not supported through the flotilla proxy";
 const ONE_ENGINE: &str =
@@ -635,7 +636,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     local("CONFIG|RESETSTAT", LocalCommand::Config),
     refused("SHUTDOWN", ADMIN),
     refused("DEBUG", ADMIN),
-    refused("MONITOR", MONITOR),
+    local("MONITOR", LocalCommand::Monitor),
     refused(
         "CLUSTER",
         "flotilla databases are not in Redis Cluster mode; the proxy routes by slot",

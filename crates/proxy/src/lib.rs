@@ -93,6 +93,7 @@ mod directory;
 mod frame;
 mod handover;
 mod info;
+mod monitor;
 mod outcome;
 mod pubsub;
 mod server;

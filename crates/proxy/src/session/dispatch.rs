@@ -105,6 +105,16 @@ impl Session {
                 };
                 self.ready(reply);
             }
+            Route::Local(LocalCommand::Monitor) => {
+                let reply = match crate::monitor::Monitors::start(&self.view.current).await {
+                    Ok(monitors) => {
+                        self.monitors = monitors;
+                        Value::simple("OK")
+                    }
+                    Err(reply) => reply,
+                };
+                self.ready(reply);
+            }
             Route::Local(LocalCommand::ClientKill) => {
                 let reply = self.client_kill(&request).await;
                 self.ready(reply);
@@ -448,6 +458,7 @@ impl Session {
                 }
                 self.state.reset(self.view.current.password());
                 self.listed.rename(String::new());
+                self.monitors = crate::monitor::Monitors::default();
                 self.ready(Value::simple("RESET"));
             }
         }

@@ -442,6 +442,8 @@ pub(crate) struct Session {
     stats: EndpointStats,
     /// Keeps the client in the endpoint's directory (CLIENT LIST) while the session lives.
     listed: crate::directory::Listed,
+    /// MONITOR's connections to every shard, once the client ran it.
+    monitors: crate::monitor::Monitors,
     /// The owner's requests (detach, close at a boundary), heard where the session waits.
     control: SessionControl,
 }
@@ -515,6 +517,7 @@ impl Session {
             batch_size: FIRST_BATCH,
             stats,
             listed,
+            monitors: crate::monitor::Monitors::default(),
             view,
             control,
         }
@@ -626,6 +629,12 @@ impl Session {
             }
             return Ok(Turn::Again);
         }
+        if self.monitors.active() {
+            if !self.wait_monitoring().await? {
+                return Ok(Turn::Over(Step::End(Ended::Client)));
+            }
+            return Ok(Turn::Again);
+        }
         if self.subs.is_open() {
             if !self.wait_subscribed().await? {
                 return Ok(Turn::Over(Step::End(Ended::Client)));
@@ -665,8 +674,9 @@ impl Session {
         if !self.control.stopping() {
             return Step::Serve;
         }
-        // A TLS session cannot leave the process: it is closed at a boundary instead.
-        if self.control.wants_detach() && !self.client.stream.is_tls() {
+        // A TLS session cannot leave the process, nor can a monitoring one (its MONITOR
+        // connections are not handed over): it is closed at a boundary instead.
+        if self.control.wants_detach() && !self.client.stream.is_tls() && !self.monitors.active() {
             return self
                 .capture()
                 .map_or(Step::Serve, |state| Step::Detach(Box::new(state)));
@@ -694,6 +704,28 @@ impl Session {
                 tracing::debug!(seconds = idle, "closing an idle client (client_timeout)");
                 Ok(false)
             }
+        }
+    }
+
+    /// Waits for the client's next bytes while passing MONITOR's lines on; `false` when the
+    /// client is gone or a shard's MONITOR connection broke (the client is closed, as when a
+    /// subscriber connection breaks).
+    async fn wait_monitoring(&mut self) -> std::io::Result<bool> {
+        tokio::select! {
+            () = self.control.listen() => Ok(true),
+            () = self.listed.killed() => Ok(false),
+            read = self.client.read() => read,
+            line = self.monitors.next_line() => match line {
+                Ok(value) => {
+                    value.encode_as(&mut self.client.output, self.state.protocol);
+                    self.client.write_output().await?;
+                    Ok(true)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "MONITOR connection lost; closing the client");
+                    Ok(false)
+                }
+            },
         }
     }
 
