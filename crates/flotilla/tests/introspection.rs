@@ -494,8 +494,9 @@ fn client_info_lists_the_engines_fields_for_the_callers_connection() {
             .query(&mut client)
             .unwrap();
         let line: String = redis::from_redis_value(monitor.recv_response().unwrap()).unwrap();
+        // The command as the client sent it (redis-rs sends `SET`).
         assert!(
-            line.contains(&format!("\"set\" \"monitored\" \"{port}\"")),
+            line.contains(&format!("\"SET\" \"monitored\" \"{port}\"")),
             "{line}"
         );
     }
