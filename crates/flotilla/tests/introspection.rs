@@ -384,3 +384,121 @@ fn functions_load_on_every_shard_and_fcall_routes_by_key() {
     assert!(err.to_string().contains("Function not found"), "{err}");
     cluster.dev_down();
 }
+
+/// The field names of a CLIENT INFO line, in order.
+fn field_names(line: &str) -> Vec<String> {
+    line.split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, _)| k.to_string())
+        .collect()
+}
+
+/// A CLIENT INFO line as `field -> value`.
+fn client_fields(line: &str) -> BTreeMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn client_error(client: &mut redis::Connection, args: &[&str]) -> String {
+    redis::cmd("CLIENT")
+        .arg(args)
+        .query::<redis::Value>(client)
+        .expect_err("an error reply")
+        .to_string()
+}
+
+/// CLIENT INFO / CLIENT LIST through an endpoint: the engine's own field list and order (Redis
+/// 7.0's and Valkey 8.1's differ), with the caller's connection's values; CLIENT KILL's and
+/// CLIENT LIST's arguments checked as the engine checks them; CLIENT PAUSE refused as Redis
+/// Software refuses it.
+#[test]
+fn client_info_lists_the_engines_fields_for_the_callers_connection() {
+    let cluster = DevCluster::up(&bin(), 165, 2);
+    let r7 = create(&cluster, "r7", 12000, 1, "redis-7.0");
+    let vk = create(&cluster, "vk", 12001, 1, "valkey-8.1");
+    for (uid, port) in [(r7, 12000), (vk, 12001)] {
+        let mut client = endpoint_connection(cluster.addr(1), port);
+        let mut shard = primaries(&cluster, uid).remove(0);
+        let direct: String = redis::cmd("CLIENT").arg("INFO").query(&mut shard).unwrap();
+        let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut client).unwrap();
+        let () = redis::cmd("CLIENT")
+            .arg(&["SETNAME", "app"][..])
+            .query(&mut client)
+            .unwrap();
+        let () = redis::cmd("CLIENT")
+            .arg(&["NO-EVICT", "on"][..])
+            .query(&mut client)
+            .unwrap();
+        let line: String = redis::cmd("CLIENT").arg("INFO").query(&mut client).unwrap();
+        eprintln!("port {port}: direct {direct}through the endpoint {line}");
+        assert_eq!(field_names(&line), field_names(&direct), "{line}");
+        let fields = client_fields(&line);
+        assert_eq!(fields["id"], id.to_string());
+        assert_eq!(fields["name"], "app");
+        assert_eq!(fields["flags"], "e");
+        assert_eq!(fields["multi"], "-1");
+        assert_eq!(fields["sub"], "0");
+        assert_eq!(fields["cmd"], "client|info");
+        assert_eq!(fields["user"], "default");
+        assert_eq!(fields["db"], "0");
+
+        let mine: String = redis::cmd("CLIENT")
+            .arg(&["LIST", "ID", &id.to_string()][..])
+            .query(&mut client)
+            .unwrap();
+        assert_eq!(mine.lines().count(), 1, "{mine}");
+        assert_eq!(client_fields(&mine)["cmd"], "client|list");
+        let pubsub: String = redis::cmd("CLIENT")
+            .arg(&["LIST", "TYPE", "pubsub"][..])
+            .query(&mut client)
+            .unwrap();
+        assert_eq!(pubsub, "");
+        let wrong = client_error(&mut client, &["LIST", "TYPE", "wrong"]);
+        assert!(wrong.contains("Unknown client type"), "{wrong}");
+
+        for (args, expected) in [
+            (&["KILL"][..], "wrong number of arguments for 'client|kill'"),
+            (&["KILL", "ID", "10", "wrong_arg"], "syntax error"),
+            // Valkey 8's filter parser calls an id that is not a number a syntax error.
+            (
+                &["KILL", "ID", "str"],
+                if port == 12000 {
+                    "greater than 0"
+                } else {
+                    "syntax error"
+                },
+            ),
+            (&["KILL", "ID", "0"], "greater than 0"),
+            (&["KILL", "TYPE", "wrong_type"], "Unknown client type"),
+            (&["KILL", "USER", "wrong_user"], "No such user"),
+            (&["KILL", "SKIPME", "yes_or_no"], "syntax error"),
+            (&["PAUSE", "100"], "Redis Software"),
+        ] {
+            let err = client_error(&mut client, args);
+            assert!(err.contains(expected), "CLIENT {args:?}: {err}");
+        }
+
+        // MONITOR: the database clients' commands, without the cluster's own traffic (the
+        // agent's INFO, PING, CLIENT... every fraction of a second).
+        let mut monitor = endpoint_connection(cluster.addr(1), port);
+        let ok: String = redis::cmd("MONITOR").query(&mut monitor).unwrap();
+        assert_eq!(ok, "OK");
+        monitor
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let () = redis::cmd("SET")
+            .arg("monitored")
+            .arg(port)
+            .query(&mut client)
+            .unwrap();
+        let line: String = redis::from_redis_value(monitor.recv_response().unwrap()).unwrap();
+        // The command as the client sent it (redis-rs sends `SET`).
+        assert!(
+            line.contains(&format!("\"SET\" \"monitored\" \"{port}\"")),
+            "{line}"
+        );
+    }
+    cluster.dev_down();
+}

@@ -52,6 +52,14 @@ pub(crate) async fn ask(
     }
 }
 
+/// Runs `request` on the first shard's primary as the admin user (RESP2); `None` when the
+/// endpoint has no admin login. For what one engine describes of itself (its CLIENT INFO line).
+pub(crate) async fn ask_shard(topology: &Topology, request: &Request) -> Option<Value> {
+    let login = topology.admin_login()?;
+    let shard = ShardIndex(0);
+    Some(ask_one(topology, shard, login, request, Protocol::Resp2).await)
+}
+
 async fn ask_one(
     topology: &Topology,
     shard: ShardIndex,

@@ -1,15 +1,17 @@
 //! Per-client connection state the proxy keeps itself (protocol, authentication, name, id) and
 //! the answers to the connection commands it handles without a shard: ECHO, SELECT,
-//! AUTH, HELLO, QUIT, CLIENT (of the caller's own connection: SETNAME/GETNAME/ID/INFO/LIST,
-//! REPLY, KILL of itself; the tracking subcommands are the session's, see `tracking.rs`), ACL
-//! WHOAMI.
+//! AUTH, HELLO, QUIT, CLIENT (of the caller's own connection: SETNAME/GETNAME/ID, SETINFO,
+//! NO-EVICT/NO-TOUCH, REPLY; INFO, LIST and KILL are the session's, see `client_line.rs`, and
+//! so are the tracking subcommands, see `tracking.rs`), ACL WHOAMI.
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use bytes::Bytes;
 use flotilla_model::DatabasePassword;
 use flotilla_resp::{Protocol, Request, Value};
 
+use crate::client_line::{ConnectionFacts, ListFilter};
 use crate::command::LocalCommand;
 
 /// The version string the proxy reports in HELLO: the Redis API level it speaks.
@@ -18,6 +20,10 @@ const API_VERSION: &str = "7.0.0";
 /// Why CLIENT UNPAUSE is refused: a client through the proxy cannot pause others.
 pub(crate) const NO_PAUSE: &str =
     "no client pause exists through the proxy (CLIENT PAUSE is refused), so there is none to end";
+
+/// Why CLIENT PAUSE is refused: as in Redis Software (its connection commands compatibility
+/// table lists CLIENT PAUSE and UNPAUSE as not supported).
+pub(crate) const PAUSE: &str = "it would stop every client of the database on every node's endpoint; as in Redis Software, CLIENT PAUSE and UNPAUSE are not supported";
 
 /// CLIENT REPLY: whether the client wants its replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -48,6 +54,20 @@ pub(crate) struct ClientState {
     pub local: SocketAddr,
     /// CLIENT REPLY (not handed over in an in-place upgrade: a moved client gets replies).
     pub reply: ReplyMode,
+    /// When the connection was accepted (CLIENT INFO's `age`; kept by RESET).
+    pub connected_at: Instant,
+    /// When its last command arrived (CLIENT INFO's `idle`).
+    pub last_interaction: Instant,
+    /// Its last command's table name (`CLIENT|LIST`; CLIENT INFO's `cmd`, in lower case).
+    pub last_command: &'static str,
+    /// CLIENT SETINFO LIB-NAME and LIB-VER.
+    pub lib: (String, String),
+    /// CLIENT NO-EVICT ON (flag `e`).
+    pub no_evict: bool,
+    /// CLIENT NO-TOUCH ON (flag `T`).
+    pub no_touch: bool,
+    /// The engine's own CLIENT INFO line, read once for the field list (see `client_line.rs`).
+    pub engine_line: Option<Option<String>>,
     /// What CLIENT INFO/LIST show of CLIENT TRACKING: the flag letters (`t`, `R`, `B`) and
     /// the redirect (-1 when off); kept by the session (see `tracking.rs`).
     pub tracking: (String, i64),
@@ -62,8 +82,6 @@ pub(crate) enum LocalOutcome {
     Quit,
     /// RESET: the session drops transaction state, then the state is reset here.
     Reset,
-    /// Write this reply and close the connection (CLIENT KILL of the caller itself).
-    CloseAfter(Value),
 }
 
 impl ClientState {
@@ -82,13 +100,96 @@ impl ClientState {
             peer,
             local,
             reply: ReplyMode::On,
+            connected_at: Instant::now(),
+            last_interaction: Instant::now(),
+            last_command: "NULL",
+            lib: (String::new(), String::new()),
+            no_evict: false,
+            no_touch: false,
+            engine_line: None,
             tracking: (String::new(), -1),
         }
     }
 
-    /// Back to a new connection's state (RESET), keeping the id.
+    /// Back to a new connection's state (RESET), keeping the id, age and library.
     pub fn reset(&mut self, password: Option<&DatabasePassword>) {
-        *self = ClientState::new(self.id, self.peer, self.local, password);
+        let kept = ClientState {
+            connected_at: self.connected_at,
+            last_interaction: self.last_interaction,
+            last_command: self.last_command,
+            lib: std::mem::take(&mut self.lib),
+            engine_line: self.engine_line.take(),
+            ..ClientState::new(self.id, self.peer, self.local, password)
+        };
+        *self = kept;
+    }
+
+    /// What the endpoint's directory lists of this connection (CLIENT LIST of other clients).
+    pub fn directory_entry(&self) -> crate::directory::Entry {
+        crate::directory::Entry {
+            peer: self.peer,
+            local: self.local,
+            name: self.name_text(),
+            connected_at: self.connected_at,
+            kill: std::sync::Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// CLIENT SETNAME's name as text (empty: none).
+    pub fn name_text(&self) -> String {
+        self.name
+            .as_ref()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Records a command arriving (CLIENT INFO's `idle` and `cmd`): its table row's name,
+    /// written in Redis's case only when CLIENT INFO asks (no allocation per command).
+    pub fn note_command(&mut self, spec: Option<&'static crate::command::CommandSpec>) {
+        self.last_interaction = Instant::now();
+        if let Some(spec) = spec {
+            self.last_command = spec.name;
+        }
+    }
+
+    /// What CLIENT INFO says of this connection, given its subscription counts (channels,
+    /// patterns, shard channels) and the commands queued in its MULTI.
+    pub fn facts(&self, subscriptions: [usize; 3], multi: Option<usize>) -> ConnectionFacts {
+        let mut flags = String::new();
+        if subscriptions.iter().any(|&n| n > 0) {
+            flags.push('P');
+        }
+        if multi.is_some() {
+            flags.push('x');
+        }
+        flags.push_str(&self.tracking.0);
+        if self.no_evict {
+            flags.push('e');
+        }
+        if self.no_touch {
+            flags.push('T');
+        }
+        if flags.is_empty() {
+            flags.push('N');
+        }
+        ConnectionFacts {
+            id: self.id,
+            addr: self.peer.to_string(),
+            laddr: self.local.to_string(),
+            name: self.name_text(),
+            age: self.connected_at.elapsed(),
+            idle: self.last_interaction.elapsed(),
+            flags,
+            subscriptions,
+            multi,
+            cmd: match self.last_command {
+                "NULL" => "NULL".to_owned(),
+                name => name.to_ascii_lowercase(),
+            },
+            redir: self.tracking.1,
+            protocol: self.protocol,
+            lib: self.lib.clone(),
+        }
     }
 
     /// Answers a command the proxy handles itself. `password` is the database password.
@@ -110,16 +211,27 @@ impl ClientState {
             L::ClientSetName => self.set_name(request),
             L::ClientGetName => self.name.clone().map_or(Value::NullBulkString, Value::bulk),
             L::ClientId => Value::Integer(self.id as i64),
-            L::ClientInfo => Value::bulk(self.info_line()),
-            L::ClientList => self.list(request),
+            L::ClientInfo => Value::bulk(self.facts([0; 3], None).render(None)),
+            L::ClientList => match ListFilter::parse(request) {
+                Ok(filter) if filter.keeps_caller(self, false) => {
+                    Value::bulk(self.facts([0; 3], None).render(None))
+                }
+                Ok(_) => Value::bulk(""),
+                Err(reply) => reply,
+            },
             L::ClientReply => self.set_reply(request),
             // The session answers these itself (they reach its shard connections; see
             // `tracking.rs`).
             L::ClientTracking => {
                 Value::error("ERR internal: CLIENT TRACKING answered outside the session")
             }
-            L::ClientKill => return self.kill(request),
-            L::ClientSetInfo | L::ClientNoop | L::ReadMode => Value::simple("OK"),
+            // The session answers MONITOR itself (it opens a connection to every shard).
+            L::Monitor => Value::error("ERR internal: MONITOR answered outside the session"),
+            // The session answers CLIENT KILL itself (it reaches the endpoint's other clients).
+            L::ClientKill => Value::error("ERR internal: CLIENT KILL answered outside the session"),
+            L::ClientSetInfo => self.set_info(request),
+            L::ClientNoop => self.set_switch(request),
+            L::ReadMode => Value::simple("OK"),
             // The session answers CONFIG itself (it waits for the node; see `config.rs`).
             L::Config => Value::error("ERR internal: CONFIG answered outside the session"),
             // The database has one user, the default one (see `check`).
@@ -231,81 +343,106 @@ impl ClientState {
         Value::simple("OK")
     }
 
-    /// CLIENT LIST [TYPE normal] [ID id ...]: the caller's own line when the filter keeps it;
-    /// other clients are not reachable through the proxy.
-    fn list(&self, request: &Request) -> Value {
-        let args = &request.args()[1..];
-        let mine = match args.first().map(|a| a.to_ascii_uppercase()) {
-            None => true,
-            Some(option) if option == b"TYPE" && args.len() == 2 => {
-                args[1].eq_ignore_ascii_case(b"normal")
-            }
-            Some(option) if option == b"ID" && args.len() >= 2 => args[1..]
-                .iter()
-                .any(|id| id.as_ref() == self.id.to_string().as_bytes()),
-            Some(_) => return Value::error("ERR syntax error"),
+    /// CLIENT SETINFO LIB-NAME|LIB-VER value, checked as Redis 7.2 checks it.
+    fn set_info(&mut self, request: &Request) -> Value {
+        let [_, attr, value] = request.args() else {
+            return wrong_arity("client|setinfo");
         };
-        Value::bulk(if mine {
-            self.info_line()
-        } else {
-            String::new()
-        })
-    }
-
-    /// CLIENT KILL of the caller's own connection (by `ID`, `ADDR`, `LADDR` or the old
-    /// `addr` form): answered, then the connection closes, as Redis does; any other client is
-    /// out of reach.
-    fn kill(&self, request: &Request) -> LocalOutcome {
-        let args = &request.args()[1..];
-        let (peer, local, id) = (
-            self.peer.to_string(),
-            self.local.to_string(),
-            self.id.to_string(),
-        );
-        let is = |value: &Bytes, mine: &str| value.as_ref() == mine.as_bytes();
-        let outcome = match args {
-            [addr] if is(addr, &peer) => Some(Value::simple("OK")),
-            [_] => return LocalOutcome::Reply(Value::error("ERR No such client")),
-            pairs if pairs.len() % 2 == 0 && !pairs.is_empty() => {
-                let names_me =
-                    pairs
-                        .chunks(2)
-                        .all(|pair| match pair[0].to_ascii_uppercase().as_slice() {
-                            b"ID" => is(&pair[1], &id),
-                            b"ADDR" => is(&pair[1], &peer),
-                            b"LADDR" => is(&pair[1], &local),
-                            b"SKIPME" => pair[1].eq_ignore_ascii_case(b"no"),
-                            b"TYPE" => pair[1].eq_ignore_ascii_case(b"normal"),
-                            _ => false,
-                        });
-                names_me.then_some(Value::Integer(1))
+        let attr = attr.to_ascii_lowercase();
+        let slot = match attr.as_slice() {
+            b"lib-name" => &mut self.lib.0,
+            b"lib-ver" => &mut self.lib.1,
+            _ => {
+                return Value::error(format!(
+                    "ERR Unrecognized option '{}'",
+                    String::from_utf8_lossy(&attr)
+                ))
             }
-            _ => return LocalOutcome::Reply(Value::error("ERR syntax error")),
         };
-        match outcome {
-            Some(reply) => LocalOutcome::CloseAfter(reply),
-            None => LocalOutcome::Reply(Value::error(
-                "ERR CLIENT KILL through the flotilla proxy reaches only the caller's own connection (by ID, ADDR or LADDR, with SKIPME no): other clients' connections are not reachable through the proxy",
-            )),
+        if value.iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+            return Value::error(format!(
+                "ERR {} cannot contain spaces, newlines or special characters.",
+                String::from_utf8_lossy(&attr)
+            ));
         }
+        *slot = String::from_utf8_lossy(value).into_owned();
+        Value::simple("OK")
     }
 
-    fn info_line(&self) -> String {
-        let name = self
-            .name
-            .as_ref()
-            .map(|n| String::from_utf8_lossy(n).into_owned())
-            .unwrap_or_default();
-        let resp = match self.protocol {
-            Protocol::Resp2 => 2,
-            Protocol::Resp3 => 3,
+    /// CLIENT NO-EVICT / NO-TOUCH ON|OFF: the flag shows in CLIENT INFO (an endpoint's client
+    /// is never evicted by an engine; NO-TOUCH is for the engine's LRU, which the endpoint's
+    /// shared engine connections do not carry per client).
+    fn set_switch(&mut self, request: &Request) -> Value {
+        let [sub, mode] = request.args() else {
+            let name = request
+                .arg(1)
+                .map(|s| s.to_ascii_lowercase())
+                .unwrap_or_default();
+            return wrong_arity(&format!("client|{}", String::from_utf8_lossy(&name)));
         };
-        let (flags, redir) = &self.tracking;
-        let flags = if flags.is_empty() { "N" } else { flags };
-        format!(
-            "id={} addr={} laddr={} name={} flags={} db=0 redir={} resp={}\n",
-            self.id, self.peer, self.local, name, flags, redir, resp
-        )
+        let Ok(on) = on_off(mode) else {
+            return Value::error("ERR syntax error");
+        };
+        if sub.eq_ignore_ascii_case(b"no-evict") {
+            self.no_evict = on;
+        } else {
+            self.no_touch = on;
+        }
+        Value::simple("OK")
+    }
+}
+
+/// A CLIENT KILL / CLIENT LIST client id: a positive integer.
+pub(crate) fn positive_id(raw: &[u8]) -> Option<u64> {
+    std::str::from_utf8(raw)
+        .ok()?
+        .parse::<u64>()
+        .ok()
+        .filter(|&id| id > 0)
+}
+
+/// A client type name as Redis knows it, normalized (`slave` is `replica`).
+pub(crate) fn client_type(raw: &[u8]) -> Result<&'static str, Value> {
+    Ok(match raw.to_ascii_lowercase().as_slice() {
+        b"normal" => "normal",
+        b"master" => "master",
+        b"replica" | b"slave" => "replica",
+        b"pubsub" => "pubsub",
+        _ => {
+            return Err(Value::error(format!(
+                "ERR Unknown client type '{}'",
+                String::from_utf8_lossy(raw)
+            )))
+        }
+    })
+}
+
+/// Whether `raw` names the database's one user (`default`); another name is Redis's error.
+pub(crate) fn user_exists(raw: &[u8]) -> Result<bool, Value> {
+    if raw == b"default" {
+        return Ok(true);
+    }
+    Err(Value::error(format!(
+        "ERR No such user '{}'",
+        String::from_utf8_lossy(raw)
+    )))
+}
+
+/// `yes`/`no` (SKIPME).
+pub(crate) fn yes_no(raw: &[u8]) -> Result<bool, Value> {
+    match raw.to_ascii_lowercase().as_slice() {
+        b"yes" => Ok(true),
+        b"no" => Ok(false),
+        _ => Err(Value::error("ERR syntax error")),
+    }
+}
+
+/// `on`/`off`.
+fn on_off(raw: &[u8]) -> Result<bool, ()> {
+    match raw.to_ascii_lowercase().as_slice() {
+        b"on" => Ok(true),
+        b"off" => Ok(false),
+        _ => Err(()),
     }
 }
 

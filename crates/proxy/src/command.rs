@@ -147,8 +147,10 @@ pub enum LocalCommand {
     ClientTracking,
     /// CLIENT LIST: the caller's own line only.
     ClientList,
-    /// CLIENT KILL: only of the caller's own connection.
+    /// CLIENT KILL: the endpoint's clients its filters name.
     ClientKill,
+    /// MONITOR: every shard's stream of its clients' commands (see `monitor.rs`).
+    Monitor,
 }
 
 /// How a command is routed, before looking at its arguments.
@@ -284,7 +286,7 @@ const fn all_shards(name: &'static str, merge: Merge, write: bool) -> CommandSpe
 const ADMIN: &str = "cluster administration goes through the flotilla CLI or REST API";
 const REPLICATION: &str = "replication is managed by flotilla";
 const PERSISTENCE: &str = "persistence is managed by flotilla";
-const CONNECTIONS: &str = "other clients' connections are not reachable through the proxy";
+const CONNECTIONS: &str = "it acts on other clients' engine connections, which the proxy does not expose (CLIENT LIST and CLIENT KILL act on the endpoint's own clients)";
 const ONE_DB: &str = "a flotilla database has only database 0";
 const UNSUPPORTED: &str = "not supported through the flotilla proxy";
 const ONE_ENGINE: &str =
@@ -648,6 +650,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     local("CLIENT|TRACKINGINFO", LocalCommand::ClientTracking),
     local("CLIENT|LIST", LocalCommand::ClientList),
     local("CLIENT|KILL", LocalCommand::ClientKill),
+    refused("CLIENT|PAUSE", crate::client::PAUSE),
     refused("CLIENT|UNPAUSE", crate::client::NO_PAUSE),
     // Refused: the cluster manages these, or they reach past the proxy.
     spec(
@@ -661,7 +664,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     local("CONFIG|RESETSTAT", LocalCommand::Config),
     refused("SHUTDOWN", ADMIN),
     refused("DEBUG", ADMIN),
-    refused("MONITOR", UNSUPPORTED),
+    local("MONITOR", LocalCommand::Monitor),
     refused(
         "CLUSTER",
         "flotilla databases are not in Redis Cluster mode; the proxy routes by slot",

@@ -4,6 +4,8 @@
 //! Introspection answers like the engine of the whole database: INFO is the shards' INFO
 //! combined (`info.rs`), COMMAND the engine's own table, and SLOWLOG/LATENCY every shard's log
 //! read over a connection as the engines' admin user, never the data path's (`admin.rs`).
+//! CLIENT INFO/LIST give the engine's own field list with the endpoint's values
+//! (`client_line.rs`); CLIENT LIST and KILL reach the endpoint's clients (`directory.rs`).
 //!
 //! Pure routing logic: [`slot`] (CRC16 hash slots, hashtags and the slot map), [`command`]
 //! (the command table, also rendered as `COMMANDS.md`), [`route`] (the decision for one
@@ -93,11 +95,14 @@ pub mod topology;
 
 mod admin;
 mod client;
+mod client_line;
 mod config;
 mod control;
+mod directory;
 mod frame;
 mod handover;
 mod info;
+mod monitor;
 mod outcome;
 mod pubsub;
 mod server;

@@ -175,6 +175,18 @@ impl Subscriptions {
         protocol == Protocol::Resp2 && self.active()
     }
 
+    /// How many channels, patterns and shard channels the client is subscribed to (CLIENT
+    /// INFO's `sub`, `psub` and `ssub`).
+    pub fn counts(&self) -> [usize; 3] {
+        let mut counts = [0; 3];
+        for sub in self.by_shard.iter().flatten() {
+            for kind in SubKind::ALL {
+                counts[kind as usize] += sub.names.count(kind);
+            }
+        }
+        counts
+    }
+
     /// Sends a SUBSCRIBE, PSUBSCRIBE or SSUBSCRIBE to `shard`'s subscriber connection, opened
     /// by awaiting `open` on first use (left unpolled otherwise).
     pub async fn subscribe(

@@ -40,6 +40,9 @@ struct Counters {
     connections_total: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
     latency_sum_us: AtomicU64,
+    /// The endpoint's open client connections, for CLIENT LIST (not a counter: it rides on
+    /// this handle because every session of the endpoint already shares it).
+    directory: crate::directory::ClientDirectory,
 }
 
 impl EndpointStats {
@@ -75,6 +78,11 @@ impl EndpointStats {
     /// Client connections open now (INFO's `connected_clients`).
     pub(crate) fn connections_current(&self) -> u64 {
         self.0.connections_current.load(Ordering::Relaxed)
+    }
+
+    /// The endpoint's directory of its open client connections (CLIENT LIST).
+    pub(crate) fn directory(&self) -> &crate::directory::ClientDirectory {
+        &self.0.directory
     }
 
     /// Counts an accepted client connection until the returned guard is dropped.

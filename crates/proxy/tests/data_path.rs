@@ -510,6 +510,71 @@ async fn wait_counts_the_writes_a_client_made_over_the_shared_connection() {
 /// CLIENT subcommands of the caller's own connection (issue 16): REPLY OFF/SKIP/ON suppress
 /// the caller's replies as Redis does, tracking turns on and off (see tracking.rs), LIST
 /// shows the caller alone, KILL reaches only the caller (answered, then closed).
+/// CLIENT LIST lists every client of the endpoint with the engine's fields, and CLIENT KILL
+/// closes the ones its filters name (SKIPME yes by default), the caller last.
+#[tokio::test]
+async fn client_list_and_kill_reach_the_endpoints_clients() {
+    let setup = Setup::start("127.0.166.1", 1, 1, None).await;
+    let mut me = Resp::connect(setup.endpoint).await;
+    let mut other = Resp::connect(setup.endpoint).await;
+    let mut third = Resp::connect(setup.endpoint).await;
+    assert_eq!(
+        other.call(&["CLIENT", "SETNAME", "other"]).await,
+        RespValue::simple("OK")
+    );
+    let RespValue::Integer(other_id) = other.call(&["CLIENT", "ID"]).await else {
+        panic!("CLIENT ID is an integer")
+    };
+    let RespValue::BulkString(list) = me.call(&["CLIENT", "LIST"]).await else {
+        panic!("CLIENT LIST is a bulk string")
+    };
+    let list = String::from_utf8_lossy(&list).into_owned();
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(
+        list.contains(&format!("id={other_id} ")) && list.contains(" name=other "),
+        "{list}"
+    );
+    assert!(list.contains(" cmd=client|list "), "{list}");
+    let killed = me
+        .call(&["CLIENT", "KILL", "ID", &other_id.to_string()])
+        .await;
+    assert_eq!(killed, RespValue::Integer(1));
+    assert!(
+        other.closed().await,
+        "the killed client's connection closes"
+    );
+    let mut listed = 3;
+    for _ in 0..100 {
+        let RespValue::BulkString(list) = me.call(&["CLIENT", "LIST"]).await else {
+            panic!("CLIENT LIST is a bulk string")
+        };
+        listed = String::from_utf8_lossy(&list).lines().count();
+        if listed == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(listed, 2, "the killed client left the endpoint's list");
+    assert_eq!(
+        me.call(&["CLIENT", "KILL", "SKIPME", "yes"]).await,
+        RespValue::Integer(1)
+    );
+    assert!(third.closed().await);
+    assert_eq!(
+        me.call(&["PING"]).await,
+        RespValue::simple("PONG"),
+        "SKIPME yes spares the caller"
+    );
+    assert_eq!(
+        me.call(&["CLIENT", "KILL", "SKIPME", "no"]).await,
+        RespValue::Integer(1)
+    );
+    assert!(
+        me.closed().await,
+        "SKIPME no kills the caller too, after the reply"
+    );
+}
+
 #[tokio::test]
 async fn client_subcommands_act_on_the_callers_own_connection() {
     let setup = Setup::start("127.0.153.1", 2, 2, None).await;
@@ -549,15 +614,17 @@ async fn client_subcommands_act_on_the_callers_own_connection() {
         panic!("CLIENT LIST is a bulk string")
     };
     let list = String::from_utf8_lossy(&list).into_owned();
-    assert_eq!(list.lines().count(), 1, "{list}");
-    assert!(list.starts_with(&format!("id={id} ")), "{list}");
-    let RespValue::Error(refused) = client.call(&["CLIENT", "KILL", "ID", "999999"]).await else {
-        panic!("CLIENT KILL of another client is refused")
-    };
-    let refused = String::from_utf8_lossy(&refused).into_owned();
+    // Both of the endpoint's clients (the raw one above and this one), by id.
+    assert_eq!(list.lines().count(), 2, "{list}");
+    let mine = list.lines().find(|l| l.starts_with(&format!("id={id} ")));
     assert!(
-        refused.contains("only the caller's own connection"),
-        "{refused}"
+        mine.is_some_and(|l| l.contains(" cmd=client|list ")),
+        "{list}"
+    );
+    assert_eq!(
+        client.call(&["CLIENT", "KILL", "ID", "999999"]).await,
+        RespValue::Integer(0),
+        "no client of the endpoint has that id"
     );
     let RespValue::Error(refused) = client.call(&["CLIENT", "UNPAUSE"]).await else {
         panic!("CLIENT UNPAUSE is refused")

@@ -631,7 +631,6 @@ fn admin_commands_are_refused_with_a_reason() {
         &["REPLICAOF", "NO", "ONE"],
         &["SLAVEOF", "h", "1"],
         &["DEBUG", "SLEEP", "0"],
-        &["MONITOR"],
         &["CLUSTER", "INFO"],
         &["FAILOVER"],
         &["SYNC"],
@@ -650,9 +649,13 @@ fn admin_commands_are_refused_with_a_reason() {
         let message = decision.rejection(&request).unwrap().to_string();
         assert!(message.starts_with("ERR command '"), "{message}");
     }
-    // CLIENT KILL and LIST are answered by the proxy for the caller's own connection only
-    // (KILL of another client is refused there, with the reason).
-    for words in [&["CLIENT", "KILL", "ID", "1"][..], &["CLIENT", "LIST"]] {
+    // CLIENT KILL and LIST are answered by the proxy over the endpoint's own clients, MONITOR
+    // over connections of its own to every shard.
+    for words in [
+        &["CLIENT", "KILL", "ID", "1"][..],
+        &["CLIENT", "LIST"],
+        &["MONITOR"],
+    ] {
         let route = route(&req(words), &three()).route;
         assert!(matches!(route, Route::Local(_)), "{words:?}");
     }

@@ -185,6 +185,7 @@ impl Session {
         session.state.authenticated = state.authenticated;
         session.state.protocol = protocol_of(state.protocol);
         session.state.name = state.name.map(Bytes::from);
+        session.listed.rename(session.state.name_text());
         if state.shared_connections {
             session.links.mark_used_shared();
         }

@@ -6,6 +6,7 @@ use flotilla_resp::{Request, Value};
 
 use crate::admin;
 use crate::client::{LocalOutcome, ReplyMode};
+use crate::client_line::{KillFilter, ListFilter};
 use crate::command::{LocalCommand, Merge, PubSubKind, TxStep};
 use crate::info::InfoContext;
 use crate::pubsub::{self, Answer, SubKind};
@@ -28,6 +29,7 @@ impl Session {
     /// replies are suppressed as CLIENT REPLY asks (see [`Session::mute_replies`]).
     pub(super) async fn dispatch(&mut self, request: Request, decision: Decision) {
         let queued = self.replies.len();
+        self.state.note_command(decision.spec);
         let reply_command = decision.route == Route::Local(LocalCommand::ClientReply);
         let mode = self.state.reply;
         self.send_caching(&request, &decision).await;
@@ -105,6 +107,31 @@ impl Session {
                 self.ready(reply);
             }
             Route::Local(LocalCommand::ClientTracking) => self.tracking_command(&request).await,
+            Route::Local(command @ (LocalCommand::ClientInfo | LocalCommand::ClientList)) => {
+                let reply = match self.client_line(command, &request).await {
+                    // A verbatim string, as the engine answers it (a bulk string in RESP2).
+                    Value::BulkString(text) => Value::VerbatimString {
+                        format: *b"txt",
+                        text,
+                    },
+                    other => other,
+                };
+                self.ready(reply);
+            }
+            Route::Local(LocalCommand::Monitor) => {
+                let reply = match crate::monitor::Monitors::start(&self.view.current).await {
+                    Ok(monitors) => {
+                        self.monitors = monitors;
+                        Value::simple("OK")
+                    }
+                    Err(reply) => reply,
+                };
+                self.ready(reply);
+            }
+            Route::Local(LocalCommand::ClientKill) => {
+                let reply = self.client_kill(&request).await;
+                self.ready(reply);
+            }
             Route::Local(command) => self.local(command, &request),
             Route::Admin(merge) => {
                 let reply = admin::ask(&self.view.current, merge, &request, self.state.protocol);
@@ -353,16 +380,86 @@ impl Session {
         }
     }
 
+    /// CLIENT INFO, and CLIENT LIST: the caller's line and the endpoint's other clients' (as
+    /// its directory has them) that the filters keep, in the engine's field list (see
+    /// `client_line.rs`).
+    async fn client_line(&mut self, command: LocalCommand, request: &Request) -> Value {
+        let filter = match command {
+            LocalCommand::ClientList => {
+                if let Some(refused) =
+                    crate::client_line::engine_refuses(&self.view.current, request).await
+                {
+                    return refused;
+                }
+                match ListFilter::parse(request) {
+                    Ok(filter) => Some(filter),
+                    Err(reply) => return reply,
+                }
+            }
+            _ => None,
+        };
+        let template = self.engine_line().await.map(str::to_owned);
+        let subscriptions = self.subs.counts();
+        let mine = self.state.facts(subscriptions, self.tx.queued());
+        let Some(filter) = filter else {
+            return Value::bulk(mine.render(template.as_deref()));
+        };
+        let subscribed = subscriptions.iter().any(|&n| n > 0);
+        let mut list = String::new();
+        for (id, entry) in self.stats.directory().entries() {
+            if id == self.state.id {
+                if filter.keeps_caller(&self.state, subscribed) {
+                    list.push_str(&mine.render(template.as_deref()));
+                }
+            } else if filter.keeps_other(id, &entry) {
+                list.push_str(&entry.facts(id).render(template.as_deref()));
+            }
+        }
+        Value::bulk(list)
+    }
+
+    /// The engine's own CLIENT INFO line (its field list), read once per client connection.
+    async fn engine_line(&mut self) -> Option<&str> {
+        if self.state.engine_line.is_none() {
+            let line = crate::client_line::engine_line(&self.view.current).await;
+            self.state.engine_line = Some(line);
+        }
+        self.state.engine_line.as_ref().and_then(Option::as_deref)
+    }
+
+    /// CLIENT KILL: closes the endpoint's clients its filters name (the caller after this
+    /// reply), as the engine closes its own; other endpoints' clients are not reached.
+    async fn client_kill(&mut self, request: &Request) -> Value {
+        let valkey = crate::client_line::is_valkey_line(self.engine_line().await);
+        let filter = match KillFilter::parse(request, valkey) {
+            Ok(filter) => filter,
+            Err(reply) => return reply,
+        };
+        let directory = self.stats.directory();
+        let mut killed = 0;
+        for (id, entry) in directory.entries() {
+            if id == self.state.id {
+                if filter.keeps_caller(&self.state) {
+                    self.closing = true;
+                    killed += 1;
+                }
+            } else if filter.keeps_other(id, &entry) && directory.kill(id) {
+                killed += 1;
+            }
+        }
+        filter.reply(killed)
+    }
+
     fn local(&mut self, command: LocalCommand, request: &Request) {
         let password = self.view.current.password();
-        match self.state.answer(command, request, password) {
+        let outcome = self.state.answer(command, request, password);
+        if matches!(command, LocalCommand::ClientSetName | LocalCommand::Hello) {
+            self.listed.rename(self.state.name_text());
+        }
+        match outcome {
             LocalOutcome::Reply(value) => self.ready(value),
             LocalOutcome::Quit => {
                 self.ready(Value::simple("OK"));
-                self.closing = true;
-            }
-            LocalOutcome::CloseAfter(value) => {
-                self.ready(value);
                 self.closing = true;
             }
             LocalOutcome::Reset => {
@@ -378,6 +475,8 @@ impl Session {
                 }
                 self.state.reset(self.view.current.password());
                 self.reset_tracking();
+                self.listed.rename(String::new());
+                self.monitors = crate::monitor::Monitors::default();
                 self.ready(Value::simple("RESET"));
             }
         }

@@ -444,6 +444,10 @@ pub(crate) struct Session {
     /// Most requests the next batch routes (see [`next_batch_size`]).
     batch_size: usize,
     stats: EndpointStats,
+    /// Keeps the client in the endpoint's directory (CLIENT LIST) while the session lives.
+    listed: crate::directory::Listed,
+    /// MONITOR's connections to every shard, once the client ran it.
+    monitors: crate::monitor::Monitors,
     /// The owner's requests (detach, close at a boundary), heard where the session waits.
     control: SessionControl,
 }
@@ -500,6 +504,7 @@ impl Session {
         let _ = stream.tcp().set_nodelay(true);
         let shard_count = view.current.shard_count();
         let state = ClientState::new(id, peer, local, view.current.password());
+        let listed = stats.directory().enter(id, state.directory_entry());
         let mut client = ClientIo::new(stream);
         client.bound(view.current.limits(), state.authenticated);
         Session {
@@ -516,6 +521,8 @@ impl Session {
             closing: false,
             batch_size: FIRST_BATCH,
             stats,
+            listed,
+            monitors: crate::monitor::Monitors::default(),
             view,
             control,
         }
@@ -628,6 +635,12 @@ impl Session {
             }
             return Ok(Turn::Again);
         }
+        if self.monitors.active() {
+            if !self.wait_monitoring().await? {
+                return Ok(Turn::Over(Step::End(Ended::Client)));
+            }
+            return Ok(Turn::Again);
+        }
         if self.subs.is_open() {
             if !self.wait_subscribed().await? {
                 return Ok(Turn::Over(Step::End(Ended::Client)));
@@ -668,9 +681,14 @@ impl Session {
         if !self.control.stopping() {
             return Step::Serve;
         }
-        // A TLS session cannot leave the process: it is closed at a boundary instead.
-        // Nor can a tracking client's inboxes (see `tracking.rs`).
-        if self.control.wants_detach() && !self.client.stream.is_tls() && !self.tracking.pins() {
+        // A TLS session cannot leave the process, nor can a tracking client's inboxes (see
+        // `tracking.rs`) or a monitoring one's MONITOR connections: it is closed at a boundary
+        // instead.
+        if self.control.wants_detach()
+            && !self.client.stream.is_tls()
+            && !self.tracking.pins()
+            && !self.monitors.active()
+        {
             return self
                 .capture()
                 .map_or(Step::Serve, |state| Step::Detach(Box::new(state)));
@@ -684,7 +702,7 @@ impl Session {
     }
 
     /// Waits for the client's next bytes, or for the owner's next request; `false` when the
-    /// client is gone.
+    /// client is gone or another client killed it (CLIENT KILL).
     async fn wait_client(&mut self) -> std::io::Result<bool> {
         self.client.release_idle_buffers();
         let idle = self.view.current.limits().client_timeout;
@@ -692,6 +710,7 @@ impl Session {
         tokio::select! {
             biased;
             () = self.control.listen() => Ok(true),
+            () = self.listed.killed() => Ok(false),
             read = self.client.read() => read,
             event = self.tracking.next_event() => {
                 self.on_tracking_event(event);
@@ -705,12 +724,35 @@ impl Session {
         }
     }
 
+    /// Waits for the client's next bytes while passing MONITOR's lines on; `false` when the
+    /// client is gone or a shard's MONITOR connection broke (the client is closed, as when a
+    /// subscriber connection breaks).
+    async fn wait_monitoring(&mut self) -> std::io::Result<bool> {
+        tokio::select! {
+            () = self.control.listen() => Ok(true),
+            () = self.listed.killed() => Ok(false),
+            read = self.client.read() => read,
+            line = self.monitors.next_line() => match line {
+                Ok(value) => {
+                    value.encode_as(&mut self.client.output, self.state.protocol);
+                    self.client.write_output().await?;
+                    Ok(true)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "MONITOR connection lost; closing the client");
+                    Ok(false)
+                }
+            },
+        }
+    }
+
     /// Waits for the client's next bytes while passing published messages on, and notices a
     /// new topology; `false` when the client or a subscriber connection is gone.
     async fn wait_subscribed(&mut self) -> std::io::Result<bool> {
         let open = self.view.is_open();
         tokio::select! {
             () = self.control.listen() => Ok(true),
+            () = self.listed.killed() => Ok(false),
             read = self.client.read() => read,
             event = self.tracking.next_event() => {
                 self.on_tracking_event(event);

@@ -76,6 +76,11 @@ impl TxState {
         self.tx.is_some()
     }
 
+    /// How many commands the MULTI in progress queued (`None`: no MULTI; CLIENT INFO's `multi`).
+    pub fn queued(&self) -> Option<usize> {
+        self.tx.as_ref().map(|tx| tx.queued.len())
+    }
+
     /// Whether a request routed as `route` is queued (inside MULTI) rather than acted on.
     pub fn queues(&self, route: &Route) -> bool {
         self.tx.is_some() && !runs_inside_multi(route)
