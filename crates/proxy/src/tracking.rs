@@ -37,14 +37,15 @@
 //! endpoint); a write resent to a new primary after a failover goes over a connection that
 //! does not track.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{LazyLock, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use flotilla_resp::{Protocol, Request, Value};
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
 
 use crate::shard::{ShardConn, ShardError};
 use crate::slot::ShardIndex;
@@ -61,7 +62,37 @@ struct Entry {
     /// The endpoint the client is connected to: a redirect never crosses databases.
     local: SocketAddr,
     /// Where its invalidation notes go.
-    tx: mpsc::UnboundedSender<Note>,
+    shelf: Arc<Shelf>,
+}
+
+/// The notes waiting for one client. No channel: every client of an endpoint has one (any may
+/// be named by a REDIRECT), so an empty one must cost next to nothing (an idle connection's
+/// memory is bounded by a test), and a queue allocates only once notes arrive.
+#[derive(Default)]
+struct Shelf {
+    notes: Mutex<VecDeque<Note>>,
+    /// Set when a note found the shelf full: the client then gets one "flush everything"
+    /// note instead of the ones dropped.
+    overflowed: AtomicBool,
+    /// The session's task, woken when a note arrives.
+    waker: AtomicWaker,
+}
+
+impl Shelf {
+    /// Puts `note` on the shelf (past [`MAILBOX_NOTES`]: the shelf collapses into one
+    /// "flush everything" note) and wakes the client's session.
+    fn put(&self, note: Note) {
+        {
+            let mut notes = self.notes.lock().unwrap_or_else(|p| p.into_inner());
+            if notes.len() >= MAILBOX_NOTES {
+                notes.clear();
+                self.overflowed.store(true, Ordering::Release);
+            } else {
+                notes.push_back(note);
+            }
+        }
+        self.waker.wake();
+    }
 }
 
 /// Every client of this process's endpoints by id (ids are unique in the process, see
@@ -78,22 +109,26 @@ fn clients() -> std::sync::MutexGuard<'static, HashMap<u64, Entry>> {
 /// A client's registration as a possible redirect client; removed when dropped.
 pub(crate) struct Mailbox {
     id: u64,
-    /// The sending side kept in the registry, to tell this registration from a later one.
-    tx: mpsc::UnboundedSender<Note>,
-    rx: mpsc::UnboundedReceiver<Note>,
+    /// The shelf kept in the registry (also tells this registration from a later one).
+    shelf: Arc<Shelf>,
 }
+
+/// How many invalidation notes a redirect client's mailbox holds before later ones collapse
+/// into one "flush everything" note: a redirect client that does not read (blocked, or
+/// monitoring) costs bounded memory however many clients redirect to it.
+const MAILBOX_NOTES: usize = 1024;
 
 /// Registers client `id` of the endpoint at `local` as a possible redirect client.
 pub(crate) fn register(id: u64, local: SocketAddr) -> Mailbox {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let shelf = Arc::new(Shelf::default());
     clients().insert(
         id,
         Entry {
             local,
-            tx: tx.clone(),
+            shelf: shelf.clone(),
         },
     );
-    Mailbox { id, tx, rx }
+    Mailbox { id, shelf }
 }
 
 impl Mailbox {
@@ -103,9 +138,24 @@ impl Mailbox {
         // A session resumed in this same process registered the id again: keep that one.
         if clients
             .get(&self.id)
-            .is_some_and(|e| e.tx.same_channel(&self.tx))
+            .is_some_and(|e| Arc::ptr_eq(&e.shelf, &self.shelf))
         {
             clients.remove(&self.id);
+        }
+    }
+
+    /// The next note for this client; after an overflow, one note to flush everything in place
+    /// of every note still queued (they are covered by it).
+    fn poll_note(&mut self, cx: &mut Context<'_>) -> Poll<Option<Note>> {
+        self.shelf.waker.register(cx.waker());
+        let mut notes = self.shelf.notes.lock().unwrap_or_else(|p| p.into_inner());
+        if self.shelf.overflowed.swap(false, Ordering::AcqRel) {
+            notes.clear();
+            return Poll::Ready(Some(None));
+        }
+        match notes.pop_front() {
+            Some(note) => Poll::Ready(Some(note)),
+            None => Poll::Pending,
         }
     }
 }
@@ -123,10 +173,17 @@ fn exists(id: u64, local: SocketAddr) -> bool {
 
 /// Sends `note` to client `id` of the endpoint at `local`; `false` when it is gone.
 fn send_to(id: u64, local: SocketAddr, note: Note) -> bool {
-    clients()
+    let shelf = clients()
         .get(&id)
         .filter(|e| e.local == local)
-        .is_some_and(|e| e.tx.send(note).is_ok())
+        .map(|e| e.shelf.clone());
+    match shelf {
+        Some(shelf) => {
+            shelf.put(note);
+            true
+        }
+        None => false,
+    }
 }
 
 /// The options tracking is on with, as Redis keeps them for a client.
@@ -526,7 +583,7 @@ impl Tracking {
                 }
             }
         }
-        match self.mailbox.rx.poll_recv(cx) {
+        match self.mailbox.poll_note(cx) {
             Poll::Ready(Some(note)) => Poll::Ready(Event::Redirected(note)),
             _ => Poll::Pending,
         }
@@ -744,6 +801,9 @@ pub(crate) fn caching_request(yes: bool) -> Request {
     )
 }
 
+/// How long opening an inbox (connect, HELLO, SUBSCRIBE) may take.
+const INBOX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Opens `shard`'s inbox: a RESP2 connection whose engine id HELLO gives, subscribed to
 /// [`INVALIDATE_CHANNEL`].
 async fn open_inbox(
@@ -760,19 +820,29 @@ async fn open_inbox(
             reason: "the shard has no primary".into(),
         })?;
     let login = topology.shard_login();
-    let mut conn = ShardConn::connect(uid, addr, login, Protocol::Resp2, generation).await?;
-    conn.send(&Request::new("HELLO", [Bytes::from_static(b"2")]));
-    conn.send(&Request::new(
-        "SUBSCRIBE",
-        [Bytes::from_static(INVALIDATE_CHANNEL.as_bytes())],
-    ));
-    conn.flush().await;
-    let hello = conn.reply().await?;
-    let subscribed = conn.reply().await?;
     let failed = |reason: String| ShardError::Unavailable {
         shard: uid,
         addr,
         reason,
+    };
+    // Bounded like the endpoint's other side connections (MONITOR, admin): an engine that
+    // accepts and then stalls must not hang the session while it routes.
+    let opened = tokio::time::timeout(INBOX_TIMEOUT, async {
+        let mut conn = ShardConn::connect(uid, addr, login, Protocol::Resp2, generation).await?;
+        conn.send(&Request::new("HELLO", [Bytes::from_static(b"2")]));
+        conn.send(&Request::new(
+            "SUBSCRIBE",
+            [Bytes::from_static(INVALIDATE_CHANNEL.as_bytes())],
+        ));
+        conn.flush().await;
+        let hello = conn.reply().await?;
+        let subscribed = conn.reply().await?;
+        Ok::<_, ShardError>((conn, hello, subscribed))
+    })
+    .await;
+    let (conn, hello, subscribed) = match opened {
+        Ok(opened) => opened?,
+        Err(_) => return Err(failed("the inbox did not answer within 5 s".into())),
     };
     if subscribed.is_error() {
         return Err(failed(format!("inbox refused: {subscribed:?}")));
@@ -807,6 +877,27 @@ fn hello_id(hello: &Value) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A redirect client that does not read holds at most `MAILBOX_NOTES` notes; past that it
+    /// gets one "flush everything" note in place of all of them, then nothing more.
+    #[tokio::test]
+    async fn a_full_mailbox_collapses_into_one_flush() {
+        let local = SocketAddr::from(([127, 0, 0, 1], 1));
+        let id = u64::MAX - 7;
+        let mut mailbox = register(id, local);
+        for n in 0..MAILBOX_NOTES + 10 {
+            assert!(send_to(id, local, Some(vec![Bytes::from(n.to_string())])));
+        }
+        let first = std::future::poll_fn(|cx| mailbox.poll_note(cx)).await;
+        assert_eq!(first, Some(None), "one note to flush everything");
+        let next = std::future::poll_fn(|cx| Poll::Ready(mailbox.poll_note(cx))).await;
+        assert!(
+            next.is_pending(),
+            "the queued notes were covered by the flush"
+        );
+        drop(mailbox);
+        assert!(!exists(id, local), "a dropped mailbox leaves the registry");
+    }
 
     fn req(line: &str) -> Request {
         let args: Vec<Bytes> = line

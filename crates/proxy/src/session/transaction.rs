@@ -9,7 +9,7 @@
 
 use flotilla_resp::{Protocol, Request, Value};
 
-use crate::command::{LocalCommand, TxStep};
+use crate::command::{LocalCommand, Merge, TxStep};
 use crate::handover::{TransactionState, WatchState};
 use crate::route::{Decision, Route};
 use crate::slot::ShardIndex;
@@ -117,11 +117,14 @@ impl TxState {
             (Some(rejection), _) => Some(rejection.to_string()),
             (None, Route::Slot(_)) if one_shard && tx.slot.is_some() => None,
             (None, Route::Slot(slot)) => tx.pin(*slot),
-            (None, Route::AllShards(_) | Route::Split(_)) if one_shard => None,
+            // INFO's engine reply is rewritten for the client (`info.rs`: the shard's own
+            // addresses, config file and replicas are not the database's), so it is not
+            // queued raw.
+            (None, Route::AllShards(merge)) if one_shard && *merge != Merge::Info => None,
+            (None, Route::Split(_)) if one_shard => None,
             (None, Route::AnyShard)
             | (None, Route::Local(LocalCommand::Ping | LocalCommand::Echo))
             | (None, Route::Transaction { .. }) => None,
-            (None, Route::AllShards(_)) if one_shard => None,
             (None, _) => Some(format!(
                 "ERR {} cannot run inside MULTI through the proxy: a transaction runs on one shard",
                 request.name()
@@ -336,6 +339,17 @@ mod tests {
         tx.multi();
         let reply = tx.queue(req(&words), &decision(&words), true);
         assert_eq!(reply, Value::simple("QUEUED"));
+    }
+
+    /// INFO inside MULTI is refused even on one shard: its engine reply would reach the client
+    /// raw (the shard's addresses, config file and replicas), not as `info.rs` rewrites it.
+    #[test]
+    fn info_is_not_queued_raw_in_a_one_shard_database() {
+        let words = ["INFO"];
+        let mut tx = TxState::default();
+        tx.multi();
+        let reply = tx.queue(req(&words), &decision(&words), true);
+        assert!(reply.is_error(), "{reply:?}");
     }
 
     fn watch_on(tx: &mut TxState, key: &str, shard: usize, generation: u64) {
