@@ -98,6 +98,7 @@ fn spec_from(request: BdbCreate, addr: IpAddr) -> Result<BdbSpec, ApiError> {
         limits,
         tls_mode: request.tls_mode.unwrap_or_default(),
         config: Default::default(),
+        crdt: None,
     })
 }
 

@@ -148,6 +148,10 @@ pub struct BdbSpec {
     /// JSON while empty (the first release's JSON has none); setting one is a 0.2.0 command.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub config: crate::DatabaseConfig,
+    /// Set when this database is one instance of an Active-Active database (issue 15); absent
+    /// from the JSON otherwise. Introduced in 0.2.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crdt: Option<crate::crdb::BdbCrdt>,
 }
 
 /// Whether a database's endpoint serves TLS (Redis Software's `tls_mode` values).

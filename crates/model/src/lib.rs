@@ -27,6 +27,7 @@ mod action;
 mod bdb;
 mod clock;
 mod command;
+pub mod crdb;
 mod engine_users;
 mod engine_version;
 mod error;
@@ -57,6 +58,7 @@ pub use command::{
     ReplacementAddition, ShardHold, ShardMigration, ShardPromotion, ShardRemoval, ShardReplacement,
     ShardVersionChange, TemporaryReplicaAddition,
 };
+pub use crdb::{BdbCrdt, Crdb, CrdbCluster, CrdbInstance, CrdtReplicaId};
 pub use engine_users::{EngineCredentials, EngineUsers, ADMIN_USER, PROXY_USER, REPLICATION_USER};
 pub use engine_version::{EngineVersion, UnknownEngineVersion};
 pub use error::ModelError;

@@ -251,6 +251,7 @@ mod tests {
             limits: Default::default(),
             tls_mode: Default::default(),
             config: Default::default(),
+            crdt: None,
         };
         let plan = |node_uid, role| ShardPlan {
             node_uid,

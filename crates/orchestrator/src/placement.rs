@@ -247,6 +247,7 @@ pub(crate) mod tests {
             limits: Default::default(),
             tls_mode: Default::default(),
             config: Default::default(),
+            crdt: None,
         }
     }
 

@@ -203,6 +203,7 @@ mod tests {
                 limits: Default::default(),
                 tls_mode: Default::default(),
                 config: Default::default(),
+                crdt: None,
             },
             created_at: 0,
             shards: vec![

@@ -139,6 +139,7 @@ impl TestNode {
                 limits: Default::default(),
                 tls_mode: Default::default(),
                 config: Default::default(),
+                crdt: None,
             },
             created_at: 0,
             shards: vec![

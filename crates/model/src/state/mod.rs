@@ -54,6 +54,9 @@ pub struct ClusterState {
     /// Actions by uid (finished ones are kept for `flotilla action list`).
     #[serde(default)]
     pub actions: OrdMap<ActionUid, Action>,
+    /// Active-Active databases this cluster takes part in, by GUID (issue 15).
+    #[serde(default, skip_serializing_if = "OrdMap::is_empty")]
+    pub crdbs: OrdMap<String, crate::crdb::Crdb>,
 }
 
 /// Monotonic counters for uids; a uid is never handed out twice, even after a removal.
@@ -182,6 +185,7 @@ pub(crate) mod testing {
             limits: Default::default(),
             tls_mode: Default::default(),
             config: Default::default(),
+            crdt: None,
         }
     }
 

@@ -208,6 +208,7 @@ pub fn database(i: u16) -> Command {
         limits: Default::default(),
         tls_mode: Default::default(),
         config: Default::default(),
+        crdt: None,
     };
     let shard = |node_uid, role, slots| ShardPlan {
         node_uid,
