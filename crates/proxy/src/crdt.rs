@@ -103,8 +103,8 @@ const WRITES: &[&str] = &[
     "COPY",
 ];
 
-/// Listings run here so that the hidden keys stay hidden.
-const LISTINGS: &[&str] = &["KEYS", "SCAN", "RANDOMKEY", "DBSIZE"];
+/// Listings run here so that the hidden keys stay hidden (`INFO`: its `keyspace` counts).
+const LISTINGS: &[&str] = &["KEYS", "SCAN", "RANDOMKEY", "DBSIZE", "INFO"];
 
 /// Decides what the endpoint of an Active-Active instance does with `request`.
 pub(crate) fn screen(request: &Request, decision: &Decision) -> Screen {
@@ -203,7 +203,9 @@ async fn connection(addr: SocketAddr, login: &ShardLogin) -> Result<Conn, String
         addr.port(),
     ))
     .map_err(|e| e.to_string())?
-    .set_redis_settings(settings);
+    .set_redis_settings(settings)
+    // Each write waits for its replies: no Nagle delay on the way.
+    .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(10)));
@@ -292,6 +294,7 @@ pub(crate) async fn run(
         "SCAN" => scan(&ctx, request).await,
         "RANDOMKEY" => randomkey(&ctx).await,
         "DBSIZE" => dbsize(&ctx).await,
+        "INFO" => Value::error("ERR INFO runs with the session's context"),
         "DEL" | "UNLINK" => del(&ctx, request).await,
         "MSET" => mset(&ctx, request).await,
         _ => {
@@ -1600,6 +1603,80 @@ async fn randomkey(ctx: &Ctx<'_>) -> Value {
         }
     }
     ctx.nil()
+}
+
+/// `INFO`: every shard's reply with its `db0` line counting only the client's keys (the
+/// metadata keys never expire, so `expires` stays), combined as for any database.
+pub(crate) async fn info(
+    topology: &Topology,
+    request: &Request,
+    info: &crate::info::InfoContext,
+    protocol: Protocol,
+) -> Value {
+    let mut replies = Vec::new();
+    for shard in 0..topology.shard_count() {
+        let Some(addr) = topology.primary(ShardIndex(shard)) else {
+            return Value::error("ERR no such shard");
+        };
+        let mut conn = match connection(addr, topology.shard_login()).await {
+            Ok(c) => c,
+            Err(e) => return Value::error(format!("ERR {e}")),
+        };
+        let mut cmd = redis::cmd("INFO");
+        for a in request.args() {
+            cmd.arg(&a[..]);
+        }
+        let text: Result<String, _> = cmd.query_async(&mut conn).await;
+        let text = match text {
+            Ok(t) => t,
+            Err(e) => return engine_error(e),
+        };
+        let text = if text.contains("\r\ndb0:") || text.starts_with("db0:") {
+            let engine_keys = match flotilla_crdb::dbsize(&mut conn).await {
+                Ok(n) => n,
+                Err(e) => return Value::error(format!("ERR {e}")),
+            };
+            visible_keyspace(&text, engine_keys)
+        } else {
+            text
+        };
+        replies.push(if protocol == Protocol::Resp3 {
+            Value::VerbatimString {
+                format: *b"txt",
+                text: text.into(),
+            }
+        } else {
+            Value::bulk(text)
+        });
+    }
+    crate::info::merge_info(replies, info)
+}
+
+/// `text` (a shard's INFO) with its `db0` line's `keys=` set to `keys` (the line dropped when
+/// no key is left, as the engine leaves out an empty database).
+fn visible_keyspace(text: &str, keys: u64) -> String {
+    text.split("\r\n")
+        .filter_map(|line| {
+            let Some(fields) = line.strip_prefix("db0:") else {
+                return Some(line.to_string());
+            };
+            if keys == 0 {
+                return None;
+            }
+            let fields: Vec<String> = fields
+                .split(',')
+                .map(|f| {
+                    if f.starts_with("keys=") {
+                        format!("keys={keys}")
+                    } else {
+                        f.to_string()
+                    }
+                })
+                .collect();
+            Some(format!("db0:{}", fields.join(",")))
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
 }
 
 /// `DBSIZE`: every shard's count without the hidden keys.

@@ -318,6 +318,24 @@ async fn a_crdb_endpoint_answers_every_supported_write_as_a_plain_one() {
         let key = key.expect("the database has keys");
         assert!(keys.contains(&key), "RANDOMKEY gave {key}");
     }
+    // INFO keyspace counts the client's keys only.
+    let keyspace = |text: String| {
+        text.lines()
+            .find(|l| l.starts_with("db0:"))
+            .and_then(|l| l.split(',').next().map(str::to_owned))
+    };
+    let info_c: String = redis::cmd("INFO")
+        .arg("keyspace")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let info_p: String = redis::cmd("INFO")
+        .arg("keyspace")
+        .query_async(&mut p)
+        .await
+        .unwrap();
+    assert_eq!(keyspace(info_c), Some(format!("db0:keys={}", keys.len())));
+    assert_eq!(keyspace(info_p), Some(format!("db0:keys={}", keys.len())));
     // The engines do hold the metadata.
     let mut direct = crdb.direct(0).await;
     let engine_keys: Vec<String> = redis::cmd("KEYS")
@@ -480,4 +498,52 @@ async fn pipelines_keep_order_and_the_log_has_one_entry_per_effective_write() {
     let page = flotilla_crdb::read_log(&mut direct, 0, 100).await.unwrap();
     assert_eq!(page.last, before + effective.len() as u64);
     assert_eq!(page.entries.len() as u64, page.last);
+}
+
+/// `redis-benchmark -t set,get,incr` through a CRDB endpoint and a plain one (each one shard,
+/// redis-7.0, in this process), printing requests per second and the CRDB/plain ratio. A
+/// measurement, not a check: run with
+/// `cargo test -p flotilla-proxy --test crdt -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn benchmark_crdb_endpoint_against_plain() {
+    let crdb = crdb_setup("127.0.234.5", 1).await;
+    let plain = Setup::start("127.0.234.6", 1, 1, None).await;
+    let bench = |addr: std::net::SocketAddr| async move {
+        let out = tokio::process::Command::new("redis-benchmark")
+            .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+            .args([
+                "-t",
+                "set,get,incr",
+                "-n",
+                "20000",
+                "-c",
+                "20",
+                "-r",
+                "1000",
+                "--csv",
+            ])
+            .output()
+            .await
+            .expect("redis-benchmark on PATH");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .skip(1)
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split(',').map(|c| c.trim_matches('"')).collect();
+                Some((cols.first()?.to_string(), cols.get(1)?.parse::<f64>().ok()?))
+            })
+            .collect::<Vec<(String, f64)>>()
+    };
+    // Each once before measuring (connections, script load).
+    let _ = bench(crdb.endpoint).await;
+    let c = bench(crdb.endpoint).await;
+    let p = bench(plain.endpoint).await;
+    assert_eq!(c.len(), 3, "{c:?}");
+    for ((test, crdb_rps), (_, plain_rps)) in c.iter().zip(&p) {
+        println!(
+            "{test}: crdb {crdb_rps:.0} rps, plain {plain_rps:.0} rps, ratio {:.2}",
+            crdb_rps / plain_rps
+        );
+    }
 }
