@@ -542,6 +542,13 @@ fn deadline(ctx: &Ctx, arg: &[u8], unit: i64, absolute: bool, name: &str) -> Res
     }
 }
 
+/// The optional count of `SPOP`/`LPOP`/`RPOP`: a non-negative integer.
+fn count_arg(arg: &[u8]) -> Result<usize, Failure> {
+    let n = int(arg)?;
+    usize::try_from(n)
+        .map_err(|_| Failure::Reply(Value::error("ERR value is out of range, must be positive")))
+}
+
 /// A random number (for `SPOP`).
 fn random() -> u64 {
     let mut h = RandomState::new().build_hasher();
@@ -892,18 +899,7 @@ async fn write(ctx: &Ctx<'_>, conn: &mut Conn, request: &Request) -> Result<Valu
             .await
         }
         "SPOP" => {
-            let count = match args.get(1) {
-                None => None,
-                Some(c) => {
-                    let n = int(c)?;
-                    if n < 0 {
-                        return Err(Failure::Reply(Value::error(
-                            "ERR value is out of range, must be positive",
-                        )));
-                    }
-                    Some(n as usize)
-                }
-            };
+            let count = args.get(1).map(|c| count_arg(c)).transpose()?;
             if args.len() > 2 {
                 return Err(syntax());
             }
@@ -1059,18 +1055,7 @@ async fn write(ctx: &Ctx<'_>, conn: &mut Conn, request: &Request) -> Result<Valu
             .await
         }
         "LPOP" | "RPOP" => {
-            let count = match args.get(1) {
-                None => None,
-                Some(c) => {
-                    let n = int(c)?;
-                    if n < 0 {
-                        return Err(Failure::Reply(Value::error(
-                            "ERR value is out of range, must be positive",
-                        )));
-                    }
-                    Some(n as usize)
-                }
-            };
+            let count = args.get(1).map(|c| count_arg(c)).transpose()?;
             if args.len() > 2 {
                 return Err(arity(name));
             }
