@@ -1,7 +1,7 @@
 //! An Active-Active instance's endpoint (issue 15) on real redis-7.0 shards: the same scripted
 //! commands through a CRDB endpoint and a plain one give the same replies; unsupported writes are
 //! refused by name; the hidden metadata never shows; pipelines keep their order; the op log gets
-//! one entry per effective write. Addresses: 127.0.234.1 - 127.0.234.9 (endpoint port 12000,
+//! one entry per effective write; two instances converge. Addresses: 127.0.234.1 - 127.0.234.9 (endpoint port 12000,
 //! shards 20001+).
 
 mod common;
@@ -250,6 +250,19 @@ fn script() -> Vec<Vec<&'static str>> {
         "SET h replaces-a-hash",
         "TYPE h",
         "GET h",
+        // Repeated fields, members and keys in one command.
+        "HSET dup a 1 a 2",
+        "HGET dup a",
+        "HDEL dup a a",
+        "SADD dups x x y",
+        "SREM dups x x",
+        "ZADD dupz 1 m 2 m",
+        "ZSCORE dupz m",
+        "ZREM dupz m m",
+        "SET {d}k v",
+        "DEL {d}k {d}k",
+        "RPUSH dupl a a",
+        "LREM dupl 0 a",
         "DBSIZE",
         "KEYS *",
     ];
@@ -724,4 +737,35 @@ async fn two_instances_converge_through_their_endpoints() {
         }
     };
     assert_eq!(keys(&mut ca).await, keys(&mut cb).await);
+}
+
+/// Clients writing one key at once through the endpoint, in pipelines: no increment is lost
+/// (the layer's compare-and-set retries the losers) and the log has one entry per increment.
+#[tokio::test]
+async fn concurrent_clients_lose_no_increment() {
+    let crdb = crdb_setup("127.0.234.9", 1).await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut conn = crdb.patient_client(Duration::from_secs(10)).await;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let mut pipe = redis::pipe();
+                for _ in 0..10 {
+                    pipe.cmd("INCR").arg("hot").cmd("SADD").arg("seen").arg("x");
+                }
+                let _: Vec<Value> = pipe.query_async(&mut conn).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut c = crdb.patient_client(Duration::from_secs(5)).await;
+    assert_eq!(
+        run(&mut c, &["GET", "hot"]).await,
+        Ok(Value::BulkString(b"400".to_vec()))
+    );
+    let mut direct = crdb.direct(0).await;
+    let page = flotilla_crdb::read_log(&mut direct, 0, 1000).await.unwrap();
+    assert_eq!(page.last, 401, "400 increments and the one SADD that added");
 }
