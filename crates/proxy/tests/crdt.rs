@@ -1,8 +1,8 @@
 //! An Active-Active instance's endpoint (issue 15) on real redis-7.0 shards: the same scripted
 //! commands through a CRDB endpoint and a plain one give the same replies; unsupported writes are
 //! refused by name; the hidden metadata never shows; pipelines keep their order; the op log gets
-//! one entry per effective write; two instances converge. Addresses: 127.0.234.1 - 127.0.234.9 (endpoint port 12000,
-//! shards 20001+).
+//! one entry per effective write; two instances converge. Addresses: 127.0.234.1 - 127.0.234.9
+//! (endpoint port 12000, shards 20001+).
 
 mod common;
 
