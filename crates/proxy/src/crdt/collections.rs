@@ -9,17 +9,41 @@ use flotilla_resp::{Request, Value};
 use super::support::*;
 use super::{unsupported, Ctx};
 
+/// The commands [`write`] runs.
+pub(super) const COMMANDS: &[&str] = &[
+    "HSET",
+    "HMSET",
+    "HSETNX",
+    "HDEL",
+    "HINCRBY",
+    "HINCRBYFLOAT",
+    "SADD",
+    "SREM",
+    "SPOP",
+    "SMOVE",
+    "ZADD",
+    "ZINCRBY",
+    "ZREM",
+    "LPUSH",
+    "RPUSH",
+    "LPUSHX",
+    "RPUSHX",
+    "LINSERT",
+    "LPOP",
+    "RPOP",
+    "LREM",
+    "LSET",
+    "LTRIM",
+];
+
 /// `HSET`... `SADD`... `ZINCRBY`, `ZREM`, `LPUSH`... one key (or `SMOVE`'s two in one slot).
 pub(super) async fn write(
     ctx: &Ctx<'_>,
     conn: &mut Conn,
     request: &Request,
 ) -> Result<Value, Failure> {
-    let name = request.name();
-    let args = &request.argv()[1..];
+    let (name, args, key) = keyed(request)?;
     let need = |n: usize| need(name, args, n);
-    need(1)?;
-    let key = &args[0];
     let now = ctx.now;
     match name {
         "HSET" | "HMSET" => {

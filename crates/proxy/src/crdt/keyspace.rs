@@ -30,11 +30,8 @@ pub(super) async fn write(
     conn: &mut Conn,
     request: &Request,
 ) -> Result<Value, Failure> {
-    let name = request.name();
-    let args = &request.argv()[1..];
+    let (name, args, key) = keyed(request)?;
     let need = |n: usize| need(name, args, n);
-    need(1)?;
-    let key = &args[0];
     let now = ctx.now;
     match name {
         "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => {

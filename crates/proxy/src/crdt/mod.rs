@@ -55,57 +55,14 @@ pub(crate) enum Screen {
     Run,
 }
 
-/// Supported writes: each goes through the layer.
-const WRITES: &[&str] = &[
-    "SET",
-    "SETNX",
-    "SETEX",
-    "PSETEX",
-    "GETSET",
-    "GETDEL",
-    "MSET",
-    "MSETNX",
-    "APPEND",
-    "SETRANGE",
-    "INCR",
-    "DECR",
-    "INCRBY",
-    "DECRBY",
-    "INCRBYFLOAT",
-    "HSET",
-    "HMSET",
-    "HSETNX",
-    "HDEL",
-    "HINCRBY",
-    "HINCRBYFLOAT",
-    "SADD",
-    "SREM",
-    "SPOP",
-    "SMOVE",
-    "ZADD",
-    "ZINCRBY",
-    "ZREM",
-    "LPUSH",
-    "RPUSH",
-    "LPUSHX",
-    "RPUSHX",
-    "LINSERT",
-    "LPOP",
-    "RPOP",
-    "LREM",
-    "LSET",
-    "LTRIM",
-    "DEL",
-    "UNLINK",
-    "EXPIRE",
-    "PEXPIRE",
-    "EXPIREAT",
-    "PEXPIREAT",
-    "PERSIST",
-    "RENAME",
-    "RENAMENX",
-    "COPY",
-];
+/// Whether `name` is a supported write (each goes through the layer): the single-shard ones of
+/// each family, and the multi-key ones run per shard.
+fn is_supported_write(name: &str) -> bool {
+    strings::COMMANDS.contains(&name)
+        || collections::COMMANDS.contains(&name)
+        || keyspace::COMMANDS.contains(&name)
+        || matches!(name, "MSET" | "DEL" | "UNLINK")
+}
 
 /// Listings run here so that the hidden keys stay hidden (`INFO`: its `keyspace` counts).
 const LISTINGS: &[&str] = &["KEYS", "SCAN", "RANDOMKEY", "DBSIZE", "INFO"];
@@ -163,7 +120,7 @@ pub(crate) fn screen(request: &Request, decision: &Decision) -> Screen {
         // The proxy's own answer (unknown command, wrong arity, CROSSSLOT...).
         return Screen::Pass;
     }
-    if WRITES.contains(&name) || LISTINGS.contains(&name) {
+    if is_supported_write(name) || LISTINGS.contains(&name) {
         return Screen::Run;
     }
     let Some(spec) = decision.spec else {

@@ -34,11 +34,8 @@ pub(super) async fn write(
     conn: &mut Conn,
     request: &Request,
 ) -> Result<Value, Failure> {
-    let name = request.name();
-    let args = &request.argv()[1..];
+    let (name, args, key) = keyed(request)?;
     let need = |n: usize| need(name, args, n);
-    need(1)?;
-    let key = &args[0];
     let now = ctx.now;
     match name {
         "SET" => {
@@ -159,19 +156,7 @@ pub(super) async fn write(
                 if states.iter().any(|s| s.visible_type(now).is_some()) {
                     return Ok((Vec::new(), Value::Integer(0)));
                 }
-                let mut ops = Vec::new();
-                for (key, value) in values.iter() {
-                    let i = keys.iter().position(|k| k == key).expect("listed");
-                    set_value(
-                        &mut ops,
-                        &mut states[i],
-                        &Blob(key.clone()),
-                        ctx,
-                        value.clone(),
-                        false,
-                    )?;
-                }
-                Ok((ops, Value::Integer(1)))
+                Ok((set_pairs(ctx, states, &keys, &values)?, Value::Integer(1)))
             })
             .await
         }
@@ -277,6 +262,29 @@ fn pairs(args: &[Bytes]) -> (Vec<Vec<u8>>, KeyValues) {
     (keys, values)
 }
 
+/// `SET`s each key of `values` (in order) in `states` (the states of `keys`); the ops.
+fn set_pairs(
+    ctx: &Ctx,
+    states: &mut [flotilla_crdb::KeyState],
+    keys: &[Vec<u8>],
+    values: &KeyValues,
+) -> Result<Vec<flotilla_crdt::Op>, flotilla_crdb::CrdbError> {
+    let mut ops = Vec::new();
+    for (key, value) in values {
+        let i = keys.iter().position(|k| k == key).expect("listed");
+        let state = &mut states[i];
+        set_value(
+            &mut ops,
+            state,
+            &Blob(key.clone()),
+            ctx,
+            value.clone(),
+            false,
+        )?;
+    }
+    Ok(ops)
+}
+
 /// `MSET`: every key on one shard (a cross-shard `MSET` would not be atomic on the peers).
 pub(super) async fn mset(ctx: &Ctx<'_>, request: &Request) -> Value {
     let args = &request.argv()[1..];
@@ -296,19 +304,7 @@ pub(super) async fn mset(ctx: &Ctx<'_>, request: &Request) -> Value {
     };
     let (keys, values) = pairs(args);
     let done = on_keys(ctx, &mut conn, keys.clone(), |states| {
-        let mut ops = Vec::new();
-        for (key, value) in &values {
-            let i = keys.iter().position(|k| k == key).expect("listed");
-            set_value(
-                &mut ops,
-                &mut states[i],
-                &Blob(key.clone()),
-                ctx,
-                value.clone(),
-                false,
-            )?;
-        }
-        Ok((ops, Value::simple("OK")))
+        Ok((set_pairs(ctx, states, &keys, &values)?, Value::simple("OK")))
     })
     .await;
     done.unwrap_or_else(|e| Value::error(e.to_string()))

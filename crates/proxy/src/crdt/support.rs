@@ -265,6 +265,14 @@ pub(super) fn random() -> u64 {
     h.finish()
 }
 
+/// A keyed command's name, arguments after the name, and key (the first argument).
+pub(super) fn keyed(request: &flotilla_resp::Request) -> Result<(&str, &[Bytes], &Bytes), Failure> {
+    let name = request.name();
+    let args = &request.argv()[1..];
+    need(name, args, 1)?;
+    Ok((name, args, &args[0]))
+}
+
 /// Refuses a command given fewer than `n` arguments after its name, as the engine words it.
 pub(super) fn need(name: &str, args: &[Bytes], n: usize) -> Result<(), Failure> {
     if args.len() < n {
