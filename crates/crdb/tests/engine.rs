@@ -4,7 +4,7 @@
 //! `merge_remote`). Every test compares every key of both engines (values, deadlines, metadata)
 //! and each engine with its own metadata.
 //!
-//! Addresses: 127.0.233.1 - 127.0.233.6.
+//! Addresses: 127.0.233.1 - 127.0.233.7.
 
 mod common;
 
@@ -492,4 +492,86 @@ async fn concurrent_writers_on_one_key_lose_nothing() {
     );
     ship(&mut a, &mut b, A, None).await;
     assert_same(&mut a, &mut b).await;
+}
+
+/// Keys the engines expired themselves: the next write starts a fresh key (any type), on the
+/// origin and on the peer, whose engine no longer holds the old value either (the script's
+/// commands for an absent key).
+#[tokio::test]
+async fn writes_after_the_engine_expired_a_key_start_fresh() {
+    let engines = Engines::start("127.0.233.7", EngineVersion::Redis70, 2).await;
+    let (mut a, mut b) = (engines.conn(0).await, engines.conn(1).await);
+    let soon = now() + 300;
+    for (key, write) in [
+        ("k", set("old")),
+        ("k", Write::ExpireAt(soon)),
+        ("l", Write::Push(End::Right, vec![blob("a"), blob("b")])),
+        ("l", Write::ExpireAt(soon)),
+    ] {
+        write_local(&mut a, A, 1, now(), key.as_bytes(), write)
+            .await
+            .unwrap();
+    }
+    ship(&mut a, &mut b, A, None).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut left = 0;
+        for conn in [&mut a, &mut b] {
+            let n: u64 = redis::cmd("EXISTS")
+                .arg("k")
+                .arg("l")
+                .query_async(conn)
+                .await
+                .unwrap();
+            left += n;
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engines never expired the keys"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let out = write_local(
+        &mut a,
+        A,
+        1,
+        now(),
+        b"k",
+        Write::HSet(vec![(blob("f"), blob("v"))]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.before.value, None, "an expired key is absent");
+    write_local(
+        &mut a,
+        A,
+        1,
+        now(),
+        b"l",
+        Write::Push(End::Right, vec![blob("c")]),
+    )
+    .await
+    .unwrap();
+    ship(&mut a, &mut b, A, None).await;
+    assert_same(&mut a, &mut b).await;
+    for conn in [&mut a, &mut b] {
+        let list: Vec<String> = redis::cmd("LRANGE")
+            .arg("l")
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await
+            .unwrap();
+        assert_eq!(list, ["c"]);
+        let kind: String = redis::cmd("TYPE").arg("k").query_async(conn).await.unwrap();
+        assert_eq!(kind, "hash");
+        assert_eq!(
+            common::pttl(conn, b"k").await,
+            -1,
+            "the fresh key has no deadline"
+        );
+    }
 }
