@@ -4,15 +4,15 @@
 //! `merge_remote`). Every test compares every key of both engines (values, deadlines, metadata)
 //! and each engine with its own metadata.
 //!
-//! Addresses: 127.0.233.1 - 127.0.233.7.
+//! Addresses: 127.0.233.1 - 127.0.233.8.
 
 mod common;
 
 use common::{assert_same, now, raw_meta, ship, Engines, Shipped, A, B};
 use flotilla_crdb::{
-    copy, entry_dot, log_end, merge_remote, position, read_log, rename, repl_backlog, scan_states,
-    set_repl_backlog, write_local, write_many, Conn, CrdbError, KeyState, Position,
-    DEFAULT_REPL_BACKLOG,
+    apply_remote_batch, copy, entry_dot, log_end, merge_remote, position, read_log, rename,
+    repl_backlog, scan_states, set_repl_backlog, write_local, write_many, Conn, CrdbError,
+    KeyState, Position, DEFAULT_REPL_BACKLOG,
 };
 use flotilla_crdt::{Blob, End, Value, Write, WriteError};
 use flotilla_engine::EngineVersion;
@@ -574,4 +574,56 @@ async fn writes_after_the_engine_expired_a_key_start_fresh() {
             "the fresh key has no deadline"
         );
     }
+}
+
+/// A page of the log applied in one script: the same result as one op at a time, the position
+/// of the page's last entry recorded, and the page again changes nothing.
+#[tokio::test]
+async fn a_page_of_ops_applies_in_one_script() {
+    let engines = Engines::start("127.0.233.8", EngineVersion::Valkey91, 2).await;
+    let (mut a, mut b) = (engines.conn(0).await, engines.conn(1).await);
+    for i in 0..120i64 {
+        let key = format!("k{}", i % 7);
+        let write = match i % 3 {
+            0 => Write::IncrBy(i),
+            1 => Write::HIncrBy(blob("n"), i),
+            _ => Write::SAdd(vec![Blob::from(format!("m{i}"))]),
+        };
+        let key = format!("{key}-{}", i % 3);
+        write_local(&mut a, A, 1, now(), key.as_bytes(), write)
+            .await
+            .unwrap();
+    }
+    let mut after = 0;
+    loop {
+        let page = read_log(&mut a, after, 50).await.unwrap();
+        if page.entries.is_empty() {
+            break;
+        }
+        let entries: Vec<(Position, flotilla_crdt::Op)> = page
+            .entries
+            .iter()
+            .map(|e| {
+                let op = flotilla_crdt::Op::from_json(&e.json, 1).unwrap();
+                let at = Position {
+                    n: e.n,
+                    dot: Some(e.dot),
+                };
+                (at, op)
+            })
+            .collect();
+        let applied = apply_remote_batch(&mut b, A, &entries).await.unwrap();
+        assert!(applied.iter().all(|a| *a == flotilla_crdb::Applied::New));
+        let again = apply_remote_batch(&mut b, A, &entries).await.unwrap();
+        assert!(again
+            .iter()
+            .all(|a| *a == flotilla_crdb::Applied::Duplicate));
+        after = entries.last().unwrap().0.n;
+        assert_eq!(
+            position(&mut b, A).await.unwrap(),
+            Some(entries.last().unwrap().0)
+        );
+    }
+    assert_eq!(after, 120);
+    assert_same(&mut a, &mut b).await;
 }
