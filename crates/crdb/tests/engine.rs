@@ -4,7 +4,7 @@
 //! `merge_remote`). Every test compares every key of both engines (values, deadlines, metadata)
 //! and each engine with its own metadata.
 //!
-//! Addresses: 127.0.233.1 - 127.0.233.8.
+//! Addresses: 127.0.233.1 - 127.0.233.9.
 
 mod common;
 
@@ -626,4 +626,61 @@ async fn a_page_of_ops_applies_in_one_script() {
     }
     assert_eq!(after, 120);
     assert_same(&mut a, &mut b).await;
+}
+
+/// Rates on this machine (debug build): `write_local` one at a time, then the same ops applied
+/// on a peer one at a time (`apply_remote`) and in pages of 100 (`apply_remote_batch`). A
+/// measurement, not a check: `cargo test -p flotilla-crdb --test engine rates -- --ignored
+/// --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn rates_of_writes_and_remote_applies() {
+    let engines = Engines::start("127.0.233.9", EngineVersion::Redis70, 3).await;
+    let (mut a, mut b, mut c) = (
+        engines.conn(0).await,
+        engines.conn(1).await,
+        engines.conn(2).await,
+    );
+    const OPS: u64 = 3000;
+    let started = std::time::Instant::now();
+    for i in 0..OPS {
+        let key = format!("key:{}", i % 500);
+        write_local(&mut a, A, 1, now(), key.as_bytes(), Write::IncrBy(1))
+            .await
+            .unwrap();
+    }
+    let rate = |t: std::time::Instant| OPS as f64 / t.elapsed().as_secs_f64();
+    println!("write_local: {:.0} ops/s", rate(started));
+    let started = std::time::Instant::now();
+    ship(&mut a, &mut b, A, None).await;
+    println!(
+        "apply_remote one by one (pages of 7): {:.0} ops/s",
+        rate(started)
+    );
+    let started = std::time::Instant::now();
+    let mut after = 0;
+    loop {
+        let page = read_log(&mut a, after, 100).await.unwrap();
+        let Some(last) = page.entries.last() else {
+            break;
+        };
+        after = last.n;
+        let entries: Vec<(Position, flotilla_crdt::Op)> = page
+            .entries
+            .iter()
+            .map(|e| {
+                let at = Position {
+                    n: e.n,
+                    dot: Some(e.dot),
+                };
+                (at, flotilla_crdt::Op::from_json(&e.json, 1).unwrap())
+            })
+            .collect();
+        apply_remote_batch(&mut c, A, &entries).await.unwrap();
+    }
+    println!(
+        "apply_remote_batch, pages of 100: {:.0} ops/s",
+        rate(started)
+    );
+    assert_same(&mut b, &mut c).await;
 }
