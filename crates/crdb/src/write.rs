@@ -14,7 +14,18 @@ use crate::{Conn, CrdbError};
 
 /// How many times a change is attempted before [`CrdbError::Contended`]: each retry means
 /// another writer changed one of the keys between the read and the script.
-pub const MAX_ATTEMPTS: u32 = 32;
+pub const MAX_ATTEMPTS: u32 = 64;
+
+/// After the `attempt`-th attempt found a key changed: a random pause growing with the attempts
+/// (up to about 8 ms), so writers racing on one hot key spread out instead of colliding again.
+async fn back_off(attempt: u32) {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(attempt);
+    let ceiling = 250u64 << attempt.min(5);
+    let pause = hasher.finish() % ceiling;
+    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
+}
 
 /// What one client write did to its key: the op to ship (none when the write changed nothing,
 /// e.g. `SREM` of a missing member) and the key as the client saw it before and sees it after,
@@ -99,7 +110,10 @@ async fn commit<T>(
             )));
         }
     }
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            back_off(attempt).await;
+        }
         let loaded = load(conn, keys).await?;
         let (versions, before): (Vec<_>, Vec<_>) = loaded.into_iter().unzip();
         let mut after = before.clone();
