@@ -1,8 +1,8 @@
 //! An Active-Active instance's endpoint (issue 15) on real redis-7.0 shards: the same scripted
 //! commands through a CRDB endpoint and a plain one give the same replies; unsupported writes are
 //! refused by name; the hidden metadata never shows; pipelines keep their order; the op log gets
-//! one entry per effective write; two instances converge. Addresses: 127.0.234.1 - 127.0.234.9
-//! (endpoint port 12000, shards 20001+).
+//! one entry per effective write; two instances converge; a write a demoted primary refused runs
+//! on the next one. Addresses: 127.0.234.1 - 127.0.234.10 (endpoint port 12000, shards 20001+).
 
 mod common;
 
@@ -15,7 +15,12 @@ use redis::Value;
 
 /// Starts `shards` engines with an endpoint serving instance 1 of a CRDB.
 async fn crdb_setup(ip: &str, shards: usize) -> Setup {
-    let setup = Setup::start(ip, shards, shards, None).await;
+    crdb_setup_engines(ip, shards, shards).await
+}
+
+/// Starts `engines` engines, the first `shards` serving instance 1 of a CRDB.
+async fn crdb_setup_engines(ip: &str, engines: usize, shards: usize) -> Setup {
+    let setup = Setup::start(ip, engines, shards, None).await;
     let next = setup
         .topology
         .borrow()
@@ -768,4 +773,53 @@ async fn concurrent_clients_lose_no_increment() {
     let mut direct = crdb.direct(0).await;
     let page = flotilla_crdb::read_log(&mut direct, 0, 1000).await.unwrap();
     assert_eq!(page.last, 401, "400 increments and the one SADD that added");
+}
+
+/// INFO errorstats' READONLY count on `engine`.
+async fn readonly_errors(engine: &flotilla_engine::EngineClient) -> u64 {
+    let stats = engine.info("errorstats").await.unwrap();
+    stats
+        .get("errorstat_READONLY")
+        .and_then(|line| line.strip_prefix("count="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A write through the layer that reaches a primary just demoted (refused `READONLY`, nothing
+/// written) runs again on the primary the next topology names: the client gets its reply, and
+/// the write is applied and logged once.
+#[tokio::test]
+async fn a_write_refused_by_a_demoted_primary_runs_on_the_next_one() {
+    let crdb = crdb_setup_engines("127.0.234.10", 2, 1).await;
+    let (m, r) = crdb.replicate().await;
+    let mut c = crdb.patient_client(Duration::from_secs(10)).await;
+    assert_eq!(run(&mut c, &["INCR", "n"]).await, Ok(Value::Int(1)));
+    flotilla_engine::wait_for_sync(&m, &r, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // The switchover without a hold: engine 1 takes over, engine 0 follows it.
+    r.replicaof_no_one().await.unwrap();
+    let new = crdb.engine_addr(1);
+    m.replicaof(new.ip(), new.port()).await.unwrap();
+    let before = readonly_errors(&m).await;
+    let write = tokio::spawn(async move { run(&mut c, &["INCR", "n"]).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while readonly_errors(&m).await <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old primary never refused the write"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    crdb.move_shard(0, new);
+    assert_eq!(write.await.unwrap(), Ok(Value::Int(2)));
+    let mut direct = crdb.direct(1).await;
+    let page = flotilla_crdb::read_log(&mut direct, 0, 10).await.unwrap();
+    assert_eq!(page.last, 2, "each INCR logged once");
+    let n: i64 = redis::cmd("GET")
+        .arg("n")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
 }

@@ -273,9 +273,20 @@ pub(crate) async fn run(
                     forget(addr, topology.shard_login()).await;
                 }
             }
-            reply.unwrap_or_else(|e| Value::error(e.to_string()))
+            reply.unwrap_or_else(|e| match e {
+                Failure::Engine(e) if e.code() == Some("READONLY") => {
+                    Value::error(format!("READONLY {}", e.detail().unwrap_or_default()))
+                }
+                e => Value::error(e.to_string()),
+            })
         }
     }
+}
+
+/// Whether `reply` is a write refused by a demoted primary (nothing was written: the script
+/// stops at its first write), which may run again on the next primary.
+pub(crate) fn refused_readonly(reply: &Value) -> bool {
+    matches!(reply, Value::Error(e) if e.starts_with(b"READONLY"))
 }
 
 /// A single-shard write command, by family.

@@ -86,20 +86,36 @@ impl Session {
         }
     }
 
-    /// Runs `request` through the CRDT layer and queues its reply.
+    /// Runs `request` through the CRDT layer and queues its reply. A write the shard's primary
+    /// refused `READONLY` (demoted: the script wrote nothing) runs again on the primary the next
+    /// topology names, within the hold timeout, as the ordinary path resends such writes.
     pub(super) async fn run_crdt(
         &mut self,
         crdt: crate::topology::CrdtInstance,
         request: &Request,
         decision: &Decision,
     ) {
-        let topology = self.view.current.clone();
-        let protocol = self.state.protocol;
-        let reply = if request.name() == "INFO" {
-            let context = self.info_context(request);
-            crate::crdt::info(&topology, request, &context, protocol).await
-        } else {
-            crate::crdt::run(&topology, crdt, request, decision, protocol).await
+        let deadline = self.hold.deadline();
+        let reply = loop {
+            let topology = self.view.current.clone();
+            let protocol = self.state.protocol;
+            let reply = if request.name() == "INFO" {
+                let context = self.info_context(request);
+                crate::crdt::info(&topology, request, &context, protocol).await
+            } else {
+                crate::crdt::run(&topology, crdt, request, decision, protocol).await
+            };
+            if !crate::crdt::refused_readonly(&reply) {
+                break reply;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.view.changed()).await {
+                Ok(true) => {
+                    self.adopt_topology();
+                    self.links.drop_stale(&self.view.current);
+                }
+                _ => break reply,
+            }
         };
         self.answer_here(reply, decision);
     }
