@@ -34,7 +34,7 @@ static SHA: Mutex<Option<String>> = Mutex::new(None);
 
 /// The arguments of one run of the script, built by [`crate::transact`] and friends.
 #[derive(Default)]
-pub struct Call {
+pub(crate) struct Call {
     pub(crate) keys: Vec<Vec<u8>>,
     pub(crate) versions: Vec<Vec<u8>>,
     pub(crate) body: Vec<Vec<u8>>,
@@ -43,7 +43,7 @@ pub struct Call {
 }
 
 /// What a run answered.
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Every change is committed; the sequence numbers of the appended ops.
     Done(Vec<u64>),
     /// The `k`-th key's (0-based) metadata changed since it was read: nothing was written.
