@@ -46,8 +46,8 @@ pub(crate) struct Call {
 pub(crate) enum Outcome {
     /// Every change is committed; the sequence numbers of the appended ops.
     Done(Vec<u64>),
-    /// The `k`-th key's (0-based) metadata changed since it was read: nothing was written.
-    Stale(usize),
+    /// A key's metadata changed since it was read: nothing was written.
+    Stale,
 }
 
 impl Call {
@@ -97,7 +97,7 @@ impl Call {
         let reply: Vec<u64> = eval(conn, &keys, &args).await?;
         match reply.split_first() {
             Some((1, ns)) => Ok(Outcome::Done(ns.to_vec())),
-            Some((0, [k])) => Ok(Outcome::Stale(*k as usize - 1)),
+            Some((0, [_])) => Ok(Outcome::Stale),
             _ => Err(redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "unexpected reply of the Active-Active script",

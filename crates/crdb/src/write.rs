@@ -148,7 +148,7 @@ async fn commit<T>(
         }
         match call.run(conn, DEFAULT_REPL_BACKLOG).await? {
             Outcome::Done(seqs) => return Ok((before, after, ops, seqs, value)),
-            Outcome::Stale(_) => continue,
+            Outcome::Stale => continue,
         }
     }
     Err(CrdbError::Contended(MAX_ATTEMPTS))
