@@ -11,6 +11,7 @@ mod bdbs;
 mod bootstrap;
 mod certificates;
 mod checks;
+mod crdb_sync;
 mod error;
 mod handlers;
 mod lifecycle;
@@ -44,6 +45,8 @@ pub struct ApiContext {
     pub node: NodeSpec,
     /// This daemon's own facts (data dir, ports, upgrade driver).
     pub local: LocalNode,
+    /// The sync state of the Active-Active pullers on this node.
+    pub sync_sources: flotilla_syncer::SyncSources,
     auth_cache: Arc<auth::Cache>,
 }
 
@@ -55,8 +58,15 @@ impl ApiContext {
             observer,
             node,
             local,
+            sync_sources: Default::default(),
             auth_cache: Arc::default(),
         }
+    }
+
+    /// This context answering `crdt_sources` from `sources` (the daemon's syncer).
+    pub fn with_sync_sources(mut self, sources: flotilla_syncer::SyncSources) -> Self {
+        self.sync_sources = sources;
+        self
     }
 }
 
@@ -104,6 +114,13 @@ pub fn router(context: ApiContext) -> Router {
             "/v1/cluster/actions/change_master",
             post(lifecycle::change_master),
         )
+        .route("/v1/crdbs/{guid}/ops", get(crdb_sync::ops))
+        .route("/v1/crdbs/{guid}/state", get(crdb_sync::state))
+        .route(
+            "/v1/crdbs/{guid}/crdt_sources",
+            get(crdb_sync::crdb_sources),
+        )
+        .route("/v1/crdt_sources", get(crdb_sync::sources))
         .route("/v1/nodes/status", get(handlers::get_nodes_status))
         .route("/v1/nodes/{uid}", get(handlers::get_node))
         .route("/v1/nodes/{uid}/check", get(checks::node_check))

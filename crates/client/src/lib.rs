@@ -459,6 +459,15 @@ impl Client {
         self.call::<(), _>(Method::POST, &path, None).await
     }
 
+    /// `GET /v1/crdt_sources`: the Active-Active links whose pullers run on this node (a
+    /// shard's pullers run on its master's node: ask every node for the whole cluster, e.g.
+    /// with [`Client::for_node`]).
+    pub async fn crdt_sources(
+        &self,
+    ) -> Result<Vec<flotilla_model::crdb_sync::SourceReport>, ClientError> {
+        self.get("/v1/crdt_sources").await
+    }
+
     /// A client for another node's REST API (same port, credentials and settings), for the
     /// calls a node answers about itself (checks, its in-place upgrade).
     pub fn for_node(&self, addr: &str) -> Client {
