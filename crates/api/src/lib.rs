@@ -12,6 +12,7 @@ mod bootstrap;
 mod certificates;
 mod checks;
 mod crdb_sync;
+mod crdbs;
 mod error;
 mod handlers;
 mod lifecycle;
@@ -23,7 +24,7 @@ mod upgrade;
 use std::sync::Arc;
 
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use flotilla_model::NodeSpec;
 use flotilla_orchestrator::Observer;
@@ -84,6 +85,10 @@ pub fn router(context: ApiContext) -> Router {
             get(bdbs::get).put(bdbs::update).delete(bdbs::delete),
         )
         .route("/v1/bdbs/{uid}/upgrade", post(actions::upgrade))
+        .route("/v1/crdbs", get(crdbs::list))
+        .route("/v1/crdbs/local", post(crdbs::create_local))
+        .route("/v1/crdbs/{guid}", get(crdbs::get))
+        .route("/v1/crdbs/{guid}/local", delete(crdbs::delete_local))
         .route("/v1/actions", get(actions::list))
         .route("/v1/actions/{uid}", get(actions::get_action))
         .route("/v1/actions/{uid}/cancel", post(actions::cancel))

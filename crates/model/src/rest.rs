@@ -9,6 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::NodeUid;
 
+mod crdbs;
+
+pub use crdbs::{
+    CrdbClusterInfo, CrdbCredentialsInfo, CrdbDbConfig, CrdbInfo, CrdbInstanceInfo,
+    CrdbLocalCreate, CrdbLocalDatabase,
+};
+
 /// `GET /v1/cluster`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterInfo {

@@ -1,0 +1,127 @@
+//! The REST objects of Active-Active databases (`/v1/crdbs...`), in Redis Software's field
+//! names (its `crdb` object): what the coordinator sends each cluster and what every cluster
+//! shows. Passwords go in, never out.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crdb::{CrdbInstance, CrdtReplicaId};
+
+/// The database settings every instance of a CRDB gets (Redis Software's `default_db_config`).
+/// The same type is read at creation and shown by `GET /v1/crdbs`, without the password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrdbDbConfig {
+    /// Endpoint port, 10000-19999, free on every node of every participating cluster.
+    pub port: u16,
+    /// Memory limit in bytes of each instance.
+    pub memory_size: u64,
+    /// Primary shards of each instance, 1-64; the same everywhere (local shard `i` pulls peer
+    /// shard `i`).
+    #[serde(default = "one")]
+    pub shards_count: u16,
+    /// A replica for every primary shard, on another node of the same cluster.
+    #[serde(default)]
+    pub replication: bool,
+    /// `disabled`, `aof` or `snapshot`.
+    #[serde(default)]
+    pub data_persistence: crate::DataPersistence,
+    /// Engine version, e.g. `valkey-9.1` (default: the cluster's newest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_version: Option<String>,
+    /// Password clients AUTH with on every instance; accepted at creation, never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication_redis_pass: Option<String>,
+}
+
+fn one() -> u16 {
+    1
+}
+
+/// `POST /v1/crdbs/local`: make this cluster's instance of a CRDB, as the coordinator asks each
+/// participating cluster (the CRDB whole, which instance this cluster is, the database settings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrdbLocalCreate {
+    /// The CRDB's GUID (8-4-4-4-12 hex digits), the same on every cluster.
+    pub guid: String,
+    /// Its name: the local database's name on every cluster.
+    pub name: String,
+    /// Every instance, this cluster's included, with how to reach its cluster.
+    pub instances: Vec<CrdbInstance>,
+    /// Which of the instances this cluster is.
+    pub local_instance_id: CrdtReplicaId,
+    /// The CRDB's feature set version (default: the newest this cluster's software knows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub featureset_version: Option<u16>,
+    /// The protocol version the local instance starts with (default: the newest this
+    /// cluster's software speaks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u16>,
+    /// The database settings.
+    pub default_db_config: CrdbDbConfig,
+}
+
+/// How to reach an instance's cluster, as shown (no password, no CA certificate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrdbClusterInfo {
+    /// The cluster's name.
+    pub name: String,
+    /// Its first REST URL (Redis Software's field).
+    pub url: String,
+    /// Every node's REST URL.
+    pub urls: Vec<String>,
+    /// The operator user the peers use on it (its password is never shown).
+    pub credentials: CrdbCredentialsInfo,
+}
+
+/// [`CrdbClusterInfo::credentials`]: the user name only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrdbCredentialsInfo {
+    /// The user.
+    pub username: String,
+}
+
+/// One instance of a CRDB, as shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrdbInstanceInfo {
+    /// Its id (`REPL-ID`).
+    pub id: CrdtReplicaId,
+    /// Its database's uid on its cluster: known for this cluster's instance only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_uid: Option<u64>,
+    /// Its cluster.
+    pub cluster: CrdbClusterInfo,
+}
+
+/// One of [`CrdbInfo::local_databases`]: this cluster's database that is an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrdbLocalDatabase {
+    /// The database's uid.
+    pub bdb_uid: u64,
+    /// The instance id it is.
+    pub id: CrdtReplicaId,
+}
+
+/// `GET /v1/crdbs`, `GET /v1/crdbs/{guid}`: a CRDB as this cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrdbInfo {
+    /// Its GUID.
+    pub guid: String,
+    /// Its name.
+    pub name: String,
+    /// The protocol version of this cluster's instance (`crdt_protocol_version`).
+    pub protocol_version: u16,
+    /// The CRDB's feature set version.
+    pub featureset_version: u16,
+    /// The database settings of every instance (this cluster's database as it is).
+    pub default_db_config: CrdbDbConfig,
+    /// Every current instance.
+    pub instances: Vec<CrdbInstanceInfo>,
+    /// This cluster's instance id.
+    pub local_instance_id: CrdtReplicaId,
+    /// This cluster's database that is its instance.
+    pub local_databases: Vec<CrdbLocalDatabase>,
+    /// Removed instances (`crdt_ghost_replica_ids`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ghost_instance_ids: Vec<CrdtReplicaId>,
+}
