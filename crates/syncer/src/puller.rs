@@ -57,6 +57,9 @@ struct Puller {
     /// True until the first answer since the puller started or last failed: that answer starts
     /// a new sync session (counted as a partial or a full sync).
     new_session: bool,
+    /// Whether some session already ran: a later one resumes (partial sync) even from
+    /// position 0.
+    resumed_before: bool,
     /// The last error logged (so each cause is logged once).
     logged_error: Option<String>,
 }
@@ -127,6 +130,7 @@ impl Puller {
             current: 0,
             engine: None,
             new_session: true,
+            resumed_before: false,
             logged_error: None,
         })
     }
@@ -145,14 +149,18 @@ impl Puller {
         if page.status == OpsStatus::BacklogExhausted {
             self.full_sync(&engine).await?;
             self.new_session = false;
+            self.resumed_before = true;
             self.sources.update(&self.spec.key, |s| s.full_syncs += 1);
             return Ok(None);
         }
-        if self.new_session && position.n > 0 {
+        // A session that continues from a stored position (or after an earlier session of this
+        // puller) is a partial sync; the very first pull of a new instance is not.
+        if self.new_session && (position.n > 0 || self.resumed_before) {
             self.sources
                 .update(&self.spec.key, |s| s.partial_syncs += 1);
         }
         self.new_session = false;
+        self.resumed_before = true;
         self.apply(&engine, position, &page).await?;
         Ok(page
             .held_protocol

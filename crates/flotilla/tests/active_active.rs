@@ -1,0 +1,394 @@
+//! Active-Active databases (issue 15): the syncer between two real clusters.
+//!
+//! Each test starts two clusters (A, instance 1; B, instance 2), makes one CRDB with an instance
+//! on each (`POST /v1/crdbs/local` on both, as a coordinator does), and puts a [`Relay`] in front
+//! of every node's HTTPS REST API: the CRDB's URLs name the relays, so the syncers' links cross
+//! them and a test cuts and heals them. Writes go to the instances' master engines through
+//! `flotilla_crdb::write_local` (the write path the proxy's CRDT layer runs for a client write),
+//! as the engines' admin. At the end every key is compared on both sides, engine value by engine
+//! value, and counters equal the sum of every acknowledged increment.
+//!
+//! Subnets 127.0.241.x (A) and 127.0.242.x (B); 127.0.243.x and 127.0.244.x for the tests that
+//! need clusters of their own next to those.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flotilla_crdb::{Conn, InstanceId, Write};
+use flotilla_model::crdb_sync::{SourceReport, SyncStatus};
+use flotilla_testkit::{flotilla_bin, poll_until, runtime, DevCluster, Relay, PASSWORD, USER};
+use serde_json::{json, Value};
+
+const ENGINE: &str = "valkey-9.1";
+/// The port each node's relay listens on (on the node's own address: the node's certificate
+/// names that address, so TLS checks pass through the relay unchanged).
+const RELAY_PORT: u16 = 19443;
+const DB_PORT: u16 = 12000;
+/// The protocol version instances start on.
+const PROTOCOL: u16 = flotilla_crdt::CRDT_PROTOCOL_VERSION;
+/// How long a healed link may take to converge.
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn bin() -> PathBuf {
+    flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+/// One participating cluster.
+struct Side {
+    cluster: DevCluster,
+    /// One relay per node, in front of its REST API (what the peer pulls through).
+    relays: Vec<Relay>,
+    /// Its instance id.
+    id: u16,
+    /// Its local database.
+    bdb: u64,
+}
+
+impl Side {
+    fn up(subnet: u8, nodes: u8, id: u16) -> Side {
+        let cluster = DevCluster::up(&bin(), subnet, nodes);
+        let relays = cluster
+            .node_numbers()
+            .map(|n| {
+                let addr = cluster.addr(n);
+                Relay::start(
+                    (addr, RELAY_PORT).into(),
+                    (addr, flotilla_testkit::HTTPS_PORT).into(),
+                )
+            })
+            .collect();
+        Side {
+            cluster,
+            relays,
+            id,
+            bdb: 0,
+        }
+    }
+
+    /// This cluster as the CRDB names it: its relays' URLs and its CA.
+    fn instance(&self, name: &str) -> Value {
+        let ca = std::fs::read_to_string(self.cluster.cacert()).expect("the cluster CA");
+        let urls: Vec<String> = self.relays.iter().map(Relay::https_url).collect();
+        json!({"id": self.id, "cluster": {
+            "name": name, "urls": urls, "ca_cert": ca, "username": USER, "password": PASSWORD,
+        }})
+    }
+
+    fn cut(&self) {
+        self.relays.iter().for_each(Relay::cut);
+    }
+
+    fn heal(&self) {
+        self.relays.iter().for_each(Relay::heal);
+    }
+
+    /// The sync sources of every node (a shard's pullers run on its master's node).
+    fn sources(&self) -> Vec<SourceReport> {
+        let rt = runtime();
+        let mut all = Vec::new();
+        for n in self.cluster.node_numbers() {
+            let client = self.cluster.client(n);
+            all.extend(rt.block_on(client.crdt_sources()).unwrap_or_default());
+        }
+        all
+    }
+
+    /// The master engine addresses of the local database, in slot order (none while a shard
+    /// has no master).
+    fn masters(&self) -> Vec<String> {
+        let mut masters: Vec<(u64, String)> = self
+            .cluster
+            .db_shards_at(1, self.bdb)
+            .into_iter()
+            .filter(|s| s["role"] == "master")
+            .map(|s| {
+                let start = s["assigned_slots"]
+                    .as_str()
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let node = s["node_uid"].as_u64().unwrap() as u8;
+                (start, format!("{}:{}", self.cluster.addr(node), s["port"]))
+            })
+            .collect();
+        masters.sort();
+        masters.into_iter().map(|(_, addr)| addr).collect()
+    }
+
+    /// The engine URL (admin login) of the master of the local database's (only) shard.
+    fn master(&self) -> String {
+        let masters = self.masters();
+        let addr = masters.first().expect("the shard has a master");
+        format!("redis://{}@{addr}/", self.cluster.engine_admin())
+    }
+
+    /// One client write on this instance; panics unless acknowledged.
+    async fn write(&self, conn: &mut Conn, key: &str, write: Write) {
+        let now = flotilla_model::now_millis();
+        flotilla_crdb::write_local(
+            conn,
+            InstanceId(self.id),
+            PROTOCOL,
+            now,
+            key.as_bytes(),
+            write,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("instance {} writing {key}: {e}", self.id));
+    }
+}
+
+/// Two clusters and a CRDB with an instance on each.
+struct Pair {
+    a: Side,
+    b: Side,
+    guid: String,
+}
+
+impl Pair {
+    /// Clusters on `subnets` with `nodes` nodes each, and a CRDB of `shards` shards
+    /// (`replication`), in sync on both sides when this returns.
+    fn up(subnets: (u8, u8), nodes: (u8, u8), shards: u16, replication: bool) -> Pair {
+        let mut a = Side::up(subnets.0, nodes.0, 1);
+        let mut b = Side::up(subnets.1, nodes.1, 2);
+        let guid = "5e1f0a3c-1111-4aaa-8bbb-0123456789ab".to_string();
+        let instances = vec![a.instance("a"), b.instance("b")];
+        for side in [&mut a, &mut b] {
+            let body = json!({
+                "guid": guid, "name": "aa", "instances": instances,
+                "local_instance_id": side.id,
+                "default_db_config": {
+                    "port": DB_PORT, "memory_size": 104857600u64, "shards_count": shards,
+                    "replication": replication, "redis_version": ENGINE,
+                },
+            });
+            let created: Value = runtime()
+                .block_on(side.cluster.client(1).call(
+                    reqwest::Method::POST,
+                    "/v1/crdbs/local",
+                    Some(&body),
+                ))
+                .unwrap_or_else(|e| panic!("POST /v1/crdbs/local on instance {}: {e}", side.id));
+            side.bdb = created["local_databases"][0]["bdb_uid"]
+                .as_u64()
+                .expect("the CRDB names its local database");
+            let bdb = side.bdb;
+            let active = poll_until(Duration::from_secs(60), || {
+                side.cluster.db_status(bdb) == "active"
+            });
+            assert!(active, "instance {}'s database became active", side.id);
+        }
+        let pair = Pair { a, b, guid };
+        pair.wait_in_sync(usize::from(shards));
+        pair
+    }
+
+    /// Waits (bounded) until each side has `shards` sources, all in sync with no lag.
+    fn wait_in_sync(&self, shards: usize) {
+        for side in [&self.a, &self.b] {
+            let synced = poll_until(CONVERGE, || {
+                let sources = side.sources();
+                sources.len() == shards
+                    && sources
+                        .iter()
+                        .all(|s| s.status == SyncStatus::InSync && s.ops_lag == 0 && s.lag == 0)
+            });
+            assert!(
+                synced,
+                "instance {} in sync with no lag: {:#?}",
+                side.id,
+                side.sources()
+            );
+        }
+    }
+
+    /// Waits (bounded) until every key is the same on both sides and both are in sync; the
+    /// keys and values.
+    fn converge(&self, shards: usize) -> BTreeMap<Vec<u8>, String> {
+        let rt = runtime();
+        let mut last = (BTreeMap::new(), BTreeMap::new());
+        let same = poll_until(CONVERGE, || {
+            let (a, b) = (self.a.master(), self.b.master());
+            last = rt.block_on(async {
+                let mut a = connect(&a).await;
+                let mut b = connect(&b).await;
+                (snapshot(&mut a).await, snapshot(&mut b).await)
+            });
+            last.0 == last.1
+        });
+        assert!(same, "both sides converge: A {:?}\nB {:?}", last.0, last.1);
+        self.wait_in_sync(shards);
+        last.0
+    }
+}
+
+/// An async connection to the engine at `url`.
+async fn connect(url: &str) -> Conn {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
+}
+
+/// Every client key of an engine (hidden CRDT keys left out) with its value in one canonical
+/// text: type, then the content (sorted where the type is unordered).
+async fn snapshot(conn: &mut Conn) -> BTreeMap<Vec<u8>, String> {
+    let mut keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query_async(conn).await.unwrap();
+    keys.retain(|k| !flotilla_crdb::is_hidden(k));
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(conn)
+            .await
+            .unwrap();
+        let text = |items: Vec<Vec<u8>>| -> String {
+            items
+                .iter()
+                .map(|i| String::from_utf8_lossy(i).into_owned())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let value = match kind.as_str() {
+            "none" => continue,
+            "string" => {
+                let v: Vec<u8> = redis::cmd("GET").arg(&key).query_async(conn).await.unwrap();
+                text(vec![v])
+            }
+            "hash" => {
+                let v: BTreeMap<Vec<u8>, Vec<u8>> = redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(conn)
+                    .await
+                    .unwrap();
+                text(v.into_iter().flat_map(|(f, v)| [f, v]).collect())
+            }
+            "set" => {
+                let mut v: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+                    .arg(&key)
+                    .query_async(conn)
+                    .await
+                    .unwrap();
+                v.sort();
+                text(v)
+            }
+            "zset" | "list" => {
+                let mut command = redis::cmd(if kind == "zset" { "ZRANGE" } else { "LRANGE" });
+                command.arg(&key).arg(0).arg(-1);
+                if kind == "zset" {
+                    command.arg("WITHSCORES");
+                }
+                let v: Vec<Vec<u8>> = command.query_async(conn).await.unwrap();
+                text(v)
+            }
+            other => panic!("unexpected type {other} of {key:?}"),
+        };
+        out.insert(key, format!("{kind}:{value}"));
+    }
+    out
+}
+
+/// The one source of `side` (a one-shard CRDB, one peer).
+fn source(side: &Side) -> SourceReport {
+    let sources = side.sources();
+    assert_eq!(sources.len(), 1, "one source: {sources:#?}");
+    sources.into_iter().next().unwrap()
+}
+
+/// Waits (bounded) until `side`'s pullers see the link down.
+fn wait_out_of_sync(side: &Side) {
+    let down = poll_until(Duration::from_secs(20), || {
+        let sources = side.sources();
+        !sources.is_empty() && sources.iter().all(|s| s.status == SyncStatus::OutOfSync)
+    });
+    assert!(
+        down,
+        "instance {} sees the cut: {:#?}",
+        side.id,
+        side.sources()
+    );
+}
+
+fn string(value: &str) -> Write {
+    Write::Set {
+        value: value.into(),
+        keep_ttl: false,
+    }
+}
+
+#[test]
+fn writes_on_both_sides_of_a_cut_link_converge_after_a_partial_resync() {
+    let pair = Pair::up((241, 242), (1, 1), 1, false);
+    let rt = runtime();
+    let (before_a, before_b) = (source(&pair.a), source(&pair.b));
+    pair.a.cut();
+    pair.b.cut();
+    wait_out_of_sync(&pair.a);
+    wait_out_of_sync(&pair.b);
+    let mut increments = 0;
+    let (a, b) = (pair.a.master(), pair.b.master());
+    rt.block_on(async {
+        let mut a = connect(&a).await;
+        let mut b = connect(&b).await;
+        for i in 0..20 {
+            pair.a.write(&mut a, "counter", Write::IncrBy(7)).await;
+            pair.b.write(&mut b, "counter", Write::IncrBy(3)).await;
+            increments += 10;
+            pair.a
+                .write(&mut a, &format!("a:{i}"), string("from a"))
+                .await;
+            pair.b
+                .write(&mut b, &format!("b:{i}"), string("from b"))
+                .await;
+        }
+        pair.a.write(&mut a, "register", string("a")).await;
+        pair.b.write(&mut b, "register", string("b")).await;
+        pair.a
+            .write(&mut a, "set", Write::SAdd(vec!["x".into(), "y".into()]))
+            .await;
+        pair.b
+            .write(&mut b, "set", Write::SAdd(vec!["z".into()]))
+            .await;
+        let field = |f: &str, v: &str| (f.into(), v.into());
+        pair.a
+            .write(&mut a, "hash", Write::HSet(vec![field("f1", "a")]))
+            .await;
+        pair.b
+            .write(&mut b, "hash", Write::HSet(vec![field("f2", "b")]))
+            .await;
+        pair.a
+            .write(
+                &mut a,
+                "list",
+                Write::Push(flotilla_crdt::End::Left, vec!["a".into()]),
+            )
+            .await;
+        pair.b
+            .write(
+                &mut b,
+                "list",
+                Write::Push(flotilla_crdt::End::Left, vec!["b".into()]),
+            )
+            .await;
+    });
+    pair.a.heal();
+    pair.b.heal();
+    let keys = pair.converge(1);
+    assert_eq!(keys[&b"counter"[..]], format!("string:{increments}"));
+    assert_eq!(keys[&b"set"[..]], "set:x,y,z");
+    assert_eq!(keys[&b"hash"[..]], "hash:f1,a,f2,b");
+    assert_eq!(keys.len(), 40 + 5, "every key on both sides: {keys:?}");
+    for (side, before) in [(&pair.a, before_a), (&pair.b, before_b)] {
+        let after = source(side);
+        assert_eq!(
+            after.crdt_sync_partial_ok,
+            before.crdt_sync_partial_ok + 1,
+            "instance {} resumed once from its position: {after:#?}",
+            side.id
+        );
+        assert_eq!(after.crdt_sync_full, before.crdt_sync_full, "no full sync");
+        assert_eq!((after.lag, after.ops_lag), (0, 0), "no lag left");
+    }
+}
