@@ -13,6 +13,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flotilla_crdb::{Conn, InstanceId, Write};
@@ -29,6 +31,17 @@ const DB_PORT: u16 = 12000;
 const PROTOCOL: u16 = flotilla_crdt::CRDT_PROTOCOL_VERSION;
 /// How long a healed link may take to converge.
 const CONVERGE: Duration = Duration::from_secs(30);
+
+/// Tests that use the subnets 241/242, one at a time (the file's tests run two at a time).
+static SUBNETS_241: Mutex<()> = Mutex::new(());
+/// Tests that use the subnets 243/244, one at a time.
+static SUBNETS_243: Mutex<()> = Mutex::new(());
+
+fn hold(subnets: &'static Mutex<()>) -> MutexGuard<'static, ()> {
+    subnets
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn bin() -> PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
@@ -143,7 +156,6 @@ impl Side {
 struct Pair {
     a: Side,
     b: Side,
-    guid: String,
 }
 
 impl Pair {
@@ -179,7 +191,7 @@ impl Pair {
             });
             assert!(active, "instance {}'s database became active", side.id);
         }
-        let pair = Pair { a, b, guid };
+        let pair = Pair { a, b };
         pair.wait_in_sync(usize::from(shards));
         pair
     }
@@ -320,6 +332,7 @@ fn string(value: &str) -> Write {
 
 #[test]
 fn writes_on_both_sides_of_a_cut_link_converge_after_a_partial_resync() {
+    let _subnets = hold(&SUBNETS_241);
     let pair = Pair::up((241, 242), (1, 1), 1, false);
     let rt = runtime();
     let (before_a, before_b) = (source(&pair.a), source(&pair.b));
@@ -390,5 +403,218 @@ fn writes_on_both_sides_of_a_cut_link_converge_after_a_partial_resync() {
         );
         assert_eq!(after.crdt_sync_full, before.crdt_sync_full, "no full sync");
         assert_eq!((after.lag, after.ops_lag), (0, 0), "no lag left");
+    }
+}
+
+/// Writes `INCRBY counter 1` on `side` in a loop on its own thread until stopped; counts the
+/// acknowledged ones. The engine it writes to is resolved once (the test keeps the master).
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(side: &Side) -> Writer {
+        let (stop, acked) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (url, id) = (side.master(), side.id);
+        let thread = {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                runtime().block_on(async {
+                    let mut conn = connect(&url).await;
+                    while !stop.load(Ordering::Relaxed) {
+                        let now = flotilla_model::now_millis();
+                        let write = Write::IncrBy(1);
+                        flotilla_crdb::write_local(
+                            &mut conn,
+                            InstanceId(id),
+                            PROTOCOL,
+                            now,
+                            b"load",
+                            write,
+                        )
+                        .await
+                        .expect("an increment on a live master");
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+        };
+        Writer {
+            stop,
+            acked,
+            thread,
+        }
+    }
+
+    /// Waits (bounded) until `more` increments past the current count are acknowledged.
+    fn wait_for(&self, more: u64) {
+        let target = self.acked.load(Ordering::Relaxed) + more;
+        let done = poll_until(Duration::from_secs(20), || {
+            self.acked.load(Ordering::Relaxed) >= target
+        });
+        assert!(done, "the writer made progress");
+    }
+
+    /// Stops the writer; the acknowledged increments.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the writer thread");
+        self.acked.load(Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn a_cut_longer_than_the_backlog_ends_in_a_full_sync_and_the_lag_returns_to_zero() {
+    let _subnets = hold(&SUBNETS_241);
+    let pair = Pair::up((241, 242), (1, 1), 1, false);
+    let rt = runtime();
+    let (a, b) = (pair.a.master(), pair.b.master());
+    rt.block_on(async {
+        let mut a = connect(&a).await;
+        flotilla_crdb::set_repl_backlog(&mut a, 10).await.unwrap();
+        for i in 0..5 {
+            pair.a
+                .write(&mut a, &format!("early:{i}"), string("a"))
+                .await;
+        }
+    });
+    pair.converge(1);
+    let (before_a, before_b) = (source(&pair.a), source(&pair.b));
+    pair.a.cut();
+    pair.b.cut();
+    wait_out_of_sync(&pair.b);
+    rt.block_on(async {
+        let mut a = connect(&a).await;
+        let mut b = connect(&b).await;
+        // Several hundred entries: `MAXLEN ~` trims whole stream nodes (100 entries each).
+        for i in 0..400 {
+            pair.a
+                .write(
+                    &mut a,
+                    &format!("cut:{}", i % 150),
+                    string(&format!("a{i}")),
+                )
+                .await;
+            pair.a.write(&mut a, "counter", Write::IncrBy(2)).await;
+        }
+        pair.b.write(&mut b, "counter", Write::IncrBy(5)).await;
+        pair.b.write(&mut b, "from-b", string("b")).await;
+        let log = flotilla_crdb::read_log(&mut a, 0, 1).await.unwrap();
+        let first = log.first.expect("the log keeps its newest entries");
+        assert!(
+            first > before_b.applied + 1,
+            "the log was trimmed past B's position {}: first kept {first}",
+            before_b.applied
+        );
+    });
+    pair.a.heal();
+    pair.b.heal();
+    let keys = pair.converge(1);
+    assert_eq!(keys[&b"counter"[..]], "string:805");
+    assert_eq!(keys.len(), 5 + 150 + 2, "every key on both sides");
+    let (after_a, after_b) = (source(&pair.a), source(&pair.b));
+    assert_eq!(
+        after_b.crdt_sync_full,
+        before_b.crdt_sync_full + 1,
+        "B transferred A's whole state once: {after_b:#?}"
+    );
+    assert_eq!((after_b.lag, after_b.ops_lag), (0, 0), "B's lag back to 0");
+    assert_eq!(
+        after_a.crdt_sync_full, before_a.crdt_sync_full,
+        "A did not need one"
+    );
+    assert_eq!(
+        after_a.crdt_sync_partial_ok,
+        before_a.crdt_sync_partial_ok + 1
+    );
+}
+
+#[test]
+fn a_syncer_killed_mid_stream_resumes_from_its_position_and_loses_nothing() {
+    let _subnets = hold(&SUBNETS_241);
+    let pair = Pair::up((241, 242), (1, 1), 1, false);
+    let writer_a = Writer::start(&pair.a);
+    let writer_b = Writer::start(&pair.b);
+    writer_b.wait_for(200);
+    // The syncer on A's node dies with its daemon; the engines (and the writers) keep going.
+    pair.a.cluster.kill9(1);
+    writer_b.wait_for(300);
+    writer_a.wait_for(300);
+    pair.a.cluster.dev_up();
+    writer_b.wait_for(300);
+    let acked = writer_a.stop() + writer_b.stop();
+    let keys = pair.converge(1);
+    assert_eq!(
+        keys[&b"load"[..]],
+        format!("string:{acked}"),
+        "every acknowledged increment of both sides"
+    );
+    let a = source(&pair.a);
+    assert_eq!(a.crdt_sync_full, 0, "no full sync: {a:#?}");
+    assert_eq!(
+        a.crdt_sync_partial_ok, 1,
+        "the new daemon's puller resumed: {a:#?}"
+    );
+    let b = source(&pair.b);
+    assert_eq!(b.crdt_sync_full, 0, "no full sync: {b:#?}");
+    assert!(
+        b.crdt_sync_partial_ok >= 1,
+        "B resumed after A came back: {b:#?}"
+    );
+}
+
+#[test]
+fn a_shard_master_failed_over_on_one_side_converges() {
+    let _subnets = hold(&SUBNETS_243);
+    let pair = Pair::up((243, 244), (2, 2), 1, true);
+    let writer_b = Writer::start(&pair.b);
+    let rt = runtime();
+    let (a, a_master) = (pair.a.master(), pair.a.masters()[0].clone());
+    rt.block_on(async {
+        let mut a = connect(&a).await;
+        for _ in 0..50 {
+            pair.a.write(&mut a, "load", Write::IncrBy(1)).await;
+        }
+        // The replica has every acknowledged write before the master dies.
+        let replicas: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(5000)
+            .query_async(&mut a)
+            .await
+            .unwrap();
+        assert_eq!(replicas, 1, "the replica acknowledged");
+    });
+    writer_b.wait_for(100);
+    let shards = pair.a.cluster.db_shards_at(1, pair.a.bdb);
+    let master = shards.iter().find(|s| s["role"] == "master").unwrap();
+    let node = master["node_uid"].as_u64().unwrap() as u8;
+    let uid = master["uid"].as_u64().unwrap();
+    flotilla_testkit::kill9_pid(pair.a.cluster.engine_pid(node, uid));
+    let promoted = poll_until(Duration::from_secs(30), || {
+        pair.a.masters().first().is_some_and(|m| *m != a_master)
+    });
+    assert!(promoted, "A's replica was promoted");
+    writer_b.wait_for(100);
+    let a = pair.a.master();
+    rt.block_on(async {
+        let mut a = connect(&a).await;
+        for _ in 0..50 {
+            pair.a.write(&mut a, "load", Write::IncrBy(1)).await;
+        }
+    });
+    let acked = 100 + writer_b.stop();
+    let keys = pair.converge(1);
+    assert_eq!(keys[&b"load"[..]], format!("string:{acked}"));
+    // The puller moved with the master (one source in the cluster, on the new master's node)
+    // and resumed from the position the replica had; the peer's log on the promoted replica
+    // still held every op B had pulled: no full sync on either side.
+    for side in [&pair.a, &pair.b] {
+        let source = source(side);
+        assert_eq!(source.crdt_sync_full, 0, "{source:#?}");
     }
 }

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use flotilla_crdb::LogPage;
+use flotilla_crdt::Dot;
 use flotilla_engine::{ClientOptions, EngineClient, EngineLogin};
 use flotilla_model::{BdbUid, ClusterState};
 
@@ -139,17 +140,39 @@ async fn exhausted(
     position: LogPosition,
     page: &LogPage,
 ) -> Result<bool, SyncerError> {
+    let at_position = match position.n {
+        0 => None,
+        n => flotilla_crdb::entry_dot(conn, n).await?,
+    };
+    Ok(backlog_exhausted(
+        position,
+        page.first,
+        page.last,
+        at_position,
+    ))
+}
+
+/// The decision of [`exhausted`]: `first`/`last` are the log's bounds, `at_position` the dot
+/// of the log's entry `position.n` (none when the log no longer holds it).
+fn backlog_exhausted(
+    position: LogPosition,
+    first: Option<u64>,
+    last: u64,
+    at_position: Option<Dot>,
+) -> bool {
     if position.n == 0 {
         // A puller that never pulled needs entry 1 onwards.
-        return Ok(match page.first {
+        return match first {
             Some(first) => first > 1,
-            None => page.last > 0,
-        });
+            None => last > 0,
+        };
     }
-    let Some(dot) = flotilla_crdb::entry_dot(conn, position.n).await? else {
-        return Ok(true);
-    };
-    Ok(position.dot.is_some_and(|seen| seen != dot))
+    match at_position {
+        // Trimmed past the backlog, or beyond the log of a master that lost entries.
+        None => true,
+        // The same n, another op: the log was rewritten after a failover.
+        Some(dot) => position.dot.is_some_and(|seen| seen != dot),
+    }
 }
 
 /// Waits (up to `wait`) until the op log has an entry after `after`: `XREAD BLOCK` wakes at
@@ -238,4 +261,86 @@ async fn current_position(
         n => flotilla_crdb::entry_dot(conn, n).await?,
     };
     Ok(LogPosition { n: page.last, dot })
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_crdb::LogEntry;
+    use flotilla_crdt::InstanceId;
+
+    use super::*;
+
+    fn dot(instance: u16, seq: u64) -> Dot {
+        Dot {
+            instance: InstanceId(instance),
+            seq,
+        }
+    }
+
+    fn at(n: u64, d: Dot) -> LogPosition {
+        LogPosition { n, dot: Some(d) }
+    }
+
+    #[test]
+    fn a_new_puller_needs_the_whole_log() {
+        let start = LogPosition::START;
+        assert!(!backlog_exhausted(start, None, 0, None), "empty log");
+        assert!(
+            !backlog_exhausted(start, Some(1), 9, None),
+            "nothing trimmed"
+        );
+        assert!(
+            backlog_exhausted(start, Some(3), 9, None),
+            "1 and 2 trimmed"
+        );
+        assert!(
+            backlog_exhausted(start, None, 9, None),
+            "everything trimmed"
+        );
+    }
+
+    #[test]
+    fn a_position_the_log_lost_or_rewrote_needs_a_full_transfer() {
+        let seen = dot(1, 4);
+        assert!(
+            !backlog_exhausted(at(5, seen), Some(1), 9, Some(seen)),
+            "still there"
+        );
+        assert!(backlog_exhausted(at(5, seen), Some(7), 9, None), "trimmed");
+        assert!(
+            backlog_exhausted(at(12, seen), Some(1), 9, None),
+            "beyond the log"
+        );
+        assert!(
+            backlog_exhausted(at(5, seen), Some(1), 9, Some(dot(1, 5))),
+            "rewritten"
+        );
+        let no_dot = LogPosition { n: 5, dot: None };
+        assert!(
+            !backlog_exhausted(no_dot, Some(1), 9, Some(seen)),
+            "nothing to compare"
+        );
+    }
+
+    #[test]
+    fn ops_of_a_newer_protocol_are_held_with_everything_after_them() {
+        let entry = |n: u64, protocol: u16| LogEntry {
+            n,
+            dot: dot(1, n),
+            protocol,
+            json: format!("op {n}"),
+        };
+        let page = LogPage {
+            entries: vec![entry(1, 1), entry(2, 2), entry(3, 1)],
+            first: Some(1),
+            last: 3,
+        };
+        let old = ops_page(1, page.clone(), 1);
+        assert_eq!(old.entries.len(), 1, "only the op before the newer one");
+        assert_eq!(old.held_protocol, Some(2));
+        assert_eq!(old.last, 3);
+        let new = ops_page(1, page, 2);
+        assert_eq!(new.entries.len(), 3);
+        assert_eq!(new.held_protocol, None);
+    }
 }
