@@ -18,8 +18,9 @@ pub const OPSEQ_KEY: &[u8] = b"__crdt__opseq";
 /// [`Position`](crate::Position) of the last op of that peer applied on this shard.
 pub const POSITIONS_KEY: &[u8] = b"__crdt__positions";
 
-/// The shard's Active-Active settings: a hash; field `backlog` overrides
-/// [`DEFAULT_REPL_BACKLOG`] (see [`set_repl_backlog`](crate::set_repl_backlog)).
+/// The shard's Active-Active settings and counts: a hash; field `backlog` overrides
+/// [`DEFAULT_REPL_BACKLOG`] (see [`set_repl_backlog`](crate::set_repl_backlog)), field `metas`
+/// counts the metadata keys (so [`dbsize`](crate::dbsize) can leave them out).
 pub const SETTINGS_KEY: &[u8] = b"__crdt__settings";
 
 /// A `SCAN MATCH` pattern that finds every metadata key and nothing else of the layer's.

@@ -148,6 +148,25 @@ pub async fn repl_backlog(conn: &mut Conn) -> Result<usize, CrdbError> {
     Ok(set.unwrap_or(DEFAULT_REPL_BACKLOG))
 }
 
+/// `DBSIZE` as clients must see it: the engine's count without the layer's hidden keys (one
+/// metadata key per key ever written, the op log, its sequence, the positions, the settings).
+pub async fn dbsize(conn: &mut Conn) -> Result<u64, CrdbError> {
+    let (all, metas, special): (u64, Option<u64>, u64) = redis::pipe()
+        .atomic()
+        .cmd("DBSIZE")
+        .cmd("HGET")
+        .arg(SETTINGS_KEY)
+        .arg("metas")
+        .cmd("EXISTS")
+        .arg(OPLOG_KEY)
+        .arg(OPSEQ_KEY)
+        .arg(POSITIONS_KEY)
+        .arg(SETTINGS_KEY)
+        .query_async(conn)
+        .await?;
+    Ok(all.saturating_sub(metas.unwrap_or(0) + special))
+}
+
 /// Decodes an `XRANGE` reply of the op log.
 fn parse_entries(reply: Value) -> Result<Vec<LogEntry>, CrdbError> {
     let corrupt = |what: &str| CrdbError::Corrupt(format!("op log entry: {what}"));

@@ -44,6 +44,9 @@ for k = 1, nkeys do
     commands(nb, not exists)
   end
   redis.call('HSET', meta, 'v', (tonumber(ARGV[4 + k]) or 0) + 1, 's', state)
+  if ARGV[4 + k] == '' then
+    redis.call('HINCRBY', KEYS[4], 'metas', 1)
+  end
 end
 local backlog = redis.call('HGET', KEYS[4], 'backlog') or ARGV[1]
 local out = {1}
