@@ -23,7 +23,8 @@ use crate::{ApiContext, ApiError};
 /// The engine a database gets when `redis_version` is omitted: the newest one bundled.
 pub(crate) const DEFAULT_ENGINE: EngineVersion = EngineVersion::Valkey91;
 
-fn validate_db_name(name: &str) -> Result<(), ApiError> {
+/// Refuses a database name that is not 1-63 letters, digits or hyphens (`db create`, `crdb create`).
+pub(crate) fn validate_db_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -141,6 +142,7 @@ fn bdb_info(state: &ClusterState, observed: &Observed, bdb: &Bdb) -> BdbInfo {
             port: bdb.spec.port,
         }],
         shard_list: shards.iter().map(|s| s.uid).collect(),
+        crdt: bdb.spec.crdt.clone(),
     }
 }
 

@@ -168,19 +168,27 @@ pub(crate) async fn delete_local(
     State(context): State<ApiContext>,
     Path(guid): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let state = context.store.state();
-    let uid = state.crdb(&guid).map_err(invalid_value)?.local_bdb_uid;
-    let change = Change {
-        command: Command::DeleteCrdb(CrdbDeletion { guid: guid.clone() }),
-        applied: |state: &ClusterState| {
-            (!state.crdbs.contains_key(&guid)).then_some(CommandResult::Ok)
-        },
-        check: "flotilla crdb list".into(),
-    };
-    propose(&context, change).await?;
+    let uid = delete_here(&context, &guid).await?;
     Ok(Json(
         serde_json::json!({ "guid": guid, "bdb_uid": uid, "status": "deleted" }),
     ))
+}
+
+/// Deletes this cluster's instance of `guid`; answers its database's uid.
+pub(crate) async fn delete_here(context: &ApiContext, guid: &str) -> Result<u64, ApiError> {
+    let state = context.store.state();
+    let uid = state.crdb(guid).map_err(invalid_value)?.local_bdb_uid;
+    let change = Change {
+        command: Command::DeleteCrdb(CrdbDeletion {
+            guid: guid.to_string(),
+        }),
+        applied: |state: &ClusterState| {
+            (!state.crdbs.contains_key(guid)).then_some(CommandResult::Ok)
+        },
+        check: "flotilla crdb list".into(),
+    };
+    propose(context, change).await?;
+    Ok(uid)
 }
 
 /// `GET /v1/crdbs`.

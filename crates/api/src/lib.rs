@@ -12,6 +12,7 @@ mod bootstrap;
 mod certificates;
 mod checks;
 mod crdb_sync;
+mod crdb_tasks;
 mod crdbs;
 mod error;
 mod handlers;
@@ -49,6 +50,8 @@ pub struct ApiContext {
     /// The sync state of the Active-Active pullers on this node.
     pub sync_sources: flotilla_syncer::SyncSources,
     auth_cache: Arc<auth::Cache>,
+    /// The CRDB tasks this node runs or ran (see `crdb_tasks`).
+    crdb_tasks: crdb_tasks::TaskTable,
 }
 
 impl ApiContext {
@@ -61,6 +64,7 @@ impl ApiContext {
             local,
             sync_sources: Default::default(),
             auth_cache: Arc::default(),
+            crdb_tasks: Arc::default(),
         }
     }
 
@@ -85,9 +89,14 @@ pub fn router(context: ApiContext) -> Router {
             get(bdbs::get).put(bdbs::update).delete(bdbs::delete),
         )
         .route("/v1/bdbs/{uid}/upgrade", post(actions::upgrade))
-        .route("/v1/crdbs", get(crdbs::list))
+        .route("/v1/crdbs", get(crdbs::list).post(crdb_tasks::create))
         .route("/v1/crdbs/local", post(crdbs::create_local))
-        .route("/v1/crdbs/{guid}", get(crdbs::get))
+        .route(
+            "/v1/crdbs/{guid}",
+            get(crdbs::get).delete(crdb_tasks::delete),
+        )
+        .route("/v1/crdb_tasks", get(crdb_tasks::list_tasks))
+        .route("/v1/crdb_tasks/{id}", get(crdb_tasks::get_task))
         .route("/v1/crdbs/{guid}/local", delete(crdbs::delete_local))
         .route("/v1/actions", get(actions::list))
         .route("/v1/actions/{uid}", get(actions::get_action))

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use flotilla_model::rest::{
     ActionInfo, BdbCreate, BdbInfo, BdbUpdate, BdbUpgrade, BootstrapCluster, BootstrapCredentials,
-    BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, ErrorBody, Health, NodeInfo,
-    NodesStatus, ShardInfo, BOOTSTRAP_TOKEN_FILE, BOOTSTRAP_TOKEN_HEADER,
+    BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, CrdbCreateRequest, CrdbInfo,
+    CrdbLocalCreate, CrdbTask, ErrorBody, Health, NodeInfo, NodesStatus, ShardInfo,
+    BOOTSTRAP_TOKEN_FILE, BOOTSTRAP_TOKEN_HEADER,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -353,6 +354,54 @@ impl Client {
         let path = format!("/v1/bdbs/{uid}");
         let _: serde_json::Value = self.call::<(), _>(Method::DELETE, &path, None).await?;
         Ok(())
+    }
+
+    /// `GET /v1/crdbs`: the CRDBs this cluster has an instance of.
+    pub async fn crdbs(&self) -> Result<Vec<CrdbInfo>, ClientError> {
+        self.get("/v1/crdbs").await
+    }
+
+    /// `GET /v1/crdbs/{guid}`.
+    pub async fn crdb(&self, guid: &str) -> Result<CrdbInfo, ClientError> {
+        self.get(&format!("/v1/crdbs/{guid}")).await
+    }
+
+    /// `POST /v1/crdbs/local`: makes this cluster's instance of a CRDB (what a coordinator asks
+    /// of every participating cluster).
+    pub async fn create_local_crdb(
+        &self,
+        request: &CrdbLocalCreate,
+    ) -> Result<CrdbInfo, ClientError> {
+        self.call(Method::POST, "/v1/crdbs/local", Some(request))
+            .await
+    }
+
+    /// `DELETE /v1/crdbs/{guid}/local`: deletes this cluster's instance only.
+    pub async fn delete_local_crdb(&self, guid: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/crdbs/{guid}/local");
+        let _: serde_json::Value = self.call::<(), _>(Method::DELETE, &path, None).await?;
+        Ok(())
+    }
+
+    /// `POST /v1/crdbs`: asks this cluster to coordinate a new CRDB; answers its task.
+    pub async fn create_crdb(&self, request: &CrdbCreateRequest) -> Result<CrdbTask, ClientError> {
+        self.call(Method::POST, "/v1/crdbs", Some(request)).await
+    }
+
+    /// `DELETE /v1/crdbs/{guid}`: deletes every instance; answers the task.
+    pub async fn delete_crdb(&self, guid: &str) -> Result<CrdbTask, ClientError> {
+        let path = format!("/v1/crdbs/{guid}");
+        self.call::<(), _>(Method::DELETE, &path, None).await
+    }
+
+    /// `GET /v1/crdb_tasks/{id}`.
+    pub async fn crdb_task(&self, id: &str) -> Result<CrdbTask, ClientError> {
+        self.get(&format!("/v1/crdb_tasks/{id}")).await
+    }
+
+    /// `GET /v1/crdb_tasks`.
+    pub async fn crdb_tasks(&self) -> Result<Vec<CrdbTask>, ClientError> {
+        self.get("/v1/crdb_tasks").await
     }
 
     /// `GET /v1/shards`.

@@ -109,9 +109,11 @@ pub struct UpArgs {
     /// Address of node 1; node N gets the address N-1 above it.
     #[arg(long, default_value = "127.0.0.11")]
     pub base_addr: Ipv4Addr,
-    /// Cluster name.
-    #[arg(long, default_value = "flotilla.local")]
-    pub name: String,
+    /// Cluster name (default: `flotilla.local` at the default address, else one naming the
+    /// address, e.g. `flotilla-0-21.local` for 127.0.0.21, so that clusters side by side, e.g.
+    /// the instances of an Active-Active database, have different names).
+    #[arg(long)]
+    pub name: Option<String>,
     /// Run the nodes from this package (folder or .tar.gz), installed into DIR/packages, as
     /// machines with that version installed would; by default they run this binary.
     #[arg(long)]
@@ -126,6 +128,23 @@ pub struct UpArgs {
     #[arg(long)]
     pub http_port: Option<u16>,
 }
+
+impl UpArgs {
+    /// The cluster's name: `--name`, or one from the base address (see the flag).
+    pub fn cluster_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let [_, _, c, d] = self.base_addr.octets();
+        match self.base_addr == DEFAULT_BASE_ADDR {
+            true => "flotilla.local".into(),
+            false => format!("flotilla-{c}-{d}.local"),
+        }
+    }
+}
+
+/// Node 1's address in a dev cluster unless `--base-addr` says otherwise.
+const DEFAULT_BASE_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 
 /// Arguments of `flotilla dev down`.
 #[derive(Args)]
@@ -393,7 +412,9 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
         }
         let client = client.with_bootstrap_token(read_bootstrap_token(node.data_dir));
         if i == 0 {
-            client.create_cluster(&args.name, &user, &password).await?;
+            client
+                .create_cluster(&args.cluster_name(), &user, &password)
+                .await?;
         } else {
             client
                 .join_cluster(std::slice::from_ref(&first), &user, &password)
@@ -408,7 +429,7 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
     wait_started(&clients, &nodes).await?;
     println!(
         "cluster '{}' is up with {} nodes in {:.1} s",
-        args.name,
+        args.cluster_name(),
         nodes.len(),
         started.elapsed().as_secs_f64()
     );

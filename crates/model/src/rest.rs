@@ -12,8 +12,9 @@ use crate::state::NodeUid;
 mod crdbs;
 
 pub use crdbs::{
-    CrdbClusterInfo, CrdbCredentialsInfo, CrdbDbConfig, CrdbInfo, CrdbInstanceInfo,
-    CrdbLocalCreate, CrdbLocalDatabase,
+    CrdbClusterInfo, CrdbCreateRequest, CrdbCredentialsInfo, CrdbDbConfig, CrdbInfo,
+    CrdbInstanceInfo, CrdbInstanceRequest, CrdbLocalCreate, CrdbLocalDatabase, CrdbTask,
+    CrdbTaskError, CrdbTaskStatus,
 };
 
 /// `GET /v1/cluster`.
@@ -538,6 +539,11 @@ pub struct BdbInfo {
     pub endpoints: Vec<EndpointInfo>,
     /// The database's shard uids.
     pub shard_list: Vec<crate::ShardUid>,
+    /// When the database is one instance of a CRDB: Redis Software's `crdt_guid`,
+    /// `crdt_replica_id`, `crdt_protocol_version` and `crdt_featureset_version` (absent
+    /// otherwise, as 0.1.0 answered).
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub crdt: Option<crate::crdb::BdbCrdt>,
 }
 
 /// `GET /v1/shards`.

@@ -125,3 +125,89 @@ pub struct CrdbInfo {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ghost_instance_ids: Vec<CrdtReplicaId>,
 }
+
+/// `POST /v1/crdbs`: a new CRDB across clusters, sent to the cluster that coordinates it (the
+/// first instance's): it makes the GUID, numbers the instances 1..n in the order given, reads
+/// each cluster's name, CA certificate and node URLs, then asks each to make its instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrdbCreateRequest {
+    /// The CRDB's name (its database's name on every cluster).
+    pub name: String,
+    /// The database settings of every instance.
+    pub default_db_config: CrdbDbConfig,
+    /// One participating cluster each, in instance-id order.
+    pub instances: Vec<CrdbInstanceRequest>,
+}
+
+/// One cluster of [`CrdbCreateRequest::instances`]: how the coordinator (and later every peer's
+/// syncer) reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrdbInstanceRequest {
+    /// The REST URL of one of its nodes (`https://ADDR:9443`, or `http://ADDR:8080`).
+    pub url: String,
+    /// An operator user of that cluster.
+    pub username: String,
+    /// Its password (kept by every participating cluster's store, never shown).
+    pub password: String,
+}
+
+/// Where a CRDB task is (Redis Software's `crdb_task` statuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrdbTaskStatus {
+    /// Accepted, not started.
+    Queued,
+    /// Running.
+    Started,
+    /// Done.
+    Finished,
+    /// Stopped on an error (see `errors`); what it made was undone unless an error says what
+    /// is left.
+    Failed,
+}
+
+/// One error of a CRDB task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrdbTaskError {
+    /// The cluster it concerns (empty when none).
+    #[serde(default)]
+    pub cluster_name: String,
+    /// A stable code (`invalid_schema`, `port_in_use`, `cluster_unreachable`, `left_behind`...).
+    pub error_code: String,
+    /// What went wrong, naming the object and the fix.
+    pub description: String,
+}
+
+/// `GET /v1/crdb_tasks/{id}`: a change to a CRDB across its clusters, as Redis Software's
+/// `crdb_task` object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrdbTask {
+    /// The task's id.
+    pub id: String,
+    /// The CRDB it changes (empty until the GUID is made).
+    pub crdb_guid: String,
+    /// `create`, `delete`...
+    pub operation: String,
+    /// Where it is.
+    pub status: CrdbTaskStatus,
+    /// What went wrong.
+    #[serde(default)]
+    pub errors: Vec<CrdbTaskError>,
+    /// Share of its steps done, 0.0-1.0.
+    pub progress: f64,
+    /// The step it is at, in words (`create instance 2 on cluster c2`).
+    #[serde(default)]
+    pub step: String,
+}
+
+impl CrdbTask {
+    /// Whether it stopped (finished or failed).
+    pub fn is_done(&self) -> bool {
+        matches!(
+            self.status,
+            CrdbTaskStatus::Finished | CrdbTaskStatus::Failed
+        )
+    }
+}

@@ -1,0 +1,499 @@
+//! CRDB tasks: changes to a CRDB across its clusters (`POST /v1/crdbs`, `DELETE
+//! /v1/crdbs/{guid}`), run by the node that received the request, followed with
+//! `GET /v1/crdb_tasks/{id}` (Redis Software's `crdb_task` object).
+//!
+//! A task's steps act on other clusters through their REST APIs, not on this cluster's store, so
+//! a task is not a store action (those are this cluster's state machines, resumed by its next
+//! primary node): it lives in this node's memory while it runs and after it ends (until the
+//! daemon restarts). A create that fails part-way deletes the instances it made, in reverse
+//! order; what it cannot delete is named in the task's errors with the command that deletes it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::Json;
+use flotilla_client::{Client, ClientError};
+use flotilla_model::rest::{
+    CrdbCreateRequest, CrdbInstanceRequest, CrdbLocalCreate, CrdbTask, CrdbTaskError,
+    CrdbTaskStatus,
+};
+use flotilla_model::{Crdb, CrdbCluster, CrdbInstance, CrdtReplicaId, ENDPOINT_PORTS, MAX_SHARDS};
+
+use crate::handlers::parse;
+use crate::{ApiContext, ApiError};
+
+/// The REST port peers reach a cluster's nodes on (HTTPS, checked against its CA).
+const PEER_REST_PORT: u16 = 9443;
+
+/// The tasks this node ran or runs, by id.
+#[derive(Default)]
+pub(crate) struct Tasks {
+    next_id: u64,
+    tasks: BTreeMap<u64, CrdbTask>,
+}
+
+/// The shared task table of an [`ApiContext`].
+pub(crate) type TaskTable = Arc<Mutex<Tasks>>;
+
+/// One running task's handle: updates its record in the table.
+struct Running {
+    table: TaskTable,
+    id: u64,
+    steps: usize,
+    done: usize,
+}
+
+impl Running {
+    fn start(table: &TaskTable, operation: &str, guid: &str, steps: usize) -> (Running, CrdbTask) {
+        let mut tasks = table.lock().expect("task table");
+        tasks.next_id += 1;
+        let id = tasks.next_id;
+        let task = CrdbTask {
+            id: id.to_string(),
+            crdb_guid: guid.to_string(),
+            operation: operation.to_string(),
+            status: CrdbTaskStatus::Queued,
+            errors: vec![],
+            progress: 0.0,
+            step: String::new(),
+        };
+        tasks.tasks.insert(id, task.clone());
+        let running = Running {
+            table: table.clone(),
+            id,
+            steps: steps.max(1),
+            done: 0,
+        };
+        (running, task)
+    }
+
+    fn update(&self, change: impl FnOnce(&mut CrdbTask)) {
+        let mut tasks = self.table.lock().expect("task table");
+        if let Some(task) = tasks.tasks.get_mut(&self.id) {
+            change(task);
+        }
+    }
+
+    /// Starts the next step, named `step`.
+    fn step(&mut self, step: String) {
+        let progress = self.done as f64 / self.steps as f64;
+        self.done += 1;
+        self.update(|task| {
+            task.status = CrdbTaskStatus::Started;
+            task.step = step;
+            task.progress = progress;
+        });
+    }
+
+    fn error(&self, cluster_name: &str, error_code: &str, description: String) {
+        tracing::warn!(task = self.id, cluster = cluster_name, %description, "crdb task error");
+        self.update(|task| {
+            task.errors.push(CrdbTaskError {
+                cluster_name: cluster_name.to_string(),
+                error_code: error_code.to_string(),
+                description,
+            })
+        });
+    }
+
+    fn end(&self, status: CrdbTaskStatus) {
+        self.update(|task| {
+            task.status = status;
+            if status == CrdbTaskStatus::Finished {
+                task.progress = 1.0;
+            }
+        });
+    }
+}
+
+/// `GET /v1/crdb_tasks/{id}`.
+pub(crate) async fn get_task(
+    State(context): State<ApiContext>,
+    Path(id): Path<String>,
+) -> Result<Json<CrdbTask>, ApiError> {
+    let tasks = context.crdb_tasks.lock().expect("task table");
+    id.parse::<u64>()
+        .ok()
+        .and_then(|id| tasks.tasks.get(&id))
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "CRDB task {id} is not known to this node (tasks live on the node that ran them, until it restarts); `flotilla crdb task list` lists them"
+            ))
+        })
+}
+
+/// `GET /v1/crdb_tasks`.
+pub(crate) async fn list_tasks(State(context): State<ApiContext>) -> Json<Vec<CrdbTask>> {
+    let tasks = context.crdb_tasks.lock().expect("task table");
+    Json(tasks.tasks.values().cloned().collect())
+}
+
+/// Refuses a creation request that cannot work, naming the field, before any cluster is asked.
+fn check_create(request: &CrdbCreateRequest) -> Result<(), ApiError> {
+    crate::bdbs::validate_db_name(&request.name)?;
+    let config = &request.default_db_config;
+    if !ENDPOINT_PORTS.contains(&config.port) {
+        return Err(ApiError::invalid(
+            "default_db_config.port",
+            format!(
+                "{} is outside the database port range 10000-19999",
+                config.port
+            ),
+        ));
+    }
+    if config.memory_size == 0 {
+        return Err(ApiError::invalid(
+            "default_db_config.memory_size",
+            "must be more than 0 bytes, e.g. 104857600 for 100 MB",
+        ));
+    }
+    if config.shards_count == 0 || config.shards_count > MAX_SHARDS {
+        return Err(ApiError::invalid(
+            "default_db_config.shards_count",
+            format!("{} is outside 1-{MAX_SHARDS}", config.shards_count),
+        ));
+    }
+    if request.instances.len() < 2 {
+        return Err(ApiError::invalid(
+            "instances",
+            format!(
+                "a CRDB needs at least 2 clusters; {} given (one --instance URL per cluster)",
+                request.instances.len()
+            ),
+        ));
+    }
+    for (index, instance) in request.instances.iter().enumerate() {
+        let field = format!("instances[{index}].url");
+        if !(instance.url.starts_with("https://") || instance.url.starts_with("http://")) {
+            return Err(ApiError::invalid(
+                &field,
+                format!(
+                    "'{}' is not a REST URL like https://10.0.0.1:9443",
+                    instance.url
+                ),
+            ));
+        }
+        if request.instances[..index]
+            .iter()
+            .any(|i| i.url == instance.url)
+        {
+            return Err(ApiError::invalid(
+                &field,
+                format!(
+                    "'{}' is given twice; give one URL per cluster",
+                    instance.url
+                ),
+            ));
+        }
+        if instance.username.is_empty() || instance.password.is_empty() {
+            return Err(ApiError::invalid(
+                &format!("instances[{index}]"),
+                format!("{}: needs a username and a password", instance.url),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A random GUID (version 4 layout), from the kernel's random source.
+fn new_guid() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    ))
+}
+
+/// `POST /v1/crdbs`: checks the request, answers a queued `create` task and runs it.
+pub(crate) async fn create(
+    State(context): State<ApiContext>,
+    body: Bytes,
+) -> Result<Json<CrdbTask>, ApiError> {
+    let request: CrdbCreateRequest = parse("crdb", &body)?;
+    check_create(&request)?;
+    let guid = new_guid().map_err(|e| ApiError {
+        status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        error_code: "internal_error",
+        description: format!("making a GUID: {e}"),
+    })?;
+    // Reading each cluster, creating each instance, and a last step.
+    let steps = request.instances.len() * 2 + 1;
+    let (mut running, task) = Running::start(&context.crdb_tasks, "create", &guid, steps);
+    tokio::spawn(async move {
+        let status = match run_create(&context, &mut running, &guid, request).await {
+            Ok(()) => CrdbTaskStatus::Finished,
+            Err(()) => CrdbTaskStatus::Failed,
+        };
+        running.end(status);
+    });
+    Ok(Json(task))
+}
+
+/// A client for a cluster's REST API at `url` with `username`/`password`, trusting `ca` for
+/// HTTPS.
+fn peer_client(url: &str, username: &str, password: &str, ca: &str) -> Result<Client, String> {
+    let client = Client::new(url, Some(username.into()), Some(password.into()));
+    match url.starts_with("https://") {
+        true => client.trusting(ca),
+        false => Ok(client),
+    }
+}
+
+/// The host part of a URL (`https://10.0.0.1:9443` -> `10.0.0.1`).
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+}
+
+/// What the coordinator read of one participating cluster.
+struct Peer {
+    client: Client,
+    cluster: CrdbCluster,
+}
+
+/// Reads a cluster's name, CA (checked against the fingerprint its REST API names) and node
+/// URLs.
+async fn read_peer(context: &ApiContext, instance: &CrdbInstanceRequest) -> Result<Peer, String> {
+    let host = url_host(&instance.url);
+    let seed = format!("{host}:{}", context.local.ports.rpc);
+    let ca = context.store.seed_ca(&seed).await.ok_or_else(|| {
+        format!("{seed} serves no cluster CA: is it a node of a cluster at cluster version 0.2.0 or later?")
+    })?;
+    let client = peer_client(&instance.url, &instance.username, &instance.password, &ca)?;
+    let info = client.cluster().await.map_err(|e| e.to_string())?;
+    let fingerprint = flotilla_store::tls::fingerprint(&ca).map_err(|e| e.to_string())?;
+    if info.ca_fingerprint.as_deref() != Some(fingerprint.as_str()) {
+        return Err(format!(
+            "the CA {seed} serves ({fingerprint}) is not the one cluster '{}' names ({}); check that the URL and the node belong to one cluster",
+            info.name,
+            info.ca_fingerprint.as_deref().unwrap_or("none")
+        ));
+    }
+    let nodes = client.nodes().await.map_err(|e| e.to_string())?;
+    let urls = nodes
+        .iter()
+        .map(|n| format!("https://{}:{PEER_REST_PORT}", n.addr))
+        .collect();
+    Ok(Peer {
+        client,
+        cluster: CrdbCluster {
+            name: info.name,
+            urls,
+            ca_cert: ca,
+            username: instance.username.clone(),
+            password: instance.password.clone(),
+        },
+    })
+}
+
+/// The error code and text of a failed call to a peer.
+fn describe(error: &ClientError) -> (String, String) {
+    match error {
+        ClientError::Api { body, .. } => (body.error_code.clone(), body.description.clone()),
+        ClientError::Transport { .. } => ("cluster_unreachable".into(), error.to_string()),
+    }
+}
+
+async fn run_create(
+    context: &ApiContext,
+    running: &mut Running,
+    guid: &str,
+    request: CrdbCreateRequest,
+) -> Result<(), ()> {
+    let mut peers = Vec::new();
+    for (index, instance) in request.instances.iter().enumerate() {
+        running.step(format!("read cluster {}", instance.url));
+        match read_peer(context, instance).await {
+            Ok(peer) => peers.push(peer),
+            Err(e) => {
+                running.error(
+                    "",
+                    "cluster_unreachable",
+                    format!(
+                        "instances[{index}] ({}): {e}; nothing was created",
+                        instance.url
+                    ),
+                );
+                return Err(());
+            }
+        }
+    }
+    let instances: Vec<CrdbInstance> = peers
+        .iter()
+        .zip(1..)
+        .map(|(peer, id)| CrdbInstance {
+            id,
+            cluster: peer.cluster.clone(),
+        })
+        .collect();
+    let probe = Crdb {
+        guid: guid.to_string(),
+        name: request.name.clone(),
+        instances: instances.clone(),
+        local_instance_id: 1,
+        local_bdb_uid: 0,
+        featureset_version: crate::crdbs::CRDT_FEATURESET_VERSION,
+        shards_count: request.default_db_config.shards_count,
+        ghost_instance_ids: vec![],
+    };
+    if let Err(e) = probe.check() {
+        running.error("", "invalid_schema", format!("{e}; nothing was created"));
+        return Err(());
+    }
+    let mut made: Vec<(CrdtReplicaId, &Peer)> = Vec::new();
+    for (peer, id) in peers.iter().zip(1..) {
+        let name = &peer.cluster.name;
+        running.step(format!("create instance {id} on cluster {name}"));
+        let local = CrdbLocalCreate {
+            guid: guid.to_string(),
+            name: request.name.clone(),
+            instances: instances.clone(),
+            local_instance_id: id,
+            featureset_version: Some(probe.featureset_version),
+            protocol_version: None,
+            default_db_config: request.default_db_config.clone(),
+        };
+        match peer.client.create_local_crdb(&local).await {
+            Ok(_) => made.push((id, peer)),
+            Err(e) => {
+                let (code, description) = describe(&e);
+                running.error(
+                    name,
+                    &code,
+                    format!("instance {id} on cluster '{name}': {description}"),
+                );
+                // An answer lost in transport may hide a creation: delete it too (a 404 is fine).
+                if matches!(e, ClientError::Transport { .. }) {
+                    made.push((id, peer));
+                }
+                undo(running, guid, &made).await;
+                return Err(());
+            }
+        }
+    }
+    running.step("done".into());
+    Ok(())
+}
+
+/// Deletes the instances a failed create made, last first; names each one it cannot delete.
+async fn undo(running: &Running, guid: &str, made: &[(CrdtReplicaId, &Peer)]) {
+    for (id, peer) in made.iter().rev() {
+        match peer.client.delete_local_crdb(guid).await {
+            Ok(()) => {}
+            Err(e) if e.status() == Some(axum::http::StatusCode::NOT_FOUND) => {}
+            Err(e) => running.error(
+                &peer.cluster.name,
+                "left_behind",
+                format!(
+                    "instance {id} of CRDB {guid} is left on cluster '{}' ({}): delete it there with `flotilla --url {} crdb delete --crdb-guid {guid} --local-only` ({e})",
+                    peer.cluster.name,
+                    peer.client.base(),
+                    peer.client.base()
+                ),
+            ),
+        }
+    }
+}
+
+/// `DELETE /v1/crdbs/{guid}`: answers a `delete` task that deletes every instance (each peer's
+/// through its REST API, this cluster's last).
+pub(crate) async fn delete(
+    State(context): State<ApiContext>,
+    Path(guid): Path<String>,
+) -> Result<Json<CrdbTask>, ApiError> {
+    let crdb = context
+        .store
+        .state()
+        .crdb(&guid)
+        .map_err(|e| ApiError::from(flotilla_store::StoreError::Refused(e)))?
+        .clone();
+    let steps = crdb.instances.len();
+    let (mut running, task) = Running::start(&context.crdb_tasks, "delete", &guid, steps);
+    tokio::spawn(async move {
+        let status = match run_delete(&context, &mut running, &crdb).await {
+            Ok(()) => CrdbTaskStatus::Finished,
+            Err(()) => CrdbTaskStatus::Failed,
+        };
+        running.end(status);
+    });
+    Ok(Json(task))
+}
+
+/// A client for instance `instance`'s cluster from what the CRDB keeps (its first URL that
+/// answers is tried by the caller in turn).
+fn instance_clients(instance: &CrdbInstance) -> Vec<Result<Client, String>> {
+    let cluster = &instance.cluster;
+    cluster
+        .urls
+        .iter()
+        .map(|url| peer_client(url, &cluster.username, &cluster.password, &cluster.ca_cert))
+        .collect()
+}
+
+/// Deletes instance `instance` of `guid` through its cluster's REST API, trying each node.
+pub(crate) async fn delete_remote(instance: &CrdbInstance, guid: &str) -> Result<(), String> {
+    let mut last = format!("cluster '{}' has no URL", instance.cluster.name);
+    for client in instance_clients(instance) {
+        let client = match client {
+            Ok(client) => client,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        match client.delete_local_crdb(guid).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.status() == Some(axum::http::StatusCode::NOT_FOUND) => return Ok(()),
+            Err(e @ ClientError::Api { .. }) => return Err(e.to_string()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
+async fn run_delete(context: &ApiContext, running: &mut Running, crdb: &Crdb) -> Result<(), ()> {
+    let mut failed = false;
+    for instance in crdb.peers() {
+        let name = &instance.cluster.name;
+        running.step(format!("delete instance {} on cluster {name}", instance.id));
+        if let Err(e) = delete_remote(instance, &crdb.guid).await {
+            failed = true;
+            running.error(
+                name,
+                "left_behind",
+                format!(
+                    "instance {} on cluster '{name}' was not deleted: {e}; run `crdb delete` again, or delete it there",
+                    instance.id
+                ),
+            );
+        }
+    }
+    running.step(format!(
+        "delete instance {} on this cluster",
+        crdb.local_instance_id
+    ));
+    if let Err(e) = crate::crdbs::delete_here(context, &crdb.guid).await {
+        running.error("", &e.error_code.to_string(), e.description);
+        return Err(());
+    }
+    if failed {
+        return Err(());
+    }
+    Ok(())
+}
