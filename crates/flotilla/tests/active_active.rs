@@ -136,6 +136,12 @@ impl Side {
         format!("redis://{}@{addr}/", self.cluster.engine_admin())
     }
 
+    /// A client connection to the database's endpoint on node `n` (the CRDT layer of the
+    /// proxy turns its writes into ops).
+    fn client(&self, n: u8) -> redis::Connection {
+        flotilla_testkit::endpoint_connection(self.cluster.addr(n), DB_PORT)
+    }
+
     /// One client write on this instance; panics unless acknowledged.
     async fn write(&self, conn: &mut Conn, key: &str, write: Write) {
         let now = flotilla_model::now_millis();
@@ -616,5 +622,133 @@ fn a_shard_master_failed_over_on_one_side_converges() {
     for side in [&pair.a, &pair.b] {
         let source = source(side);
         assert_eq!(source.crdt_sync_full, 0, "{source:#?}");
+    }
+}
+
+/// Runs `command` on `conn`; panics with the command when the endpoint refuses it.
+fn run<T: redis::FromRedisValue>(conn: &mut redis::Connection, command: &[&str]) -> T {
+    let mut cmd = redis::cmd(command[0]);
+    for arg in &command[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(conn)
+        .unwrap_or_else(|e| panic!("{}: {e}", command.join(" ")))
+}
+
+/// The error `command` gets from the endpoint.
+fn refused(conn: &mut redis::Connection, command: &[&str]) -> String {
+    let mut cmd = redis::cmd(command[0]);
+    for arg in &command[1..] {
+        cmd.arg(*arg);
+    }
+    match cmd.query::<redis::Value>(conn) {
+        Ok(reply) => panic!("{} was accepted: {reply:?}", command.join(" ")),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The reference's section 6 rules T1-T6 and T15's convergent type, each with concurrent
+/// writes through both instances' endpoints while the link is cut, then healed.
+#[test]
+fn the_reference_rules_t1_to_t6_and_t15_hold_across_a_cut_link() {
+    let _subnets = hold(&SUBNETS_243);
+    let pair = Pair::up((243, 244), (1, 1), 1, false);
+    let (mut a, mut b) = (pair.a.client(1), pair.b.client(1));
+    // Starting points, synced: T3's {a,b}, T4's field, T5's 4.1, T6's [x].
+    run::<i64>(&mut a, &["SADD", "s", "a", "b"]);
+    run::<i64>(&mut a, &["HSET", "h", "f3", "old"]);
+    run::<i64>(&mut a, &["ZADD", "z", "4.1", "x"]);
+    run::<i64>(&mut a, &["RPUSH", "L", "x"]);
+    pair.converge(1);
+    pair.a.cut();
+    pair.b.cut();
+    wait_out_of_sync(&pair.a);
+    wait_out_of_sync(&pair.b);
+    // T1: counters sum.
+    run::<i64>(&mut a, &["INCRBY", "c", "7"]);
+    run::<i64>(&mut b, &["INCRBY", "c", "3"]);
+    // T3: SREM removes only what it saw; the concurrent SADD wins.
+    run::<i64>(&mut a, &["SREM", "s", "a"]);
+    run::<i64>(&mut a, &["SREM", "s", "c"]);
+    run::<i64>(&mut b, &["SADD", "s", "c"]);
+    // T4: HSET beats a concurrent HDEL; HINCRBY sums.
+    run::<i64>(&mut a, &["HDEL", "h", "f3"]);
+    run::<i64>(&mut a, &["HINCRBY", "h", "n", "5"]);
+    run::<i64>(&mut b, &["HSET", "h", "f3", "x"]);
+    run::<i64>(&mut b, &["HINCRBY", "h", "n", "2"]);
+    // T5: ZREM removes only the score it saw.
+    run::<i64>(&mut a, &["ZREM", "z", "x"]);
+    run::<String>(&mut b, &["ZINCRBY", "z", "2", "x"]);
+    // T6: concurrent inserts after the same element.
+    run::<i64>(&mut a, &["LINSERT", "L", "AFTER", "x", "y1"]);
+    run::<i64>(&mut b, &["LINSERT", "L", "AFTER", "x", "y2"]);
+    // T15: one key written as two types.
+    run::<()>(&mut a, &["SET", "t", "1"]);
+    run::<i64>(&mut b, &["SADD", "t", "m"]);
+    // T2: later wall clock wins, an exact tie goes to the lower instance id (timestamps given
+    // to the write path directly: the endpoint reads the clock itself).
+    let (ea, eb) = (pair.a.master(), pair.b.master());
+    runtime().block_on(async {
+        let (mut ea, mut eb) = (connect(&ea).await, connect(&eb).await);
+        let t = flotilla_model::now_millis();
+        for (side, ts, key, value) in [
+            (1, t, "k", "a"),
+            (2, t + 1000, "k", "b"),
+            (1, t, "k2", "a"),
+            (2, t, "k2", "b"),
+        ] {
+            let conn = if side == 1 { &mut ea } else { &mut eb };
+            let key = key.as_bytes();
+            flotilla_crdb::write_local(conn, InstanceId(side), PROTOCOL, ts, key, string(value))
+                .await
+                .unwrap();
+        }
+    });
+    pair.a.heal();
+    pair.b.heal();
+    let keys = pair.converge(1);
+    let value = |key: &str| keys.get(key.as_bytes()).cloned().unwrap_or_default();
+    assert_eq!(value("c"), "string:10", "T1");
+    assert_eq!(value("k"), "string:b", "T2: the later write");
+    assert_eq!(value("k2"), "string:a", "T2: a tie goes to instance 1");
+    assert_eq!(value("s"), "set:b,c", "T3");
+    assert_eq!(value("h"), "hash:f3,x,n,7", "T4");
+    assert_eq!(value("z"), "zset:x,2", "T5");
+    let list = value("L");
+    assert!(
+        list == "list:x,y1,y2" || list == "list:x,y2,y1",
+        "T6: both inserts after x, in one order on both sides: {list}"
+    );
+    assert!(
+        value("t").starts_with("string:") || value("t").starts_with("set:"),
+        "T15: one convergent type on both sides: {}",
+        value("t")
+    );
+    // T1: past 59 bits is an error, on either side.
+    let overflow = refused(&mut a, &["INCRBY", "c", &(1i64 << 58).to_string()]);
+    assert!(overflow.contains("overflow"), "T1 overflow: {overflow}");
+    // T6, second part: LPUSH concurrent with DEL keeps only the unseen push.
+    pair.a.cut();
+    pair.b.cut();
+    wait_out_of_sync(&pair.a);
+    run::<i64>(&mut a, &["LPUSH", "L", "z"]);
+    run::<i64>(&mut b, &["DEL", "L"]);
+    pair.a.heal();
+    pair.b.heal();
+    let keys = pair.converge(1);
+    assert_eq!(
+        keys[&b"L"[..]],
+        "list:z",
+        "T6: DEL removes only what it saw"
+    );
+    // T15: refusals, each naming the command (a cross-shard MSET needs two shards: the
+    // proxy's own tests, crates/proxy/tests/crdt.rs, cover it).
+    for command in [&["FLUSHALL"][..], &["OBJECT", "ENCODING", "c"]] {
+        let error = refused(&mut a, command);
+        assert!(
+            error.contains(command[0]),
+            "{} refused by name: {error}",
+            command[0]
+        );
     }
 }
