@@ -129,6 +129,15 @@ impl Side {
         masters.into_iter().map(|(_, addr)| addr).collect()
     }
 
+    /// The engine URLs (admin login) of the local database's masters, in slot order.
+    fn master_urls(&self) -> Vec<String> {
+        let admin = self.cluster.engine_admin();
+        self.masters()
+            .into_iter()
+            .map(|addr| format!("redis://{admin}@{addr}/"))
+            .collect()
+    }
+
     /// The engine URL (admin login) of the master of the local database's (only) shard.
     fn master(&self) -> String {
         let masters = self.masters();
@@ -227,12 +236,8 @@ impl Pair {
         let rt = runtime();
         let mut last = (BTreeMap::new(), BTreeMap::new());
         let same = poll_until(CONVERGE, || {
-            let (a, b) = (self.a.master(), self.b.master());
-            last = rt.block_on(async {
-                let mut a = connect(&a).await;
-                let mut b = connect(&b).await;
-                (snapshot(&mut a).await, snapshot(&mut b).await)
-            });
+            let (a, b) = (self.a.master_urls(), self.b.master_urls());
+            last = rt.block_on(async { (snapshot_all(&a).await, snapshot_all(&b).await) });
             last.0 == last.1
         });
         assert!(same, "both sides converge: A {:?}\nB {:?}", last.0, last.1);
@@ -248,6 +253,15 @@ async fn connect(url: &str) -> Conn {
         .get_multiplexed_async_connection()
         .await
         .unwrap_or_else(|e| panic!("connecting to {url}: {e}"))
+}
+
+/// [`snapshot`] of every master of an instance (each shard holds its own keys).
+async fn snapshot_all(urls: &[String]) -> BTreeMap<Vec<u8>, String> {
+    let mut all = BTreeMap::new();
+    for url in urls {
+        all.extend(snapshot(&mut connect(url).await).await);
+    }
+    all
 }
 
 /// Every client key of an engine (hidden CRDT keys left out) with its value in one canonical
@@ -750,5 +764,56 @@ fn the_reference_rules_t1_to_t6_and_t15_hold_across_a_cut_link() {
             "{} refused by name: {error}",
             command[0]
         );
+    }
+}
+
+#[test]
+fn three_node_clusters_of_two_shards_converge_after_a_cut_with_clients_on_every_node() {
+    let _subnets = hold(&SUBNETS_241);
+    let pair = Pair::up((241, 242), (3, 3), 2, true);
+    let (before_a, before_b) = (pair.a.sources(), pair.b.sources());
+    pair.a.cut();
+    pair.b.cut();
+    wait_out_of_sync(&pair.a);
+    wait_out_of_sync(&pair.b);
+    // Clients on every node of both sides, keys on both shards.
+    let mut sums = BTreeMap::new();
+    for (side, by) in [(&pair.a, 7), (&pair.b, 3)] {
+        for n in side.cluster.node_numbers() {
+            let mut client = side.client(n);
+            for k in 0..10 {
+                let counter = format!("counter:{k}");
+                run::<i64>(&mut client, &["INCRBY", &counter, &by.to_string()]);
+                *sums.entry(counter).or_insert(0) += by;
+                let key = format!("{}:{n}:{k}", side.id);
+                run::<()>(&mut client, &["SET", &key, "v"]);
+            }
+        }
+    }
+    pair.a.heal();
+    pair.b.heal();
+    let keys = pair.converge(2);
+    for (counter, sum) in &sums {
+        assert_eq!(
+            keys[counter.as_bytes()],
+            format!("string:{sum}"),
+            "{counter}"
+        );
+    }
+    assert_eq!(keys.len(), 10 + 2 * 3 * 10, "every key on both sides");
+    for (side, before) in [(&pair.a, before_a), (&pair.b, before_b)] {
+        let after = side.sources();
+        assert_eq!(after.len(), 2, "one source per shard: {after:#?}");
+        for source in &after {
+            let earlier = before.iter().find(|s| s.shard == source.shard).unwrap();
+            assert_eq!(
+                source.crdt_sync_partial_ok,
+                earlier.crdt_sync_partial_ok + 1,
+                "instance {} shard {} resumed once: {source:#?}",
+                side.id,
+                source.shard
+            );
+            assert_eq!(source.crdt_sync_full, 0);
+        }
     }
 }
