@@ -817,3 +817,71 @@ fn three_node_clusters_of_two_shards_converge_after_a_cut_with_clients_on_every_
         }
     }
 }
+
+/// `GET ADDR:8070/metrics` of `side`'s node `n`.
+fn metrics(side: &Side, n: u8) -> String {
+    flotilla_testkit::install_crypto_provider();
+    let url = format!("http://{}:8070/metrics", side.cluster.addr(n));
+    runtime().block_on(async {
+        let response = reqwest::get(&url).await.expect("scraping metrics");
+        response.text().await.expect("metrics text")
+    })
+}
+
+/// The value of the series whose line starts with `series` (name and labels).
+fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn replication_lag_is_measured_and_exported_as_metrics() {
+    let _subnets = hold(&SUBNETS_243);
+    let pair = Pair::up((243, 244), (1, 1), 1, false);
+    let (mut a, mut b) = (pair.a.client(1), pair.b.client(1));
+    // Write on A, time until B's endpoint reads it.
+    let mut lags = Vec::new();
+    for i in 0..200 {
+        let key = format!("lag:{i}");
+        let started = std::time::Instant::now();
+        run::<()>(&mut a, &["SET", &key, "v"]);
+        // Polled every millisecond (poll_until's 50 ms would hide the lag), for 10 s at most.
+        while run::<Option<String>>(&mut b, &["GET", &key]).is_none() {
+            assert!(started.elapsed() < Duration::from_secs(10), "{key} reached B");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        lags.push(started.elapsed());
+    }
+    lags.sort();
+    let (p50, p99) = (lags[lags.len() / 2], lags[lags.len() * 99 / 100]);
+    eprintln!("A->B replication lag over 200 writes: p50 {p50:?}, p99 {p99:?}");
+    assert!(p99 < Duration::from_secs(2), "p99 {p99:?}");
+    // B's node exports its link: in sync, no lag.
+    pair.wait_in_sync(1);
+    let labels = r#"{bdb="1",source="a/1",shard="0"}"#;
+    let text = metrics(&pair.b, 1);
+    let lag =
+        r#"flotilla_database_syncer_lag_ms{bdb="1",syncer_type="crdt",source="a/1",shard="0"}"#;
+    assert_eq!(series(&text, lag), Some(0.0), "{text}");
+    let status = format!("flotilla_bdb_crdt_syncer_status{labels}");
+    assert_eq!(series(&text, &status), Some(0.0), "in sync: {text}");
+    // Cut: out of sync (2), and the lag grows from the last contact.
+    pair.a.cut();
+    wait_out_of_sync(&pair.b);
+    let text = metrics(&pair.b, 1);
+    assert_eq!(series(&text, &status), Some(2.0), "out of sync: {text}");
+    let grows = poll_until(Duration::from_secs(10), || {
+        series(&metrics(&pair.b, 1), lag).is_some_and(|ms| ms >= 500.0)
+    });
+    assert!(grows, "the lag grows while the link is cut");
+    pair.a.heal();
+    pair.wait_in_sync(1);
+    let text = metrics(&pair.b, 1);
+    assert_eq!(series(&text, &status), Some(0.0), "in sync again: {text}");
+    let partial = format!("flotilla_crdt_sync_partial_ok_total{labels}");
+    assert_eq!(
+        series(&text, &partial),
+        Some(1.0),
+        "one partial resync: {text}"
+    );
+}
