@@ -816,6 +816,22 @@ fn three_node_clusters_of_two_shards_converge_after_a_cut_with_clients_on_every_
             assert_eq!(source.crdt_sync_full, 0);
         }
     }
+    // One of A's URLs unreachable: B's pullers go on through A's other nodes.
+    pair.a.relays[0].cut();
+    let mut client = pair.a.client(2);
+    run::<()>(&mut client, &["SET", "after-url-cut", "v"]);
+    let keys = pair.converge(2);
+    assert!(keys.contains_key(&b"after-url-cut"[..]));
+    let first_url = pair.a.relays[0].https_url();
+    // A long poll in flight answers within its wait: the URL shows at its answer.
+    let moved = poll_until(Duration::from_secs(10), || {
+        pair.b.sources().iter().all(|s| s.uri != first_url)
+    });
+    assert!(
+        moved,
+        "B pulls through another node: {:#?}",
+        pair.b.sources()
+    );
 }
 
 /// `GET ADDR:8070/metrics` of `side`'s node `n`.
@@ -847,7 +863,10 @@ fn replication_lag_is_measured_and_exported_as_metrics() {
         run::<()>(&mut a, &["SET", &key, "v"]);
         // Polled every millisecond (poll_until's 50 ms would hide the lag), for 10 s at most.
         while run::<Option<String>>(&mut b, &["GET", &key]).is_none() {
-            assert!(started.elapsed() < Duration::from_secs(10), "{key} reached B");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{key} reached B"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         lags.push(started.elapsed());
