@@ -167,6 +167,42 @@ impl Side {
     }
 }
 
+/// The CRDB of the tests, with an instance on each of `sides` (`POST /v1/crdbs/local` on each,
+/// as a coordinator does); returns once each instance's database is active.
+fn create_crdb(sides: &mut [&mut Side], shards: u16, replication: bool) {
+    let guid = "5e1f0a3c-1111-4aaa-8bbb-0123456789ab";
+    let names = ["a", "b", "c"];
+    let instances: Vec<Value> = sides
+        .iter()
+        .map(|side| side.instance(names[usize::from(side.id) - 1]))
+        .collect();
+    for side in sides.iter_mut() {
+        let body = json!({
+            "guid": guid, "name": "aa", "instances": instances,
+            "local_instance_id": side.id,
+            "default_db_config": {
+                "port": DB_PORT, "memory_size": 104857600u64, "shards_count": shards,
+                "replication": replication, "redis_version": ENGINE,
+            },
+        });
+        let created: Value = runtime()
+            .block_on(side.cluster.client(1).call(
+                reqwest::Method::POST,
+                "/v1/crdbs/local",
+                Some(&body),
+            ))
+            .unwrap_or_else(|e| panic!("POST /v1/crdbs/local on instance {}: {e}", side.id));
+        side.bdb = created["local_databases"][0]["bdb_uid"]
+            .as_u64()
+            .expect("the CRDB names its local database");
+        let bdb = side.bdb;
+        let active = poll_until(Duration::from_secs(60), || {
+            side.cluster.db_status(bdb) == "active"
+        });
+        assert!(active, "instance {}'s database became active", side.id);
+    }
+}
+
 /// Two clusters and a CRDB with an instance on each.
 struct Pair {
     a: Side,
@@ -179,33 +215,7 @@ impl Pair {
     fn up(subnets: (u8, u8), nodes: (u8, u8), shards: u16, replication: bool) -> Pair {
         let mut a = Side::up(subnets.0, nodes.0, 1);
         let mut b = Side::up(subnets.1, nodes.1, 2);
-        let guid = "5e1f0a3c-1111-4aaa-8bbb-0123456789ab".to_string();
-        let instances = vec![a.instance("a"), b.instance("b")];
-        for side in [&mut a, &mut b] {
-            let body = json!({
-                "guid": guid, "name": "aa", "instances": instances,
-                "local_instance_id": side.id,
-                "default_db_config": {
-                    "port": DB_PORT, "memory_size": 104857600u64, "shards_count": shards,
-                    "replication": replication, "redis_version": ENGINE,
-                },
-            });
-            let created: Value = runtime()
-                .block_on(side.cluster.client(1).call(
-                    reqwest::Method::POST,
-                    "/v1/crdbs/local",
-                    Some(&body),
-                ))
-                .unwrap_or_else(|e| panic!("POST /v1/crdbs/local on instance {}: {e}", side.id));
-            side.bdb = created["local_databases"][0]["bdb_uid"]
-                .as_u64()
-                .expect("the CRDB names its local database");
-            let bdb = side.bdb;
-            let active = poll_until(Duration::from_secs(60), || {
-                side.cluster.db_status(bdb) == "active"
-            });
-            assert!(active, "instance {}'s database became active", side.id);
-        }
+        create_crdb(&mut [&mut a, &mut b], shards, replication);
         let pair = Pair { a, b };
         pair.wait_in_sync(usize::from(shards));
         pair
@@ -903,4 +913,72 @@ fn replication_lag_is_measured_and_exported_as_metrics() {
         Some(1.0),
         "one partial resync: {text}"
     );
+}
+
+/// T9 on three clusters: concurrent EXPIRE 10, EXPIRE 50 and PERSIST: PERSIST wins; without
+/// the PERSIST, the longest TTL wins.
+#[test]
+fn t9_persist_beats_every_ttl_and_the_longest_ttl_wins_on_three_clusters() {
+    let _first = hold(&SUBNETS_241);
+    let _second = hold(&SUBNETS_243);
+    let mut a = Side::up(241, 1, 1);
+    let mut b = Side::up(242, 1, 2);
+    let mut c = Side::up(243, 1, 3);
+    create_crdb(&mut [&mut a, &mut b, &mut c], 1, false);
+    let sides = [&a, &b, &c];
+    let in_sync = |what: &str| {
+        for side in sides {
+            let synced = poll_until(CONVERGE, || {
+                let sources = side.sources();
+                sources.len() == 2
+                    && sources
+                        .iter()
+                        .all(|s| s.status == SyncStatus::InSync && s.ops_lag == 0)
+            });
+            assert!(
+                synced,
+                "{what}: instance {} in sync: {:#?}",
+                side.id,
+                side.sources()
+            );
+        }
+    };
+    let mut clients: Vec<redis::Connection> = sides.iter().map(|s| s.client(1)).collect();
+    // Keys with a TTL every instance has seen (a PERSIST of a key without one does nothing,
+    // on an engine as here).
+    run::<()>(&mut clients[0], &["SET", "k", "v", "EX", "100"]);
+    run::<()>(&mut clients[0], &["SET", "k2", "v", "EX", "100"]);
+    let everywhere = |clients: &mut Vec<redis::Connection>, key: &str| {
+        poll_until(CONVERGE, || {
+            clients
+                .iter_mut()
+                .all(|c| run::<Option<String>>(c, &["GET", key]).is_some())
+        })
+    };
+    assert!(
+        everywhere(&mut clients, "k2"),
+        "the keys reached every instance"
+    );
+    in_sync("before the cut");
+    sides.iter().for_each(|s| s.cut());
+    for side in sides {
+        wait_out_of_sync(side);
+    }
+    run::<i64>(&mut clients[0], &["EXPIRE", "k", "10"]);
+    run::<i64>(&mut clients[1], &["EXPIRE", "k", "50"]);
+    run::<i64>(&mut clients[2], &["PERSIST", "k"]);
+    run::<i64>(&mut clients[0], &["EXPIRE", "k2", "10"]);
+    run::<i64>(&mut clients[1], &["EXPIRE", "k2", "50"]);
+    sides.iter().for_each(|s| s.heal());
+    in_sync("after the heal");
+    for (i, client) in clients.iter_mut().enumerate() {
+        let ttl: i64 = run(client, &["TTL", "k"]);
+        assert_eq!(ttl, -1, "instance {}: PERSIST beats every TTL", i + 1);
+        let ttl: i64 = run(client, &["TTL", "k2"]);
+        assert!(
+            (40..=50).contains(&ttl),
+            "instance {}: the longest TTL wins: {ttl}",
+            i + 1
+        );
+    }
 }
