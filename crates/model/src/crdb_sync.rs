@@ -65,3 +65,17 @@ pub struct SourceReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_keeps_its_json() {
+        let sample = r#"{"crdb_guid":"g","bdb_uid":1,"peer_instance_id":2,"peer_cluster":"b","shard":0,"uri":"https://10.0.0.2:9443","status":"out_of_sync","status_code":2,"lag":1500,"ops_lag":3,"applied":40,"crdt_sync_full":1,"crdt_sync_partial_ok":2,"last_error":"peer b: refused"}"#;
+        let source: SourceReport = serde_json::from_str(sample).unwrap();
+        assert_eq!(source.status, SyncStatus::OutOfSync);
+        assert_eq!(source.status.code(), 2);
+        assert_eq!(serde_json::to_string(&source).unwrap(), sample);
+    }
+}
