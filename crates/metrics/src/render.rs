@@ -215,6 +215,9 @@ fn shard_gauge(
     Ok(())
 }
 
+/// One syncer metric family: name, help, and the value of a link.
+type SyncerFamily = (&'static str, &'static str, fn(&SyncerSample) -> u64);
+
 fn encode_syncers(
     encoder: &mut DescriptorEncoder,
     syncers: &[SyncerSample],
@@ -227,7 +230,7 @@ fn encode_syncers(
         labels.insert(1, ("syncer_type", "crdt".to_string()));
         lag.encode_family(&labels)?.encode_gauge(&syncer.lag_ms)?;
     }
-    let gauges: [(&str, &str, fn(&SyncerSample) -> u64); 2] = [
+    let gauges: [SyncerFamily; 2] = [
         (
             "bdb_crdt_syncer_status",
             "Active-Active syncer status: 0 in sync, 1 syncing, 2 out of sync.",
@@ -247,7 +250,7 @@ fn encode_syncers(
                 .encode_gauge(&value(syncer))?;
         }
     }
-    let counters: [(&str, &str, fn(&SyncerSample) -> u64); 2] = [
+    let counters: [SyncerFamily; 2] = [
         (
             "crdt_sync_full",
             "Full state transfers from a peer instance (past its backlog).",

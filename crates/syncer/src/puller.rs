@@ -66,13 +66,25 @@ struct Puller {
 
 /// Runs the puller for `spec` until the task is aborted (its master moved, the CRDB changed).
 pub async fn run(spec: PullerSpec, sources: SyncSources) {
-    let mut puller = match Puller::new(spec, sources) {
-        Ok(puller) => puller,
-        Err((spec, sources, e)) => {
+    let cluster = &spec.peer.cluster;
+    sources.start(&spec.key, spec.master.bdb_uid, &cluster.name, now_millis());
+    let clients = match peer_clients(cluster) {
+        Ok(clients) => clients,
+        Err(e) => {
             tracing::error!(crdb = %spec.key.crdb_guid, peer = spec.key.peer_instance_id, error = %e, "cannot pull from this peer");
-            sources.update(&spec.key, |s| s.last_error = Some(e.to_string()));
+            sources.update(&spec.key, |s| s.last_error = Some(e));
             return;
         }
+    };
+    let mut puller = Puller {
+        spec,
+        sources,
+        peer_clients: clients,
+        current: 0,
+        engine: None,
+        new_session: true,
+        resumed_before: false,
+        logged_error: None,
     };
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -93,48 +105,30 @@ pub async fn run(spec: PullerSpec, sources: SyncSources) {
     }
 }
 
-impl Puller {
-    fn new(
-        spec: PullerSpec,
-        sources: SyncSources,
-    ) -> Result<Self, (PullerSpec, SyncSources, String)> {
-        let cluster = &spec.peer.cluster;
-        let mut peer_clients = Vec::new();
-        for url in &cluster.urls {
-            let client = Client::new(
-                url,
-                Some(cluster.username.clone()),
-                Some(cluster.password.clone()),
-            );
-            let client = match url.starts_with("https://") {
-                true => client.trusting(&cluster.ca_cert),
-                false => Ok(client),
-            };
-            match client {
-                Ok(client) => peer_clients.push(client),
-                Err(e) => {
-                    let reason = format!("cluster {}: its CA certificate: {e}", cluster.name);
-                    return Err((spec, sources, reason));
-                }
-            }
-        }
-        if peer_clients.is_empty() {
-            let reason = format!("cluster {} has no URL", cluster.name);
-            return Err((spec, sources, reason));
-        }
-        sources.start(&spec.key, spec.master.bdb_uid, &cluster.name, now_millis());
-        Ok(Puller {
-            spec,
-            sources,
-            peer_clients,
-            current: 0,
-            engine: None,
-            new_session: true,
-            resumed_before: false,
-            logged_error: None,
-        })
+/// A REST client per URL of the peer's cluster, each trusting only that cluster's CA.
+fn peer_clients(cluster: &flotilla_model::CrdbCluster) -> Result<Vec<Client>, String> {
+    let mut clients = Vec::new();
+    for url in &cluster.urls {
+        let client = Client::new(
+            url,
+            Some(cluster.username.clone()),
+            Some(cluster.password.clone()),
+        );
+        let client = match url.starts_with("https://") {
+            true => client
+                .trusting(&cluster.ca_cert)
+                .map_err(|e| format!("cluster {}: its CA certificate: {e}", cluster.name))?,
+            false => client,
+        };
+        clients.push(client);
     }
+    if clients.is_empty() {
+        return Err(format!("cluster {} has no URL", cluster.name));
+    }
+    Ok(clients)
+}
 
+impl Puller {
     /// One round: read the position, fetch a page, apply it (or transfer the whole state).
     /// Returns how long to pause before the next round (while the peer holds newer ops).
     async fn step(&mut self) -> Result<Option<Duration>, SyncerError> {
