@@ -982,3 +982,65 @@ fn t9_persist_beats_every_ttl_and_the_longest_ttl_wins_on_three_clusters() {
         );
     }
 }
+
+/// A peer whose log no longer holds the op at the puller's position under the same number (its
+/// master failed over and lost unreplicated ops, then logged new ones): the dot differs, the
+/// puller transfers the whole state instead of skipping or re-reading the wrong ops.
+#[test]
+fn a_peer_log_rewritten_under_the_position_ends_in_a_full_sync() {
+    let _subnets = hold(&SUBNETS_241);
+    let pair = Pair::up((241, 242), (1, 1), 1, false);
+    let mut a = pair.a.client(1);
+    for i in 0..10 {
+        run::<()>(&mut a, &["SET", &format!("k{i}"), "first"]);
+    }
+    pair.converge(1);
+    let before = source(&pair.b);
+    assert_eq!(before.applied, 10);
+    // What a failover that lost A's last 3 ops leaves: a log ending at 7, the next op 8.
+    let url = pair.a.master();
+    runtime().block_on(async {
+        let mut conn = connect(&url).await;
+        let oplog = flotilla_crdb::OPLOG_KEY;
+        // The stream rebuilt with entries 1-7 only (XTRIM would keep its last id, 10-0).
+        let kept: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+            .arg(oplog)
+            .arg("-")
+            .arg("7-0")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(kept.len(), 7);
+        let _: i64 = redis::cmd("DEL")
+            .arg(oplog)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for (id, fields) in kept {
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(oplog).arg(id);
+            for (field, value) in fields {
+                xadd.arg(field).arg(value);
+            }
+            let _: String = xadd.query_async(&mut conn).await.unwrap();
+        }
+        let _: () = redis::cmd("SET")
+            .arg(flotilla_crdb::OPSEQ_KEY)
+            .arg(7)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    });
+    // New ops take the numbers 8, 9, 10 with other dots (other keys).
+    for i in 0..3 {
+        run::<()>(&mut a, &["SET", &format!("new{i}"), "second"]);
+    }
+    let keys = pair.converge(1);
+    assert_eq!(keys.len(), 13, "every key on both sides");
+    let after = source(&pair.b);
+    assert_eq!(
+        after.crdt_sync_full,
+        before.crdt_sync_full + 1,
+        "{after:#?}"
+    );
+}

@@ -20,7 +20,9 @@ use reqwest::Method;
 
 use crate::server::ShardMaster;
 use crate::sources::{SourceKey, SyncSources, SyncStatus};
-use crate::wire::{dot_text, LogPosition, OpsPage, OpsQuery, OpsStatus, StatePage, StateQuery};
+use crate::wire::{
+    dot_text, entry_check, LogPosition, OpsPage, OpsQuery, OpsStatus, StatePage, StateQuery,
+};
 use crate::SyncerError;
 
 /// The shortest pause after an error.
@@ -136,10 +138,14 @@ impl Puller {
         let mut conn = engine.connection();
         let peer = InstanceId(self.spec.key.peer_instance_id);
         let position = match flotilla_crdb::position(&mut conn, peer).await? {
-            Some(p) => LogPosition { n: p.n, dot: p.dot },
+            Some(p) => LogPosition {
+                n: p.n,
+                dot: p.dot,
+                check: stored_check(&mut conn, peer, p.n).await?,
+            },
             None => LogPosition::START,
         };
-        let page = self.fetch_ops(position).await?;
+        let page = self.fetch_ops(&position).await?;
         if page.status == OpsStatus::BacklogExhausted {
             self.full_sync(&engine).await?;
             self.new_session = false;
@@ -199,6 +205,9 @@ impl Puller {
                 dot: Some(op.id),
             };
             flotilla_crdb::apply_remote(&mut conn, peer, next, &op).await?;
+            if Some(entry) == page.entries.last() {
+                store_check(&mut conn, peer, entry.n, &entry_check(&entry.op)).await?;
+            }
             let (n, ts) = (entry.n, op.ts);
             self.sources.update(&self.spec.key, |s| {
                 s.applied = n;
@@ -243,6 +252,9 @@ impl Puller {
             dot: position.dot,
         };
         set_position(&mut conn, peer, stored).await?;
+        if let Some(check) = &position.check {
+            store_check(&mut conn, peer, position.n, check).await?;
+        }
         self.sources.update(&self.spec.key, |s| {
             s.applied = position.n;
             s.oldest_unapplied_ts = None;
@@ -250,11 +262,12 @@ impl Puller {
         Ok(())
     }
 
-    async fn fetch_ops(&mut self, position: LogPosition) -> Result<OpsPage, SyncerError> {
+    async fn fetch_ops(&mut self, position: &LogPosition) -> Result<OpsPage, SyncerError> {
         let query = OpsQuery {
             shard: self.spec.key.shard,
             after: position.n,
             after_dot: position.dot.map(dot_text),
+            after_check: position.check.clone(),
             count: crate::wire::DEFAULT_PAGE_OPS,
             protocol: self.spec.protocol,
             wait_ms: LONG_POLL.as_millis() as u64,
@@ -270,6 +283,9 @@ impl Puller {
         );
         if let Some(dot) = &query.after_dot {
             path.push_str(&format!("&after_dot={dot}"));
+        }
+        if let Some(check) = &query.after_check {
+            path.push_str(&format!("&after_check={check}"));
         }
         let page: OpsPage = self.get(&path).await?;
         self.check_peer(page.instance_id)?;
@@ -378,6 +394,45 @@ async fn set_position(
         .arg(flotilla_crdb::POSITIONS_KEY)
         .arg(peer.0)
         .arg(position.to_string())
+        .query_async(conn)
+        .await?;
+    Ok(())
+}
+
+/// The hash of the syncer's entry checks: per peer instance id, `<n>:<check>` of the last entry
+/// of that peer's log applied here (see [`crate::wire::LogPosition::check`]). Written after
+/// the apply that moved the position, so it may lag it by one page: a check whose `n` is not
+/// the position's is not sent (the dot alone is compared then).
+pub const CHECKS_KEY: &[u8] = b"__crdt__syncer_checks";
+
+/// The stored check of peer `peer`'s entry `n`, if the stored one is of that entry.
+async fn stored_check(
+    conn: &mut flotilla_crdb::Conn,
+    peer: InstanceId,
+    n: u64,
+) -> Result<Option<String>, SyncerError> {
+    let text: Option<String> = redis::cmd("HGET")
+        .arg(CHECKS_KEY)
+        .arg(peer.0)
+        .query_async(conn)
+        .await?;
+    Ok(text.and_then(|t| {
+        let (at, check) = t.split_once(':')?;
+        (at.parse() == Ok(n)).then(|| check.to_string())
+    }))
+}
+
+/// Stores `check` as that of peer `peer`'s entry `n`.
+async fn store_check(
+    conn: &mut flotilla_crdb::Conn,
+    peer: InstanceId,
+    n: u64,
+    check: &str,
+) -> Result<(), SyncerError> {
+    let _: () = redis::cmd("HSET")
+        .arg(CHECKS_KEY)
+        .arg(peer.0)
+        .arg(format!("{n}:{check}"))
         .query_async(conn)
         .await?;
     Ok(())

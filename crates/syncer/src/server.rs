@@ -21,8 +21,8 @@ use flotilla_engine::{ClientOptions, EngineClient, EngineLogin};
 use flotilla_model::{BdbUid, ClusterState};
 
 use crate::wire::{
-    parse_dot, KeyMeta, LogPosition, OpEntry, OpsPage, OpsQuery, OpsStatus, StatePage, StateQuery,
-    MAX_PAGE_OPS, MAX_WAIT_MS,
+    entry_check, parse_dot, KeyMeta, LogPosition, OpEntry, OpsPage, OpsQuery, OpsStatus, StatePage,
+    StateQuery, MAX_PAGE_OPS, MAX_WAIT_MS,
 };
 use crate::SyncerError;
 
@@ -116,6 +116,7 @@ pub async fn ops(
     let position = LogPosition {
         n: query.after,
         dot: after_dot,
+        check: query.after_check.clone(),
     };
     if exhausted(&mut conn, position, &page).await? {
         return Ok(OpsPage {
@@ -142,23 +143,36 @@ async fn exhausted(
 ) -> Result<bool, SyncerError> {
     let at_position = match position.n {
         0 => None,
-        n => flotilla_crdb::entry_dot(conn, n).await?,
+        n => entry(conn, n).await?,
     };
     Ok(backlog_exhausted(
-        position,
+        &position,
         page.first,
         page.last,
         at_position,
     ))
 }
 
+/// The dot and [`entry_check`] of the log's entry `n`, if it still holds it.
+async fn entry(
+    conn: &mut redis::aio::MultiplexedConnection,
+    n: u64,
+) -> Result<Option<(Dot, String)>, SyncerError> {
+    let page = flotilla_crdb::read_log(conn, n - 1, 1).await?;
+    Ok(page
+        .entries
+        .into_iter()
+        .find(|e| e.n == n)
+        .map(|e| (e.dot, entry_check(&e.json))))
+}
+
 /// The decision of [`exhausted`]: `first`/`last` are the log's bounds, `at_position` the dot
-/// of the log's entry `position.n` (none when the log no longer holds it).
+/// and check of the log's entry `position.n` (none when the log no longer holds it).
 fn backlog_exhausted(
-    position: LogPosition,
+    position: &LogPosition,
     first: Option<u64>,
     last: u64,
-    at_position: Option<Dot>,
+    at_position: Option<(Dot, String)>,
 ) -> bool {
     if position.n == 0 {
         // A puller that never pulled needs entry 1 onwards.
@@ -171,7 +185,10 @@ fn backlog_exhausted(
         // Trimmed past the backlog, or beyond the log of a master that lost entries.
         None => true,
         // The same n, another op: the log was rewritten after a failover.
-        Some(dot) => position.dot.is_some_and(|seen| seen != dot),
+        Some((dot, check)) => {
+            position.dot.is_some_and(|seen| seen != dot)
+                || position.check.as_ref().is_some_and(|seen| *seen != check)
+        }
     }
 }
 
@@ -256,11 +273,15 @@ async fn current_position(
     conn: &mut redis::aio::MultiplexedConnection,
 ) -> Result<LogPosition, SyncerError> {
     let page = flotilla_crdb::read_log(conn, 0, 1).await?;
-    let dot = match page.last {
+    let at = match page.last {
         0 => None,
-        n => flotilla_crdb::entry_dot(conn, n).await?,
+        n => entry(conn, n).await?,
     };
-    Ok(LogPosition { n: page.last, dot })
+    Ok(LogPosition {
+        n: page.last,
+        dot: at.as_ref().map(|(dot, _)| *dot),
+        check: at.map(|(_, check)| check),
+    })
 }
 
 #[cfg(test)]
@@ -278,12 +299,16 @@ mod tests {
     }
 
     fn at(n: u64, d: Dot) -> LogPosition {
-        LogPosition { n, dot: Some(d) }
+        LogPosition {
+            n,
+            dot: Some(d),
+            check: Some("c1".into()),
+        }
     }
 
     #[test]
     fn a_new_puller_needs_the_whole_log() {
-        let start = LogPosition::START;
+        let start = &LogPosition::START;
         assert!(!backlog_exhausted(start, None, 0, None), "empty log");
         assert!(
             !backlog_exhausted(start, Some(1), 9, None),
@@ -302,22 +327,34 @@ mod tests {
     #[test]
     fn a_position_the_log_lost_or_rewrote_needs_a_full_transfer() {
         let seen = dot(1, 4);
+        let same = Some((seen, "c1".to_string()));
         assert!(
-            !backlog_exhausted(at(5, seen), Some(1), 9, Some(seen)),
+            !backlog_exhausted(&at(5, seen), Some(1), 9, same.clone()),
             "still there"
         );
-        assert!(backlog_exhausted(at(5, seen), Some(7), 9, None), "trimmed");
+        assert!(backlog_exhausted(&at(5, seen), Some(7), 9, None), "trimmed");
         assert!(
-            backlog_exhausted(at(12, seen), Some(1), 9, None),
+            backlog_exhausted(&at(12, seen), Some(1), 9, None),
             "beyond the log"
         );
+        let other_dot = Some((dot(1, 5), "c1".to_string()));
         assert!(
-            backlog_exhausted(at(5, seen), Some(1), 9, Some(dot(1, 5))),
+            backlog_exhausted(&at(5, seen), Some(1), 9, other_dot),
             "rewritten"
         );
-        let no_dot = LogPosition { n: 5, dot: None };
+        // Dots count one key's writes: another key's op may have the same one.
+        let other_op = Some((seen, "c2".to_string()));
         assert!(
-            !backlog_exhausted(no_dot, Some(1), 9, Some(seen)),
+            backlog_exhausted(&at(5, seen), Some(1), 9, other_op),
+            "same dot, other op"
+        );
+        let unchecked = LogPosition {
+            n: 5,
+            dot: None,
+            check: None,
+        };
+        assert!(
+            !backlog_exhausted(&unchecked, Some(1), 9, same),
             "nothing to compare"
         );
     }

@@ -18,18 +18,38 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 
 /// A position in an instance's op log: entry `n`, and the dot of the op it holds, so that a
 /// log rewritten after a failover (the same `n`, another op) is told from the one a puller saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogPosition {
     /// The entry's sequence number (1, 2, ...; 0 before the first).
     pub n: u64,
     /// The dot of the op entry `n` holds (none before the first entry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dot: Option<Dot>,
+    /// [`entry_check`] of entry `n`'s op, when known. A dot is per key (`instance.seq` counts
+    /// one key's writes), so another key's op can carry the same dot at the same `n` in a log
+    /// rewritten after a failover; the check tells them apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
 }
 
 impl LogPosition {
     /// Before the first entry: where a new puller starts.
-    pub const START: LogPosition = LogPosition { n: 0, dot: None };
+    pub const START: LogPosition = LogPosition {
+        n: 0,
+        dot: None,
+        check: None,
+    };
+}
+
+/// A short fingerprint of an op-log entry's op (FNV-1a, 64 bits, hex): what tells two ops of
+/// the same dot apart.
+pub fn entry_check(op_json: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in op_json.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 /// Parses a dot's query form `instance.seq` (what `after_dot` carries).
@@ -57,6 +77,9 @@ pub struct OpsQuery {
     /// The dot of that entry (`instance.seq`), checked against the server's entry `after`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_dot: Option<String>,
+    /// [`entry_check`] of that entry's op, checked too when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_check: Option<String>,
     /// The most entries to return.
     #[serde(default = "default_count")]
     pub count: usize,
@@ -169,10 +192,17 @@ mod tests {
         let page: OpsPage = serde_json::from_str(exhausted).unwrap();
         assert_eq!(page.status, OpsStatus::BacklogExhausted);
         assert_eq!(serde_json::to_string(&page).unwrap(), exhausted);
-        let state = r#"{"instance_id":1,"cursor":0,"position":{"n":4,"dot":[1,2]},"keys":[{"key":"k","meta":"{}"}]}"#;
+        let state = r#"{"instance_id":1,"cursor":0,"position":{"n":4,"dot":[1,2],"check":"00ff"},"keys":[{"key":"k","meta":"{}"}]}"#;
         let page: StatePage = serde_json::from_str(state).unwrap();
-        assert_eq!(page.position.unwrap().dot.unwrap().seq, 2);
+        assert_eq!(page.position.as_ref().unwrap().dot.unwrap().seq, 2);
         assert_eq!(serde_json::to_string(&page).unwrap(), state);
+    }
+
+    #[test]
+    fn checks_tell_two_ops_apart() {
+        assert_eq!(entry_check("{}"), entry_check("{}"));
+        assert_ne!(entry_check(r#"{"key":"a"}"#), entry_check(r#"{"key":"b"}"#));
+        assert_eq!(entry_check("").len(), 16);
     }
 
     #[test]
