@@ -18,6 +18,8 @@
 //! The wire types are in [`wire`]. The engine side (op log, scripts, positions) is
 //! `flotilla-crdb`'s.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod puller;
 pub mod server;
