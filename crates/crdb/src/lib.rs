@@ -47,8 +47,8 @@ pub use keys::{
     OPSEQ_KEY, POSITIONS_KEY, SETTINGS_KEY,
 };
 pub use log::{
-    dbsize, entry_dot, position, read_log, repl_backlog, scan_states, set_repl_backlog, LogEntry,
-    LogPage,
+    dbsize, entry_dot, log_end, position, read_log, repl_backlog, scan_states, set_repl_backlog,
+    LogEntry, LogPage,
 };
 pub use position::Position;
 pub use write::{

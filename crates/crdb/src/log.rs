@@ -70,6 +70,30 @@ pub async fn read_log(conn: &mut Conn, after: u64, count: usize) -> Result<LogPa
     })
 }
 
+/// Where the log ends now: the last `n` appended and its dot (`Position::START` for an empty
+/// log), read atomically. A state transfer takes it before scanning the states, and the puller
+/// resumes from it afterwards.
+pub async fn log_end(conn: &mut Conn) -> Result<Position, CrdbError> {
+    let (last, newest): (Option<u64>, Value) = redis::pipe()
+        .atomic()
+        .cmd("GET")
+        .arg(OPSEQ_KEY)
+        .cmd("XREVRANGE")
+        .arg(OPLOG_KEY)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    let n = last.unwrap_or(0);
+    let dot = parse_entries(newest)?
+        .into_iter()
+        .find(|e| e.n == n)
+        .map(|e| e.dot);
+    Ok(Position { n, dot })
+}
+
 /// The dot of entry `n`, if the log still holds it (the syncer's server compares it with the
 /// puller's position to detect a log that lost entries in a failover).
 pub async fn entry_dot(conn: &mut Conn, n: u64) -> Result<Option<Dot>, CrdbError> {

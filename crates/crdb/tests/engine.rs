@@ -4,13 +4,13 @@
 //! `merge_remote`). Every test compares every key of both engines (values, deadlines, metadata)
 //! and each engine with its own metadata.
 //!
-//! Addresses: 127.0.233.1 - 127.0.233.4.
+//! Addresses: 127.0.233.1 - 127.0.233.6.
 
 mod common;
 
 use common::{assert_same, now, raw_meta, ship, Engines, Shipped, A, B};
 use flotilla_crdb::{
-    copy, entry_dot, merge_remote, position, read_log, rename, repl_backlog, scan_states,
+    copy, entry_dot, log_end, merge_remote, position, read_log, rename, repl_backlog, scan_states,
     set_repl_backlog, write_local, write_many, Conn, CrdbError, KeyState, Position,
     DEFAULT_REPL_BACKLOG,
 };
@@ -303,6 +303,16 @@ async fn valkey91_replicates_every_key_through_the_log() {
     replicates_every_key_through_the_log("127.0.233.2", EngineVersion::Valkey91).await;
 }
 
+#[tokio::test]
+async fn redis62_replicates_every_key_through_the_log() {
+    replicates_every_key_through_the_log("127.0.233.5", EngineVersion::Redis62).await;
+}
+
+#[tokio::test]
+async fn valkey81_replicates_every_key_through_the_log() {
+    replicates_every_key_through_the_log("127.0.233.6", EngineVersion::Valkey81).await;
+}
+
 /// Past the backlog the log no longer starts where the puller is; the state transfer
 /// (`scan_states` + `merge_remote`) brings B level, with B's own unshipped writes kept, and
 /// shipping resumes from the log position taken before the scan.
@@ -363,10 +373,15 @@ async fn merges_states_after_the_log_is_trimmed() {
 
     // The state transfer: the position first, then every key's state.
     let last = read_log(&mut a, 0, 0).await.unwrap().last;
-    let resume = Position {
-        n: last,
-        dot: entry_dot(&mut a, last).await.unwrap(),
-    };
+    let resume = log_end(&mut a).await.unwrap();
+    assert_eq!(resume.n, last);
+    assert_eq!(resume.dot, entry_dot(&mut a, last).await.unwrap());
+    assert!(resume.dot.is_some());
+    assert_eq!(
+        log_end(&mut b).await.unwrap().n,
+        2,
+        "B logged its own two writes"
+    );
     let mut cursor = 0;
     let mut merged = std::collections::BTreeSet::new();
     loop {

@@ -1,8 +1,8 @@
 //! An Active-Active instance's endpoint (issue 15) on real redis-7.0 shards: the same scripted
 //! commands through a CRDB endpoint and a plain one give the same replies; unsupported writes are
 //! refused by name; the hidden metadata never shows; pipelines keep their order; the op log gets
-//! one entry per effective write. Addresses: 127.0.234.1 - 127.0.234.9 (endpoint port 12000,
-//! shards 20001+).
+//! one entry per effective write; two instances converge. Addresses: 127.0.234.1 - 127.0.234.9
+//! (endpoint port 12000, shards 20001+).
 
 mod common;
 
@@ -50,6 +50,13 @@ fn normalize(command: &str, reply: Result<Value, String>) -> Result<Value, Strin
         "SMEMBERS" | "HGETALL" | "HKEYS" | "HVALS" | "KEYS" | "SINTER" | "SUNION"
     );
     match reply {
+        Ok(Value::Set(items)) if unordered => {
+            let mut items: Vec<String> = items.iter().map(|v| format!("{v:?}")).collect();
+            items.sort();
+            Ok(Value::Set(
+                items.into_iter().map(Value::SimpleString).collect(),
+            ))
+        }
         Ok(Value::Array(items)) if unordered => {
             let mut items: Vec<String> = items.iter().map(|v| format!("{v:?}")).collect();
             if command == "HGETALL" {
@@ -243,6 +250,19 @@ fn script() -> Vec<Vec<&'static str>> {
         "SET h replaces-a-hash",
         "TYPE h",
         "GET h",
+        // Repeated fields, members and keys in one command.
+        "HSET dup a 1 a 2",
+        "HGET dup a",
+        "HDEL dup a a",
+        "SADD dups x x y",
+        "SREM dups x x",
+        "ZADD dupz 1 m 2 m",
+        "ZSCORE dupz m",
+        "ZREM dupz m m",
+        "SET {d}k v",
+        "DEL {d}k {d}k",
+        "RPUSH dupl a a",
+        "LREM dupl 0 a",
         "DBSIZE",
         "KEYS *",
     ];
@@ -268,6 +288,30 @@ async fn a_crdb_endpoint_answers_every_supported_write_as_a_plain_one() {
         let got = normalize(line[0], run(&mut c, &line).await);
         let want = normalize(line[0], run(&mut p, &line).await);
         assert_eq!(got, want, "{}", line.join(" "));
+    }
+    // Again in RESP3 (doubles, nulls and maps), on the keys the first pass left.
+    let resp3 = |setup: &Setup| {
+        let url = format!("redis://{}/?protocol=resp3", setup.endpoint);
+        async move {
+            redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap()
+        }
+    };
+    let (mut c3, mut p3) = (resp3(&crdb).await, resp3(&plain).await);
+    for line in script() {
+        let got = normalize(line[0], run(&mut c3, &line).await);
+        let want = normalize(line[0], run(&mut p3, &line).await);
+        assert_eq!(got, want, "RESP3: {}", line.join(" "));
+    }
+    for conn in [&mut c3, &mut p3] {
+        assert_eq!(
+            run(conn, &["ZINCRBY", "z3", "1.5", "m"]).await,
+            Ok(Value::Double(1.5)),
+            "a RESP3 score is a double"
+        );
     }
     // The metadata stays hidden.
     let mut all = Vec::new();
@@ -318,6 +362,24 @@ async fn a_crdb_endpoint_answers_every_supported_write_as_a_plain_one() {
         let key = key.expect("the database has keys");
         assert!(keys.contains(&key), "RANDOMKEY gave {key}");
     }
+    // INFO keyspace counts the client's keys only.
+    let keyspace = |text: String| {
+        text.lines()
+            .find(|l| l.starts_with("db0:"))
+            .and_then(|l| l.split(',').next().map(str::to_owned))
+    };
+    let info_c: String = redis::cmd("INFO")
+        .arg("keyspace")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let info_p: String = redis::cmd("INFO")
+        .arg("keyspace")
+        .query_async(&mut p)
+        .await
+        .unwrap();
+    assert_eq!(keyspace(info_c), Some(format!("db0:keys={}", keys.len())));
+    assert_eq!(keyspace(info_p), Some(format!("db0:keys={}", keys.len())));
     // The engines do hold the metadata.
     let mut direct = crdb.direct(0).await;
     let engine_keys: Vec<String> = redis::cmd("KEYS")
@@ -480,4 +542,230 @@ async fn pipelines_keep_order_and_the_log_has_one_entry_per_effective_write() {
     let page = flotilla_crdb::read_log(&mut direct, 0, 100).await.unwrap();
     assert_eq!(page.last, before + effective.len() as u64);
     assert_eq!(page.entries.len() as u64, page.last);
+}
+
+/// `redis-benchmark -t set,get,incr` through a CRDB endpoint and a plain one (each one shard,
+/// redis-7.0, in this process), printing requests per second and the CRDB/plain ratio. A
+/// measurement, not a check: run with
+/// `cargo test -p flotilla-proxy --test crdt -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn benchmark_crdb_endpoint_against_plain() {
+    let crdb = crdb_setup("127.0.234.5", 1).await;
+    let plain = Setup::start("127.0.234.6", 1, 1, None).await;
+    let bench = |addr: std::net::SocketAddr| async move {
+        let out = tokio::process::Command::new("redis-benchmark")
+            .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+            .args([
+                "-t",
+                "set,get,incr",
+                "-n",
+                "20000",
+                "-c",
+                "20",
+                "-r",
+                "1000",
+                "--csv",
+            ])
+            .output()
+            .await
+            .expect("redis-benchmark on PATH");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .skip(1)
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split(',').map(|c| c.trim_matches('"')).collect();
+                Some((cols.first()?.to_string(), cols.get(1)?.parse::<f64>().ok()?))
+            })
+            .collect::<Vec<(String, f64)>>()
+    };
+    // Each once before measuring (connections, script load).
+    let _ = bench(crdb.endpoint).await;
+    let c = bench(crdb.endpoint).await;
+    let p = bench(plain.endpoint).await;
+    assert_eq!(c.len(), 3, "{c:?}");
+    for ((test, crdb_rps), (_, plain_rps)) in c.iter().zip(&p) {
+        println!(
+            "{test}: crdb {crdb_rps:.0} rps, plain {plain_rps:.0} rps, ratio {:.2}",
+            crdb_rps / plain_rps
+        );
+    }
+}
+
+/// Ships every shard's op log of `from` (instance `origin`) to the same shard of `to`, as the
+/// syncer does (shard i pulls peer shard i); returns how many ops were applied.
+async fn ship(from: &Setup, to: &Setup, origin: u16, shards: usize) -> usize {
+    let mut applied = 0;
+    for shard in 0..shards {
+        let (mut src, mut dst) = (from.direct(shard).await, to.direct(shard).await);
+        let peer = flotilla_crdt::InstanceId(origin);
+        let mut at = flotilla_crdb::position(&mut dst, peer)
+            .await
+            .unwrap()
+            .unwrap_or(flotilla_crdb::Position::START);
+        loop {
+            let page = flotilla_crdb::read_log(&mut src, at.n, 50).await.unwrap();
+            if page.entries.is_empty() {
+                break;
+            }
+            for entry in page.entries {
+                let op = flotilla_crdt::Op::from_json(&entry.json, 1).unwrap();
+                at = flotilla_crdb::Position {
+                    n: entry.n,
+                    dot: Some(entry.dot),
+                };
+                flotilla_crdb::apply_remote(&mut dst, peer, at, &op)
+                    .await
+                    .unwrap();
+                applied += 1;
+            }
+        }
+    }
+    applied
+}
+
+/// Two instances, each behind its own endpoint (two shards each): concurrent writes through
+/// both endpoints, the op logs shipped both ways, then every key reads the same through both
+/// endpoints, with the reference's rules (counters summed, add-wins sets and hash fields,
+/// concurrent list inserts both kept).
+#[tokio::test]
+async fn two_instances_converge_through_their_endpoints() {
+    let a = crdb_setup("127.0.234.7", 2).await;
+    let b = Setup::start("127.0.234.8", 2, 2, None).await;
+    let next = b.topology.borrow().clone().with_crdt(Some(CrdtInstance {
+        replica_id: 2,
+        protocol_version: 1,
+    }));
+    b.topology.send(next).unwrap();
+    let mut ca = a.patient_client(Duration::from_secs(5)).await;
+    let mut cb = b.patient_client(Duration::from_secs(5)).await;
+    // A shared start.
+    for args in [
+        &["SADD", "set", "a", "b"][..],
+        &["HSET", "h", "f3", "old"],
+        &["RPUSH", "L", "x"],
+        &["SET", "reg", "start"],
+    ] {
+        run(&mut ca, args).await.unwrap();
+    }
+    assert!(ship(&a, &b, 1, 2).await > 0);
+    // Concurrent writes on both sides (reference section 6, T1 T3 T4 T6).
+    for args in [
+        &["INCRBY", "c", "7"][..],
+        &["SREM", "set", "a"],
+        &["SREM", "set", "c"],
+        &["HDEL", "h", "f3"],
+        &["HINCRBY", "h", "n", "5"],
+        &["LINSERT", "L", "AFTER", "x", "y1"],
+    ] {
+        run(&mut ca, args).await.unwrap();
+    }
+    for args in [
+        &["INCRBY", "c", "3"][..],
+        &["SADD", "set", "c"],
+        &["HSET", "h", "f3", "x"],
+        &["HINCRBY", "h", "n", "2"],
+        &["LINSERT", "L", "AFTER", "x", "y2"],
+        &["SET", "reg", "from-b"],
+    ] {
+        run(&mut cb, args).await.unwrap();
+    }
+    ship(&a, &b, 1, 2).await;
+    ship(&b, &a, 2, 2).await;
+    for (conn, side) in [(&mut ca, "A"), (&mut cb, "B")] {
+        assert_eq!(
+            run(conn, &["GET", "c"]).await,
+            Ok(Value::BulkString(b"10".to_vec())),
+            "{side}"
+        );
+        let mut set: Vec<String> = redis::cmd("SMEMBERS")
+            .arg("set")
+            .query_async(conn)
+            .await
+            .unwrap();
+        set.sort();
+        assert_eq!(set, ["b", "c"], "{side}");
+        assert_eq!(
+            run(conn, &["HGET", "h", "f3"]).await,
+            Ok(Value::BulkString(b"x".to_vec())),
+            "{side}"
+        );
+        assert_eq!(
+            run(conn, &["HGET", "h", "n"]).await,
+            Ok(Value::BulkString(b"7".to_vec())),
+            "{side}"
+        );
+        assert_eq!(
+            run(conn, &["GET", "reg"]).await,
+            Ok(Value::BulkString(b"from-b".to_vec())),
+            "{side}"
+        );
+        let list: Vec<String> = redis::cmd("LRANGE")
+            .arg("L")
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await
+            .unwrap();
+        assert_eq!(list.len(), 3, "{side}: {list:?}");
+    }
+    let la: Vec<String> = redis::cmd("LRANGE")
+        .arg("L")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut ca)
+        .await
+        .unwrap();
+    let lb: Vec<String> = redis::cmd("LRANGE")
+        .arg("L")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut cb)
+        .await
+        .unwrap();
+    assert_eq!(la, lb, "one order on both");
+    let keys = |c: &mut redis::aio::MultiplexedConnection| {
+        let mut c = c.clone();
+        async move {
+            let mut k: Vec<String> = redis::cmd("KEYS")
+                .arg("*")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            k.sort();
+            k
+        }
+    };
+    assert_eq!(keys(&mut ca).await, keys(&mut cb).await);
+}
+
+/// Clients writing one key at once through the endpoint, in pipelines: no increment is lost
+/// (the layer's compare-and-set retries the losers) and the log has one entry per increment.
+#[tokio::test]
+async fn concurrent_clients_lose_no_increment() {
+    let crdb = crdb_setup("127.0.234.9", 1).await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let mut conn = crdb.patient_client(Duration::from_secs(10)).await;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let mut pipe = redis::pipe();
+                for _ in 0..10 {
+                    pipe.cmd("INCR").arg("hot").cmd("SADD").arg("seen").arg("x");
+                }
+                let _: Vec<Value> = pipe.query_async(&mut conn).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut c = crdb.patient_client(Duration::from_secs(5)).await;
+    assert_eq!(
+        run(&mut c, &["GET", "hot"]).await,
+        Ok(Value::BulkString(b"400".to_vec()))
+    );
+    let mut direct = crdb.direct(0).await;
+    let page = flotilla_crdb::read_log(&mut direct, 0, 1000).await.unwrap();
+    assert_eq!(page.last, 401, "400 increments and the one SADD that added");
 }

@@ -261,6 +261,10 @@ pub async fn check_engine_matches_metadata(conn: &mut Conn) {
 pub async fn assert_same(a: &mut Conn, b: &mut Conn) {
     let keys = user_keys(a).await;
     assert_eq!(keys, user_keys(b).await, "the same keys on both engines");
+    for conn in [&mut *a, &mut *b] {
+        let visible = flotilla_crdb::dbsize(conn).await.unwrap();
+        assert_eq!(visible, keys.len() as u64, "DBSIZE without the hidden keys");
+    }
     for key in &keys {
         assert_eq!(
             engine_value(a, key).await,

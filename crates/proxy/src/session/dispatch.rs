@@ -94,7 +94,13 @@ impl Session {
         decision: &Decision,
     ) {
         let topology = self.view.current.clone();
-        let reply = crate::crdt::run(&topology, crdt, request, decision, self.state.protocol).await;
+        let protocol = self.state.protocol;
+        let reply = if request.name() == "INFO" {
+            let context = self.info_context(request);
+            crate::crdt::info(&topology, request, &context, protocol).await
+        } else {
+            crate::crdt::run(&topology, crdt, request, decision, protocol).await
+        };
         self.answer_here(reply, decision);
     }
 
