@@ -166,6 +166,9 @@ fn bad_input_is_refused_naming_the_flag_and_a_failure_on_one_cluster_leaves_noth
         "--package",
         &v020.to_string_lossy(),
         "--yes",
+        "--force",
+        "quorum",
+        "--no-auto-finalize",
     ]);
     assert_success(&upgraded, "upgrade node 1 of cluster B");
     let rt = runtime();
