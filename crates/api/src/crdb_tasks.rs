@@ -98,6 +98,11 @@ impl Running {
         });
     }
 
+    fn snapshot(&self) -> CrdbTask {
+        let tasks = self.table.lock().expect("task table");
+        tasks.tasks[&self.id].clone()
+    }
+
     fn end(&self, status: CrdbTaskStatus) {
         self.update(|task| {
             task.status = status;
@@ -265,6 +270,8 @@ fn url_host(url: &str) -> &str {
 struct Peer {
     client: Client,
     cluster: CrdbCluster,
+    /// The newest CRDB protocol its software speaks.
+    newest_protocol: u16,
 }
 
 /// Reads a cluster's name, CA (checked against the fingerprint its REST API names) and node
@@ -290,8 +297,15 @@ async fn read_peer(context: &ApiContext, instance: &CrdbInstanceRequest) -> Resu
         .iter()
         .map(|n| format!("https://{}:{PEER_REST_PORT}", n.addr))
         .collect();
+    let newest_protocol = info
+        .crdt_supported_protocol_versions
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1);
     Ok(Peer {
         client,
+        newest_protocol,
         cluster: CrdbCluster {
             name: info.name,
             urls,
@@ -356,6 +370,9 @@ async fn run_create(
         running.error("", "invalid_schema", format!("{e}; nothing was created"));
         return Err(());
     }
+    // Every instance starts on a protocol every one of them speaks; a cluster whose software
+    // speaks a newer one shows OLD CRDB PROTOCOL VERSION until `db upgrade` raises it.
+    let protocol_version = peers.iter().map(|p| p.newest_protocol).min();
     let mut made: Vec<(CrdtReplicaId, &Peer)> = Vec::new();
     for (peer, id) in peers.iter().zip(1..) {
         let name = &peer.cluster.name;
@@ -366,7 +383,7 @@ async fn run_create(
             instances: instances.clone(),
             local_instance_id: id,
             featureset_version: Some(probe.featureset_version),
-            protocol_version: None,
+            protocol_version,
             default_db_config: request.default_db_config.clone(),
         };
         match peer.client.create_local_crdb(&local).await {
@@ -446,25 +463,202 @@ fn instance_clients(instance: &CrdbInstance) -> Vec<Result<Client, String>> {
         .collect()
 }
 
-/// Deletes instance `instance` of `guid` through its cluster's REST API, trying each node.
-pub(crate) async fn delete_remote(instance: &CrdbInstance, guid: &str) -> Result<(), String> {
-    let mut last = format!("cluster '{}' has no URL", instance.cluster.name);
+/// Runs `call` against instance `instance`'s cluster, trying each of its nodes until one
+/// answers (an API error is an answer).
+async fn on_instance<T, F, Fut>(instance: &CrdbInstance, call: F) -> Result<T, ClientError>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut last = ClientError::Transport {
+        url: String::new(),
+        reason: format!("cluster '{}' has no URL", instance.cluster.name),
+    };
     for client in instance_clients(instance) {
         let client = match client {
             Ok(client) => client,
-            Err(e) => {
-                last = e;
+            Err(reason) => {
+                last = ClientError::Transport {
+                    url: String::new(),
+                    reason,
+                };
                 continue;
             }
         };
-        match client.delete_local_crdb(guid).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.status() == Some(axum::http::StatusCode::NOT_FOUND) => return Ok(()),
-            Err(e @ ClientError::Api { .. }) => return Err(e.to_string()),
-            Err(e) => last = e.to_string(),
+        match call(client).await {
+            Err(e @ ClientError::Transport { .. }) => last = e,
+            answered => return answered,
         }
     }
     Err(last)
+}
+
+/// Deletes instance `instance` of `guid` through its cluster's REST API (already gone: done).
+pub(crate) async fn delete_remote(instance: &CrdbInstance, guid: &str) -> Result<(), String> {
+    let deleted = on_instance(instance, |client| async move {
+        client.delete_local_crdb(guid).await
+    })
+    .await;
+    match deleted {
+        Err(e) if e.status() != Some(axum::http::StatusCode::NOT_FOUND) => Err(e.to_string()),
+        _ => Ok(()),
+    }
+}
+
+/// What one instance runs, as its cluster answers.
+struct InstanceVersions {
+    id: CrdtReplicaId,
+    cluster: String,
+    protocol_version: u16,
+    supported_featureset: u16,
+}
+
+/// Every instance's protocol version and its cluster's newest feature set (this cluster's from
+/// its own state); an instance that does not answer is an error naming it.
+async fn survey(context: &ApiContext, crdb: &Crdb) -> Result<Vec<InstanceVersions>, ApiError> {
+    let mut found = Vec::new();
+    for instance in &crdb.instances {
+        let cluster = instance.cluster.name.clone();
+        if instance.id == crdb.local_instance_id {
+            let state = context.store.state();
+            let protocol_version = state
+                .bdbs
+                .get(&crdb.local_bdb_uid)
+                .and_then(|b| b.spec.crdt.as_ref())
+                .map_or(0, |c| c.crdt_protocol_version);
+            found.push(InstanceVersions {
+                id: instance.id,
+                cluster,
+                protocol_version,
+                supported_featureset: crate::crdbs::CRDT_FEATURESET_VERSION,
+            });
+            continue;
+        }
+        let guid = crdb.guid.as_str();
+        let answered = on_instance(instance, |client| async move {
+            let info = client.crdb(guid).await?;
+            let cluster = client.cluster().await?;
+            Ok((info, cluster))
+        })
+        .await;
+        let (info, cluster_info) = answered.map_err(|e| ApiError {
+            status: axum::http::StatusCode::BAD_GATEWAY,
+            error_code: "cluster_unreachable",
+            description: format!(
+                "instance {} on cluster '{cluster}' did not answer ({e}); every instance must answer for this change",
+                instance.id
+            ),
+        })?;
+        found.push(InstanceVersions {
+            id: instance.id,
+            cluster,
+            protocol_version: info.protocol_version,
+            supported_featureset: cluster_info.crdt_supported_featureset_version,
+        });
+    }
+    Ok(found)
+}
+
+/// Refuses `what` while the instances run different protocol versions, naming each laggard
+/// and the fix; answers the protocol they all run.
+fn same_protocol(found: &[InstanceVersions], what: &str) -> Result<u16, ApiError> {
+    let newest = found.iter().map(|i| i.protocol_version).max().unwrap_or(0);
+    let laggards: Vec<String> = found
+        .iter()
+        .filter(|i| i.protocol_version < newest)
+        .map(|i| {
+            format!(
+                "instance {} (cluster '{}') runs CRDB protocol {} (newest {newest}): upgrade it first (`flotilla db upgrade DB` on cluster '{}')",
+                i.id, i.cluster, i.protocol_version, i.cluster
+            )
+        })
+        .collect();
+    if laggards.is_empty() {
+        return Ok(newest);
+    }
+    Err(ApiError {
+        status: axum::http::StatusCode::CONFLICT,
+        error_code: "crdt_protocol_versions_mixed",
+        description: format!(
+            "{what} is refused while protocol versions are mixed: {}",
+            laggards.join("; ")
+        ),
+    })
+}
+
+/// `PATCH /v1/crdbs/{guid}` (`crdb update --featureset-version`): moves every instance to the
+/// newest feature set all clusters know, once every instance runs the same (newest) protocol;
+/// answers the finished task.
+pub(crate) async fn update(
+    State(context): State<ApiContext>,
+    Path(guid): Path<String>,
+    body: Bytes,
+) -> Result<Json<CrdbTask>, ApiError> {
+    let request: flotilla_model::rest::CrdbUpdateRequest = parse("crdb", &body)?;
+    if !request.featureset_version {
+        return Err(ApiError::invalid(
+            "crdb",
+            "no change given: pass featureset_version: true (`crdb update --featureset-version true`)",
+        ));
+    }
+    let crdb = context
+        .store
+        .state()
+        .crdb(&guid)
+        .map_err(|e| ApiError::from(flotilla_store::StoreError::Refused(e)))?
+        .clone();
+    let found = survey(&context, &crdb).await?;
+    same_protocol(&found, "a feature set version change")?;
+    let target = found
+        .iter()
+        .map(|i| i.supported_featureset)
+        .min()
+        .unwrap_or(crdb.featureset_version)
+        .max(crdb.featureset_version);
+    let (mut running, _) = Running::start(&context.crdb_tasks, "update", &guid, found.len());
+    let update = flotilla_model::rest::CrdbLocalUpdate {
+        featureset_version: Some(target),
+        ..Default::default()
+    };
+    let mut failed = false;
+    for instance in crdb.peers() {
+        running.step(format!("feature set {target} on instance {}", instance.id));
+        let moved = on_instance(instance, |client| {
+            let update = update.clone();
+            let guid = guid.clone();
+            async move { client.update_local_crdb(&guid, &update).await }
+        })
+        .await;
+        if let Err(e) = moved {
+            failed = true;
+            running.error(
+                &instance.cluster.name,
+                "cluster_unreachable",
+                format!(
+                    "instance {} was not moved to feature set {target}: {e}; run `crdb update --featureset-version true` again",
+                    instance.id
+                ),
+            );
+        }
+    }
+    running.step(format!("feature set {target} on this cluster's instance"));
+    let change = flotilla_model::CrdbChange {
+        guid: guid.clone(),
+        instances: None,
+        ghost_instance_ids: vec![],
+        featureset_version: Some(target),
+        crdt_protocol_version: None,
+    };
+    if let Err(e) = crate::crdbs::propose_crdb_change(&context, change).await {
+        failed = true;
+        running.error("", e.error_code, e.description);
+    }
+    running.end(match failed {
+        true => CrdbTaskStatus::Failed,
+        false => CrdbTaskStatus::Finished,
+    });
+    let task = running.snapshot();
+    Ok(Json(task))
 }
 
 async fn run_delete(context: &ApiContext, running: &mut Running, crdb: &Crdb) -> Result<(), ()> {

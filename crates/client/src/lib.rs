@@ -7,8 +7,8 @@ use std::time::Duration;
 use flotilla_model::rest::{
     ActionInfo, BdbCreate, BdbInfo, BdbUpdate, BdbUpgrade, BootstrapCluster, BootstrapCredentials,
     BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, CrdbCreateRequest, CrdbInfo,
-    CrdbLocalCreate, CrdbTask, ErrorBody, Health, NodeInfo, NodesStatus, ShardInfo,
-    BOOTSTRAP_TOKEN_FILE, BOOTSTRAP_TOKEN_HEADER,
+    CrdbLocalCreate, CrdbLocalUpdate, CrdbTask, CrdbUpdateRequest, ErrorBody, Health, NodeInfo,
+    NodesStatus, ShardInfo, BOOTSTRAP_TOKEN_FILE, BOOTSTRAP_TOKEN_HEADER,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -392,6 +392,26 @@ impl Client {
     pub async fn delete_crdb(&self, guid: &str) -> Result<CrdbTask, ClientError> {
         let path = format!("/v1/crdbs/{guid}");
         self.call::<(), _>(Method::DELETE, &path, None).await
+    }
+
+    /// `PATCH /v1/crdbs/{guid}/local`: changes this cluster's instance only.
+    pub async fn update_local_crdb(
+        &self,
+        guid: &str,
+        update: &CrdbLocalUpdate,
+    ) -> Result<CrdbInfo, ClientError> {
+        let path = format!("/v1/crdbs/{guid}/local");
+        self.call(Method::PATCH, &path, Some(update)).await
+    }
+
+    /// `PATCH /v1/crdbs/{guid}`: changes every instance (`crdb update`); answers the task.
+    pub async fn update_crdb(
+        &self,
+        guid: &str,
+        update: &CrdbUpdateRequest,
+    ) -> Result<CrdbTask, ClientError> {
+        let path = format!("/v1/crdbs/{guid}");
+        self.call(Method::PATCH, &path, Some(update)).await
     }
 
     /// `GET /v1/crdb_tasks/{id}`.

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use flotilla_client::Client;
 use flotilla_model::rest::{
     CrdbCreateRequest, CrdbDbConfig, CrdbInfo, CrdbInstanceRequest, CrdbTask, CrdbTaskStatus,
+    CrdbUpdateRequest,
 };
 use flotilla_model::DataPersistence;
 
@@ -45,6 +46,19 @@ pub enum CrdbCommand {
         /// undo one); the other clusters keep theirs.
         #[arg(long)]
         local_only: bool,
+        /// Print the task id and return.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Change every instance: `--featureset-version true` moves them all to the newest feature
+    /// set (refused, naming the laggard, until every instance runs the newest protocol).
+    Update {
+        /// The CRDB's GUID.
+        #[arg(long)]
+        crdb_guid: String,
+        /// `true`: move the feature set version.
+        #[arg(long, value_parser = clap::value_parser!(bool))]
+        featureset_version: Option<bool>,
         /// Print the task id and return.
         #[arg(long)]
         no_wait: bool,
@@ -134,6 +148,20 @@ pub async fn run(conn: &Connection, command: CrdbCommand) -> Result<()> {
             crdb_guid, no_wait, ..
         } => {
             let task = client.delete_crdb(&crdb_guid).await?;
+            follow(&client, task, no_wait).await
+        }
+        CrdbCommand::Update {
+            crdb_guid,
+            featureset_version,
+            no_wait,
+        } => {
+            if featureset_version != Some(true) {
+                bail!("--featureset-version: give `--featureset-version true` (the only change `crdb update` makes so far)");
+            }
+            let request = CrdbUpdateRequest {
+                featureset_version: true,
+            };
+            let task = client.update_crdb(&crdb_guid, &request).await?;
             follow(&client, task, no_wait).await
         }
         CrdbCommand::Task(TaskCommand::List) => {

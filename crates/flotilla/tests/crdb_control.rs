@@ -15,6 +15,19 @@ use flotilla_testkit::{
 };
 use serde_json::Value;
 
+/// The daemons' environment variable that makes their software claim a newer CRDB protocol.
+const PROTOCOL_ENV: &str = "FLOTILLA_TEST_CRDT_PROTOCOL_VERSION";
+
+/// What `flotilla status --issues-only` of cluster `c` prints.
+fn status_issues(c: &DevCluster) -> String {
+    let output = c.flotilla(&["status", "--issues-only"]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 fn bin() -> PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
 }
@@ -58,7 +71,8 @@ fn all_active(c: &DevCluster) {
 
 #[test]
 fn crdb_create_across_two_clusters_makes_both_instances_and_delete_removes_every_one() {
-    let a = DevCluster::up(&bin(), 237, 1);
+    // Cluster A's software speaks CRDB protocol 2 (as a newer release would), B's protocol 1.
+    let a = DevCluster::up_with_env(&bin(), 237, 1, &[(PROTOCOL_ENV, "2")]);
     let b = DevCluster::up(&bin(), 238, 1);
     let started = Instant::now();
     let created = crdb_create(&a, &[&a, &b], "cache", 12237);
@@ -72,7 +86,10 @@ fn crdb_create_across_two_clusters_makes_both_instances_and_delete_removes_every
     assert_eq!(on_b[0]["guid"], guid.as_str());
     for (cluster, crdb, id) in [(&a, &on_a[0], 1), (&b, &on_b[0], 2)] {
         assert_eq!(crdb["local_instance_id"], id);
-        assert_eq!(crdb["protocol_version"], 1);
+        assert_eq!(
+            crdb["protocol_version"], 1,
+            "every instance starts on a protocol all of them speak"
+        );
         assert_eq!(crdb["featureset_version"], 1);
         let ids: Vec<&Value> = crdb["instances"]
             .as_array()
@@ -117,6 +134,63 @@ fn crdb_create_across_two_clusters_makes_both_instances_and_delete_removes_every
     assert!(
         text.contains("protocol version:    1") && text.contains("feature set version: 1"),
         "{text}"
+    );
+
+    // A's instance runs an older protocol than A speaks: `status` flags it.
+    assert!(status_issues(&a).contains("OLD CRDB PROTOCOL VERSION 1"));
+    assert!(!status_issues(&b).contains("OLD CRDB"));
+    // Same protocol everywhere: the feature set may move (it is already the newest, 1).
+    assert_success(
+        &a.flotilla(&[
+            "crdb",
+            "update",
+            "--crdb-guid",
+            &guid,
+            "--featureset-version",
+            "true",
+        ]),
+        "crdb update --featureset-version",
+    );
+    // An engine upgrade keeping the protocol keeps it; one without raises it once done.
+    let upgrade = |extra: &[&str]| {
+        let mut args = vec![
+            "db",
+            "upgrade",
+            "cache",
+            "--force-restart",
+            "--discard-data",
+        ];
+        args.extend_from_slice(extra);
+        assert_success(&a.flotilla(&args), "db upgrade");
+    };
+    upgrade(&["--keep-crdt-protocol-version"]);
+    assert_eq!(crdbs(&a)[0]["protocol_version"], 1);
+    upgrade(&[]);
+    let raised = poll_until(Duration::from_secs(20), || {
+        crdbs(&a)[0]["protocol_version"] == 2
+    });
+    assert!(
+        raised,
+        "protocol raised after the upgrade: {:#?}",
+        crdbs(&a)
+    );
+    assert!(!status_issues(&a).contains("OLD CRDB PROTOCOL VERSION"));
+    // Mixed protocols: the feature set bump is refused, naming B's instance.
+    let refused = a.flotilla(&[
+        "crdb",
+        "update",
+        "--crdb-guid",
+        &guid,
+        "--featureset-version",
+        "true",
+    ]);
+    let error = stderr(&refused);
+    assert!(
+        !refused.status.success()
+            && error.contains(
+                "instance 2 (cluster 'flotilla-238-11.local') runs CRDB protocol 1 (newest 2)"
+            ),
+        "{error}"
     );
 
     // A plain `db delete` of an instance is refused; `crdb delete` removes every instance.

@@ -211,3 +211,33 @@ impl CrdbTask {
         )
     }
 }
+
+/// `PATCH /v1/crdbs/{guid}/local`: what changes on this cluster's instance (what a coordinator
+/// sends each cluster for `crdb update`, an added or removed instance, and what `db upgrade`
+/// does to the local protocol version); omitted fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrdbLocalUpdate {
+    /// The CRDB's new feature set version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub featureset_version: Option<u16>,
+    /// The local instance's new protocol version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u16>,
+    /// Every instance from now on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<CrdbInstance>>,
+    /// Removed instance ids to record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ghost_instance_ids: Vec<CrdtReplicaId>,
+}
+
+/// `PATCH /v1/crdbs/{guid}`: a change to every instance (`crdb update`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrdbUpdateRequest {
+    /// `true`: move every instance to the newest feature set every cluster knows, refused
+    /// (naming the laggard) until every instance runs the newest protocol.
+    #[serde(default)]
+    pub featureset_version: bool,
+}
