@@ -69,8 +69,12 @@ fn all_active(c: &DevCluster) {
     assert!(active, "databases not active: {:#?}", bdbs(c));
 }
 
+/// Held by the tests on subnets 237 and 238 (one at a time).
+static SUBNETS_237_238: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn crdb_create_across_two_clusters_makes_both_instances_and_delete_removes_every_one() {
+    let _subnets = SUBNETS_237_238.lock().unwrap_or_else(|e| e.into_inner());
     // Cluster A's software speaks CRDB protocol 2 (as a newer release would), B's protocol 1.
     let a = DevCluster::up_with_env(&bin(), 237, 1, &[(PROTOCOL_ENV, "2")]);
     let b = DevCluster::up(&bin(), 238, 1);
@@ -324,4 +328,63 @@ fn bad_input_is_refused_naming_the_flag_and_a_failure_on_one_cluster_leaves_noth
     // The same request works once the port is free.
     assert_success(&crdb_create(&a, &[&a, &b], "cache", 12239), "crdb create");
     assert_eq!((crdbs(&a).len(), crdbs(&b).len()), (1, 1));
+}
+
+#[test]
+fn a_sharded_replicated_crdb_spans_two_three_node_clusters() {
+    let _subnets = SUBNETS_237_238.lock().unwrap_or_else(|e| e.into_inner());
+    let a = DevCluster::up(&bin(), 237, 3);
+    let b = DevCluster::up(&bin(), 238, 3);
+    let started = Instant::now();
+    let port = "12238";
+    let mut args = vec![
+        "crdb",
+        "create",
+        "--name",
+        "orders",
+        "--port",
+        port,
+        "--memory",
+        "200mb",
+        "--shards",
+        "2",
+        "--replication",
+    ];
+    let (url_a, url_b) = (a.url(2), b.url(3));
+    args.extend(["--instance", url_a.as_str(), "--instance", url_b.as_str()]);
+    assert_success(&a.flotilla_at(2, &args), "crdb create");
+    all_active(&a);
+    all_active(&b);
+    eprintln!(
+        "2-shard replicated CRDB on two 3-node clusters active after {:?}",
+        started.elapsed()
+    );
+    let guid = crdbs(&a)[0]["guid"].as_str().unwrap().to_string();
+    for (cluster, id) in [(&a, 1), (&b, 2)] {
+        let crdb = &crdbs(cluster)[0];
+        assert_eq!(
+            (crdb["guid"].as_str(), &crdb["local_instance_id"]),
+            (Some(guid.as_str()), &serde_json::json!(id))
+        );
+        // Every node of each cluster is named for the peers' syncers.
+        let urls = crdb["instances"][if id == 1 { 1 } else { 0 }]["cluster"]["urls"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(urls, 3);
+        assert_eq!(cluster.shards_at(1).len(), 4, "2 primaries and 2 replicas");
+        for n in cluster.node_numbers() {
+            let mut connection = endpoint_connection(cluster.addr(n), 12238);
+            let pong: String = redis::cmd("PING").query(&mut connection).unwrap();
+            assert_eq!(pong, "PONG");
+        }
+    }
+    // Deleted from the other cluster: every instance goes.
+    assert_success(
+        &b.flotilla(&["crdb", "delete", "--crdb-guid", &guid]),
+        "crdb delete",
+    );
+    for cluster in [&a, &b] {
+        assert!(crdbs(cluster).is_empty() && bdbs(cluster).is_empty());
+    }
 }
