@@ -691,3 +691,210 @@ async fn run_delete(context: &ApiContext, running: &mut Running, crdb: &Crdb) ->
     }
     Ok(())
 }
+
+/// `POST /v1/crdbs/{guid}/updates`: adds instances (each new cluster gets its instance, every
+/// current instance the new list) or removes them (each removed one is deleted on its cluster
+/// unless `force_remove`; the others record it as removed). Refused while protocol versions are
+/// mixed, naming the laggard; answers the finished task.
+pub(crate) async fn updates(
+    State(context): State<ApiContext>,
+    Path(guid): Path<String>,
+    body: Bytes,
+) -> Result<Json<CrdbTask>, ApiError> {
+    let request: flotilla_model::rest::CrdbUpdates = parse("crdb", &body)?;
+    if request.add_instances.is_empty() && request.remove_instances.is_empty() {
+        return Err(ApiError::invalid(
+            "crdb",
+            "no change given: pass add_instances or remove_instances",
+        ));
+    }
+    let crdb = context
+        .store
+        .state()
+        .crdb(&guid)
+        .map_err(|e| ApiError::from(flotilla_store::StoreError::Refused(e)))?
+        .clone();
+    for id in &request.remove_instances {
+        if crdb.instance(*id).is_none() {
+            return Err(ApiError::invalid(
+                "remove_instances",
+                format!(
+                    "{id} is not an instance of CRDB {guid} (instances {})",
+                    crdb.instance_ids()
+                ),
+            ));
+        }
+        if *id == crdb.local_instance_id {
+            return Err(ApiError::invalid(
+                "remove_instances",
+                format!(
+                    "{id} is this cluster's instance: ask another instance's cluster to remove it"
+                ),
+            ));
+        }
+    }
+    let what = match request.add_instances.is_empty() {
+        true => "removing an instance",
+        false => "adding an instance",
+    };
+    let found = survey(&context, &crdb).await?;
+    let protocol = same_protocol(&found, what)?;
+    let (mut running, _) = Running::start(&context.crdb_tasks, "update", &guid, 4);
+    let outcome = run_updates(&context, &mut running, &crdb, request, protocol).await;
+    running.end(match outcome {
+        Ok(()) => CrdbTaskStatus::Finished,
+        Err(()) => CrdbTaskStatus::Failed,
+    });
+    Ok(Json(running.snapshot()))
+}
+
+async fn run_updates(
+    context: &ApiContext,
+    running: &mut Running,
+    crdb: &Crdb,
+    request: flotilla_model::rest::CrdbUpdates,
+    protocol: u16,
+) -> Result<(), ()> {
+    let mut instances: Vec<CrdbInstance> = crdb
+        .instances
+        .iter()
+        .filter(|i| !request.remove_instances.contains(&i.id))
+        .cloned()
+        .collect();
+    let mut next_id = crdb
+        .instances
+        .iter()
+        .map(|i| i.id)
+        .chain(crdb.ghost_instance_ids.iter().copied())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut added = Vec::new();
+    for (index, asked) in request.add_instances.iter().enumerate() {
+        running.step(format!("read cluster {}", asked.url));
+        let peer = read_peer(context, asked).await.map_err(|e| {
+            running.error(
+                "",
+                "cluster_unreachable",
+                format!(
+                    "add_instances[{index}] ({}): {e}; nothing was changed",
+                    asked.url
+                ),
+            );
+        })?;
+        instances.push(CrdbInstance {
+            id: next_id,
+            cluster: peer.cluster.clone(),
+        });
+        added.push((next_id, peer));
+        next_id += 1;
+    }
+    let spec = context
+        .store
+        .state()
+        .bdbs
+        .get(&crdb.local_bdb_uid)
+        .map(|b| b.spec.clone());
+    let Some(spec) = spec else {
+        running.error(
+            "",
+            "not_found",
+            format!("CRDB {}'s local database is gone", crdb.guid),
+        );
+        return Err(());
+    };
+    let config = flotilla_model::rest::CrdbDbConfig {
+        port: spec.port,
+        memory_size: spec.memory_size,
+        shards_count: spec.shards_count,
+        replication: spec.replication,
+        data_persistence: spec.data_persistence,
+        redis_version: Some(spec.redis_version.to_string()),
+        authentication_redis_pass: None,
+    };
+    let mut made: Vec<(CrdtReplicaId, &Peer)> = Vec::new();
+    for (id, peer) in &added {
+        running.step(format!(
+            "create instance {id} on cluster {}",
+            peer.cluster.name
+        ));
+        let local = CrdbLocalCreate {
+            guid: crdb.guid.clone(),
+            name: crdb.name.clone(),
+            instances: instances.clone(),
+            local_instance_id: *id,
+            featureset_version: Some(crdb.featureset_version),
+            protocol_version: Some(protocol),
+            default_db_config: config.clone(),
+        };
+        if let Err(e) = peer.client.create_local_crdb(&local).await {
+            let (code, description) = describe(&e);
+            running.error(
+                &peer.cluster.name,
+                &code,
+                format!("instance {id}: {description}"),
+            );
+            undo(running, &crdb.guid, &made).await;
+            return Err(());
+        }
+        made.push((*id, peer));
+    }
+    if !request.force_remove {
+        for id in &request.remove_instances {
+            let instance = crdb.instance(*id).expect("checked");
+            running.step(format!(
+                "delete instance {id} on cluster {}",
+                instance.cluster.name
+            ));
+            if let Err(e) = delete_remote(instance, &crdb.guid).await {
+                running.error(&instance.cluster.name, "cluster_unreachable", format!("instance {id} could not be deleted ({e}); nothing else was changed: retry, or remove it with force_remove (`--force`) and purge it on its cluster later"));
+                undo(running, &crdb.guid, &made).await;
+                return Err(());
+            }
+        }
+    }
+    running.step("record the instances on every instance".into());
+    let update = flotilla_model::rest::CrdbLocalUpdate {
+        instances: Some(instances.clone()),
+        ghost_instance_ids: request.remove_instances.clone(),
+        ..Default::default()
+    };
+    let mut failed = false;
+    for instance in crdb
+        .peers()
+        .filter(|i| !request.remove_instances.contains(&i.id))
+    {
+        let recorded = on_instance(instance, |client| {
+            let update = update.clone();
+            let guid = crdb.guid.clone();
+            async move { client.update_local_crdb(&guid, &update).await }
+        })
+        .await;
+        if let Err(e) = recorded {
+            failed = true;
+            running.error(
+                &instance.cluster.name,
+                "left_behind",
+                format!(
+                    "instance {} still lists the old instances ({e}); run the same change again",
+                    instance.id
+                ),
+            );
+        }
+    }
+    let change = flotilla_model::CrdbChange {
+        guid: crdb.guid.clone(),
+        instances: Some(instances),
+        ghost_instance_ids: request.remove_instances,
+        featureset_version: None,
+        crdt_protocol_version: None,
+    };
+    if let Err(e) = crate::crdbs::propose_crdb_change(context, change).await {
+        failed = true;
+        running.error("", e.error_code, e.description);
+    }
+    match failed {
+        true => Err(()),
+        false => Ok(()),
+    }
+}

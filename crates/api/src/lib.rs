@@ -91,6 +91,7 @@ pub fn router(context: ApiContext) -> Router {
             "/v1/crdbs/{guid}/local",
             patch(crdbs::update_local).delete(crdbs::delete_local),
         )
+        .route("/v1/crdbs/{guid}/updates", post(crdb_tasks::updates))
         .route("/v1/crdb_tasks", get(crdb_tasks::list_tasks))
         .route("/v1/crdb_tasks/{id}", get(crdb_tasks::get_task))
         .route("/v1/actions", get(actions::list))

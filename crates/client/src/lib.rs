@@ -7,8 +7,8 @@ use std::time::Duration;
 use flotilla_model::rest::{
     ActionInfo, BdbCreate, BdbInfo, BdbUpdate, BdbUpgrade, BootstrapCluster, BootstrapCredentials,
     BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, CrdbCreateRequest, CrdbInfo,
-    CrdbLocalCreate, CrdbLocalUpdate, CrdbTask, CrdbUpdateRequest, ErrorBody, Health, NodeInfo,
-    NodesStatus, ShardInfo, BOOTSTRAP_TOKEN_FILE, BOOTSTRAP_TOKEN_HEADER,
+    CrdbLocalCreate, CrdbLocalUpdate, CrdbTask, CrdbUpdateRequest, CrdbUpdates, ErrorBody, Health,
+    NodeInfo, NodesStatus, ShardInfo, BOOTSTRAP_TOKEN_FILE, BOOTSTRAP_TOKEN_HEADER,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -412,6 +412,16 @@ impl Client {
     ) -> Result<CrdbTask, ClientError> {
         let path = format!("/v1/crdbs/{guid}");
         self.call(Method::PATCH, &path, Some(update)).await
+    }
+
+    /// `POST /v1/crdbs/{guid}/updates`: adds or removes instances; answers the task.
+    pub async fn update_crdb_instances(
+        &self,
+        guid: &str,
+        updates: &CrdbUpdates,
+    ) -> Result<CrdbTask, ClientError> {
+        let path = format!("/v1/crdbs/{guid}/updates");
+        self.call(Method::POST, &path, Some(updates)).await
     }
 
     /// `GET /v1/crdb_tasks/{id}`.

@@ -14,7 +14,7 @@ mod crdbs;
 pub use crdbs::{
     CrdbClusterInfo, CrdbCreateRequest, CrdbCredentialsInfo, CrdbDbConfig, CrdbInfo,
     CrdbInstanceInfo, CrdbInstanceRequest, CrdbLocalCreate, CrdbLocalDatabase, CrdbLocalUpdate,
-    CrdbTask, CrdbTaskError, CrdbTaskStatus, CrdbUpdateRequest,
+    CrdbTask, CrdbTaskError, CrdbTaskStatus, CrdbUpdateRequest, CrdbUpdates,
 };
 
 /// `GET /v1/cluster`.

@@ -241,3 +241,20 @@ pub struct CrdbUpdateRequest {
     #[serde(default)]
     pub featureset_version: bool,
 }
+
+/// `POST /v1/crdbs/{guid}/updates`: instances added or removed (Redis Software's
+/// `modify_request`), refused while the instances run different protocol versions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrdbUpdates {
+    /// Clusters that get a new instance (ids after every id used so far).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_instances: Vec<CrdbInstanceRequest>,
+    /// Instance ids to remove (their database is deleted on their cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_instances: Vec<CrdtReplicaId>,
+    /// Remove without reaching the removed instances (they keep their data until `crdb
+    /// purge-instance` on their cluster).
+    #[serde(default)]
+    pub force_remove: bool,
+}
