@@ -273,7 +273,7 @@ fn bad_input_is_refused_naming_the_flag_and_a_failure_on_one_cluster_leaves_noth
     });
     assert!(has_ca, "the finalized cluster makes its CA");
 
-    let url_a = a.url(1);
+    let (url_a, url_b) = (a.url(1), b.url(1));
     for (args, expected) in [
         (
             vec!["--instance", url_a.as_str()],
@@ -328,6 +328,79 @@ fn bad_input_is_refused_naming_the_flag_and_a_failure_on_one_cluster_leaves_noth
     // The same request works once the port is free.
     assert_success(&crdb_create(&a, &[&a, &b], "cache", 12239), "crdb create");
     assert_eq!((crdbs(&a).len(), crdbs(&b).len()), (1, 1));
+    let guid = crdbs(&a)[0]["guid"].as_str().unwrap().to_string();
+
+    // B's instance removed with --force: A records it as removed, B keeps it until purged.
+    assert_success(
+        &a.flotilla(&[
+            "crdb",
+            "remove-instance",
+            "--crdb-guid",
+            &guid,
+            "--instance-id",
+            "2",
+            "--force",
+        ]),
+        "crdb remove-instance --force",
+    );
+    let on_a = &crdbs(&a)[0];
+    assert_eq!(on_a["instances"].as_array().unwrap().len(), 1);
+    assert_eq!(on_a["ghost_instance_ids"], serde_json::json!([2]));
+    assert_eq!(
+        crdbs(&b).len(),
+        1,
+        "a forced removal leaves the removed side as it was"
+    );
+    let wrong = b.flotilla(&[
+        "crdb",
+        "purge-instance",
+        "--crdb-guid",
+        &guid,
+        "--instance-id",
+        "1",
+    ]);
+    assert!(
+        !wrong.status.success()
+            && stderr(&wrong).contains("--instance-id: this cluster's instance")
+    );
+    assert_success(
+        &b.flotilla(&[
+            "crdb",
+            "purge-instance",
+            "--crdb-guid",
+            &guid,
+            "--instance-id",
+            "2",
+        ]),
+        "crdb purge-instance",
+    );
+    assert!(crdbs(&b).is_empty() && bdbs(&b).is_empty());
+
+    // B joins again as a new instance (id 3: removed ids are never reused).
+    assert_success(
+        &a.flotilla(&[
+            "crdb",
+            "add-instance",
+            "--crdb-guid",
+            &guid,
+            "--instance",
+            &url_b,
+        ]),
+        "crdb add-instance",
+    );
+    let on_b = &crdbs(&b)[0];
+    assert_eq!(on_b["local_instance_id"], 3);
+    let ids = |crdb: &Value| -> Vec<u64> {
+        crdb["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(on_b), [1, 3]);
+    assert_eq!(ids(&crdbs(&a)[0]), [1, 3]);
+    all_active(&b);
 }
 
 #[test]
