@@ -898,3 +898,119 @@ async fn run_updates(
         false => Ok(()),
     }
 }
+
+/// `GET /v1/crdbs/{guid}/health_report`: asks every instance's cluster for its instance.
+pub(crate) async fn health_report(
+    State(context): State<ApiContext>,
+    Path(guid): Path<String>,
+) -> Result<Json<flotilla_model::rest::CrdbHealthReport>, ApiError> {
+    use flotilla_model::rest::CrdbInstanceHealth;
+    let state = context.store.state();
+    let crdb = state
+        .crdb(&guid)
+        .map_err(|e| ApiError::from(flotilla_store::StoreError::Refused(e)))?
+        .clone();
+    let local = crate::crdbs::get_crdb(&state, &guid)?;
+    let mut configurations = Vec::new();
+    for instance in &crdb.instances {
+        let answered = match instance.id == crdb.local_instance_id {
+            true => Ok(local.clone()),
+            false => {
+                let guid = guid.as_str();
+                on_instance(instance, |client| async move { client.crdb(guid).await }).await
+            }
+        };
+        let health = match answered {
+            Ok(info) => CrdbInstanceHealth {
+                id: instance.id,
+                cluster_name: instance.cluster.name.clone(),
+                status: match info.local_instance_id == instance.id {
+                    true => "ok".into(),
+                    false => "missing".into(),
+                },
+                protocol_version: info.protocol_version,
+                featureset_version: info.featureset_version,
+                instances: info.instances.iter().map(|i| i.id).collect(),
+                error: String::new(),
+            },
+            Err(e) => CrdbInstanceHealth {
+                id: instance.id,
+                cluster_name: instance.cluster.name.clone(),
+                status: match e.status() {
+                    Some(axum::http::StatusCode::NOT_FOUND) => "missing".into(),
+                    _ => "unreachable".into(),
+                },
+                protocol_version: 0,
+                featureset_version: 0,
+                instances: vec![],
+                error: e.to_string(),
+            },
+        };
+        configurations.push(health);
+    }
+    let first = configurations.first().cloned();
+    let consistent = configurations.iter().all(|c| {
+        c.status == "ok"
+            && first.as_ref().is_some_and(|f| {
+                (f.protocol_version, f.featureset_version, &f.instances)
+                    == (c.protocol_version, c.featureset_version, &c.instances)
+            })
+    });
+    Ok(Json(flotilla_model::rest::CrdbHealthReport {
+        crdb_guid: guid,
+        consistent,
+        configurations,
+    }))
+}
+
+/// `PUT /v1/crdbs/{guid}/flush`: flushes every instance (each cluster flushes its local
+/// database's primary shards, this one last); answers the finished task.
+pub(crate) async fn flush(
+    State(context): State<ApiContext>,
+    Path(guid): Path<String>,
+) -> Result<Json<CrdbTask>, ApiError> {
+    let crdb = context
+        .store
+        .state()
+        .crdb(&guid)
+        .map_err(|e| ApiError::from(flotilla_store::StoreError::Refused(e)))?
+        .clone();
+    let (mut running, _) =
+        Running::start(&context.crdb_tasks, "flush", &guid, crdb.instances.len());
+    let mut failed = false;
+    for instance in crdb.peers() {
+        running.step(format!(
+            "flush instance {} on cluster {}",
+            instance.id, instance.cluster.name
+        ));
+        let flushed = on_instance(instance, |client| {
+            let guid = guid.clone();
+            async move { client.flush_local_crdb(&guid).await }
+        })
+        .await;
+        if let Err(e) = flushed {
+            failed = true;
+            running.error(
+                &instance.cluster.name,
+                "cluster_unreachable",
+                format!(
+                    "instance {} was not flushed: {e}; run `crdb flush` again",
+                    instance.id
+                ),
+            );
+        }
+    }
+    running.step(format!(
+        "flush instance {} on this cluster",
+        crdb.local_instance_id
+    ));
+    if let Err(e) = crate::crdbs::flush_here(&context, &guid).await {
+        failed = true;
+        running.error("", e.error_code, e.description);
+    }
+    running.end(match failed {
+        true => CrdbTaskStatus::Failed,
+        false => CrdbTaskStatus::Finished,
+    });
+    Ok(Json(running.snapshot()))
+}

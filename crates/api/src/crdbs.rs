@@ -230,7 +230,7 @@ pub(crate) async fn get(
     get_crdb(&context.store.state(), &guid).map(Json)
 }
 
-fn get_crdb(state: &ClusterState, guid: &str) -> Result<CrdbInfo, ApiError> {
+pub(crate) fn get_crdb(state: &ClusterState, guid: &str) -> Result<CrdbInfo, ApiError> {
     let crdb = state.crdb(guid).map_err(invalid_value)?;
     Ok(crdb_info(state, crdb))
 }
@@ -349,4 +349,51 @@ pub(crate) async fn propose_crdb_change(
     };
     propose(context, change).await?;
     Ok(())
+}
+
+/// `PUT /v1/crdbs/{guid}/flush/local`: `FLUSHALL` on every primary shard of this cluster's
+/// instance (its replicas follow); the client-facing FLUSHALL is refused on an instance, this
+/// is how `crdb flush` empties each one.
+pub(crate) async fn flush_local(
+    State(context): State<ApiContext>,
+    Path(guid): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let shards = flush_here(&context, &guid).await?;
+    Ok(Json(
+        serde_json::json!({ "guid": guid, "flushed_shards": shards, "status": "flushed" }),
+    ))
+}
+
+/// Flushes every primary shard of this cluster's instance of `guid`; answers how many.
+pub(crate) async fn flush_here(context: &ApiContext, guid: &str) -> Result<usize, ApiError> {
+    let state = context.store.state();
+    let uid = state.crdb(guid).map_err(invalid_value)?.local_bdb_uid;
+    let credentials = state
+        .engine_credentials()
+        .map_err(flotilla_store::StoreError::from)?;
+    let login = flotilla_engine::EngineLogin::cluster_admin(&credentials);
+    let primaries = state.primaries_of(uid);
+    for shard in &primaries {
+        let unreachable = |e: String| {
+            ApiError {
+            status: axum::http::StatusCode::BAD_GATEWAY,
+            error_code: "shard_unreachable",
+            description: format!(
+                "shard {} of CRDB {guid}'s database: {e}; nothing after it was flushed, run `crdb flush` again",
+                shard.uid
+            ),
+        }
+        };
+        let addr = state
+            .shard_addr(shard)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let client = flotilla_engine::EngineClient::connect(addr.ip(), addr.port(), &login)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        client
+            .command::<()>(&redis::cmd("FLUSHALL"))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+    }
+    Ok(primaries.len())
 }

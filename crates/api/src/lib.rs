@@ -24,7 +24,7 @@ mod upgrade;
 use std::sync::Arc;
 
 use axum::middleware;
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use axum::Router;
 use flotilla_model::NodeSpec;
 use flotilla_orchestrator::Observer;
@@ -92,6 +92,12 @@ pub fn router(context: ApiContext) -> Router {
             patch(crdbs::update_local).delete(crdbs::delete_local),
         )
         .route("/v1/crdbs/{guid}/updates", post(crdb_tasks::updates))
+        .route("/v1/crdbs/{guid}/flush", put(crdb_tasks::flush))
+        .route("/v1/crdbs/{guid}/flush/local", put(crdbs::flush_local))
+        .route(
+            "/v1/crdbs/{guid}/health_report",
+            get(crdb_tasks::health_report),
+        )
         .route("/v1/crdb_tasks", get(crdb_tasks::list_tasks))
         .route("/v1/crdb_tasks/{id}", get(crdb_tasks::get_task))
         .route("/v1/actions", get(actions::list))

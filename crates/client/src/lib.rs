@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use flotilla_model::rest::{
     ActionInfo, BdbCreate, BdbInfo, BdbUpdate, BdbUpgrade, BootstrapCluster, BootstrapCredentials,
-    BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, CrdbCreateRequest, CrdbInfo,
-    CrdbLocalCreate, CrdbLocalUpdate, CrdbTask, CrdbUpdateRequest, CrdbUpdates, ErrorBody, Health,
-    NodeInfo, NodesStatus, ShardInfo, BOOTSTRAP_TOKEN_FILE, BOOTSTRAP_TOKEN_HEADER,
+    BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, CrdbCreateRequest,
+    CrdbHealthReport, CrdbInfo, CrdbLocalCreate, CrdbLocalUpdate, CrdbTask, CrdbUpdateRequest,
+    CrdbUpdates, ErrorBody, Health, NodeInfo, NodesStatus, ShardInfo, BOOTSTRAP_TOKEN_FILE,
+    BOOTSTRAP_TOKEN_HEADER,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -422,6 +423,23 @@ impl Client {
     ) -> Result<CrdbTask, ClientError> {
         let path = format!("/v1/crdbs/{guid}/updates");
         self.call(Method::POST, &path, Some(updates)).await
+    }
+
+    /// `PUT /v1/crdbs/{guid}/flush/local`: flushes this cluster's instance only.
+    pub async fn flush_local_crdb(&self, guid: &str) -> Result<serde_json::Value, ClientError> {
+        let path = format!("/v1/crdbs/{guid}/flush/local");
+        self.call::<(), _>(Method::PUT, &path, None).await
+    }
+
+    /// `PUT /v1/crdbs/{guid}/flush`: flushes every instance; answers the task.
+    pub async fn flush_crdb(&self, guid: &str) -> Result<CrdbTask, ClientError> {
+        let path = format!("/v1/crdbs/{guid}/flush");
+        self.call::<(), _>(Method::PUT, &path, None).await
+    }
+
+    /// `GET /v1/crdbs/{guid}/health_report`.
+    pub async fn crdb_health(&self, guid: &str) -> Result<CrdbHealthReport, ClientError> {
+        self.get(&format!("/v1/crdbs/{guid}/health_report")).await
     }
 
     /// `GET /v1/crdb_tasks/{id}`.

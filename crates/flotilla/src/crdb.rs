@@ -96,6 +96,23 @@ pub enum CrdbCommand {
         #[arg(long)]
         instance_id: u16,
     },
+    /// Flush every instance (FLUSHALL of each cluster's primary shards; clients cannot flush
+    /// an instance themselves).
+    Flush {
+        /// The CRDB's GUID.
+        #[arg(long)]
+        crdb_guid: String,
+    },
+    /// Every instance's configuration as its cluster answers: protocol and feature set
+    /// versions, the instances it lists, whether it answered.
+    Health {
+        /// The CRDB's GUID.
+        #[arg(long)]
+        crdb_guid: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// CRDB tasks run by the node at `--url`.
     #[command(subcommand)]
     Task(TaskCommand),
@@ -238,6 +255,43 @@ pub async fn run(conn: &Connection, command: CrdbCommand) -> Result<()> {
             }
             client.delete_local_crdb(&crdb_guid).await?;
             println!("purged instance {instance_id} of CRDB {crdb_guid} from this cluster");
+            Ok(())
+        }
+        CrdbCommand::Flush { crdb_guid } => {
+            let task = client.flush_crdb(&crdb_guid).await?;
+            follow(&client, task, false).await
+        }
+        CrdbCommand::Health { crdb_guid, json } => {
+            let report = client.crdb_health(&crdb_guid).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            println!(
+                "crdb {} {}",
+                report.crdb_guid,
+                if report.consistent {
+                    "consistent"
+                } else {
+                    "INCONSISTENT"
+                }
+            );
+            println!(
+                "{:<8} {:<28} {:<12} {:<9} {:<11} INSTANCES",
+                "REPL-ID", "CLUSTER", "STATUS", "PROTOCOL", "FEATURESET"
+            );
+            for c in &report.configurations {
+                println!(
+                    "{:<8} {:<28} {:<12} {:<9} {:<11} {:?} {}",
+                    c.id,
+                    c.cluster_name,
+                    c.status,
+                    c.protocol_version,
+                    c.featureset_version,
+                    c.instances,
+                    c.error
+                );
+            }
             Ok(())
         }
         CrdbCommand::Task(TaskCommand::List) => {

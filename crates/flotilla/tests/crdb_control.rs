@@ -140,6 +140,30 @@ fn crdb_create_across_two_clusters_makes_both_instances_and_delete_removes_every
         "{text}"
     );
 
+    // Every instance answers with the same configuration.
+    let health = b.json(1, &["crdb", "health", "--crdb-guid", &guid, "--json"]);
+    assert_eq!(health["consistent"], true, "{health:#}");
+    assert_eq!(health["configurations"].as_array().unwrap().len(), 2);
+
+    // `crdb flush` empties every instance.
+    for (cluster, key) in [(&a, "from-a"), (&b, "from-b")] {
+        let mut connection = endpoint_connection(cluster.addr(1), 12237);
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg("1")
+            .query(&mut connection)
+            .unwrap();
+    }
+    assert_success(
+        &b.flotilla(&["crdb", "flush", "--crdb-guid", &guid]),
+        "crdb flush",
+    );
+    for cluster in [&a, &b] {
+        let mut connection = endpoint_connection(cluster.addr(1), 12237);
+        let size: u64 = redis::cmd("DBSIZE").query(&mut connection).unwrap();
+        assert_eq!(size, 0, "flushed");
+    }
+
     // A's instance runs an older protocol than A speaks: `status` flags it.
     assert!(status_issues(&a).contains("OLD CRDB PROTOCOL VERSION 1"));
     assert!(!status_issues(&b).contains("OLD CRDB"));

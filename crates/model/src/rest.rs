@@ -12,9 +12,10 @@ use crate::state::NodeUid;
 mod crdbs;
 
 pub use crdbs::{
-    CrdbClusterInfo, CrdbCreateRequest, CrdbCredentialsInfo, CrdbDbConfig, CrdbInfo,
-    CrdbInstanceInfo, CrdbInstanceRequest, CrdbLocalCreate, CrdbLocalDatabase, CrdbLocalUpdate,
-    CrdbTask, CrdbTaskError, CrdbTaskStatus, CrdbUpdateRequest, CrdbUpdates,
+    CrdbClusterInfo, CrdbCreateRequest, CrdbCredentialsInfo, CrdbDbConfig, CrdbHealthReport,
+    CrdbInfo, CrdbInstanceHealth, CrdbInstanceInfo, CrdbInstanceRequest, CrdbLocalCreate,
+    CrdbLocalDatabase, CrdbLocalUpdate, CrdbTask, CrdbTaskError, CrdbTaskStatus, CrdbUpdateRequest,
+    CrdbUpdates,
 };
 
 /// `GET /v1/cluster`.

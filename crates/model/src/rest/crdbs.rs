@@ -258,3 +258,36 @@ pub struct CrdbUpdates {
     #[serde(default)]
     pub force_remove: bool,
 }
+
+/// One instance in a [`CrdbHealthReport`]: what its cluster answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrdbInstanceHealth {
+    /// The instance's id.
+    pub id: CrdtReplicaId,
+    /// Its cluster's name.
+    pub cluster_name: String,
+    /// `ok` when its cluster answered with its instance, else `unreachable` or `missing`.
+    pub status: String,
+    /// Its protocol version (0 when unknown).
+    pub protocol_version: u16,
+    /// The feature set version its cluster records (0 when unknown).
+    pub featureset_version: u16,
+    /// The instance ids its cluster lists (a differing list: an add or remove not applied
+    /// everywhere).
+    pub instances: Vec<CrdtReplicaId>,
+    /// What went wrong reaching it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+/// `GET /v1/crdbs/{guid}/health_report`: every instance's configuration as its cluster
+/// answers it, from this cluster (Redis Software's `crdb health-report`, per cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrdbHealthReport {
+    /// The CRDB.
+    pub crdb_guid: String,
+    /// Whether every instance answered with the same instances, feature set and protocol.
+    pub consistent: bool,
+    /// Each instance.
+    pub configurations: Vec<CrdbInstanceHealth>,
+}
