@@ -434,12 +434,7 @@ pub(crate) async fn delete(
     State(context): State<ApiContext>,
     Path(guid): Path<String>,
 ) -> Result<Json<CrdbTask>, ApiError> {
-    let crdb = context
-        .store
-        .state()
-        .crdb(&guid)
-        .map_err(|e| ApiError::from(flotilla_store::StoreError::Refused(e)))?
-        .clone();
+    let crdb = crate::crdbs::known_crdb(&context, &guid)?;
     let steps = crdb.instances.len();
     let (mut running, task) = Running::start(&context.crdb_tasks, "delete", &guid, steps);
     tokio::spawn(async move {
@@ -601,12 +596,7 @@ pub(crate) async fn update(
             "no change given: pass featureset_version: true (`crdb update --featureset-version true`)",
         ));
     }
-    let crdb = context
-        .store
-        .state()
-        .crdb(&guid)
-        .map_err(|e| ApiError::from(flotilla_store::StoreError::Refused(e)))?
-        .clone();
+    let crdb = crate::crdbs::known_crdb(&context, &guid)?;
     let found = survey(&context, &crdb).await?;
     same_protocol(&found, "a feature set version change")?;
     let target = found
@@ -683,7 +673,7 @@ async fn run_delete(context: &ApiContext, running: &mut Running, crdb: &Crdb) ->
         crdb.local_instance_id
     ));
     if let Err(e) = crate::crdbs::delete_here(context, &crdb.guid).await {
-        running.error("", &e.error_code.to_string(), e.description);
+        running.error("", e.error_code, e.description);
         return Err(());
     }
     if failed {
@@ -708,12 +698,7 @@ pub(crate) async fn updates(
             "no change given: pass add_instances or remove_instances",
         ));
     }
-    let crdb = context
-        .store
-        .state()
-        .crdb(&guid)
-        .map_err(|e| ApiError::from(flotilla_store::StoreError::Refused(e)))?
-        .clone();
+    let crdb = crate::crdbs::known_crdb(&context, &guid)?;
     for id in &request.remove_instances {
         if crdb.instance(*id).is_none() {
             return Err(ApiError::invalid(
@@ -761,7 +746,7 @@ async fn run_updates(
         .filter(|i| !request.remove_instances.contains(&i.id))
         .cloned()
         .collect();
-    let mut next_id = crdb
+    let first_new_id = crdb
         .instances
         .iter()
         .map(|i| i.id)
@@ -770,7 +755,7 @@ async fn run_updates(
         .unwrap_or(0)
         + 1;
     let mut added = Vec::new();
-    for (index, asked) in request.add_instances.iter().enumerate() {
+    for ((index, asked), id) in request.add_instances.iter().enumerate().zip(first_new_id..) {
         running.step(format!("read cluster {}", asked.url));
         let peer = read_peer(context, asked).await.map_err(|e| {
             running.error(
@@ -783,11 +768,10 @@ async fn run_updates(
             );
         })?;
         instances.push(CrdbInstance {
-            id: next_id,
+            id,
             cluster: peer.cluster.clone(),
         });
-        added.push((next_id, peer));
-        next_id += 1;
+        added.push((id, peer));
     }
     let spec = context
         .store
@@ -906,10 +890,7 @@ pub(crate) async fn health_report(
 ) -> Result<Json<flotilla_model::rest::CrdbHealthReport>, ApiError> {
     use flotilla_model::rest::CrdbInstanceHealth;
     let state = context.store.state();
-    let crdb = state
-        .crdb(&guid)
-        .map_err(|e| ApiError::from(flotilla_store::StoreError::Refused(e)))?
-        .clone();
+    let crdb = crate::crdbs::known_crdb(&context, &guid)?;
     let local = crate::crdbs::get_crdb(&state, &guid)?;
     let mut configurations = Vec::new();
     for instance in &crdb.instances {
@@ -969,12 +950,7 @@ pub(crate) async fn flush(
     State(context): State<ApiContext>,
     Path(guid): Path<String>,
 ) -> Result<Json<CrdbTask>, ApiError> {
-    let crdb = context
-        .store
-        .state()
-        .crdb(&guid)
-        .map_err(|e| ApiError::from(flotilla_store::StoreError::Refused(e)))?
-        .clone();
+    let crdb = crate::crdbs::known_crdb(&context, &guid)?;
     let (mut running, _) =
         Running::start(&context.crdb_tasks, "flush", &guid, crdb.instances.len());
     let mut failed = false;

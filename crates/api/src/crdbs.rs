@@ -127,6 +127,12 @@ fn bdb_request(name: &str, config: CrdbDbConfig) -> BdbCreate {
     }
 }
 
+/// The CRDB `guid` as this cluster keeps it, or a 404 naming it.
+pub(crate) fn known_crdb(context: &ApiContext, guid: &str) -> Result<Crdb, ApiError> {
+    let state = context.store.state();
+    Ok(state.crdb(guid).map_err(invalid_value)?.clone())
+}
+
 /// A model refusal as a 400 whose description starts with the field the model named.
 fn invalid_value(e: flotilla_model::ModelError) -> ApiError {
     ApiError::from(flotilla_store::StoreError::Refused(e))
