@@ -98,6 +98,11 @@ impl Running {
         });
     }
 
+    fn snapshot(&self) -> CrdbTask {
+        let tasks = self.table.lock().expect("task table");
+        tasks.tasks[&self.id].clone()
+    }
+
     fn end(&self, status: CrdbTaskStatus) {
         self.update(|task| {
             task.status = status;
@@ -265,6 +270,8 @@ fn url_host(url: &str) -> &str {
 struct Peer {
     client: Client,
     cluster: CrdbCluster,
+    /// The newest CRDB protocol its software speaks.
+    newest_protocol: u16,
 }
 
 /// Reads a cluster's name, CA (checked against the fingerprint its REST API names) and node
@@ -290,8 +297,15 @@ async fn read_peer(context: &ApiContext, instance: &CrdbInstanceRequest) -> Resu
         .iter()
         .map(|n| format!("https://{}:{PEER_REST_PORT}", n.addr))
         .collect();
+    let newest_protocol = info
+        .crdt_supported_protocol_versions
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1);
     Ok(Peer {
         client,
+        newest_protocol,
         cluster: CrdbCluster {
             name: info.name,
             urls,
@@ -356,6 +370,9 @@ async fn run_create(
         running.error("", "invalid_schema", format!("{e}; nothing was created"));
         return Err(());
     }
+    // Every instance starts on a protocol every one of them speaks; a cluster whose software
+    // speaks a newer one shows OLD CRDB PROTOCOL VERSION until `db upgrade` raises it.
+    let protocol_version = peers.iter().map(|p| p.newest_protocol).min();
     let mut made: Vec<(CrdtReplicaId, &Peer)> = Vec::new();
     for (peer, id) in peers.iter().zip(1..) {
         let name = &peer.cluster.name;
@@ -366,7 +383,7 @@ async fn run_create(
             instances: instances.clone(),
             local_instance_id: id,
             featureset_version: Some(probe.featureset_version),
-            protocol_version: None,
+            protocol_version,
             default_db_config: request.default_db_config.clone(),
         };
         match peer.client.create_local_crdb(&local).await {
@@ -417,12 +434,7 @@ pub(crate) async fn delete(
     State(context): State<ApiContext>,
     Path(guid): Path<String>,
 ) -> Result<Json<CrdbTask>, ApiError> {
-    let crdb = context
-        .store
-        .state()
-        .crdb(&guid)
-        .map_err(|e| ApiError::from(flotilla_store::StoreError::Refused(e)))?
-        .clone();
+    let crdb = crate::crdbs::known_crdb(&context, &guid)?;
     let steps = crdb.instances.len();
     let (mut running, task) = Running::start(&context.crdb_tasks, "delete", &guid, steps);
     tokio::spawn(async move {
@@ -446,25 +458,197 @@ fn instance_clients(instance: &CrdbInstance) -> Vec<Result<Client, String>> {
         .collect()
 }
 
-/// Deletes instance `instance` of `guid` through its cluster's REST API, trying each node.
-pub(crate) async fn delete_remote(instance: &CrdbInstance, guid: &str) -> Result<(), String> {
-    let mut last = format!("cluster '{}' has no URL", instance.cluster.name);
+/// Runs `call` against instance `instance`'s cluster, trying each of its nodes until one
+/// answers (an API error is an answer).
+async fn on_instance<T, F, Fut>(instance: &CrdbInstance, call: F) -> Result<T, ClientError>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut last = ClientError::Transport {
+        url: String::new(),
+        reason: format!("cluster '{}' has no URL", instance.cluster.name),
+    };
     for client in instance_clients(instance) {
         let client = match client {
             Ok(client) => client,
-            Err(e) => {
-                last = e;
+            Err(reason) => {
+                last = ClientError::Transport {
+                    url: String::new(),
+                    reason,
+                };
                 continue;
             }
         };
-        match client.delete_local_crdb(guid).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.status() == Some(axum::http::StatusCode::NOT_FOUND) => return Ok(()),
-            Err(e @ ClientError::Api { .. }) => return Err(e.to_string()),
-            Err(e) => last = e.to_string(),
+        match call(client).await {
+            Err(e @ ClientError::Transport { .. }) => last = e,
+            answered => return answered,
         }
     }
     Err(last)
+}
+
+/// Deletes instance `instance` of `guid` through its cluster's REST API (already gone: done).
+pub(crate) async fn delete_remote(instance: &CrdbInstance, guid: &str) -> Result<(), String> {
+    let deleted = on_instance(instance, |client| async move {
+        client.delete_local_crdb(guid).await
+    })
+    .await;
+    match deleted {
+        Err(e) if e.status() != Some(axum::http::StatusCode::NOT_FOUND) => Err(e.to_string()),
+        _ => Ok(()),
+    }
+}
+
+/// What one instance runs, as its cluster answers.
+struct InstanceVersions {
+    id: CrdtReplicaId,
+    cluster: String,
+    protocol_version: u16,
+    supported_featureset: u16,
+}
+
+/// Every instance's protocol version and its cluster's newest feature set (this cluster's from
+/// its own state); an instance that does not answer is an error naming it.
+async fn survey(context: &ApiContext, crdb: &Crdb) -> Result<Vec<InstanceVersions>, ApiError> {
+    let mut found = Vec::new();
+    for instance in &crdb.instances {
+        let cluster = instance.cluster.name.clone();
+        if instance.id == crdb.local_instance_id {
+            let state = context.store.state();
+            let protocol_version = state
+                .bdbs
+                .get(&crdb.local_bdb_uid)
+                .and_then(|b| b.spec.crdt.as_ref())
+                .map_or(0, |c| c.crdt_protocol_version);
+            found.push(InstanceVersions {
+                id: instance.id,
+                cluster,
+                protocol_version,
+                supported_featureset: crate::crdbs::CRDT_FEATURESET_VERSION,
+            });
+            continue;
+        }
+        let guid = crdb.guid.as_str();
+        let answered = on_instance(instance, |client| async move {
+            let info = client.crdb(guid).await?;
+            let cluster = client.cluster().await?;
+            Ok((info, cluster))
+        })
+        .await;
+        let (info, cluster_info) = answered.map_err(|e| ApiError {
+            status: axum::http::StatusCode::BAD_GATEWAY,
+            error_code: "cluster_unreachable",
+            description: format!(
+                "instance {} on cluster '{cluster}' did not answer ({e}); every instance must answer for this change",
+                instance.id
+            ),
+        })?;
+        found.push(InstanceVersions {
+            id: instance.id,
+            cluster,
+            protocol_version: info.protocol_version,
+            supported_featureset: cluster_info.crdt_supported_featureset_version,
+        });
+    }
+    Ok(found)
+}
+
+/// Refuses `what` while the instances run different protocol versions, naming each laggard
+/// and the fix; answers the protocol they all run.
+fn same_protocol(found: &[InstanceVersions], what: &str) -> Result<u16, ApiError> {
+    let newest = found.iter().map(|i| i.protocol_version).max().unwrap_or(0);
+    let laggards: Vec<String> = found
+        .iter()
+        .filter(|i| i.protocol_version < newest)
+        .map(|i| {
+            format!(
+                "instance {} (cluster '{}') runs CRDB protocol {} (newest {newest}): upgrade it first (`flotilla db upgrade DB` on cluster '{}')",
+                i.id, i.cluster, i.protocol_version, i.cluster
+            )
+        })
+        .collect();
+    if laggards.is_empty() {
+        return Ok(newest);
+    }
+    Err(ApiError {
+        status: axum::http::StatusCode::CONFLICT,
+        error_code: "crdt_protocol_versions_mixed",
+        description: format!(
+            "{what} is refused while protocol versions are mixed: {}",
+            laggards.join("; ")
+        ),
+    })
+}
+
+/// `PATCH /v1/crdbs/{guid}` (`crdb update --featureset-version`): moves every instance to the
+/// newest feature set all clusters know, once every instance runs the same (newest) protocol;
+/// answers the finished task.
+pub(crate) async fn update(
+    State(context): State<ApiContext>,
+    Path(guid): Path<String>,
+    body: Bytes,
+) -> Result<Json<CrdbTask>, ApiError> {
+    let request: flotilla_model::rest::CrdbUpdateRequest = parse("crdb", &body)?;
+    if !request.featureset_version {
+        return Err(ApiError::invalid(
+            "crdb",
+            "no change given: pass featureset_version: true (`crdb update --featureset-version true`)",
+        ));
+    }
+    let crdb = crate::crdbs::known_crdb(&context, &guid)?;
+    let found = survey(&context, &crdb).await?;
+    same_protocol(&found, "a feature set version change")?;
+    let target = found
+        .iter()
+        .map(|i| i.supported_featureset)
+        .min()
+        .unwrap_or(crdb.featureset_version)
+        .max(crdb.featureset_version);
+    let (mut running, _) = Running::start(&context.crdb_tasks, "update", &guid, found.len());
+    let update = flotilla_model::rest::CrdbLocalUpdate {
+        featureset_version: Some(target),
+        ..Default::default()
+    };
+    let mut failed = false;
+    for instance in crdb.peers() {
+        running.step(format!("feature set {target} on instance {}", instance.id));
+        let moved = on_instance(instance, |client| {
+            let update = update.clone();
+            let guid = guid.clone();
+            async move { client.update_local_crdb(&guid, &update).await }
+        })
+        .await;
+        if let Err(e) = moved {
+            failed = true;
+            running.error(
+                &instance.cluster.name,
+                "cluster_unreachable",
+                format!(
+                    "instance {} was not moved to feature set {target}: {e}; run `crdb update --featureset-version true` again",
+                    instance.id
+                ),
+            );
+        }
+    }
+    running.step(format!("feature set {target} on this cluster's instance"));
+    let change = flotilla_model::CrdbChange {
+        guid: guid.clone(),
+        instances: None,
+        ghost_instance_ids: vec![],
+        featureset_version: Some(target),
+        crdt_protocol_version: None,
+    };
+    if let Err(e) = crate::crdbs::propose_crdb_change(&context, change).await {
+        failed = true;
+        running.error("", e.error_code, e.description);
+    }
+    running.end(match failed {
+        true => CrdbTaskStatus::Failed,
+        false => CrdbTaskStatus::Finished,
+    });
+    let task = running.snapshot();
+    Ok(Json(task))
 }
 
 async fn run_delete(context: &ApiContext, running: &mut Running, crdb: &Crdb) -> Result<(), ()> {
@@ -489,11 +673,320 @@ async fn run_delete(context: &ApiContext, running: &mut Running, crdb: &Crdb) ->
         crdb.local_instance_id
     ));
     if let Err(e) = crate::crdbs::delete_here(context, &crdb.guid).await {
-        running.error("", &e.error_code.to_string(), e.description);
+        running.error("", e.error_code, e.description);
         return Err(());
     }
     if failed {
         return Err(());
     }
     Ok(())
+}
+
+/// `POST /v1/crdbs/{guid}/updates`: adds instances (each new cluster gets its instance, every
+/// current instance the new list) or removes them (each removed one is deleted on its cluster
+/// unless `force_remove`; the others record it as removed). Refused while protocol versions are
+/// mixed, naming the laggard; answers the finished task.
+pub(crate) async fn updates(
+    State(context): State<ApiContext>,
+    Path(guid): Path<String>,
+    body: Bytes,
+) -> Result<Json<CrdbTask>, ApiError> {
+    let request: flotilla_model::rest::CrdbUpdates = parse("crdb", &body)?;
+    if request.add_instances.is_empty() && request.remove_instances.is_empty() {
+        return Err(ApiError::invalid(
+            "crdb",
+            "no change given: pass add_instances or remove_instances",
+        ));
+    }
+    let crdb = crate::crdbs::known_crdb(&context, &guid)?;
+    for id in &request.remove_instances {
+        if crdb.instance(*id).is_none() {
+            return Err(ApiError::invalid(
+                "remove_instances",
+                format!(
+                    "{id} is not an instance of CRDB {guid} (instances {})",
+                    crdb.instance_ids()
+                ),
+            ));
+        }
+        if *id == crdb.local_instance_id {
+            return Err(ApiError::invalid(
+                "remove_instances",
+                format!(
+                    "{id} is this cluster's instance: ask another instance's cluster to remove it"
+                ),
+            ));
+        }
+    }
+    let what = match request.add_instances.is_empty() {
+        true => "removing an instance",
+        false => "adding an instance",
+    };
+    let found = survey(&context, &crdb).await?;
+    let protocol = same_protocol(&found, what)?;
+    let (mut running, _) = Running::start(&context.crdb_tasks, "update", &guid, 4);
+    let outcome = run_updates(&context, &mut running, &crdb, request, protocol).await;
+    running.end(match outcome {
+        Ok(()) => CrdbTaskStatus::Finished,
+        Err(()) => CrdbTaskStatus::Failed,
+    });
+    Ok(Json(running.snapshot()))
+}
+
+async fn run_updates(
+    context: &ApiContext,
+    running: &mut Running,
+    crdb: &Crdb,
+    request: flotilla_model::rest::CrdbUpdates,
+    protocol: u16,
+) -> Result<(), ()> {
+    let mut instances: Vec<CrdbInstance> = crdb
+        .instances
+        .iter()
+        .filter(|i| !request.remove_instances.contains(&i.id))
+        .cloned()
+        .collect();
+    let first_new_id = crdb
+        .instances
+        .iter()
+        .map(|i| i.id)
+        .chain(crdb.ghost_instance_ids.iter().copied())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut added = Vec::new();
+    for ((index, asked), id) in request.add_instances.iter().enumerate().zip(first_new_id..) {
+        running.step(format!("read cluster {}", asked.url));
+        let peer = read_peer(context, asked).await.map_err(|e| {
+            running.error(
+                "",
+                "cluster_unreachable",
+                format!(
+                    "add_instances[{index}] ({}): {e}; nothing was changed",
+                    asked.url
+                ),
+            );
+        })?;
+        instances.push(CrdbInstance {
+            id,
+            cluster: peer.cluster.clone(),
+        });
+        added.push((id, peer));
+    }
+    let spec = context
+        .store
+        .state()
+        .bdbs
+        .get(&crdb.local_bdb_uid)
+        .map(|b| b.spec.clone());
+    let Some(spec) = spec else {
+        running.error(
+            "",
+            "not_found",
+            format!("CRDB {}'s local database is gone", crdb.guid),
+        );
+        return Err(());
+    };
+    let config = flotilla_model::rest::CrdbDbConfig {
+        port: spec.port,
+        memory_size: spec.memory_size,
+        shards_count: spec.shards_count,
+        replication: spec.replication,
+        data_persistence: spec.data_persistence,
+        redis_version: Some(spec.redis_version.to_string()),
+        authentication_redis_pass: None,
+    };
+    let mut made: Vec<(CrdtReplicaId, &Peer)> = Vec::new();
+    for (id, peer) in &added {
+        running.step(format!(
+            "create instance {id} on cluster {}",
+            peer.cluster.name
+        ));
+        let local = CrdbLocalCreate {
+            guid: crdb.guid.clone(),
+            name: crdb.name.clone(),
+            instances: instances.clone(),
+            local_instance_id: *id,
+            featureset_version: Some(crdb.featureset_version),
+            protocol_version: Some(protocol),
+            default_db_config: config.clone(),
+        };
+        if let Err(e) = peer.client.create_local_crdb(&local).await {
+            let (code, description) = describe(&e);
+            running.error(
+                &peer.cluster.name,
+                &code,
+                format!("instance {id}: {description}"),
+            );
+            undo(running, &crdb.guid, &made).await;
+            return Err(());
+        }
+        made.push((*id, peer));
+    }
+    if !request.force_remove {
+        for id in &request.remove_instances {
+            let instance = crdb.instance(*id).expect("checked");
+            running.step(format!(
+                "delete instance {id} on cluster {}",
+                instance.cluster.name
+            ));
+            if let Err(e) = delete_remote(instance, &crdb.guid).await {
+                running.error(&instance.cluster.name, "cluster_unreachable", format!("instance {id} could not be deleted ({e}); nothing else was changed: retry, or remove it with force_remove (`--force`) and purge it on its cluster later"));
+                undo(running, &crdb.guid, &made).await;
+                return Err(());
+            }
+        }
+    }
+    running.step("record the instances on every instance".into());
+    let update = flotilla_model::rest::CrdbLocalUpdate {
+        instances: Some(instances.clone()),
+        ghost_instance_ids: request.remove_instances.clone(),
+        ..Default::default()
+    };
+    let mut failed = false;
+    for instance in crdb
+        .peers()
+        .filter(|i| !request.remove_instances.contains(&i.id))
+    {
+        let recorded = on_instance(instance, |client| {
+            let update = update.clone();
+            let guid = crdb.guid.clone();
+            async move { client.update_local_crdb(&guid, &update).await }
+        })
+        .await;
+        if let Err(e) = recorded {
+            failed = true;
+            running.error(
+                &instance.cluster.name,
+                "left_behind",
+                format!(
+                    "instance {} still lists the old instances ({e}); run the same change again",
+                    instance.id
+                ),
+            );
+        }
+    }
+    let change = flotilla_model::CrdbChange {
+        guid: crdb.guid.clone(),
+        instances: Some(instances),
+        ghost_instance_ids: request.remove_instances,
+        featureset_version: None,
+        crdt_protocol_version: None,
+    };
+    if let Err(e) = crate::crdbs::propose_crdb_change(context, change).await {
+        failed = true;
+        running.error("", e.error_code, e.description);
+    }
+    match failed {
+        true => Err(()),
+        false => Ok(()),
+    }
+}
+
+/// `GET /v1/crdbs/{guid}/health_report`: asks every instance's cluster for its instance.
+pub(crate) async fn health_report(
+    State(context): State<ApiContext>,
+    Path(guid): Path<String>,
+) -> Result<Json<flotilla_model::rest::CrdbHealthReport>, ApiError> {
+    use flotilla_model::rest::CrdbInstanceHealth;
+    let state = context.store.state();
+    let crdb = crate::crdbs::known_crdb(&context, &guid)?;
+    let local = crate::crdbs::get_crdb(&state, &guid)?;
+    let mut configurations = Vec::new();
+    for instance in &crdb.instances {
+        let answered = match instance.id == crdb.local_instance_id {
+            true => Ok(local.clone()),
+            false => {
+                let guid = guid.as_str();
+                on_instance(instance, |client| async move { client.crdb(guid).await }).await
+            }
+        };
+        let health = match answered {
+            Ok(info) => CrdbInstanceHealth {
+                id: instance.id,
+                cluster_name: instance.cluster.name.clone(),
+                status: match info.local_instance_id == instance.id {
+                    true => "ok".into(),
+                    false => "missing".into(),
+                },
+                protocol_version: info.protocol_version,
+                featureset_version: info.featureset_version,
+                instances: info.instances.iter().map(|i| i.id).collect(),
+                error: String::new(),
+            },
+            Err(e) => CrdbInstanceHealth {
+                id: instance.id,
+                cluster_name: instance.cluster.name.clone(),
+                status: match e.status() {
+                    Some(axum::http::StatusCode::NOT_FOUND) => "missing".into(),
+                    _ => "unreachable".into(),
+                },
+                protocol_version: 0,
+                featureset_version: 0,
+                instances: vec![],
+                error: e.to_string(),
+            },
+        };
+        configurations.push(health);
+    }
+    let first = configurations.first().cloned();
+    let consistent = configurations.iter().all(|c| {
+        c.status == "ok"
+            && first.as_ref().is_some_and(|f| {
+                (f.protocol_version, f.featureset_version, &f.instances)
+                    == (c.protocol_version, c.featureset_version, &c.instances)
+            })
+    });
+    Ok(Json(flotilla_model::rest::CrdbHealthReport {
+        crdb_guid: guid,
+        consistent,
+        configurations,
+    }))
+}
+
+/// `PUT /v1/crdbs/{guid}/flush`: flushes every instance (each cluster flushes its local
+/// database's primary shards, this one last); answers the finished task.
+pub(crate) async fn flush(
+    State(context): State<ApiContext>,
+    Path(guid): Path<String>,
+) -> Result<Json<CrdbTask>, ApiError> {
+    let crdb = crate::crdbs::known_crdb(&context, &guid)?;
+    let (mut running, _) =
+        Running::start(&context.crdb_tasks, "flush", &guid, crdb.instances.len());
+    let mut failed = false;
+    for instance in crdb.peers() {
+        running.step(format!(
+            "flush instance {} on cluster {}",
+            instance.id, instance.cluster.name
+        ));
+        let flushed = on_instance(instance, |client| {
+            let guid = guid.clone();
+            async move { client.flush_local_crdb(&guid).await }
+        })
+        .await;
+        if let Err(e) = flushed {
+            failed = true;
+            running.error(
+                &instance.cluster.name,
+                "cluster_unreachable",
+                format!(
+                    "instance {} was not flushed: {e}; run `crdb flush` again",
+                    instance.id
+                ),
+            );
+        }
+    }
+    running.step(format!(
+        "flush instance {} on this cluster",
+        crdb.local_instance_id
+    ));
+    if let Err(e) = crate::crdbs::flush_here(&context, &guid).await {
+        failed = true;
+        running.error("", e.error_code, e.description);
+    }
+    running.end(match failed {
+        true => CrdbTaskStatus::Failed,
+        false => CrdbTaskStatus::Finished,
+    });
+    Ok(Json(running.snapshot()))
 }

@@ -12,11 +12,11 @@ use axum::extract::{Path, State};
 use axum::Json;
 use flotilla_model::rest::{
     BdbCreate, CrdbClusterInfo, CrdbCredentialsInfo, CrdbDbConfig, CrdbInfo, CrdbInstanceInfo,
-    CrdbLocalCreate, CrdbLocalDatabase,
+    CrdbLocalCreate, CrdbLocalDatabase, CrdbLocalUpdate,
 };
 use flotilla_model::{
-    check_guid, now_secs, BdbCrdt, ClusterState, Command, CommandResult, Crdb, CrdbCreation,
-    CrdbDeletion,
+    check_guid, now_secs, BdbCrdt, ClusterState, Command, CommandResult, Crdb, CrdbChange,
+    CrdbCreation, CrdbDeletion,
 };
 
 use crate::bdbs::{place_shards, spec_from};
@@ -24,8 +24,27 @@ use crate::handlers::parse;
 use crate::propose::{propose, Change};
 use crate::{ApiContext, ApiError};
 
-/// The newest CRDB protocol this node's software speaks: a new instance starts on it.
-pub(crate) const CRDT_PROTOCOL_VERSION: u16 = flotilla_crdt::CRDT_PROTOCOL_VERSION;
+/// Set in a daemon's environment, the CRDB protocol version its software claims as its newest
+/// instead of [`flotilla_crdt::CRDT_PROTOCOL_VERSION`]: how tests run a cluster "of a newer
+/// release" beside one of this release (mixed protocol versions) with one binary.
+pub(crate) const CRDT_PROTOCOL_ENV: &str = "FLOTILLA_TEST_CRDT_PROTOCOL_VERSION";
+
+/// The newest CRDB protocol this node's software speaks: a new instance starts on it, and an
+/// upgraded instance moves to it (unless `--keep-crdt-protocol-version`).
+pub(crate) fn newest_protocol() -> u16 {
+    static NEWEST: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *NEWEST.get_or_init(|| {
+        std::env::var(CRDT_PROTOCOL_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(flotilla_crdt::CRDT_PROTOCOL_VERSION)
+    })
+}
+
+/// The protocol versions this node's software speaks, oldest first.
+pub(crate) fn supported_protocols() -> Vec<u16> {
+    (flotilla_crdt::op::CRDT_PROTOCOL_MIN..=newest_protocol()).collect()
+}
 
 /// The newest CRDB feature set this node's software knows.
 pub(crate) const CRDT_FEATURESET_VERSION: u16 = flotilla_crdt::op::CRDT_FEATURESET_VERSION;
@@ -59,7 +78,7 @@ fn creation_from(
     let protocol_version = supported_version(
         "protocol_version",
         request.protocol_version,
-        CRDT_PROTOCOL_VERSION,
+        newest_protocol(),
     )?;
     let config = request.default_db_config;
     let crdb = Crdb {
@@ -106,6 +125,12 @@ fn bdb_request(name: &str, config: CrdbDbConfig) -> BdbCreate {
         client_timeout: None,
         tls_mode: None,
     }
+}
+
+/// The CRDB `guid` as this cluster keeps it, or a 404 naming it.
+pub(crate) fn known_crdb(context: &ApiContext, guid: &str) -> Result<Crdb, ApiError> {
+    let state = context.store.state();
+    Ok(state.crdb(guid).map_err(invalid_value)?.clone())
 }
 
 /// A model refusal as a 400 whose description starts with the field the model named.
@@ -211,7 +236,7 @@ pub(crate) async fn get(
     get_crdb(&context.store.state(), &guid).map(Json)
 }
 
-fn get_crdb(state: &ClusterState, guid: &str) -> Result<CrdbInfo, ApiError> {
+pub(crate) fn get_crdb(state: &ClusterState, guid: &str) -> Result<CrdbInfo, ApiError> {
     let crdb = state.crdb(guid).map_err(invalid_value)?;
     Ok(crdb_info(state, crdb))
 }
@@ -263,4 +288,118 @@ fn crdb_info(state: &ClusterState, crdb: &Crdb) -> CrdbInfo {
         }],
         ghost_instance_ids: crdb.ghost_instance_ids.clone(),
     }
+}
+
+/// `PATCH /v1/crdbs/{guid}/local`: changes this cluster's instance (feature set, the local
+/// protocol version, instances, removed instances); answers the CRDB as it is then.
+pub(crate) async fn update_local(
+    State(context): State<ApiContext>,
+    Path(guid): Path<String>,
+    body: Bytes,
+) -> Result<Json<CrdbInfo>, ApiError> {
+    let update: CrdbLocalUpdate = parse("crdb", &body)?;
+    if update == CrdbLocalUpdate::default() {
+        return Err(ApiError::invalid(
+            "crdb",
+            "no change given: pass featureset_version, protocol_version, instances or ghost_instance_ids",
+        ));
+    }
+    if let Some(asked) = update.featureset_version {
+        supported_version("featureset_version", Some(asked), CRDT_FEATURESET_VERSION)?;
+    }
+    if let Some(asked) = update.protocol_version {
+        supported_version("protocol_version", Some(asked), newest_protocol())?;
+    }
+    context.store.state().crdb(&guid).map_err(invalid_value)?;
+    let change = CrdbChange {
+        guid: guid.clone(),
+        instances: update.instances.clone(),
+        ghost_instance_ids: update.ghost_instance_ids.clone(),
+        featureset_version: update.featureset_version,
+        crdt_protocol_version: update.protocol_version,
+    };
+    propose_crdb_change(&context, change).await?;
+    get_crdb(&context.store.state(), &guid).map(Json)
+}
+
+/// Proposes `change`; answers once this node's state shows it.
+pub(crate) async fn propose_crdb_change(
+    context: &ApiContext,
+    change: CrdbChange,
+) -> Result<(), ApiError> {
+    let wanted = change.clone();
+    let guid = change.guid.clone();
+    let shown = move |state: &ClusterState| {
+        let crdb = state.crdbs.get(&wanted.guid)?;
+        let crdt = state.bdbs.get(&crdb.local_bdb_uid)?.spec.crdt.as_ref()?;
+        let featureset = wanted
+            .featureset_version
+            .is_none_or(|v| crdb.featureset_version == v);
+        let protocol = wanted
+            .crdt_protocol_version
+            .is_none_or(|v| crdt.crdt_protocol_version == v);
+        let instances = wanted
+            .instances
+            .as_ref()
+            .is_none_or(|i| crdb.instances == *i);
+        let ghosts = wanted
+            .ghost_instance_ids
+            .iter()
+            .all(|id| crdb.ghost_instance_ids.contains(id));
+        (featureset && protocol && instances && ghosts).then_some(CommandResult::Ok)
+    };
+    let change = Change {
+        command: Command::UpdateCrdb(change),
+        applied: shown,
+        check: format!("flotilla crdb show --crdb-guid {guid}"),
+    };
+    propose(context, change).await?;
+    Ok(())
+}
+
+/// `PUT /v1/crdbs/{guid}/flush/local`: `FLUSHALL` on every primary shard of this cluster's
+/// instance (its replicas follow); the client-facing FLUSHALL is refused on an instance, this
+/// is how `crdb flush` empties each one.
+pub(crate) async fn flush_local(
+    State(context): State<ApiContext>,
+    Path(guid): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let shards = flush_here(&context, &guid).await?;
+    Ok(Json(
+        serde_json::json!({ "guid": guid, "flushed_shards": shards, "status": "flushed" }),
+    ))
+}
+
+/// Flushes every primary shard of this cluster's instance of `guid`; answers how many.
+pub(crate) async fn flush_here(context: &ApiContext, guid: &str) -> Result<usize, ApiError> {
+    let state = context.store.state();
+    let uid = state.crdb(guid).map_err(invalid_value)?.local_bdb_uid;
+    let credentials = state
+        .engine_credentials()
+        .map_err(flotilla_store::StoreError::from)?;
+    let login = flotilla_engine::EngineLogin::cluster_admin(&credentials);
+    let primaries = state.primaries_of(uid);
+    for shard in &primaries {
+        let unreachable = |e: String| {
+            ApiError {
+            status: axum::http::StatusCode::BAD_GATEWAY,
+            error_code: "shard_unreachable",
+            description: format!(
+                "shard {} of CRDB {guid}'s database: {e}; nothing after it was flushed, run `crdb flush` again",
+                shard.uid
+            ),
+        }
+        };
+        let addr = state
+            .shard_addr(shard)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let client = flotilla_engine::EngineClient::connect(addr.ip(), addr.port(), &login)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        client
+            .command::<()>(&redis::cmd("FLUSHALL"))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+    }
+    Ok(primaries.len())
 }

@@ -25,7 +25,7 @@ mod upgrade;
 use std::sync::Arc;
 
 use axum::middleware;
-use axum::routing::{delete, get, post};
+use axum::routing::{get, patch, post, put};
 use axum::Router;
 use flotilla_model::NodeSpec;
 use flotilla_orchestrator::Observer;
@@ -93,11 +93,23 @@ pub fn router(context: ApiContext) -> Router {
         .route("/v1/crdbs/local", post(crdbs::create_local))
         .route(
             "/v1/crdbs/{guid}",
-            get(crdbs::get).delete(crdb_tasks::delete),
+            get(crdbs::get)
+                .delete(crdb_tasks::delete)
+                .patch(crdb_tasks::update),
+        )
+        .route(
+            "/v1/crdbs/{guid}/local",
+            patch(crdbs::update_local).delete(crdbs::delete_local),
+        )
+        .route("/v1/crdbs/{guid}/updates", post(crdb_tasks::updates))
+        .route("/v1/crdbs/{guid}/flush", put(crdb_tasks::flush))
+        .route("/v1/crdbs/{guid}/flush/local", put(crdbs::flush_local))
+        .route(
+            "/v1/crdbs/{guid}/health_report",
+            get(crdb_tasks::health_report),
         )
         .route("/v1/crdb_tasks", get(crdb_tasks::list_tasks))
         .route("/v1/crdb_tasks/{id}", get(crdb_tasks::get_task))
-        .route("/v1/crdbs/{guid}/local", delete(crdbs::delete_local))
         .route("/v1/actions", get(actions::list))
         .route("/v1/actions/{uid}", get(actions::get_action))
         .route("/v1/actions/{uid}/cancel", post(actions::cancel))

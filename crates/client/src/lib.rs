@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use flotilla_model::rest::{
     ActionInfo, BdbCreate, BdbInfo, BdbUpdate, BdbUpgrade, BootstrapCluster, BootstrapCredentials,
-    BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, CrdbCreateRequest, CrdbInfo,
-    CrdbLocalCreate, CrdbTask, ErrorBody, Health, NodeInfo, NodesStatus, ShardInfo,
-    BOOTSTRAP_TOKEN_FILE, BOOTSTRAP_TOKEN_HEADER,
+    BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, CrdbCreateRequest,
+    CrdbHealthReport, CrdbInfo, CrdbLocalCreate, CrdbLocalUpdate, CrdbTask, CrdbUpdateRequest,
+    CrdbUpdates, ErrorBody, Health, NodeInfo, NodesStatus, ShardInfo, BOOTSTRAP_TOKEN_FILE,
+    BOOTSTRAP_TOKEN_HEADER,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -392,6 +393,53 @@ impl Client {
     pub async fn delete_crdb(&self, guid: &str) -> Result<CrdbTask, ClientError> {
         let path = format!("/v1/crdbs/{guid}");
         self.call::<(), _>(Method::DELETE, &path, None).await
+    }
+
+    /// `PATCH /v1/crdbs/{guid}/local`: changes this cluster's instance only.
+    pub async fn update_local_crdb(
+        &self,
+        guid: &str,
+        update: &CrdbLocalUpdate,
+    ) -> Result<CrdbInfo, ClientError> {
+        let path = format!("/v1/crdbs/{guid}/local");
+        self.call(Method::PATCH, &path, Some(update)).await
+    }
+
+    /// `PATCH /v1/crdbs/{guid}`: changes every instance (`crdb update`); answers the task.
+    pub async fn update_crdb(
+        &self,
+        guid: &str,
+        update: &CrdbUpdateRequest,
+    ) -> Result<CrdbTask, ClientError> {
+        let path = format!("/v1/crdbs/{guid}");
+        self.call(Method::PATCH, &path, Some(update)).await
+    }
+
+    /// `POST /v1/crdbs/{guid}/updates`: adds or removes instances; answers the task.
+    pub async fn update_crdb_instances(
+        &self,
+        guid: &str,
+        updates: &CrdbUpdates,
+    ) -> Result<CrdbTask, ClientError> {
+        let path = format!("/v1/crdbs/{guid}/updates");
+        self.call(Method::POST, &path, Some(updates)).await
+    }
+
+    /// `PUT /v1/crdbs/{guid}/flush/local`: flushes this cluster's instance only.
+    pub async fn flush_local_crdb(&self, guid: &str) -> Result<serde_json::Value, ClientError> {
+        let path = format!("/v1/crdbs/{guid}/flush/local");
+        self.call::<(), _>(Method::PUT, &path, None).await
+    }
+
+    /// `PUT /v1/crdbs/{guid}/flush`: flushes every instance; answers the task.
+    pub async fn flush_crdb(&self, guid: &str) -> Result<CrdbTask, ClientError> {
+        let path = format!("/v1/crdbs/{guid}/flush");
+        self.call::<(), _>(Method::PUT, &path, None).await
+    }
+
+    /// `GET /v1/crdbs/{guid}/health_report`.
+    pub async fn crdb_health(&self, guid: &str) -> Result<CrdbHealthReport, ClientError> {
+        self.get(&format!("/v1/crdbs/{guid}/health_report")).await
     }
 
     /// `GET /v1/crdb_tasks/{id}`.

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use flotilla_client::Client;
 use flotilla_model::rest::{
     CrdbCreateRequest, CrdbDbConfig, CrdbInfo, CrdbInstanceRequest, CrdbTask, CrdbTaskStatus,
+    CrdbUpdateRequest, CrdbUpdates,
 };
 use flotilla_model::DataPersistence;
 
@@ -48,6 +49,69 @@ pub enum CrdbCommand {
         /// Print the task id and return.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Change every instance: `--featureset-version true` moves them all to the newest feature
+    /// set (refused, naming the laggard, until every instance runs the newest protocol).
+    Update {
+        /// The CRDB's GUID.
+        #[arg(long)]
+        crdb_guid: String,
+        /// `true`: move the feature set version.
+        #[arg(long, value_parser = clap::value_parser!(bool))]
+        featureset_version: Option<bool>,
+        /// Print the task id and return.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Add an instance on each cluster named by `--instance` (refused while protocol versions
+    /// are mixed).
+    AddInstance {
+        /// The CRDB's GUID.
+        #[arg(long)]
+        crdb_guid: String,
+        /// A cluster's REST URL (or `url=..,username=..,password=..`), once per new cluster.
+        #[arg(long = "instance", required = true)]
+        instances: Vec<String>,
+    },
+    /// Remove an instance: its database is deleted on its cluster, the others record it as
+    /// removed (refused while protocol versions are mixed).
+    RemoveInstance {
+        /// The CRDB's GUID.
+        #[arg(long)]
+        crdb_guid: String,
+        /// The instance's id.
+        #[arg(long)]
+        instance_id: u16,
+        /// Do not reach the removed instance (it keeps its data until `crdb purge-instance` on
+        /// its cluster).
+        #[arg(long)]
+        force: bool,
+    },
+    /// On a cluster whose instance was removed with `--force`: delete that instance here.
+    PurgeInstance {
+        /// The CRDB's GUID.
+        #[arg(long)]
+        crdb_guid: String,
+        /// This cluster's instance id (checked).
+        #[arg(long)]
+        instance_id: u16,
+    },
+    /// Flush every instance (FLUSHALL of each cluster's primary shards; clients cannot flush
+    /// an instance themselves).
+    Flush {
+        /// The CRDB's GUID.
+        #[arg(long)]
+        crdb_guid: String,
+    },
+    /// Every instance's configuration as its cluster answers: protocol and feature set
+    /// versions, the instances it lists, whether it answered.
+    Health {
+        /// The CRDB's GUID.
+        #[arg(long)]
+        crdb_guid: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// CRDB tasks run by the node at `--url`.
     #[command(subcommand)]
@@ -135,6 +199,100 @@ pub async fn run(conn: &Connection, command: CrdbCommand) -> Result<()> {
         } => {
             let task = client.delete_crdb(&crdb_guid).await?;
             follow(&client, task, no_wait).await
+        }
+        CrdbCommand::Update {
+            crdb_guid,
+            featureset_version,
+            no_wait,
+        } => {
+            if featureset_version != Some(true) {
+                bail!("--featureset-version: give `--featureset-version true` (the only change `crdb update` makes so far)");
+            }
+            let request = CrdbUpdateRequest {
+                featureset_version: true,
+            };
+            let task = client.update_crdb(&crdb_guid, &request).await?;
+            follow(&client, task, no_wait).await
+        }
+        CrdbCommand::AddInstance {
+            crdb_guid,
+            instances,
+        } => {
+            let add_instances = instances
+                .iter()
+                .map(|text| parse_instance(text, conn))
+                .collect::<Result<Vec<_>>>()?;
+            let updates = CrdbUpdates {
+                add_instances,
+                ..Default::default()
+            };
+            let task = client.update_crdb_instances(&crdb_guid, &updates).await?;
+            follow(&client, task, false).await
+        }
+        CrdbCommand::RemoveInstance {
+            crdb_guid,
+            instance_id,
+            force,
+        } => {
+            let updates = CrdbUpdates {
+                remove_instances: vec![instance_id],
+                force_remove: force,
+                ..Default::default()
+            };
+            let task = client.update_crdb_instances(&crdb_guid, &updates).await?;
+            follow(&client, task, false).await
+        }
+        CrdbCommand::PurgeInstance {
+            crdb_guid,
+            instance_id,
+        } => {
+            let crdb = client.crdb(&crdb_guid).await?;
+            if crdb.local_instance_id != instance_id {
+                bail!(
+                    "--instance-id: this cluster's instance of CRDB {crdb_guid} is {}, not {instance_id}; run purge-instance on the cluster of instance {instance_id}",
+                    crdb.local_instance_id
+                );
+            }
+            client.delete_local_crdb(&crdb_guid).await?;
+            println!("purged instance {instance_id} of CRDB {crdb_guid} from this cluster");
+            Ok(())
+        }
+        CrdbCommand::Flush { crdb_guid } => {
+            let task = client.flush_crdb(&crdb_guid).await?;
+            follow(&client, task, false).await
+        }
+        CrdbCommand::Health { crdb_guid, json } => {
+            let report = client.crdb_health(&crdb_guid).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            println!(
+                "crdb {} {}",
+                report.crdb_guid,
+                if report.consistent {
+                    "consistent"
+                } else {
+                    "INCONSISTENT"
+                }
+            );
+            println!(
+                "{:<8} {:<28} {:<12} {:<9} {:<11} INSTANCES",
+                "REPL-ID", "CLUSTER", "STATUS", "PROTOCOL", "FEATURESET"
+            );
+            for c in &report.configurations {
+                println!(
+                    "{:<8} {:<28} {:<12} {:<9} {:<11} {:?} {}",
+                    c.id,
+                    c.cluster_name,
+                    c.status,
+                    c.protocol_version,
+                    c.featureset_version,
+                    c.instances,
+                    c.error
+                );
+            }
+            Ok(())
         }
         CrdbCommand::Task(TaskCommand::List) => {
             for task in client.crdb_tasks().await? {

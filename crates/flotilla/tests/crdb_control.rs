@@ -15,6 +15,19 @@ use flotilla_testkit::{
 };
 use serde_json::Value;
 
+/// The daemons' environment variable that makes their software claim a newer CRDB protocol.
+const PROTOCOL_ENV: &str = "FLOTILLA_TEST_CRDT_PROTOCOL_VERSION";
+
+/// What `flotilla status --issues-only` of cluster `c` prints.
+fn status_issues(c: &DevCluster) -> String {
+    let output = c.flotilla(&["status", "--issues-only"]);
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 fn bin() -> PathBuf {
     flotilla_bin(env!("CARGO_BIN_EXE_flotilla"))
 }
@@ -56,9 +69,14 @@ fn all_active(c: &DevCluster) {
     assert!(active, "databases not active: {:#?}", bdbs(c));
 }
 
+/// Held by the tests on subnets 237 and 238 (one at a time).
+static SUBNETS_237_238: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn crdb_create_across_two_clusters_makes_both_instances_and_delete_removes_every_one() {
-    let a = DevCluster::up(&bin(), 237, 1);
+    let _subnets = SUBNETS_237_238.lock().unwrap_or_else(|e| e.into_inner());
+    // Cluster A's software speaks CRDB protocol 2 (as a newer release would), B's protocol 1.
+    let a = DevCluster::up_with_env(&bin(), 237, 1, &[(PROTOCOL_ENV, "2")]);
     let b = DevCluster::up(&bin(), 238, 1);
     let started = Instant::now();
     let created = crdb_create(&a, &[&a, &b], "cache", 12237);
@@ -72,7 +90,10 @@ fn crdb_create_across_two_clusters_makes_both_instances_and_delete_removes_every
     assert_eq!(on_b[0]["guid"], guid.as_str());
     for (cluster, crdb, id) in [(&a, &on_a[0], 1), (&b, &on_b[0], 2)] {
         assert_eq!(crdb["local_instance_id"], id);
-        assert_eq!(crdb["protocol_version"], 1);
+        assert_eq!(
+            crdb["protocol_version"], 1,
+            "every instance starts on a protocol all of them speak"
+        );
         assert_eq!(crdb["featureset_version"], 1);
         let ids: Vec<&Value> = crdb["instances"]
             .as_array()
@@ -117,6 +138,87 @@ fn crdb_create_across_two_clusters_makes_both_instances_and_delete_removes_every
     assert!(
         text.contains("protocol version:    1") && text.contains("feature set version: 1"),
         "{text}"
+    );
+
+    // Every instance answers with the same configuration.
+    let health = b.json(1, &["crdb", "health", "--crdb-guid", &guid, "--json"]);
+    assert_eq!(health["consistent"], true, "{health:#}");
+    assert_eq!(health["configurations"].as_array().unwrap().len(), 2);
+
+    // `crdb flush` empties every instance.
+    for (cluster, key) in [(&a, "from-a"), (&b, "from-b")] {
+        let mut connection = endpoint_connection(cluster.addr(1), 12237);
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg("1")
+            .query(&mut connection)
+            .unwrap();
+    }
+    assert_success(
+        &b.flotilla(&["crdb", "flush", "--crdb-guid", &guid]),
+        "crdb flush",
+    );
+    for cluster in [&a, &b] {
+        let mut connection = endpoint_connection(cluster.addr(1), 12237);
+        let size: u64 = redis::cmd("DBSIZE").query(&mut connection).unwrap();
+        assert_eq!(size, 0, "flushed");
+    }
+
+    // A's instance runs an older protocol than A speaks: `status` flags it.
+    assert!(status_issues(&a).contains("OLD CRDB PROTOCOL VERSION 1"));
+    assert!(!status_issues(&b).contains("OLD CRDB"));
+    // Same protocol everywhere: the feature set may move (it is already the newest, 1).
+    assert_success(
+        &a.flotilla(&[
+            "crdb",
+            "update",
+            "--crdb-guid",
+            &guid,
+            "--featureset-version",
+            "true",
+        ]),
+        "crdb update --featureset-version",
+    );
+    // An engine upgrade keeping the protocol keeps it; one without raises it once done.
+    let upgrade = |extra: &[&str]| {
+        let mut args = vec![
+            "db",
+            "upgrade",
+            "cache",
+            "--force-restart",
+            "--discard-data",
+        ];
+        args.extend_from_slice(extra);
+        assert_success(&a.flotilla(&args), "db upgrade");
+    };
+    upgrade(&["--keep-crdt-protocol-version"]);
+    assert_eq!(crdbs(&a)[0]["protocol_version"], 1);
+    upgrade(&[]);
+    let raised = poll_until(Duration::from_secs(20), || {
+        crdbs(&a)[0]["protocol_version"] == 2
+    });
+    assert!(
+        raised,
+        "protocol raised after the upgrade: {:#?}",
+        crdbs(&a)
+    );
+    assert!(!status_issues(&a).contains("OLD CRDB PROTOCOL VERSION"));
+    // Mixed protocols: the feature set bump is refused, naming B's instance.
+    let refused = a.flotilla(&[
+        "crdb",
+        "update",
+        "--crdb-guid",
+        &guid,
+        "--featureset-version",
+        "true",
+    ]);
+    let error = stderr(&refused);
+    assert!(
+        !refused.status.success()
+            && error.contains(
+                "instance 2 (cluster 'flotilla-238-11.local') runs CRDB protocol 1 (newest 2)"
+            ),
+        "{error}"
     );
 
     // A plain `db delete` of an instance is refused; `crdb delete` removes every instance.
@@ -166,6 +268,9 @@ fn bad_input_is_refused_naming_the_flag_and_a_failure_on_one_cluster_leaves_noth
         "--package",
         &v020.to_string_lossy(),
         "--yes",
+        "--force",
+        "quorum",
+        "--no-auto-finalize",
     ]);
     assert_success(&upgraded, "upgrade node 1 of cluster B");
     let rt = runtime();
@@ -192,7 +297,7 @@ fn bad_input_is_refused_naming_the_flag_and_a_failure_on_one_cluster_leaves_noth
     });
     assert!(has_ca, "the finalized cluster makes its CA");
 
-    let url_a = a.url(1);
+    let (url_a, url_b) = (a.url(1), b.url(1));
     for (args, expected) in [
         (
             vec!["--instance", url_a.as_str()],
@@ -247,4 +352,136 @@ fn bad_input_is_refused_naming_the_flag_and_a_failure_on_one_cluster_leaves_noth
     // The same request works once the port is free.
     assert_success(&crdb_create(&a, &[&a, &b], "cache", 12239), "crdb create");
     assert_eq!((crdbs(&a).len(), crdbs(&b).len()), (1, 1));
+    let guid = crdbs(&a)[0]["guid"].as_str().unwrap().to_string();
+
+    // B's instance removed with --force: A records it as removed, B keeps it until purged.
+    assert_success(
+        &a.flotilla(&[
+            "crdb",
+            "remove-instance",
+            "--crdb-guid",
+            &guid,
+            "--instance-id",
+            "2",
+            "--force",
+        ]),
+        "crdb remove-instance --force",
+    );
+    let on_a = &crdbs(&a)[0];
+    assert_eq!(on_a["instances"].as_array().unwrap().len(), 1);
+    assert_eq!(on_a["ghost_instance_ids"], serde_json::json!([2]));
+    assert_eq!(
+        crdbs(&b).len(),
+        1,
+        "a forced removal leaves the removed side as it was"
+    );
+    let wrong = b.flotilla(&[
+        "crdb",
+        "purge-instance",
+        "--crdb-guid",
+        &guid,
+        "--instance-id",
+        "1",
+    ]);
+    assert!(
+        !wrong.status.success()
+            && stderr(&wrong).contains("--instance-id: this cluster's instance")
+    );
+    assert_success(
+        &b.flotilla(&[
+            "crdb",
+            "purge-instance",
+            "--crdb-guid",
+            &guid,
+            "--instance-id",
+            "2",
+        ]),
+        "crdb purge-instance",
+    );
+    assert!(crdbs(&b).is_empty() && bdbs(&b).is_empty());
+
+    // B joins again as a new instance (id 3: removed ids are never reused).
+    assert_success(
+        &a.flotilla(&[
+            "crdb",
+            "add-instance",
+            "--crdb-guid",
+            &guid,
+            "--instance",
+            &url_b,
+        ]),
+        "crdb add-instance",
+    );
+    let on_b = &crdbs(&b)[0];
+    assert_eq!(on_b["local_instance_id"], 3);
+    let ids = |crdb: &Value| -> Vec<u64> {
+        crdb["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(on_b), [1, 3]);
+    assert_eq!(ids(&crdbs(&a)[0]), [1, 3]);
+    all_active(&b);
+}
+
+#[test]
+fn a_sharded_replicated_crdb_spans_two_three_node_clusters() {
+    let _subnets = SUBNETS_237_238.lock().unwrap_or_else(|e| e.into_inner());
+    let a = DevCluster::up(&bin(), 237, 3);
+    let b = DevCluster::up(&bin(), 238, 3);
+    let started = Instant::now();
+    let port = "12238";
+    let mut args = vec![
+        "crdb",
+        "create",
+        "--name",
+        "orders",
+        "--port",
+        port,
+        "--memory",
+        "200mb",
+        "--shards",
+        "2",
+        "--replication",
+    ];
+    let (url_a, url_b) = (a.url(2), b.url(3));
+    args.extend(["--instance", url_a.as_str(), "--instance", url_b.as_str()]);
+    assert_success(&a.flotilla_at(2, &args), "crdb create");
+    all_active(&a);
+    all_active(&b);
+    eprintln!(
+        "2-shard replicated CRDB on two 3-node clusters active after {:?}",
+        started.elapsed()
+    );
+    let guid = crdbs(&a)[0]["guid"].as_str().unwrap().to_string();
+    for (cluster, id) in [(&a, 1), (&b, 2)] {
+        let crdb = &crdbs(cluster)[0];
+        assert_eq!(
+            (crdb["guid"].as_str(), &crdb["local_instance_id"]),
+            (Some(guid.as_str()), &serde_json::json!(id))
+        );
+        // Every node of each cluster is named for the peers' syncers.
+        let urls = crdb["instances"][if id == 1 { 1 } else { 0 }]["cluster"]["urls"]
+            .as_array()
+            .unwrap()
+            .len();
+        assert_eq!(urls, 3);
+        assert_eq!(cluster.shards_at(1).len(), 4, "2 primaries and 2 replicas");
+        for n in cluster.node_numbers() {
+            let mut connection = endpoint_connection(cluster.addr(n), 12238);
+            let pong: String = redis::cmd("PING").query(&mut connection).unwrap();
+            assert_eq!(pong, "PONG");
+        }
+    }
+    // Deleted from the other cluster: every instance goes.
+    assert_success(
+        &b.flotilla(&["crdb", "delete", "--crdb-guid", &guid]),
+        "crdb delete",
+    );
+    for cluster in [&a, &b] {
+        assert!(crdbs(cluster).is_empty() && bdbs(cluster).is_empty());
+    }
 }

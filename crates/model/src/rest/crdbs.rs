@@ -211,3 +211,83 @@ impl CrdbTask {
         )
     }
 }
+
+/// `PATCH /v1/crdbs/{guid}/local`: what changes on this cluster's instance (what a coordinator
+/// sends each cluster for `crdb update`, an added or removed instance, and what `db upgrade`
+/// does to the local protocol version); omitted fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrdbLocalUpdate {
+    /// The CRDB's new feature set version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub featureset_version: Option<u16>,
+    /// The local instance's new protocol version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<u16>,
+    /// Every instance from now on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<CrdbInstance>>,
+    /// Removed instance ids to record.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ghost_instance_ids: Vec<CrdtReplicaId>,
+}
+
+/// `PATCH /v1/crdbs/{guid}`: a change to every instance (`crdb update`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrdbUpdateRequest {
+    /// `true`: move every instance to the newest feature set every cluster knows, refused
+    /// (naming the laggard) until every instance runs the newest protocol.
+    #[serde(default)]
+    pub featureset_version: bool,
+}
+
+/// `POST /v1/crdbs/{guid}/updates`: instances added or removed (Redis Software's
+/// `modify_request`), refused while the instances run different protocol versions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrdbUpdates {
+    /// Clusters that get a new instance (ids after every id used so far).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_instances: Vec<CrdbInstanceRequest>,
+    /// Instance ids to remove (their database is deleted on their cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_instances: Vec<CrdtReplicaId>,
+    /// Remove without reaching the removed instances (they keep their data until `crdb
+    /// purge-instance` on their cluster).
+    #[serde(default)]
+    pub force_remove: bool,
+}
+
+/// One instance in a [`CrdbHealthReport`]: what its cluster answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrdbInstanceHealth {
+    /// The instance's id.
+    pub id: CrdtReplicaId,
+    /// Its cluster's name.
+    pub cluster_name: String,
+    /// `ok` when its cluster answered with its instance, else `unreachable` or `missing`.
+    pub status: String,
+    /// Its protocol version (0 when unknown).
+    pub protocol_version: u16,
+    /// The feature set version its cluster records (0 when unknown).
+    pub featureset_version: u16,
+    /// The instance ids its cluster lists (a differing list: an add or remove not applied
+    /// everywhere).
+    pub instances: Vec<CrdtReplicaId>,
+    /// What went wrong reaching it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+/// `GET /v1/crdbs/{guid}/health_report`: every instance's configuration as its cluster
+/// answers it, from this cluster (Redis Software's `crdb health-report`, per cluster).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrdbHealthReport {
+    /// The CRDB.
+    pub crdb_guid: String,
+    /// Whether every instance answered with the same instances, feature set and protocol.
+    pub consistent: bool,
+    /// Each instance.
+    pub configurations: Vec<CrdbInstanceHealth>,
+}
