@@ -983,6 +983,9 @@ fn t9_persist_beats_every_ttl_and_the_longest_ttl_wins_on_three_clusters() {
     }
 }
 
+/// `XRANGE`'s reply: entry ids with their fields.
+type StreamEntries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
 /// A peer whose log no longer holds the op at the puller's position under the same number (its
 /// master failed over and lost unreplicated ops, then logged new ones): the dot differs, the
 /// puller transfers the whole state instead of skipping or re-reading the wrong ops.
@@ -1003,7 +1006,7 @@ fn a_peer_log_rewritten_under_the_position_ends_in_a_full_sync() {
         let mut conn = connect(&url).await;
         let oplog = flotilla_crdb::OPLOG_KEY;
         // The stream rebuilt with entries 1-7 only (XTRIM would keep its last id, 10-0).
-        let kept: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        let kept: StreamEntries = redis::cmd("XRANGE")
             .arg(oplog)
             .arg("-")
             .arg("7-0")
