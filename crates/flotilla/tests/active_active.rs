@@ -1047,3 +1047,50 @@ fn a_peer_log_rewritten_under_the_position_ends_in_a_full_sync() {
         "{after:#?}"
     );
 }
+
+/// The users' path: `flotilla crdb create` with each cluster's URL (no relay); writes on both
+/// instances reach the other.
+#[test]
+fn a_crdb_made_with_crdb_create_syncs_both_ways() {
+    let _subnets = hold(&SUBNETS_243);
+    let a = DevCluster::up(&bin(), 243, 1);
+    let b = DevCluster::up(&bin(), 244, 1);
+    let port = DB_PORT.to_string();
+    let (url_a, url_b) = (a.url(1), b.url(1));
+    let created = a.flotilla(&[
+        "crdb",
+        "create",
+        "--name",
+        "made",
+        "--port",
+        &port,
+        "--memory",
+        "100mb",
+        "--instance",
+        &url_a,
+        "--instance",
+        &url_b,
+    ]);
+    flotilla_testkit::assert_success(&created, "flotilla crdb create");
+    for cluster in [&a, &b] {
+        let active = poll_until(Duration::from_secs(60), || {
+            let bdbs = cluster.json(1, &["db", "list", "--json"]);
+            bdbs.as_array()
+                .is_some_and(|l| !l.is_empty() && l.iter().all(|b| b["status"] == "active"))
+        });
+        assert!(active, "the instance's database is active");
+    }
+    let mut ca = flotilla_testkit::endpoint_connection(a.addr(1), DB_PORT);
+    let mut cb = flotilla_testkit::endpoint_connection(b.addr(1), DB_PORT);
+    run::<()>(&mut ca, &["SET", "from-a", "1"]);
+    run::<i64>(&mut ca, &["INCRBY", "c", "5"]);
+    run::<i64>(&mut cb, &["INCRBY", "c", "7"]);
+    let both = poll_until(CONVERGE, || {
+        let seen = |conn: &mut redis::Connection| {
+            run::<Option<String>>(conn, &["GET", "c"]).as_deref() == Some("12")
+                && run::<Option<String>>(conn, &["GET", "from-a"]).is_some()
+        };
+        seen(&mut ca) && seen(&mut cb)
+    });
+    assert!(both, "both instances have every write");
+}
