@@ -10,7 +10,14 @@
 //! together. Past the peer's backlog, or when the peer's entry at the position holds another op
 //! (its master failed over and lost ops), the puller does a full state transfer
 //! (`GET /v1/crdbs/{guid}/state`, merged key by key) and resumes from the position the peer
-//! took before its scan.
+//! took before its scan. "Another op" is told by the entry's dot and, because a dot counts one
+//! key's writes (another key's op can carry the same dot at the same `n`), by a fingerprint of
+//! the op ([`wire::entry_check`]) the puller keeps next to the position
+//! ([`puller::CHECKS_KEY`]).
+//!
+//! Sync state per link (in sync / syncing / out of sync, ops lag, lag in ms, full and partial
+//! syncs) is answered by `GET /v1/crdt_sources` on each node and exported as metrics
+//! (`flotilla_database_syncer_lag_ms`, `flotilla_bdb_crdt_syncer_status`, ...).
 //!
 //! This crate owns both sides' logic: [`server`] answers those two requests on any node (the
 //! api crate routes them), [`supervisor`] starts and stops pullers as masters move, and

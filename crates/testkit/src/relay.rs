@@ -168,11 +168,13 @@ mod tests {
     fn echo(addr: SocketAddr) -> std::thread::JoinHandle<()> {
         let listener = std::net::TcpListener::bind(addr).expect("echo server binds");
         std::thread::spawn(move || {
-            for stream in listener.incoming().take(2) {
+            for stream in listener.incoming().take(3) {
                 let mut stream = stream.unwrap();
                 let mut buf = [0u8; 16];
                 let n = stream.read(&mut buf).unwrap();
                 stream.write_all(&buf[..n]).unwrap();
+                // Held open until the other side closes (a cut closes it).
+                let _ = stream.read(&mut buf);
             }
         })
     }
@@ -193,12 +195,23 @@ mod tests {
         let server = echo(target);
         let relay = Relay::start(listen, target);
         assert_eq!(round_trip(listen).unwrap(), b"ping");
+        // A connection open through the relay is dropped by the cut.
+        let mut open = std::net::TcpStream::connect(listen).unwrap();
+        open.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        open.write_all(b"ping").unwrap();
+        let mut pong = [0u8; 4];
+        open.read_exact(&mut pong).unwrap();
         relay.cut();
+        let mut buf = [0u8; 1];
+        assert!(
+            matches!(open.read(&mut buf), Ok(0) | Err(_)),
+            "closed by the cut"
+        );
         let refused = std::net::TcpStream::connect(listen).unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
         relay.heal();
         assert_eq!(round_trip(listen).unwrap(), b"ping");
-        assert_eq!(relay.accepted(), 2);
+        assert_eq!(relay.accepted(), 3);
         server.join().unwrap();
     }
 }
