@@ -141,6 +141,22 @@ impl Client {
         Ok(self)
     }
 
+    /// A client for another cluster's REST API at `url` (a CRDB's peer): basic auth with
+    /// `username`/`password`, and for an `https://` URL trusting only that cluster's CA
+    /// (`ca_pem`).
+    pub fn for_cluster(
+        url: &str,
+        username: &str,
+        password: &str,
+        ca_pem: &str,
+    ) -> Result<Self, String> {
+        let client = Client::new(url, Some(username.into()), Some(password.into()));
+        match url.starts_with("https://") {
+            true => client.trusting(ca_pem),
+            false => Ok(client),
+        }
+    }
+
     /// This client, sending `token` with its bootstrap calls (create and join): a fresh node
     /// takes them only with its bootstrap token. A 0.1.0 node ignores it.
     pub fn with_bootstrap_token(mut self, token: Option<String>) -> Self {

@@ -109,21 +109,14 @@ pub async fn run(spec: PullerSpec, sources: SyncSources) {
 
 /// A REST client per URL of the peer's cluster, each trusting only that cluster's CA.
 fn peer_clients(cluster: &flotilla_model::CrdbCluster) -> Result<Vec<Client>, String> {
-    let mut clients = Vec::new();
-    for url in &cluster.urls {
-        let client = Client::new(
-            url,
-            Some(cluster.username.clone()),
-            Some(cluster.password.clone()),
-        );
-        let client = match url.starts_with("https://") {
-            true => client
-                .trusting(&cluster.ca_cert)
-                .map_err(|e| format!("cluster {}: its CA certificate: {e}", cluster.name))?,
-            false => client,
-        };
-        clients.push(client);
-    }
+    let clients = cluster
+        .urls
+        .iter()
+        .map(|url| {
+            Client::for_cluster(url, &cluster.username, &cluster.password, &cluster.ca_cert)
+                .map_err(|e| format!("cluster {}: its CA certificate: {e}", cluster.name))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     if clients.is_empty() {
         return Err(format!("cluster {} has no URL", cluster.name));
     }
