@@ -826,6 +826,20 @@ fn three_node_clusters_of_two_shards_converge_after_a_cut_with_clients_on_every_
             assert_eq!(source.crdt_sync_full, 0);
         }
     }
+    // T15: an MSET across the two shards is refused, naming the command.
+    let (low, high) = {
+        let slot = |k: &str| flotilla_resp::slot::key_slot(k.as_bytes());
+        let keys: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+        let low = keys.iter().find(|k| slot(k) < 8192).unwrap().clone();
+        let high = keys.iter().find(|k| slot(k) >= 8192).unwrap().clone();
+        (low, high)
+    };
+    let mut client = pair.a.client(1);
+    let error = refused(&mut client, &["MSET", &low, "1", &high, "2"]);
+    assert!(
+        error.contains("MSET"),
+        "a cross-shard MSET is refused by name: {error}"
+    );
     // One of A's URLs unreachable: B's pullers go on through A's other nodes.
     pair.a.relays[0].cut();
     let mut client = pair.a.client(2);
