@@ -66,6 +66,43 @@ pub struct SourceReport {
     pub last_error: Option<String>,
 }
 
+impl SyncStatus {
+    /// How `flotilla status` words it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncStatus::InSync => "in sync",
+            SyncStatus::Syncing => "syncing",
+            SyncStatus::OutOfSync => "out of sync",
+        }
+    }
+}
+
+impl SourceReport {
+    /// One line for `flotilla status`: which link, its state and lag, its resyncs, the error
+    /// while it lasts; e.g. `shard 0 <- b (instance 2): in sync, lag 0 ms (0 ops), full syncs
+    /// 0, partial syncs 1`.
+    pub fn summary(&self) -> String {
+        let mut line = format!(
+            "shard {} <- {} (instance {}): {}, lag {} ms ({} ops), full syncs {}, partial syncs {}",
+            self.shard,
+            self.peer_cluster,
+            self.peer_instance_id,
+            self.status.as_str(),
+            self.lag,
+            self.ops_lag,
+            self.crdt_sync_full,
+            self.crdt_sync_partial_ok
+        );
+        if let Some(v) = self.held_protocol {
+            line.push_str(&format!(", ops of protocol {v} held by the peer"));
+        }
+        if let Some(error) = &self.last_error {
+            line.push_str(&format!("; last error: {error}"));
+        }
+        line
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +114,9 @@ mod tests {
         assert_eq!(source.status, SyncStatus::OutOfSync);
         assert_eq!(source.status.code(), 2);
         assert_eq!(serde_json::to_string(&source).unwrap(), sample);
+        assert_eq!(
+            source.summary(),
+            "shard 0 <- b (instance 2): out of sync, lag 1500 ms (3 ops), full syncs 1, partial syncs 2; last error: peer b: refused"
+        );
     }
 }
