@@ -29,8 +29,9 @@
 //! every version is unchanged (else the whole attempt is retried, up to [`MAX_ATTEMPTS`]), writes
 //! the new metadata, runs the engine commands that turn the engine's value into the new
 //! materialization, and appends the ops to the log. [`write_local`] is the one-key form,
-//! [`apply_remote`] the syncer's (no log append; the peer's position in the same script),
-//! [`merge_remote`] the full state transfer's.
+//! [`apply_remote`] the syncer's (no log append; the peer's position in the same script;
+//! [`apply_remote_batch`] for a page of ops in one script), [`merge_remote`] the full state
+//! transfer's.
 
 #![warn(missing_docs)]
 
@@ -52,8 +53,8 @@ pub use log::{
 };
 pub use position::Position;
 pub use write::{
-    apply_remote, copy, load_state, merge_remote, rename, transact, write_local, write_many,
-    Transaction, WriteOutcome, MAX_ATTEMPTS,
+    apply_remote, apply_remote_batch, copy, load_state, merge_remote, rename, transact,
+    write_local, write_many, Transaction, WriteOutcome, MAX_ATTEMPTS,
 };
 
 pub use flotilla_crdt::engine::View;

@@ -322,6 +322,36 @@ pub async fn apply_remote(
     Ok(applied)
 }
 
+/// [`apply_remote`] for several consecutive entries of peer `peer`'s log at once (a page the
+/// syncer pulled): one load of the keys they touch and one script, the position of the last
+/// entry recorded with them. All or nothing: an op that cannot be applied (a gap, a newer
+/// protocol) fails the whole batch, and the caller may apply the entries one by one to find it.
+pub async fn apply_remote_batch(
+    conn: &mut Conn,
+    peer: InstanceId,
+    entries: &[(Position, Op)],
+) -> Result<Vec<Applied>, CrdbError> {
+    let Some((last, _)) = entries.last() else {
+        return Ok(Vec::new());
+    };
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    for (_, op) in entries {
+        if !keys.contains(&op.key.0) {
+            keys.push(op.key.0.clone());
+        }
+    }
+    let (_, _, _, _, applied) = commit(conn, &keys, Some((peer, *last)), |states| {
+        let mut applied = Vec::with_capacity(entries.len());
+        for (_, op) in entries {
+            let i = keys.iter().position(|k| *k == op.key.0).expect("listed");
+            applied.push(states[i].apply(op)?);
+        }
+        Ok((Vec::new(), applied))
+    })
+    .await?;
+    Ok(applied)
+}
+
 /// Joins a peer's whole state of `key` into the local one (full state transfer), updating the
 /// engine's value to the merged materialization. Nothing is logged: the peer's ops reach every
 /// other instance from the peer itself.

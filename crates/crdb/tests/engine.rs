@@ -4,15 +4,15 @@
 //! `merge_remote`). Every test compares every key of both engines (values, deadlines, metadata)
 //! and each engine with its own metadata.
 //!
-//! Addresses: 127.0.233.1 - 127.0.233.6.
+//! Addresses: 127.0.233.1 - 127.0.233.9.
 
 mod common;
 
 use common::{assert_same, now, raw_meta, ship, Engines, Shipped, A, B};
 use flotilla_crdb::{
-    copy, entry_dot, log_end, merge_remote, position, read_log, rename, repl_backlog, scan_states,
-    set_repl_backlog, write_local, write_many, Conn, CrdbError, KeyState, Position,
-    DEFAULT_REPL_BACKLOG,
+    apply_remote_batch, copy, entry_dot, log_end, merge_remote, position, read_log, rename,
+    repl_backlog, scan_states, set_repl_backlog, write_local, write_many, Conn, CrdbError,
+    KeyState, Position, DEFAULT_REPL_BACKLOG,
 };
 use flotilla_crdt::{Blob, End, Value, Write, WriteError};
 use flotilla_engine::EngineVersion;
@@ -492,4 +492,195 @@ async fn concurrent_writers_on_one_key_lose_nothing() {
     );
     ship(&mut a, &mut b, A, None).await;
     assert_same(&mut a, &mut b).await;
+}
+
+/// Keys the engines expired themselves: the next write starts a fresh key (any type), on the
+/// origin and on the peer, whose engine no longer holds the old value either (the script's
+/// commands for an absent key).
+#[tokio::test]
+async fn writes_after_the_engine_expired_a_key_start_fresh() {
+    let engines = Engines::start("127.0.233.7", EngineVersion::Redis70, 2).await;
+    let (mut a, mut b) = (engines.conn(0).await, engines.conn(1).await);
+    let soon = now() + 300;
+    for (key, write) in [
+        ("k", set("old")),
+        ("k", Write::ExpireAt(soon)),
+        ("l", Write::Push(End::Right, vec![blob("a"), blob("b")])),
+        ("l", Write::ExpireAt(soon)),
+    ] {
+        write_local(&mut a, A, 1, now(), key.as_bytes(), write)
+            .await
+            .unwrap();
+    }
+    ship(&mut a, &mut b, A, None).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mut left = 0;
+        for conn in [&mut a, &mut b] {
+            let n: u64 = redis::cmd("EXISTS")
+                .arg("k")
+                .arg("l")
+                .query_async(conn)
+                .await
+                .unwrap();
+            left += n;
+        }
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engines never expired the keys"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let out = write_local(
+        &mut a,
+        A,
+        1,
+        now(),
+        b"k",
+        Write::HSet(vec![(blob("f"), blob("v"))]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.before.value, None, "an expired key is absent");
+    write_local(
+        &mut a,
+        A,
+        1,
+        now(),
+        b"l",
+        Write::Push(End::Right, vec![blob("c")]),
+    )
+    .await
+    .unwrap();
+    ship(&mut a, &mut b, A, None).await;
+    assert_same(&mut a, &mut b).await;
+    for conn in [&mut a, &mut b] {
+        let list: Vec<String> = redis::cmd("LRANGE")
+            .arg("l")
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await
+            .unwrap();
+        assert_eq!(list, ["c"]);
+        let kind: String = redis::cmd("TYPE").arg("k").query_async(conn).await.unwrap();
+        assert_eq!(kind, "hash");
+        assert_eq!(
+            common::pttl(conn, b"k").await,
+            -1,
+            "the fresh key has no deadline"
+        );
+    }
+}
+
+/// A page of the log applied in one script: the same result as one op at a time, the position
+/// of the page's last entry recorded, and the page again changes nothing.
+#[tokio::test]
+async fn a_page_of_ops_applies_in_one_script() {
+    let engines = Engines::start("127.0.233.8", EngineVersion::Valkey91, 2).await;
+    let (mut a, mut b) = (engines.conn(0).await, engines.conn(1).await);
+    for i in 0..120i64 {
+        let key = format!("k{}", i % 7);
+        let write = match i % 3 {
+            0 => Write::IncrBy(i),
+            1 => Write::HIncrBy(blob("n"), i),
+            _ => Write::SAdd(vec![Blob::from(format!("m{i}"))]),
+        };
+        let key = format!("{key}-{}", i % 3);
+        write_local(&mut a, A, 1, now(), key.as_bytes(), write)
+            .await
+            .unwrap();
+    }
+    let mut after = 0;
+    loop {
+        let page = read_log(&mut a, after, 50).await.unwrap();
+        if page.entries.is_empty() {
+            break;
+        }
+        let entries: Vec<(Position, flotilla_crdt::Op)> = page
+            .entries
+            .iter()
+            .map(|e| {
+                let op = flotilla_crdt::Op::from_json(&e.json, 1).unwrap();
+                let at = Position {
+                    n: e.n,
+                    dot: Some(e.dot),
+                };
+                (at, op)
+            })
+            .collect();
+        let applied = apply_remote_batch(&mut b, A, &entries).await.unwrap();
+        assert!(applied.iter().all(|a| *a == flotilla_crdb::Applied::New));
+        let again = apply_remote_batch(&mut b, A, &entries).await.unwrap();
+        assert!(again
+            .iter()
+            .all(|a| *a == flotilla_crdb::Applied::Duplicate));
+        after = entries.last().unwrap().0.n;
+        assert_eq!(
+            position(&mut b, A).await.unwrap(),
+            Some(entries.last().unwrap().0)
+        );
+    }
+    assert_eq!(after, 120);
+    assert_same(&mut a, &mut b).await;
+}
+
+/// Rates on this machine (debug build): `write_local` one at a time, then the same ops applied
+/// on a peer one at a time (`apply_remote`) and in pages of 100 (`apply_remote_batch`). A
+/// measurement, not a check: `cargo test -p flotilla-crdb --test engine rates -- --ignored
+/// --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn rates_of_writes_and_remote_applies() {
+    let engines = Engines::start("127.0.233.9", EngineVersion::Redis70, 3).await;
+    let (mut a, mut b, mut c) = (
+        engines.conn(0).await,
+        engines.conn(1).await,
+        engines.conn(2).await,
+    );
+    const OPS: u64 = 3000;
+    let started = std::time::Instant::now();
+    for i in 0..OPS {
+        let key = format!("key:{}", i % 500);
+        write_local(&mut a, A, 1, now(), key.as_bytes(), Write::IncrBy(1))
+            .await
+            .unwrap();
+    }
+    let rate = |t: std::time::Instant| OPS as f64 / t.elapsed().as_secs_f64();
+    println!("write_local: {:.0} ops/s", rate(started));
+    let started = std::time::Instant::now();
+    ship(&mut a, &mut b, A, None).await;
+    println!(
+        "apply_remote one by one (pages of 7): {:.0} ops/s",
+        rate(started)
+    );
+    let started = std::time::Instant::now();
+    let mut after = 0;
+    loop {
+        let page = read_log(&mut a, after, 100).await.unwrap();
+        let Some(last) = page.entries.last() else {
+            break;
+        };
+        after = last.n;
+        let entries: Vec<(Position, flotilla_crdt::Op)> = page
+            .entries
+            .iter()
+            .map(|e| {
+                let at = Position {
+                    n: e.n,
+                    dot: Some(e.dot),
+                };
+                (at, flotilla_crdt::Op::from_json(&e.json, 1).unwrap())
+            })
+            .collect();
+        apply_remote_batch(&mut c, A, &entries).await.unwrap();
+    }
+    println!(
+        "apply_remote_batch, pages of 100: {:.0} ops/s",
+        rate(started)
+    );
+    assert_same(&mut b, &mut c).await;
 }
