@@ -449,7 +449,17 @@ fn a_sharded_replicated_crdb_spans_two_three_node_clusters() {
     ];
     let (url_a, url_b) = (a.url(2), b.url(3));
     args.extend(["--instance", url_a.as_str(), "--instance", url_b.as_str()]);
-    assert_success(&a.flotilla_at(2, &args), "crdb create");
+    args.push("--no-wait");
+    let started_task = a.flotilla_at(2, &args);
+    assert_success(&started_task, "crdb create --no-wait");
+    let task_id = String::from_utf8_lossy(&started_task.stdout)
+        .trim()
+        .to_string();
+    let finished = poll_until(Duration::from_secs(30), || {
+        let status = a.flotilla_at(2, &["crdb", "task", "status", "--task-id", &task_id]);
+        String::from_utf8_lossy(&status.stdout).contains("create Finished")
+    });
+    assert!(finished, "task {task_id} finished");
     all_active(&a);
     all_active(&b);
     eprintln!(
