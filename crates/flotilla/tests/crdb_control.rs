@@ -296,6 +296,32 @@ fn bad_input_is_refused_naming_the_flag_and_a_failure_on_one_cluster_leaves_noth
             .is_ok_and(|c| c.ca_fingerprint.is_some())
     });
     assert!(has_ca, "the finalized cluster makes its CA");
+    // What a coordinator sends is checked field by field, naming the field; nothing is made.
+    for (spoil, expected) in [
+        (
+            serde_json::json!({"guid": "not-a-guid"}),
+            "guid: 'not-a-guid' is not a GUID",
+        ),
+        (
+            serde_json::json!({"local_instance_id": 5}),
+            "local_instance_id: 5 is not among the instances' ids (1, 2)",
+        ),
+        (
+            serde_json::json!({"protocol_version": 9}),
+            "protocol_version: 9 is newer than this cluster's software knows",
+        ),
+    ] {
+        let mut request = serde_json::to_value(local_request(12240)).unwrap();
+        for (key, value) in spoil.as_object().unwrap() {
+            request[key] = value.clone();
+        }
+        let request = serde_json::from_value(request).unwrap();
+        let refused = rt
+            .block_on(b.client(1).create_local_crdb(&request))
+            .unwrap_err();
+        assert!(refused.to_string().contains(expected), "{refused}");
+    }
+    assert!(crdbs(&b).is_empty() && bdbs(&b).is_empty());
 
     let (url_a, url_b) = (a.url(1), b.url(1));
     for (args, expected) in [
