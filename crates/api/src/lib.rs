@@ -11,6 +11,7 @@ mod bdbs;
 mod bootstrap;
 mod certificates;
 mod checks;
+mod crdb_sync;
 mod crdb_tasks;
 mod crdbs;
 mod error;
@@ -46,6 +47,8 @@ pub struct ApiContext {
     pub node: NodeSpec,
     /// This daemon's own facts (data dir, ports, upgrade driver).
     pub local: LocalNode,
+    /// The sync state of the Active-Active pullers on this node.
+    pub sync_sources: flotilla_syncer::SyncSources,
     auth_cache: Arc<auth::Cache>,
     /// The CRDB tasks this node runs or ran (see `crdb_tasks`).
     crdb_tasks: crdb_tasks::TaskTable,
@@ -59,9 +62,16 @@ impl ApiContext {
             observer,
             node,
             local,
+            sync_sources: Default::default(),
             auth_cache: Arc::default(),
             crdb_tasks: Arc::default(),
         }
+    }
+
+    /// This context answering `crdt_sources` from `sources` (the daemon's syncer).
+    pub fn with_sync_sources(mut self, sources: flotilla_syncer::SyncSources) -> Self {
+        self.sync_sources = sources;
+        self
     }
 }
 
@@ -130,6 +140,13 @@ pub fn router(context: ApiContext) -> Router {
             "/v1/cluster/actions/change_master",
             post(lifecycle::change_master),
         )
+        .route("/v1/crdbs/{guid}/ops", get(crdb_sync::ops))
+        .route("/v1/crdbs/{guid}/state", get(crdb_sync::state))
+        .route(
+            "/v1/crdbs/{guid}/crdt_sources",
+            get(crdb_sync::crdb_sources),
+        )
+        .route("/v1/crdt_sources", get(crdb_sync::sources))
         .route("/v1/nodes/status", get(handlers::get_nodes_status))
         .route("/v1/nodes/{uid}", get(handlers::get_node))
         .route("/v1/nodes/{uid}/check", get(checks::node_check))

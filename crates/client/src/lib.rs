@@ -141,6 +141,22 @@ impl Client {
         Ok(self)
     }
 
+    /// A client for another cluster's REST API at `url` (a CRDB's peer): basic auth with
+    /// `username`/`password`, and for an `https://` URL trusting only that cluster's CA
+    /// (`ca_pem`).
+    pub fn for_cluster(
+        url: &str,
+        username: &str,
+        password: &str,
+        ca_pem: &str,
+    ) -> Result<Self, String> {
+        let client = Client::new(url, Some(username.into()), Some(password.into()));
+        match url.starts_with("https://") {
+            true => client.trusting(ca_pem),
+            false => Ok(client),
+        }
+    }
+
     /// This client, sending `token` with its bootstrap calls (create and join): a fresh node
     /// takes them only with its bootstrap token. A 0.1.0 node ignores it.
     pub fn with_bootstrap_token(mut self, token: Option<String>) -> Self {
@@ -554,6 +570,15 @@ impl Client {
     pub async fn resume_action(&self, uid: u64) -> Result<ActionInfo, ClientError> {
         let path = format!("/v1/actions/{uid}/resume");
         self.call::<(), _>(Method::POST, &path, None).await
+    }
+
+    /// `GET /v1/crdt_sources`: the Active-Active links whose pullers run on this node (a
+    /// shard's pullers run on its master's node: ask every node for the whole cluster, e.g.
+    /// with [`Client::for_node`]).
+    pub async fn crdt_sources(
+        &self,
+    ) -> Result<Vec<flotilla_model::crdb_sync::SourceReport>, ClientError> {
+        self.get("/v1/crdt_sources").await
     }
 
     /// A client for another node's REST API (same port, credentials and settings), for the

@@ -28,6 +28,7 @@ mod bdb;
 mod clock;
 mod command;
 pub mod crdb;
+pub mod crdb_sync;
 mod engine_users;
 mod engine_version;
 mod error;
