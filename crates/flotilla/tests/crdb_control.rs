@@ -296,6 +296,32 @@ fn bad_input_is_refused_naming_the_flag_and_a_failure_on_one_cluster_leaves_noth
             .is_ok_and(|c| c.ca_fingerprint.is_some())
     });
     assert!(has_ca, "the finalized cluster makes its CA");
+    // What a coordinator sends is checked field by field, naming the field; nothing is made.
+    for (spoil, expected) in [
+        (
+            serde_json::json!({"guid": "not-a-guid"}),
+            "guid: 'not-a-guid' is not a GUID",
+        ),
+        (
+            serde_json::json!({"local_instance_id": 5}),
+            "local_instance_id: 5 is not among the instances' ids (1, 2)",
+        ),
+        (
+            serde_json::json!({"protocol_version": 9}),
+            "protocol_version: 9 is newer than this cluster's software knows",
+        ),
+    ] {
+        let mut request = serde_json::to_value(local_request(12240)).unwrap();
+        for (key, value) in spoil.as_object().unwrap() {
+            request[key] = value.clone();
+        }
+        let request = serde_json::from_value(request).unwrap();
+        let refused = rt
+            .block_on(b.client(1).create_local_crdb(&request))
+            .unwrap_err();
+        assert!(refused.to_string().contains(expected), "{refused}");
+    }
+    assert!(crdbs(&b).is_empty() && bdbs(&b).is_empty());
 
     let (url_a, url_b) = (a.url(1), b.url(1));
     for (args, expected) in [
@@ -449,7 +475,17 @@ fn a_sharded_replicated_crdb_spans_two_three_node_clusters() {
     ];
     let (url_a, url_b) = (a.url(2), b.url(3));
     args.extend(["--instance", url_a.as_str(), "--instance", url_b.as_str()]);
-    assert_success(&a.flotilla_at(2, &args), "crdb create");
+    args.push("--no-wait");
+    let started_task = a.flotilla_at(2, &args);
+    assert_success(&started_task, "crdb create --no-wait");
+    let task_id = String::from_utf8_lossy(&started_task.stdout)
+        .trim()
+        .to_string();
+    let finished = poll_until(Duration::from_secs(30), || {
+        let status = a.flotilla_at(2, &["crdb", "task", "status", "--task-id", &task_id]);
+        String::from_utf8_lossy(&status.stdout).contains("create Finished")
+    });
+    assert!(finished, "task {task_id} finished");
     all_active(&a);
     all_active(&b);
     eprintln!(

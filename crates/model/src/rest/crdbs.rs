@@ -291,3 +291,24 @@ pub struct CrdbHealthReport {
     /// Each instance.
     pub configurations: Vec<CrdbInstanceHealth>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a coordinator sends each cluster (`POST /v1/crdbs/local`) and what `GET
+    /// /v1/crdbs/{guid}` answers: pinned, since clusters of different builds exchange them.
+    #[test]
+    fn the_crdb_rest_objects_keep_their_json() {
+        let create = r#"{"guid":"2f0a4c1e-6b7d-4e59-9a43-0c8d1f2e3b4a","name":"cache","instances":[{"id":1,"cluster":{"name":"a","urls":["https://10.0.0.1:9443"],"ca_cert":"PEM","username":"admin","password":"pw"}}],"local_instance_id":1,"featureset_version":1,"protocol_version":1,"default_db_config":{"port":12000,"memory_size":104857600,"shards_count":2,"replication":true,"data_persistence":"disabled"}}"#;
+        let decoded: CrdbLocalCreate = serde_json::from_str(create).unwrap();
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), create);
+        let info = r#"{"guid":"2f0a4c1e-6b7d-4e59-9a43-0c8d1f2e3b4a","name":"cache","protocol_version":1,"featureset_version":1,"default_db_config":{"port":12000,"memory_size":104857600,"shards_count":2,"replication":true,"data_persistence":"disabled","redis_version":"valkey-9.1"},"instances":[{"id":1,"db_uid":3,"cluster":{"name":"a","url":"https://10.0.0.1:9443","urls":["https://10.0.0.1:9443"],"credentials":{"username":"admin"}}},{"id":2,"cluster":{"name":"b","url":"https://10.0.1.1:9443","urls":["https://10.0.1.1:9443"],"credentials":{"username":"admin"}}}],"local_instance_id":1,"local_databases":[{"bdb_uid":3,"id":1}]}"#;
+        let decoded: CrdbInfo = serde_json::from_str(info).unwrap();
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), info);
+        let task = r#"{"id":"4","crdb_guid":"2f0a4c1e-6b7d-4e59-9a43-0c8d1f2e3b4a","operation":"create","status":"failed","errors":[{"cluster_name":"b","error_code":"port_in_use","description":"port: 12000 is already in use"}],"progress":0.6,"step":"create instance 2 on cluster b"}"#;
+        let decoded: CrdbTask = serde_json::from_str(task).unwrap();
+        assert!(decoded.is_done());
+        assert_eq!(serde_json::to_string(&decoded).unwrap(), task);
+    }
+}
