@@ -31,6 +31,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long one long poll waits for new ops at the peer.
 pub(crate) const LONG_POLL: Duration = Duration::from_secs(2);
+/// How many of a page's ops one script applies (`flotilla_crdb::apply_remote_batch`).
+const APPLY_BATCH: usize = 100;
 /// How long a puller waits before asking again while the peer holds newer-protocol ops.
 const HELD_RETRY: Duration = Duration::from_secs(1);
 
@@ -187,21 +189,31 @@ impl Puller {
             }
         });
         let mut conn = engine.connection();
+        let mut decoded = Vec::with_capacity(page.entries.len());
         for entry in &page.entries {
             let op = Op::from_json(&entry.op, self.spec.protocol)
                 .map_err(|e| SyncerError::Decode(format!("op {}: {e}", entry.n)))?;
-            self.sources.update(&self.spec.key, |s| {
-                s.oldest_unapplied_ts.get_or_insert(op.ts);
-            });
-            let next = flotilla_crdb::Position {
+            let at = flotilla_crdb::Position {
                 n: entry.n,
                 dot: Some(op.id),
             };
-            flotilla_crdb::apply_remote(&mut conn, peer, next, &op).await?;
-            if Some(entry) == page.entries.last() {
-                store_check(&mut conn, peer, entry.n, &entry_check(&entry.op)).await?;
+            decoded.push((at, op));
+        }
+        for batch in decoded.chunks(APPLY_BATCH) {
+            let (first, last) = (&batch[0].1, &batch[batch.len() - 1]);
+            self.sources.update(&self.spec.key, |s| {
+                s.oldest_unapplied_ts.get_or_insert(first.ts);
+            });
+            // One script per batch; on a refusal, one by one, so the failing op is named.
+            if flotilla_crdb::apply_remote_batch(&mut conn, peer, batch)
+                .await
+                .is_err()
+            {
+                for (at, op) in batch {
+                    flotilla_crdb::apply_remote(&mut conn, peer, *at, op).await?;
+                }
             }
-            let (n, ts) = (entry.n, op.ts);
+            let (n, ts) = (last.0.n, last.1.ts);
             self.sources.update(&self.spec.key, |s| {
                 s.applied = n;
                 // The next op is at least as recent as this one: an upper bound of its age.
@@ -210,6 +222,9 @@ impl Puller {
                     s.status = SyncStatus::InSync;
                 }
             });
+        }
+        if let Some(entry) = page.entries.last() {
+            store_check(&mut conn, peer, entry.n, &entry_check(&entry.op)).await?;
         }
         Ok(())
     }
