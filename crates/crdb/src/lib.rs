@@ -51,7 +51,7 @@ pub use log::{
     dbsize, entry_dot, log_end, position, read_log, repl_backlog, scan_states, set_repl_backlog,
     LogEntry, LogPage,
 };
-pub use position::Position;
+pub use position::{check_text, dot_text, entry_check, parse_check, parse_dot, Position};
 pub use write::{
     apply_remote, apply_remote_batch, copy, load_state, merge_remote, rename, transact,
     write_local, write_many, Transaction, WriteOutcome, MAX_ATTEMPTS,

@@ -7,7 +7,7 @@ use redis::Value;
 use crate::keys::{
     user_key, DEFAULT_REPL_BACKLOG, META_PATTERN, OPLOG_KEY, OPSEQ_KEY, POSITIONS_KEY, SETTINGS_KEY,
 };
-use crate::position::{parse_dot, Position};
+use crate::position::{entry_check, parse_dot, Position};
 use crate::{Conn, CrdbError};
 
 /// One op of the log, as the syncer ships it (the JSON is not decoded here: the receiver decodes
@@ -23,6 +23,17 @@ pub struct LogEntry {
     pub protocol: u16,
     /// [`Op::to_json`](flotilla_crdt::Op::to_json).
     pub json: String,
+}
+
+impl LogEntry {
+    /// The position of a puller that applied this entry (its `n`, dot and check).
+    pub fn position(&self) -> Position {
+        Position {
+            n: self.n,
+            dot: Some(self.dot),
+            check: Some(entry_check(&self.json)),
+        }
+    }
 }
 
 /// A page of the op log after a position, and the log's bounds at the time of the read.
@@ -70,7 +81,7 @@ pub async fn read_log(conn: &mut Conn, after: u64, count: usize) -> Result<LogPa
     })
 }
 
-/// Where the log ends now: the last `n` appended and its dot (`Position::START` for an empty
+/// Where the log ends now: the last `n` appended, its dot and check (`Position::START` for an empty
 /// log), read atomically. A state transfer takes it before scanning the states, and the puller
 /// resumes from it afterwards.
 pub async fn log_end(conn: &mut Conn) -> Result<Position, CrdbError> {
@@ -87,11 +98,14 @@ pub async fn log_end(conn: &mut Conn) -> Result<Position, CrdbError> {
         .query_async(conn)
         .await?;
     let n = last.unwrap_or(0);
-    let dot = parse_entries(newest)?
-        .into_iter()
-        .find(|e| e.n == n)
-        .map(|e| e.dot);
-    Ok(Position { n, dot })
+    let newest = parse_entries(newest)?.into_iter().find(|e| e.n == n);
+    Ok(newest.map_or(
+        Position {
+            n,
+            ..Position::START
+        },
+        |e| e.position(),
+    ))
 }
 
 /// The dot of entry `n`, if the log still holds it (the syncer's server compares it with the

@@ -605,10 +605,7 @@ async fn a_page_of_ops_applies_in_one_script() {
             .iter()
             .map(|e| {
                 let op = flotilla_crdt::Op::from_json(&e.json, 1).unwrap();
-                let at = Position {
-                    n: e.n,
-                    dot: Some(e.dot),
-                };
+                let at = e.position();
                 (at, op)
             })
             .collect();
@@ -669,10 +666,7 @@ async fn rates_of_writes_and_remote_applies() {
             .entries
             .iter()
             .map(|e| {
-                let at = Position {
-                    n: e.n,
-                    dot: Some(e.dot),
-                };
+                let at = e.position();
                 (at, flotilla_crdt::Op::from_json(&e.json, 1).unwrap())
             })
             .collect();

@@ -615,10 +615,7 @@ async fn ship(from: &Setup, to: &Setup, origin: u16, shards: usize) -> usize {
             }
             for entry in page.entries {
                 let op = flotilla_crdt::Op::from_json(&entry.json, 1).unwrap();
-                at = flotilla_crdb::Position {
-                    n: entry.n,
-                    dot: Some(entry.dot),
-                };
+                at = entry.position();
                 flotilla_crdb::apply_remote(&mut dst, peer, at, &op)
                     .await
                     .unwrap();

@@ -12,8 +12,7 @@
 //! (`GET /v1/crdbs/{guid}/state`, merged key by key) and resumes from the position the peer
 //! took before its scan. "Another op" is told by the entry's dot and, because a dot counts one
 //! key's writes (another key's op can carry the same dot at the same `n`), by a fingerprint of
-//! the op ([`wire::entry_check`]) the puller keeps next to the position
-//! ([`puller::CHECKS_KEY`]).
+//! the op (`flotilla_crdb::entry_check`), part of the position and written by the same script.
 //!
 //! Sync state per link (in sync / syncing / out of sync, ops lag, lag in ms, full and partial
 //! syncs) is answered by `GET /v1/crdt_sources` on each node and exported as metrics

@@ -133,11 +133,7 @@ impl Puller {
         let mut conn = engine.connection();
         let peer = InstanceId(self.spec.key.peer_instance_id);
         let position = match flotilla_crdb::position(&mut conn, peer).await? {
-            Some(p) => LogPosition {
-                n: p.n,
-                dot: p.dot,
-                check: stored_check(&mut conn, peer, p.n).await?,
-            },
+            Some(p) => LogPosition::from(p),
             None => LogPosition::START,
         };
         let page = self.fetch_ops(&position).await?;
@@ -196,6 +192,7 @@ impl Puller {
             let at = flotilla_crdb::Position {
                 n: entry.n,
                 dot: Some(op.id),
+                check: Some(entry_check(&entry.op)),
             };
             decoded.push((at, op));
         }
@@ -222,9 +219,6 @@ impl Puller {
                     s.status = SyncStatus::InSync;
                 }
             });
-        }
-        if let Some(entry) = page.entries.last() {
-            store_check(&mut conn, peer, entry.n, &entry_check(&entry.op)).await?;
         }
         Ok(())
     }
@@ -255,14 +249,7 @@ impl Puller {
         }
         let position = position.unwrap_or(LogPosition::START);
         let peer = InstanceId(self.spec.key.peer_instance_id);
-        let stored = flotilla_crdb::Position {
-            n: position.n,
-            dot: position.dot,
-        };
-        set_position(&mut conn, peer, stored).await?;
-        if let Some(check) = &position.check {
-            store_check(&mut conn, peer, position.n, check).await?;
-        }
+        set_position(&mut conn, peer, position.stored()).await?;
         self.sources.update(&self.spec.key, |s| {
             s.applied = position.n;
             s.oldest_unapplied_ts = None;
@@ -402,45 +389,6 @@ async fn set_position(
         .arg(flotilla_crdb::POSITIONS_KEY)
         .arg(peer.0)
         .arg(position.to_string())
-        .query_async(conn)
-        .await?;
-    Ok(())
-}
-
-/// The hash of the syncer's entry checks: per peer instance id, `<n>:<check>` of the last entry
-/// of that peer's log applied here (see [`crate::wire::LogPosition::check`]). Written after
-/// the apply that moved the position, so it may lag it by one page: a check whose `n` is not
-/// the position's is not sent (the dot alone is compared then).
-pub const CHECKS_KEY: &[u8] = b"__crdt__syncer_checks";
-
-/// The stored check of peer `peer`'s entry `n`, if the stored one is of that entry.
-async fn stored_check(
-    conn: &mut flotilla_crdb::Conn,
-    peer: InstanceId,
-    n: u64,
-) -> Result<Option<String>, SyncerError> {
-    let text: Option<String> = redis::cmd("HGET")
-        .arg(CHECKS_KEY)
-        .arg(peer.0)
-        .query_async(conn)
-        .await?;
-    Ok(text.and_then(|t| {
-        let (at, check) = t.split_once(':')?;
-        (at.parse() == Ok(n)).then(|| check.to_string())
-    }))
-}
-
-/// Stores `check` as that of peer `peer`'s entry `n`.
-async fn store_check(
-    conn: &mut flotilla_crdb::Conn,
-    peer: InstanceId,
-    n: u64,
-    check: &str,
-) -> Result<(), SyncerError> {
-    let _: () = redis::cmd("HSET")
-        .arg(CHECKS_KEY)
-        .arg(peer.0)
-        .arg(format!("{n}:{check}"))
         .query_async(conn)
         .await?;
     Ok(())

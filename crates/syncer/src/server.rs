@@ -21,8 +21,8 @@ use flotilla_engine::{ClientOptions, EngineClient, EngineLogin};
 use flotilla_model::{BdbUid, ClusterState};
 
 use crate::wire::{
-    entry_check, parse_dot, KeyMeta, LogPosition, OpEntry, OpsPage, OpsQuery, OpsStatus, StatePage,
-    StateQuery, MAX_PAGE_OPS, MAX_WAIT_MS,
+    check_text, entry_check, parse_dot, KeyMeta, LogPosition, OpEntry, OpsPage, OpsQuery,
+    OpsStatus, StatePage, StateQuery, MAX_PAGE_OPS, MAX_WAIT_MS,
 };
 use crate::SyncerError;
 
@@ -163,7 +163,7 @@ async fn entry(
         .entries
         .into_iter()
         .find(|e| e.n == n)
-        .map(|e| (e.dot, entry_check(&e.json))))
+        .map(|e| (e.dot, check_text(entry_check(&e.json)))))
 }
 
 /// The decision of [`exhausted`]: `first`/`last` are the log's bounds, `at_position` the dot

@@ -4,7 +4,8 @@
 //! The JSON is part of the CRDB's wire between clusters that may run different Flotilla
 //! versions: fields are only ever added (with defaults), never renamed; a test pins a sample.
 
-use flotilla_crdt::{Blob, Dot, InstanceId};
+pub use flotilla_crdb::{check_text, dot_text, entry_check, parse_check, parse_dot};
+use flotilla_crdt::{Blob, Dot};
 use serde::{Deserialize, Serialize};
 
 /// How many op-log entries a page carries when the puller does not say.
@@ -25,7 +26,7 @@ pub struct LogPosition {
     /// The dot of the op entry `n` holds (none before the first entry).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dot: Option<Dot>,
-    /// [`entry_check`] of entry `n`'s op, when known. A dot is per key (`instance.seq` counts
+    /// [`check_text`] of the [`entry_check`] of entry `n`'s op, when known. A dot is per key (`instance.seq` counts
     /// one key's writes), so another key's op can carry the same dot at the same `n` in a log
     /// rewritten after a failover; the check tells them apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -41,29 +42,26 @@ impl LogPosition {
     };
 }
 
-/// A short fingerprint of an op-log entry's op (FNV-1a, 64 bits, hex): what tells two ops of
-/// the same dot apart.
-pub fn entry_check(op_json: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in op_json.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+impl From<flotilla_crdb::Position> for LogPosition {
+    fn from(p: flotilla_crdb::Position) -> Self {
+        LogPosition {
+            n: p.n,
+            dot: p.dot,
+            check: p.check.map(check_text),
+        }
     }
-    format!("{hash:016x}")
 }
 
-/// Parses a dot's query form `instance.seq` (what `after_dot` carries).
-pub fn parse_dot(text: &str) -> Option<Dot> {
-    let (instance, seq) = text.split_once('.')?;
-    Some(Dot {
-        instance: InstanceId(instance.parse().ok()?),
-        seq: seq.parse().ok()?,
-    })
-}
-
-/// A dot's query form `instance.seq`.
-pub fn dot_text(dot: Dot) -> String {
-    format!("{}.{}", dot.instance.0, dot.seq)
+impl LogPosition {
+    /// The position as the engine-side layer records it (a check that is not 16 hex digits is
+    /// dropped: the dot alone is compared then).
+    pub fn stored(&self) -> flotilla_crdb::Position {
+        flotilla_crdb::Position {
+            n: self.n,
+            dot: self.dot,
+            check: self.check.as_deref().and_then(parse_check),
+        }
+    }
 }
 
 /// The query of `GET /v1/crdbs/{guid}/ops`.
@@ -77,7 +75,7 @@ pub struct OpsQuery {
     /// The dot of that entry (`instance.seq`), checked against the server's entry `after`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_dot: Option<String>,
-    /// [`entry_check`] of that entry's op, checked too when given.
+    /// [`check_text`] of that entry's [`entry_check`], checked too when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_check: Option<String>,
     /// The most entries to return.
@@ -181,6 +179,7 @@ pub struct StatePage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_crdt::InstanceId;
 
     #[test]
     fn the_pages_keep_their_json() {
@@ -199,10 +198,18 @@ mod tests {
     }
 
     #[test]
-    fn checks_tell_two_ops_apart() {
-        assert_eq!(entry_check("{}"), entry_check("{}"));
-        assert_ne!(entry_check(r#"{"key":"a"}"#), entry_check(r#"{"key":"b"}"#));
-        assert_eq!(entry_check("").len(), 16);
+    fn positions_convert_both_ways() {
+        let stored = flotilla_crdb::Position {
+            n: 4,
+            dot: Some(Dot {
+                instance: InstanceId(1),
+                seq: 2,
+            }),
+            check: Some(entry_check("{}")),
+        };
+        let wire = LogPosition::from(stored);
+        assert_eq!(wire.check.as_deref().map(str::len), Some(16));
+        assert_eq!(wire.stored(), stored);
     }
 
     #[test]

@@ -137,10 +137,7 @@ pub async fn ship(
             assert_eq!(entry.protocol, CRDT_PROTOCOL_VERSION);
             let op = Op::from_json(&entry.json, CRDT_PROTOCOL_VERSION).unwrap();
             assert_eq!(op.id, entry.dot);
-            at = Position {
-                n: entry.n,
-                dot: Some(entry.dot),
-            };
+            at = entry.position();
             match apply_remote(to, origin, at, &op).await.unwrap() {
                 Applied::New => shipped.new += 1,
                 Applied::Duplicate => shipped.duplicate += 1,
