@@ -11,7 +11,7 @@ use flotilla_model::rest::{
 };
 use flotilla_model::{
     now_secs, Bdb, BdbChange, BdbCreation, BdbDeletion, BdbSpec, BdbUid, ClusterState, Command,
-    CommandResult, EngineVersion, ShardRole, ENDPOINT_PORTS, MAX_SHARDS,
+    CommandResult, EngineVersion, ShardPlan, ShardRole, ENDPOINT_PORTS, MAX_SHARDS,
 };
 use flotilla_orchestrator::switchover::{self, SwitchoverError, SwitchoverReport};
 use flotilla_orchestrator::{placement, Observed};
@@ -23,7 +23,8 @@ use crate::{ApiContext, ApiError};
 /// The engine a database gets when `redis_version` is omitted: the newest one bundled.
 pub(crate) const DEFAULT_ENGINE: EngineVersion = EngineVersion::Valkey91;
 
-fn validate_db_name(name: &str) -> Result<(), ApiError> {
+/// Refuses a database name that is not 1-63 letters, digits or hyphens (`db create`, `crdb create`).
+pub(crate) fn validate_db_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -57,7 +58,9 @@ fn validate_port(port: u16, addr: IpAddr) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn spec_from(request: BdbCreate, addr: IpAddr) -> Result<BdbSpec, ApiError> {
+/// The database an operator asked for, each field checked (name, port free on this node,
+/// memory, shards, engine, limits); shared by `POST /v1/bdbs` and a CRDB instance's creation.
+pub(crate) fn spec_from(request: BdbCreate, addr: IpAddr) -> Result<BdbSpec, ApiError> {
     validate_db_name(&request.name)?;
     validate_port(request.port, addr)?;
     if request.memory_size == 0 {
@@ -139,6 +142,7 @@ fn bdb_info(state: &ClusterState, observed: &Observed, bdb: &Bdb) -> BdbInfo {
             port: bdb.spec.port,
         }],
         shard_list: shards.iter().map(|s| s.uid).collect(),
+        crdt: bdb.spec.crdt.clone(),
     }
 }
 
@@ -208,18 +212,7 @@ pub(crate) async fn create(
     if state.keeps_hashed_passwords() {
         spec.hash_password();
     }
-    // A node being removed or in maintenance takes no new shard.
-    let eligible: Vec<u64> = observed
-        .nodes
-        .iter()
-        .filter(|(uid, status)| **status == NodeStatus::Up && !state.takes_no_shards(**uid))
-        .map(|(uid, _)| *uid)
-        .collect();
-    let shards = placement::place(&state, &spec, &eligible).map_err(|e| ApiError {
-        status: StatusCode::CONFLICT,
-        error_code: "placement_failed",
-        description: e.to_string(),
-    })?;
+    let shards = place_shards(&state, &observed, &spec)?;
     state
         .check_new_bdb(&spec, &shards)
         .map_err(flotilla_store::StoreError::from)?;
@@ -253,6 +246,26 @@ pub(crate) async fn create(
         StatusCode::OK,
         Json(bdb_info(&state, &observed, find_bdb(&state, uid)?)),
     ))
+}
+
+/// Where a new database's shards go: on nodes that are up, neither being removed nor in
+/// maintenance (`db create` and a CRDB instance's creation place alike).
+pub(crate) fn place_shards(
+    state: &ClusterState,
+    observed: &Observed,
+    spec: &BdbSpec,
+) -> Result<Vec<ShardPlan>, ApiError> {
+    let eligible: Vec<u64> = observed
+        .nodes
+        .iter()
+        .filter(|(uid, status)| **status == NodeStatus::Up && !state.takes_no_shards(**uid))
+        .map(|(uid, _)| *uid)
+        .collect();
+    placement::place(state, spec, &eligible).map_err(|e| ApiError {
+        status: StatusCode::CONFLICT,
+        error_code: "placement_failed",
+        description: e.to_string(),
+    })
 }
 
 /// `PUT /v1/bdbs/{uid}`.

@@ -169,6 +169,8 @@ pub(crate) async fn get_cluster(
         ca_fingerprint: state
             .cluster_ca()
             .and_then(|ca| flotilla_store::tls::fingerprint(&ca.certificate).ok()),
+        crdt_supported_protocol_versions: crate::crdbs::supported_protocols(),
+        crdt_supported_featureset_version: crate::crdbs::CRDT_FEATURESET_VERSION,
     }))
 }
 

@@ -11,6 +11,9 @@ mod bdbs;
 mod bootstrap;
 mod certificates;
 mod checks;
+mod crdb_sync;
+mod crdb_tasks;
+mod crdbs;
 mod error;
 mod handlers;
 mod lifecycle;
@@ -22,7 +25,7 @@ mod upgrade;
 use std::sync::Arc;
 
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post, put};
 use axum::Router;
 use flotilla_model::NodeSpec;
 use flotilla_orchestrator::Observer;
@@ -44,7 +47,11 @@ pub struct ApiContext {
     pub node: NodeSpec,
     /// This daemon's own facts (data dir, ports, upgrade driver).
     pub local: LocalNode,
+    /// The sync state of the Active-Active pullers on this node.
+    pub sync_sources: flotilla_syncer::SyncSources,
     auth_cache: Arc<auth::Cache>,
+    /// The CRDB tasks this node runs or ran (see `crdb_tasks`).
+    crdb_tasks: crdb_tasks::TaskTable,
 }
 
 impl ApiContext {
@@ -55,8 +62,16 @@ impl ApiContext {
             observer,
             node,
             local,
+            sync_sources: Default::default(),
             auth_cache: Arc::default(),
+            crdb_tasks: Arc::default(),
         }
+    }
+
+    /// This context answering `crdt_sources` from `sources` (the daemon's syncer).
+    pub fn with_sync_sources(mut self, sources: flotilla_syncer::SyncSources) -> Self {
+        self.sync_sources = sources;
+        self
     }
 }
 
@@ -74,6 +89,27 @@ pub fn router(context: ApiContext) -> Router {
             get(bdbs::get).put(bdbs::update).delete(bdbs::delete),
         )
         .route("/v1/bdbs/{uid}/upgrade", post(actions::upgrade))
+        .route("/v1/crdbs", get(crdbs::list).post(crdb_tasks::create))
+        .route("/v1/crdbs/local", post(crdbs::create_local))
+        .route(
+            "/v1/crdbs/{guid}",
+            get(crdbs::get)
+                .delete(crdb_tasks::delete)
+                .patch(crdb_tasks::update),
+        )
+        .route(
+            "/v1/crdbs/{guid}/local",
+            patch(crdbs::update_local).delete(crdbs::delete_local),
+        )
+        .route("/v1/crdbs/{guid}/updates", post(crdb_tasks::updates))
+        .route("/v1/crdbs/{guid}/flush", put(crdb_tasks::flush))
+        .route("/v1/crdbs/{guid}/flush/local", put(crdbs::flush_local))
+        .route(
+            "/v1/crdbs/{guid}/health_report",
+            get(crdb_tasks::health_report),
+        )
+        .route("/v1/crdb_tasks", get(crdb_tasks::list_tasks))
+        .route("/v1/crdb_tasks/{id}", get(crdb_tasks::get_task))
         .route("/v1/actions", get(actions::list))
         .route("/v1/actions/{uid}", get(actions::get_action))
         .route("/v1/actions/{uid}/cancel", post(actions::cancel))
@@ -104,6 +140,13 @@ pub fn router(context: ApiContext) -> Router {
             "/v1/cluster/actions/change_master",
             post(lifecycle::change_master),
         )
+        .route("/v1/crdbs/{guid}/ops", get(crdb_sync::ops))
+        .route("/v1/crdbs/{guid}/state", get(crdb_sync::state))
+        .route(
+            "/v1/crdbs/{guid}/crdt_sources",
+            get(crdb_sync::crdb_sources),
+        )
+        .route("/v1/crdt_sources", get(crdb_sync::sources))
         .route("/v1/nodes/status", get(handlers::get_nodes_status))
         .route("/v1/nodes/{uid}", get(handlers::get_node))
         .route("/v1/nodes/{uid}/check", get(checks::node_check))

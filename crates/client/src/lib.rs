@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use flotilla_model::rest::{
     ActionInfo, BdbCreate, BdbInfo, BdbUpdate, BdbUpgrade, BootstrapCluster, BootstrapCredentials,
-    BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, ErrorBody, Health, NodeInfo,
-    NodesStatus, ShardInfo, BOOTSTRAP_TOKEN_FILE, BOOTSTRAP_TOKEN_HEADER,
+    BootstrapRequest, BootstrapResult, ClusterInfo, ClusterUpdate, CrdbCreateRequest,
+    CrdbHealthReport, CrdbInfo, CrdbLocalCreate, CrdbLocalUpdate, CrdbTask, CrdbUpdateRequest,
+    CrdbUpdates, ErrorBody, Health, NodeInfo, NodesStatus, ShardInfo, BOOTSTRAP_TOKEN_FILE,
+    BOOTSTRAP_TOKEN_HEADER,
 };
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -137,6 +139,22 @@ impl Client {
             .build()
             .map_err(|e| e.to_string())?;
         Ok(self)
+    }
+
+    /// A client for another cluster's REST API at `url` (a CRDB's peer): basic auth with
+    /// `username`/`password`, and for an `https://` URL trusting only that cluster's CA
+    /// (`ca_pem`).
+    pub fn for_cluster(
+        url: &str,
+        username: &str,
+        password: &str,
+        ca_pem: &str,
+    ) -> Result<Self, String> {
+        let client = Client::new(url, Some(username.into()), Some(password.into()));
+        match url.starts_with("https://") {
+            true => client.trusting(ca_pem),
+            false => Ok(client),
+        }
     }
 
     /// This client, sending `token` with its bootstrap calls (create and join): a fresh node
@@ -355,6 +373,101 @@ impl Client {
         Ok(())
     }
 
+    /// `GET /v1/crdbs`: the CRDBs this cluster has an instance of.
+    pub async fn crdbs(&self) -> Result<Vec<CrdbInfo>, ClientError> {
+        self.get("/v1/crdbs").await
+    }
+
+    /// `GET /v1/crdbs/{guid}`.
+    pub async fn crdb(&self, guid: &str) -> Result<CrdbInfo, ClientError> {
+        self.get(&format!("/v1/crdbs/{guid}")).await
+    }
+
+    /// `POST /v1/crdbs/local`: makes this cluster's instance of a CRDB (what a coordinator asks
+    /// of every participating cluster).
+    pub async fn create_local_crdb(
+        &self,
+        request: &CrdbLocalCreate,
+    ) -> Result<CrdbInfo, ClientError> {
+        self.call(Method::POST, "/v1/crdbs/local", Some(request))
+            .await
+    }
+
+    /// `DELETE /v1/crdbs/{guid}/local`: deletes this cluster's instance only.
+    pub async fn delete_local_crdb(&self, guid: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/crdbs/{guid}/local");
+        let _: serde_json::Value = self.call::<(), _>(Method::DELETE, &path, None).await?;
+        Ok(())
+    }
+
+    /// `POST /v1/crdbs`: asks this cluster to coordinate a new CRDB; answers its task.
+    pub async fn create_crdb(&self, request: &CrdbCreateRequest) -> Result<CrdbTask, ClientError> {
+        self.call(Method::POST, "/v1/crdbs", Some(request)).await
+    }
+
+    /// `DELETE /v1/crdbs/{guid}`: deletes every instance; answers the task.
+    pub async fn delete_crdb(&self, guid: &str) -> Result<CrdbTask, ClientError> {
+        let path = format!("/v1/crdbs/{guid}");
+        self.call::<(), _>(Method::DELETE, &path, None).await
+    }
+
+    /// `PATCH /v1/crdbs/{guid}/local`: changes this cluster's instance only.
+    pub async fn update_local_crdb(
+        &self,
+        guid: &str,
+        update: &CrdbLocalUpdate,
+    ) -> Result<CrdbInfo, ClientError> {
+        let path = format!("/v1/crdbs/{guid}/local");
+        self.call(Method::PATCH, &path, Some(update)).await
+    }
+
+    /// `PATCH /v1/crdbs/{guid}`: changes every instance (`crdb update`); answers the task.
+    pub async fn update_crdb(
+        &self,
+        guid: &str,
+        update: &CrdbUpdateRequest,
+    ) -> Result<CrdbTask, ClientError> {
+        let path = format!("/v1/crdbs/{guid}");
+        self.call(Method::PATCH, &path, Some(update)).await
+    }
+
+    /// `POST /v1/crdbs/{guid}/updates`: adds or removes instances; answers the task.
+    pub async fn update_crdb_instances(
+        &self,
+        guid: &str,
+        updates: &CrdbUpdates,
+    ) -> Result<CrdbTask, ClientError> {
+        let path = format!("/v1/crdbs/{guid}/updates");
+        self.call(Method::POST, &path, Some(updates)).await
+    }
+
+    /// `PUT /v1/crdbs/{guid}/flush/local`: flushes this cluster's instance only.
+    pub async fn flush_local_crdb(&self, guid: &str) -> Result<serde_json::Value, ClientError> {
+        let path = format!("/v1/crdbs/{guid}/flush/local");
+        self.call::<(), _>(Method::PUT, &path, None).await
+    }
+
+    /// `PUT /v1/crdbs/{guid}/flush`: flushes every instance; answers the task.
+    pub async fn flush_crdb(&self, guid: &str) -> Result<CrdbTask, ClientError> {
+        let path = format!("/v1/crdbs/{guid}/flush");
+        self.call::<(), _>(Method::PUT, &path, None).await
+    }
+
+    /// `GET /v1/crdbs/{guid}/health_report`.
+    pub async fn crdb_health(&self, guid: &str) -> Result<CrdbHealthReport, ClientError> {
+        self.get(&format!("/v1/crdbs/{guid}/health_report")).await
+    }
+
+    /// `GET /v1/crdb_tasks/{id}`.
+    pub async fn crdb_task(&self, id: &str) -> Result<CrdbTask, ClientError> {
+        self.get(&format!("/v1/crdb_tasks/{id}")).await
+    }
+
+    /// `GET /v1/crdb_tasks`.
+    pub async fn crdb_tasks(&self) -> Result<Vec<CrdbTask>, ClientError> {
+        self.get("/v1/crdb_tasks").await
+    }
+
     /// `GET /v1/shards`.
     pub async fn shards(&self) -> Result<Vec<ShardInfo>, ClientError> {
         self.get("/v1/shards").await
@@ -457,6 +570,15 @@ impl Client {
     pub async fn resume_action(&self, uid: u64) -> Result<ActionInfo, ClientError> {
         let path = format!("/v1/actions/{uid}/resume");
         self.call::<(), _>(Method::POST, &path, None).await
+    }
+
+    /// `GET /v1/crdt_sources`: the Active-Active links whose pullers run on this node (a
+    /// shard's pullers run on its master's node: ask every node for the whole cluster, e.g.
+    /// with [`Client::for_node`]).
+    pub async fn crdt_sources(
+        &self,
+    ) -> Result<Vec<flotilla_model::crdb_sync::SourceReport>, ClientError> {
+        self.get("/v1/crdt_sources").await
     }
 
     /// A client for another node's REST API (same port, credentials and settings), for the

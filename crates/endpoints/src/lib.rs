@@ -22,8 +22,8 @@ use std::time::Duration;
 use flotilla_model::timing::HOLD_TIMEOUT;
 use flotilla_model::{Bdb, BdbUid, ClusterState, EngineCredentials, ADMIN_USER, PROXY_USER};
 use flotilla_proxy::{
-    EndpointControl, EndpointStats, EndpointTls, ProxyOptions, ShardLogin, SlotMap, StatsSnapshot,
-    Topology, SLOT_COUNT,
+    CrdtInstance, EndpointControl, EndpointStats, EndpointTls, ProxyOptions, ShardLogin, SlotMap,
+    StatsSnapshot, Topology, SLOT_COUNT,
 };
 use flotilla_store::{project, publish_if_changed, StateFeed, Wakes};
 use tokio::net::TcpListener;
@@ -82,7 +82,11 @@ pub fn topology_of(state: &ClusterState, bdb: &Bdb) -> Option<Topology> {
         .with_shard_login(login)
         .with_admin_login(admin_login(&credentials))
         .with_uids(bdb.uid, uids)
-        .ok()?;
+        .ok()?
+        .with_crdt(bdb.spec.crdt.as_ref().map(|c| CrdtInstance {
+            replica_id: c.crdt_replica_id,
+            protocol_version: c.crdt_protocol_version,
+        }));
     for (index, shard) in primaries.iter().enumerate() {
         if shard.held {
             topology = topology

@@ -9,7 +9,7 @@ use flotilla_client::Client;
 use flotilla_model::rest::{ActionInfo, ClusterUpdate};
 use flotilla_model::{ActionKind, MaintenanceOffRequest, MaintenanceOnRequest, ShardMove};
 
-use crate::{action, check, daemon, db, dev, package, status, upgrade};
+use crate::{action, check, crdb, daemon, db, dev, package, status, upgrade};
 
 /// Flotilla: Redis-compatible databases on a cluster of machines, upgraded without downtime.
 #[derive(Parser)]
@@ -90,6 +90,9 @@ pub enum Command {
     /// Create, list, show, change and delete databases.
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// Active-Active databases across clusters (like Redis Software's `crdb-cli crdb`).
+    #[command(subcommand)]
+    Crdb(crdb::CrdbCommand),
     /// Follow and cancel long operations.
     #[command(subcommand)]
     Action(action::ActionCommand),
@@ -322,6 +325,7 @@ impl Cli {
             }
             Command::Action(command) => action::run(&self.conn.client(), command).await,
             Command::Db(command) => db::run(&self.conn.client(), command).await,
+            Command::Crdb(command) => crdb::run(&self.conn, command).await,
             Command::Status(args) => status::run(&self.conn.client(), args).await,
             Command::Dev(command) => dev::run(&self.conn, command).await,
             Command::Loadcheck(args) => loadcheck(args).await,

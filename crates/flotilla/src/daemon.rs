@@ -616,7 +616,9 @@ async fn start_back(
     let rpc_router = flotilla_store::rpc::router(store.clone())
         .merge(observer.router())
         .merge(flotilla_api::internal_router(store.clone(), local.clone()));
-    let api = ApiContext::new(store.clone(), observer.clone(), node.clone(), local);
+    let sync_sources = flotilla_syncer::SyncSources::default();
+    let api = ApiContext::new(store.clone(), observer.clone(), node.clone(), local)
+        .with_sync_sources(sync_sources.clone());
     spawn(
         tasks,
         serve_rpc(
@@ -670,12 +672,29 @@ async fn start_back(
     );
     let observed_shards = agent.observed_shards();
     spawn(tasks, agent.run(stop.clone()));
+    // Active-Active: pull every peer instance's ops into the local masters on this node.
+    spawn(
+        tasks,
+        flotilla_syncer::run(
+            store.state_feed(),
+            args.addr,
+            sync_sources.clone(),
+            stop.clone(),
+        ),
+    );
     let metrics_source = {
         let (store, stats, shards) = (store.clone(), stats.clone(), observed_shards.clone());
         move || {
             let endpoints = flotilla_endpoints::stats_snapshots(&stats);
             let node_uid = store.uid().unwrap_or(0);
-            flotilla_metrics::sample_of(&store.state(), node_uid, &endpoints, &shards.snapshot())
+            let mut sample = flotilla_metrics::sample_of(
+                &store.state(),
+                node_uid,
+                &endpoints,
+                &shards.snapshot(),
+            );
+            sample.syncers = syncer_samples(&sync_sources);
+            sample
         }
     };
     let metrics = serving(&services.metrics)?;
@@ -697,6 +716,24 @@ async fn start_back(
         ),
     );
     Ok(removed)
+}
+
+/// The Active-Active links whose pullers run on this node, as metrics show them.
+fn syncer_samples(sources: &flotilla_syncer::SyncSources) -> Vec<flotilla_metrics::SyncerSample> {
+    sources
+        .reports(flotilla_model::now_millis())
+        .into_iter()
+        .map(|r| flotilla_metrics::SyncerSample {
+            bdb_uid: r.bdb_uid,
+            source: format!("{}/{}", r.peer_cluster, r.peer_instance_id),
+            shard: r.shard,
+            status: r.status_code,
+            lag_ms: r.lag,
+            ops_lag: r.ops_lag,
+            full_syncs: r.crdt_sync_full,
+            partial_syncs: r.crdt_sync_partial_ok,
+        })
+        .collect()
 }
 
 /// The token metrics scrapes must carry, from `--metrics-token-file` (none: metrics are open).

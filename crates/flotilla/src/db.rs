@@ -73,6 +73,11 @@ pub enum DbCommand {
         /// Restart even when the database already runs the target engine.
         #[arg(long)]
         force_restart: bool,
+        /// For an instance of an Active-Active database: keep its CRDB protocol version (by
+        /// default it moves to the newest this cluster speaks once the engine upgrade finished;
+        /// a newer protocol stalls its writes to older instances until they are upgraded).
+        #[arg(long)]
+        keep_crdt_protocol_version: bool,
         /// Return at once instead of following the action.
         #[arg(long)]
         no_wait: bool,
@@ -277,6 +282,7 @@ pub async fn run(client: &Client, command: DbCommand) -> Result<()> {
             discard_data,
             force_discard,
             force_restart,
+            keep_crdt_protocol_version,
             no_wait,
         } => {
             let bdb = client.find_bdb(&db).await?;
@@ -287,6 +293,7 @@ pub async fn run(client: &Client, command: DbCommand) -> Result<()> {
                 may_discard_data: discard_data,
                 force_discard,
                 force_restart,
+                keep_crdt_protocol_version,
             };
             let action = client.upgrade_bdb(bdb.uid, &request).await?;
             println!(

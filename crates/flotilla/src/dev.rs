@@ -103,15 +103,22 @@ pub struct UpArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 3)]
     pub nodes: u8,
+    /// Which of several dev clusters side by side (e.g. the instances of an Active-Active
+    /// database): cluster N's node 1 binds 127.0.0.(10N+1) and its nodes live in
+    /// `.flotilla-dev-N` (cluster 1 is the default one: 127.0.0.11, `.flotilla-dev`).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=23), conflicts_with_all = ["dir", "base_addr"])]
+    pub cluster: Option<u8>,
     /// Folder holding the nodes' data dirs.
     #[arg(long, default_value_os_t = default_dev_dir())]
     pub dir: PathBuf,
     /// Address of node 1; node N gets the address N-1 above it.
     #[arg(long, default_value = "127.0.0.11")]
     pub base_addr: Ipv4Addr,
-    /// Cluster name.
-    #[arg(long, default_value = "flotilla.local")]
-    pub name: String,
+    /// Cluster name (default: `flotilla.local` at the default address, else one naming the
+    /// address, e.g. `flotilla-0-21.local` for 127.0.0.21, so that clusters side by side, e.g.
+    /// the instances of an Active-Active database, have different names).
+    #[arg(long)]
+    pub name: Option<String>,
     /// Run the nodes from this package (folder or .tar.gz), installed into DIR/packages, as
     /// machines with that version installed would; by default they run this binary.
     #[arg(long)]
@@ -127,9 +134,39 @@ pub struct UpArgs {
     pub http_port: Option<u16>,
 }
 
+impl UpArgs {
+    /// The cluster's name: `--name`, or one from the base address (see the flag).
+    pub fn cluster_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let [_, _, c, d] = self.base_addr.octets();
+        match self.base_addr == DEFAULT_BASE_ADDR {
+            true => "flotilla.local".into(),
+            false => format!("flotilla-{c}-{d}.local"),
+        }
+    }
+}
+
+/// Node 1's address in a dev cluster unless `--base-addr` says otherwise.
+const DEFAULT_BASE_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+
+/// Node 1's address and the nodes' folder of dev cluster `n` (`dev up --cluster N`).
+pub fn dev_cluster_place(n: u8) -> (Ipv4Addr, PathBuf) {
+    let base = Ipv4Addr::new(127, 0, 0, 10 * n + 1);
+    let dir = match n {
+        1 => default_dev_dir(),
+        n => PathBuf::from(format!("{}-{n}", default_dev_dir().display())),
+    };
+    (base, dir)
+}
+
 /// Arguments of `flotilla dev down`.
 #[derive(Args)]
 pub struct DownArgs {
+    /// The dev cluster, as `dev up --cluster N` started it.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=23), conflicts_with = "dir")]
+    pub cluster: Option<u8>,
     /// Folder holding the nodes' data dirs.
     #[arg(long, default_value_os_t = default_dev_dir())]
     pub dir: PathBuf,
@@ -346,7 +383,10 @@ fn node_dir(dir: &Path, n: u8) -> PathBuf {
     dir.join(format!("node-{n}"))
 }
 
-async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
+async fn up(conn: &Connection, mut args: UpArgs) -> Result<()> {
+    if let Some(n) = args.cluster {
+        (args.base_addr, args.dir) = dev_cluster_place(n);
+    }
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -393,7 +433,9 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
         }
         let client = client.with_bootstrap_token(read_bootstrap_token(node.data_dir));
         if i == 0 {
-            client.create_cluster(&args.name, &user, &password).await?;
+            client
+                .create_cluster(&args.cluster_name(), &user, &password)
+                .await?;
         } else {
             client
                 .join_cluster(std::slice::from_ref(&first), &user, &password)
@@ -408,7 +450,7 @@ async fn up(conn: &Connection, args: UpArgs) -> Result<()> {
     wait_started(&clients, &nodes).await?;
     println!(
         "cluster '{}' is up with {} nodes in {:.1} s",
-        args.name,
+        args.cluster_name(),
         nodes.len(),
         started.elapsed().as_secs_f64()
     );
@@ -680,7 +722,10 @@ async fn wait_nodes(clients: &[Client], fits: impl Fn(usize) -> bool, what: &str
     }
 }
 
-async fn down(args: DownArgs) -> Result<()> {
+async fn down(mut args: DownArgs) -> Result<()> {
+    if let Some(n) = args.cluster {
+        args.dir = dev_cluster_place(n).1;
+    }
     let mut stopped = 0;
     for entry in
         std::fs::read_dir(&args.dir).with_context(|| format!("reading {}", args.dir.display()))?

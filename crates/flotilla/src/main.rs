@@ -4,6 +4,7 @@
 mod action;
 mod check;
 mod cli;
+mod crdb;
 mod daemon;
 mod db;
 mod dev;

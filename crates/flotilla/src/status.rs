@@ -60,6 +60,7 @@ fn issues(
                 db.uid, db.name, db.redis_version, cluster.default_redis_version, db.name
             ));
         }
+        found.extend(old_crdt_versions(cluster, db));
     }
     found.extend(faults(&[], shards));
     found
@@ -189,6 +190,12 @@ pub async fn run(client: &Client, args: StatusArgs) -> Result<()> {
             db.uid, db.name, db.redis_version, cluster.default_redis_version
         );
     }
+    for line in databases
+        .iter()
+        .flat_map(|db| old_crdt_versions(&cluster, db))
+    {
+        println!("{line}");
+    }
     Ok(())
 }
 
@@ -198,4 +205,40 @@ fn os_text(node: &flotilla_model::rest::NodeInfo) -> String {
         "" => node.os.clone(),
         id => format!("{} [{id}]", node.os),
     }
+}
+
+/// The `OLD CRDB PROTOCOL VERSION` / `OLD CRDB FEATURESET VERSION` flags of a database that is
+/// a CRDB instance running an older protocol or feature set than this cluster's software
+/// knows (Redis Software's `rladmin status` flags), each with the command that moves it.
+fn old_crdt_versions(
+    cluster: &flotilla_model::rest::ClusterInfo,
+    db: &flotilla_model::rest::BdbInfo,
+) -> Vec<String> {
+    let Some(crdt) = &db.crdt else {
+        return vec![];
+    };
+    let mut flags = Vec::new();
+    let newest_protocol = cluster
+        .crdt_supported_protocol_versions
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0);
+    if crdt.crdt_protocol_version < newest_protocol {
+        flags.push(format!(
+            "db:{} {}: OLD CRDB PROTOCOL VERSION {} (this cluster speaks {newest_protocol}): `flotilla db upgrade {}`",
+            db.uid, db.name, crdt.crdt_protocol_version, db.name
+        ));
+    }
+    if crdt.crdt_featureset_version < cluster.crdt_supported_featureset_version {
+        flags.push(format!(
+            "db:{} {}: OLD CRDB FEATURESET VERSION {} (this cluster knows {}): `flotilla crdb update --crdb-guid {} --featureset-version true` once every instance runs the newest protocol",
+            db.uid,
+            db.name,
+            crdt.crdt_featureset_version,
+            cluster.crdt_supported_featureset_version,
+            crdt.crdt_guid
+        ));
+    }
+    flags
 }

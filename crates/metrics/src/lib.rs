@@ -29,6 +29,14 @@
 //! | `flotilla_shard_role_master` | gauge (1/0) | `shard`, `bdb`, `node`, `role` |
 //! | `flotilla_shard_used_memory_bytes` | gauge | `shard`, `bdb`, `node`, `role` |
 //! | `flotilla_shard_repl_offset` | gauge | `shard`, `bdb`, `node`, `role` |
+//! | `flotilla_database_syncer_lag_ms` | gauge | `bdb`, `syncer_type` (`crdt`), `source`, `shard` |
+//! | `flotilla_bdb_crdt_syncer_status` | gauge (0 in sync, 1 syncing, 2 out of sync) | `bdb`, `source`, `shard` |
+//! | `flotilla_bdb_crdt_syncer_ops_lag` | gauge | `bdb`, `source`, `shard` |
+//! | `flotilla_crdt_sync_full_total` | counter | `bdb`, `source`, `shard` |
+//! | `flotilla_crdt_sync_partial_ok_total` | counter | `bdb`, `source`, `shard` |
+//!
+//! The syncer families keep Redis Software's names (after the prefix); a link's series come
+//! from the node that runs its puller (the node of the shard's local master).
 //!
 //! The `role` label and the name `flotilla_shard_role_master` keep Redis Software's words
 //! (`master` for a primary shard, `slave` for a replica), as the REST API's values do.
@@ -41,7 +49,9 @@ mod sample;
 pub use http::{router, router_with_token, serve, METRICS_PATH};
 pub use project::sample_of;
 pub use render::{render, CONTENT_TYPE};
-pub use sample::{Bucket, DbSample, Histogram, NodeSample, Sample, ShardRole, ShardSample};
+pub use sample::{
+    Bucket, DbSample, Histogram, NodeSample, Sample, ShardRole, ShardSample, SyncerSample,
+};
 
 /// The port Redis Software (and so Flotilla) serves metrics on, on every node.
 pub const DEFAULT_PORT: u16 = 8070;

@@ -57,6 +57,7 @@ pub fn sample_of(
         node: NodeSample { node_uid },
         dbs,
         shards,
+        syncers: Vec::new(),
     }
 }
 

@@ -5,7 +5,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::sample::{DbSample, Sample, ShardSample};
+use crate::sample::{DbSample, Sample, ShardSample, SyncerSample};
 use crate::MetricsError;
 
 /// The content type of [`render`]'s output (OpenMetrics text 1.0.0, which Prometheus accepts).
@@ -31,7 +31,8 @@ impl Collector for SampleCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         encode_node(&mut encoder, &self.0)?;
         encode_dbs(&mut encoder, &self.0.dbs)?;
-        encode_shards(&mut encoder, &self.0.shards)
+        encode_shards(&mut encoder, &self.0.shards)?;
+        encode_syncers(&mut encoder, &self.0.syncers)
     }
 }
 
@@ -212,6 +213,72 @@ fn shard_gauge(
             .encode_gauge(&value(shard))?;
     }
     Ok(())
+}
+
+/// One syncer metric family: name, help, and the value of a link.
+type SyncerFamily = (&'static str, &'static str, fn(&SyncerSample) -> u64);
+
+fn encode_syncers(
+    encoder: &mut DescriptorEncoder,
+    syncers: &[SyncerSample],
+) -> Result<(), std::fmt::Error> {
+    let help = "Active-Active replication lag from a peer instance in ms (0 when caught up).";
+    let mut lag =
+        encoder.encode_descriptor("database_syncer_lag_ms", help, None, MetricType::Gauge)?;
+    for syncer in syncers {
+        let mut labels = syncer_labels(syncer);
+        labels.insert(1, ("syncer_type", "crdt".to_string()));
+        lag.encode_family(&labels)?.encode_gauge(&syncer.lag_ms)?;
+    }
+    let gauges: [SyncerFamily; 2] = [
+        (
+            "bdb_crdt_syncer_status",
+            "Active-Active syncer status: 0 in sync, 1 syncing, 2 out of sync.",
+            |s| u64::from(s.status),
+        ),
+        (
+            "bdb_crdt_syncer_ops_lag",
+            "Ops a peer instance logged that are not applied here yet.",
+            |s| s.ops_lag,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for syncer in syncers {
+            metric
+                .encode_family(&syncer_labels(syncer))?
+                .encode_gauge(&value(syncer))?;
+        }
+    }
+    let counters: [SyncerFamily; 2] = [
+        (
+            "crdt_sync_full",
+            "Full state transfers from a peer instance (past its backlog).",
+            |s| s.full_syncs,
+        ),
+        (
+            "crdt_sync_partial_ok",
+            "Resumptions from the stored position without a full transfer.",
+            |s| s.partial_syncs,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for syncer in syncers {
+            metric
+                .encode_family(&syncer_labels(syncer))?
+                .encode_counter::<NoLabelSet, _, u64>(&value(syncer), None)?;
+        }
+    }
+    Ok(())
+}
+
+fn syncer_labels(syncer: &SyncerSample) -> Labels {
+    vec![
+        ("bdb", syncer.bdb_uid.to_string()),
+        ("source", escape(&syncer.source)),
+        ("shard", syncer.shard.to_string()),
+    ]
 }
 
 fn db_labels(db: &DbSample) -> Labels {

@@ -9,6 +9,8 @@ pub struct Sample {
     pub dbs: Vec<DbSample>,
     /// Shards (engine processes) running on this node.
     pub shards: Vec<ShardSample>,
+    /// Active-Active syncer links whose puller runs on this node.
+    pub syncers: Vec<SyncerSample>,
 }
 
 /// The node serving the metrics endpoint.
@@ -84,6 +86,28 @@ pub struct ShardSample {
     pub used_memory_bytes: u64,
     /// The engine's replication offset (`master_repl_offset` or `slave_repl_offset`).
     pub repl_offset: u64,
+}
+
+/// One Active-Active syncer link: the local instance's shard `shard` pulling peer `source`
+/// (Redis Software's `database_syncer_lag_ms{syncer_type="crdt"}` and `bdb_crdt_syncer_status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncerSample {
+    /// The local database (`bdb` label).
+    pub bdb_uid: u64,
+    /// The peer instance pulled from (`source` label: its cluster name and instance id).
+    pub source: String,
+    /// The shard index (`shard` label).
+    pub shard: u16,
+    /// 0 in sync, 1 syncing, 2 out of sync.
+    pub status: u8,
+    /// Lag in ms (0 when caught up).
+    pub lag_ms: u64,
+    /// Ops the peer logged that are not applied yet.
+    pub ops_lag: u64,
+    /// Full state transfers (`crdt_sync_full`).
+    pub full_syncs: u64,
+    /// Resumptions without a full transfer (`crdt_sync_partial_ok`).
+    pub partial_syncs: u64,
 }
 
 /// A shard's replication role. Its label value keeps Redis Software's words (`master`,

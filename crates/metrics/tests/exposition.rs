@@ -3,7 +3,7 @@
 mod common;
 
 use flotilla_metrics::{
-    render, Bucket, DbSample, Histogram, NodeSample, Sample, ShardRole, ShardSample,
+    render, Bucket, DbSample, Histogram, NodeSample, Sample, ShardRole, ShardSample, SyncerSample,
 };
 
 fn cache_db() -> DbSample {
@@ -55,6 +55,16 @@ fn sample() -> Sample {
             shard(3, ShardRole::Primary, true),
             shard(4, ShardRole::Replica, false),
         ],
+        syncers: vec![SyncerSample {
+            bdb_uid: 1,
+            source: "east/2".into(),
+            shard: 0,
+            status: 1,
+            lag_ms: 850,
+            ops_lag: 12,
+            full_syncs: 1,
+            partial_syncs: 3,
+        }],
     }
 }
 
@@ -145,4 +155,17 @@ fn an_empty_node_still_renders_its_info_and_eof() {
     assert_eq!(e.value("flotilla_node_info", &[("node", "0")]), 1.0);
     assert!(e.all("flotilla_bdb_requests_total").is_empty());
     assert_eq!(e.types["flotilla_shard_up"], "gauge");
+}
+
+#[test]
+fn syncer_metrics_keep_redis_softwares_names() {
+    let e = common::parse(&render(sample()).unwrap());
+    let link = [("bdb", "1"), ("source", "east/2"), ("shard", "0")];
+    let lag = [("bdb", "1"), ("syncer_type", "crdt"), ("source", "east/2")];
+    assert_eq!(e.value("flotilla_database_syncer_lag_ms", &lag), 850.0);
+    assert_eq!(e.types["flotilla_database_syncer_lag_ms"], "gauge");
+    assert_eq!(e.value("flotilla_bdb_crdt_syncer_status", &link), 1.0);
+    assert_eq!(e.value("flotilla_bdb_crdt_syncer_ops_lag", &link), 12.0);
+    assert_eq!(e.value("flotilla_crdt_sync_full_total", &link), 1.0);
+    assert_eq!(e.value("flotilla_crdt_sync_partial_ok_total", &link), 3.0);
 }

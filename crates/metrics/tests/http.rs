@@ -20,6 +20,7 @@ fn source(requests: Arc<AtomicU64>) -> impl Fn() -> Sample + Send + Sync + 'stat
             ..DbSample::default()
         }],
         shards: vec![],
+        syncers: vec![],
     }
 }
 

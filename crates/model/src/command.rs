@@ -103,6 +103,16 @@ pub enum Command {
     /// rotate`): every node asks for one and takes it into use without a restart. Introduced
     /// in 0.2.0.
     RotateNodeCertificates(CertificateRotation),
+    /// Creates this cluster's instance of an Active-Active database in one step: the local
+    /// database (its `spec.crdt` set, shards placed as for `CreateDb`) and the CRDB it belongs
+    /// to. Introduced in 0.2.0.
+    CreateCrdb(CrdbCreation),
+    /// Changes a CRDB: its instances, removed (ghost) instance ids, feature set version, or the
+    /// local instance's protocol version. Introduced in 0.2.0.
+    UpdateCrdb(CrdbChange),
+    /// Deletes this cluster's instance of a CRDB: the CRDB record, the local database and its
+    /// shards. Introduced in 0.2.0.
+    DeleteCrdb(CrdbDeletion),
     /// A command kind this software version does not know; applying it changes nothing.
     #[serde(other)]
     Unknown,
@@ -135,6 +145,46 @@ pub struct NodeCertificateIssue {
     /// Its certificate.
     #[serde(flatten)]
     pub certificate: crate::state::NodeCertificate,
+}
+
+/// [`Command::CreateCrdb`]: the CRDB as this cluster keeps it, its local database and where
+/// that database's shards go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrdbCreation {
+    /// The CRDB (its `local_bdb_uid` is set by the store to the database it creates).
+    pub crdb: crate::crdb::Crdb,
+    /// The local database; its `crdt` names the CRDB and the local instance.
+    pub bdb: BdbSpec,
+    /// Creation time, seconds since the epoch.
+    pub created_at: u64,
+    /// Where each of the database's shards goes.
+    pub shards: Vec<ShardPlan>,
+}
+
+/// [`Command::UpdateCrdb`]: what changes on a CRDB; `None` fields stay as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrdbChange {
+    /// The CRDB's GUID.
+    pub guid: String,
+    /// Its instances from now on (instances added or removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<crate::crdb::CrdbInstance>>,
+    /// Removed instance ids to add to `ghost_instance_ids` (their ops are refused from then on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ghost_instance_ids: Vec<crate::crdb::CrdtReplicaId>,
+    /// The CRDB's new feature set version (also the local database's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub featureset_version: Option<u16>,
+    /// The local instance's new protocol version (its database's `crdt_protocol_version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crdt_protocol_version: Option<u16>,
+}
+
+/// [`Command::DeleteCrdb`]: the CRDB whose local instance goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrdbDeletion {
+    /// The CRDB's GUID.
+    pub guid: String,
 }
 
 /// [`Command::RotateNodeCertificates`]: nothing but the order itself.
@@ -588,6 +638,9 @@ mod tests {
             Command::SetClusterCa(_) => "set_cluster_ca",
             Command::SetNodeCertificate(_) => "set_node_certificate",
             Command::RotateNodeCertificates(_) => "rotate_node_certificates",
+            Command::CreateCrdb(_) => "create_crdb",
+            Command::UpdateCrdb(_) => "update_crdb",
+            Command::DeleteCrdb(_) => "delete_crdb",
             Command::Unknown => "unknown",
         }
     }
@@ -656,6 +709,11 @@ mod tests {
         r#"{"kind":"create_bdb","bdb":{"name":"db1","port":12000,"memory_size":104857600,"shards_count":2,"replication":true,"data_persistence":"aof","redis_version":"redis-7.0","authentication_redis_pass":null,"authentication_redis_pass_sha256":"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8","max_connections":100,"client_timeout":300},"created_at":1700000001,"shards":[{"node_uid":1,"role":"master","assigned_slots":"0-8191","port":20001}]}"#,
         r#"{"kind":"update_bdb","uid":1,"memory_size":null,"authentication_redis_pass":null,"tls_mode":"disabled"}"#,
         r#"{"kind":"create_bdb","bdb":{"name":"db1","port":12000,"memory_size":104857600,"shards_count":1,"replication":false,"data_persistence":"disabled","redis_version":"redis-7.0","authentication_redis_pass":null,"tls_mode":"enabled"},"created_at":1700000001,"shards":[{"node_uid":1,"role":"master","assigned_slots":"0-16383","port":20001}]}"#,
+        r#"{"kind":"create_crdb","crdb":{"guid":"2f0a4c1e-6b7d-4e59-9a43-0c8d1f2e3b4a","name":"cache","instances":[{"id":1,"cluster":{"name":"c1","urls":["https://127.0.1.11:9443"],"ca_cert":"-----BEGIN CERTIFICATE-----","username":"admin","password":"pw"}},{"id":2,"cluster":{"name":"c2","urls":["https://127.0.2.11:9443"],"ca_cert":"-----BEGIN CERTIFICATE-----","username":"admin","password":"pw"}}],"local_instance_id":2,"local_bdb_uid":0,"featureset_version":1,"shards_count":1,"ghost_instance_ids":[]},"bdb":{"name":"cache","port":12000,"memory_size":104857600,"shards_count":1,"replication":false,"data_persistence":"disabled","redis_version":"valkey-9.1","authentication_redis_pass":null,"crdt":{"crdt_guid":"2f0a4c1e-6b7d-4e59-9a43-0c8d1f2e3b4a","crdt_replica_id":2,"crdt_protocol_version":1,"crdt_featureset_version":1}},"created_at":1700000001,"shards":[{"node_uid":1,"role":"master","assigned_slots":"0-16383","port":20001}]}"#,
+        r#"{"kind":"update_crdb","guid":"2f0a4c1e-6b7d-4e59-9a43-0c8d1f2e3b4a","featureset_version":2}"#,
+        r#"{"kind":"update_crdb","guid":"2f0a4c1e-6b7d-4e59-9a43-0c8d1f2e3b4a","crdt_protocol_version":2}"#,
+        r#"{"kind":"update_crdb","guid":"2f0a4c1e-6b7d-4e59-9a43-0c8d1f2e3b4a","instances":[{"id":1,"cluster":{"name":"c1","urls":["https://127.0.1.11:9443"],"ca_cert":"-----BEGIN CERTIFICATE-----","username":"admin","password":"pw"}}],"ghost_instance_ids":[2]}"#,
+        r#"{"kind":"delete_crdb","guid":"2f0a4c1e-6b7d-4e59-9a43-0c8d1f2e3b4a"}"#,
         r#"{"kind":"create_cluster","name":"c1","credentials":{"username":"admin","password_hash":"$argon2id$v=19$x"},"secret":"s3cret","created_at":1700000000,"node":{"addr":"127.0.0.11","software_version":"0.2.0","os":"Debian GNU/Linux 12 (bookworm)"},"cluster_version":"0.2.0"}"#,
     ];
 

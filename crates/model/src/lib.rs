@@ -28,6 +28,7 @@ mod bdb;
 mod clock;
 mod command;
 pub mod crdb;
+pub mod crdb_sync;
 mod engine_users;
 mod engine_version;
 mod error;
@@ -53,12 +54,12 @@ pub use clock::{now_millis, now_secs};
 pub use command::{
     ActionCancellation, ActionCreation, ActionPruning, ActionResumption, ActionUpdate, BdbChange,
     BdbCreation, BdbDeletion, BdbVersionChange, CertificateRotation, ClusterChange,
-    ClusterCreation, ClusterVersionFinalization, Command, CommandResult, DrainRecord, NodeAddition,
-    NodeCertificateIssue, NodeChange, NodeHost, NodeRemoval, NodeReplacement, NodeSpec,
-    ReplacementAddition, ShardHold, ShardMigration, ShardPromotion, ShardRemoval, ShardReplacement,
-    ShardVersionChange, TemporaryReplicaAddition,
+    ClusterCreation, ClusterVersionFinalization, Command, CommandResult, CrdbChange, CrdbCreation,
+    CrdbDeletion, DrainRecord, NodeAddition, NodeCertificateIssue, NodeChange, NodeHost,
+    NodeRemoval, NodeReplacement, NodeSpec, ReplacementAddition, ShardHold, ShardMigration,
+    ShardPromotion, ShardRemoval, ShardReplacement, ShardVersionChange, TemporaryReplicaAddition,
 };
-pub use crdb::{BdbCrdt, Crdb, CrdbCluster, CrdbInstance, CrdtReplicaId};
+pub use crdb::{check_guid, BdbCrdt, Crdb, CrdbCluster, CrdbInstance, CrdtReplicaId};
 pub use engine_users::{EngineCredentials, EngineUsers, ADMIN_USER, PROXY_USER, REPLICATION_USER};
 pub use engine_version::{EngineVersion, UnknownEngineVersion};
 pub use error::ModelError;

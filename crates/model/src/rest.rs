@@ -9,6 +9,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::NodeUid;
 
+mod crdbs;
+
+pub use crdbs::{
+    CrdbClusterInfo, CrdbCreateRequest, CrdbCredentialsInfo, CrdbDbConfig, CrdbHealthReport,
+    CrdbInfo, CrdbInstanceHealth, CrdbInstanceInfo, CrdbInstanceRequest, CrdbLocalCreate,
+    CrdbLocalDatabase, CrdbLocalUpdate, CrdbTask, CrdbTaskError, CrdbTaskStatus, CrdbUpdateRequest,
+    CrdbUpdates,
+};
+
 /// `GET /v1/cluster`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterInfo {
@@ -36,6 +45,18 @@ pub struct ClusterInfo {
     /// a CA): what `cluster join --cluster-ca-fingerprint` checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_fingerprint: Option<String>,
+    /// The CRDB protocol versions this node's software speaks (Redis Software's field); an
+    /// instance on an older one shows `OLD CRDB PROTOCOL VERSION` in `flotilla status`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crdt_supported_protocol_versions: Vec<u16>,
+    /// The newest CRDB feature set version this node's software knows; an instance of a CRDB
+    /// on an older one shows `OLD CRDB FEATURESET VERSION`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub crdt_supported_featureset_version: u16,
+}
+
+fn is_zero(value: &u16) -> bool {
+    *value == 0
 }
 
 /// `PUT /v1/cluster`: the settings an operator may change; omitted fields stay as they are.
@@ -531,6 +552,11 @@ pub struct BdbInfo {
     pub endpoints: Vec<EndpointInfo>,
     /// The database's shard uids.
     pub shard_list: Vec<crate::ShardUid>,
+    /// When the database is one instance of a CRDB: Redis Software's `crdt_guid`,
+    /// `crdt_replica_id`, `crdt_protocol_version` and `crdt_featureset_version` (absent
+    /// otherwise, as 0.1.0 answered).
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub crdt: Option<crate::crdb::BdbCrdt>,
 }
 
 /// `GET /v1/shards`.
@@ -588,6 +614,10 @@ pub struct BdbUpgrade {
     /// Restart shards even when the database already runs the target engine.
     #[serde(default)]
     pub force_restart: bool,
+    /// For a CRDB instance: keep its CRDB protocol version (by default it moves to the newest
+    /// this cluster speaks once the engine upgrade finished).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_crdt_protocol_version: bool,
 }
 
 /// `POST /v1/shards/{uid}/actions/migrate`: where the shard goes (Redis Software's field).

@@ -63,7 +63,10 @@ impl Command {
             | Command::ExitMaintenance(_)
             | Command::SetClusterCa(_)
             | Command::SetNodeCertificate(_)
-            | Command::RotateNodeCertificates(_) => VERSIONED_RELEASE,
+            | Command::RotateNodeCertificates(_)
+            | Command::CreateCrdb(_)
+            | Command::UpdateCrdb(_)
+            | Command::DeleteCrdb(_) => VERSIONED_RELEASE,
             // The first release knows no paused action.
             Command::UpdateAction(ActionUpdate {
                 status: ActionStatus::Paused,
@@ -88,8 +91,10 @@ impl Command {
             {
                 VERSIONED_RELEASE
             }
+            // The first release would create a plain database where a CRDB instance is meant.
             Command::CreateBdb(creation)
                 if creation.bdb.authentication_redis_pass_sha256.is_some()
+                    || creation.bdb.crdt.is_some()
                     || !creation.bdb.limits.is_default()
                     || creation.bdb.tls_mode.is_enabled()
                     || !creation.bdb.config.is_empty() =>

@@ -98,6 +98,7 @@ mod client;
 mod client_line;
 mod config;
 mod control;
+mod crdt;
 mod directory;
 mod frame;
 mod handover;
@@ -139,5 +140,5 @@ pub use stats::{EndpointStats, LatencySnapshot, StatsSnapshot, LATENCY_BUCKETS_U
 pub use tls::EndpointTls;
 /// The TLS library the endpoints use, for their [`EndpointTls`] configuration.
 pub use tokio_rustls::rustls;
-pub use topology::{ShardLogin, ShardName, Topology, TopologyError};
+pub use topology::{CrdtInstance, ShardLogin, ShardName, Topology, TopologyError};
 pub use verdict::{Reason, Side, Verdict};

@@ -107,6 +107,19 @@ pub struct Topology {
     bdb_uid: Option<u64>,
     /// How CONFIG reaches the database's settings (see `admin.rs`); none outside a cluster.
     admin: Option<crate::AdminHandle>,
+    /// Set when the database is an instance of an Active-Active database: its writes go
+    /// through the CRDT layer (see `crdt.rs`).
+    crdt: Option<CrdtInstance>,
+}
+
+/// What the endpoint of an Active-Active database's instance needs to know (from its
+/// `BdbSpec.crdt`): whose writes it makes, and in which CRDB protocol version it logs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrdtInstance {
+    /// The instance id (`crdt_replica_id`).
+    pub replica_id: u16,
+    /// The CRDB protocol version the instance writes its ops in (`crdt_protocol_version`).
+    pub protocol_version: u16,
 }
 
 impl std::fmt::Debug for Topology {
@@ -123,6 +136,7 @@ impl std::fmt::Debug for Topology {
             .field("shard_uids", &self.shard_uids)
             .field("bdb_uid", &self.bdb_uid)
             .field("admin", &self.admin)
+            .field("crdt", &self.crdt)
             .finish()
     }
 }
@@ -156,6 +170,7 @@ impl Topology {
             primaries,
             bdb_uid: None,
             admin: None,
+            crdt: None,
         })
     }
 
@@ -173,6 +188,18 @@ impl Topology {
         self.shard_uids = shard_uids.into();
         self.bdb_uid = Some(bdb_uid);
         Ok(self)
+    }
+
+    /// The same topology serving an instance of an Active-Active database (`Some`), or a plain
+    /// database.
+    pub fn with_crdt(mut self, crdt: Option<CrdtInstance>) -> Self {
+        self.crdt = crdt;
+        self
+    }
+
+    /// The Active-Active instance this endpoint serves, if it is one.
+    pub fn crdt(&self) -> Option<CrdtInstance> {
+        self.crdt
     }
 
     /// The same topology logging in to the shards with `login` (an engine user).

@@ -18,6 +18,7 @@ mod error;
 mod limits;
 mod line;
 mod request;
+pub mod slot;
 mod value;
 
 pub use decode::Decoder;

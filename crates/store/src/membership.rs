@@ -333,9 +333,11 @@ impl Store {
         }))
     }
 
-    /// The CA certificate `seed` serves over TLS, `None` when it serves none (no TLS, or a
-    /// cluster without a CA). Read over an unverified connection: the caller checks it.
-    async fn seed_ca(&self, seed: &str) -> Option<String> {
+    /// The CA certificate `seed` (`ADDR:RPC_PORT` of any cluster's node) serves over TLS,
+    /// `None` when it serves none (no TLS, or a cluster without a CA). Read over an unverified
+    /// connection: the caller checks it (against `--cluster-ca-fingerprint` at a join, against
+    /// the fingerprint the cluster's REST API names when a CRDB coordinator reads a peer's).
+    pub async fn seed_ca(&self, seed: &str) -> Option<String> {
         let config = tls::unverified_client_config().ok()?;
         let client = tls::https_client(self.config().addr, config);
         let answer = client

@@ -7,7 +7,7 @@
 //! keeps the dir for inspection.
 //!
 //! [`netns::Network`] puts each node of such a cluster in its own network namespace, for
-//! partition tests.
+//! partition tests; a [`Relay`] is a TCP link between clusters that a test can cut.
 
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
@@ -19,12 +19,14 @@ use flotilla_client::Client;
 
 pub mod netns;
 mod packages;
+pub mod relay;
 mod resp_client;
 
 pub use flotilla_client::install_crypto_provider;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 pub use packages::{old_release_binary, Packages, OLD_BIN_ENV};
+pub use relay::Relay;
 pub use resp_client::RespClient;
 
 /// Kept in a cluster's environment list by [`DevCluster::up_from_package`]: the package every

@@ -143,16 +143,29 @@ impl ClusterState {
     }
 
     pub(super) fn delete_bdb(&mut self, uid: BdbUid) -> Result<CommandResult, ModelError> {
-        if self.bdbs.remove(&uid).is_none() {
+        let Some(bdb) = self.bdbs.get(&uid) else {
             return Err(ModelError::NotFound(format!(
                 "database {uid} does not exist"
             )));
+        };
+        // Deleting one instance alone would leave the CRDB naming a database that is gone.
+        if let Some(crdt) = &bdb.spec.crdt {
+            return Err(ModelError::InvalidValue(format!(
+                "database '{}' (db:{uid}) is instance {} of CRDB {}: delete the CRDB with `flotilla crdb delete --crdb-guid {}`",
+                bdb.spec.name, crdt.crdt_replica_id, crdt.crdt_guid, crdt.crdt_guid
+            )));
         }
+        self.remove_bdb(uid);
+        Ok(CommandResult::Ok)
+    }
+
+    /// Removes database `uid` (which exists) and its shards.
+    pub(super) fn remove_bdb(&mut self, uid: BdbUid) {
+        self.bdbs.remove(&uid);
         let shards: Vec<ShardUid> = self.shards_of(uid).map(|s| s.uid).collect();
         for shard in shards {
             self.shards.remove(&shard);
         }
-        Ok(CommandResult::Ok)
     }
 
     pub(super) fn set_bdb_version(

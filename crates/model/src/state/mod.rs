@@ -15,6 +15,7 @@ use crate::command::{Command, CommandResult};
 mod actions;
 mod bdbs;
 mod certificates;
+mod crdbs;
 mod nodes;
 mod shards;
 mod table;
@@ -127,6 +128,9 @@ impl ClusterState {
             Command::SetClusterCa(ca) => self.set_cluster_ca(ca),
             Command::SetNodeCertificate(issue) => self.set_node_certificate(issue),
             Command::RotateNodeCertificates(_) => self.rotate_node_certificates(),
+            Command::CreateCrdb(creation) => self.create_crdb(creation),
+            Command::UpdateCrdb(change) => self.update_crdb(change),
+            Command::DeleteCrdb(deletion) => self.delete_crdb(&deletion.guid),
             Command::Unknown => Ok(CommandResult::Ignored),
         };
         outcome.unwrap_or_else(CommandResult::Refused)

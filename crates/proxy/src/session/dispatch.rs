@@ -24,6 +24,17 @@ use super::Session;
 /// subscribes to it, so publishing there costs one replicated message.
 const OFFSET_MARKER_CHANNEL: &str = "__flotilla__:wait-offset";
 
+/// What the endpoint of an Active-Active instance does with a request (see
+/// [`Session::crdt_screen`]).
+pub(super) enum CrdtStep {
+    /// The ordinary path.
+    Pass,
+    /// Refused; the reply is queued.
+    Answered,
+    /// Runs through the CRDT layer of this instance.
+    Run(crate::topology::CrdtInstance),
+}
+
 impl Session {
     /// Routes one request: answers it, queues it in a transaction, or sends it to shards; its
     /// replies are suppressed as CLIENT REPLY asks (see [`Session::mute_replies`]).
@@ -40,7 +51,7 @@ impl Session {
     /// CLIENT REPLY: the replies queued from `queued` on are dropped while the mode (`before`
     /// the request) is OFF, or SKIP for the one request after CLIENT REPLY SKIP; CLIENT REPLY
     /// OFF/SKIP itself is not answered.
-    fn mute_replies(&mut self, queued: usize, reply_command: bool, before: ReplyMode) {
+    pub(super) fn mute_replies(&mut self, queued: usize, reply_command: bool, before: ReplyMode) {
         let mute = if reply_command {
             self.state.reply != ReplyMode::On
         } else {
@@ -52,6 +63,71 @@ impl Session {
         if mute {
             self.replies.mute_from(queued);
         }
+    }
+
+    /// On an Active-Active instance's endpoint (see `crdt.rs`): whether `request` takes the
+    /// ordinary path, was refused (answered), or runs through the CRDT layer. Only for an
+    /// authenticated client outside RESP2 subscribed mode (the ordinary path answers the
+    /// others).
+    pub(super) fn crdt_screen(&mut self, request: &Request, decision: &Decision) -> CrdtStep {
+        let Some(crdt) = self.view.current.crdt() else {
+            return CrdtStep::Pass;
+        };
+        if !self.state.authenticated || self.subs.resp2_mode(self.state.protocol) {
+            return CrdtStep::Pass;
+        }
+        match crate::crdt::screen(request, decision) {
+            crate::crdt::Screen::Pass => CrdtStep::Pass,
+            crate::crdt::Screen::Refuse(message) => {
+                self.answer_here(Value::error(message), decision);
+                CrdtStep::Answered
+            }
+            crate::crdt::Screen::Run => CrdtStep::Run(crdt),
+        }
+    }
+
+    /// Runs `request` through the CRDT layer and queues its reply. A write the shard's primary
+    /// refused `READONLY` (demoted: the script wrote nothing) runs again on the primary the next
+    /// topology names, within the hold timeout, as the ordinary path resends such writes.
+    pub(super) async fn run_crdt(
+        &mut self,
+        crdt: crate::topology::CrdtInstance,
+        request: &Request,
+        decision: &Decision,
+    ) {
+        let deadline = self.hold.deadline();
+        let reply = loop {
+            let topology = self.view.current.clone();
+            let protocol = self.state.protocol;
+            let reply = if request.name() == "INFO" {
+                let context = self.info_context(request);
+                crate::crdt::info(&topology, request, &context, protocol).await
+            } else {
+                crate::crdt::run(&topology, crdt, request, decision, protocol).await
+            };
+            if !crate::crdt::refused_readonly(&reply) {
+                break reply;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.view.changed()).await {
+                Ok(true) => {
+                    self.adopt_topology();
+                    self.links.drop_stale(&self.view.current);
+                }
+                _ => break reply,
+            }
+        };
+        self.answer_here(reply, decision);
+    }
+
+    /// Queues a reply made here for a request that bypassed [`Session::dispatch`], with what
+    /// dispatch notes of every request (last command, CLIENT REPLY muting).
+    fn answer_here(&mut self, reply: Value, decision: &Decision) {
+        let queued = self.replies.len();
+        self.state.note_command(decision.spec);
+        let mode = self.state.reply;
+        self.ready(reply);
+        self.mute_replies(queued, false, mode);
     }
 
     async fn route_request(&mut self, request: Request, decision: Decision) {

@@ -57,6 +57,7 @@ mod resend;
 mod track;
 mod transaction;
 
+use dispatch::CrdtStep;
 use hold::{Admit, HoldGate, Waited};
 use links::ShardLinks;
 use replies::{Pending, ReplyQueue, Resolver};
@@ -835,6 +836,24 @@ impl Session {
                     self.replies.push(Pending::Ready(reply, protocol, verdict));
                 }
                 Admit::Pass(request) => {
+                    match self.crdt_screen(&request, &decision) {
+                        CrdtStep::Pass => {}
+                        CrdtStep::Answered => {
+                            routed += 1;
+                            continue;
+                        }
+                        CrdtStep::Run(crdt) => {
+                            // Run at the start of a batch only, once every earlier request of
+                            // the client is answered, and before any later one is sent.
+                            if routed > 0 {
+                                self.deferred = Some(request);
+                                break;
+                            }
+                            self.run_crdt(crdt, &request, &decision).await;
+                            routed += 1;
+                            continue;
+                        }
+                    }
                     if self.links.must_leave_shared(&decision, self.state.protocol) {
                         if self.links.sent_shared() {
                             self.deferred = Some(request);
