@@ -63,6 +63,22 @@ fn bdbs(c: &DevCluster) -> Vec<Value> {
     list.as_array().cloned().expect("a list")
 }
 
+/// Waits (bounded) until `flotilla status --json` of `c` lists its CRDB links, every one in
+/// sync with no ops left to apply.
+fn wait_links_in_sync(c: &DevCluster) {
+    let mut sources = Value::Null;
+    let synced = poll_until(Duration::from_secs(30), || {
+        sources = c.json(1, &["status", "--json"])["crdt_sources"].clone();
+        sources.as_array().is_some_and(|all| {
+            !all.is_empty()
+                && all
+                    .iter()
+                    .all(|s| s["status"] == "in_sync" && s["ops_lag"] == 0)
+        })
+    });
+    assert!(synced, "every link in sync: {sources:#}");
+}
+
 /// Starts node 1 of `c` again (after a failpoint's exit); returns once it answers.
 fn restart(c: &DevCluster) {
     let mut daemon = c.start_daemon_with_env(1, &[]);
@@ -179,6 +195,35 @@ fn crdb_create_across_two_clusters_makes_both_instances_and_delete_removes_every
         let size: u64 = redis::cmd("DBSIZE").query(&mut connection).unwrap();
         assert_eq!(size, 0, "flushed");
     }
+    // The syncers go on after the flush: once every link is in sync again (`status --json`),
+    // nothing flushed came back from a peer, and a write after the flush reaches the peer.
+    wait_links_in_sync(&a);
+    wait_links_in_sync(&b);
+    for cluster in [&a, &b] {
+        let mut connection = endpoint_connection(cluster.addr(1), 12237);
+        let size: u64 = redis::cmd("DBSIZE").query(&mut connection).unwrap();
+        assert_eq!(size, 0, "nothing flushed came back once in sync");
+    }
+    let mut on_a = endpoint_connection(a.addr(1), 12237);
+    let () = redis::cmd("SET")
+        .arg("after-flush")
+        .arg("1")
+        .query(&mut on_a)
+        .unwrap();
+    let mut on_b = endpoint_connection(b.addr(1), 12237);
+    let reached = poll_until(Duration::from_secs(20), || {
+        redis::cmd("GET")
+            .arg("after-flush")
+            .query::<Option<String>>(&mut on_b)
+            .unwrap()
+            .is_some()
+    });
+    assert!(reached, "a write after the flush reaches the peer");
+    let () = redis::cmd("DEL")
+        .arg("after-flush")
+        .query::<u64>(&mut on_a)
+        .map(|_| ())
+        .unwrap();
 
     // A's instance runs an older protocol than A speaks: `status` flags it.
     assert!(status_issues(&a).contains("OLD CRDB PROTOCOL VERSION 1"));
