@@ -107,6 +107,7 @@ pub(crate) async fn upgrade(
         ));
     }
     let original_primaries = state.primaries_of(bdb_uid).iter().map(|s| s.uid).collect();
+    let raise_crdt_protocol = raised_protocol(&bdb.spec, request.keep_crdt_protocol_version);
     let kind = ActionKind::DbUpgrade {
         bdb_uid,
         redis_version: target,
@@ -114,68 +115,19 @@ pub(crate) async fn upgrade(
         parallel_shards,
         discard_data: request.may_discard_data,
         original_primaries,
+        raise_crdt_protocol,
     };
-    let crdt = bdb.spec.crdt.clone();
-    let started = start(context.clone(), kind).await?;
-    if let Some(crdt) = crdt {
-        let keep = request.keep_crdt_protocol_version;
-        tracing::info!(bdb_uid, keep_crdt_protocol_version = keep, guid = %crdt.crdt_guid, "upgrading a CRDB instance");
-        if !keep {
-            let action_uid = started.action_uid;
-            tokio::spawn(raise_protocol_after(context, action_uid, crdt.crdt_guid));
-        }
-    }
-    Ok(started)
+    start(context.clone(), kind).await
 }
 
-/// How long a CRDB instance's protocol waits for its engine upgrade to finish.
-const PROTOCOL_WAIT: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// Moves CRDB `guid`'s local instance to the newest protocol this cluster speaks once action
-/// `action_uid` (its engine upgrade) completed; nothing when it failed or was cancelled. Runs
-/// on the node that took the request: a restart of that node before the action ends leaves
-/// the protocol as it was (`crdb show` says so; `db upgrade --force-restart` raises it).
-async fn raise_protocol_after(context: ApiContext, action_uid: u64, guid: String) {
-    let ended = |state: &ClusterState| {
-        state
-            .actions
-            .get(&action_uid)
-            .is_none_or(|a| !matches!(a.status, ActionStatus::Running | ActionStatus::Paused))
-    };
-    context.store.wait_until(PROTOCOL_WAIT, ended).await;
-    let state = context.store.state();
-    let completed = state
-        .actions
-        .get(&action_uid)
-        .is_some_and(|a| a.status == ActionStatus::Completed);
-    if !completed {
-        return;
-    }
+/// The protocol version a CRDB instance's upgrade moves it to (the newest this cluster speaks,
+/// recorded in the action and raised by its `finalize` step); none for a plain database, with
+/// `--keep-crdt-protocol-version`, or when it already runs the newest.
+fn raised_protocol(spec: &flotilla_model::BdbSpec, keep: bool) -> Option<u16> {
+    let crdt = spec.crdt.as_ref()?;
+    tracing::info!(keep_crdt_protocol_version = keep, guid = %crdt.crdt_guid, "upgrading a CRDB instance");
     let newest = crate::crdbs::newest_protocol();
-    let change = flotilla_model::CrdbChange {
-        guid: guid.clone(),
-        instances: None,
-        ghost_instance_ids: vec![],
-        featureset_version: None,
-        crdt_protocol_version: Some(newest),
-    };
-    let current = state
-        .crdb(&guid)
-        .ok()
-        .and_then(|c| state.bdbs.get(&c.local_bdb_uid))
-        .and_then(|b| b.spec.crdt.as_ref())
-        .map(|c| c.crdt_protocol_version);
-    if current.is_none_or(|v| v >= newest) {
-        return;
-    }
-    match crate::crdbs::propose_crdb_change(&context, change).await {
-        Ok(()) => {
-            tracing::info!(%guid, protocol = newest, "CRDB instance moved to the newest protocol after its upgrade")
-        }
-        Err(e) => {
-            tracing::warn!(%guid, error = %e, "could not raise the CRDB instance's protocol after its upgrade")
-        }
-    }
+    (!keep && crdt.crdt_protocol_version < newest).then_some(newest)
 }
 
 /// Creates the action `kind` and answers it as `GET /v1/actions/{uid}` would: what every

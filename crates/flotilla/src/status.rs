@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 use flotilla_client::Client;
+use flotilla_model::crdb_sync::{SourceReport, SyncStatus};
 use flotilla_model::rest::{BdbInfo, ClusterInfo, NodeInfo, NodeRole, NodeStatus, ShardInfo};
 use serde::Serialize;
 
@@ -12,7 +13,8 @@ pub struct StatusArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
-    /// Show only problems: nodes not up, databases not active or on an old engine.
+    /// Show only problems: nodes not up, databases not active or on an old engine, CRDB
+    /// links out of sync.
     #[arg(long)]
     pub issues_only: bool,
 }
@@ -23,6 +25,7 @@ fn issues(
     nodes: &[NodeInfo],
     databases: &[BdbInfo],
     shards: &[ShardInfo],
+    sources: &[SourceReport],
 ) -> Vec<String> {
     let mut found = Vec::new();
     for node in nodes.iter().filter(|n| n.status != NodeStatus::Up) {
@@ -63,7 +66,74 @@ fn issues(
         found.extend(old_crdt_versions(cluster, db));
     }
     found.extend(faults(&[], shards));
+    found.extend(sync_issues(sources));
     found
+}
+
+/// The Active-Active links that are out of sync, one line each naming the database, the peer,
+/// the shard, how long, the last error and where to look.
+fn sync_issues(sources: &[SourceReport]) -> Vec<String> {
+    sources
+        .iter()
+        .filter(|s| s.status == SyncStatus::OutOfSync)
+        .map(|s| {
+            format!(
+                "db:{} crdb {}: OUT OF SYNC with instance {} ({}) on shard {} for {} ms{}: check that the peer cluster is up and reachable (`flotilla crdb health --crdb-guid {}`)",
+                s.bdb_uid,
+                s.crdb_guid,
+                s.peer_instance_id,
+                s.peer_cluster,
+                s.shard,
+                s.lag,
+                s.last_error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default(),
+                s.crdb_guid
+            )
+        })
+        .collect()
+}
+
+/// The sync sources of every node that is up (a shard's pullers run on the node of its
+/// master, and each node answers for its own); a node that does not answer adds nothing.
+async fn crdt_sources(client: &Client, nodes: &[NodeInfo]) -> Vec<SourceReport> {
+    let mut all = Vec::new();
+    for node in nodes.iter().filter(|n| n.status == NodeStatus::Up) {
+        if let Ok(sources) = client.for_node(&node.addr).crdt_sources().await {
+            all.extend(sources);
+        }
+    }
+    all.sort_by(|a, b| {
+        (a.bdb_uid, a.peer_instance_id, a.shard).cmp(&(b.bdb_uid, b.peer_instance_id, b.shard))
+    });
+    all
+}
+
+/// The `CRDB SYNC:` table: each link of each local CRDB instance, its state and lag.
+fn print_sources(sources: &[SourceReport]) {
+    println!(
+        "{:<8} {:<38} {:<16} {:<6} {:<12} {:>8} {:>8}  LAST ERROR",
+        "DB:ID", "CRDB", "PEER", "SHARD", "STATUS", "LAG(ms)", "OPS LAG"
+    );
+    for s in sources {
+        let status = match s.status {
+            SyncStatus::InSync => "in_sync",
+            SyncStatus::Syncing => "syncing",
+            SyncStatus::OutOfSync => "OUT_OF_SYNC",
+        };
+        println!(
+            "{:<8} {:<38} {:<16} {:<6} {:<12} {:>8} {:>8}  {}",
+            format!("db:{}", s.bdb_uid),
+            s.crdb_guid,
+            format!("{} ({})", s.peer_instance_id, s.peer_cluster),
+            s.shard,
+            status,
+            s.lag,
+            s.ops_lag,
+            s.last_error.as_deref().unwrap_or("")
+        );
+    }
 }
 
 /// What nodes and shards report wrong on themselves (a full data dir, a store stopped on a
@@ -95,6 +165,8 @@ struct StatusJson {
     cluster: ClusterInfo,
     nodes: Vec<NodeInfo>,
     databases: Vec<BdbInfo>,
+    /// Each Active-Active link's sync state and lag (`GET /v1/crdt_sources` of every node).
+    crdt_sources: Vec<SourceReport>,
     issues: Vec<String>,
 }
 
@@ -104,7 +176,8 @@ pub async fn run(client: &Client, args: StatusArgs) -> Result<()> {
     let nodes = client.nodes().await?;
     let databases = client.bdbs().await?;
     let shards = client.shards().await?;
-    let issues = issues(&cluster, &nodes, &databases, &shards);
+    let sources = crdt_sources(client, &nodes).await;
+    let issues = issues(&cluster, &nodes, &databases, &shards, &sources);
     if args.issues_only && !args.json {
         if issues.is_empty() {
             println!("no issues");
@@ -119,6 +192,7 @@ pub async fn run(client: &Client, args: StatusArgs) -> Result<()> {
             cluster,
             nodes,
             databases,
+            crdt_sources: sources,
             issues,
         };
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -176,6 +250,14 @@ pub async fn run(client: &Client, args: StatusArgs) -> Result<()> {
     println!();
     println!("DATABASES:");
     crate::db::print_table(&databases);
+    if !sources.is_empty() {
+        println!();
+        println!("CRDB SYNC:");
+        print_sources(&sources);
+    }
+    for line in sync_issues(&sources) {
+        println!("{line}");
+    }
     let faults = faults(&nodes, &shards);
     if !faults.is_empty() {
         println!();

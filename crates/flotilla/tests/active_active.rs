@@ -29,6 +29,8 @@ const RELAY_PORT: u16 = 19443;
 const DB_PORT: u16 = 12000;
 /// The protocol version instances start on.
 const PROTOCOL: u16 = flotilla_crdt::CRDT_PROTOCOL_VERSION;
+/// The CRDB of the tests.
+const GUID: &str = "5e1f0a3c-1111-4aaa-8bbb-0123456789ab";
 /// How long a healed link may take to converge.
 const CONVERGE: Duration = Duration::from_secs(30);
 
@@ -170,7 +172,7 @@ impl Side {
 /// The CRDB of the tests, with an instance on each of `sides` (`POST /v1/crdbs/local` on each,
 /// as a coordinator does); returns once each instance's database is active.
 fn create_crdb(sides: &mut [&mut Side], shards: u16, replication: bool) {
-    let guid = "5e1f0a3c-1111-4aaa-8bbb-0123456789ab";
+    let guid = GUID;
     let names = ["a", "b", "c"];
     let instances: Vec<Value> = sides
         .iter()
@@ -370,6 +372,19 @@ fn writes_on_both_sides_of_a_cut_link_converge_after_a_partial_resync() {
     pair.b.cut();
     wait_out_of_sync(&pair.a);
     wait_out_of_sync(&pair.b);
+    let issues = status_text(&pair.a, &["status", "--issues-only"]);
+    assert!(
+        issues.contains(&format!(
+            "db:{} crdb {GUID}: OUT OF SYNC with instance 2 (b) on shard 0",
+            pair.a.bdb
+        )),
+        "status --issues-only names the link out of sync: {issues}"
+    );
+    let table = status_text(&pair.b, &["status"]);
+    assert!(
+        table.contains("CRDB SYNC:") && table.contains("1 (a)") && table.contains("OUT_OF_SYNC"),
+        "status shows B's link from A out of sync: {table}"
+    );
     let mut increments = 0;
     let (a, b) = (pair.a.master(), pair.b.master());
     rt.block_on(async {
@@ -433,7 +448,36 @@ fn writes_on_both_sides_of_a_cut_link_converge_after_a_partial_resync() {
         );
         assert_eq!(after.crdt_sync_full, before.crdt_sync_full, "no full sync");
         assert_eq!((after.lag, after.ops_lag), (0, 0), "no lag left");
+        let status: Value =
+            serde_json::from_str(&status_text(side, &["status", "--json"])).unwrap();
+        let sources = status["crdt_sources"].as_array().expect("crdt_sources");
+        assert_eq!(sources.len(), 1, "one link in status --json: {status:#}");
+        assert_eq!(sources[0]["status"], "in_sync");
+        assert_eq!(
+            (sources[0]["lag"].as_u64(), sources[0]["ops_lag"].as_u64()),
+            (Some(0), Some(0))
+        );
+        assert_eq!(sources[0]["bdb_uid"].as_u64(), Some(side.bdb));
+        assert!(
+            status["issues"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| !i.as_str().unwrap().contains("OUT OF SYNC")),
+            "no link out of sync once healed: {status:#}"
+        );
     }
+}
+
+/// `flotilla <args>` on `side`'s node 1; its stdout (panics unless it succeeds).
+fn status_text(side: &Side, args: &[&str]) -> String {
+    let output = side.cluster.flotilla(args);
+    assert!(
+        output.status.success(),
+        "flotilla {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// Writes `INCRBY counter 1` on `side` in a loop on its own thread until stopped; counts the

@@ -15,6 +15,8 @@ use flotilla_testkit::{
 };
 use serde_json::Value;
 
+/// The daemons' environment variable that arms failpoints (crates/store/src/failpoint.rs).
+const FAILPOINTS: &str = "FLOTILLA_FAILPOINTS";
 /// The daemons' environment variable that makes their software claim a newer CRDB protocol.
 const PROTOCOL_ENV: &str = "FLOTILLA_TEST_CRDT_PROTOCOL_VERSION";
 
@@ -59,6 +61,36 @@ fn crdbs(c: &DevCluster) -> Vec<Value> {
 fn bdbs(c: &DevCluster) -> Vec<Value> {
     let list = c.json(1, &["db", "list", "--json"]);
     list.as_array().cloned().expect("a list")
+}
+
+/// Waits (bounded) until `flotilla status --json` of `c` lists its CRDB links, every one in
+/// sync with no ops left to apply.
+fn wait_links_in_sync(c: &DevCluster) {
+    let mut sources = Value::Null;
+    let synced = poll_until(Duration::from_secs(30), || {
+        sources = c.json(1, &["status", "--json"])["crdt_sources"].clone();
+        sources.as_array().is_some_and(|all| {
+            !all.is_empty()
+                && all
+                    .iter()
+                    .all(|s| s["status"] == "in_sync" && s["ops_lag"] == 0)
+        })
+    });
+    assert!(synced, "every link in sync: {sources:#}");
+}
+
+/// Starts node 1 of `c` again (after a failpoint's exit); returns once it answers.
+fn restart(c: &DevCluster) {
+    let mut daemon = c.start_daemon_with_env(1, &[]);
+    assert!(
+        poll_until(Duration::from_secs(60), || c
+            .flotilla(&["status"])
+            .status
+            .success()),
+        "node 1 back up"
+    );
+    // Stopped by the cluster's drop (by pidfile); this thread only keeps it from a zombie.
+    std::thread::spawn(move || daemon.wait());
 }
 
 /// Waits (bounded) until every database of `c` is active; panics naming the one that is not.
@@ -163,6 +195,35 @@ fn crdb_create_across_two_clusters_makes_both_instances_and_delete_removes_every
         let size: u64 = redis::cmd("DBSIZE").query(&mut connection).unwrap();
         assert_eq!(size, 0, "flushed");
     }
+    // The syncers go on after the flush: once every link is in sync again (`status --json`),
+    // nothing flushed came back from a peer, and a write after the flush reaches the peer.
+    wait_links_in_sync(&a);
+    wait_links_in_sync(&b);
+    for cluster in [&a, &b] {
+        let mut connection = endpoint_connection(cluster.addr(1), 12237);
+        let size: u64 = redis::cmd("DBSIZE").query(&mut connection).unwrap();
+        assert_eq!(size, 0, "nothing flushed came back once in sync");
+    }
+    let mut on_a = endpoint_connection(a.addr(1), 12237);
+    let () = redis::cmd("SET")
+        .arg("after-flush")
+        .arg("1")
+        .query(&mut on_a)
+        .unwrap();
+    let mut on_b = endpoint_connection(b.addr(1), 12237);
+    let reached = poll_until(Duration::from_secs(20), || {
+        redis::cmd("GET")
+            .arg("after-flush")
+            .query::<Option<String>>(&mut on_b)
+            .unwrap()
+            .is_some()
+    });
+    assert!(reached, "a write after the flush reaches the peer");
+    let () = redis::cmd("DEL")
+        .arg("after-flush")
+        .query::<u64>(&mut on_a)
+        .map(|_| ())
+        .unwrap();
 
     // A's instance runs an older protocol than A speaks: `status` flags it.
     assert!(status_issues(&a).contains("OLD CRDB PROTOCOL VERSION 1"));
@@ -193,7 +254,24 @@ fn crdb_create_across_two_clusters_makes_both_instances_and_delete_removes_every
     };
     upgrade(&["--keep-crdt-protocol-version"]);
     assert_eq!(crdbs(&a)[0]["protocol_version"], 1);
-    upgrade(&[]);
+    // The raise is a part of the upgrade action: A's only node dies (kill -9, by a failpoint)
+    // before the `finalize` step, and the node that drives the action after the restart raises
+    // the protocol (no watcher on the node that took the request, lost with it).
+    a.kill9(1);
+    let mut armed = a.start_daemon_with_env(1, &[(FAILPOINTS, "finalize=exit")]);
+    assert!(
+        poll_until(Duration::from_secs(60), || a
+            .flotilla(&["status"])
+            .status
+            .success()),
+        "A back up, armed to exit before finalize"
+    );
+    upgrade(&["--no-wait"]);
+    let exited = poll_until(Duration::from_secs(60), || {
+        armed.try_wait().expect("A's daemon").is_some()
+    });
+    assert!(exited, "A's node exits by the failpoint before finalize");
+    restart(&a);
     let raised = poll_until(Duration::from_secs(20), || {
         crdbs(&a)[0]["protocol_version"] == 2
     });

@@ -45,6 +45,12 @@ pub enum ActionKind {
         /// The primary of each slot range when the upgrade began (for `preserve_roles`).
         #[serde(rename = "original_masters")]
         original_primaries: Vec<ShardUid>,
+        /// The CRDB protocol version the database's Active-Active instance moves to once its
+        /// engine upgrade is done (`db upgrade` of a CRDB instance without
+        /// `--keep-crdt-protocol-version`): the `finalize` step records it with the new engine,
+        /// so whichever node drives the action after a restart raises it. Introduced in 0.2.0.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        raise_crdt_protocol: Option<u16>,
     },
     /// Moves one shard to another node (`flotilla shard migrate`): a new copy there, caught
     /// up, the primary role moved to it when the shard held it, the old copy dropped.
@@ -262,7 +268,13 @@ impl ActionKind {
 
     /// Whether a node of the first release could decode this kind (only database upgrades).
     pub fn known_to_first_release(&self) -> bool {
-        matches!(self, ActionKind::DbUpgrade { .. })
+        matches!(
+            self,
+            ActionKind::DbUpgrade {
+                raise_crdt_protocol: None,
+                ..
+            }
+        )
     }
 }
 

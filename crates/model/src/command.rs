@@ -714,6 +714,7 @@ mod tests {
         r#"{"kind":"update_crdb","guid":"2f0a4c1e-6b7d-4e59-9a43-0c8d1f2e3b4a","crdt_protocol_version":2}"#,
         r#"{"kind":"update_crdb","guid":"2f0a4c1e-6b7d-4e59-9a43-0c8d1f2e3b4a","instances":[{"id":1,"cluster":{"name":"c1","urls":["https://127.0.1.11:9443"],"ca_cert":"-----BEGIN CERTIFICATE-----","username":"admin","password":"pw"}}],"ghost_instance_ids":[2]}"#,
         r#"{"kind":"delete_crdb","guid":"2f0a4c1e-6b7d-4e59-9a43-0c8d1f2e3b4a"}"#,
+        r#"{"kind":"create_action","action":{"type":"db_upgrade","bdb_uid":1,"redis_version":"valkey-8.1","preserve_roles":false,"parallel_shards":1,"discard_data":false,"original_masters":[1],"raise_crdt_protocol":2},"steps_total":5,"first_step":"add_replacement 0-16383","created_at":1700000003}"#,
         r#"{"kind":"create_cluster","name":"c1","credentials":{"username":"admin","password_hash":"$argon2id$v=19$x"},"secret":"s3cret","created_at":1700000000,"node":{"addr":"127.0.0.11","software_version":"0.2.0","os":"Debian GNU/Linux 12 (bookworm)"},"cluster_version":"0.2.0"}"#,
     ];
 

@@ -344,6 +344,7 @@ mod tests {
             parallel_shards,
             discard_data,
             original_primaries: vec![1],
+            raise_crdt_protocol: None,
         }
     }
 

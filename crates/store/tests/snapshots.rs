@@ -138,6 +138,7 @@ async fn finished_action(one: &Member, ended: u64) -> u64 {
             parallel_shards: 1,
             discard_data: false,
             original_primaries: vec![],
+            raise_crdt_protocol: None,
         },
         steps_total: 1,
         first_step: "upgrade".into(),

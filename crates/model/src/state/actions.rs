@@ -279,6 +279,7 @@ mod tests {
                 parallel_shards: 1,
                 discard_data: false,
                 original_primaries: vec![1],
+                raise_crdt_protocol: None,
             },
             steps_total: 3,
             first_step: "a".into(),

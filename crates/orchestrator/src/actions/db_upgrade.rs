@@ -13,7 +13,8 @@
 //! `preserve_roles` (and for a database without replication, through a temporary replica) the
 //! old primaries instead restart on the new engine in place (`upgrade_old_master`,
 //! `sync_old_master`, a second full sync) and take the primary role back (`switch_back`). Then
-//! `finalize` records the database's new version. With `discard_data` every shard simply
+//! `finalize` records the database's new version (and, for a CRDB instance whose upgrade
+//! recorded one, its new protocol version). With `discard_data` every shard simply
 //! restarts empty on the new engine. Each step checks the state first and does only what is
 //! missing, so it can be run again after a primary node change; a switchover cut short by one
 //! is completed or undone.
@@ -22,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use flotilla_model::rest::{ReplicaLink, ShardReport};
 use flotilla_model::{
-    plan, Action, ActionKind, BdbVersionChange, ClusterState, Command, EngineVersion, Op,
-    ReplacementAddition, Shard, ShardRemoval, ShardReplacement, ShardRole, ShardVersionChange,
+    plan, Action, ActionKind, BdbVersionChange, ClusterState, Command, CrdbChange, EngineVersion,
+    Op, ReplacementAddition, Shard, ShardRemoval, ShardReplacement, ShardRole, ShardVersionChange,
     SlotRange, TemporaryReplicaAddition,
 };
 use tracing::Instrument;
@@ -60,6 +61,7 @@ pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Res
         bdb_uid,
         redis_version: target,
         original_primaries,
+        raise_crdt_protocol,
         ..
     } = &action.kind
     else {
@@ -107,8 +109,40 @@ pub async fn run_step(observer: &Observer, action: &Action, index: usize) -> Res
             }),
         )
         .await?;
+        if let Some(protocol) = raise_crdt_protocol {
+            raise_protocol(observer, &state, *bdb_uid, *protocol).await?;
+        }
     }
     Ok(())
+}
+
+/// Moves the CRDB instance of database `bdb` to `protocol` (`finalize` of an upgrade that does
+/// not keep the protocol): once its engine is new, it may write ops peers of that protocol
+/// read. Nothing when the database is no CRDB instance (any more) or already runs it.
+async fn raise_protocol(
+    observer: &Observer,
+    state: &ClusterState,
+    bdb: u64,
+    protocol: u16,
+) -> Result<(), StepError> {
+    let Some(crdt) = state.bdbs.get(&bdb).and_then(|b| b.spec.crdt.as_ref()) else {
+        return Ok(());
+    };
+    if crdt.crdt_protocol_version >= protocol || !state.crdbs.contains_key(&crdt.crdt_guid) {
+        return Ok(());
+    }
+    tracing::info!(guid = %crdt.crdt_guid, protocol, "the CRDB instance moves to the protocol its upgrade recorded");
+    propose(
+        observer,
+        Command::UpdateCrdb(CrdbChange {
+            guid: crdt.crdt_guid.clone(),
+            instances: None,
+            ghost_instance_ids: vec![],
+            featureset_version: None,
+            crdt_protocol_version: Some(protocol),
+        }),
+    )
+    .await
 }
 
 async fn run_op(
