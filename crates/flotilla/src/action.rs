@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use crate::output;
 use anyhow::{bail, Result};
 use clap::Subcommand;
 use flotilla_client::Client;
@@ -57,39 +58,35 @@ fn status_word(status: ActionStatus) -> &'static str {
     }
 }
 
+/// The `action list` table: one line per action with its step and progress.
+fn print_list(actions: &[ActionInfo]) {
+    println!(
+        "{:<8} {:<14} {:<8} {:<10} {:>6}  STEP",
+        "ACTION", "NAME", "OBJECT", "STATUS", "DONE"
+    );
+    for a in actions {
+        println!(
+            "{:<8} {:<14} {:<8} {:<10} {:>5.0}%  {}",
+            a.action_uid,
+            a.name,
+            a.object,
+            status_word(a.status),
+            a.progress,
+            a.pending_ops
+        );
+    }
+}
+
 /// Runs an action subcommand.
 pub async fn run(client: &Client, command: ActionCommand) -> Result<()> {
     match command {
         ActionCommand::List { json } => {
             let actions = client.actions().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&actions)?);
-                return Ok(());
-            }
-            println!(
-                "{:<8} {:<14} {:<8} {:<10} {:>6}  STEP",
-                "ACTION", "NAME", "OBJECT", "STATUS", "DONE"
-            );
-            for a in &actions {
-                println!(
-                    "{:<8} {:<14} {:<8} {:<10} {:>5.0}%  {}",
-                    a.action_uid,
-                    a.name,
-                    a.object,
-                    status_word(a.status),
-                    a.progress,
-                    a.pending_ops
-                );
-            }
-            Ok(())
+            output::print_or_json(&actions, json, |actions| print_list(actions))
         }
         ActionCommand::Show { uid, json } => {
             let action = client.action(uid).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&action)?);
-            } else {
-                print_action(&action);
-            }
+            output::print_or_json(&action, json, print_action)?;
             Ok(())
         }
         ActionCommand::Wait { uid } => wait(client, uid).await,

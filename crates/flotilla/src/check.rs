@@ -1,5 +1,6 @@
 //! `flotilla check [ports]`: a node's prerequisite and port checks, answered by that node.
 
+use crate::output;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use flotilla_checks::{CheckStatus, PortState};
@@ -33,22 +34,14 @@ pub async fn run(client: &Client, args: CheckArgs) -> Result<()> {
     match args.what {
         None => {
             let report = node.node_check(uid).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
+            output::print_or_json(&report, args.json, |report| print!("{}", report.to_text()))?;
             if report.status() == CheckStatus::Fail {
                 bail!("node {uid} failed a check (see above)");
             }
         }
         Some(CheckCommand::Ports) => {
             let ports = node.node_ports(uid).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&ports)?);
-            } else {
-                print_ports(&ports);
-            }
+            output::print_or_json(&ports, args.json, |ports| print_ports(ports))?;
             let blocked = ports.iter().any(|p| {
                 matches!(p.state, PortState::Taken { .. }) || !p.unreachable_from.is_empty()
             });

@@ -9,6 +9,7 @@ use flotilla_client::Client;
 use flotilla_model::rest::{ActionInfo, ClusterUpdate};
 use flotilla_model::{ActionKind, MaintenanceOffRequest, MaintenanceOnRequest, ShardMove};
 
+use crate::output;
 use crate::{action, check, crdb, daemon, db, dev, package, status, upgrade};
 
 /// Flotilla: Redis-compatible databases on a cluster of machines, upgraded without downtime.
@@ -428,11 +429,7 @@ async fn loadcheck(args: LoadcheckArgs) -> Result<()> {
     config.writers = args.writers;
     config.readers = args.readers;
     let report = flotilla_loadcheck::run(config).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{report}");
-    }
+    output::print_or_json(&report, args.json, |report| println!("{report}"))?;
     if !report.is_clean() {
         anyhow::bail!("the load check saw client errors or lost acknowledged writes");
     }

@@ -8,13 +8,14 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use flotilla_client::Client;
 use flotilla_model::rest::{
-    CrdbCreateRequest, CrdbDbConfig, CrdbInfo, CrdbInstanceRequest, CrdbTask, CrdbTaskStatus,
-    CrdbUpdateRequest, CrdbUpdates,
+    CrdbCreateRequest, CrdbDbConfig, CrdbHealthReport, CrdbInfo, CrdbInstanceRequest, CrdbTask,
+    CrdbTaskStatus, CrdbUpdateRequest, CrdbUpdates,
 };
 use flotilla_model::DataPersistence;
 
 use crate::cli::Connection;
 use crate::db::parse_memory;
+use crate::output;
 
 /// `flotilla crdb` subcommands.
 #[derive(Subcommand)]
@@ -169,20 +170,12 @@ pub async fn run(conn: &Connection, command: CrdbCommand) -> Result<()> {
         CrdbCommand::Create(args) => create(conn, args).await,
         CrdbCommand::List { json } => {
             let crdbs = client.crdbs().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&crdbs)?);
-            } else {
-                print_list(&crdbs);
-            }
+            output::print_or_json(&crdbs, json, |crdbs| print_list(crdbs))?;
             Ok(())
         }
         CrdbCommand::Show { crdb_guid, json } => {
             let crdb = client.crdb(&crdb_guid).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&crdb)?);
-            } else {
-                print_details(&crdb);
-            }
+            output::print_or_json(&crdb, json, print_details)?;
             Ok(())
         }
         CrdbCommand::Delete {
@@ -263,36 +256,7 @@ pub async fn run(conn: &Connection, command: CrdbCommand) -> Result<()> {
         }
         CrdbCommand::Health { crdb_guid, json } => {
             let report = client.crdb_health(&crdb_guid).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-                return Ok(());
-            }
-            println!(
-                "crdb {} {}",
-                report.crdb_guid,
-                if report.consistent {
-                    "consistent"
-                } else {
-                    "INCONSISTENT"
-                }
-            );
-            println!(
-                "{:<8} {:<28} {:<12} {:<9} {:<11} INSTANCES",
-                "REPL-ID", "CLUSTER", "STATUS", "PROTOCOL", "FEATURESET"
-            );
-            for c in &report.configurations {
-                println!(
-                    "{:<8} {:<28} {:<12} {:<9} {:<11} {:?} {}",
-                    c.id,
-                    c.cluster_name,
-                    c.status,
-                    c.protocol_version,
-                    c.featureset_version,
-                    c.instances,
-                    c.error
-                );
-            }
-            Ok(())
+            output::print_or_json(&report, json, print_health)
         }
         CrdbCommand::Task(TaskCommand::List) => {
             for task in client.crdb_tasks().await? {
@@ -463,5 +427,34 @@ fn print_details(crdb: &CrdbInfo) {
     }
     if !crdb.ghost_instance_ids.is_empty() {
         println!("  removed instances:   {:?}", crdb.ghost_instance_ids);
+    }
+}
+
+/// The `crdb health` text: whether the instances agree, then one line per participating cluster.
+fn print_health(report: &CrdbHealthReport) {
+    println!(
+        "crdb {} {}",
+        report.crdb_guid,
+        if report.consistent {
+            "consistent"
+        } else {
+            "INCONSISTENT"
+        }
+    );
+    println!(
+        "{:<8} {:<28} {:<12} {:<9} {:<11} INSTANCES",
+        "REPL-ID", "CLUSTER", "STATUS", "PROTOCOL", "FEATURESET"
+    );
+    for c in &report.configurations {
+        println!(
+            "{:<8} {:<28} {:<12} {:<9} {:<11} {:?} {}",
+            c.id,
+            c.cluster_name,
+            c.status,
+            c.protocol_version,
+            c.featureset_version,
+            c.instances,
+            c.error
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::output;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use flotilla_client::Client;
@@ -226,20 +227,12 @@ pub async fn run(client: &Client, command: DbCommand) -> Result<()> {
         DbCommand::Create(args) => create(client, args).await,
         DbCommand::List { json } => {
             let bdbs = client.bdbs().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&bdbs)?);
-            } else {
-                print_table(&bdbs);
-            }
+            output::print_or_json(&bdbs, json, |bdbs| print_table(bdbs))?;
             Ok(())
         }
         DbCommand::Show { db, json } => {
             let bdb = client.find_bdb(&db).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&bdb)?);
-            } else {
-                print_details(&bdb);
-            }
+            output::print_or_json(&bdb, json, print_details)?;
             Ok(())
         }
         DbCommand::Set {

@@ -9,6 +9,7 @@ mod daemon;
 mod db;
 mod dev;
 mod os_upgrade;
+mod output;
 mod package;
 mod private;
 mod status;

@@ -112,21 +112,32 @@ async fn crdt_sources(client: &Client, nodes: &[NodeInfo]) -> Vec<SourceReport> 
 
 /// The `CRDB SYNC:` table: each link of each local CRDB instance, its state and lag.
 fn print_sources(sources: &[SourceReport]) {
+    let peers: Vec<String> = sources
+        .iter()
+        .map(|s| format!("{} ({})", s.peer_instance_id, s.peer_cluster))
+        .collect();
+    // The peer column is as wide as its longest name: cluster names are the operator's.
+    let width = peers
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(0)
+        .max("PEER".len());
     println!(
-        "{:<8} {:<38} {:<16} {:<6} {:<12} {:>8} {:>8}  LAST ERROR",
+        "{:<8} {:<38} {:<width$} {:<6} {:<12} {:>8} {:>8}  LAST ERROR",
         "DB:ID", "CRDB", "PEER", "SHARD", "STATUS", "LAG(ms)", "OPS LAG"
     );
-    for s in sources {
+    for (s, peer) in sources.iter().zip(&peers) {
         let status = match s.status {
             SyncStatus::InSync => "in_sync",
             SyncStatus::Syncing => "syncing",
             SyncStatus::OutOfSync => "OUT_OF_SYNC",
         };
         println!(
-            "{:<8} {:<38} {:<16} {:<6} {:<12} {:>8} {:>8}  {}",
+            "{:<8} {:<38} {:<width$} {:<6} {:<12} {:>8} {:>8}  {}",
             format!("db:{}", s.bdb_uid),
             s.crdb_guid,
-            format!("{} ({})", s.peer_instance_id, s.peer_cluster),
+            peer,
             s.shard,
             status,
             s.lag,

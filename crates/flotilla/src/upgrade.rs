@@ -17,6 +17,7 @@ use flotilla_model::{
 };
 
 use crate::cli::Connection;
+use crate::output;
 use flotilla_package::Manifest;
 
 /// How long an in-place upgrade of one node may take from the CLI's point of view.
@@ -122,11 +123,7 @@ pub async fn run(conn: &Connection, command: UpgradeCommand) -> Result<()> {
             let package = args.package.context("--package or --os is required")?;
             let manifest = read_manifest(&package)?;
             let report = check_report(client, &manifest).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
+            output::print_or_json(&report, args.json, |report| print!("{}", report.to_text()))?;
             if !report.refusals.is_empty() {
                 bail!("the cluster may not move to {} now", manifest.version);
             }
